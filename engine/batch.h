@@ -1,0 +1,106 @@
+/*
+ * batch.h — the staging column batch and its WAL encoding (internal).
+ *
+ * A write call first stages its accepted rows here, column by column, per
+ * table. The staged batch is then encoded into one WAL record and applied
+ * to the shard's memtable and rollups. Recovery decodes WAL records back
+ * into the same structure and applies them through the same function, so a
+ * replayed event takes exactly the path a fresh one took.
+ *
+ * Values are 8-byte slots (double, int64, uint64, bool as 0/1, or a string
+ * reference (offset << 16 | length) into the batch's arena), indexed by
+ * row, with a presence bitmap per column.
+ */
+#ifndef TALLY_BATCH_H
+#define TALLY_BATCH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "catalog.h"
+#include "strmap.h"
+
+#define BATCH_STR_LEN_MAX 65535u
+
+typedef union bval {
+	double f64;
+	int64_t i64;
+	uint64_t u64;
+	uint64_t ref; /* strings: arena offset << 16 | length */
+} bval;
+
+typedef struct bcol {
+	col_def *def;
+	uint64_t *present; /* bit per row */
+	bval *vals;        /* per row; meaningful where present */
+} bcol;
+
+typedef struct tbatch {
+	table_def *table;
+	uint32_t n_rows, cap_rows;
+	int64_t *ts;
+	uint32_t *key; /* per row: index into keys */
+	/* distinct keys of the batch, as arena references */
+	uint64_t *keys;
+	uint32_t n_keys, cap_keys;
+	strmap key_map; /* key bytes -> index + 1 */
+	uint32_t last_key;
+	/* columns present in the batch */
+	bcol *cols;
+	uint32_t n_cols, cap_cols;
+	int32_t *slot_of; /* col id -> index in cols, -1 absent */
+	uint32_t cap_slot;
+	char *arena;
+	size_t arena_len, arena_cap;
+	char *key_arena; /* keys live apart so the key map's pointers never move */
+	size_t key_arena_len, key_arena_cap;
+} tbatch;
+
+typedef struct wbatch {
+	tbatch **tb;      /* tables touched, in order of first touch */
+	uint32_t n_tb, cap_tb;
+	tbatch **by_table; /* table id -> tbatch, or NULL */
+	uint32_t cap_by_table;
+	uint64_t rows;
+} wbatch;
+
+void wbatch_init(wbatch *b);
+void wbatch_free(wbatch *b);
+/* Empties the batch, keeping its memory for the next call. */
+void wbatch_reset(wbatch *b);
+
+/* The table's staging area, created on first use. */
+int wbatch_table(wbatch *b, table_def *t, tbatch **out);
+
+/* Row building: begin, set key and values, then commit or abort. A row is
+ * invisible until committed, so a line rejected half way leaves no trace. */
+int tbatch_row_begin(tbatch *tb, int64_t ts);
+int tbatch_set(tbatch *tb, col_def *def, bval v);
+int tbatch_set_str(tbatch *tb, col_def *def, const char *s, uint32_t len);
+void tbatch_row_abort(tbatch *tb);
+/* The key is looked up only here, so an aborted row never adds a key. */
+int tbatch_row_commit(wbatch *b, tbatch *tb, const char *key, uint32_t key_len);
+
+static inline int bcol_has(const bcol *c, uint32_t row)
+{
+	return (int)((c->present[row >> 6] >> (row & 63)) & 1);
+}
+static inline const char *tbatch_str(const tbatch *tb, uint64_t ref, uint32_t *len)
+{
+	*len = (uint32_t)(ref & 0xffff);
+	return tb->arena + (ref >> 16);
+}
+static inline const char *tbatch_key(const tbatch *tb, uint32_t k, uint32_t *len)
+{
+	*len = (uint32_t)(tb->keys[k] & 0xffff);
+	return tb->key_arena + (tb->keys[k] >> 16);
+}
+
+/* Encodes the batch as a WAL payload into *buf (grown as needed). */
+int wbatch_encode(const wbatch *b, char **buf, size_t *cap, size_t *len);
+/* Decodes a WAL payload, resolving names through the catalog (creating
+ * tables and columns as the original write did). TALLY_ECORRUPT with a
+ * message on malformed input. */
+int wbatch_decode(wbatch *b, catalog *cat, const char *p, size_t len);
+
+#endif

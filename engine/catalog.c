@@ -1,0 +1,226 @@
+/*
+ * catalog.c — schema on write: tables and typed columns created on first use.
+ *
+ * Lookups on the write path go through each writer's own cache first (see
+ * db.c), so this mutex is taken only when a writer meets a name it has not
+ * seen before.
+ */
+#include "catalog.h"
+
+#include <errno.h>
+#include <string.h>
+
+#include "err.h"
+#include "mem.h"
+
+const char *type_name(enum tally_type t)
+{
+	switch (t) {
+	case TALLY_T_F64: return "float";
+	case TALLY_T_I64: return "integer";
+	case TALLY_T_U64: return "unsigned";
+	case TALLY_T_BOOL: return "boolean";
+	case TALLY_T_STR: return "string";
+	case TALLY_T_TAG: return "tag";
+	default: return "none";
+	}
+}
+
+int catalog_check_table_name(const char *name, size_t len)
+{
+	if (len == 0)
+		return err_set(TALLY_EINVAL, "empty table name");
+	if (len > 255)
+		return err_set(TALLY_EINVAL, "table name longer than 255 bytes");
+	if (name[0] == '.')
+		return err_set(TALLY_EINVAL, "table name may not start with '.'");
+	for (size_t i = 0; i < len; i++) {
+		unsigned char ch = (unsigned char)name[i];
+		if (ch == '/' || ch < 0x20 || ch == 0x7f)
+			return err_set(TALLY_EINVAL, "table name holds a forbidden byte 0x%02x at %zu",
+				       ch, i);
+	}
+	return 0;
+}
+
+int catalog_init(catalog *c, const char *conf)
+{
+	memset(c, 0, sizeof *c);
+	pthread_mutex_init(&c->mu, NULL);
+	if (!conf || !*conf)
+		return 0;
+	/* Parse "table=tag,table=tag" into a map pointing into one copy. */
+	size_t n = strlen(conf);
+	c->key_conf_text = mem_strndup(conf, n);
+	if (!c->key_conf_text)
+		return -ENOMEM;
+	char *p = c->key_conf_text;
+	while (*p) {
+		char *comma = strchr(p, ',');
+		if (comma)
+			*comma = 0;
+		char *eq = strchr(p, '=');
+		if (!eq || eq == p || !eq[1])
+			return err_set(TALLY_EINVAL, "table_keys: expected table=tag, got '%s'", p);
+		*eq = 0;
+		uint32_t tl = (uint32_t)(eq - p);
+		uint64_t h = strmap_hash(p, tl);
+		if (strmap_get(&c->key_conf, p, tl, h))
+			return err_set(TALLY_EINVAL, "table_keys: table '%s' named twice", p);
+		if (strmap_put(&c->key_conf, p, tl, h, eq + 1))
+			return -ENOMEM;
+		if (!comma)
+			break;
+		p = comma + 1;
+	}
+	return 0;
+}
+
+static void table_free(table_def *t)
+{
+	for (uint32_t i = 0; i < t->n_cols; i++) {
+		mem_free(t->cols[i]->name);
+		mem_free(t->cols[i]);
+	}
+	mem_free(t->cols);
+	strmap_free(&t->by_name);
+	mem_free(t->name);
+	mem_free(t->key_tag);
+	mem_free(t);
+}
+
+void catalog_free(catalog *c)
+{
+	for (uint32_t i = 0; i < c->n_tables; i++)
+		table_free(c->tables[i]);
+	mem_free(c->tables);
+	strmap_free(&c->by_name);
+	strmap_free(&c->key_conf);
+	mem_free(c->key_conf_text);
+	pthread_mutex_destroy(&c->mu);
+}
+
+table_def *catalog_find_table(catalog *c, const char *name, uint32_t len)
+{
+	pthread_mutex_lock(&c->mu);
+	table_def *t = strmap_get(&c->by_name, name, len, strmap_hash(name, len));
+	pthread_mutex_unlock(&c->mu);
+	return t;
+}
+
+col_def *catalog_find_column(catalog *c, table_def *t, const char *name, uint32_t len)
+{
+	pthread_mutex_lock(&c->mu);
+	col_def *d = strmap_get(&t->by_name, name, len, strmap_hash(name, len));
+	pthread_mutex_unlock(&c->mu);
+	return d;
+}
+
+int catalog_table(catalog *c, const char *name, uint32_t len, uint64_t hash,
+		  const char *first_tag, uint32_t first_tag_len, table_def **out)
+{
+	int rc = 0;
+	pthread_mutex_lock(&c->mu);
+	table_def *t = strmap_get(&c->by_name, name, len, hash);
+	if (t)
+		goto done;
+	if ((rc = catalog_check_table_name(name, len)))
+		goto done;
+	if (c->n_tables >= CAT_TABLES_MAX) {
+		rc = err_set(TALLY_ELIMIT, "too many tables (max %d)", CAT_TABLES_MAX);
+		goto done;
+	}
+	if (c->n_tables == c->cap_tables) {
+		uint32_t ncap = c->cap_tables ? c->cap_tables * 2 : 8;
+		table_def **nt = mem_realloc(c->tables, ncap * sizeof *nt);
+		if (!nt)
+			goto nomem;
+		c->tables = nt;
+		c->cap_tables = ncap;
+	}
+	t = mem_calloc(1, sizeof *t);
+	if (!t)
+		goto nomem;
+	t->name = mem_strndup(name, len);
+	const char *key = strmap_get(&c->key_conf, name, len, hash);
+	uint32_t key_len = key ? (uint32_t)strlen(key) : first_tag_len;
+	if (!key)
+		key = first_tag;
+	t->key_tag = key ? mem_strndup(key, key_len) : NULL;
+	if (!t->name || (key && !t->key_tag)) {
+		table_free(t);
+		t = NULL;
+		goto nomem;
+	}
+	t->len = len;
+	t->key_len = key ? key_len : 0;
+	t->hash = hash;
+	t->id = c->n_tables;
+	if (strmap_put(&c->by_name, t->name, len, hash, t)) {
+		table_free(t);
+		t = NULL;
+		goto nomem;
+	}
+	c->tables[c->n_tables++] = t;
+done:
+	pthread_mutex_unlock(&c->mu);
+	*out = rc ? NULL : t;
+	return rc;
+nomem:
+	pthread_mutex_unlock(&c->mu);
+	*out = NULL;
+	return err_set(-ENOMEM, "out of memory creating table");
+}
+
+int catalog_column(catalog *c, table_def *t, const char *name, uint32_t len, uint64_t hash,
+		   enum tally_type type, col_def **out)
+{
+	int rc = 0;
+	pthread_mutex_lock(&c->mu);
+	col_def *d = strmap_get(&t->by_name, name, len, hash);
+	if (d) {
+		if (d->type != type)
+			rc = err_set(TALLY_ETYPE, "%s '%.*s' is %s here but %s in table '%s'",
+				     type == TALLY_T_TAG ? "tag" : "field", (int)len, name,
+				     type_name(type), type_name(d->type), t->name);
+		goto done;
+	}
+	if (t->n_cols >= CAT_COLS_MAX) {
+		rc = err_set(TALLY_ELIMIT, "table '%s' has too many columns (max %d)", t->name,
+			     CAT_COLS_MAX);
+		goto done;
+	}
+	if (t->n_cols == t->cap_cols) {
+		uint32_t ncap = t->cap_cols ? t->cap_cols * 2 : 8;
+		col_def **nc = mem_realloc(t->cols, ncap * sizeof *nc);
+		if (!nc)
+			goto nomem;
+		t->cols = nc;
+		t->cap_cols = ncap;
+	}
+	d = mem_calloc(1, sizeof *d);
+	if (!d || !(d->name = mem_strndup(name, len))) {
+		mem_free(d);
+		d = NULL;
+		goto nomem;
+	}
+	d->len = len;
+	d->id = t->n_cols;
+	d->type = type;
+	d->hash = hash;
+	if (strmap_put(&t->by_name, d->name, len, hash, d)) {
+		mem_free(d->name);
+		mem_free(d);
+		d = NULL;
+		goto nomem;
+	}
+	t->cols[t->n_cols++] = d;
+done:
+	pthread_mutex_unlock(&c->mu);
+	*out = rc ? NULL : d;
+	return rc;
+nomem:
+	pthread_mutex_unlock(&c->mu);
+	*out = NULL;
+	return err_set(-ENOMEM, "out of memory creating column");
+}

@@ -1,0 +1,84 @@
+/*
+ * catalog.h — tables and their columns, shared by all shards (internal).
+ *
+ * The catalog is the one place where a column's type is decided: the first
+ * write of a column fixes it for good, so a later write with another type is
+ * rejected no matter which shard it reaches. Definitions are allocated one
+ * by one and never move or die before the database closes, so writers may
+ * cache pointers to them and read their immutable parts (name, id, type)
+ * without the lock. The mutable parts (the lists) are read under cat->mu.
+ */
+#ifndef TALLY_CATALOG_H
+#define TALLY_CATALOG_H
+
+#include <pthread.h>
+#include <stdint.h>
+
+#include "strmap.h"
+#include "tally.h"
+
+#define CAT_COLS_MAX 4096 /* columns per table */
+#define CAT_TABLES_MAX 65536
+
+typedef struct col_def {
+	char *name;
+	uint32_t len;
+	uint32_t id; /* dense within its table, from 0 */
+	enum tally_type type;
+	uint64_t hash;
+} col_def;
+
+typedef struct table_def {
+	char *name;
+	uint32_t len;
+	uint32_t id; /* dense, from 0 */
+	uint64_t hash;
+	char *key_tag; /* NULL: the table has no key tag; every row has key "" */
+	uint32_t key_len;
+	/* under catalog.mu: */
+	col_def **cols;
+	uint32_t n_cols, cap_cols;
+	strmap by_name;
+} table_def;
+
+typedef struct catalog {
+	pthread_mutex_t mu;
+	table_def **tables;
+	uint32_t n_tables, cap_tables;
+	strmap by_name;
+	strmap key_conf; /* table name -> configured key tag (char *) */
+	char *key_conf_text;
+} catalog;
+
+/* conf: "table=tag,table=tag" or NULL. TALLY_EINVAL with a message when
+ * conf is malformed. */
+int catalog_init(catalog *c, const char *conf);
+void catalog_free(catalog *c);
+
+/* 0 when name may be a table name; else TALLY_EINVAL and a message. Table
+ * names become file names, so '/', control characters and a leading '.'
+ * are refused. */
+int catalog_check_table_name(const char *name, size_t len);
+
+/* Finds or creates a table. first_tag (may be NULL) is the first tag key of
+ * the line creating it, used as key tag unless the config names one. */
+int catalog_table(catalog *c, const char *name, uint32_t len, uint64_t hash,
+		  const char *first_tag, uint32_t first_tag_len, table_def **out);
+
+/* Finds or creates a column. TALLY_ETYPE (message names both types) if it
+ * exists with another type. */
+int catalog_column(catalog *c, table_def *t, const char *name, uint32_t len, uint64_t hash,
+		   enum tally_type type, col_def **out);
+
+/* Looks up without creating; NULL when absent. */
+table_def *catalog_find_table(catalog *c, const char *name, uint32_t len);
+col_def *catalog_find_column(catalog *c, table_def *t, const char *name, uint32_t len);
+
+const char *type_name(enum tally_type t);
+static inline int type_is_numeric(enum tally_type t)
+{
+	return t == TALLY_T_F64 || t == TALLY_T_I64 || t == TALLY_T_U64 || t == TALLY_T_BOOL;
+}
+static inline int type_is_string(enum tally_type t) { return t == TALLY_T_STR || t == TALLY_T_TAG; }
+
+#endif

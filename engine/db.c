@@ -1,0 +1,726 @@
+/*
+ * db.c — opening a database, writers, the write path, sync and stats.
+ *
+ * A write stages its accepted rows in the writer's column batch without any
+ * shared lock (names resolve through the writer's own cache of the
+ * catalog), then takes its shard's lock once to put the batch into the WAL
+ * and apply it to the memtable. Recovery feeds WAL records through the same
+ * apply, so a replayed event takes exactly the path a fresh one took.
+ */
+#include "db.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "err.h"
+#include "mem.h"
+
+#define DEFAULT_MEMORY_LIMIT (UINT64_C(4) << 30)
+#define DEFAULT_MAX_LINE (1u << 20)
+#define COMMIT_ROWS 65536       /* a staged batch commits at this many rows */
+#define COMMIT_ARENA (16u << 20) /* or at this many string bytes */
+
+TALLY_API void tally_options_init(tally_options *opt)
+{
+	memset(opt, 0, sizeof *opt);
+	opt->shards = 1;
+	opt->n_levels = 3;
+	opt->levels[0] = TALLY_5M;
+	opt->levels[1] = TALLY_1H;
+	opt->levels[2] = TALLY_1D;
+	opt->memory_limit = DEFAULT_MEMORY_LIMIT;
+	opt->max_line_bytes = DEFAULT_MAX_LINE;
+	opt->sync_mode = TALLY_SYNC_ON_REQUEST;
+	opt->log_level = TALLY_LOG_INFO;
+}
+
+static int check_options(tally_options *o, levels *L)
+{
+	if (o->shards == 0)
+		o->shards = 1;
+	if (o->shards > 256)
+		return err_set(TALLY_EINVAL, "shards: %u is more than 256", o->shards);
+	if (o->n_levels == 0) {
+		o->n_levels = 3;
+		o->levels[0] = TALLY_5M;
+		o->levels[1] = TALLY_1H;
+		o->levels[2] = TALLY_1D;
+	}
+	if (o->n_levels > TALLY_LEVELS_MAX)
+		return err_set(TALLY_EINVAL, "n_levels: %u is more than %d", o->n_levels,
+			       TALLY_LEVELS_MAX);
+	for (unsigned i = 0; i < o->n_levels; i++) {
+		int64_t w = o->levels[i];
+		if (w <= 0 || w > LEVEL_WIDTH_MAX)
+			return err_set(TALLY_EINVAL, "level %u: width %lld ns out of range", i,
+				       (long long)w);
+		if (i && (w <= o->levels[i - 1] || w % o->levels[i - 1]))
+			return err_set(TALLY_EINVAL,
+				       "level %u: width %lld ns is not a multiple of level %u's "
+				       "%lld ns",
+				       i, (long long)w, i - 1, (long long)o->levels[i - 1]);
+		L->w[i] = w;
+	}
+	L->n = o->n_levels;
+	if (o->align_offset <= -TALLY_1D || o->align_offset >= TALLY_1D)
+		return err_set(TALLY_EINVAL, "align_offset: %lld ns is a day or more",
+			       (long long)o->align_offset);
+	L->offset = o->align_offset;
+	if (o->memory_limit == 0)
+		o->memory_limit = DEFAULT_MEMORY_LIMIT;
+	if (o->max_line_bytes == 0)
+		o->max_line_bytes = DEFAULT_MAX_LINE;
+	if (o->max_line_bytes < 64)
+		return err_set(TALLY_EINVAL, "max_line_bytes: %u is under 64",
+			       (unsigned)o->max_line_bytes);
+	if (o->sync_mode != TALLY_SYNC_ON_REQUEST && o->sync_mode != TALLY_SYNC_EACH_WRITE)
+		return err_set(TALLY_EINVAL, "sync_mode: unknown value %d", (int)o->sync_mode);
+	if (o->late_threshold < 0)
+		return err_set(TALLY_EINVAL, "late_threshold: negative");
+	if (o->late_threshold == 0)
+		o->late_threshold = L->w[0];
+	return 0;
+}
+
+uint64_t db_memory(const tally_db *db)
+{
+	uint64_t n = 0;
+	for (unsigned i = 0; i < db->n_shards; i++)
+		n += atomic_load_explicit(&db->shards[i]->mem_bytes, memory_order_relaxed) +
+		     atomic_load_explicit(&db->shards[i]->rollup_bytes, memory_order_relaxed);
+	return n;
+}
+
+/* ---------------------------------------------------------------- open */
+
+static int mkdir_p(const char *path)
+{
+	if (mkdir(path, 0755) == 0 || errno == EEXIST)
+		return 0;
+	return err_sys(errno, "mkdir %s", path);
+}
+
+/* Shards a previous open wrote WALs for: reopening with fewer would orphan
+ * their logs, so the database keeps at least that many. */
+static unsigned existing_shards(const char *waldir)
+{
+	DIR *d = opendir(waldir);
+	if (!d)
+		return 0;
+	unsigned n = 0;
+	struct dirent *e;
+	while ((e = readdir(d))) {
+		unsigned id;
+		char tail;
+		if (sscanf(e->d_name, "shard-%u%c", &id, &tail) == 1 && id < 256 && id + 1 > n)
+			n = id + 1;
+	}
+	closedir(d);
+	return n;
+}
+
+typedef struct replay_ctx {
+	tally_db *db;
+	shard *sh;
+	wbatch batch;
+} replay_ctx;
+
+static int replay_record(void *ctx, uint64_t seq, const void *payload, size_t len)
+{
+	replay_ctx *rc = ctx;
+	wbatch_reset(&rc->batch);
+	int r = wbatch_decode(&rc->batch, &rc->db->cat, payload, len);
+	if (r)
+		return err_prefix(r, "shard %u WAL record %llu", rc->sh->id,
+				  (unsigned long long)seq);
+	return shard_apply(rc->sh, &rc->batch);
+}
+
+TALLY_API int tally_db_open(const char *dir, const tally_options *opt, tally_db **out)
+{
+	*out = NULL;
+	err_clear();
+	if (!dir || !*dir)
+		return err_set(TALLY_EINVAL, "tally_db_open: empty directory name");
+	tally_db *db = mem_calloc(1, sizeof *db);
+	if (!db)
+		return err_set(-ENOMEM, "out of memory");
+	db->lock_fd = -1;
+	int rc;
+	char path[PATH_MAX];
+	if (opt)
+		db->opt = *opt;
+	else
+		tally_options_init(&db->opt);
+	db->opt.table_keys = NULL; /* copied into the catalog below */
+	if ((rc = check_options(&db->opt, &db->L)))
+		goto fail;
+	db->log = (log_sink){db->opt.log_fn, db->opt.log_ctx, db->opt.log_level};
+	if (!(db->dir = mem_strndup(dir, strlen(dir)))) {
+		rc = err_set(-ENOMEM, "out of memory");
+		goto fail;
+	}
+	if ((rc = catalog_init(&db->cat, opt ? opt->table_keys : NULL)))
+		goto fail;
+	if ((rc = mkdir_p(dir)))
+		goto fail;
+	snprintf(path, sizeof path, "%s/LOCK", dir);
+	db->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+	if (db->lock_fd < 0) {
+		rc = err_sys(errno, "open %s", path);
+		goto fail;
+	}
+	if (flock(db->lock_fd, LOCK_EX | LOCK_NB)) {
+		rc = errno == EWOULDBLOCK
+			     ? err_set(TALLY_ELOCKED, "%s is in use by another process", dir)
+			     : err_sys(errno, "flock %s", path);
+		goto fail;
+	}
+	snprintf(path, sizeof path, "%s/wal", dir);
+	if ((rc = mkdir_p(path)))
+		goto fail;
+	unsigned n = existing_shards(path);
+	if (n > db->opt.shards) {
+		log_emit(&db->log, TALLY_LOG_INFO,
+			 "%s has WALs of %u shards; opening with %u shards instead of %u", dir, n,
+			 n, db->opt.shards);
+		db->opt.shards = n;
+	}
+	db->shards = mem_calloc(db->opt.shards, sizeof *db->shards);
+	if (!db->shards) {
+		rc = err_set(-ENOMEM, "out of memory");
+		goto fail;
+	}
+	for (unsigned i = 0; i < db->opt.shards; i++) {
+		if ((rc = shard_create(i, &db->L, db->opt.late_threshold, &db->shards[i]))) {
+			err_set(rc, "out of memory");
+			goto fail;
+		}
+		db->n_shards = i + 1;
+		snprintf(path, sizeof path, "%s/wal/shard-%03u", dir, i);
+		wal_options wo = {.segment_bytes = db->opt.wal_segment_bytes, .log = db->log};
+		replay_ctx ctx = {.db = db, .sh = db->shards[i]};
+		wbatch_init(&ctx.batch);
+		rc = wal_open(path, &wo, 0, replay_record, &ctx, &db->shards[i]->wal);
+		wbatch_free(&ctx.batch);
+		if (rc)
+			goto fail;
+	}
+	uint64_t events = 0;
+	for (unsigned i = 0; i < db->n_shards; i++)
+		events += db->shards[i]->events;
+	if (events)
+		log_emit(&db->log, TALLY_LOG_INFO, "%s: recovered %llu events from the WAL", dir,
+			 (unsigned long long)events);
+	err_clear();
+	*out = db;
+	return 0;
+fail:
+	tally_db_close(db);
+	return rc;
+}
+
+TALLY_API void tally_db_close(tally_db *db)
+{
+	if (!db)
+		return;
+	for (unsigned i = 0; i < db->n_shards; i++) {
+		wal_close(db->shards[i]->wal);
+		shard_destroy(db->shards[i]);
+	}
+	mem_free(db->shards);
+	catalog_free(&db->cat);
+	if (db->lock_fd >= 0)
+		close(db->lock_fd);
+	mem_free(db->dir);
+	mem_free(db);
+}
+
+/* ---------------------------------------------------------------- sync */
+
+static int shard_sync(shard *s)
+{
+	uint64_t lsn;
+	pthread_rwlock_wrlock(&s->lock);
+	int rc = s->failed ? err_set(TALLY_EFAILED, "shard %u failed earlier", s->id)
+			   : wal_write_out(s->wal, &lsn);
+	pthread_rwlock_unlock(&s->lock);
+	return rc ? rc : wal_sync_to(s->wal, lsn);
+}
+
+TALLY_API int tally_db_sync(tally_db *db)
+{
+	err_clear();
+	for (unsigned i = 0; i < db->n_shards; i++) {
+		int rc = shard_sync(db->shards[i]);
+		if (rc)
+			return rc;
+	}
+	return 0;
+}
+
+/* ---------------------------------------------------------------- writers */
+
+TALLY_API int tally_writer_open(tally_db *db, int shard_id, tally_writer **out)
+{
+	*out = NULL;
+	err_clear();
+	if (shard_id >= (int)db->n_shards || shard_id < -1)
+		return err_set(TALLY_EINVAL, "shard %d: the database has %u shards", shard_id,
+			       db->n_shards);
+	tally_writer *w = mem_calloc(1, sizeof *w);
+	if (!w)
+		return err_set(-ENOMEM, "out of memory");
+	w->db = db;
+	unsigned id = shard_id >= 0 ? (unsigned)shard_id
+				    : atomic_fetch_add(&db->next_shard, 1) % db->n_shards;
+	w->sh = db->shards[id];
+	wbatch_init(&w->batch);
+	w->line = mem_alloc(sizeof *w->line);
+	if (!w->line || lp_parser_init(&w->ps, db->opt.max_line_bytes, TALLY_PREC_NS)) {
+		mem_free(w->line);
+		mem_free(w);
+		return err_set(-ENOMEM, "out of memory");
+	}
+	*out = w;
+	return 0;
+}
+
+TALLY_API void tally_writer_close(tally_writer *w)
+{
+	if (!w)
+		return;
+	for (uint32_t i = 0; i < w->n_wtables; i++) {
+		strmap_free(&w->wtables[i]->cols);
+		mem_free(w->wtables[i]);
+	}
+	mem_free(w->wtables);
+	strmap_free(&w->tables);
+	wbatch_free(&w->batch);
+	lp_parser_free(&w->ps);
+	mem_free(w->line);
+	mem_free(w->enc);
+	mem_free(w);
+}
+
+static int writer_table(tally_writer *w, const char *name, uint32_t len, const char *first_tag,
+			uint32_t first_tag_len, wtable **out)
+{
+	uint64_t h = strmap_hash(name, len);
+	wtable *wt = strmap_get(&w->tables, name, len, h);
+	if (wt) {
+		*out = wt;
+		return 0;
+	}
+	table_def *t;
+	int rc = catalog_table(&w->db->cat, name, len, h, first_tag, first_tag_len, &t);
+	if (rc)
+		return rc;
+	if (w->n_wtables == w->cap_wtables) {
+		uint32_t ncap = w->cap_wtables ? w->cap_wtables * 2 : 4;
+		wtable **nw = mem_realloc(w->wtables, ncap * sizeof *nw);
+		if (!nw)
+			return -ENOMEM;
+		w->wtables = nw;
+		w->cap_wtables = ncap;
+	}
+	wt = mem_calloc(1, sizeof *wt);
+	if (!wt)
+		return -ENOMEM;
+	wt->def = t;
+	if (strmap_put(&w->tables, t->name, t->len, t->hash, wt)) {
+		mem_free(wt);
+		return -ENOMEM;
+	}
+	w->wtables[w->n_wtables++] = wt;
+	*out = wt;
+	return 0;
+}
+
+static int writer_col(tally_writer *w, wtable *wt, const char *name, uint32_t len,
+		      enum tally_type type, col_def **out)
+{
+	uint64_t h = strmap_hash(name, len);
+	col_def *d = strmap_get(&wt->cols, name, len, h);
+	if (d) {
+		if (d->type != type)
+			return err_set(TALLY_ETYPE, "%s '%.*s' is %s here but %s in table '%s'",
+				       type == TALLY_T_TAG ? "tag" : "field", (int)len, name,
+				       type_name(type), type_name(d->type), wt->def->name);
+		*out = d;
+		return 0;
+	}
+	int rc = catalog_column(&w->db->cat, wt->def, name, len, h, type, &d);
+	if (rc)
+		return rc;
+	if (strmap_put(&wt->cols, d->name, d->len, d->hash, d))
+		return -ENOMEM;
+	*out = d;
+	return 0;
+}
+
+/* Puts the staged batch into the WAL and the memtable. */
+static int writer_commit(tally_writer *w)
+{
+	if (w->batch.rows == 0)
+		return 0;
+	shard *s = w->sh;
+	size_t len;
+	int rc = wbatch_encode(&w->batch, &w->enc, &w->enc_cap, &len);
+	if (rc)
+		goto out;
+	uint64_t lsn = 0;
+	pthread_rwlock_wrlock(&s->lock);
+	if (s->failed)
+		rc = err_set(TALLY_EFAILED, "shard %u failed earlier; reopen the database", s->id);
+	else if (!(rc = wal_append(s->wal, w->enc, len, NULL))) {
+		rc = shard_apply(s, &w->batch);
+		if (!rc && w->db->opt.sync_mode == TALLY_SYNC_EACH_WRITE)
+			rc = wal_write_out(s->wal, &lsn);
+	}
+	pthread_rwlock_unlock(&s->lock);
+	if (!rc && lsn)
+		rc = wal_sync_to(s->wal, lsn);
+out:
+	wbatch_reset(&w->batch);
+	return rc;
+}
+
+static int writer_ready(tally_writer *w)
+{
+	if (w->sh->failed)
+		return err_set(TALLY_EFAILED, "shard %u failed earlier; reopen the database",
+			       w->sh->id);
+	uint64_t mem = db_memory(w->db);
+	if (mem >= w->db->opt.memory_limit)
+		return err_set(TALLY_EFULL, "memory limit reached: %llu of %llu bytes held",
+			       (unsigned long long)mem,
+			       (unsigned long long)w->db->opt.memory_limit);
+	return 0;
+}
+
+static int64_t now_ns(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_REALTIME, &t);
+	return (int64_t)t.tv_sec * TALLY_NS_PER_SEC + t.tv_nsec;
+}
+
+static int stage_line(tally_writer *w, const lp_line *ln, int64_t now)
+{
+	const char *first_tag = ln->n_tags ? ln->tags[0].key.p : NULL;
+	uint32_t first_len = ln->n_tags ? ln->tags[0].key.n : 0;
+	wtable *wt;
+	int rc = writer_table(w, ln->measurement.p, ln->measurement.n, first_tag, first_len, &wt);
+	if (rc)
+		return rc;
+	table_def *t = wt->def;
+	int64_t ts = ln->has_ts ? ln->ts : now;
+	if (ts < TS_ENGINE_MIN || ts > TS_ENGINE_MAX)
+		return err_set(TALLY_ELIMIT, "timestamp %lld out of the stored range",
+			       (long long)ts);
+	const char *key = "";
+	uint32_t key_len = 0;
+	int key_seen = 0;
+	tbatch *tb;
+	if ((rc = wbatch_table(&w->batch, t, &tb)) || (rc = tbatch_row_begin(tb, ts)))
+		return rc;
+	for (uint32_t i = 0; i < ln->n_tags; i++) {
+		const lp_tag *tg = &ln->tags[i];
+		if (t->key_tag && tg->key.n == t->key_len &&
+		    memcmp(tg->key.p, t->key_tag, t->key_len) == 0) {
+			key = tg->value.p;
+			key_len = tg->value.n;
+			key_seen = 1;
+			continue;
+		}
+		col_def *d;
+		if ((rc = writer_col(w, wt, tg->key.p, tg->key.n, TALLY_T_TAG, &d)) ||
+		    (rc = tbatch_set_str(tb, d, tg->value.p, tg->value.n)))
+			goto fail;
+	}
+	if (t->key_tag && !key_seen) {
+		rc = err_set(TALLY_EINVAL, "missing key tag '%s' of table '%s'", t->key_tag,
+			     t->name);
+		goto fail;
+	}
+	for (uint32_t i = 0; i < ln->n_fields; i++) {
+		const lp_field *f = &ln->fields[i];
+		if (t->key_tag && f->key.n == t->key_len &&
+		    memcmp(f->key.p, t->key_tag, t->key_len) == 0) {
+			rc = err_set(TALLY_ETYPE, "field '%s' has the name of the key tag",
+				     t->key_tag);
+			goto fail;
+		}
+		col_def *d;
+		if ((rc = writer_col(w, wt, f->key.p, f->key.n, f->type, &d)))
+			goto fail;
+		bval v = {0};
+		switch (f->type) {
+		case TALLY_T_STR:
+			rc = tbatch_set_str(tb, d, f->v.str.p, f->v.str.n);
+			break;
+		case TALLY_T_F64: v.f64 = f->v.f64; rc = tbatch_set(tb, d, v); break;
+		case TALLY_T_I64: v.i64 = f->v.i64; rc = tbatch_set(tb, d, v); break;
+		case TALLY_T_U64: v.u64 = f->v.u64; rc = tbatch_set(tb, d, v); break;
+		default: v.u64 = f->v.b != 0; rc = tbatch_set(tb, d, v); break;
+		}
+		if (rc)
+			goto fail;
+	}
+	return tbatch_row_commit(&w->batch, tb, key, key_len);
+fail:
+	tbatch_row_abort(tb);
+	return rc;
+}
+
+static void note_error(tally_write_result *res, uint64_t line, int code, const char *reason)
+{
+	if (!res)
+		return;
+	res->rejected++;
+	if (res->n_errors < TALLY_LINE_ERRORS_MAX) {
+		tally_line_error *e = &res->errors[res->n_errors++];
+		e->line = line;
+		e->code = code;
+		snprintf(e->reason, sizeof e->reason, "%s", reason);
+	}
+}
+
+TALLY_API int tally_write_lp(tally_writer *w, const char *text, size_t len,
+			     enum tally_precision prec, tally_write_result *res)
+{
+	tally_write_result dummy;
+	if (!res)
+		res = &dummy;
+	memset(res, 0, sizeof *res);
+	err_clear();
+	if ((unsigned)prec > TALLY_PREC_S)
+		return err_set(TALLY_EINVAL, "unknown precision %d", (int)prec);
+	int rc = writer_ready(w);
+	if (rc)
+		return rc;
+	int64_t now = now_ns();
+	lp_parser_reset(&w->ps, prec);
+	const char *cur = text, *end = text + len;
+	char reason[TALLY_REASON_MAX];
+	for (;;) {
+		int code = 0;
+		enum lp_result r = lp_next(&w->ps, &cur, end, w->line, &code, reason, sizeof reason);
+		if (r == LP_END)
+			break;
+		if (r == LP_SKIP)
+			continue;
+		if (r == LP_ERROR) {
+			note_error(res, w->ps.line_no, code, reason);
+			continue;
+		}
+		rc = stage_line(w, w->line, now);
+		if (rc == -ENOMEM)
+			goto fail;
+		if (rc) {
+			note_error(res, w->ps.line_no, rc, err_msg());
+			continue;
+		}
+		res->accepted++;
+		if (w->batch.rows >= COMMIT_ROWS) {
+			if ((rc = writer_commit(w)))
+				goto fail;
+		}
+	}
+	res->lines = w->ps.line_no;
+	atomic_fetch_add(&w->db->rejected_lines, res->rejected);
+	if ((rc = writer_commit(w)))
+		return rc;
+	err_clear();
+	return 0;
+fail:
+	wbatch_reset(&w->batch);
+	res->lines = w->ps.line_no;
+	return rc;
+}
+
+/* ---------------------------------------------------------------- binary */
+
+static int check_name(const char *what, const char *s, size_t max)
+{
+	if (!s)
+		return err_set(TALLY_EINVAL, "%s: NULL", what);
+	size_t n = strlen(s);
+	if ((n == 0 && max != LP_VALUE_MAX) || n > max)
+		return err_set(TALLY_EINVAL, "%s '%.40s': length %zu not in [1, %zu]", what, s, n,
+			       max);
+	if (!lp_utf8_valid(s, n))
+		return err_set(TALLY_EINVAL, "%s: invalid UTF-8", what);
+	return 0;
+}
+
+TALLY_API int tally_write_batch(tally_writer *w, const tally_batch *b)
+{
+	err_clear();
+	int rc = writer_ready(w);
+	if (rc)
+		return rc;
+	if ((rc = check_name("table", b->table, LP_NAME_MAX)) ||
+	    (rc = check_name("key", b->key, LP_VALUE_MAX)))
+		return rc;
+	if (b->n_rows && !b->ts)
+		return err_set(TALLY_EINVAL, "batch: ts is NULL");
+	for (size_t r = 0; r < b->n_rows; r++)
+		if (b->ts[r] < TS_ENGINE_MIN || b->ts[r] > TS_ENGINE_MAX)
+			return err_set(TALLY_ELIMIT, "row %zu: timestamp %lld out of range", r,
+				       (long long)b->ts[r]);
+	uint32_t tl = (uint32_t)strlen(b->table);
+	wtable *wt;
+	if ((rc = writer_table(w, b->table, tl, b->key_tag ? b->key_tag : "key",
+			       (uint32_t)strlen(b->key_tag ? b->key_tag : "key"), &wt)))
+		return rc;
+	table_def *t = wt->def;
+	if (!t->key_tag && *b->key)
+		return err_set(TALLY_EINVAL, "table '%s' has no key tag; key must be \"\"",
+			       t->name);
+	col_def *defs[CAT_COLS_MAX];
+	if (b->n_columns > CAT_COLS_MAX)
+		return err_set(TALLY_ELIMIT, "batch: more than %d columns", CAT_COLS_MAX);
+	for (size_t c = 0; c < b->n_columns; c++) {
+		const tally_column *col = &b->columns[c];
+		if ((rc = check_name("column", col->name, LP_NAME_MAX)))
+			return rc;
+		if (col->type < TALLY_T_F64 || col->type > TALLY_T_TAG)
+			return err_set(TALLY_EINVAL, "column '%s': type %d not writable", col->name,
+				       (int)col->type);
+		if (b->n_rows && !col->values)
+			return err_set(TALLY_EINVAL, "column '%s': values is NULL", col->name);
+		uint32_t cl = (uint32_t)strlen(col->name);
+		if (t->key_tag && cl == t->key_len && !memcmp(col->name, t->key_tag, cl))
+			return err_set(TALLY_EINVAL, "column '%s' has the name of the key tag",
+				       col->name);
+		for (size_t d = 0; d < c; d++)
+			if (!strcmp(b->columns[d].name, col->name))
+				return err_set(TALLY_EINVAL, "column '%s' given twice", col->name);
+		if (type_is_string(col->type))
+			for (size_t r = 0; r < b->n_rows; r++) {
+				if (col->present && !((col->present[r / 8] >> (r % 8)) & 1))
+					continue;
+				const char *s = ((const char *const *)col->values)[r];
+				if ((rc = check_name("string value", s, LP_VALUE_MAX)))
+					return err_prefix(rc, "column '%s' row %zu", col->name, r);
+			}
+		if (col->type == TALLY_T_F64)
+			for (size_t r = 0; r < b->n_rows; r++) {
+				double v = ((const double *)col->values)[r];
+				if ((!col->present || ((col->present[r / 8] >> (r % 8)) & 1)) &&
+				    !isfinite(v))
+					return err_set(TALLY_EINVAL,
+						       "column '%s' row %zu: NaN or infinity",
+						       col->name, r);
+			}
+		if ((rc = writer_col(w, wt, col->name, cl, col->type, &defs[c])))
+			return rc;
+	}
+	uint32_t kl = (uint32_t)strlen(b->key);
+	for (size_t r = 0; r < b->n_rows; r++) {
+		tbatch *tb;
+		if ((rc = wbatch_table(&w->batch, t, &tb)) || (rc = tbatch_row_begin(tb, b->ts[r])))
+			goto fail;
+		for (size_t c = 0; c < b->n_columns; c++) {
+			const tally_column *col = &b->columns[c];
+			if (col->present && !((col->present[r / 8] >> (r % 8)) & 1))
+				continue;
+			bval v = {0};
+			switch (col->type) {
+			case TALLY_T_STR:
+			case TALLY_T_TAG: {
+				const char *s = ((const char *const *)col->values)[r];
+				rc = tbatch_set_str(tb, defs[c], s, (uint32_t)strlen(s));
+				break;
+			}
+			case TALLY_T_BOOL:
+				v.u64 = ((const uint8_t *)col->values)[r] != 0;
+				rc = tbatch_set(tb, defs[c], v);
+				break;
+			default:
+				memcpy(&v, (const char *)col->values + r * 8, 8);
+				rc = tbatch_set(tb, defs[c], v);
+				break;
+			}
+			if (rc)
+				goto fail;
+		}
+		if ((rc = tbatch_row_commit(&w->batch, tb, b->key, kl)))
+			goto fail;
+		if (w->batch.rows >= COMMIT_ROWS && (rc = writer_commit(w)))
+			return rc;
+	}
+	return writer_commit(w);
+fail:
+	wbatch_reset(&w->batch);
+	return rc;
+}
+
+/* ---------------------------------------------------------------- stats */
+
+TALLY_API int tally_db_stats(tally_db *db, tally_stats *out)
+{
+	err_clear();
+	memset(out, 0, sizeof *out);
+	strmap keys = {0};
+	int rc = 0;
+	pthread_mutex_lock(&db->cat.mu);
+	out->tables = db->cat.n_tables;
+	pthread_mutex_unlock(&db->cat.mu);
+	for (unsigned i = 0; i < db->n_shards; i++) {
+		shard *s = db->shards[i];
+		pthread_rwlock_rdlock(&s->lock);
+		out->events += s->events;
+		out->late_events += s->late_events;
+		out->memtable_bytes += s->mem_bytes;
+		out->rollup_bytes += s->rollup_bytes;
+		out->wal_bytes += wal_disk_bytes(s->wal);
+		out->wal_syncs += wal_syncs(s->wal);
+		for (uint32_t t = 0; t < s->cap_tables && !rc; t++) {
+			stable *st = s->tables[t];
+			if (!st)
+				continue;
+			if (db->n_shards == 1) {
+				out->keys += st->n;
+				continue;
+			}
+			/* A key written through several shards counts once. */
+			for (uint32_t k = 0; k < st->n && !rc; k++) {
+				series *se = st->list[k];
+				char buf[4 + 65536];
+				memcpy(buf, &t, 4);
+				memcpy(buf + 4, se->key, se->key_len);
+				uint64_t h = strmap_hash(buf, 4 + se->key_len);
+				if (strmap_get(&keys, buf, 4 + se->key_len, h))
+					continue;
+				/* The map's keys must outlive it: point at a copy. */
+				char *copy = mem_strndup(buf, 4 + se->key_len);
+				if (!copy || strmap_put(&keys, copy, 4 + se->key_len, h, copy)) {
+					mem_free(copy);
+					rc = err_set(-ENOMEM, "out of memory");
+				}
+				out->keys++;
+			}
+		}
+		pthread_rwlock_unlock(&s->lock);
+	}
+	for (uint32_t i = 0; i < keys.cap; i++)
+		mem_free(keys.slots[i].value);
+	strmap_free(&keys);
+	out->memory_limit = db->opt.memory_limit;
+	out->rejected_lines = atomic_load(&db->rejected_lines);
+	out->shards = db->n_shards;
+	return rc;
+}

@@ -1,0 +1,91 @@
+/*
+ * rollup.c — bucket arrays with a last-touched fast path.
+ *
+ * Events of one key mostly arrive in time order, so the next event usually
+ * falls in the bucket the previous one touched: that test is one subtraction
+ * and compare per level. A late event costs a binary search and, when its
+ * window is new, a memmove of the buckets after it (few: only those newer
+ * than the backlog).
+ */
+#include "rollup.h"
+
+#include <errno.h>
+#include <string.h>
+
+#include "mem.h"
+
+void ragg_to_public(const ragg *a, tally_agg *out)
+{
+	out->count = a->count;
+	out->sum = a->count ? a->sum + a->comp : 0;
+	out->min = a->count ? a->min : NAN;
+	out->max = a->count ? a->max : NAN;
+	out->avg = a->count ? out->sum / (double)a->count : NAN;
+}
+
+uint32_t rollup_lower(const rlevel *lv, int64_t t)
+{
+	uint32_t lo = 0, hi = lv->n;
+	while (lo < hi) {
+		uint32_t mid = lo + (hi - lo) / 2;
+		if (lv->b[mid].start < t)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+/* Finds or inserts the bucket starting at start; returns its index or -1. */
+static int64_t bucket_slot(rlevel *lv, int64_t start, uint64_t *bytes)
+{
+	uint32_t i = rollup_lower(lv, start);
+	if (i < lv->n && lv->b[i].start == start)
+		return i;
+	if (lv->n == lv->cap) {
+		uint32_t ncap = lv->cap ? lv->cap * 2 : 4;
+		rbucket *nb = mem_realloc(lv->b, (size_t)ncap * sizeof *nb);
+		if (!nb)
+			return -1;
+		*bytes += (uint64_t)(ncap - lv->cap) * sizeof *nb;
+		lv->b = nb;
+		lv->cap = ncap;
+	}
+	memmove(&lv->b[i + 1], &lv->b[i], (size_t)(lv->n - i) * sizeof *lv->b);
+	lv->b[i].start = start;
+	ragg_init(&lv->b[i].a);
+	lv->n++;
+	if (lv->n > 1 && i <= lv->last)
+		lv->last++; /* keep the fast path on the same bucket */
+	return i;
+}
+
+int rollup_add(rcol *rc, const levels *L, int64_t ts, double v, uint64_t *bytes)
+{
+	/* Levels nest, so the finest level's hit implies every level's hit. */
+	rlevel *l0 = &rc->lv[0];
+	if (l0->n && (uint64_t)ts - (uint64_t)l0->b[l0->last].start < (uint64_t)L->w[0]) {
+		for (unsigned i = 0; i < L->n; i++)
+			ragg_add(&rc->lv[i].b[rc->lv[i].last].a, v);
+		return 0;
+	}
+	/* Reserve every level's slot first so that a failed allocation leaves
+	 * all levels unchanged. */
+	int64_t idx[TALLY_LEVELS_MAX];
+	for (unsigned i = 0; i < L->n; i++) {
+		idx[i] = bucket_slot(&rc->lv[i], window_start(ts, L->w[i], L->offset), bytes);
+		if (idx[i] < 0)
+			return -ENOMEM;
+	}
+	for (unsigned i = 0; i < L->n; i++) {
+		rc->lv[i].last = (uint32_t)idx[i];
+		ragg_add(&rc->lv[i].b[idx[i]].a, v);
+	}
+	return 0;
+}
+
+void rcol_free(rcol *rc, const levels *L)
+{
+	for (unsigned i = 0; i < L->n; i++)
+		mem_free(rc->lv[i].b);
+}

@@ -1,0 +1,106 @@
+/*
+ * rollup.h — exact partial aggregates per window (internal).
+ *
+ * For one (key, field), each level keeps a sorted array of buckets: window
+ * start, count, sum, min, max. Sums are compensated (TwoSum): the pair
+ * (sum, comp) carries the rounding error, so an integer-valued field sums
+ * exactly up to 2^106 and float sums do not depend on arrival order beyond
+ * the last bit. Partial buckets merge (count+count, sum+sum, min of mins),
+ * which is how shards, and later parts and nodes, combine.
+ */
+#ifndef TALLY_ROLLUP_H
+#define TALLY_ROLLUP_H
+
+#include <math.h>
+#include <stdint.h>
+
+#include "tally.h"
+
+/* Engine time range: wide enough for any real data, narrow enough that
+ * window starts and ends of every level never overflow int64. */
+#define TS_ENGINE_MIN (INT64_MIN + (INT64_C(1) << 58))
+#define TS_ENGINE_MAX (INT64_MAX - (INT64_C(1) << 58))
+#define LEVEL_WIDTH_MAX (INT64_C(1) << 56)
+
+typedef struct levels {
+	unsigned n;
+	int64_t w[TALLY_LEVELS_MAX]; /* ascending, each dividing the next */
+	int64_t offset;              /* windows start at offset + k*w */
+} levels;
+
+typedef struct ragg {
+	uint64_t count;
+	double sum, comp; /* value = sum + comp */
+	double min, max;
+} ragg;
+
+typedef struct rbucket {
+	int64_t start;
+	ragg a;
+} rbucket;
+
+typedef struct rlevel {
+	rbucket *b;
+	uint32_t n, cap;
+	uint32_t last; /* index of the bucket touched last: the fast path */
+} rlevel;
+
+typedef struct rcol {
+	rlevel lv[TALLY_LEVELS_MAX];
+} rcol;
+
+/* Start of the window of width w holding ts. */
+static inline int64_t window_start(int64_t ts, int64_t w, int64_t offset)
+{
+	int64_t d = ts - offset; /* no overflow within the engine's range */
+	int64_t q = d / w, r = d % w;
+	if (r < 0)
+		q--;
+	return q * w + offset;
+}
+
+static inline void ragg_init(ragg *a)
+{
+	a->count = 0;
+	a->sum = a->comp = 0;
+	a->min = INFINITY;
+	a->max = -INFINITY;
+}
+
+/* Adds one value; TwoSum keeps the rounding error in comp. */
+static inline void ragg_add(ragg *a, double v)
+{
+	double t = a->sum + v;
+	double bp = t - a->sum;
+	a->comp += (a->sum - (t - bp)) + (v - bp);
+	a->sum = t;
+	a->count++;
+	a->min = v < a->min ? v : a->min;
+	a->max = v > a->max ? v : a->max;
+}
+
+static inline void ragg_merge(ragg *a, const ragg *b)
+{
+	if (!b->count)
+		return;
+	double t = a->sum + b->sum;
+	double bp = t - a->sum;
+	a->comp += (a->sum - (t - bp)) + (b->sum - bp) + b->comp;
+	a->sum = t;
+	a->count += b->count;
+	a->min = b->min < a->min ? b->min : a->min;
+	a->max = b->max > a->max ? b->max : a->max;
+}
+
+void ragg_to_public(const ragg *a, tally_agg *out);
+
+/* Adds v at ts to every level of rc. *bytes grows by what was allocated.
+ * 0 or -ENOMEM (then no level changed). */
+int rollup_add(rcol *rc, const levels *L, int64_t ts, double v, uint64_t *bytes);
+
+/* Index of the first bucket of lv with start >= t. */
+uint32_t rollup_lower(const rlevel *lv, int64_t t);
+
+void rcol_free(rcol *rc, const levels *L);
+
+#endif

@@ -1,0 +1,339 @@
+/*
+ * shard.c — applying staged batches to the memtable and rollups.
+ *
+ * The per-row work is: pick the row's series (resolved once per key per
+ * batch), append the timestamp and each present value to the series' tail
+ * chunk, and add numeric values to the series' rollups, whose fast path is
+ * one compare when the event lands in the window of the previous one.
+ * Allocation happens per chunk (up to 4096 rows), never per row.
+ */
+#include "shard.h"
+
+#include <errno.h>
+#include <string.h>
+
+#include "err.h"
+#include "mem.h"
+
+int shard_create(unsigned id, const levels *L, int64_t late_threshold, shard **out)
+{
+	shard *s = mem_calloc(1, sizeof *s);
+	if (!s)
+		return -ENOMEM;
+	pthread_rwlockattr_t a;
+	pthread_rwlockattr_init(&a);
+	/* Queries must not starve writers. */
+	pthread_rwlockattr_setkind_np(&a, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+	pthread_rwlock_init(&s->lock, &a);
+	pthread_rwlockattr_destroy(&a);
+	s->id = id;
+	s->L = L;
+	s->late_threshold = late_threshold;
+	*out = s;
+	return 0;
+}
+
+static void chunk_free(chunk *c)
+{
+	for (uint32_t i = 0; i < c->n_cols; i++) {
+		mem_free(c->cols[i].present);
+		mem_free(c->cols[i].vals);
+	}
+	mem_free(c->cols);
+	mem_free(c->arena);
+	mem_free(c->ts);
+	mem_free(c);
+}
+
+static void series_free(series *se, const levels *L)
+{
+	for (uint32_t i = 0; i < se->n_chunks; i++)
+		chunk_free(se->chunks[i]);
+	mem_free(se->chunks);
+	for (uint32_t i = 0; i < se->n_rcols; i++)
+		if (se->rcols[i]) {
+			rcol_free(se->rcols[i], L);
+			mem_free(se->rcols[i]);
+		}
+	mem_free(se->rcols);
+	mem_free(se->key);
+	mem_free(se);
+}
+
+void shard_destroy(shard *s)
+{
+	if (!s)
+		return;
+	for (uint32_t t = 0; t < s->cap_tables; t++) {
+		stable *st = s->tables[t];
+		if (!st)
+			continue;
+		for (uint32_t i = 0; i < st->n; i++)
+			series_free(st->list[i], s->L);
+		mem_free(st->list);
+		strmap_free(&st->by_key);
+		mem_free(st);
+	}
+	mem_free(s->tables);
+	mem_free(s->key_scratch);
+	pthread_rwlock_destroy(&s->lock);
+	mem_free(s);
+}
+
+stable *shard_table(const shard *s, const table_def *t)
+{
+	return t->id < s->cap_tables ? s->tables[t->id] : NULL;
+}
+
+series *shard_series(const shard *s, const table_def *t, const char *key, uint32_t len)
+{
+	stable *st = shard_table(s, t);
+	return st ? strmap_get(&st->by_key, key, len, strmap_hash(key, len)) : NULL;
+}
+
+static stable *table_get(shard *s, table_def *t)
+{
+	if (t->id >= s->cap_tables) {
+		uint32_t ncap = s->cap_tables ? s->cap_tables : 8;
+		while (ncap <= t->id)
+			ncap *= 2;
+		stable **nt = mem_realloc(s->tables, ncap * sizeof *nt);
+		if (!nt)
+			return NULL;
+		memset(nt + s->cap_tables, 0, (ncap - s->cap_tables) * sizeof *nt);
+		s->tables = nt;
+		s->cap_tables = ncap;
+	}
+	if (!s->tables[t->id]) {
+		stable *st = mem_calloc(1, sizeof *st);
+		if (!st)
+			return NULL;
+		st->def = t;
+		s->tables[t->id] = st;
+	}
+	return s->tables[t->id];
+}
+
+static series *series_get(shard *s, stable *st, const char *key, uint32_t len)
+{
+	uint64_t h = strmap_hash(key, len);
+	series *se = strmap_get(&st->by_key, key, len, h);
+	if (se)
+		return se;
+	if (st->n == st->cap) {
+		uint32_t ncap = st->cap ? st->cap * 2 : 16;
+		series **nl = mem_realloc(st->list, ncap * sizeof *nl);
+		if (!nl)
+			return NULL;
+		s->rollup_bytes += (ncap - st->cap) * sizeof *nl;
+		st->list = nl;
+		st->cap = ncap;
+	}
+	se = mem_calloc(1, sizeof *se);
+	if (!se)
+		return NULL;
+	se->key = mem_strndup(key, len);
+	se->key_len = len;
+	se->hwm = INT64_MIN;
+	size_t before = strmap_bytes(&st->by_key);
+	if (!se->key || strmap_put(&st->by_key, se->key, len, h, se)) {
+		mem_free(se->key);
+		mem_free(se);
+		return NULL;
+	}
+	s->rollup_bytes += sizeof *se + len + 1 + strmap_bytes(&st->by_key) - before;
+	st->list[st->n++] = se;
+	return se;
+}
+
+/* The chunk to append to: the tail, or a new one twice its size. */
+static chunk *tail_chunk(shard *s, series *se)
+{
+	chunk *c = se->n_chunks ? se->chunks[se->n_chunks - 1] : NULL;
+	if (c && c->n < c->cap)
+		return c;
+	uint32_t cap = c ? c->cap * 2 : CHUNK_ROWS_MIN;
+	if (cap > CHUNK_ROWS_MAX)
+		cap = CHUNK_ROWS_MAX;
+	if (se->n_chunks == se->cap_chunks) {
+		uint32_t ncap = se->cap_chunks ? se->cap_chunks * 2 : 4;
+		chunk **nc = mem_realloc(se->chunks, ncap * sizeof *nc);
+		if (!nc)
+			return NULL;
+		s->mem_bytes += (ncap - se->cap_chunks) * sizeof *nc;
+		se->chunks = nc;
+		se->cap_chunks = ncap;
+	}
+	chunk *n = mem_calloc(1, sizeof *n);
+	if (!n || !(n->ts = mem_alloc(cap * sizeof *n->ts))) {
+		mem_free(n);
+		return NULL;
+	}
+	n->cap = cap;
+	n->tmin = INT64_MAX;
+	n->tmax = INT64_MIN;
+	s->mem_bytes += sizeof *n + cap * sizeof *n->ts;
+	se->chunks[se->n_chunks++] = n;
+	return n;
+}
+
+static chunk_col *chunk_col_get(shard *s, chunk *c, uint32_t id, int is_str)
+{
+	if (id >= c->n_cols) {
+		uint32_t ncap = c->n_cols ? c->n_cols : 4;
+		while (ncap <= id)
+			ncap *= 2;
+		chunk_col *nc = mem_realloc(c->cols, ncap * sizeof *nc);
+		if (!nc)
+			return NULL;
+		memset(nc + c->n_cols, 0, (ncap - c->n_cols) * sizeof *nc);
+		s->mem_bytes += (ncap - c->n_cols) * sizeof *nc;
+		c->cols = nc;
+		c->n_cols = ncap;
+	}
+	chunk_col *cc = &c->cols[id];
+	if (!cc->present) {
+		cc->present = mem_calloc((c->cap + 63) / 64, 8);
+		cc->vals = mem_alloc(c->cap * sizeof *cc->vals);
+		if (!cc->present || !cc->vals) {
+			mem_free(cc->present);
+			mem_free(cc->vals);
+			cc->present = NULL;
+			cc->vals = NULL;
+			return NULL;
+		}
+		s->mem_bytes += (c->cap + 63) / 64 * 8 + c->cap * sizeof *cc->vals;
+	}
+	(void)is_str;
+	return cc;
+}
+
+static int chunk_put_str(shard *s, chunk *c, const char *p, uint32_t n, uint64_t *ref)
+{
+	if (c->arena_len + n > c->arena_cap) {
+		size_t ncap = c->arena_cap ? c->arena_cap : 256;
+		while (ncap < c->arena_len + n)
+			ncap *= 2;
+		char *na = mem_realloc(c->arena, ncap);
+		if (!na)
+			return -ENOMEM;
+		s->mem_bytes += ncap - c->arena_cap;
+		c->arena = na;
+		c->arena_cap = ncap;
+	}
+	memcpy(c->arena + c->arena_len, p, n);
+	*ref = ((uint64_t)c->arena_len << 16) | n;
+	c->arena_len += n;
+	return 0;
+}
+
+static rcol *rcol_get(shard *s, series *se, uint32_t id)
+{
+	if (id >= se->n_rcols) {
+		uint32_t ncap = se->n_rcols ? se->n_rcols : 4;
+		while (ncap <= id)
+			ncap *= 2;
+		rcol **nr = mem_realloc(se->rcols, ncap * sizeof *nr);
+		if (!nr)
+			return NULL;
+		memset(nr + se->n_rcols, 0, (ncap - se->n_rcols) * sizeof *nr);
+		s->rollup_bytes += (ncap - se->n_rcols) * sizeof *nr;
+		se->rcols = nr;
+		se->n_rcols = ncap;
+	}
+	if (!se->rcols[id]) {
+		se->rcols[id] = mem_calloc(1, sizeof(rcol));
+		if (!se->rcols[id])
+			return NULL;
+		s->rollup_bytes += sizeof(rcol);
+	}
+	return se->rcols[id];
+}
+
+static inline double num_value(enum tally_type t, bval v)
+{
+	switch (t) {
+	case TALLY_T_I64: return (double)v.i64;
+	case TALLY_T_U64: return (double)v.u64;
+	case TALLY_T_BOOL: return v.u64 ? 1.0 : 0.0;
+	default: return v.f64;
+	}
+}
+
+static int apply_table(shard *s, const tbatch *tb)
+{
+	stable *st = table_get(s, tb->table);
+	if (!st)
+		return -ENOMEM;
+	if (tb->n_keys > s->cap_key_scratch) {
+		series **nk = mem_realloc(s->key_scratch, tb->n_keys * sizeof *nk);
+		if (!nk)
+			return -ENOMEM;
+		s->key_scratch = nk;
+		s->cap_key_scratch = tb->n_keys;
+	}
+	series **ks = s->key_scratch;
+	for (uint32_t k = 0; k < tb->n_keys; k++) {
+		uint32_t len;
+		const char *key = tbatch_key(tb, k, &len);
+		if (!(ks[k] = series_get(s, st, key, len)))
+			return -ENOMEM;
+	}
+	uint64_t rbytes = 0;
+	for (uint32_t r = 0; r < tb->n_rows; r++) {
+		series *se = ks[tb->key[r]];
+		int64_t ts = tb->ts[r];
+		chunk *c = tail_chunk(s, se);
+		if (!c)
+			return -ENOMEM;
+		uint32_t i = c->n;
+		for (uint32_t ci = 0; ci < tb->n_cols; ci++) {
+			const bcol *bc = &tb->cols[ci];
+			if (!bcol_has(bc, r))
+				continue;
+			enum tally_type type = bc->def->type;
+			chunk_col *cc = chunk_col_get(s, c, bc->def->id, type_is_string(type));
+			if (!cc)
+				return -ENOMEM;
+			bval v = bc->vals[r];
+			if (type_is_string(type)) {
+				uint32_t len;
+				const char *str = tbatch_str(tb, v.ref, &len);
+				if (chunk_put_str(s, c, str, len, &v.ref))
+					return -ENOMEM;
+			} else {
+				rcol *rc = rcol_get(s, se, bc->def->id);
+				if (!rc || rollup_add(rc, s->L, ts, num_value(type, v), &rbytes))
+					return -ENOMEM;
+			}
+			cc->present[i >> 6] |= UINT64_C(1) << (i & 63);
+			cc->vals[i] = v;
+		}
+		c->ts[i] = ts;
+		c->n = i + 1;
+		c->tmin = ts < c->tmin ? ts : c->tmin;
+		c->tmax = ts > c->tmax ? ts : c->tmax;
+		if (se->hwm != INT64_MIN && ts < se->hwm - s->late_threshold)
+			s->late_events++;
+		if (ts > se->hwm)
+			se->hwm = ts;
+		se->rows++;
+		s->events++;
+	}
+	s->rollup_bytes += rbytes;
+	return 0;
+}
+
+int shard_apply(shard *s, const wbatch *b)
+{
+	for (uint32_t i = 0; i < b->n_tb; i++) {
+		int rc = apply_table(s, b->tb[i]);
+		if (rc) {
+			s->failed = 1;
+			return err_set(rc, "shard %u: out of memory applying a batch; the shard is "
+					   "failed and the database must be reopened",
+				       s->id);
+		}
+	}
+	return 0;
+}

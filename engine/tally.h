@@ -1,0 +1,324 @@
+/*
+ * tally.h — the public API of libtally, the embedded face of tally.
+ *
+ * tally keeps events (table, key, time, fields) and exact per-key rollups
+ * (count, sum, min, max) for fixed windows, and answers rollup series, exact
+ * range aggregates, all-keys aggregates and raw scans.
+ *
+ * Conventions (read once, they hold for every function below):
+ *
+ *  - Errors: every function that can fail returns int: 0 (TALLY_OK) on
+ *    success, a negative errno (-ENOMEM, -EIO, ...) for system errors, or a
+ *    tally code (TALLY_E*, all <= TALLY_ERR_BASE, far below any errno).
+ *    tally_strerror() names any code; tally_errmsg() gives the message of the
+ *    last error on the calling thread, with context ("wal/shard-000/...wal
+ *    offset 4096: checksum mismatch"). The message is thread-local, so
+ *    concurrent callers never see each other's messages.
+ *
+ *  - Time: int64 nanoseconds since the Unix epoch, UTC. Ranges are half open,
+ *    [from, to).
+ *
+ *  - Ownership: handles are created by *_open and destroyed by *_close;
+ *    *_close(NULL) is a no-op. Pointers returned inside results are borrowed:
+ *    each function says until when they stay valid.
+ *
+ *  - Threads: a tally_db may be used from many threads at once. A
+ *    tally_writer belongs to one thread at a time (no two calls on the same
+ *    writer may overlap); different writers may write concurrently, also when
+ *    bound to the same shard. Queries, tally_db_sync and tally_db_stats may run
+ *    concurrently with each other and with writes; a query sees every write
+ *    that returned before it started (read-your-writes).
+ *    A query iterator belongs to one thread at a time.
+ *
+ *  - Durability: a write that returned is visible to queries at once. It is
+ *    durable (survives kill -9 and power loss) after a later tally_db_sync()
+ *    returned 0, or, with sync_mode TALLY_SYNC_EACH_WRITE, when the write
+ *    itself returned.
+ */
+#ifndef TALLY_H
+#define TALLY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(TALLY_BUILDING) && defined(__GNUC__)
+#define TALLY_API __attribute__((visibility("default")))
+#else
+#define TALLY_API
+#endif
+
+#define TALLY_VERSION_MAJOR 0
+#define TALLY_VERSION_MINOR 1
+#define TALLY_VERSION_PATCH 0
+
+/* ---------------------------------------------------------------- errors */
+
+/* tally's own codes sit far below any errno, LMDB-style. */
+#define TALLY_OK 0
+#define TALLY_ERR_BASE (-30800)
+#define TALLY_EINVAL (TALLY_ERR_BASE - 0)    /* bad argument or option */
+#define TALLY_ESYNTAX (TALLY_ERR_BASE - 1)   /* malformed line protocol */
+#define TALLY_ETYPE (TALLY_ERR_BASE - 2)     /* field changes type */
+#define TALLY_ELIMIT (TALLY_ERR_BASE - 3)    /* a size or count limit */
+#define TALLY_ECORRUPT (TALLY_ERR_BASE - 4)  /* checksum or format error on disk */
+#define TALLY_ENOTFOUND (TALLY_ERR_BASE - 5) /* no such table, field or level */
+#define TALLY_EFULL (TALLY_ERR_BASE - 6)     /* memory bound reached: back off */
+#define TALLY_EFAILED (TALLY_ERR_BASE - 7)   /* handle failed earlier; reopen */
+#define TALLY_ETRUNC (TALLY_ERR_BASE - 8)    /* result did not fit the buffer */
+#define TALLY_ELOCKED (TALLY_ERR_BASE - 9)   /* directory in use by another process */
+#define TALLY_EVERSION (TALLY_ERR_BASE - 10) /* file of an unknown format version */
+#define TALLY_ERR_LAST TALLY_EVERSION
+
+/* Names any return code: 0, -errno or TALLY_E*. Never NULL; static storage. */
+TALLY_API const char *tally_strerror(int err);
+
+/* Message of the last error on this thread, with context. Valid until the
+ * next tally call on this thread. "" when the last call succeeded. */
+TALLY_API const char *tally_errmsg(void);
+
+/* ---------------------------------------------------------------- options */
+
+/* Rollup levels: window widths in ns; each must divide the next. */
+#define TALLY_LEVELS_MAX 8
+#define TALLY_NS_PER_SEC INT64_C(1000000000)
+#define TALLY_5M (300 * TALLY_NS_PER_SEC)
+#define TALLY_1H (3600 * TALLY_NS_PER_SEC)
+#define TALLY_1D (86400 * TALLY_NS_PER_SEC)
+
+enum tally_sync_mode {
+	TALLY_SYNC_ON_REQUEST = 0, /* durable at tally_db_sync (group commit) */
+	TALLY_SYNC_EACH_WRITE = 1, /* every write call fsyncs before returning */
+};
+
+enum tally_log_level { TALLY_LOG_ERROR = 0, TALLY_LOG_WARN = 1, TALLY_LOG_INFO = 2 };
+
+typedef void tally_log_fn(void *ctx, int level, const char *msg);
+
+typedef struct tally_options {
+	/* Number of write shards; 0 means 1. Each has its own memtable,
+	 * rollups and WAL. */
+	unsigned shards;
+	/* Rollup windows in ns, ascending, each dividing the next.
+	 * n_levels 0 means the default: 5m, 1h, 1d. */
+	unsigned n_levels;
+	int64_t levels[TALLY_LEVELS_MAX];
+	/* Windows (and day partitions) start at offset + k*width, so that
+	 * +3h gives Moscow days. In ns, within (-1 day, 1 day). */
+	int64_t align_offset;
+	/* Per-table key tag, "table=tag,table=tag". Tables not named use the
+	 * first tag of their first line. NULL: none. Copied at open. */
+	const char *table_keys;
+	/* Memory bound for memtables and rollups, bytes; writes past it fail
+	 * with TALLY_EFULL. 0: 4 GiB. */
+	uint64_t memory_limit;
+	/* Longest accepted line protocol line, bytes. 0: 1 MiB. */
+	uint32_t max_line_bytes;
+	enum tally_sync_mode sync_mode;
+	/* WAL segment size before rolling to a new file. 0: 64 MiB. */
+	uint64_t wal_segment_bytes;
+	/* An event counts as late when it is older than its key's newest event
+	 * by more than this, ns. 0: the finest level's width. */
+	int64_t late_threshold;
+	/* Log sink; NULL logs to stderr. Called from any thread. */
+	tally_log_fn *log_fn;
+	void *log_ctx;
+	int log_level; /* most verbose level logged; default TALLY_LOG_INFO */
+} tally_options;
+
+/* Fills *opt with the defaults. */
+TALLY_API void tally_options_init(tally_options *opt);
+
+/* ---------------------------------------------------------------- database */
+
+typedef struct tally_db tally_db;
+
+/* Opens (creating if needed) the database in directory dir, replays the WAL
+ * exactly once and returns the handle in *out. opt NULL means defaults.
+ * The directory is locked against other processes (TALLY_ELOCKED).
+ * On failure *out is NULL and nothing needs cleaning up. */
+TALLY_API int tally_db_open(const char *dir, const tally_options *opt, tally_db **out);
+
+/* Syncs and closes. All writers and iterators must be closed before. */
+TALLY_API void tally_db_close(tally_db *db);
+
+/* Returns once every write that returned before the call is durable.
+ * Many concurrent syncs and writes share one fsync per shard (group
+ * commit). A failed fsync fails the shard for good (TALLY_EFAILED after). */
+TALLY_API int tally_db_sync(tally_db *db);
+
+/* ---------------------------------------------------------------- writing */
+
+typedef struct tally_writer tally_writer;
+
+/* A writer is bound to one shard: shard < shards, or -1 for round robin
+ * over the shards as writers are opened. */
+TALLY_API int tally_writer_open(tally_db *db, int shard, tally_writer **out);
+TALLY_API void tally_writer_close(tally_writer *w);
+
+enum tally_precision {
+	TALLY_PREC_NS = 0,
+	TALLY_PREC_US = 1,
+	TALLY_PREC_MS = 2,
+	TALLY_PREC_S = 3,
+};
+
+#define TALLY_LINE_ERRORS_MAX 16
+#define TALLY_REASON_MAX 160
+
+typedef struct tally_line_error {
+	uint64_t line; /* 1-based line number within the call's text */
+	int code;      /* TALLY_ESYNTAX, TALLY_ETYPE, TALLY_ELIMIT, ... */
+	char reason[TALLY_REASON_MAX]; /* "field 'speed': invalid number '8x.2'" */
+} tally_line_error;
+
+typedef struct tally_write_result {
+	uint64_t accepted; /* lines written */
+	uint64_t rejected; /* lines refused; good lines around them are kept */
+	uint64_t lines;    /* lines seen, blank lines and comments included */
+	/* The first min(rejected, TALLY_LINE_ERRORS_MAX) rejected lines. */
+	unsigned n_errors;
+	tally_line_error errors[TALLY_LINE_ERRORS_MAX];
+} tally_write_result;
+
+/* Writes InfluxDB line protocol text (one or more lines; the last may lack
+ * its newline). Lines without a timestamp get the current time.
+ * Returns 0 when the call was processed, even if some lines were rejected
+ * (see *res, which may be NULL); a negative code when nothing was written
+ * (TALLY_EFULL, TALLY_EFAILED, I/O errors). */
+TALLY_API int tally_write_lp(tally_writer *w, const char *text, size_t len,
+			     enum tally_precision prec, tally_write_result *res);
+
+enum tally_type {
+	TALLY_T_NONE = 0,
+	TALLY_T_F64 = 1,
+	TALLY_T_I64 = 2,
+	TALLY_T_U64 = 3,
+	TALLY_T_BOOL = 4,
+	TALLY_T_STR = 5, /* string field */
+	TALLY_T_TAG = 6, /* tag (string) */
+};
+
+typedef struct tally_column {
+	const char *name;
+	enum tally_type type;   /* F64, I64, U64, BOOL (uint8_t 0/1), STR or TAG */
+	const void *values;     /* n_rows values; STR, TAG: const char ** */
+	const uint8_t *present; /* optional bitmap, bit i = row i has a value */
+} tally_column;
+
+typedef struct tally_batch {
+	const char *table;
+	const char *key;     /* the key tag's value for every row */
+	const char *key_tag; /* key tag name if this batch creates the table
+				and table_keys names none; NULL: "key" */
+	size_t n_rows;
+	const int64_t *ts; /* n_rows timestamps, ns */
+	size_t n_columns;
+	const tally_column *columns;
+} tally_batch;
+
+/* Writes typed rows of one key. The batch is checked whole before any row
+ * is written: it is accepted or refused as a whole (TALLY_ETYPE for a type
+ * conflict, TALLY_EINVAL for bad names, NaN/Inf or invalid UTF-8). */
+TALLY_API int tally_write_batch(tally_writer *w, const tally_batch *b);
+
+/* ---------------------------------------------------------------- queries */
+
+typedef struct tally_agg {
+	uint64_t count;
+	double sum;
+	double min; /* NaN when count == 0 */
+	double max;
+	double avg;
+} tally_agg;
+
+typedef struct tally_bucket {
+	int64_t start; /* window start, ns */
+	tally_agg agg;
+} tally_bucket;
+
+/* Rollup series of one key's numeric field: one bucket per window of width
+ * step that holds events, in time order, for every window that starts in
+ * [window_start(from), to); each bucket covers its whole window, also when
+ * to cuts into the last one. step must be a multiple of the finest level
+ * (e.g. 15m from 5m); windows align like the levels (align_offset).
+ * Fills at most cap buckets; *n_out gets the number of non-empty windows;
+ * TALLY_ETRUNC when that exceeds cap (the first cap are filled). */
+TALLY_API int tally_query_series(tally_db *db, const char *table, const char *field,
+				 const char *key, int64_t step, int64_t from, int64_t to,
+				 tally_bucket *out, size_t cap, size_t *n_out);
+
+/* Exact aggregate of one key's field over any [from, to): whole windows of
+ * the coarsest levels that fit, raw events only at the unaligned edges. */
+TALLY_API int tally_query_agg(tally_db *db, const char *table, const char *field,
+			      const char *key, int64_t from, int64_t to, tally_agg *out);
+
+/* All keys of a table at once: the exact aggregate of field over [from, to)
+ * for every key with events there, sorted by key. */
+typedef struct tally_keys_iter tally_keys_iter;
+TALLY_API int tally_query_keys(tally_db *db, const char *table, const char *field,
+			       int64_t from, int64_t to, tally_keys_iter **out);
+/* 1 and fills *key and *agg, 0 at the end, <0 on error. *key is borrowed until
+ * tally_keys_close. */
+TALLY_API int tally_keys_next(tally_keys_iter *it, const char **key, tally_agg *agg);
+TALLY_API void tally_keys_close(tally_keys_iter *it);
+
+/* Raw scan of one key's events in [from, to), in time order (events with
+ * equal times in arrival order). */
+typedef struct tally_scan tally_scan;
+
+typedef struct tally_value {
+	enum tally_type type; /* TALLY_T_NONE: no value in this row */
+	union {
+		double f64;
+		int64_t i64;
+		uint64_t u64;
+		int b;
+		struct {
+			const char *ptr; /* not NUL-terminated */
+			size_t len;
+		} str;
+	} v;
+} tally_value;
+
+typedef struct tally_row {
+	int64_t ts;
+	size_t n_values;           /* == tally_scan_columns() */
+	const tally_value *values; /* values[i] is column i */
+} tally_row;
+
+TALLY_API int tally_scan_open(tally_db *db, const char *table, const char *key, int64_t from,
+			      int64_t to, tally_scan **out);
+/* Columns of the scan's rows (tags and fields, the key tag excluded);
+ * name borrowed until tally_scan_close. */
+TALLY_API size_t tally_scan_columns(tally_scan *s);
+TALLY_API int tally_scan_column(tally_scan *s, size_t i, const char **name, enum tally_type *type);
+/* 1 and fills *row (borrowed until the next call), 0 at the end, <0 error. */
+TALLY_API int tally_scan_next(tally_scan *s, tally_row *row);
+TALLY_API void tally_scan_close(tally_scan *s);
+
+/* ---------------------------------------------------------------- stats */
+
+typedef struct tally_stats {
+	uint64_t events;         /* accepted since creation (WAL included) */
+	uint64_t late_events;    /* of which late (see late_threshold) */
+	uint64_t rejected_lines; /* since open */
+	uint64_t keys;           /* distinct (table, key) */
+	uint64_t tables;
+	uint64_t memtable_bytes; /* raw rows held in memory */
+	uint64_t rollup_bytes;   /* rollup buckets held in memory */
+	uint64_t memory_limit;
+	uint64_t wal_bytes;      /* bytes of WAL on disk */
+	uint64_t wal_syncs;      /* fsyncs done since open */
+	uint64_t shards;
+} tally_stats;
+
+TALLY_API int tally_db_stats(tally_db *db, tally_stats *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* TALLY_H */

@@ -1,0 +1,75 @@
+/*
+ * err.c — error names and the thread-local last-error message.
+ *
+ * The message lives in thread-local storage so that concurrent callers of
+ * one tally_db never read each other's errors (tally.h's threading rules).
+ */
+#include "err.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+static _Thread_local char err_buf[ERR_MSG_MAX];
+
+int err_set(int code, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(err_buf, sizeof err_buf, fmt, ap);
+	va_end(ap);
+	return code;
+}
+
+int err_sys(int errno_val, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(err_buf, sizeof err_buf, fmt, ap);
+	va_end(ap);
+	if (n >= 0 && (size_t)n < sizeof err_buf)
+		snprintf(err_buf + n, sizeof err_buf - (size_t)n, ": %s", strerror(errno_val));
+	return -errno_val;
+}
+
+int err_prefix(int code, const char *fmt, ...)
+{
+	char tmp[ERR_MSG_MAX];
+	memcpy(tmp, err_buf, sizeof tmp);
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(err_buf, sizeof err_buf, fmt, ap);
+	va_end(ap);
+	if (n >= 0 && (size_t)n < sizeof err_buf)
+		snprintf(err_buf + n, sizeof err_buf - (size_t)n, ": %s", tmp);
+	return code;
+}
+
+void err_clear(void) { err_buf[0] = 0; }
+
+const char *err_msg(void) { return err_buf; }
+
+TALLY_API const char *tally_errmsg(void) { return err_buf; }
+
+TALLY_API const char *tally_strerror(int err)
+{
+	switch (err) {
+	case TALLY_OK: return "success";
+	case TALLY_EINVAL: return "invalid argument";
+	case TALLY_ESYNTAX: return "malformed line protocol";
+	case TALLY_ETYPE: return "field type conflict";
+	case TALLY_ELIMIT: return "limit exceeded";
+	case TALLY_ECORRUPT: return "data corruption detected";
+	case TALLY_ENOTFOUND: return "not found";
+	case TALLY_EFULL: return "memory limit reached";
+	case TALLY_EFAILED: return "handle failed earlier and must be reopened";
+	case TALLY_ETRUNC: return "result truncated to the buffer";
+	case TALLY_ELOCKED: return "database directory is locked by another process";
+	case TALLY_EVERSION: return "unknown file format version";
+	default: break;
+	}
+	if (err < 0 && err > TALLY_ERR_BASE + 100)
+		return strerror(-err);
+	return "unknown error";
+}

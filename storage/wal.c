@@ -1,0 +1,1098 @@
+/*
+ * wal.c — the write-ahead log: segment files of checksummed, LZ4'd records.
+ *
+ * The idea that makes recovery sound: every record carries its own sequence
+ * number and two checksums (header, payload), so a reader trusts no length
+ * it has not checked and can tell a torn tail from corruption. A record that
+ * does not check out is the tail a crash tore iff it sits in the last
+ * segment and no valid record starts anywhere after it; then it is cut off.
+ * Anything else is TALLY_ECORRUPT naming file and offset.
+ *
+ * Durability is a logical byte position (LSN, bytes of records written in
+ * this process). Writers advance written_lsn; wal_sync_to() fsyncs once for
+ * every caller waiting at or below the LSN it observed (group commit). The
+ * current segment's fd is only replaced under sync_mu, after the old one was
+ * fsynced, so a sync never misses bytes that went to an older segment.
+ *
+ * Byte layout, all integers little-endian (docs/formats.md, "WAL", has the
+ * tables and an annotated hex dump):
+ *
+ *   segment file "%020llu.wal", named by the first seq it holds:
+ *     0   8  magic "TALLYWAL"
+ *     8   4  format version, 1
+ *    12   4  header size, 32
+ *    16   8  first_seq
+ *    24   8  XXH3_64bits of bytes 0..23
+ *   then records back to back, each:
+ *     0   4  magic 0x43455257 (bytes "WREC")
+ *     4   4  stored payload length
+ *     8   4  raw payload length
+ *    12   4  flags: bit 0 = payload is one LZ4 block; others must be 0
+ *    16   8  seq
+ *    24   8  XXH3_64bits of the stored payload
+ *    32   8  XXH3_64bits of bytes 0..31
+ *    40   -  stored payload
+ */
+#include "wal.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <lz4.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include "err.h"
+#include "mem.h"
+
+#define SEG_MAGIC "TALLYWAL"
+#define SEG_VERSION 1u
+#define SEG_HDR 32u
+#define REC_MAGIC 0x43455257u /* "WREC" on disk */
+#define REC_HDR 40u
+#define REC_F_LZ4 1u
+
+#define SEG_NAME_DIGITS 20
+#define SEG_NAME_LEN (SEG_NAME_DIGITS + 4) /* digits + ".wal" */
+#define WAL_PATH_MAX 4096
+
+#define DEFAULT_SEGMENT_BYTES (64ull << 20)
+#define DEFAULT_BUFFER_BYTES (1u << 20)
+#define MIN_BUFFER_BYTES 4096u
+#define READ_CHUNK (1u << 20)
+/* LZ4 cannot shrink shorter payloads enough to pay for trying. */
+#define COMPRESS_MIN 64u
+/* LZ4 acceleration: 1 is LZ4_compress_default. Measured on column-like
+ * data (docs/formats.md): higher values lose ratio for little speed. */
+#define LZ4_ACCEL 1
+/* Scratch for records written directly is kept up to this size. */
+#define BIG_KEEP (8u << 20)
+
+typedef struct wal_seg {
+	uint64_t first_seq;
+	uint64_t bytes; /* file size; for the current segment, bytes written */
+} wal_seg;
+
+struct wal {
+	char *dir; /* as given, trailing slashes dropped; for messages */
+	int dir_fd;
+	uint64_t segment_bytes;
+	size_t buffer_bytes;
+	log_sink log;
+
+	/* Writer state: owned by the caller's lock (wal.h threading rules). */
+	wal_seg *segs; /* oldest first; the last one is current */
+	size_t n_segs, cap_segs;
+	uint64_t seg_records; /* records in the current segment */
+	uint64_t next_seq;
+	uint8_t *buf;                /* pending bytes are buf[buf_done, buf_len) */
+	size_t buf_len, buf_done;
+	uint8_t *big; /* compression scratch for records written directly */
+	size_t big_cap;
+	uint64_t appended_lsn;
+
+	/* Shared with wal_sync_to. fd and cur_seq change only under sync_mu;
+	 * the counters are accessed with __atomic builtins. */
+	pthread_mutex_t sync_mu;
+	int fd;
+	uint64_t cur_seq; /* first seq of the segment fd refers to */
+	uint64_t written_lsn;
+	uint64_t durable_lsn;
+	uint64_t syncs;
+	uint64_t disk_bytes;
+	int failed; /* set once, with fail_msg, under sync_mu */
+	char fail_msg[ERR_MSG_MAX];
+};
+
+/* ------------------------------------------------------------ encoding */
+
+static void put_u32(uint8_t *p, uint32_t v)
+{
+	p[0] = (uint8_t)v;
+	p[1] = (uint8_t)(v >> 8);
+	p[2] = (uint8_t)(v >> 16);
+	p[3] = (uint8_t)(v >> 24);
+}
+
+static void put_u64(uint8_t *p, uint64_t v)
+{
+	put_u32(p, (uint32_t)v);
+	put_u32(p + 4, (uint32_t)(v >> 32));
+}
+
+static uint32_t get_u32(const uint8_t *p)
+{
+	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static uint64_t get_u64(const uint8_t *p) { return get_u32(p) | (uint64_t)get_u32(p + 4) << 32; }
+
+static void seg_hdr_encode(uint8_t h[SEG_HDR], uint64_t first_seq)
+{
+	memcpy(h, SEG_MAGIC, 8);
+	put_u32(h + 8, SEG_VERSION);
+	put_u32(h + 12, SEG_HDR);
+	put_u64(h + 16, first_seq);
+	put_u64(h + 24, XXH3_64bits(h, 24));
+}
+
+/* NULL when h is a sound header; *version gets the format version found. */
+static const char *seg_hdr_check(const uint8_t h[SEG_HDR], uint64_t *first_seq, uint32_t *version)
+{
+	*version = SEG_VERSION;
+	if (memcmp(h, SEG_MAGIC, 8) != 0)
+		return "bad segment magic";
+	if (XXH3_64bits(h, 24) != get_u64(h + 24))
+		return "segment header checksum mismatch";
+	*version = get_u32(h + 8);
+	if (*version == SEG_VERSION && get_u32(h + 12) != SEG_HDR)
+		return "bad segment header size";
+	*first_seq = get_u64(h + 16);
+	if (*first_seq == 0)
+		return "segment first seq is 0";
+	return NULL;
+}
+
+typedef struct rec_hdr {
+	uint32_t stored, raw, flags;
+	uint64_t seq, sum;
+	bool seq_known; /* the header checksum passed */
+} rec_hdr;
+
+/* NULL when the record header at h is sound and its payload fits in room
+ * bytes; fills r as far as it got. */
+static const char *rec_hdr_check(const uint8_t h[REC_HDR], uint64_t room, rec_hdr *r)
+{
+	r->seq_known = false;
+	if (get_u32(h) != REC_MAGIC)
+		return "bad record magic";
+	if (XXH3_64bits(h, 32) != get_u64(h + 32))
+		return "record header checksum mismatch";
+	r->stored = get_u32(h + 4);
+	r->raw = get_u32(h + 8);
+	r->flags = get_u32(h + 12);
+	r->seq = get_u64(h + 16);
+	r->sum = get_u64(h + 24);
+	r->seq_known = true;
+	if (r->flags & ~REC_F_LZ4)
+		return "unknown record flags";
+	if (r->raw > WAL_RECORD_MAX)
+		return "raw length over WAL_RECORD_MAX";
+	if (r->flags & REC_F_LZ4) {
+		if (r->stored == 0 || r->stored > (uint32_t)LZ4_compressBound((int)r->raw))
+			return "compressed length out of range";
+	} else if (r->stored != r->raw) {
+		return "stored length differs from raw length";
+	}
+	if (r->stored > room)
+		return "record length past end of file";
+	return NULL;
+}
+
+/* Stores payload at dst (room for LZ4_compressBound(len)), compressed when
+ * that makes it shorter; returns the stored length. */
+static uint32_t rec_encode_payload(uint8_t *dst, const void *payload, size_t len, size_t bound,
+				   uint32_t *flags)
+{
+	*flags = 0;
+	if (len >= COMPRESS_MIN) {
+		int c = LZ4_compress_fast(payload, (char *)dst, (int)len, (int)bound, LZ4_ACCEL);
+		if (c > 0 && (size_t)c < len) {
+			*flags = REC_F_LZ4;
+			return (uint32_t)c;
+		}
+	}
+	if (len)
+		memcpy(dst, payload, len);
+	return (uint32_t)len;
+}
+
+static void rec_hdr_encode(uint8_t h[REC_HDR], uint32_t stored, size_t raw, uint32_t flags,
+			   uint64_t seq)
+{
+	put_u32(h, REC_MAGIC);
+	put_u32(h + 4, stored);
+	put_u32(h + 8, (uint32_t)raw);
+	put_u32(h + 12, flags);
+	put_u64(h + 16, seq);
+	put_u64(h + 24, XXH3_64bits(h + REC_HDR, stored));
+	put_u64(h + 32, XXH3_64bits(h, 32));
+}
+
+/* ------------------------------------------------------------ helpers */
+
+static void seg_name(char out[SEG_NAME_LEN + 1], uint64_t first_seq)
+{
+	snprintf(out, SEG_NAME_LEN + 1, "%020llu.wal", (unsigned long long)first_seq);
+}
+
+static void seg_path(const wal *w, uint64_t first_seq, char out[WAL_PATH_MAX])
+{
+	snprintf(out, WAL_PATH_MAX, "%s/%020llu.wal", w->dir, (unsigned long long)first_seq);
+}
+
+/* 1 and the seq when name is a segment file name, else 0. */
+static int seg_name_parse(const char *name, uint64_t *seq)
+{
+	if (strlen(name) != SEG_NAME_LEN || strcmp(name + SEG_NAME_DIGITS, ".wal") != 0)
+		return 0;
+	uint64_t v = 0;
+	for (int i = 0; i < SEG_NAME_DIGITS; i++) {
+		if (name[i] < '0' || name[i] > '9')
+			return 0;
+		unsigned d = (unsigned)(name[i] - '0');
+		if (v > (UINT64_MAX - d) / 10)
+			return 0; /* 20 digits can exceed 2^64: not a name we write */
+		v = v * 10 + d;
+	}
+	*seq = v;
+	return 1;
+}
+
+static int write_full(int fd, const void *p, size_t n, uint64_t off, size_t *done)
+{
+	const uint8_t *b = p;
+	size_t got = 0;
+	while (got < n) {
+		ssize_t k = pwrite(fd, b + got, n - got, (off_t)(off + got));
+		if (k < 0) {
+			if (errno == EINTR)
+				continue;
+			break;
+		}
+		if (k == 0) {
+			errno = EIO; /* no progress: do not spin */
+			break;
+		}
+		got += (size_t)k;
+	}
+	if (done)
+		*done = got;
+	return got == n ? 0 : -1;
+}
+
+static uint64_t ld(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static void st(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+static void add(uint64_t *p, uint64_t v) { __atomic_fetch_add(p, v, __ATOMIC_RELEASE); }
+static void sub(uint64_t *p, uint64_t v) { __atomic_fetch_sub(p, v, __ATOMIC_RELEASE); }
+
+static int is_failed(const wal *w) { return __atomic_load_n(&w->failed, __ATOMIC_ACQUIRE); }
+
+static int failed_err(const wal *w)
+{
+	return err_set(TALLY_EFAILED, "wal %s is failed (%s); reopen", w->dir, w->fail_msg);
+}
+
+/* Fails the WAL for good (caller holds sync_mu); the first failure's
+ * message is the one kept. Returns TALLY_EFAILED. */
+static int fail_locked(wal *w, int errno_val, const char *what, uint64_t seg)
+{
+	if (!is_failed(w)) {
+		snprintf(w->fail_msg, sizeof w->fail_msg, "%s %s/%020llu.wal: %s", what, w->dir,
+			 (unsigned long long)seg, strerror(errno_val));
+		__atomic_store_n(&w->failed, 1, __ATOMIC_RELEASE);
+		log_emit(&w->log, TALLY_LOG_ERROR, "wal %s failed: %s", w->dir, w->fail_msg);
+	}
+	return failed_err(w);
+}
+
+static int fail(wal *w, int errno_val, const char *what, uint64_t seg)
+{
+	pthread_mutex_lock(&w->sync_mu);
+	int rc = fail_locked(w, errno_val, what, seg);
+	pthread_mutex_unlock(&w->sync_mu);
+	return rc;
+}
+
+static int fsync_dir(wal *w)
+{
+	if (fsync(w->dir_fd) != 0) {
+		int e = errno;
+		pthread_mutex_lock(&w->sync_mu);
+		if (!is_failed(w)) {
+			snprintf(w->fail_msg, sizeof w->fail_msg, "fsync of directory %s: %s", w->dir,
+				 strerror(e));
+			__atomic_store_n(&w->failed, 1, __ATOMIC_RELEASE);
+			log_emit(&w->log, TALLY_LOG_ERROR, "wal %s failed: %s", w->dir, w->fail_msg);
+		}
+		pthread_mutex_unlock(&w->sync_mu);
+		return failed_err(w);
+	}
+	return 0;
+}
+
+static int seg_push(wal *w, uint64_t first_seq, uint64_t bytes)
+{
+	if (w->n_segs == w->cap_segs) {
+		size_t cap = w->cap_segs ? w->cap_segs * 2 : 16;
+		wal_seg *s = mem_realloc(w->segs, cap * sizeof *s);
+		if (!s)
+			return err_set(-ENOMEM, "wal %s: out of memory", w->dir);
+		w->segs = s;
+		w->cap_segs = cap;
+	}
+	w->segs[w->n_segs++] = (wal_seg){first_seq, bytes};
+	return 0;
+}
+
+/* Creates segment first_seq with a durable header and name; *fdp gets it
+ * open for writing. */
+static int seg_create(wal *w, uint64_t first_seq, int *fdp)
+{
+	char name[SEG_NAME_LEN + 1], path[WAL_PATH_MAX];
+	uint8_t h[SEG_HDR];
+	seg_name(name, first_seq);
+	seg_path(w, first_seq, path);
+	int fd = openat(w->dir_fd, name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return err_sys(errno, "%s: create", path);
+	seg_hdr_encode(h, first_seq);
+	if (write_full(fd, h, SEG_HDR, 0, NULL) != 0) {
+		int rc = err_sys(errno, "%s: write", path);
+		close(fd);
+		unlinkat(w->dir_fd, name, 0); /* an empty or short last segment is torn anyway */
+		return rc;
+	}
+	if (fdatasync(fd) != 0) {
+		int e = errno;
+		close(fd);
+		return fail(w, e, "fdatasync of new segment", first_seq);
+	}
+	int rc = fsync_dir(w);
+	if (rc) {
+		close(fd);
+		return rc;
+	}
+	*fdp = fd;
+	return 0;
+}
+
+/* ------------------------------------------------------------ recovery */
+
+/* A window onto one segment file, so that records are parsed in place. */
+typedef struct seg_reader {
+	int fd;
+	uint64_t size;
+	uint8_t *buf;
+	size_t cap;
+	uint64_t at; /* file offset of buf[0] */
+	size_t len;  /* valid bytes in buf */
+} seg_reader;
+
+typedef struct recover {
+	wal *w;
+	uint64_t after_seq;
+	wal_replay_fn *replay;
+	void *ctx;
+	seg_reader rd;
+	uint8_t *dbuf; /* decompressed payload */
+	size_t dcap;
+	uint64_t expected; /* next seq the log must hold */
+	char path[WAL_PATH_MAX];
+} recover;
+
+/* Points *p at file bytes [off, off+n); the caller checked off+n <= size.
+ * *p stays valid until the next call. */
+static int rd_get(recover *rc, uint64_t off, size_t n, const uint8_t **p)
+{
+	seg_reader *rd = &rc->rd;
+	if (off >= rd->at && off - rd->at <= rd->len && n <= rd->len - (off - rd->at)) {
+		*p = rd->buf + (off - rd->at);
+		return 0;
+	}
+	size_t want = n > READ_CHUNK ? n : READ_CHUNK;
+	if (want > rd->size - off)
+		want = (size_t)(rd->size - off);
+	if (want > rd->cap) {
+		uint8_t *b = mem_realloc(rd->buf, want);
+		if (!b)
+			return err_set(-ENOMEM, "%s: out of memory reading %zu bytes", rc->path, want);
+		rd->buf = b;
+		rd->cap = want;
+	}
+	rd->len = 0;
+	while (rd->len < want) {
+		ssize_t k = pread(rd->fd, rd->buf + rd->len, want - rd->len, (off_t)(off + rd->len));
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k < 0)
+			return err_sys(errno, "%s offset %llu: read", rc->path,
+				       (unsigned long long)(off + rd->len));
+		if (k == 0)
+			return err_set(-EIO, "%s: file shrank while being read", rc->path);
+		rd->len += (size_t)k;
+	}
+	rd->at = off;
+	*p = rd->buf;
+	return 0;
+}
+
+typedef struct rec_view {
+	rec_hdr h;
+	const uint8_t *payload; /* raw payload when decoded, else NULL */
+} rec_view;
+
+/* Checks the record at off: *why is NULL when it is valid, else the reason.
+ * When decode is set, a valid record is also decompressed into r->payload.
+ * Returns nonzero only for I/O or memory errors. */
+static int rec_check(recover *rc, uint64_t off, bool decode, rec_view *r, const char **why)
+{
+	static const uint8_t empty[1];
+	const uint8_t *p;
+	uint64_t size = rc->rd.size;
+	r->h.seq_known = false;
+	r->payload = NULL;
+	if (size - off < REC_HDR) {
+		*why = "short record header";
+		return 0;
+	}
+	int e = rd_get(rc, off, REC_HDR, &p);
+	if (e)
+		return e;
+	*why = rec_hdr_check(p, size - off - REC_HDR, &r->h);
+	if (*why)
+		return 0;
+	e = rd_get(rc, off + REC_HDR, r->h.stored, &p);
+	if (e)
+		return e;
+	if (XXH3_64bits(p, r->h.stored) != r->h.sum) {
+		*why = "payload checksum mismatch";
+		return 0;
+	}
+	if (!decode)
+		return 0;
+	if (!(r->h.flags & REC_F_LZ4)) {
+		r->payload = r->h.stored ? p : empty;
+		return 0;
+	}
+	if (r->h.raw > rc->dcap) {
+		uint8_t *d = mem_realloc(rc->dbuf, r->h.raw);
+		if (!d)
+			return err_set(-ENOMEM, "%s: out of memory for a %u-byte record", rc->path,
+				       r->h.raw);
+		rc->dbuf = d;
+		rc->dcap = r->h.raw;
+	}
+	int n = LZ4_decompress_safe((const char *)p, (char *)rc->dbuf, (int)r->h.stored,
+				    (int)r->h.raw);
+	if (n < 0 || (uint32_t)n != r->h.raw) {
+		*why = "LZ4 payload does not decompress to its raw length";
+		return 0;
+	}
+	r->payload = rc->dbuf;
+	return 0;
+}
+
+/* *found = a valid record starts somewhere in [from, size). */
+static int scan_for_record(recover *rc, uint64_t from, bool *found)
+{
+	uint64_t size = rc->rd.size;
+	*found = false;
+	for (uint64_t p = from; p < size && size - p >= REC_HDR; p++) {
+		const uint8_t *m;
+		int e = rd_get(rc, p, 4, &m);
+		if (e)
+			return e;
+		if (get_u32(m) != REC_MAGIC)
+			continue;
+		rec_view r;
+		const char *why;
+		e = rec_check(rc, p, false, &r, &why);
+		if (e)
+			return e;
+		if (!why) {
+			*found = true;
+			return 0;
+		}
+	}
+	return 0;
+}
+
+static int corrupt(recover *rc, uint64_t off, const char *why, const rec_hdr *h)
+{
+	if (h && h->seq_known)
+		return err_set(TALLY_ECORRUPT, "%s offset %llu: %s (record seq %llu)", rc->path,
+			       (unsigned long long)off, why, (unsigned long long)h->seq);
+	return err_set(TALLY_ECORRUPT, "%s offset %llu: %s", rc->path, (unsigned long long)off,
+		       why);
+}
+
+/* Cuts the last segment at off (a torn tail) durably. */
+static int seg_cut(recover *rc, int fd, uint64_t off, const char *why)
+{
+	uint64_t dropped = rc->rd.size - off;
+	if (ftruncate(fd, (off_t)off) != 0)
+		return err_sys(errno, "%s: truncating torn tail at offset %llu", rc->path,
+			       (unsigned long long)off);
+	if (fdatasync(fd) != 0)
+		return err_sys(errno, "%s: fdatasync after truncating", rc->path);
+	log_emit(&rc->w->log, TALLY_LOG_WARN, "%s offset %llu: torn tail (%s), dropped %llu bytes",
+		 rc->path, (unsigned long long)off, why, (unsigned long long)dropped);
+	rc->rd.size = off;
+	rc->rd.len = 0;
+	return 0;
+}
+
+/* The seq a segment starts at must continue the log; a gap is allowed only
+ * over records the caller already holds (<= after_seq): wal_open leaves one
+ * when the log ended below after_seq (see there). */
+static int seq_follows(recover *rc, size_t i, uint64_t first)
+{
+	if (i == 0) {
+		if (first > rc->after_seq + 1)
+			return err_set(TALLY_ECORRUPT,
+				       "%s offset 0: log starts at seq %llu but records after %llu "
+				       "are needed (segments missing)",
+				       rc->path, (unsigned long long)first,
+				       (unsigned long long)rc->after_seq);
+		return 0;
+	}
+	if (first < rc->expected)
+		return err_set(TALLY_ECORRUPT,
+			       "%s offset 0: first seq %llu overlaps the previous segment, "
+			       "which ends at %llu",
+			       rc->path, (unsigned long long)first,
+			       (unsigned long long)(rc->expected - 1));
+	if (first > rc->expected && first - 1 > rc->after_seq)
+		return err_set(TALLY_ECORRUPT, "%s offset 0: records %llu..%llu missing before it",
+			       rc->path, (unsigned long long)rc->expected,
+			       (unsigned long long)(first - 1));
+	return 0;
+}
+
+/* Checks and replays segment i. The last segment stays open in w->fd. */
+static int seg_recover(recover *rc, size_t i)
+{
+	wal *w = rc->w;
+	bool last = i + 1 == w->n_segs;
+	uint64_t name_seq = w->segs[i].first_seq, first = 0, count = 0;
+	char name[SEG_NAME_LEN + 1];
+	const uint8_t *p;
+	const char *why = NULL;
+	uint32_t version;
+	struct stat sb;
+	int err = 0;
+
+	seg_name(name, name_seq);
+	seg_path(w, name_seq, rc->path);
+	int fd = openat(w->dir_fd, name, (last ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+	if (fd < 0)
+		return err_sys(errno, "%s: open", rc->path);
+	if (fstat(fd, &sb) != 0) {
+		err = err_sys(errno, "%s: stat", rc->path);
+		goto fail;
+	}
+	rc->rd.fd = fd;
+	rc->rd.size = (uint64_t)sb.st_size;
+	rc->rd.at = 0;
+	rc->rd.len = 0;
+
+	if (rc->rd.size < SEG_HDR) {
+		why = "short segment header";
+	} else {
+		if ((err = rd_get(rc, 0, SEG_HDR, &p)) != 0)
+			goto fail;
+		why = seg_hdr_check(p, &first, &version);
+		if (version != SEG_VERSION) {
+			err = err_set(TALLY_EVERSION, "%s: format version %u (this build reads %u)",
+				      rc->path, version, SEG_VERSION);
+			goto fail;
+		}
+		if (!why && first != name_seq) {
+			err = err_set(TALLY_ECORRUPT,
+				      "%s offset 16: header first seq %llu differs from the file name",
+				      rc->path, (unsigned long long)first);
+			goto fail;
+		}
+	}
+	if (why) {
+		/* A crash while the segment was created leaves its header short or
+		 * unwritten; with nothing valid after it, that is a torn tail. */
+		bool found = false;
+		if (last && (err = scan_for_record(rc, 0, &found)) != 0)
+			goto fail;
+		if (!last || found) {
+			err = corrupt(rc, 0, why, NULL);
+			goto fail;
+		}
+		first = name_seq;
+	}
+	if ((err = seq_follows(rc, i, first)) != 0)
+		goto fail;
+	rc->expected = first;
+	if (why) {
+		uint8_t h[SEG_HDR];
+		if ((err = seg_cut(rc, fd, 0, why)) != 0)
+			goto fail;
+		seg_hdr_encode(h, first);
+		if (write_full(fd, h, SEG_HDR, 0, NULL) != 0 || fdatasync(fd) != 0) {
+			err = err_sys(errno, "%s: rewriting the header", rc->path);
+			goto fail;
+		}
+		rc->rd.size = SEG_HDR;
+	}
+
+	for (uint64_t off = SEG_HDR; off < rc->rd.size;) {
+		rec_view r;
+		bool found = false;
+		if ((err = rec_check(rc, off, true, &r, &why)) != 0)
+			goto fail;
+		if (why) {
+			if (last && (err = scan_for_record(rc, off + 1, &found)) != 0)
+				goto fail;
+			if (!last || found) {
+				err = corrupt(rc, off, why, &r.h);
+				goto fail;
+			}
+			if ((err = seg_cut(rc, fd, off, why)) != 0)
+				goto fail;
+			break;
+		}
+		if (r.h.seq != rc->expected || r.h.seq == UINT64_MAX) {
+			err = err_set(TALLY_ECORRUPT, "%s offset %llu: record seq %llu, expected %llu",
+				      rc->path, (unsigned long long)off,
+				      (unsigned long long)r.h.seq, (unsigned long long)rc->expected);
+			goto fail;
+		}
+		if (r.h.seq > rc->after_seq && rc->replay) {
+			err = rc->replay(rc->ctx, r.h.seq, r.payload, r.h.raw);
+			if (err)
+				goto fail;
+		}
+		rc->expected++;
+		count++;
+		off += REC_HDR + r.h.stored;
+	}
+
+	w->segs[i].bytes = rc->rd.size;
+	add(&w->disk_bytes, rc->rd.size);
+	if (last) {
+		w->fd = fd;
+		w->seg_records = count;
+	} else {
+		close(fd);
+	}
+	return 0;
+fail:
+	close(fd);
+	return err;
+}
+
+static int seg_cmp(const void *a, const void *b)
+{
+	uint64_t x = ((const wal_seg *)a)->first_seq, y = ((const wal_seg *)b)->first_seq;
+	return x < y ? -1 : x > y;
+}
+
+static int seg_list(wal *w)
+{
+	int dfd = openat(w->dir_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dfd < 0)
+		return err_sys(errno, "%s: open", w->dir);
+	DIR *d = fdopendir(dfd);
+	if (!d) {
+		int rc = err_sys(errno, "%s: opendir", w->dir);
+		close(dfd);
+		return rc;
+	}
+	int rc = 0;
+	struct dirent *de;
+	errno = 0;
+	while ((de = readdir(d)) != NULL) {
+		uint64_t seq;
+		if (!seg_name_parse(de->d_name, &seq))
+			continue;
+		if (seq == 0) {
+			rc = err_set(TALLY_ECORRUPT, "%s/%s: seq 0 in a segment name", w->dir,
+				     de->d_name);
+			goto out;
+		}
+		if ((rc = seg_push(w, seq, 0)) != 0)
+			goto out;
+		errno = 0;
+	}
+	if (errno)
+		rc = err_sys(errno, "%s: readdir", w->dir);
+out:
+	closedir(d);
+	if (!rc && w->n_segs > 1)
+		qsort(w->segs, w->n_segs, sizeof *w->segs, seg_cmp);
+	return rc;
+}
+
+static int dir_open(wal *w)
+{
+	if (mkdir(w->dir, 0755) == 0) {
+		/* Make the new directory's name durable in its parent. */
+		char parent[WAL_PATH_MAX];
+		snprintf(parent, sizeof parent, "%s", w->dir);
+		char *slash = strrchr(parent, '/');
+		if (slash == parent)
+			slash[1] = 0;
+		else if (slash)
+			*slash = 0;
+		else
+			snprintf(parent, sizeof parent, ".");
+		int pfd = open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (pfd < 0)
+			return err_sys(errno, "%s: open", parent);
+		int r = fsync(pfd);
+		int e = errno;
+		close(pfd);
+		if (r != 0)
+			return err_sys(e, "%s: fsync", parent);
+	} else if (errno != EEXIST) {
+		return err_sys(errno, "%s: mkdir", w->dir);
+	}
+	w->dir_fd = open(w->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (w->dir_fd < 0)
+		return err_sys(errno, "%s: open", w->dir);
+	return 0;
+}
+
+/* Leaves the log appendable at next_seq after recovery. */
+static int open_tail(wal *w, uint64_t after_seq, uint64_t expected)
+{
+	uint64_t next = expected > after_seq ? expected : after_seq + 1;
+	int rc, fd;
+	if (w->n_segs && next == expected) {
+		/* Records the previous process wrote but did not sync were
+		 * replayed just now: make them durable before anyone builds on
+		 * them. */
+		if (fdatasync(w->fd) != 0)
+			return fail(w, errno, "fdatasync", w->segs[w->n_segs - 1].first_seq);
+		w->cur_seq = w->segs[w->n_segs - 1].first_seq;
+		w->next_seq = next;
+		return 0;
+	}
+	if (w->n_segs) {
+		/* The log ends below after_seq (its unsynced tail was lost after
+		 * the records reached parts). Numbering must go on above
+		 * after_seq, or the next replay would skip the new records, so
+		 * a new segment starts at after_seq + 1; the gap it leaves holds
+		 * only records the caller has. An empty current segment goes. */
+		wal_seg *cur = &w->segs[w->n_segs - 1];
+		if (w->seg_records == 0) {
+			char name[SEG_NAME_LEN + 1];
+			seg_name(name, cur->first_seq);
+			close(w->fd);
+			w->fd = -1;
+			if (unlinkat(w->dir_fd, name, 0) != 0)
+				return err_sys(errno, "%s/%s: unlink", w->dir, name);
+			sub(&w->disk_bytes, cur->bytes);
+			w->n_segs--;
+		} else {
+			if (fdatasync(w->fd) != 0)
+				return fail(w, errno, "fdatasync", cur->first_seq);
+			close(w->fd);
+			w->fd = -1;
+		}
+	}
+	if ((rc = seg_create(w, next, &fd)) != 0)
+		return rc;
+	w->fd = fd;
+	if ((rc = seg_push(w, next, SEG_HDR)) != 0)
+		return rc;
+	add(&w->disk_bytes, SEG_HDR);
+	w->cur_seq = next;
+	w->seg_records = 0;
+	w->next_seq = next;
+	return 0;
+}
+
+/* ------------------------------------------------------------ API */
+
+int wal_open(const char *dir, const wal_options *opt, uint64_t after_seq, wal_replay_fn *replay,
+	     void *ctx, wal **out)
+{
+	static const wal_options defaults;
+	recover rc = {0};
+	int r;
+	if (!out)
+		return err_set(TALLY_EINVAL, "wal_open: out is NULL");
+	*out = NULL;
+	if (!opt)
+		opt = &defaults;
+	size_t dlen = dir ? strlen(dir) : 0;
+	while (dlen > 1 && dir[dlen - 1] == '/')
+		dlen--;
+	if (dlen == 0 || dlen + 1 + SEG_NAME_LEN >= WAL_PATH_MAX)
+		return err_set(TALLY_EINVAL, "wal_open: directory name empty or too long");
+	if (after_seq == UINT64_MAX)
+		return err_set(TALLY_EINVAL, "wal_open: after_seq leaves no sequence numbers");
+
+	wal *w = mem_calloc(1, sizeof *w);
+	if (!w)
+		return err_set(-ENOMEM, "wal %s: out of memory", dir);
+	w->fd = -1;
+	w->dir_fd = -1;
+	pthread_mutex_init(&w->sync_mu, NULL);
+	w->segment_bytes = opt->segment_bytes ? opt->segment_bytes : DEFAULT_SEGMENT_BYTES;
+	w->buffer_bytes = opt->buffer_bytes ? opt->buffer_bytes : DEFAULT_BUFFER_BYTES;
+	if (w->buffer_bytes < MIN_BUFFER_BYTES)
+		w->buffer_bytes = MIN_BUFFER_BYTES;
+	w->log = opt->log;
+	w->dir = mem_strndup(dir, dlen);
+	w->buf = mem_alloc(w->buffer_bytes);
+	if (!w->dir || !w->buf) {
+		r = err_set(-ENOMEM, "wal %s: out of memory", dir);
+		goto fail;
+	}
+	if ((r = dir_open(w)) != 0 || (r = seg_list(w)) != 0)
+		goto fail;
+
+	rc.w = w;
+	rc.after_seq = after_seq;
+	rc.replay = replay;
+	rc.ctx = ctx;
+	for (size_t i = 0; i < w->n_segs; i++)
+		if ((r = seg_recover(&rc, i)) != 0)
+			goto fail;
+	if ((r = open_tail(w, after_seq, rc.expected)) != 0)
+		goto fail;
+	mem_free(rc.rd.buf);
+	mem_free(rc.dbuf);
+	err_clear();
+	*out = w;
+	return 0;
+fail:
+	mem_free(rc.rd.buf);
+	mem_free(rc.dbuf);
+	if (w->fd >= 0)
+		close(w->fd);
+	w->fd = -1;
+	wal_close(w);
+	return r;
+}
+
+/* Closes the current segment durably and starts the next at next_seq. The
+ * old segment is synced before the new one exists, so that only the last
+ * segment can ever have a torn tail. */
+static int wal_roll(wal *w)
+{
+	int rc = wal_write_out(w, NULL), fd;
+	if (rc)
+		return rc;
+	pthread_mutex_lock(&w->sync_mu);
+	if (is_failed(w))
+		rc = failed_err(w);
+	else if (fdatasync(w->fd) != 0)
+		rc = fail_locked(w, errno, "fdatasync", w->cur_seq);
+	else {
+		add(&w->syncs, 1);
+		st(&w->durable_lsn, ld(&w->written_lsn));
+	}
+	pthread_mutex_unlock(&w->sync_mu);
+	if (rc)
+		return rc;
+	/* On failure from here the old segment stays current: a later
+	 * append tries the roll again. */
+	if ((rc = seg_create(w, w->next_seq, &fd)) != 0)
+		return rc;
+	if ((rc = seg_push(w, w->next_seq, SEG_HDR)) != 0) {
+		char name[SEG_NAME_LEN + 1];
+		seg_name(name, w->next_seq);
+		close(fd);
+		if (unlinkat(w->dir_fd, name, 0) != 0)
+			return fail(w, errno, "unlink of unused segment", w->next_seq);
+		return rc;
+	}
+	add(&w->disk_bytes, SEG_HDR);
+	pthread_mutex_lock(&w->sync_mu);
+	close(w->fd);
+	w->fd = fd;
+	w->cur_seq = w->next_seq;
+	pthread_mutex_unlock(&w->sync_mu);
+	w->seg_records = 0;
+	return 0;
+}
+
+int wal_append(wal *w, const void *payload, size_t len, uint64_t *seq)
+{
+	int rc;
+	if (is_failed(w))
+		return failed_err(w);
+	if (len > WAL_RECORD_MAX)
+		return err_set(TALLY_ELIMIT, "wal %s: record of %zu bytes exceeds the %u-byte limit",
+			       w->dir, len, WAL_RECORD_MAX);
+	if (len && !payload)
+		return err_set(TALLY_EINVAL, "wal %s: NULL payload", w->dir);
+	if (w->next_seq == UINT64_MAX)
+		return err_set(TALLY_ELIMIT, "wal %s: sequence numbers exhausted", w->dir);
+
+	wal_seg *cur = &w->segs[w->n_segs - 1];
+	if (w->seg_records && cur->bytes + (w->buf_len - w->buf_done) >= w->segment_bytes)
+		if ((rc = wal_roll(w)) != 0)
+			return rc;
+	cur = &w->segs[w->n_segs - 1];
+
+	size_t bound = (size_t)LZ4_compressBound((int)len);
+	size_t worst = REC_HDR + bound;
+	uint32_t flags, stored;
+	if (worst <= w->buffer_bytes) {
+		if (w->buffer_bytes - w->buf_len < worst && (rc = wal_write_out(w, NULL)) != 0)
+			return rc;
+		uint8_t *h = w->buf + w->buf_len;
+		stored = rec_encode_payload(h + REC_HDR, payload, len, bound, &flags);
+		rec_hdr_encode(h, stored, len, flags, w->next_seq);
+		w->buf_len += REC_HDR + stored;
+	} else {
+		/* Larger than the buffer: compress aside and write directly. */
+		if ((rc = wal_write_out(w, NULL)) != 0)
+			return rc;
+		if (worst > w->big_cap) {
+			mem_free(w->big);
+			w->big_cap = 0;
+			if (!(w->big = mem_alloc(worst)))
+				return err_set(-ENOMEM, "wal %s: out of memory for a %zu-byte record",
+					       w->dir, len);
+			w->big_cap = worst;
+		}
+		stored = rec_encode_payload(w->big + REC_HDR, payload, len, bound, &flags);
+		rec_hdr_encode(w->big, stored, len, flags, w->next_seq);
+		size_t n = REC_HDR + stored, done;
+		if (write_full(w->fd, w->big, n, cur->bytes, &done) != 0) {
+			char path[WAL_PATH_MAX];
+			int e = errno;
+			seg_path(w, cur->first_seq, path);
+			/* Take back the part that made it, so the file ends at a
+			 * record boundary and a retry writes after it. */
+			if (done && ftruncate(w->fd, (off_t)cur->bytes) != 0)
+				return fail(w, errno, "ftruncate after a failed write of",
+					    cur->first_seq);
+			return err_sys(e, "%s: write", path);
+		}
+		cur->bytes += n;
+		add(&w->disk_bytes, n);
+		add(&w->written_lsn, n);
+		if (w->big_cap > BIG_KEEP) {
+			mem_free(w->big);
+			w->big = NULL;
+			w->big_cap = 0;
+		}
+	}
+	w->appended_lsn += REC_HDR + stored;
+	w->seg_records++;
+	if (seq)
+		*seq = w->next_seq;
+	w->next_seq++;
+	return 0;
+}
+
+int wal_write_out(wal *w, uint64_t *lsn)
+{
+	if (is_failed(w))
+		return failed_err(w);
+	wal_seg *cur = &w->segs[w->n_segs - 1];
+	while (w->buf_done < w->buf_len) {
+		size_t n = w->buf_len - w->buf_done, done;
+		int r = write_full(w->fd, w->buf + w->buf_done, n, cur->bytes, &done);
+		/* Count what made it: the file still ends at a byte the buffer
+		 * continues from, so a retry after (say) ENOSPC carries on. */
+		w->buf_done += done;
+		cur->bytes += done;
+		add(&w->disk_bytes, done);
+		add(&w->written_lsn, done);
+		if (r != 0) {
+			int e = errno;
+			char path[WAL_PATH_MAX];
+			seg_path(w, cur->first_seq, path);
+			return err_sys(e, "%s: write", path);
+		}
+	}
+	w->buf_done = w->buf_len = 0;
+	if (lsn)
+		*lsn = w->appended_lsn;
+	return 0;
+}
+
+int wal_sync_to(wal *w, uint64_t lsn)
+{
+	if (is_failed(w))
+		return failed_err(w);
+	if (ld(&w->durable_lsn) >= lsn)
+		return 0;
+	pthread_mutex_lock(&w->sync_mu);
+	int rc = 0;
+	if (is_failed(w)) {
+		rc = failed_err(w);
+	} else if (ld(&w->durable_lsn) < lsn) {
+		/* Whoever held the mutex before may have covered us; if not, one
+		 * fsync covers everything written so far, for all waiters. */
+		uint64_t target = ld(&w->written_lsn);
+		if (lsn > target)
+			rc = err_set(TALLY_EINVAL, "wal %s: sync to %llu, past the written end %llu",
+				     w->dir, (unsigned long long)lsn, (unsigned long long)target);
+		else if (fdatasync(w->fd) != 0)
+			rc = fail_locked(w, errno, "fdatasync", w->cur_seq);
+		else {
+			add(&w->syncs, 1);
+			st(&w->durable_lsn, target);
+		}
+	}
+	pthread_mutex_unlock(&w->sync_mu);
+	return rc;
+}
+
+int wal_trim(wal *w, uint64_t upto_seq)
+{
+	if (is_failed(w))
+		return failed_err(w);
+	size_t n = 0;
+	int rc = 0;
+	/* A segment ends where the next begins; the current one never goes. */
+	while (n + 1 < w->n_segs && w->segs[n + 1].first_seq - 1 <= upto_seq) {
+		char name[SEG_NAME_LEN + 1];
+		seg_name(name, w->segs[n].first_seq);
+		if (unlinkat(w->dir_fd, name, 0) != 0) {
+			rc = err_sys(errno, "%s/%s: unlink", w->dir, name);
+			break;
+		}
+		sub(&w->disk_bytes, w->segs[n].bytes);
+		n++;
+	}
+	if (n) {
+		memmove(w->segs, w->segs + n, (w->n_segs - n) * sizeof *w->segs);
+		w->n_segs -= n;
+		int r = fsync_dir(w);
+		if (r)
+			rc = r;
+	}
+	return rc;
+}
+
+uint64_t wal_last_seq(const wal *w) { return w->next_seq - 1; }
+
+uint64_t wal_disk_bytes(const wal *w) { return __atomic_load_n(&w->disk_bytes, __ATOMIC_RELAXED); }
+
+uint64_t wal_syncs(const wal *w) { return __atomic_load_n(&w->syncs, __ATOMIC_RELAXED); }
+
+void wal_close(wal *w)
+{
+	if (!w)
+		return;
+	if (w->fd >= 0 && !is_failed(w)) {
+		uint64_t lsn;
+		int rc = wal_write_out(w, &lsn);
+		if (!rc)
+			rc = wal_sync_to(w, lsn);
+		if (rc)
+			log_emit(&w->log, TALLY_LOG_ERROR, "wal close: %s", err_msg());
+	}
+	if (w->fd >= 0)
+		close(w->fd);
+	if (w->dir_fd >= 0)
+		close(w->dir_fd);
+	pthread_mutex_destroy(&w->sync_mu);
+	mem_free(w->segs);
+	mem_free(w->buf);
+	mem_free(w->big);
+	mem_free(w->dir);
+	mem_free(w);
+}

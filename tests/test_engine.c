@@ -1,0 +1,489 @@
+/*
+ * test_engine.c — the embedded API: writes, queries, options, errors,
+ * recovery and WAL damage seen through tally_db_open.
+ */
+#include <criterion/criterion.h>
+#include <fcntl.h>
+#include <math.h>
+#include <dirent.h>
+#include <errno.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "testutil.h"
+
+#define T0 INT64_C(1700000000000000000) /* 2023-11-14T22:13:20Z */
+
+static char *dir;
+static tally_db *db;
+static tally_writer *w;
+
+static void open_db(const tally_options *o)
+{
+	tally_options def;
+	if (!o) {
+		tally_options_init(&def);
+		def.log_fn = tu_quiet_log;
+		o = &def;
+	}
+	int rc = tally_db_open(dir, o, &db);
+	cr_assert_eq(rc, 0, "open: %s", tally_errmsg());
+	cr_assert_eq(tally_writer_open(db, -1, &w), 0);
+}
+
+static void close_db(void)
+{
+	tally_writer_close(w);
+	tally_db_close(db);
+	w = NULL;
+	db = NULL;
+}
+
+static void setup(void)
+{
+	dir = tu_tmpdir();
+	open_db(NULL);
+}
+
+static void teardown(void)
+{
+	close_db();
+	tu_rmrf(dir);
+	free(dir);
+}
+
+static tally_write_result lp(const char *text)
+{
+	tally_write_result res;
+	int rc = tally_write_lp(w, text, strlen(text), TALLY_PREC_NS, &res);
+	cr_assert_eq(rc, 0, "write: %s", tally_errmsg());
+	return res;
+}
+
+TestSuite(engine, .init = setup, .fini = teardown);
+
+Test(engine, series_agg_keys_scan_on_known_data)
+{
+	char buf[1 << 16], *p = buf;
+	/* camera A: speeds 80, 90, 100 in the first 5 minutes, 70 in the next */
+	p += sprintf(p, "traffic,camera=A,lane=1 speed=80 %lld\n", (long long)(T0 + 1));
+	p += sprintf(p, "traffic,camera=A,lane=2 speed=90,plate=\"X1\" %lld\n",
+		     (long long)(T0 + 60 * TALLY_NS_PER_SEC));
+	p += sprintf(p, "traffic,camera=A speed=100 %lld\n", (long long)(T0 + 299 * TALLY_NS_PER_SEC));
+	p += sprintf(p, "traffic,camera=A speed=70 %lld\n", (long long)(T0 + 300 * TALLY_NS_PER_SEC));
+	p += sprintf(p, "traffic,camera=B speed=50 %lld\n", (long long)(T0 + 10));
+	tally_write_result r = lp(buf);
+	cr_assert_eq(r.accepted, 5);
+	cr_assert_eq(r.rejected, 0);
+
+	int64_t w0 = T0 - T0 % TALLY_5M; /* T0 is on a 5m boundary minus 200 s */
+	tally_bucket b[8];
+	size_t n;
+	cr_assert_eq(tally_query_series(db, "traffic", "speed", "A", TALLY_5M, T0 - TALLY_1H,
+					T0 + TALLY_1H, b, 8, &n),
+		     0);
+	/* T0 % 5m == 200 s, so the events split 80,90 | 100,70 */
+	cr_assert_eq(T0 % TALLY_5M, 200 * TALLY_NS_PER_SEC);
+	cr_assert_eq(n, 2);
+	cr_assert_eq(b[0].start, w0);
+	cr_assert_eq(b[0].agg.count, 2);
+	cr_assert_eq(b[0].agg.sum, 170);
+	cr_assert_eq(b[0].agg.avg, 85);
+	cr_assert_eq(b[1].start, w0 + TALLY_5M);
+	cr_assert_eq(b[1].agg.count, 2);
+	cr_assert_eq(b[1].agg.min, 70);
+	cr_assert_eq(b[1].agg.max, 100);
+
+	/* 15 minute steps merge three 5m windows */
+	cr_assert_eq(tally_query_series(db, "traffic", "speed", "A", 3 * TALLY_5M, T0 - TALLY_1H,
+					T0 + TALLY_1H, b, 8, &n),
+		     0);
+	int64_t agg_count = 0;
+	for (size_t i = 0; i < n; i++)
+		agg_count += (int64_t)b[i].agg.count;
+	cr_assert_eq(agg_count, 4);
+
+	tally_agg a;
+	cr_assert_eq(tally_query_agg(db, "traffic", "speed", "A", T0 + 2, T0 + 300 * TALLY_NS_PER_SEC + 1, &a), 0);
+	cr_assert_eq(a.count, 3); /* 90, 100, 70: the 80 at T0+1 is outside */
+	cr_assert_eq(a.sum, 260);
+
+	tally_keys_iter *it;
+	cr_assert_eq(tally_query_keys(db, "traffic", "speed", T0, T0 + TALLY_1H, &it), 0);
+	const char *key;
+	cr_assert_eq(tally_keys_next(it, &key, &a), 1);
+	cr_assert_str_eq(key, "A");
+	cr_assert_eq(a.count, 4);
+	cr_assert_eq(tally_keys_next(it, &key, &a), 1);
+	cr_assert_str_eq(key, "B");
+	cr_assert_eq(a.avg, 50);
+	cr_assert_eq(tally_keys_next(it, &key, &a), 0);
+	tally_keys_close(it);
+
+	tally_scan *sc;
+	cr_assert_eq(tally_scan_open(db, "traffic", "A", T0, T0 + TALLY_1H, &sc), 0);
+	cr_assert_eq(tally_scan_columns(sc), 3); /* lane, speed, plate */
+	tally_row row;
+	cr_assert_eq(tally_scan_next(sc, &row), 1);
+	cr_assert_eq(row.ts, T0 + 1);
+	cr_assert_eq(tally_scan_next(sc, &row), 1);
+	int plate = -1;
+	for (size_t i = 0; i < tally_scan_columns(sc); i++) {
+		const char *nm;
+		enum tally_type ty;
+		tally_scan_column(sc, i, &nm, &ty);
+		if (!strcmp(nm, "plate"))
+			plate = (int)i;
+	}
+	cr_assert_geq(plate, 0);
+	cr_assert_eq(row.values[plate].type, TALLY_T_STR);
+	cr_assert_eq(row.values[plate].v.str.len, 2);
+	cr_assert_eq(memcmp(row.values[plate].v.str.ptr, "X1", 2), 0);
+	cr_assert_eq(tally_scan_next(sc, &row), 1);
+	cr_assert_eq(tally_scan_next(sc, &row), 1);
+	cr_assert_eq(tally_scan_next(sc, &row), 0);
+	tally_scan_close(sc);
+}
+
+Test(engine, type_conflict_rejects_only_that_line)
+{
+	tally_write_result r = lp("t,k=a v=1.5 1\n"
+				  "t,k=a v=2i 2\n"
+				  "t,k=a v=3 3\n");
+	cr_assert_eq(r.accepted, 2);
+	cr_assert_eq(r.rejected, 1);
+	cr_assert_eq(r.errors[0].line, 2);
+	cr_assert_eq(r.errors[0].code, TALLY_ETYPE);
+	cr_assert(strstr(r.errors[0].reason, "'v'") && strstr(r.errors[0].reason, "integer") &&
+		  strstr(r.errors[0].reason, "float"),
+		  "reason: %s", r.errors[0].reason);
+	/* the conflict holds across writers on other shards too */
+	tally_writer *w2;
+	cr_assert_eq(tally_writer_open(db, 0, &w2), 0);
+	tally_write_result r2;
+	cr_assert_eq(tally_write_lp(w2, "t,k=b v=true 5\n", 15, TALLY_PREC_NS, &r2), 0);
+	cr_assert_eq(r2.rejected, 1);
+	tally_writer_close(w2);
+	tally_agg a;
+	cr_assert_eq(tally_query_agg(db, "t", "v", "a", 0, 100, &a), 0);
+	cr_assert_eq(a.count, 2);
+	cr_assert_eq(a.sum, 4.5);
+}
+
+Test(engine, key_tag_rules)
+{
+	tally_write_result r = lp("cams,camera=A,lane=1 speed=1 1\n"
+				  "cams,lane=1 speed=2 2\n"          /* no key tag */
+				  "cams,lane=2,camera=B speed=3 3\n" /* key not first: fine */
+				  "cams,camera=C camera=1 4\n");     /* field named like key */
+	cr_assert_eq(r.accepted, 2);
+	cr_assert_eq(r.rejected, 2);
+	cr_assert_eq(r.errors[0].line, 2);
+	cr_assert(strstr(r.errors[0].reason, "missing key tag 'camera'"), "%s", r.errors[0].reason);
+	cr_assert_eq(r.errors[1].line, 4);
+	tally_agg a;
+	cr_assert_eq(tally_query_agg(db, "cams", "speed", "B", 0, 100, &a), 0);
+	cr_assert_eq(a.count, 1);
+	/* a table whose first line has no tag keys everything under "" */
+	r = lp("solo v=1 1\nsolo,x=1 v=2 2\n");
+	cr_assert_eq(r.accepted, 2);
+	cr_assert_eq(tally_query_agg(db, "solo", "v", "", 0, 100, &a), 0);
+	cr_assert_eq(a.count, 2);
+}
+
+Test(engine, configured_key_and_moscow_days)
+{
+	close_db();
+	tally_options o;
+	tally_options_init(&o);
+	o.log_fn = tu_quiet_log;
+	o.table_keys = "traffic=camera";
+	o.align_offset = -3 * TALLY_1H; /* days start at 21:00 UTC = 00:00 MSK */
+	open_db(&o);
+	int64_t day = T0 - (T0 % TALLY_1D); /* 2023-11-14T00:00Z */
+	char buf[512];
+	/* 20:00Z and 22:00Z on the same UTC day: different Moscow days */
+	snprintf(buf, sizeof buf,
+		 "traffic,lane=1,camera=K speed=10 %lld\ntraffic,lane=1,camera=K speed=20 %lld\n",
+		 (long long)(day + 20 * TALLY_1H), (long long)(day + 22 * TALLY_1H));
+	cr_assert_eq(lp(buf).accepted, 2);
+	tally_bucket b[4];
+	size_t n;
+	cr_assert_eq(tally_query_series(db, "traffic", "speed", "K", TALLY_1D, day - TALLY_1D,
+					day + 2 * TALLY_1D, b, 4, &n),
+		     0);
+	cr_assert_eq(n, 2);
+	cr_assert_eq(b[0].start, day - 3 * TALLY_1H);
+	cr_assert_eq(b[0].agg.sum, 10);
+	cr_assert_eq(b[1].start, day + 21 * TALLY_1H);
+	cr_assert_eq(b[1].agg.sum, 20);
+}
+
+Test(engine, option_validation)
+{
+	tally_db *d2 = NULL;
+	tally_options o;
+	char *d = tu_tmpdir();
+	tally_options_init(&o);
+	o.n_levels = 2;
+	o.levels[0] = TALLY_5M;
+	o.levels[1] = 7 * TALLY_NS_PER_SEC * 60; /* 7m: not a multiple of 5m */
+	cr_assert_eq(tally_db_open(d, &o, &d2), TALLY_EINVAL);
+	cr_assert(strstr(tally_errmsg(), "not a multiple"), "%s", tally_errmsg());
+	cr_assert_null(d2);
+	tally_options_init(&o);
+	o.align_offset = TALLY_1D;
+	cr_assert_eq(tally_db_open(d, &o, &d2), TALLY_EINVAL);
+	tally_options_init(&o);
+	o.table_keys = "traffic";
+	cr_assert_eq(tally_db_open(d, &o, &d2), TALLY_EINVAL);
+	cr_assert(strstr(tally_errmsg(), "table_keys"), "%s", tally_errmsg());
+	/* the directory is locked by another open handle */
+	cr_assert_eq(tally_db_open(dir, NULL, &d2), TALLY_ELOCKED);
+	tu_rmrf(d);
+	free(d);
+}
+
+Test(engine, query_errors)
+{
+	lp("t,k=a v=1,s=\"x\" 1\n");
+	tally_agg a;
+	tally_bucket b[2];
+	size_t n;
+	cr_assert_eq(tally_query_agg(db, "nope", "v", "a", 0, 10, &a), TALLY_ENOTFOUND);
+	cr_assert(strstr(tally_errmsg(), "nope"));
+	cr_assert_eq(tally_query_agg(db, "t", "w", "a", 0, 10, &a), TALLY_ENOTFOUND);
+	cr_assert_eq(tally_query_agg(db, "t", "s", "a", 0, 10, &a), TALLY_EINVAL);
+	cr_assert_eq(tally_query_series(db, "t", "v", "a", TALLY_5M + 1, 0, 10, b, 2, &n),
+		     TALLY_EINVAL);
+	/* an unknown key is simply empty */
+	cr_assert_eq(tally_query_agg(db, "t", "v", "zz", 0, 10, &a), 0);
+	cr_assert_eq(a.count, 0);
+	cr_assert(isnan(a.avg));
+	/* a buffer too small says how many windows there are */
+	char buf[4096], *p = buf;
+	for (int i = 0; i < 5; i++)
+		p += sprintf(p, "t,k=m v=%d %lld\n", i, (long long)(T0 + i * TALLY_5M));
+	lp(buf);
+	cr_assert_eq(tally_query_series(db, "t", "v", "m", TALLY_5M, T0 - TALLY_1H, T0 + TALLY_1H,
+					b, 2, &n),
+		     TALLY_ETRUNC);
+	cr_assert_eq(n, 5);
+	cr_assert_eq(b[1].agg.sum, 1);
+	cr_assert_str_eq(tally_strerror(TALLY_ETRUNC), "result truncated to the buffer");
+	cr_assert_str_eq(tally_strerror(-ENOENT), strerror(ENOENT));
+}
+
+Test(engine, precision_and_default_time)
+{
+	tally_write_result r;
+	cr_assert_eq(tally_write_lp(w, "t,k=a v=1 1700000000000\n", 24, TALLY_PREC_MS, &r), 0);
+	cr_assert_eq(r.accepted, 1);
+	tally_agg a;
+	cr_assert_eq(tally_query_agg(db, "t", "v", "a", T0, T0 + 1, &a), 0);
+	cr_assert_eq(a.count, 1);
+	/* no timestamp: the time of the write */
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	int64_t before = (int64_t)ts.tv_sec * TALLY_NS_PER_SEC + ts.tv_nsec;
+	lp("t,k=now v=2\n");
+	clock_gettime(CLOCK_REALTIME, &ts);
+	int64_t after = (int64_t)ts.tv_sec * TALLY_NS_PER_SEC + ts.tv_nsec;
+	cr_assert_eq(tally_query_agg(db, "t", "v", "now", before, after + 1, &a), 0);
+	cr_assert_eq(a.count, 1);
+}
+
+Test(engine, binary_batch_checks)
+{
+	int64_t ts[3] = {T0, T0 + 1, T0 + 2};
+	double v[3] = {1, NAN, 3};
+	tally_column c = {"v", TALLY_T_F64, v, NULL};
+	tally_batch b = {"bin", "cam1", "camera", 3, ts, 1, &c};
+	cr_assert_eq(tally_write_batch(w, &b), TALLY_EINVAL);
+	cr_assert(strstr(tally_errmsg(), "row 1"), "%s", tally_errmsg());
+	uint8_t present = 0x5; /* rows 0 and 2 */
+	c.present = &present;
+	cr_assert_eq(tally_write_batch(w, &b), 0, "%s", tally_errmsg());
+	tally_agg a;
+	cr_assert_eq(tally_query_agg(db, "bin", "v", "cam1", T0, T0 + 10, &a), 0);
+	cr_assert_eq(a.count, 2);
+	cr_assert_eq(a.sum, 4);
+	/* the table took the batch's key tag name: line protocol agrees */
+	tally_write_result r = lp("bin,camera=cam1 v=5 1700000000000000005\n");
+	cr_assert_eq(r.accepted, 1);
+	cr_assert_eq(tally_query_agg(db, "bin", "v", "cam1", T0, T0 + 10, &a), 0);
+	cr_assert_eq(a.count, 3);
+	/* type conflict refuses the whole batch */
+	int64_t iv[3] = {1, 2, 3};
+	tally_column ci = {"v", TALLY_T_I64, iv, NULL};
+	b.columns = &ci;
+	cr_assert_eq(tally_write_batch(w, &b), TALLY_ETYPE);
+	cr_assert_eq(tally_query_agg(db, "bin", "v", "cam1", T0, T0 + 10, &a), 0);
+	cr_assert_eq(a.count, 3);
+	/* bad names */
+	tally_batch bad = {"../etc", "k", NULL, 3, ts, 1, &c};
+	cr_assert_eq(tally_write_batch(w, &bad), TALLY_EINVAL);
+	cr_assert_eq(tally_write_lp(w, "a/b,k=1 v=1 1\n", 14, TALLY_PREC_NS, &r), 0);
+	cr_assert_eq(r.rejected, 1);
+	cr_assert(strstr(r.errors[0].reason, "table name"), "%s", r.errors[0].reason);
+}
+
+Test(engine, late_events_counted_and_visible)
+{
+	char buf[256];
+	snprintf(buf, sizeof buf, "t,k=a v=1 %lld\n", (long long)(T0 + 4 * TALLY_1H));
+	lp(buf);
+	snprintf(buf, sizeof buf, "t,k=a v=2 %lld\n", (long long)T0); /* 4 h late */
+	lp(buf);
+	tally_stats st;
+	cr_assert_eq(tally_db_stats(db, &st), 0);
+	cr_assert_eq(st.events, 2);
+	cr_assert_eq(st.late_events, 1);
+	tally_bucket b[4];
+	size_t n;
+	cr_assert_eq(tally_query_series(db, "t", "v", "a", TALLY_1H, T0 - TALLY_1D, T0 + TALLY_1D,
+					b, 4, &n),
+		     0);
+	cr_assert_eq(n, 2);
+	cr_assert_eq(b[0].agg.sum, 2);
+}
+
+Test(engine, memory_limit_backpressure)
+{
+	close_db();
+	tally_options o;
+	tally_options_init(&o);
+	o.log_fn = tu_quiet_log;
+	o.memory_limit = 256 * 1024;
+	open_db(&o);
+	char line[128];
+	int rc = 0;
+	for (int i = 0; i < 100000 && rc == 0; i++) {
+		int n = snprintf(line, sizeof line, "t,k=k%d v=%d %lld\n", i, i, (long long)(T0 + i));
+		rc = tally_write_lp(w, line, (size_t)n, TALLY_PREC_NS, NULL);
+	}
+	cr_assert_eq(rc, TALLY_EFULL);
+	cr_assert(strstr(tally_errmsg(), "memory limit"), "%s", tally_errmsg());
+	tally_stats st;
+	tally_db_stats(db, &st);
+	cr_assert_lt(st.memtable_bytes + st.rollup_bytes, 2 * o.memory_limit);
+}
+
+Test(engine, reopen_replays_exactly_once)
+{
+	char buf[1 << 16], *p = buf;
+	for (int i = 0; i < 1000; i++)
+		p += sprintf(p, "t,k=k%d v=%d %lld\n", i % 10, i, (long long)(T0 + i * TALLY_NS_PER_SEC));
+	lp(buf);
+	cr_assert_eq(tally_db_sync(db), 0);
+	for (int round = 0; round < 3; round++) {
+		close_db();
+		open_db(NULL);
+		tally_stats st;
+		tally_db_stats(db, &st);
+		cr_assert_eq(st.events, 1000 + (uint64_t)round);
+		cr_assert_eq(st.keys, 10 + (round > 0));
+		tally_agg a;
+		cr_assert_eq(tally_query_agg(db, "t", "v", "k3", 0, INT64_MAX, &a), 0);
+		cr_assert_eq(a.count, 100);
+		cr_assert_eq(a.sum, 100 * 3 + 10 * (99 * 100 / 2));
+		/* and each reopen can write more */
+		lp("t,k=more v=1 1\n");
+	}
+}
+
+Test(engine, sync_each_write_mode)
+{
+	close_db();
+	tally_options o;
+	tally_options_init(&o);
+	o.log_fn = tu_quiet_log;
+	o.sync_mode = TALLY_SYNC_EACH_WRITE;
+	open_db(&o);
+	lp("t,k=a v=1 1\n");
+	lp("t,k=a v=2 2\n");
+	tally_stats st;
+	tally_db_stats(db, &st);
+	cr_assert_geq(st.wal_syncs, 2);
+}
+
+/* ---------------------------------------------------------------- WAL damage */
+
+static char *first_wal(void)
+{
+	static char path[4096];
+	snprintf(path, sizeof path, "%s/wal/shard-000", dir);
+	DIR *d = opendir(path);
+	struct dirent *e;
+	char *best = NULL;
+	while ((e = readdir(d)))
+		if (strstr(e->d_name, ".wal") && (!best || strcmp(e->d_name, best) < 0)) {
+			free(best);
+			best = strdup(e->d_name);
+		}
+	closedir(d);
+	cr_assert_not_null(best);
+	strcat(path, "/");
+	strcat(path, best);
+	free(best);
+	return path;
+}
+
+static void write_records(int n)
+{
+	char buf[256];
+	for (int i = 0; i < n; i++) {
+		snprintf(buf, sizeof buf, "t,k=a v=%d %lld\n", i, (long long)(T0 + i));
+		lp(buf); /* one WAL record per call */
+	}
+	cr_assert_eq(tally_db_sync(db), 0);
+}
+
+Test(engine, wal_flipped_byte_names_file_and_offset)
+{
+	write_records(20);
+	close_db();
+	char *path = first_wal();
+	struct stat sb;
+	stat(path, &sb);
+	int fd = open(path, O_RDWR);
+	off_t at = sb.st_size / 2;
+	unsigned char ch;
+	cr_assert_eq(pread(fd, &ch, 1, at), 1);
+	ch ^= 0x40;
+	cr_assert_eq(pwrite(fd, &ch, 1, at), 1);
+	close(fd);
+	tally_options o;
+	tally_options_init(&o);
+	o.log_fn = tu_quiet_log;
+	int rc = tally_db_open(dir, &o, &db);
+	cr_assert_eq(rc, TALLY_ECORRUPT, "rc %d: %s", rc, tally_errmsg());
+	cr_assert(strstr(tally_errmsg(), ".wal") && strstr(tally_errmsg(), "offset"), "%s",
+		  tally_errmsg());
+	cr_assert_null(db);
+	/* reopen for the fixture's teardown on an empty directory */
+	tu_rmrf(dir);
+	mkdir(dir, 0700);
+	open_db(NULL);
+}
+
+Test(engine, wal_torn_tail_keeps_the_prefix)
+{
+	write_records(20);
+	close_db();
+	char *path = first_wal();
+	struct stat sb;
+	stat(path, &sb);
+	cr_assert_eq(truncate(path, sb.st_size - 3), 0);
+	open_db(NULL);
+	tally_agg a;
+	cr_assert_eq(tally_query_agg(db, "t", "v", "a", 0, INT64_MAX, &a), 0);
+	cr_assert_eq(a.count, 19);
+	cr_assert_eq(a.sum, 19 * 18 / 2);
+	/* the log goes on after the cut */
+	write_records(1);
+	close_db();
+	open_db(NULL);
+	cr_assert_eq(tally_query_agg(db, "t", "v", "a", 0, INT64_MAX, &a), 0);
+	cr_assert_eq(a.count, 20);
+}

@@ -1,0 +1,70 @@
+/*
+ * testutil.h — helpers shared by the Criterion tests: temporary
+ * directories, a seeded PRNG, and a quiet log sink.
+ */
+#ifndef TALLY_TESTUTIL_H
+#define TALLY_TESTUTIL_H
+
+#include <ftw.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "tally.h"
+
+static inline int tu_rm_cb(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
+{
+	(void)sb;
+	(void)flag;
+	(void)ftw;
+	return remove(p);
+}
+
+static inline void tu_rmrf(const char *dir) { nftw(dir, tu_rm_cb, 16, FTW_DEPTH | FTW_PHYS); }
+
+/* A fresh directory under /tmp; the caller frees and removes it. */
+static inline char *tu_tmpdir(void)
+{
+	char *d = strdup("/tmp/tally-test-XXXXXX");
+	if (!mkdtemp(d)) {
+		perror("mkdtemp");
+		abort();
+	}
+	return d;
+}
+
+/* xoshiro-like splitmix64: small, seedable, good enough for tests */
+typedef struct tu_rng {
+	uint64_t s;
+} tu_rng;
+
+static inline uint64_t tu_next(tu_rng *r)
+{
+	uint64_t z = (r->s += 0x9e3779b97f4a7c15ULL);
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+	return z ^ (z >> 31);
+}
+
+static inline uint64_t tu_below(tu_rng *r, uint64_t n) { return n ? tu_next(r) % n : 0; }
+
+/* Seed from TALLY_SEED, else from the clock; printed so a failure can be
+ * replayed. */
+static inline uint64_t tu_seed(const char *test)
+{
+	const char *e = getenv("TALLY_SEED");
+	uint64_t s = e ? strtoull(e, NULL, 0) : (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
+	fprintf(stderr, "%s: TALLY_SEED=%llu\n", test, (unsigned long long)s);
+	return s;
+}
+
+static inline void tu_quiet_log(void *ctx, int level, const char *msg)
+{
+	(void)ctx;
+	(void)level;
+	(void)msg;
+}
+
+#endif
