@@ -225,7 +225,7 @@ static int arena_put(char **arena, size_t *len, size_t *cap, const char *s, uint
 {
 	if (n > BATCH_STR_LEN_MAX)
 		return err_set(TALLY_ELIMIT, "string longer than %u bytes", BATCH_STR_LEN_MAX);
-	if (*len + n > *cap) {
+	if (!*arena || *len + n > *cap) { /* never NULL, even for "" */
 		size_t ncap = *cap ? *cap : 4096;
 		while (ncap < *len + n)
 			ncap *= 2;
@@ -245,7 +245,7 @@ static int arena_put(char **arena, size_t *len, size_t *cap, const char *s, uint
 
 int tbatch_set_str(tbatch *tb, col_def *def, const char *s, uint32_t len)
 {
-	bval v;
+	bval v = {0};
 	int rc = arena_put(&tb->arena, &tb->arena_len, &tb->arena_cap, s, len, &v.ref);
 	return rc ? rc : tbatch_set(tb, def, v);
 }

@@ -538,7 +538,7 @@ TALLY_API int tally_write_lp(tally_writer *w, const char *text, size_t len,
 				goto fail;
 		}
 	}
-	res->lines = w->ps.line_no;
+	res->lines = w->ps.lines;
 	atomic_fetch_add(&w->db->rejected_lines, res->rejected);
 	if ((rc = writer_commit(w)))
 		return rc;
@@ -546,7 +546,7 @@ TALLY_API int tally_write_lp(tally_writer *w, const char *text, size_t len,
 	return 0;
 fail:
 	wbatch_reset(&w->batch);
-	res->lines = w->ps.line_no;
+	res->lines = w->ps.lines;
 	return rc;
 }
 

@@ -474,7 +474,7 @@ TALLY_API int tally_scan_open(tally_db *db, const char *table, const char *key, 
 					case TALLY_T_BOOL: v->v.b = b.u64 != 0; break;
 					default: {
 						size_t len = b.ref & 0xffff;
-						if (arena_len + len > arena_cap) {
+						if (!sc->arena || arena_len + len > arena_cap) {
 							size_t nc = arena_cap ? arena_cap * 2 : 4096;
 							while (nc < arena_len + len)
 								nc *= 2;

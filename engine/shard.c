@@ -210,7 +210,7 @@ static chunk_col *chunk_col_get(shard *s, chunk *c, uint32_t id, int is_str)
 
 static int chunk_put_str(shard *s, chunk *c, const char *p, uint32_t n, uint64_t *ref)
 {
-	if (c->arena_len + n > c->arena_cap) {
+	if (!c->arena || c->arena_len + n > c->arena_cap) { /* never NULL, even for "" */
 		size_t ncap = c->arena_cap ? c->arena_cap : 256;
 		while (ncap < c->arena_len + n)
 			ncap *= 2;

@@ -13,6 +13,21 @@
 
 static _Thread_local char err_buf[ERR_MSG_MAX];
 
+/* Appends ": " and src at dst[at], cutting what does not fit. */
+static void append_cause(size_t at, const char *src)
+{
+	static const char sep[] = ": ";
+	if (at + sizeof sep >= sizeof err_buf)
+		return;
+	memcpy(err_buf + at, sep, 2);
+	at += 2;
+	size_t n = strlen(src);
+	if (n > sizeof err_buf - 1 - at)
+		n = sizeof err_buf - 1 - at;
+	memmove(err_buf + at, src, n);
+	err_buf[at + n] = 0;
+}
+
 int err_set(int code, const char *fmt, ...)
 {
 	va_list ap;
@@ -28,8 +43,8 @@ int err_sys(int errno_val, const char *fmt, ...)
 	va_start(ap, fmt);
 	int n = vsnprintf(err_buf, sizeof err_buf, fmt, ap);
 	va_end(ap);
-	if (n >= 0 && (size_t)n < sizeof err_buf)
-		snprintf(err_buf + n, sizeof err_buf - (size_t)n, ": %s", strerror(errno_val));
+	if (n >= 0)
+		append_cause((size_t)n, strerror(errno_val));
 	return -errno_val;
 }
 
@@ -41,8 +56,8 @@ int err_prefix(int code, const char *fmt, ...)
 	va_start(ap, fmt);
 	int n = vsnprintf(err_buf, sizeof err_buf, fmt, ap);
 	va_end(ap);
-	if (n >= 0 && (size_t)n < sizeof err_buf)
-		snprintf(err_buf + n, sizeof err_buf - (size_t)n, ": %s", tmp);
+	if (n >= 0)
+		append_cause((size_t)n, tmp);
 	return code;
 }
 

@@ -244,7 +244,7 @@ static size_t list_segs(char names[][32], size_t max)
 	struct dirent *de;
 	while ((de = readdir(d)) != NULL)
 		if (strlen(de->d_name) == 24 && strstr(de->d_name, ".wal") && n < max)
-			snprintf(names[n++], 32, "%s", de->d_name);
+			memcpy(names[n++], de->d_name, 25); /* 24 bytes + NUL, checked above */
 	closedir(d);
 	qsort(names, n, 32, (int (*)(const void *, const void *))strcmp);
 	return n;
