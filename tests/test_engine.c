@@ -487,3 +487,89 @@ Test(engine, wal_torn_tail_keeps_the_prefix)
 	cr_assert_eq(tally_query_agg(db, "t", "v", "a", 0, INT64_MAX, &a), 0);
 	cr_assert_eq(a.count, 20);
 }
+
+/* ---------------------------------------------------------------- threads */
+
+#include <pthread.h>
+
+#define THREADS 4
+#define PER_THREAD 20000
+
+static void *writer_thread(void *arg)
+{
+	int id = (int)(intptr_t)arg;
+	tally_writer *tw;
+	if (tally_writer_open(db, id % 2, &tw))
+		return (void *)1;
+	char buf[1 << 16];
+	for (int i = 0; i < PER_THREAD;) {
+		char *p = buf;
+		for (int j = 0; j < 500; j++, i++)
+			p += sprintf(p, "c,k=k%d v=%di %lld\n", i % 5, id, (long long)(T0 + i));
+		tally_write_result r;
+		if (tally_write_lp(tw, buf, (size_t)(p - buf), TALLY_PREC_NS, &r) || r.rejected)
+			return (void *)2;
+		if (i % 5000 == 0 && tally_db_sync(db))
+			return (void *)3;
+	}
+	tally_writer_close(tw);
+	return NULL;
+}
+
+static void *reader_thread(void *arg)
+{
+	(void)arg;
+	uint64_t last = 0;
+	for (int i = 0; i < 2000; i++) {
+		tally_agg a;
+		if (tally_query_agg(db, "c", "v", "k1", 0, INT64_MAX, &a))
+			return (void *)2;
+		/* counts only grow: every write that returned stays visible */
+		if (a.count < last)
+			return (void *)1;
+		last = a.count;
+		tally_bucket b[64];
+		size_t n;
+		tally_query_series(db, "c", "v", "k2", TALLY_5M, 0, INT64_MAX, b, 64, &n);
+	}
+	return NULL;
+}
+
+Test(engine, concurrent_writers_readers_and_syncs)
+{
+	close_db();
+	tally_options o;
+	tally_options_init(&o);
+	o.log_fn = tu_quiet_log;
+	o.shards = 2;
+	open_db(&o);
+	lp("c,k=k1 v=0i 1\n"); /* the table exists before readers start */
+	pthread_t wt[THREADS], rt[2];
+	for (int i = 0; i < THREADS; i++)
+		pthread_create(&wt[i], NULL, writer_thread, (void *)(intptr_t)i);
+	for (int i = 0; i < 2; i++)
+		pthread_create(&rt[i], NULL, reader_thread, NULL);
+	for (int i = 0; i < THREADS; i++) {
+		void *r;
+		pthread_join(wt[i], &r);
+		cr_assert_null(r, "writer %d failed (%p)", i, r);
+	}
+	for (int i = 0; i < 2; i++) {
+		void *r;
+		pthread_join(rt[i], &r);
+		cr_assert_null(r, "reader %d saw a count go down", i);
+	}
+	tally_agg a;
+	cr_assert_eq(tally_query_agg(db, "c", "v", "k1", 0, INT64_MAX, &a), 0);
+	cr_assert_eq(a.count, THREADS * PER_THREAD / 5 + 1);
+	/* sum of thread ids over each thread's share of k1 */
+	cr_assert_eq(a.sum, (double)(PER_THREAD / 5) * (0 + 1 + 2 + 3));
+	tally_stats st;
+	tally_db_stats(db, &st);
+	cr_assert_eq(st.events, THREADS * PER_THREAD + 1);
+	cr_assert_eq(st.keys, 5); /* keys written through both shards count once */
+	close_db();
+	open_db(&o);
+	cr_assert_eq(tally_query_agg(db, "c", "v", "k1", 0, INT64_MAX, &a), 0);
+	cr_assert_eq(a.count, THREADS * PER_THREAD / 5 + 1);
+}

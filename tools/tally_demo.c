@@ -253,3 +253,637 @@ static int prepare_dir(const char *dir)
 	close(fd);
 	return rc == 0 ? 0 : -1;
 }
+
+/* ---------------------------------------------------------------- numbers */
+
+static double now_s(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+/* 1234567 -> "1,234,567" in one of a few rotating static buffers. */
+static const char *commas(uint64_t v)
+{
+	static _Thread_local char bufs[8][32];
+	static _Thread_local unsigned next;
+	char *out = bufs[next++ % 8], tmp[32];
+	int n = snprintf(tmp, sizeof tmp, "%" PRIu64, v), j = 0;
+	for (int i = 0; i < n; i++) {
+		if (i && (n - i) % 3 == 0)
+			out[j++] = ',';
+		out[j++] = tmp[i];
+	}
+	out[j] = 0;
+	return out;
+}
+
+static const char *mb(uint64_t bytes)
+{
+	static _Thread_local char bufs[4][32];
+	static _Thread_local unsigned next;
+	char *out = bufs[next++ % 4];
+	snprintf(out, 32, "%.1f MB", (double)bytes / 1e6);
+	return out;
+}
+
+/* "HH:MM" or "HH:MM:SS" of a time of day, ns since the day's start. */
+static const char *hhmm(int64_t ns, int with_seconds)
+{
+	static _Thread_local char bufs[8][40];
+	static _Thread_local unsigned next;
+	char *out = bufs[next++ % 8];
+	int64_t s = ns / TALLY_NS_PER_SEC;
+	if (with_seconds)
+		snprintf(out, 40, "%02d:%02d:%02d", (int)(s / 3600), (int)(s / 60 % 60),
+			 (int)(s % 60));
+	else
+		snprintf(out, 40, "%02d:%02d", (int)(s / 3600), (int)(s / 60 % 60));
+	return out;
+}
+
+/* ---------------------------------------------------------------- data */
+
+/* splitmix64: small, fast, and good enough for synthetic traffic. */
+static uint64_t rng_next(uint64_t *s)
+{
+	uint64_t z = (*s += UINT64_C(0x9e3779b97f4a7c15));
+	z = (z ^ (z >> 30)) * UINT64_C(0xbf58476d1ce4e5b9);
+	z = (z ^ (z >> 27)) * UINT64_C(0x94d049bb133111eb);
+	return z ^ (z >> 31);
+}
+
+static double rng_unit(uint64_t *s) { return (double)(rng_next(s) >> 11) * 0x1p-53; }
+
+static double rng_gauss(uint64_t *s)
+{
+	double u = rng_unit(s), v = rng_unit(s);
+	return sqrt(-2.0 * log(u > 0 ? u : 0x1p-53)) * cos(2 * M_PI * v);
+}
+
+/* Relative traffic volume per hour of the day: quiet nights, busy rush
+ * hours 7-9 and 17-19. */
+static const double hour_volume[24] = {
+	0.25, 0.18, 0.15, 0.15, 0.20, 0.40, 0.80, 1.30, 1.40, 1.10, 0.90, 0.90,
+	0.95, 0.95, 0.95, 1.00, 1.20, 1.45, 1.40, 1.00, 0.75, 0.60, 0.45, 0.35,
+};
+/* Speed relative to a camera's free-flow speed, per hour: jams at rush
+ * hours, a little faster at night. */
+static const double hour_speed[24] = {
+	1.06, 1.07, 1.08, 1.08, 1.06, 1.02, 0.90, 0.66, 0.62, 0.84, 0.97, 0.98,
+	0.96, 0.97, 0.97, 0.95, 0.85, 0.64, 0.60, 0.82, 0.96, 1.00, 1.03, 1.05,
+};
+
+typedef struct camera {
+	char id[16]; /* "KV00001" */
+	double base;
+	int offline;
+	int64_t out_from, out_to; /* outage, ns since the day's start */
+	int64_t *ts;              /* all the day's events, in time order */
+	double *speed;
+	uint32_t n;
+	uint32_t b0, b1; /* events [b0, b1) fall in the outage: the backlog */
+	uint32_t cur;    /* next event to send */
+} camera;
+
+/* Evenly spread offline cameras, exactly round(n * pct / 100) of them. */
+static int is_offline(unsigned c, unsigned n, unsigned pct)
+{
+	uint64_t k = ((uint64_t)n * pct + 50) / 100;
+	return (c + 1) * k / n > c * k / n;
+}
+
+static void camera_generate(camera *cam, unsigned c, const demo_opts *o, int64_t day)
+{
+	uint64_t rs = o->seed * UINT64_C(0x2545f4914f6cdd1d) + c + 1;
+	snprintf(cam->id, sizeof cam->id, "KV%05u", c + 1);
+	cam->base = 60.0 + 50.0 * rng_unit(&rs);
+	cam->offline = is_offline(c, o->cameras, o->offline_pct);
+	int64_t hlen = (int64_t)o->outage_hours * 3600 * NS_PER_MS * 1000;
+	/* Outages start between 05:00 and late enough to end by 23:00, so
+	 * that the camera's own later events make the backlog late. */
+	double span = (double)(23 - 5 - (int)o->outage_hours) * 3600e3;
+	cam->out_from = ((int64_t)(5 * 3600e3 + rng_unit(&rs) * span)) * NS_PER_MS;
+	cam->out_to = cam->out_from + hlen;
+	double cum[25] = {0};
+	for (int h = 0; h < 24; h++)
+		cum[h + 1] = cum[h] + hour_volume[h];
+	int h = 0;
+	cam->b0 = cam->b1 = 0;
+	for (uint32_t i = 0; i < cam->n; i++) {
+		/* Stratified quantiles through the inverse volume curve keep the
+		 * times sorted without a sort. */
+		double q = ((double)i + rng_unit(&rs)) / cam->n * cum[24];
+		while (h < 23 && q >= cum[h + 1])
+			h++;
+		double sec = (h + (q - cum[h]) / hour_volume[h]) * 3600.0;
+		int64_t ms = (int64_t)(sec * 1000.0);
+		if (ms >= 86400000)
+			ms = 86399999;
+		int64_t t = ms * NS_PER_MS;
+		double v = cam->base * hour_speed[h] * (1.0 + 0.08 * rng_gauss(&rs));
+		if (v < 5.0)
+			v = 5.0;
+		cam->ts[i] = day + t;
+		cam->speed[i] = round(v * 10.0) / 10.0; /* one decimal, like 85.2 */
+		if (cam->offline && t < cam->out_from)
+			cam->b0 = cam->b1 = i + 1;
+		else if (cam->offline && t < cam->out_to)
+			cam->b1 = i + 1;
+	}
+}
+
+/* The late events the store should count for this camera: backlog events
+ * older than the newest event it had sent by more than the threshold. */
+static uint64_t camera_expected_late(const camera *cam, int64_t threshold)
+{
+	int64_t hwm = INT64_MIN;
+	if (cam->b1 < cam->n)
+		hwm = cam->ts[cam->n - 1];
+	else if (cam->b0 > 0)
+		hwm = cam->ts[cam->b0 - 1];
+	uint64_t late = 0;
+	for (uint32_t i = cam->b0; i < cam->b1; i++) {
+		if (hwm != INT64_MIN && cam->ts[i] < hwm - threshold)
+			late++;
+		if (cam->ts[i] > hwm)
+			hwm = cam->ts[i];
+	}
+	return late;
+}
+
+/* ---------------------------------------------------------------- writers */
+
+typedef struct worker {
+	pthread_t th;
+	unsigned id; /* also the shard */
+	const demo_opts *o;
+	camera *cams;
+	int64_t day;
+	tally_writer *w;
+	pthread_barrier_t *bar;
+	char *lp;
+	size_t lp_len, lp_cap;
+	uint64_t bin_events, lp_lines, lp_accepted;
+	double t0, t1, t2, t3; /* binary start/end, line protocol start/end */
+	int rc;
+	char err[512];
+} worker;
+
+static void worker_fail(worker *wk, int rc, const char *what)
+{
+	if (wk->rc)
+		return;
+	wk->rc = rc;
+	snprintf(wk->err, sizeof wk->err, "%s: %s", what,
+		 *tally_errmsg() ? tally_errmsg() : tally_strerror(rc));
+}
+
+static int lp_append(worker *wk, const camera *cam, uint32_t i)
+{
+	if (wk->lp_cap - wk->lp_len < 128) {
+		size_t ncap = wk->lp_cap ? wk->lp_cap * 2 : (1u << 20);
+		char *n = realloc(wk->lp, ncap);
+		if (!n)
+			return -ENOMEM;
+		wk->lp = n;
+		wk->lp_cap = ncap;
+	}
+	int n = snprintf(wk->lp + wk->lp_len, wk->lp_cap - wk->lp_len,
+			 TABLE "," KEY_TAG "=%s " FIELD "=%.1f %" PRId64 "\n", cam->id,
+			 cam->speed[i], cam->ts[i] / NS_PER_MS);
+	wk->lp_len += (size_t)n;
+	wk->lp_lines++;
+	return 0;
+}
+
+static int send_rows(worker *wk, const camera *cam, uint32_t lo, uint32_t hi)
+{
+	if (lo >= hi)
+		return 0;
+	tally_column col = {.name = FIELD, .type = TALLY_T_F64, .values = cam->speed + lo};
+	tally_batch b = {.table = TABLE,
+			 .key = cam->id,
+			 .key_tag = KEY_TAG,
+			 .n_rows = hi - lo,
+			 .ts = cam->ts + lo,
+			 .n_columns = 1,
+			 .columns = &col};
+	int rc = tally_write_batch(wk->w, &b);
+	if (rc)
+		worker_fail(wk, rc, "tally_write_batch");
+	wk->bin_events += hi - lo;
+	return rc;
+}
+
+static void *worker_main(void *arg)
+{
+	worker *wk = arg;
+	const demo_opts *o = wk->o;
+	/* Generate this worker's cameras: not timed. */
+	for (unsigned c = wk->id; c < o->cameras && !wk->rc; c += o->shards) {
+		camera *cam = &wk->cams[c];
+		camera_generate(cam, c, o, wk->day);
+		for (uint32_t i = cam->b0; i < cam->b1 && !wk->rc; i++)
+			if (lp_append(wk, cam, i))
+				worker_fail(wk, -ENOMEM, "generating line protocol");
+	}
+	pthread_barrier_wait(wk->bar);
+	/* The day, hour by hour: every online camera uploads its last hour. */
+	wk->t0 = now_s();
+	for (int h = 0; h < 24 && !wk->rc; h++) {
+		int64_t end = wk->day + (int64_t)(h + 1) * TALLY_1H;
+		for (unsigned c = wk->id; c < o->cameras && !wk->rc; c += o->shards) {
+			camera *cam = &wk->cams[c];
+			uint32_t lo = cam->cur, hi = lo;
+			while (hi < cam->n && cam->ts[hi] < end)
+				hi++;
+			cam->cur = hi;
+			if (send_rows(wk, cam, lo, hi < cam->b0 ? hi : cam->b0) == 0)
+				send_rows(wk, cam, lo > cam->b1 ? lo : cam->b1, hi);
+		}
+	}
+	wk->t1 = now_s();
+	pthread_barrier_wait(wk->bar); /* the day is in; main looks before the backlog */
+	pthread_barrier_wait(wk->bar);
+	/* The backlogs, as line protocol text in network-sized pieces. */
+	wk->t2 = now_s();
+	for (size_t off = 0; off < wk->lp_len && !wk->rc;) {
+		size_t n = wk->lp_len - off;
+		if (n > LP_CHUNK) {
+			n = LP_CHUNK;
+			while (n > 0 && wk->lp[off + n - 1] != '\n')
+				n--;
+		}
+		tally_write_result res;
+		int rc = tally_write_lp(wk->w, wk->lp + off, n, TALLY_PREC_MS, &res);
+		if (rc)
+			worker_fail(wk, rc, "tally_write_lp");
+		else if (res.rejected) {
+			snprintf(wk->err, sizeof wk->err, "tally_write_lp: line %" PRIu64 ": %s",
+				 res.errors[0].line, res.errors[0].reason);
+			wk->rc = res.errors[0].code;
+		}
+		wk->lp_accepted += res.accepted;
+		off += n;
+	}
+	wk->t3 = now_s();
+	return NULL;
+}
+
+/* ---------------------------------------------------------------- queries */
+
+static int fail_with(const char *what, int rc)
+{
+	const char *msg = tally_errmsg();
+	fprintf(stderr, "tally-demo: %s: %s\n", what, *msg ? msg : tally_strerror(rc));
+	return 1;
+}
+
+/* One key's buckets of width step over [from, to), indexed by window:
+ * out[k] is the window starting at from + k*step (count 0 when empty). */
+static int series_grid(tally_db *db, const char *key, int64_t step, int64_t from, int64_t to,
+		       tally_agg *out, size_t n_windows, double *took_us)
+{
+	tally_bucket b[288];
+	size_t n;
+	double t = now_s();
+	int rc = tally_query_series(db, TABLE, FIELD, key, step, from, to, b, 288, &n);
+	if (took_us)
+		*took_us = (now_s() - t) * 1e6;
+	if (rc)
+		return rc;
+	memset(out, 0, n_windows * sizeof *out);
+	for (size_t i = 0; i < n; i++) {
+		int64_t k = (b[i].start - from) / step;
+		if (k >= 0 && (size_t)k < n_windows)
+			out[k] = b[i].agg;
+	}
+	return 0;
+}
+
+/* "  85.2 km/h (1,234)" padded to a fixed width, or a dash for no data. */
+static const char *cell(const tally_agg *a)
+{
+	static _Thread_local char bufs[4][48];
+	static _Thread_local unsigned next;
+	char *out = bufs[next++ % 4], tmp[48];
+	if (a->count == 0)
+		snprintf(tmp, sizeof tmp, "%7s", "-");
+	else
+		snprintf(tmp, sizeof tmp, "%7.1f km/h  (%s)", a->avg, commas(a->count));
+	snprintf(out, 48, "%-26s", tmp);
+	return out;
+}
+
+typedef struct top_entry {
+	char key[16];
+	tally_agg a;
+} top_entry;
+
+static int top_fastest(tally_db *db, int64_t from, int64_t to, top_entry *top, int k, int *n,
+		       uint64_t *keys_seen, double *took_us)
+{
+	tally_keys_iter *it;
+	double t = now_s();
+	int rc = tally_query_keys(db, TABLE, FIELD, from, to, &it);
+	if (rc)
+		return rc;
+	const char *key;
+	tally_agg a;
+	*n = 0;
+	*keys_seen = 0;
+	while ((rc = tally_keys_next(it, &key, &a)) == 1) {
+		(*keys_seen)++;
+		int pos = *n;
+		while (pos > 0 && top[pos - 1].a.avg < a.avg)
+			pos--;
+		if (pos >= k)
+			continue;
+		int last = *n < k ? *n : k - 1;
+		memmove(&top[pos + 1], &top[pos], (size_t)(last - pos) * sizeof *top);
+		snprintf(top[pos].key, sizeof top[pos].key, "%s", key);
+		top[pos].a = a;
+		if (*n < k)
+			(*n)++;
+	}
+	tally_keys_close(it);
+	*took_us = (now_s() - t) * 1e6;
+	return rc;
+}
+
+/* Count and sum of a raw scan, to check the exact aggregate against. */
+static int scan_sum(tally_db *db, const char *key, int64_t from, int64_t to, uint64_t *count,
+		    double *sum)
+{
+	tally_scan *s;
+	int rc = tally_scan_open(db, TABLE, key, from, to, &s);
+	if (rc)
+		return rc;
+	size_t col = SIZE_MAX;
+	for (size_t i = 0; i < tally_scan_columns(s); i++) {
+		const char *name;
+		enum tally_type type;
+		if (tally_scan_column(s, i, &name, &type) == 0 && strcmp(name, FIELD) == 0)
+			col = i;
+	}
+	tally_row row;
+	*count = 0;
+	*sum = 0;
+	while ((rc = tally_scan_next(s, &row)) == 1)
+		if (col < row.n_values && row.values[col].type == TALLY_T_F64) {
+			(*count)++;
+			*sum += row.values[col].v.f64;
+		}
+	tally_scan_close(s);
+	return rc;
+}
+
+/* ---------------------------------------------------------------- main */
+
+int main(int argc, char **argv)
+{
+	demo_opts o;
+	if (parse_args(argc, argv, &o))
+		return 2;
+	if (prepare_dir(o.dir))
+		return 1;
+
+	/* A fixed Monday, so every run shows the same day. */
+	struct tm tmday = {.tm_year = 2025 - 1900, .tm_mon = 5, .tm_mday = 2};
+	const int64_t day = (int64_t)timegm(&tmday) * TALLY_NS_PER_SEC;
+
+	tally_options opt;
+	tally_options_init(&opt);
+	opt.shards = o.shards;
+	tally_db *db;
+	int rc = tally_db_open(o.dir, &opt, &db);
+	if (rc)
+		return fail_with("tally_db_open", rc);
+
+	size_t total = (size_t)o.cameras * o.events;
+	camera *cams = calloc(o.cameras, sizeof *cams);
+	int64_t *ts = malloc(total * sizeof *ts);
+	double *speed = malloc(total * sizeof *speed);
+	worker *wks = calloc(o.shards, sizeof *wks);
+	if (!cams || !ts || !speed || !wks) {
+		fprintf(stderr, "tally-demo: out of memory for %s events\n", commas(total));
+		return 1;
+	}
+	for (unsigned c = 0; c < o.cameras; c++) {
+		cams[c].ts = ts + (size_t)c * o.events;
+		cams[c].speed = speed + (size_t)c * o.events;
+		cams[c].n = o.events;
+	}
+	pthread_barrier_t bar;
+	pthread_barrier_init(&bar, NULL, o.shards + 1);
+	for (unsigned i = 0; i < o.shards; i++) {
+		worker *wk = &wks[i];
+		*wk = (worker){.id = i, .o = &o, .cams = cams, .day = day, .bar = &bar};
+		if ((rc = tally_writer_open(db, (int)i, &wk->w)))
+			return fail_with("tally_writer_open", rc);
+		if ((rc = pthread_create(&wk->th, NULL, worker_main, wk))) {
+			fprintf(stderr, "tally-demo: pthread_create: %s\n", strerror(rc));
+			return 1;
+		}
+	}
+	pthread_barrier_wait(&bar); /* data generated */
+
+	/* The cameras to look at: the first that went offline, the first
+	 * that did not. */
+	int ca = -1, cb = -1;
+	for (unsigned c = 0; c < o.cameras; c++) {
+		if (cams[c].offline && ca < 0)
+			ca = (int)c;
+		if (!cams[c].offline && cb < 0)
+			cb = (int)c;
+	}
+	const camera *A = ca >= 0 ? &cams[ca] : NULL, *B = cb >= 0 ? &cams[cb] : NULL;
+	int h_lo = 7, h_hi = 12; /* hours shown, inclusive */
+	if (A) {
+		h_lo = (int)(A->out_from / TALLY_1H) - 1;
+		h_hi = (int)((A->out_to - 1) / TALLY_1H) + 1;
+		h_lo = h_lo < 0 ? 0 : h_lo;
+		h_hi = h_hi > 23 ? 23 : h_hi;
+	}
+	int n_hours = h_hi - h_lo + 1;
+	int64_t h_from = day + h_lo * TALLY_1H, h_to = day + (h_hi + 1) * TALLY_1H;
+	tally_agg a_before[24], a_after[24], b_hours[24];
+
+	pthread_barrier_wait(&bar); /* the day is in, the backlogs are not */
+	if (A && (rc = series_grid(db, A->id, TALLY_1H, h_from, h_to, a_before, (size_t)n_hours,
+				   NULL)))
+		return fail_with("tally_query_series", rc);
+	pthread_barrier_wait(&bar); /* backlogs go */
+	for (unsigned i = 0; i < o.shards; i++)
+		pthread_join(wks[i].th, NULL);
+	uint64_t bin_events = 0, lp_lines = 0, lp_events = 0, lp_bytes = 0;
+	double b0 = INFINITY, b1 = 0, l0 = INFINITY, l1 = 0;
+	for (unsigned i = 0; i < o.shards; i++) {
+		worker *wk = &wks[i];
+		if (wk->rc) {
+			fprintf(stderr, "tally-demo: writer %u: %s\n", i, wk->err);
+			return 1;
+		}
+		bin_events += wk->bin_events;
+		lp_lines += wk->lp_lines;
+		lp_events += wk->lp_accepted;
+		lp_bytes += wk->lp_len;
+		b0 = fmin(b0, wk->t0);
+		b1 = fmax(b1, wk->t1);
+		l0 = fmin(l0, wk->t2);
+		l1 = fmax(l1, wk->t3);
+		tally_writer_close(wk->w);
+		free(wk->lp);
+	}
+	double ts0 = now_s();
+	if ((rc = tally_db_sync(db)))
+		return fail_with("tally_db_sync", rc);
+	double sync_s = now_s() - ts0;
+
+	uint64_t offline = 0, backlog = 0, expect_late = 0;
+	for (unsigned c = 0; c < o.cameras; c++) {
+		offline += cams[c].offline != 0;
+		backlog += cams[c].b1 - cams[c].b0;
+		/* The default late threshold is the finest level, 5 minutes. */
+		expect_late += camera_expected_late(&cams[c], TALLY_5M);
+	}
+
+	/* ---- what happened */
+	printf("tally demo: one day of speed-camera traffic, 2025-06-02 (UTC)\n");
+	printf("  store     %s  (%u shards, one writer thread each)\n", o.dir, o.shards);
+	printf("  cameras   %s x %s events; %s offline for %u h, backlog sent last\n",
+	       commas(o.cameras), commas(o.events), commas(offline), o.outage_hours);
+	printf("\nIngest                       events    seconds     events/s\n");
+	double bs = b1 - b0, ls = l1 - l0;
+	printf("  binary batches        %12s   %8.3f   %8.2f M\n", commas(bin_events), bs,
+	       bs > 0 ? (double)bin_events / bs / 1e6 : 0);
+	printf("  line protocol         %12s   %8.3f   %8.2f M   (%s of text, %.0f MB/s)\n",
+	       commas(lp_events), ls, ls > 0 ? (double)lp_events / ls / 1e6 : 0, mb(lp_bytes),
+	       ls > 0 ? (double)lp_bytes / ls / 1e6 : 0);
+	printf("  sync (fsync the WALs)                %8.3f\n", sync_s);
+
+	tally_stats st;
+	if ((rc = tally_db_stats(db, &st)))
+		return fail_with("tally_db_stats", rc);
+	printf("\nStats\n");
+	printf("  events %s   late %s   keys %s   tables %s\n", commas(st.events),
+	       commas(st.late_events), commas(st.keys), commas(st.tables));
+	printf("  memory %s (memtables %s, rollups %s)   WAL on disk %s\n",
+	       mb(st.memtable_bytes + st.rollup_bytes), mb(st.memtable_bytes),
+	       mb(st.rollup_bytes), mb(st.wal_bytes));
+	int ok = st.late_events == expect_late && st.events == bin_events + lp_events &&
+		 lp_events == lp_lines && lp_lines == backlog;
+	if (expect_late == backlog)
+		printf("  late events %s = backlog events sent %s: %s\n", commas(st.late_events),
+		       commas(backlog), ok ? "each counted once, OK" : "MISMATCH");
+	else
+		printf("  late events %s, expected %s of the %s backlog events: %s\n",
+		       commas(st.late_events), commas(expect_late), commas(backlog),
+		       ok ? "OK" : "MISMATCH");
+
+	/* ---- one offline camera next to one that stayed online */
+	const camera *show[2];
+	int n_show = 0;
+	if (A)
+		show[n_show++] = A;
+	if (B)
+		show[n_show++] = B;
+	printf("\n");
+	if (A)
+		printf("Camera %s was offline %s-%s; its backlog arrived after the whole day.\n",
+		       A->id, hhmm(A->out_from, 0), hhmm(A->out_to, 0));
+	if (B)
+		printf("Camera %s was online all day.\n", B->id);
+	printf("%-21s", "");
+	for (int i = 0; i < n_show; i++)
+		printf("%-26s", show[i]->id);
+	printf("\n  %-19s", "whole day (1d)");
+	double took;
+	for (int i = 0; i < n_show; i++) {
+		tally_agg d;
+		if ((rc = series_grid(db, show[i]->id, TALLY_1D, day, day + TALLY_1D, &d, 1, &took)))
+			return fail_with("tally_query_series", rc);
+		printf("%s", cell(&d));
+	}
+	printf("\n");
+
+	if (B && (rc = series_grid(db, B->id, TALLY_1H, h_from, h_to, b_hours, (size_t)n_hours,
+				   &took)))
+		return fail_with("tally_query_series", rc);
+	if (A && (rc = series_grid(db, A->id, TALLY_1H, h_from, h_to, a_after, (size_t)n_hours,
+				   &took)))
+		return fail_with("tally_query_series", rc);
+	printf("\n  1h rollups (%.0f us)  ", took);
+	if (A)
+		printf("%-26s%-26s", "before the backlog", "after the backlog");
+	printf("\n");
+	for (int h = 0; h < n_hours; h++) {
+		printf("  %s-%s        ", hhmm((h_lo + h) * TALLY_1H, 0),
+		       hhmm((h_lo + h + 1) * TALLY_1H, 0));
+		if (A)
+			printf("%s%s", cell(&a_before[h]), cell(&a_after[h]));
+		if (B)
+			printf("%s", cell(&b_hours[h]));
+		printf("\n");
+	}
+
+	/* Four 5-minute windows across the start of the outage. */
+	int64_t m_from = (A ? A->out_from : 8 * TALLY_1H) / TALLY_5M * TALLY_5M - 2 * TALLY_5M;
+	tally_agg m5[2][4];
+	for (int i = 0; i < n_show; i++)
+		if ((rc = series_grid(db, show[i]->id, TALLY_5M, day + m_from,
+				      day + m_from + 4 * TALLY_5M, m5[i], 4, &took)))
+			return fail_with("tally_query_series", rc);
+	printf("\n  5m rollups (%.0f us)\n", took);
+	for (int k = 0; k < 4; k++) {
+		printf("  %s-%s        ", hhmm(m_from + k * TALLY_5M, 0),
+		       hhmm(m_from + (k + 1) * TALLY_5M, 0));
+		for (int i = 0; i < n_show; i++)
+			printf("%s", cell(&m5[i][k]));
+		printf("\n");
+	}
+
+	/* An exact average over a range no rollup window fits. */
+	int64_t e_from = day + (7 * 3600 + 3 * 60 + 17) * TALLY_NS_PER_SEC;
+	int64_t e_to = day + (8 * 3600 + 58 * 60 + 41) * TALLY_NS_PER_SEC;
+	printf("\n  exact %s-%s  ", hhmm(e_from - day, 1), hhmm(e_to - day, 1));
+	int exact_ok = 1;
+	for (int i = 0; i < n_show; i++) {
+		tally_agg a;
+		double t0 = now_s();
+		if ((rc = tally_query_agg(db, TABLE, FIELD, show[i]->id, e_from, e_to, &a)))
+			return fail_with("tally_query_agg", rc);
+		took = (now_s() - t0) * 1e6;
+		uint64_t n;
+		double sum;
+		if ((rc = scan_sum(db, show[i]->id, e_from, e_to, &n, &sum)))
+			return fail_with("tally_scan", rc);
+		exact_ok &= n == a.count && fabs(sum - a.sum) <= 1e-9 * fabs(sum);
+		printf("%s", cell(&a));
+	}
+	printf("\n  (%.0f us; the same as averaging a raw scan of the range: %s)\n", took,
+	       exact_ok ? "yes" : "NO");
+
+	/* Every camera at once. */
+	top_entry top[5];
+	int n_top;
+	uint64_t seen;
+	int64_t t_from = day + 12 * TALLY_1H, t_to = t_from + TALLY_1H;
+	if ((rc = top_fastest(db, t_from, t_to, top, 5, &n_top, &seen, &took)))
+		return fail_with("tally_query_keys", rc);
+	printf("\nFastest cameras %s-%s (all %s cameras aggregated in %.0f us)\n",
+	       hhmm(t_from - day, 0), hhmm(t_to - day, 0), commas(seen), took);
+	for (int i = 0; i < n_top; i++)
+		printf("  %d. %s  %s\n", i + 1, top[i].key, cell(&top[i].a));
+
+	printf("\nThe store stays in %s; run again to start afresh.\n", o.dir);
+	tally_db_close(db);
+	pthread_barrier_destroy(&bar);
+	free(wks);
+	free(cams);
+	free(ts);
+	free(speed);
+	return ok && exact_ok ? 0 : 1;
+}
