@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "err.h"
+#include "flush.h"
 #include "mem.h"
 
 #define DEFAULT_MEMORY_LIMIT (UINT64_C(4) << 30)
@@ -89,6 +90,19 @@ static int check_options(tally_options *o, levels *L)
 		return err_set(TALLY_EINVAL, "late_threshold: negative");
 	if (o->late_threshold == 0)
 		o->late_threshold = L->w[0];
+	if (o->memtable_bytes == 0)
+		o->memtable_bytes = UINT64_C(64) << 20;
+	if (o->flush_interval_ms == 0)
+		o->flush_interval_ms = 60000;
+	int64_t top = L->w[L->n - 1];
+	if (o->partition_width == 0)
+		o->partition_width = top > TALLY_1D ? top : TALLY_1D;
+	if (o->partition_width < top || o->partition_width % top ||
+	    o->partition_width > LEVEL_WIDTH_MAX)
+		return err_set(TALLY_EINVAL,
+			       "partition_width: %lld ns is not a multiple of the coarsest level "
+			       "(%lld ns)",
+			       (long long)o->partition_width, (long long)top);
 	return 0;
 }
 
@@ -146,6 +160,62 @@ static int replay_record(void *ctx, uint64_t seq, const void *payload, size_t le
 	return shard_apply(rc->sh, &rc->batch);
 }
 
+/* Part files the manifest does not name are leftovers of a flush or merge
+ * that did not commit: delete them. */
+static void remove_orphans(tally_db *db, const char *parts_dir)
+{
+	DIR *d = opendir(parts_dir);
+	if (!d)
+		return;
+	struct dirent *e;
+	while ((e = readdir(d))) {
+		unsigned long long id;
+		char tail[8] = "";
+		int named = sscanf(e->d_name, "%16llx.%7s", &id, tail) == 2 && !strcmp(tail, "part");
+		if (e->d_name[0] == '.' || (named && manifest_find(&db->man, id)))
+			continue;
+		char path[2 * PATH_MAX];
+		snprintf(path, sizeof path, "%s/%s", parts_dir, e->d_name);
+		if (unlink(path) == 0)
+			log_emit(&db->log, TALLY_LOG_INFO, "removed %s: no manifest names it", path);
+	}
+	closedir(d);
+}
+
+/* The background flusher: wakes on a kick (a memtable passed its size) or
+ * every second to check ages, and flushes what asks for it. */
+static void *flusher_main(void *arg)
+{
+	tally_db *db = arg;
+	pthread_mutex_lock(&db->bg_mu);
+	while (!db->bg_stop) {
+		if (!db->bg_kick) {
+			struct timespec t;
+			clock_gettime(CLOCK_REALTIME, &t);
+			t.tv_sec += 1;
+			pthread_cond_timedwait(&db->bg_cond, &db->bg_mu, &t);
+		}
+		if (db->bg_stop)
+			break;
+		db->bg_kick = 0;
+		pthread_mutex_unlock(&db->bg_mu);
+		if (flush_run(db, 0))
+			log_emit(&db->log, TALLY_LOG_ERROR, "flush failed (will retry): %s",
+				 err_msg());
+		pthread_mutex_lock(&db->bg_mu);
+	}
+	pthread_mutex_unlock(&db->bg_mu);
+	return NULL;
+}
+
+static void kick_flusher(tally_db *db)
+{
+	pthread_mutex_lock(&db->bg_mu);
+	db->bg_kick = 1;
+	pthread_cond_signal(&db->bg_cond);
+	pthread_mutex_unlock(&db->bg_mu);
+}
+
 TALLY_API int tally_db_open(const char *dir, const tally_options *opt, tally_db **out)
 {
 	*out = NULL;
@@ -156,6 +226,10 @@ TALLY_API int tally_db_open(const char *dir, const tally_options *opt, tally_db 
 	if (!db)
 		return err_set(-ENOMEM, "out of memory");
 	db->lock_fd = -1;
+	pthread_mutex_init(&db->man_mu, NULL);
+	pthread_mutex_init(&db->scratch_mu, NULL);
+	pthread_mutex_init(&db->bg_mu, NULL);
+	pthread_cond_init(&db->bg_cond, NULL);
 	int rc;
 	char path[PATH_MAX];
 	if (opt)
@@ -189,13 +263,22 @@ TALLY_API int tally_db_open(const char *dir, const tally_options *opt, tally_db 
 	snprintf(path, sizeof path, "%s/wal", dir);
 	if ((rc = mkdir_p(path)))
 		goto fail;
+	char parts_dir[PATH_MAX];
+	snprintf(parts_dir, sizeof parts_dir, "%s/parts", dir);
+	if ((rc = mkdir_p(parts_dir)))
+		goto fail;
+	if ((rc = manifest_load(dir, &db->man)))
+		goto fail;
 	unsigned n = existing_shards(path);
+	if (db->man.n_shards > n)
+		n = db->man.n_shards;
 	if (n > db->opt.shards) {
 		log_emit(&db->log, TALLY_LOG_INFO,
-			 "%s has WALs of %u shards; opening with %u shards instead of %u", dir, n,
+			 "%s has data of %u shards; opening with %u shards instead of %u", dir, n,
 			 n, db->opt.shards);
 		db->opt.shards = n;
 	}
+	db->partition_width = db->opt.partition_width;
 	db->shards = mem_calloc(db->opt.shards, sizeof *db->shards);
 	if (!db->shards) {
 		rc = err_set(-ENOMEM, "out of memory");
@@ -207,18 +290,48 @@ TALLY_API int tally_db_open(const char *dir, const tally_options *opt, tally_db 
 			goto fail;
 		}
 		db->n_shards = i + 1;
+	}
+	/* parts first: the WAL replays only what they do not hold */
+	for (uint32_t i = 0; i < db->man.n_parts; i++) {
+		const manifest_part *mp = &db->man.parts[i];
+		shard_part *sp;
+		if ((rc = shard_part_load(db, mp->id, &sp)))
+			goto fail;
+		if (sp->p->info.partition_width != db->partition_width) {
+			shard_part_free(sp);
+			rc = err_set(TALLY_EINVAL, "%s: partitions of %lld ns, opened with %lld ns",
+				     dir, (long long)sp->p->info.partition_width,
+				     (long long)db->partition_width);
+			goto fail;
+		}
+		if ((rc = shard_add_part(db->shards[mp->shard], sp))) {
+			shard_part_free(sp);
+			goto fail;
+		}
+		db->shards[mp->shard]->flushed_events += mp->rows;
+	}
+	remove_orphans(db, parts_dir);
+	for (unsigned i = 0; i < db->n_shards; i++) {
 		snprintf(path, sizeof path, "%s/wal/shard-%03u", dir, i);
 		wal_options wo = {.segment_bytes = db->opt.wal_segment_bytes, .log = db->log};
 		replay_ctx ctx = {.db = db, .sh = db->shards[i]};
 		wbatch_init(&ctx.batch);
-		rc = wal_open(path, &wo, 0, replay_record, &ctx, &db->shards[i]->wal);
+		rc = wal_open(path, &wo, i < db->man.n_shards ? db->man.flushed_seq[i] : 0,
+			      replay_record, &ctx, &db->shards[i]->wal);
 		wbatch_free(&ctx.batch);
 		if (rc)
 			goto fail;
 	}
+	if (!db->opt.no_background) {
+		if ((rc = pthread_create(&db->flusher, NULL, flusher_main, db))) {
+			rc = err_sys(rc, "starting the flusher thread");
+			goto fail;
+		}
+		db->flusher_started = 1;
+	}
 	uint64_t events = 0;
 	for (unsigned i = 0; i < db->n_shards; i++)
-		events += db->shards[i]->events;
+		events += db->shards[i]->active->events;
 	if (events)
 		log_emit(&db->log, TALLY_LOG_INFO, "%s: recovered %llu events from the WAL", dir,
 			 (unsigned long long)events);
@@ -234,16 +347,42 @@ TALLY_API void tally_db_close(tally_db *db)
 {
 	if (!db)
 		return;
+	if (db->flusher_started) {
+		pthread_mutex_lock(&db->bg_mu);
+		db->bg_stop = 1;
+		pthread_cond_signal(&db->bg_cond);
+		pthread_mutex_unlock(&db->bg_mu);
+		pthread_join(db->flusher, NULL);
+	}
 	for (unsigned i = 0; i < db->n_shards; i++) {
-		wal_close(db->shards[i]->wal);
-		shard_destroy(db->shards[i]);
+		shard *s = db->shards[i];
+		wal_close(s->wal);
+		for (uint32_t p = 0; p < s->n_parts; p++)
+			shard_part_free(s->parts[p]);
+		mem_free(s->parts);
+		shard_destroy(s);
 	}
 	mem_free(db->shards);
+	for (unsigned i = 0; i < db->n_scratch; i++) {
+		part_scratch_free(db->scratch[i]);
+		mem_free(db->scratch[i]);
+	}
+	manifest_free(&db->man);
 	catalog_free(&db->cat);
 	if (db->lock_fd >= 0)
 		close(db->lock_fd);
+	pthread_mutex_destroy(&db->man_mu);
+	pthread_mutex_destroy(&db->scratch_mu);
+	pthread_mutex_destroy(&db->bg_mu);
+	pthread_cond_destroy(&db->bg_cond);
 	mem_free(db->dir);
 	mem_free(db);
+}
+
+TALLY_API int tally_db_flush(tally_db *db)
+{
+	err_clear();
+	return flush_run(db, 1);
 }
 
 /* ---------------------------------------------------------------- sync */
@@ -388,7 +527,10 @@ static int writer_commit(tally_writer *w)
 		if (!rc && w->db->opt.sync_mode == TALLY_SYNC_EACH_WRITE)
 			rc = wal_write_out(s->wal, &lsn);
 	}
+	int big = s->active->mem_bytes + s->active->rollup_bytes >= w->db->opt.memtable_bytes;
 	pthread_rwlock_unlock(&s->lock);
+	if (big && w->db->flusher_started)
+		kick_flusher(w->db);
 	if (!rc && lsn)
 		rc = wal_sync_to(s->wal, lsn);
 out:
@@ -670,6 +812,25 @@ fail:
 
 /* ---------------------------------------------------------------- stats */
 
+/* Adds (table, key) to the set unless there; counts new ones. */
+static int count_key(strmap *set, uint32_t table, const char *key, uint32_t len, uint64_t *n)
+{
+	char buf[4 + 65536];
+	memcpy(buf, &table, 4);
+	memcpy(buf + 4, key, len);
+	uint64_t h = strmap_hash(buf, 4 + len);
+	if (strmap_get(set, buf, 4 + len, h))
+		return 0;
+	/* the set's keys must outlive it: point at a copy */
+	char *copy = mem_strndup(buf, 4 + len);
+	if (!copy || strmap_put(set, copy, 4 + len, h, copy)) {
+		mem_free(copy);
+		return err_set(-ENOMEM, "out of memory");
+	}
+	(*n)++;
+	return 0;
+}
+
 TALLY_API int tally_db_stats(tally_db *db, tally_stats *out)
 {
 	err_clear();
@@ -682,43 +843,42 @@ TALLY_API int tally_db_stats(tally_db *db, tally_stats *out)
 	for (unsigned i = 0; i < db->n_shards; i++) {
 		shard *s = db->shards[i];
 		pthread_rwlock_rdlock(&s->lock);
-		out->events += s->events;
+		out->events += shard_events(s);
 		out->late_events += s->late_events;
+		out->parts += s->n_parts;
+		for (uint32_t p = 0; p < s->n_parts; p++) {
+			out->part_bytes += s->parts[p]->p->file_bytes;
+			out->part_rows += s->parts[p]->p->info.n_rows;
+		}
 		out->memtable_bytes += s->mem_bytes;
 		out->rollup_bytes += s->rollup_bytes;
 		out->wal_bytes += wal_disk_bytes(s->wal);
 		out->wal_syncs += wal_syncs(s->wal);
-		for (uint32_t t = 0; t < s->cap_tables && !rc; t++) {
-			stable *st = s->tables[t];
-			if (!st)
-				continue;
-			if (db->n_shards == 1) {
-				out->keys += st->n;
-				continue;
-			}
-			/* A key written through several shards counts once. */
-			for (uint32_t k = 0; k < st->n && !rc; k++) {
-				series *se = st->list[k];
-				char buf[4 + 65536];
-				memcpy(buf, &t, 4);
-				memcpy(buf + 4, se->key, se->key_len);
-				uint64_t h = strmap_hash(buf, 4 + se->key_len);
-				if (strmap_get(&keys, buf, 4 + se->key_len, h))
-					continue;
-				/* The map's keys must outlive it: point at a copy. */
-				char *copy = mem_strndup(buf, 4 + se->key_len);
-				if (!copy || strmap_put(&keys, copy, 4 + se->key_len, h, copy)) {
-					mem_free(copy);
-					rc = err_set(-ENOMEM, "out of memory");
-				}
-				out->keys++;
-			}
+		/* distinct (table, key) over memtables' key states and parts */
+		for (uint32_t t = 0; t < s->cap_keystates && !rc; t++) {
+			const strmap *km = &s->keystates[t];
+			for (uint32_t k = 0; k < km->cap && !rc; k++)
+				if (km->slots[k].key)
+					rc = count_key(&keys, t, km->slots[k].key, km->slots[k].len,
+						       &out->keys);
+		}
+		for (uint32_t p = 0; p < s->n_parts && !rc; p++) {
+			const shard_part *sp = s->parts[p];
+			for (uint32_t k = 0; k < sp->p->n_keys && !rc; k++)
+				rc = count_key(&keys, sp->table->id, sp->p->keys[k].key,
+					       sp->p->keys[k].len, &out->keys);
 		}
 		pthread_rwlock_unlock(&s->lock);
 	}
 	for (uint32_t i = 0; i < keys.cap; i++)
 		mem_free(keys.slots[i].value);
 	strmap_free(&keys);
+	pthread_mutex_lock(&db->man_mu);
+	out->flushes = db->flushes;
+	out->write_amplification = db->man.rows_accepted
+					   ? (double)db->man.rows_written / (double)db->man.rows_accepted
+					   : 1.0;
+	pthread_mutex_unlock(&db->man_mu);
 	out->memory_limit = db->opt.memory_limit;
 	out->rejected_lines = atomic_load(&db->rejected_lines);
 	out->shards = db->n_shards;

@@ -11,7 +11,11 @@
 #include "log.h"
 #include "lp.h"
 #include "rollup.h"
+#include "manifest.h"
+#include "part.h"
 #include "shard.h"
+
+#define DB_SCRATCH_MAX 16
 
 struct tally_db {
 	char *dir;
@@ -24,6 +28,23 @@ struct tally_db {
 	unsigned n_shards;
 	_Atomic unsigned next_shard;
 	_Atomic uint64_t rejected_lines;
+	int64_t partition_width;
+	/* parts: the committed manifest, changed by one flush or merge at a
+	 * time under man_mu */
+	pthread_mutex_t man_mu;
+	manifest man;
+	uint64_t flushes;
+	/* per-query scratch for reading parts, kept for reuse */
+	pthread_mutex_t scratch_mu;
+	part_scratch *scratch[DB_SCRATCH_MAX];
+	unsigned n_scratch;
+	/* the background flusher */
+	pthread_t flusher;
+	int flusher_started;
+	pthread_mutex_t bg_mu;
+	pthread_cond_t bg_cond;
+	int bg_stop;
+	int bg_kick;
 };
 
 typedef struct wtable {

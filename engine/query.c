@@ -12,8 +12,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <stddef.h>
+
 #include "db.h"
 #include "err.h"
+#include "flush.h"
 #include "mem.h"
 
 static int resolve(tally_db *db, const char *table, const char *field, table_def **t,
@@ -55,6 +58,181 @@ static void unlock_all(tally_db *db)
 		pthread_rwlock_unlock(&db->shards[i]->lock);
 }
 
+/* ---------------------------------------------------------------- sources */
+
+/* Sorted bucket arrays to merge: memtable levels in place, part rollups
+ * decoded into the query's own buffers. */
+typedef struct bsrc {
+	const rbucket *b;
+	uint32_t n, pos;
+	rbucket *owned; /* decoded part rollup, freed with the query */
+} bsrc;
+
+typedef struct qsrc {
+	tally_db *db;
+	bsrc *v;
+	uint32_t n, cap;
+	part_scratch *scratch;
+} qsrc;
+
+_Static_assert(sizeof(rbucket) == sizeof(part_bucket), "rbucket and part_bucket must match");
+_Static_assert(offsetof(rbucket, a.count) == offsetof(part_bucket, count), "layout");
+_Static_assert(offsetof(rbucket, a.sum) == offsetof(part_bucket, sum), "layout");
+_Static_assert(offsetof(rbucket, a.comp) == offsetof(part_bucket, comp), "layout");
+_Static_assert(offsetof(rbucket, a.min) == offsetof(part_bucket, min), "layout");
+_Static_assert(offsetof(rbucket, a.max) == offsetof(part_bucket, max), "layout");
+
+static void qsrc_init(qsrc *q, tally_db *db)
+{
+	memset(q, 0, sizeof *q);
+	q->db = db;
+}
+
+static void qsrc_free(qsrc *q)
+{
+	for (uint32_t i = 0; i < q->n; i++)
+		mem_free(q->v[i].owned);
+	mem_free(q->v);
+	if (q->scratch)
+		scratch_put(q->db, q->scratch);
+	memset(q, 0, sizeof *q);
+}
+
+static int qsrc_add(qsrc *q, const rbucket *b, uint32_t n)
+{
+	if (!n)
+		return 0;
+	if (q->n == q->cap) {
+		uint32_t nc = q->cap ? q->cap * 2 : 8;
+		bsrc *nv = mem_realloc(q->v, nc * sizeof *nv);
+		if (!nv)
+			return err_set(-ENOMEM, "out of memory");
+		q->v = nv;
+		q->cap = nc;
+	}
+	q->v[q->n++] = (bsrc){b, n, 0, NULL};
+	return 0;
+}
+
+static part_scratch *qsrc_scratch(qsrc *q)
+{
+	if (!q->scratch)
+		q->scratch = scratch_get(q->db);
+	return q->scratch;
+}
+
+/* Decodes a part's rollup of (key, column, level) into a new buffer. */
+static int part_rollup_decode(const shard_part *sp, const char *key, uint32_t kl,
+			      const col_def *c, unsigned level, part_scratch *ps, rbucket **out,
+			      uint32_t *n)
+{
+	*out = NULL;
+	*n = 0;
+	int pc = shard_part_col(sp, c);
+	if (pc < 0 || sp->p->info.num_of[pc] < 0)
+		return 0;
+	const part_key *pk = part_find_key(sp->p, key, kl);
+	if (!pk)
+		return 0;
+	uint32_t num = (uint32_t)sp->p->info.num_of[pc];
+	const part_rollup *ro = &sp->p->rollups[pk->first_rollup + num * sp->p->info.n_levels + level];
+	if (!ro->n_buckets)
+		return 0;
+	rbucket *b = mem_alloc((size_t)ro->n_buckets * sizeof *b);
+	if (!b)
+		return err_set(-ENOMEM, "out of memory");
+	int rc = part_read_rollup(sp->p, pk, num, level, ps, (part_bucket *)b, ro->n_buckets, n);
+	if (rc) {
+		mem_free(b);
+		return rc;
+	}
+	*out = b;
+	return 0;
+}
+
+static int qsrc_add_part(qsrc *q, const shard_part *sp, const char *key, uint32_t kl,
+			 const col_def *c, unsigned level)
+{
+	part_scratch *ps = qsrc_scratch(q);
+	if (!ps)
+		return err_set(-ENOMEM, "out of memory");
+	rbucket *b;
+	uint32_t n;
+	int rc = part_rollup_decode(sp, key, kl, c, level, ps, &b, &n);
+	if (rc || !b)
+		return rc;
+	if ((rc = qsrc_add(q, b, n))) {
+		mem_free(b);
+		return rc;
+	}
+	q->v[q->n - 1].owned = b;
+	return 0;
+}
+
+/* Merges the sources' buckets into windows of width step starting in
+ * [from, to); fills out up to cap and returns the number of windows. */
+static size_t merge_windows(qsrc *q, int64_t from, int64_t to, int64_t step, int64_t offset,
+			    tally_bucket *out, size_t cap)
+{
+	for (uint32_t s = 0; s < q->n; s++) {
+		bsrc *x = &q->v[s];
+		uint32_t lo = 0, hi = x->n;
+		while (lo < hi) {
+			uint32_t mid = lo + (hi - lo) / 2;
+			if (x->b[mid].start < from)
+				lo = mid + 1;
+			else
+				hi = mid;
+		}
+		x->pos = lo;
+	}
+	size_t n = 0;
+	int have = 0;
+	tally_bucket cur = {0};
+	ragg acc;
+	ragg_init(&acc);
+	for (;;) {
+		int64_t best = INT64_MAX;
+		for (uint32_t s = 0; s < q->n; s++) {
+			bsrc *x = &q->v[s];
+			while (x->pos < x->n && x->b[x->pos].a.count == 0)
+				x->pos++;
+			if (x->pos < x->n) {
+				int64_t ws = window_start(x->b[x->pos].start, step, offset);
+				if (ws < to && ws < best)
+					best = ws;
+			}
+		}
+		if (best == INT64_MAX)
+			break;
+		if (!have || best != cur.start) {
+			if (have) {
+				if (n < cap) {
+					ragg_to_public(&acc, &cur.agg);
+					out[n] = cur;
+				}
+				n++;
+			}
+			have = 1;
+			cur.start = best;
+			ragg_init(&acc);
+		}
+		for (uint32_t s = 0; s < q->n; s++) {
+			bsrc *x = &q->v[s];
+			while (x->pos < x->n && window_start(x->b[x->pos].start, step, offset) == best)
+				ragg_merge(&acc, &x->b[x->pos++].a);
+		}
+	}
+	if (have) {
+		if (n < cap) {
+			ragg_to_public(&acc, &cur.agg);
+			out[n] = cur;
+		}
+		n++;
+	}
+	return n;
+}
+
 /* ---------------------------------------------------------------- series */
 
 TALLY_API int tally_query_series(tally_db *db, const char *table, const char *field,
@@ -85,67 +263,34 @@ TALLY_API int tally_query_series(tally_db *db, const char *table, const char *fi
 	to = clamp_ts(to);
 	uint32_t kl = (uint32_t)strlen(key);
 
-	/* A k-way merge of the shards' bucket arrays, all read-locked so the
-	 * answer is one consistent cut. */
-	enum { MAXS = 256 };
-	const rlevel *lv[MAXS];
-	uint32_t pos[MAXS];
+	/* A k-way merge of bucket arrays: every memtable's and every part's
+	 * of every shard, all read-locked so the answer is one consistent cut. */
+	qsrc src;
+	qsrc_init(&src, db);
 	rdlock_all(db);
-	for (unsigned s = 0; s < db->n_shards; s++) {
-		const rcol *r = series_rcol(shard_series(db->shards[s], t, key, kl), c->id);
-		lv[s] = r ? &r->lv[li] : NULL;
-		pos[s] = r ? rollup_lower(lv[s], from) : 0;
+	for (unsigned s = 0; s < db->n_shards && !rc; s++) {
+		const shard *sh = db->shards[s];
+		const memtable *mt[SHARD_FROZEN_MAX + 1];
+		unsigned nm = shard_memtables(sh, mt);
+		for (unsigned m = 0; m < nm && !rc; m++) {
+			const rcol *r = series_rcol(mem_series(mt[m], t, key, kl), c->id);
+			if (r)
+				rc = qsrc_add(&src, r->lv[li].b, r->lv[li].n);
+		}
+		for (uint32_t i = 0; i < sh->n_parts && !rc; i++) {
+			const shard_part *sp = sh->parts[i];
+			if (sp->table != t || sp->pend <= from || sp->pstart >= to)
+				continue;
+			rc = qsrc_add_part(&src, sp, key, kl, c, (unsigned)li);
+		}
 	}
 	size_t n = 0;
-	int have = 0;
-	tally_bucket cur = {0};
-	ragg acc;
-	for (;;) {
-		/* the smallest next window over all shards */
-		int64_t best = INT64_MAX;
-		for (unsigned s = 0; s < db->n_shards; s++) {
-			if (!lv[s])
-				continue;
-			while (pos[s] < lv[s]->n && lv[s]->b[pos[s]].a.count == 0)
-				pos[s]++;
-			if (pos[s] < lv[s]->n) {
-				int64_t ws = window_start(lv[s]->b[pos[s]].start, step, L->offset);
-				if (ws < to && ws < best)
-					best = ws;
-			}
-		}
-		if (best == INT64_MAX)
-			break;
-		if (!have || best != cur.start) {
-			if (have) {
-				if (n < cap) {
-					ragg_to_public(&acc, &cur.agg);
-					out[n] = cur;
-				}
-				n++;
-			}
-			have = 1;
-			cur.start = best;
-			ragg_init(&acc);
-		}
-		for (unsigned s = 0; s < db->n_shards; s++) {
-			if (!lv[s])
-				continue;
-			while (pos[s] < lv[s]->n &&
-			       window_start(lv[s]->b[pos[s]].start, step, L->offset) == best) {
-				ragg_merge(&acc, &lv[s]->b[pos[s]].a);
-				pos[s]++;
-			}
-		}
-	}
+	if (!rc)
+		n = merge_windows(&src, from, to, step, L->offset, out, cap);
 	unlock_all(db);
-	if (have) {
-		if (n < cap) {
-			ragg_to_public(&acc, &cur.agg);
-			out[n] = cur;
-		}
-		n++;
-	}
+	qsrc_free(&src);
+	if (rc)
+		return rc;
 	*n_out = n;
 	if (n > cap)
 		return err_set(TALLY_ETRUNC, "%zu windows, buffer holds %zu", n, cap);
@@ -164,38 +309,128 @@ static inline double value_as_double(enum tally_type type, bval v)
 	}
 }
 
-/* Raw rows of se in [a, b): the unaligned edges. */
-static void raw_agg(const series *se, const col_def *c, int64_t a, int64_t b, ragg *acc)
+/*
+ * What cover() reads from: a memtable series (buckets and chunks in
+ * memory) or a part's key (rollup blocks decoded once per level per query,
+ * stripes decoded only where an edge falls).
+ */
+typedef struct cview {
+	const series *se;
+	const shard_part *sp;
+	const part_key *pk;
+	const col_def *c;
+	int pc;       /* part column */
+	uint32_t num; /* part numeric column */
+	qsrc *q;      /* owns decoded buffers and the scratch */
+	rbucket *lv[TALLY_LEVELS_MAX];
+	uint32_t nlv[TALLY_LEVELS_MAX];
+	uint8_t got[TALLY_LEVELS_MAX];
+	int64_t *ts;
+	bval *vals;
+	uint64_t *present;
+	int rc;
+} cview;
+
+static void cview_free(cview *v)
 {
-	for (uint32_t k = 0; k < se->n_chunks; k++) {
-		const chunk *ch = se->chunks[k];
-		if (ch->tmax < a || ch->tmin >= b || c->id >= ch->n_cols)
+	for (unsigned i = 0; i < TALLY_LEVELS_MAX; i++)
+		mem_free(v->lv[i]);
+	mem_free(v->ts);
+	mem_free(v->vals);
+	mem_free(v->present);
+}
+
+/* Raw rows of the view in [a, b): the unaligned edges. */
+static void raw_agg(cview *v, int64_t a, int64_t b, ragg *acc)
+{
+	const col_def *c = v->c;
+	if (v->se) {
+		const series *se = v->se;
+		for (uint32_t k = 0; k < se->n_chunks; k++) {
+			const chunk *ch = se->chunks[k];
+			if (ch->tmax < a || ch->tmin >= b || c->id >= ch->n_cols)
+				continue;
+			const chunk_col *cc = &ch->cols[c->id];
+			if (!cc->present)
+				continue;
+			for (uint32_t i = 0; i < ch->n; i++)
+				if (ch->ts[i] >= a && ch->ts[i] < b && chunk_has(cc, i))
+					ragg_add(acc, value_as_double(c->type, cc->vals[i]));
+		}
+		return;
+	}
+	const part *p = v->sp->p;
+	for (uint32_t k = 0; k < v->pk->n_stripes && !v->rc; k++) {
+		const part_stripe *st = &p->stripes[v->pk->first_stripe + k];
+		if (st->tmax < a || st->tmin >= b)
 			continue;
-		const chunk_col *cc = &ch->cols[c->id];
-		if (!cc->present)
+		if (!v->ts) {
+			v->ts = mem_alloc(PART_STRIPE_ROWS * sizeof *v->ts);
+			v->vals = mem_alloc(PART_STRIPE_ROWS * sizeof *v->vals);
+			v->present = mem_alloc(PART_STRIPE_ROWS / 8);
+			if (!v->ts || !v->vals || !v->present) {
+				v->rc = err_set(-ENOMEM, "out of memory");
+				return;
+			}
+		}
+		part_scratch *ps = qsrc_scratch(v->q);
+		int absent;
+		if (!ps) {
+			v->rc = err_set(-ENOMEM, "out of memory");
+			return;
+		}
+		if ((v->rc = part_read_col(p, st, v->pc, ps, v->vals, v->present, &absent)) || absent)
 			continue;
-		for (uint32_t i = 0; i < ch->n; i++)
-			if (ch->ts[i] >= a && ch->ts[i] < b && chunk_has(cc, i))
-				ragg_add(acc, value_as_double(c->type, cc->vals[i]));
+		if ((v->rc = part_read_col(p, st, -1, ps, v->ts, NULL, &absent)))
+			return;
+		for (uint32_t i = 0; i < st->n_rows; i++)
+			if (v->ts[i] >= a && v->ts[i] < b && ((v->present[i >> 6] >> (i & 63)) & 1))
+				ragg_add(acc, value_as_double(c->type, v->vals[i]));
 	}
 }
 
 /* Whole buckets of level li inside [a, b), a and b aligned to it. */
-static void bucket_agg(const rlevel *lv, int64_t a, int64_t b, ragg *acc)
+static void bucket_agg(cview *v, int li, int64_t a, int64_t b, ragg *acc)
 {
-	for (uint32_t i = rollup_lower(lv, a); i < lv->n && lv->b[i].start < b; i++)
-		ragg_merge(acc, &lv->b[i].a);
+	const rbucket *bk;
+	uint32_t n;
+	if (v->se) {
+		const rlevel *lv = &series_rcol(v->se, v->c->id)->lv[li];
+		bk = lv->b;
+		n = lv->n;
+	} else {
+		if (!v->got[li]) {
+			part_scratch *ps = qsrc_scratch(v->q);
+			if (!ps) {
+				v->rc = err_set(-ENOMEM, "out of memory");
+				return;
+			}
+			v->rc = part_rollup_decode(v->sp, v->pk->key, v->pk->len, v->c, (unsigned)li,
+						   ps, &v->lv[li], &v->nlv[li]);
+			v->got[li] = 1;
+			if (v->rc)
+				return;
+		}
+		bk = v->lv[li];
+		n = v->nlv[li];
+	}
+	uint32_t lo = 0, hi = n;
+	while (lo < hi) {
+		uint32_t mid = lo + (hi - lo) / 2;
+		if (bk[mid].start < a)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	for (uint32_t i = lo; i < n && bk[i].start < b; i++)
+		ragg_merge(acc, &bk[i].a);
 }
 
-static void cover(const series *se, const col_def *c, const levels *L, int li, int64_t a,
-		  int64_t b, ragg *acc)
+static void cover(cview *v, const levels *L, int li, int64_t a, int64_t b, ragg *acc)
 {
-	const rcol *rc = series_rcol(se, c->id);
-	if (!rc)
-		return; /* no value of this field for this key */
-	while (a < b) {
+	while (a < b && !v->rc) {
 		if (li < 0) {
-			raw_agg(se, c, a, b, acc);
+			raw_agg(v, a, b, acc);
 			return;
 		}
 		int64_t w = L->w[li];
@@ -207,11 +442,40 @@ static void cover(const series *se, const col_def *c, const levels *L, int li, i
 			li--;
 			continue;
 		}
-		bucket_agg(&rc->lv[li], A, B, acc);
-		cover(se, c, L, li - 1, a, A, acc);
+		bucket_agg(v, li, A, B, acc);
+		cover(v, L, li - 1, a, A, acc);
 		a = B; /* the right edge, with the finer levels */
 		li--;
 	}
+}
+
+/* The exact aggregate of a memtable series over [a, b). */
+static void cover_series(const series *se, const col_def *c, const levels *L, int64_t a,
+			 int64_t b, ragg *acc)
+{
+	if (!series_rcol(se, c->id))
+		return; /* no value of this field for this key */
+	cview v = {.se = se, .c = c};
+	cover(&v, L, (int)L->n - 1, a, b, acc);
+}
+
+/* The exact aggregate of a part's key over [a, b), clipped to the part's
+ * partition (it holds nothing outside). */
+static int cover_part(qsrc *q, const shard_part *sp, const part_key *pk, const col_def *c,
+		      const levels *L, int64_t a, int64_t b, ragg *acc)
+{
+	int pc = shard_part_col(sp, c);
+	if (pc < 0 || sp->p->info.num_of[pc] < 0)
+		return 0;
+	a = a < sp->pstart ? sp->pstart : a;
+	b = b > sp->pend ? sp->pend : b;
+	if (a >= b || pk->tmax < a || pk->tmin >= b)
+		return 0;
+	cview v = {.sp = sp, .pk = pk, .c = c, .pc = pc, .q = q};
+	v.num = (uint32_t)sp->p->info.num_of[pc];
+	cover(&v, L, (int)L->n - 1, a, b, acc);
+	cview_free(&v);
+	return v.rc;
 }
 
 TALLY_API int tally_query_agg(tally_db *db, const char *table, const char *field,
@@ -230,14 +494,31 @@ TALLY_API int tally_query_agg(tally_db *db, const char *table, const char *field
 	uint32_t kl = (uint32_t)strlen(key);
 	ragg acc;
 	ragg_init(&acc);
-	for (unsigned s = 0; s < db->n_shards; s++) {
+	qsrc q;
+	qsrc_init(&q, db);
+	for (unsigned s = 0; s < db->n_shards && !rc; s++) {
 		shard *sh = db->shards[s];
 		pthread_rwlock_rdlock(&sh->lock);
-		const series *se = shard_series(sh, t, key, kl);
-		if (se)
-			cover(se, c, &db->L, (int)db->L.n - 1, from, to, &acc);
+		const memtable *mt[SHARD_FROZEN_MAX + 1];
+		unsigned nm = shard_memtables(sh, mt);
+		for (unsigned m = 0; m < nm; m++) {
+			const series *se = mem_series(mt[m], t, key, kl);
+			if (se)
+				cover_series(se, c, &db->L, from, to, &acc);
+		}
+		for (uint32_t i = 0; i < sh->n_parts && !rc; i++) {
+			const shard_part *sp = sh->parts[i];
+			if (sp->table != t || sp->pend <= from || sp->pstart >= to)
+				continue;
+			const part_key *pk = part_find_key(sp->p, key, kl);
+			if (pk)
+				rc = cover_part(&q, sp, pk, c, &db->L, from, to, &acc);
+		}
 		pthread_rwlock_unlock(&sh->lock);
 	}
+	qsrc_free(&q);
+	if (rc)
+		return rc;
 	ragg_to_public(&acc, out);
 	return 0;
 }
@@ -266,6 +547,42 @@ static int key_cmp(const void *x, const void *y)
 	return c ? c : (a->len > b->len) - (a->len < b->len);
 }
 
+/* Collects (key, aggregate) pairs; keys are copied into the iterator's
+ * arena as offsets, turned into pointers once the arena stops moving. */
+typedef struct keys_acc {
+	tally_keys_iter *it;
+	size_t cap, arena_len, arena_cap;
+} keys_acc;
+
+static int keys_push(keys_acc *ka, const char *key, uint32_t len, const ragg *a)
+{
+	tally_keys_iter *it = ka->it;
+	if (!a->count)
+		return 0;
+	if (it->n == ka->cap) {
+		size_t ncap = ka->cap ? ka->cap * 2 : 64;
+		key_agg *nv = mem_realloc(it->v, ncap * sizeof *nv);
+		if (!nv)
+			return err_set(-ENOMEM, "out of memory");
+		it->v = nv;
+		ka->cap = ncap;
+	}
+	if (!it->arena || ka->arena_len + len > ka->arena_cap) {
+		size_t ncap = ka->arena_cap ? ka->arena_cap * 2 : 4096;
+		while (ncap < ka->arena_len + len)
+			ncap *= 2;
+		char *na = mem_realloc(it->arena, ncap);
+		if (!na)
+			return err_set(-ENOMEM, "out of memory");
+		it->arena = na;
+		ka->arena_cap = ncap;
+	}
+	memcpy(it->arena + ka->arena_len, key, len);
+	it->v[it->n++] = (key_agg){(const char *)(uintptr_t)ka->arena_len, len, *a};
+	ka->arena_len += len;
+	return 0;
+}
+
 TALLY_API int tally_query_keys(tally_db *db, const char *table, const char *field,
 			       int64_t from, int64_t to, tally_keys_iter **out)
 {
@@ -281,49 +598,42 @@ TALLY_API int tally_query_keys(tally_db *db, const char *table, const char *fiel
 	tally_keys_iter *it = mem_calloc(1, sizeof *it);
 	if (!it)
 		return err_set(-ENOMEM, "out of memory");
-	size_t cap = 0, arena_len = 0, arena_cap = 0;
+	keys_acc ka = {it, 0, 0, 0};
+	qsrc q;
+	qsrc_init(&q, db);
 	rdlock_all(db);
 	for (unsigned s = 0; s < db->n_shards && !rc; s++) {
-		const stable *st = shard_table(db->shards[s], t);
-		for (uint32_t k = 0; st && k < st->n; k++) {
-			const series *se = st->list[k];
-			ragg a;
-			ragg_init(&a);
-			cover(se, c, &db->L, (int)db->L.n - 1, from, to, &a);
-			if (!a.count)
+		const shard *sh = db->shards[s];
+		const memtable *mt[SHARD_FROZEN_MAX + 1];
+		unsigned nm = shard_memtables(sh, mt);
+		for (unsigned m = 0; m < nm && !rc; m++) {
+			const stable *st = mem_table(mt[m], t);
+			for (uint32_t k = 0; st && k < st->n && !rc; k++) {
+				const series *se = st->list[k];
+				ragg a;
+				ragg_init(&a);
+				cover_series(se, c, &db->L, from, to, &a);
+				rc = keys_push(&ka, se->key, se->key_len, &a);
+			}
+		}
+		for (uint32_t i = 0; i < sh->n_parts && !rc; i++) {
+			const shard_part *sp = sh->parts[i];
+			if (sp->table != t || sp->pend <= from || sp->pstart >= to)
 				continue;
-			if (it->n == cap) {
-				size_t ncap = cap ? cap * 2 : 64;
-				key_agg *nv = mem_realloc(it->v, ncap * sizeof *nv);
-				if (!nv) {
-					rc = -ENOMEM;
-					break;
-				}
-				it->v = nv;
-				cap = ncap;
+			for (uint32_t k = 0; k < sp->p->n_keys && !rc; k++) {
+				const part_key *pk = &sp->p->keys[k];
+				ragg a;
+				ragg_init(&a);
+				if (!(rc = cover_part(&q, sp, pk, c, &db->L, from, to, &a)))
+					rc = keys_push(&ka, pk->key, pk->len, &a);
 			}
-			if (arena_len + se->key_len > arena_cap) {
-				size_t ncap = arena_cap ? arena_cap * 2 : 4096;
-				while (ncap < arena_len + se->key_len)
-					ncap *= 2;
-				char *na = mem_realloc(it->arena, ncap);
-				if (!na) {
-					rc = -ENOMEM;
-					break;
-				}
-				it->arena = na;
-				arena_cap = ncap;
-			}
-			memcpy(it->arena + arena_len, se->key, se->key_len);
-			/* offsets now, pointers after the arena stops moving */
-			it->v[it->n++] = (key_agg){(const char *)(uintptr_t)arena_len, se->key_len, a};
-			arena_len += se->key_len;
 		}
 	}
 	unlock_all(db);
+	qsrc_free(&q);
 	if (rc) {
 		tally_keys_close(it);
-		return err_set(rc, "out of memory");
+		return rc;
 	}
 	for (size_t i = 0; i < it->n; i++)
 		it->v[i].key = it->arena + (uintptr_t)it->v[i].key;
@@ -387,7 +697,6 @@ struct tally_scan {
 	size_t n_rows, pos;
 	tally_value *vals; /* n_rows * n_cols; strings point into arena */
 	char *arena;
-	tally_value *cur;
 };
 
 static int row_cmp(const void *x, const void *y)
@@ -396,6 +705,65 @@ static int row_cmp(const void *x, const void *y)
 	if (a->ts != b->ts)
 		return a->ts < b->ts ? -1 : 1;
 	return (a->seq > b->seq) - (a->seq < b->seq);
+}
+
+/* Appends a row and returns its n_cols value slots (all "no value"). */
+static tally_value *scan_add(tally_scan *sc, int64_t ts, uint64_t seq, size_t *cap_rows,
+			     size_t *cap_vals, size_t *n_vals)
+{
+	if (sc->n_rows == *cap_rows) {
+		size_t nc = *cap_rows ? *cap_rows * 2 : 256;
+		scan_row *nr = mem_realloc(sc->rows, nc * sizeof *nr);
+		if (!nr)
+			return NULL;
+		sc->rows = nr;
+		*cap_rows = nc;
+	}
+	if (*n_vals + sc->n_cols + 1 > *cap_vals) {
+		size_t nc = *cap_vals ? *cap_vals * 2 : 256 * (sc->n_cols + 1);
+		tally_value *nv = mem_realloc(sc->vals, nc * sizeof *nv);
+		if (!nv)
+			return NULL;
+		sc->vals = nv;
+		*cap_vals = nc;
+	}
+	sc->rows[sc->n_rows++] = (scan_row){ts, seq, *n_vals};
+	tally_value *v = sc->vals + *n_vals;
+	for (size_t i = 0; i < sc->n_cols; i++)
+		v[i].type = TALLY_T_NONE;
+	*n_vals += sc->n_cols;
+	return v;
+}
+
+/* Sets a value slot from an 8-byte slot or a string (copied to the arena,
+ * as an offset until the arena stops moving). */
+static int scan_set(tally_scan *sc, tally_value *v, enum tally_type type, bval b, const char *str,
+		    size_t len, size_t *arena_len, size_t *arena_cap)
+{
+	v->type = type;
+	switch (type) {
+	case TALLY_T_F64: v->v.f64 = b.f64; return 0;
+	case TALLY_T_I64: v->v.i64 = b.i64; return 0;
+	case TALLY_T_U64: v->v.u64 = b.u64; return 0;
+	case TALLY_T_BOOL: v->v.b = b.u64 != 0; return 0;
+	default: break;
+	}
+	if (!sc->arena || *arena_len + len > *arena_cap) {
+		size_t nc = *arena_cap ? *arena_cap * 2 : 4096;
+		while (nc < *arena_len + len)
+			nc *= 2;
+		char *na = mem_realloc(sc->arena, nc);
+		if (!na)
+			return -ENOMEM;
+		sc->arena = na;
+		*arena_cap = nc;
+	}
+	if (len)
+		memcpy(sc->arena + *arena_len, str, len);
+	v->v.str.ptr = (const char *)(uintptr_t)*arena_len;
+	v->v.str.len = len;
+	*arena_len += len;
+	return 0;
 }
 
 TALLY_API int tally_scan_open(tally_db *db, const char *table, const char *key, int64_t from,
@@ -420,88 +788,132 @@ TALLY_API int tally_scan_open(tally_db *db, const char *table, const char *key, 
 	pthread_mutex_unlock(&db->cat.mu);
 	if (!sc->cols)
 		goto nomem;
-	sc->cur = mem_calloc(sc->n_cols ? sc->n_cols : 1, sizeof *sc->cur);
-	if (!sc->cur)
-		goto nomem;
 	uint32_t kl = (uint32_t)strlen(key);
 	size_t cap_rows = 0, cap_vals = 0, n_vals = 0, arena_len = 0, arena_cap = 0;
 	uint64_t seq = 0;
 	from = clamp_ts(from);
 	to = clamp_ts(to);
+	qsrc q;
+	qsrc_init(&q, db);
+	int64_t *pts = NULL;
+	bval *pvals = NULL;
+	uint64_t *ppres = NULL;
 	rdlock_all(db);
 	for (unsigned s = 0; s < db->n_shards && !rc; s++) {
-		const series *se = shard_series(db->shards[s], t, key, kl);
-		for (uint32_t k = 0; se && k < se->n_chunks && !rc; k++) {
-			const chunk *ch = se->chunks[k];
-			if (ch->tmax < from || ch->tmin >= to)
+		const shard *sh = db->shards[s];
+		/* parts first: they hold the shard's older arrivals */
+		for (uint32_t i = 0; i < sh->n_parts && !rc; i++) {
+			const shard_part *sp = sh->parts[i];
+			if (sp->table != t || sp->pend <= from || sp->pstart >= to)
 				continue;
-			for (uint32_t i = 0; i < ch->n && !rc; i++, seq++) {
-				if (ch->ts[i] < from || ch->ts[i] >= to)
+			const part_key *pk = part_find_key(sp->p, key, kl);
+			for (uint32_t k = 0; pk && k < pk->n_stripes && !rc; k++) {
+				const part_stripe *st = &sp->p->stripes[pk->first_stripe + k];
+				if (st->tmax < from || st->tmin >= to) {
+					seq += st->n_rows;
 					continue;
-				if (sc->n_rows == cap_rows) {
-					cap_rows = cap_rows ? cap_rows * 2 : 256;
-					scan_row *nr = mem_realloc(sc->rows, cap_rows * sizeof *nr);
-					if (!nr) {
-						rc = -ENOMEM;
+				}
+				part_scratch *ps = qsrc_scratch(&q);
+				if (!pts) {
+					pts = mem_alloc(PART_STRIPE_ROWS * sizeof *pts);
+					/* room for codec_str too: string columns decode here */
+					pvals = mem_alloc(PART_STRIPE_ROWS *
+							  (sizeof(codec_str) > sizeof(bval)
+								   ? sizeof(codec_str)
+								   : sizeof(bval)));
+					ppres = mem_alloc(PART_STRIPE_ROWS / 8);
+				}
+				if (!ps || !pts || !pvals || !ppres) {
+					rc = err_set(-ENOMEM, "out of memory");
+					break;
+				}
+				int absent;
+				if ((rc = part_read_col(sp->p, st, -1, ps, pts, NULL, &absent)))
+					break;
+				size_t first = sc->n_rows, vbase = n_vals;
+				for (uint32_t r = 0; r < st->n_rows; r++, seq++)
+					if (pts[r] >= from && pts[r] < to &&
+					    !scan_add(sc, pts[r], seq, &cap_rows, &cap_vals, &n_vals)) {
+						rc = err_set(-ENOMEM, "out of memory");
 						break;
 					}
-					sc->rows = nr;
-				}
-				if (n_vals + sc->n_cols > cap_vals) {
-					cap_vals = cap_vals ? cap_vals * 2 : 256 * (sc->n_cols + 1);
-					tally_value *nv = mem_realloc(sc->vals, cap_vals * sizeof *nv);
-					if (!nv) {
-						rc = -ENOMEM;
-						break;
-					}
-					sc->vals = nv;
-				}
-				sc->rows[sc->n_rows++] = (scan_row){ch->ts[i], seq, n_vals};
-				for (size_t ci = 0; ci < sc->n_cols; ci++) {
-					const col_def *d = sc->cols[ci];
-					tally_value *v = &sc->vals[n_vals + ci];
-					const chunk_col *cc = d->id < ch->n_cols ? &ch->cols[d->id] : NULL;
-					if (!cc || !chunk_has(cc, i)) {
-						v->type = TALLY_T_NONE;
+				if (rc || sc->n_rows == first)
+					continue;
+				for (uint32_t pc = 0; pc < sp->p->info.n_cols && !rc; pc++) {
+					const col_def *d = sp->defs[pc];
+					if (!d || d->id >= sc->n_cols)
 						continue;
-					}
-					v->type = d->type;
-					bval b = cc->vals[i];
-					switch (d->type) {
-					case TALLY_T_F64: v->v.f64 = b.f64; break;
-					case TALLY_T_I64: v->v.i64 = b.i64; break;
-					case TALLY_T_U64: v->v.u64 = b.u64; break;
-					case TALLY_T_BOOL: v->v.b = b.u64 != 0; break;
-					default: {
-						size_t len = b.ref & 0xffff;
-						if (!sc->arena || arena_len + len > arena_cap) {
-							size_t nc = arena_cap ? arena_cap * 2 : 4096;
-							while (nc < arena_len + len)
-								nc *= 2;
-							char *na = mem_realloc(sc->arena, nc);
-							if (!na) {
-								rc = -ENOMEM;
-								break;
-							}
-							sc->arena = na;
-							arena_cap = nc;
-						}
-						memcpy(sc->arena + arena_len, ch->arena + (b.ref >> 16),
-						       len);
-						/* offset now; pointer once the arena is final */
-						v->v.str.ptr = (const char *)(uintptr_t)arena_len;
-						v->v.str.len = len;
-						arena_len += len;
-					}
+					if ((rc = part_read_col(sp->p, st, (int)pc, ps, pvals, ppres,
+								&absent)) ||
+					    absent)
+						continue;
+					const codec_str *strs = (const codec_str *)pvals;
+					size_t row = first;
+					for (uint32_t r = 0; r < st->n_rows && !rc; r++) {
+						if (pts[r] < from || pts[r] >= to)
+							continue;
+						tally_value *v = sc->vals + vbase + (row - first) * sc->n_cols;
+						row++;
+						if (!((ppres[r >> 6] >> (r & 63)) & 1))
+							continue;
+						if (type_is_string(d->type))
+							rc = scan_set(sc, &v[d->id], d->type, (bval){0},
+								      strs[r].p, strs[r].n, &arena_len,
+								      &arena_cap);
+						else
+							rc = scan_set(sc, &v[d->id], d->type, pvals[r],
+								      NULL, 0, &arena_len, &arena_cap);
+						/* strings are copied at once: the next column's
+						 * decode reuses the scratch arena */
 					}
 				}
-				n_vals += sc->n_cols;
+			}
+		}
+		const memtable *mt[SHARD_FROZEN_MAX + 1];
+		unsigned nm = shard_memtables(sh, mt);
+		for (unsigned m = 0; m < nm && !rc; m++) {
+			const series *se = mem_series(mt[m], t, key, kl);
+			for (uint32_t k = 0; se && k < se->n_chunks && !rc; k++) {
+				const chunk *ch = se->chunks[k];
+				if (ch->tmax < from || ch->tmin >= to) {
+					seq += ch->n;
+					continue;
+				}
+				for (uint32_t i = 0; i < ch->n && !rc; i++, seq++) {
+					if (ch->ts[i] < from || ch->ts[i] >= to)
+						continue;
+					tally_value *v = scan_add(sc, ch->ts[i], seq, &cap_rows,
+								  &cap_vals, &n_vals);
+					if (!v) {
+						rc = err_set(-ENOMEM, "out of memory");
+						break;
+					}
+					for (size_t ci = 0; ci < sc->n_cols && !rc; ci++) {
+						const col_def *d = sc->cols[ci];
+						const chunk_col *cc =
+							d->id < ch->n_cols ? &ch->cols[d->id] : NULL;
+						if (!cc || !chunk_has(cc, i))
+							continue;
+						bval b = cc->vals[i];
+						int str = type_is_string(d->type);
+						rc = scan_set(sc, &v[ci], d->type, b,
+							      str ? ch->arena + (b.ref >> 16) : NULL,
+							      str ? b.ref & 0xffff : 0, &arena_len,
+							      &arena_cap);
+					}
+				}
 			}
 		}
 	}
 	unlock_all(db);
-	if (rc)
-		goto nomem;
+	qsrc_free(&q);
+	mem_free(pts);
+	mem_free(pvals);
+	mem_free(ppres);
+	if (rc) {
+		tally_scan_close(sc);
+		return rc == -ENOMEM ? err_set(rc, "out of memory opening a scan") : rc;
+	}
 	for (size_t i = 0; i < n_vals; i++)
 		if (type_is_string(sc->vals[i].type))
 			sc->vals[i].v.str.ptr = sc->arena + (uintptr_t)sc->vals[i].v.str.ptr;
@@ -545,6 +957,5 @@ TALLY_API void tally_scan_close(tally_scan *s)
 	mem_free(s->rows);
 	mem_free(s->vals);
 	mem_free(s->arena);
-	mem_free(s->cur);
 	mem_free(s);
 }

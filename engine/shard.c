@@ -11,15 +11,31 @@
 
 #include <errno.h>
 #include <string.h>
+#include <time.h>
 
 #include "err.h"
 #include "mem.h"
 
+memtable *memtable_new(void)
+{
+	memtable *m = mem_calloc(1, sizeof *m);
+	if (!m)
+		return NULL;
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	m->started_ns = (int64_t)t.tv_sec * TALLY_NS_PER_SEC + t.tv_nsec;
+	m->tmin = INT64_MAX;
+	m->tmax = INT64_MIN;
+	return m;
+}
+
 int shard_create(unsigned id, const levels *L, int64_t late_threshold, shard **out)
 {
 	shard *s = mem_calloc(1, sizeof *s);
-	if (!s)
+	if (!s || !(s->active = memtable_new())) {
+		mem_free(s);
 		return -ENOMEM;
+	}
 	pthread_rwlockattr_t a;
 	pthread_rwlockattr_init(&a);
 	/* Queries must not starve writers. */
@@ -60,61 +76,147 @@ static void series_free(series *se, const levels *L)
 	mem_free(se);
 }
 
-void shard_destroy(shard *s)
+void memtable_free(memtable *m, const levels *L)
 {
-	if (!s)
+	if (!m)
 		return;
-	for (uint32_t t = 0; t < s->cap_tables; t++) {
-		stable *st = s->tables[t];
+	for (uint32_t t = 0; t < m->cap_tables; t++) {
+		stable *st = m->tables[t];
 		if (!st)
 			continue;
 		for (uint32_t i = 0; i < st->n; i++)
-			series_free(st->list[i], s->L);
+			series_free(st->list[i], L);
 		mem_free(st->list);
 		strmap_free(&st->by_key);
 		mem_free(st);
 	}
-	mem_free(s->tables);
+	mem_free(m->tables);
+	mem_free(m);
+}
+
+void shard_destroy(shard *s)
+{
+	if (!s)
+		return;
+	memtable_free(s->active, s->L);
+	for (unsigned i = 0; i < s->n_frozen; i++)
+		memtable_free(s->frozen[i], s->L);
+	for (uint32_t t = 0; t < s->cap_keystates; t++) {
+		strmap *km = &s->keystates[t];
+		for (uint32_t i = 0; i < km->cap; i++)
+			if (km->slots[i].key) {
+				keystate *ks = km->slots[i].value;
+				mem_free(ks->key);
+				mem_free(ks);
+			}
+		strmap_free(km);
+	}
+	mem_free(s->keystates);
 	mem_free(s->key_scratch);
 	pthread_rwlock_destroy(&s->lock);
 	mem_free(s);
 }
 
-stable *shard_table(const shard *s, const table_def *t)
+stable *mem_table(const memtable *m, const table_def *t)
 {
-	return t->id < s->cap_tables ? s->tables[t->id] : NULL;
+	return t->id < m->cap_tables ? m->tables[t->id] : NULL;
 }
 
-series *shard_series(const shard *s, const table_def *t, const char *key, uint32_t len)
+series *mem_series(const memtable *m, const table_def *t, const char *key, uint32_t len)
 {
-	stable *st = shard_table(s, t);
+	stable *st = mem_table(m, t);
 	return st ? strmap_get(&st->by_key, key, len, strmap_hash(key, len)) : NULL;
 }
 
-static stable *table_get(shard *s, table_def *t)
+unsigned shard_memtables(const shard *s, const memtable **out)
 {
-	if (t->id >= s->cap_tables) {
-		uint32_t ncap = s->cap_tables ? s->cap_tables : 8;
+	unsigned n = 0;
+	for (unsigned i = 0; i < s->n_frozen; i++)
+		out[n++] = s->frozen[i];
+	out[n++] = s->active;
+	return n;
+}
+
+uint64_t shard_events(const shard *s)
+{
+	uint64_t n = s->flushed_events + s->active->events;
+	for (unsigned i = 0; i < s->n_frozen; i++)
+		n += s->frozen[i]->events;
+	return n;
+}
+
+int shard_freeze(shard *s)
+{
+	if (s->n_frozen == SHARD_FROZEN_MAX)
+		return err_set(TALLY_ELIMIT, "shard %u: %d memtables already wait for a flush",
+			       s->id, SHARD_FROZEN_MAX);
+	memtable *n = memtable_new();
+	if (!n)
+		return err_set(-ENOMEM, "out of memory");
+	s->active->last_seq = wal_last_seq(s->wal);
+	s->frozen[s->n_frozen++] = s->active;
+	s->active = n;
+	return 0;
+}
+
+static stable *table_get(shard *s, memtable *m, table_def *t)
+{
+	if (t->id >= m->cap_tables) {
+		uint32_t ncap = m->cap_tables ? m->cap_tables : 8;
 		while (ncap <= t->id)
 			ncap *= 2;
-		stable **nt = mem_realloc(s->tables, ncap * sizeof *nt);
+		stable **nt = mem_realloc(m->tables, ncap * sizeof *nt);
 		if (!nt)
 			return NULL;
-		memset(nt + s->cap_tables, 0, (ncap - s->cap_tables) * sizeof *nt);
-		s->tables = nt;
-		s->cap_tables = ncap;
+		memset(nt + m->cap_tables, 0, (ncap - m->cap_tables) * sizeof *nt);
+		m->tables = nt;
+		m->cap_tables = ncap;
 	}
-	if (!s->tables[t->id]) {
+	if (!m->tables[t->id]) {
 		stable *st = mem_calloc(1, sizeof *st);
 		if (!st)
 			return NULL;
 		st->def = t;
-		s->tables[t->id] = st;
+		m->tables[t->id] = st;
 	}
-	return s->tables[t->id];
+	(void)s;
+	return m->tables[t->id];
 }
 
-static series *series_get(shard *s, stable *st, const char *key, uint32_t len)
+/* The key's state, created on first sight; lives as long as the shard. */
+static keystate *keystate_get(shard *s, table_def *t, const char *key, uint32_t len, uint64_t h)
+{
+	if (t->id >= s->cap_keystates) {
+		uint32_t ncap = s->cap_keystates ? s->cap_keystates : 8;
+		while (ncap <= t->id)
+			ncap *= 2;
+		strmap *nk = mem_realloc(s->keystates, ncap * sizeof *nk);
+		if (!nk)
+			return NULL;
+		memset(nk + s->cap_keystates, 0, (ncap - s->cap_keystates) * sizeof *nk);
+		s->keystates = nk;
+		s->cap_keystates = ncap;
+	}
+	strmap *km = &s->keystates[t->id];
+	keystate *ks = strmap_get(km, key, len, h);
+	if (ks)
+		return ks;
+	ks = mem_calloc(1, sizeof *ks);
+	if (!ks || !(ks->key = mem_strndup(key, len))) {
+		mem_free(ks);
+		return NULL;
+	}
+	ks->len = len;
+	ks->hwm = INT64_MIN;
+	if (strmap_put(km, ks->key, len, h, ks)) {
+		mem_free(ks->key);
+		mem_free(ks);
+		return NULL;
+	}
+	return ks;
+}
+
+static series *series_get(shard *s, memtable *m, stable *st, const char *key, uint32_t len)
 {
 	uint64_t h = strmap_hash(key, len);
 	series *se = strmap_get(&st->by_key, key, len, h);
@@ -125,7 +227,7 @@ static series *series_get(shard *s, stable *st, const char *key, uint32_t len)
 		series **nl = mem_realloc(st->list, ncap * sizeof *nl);
 		if (!nl)
 			return NULL;
-		s->rollup_bytes += (ncap - st->cap) * sizeof *nl;
+		m->rollup_bytes += (ncap - st->cap) * sizeof *nl;
 		st->list = nl;
 		st->cap = ncap;
 	}
@@ -134,20 +236,20 @@ static series *series_get(shard *s, stable *st, const char *key, uint32_t len)
 		return NULL;
 	se->key = mem_strndup(key, len);
 	se->key_len = len;
-	se->hwm = INT64_MIN;
+	se->ks = keystate_get(s, st->def, key, len, h);
 	size_t before = strmap_bytes(&st->by_key);
-	if (!se->key || strmap_put(&st->by_key, se->key, len, h, se)) {
+	if (!se->key || !se->ks || strmap_put(&st->by_key, se->key, len, h, se)) {
 		mem_free(se->key);
 		mem_free(se);
 		return NULL;
 	}
-	s->rollup_bytes += sizeof *se + len + 1 + strmap_bytes(&st->by_key) - before;
+	m->rollup_bytes += sizeof *se + len + 1 + strmap_bytes(&st->by_key) - before;
 	st->list[st->n++] = se;
 	return se;
 }
 
 /* The chunk to append to: the tail, or a new one twice its size. */
-static chunk *tail_chunk(shard *s, series *se)
+static chunk *tail_chunk(memtable *s, series *se)
 {
 	chunk *c = se->n_chunks ? se->chunks[se->n_chunks - 1] : NULL;
 	if (c && c->n < c->cap)
@@ -177,7 +279,7 @@ static chunk *tail_chunk(shard *s, series *se)
 	return n;
 }
 
-static chunk_col *chunk_col_get(shard *s, chunk *c, uint32_t id, int is_str)
+static chunk_col *chunk_col_get(memtable *s, chunk *c, uint32_t id, int is_str)
 {
 	if (id >= c->n_cols) {
 		uint32_t ncap = c->n_cols ? c->n_cols : 4;
@@ -208,7 +310,7 @@ static chunk_col *chunk_col_get(shard *s, chunk *c, uint32_t id, int is_str)
 	return cc;
 }
 
-static int chunk_put_str(shard *s, chunk *c, const char *p, uint32_t n, uint64_t *ref)
+static int chunk_put_str(memtable *s, chunk *c, const char *p, uint32_t n, uint64_t *ref)
 {
 	if (!c->arena || c->arena_len + n > c->arena_cap) { /* never NULL, even for "" */
 		size_t ncap = c->arena_cap ? c->arena_cap : 256;
@@ -227,7 +329,7 @@ static int chunk_put_str(shard *s, chunk *c, const char *p, uint32_t n, uint64_t
 	return 0;
 }
 
-static rcol *rcol_get(shard *s, series *se, uint32_t id)
+static rcol *rcol_get(memtable *s, series *se, uint32_t id)
 {
 	if (id >= se->n_rcols) {
 		uint32_t ncap = se->n_rcols ? se->n_rcols : 4;
@@ -262,7 +364,8 @@ static inline double num_value(enum tally_type t, bval v)
 
 static int apply_table(shard *s, const tbatch *tb)
 {
-	stable *st = table_get(s, tb->table);
+	memtable *m = s->active;
+	stable *st = table_get(s, m, tb->table);
 	if (!st)
 		return -ENOMEM;
 	if (tb->n_keys > s->cap_key_scratch) {
@@ -276,14 +379,14 @@ static int apply_table(shard *s, const tbatch *tb)
 	for (uint32_t k = 0; k < tb->n_keys; k++) {
 		uint32_t len;
 		const char *key = tbatch_key(tb, k, &len);
-		if (!(ks[k] = series_get(s, st, key, len)))
+		if (!(ks[k] = series_get(s, m, st, key, len)))
 			return -ENOMEM;
 	}
 	uint64_t rbytes = 0;
 	for (uint32_t r = 0; r < tb->n_rows; r++) {
 		series *se = ks[tb->key[r]];
 		int64_t ts = tb->ts[r];
-		chunk *c = tail_chunk(s, se);
+		chunk *c = tail_chunk(m, se);
 		if (!c)
 			return -ENOMEM;
 		uint32_t i = c->n;
@@ -292,17 +395,17 @@ static int apply_table(shard *s, const tbatch *tb)
 			if (!bcol_has(bc, r))
 				continue;
 			enum tally_type type = bc->def->type;
-			chunk_col *cc = chunk_col_get(s, c, bc->def->id, type_is_string(type));
+			chunk_col *cc = chunk_col_get(m, c, bc->def->id, type_is_string(type));
 			if (!cc)
 				return -ENOMEM;
 			bval v = bc->vals[r];
 			if (type_is_string(type)) {
 				uint32_t len;
 				const char *str = tbatch_str(tb, v.ref, &len);
-				if (chunk_put_str(s, c, str, len, &v.ref))
+				if (chunk_put_str(m, c, str, len, &v.ref))
 					return -ENOMEM;
 			} else {
-				rcol *rc = rcol_get(s, se, bc->def->id);
+				rcol *rc = rcol_get(m, se, bc->def->id);
 				if (!rc || rollup_add(rc, s->L, ts, num_value(type, v), &rbytes))
 					return -ENOMEM;
 			}
@@ -313,21 +416,30 @@ static int apply_table(shard *s, const tbatch *tb)
 		c->n = i + 1;
 		c->tmin = ts < c->tmin ? ts : c->tmin;
 		c->tmax = ts > c->tmax ? ts : c->tmax;
-		if (se->hwm != INT64_MIN && ts < se->hwm - s->late_threshold)
+		m->tmin = ts < m->tmin ? ts : m->tmin;
+		m->tmax = ts > m->tmax ? ts : m->tmax;
+		keystate *kst = se->ks;
+		if (kst->hwm != INT64_MIN && ts < kst->hwm - s->late_threshold)
 			s->late_events++;
-		if (ts > se->hwm)
-			se->hwm = ts;
+		if (ts > kst->hwm)
+			kst->hwm = ts;
 		se->rows++;
-		s->events++;
+		m->events++;
 	}
-	s->rollup_bytes += rbytes;
+	m->rollup_bytes += rbytes;
 	return 0;
 }
 
 int shard_apply(shard *s, const wbatch *b)
 {
+	memtable *m = s->active;
+	uint64_t mem0 = m->mem_bytes, roll0 = m->rollup_bytes;
 	for (uint32_t i = 0; i < b->n_tb; i++) {
 		int rc = apply_table(s, b->tb[i]);
+		s->mem_bytes += m->mem_bytes - mem0;
+		s->rollup_bytes += m->rollup_bytes - roll0;
+		mem0 = m->mem_bytes;
+		roll0 = m->rollup_bytes;
 		if (rc) {
 			s->failed = 1;
 			return err_set(rc, "shard %u: out of memory applying a batch; the shard is "

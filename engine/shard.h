@@ -49,7 +49,7 @@ typedef struct series {
 	uint32_t n_chunks, cap_chunks;
 	rcol **rcols; /* by column id; NULL for non-numeric or unseen */
 	uint32_t n_rcols;
-	int64_t hwm; /* newest event time */
+	struct keystate *ks; /* the key's state across memtables */
 	uint64_t rows;
 } series;
 
@@ -60,17 +60,54 @@ typedef struct stable {
 	uint32_t n, cap;
 } stable;
 
+/*
+ * A memtable: the rows and rollups of the events applied since it was
+ * started. The shard writes into its active memtable; a flush freezes it
+ * (no more writes) and turns it into parts, while queries go on reading
+ * it until the parts replace it in one step under the shard lock. So every
+ * event is, at any moment, in exactly one memtable or one part.
+ */
+typedef struct memtable {
+	stable **tables; /* by table id */
+	uint32_t cap_tables;
+	uint64_t mem_bytes;    /* rows */
+	uint64_t rollup_bytes; /* buckets and index structures */
+	uint64_t events;
+	uint64_t last_seq; /* highest WAL seq applied (frozen memtables) */
+	int64_t started_ns;
+	int64_t tmin, tmax; /* event time range */
+} memtable;
+
+/* What a shard remembers of a key across memtables: its newest event time,
+ * for counting late events. */
+typedef struct keystate keystate;
+struct keystate {
+	char *key;
+	uint32_t len;
+	int64_t hwm;
+};
+
+struct shard_part; /* a part owned by the shard: engine/flush.c */
+
+#define SHARD_FROZEN_MAX 4
+
 typedef struct shard {
 	pthread_rwlock_t lock;
 	unsigned id;
 	wal *wal;
 	const levels *L;
 	int64_t late_threshold;
-	stable **tables; /* by table id */
-	uint32_t cap_tables;
-	_Atomic uint64_t mem_bytes;    /* memtable rows */
-	_Atomic uint64_t rollup_bytes; /* buckets and index structures */
-	uint64_t events, late_events;
+	memtable *active;
+	memtable *frozen[SHARD_FROZEN_MAX]; /* oldest first */
+	unsigned n_frozen;
+	struct shard_part **parts; /* live parts, by table then partition */
+	uint32_t n_parts, cap_parts;
+	strmap *keystates; /* by table id */
+	uint32_t cap_keystates;
+	_Atomic uint64_t mem_bytes;    /* all memtables' rows */
+	_Atomic uint64_t rollup_bytes; /* all memtables' rollups */
+	uint64_t flushed_events; /* events now in parts */
+	uint64_t late_events;
 	int failed; /* sticky: set when WAL and memtable may disagree */
 	series **key_scratch;
 	uint32_t cap_key_scratch;
@@ -83,10 +120,23 @@ void shard_destroy(shard *s);
  * for writing. A failure fails the shard (its WAL already holds the batch). */
 int shard_apply(shard *s, const wbatch *b);
 
-/* The series of (table, key), or NULL. Caller holds the lock. */
-series *shard_series(const shard *s, const table_def *t, const char *key, uint32_t len);
-/* The shard's view of a table, or NULL. Caller holds the lock. */
-stable *shard_table(const shard *s, const table_def *t);
+/* The series of (table, key) in memtable m, or NULL. Caller holds the
+ * shard lock. */
+series *mem_series(const memtable *m, const table_def *t, const char *key, uint32_t len);
+/* Memtable m's view of a table, or NULL. */
+stable *mem_table(const memtable *m, const table_def *t);
+
+/* The shard's memtables for reading, newest last: frozen ones, then the
+ * active one. Returns the count (at most SHARD_FROZEN_MAX + 1). */
+unsigned shard_memtables(const shard *s, const memtable **out);
+
+memtable *memtable_new(void);
+void memtable_free(memtable *m, const levels *L);
+
+/* Freezes the active memtable and starts a new one. Caller holds the lock
+ * for writing. TALLY_ELIMIT when SHARD_FROZEN_MAX are already frozen. */
+int shard_freeze(shard *s);
+uint64_t shard_events(const shard *s); /* parts + memtables */
 
 static inline int chunk_has(const chunk_col *c, uint32_t i)
 {

@@ -123,6 +123,17 @@ typedef struct tally_options {
 	/* An event counts as late when it is older than its key's newest event
 	 * by more than this, ns. 0: the finest level's width. */
 	int64_t late_threshold;
+	/* A shard's memtable is flushed into parts once it holds this many
+	 * bytes, or is flush_interval_ms old. 0: 64 MiB and 60 s. */
+	uint64_t memtable_bytes;
+	uint32_t flush_interval_ms;
+	/* Event-time partition of parts, ns; a multiple of the coarsest level.
+	 * 0: one day, or the coarsest level when that is longer. Fixed at
+	 * creation: reopening with another value fails. */
+	int64_t partition_width;
+	/* 1: no background flusher thread; flushes happen only in
+	 * tally_db_flush (tests, tools). */
+	int no_background;
 	/* Log sink; NULL logs to stderr. Called from any thread. */
 	tally_log_fn *log_fn;
 	void *log_ctx;
@@ -149,6 +160,12 @@ TALLY_API void tally_db_close(tally_db *db);
  * Many concurrent syncs and writes share one fsync per shard (group
  * commit). A failed fsync fails the shard for good (TALLY_EFAILED after). */
 TALLY_API int tally_db_sync(tally_db *db);
+
+/* Flushes every shard's memtable into parts now and returns once the parts
+ * are durable and named by the manifest (the WAL is then trimmed). The
+ * background flusher does this by itself; this call is for tools, tests
+ * and orderly shutdowns. */
+TALLY_API int tally_db_flush(tally_db *db);
 
 /* ---------------------------------------------------------------- writing */
 
@@ -314,6 +331,13 @@ typedef struct tally_stats {
 	uint64_t wal_bytes;      /* bytes of WAL on disk */
 	uint64_t wal_syncs;      /* fsyncs done since open */
 	uint64_t shards;
+	uint64_t parts;          /* live part files */
+	uint64_t part_bytes;     /* their bytes on disk */
+	uint64_t part_rows;      /* rows in parts */
+	uint64_t flushes;        /* memtables flushed since open */
+	/* rows written into parts by flushes and merges, per row accepted
+	 * into parts: 1.0 means every row was written once */
+	double write_amplification;
 } tally_stats;
 
 TALLY_API int tally_db_stats(tally_db *db, tally_stats *out);

@@ -472,6 +472,9 @@ static void run_model(int mode, int shards, int custom_levels, const char *name)
 	m.opt.shards = (unsigned)shards;
 	m.opt.log_fn = tu_quiet_log;
 	m.opt.table_keys = "t0=cam,t1=cam";
+	/* small memtables: the background flusher turns them into parts
+	 * while writes and queries go on */
+	m.opt.memtable_bytes = 64 * 1024 << tu_below(&m.rng, 4);
 	if (custom_levels) {
 		/* small windows so ranges cross many of them */
 		m.opt.n_levels = 3;
@@ -537,6 +540,12 @@ static void run_model(int mode, int shards, int custom_levels, const char *name)
 			a = b;
 		}
 		check_queries(&m, 40);
+		if (tu_below(&m.rng, 3) == 0) {
+			/* into parts: answers must not change */
+			rc = tally_db_flush(m.db);
+			cr_assert_eq(rc, 0, "flush: %s", tally_errmsg());
+			check_queries(&m, 20);
+		}
 		if (tu_below(&m.rng, 2)) {
 			cr_assert_eq(tally_db_sync(m.db), 0);
 			reopen(&m);

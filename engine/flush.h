@@ -1,0 +1,43 @@
+/*
+ * flush.h — parts owned by shards: flushing memtables into them, loading
+ * them at open, and the per-query scratch for reading them (internal).
+ */
+#ifndef TALLY_FLUSH_H
+#define TALLY_FLUSH_H
+
+#include "catalog.h"
+#include "part.h"
+#include "shard.h"
+
+struct tally_db;
+
+/* A live part as a shard holds it. Immutable; freed only under the shard
+ * lock held for writing, so a reader holding it for reading may use it. */
+typedef struct shard_part {
+	part *p;
+	uint64_t id;
+	table_def *table;
+	int64_t pstart, pend; /* the partition [pstart, pend) */
+	uint32_t level, flags;
+	col_def **defs; /* per part column: the table's column */
+} shard_part;
+
+/* The part's column index holding def, or -1. */
+int shard_part_col(const shard_part *sp, const col_def *def);
+
+/* Opens parts/<id>.part and resolves its columns through the catalog. */
+int shard_part_load(struct tally_db *db, uint64_t id, shard_part **out);
+void shard_part_free(shard_part *sp);
+/* Adds a part to the shard's list. Caller holds the lock for writing. */
+int shard_add_part(shard *s, shard_part *sp);
+
+/* Freezes and writes out every shard whose memtable asks for it (or all,
+ * when force), then commits the manifest and trims the WALs. Runs on the
+ * flusher thread or in tally_db_flush. */
+int flush_run(struct tally_db *db, int force);
+
+/* Scratch buffers for reading parts, borrowed per query from the db. */
+part_scratch *scratch_get(struct tally_db *db);
+void scratch_put(struct tally_db *db, part_scratch *s);
+
+#endif

@@ -1,0 +1,54 @@
+/*
+ * fileio.h — whole-buffer reads and writes, and atomic file replacement.
+ *
+ * The small POSIX chores every on-disk format needs, done once: loops that
+ * survive EINTR and short transfers, directory fsync (a new or renamed
+ * name is durable only once its directory is), and write-temp-then-rename.
+ */
+#ifndef TALLY_FILEIO_H
+#define TALLY_FILEIO_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* 0 or -errno. */
+int fio_pwrite_full(int fd, const void *p, size_t n, uint64_t off);
+/* 0, -errno, or TALLY_ECORRUPT ("...: file ends at byte ...") when the file
+ * is shorter than off + n; path names the file in the message. */
+int fio_pread_full(int fd, void *p, size_t n, uint64_t off, const char *path);
+/* fsyncs the directory; 0 or -errno with a message. */
+int fio_fsync_dir(const char *dir);
+/* Writes data to dir/name atomically: dir/name.tmp, fsync, rename, fsync
+ * of dir. 0 or -errno with a message naming the file. */
+int fio_write_atomic(const char *dir, const char *name, const void *data, size_t len);
+/* Reads a whole file into a new buffer (mem_free it). -ENOENT when absent;
+ * TALLY_ELIMIT beyond max bytes. */
+int fio_read_all(const char *path, size_t max, void **data, size_t *len);
+
+/* Little-endian helpers for every format. */
+static inline void le_put16(uint8_t *p, uint16_t v)
+{
+	p[0] = (uint8_t)v;
+	p[1] = (uint8_t)(v >> 8);
+}
+static inline void le_put32(uint8_t *p, uint32_t v)
+{
+	for (int i = 0; i < 4; i++)
+		p[i] = (uint8_t)(v >> (8 * i));
+}
+static inline void le_put64(uint8_t *p, uint64_t v)
+{
+	for (int i = 0; i < 8; i++)
+		p[i] = (uint8_t)(v >> (8 * i));
+}
+static inline uint16_t le_get16(const uint8_t *p) { return (uint16_t)(p[0] | p[1] << 8); }
+static inline uint32_t le_get32(const uint8_t *p)
+{
+	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+static inline uint64_t le_get64(const uint8_t *p)
+{
+	return (uint64_t)le_get32(p) | (uint64_t)le_get32(p + 4) << 32;
+}
+
+#endif

@@ -1,0 +1,1007 @@
+/*
+ * part.c — writing and reading immutable columnar part files.
+ *
+ * Layout (docs/formats.md, "Part files"): a 32-byte header, the blocks back
+ * to back (each followed by its xxh3), the zstd-compressed index, and a
+ * 48-byte footer that locates and checksums the index. The index lists,
+ * per key, its stripes (row count, time range, one block length per
+ * column) and its rollup blocks; block offsets are not stored, because the
+ * blocks lie in exactly the order the index lists them: the reader sums
+ * lengths. That keeps the index small enough to hold in memory for every
+ * part, so a query touches the disk only for the blocks it decodes.
+ */
+#include "part.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <xxhash.h>
+#include <zstd.h>
+
+#include "err.h"
+#include "fileio.h"
+#include "mem.h"
+
+#define PART_MAGIC "TALLYPRT"
+#define PART_END_MAGIC "TALLYEND"
+#define PART_VERSION 1
+#define PART_HEADER 32
+#define PART_FOOTER 48
+#define INDEX_ZSTD_LEVEL 3
+
+/* ---------------------------------------------------------------- varints */
+
+typedef struct wbuf {
+	uint8_t *p;
+	size_t len, cap;
+	int err;
+} wbuf;
+
+static void wb_need(wbuf *b, size_t n)
+{
+	if (b->err || b->len + n <= b->cap)
+		return;
+	size_t nc = b->cap ? b->cap * 2 : 4096;
+	while (nc < b->len + n)
+		nc *= 2;
+	uint8_t *np = mem_realloc(b->p, nc);
+	if (!np) {
+		b->err = -ENOMEM;
+		return;
+	}
+	b->p = np;
+	b->cap = nc;
+}
+
+static void wb_bytes(wbuf *b, const void *p, size_t n)
+{
+	wb_need(b, n);
+	if (!b->err && n) {
+		memcpy(b->p + b->len, p, n);
+		b->len += n;
+	}
+}
+
+static void wb_var(wbuf *b, uint64_t v)
+{
+	uint8_t tmp[10];
+	size_t n = 0;
+	do {
+		tmp[n++] = (uint8_t)((v & 0x7f) | (v >= 0x80 ? 0x80 : 0));
+		v >>= 7;
+	} while (v);
+	wb_bytes(b, tmp, n);
+}
+
+static void wb_svar(wbuf *b, int64_t v) { wb_var(b, ((uint64_t)v << 1) ^ (uint64_t)(v >> 63)); }
+
+static void wb_str(wbuf *b, const char *s, uint32_t n)
+{
+	wb_var(b, n);
+	wb_bytes(b, s, n);
+}
+
+typedef struct rbuf {
+	const uint8_t *p, *end;
+	int bad;
+} rbuf;
+
+static uint64_t rb_var(rbuf *r)
+{
+	uint64_t v = 0;
+	for (int shift = 0; shift < 64; shift += 7) {
+		if (r->p >= r->end) {
+			r->bad = 1;
+			return 0;
+		}
+		uint8_t c = *r->p++;
+		v |= (uint64_t)(c & 0x7f) << shift;
+		if (!(c & 0x80))
+			return v;
+	}
+	r->bad = 1;
+	return 0;
+}
+
+static int64_t rb_svar(rbuf *r)
+{
+	uint64_t u = rb_var(r);
+	return (int64_t)(u >> 1) ^ -(int64_t)(u & 1);
+}
+
+static const uint8_t *rb_bytes(rbuf *r, uint64_t n)
+{
+	if (r->bad || (uint64_t)(r->end - r->p) < n) {
+		r->bad = 1;
+		return NULL;
+	}
+	const uint8_t *q = r->p;
+	r->p += n;
+	return q;
+}
+
+/* ---------------------------------------------------------------- writer */
+
+typedef struct pending_stripe {
+	uint32_t n_rows;
+	int64_t tmin, tmax;
+	uint32_t first_len; /* into w->lens */
+} pending_stripe;
+
+struct part_writer {
+	char dir[PATH_MAX], tmp[PATH_MAX], dst[PATH_MAX];
+	int fd;
+	uint64_t off;
+	uint32_t blocks;
+	part_info info;
+	char *arena; /* copies of info's strings */
+	codec_ctx *cx;
+	codec_buf blk;
+	wbuf index;
+	/* the key being written */
+	int in_key;
+	wbuf key;
+	uint64_t key_rows;
+	int64_t key_tmin, key_tmax;
+	pending_stripe *stripes;
+	uint32_t n_stripes, cap_stripes;
+	uint32_t *lens; /* block lengths of the key's stripes, then rollups */
+	uint32_t n_lens, cap_lens;
+	uint32_t *roll; /* per (num, level): len, n_buckets */
+	uint32_t n_keys;
+	uint64_t rows;
+	int64_t tmin, tmax;
+	codec_stats *col_stats; /* accumulated per column, + ts at n_cols */
+	int failed;
+};
+
+static int pw_fail(part_writer *w, int rc)
+{
+	w->failed = 1;
+	return rc;
+}
+
+static int push_len(part_writer *w, uint32_t len)
+{
+	if (w->n_lens == w->cap_lens) {
+		uint32_t nc = w->cap_lens ? w->cap_lens * 2 : 64;
+		uint32_t *nl = mem_realloc(w->lens, nc * sizeof *nl);
+		if (!nl)
+			return -ENOMEM;
+		w->lens = nl;
+		w->cap_lens = nc;
+	}
+	w->lens[w->n_lens++] = len;
+	return 0;
+}
+
+/* Writes the block in w->blk with its checksum. */
+static int put_block(part_writer *w)
+{
+	uint8_t sum[8];
+	le_put64(sum, XXH3_64bits(w->blk.p, w->blk.len));
+	int rc = fio_pwrite_full(w->fd, w->blk.p, w->blk.len, w->off);
+	if (!rc)
+		rc = fio_pwrite_full(w->fd, sum, 8, w->off + w->blk.len);
+	if (rc)
+		return err_sys(-rc, "write %s", w->tmp);
+	w->off += w->blk.len + 8;
+	w->blocks++;
+	return 0;
+}
+
+int part_writer_open(const char *dir, const char *name, const part_info *info, part_writer **out)
+{
+	*out = NULL;
+	if (info->n_cols > PART_COLS_MAX || info->n_levels == 0 ||
+	    info->n_levels > TALLY_LEVELS_MAX)
+		return err_set(TALLY_EINVAL, "part %s: bad column or level count", name);
+	part_writer *w = mem_calloc(1, sizeof *w);
+	if (!w)
+		return err_set(-ENOMEM, "out of memory");
+	w->fd = -1;
+	int rc = 0;
+	snprintf(w->dir, sizeof w->dir, "%s", dir);
+	snprintf(w->tmp, sizeof w->tmp, "%s/%s.tmp", dir, name);
+	snprintf(w->dst, sizeof w->dst, "%s/%s", dir, name);
+	w->info = *info;
+	/* copy names into one arena so the caller's may go */
+	size_t need = strlen(info->table) + 1 + (info->key_tag ? strlen(info->key_tag) + 1 : 0);
+	for (uint32_t c = 0; c < info->n_cols; c++)
+		need += info->cols[c].len + 1;
+	w->arena = mem_alloc(need);
+	w->info.cols = mem_calloc(info->n_cols ? info->n_cols : 1, sizeof *w->info.cols);
+	w->col_stats = mem_calloc(info->n_cols + 1, sizeof *w->col_stats);
+	w->cx = codec_ctx_new();
+	if (!w->arena || !w->info.cols || !w->col_stats || !w->cx) {
+		rc = err_set(-ENOMEM, "out of memory");
+		goto fail;
+	}
+	char *a = w->arena;
+	size_t tl = strlen(info->table);
+	memcpy(a, info->table, tl + 1);
+	w->info.table = a;
+	a += tl + 1;
+	if (info->key_tag) {
+		size_t kl = strlen(info->key_tag);
+		memcpy(a, info->key_tag, kl + 1);
+		w->info.key_tag = a;
+		a += kl + 1;
+	}
+	for (uint32_t c = 0; c < info->n_cols; c++) {
+		memcpy(a, info->cols[c].name, info->cols[c].len);
+		a[info->cols[c].len] = 0;
+		w->info.cols[c] = info->cols[c];
+		w->info.cols[c].name = a;
+		a += info->cols[c].len + 1;
+	}
+	w->info.n_num = 0;
+	for (uint32_t c = 0; c < info->n_cols; c++) {
+		uint8_t t = info->cols[c].type;
+		w->info.n_num += t == TALLY_T_F64 || t == TALLY_T_I64 || t == TALLY_T_U64 ||
+				 t == TALLY_T_BOOL;
+	}
+	w->roll = mem_calloc((size_t)w->info.n_num * info->n_levels * 2 + 1, sizeof *w->roll);
+	if (!w->roll) {
+		rc = err_set(-ENOMEM, "out of memory");
+		goto fail;
+	}
+	w->tmin = INT64_MAX;
+	w->tmax = INT64_MIN;
+	w->fd = open(w->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (w->fd < 0) {
+		rc = err_sys(errno, "create %s", w->tmp);
+		goto fail;
+	}
+	uint8_t h[PART_HEADER] = {0};
+	memcpy(h, PART_MAGIC, 8);
+	le_put32(h + 8, PART_VERSION);
+	le_put32(h + 12, PART_HEADER);
+	le_put64(h + 24, XXH3_64bits(h, 24));
+	if ((rc = fio_pwrite_full(w->fd, h, sizeof h, 0))) {
+		rc = err_sys(-rc, "write %s", w->tmp);
+		goto fail;
+	}
+	w->off = PART_HEADER;
+	*out = w;
+	return 0;
+fail:
+	part_writer_free(w);
+	return rc;
+}
+
+static int is_num(uint8_t t)
+{
+	return t == TALLY_T_F64 || t == TALLY_T_I64 || t == TALLY_T_U64 || t == TALLY_T_BOOL;
+}
+
+/* Appends the finished key's index entry. */
+static void end_key(part_writer *w)
+{
+	if (!w->in_key)
+		return;
+	wbuf *b = &w->index;
+	wb_bytes(b, w->key.p, w->key.len); /* the key string, already framed */
+	wb_var(b, w->key_rows);
+	wb_svar(b, w->key_tmin);
+	wb_var(b, (uint64_t)w->key_tmax - (uint64_t)w->key_tmin);
+	wb_var(b, w->n_stripes);
+	uint32_t per = w->info.n_cols + 1;
+	for (uint32_t s = 0; s < w->n_stripes; s++) {
+		const pending_stripe *ps = &w->stripes[s];
+		wb_var(b, ps->n_rows);
+		wb_svar(b, ps->tmin - w->key_tmin);
+		wb_var(b, (uint64_t)ps->tmax - (uint64_t)ps->tmin);
+		for (uint32_t i = 0; i < per; i++)
+			wb_var(b, w->lens[ps->first_len + i]);
+	}
+	for (uint32_t r = 0; r < w->info.n_num * w->info.n_levels; r++) {
+		wb_var(b, w->roll[2 * r]);
+		wb_var(b, w->roll[2 * r + 1]);
+	}
+	w->in_key = 0;
+}
+
+int part_writer_key(part_writer *w, const char *key, uint32_t len)
+{
+	if (w->failed)
+		return err_set(TALLY_EFAILED, "part writer %s failed earlier", w->tmp);
+	if (w->in_key) {
+		/* keys must ascend: the reader binary-searches them */
+		uint64_t pl;
+		rbuf r = {w->key.p, w->key.p + w->key.len, 0};
+		pl = rb_var(&r);
+		int c = memcmp(r.p, key, pl < len ? pl : len);
+		if (c > 0 || (c == 0 && pl >= len))
+			return pw_fail(w, err_set(TALLY_EINVAL, "part %s: keys out of order", w->tmp));
+		end_key(w);
+	}
+	w->key.len = 0;
+	wb_str(&w->key, key, len);
+	if (w->key.err || w->index.err)
+		return pw_fail(w, err_set(-ENOMEM, "out of memory"));
+	w->in_key = 1;
+	w->key_rows = 0;
+	w->key_tmin = INT64_MAX;
+	w->key_tmax = INT64_MIN;
+	w->n_stripes = 0;
+	w->n_lens = 0;
+	memset(w->roll, 0, (size_t)w->info.n_num * w->info.n_levels * 2 * sizeof *w->roll);
+	w->n_keys++;
+	return 0;
+}
+
+static void stats_add(codec_stats *acc, const codec_stats *st)
+{
+	acc->enc = st->enc; /* the last block's; inspect shows the common case */
+	acc->n += st->n;
+	acc->n_present += st->n_present;
+	acc->raw_bytes += st->raw_bytes;
+	acc->body_bytes += st->body_bytes;
+	acc->block_bytes += st->block_bytes + 8;
+	acc->zstd |= st->zstd;
+	acc->scale = st->scale;
+}
+
+static enum codec_kind kind_of(uint8_t type)
+{
+	switch (type) {
+	case TALLY_T_F64: return CODEC_F64;
+	case TALLY_T_I64: return CODEC_I64;
+	case TALLY_T_U64: return CODEC_U64;
+	case TALLY_T_BOOL: return CODEC_BOOL;
+	default: return CODEC_STR;
+	}
+}
+
+int part_writer_stripe(part_writer *w, uint32_t n, const int64_t *ts, const part_colvals *cols)
+{
+	if (w->failed || !w->in_key)
+		return err_set(TALLY_EINVAL, "part %s: stripe outside a key", w->tmp);
+	if (n == 0 || n > PART_STRIPE_ROWS)
+		return pw_fail(w, err_set(TALLY_EINVAL, "part %s: stripe of %u rows", w->tmp, n));
+	if (w->n_stripes == w->cap_stripes) {
+		uint32_t nc = w->cap_stripes ? w->cap_stripes * 2 : 16;
+		pending_stripe *ns = mem_realloc(w->stripes, nc * sizeof *ns);
+		if (!ns)
+			return pw_fail(w, err_set(-ENOMEM, "out of memory"));
+		w->stripes = ns;
+		w->cap_stripes = nc;
+	}
+	pending_stripe *ps = &w->stripes[w->n_stripes++];
+	ps->n_rows = n;
+	ps->tmin = ts[0];
+	ps->tmax = ts[n - 1];
+	ps->first_len = w->n_lens;
+	int rc;
+	codec_stats st;
+	w->blk.len = 0;
+	if ((rc = codec_encode(w->cx, CODEC_TS, ts, NULL, n, NULL, &w->blk, &st)) ||
+	    (rc = put_block(w)) || (rc = push_len(w, (uint32_t)w->blk.len)))
+		return pw_fail(w, err_prefix(rc, "part %s timestamps", w->tmp));
+	stats_add(&w->col_stats[w->info.n_cols], &st);
+	for (uint32_t c = 0; c < w->info.n_cols; c++) {
+		if (!cols[c].vals) {
+			if ((rc = push_len(w, 0)))
+				return pw_fail(w, err_set(rc, "out of memory"));
+			continue;
+		}
+		w->blk.len = 0;
+		const void *vals = cols[c].vals;
+		uint8_t bools[PART_STRIPE_ROWS];
+		if (w->info.cols[c].type == TALLY_T_BOOL) {
+			/* the codec takes bools as bytes, callers give 8-byte slots */
+			for (uint32_t i = 0; i < n; i++)
+				bools[i] = ((const uint64_t *)vals)[i] != 0;
+			vals = bools;
+		}
+		if ((rc = codec_encode(w->cx, kind_of(w->info.cols[c].type), vals,
+				       cols[c].present, n, NULL, &w->blk, &st)) ||
+		    (rc = put_block(w)) || (rc = push_len(w, (uint32_t)w->blk.len)))
+			return pw_fail(w, err_prefix(rc, "part %s column '%s'", w->tmp,
+						     w->info.cols[c].name));
+		stats_add(&w->col_stats[c], &st);
+	}
+	w->key_rows += n;
+	w->rows += n;
+	w->key_tmin = ps->tmin < w->key_tmin ? ps->tmin : w->key_tmin;
+	w->key_tmax = ps->tmax > w->key_tmax ? ps->tmax : w->key_tmax;
+	w->tmin = ps->tmin < w->tmin ? ps->tmin : w->tmin;
+	w->tmax = ps->tmax > w->tmax ? ps->tmax : w->tmax;
+	return 0;
+}
+
+/*
+ * A rollup block: u32 n, then six codec blocks, each preceded by its u32
+ * length: starts (ts), counts (u64), sums, compensations, mins, maxes (f64).
+ * The sum is stored rounded (sum + comp) with the exact residual beside it,
+ * which is 0 in the common case and so costs nothing after the codec.
+ */
+int part_writer_rollup(part_writer *w, uint32_t num, unsigned level, const part_bucket *b,
+		       uint32_t n)
+{
+	if (w->failed || !w->in_key || num >= w->info.n_num || level >= w->info.n_levels)
+		return err_set(TALLY_EINVAL, "part %s: bad rollup call", w->tmp);
+	if (n == 0)
+		return 0;
+	if (n > CODEC_BLOCK_MAX)
+		return pw_fail(w, err_set(TALLY_ELIMIT, "part %s: %u buckets in one rollup",
+					  w->tmp, n));
+	int64_t *starts = mem_alloc((size_t)n * 8);
+	uint64_t *counts = mem_alloc((size_t)n * 8);
+	double *v[4];
+	for (int i = 0; i < 4; i++)
+		v[i] = mem_alloc((size_t)n * 8);
+	int rc = 0;
+	if (!starts || !counts || !v[0] || !v[1] || !v[2] || !v[3]) {
+		rc = err_set(-ENOMEM, "out of memory");
+		goto out;
+	}
+	for (uint32_t i = 0; i < n; i++) {
+		double s = b[i].sum + b[i].comp;
+		starts[i] = b[i].start;
+		counts[i] = b[i].count;
+		v[0][i] = s;
+		v[1][i] = (b[i].sum - s) + b[i].comp;
+		v[2][i] = b[i].min;
+		v[3][i] = b[i].max;
+	}
+	w->blk.len = 0;
+	uint8_t hdr[4 + 6 * 4];
+	if ((rc = codec_buf_reserve(&w->blk, sizeof hdr))) {
+		err_set(rc, "out of memory");
+		goto out;
+	}
+	w->blk.len = sizeof hdr;
+	le_put32(hdr, n);
+	const void *cols[6] = {starts, counts, v[0], v[1], v[2], v[3]};
+	const enum codec_kind kinds[6] = {CODEC_TS, CODEC_U64, CODEC_F64,
+					  CODEC_F64, CODEC_F64, CODEC_F64};
+	for (int i = 0; i < 6; i++) {
+		size_t before = w->blk.len;
+		if ((rc = codec_encode(w->cx, kinds[i], cols[i], NULL, n, NULL, &w->blk, NULL)))
+			goto out;
+		le_put32(hdr + 4 + 4 * i, (uint32_t)(w->blk.len - before));
+	}
+	memcpy(w->blk.p, hdr, sizeof hdr);
+	if ((rc = put_block(w)))
+		goto out;
+	uint32_t r = num * w->info.n_levels + level;
+	w->roll[2 * r] = (uint32_t)w->blk.len;
+	w->roll[2 * r + 1] = n;
+out:
+	mem_free(starts);
+	mem_free(counts);
+	for (int i = 0; i < 4; i++)
+		mem_free(v[i]);
+	return rc ? pw_fail(w, err_prefix(rc, "part %s rollup", w->tmp)) : 0;
+}
+
+int part_writer_finish(part_writer *w, uint64_t *bytes)
+{
+	if (w->failed)
+		return err_set(TALLY_EFAILED, "part writer %s failed earlier", w->tmp);
+	end_key(w);
+	/* the index header goes in front of the keys: build it apart */
+	wbuf h = {0};
+	const part_info *in = &w->info;
+	wb_var(&h, PART_VERSION);
+	wb_str(&h, in->table, (uint32_t)strlen(in->table));
+	wb_var(&h, in->key_tag != NULL);
+	if (in->key_tag)
+		wb_str(&h, in->key_tag, (uint32_t)strlen(in->key_tag));
+	wb_svar(&h, in->partition_start);
+	wb_var(&h, (uint64_t)in->partition_width);
+	wb_var(&h, in->n_levels);
+	for (unsigned l = 0; l < in->n_levels; l++)
+		wb_var(&h, (uint64_t)in->levels[l]);
+	wb_svar(&h, in->align_offset);
+	wb_var(&h, w->rows);
+	wb_svar(&h, w->rows ? w->tmin : 0);
+	wb_svar(&h, w->rows ? w->tmax : 0);
+	wb_var(&h, in->n_cols);
+	for (uint32_t c = 0; c < in->n_cols; c++) {
+		wb_str(&h, in->cols[c].name, in->cols[c].len);
+		wb_var(&h, in->cols[c].type);
+	}
+	wb_var(&h, w->n_keys);
+	wb_bytes(&h, w->index.p, w->index.len);
+	int rc = 0;
+	uint8_t *z = NULL;
+	if (h.err || w->index.err) {
+		rc = err_set(-ENOMEM, "out of memory");
+		goto out;
+	}
+	size_t zcap = ZSTD_compressBound(h.len);
+	z = mem_alloc(zcap);
+	if (!z) {
+		rc = err_set(-ENOMEM, "out of memory");
+		goto out;
+	}
+	size_t zl = ZSTD_compress(z, zcap, h.p, h.len, INDEX_ZSTD_LEVEL);
+	if (ZSTD_isError(zl)) {
+		rc = err_set(TALLY_EINVAL, "part %s: zstd: %s", w->tmp, ZSTD_getErrorName(zl));
+		goto out;
+	}
+	uint8_t f[PART_FOOTER];
+	le_put64(f, w->off);
+	le_put64(f + 8, zl);
+	le_put64(f + 16, h.len);
+	le_put64(f + 24, XXH3_64bits(z, zl));
+	memcpy(f + 32, PART_END_MAGIC, 8);
+	le_put64(f + 40, XXH3_64bits(f, 40));
+	if ((rc = fio_pwrite_full(w->fd, z, zl, w->off)) ||
+	    (rc = fio_pwrite_full(w->fd, f, sizeof f, w->off + zl))) {
+		rc = err_sys(-rc, "write %s", w->tmp);
+		goto out;
+	}
+	if (fsync(w->fd)) {
+		rc = err_sys(errno, "fsync %s", w->tmp);
+		goto out;
+	}
+	if (rename(w->tmp, w->dst)) {
+		rc = err_sys(errno, "rename %s", w->tmp);
+		goto out;
+	}
+	w->tmp[0] = 0; /* nothing left to clean up */
+	if ((rc = fio_fsync_dir(w->dir)))
+		goto out;
+	if (bytes)
+		*bytes = w->off + zl + PART_FOOTER;
+out:
+	mem_free(h.p);
+	mem_free(z);
+	if (rc)
+		w->failed = 1;
+	return rc;
+}
+
+const codec_stats *part_writer_col_stats(const part_writer *w) { return w->col_stats; }
+
+void part_writer_free(part_writer *w)
+{
+	if (!w)
+		return;
+	if (w->fd >= 0)
+		close(w->fd);
+	if (w->tmp[0])
+		unlink(w->tmp);
+	mem_free(w->arena);
+	mem_free(w->info.cols);
+	mem_free(w->col_stats);
+	codec_ctx_free(w->cx);
+	codec_buf_free(&w->blk);
+	mem_free(w->index.p);
+	mem_free(w->key.p);
+	mem_free(w->stripes);
+	mem_free(w->lens);
+	mem_free(w->roll);
+	mem_free(w);
+}
+
+/* ---------------------------------------------------------------- reader */
+
+void part_scratch_free(part_scratch *s)
+{
+	codec_ctx_free(s->cx);
+	codec_buf_free(&s->raw);
+	codec_buf_free(&s->arena);
+	codec_buf_free(&s->arena2);
+	memset(s, 0, sizeof *s);
+}
+
+void part_close(part *p)
+{
+	if (!p)
+		return;
+	if (p->fd >= 0)
+		close(p->fd);
+	mem_free(p->path);
+	mem_free(p->info.cols);
+	mem_free(p->info.num_col);
+	mem_free(p->info.num_of);
+	mem_free(p->keys);
+	mem_free(p->stripes);
+	mem_free(p->refs);
+	mem_free(p->rollups);
+	mem_free(p->arena);
+	mem_free(p);
+}
+
+#define BAD(why)                                                                               \
+	do {                                                                                   \
+		rc = err_set(TALLY_ECORRUPT, "%s: index: %s", path, why);                      \
+		goto fail;                                                                     \
+	} while (0)
+
+/* Grows an array to hold n + 1 elements. */
+static int grow(void **arr, uint32_t *cap, uint32_t n, size_t elem)
+{
+	if (n < *cap)
+		return 0;
+	uint32_t nc = *cap ? *cap * 2 : 64;
+	void *na = mem_realloc(*arr, (size_t)nc * elem);
+	if (!na)
+		return -ENOMEM;
+	*arr = na;
+	*cap = nc;
+	return 0;
+}
+
+static int parse_index(part *p, const uint8_t *ix, size_t len)
+{
+	const char *path = p->path;
+	int rc = 0;
+	rbuf r = {ix, ix + len, 0};
+	/* every string lands in one arena no larger than the index */
+	p->arena = mem_alloc(len + 1);
+	if (!p->arena)
+		return err_set(-ENOMEM, "out of memory");
+	char *a = p->arena;
+#define STR(dst, dstlen)                                                                       \
+	do {                                                                                   \
+		uint64_t n_ = rb_var(&r);                                                      \
+		const uint8_t *s_ = rb_bytes(&r, n_);                                          \
+		if (!s_)                                                                       \
+			BAD("truncated string");                                               \
+		memcpy(a, s_, n_);                                                             \
+		a[n_] = 0;                                                                     \
+		(dst) = a;                                                                     \
+		(dstlen) = (uint32_t)n_;                                                       \
+		a += n_ + 1;                                                                   \
+	} while (0)
+	uint32_t dummy;
+	if (rb_var(&r) != PART_VERSION)
+		BAD("unknown index version");
+	part_info *in = &p->info;
+	STR(in->table, dummy);
+	(void)dummy;
+	if (rb_var(&r))
+		STR(in->key_tag, dummy);
+	in->partition_start = rb_svar(&r);
+	in->partition_width = (int64_t)rb_var(&r);
+	in->n_levels = (unsigned)rb_var(&r);
+	if (r.bad || in->n_levels == 0 || in->n_levels > TALLY_LEVELS_MAX)
+		BAD("bad level count");
+	for (unsigned l = 0; l < in->n_levels; l++)
+		in->levels[l] = (int64_t)rb_var(&r);
+	in->align_offset = rb_svar(&r);
+	in->n_rows = rb_var(&r);
+	in->tmin = rb_svar(&r);
+	in->tmax = rb_svar(&r);
+	uint64_t nc = rb_var(&r);
+	if (r.bad || nc > PART_COLS_MAX)
+		BAD("bad column count");
+	in->n_cols = (uint32_t)nc;
+	in->cols = mem_calloc(nc ? nc : 1, sizeof *in->cols);
+	in->num_col = mem_calloc(nc ? nc : 1, sizeof *in->num_col);
+	in->num_of = mem_calloc(nc ? nc : 1, sizeof *in->num_of);
+	if (!in->cols || !in->num_col || !in->num_of) {
+		rc = err_set(-ENOMEM, "out of memory");
+		goto fail;
+	}
+	for (uint32_t c = 0; c < in->n_cols; c++) {
+		STR(in->cols[c].name, in->cols[c].len);
+		uint64_t t = rb_var(&r);
+		if (t < TALLY_T_F64 || t > TALLY_T_TAG)
+			BAD("bad column type");
+		in->cols[c].type = (uint8_t)t;
+		in->num_of[c] = -1;
+		if (is_num((uint8_t)t)) {
+			in->num_of[c] = (int32_t)in->n_num;
+			in->num_col[in->n_num++] = c;
+		}
+	}
+	uint64_t nk = rb_var(&r);
+	if (r.bad || nk > len)
+		BAD("bad key count");
+	p->n_keys = (uint32_t)nk;
+	p->keys = mem_calloc(nk ? nk : 1, sizeof *p->keys);
+	if (!p->keys) {
+		rc = err_set(-ENOMEM, "out of memory");
+		goto fail;
+	}
+	uint32_t cap_st = 0, cap_ref = 0, cap_ro = 0;
+	uint64_t off = PART_HEADER;
+	uint32_t no = 0;
+	uint32_t per = in->n_cols + 1;
+	uint64_t rows = 0;
+	for (uint32_t k = 0; k < p->n_keys; k++) {
+		part_key *pk = &p->keys[k];
+		const char *ks;
+		STR(ks, pk->len);
+		pk->key = ks;
+		if (k && (memcmp(p->keys[k - 1].key, ks,
+				 p->keys[k - 1].len < pk->len ? p->keys[k - 1].len : pk->len) > 0))
+			BAD("keys out of order");
+		pk->n_rows = rb_var(&r);
+		pk->tmin = rb_svar(&r);
+		pk->tmax = (int64_t)((uint64_t)pk->tmin + rb_var(&r));
+		uint64_t ns = rb_var(&r);
+		if (r.bad || ns > len)
+			BAD("bad stripe count");
+		pk->first_stripe = p->n_stripes;
+		pk->n_stripes = (uint32_t)ns;
+		uint64_t key_rows = 0;
+		for (uint32_t s = 0; s < ns; s++) {
+			if (grow((void **)&p->stripes, &cap_st, p->n_stripes, sizeof *p->stripes)) {
+				rc = err_set(-ENOMEM, "out of memory");
+				goto fail;
+			}
+			part_stripe *st = &p->stripes[p->n_stripes++];
+			uint64_t n = rb_var(&r);
+			st->tmin = (int64_t)((uint64_t)pk->tmin + (uint64_t)rb_svar(&r));
+			st->tmax = (int64_t)((uint64_t)st->tmin + rb_var(&r));
+			if (r.bad || n == 0 || n > PART_STRIPE_ROWS)
+				BAD("bad stripe row count");
+			st->n_rows = (uint32_t)n;
+			key_rows += n;
+			st->first_ref = p->n_refs;
+			for (uint32_t i = 0; i < per; i++) {
+				if (grow((void **)&p->refs, &cap_ref, p->n_refs, sizeof *p->refs)) {
+					rc = err_set(-ENOMEM, "out of memory");
+					goto fail;
+				}
+				uint64_t bl = rb_var(&r);
+				if (r.bad || bl > UINT32_MAX || (i == 0 && bl == 0))
+					BAD("bad block length");
+				part_ref *ref = &p->refs[p->n_refs++];
+				ref->off = off;
+				ref->len = (uint32_t)bl;
+				ref->no = bl ? no++ : 0;
+				if (bl)
+					off += bl + 8;
+			}
+		}
+		if (key_rows != pk->n_rows)
+			BAD("key row count disagrees with its stripes");
+		rows += key_rows;
+		pk->first_rollup = p->n_rollups;
+		for (uint32_t i = 0; i < in->n_num * in->n_levels; i++) {
+			if (grow((void **)&p->rollups, &cap_ro, p->n_rollups, sizeof *p->rollups)) {
+				rc = err_set(-ENOMEM, "out of memory");
+				goto fail;
+			}
+			part_rollup *ro = &p->rollups[p->n_rollups++];
+			uint64_t bl = rb_var(&r), nb = rb_var(&r);
+			if (r.bad || bl > UINT32_MAX || nb > CODEC_BLOCK_MAX || (!bl) != (!nb))
+				BAD("bad rollup entry");
+			ro->ref.off = off;
+			ro->ref.len = (uint32_t)bl;
+			ro->ref.no = bl ? no++ : 0;
+			ro->n_buckets = (uint32_t)nb;
+			if (bl)
+				off += bl + 8;
+		}
+	}
+	if (r.bad)
+		BAD("truncated");
+	if (r.p != r.end)
+		BAD("trailing bytes");
+	if (rows != in->n_rows)
+		BAD("row count disagrees with the keys'");
+	p->index_bytes = off; /* where the blocks end: the index must start there */
+	return 0;
+fail:
+	return rc;
+#undef STR
+}
+
+int part_open(const char *path, part **out)
+{
+	*out = NULL;
+	part *p = mem_calloc(1, sizeof *p);
+	if (!p)
+		return err_set(-ENOMEM, "out of memory");
+	int rc = 0;
+	uint8_t *z = NULL, *ix = NULL;
+	p->fd = open(path, O_RDONLY | O_CLOEXEC);
+	p->path = mem_strndup(path, strlen(path));
+	if (!p->path) {
+		rc = err_set(-ENOMEM, "out of memory");
+		goto fail;
+	}
+	if (p->fd < 0) {
+		rc = err_sys(errno, "open %s", path);
+		goto fail;
+	}
+	struct stat sb;
+	if (fstat(p->fd, &sb)) {
+		rc = err_sys(errno, "stat %s", path);
+		goto fail;
+	}
+	p->file_bytes = (uint64_t)sb.st_size;
+	if (p->file_bytes < PART_HEADER + PART_FOOTER) {
+		rc = err_set(TALLY_ECORRUPT, "%s: %llu bytes, too short for a part", path,
+			     (unsigned long long)p->file_bytes);
+		goto fail;
+	}
+	uint8_t h[PART_HEADER], f[PART_FOOTER];
+	if ((rc = fio_pread_full(p->fd, h, sizeof h, 0, path)) ||
+	    (rc = fio_pread_full(p->fd, f, sizeof f, p->file_bytes - PART_FOOTER, path)))
+		goto fail;
+	if (memcmp(h, PART_MAGIC, 8) || le_get64(h + 24) != XXH3_64bits(h, 24)) {
+		rc = err_set(TALLY_ECORRUPT, "%s: bad header", path);
+		goto fail;
+	}
+	if (le_get32(h + 8) != PART_VERSION) {
+		rc = err_set(TALLY_EVERSION, "%s: part format version %u, this build reads %d",
+			     path, le_get32(h + 8), PART_VERSION);
+		goto fail;
+	}
+	if (memcmp(f + 32, PART_END_MAGIC, 8) || le_get64(f + 40) != XXH3_64bits(f, 40)) {
+		rc = err_set(TALLY_ECORRUPT, "%s: bad footer", path);
+		goto fail;
+	}
+	uint64_t ioff = le_get64(f), ilen = le_get64(f + 8), iraw = le_get64(f + 16);
+	if (ioff < PART_HEADER || ilen > p->file_bytes || ioff + ilen != p->file_bytes - PART_FOOTER ||
+	    iraw > PART_INDEX_MAX) {
+		rc = err_set(TALLY_ECORRUPT, "%s: footer points outside the file", path);
+		goto fail;
+	}
+	z = mem_alloc(ilen ? ilen : 1);
+	ix = mem_alloc(iraw ? iraw : 1);
+	if (!z || !ix) {
+		rc = err_set(-ENOMEM, "out of memory");
+		goto fail;
+	}
+	if ((rc = fio_pread_full(p->fd, z, ilen, ioff, path)))
+		goto fail;
+	if (XXH3_64bits(z, ilen) != le_get64(f + 24)) {
+		rc = err_set(TALLY_ECORRUPT, "%s: index checksum mismatch", path);
+		goto fail;
+	}
+	size_t got = ZSTD_decompress(ix, iraw, z, ilen);
+	if (ZSTD_isError(got) || got != iraw) {
+		rc = err_set(TALLY_ECORRUPT, "%s: index does not decompress", path);
+		goto fail;
+	}
+	if ((rc = parse_index(p, ix, iraw)))
+		goto fail;
+	if (p->index_bytes != ioff) {
+		rc = err_set(TALLY_ECORRUPT, "%s: blocks end at %llu but the index starts at %llu",
+			     path, (unsigned long long)p->index_bytes, (unsigned long long)ioff);
+		goto fail;
+	}
+	mem_free(z);
+	mem_free(ix);
+	*out = p;
+	return 0;
+fail:
+	mem_free(z);
+	mem_free(ix);
+	part_close(p);
+	return rc;
+}
+
+const part_key *part_find_key(const part *p, const char *key, uint32_t len)
+{
+	uint32_t lo = 0, hi = p->n_keys;
+	while (lo < hi) {
+		uint32_t mid = lo + (hi - lo) / 2;
+		const part_key *k = &p->keys[mid];
+		int c = memcmp(k->key, key, k->len < len ? k->len : len);
+		if (c == 0)
+			c = (k->len > len) - (k->len < len);
+		if (c == 0)
+			return k;
+		if (c < 0)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return NULL;
+}
+
+/* Reads a block and checks its checksum into s->raw. */
+static int read_block(const part *p, const part_ref *ref, part_scratch *s)
+{
+	int rc = codec_buf_reserve(&s->raw, (size_t)ref->len + 8);
+	if (rc)
+		return err_set(rc, "out of memory");
+	if ((rc = fio_pread_full(p->fd, s->raw.p, (size_t)ref->len + 8, ref->off, p->path)))
+		return rc;
+	s->raw.len = ref->len;
+	if (XXH3_64bits(s->raw.p, ref->len) != le_get64(s->raw.p + ref->len))
+		return err_set(TALLY_ECORRUPT, "%s block %u (offset %llu): checksum mismatch",
+			       p->path, ref->no, (unsigned long long)ref->off);
+	if (!s->cx && !(s->cx = codec_ctx_new()))
+		return err_set(-ENOMEM, "out of memory");
+	return 0;
+}
+
+int part_read_col(const part *p, const part_stripe *st, int col, part_scratch *s, void *vals,
+		  uint64_t *present, int *absent)
+{
+	*absent = 0;
+	if (col < -1 || col >= (int)p->info.n_cols)
+		return err_set(TALLY_EINVAL, "%s: no column %d", p->path, col);
+	const part_ref *ref = &p->refs[st->first_ref + (uint32_t)(col + 1)];
+	if (!ref->len) {
+		*absent = 1;
+		return 0;
+	}
+	int rc = read_block(p, ref, s);
+	if (rc)
+		return rc;
+	enum codec_kind kind = col < 0 ? CODEC_TS : kind_of(p->info.cols[col].type);
+	rc = codec_decode(s->cx, s->raw.p, ref->len, kind, st->n_rows, vals, present, &s->arena);
+	if (rc)
+		return err_prefix(rc, "%s block %u", p->path, ref->no);
+	if (kind == CODEC_BOOL) {
+		/* bytes to 8-byte slots, from the end so nothing is overwritten
+		 * before it is read */
+		uint8_t *b = vals;
+		uint64_t *u = vals;
+		for (uint32_t i = st->n_rows; i-- > 0;)
+			u[i] = b[i];
+	}
+	return 0;
+}
+
+int part_read_rollup(const part *p, const part_key *k, uint32_t num, unsigned level,
+		     part_scratch *s, part_bucket *out, uint32_t cap, uint32_t *n)
+{
+	*n = 0;
+	if (num >= p->info.n_num || level >= p->info.n_levels)
+		return err_set(TALLY_EINVAL, "%s: no rollup %u/%u", p->path, num, level);
+	const part_rollup *ro = &p->rollups[k->first_rollup + num * p->info.n_levels + level];
+	if (!ro->ref.len)
+		return 0;
+	if (ro->n_buckets > cap)
+		return err_set(TALLY_EINVAL, "%s: rollup of %u buckets, room for %u", p->path,
+			       ro->n_buckets, cap);
+	int rc = read_block(p, &ro->ref, s);
+	if (rc)
+		return rc;
+	const uint8_t *b = s->raw.p;
+	size_t len = ro->ref.len;
+	if (len < 28 || le_get32(b) != ro->n_buckets)
+		goto bad;
+	uint32_t nb = ro->n_buckets;
+	size_t pos = 28;
+	/* decode each column into a temporary array, then scatter */
+	void *tmp = mem_alloc((size_t)nb * 8);
+	if (!tmp)
+		return err_set(-ENOMEM, "out of memory");
+	const enum codec_kind kinds[6] = {CODEC_TS, CODEC_U64, CODEC_F64,
+					  CODEC_F64, CODEC_F64, CODEC_F64};
+	for (int i = 0; i < 6; i++) {
+		uint32_t bl = le_get32(b + 4 + 4 * i);
+		if (bl > len - pos) {
+			mem_free(tmp);
+			goto bad;
+		}
+		rc = codec_decode(s->cx, b + pos, bl, kinds[i], nb, tmp, NULL, NULL);
+		if (rc) {
+			mem_free(tmp);
+			return err_prefix(rc, "%s block %u", p->path, ro->ref.no);
+		}
+		for (uint32_t j = 0; j < nb; j++) {
+			uint64_t u;
+			memcpy(&u, (const uint8_t *)tmp + 8 * (size_t)j, 8);
+			switch (i) {
+			case 0: out[j].start = (int64_t)u; break;
+			case 1: out[j].count = u; break;
+			case 2: memcpy(&out[j].sum, &u, 8); break;
+			case 3: memcpy(&out[j].comp, &u, 8); break;
+			case 4: memcpy(&out[j].min, &u, 8); break;
+			default: memcpy(&out[j].max, &u, 8); break;
+			}
+		}
+		pos += bl;
+	}
+	mem_free(tmp);
+	if (pos != len)
+		goto bad;
+	*n = nb;
+	return 0;
+bad:
+	return err_set(TALLY_ECORRUPT, "%s block %u (offset %llu): malformed rollup block", p->path,
+		       ro->ref.no, (unsigned long long)ro->ref.off);
+}

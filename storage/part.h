@@ -1,0 +1,173 @@
+/*
+ * part.h — immutable columnar part files (internal).
+ *
+ * A part holds the rows of one table in one partition (an event-time range,
+ * a day by default), sorted by (key, ts), plus the rollup buckets of those
+ * rows for every numeric column and level. Rows of a key are cut into
+ * stripes of at most PART_STRIPE_ROWS; a stripe stores one codec block per
+ * column (timestamps first). Rollups are stored per (key, column, level).
+ * Every block is followed by its xxh3; the index (what is where, per key)
+ * is zstd-compressed behind the blocks and checksummed by the footer. So a
+ * raw read of one key decodes only that key's stripes overlapping the
+ * range, and a rollup read decodes one small block.
+ *
+ * Writing: part_writer_open, then keys in ascending byte order (each:
+ * part_writer_key, its stripes in time order, its rollups), then
+ * part_writer_finish, which writes "NAME.tmp", fsyncs, renames to NAME and
+ * fsyncs the directory. Reading: part_open loads and checks the index;
+ * blocks are read and checked on demand. Byte layout: docs/formats.md.
+ *
+ * Threading: a part_writer belongs to one thread. A part (reader) is
+ * immutable once open: any number of threads may read it at once, each
+ * with its own part_scratch.
+ */
+#ifndef TALLY_PART_H
+#define TALLY_PART_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "codec.h"
+#include "tally.h"
+
+#define PART_STRIPE_ROWS 4096u   /* rows of one key per stripe */
+#define PART_COLS_MAX 4096u      /* columns per part */
+#define PART_INDEX_MAX (1u << 30) /* decompressed index bytes */
+
+/* One rollup bucket; same layout as the engine's rbucket. */
+typedef struct part_bucket {
+	int64_t start;
+	uint64_t count;
+	double sum, comp; /* exact value = sum + comp */
+	double min, max;
+} part_bucket;
+
+typedef struct part_col {
+	const char *name; /* NUL-terminated, in the part's arena */
+	uint32_t len;
+	uint8_t type; /* enum tally_type */
+} part_col;
+
+typedef struct part_ref {
+	uint64_t off; /* block start in the file */
+	uint32_t len; /* block bytes, the trailing xxh3 not included; 0: absent */
+	uint32_t no;  /* block number in the file, for messages */
+} part_ref;
+
+typedef struct part_stripe {
+	uint32_t n_rows;
+	int64_t tmin, tmax;
+	uint32_t first_ref; /* refs[first_ref] = ts, then one per column */
+} part_stripe;
+
+typedef struct part_rollup {
+	part_ref ref;
+	uint32_t n_buckets;
+} part_rollup;
+
+typedef struct part_key {
+	const char *key; /* not NUL-terminated */
+	uint32_t len;
+	uint64_t n_rows;
+	int64_t tmin, tmax;
+	uint32_t first_stripe, n_stripes;
+	/* rollups[first_rollup + c * n_levels + l] for numeric column c (in
+	 * the order of numeric columns) and level l */
+	uint32_t first_rollup;
+} part_key;
+
+/* What a part holds, as the index says. */
+typedef struct part_info {
+	const char *table, *key_tag; /* key_tag NULL: none */
+	int64_t partition_start, partition_width;
+	unsigned n_levels;
+	int64_t levels[TALLY_LEVELS_MAX];
+	int64_t align_offset;
+	uint64_t n_rows;
+	int64_t tmin, tmax;
+	uint32_t n_cols;
+	part_col *cols;
+	uint32_t n_num;    /* numeric columns (they have rollups) */
+	uint32_t *num_col; /* their column indexes */
+	int32_t *num_of;   /* column index -> numeric index or -1 */
+} part_info;
+
+/* ---------------------------------------------------------------- writer */
+
+typedef struct part_writer part_writer;
+
+/* Column values for one stripe: vals[i] are 8-byte slots (double, int64,
+ * uint64, bool 0/1) or codec_str for string and tag columns. */
+typedef struct part_colvals {
+	const void *vals;        /* NULL: the column has no value in the stripe */
+	const uint64_t *present; /* NULL: every row has one */
+} part_colvals;
+
+/* info's strings and arrays are copied. levels/partition as the engine
+ * uses them. */
+int part_writer_open(const char *dir, const char *name, const part_info *info,
+		     part_writer **out);
+int part_writer_key(part_writer *w, const char *key, uint32_t len);
+/* n <= PART_STRIPE_ROWS rows of the current key, ts ascending; cols has
+ * info->n_cols entries. */
+int part_writer_stripe(part_writer *w, uint32_t n, const int64_t *ts, const part_colvals *cols);
+/* The current key's buckets for numeric column num (0..n_num) and level,
+ * ascending by start, count > 0 each. */
+int part_writer_rollup(part_writer *w, uint32_t num, unsigned level, const part_bucket *b,
+		       uint32_t n);
+/* Index, footer, fsync, rename, directory fsync. *bytes gets the file size. */
+int part_writer_finish(part_writer *w, uint64_t *bytes);
+/* Removes the temporary file. NULL is a no-op. Also after finish. */
+void part_writer_free(part_writer *w);
+/* Column encoding statistics so far (for inspect); n_cols entries. */
+const codec_stats *part_writer_col_stats(const part_writer *w);
+
+/* ---------------------------------------------------------------- reader */
+
+typedef struct part {
+	char *path;
+	int fd;
+	uint64_t file_bytes;
+	part_info info;
+	uint32_t n_keys;
+	part_key *keys; /* ascending by key bytes */
+	part_stripe *stripes;
+	uint32_t n_stripes;
+	part_ref *refs;
+	uint32_t n_refs;
+	part_rollup *rollups;
+	uint32_t n_rollups;
+	char *arena;     /* names and keys */
+	uint64_t index_bytes;
+} part;
+
+/* Per-thread buffers for decoding. Zero-initialise; part_scratch_free. */
+typedef struct part_scratch {
+	codec_ctx *cx;
+	codec_buf raw;   /* a block as read */
+	codec_buf arena; /* decoded strings */
+	codec_buf arena2;
+} part_scratch;
+void part_scratch_free(part_scratch *s);
+
+/* Opens and checks the footer and index. TALLY_ECORRUPT / TALLY_EVERSION
+ * with a message naming the file. */
+int part_open(const char *path, part **out);
+void part_close(part *p);
+
+/* The key's entry, or NULL. */
+const part_key *part_find_key(const part *p, const char *key, uint32_t len);
+
+/* Decodes one block of a stripe: col -1 is the timestamps (vals: int64),
+ * else column col (vals: 8-byte slots or codec_str into s->arena; present:
+ * bitmap of (n+63)/64 words). An absent column gives *absent = 1.
+ * TALLY_ECORRUPT names file and block. */
+int part_read_col(const part *p, const part_stripe *st, int col, part_scratch *s, void *vals,
+		  uint64_t *present, int *absent);
+
+/* Decodes the rollup of key k, numeric column num, level into out
+ * (capacity cap >= the rollup's n_buckets). */
+int part_read_rollup(const part *p, const part_key *k, uint32_t num, unsigned level,
+		     part_scratch *s, part_bucket *out, uint32_t cap, uint32_t *n);
+
+#endif
