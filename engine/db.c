@@ -14,6 +14,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -160,6 +161,12 @@ static int replay_record(void *ctx, uint64_t seq, const void *payload, size_t le
 	return shard_apply(rc->sh, &rc->batch);
 }
 
+void db_crash_point(const tally_db *db, const char *step)
+{
+	if (db->crash_at && !strcmp(db->crash_at, step))
+		kill(getpid(), SIGKILL);
+}
+
 /* Part files the manifest does not name are leftovers of a flush or merge
  * that did not commit: delete them. */
 static void remove_orphans(tally_db *db, const char *parts_dir)
@@ -226,6 +233,9 @@ TALLY_API int tally_db_open(const char *dir, const tally_options *opt, tally_db 
 	if (!db)
 		return err_set(-ENOMEM, "out of memory");
 	db->lock_fd = -1;
+	const char *crash = getenv("TALLY_CRASH_AT");
+	if (crash && *crash)
+		db->crash_at = mem_strndup(crash, strlen(crash));
 	pthread_mutex_init(&db->man_mu, NULL);
 	pthread_mutex_init(&db->scratch_mu, NULL);
 	pthread_mutex_init(&db->bg_mu, NULL);
@@ -375,6 +385,7 @@ TALLY_API void tally_db_close(tally_db *db)
 	pthread_mutex_destroy(&db->scratch_mu);
 	pthread_mutex_destroy(&db->bg_mu);
 	pthread_cond_destroy(&db->bg_cond);
+	mem_free(db->crash_at);
 	mem_free(db->dir);
 	mem_free(db);
 }

@@ -45,7 +45,13 @@ struct tally_db {
 	pthread_cond_t bg_cond;
 	int bg_stop;
 	int bg_kick;
+	/* tests: TALLY_CRASH_AT names a step where the process kills itself */
+	char *crash_at;
 };
+
+/* Kills the process with SIGKILL if TALLY_CRASH_AT named this step: the
+ * crash tests' way to stop a flush or merge between two of its writes. */
+void db_crash_point(const tally_db *db, const char *step);
 
 typedef struct wtable {
 	table_def *def;

@@ -442,6 +442,7 @@ static int flush_memtable(tally_db *db, shard *s, memtable *m)
 		/* finish this table's parts: each slot is one (table, partition) */
 		for (uint32_t i = first_slot; i < f.n_slots && !rc; i++) {
 			pw_slot *sl = &f.slots[i];
+			db_crash_point(db, "flush:before-part-rename");
 			if ((rc = part_writer_finish(sl->w, &sl->bytes)))
 				break;
 			manifest_part mp = {.id = sl->id,
@@ -475,8 +476,10 @@ static int flush_memtable(tally_db *db, shard *s, memtable *m)
 	nm.flushed_seq[s->id] = m->last_seq;
 	nm.rows_accepted += m->events;
 	nm.rows_written += m->events;
+	db_crash_point(db, "flush:before-manifest");
 	if ((rc = manifest_save(db->dir, &nm)))
 		goto fail;
+	db_crash_point(db, "flush:after-manifest");
 	/* Committed. Publish: the parts replace the memtable in one step. */
 	manifest_free(&db->man);
 	db->man = nm;
@@ -496,6 +499,7 @@ static int flush_memtable(tally_db *db, shard *s, memtable *m)
 	s->rollup_bytes -= m->rollup_bytes;
 	int trc = wal_trim(s->wal, m->last_seq);
 	pthread_rwlock_unlock(&s->lock);
+	db_crash_point(db, "flush:after-trim");
 	if (trc)
 		log_emit(&db->log, TALLY_LOG_WARN, "shard %u: WAL trim failed: %s", s->id,
 			 err_msg());
