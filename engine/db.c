@@ -91,6 +91,10 @@ static int check_options(tally_options *o, levels *L)
 		return err_set(TALLY_EINVAL, "late_threshold: negative");
 	if (o->late_threshold == 0)
 		o->late_threshold = L->w[0];
+	if (o->seal_grace == 0)
+		o->seal_grace = TALLY_1H;
+	if (o->seal_grace < 0)
+		return err_set(TALLY_EINVAL, "seal_grace: negative");
 	if (o->memtable_bytes == 0)
 		o->memtable_bytes = UINT64_C(64) << 20;
 	if (o->flush_interval_ms == 0)
@@ -209,6 +213,9 @@ static void *flusher_main(void *arg)
 		if (flush_run(db, 0))
 			log_emit(&db->log, TALLY_LOG_ERROR, "flush failed (will retry): %s",
 				 err_msg());
+		else if (merge_run(db))
+			log_emit(&db->log, TALLY_LOG_ERROR, "merge failed (will retry): %s",
+				 err_msg());
 		pthread_mutex_lock(&db->bg_mu);
 	}
 	pthread_mutex_unlock(&db->bg_mu);
@@ -307,6 +314,8 @@ TALLY_API int tally_db_open(const char *dir, const tally_options *opt, tally_db 
 		shard_part *sp;
 		if ((rc = shard_part_load(db, mp->id, &sp)))
 			goto fail;
+		sp->level = mp->level;
+		sp->flags = mp->flags;
 		if (sp->p->info.partition_width != db->partition_width) {
 			shard_part_free(sp);
 			rc = err_set(TALLY_EINVAL, "%s: partitions of %lld ns, opened with %lld ns",
@@ -394,6 +403,12 @@ TALLY_API int tally_db_flush(tally_db *db)
 {
 	err_clear();
 	return flush_run(db, 1);
+}
+
+TALLY_API int tally_db_merge(tally_db *db)
+{
+	err_clear();
+	return merge_run(db);
 }
 
 /* ---------------------------------------------------------------- sync */
@@ -886,6 +901,9 @@ TALLY_API int tally_db_stats(tally_db *db, tally_stats *out)
 	strmap_free(&keys);
 	pthread_mutex_lock(&db->man_mu);
 	out->flushes = db->flushes;
+	out->merges = db->merges;
+	for (uint32_t i = 0; i < db->man.n_parts; i++)
+		out->sealed_parts += (db->man.parts[i].flags & MPART_SEALED) != 0;
 	out->write_amplification = db->man.rows_accepted
 					   ? (double)db->man.rows_written / (double)db->man.rows_accepted
 					   : 1.0;

@@ -34,6 +34,7 @@ struct tally_db {
 	pthread_mutex_t man_mu;
 	manifest man;
 	uint64_t flushes;
+	uint64_t merges;
 	/* per-query scratch for reading parts, kept for reuse */
 	pthread_mutex_t scratch_mu;
 	part_scratch *scratch[DB_SCRATCH_MAX];

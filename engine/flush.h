@@ -36,6 +36,9 @@ int shard_add_part(shard *s, shard_part *sp);
  * flusher thread or in tally_db_flush. */
 int flush_run(struct tally_db *db, int force);
 
+/* Runs the merge policy (engine/merge.c) until nothing is left to merge. */
+int merge_run(struct tally_db *db);
+
 /* Scratch buffers for reading parts, borrowed per query from the db. */
 part_scratch *scratch_get(struct tally_db *db);
 void scratch_put(struct tally_db *db, part_scratch *s);

@@ -131,8 +131,11 @@ typedef struct tally_options {
 	 * 0: one day, or the coarsest level when that is longer. Fixed at
 	 * creation: reopening with another value fails. */
 	int64_t partition_width;
-	/* 1: no background flusher thread; flushes happen only in
-	 * tally_db_flush (tests, tools). */
+	/* A partition is sealed (merged into one segment) once the table's
+	 * newest event is this far past its end, ns. 0: 1 hour. */
+	int64_t seal_grace;
+	/* 1: no background thread; flushes and merges happen only in
+	 * tally_db_flush and tally_db_merge (tests, tools). */
 	int no_background;
 	/* Log sink; NULL logs to stderr. Called from any thread. */
 	tally_log_fn *log_fn;
@@ -166,6 +169,11 @@ TALLY_API int tally_db_sync(tally_db *db);
  * background flusher does this by itself; this call is for tools, tests
  * and orderly shutdowns. */
 TALLY_API int tally_db_flush(tally_db *db);
+
+/* Runs the merge policy now (merging small parts, sealing partitions past
+ * their grace, folding late parts into sealed segments) until nothing is
+ * left to do. The background thread does this after each flush. */
+TALLY_API int tally_db_merge(tally_db *db);
 
 /* ---------------------------------------------------------------- writing */
 
@@ -335,6 +343,8 @@ typedef struct tally_stats {
 	uint64_t part_bytes;     /* their bytes on disk */
 	uint64_t part_rows;      /* rows in parts */
 	uint64_t flushes;        /* memtables flushed since open */
+	uint64_t merges;         /* merges since open */
+	uint64_t sealed_parts;   /* parts that are sealed segments */
 	/* rows written into parts by flushes and merges, per row accepted
 	 * into parts: 1.0 means every row was written once */
 	double write_amplification;

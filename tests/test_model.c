@@ -545,6 +545,10 @@ static void run_model(int mode, int shards, int custom_levels, const char *name)
 			rc = tally_db_flush(m.db);
 			cr_assert_eq(rc, 0, "flush: %s", tally_errmsg());
 			check_queries(&m, 20);
+			/* merges, sealing and late folds: answers must not change */
+			rc = tally_db_merge(m.db);
+			cr_assert_eq(rc, 0, "merge: %s", tally_errmsg());
+			check_queries(&m, 20);
 		}
 		if (tu_below(&m.rng, 2)) {
 			cr_assert_eq(tally_db_sync(m.db), 0);

@@ -367,3 +367,97 @@ Test(parts, saved_v1_database_still_reads)
 	tu_rmrf(dir);
 	free(dir);
 }
+
+/* ---------------------------------------------------------------- merges */
+
+Test(parts, merges_seal_and_fold_late_data_exactly)
+{
+	char *dir = tu_tmpdir();
+	tally_options o = quiet_opts();
+	tally_db *db;
+	cr_assert_eq(tally_db_open(dir, &o, &db), 0);
+	/* the same two-day data in several flushes: many parts per partition */
+	for (int i = 0; i < 5; i++) {
+		write_data(db, T0 + i); /* distinct times, same partitions */
+		cr_assert_eq(tally_db_flush(db), 0, "%s", tally_errmsg());
+	}
+	tally_stats st;
+	tally_db_stats(db, &st);
+	uint64_t parts_before = st.parts;
+	cr_assert_geq(parts_before, 10);
+	cr_assert_eq(tally_db_merge(db), 0, "%s", tally_errmsg());
+	tally_db_stats(db, &st);
+	cr_assert_lt(st.parts, parts_before, "no merge happened");
+	cr_assert_geq(st.merges, 1);
+	cr_assert_geq(st.sealed_parts, 1, "the older partitions should be sealed");
+	check_data(db, 5);
+	/* late data into the sealed partitions: a late part, then a fold once
+	 * the late rows reach the segment's */
+	write_data(db, T0 + 100);
+	cr_assert_eq(tally_db_flush(db), 0);
+	cr_assert_eq(tally_db_merge(db), 0, "%s", tally_errmsg());
+	check_data(db, 6);
+	for (int i = 0; i < 5; i++) {
+		write_data(db, T0 + 200 + i);
+		cr_assert_eq(tally_db_flush(db), 0);
+		cr_assert_eq(tally_db_merge(db), 0, "%s", tally_errmsg());
+	}
+	check_data(db, 11);
+	tally_db_stats(db, &st);
+	cr_assert_leq(st.write_amplification, 3.0, "write amplification %.2f",
+		      st.write_amplification);
+	fprintf(stderr, "merges: %llu parts, %llu sealed, %llu merges, write amplification %.2f\n",
+		(unsigned long long)st.parts, (unsigned long long)st.sealed_parts,
+		(unsigned long long)st.merges, st.write_amplification);
+	tally_db_close(db);
+	cr_assert_eq(tally_db_open(dir, &o, &db), 0, "%s", tally_errmsg());
+	check_data(db, 11);
+	tally_db_close(db);
+	tu_rmrf(dir);
+	free(dir);
+}
+
+static void crash_during_merge(const char *step)
+{
+	char *dir = tu_tmpdir();
+	tally_options o = quiet_opts();
+	pid_t pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		tally_db *db;
+		if (tally_db_open(dir, &o, &db))
+			_exit(2);
+		for (int i = 0; i < 4; i++) {
+			write_data(db, T0 + i);
+			if (tally_db_flush(db))
+				_exit(3);
+		}
+		tally_db_close(db);
+		setenv("TALLY_CRASH_AT", step, 1);
+		if (tally_db_open(dir, &o, &db))
+			_exit(4);
+		tally_db_merge(db);
+		_exit(5);
+	}
+	int status;
+	waitpid(pid, &status, 0);
+	cr_assert(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL, "%s: child status %d", step,
+		  status);
+	tally_db *db;
+	cr_assert_eq(tally_db_open(dir, &o, &db), 0, "%s: %s", step, tally_errmsg());
+	check_data(db, 4);
+	char parts[4200];
+	snprintf(parts, sizeof parts, "%s/parts", dir);
+	tally_stats st;
+	tally_db_stats(db, &st);
+	cr_assert_eq((uint64_t)count_files(parts, ".part"), st.parts, "%s: orphan parts", step);
+	cr_assert_eq(tally_db_merge(db), 0, "%s", tally_errmsg());
+	check_data(db, 4);
+	tally_db_close(db);
+	tu_rmrf(dir);
+	free(dir);
+}
+
+Test(parts, crash_merge_before_part_rename) { crash_during_merge("merge:before-part-rename"); }
+Test(parts, crash_merge_before_manifest) { crash_during_merge("merge:before-manifest"); }
+Test(parts, crash_merge_after_manifest) { crash_during_merge("merge:after-manifest"); }

@@ -1,0 +1,598 @@
+/*
+ * merge.c — merging the parts of a partition, sealing, and folding late
+ * parts into sealed segments.
+ *
+ * Policy, per shard and (table, partition), checked after every flush:
+ *  - an open partition merges its flush parts once MERGE_FANIN of them
+ *    (tiered: parts of similar level merge together), which bounds parts
+ *    per partition to a few;
+ *  - a partition whose end lies seal_grace behind the table's newest event
+ *    in the shard is sealed: its parts become one segment (a partition
+ *    with one part is sealed by the manifest flag alone, no rewrite);
+ *  - late parts of a sealed partition are merged among themselves
+ *    (tiered), and folded into the segment only once they hold at least
+ *    LATE_FOLD_RATIO of its rows, so folding rewrites at most (1 + 1 /
+ *    ratio) rows per late row: that is the bound on write amplification.
+ * A merge reads each input key's stripes, merges rows by time and rollup
+ * buckets by window (count, sum, min and max merge exactly), writes one
+ * part, commits the manifest naming it instead of the inputs, swaps the
+ * parts under the shard lock, and only then deletes the input files.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "db.h"
+#include "err.h"
+#include "flush.h"
+#include "log.h"
+#include "mem.h"
+
+#define MERGE_FANIN 4
+#define LATE_FOLD_RATIO 1.0
+
+#define SLOT (sizeof(codec_str) > sizeof(bval) ? sizeof(codec_str) : sizeof(bval))
+
+/* The rows of one key gathered from all inputs. */
+typedef struct mrows {
+	size_t n, cap;
+	int64_t *ts;
+	uint32_t *order;
+	char *vals;        /* n_cols columns of cap slots */
+	uint64_t *present; /* n_cols bitmaps of cap bits */
+	codec_buf strs;    /* string bytes; slots hold offsets until written */
+} mrows;
+
+typedef struct merge_ctx {
+	tally_db *db;
+	shard_part **in;
+	uint32_t n_in;
+	col_def **cols; /* output columns, by id order */
+	uint32_t n_cols;
+	int32_t **map; /* per input: part column -> output column */
+	uint32_t n_num;
+	uint32_t *num_of; /* output col -> numeric index or UINT32_MAX */
+	part_scratch ps;
+	mrows r;
+	int64_t *sts;
+	char *svals;
+	uint64_t *spres;
+	part_colvals *cv;
+	part_bucket *bk, *tmp;
+	uint32_t cap_bk, cap_tmp;
+} merge_ctx;
+
+static int col_cmp(const void *x, const void *y)
+{
+	const col_def *a = *(col_def *const *)x, *b = *(col_def *const *)y;
+	return (a->id > b->id) - (a->id < b->id);
+}
+
+static int mrows_grow(merge_ctx *m, size_t need)
+{
+	mrows *r = &m->r;
+	if (need <= r->cap)
+		return 0;
+	size_t nc = r->cap ? r->cap : 4096;
+	while (nc < need)
+		nc *= 2;
+	int64_t *nts = mem_realloc(r->ts, nc * sizeof *nts);
+	if (nts)
+		r->ts = nts;
+	uint32_t *no = mem_realloc(r->order, nc * sizeof *no);
+	if (no)
+		r->order = no;
+	char *nv = mem_alloc((m->n_cols ? m->n_cols : 1) * nc * SLOT);
+	uint64_t *np = mem_calloc((m->n_cols ? m->n_cols : 1) * (nc / 64), 8);
+	if (!nts || !no || !nv || !np) {
+		mem_free(nv);
+		mem_free(np);
+		return err_set(-ENOMEM, "out of memory");
+	}
+	for (uint32_t c = 0; c < m->n_cols && r->cap; c++) {
+		memcpy(nv + c * nc * SLOT, r->vals + c * r->cap * SLOT, r->n * SLOT);
+		memcpy(np + c * (nc / 64), r->present + c * (r->cap / 64), r->cap / 8);
+	}
+	mem_free(r->vals);
+	mem_free(r->present);
+	r->vals = nv;
+	r->present = np;
+	r->cap = nc;
+	return 0;
+}
+
+/* Appends the key's rows of input i. */
+static int gather(merge_ctx *m, uint32_t i, const part_key *pk)
+{
+	const part *p = m->in[i]->p;
+	int rc = 0;
+	for (uint32_t k = 0; k < pk->n_stripes && !rc; k++) {
+		const part_stripe *st = &p->stripes[pk->first_stripe + k];
+		size_t base = m->r.n;
+		if ((rc = mrows_grow(m, base + st->n_rows)))
+			return rc;
+		int absent;
+		if ((rc = part_read_col(p, st, -1, &m->ps, m->r.ts + base, NULL, &absent)))
+			return rc;
+		for (uint32_t pc = 0; pc < p->info.n_cols; pc++) {
+			int32_t oc = m->map[i][pc];
+			if (oc < 0)
+				continue;
+			if ((rc = part_read_col(p, st, (int)pc, &m->ps, m->svals, m->spres, &absent)))
+				return rc;
+			if (absent)
+				continue;
+			char *dst = m->r.vals + (size_t)oc * m->r.cap * SLOT;
+			uint64_t *pres = m->r.present + (size_t)oc * (m->r.cap / 64);
+			int str = type_is_string(m->cols[oc]->type);
+			for (uint32_t r = 0; r < st->n_rows; r++) {
+				if (!((m->spres[r >> 6] >> (r & 63)) & 1))
+					continue;
+				size_t row = base + r;
+				pres[row >> 6] |= UINT64_C(1) << (row & 63);
+				if (str) {
+					/* copy the bytes: the scratch arena is reused by
+					 * the next decode; keep an offset until written */
+					const codec_str *cs = (const codec_str *)m->svals + r;
+					if ((rc = codec_buf_reserve(&m->r.strs, cs->n)))
+						return err_set(rc, "out of memory");
+					if (cs->n)
+						memcpy(m->r.strs.p + m->r.strs.len, cs->p, cs->n);
+					codec_str off = {(const char *)(uintptr_t)m->r.strs.len,
+							 cs->n};
+					m->r.strs.len += cs->n;
+					memcpy(dst + row * SLOT, &off, sizeof off);
+				} else {
+					memcpy(dst + row * SLOT, m->svals + (size_t)r * sizeof(bval),
+					       sizeof(bval));
+				}
+			}
+		}
+		m->r.n = base + st->n_rows;
+	}
+	return rc;
+}
+
+static const int64_t *sort_ts;
+static int order_cmp(const void *x, const void *y)
+{
+	uint32_t a = *(const uint32_t *)x, b = *(const uint32_t *)y;
+	if (sort_ts[a] != sort_ts[b])
+		return sort_ts[a] < sort_ts[b] ? -1 : 1;
+	return (a > b) - (a < b); /* stable: input order among equal times */
+}
+
+static int write_key_rows(merge_ctx *m, part_writer *w)
+{
+	mrows *r = &m->r;
+	int sorted = 1;
+	for (size_t i = 0; i < r->n; i++) {
+		r->order[i] = (uint32_t)i;
+		if (i && r->ts[i] < r->ts[i - 1])
+			sorted = 0;
+	}
+	if (!sorted) {
+		sort_ts = r->ts; /* the merger is one thread: a static is fine */
+		qsort(r->order, r->n, sizeof *r->order, order_cmp);
+	}
+	for (size_t a = 0; a < r->n;) {
+		uint32_t n = (uint32_t)(r->n - a < PART_STRIPE_ROWS ? r->n - a : PART_STRIPE_ROWS);
+		for (uint32_t c = 0; c < m->n_cols; c++) {
+			m->cv[c].vals = NULL;
+			m->cv[c].present = m->spres + (size_t)c * (PART_STRIPE_ROWS / 64);
+			memset((void *)m->cv[c].present, 0, PART_STRIPE_ROWS / 8);
+		}
+		for (uint32_t i = 0; i < n; i++) {
+			uint32_t src = r->order[a + i];
+			m->sts[i] = r->ts[src];
+			for (uint32_t c = 0; c < m->n_cols; c++) {
+				const uint64_t *pres = r->present + (size_t)c * (r->cap / 64);
+				if (!((pres[src >> 6] >> (src & 63)) & 1))
+					continue;
+				char *slot = m->svals + (size_t)c * PART_STRIPE_ROWS * SLOT;
+				const char *from = r->vals + ((size_t)c * r->cap + src) * SLOT;
+				if (type_is_string(m->cols[c]->type)) {
+					codec_str cs;
+					memcpy(&cs, from, sizeof cs);
+					cs.p = (const char *)r->strs.p + (uintptr_t)cs.p;
+					((codec_str *)slot)[i] = cs;
+				} else {
+					memcpy(slot + (size_t)i * sizeof(bval), from, sizeof(bval));
+				}
+				uint64_t *out = (uint64_t *)m->cv[c].present;
+				out[i >> 6] |= UINT64_C(1) << (i & 63);
+				m->cv[c].vals = slot;
+			}
+		}
+		int rc = part_writer_stripe(w, n, m->sts, m->cv);
+		if (rc)
+			return rc;
+		a += n;
+	}
+	return 0;
+}
+
+/* Merges the key's buckets of output numeric column oc, level l. */
+static int write_key_rollup(merge_ctx *m, part_writer *w, const part_key **pks, uint32_t oc,
+			    unsigned l)
+{
+	uint32_t n = 0;
+	for (uint32_t i = 0; i < m->n_in; i++) {
+		if (!pks[i])
+			continue;
+		const part *p = m->in[i]->p;
+		int pc = shard_part_col(m->in[i], m->cols[oc]);
+		if (pc < 0 || p->info.num_of[pc] < 0)
+			continue;
+		uint32_t num = (uint32_t)p->info.num_of[pc];
+		const part_rollup *ro = &p->rollups[pks[i]->first_rollup + num * p->info.n_levels + l];
+		if (!ro->n_buckets)
+			continue;
+		if (ro->n_buckets > m->cap_tmp) {
+			part_bucket *nt = mem_realloc(m->tmp, ro->n_buckets * sizeof *nt);
+			if (!nt)
+				return err_set(-ENOMEM, "out of memory");
+			m->tmp = nt;
+			m->cap_tmp = ro->n_buckets;
+		}
+		uint32_t got;
+		int rc = part_read_rollup(p, pks[i], num, l, &m->ps, m->tmp, m->cap_tmp, &got);
+		if (rc)
+			return rc;
+		/* merge the sorted buckets into m->bk[0..n) */
+		if (n + got > m->cap_bk) {
+			uint32_t nc = m->cap_bk ? m->cap_bk : 1024;
+			while (nc < n + got)
+				nc *= 2;
+			part_bucket *nb = mem_realloc(m->bk, nc * sizeof *nb);
+			if (!nb)
+				return err_set(-ENOMEM, "out of memory");
+			m->bk = nb;
+			m->cap_bk = nc;
+		}
+		for (uint32_t j = 0; j < got; j++) {
+			const part_bucket *b = &m->tmp[j];
+			uint32_t lo = 0, hi = n;
+			while (lo < hi) {
+				uint32_t mid = (lo + hi) / 2;
+				if (m->bk[mid].start < b->start)
+					lo = mid + 1;
+				else
+					hi = mid;
+			}
+			if (lo < n && m->bk[lo].start == b->start) {
+				ragg x = {m->bk[lo].count, m->bk[lo].sum, m->bk[lo].comp,
+					  m->bk[lo].min, m->bk[lo].max};
+				ragg y = {b->count, b->sum, b->comp, b->min, b->max};
+				ragg_merge(&x, &y);
+				m->bk[lo] = (part_bucket){b->start, x.count, x.sum, x.comp, x.min, x.max};
+				continue;
+			}
+			memmove(&m->bk[lo + 1], &m->bk[lo], (n - lo) * sizeof *m->bk);
+			m->bk[lo] = *b;
+			n++;
+		}
+	}
+	return part_writer_rollup(w, m->num_of[oc], l, m->bk, n);
+}
+
+static void merge_ctx_free(merge_ctx *m)
+{
+	for (uint32_t i = 0; i < m->n_in; i++)
+		mem_free(m->map ? m->map[i] : NULL);
+	mem_free(m->map);
+	mem_free(m->cols);
+	mem_free(m->num_of);
+	part_scratch_free(&m->ps);
+	mem_free(m->r.ts);
+	mem_free(m->r.order);
+	mem_free(m->r.vals);
+	mem_free(m->r.present);
+	codec_buf_free(&m->r.strs);
+	mem_free(m->sts);
+	mem_free(m->svals);
+	mem_free(m->spres);
+	mem_free(m->cv);
+	mem_free(m->bk);
+	mem_free(m->tmp);
+}
+
+/* Merges in[0..n_in) (one shard, table and partition) into one new part
+ * and commits it. Caller holds db->man_mu. */
+static int merge_parts(tally_db *db, shard *s, shard_part **in, uint32_t n_in, int seal)
+{
+	merge_ctx m = {.db = db, .in = in, .n_in = n_in};
+	manifest nm;
+	int rc = manifest_copy(&nm, &db->man);
+	if (rc)
+		return rc;
+	part_writer *w = NULL;
+	shard_part *out = NULL;
+	uint64_t id = nm.next_part_id++;
+	const part_key **pks = NULL;
+	uint32_t *pos = NULL;
+	char name[64], dir[PATH_MAX];
+	manifest_part_name(id, name, sizeof name);
+	snprintf(dir, sizeof dir, "%s/parts", db->dir);
+	/* output columns: the union of the inputs', in column id order */
+	uint32_t cap = 0;
+	for (uint32_t i = 0; i < n_in; i++)
+		cap += in[i]->p->info.n_cols;
+	m.cols = mem_alloc((cap ? cap : 1) * sizeof *m.cols);
+	m.map = mem_calloc(n_in, sizeof *m.map);
+	pks = mem_calloc(n_in, sizeof *pks);
+	pos = mem_calloc(n_in, sizeof *pos);
+	if (!m.cols || !m.map || !pks || !pos)
+		goto nomem;
+	for (uint32_t i = 0; i < n_in; i++)
+		for (uint32_t c = 0; c < in[i]->p->info.n_cols; c++) {
+			col_def *d = in[i]->defs[c];
+			uint32_t k = 0;
+			while (k < m.n_cols && m.cols[k] != d)
+				k++;
+			if (k == m.n_cols)
+				m.cols[m.n_cols++] = d;
+		}
+	qsort(m.cols, m.n_cols, sizeof *m.cols, col_cmp);
+	for (uint32_t i = 0; i < n_in; i++) {
+		const part_info *pi = &in[i]->p->info;
+		if (!(m.map[i] = mem_alloc((pi->n_cols ? pi->n_cols : 1) * sizeof *m.map[i])))
+			goto nomem;
+		for (uint32_t c = 0; c < pi->n_cols; c++) {
+			m.map[i][c] = -1;
+			for (uint32_t k = 0; k < m.n_cols; k++)
+				if (m.cols[k] == in[i]->defs[c])
+					m.map[i][c] = (int32_t)k;
+		}
+	}
+	m.num_of = mem_alloc((m.n_cols ? m.n_cols : 1) * sizeof *m.num_of);
+	part_col *pcols = mem_alloc((m.n_cols ? m.n_cols : 1) * sizeof *pcols);
+	m.sts = mem_alloc(PART_STRIPE_ROWS * sizeof *m.sts);
+	m.svals = mem_alloc(((size_t)m.n_cols + 1) * PART_STRIPE_ROWS * SLOT);
+	m.spres = mem_alloc(((size_t)m.n_cols + 1) * PART_STRIPE_ROWS / 8);
+	m.cv = mem_alloc(((size_t)m.n_cols + 1) * sizeof *m.cv);
+	if (!m.num_of || !pcols || !m.sts || !m.svals || !m.spres || !m.cv) {
+		mem_free(pcols);
+		goto nomem;
+	}
+	for (uint32_t c = 0; c < m.n_cols; c++) {
+		pcols[c] = (part_col){m.cols[c]->name, m.cols[c]->len, (uint8_t)m.cols[c]->type};
+		m.num_of[c] = type_is_numeric(m.cols[c]->type) ? m.n_num++ : UINT32_MAX;
+	}
+	const part_info *i0 = &in[0]->p->info;
+	part_info info = *i0;
+	info.n_cols = m.n_cols;
+	info.cols = pcols;
+	rc = part_writer_open(dir, name + 6, &info, &w);
+	mem_free(pcols);
+	if (rc)
+		goto fail;
+	/* keys: a k-way merge of the inputs' sorted key lists */
+	uint64_t rows = 0;
+	int64_t tmin = INT64_MAX, tmax = INT64_MIN;
+	for (;;) {
+		const part_key *best = NULL;
+		for (uint32_t i = 0; i < n_in; i++) {
+			if (pos[i] >= in[i]->p->n_keys)
+				continue;
+			const part_key *k = &in[i]->p->keys[pos[i]];
+			if (!best) {
+				best = k;
+				continue;
+			}
+			uint32_t l = k->len < best->len ? k->len : best->len;
+			int c = memcmp(k->key, best->key, l);
+			if (c < 0 || (c == 0 && k->len < best->len))
+				best = k;
+		}
+		if (!best)
+			break;
+		m.r.n = 0;
+		m.r.strs.len = 0;
+		if (m.r.cap)
+			memset(m.r.present, 0, (size_t)m.n_cols * (m.r.cap / 8));
+		for (uint32_t i = 0; i < n_in; i++) {
+			pks[i] = NULL;
+			if (pos[i] >= in[i]->p->n_keys)
+				continue;
+			const part_key *k = &in[i]->p->keys[pos[i]];
+			if (k->len == best->len && !memcmp(k->key, best->key, k->len)) {
+				pks[i] = k;
+				pos[i]++;
+			}
+		}
+		const char *key = best->key;
+		uint32_t klen = best->len;
+		if ((rc = part_writer_key(w, key, klen)))
+			goto fail;
+		for (uint32_t i = 0; i < n_in && !rc; i++)
+			if (pks[i])
+				rc = gather(&m, i, pks[i]);
+		if (rc || (rc = write_key_rows(&m, w)))
+			goto fail;
+		for (uint32_t c = 0; c < m.n_cols && !rc; c++)
+			for (unsigned l = 0; m.num_of[c] != UINT32_MAX && l < db->L.n && !rc; l++)
+				rc = write_key_rollup(&m, w, pks, c, l);
+		if (rc)
+			goto fail;
+		rows += m.r.n;
+		for (size_t r = 0; r < m.r.n; r++) {
+			tmin = m.r.ts[r] < tmin ? m.r.ts[r] : tmin;
+			tmax = m.r.ts[r] > tmax ? m.r.ts[r] : tmax;
+		}
+	}
+	uint64_t bytes;
+	db_crash_point(db, "merge:before-part-rename");
+	if ((rc = part_writer_finish(w, &bytes)))
+		goto fail;
+	if ((rc = shard_part_load(db, id, &out)))
+		goto fail;
+	uint64_t written = rows;
+	uint32_t level = 0;
+	for (uint32_t i = 0; i < n_in; i++) {
+		const manifest_part *mp = manifest_find(&nm, in[i]->id);
+		if (mp) {
+			written += mp->rows_written;
+			level = mp->level + 1 > level ? mp->level + 1 : level;
+		}
+		manifest_remove(&nm, in[i]->id);
+	}
+	manifest_part mp = {.id = id,
+			    .shard = s->id,
+			    .table = in[0]->table->name,
+			    .partition_start = in[0]->pstart,
+			    .rows = rows,
+			    .bytes = bytes,
+			    .level = level,
+			    .flags = seal ? MPART_SEALED : 0,
+			    .tmin = tmin,
+			    .tmax = tmax,
+			    .rows_written = written};
+	if ((rc = manifest_add(&nm, &mp)))
+		goto fail;
+	nm.rows_written += rows;
+	db_crash_point(db, "merge:before-manifest");
+	if ((rc = manifest_save(db->dir, &nm)))
+		goto fail;
+	db_crash_point(db, "merge:after-manifest");
+	manifest_free(&db->man);
+	db->man = nm;
+	out->level = level;
+	out->flags = mp.flags;
+	/* swap under the lock: no query sees both or neither */
+	pthread_rwlock_wrlock(&s->lock);
+	uint32_t k = 0;
+	for (uint32_t j = 0; j < s->n_parts; j++) {
+		int gone = 0;
+		for (uint32_t i = 0; i < n_in; i++)
+			gone |= s->parts[j] == in[i];
+		if (!gone)
+			s->parts[k++] = s->parts[j];
+	}
+	s->n_parts = k;
+	s->parts[s->n_parts++] = out; /* room: n_in >= 1 were removed */
+	pthread_rwlock_unlock(&s->lock);
+	for (uint32_t i = 0; i < n_in; i++) {
+		char path[PATH_MAX + 64];
+		manifest_part_name(in[i]->id, name, sizeof name);
+		snprintf(path, sizeof path, "%s/%s", db->dir, name);
+		shard_part_free(in[i]);
+		if (unlink(path))
+			log_emit(&db->log, TALLY_LOG_WARN, "could not delete %s", path);
+	}
+	db->merges++;
+	log_emit(&db->log, TALLY_LOG_INFO, "shard %u: merged %u parts (%llu rows)%s", s->id, n_in,
+		 (unsigned long long)rows, seal ? ", partition sealed" : "");
+	part_writer_free(w);
+	mem_free(pks);
+	mem_free(pos);
+	merge_ctx_free(&m);
+	return 0;
+nomem:
+	rc = err_set(-ENOMEM, "out of memory");
+fail:
+	part_writer_free(w);
+	if (out) {
+		char path[PATH_MAX + 64];
+		snprintf(path, sizeof path, "%s/%s", db->dir, name);
+		shard_part_free(out);
+		unlink(path);
+	}
+	mem_free(pks);
+	mem_free(pos);
+	merge_ctx_free(&m);
+	manifest_free(&nm);
+	return rc;
+}
+
+/* One pass of the policy over shard s; returns 1 if it merged something. */
+static int merge_pass(tally_db *db, shard *s, int *merged)
+{
+	*merged = 0;
+	/* the table's newest event in this shard decides what is sealable */
+	for (uint32_t a = 0; a < s->n_parts; a++) {
+		shard_part *pa = s->parts[a];
+		int64_t newest = INT64_MIN;
+		for (uint32_t j = 0; j < s->n_parts; j++)
+			if (s->parts[j]->table == pa->table && s->parts[j]->p->info.tmax > newest)
+				newest = s->parts[j]->p->info.tmax;
+		int sealable = pa->pend + db->opt.seal_grace <= newest;
+		/* the partition's parts */
+		shard_part *grp[64];
+		uint32_t n = 0, sealed = 0, late = 0;
+		uint64_t seg_rows = 0, late_rows = 0;
+		for (uint32_t j = 0; j < s->n_parts && n < 64; j++) {
+			shard_part *q = s->parts[j];
+			if (q->table != pa->table || q->pstart != pa->pstart)
+				continue;
+			grp[n++] = q;
+			if (q->flags & MPART_SEALED) {
+				sealed++;
+				seg_rows += q->p->info.n_rows;
+			} else {
+				late++;
+				late_rows += q->p->info.n_rows;
+			}
+		}
+		if (grp[0] != pa)
+			continue; /* each partition once: from its first part */
+		int rc = 0;
+		if (!sealed && sealable) {
+			if (n == 1) {
+				/* one part: sealing is a flag, not a rewrite */
+				manifest nm;
+				if ((rc = manifest_copy(&nm, &db->man)))
+					return rc;
+				for (uint32_t j = 0; j < nm.n_parts; j++)
+					if (nm.parts[j].id == pa->id)
+						nm.parts[j].flags |= MPART_SEALED;
+				if ((rc = manifest_save(db->dir, &nm))) {
+					manifest_free(&nm);
+					return rc;
+				}
+				manifest_free(&db->man);
+				db->man = nm;
+				pthread_rwlock_wrlock(&s->lock);
+				pa->flags |= MPART_SEALED;
+				pthread_rwlock_unlock(&s->lock);
+			} else {
+				rc = merge_parts(db, s, grp, n, 1);
+			}
+			*merged = 1;
+			return rc;
+		}
+		if (sealed && late && (double)late_rows >= LATE_FOLD_RATIO * (double)seg_rows) {
+			*merged = 1;
+			return merge_parts(db, s, grp, n, 1);
+		}
+		/* tiered: MERGE_FANIN unsealed parts of the partition merge */
+		if (late >= MERGE_FANIN) {
+			shard_part *un[64];
+			uint32_t k = 0;
+			for (uint32_t j = 0; j < n; j++)
+				if (!(grp[j]->flags & MPART_SEALED))
+					un[k++] = grp[j];
+			*merged = 1;
+			return merge_parts(db, s, un, k, 0);
+		}
+	}
+	return 0;
+}
+
+int merge_run(tally_db *db)
+{
+	int rc = 0;
+	pthread_mutex_lock(&db->man_mu);
+	for (unsigned i = 0; i < db->n_shards && !rc; i++) {
+		int merged = 1;
+		/* parts only change here and in flushes, both under man_mu, so
+		 * reading the shard's list without its lock is safe */
+		for (int guard = 0; merged && !rc && guard < 1000; guard++)
+			rc = merge_pass(db, db->shards[i], &merged);
+	}
+	pthread_mutex_unlock(&db->man_mu);
+	return rc;
+}
