@@ -182,7 +182,7 @@ static int write_key_rows(merge_ctx *m, part_writer *w)
 		uint32_t n = (uint32_t)(r->n - a < PART_STRIPE_ROWS ? r->n - a : PART_STRIPE_ROWS);
 		for (uint32_t c = 0; c < m->n_cols; c++) {
 			m->cv[c].vals = NULL;
-			m->cv[c].present = m->spres + (size_t)c * (PART_STRIPE_ROWS / 64);
+			m->cv[c].present = m->spres + (size_t)c * (PART_STRIPE_MAX / 64);
 			memset((void *)m->cv[c].present, 0, PART_STRIPE_ROWS / 8);
 		}
 		for (uint32_t i = 0; i < n; i++) {
@@ -192,7 +192,7 @@ static int write_key_rows(merge_ctx *m, part_writer *w)
 				const uint64_t *pres = r->present + (size_t)c * (r->cap / 64);
 				if (!((pres[src >> 6] >> (src & 63)) & 1))
 					continue;
-				char *slot = m->svals + (size_t)c * PART_STRIPE_ROWS * SLOT;
+				char *slot = m->svals + (size_t)c * PART_STRIPE_MAX * SLOT;
 				const char *from = r->vals + ((size_t)c * r->cap + src) * SLOT;
 				if (type_is_string(m->cols[c]->type)) {
 					codec_str cs;
@@ -351,8 +351,8 @@ static int merge_parts(tally_db *db, shard *s, shard_part **in, uint32_t n_in, i
 	m.num_of = mem_alloc((m.n_cols ? m.n_cols : 1) * sizeof *m.num_of);
 	part_col *pcols = mem_alloc((m.n_cols ? m.n_cols : 1) * sizeof *pcols);
 	m.sts = mem_alloc(PART_STRIPE_ROWS * sizeof *m.sts);
-	m.svals = mem_alloc(((size_t)m.n_cols + 1) * PART_STRIPE_ROWS * SLOT);
-	m.spres = mem_alloc(((size_t)m.n_cols + 1) * PART_STRIPE_ROWS / 8);
+	m.svals = mem_alloc(((size_t)m.n_cols + 1) * PART_STRIPE_MAX * SLOT);
+	m.spres = mem_alloc(((size_t)m.n_cols + 1) * PART_STRIPE_MAX / 8);
 	m.cv = mem_alloc(((size_t)m.n_cols + 1) * sizeof *m.cv);
 	if (!m.num_of || !pcols || !m.sts || !m.svals || !m.spres || !m.cv) {
 		mem_free(pcols);

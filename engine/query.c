@@ -365,9 +365,9 @@ static void raw_agg(cview *v, int64_t a, int64_t b, ragg *acc)
 		if (st->tmax < a || st->tmin >= b)
 			continue;
 		if (!v->ts) {
-			v->ts = mem_alloc(PART_STRIPE_ROWS * sizeof *v->ts);
-			v->vals = mem_alloc(PART_STRIPE_ROWS * sizeof *v->vals);
-			v->present = mem_alloc(PART_STRIPE_ROWS / 8);
+			v->ts = mem_alloc(PART_STRIPE_MAX * sizeof *v->ts);
+			v->vals = mem_alloc(PART_STRIPE_MAX * sizeof *v->vals);
+			v->present = mem_alloc(PART_STRIPE_MAX / 8);
 			if (!v->ts || !v->vals || !v->present) {
 				v->rc = err_set(-ENOMEM, "out of memory");
 				return;
@@ -815,13 +815,13 @@ TALLY_API int tally_scan_open(tally_db *db, const char *table, const char *key, 
 				}
 				part_scratch *ps = qsrc_scratch(&q);
 				if (!pts) {
-					pts = mem_alloc(PART_STRIPE_ROWS * sizeof *pts);
+					pts = mem_alloc(PART_STRIPE_MAX * sizeof *pts);
 					/* room for codec_str too: string columns decode here */
-					pvals = mem_alloc(PART_STRIPE_ROWS *
+					pvals = mem_alloc(PART_STRIPE_MAX *
 							  (sizeof(codec_str) > sizeof(bval)
 								   ? sizeof(codec_str)
 								   : sizeof(bval)));
-					ppres = mem_alloc(PART_STRIPE_ROWS / 8);
+					ppres = mem_alloc(PART_STRIPE_MAX / 8);
 				}
 				if (!ps || !pts || !pvals || !ppres) {
 					rc = err_set(-ENOMEM, "out of memory");

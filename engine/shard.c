@@ -150,6 +150,11 @@ int shard_freeze(shard *s)
 	if (s->n_frozen == SHARD_FROZEN_MAX)
 		return err_set(TALLY_ELIMIT, "shard %u: %d memtables already wait for a flush",
 			       s->id, SHARD_FROZEN_MAX);
+	/* the frozen records end at a segment boundary, so the trim after
+	 * the flush deletes them whole */
+	int rc = wal_rotate(s->wal);
+	if (rc)
+		return rc;
 	memtable *n = memtable_new();
 	if (!n)
 		return err_set(-ENOMEM, "out of memory");

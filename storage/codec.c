@@ -33,7 +33,8 @@
 
 #define FLAG_ZSTD     1u
 #define FLAG_PRESENCE 2u
-#define ZSTD_MIN_BODY 64 /* below this a zstd frame header eats the gain */
+#define ZSTD_MIN_BODY 64   /* below this a zstd frame header eats the gain */
+#define ZSTD_PROBE    4096 /* bytes of a bit-packed body tried first */
 
 static const codec_ops *const ops_by_id[CODEC_ENC_MAX + 1] = {
 	[CODEC_ENC_RAW] = &enc_raw_ops,       [CODEC_ENC_INT] = &enc_int_ops,
@@ -293,19 +294,26 @@ int codec_block_info_get(const uint8_t *p, size_t len, codec_block_info *out)
 
 /* ------------------------------------------------------------ encode */
 
-static int zstd_try(codec_ctx *cx, const codec_buf *body, int level, codec_buf *z)
+/* Compresses body[0..len) into z at level. */
+static int zstd_run(codec_ctx *cx, const uint8_t *body, size_t len, int level, codec_buf *z)
 {
 	if (!cx->zc && !(cx->zc = ZSTD_createCCtx()))
 		return -ENOMEM;
-	size_t cap = ZSTD_compressBound(body->len);
+	size_t cap = ZSTD_compressBound(len);
 	z->len = 0;
 	if (codec_buf_reserve(z, cap))
 		return -ENOMEM;
-	size_t r = ZSTD_compressCCtx(cx->zc, z->p, cap, body->p, body->len, level);
+	size_t r = ZSTD_compressCCtx(cx->zc, z->p, cap, body, len, level);
 	if (ZSTD_isError(r))
 		return err_set(TALLY_EINVAL, "codec: zstd: %s", ZSTD_getErrorName(r));
 	z->len = r;
 	return 0;
+}
+
+/* Whether zstd is worth keeping: it must save more than 1/64. */
+static int zstd_pays(size_t zlen, size_t len)
+{
+	return zlen + varint_len(len) < len - len / 64;
 }
 
 /* Encodes in with op into b (emptied first); TALLY_EINVAL = not applicable. */
@@ -380,6 +388,9 @@ static int choose(codec_ctx *cx, const enc_vals *in, const codec_opts *o, const 
 							 &enc_plain_ops};
 		*op = NULL;
 		for (int i = 0; i < 3; i++) {
+			/* PLAIN holds every byte: it cannot beat a body smaller than that */
+			if (order[i] == &enc_plain_ops && *op && b->cand[*which].len < st->raw_bytes)
+				break;
 			int slot = *op ? *which ^ 1 : 0;
 			rc = build(cx, order[i], in, o, &b->cand[slot], &s1);
 			if (rc == TALLY_EINVAL)
@@ -452,11 +463,23 @@ static int encode(codec_ctx *cx, enum codec_kind kind, const void *vals, const u
 	codec_buf *body = &bufs(cx)->cand[which], *z = &bufs(cx)->z;
 	int use_z = 0;
 	int level = o->zstd_level ? o->zstd_level : CODEC_ZSTD_DEFAULT;
+	int packed = op == &enc_int_ops || op == &enc_dec_ops || op == &enc_xor_ops ||
+		     op == &enc_bitmap_ops;
 	if (o->zstd_level >= 0 && (body->len >= ZSTD_MIN_BODY || o->zstd_always)) {
-		if ((rc = zstd_try(cx, body, level, z)))
+		int go = 1;
+		if (packed) {
+			/* Bit-packed bodies: level 1, and only when their first
+			 * ZSTD_PROBE bytes show repeats (periodic data). */
+			level = 1;
+			if (body->len > 2 * ZSTD_PROBE && !o->zstd_always) {
+				if ((rc = zstd_run(cx, body->p, ZSTD_PROBE, level, z)))
+					return rc;
+				go = zstd_pays(z->len, ZSTD_PROBE);
+			}
+		}
+		if (go && (rc = zstd_run(cx, body->p, body->len, level, z)))
 			return rc;
-		use_z = o->zstd_always ||
-			z->len + varint_len(body->len) < body->len - body->len / 64;
+		use_z = go && (o->zstd_always || zstd_pays(z->len, body->len));
 	}
 
 	size_t start = out->len;

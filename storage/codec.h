@@ -39,7 +39,7 @@
 
 #define CODEC_BLOCK_MAX    65536u     /* values (rows) per block */
 #define CODEC_BODY_MAX     (64u << 20) /* encoded body bytes (strings) */
-#define CODEC_ZSTD_DEFAULT 3          /* measured: bench/bench_codec.c */
+#define CODEC_ZSTD_DEFAULT 4          /* measured: bench/bench_codec.c */
 #define CODEC_DEC_SCALE_MAX 15        /* decimal digits after the point */
 
 enum codec_kind {
@@ -90,8 +90,13 @@ typedef struct codec_buf {
 int codec_buf_reserve(codec_buf *b, size_t extra);
 void codec_buf_free(codec_buf *b);
 
+/* Zero-initialised options are the defaults. zstd runs on the body and is
+ * kept only when it saves more than 1/64 of it; bodies that are already
+ * bit-packed (int, dec, xor, bitmap) are tried at level 1 whatever
+ * zstd_level says: zstd rarely shrinks them, and level 1 still finds the
+ * repeats when it does. */
 typedef struct codec_opts {
-	int zstd_level;         /* 0: CODEC_ZSTD_DEFAULT; < 0: never zstd */
+	int zstd_level;         /* strings, raw: 0 CODEC_ZSTD_DEFAULT; < 0 never zstd */
 	int zstd_always;        /* keep zstd even when it does not shrink (tests) */
 	enum codec_enc force;   /* CODEC_AUTO, or the one encoding to use */
 	enum codec_order order; /* INT/DEC transform; CODEC_ORDER_AUTO normally */

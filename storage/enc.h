@@ -94,17 +94,22 @@ int enc_ints_get(codec_ctx *cx, const uint8_t *p, size_t len, uint32_t n, int64_
 /* codec_decode prefixes "codec block: " (and the kind) to the message. */
 #define ENC_CORRUPT(...) err_set(TALLY_ECORRUPT, __VA_ARGS__)
 
+/* Little-endian on every host; one load or store where the host is. */
 static inline void enc_put_le64(uint8_t *p, uint64_t v)
 {
-	for (int i = 0; i < 8; i++)
-		p[i] = (uint8_t)(v >> (8 * i));
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+	v = __builtin_bswap64(v);
+#endif
+	memcpy(p, &v, 8);
 }
 
 static inline uint64_t enc_get_le64(const uint8_t *p)
 {
-	uint64_t v = 0;
-	for (int i = 7; i >= 0; i--)
-		v = v << 8 | p[i];
+	uint64_t v;
+	memcpy(&v, p, 8);
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+	v = __builtin_bswap64(v);
+#endif
 	return v;
 }
 
@@ -157,10 +162,11 @@ static inline void enc_bw_put32(enc_bw *w, uint64_t v, unsigned nb)
 	w->acc |= v << w->n;
 	w->n += nb;
 	if (w->n >= 32) {
-		w->p[0] = (uint8_t)w->acc;
-		w->p[1] = (uint8_t)(w->acc >> 8);
-		w->p[2] = (uint8_t)(w->acc >> 16);
-		w->p[3] = (uint8_t)(w->acc >> 24);
+		uint32_t lo = (uint32_t)w->acc;
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+		lo = __builtin_bswap32(lo);
+#endif
+		memcpy(w->p, &lo, 4);
 		w->p += 4;
 		w->acc >>= 32;
 		w->n -= 32;
@@ -264,12 +270,12 @@ static inline void enc_bw_varbits(enc_bw *w, uint64_t v)
 	enc_bw_put(w, v, nb);
 }
 
-/* Returns -1 for a width over 64 (corrupt). */
-static inline int enc_br_varbits(enc_br *r, uint64_t *v)
+/* Returns 0, or the width read when it is over 64 (corrupt). */
+static inline unsigned enc_br_varbits(enc_br *r, uint64_t *v)
 {
 	unsigned nb = (unsigned)enc_br_get56(r, 7);
 	if (nb > 64)
-		return -1;
+		return nb;
 	*v = enc_br_get(r, nb);
 	return 0;
 }

@@ -15,7 +15,8 @@
 
 int codec_buf_reserve(codec_buf *b, size_t extra)
 {
-	if (extra <= b->cap - b->len)
+	/* allocates even for 0 bytes: callers may then pass b->p to memcpy */
+	if (b->p && extra <= b->cap - b->len)
 		return 0;
 	if (extra > SIZE_MAX / 2 - b->len)
 		return -ENOMEM;

@@ -456,10 +456,12 @@ static int read_frames(enc_br *br, int64_t *r, uint32_t m, unsigned flog2)
 		int64_t *x = r + i;
 		unsigned code = (unsigned)enc_br_get56(br, 8);
 		uint64_t d;
+		unsigned bad;
 		if (code >= CODE_END)
 			return ENC_CORRUPT("integer frame %u: bad code %u", i >> flog2, code);
-		if (enc_br_varbits(br, &d))
-			return ENC_CORRUPT("integer frame %u: bit width > 64", i >> flog2);
+		if ((bad = enc_br_varbits(br, &d)))
+			return ENC_CORRUPT("integer frame %u: reference bit width %u > 64",
+					   i >> flog2, bad);
 		int64_t ref = wadd(prev, enc_unzigzag(d));
 		prev = ref;
 		if (code < CODE_RICE) {
@@ -475,9 +477,10 @@ static int read_frames(enc_br *br, int64_t *r, uint32_t m, unsigned flog2)
 				if ((br->acc & 0xffffffffu) == 0xffffffffu) {
 					br->acc >>= RICE_LIMIT;
 					br->n -= RICE_LIMIT;
-					if (enc_br_varbits(br, &u))
-						return ENC_CORRUPT("integer frame %u: bit width > 64",
-								   i >> flog2);
+					if ((bad = enc_br_varbits(br, &u)))
+						return ENC_CORRUPT("integer frame %u value %u: bit "
+								   "width %u > 64",
+								   i >> flog2, j, bad);
 				} else {
 					unsigned q = (unsigned)__builtin_ctzll(~br->acc);
 					br->acc >>= q + 1;

@@ -146,19 +146,24 @@ static int dict_encode(codec_ctx *cx, const enc_vals *in, const codec_opts *opt,
 	if (!slot || !ids || !ent)
 		return -ENOMEM;
 	memset(slot, 0, (size_t)cap * 4);
-	uint32_t d = 0;
+	uint32_t d = 0, limit = opt->force == CODEC_ENC_DICT ? n : n / 2;
 	for (uint32_t i = 0; i < n; i++) {
+		if (i && str_eq(&s[i], &s[i - 1])) { /* runs cost no hashing */
+			ids[i] = ids[i - 1];
+			continue;
+		}
 		uint32_t h = (uint32_t)XXH3_64bits(s[i].n ? s[i].p : empty, s[i].n) & (cap - 1);
 		while (slot[h] && !str_eq(&ent[slot[h] - 1], &s[i]))
 			h = (h + 1) & (cap - 1);
 		if (!slot[h]) {
+			if (d >= limit)
+				return err_set(TALLY_EINVAL, "codec: over %u distinct strings of %u",
+					       limit, n);
 			ent[d] = s[i];
 			slot[h] = ++d;
 		}
 		ids[i] = slot[h] - 1;
 	}
-	if (opt->force != CODEC_ENC_DICT && d > n / 2)
-		return err_set(TALLY_EINVAL, "codec: %u distinct strings of %u", d, n);
 	int rc = enc_buf_varint(out, d);
 	if (!rc)
 		rc = plain_put(cx, ent, d, out);
@@ -222,7 +227,7 @@ static int rle_encode(codec_ctx *cx, const enc_vals *in, const codec_opts *opt, 
 {
 	(void)st;
 	const codec_str *s = in->v;
-	uint32_t n = in->n, r = 0;
+	uint32_t n = in->n, r = 0, limit = opt->force == CODEC_ENC_RLE ? n : n / 2;
 	int64_t *run = enc_scratch(cx, ENC_S_TMP3, (size_t)n * 8 + 8);
 	codec_str *val = enc_scratch(cx, ENC_S_TMP2, (size_t)n * sizeof *val + 8);
 	if (!run || !val)
@@ -232,11 +237,11 @@ static int rle_encode(codec_ctx *cx, const enc_vals *in, const codec_opts *opt, 
 			run[r - 1]++;
 			continue;
 		}
+		if (r >= limit)
+			return err_set(TALLY_EINVAL, "codec: over %u runs in %u strings", limit, n);
 		val[r] = s[i];
 		run[r++] = 1;
 	}
-	if (opt->force != CODEC_ENC_RLE && r > n / 2)
-		return err_set(TALLY_EINVAL, "codec: %u runs in %u strings", r, n);
 	int rc = enc_buf_varint(out, r);
 	if (!rc)
 		rc = put_ints(cx, run, r, out);

@@ -363,7 +363,7 @@ int part_writer_stripe(part_writer *w, uint32_t n, const int64_t *ts, const part
 {
 	if (w->failed || !w->in_key)
 		return err_set(TALLY_EINVAL, "part %s: stripe outside a key", w->tmp);
-	if (n == 0 || n > PART_STRIPE_ROWS)
+	if (n == 0 || n > PART_STRIPE_MAX)
 		return pw_fail(w, err_set(TALLY_EINVAL, "part %s: stripe of %u rows", w->tmp, n));
 	if (w->n_stripes == w->cap_stripes) {
 		uint32_t nc = w->cap_stripes ? w->cap_stripes * 2 : 16;
@@ -393,7 +393,7 @@ int part_writer_stripe(part_writer *w, uint32_t n, const int64_t *ts, const part
 		}
 		w->blk.len = 0;
 		const void *vals = cols[c].vals;
-		uint8_t bools[PART_STRIPE_ROWS];
+		uint8_t bools[PART_STRIPE_MAX];
 		if (w->info.cols[c].type == TALLY_T_BOOL) {
 			/* the codec takes bools as bytes, callers give 8-byte slots */
 			for (uint32_t i = 0; i < n; i++)
@@ -737,7 +737,7 @@ static int parse_index(part *p, const uint8_t *ix, size_t len)
 			uint64_t n = rb_var(&r);
 			st->tmin = (int64_t)((uint64_t)pk->tmin + (uint64_t)rb_svar(&r));
 			st->tmax = (int64_t)((uint64_t)st->tmin + rb_var(&r));
-			if (r.bad || n == 0 || n > PART_STRIPE_ROWS)
+			if (r.bad || n == 0 || n > PART_STRIPE_MAX)
 				BAD("bad stripe row count");
 			st->n_rows = (uint32_t)n;
 			key_rows += n;

@@ -30,7 +30,8 @@
 #include "codec.h"
 #include "tally.h"
 
-#define PART_STRIPE_ROWS 4096u   /* rows of one key per stripe */
+#define PART_STRIPE_ROWS 1024u   /* rows of one key per stripe, as written */
+#define PART_STRIPE_MAX 4096u    /* the most a reader accepts (v1 wrote 4096) */
 #define PART_COLS_MAX 4096u      /* columns per part */
 #define PART_INDEX_MAX (1u << 30) /* decompressed index bytes */
 
@@ -108,7 +109,7 @@ typedef struct part_colvals {
 int part_writer_open(const char *dir, const char *name, const part_info *info,
 		     part_writer **out);
 int part_writer_key(part_writer *w, const char *key, uint32_t len);
-/* n <= PART_STRIPE_ROWS rows of the current key, ts ascending; cols has
+/* n <= PART_STRIPE_MAX rows of the current key, ts ascending; cols has
  * info->n_cols entries. */
 int part_writer_stripe(part_writer *w, uint32_t n, const int64_t *ts, const part_colvals *cols);
 /* The current key's buckets for numeric column num (0..n_num) and level,

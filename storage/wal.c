@@ -1040,6 +1040,13 @@ int wal_sync_to(wal *w, uint64_t lsn)
 	return rc;
 }
 
+int wal_rotate(wal *w)
+{
+	if (is_failed(w))
+		return failed_err(w);
+	return w->seg_records ? wal_roll(w) : 0;
+}
+
 int wal_trim(wal *w, uint64_t upto_seq)
 {
 	if (is_failed(w))

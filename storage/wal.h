@@ -71,6 +71,12 @@ int wal_write_out(wal *w, uint64_t *lsn);
  * reported is TALLY_EINVAL. */
 int wal_sync_to(wal *w, uint64_t lsn);
 
+/* Starts a new segment now (when the current one holds records), so that
+ * everything appended so far can later be trimmed whole. The engine calls
+ * it when it freezes a memtable: the frozen memtable's records then end
+ * exactly at a segment boundary. Serialised like wal_append. */
+int wal_rotate(wal *w);
+
 /* Deletes whole segments whose records all have seq <= upto_seq; never the
  * segment being appended to. */
 int wal_trim(wal *w, uint64_t upto_seq);

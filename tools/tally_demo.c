@@ -22,6 +22,7 @@
 #include <limits.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,11 +33,11 @@
 
 #include "tally.h"
 
-#define TABLE "traffic"
-#define KEY_TAG "camera"
-#define FIELD "speed"
-#define NS_PER_MS INT64_C(1000000)
-#define LP_CHUNK (256u << 10) /* line protocol is sent in pieces of about this size */
+#define TABLE            "traffic"
+#define KEY_TAG          "camera"
+#define FIELD            "speed"
+#define NS_PER_MS        INT64_C(1000000)
+#define LP_CHUNK         (256u << 10) /* line protocol is sent in pieces of about this size */
 #define TOTAL_EVENTS_MAX UINT64_C(200000000)
 
 /* ---------------------------------------------------------------- options */
@@ -53,40 +54,39 @@ typedef struct demo_opts {
 
 static void usage(FILE *f)
 {
-	fprintf(f,
-		"Usage: tally-demo [OPTIONS]\n"
-		"\n"
-		"Ingests one synthetic day of speed-camera traffic into a local tally\n"
-		"store through the embedded API, then queries it: rollups per day, hour\n"
-		"and 5 minutes, an exact average over an unaligned range, and the\n"
-		"fastest cameras of an hour. A share of the cameras is offline for a\n"
-		"few hours and sends its backlog last, as line protocol: the output\n"
-		"shows those late events landing in the windows they belong to.\n"
-		"\n"
-		"Options:\n"
-		"  --dir DIR                data directory (default ./data/demo). Emptied\n"
-		"                           first if it holds a previous tally store; any\n"
-		"                           other non-empty directory is refused.\n"
-		"  --cameras N              number of cameras (default 1000)\n"
-		"  --events-per-camera N    events per camera over the day (default 10000)\n"
-		"  --shards N               shards, one writer thread each (default: cores)\n"
-		"  --offline-pct P          percentage of cameras that go offline (default 10)\n"
-		"  --outage-hours H         length of each outage, 1 to 12 (default 3)\n"
-		"  --seed N                 seed of the generated data (default 1)\n"
-		"  -h, --help               this text\n"
-		"\n"
-		"Example: ./build/tools/tally-demo --events-per-camera 2000\n");
+	fprintf(f, "Usage: tally-demo [OPTIONS]\n"
+	           "\n"
+	           "Ingests one synthetic day of speed-camera traffic into a local tally\n"
+	           "store through the embedded API, then queries it: rollups per day, hour\n"
+	           "and 5 minutes, an exact average over an unaligned range, and the\n"
+	           "fastest cameras of an hour. A share of the cameras is offline for a\n"
+	           "few hours and sends its backlog last, as line protocol: the output\n"
+	           "shows those late events landing in the windows they belong to.\n"
+	           "\n"
+	           "Options:\n"
+	           "  --dir DIR                data directory (default ./data/demo). Emptied\n"
+	           "                           first if it holds a previous tally store; any\n"
+	           "                           other non-empty directory is refused.\n"
+	           "  --cameras N              number of cameras (default 1000)\n"
+	           "  --events-per-camera N    events per camera over the day (default 10000)\n"
+	           "  --shards N               shards, one writer thread each (default: cores)\n"
+	           "  --offline-pct P          percentage of cameras that go offline (default 10)\n"
+	           "  --outage-hours H         length of each outage, 1 to 12 (default 3)\n"
+	           "  --seed N                 seed of the generated data (default 1)\n"
+	           "  -h, --help               this text\n"
+	           "\n"
+	           "Example: ./build/tools/tally-demo --events-per-camera 2000\n");
 }
 
-static int parse_uint(const char *flag, const char *s, unsigned long long lo,
-		      unsigned long long hi, unsigned long long *out)
+static int parse_uint(const char *flag, const char *s, unsigned long long lo, unsigned long long hi,
+                      unsigned long long *out)
 {
 	char *end;
 	errno = 0;
 	unsigned long long v = strtoull(s, &end, 10);
 	if (errno || end == s || *end || *s == '-' || v < lo || v > hi) {
 		fprintf(stderr, "tally-demo: %s: '%s' is not a number in [%llu, %llu]\n", flag, s,
-			lo, hi);
+		        lo, hi);
 		return -1;
 	}
 	*out = v;
@@ -97,24 +97,24 @@ static int parse_args(int argc, char **argv, demo_opts *o)
 {
 	enum { O_DIR = 1, O_CAMERAS, O_EVENTS, O_SHARDS, O_OFFLINE, O_OUTAGE, O_SEED };
 	static const struct option longopts[] = {
-		{"dir", required_argument, NULL, O_DIR},
-		{"cameras", required_argument, NULL, O_CAMERAS},
-		{"events-per-camera", required_argument, NULL, O_EVENTS},
-		{"shards", required_argument, NULL, O_SHARDS},
-		{"offline-pct", required_argument, NULL, O_OFFLINE},
-		{"outage-hours", required_argument, NULL, O_OUTAGE},
-		{"seed", required_argument, NULL, O_SEED},
-		{"help", no_argument, NULL, 'h'},
-		{NULL, 0, NULL, 0},
+	        {"dir", required_argument, NULL, O_DIR},
+	        {"cameras", required_argument, NULL, O_CAMERAS},
+	        {"events-per-camera", required_argument, NULL, O_EVENTS},
+	        {"shards", required_argument, NULL, O_SHARDS},
+	        {"offline-pct", required_argument, NULL, O_OFFLINE},
+	        {"outage-hours", required_argument, NULL, O_OUTAGE},
+	        {"seed", required_argument, NULL, O_SEED},
+	        {"help", no_argument, NULL, 'h'},
+	        {NULL, 0, NULL, 0},
 	};
 	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
 	*o = (demo_opts){.dir = "./data/demo",
-			 .cameras = 1000,
-			 .events = 10000,
-			 .shards = ncpu > 0 ? (unsigned)(ncpu < 256 ? ncpu : 256) : 1,
-			 .offline_pct = 10,
-			 .outage_hours = 3,
-			 .seed = 1};
+	                 .cameras = 1000,
+	                 .events = 10000,
+	                 .shards = ncpu > 0 ? (unsigned)(ncpu < 256 ? ncpu : 256) : 1,
+	                 .offline_pct = 10,
+	                 .outage_hours = 3,
+	                 .seed = 1};
 	int c;
 	unsigned long long v;
 	while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
@@ -151,16 +151,18 @@ static int parse_args(int argc, char **argv, demo_opts *o)
 				return -1;
 			o->seed = v;
 			break;
-		default: usage(stderr); return -1;
+		default: fprintf(stderr, "See tally-demo --help.\n"); return -1;
 		}
 	}
 	if (optind < argc) {
-		fprintf(stderr, "tally-demo: unexpected argument '%s' (see --help)\n", argv[optind]);
+		fprintf(stderr, "tally-demo: unexpected argument '%s' (see --help)\n",
+		        argv[optind]);
 		return -1;
 	}
 	if ((uint64_t)o->cameras * o->events > TOTAL_EVENTS_MAX) {
-		fprintf(stderr, "tally-demo: %u cameras x %u events is more than %" PRIu64 " events\n",
-			o->cameras, o->events, TOTAL_EVENTS_MAX);
+		fprintf(stderr,
+		        "tally-demo: %u cameras x %u events is more than %" PRIu64 " events\n",
+		        o->cameras, o->events, TOTAL_EVENTS_MAX);
 		return -1;
 	}
 	return 0;
@@ -236,9 +238,9 @@ static int prepare_dir(const char *dir)
 		if (is_empty_dir(dir))
 			return 0;
 		fprintf(stderr,
-			"tally-demo: %s is not empty and does not look like a tally store "
-			"(no LOCK and wal/); refusing to touch it. Pick another --dir.\n",
-			dir);
+		        "tally-demo: %s is not empty and does not look like a tally store "
+		        "(no LOCK and wal/); refusing to touch it. Pick another --dir.\n",
+		        dir);
 		return -1;
 	}
 	/* A store some process has open must not vanish under it. */
@@ -297,7 +299,7 @@ static const char *hhmm(int64_t ns, int with_seconds)
 	int64_t s = ns / TALLY_NS_PER_SEC;
 	if (with_seconds)
 		snprintf(out, 40, "%02d:%02d:%02d", (int)(s / 3600), (int)(s / 60 % 60),
-			 (int)(s % 60));
+		         (int)(s % 60));
 	else
 		snprintf(out, 40, "%02d:%02d", (int)(s / 3600), (int)(s / 60 % 60));
 	return out;
@@ -314,7 +316,10 @@ static uint64_t rng_next(uint64_t *s)
 	return z ^ (z >> 31);
 }
 
-static double rng_unit(uint64_t *s) { return (double)(rng_next(s) >> 11) * 0x1p-53; }
+static double rng_unit(uint64_t *s)
+{
+	return (double)(rng_next(s) >> 11) * 0x1p-53;
+}
 
 static double rng_gauss(uint64_t *s)
 {
@@ -325,14 +330,14 @@ static double rng_gauss(uint64_t *s)
 /* Relative traffic volume per hour of the day: quiet nights, busy rush
  * hours 7-9 and 17-19. */
 static const double hour_volume[24] = {
-	0.25, 0.18, 0.15, 0.15, 0.20, 0.40, 0.80, 1.30, 1.40, 1.10, 0.90, 0.90,
-	0.95, 0.95, 0.95, 1.00, 1.20, 1.45, 1.40, 1.00, 0.75, 0.60, 0.45, 0.35,
+        0.25, 0.18, 0.15, 0.15, 0.20, 0.40, 0.80, 1.30, 1.40, 1.10, 0.90, 0.90,
+        0.95, 0.95, 0.95, 1.00, 1.20, 1.45, 1.40, 1.00, 0.75, 0.60, 0.45, 0.35,
 };
 /* Speed relative to a camera's free-flow speed, per hour: jams at rush
  * hours, a little faster at night. */
 static const double hour_speed[24] = {
-	1.06, 1.07, 1.08, 1.08, 1.06, 1.02, 0.90, 0.66, 0.62, 0.84, 0.97, 0.98,
-	0.96, 0.97, 0.97, 0.95, 0.85, 0.64, 0.60, 0.82, 0.96, 1.00, 1.03, 1.05,
+        1.06, 1.07, 1.08, 1.08, 1.06, 1.02, 0.90, 0.66, 0.62, 0.84, 0.97, 0.98,
+        0.96, 0.97, 0.97, 0.95, 0.85, 0.64, 0.60, 0.82, 0.96, 1.00, 1.03, 1.05,
 };
 
 typedef struct camera {
@@ -366,9 +371,12 @@ static void camera_generate(camera *cam, unsigned c, const demo_opts *o, int64_t
 	double span = (double)(23 - 5 - (int)o->outage_hours) * 3600e3;
 	cam->out_from = ((int64_t)(5 * 3600e3 + rng_unit(&rs) * span)) * NS_PER_MS;
 	cam->out_to = cam->out_from + hlen;
-	double cum[25] = {0};
-	for (int h = 0; h < 24; h++)
-		cum[h + 1] = cum[h] + hour_volume[h];
+	/* Each road is a little different: its own volume per hour. */
+	double vol[24], cum[25] = {0};
+	for (int h = 0; h < 24; h++) {
+		vol[h] = hour_volume[h] * (0.85 + 0.3 * rng_unit(&rs));
+		cum[h + 1] = cum[h] + vol[h];
+	}
 	int h = 0;
 	cam->b0 = cam->b1 = 0;
 	for (uint32_t i = 0; i < cam->n; i++) {
@@ -377,7 +385,7 @@ static void camera_generate(camera *cam, unsigned c, const demo_opts *o, int64_t
 		double q = ((double)i + rng_unit(&rs)) / cam->n * cum[24];
 		while (h < 23 && q >= cum[h + 1])
 			h++;
-		double sec = (h + (q - cum[h]) / hour_volume[h]) * 3600.0;
+		double sec = (h + (q - cum[h]) / vol[h]) * 3600.0;
 		int64_t ms = (int64_t)(sec * 1000.0);
 		if (ms >= 86400000)
 			ms = 86399999;
@@ -437,7 +445,7 @@ static void worker_fail(worker *wk, int rc, const char *what)
 		return;
 	wk->rc = rc;
 	snprintf(wk->err, sizeof wk->err, "%s: %s", what,
-		 *tally_errmsg() ? tally_errmsg() : tally_strerror(rc));
+	         *tally_errmsg() ? tally_errmsg() : tally_strerror(rc));
 }
 
 static int lp_append(worker *wk, const camera *cam, uint32_t i)
@@ -451,8 +459,8 @@ static int lp_append(worker *wk, const camera *cam, uint32_t i)
 		wk->lp_cap = ncap;
 	}
 	int n = snprintf(wk->lp + wk->lp_len, wk->lp_cap - wk->lp_len,
-			 TABLE "," KEY_TAG "=%s " FIELD "=%.1f %" PRId64 "\n", cam->id,
-			 cam->speed[i], cam->ts[i] / NS_PER_MS);
+	                 TABLE "," KEY_TAG "=%s " FIELD "=%.1f %" PRId64 "\n", cam->id,
+	                 cam->speed[i], cam->ts[i] / NS_PER_MS);
 	wk->lp_len += (size_t)n;
 	wk->lp_lines++;
 	return 0;
@@ -464,12 +472,12 @@ static int send_rows(worker *wk, const camera *cam, uint32_t lo, uint32_t hi)
 		return 0;
 	tally_column col = {.name = FIELD, .type = TALLY_T_F64, .values = cam->speed + lo};
 	tally_batch b = {.table = TABLE,
-			 .key = cam->id,
-			 .key_tag = KEY_TAG,
-			 .n_rows = hi - lo,
-			 .ts = cam->ts + lo,
-			 .n_columns = 1,
-			 .columns = &col};
+	                 .key = cam->id,
+	                 .key_tag = KEY_TAG,
+	                 .n_rows = hi - lo,
+	                 .ts = cam->ts + lo,
+	                 .n_columns = 1,
+	                 .columns = &col};
 	int rc = tally_write_batch(wk->w, &b);
 	if (rc)
 		worker_fail(wk, rc, "tally_write_batch");
@@ -522,7 +530,7 @@ static void *worker_main(void *arg)
 			worker_fail(wk, rc, "tally_write_lp");
 		else if (res.rejected) {
 			snprintf(wk->err, sizeof wk->err, "tally_write_lp: line %" PRIu64 ": %s",
-				 res.errors[0].line, res.errors[0].reason);
+			         res.errors[0].line, res.errors[0].reason);
 			wk->rc = res.errors[0].code;
 		}
 		wk->lp_accepted += res.accepted;
@@ -544,7 +552,7 @@ static int fail_with(const char *what, int rc)
 /* One key's buckets of width step over [from, to), indexed by window:
  * out[k] is the window starting at from + k*step (count 0 when empty). */
 static int series_grid(tally_db *db, const char *key, int64_t step, int64_t from, int64_t to,
-		       tally_agg *out, size_t n_windows, double *took_us)
+                       tally_agg *out, size_t n_windows, double *took_us)
 {
 	tally_bucket b[288];
 	size_t n;
@@ -563,18 +571,91 @@ static int series_grid(tally_db *db, const char *key, int64_t step, int64_t from
 	return 0;
 }
 
-/* "  85.2 km/h (1,234)" padded to a fixed width, or a dash for no data. */
+/* "  85.2 (1,234)" padded to a column, or a dash for no data. */
+#define CELL_W 18
 static const char *cell(const tally_agg *a)
 {
 	static _Thread_local char bufs[4][48];
 	static _Thread_local unsigned next;
 	char *out = bufs[next++ % 4], tmp[48];
 	if (a->count == 0)
-		snprintf(tmp, sizeof tmp, "%7s", "-");
+		snprintf(tmp, sizeof tmp, "%6s", "-");
 	else
-		snprintf(tmp, sizeof tmp, "%7.1f km/h  (%s)", a->avg, commas(a->count));
-	snprintf(out, 48, "%-26s", tmp);
+		snprintf(tmp, sizeof tmp, "%6.1f (%s)", a->avg, commas(a->count));
+	snprintf(out, 48, "%-*s", CELL_W, tmp);
 	return out;
+}
+
+/* printf that trims the spaces the column padding leaves at line ends. */
+static char say_buf[4096];
+static size_t say_len;
+
+__attribute__((format(printf, 1, 2))) static void say(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(say_buf + say_len, sizeof say_buf - say_len, fmt, ap);
+	va_end(ap);
+	if (n > 0)
+		say_len += (size_t)n < sizeof say_buf - say_len ? (size_t)n
+		                                                : sizeof say_buf - say_len - 1;
+	char *nl;
+	while ((nl = memchr(say_buf, '\n', say_len))) {
+		char *e = nl;
+		while (e > say_buf && e[-1] == ' ')
+			e--;
+		fwrite(say_buf, 1, (size_t)(e - say_buf), stdout);
+		fputc('\n', stdout);
+		say_len -= (size_t)(nl + 1 - say_buf);
+		memmove(say_buf, nl + 1, say_len);
+	}
+}
+
+/* What the demo asks about one camera. */
+typedef struct cam_view {
+	tally_agg day;
+	tally_agg hours[24]; /* the hours shown, from h_lo */
+	tally_agg m5[4];
+	tally_agg exact;
+	double us_day, us_hours, us_m5, us_exact;
+} cam_view;
+
+typedef struct view_ranges {
+	int64_t day;
+	int64_t h_from, h_to; /* hours shown */
+	int n_hours;
+	int64_t m_from;       /* four 5-minute windows from here */
+	int64_t e_from, e_to; /* the unaligned range */
+} view_ranges;
+
+/* Each query runs a few times and keeps its best time: one cold run on a
+ * busy machine says little about the query. */
+#define VIEW_RUNS 5
+
+static int view_query(tally_db *db, const char *key, const view_ranges *r, cam_view *v)
+{
+	int rc;
+	double us;
+	v->us_day = v->us_hours = v->us_m5 = v->us_exact = INFINITY;
+	for (int run = 0; run < VIEW_RUNS; run++) {
+		if ((rc = series_grid(db, key, TALLY_1D, r->day, r->day + TALLY_1D, &v->day, 1,
+		                      &us)))
+			return fail_with("tally_query_series", rc);
+		v->us_day = fmin(v->us_day, us);
+		if ((rc = series_grid(db, key, TALLY_1H, r->h_from, r->h_to, v->hours,
+		                      (size_t)r->n_hours, &us)))
+			return fail_with("tally_query_series", rc);
+		v->us_hours = fmin(v->us_hours, us);
+		if ((rc = series_grid(db, key, TALLY_5M, r->m_from, r->m_from + 4 * TALLY_5M, v->m5,
+		                      4, &us)))
+			return fail_with("tally_query_series", rc);
+		v->us_m5 = fmin(v->us_m5, us);
+		double t = now_s();
+		if ((rc = tally_query_agg(db, TABLE, FIELD, key, r->e_from, r->e_to, &v->exact)))
+			return fail_with("tally_query_agg", rc);
+		v->us_exact = fmin(v->us_exact, (now_s() - t) * 1e6);
+	}
+	return 0;
 }
 
 typedef struct top_entry {
@@ -583,7 +664,7 @@ typedef struct top_entry {
 } top_entry;
 
 static int top_fastest(tally_db *db, int64_t from, int64_t to, top_entry *top, int k, int *n,
-		       uint64_t *keys_seen, double *took_us)
+                       uint64_t *keys_seen, double *took_us)
 {
 	tally_keys_iter *it;
 	double t = now_s();
@@ -615,7 +696,7 @@ static int top_fastest(tally_db *db, int64_t from, int64_t to, top_entry *top, i
 
 /* Count and sum of a raw scan, to check the exact aggregate against. */
 static int scan_sum(tally_db *db, const char *key, int64_t from, int64_t to, uint64_t *count,
-		    double *sum)
+                    double *sum)
 {
 	tally_scan *s;
 	int rc = tally_scan_open(db, TABLE, key, from, to, &s);
@@ -700,21 +781,28 @@ int main(int argc, char **argv)
 			cb = (int)c;
 	}
 	const camera *A = ca >= 0 ? &cams[ca] : NULL, *B = cb >= 0 ? &cams[cb] : NULL;
-	int h_lo = 7, h_hi = 12; /* hours shown, inclusive */
-	if (A) {
-		h_lo = (int)(A->out_from / TALLY_1H) - 1;
-		h_hi = (int)((A->out_to - 1) / TALLY_1H) + 1;
-		h_lo = h_lo < 0 ? 0 : h_lo;
-		h_hi = h_hi > 23 ? 23 : h_hi;
-	}
-	int n_hours = h_hi - h_lo + 1;
-	int64_t h_from = day + h_lo * TALLY_1H, h_to = day + (h_hi + 1) * TALLY_1H;
-	tally_agg a_before[24], a_after[24], b_hours[24];
+	/* Hours around A's outage; 5-minute windows across its start; an
+	 * unaligned range inside it. Without an offline camera: the morning. */
+	int64_t of = A ? A->out_from : 7 * TALLY_1H + 40 * 60 * TALLY_NS_PER_SEC;
+	int64_t ot = A ? A->out_to : of + 3 * TALLY_1H;
+	int h_lo = (int)(of / TALLY_1H) - 1, h_hi = (int)((ot - 1) / TALLY_1H) + 1;
+	h_lo = h_lo < 0 ? 0 : h_lo;
+	h_hi = h_hi > 23 ? 23 : h_hi;
+	int64_t e_start = (of / TALLY_1H + 1) * TALLY_1H + (3 * 60 + 17) * TALLY_NS_PER_SEC;
+	view_ranges vr = {
+	        .day = day,
+	        .h_from = day + h_lo * TALLY_1H,
+	        .h_to = day + (h_hi + 1) * TALLY_1H,
+	        .n_hours = h_hi - h_lo + 1,
+	        .m_from = day + of / TALLY_5M * TALLY_5M - 2 * TALLY_5M,
+	        .e_from = day + e_start,
+	        .e_to = day + e_start + TALLY_1H + (55 * 60 + 24) * TALLY_NS_PER_SEC,
+	};
+	cam_view va_before = {0}, va = {0}, vb = {0};
 
 	pthread_barrier_wait(&bar); /* the day is in, the backlogs are not */
-	if (A && (rc = series_grid(db, A->id, TALLY_1H, h_from, h_to, a_before, (size_t)n_hours,
-				   NULL)))
-		return fail_with("tally_query_series", rc);
+	if (A && view_query(db, A->id, &vr, &va_before))
+		return 1;
 	pthread_barrier_wait(&bar); /* backlogs go */
 	for (unsigned i = 0; i < o.shards; i++)
 		pthread_join(wks[i].th, NULL);
@@ -750,135 +838,126 @@ int main(int argc, char **argv)
 		expect_late += camera_expected_late(&cams[c], TALLY_5M);
 	}
 
-	/* ---- what happened */
-	printf("tally demo: one day of speed-camera traffic, 2025-06-02 (UTC)\n");
-	printf("  store     %s  (%u shards, one writer thread each)\n", o.dir, o.shards);
-	printf("  cameras   %s x %s events; %s offline for %u h, backlog sent last\n",
-	       commas(o.cameras), commas(o.events), commas(offline), o.outage_hours);
-	printf("\nIngest                       events    seconds     events/s\n");
+	/* ---- what went in */
+	say("tally demo: one day of speed-camera traffic, 2025-06-02 UTC\n");
+	say("  store    %s  (%u shards, a writer thread each)\n", o.dir, o.shards);
+	say("  cameras  %s x %s events; %s of them offline for %u h, backlog sent last\n",
+	    commas(o.cameras), commas(o.events), commas(offline), o.outage_hours);
 	double bs = b1 - b0, ls = l1 - l0;
-	printf("  binary batches        %12s   %8.3f   %8.2f M\n", commas(bin_events), bs,
-	       bs > 0 ? (double)bin_events / bs / 1e6 : 0);
-	printf("  line protocol         %12s   %8.3f   %8.2f M   (%s of text, %.0f MB/s)\n",
-	       commas(lp_events), ls, ls > 0 ? (double)lp_events / ls / 1e6 : 0, mb(lp_bytes),
-	       ls > 0 ? (double)lp_bytes / ls / 1e6 : 0);
-	printf("  sync (fsync the WALs)                %8.3f\n", sync_s);
+	say("\nIngest                       events    seconds    events/s\n");
+	say("  binary batches (day)   %11s  %9.3f  %8.2f M\n", commas(bin_events), bs,
+	    bs > 0 ? (double)bin_events / bs / 1e6 : 0);
+	say("  line protocol (late)   %11s  %9.3f  %8.2f M  (%s of text, %.0f MB/s)\n",
+	    commas(lp_events), ls, ls > 0 ? (double)lp_events / ls / 1e6 : 0, mb(lp_bytes),
+	    ls > 0 ? (double)lp_bytes / ls / 1e6 : 0);
+	say("  sync (fsync the WALs)               %9.3f\n", sync_s);
 
 	tally_stats st;
 	if ((rc = tally_db_stats(db, &st)))
 		return fail_with("tally_db_stats", rc);
-	printf("\nStats\n");
-	printf("  events %s   late %s   keys %s   tables %s\n", commas(st.events),
-	       commas(st.late_events), commas(st.keys), commas(st.tables));
-	printf("  memory %s (memtables %s, rollups %s)   WAL on disk %s\n",
-	       mb(st.memtable_bytes + st.rollup_bytes), mb(st.memtable_bytes),
-	       mb(st.rollup_bytes), mb(st.wal_bytes));
+	say("\nStats\n");
+	say("  events %s   late %s   keys %s   tables %s\n", commas(st.events),
+	    commas(st.late_events), commas(st.keys), commas(st.tables));
+	say("  memory %s (memtables %s, rollups %s)   WAL on disk %s\n",
+	    mb(st.memtable_bytes + st.rollup_bytes), mb(st.memtable_bytes), mb(st.rollup_bytes),
+	    mb(st.wal_bytes));
 	int ok = st.late_events == expect_late && st.events == bin_events + lp_events &&
-		 lp_events == lp_lines && lp_lines == backlog;
+	         lp_events == lp_lines && lp_lines == backlog;
 	if (expect_late == backlog)
-		printf("  late events %s = backlog events sent %s: %s\n", commas(st.late_events),
-		       commas(backlog), ok ? "each counted once, OK" : "MISMATCH");
+		say("  late events %s = backlog events sent %s: %s\n", commas(st.late_events),
+		    commas(backlog), ok ? "OK, each counted once" : "MISMATCH");
 	else
-		printf("  late events %s, expected %s of the %s backlog events: %s\n",
-		       commas(st.late_events), commas(expect_late), commas(backlog),
-		       ok ? "OK" : "MISMATCH");
+		say("  late events %s, expected %s of the %s backlog events: %s\n",
+		    commas(st.late_events), commas(expect_late), commas(backlog),
+		    ok ? "OK" : "MISMATCH");
 
 	/* ---- one offline camera next to one that stayed online */
-	const camera *show[2];
-	int n_show = 0;
-	if (A)
-		show[n_show++] = A;
-	if (B)
-		show[n_show++] = B;
-	printf("\n");
-	if (A)
-		printf("Camera %s was offline %s-%s; its backlog arrived after the whole day.\n",
-		       A->id, hhmm(A->out_from, 0), hhmm(A->out_to, 0));
-	if (B)
-		printf("Camera %s was online all day.\n", B->id);
-	printf("%-21s", "");
-	for (int i = 0; i < n_show; i++)
-		printf("%-26s", show[i]->id);
-	printf("\n  %-19s", "whole day (1d)");
-	double took;
-	for (int i = 0; i < n_show; i++) {
-		tally_agg d;
-		if ((rc = series_grid(db, show[i]->id, TALLY_1D, day, day + TALLY_1D, &d, 1, &took)))
-			return fail_with("tally_query_series", rc);
-		printf("%s", cell(&d));
+	if (A && view_query(db, A->id, &vr, &va))
+		return 1;
+	if (B && view_query(db, B->id, &vr, &vb))
+		return 1;
+	const cam_view *q = A ? &va : &vb;
+	say("\nAverage speed, km/h (events)\n");
+#define LABEL_W 27
+	say("%-*s", LABEL_W, "");
+	if (A) {
+		char h[64];
+		snprintf(h, sizeof h, "%s, offline %s-%s", A->id, hhmm(A->out_from, 0),
+		         hhmm(A->out_to, 0));
+		say("%-*s", 2 * CELL_W, h);
 	}
-	printf("\n");
-
-	if (B && (rc = series_grid(db, B->id, TALLY_1H, h_from, h_to, b_hours, (size_t)n_hours,
-				   &took)))
-		return fail_with("tally_query_series", rc);
-	if (A && (rc = series_grid(db, A->id, TALLY_1H, h_from, h_to, a_after, (size_t)n_hours,
-				   &took)))
-		return fail_with("tally_query_series", rc);
-	printf("\n  1h rollups (%.0f us)  ", took);
+	if (B)
+		say("%s", B->id);
+	say("\n%-*s", LABEL_W, "");
 	if (A)
-		printf("%-26s%-26s", "before the backlog", "after the backlog");
-	printf("\n");
-	for (int h = 0; h < n_hours; h++) {
-		printf("  %s-%s        ", hhmm((h_lo + h) * TALLY_1H, 0),
-		       hhmm((h_lo + h + 1) * TALLY_1H, 0));
-		if (A)
-			printf("%s%s", cell(&a_before[h]), cell(&a_after[h]));
-		if (B)
-			printf("%s", cell(&b_hours[h]));
-		printf("\n");
+		say("%-*s%-*s", CELL_W, "before backlog", CELL_W, "after backlog");
+	if (B)
+		say("online");
+	say("\n");
+#define ROW(kind, label, field)                                               \
+	do {                                                                  \
+		say("  %-7s%-*s", kind, LABEL_W - 9, label);                  \
+		if (A)                                                        \
+			say("%s%s", cell(&va_before.field), cell(&va.field)); \
+		if (B)                                                        \
+			say("%s", cell(&vb.field));                           \
+		say("\n");                                                    \
+	} while (0)
+	ROW("1d", "whole day", day);
+	for (int h = 0; h < vr.n_hours; h++) {
+		char label[32];
+		snprintf(label, sizeof label, "%s-%s", hhmm((h_lo + h) * TALLY_1H, 0),
+		         hhmm((h_lo + h + 1) * TALLY_1H, 0));
+		ROW("1h", label, hours[h]);
 	}
-
-	/* Four 5-minute windows across the start of the outage. */
-	int64_t m_from = (A ? A->out_from : 8 * TALLY_1H) / TALLY_5M * TALLY_5M - 2 * TALLY_5M;
-	tally_agg m5[2][4];
-	for (int i = 0; i < n_show; i++)
-		if ((rc = series_grid(db, show[i]->id, TALLY_5M, day + m_from,
-				      day + m_from + 4 * TALLY_5M, m5[i], 4, &took)))
-			return fail_with("tally_query_series", rc);
-	printf("\n  5m rollups (%.0f us)\n", took);
 	for (int k = 0; k < 4; k++) {
-		printf("  %s-%s        ", hhmm(m_from + k * TALLY_5M, 0),
-		       hhmm(m_from + (k + 1) * TALLY_5M, 0));
-		for (int i = 0; i < n_show; i++)
-			printf("%s", cell(&m5[i][k]));
-		printf("\n");
+		char label[32];
+		snprintf(label, sizeof label, "%s-%s", hhmm(vr.m_from - day + k * TALLY_5M, 0),
+		         hhmm(vr.m_from - day + (k + 1) * TALLY_5M, 0));
+		ROW("5m", label, m5[k]);
 	}
-
-	/* An exact average over a range no rollup window fits. */
-	int64_t e_from = day + (7 * 3600 + 3 * 60 + 17) * TALLY_NS_PER_SEC;
-	int64_t e_to = day + (8 * 3600 + 58 * 60 + 41) * TALLY_NS_PER_SEC;
-	printf("\n  exact %s-%s  ", hhmm(e_from - day, 1), hhmm(e_to - day, 1));
+	{
+		char label[32];
+		snprintf(label, sizeof label, "%s-%s", hhmm(vr.e_from - day, 1),
+		         hhmm(vr.e_to - day, 1));
+		ROW("exact", label, exact);
+	}
+#undef ROW
+	if (A)
+		say("  The late events landed in the windows they belong to: the gaps (-)\n"
+		    "  filled in and the day's average was corrected as they arrived.\n");
+	/* The exact average must equal one computed from the raw events. */
 	int exact_ok = 1;
-	for (int i = 0; i < n_show; i++) {
-		tally_agg a;
-		double t0 = now_s();
-		if ((rc = tally_query_agg(db, TABLE, FIELD, show[i]->id, e_from, e_to, &a)))
-			return fail_with("tally_query_agg", rc);
-		took = (now_s() - t0) * 1e6;
+	for (int i = 0; i < 2; i++) {
+		const camera *cam = i ? B : A;
+		const cam_view *v = i ? &vb : &va;
 		uint64_t n;
 		double sum;
-		if ((rc = scan_sum(db, show[i]->id, e_from, e_to, &n, &sum)))
+		if (!cam)
+			continue;
+		if ((rc = scan_sum(db, cam->id, vr.e_from, vr.e_to, &n, &sum)))
 			return fail_with("tally_scan", rc);
-		exact_ok &= n == a.count && fabs(sum - a.sum) <= 1e-9 * fabs(sum);
-		printf("%s", cell(&a));
+		exact_ok &= n == v->exact.count && fabs(sum - v->exact.sum) <= 1e-9 * fabs(sum);
 	}
-	printf("\n  (%.0f us; the same as averaging a raw scan of the range: %s)\n", took,
-	       exact_ok ? "yes" : "NO");
+	say("  query times (best of %d): day %.1f us, hours %.1f us, 5 min %.1f us, exact %.1f "
+	    "us\n",
+	    VIEW_RUNS, q->us_day, q->us_hours, q->us_m5, q->us_exact);
+	say("  the exact range average equals a raw scan's: %s\n", exact_ok ? "yes" : "NO");
 
 	/* Every camera at once. */
 	top_entry top[5];
 	int n_top;
 	uint64_t seen;
+	double took;
 	int64_t t_from = day + 12 * TALLY_1H, t_to = t_from + TALLY_1H;
 	if ((rc = top_fastest(db, t_from, t_to, top, 5, &n_top, &seen, &took)))
 		return fail_with("tally_query_keys", rc);
-	printf("\nFastest cameras %s-%s (all %s cameras aggregated in %.0f us)\n",
-	       hhmm(t_from - day, 0), hhmm(t_to - day, 0), commas(seen), took);
+	say("\nFastest cameras %s-%s (all %s cameras aggregated in %.0f us)\n",
+	    hhmm(t_from - day, 0), hhmm(t_to - day, 0), commas(seen), took);
 	for (int i = 0; i < n_top; i++)
-		printf("  %d. %s  %s\n", i + 1, top[i].key, cell(&top[i].a));
+		say("  %d. %s  %s\n", i + 1, top[i].key, cell(&top[i].a));
 
-	printf("\nThe store stays in %s; run again to start afresh.\n", o.dir);
+	say("\nThe store stays in %s; the next run starts it afresh.\n", o.dir);
 	tally_db_close(db);
 	pthread_barrier_destroy(&bar);
 	free(wks);

@@ -1,0 +1,317 @@
+/*
+ * bench_storage.c — parts on disk: bytes per event, flush and merge
+ * throughput, write amplification of the late workload, and query latency
+ * with the data in parts.
+ *
+ * The workload is the benchmark's: N cameras, D days, E events per camera
+ * per day at millisecond precision, speeds with one decimal (per-camera
+ * base, rush-hour dips, noise); a tenth of the cameras are offline for 3
+ * hours a day and send that backlog after the day is over, when its
+ * partition is already sealed. Data goes in through the binary API, then
+ * everything is flushed and merged, and the directory is measured.
+ *
+ *   bench_storage [--cameras N] [--days D] [--events E] [--dir DIR] [--out FILE]
+ */
+#include <dirent.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "tally.h"
+
+static double now_s(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+static uint64_t rng_state = 0x243f6a8885a308d3ULL;
+static uint64_t rnd(void)
+{
+	uint64_t z = (rng_state += 0x9e3779b97f4a7c15ULL);
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+	return z ^ (z >> 31);
+}
+static double unif(void) { return (double)(rnd() >> 11) / 9007199254740992.0; }
+
+static uint64_t du(const char *path)
+{
+	struct stat sb;
+	if (lstat(path, &sb))
+		return 0;
+	if (!S_ISDIR(sb.st_mode))
+		return (uint64_t)sb.st_size;
+	uint64_t n = 0;
+	DIR *d = opendir(path);
+	struct dirent *e;
+	while (d && (e = readdir(d))) {
+		if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+			continue;
+		char sub[4096];
+		snprintf(sub, sizeof sub, "%s/%s", path, e->d_name);
+		n += du(sub);
+	}
+	if (d)
+		closedir(d);
+	return n;
+}
+
+static int cmp_d(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return (x > y) - (x < y);
+}
+
+static void report(FILE *out, const char *what, double *lat, int n)
+{
+	qsort(lat, (size_t)n, sizeof *lat, cmp_d);
+	double sum = 0;
+	for (int i = 0; i < n; i++)
+		sum += lat[i];
+	fprintf(out, "| %-40s | %8.1f | %8.1f | %8.1f |\n", what, lat[n / 2] * 1e6,
+		lat[(int)(n * 0.99)] * 1e6, sum / n * 1e6);
+}
+
+#define DIE(...)                                                                               \
+	do {                                                                                   \
+		fprintf(stderr, __VA_ARGS__);                                                  \
+		fprintf(stderr, ": %s\n", tally_errmsg());                                     \
+		exit(1);                                                                       \
+	} while (0)
+
+int main(int argc, char **argv)
+{
+	int cams = 1000, days = 3, events = 6000;
+	const char *dir = "/tmp/tally-bench-storage", *outp = NULL;
+	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "--cameras") && i + 1 < argc)
+			cams = atoi(argv[++i]);
+		else if (!strcmp(argv[i], "--days") && i + 1 < argc)
+			days = atoi(argv[++i]);
+		else if (!strcmp(argv[i], "--events") && i + 1 < argc)
+			events = atoi(argv[++i]);
+		else if (!strcmp(argv[i], "--dir") && i + 1 < argc)
+			dir = argv[++i];
+		else if (!strcmp(argv[i], "--out") && i + 1 < argc)
+			outp = argv[++i];
+		else {
+			fprintf(stderr, "usage: bench_storage [--cameras N] [--days D] [--events E] "
+					"[--dir DIR] [--out FILE]\n");
+			return 2;
+		}
+	}
+	char cmd[4200];
+	snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+	if (system(cmd))
+		return 1;
+	tally_options o;
+	tally_options_init(&o);
+	o.no_background = 1;
+	o.table_keys = "traffic=camera";
+	o.log_level = TALLY_LOG_WARN;
+	tally_db *db;
+	if (tally_db_open(dir, &o, &db))
+		DIE("open %s", dir);
+	tally_writer *w;
+	tally_writer_open(db, 0, &w);
+	const int64_t day0 = INT64_C(1700006400) * 1000000000; /* 2023-11-15T00:00Z */
+	size_t per = (size_t)events;
+	int64_t *ts = malloc(per * sizeof *ts);
+	double *sp = malloc(per * sizeof *sp);
+	uint8_t *present = malloc(per / 8 + 1);
+	int64_t *lts = malloc(per * sizeof *lts);
+	double *lsp = malloc(per * sizeof *lsp);
+	uint64_t total = 0, late_total = 0;
+	double t_ingest = 0, t_flush = 0, t_merge = 0;
+	char key[32];
+	for (int d = 0; d < days; d++) {
+		double t0 = now_s();
+		int64_t base = day0 + (int64_t)d * TALLY_1D;
+		for (int c = 0; c < cams; c++) {
+			snprintf(key, sizeof key, "KV%05d", c);
+			double basev = 60 + 50 * ((double)((c * 7919) % 1000) / 1000.0);
+			int offline = c % 10 == 0;
+			int64_t off_from = base + (int64_t)(8 + c % 10) * TALLY_1H,
+				off_to = off_from + 3 * TALLY_1H;
+			size_t n = 0, ln = 0;
+			for (size_t i = 0; i < per; i++) {
+				int64_t t = base + (int64_t)((double)i / (double)per * 86400e3) * 1000000 +
+					    (int64_t)(rnd() % 1000) * 1000000 / 4;
+				t -= t % 1000000; /* millisecond precision */
+				int hour = (int)((t - base) / TALLY_1H);
+				double v = basev - ((hour >= 7 && hour < 9) || (hour >= 17 && hour < 19)
+							    ? 25
+							    : 0) +
+					   (unif() - 0.5) * 20;
+				v = round(v * 10) / 10;
+				if (offline && t >= off_from && t < off_to) {
+					lts[ln] = t;
+					lsp[ln++] = v;
+				} else {
+					ts[n] = t;
+					sp[n++] = v;
+				}
+			}
+			tally_column col = {"speed", TALLY_T_F64, sp, NULL};
+			tally_batch b = {"traffic", key, "camera", n, ts, 1, &col};
+			if (tally_write_batch(w, &b))
+				DIE("write");
+			total += n;
+			/* the offline hours are sent after the last day, below */
+		}
+		t_ingest += now_s() - t0;
+		t0 = now_s();
+		if (tally_db_flush(db))
+			DIE("flush");
+		t_flush += now_s() - t0;
+		t0 = now_s();
+		if (tally_db_merge(db))
+			DIE("merge");
+		t_merge += now_s() - t0;
+	}
+	/* the late backlog of every day, after the last day, when those
+	 * partitions are sealed: the offline hours with fresh values */
+	double t0 = now_s();
+	for (int d = 0; d < days; d++) {
+		int64_t base = day0 + (int64_t)d * TALLY_1D;
+		for (int c = 0; c < cams; c += 10) {
+			snprintf(key, sizeof key, "KV%05d", c);
+			int64_t off_from = base + (int64_t)(8 + c % 10) * TALLY_1H;
+			size_t ln = per * 3 / 24;
+			for (size_t i = 0; i < ln; i++) {
+				lts[i] = off_from + (int64_t)((double)i / (double)ln * 3 * 3600e3) * 1000000;
+				lsp[i] = round((80 + (unif() - 0.5) * 20) * 10) / 10;
+			}
+			tally_column lc = {"speed", TALLY_T_F64, lsp, NULL};
+			tally_batch lb = {"traffic", key, "camera", ln, lts, 1, &lc};
+			if (tally_write_batch(w, &lb))
+				DIE("late write");
+			late_total += ln;
+		}
+	}
+	double t_late_ingest = now_s() - t0;
+	t0 = now_s();
+	if (tally_db_flush(db) || tally_db_merge(db))
+		DIE("late flush/merge");
+	double t_late_merge = now_s() - t0;
+	tally_stats st;
+	tally_db_stats(db, &st);
+	uint64_t dir_bytes = du(dir);
+	char parts_dir[4200];
+	snprintf(parts_dir, sizeof parts_dir, "%s/parts", dir);
+	uint64_t part_bytes = du(parts_dir);
+	uint64_t events_all = total + late_total;
+
+	/* queries with everything in parts */
+	const int Q = 2000;
+	double *lat = malloc(Q * sizeof *lat);
+	tally_bucket *bk = malloc(4096 * sizeof *bk);
+	FILE *out = stdout;
+	char commit[64] = "unknown";
+	FILE *g = popen("git rev-parse --short HEAD 2>/dev/null", "r");
+	if (g) {
+		if (fgets(commit, sizeof commit, g))
+			commit[strcspn(commit, "\n")] = 0;
+		pclose(g);
+	}
+	printf("\n## bench_storage — commit %s\n\n", commit);
+	printf("workload: %d cameras x %d days x %d events/camera/day, 10%% of cameras send "
+	       "3 h a day late (after sealing)\n\n",
+	       cams, days, events);
+	printf("| measure | value |\n|---|---|\n");
+	printf("| events | %llu (%llu late) |\n", (unsigned long long)events_all,
+	       (unsigned long long)late_total);
+	printf("| binary ingest, 1 thread | %.2f M events/s |\n", (double)total / t_ingest / 1e6);
+	printf("| flush | %.2f M events/s |\n", (double)total / t_flush / 1e6);
+	printf("| merge/seal (per day) | %.2f s |\n", t_merge / days);
+	printf("| late ingest | %.2f M events/s |\n", (double)late_total / t_late_ingest / 1e6);
+	printf("| late flush + fold | %.2f s |\n", t_late_merge);
+	printf("| parts | %llu (%llu sealed) |\n", (unsigned long long)st.parts,
+	       (unsigned long long)st.sealed_parts);
+	printf("| bytes/event, parts | %.3f |\n", (double)part_bytes / (double)events_all);
+	printf("| bytes/event, whole directory | %.3f |\n", (double)dir_bytes / (double)events_all);
+	printf("| write amplification | %.2f |\n", st.write_amplification);
+	printf("\n| query (data in parts) | p50 us | p99 us | mean us |\n|---|---:|---:|---:|\n");
+	for (int i = 0; i < Q; i++) {
+		snprintf(key, sizeof key, "KV%05d", (int)(rnd() % (uint64_t)cams));
+		int64_t from = day0 + (int64_t)(rnd() % (uint64_t)days) * TALLY_1D;
+		size_t n;
+		double a = now_s();
+		if (tally_query_series(db, "traffic", "speed", key, TALLY_5M, from, from + TALLY_1D,
+				       bk, 4096, &n))
+			DIE("series");
+		lat[i] = now_s() - a;
+	}
+	report(out, "5m series, one camera, one day (288)", lat, Q);
+	for (int i = 0; i < Q; i++) {
+		snprintf(key, sizeof key, "KV%05d", (int)(rnd() % (uint64_t)cams));
+		size_t n;
+		double a = now_s();
+		if (tally_query_series(db, "traffic", "speed", key, TALLY_1H, day0,
+				       day0 + days * TALLY_1D, bk, 4096, &n))
+			DIE("series 1h");
+		lat[i] = now_s() - a;
+	}
+	report(out, "1h series, one camera, all days", lat, Q);
+	for (int i = 0; i < Q; i++) {
+		snprintf(key, sizeof key, "KV%05d", (int)(rnd() % (uint64_t)cams));
+		int64_t from = day0 + (int64_t)(rnd() % (uint64_t)(days * TALLY_1D - TALLY_1D));
+		tally_agg ag;
+		double a = now_s();
+		if (tally_query_agg(db, "traffic", "speed", key, from,
+				    from + (int64_t)(rnd() % (uint64_t)TALLY_1D), &ag))
+			DIE("agg");
+		lat[i] = now_s() - a;
+	}
+	report(out, "exact average, unaligned range", lat, Q);
+	int QK = 50;
+	for (int i = 0; i < QK; i++) {
+		int64_t from = day0 + (int64_t)(rnd() % (uint64_t)(days * 24)) * TALLY_1H;
+		tally_keys_iter *it;
+		double a = now_s();
+		if (tally_query_keys(db, "traffic", "speed", from, from + TALLY_1H, &it))
+			DIE("keys");
+		const char *k;
+		tally_agg ag;
+		while (tally_keys_next(it, &k, &ag) == 1)
+			;
+		tally_keys_close(it);
+		lat[i] = now_s() - a;
+	}
+	report(out, "every camera, one hour", lat, QK);
+	for (int i = 0; i < Q / 4; i++) {
+		snprintf(key, sizeof key, "KV%05d", (int)(rnd() % (uint64_t)cams));
+		int64_t from = day0 + (int64_t)(rnd() % (uint64_t)(days * 24)) * TALLY_1H;
+		tally_scan *sc;
+		double a = now_s();
+		if (tally_scan_open(db, "traffic", key, from, from + TALLY_1H, &sc))
+			DIE("scan");
+		tally_row row;
+		while (tally_scan_next(sc, &row) == 1)
+			;
+		tally_scan_close(sc);
+		lat[i] = now_s() - a;
+	}
+	report(out, "raw scan, one camera, one hour", lat, Q / 4);
+	if (outp) {
+		FILE *f = fopen(outp, "a");
+		if (f) {
+			fprintf(f, "bench_storage commit %s: %llu events, %.3f bytes/event parts, %.3f "
+				   "whole dir, WA %.2f\n",
+				commit, (unsigned long long)events_all,
+				(double)part_bytes / (double)events_all,
+				(double)dir_bytes / (double)events_all, st.write_amplification);
+			fclose(f);
+		}
+	}
+	tally_writer_close(w);
+	tally_db_close(db);
+	free(ts), free(sp), free(present), free(lts), free(lsp), free(lat), free(bk);
+	return 0;
+}
