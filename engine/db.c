@@ -43,7 +43,7 @@ TALLY_API void tally_options_init(tally_options *opt)
 	opt->memory_limit = DEFAULT_MEMORY_LIMIT;
 	opt->max_line_bytes = DEFAULT_MAX_LINE;
 	opt->sync_mode = TALLY_SYNC_ON_REQUEST;
-	opt->log_level = TALLY_LOG_INFO;
+	opt->log_level = TALLY_LOG_WARN;
 }
 
 static int check_options(tally_options *o, levels *L)
@@ -91,6 +91,8 @@ static int check_options(tally_options *o, levels *L)
 		return err_set(TALLY_EINVAL, "late_threshold: negative");
 	if (o->late_threshold == 0)
 		o->late_threshold = L->w[0];
+	if (o->cache_bytes == 0)
+		o->cache_bytes = UINT64_C(256) << 20;
 	if (o->seal_grace == 0)
 		o->seal_grace = TALLY_1H;
 	if (o->seal_grace < 0)
@@ -244,6 +246,7 @@ TALLY_API int tally_db_open(const char *dir, const tally_options *opt, tally_db 
 	if (crash && *crash)
 		db->crash_at = mem_strndup(crash, strlen(crash));
 	pthread_mutex_init(&db->man_mu, NULL);
+	pthread_mutex_init(&db->rc_mu, NULL);
 	pthread_mutex_init(&db->scratch_mu, NULL);
 	pthread_mutex_init(&db->bg_mu, NULL);
 	pthread_cond_init(&db->bg_cond, NULL);
@@ -296,6 +299,7 @@ TALLY_API int tally_db_open(const char *dir, const tally_options *opt, tally_db 
 		db->opt.shards = n;
 	}
 	db->partition_width = db->opt.partition_width;
+	db->rc_limit = db->opt.cache_bytes;
 	db->shards = mem_calloc(db->opt.shards, sizeof *db->shards);
 	if (!db->shards) {
 		rc = err_set(-ENOMEM, "out of memory");
@@ -390,6 +394,8 @@ TALLY_API void tally_db_close(tally_db *db)
 	catalog_free(&db->cat);
 	if (db->lock_fd >= 0)
 		close(db->lock_fd);
+	mem_free(db->rc_ring);
+	pthread_mutex_destroy(&db->rc_mu);
 	pthread_mutex_destroy(&db->man_mu);
 	pthread_mutex_destroy(&db->scratch_mu);
 	pthread_mutex_destroy(&db->bg_mu);

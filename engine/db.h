@@ -46,6 +46,16 @@ struct tally_db {
 	pthread_cond_t bg_cond;
 	int bg_stop;
 	int bg_kick;
+	/* decoded rollup blocks of parts (flush.c): FIFO eviction past a
+	 * byte budget */
+	pthread_mutex_t rc_mu;
+	uint64_t rc_bytes, rc_limit;
+	struct rc_ent {
+		struct shard_part *sp;
+		uint32_t idx, bytes;
+	} * rc_ring;
+	uint32_t rc_head, rc_len, rc_cap;
+	uint64_t rc_hits, rc_misses;
 	/* tests: TALLY_CRASH_AT names a step where the process kills itself */
 	char *crash_at;
 };

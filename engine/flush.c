@@ -43,6 +43,22 @@ void shard_part_free(shard_part *sp)
 {
 	if (!sp)
 		return;
+	if (sp->rc) {
+		tally_db *db = sp->db;
+		pthread_mutex_lock(&db->rc_mu);
+		for (uint32_t i = 0; i < sp->p->n_rollups; i++)
+			mem_free(sp->rc[i]);
+		/* forget the ring's entries of this part; eviction skips them */
+		for (uint32_t i = 0; i < db->rc_len; i++) {
+			struct rc_ent *e = &db->rc_ring[(db->rc_head + i) % db->rc_cap];
+			if (e->sp == sp) {
+				db->rc_bytes -= e->bytes;
+				e->sp = NULL;
+			}
+		}
+		pthread_mutex_unlock(&db->rc_mu);
+		mem_free(sp->rc);
+	}
 	part_close(sp->p);
 	mem_free(sp->defs);
 	mem_free(sp);
@@ -62,6 +78,7 @@ int shard_part_load(tally_db *db, uint64_t id, shard_part **out)
 		goto fail;
 	const part_info *in = &sp->p->info;
 	sp->id = id;
+	sp->db = db;
 	sp->pstart = in->partition_start;
 	sp->pend = in->partition_start + in->partition_width;
 	if (in->n_levels != db->L.n || in->align_offset != db->L.offset ||
@@ -110,6 +127,86 @@ int shard_add_part(shard *s, shard_part *sp)
 		s->cap_parts = nc;
 	}
 	s->parts[s->n_parts++] = sp;
+	return 0;
+}
+
+/* ---------------------------------------------------------------- cache */
+
+/* Drops the oldest entries until the cache fits its budget. */
+static void rc_evict(tally_db *db)
+{
+	while (db->rc_len && (db->rc_bytes > db->rc_limit || db->rc_len == db->rc_cap)) {
+		struct rc_ent *e = &db->rc_ring[db->rc_head];
+		if (e->sp) {
+			mem_free(e->sp->rc[e->idx]);
+			e->sp->rc[e->idx] = NULL;
+			db->rc_bytes -= e->bytes;
+		}
+		db->rc_head = (db->rc_head + 1) % db->rc_cap;
+		db->rc_len--;
+	}
+}
+
+int shard_part_rollup(shard_part *sp, const part_key *pk, uint32_t num, unsigned level,
+		      part_scratch *ps, part_bucket **out, uint32_t *n)
+{
+	tally_db *db = sp->db;
+	const part *p = sp->p;
+	uint32_t idx = pk->first_rollup + num * p->info.n_levels + level;
+	uint32_t nb = p->rollups[idx].n_buckets;
+	*out = NULL;
+	*n = 0;
+	if (!nb)
+		return 0;
+	size_t bytes = (size_t)nb * sizeof(part_bucket);
+	part_bucket *b = mem_alloc(bytes);
+	if (!b)
+		return err_set(-ENOMEM, "out of memory");
+	pthread_mutex_lock(&db->rc_mu);
+	if (sp->rc && sp->rc[idx]) {
+		memcpy(b, sp->rc[idx], bytes);
+		db->rc_hits++;
+		pthread_mutex_unlock(&db->rc_mu);
+		*out = b;
+		*n = nb;
+		return 0;
+	}
+	db->rc_misses++;
+	pthread_mutex_unlock(&db->rc_mu);
+	uint32_t got;
+	int rc = part_read_rollup(p, pk, num, level, ps, b, nb, &got);
+	if (rc) {
+		mem_free(b);
+		return rc;
+	}
+	*out = b;
+	*n = got;
+	if (!db->rc_limit || bytes > db->rc_limit / 4)
+		return 0;
+	part_bucket *copy = mem_alloc(bytes);
+	if (!copy)
+		return 0; /* the cache is an optimisation: go on without it */
+	memcpy(copy, b, bytes);
+	pthread_mutex_lock(&db->rc_mu);
+	if (!sp->rc)
+		sp->rc = mem_calloc(p->n_rollups ? p->n_rollups : 1, sizeof *sp->rc);
+	if (!db->rc_ring) {
+		db->rc_cap = 1u << 20;
+		db->rc_ring = mem_alloc(db->rc_cap * sizeof *db->rc_ring);
+	}
+	if (!sp->rc || !db->rc_ring || sp->rc[idx]) {
+		pthread_mutex_unlock(&db->rc_mu);
+		mem_free(copy);
+		return 0;
+	}
+	sp->rc[idx] = copy;
+	db->rc_bytes += bytes;
+	if (db->rc_len == db->rc_cap)
+		rc_evict(db);
+	db->rc_ring[(db->rc_head + db->rc_len++) % db->rc_cap] =
+		(struct rc_ent){sp, idx, (uint32_t)bytes};
+	rc_evict(db);
+	pthread_mutex_unlock(&db->rc_mu);
 	return 0;
 }
 

@@ -20,6 +20,9 @@ typedef struct shard_part {
 	int64_t pstart, pend; /* the partition [pstart, pend) */
 	uint32_t level, flags;
 	col_def **defs; /* per part column: the table's column */
+	struct tally_db *db;
+	/* decoded rollup blocks, by rollup index; under db->rc_mu */
+	part_bucket **rc;
 } shard_part;
 
 /* The part's column index holding def, or -1. */
@@ -35,6 +38,12 @@ int shard_add_part(shard *s, shard_part *sp);
  * when force), then commits the manifest and trims the WALs. Runs on the
  * flusher thread or in tally_db_flush. */
 int flush_run(struct tally_db *db, int force);
+
+/* Decodes the rollup of (key, numeric column num, level) of a part into a
+ * new buffer (*out, mem_free it; NULL when empty), through the decoded
+ * rollup cache: a cached block costs one copy. */
+int shard_part_rollup(shard_part *sp, const part_key *pk, uint32_t num, unsigned level,
+		      part_scratch *ps, part_bucket **out, uint32_t *n);
 
 /* Runs the merge policy (engine/merge.c) until nothing is left to merge. */
 int merge_run(struct tally_db *db);

@@ -121,7 +121,8 @@ static part_scratch *qsrc_scratch(qsrc *q)
 	return q->scratch;
 }
 
-/* Decodes a part's rollup of (key, column, level) into a new buffer. */
+/* Decodes a part's rollup of (key, column, level) into a new buffer,
+ * through the decoded rollup cache. */
 static int part_rollup_decode(const shard_part *sp, const char *key, uint32_t kl,
 			      const col_def *c, unsigned level, part_scratch *ps, rbucket **out,
 			      uint32_t *n)
@@ -134,20 +135,12 @@ static int part_rollup_decode(const shard_part *sp, const char *key, uint32_t kl
 	const part_key *pk = part_find_key(sp->p, key, kl);
 	if (!pk)
 		return 0;
-	uint32_t num = (uint32_t)sp->p->info.num_of[pc];
-	const part_rollup *ro = &sp->p->rollups[pk->first_rollup + num * sp->p->info.n_levels + level];
-	if (!ro->n_buckets)
-		return 0;
-	rbucket *b = mem_alloc((size_t)ro->n_buckets * sizeof *b);
-	if (!b)
-		return err_set(-ENOMEM, "out of memory");
-	int rc = part_read_rollup(sp->p, pk, num, level, ps, (part_bucket *)b, ro->n_buckets, n);
-	if (rc) {
-		mem_free(b);
-		return rc;
-	}
-	*out = b;
-	return 0;
+	part_bucket *b;
+	/* the cache is guarded by its own mutex: the part itself is const */
+	int rc = shard_part_rollup((shard_part *)sp, pk, (uint32_t)sp->p->info.num_of[pc], level,
+				   ps, &b, n);
+	*out = (rbucket *)b;
+	return rc;
 }
 
 static int qsrc_add_part(qsrc *q, const shard_part *sp, const char *key, uint32_t kl,

@@ -131,6 +131,8 @@ typedef struct tally_options {
 	 * 0: one day, or the coarsest level when that is longer. Fixed at
 	 * creation: reopening with another value fails. */
 	int64_t partition_width;
+	/* Decoded rollup blocks of parts kept in memory, bytes. 0: 256 MiB. */
+	uint64_t cache_bytes;
 	/* A partition is sealed (merged into one segment) once the table's
 	 * newest event is this far past its end, ns. 0: 1 hour. */
 	int64_t seal_grace;
@@ -140,7 +142,7 @@ typedef struct tally_options {
 	/* Log sink; NULL logs to stderr. Called from any thread. */
 	tally_log_fn *log_fn;
 	void *log_ctx;
-	int log_level; /* most verbose level logged; default TALLY_LOG_INFO */
+	int log_level; /* most verbose level logged; default TALLY_LOG_WARN */
 } tally_options;
 
 /* Fills *opt with the defaults. */
