@@ -306,7 +306,8 @@ TALLY_API int tally_db_open(const char *dir, const tally_options *opt, tally_db 
 		goto fail;
 	}
 	for (unsigned i = 0; i < db->opt.shards; i++) {
-		if ((rc = shard_create(i, &db->L, db->opt.late_threshold, &db->shards[i]))) {
+		if ((rc = shard_create(i, &db->L, db->opt.late_threshold, db->opt.memtable_bytes,
+					  &db->shards[i]))) {
 			err_set(rc, "out of memory");
 			goto fail;
 		}

@@ -60,26 +60,64 @@ static int64_t bucket_slot(rlevel *lv, int64_t start, uint64_t *bytes)
 	return i;
 }
 
-int rollup_add(rcol *rc, const levels *L, int64_t ts, double v, uint64_t *bytes)
+/* Points every level's `last` at the bucket holding ts, creating buckets
+ * as needed. Slots are reserved on all levels before any is used, so a
+ * failed allocation leaves the aggregates unchanged. */
+static int rollup_seek(rcol *rc, const levels *L, int64_t ts, uint64_t *bytes)
 {
-	/* Levels nest, so the finest level's hit implies every level's hit. */
-	rlevel *l0 = &rc->lv[0];
-	if (l0->n && (uint64_t)ts - (uint64_t)l0->b[l0->last].start < (uint64_t)L->w[0]) {
-		for (unsigned i = 0; i < L->n; i++)
-			ragg_add(&rc->lv[i].b[rc->lv[i].last].a, v);
-		return 0;
-	}
-	/* Reserve every level's slot first so that a failed allocation leaves
-	 * all levels unchanged. */
 	int64_t idx[TALLY_LEVELS_MAX];
 	for (unsigned i = 0; i < L->n; i++) {
 		idx[i] = bucket_slot(&rc->lv[i], window_start(ts, L->w[i], L->offset), bytes);
 		if (idx[i] < 0)
 			return -ENOMEM;
 	}
-	for (unsigned i = 0; i < L->n; i++) {
+	for (unsigned i = 0; i < L->n; i++)
 		rc->lv[i].last = (uint32_t)idx[i];
-		ragg_add(&rc->lv[i].b[idx[i]].a, v);
+	return 0;
+}
+
+/* The finest level's `last` bucket holds ts: then every level's does,
+ * because levels nest. */
+static inline int rollup_hit(const rcol *rc, const levels *L, int64_t ts)
+{
+	const rlevel *l0 = &rc->lv[0];
+	return l0->n && (uint64_t)ts - (uint64_t)l0->b[l0->last].start < (uint64_t)L->w[0];
+}
+
+int rollup_add(rcol *rc, const levels *L, int64_t ts, double v, uint64_t *bytes)
+{
+	if (!rollup_hit(rc, L, ts)) {
+		int r = rollup_seek(rc, L, ts, bytes);
+		if (r)
+			return r;
+	}
+	for (unsigned i = 0; i < L->n; i++)
+		ragg_add(&rc->lv[i].b[rc->lv[i].last].a, v);
+	return 0;
+}
+
+int rollup_add_run(rcol *rc, const levels *L, const int64_t *ts, const double *v, uint32_t n,
+		   uint64_t *bytes)
+{
+	/* Values of one window add into a local aggregate (one TwoSum each)
+	 * that merges into the levels once per window, not once per value. */
+	uint32_t i = 0;
+	while (i < n) {
+		if (!rollup_hit(rc, L, ts[i])) {
+			int r = rollup_seek(rc, L, ts[i], bytes);
+			if (r)
+				return r;
+		}
+		int64_t start = rc->lv[0].b[rc->lv[0].last].start;
+		uint64_t w0 = (uint64_t)L->w[0];
+		ragg acc;
+		ragg_init(&acc);
+		uint32_t j = i;
+		while (j < n && (uint64_t)ts[j] - (uint64_t)start < w0)
+			ragg_add(&acc, v[j++]);
+		for (unsigned l = 0; l < L->n; l++)
+			ragg_merge(&rc->lv[l].b[rc->lv[l].last].a, &acc);
+		i = j;
 	}
 	return 0;
 }

@@ -98,6 +98,11 @@ void ragg_to_public(const ragg *a, tally_agg *out);
  * 0 or -ENOMEM (then no level changed). */
 int rollup_add(rcol *rc, const levels *L, int64_t ts, double v, uint64_t *bytes);
 
+/* Adds n values (ts[i], v[i]) to every level; 0 or -ENOMEM. A failure may
+ * leave the values before the failing window added. */
+int rollup_add_run(rcol *rc, const levels *L, const int64_t *ts, const double *v, uint32_t n,
+		   uint64_t *bytes);
+
 /* Index of the first bucket of lv with start >= t. */
 uint32_t rollup_lower(const rlevel *lv, int64_t t);
 

@@ -16,11 +16,12 @@
 #include "err.h"
 #include "mem.h"
 
-memtable *memtable_new(void)
+memtable *memtable_new(shard *s)
 {
 	memtable *m = mem_calloc(1, sizeof *m);
 	if (!m)
 		return NULL;
+	arena_init(&m->ar, &s->pool);
 	struct timespec t;
 	clock_gettime(CLOCK_MONOTONIC, &t);
 	m->started_ns = (int64_t)t.tv_sec * TALLY_NS_PER_SEC + t.tv_nsec;
@@ -29,10 +30,16 @@ memtable *memtable_new(void)
 	return m;
 }
 
-int shard_create(unsigned id, const levels *L, int64_t late_threshold, shard **out)
+int shard_create(unsigned id, const levels *L, int64_t late_threshold, uint64_t memtable_bytes,
+		 shard **out)
 {
 	shard *s = mem_calloc(1, sizeof *s);
-	if (!s || !(s->active = memtable_new())) {
+	if (!s)
+		return -ENOMEM;
+	/* keep enough blocks for the next memtable and one being flushed */
+	arena_pool_init(&s->pool, (uint32_t)(2 * memtable_bytes / ARENA_BLOCK + 4));
+	if (!(s->active = memtable_new(s))) {
+		arena_pool_free(&s->pool);
 		mem_free(s);
 		return -ENOMEM;
 	}
@@ -49,16 +56,12 @@ int shard_create(unsigned id, const levels *L, int64_t late_threshold, shard **o
 	return 0;
 }
 
+/* The chunk's rows live in the memtable's arena; only what grows by
+ * realloc is its own. */
 static void chunk_free(chunk *c)
 {
-	for (uint32_t i = 0; i < c->n_cols; i++) {
-		mem_free(c->cols[i].present);
-		mem_free(c->cols[i].vals);
-	}
 	mem_free(c->cols);
 	mem_free(c->arena);
-	mem_free(c->ts);
-	mem_free(c);
 }
 
 static void series_free(series *se, const levels *L)
@@ -91,6 +94,7 @@ void memtable_free(memtable *m, const levels *L)
 		mem_free(st);
 	}
 	mem_free(m->tables);
+	arena_release(&m->ar);
 	mem_free(m);
 }
 
@@ -113,6 +117,7 @@ void shard_destroy(shard *s)
 	}
 	mem_free(s->keystates);
 	mem_free(s->key_scratch);
+	arena_pool_free(&s->pool);
 	pthread_rwlock_destroy(&s->lock);
 	mem_free(s);
 }
@@ -155,7 +160,7 @@ int shard_freeze(shard *s)
 	int rc = wal_rotate(s->wal);
 	if (rc)
 		return rc;
-	memtable *n = memtable_new();
+	memtable *n = memtable_new(s);
 	if (!n)
 		return err_set(-ENOMEM, "out of memory");
 	s->active->last_seq = wal_last_seq(s->wal);
@@ -271,11 +276,12 @@ static chunk *tail_chunk(memtable *s, series *se)
 		se->chunks = nc;
 		se->cap_chunks = ncap;
 	}
-	chunk *n = mem_calloc(1, sizeof *n);
-	if (!n || !(n->ts = mem_alloc(cap * sizeof *n->ts))) {
-		mem_free(n);
+	chunk *n = arena_alloc(&s->ar, sizeof *n);
+	if (!n)
 		return NULL;
-	}
+	memset(n, 0, sizeof *n);
+	if (!(n->ts = arena_alloc(&s->ar, cap * sizeof *n->ts)))
+		return NULL;
 	n->cap = cap;
 	n->tmin = INT64_MAX;
 	n->tmax = INT64_MIN;
@@ -300,16 +306,15 @@ static chunk_col *chunk_col_get(memtable *s, chunk *c, uint32_t id, int is_str)
 	}
 	chunk_col *cc = &c->cols[id];
 	if (!cc->present) {
-		cc->present = mem_calloc((c->cap + 63) / 64, 8);
-		cc->vals = mem_alloc(c->cap * sizeof *cc->vals);
+		size_t pb = (c->cap + 63) / 64 * 8;
+		cc->present = arena_alloc(&s->ar, pb);
+		cc->vals = arena_alloc(&s->ar, c->cap * sizeof *cc->vals);
 		if (!cc->present || !cc->vals) {
-			mem_free(cc->present);
-			mem_free(cc->vals);
 			cc->present = NULL;
-			cc->vals = NULL;
 			return NULL;
 		}
-		s->mem_bytes += (c->cap + 63) / 64 * 8 + c->cap * sizeof *cc->vals;
+		memset(cc->present, 0, pb);
+		s->mem_bytes += pb + c->cap * sizeof *cc->vals;
 	}
 	(void)is_str;
 	return cc;
@@ -388,48 +393,68 @@ static int apply_table(shard *s, const tbatch *tb)
 			return -ENOMEM;
 	}
 	uint64_t rbytes = 0;
-	for (uint32_t r = 0; r < tb->n_rows; r++) {
+	/* Rows go in runs: consecutive rows of one key that fit the key's
+	 * tail chunk. A run copies its timestamps and values column by
+	 * column, and its numeric values reach the rollups one window at a
+	 * time (rollup_add_run). */
+	int64_t rts[CHUNK_ROWS_MAX];
+	double rv[CHUNK_ROWS_MAX];
+	for (uint32_t r = 0; r < tb->n_rows;) {
 		series *se = ks[tb->key[r]];
-		int64_t ts = tb->ts[r];
 		chunk *c = tail_chunk(m, se);
 		if (!c)
 			return -ENOMEM;
-		uint32_t i = c->n;
+		uint32_t room = c->cap - c->n, e = r + 1;
+		while (e < tb->n_rows && e - r < room && tb->key[e] == tb->key[r])
+			e++;
+		uint32_t cnt = e - r, base = c->n;
+		memcpy(c->ts + base, tb->ts + r, (size_t)cnt * sizeof *c->ts);
 		for (uint32_t ci = 0; ci < tb->n_cols; ci++) {
 			const bcol *bc = &tb->cols[ci];
-			if (!bcol_has(bc, r))
-				continue;
 			enum tally_type type = bc->def->type;
-			chunk_col *cc = chunk_col_get(m, c, bc->def->id, type_is_string(type));
-			if (!cc)
-				return -ENOMEM;
-			bval v = bc->vals[r];
-			if (type_is_string(type)) {
-				uint32_t len;
-				const char *str = tbatch_str(tb, v.ref, &len);
-				if (chunk_put_str(m, c, str, len, &v.ref))
+			chunk_col *cc = NULL;
+			uint32_t nv = 0;
+			for (uint32_t i = 0; i < cnt; i++) {
+				if (!bcol_has(bc, r + i))
+					continue;
+				if (!cc && !(cc = chunk_col_get(m, c, bc->def->id, type_is_string(type))))
 					return -ENOMEM;
-			} else {
+				bval v = bc->vals[r + i];
+				if (type_is_string(type)) {
+					uint32_t len;
+					const char *str = tbatch_str(tb, v.ref, &len);
+					if (chunk_put_str(m, c, str, len, &v.ref))
+						return -ENOMEM;
+				} else {
+					rts[nv] = tb->ts[r + i];
+					rv[nv++] = num_value(type, v);
+				}
+				uint32_t at = base + i;
+				cc->present[at >> 6] |= UINT64_C(1) << (at & 63);
+				cc->vals[at] = v;
+			}
+			if (nv) {
 				rcol *rc = rcol_get(m, se, bc->def->id);
-				if (!rc || rollup_add(rc, s->L, ts, num_value(type, v), &rbytes))
+				if (!rc || rollup_add_run(rc, s->L, rts, rv, nv, &rbytes))
 					return -ENOMEM;
 			}
-			cc->present[i >> 6] |= UINT64_C(1) << (i & 63);
-			cc->vals[i] = v;
 		}
-		c->ts[i] = ts;
-		c->n = i + 1;
-		c->tmin = ts < c->tmin ? ts : c->tmin;
-		c->tmax = ts > c->tmax ? ts : c->tmax;
-		m->tmin = ts < m->tmin ? ts : m->tmin;
-		m->tmax = ts > m->tmax ? ts : m->tmax;
 		keystate *kst = se->ks;
-		if (kst->hwm != INT64_MIN && ts < kst->hwm - s->late_threshold)
-			s->late_events++;
-		if (ts > kst->hwm)
-			kst->hwm = ts;
-		se->rows++;
-		m->events++;
+		for (uint32_t i = 0; i < cnt; i++) {
+			int64_t ts = c->ts[base + i];
+			c->tmin = ts < c->tmin ? ts : c->tmin;
+			c->tmax = ts > c->tmax ? ts : c->tmax;
+			if (kst->hwm != INT64_MIN && ts < kst->hwm - s->late_threshold)
+				s->late_events++;
+			if (ts > kst->hwm)
+				kst->hwm = ts;
+		}
+		m->tmin = c->tmin < m->tmin ? c->tmin : m->tmin;
+		m->tmax = c->tmax > m->tmax ? c->tmax : m->tmax;
+		c->n = base + cnt;
+		se->rows += cnt;
+		m->events += cnt;
+		r = e;
 	}
 	m->rollup_bytes += rbytes;
 	return 0;

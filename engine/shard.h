@@ -18,6 +18,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
+#include "arena.h"
 #include "batch.h"
 #include "catalog.h"
 #include "rollup.h"
@@ -68,6 +69,7 @@ typedef struct stable {
  * event is, at any moment, in exactly one memtable or one part.
  */
 typedef struct memtable {
+	arena ar; /* chunks' rows: freed all at once with the memtable */
 	stable **tables; /* by table id */
 	uint32_t cap_tables;
 	uint64_t mem_bytes;    /* rows */
@@ -111,9 +113,11 @@ typedef struct shard {
 	int failed; /* sticky: set when WAL and memtable may disagree */
 	series **key_scratch;
 	uint32_t cap_key_scratch;
+	arena_pool pool; /* blocks of dead memtables, for the next ones */
 } shard;
 
-int shard_create(unsigned id, const levels *L, int64_t late_threshold, shard **out);
+int shard_create(unsigned id, const levels *L, int64_t late_threshold, uint64_t memtable_bytes,
+		 shard **out);
 void shard_destroy(shard *s);
 
 /* Applies a staged batch to memtable and rollups. Caller holds the lock
@@ -130,7 +134,7 @@ stable *mem_table(const memtable *m, const table_def *t);
  * active one. Returns the count (at most SHARD_FROZEN_MAX + 1). */
 unsigned shard_memtables(const shard *s, const memtable **out);
 
-memtable *memtable_new(void);
+memtable *memtable_new(shard *s);
 void memtable_free(memtable *m, const levels *L);
 
 /* Freezes the active memtable and starts a new one. Caller holds the lock
