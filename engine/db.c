@@ -879,6 +879,27 @@ TALLY_API int tally_db_stats(tally_db *db, tally_stats *out)
 		out->events += shard_events(s);
 		out->late_events += s->late_events;
 		out->parts += s->n_parts;
+		/* partitions: group the shard's parts by (table, partition) */
+		for (uint32_t p = 0; p < s->n_parts; p++) {
+			const shard_part *a = s->parts[p];
+			uint64_t same = 0, open = 0;
+			int first = 1;
+			for (uint32_t q = 0; q < s->n_parts; q++) {
+				const shard_part *b = s->parts[q];
+				if (b->table != a->table || b->pstart != a->pstart)
+					continue;
+				if (q < p)
+					first = 0;
+				same++;
+				open += !(b->flags & MPART_SEALED);
+			}
+			if (!first)
+				continue;
+			out->partitions++;
+			if (same > out->max_parts_per_partition)
+				out->max_parts_per_partition = same;
+			out->merge_backlog += open >= MERGE_FANIN;
+		}
 		for (uint32_t p = 0; p < s->n_parts; p++) {
 			out->part_bytes += s->parts[p]->p->file_bytes;
 			out->part_rows += s->parts[p]->p->info.n_rows;

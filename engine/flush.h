@@ -45,6 +45,9 @@ int flush_run(struct tally_db *db, int force);
 int shard_part_rollup(shard_part *sp, const part_key *pk, uint32_t num, unsigned level,
 		      part_scratch *ps, part_bucket **out, uint32_t *n);
 
+/* Unsealed parts of one partition that trigger a merge (engine/merge.c). */
+#define MERGE_FANIN 4
+
 /* Runs the merge policy (engine/merge.c) until nothing is left to merge. */
 int merge_run(struct tally_db *db);
 

@@ -31,7 +31,6 @@
 #include "log.h"
 #include "mem.h"
 
-#define MERGE_FANIN 4
 #define LATE_FOLD_RATIO 1.0
 
 #define SLOT (sizeof(codec_str) > sizeof(bval) ? sizeof(codec_str) : sizeof(bval))

@@ -347,6 +347,9 @@ typedef struct tally_stats {
 	uint64_t flushes;        /* memtables flushed since open */
 	uint64_t merges;         /* merges since open */
 	uint64_t sealed_parts;   /* parts that are sealed segments */
+	uint64_t partitions;     /* (shard, table, partition) groups of parts */
+	uint64_t max_parts_per_partition;
+	uint64_t merge_backlog;  /* partitions with MERGE_FANIN or more unsealed parts */
 	/* rows written into parts by flushes and merges, per row accepted
 	 * into parts: 1.0 means every row was written once */
 	double write_amplification;
