@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "err.h"
+#include "fileio.h"
 #include "flush.h"
 #include "mem.h"
 
@@ -124,11 +125,23 @@ uint64_t db_memory(const tally_db *db)
 
 /* ---------------------------------------------------------------- open */
 
+/* Creates a directory if missing; a new one is made durable by fsyncing
+ * its parent, or a power cut could lose the name and what lies below it
+ * (a synced WAL included). */
 static int mkdir_p(const char *path)
 {
-	if (mkdir(path, 0755) == 0 || errno == EEXIST)
-		return 0;
-	return err_sys(errno, "mkdir %s", path);
+	if (mkdir(path, 0755) != 0)
+		return errno == EEXIST ? 0 : err_sys(errno, "mkdir %s", path);
+	char parent[PATH_MAX];
+	snprintf(parent, sizeof parent, "%s", path);
+	char *slash = strrchr(parent, '/');
+	if (slash == parent)
+		slash[1] = 0;
+	else if (slash)
+		*slash = 0;
+	else
+		snprintf(parent, sizeof parent, ".");
+	return fio_fsync_dir(parent);
 }
 
 /* Shards a previous open wrote WALs for: reopening with fewer would orphan

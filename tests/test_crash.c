@@ -21,12 +21,16 @@
  * Rollups are checked against the scanned raw rows: exact aggregates over
  * everything and over random ranges, the all-keys aggregate and a series.
  *
- * TALLY_SEED replays a run's random choices (not the kill timing, which
- * depends on the machine); TALLY_CRASH_CYCLES overrides the cycle counts.
+ * Cycles vary how soon memtables are flushed into parts, so kills also land
+ * in flushes, manifest commits, WAL trims and merges, and recovery has to
+ * take each event from a part or from the WAL, never from both.
+ *
+ * TALLY_SEED replays a run's random choices (not where the kills land,
+ * which depends on the machine's speed); TALLY_CRASH_CYCLES overrides the
+ * cycle counts; TALLY_CRASH_VERBOSE prints a line per cycle.
  */
 #include <criterion/criterion.h>
 #include <errno.h>
-#include <math.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -80,11 +84,47 @@ typedef struct crash_cfg {
 	enum tally_sync_mode sync_mode;
 	unsigned shards, threads; /* thread t writes to shard t % shards */
 	unsigned max_batch;       /* events per write call: 1..max_batch */
+	int huge;                 /* and now and then 50000..70000 */
 	uint64_t segment_bytes;
+	/* Memtable flushes into parts: 0 in half the cycles, else now and then;
+	 * 1: in every cycle, often (memtables of a few hundred KiB). */
+	int flush_often;
+	/* Levels 5m and 1h and partitions of an hour, instead of days: the
+	 * events span a few partitions, so flushes write several parts and
+	 * partitions get sealed while late events still arrive. */
+	int hour_partitions;
 	unsigned cycles;
 	unsigned kill_min_ms, kill_max_ms; /* after the child's db is open */
 	uint64_t cycle_ids;                /* the child writes at most this many */
+	/* Ids per second over all threads, at most. The parent's check costs
+	 * about a microsecond per id ever written, and every cycle checks them
+	 * all: this keeps the binary API from outrunning the time budget.
+	 * 0: no limit. */
+	uint64_t rate;
 } crash_cfg;
+
+/* What a cycle varies: how soon memtables are flushed into parts. */
+typedef struct cycle_opts {
+	uint64_t memtable_bytes; /* 0: the default, 64 MiB */
+	uint32_t flush_interval_ms;
+} cycle_opts;
+
+static void crash_options(const crash_cfg *cfg, const cycle_opts *co, tally_options *o)
+{
+	tally_options_init(o);
+	o->shards = cfg->shards;
+	o->sync_mode = cfg->sync_mode;
+	o->wal_segment_bytes = cfg->segment_bytes;
+	o->memtable_bytes = co->memtable_bytes;
+	o->flush_interval_ms = co->flush_interval_ms;
+	if (cfg->hour_partitions) {
+		o->n_levels = 2;
+		o->levels[0] = TALLY_5M;
+		o->levels[1] = TALLY_1H;
+		o->partition_width = TALLY_1H;
+	}
+	o->log_fn = tu_quiet_log;
+}
 
 /* Pipe message; 24 bytes, so each write() is atomic (< PIPE_BUF). */
 enum { MSG_READY = 1, MSG_BEGIN = 2, MSG_DURABLE = 3 };
@@ -133,22 +173,35 @@ static void child_send(child *cx, uint32_t kind, uint32_t key, uint64_t lo, uint
 		child_die("pipe write: %s", k < 0 ? strerror(errno) : "short");
 }
 
-/* Mostly small batches, now and then large ones: many records and syncs,
- * and records of a few hundred KiB that span buffer flushes. */
-static unsigned batch_size(tu_rng *r, unsigned max)
+/* Mostly small batches, now and then large ones (records that span
+ * buffer flushes), and with cfg->huge once in a while a huge one: over
+ * the WAL's 1 MiB append buffer, so it is written directly, and sometimes
+ * over the 65536 rows at which one write call commits twice. */
+#define HUGE_MIN 50000
+#define HUGE_MAX 70000
+
+static unsigned batch_size(tu_rng *r, const crash_cfg *cfg)
 {
+	if (cfg->huge && tu_below(r, 100) == 0)
+		return HUGE_MIN + (unsigned)tu_below(r, HUGE_MAX - HUGE_MIN + 1);
+	unsigned max = cfg->max_batch;
 	unsigned cap = tu_below(r, 4) ? (max < 64 ? max : 64) : max;
 	return 1 + (unsigned)tu_below(r, cap);
 }
 
-static int child_write_lp(tally_writer *w, char *text, uint64_t lo, uint64_t hi)
+static int child_write_lp(tally_writer *w, char *text, size_t cap, uint64_t lo, uint64_t hi)
 {
-	char *p = text;
-	for (uint64_t id = lo; id < hi; id++)
-		p += sprintf(p, "crash,src=%s id=%llui,v=%lldi %lld\n", key_names[key_of(id)],
-			     (unsigned long long)id, (long long)v_of(id), (long long)ts_of(id));
+	size_t len = 0;
+	for (uint64_t id = lo; id < hi; id++) {
+		int k = snprintf(text + len, cap - len, "crash,src=%s id=%llui,v=%lldi %lld\n",
+				 key_names[key_of(id)], (unsigned long long)id, (long long)v_of(id),
+				 (long long)ts_of(id));
+		if (k < 0 || (size_t)k >= cap - len)
+			child_die("line protocol buffer too small");
+		len += (size_t)k;
+	}
 	tally_write_result res;
-	int rc = tally_write_lp(w, text, (size_t)(p - text), TALLY_PREC_NS, &res);
+	int rc = tally_write_lp(w, text, len, TALLY_PREC_NS, &res);
 	if (rc == 0 && (res.accepted != hi - lo || res.rejected != 0))
 		child_die("write_lp: %llu accepted, %llu rejected of %llu: %s",
 			  (unsigned long long)res.accepted, (unsigned long long)res.rejected,
@@ -181,6 +234,13 @@ static int child_write_batch(tally_writer *w, unsigned key, int64_t *ts, int64_t
 
 #define PENDING_MAX 8
 
+static int64_t now_ns(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (int64_t)t.tv_sec * TALLY_NS_PER_SEC + t.tv_nsec;
+}
+
 static void *child_thread_main(void *arg)
 {
 	child_thread *ct = arg;
@@ -190,15 +250,22 @@ static void *child_thread_main(void *arg)
 	tally_writer *w;
 	if (tally_writer_open(cx->db, (int)(ct->idx % cfg->shards), &w))
 		child_die("writer_open: %s", tally_errmsg());
-	size_t max = cfg->max_batch;
-	char *text = cfg->binary ? NULL : malloc(max * 96);
-	int64_t *cols = cfg->binary ? malloc(3 * max * sizeof *cols) : NULL;
-	if (!text && !cols)
+	size_t max = cfg->huge ? HUGE_MAX : cfg->max_batch;
+	char *text = malloc(max * 96); /* a line is under 96 bytes */
+	int64_t *cols = malloc(3 * max * sizeof *cols);
+	if (!text || !cols)
 		child_die("out of memory");
 	msg pending[PENDING_MAX];
 	unsigned n_pending = 0;
+	uint64_t done = 0, rate = cfg->rate / cfg->threads;
+	int64_t t0 = now_ns();
 	for (;;) {
-		uint64_t n = batch_size(&r, cfg->max_batch);
+		int64_t ahead = rate ? (int64_t)(done * TALLY_NS_PER_SEC / rate) - (now_ns() - t0) : 0;
+		if (ahead > 0)
+			nanosleep(&(struct timespec){ahead / TALLY_NS_PER_SEC, ahead % TALLY_NS_PER_SEC},
+				  NULL);
+		uint64_t n = batch_size(&r, cfg);
+		done += n;
 		uint64_t lo = atomic_fetch_add(&cx->next_id, n), hi = lo + n;
 		if (hi > cx->end)
 			break;
@@ -208,7 +275,7 @@ static void *child_thread_main(void *arg)
 		child_send(cx, MSG_BEGIN, key, lo, hi);
 		int rc = cfg->binary ? child_write_batch(w, key, cols, cols + max, cols + 2 * max,
 							 lo, hi)
-				     : child_write_lp(w, text, lo, hi);
+				     : child_write_lp(w, text, max * 96, lo, hi);
 		if (rc)
 			child_die("write of ids [%llu, %llu): %s: %s", (unsigned long long)lo,
 				  (unsigned long long)hi, tally_strerror(rc), tally_errmsg());
@@ -234,17 +301,13 @@ static void *child_thread_main(void *arg)
 	return NULL;
 }
 
-static _Noreturn void child_main(const crash_cfg *cfg, const char *dir, int fd, uint64_t start,
-				 uint64_t seed)
+static _Noreturn void child_main(const crash_cfg *cfg, const cycle_opts *co, const char *dir,
+				 int fd, uint64_t start, uint64_t seed)
 {
 	child cx = {.cfg = cfg, .fd = fd, .end = start + cfg->cycle_ids, .seed = seed};
 	atomic_init(&cx.next_id, start);
 	tally_options o;
-	tally_options_init(&o);
-	o.shards = cfg->shards;
-	o.sync_mode = cfg->sync_mode;
-	o.wal_segment_bytes = cfg->segment_bytes;
-	o.log_fn = tu_quiet_log;
+	crash_options(cfg, co, &o);
 	int rc = tally_db_open(dir, &o, &cx.db);
 	if (rc)
 		child_die("open: %s: %s", tally_strerror(rc), tally_errmsg());
@@ -274,7 +337,7 @@ enum {
 
 typedef struct model {
 	uint64_t cap;      /* ids [0, cap) have slots */
-	uint64_t end;      /* ids handed out so far are below this */
+	uint64_t end;      /* ids announced so far are below this */
 	uint8_t *st;       /* ST_* per id */
 	uint8_t *key;      /* key index per written id */
 	uint8_t *seen;     /* rows found per id in this check (saturates) */
@@ -283,6 +346,8 @@ typedef struct model {
 	uint64_t early;    /* of which before the child's open finished */
 	uint64_t maybe;    /* written, unacknowledged ids found present */
 	uint64_t dropped;  /* written, unacknowledged ids found absent */
+	uint64_t parts;    /* most part files a check found */
+	uint64_t part_checks; /* checks that found parts */
 } model;
 
 static void model_grow(model *m, uint64_t cap)
@@ -300,16 +365,10 @@ static void model_grow(model *m, uint64_t cap)
 	m->cap = cap;
 }
 
-static int64_t now_ms(void)
-{
-	struct timespec t;
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
-}
+static int64_t now_ms(void) { return now_ns() / 1000000; }
 
 typedef struct cycle {
 	model *m;
-	unsigned no;
 	uint64_t start, limit; /* ids the child may use */
 	char buf[4096];
 	size_t len;
@@ -442,14 +501,12 @@ static void check_agg(checker *ck, tally_db *db, const char *field, unsigned k, 
 }
 
 /* Opens the database after the kill and checks every id and the rollups. */
-static void check_db(checker *ck, tu_rng *r)
+static void check_db(checker *ck, const cycle_opts *co, tu_rng *r)
 {
 	const crash_cfg *cfg = ck->cfg;
 	model *m = ck->m;
 	tally_options o;
-	tally_options_init(&o);
-	o.shards = cfg->shards;
-	o.log_fn = tu_quiet_log;
+	crash_options(cfg, co, &o);
 	tally_db *db;
 	int rc = tally_db_open(ck->dir, &o, &db);
 	CHECK(ck, rc == 0, "reopen: %s: %s", tally_strerror(rc), tally_errmsg());
@@ -534,6 +591,14 @@ static void check_db(checker *ck, tu_rng *r)
 		keys += total[k].count != 0;
 	CHECK(ck, st.keys == keys, "stats.keys %llu, keys with rows %u", (unsigned long long)st.keys,
 	      keys);
+	if (getenv("TALLY_CRASH_VERBOSE"))
+		fprintf(stderr, "%s: cycle %u: memtable limit %llu, %llu events, %llu parts of %llu rows, "
+			"wal %llu bytes\n", cfg->name, ck->cycle, (unsigned long long)co->memtable_bytes,
+			(unsigned long long)st.events, (unsigned long long)st.parts,
+			(unsigned long long)st.part_rows, (unsigned long long)st.wal_bytes);
+	if (st.parts > m->parts)
+		m->parts = st.parts;
+	m->part_checks += st.parts != 0;
 
 	if (present) {
 		/* Rollups against raw rows: everything, then random ranges (edges
@@ -646,6 +711,14 @@ static void run_crash(const crash_cfg *cfg)
 		ck.cycle = no;
 		uint64_t start = m.end;
 		model_grow(&m, start + cfg->cycle_ids);
+		cycle_opts co = {0};
+		if (cfg->flush_often) {
+			co.memtable_bytes = (256u << 10) + tu_below(&r, 2u << 20);
+			co.flush_interval_ms = 20 + (uint32_t)tu_below(&r, 200);
+		} else if (tu_below(&r, 2)) {
+			co.memtable_bytes = (1u << 20) + tu_below(&r, 7u << 20);
+			co.flush_interval_ms = 100 + (uint32_t)tu_below(&r, 1000);
+		}
 		int fds[2];
 		cr_assert_eq(pipe(fds), 0, "pipe: %s", strerror(errno));
 		fflush(NULL); /* the child must not repeat buffered output */
@@ -654,12 +727,12 @@ static void run_crash(const crash_cfg *cfg)
 		cr_assert_geq(pid, 0, "fork: %s", strerror(errno));
 		if (pid == 0) {
 			close(fds[0]);
-			child_main(cfg, dir, fds[1], start, tu_next(&r));
+			child_main(cfg, &co, dir, fds[1], start, tu_next(&r));
 		}
 		(void)tu_next(&r); /* the parent's stream stays in step */
 		close(fds[1]);
 
-		cycle c = {.m = &m, .no = no, .start = start, .limit = start + cfg->cycle_ids};
+		cycle c = {.m = &m, .start = start, .limit = start + cfg->cycle_ids};
 		/* One cycle in four kills while the child is still opening
 		 * (replaying the WAL, cutting a torn tail); the others kill
 		 * after it started writing. */
@@ -702,22 +775,25 @@ static void run_crash(const crash_cfg *cfg)
 			m.early += !c.ready;
 		}
 		int64_t t_check = now_ms();
-		check_db(&ck, &r);
+		check_db(&ck, &co, &r);
 		if (getenv("TALLY_CRASH_VERBOSE"))
-			fprintf(stderr, "%s: cycle %u: %s after %lld ms, child open %lld ms, check %lld ms, ids < %llu\n",
-				cfg->name, no, c.ready ? "killed" : "killed opening", (long long)(t_check - t_fork),
-				(long long)open_ms, (long long)(now_ms() - t_check), (unsigned long long)m.end);
+			fprintf(stderr, "%s: cycle %u: %s after %lld ms (open took %lld), check %lld ms, "
+				"ids < %llu\n", cfg->name, no, c.ready ? "killed writing" : "killed opening",
+				(long long)(t_check - t_fork), (long long)open_ms,
+				(long long)(now_ms() - t_check), (unsigned long long)m.end);
 	}
 	uint64_t written = 0;
 	for (uint64_t id = 0; id < m.end; id++)
 		written += (m.st[id] & ST_WRITTEN) != 0;
 	fprintf(stderr,
 		"%s: %u cycles (%llu killed, %llu while opening) in %lld ms: %llu ids written, "
-		"%llu acknowledged, %llu unacknowledged recovered, %llu unacknowledged lost\n",
+		"%llu acknowledged, %llu unacknowledged recovered, %llu unacknowledged lost; "
+		"%llu checks found parts, up to %llu\n",
 		cfg->name, cycles, (unsigned long long)m.killed, (unsigned long long)m.early,
 		(long long)(now_ms() - t_begin), (unsigned long long)written,
 		(unsigned long long)m.durable, (unsigned long long)m.maybe,
-		(unsigned long long)m.dropped);
+		(unsigned long long)m.dropped, (unsigned long long)m.part_checks,
+		(unsigned long long)m.parts);
 	cr_expect_gt(m.durable, 0, "no write was ever acknowledged: the test tested nothing");
 	free(m.st);
 	free(m.key);
@@ -735,11 +811,13 @@ Test(crash, kill9_during_lp_writes, .timeout = 120)
 		.shards = 2,
 		.threads = 3,
 		.max_batch = 5000,
+		.huge = 1,
 		.segment_bytes = 256 << 10,
 		.cycles = 12,
 		.kill_min_ms = 5,
 		.kill_max_ms = 300,
 		.cycle_ids = 400000,
+		.rate = 400000,
 	};
 	run_crash(&cfg);
 }
@@ -752,11 +830,13 @@ Test(crash, kill9_during_binary_writes, .timeout = 120)
 		.shards = 2,
 		.threads = 3,
 		.max_batch = 5000,
+		.huge = 1,
 		.segment_bytes = 256 << 10,
 		.cycles = 12,
 		.kill_min_ms = 5,
 		.kill_max_ms = 300,
 		.cycle_ids = 400000,
+		.rate = 400000,
 	};
 	run_crash(&cfg);
 }
@@ -769,11 +849,13 @@ Test(crash, kill9_sync_each_write, .timeout = 120)
 		.shards = 2,
 		.threads = 3,
 		.max_batch = 2000,
+		.huge = 1,
 		.segment_bytes = 256 << 10,
 		.cycles = 12,
 		.kill_min_ms = 5,
 		.kill_max_ms = 300,
 		.cycle_ids = 400000,
+		.rate = 400000,
 	};
 	run_crash(&cfg);
 }
@@ -792,6 +874,32 @@ Test(crash, kill9_during_segment_rolls, .timeout = 120)
 		.kill_min_ms = 5,
 		.kill_max_ms = 150,
 		.cycle_ids = 200000,
+		.rate = 400000,
+	};
+	run_crash(&cfg);
+}
+
+/* Memtables of a few hundred KiB and partitions of an hour: the background
+ * flusher writes parts, replaces the manifest and trims the WAL all the
+ * time, and merges and seals partitions, so kills land in every step of
+ * that, and recovery must take each event from a part or from the WAL,
+ * never from both. */
+Test(crash, kill9_during_flushes, .timeout = 120)
+{
+	static const crash_cfg cfg = {
+		.name = "crash.kill9_during_flushes",
+		.binary = 1,
+		.shards = 2,
+		.threads = 3,
+		.max_batch = 3000,
+		.segment_bytes = 64 << 10,
+		.flush_often = 1,
+		.hour_partitions = 1,
+		.cycles = 12,
+		.kill_min_ms = 5,
+		.kill_max_ms = 400,
+		.cycle_ids = 400000,
+		.rate = 300000,
 	};
 	run_crash(&cfg);
 }
