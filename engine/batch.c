@@ -321,6 +321,55 @@ int tbatch_row_commit(wbatch *b, tbatch *tb, const char *key, uint32_t len)
 	return 0;
 }
 
+int tbatch_append(wbatch *b, tbatch *tb, const char *key, uint32_t key_len, uint32_t n,
+		  const int64_t *ts, uint32_t n_cols, col_def *const *defs,
+		  const void *const *vals, const uint8_t *const *present)
+{
+	uint32_t k;
+	int rc;
+	if (n == 0)
+		return 0;
+	if (tb->n_rows + n > (1u << 30))
+		return err_set(TALLY_ELIMIT, "batch larger than 2^30 rows");
+	while (tb->n_rows + n > tb->cap_rows)
+		if ((rc = grow_rows(tb)))
+			return rc;
+	if ((rc = key_index(tb, key, key_len, &k)))
+		return rc;
+	uint32_t base = tb->n_rows;
+	memcpy(tb->ts + base, ts, (size_t)n * sizeof *ts);
+	for (uint32_t r = 0; r < n; r++)
+		tb->key[base + r] = k;
+	for (uint32_t c = 0; c < n_cols; c++) {
+		bcol *bc = col_slot(tb, defs[c]);
+		if (!bc)
+			return -ENOMEM;
+		enum tally_type t = defs[c]->type;
+		const uint8_t *pres = present[c];
+		for (uint32_t r = 0; r < n; r++) {
+			if (pres && !((pres[r / 8] >> (r % 8)) & 1))
+				continue;
+			bval v;
+			if (type_is_string(t)) {
+				const char *str = ((const char *const *)vals[c])[r];
+				if ((rc = arena_put(&tb->arena, &tb->arena_len, &tb->arena_cap, str,
+						    (uint32_t)strlen(str), &v.ref)))
+					return rc;
+			} else if (t == TALLY_T_BOOL) {
+				v.u64 = ((const uint8_t *)vals[c])[r] != 0;
+			} else {
+				memcpy(&v, (const char *)vals[c] + (size_t)r * 8, 8);
+			}
+			uint32_t row = base + r;
+			bc->present[row >> 6] |= UINT64_C(1) << (row & 63);
+			bc->vals[row] = v;
+		}
+	}
+	tb->n_rows += n;
+	b->rows += n;
+	return 0;
+}
+
 /* ---------------------------------------------------------------- encode */
 
 typedef struct obuf {
@@ -403,8 +452,17 @@ static void encode_table(obuf *o, const tbatch *tb)
 	if (tb->n_keys > 1)
 		for (uint32_t r = 0; r < n; r++)
 			ob_u32(o, tb->key[r]);
-	for (uint32_t r = 0; r < n; r++)
-		ob_u64(o, r ? (uint64_t)tb->ts[r] - (uint64_t)tb->ts[r - 1] : (uint64_t)tb->ts[0]);
+	/* the fixed-width arrays are written straight into the buffer: one
+	 * capacity check per column, not per value */
+	ob_need(o, (size_t)n * 8);
+	if (o->err)
+		return;
+	for (uint32_t r = 0; r < n; r++) {
+		uint64_t d = htole64(r ? (uint64_t)tb->ts[r] - (uint64_t)tb->ts[r - 1]
+				       : (uint64_t)tb->ts[0]);
+		memcpy(o->p + o->len + (size_t)r * 8, &d, 8);
+	}
+	o->len += (size_t)n * 8;
 	uint32_t live = 0;
 	for (uint32_t i = 0; i < tb->n_cols; i++)
 		live += col_count(&tb->cols[i], n) > 0;
@@ -421,6 +479,17 @@ static void encode_table(obuf *o, const tbatch *tb)
 			ob_need(o, (n + 7) / 8);
 			for (uint32_t byte = 0; byte < (n + 7) / 8; byte++)
 				ob_u8(o, (uint8_t)(c->present[byte / 8] >> ((byte % 8) * 8)));
+		}
+		if (cnt == n && !type_is_string(c->def->type) && c->def->type != TALLY_T_BOOL) {
+			ob_need(o, (size_t)n * 8);
+			if (o->err)
+				return;
+			for (uint32_t r = 0; r < n; r++) {
+				uint64_t v = htole64(c->vals[r].u64);
+				memcpy(o->p + o->len + (size_t)r * 8, &v, 8);
+			}
+			o->len += (size_t)n * 8;
+			continue;
 		}
 		for (uint32_t r = 0; r < n; r++) {
 			if (!bcol_has(c, r))

@@ -81,6 +81,14 @@ void tbatch_row_abort(tbatch *tb);
 /* The key is looked up only here, so an aborted row never adds a key. */
 int tbatch_row_commit(wbatch *b, tbatch *tb, const char *key, uint32_t key_len);
 
+/* Appends n rows of one key at once (the binary API): timestamps, and per
+ * column its values (8-byte numbers, bool bytes, or NUL-terminated
+ * strings) with an optional presence bitmap (bit r of byte r/8). On error
+ * the rows are not committed, but the batch must be reset. */
+int tbatch_append(wbatch *b, tbatch *tb, const char *key, uint32_t key_len, uint32_t n,
+		  const int64_t *ts, uint32_t n_cols, col_def *const *defs,
+		  const void *const *vals, const uint8_t *const *present);
+
 static inline int bcol_has(const bcol *c, uint32_t row)
 {
 	return (int)((c->present[row >> 6] >> (row & 63)) & 1);

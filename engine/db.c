@@ -32,6 +32,8 @@
 #define DEFAULT_MAX_LINE (1u << 20)
 #define COMMIT_ROWS 65536       /* a staged batch commits at this many rows */
 #define COMMIT_ARENA (16u << 20) /* or at this many string bytes */
+/* binary batches are sliced at COMMIT_ROWS: whole bytes of their bitmaps */
+_Static_assert(COMMIT_ROWS % 8 == 0, "slices must start on a bitmap byte");
 
 TALLY_API void tally_options_init(tally_options *opt)
 {
@@ -817,40 +819,27 @@ TALLY_API int tally_write_batch(tally_writer *w, const tally_batch *b)
 			return rc;
 	}
 	uint32_t kl = (uint32_t)strlen(b->key);
-	for (size_t r = 0; r < b->n_rows; r++) {
-		tbatch *tb;
-		if ((rc = wbatch_table(&w->batch, t, &tb)) || (rc = tbatch_row_begin(tb, b->ts[r])))
-			goto fail;
+	const void *vals[CAT_COLS_MAX];
+	const uint8_t *pres[CAT_COLS_MAX];
+	/* in slices of COMMIT_ROWS, so staging memory stays bounded */
+	for (size_t r = 0; r < b->n_rows; r += COMMIT_ROWS) {
+		uint32_t n = (uint32_t)(b->n_rows - r < COMMIT_ROWS ? b->n_rows - r : COMMIT_ROWS);
 		for (size_t c = 0; c < b->n_columns; c++) {
 			const tally_column *col = &b->columns[c];
-			if (col->present && !((col->present[r / 8] >> (r % 8)) & 1))
-				continue;
-			bval v = {0};
-			switch (col->type) {
-			case TALLY_T_STR:
-			case TALLY_T_TAG: {
-				const char *s = ((const char *const *)col->values)[r];
-				rc = tbatch_set_str(tb, defs[c], s, (uint32_t)strlen(s));
-				break;
-			}
-			case TALLY_T_BOOL:
-				v.u64 = ((const uint8_t *)col->values)[r] != 0;
-				rc = tbatch_set(tb, defs[c], v);
-				break;
-			default:
-				memcpy(&v, (const char *)col->values + r * 8, 8);
-				rc = tbatch_set(tb, defs[c], v);
-				break;
-			}
-			if (rc)
-				goto fail;
+			size_t width = type_is_string(col->type) ? sizeof(char *)
+				       : col->type == TALLY_T_BOOL ? 1
+								   : 8;
+			vals[c] = (const char *)col->values + r * width;
+			pres[c] = col->present ? col->present + r / 8 : NULL;
 		}
-		if ((rc = tbatch_row_commit(&w->batch, tb, b->key, kl)))
+		tbatch *tb;
+		if ((rc = wbatch_table(&w->batch, t, &tb)) == 0)
+			rc = tbatch_append(&w->batch, tb, b->key, kl, n, b->ts + r,
+					   (uint32_t)b->n_columns, defs, vals, pres);
+		if (rc || (rc = writer_commit(w)))
 			goto fail;
-		if (w->batch.rows >= COMMIT_ROWS && (rc = writer_commit(w)))
-			return rc;
 	}
-	return writer_commit(w);
+	return 0;
 fail:
 	wbatch_reset(&w->batch);
 	return rc;
