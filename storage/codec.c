@@ -37,15 +37,15 @@
 #define ZSTD_PROBE    4096 /* bytes of a bit-packed body tried first */
 
 static const codec_ops *const ops_by_id[CODEC_ENC_MAX + 1] = {
-	[CODEC_ENC_RAW] = &enc_raw_ops,       [CODEC_ENC_INT] = &enc_int_ops,
-	[CODEC_ENC_DEC] = &enc_dec_ops,       [CODEC_ENC_XOR] = &enc_xor_ops,
-	[CODEC_ENC_BITMAP] = &enc_bitmap_ops, [CODEC_ENC_PLAIN] = &enc_plain_ops,
-	[CODEC_ENC_DICT] = &enc_dict_ops,     [CODEC_ENC_RLE] = &enc_rle_ops,
+        [CODEC_ENC_RAW] = &enc_raw_ops,       [CODEC_ENC_INT] = &enc_int_ops,
+        [CODEC_ENC_DEC] = &enc_dec_ops,       [CODEC_ENC_XOR] = &enc_xor_ops,
+        [CODEC_ENC_BITMAP] = &enc_bitmap_ops, [CODEC_ENC_PLAIN] = &enc_plain_ops,
+        [CODEC_ENC_DICT] = &enc_dict_ops,     [CODEC_ENC_RLE] = &enc_rle_ops,
 };
 
 static const char *const kind_names[CODEC_KIND_MAX + 1] = {
-	[CODEC_TS] = "ts",     [CODEC_I64] = "i64", [CODEC_U64] = "u64", [CODEC_F64] = "f64",
-	[CODEC_BOOL] = "bool", [CODEC_STR] = "str", [CODEC_KEY] = "key",
+        [CODEC_TS] = "ts",     [CODEC_I64] = "i64", [CODEC_U64] = "u64", [CODEC_F64] = "f64",
+        [CODEC_BOOL] = "bool", [CODEC_STR] = "str", [CODEC_KEY] = "key",
 };
 
 const char *codec_name(unsigned enc)
@@ -58,7 +58,10 @@ const char *codec_kind_name(unsigned kind)
 	return kind <= CODEC_KIND_MAX && kind_names[kind] ? kind_names[kind] : "?";
 }
 
-static int is_str(enum codec_kind k) { return k == CODEC_STR || k == CODEC_KEY; }
+static int is_str(enum codec_kind k)
+{
+	return k == CODEC_STR || k == CODEC_KEY;
+}
 
 static size_t elem_size(enum codec_kind k)
 {
@@ -85,9 +88,15 @@ typedef struct ctx_full {
 	ctx_bufs b;
 } ctx_full;
 
-static ctx_bufs *bufs(codec_ctx *cx) { return &((ctx_full *)cx)->b; }
+static ctx_bufs *bufs(codec_ctx *cx)
+{
+	return &((ctx_full *)cx)->b;
+}
 
-codec_ctx *codec_ctx_new(void) { return mem_calloc(1, sizeof(ctx_full)); }
+codec_ctx *codec_ctx_new(void)
+{
+	return mem_calloc(1, sizeof(ctx_full));
+}
 
 void codec_ctx_free(codec_ctx *cx)
 {
@@ -106,7 +115,10 @@ void codec_ctx_free(codec_ctx *cx)
 
 /* ------------------------------------------------------------ presence */
 
-static inline int bit_get(const uint64_t *b, uint32_t i) { return (int)(b[i >> 6] >> (i & 63) & 1); }
+static inline int bit_get(const uint64_t *b, uint32_t i)
+{
+	return (int)(b[i >> 6] >> (i & 63) & 1);
+}
 
 static uint32_t count_present(const uint64_t *present, uint32_t n)
 {
@@ -114,7 +126,8 @@ static uint32_t count_present(const uint64_t *present, uint32_t n)
 	for (uint32_t w = 0; w < n / 64; w++)
 		c += (uint32_t)__builtin_popcountll(present[w]);
 	if (n & 63)
-		c += (uint32_t)__builtin_popcountll(present[n / 64] & (((uint64_t)1 << (n & 63)) - 1));
+		c += (uint32_t)__builtin_popcountll(present[n / 64] &
+		                                    (((uint64_t)1 << (n & 63)) - 1));
 	return c;
 }
 
@@ -178,7 +191,7 @@ static int presence_put(codec_buf *out, const uint64_t *present, uint32_t n, uin
 
 /* Parses the presence section at *pos into bits (n bits, zeroed first). */
 static int presence_get(const uint8_t *p, size_t len, size_t *pos, uint32_t n, uint32_t np,
-			uint64_t *bits)
+                        uint64_t *bits)
 {
 	memset(bits, 0, ((size_t)n + 63) / 64 * 8);
 	if (*pos >= len)
@@ -200,7 +213,8 @@ static int presence_get(const uint8_t *p, size_t len, size_t *pos, uint32_t n, u
 		if (rc)
 			return rc;
 		if (runs > (uint64_t)n + 1)
-			return ENC_CORRUPT("%llu presence runs for %u rows", (unsigned long long)runs, n);
+			return ENC_CORRUPT("%llu presence runs for %u rows",
+			                   (unsigned long long)runs, n);
 		uint32_t at = 0;
 		for (uint64_t r = 0; r < runs; r++) {
 			uint64_t l;
@@ -208,7 +222,7 @@ static int presence_get(const uint8_t *p, size_t len, size_t *pos, uint32_t n, u
 				return rc;
 			if (l > n - at)
 				return ENC_CORRUPT("presence run %llu of %llu rows past row %u",
-						   (unsigned long long)r, (unsigned long long)l, n);
+				                   (unsigned long long)r, (unsigned long long)l, n);
 			if (r & 1)
 				for (uint32_t i = at; i < at + l; i++)
 					bits[i >> 6] |= (uint64_t)1 << (i & 63);
@@ -246,7 +260,7 @@ static int header_get(const uint8_t *p, size_t len, block_hdr *h)
 		return ENC_CORRUPT("unknown kind %u", h->kind);
 	if (!(ops_by_id[h->enc]->kinds & 1u << h->kind))
 		return ENC_CORRUPT("encoding %s does not take kind %s", codec_name(h->enc),
-				   codec_kind_name(h->kind));
+		                   codec_kind_name(h->kind));
 	if (h->flags & ~(FLAG_ZSTD | FLAG_PRESENCE))
 		return ENC_CORRUPT("unknown flags 0x%02x", h->flags);
 	size_t pos = 3;
@@ -262,7 +276,7 @@ static int header_get(const uint8_t *p, size_t len, block_hdr *h)
 			return rc;
 		if (np >= n)
 			return ENC_CORRUPT("presence section with %llu of %llu rows present",
-					   (unsigned long long)np, (unsigned long long)n);
+			                   (unsigned long long)np, (unsigned long long)n);
 	}
 	h->n = (uint32_t)n;
 	h->np = (uint32_t)np;
@@ -318,14 +332,14 @@ static int zstd_pays(size_t zlen, size_t len)
 
 /* Encodes in with op into b (emptied first); TALLY_EINVAL = not applicable. */
 static int build(codec_ctx *cx, const codec_ops *op, const enc_vals *in, const codec_opts *o,
-		 codec_buf *b, codec_stats *st)
+                 codec_buf *b, codec_stats *st)
 {
 	b->len = 0;
 	codec_stats s = {0};
 	int rc = op->encode(cx, in, o, b, &s);
 	if (!rc && b->len > body_limit(in->kind, in->n))
 		rc = err_set(TALLY_ELIMIT, "codec: %s body of %zu bytes over the limit", op->name,
-			     b->len);
+		             b->len);
 	if (!rc) {
 		st->order = s.order;
 		st->scale = s.scale;
@@ -337,7 +351,7 @@ static int build(codec_ctx *cx, const codec_ops *op, const enc_vals *in, const c
 /* Chooses and builds the body; returns the index of the candidate buffer
  * holding it via *which, the encoding via *op. */
 static int choose(codec_ctx *cx, const enc_vals *in, const codec_opts *o, const codec_ops **op,
-		  int *which, codec_stats *st)
+                  int *which, codec_stats *st)
 {
 	ctx_bufs *b = bufs(cx);
 	codec_stats s1 = *st, s2 = *st;
@@ -347,7 +361,7 @@ static int choose(codec_ctx *cx, const enc_vals *in, const codec_opts *o, const 
 		*op = o->force <= CODEC_ENC_MAX ? ops_by_id[o->force] : NULL;
 		if (!*op || !((*op)->kinds & 1u << in->kind))
 			return err_set(TALLY_EINVAL, "codec: encoding %s does not take kind %s",
-				       codec_name(o->force), codec_kind_name(in->kind));
+			               codec_name(o->force), codec_kind_name(in->kind));
 		rc = build(cx, *op, in, o, &b->cand[0], st);
 		return rc;
 	}
@@ -379,17 +393,16 @@ static int choose(codec_ctx *cx, const enc_vals *in, const codec_opts *o, const 
 		st->scale = s1.scale;
 		st->n_except = s1.n_except;
 		break;
-	case CODEC_BOOL:
-		*op = &enc_bitmap_ops;
-		return build(cx, *op, in, o, &b->cand[0], st);
+	case CODEC_BOOL: *op = &enc_bitmap_ops; return build(cx, *op, in, o, &b->cand[0], st);
 	default: {
 		/* strings: the smallest of RLE, DICT (when they apply) and PLAIN */
 		static const codec_ops *const order[] = {&enc_rle_ops, &enc_dict_ops,
-							 &enc_plain_ops};
+		                                         &enc_plain_ops};
 		*op = NULL;
 		for (int i = 0; i < 3; i++) {
 			/* PLAIN holds every byte: it cannot beat a body smaller than that */
-			if (order[i] == &enc_plain_ops && *op && b->cand[*which].len < st->raw_bytes)
+			if (order[i] == &enc_plain_ops && *op &&
+			    b->cand[*which].len < st->raw_bytes)
 				break;
 			int slot = *op ? *which ^ 1 : 0;
 			rc = build(cx, order[i], in, o, &b->cand[slot], &s1);
@@ -416,7 +429,7 @@ static int choose(codec_ctx *cx, const enc_vals *in, const codec_opts *o, const 
 }
 
 static int encode(codec_ctx *cx, enum codec_kind kind, const void *vals, const uint64_t *present,
-		  uint32_t n, const codec_opts *o, codec_buf *out, codec_stats *st)
+                  uint32_t n, const codec_opts *o, codec_buf *out, codec_stats *st)
 {
 	uint32_t np = present ? count_present(present, n) : n;
 	if (np == n)
@@ -451,7 +464,7 @@ static int encode(codec_ctx *cx, enum codec_kind kind, const void *vals, const u
 		}
 		if (st->raw_bytes > CODEC_BODY_MAX)
 			return err_set(TALLY_ELIMIT, "codec: %llu string bytes in one block",
-				       (unsigned long long)st->raw_bytes);
+			               (unsigned long long)st->raw_bytes);
 	} else {
 		st->raw_bytes = (uint64_t)np * (kind == CODEC_BOOL ? 1 : 8);
 	}
@@ -464,7 +477,7 @@ static int encode(codec_ctx *cx, enum codec_kind kind, const void *vals, const u
 	int use_z = 0;
 	int level = o->zstd_level ? o->zstd_level : CODEC_ZSTD_DEFAULT;
 	int packed = op == &enc_int_ops || op == &enc_dec_ops || op == &enc_xor_ops ||
-		     op == &enc_bitmap_ops;
+	             op == &enc_bitmap_ops;
 	if (o->zstd_level >= 0 && (body->len >= ZSTD_MIN_BODY || o->zstd_always)) {
 		int go = 1;
 		if (packed) {
@@ -511,14 +524,15 @@ static int encode(codec_ctx *cx, enum codec_kind kind, const void *vals, const u
 }
 
 int codec_encode(codec_ctx *cx, enum codec_kind kind, const void *vals, const uint64_t *present,
-		 uint32_t n, const codec_opts *opt, codec_buf *out, codec_stats *st)
+                 uint32_t n, const codec_opts *opt, codec_buf *out, codec_stats *st)
 {
 	codec_opts defaults = {0};
 	codec_stats dummy;
 	if (kind < 1 || kind > CODEC_KIND_MAX)
 		return err_set(TALLY_EINVAL, "codec: unknown kind %d", (int)kind);
 	if (n > CODEC_BLOCK_MAX)
-		return err_set(TALLY_EINVAL, "codec: %u values in one block > %u", n, CODEC_BLOCK_MAX);
+		return err_set(TALLY_EINVAL, "codec: %u values in one block > %u", n,
+		               CODEC_BLOCK_MAX);
 	if ((n && !vals) || !out)
 		return err_set(TALLY_EINVAL, "codec: no values or no output");
 	if (!opt)
@@ -537,8 +551,8 @@ int codec_encode(codec_ctx *cx, enum codec_kind kind, const void *vals, const ui
 /* ------------------------------------------------------------ decode */
 
 static int decode(codec_ctx *cx, const uint8_t *p, size_t len, enum codec_kind kind,
-		  uint32_t n_expected, void *vals, uint64_t *present, codec_buf *arena,
-		  uint64_t *bits)
+                  uint32_t n_expected, void *vals, uint64_t *present, codec_buf *arena,
+                  uint64_t *bits)
 {
 	block_hdr h;
 	int rc = header_get(p, len, &h);
@@ -546,7 +560,7 @@ static int decode(codec_ctx *cx, const uint8_t *p, size_t len, enum codec_kind k
 		return rc;
 	if (h.kind != kind)
 		return ENC_CORRUPT("kind %s, expected %s", codec_kind_name(h.kind),
-				   codec_kind_name(kind));
+		                   codec_kind_name(kind));
 	if (h.n != n_expected)
 		return ENC_CORRUPT("%u rows, expected %u", h.n, n_expected);
 	if ((h.flags & FLAG_PRESENCE) &&
@@ -565,12 +579,12 @@ static int decode(codec_ctx *cx, const uint8_t *p, size_t len, enum codec_kind k
 			return rc;
 		if (raw > limit)
 			return ENC_CORRUPT("body of %llu bytes > %zu for %u values",
-					   (unsigned long long)raw, limit, h.np);
+			                   (unsigned long long)raw, limit, h.np);
 		body = p + h.pos;
 		blen = len - h.pos;
 		if (ZSTD_getFrameContentSize(body, blen) != raw)
 			return ENC_CORRUPT("zstd frame size is not the %llu bytes the header says",
-					   (unsigned long long)raw);
+			                   (unsigned long long)raw);
 		uint8_t *dst;
 		if (is_str(kind)) {
 			arena->len = 0;
@@ -587,7 +601,7 @@ static int decode(codec_ctx *cx, const uint8_t *p, size_t len, enum codec_kind k
 			return ENC_CORRUPT("zstd: %s", ZSTD_getErrorName(r));
 		if (r != raw)
 			return ENC_CORRUPT("zstd gave %zu bytes, header says %llu", r,
-					   (unsigned long long)raw);
+			                   (unsigned long long)raw);
 		body = dst;
 		blen = raw;
 		if (is_str(kind))
@@ -630,7 +644,7 @@ static int decode(codec_ctx *cx, const uint8_t *p, size_t len, enum codec_kind k
 }
 
 int codec_decode(codec_ctx *cx, const uint8_t *p, size_t len, enum codec_kind kind,
-		 uint32_t n_expected, void *vals, uint64_t *present, codec_buf *arena)
+                 uint32_t n_expected, void *vals, uint64_t *present, codec_buf *arena)
 {
 	if (kind < 1 || kind > CODEC_KIND_MAX || !p || (n_expected && !vals) ||
 	    (is_str(kind) && !arena))

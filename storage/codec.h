@@ -37,10 +37,10 @@
 
 #include "tally.h"
 
-#define CODEC_BLOCK_MAX    65536u     /* values (rows) per block */
-#define CODEC_BODY_MAX     (64u << 20) /* encoded body bytes (strings) */
-#define CODEC_ZSTD_DEFAULT 4          /* measured: bench/bench_codec.c */
-#define CODEC_DEC_SCALE_MAX 15        /* decimal digits after the point */
+#define CODEC_BLOCK_MAX     65536u      /* values (rows) per block */
+#define CODEC_BODY_MAX      (64u << 20) /* encoded body bytes (strings) */
+#define CODEC_ZSTD_DEFAULT  4           /* measured: bench/bench_codec.c */
+#define CODEC_DEC_SCALE_MAX 15          /* decimal digits after the point */
 
 enum codec_kind {
 	CODEC_TS = 1,
@@ -134,14 +134,16 @@ void codec_ctx_free(codec_ctx *cx);
 /*
  * Appends one block holding vals[0..n) (n <= CODEC_BLOCK_MAX) to out.
  * cx may be NULL (a temporary context is used: slower), opt may be NULL
- * (defaults), st may be NULL. Errors: TALLY_EINVAL for a bad kind, n, or a
- * forced encoding that does not apply to the kind or cannot represent the
- * values (DEC on non-decimals); TALLY_ELIMIT when the encoded body would
+ * (defaults), st may be NULL. Every encoding a kind takes can represent
+ * every value of it (DEC stores non-decimals verbatim), so a forced
+ * encoding only fails when it does not take the kind. Errors: TALLY_EINVAL
+ * for a bad kind, n, a NULL string with a nonzero length, or a forced
+ * encoding that does not take the kind; TALLY_ELIMIT when the strings
  * pass CODEC_BODY_MAX (split the block); -ENOMEM. On error out->len is
- * unchanged.
+ * unchanged. With a reused cx, it allocates only to grow cx and out.
  */
 int codec_encode(codec_ctx *cx, enum codec_kind kind, const void *vals, const uint64_t *present,
-		 uint32_t n, const codec_opts *opt, codec_buf *out, codec_stats *st);
+                 uint32_t n, const codec_opts *opt, codec_buf *out, codec_stats *st);
 
 /*
  * Decodes the block in p[0..len) (exactly one block, nothing after it)
@@ -149,12 +151,12 @@ int codec_encode(codec_ctx *cx, enum codec_kind kind, const void *vals, const ui
  * NULL, its presence bitmap ((n_expected + 63) / 64 words). For STR and
  * KEY, arena is required: it is emptied and refilled, and the decoded
  * codec_str point into it until the arena is next used or freed (absent
- * rows get {"" , 0}). cx may be NULL. Errors: TALLY_ECORRUPT (a kind or
+ * rows get {"", 0}). cx may be NULL. Errors: TALLY_ECORRUPT (a kind or
  * row count other than expected included), TALLY_EINVAL for bad
  * arguments, -ENOMEM. On error vals and present hold garbage.
  */
 int codec_decode(codec_ctx *cx, const uint8_t *p, size_t len, enum codec_kind kind,
-		 uint32_t n_expected, void *vals, uint64_t *present, codec_buf *arena);
+                 uint32_t n_expected, void *vals, uint64_t *present, codec_buf *arena);
 
 /* Reads a block's header; TALLY_ECORRUPT when it does not parse. */
 int codec_block_info_get(const uint8_t *p, size_t len, codec_block_info *out);

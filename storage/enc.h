@@ -21,21 +21,21 @@
 
 /* Scratch slots: each user owns one, so nested calls never share. */
 enum {
-	ENC_S_VALS,  /* codec.c: present values compacted / decoded */
-	ENC_S_TMP,   /* an encoding's own array: DEC integers, string lengths, ids */
-	ENC_S_RES,   /* enc_ints_put: residuals */
-	ENC_S_BODY,  /* codec.c: body before zstd / after unzstd */
-	ENC_S_HASH,  /* enc_str.c: dictionary hash table */
-	ENC_S_TMP2,  /* an encoding's second array: exceptions, dictionary entries */
-	ENC_S_TMP3,  /* an encoding's third array: run lengths, dictionary lengths */
+	ENC_S_VALS, /* codec.c: present values compacted / decoded */
+	ENC_S_TMP,  /* an encoding's own array: DEC integers, string lengths, ids */
+	ENC_S_RES,  /* enc_ints_put: residuals */
+	ENC_S_BODY, /* codec.c: body before zstd / after unzstd */
+	ENC_S_HASH, /* enc_str.c: dictionary hash table */
+	ENC_S_TMP2, /* an encoding's second array: exceptions, dictionary entries */
+	ENC_S_TMP3, /* an encoding's third array: run lengths, dictionary lengths */
 	ENC_SCRATCH
 };
 
 /* Per-frame choice of the INT frame coder (enc_int.c). */
 typedef struct enc_frame_plan {
-	uint8_t code;  /* frame header code: mode and width/k */
+	uint8_t code; /* frame header code: mode and width/k */
 	uint8_t pad[7];
-	int64_t ref;   /* frame reference value */
+	int64_t ref; /* frame reference value */
 } enc_frame_plan;
 
 #define ENC_FRAME_LOG2 7 /* encoder's frame: 128 values (stored per stream) */
@@ -67,15 +67,15 @@ typedef struct codec_ops {
 	/* Appends the body for in to out. TALLY_EINVAL: cannot represent these
 	 * values (only DEC). st gets order, scale, n_except where they apply. */
 	int (*encode)(codec_ctx *cx, const enc_vals *in, const codec_opts *opt, codec_buf *out,
-		      codec_stats *st);
+	              codec_stats *st);
 	/* Decodes n values from exactly body[0..len) into out (n slots of the
 	 * kind's type); strings go into arena. TALLY_ECORRUPT on damage. */
 	int (*decode)(codec_ctx *cx, enum codec_kind kind, const uint8_t *body, size_t len,
-		      uint32_t n, void *out, codec_buf *arena);
+	              uint32_t n, void *out, codec_buf *arena);
 } codec_ops;
 
 extern const codec_ops enc_raw_ops, enc_int_ops, enc_dec_ops, enc_xor_ops, enc_bitmap_ops,
-	enc_plain_ops, enc_dict_ops, enc_rle_ops;
+        enc_plain_ops, enc_dict_ops, enc_rle_ops;
 
 /* ------------------------------------------------------------ INT streams */
 
@@ -85,7 +85,7 @@ extern const codec_ops enc_raw_ops, enc_int_ops, enc_dec_ops, enc_xor_ops, enc_b
  * Appends to out; *used (may be NULL) gets the order taken.
  */
 int enc_ints_put(codec_ctx *cx, const int64_t *v, uint32_t n, enum codec_order order,
-		 codec_buf *out, enum codec_order *used);
+                 codec_buf *out, enum codec_order *used);
 /* Decodes n values from exactly p[0..len). */
 int enc_ints_get(codec_ctx *cx, const uint8_t *p, size_t len, uint32_t n, int64_t *v);
 
@@ -113,11 +113,20 @@ static inline uint64_t enc_get_le64(const uint8_t *p)
 	return v;
 }
 
-static inline uint64_t enc_zigzag(int64_t v) { return ((uint64_t)v << 1) ^ (uint64_t)(v >> 63); }
-static inline int64_t enc_unzigzag(uint64_t u) { return (int64_t)((u >> 1) ^ (0 - (u & 1))); }
+static inline uint64_t enc_zigzag(int64_t v)
+{
+	return ((uint64_t)v << 1) ^ (uint64_t)(v >> 63);
+}
+static inline int64_t enc_unzigzag(uint64_t u)
+{
+	return (int64_t)((u >> 1) ^ (0 - (u & 1)));
+}
 
 /* Bits needed for v: 0 for 0, 64 for values with the top bit set. */
-static inline unsigned enc_width(uint64_t v) { return v ? 64u - (unsigned)__builtin_clzll(v) : 0; }
+static inline unsigned enc_width(uint64_t v)
+{
+	return v ? 64u - (unsigned)__builtin_clzll(v) : 0;
+}
 
 /* LEB128 varint into p (room for 10 bytes); returns bytes written. */
 static inline size_t enc_varint_put(uint8_t *p, uint64_t v)
@@ -253,7 +262,10 @@ static inline uint64_t enc_br_get(enc_br *r, unsigned nb)
 }
 
 /* Whether more bits were read than the stream holds. */
-static inline int enc_br_overrun(const enc_br *r) { return r->zeros * 8 > r->n; }
+static inline int enc_br_overrun(const enc_br *r)
+{
+	return r->zeros * 8 > r->n;
+}
 
 /* Bytes of the stream consumed, counting a partly read byte as whole. */
 static inline size_t enc_br_used(const enc_br *r, const uint8_t *start)

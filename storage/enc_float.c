@@ -34,8 +34,10 @@
 
 #include "enc.h"
 
+#define DEC_SAMPLE 256 /* values whose digits choose the scale */
+
 static const double pow10_tab[CODEC_DEC_SCALE_MAX + 1] = {
-	1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
 };
 
 static inline uint64_t f64_bits(double d)
@@ -53,7 +55,10 @@ static inline double bits_f64(uint64_t u)
 }
 
 /* The decoder's expression; the encoder checks with this same function. */
-static inline double dec_value(int64_t m, unsigned s) { return (double)m / pow10_tab[s]; }
+static inline double dec_value(int64_t m, unsigned s)
+{
+	return (double)m / pow10_tab[s];
+}
 
 /* m for v at scale s, or 0 with *ok = 0 when v is not exactly m·10^-s. */
 static inline int64_t dec_fit(double v, unsigned s, int *ok)
@@ -101,21 +106,23 @@ static unsigned dec_choose(const uint32_t *hist, uint32_t n)
 }
 
 static int dec_encode(codec_ctx *cx, const enc_vals *in, const codec_opts *opt, codec_buf *out,
-		      codec_stats *st)
+                      codec_stats *st)
 {
 	const double *v = in->v;
 	uint32_t n = in->n, hist[CODEC_DEC_SCALE_MAX + 2] = {0};
 	int forced = opt->force == CODEC_ENC_DEC;
-	/* A sample first: float data that is not decimal gives up fast. */
-	uint32_t sample = n < 64 ? n : 64, none = 0;
-	for (uint32_t i = 0; i < n; i++) {
-		unsigned s = dec_scale_of(v[i]);
-		hist[s]++;
-		none += s > CODEC_DEC_SCALE_MAX;
-		if (i + 1 == sample && !forced && none * 2 > sample)
-			return err_set(TALLY_EINVAL, "codec: values are not decimals");
+	/* The scale from a sample spread over the block: the pass below checks
+	 * every value at that scale anyway, and what does not fit becomes an
+	 * exception. Float data that is not decimal gives up here. */
+	uint32_t sample = n < DEC_SAMPLE ? n : DEC_SAMPLE, none = 0;
+	for (uint32_t j = 0; j < sample; j++) {
+		unsigned sc = dec_scale_of(v[(uint64_t)j * n / sample]);
+		hist[sc]++;
+		none += sc > CODEC_DEC_SCALE_MAX;
 	}
-	unsigned s = dec_choose(hist, n);
+	if (!forced && none * 2 > sample)
+		return err_set(TALLY_EINVAL, "codec: values are not decimals");
+	unsigned s = dec_choose(hist, sample);
 	int64_t *m = enc_scratch(cx, ENC_S_TMP, (size_t)n * 8 + 8);
 	uint32_t *exc = enc_scratch(cx, ENC_S_TMP2, (size_t)n * 4 + 4);
 	if (!m || !exc)
@@ -157,7 +164,7 @@ static int dec_encode(codec_ctx *cx, const enc_vals *in, const codec_opts *opt, 
 }
 
 static int dec_decode(codec_ctx *cx, enum codec_kind kind, const uint8_t *body, size_t len,
-		      uint32_t n, void *out, codec_buf *arena)
+                      uint32_t n, void *out, codec_buf *arena)
 {
 	(void)kind, (void)arena;
 	double *d = out;
@@ -173,7 +180,7 @@ static int dec_decode(codec_ctx *cx, enum codec_kind kind, const uint8_t *body, 
 		return rc;
 	if (ne > n)
 		return ENC_CORRUPT("decimal: %llu exceptions for %u values", (unsigned long long)ne,
-				   n);
+		                   n);
 	size_t exc_at = pos;
 	/* Skip the exceptions to find the integers; check them on the way. */
 	uint64_t idx = 0;
@@ -183,10 +190,11 @@ static int dec_decode(codec_ctx *cx, enum codec_kind kind, const uint8_t *body, 
 			return rc;
 		if (gap >= n - idx)
 			return ENC_CORRUPT("decimal: exception %llu past value %u",
-					   (unsigned long long)j, n);
+			                   (unsigned long long)j, n);
 		idx += gap + 1;
 		if (len - pos < 8)
-			return ENC_CORRUPT("decimal: exception %llu truncated", (unsigned long long)j);
+			return ENC_CORRUPT("decimal: exception %llu truncated",
+			                   (unsigned long long)j);
 		pos += 8;
 	}
 	int64_t *m = enc_scratch(cx, ENC_S_TMP, (size_t)n * 8 + 8);
@@ -209,17 +217,17 @@ static int dec_decode(codec_ctx *cx, enum codec_kind kind, const uint8_t *body, 
 }
 
 const codec_ops enc_dec_ops = {
-	.id = CODEC_ENC_DEC,
-	.name = "dec",
-	.kinds = 1u << CODEC_F64,
-	.encode = dec_encode,
-	.decode = dec_decode,
+        .id = CODEC_ENC_DEC,
+        .name = "dec",
+        .kinds = 1u << CODEC_F64,
+        .encode = dec_encode,
+        .decode = dec_decode,
 };
 
 /* ------------------------------------------------------------ XOR */
 
 static int xor_encode(codec_ctx *cx, const enc_vals *in, const codec_opts *opt, codec_buf *out,
-		      codec_stats *st)
+                      codec_stats *st)
 {
 	(void)cx, (void)opt, (void)st;
 	uint32_t n = in->n;
@@ -262,7 +270,7 @@ static int xor_encode(codec_ctx *cx, const enc_vals *in, const codec_opts *opt, 
 }
 
 static int xor_decode(codec_ctx *cx, enum codec_kind kind, const uint8_t *body, size_t len,
-		      uint32_t n, void *out, codec_buf *arena)
+                      uint32_t n, void *out, codec_buf *arena)
 {
 	(void)cx, (void)kind, (void)arena;
 	double *dv = out;
@@ -283,8 +291,9 @@ static int xor_decode(codec_ctx *cx, enum codec_kind kind, const uint8_t *body, 
 				lead = (unsigned)enc_br_get56(&r, 6);
 				wlen = (unsigned)enc_br_get56(&r, 6) + 1;
 				if (lead + wlen > 64)
-					return ENC_CORRUPT("xor value %u: %u leading zeros + %u bits > 64",
-							   i, lead, wlen);
+					return ENC_CORRUPT(
+					        "xor value %u: %u leading zeros + %u bits > 64", i,
+					        lead, wlen);
 			}
 			prev ^= enc_br_get(&r, wlen) << (64 - lead - wlen);
 		}
@@ -300,9 +309,9 @@ static int xor_decode(codec_ctx *cx, enum codec_kind kind, const uint8_t *body, 
 }
 
 const codec_ops enc_xor_ops = {
-	.id = CODEC_ENC_XOR,
-	.name = "xor",
-	.kinds = 1u << CODEC_F64,
-	.encode = xor_encode,
-	.decode = xor_decode,
+        .id = CODEC_ENC_XOR,
+        .name = "xor",
+        .kinds = 1u << CODEC_F64,
+        .encode = xor_encode,
+        .decode = xor_decode,
 };

@@ -35,25 +35,32 @@
  * (two's complement), so any int64 sequence round-trips.
  */
 #include <errno.h>
+#include <math.h>
 
 #include "enc.h"
 
-#define RICE_LIMIT  32
-#define CODE_RICE   65
-#define CODE_MID    128
-#define CODE_END    191
+#define RICE_LIMIT     32
+#define CODE_RICE      65
+#define CODE_MID       128
+#define CODE_END       191
 #define FRAME_LOG2_MIN 4
 #define FRAME_LOG2_MAX 10
 
-static inline int64_t wsub(int64_t a, int64_t b) { return (int64_t)((uint64_t)a - (uint64_t)b); }
-static inline int64_t wadd(int64_t a, int64_t b) { return (int64_t)((uint64_t)a + (uint64_t)b); }
+static inline int64_t wsub(int64_t a, int64_t b)
+{
+	return (int64_t)((uint64_t)a - (uint64_t)b);
+}
+static inline int64_t wadd(int64_t a, int64_t b)
+{
+	return (int64_t)((uint64_t)a + (uint64_t)b);
+}
 
 /* ------------------------------------------------------------ transform */
 
 /* Residuals of order o (0, 1, 2) into r; returns how many (n - h), with
  * the h head values in head[]. */
 static uint32_t transform(const int64_t *v, uint32_t n, int o, int64_t *r, int64_t head[2],
-			  uint32_t *h)
+                          uint32_t *h)
 {
 	*h = 0;
 	if (n == 0)
@@ -123,7 +130,10 @@ static void divisor_set(divisor *d, uint64_t g)
 	d->lim = UINT64_MAX / odd;
 }
 
-static inline uint64_t uabs64(int64_t x) { return x < 0 ? 0 - (uint64_t)x : (uint64_t)x; }
+static inline uint64_t uabs64(int64_t x)
+{
+	return x < 0 ? 0 - (uint64_t)x : (uint64_t)x;
+}
 
 static inline int divides(const divisor *d, uint64_t u)
 {
@@ -132,36 +142,59 @@ static inline int divides(const divisor *d, uint64_t u)
 	return (u >> d->shift) * d->inv <= d->lim;
 }
 
-/* The gcd of |r[i]|, 1 when none (or all zero); divides r in place. */
-static uint64_t common_divisor(int64_t *r, uint32_t m)
+/* A running gcd: 0 until a nonzero value, and 1 means "no divisor". */
+typedef struct gcd_acc {
+	uint64_t g;
+	divisor d;
+} gcd_acc;
+
+static inline void gcd_add(gcd_acc *a, int64_t x)
 {
-	uint64_t g = 0;
-	uint32_t i = 0;
-	for (; i < m && !g; i++)
-		g = uabs64(r[i]);
-	if (g <= 1)
-		return 1;
+	uint64_t u = uabs64(x);
+	if (a->g == 0) {
+		a->g = u;
+		if (u)
+			divisor_set(&a->d, u);
+	} else if (!divides(&a->d, u)) {
+		a->g = gcd64(a->g, u);
+		divisor_set(&a->d, a->g);
+	}
+}
+
+static inline uint64_t gcd_result(const gcd_acc *a)
+{
+	return a->g > 1 ? a->g : 1;
+}
+
+/* Divides every r[i] by g, which divides them all exactly. */
+static void divide_all(int64_t *r, uint32_t m, uint64_t g)
+{
+	if (g == 1)
+		return;
 	divisor d;
 	divisor_set(&d, g);
-	for (; i < m; i++) {
-		uint64_t u = uabs64(r[i]);
-		if (divides(&d, u))
-			continue;
-		g = gcd64(g, u);
-		if (g == 1)
-			return 1;
-		divisor_set(&d, g);
-	}
-	for (i = 0; i < m; i++) {
+	for (uint32_t i = 0; i < m; i++) {
 		uint64_t q = (uabs64(r[i]) >> d.shift) * d.inv;
 		r[i] = r[i] < 0 ? (int64_t)(0 - q) : (int64_t)q;
 	}
-	return g;
+}
+
+/* The gcd of |r[i]|, 1 when none (or all zero); divides r in place. */
+static uint64_t common_divisor(int64_t *r, uint32_t m)
+{
+	gcd_acc a = {0};
+	for (uint32_t i = 0; i < m && a.g != 1; i++)
+		gcd_add(&a, r[i]);
+	divide_all(r, m, gcd_result(&a));
+	return gcd_result(&a);
 }
 
 /* ------------------------------------------------------------ frame plans */
 
-static inline unsigned varbits_cost(uint64_t v) { return 7 + enc_width(v); }
+static inline unsigned varbits_cost(uint64_t v)
+{
+	return 7 + enc_width(v);
+}
 
 /* The Rice parameter near the optimum for values of this mean: 2^k about
  * mean·ln 2 for geometric values, mean / 2 for uniform ones; the planner
@@ -184,11 +217,11 @@ static inline uint64_t rice_cost(uint64_t u, unsigned k)
 
 /* One frame's statistics: the first pass over it. */
 typedef struct frame_stat {
-	int64_t mn, ref;   /* minimum; the reference for zigzag Rice */
+	int64_t mn, ref; /* minimum; the reference for zigzag Rice */
 	uint64_t range;
-	double sum_u;      /* sum of r - mn */
-	double sum_z;      /* sum of zigzag(r - ref), when mid is set */
-	int mid;           /* zigzag Rice considered (range below 2^62) */
+	double sum_u; /* sum of r - mn */
+	double sum_z; /* sum of zigzag(r - ref), when mid is set */
+	int mid;      /* zigzag Rice considered (range below 2^62) */
 } frame_stat;
 
 static void frame_scan(const int64_t *r, uint32_t cnt, frame_stat *fs)
@@ -246,20 +279,6 @@ static double rice_estimate(double sum, uint32_t cnt)
 		best = c < best ? c : best;
 	}
 	return best;
-}
-
-static double frame_estimate(const int64_t *r, uint32_t cnt)
-{
-	frame_stat fs;
-	frame_scan(r, cnt, &fs);
-	double best = (double)enc_width(fs.range) * cnt;
-	double c = rice_estimate(fs.sum_u, cnt);
-	best = c < best ? c : best;
-	if (fs.mid) {
-		c = rice_estimate(fs.sum_z, cnt);
-		best = c < best ? c : best;
-	}
-	return best + 24; /* code and a typical ref */
 }
 
 /* Chooses the frame's mode exactly; returns its cost in bits. */
@@ -322,39 +341,84 @@ static void plan_frames(const int64_t *r, uint32_t m, enc_frame_plan *pl)
 
 #define SAMPLE_FRAMES 32
 
-/* Residual i of order o (the value at index i + h). */
-static inline int64_t residual_at(const int64_t *v, int o, uint32_t i)
+/* One transform's statistics over one frame; the sums are taken relative
+ * to the frame's first residual so that they stay precise. */
+typedef struct est_acc {
+	int64_t first, mn, mx;
+	double s, ss;
+} est_acc;
+
+static inline void est_init(est_acc *a, int64_t r)
 {
-	if (o == 0)
-		return wsub(v[i + 1], v[0]);
-	if (o == 1)
-		return wsub(v[i + 1], v[i]);
-	return wsub(wsub(v[i + 2], v[i + 1]), wsub(v[i + 1], v[i]));
+	a->first = a->mn = a->mx = r;
+	a->s = a->ss = 0;
 }
 
-/* Estimated bits of order o on up to SAMPLE_FRAMES frames spread over the
- * block; buf holds SAMPLE_FRAMES frames. */
-static double estimate_order(const int64_t *v, uint32_t n, int o, int64_t *buf)
+static inline void est_add(est_acc *a, int64_t r)
 {
-	uint32_t h = o == 2 ? 2 : 1;
-	if (n <= h)
-		return 0;
-	uint32_t m = n - h, fsz = 1u << ENC_FRAME_LOG2;
-	uint32_t frames = (m + fsz - 1) / fsz, take = frames < SAMPLE_FRAMES ? frames : SAMPLE_FRAMES;
-	uint32_t len = 0, starts[SAMPLE_FRAMES + 1];
-	for (uint32_t j = 0; j < take; j++) {
-		uint32_t f = (uint32_t)((uint64_t)j * frames / take), at = f * fsz;
-		uint32_t cnt = m - at < fsz ? m - at : fsz;
-		starts[j] = len;
-		for (uint32_t i = 0; i < cnt; i++)
-			buf[len++] = residual_at(v, o, at + i);
+	a->mn = r < a->mn ? r : a->mn;
+	a->mx = r > a->mx ? r : a->mx;
+	double d = (double)wsub(r, a->first);
+	a->s += d;
+	a->ss += d * d;
+}
+
+/* Estimated bits of a frame of cnt residuals with these statistics, all
+ * divided by g: bit-packing from the range, Rice around the minimum from
+ * the mean, Rice around the mean from the standard deviation (the mean
+ * |x| of a bell shape is about 0.8 of it, and zigzag doubles that). */
+static double est_bits(const est_acc *a, uint32_t cnt, uint64_t g)
+{
+	uint64_t range = (uint64_t)a->mx - (uint64_t)a->mn;
+	double best = (double)enc_width(range / g) * cnt;
+	double mean = a->s / cnt, gd = (double)g;
+	double mean_u = (mean - (double)wsub(a->mn, a->first)) / gd;
+	double c = rice_estimate(mean_u * cnt, cnt);
+	best = c < best ? c : best;
+	if (enc_width(range) < 63) {
+		double var = a->ss / cnt - mean * mean;
+		double sd = var > 0 ? sqrt(var) / gd : 0;
+		c = rice_estimate(1.6 * sd * cnt, cnt);
+		best = c < best ? c : best;
 	}
-	starts[take] = len;
-	common_divisor(buf, len);
-	double bits = 0;
-	for (uint32_t j = 0; j < take; j++)
-		bits += frame_estimate(buf + starts[j], starts[j + 1] - starts[j]);
-	return bits * ((double)m / len);
+	return best + 24; /* code and a typical ref */
+}
+
+/*
+ * Estimated bits of each transform, measured in one pass over up to
+ * SAMPLE_FRAMES frames spread over the block. g divides the residuals of
+ * all three alike (the gcd of the deltas is that of v[i] - v[0], and it
+ * divides every delta of deltas), so it is found once, by the caller.
+ */
+static void estimate_orders(const int64_t *v, uint32_t n, uint64_t g, double bits[3])
+{
+	bits[0] = bits[1] = bits[2] = 0;
+	if (n < 3)
+		return;
+	uint32_t m = n - 2, fsz = 1u << ENC_FRAME_LOG2;
+	uint32_t frames = (m + fsz - 1) / fsz;
+	uint32_t take = frames < SAMPLE_FRAMES ? frames : SAMPLE_FRAMES, seen = 0;
+	for (uint32_t j = 0; j < take; j++) {
+		uint32_t at = 2 + (uint32_t)((uint64_t)j * frames / take) * fsz;
+		uint32_t end = n - at < fsz ? n : at + fsz;
+		est_acc a[3];
+		int64_t dprev = wsub(v[at - 1], v[at - 2]);
+		est_init(&a[0], wsub(v[at], v[0]));
+		est_init(&a[1], wsub(v[at], v[at - 1]));
+		est_init(&a[2], wsub(wsub(v[at], v[at - 1]), dprev));
+		for (uint32_t i = at; i < end; i++) {
+			int64_t d = wsub(v[i], v[i - 1]);
+			est_add(&a[0], wsub(v[i], v[0]));
+			est_add(&a[1], d);
+			est_add(&a[2], wsub(d, dprev));
+			dprev = d;
+		}
+		for (int o = 0; o < 3; o++)
+			bits[o] += est_bits(&a[o], end - at, g);
+		seen += end - at;
+	}
+	for (int o = 0; o < 3; o++)
+		bits[o] *= (double)m / seen;
 }
 
 /* ------------------------------------------------------------ encode */
@@ -385,7 +449,7 @@ static void write_frames(enc_bw *w, const int64_t *r, uint32_t m, const enc_fram
 				/* q ones, a zero, k bits of u: one write */
 				uint64_t lo = u & (((uint64_t)1 << k) - 1);
 				enc_bw_put32(w, (((uint64_t)1 << q) - 1) | lo << (q + 1),
-					     (unsigned)(q + 1 + k));
+				             (unsigned)(q + 1 + k));
 			} else if (q < RICE_LIMIT) {
 				enc_bw_put32(w, ((uint64_t)1 << q) - 1, (unsigned)q + 1);
 				enc_bw_put(w, u, k);
@@ -398,7 +462,7 @@ static void write_frames(enc_bw *w, const int64_t *r, uint32_t m, const enc_fram
 }
 
 int enc_ints_put(codec_ctx *cx, const int64_t *v, uint32_t n, enum codec_order order,
-		 codec_buf *out, enum codec_order *used)
+                 codec_buf *out, enum codec_order *used)
 {
 	if (used)
 		*used = order == CODEC_ORDER_AUTO ? CODEC_ORDER_VALUE : order;
@@ -409,21 +473,25 @@ int enc_ints_put(codec_ctx *cx, const int64_t *v, uint32_t n, enum codec_order o
 	int64_t *r = enc_scratch(cx, ENC_S_RES, (size_t)n * 8);
 	if (!r)
 		return -ENOMEM;
-	int o = order == CODEC_ORDER_AUTO ? 0 : (int)order - 1;
+	int o = order == CODEC_ORDER_AUTO ? 1 : (int)order - 1;
+	/* the divisor of the deltas, which is that of orders 0 and 1 */
+	gcd_acc ga = {0};
+	for (uint32_t i = 1; i < n && ga.g != 1; i++)
+		gcd_add(&ga, wsub(v[i], v[i - 1]));
+	uint64_t g1 = gcd_result(&ga);
 	if (order == CODEC_ORDER_AUTO && n > 2) {
-		/* measure each transform on a sample; r is free until below */
-		double best = 0;
-		for (int t = 0; t <= 2; t++) {
-			double bits = estimate_order(v, n, t, r);
-			if (t == 0 || bits < best) {
-				best = bits;
-				o = t;
-			}
-		}
+		double bits[3];
+		estimate_orders(v, n, g1, bits);
+		o = bits[0] < bits[1] ? 0 : 1;
+		o = bits[2] < bits[o] ? 2 : o;
 	}
 	int64_t head[2] = {0, 0};
 	uint32_t h, m = transform(v, n, o, r, head, &h);
-	uint64_t g = common_divisor(r, m);
+	uint64_t g = g1;
+	if (o == 2)
+		g = common_divisor(r, m); /* a multiple of g1, perhaps larger */
+	else
+		divide_all(r, m, g);
 	plan_frames(r, m, cx->plans);
 	/* Worst case per value: Rice escape, 32 + 7 + 64 bits; per frame 79. */
 	size_t frames = ((size_t)m >> ENC_FRAME_LOG2) + 1;
@@ -461,7 +529,7 @@ static int read_frames(enc_br *br, int64_t *r, uint32_t m, unsigned flog2)
 			return ENC_CORRUPT("integer frame %u: bad code %u", i >> flog2, code);
 		if ((bad = enc_br_varbits(br, &d)))
 			return ENC_CORRUPT("integer frame %u: reference bit width %u > 64",
-					   i >> flog2, bad);
+			                   i >> flog2, bad);
 		int64_t ref = wadd(prev, enc_unzigzag(d));
 		prev = ref;
 		if (code < CODE_RICE) {
@@ -479,8 +547,8 @@ static int read_frames(enc_br *br, int64_t *r, uint32_t m, unsigned flog2)
 					br->n -= RICE_LIMIT;
 					if ((bad = enc_br_varbits(br, &u)))
 						return ENC_CORRUPT("integer frame %u value %u: bit "
-								   "width %u > 64",
-								   i >> flog2, j, bad);
+						                   "width %u > 64",
+						                   i >> flog2, j, bad);
 				} else {
 					unsigned q = (unsigned)__builtin_ctzll(~br->acc);
 					br->acc >>= q + 1;
@@ -557,7 +625,7 @@ int enc_ints_get(codec_ctx *cx, const uint8_t *p, size_t len, uint32_t n, int64_
 
 /* body: the stream itself. */
 static int int_encode(codec_ctx *cx, const enc_vals *in, const codec_opts *opt, codec_buf *out,
-		      codec_stats *st)
+                      codec_stats *st)
 {
 	enum codec_order used;
 	int rc = enc_ints_put(cx, in->v, in->n, opt->order, out, &used);
@@ -567,16 +635,16 @@ static int int_encode(codec_ctx *cx, const enc_vals *in, const codec_opts *opt, 
 }
 
 static int int_decode(codec_ctx *cx, enum codec_kind kind, const uint8_t *body, size_t len,
-		      uint32_t n, void *out, codec_buf *arena)
+                      uint32_t n, void *out, codec_buf *arena)
 {
 	(void)kind, (void)arena;
 	return enc_ints_get(cx, body, len, n, out);
 }
 
 const codec_ops enc_int_ops = {
-	.id = CODEC_ENC_INT,
-	.name = "int",
-	.kinds = 1u << CODEC_TS | 1u << CODEC_I64 | 1u << CODEC_U64,
-	.encode = int_encode,
-	.decode = int_decode,
+        .id = CODEC_ENC_INT,
+        .name = "int",
+        .kinds = 1u << CODEC_TS | 1u << CODEC_I64 | 1u << CODEC_U64,
+        .encode = int_encode,
+        .decode = int_decode,
 };

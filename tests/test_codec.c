@@ -1,0 +1,997 @@
+/*
+ * test_codec.c — column encodings: every kind through every encoding that
+ * takes it, on edge cases and random data, compared bit for bit; the
+ * choices the encoder makes on typical data (decimals for speeds, deltas
+ * with a common divisor for ms timestamps, runs for keys); the exact bytes
+ * of a block (the worked example of docs/formats.md); and damage:
+ * truncation at every byte, flipped bytes, wrong kinds and row counts,
+ * allocation failures. ASan+UBSan runs make "never reads out of bounds"
+ * part of every test.
+ */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "codec.h"
+#include "err.h"
+#include "mem.h"
+#include "testutil.h"
+
+/* ---------------------------------------------------------------- columns */
+
+typedef struct col {
+	enum codec_kind kind;
+	uint32_t n;
+	void *v;           /* n slots of the kind's type */
+	uint64_t *present; /* NULL: every row */
+	char *bytes;       /* strings' storage */
+} col;
+
+static size_t esize(enum codec_kind k)
+{
+	return k == CODEC_BOOL ? 1 : (k == CODEC_STR || k == CODEC_KEY) ? sizeof(codec_str) : 8;
+}
+
+static int is_str(enum codec_kind k)
+{
+	return k == CODEC_STR || k == CODEC_KEY;
+}
+
+static col col_new(enum codec_kind kind, uint32_t n)
+{
+	col c = {.kind = kind, .n = n};
+	c.v = calloc((size_t)n + 1, esize(kind));
+	cr_assert_not_null(c.v);
+	return c;
+}
+
+static void col_free(col *c)
+{
+	free(c->v);
+	free(c->present);
+	free(c->bytes);
+	memset(c, 0, sizeof *c);
+}
+
+static int64_t *I(col *c)
+{
+	return c->v;
+}
+static double *F(col *c)
+{
+	return c->v;
+}
+static uint8_t *B(col *c)
+{
+	return c->v;
+}
+static codec_str *S(col *c)
+{
+	return c->v;
+}
+
+static int has(const uint64_t *pr, uint32_t i)
+{
+	return !pr || (pr[i >> 6] >> (i & 63) & 1);
+}
+
+static void set_presence(col *c, tu_rng *r, unsigned permille)
+{
+	free(c->present);
+	c->present = calloc(((size_t)c->n + 63) / 64 + 1, 8);
+	cr_assert_not_null(c->present);
+	for (uint32_t i = 0; i < c->n; i++)
+		if (tu_below(r, 1000) < permille)
+			c->present[i >> 6] |= (uint64_t)1 << (i & 63);
+}
+
+/* Strings from a generator: string i is gen(i) of at most 40 bytes. */
+static col str_col(enum codec_kind kind, uint32_t n,
+                   void (*gen)(uint32_t, tu_rng *, char *, uint32_t *), tu_rng *r)
+{
+	col c = col_new(kind, n);
+	c.bytes = malloc((size_t)n * 40 + 1);
+	cr_assert_not_null(c.bytes);
+	for (uint32_t i = 0; i < n; i++) {
+		uint32_t l;
+		gen(i, r, c.bytes + (size_t)i * 40, &l);
+		S(&c)[i] = (codec_str){c.bytes + (size_t)i * 40, l};
+	}
+	return c;
+}
+
+/* ---------------------------------------------------------------- round trip */
+
+static codec_ctx *cx;
+
+static void setup(void)
+{
+	cx = codec_ctx_new();
+	cr_assert_not_null(cx);
+}
+
+static void teardown(void)
+{
+	codec_ctx_free(cx);
+}
+
+TestSuite(codec, .init = setup, .fini = teardown);
+
+static int same_value(enum codec_kind k, const void *a, const void *b)
+{
+	if (is_str(k)) {
+		const codec_str *x = a, *y = b;
+		return x->n == y->n && (x->n == 0 || memcmp(x->p, y->p, x->n) == 0);
+	}
+	if (k == CODEC_BOOL)
+		return (*(const uint8_t *)a != 0) == *(const uint8_t *)b;
+	return memcmp(a, b, 8) == 0; /* bits: -0.0 and NaN payloads included */
+}
+
+/*
+ * Encodes c with opt (may be NULL), checks the block's header, decodes it
+ * and compares every value and the presence bit for bit. Returns the
+ * block's size; *st (may be NULL) gets the stats.
+ */
+static size_t roundtrip(const col *c, const codec_opts *opt, codec_stats *st_out)
+{
+	codec_buf out = {0};
+	/* a prefix: encode appends */
+	cr_assert_eq(codec_buf_reserve(&out, 3), 0);
+	memcpy(out.p, "abc", 3);
+	out.len = 3;
+	codec_stats st;
+	int rc = codec_encode(cx, c->kind, c->v, c->present, c->n, opt, &out, &st);
+	cr_assert_eq(rc, 0, "encode %s: %s", codec_kind_name(c->kind), err_msg());
+	cr_assert_eq(memcmp(out.p, "abc", 3), 0);
+	const uint8_t *blk = out.p + 3;
+	size_t len = out.len - 3;
+	cr_assert_eq(st.block_bytes, len);
+	cr_assert_eq(st.n, c->n);
+	if (opt && opt->force)
+		cr_assert_eq(st.enc, opt->force);
+
+	codec_block_info info;
+	cr_assert_eq(codec_block_info_get(blk, len, &info), 0, "%s", err_msg());
+	cr_assert_eq(info.enc, st.enc);
+	cr_assert_eq(info.kind, c->kind);
+	cr_assert_eq(info.n, c->n);
+	cr_assert_eq(info.n_present, st.n_present);
+	cr_assert_eq(info.zstd, st.zstd);
+
+	size_t es = esize(c->kind);
+	uint8_t *back = malloc(((size_t)c->n + 1) * es);
+	uint64_t *pr = malloc((((size_t)c->n + 63) / 64 + 1) * 8);
+	cr_assert(back && pr);
+	memset(back, 0xa5, ((size_t)c->n + 1) * es); /* absent slots must be cleared */
+	codec_buf arena = {0};
+	/* every other call without a context: both paths must agree */
+	static unsigned flip;
+	rc = codec_decode(flip++ & 1 ? NULL : cx, blk, len, c->kind, c->n, back, pr, &arena);
+	cr_assert_eq(rc, 0, "decode %s/%s: %s", codec_kind_name(c->kind), codec_name(st.enc),
+	             err_msg());
+	uint32_t np = 0;
+	for (uint32_t i = 0; i < c->n; i++) {
+		int p = has(c->present, i);
+		np += (uint32_t)p;
+		cr_assert_eq(has(pr, i), p, "row %u presence", i);
+		const uint8_t *got = back + (size_t)i * es;
+		if (p) {
+			cr_assert(same_value(c->kind, (const uint8_t *)c->v + (size_t)i * es, got),
+			          "%s/%s: row %u differs", codec_kind_name(c->kind),
+			          codec_name(st.enc), i);
+		} else if (is_str(c->kind)) {
+			const codec_str *s = (const codec_str *)(const void *)got;
+			cr_assert(s->n == 0 && s->p, "absent row %u not empty", i);
+		} else {
+			for (size_t j = 0; j < es; j++)
+				cr_assert_eq(got[j], 0, "absent row %u not zero", i);
+		}
+	}
+	cr_assert_eq(np, st.n_present);
+	free(back);
+	free(pr);
+	codec_buf_free(&arena);
+	codec_buf_free(&out);
+	if (st_out)
+		*st_out = st;
+	return len;
+}
+
+/* Every applicable encoding forced, every order for the integer ones,
+ * zstd off, default and always; plus the encoder's own choice. */
+static void roundtrip_all(const col *c)
+{
+	static const enum codec_enc encs[] = {CODEC_AUTO,      CODEC_ENC_RAW,  CODEC_ENC_INT,
+	                                      CODEC_ENC_DEC,   CODEC_ENC_XOR,  CODEC_ENC_BITMAP,
+	                                      CODEC_ENC_PLAIN, CODEC_ENC_DICT, CODEC_ENC_RLE};
+	static const struct {
+		enum codec_kind kind;
+		unsigned mask;
+	} takes[] = {
+	        {CODEC_TS, 1u << CODEC_ENC_RAW | 1u << CODEC_ENC_INT},
+	        {CODEC_I64, 1u << CODEC_ENC_RAW | 1u << CODEC_ENC_INT},
+	        {CODEC_U64, 1u << CODEC_ENC_RAW | 1u << CODEC_ENC_INT},
+	        {CODEC_F64, 1u << CODEC_ENC_RAW | 1u << CODEC_ENC_DEC | 1u << CODEC_ENC_XOR},
+	        {CODEC_BOOL, 1u << CODEC_ENC_RAW | 1u << CODEC_ENC_BITMAP},
+	        {CODEC_STR, 1u << CODEC_ENC_RAW | 1u << CODEC_ENC_PLAIN | 1u << CODEC_ENC_DICT |
+	                            1u << CODEC_ENC_RLE},
+	        {CODEC_KEY, 1u << CODEC_ENC_RAW | 1u << CODEC_ENC_PLAIN | 1u << CODEC_ENC_DICT |
+	                            1u << CODEC_ENC_RLE},
+	};
+	unsigned mask = 0;
+	for (size_t i = 0; i < sizeof takes / sizeof takes[0]; i++)
+		if (takes[i].kind == c->kind)
+			mask = takes[i].mask;
+	for (size_t e = 0; e < sizeof encs / sizeof encs[0]; e++) {
+		enum codec_enc enc = encs[e];
+		codec_opts o = {.force = enc};
+		if (enc != CODEC_AUTO && !(mask & 1u << enc)) {
+			codec_buf out = {0};
+			int rc = codec_encode(cx, c->kind, c->v, c->present, c->n, &o, &out, NULL);
+			cr_assert_eq(rc, TALLY_EINVAL, "%s took %s", codec_name(enc),
+			             codec_kind_name(c->kind));
+			cr_assert_eq(out.len, 0);
+			codec_buf_free(&out);
+			continue;
+		}
+		int orders = enc == CODEC_ENC_INT || enc == CODEC_ENC_DEC ? 4 : 1;
+		for (int ord = 0; ord < orders; ord++) {
+			o.order = (enum codec_order)ord;
+			o.zstd_level = 0;
+			o.zstd_always = 0;
+			roundtrip(c, &o, NULL);
+			o.zstd_level = -1;
+			roundtrip(c, &o, NULL);
+			o.zstd_level = 1;
+			o.zstd_always = 1;
+			codec_stats st;
+			roundtrip(c, &o, &st);
+			cr_assert_eq(st.zstd, 1);
+		}
+	}
+}
+
+/* The column as is, then with sparse, dense and no presence. */
+static void roundtrip_presence(col *c, tu_rng *r)
+{
+	roundtrip_all(c);
+	static const unsigned permille[] = {0, 10, 500, 990};
+	for (size_t i = 0; i < sizeof permille / sizeof permille[0]; i++) {
+		set_presence(c, r, permille[i]);
+		roundtrip_all(c);
+	}
+	free(c->present);
+	c->present = NULL;
+}
+
+/* ---------------------------------------------------------------- data */
+
+static const uint32_t sizes[] = {0, 1, 2, 3, 7, 127, 128, 129, 300, 1000, 4097};
+
+static void fill_ints(col *c, int pattern, tu_rng *r)
+{
+	int64_t *v = I(c);
+	for (uint32_t i = 0; i < c->n; i++) {
+		switch (pattern) {
+		case 0: v[i] = 42; break;                            /* all equal */
+		case 1: v[i] = (int64_t)tu_next(r); break;           /* all distinct */
+		case 2: v[i] = i & 1 ? INT64_MAX : INT64_MIN; break; /* alternating */
+		case 3: v[i] = (int64_t)tu_below(r, 5) - 2; break;   /* small */
+		case 4:
+			v[i] = i ? v[i - 1] + (int64_t)tu_below(r, 1000) - 500 : 0;
+			break; /* walk */
+		case 5: {      /* extremes */
+			static const int64_t x[] = {INT64_MIN,     INT64_MAX,    0, -1, 1,
+			                            INT64_MIN + 1, INT64_MAX - 1};
+			v[i] = x[tu_below(r, 7)];
+			break;
+		}
+		case 6: v[i] = (int64_t)(UINT64_MAX - tu_below(r, 3)); break; /* u64 max */
+		case 7: v[i] = (int64_t)1700000000 * 1000000000 + (int64_t)i * 1000000000; break;
+		case 8: /* ms precision */
+			v[i] = i ? v[i - 1] + (int64_t)tu_below(r, 10000) * 1000000
+			         : INT64_C(1700000000123000000);
+			break;
+		case 9:
+			v[i] = (int64_t)tu_below(r, 1u << 20) * 1000000 + 1700000000000000000;
+			break;                               /* unsorted */
+		case 10: v[i] = (int64_t)(i * i) * 7; break; /* steady acceleration */
+		default:
+			v[i] = (int64_t)(tu_next(r) >> tu_below(r, 64)) * (tu_below(r, 2) ? 1 : -1);
+			break;
+		}
+	}
+}
+
+Test(codec, ints_every_size_pattern_kind_encoding)
+{
+	tu_rng r = {tu_seed("ints")};
+	static const enum codec_kind kinds[] = {CODEC_TS, CODEC_I64, CODEC_U64};
+	for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++)
+		for (int pat = 0; pat <= 11; pat++)
+			for (size_t k = 0; k < 3; k++) {
+				if (sizes[s] > 300 && k > 0)
+					continue; /* the big sizes once is enough */
+				col c = col_new(kinds[k], sizes[s]);
+				fill_ints(&c, pat, &r);
+				if (sizes[s] <= 300 || pat < 3)
+					roundtrip_presence(&c, &r);
+				else
+					roundtrip_all(&c);
+				col_free(&c);
+			}
+}
+
+static double pick_double(tu_rng *r, int pattern, uint32_t i)
+{
+	static const double odd[] = {-0.0,
+	                             0.0,
+	                             5e-324,
+	                             -5e-324,
+	                             2.2250738585072009e-308,
+	                             1e308,
+	                             -1e308,
+	                             1.7976931348623157e308,
+	                             INFINITY,
+	                             -INFINITY,
+	                             0.1,
+	                             85.2,
+	                             123.456,
+	                             1e-10,
+	                             9007199254740993.0,
+	                             1e15,
+	                             1e16,
+	                             0.30000000000000004,
+	                             3.14159265358979};
+	switch (pattern) {
+	case 0: return 85.2;
+	case 1: return (double)(600 + tu_below(r, 500)) / 10.0; /* speeds */
+	case 2: {                                               /* mixed scales */
+		static const double p[] = {1, 10, 100, 1000};
+		return (double)((int64_t)tu_below(r, 200000) - 100000) / p[tu_below(r, 4)];
+	}
+	case 3: return odd[tu_below(r, sizeof odd / sizeof odd[0])];
+	case 4: { /* any bits, NaNs included */
+		uint64_t b = tu_next(r);
+		double d;
+		memcpy(&d, &b, 8);
+		return d;
+	}
+	case 5: return i & 1 ? 0.1 : -0.0;
+	case 6: return sin(i * 0.01) * 1000; /* smooth, not decimal */
+	case 7: return (double)((int64_t)tu_below(r, 1000000)) / 1e6 + 1e9; /* near 2^53 digits */
+	default: {
+		uint64_t nan = 0x7ff8000000000000ULL | tu_below(r, 1000);
+		double d;
+		memcpy(&d, &nan, 8);
+		return tu_below(r, 4) ? (double)tu_below(r, 100) / 4 : d;
+	}
+	}
+}
+
+Test(codec, floats_every_size_pattern_encoding)
+{
+	tu_rng r = {tu_seed("floats")};
+	for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++)
+		for (int pat = 0; pat <= 8; pat++) {
+			col c = col_new(CODEC_F64, sizes[s]);
+			for (uint32_t i = 0; i < c.n; i++)
+				F(&c)[i] = pick_double(&r, pat, i);
+			if (sizes[s] <= 300)
+				roundtrip_presence(&c, &r);
+			else
+				roundtrip_all(&c);
+			col_free(&c);
+		}
+}
+
+Test(codec, bools)
+{
+	tu_rng r = {tu_seed("bools")};
+	for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++)
+		for (int pat = 0; pat < 4; pat++) {
+			col c = col_new(CODEC_BOOL, sizes[s]);
+			uint8_t *b = B(&c);
+			for (uint32_t i = 0; i < c.n; i++) {
+				if (pat < 2)
+					b[i] = (uint8_t)pat; /* all false, all true */
+				else if (pat == 2)
+					b[i] = (uint8_t)(i & 1);
+				else
+					b[i] = (uint8_t)tu_below(&r, 2);
+			}
+			roundtrip_presence(&c, &r);
+			col_free(&c);
+		}
+	/* any nonzero byte is true */
+	col c = col_new(CODEC_BOOL, 3);
+	B(&c)[0] = 0;
+	B(&c)[1] = 7;
+	B(&c)[2] = 255;
+	roundtrip_all(&c);
+	col_free(&c);
+}
+
+static void gen_few(uint32_t i, tu_rng *r, char *p, uint32_t *l)
+{
+	(void)i;
+	*l = (uint32_t)snprintf(p, 40, "lane-%u", (unsigned)tu_below(r, 4));
+}
+static void gen_runs(uint32_t i, tu_rng *r, char *p, uint32_t *l)
+{
+	(void)r;
+	*l = (uint32_t)snprintf(p, 40, "KV%05u", i / 100);
+}
+static void gen_distinct(uint32_t i, tu_rng *r, char *p, uint32_t *l)
+{
+	*l = (uint32_t)snprintf(p, 40, "%u-%llx", i, (unsigned long long)tu_next(r));
+}
+static void gen_binary(uint32_t i, tu_rng *r, char *p, uint32_t *l)
+{
+	(void)i;
+	*l = (uint32_t)tu_below(r, 40);
+	for (uint32_t j = 0; j < *l; j++)
+		p[j] = (char)tu_below(r, 3); /* NULs included */
+}
+static void gen_empty(uint32_t i, tu_rng *r, char *p, uint32_t *l)
+{
+	(void)i, (void)r, (void)p;
+	*l = 0;
+}
+static void gen_one(uint32_t i, tu_rng *r, char *p, uint32_t *l)
+{
+	(void)i, (void)r;
+	memcpy(p, "KV00001", 7);
+	*l = 7;
+}
+
+Test(codec, strings_and_keys)
+{
+	tu_rng r = {tu_seed("strings")};
+	void (*gens[])(uint32_t, tu_rng *, char *, uint32_t *) = {
+	        gen_few, gen_runs, gen_distinct, gen_binary, gen_empty, gen_one};
+	for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++)
+		for (size_t g = 0; g < sizeof gens / sizeof gens[0]; g++)
+			for (int k = 0; k < 2; k++) {
+				col c = str_col(k ? CODEC_KEY : CODEC_STR, sizes[s], gens[g], &r);
+				if (sizes[s] <= 300)
+					roundtrip_presence(&c, &r);
+				else
+					roundtrip_all(&c);
+				col_free(&c);
+			}
+}
+
+Test(codec, long_strings)
+{
+	tu_rng r = {tu_seed("long")};
+	col c = col_new(CODEC_STR, 5);
+	size_t big = 300000;
+	c.bytes = malloc(big);
+	for (size_t i = 0; i < big; i++)
+		c.bytes[i] = (char)('a' + tu_below(&r, 3));
+	S(&c)[0] = (codec_str){c.bytes, 100000};
+	S(&c)[1] = (codec_str){NULL, 0};
+	S(&c)[2] = (codec_str){c.bytes, 100000};
+	S(&c)[3] = (codec_str){c.bytes + 100000, 200000};
+	S(&c)[4] = (codec_str){"x", 1};
+	roundtrip_all(&c);
+	col_free(&c);
+}
+
+/* ---------------------------------------------------------------- choices */
+
+Test(codec, decimal_path_for_speeds)
+{
+	tu_rng r = {tu_seed("speeds")};
+	col c = col_new(CODEC_F64, 20000);
+	for (uint32_t i = 0; i < c.n; i++) {
+		double v = 85.0 + 7.0 * ((double)tu_below(&r, 1000) / 1000.0 - 0.5) * 2;
+		F(&c)[i] = round(v * 10.0) / 10.0; /* like 85.2 */
+	}
+	codec_stats st;
+	size_t bytes = roundtrip(&c, NULL, &st);
+	cr_assert_eq(st.enc, CODEC_ENC_DEC, "chose %s", codec_name(st.enc));
+	cr_assert_eq(st.scale, 1);
+	cr_assert_eq(st.n_except, 0);
+	cr_assert_lt((double)bytes / c.n, 1.25, "%.3f bytes a speed", (double)bytes / c.n);
+
+	/* a stray -0.0, NaN and a value with more digits: exceptions, not XOR */
+	F(&c)[10] = -0.0;
+	F(&c)[20] = NAN;
+	F(&c)[30] = 85.25;
+	roundtrip(&c, NULL, &st);
+	cr_assert_eq(st.enc, CODEC_ENC_DEC);
+	cr_assert_eq(st.scale, 1);
+	cr_assert_eq(st.n_except, 3);
+
+	/* two decimals throughout: scale 2 */
+	for (uint32_t i = 0; i < c.n; i++)
+		F(&c)[i] = (double)(int)tu_below(&r, 100000) / 100.0;
+	roundtrip(&c, NULL, &st);
+	cr_assert_eq(st.enc, CODEC_ENC_DEC);
+	cr_assert_leq(st.scale, 2);
+	col_free(&c);
+}
+
+Test(codec, xor_for_non_decimals)
+{
+	col c = col_new(CODEC_F64, 2000);
+	for (uint32_t i = 0; i < c.n; i++)
+		F(&c)[i] = sin(i * 0.001) * M_PI;
+	codec_stats st;
+	roundtrip(&c, NULL, &st);
+	cr_assert_eq(st.enc, CODEC_ENC_XOR, "chose %s", codec_name(st.enc));
+	col_free(&c);
+}
+
+/* ms data stored as ns costs what the ms integers cost. */
+Test(codec, common_divisor_makes_ns_free)
+{
+	tu_rng r = {tu_seed("gcd")};
+	col ns = col_new(CODEC_TS, 20000), ms = col_new(CODEC_TS, 20000);
+	int64_t t = INT64_C(1748822400000) + 123;
+	for (uint32_t i = 0; i < ns.n; i++) {
+		t += (int64_t)tu_below(&r, 8000);
+		I(&ms)[i] = t;
+		I(&ns)[i] = t * 1000000;
+	}
+	codec_stats a, b;
+	size_t bn = roundtrip(&ns, NULL, &a), bm = roundtrip(&ms, NULL, &b);
+	cr_assert_eq(a.enc, CODEC_ENC_INT);
+	/* the divisor and the larger first value: a few bytes */
+	cr_assert_leq(bn, bm + 8, "ns %zu bytes, ms %zu bytes", bn, bm);
+	cr_assert_lt((double)bn / ns.n, 1.8);
+
+	/* a regular series at whole seconds: next to nothing */
+	for (uint32_t i = 0; i < ns.n; i++)
+		I(&ns)[i] = INT64_C(1748822400000000000) + (int64_t)i * 1000000000;
+	bn = roundtrip(&ns, NULL, &a);
+	cr_assert_lt(bn, 200, "%zu bytes for a regular series", bn);
+	col_free(&ns);
+	col_free(&ms);
+}
+
+Test(codec, keys_run_length)
+{
+	tu_rng r = {tu_seed("keys")};
+	col c = str_col(CODEC_KEY, 65536, gen_one, &r);
+	codec_stats st;
+	size_t bytes = roundtrip(&c, NULL, &st);
+	cr_assert_eq(st.enc, CODEC_ENC_RLE);
+	cr_assert_lt(bytes, 32, "%zu bytes", bytes);
+	col_free(&c);
+	c = str_col(CODEC_STR, 10000, gen_few, &r);
+	roundtrip(&c, NULL, &st);
+	cr_assert_eq(st.enc, CODEC_ENC_DICT, "chose %s", codec_name(st.enc));
+	cr_assert_lt(st.block_bytes, 10000 / 4 + 256); /* 2 bits an id */
+	col_free(&c);
+}
+
+/* zstd after the bit-packing pays on periodic data, and only there. */
+Test(codec, zstd_finds_periodic_patterns)
+{
+	tu_rng r = {tu_seed("periodic")};
+	col c = col_new(CODEC_I64, 20000);
+	int64_t period[61];
+	for (int i = 0; i < 61; i++)
+		period[i] = (int64_t)tu_below(&r, 1u << 20);
+	for (uint32_t i = 0; i < c.n; i++)
+		I(&c)[i] = period[i % 61];
+	codec_stats st;
+	size_t bytes = roundtrip(&c, NULL, &st);
+	cr_assert_eq(st.enc, CODEC_ENC_INT);
+	cr_assert_eq(st.zstd, 1);
+	cr_assert_lt(bytes, st.body_bytes / 4, "%zu bytes, body %llu", bytes,
+	             (unsigned long long)st.body_bytes);
+	fill_ints(&c, 4, &r); /* a random walk: nothing for zstd */
+	roundtrip(&c, NULL, &st);
+	cr_assert_eq(st.zstd, 0);
+	col_free(&c);
+}
+
+Test(codec, presence_runs_and_bitmap)
+{
+	tu_rng r = {tu_seed("presence")};
+	col c = col_new(CODEC_I64, 10000);
+	fill_ints(&c, 4, &r);
+	/* one long gap: runs; random: bitmap. Both must round-trip. */
+	c.present = calloc(10000 / 64 + 1, 8);
+	for (uint32_t i = 0; i < 10000; i++)
+		if (i < 3000 || i > 7000)
+			c.present[i >> 6] |= (uint64_t)1 << (i & 63);
+	codec_stats st;
+	size_t a = roundtrip(&c, NULL, &st);
+	cr_assert_eq(st.n_present, 3000 + 2999);
+	set_presence(&c, &r, 500);
+	size_t b = roundtrip(&c, NULL, &st);
+	cr_assert_gt(b, a);
+	/* nothing present */
+	memset(c.present, 0, (10000 / 64 + 1) * 8);
+	roundtrip_all(&c);
+	col_free(&c);
+}
+
+/* ---------------------------------------------------------------- random */
+
+Test(codec, random_against_model)
+{
+	uint64_t seed = tu_seed("random");
+	tu_rng r = {seed};
+	time_t end = time(NULL) + 5;
+	unsigned iters = 0;
+	while (iters < 50 || (time(NULL) < end && iters < 3000)) {
+		iters++;
+		enum codec_kind k = (enum codec_kind)(1 + tu_below(&r, CODEC_KIND_MAX));
+		uint32_t n = (uint32_t)(tu_below(&r, 4) ? tu_below(&r, 600) : tu_below(&r, 70000));
+		if (n > CODEC_BLOCK_MAX)
+			n = CODEC_BLOCK_MAX;
+		col c;
+		if (is_str(k)) {
+			void (*gens[])(uint32_t, tu_rng *, char *, uint32_t *) = {
+			        gen_few, gen_runs, gen_distinct, gen_binary, gen_empty, gen_one};
+			c = str_col(k, n, gens[tu_below(&r, 6)], &r);
+		} else {
+			c = col_new(k, n);
+			if (k == CODEC_F64)
+				for (uint32_t i = 0; i < n; i++)
+					F(&c)[i] = pick_double(&r, (int)tu_below(&r, 9), i);
+			else if (k == CODEC_BOOL)
+				for (uint32_t i = 0; i < n; i++)
+					B(&c)[i] = (uint8_t)tu_below(&r, 2);
+			else
+				fill_ints(&c, (int)tu_below(&r, 12), &r);
+		}
+		if (tu_below(&r, 2))
+			set_presence(&c, &r, (unsigned)tu_below(&r, 1001));
+		codec_opts o = {.zstd_level = (int)tu_below(&r, 5) - 1,
+		                .zstd_always = tu_below(&r, 8) == 0,
+		                .order = (enum codec_order)tu_below(&r, 4)};
+		roundtrip(&c, &o, NULL);
+		col_free(&c);
+	}
+	fprintf(stderr, "random: %u blocks\n", iters);
+}
+
+/* ---------------------------------------------------------------- bytes */
+
+static size_t encode_once(const col *c, const codec_opts *o, uint8_t **blk)
+{
+	codec_buf out = {0};
+	cr_assert_eq(codec_encode(cx, c->kind, c->v, c->present, c->n, o, &out, NULL), 0, "%s",
+	             err_msg());
+	*blk = out.p;
+	return out.len;
+}
+
+/* The worked example of docs/formats.md: a change here is a format change. */
+Test(codec, golden_bytes)
+{
+	col c = col_new(CODEC_TS, 5);
+	static const int64_t ts[5] = {INT64_C(1700000000000000000), INT64_C(1700000001000000000),
+	                              INT64_C(1700000002000000000), INT64_C(1700000003500000000),
+	                              INT64_C(1700000004000000000)};
+	memcpy(c.v, ts, sizeof ts);
+	uint8_t *blk;
+	codec_opts o = {.order = CODEC_ORDER_DELTA};
+	size_t len = encode_once(&c, &o, &blk);
+	static const uint8_t want[] = {
+	        0x02, 0x01, 0x00, 0x05,                               /* int, ts, flags, n = 5 */
+	        0x0d,                                                 /* delta, frames of 128 */
+	        0x80, 0xca, 0xb5, 0xee, 0x01,                         /* g = 500000000 */
+	        0x80, 0x80, 0xd0, 0xe2, 0xc6, 0xbf, 0xce, 0x97, 0x2f, /* zigzag(ts[0]) */
+	        0x02, 0x02, 0x4b, 0x00,                               /* one frame */
+	};
+	char hex[256] = "";
+	for (size_t i = 0; i < len && i < 80; i++)
+		snprintf(hex + 3 * i, 4, "%02x ", blk[i]);
+	cr_assert_eq(len, sizeof want, "got %s", hex);
+	cr_assert_eq(memcmp(blk, want, len), 0, "got %s", hex);
+	free(blk);
+	col_free(&c);
+
+	/* speeds with row 2 absent: decimals at scale 1, values transform */
+	c = col_new(CODEC_F64, 5);
+	static const double sp[5] = {85.2, 90.5, 0, 85.2, 88.0};
+	memcpy(c.v, sp, sizeof sp);
+	c.present = calloc(1, 8);
+	c.present[0] = 0x1b;
+	o.order = CODEC_ORDER_VALUE;
+	len = encode_once(&c, &o, &blk);
+	static const uint8_t want2[] = {
+	        0x03, 0x04, 0x02, 0x05,       /* dec, f64, presence, n = 5 */
+	        0x04, 0x00, 0x1b,             /* 4 present, bitmap 11011 */
+	        0x01, 0x00,                   /* scale 1, no exceptions */
+	        0x0c, 0x01, 0xa8, 0x0d,       /* values, g = 1, zigzag(852) */
+	        0x06, 0x80, 0x1a, 0xe0, 0x00, /* one frame: width 6, ref 0; 53, 0, 28 */
+	};
+	hex[0] = 0;
+	for (size_t i = 0; i < len && i < 80; i++)
+		snprintf(hex + 3 * i, 4, "%02x ", blk[i]);
+	cr_assert_eq(len, sizeof want2, "got %s", hex);
+	cr_assert_eq(memcmp(blk, want2, len), 0, "got %s", hex);
+	roundtrip(&c, &o, NULL);
+	free(blk);
+	col_free(&c);
+}
+
+/* ---------------------------------------------------------------- damage */
+
+static int decode_bytes(const uint8_t *p, size_t len, enum codec_kind k, uint32_t n, void *back,
+                        codec_buf *arena)
+{
+	uint64_t pr[CODEC_BLOCK_MAX / 64];
+	return codec_decode(cx, p, len, k, n, back, pr, arena);
+}
+
+/* A set of blocks that covers every encoding, zstd and presence. */
+static col damage_col(int which, tu_rng *r, codec_opts *o)
+{
+	col c;
+	memset(o, 0, sizeof *o);
+	switch (which) {
+	case 0:
+		c = col_new(CODEC_TS, 500);
+		fill_ints(&c, 8, r);
+		break;
+	case 1:
+		c = col_new(CODEC_I64, 300);
+		fill_ints(&c, 11, r);
+		o->force = CODEC_ENC_RAW;
+		break;
+	case 2:
+		c = col_new(CODEC_F64, 400);
+		for (uint32_t i = 0; i < c.n; i++)
+			F(&c)[i] = pick_double(r, i % 50 ? 1 : 3, i);
+		break;
+	case 3:
+		c = col_new(CODEC_F64, 300);
+		for (uint32_t i = 0; i < c.n; i++)
+			F(&c)[i] = pick_double(r, 6, i);
+		o->force = CODEC_ENC_XOR;
+		break;
+	case 4:
+		c = col_new(CODEC_BOOL, 333);
+		for (uint32_t i = 0; i < c.n; i++)
+			B(&c)[i] = (uint8_t)tu_below(r, 2);
+		break;
+	case 5:
+		c = str_col(CODEC_STR, 300, gen_few, r);
+		o->force = CODEC_ENC_DICT;
+		break;
+	case 6:
+		c = str_col(CODEC_KEY, 300, gen_runs, r);
+		o->force = CODEC_ENC_RLE;
+		break;
+	case 7:
+		c = str_col(CODEC_STR, 200, gen_distinct, r);
+		o->force = CODEC_ENC_PLAIN;
+		break;
+	case 8:
+		c = str_col(CODEC_STR, 200, gen_binary, r);
+		o->force = CODEC_ENC_RAW;
+		break;
+	case 9:
+		c = col_new(CODEC_U64, 600);
+		fill_ints(&c, 4, r);
+		o->zstd_always = 1;
+		break;
+	default:
+		c = col_new(CODEC_F64, 400);
+		for (uint32_t i = 0; i < c.n; i++)
+			F(&c)[i] = pick_double(r, 1, i);
+		o->force = CODEC_ENC_DEC;
+		break;
+	}
+	if (which % 3 == 1)
+		set_presence(&c, r, which == 4 ? 995 : 700);
+	return c;
+}
+
+Test(codec, truncation_at_every_byte)
+{
+	tu_rng r = {tu_seed("truncate")};
+	codec_buf arena = {0};
+	for (int w = 0; w <= 10; w++) {
+		codec_opts o;
+		col c = damage_col(w, &r, &o);
+		uint8_t *blk;
+		size_t len = encode_once(&c, &o, &blk);
+		void *back = malloc(((size_t)c.n + 1) * esize(c.kind));
+		cr_assert_eq(decode_bytes(blk, len, c.kind, c.n, back, &arena), 0, "%s", err_msg());
+		for (size_t cut = 0; cut < len; cut++) {
+			/* a copy of exactly cut bytes, so ASan sees any read past it */
+			uint8_t *p = malloc(cut ? cut : 1);
+			memcpy(p, blk, cut);
+			int rc = decode_bytes(p, cut, c.kind, c.n, back, &arena);
+			cr_assert_eq(rc, TALLY_ECORRUPT, "block %d cut at %zu of %zu: rc %d", w,
+			             cut, len, rc);
+			cr_assert(strstr(err_msg(), "codec block"), "message: %s", err_msg());
+			free(p);
+		}
+		free(back);
+		free(blk);
+		col_free(&c);
+	}
+	codec_buf_free(&arena);
+}
+
+Test(codec, flipped_bytes_never_crash)
+{
+	tu_rng r = {tu_seed("flip")};
+	codec_buf arena = {0};
+	unsigned corrupt = 0, ok = 0;
+	for (int w = 0; w <= 10; w++) {
+		codec_opts o;
+		col c = damage_col(w, &r, &o);
+		uint8_t *blk;
+		size_t len = encode_once(&c, &o, &blk);
+		void *back = malloc(((size_t)c.n + 1) * esize(c.kind));
+		uint8_t *p = malloc(len);
+		for (int t = 0; t < 400; t++) {
+			memcpy(p, blk, len);
+			int flips = 1 + (int)tu_below(&r, 3);
+			for (int f = 0; f < flips; f++)
+				p[tu_below(&r, len)] ^= (uint8_t)(1 + tu_below(&r, 255));
+			int rc = decode_bytes(p, len, c.kind, c.n, back, &arena);
+			cr_assert(rc == 0 || rc == TALLY_ECORRUPT, "rc %d: %s", rc, err_msg());
+			rc ? corrupt++ : ok++;
+		}
+		free(p);
+		free(back);
+		free(blk);
+		col_free(&c);
+	}
+	/* blocks carry no checksum: some flips decode to other values */
+	fprintf(stderr, "flips: %u refused, %u decoded\n", corrupt, ok);
+	codec_buf_free(&arena);
+}
+
+Test(codec, random_bytes_never_crash)
+{
+	tu_rng r = {tu_seed("noise")};
+	codec_buf arena = {0};
+	codec_str *back = malloc(sizeof(codec_str) * CODEC_BLOCK_MAX);
+	uint8_t p[512];
+	for (int t = 0; t < 20000; t++) {
+		size_t len = tu_below(&r, sizeof p);
+		for (size_t i = 0; i < len; i++)
+			p[i] = (uint8_t)tu_next(&r);
+		/* plausible headers, so the fuzzing gets past them */
+		enum codec_kind k = (enum codec_kind)(1 + tu_below(&r, CODEC_KIND_MAX));
+		if (len >= 4 && tu_below(&r, 4)) {
+			p[0] = (uint8_t)(1 + tu_below(&r, CODEC_ENC_MAX));
+			p[1] = (uint8_t)k;
+			p[2] = (uint8_t)tu_below(&r, 4);
+			p[3] = (uint8_t)tu_below(&r, 128);
+		}
+		uint32_t n = len >= 4 ? p[3] : 0;
+		int rc = decode_bytes(p, len, k, n, back, &arena);
+		cr_assert(rc == 0 || rc == TALLY_ECORRUPT, "rc %d: %s", rc, err_msg());
+	}
+	free(back);
+	codec_buf_free(&arena);
+}
+
+Test(codec, wrong_kind_rows_and_messages)
+{
+	tu_rng r = {tu_seed("wrong")};
+	col c = col_new(CODEC_TS, 100);
+	fill_ints(&c, 8, &r);
+	uint8_t *blk;
+	codec_opts o = {.order = CODEC_ORDER_DELTA, .force = CODEC_ENC_INT};
+	size_t len = encode_once(&c, &o, &blk);
+	int64_t back[101];
+	cr_assert_eq(decode_bytes(blk, len, CODEC_I64, 100, back, NULL), TALLY_ECORRUPT);
+	cr_assert(strstr(err_msg(), "kind ts, expected i64"), "%s", err_msg());
+	cr_assert_eq(decode_bytes(blk, len, CODEC_TS, 99, back, NULL), TALLY_ECORRUPT);
+	cr_assert(strstr(err_msg(), "100 rows, expected 99"), "%s", err_msg());
+	/* trailing bytes are damage too */
+	uint8_t *more = malloc(len + 1);
+	memcpy(more, blk, len);
+	more[len] = 0;
+	cr_assert_eq(decode_bytes(more, len + 1, CODEC_TS, 100, back, NULL), TALLY_ECORRUPT);
+	cr_assert(strstr(err_msg(), "left over"), "%s", err_msg());
+	/* a frame code past the table: byte 0 of the bit stream */
+	codec_block_info info;
+	cr_assert_eq(codec_block_info_get(blk, len, &info), 0);
+	/* body: order byte, varint g, varint head, then the first frame code */
+	size_t at = info.header_bytes + 1;
+	while (blk[at] & 0x80)
+		at++;
+	at++;
+	while (blk[at] & 0x80)
+		at++;
+	at++;
+	memcpy(more, blk, len);
+	more[at] = 200;
+	cr_assert_eq(decode_bytes(more, len, CODEC_TS, 100, back, NULL), TALLY_ECORRUPT);
+	cr_assert(strstr(err_msg(), "bad code 200"), "%s", err_msg());
+	/* a varbits width over 64: the 7 bits after the code */
+	memcpy(more, blk, len);
+	more[at + 1] = (uint8_t)((more[at + 1] & 0x80) | 71);
+	cr_assert_eq(decode_bytes(more, len, CODEC_TS, 100, back, NULL), TALLY_ECORRUPT);
+	cr_assert(strstr(err_msg(),
+	                 "codec block (ts): int: integer frame 0: reference bit width 71 > 64"),
+	          "%s", err_msg());
+	/* unknown encoding, kind, flags */
+	memcpy(more, blk, len);
+	more[0] = 99;
+	cr_assert_eq(decode_bytes(more, len, CODEC_TS, 100, back, NULL), TALLY_ECORRUPT);
+	cr_assert(strstr(err_msg(), "unknown encoding 99"), "%s", err_msg());
+	memcpy(more, blk, len);
+	more[2] = 0x80;
+	cr_assert_eq(decode_bytes(more, len, CODEC_TS, 100, back, NULL), TALLY_ECORRUPT);
+	memcpy(more, blk, len);
+	more[0] = CODEC_ENC_DICT;
+	cr_assert_eq(decode_bytes(more, len, CODEC_TS, 100, back, NULL), TALLY_ECORRUPT);
+	cr_assert(strstr(err_msg(), "does not take kind ts"), "%s", err_msg());
+	/* bad arguments */
+	cr_assert_eq(codec_decode(cx, blk, len, (enum codec_kind)0, 100, back, NULL, NULL),
+	             TALLY_EINVAL);
+	cr_assert_eq(codec_decode(cx, blk, len, CODEC_STR, 100, back, NULL, NULL), TALLY_EINVAL);
+	codec_buf out = {0};
+	cr_assert_eq(codec_encode(cx, CODEC_TS, back, NULL, CODEC_BLOCK_MAX + 1, NULL, &out, NULL),
+	             TALLY_EINVAL);
+	cr_assert_eq(codec_encode(cx, (enum codec_kind)9, back, NULL, 1, NULL, &out, NULL),
+	             TALLY_EINVAL);
+	cr_assert_eq(out.len, 0);
+	free(more);
+	free(blk);
+	col_free(&c);
+}
+
+Test(codec, allocation_failures)
+{
+	tu_rng r = {tu_seed("oom")};
+	codec_buf arena = {0};
+	for (int w = 0; w <= 10; w++) {
+		codec_opts o;
+		col c = damage_col(w, &r, &o);
+		uint8_t *blk;
+		size_t len = encode_once(&c, &o, &blk);
+		void *back = malloc(((size_t)c.n + 1) * esize(c.kind));
+		for (uint64_t k = 1; k < 40; k++) {
+			/* fresh contexts, so that the scratch must be allocated */
+			codec_ctx *fresh = codec_ctx_new();
+			cr_assert_not_null(fresh);
+			codec_buf out = {0};
+			mem_fail_after(k);
+			int rc = codec_encode(fresh, c.kind, c.v, c.present, c.n, &o, &out, NULL);
+			mem_fail_after(0);
+			cr_assert(rc == 0 || rc == -ENOMEM, "rc %d", rc);
+			if (rc)
+				cr_assert_eq(out.len, 0);
+			codec_buf_free(&out);
+			codec_ctx_free(fresh);
+			fresh = codec_ctx_new();
+			codec_buf_free(&arena);
+			mem_fail_after(k);
+			uint64_t pr[CODEC_BLOCK_MAX / 64];
+			rc = codec_decode(fresh, blk, len, c.kind, c.n, back, pr, &arena);
+			mem_fail_after(0);
+			cr_assert(rc == 0 || rc == -ENOMEM, "rc %d", rc);
+			codec_ctx_free(fresh);
+		}
+		free(back);
+		free(blk);
+		col_free(&c);
+	}
+	codec_buf_free(&arena);
+}
+
+Test(codec, names)
+{
+	cr_assert_str_eq(codec_name(CODEC_ENC_INT), "int");
+	cr_assert_str_eq(codec_name(CODEC_ENC_DEC), "dec");
+	cr_assert_str_eq(codec_name(CODEC_ENC_RLE), "rle");
+	cr_assert_str_eq(codec_name(0), "?");
+	cr_assert_str_eq(codec_name(200), "?");
+	cr_assert_str_eq(codec_kind_name(CODEC_KEY), "key");
+	cr_assert_str_eq(codec_kind_name(0), "?");
+}
