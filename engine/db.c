@@ -904,6 +904,7 @@ TALLY_API int tally_db_stats(tally_db *db, tally_stats *out)
 		}
 		for (uint32_t p = 0; p < s->n_parts; p++) {
 			out->part_bytes += s->parts[p]->p->file_bytes;
+			out->index_bytes += s->parts[p]->p->mem_bytes;
 			out->part_rows += s->parts[p]->p->info.n_rows;
 		}
 		out->memtable_bytes += s->mem_bytes;
@@ -938,6 +939,9 @@ TALLY_API int tally_db_stats(tally_db *db, tally_stats *out)
 					   ? (double)db->man.rows_written / (double)db->man.rows_accepted
 					   : 1.0;
 	pthread_mutex_unlock(&db->man_mu);
+	pthread_mutex_lock(&db->rc_mu);
+	out->cache_bytes = db->rc_bytes;
+	pthread_mutex_unlock(&db->rc_mu);
 	out->memory_limit = db->opt.memory_limit;
 	out->rejected_lines = atomic_load(&db->rejected_lines);
 	out->shards = db->n_shards;

@@ -337,6 +337,8 @@ typedef struct tally_stats {
 	uint64_t tables;
 	uint64_t memtable_bytes; /* raw rows held in memory */
 	uint64_t rollup_bytes;   /* rollup buckets held in memory */
+	uint64_t index_bytes;    /* parts' indexes held in memory */
+	uint64_t cache_bytes;    /* decoded rollup blocks cached */
 	uint64_t memory_limit;
 	uint64_t wal_bytes;      /* bytes of WAL on disk */
 	uint64_t wal_syncs;      /* fsyncs done since open */

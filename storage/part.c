@@ -786,6 +786,10 @@ static int parse_index(part *p, const uint8_t *ix, size_t len)
 	if (rows != in->n_rows)
 		BAD("row count disagrees with the keys'");
 	p->index_bytes = off; /* where the blocks end: the index must start there */
+	p->mem_bytes = sizeof *p + len + 1 + (uint64_t)cap_st * sizeof *p->stripes +
+		       (uint64_t)cap_ref * sizeof *p->refs + (uint64_t)cap_ro * sizeof *p->rollups +
+		       (uint64_t)p->n_keys * sizeof *p->keys +
+		       (uint64_t)in->n_cols * (sizeof *in->cols + 8);
 	return 0;
 fail:
 	return rc;

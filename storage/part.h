@@ -139,7 +139,8 @@ typedef struct part {
 	part_rollup *rollups;
 	uint32_t n_rollups;
 	char *arena;     /* names and keys */
-	uint64_t index_bytes;
+	uint64_t index_bytes; /* where the blocks end (the index's offset) */
+	uint64_t mem_bytes;   /* memory this open part holds */
 } part;
 
 /* Per-thread buffers for decoding. Zero-initialise; part_scratch_free. */

@@ -461,3 +461,58 @@ static void crash_during_merge(const char *step)
 Test(parts, crash_merge_before_part_rename) { crash_during_merge("merge:before-part-rename"); }
 Test(parts, crash_merge_before_manifest) { crash_during_merge("merge:before-manifest"); }
 Test(parts, crash_merge_after_manifest) { crash_during_merge("merge:after-manifest"); }
+
+Test(parts, memory_stays_bounded_as_history_grows)
+{
+	char *dir = tu_tmpdir();
+	tally_options o = quiet_opts();
+	o.memtable_bytes = 1 << 20;
+	tally_db *db;
+	cr_assert_eq(tally_db_open(dir, &o, &db), 0);
+	tally_writer *w;
+	tally_writer_open(db, 0, &w);
+	int64_t ts[1440];
+	double v[1440];
+	uint64_t peak = 0, first = 0;
+	for (int day = 0; day < 30; day++) {
+		for (int k = 0; k < 50; k++) {
+			char key[16];
+			sprintf(key, "c%d", k);
+			for (int i = 0; i < 1440; i++) {
+				ts[i] = T0 + (int64_t)day * TALLY_1D + (int64_t)i * 60 * TALLY_NS_PER_SEC;
+				v[i] = i % 100;
+			}
+			tally_column c = {"v", TALLY_T_F64, v, NULL};
+			tally_batch b = {"m", key, "k", 1440, ts, 1, &c};
+			cr_assert_eq(tally_write_batch(w, &b), 0, "%s", tally_errmsg());
+		}
+		cr_assert_eq(tally_db_flush(db), 0);
+		cr_assert_eq(tally_db_merge(db), 0);
+		tally_stats st;
+		tally_db_stats(db, &st);
+		/* memtables and their rollups are empty after a flush; what stays
+		 * is the parts' indexes: one sealed segment a day, under a KiB per key */
+		uint64_t mem = st.memtable_bytes + st.rollup_bytes;
+		cr_assert_eq(mem, 0, "day %d: %llu bytes left in memtables", day,
+			     (unsigned long long)mem);
+		if (day == 0)
+			first = st.index_bytes;
+		peak = st.index_bytes;
+		cr_assert_lt(st.index_bytes, (uint64_t)(day + 1) * 65536,
+			     "index memory over 64 KiB a day (50 keys): %llu",
+			     (unsigned long long)st.index_bytes);
+		cr_assert_eq(st.events, (uint64_t)(day + 1) * 50 * 1440);
+	}
+	/* rollups of flushed days live in parts, not in RAM: only the small
+	 * indexes grow, linearly with days */
+	cr_assert_gt(first, 0);
+	cr_assert_leq(peak, first * 40, "index memory: %llu then %llu", (unsigned long long)first,
+		      (unsigned long long)peak);
+	tally_agg a;
+	cr_assert_eq(tally_query_agg(db, "m", "v", "c7", INT64_MIN, INT64_MAX, &a), 0);
+	cr_assert_eq(a.count, 30 * 1440);
+	tally_writer_close(w);
+	tally_db_close(db);
+	tu_rmrf(dir);
+	free(dir);
+}
