@@ -503,10 +503,14 @@ TALLY_API void tally_writer_close(tally_writer *w)
 static int writer_table(tally_writer *w, const char *name, uint32_t len, const char *first_tag,
 			uint32_t first_tag_len, wtable **out)
 {
+	if (w->last && w->last->def->len == len && !memcmp(w->last->def->name, name, len)) {
+		*out = w->last;
+		return 0;
+	}
 	uint64_t h = strmap_hash(name, len);
 	wtable *wt = strmap_get(&w->tables, name, len, h);
 	if (wt) {
-		*out = wt;
+		*out = w->last = wt;
 		return 0;
 	}
 	table_def *t;
@@ -530,9 +534,10 @@ static int writer_table(tally_writer *w, const char *name, uint32_t len, const c
 		return -ENOMEM;
 	}
 	w->wtables[w->n_wtables++] = wt;
-	*out = wt;
+	*out = w->last = wt;
 	return 0;
 }
+
 
 static int writer_col(tally_writer *w, wtable *wt, const char *name, uint32_t len,
 		      enum tally_type type, col_def **out)
@@ -554,6 +559,22 @@ static int writer_col(tally_writer *w, wtable *wt, const char *name, uint32_t le
 		return -ENOMEM;
 	*out = d;
 	return 0;
+}
+
+/* writer_col through the table's layout memory: slot is the line's
+ * previous column at this position (NULL past WT_LAYOUT). */
+static int writer_col_at(tally_writer *w, wtable *wt, col_def **slot, const char *name,
+			 uint32_t len, enum tally_type type, col_def **out)
+{
+	col_def *d = slot ? *slot : NULL;
+	if (d && d->len == len && d->type == type && !memcmp(d->name, name, len)) {
+		*out = d;
+		return 0;
+	}
+	int rc = writer_col(w, wt, name, len, type, out);
+	if (!rc && slot)
+		*slot = *out;
+	return rc;
 }
 
 /* Puts the staged batch into the WAL and the memtable. */
@@ -635,7 +656,8 @@ static int stage_line(tally_writer *w, const lp_line *ln, int64_t now)
 			continue;
 		}
 		col_def *d;
-		if ((rc = writer_col(w, wt, tg->key.p, tg->key.n, TALLY_T_TAG, &d)) ||
+		if ((rc = writer_col_at(w, wt, i < WT_LAYOUT ? &wt->tag_at[i] : NULL, tg->key.p,
+					tg->key.n, TALLY_T_TAG, &d)) ||
 		    (rc = tbatch_set_str(tb, d, tg->value.p, tg->value.n)))
 			goto fail;
 	}
@@ -653,7 +675,8 @@ static int stage_line(tally_writer *w, const lp_line *ln, int64_t now)
 			goto fail;
 		}
 		col_def *d;
-		if ((rc = writer_col(w, wt, f->key.p, f->key.n, f->type, &d)))
+		if ((rc = writer_col_at(w, wt, i < WT_LAYOUT ? &wt->field_at[i] : NULL, f->key.p,
+					f->key.n, f->type, &d)))
 			goto fail;
 		bval v = {0};
 		switch (f->type) {

@@ -64,9 +64,15 @@ struct tally_db {
  * crash tests' way to stop a flush or merge between two of its writes. */
 void db_crash_point(const tally_db *db, const char *step);
 
+#define WT_LAYOUT 32 /* tag and field positions remembered per table */
+
 typedef struct wtable {
 	table_def *def;
 	strmap cols; /* name -> col_def*, this writer's cache of the catalog */
+	/* The previous line's columns by position: lines of one table mostly
+	 * repeat their layout, so a name compare replaces a hash lookup. */
+	col_def *tag_at[WT_LAYOUT];
+	col_def *field_at[WT_LAYOUT];
 } wtable;
 
 struct tally_writer {
@@ -76,6 +82,7 @@ struct tally_writer {
 	lp_line *line;
 	wbatch batch;
 	strmap tables; /* name -> wtable* */
+	wtable *last;  /* the table of the previous line */
 	wtable **wtables;
 	uint32_t n_wtables, cap_wtables;
 	char *enc;
