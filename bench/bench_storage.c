@@ -3,12 +3,13 @@
  * throughput, write amplification of the late workload, and query latency
  * with the data in parts.
  *
- * The workload is the benchmark's: N cameras, D days, E events per camera
- * per day at millisecond precision, speeds with one decimal (per-camera
- * base, rush-hour dips, noise); a tenth of the cameras are offline for 3
- * hours a day and send that backlog after the day is over, when its
- * partition is already sealed. Data goes in through the binary API, then
- * everything is flushed and merged, and the directory is measured.
+ * The workload is the benchmark's (tools/workload.c): N cameras, D days, E
+ * events per camera per day at millisecond precision, speeds with one
+ * decimal (per-camera base, rush-hour dips, noise); a tenth of the cameras
+ * are offline for 3 hours a day and send that backlog after the last day,
+ * when its partition is already sealed. Data goes in through the binary
+ * API, then everything is flushed and merged, and the directory is
+ * measured.
  *
  *   bench_storage [--cameras N] [--days D] [--events E] [--dir DIR] [--out FILE]
  */
@@ -22,6 +23,7 @@
 #include <unistd.h>
 
 #include "tally.h"
+#include "workload.h"
 
 static double now_s(void)
 {
@@ -38,7 +40,6 @@ static uint64_t rnd(void)
 	z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
 	return z ^ (z >> 31);
 }
-static double unif(void) { return (double)(rnd() >> 11) / 9007199254740992.0; }
 
 static uint64_t du(const char *path)
 {
@@ -120,50 +121,42 @@ int main(int argc, char **argv)
 		DIE("open %s", dir);
 	tally_writer *w;
 	tally_writer_open(db, 0, &w);
-	const int64_t day0 = INT64_C(1700006400) * 1000000000; /* 2023-11-15T00:00Z */
+	wl_params wp;
+	wl_params_init(&wp);
+	wp.cameras = (unsigned)cams;
+	wp.days = (unsigned)days;
+	wp.per_day = (unsigned)events;
+	char werr[160];
+	if (wl_params_check(&wp, werr, sizeof werr)) {
+		fprintf(stderr, "bench_storage: %s\n", werr);
+		return 2;
+	}
+	const int64_t day0 = wp.start_ns;
 	size_t per = (size_t)events;
 	int64_t *ts = malloc(per * sizeof *ts);
+	int32_t *tenths = malloc(per * sizeof *tenths);
 	double *sp = malloc(per * sizeof *sp);
-	uint8_t *present = malloc(per / 8 + 1);
-	int64_t *lts = malloc(per * sizeof *lts);
-	double *lsp = malloc(per * sizeof *lsp);
 	uint64_t total = 0, late_total = 0;
 	double t_ingest = 0, t_flush = 0, t_merge = 0;
 	char key[32];
 	for (int d = 0; d < days; d++) {
 		double t0 = now_s();
-		int64_t base = day0 + (int64_t)d * TALLY_1D;
 		for (int c = 0; c < cams; c++) {
-			snprintf(key, sizeof key, "KV%05d", c);
-			double basev = 60 + 50 * ((double)((c * 7919) % 1000) / 1000.0);
-			int offline = c % 10 == 0;
-			int64_t off_from = base + (int64_t)(8 + c % 10) * TALLY_1H,
-				off_to = off_from + 3 * TALLY_1H;
-			size_t n = 0, ln = 0;
-			for (size_t i = 0; i < per; i++) {
-				int64_t t = base + (int64_t)((double)i / (double)per * 86400e3) * 1000000 +
-					    (int64_t)(rnd() % 1000) * 1000000 / 4;
-				t -= t % 1000000; /* millisecond precision */
-				int hour = (int)((t - base) / TALLY_1H);
-				double v = basev - ((hour >= 7 && hour < 9) || (hour >= 17 && hour < 19)
-							    ? 25
-							    : 0) +
-					   (unif() - 0.5) * 20;
-				v = round(v * 10) / 10;
-				if (offline && t >= off_from && t < off_to) {
-					lts[ln] = t;
-					lsp[ln++] = v;
-				} else {
-					ts[n] = t;
-					sp[n++] = v;
-				}
-			}
+			wl_camera_id((unsigned)c, key);
+			wl_day wd = {.ts = ts, .tenths = tenths};
+			wl_gen_day(&wp, (unsigned)c, (unsigned)d, &wd);
+			for (size_t i = 0; i < per; i++)
+				sp[i] = tenths[i] / 10.0;
+			/* the offline hours [b0, b1) are sent after the last day, below */
 			tally_column col = {"speed", TALLY_T_F64, sp, NULL};
-			tally_batch b = {"traffic", key, "camera", n, ts, 1, &col};
-			if (tally_write_batch(w, &b))
+			tally_batch b = {"traffic", key, "camera", wd.b0, ts, 1, &col};
+			if (wd.b0 && tally_write_batch(w, &b))
 				DIE("write");
-			total += n;
-			/* the offline hours are sent after the last day, below */
+			tally_column col2 = {"speed", TALLY_T_F64, sp + wd.b1, NULL};
+			tally_batch b2 = {"traffic", key, "camera", per - wd.b1, ts + wd.b1, 1, &col2};
+			if (wd.b1 < per && tally_write_batch(w, &b2))
+				DIE("write");
+			total += per - (wd.b1 - wd.b0);
 		}
 		t_ingest += now_s() - t0;
 		t0 = now_s();
@@ -176,26 +169,29 @@ int main(int argc, char **argv)
 		t_merge += now_s() - t0;
 	}
 	/* the late backlog of every day, after the last day, when those
-	 * partitions are sealed: the offline hours with fresh values */
-	double t0 = now_s();
+	 * partitions are sealed; regenerated (each camera-day is a pure
+	 * function of its seed), the generating time left out of the rate */
+	double t_late_gen = 0, t0 = now_s();
 	for (int d = 0; d < days; d++) {
-		int64_t base = day0 + (int64_t)d * TALLY_1D;
-		for (int c = 0; c < cams; c += 10) {
-			snprintf(key, sizeof key, "KV%05d", c);
-			int64_t off_from = base + (int64_t)(8 + c % 10) * TALLY_1H;
-			size_t ln = per * 3 / 24;
-			for (size_t i = 0; i < ln; i++) {
-				lts[i] = off_from + (int64_t)((double)i / (double)ln * 3 * 3600e3) * 1000000;
-				lsp[i] = round((80 + (unif() - 0.5) * 20) * 10) / 10;
-			}
-			tally_column lc = {"speed", TALLY_T_F64, lsp, NULL};
-			tally_batch lb = {"traffic", key, "camera", ln, lts, 1, &lc};
-			if (tally_write_batch(w, &lb))
+		for (int c = 0; c < cams; c++) {
+			if (!wl_camera_offline(&wp, (unsigned)c))
+				continue;
+			double tg = now_s();
+			wl_camera_id((unsigned)c, key);
+			wl_day wd = {.ts = ts, .tenths = tenths};
+			wl_gen_day(&wp, (unsigned)c, (unsigned)d, &wd);
+			size_t ln = wd.b1 - wd.b0;
+			for (size_t i = 0; i < ln; i++)
+				sp[i] = tenths[wd.b0 + i] / 10.0;
+			t_late_gen += now_s() - tg;
+			tally_column lc = {"speed", TALLY_T_F64, sp, NULL};
+			tally_batch lb = {"traffic", key, "camera", ln, ts + wd.b0, 1, &lc};
+			if (ln && tally_write_batch(w, &lb))
 				DIE("late write");
 			late_total += ln;
 		}
 	}
-	double t_late_ingest = now_s() - t0;
+	double t_late_ingest = now_s() - t0 - t_late_gen;
 	t0 = now_s();
 	if (tally_db_flush(db) || tally_db_merge(db))
 		DIE("late flush/merge");
@@ -243,7 +239,7 @@ int main(int argc, char **argv)
 	for (int d = 0; d < days; d++)
 		for (int c = 0; c < cams; c++) {
 			size_t n;
-			snprintf(key, sizeof key, "KV%05d", c);
+			wl_camera_id((unsigned)c, key);
 			int64_t from = day0 + (int64_t)d * TALLY_1D;
 			if (tally_query_series(db, "traffic", "speed", key, TALLY_5M, from,
 					       from + TALLY_1D, bk, 4096, &n))
@@ -254,7 +250,7 @@ int main(int argc, char **argv)
 	printf("\n| query (data in parts, cache warm) | p50 us | p99 us | mean us |\n"
 	       "|---|---:|---:|---:|\n");
 	for (int i = 0; i < Q; i++) {
-		snprintf(key, sizeof key, "KV%05d", (int)(rnd() % (uint64_t)cams));
+		wl_camera_id((unsigned)(rnd() % (uint64_t)cams), key);
 		int64_t from = day0 + (int64_t)(rnd() % (uint64_t)days) * TALLY_1D;
 		size_t n;
 		double a = now_s();
@@ -265,7 +261,7 @@ int main(int argc, char **argv)
 	}
 	report(out, "5m series, one camera, one day (288)", lat, Q);
 	for (int i = 0; i < Q; i++) {
-		snprintf(key, sizeof key, "KV%05d", (int)(rnd() % (uint64_t)cams));
+		wl_camera_id((unsigned)(rnd() % (uint64_t)cams), key);
 		size_t n;
 		double a = now_s();
 		if (tally_query_series(db, "traffic", "speed", key, TALLY_1H, day0,
@@ -275,7 +271,7 @@ int main(int argc, char **argv)
 	}
 	report(out, "1h series, one camera, all days", lat, Q);
 	for (int i = 0; i < Q; i++) {
-		snprintf(key, sizeof key, "KV%05d", (int)(rnd() % (uint64_t)cams));
+		wl_camera_id((unsigned)(rnd() % (uint64_t)cams), key);
 		int64_t from = day0 + (int64_t)(rnd() % (uint64_t)(days * TALLY_1D - TALLY_1D));
 		tally_agg ag;
 		double a = now_s();
@@ -301,7 +297,7 @@ int main(int argc, char **argv)
 	}
 	report(out, "every camera, one hour", lat, QK);
 	for (int i = 0; i < Q / 4; i++) {
-		snprintf(key, sizeof key, "KV%05d", (int)(rnd() % (uint64_t)cams));
+		wl_camera_id((unsigned)(rnd() % (uint64_t)cams), key);
 		int64_t from = day0 + (int64_t)(rnd() % (uint64_t)(days * 24)) * TALLY_1H;
 		tally_scan *sc;
 		double a = now_s();
@@ -315,6 +311,7 @@ int main(int argc, char **argv)
 	}
 	report(out, "raw scan, one camera, one hour", lat, Q / 4);
 	if (outp) {
+		/* one summary line per run, for keeping figures by commit */
 		FILE *f = fopen(outp, "a");
 		if (f) {
 			fprintf(f, "bench_storage commit %s: %llu events, %.3f bytes/event parts, %.3f "
@@ -327,6 +324,6 @@ int main(int argc, char **argv)
 	}
 	tally_writer_close(w);
 	tally_db_close(db);
-	free(ts), free(sp), free(present), free(lts), free(lsp), free(lat), free(bk);
+	free(ts), free(tenths), free(sp), free(lat), free(bk);
 	return 0;
 }
