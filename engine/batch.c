@@ -102,14 +102,8 @@ int wbatch_table(wbatch *b, table_def *t, tbatch **out)
 		b->by_table = nb;
 		b->cap_by_table = ncap;
 	}
-	if (b->n_tb == b->cap_tb) {
-		uint32_t ncap = b->cap_tb ? b->cap_tb * 2 : 4;
-		tbatch **nt = mem_realloc(b->tb, ncap * sizeof *nt);
-		if (!nt)
-			return -ENOMEM;
-		b->tb = nt;
-		b->cap_tb = ncap;
-	}
+	if (mem_grow(&b->tb, &b->cap_tb, b->n_tb + 1, sizeof *b->tb, 4))
+		return -ENOMEM;
 	tbatch *tb = mem_calloc(1, sizeof *tb);
 	if (!tb)
 		return -ENOMEM;
@@ -275,14 +269,8 @@ static int key_index(tbatch *tb, const char *key, uint32_t len, uint32_t *out)
 		*out = tb->last_key = (uint32_t)(idx - 1);
 		return 0;
 	}
-	if (tb->n_keys == tb->cap_keys) {
-		uint32_t ncap = tb->cap_keys ? tb->cap_keys * 2 : 16;
-		uint64_t *nk = mem_realloc(tb->keys, ncap * sizeof *nk);
-		if (!nk)
-			return -ENOMEM;
-		tb->keys = nk;
-		tb->cap_keys = ncap;
-	}
+	if (mem_grow(&tb->keys, &tb->cap_keys, tb->n_keys + 1, sizeof *tb->keys, 16))
+		return -ENOMEM;
 	/* The map points into key_arena, so key_arena must not move while the
 	 * map is live: rebuild the map when it does. */
 	char *old = tb->key_arena;

@@ -130,14 +130,8 @@ int catalog_table(catalog *c, const char *name, uint32_t len, uint64_t hash,
 		rc = err_set(TALLY_ELIMIT, "too many tables (max %d)", CAT_TABLES_MAX);
 		goto done;
 	}
-	if (c->n_tables == c->cap_tables) {
-		uint32_t ncap = c->cap_tables ? c->cap_tables * 2 : 8;
-		table_def **nt = mem_realloc(c->tables, ncap * sizeof *nt);
-		if (!nt)
-			goto nomem;
-		c->tables = nt;
-		c->cap_tables = ncap;
-	}
+	if (mem_grow(&c->tables, &c->cap_tables, c->n_tables + 1, sizeof *c->tables, 8))
+		goto nomem;
 	t = mem_calloc(1, sizeof *t);
 	if (!t)
 		goto nomem;
@@ -190,14 +184,8 @@ int catalog_column(catalog *c, table_def *t, const char *name, uint32_t len, uin
 			     CAT_COLS_MAX);
 		goto done;
 	}
-	if (t->n_cols == t->cap_cols) {
-		uint32_t ncap = t->cap_cols ? t->cap_cols * 2 : 8;
-		col_def **nc = mem_realloc(t->cols, ncap * sizeof *nc);
-		if (!nc)
-			goto nomem;
-		t->cols = nc;
-		t->cap_cols = ncap;
-	}
+	if (mem_grow(&t->cols, &t->cap_cols, t->n_cols + 1, sizeof *t->cols, 8))
+		goto nomem;
 	d = mem_calloc(1, sizeof *d);
 	if (!d || !(d->name = mem_strndup(name, len))) {
 		mem_free(d);

@@ -42,15 +42,10 @@ static int64_t bucket_slot(rlevel *lv, int64_t start, uint64_t *bytes)
 	uint32_t i = rollup_lower(lv, start);
 	if (i < lv->n && lv->b[i].start == start)
 		return i;
-	if (lv->n == lv->cap) {
-		uint32_t ncap = lv->cap ? lv->cap * 2 : 4;
-		rbucket *nb = mem_realloc(lv->b, (size_t)ncap * sizeof *nb);
-		if (!nb)
-			return -1;
-		*bytes += (uint64_t)(ncap - lv->cap) * sizeof *nb;
-		lv->b = nb;
-		lv->cap = ncap;
-	}
+	uint32_t was = lv->cap;
+	if (mem_grow(&lv->b, &lv->cap, lv->n + 1, sizeof *lv->b, 4))
+		return -1;
+	*bytes += (uint64_t)(lv->cap - was) * sizeof *lv->b;
 	memmove(&lv->b[i + 1], &lv->b[i], (size_t)(lv->n - i) * sizeof *lv->b);
 	lv->b[i].start = start;
 	ragg_init(&lv->b[i].a);

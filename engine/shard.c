@@ -232,15 +232,10 @@ static series *series_get(shard *s, memtable *m, stable *st, const char *key, ui
 	series *se = strmap_get(&st->by_key, key, len, h);
 	if (se)
 		return se;
-	if (st->n == st->cap) {
-		uint32_t ncap = st->cap ? st->cap * 2 : 16;
-		series **nl = mem_realloc(st->list, ncap * sizeof *nl);
-		if (!nl)
-			return NULL;
-		m->rollup_bytes += (ncap - st->cap) * sizeof *nl;
-		st->list = nl;
-		st->cap = ncap;
-	}
+	uint32_t was = st->cap;
+	if (mem_grow(&st->list, &st->cap, st->n + 1, sizeof *st->list, 16))
+		return NULL;
+	m->rollup_bytes += (st->cap - was) * sizeof *st->list;
 	se = mem_calloc(1, sizeof *se);
 	if (!se)
 		return NULL;
@@ -267,15 +262,10 @@ static chunk *tail_chunk(memtable *s, series *se)
 	uint32_t cap = c ? c->cap * 2 : CHUNK_ROWS_MIN;
 	if (cap > CHUNK_ROWS_MAX)
 		cap = CHUNK_ROWS_MAX;
-	if (se->n_chunks == se->cap_chunks) {
-		uint32_t ncap = se->cap_chunks ? se->cap_chunks * 2 : 4;
-		chunk **nc = mem_realloc(se->chunks, ncap * sizeof *nc);
-		if (!nc)
-			return NULL;
-		s->mem_bytes += (ncap - se->cap_chunks) * sizeof *nc;
-		se->chunks = nc;
-		se->cap_chunks = ncap;
-	}
+	uint32_t was = se->cap_chunks;
+	if (mem_grow(&se->chunks, &se->cap_chunks, se->n_chunks + 1, sizeof *se->chunks, 4))
+		return NULL;
+	s->mem_bytes += (se->cap_chunks - was) * sizeof *se->chunks;
 	chunk *n = arena_alloc(&s->ar, sizeof *n);
 	if (!n)
 		return NULL;

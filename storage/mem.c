@@ -6,6 +6,7 @@
  */
 #include "mem.h"
 
+#include <errno.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,6 +33,24 @@ void *mem_calloc(size_t count, size_t n)
 void *mem_realloc(void *p, size_t n) { return should_fail() ? NULL : realloc(p, n ? n : 1); }
 
 void mem_free(void *p) { free(p); }
+
+int mem_grow(void *arr, uint32_t *cap, uint32_t need, size_t elem, uint32_t first)
+{
+	if (need <= *cap)
+		return 0;
+	uint64_t nc = *cap ? *cap : first;
+	while (nc < need)
+		nc *= 2;
+	if (nc > UINT32_MAX)
+		return -ENOMEM;
+	void **slot = arr; /* arr is really a pointer to the caller's array pointer */
+	void *np = mem_realloc(*slot, (size_t)nc * elem);
+	if (!np)
+		return -ENOMEM;
+	*slot = np;
+	*cap = (uint32_t)nc;
+	return 0;
+}
 
 char *mem_strndup(const char *s, size_t n)
 {
