@@ -30,11 +30,11 @@
 #include <unistd.h>
 
 #include "tally.h"
+#include "workload.h"
 
 #define TABLE       "traffic"
 #define KEY_TAG     "camera"
 #define FIELD       "speed"
-#define NS_PER_MS   INT64_C(1000000)
 #define LP_CHUNK    (1u << 20) /* text goes in pieces of a connection's read buffer */
 #define MAX_THREADS 256
 
@@ -287,7 +287,7 @@ static void *xcalloc(size_t n, size_t size)
 	return p;
 }
 
-/* splitmix64 */
+/* splitmix64, for the query parameters (the data comes from workload.c) */
 static uint64_t rng_next(uint64_t *s)
 {
 	uint64_t z = (*s += UINT64_C(0x9e3779b97f4a7c15));
@@ -296,32 +296,12 @@ static uint64_t rng_next(uint64_t *s)
 	return z ^ (z >> 31);
 }
 
-static double rng_unit(uint64_t *s)
-{
-	return (double)(rng_next(s) >> 11) * 0x1p-53;
-}
-
 static uint64_t rng_below(uint64_t *s, uint64_t n)
 {
 	return rng_next(s) % n;
 }
 
-static double rng_gauss(uint64_t *s)
-{
-	double u = rng_unit(s), v = rng_unit(s);
-	return sqrt(-2.0 * log(u > 0 ? u : 0x1p-53)) * cos(2 * M_PI * v);
-}
-
 /* ---------------------------------------------------------------- data */
-
-static const double hour_volume[24] = {
-        0.25, 0.18, 0.15, 0.15, 0.20, 0.40, 0.80, 1.30, 1.40, 1.10, 0.90, 0.90,
-        0.95, 0.95, 0.95, 1.00, 1.20, 1.45, 1.40, 1.00, 0.75, 0.60, 0.45, 0.35,
-};
-static const double hour_speed[24] = {
-        1.06, 1.07, 1.08, 1.08, 1.06, 1.02, 0.90, 0.66, 0.62, 0.84, 0.97, 0.98,
-        0.96, 0.97, 0.97, 0.95, 0.85, 0.64, 0.60, 0.82, 0.96, 1.00, 1.03, 1.05,
-};
 
 typedef struct key_data {
 	char id[16];
@@ -340,10 +320,17 @@ typedef struct dataset {
 	uint64_t total, backlog, expect_late;
 } dataset;
 
+/* The benchmark's workload (tools/workload.c): 3 hours offline a day for a
+ * tenth of the keys, ending by 20:00 so that the backlog is late. */
 static void dataset_make(dataset *d, const bench_opts *o)
 {
-	struct tm tmday = {.tm_year = 2025 - 1900, .tm_mon = 5, .tm_mday = 2};
-	d->t0 = (int64_t)timegm(&tmday) * TALLY_NS_PER_SEC;
+	wl_params wp;
+	wl_params_init(&wp);
+	wp.seed = o->seed;
+	wp.cameras = o->keys;
+	wp.days = o->days;
+	wp.per_day = o->per_day;
+	d->t0 = wp.start_ns;
 	d->keys = o->keys;
 	d->days = o->days;
 	d->per_day = o->per_day;
@@ -352,47 +339,24 @@ static void dataset_make(dataset *d, const bench_opts *o)
 	d->ts_all = xmalloc(d->total * sizeof *d->ts_all);
 	d->val_all = xmalloc(d->total * sizeof *d->val_all);
 	d->b_all = xmalloc((size_t)o->keys * o->days * 2 * sizeof *d->b_all);
-	uint64_t n_off = (o->keys + 5) / 10;
+	int32_t *tenths = xmalloc(o->per_day * sizeof *tenths);
 	for (unsigned k = 0; k < o->keys; k++) {
 		key_data *kd = &d->k[k];
-		uint64_t rs = o->seed * UINT64_C(0x2545f4914f6cdd1d) + k + 1;
-		snprintf(kd->id, sizeof kd->id, "KV%05u", k + 1);
+		wl_camera_id(k, kd->id);
 		size_t per_key = (size_t)o->days * o->per_day;
 		kd->ts = d->ts_all + (size_t)k * per_key;
 		kd->val = d->val_all + (size_t)k * per_key;
 		kd->b0 = d->b_all + (size_t)k * o->days * 2;
 		kd->b1 = kd->b0 + o->days;
-		int offline = (k + 1) * n_off / o->keys > k * n_off / o->keys;
-		double base = 60.0 + 50.0 * rng_unit(&rs);
 		for (unsigned day = 0; day < o->days; day++) {
-			double vol[24], cum[25] = {0};
-			for (int h = 0; h < 24; h++) {
-				vol[h] = hour_volume[h] * (0.85 + 0.3 * rng_unit(&rs));
-				cum[h + 1] = cum[h] + vol[h];
-			}
-			/* 3 hours offline, ending by 20:00 so the backlog is late */
-			int64_t of = (int64_t)((5 + 12 * rng_unit(&rs)) * 3600e3) * NS_PER_MS;
-			int64_t ot = of + 3 * TALLY_1H;
-			int64_t dstart = d->t0 + (int64_t)day * TALLY_1D;
 			size_t base_i = (size_t)day * o->per_day;
-			uint32_t b0 = (uint32_t)base_i, b1 = (uint32_t)base_i;
-			int h = 0;
-			for (uint32_t i = 0; i < o->per_day; i++) {
-				double q = ((double)i + rng_unit(&rs)) / o->per_day * cum[24];
-				while (h < 23 && q >= cum[h + 1])
-					h++;
-				int64_t ms = (int64_t)((h + (q - cum[h]) / vol[h]) * 3600e3);
-				if (ms >= 86400000)
-					ms = 86399999;
-				int64_t t = ms * NS_PER_MS;
-				double v = base * hour_speed[h] * (1.0 + 0.08 * rng_gauss(&rs));
-				kd->ts[base_i + i] = dstart + t;
-				kd->val[base_i + i] = round((v < 5 ? 5 : v) * 10.0) / 10.0;
-				if (offline && t < of)
-					b0 = b1 = (uint32_t)(base_i + i + 1);
-				else if (offline && t < ot)
-					b1 = (uint32_t)(base_i + i + 1);
-			}
+			wl_day wd = {.ts = kd->ts + base_i, .tenths = tenths};
+			wl_gen_day(&wp, k, day, &wd);
+			for (uint32_t i = 0; i < o->per_day; i++)
+				kd->val[base_i + i] = tenths[i] / 10.0;
+			uint32_t b0 = (uint32_t)base_i + wd.b0, b1 = (uint32_t)base_i + wd.b1;
+			if (wd.b0 == wd.b1) /* online: an empty backlog at the day's start */
+				b0 = b1 = (uint32_t)base_i;
 			kd->b0[day] = b0;
 			kd->b1[day] = b1;
 			d->backlog += b1 - b0;
@@ -412,6 +376,7 @@ static void dataset_make(dataset *d, const bench_opts *o)
 			}
 		}
 	}
+	free(tenths);
 }
 
 /* ---------------------------------------------------------------- schedule */

@@ -8,10 +8,10 @@
  * questions tally exists for and shows that the late events landed in the
  * windows they belong to, exactly.
  *
- * The one idea: all data is generated before the clock starts (each
- * camera from its own seeded generator, so the data does not depend on the
- * number of threads), so the rates printed are the store's, not the
- * generator's.
+ * The one idea: all data is generated before the clock starts (by
+ * tools/workload.c, the benchmark's generator: each camera-day from its
+ * own seed, so the data does not depend on the number of threads), so the
+ * rates printed are the store's, not the generator's.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -32,6 +32,7 @@
 #include <unistd.h>
 
 #include "tally.h"
+#include "workload.h"
 
 #define TABLE            "traffic"
 #define KEY_TAG          "camera"
@@ -307,42 +308,8 @@ static const char *hhmm(int64_t ns, int with_seconds)
 
 /* ---------------------------------------------------------------- data */
 
-/* splitmix64: small, fast, and good enough for synthetic traffic. */
-static uint64_t rng_next(uint64_t *s)
-{
-	uint64_t z = (*s += UINT64_C(0x9e3779b97f4a7c15));
-	z = (z ^ (z >> 30)) * UINT64_C(0xbf58476d1ce4e5b9);
-	z = (z ^ (z >> 27)) * UINT64_C(0x94d049bb133111eb);
-	return z ^ (z >> 31);
-}
-
-static double rng_unit(uint64_t *s)
-{
-	return (double)(rng_next(s) >> 11) * 0x1p-53;
-}
-
-static double rng_gauss(uint64_t *s)
-{
-	double u = rng_unit(s), v = rng_unit(s);
-	return sqrt(-2.0 * log(u > 0 ? u : 0x1p-53)) * cos(2 * M_PI * v);
-}
-
-/* Relative traffic volume per hour of the day: quiet nights, busy rush
- * hours 7-9 and 17-19. */
-static const double hour_volume[24] = {
-        0.25, 0.18, 0.15, 0.15, 0.20, 0.40, 0.80, 1.30, 1.40, 1.10, 0.90, 0.90,
-        0.95, 0.95, 0.95, 1.00, 1.20, 1.45, 1.40, 1.00, 0.75, 0.60, 0.45, 0.35,
-};
-/* Speed relative to a camera's free-flow speed, per hour: jams at rush
- * hours, a little faster at night. */
-static const double hour_speed[24] = {
-        1.06, 1.07, 1.08, 1.08, 1.06, 1.02, 0.90, 0.66, 0.62, 0.84, 0.97, 0.98,
-        0.96, 0.97, 0.97, 0.95, 0.85, 0.64, 0.60, 0.82, 0.96, 1.00, 1.03, 1.05,
-};
-
 typedef struct camera {
-	char id[16]; /* "KV00001" */
-	double base;
+	char id[WL_ID_MAX]; /* "KV00001" */
 	int offline;
 	int64_t out_from, out_to; /* outage, ns since the day's start */
 	int64_t *ts;              /* all the day's events, in time order */
@@ -352,54 +319,33 @@ typedef struct camera {
 	uint32_t cur;    /* next event to send */
 } camera;
 
-/* Evenly spread offline cameras, exactly round(n * pct / 100) of them. */
-static int is_offline(unsigned c, unsigned n, unsigned pct)
+/* The day's workload: tools/workload.c, the benchmark's generator, on one
+ * day from the demo's day. */
+static void demo_workload(wl_params *wp, const demo_opts *o, int64_t day)
 {
-	uint64_t k = ((uint64_t)n * pct + 50) / 100;
-	return (c + 1) * k / n > c * k / n;
+	wl_params_init(wp);
+	wp->seed = o->seed;
+	wp->cameras = o->cameras;
+	wp->days = 1;
+	wp->per_day = o->events;
+	wp->offline_pct = o->offline_pct;
+	wp->outage_hours = o->outage_hours;
+	wp->start_ns = day;
 }
 
-static void camera_generate(camera *cam, unsigned c, const demo_opts *o, int64_t day)
+/* Camera c's day; tenths is scratch for per_day speeds. */
+static void camera_generate(camera *cam, unsigned c, const wl_params *wp, int32_t *tenths)
 {
-	uint64_t rs = o->seed * UINT64_C(0x2545f4914f6cdd1d) + c + 1;
-	snprintf(cam->id, sizeof cam->id, "KV%05u", c + 1);
-	cam->base = 60.0 + 50.0 * rng_unit(&rs);
-	cam->offline = is_offline(c, o->cameras, o->offline_pct);
-	int64_t hlen = (int64_t)o->outage_hours * 3600 * NS_PER_MS * 1000;
-	/* Outages start between 05:00 and late enough to end by 23:00, so
-	 * that the camera's own later events make the backlog late. */
-	double span = (double)(23 - 5 - (int)o->outage_hours) * 3600e3;
-	cam->out_from = ((int64_t)(5 * 3600e3 + rng_unit(&rs) * span)) * NS_PER_MS;
-	cam->out_to = cam->out_from + hlen;
-	/* Each road is a little different: its own volume per hour. */
-	double vol[24], cum[25] = {0};
-	for (int h = 0; h < 24; h++) {
-		vol[h] = hour_volume[h] * (0.85 + 0.3 * rng_unit(&rs));
-		cum[h + 1] = cum[h] + vol[h];
-	}
-	int h = 0;
-	cam->b0 = cam->b1 = 0;
-	for (uint32_t i = 0; i < cam->n; i++) {
-		/* Stratified quantiles through the inverse volume curve keep the
-		 * times sorted without a sort. */
-		double q = ((double)i + rng_unit(&rs)) / cam->n * cum[24];
-		while (h < 23 && q >= cum[h + 1])
-			h++;
-		double sec = (h + (q - cum[h]) / vol[h]) * 3600.0;
-		int64_t ms = (int64_t)(sec * 1000.0);
-		if (ms >= 86400000)
-			ms = 86399999;
-		int64_t t = ms * NS_PER_MS;
-		double v = cam->base * hour_speed[h] * (1.0 + 0.08 * rng_gauss(&rs));
-		if (v < 5.0)
-			v = 5.0;
-		cam->ts[i] = day + t;
-		cam->speed[i] = round(v * 10.0) / 10.0; /* one decimal, like 85.2 */
-		if (cam->offline && t < cam->out_from)
-			cam->b0 = cam->b1 = i + 1;
-		else if (cam->offline && t < cam->out_to)
-			cam->b1 = i + 1;
-	}
+	wl_camera_id(c, cam->id);
+	cam->offline = wl_camera_offline(wp, c);
+	wl_day d = {.ts = cam->ts, .tenths = tenths};
+	wl_gen_day(wp, c, 0, &d);
+	for (uint32_t i = 0; i < cam->n; i++)
+		cam->speed[i] = tenths[i] / 10.0; /* one decimal, like 85.2 */
+	cam->b0 = d.b0;
+	cam->b1 = d.b1;
+	cam->out_from = cam->offline ? d.out_from - wp->start_ns : 0;
+	cam->out_to = cam->offline ? d.out_to - wp->start_ns : 0;
 }
 
 /* The late events the store should count for this camera: backlog events
@@ -489,14 +435,20 @@ static void *worker_main(void *arg)
 {
 	worker *wk = arg;
 	const demo_opts *o = wk->o;
+	wl_params wp;
+	demo_workload(&wp, o, wk->day);
+	int32_t *tenths = malloc(o->events * sizeof *tenths);
+	if (!tenths)
+		worker_fail(wk, -ENOMEM, "generating the day");
 	/* Generate this worker's cameras: not timed. */
 	for (unsigned c = wk->id; c < o->cameras && !wk->rc; c += o->shards) {
 		camera *cam = &wk->cams[c];
-		camera_generate(cam, c, o, wk->day);
+		camera_generate(cam, c, &wp, tenths);
 		for (uint32_t i = cam->b0; i < cam->b1 && !wk->rc; i++)
 			if (lp_append(wk, cam, i))
 				worker_fail(wk, -ENOMEM, "generating line protocol");
 	}
+	free(tenths);
 	pthread_barrier_wait(wk->bar);
 	/* The day, hour by hour: every online camera uploads its last hour. */
 	wk->t0 = now_s();

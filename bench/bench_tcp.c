@@ -1,0 +1,535 @@
+/*
+ * bench_tcp.c — tallyd over TCP: durable ingest rate, query latency and
+ * queries per second.
+ *
+ * The workload is DESIGN.md's: 1,000 speed cameras over three days, a
+ * tenth of them offline for three hours and sending their backlog last.
+ * All line-protocol text is generated in memory before the clock starts,
+ * one buffer per connection (cameras split across connections, each
+ * connection's events in time order), so the rate measured is the
+ * server's, not the generator's. Ingest is durable: the clock stops when
+ * every connection's "#!sync" has answered. Then one connection measures
+ * query latency (p50/p99 of round trips) and several measure throughput.
+ *
+ * It starts its own tallyd on a free port and a temporary data directory
+ * (--tallyd PATH), or uses a running one (--port).
+ *
+ *   ./build/bench/bench_tcp --events 20000000 --connections 4
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <math.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define CAMERAS 1000
+#define DAYS 3
+#define T0 INT64_C(1699920000000000000) /* 2023-11-14T00:00:00Z */
+#define SEC INT64_C(1000000000)
+#define SEND_CHUNK (1u << 20)
+
+typedef struct bopts {
+	uint64_t events;
+	unsigned conns, query_conns, shards;
+	double query_secs;
+	unsigned latency_queries;
+	const char *tallyd, *port, *dir;
+	uint64_t seed;
+} bopts;
+
+static double now_s(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+__attribute__((format(printf, 1, 2), noreturn)) static void die(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	fprintf(stderr, "bench_tcp: ");
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+	exit(1);
+}
+
+static uint64_t rng_next(uint64_t *s)
+{
+	/* splitmix64: fast, and good enough for a workload */
+	uint64_t z = (*s += UINT64_C(0x9E3779B97F4A7C15));
+	z = (z ^ (z >> 30)) * UINT64_C(0xBF58476D1CE4E5B9);
+	z = (z ^ (z >> 27)) * UINT64_C(0x94D049BB133111EB);
+	return z ^ (z >> 31);
+}
+
+/* ---------------------------------------------------------------- workload */
+
+typedef struct gbuf {
+	char *p;
+	size_t n, cap;
+	uint64_t events;
+} gbuf;
+
+static void gbuf_reserve(gbuf *b, size_t more)
+{
+	if (b->n + more <= b->cap)
+		return;
+	size_t cap = b->cap ? b->cap : 1 << 20;
+	while (cap < b->n + more)
+		cap *= 2;
+	if (!(b->p = realloc(b->p, cap)))
+		die("out of memory generating the workload");
+	b->cap = cap;
+}
+
+/* Writes "traffic,camera=KV00123 speed=85.2 1699920000123456789\n". */
+static void gen_line(gbuf *b, unsigned cam, unsigned speed10, int64_t ts)
+{
+	gbuf_reserve(b, 64);
+	char *p = b->p + b->n;
+	memcpy(p, "traffic,camera=KV", 17);
+	p += 17;
+	for (int d = 4, v = (int)cam; d >= 0; d--, v /= 10)
+		p[d] = (char)('0' + v % 10);
+	p += 5;
+	memcpy(p, " speed=", 7);
+	p += 7;
+	p += sprintf(p, "%u.%u %" PRId64 "\n", speed10 / 10, speed10 % 10, ts);
+	b->n = (size_t)(p - b->p);
+	b->events++;
+}
+
+/* Connection k gets cameras k, k+conns, ...; their events interleaved in
+ * time order, the backlog of the offline ones at the end. */
+static void gen_workload(const bopts *o, gbuf *bufs)
+{
+	uint64_t per_cam = o->events / CAMERAS;
+	int64_t span = (int64_t)DAYS * 86400 * SEC;
+	int64_t gap = span / (int64_t)(per_cam ? per_cam : 1);
+	for (unsigned k = 0; k < o->conns; k++) {
+		gbuf *b = &bufs[k], late = {0};
+		uint64_t seed = o->seed * 7919 + k;
+		unsigned ncam = 0, cams[CAMERAS];
+		for (unsigned c = k; c < CAMERAS; c += o->conns)
+			cams[ncam++] = c;
+		gbuf_reserve(b, (size_t)(per_cam * ncam * 56));
+		for (uint64_t i = 0; i < per_cam; i++)
+			for (unsigned j = 0; j < ncam; j++) {
+				unsigned c = cams[j];
+				int64_t ts = T0 + (int64_t)i * gap + (int64_t)(rng_next(&seed) % (uint64_t)gap);
+				unsigned speed = 300 + (unsigned)(rng_next(&seed) % 1000);
+				/* a tenth of the cameras: offline 3 h on day 2, flushed last */
+				int offline = c % 10 == 3 && ts >= T0 + 86400 * SEC + (int64_t)(c % 12) * 3600 * SEC &&
+					      ts < T0 + 86400 * SEC + (int64_t)(c % 12 + 3) * 3600 * SEC;
+				gen_line(offline ? &late : b, c, speed, ts);
+			}
+		gbuf_reserve(b, late.n);
+		memcpy(b->p + b->n, late.p, late.n);
+		b->n += late.n;
+		b->events += late.events;
+		free(late.p);
+	}
+}
+
+/* ---------------------------------------------------------------- connections */
+
+static int tcp_connect(const char *port)
+{
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(port)),
+				.sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a))
+		die("connect to 127.0.0.1:%s: %s", port, strerror(errno));
+	int one = 1;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+	return fd;
+}
+
+typedef struct rd {
+	int fd;
+	char buf[1 << 16];
+	size_t head, len; /* buf[head, len) is unread */
+} rd;
+
+/* Next reply line into out (cap bytes), blocking; -1 at EOF. The client
+ * must not be the bottleneck of a latency figure: no copying per line
+ * beyond the line itself. */
+static int rd_line(rd *r, char *out, size_t cap)
+{
+	for (;;) {
+		char *nl = r->len > r->head ? memchr(r->buf + r->head, '\n', r->len - r->head)
+					    : NULL;
+		if (nl) {
+			size_t n = (size_t)(nl - (r->buf + r->head));
+			size_t k = n < cap - 1 ? n : cap - 1;
+			memcpy(out, r->buf + r->head, k);
+			out[k] = 0;
+			r->head += n + 1;
+			return 0;
+		}
+		if (r->head) {
+			memmove(r->buf, r->buf + r->head, r->len - r->head);
+			r->len -= r->head;
+			r->head = 0;
+		}
+		if (r->len == sizeof r->buf)
+			r->len = 0; /* a line longer than we care about */
+		ssize_t g = recv(r->fd, r->buf + r->len, sizeof r->buf - r->len, 0);
+		if (g <= 0)
+			return -1;
+		r->len += (size_t)g;
+	}
+}
+
+static void send_all(int fd, const char *p, size_t n)
+{
+	while (n) {
+		ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			die("send: %s", strerror(errno));
+		}
+		p += w;
+		n -= (size_t)w;
+	}
+}
+
+/* ---------------------------------------------------------------- ingest */
+
+typedef struct ingest {
+	const char *port;
+	gbuf *b;
+	uint64_t accepted, rejected;
+	double done_at;
+} ingest;
+
+static void *ingest_main(void *arg)
+{
+	ingest *in = arg;
+	int fd = tcp_connect(in->port);
+	rd r = {.fd = fd};
+	/* Replies are only errors (none expected) and the sync answer: send
+	 * it all, then read. */
+	for (size_t pos = 0; pos < in->b->n;) {
+		size_t n = in->b->n - pos < SEND_CHUNK ? in->b->n - pos : SEND_CHUNK;
+		send_all(fd, in->b->p + pos, n);
+		pos += n;
+	}
+	send_all(fd, "#!sync\n", 7);
+	char line[512];
+	for (;;) {
+		if (rd_line(&r, line, sizeof line))
+			die("connection closed before the sync answered");
+		if (sscanf(line, "OK sync accepted=%" SCNu64 " rejected=%" SCNu64, &in->accepted,
+			   &in->rejected) == 2)
+			break;
+		fprintf(stderr, "bench_tcp: server: %s\n", line);
+	}
+	in->done_at = now_s();
+	close(fd);
+	return NULL;
+}
+
+/* ---------------------------------------------------------------- queries */
+
+static int cmp_d(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return x < y ? -1 : x > y;
+}
+
+/* One query: send, read to END (or ERR). Returns rows. */
+static long run_query(int fd, rd *r, const char *q, size_t qn)
+{
+	send_all(fd, q, qn);
+	char line[512];
+	long rows = -1;
+	for (;;) {
+		if (rd_line(r, line, sizeof line))
+			die("connection closed during a query");
+		if (!strncmp(line, "END ", 4))
+			return rows;
+		if (!strncmp(line, "ERR", 3))
+			die("query %.*s: %s", (int)qn - 1, q, line);
+		rows++;
+	}
+}
+
+static size_t make_query(char *q, int kind, uint64_t *seed)
+{
+	unsigned cam = (unsigned)(rng_next(seed) % CAMERAS);
+	int64_t day = T0 + (int64_t)(rng_next(seed) % DAYS) * 86400 * SEC;
+	if (kind == 0) /* a day of 5-minute buckets: 288 rows */
+		return (size_t)sprintf(q, "#!series traffic speed KV%05u 5m %" PRId64 " 1d\n", cam, day);
+	/* an exact average over an unaligned range of a few hours */
+	int64_t from = day + (int64_t)(rng_next(seed) % (18 * 3600)) * SEC + 123456789;
+	int64_t to = from + (int64_t)(1 + rng_next(seed) % (6 * 3600)) * SEC + 987654;
+	return (size_t)sprintf(q, "#!agg traffic speed KV%05u %" PRId64 " %" PRId64 "\n", cam, from,
+			       to);
+}
+
+typedef struct qthr {
+	const char *port;
+	double secs;
+	uint64_t done;
+	int kind;
+} qthr;
+
+static void *qps_main(void *arg)
+{
+	qthr *t = arg;
+	int fd = tcp_connect(t->port);
+	rd r = {.fd = fd};
+	uint64_t seed = (uint64_t)(uintptr_t)t;
+	char q[256];
+	double end = now_s() + t->secs;
+	while (now_s() < end) {
+		size_t n = make_query(q, t->kind, &seed);
+		run_query(fd, &r, q, n);
+		t->done++;
+	}
+	close(fd);
+	return NULL;
+}
+
+/* ---------------------------------------------------------------- server */
+
+static pid_t spawn_tallyd(const bopts *o, char *port, size_t cap)
+{
+	char portfile[600], data[600], shards[16];
+	snprintf(portfile, sizeof portfile, "%s/port", o->dir);
+	snprintf(data, sizeof data, "%s/data", o->dir);
+	snprintf(shards, sizeof shards, "%u", o->shards);
+	pid_t pid = fork();
+	if (pid < 0)
+		die("fork: %s", strerror(errno));
+	if (pid == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		execl(o->tallyd, o->tallyd, "--data", data, "--port", "0", "--port-file", portfile,
+		      "--log-level", "warn", "--sync-interval", "1s", o->shards ? "--shards" : NULL,
+		      shards, (char *)NULL);
+		_exit(127);
+	}
+	double deadline = now_s() + 30;
+	for (;;) {
+		FILE *f = fopen(portfile, "r");
+		if (f) {
+			int ok = fgets(port, (int)cap, f) != NULL;
+			fclose(f);
+			if (ok) {
+				port[strcspn(port, "\n")] = 0;
+				return pid;
+			}
+		}
+		int st;
+		if (waitpid(pid, &st, WNOHANG) == pid)
+			die("%s exited at start", o->tallyd);
+		if (now_s() > deadline)
+			die("%s did not start", o->tallyd);
+		usleep(5000);
+	}
+}
+
+static int rm_one(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
+{
+	(void)sb;
+	(void)flag;
+	(void)ftw;
+	return remove(p);
+}
+
+static void usage(FILE *f)
+{
+	fprintf(f, "Usage: bench_tcp [OPTIONS]\n"
+		   "\n"
+		   "Durable line-protocol ingest over TCP, then query latency and throughput.\n"
+		   "\n"
+		   "  --events N          events to ingest (default 20000000)\n"
+		   "  --connections N     ingest connections (default 4)\n"
+		   "  --shards N          server shards (default: its default, one per core)\n"
+		   "  --latency-queries N sequential queries per kind for p50/p99 (default 20000)\n"
+		   "  --query-connections N  connections for queries per second (default 4)\n"
+		   "  --query-seconds S   seconds per kind for queries per second (default 3)\n"
+		   "  --tallyd PATH       server binary to start (default: next to this one,\n"
+		   "                      ../wire/tallyd)\n"
+		   "  --port PORT         use a running server instead (127.0.0.1)\n"
+		   "  --seed N            workload seed (default 1)\n");
+}
+
+int main(int argc, char **argv)
+{
+	bopts o = {.events = 20000000, .conns = 4, .query_conns = 4, .query_secs = 3,
+		   .latency_queries = 20000, .seed = 1};
+	static const struct option lo[] = {
+		{"events", 1, 0, 'e'},         {"connections", 1, 0, 'c'},
+		{"shards", 1, 0, 's'},         {"latency-queries", 1, 0, 'l'},
+		{"query-connections", 1, 0, 'q'}, {"query-seconds", 1, 0, 'Q'},
+		{"tallyd", 1, 0, 't'},         {"port", 1, 0, 'p'},
+		{"seed", 1, 0, 'S'},           {"help", 0, 0, 'h'},
+		{0, 0, 0, 0},
+	};
+	int ch;
+	while ((ch = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
+		switch (ch) {
+		case 'e': o.events = strtoull(optarg, NULL, 10); break;
+		case 'c': o.conns = (unsigned)atoi(optarg); break;
+		case 's': o.shards = (unsigned)atoi(optarg); break;
+		case 'l': o.latency_queries = (unsigned)atoi(optarg); break;
+		case 'q': o.query_conns = (unsigned)atoi(optarg); break;
+		case 'Q': o.query_secs = atof(optarg); break;
+		case 't': o.tallyd = optarg; break;
+		case 'p': o.port = optarg; break;
+		case 'S': o.seed = strtoull(optarg, NULL, 10); break;
+		case 'h': usage(stdout); return 0;
+		default: usage(stderr); return 2;
+		}
+	}
+	if (o.events < CAMERAS || o.conns < 1 || o.conns > 256 || o.query_conns < 1 ||
+	    o.query_conns > 256)
+		die("--events at least 1000; --connections and --query-connections 1 to 256");
+	char self[4096], tallyd[4200], port[32], dir[] = "/tmp/tally-bench-tcp-XXXXXX";
+	pid_t pid = 0;
+	if (!o.port) {
+		if (!o.tallyd) {
+			ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+			if (n < 0)
+				die("readlink: %s", strerror(errno));
+			self[n] = 0;
+			*strrchr(self, '/') = 0;
+			snprintf(tallyd, sizeof tallyd, "%s/../wire/tallyd", self);
+			o.tallyd = tallyd;
+		}
+		if (!mkdtemp(dir))
+			die("mkdtemp: %s", strerror(errno));
+		o.dir = dir;
+	}
+
+	printf("bench_tcp: %" PRIu64 " events, %d cameras over %d days (a tenth offline 3 h, "
+	       "sent late), %u connections\n",
+	       o.events, CAMERAS, DAYS, o.conns);
+	double g0 = now_s();
+	gbuf *bufs = calloc(o.conns, sizeof *bufs);
+	gen_workload(&o, bufs);
+	uint64_t total = 0, bytes = 0;
+	for (unsigned k = 0; k < o.conns; k++) {
+		total += bufs[k].events;
+		bytes += bufs[k].n;
+	}
+	printf("  generated %" PRIu64 " events, %.1f MB of line protocol in %.1f s (not timed)\n",
+	       total, (double)bytes / 1e6, now_s() - g0);
+	if (!o.port) {
+		pid = spawn_tallyd(&o, port, sizeof port);
+		o.port = port;
+		printf("  tallyd %s on 127.0.0.1:%s, data in %s\n", o.tallyd, port, dir);
+	}
+	fflush(stdout);
+
+	/* Ingest: all connections at once; the clock stops at the last sync. */
+	ingest *in = calloc(o.conns, sizeof *in);
+	pthread_t *th = calloc(o.conns, sizeof *th);
+	double t0 = now_s();
+	for (unsigned k = 0; k < o.conns; k++) {
+		in[k].port = o.port;
+		in[k].b = &bufs[k];
+		pthread_create(&th[k], NULL, ingest_main, &in[k]);
+	}
+	uint64_t acc = 0, rej = 0;
+	double last = t0;
+	for (unsigned k = 0; k < o.conns; k++) {
+		pthread_join(th[k], NULL);
+		acc += in[k].accepted;
+		rej += in[k].rejected;
+		if (in[k].done_at > last)
+			last = in[k].done_at;
+	}
+	double el = last - t0;
+	printf("\nIngest (durable: ends when every connection's #!sync answered)\n");
+	printf("  %" PRIu64 " accepted, %" PRIu64 " rejected in %.2f s: %.2f M events/s, "
+	       "%.0f MB/s\n",
+	       acc, rej, el, (double)acc / el / 1e6, (double)bytes / el / 1e6);
+	for (unsigned k = 0; k < o.conns; k++)
+		free(bufs[k].p);
+	free(bufs);
+	if (acc != total)
+		die("accepted %" PRIu64 " of %" PRIu64 " events", acc, total);
+
+	/* Latency: one connection, one query at a time. */
+	static const char *kinds[2] = {"series 5m, one camera, one day (288 buckets)",
+				       "exact agg, one camera, unaligned range"};
+	printf("\nQueries over TCP (round trip, one connection, one at a time)\n");
+	int fd = tcp_connect(o.port);
+	rd *r = calloc(1, sizeof *r);
+	r->fd = fd;
+	double *lat = malloc(o.latency_queries * sizeof *lat);
+	uint64_t seed = 42;
+	char q[256];
+	for (int kind = 0; kind < 2; kind++) {
+		long rows = 0;
+		for (unsigned i = 0; i < 1000; i++) { /* warm up */
+			size_t n = make_query(q, kind, &seed);
+			run_query(fd, r, q, n);
+		}
+		for (unsigned i = 0; i < o.latency_queries; i++) {
+			size_t n = make_query(q, kind, &seed);
+			double a = now_s();
+			rows += run_query(fd, r, q, n);
+			lat[i] = now_s() - a;
+		}
+		qsort(lat, o.latency_queries, sizeof *lat, cmp_d);
+		printf("  %-46s p50 %6.1f us  p99 %6.1f us  (avg %.0f rows)\n", kinds[kind],
+		       lat[o.latency_queries / 2] * 1e6, lat[o.latency_queries * 99 / 100] * 1e6,
+		       (double)rows / o.latency_queries);
+	}
+	close(fd);
+	free(r);
+	free(lat);
+
+	/* Throughput: several connections, each one query at a time. */
+	printf("\nQueries per second (%u connections, %.0f s each kind)\n", o.query_conns,
+	       o.query_secs);
+	for (int kind = 0; kind < 2; kind++) {
+		qthr *qt = calloc(o.query_conns, sizeof *qt);
+		pthread_t *qth = calloc(o.query_conns, sizeof *qth);
+		double a = now_s();
+		for (unsigned k = 0; k < o.query_conns; k++) {
+			qt[k] = (qthr){.port = o.port, .secs = o.query_secs, .kind = kind};
+			pthread_create(&qth[k], NULL, qps_main, &qt[k]);
+		}
+		uint64_t done = 0;
+		for (unsigned k = 0; k < o.query_conns; k++) {
+			pthread_join(qth[k], NULL);
+			done += qt[k].done;
+		}
+		printf("  %-46s %.0f queries/s\n", kinds[kind], (double)done / (now_s() - a));
+		free(qt);
+		free(qth);
+	}
+	if (pid) {
+		kill(pid, SIGTERM);
+		int st;
+		waitpid(pid, &st, 0);
+		nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+	}
+	free(in);
+	free(th);
+	return 0;
+}

@@ -1,0 +1,1219 @@
+/*
+ * test_server.c — tallyd over TCP: framing, commands, limits, many and
+ * misbehaving clients, crashes and graceful stops.
+ *
+ * Every test starts its own tallyd (the binary named by $TALLYD, with the
+ * flags in $TALLYD_EXTRA, e.g. "--io epoll") on a free port of 127.0.0.1
+ * (--port 0 --port-file) in its own temporary data directory, and stops
+ * only that process, by PID. Nothing waits a fixed
+ * time for something it could wait on: the port file is polled, replies
+ * are read with a deadline, exits are waited for. Answers are checked
+ * against a brute-force model of what was sent, and after a stop against
+ * the same data directory opened with the embedded API.
+ */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <inttypes.h>
+#include <math.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cmd.h"
+#include "frame.h"
+#include "lp.h"
+#include "tally.h"
+
+#define T0 INT64_C(1699920000000000000) /* 2023-11-14T00:00:00Z */
+#define SEC INT64_C(1000000000)
+
+static int64_t mono_ms(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+/* ---------------------------------------------------------------- server processes */
+
+typedef struct tsrv {
+	pid_t pid;
+	unsigned port;
+	char dir[128];  /* temporary directory of this test */
+	char data[160]; /* its data directory */
+} tsrv;
+
+static int rm_one(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
+{
+	(void)sb;
+	(void)flag;
+	(void)ftw;
+	return remove(p);
+}
+
+static void tdir_make(tsrv *s)
+{
+	memset(s, 0, sizeof *s);
+	snprintf(s->dir, sizeof s->dir, "/tmp/tally-test-server-XXXXXX");
+	cr_assert_not_null(mkdtemp(s->dir));
+	snprintf(s->data, sizeof s->data, "%s/data", s->dir);
+}
+
+static void tdir_remove(tsrv *s)
+{
+	nftw(s->dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+/* Starts tallyd on s->data with extra flags (NULL-terminated). */
+static void tsrv_start(tsrv *s, const char *const *extra)
+{
+	const char *bin = getenv("TALLYD");
+	cr_assert_not_null(bin, "TALLYD must name the tallyd binary");
+	char portfile[200], logfile[200];
+	snprintf(portfile, sizeof portfile, "%s/port", s->dir);
+	snprintf(logfile, sizeof logfile, "%s/tallyd.log", s->dir);
+	unlink(portfile);
+	const char *argv[64] = {bin, "--data", s->data, "--port", "0", "--port-file", portfile,
+				"--shards", "2", "--log-level",
+				/* TALLYD_LOG=info shows more when debugging a test */
+				getenv("TALLYD_LOG") ? getenv("TALLYD_LOG") : "warn"};
+	int n = 11;
+	for (int i = 0; extra && extra[i] && n < 62; i++)
+		argv[n++] = extra[i];
+	/* TALLYD_EXTRA="--io epoll": the whole suite on the other loop. */
+	static char env_extra[256];
+	const char *ex = getenv("TALLYD_EXTRA");
+	if (ex) {
+		snprintf(env_extra, sizeof env_extra, "%s", ex);
+		for (char *save = NULL, *t = strtok_r(env_extra, " ", &save); t && n < 62;
+		     t = strtok_r(NULL, " ", &save))
+			argv[n++] = t;
+	}
+	argv[n] = NULL;
+	pid_t pid = fork();
+	cr_assert(pid >= 0);
+	if (pid == 0) {
+		/* Dies with the test (a failed assertion ends the test process
+		 * at once), and holds none of the test runner's pipes. */
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		int fd = open(logfile, O_WRONLY | O_CREAT | O_APPEND, 0644);
+		int nul = open("/dev/null", O_RDONLY);
+		if (fd >= 0) {
+			dup2(fd, 1);
+			dup2(fd, 2);
+			close(fd);
+		}
+		if (nul >= 0) {
+			dup2(nul, 0);
+			close(nul);
+		}
+		execv(bin, (char *const *)argv);
+		_exit(127);
+	}
+	s->pid = pid;
+	int64_t deadline = mono_ms() + 20000;
+	for (;;) {
+		FILE *f = fopen(portfile, "r");
+		if (f) {
+			int ok = fscanf(f, "%u", &s->port) == 1;
+			fclose(f);
+			if (ok)
+				return;
+		}
+		int st;
+		if (waitpid(pid, &st, WNOHANG) == pid)
+			cr_assert_fail("tallyd exited at start (status %d); see %s", st, logfile);
+		cr_assert(mono_ms() < deadline, "tallyd did not start in 20 s");
+		usleep(5000); /* polling the port file */
+	}
+}
+
+/* Signals the server and waits for it; returns its exit code, or 128+sig. */
+static int tsrv_stop(tsrv *s, int sig)
+{
+	if (s->pid <= 0)
+		return -1;
+	kill(s->pid, sig);
+	int st = 0;
+	int64_t deadline = mono_ms() + 30000;
+	for (;;) {
+		pid_t r = waitpid(s->pid, &st, WNOHANG);
+		if (r == s->pid)
+			break;
+		if (mono_ms() > deadline) {
+			kill(s->pid, SIGKILL);
+			waitpid(s->pid, &st, 0);
+			cr_assert_fail("tallyd did not exit within 30 s of signal %d", sig);
+		}
+		usleep(2000);
+	}
+	s->pid = 0;
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+/* ---------------------------------------------------------------- clients */
+
+typedef struct tcli {
+	int fd;
+	char buf[1 << 16];
+	size_t len;
+	int eof;
+} tcli;
+
+static tcli *tcli_open(unsigned port)
+{
+	tcli *c = calloc(1, sizeof *c);
+	cr_assert_not_null(c);
+	c->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	cr_assert(c->fd >= 0);
+	struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+				.sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	cr_assert(connect(c->fd, (struct sockaddr *)&a, sizeof a) == 0, "connect: %s",
+		  strerror(errno));
+	int one = 1;
+	setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+	return c;
+}
+
+static void tcli_close(tcli *c)
+{
+	if (!c)
+		return;
+	close(c->fd);
+	free(c);
+}
+
+static int tcli_send(tcli *c, const char *p, size_t n)
+{
+	while (n) {
+		ssize_t w = send(c->fd, p, n, MSG_NOSIGNAL);
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			return -1;
+		}
+		p += w;
+		n -= (size_t)w;
+	}
+	return 0;
+}
+
+static void tcli_sendf(tcli *c, const char *fmt, ...)
+{
+	char buf[4096];
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(buf, sizeof buf, fmt, ap);
+	va_end(ap);
+	cr_assert(tcli_send(c, buf, (size_t)n) == 0, "send: %s", strerror(errno));
+}
+
+/* The next reply line (malloc'd, '\n' removed), NULL at EOF or after
+ * timeout_ms. */
+static char *tcli_line(tcli *c, int timeout_ms)
+{
+	int64_t deadline = mono_ms() + timeout_ms;
+	for (;;) {
+		char *nl = memchr(c->buf, '\n', c->len);
+		if (nl) {
+			size_t n = (size_t)(nl - c->buf);
+			char *l = malloc(n + 1);
+			memcpy(l, c->buf, n);
+			l[n] = 0;
+			memmove(c->buf, nl + 1, c->len - n - 1);
+			c->len -= n + 1;
+			return l;
+		}
+		if (c->eof || c->len == sizeof c->buf)
+			return NULL;
+		int left = (int)(deadline - mono_ms());
+		struct pollfd pf = {.fd = c->fd, .events = POLLIN};
+		if (poll(&pf, 1, left > 0 ? left : 0) <= 0) {
+			if (left <= 0)
+				return NULL;
+			continue;
+		}
+		ssize_t r = recv(c->fd, c->buf + c->len, sizeof c->buf - c->len, 0);
+		if (r <= 0)
+			c->eof = 1;
+		else
+			c->len += (size_t)r;
+	}
+}
+
+/* Reads the next line and asserts it starts with prefix; returns it. */
+static char *tcli_expect(tcli *c, const char *prefix)
+{
+	char *l = tcli_line(c, 20000);
+	cr_assert_not_null(l, "expected a line starting with '%s', got none", prefix);
+	cr_assert(strncmp(l, prefix, strlen(prefix)) == 0, "expected '%s...', got '%s'", prefix, l);
+	return l;
+}
+
+/* Sends #!sync, skips other replies, returns accepted and rejected. */
+static void tcli_sync(tcli *c, uint64_t *acc, uint64_t *rej)
+{
+	tcli_sendf(c, "#!sync\n");
+	for (;;) {
+		char *l = tcli_line(c, 20000);
+		cr_assert_not_null(l, "no sync answer");
+		uint64_t a, r;
+		if (sscanf(l, "OK sync accepted=%" SCNu64 " rejected=%" SCNu64, &a, &r) == 2) {
+			free(l);
+			if (acc)
+				*acc = a;
+			if (rej)
+				*rej = r;
+			return;
+		}
+		cr_assert(strncmp(l, "ERR sync", 8), "%s", l);
+		free(l);
+	}
+}
+
+typedef struct ttable {
+	char **rows; /* rows[0] is the header */
+	size_t n;
+	char *err;
+} ttable;
+
+static void ttable_free(ttable *t)
+{
+	for (size_t i = 0; i < t->n; i++)
+		free(t->rows[i]);
+	free(t->rows);
+	free(t->err);
+	memset(t, 0, sizeof *t);
+}
+
+/* Sends a query, reads its table (header + rows + END n) or its ERR. */
+static void tcli_query(tcli *c, ttable *t, const char *fmt, ...)
+{
+	char cmd[2048];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(cmd, sizeof cmd, fmt, ap);
+	va_end(ap);
+	memset(t, 0, sizeof *t);
+	tcli_sendf(c, "%s\n", cmd);
+	size_t cap = 0;
+	for (;;) {
+		char *l = tcli_line(c, 20000);
+		cr_assert_not_null(l, "no answer to %s", cmd);
+		if (t->n == 0 && !strchr(l, '\t')) {
+			cr_assert(strncmp(l, "ERR", 3) == 0, "unexpected '%s' for %s", l, cmd);
+			t->err = l;
+			return;
+		}
+		if (!strncmp(l, "END ", 4)) {
+			cr_assert_eq(strtoull(l + 4, NULL, 10), t->n - 1, "%s: %s", cmd, l);
+			free(l);
+			return;
+		}
+		if (t->n == cap) {
+			cap = cap ? cap * 2 : 16;
+			t->rows = realloc(t->rows, cap * sizeof *t->rows);
+		}
+		t->rows[t->n++] = l;
+	}
+}
+
+/* Cell j of a row (a copy valid until the next call). */
+static const char *tcell(const char *row, int j)
+{
+	static char buf[4096];
+	const char *p = row;
+	for (int k = 0; k < j; k++) {
+		p = strchr(p, '\t');
+		cr_assert_not_null(p);
+		p++;
+	}
+	size_t n = strcspn(p, "\t");
+	cr_assert_lt(n, sizeof buf);
+	memcpy(buf, p, n);
+	buf[n] = 0;
+	return buf;
+}
+
+static uint64_t tstat(tcli *c, const char *name)
+{
+	ttable t;
+	tcli_query(c, &t, "#!stats");
+	cr_assert_null(t.err);
+	for (size_t i = 1; i < t.n; i++)
+		if (!strcmp(tcell(t.rows[i], 0), name)) {
+			uint64_t v = strtoull(tcell(t.rows[i], 1), NULL, 10);
+			ttable_free(&t);
+			return v;
+		}
+	cr_assert_fail("no stat %s", name);
+	return 0;
+}
+
+/* ---------------------------------------------------------------- framing units */
+
+/* Record ends by the parser's own consumption, for comparison. */
+static void parser_ends(const char *buf, size_t len, size_t *ends, size_t *n)
+{
+	lp_parser ps;
+	cr_assert_eq(lp_parser_init(&ps, 1 << 20, TALLY_PREC_NS), 0);
+	static lp_line line;
+	const char *cur = buf, *end = buf + len;
+	*n = 0;
+	while (lp_next(&ps, &cur, end, &line, NULL, NULL, 0) != LP_END)
+		ends[(*n)++] = (size_t)(cur - buf);
+	lp_parser_free(&ps);
+}
+
+Test(frame, records_end_where_the_parser_ends_them)
+{
+	static const char *cases[] = {
+		"m,k=a f=1 1\nm,k=b f=2 2\n",
+		"m s=\"a\\\nb\" 1\nm f=1\n",          /* escaped newline inside a string */
+		"m s=\"a\\\\\"\nm f=1\n",             /* escaped backslash, then the quote */
+		"m,k=a\\\nm f=1\n",                   /* backslash at the end outside a string */
+		"m s=\"open\nm f=1\n",                /* unterminated string ends at the newline */
+		"  # comment \\\n#!sync\nm f=1\n",    /* comments end at their newline */
+		"m\\ x,k=a\\ b f=\"x\\\r\ny\" 5\r\n", /* escaped CRLF in a string */
+		"\n\n\nm f=1",
+	};
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		const char *b = cases[i];
+		size_t len = strlen(b), ends[64], n;
+		parser_ends(b, len, ends, &n);
+		size_t pos = 0;
+		for (size_t k = 0; k < n; k++) {
+			size_t e = frame_record_end(b + pos, len - pos);
+			size_t next = e == len - pos ? len : pos + e + 1;
+			cr_assert_eq(next, ends[k], "case %zu record %zu: frame %zu, parser %zu", i, k,
+				     next, ends[k]);
+			pos = next;
+		}
+		/* Every prefix cuts at a record end the parser agrees with. */
+		for (size_t cut = 0; cut <= len; cut++) {
+			size_t c = frame_cut(b, cut);
+			int ok = c == 0;
+			for (size_t k = 0; k < n && !ok; k++)
+				ok = ends[k] == c && b[c - 1] == '\n';
+			cr_assert(ok, "case %zu prefix %zu: cut %zu is no record end", i, cut, c);
+		}
+	}
+}
+
+Test(frame, finds_commands_only_at_record_starts)
+{
+	const char *b = "m s=\"x\\\n#!sync\" 1\n#!ping\nm f=1 # x\n";
+	size_t len = strlen(b);
+	size_t k = frame_find_cmd(b, len);
+	cr_assert_eq(k, (size_t)(strstr(b, "#!ping") - b));
+	cr_assert_eq(frame_find_cmd("#!a\n", 4), 0);
+	cr_assert_eq(frame_find_cmd("m f=\"#!\" 1\n", 11), 11);
+}
+
+Test(cmd, times_and_durations)
+{
+	int64_t t, d;
+	cr_assert_eq(cmd_parse_time("2023-11-14T00:00:00Z", 0, &t), 0);
+	cr_assert_eq(t, T0);
+	cr_assert_eq(cmd_parse_time("2023-11-14", 0, &t), 0);
+	cr_assert_eq(t, T0);
+	cr_assert_eq(cmd_parse_time("2023-11-14T03:00:00+03:00", 0, &t), 0);
+	cr_assert_eq(t, T0);
+	cr_assert_eq(cmd_parse_time("2023-11-14T00:00:00.5Z", 0, &t), 0);
+	cr_assert_eq(t, T0 + SEC / 2);
+	cr_assert_eq(cmd_parse_time("1699920000000000000", 0, &t), 0);
+	cr_assert_eq(t, T0);
+	cr_assert_eq(cmd_parse_time("now-1h", T0, &t), 0);
+	cr_assert_eq(t, T0 - 3600 * SEC);
+	cr_assert_eq(cmd_parse_time("1969-12-31T23:59:59Z", 0, &t), 0);
+	cr_assert_eq(t, -SEC);
+	cr_assert_neq(cmd_parse_time("2023-02-29", 0, &t), 0);
+	cr_assert_neq(cmd_parse_time("2023-11-14T00:00:00", 0, &t), 0);
+	cr_assert_neq(cmd_parse_time("yesterday", 0, &t), 0);
+	cr_assert_neq(cmd_parse_time("99999999999999999999", 0, &t), 0);
+	cr_assert_eq(cmd_parse_duration("1h30m", &d), 0);
+	cr_assert_eq(d, 5400 * SEC);
+	cr_assert_neq(cmd_parse_duration("5", &d), 0);
+	cr_assert_neq(cmd_parse_duration("0m", &d), 0);
+	cr_assert_neq(cmd_parse_duration("99999999999d", &d), 0);
+	char b[40];
+	cmd_format_time(T0 + 1500 * 1000000, b);
+	cr_assert_str_eq(b, "2023-11-14T00:00:01.500Z");
+	cmd_format_time(-1, b);
+	cr_assert_str_eq(b, "1969-12-31T23:59:59.999999999Z");
+	for (int i = 0; i < 1000; i++) {
+		uint64_t r = ((uint64_t)rand() << 31 ^ (uint64_t)rand()) * 97;
+		int64_t v = (int64_t)(r % (UINT64_C(1) << 62)) - (INT64_C(1) << 61);
+		cmd_format_time(v, b);
+		cr_assert_eq(cmd_parse_time(b, 0, &t), 0, "%s", b);
+		cr_assert_eq(t, v, "%s", b);
+	}
+}
+
+Test(cmd, parses_arguments_and_names_the_bad_one)
+{
+	char scratch[256], err[CMD_ERR_MAX];
+	cmd_req r;
+	const char *l = "#!series traffic speed \"KV 1\\\"x\" 15m 2023-11-14 1d";
+	cr_assert_eq(cmd_parse(l, strlen(l), scratch, sizeof scratch, 0, &r, err, sizeof err), 0,
+		     "%s", err);
+	cr_assert_eq(r.kind, CMD_SERIES);
+	cr_assert_str_eq(r.key, "KV 1\"x");
+	cr_assert_eq(r.step, 900 * SEC);
+	cr_assert_eq(r.to - r.from, 86400 * SEC);
+	l = "#!agg t f k 2023-13-01 1d";
+	cr_assert_neq(cmd_parse(l, strlen(l), scratch, sizeof scratch, 0, &r, err, sizeof err), 0);
+	cr_assert(strstr(err, "from: invalid time '2023-13-01'"), "%s", err);
+	l = "#!keys t f 2023-11-14 2023-11-13";
+	cr_assert_neq(cmd_parse(l, strlen(l), scratch, sizeof scratch, 0, &r, err, sizeof err), 0);
+	cr_assert(strstr(err, "empty range"), "%s", err);
+	l = "#!scan t k 0 1d -5";
+	cr_assert_neq(cmd_parse(l, strlen(l), scratch, sizeof scratch, 0, &r, err, sizeof err), 0);
+	cr_assert(strstr(err, "limit"), "%s", err);
+}
+
+/* ---------------------------------------------------------------- model */
+
+typedef struct mev {
+	int key;
+	int64_t ts;
+	double v; /* multiples of 1/4: sums are exact */
+} mev;
+
+typedef struct magg {
+	uint64_t n;
+	double sum, min, max;
+} magg;
+
+static void magg_add(magg *a, double v)
+{
+	if (!a->n || v < a->min)
+		a->min = v;
+	if (!a->n || v > a->max)
+		a->max = v;
+	a->sum += v;
+	a->n++;
+}
+
+static void check_agg_row(const char *row, int first, const magg *m, const char *what)
+{
+	cr_assert_eq(strtoull(tcell(row, first), NULL, 10), m->n, "%s count: %s", what, row);
+	cr_assert_eq(strtod(tcell(row, first + 1), NULL), m->sum, "%s sum: %s", what, row);
+	cr_assert_eq(strtod(tcell(row, first + 2), NULL), m->min, "%s min: %s", what, row);
+	cr_assert_eq(strtod(tcell(row, first + 3), NULL), m->max, "%s max: %s", what, row);
+	cr_assert_eq(strtod(tcell(row, first + 4), NULL), m->sum / (double)m->n, "%s avg: %s",
+		     what, row);
+}
+
+static int64_t wstart(int64_t ts, int64_t w)
+{
+	int64_t q = ts / w;
+	if (ts % w < 0)
+		q--;
+	return q * w;
+}
+
+Test(server, writes_and_queries_match_a_brute_force_model, .timeout = 120)
+{
+	enum { KEYS = 12, EVENTS = 24000, CONNS = 4 };
+	tsrv s;
+	tdir_make(&s);
+	tsrv_start(&s, NULL);
+	srand(12345);
+	mev *ev = malloc(EVENTS * sizeof *ev);
+	for (int i = 0; i < EVENTS; i++) {
+		ev[i].key = rand() % KEYS;
+		/* three days, in no particular order: late events everywhere */
+		ev[i].ts = T0 + (int64_t)(rand() % (3 * 86400)) * SEC + rand() % 1000;
+		ev[i].v = (double)(rand() % 800) / 4.0;
+	}
+	/* Each connection sends its share in random pieces. */
+	tcli *c[CONNS];
+	for (int k = 0; k < CONNS; k++)
+		c[k] = tcli_open(s.port);
+	size_t cap = (size_t)EVENTS * 64, len[CONNS] = {0};
+	char *text[CONNS];
+	for (int k = 0; k < CONNS; k++)
+		text[k] = malloc(cap / CONNS + 4096);
+	for (int i = 0; i < EVENTS; i++) {
+		int k = i % CONNS;
+		len[k] += (size_t)sprintf(text[k] + len[k], "traffic,camera=KV%03d speed=%.2f %" PRId64 "\n",
+					  ev[i].key, ev[i].v, ev[i].ts);
+	}
+	for (int k = 0; k < CONNS; k++) {
+		size_t pos = 0;
+		while (pos < len[k]) {
+			size_t n = 1 + (size_t)rand() % 3000;
+			if (n > len[k] - pos)
+				n = len[k] - pos;
+			cr_assert_eq(tcli_send(c[k], text[k] + pos, n), 0);
+			pos += n;
+		}
+	}
+	for (int k = 0; k < CONNS; k++) {
+		uint64_t a, r;
+		tcli_sync(c[k], &a, &r);
+		cr_assert_eq(a, EVENTS / CONNS);
+		cr_assert_eq(r, 0);
+	}
+	tcli *q = c[0];
+	/* Series at three steps, for a few keys and ranges. */
+	static const int64_t steps[3] = {300 * SEC, 900 * SEC, 3600 * SEC};
+	for (int trial = 0; trial < 12; trial++) {
+		int key = trial % KEYS;
+		int64_t step = steps[trial % 3];
+		int64_t from = T0 + (int64_t)(rand() % 86400) * SEC + rand() % SEC;
+		int64_t to = from + (int64_t)(1 + rand() % (2 * 86400)) * SEC;
+		/* the model: windows that start in [wstart(from), to) */
+		int64_t w0 = wstart(from, step);
+		size_t nw = (size_t)((to - w0) / step + 2);
+		magg *m = calloc(nw, sizeof *m);
+		for (int i = 0; i < EVENTS; i++) {
+			if (ev[i].key != key)
+				continue;
+			int64_t ws = wstart(ev[i].ts, step);
+			if (ws >= w0 && ws < to)
+				magg_add(&m[(ws - w0) / step], ev[i].v);
+		}
+		ttable t;
+		tcli_query(q, &t, "#!series traffic speed KV%03d %" PRId64 "ns %" PRId64 " %" PRId64, key,
+			   step, from, to);
+		cr_assert_null(t.err, "%s", t.err);
+		cr_assert_str_eq(t.rows[0], "start\tcount\tsum\tmin\tmax\tavg");
+		size_t row = 1;
+		for (size_t w = 0; w < nw; w++) {
+			if (!m[w].n)
+				continue;
+			cr_assert(row < t.n, "series ended early at window %zu", w);
+			int64_t start;
+			cr_assert_eq(cmd_parse_time(tcell(t.rows[row], 0), 0, &start), 0);
+			cr_assert_eq(start, w0 + (int64_t)w * step, "%s", t.rows[row]);
+			check_agg_row(t.rows[row], 1, &m[w], "series");
+			row++;
+		}
+		cr_assert_eq(row, t.n, "series has %zu extra rows", t.n - row);
+		ttable_free(&t);
+		free(m);
+	}
+	/* Exact aggregates over unaligned ranges, and all keys at once. */
+	for (int trial = 0; trial < 20; trial++) {
+		int key = rand() % KEYS;
+		int64_t from = T0 + (int64_t)(rand() % (2 * 86400)) * SEC + rand() % SEC;
+		int64_t to = from + (int64_t)(rand() % 86400) * SEC + rand() % SEC + 1;
+		magg m = {0}, all[KEYS] = {{0}};
+		for (int i = 0; i < EVENTS; i++)
+			if (ev[i].ts >= from && ev[i].ts < to) {
+				magg_add(&all[ev[i].key], ev[i].v);
+				if (ev[i].key == key)
+					magg_add(&m, ev[i].v);
+			}
+		ttable t;
+		tcli_query(q, &t, "#!agg traffic speed KV%03d %" PRId64 " %" PRId64, key, from, to);
+		cr_assert_null(t.err, "%s", t.err);
+		cr_assert_eq(t.n, 2);
+		if (m.n)
+			check_agg_row(t.rows[1], 0, &m, "agg");
+		else
+			cr_assert_str_eq(t.rows[1], "0\t0\t\t\t");
+		ttable_free(&t);
+		tcli_query(q, &t, "#!keys traffic speed %" PRId64 " %" PRId64, from, to);
+		cr_assert_null(t.err, "%s", t.err);
+		size_t row = 1;
+		for (int k = 0; k < KEYS; k++) {
+			if (!all[k].n)
+				continue;
+			char name[16];
+			snprintf(name, sizeof name, "KV%03d", k);
+			cr_assert(row < t.n);
+			cr_assert_str_eq(tcell(t.rows[row], 0), name);
+			check_agg_row(t.rows[row], 1, &all[k], "keys");
+			row++;
+		}
+		cr_assert_eq(row, t.n);
+		ttable_free(&t);
+	}
+	/* A raw scan: every event of one key, in time order. */
+	{
+		ttable t;
+		tcli_query(q, &t, "#!scan traffic KV007 %" PRId64 " 4d", T0);
+		cr_assert_null(t.err, "%s", t.err);
+		size_t n = 0;
+		for (int i = 0; i < EVENTS; i++)
+			n += ev[i].key == 7;
+		cr_assert_eq(t.n - 1, n);
+		int64_t prev = INT64_MIN;
+		for (size_t i = 1; i < t.n; i++) {
+			int64_t ts;
+			cr_assert_eq(cmd_parse_time(tcell(t.rows[i], 0), 0, &ts), 0);
+			cr_assert_geq(ts, prev);
+			prev = ts;
+		}
+		ttable_free(&t);
+		tcli_query(q, &t, "#!scan traffic KV007 %" PRId64 " 4d 5", T0);
+		cr_assert_eq(t.n, 6);
+		ttable_free(&t);
+	}
+	for (int k = 0; k < CONNS; k++)
+		tcli_close(c[k]);
+	cr_assert_eq(tsrv_stop(&s, SIGTERM), 0);
+
+	/* The same directory through the embedded API gives the same answers. */
+	tally_db *db;
+	cr_assert_eq(tally_db_open(s.data, NULL, &db), 0, "%s", tally_errmsg());
+	for (int k = 0; k < KEYS; k++) {
+		magg m = {0};
+		for (int i = 0; i < EVENTS; i++)
+			if (ev[i].key == k)
+				magg_add(&m, ev[i].v);
+		char key[16];
+		snprintf(key, sizeof key, "KV%03d", k);
+		tally_agg a;
+		cr_assert_eq(tally_query_agg(db, "traffic", "speed", key, T0, T0 + 4 * 86400 * SEC, &a),
+			     0);
+		cr_assert_eq(a.count, m.n);
+		cr_assert_eq(a.sum, m.sum);
+		cr_assert_eq(a.min, m.min);
+		cr_assert_eq(a.max, m.max);
+	}
+	tally_db_close(db);
+	for (int k = 0; k < CONNS; k++)
+		free(text[k]);
+	free(ev);
+	tdir_remove(&s);
+}
+
+/* ---------------------------------------------------------------- framing over TCP */
+
+Test(server, line_numbers_count_across_packets_and_escaped_newlines)
+{
+	tsrv s;
+	tdir_make(&s);
+	tsrv_start(&s, NULL);
+	tcli *c = tcli_open(s.port);
+	/* Line 3 holds a string with an escaped newline, cut right after the
+	 * backslash-newline; line 5 (physical) is bad; line 7 is a comment. */
+	const char *parts[] = {
+		"t,k=a v=1 1000\n", "t,k=a v=2 2000\nt,k=a s=\"two\\\n", "lines\",v=3 3000\n",
+		"t,k=a v=8x.2 4000\n", "t,k=a v=5 5", "000\n# comment\n", "t,k=a v=6 6000\n",
+	};
+	for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
+		cr_assert_eq(tcli_send(c, parts[i], strlen(parts[i])), 0);
+		usleep(3000); /* separate packets: exercises the cut, not the result */
+	}
+	char *l = tcli_expect(c, "ERR line 5: ");
+	cr_assert(strstr(l, "field 'v': invalid number '8x.2'"), "%s", l);
+	free(l);
+	uint64_t a, r;
+	tcli_sync(c, &a, &r);
+	cr_assert_eq(a, 5);
+	cr_assert_eq(r, 1);
+	/* Line numbers go on after the sync (line 9). */
+	tcli_sendf(c, "t,k=a nofields\n");
+	l = tcli_expect(c, "ERR line 10: ");
+	free(l);
+	ttable t;
+	tcli_query(c, &t, "#!scan t a 0 1h");
+	cr_assert_eq(t.n, 6);
+	cr_assert_str_eq(t.rows[0], "time\tv\ts");
+	cr_assert_str_eq(tcell(t.rows[3], 2), "two\\nlines", "%s", t.rows[3]);
+	ttable_free(&t);
+	tcli_close(c);
+	cr_assert_eq(tsrv_stop(&s, SIGTERM), 0);
+	tdir_remove(&s);
+}
+
+Test(server, overlong_lines_are_rejected_alone)
+{
+	tsrv s;
+	tdir_make(&s);
+	const char *extra[] = {"--max-line-bytes", "1024", NULL};
+	tsrv_start(&s, extra);
+	tcli *c = tcli_open(s.port);
+	char big[5000];
+	memset(big, 'x', sizeof big);
+	memcpy(big, "t,k=a v=1,s=\"", 13);
+	tcli_sendf(c, "t,k=a v=1 1000\n");
+	/* Overlong, arriving in pieces, and overlong arriving at once. */
+	for (int i = 0; i < 5; i++) {
+		cr_assert_eq(tcli_send(c, big + i * 1000, 1000), 0);
+		usleep(2000);
+	}
+	tcli_sendf(c, "\" 2000\nt,k=a v=3 3000\n");
+	char line[3000];
+	memset(line, 'y', sizeof line);
+	memcpy(line, "t,k=a v=4 4000 ", 15);
+	line[sizeof line - 1] = '\n';
+	cr_assert_eq(tcli_send(c, line, sizeof line), 0);
+	tcli_sendf(c, "t,k=a v=5 5000\n");
+	char *l = tcli_expect(c, "ERR line 2: line longer than 1024 bytes");
+	free(l);
+	l = tcli_expect(c, "ERR line 4: line longer than 1024 bytes");
+	free(l);
+	uint64_t a, r;
+	tcli_sync(c, &a, &r);
+	cr_assert_eq(a, 3);
+	cr_assert_eq(r, 2);
+	tcli_close(c);
+	cr_assert_eq(tsrv_stop(&s, SIGTERM), 0);
+	tdir_remove(&s);
+}
+
+Test(server, malformed_lines_and_commands_keep_the_good_ones)
+{
+	tsrv s;
+	tdir_make(&s);
+	tsrv_start(&s, NULL);
+	tcli *c = tcli_open(s.port);
+	tcli_sendf(c, "t,k=a v=1 1\n"
+		      "t,k=a v=\"str\" 2\n"          /* type change */
+		      "t,k=a\n"                      /* no fields */
+		      "\xff\xfe,k=a v=1 3\n"         /* invalid UTF-8 */
+		      "#!nope\n"                     /* unknown command */
+		      "#!agg t v a 2023-99-01 1d\n"  /* bad time */
+		      "#!series t v a 7m 0 1d\n"     /* step not a multiple of 5m */
+		      "#!agg t nope a 0 1d\n"        /* no such field */
+		      "t,k=a v=2 4\n"
+		      "#!ping\n");
+	const char *want[] = {"ERR line 2: ", "ERR line 3: missing fields", "ERR line 4: ",
+			      "ERR line 5: unknown command '#!nope'",
+			      "ERR line 6: from: invalid time '2023-99-01'", "ERR line 7: series: ",
+			      "ERR line 8: agg: ", "OK pong"};
+	for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
+		free(tcli_expect(c, want[i]));
+	uint64_t a, r;
+	tcli_sync(c, &a, &r);
+	cr_assert_eq(a, 2);
+	cr_assert_eq(r, 3);
+	tcli_close(c);
+	cr_assert_eq(tsrv_stop(&s, SIGTERM), 0);
+	tdir_remove(&s);
+}
+
+/* ---------------------------------------------------------------- clients */
+
+Test(server, token_is_required_when_set)
+{
+	tsrv s;
+	tdir_make(&s);
+	char tf[200];
+	snprintf(tf, sizeof tf, "%s/token", s.dir);
+	FILE *f = fopen(tf, "w");
+	fputs("s3cret-token\n", f);
+	fclose(f);
+	const char *extra[] = {"--token-file", tf, NULL};
+	tsrv_start(&s, extra);
+	tcli *c = tcli_open(s.port);
+	tcli_sendf(c, "t,k=a v=1 1\n");
+	free(tcli_expect(c, "ERR authentication required"));
+	cr_assert_null(tcli_line(c, 5000)); /* closed */
+	tcli_close(c);
+	c = tcli_open(s.port);
+	tcli_sendf(c, "#!auth s3cret-tokeX\n");
+	free(tcli_expect(c, "ERR authentication failed"));
+	cr_assert_null(tcli_line(c, 5000));
+	tcli_close(c);
+	c = tcli_open(s.port);
+	tcli_sendf(c, "#!auth s3cret-token\nt,k=a v=1 1\n");
+	free(tcli_expect(c, "OK auth"));
+	uint64_t a;
+	tcli_sync(c, &a, NULL);
+	cr_assert_eq(a, 1);
+	tcli_close(c);
+	cr_assert_eq(tsrv_stop(&s, SIGTERM), 0);
+	/* The token is never logged. */
+	char log[200], buf[65536];
+	snprintf(log, sizeof log, "%s/tallyd.log", s.dir);
+	f = fopen(log, "r");
+	size_t n = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
+	buf[n] = 0;
+	if (f)
+		fclose(f);
+	cr_assert_null(strstr(buf, "s3cret"));
+	tdir_remove(&s);
+}
+
+Test(server, hundreds_of_concurrent_connections, .timeout = 120)
+{
+	enum { N = 400, LINES = 50 };
+	tsrv s;
+	tdir_make(&s);
+	tsrv_start(&s, NULL);
+	tcli **c = calloc(N, sizeof *c);
+	for (int i = 0; i < N; i++)
+		c[i] = tcli_open(s.port);
+	for (int i = 0; i < N; i++) {
+		char buf[LINES * 64];
+		size_t n = 0;
+		for (int k = 0; k < LINES; k++)
+			n += (size_t)sprintf(buf + n, "conc,k=c%d v=%d %" PRId64 "\n", i, k,
+					     T0 + k * SEC);
+		n += (size_t)sprintf(buf + n, "#!sync\n");
+		cr_assert_eq(tcli_send(c[i], buf, n), 0);
+	}
+	for (int i = 0; i < N; i++) {
+		char *l = tcli_expect(c[i], "OK sync accepted=50 rejected=0");
+		free(l);
+	}
+	cr_assert_geq(tstat(c[0], "connections"), N);
+	cr_assert_eq(tstat(c[0], "lines_accepted"), (uint64_t)N * LINES);
+	for (int i = 0; i < N; i++)
+		tcli_close(c[i]);
+	free(c);
+	cr_assert_eq(tsrv_stop(&s, SIGTERM), 0);
+	tdir_remove(&s);
+}
+
+Test(server, connection_limit_and_idle_timeout)
+{
+	tsrv s;
+	tdir_make(&s);
+	const char *extra[] = {"--max-connections", "3", "--idle-timeout", "300ms", NULL};
+	tsrv_start(&s, extra);
+	tcli *c[4];
+	for (int i = 0; i < 3; i++) {
+		c[i] = tcli_open(s.port);
+		tcli_sendf(c[i], "#!ping\n");
+		free(tcli_expect(c[i], "OK pong"));
+	}
+	c[3] = tcli_open(s.port);
+	free(tcli_expect(c[3], "ERR too many connections"));
+	cr_assert_null(tcli_line(c[3], 5000));
+	/* Silent connections are closed with a reason. */
+	for (int i = 0; i < 3; i++) {
+		free(tcli_expect(c[i], "ERR idle timeout"));
+		cr_assert_null(tcli_line(c[i], 5000));
+	}
+	for (int i = 0; i < 4; i++)
+		tcli_close(c[i]);
+	c[0] = tcli_open(s.port); /* the slots are free again */
+	tcli_sendf(c[0], "#!ping\n");
+	free(tcli_expect(c[0], "OK pong"));
+	tcli_close(c[0]);
+	cr_assert_eq(tsrv_stop(&s, SIGTERM), 0);
+	tdir_remove(&s);
+}
+
+Test(server, a_client_that_never_reads_stalls_nobody, .timeout = 120)
+{
+	tsrv s;
+	tdir_make(&s);
+	const char *extra[] = {"--reply-buffer-bytes", "4096", "--shards", "1", NULL};
+	tsrv_start(&s, extra);
+	tcli *bad = tcli_open(s.port);
+	int small = 4096;
+	setsockopt(bad->fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+	/* 200,000 bad lines: ~10 MB of ERR replies nobody reads. */
+	enum { LINES = 200000 };
+	char *junk = malloc(LINES * 4);
+	for (int i = 0; i < LINES; i++)
+		memcpy(junk + i * 4, "bad\n", 4);
+	cr_assert_eq(tcli_send(bad, junk, LINES * 4), 0, "the server stopped reading a client "
+							   "that does not read");
+	/* Another client on the same (only) shard is served at once. */
+	tcli *good = tcli_open(s.port);
+	int64_t t0 = mono_ms();
+	tcli_sendf(good, "#!ping\n");
+	free(tcli_expect(good, "OK pong"));
+	tcli_sendf(good, "t,k=a v=1 1\n");
+	uint64_t a;
+	tcli_sync(good, &a, NULL);
+	cr_assert_eq(a, 1);
+	cr_assert_lt(mono_ms() - t0, 5000);
+	/* The bad client's replies are dropped as its lines are read. */
+	int64_t deadline = mono_ms() + 20000;
+	while (tstat(good, "replies_dropped") == 0) {
+		cr_assert_lt(mono_ms(), deadline, "no reply was dropped");
+		usleep(2000); /* polling the server's counter */
+	}
+	/* The slow client, once it reads, learns what it missed. */
+	tcli_sendf(bad, "#!sync\n");
+	int dropped_note = 0;
+	for (;;) {
+		char *l = tcli_line(bad, 20000);
+		cr_assert_not_null(l);
+		if (!strncmp(l, "ERR replies dropped: ", 21))
+			dropped_note = 1;
+		int done = !strncmp(l, "OK sync", 7);
+		if (done)
+			cr_assert_str_eq(l, "OK sync accepted=0 rejected=200000");
+		free(l);
+		if (done)
+			break;
+	}
+	cr_assert(dropped_note);
+	tcli_close(bad);
+	tcli_close(good);
+	free(junk);
+	cr_assert_eq(tsrv_stop(&s, SIGTERM), 0);
+	tdir_remove(&s);
+}
+
+Test(server, half_closed_sockets_get_every_answer)
+{
+	tsrv s;
+	tdir_make(&s);
+	tsrv_start(&s, NULL);
+	tcli *c = tcli_open(s.port);
+	tcli_sendf(c, "h,k=a v=1 1\nh,k=a v=2 2\n#!sync\nh,k=a v=3 3");
+	shutdown(c->fd, SHUT_WR);
+	free(tcli_expect(c, "OK sync accepted=2 rejected=0"));
+	cr_assert_null(tcli_line(c, 10000)); /* then the server closes */
+	tcli_close(c);
+	/* The last line, without its newline, was written at the end. */
+	c = tcli_open(s.port);
+	ttable t;
+	tcli_query(c, &t, "#!agg h v a 0 1h");
+	cr_assert_eq(t.n, 2);
+	cr_assert_str_eq(t.rows[1], "3\t6\t1\t3\t2");
+	ttable_free(&t);
+	/* A client that closes without waiting loses nothing it sent. */
+	tcli *d = tcli_open(s.port);
+	tcli_sendf(d, "h,k=b v=1 1\nh,k=b v=2 2\n");
+	tcli_close(d);
+	int64_t deadline = mono_ms() + 10000;
+	for (;;) {
+		tcli_query(c, &t, "#!agg h v b 0 1h");
+		int ok = t.n == 2 && !strncmp(t.rows[1], "2\t", 2);
+		ttable_free(&t);
+		if (ok)
+			break;
+		cr_assert_lt(mono_ms(), deadline);
+		usleep(2000); /* polling for the other connection's writes */
+	}
+	tcli_close(c);
+	cr_assert_eq(tsrv_stop(&s, SIGTERM), 0);
+	tdir_remove(&s);
+}
+
+/* ---------------------------------------------------------------- crashes and stops */
+
+typedef struct loader {
+	unsigned port;
+	int id;
+	int sync_each;         /* sync after every batch, count acknowledged events */
+	int half_close_after;  /* send this many events, half-close, read to the end */
+	_Atomic int stop;
+	uint64_t sent_events;  /* complete lines sent */
+	uint64_t acked_events; /* covered by an OK sync */
+	uint64_t shutdown_accepted;
+	int got_shutdown;
+} loader;
+
+#define BATCH 200
+
+/* Event i of loader id: key L<id>, ts T0 + i s, value i % 1000. */
+static size_t loader_batch(const loader *ld, uint64_t first, char *buf)
+{
+	size_t n = 0;
+	for (uint64_t i = first; i < first + BATCH; i++)
+		n += (size_t)sprintf(buf + n, "load,k=L%d v=%" PRIu64 "i %" PRId64 "\n", ld->id,
+				     i % 1000, T0 + (int64_t)i * SEC);
+	return n;
+}
+
+static void *loader_main(void *arg)
+{
+	loader *ld = arg;
+	tcli *c = tcli_open(ld->port);
+	char buf[BATCH * 64];
+	uint64_t next = 0;
+	/* Served before it streams: a stop may refuse connections it has
+	 * not accepted yet, never those it has. */
+	tcli_sendf(c, "#!ping\n");
+	free(tcli_expect(c, "OK pong"));
+	if (ld->half_close_after) {
+		while (next < (uint64_t)ld->half_close_after) {
+			size_t n = loader_batch(ld, next, buf);
+			if (tcli_send(c, buf, n))
+				break;
+			next += BATCH;
+			ld->sent_events = next;
+		}
+		shutdown(c->fd, SHUT_WR);
+		char *l;
+		while ((l = tcli_line(c, 30000)))
+			free(l);
+		tcli_close(c);
+		return NULL;
+	}
+	while (!atomic_load(&ld->stop)) {
+		size_t n = loader_batch(ld, next, buf);
+		if (ld->sync_each)
+			n += (size_t)sprintf(buf + n, "#!sync\n");
+		if (tcli_send(c, buf, n))
+			break;
+		next += BATCH;
+		ld->sent_events = next;
+		/* Read what has come back, without waiting unless syncing. */
+		for (;;) {
+			char *l = tcli_line(c, ld->sync_each ? 30000 : 0);
+			if (!l)
+				break;
+			uint64_t a;
+			if (sscanf(l, "OK sync accepted=%" SCNu64, &a) == 1)
+				ld->acked_events = a;
+			if (sscanf(l, "OK shutdown accepted=%" SCNu64, &a) == 1) {
+				ld->shutdown_accepted = a;
+				ld->got_shutdown = 1;
+			}
+			free(l);
+			if (ld->sync_each)
+				break;
+		}
+		if (c->eof || ld->got_shutdown)
+			break; /* a client told the server is going stops sending */
+	}
+	/* Until the server closes: its last words. */
+	char *l;
+	while ((l = tcli_line(c, 30000))) {
+		uint64_t a;
+		if (sscanf(l, "OK shutdown accepted=%" SCNu64, &a) == 1) {
+			ld->shutdown_accepted = a;
+			ld->got_shutdown = 1;
+		}
+		free(l);
+	}
+	tcli_close(c);
+	return NULL;
+}
+
+/* The events of loader id present in the store, n of them: they must be
+ * exactly events 0..n-1, each once. full: row by row (a scan); else by
+ * count, sum, min and max (an agg: cheap for millions of events). */
+static uint64_t loader_check(tcli *q, int id, int full)
+{
+	if (!full) {
+		ttable t;
+		tcli_query(q, &t, "#!agg load v L%d %" PRId64 " 3650d", id, T0);
+		cr_assert_null(t.err, "%s", t.err);
+		uint64_t n = strtoull(tcell(t.rows[1], 0), NULL, 10);
+		double sum = 0;
+		for (uint64_t i = 0; i < n; i++)
+			sum += (double)(i % 1000);
+		cr_assert_eq(strtod(tcell(t.rows[1], 1), NULL), sum, "loader %d: %s", id, t.rows[1]);
+		if (n >= 1000)
+			cr_assert_str_eq(tcell(t.rows[1], 3), "999");
+		ttable_free(&t);
+		return n;
+	}
+	ttable t;
+	tcli_query(q, &t, "#!scan load L%d %" PRId64 " 3650d", id, T0);
+	if (t.err) {
+		cr_assert(strstr(t.err, "no table"), "%s", t.err);
+		ttable_free(&t);
+		return 0;
+	}
+	for (size_t i = 1; i < t.n; i++) {
+		int64_t ts;
+		cr_assert_eq(cmd_parse_time(tcell(t.rows[i], 0), 0, &ts), 0);
+		cr_assert_eq(ts, T0 + (int64_t)(i - 1) * SEC, "loader %d: row %zu is %s", id, i,
+			     t.rows[i]);
+		cr_assert_eq(strtoull(tcell(t.rows[i], 1), NULL, 10), (i - 1) % 1000);
+	}
+	uint64_t n = t.n - 1;
+	ttable_free(&t);
+	return n;
+}
+
+Test(server, kill_9_under_load_keeps_every_synced_event_once, .timeout = 120)
+{
+	enum { L = 4 };
+	tsrv s;
+	tdir_make(&s);
+	tsrv_start(&s, NULL);
+	loader ld[L];
+	pthread_t th[L];
+	for (int i = 0; i < L; i++) {
+		memset(&ld[i], 0, sizeof ld[i]);
+		ld[i].port = s.port;
+		ld[i].id = i;
+		ld[i].sync_each = i % 2 == 0;
+		pthread_create(&th[i], NULL, loader_main, &ld[i]);
+	}
+	/* Kill at a random moment once every loader is under way. */
+	srand((unsigned)time(NULL));
+	int64_t deadline = mono_ms() + 20000;
+	while (ld[0].acked_events < 2000 || ld[1].sent_events < 2000 ||
+	       ld[2].acked_events < 2000 || ld[3].sent_events < 2000) {
+		cr_assert_lt(mono_ms(), deadline, "the load did not get going");
+		usleep(1000);
+	}
+	usleep((useconds_t)(rand() % 300000));
+	cr_assert_eq(tsrv_stop(&s, SIGKILL), 128 + SIGKILL);
+	for (int i = 0; i < L; i++) {
+		atomic_store(&ld[i].stop, 1);
+		pthread_join(th[i], NULL);
+	}
+	tsrv_start(&s, NULL);
+	tcli *q = tcli_open(s.port);
+	for (int i = 0; i < L; i++) {
+		uint64_t n = loader_check(q, i, ld[i].sync_each);
+		cr_assert_geq(n, ld[i].acked_events, "loader %d: %" PRIu64 " synced, %" PRIu64
+						     " present",
+			      i, ld[i].acked_events, n);
+		cr_assert_leq(n, ld[i].sent_events);
+	}
+	tcli_close(q);
+	cr_assert_eq(tsrv_stop(&s, SIGTERM), 0);
+	tdir_remove(&s);
+}
+
+Test(server, sigterm_under_load_loses_nothing, .timeout = 120)
+{
+	enum { L = 4 };
+	tsrv s;
+	tdir_make(&s);
+	const char *extra[] = {"--shutdown-grace", "300ms", NULL};
+	tsrv_start(&s, extra);
+	loader ld[L];
+	pthread_t th[L];
+	for (int i = 0; i < L; i++) {
+		memset(&ld[i], 0, sizeof ld[i]);
+		ld[i].port = s.port;
+		ld[i].id = i;
+		/* two stream on; two send a fixed amount and half-close */
+		ld[i].half_close_after = i < 2 ? 0 : 40000;
+		pthread_create(&th[i], NULL, loader_main, &ld[i]);
+	}
+	int64_t deadline = mono_ms() + 20000;
+	while (ld[0].sent_events < 4000 || ld[1].sent_events < 4000 ||
+	       ld[2].sent_events < 40000 || ld[3].sent_events < 40000) {
+		cr_assert_lt(mono_ms(), deadline, "the load did not get going");
+		usleep(1000);
+	}
+	cr_assert_eq(tsrv_stop(&s, SIGTERM), 0);
+	for (int i = 0; i < L; i++) {
+		atomic_store(&ld[i].stop, 1);
+		pthread_join(th[i], NULL);
+	}
+	tsrv_start(&s, NULL);
+	tcli *q = tcli_open(s.port);
+	for (int i = 0; i < L; i++) {
+		uint64_t n = loader_check(q, i, i >= 2);
+			if (i < 2) {
+			/* It was told exactly what was kept. */
+			cr_assert(ld[i].got_shutdown, "loader %d got no shutdown answer", i);
+			cr_assert_eq(n, ld[i].shutdown_accepted);
+		} else {
+			cr_assert_eq(n, 40000, "loader %d sent 40000, %" PRIu64 " present", i, n);
+		}
+	}
+	tcli_close(q);
+	cr_assert_eq(tsrv_stop(&s, SIGTERM), 0);
+	tdir_remove(&s);
+}

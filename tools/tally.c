@@ -1,0 +1,854 @@
+/*
+ * tally.c — the command-line client of tallyd: write, query, stats, ping.
+ *
+ * It speaks the text protocol of docs/protocol.md over one TCP
+ * connection. `tally write` streams files as they are (line protocol
+ * needs no translation) while it reads the replies on the same socket, so
+ * an error report never waits for the end of a large file and the server
+ * never has to drop replies. The one idea that makes its error messages
+ * useful: the server numbers lines per connection, and the client knows
+ * at which connection line each file started, so "ERR line 1234567" is
+ * shown as "speeds-2.lp:17". (`tally inspect DIR` is local: it runs
+ * tools/inspect.c on the directory and needs no server.)
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "inspect.h"
+
+#define CLI_DEFAULT_PORT "8427"
+#define CLI_CHUNK (1u << 20)
+#define CLI_ERRORS_SHOWN 20
+#define CLI_REPLY_MAX (4u << 20) /* longest reply line accepted */
+
+typedef struct cli_opts {
+	const char *host, *port, *token, *precision;
+	int csv, json, quiet;
+} cli_opts;
+
+static double cli_now(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+__attribute__((format(printf, 1, 2), noreturn)) static void cli_die(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	fprintf(stderr, "tally: ");
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+	exit(1);
+}
+
+/* ---------------------------------------------------------------- connection */
+
+typedef struct cli_conn {
+	int fd;
+	char *buf; /* received, not yet returned as lines */
+	size_t len, cap;
+	int eof;
+} cli_conn;
+
+static void cli_connect(cli_conn *c, const cli_opts *o)
+{
+	struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+	struct addrinfo *res;
+	int rc = getaddrinfo(o->host, o->port, &hints, &res);
+	if (rc)
+		cli_die("%s:%s: %s", o->host, o->port, gai_strerror(rc));
+	int fd = -1, err = 0;
+	for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+		fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+		if (fd < 0) {
+			err = errno;
+			continue;
+		}
+		if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
+			break;
+		err = errno;
+		close(fd);
+		fd = -1;
+	}
+	freeaddrinfo(res);
+	if (fd < 0)
+		cli_die("cannot connect to tallyd at %s:%s: %s (is it running? see --host, "
+			"--port)",
+			o->host, o->port, strerror(err));
+	int one = 1;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+	memset(c, 0, sizeof *c);
+	c->fd = fd;
+}
+
+static void cli_send_all(cli_conn *c, const char *p, size_t n)
+{
+	while (n) {
+		ssize_t w = send(c->fd, p, n, MSG_NOSIGNAL);
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			cli_die("sending to the server: %s", strerror(errno));
+		}
+		p += w;
+		n -= (size_t)w;
+	}
+}
+
+/* Reads what is available (blocking when block); 0 at EOF. */
+static int cli_fill(cli_conn *c, int block)
+{
+	if (c->eof)
+		return 0;
+	if (c->cap - c->len < 65536) {
+		size_t cap = c->cap ? c->cap * 2 : 131072;
+		if (cap > CLI_REPLY_MAX + 131072)
+			cli_die("a reply line is longer than %u bytes", CLI_REPLY_MAX);
+		c->buf = realloc(c->buf, cap);
+		if (!c->buf)
+			cli_die("out of memory");
+		c->cap = cap;
+	}
+	ssize_t r = recv(c->fd, c->buf + c->len, c->cap - c->len, block ? 0 : MSG_DONTWAIT);
+	if (r < 0) {
+		if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+			return 1;
+		cli_die("reading from the server: %s", strerror(errno));
+	}
+	if (r == 0) {
+		c->eof = 1;
+		return 0;
+	}
+	c->len += (size_t)r;
+	return 1;
+}
+
+/* The next complete reply line (NUL-terminated, '\n' removed) into *out,
+ * which the caller frees; NULL when none is buffered. */
+static char *cli_take_line(cli_conn *c)
+{
+	char *nl = c->len ? memchr(c->buf, '\n', c->len) : NULL;
+	if (!nl)
+		return NULL;
+	size_t n = (size_t)(nl - c->buf);
+	char *line = malloc(n + 1);
+	if (!line)
+		cli_die("out of memory");
+	memcpy(line, c->buf, n);
+	line[n] = 0;
+	memmove(c->buf, nl + 1, c->len - n - 1);
+	c->len -= n + 1;
+	return line;
+}
+
+static char *cli_read_line(cli_conn *c)
+{
+	for (;;) {
+		char *l = cli_take_line(c);
+		if (l)
+			return l;
+		if (!cli_fill(c, 1))
+			return NULL;
+	}
+}
+
+static void cli_auth(cli_conn *c, const cli_opts *o)
+{
+	if (!o->token)
+		return;
+	char line[1100];
+	if (strlen(o->token) > 1024 || strpbrk(o->token, "\n\r\"\\ \t"))
+		cli_die("--token: at most 1024 bytes, no blanks, quotes or backslashes");
+	int n = snprintf(line, sizeof line, "#!auth %s\n", o->token);
+	cli_send_all(c, line, (size_t)n);
+	memset(line, 0, sizeof line);
+	char *r = cli_read_line(c);
+	if (!r)
+		cli_die("the server closed the connection during authentication");
+	if (strncmp(r, "OK", 2))
+		cli_die("%s", r);
+	free(r);
+}
+
+/* ---------------------------------------------------------------- cells */
+
+/* Undoes the protocol's cell escapes (\\ \t \n \r) in place. */
+static void cli_unescape(char *s)
+{
+	char *d = s;
+	for (; *s; s++) {
+		if (*s == '\\' && s[1]) {
+			s++;
+			*d++ = *s == 't' ? '\t' : *s == 'n' ? '\n' : *s == 'r' ? '\r' : *s;
+		} else {
+			*d++ = *s;
+		}
+	}
+	*d = 0;
+}
+
+static size_t cli_split(char *line, char ***cells)
+{
+	size_t n = 1;
+	for (char *p = line; *p; p++)
+		n += *p == '\t';
+	char **v = malloc(n * sizeof *v);
+	if (!v)
+		cli_die("out of memory");
+	size_t i = 0;
+	v[i++] = line;
+	for (char *p = line; *p; p++)
+		if (*p == '\t') {
+			*p = 0;
+			v[i++] = p + 1;
+		}
+	for (i = 0; i < n; i++)
+		cli_unescape(v[i]);
+	*cells = v;
+	return n;
+}
+
+static int cli_is_number(const char *s)
+{
+	if (!*s)
+		return 0;
+	char *e;
+	strtod(s, &e);
+	return *e == 0 && strcmp(s, "NaN") != 0;
+}
+
+/* A column shown as numbers: every value a number, and not one of the
+ * columns that name things (a key "00123" stays a string). */
+static int cli_numeric_column(const char *name, char ***rows, size_t nr, size_t j)
+{
+	if (!strcmp(name, "key") || !strcmp(name, "time") || !strcmp(name, "start") ||
+	    !strcmp(name, "name") || nr == 0)
+		return 0;
+	for (size_t i = 0; i < nr; i++)
+		if (*rows[i][j] && !cli_is_number(rows[i][j]))
+			return 0;
+	return 1;
+}
+
+/* Display width of a UTF-8 string: code points (good enough for names). */
+static size_t cli_width(const char *s)
+{
+	size_t w = 0;
+	for (; *s; s++)
+		w += ((unsigned char)*s & 0xC0) != 0x80;
+	return w;
+}
+
+static void cli_csv_cell(const char *s)
+{
+	if (!strpbrk(s, ",\"\n\r")) {
+		fputs(s, stdout);
+		return;
+	}
+	putchar('"');
+	for (; *s; s++) {
+		if (*s == '"')
+			putchar('"');
+		putchar(*s);
+	}
+	putchar('"');
+}
+
+static void cli_json_str(const char *s)
+{
+	putchar('"');
+	for (; *s; s++) {
+		unsigned char ch = (unsigned char)*s;
+		if (ch == '"' || ch == '\\')
+			printf("\\%c", ch);
+		else if (ch == '\n')
+			fputs("\\n", stdout);
+		else if (ch == '\t')
+			fputs("\\t", stdout);
+		else if (ch < 0x20)
+			printf("\\u%04x", ch);
+		else
+			putchar(ch);
+	}
+	putchar('"');
+}
+
+/* Reads one tabular answer (header, rows, END n) and prints it. Returns 0,
+ * or 1 after printing the server's error. */
+static int cli_print_table(cli_conn *c, const cli_opts *o)
+{
+	char *first = cli_read_line(c);
+	if (!first)
+		cli_die("the server closed the connection without answering");
+	if (!strchr(first, '\t')) {
+		fprintf(stderr, "tally: %s\n", first);
+		free(first);
+		return 1;
+	}
+	char **head;
+	size_t nc = cli_split(first, &head);
+	char ***rows = NULL;
+	char **lines = NULL;
+	size_t nr = 0, cap = 0;
+	const char *tail_err = NULL;
+	char *last = NULL;
+	for (;;) {
+		char *l = cli_read_line(c);
+		if (!l)
+			cli_die("the connection closed in the middle of an answer");
+		if (!strncmp(l, "END ", 4)) {
+			last = l;
+			break;
+		}
+		if (!strchr(l, '\t') && !strncmp(l, "ERR", 3)) {
+			tail_err = l;
+			last = l;
+			break;
+		}
+		if (nr == cap) {
+			cap = cap ? cap * 2 : 64;
+			rows = realloc(rows, cap * sizeof *rows);
+			lines = realloc(lines, cap * sizeof *lines);
+			if (!rows || !lines)
+				cli_die("out of memory");
+		}
+		lines[nr] = l;
+		char **cells;
+		size_t k = cli_split(l, &cells);
+		if (k != nc)
+			cli_die("row %zu has %zu cells, the header %zu", nr + 1, k, nc);
+		rows[nr++] = cells;
+	}
+	if (o->csv) {
+		for (size_t j = 0; j < nc; j++) {
+			if (j)
+				putchar(',');
+			cli_csv_cell(head[j]);
+		}
+		putchar('\n');
+		for (size_t i = 0; i < nr; i++) {
+			for (size_t j = 0; j < nc; j++) {
+				if (j)
+					putchar(',');
+				cli_csv_cell(rows[i][j]);
+			}
+			putchar('\n');
+		}
+	} else if (o->json) {
+		int *num = calloc(nc, sizeof *num);
+		if (!num)
+			cli_die("out of memory");
+		for (size_t j = 0; j < nc; j++)
+			num[j] = cli_numeric_column(head[j], rows, nr, j);
+		printf("[");
+		for (size_t i = 0; i < nr; i++) {
+			printf(i ? ",\n {" : "\n {");
+			for (size_t j = 0; j < nc; j++) {
+				if (j)
+					printf(", ");
+				cli_json_str(head[j]);
+				putchar(':');
+				const char *v = rows[i][j];
+				if (!*v)
+					printf("null");
+				else if (num[j])
+					fputs(v, stdout);
+				else if (!strcmp(v, "true") || !strcmp(v, "false"))
+					fputs(v, stdout);
+				else
+					cli_json_str(v);
+			}
+			putchar('}');
+		}
+		printf(nr ? "\n]\n" : "]\n");
+		free(num);
+	} else {
+		size_t *w = calloc(nc, sizeof *w);
+		int *num = calloc(nc, sizeof *num);
+		if (!w || !num)
+			cli_die("out of memory");
+		for (size_t j = 0; j < nc; j++) {
+			w[j] = cli_width(head[j]);
+			num[j] = cli_numeric_column(head[j], rows, nr, j);
+		}
+		for (size_t i = 0; i < nr; i++)
+			for (size_t j = 0; j < nc; j++) {
+				size_t k = cli_width(rows[i][j]);
+				if (k > w[j])
+					w[j] = k;
+			}
+		for (size_t j = 0; j < nc; j++) {
+			int pad = (int)(w[j] - cli_width(head[j]));
+			if (num[j])
+				printf("%s%*s%s", j ? "  " : "", pad, "", head[j]);
+			else
+				printf("%s%s%*s", j ? "  " : "", head[j], j + 1 < nc ? pad : 0, "");
+		}
+		putchar('\n');
+		for (size_t i = 0; i < nr; i++) {
+			for (size_t j = 0; j < nc; j++) {
+				const char *v = *rows[i][j] ? rows[i][j] : "-";
+				int pad = (int)(w[j] - cli_width(v));
+				if (j)
+					printf("  ");
+				if (num[j])
+					printf("%*s%s", pad, "", v);
+				else
+					printf("%s%*s", v, j + 1 < nc ? pad : 0, "");
+			}
+			putchar('\n');
+		}
+		if (!o->quiet)
+			fprintf(stderr, "(%zu row%s)\n", nr, nr == 1 ? "" : "s");
+		free(w);
+		free(num);
+	}
+	int rc = 0;
+	if (tail_err) {
+		fprintf(stderr, "tally: %s\n", tail_err);
+		rc = 1;
+	}
+	for (size_t i = 0; i < nr; i++) {
+		free(rows[i]);
+		free(lines[i]);
+	}
+	free(rows);
+	free(lines);
+	free(head);
+	free(first);
+	free(last);
+	return rc;
+}
+
+/* ---------------------------------------------------------------- write */
+
+typedef struct cli_file {
+	const char *name;
+	uint64_t first_line; /* connection line number of its line 1 */
+} cli_file;
+
+typedef struct cli_write {
+	const char *clr; /* "\r\033[K" over a progress bar, else "" */
+	cli_file *files;
+	size_t n_files;
+	uint64_t errors, shown;
+	int synced, sync_failed;
+	uint64_t accepted, rejected;
+} cli_write;
+
+/* "file:line" of connection line n. */
+static void cli_where(const cli_write *w, uint64_t n, char *buf, size_t cap)
+{
+	for (size_t i = w->n_files; i-- > 0;)
+		if (n >= w->files[i].first_line) {
+			snprintf(buf, cap, "%s:%" PRIu64, w->files[i].name,
+				 n - w->files[i].first_line + 1);
+			return;
+		}
+	snprintf(buf, cap, "line %" PRIu64, n);
+}
+
+static void cli_write_reply(cli_write *w, char *l)
+{
+	uint64_t a, b;
+	int off = 0;
+	char where[600], where2[600];
+	if (sscanf(l, "ERR line %" SCNu64 ": %n", &a, &off) == 1 && off > 0) {
+		w->errors++;
+		if (w->shown++ < CLI_ERRORS_SHOWN) {
+			cli_where(w, a, where, sizeof where);
+			fprintf(stderr, "%s%s: %s\n", w->clr, where, l + off);
+		}
+	} else if (sscanf(l, "ERR lines %" SCNu64 "-%" SCNu64 ": %n", &a, &b, &off) == 2 &&
+		   off > 0) {
+		w->errors++;
+		if (w->shown++ < CLI_ERRORS_SHOWN) {
+			cli_where(w, a, where, sizeof where);
+			cli_where(w, b, where2, sizeof where2);
+			fprintf(stderr, "%s%s to %s: %s\n", w->clr, where, where2, l + off);
+		}
+	} else if (sscanf(l, "OK sync accepted=%" SCNu64 " rejected=%" SCNu64, &a, &b) == 2) {
+		w->accepted = a;
+		w->rejected = b;
+		w->synced = 1;
+	} else if (!strncmp(l, "ERR", 3)) {
+		fprintf(stderr, "%stally: server: %s\n", w->clr, l);
+		if (strstr(l, "sync")) {
+			w->synced = 1;
+			w->sync_failed = 1;
+		}
+	}
+}
+
+static void cli_progress(uint64_t sent, uint64_t total, double t0, int done)
+{
+	double el = cli_now() - t0;
+	double rate = el > 0 ? (double)sent / el / 1e6 : 0;
+	if (total) {
+		int pct = (int)(sent * 100 / total), bar = pct * 30 / 100;
+		fprintf(stderr, "\r\033[K[%.*s%*s] %3d%%  %.1f MB  %.1f MB/s", bar,
+			"==============================", 30 - bar, "", pct, (double)sent / 1e6, rate);
+	} else {
+		fprintf(stderr, "\r\033[K%.1f MB  %.1f MB/s", (double)sent / 1e6, rate);
+	}
+	if (done)
+		fputc('\n', stderr);
+}
+
+static uint64_t cli_count_nl(const char *p, size_t n)
+{
+	uint64_t k = 0;
+	for (const char *q = p, *e = p + n; q < e && (q = memchr(q, '\n', (size_t)(e - q))); q++)
+		k++;
+	return k;
+}
+
+static void cli_drain(cli_conn *c, cli_write *w, int block)
+{
+	while (cli_fill(c, block)) {
+		char *l;
+		while ((l = cli_take_line(c))) {
+			cli_write_reply(w, l);
+			free(l);
+		}
+		if (block || c->eof)
+			break;
+	}
+}
+
+/* Sends p[0, n) while reading replies, so neither side waits on the other. */
+static void cli_send_reading(cli_conn *c, cli_write *w, const char *p, size_t n)
+{
+	while (n) {
+		struct pollfd pf = {.fd = c->fd, .events = POLLIN | POLLOUT};
+		if (poll(&pf, 1, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			cli_die("poll: %s", strerror(errno));
+		}
+		if (pf.revents & (POLLIN | POLLHUP | POLLERR)) {
+			cli_drain(c, w, 0);
+			if (c->eof)
+				cli_die("the server closed the connection");
+		}
+		if (pf.revents & POLLOUT) {
+			ssize_t s = send(c->fd, p, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+			if (s < 0) {
+				if (errno == EAGAIN || errno == EINTR)
+					continue;
+				cli_die("sending to the server: %s", strerror(errno));
+			}
+			p += s;
+			n -= (size_t)s;
+		}
+	}
+}
+
+static int cli_cmd_write(const cli_opts *o, int argc, char **argv)
+{
+	static const char *stdin_name[] = {"-"};
+	const char **names = argc ? (const char **)argv : stdin_name;
+	size_t nf = argc ? (size_t)argc : 1;
+	cli_write w = {0};
+	w.files = calloc(nf, sizeof *w.files);
+	char *buf = malloc(CLI_CHUNK + 1);
+	if (!w.files || !buf)
+		cli_die("out of memory");
+	uint64_t total = 0;
+	for (size_t i = 0; i < nf; i++) {
+		struct stat st;
+		if (strcmp(names[i], "-") && stat(names[i], &st))
+			cli_die("%s: %s", names[i], strerror(errno));
+		if (strcmp(names[i], "-") && S_ISREG(st.st_mode))
+			total += (uint64_t)st.st_size;
+	}
+	cli_conn c;
+	cli_connect(&c, o);
+	uint64_t line = 0; /* connection lines sent so far */
+	cli_auth(&c, o);
+	if (o->token)
+		line++;
+	if (o->precision) {
+		char cmd[64];
+		int n = snprintf(cmd, sizeof cmd, "#!precision %s\n", o->precision);
+		cli_send_all(&c, cmd, (size_t)n);
+		char *r = cli_read_line(&c);
+		if (!r || strncmp(r, "OK", 2))
+			cli_die("--precision %s: %s", o->precision, r ? r : "connection closed");
+		free(r);
+		line++;
+	}
+	int tty = isatty(2) && !o->quiet;
+	w.clr = tty ? "\r\033[K" : "";
+	double t0 = cli_now(), last_draw = 0;
+	uint64_t sent = 0;
+	for (size_t i = 0; i < nf; i++) {
+		int fd = strcmp(names[i], "-") ? open(names[i], O_RDONLY | O_CLOEXEC) : 0;
+		if (fd < 0)
+			cli_die("%s: %s", names[i], strerror(errno));
+		w.files[i].name = fd ? names[i] : "stdin";
+		w.files[i].first_line = line + 1;
+		w.n_files = i + 1;
+		char lastc = '\n';
+		for (;;) {
+			ssize_t r = read(fd, buf, CLI_CHUNK);
+			if (r < 0) {
+				if (errno == EINTR)
+					continue;
+				cli_die("%s: %s", w.files[i].name, strerror(errno));
+			}
+			if (r == 0)
+				break;
+			line += cli_count_nl(buf, (size_t)r);
+			lastc = buf[r - 1];
+			cli_send_reading(&c, &w, buf, (size_t)r);
+			sent += (uint64_t)r;
+			if (tty && cli_now() - last_draw > 0.1) {
+				cli_progress(sent, total, t0, 0);
+				last_draw = cli_now();
+			}
+		}
+		if (lastc != '\n') { /* keep the next file's first line its own */
+			cli_send_reading(&c, &w, "\n", 1);
+			line++;
+		}
+		if (fd)
+			close(fd);
+	}
+	cli_send_reading(&c, &w, "#!sync\n", 7);
+	while (!w.synced) {
+		cli_drain(&c, &w, 1);
+		if (c.eof && !w.synced)
+			cli_die("the server closed the connection before the sync answered");
+	}
+	double el = cli_now() - t0;
+	if (tty)
+		cli_progress(sent, total, t0, 1);
+	if (w.shown > CLI_ERRORS_SHOWN)
+		fprintf(stderr, "... %" PRIu64 " more errors not shown\n", w.shown - CLI_ERRORS_SHOWN);
+	if (!w.sync_failed)
+		fprintf(stderr,
+			"%" PRIu64 " lines accepted, %" PRIu64 " rejected, synced; %.2f s, %.0f "
+			"lines/s, %.1f MB/s\n",
+			w.accepted, w.rejected, el, el > 0 ? (double)(w.accepted + w.rejected) / el : 0,
+			el > 0 ? (double)sent / el / 1e6 : 0);
+	close(c.fd);
+	free(c.buf);
+	free(buf);
+	free(w.files);
+	return w.sync_failed ? 1 : w.rejected ? 3 : 0;
+}
+
+/* ---------------------------------------------------------------- query */
+
+/* Appends arg to the command, double-quoted when it needs to be. */
+static void cli_append_arg(char *cmd, size_t cap, const char *arg)
+{
+	size_t n = strlen(cmd);
+	int quote = !*arg || strpbrk(arg, " \t\"\\") != NULL;
+	if (strpbrk(arg, "\n\r"))
+		cli_die("argument '%s' holds a line break", arg);
+	if (n + 2 * strlen(arg) + 4 >= cap)
+		cli_die("command too long");
+	cmd[n++] = ' ';
+	if (quote)
+		cmd[n++] = '"';
+	for (const char *p = arg; *p; p++) {
+		if (quote && (*p == '"' || *p == '\\'))
+			cmd[n++] = '\\';
+		cmd[n++] = *p;
+	}
+	if (quote)
+		cmd[n++] = '"';
+	cmd[n] = 0;
+}
+
+static int cli_run_table(const cli_opts *o, const char *word, int argc, char **argv)
+{
+	size_t cap = 16;
+	for (int i = 0; i < argc; i++)
+		cap += 2 * strlen(argv[i]) + 4;
+	char *cmd = malloc(cap + strlen(word) + 4);
+	if (!cmd)
+		cli_die("out of memory");
+	snprintf(cmd, cap, "#!%s", word);
+	for (int i = 0; i < argc; i++)
+		cli_append_arg(cmd, cap + strlen(word) + 4, argv[i]);
+	strcat(cmd, "\n");
+	cli_conn c;
+	cli_connect(&c, o);
+	cli_auth(&c, o);
+	cli_send_all(&c, cmd, strlen(cmd));
+	int rc = cli_print_table(&c, o);
+	close(c.fd);
+	free(c.buf);
+	free(cmd);
+	return rc;
+}
+
+static int cli_cmd_query(const cli_opts *o, int argc, char **argv)
+{
+	static const struct {
+		const char *kind;
+		int min, max;
+		const char *usage;
+	} kinds[] = {
+		{"series", 6, 6, "series TABLE FIELD KEY STEP FROM TO"},
+		{"agg", 5, 5, "agg TABLE FIELD KEY FROM TO"},
+		{"keys", 4, 4, "keys TABLE FIELD FROM TO"},
+		{"scan", 4, 5, "scan TABLE KEY FROM TO [LIMIT]"},
+	};
+	if (argc < 1) {
+		fprintf(stderr, "tally query: which query? One of:\n");
+		for (size_t i = 0; i < 4; i++)
+			fprintf(stderr, "  tally query %s\n", kinds[i].usage);
+		return 2;
+	}
+	for (size_t i = 0; i < 4; i++) {
+		if (strcmp(argv[0], kinds[i].kind))
+			continue;
+		if (argc - 1 < kinds[i].min || argc - 1 > kinds[i].max) {
+			fprintf(stderr, "usage: tally query %s\n", kinds[i].usage);
+			return 2;
+		}
+		return cli_run_table(o, kinds[i].kind, argc - 1, argv + 1);
+	}
+	fprintf(stderr, "tally query: unknown query '%s' (series, agg, keys, scan)\n", argv[0]);
+	return 2;
+}
+
+static int cli_cmd_ping(const cli_opts *o)
+{
+	cli_conn c;
+	double t0 = cli_now();
+	cli_connect(&c, o);
+	cli_auth(&c, o);
+	double t1 = cli_now();
+	cli_send_all(&c, "#!ping\n", 7);
+	char *r = cli_read_line(&c);
+	double t2 = cli_now();
+	if (!r)
+		cli_die("the server closed the connection");
+	int ok = !strcmp(r, "OK pong");
+	printf("%s from %s:%s: round trip %.0f us (connect %.0f us)\n", r, o->host, o->port,
+	       (t2 - t1) * 1e6, (t1 - t0) * 1e6);
+	free(r);
+	close(c.fd);
+	free(c.buf);
+	return ok ? 0 : 1;
+}
+
+/* ---------------------------------------------------------------- main */
+
+static void cli_usage(FILE *f)
+{
+	fprintf(f,
+		"Usage: tally [OPTIONS] COMMAND [ARGS]\n"
+		"\n"
+		"The tally client: talks to tallyd over TCP (docs/protocol.md).\n"
+		"\n"
+		"Commands:\n"
+		"  write [FILE...]       stream line-protocol files (or stdin, '-') to the\n"
+		"                        server, sync, print accepted/rejected counts and rate\n"
+		"  query series TABLE FIELD KEY STEP FROM TO\n"
+		"  query agg TABLE FIELD KEY FROM TO\n"
+		"  query keys TABLE FIELD FROM TO\n"
+		"  query scan TABLE KEY FROM TO [LIMIT]\n"
+		"                        FROM/TO: RFC 3339 (2023-11-14T00:00:00Z), integer ns,\n"
+		"                        now, now-1h; TO may be a length (1d); STEP like 5m\n"
+		"  stats                 server and store statistics\n"
+		"  ping                  round trip to the server\n"
+		"  inspect DIR           what a data directory holds (local; no server)\n"
+		"\n"
+		"Options:\n"
+		"  --host HOST           server address (default 127.0.0.1)\n"
+		"  --port PORT           server port (default " CLI_DEFAULT_PORT ")\n"
+		"  --token TOKEN         shared token, if the server wants one (or set\n"
+		"                        TALLY_TOKEN, which keeps it out of ps)\n"
+		"  --precision P         timestamps of written lines: ns (default), us, ms, s\n"
+		"  --csv, --json         query output as CSV or JSON instead of a table\n"
+		"  -q, --quiet           no progress bar or row counts\n"
+		"\n"
+		"Exit status: 0 ok, 1 error, 2 usage, 3 write finished with rejected lines.\n"
+		"Example: tally write speeds.lp && tally query series traffic speed KV00123 1h "
+		"now-1d now\n");
+}
+
+int main(int argc, char **argv)
+{
+	cli_opts o = {.host = "127.0.0.1", .port = CLI_DEFAULT_PORT, .token = getenv("TALLY_TOKEN")};
+	char *args[256];
+	int n = 0;
+	for (int i = 1; i < argc; i++) {
+		const char *a = argv[i];
+		const char **val = !strcmp(a, "--host") ? &o.host
+				   : !strcmp(a, "--port") ? &o.port
+				   : !strcmp(a, "--token") ? &o.token
+				   : !strcmp(a, "--precision") ? &o.precision
+							     : NULL;
+		if (val) {
+			if (i + 1 >= argc) {
+				fprintf(stderr, "tally: %s needs a value\n", a);
+				return 2;
+			}
+			*val = argv[++i];
+		} else if (!strcmp(a, "--csv")) {
+			o.csv = 1;
+		} else if (!strcmp(a, "--json")) {
+			o.json = 1;
+		} else if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) {
+			o.quiet = 1;
+		} else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+			cli_usage(stdout);
+			return 0;
+		} else if (!strcmp(a, "--")) {
+			while (++i < argc && n < 255)
+				args[n++] = argv[i];
+		} else if (a[0] == '-' && a[1] == '-') {
+			fprintf(stderr, "tally: unknown option %s (see tally --help)\n", a);
+			return 2;
+		} else if (n < 255) {
+			args[n++] = argv[i];
+		}
+	}
+	if (o.token && !*o.token)
+		o.token = NULL;
+	if (n == 0) {
+		cli_usage(stderr);
+		return 2;
+	}
+	const char *cmd = args[0];
+	if (!strcmp(cmd, "write"))
+		return cli_cmd_write(&o, n - 1, args + 1);
+	if (!strcmp(cmd, "query"))
+		return cli_cmd_query(&o, n - 1, args + 1);
+	if (!strcmp(cmd, "stats")) {
+		if (n != 1) {
+			fprintf(stderr, "usage: tally stats\n");
+			return 2;
+		}
+		return cli_run_table(&o, "stats", 0, NULL);
+	}
+	if (!strcmp(cmd, "ping"))
+		return cli_cmd_ping(&o);
+	if (!strcmp(cmd, "inspect")) /* local: reads the directory, no server */
+		return inspect_main(n, args);
+	fprintf(stderr, "tally: unknown command '%s' (see tally --help)\n", cmd);
+	return 2;
+}

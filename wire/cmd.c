@@ -1,0 +1,632 @@
+/*
+ * cmd.c — parsing the "#!" command lines, times and durations.
+ *
+ * A command line is split into words (spaces and tabs; double quotes for a
+ * word with blanks), the first word names the command and fixes how many
+ * arguments follow and what each is: a name, a time, a duration or a
+ * count. The one idea: every argument is checked here, with a reason that
+ * names the argument, so the code that runs a command only ever sees valid
+ * values and the user sees "from: invalid time '2023-13-01'" rather than an
+ * answer for a range they did not mean.
+ */
+#include "cmd.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#define NS_PER_SEC INT64_C(1000000000)
+
+static int cmd_fail(char *err, size_t cap, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(err, cap, fmt, ap);
+	va_end(ap);
+	/* Arguments are echoed in reasons: keep the reason printable. */
+	for (char *p = err; *p; p++)
+		if ((unsigned char)*p < 0x20 || *p == 0x7F)
+			*p = '?';
+	return -1;
+}
+
+/* ---------------------------------------------------------------- times */
+
+/* Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant). */
+static int64_t cmd_days_from_civil(int64_t y, unsigned m, unsigned d)
+{
+	y -= m <= 2;
+	int64_t era = (y >= 0 ? y : y - 399) / 400;
+	unsigned yoe = (unsigned)(y - era * 400);
+	unsigned doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+	unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+	return era * 146097 + (int64_t)doe - 719468;
+}
+
+static void cmd_civil_from_days(int64_t z, int64_t *y, unsigned *m, unsigned *d)
+{
+	z += 719468;
+	int64_t era = (z >= 0 ? z : z - 146096) / 146097;
+	unsigned doe = (unsigned)(z - era * 146097);
+	unsigned yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+	unsigned doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+	unsigned mp = (5 * doy + 2) / 153;
+	*d = doy - (153 * mp + 2) / 5 + 1;
+	*m = mp < 10 ? mp + 3 : mp - 9;
+	*y = (int64_t)yoe + era * 400 + (*m <= 2);
+}
+
+/* Reads exactly n digits at *p. */
+static int cmd_digits(const char **p, int n, unsigned *out)
+{
+	unsigned v = 0;
+	for (int i = 0; i < n; i++) {
+		char c = (*p)[i];
+		if (c < '0' || c > '9')
+			return -1;
+		v = v * 10 + (unsigned)(c - '0');
+	}
+	*p += n;
+	*out = v;
+	return 0;
+}
+
+static int cmd_days_in_month(int64_t y, unsigned m)
+{
+	static const int dm[12] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+	int leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+	return dm[m - 1] + (m == 2 && leap);
+}
+
+static int cmd_rfc3339(const char *s, int64_t *out)
+{
+	const char *p = s;
+	unsigned y, mo, d, h = 0, mi = 0, se = 0;
+	if (cmd_digits(&p, 4, &y) || *p++ != '-' || cmd_digits(&p, 2, &mo) || *p++ != '-' ||
+	    cmd_digits(&p, 2, &d))
+		return -1;
+	if (mo < 1 || mo > 12 || d < 1 || (int)d > cmd_days_in_month(y, mo))
+		return -1;
+	int64_t frac = 0, off = 0;
+	if (*p == 'T' || *p == 't' || *p == ' ') {
+		p++;
+		if (cmd_digits(&p, 2, &h) || *p++ != ':' || cmd_digits(&p, 2, &mi))
+			return -1;
+		if (*p == ':') {
+			p++;
+			if (cmd_digits(&p, 2, &se))
+				return -1;
+			if (*p == '.') {
+				p++;
+				int n = 0;
+				while (*p >= '0' && *p <= '9') {
+					if (n < 9) {
+						frac = frac * 10 + (*p - '0');
+						n++;
+					}
+					p++;
+				}
+				if (n == 0)
+					return -1;
+				for (; n < 9; n++)
+					frac *= 10;
+			}
+		}
+		if (h > 23 || mi > 59 || se > 60) /* 60: a leap second, read as :59 + 1 s */
+			return -1;
+		if (*p == 'Z' || *p == 'z') {
+			p++;
+		} else if (*p == '+' || *p == '-') {
+			int sign = *p++ == '-' ? -1 : 1;
+			unsigned oh, om;
+			if (cmd_digits(&p, 2, &oh) || *p++ != ':' || cmd_digits(&p, 2, &om) || oh > 23 ||
+			    om > 59)
+				return -1;
+			off = sign * (int64_t)(oh * 3600 + om * 60);
+		} else {
+			return -1; /* a time of day needs its zone */
+		}
+	}
+	if (*p)
+		return -1;
+	int64_t secs = cmd_days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + se - off;
+	/* int64 ns covers 1677-09-21 .. 2262-04-11. */
+	if (secs < INT64_MIN / NS_PER_SEC + 1 || secs > INT64_MAX / NS_PER_SEC - 1)
+		return -1;
+	*out = secs * NS_PER_SEC + frac;
+	return 0;
+}
+
+static int cmd_int64(const char *s, int64_t *out)
+{
+	const char *p = s;
+	int neg = 0;
+	if (*p == '-' || *p == '+')
+		neg = *p++ == '-';
+	if (!*p)
+		return -1;
+	uint64_t v = 0;
+	for (; *p; p++) {
+		if (*p < '0' || *p > '9')
+			return -1;
+		unsigned dgt = (unsigned)(*p - '0');
+		if (v > (UINT64_C(9223372036854775808) - dgt) / 10)
+			return -1;
+		v = v * 10 + dgt;
+	}
+	if (!neg && v > (uint64_t)INT64_MAX)
+		return -1;
+	*out = neg ? (int64_t)(0 - v) : (int64_t)v;
+	return 0;
+}
+
+int cmd_parse_duration(const char *s, int64_t *out)
+{
+	static const struct {
+		const char *u;
+		int64_t ns;
+	} units[] = {
+		{"ns", 1},
+		{"us", 1000},
+		{"ms", 1000000},
+		{"s", NS_PER_SEC},
+		{"m", 60 * NS_PER_SEC},
+		{"h", 3600 * NS_PER_SEC},
+		{"d", 86400 * NS_PER_SEC},
+		{"w", 7 * 86400 * NS_PER_SEC},
+	};
+	const char *p = s;
+	int64_t total = 0;
+	if (!*p)
+		return -1;
+	while (*p) {
+		if (*p < '0' || *p > '9')
+			return -1;
+		int64_t v = 0;
+		for (; *p >= '0' && *p <= '9'; p++) {
+			if (v > (INT64_MAX - 9) / 10)
+				return -1;
+			v = v * 10 + (*p - '0');
+		}
+		size_t ul = 0;
+		while (p[ul] && (p[ul] < '0' || p[ul] > '9'))
+			ul++;
+		int64_t mult = 0;
+		for (size_t i = 0; i < sizeof units / sizeof units[0]; i++)
+			if (strlen(units[i].u) == ul && !strncmp(p, units[i].u, ul))
+				mult = units[i].ns;
+		if (!mult)
+			return -1;
+		if (v > INT64_MAX / mult || total > INT64_MAX - v * mult)
+			return -1;
+		total += v * mult;
+		p += ul;
+	}
+	if (total <= 0)
+		return -1;
+	*out = total;
+	return 0;
+}
+
+int cmd_parse_time(const char *s, int64_t now, int64_t *out)
+{
+	if (!strncasecmp(s, "now", 3)) {
+		if (!s[3]) {
+			*out = now;
+			return 0;
+		}
+		int64_t d;
+		if ((s[3] != '-' && s[3] != '+') || cmd_parse_duration(s + 4, &d))
+			return -1;
+		if (s[3] == '-' ? now < INT64_MIN + d : now > INT64_MAX - d)
+			return -1;
+		*out = s[3] == '-' ? now - d : now + d;
+		return 0;
+	}
+	if (!cmd_int64(s, out))
+		return 0;
+	return cmd_rfc3339(s, out);
+}
+
+/* Writes v's decimal digits backwards ending at end; returns the start. */
+static char *cmd_utoa_back(uint64_t v, char *end)
+{
+	do {
+		*--end = (char)('0' + v % 10);
+		v /= 10;
+	} while (v);
+	return end;
+}
+
+static void cmd_two(char *p, unsigned v)
+{
+	p[0] = (char)('0' + v / 10);
+	p[1] = (char)('0' + v % 10);
+}
+
+/* Hand-rolled rather than snprintf: a 288-bucket series formats 288 of
+ * these, and printf's generic machinery was most of the query's time. */
+size_t cmd_format_time(int64_t ns, char *buf)
+{
+	int64_t secs = ns / NS_PER_SEC, frac = ns % NS_PER_SEC;
+	if (frac < 0) {
+		frac += NS_PER_SEC;
+		secs--;
+	}
+	int64_t days = secs / 86400, rem = secs % 86400;
+	if (rem < 0) {
+		rem += 86400;
+		days--;
+	}
+	int64_t y;
+	unsigned m, d;
+	cmd_civil_from_days(days, &y, &m, &d);
+	char *p = buf;
+	if (y < 0 || y > 9999) {
+		p += snprintf(p, 24, "%04lld", (long long)y);
+	} else {
+		cmd_two(p, (unsigned)(y / 100));
+		cmd_two(p + 2, (unsigned)(y % 100));
+		p += 4;
+	}
+	*p++ = '-';
+	cmd_two(p, m);
+	p[2] = '-';
+	cmd_two(p + 3, d);
+	p[5] = 'T';
+	cmd_two(p + 6, (unsigned)(rem / 3600));
+	p[8] = ':';
+	cmd_two(p + 9, (unsigned)(rem / 60 % 60));
+	p[11] = ':';
+	cmd_two(p + 12, (unsigned)(rem % 60));
+	p += 14;
+	if (frac) {
+		int digits = frac % 1000000 == 0 ? 3 : frac % 1000 == 0 ? 6 : 9;
+		int64_t f = digits == 3 ? frac / 1000000 : digits == 6 ? frac / 1000 : frac;
+		*p++ = '.';
+		for (int i = digits - 1; i >= 0; i--, f /= 10)
+			p[i] = (char)('0' + f % 10);
+		p += digits;
+	}
+	*p++ = 'Z';
+	*p = 0;
+	return (size_t)(p - buf);
+}
+
+size_t cmd_format_duration(int64_t ns, char *buf)
+{
+	static const struct {
+		const char *u;
+		int64_t ns;
+	} units[] = {
+		{"w", 7 * 86400 * NS_PER_SEC}, {"d", 86400 * NS_PER_SEC}, {"h", 3600 * NS_PER_SEC},
+		{"m", 60 * NS_PER_SEC},        {"s", NS_PER_SEC},         {"ms", 1000000},
+		{"us", 1000},                  {"ns", 1},
+	};
+	for (size_t i = 0; i < sizeof units / sizeof units[0]; i++)
+		if (ns % units[i].ns == 0)
+			return (size_t)snprintf(buf, 32, "%lld%s", (long long)(ns / units[i].ns),
+						units[i].u);
+	return (size_t)snprintf(buf, 32, "%lldns", (long long)ns);
+}
+
+__extension__ typedef unsigned __int128 cmd_u128;
+
+static const uint64_t cmd_p10[20] = {
+	1,
+	10,
+	100,
+	1000,
+	10000,
+	100000,
+	1000000,
+	10000000,
+	100000000,
+	1000000000,
+	10000000000ULL,
+	100000000000ULL,
+	1000000000000ULL,
+	10000000000000ULL,
+	100000000000000ULL,
+	1000000000000000ULL,
+	10000000000000000ULL,
+	100000000000000000ULL,
+	1000000000000000000ULL,
+	10000000000000000000ULL,
+};
+
+/* "-" q with k digits after the point, trailing zeros dropped. */
+static size_t cmd_put_decimal(char *buf, int neg, uint64_t q, int k)
+{
+	while (k && q % 10 == 0) {
+		q /= 10;
+		k--;
+	}
+	char tmp[48], *end = tmp + sizeof tmp, *p = end;
+	for (int i = 0; i < k; i++, q /= 10)
+		*--p = (char)('0' + q % 10);
+	if (k)
+		*--p = '.';
+	p = cmd_utoa_back(q, p);
+	if (neg)
+		*--p = '-';
+	size_t n = (size_t)(end - p);
+	memcpy(buf, p, n);
+	buf[n] = 0;
+	return n;
+}
+
+/*
+ * The shortest decimal that reads back as v. Three paths, fastest first:
+ * (1) v has at most 9 decimals: m / 10^k == v in one correctly rounded
+ * division proves "m with k decimals" reads back as v; (2) 1e-2 <= |v| <
+ * 1e14: 15, 16 or 17 significant digits computed exactly in 128-bit
+ * integers (v = f / 2^s, digits = round(f * 10^k / 2^s)), each candidate
+ * kept only if it lies strictly within half an ulp of v; (3) anything
+ * else: printf's %.15g, %.16g, %.17g, the first that strtod reads back.
+ */
+size_t cmd_format_double(double v, char *buf)
+{
+	if (isnan(v))
+		return (size_t)snprintf(buf, 32, "NaN");
+	int neg = signbit(v) && v != 0;
+	double a = fabs(v);
+	if (a < 9007199254740992.0) {
+		for (int k = 0; k <= 9; k++) {
+			double x = a * (double)cmd_p10[k];
+			if (x >= 9007199254740992.0)
+				break;
+			/* Only a product within rounding error of an integer can
+			 * be the answer; the division (slow) then proves it. */
+			double r = nearbyint(x);
+			if (fabs(x - r) <= x * 0x1p-50 && r / (double)cmd_p10[k] == a)
+				return cmd_put_decimal(buf, neg, (uint64_t)r, k);
+		}
+	}
+	if (a >= 1e-2 && a < 1e14) {
+		int ex;
+		double m = frexp(a, &ex); /* a = m * 2^ex, m in [0.5, 1) */
+		uint64_t f = (uint64_t)ldexp(m, 53);
+		int s = 53 - ex; /* a = f / 2^s, 6 <= s <= 59 here */
+		static const double p10d[17] = {1e-2, 1e-1, 1e0, 1e1,  1e2,  1e3,  1e4,  1e5, 1e6,
+						1e7,  1e8,  1e9, 1e10, 1e11, 1e12, 1e13, 1e14};
+		int e10 = -2;
+		while (e10 < 13 && a >= p10d[e10 + 3])
+			e10++;
+		for (int n = 15; n <= 17; n++) {
+			int k = n - 1 - e10; /* digits after the point */
+			if (k < 0 || k > 18)
+				break;
+			cmd_u128 P = (cmd_u128)f * cmd_p10[k];
+			cmd_u128 q = P >> s, rem = P - (q << s), half = (cmd_u128)1
+											<< (s - 1);
+			if (rem > half || (rem == half && (q & 1)))
+				q++;
+			/* q / 10^k reads back as v when it is strictly within half
+			 * an ulp (2^-s) of it: |q * 2^s - P| < 10^k / 2. Below a
+			 * power of two the next double is half as far. */
+			cmd_u128 qs = q << s;
+			int below = qs < P;
+			cmd_u128 dist = below ? P - qs : qs - P;
+			unsigned shift = below && f == (UINT64_C(1) << 52) ? 2 : 1;
+			if ((dist << shift) < cmd_p10[k] && q < ((cmd_u128)1 << 63))
+				return cmd_put_decimal(buf, neg, (uint64_t)q, k);
+		}
+	}
+	int n = 0;
+	for (int prec = 15; prec <= 17; prec++)
+		if ((n = snprintf(buf, 32, "%.*g", prec, v)) > 0 && strtod(buf, NULL) == v)
+			break;
+	return (size_t)n;
+}
+
+/* ---------------------------------------------------------------- commands */
+
+/* Splits line into words in scratch; returns the count or -1. */
+static int cmd_split(const char *p, const char *end, char *scratch, size_t cap, char **argv,
+		     char *err, size_t err_cap)
+{
+	int argc = 0;
+	char *d = scratch, *dend = scratch + cap;
+	for (;;) {
+		while (p < end && (*p == ' ' || *p == '\t' || *p == '\r'))
+			p++;
+		if (p == end)
+			return argc;
+		if (argc == CMD_ARGS_MAX)
+			return cmd_fail(err, err_cap, "more than %d arguments", CMD_ARGS_MAX - 1);
+		argv[argc++] = d;
+		if (*p == '"') {
+			for (p++;; p++) {
+				if (p == end)
+					return cmd_fail(err, err_cap, "unterminated quote in argument %d",
+							argc - 1);
+				if (*p == '"') {
+					p++;
+					break;
+				}
+				if (*p == '\\' && p + 1 < end && (p[1] == '"' || p[1] == '\\'))
+					p++;
+				if (d + 1 >= dend)
+					return cmd_fail(err, err_cap, "command too long");
+				*d++ = *p;
+			}
+			if (p < end && *p != ' ' && *p != '\t' && *p != '\r')
+				return cmd_fail(err, err_cap, "argument %d: text after closing quote",
+						argc - 1);
+		} else {
+			while (p < end && *p != ' ' && *p != '\t' && *p != '\r') {
+				if (d + 1 >= dend)
+					return cmd_fail(err, err_cap, "command too long");
+				*d++ = *p++;
+			}
+		}
+		*d++ = 0;
+	}
+}
+
+static int cmd_name_arg(const char *what, const char *s, char *err, size_t cap)
+{
+	size_t n = strlen(s);
+	if (n == 0 || n > 65535)
+		return cmd_fail(err, cap, "%s: empty or longer than 65535 bytes", what);
+	return 0;
+}
+
+static int cmd_time_arg(const char *what, const char *s, int64_t now, int64_t *out, char *err,
+			size_t cap)
+{
+	if (cmd_parse_time(s, now, out))
+		return cmd_fail(err, cap,
+				"%s: invalid time '%.40s' (RFC 3339 like 2023-11-14T00:00:00Z, "
+				"integer ns, or now-1h)",
+				what, s);
+	return 0;
+}
+
+/* to: a time, or a duration after from ("1h" or "+1h"). */
+static int cmd_to_arg(const char *s, int64_t now, int64_t from, int64_t *out, char *err,
+		      size_t cap)
+{
+	int64_t d;
+	const char *ds = *s == '+' ? s + 1 : s;
+	if (!cmd_parse_duration(ds, &d)) {
+		if (from > INT64_MAX - d)
+			return cmd_fail(err, cap, "to: from + %.40s overflows", ds);
+		*out = from + d;
+		return 0;
+	}
+	if (cmd_parse_time(s, now, out))
+		return cmd_fail(err, cap,
+				"to: invalid time or duration '%.40s' (RFC 3339, integer ns, now, "
+				"or a length like 1h)",
+				s);
+	return 0;
+}
+
+static int cmd_range(char **argv, int i, int64_t now, cmd_req *out, char *err, size_t cap)
+{
+	if (cmd_time_arg("from", argv[i], now, &out->from, err, cap) ||
+	    cmd_to_arg(argv[i + 1], now, out->from, &out->to, err, cap))
+		return -1;
+	if (out->to <= out->from)
+		return cmd_fail(err, cap, "empty range: to is not after from");
+	return 0;
+}
+
+static const struct {
+	const char *name;
+	enum cmd_kind kind;
+	int min_args, max_args;
+	const char *usage;
+} cmd_table[] = {
+	{"ping", CMD_PING, 0, 0, "#!ping"},
+	{"sync", CMD_SYNC, 0, 0, "#!sync"},
+	{"auth", CMD_AUTH, 1, 1, "#!auth TOKEN"},
+	{"series", CMD_SERIES, 6, 6, "#!series TABLE FIELD KEY STEP FROM TO"},
+	{"agg", CMD_AGG, 5, 5, "#!agg TABLE FIELD KEY FROM TO"},
+	{"keys", CMD_KEYS, 4, 4, "#!keys TABLE FIELD FROM TO"},
+	{"scan", CMD_SCAN, 4, 5, "#!scan TABLE KEY FROM TO [LIMIT]"},
+	{"stats", CMD_STATS, 0, 0, "#!stats"},
+	{"precision", CMD_PRECISION, 1, 1, "#!precision ns|us|ms|s"},
+	{"help", CMD_HELP, 0, 0, "#!help"},
+};
+
+int cmd_parse(const char *line, size_t len, char *scratch, size_t scratch_cap, int64_t now,
+	      cmd_req *out, char *err, size_t err_cap)
+{
+	memset(out, 0, sizeof *out);
+	char *argv[CMD_ARGS_MAX];
+	if (len < 2 || line[0] != '#' || line[1] != '!')
+		return cmd_fail(err, err_cap, "not a command");
+	int argc = cmd_split(line + 2, line + len, scratch, scratch_cap, argv, err, err_cap);
+	if (argc < 0)
+		return -1;
+	if (argc == 0)
+		return cmd_fail(err, err_cap, "empty command (try #!help)");
+	size_t ci = 0, nc = sizeof cmd_table / sizeof cmd_table[0];
+	while (ci < nc && strcasecmp(argv[0], cmd_table[ci].name))
+		ci++;
+	if (ci == nc)
+		return cmd_fail(err, err_cap, "unknown command '#!%.40s' (try #!help)", argv[0]);
+	out->kind = cmd_table[ci].kind;
+	out->name = cmd_table[ci].name;
+	int nargs = argc - 1;
+	if (nargs < cmd_table[ci].min_args || nargs > cmd_table[ci].max_args)
+		return cmd_fail(err, err_cap, "%s: %d argument%s given; usage: %s", out->name, nargs,
+				nargs == 1 ? "" : "s", cmd_table[ci].usage);
+	char **a = argv + 1;
+	switch (out->kind) {
+	case CMD_AUTH:
+		out->token = a[0];
+		return 0;
+	case CMD_SERIES:
+		if (cmd_name_arg("table", a[0], err, err_cap) ||
+		    cmd_name_arg("field", a[1], err, err_cap) ||
+		    cmd_name_arg("key", a[2], err, err_cap))
+			return -1;
+		out->table = a[0];
+		out->field = a[1];
+		out->key = a[2];
+		if (cmd_parse_duration(a[3], &out->step))
+			return cmd_fail(err, err_cap, "step: invalid duration '%.40s' (like 5m, 1h, 1d)",
+					a[3]);
+		return cmd_range(a, 4, now, out, err, err_cap);
+	case CMD_AGG:
+		if (cmd_name_arg("table", a[0], err, err_cap) ||
+		    cmd_name_arg("field", a[1], err, err_cap) ||
+		    cmd_name_arg("key", a[2], err, err_cap))
+			return -1;
+		out->table = a[0];
+		out->field = a[1];
+		out->key = a[2];
+		return cmd_range(a, 3, now, out, err, err_cap);
+	case CMD_KEYS:
+		if (cmd_name_arg("table", a[0], err, err_cap) ||
+		    cmd_name_arg("field", a[1], err, err_cap))
+			return -1;
+		out->table = a[0];
+		out->field = a[1];
+		return cmd_range(a, 2, now, out, err, err_cap);
+	case CMD_SCAN:
+		if (cmd_name_arg("table", a[0], err, err_cap) ||
+		    cmd_name_arg("key", a[1], err, err_cap))
+			return -1;
+		out->table = a[0];
+		out->key = a[1];
+		if (cmd_range(a, 2, now, out, err, err_cap))
+			return -1;
+		if (nargs == 5) {
+			int64_t lim;
+			if (cmd_int64(a[4], &lim) || lim <= 0)
+				return cmd_fail(err, err_cap,
+						"limit: '%.40s' is not a positive integer", a[4]);
+			out->limit = (uint64_t)lim;
+		}
+		return 0;
+	case CMD_PRECISION: {
+		static const char *names[4] = {"ns", "us", "ms", "s"};
+		for (int i = 0; i < 4; i++)
+			if (!strcasecmp(a[0], names[i])) {
+				out->prec = (enum tally_precision)i;
+				return 0;
+			}
+		return cmd_fail(err, err_cap, "precision: '%.40s' is not one of ns, us, ms, s", a[0]);
+	}
+	default:
+		return 0;
+	}
+}
+
+size_t cmd_usage_count(void)
+{
+	return sizeof cmd_table / sizeof cmd_table[0];
+}
+
+const char *cmd_usage(size_t i)
+{
+	return i < cmd_usage_count() ? cmd_table[i].usage : NULL;
+}

@@ -1,0 +1,78 @@
+/*
+ * cmd.h — the text commands of the wire protocol (internal).
+ *
+ * A command is one line starting with "#!" (docs/protocol.md). cmd_parse
+ * turns it into a cmd_req; times and durations are parsed here too, so the
+ * server, the client and the fuzz target share one definition.
+ */
+#ifndef TALLY_CMD_H
+#define TALLY_CMD_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "tally.h"
+
+#define CMD_ARGS_MAX 12
+#define CMD_ERR_MAX 200
+
+enum cmd_kind {
+	CMD_PING = 1,
+	CMD_SYNC,
+	CMD_AUTH,
+	CMD_SERIES,
+	CMD_AGG,
+	CMD_KEYS,
+	CMD_SCAN,
+	CMD_STATS,
+	CMD_PRECISION,
+	CMD_HELP,
+};
+
+typedef struct cmd_req {
+	enum cmd_kind kind;
+	const char *name;  /* the command word as typed, e.g. "series" */
+	/* NUL-terminated, pointing into the caller's scratch buffer. */
+	const char *table, *field, *key, *token;
+	int64_t step;      /* series: window width, ns */
+	int64_t from, to;  /* [from, to), ns */
+	uint64_t limit;    /* scan: most rows (0: no limit) */
+	enum tally_precision prec;
+} cmd_req;
+
+/*
+ * Parses the command line line[0, len) (starting with "#!", without its
+ * '\n'). Arguments are separated by spaces or tabs; an argument may be
+ * double-quoted ("KV 001", with \" and \\ inside). now (ns) resolves "now".
+ * scratch (at least len + 1 bytes) holds the unquoted arguments.
+ * Returns 0, or -1 with a reason in err (NUL-ended, printable).
+ */
+int cmd_parse(const char *line, size_t len, char *scratch, size_t scratch_cap, int64_t now,
+	      cmd_req *out, char *err, size_t err_cap);
+
+/* A time: RFC 3339 ("2023-11-14T00:05:00Z", fractions and +hh:mm offsets
+ * allowed, a date alone means its midnight UTC), integer nanoseconds, or
+ * now, now-5m, now+1h. Returns 0 or -1. */
+int cmd_parse_time(const char *s, int64_t now, int64_t *out);
+
+/* A duration: one or more <integer><unit>, units ns us ms s m h d w
+ * ("5m", "1h30m"). Positive, at most ~292 years. Returns 0 or -1. */
+int cmd_parse_duration(const char *s, int64_t *out);
+
+/* RFC 3339 UTC with as many fraction digits as needed (0, 3, 6 or 9).
+ * buf needs 40 bytes; returns the length. */
+size_t cmd_format_time(int64_t ns, char *buf);
+
+/* A duration in the largest unit that divides it ("5m", "90s"). buf needs
+ * 32 bytes. */
+size_t cmd_format_duration(int64_t ns, char *buf);
+
+/* Usage lines of the commands, for #!help: i < cmd_usage_count(). */
+size_t cmd_usage_count(void);
+const char *cmd_usage(size_t i);
+
+/* The shortest decimal that reads back as the same double. buf needs 32
+ * bytes; returns the length. */
+size_t cmd_format_double(double v, char *buf);
+
+#endif

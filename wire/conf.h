@@ -1,0 +1,60 @@
+/*
+ * conf.h — tallyd's settings: defaults, config file, command-line flags
+ * (internal).
+ */
+#ifndef TALLY_CONF_H
+#define TALLY_CONF_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "tally.h"
+
+#define CONF_DEFAULT_PORT 8427
+
+typedef struct srv_conf {
+	char *bind;          /* address to listen on; default 127.0.0.1 */
+	unsigned port;       /* default 8427; 0 picks a free port */
+	char *data;          /* data directory; default ./data */
+	char *port_file;     /* if set, the bound port is written there */
+	unsigned shards;     /* 0: one per core */
+	char *token;         /* shared secret clients present with #!auth; NULL: none */
+	uint32_t max_line;   /* longest line, bytes */
+	unsigned max_conns;  /* open connections at once */
+	size_t reply_bytes;  /* unsent replies kept per connection */
+	size_t input_bytes;  /* unprocessed input kept per connection */
+	int64_t idle_ns;     /* close connections silent this long; 0: never */
+	int64_t sync_ns;     /* background group commit interval; 0: only on #!sync */
+	int64_t full_wait_ns; /* how long a write waits out a full store */
+	int64_t grace_ns;    /* on SIGTERM: how long to drain connections */
+	unsigned recv_bufs;  /* receive buffers per shard */
+	unsigned recv_buf_bytes;
+	int log_level;       /* TALLY_LOG_* */
+	char *io;            /* "auto" (default), "io_uring" or "epoll" */
+	/* engine options */
+	uint64_t memory_limit;
+	int64_t align_offset;
+	char *table_keys;
+	unsigned n_levels;
+	int64_t levels[TALLY_LEVELS_MAX];
+} srv_conf;
+
+void conf_init(srv_conf *c);
+void conf_free(srv_conf *c);
+
+/* Reads argv (and the file named by --config, whose settings the flags
+ * override). Returns 0, 1 when --help or --version was printed (exit 0),
+ * or -1 after printing the error to stderr (exit 2). */
+int conf_parse_args(srv_conf *c, int argc, char **argv);
+
+/* Sets one setting by its name ("port", "max-line-bytes" or
+ * "max_line_bytes"); where names the source in errors ("tallyd.conf:12").
+ * Returns 0 or -1 after printing the error. */
+int conf_set(srv_conf *c, const char *name, const char *value, const char *where);
+
+/* Reads a config file: "name = value" lines, '#' comments. */
+int conf_load_file(srv_conf *c, const char *path);
+
+void conf_usage(void);
+
+#endif

@@ -1,0 +1,1136 @@
+/*
+ * conn.c — one connection's protocol: framing, writes, commands, replies.
+ *
+ * Bytes arrive in the shard's receive buffers. The runs of whole records in
+ * a buffer go straight from it to tally_write_lp on the shard's writer, one
+ * call per run, with no copy; only a record cut by the packet boundary is
+ * copied (into c->in) and completed by the next packet. Command records
+ * ("#!...") split a run: the lines before are written, the command runs,
+ * the lines after are written next, so every reply comes in input order.
+ *
+ * The one idea that keeps a connection from hurting its shard: a
+ * connection only ever waits by *not reading*. A sync, a streamed query
+ * answer or a full store pauses it (c->in keeps what was already
+ * received; the loop stops receiving; TCP pushes back on the client) while
+ * the shard thread goes on serving everyone else. Small replies to a
+ * client that does not read are dropped and counted, never queued without
+ * bound; big answers are produced row by row only as fast as they are
+ * read.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "cmd.h"
+#include "frame.h"
+#include "server.h"
+
+#define CONN_RETRY_NS (50 * INT64_C(1000000)) /* re-try a write into a full store */
+#define CONN_LINGER_NS (2 * INT64_C(1000000000))
+#define CONN_ROW_MAX 512                      /* a formatted row without strings, bytes */
+#define SERIES_CAP 1024                       /* buckets per series slice */
+#define SERIES_SPAN_MAX (INT64_C(1) << 62) /* widest slice, ns */
+#define STAT_ADD(sh, f, v) atomic_fetch_add_explicit(&(sh)->st.f, (v), memory_order_relaxed)
+
+typedef struct prod_series {
+	char *table, *field, *key;
+	int64_t step, cur, to, span;
+	uint64_t line, rows;
+	size_t n, i;
+	tally_bucket b[SERIES_CAP];
+} prod_series;
+
+typedef struct prod_keys {
+	tally_keys_iter *it;
+	uint64_t line, rows;
+} prod_keys;
+
+typedef struct prod_scan {
+	tally_scan *s;
+	uint64_t line, rows, limit;
+} prod_scan;
+
+static const srv_conf *conn_conf(const wconn *c)
+{
+	return c->sh->srv->conf;
+}
+
+static size_t conn_unsent(const wconn *c)
+{
+	return c->out_tail - c->out_head;
+}
+
+int conn_wants_recv(const wconn *c)
+{
+	if (c->eof)
+		return 0;
+	if (c->state == CONN_LINGER)
+		return 1; /* read and discard, so close() does not reset the last replies */
+	if (c->state != CONN_OPEN || c->final_sync)
+		return 0;
+	/* Keep reading while there is room, even when paused: what arrives is
+	 * kept in c->in up to input-buffer-bytes, then TCP pushes back. */
+	if (c->sync_ticket || c->retry_at || c->prod != PROD_NONE)
+		return c->in_len - c->in_head < conn_conf(c)->input_bytes / 2;
+	return 1;
+}
+
+static int conn_paused(const wconn *c)
+{
+	return c->state != CONN_OPEN || c->sync_ticket || c->retry_at || c->prod != PROD_NONE;
+}
+
+wconn *conn_new(wshard *sh, int fd)
+{
+	wconn *c = calloc(1, sizeof *c);
+	if (!c)
+		return NULL;
+	c->sh = sh;
+	c->fd = fd;
+	c->prec = TALLY_PREC_NS;
+	c->authed = sh->srv->conf->token == NULL;
+	c->last_active = srv_now();
+	return c;
+}
+
+static void conn_prod_free(wconn *c)
+{
+	switch (c->prod) {
+	case PROD_SERIES: {
+		prod_series *ps = c->prod_state;
+		free(ps->table);
+		free(ps->field);
+		free(ps->key);
+		break;
+	}
+	case PROD_KEYS:
+		tally_keys_close(((prod_keys *)c->prod_state)->it);
+		break;
+	case PROD_SCAN:
+		tally_scan_close(((prod_scan *)c->prod_state)->s);
+		break;
+	case PROD_NONE:
+		break;
+	}
+	free(c->prod_state);
+	c->prod_state = NULL;
+	c->prod = PROD_NONE;
+}
+
+void conn_free(wconn *c)
+{
+	if (!c)
+		return;
+	conn_prod_free(c);
+	free(c->in);
+	free(c->out);
+	free(c);
+}
+
+/* ---------------------------------------------------------------- replies */
+
+/* Room for n more bytes at out_tail; only force may pass the limit. */
+static int conn_out_room(wconn *c, size_t n, int force)
+{
+	size_t limit = conn_conf(c)->reply_bytes;
+	if (!force && conn_unsent(c) + n > limit)
+		return -1;
+	if (!c->send_busy && c->out_head) { /* the kernel holds no pointer into out */
+		memmove(c->out, c->out + c->out_head, conn_unsent(c));
+		c->out_tail -= c->out_head;
+		c->out_head = 0;
+	}
+	if (c->out_tail + n <= c->out_cap)
+		return 0;
+	size_t cap = c->out_cap ? c->out_cap : 4096;
+	while (cap < c->out_tail + n)
+		cap *= 2;
+	char *o = realloc(c->out, cap);
+	if (!o)
+		return -1;
+	c->out = o;
+	c->out_cap = cap;
+	return 0;
+}
+
+/* Appends one whole reply, or drops it whole when the client is not
+ * reading (more than reply-buffer-bytes unsent). force: never drop (the
+ * rows of a streamed answer, whose producer waits for room itself). */
+static void conn_put(wconn *c, const char *s, size_t n, int force)
+{
+	if (c->state == CONN_DEAD)
+		return;
+	if (c->dropped_unreported && !force) {
+		char note[128];
+		int k = snprintf(note, sizeof note,
+				 "ERR replies dropped: %" PRIu64 " (the client did not read them)\n",
+				 c->dropped_unreported);
+		if (conn_out_room(c, (size_t)k + n, 0) == 0) {
+			memcpy(c->out + c->out_tail, note, (size_t)k);
+			c->out_tail += (size_t)k;
+			c->dropped_unreported = 0;
+		}
+	}
+	if (c->dropped_unreported || conn_out_room(c, n, force)) {
+		c->dropped_unreported++;
+		STAT_ADD(c->sh, replies_dropped, 1);
+		return;
+	}
+	memcpy(c->out + c->out_tail, s, n);
+	c->out_tail += n;
+	srv_conn_dirty(c);
+}
+
+__attribute__((format(printf, 3, 4))) static void conn_putf(wconn *c, int force,
+							    const char *fmt, ...)
+{
+	char buf[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(buf, sizeof buf - 1, fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		return;
+	if ((size_t)n > sizeof buf - 2)
+		n = sizeof buf - 2;
+	buf[n++] = '\n';
+	conn_put(c, buf, (size_t)n, force);
+}
+
+/* The message of the last engine error, else the code's name. */
+static const char *conn_errmsg(int rc)
+{
+	const char *m = tally_errmsg();
+	return m && *m ? m : tally_strerror(rc);
+}
+
+/* Appends s[0, n) escaped for a tab-separated cell: \\ \t \n \r. */
+typedef struct conn_text {
+	char *p;
+	size_t n, cap;
+	int oom;
+} conn_text;
+
+static void text_grow(conn_text *t, size_t more)
+{
+	if (t->oom || t->n + more <= t->cap)
+		return;
+	size_t cap = t->cap ? t->cap : 1024;
+	while (cap < t->n + more)
+		cap *= 2;
+	char *p = realloc(t->p, cap);
+	if (!p) {
+		t->oom = 1;
+		return;
+	}
+	t->p = p;
+	t->cap = cap;
+}
+
+/* The shard's formatting buffer: reused, so answering allocates nothing
+ * once it has grown to the largest answer piece. */
+static conn_text text_take(wshard *sh)
+{
+	return (conn_text){.p = sh->text_buf, .n = 0, .cap = sh->text_cap};
+}
+
+static void text_give(wshard *sh, conn_text *t)
+{
+	sh->text_buf = t->p;
+	sh->text_cap = t->cap;
+}
+
+static void text_raw(conn_text *t, const char *s, size_t n)
+{
+	text_grow(t, n);
+	if (t->oom)
+		return;
+	memcpy(t->p + t->n, s, n);
+	t->n += n;
+}
+
+static void text_cell(conn_text *t, const char *s, size_t n)
+{
+	text_grow(t, 2 * n);
+	if (t->oom)
+		return;
+	for (size_t i = 0; i < n; i++) {
+		char ch = s[i], e = ch == '\\' ? '\\' : ch == '\t' ? 't' : ch == '\n' ? 'n'
+							 : ch == '\r' ? 'r' : 0;
+		if (e) {
+			t->p[t->n++] = '\\';
+			t->p[t->n++] = e;
+		} else {
+			t->p[t->n++] = ch;
+		}
+	}
+}
+
+static void text_f64(conn_text *t, double v)
+{
+	char b[32];
+	if (v != v)
+		return; /* an empty cell: no value */
+	text_raw(t, b, cmd_format_double(v, b));
+}
+
+static void text_time(conn_text *t, int64_t ns)
+{
+	char b[40];
+	text_raw(t, b, cmd_format_time(ns, b));
+}
+
+static void text_u64(conn_text *t, uint64_t v)
+{
+	char b[24], *e = b + sizeof b, *p = e;
+	do {
+		*--p = (char)('0' + v % 10);
+		v /= 10;
+	} while (v);
+	text_raw(t, p, (size_t)(e - p));
+}
+
+static void text_agg(conn_text *t, const tally_agg *a)
+{
+	text_u64(t, a->count);
+	text_raw(t, "\t", 1);
+	text_f64(t, a->count ? a->sum : 0);
+	text_raw(t, "\t", 1);
+	text_f64(t, a->count ? a->min : (double)NAN);
+	text_raw(t, "\t", 1);
+	text_f64(t, a->count ? a->max : (double)NAN);
+	text_raw(t, "\t", 1);
+	text_f64(t, a->count ? a->avg : (double)NAN);
+	text_raw(t, "\n", 1);
+}
+
+/* ---------------------------------------------------------------- producers */
+
+/* The end of the next slice: cur + span, at most to. */
+static int64_t series_slice_to(const prod_series *ps)
+{
+	int64_t t;
+	if (__builtin_add_overflow(ps->cur, ps->span, &t) || t > ps->to)
+		return ps->to;
+	return t;
+}
+
+/* A truncated slice goes on after its last window. */
+static void series_after_last(prod_series *ps)
+{
+	if (__builtin_add_overflow(ps->b[SERIES_CAP - 1].start, ps->step, &ps->cur))
+		ps->cur = ps->to;
+}
+
+/* Writes the next rows of the streamed answer while there is room; 1 when
+ * the answer is complete. */
+static int conn_pump_series(wconn *c, prod_series *ps, conn_text *t)
+{
+	tally_db *db = c->sh->srv->db;
+	while (t->n < conn_conf(c)->reply_bytes / 2 && !t->oom) {
+		if (ps->i < ps->n) {
+			const tally_bucket *b = &ps->b[ps->i++];
+			text_time(t, b->start);
+			text_raw(t, "\t", 1);
+			text_agg(t, &b->agg);
+			ps->rows++;
+			continue;
+		}
+		if (ps->cur >= ps->to)
+			return 1;
+		int64_t slice_to = series_slice_to(ps);
+		int rc = tally_query_series(db, ps->table, ps->field, ps->key, ps->step, ps->cur,
+					    slice_to, ps->b, SERIES_CAP, &ps->n);
+		ps->i = 0;
+		if (rc == TALLY_ETRUNC) {
+			ps->n = SERIES_CAP;
+			series_after_last(ps);
+			if (ps->span / 2 / SERIES_CAP >= ps->step)
+				ps->span /= 2;
+		} else if (rc) {
+			char m[300];
+			int k = snprintf(m, sizeof m, "ERR line %" PRIu64 ": series: %s\n", ps->line,
+					 conn_errmsg(rc));
+			text_raw(t, m, (size_t)k);
+			return -1;
+		} else {
+			ps->cur = slice_to;
+			if (ps->n < SERIES_CAP / 4 && ps->span <= SERIES_SPAN_MAX / 2)
+				ps->span *= 2;
+		}
+	}
+	return 0;
+}
+
+static int conn_pump_keys(wconn *c, prod_keys *pk, conn_text *t)
+{
+	while (t->n < conn_conf(c)->reply_bytes / 2 && !t->oom) {
+		const char *key;
+		tally_agg a;
+		int r = tally_keys_next(pk->it, &key, &a);
+		if (r == 0)
+			return 1;
+		if (r < 0) {
+			char m[300];
+			int k = snprintf(m, sizeof m, "ERR line %" PRIu64 ": keys: %s\n", pk->line,
+					 conn_errmsg(r));
+			text_raw(t, m, (size_t)k);
+			return -1;
+		}
+		text_cell(t, key, strlen(key));
+		text_raw(t, "\t", 1);
+		text_agg(t, &a);
+		pk->rows++;
+	}
+	return 0;
+}
+
+static int conn_pump_scan(wconn *c, prod_scan *sc, conn_text *t)
+{
+	while (t->n < conn_conf(c)->reply_bytes / 2 && !t->oom) {
+		if (sc->limit && sc->rows >= sc->limit)
+			return 1;
+		tally_row row;
+		int r = tally_scan_next(sc->s, &row);
+		if (r == 0)
+			return 1;
+		if (r < 0) {
+			char m[300];
+			int k = snprintf(m, sizeof m, "ERR line %" PRIu64 ": scan: %s\n", sc->line,
+					 conn_errmsg(r));
+			text_raw(t, m, (size_t)k);
+			return -1;
+		}
+		text_time(t, row.ts);
+		for (size_t i = 0; i < row.n_values; i++) {
+			const tally_value *v = &row.values[i];
+			char b[32];
+			int k = 0;
+			text_raw(t, "\t", 1);
+			switch (v->type) {
+			case TALLY_T_F64: text_f64(t, v->v.f64); break;
+			case TALLY_T_I64: k = snprintf(b, sizeof b, "%" PRId64, v->v.i64); break;
+			case TALLY_T_U64: k = snprintf(b, sizeof b, "%" PRIu64, v->v.u64); break;
+			case TALLY_T_BOOL: k = snprintf(b, sizeof b, "%s", v->v.b ? "true" : "false"); break;
+			case TALLY_T_STR:
+			case TALLY_T_TAG: text_cell(t, v->v.str.ptr, v->v.str.len); break;
+			case TALLY_T_NONE: break;
+			}
+			if (k > 0)
+				text_raw(t, b, (size_t)k);
+		}
+		text_raw(t, "\n", 1);
+		sc->rows++;
+	}
+	return 0;
+}
+
+/* Produces more of the streamed answer when the unsent replies are below
+ * half the reply buffer. */
+static void conn_pump(wconn *c)
+{
+	if (c->prod == PROD_NONE || c->state != CONN_OPEN)
+		return;
+	if (conn_unsent(c) >= conn_conf(c)->reply_bytes / 2)
+		return;
+	conn_text t = text_take(c->sh);
+	int done = 0;
+	uint64_t rows = 0;
+	switch (c->prod) {
+	case PROD_SERIES:
+		done = conn_pump_series(c, c->prod_state, &t);
+		rows = ((prod_series *)c->prod_state)->rows;
+		break;
+	case PROD_KEYS:
+		done = conn_pump_keys(c, c->prod_state, &t);
+		rows = ((prod_keys *)c->prod_state)->rows;
+		break;
+	case PROD_SCAN:
+		done = conn_pump_scan(c, c->prod_state, &t);
+		rows = ((prod_scan *)c->prod_state)->rows;
+		break;
+	case PROD_NONE:
+		break;
+	}
+	if (t.oom) {
+		text_give(c->sh, &t);
+		conn_close_with(c, "ERR out of memory while answering; closing");
+		return;
+	}
+	if (done == 1) {
+		char e[40];
+		int k = snprintf(e, sizeof e, "END %" PRIu64 "\n", rows);
+		text_raw(&t, e, (size_t)k);
+	}
+	if (t.n)
+		conn_put(c, t.p, t.n, 1);
+	text_give(c->sh, &t);
+	if (done)
+		conn_prod_free(c);
+}
+
+/* ---------------------------------------------------------------- commands */
+
+static int conn_token_ok(const char *want, const char *got)
+{
+	/* Constant time in the presented token: every byte of want is
+	 * compared whatever got holds, and the lengths enter the result. */
+	size_t wl = strlen(want), gl = strlen(got);
+	unsigned char diff = (unsigned char)(wl != gl);
+	for (size_t i = 0; i < wl; i++)
+		diff |= (unsigned char)want[i] ^ (unsigned char)(i < gl ? got[i] : 0);
+	return diff == 0;
+}
+
+static void conn_stats(wconn *c)
+{
+	srv *s = c->sh->srv;
+	tally_stats es;
+	conn_text t = text_take(c->sh);
+	int rc = tally_db_stats(s->db, &es);
+	if (rc) {
+		conn_putf(c, 0, "ERR line %" PRIu64 ": stats: %s", c->lines + 1, conn_errmsg(rc));
+		return;
+	}
+	uint64_t sum[12] = {0};
+	for (unsigned i = 0; i < s->n_shards; i++) {
+		wstats *w = &s->shards[i].st;
+		_Atomic uint64_t *f[12] = {&w->conns_total, &w->conns_refused, &w->bytes_in,
+					   &w->bytes_out, &w->lines_accepted, &w->lines_rejected,
+					   &w->commands, &w->queries, &w->syncs,
+					   &w->replies_dropped, &w->idle_closed, &w->full_waits};
+		for (int k = 0; k < 12; k++)
+			sum[k] += atomic_load_explicit(f[k], memory_order_relaxed);
+	}
+	struct {
+		const char *name;
+		uint64_t v;
+	} rows[] = {
+		{"events", es.events},
+		{"late_events", es.late_events},
+		{"rejected_lines", es.rejected_lines},
+		{"keys", es.keys},
+		{"tables", es.tables},
+		{"memtable_bytes", es.memtable_bytes},
+		{"rollup_bytes", es.rollup_bytes},
+		{"memory_limit", es.memory_limit},
+		{"wal_bytes", es.wal_bytes},
+		{"wal_syncs", es.wal_syncs},
+		{"shards", es.shards},
+		{"connections", atomic_load(&s->n_conns)},
+		{"connections_total", sum[0]},
+		{"connections_refused", sum[1]},
+		{"bytes_received", sum[2]},
+		{"bytes_sent", sum[3]},
+		{"lines_accepted", sum[4]},
+		{"lines_rejected", sum[5]},
+		{"commands", sum[6]},
+		{"queries", sum[7]},
+		{"syncs", sum[8]},
+		{"syncs_done", atomic_load(&s->sync_done)},
+		{"replies_dropped", sum[9]},
+		{"idle_closed", sum[10]},
+		{"full_waits", sum[11]},
+		{"uptime_seconds", (uint64_t)((srv_now() - s->started) / 1000000000)},
+	};
+	text_raw(&t, "name\tvalue\n", 11);
+	size_t n = sizeof rows / sizeof rows[0];
+	for (size_t i = 0; i < n; i++) {
+		char b[96];
+		int k = snprintf(b, sizeof b, "%s\t%" PRIu64 "\n", rows[i].name, rows[i].v);
+		text_raw(&t, b, (size_t)k);
+	}
+	char b[32];
+	int k = snprintf(b, sizeof b, "END %zu\n", n);
+	text_raw(&t, b, (size_t)k);
+	if (!t.oom)
+		conn_put(c, t.p, t.n, 0);
+	text_give(c->sh, &t);
+}
+
+static int64_t conn_window_start(int64_t ts, int64_t w, int64_t off)
+{
+	/* Outside the stored range (1686-2253) nothing is there; clamp so the
+	 * arithmetic cannot overflow. */
+	const int64_t lim = INT64_MAX - (INT64_C(1) << 59);
+	ts = ts < -lim ? -lim : ts > lim ? lim : ts;
+	int64_t d = ts - off, q = d / w;
+	if (d % w < 0)
+		q--;
+	return q * w + off;
+}
+
+static void conn_query(wconn *c, const cmd_req *r, uint64_t line)
+{
+	srv *s = c->sh->srv;
+	STAT_ADD(c->sh, queries, 1);
+	int rc = 0, held = 1;
+	conn_text t = text_take(c->sh);
+	switch (r->kind) {
+	case CMD_AGG: {
+		tally_agg a;
+		rc = tally_query_agg(s->db, r->table, r->field, r->key, r->from, r->to, &a);
+		if (rc)
+			break;
+		text_raw(&t, "count\tsum\tmin\tmax\tavg\n", 22);
+		text_agg(&t, &a);
+		text_raw(&t, "END 1\n", 6);
+		if (!t.oom)
+			conn_put(c, t.p, t.n, 0);
+		break;
+	}
+	case CMD_SERIES: {
+		prod_series *ps = calloc(1, sizeof *ps);
+		if (!ps || !(ps->table = strdup(r->table)) || !(ps->field = strdup(r->field)) ||
+		    !(ps->key = strdup(r->key))) {
+			if (ps) {
+				free(ps->table);
+				free(ps->field);
+			}
+			free(ps);
+			rc = -ENOMEM;
+			break;
+		}
+		ps->step = r->step;
+		ps->cur = conn_window_start(r->from, r->step, s->conf->align_offset);
+		ps->to = r->to;
+		ps->span = r->step > SERIES_SPAN_MAX / SERIES_CAP ? SERIES_SPAN_MAX
+								  : r->step * SERIES_CAP;
+		ps->line = line;
+		/* The first slice now, so that a bad table or step is one ERR line. */
+		int64_t slice_to = series_slice_to(ps);
+		rc = tally_query_series(s->db, r->table, r->field, r->key, r->step, ps->cur, slice_to,
+					ps->b, SERIES_CAP, &ps->n);
+		if (rc == TALLY_ETRUNC) {
+			ps->n = SERIES_CAP;
+			series_after_last(ps);
+			rc = 0;
+		} else if (rc == 0) {
+			ps->cur = slice_to;
+		}
+		c->prod = PROD_SERIES;
+		c->prod_state = ps;
+		if (rc) {
+			conn_prod_free(c);
+			break;
+		}
+		conn_put(c, "start\tcount\tsum\tmin\tmax\tavg\n", 28, 1);
+		text_give(c->sh, &t);
+		held = 0;
+		conn_pump(c);
+		break;
+	}
+	case CMD_KEYS: {
+		prod_keys *pk = calloc(1, sizeof *pk);
+		if (!pk) {
+			rc = -ENOMEM;
+			break;
+		}
+		rc = tally_query_keys(s->db, r->table, r->field, r->from, r->to, &pk->it);
+		if (rc) {
+			free(pk);
+			break;
+		}
+		pk->line = line;
+		c->prod = PROD_KEYS;
+		c->prod_state = pk;
+		conn_put(c, "key\tcount\tsum\tmin\tmax\tavg\n", 26, 1);
+		text_give(c->sh, &t);
+		held = 0;
+		conn_pump(c);
+		break;
+	}
+	case CMD_SCAN: {
+		prod_scan *sc = calloc(1, sizeof *sc);
+		if (!sc) {
+			rc = -ENOMEM;
+			break;
+		}
+		rc = tally_scan_open(s->db, r->table, r->key, r->from, r->to, &sc->s);
+		if (rc) {
+			free(sc);
+			break;
+		}
+		sc->line = line;
+		sc->limit = r->limit;
+		c->prod = PROD_SCAN;
+		c->prod_state = sc;
+		text_raw(&t, "time", 4);
+		size_t n = tally_scan_columns(sc->s);
+		for (size_t i = 0; i < n; i++) {
+			const char *name;
+			enum tally_type type;
+			if (tally_scan_column(sc->s, i, &name, &type))
+				continue;
+			text_raw(&t, "\t", 1);
+			text_cell(&t, name, strlen(name));
+		}
+		text_raw(&t, "\n", 1);
+		if (!t.oom)
+			conn_put(c, t.p, t.n, 1);
+		/* conn_pump formats in the same shard buffer: hand it back. */
+		text_give(c->sh, &t);
+		held = 0;
+		conn_pump(c);
+		break;
+	}
+	default:
+		break;
+	}
+	if (held)
+		text_give(c->sh, &t);
+	if (rc)
+		conn_putf(c, 0, "ERR line %" PRIu64 ": %s: %s", line, r->name, conn_errmsg(rc));
+	else if (t.oom)
+		conn_putf(c, 0, "ERR line %" PRIu64 ": %s: out of memory", line, r->name);
+}
+
+/* Runs the command on line[0, len) (its '\n' excluded): line number
+ * c->lines + 1. Returns -1 when the connection was closed. */
+static int conn_command(wconn *c, const char *line, size_t len)
+{
+	wshard *sh = c->sh;
+	srv *s = sh->srv;
+	uint64_t no = c->lines + 1;
+	cmd_req r;
+	char err[CMD_ERR_MAX];
+	STAT_ADD(sh, commands, 1);
+	if (len && line[len - 1] == '\r')
+		len--;
+	int prc = cmd_parse(line, len, sh->scratch, sh->scratch_cap, srv_clock_ns(), &r, err,
+			    sizeof err);
+	if (!c->authed && (prc || r.kind != CMD_AUTH)) {
+		conn_close_with(c, "ERR authentication required: send #!auth TOKEN first");
+		return -1;
+	}
+	if (prc) {
+		conn_putf(c, 0, "ERR line %" PRIu64 ": %s", no, err);
+		return 0;
+	}
+	switch (r.kind) {
+	case CMD_AUTH:
+		if (!s->conf->token) {
+			conn_putf(c, 0, "OK auth (this server requires no token)");
+		} else if (conn_token_ok(s->conf->token, r.token)) {
+			c->authed = 1;
+			conn_putf(c, 0, "OK auth");
+		} else {
+			conn_close_with(c, "ERR authentication failed");
+			return -1;
+		}
+		break;
+	case CMD_PING:
+		conn_putf(c, 0, "OK pong");
+		break;
+	case CMD_SYNC:
+		c->sync_ticket = srv_sync_ticket(s);
+		sh->n_sync_wait++;
+		STAT_ADD(sh, syncs, 1);
+		break;
+	case CMD_PRECISION: {
+		static const char *names[4] = {"ns", "us", "ms", "s"};
+		c->prec = r.prec;
+		conn_putf(c, 0, "OK precision %s", names[r.prec]);
+		break;
+	}
+	case CMD_STATS:
+		conn_stats(c);
+		break;
+	case CMD_HELP: {
+		conn_text t = text_take(c->sh);
+		text_raw(&t, "command\tusage\n", 14);
+		size_t n = cmd_usage_count();
+		for (size_t i = 0; i < n; i++) {
+			const char *u = cmd_usage(i);
+			const char *sp = strchr(u, ' ');
+			size_t wl = sp ? (size_t)(sp - u) : strlen(u);
+			text_raw(&t, u + 2, wl - 2);
+			text_raw(&t, "\t", 1);
+			text_raw(&t, u, strlen(u));
+			text_raw(&t, "\n", 1);
+		}
+		char b[32];
+		int k = snprintf(b, sizeof b, "END %zu\n", n);
+		text_raw(&t, b, (size_t)k);
+		if (!t.oom)
+			conn_put(c, t.p, t.n, 0);
+		text_give(c->sh, &t);
+		break;
+	}
+	case CMD_SERIES:
+	case CMD_AGG:
+	case CMD_KEYS:
+	case CMD_SCAN:
+		conn_query(c, &r, no);
+		break;
+	}
+	return 0;
+}
+
+/* ---------------------------------------------------------------- writes */
+
+static uint64_t conn_count_nl(const char *p, size_t n)
+{
+	uint64_t k = 0;
+	for (const char *q = p, *e = p + n; q < e && (q = memchr(q, '\n', (size_t)(e - q)));
+	     q++)
+		k++;
+	return k;
+}
+
+/* Physical lines: every '\n' and a last line without one. */
+static uint64_t conn_count_lines(const char *p, size_t n)
+{
+	return conn_count_nl(p, n) + (n && p[n - 1] != '\n');
+}
+
+/* Writes a run of whole records. Returns 1 when done with it, 0 when it
+ * must be retried later (the store is full: the connection waits). */
+static int conn_write(wconn *c, const char *p, size_t n)
+{
+	wshard *sh = c->sh;
+	const srv_conf *cf = conn_conf(c);
+	tally_write_result res;
+	int rc = tally_write_lp(sh->w, p, n, c->prec, &res);
+	if (rc == TALLY_EFULL) {
+		int64_t now = srv_now();
+		if (!c->full_since) {
+			c->full_since = now;
+			STAT_ADD(sh, full_waits, 1);
+		}
+		if (now - c->full_since < cf->full_wait_ns) {
+			c->retry_at = now + CONN_RETRY_NS;
+			return 0;
+		}
+	}
+	c->full_since = 0;
+	if (rc < 0) {
+		/* Nothing of the run was written: every line of it is rejected. */
+		uint64_t k = conn_count_lines(p, n);
+		conn_putf(c, 0, "ERR lines %" PRIu64 "-%" PRIu64 ": not written: %s", c->lines + 1,
+			  c->lines + k, conn_errmsg(rc));
+		c->rejected += k;
+		c->lines += k;
+		STAT_ADD(sh, lines_rejected, k);
+		return 1;
+	}
+	for (unsigned i = 0; i < res.n_errors; i++)
+		conn_putf(c, 0, "ERR line %" PRIu64 ": %s", c->lines + res.errors[i].line,
+			  res.errors[i].reason);
+	if (res.rejected > res.n_errors) {
+		uint64_t first = c->lines + res.errors[res.n_errors - 1].line + 1;
+		conn_putf(c, 0,
+			  "ERR lines %" PRIu64 "-%" PRIu64 ": %" PRIu64
+			  " more lines rejected, not itemized",
+			  first, c->lines + res.lines, res.rejected - res.n_errors);
+	}
+	c->accepted += res.accepted;
+	c->rejected += res.rejected;
+	c->lines += res.lines;
+	STAT_ADD(sh, lines_accepted, res.accepted);
+	STAT_ADD(sh, lines_rejected, res.rejected);
+	if (res.accepted)
+		atomic_store_explicit(&sh->srv->dirty, 1, memory_order_relaxed);
+	return 1;
+}
+
+/* Processes the whole records at the start of buf[0, len) (all of it when
+ * final: the stream ended). Returns the bytes consumed; stops early when
+ * the connection pauses or closes. */
+static size_t conn_run(wconn *c, const char *buf, size_t len, int final)
+{
+	size_t cut = final ? len : frame_cut(buf, len);
+	size_t pos = 0;
+	while (pos < cut && !conn_paused(c)) {
+		size_t k = frame_find_cmd(buf + pos, cut - pos);
+		if (k > 0) {
+			if (!c->authed) {
+				conn_close_with(c, "ERR authentication required: send #!auth TOKEN "
+						   "first");
+				return pos;
+			}
+			if (!conn_write(c, buf + pos, k))
+				return pos;
+			pos += k;
+			continue;
+		}
+		const char *nl = memchr(buf + pos, '\n', cut - pos);
+		size_t e = nl ? (size_t)(nl - (buf + pos)) : cut - pos;
+		if (conn_command(c, buf + pos, e) < 0)
+			return pos;
+		c->lines++;
+		pos += nl ? e + 1 : e;
+	}
+	return pos;
+}
+
+/* ---------------------------------------------------------------- input */
+
+/* Skips the rest of an overlong record: up to a '\n' that surely ends it. */
+static size_t conn_skip(wconn *c, const char *p, size_t n, char prev)
+{
+	size_t i = 0;
+	while (i < n) {
+		const char *q = memchr(p + i, '\n', n - i);
+		if (!q)
+			break;
+		size_t k = (size_t)(q - p);
+		c->lines++;
+		i = k + 1;
+		if (frame_nl_certain(p, k, prev)) {
+			c->discard = 0;
+			return i;
+		}
+	}
+	return n;
+}
+
+static int conn_in_append(wconn *c, const char *p, size_t n)
+{
+	const srv_conf *cf = conn_conf(c);
+	size_t held = c->in_len - c->in_head;
+	if (held + n > (size_t)cf->max_line + 2 + cf->input_bytes) {
+		conn_close_with(c, "ERR input buffer limit exceeded; closing");
+		return -1;
+	}
+	if (c->in_head && (c->in_len + n > c->in_cap || c->in_head > held)) {
+		memmove(c->in, c->in + c->in_head, held);
+		c->in_len = held;
+		c->in_head = 0;
+	}
+	if (c->in_len + n > c->in_cap) {
+		size_t cap = c->in_cap ? c->in_cap : 4096;
+		while (cap < c->in_len + n)
+			cap *= 2;
+		char *q = realloc(c->in, cap);
+		if (!q) {
+			conn_close_with(c, "ERR out of memory; closing");
+			return -1;
+		}
+		c->in = q;
+		c->in_cap = cap;
+	}
+	memcpy(c->in + c->in_len, p, n);
+	c->in_len += n;
+	return 0;
+}
+
+/* c->in now holds only the start of one record: past the line limit it is
+ * rejected at once and the rest of it skipped as it arrives. */
+static void conn_check_partial(wconn *c)
+{
+	size_t held = c->in_len - c->in_head;
+	if (conn_paused(c) || held <= (size_t)conn_conf(c)->max_line + 1)
+		return;
+	conn_putf(c, 0, "ERR line %" PRIu64 ": line longer than %u bytes", c->lines + 1,
+		  conn_conf(c)->max_line);
+	c->rejected++;
+	STAT_ADD(c->sh, lines_rejected, 1);
+	c->lines += conn_count_nl(c->in + c->in_head, held);
+	c->in_head = c->in_len = 0;
+	c->discard = 1;
+}
+
+/* Processes what c->in holds, as far as the connection is not paused. */
+static void conn_feed(wconn *c)
+{
+	if (conn_paused(c) || c->in_len == c->in_head || c->discard)
+		return;
+	size_t used = conn_run(c, c->in + c->in_head, c->in_len - c->in_head, c->eof);
+	if (c->state == CONN_OPEN) {
+		c->in_head += used;
+		if (c->in_head == c->in_len)
+			c->in_head = c->in_len = 0;
+		conn_check_partial(c);
+	}
+}
+
+void conn_on_data(wconn *c, const char *p, size_t n)
+{
+	STAT_ADD(c->sh, bytes_in, n);
+	c->last_active = srv_now();
+	if (c->state != CONN_OPEN || n == 0)
+		return; /* lingering: input is read only to be discarded */
+	char prev = c->in_last;
+	c->in_last = p[n - 1];
+	if (c->discard) {
+		size_t k = conn_skip(c, p, n, prev);
+		p += k;
+		n -= k;
+		if (c->discard || n == 0)
+			goto out;
+		prev = p[-1];
+	}
+	if (c->in_len > c->in_head && !conn_paused(c)) {
+		/* Complete the record cut by the last packet: append only up
+		 * to its end, then go on from the packet itself. */
+		const char *q = memchr(p, '\n', n);
+		if (q && frame_nl_certain(p, (size_t)(q - p), prev)) {
+			size_t k = (size_t)(q - p) + 1;
+			if (conn_in_append(c, p, k))
+				goto out;
+			conn_feed(c);
+			p += k;
+			n -= k;
+		} else {
+			if (conn_in_append(c, p, n))
+				goto out;
+			conn_feed(c);
+			goto out;
+		}
+	}
+	if (c->in_len == c->in_head && !conn_paused(c)) {
+		size_t used = conn_run(c, p, n, 0);
+		p += used;
+		n -= used;
+	}
+	if (n && c->state == CONN_OPEN && conn_in_append(c, p, n) == 0)
+		conn_check_partial(c);
+out:
+	conn_step(c);
+}
+
+void conn_on_eof(wconn *c)
+{
+	c->eof = 1;
+	c->last_active = srv_now();
+	conn_step(c);
+}
+
+void conn_on_sent(wconn *c, size_t n)
+{
+	STAT_ADD(c->sh, bytes_out, n);
+	c->out_head += n;
+	if (c->out_head == c->out_tail)
+		c->out_head = c->out_tail = 0;
+	c->last_active = srv_now();
+	conn_step(c);
+}
+
+void conn_close_with(wconn *c, const char *msg)
+{
+	if (c->state != CONN_OPEN)
+		return;
+	conn_prod_free(c);
+	if (msg) {
+		size_t n = strlen(msg);
+		if (conn_out_room(c, n + 1, 1) == 0) {
+			memcpy(c->out + c->out_tail, msg, n);
+			c->out[c->out_tail + n] = '\n';
+			c->out_tail += n + 1;
+		}
+	}
+	if (c->sync_ticket) {
+		c->sync_ticket = 0;
+		c->sh->n_sync_wait--;
+	}
+	c->retry_at = 0;
+	c->state = CONN_LINGER;
+	c->linger_until = srv_now() + CONN_LINGER_NS;
+	srv_conn_dirty(c);
+}
+
+/* At shutdown, past the grace period: read no more; what is complete is
+ * processed, a last sync covers it, and the client hears what was kept. */
+void conn_begin_shutdown(wconn *c)
+{
+	if (c->state != CONN_OPEN || c->final_sync)
+		return;
+	c->final_sync = 1;
+	conn_step(c);
+}
+
+void conn_step(wconn *c)
+{
+	if (c->state == CONN_DEAD)
+		return;
+	srv *s = c->sh->srv;
+	for (int guard = 0; guard < 64 && c->state == CONN_OPEN; guard++) {
+		int progress = 0;
+		if (c->sync_ticket && atomic_load_explicit(&s->sync_done, memory_order_acquire) >=
+					      c->sync_ticket) {
+			char msg[256];
+			int rc = srv_sync_result(s, msg, sizeof msg);
+			c->sync_ticket = 0;
+			c->sh->n_sync_wait--;
+			if (c->final_sync == 2) {
+				char m[200];
+				snprintf(m, sizeof m,
+					 rc ? "ERR shutdown: sync failed" :
+					      "OK shutdown accepted=%" PRIu64 " rejected=%" PRIu64,
+					 c->accepted, c->rejected);
+				conn_close_with(c, m);
+				break;
+			}
+			if (rc)
+				conn_putf(c, 0, "ERR sync: %s", msg);
+			else
+				conn_putf(c, 0, "OK sync accepted=%" PRIu64 " rejected=%" PRIu64,
+					  c->accepted, c->rejected);
+			progress = 1;
+		}
+		if (c->retry_at && srv_now() >= c->retry_at) {
+			c->retry_at = 0;
+			progress = 1;
+		}
+		if (c->prod != PROD_NONE) {
+			conn_pump(c);
+			progress |= c->prod == PROD_NONE;
+		}
+		if (!conn_paused(c) && c->in_len > c->in_head) {
+			size_t before = c->in_len - c->in_head;
+			conn_feed(c);
+			progress |= c->in_len - c->in_head != before;
+		}
+		if (!progress)
+			break;
+	}
+	if (c->state == CONN_OPEN && !conn_paused(c)) {
+		if (c->final_sync == 1) {
+			/* Shutdown: the partial record left is never completed. */
+			c->final_sync = 2;
+			c->sync_ticket = srv_sync_ticket(s);
+			c->sh->n_sync_wait++;
+		} else if (c->eof) {
+			/* The client is done sending: once everything it sent
+			 * is answered (conn_feed ran the last record, '\n' or
+			 * not), the connection closes. */
+			conn_feed(c);
+			if (c->state == CONN_OPEN && !conn_paused(c))
+				conn_close_with(c, NULL);
+		}
+	}
+	if (c->state == CONN_LINGER && conn_unsent(c) == 0 && c->eof)
+		c->state = CONN_DEAD;
+	srv_conn_dirty(c);
+}
+
+void conn_tick(wconn *c, int64_t now)
+{
+	const srv_conf *cf = conn_conf(c);
+	if (c->state == CONN_LINGER && now >= c->linger_until) {
+		c->state = CONN_DEAD;
+		srv_conn_dirty(c);
+		return;
+	}
+	if (c->state != CONN_OPEN)
+		return;
+	if (c->retry_at && now >= c->retry_at) {
+		conn_step(c);
+		return;
+	}
+	if (cf->idle_ns && now - c->last_active > cf->idle_ns && !c->sync_ticket) {
+		char m[96];
+		char d[32];
+		cmd_format_duration(cf->idle_ns, d);
+		snprintf(m, sizeof m, "ERR idle timeout: nothing sent or read for %s; closing", d);
+		STAT_ADD(c->sh, idle_closed, 1);
+		conn_close_with(c, m);
+	}
+}

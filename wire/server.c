@@ -1,0 +1,954 @@
+/*
+ * server.c — tallyd's threads: io_uring shard loops, the acceptor's
+ * hand-off, the syncer, and the graceful stop.
+ *
+ * Each shard thread owns one io_uring ring, one tally_writer bound to its
+ * engine shard, and its connections; nothing it touches on the hot path is
+ * shared. Shard 0's ring also runs the multishot accept and hands each new
+ * socket to the least loaded shard through that shard's mailbox (a locked
+ * array plus an eventfd the ring polls). Data is received by multishot
+ * recv into a provided buffer ring, so a shard needs buffers only for the
+ * bytes in flight, not per connection.
+ *
+ * The one idea for durability without stalls: fsync runs on the syncer
+ * thread, never on a shard thread. A "#!sync" takes a ticket (a counter
+ * under the syncer's mutex) and pauses its connection; the syncer serves
+ * every ticket taken before a sync starts with that one sync (group
+ * commit) and then wakes the shards, which answer the waiting connections.
+ * The same syncer commits on an interval, so writes become durable even
+ * from clients that never ask.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "server.h"
+
+/* user_data of operations that belong to no connection. Connections'
+ * operations carry the (16-byte aligned) pointer with the op in the low
+ * bits. */
+enum { UD_ACCEPT = 1, UD_EVENTFD = 2, UD_IGNORE = 3 };
+enum { OP_RECV = 1, OP_SEND = 2 };
+#define OP_MASK UINT64_C(7)
+
+#define BGID 0
+#define TICK_NS (1000 * INT64_C(1000000))
+#define TICK_FAST_NS (50 * INT64_C(1000000))
+#define QUIET_NS (200 * INT64_C(1000000))     /* a draining connection this quiet is done */
+#define HARD_STOP_NS (5 * INT64_C(1000000000)) /* after the grace: close whatever is left */
+
+int64_t srv_now(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+int64_t srv_clock_ns(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_REALTIME, &t);
+	return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+void srv_log(srv *s, int level, const char *fmt, ...)
+{
+	if (s && s->conf && level > s->conf->log_level)
+		return;
+	static const char *names[3] = {"error", "warn", "info"};
+	char msg[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	time_t now = time(NULL);
+	struct tm tm;
+	gmtime_r(&now, &tm);
+	char ts[32];
+	strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", &tm);
+	fprintf(stderr, "%s tallyd %s: %s\n", ts, names[level < 0 ? 0 : level > 2 ? 2 : level],
+		msg);
+}
+
+static void srv_engine_log(void *ctx, int level, const char *msg)
+{
+	srv_log(ctx, level, "engine: %s", msg);
+}
+
+/* ---------------------------------------------------------------- syncer */
+
+uint64_t srv_sync_ticket(srv *s)
+{
+	pthread_mutex_lock(&s->smu);
+	uint64_t t = ++s->sync_req;
+	pthread_cond_signal(&s->scv);
+	pthread_mutex_unlock(&s->smu);
+	return t;
+}
+
+int srv_sync_result(srv *s, char *msg, size_t cap)
+{
+	pthread_mutex_lock(&s->smu);
+	int rc = s->sync_rc;
+	snprintf(msg, cap, "%s", s->sync_msg);
+	pthread_mutex_unlock(&s->smu);
+	return rc;
+}
+
+static void srv_wake(wshard *sh)
+{
+	uint64_t one = 1;
+	ssize_t r = write(sh->efd, &one, sizeof one);
+	(void)r; /* EAGAIN: the counter is already non-zero, the shard wakes anyway */
+}
+
+static void *srv_syncer_main(void *arg)
+{
+	srv *s = arg;
+	int64_t next = srv_now() + s->conf->sync_ns;
+	pthread_mutex_lock(&s->smu);
+	for (;;) {
+		uint64_t done = atomic_load(&s->sync_done);
+		int due = s->conf->sync_ns && srv_now() >= next;
+		if (s->sync_req == done && !due) {
+			if (s->syncer_stop)
+				break;
+			if (s->conf->sync_ns) {
+				struct timespec ts;
+				clock_gettime(CLOCK_MONOTONIC, &ts);
+				int64_t wait = next - srv_now();
+				if (wait < 0)
+					wait = 0;
+				int64_t ns = ts.tv_nsec + wait % 1000000000;
+				ts.tv_sec += (time_t)(wait / 1000000000 + ns / 1000000000);
+				ts.tv_nsec = (long)(ns % 1000000000);
+				pthread_cond_timedwait(&s->scv, &s->smu, &ts);
+			} else {
+				pthread_cond_wait(&s->scv, &s->smu);
+			}
+			continue;
+		}
+		/* Every ticket handed out so far was taken after its writes
+		 * returned, so the sync that starts now covers them all. */
+		uint64_t target = s->sync_req;
+		int dirty = atomic_exchange(&s->dirty, 0);
+		if (due)
+			next = srv_now() + s->conf->sync_ns;
+		if (!dirty && target == done)
+			continue;
+		pthread_mutex_unlock(&s->smu);
+		int rc = tally_db_sync(s->db);
+		char msg[256];
+		if (rc)
+			snprintf(msg, sizeof msg, "%s", *tally_errmsg() ? tally_errmsg()
+								: tally_strerror(rc));
+		pthread_mutex_lock(&s->smu);
+		if (rc && !s->sync_rc) {
+			s->sync_rc = rc;
+			snprintf(s->sync_msg, sizeof s->sync_msg, "%s", msg);
+			srv_log(s, TALLY_LOG_ERROR, "sync failed: %s", msg);
+		}
+		if (target > done) {
+			atomic_store_explicit(&s->sync_done, target, memory_order_release);
+			for (unsigned i = 0; i < s->n_shards; i++)
+				srv_wake(&s->shards[i]);
+		}
+	}
+	pthread_mutex_unlock(&s->smu);
+	return NULL;
+}
+
+/* ---------------------------------------------------------------- ring helpers */
+
+static struct io_uring_sqe *sh_sqe(wshard *sh)
+{
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&sh->ring);
+	if (!sqe) {
+		io_uring_submit(&sh->ring);
+		sqe = io_uring_get_sqe(&sh->ring);
+	}
+	return sqe; /* NULL only if the kernel took none: the caller retries later */
+}
+
+static void sh_arm_accept(wshard *sh)
+{
+	struct io_uring_sqe *sqe = sh_sqe(sh);
+	if (!sqe)
+		return;
+	io_uring_prep_multishot_accept(sqe, sh->listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+	io_uring_sqe_set_data64(sqe, UD_ACCEPT);
+	sh->accept_armed = 1;
+}
+
+static void sh_arm_eventfd(wshard *sh)
+{
+	struct io_uring_sqe *sqe = sh_sqe(sh);
+	if (!sqe)
+		return;
+	io_uring_prep_poll_multishot(sqe, sh->efd, POLLIN);
+	io_uring_sqe_set_data64(sqe, UD_EVENTFD);
+	sh->eventfd_armed = 1;
+}
+
+static void sh_return_buf(wshard *sh, unsigned bid)
+{
+	io_uring_buf_ring_add(sh->br, sh->bufs + (size_t)bid * sh->buf_bytes, sh->buf_bytes,
+			      (unsigned short)bid, io_uring_buf_ring_mask(sh->nbufs), 0);
+	io_uring_buf_ring_advance(sh->br, 1);
+}
+
+/* ---------------------------------------------------------------- connections */
+
+void srv_conn_dirty(wconn *c)
+{
+	if (c->dirty)
+		return;
+	c->dirty = 1;
+	c->dirty_next = c->sh->dirty;
+	c->sh->dirty = c;
+}
+
+static void sh_adopt(wshard *sh, int fd)
+{
+	/* Adopted even when this shard is stopping: the acceptor took it
+	 * before it saw the stop, so it is drained like the others. */
+	srv *s = sh->srv;
+	int one = 1;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+	wconn *c = conn_new(sh, fd);
+	if (!c) {
+		srv_log(s, TALLY_LOG_WARN, "out of memory: refusing a connection");
+		close(fd);
+		atomic_fetch_sub(&s->n_conns, 1);
+		return;
+	}
+	c->next = sh->conns;
+	if (sh->conns)
+		sh->conns->prev = c;
+	sh->conns = c;
+	sh->n_conns++;
+	atomic_store_explicit(&sh->load, sh->n_conns, memory_order_relaxed);
+	atomic_fetch_add_explicit(&sh->st.conns_total, 1, memory_order_relaxed);
+	srv_conn_dirty(c);
+}
+
+void sh_release(wshard *sh, wconn *c)
+{
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		sh->conns = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	close(c->fd);
+	conn_free(c);
+	sh->n_conns--;
+	atomic_store_explicit(&sh->load, sh->n_conns, memory_order_relaxed);
+	atomic_fetch_sub(&sh->srv->n_conns, 1);
+}
+
+/* Makes the ring's operations match what the connection wants. Returns 1
+ * when the connection was freed. */
+static int sh_reconcile(wshard *sh, wconn *c)
+{
+	if (sh->srv->use_epoll)
+		return ep_reconcile(sh, c);
+	if (c->state == CONN_DEAD) {
+		if (!c->killed) {
+			c->killed = 1;
+			/* Completes a pending recv (0) and send (error) at once. */
+			shutdown(c->fd, SHUT_RDWR);
+			if (c->recv_armed && !c->recv_cancelling) {
+				struct io_uring_sqe *sqe = sh_sqe(sh);
+				if (sqe) {
+					io_uring_prep_cancel64(sqe, (uint64_t)(uintptr_t)c | OP_RECV, 0);
+					io_uring_sqe_set_data64(sqe, UD_IGNORE);
+					c->recv_cancelling = 1;
+				}
+			}
+		}
+		if (c->inflight == 0) {
+			sh_release(sh, c);
+			return 1;
+		}
+		return 0;
+	}
+	int want = conn_wants_recv(c);
+	if (want && !c->recv_armed) {
+		struct io_uring_sqe *sqe = sh_sqe(sh);
+		if (sqe) {
+			io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
+			sqe->flags |= IOSQE_BUFFER_SELECT;
+			sqe->buf_group = BGID;
+			io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)c | OP_RECV);
+			c->recv_armed = 1;
+			c->inflight++;
+		}
+	} else if (!want && c->recv_armed && !c->recv_cancelling) {
+		struct io_uring_sqe *sqe = sh_sqe(sh);
+		if (sqe) {
+			io_uring_prep_cancel64(sqe, (uint64_t)(uintptr_t)c | OP_RECV, 0);
+			io_uring_sqe_set_data64(sqe, UD_IGNORE);
+			c->recv_cancelling = 1;
+		}
+	}
+	size_t unsent = c->out_tail - c->out_head;
+	if (!c->send_busy && unsent) {
+		struct io_uring_sqe *sqe = sh_sqe(sh);
+		if (sqe) {
+			io_uring_prep_send(sqe, c->fd, c->out + c->out_head, unsent, MSG_NOSIGNAL);
+			io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)c | OP_SEND);
+			c->send_busy = 1;
+			c->send_len = unsent;
+			c->inflight++;
+		}
+	}
+	if (c->state == CONN_LINGER && !unsent && !c->send_busy && !c->wr_shut) {
+		/* Replies are out: tell the client, then read (and drop) until
+		 * it closes, so close() cannot reset unread replies away. */
+		shutdown(c->fd, SHUT_WR);
+		c->wr_shut = 1;
+	}
+	return 0;
+}
+
+void sh_flush_dirty(wshard *sh)
+{
+	while (sh->dirty) {
+		wconn *c = sh->dirty;
+		sh->dirty = c->dirty_next;
+		c->dirty = 0;
+		sh_reconcile(sh, c);
+	}
+}
+
+/* ---------------------------------------------------------------- completions */
+
+static void sh_on_recv(wshard *sh, wconn *c, struct io_uring_cqe *cqe)
+{
+	int more = (cqe->flags & IORING_CQE_F_MORE) != 0;
+	if (!more) {
+		c->inflight--;
+		c->recv_armed = 0;
+		c->recv_cancelling = 0;
+	}
+	if (cqe->res > 0) {
+		unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
+		if (c->state != CONN_DEAD)
+			conn_on_data(c, sh->bufs + (size_t)bid * sh->buf_bytes, (size_t)cqe->res);
+		sh_return_buf(sh, bid);
+	} else if (cqe->res == 0) {
+		if (c->state != CONN_DEAD)
+			conn_on_eof(c);
+	} else if (cqe->res != -ENOBUFS && cqe->res != -ECANCELED) {
+		/* Reset or other socket error: nothing more can be said. */
+		c->eof = 1;
+		c->state = CONN_DEAD;
+	}
+	srv_conn_dirty(c);
+}
+
+static void sh_on_send(wshard *sh, wconn *c, struct io_uring_cqe *cqe)
+{
+	c->inflight--;
+	c->send_busy = 0;
+	if (cqe->res > 0 && c->state != CONN_DEAD) {
+		conn_on_sent(c, (size_t)cqe->res);
+	} else if (cqe->res < 0 && cqe->res != -EAGAIN && cqe->res != -EINTR) {
+		c->eof = 1;
+		c->state = CONN_DEAD;
+	}
+	srv_conn_dirty(c);
+}
+
+static void sh_on_accept(wshard *sh, struct io_uring_cqe *cqe)
+{
+	if (!(cqe->flags & IORING_CQE_F_MORE))
+		sh->accept_armed = 0;
+	if (cqe->res < 0) {
+		if (cqe->res != -ECANCELED && !sh->stopping)
+			srv_log(sh->srv, TALLY_LOG_WARN, "accept: %s", strerror(-cqe->res));
+		return; /* re-armed by the next tick, so EMFILE does not spin */
+	}
+	sh_accepted(sh, cqe->res);
+}
+
+void sh_accepted(wshard *sh, int fd)
+{
+	srv *s = sh->srv;
+	if (sh->stopping) {
+		static const char msg[] = "ERR server shutting down\n";
+		ssize_t r = send(fd, msg, sizeof msg - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+		(void)r;
+		close(fd);
+		return;
+	}
+	if (atomic_fetch_add(&s->n_conns, 1) >= s->conf->max_conns) {
+		atomic_fetch_sub(&s->n_conns, 1);
+		atomic_fetch_add_explicit(&sh->st.conns_refused, 1, memory_order_relaxed);
+		static const char msg[] = "ERR too many connections; try again later\n";
+		ssize_t r = send(fd, msg, sizeof msg - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+		(void)r;
+		close(fd);
+		return;
+	}
+	/* The least loaded shard; ties go round robin. */
+	unsigned start = atomic_fetch_add(&s->next_shard, 1), best = start % s->n_shards;
+	unsigned best_load = UINT32_MAX;
+	for (unsigned k = 0; k < s->n_shards; k++) {
+		unsigned i = (start + k) % s->n_shards;
+		unsigned l = atomic_load_explicit(&s->shards[i].load, memory_order_relaxed);
+		if (l < best_load) {
+			best_load = l;
+			best = i;
+		}
+	}
+	wshard *to = &s->shards[best];
+	if (to == sh) {
+		sh_adopt(sh, fd);
+		return;
+	}
+	atomic_fetch_add_explicit(&to->load, 1, memory_order_relaxed); /* until it adopts */
+	pthread_mutex_lock(&to->mu);
+	if (to->n_mail == to->cap_mail) {
+		size_t cap = to->cap_mail ? to->cap_mail * 2 : 64;
+		int *m = realloc(to->mail, cap * sizeof *m);
+		if (!m) {
+			pthread_mutex_unlock(&to->mu);
+			close(fd);
+			atomic_fetch_sub(&s->n_conns, 1);
+			return;
+		}
+		to->mail = m;
+		to->cap_mail = cap;
+	}
+	to->mail[to->n_mail++] = fd;
+	pthread_mutex_unlock(&to->mu);
+	srv_wake(to);
+}
+
+static void sh_begin_stop(wshard *sh)
+{
+	sh->stopping = 1;
+	sh->drain_until = srv_now() + sh->srv->conf->grace_ns;
+	if (sh->srv->use_epoll) {
+		ep_stop_accepting(sh);
+		return;
+	}
+	if (sh->listen_fd >= 0 && sh->accept_armed) {
+		struct io_uring_sqe *sqe = sh_sqe(sh);
+		if (sqe) {
+			io_uring_prep_cancel64(sqe, UD_ACCEPT, 0);
+			io_uring_sqe_set_data64(sqe, UD_IGNORE);
+		}
+	}
+}
+
+static void sh_on_eventfd(wshard *sh, struct io_uring_cqe *cqe)
+{
+	if (!(cqe->flags & IORING_CQE_F_MORE))
+		sh->eventfd_armed = 0;
+	sh_mailbox(sh);
+}
+
+void sh_mailbox(wshard *sh)
+{
+	uint64_t v;
+	ssize_t r = read(sh->efd, &v, sizeof v);
+	(void)r;
+	pthread_mutex_lock(&sh->mu);
+	size_t n = sh->n_mail;
+	int fds[256];
+	if (n > 256)
+		n = 256;
+	if (n) {
+		memcpy(fds, sh->mail, n * sizeof *fds);
+		memmove(sh->mail, sh->mail + n, (sh->n_mail - n) * sizeof *fds);
+		sh->n_mail -= n;
+	}
+	int more = sh->n_mail > 0;
+	pthread_mutex_unlock(&sh->mu);
+	if (more)
+		srv_wake(sh);
+	for (size_t i = 0; i < n; i++) {
+		atomic_fetch_sub_explicit(&sh->load, 1, memory_order_relaxed);
+		sh_adopt(sh, fds[i]);
+	}
+	int stop = atomic_load(&sh->srv->stopping);
+	if (stop && !sh->stopping)
+		sh_begin_stop(sh);
+	if (stop > 1)
+		sh->hurry = 1;
+	if (sh->n_sync_wait)
+		for (wconn *c = sh->conns; c; c = c->next)
+			if (c->sync_ticket)
+				conn_step(c);
+}
+
+void sh_tick(wshard *sh, int64_t now)
+{
+	for (wconn *c = sh->conns; c; c = c->next) {
+		conn_tick(c, now);
+		if (sh->stopping && c->state == CONN_OPEN) {
+			/* Draining: a connection that went quiet, or any once the
+			 * grace period is over, gets its last sync and goodbye. */
+			if (sh->hurry || now >= sh->drain_until || now - c->last_active >= QUIET_NS)
+				conn_begin_shutdown(c);
+		}
+		if (sh->stopping && c->state != CONN_DEAD &&
+		    (sh->hurry || (now >= sh->drain_until + HARD_STOP_NS && !c->sync_ticket))) {
+			c->state = CONN_DEAD;
+			srv_conn_dirty(c);
+		}
+	}
+	if (!sh->srv->use_epoll && sh->listen_fd >= 0 && !sh->accept_armed && !sh->stopping)
+		sh_arm_accept(sh);
+}
+
+/* ---------------------------------------------------------------- shard thread */
+
+static int sh_ring_init(wshard *sh)
+{
+	srv *s = sh->srv;
+	struct io_uring_params p;
+	memset(&p, 0, sizeof p);
+	p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_CQSIZE;
+	p.cq_entries = 16384;
+	int rc = io_uring_queue_init_params(2048, &sh->ring, &p);
+	if (rc == -EINVAL) { /* an older kernel: plain flags */
+		memset(&p, 0, sizeof p);
+		p.flags = IORING_SETUP_CQSIZE;
+		p.cq_entries = 16384;
+		rc = io_uring_queue_init_params(2048, &sh->ring, &p);
+	}
+	if (rc) {
+		srv_log(s, TALLY_LOG_ERROR, "shard %u: io_uring_queue_init: %s", sh->id,
+			strerror(-rc));
+		return rc;
+	}
+	sh->ring_ok = 1;
+	sh->nbufs = s->conf->recv_bufs;
+	sh->buf_bytes = s->conf->recv_buf_bytes;
+	sh->br_bytes = (sh->nbufs * sizeof(struct io_uring_buf) + 4095) & ~(size_t)4095;
+	void *m = mmap(NULL, sh->br_bytes, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1,
+		       0);
+	if (m == MAP_FAILED) {
+		sh->br = NULL;
+		return -errno;
+	}
+	sh->br = m;
+	sh->bufs = malloc((size_t)sh->nbufs * sh->buf_bytes);
+	if (!sh->bufs)
+		return -ENOMEM;
+	io_uring_buf_ring_init(sh->br);
+	struct io_uring_buf_reg reg = {
+		.ring_addr = (unsigned long)(uintptr_t)sh->br,
+		.ring_entries = sh->nbufs,
+		.bgid = BGID,
+	};
+	if ((rc = io_uring_register_buf_ring(&sh->ring, &reg, 0))) {
+		srv_log(s, TALLY_LOG_ERROR, "shard %u: registering the buffer ring: %s", sh->id,
+			strerror(-rc));
+		return rc;
+	}
+	for (unsigned i = 0; i < sh->nbufs; i++)
+		io_uring_buf_ring_add(sh->br, sh->bufs + (size_t)i * sh->buf_bytes, sh->buf_bytes,
+				      (unsigned short)i, io_uring_buf_ring_mask(sh->nbufs), (int)i);
+	io_uring_buf_ring_advance(sh->br, (int)sh->nbufs);
+	return 0;
+}
+
+static void sh_dispatch(wshard *sh, struct io_uring_cqe *cqe)
+{
+	uint64_t ud = io_uring_cqe_get_data64(cqe);
+	switch (ud) {
+	case UD_ACCEPT: sh_on_accept(sh, cqe); return;
+	case UD_EVENTFD: sh_on_eventfd(sh, cqe); return;
+	case UD_IGNORE: return;
+	default: break;
+	}
+	wconn *c = (wconn *)(uintptr_t)(ud & ~OP_MASK);
+	if ((ud & OP_MASK) == OP_RECV)
+		sh_on_recv(sh, c, cqe);
+	else
+		sh_on_send(sh, c, cqe);
+}
+
+static void *sh_main(void *arg)
+{
+	wshard *sh = arg;
+	srv *s = sh->srv;
+	int rc = s->use_epoll ? ep_init(sh) : sh_ring_init(sh);
+	pthread_mutex_lock(&s->init_mu);
+	sh->init_rc = rc;
+	sh->init_done = 1;
+	pthread_cond_broadcast(&s->init_cv);
+	pthread_mutex_unlock(&s->init_mu);
+	if (rc) {
+		atomic_fetch_add(&s->exited, 1);
+		return NULL;
+	}
+	if (s->use_epoll) {
+		ep_run(sh);
+		goto done;
+	}
+	sh_arm_eventfd(sh);
+	if (sh->listen_fd >= 0)
+		sh_arm_accept(sh);
+	sh->next_tick = srv_now() + TICK_NS;
+	for (;;) {
+		sh_flush_dirty(sh);
+		if (sh->stopping && sh->n_conns == 0 && !sh->accept_armed)
+			break;
+		if (!sh->eventfd_armed)
+			sh_arm_eventfd(sh);
+		int64_t now = srv_now();
+		int64_t wait = sh->next_tick - now;
+		if (wait < 0)
+			wait = 0;
+		struct __kernel_timespec ts = {.tv_sec = wait / 1000000000,
+					       .tv_nsec = wait % 1000000000};
+		struct io_uring_cqe *cqe;
+		rc = io_uring_submit_and_wait_timeout(&sh->ring, &cqe, 1, &ts, NULL);
+		if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EBUSY && rc != -EAGAIN)
+			srv_log(s, TALLY_LOG_ERROR, "shard %u: io_uring wait: %s", sh->id,
+				strerror(-rc));
+		unsigned head, seen = 0;
+		io_uring_for_each_cqe(&sh->ring, head, cqe)
+		{
+			sh_dispatch(sh, cqe);
+			seen++;
+		}
+		io_uring_cq_advance(&sh->ring, seen);
+		now = srv_now();
+		if (now >= sh->next_tick) {
+			sh_tick(sh, now);
+			int fast = sh->stopping;
+			for (wconn *c = sh->conns; c && !fast; c = c->next)
+				fast = c->retry_at != 0 || c->state == CONN_LINGER;
+			sh->next_tick = now + (fast ? TICK_FAST_NS : TICK_NS);
+		}
+	}
+done:
+	if (sh->listen_fd >= 0) {
+		close(sh->listen_fd);
+		sh->listen_fd = -1;
+	}
+	atomic_fetch_add(&s->exited, 1);
+	return NULL;
+}
+
+/* ---------------------------------------------------------------- lifecycle */
+
+static int srv_listen(srv *s)
+{
+	char port[16];
+	snprintf(port, sizeof port, "%u", s->conf->port);
+	struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+				 .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
+	struct addrinfo *res = NULL;
+	int rc = getaddrinfo(s->conf->bind, port, &hints, &res);
+	if (rc) {
+		srv_log(s, TALLY_LOG_ERROR, "bind address '%s': %s", s->conf->bind,
+			gai_strerror(rc));
+		return -EINVAL;
+	}
+	int fd = -1, err = 0;
+	for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+		/* Non-blocking: the epoll loop accepts until EAGAIN. */
+		fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK,
+			    ai->ai_protocol);
+		if (fd < 0) {
+			err = errno;
+			continue;
+		}
+		int one = 1;
+		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+		if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, 4096) == 0)
+			break;
+		err = errno;
+		close(fd);
+		fd = -1;
+	}
+	freeaddrinfo(res);
+	if (fd < 0) {
+		srv_log(s, TALLY_LOG_ERROR, "listen on %s:%u: %s", s->conf->bind, s->conf->port,
+			strerror(err));
+		return -err;
+	}
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof ss;
+	getsockname(fd, (struct sockaddr *)&ss, &sl);
+	s->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+						 : ((struct sockaddr_in *)&ss)->sin_port);
+	s->listen_fd = fd;
+	return 0;
+}
+
+static int srv_write_port_file(srv *s)
+{
+	const char *path = s->conf->port_file;
+	if (!path)
+		return 0;
+	char tmp[4200];
+	snprintf(tmp, sizeof tmp, "%s.tmp", path);
+	FILE *f = fopen(tmp, "w");
+	if (!f || fprintf(f, "%u\n", s->port) < 0 || fclose(f) != 0 || rename(tmp, path)) {
+		srv_log(s, TALLY_LOG_ERROR, "port-file %s: %s", path, strerror(errno));
+		return -errno;
+	}
+	return 0;
+}
+
+/* io_uring where the kernel lets us (a seccomp profile may not), else
+ * epoll behind the same connection layer. */
+static int srv_pick_io(srv *s)
+{
+	const char *io = s->conf->io ? s->conf->io : "auto";
+	if (!strcmp(io, "epoll")) {
+		s->use_epoll = 1;
+		return 0;
+	}
+	struct io_uring r;
+	int rc = io_uring_queue_init(8, &r, 0);
+	if (rc == 0) {
+		struct io_uring_probe *p = io_uring_get_probe_ring(&r);
+		int ok = p && io_uring_opcode_supported(p, IORING_OP_RECV) &&
+			 io_uring_opcode_supported(p, IORING_OP_ACCEPT) &&
+			 io_uring_opcode_supported(p, IORING_OP_PROVIDE_BUFFERS);
+		if (p)
+			io_uring_free_probe(p);
+		io_uring_queue_exit(&r);
+		if (ok)
+			return 0;
+		rc = -ENOSYS;
+	}
+	if (!strcmp(io, "io_uring")) {
+		srv_log(s, TALLY_LOG_ERROR, "io_uring unavailable: %s (try --io epoll)",
+			strerror(-rc));
+		return rc;
+	}
+	srv_log(s, TALLY_LOG_WARN, "io_uring unavailable (%s): using epoll", strerror(-rc));
+	s->use_epoll = 1;
+	return 0;
+}
+
+int srv_open(srv *s, srv_conf *conf)
+{
+	memset(s, 0, sizeof *s);
+	s->conf = conf;
+	s->listen_fd = -1;
+	s->started = srv_now();
+	pthread_mutex_init(&s->smu, NULL);
+	pthread_mutex_init(&s->init_mu, NULL);
+	pthread_cond_init(&s->init_cv, NULL);
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&s->scv, &ca);
+	pthread_condattr_destroy(&ca);
+	int rc;
+	unsigned n = conf->shards;
+	if (n == 0) {
+		long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+		n = cpus > 0 ? (unsigned)cpus : 1;
+	}
+	if (n > 256)
+		n = 256;
+
+	/* Enough descriptors for the connections we promise. */
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+	    conf->max_conns + 64 + 4 * (rlim_t)n > rl.rlim_cur) {
+		unsigned m = rl.rlim_cur > 64 + 4 * (rlim_t)n + 1
+				     ? (unsigned)(rl.rlim_cur - 64 - 4 * (rlim_t)n) : 1;
+		srv_log(s, TALLY_LOG_WARN,
+			"max-connections %u exceeds the descriptor limit %llu; using %u",
+			conf->max_conns, (unsigned long long)rl.rlim_cur, m);
+		conf->max_conns = m;
+	}
+
+	tally_options o;
+	tally_options_init(&o);
+	o.shards = n;
+	o.max_line_bytes = conf->max_line;
+	if (conf->memory_limit)
+		o.memory_limit = conf->memory_limit;
+	o.align_offset = conf->align_offset;
+	o.table_keys = conf->table_keys;
+	if (conf->n_levels) {
+		o.n_levels = conf->n_levels;
+		memcpy(o.levels, conf->levels, sizeof o.levels);
+	}
+	o.log_fn = srv_engine_log;
+	o.log_ctx = s;
+	o.log_level = conf->log_level;
+	if ((rc = tally_db_open(conf->data, &o, &s->db))) {
+		srv_log(s, TALLY_LOG_ERROR, "opening %s: %s", conf->data,
+			*tally_errmsg() ? tally_errmsg() : tally_strerror(rc));
+		goto fail;
+	}
+	if ((rc = srv_pick_io(s)))
+		goto fail;
+	if ((rc = srv_listen(s)))
+		goto fail;
+	s->shards = calloc(n, sizeof *s->shards);
+	if (!s->shards) {
+		rc = -ENOMEM;
+		goto fail;
+	}
+	s->n_shards = n;
+	for (unsigned i = 0; i < n; i++) {
+		wshard *sh = &s->shards[i];
+		sh->srv = s;
+		sh->id = i;
+		sh->listen_fd = -1;
+		sh->efd = -1;
+		sh->epfd = -1;
+		pthread_mutex_init(&sh->mu, NULL);
+	}
+	for (unsigned i = 0; i < n; i++) {
+		wshard *sh = &s->shards[i];
+		sh->scratch_cap = (size_t)conf->max_line + 1;
+		if (!(sh->scratch = malloc(sh->scratch_cap))) {
+			rc = -ENOMEM;
+			goto fail;
+		}
+		if ((sh->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0) {
+			rc = -errno;
+			srv_log(s, TALLY_LOG_ERROR, "eventfd: %s", strerror(errno));
+			goto fail;
+		}
+		/* The writer of engine shard i % shards: a directory written
+		 * with more shards keeps them, and writes still spread. */
+		if ((rc = tally_writer_open(s->db, (int)i, &sh->w))) {
+			srv_log(s, TALLY_LOG_ERROR, "writer for shard %u: %s", i, tally_errmsg());
+			goto fail;
+		}
+	}
+	s->shards[0].listen_fd = s->listen_fd; /* shard 0 accepts for all */
+	s->listen_fd = -1;
+	return 0;
+fail:
+	srv_close(s);
+	return rc ? rc : -EINVAL;
+}
+
+int srv_start(srv *s)
+{
+	int rc = 0;
+	if (pthread_create(&s->syncer, NULL, srv_syncer_main, s))
+		return -EAGAIN;
+	for (unsigned i = 0; i < s->n_shards; i++) {
+		if (pthread_create(&s->shards[i].thr, NULL, sh_main, &s->shards[i])) {
+			rc = -EAGAIN;
+			break;
+		}
+		s->started_threads = i + 1;
+	}
+	pthread_mutex_lock(&s->init_mu);
+	for (unsigned i = 0; i < s->started_threads; i++) {
+		while (!s->shards[i].init_done)
+			pthread_cond_wait(&s->init_cv, &s->init_mu);
+		if (s->shards[i].init_rc && !rc)
+			rc = s->shards[i].init_rc;
+	}
+	pthread_mutex_unlock(&s->init_mu);
+	if (rc == 0 && (rc = srv_write_port_file(s)) == 0)
+		srv_log(s, TALLY_LOG_INFO, "listening on %s:%u, data %s, %u shards, %s%s",
+			s->conf->bind, s->port, s->conf->data, s->n_shards,
+			s->use_epoll ? "epoll" : "io_uring", s->conf->token ? ", token required" : "");
+	if (rc)
+		srv_stop(s);
+	return rc;
+}
+
+void srv_stop(srv *s)
+{
+	int prev = atomic_fetch_add(&s->stopping, 1);
+	if (prev == 0)
+		srv_log(s, TALLY_LOG_INFO, "stopping: no new connections; draining, then a last sync");
+	else if (prev == 1)
+		srv_log(s, TALLY_LOG_INFO, "stopping now: closing connections");
+	for (unsigned i = 0; i < s->n_shards; i++)
+		srv_wake(&s->shards[i]);
+}
+
+int srv_wait(srv *s)
+{
+	for (unsigned i = 0; i < s->started_threads; i++)
+		pthread_join(s->shards[i].thr, NULL);
+	s->started_threads = 0;
+	pthread_mutex_lock(&s->smu);
+	s->syncer_stop = 1;
+	pthread_cond_signal(&s->scv);
+	pthread_mutex_unlock(&s->smu);
+	pthread_join(s->syncer, NULL);
+	int rc = tally_db_sync(s->db);
+	if (rc)
+		srv_log(s, TALLY_LOG_ERROR, "last sync: %s", tally_errmsg());
+	else
+		srv_log(s, TALLY_LOG_INFO, "stopped; everything accepted is synced");
+	return rc;
+}
+
+void srv_close(srv *s)
+{
+	for (unsigned i = 0; i < s->n_shards; i++) {
+		wshard *sh = &s->shards[i];
+		while (sh->conns) {
+			wconn *c = sh->conns;
+			sh->conns = c->next;
+			close(c->fd);
+			conn_free(c);
+		}
+		for (size_t k = 0; k < sh->n_mail; k++)
+			close(sh->mail[k]);
+		free(sh->mail);
+		if (sh->ring_ok)
+			io_uring_queue_exit(&sh->ring);
+		ep_fini(sh);
+		if (sh->br)
+			munmap(sh->br, sh->br_bytes);
+		free(sh->bufs);
+		if (sh->efd >= 0)
+			close(sh->efd);
+		if (sh->listen_fd >= 0)
+			close(sh->listen_fd);
+		tally_writer_close(sh->w);
+		free(sh->scratch);
+		free(sh->text_buf);
+		pthread_mutex_destroy(&sh->mu);
+	}
+	free(s->shards);
+	s->shards = NULL;
+	s->n_shards = 0;
+	if (s->listen_fd >= 0)
+		close(s->listen_fd);
+	s->listen_fd = -1;
+	tally_db_close(s->db);
+	s->db = NULL;
+	pthread_mutex_destroy(&s->smu);
+	pthread_cond_destroy(&s->scv);
+	pthread_mutex_destroy(&s->init_mu);
+	pthread_cond_destroy(&s->init_cv);
+}

@@ -1,0 +1,200 @@
+/*
+ * server.h — tallyd's shards, connections and syncer (internal to wire/).
+ *
+ * Ownership: a connection belongs to exactly one shard thread for its whole
+ * life; only that thread touches it. Threads meet in three places only: the
+ * shard mailboxes (new connections, wake-ups), the syncer's counters
+ * (tickets), and relaxed atomic statistics.
+ */
+#ifndef TALLY_SERVER_H
+#define TALLY_SERVER_H
+
+#include <liburing.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "conf.h"
+#include "tally.h"
+
+typedef struct srv srv;
+typedef struct wshard wshard;
+typedef struct wconn wconn;
+
+/* ---------------------------------------------------------------- stats */
+
+typedef struct wstats {
+	_Atomic uint64_t conns_total, conns_refused, bytes_in, bytes_out, lines_accepted,
+		lines_rejected, commands, queries, syncs, replies_dropped, idle_closed,
+		full_waits;
+} wstats;
+
+/* ---------------------------------------------------------------- connections */
+
+enum conn_state {
+	CONN_OPEN = 0, /* reading and answering */
+	CONN_LINGER,   /* answering no more: flush replies, discard input, close */
+	CONN_DEAD,     /* socket shut down; freed once no I/O is in flight */
+};
+
+enum conn_prod { PROD_NONE = 0, PROD_SERIES, PROD_KEYS, PROD_SCAN };
+
+struct wconn {
+	wshard *sh;
+	int fd;
+	enum conn_state state;
+	wconn *prev, *next; /* the shard's list */
+	wconn *dirty_next;  /* the shard's list of connections to reconcile */
+	unsigned dirty : 1;
+
+	/* I/O state, owned by the loop. */
+	unsigned inflight;  /* operations whose completions are still due */
+	unsigned recv_armed : 1, recv_cancelling : 1, send_busy : 1, wr_shut : 1, killed : 1;
+	unsigned ep_events;         /* epoll: the events registered for fd */
+	unsigned send_blocked : 1;  /* epoll: the last send would have blocked */
+	size_t send_len;    /* bytes of the send in flight */
+
+	/* Protocol state. */
+	unsigned authed : 1, eof : 1, discard : 1;
+	unsigned final_sync : 2; /* shutdown: 1 asked, 2 waiting for its last sync */
+	enum tally_precision prec;
+	uint64_t lines;     /* physical lines consumed; the next line is lines + 1 */
+	uint64_t accepted, rejected;
+	char *in;           /* in[in_head, in_len): received, not yet processed; */
+	size_t in_head, in_len, in_cap; /* it starts at a record start */
+	char in_last;       /* last byte received (escape context across packets) */
+
+	/* What the connection waits for before reading on (0 / none: nothing). */
+	uint64_t sync_ticket;
+	int64_t retry_at;   /* a write that met a full store is retried then */
+	int64_t full_since;
+	enum conn_prod prod;
+	void *prod_state;
+
+	/* Replies: out[head, tail) is unsent. */
+	char *out;
+	size_t out_head, out_tail, out_cap;
+	uint64_t dropped_unreported;
+
+	int64_t last_active; /* monotonic ns of the last input or output */
+	int64_t linger_until;
+};
+
+/* ---------------------------------------------------------------- shards */
+
+struct wshard {
+	srv *srv;
+	unsigned id;
+	pthread_t thr;
+	tally_writer *w;
+
+	struct io_uring ring;
+	int ring_ok;
+	int epfd;      /* epoll backend: its epoll fd, and one receive buffer */
+	char *ep_buf;
+	struct io_uring_buf_ring *br;
+	size_t br_bytes;
+	char *bufs;
+	unsigned nbufs, buf_bytes;
+
+	/* Mailbox: fds handed over by the acceptor, and wake-ups. */
+	int efd;
+	uint64_t efd_buf;
+	pthread_mutex_t mu;
+	int *mail;
+	size_t n_mail, cap_mail;
+	_Atomic int poke;
+
+	wconn *conns;
+	unsigned n_conns;
+	_Atomic unsigned load; /* n_conns, readable by the acceptor */
+	wconn *dirty;
+
+	int listen_fd; /* shard 0 accepts for everyone */
+	unsigned accept_armed : 1, eventfd_armed : 1, stopping : 1, hurry : 1;
+	int init_rc;   /* set by the thread once its ring is up (or failed) */
+	int init_done;
+	int64_t drain_until;
+	unsigned n_sync_wait;
+	int64_t next_tick;
+
+	char *text_buf; /* answers are formatted here (conn.c) */
+	size_t text_cap;
+	char *scratch;  /* command arguments */
+	size_t scratch_cap;
+	wstats st;
+};
+
+/* ---------------------------------------------------------------- server */
+
+struct srv {
+	srv_conf *conf;
+	tally_db *db;
+	unsigned n_shards;
+	wshard *shards;
+	int listen_fd;
+	unsigned port;
+	_Atomic unsigned n_conns;
+	int use_epoll; /* io_uring unavailable (or --io epoll) */
+	_Atomic unsigned next_shard;
+	_Atomic int stopping; /* 1: stop requested; 2: hurry */
+	pthread_mutex_t init_mu;
+	pthread_cond_t init_cv;
+	unsigned started_threads;
+	_Atomic unsigned exited; /* shard threads that have returned */
+	int64_t started;
+
+	/* Syncer: tickets are handed out in order; a ticket is served by the
+	 * first sync that starts after it was taken. */
+	pthread_t syncer;
+	pthread_mutex_t smu;
+	pthread_cond_t scv;
+	uint64_t sync_req;  /* last ticket handed out */
+	_Atomic uint64_t sync_done; /* every ticket <= this is durable */
+	int sync_rc;        /* first failure, sticky (the engine fails the shard for good) */
+	char sync_msg[256];
+	_Atomic int dirty;  /* writes since the last sync */
+	int syncer_stop;
+};
+
+/* server.c */
+int srv_open(srv *s, srv_conf *conf);
+int srv_start(srv *s); /* shard threads and the syncer */
+void srv_stop(srv *s);  /* begin the graceful stop; a second call hurries it */
+int srv_wait(srv *s);   /* joins the threads after the stop, syncs: 0 or error */
+void srv_close(srv *s);
+uint64_t srv_sync_ticket(srv *s);
+int srv_sync_result(srv *s, char *msg, size_t cap);
+void srv_conn_dirty(wconn *c);
+int64_t srv_now(void);      /* monotonic ns */
+int64_t srv_clock_ns(void); /* wall clock ns since the epoch */
+void srv_log(srv *s, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* server.c, for the loops: what is the same whatever the loop. */
+void sh_accepted(wshard *sh, int fd); /* a new socket from accept */
+void sh_mailbox(wshard *sh);          /* the eventfd was readable */
+void sh_tick(wshard *sh, int64_t now);
+void sh_release(wshard *sh, wconn *c); /* close and free a dead connection */
+void sh_flush_dirty(wshard *sh);
+
+/* epoll.c: the fallback loop (same connection layer). */
+int ep_init(wshard *sh);
+void ep_run(wshard *sh);
+int ep_reconcile(wshard *sh, wconn *c);
+void ep_stop_accepting(wshard *sh);
+void ep_fini(wshard *sh);
+
+/* conn.c: the protocol, whatever the loop. */
+wconn *conn_new(wshard *sh, int fd);
+void conn_free(wconn *c);
+void conn_on_data(wconn *c, const char *p, size_t n);
+void conn_on_eof(wconn *c);
+void conn_on_sent(wconn *c, size_t n);
+void conn_step(wconn *c);  /* after a wake-up: sync done, retry due, shutdown */
+void conn_tick(wconn *c, int64_t now);
+void conn_close_with(wconn *c, const char *msg);
+int conn_wants_recv(const wconn *c);
+void conn_begin_shutdown(wconn *c);
+void conn_stats_add(wshard *sh, const char *name, uint64_t v);
+
+#endif
