@@ -332,8 +332,11 @@ void sh_flush_dirty(wshard *sh)
 	while (sh->dirty) {
 		wconn *c = sh->dirty;
 		sh->dirty = c->dirty_next;
-		c->dirty = 0;
-		sh_reconcile(sh, c);
+		/* Still marked while it is reconciled: the epoll loop's sends
+		 * call back into conn.c, which must not queue it again (it may
+		 * be freed here). */
+		if (!sh_reconcile(sh, c))
+			c->dirty = 0;
 	}
 }
 
