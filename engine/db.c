@@ -27,6 +27,7 @@
 #include "fileio.h"
 #include "flush.h"
 #include "mem.h"
+#include "tier.h"
 
 #define DEFAULT_MEMORY_LIMIT (UINT64_C(4) << 30)
 #define DEFAULT_MAX_LINE (1u << 20)
@@ -199,8 +200,19 @@ static void remove_orphans(tally_db *db, const char *parts_dir)
 	while ((e = readdir(d))) {
 		unsigned long long id;
 		char tail[8] = "";
-		int named = sscanf(e->d_name, "%16llx.%7s", &id, tail) == 2 && !strcmp(tail, "part");
-		if (e->d_name[0] == '.' || (named && manifest_find(&db->man, id)))
+		int named = sscanf(e->d_name, "%16llx.%7s", &id, tail) == 2 &&
+			    (!strcmp(tail, "part") || !strcmp(tail, "stub"));
+		const manifest_part *mp = named ? manifest_find(&db->man, id) : NULL;
+		if (mp && mp->tier == MTIER_REMOTE && !strcmp(tail, "part")) {
+			/* tiered: the stub replaces the whole part, once it exists */
+			char stub[PATH_MAX];
+			tier_local_path(db, id, 1, stub, sizeof stub);
+			if (!access(stub, F_OK))
+				mp = NULL;
+		} else if (mp && mp->tier != MTIER_REMOTE && !strcmp(tail, "stub")) {
+			mp = NULL; /* a stub whose upload never committed */
+		}
+		if (e->d_name[0] == '.' || mp)
 			continue;
 		char path[2 * PATH_MAX];
 		snprintf(path, sizeof path, "%s/%s", parts_dir, e->d_name);
@@ -233,6 +245,8 @@ static void *flusher_main(void *arg)
 		else if (merge_run(db))
 			log_emit(&db->log, TALLY_LOG_ERROR, "merge failed (will retry): %s",
 				 err_msg());
+		else
+			tier_kick(db); /* a merge may have sealed something due */
 		pthread_mutex_lock(&db->bg_mu);
 	}
 	pthread_mutex_unlock(&db->bg_mu);
@@ -315,6 +329,14 @@ TALLY_API int tally_db_open(const char *dir, const tally_options *opt, tally_db 
 	}
 	db->partition_width = db->opt.partition_width;
 	db->rc_limit = db->opt.cache_bytes;
+	/* before the parts: tiered ones need the object store to read */
+	rc = tier_open(db);
+	/* copied by tier_open (the S3 client): forget the caller's strings */
+	db->opt.tier_access_key = db->opt.tier_secret_key = db->opt.tier_session_token = NULL;
+	db->opt.tier_bucket = db->opt.tier_endpoint = db->opt.tier_region = NULL;
+	db->opt.tier_prefix = NULL;
+	if (rc)
+		goto fail;
 	db->shards = mem_calloc(db->opt.shards, sizeof *db->shards);
 	if (!db->shards) {
 		rc = err_set(-ENOMEM, "out of memory");
@@ -368,6 +390,8 @@ TALLY_API int tally_db_open(const char *dir, const tally_options *opt, tally_db 
 		}
 		db->flusher_started = 1;
 	}
+	if ((rc = tier_start(db)))
+		goto fail;
 	uint64_t events = 0;
 	for (unsigned i = 0; i < db->n_shards; i++)
 		events += db->shards[i]->active->events;
@@ -393,6 +417,8 @@ TALLY_API void tally_db_close(tally_db *db)
 		pthread_mutex_unlock(&db->bg_mu);
 		pthread_join(db->flusher, NULL);
 	}
+	/* the tiering thread stops before the parts it swaps go */
+	tier_close(db);
 	for (unsigned i = 0; i < db->n_shards; i++) {
 		shard *s = db->shards[i];
 		wal_close(s->wal);
@@ -965,6 +991,7 @@ TALLY_API int tally_db_stats(tally_db *db, tally_stats *out)
 	pthread_mutex_lock(&db->rc_mu);
 	out->cache_bytes = db->rc_bytes;
 	pthread_mutex_unlock(&db->rc_mu);
+	tier_stats(db, out);
 	out->memory_limit = db->opt.memory_limit;
 	out->rejected_lines = atomic_load(&db->rejected_lines);
 	out->shards = db->n_shards;

@@ -58,6 +58,8 @@ struct tally_db {
 	uint64_t rc_hits, rc_misses;
 	/* tests: TALLY_CRASH_AT names a step where the process kills itself */
 	char *crash_at;
+	/* tiering to object storage (engine/tier.c); NULL when off */
+	struct tier *tier;
 };
 
 /* Kills the process with SIGKILL if TALLY_CRASH_AT named this step: the

@@ -28,6 +28,7 @@
 #include "log.h"
 #include "manifest.h"
 #include "mem.h"
+#include "tier.h"
 
 /* ---------------------------------------------------------------- parts */
 
@@ -61,6 +62,7 @@ void shard_part_free(shard_part *sp)
 	}
 	part_close(sp->p);
 	mem_free(sp->defs);
+	mem_free(sp->object);
 	mem_free(sp);
 }
 
@@ -70,11 +72,22 @@ int shard_part_load(tally_db *db, uint64_t id, shard_part **out)
 	char path[PATH_MAX], name[64];
 	manifest_part_name(id, name, sizeof name);
 	snprintf(path, sizeof path, "%s/%s", db->dir, name);
+	/* a tiered part opens from its stub, which is durable before the
+	 * manifest says "remote"; a whole part still on disk is the fallback */
+	const manifest_part *mp = manifest_find(&db->man, id);
+	int remote = mp && mp->tier == MTIER_REMOTE;
+	if (remote) {
+		tier_local_path(db, id, 1, path, sizeof path);
+		if (access(path, F_OK))
+			snprintf(path, sizeof path, "%s/%s", db->dir, name);
+	}
 	shard_part *sp = mem_calloc(1, sizeof *sp);
 	if (!sp)
 		return err_set(-ENOMEM, "out of memory");
 	int rc = part_open(path, &sp->p);
 	if (rc)
+		goto fail;
+	if (remote && (rc = tier_attach(db, sp, mp)))
 		goto fail;
 	const part_info *in = &sp->p->info;
 	sp->id = id;

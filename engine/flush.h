@@ -23,12 +23,17 @@ typedef struct shard_part {
 	struct tally_db *db;
 	/* decoded rollup blocks, by rollup index; under db->rc_mu */
 	part_bucket **rc;
+	/* tiered (engine/tier.c): the object holding the whole part, and its
+	 * xxh3; p is then the local stub. NULL: the part is local. */
+	char *object;
+	uint64_t object_sum;
 } shard_part;
 
 /* The part's column index holding def, or -1. */
 int shard_part_col(const shard_part *sp, const col_def *def);
 
-/* Opens parts/<id>.part and resolves its columns through the catalog. */
+/* Opens parts/<id>.part (parts/<id>.stub when the manifest says the part
+ * is tiered) and resolves its columns through the catalog. */
 int shard_part_load(struct tally_db *db, uint64_t id, shard_part **out);
 void shard_part_free(shard_part *sp);
 /* Adds a part to the shard's list. Caller holds the lock for writing. */

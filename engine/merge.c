@@ -17,6 +17,12 @@
  * buckets by window (count, sum, min and max merge exactly), writes one
  * part, commits the manifest naming it instead of the inputs, swaps the
  * parts under the shard lock, and only then deletes the input files.
+ *
+ * A tiered segment (engine/tier.c) merges like any other: its column
+ * blocks are read from a whole copy fetched from object storage once, its
+ * object joins the manifest's list of objects to delete in the merge's own
+ * commit (so it goes only after the manifest stops naming it), and the new
+ * segment is local until the tiering job uploads it under its new id.
  */
 #include <errno.h>
 #include <limits.h>
@@ -30,6 +36,7 @@
 #include "flush.h"
 #include "log.h"
 #include "mem.h"
+#include "tier.h"
 
 #define LATE_FOLD_RATIO 1.0
 
@@ -49,6 +56,8 @@ typedef struct merge_ctx {
 	tally_db *db;
 	shard_part **in;
 	uint32_t n_in;
+	const part **src; /* per input: where its column blocks are read */
+	part **whole;     /* per input: a fetched copy of a tiered part, or NULL */
 	col_def **cols; /* output columns, by id order */
 	uint32_t n_cols;
 	int32_t **map; /* per input: part column -> output column */
@@ -106,7 +115,7 @@ static int mrows_grow(merge_ctx *m, size_t need)
 /* Appends the key's rows of input i. */
 static int gather(merge_ctx *m, uint32_t i, const part_key *pk)
 {
-	const part *p = m->in[i]->p;
+	const part *p = m->src[i]; /* same index as m->in[i]->p */
 	int rc = 0;
 	for (uint32_t k = 0; k < pk->n_stripes && !rc; k++) {
 		const part_stripe *st = &p->stripes[pk->first_stripe + k];
@@ -278,8 +287,19 @@ static int write_key_rollup(merge_ctx *m, part_writer *w, const part_key **pks, 
 	return part_writer_rollup(w, m->num_of[oc], l, m->bk, n);
 }
 
+/* Closes and deletes the fetched copies of tiered inputs. */
+static void release_whole(merge_ctx *m)
+{
+	for (uint32_t i = 0; m->whole && i < m->n_in; i++) {
+		tier_release(m->db, m->in[i]->id, m->whole[i]);
+		m->whole[i] = NULL;
+	}
+}
+
 static void merge_ctx_free(merge_ctx *m)
 {
+	mem_free(m->src);
+	mem_free(m->whole);
 	for (uint32_t i = 0; i < m->n_in; i++)
 		mem_free(m->map ? m->map[i] : NULL);
 	mem_free(m->map);
@@ -324,8 +344,18 @@ static int merge_parts(tally_db *db, shard *s, shard_part **in, uint32_t n_in, i
 	m.map = mem_calloc(n_in, sizeof *m.map);
 	pks = mem_calloc(n_in, sizeof *pks);
 	pos = mem_calloc(n_in, sizeof *pos);
-	if (!m.cols || !m.map || !pks || !pos)
+	m.src = mem_calloc(n_in, sizeof *m.src);
+	m.whole = mem_calloc(n_in, sizeof *m.whole);
+	if (!m.cols || !m.map || !pks || !pos || !m.src || !m.whole)
 		goto nomem;
+	for (uint32_t i = 0; i < n_in; i++) {
+		m.src[i] = in[i]->p;
+		if (in[i]->object) {
+			if ((rc = tier_fetch_whole(db, in[i], &m.whole[i])))
+				goto fail;
+			m.src[i] = m.whole[i];
+		}
+	}
 	for (uint32_t i = 0; i < n_in; i++)
 		for (uint32_t c = 0; c < in[i]->p->info.n_cols; c++) {
 			col_def *d = in[i]->defs[c];
@@ -438,6 +468,9 @@ static int merge_parts(tally_db *db, shard *s, shard_part **in, uint32_t n_in, i
 			level = mp->level + 1 > level ? mp->level + 1 : level;
 		}
 		manifest_remove(&nm, in[i]->id);
+		/* a tiered input's object goes once this commit is durable */
+		if (in[i]->object && (rc = manifest_gc_add(&nm, in[i]->object)))
+			goto fail;
 	}
 	manifest_part mp = {.id = id,
 			    .shard = s->id,
@@ -474,10 +507,13 @@ static int merge_parts(tally_db *db, shard *s, shard_part **in, uint32_t n_in, i
 	s->n_parts = k;
 	s->parts[s->n_parts++] = out; /* room: n_in >= 1 were removed */
 	pthread_rwlock_unlock(&s->lock);
+	release_whole(&m);
 	for (uint32_t i = 0; i < n_in; i++) {
 		char path[PATH_MAX + 64];
 		manifest_part_name(in[i]->id, name, sizeof name);
 		snprintf(path, sizeof path, "%s/%s", db->dir, name);
+		if (in[i]->object) /* a tiered input: its local file is the stub */
+			tier_local_path(db, in[i]->id, 1, path, sizeof path);
 		shard_part_free(in[i]);
 		if (unlink(path))
 			log_emit(&db->log, TALLY_LOG_WARN, "could not delete %s", path);
@@ -493,6 +529,7 @@ static int merge_parts(tally_db *db, shard *s, shard_part **in, uint32_t n_in, i
 nomem:
 	rc = err_set(-ENOMEM, "out of memory");
 fail:
+	release_whole(&m);
 	part_writer_free(w);
 	if (out) {
 		char path[PATH_MAX + 64];
@@ -563,7 +600,8 @@ static int merge_pass(tally_db *db, shard *s, int *merged)
 			*merged = 1;
 			return rc;
 		}
-		if (sealed && late && (double)late_rows >= LATE_FOLD_RATIO * (double)seg_rows) {
+		if (sealed && late && (double)late_rows >= LATE_FOLD_RATIO * (double)seg_rows &&
+		    tier_can_merge(db, grp, n)) { /* a tiered segment waits for its store */
 			*merged = 1;
 			return merge_parts(db, s, grp, n, 1);
 		}

@@ -821,6 +821,8 @@ TALLY_API int tally_scan_open(tally_db *db, const char *table, const char *key, 
 					break;
 				}
 				int absent;
+				/* a tiered part: the stripe's blocks in one ranged GET */
+				part_prefetch_stripe(sp->p, st);
 				if ((rc = part_read_col(sp->p, st, -1, ps, pts, NULL, &absent)))
 					break;
 				size_t first = sc->n_rows, vbase = n_vals;

@@ -71,7 +71,8 @@ extern "C" {
 #define TALLY_ETRUNC (TALLY_ERR_BASE - 8)    /* result did not fit the buffer */
 #define TALLY_ELOCKED (TALLY_ERR_BASE - 9)   /* directory in use by another process */
 #define TALLY_EVERSION (TALLY_ERR_BASE - 10) /* file of an unknown format version */
-#define TALLY_ERR_LAST TALLY_EVERSION
+#define TALLY_EREMOTE (TALLY_ERR_BASE - 11)  /* object storage failed or unreachable */
+#define TALLY_ERR_LAST TALLY_EREMOTE
 
 /* Names any return code: 0, -errno or TALLY_E*. Never NULL; static storage. */
 TALLY_API const char *tally_strerror(int err);
@@ -143,6 +144,33 @@ typedef struct tally_options {
 	tally_log_fn *log_fn;
 	void *log_ctx;
 	int log_level; /* most verbose level logged; default TALLY_LOG_WARN */
+
+	/* Tiering to S3-compatible object storage (docs/operations.md,
+	 * "Tiering to object storage"). On when a bucket is given here or in
+	 * $TALLY_S3_BUCKET. A sealed partition whose end lies tier_after behind
+	 * its table's newest event has its raw columns uploaded, verified,
+	 * recorded in the manifest and removed locally; rollups and indexes
+	 * stay local, so rollup queries never touch object storage. Strings
+	 * are copied at open; credentials are never logged. */
+	const char *tier_bucket;   /* NULL: $TALLY_S3_BUCKET */
+	const char *tier_endpoint; /* NULL: $TALLY_S3_ENDPOINT, $AWS_ENDPOINT_URL_S3,
+				      $AWS_ENDPOINT_URL, else AWS S3 of the region */
+	const char *tier_region;   /* NULL: $AWS_REGION, $AWS_DEFAULT_REGION, us-east-1 */
+	const char *tier_prefix;   /* object key prefix, e.g. "tally/site1/";
+				      NULL: $TALLY_S3_PREFIX, else "" */
+	const char *tier_access_key;    /* NULL: $AWS_ACCESS_KEY_ID */
+	const char *tier_secret_key;    /* NULL: $AWS_SECRET_ACCESS_KEY */
+	const char *tier_session_token; /* NULL: $AWS_SESSION_TOKEN */
+	/* ns; 0: 7 days; negative: upload nothing (tiered data stays readable) */
+	int64_t tier_after;
+	/* Cold raw blocks kept in memory, bytes. 0: 64 MiB. */
+	uint64_t tier_cache_bytes;
+	/* One request's time limit, ms (0: 30 s), and retries of a failed
+	 * request with exponential backoff (0: 4; cold reads retry once). */
+	uint32_t tier_timeout_ms;
+	unsigned tier_retries;
+	/* Uploads above this go multipart in parts of this size. 0: 16 MiB. */
+	uint64_t tier_part_bytes;
 } tally_options;
 
 /* Fills *opt with the defaults. */
@@ -176,6 +204,13 @@ TALLY_API int tally_db_flush(tally_db *db);
  * their grace, folding late parts into sealed segments) until nothing is
  * left to do. The background thread does this after each flush. */
 TALLY_API int tally_db_merge(tally_db *db);
+
+/* Runs the tiering policy now: deletes objects that merges retired, then
+ * uploads every sealed partition due for object storage. Returns the first
+ * failure (TALLY_EREMOTE with the object store's answer), after which what
+ * was not uploaded stays local and is tried again later. TALLY_EINVAL when
+ * tiering is not configured. The tiering thread does this by itself. */
+TALLY_API int tally_db_tier(tally_db *db);
 
 /* ---------------------------------------------------------------- writing */
 
@@ -355,6 +390,21 @@ typedef struct tally_stats {
 	/* rows written into parts by flushes and merges, per row accepted
 	 * into parts: 1.0 means every row was written once */
 	double write_amplification;
+	/* Tiering (all 0 when it is off). */
+	int tier_state;             /* 0 off, 1 healthy, 2 failing (retrying) */
+	uint64_t tiered_parts;      /* parts whose raw columns are in object storage */
+	uint64_t remote_bytes;      /* their objects' bytes */
+	uint64_t tier_due;          /* sealed parts due for upload, not yet uploaded */
+	uint64_t tier_uploads;      /* parts uploaded and committed since open */
+	uint64_t tier_upload_bytes;
+	uint64_t tier_failures;     /* tiering passes that failed since open */
+	uint64_t tier_deletes;      /* retired objects deleted since open */
+	uint64_t tier_gc_pending;   /* objects waiting to be deleted */
+	uint64_t cold_reads;        /* range GETs of cold raw blocks since open */
+	uint64_t cold_read_bytes;
+	uint64_t cold_cache_hits, cold_cache_misses;
+	uint64_t cold_cache_bytes;  /* cold blocks held in memory */
+	uint64_t s3_requests, s3_retries, s3_errors;
 } tally_stats;
 
 TALLY_API int tally_db_stats(tally_db *db, tally_stats *out);

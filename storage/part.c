@@ -9,6 +9,13 @@
  * blocks lie in exactly the order the index lists them: the reader sums
  * lengths. That keeps the index small enough to hold in memory for every
  * part, so a query touches the disk only for the blocks it decodes.
+ *
+ * A stub (tiering) is a part with its column blocks cut out: header
+ * (flagged), rollup blocks, the same index, footer. Its index still
+ * describes the whole part, so column blocks keep the offsets they have
+ * in the whole part — which is the object in object storage — and are
+ * read through a fetch hook; rollup blocks are remapped to the stub's own
+ * offsets as the index is read.
  */
 #include "part.h"
 
@@ -838,6 +845,13 @@ int part_open(const char *path, part **out)
 			     path, le_get32(h + 8), PART_VERSION);
 		goto fail;
 	}
+	uint64_t hflags = le_get64(h + 16);
+	if (hflags & ~(uint64_t)PART_F_STUB) {
+		rc = err_set(TALLY_EVERSION, "%s: unknown part flags %#llx", path,
+			     (unsigned long long)hflags);
+		goto fail;
+	}
+	p->flags = (uint32_t)hflags;
 	if (memcmp(f + 32, PART_END_MAGIC, 8) || le_get64(f + 40) != XXH3_64bits(f, 40)) {
 		rc = err_set(TALLY_ECORRUPT, "%s: bad footer", path);
 		goto fail;
@@ -867,6 +881,19 @@ int part_open(const char *path, part **out)
 	}
 	if ((rc = parse_index(p, ix, iraw)))
 		goto fail;
+	p->whole_bytes = p->index_bytes + ilen + PART_FOOTER;
+	if (p->flags & PART_F_STUB) {
+		/* rollup blocks lie back to back after the header, in index order */
+		uint64_t local = PART_HEADER;
+		for (uint32_t r = 0; r < p->n_rollups; r++)
+			if (p->rollups[r].ref.len) {
+				p->rollups[r].ref.off = local;
+				local += p->rollups[r].ref.len + 8;
+			}
+		p->index_bytes = local;
+	} else {
+		p->whole_bytes = p->file_bytes;
+	}
 	if (p->index_bytes != ioff) {
 		rc = err_set(TALLY_ECORRUPT, "%s: blocks end at %llu but the index starts at %llu",
 			     path, (unsigned long long)p->index_bytes, (unsigned long long)ioff);
@@ -902,13 +929,22 @@ const part_key *part_find_key(const part *p, const char *key, uint32_t len)
 	return NULL;
 }
 
-/* Reads a block and checks its checksum into s->raw. */
-static int read_block(const part *p, const part_ref *ref, part_scratch *s)
+/* Reads a block and checks its checksum into s->raw; a stub's column
+ * block (remote) through its fetch hook. */
+static int read_block(const part *p, const part_ref *ref, part_scratch *s, int remote)
 {
 	int rc = codec_buf_reserve(&s->raw, (size_t)ref->len + 8);
 	if (rc)
 		return err_set(rc, "out of memory");
-	if ((rc = fio_pread_full(p->fd, s->raw.p, (size_t)ref->len + 8, ref->off, p->path)))
+	if (remote && !p->fetch)
+		return err_set(TALLY_EREMOTE, "%s block %u: in object storage, and tiering is not "
+					      "configured",
+			       p->path, ref->no);
+	if (remote)
+		rc = p->fetch(p->fetch_ctx, p, ref->off, (size_t)ref->len + 8, s->raw.p);
+	else
+		rc = fio_pread_full(p->fd, s->raw.p, (size_t)ref->len + 8, ref->off, p->path);
+	if (rc)
 		return rc;
 	s->raw.len = ref->len;
 	if (XXH3_64bits(s->raw.p, ref->len) != le_get64(s->raw.p + ref->len))
@@ -930,7 +966,7 @@ int part_read_col(const part *p, const part_stripe *st, int col, part_scratch *s
 		*absent = 1;
 		return 0;
 	}
-	int rc = read_block(p, ref, s);
+	int rc = read_block(p, ref, s, (p->flags & PART_F_STUB) != 0);
 	if (rc)
 		return rc;
 	enum codec_kind kind = col < 0 ? CODEC_TS : kind_of(p->info.cols[col].type);
@@ -948,6 +984,18 @@ int part_read_col(const part *p, const part_stripe *st, int col, part_scratch *s
 	return 0;
 }
 
+void part_prefetch_stripe(const part *p, const part_stripe *st)
+{
+	if (!(p->flags & PART_F_STUB) || !p->prefetch)
+		return;
+	const part_ref *refs[64];
+	uint32_t n = 0;
+	for (uint32_t c = 0; c <= p->info.n_cols && n < 64; c++)
+		if (p->refs[st->first_ref + c].len)
+			refs[n++] = &p->refs[st->first_ref + c];
+	p->prefetch(p->fetch_ctx, p, refs, n);
+}
+
 int part_read_rollup(const part *p, const part_key *k, uint32_t num, unsigned level,
 		     part_scratch *s, part_bucket *out, uint32_t cap, uint32_t *n)
 {
@@ -960,7 +1008,7 @@ int part_read_rollup(const part *p, const part_key *k, uint32_t num, unsigned le
 	if (ro->n_buckets > cap)
 		return err_set(TALLY_EINVAL, "%s: rollup of %u buckets, room for %u", p->path,
 			       ro->n_buckets, cap);
-	int rc = read_block(p, &ro->ref, s);
+	int rc = read_block(p, &ro->ref, s, 0); /* rollups are always local */
 	if (rc)
 		return rc;
 	const uint8_t *b = s->raw.p;
@@ -1008,4 +1056,91 @@ int part_read_rollup(const part *p, const part_key *k, uint32_t num, unsigned le
 bad:
 	return err_set(TALLY_ECORRUPT, "%s block %u (offset %llu): malformed rollup block", p->path,
 		       ro->ref.no, (unsigned long long)ro->ref.off);
+}
+
+int part_write_stub(const part *p, const char *dir, const char *name, uint64_t *bytes)
+{
+	if (p->flags & PART_F_STUB)
+		return err_set(TALLY_EINVAL, "%s is a stub already", p->path);
+	char tmp[PATH_MAX], dst[PATH_MAX];
+	snprintf(tmp, sizeof tmp, "%s/%s.tmp", dir, name);
+	snprintf(dst, sizeof dst, "%s/%s", dir, name);
+	uint8_t h[PART_HEADER], f[PART_FOOTER], *buf = NULL;
+	int rc = 0, fd = -1;
+	if ((rc = fio_pread_full(p->fd, h, sizeof h, 0, p->path)) ||
+	    (rc = fio_pread_full(p->fd, f, sizeof f, p->file_bytes - PART_FOOTER, p->path)))
+		return rc;
+	uint64_t ilen = le_get64(f + 8);
+	size_t cap = 1 << 16;
+	if (!(buf = mem_alloc(cap)))
+		return err_set(-ENOMEM, "out of memory");
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0) {
+		rc = err_sys(errno, "create %s", tmp);
+		goto out;
+	}
+	le_put64(h + 16, PART_F_STUB);
+	le_put64(h + 24, XXH3_64bits(h, 24));
+	uint64_t off = PART_HEADER;
+	if ((rc = fio_pwrite_full(fd, h, sizeof h, 0)))
+		goto werr;
+	/* the rollup blocks with their checksums, then the index, as they are */
+	for (uint32_t r = 0; r <= p->n_rollups; r++) {
+		uint64_t from, len;
+		if (r < p->n_rollups) {
+			if (!p->rollups[r].ref.len)
+				continue;
+			from = p->rollups[r].ref.off;
+			len = p->rollups[r].ref.len + 8;
+		} else {
+			from = p->index_bytes;
+			len = ilen;
+		}
+		if (len > cap) {
+			uint8_t *nb = mem_realloc(buf, len);
+			if (!nb) {
+				rc = err_set(-ENOMEM, "out of memory");
+				goto out;
+			}
+			buf = nb;
+			cap = len;
+		}
+		if ((rc = fio_pread_full(p->fd, buf, len, from, p->path)))
+			goto out;
+		if (r < p->n_rollups && XXH3_64bits(buf, len - 8) != le_get64(buf + len - 8)) {
+			rc = err_set(TALLY_ECORRUPT, "%s block %u: checksum mismatch (writing its stub)",
+				     p->path, p->rollups[r].ref.no);
+			goto out;
+		}
+		if ((rc = fio_pwrite_full(fd, buf, len, off)))
+			goto werr;
+		off += len;
+	}
+	le_put64(f, off - ilen); /* the index's new place; length and sum unchanged */
+	le_put64(f + 40, XXH3_64bits(f, 40));
+	if ((rc = fio_pwrite_full(fd, f, sizeof f, off)))
+		goto werr;
+	if (fsync(fd)) {
+		rc = err_sys(errno, "fsync %s", tmp);
+		goto out;
+	}
+	if (rename(tmp, dst)) {
+		rc = err_sys(errno, "rename %s", tmp);
+		goto out;
+	}
+	tmp[0] = 0;
+	if ((rc = fio_fsync_dir(dir)))
+		goto out;
+	if (bytes)
+		*bytes = off + PART_FOOTER;
+	goto out;
+werr:
+	rc = err_sys(-rc, "write %s", tmp);
+out:
+	if (fd >= 0)
+		close(fd);
+	if (tmp[0])
+		unlink(tmp);
+	mem_free(buf);
+	return rc;
 }

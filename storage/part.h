@@ -125,10 +125,34 @@ const codec_stats *part_writer_col_stats(const part_writer *w);
 
 /* ---------------------------------------------------------------- reader */
 
+struct part;
+
+/*
+ * Where the column blocks of a stub part come from (tiering): fills dst
+ * with len bytes of the whole part file (the object) from offset off — a
+ * block and its 8-byte xxh3. Called concurrently by readers; 0 or an error
+ * code with the message set.
+ */
+typedef int part_fetch_fn(void *ctx, const struct part *p, uint64_t off, size_t len, void *dst);
+
+/* Optional: fetches the blocks refs[0..n) (ascending, adjacent in the
+ * file) in one request, for the part_read_col calls that follow. */
+typedef int part_prefetch_fn(void *ctx, const struct part *p, const struct part_ref *const *refs,
+			     uint32_t n);
+
+/* Header flags (the header's u64 at offset 16, reserved 0 in plain parts). */
+#define PART_F_STUB 1u /* a stub: header, rollup blocks, index, footer; the
+			  column blocks live in the whole part, elsewhere */
+
 typedef struct part {
 	char *path;
 	int fd;
 	uint64_t file_bytes;
+	uint32_t flags;        /* PART_F_* */
+	uint64_t whole_bytes;  /* the whole part's size (a stub's object) */
+	part_fetch_fn *fetch;  /* stubs: set before the part is shared */
+	part_prefetch_fn *prefetch;
+	void *fetch_ctx;
 	part_info info;
 	uint32_t n_keys;
 	part_key *keys; /* ascending by key bytes */
@@ -153,8 +177,15 @@ typedef struct part_scratch {
 void part_scratch_free(part_scratch *s);
 
 /* Opens and checks the footer and index. TALLY_ECORRUPT / TALLY_EVERSION
- * with a message naming the file. */
+ * with a message naming the file. A stub opens the same way; its column
+ * blocks are read through p->fetch (TALLY_EREMOTE while unset). */
 int part_open(const char *path, part **out);
+
+/* Writes the stub of whole part p as dir/name: p's header (flagged a
+ * stub), its rollup blocks and its index, byte for byte as in p, so the
+ * index stays valid and the column blocks keep the offsets they have in
+ * the whole part. Temp file, fsync, rename, directory fsync. */
+int part_write_stub(const part *p, const char *dir, const char *name, uint64_t *bytes);
 void part_close(part *p);
 
 /* The key's entry, or NULL. */
@@ -166,6 +197,11 @@ const part_key *part_find_key(const part *p, const char *key, uint32_t len);
  * TALLY_ECORRUPT names file and block. */
 int part_read_col(const part *p, const part_stripe *st, int col, part_scratch *s, void *vals,
 		  uint64_t *present, int *absent);
+
+/* A stub's stripe about to be read whole (a raw scan): its column blocks
+ * in one ranged read through p->prefetch. Best effort; no-op for a local
+ * part. */
+void part_prefetch_stripe(const part *p, const part_stripe *st);
 
 /* Decodes the rollup of key k, numeric column num, level into out
  * (capacity cap >= the rollup's n_buckets). */

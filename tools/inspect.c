@@ -7,6 +7,9 @@
  * the encodings its blocks use, raw versus stored bytes and bytes per row;
  * and the totals that matter for sizing: bytes per event for raw columns
  * and for the whole directory, and the write amplification of merges.
+ * Tiered parts (docs/operations.md) show where their raw columns are and
+ * their local and remote bytes; their column blocks are not read (they
+ * are in object storage), so their encodings are not listed.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -89,7 +92,8 @@ static colsum *col_for(colsum **cols, size_t *n, const char *name, uint8_t type)
 static int scan_blocks(const part *p, colsum **cols, size_t *n_cols, uint64_t *rollup_bytes)
 {
 	uint8_t hdr[64];
-	for (uint32_t s = 0; s < p->n_stripes; s++) {
+	/* a stub's column blocks are in object storage: sizes only, below */
+	for (uint32_t s = 0; !(p->flags & PART_F_STUB) && s < p->n_stripes; s++) {
 		const part_stripe *st = &p->stripes[s];
 		for (uint32_t c = 0; c <= p->info.n_cols; c++) {
 			const part_ref *ref = &p->refs[st->first_ref + c];
@@ -152,17 +156,28 @@ int inspect_main(int argc, char **argv)
 	uint64_t rows = 0, part_bytes = 0, rollup_bytes = 0, index_bytes = 0;
 	int bad = 0;
 	printf("\n  %-16s %-18s %5s %6s %12s %12s %9s  %s\n", "table", "partition", "shard", "level",
-	       "rows", "bytes", "bytes/row", "state");
+	       "rows", "bytes", "bytes/row", "state, tier");
+	uint64_t local_total = 0, remote_total = 0;
+	unsigned tiered = 0;
 	for (uint32_t i = 0; i < m.n_parts; i++) {
 		const manifest_part *mp = &m.parts[i];
 		char name[64], when[32];
 		manifest_part_name(mp->id, name, sizeof name);
 		snprintf(path, sizeof path, "%s/%s", dir, name);
 		fmt_time(mp->partition_start, when, sizeof when);
-		printf("  %-16s %-18s %5u %6u %12llu %12llu %9.2f  %s%s\n", mp->table, when, mp->shard,
-		       mp->level, (unsigned long long)mp->rows, (unsigned long long)mp->bytes,
+		int remote = mp->tier == MTIER_REMOTE;
+		if (remote) {
+			/* the local file is the stub (or, briefly, the whole part) */
+			snprintf(path, sizeof path, "%s/parts/%016llx.stub", dir,
+				 (unsigned long long)mp->id);
+			if (access(path, F_OK))
+				snprintf(path, sizeof path, "%s/%s", dir, name);
+		}
+		printf("  %-16s %-18s %5u %6u %12llu %12llu %9.2f  %s, %s\n", mp->table, when,
+		       mp->shard, mp->level, (unsigned long long)mp->rows,
+		       (unsigned long long)mp->bytes,
 		       mp->rows ? (double)mp->bytes / (double)mp->rows : 0.0,
-		       mp->flags & MPART_SEALED ? "sealed" : "open", "");
+		       mp->flags & MPART_SEALED ? "sealed" : "open", remote ? "remote" : "local");
 		rows += mp->rows;
 		part_bytes += mp->bytes;
 		part *p;
@@ -179,9 +194,25 @@ int inspect_main(int argc, char **argv)
 		}
 		uint64_t blocks_end = p->index_bytes;
 		index_bytes += p->file_bytes - blocks_end;
-		printf("    %s: %u keys, %u stripes, rollups %llu bytes, index %llu bytes\n", name,
+		char shown[64]; /* the file the part opened from */
+		snprintf(shown, sizeof shown, "parts/%s", strrchr(path, '/') + 1);
+		printf("    %s: %u keys, %u stripes, rollups %llu bytes, index %llu bytes\n", shown,
 		       p->n_keys, p->n_stripes, (unsigned long long)(rollup_bytes - before),
 		       (unsigned long long)(p->file_bytes - blocks_end));
+		local_total += p->file_bytes;
+		if (remote) {
+			char when2[32];
+			fmt_time(mp->tiered_at, when2, sizeof when2);
+			remote_total += mp->bytes;
+			tiered++;
+			printf("    tier: remote since %s, object %s (%llu bytes, xxh3 %016llx); "
+			       "local %llu bytes (%s)\n",
+			       when2, mp->object, (unsigned long long)mp->bytes,
+			       (unsigned long long)mp->object_sum, (unsigned long long)p->file_bytes,
+			       p->flags & PART_F_STUB ? "stub: rollups and index" : "whole part");
+		} else {
+			printf("    tier: local %llu bytes\n", (unsigned long long)p->file_bytes);
+		}
 		part_close(p);
 	}
 	uint64_t raw_col_bytes = 0;
@@ -208,12 +239,21 @@ int inspect_main(int argc, char **argv)
 	}
 	printf("\n  rows in parts:              %llu\n", (unsigned long long)rows);
 	if (rows) {
-		printf("  bytes/event, raw columns:   %.3f\n", (double)raw_col_bytes / (double)rows);
+		if (tiered) /* remote parts' columns are not read: their sizes are remote_total */
+			printf("  bytes/event, raw columns:   %.3f locally (columns of remote parts "
+			       "are in object storage)\n",
+			       (double)raw_col_bytes / (double)rows);
+		else
+			printf("  bytes/event, raw columns:   %.3f\n", (double)raw_col_bytes / (double)rows);
 		printf("  bytes/event, rollups:       %.3f\n", (double)rollup_bytes / (double)rows);
 		printf("  bytes/event, indexes:       %.3f\n", (double)index_bytes / (double)rows);
 		printf("  bytes/event, whole dir:     %.3f (%llu bytes, WAL included)\n",
 		       (double)total / (double)rows, (unsigned long long)total);
 	}
+	printf("  tiering:                    %u of %u parts remote; parts' bytes local %llu, "
+	       "remote %llu; %u objects waiting for deletion\n",
+	       tiered, m.n_parts, (unsigned long long)local_total, (unsigned long long)remote_total,
+	       m.n_gc);
 	printf("  write amplification:        %.2f (rows written %llu / rows accepted %llu)\n",
 	       m.rows_accepted ? (double)m.rows_written / (double)m.rows_accepted : 1.0,
 	       (unsigned long long)m.rows_written, (unsigned long long)m.rows_accepted);
