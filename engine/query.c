@@ -169,15 +169,7 @@ static size_t merge_windows(qsrc *q, int64_t from, int64_t to, int64_t step, int
 {
 	for (uint32_t s = 0; s < q->n; s++) {
 		bsrc *x = &q->v[s];
-		uint32_t lo = 0, hi = x->n;
-		while (lo < hi) {
-			uint32_t mid = lo + (hi - lo) / 2;
-			if (x->b[mid].start < from)
-				lo = mid + 1;
-			else
-				hi = mid;
-		}
-		x->pos = lo;
+		x->pos = bucket_lower(x->b, x->n, from);
 	}
 	size_t n = 0;
 	int have = 0;
@@ -407,15 +399,7 @@ static void bucket_agg(cview *v, int li, int64_t a, int64_t b, ragg *acc)
 		bk = v->lv[li];
 		n = v->nlv[li];
 	}
-	uint32_t lo = 0, hi = n;
-	while (lo < hi) {
-		uint32_t mid = lo + (hi - lo) / 2;
-		if (bk[mid].start < a)
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
-	for (uint32_t i = lo; i < n && bk[i].start < b; i++)
+	for (uint32_t i = bucket_lower(bk, n, a); i < n && bk[i].start < b; i++)
 		ragg_merge(acc, &bk[i].a);
 }
 

@@ -23,18 +23,20 @@ void ragg_to_public(const ragg *a, tally_agg *out)
 	out->avg = a->count ? out->sum / (double)a->count : NAN;
 }
 
-uint32_t rollup_lower(const rlevel *lv, int64_t t)
+uint32_t bucket_lower(const rbucket *b, uint32_t n, int64_t t)
 {
-	uint32_t lo = 0, hi = lv->n;
+	uint32_t lo = 0, hi = n;
 	while (lo < hi) {
 		uint32_t mid = lo + (hi - lo) / 2;
-		if (lv->b[mid].start < t)
+		if (b[mid].start < t)
 			lo = mid + 1;
 		else
 			hi = mid;
 	}
 	return lo;
 }
+
+uint32_t rollup_lower(const rlevel *lv, int64_t t) { return bucket_lower(lv->b, lv->n, t); }
 
 /* Finds or inserts the bucket starting at start; returns its index or -1. */
 static int64_t bucket_slot(rlevel *lv, int64_t start, uint64_t *bytes)

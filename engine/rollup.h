@@ -103,6 +103,9 @@ int rollup_add(rcol *rc, const levels *L, int64_t ts, double v, uint64_t *bytes)
 int rollup_add_run(rcol *rc, const levels *L, const int64_t *ts, const double *v, uint32_t n,
 		   uint64_t *bytes);
 
+/* Index of the first of the n sorted buckets b with start >= t. */
+uint32_t bucket_lower(const rbucket *b, uint32_t n, int64_t t);
+
 /* Index of the first bucket of lv with start >= t. */
 uint32_t rollup_lower(const rlevel *lv, int64_t t);
 
