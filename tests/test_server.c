@@ -456,6 +456,17 @@ Test(cmd, times_and_durations)
 	cr_assert_str_eq(b, "2023-11-14T00:00:01.500Z");
 	cmd_format_time(-1, b);
 	cr_assert_str_eq(b, "1969-12-31T23:59:59.999999999Z");
+	/* The two ends of int64 nanoseconds format and read back (found by fuzz_cmd). */
+	cmd_format_time(INT64_MAX, b);
+	cr_assert_str_eq(b, "2262-04-11T23:47:16.854775807Z");
+	cr_assert_eq(cmd_parse_time(b, 0, &t), 0);
+	cr_assert_eq(t, INT64_MAX);
+	cmd_format_time(INT64_MIN, b);
+	cr_assert_str_eq(b, "1677-09-21T00:12:43.145224192Z");
+	cr_assert_eq(cmd_parse_time(b, 0, &t), 0);
+	cr_assert_eq(t, INT64_MIN);
+	cr_assert_neq(cmd_parse_time("2262-04-11T23:47:16.854775808Z", 0, &t), 0);
+	cr_assert_neq(cmd_parse_time("1677-09-21T00:12:43.145224191Z", 0, &t), 0);
 	for (int i = 0; i < 1000; i++) {
 		uint64_t r = ((uint64_t)rand() << 31 ^ (uint64_t)rand()) * 97;
 		int64_t v = (int64_t)(r % (UINT64_C(1) << 62)) - (INT64_C(1) << 61);

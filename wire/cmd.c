@@ -133,10 +133,16 @@ static int cmd_rfc3339(const char *s, int64_t *out)
 	if (*p)
 		return -1;
 	int64_t secs = cmd_days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + se - off;
-	/* int64 ns covers 1677-09-21 .. 2262-04-11. */
-	if (secs < INT64_MIN / NS_PER_SEC + 1 || secs > INT64_MAX / NS_PER_SEC - 1)
+	/* int64 ns covers 1677-09-21T00:12:43.145224192Z .. 2262-04-11T23:47:16.854775807Z;
+	 * every instant in that range parses, so any formatted time reads back. */
+	int64_t ns;
+	if (secs < 0 && frac > 0) { /* keep the product in range near the lower bound */
+		secs++;
+		frac -= NS_PER_SEC;
+	}
+	if (__builtin_mul_overflow(secs, NS_PER_SEC, &ns) || __builtin_add_overflow(ns, frac, &ns))
 		return -1;
-	*out = secs * NS_PER_SEC + frac;
+	*out = ns;
 	return 0;
 }
 
