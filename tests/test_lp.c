@@ -648,6 +648,103 @@ Test(lp, timestamps_and_precision)
 	BAD("m f=1 18446744073709551616", "timestamp out of range");
 }
 
+/* Timestamps of every length from 1 to 20 digits, some with a stray byte
+ * at every position: the parser reads 8 digits at a time where it can, so
+ * the word boundaries and the bytes around them must behave exactly like
+ * a digit-by-digit reading (the reference here). */
+Test(lp, timestamps_every_length_and_stray_byte)
+{
+	static const char strays[] = "a/:.e+, \t\r=\\\x80";
+	char ts[32], line[64];
+	srand(7);
+	for (int iter = 0; iter < 20000; iter++) {
+		int nd = 1 + rand() % 20, neg = rand() % 4 == 0;
+		for (int i = 0; i < nd; i++)
+			ts[i] = (char)('0' + rand() % 10);
+		ts[nd] = 0;
+		int stray = rand() % 3 == 0 ? rand() % nd : -1;
+		if (stray >= 0)
+			ts[stray] = strays[rand() % (sizeof strays - 1)];
+		int n = snprintf(line, sizeof line, "m f=1 %s%s", neg ? "-" : "", ts);
+		/* the reference: digit by digit, with the parser's own range; a
+		 * blank at the end is trailing whitespace, not part of it */
+		const char *v = ts;
+		int nv = nd;
+		if (stray == 0 && !neg && (ts[0] == ' ' || ts[0] == '\t'))
+			v++, nv--; /* one more separator */
+		else if (stray == nd - 1 && strchr(" \t\r", ts[stray]))
+			nv--;
+		int digits_only = strspn(v, "0123456789") == (size_t)nv;
+		uint64_t m = 0;
+		int ovf = 0;
+		for (int i = 0; digits_only && i < nv; i++)
+			ovf |= __builtin_mul_overflow(m, 10, &m) |
+			       __builtin_add_overflow(m, (uint64_t)(v[i] - '0'), &m);
+		const char *cur = line, *end = line + n;
+		enum lp_result r = lp_next(&ps, &cur, end, &ln, &code, reason, sizeof reason);
+		if (!digits_only) {
+			cr_assert_eq(r, LP_ERROR, "'%s' accepted", line);
+			continue;
+		}
+		if (nv == 0 && !neg) {
+			cr_assert_eq(r, LP_LINE, "'%s': %s", line, reason);
+			cr_assert(!ln.has_ts);
+			continue;
+		}
+		if (nv == 0) {
+			cr_assert_eq(r, LP_ERROR, "'%s' accepted", line);
+			continue;
+		}
+		if (ovf || m > (uint64_t)LP_TS_MAX) {
+			cr_assert_eq(r, LP_ERROR, "'%s' accepted", line);
+			cr_assert_str_eq(reason, "timestamp out of range");
+			continue;
+		}
+		cr_assert_eq(r, LP_LINE, "'%s': %s", line, reason);
+		cr_assert(ln.has_ts);
+		cr_assert_eq(ln.ts, neg ? -(int64_t)m : (int64_t)m, "'%s'", line);
+	}
+}
+
+/* Names of every length up to 40 bytes with a special byte at every
+ * position: the 16-byte scanner stops where the byte-wise one would. */
+Test(lp, names_every_length_and_special_byte)
+{
+	static const char specials[] = ", =\\\t\x80\xC3\xA9";
+	char name[48], line[128];
+	srand(11);
+	for (int iter = 0; iter < 20000; iter++) {
+		int n = 1 + rand() % 40;
+		for (int i = 0; i < n; i++)
+			name[i] = (char)('a' + rand() % 26);
+		int at = rand() % n;
+		char sp = specials[rand() % (sizeof specials - 1)];
+		name[at] = sp;
+		name[n] = 0;
+		/* as a tag value: ',' '=' ' ' end it; "\" escapes the next byte */
+		int k = snprintf(line, sizeof line, "m,t=%s f=1 5", name);
+		const char *cur = line, *end = line + k;
+		enum lp_result r = lp_next(&ps, &cur, end, &ln, &code, reason, sizeof reason);
+		if (sp == ',' || sp == '=' || sp == ' ' || (sp == '\\' && at == n - 1)) {
+			/* the value ends early or is malformed; either way it is not
+			 * the whole name */
+			cr_assert(r == LP_ERROR || ln.n_tags != 1 || ln.tags[0].value.n != (uint32_t)n,
+				  "'%s'", line);
+			continue;
+		}
+		if ((unsigned char)sp >= 0x80 && !lp_utf8_valid(name, (size_t)n)) {
+			cr_assert_eq(r, LP_ERROR, "'%s' accepted", line);
+			cr_assert(strstr(reason, "invalid UTF-8"), "%s", reason);
+			continue;
+		}
+		cr_assert_eq(r, LP_LINE, "'%s': %s", line, reason);
+		cr_assert_eq(ln.n_tags, 1);
+		/* a backslash before an ordinary letter stands for itself */
+		STR_EQ(ln.tags[0].value, name);
+		cr_assert_eq(ln.ts, 5);
+	}
+}
+
 Test(lp, timestamps_bad)
 {
 	BAD("m f=1 abc", "invalid timestamp 'abc'");

@@ -237,16 +237,6 @@ int cmd_parse_time(const char *s, int64_t now, int64_t *out)
 	return cmd_rfc3339(s, out);
 }
 
-/* Writes v's decimal digits backwards ending at end; returns the start. */
-static char *cmd_utoa_back(uint64_t v, char *end)
-{
-	do {
-		*--end = (char)('0' + v % 10);
-		v /= 10;
-	} while (v);
-	return end;
-}
-
 static void cmd_two(char *p, unsigned v)
 {
 	p[0] = (char)('0' + v / 10);
@@ -344,24 +334,59 @@ static const uint64_t cmd_p10[20] = {
 	10000000000000000000ULL,
 };
 
-/* "-" q with k digits after the point, trailing zeros dropped. */
+static const char cmd_pairs[201] = "00010203040506070809101112131415161718192021222324"
+				   "25262728293031323334353637383940414243444546474849"
+				   "50515253545556575859606162636465666768697071727374"
+				   "75767778798081828384858687888990919293949596979899";
+
+/* The number of decimal digits of q (at least 1). */
+static int cmd_ndigits(uint64_t q)
+{
+	int n = 1;
+	while (n < 20 && q >= cmd_p10[n])
+		n++;
+	return n;
+}
+
+/* Writes v's decimal digits, at least min of them (zero-padded), two at
+ * a time backwards ending at end; returns the start. */
+static char *cmd_digits_back(uint64_t v, char *end, int min)
+{
+	char *p = end;
+	while (v >= 100 || (end - p) + 2 < min) {
+		p -= 2;
+		memcpy(p, cmd_pairs + 2 * (v % 100), 2);
+		v /= 100;
+	}
+	if (v >= 10 || (end - p) + 1 < min) {
+		p -= 2;
+		memcpy(p, cmd_pairs + 2 * v, 2);
+	} else {
+		*--p = (char)('0' + v);
+	}
+	return p;
+}
+
+/* "-" q with k digits after the point, trailing zeros dropped; written
+ * straight into buf, two digits at a time: a 288-row series formats over
+ * a thousand of these. */
 static size_t cmd_put_decimal(char *buf, int neg, uint64_t q, int k)
 {
 	while (k && q % 10 == 0) {
 		q /= 10;
 		k--;
 	}
-	char tmp[48], *end = tmp + sizeof tmp, *p = end;
-	for (int i = 0; i < k; i++, q /= 10)
-		*--p = (char)('0' + q % 10);
-	if (k)
-		*--p = '.';
-	p = cmd_utoa_back(q, p);
+	uint64_t ip = q / cmd_p10[k], fp = q % cmd_p10[k];
+	size_t n = (size_t)neg + (size_t)cmd_ndigits(ip) + (k ? (size_t)k + 1 : 0);
+	char *end = buf + n;
+	*end = 0;
+	if (k) {
+		end = cmd_digits_back(fp, end, k);
+		*--end = '.';
+	}
+	end = cmd_digits_back(ip, end, 1);
 	if (neg)
-		*--p = '-';
-	size_t n = (size_t)(end - p);
-	memcpy(buf, p, n);
-	buf[n] = 0;
+		*--end = '-';
 	return n;
 }
 
@@ -374,6 +399,15 @@ static size_t cmd_put_decimal(char *buf, int neg, uint64_t q, int k)
  * kept only if it lies strictly within half an ulp of v; (3) anything
  * else: printf's %.15g, %.16g, %.17g, the first that strtod reads back.
  */
+/* x rounded to an integer, 0 <= x < 2^53: a cast, where nearbyint() is
+ * a libm call that saves and restores the floating-point environment. */
+static inline double cmd_round(double x)
+{
+	if (x >= 0x1p52)
+		return x; /* already an integer */
+	return (double)(int64_t)(x + 0.5);
+}
+
 size_t cmd_format_double(double v, char *buf)
 {
 	if (isnan(v))
@@ -381,22 +415,34 @@ size_t cmd_format_double(double v, char *buf)
 	int neg = signbit(v) && v != 0;
 	double a = fabs(v);
 	if (a < 9007199254740992.0) {
+		/* A value within half an ulp of some m / 10^k (k <= K) is within
+		 * a few ulps of an integer once scaled by 10^K, K the most places
+		 * that keep a * 10^K below 2^53. That one test turns away most
+		 * values with no short decimal (averages) before the loop below;
+		 * it never turns away one the loop would take. */
+		int kmax = 9;
+		while (kmax > 0 && a * (double)cmd_p10[kmax] >= 9007199254740992.0)
+			kmax--;
+		double xk = a * (double)cmd_p10[kmax];
+		if (xk < 9007199254740992.0 && fabs(xk - cmd_round(xk)) > xk * 0x1p-50)
+			goto long_form;
 		for (int k = 0; k <= 9; k++) {
 			double x = a * (double)cmd_p10[k];
 			if (x >= 9007199254740992.0)
 				break;
 			/* Only a product within rounding error of an integer can
 			 * be the answer; the division (slow) then proves it. */
-			double r = nearbyint(x);
+			double r = cmd_round(x);
 			if (fabs(x - r) <= x * 0x1p-50 && r / (double)cmd_p10[k] == a)
 				return cmd_put_decimal(buf, neg, (uint64_t)r, k);
 		}
 	}
+long_form:
 	if (a >= 1e-2 && a < 1e14) {
-		int ex;
-		double m = frexp(a, &ex); /* a = m * 2^ex, m in [0.5, 1) */
-		uint64_t f = (uint64_t)ldexp(m, 53);
-		int s = 53 - ex; /* a = f / 2^s, 6 <= s <= 59 here */
+		uint64_t bits;
+		memcpy(&bits, &a, sizeof bits); /* a is normal here */
+		uint64_t f = (bits & ((UINT64_C(1) << 52) - 1)) | UINT64_C(1) << 52;
+		int s = 1075 - (int)(bits >> 52); /* a = f / 2^s, 6 <= s <= 59 here */
 		static const double p10d[17] = {1e-2, 1e-1, 1e0, 1e1,  1e2,  1e3,  1e4,  1e5, 1e6,
 						1e7,  1e8,  1e9, 1e10, 1e11, 1e12, 1e13, 1e14};
 		int e10 = -2;
