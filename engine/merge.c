@@ -3,9 +3,10 @@
  * parts into sealed segments.
  *
  * Policy, per shard and (table, partition), checked after every flush:
- *  - an open partition merges its flush parts once MERGE_FANIN of them
- *    (tiered: parts of similar level merge together), which bounds parts
- *    per partition to a few;
+ *  - an open partition merges its parts once MERGE_FANIN of them are of
+ *    one size tier (rows in [F^t, F^(t+1)), F = MERGE_FANIN): parts per
+ *    partition stay below F per tier, each row is rewritten once per tier
+ *    it climbs, and a big part is never rewritten to absorb a small one;
  *  - a partition whose end lies seal_grace behind the table's newest event
  *    in the shard is sealed: its parts become one segment (a partition
  *    with one part is sealed by the manifest flag alone, no rewrite);
@@ -544,6 +545,18 @@ fail:
 	return rc;
 }
 
+/* floor(log_MERGE_FANIN(rows)): parts of one tier are alike in size. */
+static uint32_t size_tier(const shard_part *sp)
+{
+	uint64_t rows = sp->p->info.n_rows ? sp->p->info.n_rows : 1;
+	uint32_t t = 0;
+	while (rows >= MERGE_FANIN) {
+		rows /= MERGE_FANIN;
+		t++;
+	}
+	return t;
+}
+
 /* One pass of the policy over shard s; returns 1 if it merged something. */
 static int merge_pass(tally_db *db, shard *s, int *merged)
 {
@@ -605,15 +618,30 @@ static int merge_pass(tally_db *db, shard *s, int *merged)
 			*merged = 1;
 			return merge_parts(db, s, grp, n, 1);
 		}
-		/* tiered: MERGE_FANIN unsealed parts of the partition merge */
+		/* size-tiered: once MERGE_FANIN unsealed parts share a size tier
+		 * (rows in [4^t, 4^(t+1)) for a fan-in of 4) they merge, the
+		 * smallest tier first. Their merge lands in a higher tier, so a
+		 * row is rewritten once per tier it climbs, and a big part is
+		 * never rewritten to absorb a small one. */
 		if (late >= MERGE_FANIN) {
 			shard_part *un[64];
-			uint32_t k = 0;
-			for (uint32_t j = 0; j < n; j++)
-				if (!(grp[j]->flags & MPART_SEALED))
+			uint32_t k = 0, best = UINT32_MAX;
+			for (uint32_t j = 0; j < n; j++) {
+				if (grp[j]->flags & MPART_SEALED)
+					continue;
+				uint32_t t = size_tier(grp[j]), same = 0;
+				for (uint32_t i = 0; i < n; i++)
+					same += !(grp[i]->flags & MPART_SEALED) && size_tier(grp[i]) == t;
+				if (same >= MERGE_FANIN && t < best)
+					best = t;
+			}
+			for (uint32_t j = 0; j < n && best != UINT32_MAX; j++)
+				if (!(grp[j]->flags & MPART_SEALED) && size_tier(grp[j]) == best)
 					un[k++] = grp[j];
-			*merged = 1;
-			return merge_parts(db, s, un, k, 0);
+			if (k) {
+				*merged = 1;
+				return merge_parts(db, s, un, k, 0);
+			}
 		}
 	}
 	return 0;

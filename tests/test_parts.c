@@ -417,6 +417,68 @@ Test(parts, merges_seal_and_fold_late_data_exactly)
 	free(dir);
 }
 
+/* Writes n rows per key at base + i * step_ns, values 1 each. */
+static void write_ones(tally_db *db, int64_t base, int n, int64_t step_ns)
+{
+	tally_writer *w;
+	cr_assert_eq(tally_writer_open(db, -1, &w), 0);
+	char *buf = malloc((size_t)KEYS * (size_t)n * 48 + 1), *p = buf;
+	for (int i = 0; i < n; i++)
+		for (int k = 0; k < KEYS; k++)
+			p += sprintf(p, "m,k=key%02d v=1i %lld\n", k, (long long)(base + i * step_ns + k));
+	tally_write_result r;
+	cr_assert_eq(tally_write_lp(w, buf, (size_t)(p - buf), TALLY_PREC_NS, &r), 0);
+	cr_assert_eq(r.accepted, (uint64_t)KEYS * (uint64_t)n);
+	tally_writer_close(w);
+	free(buf);
+}
+
+/* The newest partition never seals (nothing newer arrives), so its late
+ * trickle merges as open parts: the small parts must merge among
+ * themselves by level, not pull the big part into every merge. Found by
+ * bench/run, where a 2-shard server rewrote 26 bytes per late byte. */
+Test(parts, open_partition_merges_by_level_not_rewriting_the_big_part)
+{
+	char *dir = tu_tmpdir();
+	tally_options o = quiet_opts();
+	tally_db *db;
+	cr_assert_eq(tally_db_open(dir, &o, &db), 0);
+	const int64_t day = 86400 * TALLY_NS_PER_SEC, d0 = T0 / day * day;
+	/* one partition: a big part from four flushes merged into one */
+	for (int i = 0; i < 4; i++) {
+		write_ones(db, d0 + i, 2000, 10 * TALLY_NS_PER_SEC);
+		cr_assert_eq(tally_db_flush(db), 0);
+	}
+	cr_assert_eq(tally_db_merge(db), 0, "%s", tally_errmsg());
+	tally_stats st;
+	tally_db_stats(db, &st);
+	cr_assert_eq(st.parts, 1);
+	const double big_rows = 4.0 * 2000 * KEYS;
+	/* then 64 small late flushes into the same partition */
+	for (int i = 0; i < 64; i++) {
+		write_ones(db, d0 + 100 + i, 5, 60 * TALLY_NS_PER_SEC);
+		cr_assert_eq(tally_db_flush(db), 0);
+		cr_assert_eq(tally_db_merge(db), 0, "%s", tally_errmsg());
+		tally_db_stats(db, &st);
+		cr_assert_leq(st.parts, 1 + 3 * 4, "flush %d: %llu parts", i,
+			      (unsigned long long)st.parts);
+	}
+	tally_db_stats(db, &st);
+	const double small_rows = 64.0 * 5 * KEYS, accepted = big_rows + small_rows;
+	/* written: every row once at its flush, the big rows once more at
+	 * their merge, each small row at most once per level (3 here); the
+	 * old policy rewrote the big part at every fourth flush (~16 times) */
+	double bound = (2 * big_rows + 4 * small_rows) / accepted;
+	cr_assert_leq(st.write_amplification, bound, "write amplification %.2f > %.2f",
+		      st.write_amplification, bound);
+	tally_agg a;
+	cr_assert_eq(tally_query_agg(db, "m", "v", "key07", INT64_MIN, INT64_MAX, &a), 0);
+	cr_assert_eq(a.count, 4 * 2000 + 64 * 5);
+	tally_db_close(db);
+	tu_rmrf(dir);
+	free(dir);
+}
+
 static void crash_during_merge(const char *step)
 {
 	char *dir = tu_tmpdir();
