@@ -753,6 +753,8 @@ TALLY_API int tally_write_lp(tally_writer *w, const char *text, size_t len,
 	lp_parser_reset(&w->ps, prec);
 	const char *cur = text, *end = text + len;
 	char reason[TALLY_REASON_MAX];
+	/* *res as of the last commit: what a failure leaves applied */
+	tally_write_result done = {0};
 	for (;;) {
 		int code = 0;
 		enum lp_result r = lp_next(&w->ps, &cur, end, w->line, &code, reason, sizeof reason);
@@ -775,17 +777,21 @@ TALLY_API int tally_write_lp(tally_writer *w, const char *text, size_t len,
 		if (w->batch.rows >= COMMIT_ROWS) {
 			if ((rc = writer_commit(w)))
 				goto fail;
+			/* the batch ended with this line: all before it is applied */
+			res->lines = w->ps.lines;
+			done = *res;
 		}
 	}
 	res->lines = w->ps.lines;
-	atomic_fetch_add(&w->db->rejected_lines, res->rejected);
 	if ((rc = writer_commit(w)))
-		return rc;
+		goto fail;
+	atomic_fetch_add(&w->db->rejected_lines, res->rejected);
 	err_clear();
 	return 0;
 fail:
 	wbatch_reset(&w->batch);
-	res->lines = w->ps.lines;
+	*res = done;
+	atomic_fetch_add(&w->db->rejected_lines, res->rejected);
 	return rc;
 }
 

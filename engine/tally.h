@@ -249,8 +249,12 @@ typedef struct tally_write_result {
 /* Writes InfluxDB line protocol text (one or more lines; the last may lack
  * its newline). Lines without a timestamp get the current time.
  * Returns 0 when the call was processed, even if some lines were rejected
- * (see *res, which may be NULL); a negative code when nothing was written
- * (TALLY_EFULL, TALLY_EFAILED, I/O errors). */
+ * (see *res, which may be NULL). A negative code (TALLY_EFULL,
+ * TALLY_EFAILED, out of memory, I/O errors) stops the call: then *res
+ * covers only the first res->lines lines, which were applied (their
+ * accepted lines are written, their rejected ones listed); the lines after
+ * them were not written. The text is applied in batches of many
+ * thousand lines, so res->lines is 0 unless the text was long. */
 TALLY_API int tally_write_lp(tally_writer *w, const char *text, size_t len,
 			     enum tally_precision prec, tally_write_result *res);
 

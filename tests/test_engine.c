@@ -573,3 +573,59 @@ Test(engine, concurrent_writers_readers_and_syncs)
 	cr_assert_eq(tally_query_agg(db, "c", "v", "k1", 0, INT64_MAX, &a), 0);
 	cr_assert_eq(a.count, THREADS * PER_THREAD / 5 + 1);
 }
+
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+
+/* A write that fails partway (here the WAL cannot grow: RLIMIT_FSIZE)
+ * reports exactly what it applied: res.lines lines, whose accepted ones
+ * are in the store, and nothing after them. Runs in a child: the limit
+ * and the failed shard stay there. */
+Test(engine, failed_write_reports_what_it_applied)
+{
+	fflush(NULL);
+	pid_t pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		signal(SIGXFSZ, SIG_IGN);
+		struct rlimit rl = {1u << 20, 1u << 20};
+		if (setrlimit(RLIMIT_FSIZE, &rl))
+			_exit(10);
+		/* 400,000 lines, every 1000th bad; incompressible-ish values so
+		 * the WAL outgrows 1 MiB within the call */
+		size_t cap = (size_t)400000 * 64;
+		char *buf = malloc(cap), *p = buf;
+		uint64_t seed = 1;
+		for (int i = 0; i < 400000; i++) {
+			seed = seed * 6364136223846793005u + 1442695040888963407u;
+			if (i % 1000 == 999)
+				p += sprintf(p, "m,k=a v=oops %lld\n", (long long)(T0 + i));
+			else
+				p += sprintf(p, "m,k=a v=%llu %lld\n",
+					     (unsigned long long)(seed >> 11), (long long)(T0 + i));
+		}
+		tally_write_result res;
+		int rc = tally_write_lp(w, buf, (size_t)(p - buf), TALLY_PREC_NS, &res);
+		if (rc >= 0)
+			_exit(11); /* the limit did not bite: the test proves nothing */
+		if (res.lines == 0 || res.lines >= 400000)
+			_exit(12);
+		/* the counts describe exactly the first res.lines lines */
+		uint64_t bad = res.lines / 1000;
+		if (res.rejected != bad || res.accepted != res.lines - bad)
+			_exit(13);
+		if (res.n_errors != (bad < TALLY_LINE_ERRORS_MAX ? bad : TALLY_LINE_ERRORS_MAX) ||
+		    (res.n_errors && res.errors[0].line != 1000))
+			_exit(14);
+		/* and the store holds exactly the accepted ones */
+		tally_agg a;
+		if (tally_query_agg(db, "m", "v", "a", INT64_MIN, INT64_MAX, &a) || a.count != res.accepted)
+			_exit(15);
+		_exit(0);
+	}
+	int status;
+	cr_assert_eq(waitpid(pid, &status, 0), pid);
+	cr_assert(WIFEXITED(status), "child died: status %d", status);
+	cr_assert_eq(WEXITSTATUS(status), 0, "child check %d failed", WEXITSTATUS(status));
+}
