@@ -6,6 +6,10 @@
  * srv_conf and its help line. The file, the flags and --help all read that
  * table, so they can never disagree about what a setting is called or
  * means. Flags are applied after the file, so they win.
+ *
+ * Secrets (K_SECRET: the token, the tiering credentials) are never echoed:
+ * no error message, help text or log line carries their value; each has a
+ * -file variant so it need not sit in argv, and they are wiped when freed.
  */
 #include "conf.h"
 
@@ -19,7 +23,23 @@
 
 #include "cmd.h"
 
-enum conf_kind { K_STR, K_UINT, K_SIZE, K_DUR, K_DUR0, K_LOG, K_LEVELS, K_OFFSET, K_U32, K_TOKEN_FILE };
+enum conf_kind {
+	K_STR,
+	K_SECRET,      /* a string never printed, wiped when freed; not empty */
+	K_SECRET_FILE, /* the first line of a file into the K_SECRET at off */
+	K_UINT,
+	K_U32,
+	K_SIZE,        /* size_t */
+	K_SIZE64,      /* uint64_t */
+	K_PART_SIZE,   /* uint64_t: 0 or in [CONF_PART_MIN, CONF_PART_MAX] */
+	K_DUR,
+	K_DUR0,
+	K_DUR_OFF,     /* int64_t ns: a duration, 0, or off/never/-<duration> (< 0) */
+	K_MS,          /* uint32_t ms: 0 or a duration from 1ms */
+	K_LOG,
+	K_LEVELS,
+	K_OFFSET,
+};
 
 static const struct conf_item {
 	const char *name;
@@ -34,9 +54,10 @@ static const struct conf_item {
 	{"port-file", K_STR, offsetof(srv_conf, port_file),
 	 "write the bound port to this file once listening"},
 	{"shards", K_UINT, offsetof(srv_conf, shards), "shard threads (default: one per core)"},
-	{"token", K_STR, offsetof(srv_conf, token),
+	{"token", K_SECRET, offsetof(srv_conf, token),
 	 "shared token clients must present with #!auth (prefer token-file)"},
-	{"token-file", K_TOKEN_FILE, 0, "read the token from this file (first line)"},
+	{"token-file", K_SECRET_FILE, offsetof(srv_conf, token),
+	 "read the token from this file (first line)"},
 	{"max-line-bytes", K_U32, offsetof(srv_conf, max_line),
 	 "longest line accepted (default 1MiB)"},
 	{"max-connections", K_UINT, offsetof(srv_conf, max_conns),
@@ -61,13 +82,49 @@ static const struct conf_item {
 	{"log-level", K_LOG, offsetof(srv_conf, log_level), "error, warn or info (default info)"},
 	{"io", K_STR, offsetof(srv_conf, io),
 	 "auto (io_uring, else epoll), io_uring or epoll (default auto)"},
-	{"memory-limit", K_SIZE, offsetof(srv_conf, memory_limit),
+	{"memory-limit", K_SIZE64, offsetof(srv_conf, memory_limit),
 	 "bound for memtables and rollups (default 4GiB)"},
 	{"align-offset", K_OFFSET, offsetof(srv_conf, align_offset),
 	 "day windows start at this UTC offset, e.g. +3h (default 0)"},
 	{"table-keys", K_STR, offsetof(srv_conf, table_keys),
 	 "key tag per table, \"traffic=camera,shop=store\""},
 	{"levels", K_LEVELS, 0, "rollup windows, e.g. 5m,1h,1d (the default)"},
+	{"flush-interval", K_MS, offsetof(srv_conf, flush_ms),
+	 "flush a shard's memtable into parts once it is this old (default 60s)"},
+	/* Tiering (docs/operations.md). Unset: the engine's environment
+	 * variable, named in the help, else its default. */
+	{"tier-bucket", K_STR, offsetof(srv_conf, tier_bucket),
+	 "S3 bucket for old raw data; tiering is on when set (default $TALLY_S3_BUCKET, "
+	 "else off)"},
+	{"tier-endpoint", K_STR, offsetof(srv_conf, tier_endpoint),
+	 "http:// or https:// S3 endpoint, path-style (default $TALLY_S3_ENDPOINT, "
+	 "$AWS_ENDPOINT_URL_S3, $AWS_ENDPOINT_URL, else AWS S3 of the region)"},
+	{"tier-region", K_STR, offsetof(srv_conf, tier_region),
+	 "signing region (default $AWS_REGION, $AWS_DEFAULT_REGION, else us-east-1)"},
+	{"tier-prefix", K_STR, offsetof(srv_conf, tier_prefix),
+	 "object key prefix, e.g. tally/site1/ (default $TALLY_S3_PREFIX, else none)"},
+	{"tier-access-key", K_STR, offsetof(srv_conf, tier_access_key),
+	 "access key id (default $AWS_ACCESS_KEY_ID; none: unsigned requests)"},
+	{"tier-secret-key", K_SECRET, offsetof(srv_conf, tier_secret_key),
+	 "secret access key (default $AWS_SECRET_ACCESS_KEY; prefer tier-secret-key-file)"},
+	{"tier-secret-key-file", K_SECRET_FILE, offsetof(srv_conf, tier_secret_key),
+	 "read the secret access key from this file (first line)"},
+	{"tier-session-token", K_SECRET, offsetof(srv_conf, tier_session_token),
+	 "session token of temporary credentials (default $AWS_SESSION_TOKEN)"},
+	{"tier-session-token-file", K_SECRET_FILE, offsetof(srv_conf, tier_session_token),
+	 "read the session token from this file (first line)"},
+	{"tier-after", K_DUR_OFF, offsetof(srv_conf, tier_after),
+	 "upload a sealed partition once its end is this far behind its table's newest "
+	 "event; 0: the default 7d; off: upload nothing more, tiered data stays readable"},
+	{"tier-cache-bytes", K_SIZE64, offsetof(srv_conf, tier_cache_bytes),
+	 "cold raw blocks kept in memory (default 64MiB)"},
+	{"tier-timeout", K_MS, offsetof(srv_conf, tier_timeout_ms),
+	 "time limit of one S3 request (default 30s)"},
+	{"tier-retries", K_UINT, offsetof(srv_conf, tier_retries),
+	 "retries of a failed S3 request, with backoff (0: the default 4)"},
+	{"tier-part-bytes", K_PART_SIZE, offsetof(srv_conf, tier_part_bytes),
+	 "uploads above this go multipart in parts of this size, 5MiB to 512MiB "
+	 "(default 16MiB)"},
 };
 
 #define CONF_N (sizeof conf_items / sizeof conf_items[0])
@@ -89,16 +146,26 @@ void conf_init(srv_conf *c)
 	c->log_level = TALLY_LOG_INFO;
 }
 
+void conf_wipe(char **s)
+{
+	if (*s) {
+		explicit_bzero(*s, strlen(*s)); /* a plain memset before free may be elided */
+		free(*s);
+		*s = NULL;
+	}
+}
+
 void conf_free(srv_conf *c)
 {
-	for (size_t i = 0; i < CONF_N; i++)
-		if (conf_items[i].kind == K_STR) {
-			char **p = (char **)((char *)c + conf_items[i].off);
-			if (*p && conf_items[i].off == offsetof(srv_conf, token))
-				memset(*p, 0, strlen(*p)); /* do not leave the secret in freed memory */
+	for (size_t i = 0; i < CONF_N; i++) {
+		char **p = (char **)((char *)c + conf_items[i].off);
+		if (conf_items[i].kind == K_SECRET)
+			conf_wipe(p);
+		else if (conf_items[i].kind == K_STR) {
 			free(*p);
 			*p = NULL;
 		}
+	}
 }
 
 /* "name" matches a table name with '-' and '_' alike. */
@@ -144,27 +211,35 @@ static int conf_err(const char *where, const char *name, const char *value, cons
 	return -1;
 }
 
-static int conf_read_token_file(srv_conf *c, const char *path, const char *where)
+/* A K_SECRET_FILE: the secret is the file's first line (a session token
+ * is up to a few KiB); errors name the file, never its content. */
+static int conf_read_secret_file(const struct conf_item *it, char **dst, const char *path,
+				 const char *where)
 {
+	const char *w = where ? where : "", *sep = where ? ": " : "";
 	FILE *f = fopen(path, "r");
 	if (!f) {
-		fprintf(stderr, "tallyd: %s%stoken-file %s: %s\n", where ? where : "",
-			where ? ": " : "", path, strerror(errno));
+		fprintf(stderr, "tallyd: %s%s%s %s: %s\n", w, sep, it->name, path, strerror(errno));
 		return -1;
 	}
-	char buf[1024];
+	char buf[8192];
 	size_t n = fgets(buf, sizeof buf, f) ? strlen(buf) : 0;
+	int whole = n < sizeof buf - 1 || buf[n - 1] == '\n' || fgetc(f) == EOF;
 	fclose(f);
 	while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
 		buf[--n] = 0;
-	if (n == 0) {
-		fprintf(stderr, "tallyd: token-file %s: empty\n", path);
-		return -1;
+	int rc = -1;
+	if (!whole)
+		fprintf(stderr, "tallyd: %s%s%s %s: first line longer than %zu bytes\n", w, sep,
+			it->name, path, sizeof buf - 2);
+	else if (n == 0)
+		fprintf(stderr, "tallyd: %s%s%s %s: empty\n", w, sep, it->name, path);
+	else {
+		conf_wipe(dst);
+		rc = (*dst = strdup(buf)) ? 0 : -1;
 	}
-	free(c->token);
-	c->token = strdup(buf);
-	memset(buf, 0, sizeof buf);
-	return c->token ? 0 : -1;
+	explicit_bzero(buf, sizeof buf); /* do not leave the secret on the stack */
+	return rc;
 }
 
 int conf_set(srv_conf *c, const char *name, const char *value, const char *where)
@@ -182,11 +257,15 @@ int conf_set(srv_conf *c, const char *name, const char *value, const char *where
 	uint64_t u;
 	int64_t d;
 	switch (it->kind) {
-	case K_TOKEN_FILE:
-		return conf_read_token_file(c, value, where);
-	case K_STR:
-		if (!strcmp(it->name, "token") && !*value)
+	case K_SECRET_FILE:
+		return conf_read_secret_file(it, (char **)dst, value, where);
+	case K_SECRET:
+		if (!*value) /* the value is never printed: empty is all it may say */
 			return conf_err(where, it->name, "", "is empty");
+		conf_wipe((char **)dst);
+		*(char **)dst = strdup(value);
+		return *(char **)dst ? 0 : -1;
+	case K_STR:
 		free(*(char **)dst);
 		*(char **)dst = strdup(value);
 		return *(char **)dst ? 0 : -1;
@@ -200,12 +279,19 @@ int conf_set(srv_conf *c, const char *name, const char *value, const char *where
 			*(unsigned *)dst = (unsigned)u;
 		return 0;
 	case K_SIZE:
+	case K_SIZE64:
 		if (conf_size(value, &u))
 			return conf_err(where, it->name, value, "is not a size (like 64KiB, 4GiB)");
-		if (it->off == offsetof(srv_conf, memory_limit))
+		if (it->kind == K_SIZE64)
 			*(uint64_t *)dst = u;
 		else
 			*(size_t *)dst = (size_t)u;
+		return 0;
+	case K_PART_SIZE:
+		if (conf_size(value, &u) || (u && (u < CONF_PART_MIN || u > CONF_PART_MAX)))
+			return conf_err(where, it->name, value,
+					"is not 0 or a size from 5MiB (S3's smallest part) to 512MiB");
+		*(uint64_t *)dst = u;
 		return 0;
 	case K_DUR:
 	case K_DUR0:
@@ -216,6 +302,30 @@ int conf_set(srv_conf *c, const char *name, const char *value, const char *where
 		if (cmd_parse_duration(value, &d))
 			return conf_err(where, it->name, value, "is not a duration (like 500ms, 10s, 5m)");
 		*(int64_t *)dst = d;
+		return 0;
+	case K_DUR_OFF:
+		if (!strcmp(value, "0")) {
+			*(int64_t *)dst = 0;
+			return 0;
+		}
+		if (!strcasecmp(value, "off") || !strcasecmp(value, "never")) {
+			*(int64_t *)dst = -1;
+			return 0;
+		}
+		if (cmd_parse_duration(*value == '-' ? value + 1 : value, &d))
+			return conf_err(where, it->name, value,
+					"is not a duration (like 1h, 7d), 0 or off");
+		*(int64_t *)dst = *value == '-' ? -d : d;
+		return 0;
+	case K_MS:
+		if (!strcmp(value, "0")) {
+			*(uint32_t *)dst = 0;
+			return 0;
+		}
+		if (cmd_parse_duration(value, &d) || d < 1000000 || d / 1000000 > UINT32_MAX)
+			return conf_err(where, it->name, value,
+					"is not a duration from 1ms to 49d (like 500ms, 30s)");
+		*(uint32_t *)dst = (uint32_t)(d / 1000000);
 		return 0;
 	case K_OFFSET: {
 		int neg = *value == '-';
@@ -305,7 +415,7 @@ int conf_load_file(srv_conf *c, const char *path)
 		if ((rc = conf_set(c, p, v, where)))
 			break;
 	}
-	memset(line, 0, sizeof line); /* it may have held the token */
+	explicit_bzero(line, sizeof line); /* it may have held a secret */
 	fclose(f);
 	return rc;
 }
@@ -322,8 +432,8 @@ void conf_usage(void)
 	       "'name = value' lines, '#' comments; flags win over the file):\n",
 	       CONF_DEFAULT_PORT);
 	for (size_t i = 0; i < CONF_N; i++)
-		printf("  --%-20s %s\n", conf_items[i].name, conf_items[i].help);
-	printf("  --%-20s %s\n", "config", "read settings from this file first");
+		printf("  --%-23s %s\n", conf_items[i].name, conf_items[i].help);
+	printf("  --%-23s %s\n", "config", "read settings from this file first");
 	printf("\nSIGTERM or SIGINT: stop accepting, finish buffered input, sync, exit.\n"
 	       "Example: tallyd --data /var/lib/tally --sync-interval 200ms\n");
 }
@@ -363,15 +473,18 @@ int conf_parse_args(srv_conf *c, int argc, char **argv)
 		}
 		if (!strncmp(a, "--config=", 9))
 			continue;
+		/* up to '=' only: what follows may be a secret */
+		int shown = (int)strcspn(a, "=");
 		if (strncmp(a, "--", 2) || !a[2]) {
-			fprintf(stderr, "tallyd: unexpected argument '%s' (see tallyd --help)\n", a);
+			fprintf(stderr, "tallyd: unexpected argument '%.*s' (see tallyd --help)\n",
+				shown, a);
 			return -1;
 		}
 		char name[64];
 		const char *eq = strchr(a, '='), *value;
 		size_t nl = eq ? (size_t)(eq - a - 2) : strlen(a + 2);
 		if (nl >= sizeof name) {
-			fprintf(stderr, "tallyd: unknown flag '%s'\n", a);
+			fprintf(stderr, "tallyd: unknown flag '%.*s'\n", shown, a);
 			return -1;
 		}
 		memcpy(name, a + 2, nl);
@@ -415,7 +528,7 @@ int conf_parse_args(srv_conf *c, int argc, char **argv)
 		fprintf(stderr, "tallyd: io '%s' is not auto, io_uring or epoll\n", c->io);
 		return -1;
 	}
-		if (c->max_conns == 0) {
+	if (c->max_conns == 0) {
 		fprintf(stderr, "tallyd: max-connections must be at least 1\n");
 		return -1;
 	}

@@ -37,10 +37,35 @@ typedef struct srv_conf {
 	char *table_keys;
 	unsigned n_levels;
 	int64_t levels[TALLY_LEVELS_MAX];
+	uint32_t flush_ms;   /* memtable age before a flush; 0: the engine's 60 s */
+	/* Tiering (tally_options tier_*). NULL or 0: the engine's default or
+	 * its environment variable ($TALLY_S3_*, $AWS_*). */
+	char *tier_bucket;
+	char *tier_endpoint;
+	char *tier_region;
+	char *tier_prefix;
+	char *tier_access_key;
+	char *tier_secret_key;    /* a secret: never printed, wiped when freed */
+	char *tier_session_token; /* a secret too */
+	int64_t tier_after;       /* ns; 0: 7 days; negative ("off"): upload nothing */
+	uint64_t tier_cache_bytes;
+	uint32_t tier_timeout_ms;
+	unsigned tier_retries;
+	uint64_t tier_part_bytes; /* 0 or in [CONF_PART_MIN, CONF_PART_MAX] */
 } srv_conf;
 
+/* S3 refuses multipart parts under 5 MiB; the S3 client buffers at most
+ * 512 MiB per part (storage/s3.h S3_PART_MIN, S3_PART_MAX). */
+#define CONF_PART_MIN (UINT64_C(5) << 20)
+#define CONF_PART_MAX (UINT64_C(512) << 20)
+
 void conf_init(srv_conf *c);
+/* Frees every string; secrets are overwritten first. */
 void conf_free(srv_conf *c);
+
+/* Overwrites and frees *s, then sets it NULL: for a secret that is no
+ * longer needed (the engine copies the tiering credentials at open). */
+void conf_wipe(char **s);
 
 /* Reads argv (and the file named by --config, whose settings the flags
  * override). Returns 0, 1 when --help or --version was printed (exit 0),

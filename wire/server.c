@@ -802,10 +802,29 @@ int srv_open(srv *s, srv_conf *conf)
 		o.n_levels = conf->n_levels;
 		memcpy(o.levels, conf->levels, sizeof o.levels);
 	}
+	o.flush_interval_ms = conf->flush_ms;
+	/* NULL and 0 leave the engine's defaults and environment variables */
+	o.tier_bucket = conf->tier_bucket;
+	o.tier_endpoint = conf->tier_endpoint;
+	o.tier_region = conf->tier_region;
+	o.tier_prefix = conf->tier_prefix;
+	o.tier_access_key = conf->tier_access_key;
+	o.tier_secret_key = conf->tier_secret_key;
+	o.tier_session_token = conf->tier_session_token;
+	o.tier_after = conf->tier_after;
+	o.tier_cache_bytes = conf->tier_cache_bytes;
+	o.tier_timeout_ms = conf->tier_timeout_ms;
+	o.tier_retries = conf->tier_retries;
+	o.tier_part_bytes = conf->tier_part_bytes;
 	o.log_fn = srv_engine_log;
 	o.log_ctx = s;
 	o.log_level = conf->log_level;
-	if ((rc = tally_db_open(conf->data, &o, &s->db))) {
+	rc = tally_db_open(conf->data, &o, &s->db);
+	/* The engine copied the credentials (or failed): ours are not needed
+	 * again, so they do not stay in memory for the server's life. */
+	conf_wipe(&conf->tier_secret_key);
+	conf_wipe(&conf->tier_session_token);
+	if (rc) {
 		srv_log(s, TALLY_LOG_ERROR, "opening %s: %s", conf->data,
 			*tally_errmsg() ? tally_errmsg() : tally_strerror(rc));
 		goto fail;
