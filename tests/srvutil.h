@@ -1,13 +1,13 @@
 /*
  * srvutil.h — tallyd as a child process and a line-oriented TCP client,
- * for Criterion tests that talk to the server (test_tier_server.c).
+ * for Criterion tests that talk to the server (test_server.c,
+ * test_tier_server.c).
  *
  * A server is started on a free port of 127.0.0.1 (--port 0 --port-file)
  * in its own temporary directory, its stdout and stderr in tallyd.log
  * there, and is stopped only by its PID. Nothing waits a fixed time for
  * something it could wait on: the port file is polled, replies are read
- * with a deadline, exits are waited for. (test_server.c has its own copy
- * of these helpers, from before this header.)
+ * with a deadline, exits are waited for.
  */
 #ifndef TALLY_SRVUTIL_H
 #define TALLY_SRVUTIL_H
@@ -15,6 +15,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <inttypes.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -213,16 +214,23 @@ static inline void tcli_close(tcli *c)
 	free(c);
 }
 
-static inline void tcli_send(tcli *c, const char *p, size_t n)
+/* Sends all n bytes; 0, or -errno when the connection failed (a peer
+ * that closed or reset it: EPIPE, ECONNRESET). Asserts nothing, so that
+ * threads and tests of closing servers can use it; callers that expect
+ * the send to work assert the 0. */
+static inline int tcli_send(tcli *c, const char *p, size_t n)
 {
 	while (n) {
 		ssize_t w = send(c->fd, p, n, MSG_NOSIGNAL);
-		if (w < 0 && errno == EINTR)
-			continue;
-		cr_assert(w > 0, "send: %s", strerror(errno));
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
 		p += w;
 		n -= (size_t)w;
 	}
+	return 0;
 }
 
 static inline void tcli_sendf(tcli *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -234,7 +242,8 @@ static inline void tcli_sendf(tcli *c, const char *fmt, ...)
 	int n = vsnprintf(buf, sizeof buf, fmt, ap);
 	va_end(ap);
 	cr_assert(n > 0 && (size_t)n < sizeof buf);
-	tcli_send(c, buf, (size_t)n);
+	int rc = tcli_send(c, buf, (size_t)n);
+	cr_assert_eq(rc, 0, "send: %s", strerror(-rc));
 }
 
 /* The next reply line (malloc'd, '\n' removed), NULL at EOF or after
@@ -270,19 +279,31 @@ static inline char *tcli_line(tcli *c, int timeout_ms)
 	}
 }
 
-/* Sends #!sync, skips other replies, returns the connection's accepted
- * and rejected counts. */
+/* Reads the next line and asserts it starts with prefix; returns it
+ * (malloc'd). */
+static inline char *tcli_expect(tcli *c, const char *prefix)
+{
+	char *l = tcli_line(c, 20000);
+	cr_assert_not_null(l, "expected a line starting with '%s', got none", prefix);
+	cr_assert(strncmp(l, prefix, strlen(prefix)) == 0, "expected '%s...', got '%s'", prefix, l);
+	return l;
+}
+
+/* Sends #!sync, skips other replies (none may be an ERR), returns the
+ * connection's accepted and rejected counts (either pointer may be NULL). */
 static inline void tcli_sync(tcli *c, uint64_t *acc, uint64_t *rej)
 {
 	tcli_sendf(c, "#!sync\n");
 	for (;;) {
 		char *l = tcli_line(c, 20000);
 		cr_assert_not_null(l, "no sync answer");
-		unsigned long long a, r;
-		if (sscanf(l, "OK sync accepted=%llu rejected=%llu", &a, &r) == 2) {
+		uint64_t a, r;
+		if (sscanf(l, "OK sync accepted=%" SCNu64 " rejected=%" SCNu64, &a, &r) == 2) {
 			free(l);
-			*acc = a;
-			*rej = r;
+			if (acc)
+				*acc = a;
+			if (rej)
+				*rej = r;
 			return;
 		}
 		cr_assert(strncmp(l, "ERR", 3), "%s", l);

@@ -5,364 +5,54 @@
  * Every test starts its own tallyd (the binary named by $TALLYD, with the
  * flags in $TALLYD_EXTRA, e.g. "--io epoll") on a free port of 127.0.0.1
  * (--port 0 --port-file) in its own temporary data directory, and stops
- * only that process, by PID. Nothing waits a fixed
- * time for something it could wait on: the port file is polled, replies
- * are read with a deadline, exits are waited for. Answers are checked
+ * only that process, by PID (the helpers are srvutil.h's). Nothing waits
+ * a fixed time for something it could wait on: the port file is polled,
+ * replies are read with a deadline, exits are waited for. Answers are checked
  * against a brute-force model of what was sent, and after a stop against
  * the same data directory opened with the embedded API.
  */
 #include <criterion/criterion.h>
-#include <errno.h>
-#include <fcntl.h>
-#include <ftw.h>
 #include <inttypes.h>
-#include <math.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "cmd.h"
 #include "frame.h"
 #include "lp.h"
+#include "srvutil.h"
 #include "tally.h"
 
 #define T0 INT64_C(1699920000000000000) /* 2023-11-14T00:00:00Z */
 #define SEC INT64_C(1000000000)
 
-static int64_t mono_ms(void)
-{
-	struct timespec t;
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
-}
-
-/* ---------------------------------------------------------------- server processes */
-
-typedef struct tsrv {
-	pid_t pid;
-	unsigned port;
-	char dir[128];  /* temporary directory of this test */
-	char data[160]; /* its data directory */
-} tsrv;
-
-static int rm_one(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-	(void)sb;
-	(void)flag;
-	(void)ftw;
-	return remove(p);
-}
-
-static void tdir_make(tsrv *s)
-{
-	memset(s, 0, sizeof *s);
-	snprintf(s->dir, sizeof s->dir, "/tmp/tally-test-server-XXXXXX");
-	cr_assert_not_null(mkdtemp(s->dir));
-	snprintf(s->data, sizeof s->data, "%s/data", s->dir);
-}
-
-static void tdir_remove(tsrv *s)
-{
-	nftw(s->dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
-}
-
-/* Starts tallyd on s->data with extra flags (NULL-terminated). */
+/* Starts tallyd on s->data with two shards, warnings only (TALLYD_LOG=info
+ * shows more when debugging a test), the extra flags (NULL-terminated),
+ * then those in $TALLYD_EXTRA ("--io epoll": the whole suite on the other
+ * loop); returns once it listens. */
 static void tsrv_start(tsrv *s, const char *const *extra)
 {
-	const char *bin = getenv("TALLYD");
-	cr_assert_not_null(bin, "TALLYD must name the tallyd binary");
-	char portfile[200], logfile[200];
-	snprintf(portfile, sizeof portfile, "%s/port", s->dir);
-	snprintf(logfile, sizeof logfile, "%s/tallyd.log", s->dir);
-	unlink(portfile);
-	const char *argv[64] = {bin, "--data", s->data, "--port", "0", "--port-file", portfile,
-				"--shards", "2", "--log-level",
-				/* TALLYD_LOG=info shows more when debugging a test */
-				getenv("TALLYD_LOG") ? getenv("TALLYD_LOG") : "warn"};
-	int n = 11;
-	for (int i = 0; extra && extra[i] && n < 62; i++)
-		argv[n++] = extra[i];
-	/* TALLYD_EXTRA="--io epoll": the whole suite on the other loop. */
-	static char env_extra[256];
+	const char *args[64] = {"--shards", "2", "--log-level",
+	                        getenv("TALLYD_LOG") ? getenv("TALLYD_LOG") : "warn"};
+	int n = 4;
+	for (int i = 0; extra && extra[i] && n < 63; i++)
+		args[n++] = extra[i];
+	char env_extra[256];
 	const char *ex = getenv("TALLYD_EXTRA");
 	if (ex) {
 		snprintf(env_extra, sizeof env_extra, "%s", ex);
-		for (char *save = NULL, *t = strtok_r(env_extra, " ", &save); t && n < 62;
+		for (char *save = NULL, *t = strtok_r(env_extra, " ", &save); t && n < 63;
 		     t = strtok_r(NULL, " ", &save))
-			argv[n++] = t;
+			args[n++] = t;
 	}
-	argv[n] = NULL;
-	pid_t pid = fork();
-	cr_assert(pid >= 0);
-	if (pid == 0) {
-		/* Dies with the test (a failed assertion ends the test process
-		 * at once), and holds none of the test runner's pipes. */
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		int fd = open(logfile, O_WRONLY | O_CREAT | O_APPEND, 0644);
-		int nul = open("/dev/null", O_RDONLY);
-		if (fd >= 0) {
-			dup2(fd, 1);
-			dup2(fd, 2);
-			close(fd);
-		}
-		if (nul >= 0) {
-			dup2(nul, 0);
-			close(nul);
-		}
-		execv(bin, (char *const *)argv);
-		_exit(127);
-	}
-	s->pid = pid;
-	int64_t deadline = mono_ms() + 20000;
-	for (;;) {
-		FILE *f = fopen(portfile, "r");
-		if (f) {
-			int ok = fscanf(f, "%u", &s->port) == 1;
-			fclose(f);
-			if (ok)
-				return;
-		}
-		int st;
-		if (waitpid(pid, &st, WNOHANG) == pid)
-			cr_assert_fail("tallyd exited at start (status %d); see %s", st, logfile);
-		cr_assert(mono_ms() < deadline, "tallyd did not start in 20 s");
-		usleep(5000); /* polling the port file */
-	}
-}
-
-/* Signals the server and waits for it; returns its exit code, or 128+sig. */
-static int tsrv_stop(tsrv *s, int sig)
-{
-	if (s->pid <= 0)
-		return -1;
-	kill(s->pid, sig);
-	int st = 0;
-	int64_t deadline = mono_ms() + 30000;
-	for (;;) {
-		pid_t r = waitpid(s->pid, &st, WNOHANG);
-		if (r == s->pid)
-			break;
-		if (mono_ms() > deadline) {
-			kill(s->pid, SIGKILL);
-			waitpid(s->pid, &st, 0);
-			cr_assert_fail("tallyd did not exit within 30 s of signal %d", sig);
-		}
-		usleep(2000);
-	}
-	s->pid = 0;
-	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-}
-
-/* ---------------------------------------------------------------- clients */
-
-typedef struct tcli {
-	int fd;
-	char buf[1 << 16];
-	size_t len;
-	int eof;
-} tcli;
-
-static tcli *tcli_open(unsigned port)
-{
-	tcli *c = calloc(1, sizeof *c);
-	cr_assert_not_null(c);
-	c->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	cr_assert(c->fd >= 0);
-	struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
-				.sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-	cr_assert(connect(c->fd, (struct sockaddr *)&a, sizeof a) == 0, "connect: %s",
-		  strerror(errno));
-	int one = 1;
-	setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-	return c;
-}
-
-static void tcli_close(tcli *c)
-{
-	if (!c)
-		return;
-	close(c->fd);
-	free(c);
-}
-
-static int tcli_send(tcli *c, const char *p, size_t n)
-{
-	while (n) {
-		ssize_t w = send(c->fd, p, n, MSG_NOSIGNAL);
-		if (w < 0) {
-			if (errno == EINTR)
-				continue;
-			return -1;
-		}
-		p += w;
-		n -= (size_t)w;
-	}
-	return 0;
-}
-
-static void tcli_sendf(tcli *c, const char *fmt, ...)
-{
-	char buf[4096];
-	va_list ap;
-	va_start(ap, fmt);
-	int n = vsnprintf(buf, sizeof buf, fmt, ap);
-	va_end(ap);
-	cr_assert(tcli_send(c, buf, (size_t)n) == 0, "send: %s", strerror(errno));
-}
-
-/* The next reply line (malloc'd, '\n' removed), NULL at EOF or after
- * timeout_ms. */
-static char *tcli_line(tcli *c, int timeout_ms)
-{
-	int64_t deadline = mono_ms() + timeout_ms;
-	for (;;) {
-		char *nl = memchr(c->buf, '\n', c->len);
-		if (nl) {
-			size_t n = (size_t)(nl - c->buf);
-			char *l = malloc(n + 1);
-			memcpy(l, c->buf, n);
-			l[n] = 0;
-			memmove(c->buf, nl + 1, c->len - n - 1);
-			c->len -= n + 1;
-			return l;
-		}
-		if (c->eof || c->len == sizeof c->buf)
-			return NULL;
-		int left = (int)(deadline - mono_ms());
-		struct pollfd pf = {.fd = c->fd, .events = POLLIN};
-		if (poll(&pf, 1, left > 0 ? left : 0) <= 0) {
-			if (left <= 0)
-				return NULL;
-			continue;
-		}
-		ssize_t r = recv(c->fd, c->buf + c->len, sizeof c->buf - c->len, 0);
-		if (r <= 0)
-			c->eof = 1;
-		else
-			c->len += (size_t)r;
-	}
-}
-
-/* Reads the next line and asserts it starts with prefix; returns it. */
-static char *tcli_expect(tcli *c, const char *prefix)
-{
-	char *l = tcli_line(c, 20000);
-	cr_assert_not_null(l, "expected a line starting with '%s', got none", prefix);
-	cr_assert(strncmp(l, prefix, strlen(prefix)) == 0, "expected '%s...', got '%s'", prefix, l);
-	return l;
-}
-
-/* Sends #!sync, skips other replies, returns accepted and rejected. */
-static void tcli_sync(tcli *c, uint64_t *acc, uint64_t *rej)
-{
-	tcli_sendf(c, "#!sync\n");
-	for (;;) {
-		char *l = tcli_line(c, 20000);
-		cr_assert_not_null(l, "no sync answer");
-		uint64_t a, r;
-		if (sscanf(l, "OK sync accepted=%" SCNu64 " rejected=%" SCNu64, &a, &r) == 2) {
-			free(l);
-			if (acc)
-				*acc = a;
-			if (rej)
-				*rej = r;
-			return;
-		}
-		cr_assert(strncmp(l, "ERR sync", 8), "%s", l);
-		free(l);
-	}
-}
-
-typedef struct ttable {
-	char **rows; /* rows[0] is the header */
-	size_t n;
-	char *err;
-} ttable;
-
-static void ttable_free(ttable *t)
-{
-	for (size_t i = 0; i < t->n; i++)
-		free(t->rows[i]);
-	free(t->rows);
-	free(t->err);
-	memset(t, 0, sizeof *t);
-}
-
-/* Sends a query, reads its table (header + rows + END n) or its ERR. */
-static void tcli_query(tcli *c, ttable *t, const char *fmt, ...)
-{
-	char cmd[2048];
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(cmd, sizeof cmd, fmt, ap);
-	va_end(ap);
-	memset(t, 0, sizeof *t);
-	tcli_sendf(c, "%s\n", cmd);
-	size_t cap = 0;
-	for (;;) {
-		char *l = tcli_line(c, 20000);
-		cr_assert_not_null(l, "no answer to %s", cmd);
-		if (t->n == 0 && !strchr(l, '\t')) {
-			cr_assert(strncmp(l, "ERR", 3) == 0, "unexpected '%s' for %s", l, cmd);
-			t->err = l;
-			return;
-		}
-		if (!strncmp(l, "END ", 4)) {
-			cr_assert_eq(strtoull(l + 4, NULL, 10), t->n - 1, "%s: %s", cmd, l);
-			free(l);
-			return;
-		}
-		if (t->n == cap) {
-			cap = cap ? cap * 2 : 16;
-			t->rows = realloc(t->rows, cap * sizeof *t->rows);
-		}
-		t->rows[t->n++] = l;
-	}
-}
-
-/* Cell j of a row (a copy valid until the next call). */
-static const char *tcell(const char *row, int j)
-{
-	static char buf[4096];
-	const char *p = row;
-	for (int k = 0; k < j; k++) {
-		p = strchr(p, '\t');
-		cr_assert_not_null(p);
-		p++;
-	}
-	size_t n = strcspn(p, "\t");
-	cr_assert_lt(n, sizeof buf);
-	memcpy(buf, p, n);
-	buf[n] = 0;
-	return buf;
-}
-
-static uint64_t tstat(tcli *c, const char *name)
-{
-	ttable t;
-	tcli_query(c, &t, "#!stats");
-	cr_assert_null(t.err);
-	for (size_t i = 1; i < t.n; i++)
-		if (!strcmp(tcell(t.rows[i], 0), name)) {
-			uint64_t v = strtoull(tcell(t.rows[i], 1), NULL, 10);
-			ttable_free(&t);
-			return v;
-		}
-	cr_assert_fail("no stat %s", name);
-	return 0;
+	args[n] = NULL;
+	tsrv_spawn(s, args, 1);
 }
 
 /* ---------------------------------------------------------------- framing units */
@@ -681,7 +371,7 @@ Test(server, writes_and_queries_match_a_brute_force_model, .timeout = 120)
 	}
 	for (int k = 0; k < CONNS; k++)
 		tcli_close(c[k]);
-	cr_assert_eq(tsrv_stop(&s, SIGTERM), 0);
+	cr_assert_eq(tsrv_wait(&s, SIGTERM), 0);
 
 	/* The same directory through the embedded API gives the same answers. */
 	tally_db *db;
@@ -744,7 +434,7 @@ Test(server, line_numbers_count_across_packets_and_escaped_newlines)
 	cr_assert_str_eq(tcell(t.rows[3], 2), "two\\nlines", "%s", t.rows[3]);
 	ttable_free(&t);
 	tcli_close(c);
-	cr_assert_eq(tsrv_stop(&s, SIGTERM), 0);
+	cr_assert_eq(tsrv_wait(&s, SIGTERM), 0);
 	tdir_remove(&s);
 }
 
@@ -780,7 +470,7 @@ Test(server, overlong_lines_are_rejected_alone)
 	cr_assert_eq(a, 3);
 	cr_assert_eq(r, 2);
 	tcli_close(c);
-	cr_assert_eq(tsrv_stop(&s, SIGTERM), 0);
+	cr_assert_eq(tsrv_wait(&s, SIGTERM), 0);
 	tdir_remove(&s);
 }
 
@@ -811,7 +501,7 @@ Test(server, malformed_lines_and_commands_keep_the_good_ones)
 	cr_assert_eq(a, 2);
 	cr_assert_eq(r, 3);
 	tcli_close(c);
-	cr_assert_eq(tsrv_stop(&s, SIGTERM), 0);
+	cr_assert_eq(tsrv_wait(&s, SIGTERM), 0);
 	tdir_remove(&s);
 }
 
@@ -845,16 +535,11 @@ Test(server, token_is_required_when_set)
 	tcli_sync(c, &a, NULL);
 	cr_assert_eq(a, 1);
 	tcli_close(c);
-	cr_assert_eq(tsrv_stop(&s, SIGTERM), 0);
+	cr_assert_eq(tsrv_wait(&s, SIGTERM), 0);
 	/* The token is never logged. */
-	char log[200], buf[65536];
-	snprintf(log, sizeof log, "%s/tallyd.log", s.dir);
-	f = fopen(log, "r");
-	size_t n = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
-	buf[n] = 0;
-	if (f)
-		fclose(f);
-	cr_assert_null(strstr(buf, "s3cret"));
+	char *log = tsrv_log(&s);
+	cr_assert_null(strstr(log, "s3cret"));
+	free(log);
 	tdir_remove(&s);
 }
 
@@ -885,7 +570,7 @@ Test(server, hundreds_of_concurrent_connections, .timeout = 120)
 	for (int i = 0; i < N; i++)
 		tcli_close(c[i]);
 	free(c);
-	cr_assert_eq(tsrv_stop(&s, SIGTERM), 0);
+	cr_assert_eq(tsrv_wait(&s, SIGTERM), 0);
 	tdir_remove(&s);
 }
 
@@ -912,7 +597,7 @@ Test(server, connection_limit_and_idle_timeout)
 	for (int i = 0; i < 4; i++)
 		tcli_close(c[i]);
 	/* The slots are free again once the server has seen those closes. */
-	int64_t deadline = mono_ms() + 20000;
+	int64_t deadline = su_mono_ms() + 20000;
 	for (;;) {
 		c[0] = tcli_open(s.port);
 		tcli_sendf(c[0], "#!ping\n");
@@ -925,10 +610,10 @@ Test(server, connection_limit_and_idle_timeout)
 		tcli_close(c[0]);
 		if (ok)
 			break;
-		cr_assert_lt(mono_ms(), deadline, "connection slots were not freed");
+		cr_assert_lt(su_mono_ms(), deadline, "connection slots were not freed");
 		usleep(2000); /* polling for the server to see the closes */
 	}
-	cr_assert_eq(tsrv_stop(&s, SIGTERM), 0);
+	cr_assert_eq(tsrv_wait(&s, SIGTERM), 0);
 	tdir_remove(&s);
 }
 
@@ -955,18 +640,18 @@ Test(server, a_client_that_never_reads_stalls_nobody, .timeout = 120)
 						    "that does not read");
 	/* Another client on the same (only) shard is served at once. */
 	tcli *good = tcli_open(s.port);
-	int64_t t0 = mono_ms();
+	int64_t t0 = su_mono_ms();
 	tcli_sendf(good, "#!ping\n");
 	free(tcli_expect(good, "OK pong"));
 	tcli_sendf(good, "t,k=a v=1 1\n");
 	uint64_t a;
 	tcli_sync(good, &a, NULL);
 	cr_assert_eq(a, 1);
-	cr_assert_lt(mono_ms() - t0, 5000);
+	cr_assert_lt(su_mono_ms() - t0, 5000);
 	/* The bad client's replies are dropped as its lines are read. */
-	int64_t deadline = mono_ms() + 20000;
+	int64_t deadline = su_mono_ms() + 20000;
 	while (tstat(good, "replies_dropped") == 0) {
-		cr_assert_lt(mono_ms(), deadline, "no reply was dropped");
+		cr_assert_lt(su_mono_ms(), deadline, "no reply was dropped");
 		usleep(2000); /* polling the server's counter */
 	}
 	/* The slow client, once it reads, learns what it missed. */
@@ -988,7 +673,7 @@ Test(server, a_client_that_never_reads_stalls_nobody, .timeout = 120)
 	tcli_close(bad);
 	tcli_close(good);
 	free(junk);
-	cr_assert_eq(tsrv_stop(&s, SIGTERM), 0);
+	cr_assert_eq(tsrv_wait(&s, SIGTERM), 0);
 	tdir_remove(&s);
 }
 
@@ -1014,18 +699,18 @@ Test(server, half_closed_sockets_get_every_answer)
 	tcli *d = tcli_open(s.port);
 	tcli_sendf(d, "h,k=b v=1 1\nh,k=b v=2 2\n");
 	tcli_close(d);
-	int64_t deadline = mono_ms() + 10000;
+	int64_t deadline = su_mono_ms() + 10000;
 	for (;;) {
 		tcli_query(c, &t, "#!agg h v b 0 1h");
 		int ok = t.n == 2 && !strncmp(t.rows[1], "2\t", 2);
 		ttable_free(&t);
 		if (ok)
 			break;
-		cr_assert_lt(mono_ms(), deadline);
+		cr_assert_lt(su_mono_ms(), deadline);
 		usleep(2000); /* polling for the other connection's writes */
 	}
 	tcli_close(c);
-	cr_assert_eq(tsrv_stop(&s, SIGTERM), 0);
+	cr_assert_eq(tsrv_wait(&s, SIGTERM), 0);
 	tdir_remove(&s);
 }
 
@@ -1182,14 +867,14 @@ Test(server, kill_9_under_load_keeps_every_synced_event_once, .timeout = 120)
 	}
 	/* Kill at a random moment once every loader is under way. */
 	srand((unsigned)time(NULL));
-	int64_t deadline = mono_ms() + 20000;
+	int64_t deadline = su_mono_ms() + 20000;
 	while (ld[0].acked_events < 2000 || ld[1].sent_events < 2000 ||
 	       ld[2].acked_events < 2000 || ld[3].sent_events < 2000) {
-		cr_assert_lt(mono_ms(), deadline, "the load did not get going");
+		cr_assert_lt(su_mono_ms(), deadline, "the load did not get going");
 		usleep(1000);
 	}
 	usleep((useconds_t)(rand() % 300000));
-	cr_assert_eq(tsrv_stop(&s, SIGKILL), 128 + SIGKILL);
+	cr_assert_eq(tsrv_wait(&s, SIGKILL), 128 + SIGKILL);
 	for (int i = 0; i < L; i++) {
 		atomic_store(&ld[i].stop, 1);
 		pthread_join(th[i], NULL);
@@ -1204,7 +889,7 @@ Test(server, kill_9_under_load_keeps_every_synced_event_once, .timeout = 120)
 		cr_assert_leq(n, ld[i].sent_events);
 	}
 	tcli_close(q);
-	cr_assert_eq(tsrv_stop(&s, SIGTERM), 0);
+	cr_assert_eq(tsrv_wait(&s, SIGTERM), 0);
 	tdir_remove(&s);
 }
 
@@ -1225,13 +910,13 @@ Test(server, sigterm_under_load_loses_nothing, .timeout = 120)
 		ld[i].half_close_after = i < 2 ? 0 : 40000;
 		pthread_create(&th[i], NULL, loader_main, &ld[i]);
 	}
-	int64_t deadline = mono_ms() + 20000;
+	int64_t deadline = su_mono_ms() + 20000;
 	while (ld[0].sent_events < 4000 || ld[1].sent_events < 4000 ||
 	       ld[2].sent_events < 40000 || ld[3].sent_events < 40000) {
-		cr_assert_lt(mono_ms(), deadline, "the load did not get going");
+		cr_assert_lt(su_mono_ms(), deadline, "the load did not get going");
 		usleep(1000);
 	}
-	cr_assert_eq(tsrv_stop(&s, SIGTERM), 0);
+	cr_assert_eq(tsrv_wait(&s, SIGTERM), 0);
 	for (int i = 0; i < L; i++) {
 		atomic_store(&ld[i].stop, 1);
 		pthread_join(th[i], NULL);
@@ -1254,6 +939,6 @@ Test(server, sigterm_under_load_loses_nothing, .timeout = 120)
 		}
 	}
 	tcli_close(q);
-	cr_assert_eq(tsrv_stop(&s, SIGTERM), 0);
+	cr_assert_eq(tsrv_wait(&s, SIGTERM), 0);
 	tdir_remove(&s);
 }

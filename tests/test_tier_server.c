@@ -107,7 +107,8 @@ static void send_events(unsigned port)
 	for (int64_t t = T0; t < END; t += STEP)
 		for (int k = 0; k < KEYS; k++) {
 			if (cap - len < 256) {
-				tcli_send(c, buf, len);
+				int rc = tcli_send(c, buf, len);
+				cr_assert_eq(rc, 0, "send: %s", strerror(-rc));
 				len = 0;
 			}
 			len += (size_t)snprintf(buf + len, cap - len,
@@ -115,7 +116,8 @@ static void send_events(unsigned port)
 			                        k, lane_at(t), value_at(t, k), (long long)t);
 			n++;
 		}
-	tcli_send(c, buf, len);
+	int rc = tcli_send(c, buf, len);
+	cr_assert_eq(rc, 0, "send: %s", strerror(-rc));
 	free(buf);
 	uint64_t acc, rej;
 	tcli_sync(c, &acc, &rej);
