@@ -41,6 +41,7 @@ static const codec_ops *const ops_by_id[CODEC_ENC_MAX + 1] = {
         [CODEC_ENC_DEC] = &enc_dec_ops,       [CODEC_ENC_XOR] = &enc_xor_ops,
         [CODEC_ENC_BITMAP] = &enc_bitmap_ops, [CODEC_ENC_PLAIN] = &enc_plain_ops,
         [CODEC_ENC_DICT] = &enc_dict_ops,     [CODEC_ENC_RLE] = &enc_rle_ops,
+        [CODEC_ENC_BIN] = &enc_bin_ops,
 };
 
 static const char *const kind_names[CODEC_KIND_MAX + 1] = {
@@ -79,7 +80,7 @@ static size_t body_limit(enum codec_kind k, uint32_t p)
 /* ------------------------------------------------------------ context */
 
 typedef struct ctx_bufs {
-	codec_buf cand[2], z;
+	codec_buf cand[3], z;
 } ctx_bufs;
 
 /* The buffers live after the struct so that enc.h need not know them. */
@@ -107,8 +108,8 @@ void codec_ctx_free(codec_ctx *cx)
 	for (int i = 0; i < ENC_SCRATCH; i++)
 		mem_free(cx->scratch[i]);
 	ctx_bufs *b = bufs(cx);
-	codec_buf_free(&b->cand[0]);
-	codec_buf_free(&b->cand[1]);
+	for (int i = 0; i < 3; i++)
+		codec_buf_free(&b->cand[i]);
 	codec_buf_free(&b->z);
 	mem_free(cx);
 }
@@ -374,25 +375,43 @@ static int choose(codec_ctx *cx, const enc_vals *in, const codec_opts *o, const 
 		if ((rc = build(cx, *op, in, o, &b->cand[0], st)))
 			return rc;
 		break;
-	case CODEC_F64:
+	case CODEC_F64: {
+		/* Decimals (DEC) are the common case and cheap to find. When
+		 * DEC gives up or costs over 3 bytes a value, the smallest of
+		 * DEC, XOR and BIN; BIN is also tried when DEC stored more than
+		 * 1/8 of the values verbatim (sum residuals: mostly 0, which DEC
+		 * takes, and binary fractions, which it cannot). */
+		codec_stats s3 = *st;
 		*op = &enc_dec_ops;
 		rc = build(cx, *op, in, o, &b->cand[0], &s1);
 		if (rc && rc != TALLY_EINVAL)
 			return rc;
-		if (rc || b->cand[0].len > (size_t)in->n * 3) {
-			int rc2 = build(cx, &enc_xor_ops, in, o, &b->cand[1], &s2);
-			if (rc2)
-				return rc2;
-			if (rc || b->cand[1].len < b->cand[0].len) {
+		int have_dec = !rc, try_xor = rc || b->cand[0].len > (size_t)in->n * 3;
+		int try_bin = try_xor || (uint64_t)s1.n_except * 8 > in->n;
+		if (try_xor) {
+			if ((rc = build(cx, &enc_xor_ops, in, o, &b->cand[1], &s2)))
+				return rc;
+			if (!have_dec || b->cand[1].len < b->cand[0].len) {
 				*op = &enc_xor_ops;
 				*which = 1;
 				s1 = s2;
+			}
+		}
+		if (try_bin) {
+			rc = build(cx, &enc_bin_ops, in, o, &b->cand[2], &s3);
+			if (rc && rc != TALLY_EINVAL)
+				return rc;
+			if (!rc && b->cand[2].len < b->cand[*which].len) {
+				*op = &enc_bin_ops;
+				*which = 2;
+				s1 = s3;
 			}
 		}
 		st->order = s1.order;
 		st->scale = s1.scale;
 		st->n_except = s1.n_except;
 		break;
+	}
 	case CODEC_BOOL: *op = &enc_bitmap_ops; return build(cx, *op, in, o, &b->cand[0], st);
 	default: {
 		/* strings: the smallest of RLE, DICT (when they apply) and PLAIN */
@@ -477,7 +496,7 @@ static int encode(codec_ctx *cx, enum codec_kind kind, const void *vals, const u
 	int use_z = 0;
 	int level = o->zstd_level ? o->zstd_level : CODEC_ZSTD_DEFAULT;
 	int packed = op == &enc_int_ops || op == &enc_dec_ops || op == &enc_xor_ops ||
-	             op == &enc_bitmap_ops;
+	             op == &enc_bin_ops || op == &enc_bitmap_ops;
 	if (o->zstd_level >= 0 && (body->len >= ZSTD_MIN_BODY || o->zstd_always)) {
 		int go = 1;
 		if (packed) {

@@ -64,10 +64,12 @@ enum codec_enc {
 	CODEC_ENC_PLAIN = 6,  /* STR/KEY: lengths (INT stream) + bytes */
 	CODEC_ENC_DICT = 7,   /* STR/KEY: dictionary + ids (INT stream) */
 	CODEC_ENC_RLE = 8,    /* STR/KEY: runs of equal values */
+	CODEC_ENC_BIN = 9,    /* F64: binary exponent + INT stream of the integers */
 };
-#define CODEC_ENC_MAX 8
+#define CODEC_ENC_MAX 9
 
-/* The transform in front of the INT frames (DEC uses it for its integers). */
+/* The transform in front of the INT frames (DEC and BIN use it for their
+ * integers). */
 enum codec_order {
 	CODEC_ORDER_AUTO = 0,  /* encoder measures each and keeps the smallest */
 	CODEC_ORDER_VALUE = 1, /* v[i] - v[0] */
@@ -92,25 +94,25 @@ void codec_buf_free(codec_buf *b);
 
 /* Zero-initialised options are the defaults. zstd runs on the body and is
  * kept only when it saves more than 1/64 of it; bodies that are already
- * bit-packed (int, dec, xor, bitmap) are tried at level 1 whatever
+ * bit-packed (int, dec, xor, bin, bitmap) are tried at level 1 whatever
  * zstd_level says: zstd rarely shrinks them, and level 1 still finds the
  * repeats when it does. */
 typedef struct codec_opts {
 	int zstd_level;         /* strings, raw: 0 CODEC_ZSTD_DEFAULT; < 0 never zstd */
 	int zstd_always;        /* keep zstd even when it does not shrink (tests) */
 	enum codec_enc force;   /* CODEC_AUTO, or the one encoding to use */
-	enum codec_order order; /* INT/DEC transform; CODEC_ORDER_AUTO normally */
+	enum codec_order order; /* INT/DEC/BIN transform; CODEC_ORDER_AUTO normally */
 } codec_opts;
 
 /* What one codec_encode did, for stats and `tally inspect`. */
 typedef struct codec_stats {
 	uint8_t enc;          /* enum codec_enc chosen */
 	uint8_t zstd;         /* 1: body stored zstd-compressed */
-	uint8_t order;        /* INT, DEC: enum codec_order used (0 when n/a) */
+	uint8_t order;        /* INT, DEC, BIN: enum codec_order used (0 when n/a) */
 	uint8_t scale;        /* DEC: decimal digits */
 	uint32_t n;           /* rows */
 	uint32_t n_present;   /* rows with a value */
-	uint32_t n_except;    /* DEC: values stored verbatim */
+	uint32_t n_except;    /* DEC, BIN: values stored verbatim */
 	uint64_t raw_bytes;   /* values in memory: 8 per number, 1 per bool, string bytes */
 	uint64_t body_bytes;  /* encoded values before zstd */
 	uint64_t block_bytes; /* the block as written */
@@ -135,12 +137,13 @@ void codec_ctx_free(codec_ctx *cx);
  * Appends one block holding vals[0..n) (n <= CODEC_BLOCK_MAX) to out.
  * cx may be NULL (a temporary context is used: slower), opt may be NULL
  * (defaults), st may be NULL. Every encoding a kind takes can represent
- * every value of it (DEC stores non-decimals verbatim), so a forced
- * encoding only fails when it does not take the kind. Errors: TALLY_EINVAL
- * for a bad kind, n, a NULL string with a nonzero length, or a forced
- * encoding that does not take the kind; TALLY_ELIMIT when the strings
- * pass CODEC_BODY_MAX (split the block); -ENOMEM. On error out->len is
- * unchanged. With a reused cx, it allocates only to grow cx and out.
+ * every value of it (DEC and BIN store what they cannot scale verbatim),
+ * so a forced encoding only fails when it does not take the kind.
+ * Errors: TALLY_EINVAL for a bad kind, n, a NULL string with a nonzero
+ * length, or a forced encoding that does not take the kind; TALLY_ELIMIT
+ * when the strings pass CODEC_BODY_MAX (split the block); -ENOMEM. On
+ * error out->len is unchanged. With a reused cx, it allocates only to grow
+ * cx and out.
  */
 int codec_encode(codec_ctx *cx, enum codec_kind kind, const void *vals, const uint64_t *present,
                  uint32_t n, const codec_opts *opt, codec_buf *out, codec_stats *st);

@@ -64,8 +64,9 @@ typedef struct codec_ops {
 	uint8_t id;
 	const char *name;
 	uint32_t kinds; /* bit (1 << kind) for each kind it takes */
-	/* Appends the body for in to out. TALLY_EINVAL: cannot represent these
-	 * values (only DEC). st gets order, scale, n_except where they apply. */
+	/* Appends the body for in to out. TALLY_EINVAL: not worth it for
+	 * these values (only DEC and BIN, never when forced). st gets order,
+	 * scale, n_except where they apply. */
 	int (*encode)(codec_ctx *cx, const enc_vals *in, const codec_opts *opt, codec_buf *out,
 	              codec_stats *st);
 	/* Decodes n values from exactly body[0..len) into out (n slots of the
@@ -75,7 +76,7 @@ typedef struct codec_ops {
 } codec_ops;
 
 extern const codec_ops enc_raw_ops, enc_int_ops, enc_dec_ops, enc_xor_ops, enc_bitmap_ops,
-        enc_plain_ops, enc_dict_ops, enc_rle_ops;
+        enc_plain_ops, enc_dict_ops, enc_rle_ops, enc_bin_ops;
 
 /* ------------------------------------------------------------ INT streams */
 

@@ -426,8 +426,10 @@ int part_writer_stripe(part_writer *w, uint32_t n, const int64_t *ts, const part
 /*
  * A rollup block: u32 n, then six codec blocks, each preceded by its u32
  * length: starts (ts), counts (u64), sums, compensations, mins, maxes (f64).
- * The sum is stored rounded (sum + comp) with the exact residual beside it,
- * which is 0 in the common case and so costs nothing after the codec.
+ * The sum is stored rounded (sum + comp) with the exact residual beside it.
+ * The residual is tiny (a few bits at the sum's last place: one-decimal
+ * values are not exact in binary), so the codec's BIN encoding stores it
+ * as small integers times one power of two, under a byte per bucket.
  */
 int part_writer_rollup(part_writer *w, uint32_t num, unsigned level, const part_bucket *b,
 		       uint32_t n)

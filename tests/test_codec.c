@@ -206,9 +206,10 @@ static size_t roundtrip(const col *c, const codec_opts *opt, codec_stats *st_out
  * zstd off, default and always; plus the encoder's own choice. */
 static void roundtrip_all(const col *c)
 {
-	static const enum codec_enc encs[] = {CODEC_AUTO,      CODEC_ENC_RAW,  CODEC_ENC_INT,
-	                                      CODEC_ENC_DEC,   CODEC_ENC_XOR,  CODEC_ENC_BITMAP,
-	                                      CODEC_ENC_PLAIN, CODEC_ENC_DICT, CODEC_ENC_RLE};
+	static const enum codec_enc encs[] = {
+	        CODEC_AUTO,       CODEC_ENC_RAW,   CODEC_ENC_INT,  CODEC_ENC_DEC, CODEC_ENC_XOR,
+	        CODEC_ENC_BITMAP, CODEC_ENC_PLAIN, CODEC_ENC_DICT, CODEC_ENC_RLE, CODEC_ENC_BIN};
+	_Static_assert(sizeof encs / sizeof encs[0] == CODEC_ENC_MAX + 1, "every encoding");
 	static const struct {
 		enum codec_kind kind;
 		unsigned mask;
@@ -216,7 +217,8 @@ static void roundtrip_all(const col *c)
 	        {CODEC_TS, 1u << CODEC_ENC_RAW | 1u << CODEC_ENC_INT},
 	        {CODEC_I64, 1u << CODEC_ENC_RAW | 1u << CODEC_ENC_INT},
 	        {CODEC_U64, 1u << CODEC_ENC_RAW | 1u << CODEC_ENC_INT},
-	        {CODEC_F64, 1u << CODEC_ENC_RAW | 1u << CODEC_ENC_DEC | 1u << CODEC_ENC_XOR},
+	        {CODEC_F64, 1u << CODEC_ENC_RAW | 1u << CODEC_ENC_DEC | 1u << CODEC_ENC_XOR |
+	                            1u << CODEC_ENC_BIN},
 	        {CODEC_BOOL, 1u << CODEC_ENC_RAW | 1u << CODEC_ENC_BITMAP},
 	        {CODEC_STR, 1u << CODEC_ENC_RAW | 1u << CODEC_ENC_PLAIN | 1u << CODEC_ENC_DICT |
 	                            1u << CODEC_ENC_RLE},
@@ -239,7 +241,9 @@ static void roundtrip_all(const col *c)
 			codec_buf_free(&out);
 			continue;
 		}
-		int orders = enc == CODEC_ENC_INT || enc == CODEC_ENC_DEC ? 4 : 1;
+		int orders = enc == CODEC_ENC_INT || enc == CODEC_ENC_DEC || enc == CODEC_ENC_BIN
+		                     ? 4
+		                     : 1;
 		for (int ord = 0; ord < orders; ord++) {
 			o.order = (enum codec_order)ord;
 			o.zstd_level = 0;
@@ -327,6 +331,25 @@ Test(codec, ints_every_size_pattern_kind_encoding)
 			}
 }
 
+/*
+ * The residual part_writer_rollup stores beside a bucket's rounded sum:
+ * n one-decimal speeds summed with TwoSum as engine/rollup.h does, then
+ * exact - rounded. A few units of the addends' last bit, 2^-47..2^-40 for
+ * speeds of 30.0..129.9: a binary fraction, never a decimal.
+ */
+static double sum_residual(tu_rng *r, uint32_t n)
+{
+	double sum = 0, comp = 0;
+	for (uint32_t i = 0; i < n; i++) {
+		double v = (double)(300 + tu_below(r, 1000)) / 10.0;
+		double t = sum + v, bp = t - sum;
+		comp += (sum - (t - bp)) + (v - bp);
+		sum = t;
+	}
+	double s = sum + comp;
+	return (sum - s) + comp;
+}
+
 static double pick_double(tu_rng *r, int pattern, uint32_t i)
 {
 	static const double odd[] = {-0.0,
@@ -365,6 +388,10 @@ static double pick_double(tu_rng *r, int pattern, uint32_t i)
 	case 5: return i & 1 ? 0.1 : -0.0;
 	case 6: return sin(i * 0.01) * 1000; /* smooth, not decimal */
 	case 7: return (double)((int64_t)tu_below(r, 1000000)) / 1e6 + 1e9; /* near 2^53 digits */
+	case 9: /* binary fractions: 20-bit integers times 2^-30..2^-27 */
+		return ldexp((double)((int64_t)tu_below(r, 1u << 20) - (1 << 19)),
+		             -30 + (int)tu_below(r, 4));
+	case 10: return sum_residual(r, 1 + (uint32_t)tu_below(r, 40));
 	default: {
 		uint64_t nan = 0x7ff8000000000000ULL | tu_below(r, 1000);
 		double d;
@@ -378,7 +405,7 @@ Test(codec, floats_every_size_pattern_encoding)
 {
 	tu_rng r = {tu_seed("floats")};
 	for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++)
-		for (int pat = 0; pat <= 8; pat++) {
+		for (int pat = 0; pat <= 10; pat++) {
 			col c = col_new(CODEC_F64, sizes[s]);
 			for (uint32_t i = 0; i < c.n; i++)
 				F(&c)[i] = pick_double(&r, pat, i);
@@ -519,14 +546,30 @@ Test(codec, decimal_path_for_speeds)
 	col_free(&c);
 }
 
-Test(codec, xor_for_non_decimals)
+/* Non-decimals get the smaller of XOR and BIN: XOR for values spread
+ * over many binades, BIN for a smooth series within a few (the integers'
+ * deltas of deltas are small where XOR still sees changing low bits). */
+Test(codec, xor_or_bin_for_non_decimals)
 {
 	col c = col_new(CODEC_F64, 2000);
 	for (uint32_t i = 0; i < c.n; i++)
-		F(&c)[i] = sin(i * 0.001) * M_PI;
+		F(&c)[i] = exp(i * 0.01); /* 29 binades */
 	codec_stats st;
 	roundtrip(&c, NULL, &st);
 	cr_assert_eq(st.enc, CODEC_ENC_XOR, "chose %s", codec_name(st.enc));
+
+	for (uint32_t i = 0; i < c.n; i++)
+		F(&c)[i] = sin(i * 0.001) * M_PI;
+	size_t bytes = roundtrip(&c, NULL, &st);
+	codec_opts o = {.force = CODEC_ENC_XOR};
+	size_t xor_bytes = roundtrip(&c, &o, NULL);
+	o.force = CODEC_ENC_BIN;
+	size_t bin_bytes = roundtrip(&c, &o, NULL);
+	cr_assert_eq(st.enc, CODEC_ENC_BIN, "chose %s (xor %zu bytes, bin %zu)", codec_name(st.enc),
+	             xor_bytes, bin_bytes);
+	cr_assert_eq(bytes, bin_bytes);
+	cr_assert_lt(bin_bytes, xor_bytes);
+	fprintf(stderr, "smooth series: xor %zu bytes, bin %zu\n", xor_bytes, bin_bytes);
 	col_free(&c);
 }
 
@@ -640,7 +683,7 @@ Test(codec, random_against_model)
 			c = col_new(k, n);
 			if (k == CODEC_F64)
 				for (uint32_t i = 0; i < n; i++)
-					F(&c)[i] = pick_double(&r, (int)tu_below(&r, 9), i);
+					F(&c)[i] = pick_double(&r, (int)tu_below(&r, 11), i);
 			else if (k == CODEC_BOOL)
 				for (uint32_t i = 0; i < n; i++)
 					B(&c)[i] = (uint8_t)tu_below(&r, 2);
@@ -730,6 +773,7 @@ static int decode_bytes(const uint8_t *p, size_t len, enum codec_kind k, uint32_
 }
 
 /* A set of blocks that covers every encoding, zstd and presence. */
+#define DAMAGE_COLS 12
 static col damage_col(int which, tu_rng *r, codec_opts *o)
 {
 	col c;
@@ -781,6 +825,18 @@ static col damage_col(int which, tu_rng *r, codec_opts *o)
 		fill_ints(&c, 4, r);
 		o->zstd_always = 1;
 		break;
+	case 11: /* sum residuals with exceptions among them */
+		c = col_new(CODEC_F64, 400);
+		for (uint32_t i = 0; i < c.n; i++)
+			F(&c)[i] = i % 37 ? pick_double(r, 10, i) : pick_double(r, 3, i);
+		o->force = CODEC_ENC_BIN;
+		break;
+	case 12: /* the encoder's own choice for residuals, zstd on */
+		c = col_new(CODEC_F64, 300);
+		for (uint32_t i = 0; i < c.n; i++)
+			F(&c)[i] = pick_double(r, 10, i);
+		o->zstd_always = 1;
+		break;
 	default:
 		c = col_new(CODEC_F64, 400);
 		for (uint32_t i = 0; i < c.n; i++)
@@ -797,7 +853,7 @@ Test(codec, truncation_at_every_byte)
 {
 	tu_rng r = {tu_seed("truncate")};
 	codec_buf arena = {0};
-	for (int w = 0; w <= 10; w++) {
+	for (int w = 0; w <= DAMAGE_COLS; w++) {
 		codec_opts o;
 		col c = damage_col(w, &r, &o);
 		uint8_t *blk;
@@ -826,7 +882,7 @@ Test(codec, flipped_bytes_never_crash)
 	tu_rng r = {tu_seed("flip")};
 	codec_buf arena = {0};
 	unsigned corrupt = 0, ok = 0;
-	for (int w = 0; w <= 10; w++) {
+	for (int w = 0; w <= DAMAGE_COLS; w++) {
 		codec_opts o;
 		col c = damage_col(w, &r, &o);
 		uint8_t *blk;
@@ -950,7 +1006,7 @@ Test(codec, allocation_failures)
 {
 	tu_rng r = {tu_seed("oom")};
 	codec_buf arena = {0};
-	for (int w = 0; w <= 10; w++) {
+	for (int w = 0; w <= DAMAGE_COLS; w++) {
 		codec_opts o;
 		col c = damage_col(w, &r, &o);
 		uint8_t *blk;
@@ -994,4 +1050,336 @@ Test(codec, names)
 	cr_assert_str_eq(codec_name(200), "?");
 	cr_assert_str_eq(codec_kind_name(CODEC_KEY), "key");
 	cr_assert_str_eq(codec_kind_name(0), "?");
+}
+
+/* ---------------------------------------------------------------- binary fractions */
+
+/* BIN's exponent, read from a block written without zstd. */
+static int bin_exponent(const uint8_t *blk, size_t len)
+{
+	codec_block_info info;
+	cr_assert_eq(codec_block_info_get(blk, len, &info), 0, "%s", err_msg());
+	cr_assert_eq(info.enc, CODEC_ENC_BIN);
+	cr_assert_eq(info.zstd, 0);
+	uint64_t z = 0;
+	size_t at = info.header_bytes;
+	for (unsigned sh = 0; at < len; sh += 7) {
+		z |= (uint64_t)(blk[at] & 0x7f) << sh;
+		if (!(blk[at++] & 0x80))
+			break;
+	}
+	return (int)(int64_t)((z >> 1) ^ (0 - (z & 1)));
+}
+
+/* The model of BIN's fit, apart from the codec's: v is m·2^e for an
+ * integer |m| < 2^53, and is not -0.0. */
+static int bin_fits(double v, int e)
+{
+	if (!isfinite(v) || (v == 0 && signbit(v)))
+		return 0;
+	double m = ldexp(v, -e), back = ldexp(m, e);
+	return m == trunc(m) && fabs(m) < 0x1p53 && memcmp(&back, &v, 8) == 0;
+}
+
+/* Forced BIN round-trips, and stores verbatim exactly what the model says
+ * does not fit its exponent. */
+static void bin_check(const col *c, enum codec_order ord, codec_stats *st_out)
+{
+	codec_opts o = {.force = CODEC_ENC_BIN, .zstd_level = -1, .order = ord};
+	codec_stats st;
+	roundtrip(c, &o, NULL);
+	codec_buf out = {0};
+	cr_assert_eq(codec_encode(cx, c->kind, c->v, c->present, c->n, &o, &out, &st), 0, "%s",
+	             err_msg());
+	int e = bin_exponent(out.p, out.len);
+	cr_assert(e >= -1074 && e <= 1023, "exponent %d", e);
+	uint32_t want = 0;
+	for (uint32_t i = 0; i < c->n; i++)
+		if (has(c->present, i) && !bin_fits(((const double *)c->v)[i], e))
+			want++;
+	cr_assert_eq(st.n_except, want, "exponent %d: %u exceptions, the model says %u", e,
+	             st.n_except, want);
+	codec_buf_free(&out);
+	if (st_out)
+		*st_out = st;
+}
+
+Test(codec, bin_round_trips_dyadics_residuals_and_specials)
+{
+	tu_rng r = {tu_seed("bin")};
+	static const double odd[] = {NAN,
+	                             -NAN,
+	                             INFINITY,
+	                             -INFINITY,
+	                             -0.0,
+	                             0.0,
+	                             5e-324,
+	                             -5e-324,
+	                             2.2250738585072009e-308,
+	                             2.2250738585072014e-308,
+	                             1.7976931348623157e308,
+	                             -1e300,
+	                             1e-300,
+	                             0x1p1023,
+	                             -0x1p-1074,
+	                             0x1.fffffffffffffp-40,
+	                             0.1,
+	                             85.2};
+	for (int t = 0; t < 72; t++) {
+		uint32_t n = (uint32_t)(t < 24 ? 1 + tu_below(&r, 300) : tu_below(&r, 5000));
+		col c = col_new(CODEC_F64, n);
+		int mode = t % 6;
+		/* dyadics anywhere in the range, subnormals included: up to
+		 * 53-bit integers times 2^e0..2^(e0+3) */
+		int e0 = -1074 + (int)tu_below(&r, 1023 + 1074 - 60);
+		unsigned bits = 1 + (unsigned)tu_below(&r, 50); /* m·2^3 < 2^53 */
+		uint32_t specials = 0;
+		for (uint32_t i = 0; i < n; i++) {
+			double v;
+			if (mode % 2 == 0) {
+				int64_t m = (int64_t)(tu_next(&r) >> (64 - bits));
+				v = ldexp((double)(tu_below(&r, 2) ? m : -m),
+				          e0 + (int)tu_below(&r, 4));
+			} else {
+				v = sum_residual(&r, 1 + (uint32_t)tu_below(&r, 60));
+			}
+			if (mode >= 2 && tu_below(&r, 10) == 0) {
+				specials++;
+				if (mode < 4) {
+					v = odd[tu_below(&r, sizeof odd / sizeof odd[0])];
+				} else { /* any bits */
+					uint64_t b = tu_next(&r);
+					memcpy(&v, &b, 8);
+				}
+			}
+			F(&c)[i] = v;
+		}
+		codec_stats st;
+		bin_check(&c, (enum codec_order)(t / 6 % 4), &st);
+		/* a sample chooses the exponent, so a value the sample missed
+		 * may not fit it; but nearly all do */
+		cr_assert_leq(st.n_except, specials + n / 50, "mode %d: %u exceptions of %u", mode,
+		              st.n_except, n);
+		if (t < 12)
+			roundtrip_presence(&c, &r);
+		else
+			roundtrip(&c, NULL, NULL);
+		col_free(&c);
+	}
+}
+
+Test(codec, bin_forced_on_any_doubles)
+{
+	tu_rng r = {tu_seed("bin-any")};
+	for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++)
+		for (int pat = 0; pat <= 10; pat++) {
+			col c = col_new(CODEC_F64, sizes[s]);
+			for (uint32_t i = 0; i < c.n; i++)
+				F(&c)[i] = pick_double(&r, pat, i);
+			bin_check(&c, (enum codec_order)tu_below(&r, 4), NULL);
+			set_presence(&c, &r, 700);
+			bin_check(&c, CODEC_ORDER_AUTO, NULL);
+			col_free(&c);
+		}
+}
+
+Test(codec, bin_chosen_for_sum_residuals)
+{
+	tu_rng r = {tu_seed("residuals")};
+	col c = col_new(CODEC_F64, 20000);
+	for (uint32_t i = 0; i < c.n; i++)
+		F(&c)[i] = sum_residual(&r, 1 + (uint32_t)tu_below(&r, 40));
+	codec_stats st;
+	size_t bytes = roundtrip(&c, NULL, &st);
+	cr_assert_eq(st.enc, CODEC_ENC_BIN, "chose %s", codec_name(st.enc));
+	cr_assert_lt((double)bytes / c.n, 1.0, "%.3f bytes a residual", (double)bytes / c.n);
+	codec_opts o = {.force = CODEC_ENC_XOR};
+	size_t xor_bytes = roundtrip(&c, &o, NULL);
+	cr_assert_lt(bytes * 2, xor_bytes, "bin %zu bytes, xor %zu", bytes, xor_bytes);
+
+	/* mostly 0 (buckets of one event): DEC takes the zeros and stores the
+	 * rest verbatim; BIN takes them all */
+	for (uint32_t i = 0; i < c.n; i++)
+		F(&c)[i] = tu_below(&r, 5) ? 0.0 : sum_residual(&r, 2 + (uint32_t)tu_below(&r, 40));
+	bytes = roundtrip(&c, NULL, &st);
+	cr_assert_eq(st.enc, CODEC_ENC_BIN, "chose %s", codec_name(st.enc));
+	cr_assert_lt((double)bytes / c.n, 0.5, "%.3f bytes a value", (double)bytes / c.n);
+
+	/* speeds with a few exceptions stay DEC */
+	for (uint32_t i = 0; i < c.n; i++)
+		F(&c)[i] = (double)(600 + tu_below(&r, 500)) / 10.0;
+	F(&c)[5] = NAN;
+	F(&c)[6] = sum_residual(&r, 9);
+	roundtrip(&c, NULL, &st);
+	cr_assert_eq(st.enc, CODEC_ENC_DEC, "chose %s", codec_name(st.enc));
+	col_free(&c);
+}
+
+/* A day of 5-minute buckets as part_writer_rollup stores them: the residual
+ * column used to cost XOR's 2 bytes a bucket. */
+Test(codec, rollup_residuals_of_one_decimal_sums_cost_under_a_byte)
+{
+	tu_rng r = {tu_seed("rollup")};
+	col c = col_new(CODEC_F64, 288);
+	for (uint32_t b = 0; b < c.n; b++) {
+		double sum = 0, comp = 0;
+		uint32_t events = 1 + (uint32_t)tu_below(&r, 28); /* 4000 a day: 14 a bucket */
+		for (uint32_t i = 0; i < events; i++) {
+			double v =
+			        (double)(850 + (int)tu_below(&r, 141) - 70) / 10.0; /* 78.0..92.0 */
+			double t = sum + v, bp = t - sum;
+			comp += (sum - (t - bp)) + (v - bp);
+			sum = t;
+		}
+		double s = sum + comp; /* as part_writer_rollup */
+		F(&c)[b] = (sum - s) + comp;
+	}
+	codec_stats st;
+	size_t bytes = roundtrip(&c, NULL, &st);
+	codec_opts o = {.force = CODEC_ENC_XOR};
+	size_t xor_bytes = roundtrip(&c, &o, NULL);
+	cr_assert_eq(st.enc, CODEC_ENC_BIN, "chose %s", codec_name(st.enc));
+	cr_assert_lt((double)bytes / c.n, 1.0, "%zu bytes for %u residuals (xor: %zu)", bytes, c.n,
+	             xor_bytes);
+	col_free(&c);
+}
+
+/* A BIN block of rows values (< 128) from parts: the exponent (ze, its
+ * zigzag), then extra[0..n_extra) (exception count and exceptions), then
+ * the integer stream of m[0..n) as the INT encoder writes it, then
+ * tail[0..n_tail). */
+static size_t bin_block(uint8_t *blk, uint32_t rows, uint64_t ze, const uint8_t *extra,
+                        size_t n_extra, const int64_t *m, uint32_t n, const uint8_t *tail,
+                        size_t n_tail)
+{
+	codec_buf ints = {0};
+	codec_opts o = {.force = CODEC_ENC_INT, .zstd_level = -1, .order = CODEC_ORDER_VALUE};
+	cr_assert_eq(codec_encode(cx, CODEC_I64, m, NULL, n, &o, &ints, NULL), 0);
+	codec_block_info info;
+	cr_assert_eq(codec_block_info_get(ints.p, ints.len, &info), 0);
+	size_t len = 0;
+	blk[len++] = CODEC_ENC_BIN;
+	blk[len++] = CODEC_F64;
+	blk[len++] = 0;
+	blk[len++] = (uint8_t)rows;
+	do {
+		blk[len++] = (uint8_t)((ze & 0x7f) | (ze >= 0x80 ? 0x80 : 0));
+		ze >>= 7;
+	} while (ze);
+	memcpy(blk + len, extra, n_extra);
+	len += n_extra;
+	memcpy(blk + len, ints.p + info.header_bytes, ints.len - info.header_bytes);
+	len += ints.len - info.header_bytes;
+	if (n_tail)
+		memcpy(blk + len, tail, n_tail);
+	len += n_tail;
+	codec_buf_free(&ints);
+	return len;
+}
+
+static void bin_refused(const uint8_t *blk, size_t len, uint32_t n, const char *msg)
+{
+	double back[8];
+	uint8_t *p = malloc(len ? len : 1); /* exactly len bytes, for ASan */
+	memcpy(p, blk, len);
+	cr_assert_eq(decode_bytes(p, len, CODEC_F64, n, back, NULL), TALLY_ECORRUPT,
+	             "decoded; wanted '%s'", msg);
+	cr_assert(strstr(err_msg(), msg), "message '%s', wanted '%s'", err_msg(), msg);
+	cr_assert(strstr(err_msg(), "codec block (f64): bin: "), "%s", err_msg());
+	free(p);
+}
+
+/* The worked example of docs/formats.md, and every check of the decoder. */
+Test(codec, bin_bytes_and_damage)
+{
+	static const int64_t m[4] = {0, 3, -1, 32};
+	const double want[4] = {0.0, 0x3p-48, -0x1p-48, 0x1p-43};
+	uint8_t blk[256], ref[256];
+	double back[8];
+	static const uint8_t none[] = {0x00};
+	/* zigzag(-48) = 95, no exceptions */
+	size_t len = bin_block(ref, 4, 95, none, 1, m, 4, NULL, 0);
+	cr_assert_eq(decode_bytes(ref, len, CODEC_F64, 4, back, NULL), 0, "%s", err_msg());
+	cr_assert_eq(memcmp(back, want, sizeof want), 0);
+	/* the encoder writes these very bytes */
+	col c = col_new(CODEC_F64, 4);
+	memcpy(c.v, want, sizeof want);
+	codec_opts o = {.zstd_level = -1, .order = CODEC_ORDER_VALUE};
+	uint8_t *enc;
+	size_t elen = encode_once(&c, &o, &enc);
+	char hex[256] = "";
+	for (size_t i = 0; i < elen && i < 80; i++)
+		snprintf(hex + 3 * i, 4, "%02x ", enc[i]);
+	static const uint8_t golden[] = {
+	        0x09, 0x04, 0x00, 0x04, /* bin, f64, flags, n = 4 */
+	        0x5f, 0x00,             /* e = -48, no exceptions */
+	        0x0c, 0x01, 0x00,       /* values, g = 1, zigzag(m[0]) = 0 */
+	                                /* then m[i] - m[0] for i >= 1: 3, -1, 32 */
+	        0x44, 0x81, 0x08, 0x2f, /* one frame: Rice k = 3, ref -1: 4, 0, 33 */
+	};
+	cr_assert_eq(elen, sizeof golden, "got %s", hex);
+	cr_assert_eq(memcmp(enc, golden, elen), 0, "got %s", hex);
+	cr_assert_eq(elen, len, "got %s", hex);
+	cr_assert_eq(memcmp(enc, ref, len), 0, "got %s", hex);
+	free(enc);
+	col_free(&c);
+
+	/* every truncation */
+	for (size_t cut = 0; cut < 4; cut++)
+		cr_assert_eq(decode_bytes(ref, cut, CODEC_F64, 4, back, NULL), TALLY_ECORRUPT);
+	for (size_t cut = 4; cut < len; cut++)
+		bin_refused(ref, cut, 4,
+		            cut == 4   ? "binary exponent: truncated"
+		            : cut == 5 ? "binary exceptions: truncated"
+		                       : "");
+	/* exponents out of range: -1075, 1024, -2^63; the ends are fine */
+	bin_refused(blk, bin_block(blk, 4, 2149, none, 1, m, 4, NULL, 0), 4,
+	            "binary: exponent -1075 outside -1074..1023");
+	bin_refused(blk, bin_block(blk, 4, 2048, none, 1, m, 4, NULL, 0), 4,
+	            "binary: exponent 1024 outside -1074..1023");
+	bin_refused(blk, bin_block(blk, 4, UINT64_MAX, none, 1, m, 4, NULL, 0), 4,
+	            "binary: exponent -9223372036854775808 outside");
+	len = bin_block(blk, 4, 2147, none, 1, m, 4, NULL, 0);
+	cr_assert_eq(decode_bytes(blk, len, CODEC_F64, 4, back, NULL), 0, "%s", err_msg());
+	cr_assert(back[1] == 0x3p-1074 && back[2] == -0x1p-1074, "%a %a", back[1], back[2]);
+	static const int64_t one[2] = {0, 1};
+	len = bin_block(blk, 2, 2046, none, 1, one, 2, NULL, 0);
+	cr_assert_eq(decode_bytes(blk, len, CODEC_F64, 2, back, NULL), 0, "%s", err_msg());
+	cr_assert(back[1] == 0x1p1023);
+	/* 3·2^1023 is no double: the encoder never writes it */
+	static const int64_t three[1] = {3};
+	bin_refused(blk, bin_block(blk, 1, 2046, none, 1, three, 1, NULL, 0), 1,
+	            "binary: value 0: 3*2^1023 overflows");
+	/* more exceptions than values */
+	static const uint8_t five[] = {0x05};
+	bin_refused(blk, bin_block(blk, 4, 95, five, 1, m, 4, NULL, 0), 4,
+	            "binary: 5 exceptions for 4 values");
+	/* an exception past the last value: gaps 1 (index 1), then 2 (index 4) */
+	static const uint8_t past[] = {0x02, 0x01, 0, 0, 0, 0, 0, 0,    0xf0, 0x7f,
+	                               0x02, 0,    0, 0, 0, 0, 0, 0xf0, 0x7f};
+	bin_refused(blk, bin_block(blk, 4, 95, past, sizeof past, m, 4, NULL, 0), 4,
+	            "binary: exception 1 past value 4");
+	/* an exception's bits cut short */
+	static const uint8_t cut_exc[] = {0x01, 0x00, 0, 0, 0, 0};
+	bin_refused(blk, bin_block(blk, 4, 95, cut_exc, sizeof cut_exc, NULL, 0, NULL, 0), 4,
+	            "binary: exception 0 truncated");
+	/* a good exception: -0.0 at index 2 */
+	static const uint8_t neg0[] = {0x01, 0x02, 0, 0, 0, 0, 0, 0, 0, 0x80};
+	len = bin_block(blk, 4, 95, neg0, sizeof neg0, m, 4, NULL, 0);
+	cr_assert_eq(decode_bytes(blk, len, CODEC_F64, 4, back, NULL), 0, "%s", err_msg());
+	cr_assert(back[1] == 0x3p-48 && back[2] == 0 && signbit(back[2]) && back[3] == 0x1p-43);
+	/* integers of 53 bits and more */
+	static const int64_t big[2] = {INT64_C(1) << 53, -(INT64_C(1) << 53)};
+	bin_refused(blk, bin_block(blk, 1, 95, none, 1, big, 1, NULL, 0), 1,
+	            "binary: value 0: integer 9007199254740992 has more than 53 bits");
+	bin_refused(blk, bin_block(blk, 1, 95, none, 1, big + 1, 1, NULL, 0), 1,
+	            "binary: value 0: integer -9007199254740992 has more than 53 bits");
+	static const int64_t top[2] = {(INT64_C(1) << 53) - 1, -(INT64_C(1) << 53) + 1};
+	len = bin_block(blk, 2, 0, none, 1, top, 2, NULL, 0);
+	cr_assert_eq(decode_bytes(blk, len, CODEC_F64, 2, back, NULL), 0, "%s", err_msg());
+	cr_assert(back[0] == 0x1.fffffffffffffp52 && back[1] == -0x1.fffffffffffffp52);
+	/* too few integers, bytes left over */
+	bin_refused(blk, bin_block(blk, 4, 95, none, 1, m, 3, NULL, 0), 4, "integer");
+	static const uint8_t junk[] = {0x00};
+	bin_refused(blk, bin_block(blk, 4, 95, none, 1, m, 4, junk, 1), 4, "left over");
 }

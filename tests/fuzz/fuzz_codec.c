@@ -7,8 +7,8 @@
  *    and as the kind byte 0 names. codec_decode must return OK or
  *    TALLY_ECORRUPT, never crash, hang or read out of bounds.
  *  - round trip: the rest of the input becomes values of a kind (raw
- *    bytes, or synthesised decimals, small deltas or short strings so that
- *    every encoding gets real work), a presence bitmap and encoder options;
+ *    bytes, or synthesised decimals, binary fractions, small deltas or
+ *    short strings so that every encoding gets real work), a presence bitmap and encoder options;
  *    they are encoded, decoded and compared bit for bit (abort on any
  *    difference), then one byte of the block is changed and the result
  *    decoded again, which reaches deep into the decoders with blocks that
@@ -21,6 +21,7 @@
  *
  * Build: tests/fuzz/build fuzz_codec build-fuzz/fuzz_codec
  */
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -103,6 +104,10 @@ static uint32_t make_values(enum codec_kind kind, unsigned synth, const uint8_t 
 		uint64_t x = le(p + at, step), bits;
 		if (synth == 0) {
 			bits = x;
+		} else if (kind == CODEC_F64 && synth == 3) {
+			/* binary fractions like sum residuals: k·2^-48 */
+			double d = ldexp((double)(int8_t)x, -48);
+			memcpy(&bits, &d, 8);
 		} else if (kind == CODEC_F64) {
 			/* decimals of 0-3 digits, and some specials */
 			static const double p10[4] = {1, 10, 100, 1000};
