@@ -59,12 +59,12 @@ static double rng_gauss(uint64_t *s)
 
 /* Same curves as tools/tally_demo.c. */
 static const double hour_volume[24] = {
-        0.25, 0.18, 0.15, 0.15, 0.20, 0.40, 0.80, 1.30, 1.40, 1.10, 0.90, 0.90,
-        0.95, 0.95, 0.95, 1.00, 1.20, 1.45, 1.40, 1.00, 0.75, 0.60, 0.45, 0.35,
+	0.25, 0.18, 0.15, 0.15, 0.20, 0.40, 0.80, 1.30, 1.40, 1.10, 0.90, 0.90,
+	0.95, 0.95, 0.95, 1.00, 1.20, 1.45, 1.40, 1.00, 0.75, 0.60, 0.45, 0.35,
 };
 static const double hour_speed[24] = {
-        1.06, 1.07, 1.08, 1.08, 1.06, 1.02, 0.90, 0.66, 0.62, 0.84, 0.97, 0.98,
-        0.96, 0.97, 0.97, 0.95, 0.85, 0.64, 0.60, 0.82, 0.96, 1.00, 1.03, 1.05,
+	1.06, 1.07, 1.08, 1.08, 1.06, 1.02, 0.90, 0.66, 0.62, 0.84, 0.97, 0.98,
+	0.96, 0.97, 0.97, 0.95, 0.85, 0.64, 0.60, 0.82, 0.96, 1.00, 1.03, 1.05,
 };
 
 typedef struct camera {
@@ -141,7 +141,7 @@ static void camera_generate(camera *cam, unsigned c, const bench_opts *o)
 enum { COL_KEY, COL_TS, COL_SPEED, COL_LANE, COL_PLATE, NCOL };
 static const char *const col_names[NCOL] = {"key", "ts", "speed", "lane", "plate"};
 static const enum codec_kind col_kind[NCOL] = {CODEC_KEY, CODEC_TS, CODEC_F64, CODEC_STR,
-                                               CODEC_STR};
+					       CODEC_STR};
 
 typedef struct col_total {
 	uint64_t bytes, raw, values, blocks;
@@ -181,7 +181,7 @@ static int same(int c, const void *a, const void *b, uint32_t n)
 
 /* Encodes, decodes and checks one camera's columns; adds to tot. */
 static int run_camera(codec_ctx *cx, const camera *cam, const bench_opts *o, const int *on,
-                      col_total *tot, codec_buf *buf, void *back, codec_buf *arena)
+		      col_total *tot, codec_buf *buf, void *back, codec_buf *arena)
 {
 	codec_opts co = {.zstd_level = o->zstd};
 	for (uint32_t at = 0; at < cam->n; at += o->block) {
@@ -193,11 +193,11 @@ static int run_camera(codec_ctx *cx, const camera *cam, const bench_opts *o, con
 			buf->len = 0;
 			double t0 = now();
 			int rc = codec_encode(cx, col_kind[c], col_vals(cam, c, at), NULL, n, &co,
-			                      buf, &st);
+					      buf, &st);
 			double t1 = now();
 			if (!rc)
 				rc = codec_decode(cx, buf->p, buf->len, col_kind[c], n, back, NULL,
-				                  arena);
+						  arena);
 			double t2 = now();
 			if (rc) {
 				fprintf(stderr, "%s: %s\n", col_names[c], err_msg());
@@ -286,9 +286,9 @@ static void print_table(const col_total *tot, const int *on, uint64_t events)
 		for (int e = 1; e <= CODEC_ENC_MAX; e++)
 			if (t->by_enc[e])
 				l += (size_t)snprintf(encs + l, sizeof encs - l, "%s%s %.0f%%",
-				                      l ? ", " : "", codec_name((unsigned)e),
-				                      100.0 * (double)t->by_enc[e] /
-				                              (double)t->blocks);
+						      l ? ", " : "", codec_name((unsigned)e),
+						      100.0 * (double)t->by_enc[e] /
+							      (double)t->blocks);
 		printf("  %-6s %9.3f %8.1fx %6.0f%% %9.0f %9.0f %9.1f  %s\n", col_names[c],
 		       (double)t->bytes / (double)events, (double)t->raw / (double)t->bytes,
 		       100.0 * (double)t->zstd_blocks / (double)t->blocks,
@@ -315,8 +315,8 @@ static double bytes_per_event(const col_total *tot, const int *on, uint64_t even
 static void usage(void)
 {
 	fprintf(stderr, "usage: bench_codec [--cameras N] [--events N] [--block N] [--zstd L]\n"
-	                "                   [--poisson] [--jitter] [--lanes] [--plates] [--seed S]"
-	                " [--quick]\n");
+			"                   [--poisson] [--jitter] [--lanes] [--plates] [--seed S]"
+			" [--quick]\n");
 	exit(2);
 }
 

@@ -57,34 +57,34 @@ typedef struct bench_opts {
 static void usage(FILE *f)
 {
 	fprintf(f,
-	        "Usage: bench_embedded [OPTIONS]\n"
-	        "\n"
-	        "Measures libtally in-process: binary batch ingest (1 thread on 1 shard,\n"
-	        "and N threads on N shards), line protocol ingest, sync cost, and the\n"
-	        "p50/p99/mean latency of every query kind, on stores of 1 and N shards.\n"
-	        "\n"
-	        "Options:\n"
-	        "  --keys N           keys (cameras) (default 1000)\n"
-	        "  --days N           days of events (default 5)\n"
-	        "  --per-day N        events per key per day (default 4000; 20 M events in all)\n"
-	        "  --quick            2 days x 1000 events per key per day (2 M events)\n"
-	        "  --threads N        threads and shards of the parallel runs (default: cores)\n"
-	        "  --batch N          rows per binary batch call (default 1000)\n"
-	        "  --lp-events N      events per line protocol run (default 4000000,\n"
-	        "                     --quick 1000000; at most all of them)\n"
-	        "  --reps N           repetitions per query kind (default 20000; the\n"
-	        "                     all-keys query runs reps/40, the raw scan reps/4)\n"
-	        "  --seed N           seed of data and query parameters (default 1)\n"
-	        "  --dir DIR          where the temporary stores go (default .); they are\n"
-	        "                     removed at exit. Use a real disk: fsync costs count.\n"
-	        "  --keep             keep the temporary stores\n"
-	        "  --out FILE         append the results as a markdown section to FILE\n"
-	        "  --commit ID        commit to record (default: git rev-parse --short HEAD\n"
-	        "                     in the current directory, -dirty if files changed)\n"
-	        "  -h, --help         this text\n"
-	        "\n"
-	        "Example: ./build/bench/bench_embedded --out bench/results/embedded-$(date "
-	        "+%%F).md\n");
+		"Usage: bench_embedded [OPTIONS]\n"
+		"\n"
+		"Measures libtally in-process: binary batch ingest (1 thread on 1 shard,\n"
+		"and N threads on N shards), line protocol ingest, sync cost, and the\n"
+		"p50/p99/mean latency of every query kind, on stores of 1 and N shards.\n"
+		"\n"
+		"Options:\n"
+		"  --keys N           keys (cameras) (default 1000)\n"
+		"  --days N           days of events (default 5)\n"
+		"  --per-day N        events per key per day (default 4000; 20 M events in all)\n"
+		"  --quick            2 days x 1000 events per key per day (2 M events)\n"
+		"  --threads N        threads and shards of the parallel runs (default: cores)\n"
+		"  --batch N          rows per binary batch call (default 1000)\n"
+		"  --lp-events N      events per line protocol run (default 4000000,\n"
+		"                     --quick 1000000; at most all of them)\n"
+		"  --reps N           repetitions per query kind (default 20000; the\n"
+		"                     all-keys query runs reps/40, the raw scan reps/4)\n"
+		"  --seed N           seed of data and query parameters (default 1)\n"
+		"  --dir DIR          where the temporary stores go (default .); they are\n"
+		"                     removed at exit. Use a real disk: fsync costs count.\n"
+		"  --keep             keep the temporary stores\n"
+		"  --out FILE         append the results as a markdown section to FILE\n"
+		"  --commit ID        commit to record (default: git rev-parse --short HEAD\n"
+		"                     in the current directory, -dirty if files changed)\n"
+		"  -h, --help         this text\n"
+		"\n"
+		"Example: ./build/bench/bench_embedded --out bench/results/embedded-$(date "
+		"+%%F).md\n");
 }
 
 static int parse_u64(const char *flag, const char *s, uint64_t lo, uint64_t hi, uint64_t *out)
@@ -94,8 +94,8 @@ static int parse_u64(const char *flag, const char *s, uint64_t lo, uint64_t hi, 
 	unsigned long long v = strtoull(s, &end, 10);
 	if (errno || end == s || *end || *s == '-' || v < lo || v > hi) {
 		fprintf(stderr,
-		        "bench_embedded: %s: '%s' is not a number in [%" PRIu64 ", %" PRIu64 "]\n",
-		        flag, s, lo, hi);
+			"bench_embedded: %s: '%s' is not a number in [%" PRIu64 ", %" PRIu64 "]\n",
+			flag, s, lo, hi);
 		return -1;
 	}
 	*out = v;
@@ -120,33 +120,33 @@ static int parse_args(int argc, char **argv, bench_opts *o)
 		O_COMMIT
 	};
 	static const struct option longopts[] = {
-	        {"keys", required_argument, NULL, O_KEYS},
-	        {"days", required_argument, NULL, O_DAYS},
-	        {"per-day", required_argument, NULL, O_PERDAY},
-	        {"quick", no_argument, NULL, O_QUICK},
-	        {"threads", required_argument, NULL, O_THREADS},
-	        {"batch", required_argument, NULL, O_BATCH},
-	        {"lp-events", required_argument, NULL, O_LP},
-	        {"reps", required_argument, NULL, O_REPS},
-	        {"seed", required_argument, NULL, O_SEED},
-	        {"dir", required_argument, NULL, O_DIR},
-	        {"keep", no_argument, NULL, O_KEEP},
-	        {"out", required_argument, NULL, O_OUT},
-	        {"commit", required_argument, NULL, O_COMMIT},
-	        {"help", no_argument, NULL, 'h'},
-	        {NULL, 0, NULL, 0},
+		{"keys", required_argument, NULL, O_KEYS},
+		{"days", required_argument, NULL, O_DAYS},
+		{"per-day", required_argument, NULL, O_PERDAY},
+		{"quick", no_argument, NULL, O_QUICK},
+		{"threads", required_argument, NULL, O_THREADS},
+		{"batch", required_argument, NULL, O_BATCH},
+		{"lp-events", required_argument, NULL, O_LP},
+		{"reps", required_argument, NULL, O_REPS},
+		{"seed", required_argument, NULL, O_SEED},
+		{"dir", required_argument, NULL, O_DIR},
+		{"keep", no_argument, NULL, O_KEEP},
+		{"out", required_argument, NULL, O_OUT},
+		{"commit", required_argument, NULL, O_COMMIT},
+		{"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
 	};
 	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
 	*o = (bench_opts){.keys = 1000,
-	                  .days = 5,
-	                  .per_day = 4000,
-	                  .threads = ncpu > 0 ? (unsigned)(ncpu < MAX_THREADS ? ncpu : MAX_THREADS)
-	                                      : 1,
-	                  .batch = 1000,
-	                  .lp_events = 0,
-	                  .reps = 20000,
-	                  .seed = 1,
-	                  .dir = "."};
+			  .days = 5,
+			  .per_day = 4000,
+			  .threads = ncpu > 0 ? (unsigned)(ncpu < MAX_THREADS ? ncpu : MAX_THREADS)
+					      : 1,
+			  .batch = 1000,
+			  .lp_events = 0,
+			  .reps = 20000,
+			  .seed = 1,
+			  .dir = "."};
 	int c, days_set = 0, perday_set = 0;
 	uint64_t v;
 	while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
@@ -453,7 +453,7 @@ static void sched_make(schedule *s, const dataset *d, unsigned batch, unsigned t
 
 /* Line protocol text of the first max_events events of a schedule. */
 static char *lp_text(const schedule *s, const dataset *d, uint64_t max_events, size_t *len,
-                     uint64_t *events)
+		     uint64_t *events)
 {
 	size_t cap = (size_t)(max_events < s->events ? max_events : s->events) * 64 + 64;
 	char *buf = xmalloc(cap), *p = buf;
@@ -464,7 +464,7 @@ static char *lp_text(const schedule *s, const dataset *d, uint64_t max_events, s
 		for (uint32_t r = o->lo; r < o->lo + o->n && n < max_events; r++, n++) {
 			long tenths = lround(kd->val[r] * 10.0);
 			p += sprintf(p, TABLE "," KEY_TAG "=%s " FIELD "=%ld.%ld %" PRId64 "\n",
-			             kd->id, tenths / 10, tenths % 10, kd->ts[r]);
+				     kd->id, tenths / 10, tenths % 10, kd->ts[r]);
 		}
 	}
 	*len = (size_t)(p - buf);
@@ -511,7 +511,7 @@ static void *ingest_main(void *arg)
 			rc = tally_write_lp(w, in->text + off, n, TALLY_PREC_NS, &res);
 			if (!rc && res.rejected) {
 				snprintf(in->err, sizeof in->err, "line %" PRIu64 ": %s",
-				         res.errors[0].line, res.errors[0].reason);
+					 res.errors[0].line, res.errors[0].reason);
 				in->rc = res.errors[0].code;
 			}
 			in->accepted += res.accepted;
@@ -520,7 +520,7 @@ static void *ingest_main(void *arg)
 	} else {
 		tally_column col = {.name = FIELD, .type = TALLY_T_F64};
 		tally_batch b = {
-		        .table = TABLE, .key_tag = KEY_TAG, .n_columns = 1, .columns = &col};
+			.table = TABLE, .key_tag = KEY_TAG, .n_columns = 1, .columns = &col};
 		for (size_t i = 0; i < in->s->n && !rc; i++) {
 			const op *o = &in->s->ops[i];
 			const key_data *kd = &in->d->k[o->k];
@@ -538,7 +538,7 @@ out:
 	if (rc && !in->rc) {
 		in->rc = rc;
 		snprintf(in->err, sizeof in->err, "%s",
-		         *tally_errmsg() ? tally_errmsg() : tally_strerror(rc));
+			 *tally_errmsg() ? tally_errmsg() : tally_strerror(rc));
 	}
 	tally_writer_close(w);
 	return NULL;
@@ -555,14 +555,14 @@ typedef struct ingest_result {
 
 /* Runs nt threads, thread i on shard i, on schedules s[i] or texts. */
 static ingest_result ingest_run(tally_db *db, unsigned nt, const dataset *d, const schedule *s,
-                                char *const *texts, const size_t *text_len)
+				char *const *texts, const size_t *text_len)
 {
 	ingester *in = xcalloc(nt, sizeof *in);
 	pthread_barrier_t bar;
 	pthread_barrier_init(&bar, NULL, nt + 1);
 	for (unsigned i = 0; i < nt; i++) {
 		in[i] = (ingester){
-		        .db = db, .shard = i, .d = d, .s = s ? &s[i] : NULL, .bar = &bar};
+			.db = db, .shard = i, .d = d, .s = s ? &s[i] : NULL, .bar = &bar};
 		if (texts) {
 			in[i].text = texts[i];
 			in[i].text_len = text_len[i];
@@ -660,12 +660,12 @@ static lat sync_latency(tally_db *db, unsigned reps, unsigned rows, int64_t t0)
 	uint64_t *ns = xmalloc(reps * sizeof *ns);
 	tally_column col = {.name = FIELD, .type = TALLY_T_F64, .values = v};
 	tally_batch b = {.table = TABLE,
-	                 .key = "SYNC",
-	                 .key_tag = KEY_TAG,
-	                 .n_rows = rows,
-	                 .ts = ts,
-	                 .n_columns = 1,
-	                 .columns = &col};
+			 .key = "SYNC",
+			 .key_tag = KEY_TAG,
+			 .n_rows = rows,
+			 .ts = ts,
+			 .n_columns = 1,
+			 .columns = &col};
 	for (unsigned r = 0; r < reps; r++) {
 		for (unsigned i = 0; i < rows; i++) {
 			ts[i] = t0 + ((int64_t)r * rows + i) * TALLY_NS_PER_SEC;
@@ -691,9 +691,9 @@ static lat sync_latency(tally_db *db, unsigned reps, unsigned rows, int64_t t0)
 enum { Q_SERIES_5M, Q_SERIES_1H, Q_EXACT, Q_KEYS, Q_SCAN, Q_KINDS };
 
 static const char *const q_name[Q_KINDS] = {
-        "series 5m, one key, one day",      "series 1h, one key, all days",
-        "exact aggregate, unaligned range", "all keys, one hour",
-        "raw scan, one key, one hour",
+	"series 5m, one key, one day",      "series 1h, one key, all days",
+	"exact aggregate, unaligned range", "all keys, one hour",
+	"raw scan, one key, one hour",
 };
 static const char *const q_unit[Q_KINDS] = {"buckets", "buckets", "events", "keys", "rows"};
 
@@ -724,7 +724,7 @@ static void q_params(qparam *p, unsigned n, unsigned kind, const dataset *d, uin
 		case Q_EXACT: {
 			/* from 1 minute to 2 days, anywhere, at ns precision */
 			int64_t len = 60 * TALLY_NS_PER_SEC +
-			              (int64_t)rng_below(rs, (uint64_t)(2 * TALLY_1D));
+				      (int64_t)rng_below(rs, (uint64_t)(2 * TALLY_1D));
 			if (len > span)
 				len = span;
 			p[i].from = d->t0 + (int64_t)rng_below(rs, (uint64_t)(span - len + 1));
@@ -733,7 +733,7 @@ static void q_params(qparam *p, unsigned n, unsigned kind, const dataset *d, uin
 		}
 		case Q_KEYS:
 			p[i].from =
-			        d->t0 + (int64_t)rng_below(rs, (uint64_t)d->days * 24) * TALLY_1H;
+				d->t0 + (int64_t)rng_below(rs, (uint64_t)d->days * 24) * TALLY_1H;
 			p[i].to = p[i].from + TALLY_1H;
 			break;
 		default:
@@ -746,7 +746,7 @@ static void q_params(qparam *p, unsigned n, unsigned kind, const dataset *d, uin
 
 /* Runs one query; returns the size of its answer. */
 static uint64_t q_run(tally_db *db, unsigned kind, const qparam *p, const dataset *d,
-                      tally_bucket *buf, size_t cap)
+		      tally_bucket *buf, size_t cap)
 {
 	const char *key = d->k[p->k].id;
 	size_t n = 0;
@@ -755,8 +755,8 @@ static uint64_t q_run(tally_db *db, unsigned kind, const qparam *p, const datase
 	case Q_SERIES_5M:
 	case Q_SERIES_1H:
 		rc = tally_query_series(db, TABLE, FIELD, key,
-		                        kind == Q_SERIES_5M ? TALLY_5M : TALLY_1H, p->from, p->to,
-		                        buf, cap, &n);
+					kind == Q_SERIES_5M ? TALLY_5M : TALLY_1H, p->from, p->to,
+					buf, cap, &n);
 		if (rc)
 			die("tally_query_series", rc);
 		return n;
@@ -821,7 +821,7 @@ static int check_store(tally_db *db, const dataset *d, uint64_t expect_events)
 {
 	tally_keys_iter *it;
 	int rc =
-	        tally_query_keys(db, TABLE, FIELD, d->t0, d->t0 + (int64_t)d->days * TALLY_1D, &it);
+		tally_query_keys(db, TABLE, FIELD, d->t0, d->t0 + (int64_t)d->days * TALLY_1D, &it);
 	if (rc)
 		die("tally_query_keys", rc);
 	const char *k;
@@ -895,7 +895,7 @@ static void machine_probe(machine *m, const char *dir)
 		fclose(f);
 	m->ncpu = sysconf(_SC_NPROCESSORS_ONLN);
 	m->mem_gib = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE) /
-	             (1024.0 * 1024 * 1024);
+		     (1024.0 * 1024 * 1024);
 	struct utsname u;
 	if (uname(&u) == 0)
 		snprintf(m->kernel, sizeof m->kernel, "%s %s", u.sysname, u.release);
@@ -907,9 +907,9 @@ static void machine_probe(machine *m, const char *dir)
 	char sha[48], dirty[8];
 	read_first_line("git rev-parse --short HEAD 2>/dev/null", sha, sizeof sha);
 	read_first_line("git status --porcelain --untracked-files=no 2>/dev/null | head -1", dirty,
-	                sizeof dirty);
+			sizeof dirty);
 	snprintf(m->commit, sizeof m->commit, "%s%s", *sha ? sha : "unknown",
-	         *sha && *dirty ? "-dirty" : "");
+		 *sha && *dirty ? "-dirty" : "");
 	m->load_start = loadavg();
 }
 
@@ -1075,44 +1075,44 @@ int main(int argc, char **argv)
 		fprintf(f, "\n## %s, commit %s\n\n", when, m.commit);
 		fprintf(f, "- Command: `%s`\n", cmdline);
 		fprintf(f,
-		        "- Machine: %ld x %s, %.1f GiB, %s; stores on %s; load average %.2f "
-		        "at start, %.2f at end\n",
-		        m.ncpu, m.cpu, m.mem_gib, m.kernel, *m.fs ? m.fs : "?", m.load_start,
-		        m.load_end);
+			"- Machine: %ld x %s, %.1f GiB, %s; stores on %s; load average %.2f "
+			"at start, %.2f at end\n",
+			m.ncpu, m.cpu, m.mem_gib, m.kernel, *m.fs ? m.fs : "?", m.load_start,
+			m.load_end);
 		fprintf(f,
-		        "- Data: %s keys x %u days x %s events = %s events; 10%% of keys "
-		        "offline 3 h a day, their backlog (%s events) written after each day; "
-		        "binary batches of %s rows\n",
-		        commas(o.keys), o.days, commas(o.per_day), commas(d.total),
-		        commas(d.backlog), commas(o.batch));
+			"- Data: %s keys x %u days x %s events = %s events; 10%% of keys "
+			"offline 3 h a day, their backlog (%s events) written after each day; "
+			"binary batches of %s rows\n",
+			commas(o.keys), o.days, commas(o.per_day), commas(d.total),
+			commas(d.backlog), commas(o.batch));
 		fprintf(f, "- Checks (every event counted once, %s late events): %s\n\n",
-		        commas(d.expect_late), ok1 && okn && oklp ? "ok" : "FAILED");
+			commas(d.expect_late), ok1 && okn && oklp ? "ok" : "FAILED");
 		fprintf(f, "| ingest | events | seconds | M events/s | M events per CPU-s | MB/s | "
-		           "sync after, ms | WAL MB |\n|---|---:|---:|---:|---:|---:|---:|---:|\n");
+			   "sync after, ms | WAL MB |\n|---|---:|---:|---:|---:|---:|---:|---:|\n");
 		for (int i = 0; i < 4; i++) {
 			fprintf(f, "| %s | %s | %.3f | %.2f | %.2f | ", label[i],
-			        commas(ir[i]->events), ir[i]->seconds,
-			        (double)ir[i]->events / ir[i]->seconds / 1e6,
-			        (double)ir[i]->events / ir[i]->cpu_s / 1e6);
+				commas(ir[i]->events), ir[i]->seconds,
+				(double)ir[i]->events / ir[i]->seconds / 1e6,
+				(double)ir[i]->events / ir[i]->cpu_s / 1e6);
 			if (mbs[i] > 0)
 				fprintf(f, "%.1f", mbs[i] / ir[i]->seconds);
 			fprintf(f, " | %.1f | %.1f |\n", ir[i]->sync_s * 1e3,
-			        (double)ir[i]->wal_bytes / 1e6);
+				(double)ir[i]->wal_bytes / 1e6);
 		}
 		fprintf(f,
-		        "\nA 100-row batch then `tally_db_sync`, 1 shard: p50 %.0f us, p99 %.0f "
-		        "us, mean %.0f us (%s reps).\n\n",
-		        sync100.p50, sync100.p99, sync100.mean, commas(sync100.n));
+			"\nA 100-row batch then `tally_db_sync`, 1 shard: p50 %.0f us, p99 %.0f "
+			"us, mean %.0f us (%s reps).\n\n",
+			sync100.p50, sync100.p99, sync100.mean, commas(sync100.n));
 		fprintf(f,
-		        "| query, us | 1 shard p50 | p99 | mean | %u shards p50 | p99 | mean | "
-		        "reps | answer (mean) |\n|---|---:|---:|---:|---:|---:|---:|---:|---|\n",
-		        nt);
+			"| query, us | 1 shard p50 | p99 | mean | %u shards p50 | p99 | mean | "
+			"reps | answer (mean) |\n|---|---:|---:|---:|---:|---:|---:|---:|---|\n",
+			nt);
 		for (unsigned k = 0; k < Q_KINDS; k++) {
 			const lat *a = &q[0][k], *b = &q[1][k];
 			fprintf(f,
-			        "| %s | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %s | %.0f %s |\n",
-			        q_name[k], a->p50, a->p99, a->mean, b->p50, b->p99, b->mean,
-			        commas(a->n), a->items, q_unit[k]);
+				"| %s | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %s | %.0f %s |\n",
+				q_name[k], a->p50, a->p99, a->mean, b->p50, b->p99, b->mean,
+				commas(a->n), a->items, q_unit[k]);
 		}
 		fclose(f);
 		fprintf(stderr, "appended to %s\n", o.out);

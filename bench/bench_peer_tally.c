@@ -35,12 +35,12 @@
 #include "tally.h"
 #include "workload.h"
 
-#define PT_TABLE  "traffic"
-#define PT_FIELD  "speed"
-#define PT_CHUNK  (1u << 20) /* line protocol goes in pieces of a socket read */
-#define PT_BATCH  1000       /* rows per binary batch */
+#define PT_TABLE       "traffic"
+#define PT_FIELD       "speed"
+#define PT_CHUNK       (1u << 20) /* line protocol goes in pieces of a socket read */
+#define PT_BATCH       1000       /* rows per binary batch */
 #define PT_THREADS_MAX 64
-#define NS_PER_MS INT64_C(1000000)
+#define NS_PER_MS      INT64_C(1000000)
 
 typedef struct pt_opts {
 	const char *dir, *lp, *late_lp, *queries, *answers, *json;
@@ -173,8 +173,8 @@ static void *pt_ingest_main(void *arg)
 		}
 	} else {
 		tally_column col = {.name = PT_FIELD, .type = TALLY_T_F64};
-		tally_batch b = {.table = PT_TABLE, .key_tag = "camera", .n_columns = 1,
-				 .columns = &col};
+		tally_batch b = {
+			.table = PT_TABLE, .key_tag = "camera", .n_columns = 1, .columns = &col};
 		const pt_arena *a = w->arena;
 		for (size_t i = 0; i < a->nb && !rc; i++) {
 			b.key = a->b[i].id;
@@ -187,8 +187,8 @@ static void *pt_ingest_main(void *arg)
 	}
 	if (rc && !w->rc) {
 		w->rc = rc;
-		snprintf(w->err, sizeof w->err, "%s", *tally_errmsg() ? tally_errmsg()
-								   : tally_strerror(rc));
+		snprintf(w->err, sizeof w->err, "%s",
+			 *tally_errmsg() ? tally_errmsg() : tally_strerror(rc));
 	}
 	tally_writer_close(wr);
 	return NULL;
@@ -328,8 +328,7 @@ static void pt_make_batches(const wl_params *wp, enum wl_part part, unsigned n, 
 	free(pn);
 }
 
-static pt_ingest pt_ingest_binary(tally_db *db, const wl_params *wp, enum wl_part part,
-				  unsigned n)
+static pt_ingest pt_ingest_binary(tally_db *db, const wl_params *wp, enum wl_part part, unsigned n)
 {
 	pt_arena arenas[PT_THREADS_MAX];
 	memset(arenas, 0, sizeof arenas);
@@ -407,8 +406,7 @@ static void pt_put_agg(FILE *out, const char *qid, const char *label, const tall
 }
 
 /* Runs one query; writes its answer rows to out when out is not NULL. */
-static void pt_query_run(tally_db *db, const pt_query *q, tally_bucket *buf, size_t cap,
-			 FILE *out)
+static void pt_query_run(tally_db *db, const pt_query *q, tally_bucket *buf, size_t cap, FILE *out)
 {
 	int64_t from = q->from_ms * NS_PER_MS, to = q->to_ms * NS_PER_MS;
 	char label[32];
@@ -510,8 +508,21 @@ static void usage(FILE *f)
 int main(int argc, char **argv)
 {
 	enum {
-		O_DIR = 1, O_THREADS, O_LP, O_LATE, O_BINARY, O_SEED, O_CAMERAS, O_DAYS, O_PERDAY,
-		O_OFFLINE, O_OUTAGE, O_QUERIES, O_ANSWERS, O_CHECK, O_JSON
+		O_DIR = 1,
+		O_THREADS,
+		O_LP,
+		O_LATE,
+		O_BINARY,
+		O_SEED,
+		O_CAMERAS,
+		O_DAYS,
+		O_PERDAY,
+		O_OFFLINE,
+		O_OUTAGE,
+		O_QUERIES,
+		O_ANSWERS,
+		O_CHECK,
+		O_JSON
 	};
 	static const struct option lo[] = {
 		{"dir", required_argument, NULL, O_DIR},
@@ -559,7 +570,8 @@ int main(int argc, char **argv)
 			unsigned long long cnt;
 			if (sscanf(optarg, "%15[^,],%" SCNd64 ",%" SCNd64 ",%llu", check_cam,
 				   &o.check_from_ms, &o.check_to_ms, &cnt) != 4) {
-				fprintf(stderr, "bench_peer_tally: --check CAMERA,FROM_MS,TO_MS,COUNT\n");
+				fprintf(stderr,
+					"bench_peer_tally: --check CAMERA,FROM_MS,TO_MS,COUNT\n");
 				return 2;
 			}
 			o.check_camera = check_cam;
@@ -617,7 +629,8 @@ int main(int argc, char **argv)
 				polls++;
 				if ((rc = tally_query_series(db, PT_TABLE, PT_FIELD, o.check_camera,
 							     TALLY_1H, o.check_from_ms * NS_PER_MS,
-							     o.check_to_ms * NS_PER_MS, hb, 48, &nb)))
+							     o.check_to_ms * NS_PER_MS, hb, 48,
+							     &nb)))
 					pt_die("tally_query_series", rc);
 				for (size_t i = 0; i < nb; i++)
 					seen += hb[i].agg.count;
@@ -671,8 +684,9 @@ int main(int argc, char **argv)
 	FILE *out = o.json ? fopen(o.json, "w") : stdout;
 	if (!out)
 		pt_die(o.json, 0);
-	fprintf(out, "{\n  \"system\": \"tally\", \"version\": \"%d.%d.%d\", \"mode\": \"%s\", "
-		     "\"threads\": %u,\n",
+	fprintf(out,
+		"{\n  \"system\": \"tally\", \"version\": \"%d.%d.%d\", \"mode\": \"%s\", "
+		"\"threads\": %u,\n",
 		TALLY_VERSION_MAJOR, TALLY_VERSION_MINOR, TALLY_VERSION_PATCH,
 		o.binary ? "binary" : "lp", o.threads);
 	fprintf(out,
@@ -683,7 +697,8 @@ int main(int argc, char **argv)
 	double late_rows_written = st.write_amplification * (double)st.part_rows -
 				   st0.write_amplification * (double)st0.part_rows;
 	fprintf(out,
-		"  \"late\": {\"events\": %" PRIu64 ", \"seconds\": %.6f, \"visible_after_s\": %.6f, "
+		"  \"late\": {\"events\": %" PRIu64
+		", \"seconds\": %.6f, \"visible_after_s\": %.6f, "
 		"\"polls\": %" PRIu64 ", \"flush_merge_s\": %.6f, \"io_write_bytes\": %" PRIu64
 		", \"rows_written\": %.0f, \"wa_rows\": %.4f, \"late_events_counted\": %" PRIu64
 		"},\n",
@@ -691,8 +706,9 @@ int main(int argc, char **argv)
 		late_rows_written, late.events ? late_rows_written / (double)late.events : 0.0,
 		st.late_events);
 	fprintf(out,
-		"  \"disk\": {\"bytes\": %" PRIu64 ", \"raw_bytes\": %" PRIu64 ", \"events\": %" PRIu64
-		", \"parts\": %" PRIu64 ", \"sealed_parts\": %" PRIu64 ", \"write_amplification\": %.4f},\n",
+		"  \"disk\": {\"bytes\": %" PRIu64 ", \"raw_bytes\": %" PRIu64
+		", \"events\": %" PRIu64 ", \"parts\": %" PRIu64 ", \"sealed_parts\": %" PRIu64
+		", \"write_amplification\": %.4f},\n",
 		disk, disk_parts, st.events, st.parts, st.sealed_parts, st.write_amplification);
 	fprintf(out, "  \"queries\": {");
 	const char *sep = "";
@@ -705,10 +721,11 @@ int main(int argc, char **argv)
 		for (size_t i = 0; i < n; i++)
 			sum += lat[k][i];
 		size_t i99 = (size_t)ceil(0.99 * (double)n) - 1;
-		fprintf(out, "%s\n    \"%s\": {\"n\": %zu, \"p50_us\": %.3f, \"p99_us\": %.3f, "
-			     "\"mean_us\": %.3f}",
-			sep, kind_name[k], n, lat[k][(n - 1) / 2] * 1e6,
-			lat[k][i99] * 1e6, sum / (double)n * 1e6);
+		fprintf(out,
+			"%s\n    \"%s\": {\"n\": %zu, \"p50_us\": %.3f, \"p99_us\": %.3f, "
+			"\"mean_us\": %.3f}",
+			sep, kind_name[k], n, lat[k][(n - 1) / 2] * 1e6, lat[k][i99] * 1e6,
+			sum / (double)n * 1e6);
 		sep = ",";
 	}
 	fprintf(out, "\n  }\n}\n");

@@ -79,11 +79,11 @@ static void report(FILE *out, const char *what, double *lat, int n)
 		lat[(int)(n * 0.99)] * 1e6, sum / n * 1e6);
 }
 
-#define DIE(...)                                                                               \
-	do {                                                                                   \
-		fprintf(stderr, __VA_ARGS__);                                                  \
-		fprintf(stderr, ": %s\n", tally_errmsg());                                     \
-		exit(1);                                                                       \
+#define DIE(...)                                           \
+	do {                                               \
+		fprintf(stderr, __VA_ARGS__);              \
+		fprintf(stderr, ": %s\n", tally_errmsg()); \
+		exit(1);                                   \
 	} while (0)
 
 int main(int argc, char **argv)
@@ -102,8 +102,9 @@ int main(int argc, char **argv)
 		else if (!strcmp(argv[i], "--out") && i + 1 < argc)
 			outp = argv[++i];
 		else {
-			fprintf(stderr, "usage: bench_storage [--cameras N] [--days D] [--events E] "
-					"[--dir DIR] [--out FILE]\n");
+			fprintf(stderr,
+				"usage: bench_storage [--cameras N] [--days D] [--events E] "
+				"[--dir DIR] [--out FILE]\n");
 			return 2;
 		}
 	}
@@ -153,7 +154,8 @@ int main(int argc, char **argv)
 			if (wd.b0 && tally_write_batch(w, &b))
 				DIE("write");
 			tally_column col2 = {"speed", TALLY_T_F64, sp + wd.b1, NULL};
-			tally_batch b2 = {"traffic", key, "camera", per - wd.b1, ts + wd.b1, 1, &col2};
+			tally_batch b2 = {"traffic",  key, "camera", per - wd.b1,
+					  ts + wd.b1, 1,   &col2};
 			if (wd.b1 < per && tally_write_batch(w, &b2))
 				DIE("write");
 			total += per - (wd.b1 - wd.b0);
@@ -314,8 +316,10 @@ int main(int argc, char **argv)
 		/* one summary line per run, for keeping figures by commit */
 		FILE *f = fopen(outp, "a");
 		if (f) {
-			fprintf(f, "bench_storage commit %s: %llu events, %.3f bytes/event parts, %.3f "
-				   "whole dir, WA %.2f\n",
+			fprintf(f,
+				"bench_storage commit %s: %llu events, %.3f bytes/event parts, "
+				"%.3f "
+				"whole dir, WA %.2f\n",
 				commit, (unsigned long long)events_all,
 				(double)part_bytes / (double)events_all,
 				(double)dir_bytes / (double)events_all, st.write_amplification);

@@ -38,10 +38,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#define CAMERAS 1000
-#define DAYS 3
-#define T0 INT64_C(1699920000000000000) /* 2023-11-14T00:00:00Z */
-#define SEC INT64_C(1000000000)
+#define CAMERAS    1000
+#define DAYS       3
+#define T0         INT64_C(1699920000000000000) /* 2023-11-14T00:00:00Z */
+#define SEC        INT64_C(1000000000)
 #define SEND_CHUNK (1u << 20)
 
 typedef struct bopts {
@@ -134,11 +134,14 @@ static void gen_workload(const bopts *o, gbuf *bufs)
 		for (uint64_t i = 0; i < per_cam; i++)
 			for (unsigned j = 0; j < ncam; j++) {
 				unsigned c = cams[j];
-				int64_t ts = T0 + (int64_t)i * gap + (int64_t)(rng_next(&seed) % (uint64_t)gap);
+				int64_t ts = T0 + (int64_t)i * gap +
+					     (int64_t)(rng_next(&seed) % (uint64_t)gap);
 				unsigned speed = 300 + (unsigned)(rng_next(&seed) % 1000);
 				/* a tenth of the cameras: offline 3 h on day 2, flushed last */
-				int offline = c % 10 == 3 && ts >= T0 + 86400 * SEC + (int64_t)(c % 12) * 3600 * SEC &&
-					      ts < T0 + 86400 * SEC + (int64_t)(c % 12 + 3) * 3600 * SEC;
+				int offline =
+					c % 10 == 3 &&
+					ts >= T0 + 86400 * SEC + (int64_t)(c % 12) * 3600 * SEC &&
+					ts < T0 + 86400 * SEC + (int64_t)(c % 12 + 3) * 3600 * SEC;
 				gen_line(offline ? &late : b, c, speed, ts);
 			}
 		gbuf_reserve(b, late.n);
@@ -154,7 +157,8 @@ static void gen_workload(const bopts *o, gbuf *bufs)
 static int tcp_connect(const char *port)
 {
 	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(port)),
+	struct sockaddr_in a = {.sin_family = AF_INET,
+				.sin_port = htons((uint16_t)atoi(port)),
 				.sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
 	if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a))
 		die("connect to 127.0.0.1:%s: %s", port, strerror(errno));
@@ -175,8 +179,8 @@ typedef struct rd {
 static int rd_line(rd *r, char *out, size_t cap)
 {
 	for (;;) {
-		char *nl = r->len > r->head ? memchr(r->buf + r->head, '\n', r->len - r->head)
-					    : NULL;
+		char *nl =
+			r->len > r->head ? memchr(r->buf + r->head, '\n', r->len - r->head) : NULL;
 		if (nl) {
 			size_t n = (size_t)(nl - (r->buf + r->head));
 			size_t k = n < cap - 1 ? n : cap - 1;
@@ -279,7 +283,8 @@ static size_t make_query(char *q, int kind, uint64_t *seed)
 	unsigned cam = (unsigned)(rng_next(seed) % CAMERAS);
 	int64_t day = T0 + (int64_t)(rng_next(seed) % DAYS) * 86400 * SEC;
 	if (kind == 0) /* a day of 5-minute buckets: 288 rows */
-		return (size_t)sprintf(q, "#!series traffic speed KV%05u 5m %" PRId64 " 1d\n", cam, day);
+		return (size_t)sprintf(q, "#!series traffic speed KV%05u 5m %" PRId64 " 1d\n", cam,
+				       day);
 	/* an exact average over an unaligned range of a few hours */
 	int64_t from = day + (int64_t)(rng_next(seed) % (18 * 3600)) * SEC + 123456789;
 	int64_t to = from + (int64_t)(1 + rng_next(seed) % (6 * 3600)) * SEC + 987654;
@@ -377,14 +382,23 @@ static void usage(FILE *f)
 
 int main(int argc, char **argv)
 {
-	bopts o = {.events = 20000000, .conns = 4, .query_conns = 4, .query_secs = 3,
-		   .latency_queries = 20000, .seed = 1};
+	bopts o = {.events = 20000000,
+		   .conns = 4,
+		   .query_conns = 4,
+		   .query_secs = 3,
+		   .latency_queries = 20000,
+		   .seed = 1};
 	static const struct option lo[] = {
-		{"events", 1, 0, 'e'},         {"connections", 1, 0, 'c'},
-		{"shards", 1, 0, 's'},         {"latency-queries", 1, 0, 'l'},
-		{"query-connections", 1, 0, 'q'}, {"query-seconds", 1, 0, 'Q'},
-		{"tallyd", 1, 0, 't'},         {"port", 1, 0, 'p'},
-		{"seed", 1, 0, 'S'},           {"help", 0, 0, 'h'},
+		{"events", 1, 0, 'e'},
+		{"connections", 1, 0, 'c'},
+		{"shards", 1, 0, 's'},
+		{"latency-queries", 1, 0, 'l'},
+		{"query-connections", 1, 0, 'q'},
+		{"query-seconds", 1, 0, 'Q'},
+		{"tallyd", 1, 0, 't'},
+		{"port", 1, 0, 'p'},
+		{"seed", 1, 0, 'S'},
+		{"help", 0, 0, 'h'},
 		{0, 0, 0, 0},
 	};
 	int ch;

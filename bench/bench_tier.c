@@ -73,7 +73,7 @@ static uint64_t needed(const char *dir, const char *key, int64_t from, int64_t t
 			continue;
 		char path[4300];
 		snprintf(path, sizeof path, "%s/parts/%016llx.stub", dir,
-		         (unsigned long long)man.parts[i].id);
+			 (unsigned long long)man.parts[i].id);
 		part *p;
 		if (part_open(path, &p))
 			continue;
@@ -113,9 +113,9 @@ int main(int argc, char **argv)
 			external = 1;
 		else {
 			fprintf(stderr,
-			        "usage: %s [--cameras C] [--days D] [--events E] [--scans S] "
-			        "[--server s3rver|moto] [--external] [--dir DIR]\n",
-			        argv[0]);
+				"usage: %s [--cameras C] [--days D] [--events E] [--scans S] "
+				"[--server s3rver|moto] [--external] [--dir DIR]\n",
+				argv[0]);
 			return 2;
 		}
 	}
@@ -203,7 +203,7 @@ int main(int argc, char **argv)
 	       (unsigned long long)st.tier_uploads, (double)st.tier_upload_bytes / 1e6, t_up,
 	       (double)st.tier_upload_bytes / 1e6 / t_up,
 	       (double)st.tier_upload_bytes / ((double)st.part_bytes + st.remote_bytes) * total /
-	               t_up,
+		       t_up,
 	       (unsigned long long)st.s3_requests);
 	printf("  on disk after tiering: %.1f MB local (stubs + open day), %.1f MB remote\n",
 	       (double)st.part_bytes / 1e6, (double)st.remote_bytes / 1e6);
@@ -221,7 +221,7 @@ int main(int argc, char **argv)
 	for (int i = 0; i < scans; i++) {
 		cam[i] = (int)(rnd() % (uint64_t)cameras);
 		from[i] = T0 + (int64_t)(rnd() % (uint64_t)(days - 1)) * TALLY_1D +
-		          (int64_t)(rnd() % 23) * TALLY_1H;
+			  (int64_t)(rnd() % 23) * TALLY_1H;
 	}
 	tally_stats a, b;
 	tally_db_stats(db, &a);
@@ -265,7 +265,7 @@ int main(int argc, char **argv)
 		int64_t day = T0 + (from[i] - T0) / TALLY_1D * TALLY_1D;
 		double t = now_s();
 		tally_query_series(db, "traffic", "speed", key, TALLY_5M, day, day + TALLY_1D, bk,
-		                   288, &n);
+				   288, &n);
 		ser[i] = (now_s() - t) * 1e6;
 	}
 	tally_stats d;

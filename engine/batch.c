@@ -31,7 +31,10 @@
 
 #define WALFMT_VERSION 1
 
-void wbatch_init(wbatch *b) { memset(b, 0, sizeof *b); }
+void wbatch_init(wbatch *b)
+{
+	memset(b, 0, sizeof *b);
+}
 
 static void tbatch_free(tbatch *tb)
 {
@@ -310,8 +313,8 @@ int tbatch_row_commit(wbatch *b, tbatch *tb, const char *key, uint32_t len)
 }
 
 int tbatch_append(wbatch *b, tbatch *tb, const char *key, uint32_t key_len, uint32_t n,
-		  const int64_t *ts, uint32_t n_cols, col_def *const *defs,
-		  const void *const *vals, const uint8_t *const *present)
+		  const int64_t *ts, uint32_t n_cols, col_def *const *defs, const void *const *vals,
+		  const uint8_t *const *present)
 {
 	uint32_t k;
 	int rc;
@@ -391,7 +394,10 @@ static void ob_put(obuf *o, const void *src, size_t n)
 	}
 }
 
-static void ob_u8(obuf *o, uint8_t v) { ob_put(o, &v, 1); }
+static void ob_u8(obuf *o, uint8_t v)
+{
+	ob_put(o, &v, 1);
+}
 static void ob_u16(obuf *o, uint16_t v)
 {
 	v = htole16(v);
@@ -566,11 +572,11 @@ static const char *ib_str(ibuf *in, uint32_t *n)
 	return (const char *)ib_take(in, *n);
 }
 
-#define DECODE_FAIL(what)                                                                      \
-	do {                                                                                   \
-		rc = err_set(TALLY_ECORRUPT, "WAL payload byte %zu: %s",                       \
-			     (size_t)(in.p - in.start), what);                                 \
-		goto fail;                                                                     \
+#define DECODE_FAIL(what)                                                \
+	do {                                                             \
+		rc = err_set(TALLY_ECORRUPT, "WAL payload byte %zu: %s", \
+			     (size_t)(in.p - in.start), what);           \
+		goto fail;                                               \
 	} while (0)
 
 int wbatch_decode(wbatch *b, catalog *cat, const char *p, size_t len)

@@ -57,7 +57,7 @@ typedef struct tbatch {
 } tbatch;
 
 typedef struct wbatch {
-	tbatch **tb;      /* tables touched, in order of first touch */
+	tbatch **tb; /* tables touched, in order of first touch */
 	uint32_t n_tb, cap_tb;
 	tbatch **by_table; /* table id -> tbatch, or NULL */
 	uint32_t cap_by_table;
@@ -86,8 +86,8 @@ int tbatch_row_commit(wbatch *b, tbatch *tb, const char *key, uint32_t key_len);
  * strings) with an optional presence bitmap (bit r of byte r/8). On error
  * the rows are not committed, but the batch must be reset. */
 int tbatch_append(wbatch *b, tbatch *tb, const char *key, uint32_t key_len, uint32_t n,
-		  const int64_t *ts, uint32_t n_cols, col_def *const *defs,
-		  const void *const *vals, const uint8_t *const *present);
+		  const int64_t *ts, uint32_t n_cols, col_def *const *defs, const void *const *vals,
+		  const uint8_t *const *present);
 
 static inline int bcol_has(const bcol *c, uint32_t row)
 {

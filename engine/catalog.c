@@ -37,8 +37,8 @@ int catalog_check_table_name(const char *name, size_t len)
 	for (size_t i = 0; i < len; i++) {
 		unsigned char ch = (unsigned char)name[i];
 		if (ch == '/' || ch < 0x20 || ch == 0x7f)
-			return err_set(TALLY_EINVAL, "table name holds a forbidden byte 0x%02x at %zu",
-				       ch, i);
+			return err_set(TALLY_EINVAL,
+				       "table name holds a forbidden byte 0x%02x at %zu", ch, i);
 	}
 	return 0;
 }
@@ -116,8 +116,8 @@ col_def *catalog_find_column(catalog *c, table_def *t, const char *name, uint32_
 	return d;
 }
 
-int catalog_table(catalog *c, const char *name, uint32_t len, uint64_t hash,
-		  const char *first_tag, uint32_t first_tag_len, table_def **out)
+int catalog_table(catalog *c, const char *name, uint32_t len, uint64_t hash, const char *first_tag,
+		  uint32_t first_tag_len, table_def **out)
 {
 	int rc = 0;
 	pthread_mutex_lock(&c->mu);

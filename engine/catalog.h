@@ -17,7 +17,7 @@
 #include "strmap.h"
 #include "tally.h"
 
-#define CAT_COLS_MAX 4096 /* columns per table */
+#define CAT_COLS_MAX   4096 /* columns per table */
 #define CAT_TABLES_MAX 65536
 
 typedef struct col_def {
@@ -62,8 +62,8 @@ int catalog_check_table_name(const char *name, size_t len);
 
 /* Finds or creates a table. first_tag (may be NULL) is the first tag key of
  * the line creating it, used as key tag unless the config names one. */
-int catalog_table(catalog *c, const char *name, uint32_t len, uint64_t hash,
-		  const char *first_tag, uint32_t first_tag_len, table_def **out);
+int catalog_table(catalog *c, const char *name, uint32_t len, uint64_t hash, const char *first_tag,
+		  uint32_t first_tag_len, table_def **out);
 
 /* Finds or creates a column. TALLY_ETYPE (message names both types) if it
  * exists with another type. */
@@ -79,6 +79,9 @@ static inline int type_is_numeric(enum tally_type t)
 {
 	return t == TALLY_T_F64 || t == TALLY_T_I64 || t == TALLY_T_U64 || t == TALLY_T_BOOL;
 }
-static inline int type_is_string(enum tally_type t) { return t == TALLY_T_STR || t == TALLY_T_TAG; }
+static inline int type_is_string(enum tally_type t)
+{
+	return t == TALLY_T_STR || t == TALLY_T_TAG;
+}
 
 #endif

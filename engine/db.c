@@ -30,9 +30,9 @@
 #include "tier.h"
 
 #define DEFAULT_MEMORY_LIMIT (UINT64_C(4) << 30)
-#define DEFAULT_MAX_LINE (1u << 20)
-#define COMMIT_ROWS 65536       /* a staged batch commits at this many rows */
-#define COMMIT_ARENA (16u << 20) /* or at this many string bytes */
+#define DEFAULT_MAX_LINE     (1u << 20)
+#define COMMIT_ROWS          65536       /* a staged batch commits at this many rows */
+#define COMMIT_ARENA         (16u << 20) /* or at this many string bytes */
 /* binary batches are sliced at COMMIT_ROWS: whole bytes of their bitmaps */
 _Static_assert(COMMIT_ROWS % 8 == 0, "slices must start on a bitmap byte");
 
@@ -217,7 +217,8 @@ static void remove_orphans(tally_db *db, const char *parts_dir)
 		char path[2 * PATH_MAX];
 		snprintf(path, sizeof path, "%s/%s", parts_dir, e->d_name);
 		if (unlink(path) == 0)
-			log_emit(&db->log, TALLY_LOG_INFO, "removed %s: no manifest names it", path);
+			log_emit(&db->log, TALLY_LOG_INFO, "removed %s: no manifest names it",
+				 path);
 	}
 	closedir(d);
 }
@@ -344,7 +345,7 @@ TALLY_API int tally_db_open(const char *dir, const tally_options *opt, tally_db 
 	}
 	for (unsigned i = 0; i < db->opt.shards; i++) {
 		if ((rc = shard_create(i, &db->L, db->opt.late_threshold, db->opt.memtable_bytes,
-					  &db->shards[i]))) {
+				       &db->shards[i]))) {
 			err_set(rc, "out of memory");
 			goto fail;
 		}
@@ -564,7 +565,6 @@ static int writer_table(tally_writer *w, const char *name, uint32_t len, const c
 	return 0;
 }
 
-
 static int writer_col(tally_writer *w, wtable *wt, const char *name, uint32_t len,
 		      enum tally_type type, col_def **out)
 {
@@ -706,13 +706,23 @@ static int stage_line(tally_writer *w, const lp_line *ln, int64_t now)
 			goto fail;
 		bval v = {0};
 		switch (f->type) {
-		case TALLY_T_STR:
-			rc = tbatch_set_str(tb, d, f->v.str.p, f->v.str.n);
+		case TALLY_T_STR: rc = tbatch_set_str(tb, d, f->v.str.p, f->v.str.n); break;
+		case TALLY_T_F64:
+			v.f64 = f->v.f64;
+			rc = tbatch_set(tb, d, v);
 			break;
-		case TALLY_T_F64: v.f64 = f->v.f64; rc = tbatch_set(tb, d, v); break;
-		case TALLY_T_I64: v.i64 = f->v.i64; rc = tbatch_set(tb, d, v); break;
-		case TALLY_T_U64: v.u64 = f->v.u64; rc = tbatch_set(tb, d, v); break;
-		default: v.u64 = f->v.b != 0; rc = tbatch_set(tb, d, v); break;
+		case TALLY_T_I64:
+			v.i64 = f->v.i64;
+			rc = tbatch_set(tb, d, v);
+			break;
+		case TALLY_T_U64:
+			v.u64 = f->v.u64;
+			rc = tbatch_set(tb, d, v);
+			break;
+		default:
+			v.u64 = f->v.b != 0;
+			rc = tbatch_set(tb, d, v);
+			break;
 		}
 		if (rc)
 			goto fail;
@@ -757,7 +767,8 @@ TALLY_API int tally_write_lp(tally_writer *w, const char *text, size_t len,
 	tally_write_result done = {0};
 	for (;;) {
 		int code = 0;
-		enum lp_result r = lp_next(&w->ps, &cur, end, w->line, &code, reason, sizeof reason);
+		enum lp_result r =
+			lp_next(&w->ps, &cur, end, w->line, &code, reason, sizeof reason);
 		if (r == LP_END)
 			break;
 		if (r == LP_SKIP)
@@ -881,7 +892,7 @@ TALLY_API int tally_write_batch(tally_writer *w, const tally_batch *b)
 		uint32_t n = (uint32_t)(b->n_rows - r < COMMIT_ROWS ? b->n_rows - r : COMMIT_ROWS);
 		for (size_t c = 0; c < b->n_columns; c++) {
 			const tally_column *col = &b->columns[c];
-			size_t width = type_is_string(col->type) ? sizeof(char *)
+			size_t width = type_is_string(col->type)   ? sizeof(char *)
 				       : col->type == TALLY_T_BOOL ? 1
 								   : 8;
 			vals[c] = (const char *)col->values + r * width;
@@ -990,9 +1001,9 @@ TALLY_API int tally_db_stats(tally_db *db, tally_stats *out)
 	out->merges = db->merges;
 	for (uint32_t i = 0; i < db->man.n_parts; i++)
 		out->sealed_parts += (db->man.parts[i].flags & MPART_SEALED) != 0;
-	out->write_amplification = db->man.rows_accepted
-					   ? (double)db->man.rows_written / (double)db->man.rows_accepted
-					   : 1.0;
+	out->write_amplification =
+		db->man.rows_accepted ? (double)db->man.rows_written / (double)db->man.rows_accepted
+				      : 1.0;
 	pthread_mutex_unlock(&db->man_mu);
 	pthread_mutex_lock(&db->rc_mu);
 	out->cache_bytes = db->rc_bytes;

@@ -290,7 +290,7 @@ typedef struct flush_ctx {
 	tally_db *db;
 	shard *s;
 	const memtable *m;
-	manifest *man;     /* the new manifest being built */
+	manifest *man; /* the new manifest being built */
 	pw_slot *slots;
 	uint32_t n_slots, cap_slots;
 	/* the table being flushed */
@@ -414,8 +414,8 @@ static int write_rollups(flush_ctx *f, const series *se, pw_slot *sl)
 					f->cap_bk = nc;
 				}
 				const rbucket *x = &lv->b[j];
-				f->bk[n++] = (part_bucket){x->start, x->a.count, x->a.sum, x->a.comp,
-							   x->a.min, x->a.max};
+				f->bk[n++] = (part_bucket){x->start,  x->a.count, x->a.sum,
+							   x->a.comp, x->a.min,   x->a.max};
 			}
 			int r = part_writer_rollup(sl->w, f->num_of[c], l, f->bk, n);
 			if (r)
@@ -501,7 +501,8 @@ static int flush_table(flush_ctx *f, const stable *st)
 	}
 	uint32_t nn = 0;
 	for (uint32_t c = 0; c < f->n_cols; c++) {
-		f->pcols[c] = (part_col){f->cols[c]->name, f->cols[c]->len, (uint8_t)f->cols[c]->type};
+		f->pcols[c] =
+			(part_col){f->cols[c]->name, f->cols[c]->len, (uint8_t)f->cols[c]->type};
 		f->num_of[c] = type_is_numeric(f->cols[c]->type) ? nn++ : UINT32_MAX;
 	}
 	const levels *L = &f->db->L;
@@ -656,10 +657,10 @@ int flush_run(tally_db *db, int force)
 		shard *s = db->shards[i];
 		pthread_rwlock_wrlock(&s->lock);
 		memtable *a = s->active;
-		int want = a->events > 0 &&
-			   (force || a->mem_bytes + a->rollup_bytes >= db->opt.memtable_bytes ||
-			    mono_ns() - a->started_ns >=
-				    (int64_t)db->opt.flush_interval_ms * 1000000);
+		int want =
+			a->events > 0 &&
+			(force || a->mem_bytes + a->rollup_bytes >= db->opt.memtable_bytes ||
+			 mono_ns() - a->started_ns >= (int64_t)db->opt.flush_interval_ms * 1000000);
 		if (want && !s->failed)
 			rc = shard_freeze(s);
 		pthread_rwlock_unlock(&s->lock);

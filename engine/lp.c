@@ -66,21 +66,20 @@ enum {
 };
 
 static const uint16_t cls[256] = {
-	[' '] = C_SP,  [','] = C_COMMA, ['='] = C_EQ,	 ['\n'] = C_NL,
-	['\r'] = C_CR, ['\\'] = C_BSL,	['"'] = C_QUOTE, ['\t'] = C_TAB,
-	[0] = C_NUL,
+	[' '] = C_SP,   [','] = C_COMMA, ['='] = C_EQ,   ['\n'] = C_NL, ['\r'] = C_CR,
+	['\\'] = C_BSL, ['"'] = C_QUOTE, ['\t'] = C_TAB, [0] = C_NUL,
 };
 
 /* Stop and escape sets of names: the measurement ends at ',' or ' ' and
  * escapes those; keys and tag values also stop at and escape '='. */
 #define MEAS_SET (C_SP | C_COMMA)
-#define KEY_SET (C_SP | C_COMMA | C_EQ)
+#define KEY_SET  (C_SP | C_COMMA | C_EQ)
 
 /* Safe points resync() can restart from. */
 enum { RS_SEC1, RS_FIELDS, RS_TAIL };
 
 static const double pow10_tab[23] = {
-	1e0,  1e1,  1e2,  1e3,	1e4,  1e5,  1e6,  1e7,	1e8,  1e9,  1e10, 1e11,
+	1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,  1e8,  1e9,  1e10, 1e11,
 	1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
 };
 
@@ -168,8 +167,8 @@ int lp_utf8_valid(const char *p, size_t n)
 
 /* ---------------------------------------------------------------- reasons */
 
-#define QUOTE_MAX 40		   /* output chars of one quoted excerpt */
-#define QBUF (QUOTE_MAX + 4) /* + "..." + NUL */
+#define QUOTE_MAX 40              /* output chars of one quoted excerpt */
+#define QBUF      (QUOTE_MAX + 4) /* + "..." + NUL */
 
 /* Writes an excerpt of s[0, n) that is printable ASCII or valid UTF-8:
  * control bytes and bytes of invalid sequences appear as \xNN, and the
@@ -205,11 +204,14 @@ static const char *quote(char *dst, const char *src, size_t n)
 	return dst;
 }
 
-static const char *qstr(char *dst, lp_str s) { return quote(dst, s.p, s.n); }
+static const char *qstr(char *dst, lp_str s)
+{
+	return quote(dst, s.p, s.n);
+}
 
 /* Formats into reason[cap], cutting only at a UTF-8 character boundary. */
 __attribute__((format(printf, 3, 4))) static void errf(char *reason, size_t cap, const char *fmt,
-							...)
+						       ...)
 {
 	char tmp[256];
 	va_list ap;
@@ -411,7 +413,8 @@ static const char *resync(int st, const char *p, const char *end)
 					return p;
 				if (c == '=' || c == ',' || c == ' ')
 					break;
-				p += (c == '\\' && p + 1 < end && (cls[(unsigned char)p[1]] & KEY_SET))
+				p += (c == '\\' && p + 1 < end &&
+				      (cls[(unsigned char)p[1]] & KEY_SET))
 					     ? 2
 					     : 1;
 			}
@@ -479,7 +482,10 @@ static uint64_t count_nl(const char *p, const char *t)
 
 enum { NUM_OK, NUM_BAD, NUM_RANGE };
 
-static inline unsigned digit(const char *p) { return (unsigned)((unsigned char)*p - '0'); }
+static inline unsigned digit(const char *p)
+{
+	return (unsigned)((unsigned char)*p - '0');
+}
 
 /* 1 when the 8 bytes of w (read little-endian from memory) are all ASCII
  * digits: each byte's high nibble is 3, and adding 6 keeps it 3. */
@@ -511,8 +517,7 @@ static inline uint64_t swar_8value(uint64_t w)
  * must be followed by a value delimiter; sets *endp past it.
  * scratch (with room for the token and a NUL) takes the strtod copy.
  */
-static int parse_number(const char *p, const char *e, char *scratch, lp_field *f,
-			const char **endp)
+static int parse_number(const char *p, const char *e, char *scratch, lp_field *f, const char **endp)
 {
 	const char *q = p;
 	int neg = 0;
@@ -521,9 +526,9 @@ static int parse_number(const char *p, const char *e, char *scratch, lp_field *f
 		q++;
 	}
 	const char *ds = q;
-	uint64_t w = 0;	  /* significant digits, at most 19 */
-	int nsig = 0;	  /* digits in w from the first non-zero one */
-	int trunc = 0;	  /* more than 19 significant digits */
+	uint64_t w = 0;    /* significant digits, at most 19 */
+	int nsig = 0;      /* digits in w from the first non-zero one */
+	int trunc = 0;     /* more than 19 significant digits */
 	int64_t exp10 = 0; /* value = w * 10^exp10, unless trunc */
 	while (q < e && digit(q) < 10) {
 		if (nsig < 19) {
@@ -551,8 +556,9 @@ static int parse_number(const char *p, const char *e, char *scratch, lp_field *f
 			if (m > (neg ? (UINT64_C(1) << 63) : (uint64_t)INT64_MAX))
 				return NUM_RANGE;
 			f->type = TALLY_T_I64;
-			f->v.i64 = !neg ? (int64_t)m
-					: m == (UINT64_C(1) << 63) ? INT64_MIN : -(int64_t)m;
+			f->v.i64 = !neg                       ? (int64_t)m
+				   : m == (UINT64_C(1) << 63) ? INT64_MIN
+							      : -(int64_t)m;
 		} else {
 			if (neg)
 				return NUM_BAD;
@@ -640,8 +646,7 @@ static int parse_bool(const char *p, size_t n, int *b)
 		if (!memcmp(p, "false", 5) || !memcmp(p, "False", 5) || !memcmp(p, "FALSE", 5))
 			return *b = 0, 1;
 		return 0;
-	default:
-		return 0;
+	default: return 0;
 	}
 }
 
@@ -720,15 +725,15 @@ void lp_parser_reset(lp_parser *ps, enum tally_precision prec)
 	ps->lines = 0;
 }
 
-#define FAIL(c, ...)                                         \
-	do {                                                 \
-		ecode = (c);                                 \
-		errf(reason, reason_cap, __VA_ARGS__);       \
-		goto fail;                                   \
+#define FAIL(c, ...)                                   \
+	do {                                           \
+		ecode = (c);                           \
+		errf(reason, reason_cap, __VA_ARGS__); \
+		goto fail;                             \
 	} while (0)
 
-enum lp_result lp_next(lp_parser *ps, const char **cur, const char *end, lp_line *out,
-		       int *code, char *reason, size_t reason_cap)
+enum lp_result lp_next(lp_parser *ps, const char **cur, const char *end, lp_line *out, int *code,
+		       char *reason, size_t reason_cap)
 {
 	const char *start = *cur, *p = start, *t;
 	if (start >= end) {
@@ -804,8 +809,8 @@ enum lp_result lp_next(lp_parser *ps, const char **cur, const char *end, lp_line
 			FAIL(TALLY_ESYNTAX, "tag '%s': empty value", qstr(qa, tg->key));
 		tg->value = name_str(ps->scratch, &spos, p, t, ti.esc, KEY_SET);
 		if (tg->value.n > LP_VALUE_MAX)
-			FAIL(TALLY_ELIMIT, "tag '%s': value longer than %d bytes", qstr(qa, tg->key),
-			     LP_VALUE_MAX);
+			FAIL(TALLY_ELIMIT, "tag '%s': value longer than %d bytes",
+			     qstr(qa, tg->key), LP_VALUE_MAX);
 		if ((ti.hi & 0x80) && !lp_utf8_valid(tg->value.p, tg->value.n))
 			FAIL(TALLY_ESYNTAX, "tag '%s': invalid UTF-8", qstr(qa, tg->key));
 		if (ti.nul)
@@ -899,11 +904,11 @@ enum lp_result lp_next(lp_parser *ps, const char **cur, const char *end, lp_line
 			p = q + 1;
 			if (!at_vdelim(p, e))
 				FAIL(TALLY_ESYNTAX, "field '%s': unexpected text after string '%s'",
-				     qstr(qa, f->key), quote(qb, p, (size_t)(vtoken_end(p, e) - p)));
+				     qstr(qa, f->key),
+				     quote(qb, p, (size_t)(vtoken_end(p, e) - p)));
 		} else if (digit(p) < 10 || c == '-' || c == '.' || c == '+') {
 			const char *q = p;
-			int r = c == '+' ? NUM_BAD
-					 : parse_number(p, e, ps->scratch + spos, f, &q);
+			int r = c == '+' ? NUM_BAD : parse_number(p, e, ps->scratch + spos, f, &q);
 			if (r != NUM_OK) {
 				t = vtoken_end(p, e);
 				FAIL(TALLY_ESYNTAX, "field '%s': %s '%s'", qstr(qa, f->key),
@@ -914,8 +919,8 @@ enum lp_result lp_next(lp_parser *ps, const char **cur, const char *end, lp_line
 		} else {
 			t = vtoken_end(p, e);
 			if (!parse_bool(p, (size_t)(t - p), &f->v.b))
-				FAIL(TALLY_ESYNTAX, "field '%s': invalid value '%s'", qstr(qa, f->key),
-				     quote(qb, p, (size_t)(t - p)));
+				FAIL(TALLY_ESYNTAX, "field '%s': invalid value '%s'",
+				     qstr(qa, f->key), quote(qb, p, (size_t)(t - p)));
 			f->type = TALLY_T_BOOL;
 			p = t;
 		}
@@ -960,7 +965,8 @@ enum lp_result lp_next(lp_parser *ps, const char **cur, const char *end, lp_line
 			t = ts0;
 			while (!at_eol(t, e) && *t != ' ' && *t != '\t')
 				t++;
-			FAIL(TALLY_ESYNTAX, "invalid timestamp '%s'", quote(qa, ts0, (size_t)(t - ts0)));
+			FAIL(TALLY_ESYNTAX, "invalid timestamp '%s'",
+			     quote(qa, ts0, (size_t)(t - ts0)));
 		}
 		int64_t ts;
 		if (ovf || m > (neg ? (UINT64_C(1) << 63) : (uint64_t)INT64_MAX))

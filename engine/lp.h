@@ -33,9 +33,9 @@
 
 #include "tally.h"
 
-#define LP_NAME_MAX 255     /* measurement, tag key, field key: bytes */
-#define LP_VALUE_MAX 65535  /* tag value, string field: bytes */
-#define LP_TAGS_MAX 256     /* per line */
+#define LP_NAME_MAX   255   /* measurement, tag key, field key: bytes */
+#define LP_VALUE_MAX  65535 /* tag value, string field: bytes */
+#define LP_TAGS_MAX   256   /* per line */
 #define LP_FIELDS_MAX 1024  /* per line */
 /* Timestamps must lie in [LP_TS_MIN, LP_TS_MAX] ns (InfluxDB's range). */
 #define LP_TS_MIN (-INT64_C(9223372036854775806))
@@ -130,8 +130,8 @@ enum lp_result {
  * code and reason may be NULL. Strings in *out stay valid until the next
  * call and while the input does. One parser per thread.
  */
-enum lp_result lp_next(lp_parser *ps, const char **cur, const char *end, lp_line *out,
-		       int *code, char *reason, size_t reason_cap);
+enum lp_result lp_next(lp_parser *ps, const char **cur, const char *end, lp_line *out, int *code,
+		       char *reason, size_t reason_cap);
 
 /* 1 when [p, p+n) is valid UTF-8 (no overlongs, no surrogates). */
 int lp_utf8_valid(const char *p, size_t n);

@@ -59,7 +59,7 @@ typedef struct merge_ctx {
 	uint32_t n_in;
 	const part **src; /* per input: where its column blocks are read */
 	part **whole;     /* per input: a fetched copy of a tiered part, or NULL */
-	col_def **cols; /* output columns, by id order */
+	col_def **cols;   /* output columns, by id order */
 	uint32_t n_cols;
 	int32_t **map; /* per input: part column -> output column */
 	uint32_t n_num;
@@ -130,7 +130,8 @@ static int gather(merge_ctx *m, uint32_t i, const part_key *pk)
 			int32_t oc = m->map[i][pc];
 			if (oc < 0)
 				continue;
-			if ((rc = part_read_col(p, st, (int)pc, &m->ps, m->svals, m->spres, &absent)))
+			if ((rc = part_read_col(p, st, (int)pc, &m->ps, m->svals, m->spres,
+						&absent)))
 				return rc;
 			if (absent)
 				continue;
@@ -155,8 +156,8 @@ static int gather(merge_ctx *m, uint32_t i, const part_key *pk)
 					m->r.strs.len += cs->n;
 					memcpy(dst + row * SLOT, &off, sizeof off);
 				} else {
-					memcpy(dst + row * SLOT, m->svals + (size_t)r * sizeof(bval),
-					       sizeof(bval));
+					memcpy(dst + row * SLOT,
+					       m->svals + (size_t)r * sizeof(bval), sizeof(bval));
 				}
 			}
 		}
@@ -237,7 +238,8 @@ static int write_key_rollup(merge_ctx *m, part_writer *w, const part_key **pks, 
 		if (pc < 0 || p->info.num_of[pc] < 0)
 			continue;
 		uint32_t num = (uint32_t)p->info.num_of[pc];
-		const part_rollup *ro = &p->rollups[pks[i]->first_rollup + num * p->info.n_levels + l];
+		const part_rollup *ro =
+			&p->rollups[pks[i]->first_rollup + num * p->info.n_levels + l];
 		if (!ro->n_buckets)
 			continue;
 		if (ro->n_buckets > m->cap_tmp) {
@@ -277,7 +279,8 @@ static int write_key_rollup(merge_ctx *m, part_writer *w, const part_key **pks, 
 					  m->bk[lo].min, m->bk[lo].max};
 				ragg y = {b->count, b->sum, b->comp, b->min, b->max};
 				ragg_merge(&x, &y);
-				m->bk[lo] = (part_bucket){b->start, x.count, x.sum, x.comp, x.min, x.max};
+				m->bk[lo] = (part_bucket){b->start, x.count, x.sum,
+							  x.comp,   x.min,   x.max};
 				continue;
 			}
 			memmove(&m->bk[lo + 1], &m->bk[lo], (n - lo) * sizeof *m->bk);
@@ -631,7 +634,8 @@ static int merge_pass(tally_db *db, shard *s, int *merged)
 					continue;
 				uint32_t t = size_tier(grp[j]), same = 0;
 				for (uint32_t i = 0; i < n; i++)
-					same += !(grp[i]->flags & MPART_SEALED) && size_tier(grp[i]) == t;
+					same += !(grp[i]->flags & MPART_SEALED) &&
+						size_tier(grp[i]) == t;
 				if (same >= MERGE_FANIN && t < best)
 					best = t;
 			}

@@ -19,8 +19,7 @@
 #include "flush.h"
 #include "mem.h"
 
-static int resolve(tally_db *db, const char *table, const char *field, table_def **t,
-		   col_def **c)
+static int resolve(tally_db *db, const char *table, const char *field, table_def **t, col_def **c)
 {
 	if (!table || !field)
 		return err_set(TALLY_EINVAL, "table and field are required");
@@ -123,9 +122,8 @@ static part_scratch *qsrc_scratch(qsrc *q)
 
 /* Decodes a part's rollup of (key, column, level) into a new buffer,
  * through the decoded rollup cache. */
-static int part_rollup_decode(const shard_part *sp, const char *key, uint32_t kl,
-			      const col_def *c, unsigned level, part_scratch *ps, rbucket **out,
-			      uint32_t *n)
+static int part_rollup_decode(const shard_part *sp, const char *key, uint32_t kl, const col_def *c,
+			      unsigned level, part_scratch *ps, rbucket **out, uint32_t *n)
 {
 	*out = NULL;
 	*n = 0;
@@ -204,7 +202,8 @@ static size_t merge_windows(qsrc *q, int64_t from, int64_t to, int64_t step, int
 		}
 		for (uint32_t s = 0; s < q->n; s++) {
 			bsrc *x = &q->v[s];
-			while (x->pos < x->n && window_start(x->b[x->pos].start, step, offset) == best)
+			while (x->pos < x->n &&
+			       window_start(x->b[x->pos].start, step, offset) == best)
 				ragg_merge(&acc, &x->b[x->pos++].a);
 		}
 	}
@@ -235,8 +234,9 @@ TALLY_API int tally_query_series(tally_db *db, const char *table, const char *fi
 		return err_set(TALLY_EINVAL, "key is required");
 	const levels *L = &db->L;
 	if (step <= 0 || step % L->w[0])
-		return err_set(TALLY_EINVAL, "step %lld ns is not a multiple of the finest level "
-					     "(%lld ns)",
+		return err_set(TALLY_EINVAL,
+			       "step %lld ns is not a multiple of the finest level "
+			       "(%lld ns)",
 			       (long long)step, (long long)L->w[0]);
 	if (step > LEVEL_WIDTH_MAX)
 		return err_set(TALLY_EINVAL, "step %lld ns too large", (long long)step);
@@ -364,7 +364,8 @@ static void raw_agg(cview *v, int64_t a, int64_t b, ragg *acc)
 			v->rc = err_set(-ENOMEM, "out of memory");
 			return;
 		}
-		if ((v->rc = part_read_col(p, st, v->pc, ps, v->vals, v->present, &absent)) || absent)
+		if ((v->rc = part_read_col(p, st, v->pc, ps, v->vals, v->present, &absent)) ||
+		    absent)
 			continue;
 		if ((v->rc = part_read_col(p, st, -1, ps, v->ts, NULL, &absent)))
 			return;
@@ -390,8 +391,8 @@ static void bucket_agg(cview *v, int li, int64_t a, int64_t b, ragg *acc)
 				v->rc = err_set(-ENOMEM, "out of memory");
 				return;
 			}
-			v->rc = part_rollup_decode(v->sp, v->pk->key, v->pk->len, v->c, (unsigned)li,
-						   ps, &v->lv[li], &v->nlv[li]);
+			v->rc = part_rollup_decode(v->sp, v->pk->key, v->pk->len, v->c,
+						   (unsigned)li, ps, &v->lv[li], &v->nlv[li]);
 			v->got[li] = 1;
 			if (v->rc)
 				return;
@@ -427,8 +428,8 @@ static void cover(cview *v, const levels *L, int li, int64_t a, int64_t b, ragg 
 }
 
 /* The exact aggregate of a memtable series over [a, b). */
-static void cover_series(const series *se, const col_def *c, const levels *L, int64_t a,
-			 int64_t b, ragg *acc)
+static void cover_series(const series *se, const col_def *c, const levels *L, int64_t a, int64_t b,
+			 ragg *acc)
 {
 	if (!series_rcol(se, c->id))
 		return; /* no value of this field for this key */
@@ -455,8 +456,8 @@ static int cover_part(qsrc *q, const shard_part *sp, const part_key *pk, const c
 	return v.rc;
 }
 
-TALLY_API int tally_query_agg(tally_db *db, const char *table, const char *field,
-			      const char *key, int64_t from, int64_t to, tally_agg *out)
+TALLY_API int tally_query_agg(tally_db *db, const char *table, const char *field, const char *key,
+			      int64_t from, int64_t to, tally_agg *out)
 {
 	err_clear();
 	table_def *t = NULL;
@@ -560,8 +561,8 @@ static int keys_push(keys_acc *ka, const char *key, uint32_t len, const ragg *a)
 	return 0;
 }
 
-TALLY_API int tally_query_keys(tally_db *db, const char *table, const char *field,
-			       int64_t from, int64_t to, tally_keys_iter **out)
+TALLY_API int tally_query_keys(tally_db *db, const char *table, const char *field, int64_t from,
+			       int64_t to, tally_keys_iter **out)
 {
 	err_clear();
 	*out = NULL;
@@ -812,7 +813,8 @@ TALLY_API int tally_scan_open(tally_db *db, const char *table, const char *key, 
 				size_t first = sc->n_rows, vbase = n_vals;
 				for (uint32_t r = 0; r < st->n_rows; r++, seq++)
 					if (pts[r] >= from && pts[r] < to &&
-					    !scan_add(sc, pts[r], seq, &cap_rows, &cap_vals, &n_vals)) {
+					    !scan_add(sc, pts[r], seq, &cap_rows, &cap_vals,
+						      &n_vals)) {
 						rc = err_set(-ENOMEM, "out of memory");
 						break;
 					}
@@ -822,8 +824,8 @@ TALLY_API int tally_scan_open(tally_db *db, const char *table, const char *key, 
 					const col_def *d = sp->defs[pc];
 					if (!d || d->id >= sc->n_cols)
 						continue;
-					if ((rc = part_read_col(sp->p, st, (int)pc, ps, pvals, ppres,
-								&absent)) ||
+					if ((rc = part_read_col(sp->p, st, (int)pc, ps, pvals,
+								ppres, &absent)) ||
 					    absent)
 						continue;
 					const codec_str *strs = (const codec_str *)pvals;
@@ -831,17 +833,20 @@ TALLY_API int tally_scan_open(tally_db *db, const char *table, const char *key, 
 					for (uint32_t r = 0; r < st->n_rows && !rc; r++) {
 						if (pts[r] < from || pts[r] >= to)
 							continue;
-						tally_value *v = sc->vals + vbase + (row - first) * sc->n_cols;
+						tally_value *v = sc->vals + vbase +
+								 (row - first) * sc->n_cols;
 						row++;
 						if (!((ppres[r >> 6] >> (r & 63)) & 1))
 							continue;
 						if (type_is_string(d->type))
-							rc = scan_set(sc, &v[d->id], d->type, (bval){0},
-								      strs[r].p, strs[r].n, &arena_len,
+							rc = scan_set(sc, &v[d->id], d->type,
+								      (bval){0}, strs[r].p,
+								      strs[r].n, &arena_len,
 								      &arena_cap);
 						else
-							rc = scan_set(sc, &v[d->id], d->type, pvals[r],
-								      NULL, 0, &arena_len, &arena_cap);
+							rc = scan_set(sc, &v[d->id], d->type,
+								      pvals[r], NULL, 0, &arena_len,
+								      &arena_cap);
 						/* strings are copied at once: the next column's
 						 * decode reuses the scratch arena */
 					}
@@ -869,14 +874,16 @@ TALLY_API int tally_scan_open(tally_db *db, const char *table, const char *key, 
 					}
 					for (size_t ci = 0; ci < sc->n_cols && !rc; ci++) {
 						const col_def *d = sc->cols[ci];
-						const chunk_col *cc =
-							d->id < ch->n_cols ? &ch->cols[d->id] : NULL;
+						const chunk_col *cc = d->id < ch->n_cols
+									      ? &ch->cols[d->id]
+									      : NULL;
 						if (!cc || !chunk_has(cc, i))
 							continue;
 						bval b = cc->vals[i];
 						int str = type_is_string(d->type);
 						rc = scan_set(sc, &v[ci], d->type, b,
-							      str ? ch->arena + (b.ref >> 16) : NULL,
+							      str ? ch->arena + (b.ref >> 16)
+								  : NULL,
 							      str ? b.ref & 0xffff : 0, &arena_len,
 							      &arena_cap);
 					}
@@ -905,10 +912,12 @@ nomem:
 	return err_set(-ENOMEM, "out of memory opening a scan");
 }
 
-TALLY_API size_t tally_scan_columns(tally_scan *s) { return s->n_cols; }
+TALLY_API size_t tally_scan_columns(tally_scan *s)
+{
+	return s->n_cols;
+}
 
-TALLY_API int tally_scan_column(tally_scan *s, size_t i, const char **name,
-				enum tally_type *type)
+TALLY_API int tally_scan_column(tally_scan *s, size_t i, const char **name, enum tally_type *type)
 {
 	if (i >= s->n_cols)
 		return err_set(TALLY_EINVAL, "column %zu of %zu", i, s->n_cols);

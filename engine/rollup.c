@@ -36,7 +36,10 @@ uint32_t bucket_lower(const rbucket *b, uint32_t n, int64_t t)
 	return lo;
 }
 
-uint32_t rollup_lower(const rlevel *lv, int64_t t) { return bucket_lower(lv->b, lv->n, t); }
+uint32_t rollup_lower(const rlevel *lv, int64_t t)
+{
+	return bucket_lower(lv->b, lv->n, t);
+}
 
 /* Finds or inserts the bucket starting at start; returns its index or -1. */
 static int64_t bucket_slot(rlevel *lv, int64_t start, uint64_t *bytes)

@@ -18,8 +18,8 @@
 
 /* Engine time range: wide enough for any real data, narrow enough that
  * window starts and ends of every level never overflow int64. */
-#define TS_ENGINE_MIN (INT64_MIN + (INT64_C(1) << 58))
-#define TS_ENGINE_MAX (INT64_MAX - (INT64_C(1) << 58))
+#define TS_ENGINE_MIN   (INT64_MIN + (INT64_C(1) << 58))
+#define TS_ENGINE_MAX   (INT64_MAX - (INT64_C(1) << 58))
 #define LEVEL_WIDTH_MAX (INT64_C(1) << 56)
 
 typedef struct levels {

@@ -407,7 +407,8 @@ static int apply_table(shard *s, const tbatch *tb)
 			for (uint32_t i = 0; i < cnt; i++) {
 				if (!bcol_has(bc, r + i))
 					continue;
-				if (!cc && !(cc = chunk_col_get(m, c, bc->def->id, type_is_string(type))))
+				if (!cc &&
+				    !(cc = chunk_col_get(m, c, bc->def->id, type_is_string(type))))
 					return -ENOMEM;
 				bval v = bc->vals[r + i];
 				if (type_is_string(type)) {
@@ -462,8 +463,9 @@ int shard_apply(shard *s, const wbatch *b)
 		roll0 = m->rollup_bytes;
 		if (rc) {
 			s->failed = 1;
-			return err_set(rc, "shard %u: out of memory applying a batch; the shard is "
-					   "failed and the database must be reopened",
+			return err_set(rc,
+				       "shard %u: out of memory applying a batch; the shard is "
+				       "failed and the database must be reopened",
 				       s->id);
 		}
 	}

@@ -69,7 +69,7 @@ typedef struct stable {
  * event is, at any moment, in exactly one memtable or one part.
  */
 typedef struct memtable {
-	arena ar; /* chunks' rows: freed all at once with the memtable */
+	arena ar;        /* chunks' rows: freed all at once with the memtable */
 	stable **tables; /* by table id */
 	uint32_t cap_tables;
 	uint64_t mem_bytes;    /* rows */
@@ -108,7 +108,7 @@ typedef struct shard {
 	uint32_t cap_keystates;
 	_Atomic uint64_t mem_bytes;    /* all memtables' rows */
 	_Atomic uint64_t rollup_bytes; /* all memtables' rollups */
-	uint64_t flushed_events; /* events now in parts */
+	uint64_t flushed_events;       /* events now in parts */
 	uint64_t late_events;
 	int failed; /* sticky: set when WAL and memtable may disagree */
 	series **key_scratch;

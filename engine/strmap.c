@@ -12,7 +12,10 @@
 
 #include "mem.h"
 
-uint64_t strmap_hash(const char *key, size_t len) { return XXH3_64bits(key, len); }
+uint64_t strmap_hash(const char *key, size_t len)
+{
+	return XXH3_64bits(key, len);
+}
 
 void *strmap_get(const strmap *m, const char *key, uint32_t len, uint64_t hash)
 {
@@ -57,7 +60,10 @@ int strmap_put(strmap *m, const char *key, uint32_t len, uint64_t hash, void *va
 	return 0;
 }
 
-size_t strmap_bytes(const strmap *m) { return (size_t)m->cap * sizeof(strmap_slot); }
+size_t strmap_bytes(const strmap *m)
+{
+	return (size_t)m->cap * sizeof(strmap_slot);
+}
 
 void strmap_free(strmap *m)
 {

@@ -58,21 +58,21 @@ extern "C" {
 /* ---------------------------------------------------------------- errors */
 
 /* tally's own codes sit far below any errno, LMDB-style. */
-#define TALLY_OK 0
-#define TALLY_ERR_BASE (-30800)
-#define TALLY_EINVAL (TALLY_ERR_BASE - 0)    /* bad argument or option */
-#define TALLY_ESYNTAX (TALLY_ERR_BASE - 1)   /* malformed line protocol */
-#define TALLY_ETYPE (TALLY_ERR_BASE - 2)     /* field changes type */
-#define TALLY_ELIMIT (TALLY_ERR_BASE - 3)    /* a size or count limit */
-#define TALLY_ECORRUPT (TALLY_ERR_BASE - 4)  /* checksum or format error on disk */
-#define TALLY_ENOTFOUND (TALLY_ERR_BASE - 5) /* no such table, field or level */
-#define TALLY_EFULL (TALLY_ERR_BASE - 6)     /* memory bound reached: back off */
-#define TALLY_EFAILED (TALLY_ERR_BASE - 7)   /* handle failed earlier; reopen */
-#define TALLY_ETRUNC (TALLY_ERR_BASE - 8)    /* result did not fit the buffer */
-#define TALLY_ELOCKED (TALLY_ERR_BASE - 9)   /* directory in use by another process */
-#define TALLY_EVERSION (TALLY_ERR_BASE - 10) /* file of an unknown format version */
-#define TALLY_EREMOTE (TALLY_ERR_BASE - 11)  /* object storage failed or unreachable */
-#define TALLY_ERR_LAST TALLY_EREMOTE
+#define TALLY_OK        0
+#define TALLY_ERR_BASE  (-30800)
+#define TALLY_EINVAL    (TALLY_ERR_BASE - 0)  /* bad argument or option */
+#define TALLY_ESYNTAX   (TALLY_ERR_BASE - 1)  /* malformed line protocol */
+#define TALLY_ETYPE     (TALLY_ERR_BASE - 2)  /* field changes type */
+#define TALLY_ELIMIT    (TALLY_ERR_BASE - 3)  /* a size or count limit */
+#define TALLY_ECORRUPT  (TALLY_ERR_BASE - 4)  /* checksum or format error on disk */
+#define TALLY_ENOTFOUND (TALLY_ERR_BASE - 5)  /* no such table, field or level */
+#define TALLY_EFULL     (TALLY_ERR_BASE - 6)  /* memory bound reached: back off */
+#define TALLY_EFAILED   (TALLY_ERR_BASE - 7)  /* handle failed earlier; reopen */
+#define TALLY_ETRUNC    (TALLY_ERR_BASE - 8)  /* result did not fit the buffer */
+#define TALLY_ELOCKED   (TALLY_ERR_BASE - 9)  /* directory in use by another process */
+#define TALLY_EVERSION  (TALLY_ERR_BASE - 10) /* file of an unknown format version */
+#define TALLY_EREMOTE   (TALLY_ERR_BASE - 11) /* object storage failed or unreachable */
+#define TALLY_ERR_LAST  TALLY_EREMOTE
 
 /* Names any return code: 0, -errno or TALLY_E*. Never NULL; static storage. */
 TALLY_API const char *tally_strerror(int err);
@@ -86,9 +86,9 @@ TALLY_API const char *tally_errmsg(void);
 /* Rollup levels: window widths in ns; each must divide the next. */
 #define TALLY_LEVELS_MAX 8
 #define TALLY_NS_PER_SEC INT64_C(1000000000)
-#define TALLY_5M (300 * TALLY_NS_PER_SEC)
-#define TALLY_1H (3600 * TALLY_NS_PER_SEC)
-#define TALLY_1D (86400 * TALLY_NS_PER_SEC)
+#define TALLY_5M         (300 * TALLY_NS_PER_SEC)
+#define TALLY_1H         (3600 * TALLY_NS_PER_SEC)
+#define TALLY_1D         (86400 * TALLY_NS_PER_SEC)
 
 enum tally_sync_mode {
 	TALLY_SYNC_ON_REQUEST = 0, /* durable at tally_db_sync (group commit) */
@@ -152,12 +152,12 @@ typedef struct tally_options {
 	 * recorded in the manifest and removed locally; rollups and indexes
 	 * stay local, so rollup queries never touch object storage. Strings
 	 * are copied at open; credentials are never logged. */
-	const char *tier_bucket;   /* NULL: $TALLY_S3_BUCKET */
-	const char *tier_endpoint; /* NULL: $TALLY_S3_ENDPOINT, $AWS_ENDPOINT_URL_S3,
-				      $AWS_ENDPOINT_URL, else AWS S3 of the region */
-	const char *tier_region;   /* NULL: $AWS_REGION, $AWS_DEFAULT_REGION, us-east-1 */
-	const char *tier_prefix;   /* object key prefix, e.g. "tally/site1/";
-				      NULL: $TALLY_S3_PREFIX, else "" */
+	const char *tier_bucket;        /* NULL: $TALLY_S3_BUCKET */
+	const char *tier_endpoint;      /* NULL: $TALLY_S3_ENDPOINT, $AWS_ENDPOINT_URL_S3,
+					   $AWS_ENDPOINT_URL, else AWS S3 of the region */
+	const char *tier_region;        /* NULL: $AWS_REGION, $AWS_DEFAULT_REGION, us-east-1 */
+	const char *tier_prefix;        /* object key prefix, e.g. "tally/site1/";
+					   NULL: $TALLY_S3_PREFIX, else "" */
 	const char *tier_access_key;    /* NULL: $AWS_ACCESS_KEY_ID */
 	const char *tier_secret_key;    /* NULL: $AWS_SECRET_ACCESS_KEY */
 	const char *tier_session_token; /* NULL: $AWS_SESSION_TOKEN */
@@ -229,11 +229,11 @@ enum tally_precision {
 };
 
 #define TALLY_LINE_ERRORS_MAX 16
-#define TALLY_REASON_MAX 160
+#define TALLY_REASON_MAX      160
 
 typedef struct tally_line_error {
-	uint64_t line; /* 1-based line number within the call's text */
-	int code;      /* TALLY_ESYNTAX, TALLY_ETYPE, TALLY_ELIMIT, ... */
+	uint64_t line;                 /* 1-based line number within the call's text */
+	int code;                      /* TALLY_ESYNTAX, TALLY_ETYPE, TALLY_ELIMIT, ... */
 	char reason[TALLY_REASON_MAX]; /* "field 'speed': invalid number '8x.2'" */
 } tally_line_error;
 
@@ -319,14 +319,14 @@ TALLY_API int tally_query_series(tally_db *db, const char *table, const char *fi
 
 /* Exact aggregate of one key's field over any [from, to): whole windows of
  * the coarsest levels that fit, raw events only at the unaligned edges. */
-TALLY_API int tally_query_agg(tally_db *db, const char *table, const char *field,
-			      const char *key, int64_t from, int64_t to, tally_agg *out);
+TALLY_API int tally_query_agg(tally_db *db, const char *table, const char *field, const char *key,
+			      int64_t from, int64_t to, tally_agg *out);
 
 /* All keys of a table at once: the exact aggregate of field over [from, to)
  * for every key with events there, sorted by key. */
 typedef struct tally_keys_iter tally_keys_iter;
-TALLY_API int tally_query_keys(tally_db *db, const char *table, const char *field,
-			       int64_t from, int64_t to, tally_keys_iter **out);
+TALLY_API int tally_query_keys(tally_db *db, const char *table, const char *field, int64_t from,
+			       int64_t to, tally_keys_iter **out);
 /* 1 and fills *key and *agg, 0 at the end, <0 on error. *key is borrowed until
  * tally_keys_close. */
 TALLY_API int tally_keys_next(tally_keys_iter *it, const char **key, tally_agg *agg);
@@ -379,35 +379,35 @@ typedef struct tally_stats {
 	uint64_t index_bytes;    /* parts' indexes held in memory */
 	uint64_t cache_bytes;    /* decoded rollup blocks cached */
 	uint64_t memory_limit;
-	uint64_t wal_bytes;      /* bytes of WAL on disk */
-	uint64_t wal_syncs;      /* fsyncs done since open */
+	uint64_t wal_bytes; /* bytes of WAL on disk */
+	uint64_t wal_syncs; /* fsyncs done since open */
 	uint64_t shards;
-	uint64_t parts;          /* live part files */
-	uint64_t part_bytes;     /* their bytes on disk */
-	uint64_t part_rows;      /* rows in parts */
-	uint64_t flushes;        /* memtables flushed since open */
-	uint64_t merges;         /* merges since open */
-	uint64_t sealed_parts;   /* parts that are sealed segments */
-	uint64_t partitions;     /* (shard, table, partition) groups of parts */
+	uint64_t parts;        /* live part files */
+	uint64_t part_bytes;   /* their bytes on disk */
+	uint64_t part_rows;    /* rows in parts */
+	uint64_t flushes;      /* memtables flushed since open */
+	uint64_t merges;       /* merges since open */
+	uint64_t sealed_parts; /* parts that are sealed segments */
+	uint64_t partitions;   /* (shard, table, partition) groups of parts */
 	uint64_t max_parts_per_partition;
-	uint64_t merge_backlog;  /* partitions with MERGE_FANIN or more unsealed parts */
+	uint64_t merge_backlog; /* partitions with MERGE_FANIN or more unsealed parts */
 	/* rows written into parts by flushes and merges, per row accepted
 	 * into parts: 1.0 means every row was written once */
 	double write_amplification;
 	/* Tiering (all 0 when it is off). */
-	int tier_state;             /* 0 off, 1 healthy, 2 failing (retrying) */
-	uint64_t tiered_parts;      /* parts whose raw columns are in object storage */
-	uint64_t remote_bytes;      /* their objects' bytes */
-	uint64_t tier_due;          /* sealed parts due for upload, not yet uploaded */
-	uint64_t tier_uploads;      /* parts uploaded and committed since open */
+	int tier_state;        /* 0 off, 1 healthy, 2 failing (retrying) */
+	uint64_t tiered_parts; /* parts whose raw columns are in object storage */
+	uint64_t remote_bytes; /* their objects' bytes */
+	uint64_t tier_due;     /* sealed parts due for upload, not yet uploaded */
+	uint64_t tier_uploads; /* parts uploaded and committed since open */
 	uint64_t tier_upload_bytes;
-	uint64_t tier_failures;     /* tiering passes that failed since open */
-	uint64_t tier_deletes;      /* retired objects deleted since open */
-	uint64_t tier_gc_pending;   /* objects waiting to be deleted */
-	uint64_t cold_reads;        /* range GETs of cold raw blocks since open */
+	uint64_t tier_failures;   /* tiering passes that failed since open */
+	uint64_t tier_deletes;    /* retired objects deleted since open */
+	uint64_t tier_gc_pending; /* objects waiting to be deleted */
+	uint64_t cold_reads;      /* range GETs of cold raw blocks since open */
 	uint64_t cold_read_bytes;
 	uint64_t cold_cache_hits, cold_cache_misses;
-	uint64_t cold_cache_bytes;  /* cold blocks held in memory */
+	uint64_t cold_cache_bytes; /* cold blocks held in memory */
 	uint64_t s3_requests, s3_retries, s3_errors;
 } tally_stats;
 

@@ -114,7 +114,7 @@ static void object_key(const tier *t, uint64_t id, char *buf, size_t cap)
 void tier_local_path(const tally_db *db, uint64_t id, int remote, char *buf, size_t cap)
 {
 	snprintf(buf, cap, "%s/parts/%016llx.%s", db->dir, (unsigned long long)id,
-	         remote ? "stub" : "part");
+		 remote ? "stub" : "part");
 }
 
 /* ---------------------------------------------------------------- cache */
@@ -122,8 +122,8 @@ void tier_local_path(const tally_db *db, uint64_t id, int remote, char *buf, siz
 static uint32_t chash(uint64_t id, uint64_t off)
 {
 	return (uint32_t)((id * UINT64_C(0x9E3779B97F4A7C15) ^
-	                   off * UINT64_C(0xC2B2AE3D27D4EB4F)) >>
-	                  48) %
+			   off * UINT64_C(0xC2B2AE3D27D4EB4F)) >>
+			  48) %
 	       CACHE_BUCKETS;
 }
 
@@ -224,16 +224,16 @@ static void note_pass(tally_db *db, int rc)
 		set_last_err(t, err_msg());
 		if (!atomic_exchange(&t->failing, 1))
 			log_emit(&db->log, TALLY_LOG_WARN,
-			         "tiering: %s; the data stays local and tiering retries with "
-			         "backoff",
-			         err_msg());
+				 "tiering: %s; the data stays local and tiering retries with "
+				 "backoff",
+				 err_msg());
 		else
 			log_emit(&db->log, TALLY_LOG_INFO, "tiering: still failing: %s", err_msg());
 		t->streak++;
 	} else {
 		if (atomic_exchange(&t->failing, 0))
 			log_emit(&db->log, TALLY_LOG_WARN,
-			         "tiering: object storage at %s answers again", s3_where(t->bg));
+				 "tiering: object storage at %s answers again", s3_where(t->bg));
 		t->streak = 0;
 	}
 }
@@ -257,9 +257,9 @@ static int tier_fetch(void *ctx, const part *p, uint64_t off, size_t len, void *
 		snprintf(last, sizeof last, "%s", t->last_err);
 		pthread_mutex_unlock(&t->err_mu);
 		return err_set(TALLY_EREMOTE,
-		               "%s: block at offset %llu is in object storage, which failed a "
-		               "moment ago (%s); try again shortly",
-		               p->path, (unsigned long long)off, last);
+			       "%s: block at offset %llu is in object storage, which failed a "
+			       "moment ago (%s); try again shortly",
+			       p->path, (unsigned long long)off, last);
 	}
 	int rc = s3_get_range(t->rd, sp->object, off, len, dst);
 	if (rc) {
@@ -273,8 +273,8 @@ static int tier_fetch(void *ctx, const part *p, uint64_t off, size_t len, void *
 	atomic_fetch_add(&t->fetch_bytes, len);
 	if (len < 8 || XXH3_64bits(dst, len - 8) != le_get64((const uint8_t *)dst + len - 8))
 		return err_set(TALLY_ECORRUPT, "object %s bytes %llu-%llu: block checksum mismatch",
-		               sp->object, (unsigned long long)off,
-		               (unsigned long long)(off + len - 1));
+			       sp->object, (unsigned long long)off,
+			       (unsigned long long)(off + len - 1));
 	cache_put(t, sp->id, off, len, dst);
 	return 0;
 }
@@ -357,9 +357,9 @@ int tier_fetch_whole(tally_db *db, const shard_part *sp, part **whole)
 	tier *t = db->tier;
 	if (!t)
 		return err_set(TALLY_EREMOTE,
-		               "part %016llx is in object storage and tiering is "
-		               "not configured",
-		               (unsigned long long)sp->id);
+			       "part %016llx is in object storage and tiering is "
+			       "not configured",
+			       (unsigned long long)sp->id);
 	char path[PATH_MAX];
 	snprintf(path, sizeof path, "%s/parts/%016llx.fetch", db->dir, (unsigned long long)sp->id);
 	int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
@@ -370,14 +370,14 @@ int tier_fetch_whole(tally_db *db, const shard_part *sp, part **whole)
 	close(fd);
 	if (!rc && sum != sp->object_sum)
 		rc = err_set(TALLY_ECORRUPT,
-		             "object %s: checksum %016llx, the manifest says %016llx", sp->object,
-		             (unsigned long long)sum, (unsigned long long)sp->object_sum);
+			     "object %s: checksum %016llx, the manifest says %016llx", sp->object,
+			     (unsigned long long)sum, (unsigned long long)sp->object_sum);
 	if (!rc)
 		rc = part_open(path, whole);
 	if (rc) {
 		unlink(path);
 		return err_prefix(rc, "fetching part %016llx for a merge",
-		                  (unsigned long long)sp->id);
+				  (unsigned long long)sp->id);
 	}
 	return 0;
 }
@@ -421,7 +421,7 @@ static int gc_pass(tally_db *db)
 		pthread_mutex_lock(&db->man_mu);
 		for (uint32_t i = 0; i < db->man.n_parts; i++)
 			live |= db->man.parts[i].object &&
-			        !strcmp(db->man.parts[i].object, keys[done]);
+				!strcmp(db->man.parts[i].object, keys[done]);
 		pthread_mutex_unlock(&db->man_mu);
 		if (!live && (rc = s3_delete(t->bg, keys[done])))
 			break;
@@ -494,7 +494,7 @@ static int mark_remote(manifest *m, void *arg)
 			return 0;
 		}
 	return err_set(TALLY_ENOTFOUND, "part %016llx left the manifest",
-	               (unsigned long long)c->id);
+		       (unsigned long long)c->id);
 }
 
 /* Uploads part id of shard s and swaps it for its stub. */
@@ -564,8 +564,8 @@ static int tier_one(tally_db *db, shard *s, uint64_t id)
 		 * the stub; nothing is lost */
 		pthread_mutex_unlock(&db->man_mu);
 		log_emit(&db->log, TALLY_LOG_ERROR,
-		         "tiering: part %016llx uploaded, stub not loaded: %s",
-		         (unsigned long long)id, err_msg());
+			 "tiering: part %016llx uploaded, stub not loaded: %s",
+			 (unsigned long long)id, err_msg());
 		return rc;
 	}
 	pthread_rwlock_wrlock(&s->lock);
@@ -589,9 +589,9 @@ static int tier_one(tally_db *db, shard *s, uint64_t id)
 	atomic_fetch_add(&t->uploads, 1);
 	atomic_fetch_add(&t->upload_bytes, size);
 	log_emit(&db->log, TALLY_LOG_INFO,
-	         "tiering: part %016llx (%llu bytes) is now %s/%s; %llu bytes stay local",
-	         (unsigned long long)id, (unsigned long long)size, s3_where(t->bg), key,
-	         (unsigned long long)stub_bytes);
+		 "tiering: part %016llx (%llu bytes) is now %s/%s; %llu bytes stay local",
+		 (unsigned long long)id, (unsigned long long)size, s3_where(t->bg), key,
+		 (unsigned long long)stub_bytes);
 	return 0;
 }
 
@@ -649,7 +649,7 @@ static int tier_pass_locked(tally_db *db)
 		t->swept = 1;
 		if (aborted)
 			log_emit(&db->log, TALLY_LOG_INFO, "tiering: aborted %u unfinished uploads",
-			         aborted);
+				 aborted);
 	} else if (!t->swept && strstr(err_msg(), "NotImplemented")) {
 		t->swept = 1;
 	}
@@ -760,30 +760,30 @@ int tier_open(tally_db *db)
 	prefix = prefix ? prefix : "";
 	if (strlen(prefix) > PREFIX_MAX || prefix[0] == '/' ||
 	    strspn(prefix, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/._-") !=
-	            strlen(prefix))
+		    strlen(prefix))
 		return err_set(TALLY_EINVAL,
-		               "tier_prefix '%.80s': up to %d of A-Z a-z 0-9 / . _ -, "
-		               "not starting with /",
-		               prefix, PREFIX_MAX);
+			       "tier_prefix '%.80s': up to %d of A-Z a-z 0-9 / . _ -, "
+			       "not starting with /",
+			       prefix, PREFIX_MAX);
 	if (o->tier_part_bytes && o->tier_part_bytes < S3_PART_MIN)
 		return err_set(TALLY_EINVAL, "tier_part_bytes: %llu is under S3's 5 MiB",
-		               (unsigned long long)o->tier_part_bytes);
+			       (unsigned long long)o->tier_part_bytes);
 	s3_config c = {
-	        .endpoint = pick(o->tier_endpoint,
-	                         (const char *const[]){"TALLY_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3",
-	                                               "AWS_ENDPOINT_URL", NULL}),
-	        .bucket = bucket,
-	        .region = pick(o->tier_region,
-	                       (const char *const[]){"AWS_REGION", "AWS_DEFAULT_REGION", NULL}),
-	        .access_key =
-	                pick(o->tier_access_key, (const char *const[]){"AWS_ACCESS_KEY_ID", NULL}),
-	        .secret_key = pick(o->tier_secret_key,
-	                           (const char *const[]){"AWS_SECRET_ACCESS_KEY", NULL}),
-	        .session_token = pick(o->tier_session_token,
-	                              (const char *const[]){"AWS_SESSION_TOKEN", NULL}),
-	        .timeout_ms = o->tier_timeout_ms,
-	        .retries = o->tier_retries ? o->tier_retries : 4,
-	        .part_bytes = o->tier_part_bytes,
+		.endpoint = pick(o->tier_endpoint,
+				 (const char *const[]){"TALLY_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3",
+						       "AWS_ENDPOINT_URL", NULL}),
+		.bucket = bucket,
+		.region = pick(o->tier_region,
+			       (const char *const[]){"AWS_REGION", "AWS_DEFAULT_REGION", NULL}),
+		.access_key =
+			pick(o->tier_access_key, (const char *const[]){"AWS_ACCESS_KEY_ID", NULL}),
+		.secret_key = pick(o->tier_secret_key,
+				   (const char *const[]){"AWS_SECRET_ACCESS_KEY", NULL}),
+		.session_token = pick(o->tier_session_token,
+				      (const char *const[]){"AWS_SESSION_TOKEN", NULL}),
+		.timeout_ms = o->tier_timeout_ms,
+		.retries = o->tier_retries ? o->tier_retries : 4,
+		.part_bytes = o->tier_part_bytes,
 	};
 	tier *t = mem_calloc(1, sizeof *t);
 	if (!t)
@@ -808,7 +808,7 @@ int tier_open(tally_db *db)
 	t->after = o->tier_after ? o->tier_after : DEFAULT_TIER_AFTER;
 	t->cache_limit = o->tier_cache_bytes ? o->tier_cache_bytes : DEFAULT_CACHE;
 	log_emit(&db->log, TALLY_LOG_INFO, "tiering to %s, prefix '%s', after %lld s",
-	         s3_where(t->bg), t->prefix, (long long)(t->after / TALLY_NS_PER_SEC));
+		 s3_where(t->bg), t->prefix, (long long)(t->after / TALLY_NS_PER_SEC));
 	return 0;
 }
 

@@ -37,16 +37,16 @@
 #define ZSTD_PROBE    4096 /* bytes of a bit-packed body tried first */
 
 static const codec_ops *const ops_by_id[CODEC_ENC_MAX + 1] = {
-        [CODEC_ENC_RAW] = &enc_raw_ops,       [CODEC_ENC_INT] = &enc_int_ops,
-        [CODEC_ENC_DEC] = &enc_dec_ops,       [CODEC_ENC_XOR] = &enc_xor_ops,
-        [CODEC_ENC_BITMAP] = &enc_bitmap_ops, [CODEC_ENC_PLAIN] = &enc_plain_ops,
-        [CODEC_ENC_DICT] = &enc_dict_ops,     [CODEC_ENC_RLE] = &enc_rle_ops,
-        [CODEC_ENC_BIN] = &enc_bin_ops,
+	[CODEC_ENC_RAW] = &enc_raw_ops,       [CODEC_ENC_INT] = &enc_int_ops,
+	[CODEC_ENC_DEC] = &enc_dec_ops,       [CODEC_ENC_XOR] = &enc_xor_ops,
+	[CODEC_ENC_BITMAP] = &enc_bitmap_ops, [CODEC_ENC_PLAIN] = &enc_plain_ops,
+	[CODEC_ENC_DICT] = &enc_dict_ops,     [CODEC_ENC_RLE] = &enc_rle_ops,
+	[CODEC_ENC_BIN] = &enc_bin_ops,
 };
 
 static const char *const kind_names[CODEC_KIND_MAX + 1] = {
-        [CODEC_TS] = "ts",     [CODEC_I64] = "i64", [CODEC_U64] = "u64", [CODEC_F64] = "f64",
-        [CODEC_BOOL] = "bool", [CODEC_STR] = "str", [CODEC_KEY] = "key",
+	[CODEC_TS] = "ts",     [CODEC_I64] = "i64", [CODEC_U64] = "u64", [CODEC_F64] = "f64",
+	[CODEC_BOOL] = "bool", [CODEC_STR] = "str", [CODEC_KEY] = "key",
 };
 
 const char *codec_name(unsigned enc)
@@ -128,7 +128,7 @@ static uint32_t count_present(const uint64_t *present, uint32_t n)
 		c += (uint32_t)__builtin_popcountll(present[w]);
 	if (n & 63)
 		c += (uint32_t)__builtin_popcountll(present[n / 64] &
-		                                    (((uint64_t)1 << (n & 63)) - 1));
+						    (((uint64_t)1 << (n & 63)) - 1));
 	return c;
 }
 
@@ -192,7 +192,7 @@ static int presence_put(codec_buf *out, const uint64_t *present, uint32_t n, uin
 
 /* Parses the presence section at *pos into bits (n bits, zeroed first). */
 static int presence_get(const uint8_t *p, size_t len, size_t *pos, uint32_t n, uint32_t np,
-                        uint64_t *bits)
+			uint64_t *bits)
 {
 	memset(bits, 0, ((size_t)n + 63) / 64 * 8);
 	if (*pos >= len)
@@ -215,7 +215,7 @@ static int presence_get(const uint8_t *p, size_t len, size_t *pos, uint32_t n, u
 			return rc;
 		if (runs > (uint64_t)n + 1)
 			return ENC_CORRUPT("%llu presence runs for %u rows",
-			                   (unsigned long long)runs, n);
+					   (unsigned long long)runs, n);
 		uint32_t at = 0;
 		for (uint64_t r = 0; r < runs; r++) {
 			uint64_t l;
@@ -223,7 +223,7 @@ static int presence_get(const uint8_t *p, size_t len, size_t *pos, uint32_t n, u
 				return rc;
 			if (l > n - at)
 				return ENC_CORRUPT("presence run %llu of %llu rows past row %u",
-				                   (unsigned long long)r, (unsigned long long)l, n);
+						   (unsigned long long)r, (unsigned long long)l, n);
 			if (r & 1)
 				for (uint32_t i = at; i < at + l; i++)
 					bits[i >> 6] |= (uint64_t)1 << (i & 63);
@@ -261,7 +261,7 @@ static int header_get(const uint8_t *p, size_t len, block_hdr *h)
 		return ENC_CORRUPT("unknown kind %u", h->kind);
 	if (!(ops_by_id[h->enc]->kinds & 1u << h->kind))
 		return ENC_CORRUPT("encoding %s does not take kind %s", codec_name(h->enc),
-		                   codec_kind_name(h->kind));
+				   codec_kind_name(h->kind));
 	if (h->flags & ~(FLAG_ZSTD | FLAG_PRESENCE))
 		return ENC_CORRUPT("unknown flags 0x%02x", h->flags);
 	size_t pos = 3;
@@ -277,7 +277,7 @@ static int header_get(const uint8_t *p, size_t len, block_hdr *h)
 			return rc;
 		if (np >= n)
 			return ENC_CORRUPT("presence section with %llu of %llu rows present",
-			                   (unsigned long long)np, (unsigned long long)n);
+					   (unsigned long long)np, (unsigned long long)n);
 	}
 	h->n = (uint32_t)n;
 	h->np = (uint32_t)np;
@@ -333,14 +333,14 @@ static int zstd_pays(size_t zlen, size_t len)
 
 /* Encodes in with op into b (emptied first); TALLY_EINVAL = not applicable. */
 static int build(codec_ctx *cx, const codec_ops *op, const enc_vals *in, const codec_opts *o,
-                 codec_buf *b, codec_stats *st)
+		 codec_buf *b, codec_stats *st)
 {
 	b->len = 0;
 	codec_stats s = {0};
 	int rc = op->encode(cx, in, o, b, &s);
 	if (!rc && b->len > body_limit(in->kind, in->n))
 		rc = err_set(TALLY_ELIMIT, "codec: %s body of %zu bytes over the limit", op->name,
-		             b->len);
+			     b->len);
 	if (!rc) {
 		st->order = s.order;
 		st->scale = s.scale;
@@ -352,7 +352,7 @@ static int build(codec_ctx *cx, const codec_ops *op, const enc_vals *in, const c
 /* Chooses and builds the body; returns the index of the candidate buffer
  * holding it via *which, the encoding via *op. */
 static int choose(codec_ctx *cx, const enc_vals *in, const codec_opts *o, const codec_ops **op,
-                  int *which, codec_stats *st)
+		  int *which, codec_stats *st)
 {
 	ctx_bufs *b = bufs(cx);
 	codec_stats s1 = *st, s2 = *st;
@@ -362,7 +362,7 @@ static int choose(codec_ctx *cx, const enc_vals *in, const codec_opts *o, const 
 		*op = o->force <= CODEC_ENC_MAX ? ops_by_id[o->force] : NULL;
 		if (!*op || !((*op)->kinds & 1u << in->kind))
 			return err_set(TALLY_EINVAL, "codec: encoding %s does not take kind %s",
-			               codec_name(o->force), codec_kind_name(in->kind));
+				       codec_name(o->force), codec_kind_name(in->kind));
 		rc = build(cx, *op, in, o, &b->cand[0], st);
 		return rc;
 	}
@@ -416,7 +416,7 @@ static int choose(codec_ctx *cx, const enc_vals *in, const codec_opts *o, const 
 	default: {
 		/* strings: the smallest of RLE, DICT (when they apply) and PLAIN */
 		static const codec_ops *const order[] = {&enc_rle_ops, &enc_dict_ops,
-		                                         &enc_plain_ops};
+							 &enc_plain_ops};
 		*op = NULL;
 		for (int i = 0; i < 3; i++) {
 			/* PLAIN holds every byte: it cannot beat a body smaller than that */
@@ -448,7 +448,7 @@ static int choose(codec_ctx *cx, const enc_vals *in, const codec_opts *o, const 
 }
 
 static int encode(codec_ctx *cx, enum codec_kind kind, const void *vals, const uint64_t *present,
-                  uint32_t n, const codec_opts *o, codec_buf *out, codec_stats *st)
+		  uint32_t n, const codec_opts *o, codec_buf *out, codec_stats *st)
 {
 	uint32_t np = present ? count_present(present, n) : n;
 	if (np == n)
@@ -483,7 +483,7 @@ static int encode(codec_ctx *cx, enum codec_kind kind, const void *vals, const u
 		}
 		if (st->raw_bytes > CODEC_BODY_MAX)
 			return err_set(TALLY_ELIMIT, "codec: %llu string bytes in one block",
-			               (unsigned long long)st->raw_bytes);
+				       (unsigned long long)st->raw_bytes);
 	} else {
 		st->raw_bytes = (uint64_t)np * (kind == CODEC_BOOL ? 1 : 8);
 	}
@@ -496,7 +496,7 @@ static int encode(codec_ctx *cx, enum codec_kind kind, const void *vals, const u
 	int use_z = 0;
 	int level = o->zstd_level ? o->zstd_level : CODEC_ZSTD_DEFAULT;
 	int packed = op == &enc_int_ops || op == &enc_dec_ops || op == &enc_xor_ops ||
-	             op == &enc_bin_ops || op == &enc_bitmap_ops;
+		     op == &enc_bin_ops || op == &enc_bitmap_ops;
 	if (o->zstd_level >= 0 && (body->len >= ZSTD_MIN_BODY || o->zstd_always)) {
 		int go = 1;
 		if (packed) {
@@ -543,7 +543,7 @@ static int encode(codec_ctx *cx, enum codec_kind kind, const void *vals, const u
 }
 
 int codec_encode(codec_ctx *cx, enum codec_kind kind, const void *vals, const uint64_t *present,
-                 uint32_t n, const codec_opts *opt, codec_buf *out, codec_stats *st)
+		 uint32_t n, const codec_opts *opt, codec_buf *out, codec_stats *st)
 {
 	codec_opts defaults = {0};
 	codec_stats dummy;
@@ -551,7 +551,7 @@ int codec_encode(codec_ctx *cx, enum codec_kind kind, const void *vals, const ui
 		return err_set(TALLY_EINVAL, "codec: unknown kind %d", (int)kind);
 	if (n > CODEC_BLOCK_MAX)
 		return err_set(TALLY_EINVAL, "codec: %u values in one block > %u", n,
-		               CODEC_BLOCK_MAX);
+			       CODEC_BLOCK_MAX);
 	if ((n && !vals) || !out)
 		return err_set(TALLY_EINVAL, "codec: no values or no output");
 	if (!opt)
@@ -570,8 +570,8 @@ int codec_encode(codec_ctx *cx, enum codec_kind kind, const void *vals, const ui
 /* ------------------------------------------------------------ decode */
 
 static int decode(codec_ctx *cx, const uint8_t *p, size_t len, enum codec_kind kind,
-                  uint32_t n_expected, void *vals, uint64_t *present, codec_buf *arena,
-                  uint64_t *bits)
+		  uint32_t n_expected, void *vals, uint64_t *present, codec_buf *arena,
+		  uint64_t *bits)
 {
 	block_hdr h;
 	int rc = header_get(p, len, &h);
@@ -579,7 +579,7 @@ static int decode(codec_ctx *cx, const uint8_t *p, size_t len, enum codec_kind k
 		return rc;
 	if (h.kind != kind)
 		return ENC_CORRUPT("kind %s, expected %s", codec_kind_name(h.kind),
-		                   codec_kind_name(kind));
+				   codec_kind_name(kind));
 	if (h.n != n_expected)
 		return ENC_CORRUPT("%u rows, expected %u", h.n, n_expected);
 	if ((h.flags & FLAG_PRESENCE) &&
@@ -598,12 +598,12 @@ static int decode(codec_ctx *cx, const uint8_t *p, size_t len, enum codec_kind k
 			return rc;
 		if (raw > limit)
 			return ENC_CORRUPT("body of %llu bytes > %zu for %u values",
-			                   (unsigned long long)raw, limit, h.np);
+					   (unsigned long long)raw, limit, h.np);
 		body = p + h.pos;
 		blen = len - h.pos;
 		if (ZSTD_getFrameContentSize(body, blen) != raw)
 			return ENC_CORRUPT("zstd frame size is not the %llu bytes the header says",
-			                   (unsigned long long)raw);
+					   (unsigned long long)raw);
 		uint8_t *dst;
 		if (is_str(kind)) {
 			arena->len = 0;
@@ -620,7 +620,7 @@ static int decode(codec_ctx *cx, const uint8_t *p, size_t len, enum codec_kind k
 			return ENC_CORRUPT("zstd: %s", ZSTD_getErrorName(r));
 		if (r != raw)
 			return ENC_CORRUPT("zstd gave %zu bytes, header says %llu", r,
-			                   (unsigned long long)raw);
+					   (unsigned long long)raw);
 		body = dst;
 		blen = raw;
 		if (is_str(kind))
@@ -663,7 +663,7 @@ static int decode(codec_ctx *cx, const uint8_t *p, size_t len, enum codec_kind k
 }
 
 int codec_decode(codec_ctx *cx, const uint8_t *p, size_t len, enum codec_kind kind,
-                 uint32_t n_expected, void *vals, uint64_t *present, codec_buf *arena)
+		 uint32_t n_expected, void *vals, uint64_t *present, codec_buf *arena)
 {
 	if (kind < 1 || kind > CODEC_KIND_MAX || !p || (n_expected && !vals) ||
 	    (is_str(kind) && !arena))

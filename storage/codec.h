@@ -146,7 +146,7 @@ void codec_ctx_free(codec_ctx *cx);
  * cx and out.
  */
 int codec_encode(codec_ctx *cx, enum codec_kind kind, const void *vals, const uint64_t *present,
-                 uint32_t n, const codec_opts *opt, codec_buf *out, codec_stats *st);
+		 uint32_t n, const codec_opts *opt, codec_buf *out, codec_stats *st);
 
 /*
  * Decodes the block in p[0..len) (exactly one block, nothing after it)
@@ -159,7 +159,7 @@ int codec_encode(codec_ctx *cx, enum codec_kind kind, const void *vals, const ui
  * arguments, -ENOMEM. On error vals and present hold garbage.
  */
 int codec_decode(codec_ctx *cx, const uint8_t *p, size_t len, enum codec_kind kind,
-                 uint32_t n_expected, void *vals, uint64_t *present, codec_buf *arena);
+		 uint32_t n_expected, void *vals, uint64_t *present, codec_buf *arena);
 
 /* Reads a block's header; TALLY_ECORRUPT when it does not parse. */
 int codec_block_info_get(const uint8_t *p, size_t len, codec_block_info *out);

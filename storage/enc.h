@@ -68,15 +68,15 @@ typedef struct codec_ops {
 	 * these values (only DEC and BIN, never when forced). st gets order,
 	 * scale, n_except where they apply. */
 	int (*encode)(codec_ctx *cx, const enc_vals *in, const codec_opts *opt, codec_buf *out,
-	              codec_stats *st);
+		      codec_stats *st);
 	/* Decodes n values from exactly body[0..len) into out (n slots of the
 	 * kind's type); strings go into arena. TALLY_ECORRUPT on damage. */
 	int (*decode)(codec_ctx *cx, enum codec_kind kind, const uint8_t *body, size_t len,
-	              uint32_t n, void *out, codec_buf *arena);
+		      uint32_t n, void *out, codec_buf *arena);
 } codec_ops;
 
 extern const codec_ops enc_raw_ops, enc_int_ops, enc_dec_ops, enc_xor_ops, enc_bitmap_ops,
-        enc_plain_ops, enc_dict_ops, enc_rle_ops, enc_bin_ops;
+	enc_plain_ops, enc_dict_ops, enc_rle_ops, enc_bin_ops;
 
 /* ------------------------------------------------------------ INT streams */
 
@@ -86,7 +86,7 @@ extern const codec_ops enc_raw_ops, enc_int_ops, enc_dec_ops, enc_xor_ops, enc_b
  * Appends to out; *used (may be NULL) gets the order taken.
  */
 int enc_ints_put(codec_ctx *cx, const int64_t *v, uint32_t n, enum codec_order order,
-                 codec_buf *out, enum codec_order *used);
+		 codec_buf *out, enum codec_order *used);
 /* Decodes n values from exactly p[0..len). */
 int enc_ints_get(codec_ctx *cx, const uint8_t *p, size_t len, uint32_t n, int64_t *v);
 

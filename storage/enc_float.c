@@ -60,7 +60,7 @@
 #define DEC_SAMPLE 256 /* values whose digits choose the scale */
 
 static const double pow10_tab[CODEC_DEC_SCALE_MAX + 1] = {
-        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+	1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
 };
 
 static inline uint64_t f64_bits(double d)
@@ -129,7 +129,7 @@ static unsigned dec_choose(const uint32_t *hist, uint32_t n)
 }
 
 static int dec_encode(codec_ctx *cx, const enc_vals *in, const codec_opts *opt, codec_buf *out,
-                      codec_stats *st)
+		      codec_stats *st)
 {
 	const double *v = in->v;
 	uint32_t n = in->n, hist[CODEC_DEC_SCALE_MAX + 2] = {0};
@@ -187,7 +187,7 @@ static int dec_encode(codec_ctx *cx, const enc_vals *in, const codec_opts *opt, 
 }
 
 static int dec_decode(codec_ctx *cx, enum codec_kind kind, const uint8_t *body, size_t len,
-                      uint32_t n, void *out, codec_buf *arena)
+		      uint32_t n, void *out, codec_buf *arena)
 {
 	(void)kind, (void)arena;
 	double *d = out;
@@ -203,7 +203,7 @@ static int dec_decode(codec_ctx *cx, enum codec_kind kind, const uint8_t *body, 
 		return rc;
 	if (ne > n)
 		return ENC_CORRUPT("decimal: %llu exceptions for %u values", (unsigned long long)ne,
-		                   n);
+				   n);
 	size_t exc_at = pos;
 	/* Skip the exceptions to find the integers; check them on the way. */
 	uint64_t idx = 0;
@@ -213,11 +213,11 @@ static int dec_decode(codec_ctx *cx, enum codec_kind kind, const uint8_t *body, 
 			return rc;
 		if (gap >= n - idx)
 			return ENC_CORRUPT("decimal: exception %llu past value %u",
-			                   (unsigned long long)j, n);
+					   (unsigned long long)j, n);
 		idx += gap + 1;
 		if (len - pos < 8)
 			return ENC_CORRUPT("decimal: exception %llu truncated",
-			                   (unsigned long long)j);
+					   (unsigned long long)j);
 		pos += 8;
 	}
 	int64_t *m = enc_scratch(cx, ENC_S_TMP, (size_t)n * 8 + 8);
@@ -240,17 +240,17 @@ static int dec_decode(codec_ctx *cx, enum codec_kind kind, const uint8_t *body, 
 }
 
 const codec_ops enc_dec_ops = {
-        .id = CODEC_ENC_DEC,
-        .name = "dec",
-        .kinds = 1u << CODEC_F64,
-        .encode = dec_encode,
-        .decode = dec_decode,
+	.id = CODEC_ENC_DEC,
+	.name = "dec",
+	.kinds = 1u << CODEC_F64,
+	.encode = dec_encode,
+	.decode = dec_decode,
 };
 
 /* ------------------------------------------------------------ XOR */
 
 static int xor_encode(codec_ctx *cx, const enc_vals *in, const codec_opts *opt, codec_buf *out,
-                      codec_stats *st)
+		      codec_stats *st)
 {
 	(void)cx, (void)opt, (void)st;
 	uint32_t n = in->n;
@@ -293,7 +293,7 @@ static int xor_encode(codec_ctx *cx, const enc_vals *in, const codec_opts *opt, 
 }
 
 static int xor_decode(codec_ctx *cx, enum codec_kind kind, const uint8_t *body, size_t len,
-                      uint32_t n, void *out, codec_buf *arena)
+		      uint32_t n, void *out, codec_buf *arena)
 {
 	(void)cx, (void)kind, (void)arena;
 	double *dv = out;
@@ -315,8 +315,8 @@ static int xor_decode(codec_ctx *cx, enum codec_kind kind, const uint8_t *body, 
 				wlen = (unsigned)enc_br_get56(&r, 6) + 1;
 				if (lead + wlen > 64)
 					return ENC_CORRUPT(
-					        "xor value %u: %u leading zeros + %u bits > 64", i,
-					        lead, wlen);
+						"xor value %u: %u leading zeros + %u bits > 64", i,
+						lead, wlen);
 			}
 			prev ^= enc_br_get(&r, wlen) << (64 - lead - wlen);
 		}
@@ -332,11 +332,11 @@ static int xor_decode(codec_ctx *cx, enum codec_kind kind, const uint8_t *body, 
 }
 
 const codec_ops enc_xor_ops = {
-        .id = CODEC_ENC_XOR,
-        .name = "xor",
-        .kinds = 1u << CODEC_F64,
-        .encode = xor_encode,
-        .decode = xor_decode,
+	.id = CODEC_ENC_XOR,
+	.name = "xor",
+	.kinds = 1u << CODEC_F64,
+	.encode = xor_encode,
+	.decode = xor_decode,
 };
 
 /* ------------------------------------------------------------ BIN */
@@ -477,7 +477,7 @@ static double bin_choose(const double *v, uint32_t n, int *e_out)
 }
 
 static int bin_encode(codec_ctx *cx, const enc_vals *in, const codec_opts *opt, codec_buf *out,
-                      codec_stats *st)
+		      codec_stats *st)
 {
 	const double *v = in->v;
 	uint32_t n = in->n;
@@ -527,7 +527,7 @@ static int bin_encode(codec_ctx *cx, const enc_vals *in, const codec_opts *opt, 
 }
 
 static int bin_decode(codec_ctx *cx, enum codec_kind kind, const uint8_t *body, size_t len,
-                      uint32_t n, void *out, codec_buf *arena)
+		      uint32_t n, void *out, codec_buf *arena)
 {
 	(void)kind, (void)arena;
 	double *d = out;
@@ -539,12 +539,12 @@ static int bin_decode(codec_ctx *cx, enum codec_kind kind, const uint8_t *body, 
 	int64_t e = enc_unzigzag(z);
 	if (e < BIN_E_MIN || e > BIN_E_MAX)
 		return ENC_CORRUPT("binary: exponent %lld outside %d..%d", (long long)e, BIN_E_MIN,
-		                   BIN_E_MAX);
+				   BIN_E_MAX);
 	if ((rc = enc_varint_get(body, len, &pos, &ne, "binary exceptions")))
 		return rc;
 	if (ne > n)
 		return ENC_CORRUPT("binary: %llu exceptions for %u values", (unsigned long long)ne,
-		                   n);
+				   n);
 	size_t exc_at = pos;
 	/* Skip the exceptions to find the integers; check them on the way. */
 	uint64_t idx = 0;
@@ -554,11 +554,11 @@ static int bin_decode(codec_ctx *cx, enum codec_kind kind, const uint8_t *body, 
 			return rc;
 		if (gap >= n - idx)
 			return ENC_CORRUPT("binary: exception %llu past value %u",
-			                   (unsigned long long)j, n);
+					   (unsigned long long)j, n);
 		idx += gap + 1;
 		if (len - pos < 8)
 			return ENC_CORRUPT("binary: exception %llu truncated",
-			                   (unsigned long long)j);
+					   (unsigned long long)j);
 		pos += 8;
 	}
 	int64_t *m = enc_scratch(cx, ENC_S_TMP, (size_t)n * 8 + 8);
@@ -571,11 +571,11 @@ static int bin_decode(codec_ctx *cx, enum codec_kind kind, const uint8_t *body, 
 		uint64_t mag = m[i] < 0 ? 0 - (uint64_t)m[i] : (uint64_t)m[i];
 		if (mag >= (uint64_t)1 << 53)
 			return ENC_CORRUPT("binary: value %u: integer %lld has more than 53 bits",
-			                   i, (long long)m[i]);
+					   i, (long long)m[i]);
 		d[i] = bin_value(m[i], pow2e);
 		if (!(fabs(d[i]) <= DBL_MAX))
 			return ENC_CORRUPT("binary: value %u: %lld*2^%d overflows", i,
-			                   (long long)m[i], (int)e);
+					   (long long)m[i], (int)e);
 	}
 	pos = exc_at;
 	idx = 0;
@@ -590,9 +590,9 @@ static int bin_decode(codec_ctx *cx, enum codec_kind kind, const uint8_t *body, 
 }
 
 const codec_ops enc_bin_ops = {
-        .id = CODEC_ENC_BIN,
-        .name = "bin",
-        .kinds = 1u << CODEC_F64,
-        .encode = bin_encode,
-        .decode = bin_decode,
+	.id = CODEC_ENC_BIN,
+	.name = "bin",
+	.kinds = 1u << CODEC_F64,
+	.encode = bin_encode,
+	.decode = bin_decode,
 };

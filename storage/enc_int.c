@@ -60,7 +60,7 @@ static inline int64_t wadd(int64_t a, int64_t b)
 /* Residuals of order o (0, 1, 2) into r; returns how many (n - h), with
  * the h head values in head[]. */
 static uint32_t transform(const int64_t *v, uint32_t n, int o, int64_t *r, int64_t head[2],
-                          uint32_t *h)
+			  uint32_t *h)
 {
 	*h = 0;
 	if (n == 0)
@@ -449,7 +449,7 @@ static void write_frames(enc_bw *w, const int64_t *r, uint32_t m, const enc_fram
 				/* q ones, a zero, k bits of u: one write */
 				uint64_t lo = u & (((uint64_t)1 << k) - 1);
 				enc_bw_put32(w, (((uint64_t)1 << q) - 1) | lo << (q + 1),
-				             (unsigned)(q + 1 + k));
+					     (unsigned)(q + 1 + k));
 			} else if (q < RICE_LIMIT) {
 				enc_bw_put32(w, ((uint64_t)1 << q) - 1, (unsigned)q + 1);
 				enc_bw_put(w, u, k);
@@ -462,7 +462,7 @@ static void write_frames(enc_bw *w, const int64_t *r, uint32_t m, const enc_fram
 }
 
 int enc_ints_put(codec_ctx *cx, const int64_t *v, uint32_t n, enum codec_order order,
-                 codec_buf *out, enum codec_order *used)
+		 codec_buf *out, enum codec_order *used)
 {
 	if (used)
 		*used = order == CODEC_ORDER_AUTO ? CODEC_ORDER_VALUE : order;
@@ -529,7 +529,7 @@ static int read_frames(enc_br *br, int64_t *r, uint32_t m, unsigned flog2)
 			return ENC_CORRUPT("integer frame %u: bad code %u", i >> flog2, code);
 		if ((bad = enc_br_varbits(br, &d)))
 			return ENC_CORRUPT("integer frame %u: reference bit width %u > 64",
-			                   i >> flog2, bad);
+					   i >> flog2, bad);
 		int64_t ref = wadd(prev, enc_unzigzag(d));
 		prev = ref;
 		if (code < CODE_RICE) {
@@ -547,8 +547,8 @@ static int read_frames(enc_br *br, int64_t *r, uint32_t m, unsigned flog2)
 					br->n -= RICE_LIMIT;
 					if ((bad = enc_br_varbits(br, &u)))
 						return ENC_CORRUPT("integer frame %u value %u: bit "
-						                   "width %u > 64",
-						                   i >> flog2, j, bad);
+								   "width %u > 64",
+								   i >> flog2, j, bad);
 				} else {
 					unsigned q = (unsigned)__builtin_ctzll(~br->acc);
 					br->acc >>= q + 1;
@@ -625,7 +625,7 @@ int enc_ints_get(codec_ctx *cx, const uint8_t *p, size_t len, uint32_t n, int64_
 
 /* body: the stream itself. */
 static int int_encode(codec_ctx *cx, const enc_vals *in, const codec_opts *opt, codec_buf *out,
-                      codec_stats *st)
+		      codec_stats *st)
 {
 	enum codec_order used;
 	int rc = enc_ints_put(cx, in->v, in->n, opt->order, out, &used);
@@ -635,16 +635,16 @@ static int int_encode(codec_ctx *cx, const enc_vals *in, const codec_opts *opt, 
 }
 
 static int int_decode(codec_ctx *cx, enum codec_kind kind, const uint8_t *body, size_t len,
-                      uint32_t n, void *out, codec_buf *arena)
+		      uint32_t n, void *out, codec_buf *arena)
 {
 	(void)kind, (void)arena;
 	return enc_ints_get(cx, body, len, n, out);
 }
 
 const codec_ops enc_int_ops = {
-        .id = CODEC_ENC_INT,
-        .name = "int",
-        .kinds = 1u << CODEC_TS | 1u << CODEC_I64 | 1u << CODEC_U64,
-        .encode = int_encode,
-        .decode = int_decode,
+	.id = CODEC_ENC_INT,
+	.name = "int",
+	.kinds = 1u << CODEC_TS | 1u << CODEC_I64 | 1u << CODEC_U64,
+	.encode = int_encode,
+	.decode = int_decode,
 };

@@ -16,7 +16,7 @@
 #include "enc.h"
 
 static int raw_encode(codec_ctx *cx, const enc_vals *in, const codec_opts *opt, codec_buf *out,
-                      codec_stats *st)
+		      codec_stats *st)
 {
 	(void)cx, (void)opt, (void)st;
 	uint32_t n = in->n;
@@ -48,7 +48,7 @@ static int raw_encode(codec_ctx *cx, const enc_vals *in, const codec_opts *opt, 
 }
 
 static int raw_decode(codec_ctx *cx, enum codec_kind kind, const uint8_t *body, size_t len,
-                      uint32_t n, void *out, codec_buf *arena)
+		      uint32_t n, void *out, codec_buf *arena)
 {
 	(void)cx, (void)arena;
 	if (kind == CODEC_BOOL) {
@@ -72,7 +72,7 @@ static int raw_decode(codec_ctx *cx, enum codec_kind kind, const uint8_t *body, 
 				return rc;
 			if (l > len - pos)
 				return ENC_CORRUPT("raw: string %u of %llu bytes, %zu left", i,
-				                   (unsigned long long)l, len - pos);
+						   (unsigned long long)l, len - pos);
 			s[i].p = (const char *)body + pos;
 			s[i].n = (uint32_t)l;
 			pos += l;
@@ -90,16 +90,16 @@ static int raw_decode(codec_ctx *cx, enum codec_kind kind, const uint8_t *body, 
 }
 
 const codec_ops enc_raw_ops = {
-        .id = CODEC_ENC_RAW,
-        .name = "raw",
-        .kinds = 1u << CODEC_TS | 1u << CODEC_I64 | 1u << CODEC_U64 | 1u << CODEC_F64 |
-                 1u << CODEC_BOOL | 1u << CODEC_STR | 1u << CODEC_KEY,
-        .encode = raw_encode,
-        .decode = raw_decode,
+	.id = CODEC_ENC_RAW,
+	.name = "raw",
+	.kinds = 1u << CODEC_TS | 1u << CODEC_I64 | 1u << CODEC_U64 | 1u << CODEC_F64 |
+		 1u << CODEC_BOOL | 1u << CODEC_STR | 1u << CODEC_KEY,
+	.encode = raw_encode,
+	.decode = raw_decode,
 };
 
 static int bitmap_encode(codec_ctx *cx, const enc_vals *in, const codec_opts *opt, codec_buf *out,
-                         codec_stats *st)
+			 codec_stats *st)
 {
 	(void)cx, (void)opt, (void)st;
 	size_t bytes = ((size_t)in->n + 7) / 8;
@@ -115,7 +115,7 @@ static int bitmap_encode(codec_ctx *cx, const enc_vals *in, const codec_opts *op
 }
 
 static int bitmap_decode(codec_ctx *cx, enum codec_kind kind, const uint8_t *body, size_t len,
-                         uint32_t n, void *out, codec_buf *arena)
+			 uint32_t n, void *out, codec_buf *arena)
 {
 	(void)cx, (void)kind, (void)arena;
 	if (len != ((size_t)n + 7) / 8)
@@ -129,9 +129,9 @@ static int bitmap_decode(codec_ctx *cx, enum codec_kind kind, const uint8_t *bod
 }
 
 const codec_ops enc_bitmap_ops = {
-        .id = CODEC_ENC_BITMAP,
-        .name = "bitmap",
-        .kinds = 1u << CODEC_BOOL,
-        .encode = bitmap_encode,
-        .decode = bitmap_decode,
+	.id = CODEC_ENC_BITMAP,
+	.name = "bitmap",
+	.kinds = 1u << CODEC_BOOL,
+	.encode = bitmap_encode,
+	.decode = bitmap_decode,
 };

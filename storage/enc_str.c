@@ -44,7 +44,7 @@ static int put_ints(codec_ctx *cx, const int64_t *v, uint32_t n, codec_buf *out)
 }
 
 static int get_ints(codec_ctx *cx, const uint8_t *p, size_t len, size_t *pos, uint32_t n,
-                    int64_t *v, const char *what)
+		    int64_t *v, const char *what)
 {
 	uint64_t l;
 	int rc = enc_varint_get(p, len, pos, &l, what);
@@ -52,7 +52,7 @@ static int get_ints(codec_ctx *cx, const uint8_t *p, size_t len, size_t *pos, ui
 		return rc;
 	if (l > len - *pos)
 		return ENC_CORRUPT("%s: %llu bytes, %zu left", what, (unsigned long long)l,
-		                   len - *pos);
+				   len - *pos);
 	if ((rc = enc_ints_get(cx, p + *pos, l, n, v)))
 		return err_prefix(rc, "%s", what);
 	*pos += l;
@@ -93,7 +93,7 @@ static int plain_get(codec_ctx *cx, const uint8_t *p, size_t len, uint32_t n, co
 	for (uint32_t i = 0; i < n; i++) {
 		if (l[i] < 0 || (uint64_t)l[i] > len - pos)
 			return ENC_CORRUPT("plain: string %u of %lld bytes, %zu left", i,
-			                   (long long)l[i], len - pos);
+					   (long long)l[i], len - pos);
 		s[i].p = l[i] ? (const char *)p + pos : empty;
 		s[i].n = (uint32_t)l[i];
 		pos += (size_t)l[i];
@@ -104,25 +104,25 @@ static int plain_get(codec_ctx *cx, const uint8_t *p, size_t len, uint32_t n, co
 }
 
 static int plain_encode(codec_ctx *cx, const enc_vals *in, const codec_opts *opt, codec_buf *out,
-                        codec_stats *st)
+			codec_stats *st)
 {
 	(void)opt, (void)st;
 	return plain_put(cx, in->v, in->n, out);
 }
 
 static int plain_decode(codec_ctx *cx, enum codec_kind kind, const uint8_t *body, size_t len,
-                        uint32_t n, void *out, codec_buf *arena)
+			uint32_t n, void *out, codec_buf *arena)
 {
 	(void)kind, (void)arena;
 	return plain_get(cx, body, len, n, out);
 }
 
 const codec_ops enc_plain_ops = {
-        .id = CODEC_ENC_PLAIN,
-        .name = "plain",
-        .kinds = 1u << CODEC_STR | 1u << CODEC_KEY,
-        .encode = plain_encode,
-        .decode = plain_decode,
+	.id = CODEC_ENC_PLAIN,
+	.name = "plain",
+	.kinds = 1u << CODEC_STR | 1u << CODEC_KEY,
+	.encode = plain_encode,
+	.decode = plain_decode,
 };
 
 /* ------------------------------------------------------------ DICT */
@@ -133,7 +133,7 @@ static inline int str_eq(const codec_str *a, const codec_str *b)
 }
 
 static int dict_encode(codec_ctx *cx, const enc_vals *in, const codec_opts *opt, codec_buf *out,
-                       codec_stats *st)
+		       codec_stats *st)
 {
 	(void)st;
 	const codec_str *s = in->v;
@@ -158,7 +158,7 @@ static int dict_encode(codec_ctx *cx, const enc_vals *in, const codec_opts *opt,
 		if (!slot[h]) {
 			if (d >= limit)
 				return err_set(TALLY_EINVAL,
-				               "codec: over %u distinct strings of %u", limit, n);
+					       "codec: over %u distinct strings of %u", limit, n);
 			ent[d] = s[i];
 			slot[h] = ++d;
 		}
@@ -173,7 +173,7 @@ static int dict_encode(codec_ctx *cx, const enc_vals *in, const codec_opts *opt,
 }
 
 static int dict_decode(codec_ctx *cx, enum codec_kind kind, const uint8_t *body, size_t len,
-                       uint32_t n, void *out, codec_buf *arena)
+		       uint32_t n, void *out, codec_buf *arena)
 {
 	(void)kind, (void)arena;
 	codec_str *s = out;
@@ -193,7 +193,7 @@ static int dict_decode(codec_ctx *cx, enum codec_kind kind, const uint8_t *body,
 	for (uint32_t i = 0; i < d; i++) {
 		if (l[i] < 0 || (uint64_t)l[i] > len - pos)
 			return ENC_CORRUPT("dict: entry %u of %lld bytes, %zu left", i,
-			                   (long long)l[i], len - pos);
+					   (long long)l[i], len - pos);
 		ent[i].p = l[i] ? (const char *)body + pos : empty;
 		ent[i].n = (uint32_t)l[i];
 		pos += (size_t)l[i];
@@ -206,24 +206,24 @@ static int dict_decode(codec_ctx *cx, enum codec_kind kind, const uint8_t *body,
 	for (uint32_t i = 0; i < n; i++) {
 		if ((uint64_t)ids[i] >= d)
 			return ENC_CORRUPT("dict: value %u has id %llu of %llu", i,
-			                   (unsigned long long)ids[i], (unsigned long long)d);
+					   (unsigned long long)ids[i], (unsigned long long)d);
 		s[i] = ent[ids[i]];
 	}
 	return 0;
 }
 
 const codec_ops enc_dict_ops = {
-        .id = CODEC_ENC_DICT,
-        .name = "dict",
-        .kinds = 1u << CODEC_STR | 1u << CODEC_KEY,
-        .encode = dict_encode,
-        .decode = dict_decode,
+	.id = CODEC_ENC_DICT,
+	.name = "dict",
+	.kinds = 1u << CODEC_STR | 1u << CODEC_KEY,
+	.encode = dict_encode,
+	.decode = dict_decode,
 };
 
 /* ------------------------------------------------------------ RLE */
 
 static int rle_encode(codec_ctx *cx, const enc_vals *in, const codec_opts *opt, codec_buf *out,
-                      codec_stats *st)
+		      codec_stats *st)
 {
 	(void)st;
 	const codec_str *s = in->v;
@@ -251,7 +251,7 @@ static int rle_encode(codec_ctx *cx, const enc_vals *in, const codec_opts *opt, 
 }
 
 static int rle_decode(codec_ctx *cx, enum codec_kind kind, const uint8_t *body, size_t len,
-                      uint32_t n, void *out, codec_buf *arena)
+		      uint32_t n, void *out, codec_buf *arena)
 {
 	(void)kind, (void)arena;
 	codec_str *s = out;
@@ -274,7 +274,7 @@ static int rle_decode(codec_ctx *cx, enum codec_kind kind, const uint8_t *body, 
 	for (uint32_t j = 0; j < r; j++) {
 		if (run[j] < 1 || (uint64_t)run[j] > n - at)
 			return ENC_CORRUPT("rle: run %u of %lld values, %u left", j,
-			                   (long long)run[j], n - at);
+					   (long long)run[j], n - at);
 		for (int64_t k = 0; k < run[j]; k++)
 			s[at++] = val[j];
 	}
@@ -284,9 +284,9 @@ static int rle_decode(codec_ctx *cx, enum codec_kind kind, const uint8_t *body, 
 }
 
 const codec_ops enc_rle_ops = {
-        .id = CODEC_ENC_RLE,
-        .name = "rle",
-        .kinds = 1u << CODEC_STR | 1u << CODEC_KEY,
-        .encode = rle_encode,
-        .decode = rle_decode,
+	.id = CODEC_ENC_RLE,
+	.name = "rle",
+	.kinds = 1u << CODEC_STR | 1u << CODEC_KEY,
+	.encode = rle_encode,
+	.decode = rle_decode,
 };

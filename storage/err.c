@@ -61,11 +61,20 @@ int err_prefix(int code, const char *fmt, ...)
 	return code;
 }
 
-void err_clear(void) { err_buf[0] = 0; }
+void err_clear(void)
+{
+	err_buf[0] = 0;
+}
 
-const char *err_msg(void) { return err_buf; }
+const char *err_msg(void)
+{
+	return err_buf;
+}
 
-TALLY_API const char *tally_errmsg(void) { return err_buf; }
+TALLY_API const char *tally_errmsg(void)
+{
+	return err_buf;
+}
 
 TALLY_API const char *tally_strerror(int err)
 {

@@ -38,11 +38,13 @@ int fio_pread_full(int fd, void *p, size_t n, uint64_t off, const char *path)
 		if (k < 0) {
 			if (errno == EINTR)
 				continue;
-			return err_sys(errno, "read %s at byte %llu", path, (unsigned long long)off);
+			return err_sys(errno, "read %s at byte %llu", path,
+				       (unsigned long long)off);
 		}
 		if (k == 0)
-			return err_set(TALLY_ECORRUPT, "%s: file ends at byte %llu, %zu bytes short",
-				       path, (unsigned long long)off, n);
+			return err_set(TALLY_ECORRUPT,
+				       "%s: file ends at byte %llu, %zu bytes short", path,
+				       (unsigned long long)off, n);
 		c += k;
 		n -= (size_t)k;
 		off += (uint64_t)k;

@@ -28,8 +28,8 @@
 #include "mem.h"
 #include "tally.h"
 
-#define MAN_MAGIC "TALLYMAN"
-#define MAN_VERSION 2 /* the newest this build reads and writes */
+#define MAN_MAGIC     "TALLYMAN"
+#define MAN_VERSION   2 /* the newest this build reads and writes */
 #define MAN_MAX_BYTES (1u << 30)
 
 void manifest_part_name(uint64_t id, char *buf, size_t cap)
@@ -238,13 +238,13 @@ int manifest_load(const char *dir, manifest *m)
 	if (rc)
 		return rc;
 	const uint8_t *b = data, *p = b, *end = b + len;
-#define NEED(n)                                                                                \
-	do {                                                                                   \
-		if ((size_t)(end - p) < (size_t)(n)) {                                         \
-			rc = err_set(TALLY_ECORRUPT, "%s: truncated at byte %zu", path,        \
-				     (size_t)(p - b));                                         \
-			goto fail;                                                             \
-		}                                                                              \
+#define NEED(n)                                                                         \
+	do {                                                                            \
+		if ((size_t)(end - p) < (size_t)(n)) {                                  \
+			rc = err_set(TALLY_ECORRUPT, "%s: truncated at byte %zu", path, \
+				     (size_t)(p - b));                                  \
+			goto fail;                                                      \
+		}                                                                       \
 	} while (0)
 	if (len < 8 + 4 + 8 || memcmp(b, MAN_MAGIC, 8)) {
 		rc = err_set(TALLY_ECORRUPT, "%s: not a tally manifest", path);
@@ -307,8 +307,8 @@ int manifest_load(const char *dir, manifest *m)
 			NEED(4);
 			q.tier = le_get32(p), p += 4;
 			if (q.tier > MTIER_REMOTE) {
-				rc = err_set(TALLY_ECORRUPT, "%s: part %u: unknown tier state %u", path,
-					     i, q.tier);
+				rc = err_set(TALLY_ECORRUPT, "%s: part %u: unknown tier state %u",
+					     path, i, q.tier);
 				goto fail;
 			}
 			if (q.tier == MTIER_REMOTE) {
@@ -328,13 +328,15 @@ int manifest_load(const char *dir, manifest *m)
 			}
 		}
 		if (q.shard >= m->n_shards) {
-			rc = err_set(TALLY_ECORRUPT, "%s: part %016llx of shard %u, manifest has %u",
-				     path, (unsigned long long)q.id, q.shard, m->n_shards);
+			rc = err_set(TALLY_ECORRUPT,
+				     "%s: part %016llx of shard %u, manifest has %u", path,
+				     (unsigned long long)q.id, q.shard, m->n_shards);
 			goto fail;
 		}
 		if (manifest_find(m, q.id) || q.id >= m->next_part_id) {
-			rc = err_set(TALLY_ECORRUPT, "%s: part %016llx named twice or beyond next id",
-				     path, (unsigned long long)q.id);
+			rc = err_set(TALLY_ECORRUPT,
+				     "%s: part %016llx named twice or beyond next id", path,
+				     (unsigned long long)q.id);
 			goto fail;
 		}
 		if ((rc = manifest_add(m, &q)))

@@ -17,7 +17,7 @@
 #include <stdint.h>
 
 #define MANIFEST_SHARDS_MAX 256
-#define MANIFEST_PARTS_MAX (1u << 24)
+#define MANIFEST_PARTS_MAX  (1u << 24)
 
 enum manifest_part_flags {
 	MPART_SEALED = 1, /* the one merged segment of a sealed partition */
@@ -31,7 +31,7 @@ enum manifest_tier {
 };
 
 typedef struct manifest_part {
-	uint64_t id; /* file parts/<id as %016llx>.part */
+	uint64_t id;    /* file parts/<id as %016llx>.part */
 	uint32_t shard; /* the shard whose flushes and merges own it */
 	char *table;
 	int64_t partition_start;

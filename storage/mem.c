@@ -21,18 +21,30 @@ static int should_fail(void)
 	return atomic_fetch_sub(&fail_countdown, 1) == 1;
 }
 
-void mem_fail_after(uint64_t n) { atomic_store(&fail_countdown, n); }
+void mem_fail_after(uint64_t n)
+{
+	atomic_store(&fail_countdown, n);
+}
 
-void *mem_alloc(size_t n) { return should_fail() ? NULL : malloc(n ? n : 1); }
+void *mem_alloc(size_t n)
+{
+	return should_fail() ? NULL : malloc(n ? n : 1);
+}
 
 void *mem_calloc(size_t count, size_t n)
 {
 	return should_fail() ? NULL : calloc(count ? count : 1, n ? n : 1);
 }
 
-void *mem_realloc(void *p, size_t n) { return should_fail() ? NULL : realloc(p, n ? n : 1); }
+void *mem_realloc(void *p, size_t n)
+{
+	return should_fail() ? NULL : realloc(p, n ? n : 1);
+}
 
-void mem_free(void *p) { free(p); }
+void mem_free(void *p)
+{
+	free(p);
+}
 
 int mem_grow(void *arr, uint32_t *cap, uint32_t need, size_t elem, uint32_t first)
 {

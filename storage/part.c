@@ -34,11 +34,11 @@
 #include "fileio.h"
 #include "mem.h"
 
-#define PART_MAGIC "TALLYPRT"
-#define PART_END_MAGIC "TALLYEND"
-#define PART_VERSION 1
-#define PART_HEADER 32
-#define PART_FOOTER 48
+#define PART_MAGIC       "TALLYPRT"
+#define PART_END_MAGIC   "TALLYEND"
+#define PART_VERSION     1
+#define PART_HEADER      32
+#define PART_FOOTER      48
 #define INDEX_ZSTD_LEVEL 3
 
 /* ---------------------------------------------------------------- varints */
@@ -85,7 +85,10 @@ static void wb_var(wbuf *b, uint64_t v)
 	wb_bytes(b, tmp, n);
 }
 
-static void wb_svar(wbuf *b, int64_t v) { wb_var(b, ((uint64_t)v << 1) ^ (uint64_t)(v >> 63)); }
+static void wb_svar(wbuf *b, int64_t v)
+{
+	wb_var(b, ((uint64_t)v << 1) ^ (uint64_t)(v >> 63));
+}
 
 static void wb_str(wbuf *b, const char *s, uint32_t n)
 {
@@ -325,7 +328,8 @@ int part_writer_key(part_writer *w, const char *key, uint32_t len)
 		pl = rb_var(&r);
 		int c = memcmp(r.p, key, pl < len ? pl : len);
 		if (c > 0 || (c == 0 && pl >= len))
-			return pw_fail(w, err_set(TALLY_EINVAL, "part %s: keys out of order", w->tmp));
+			return pw_fail(w,
+				       err_set(TALLY_EINVAL, "part %s: keys out of order", w->tmp));
 		end_key(w);
 	}
 	w->key.len = 0;
@@ -407,8 +411,8 @@ int part_writer_stripe(part_writer *w, uint32_t n, const int64_t *ts, const part
 				bools[i] = ((const uint64_t *)vals)[i] != 0;
 			vals = bools;
 		}
-		if ((rc = codec_encode(w->cx, kind_of(w->info.cols[c].type), vals,
-				       cols[c].present, n, NULL, &w->blk, &st)) ||
+		if ((rc = codec_encode(w->cx, kind_of(w->info.cols[c].type), vals, cols[c].present,
+				       n, NULL, &w->blk, &st)) ||
 		    (rc = put_block(w)) || (rc = push_len(w, (uint32_t)w->blk.len)))
 			return pw_fail(w, err_prefix(rc, "part %s column '%s'", w->tmp,
 						     w->info.cols[c].name));
@@ -439,8 +443,8 @@ int part_writer_rollup(part_writer *w, uint32_t num, unsigned level, const part_
 	if (n == 0)
 		return 0;
 	if (n > CODEC_BLOCK_MAX)
-		return pw_fail(w, err_set(TALLY_ELIMIT, "part %s: %u buckets in one rollup",
-					  w->tmp, n));
+		return pw_fail(
+			w, err_set(TALLY_ELIMIT, "part %s: %u buckets in one rollup", w->tmp, n));
 	int64_t *starts = mem_alloc((size_t)n * 8);
 	uint64_t *counts = mem_alloc((size_t)n * 8);
 	double *v[4];
@@ -469,7 +473,7 @@ int part_writer_rollup(part_writer *w, uint32_t num, unsigned level, const part_
 	w->blk.len = sizeof hdr;
 	le_put32(hdr, n);
 	const void *cols[6] = {starts, counts, v[0], v[1], v[2], v[3]};
-	const enum codec_kind kinds[6] = {CODEC_TS, CODEC_U64, CODEC_F64,
+	const enum codec_kind kinds[6] = {CODEC_TS,  CODEC_U64, CODEC_F64,
 					  CODEC_F64, CODEC_F64, CODEC_F64};
 	for (int i = 0; i < 6; i++) {
 		size_t before = w->blk.len;
@@ -570,7 +574,10 @@ out:
 	return rc;
 }
 
-const codec_stats *part_writer_col_stats(const part_writer *w) { return w->col_stats; }
+const codec_stats *part_writer_col_stats(const part_writer *w)
+{
+	return w->col_stats;
+}
 
 void part_writer_free(part_writer *w)
 {
@@ -622,10 +629,10 @@ void part_close(part *p)
 	mem_free(p);
 }
 
-#define BAD(why)                                                                               \
-	do {                                                                                   \
-		rc = err_set(TALLY_ECORRUPT, "%s: index: %s", path, why);                      \
-		goto fail;                                                                     \
+#define BAD(why)                                                          \
+	do {                                                              \
+		rc = err_set(TALLY_ECORRUPT, "%s: index: %s", path, why); \
+		goto fail;                                                \
 	} while (0)
 
 /* Grows an array to hold n + 1 elements. */
@@ -652,17 +659,17 @@ static int parse_index(part *p, const uint8_t *ix, size_t len)
 	if (!p->arena)
 		return err_set(-ENOMEM, "out of memory");
 	char *a = p->arena;
-#define STR(dst, dstlen)                                                                       \
-	do {                                                                                   \
-		uint64_t n_ = rb_var(&r);                                                      \
-		const uint8_t *s_ = rb_bytes(&r, n_);                                          \
-		if (!s_)                                                                       \
-			BAD("truncated string");                                               \
-		memcpy(a, s_, n_);                                                             \
-		a[n_] = 0;                                                                     \
-		(dst) = a;                                                                     \
-		(dstlen) = (uint32_t)n_;                                                       \
-		a += n_ + 1;                                                                   \
+#define STR(dst, dstlen)                              \
+	do {                                          \
+		uint64_t n_ = rb_var(&r);             \
+		const uint8_t *s_ = rb_bytes(&r, n_); \
+		if (!s_)                              \
+			BAD("truncated string");      \
+		memcpy(a, s_, n_);                    \
+		a[n_] = 0;                            \
+		(dst) = a;                            \
+		(dstlen) = (uint32_t)n_;              \
+		a += n_ + 1;                          \
 	} while (0)
 	uint32_t dummy;
 	if (rb_var(&r) != PART_VERSION)
@@ -859,8 +866,8 @@ int part_open(const char *path, part **out)
 		goto fail;
 	}
 	uint64_t ioff = le_get64(f), ilen = le_get64(f + 8), iraw = le_get64(f + 16);
-	if (ioff < PART_HEADER || ilen > p->file_bytes || ioff + ilen != p->file_bytes - PART_FOOTER ||
-	    iraw > PART_INDEX_MAX) {
+	if (ioff < PART_HEADER || ilen > p->file_bytes ||
+	    ioff + ilen != p->file_bytes - PART_FOOTER || iraw > PART_INDEX_MAX) {
 		rc = err_set(TALLY_ECORRUPT, "%s: footer points outside the file", path);
 		goto fail;
 	}
@@ -939,8 +946,9 @@ static int read_block(const part *p, const part_ref *ref, part_scratch *s, int r
 	if (rc)
 		return err_set(rc, "out of memory");
 	if (remote && !p->fetch)
-		return err_set(TALLY_EREMOTE, "%s block %u: in object storage, and tiering is not "
-					      "configured",
+		return err_set(TALLY_EREMOTE,
+			       "%s block %u: in object storage, and tiering is not "
+			       "configured",
 			       p->path, ref->no);
 	if (remote)
 		rc = p->fetch(p->fetch_ctx, p, ref->off, (size_t)ref->len + 8, s->raw.p);
@@ -1023,7 +1031,7 @@ int part_read_rollup(const part *p, const part_key *k, uint32_t num, unsigned le
 	void *tmp = mem_alloc((size_t)nb * 8);
 	if (!tmp)
 		return err_set(-ENOMEM, "out of memory");
-	const enum codec_kind kinds[6] = {CODEC_TS, CODEC_U64, CODEC_F64,
+	const enum codec_kind kinds[6] = {CODEC_TS,  CODEC_U64, CODEC_F64,
 					  CODEC_F64, CODEC_F64, CODEC_F64};
 	for (int i = 0; i < 6; i++) {
 		uint32_t bl = le_get32(b + 4 + 4 * i);
@@ -1110,8 +1118,9 @@ int part_write_stub(const part *p, const char *dir, const char *name, uint64_t *
 		if ((rc = fio_pread_full(p->fd, buf, len, from, p->path)))
 			goto out;
 		if (r < p->n_rollups && XXH3_64bits(buf, len - 8) != le_get64(buf + len - 8)) {
-			rc = err_set(TALLY_ECORRUPT, "%s block %u: checksum mismatch (writing its stub)",
-				     p->path, p->rollups[r].ref.no);
+			rc = err_set(TALLY_ECORRUPT,
+				     "%s block %u: checksum mismatch (writing its stub)", p->path,
+				     p->rollups[r].ref.no);
 			goto out;
 		}
 		if ((rc = fio_pwrite_full(fd, buf, len, off)))

@@ -30,10 +30,10 @@
 #include "codec.h"
 #include "tally.h"
 
-#define PART_STRIPE_ROWS 1024u   /* rows of one key per stripe, as written */
-#define PART_STRIPE_MAX 4096u    /* the most a reader accepts (v1 wrote 4096) */
-#define PART_COLS_MAX 4096u      /* columns per part */
-#define PART_INDEX_MAX (1u << 30) /* decompressed index bytes */
+#define PART_STRIPE_ROWS 1024u      /* rows of one key per stripe, as written */
+#define PART_STRIPE_MAX  4096u      /* the most a reader accepts (v1 wrote 4096) */
+#define PART_COLS_MAX    4096u      /* columns per part */
+#define PART_INDEX_MAX   (1u << 30) /* decompressed index bytes */
 
 /* One rollup bucket; same layout as the engine's rbucket. */
 typedef struct part_bucket {
@@ -106,8 +106,7 @@ typedef struct part_colvals {
 
 /* info's strings and arrays are copied. levels/partition as the engine
  * uses them. */
-int part_writer_open(const char *dir, const char *name, const part_info *info,
-		     part_writer **out);
+int part_writer_open(const char *dir, const char *name, const part_info *info, part_writer **out);
 int part_writer_key(part_writer *w, const char *key, uint32_t len);
 /* n <= PART_STRIPE_MAX rows of the current key, ts ascending; cols has
  * info->n_cols entries. */
@@ -141,16 +140,17 @@ typedef int part_prefetch_fn(void *ctx, const struct part *p, const struct part_
 			     uint32_t n);
 
 /* Header flags (the header's u64 at offset 16, reserved 0 in plain parts). */
-#define PART_F_STUB 1u /* a stub: header, rollup blocks, index, footer; the
-			  column blocks live in the whole part, elsewhere */
+#define PART_F_STUB                                             \
+	1u /* a stub: header, rollup blocks, index, footer; the \
+	      column blocks live in the whole part, elsewhere */
 
 typedef struct part {
 	char *path;
 	int fd;
 	uint64_t file_bytes;
-	uint32_t flags;        /* PART_F_* */
-	uint64_t whole_bytes;  /* the whole part's size (a stub's object) */
-	part_fetch_fn *fetch;  /* stubs: set before the part is shared */
+	uint32_t flags;       /* PART_F_* */
+	uint64_t whole_bytes; /* the whole part's size (a stub's object) */
+	part_fetch_fn *fetch; /* stubs: set before the part is shared */
 	part_prefetch_fn *prefetch;
 	void *fetch_ctx;
 	part_info info;
@@ -162,7 +162,7 @@ typedef struct part {
 	uint32_t n_refs;
 	part_rollup *rollups;
 	uint32_t n_rollups;
-	char *arena;     /* names and keys */
+	char *arena;          /* names and keys */
 	uint64_t index_bytes; /* where the blocks end (the index's offset) */
 	uint64_t mem_bytes;   /* memory this open part holds */
 } part;

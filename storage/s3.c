@@ -82,7 +82,7 @@ static void b64(const uint8_t *p, size_t n, char *out)
 	size_t o = 0;
 	for (size_t i = 0; i < n; i += 3) {
 		uint32_t v = (uint32_t)p[i] << 16 | (i + 1 < n ? (uint32_t)p[i + 1] << 8 : 0) |
-		             (i + 2 < n ? p[i + 2] : 0);
+			     (i + 2 < n ? p[i + 2] : 0);
 		out[o++] = t[v >> 18 & 63];
 		out[o++] = t[v >> 12 & 63];
 		out[o++] = i + 1 < n ? t[v >> 6 & 63] : '=';
@@ -106,8 +106,8 @@ static int uri_encode(const char *s, int keep_slash, char *out, size_t cap)
 	for (; *s; s++) {
 		unsigned char ch = (unsigned char)*s;
 		int keep = (ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') ||
-		           (ch >= '0' && ch <= '9') || ch == '-' || ch == '_' || ch == '.' ||
-		           ch == '~' || (keep_slash && ch == '/');
+			   (ch >= '0' && ch <= '9') || ch == '-' || ch == '_' || ch == '.' ||
+			   ch == '~' || (keep_slash && ch == '/');
 		if (o + 4 > cap)
 			return -1;
 		if (keep) {
@@ -144,10 +144,10 @@ static int xml_tag(const char *xml, size_t len, size_t *pos, const char *tag, ch
 			const char *ent;
 			char ch;
 		} ents[] = {{"&amp;", '&'},
-		            {"&lt;", '<'},
-		            {"&gt;", '>'},
-		            {"&quot;", '"'},
-		            {"&apos;", '\''}};
+			    {"&lt;", '<'},
+			    {"&gt;", '>'},
+			    {"&quot;", '"'},
+			    {"&apos;", '\''}};
 		int done = 0;
 		if (*q == '&')
 			for (size_t e = 0; e < sizeof ents / sizeof *ents; e++) {
@@ -327,7 +327,7 @@ static int retryable_status(long st, const char *code)
 		return 0;
 	return st >= 500 || st == 408 || st == 429 ||
 	       (code && (!strcmp(code, "RequestTimeout") || !strcmp(code, "SlowDown") ||
-	                 !strcmp(code, "InternalError")));
+			 !strcmp(code, "InternalError")));
 }
 
 static void sleep_ms(uint32_t ms)
@@ -355,7 +355,7 @@ static int s3_do(s3_client *c, s3_req *r)
 	if (r->key && uri_encode(r->key, 1, enc, sizeof enc))
 		return err_set(TALLY_EINVAL, "s3: key too long: %.80s...", r->key);
 	snprintf(url, sizeof url, "%s/%s%s%s%s%s", c->endpoint, c->bucket, r->key ? "/" : "",
-	         r->key ? enc : "", r->query ? "?" : "", r->query ? r->query : "");
+		 r->key ? enc : "", r->query ? "?" : "", r->query ? r->query : "");
 	/* the payload hash and MD5, once for all attempts */
 	char sha_hdr[128], md5_hdr[64], range_hdr[96], type_hdr[96], tok_hdr[2048];
 	if (r->has_body) {
@@ -396,8 +396,8 @@ static int s3_do(s3_client *c, s3_req *r)
 		}
 		if (r->ranged) {
 			snprintf(range_hdr, sizeof range_hdr, "Range: bytes=%llu-%llu",
-			         (unsigned long long)r->range_off,
-			         (unsigned long long)(r->range_off + r->range_len - 1));
+				 (unsigned long long)r->range_off,
+				 (unsigned long long)(r->range_off + r->range_len - 1));
 			ADD(range_hdr);
 		}
 		if (c->token) {
@@ -448,7 +448,7 @@ static int s3_do(s3_client *c, s3_req *r)
 		} else if (!strcmp(r->method, "POST")) {
 			curl_easy_setopt(h, CURLOPT_POST, 1L);
 			curl_easy_setopt(h, CURLOPT_POSTFIELDS,
-			                 r->body ? (const char *)r->body : "");
+					 r->body ? (const char *)r->body : "");
 			curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)r->body_len);
 		} else if (strcmp(r->method, "GET")) {
 			curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, r->method);
@@ -481,10 +481,10 @@ static int s3_do(s3_client *c, s3_req *r)
 			}
 			if (r->status == 404 && (!code[0] || !strcmp(code, "NoSuchKey"))) {
 				return err_set(TALLY_ENOTFOUND,
-				               "s3 %s %s: no such object (HTTP 404)", r->op, obj);
+					       "s3 %s %s: no such object (HTTP 404)", r->op, obj);
 			}
 			snprintf(why, sizeof why, "HTTP %ld%s%s%s%s", r->status, code[0] ? " " : "",
-			         code, msg[0] ? ": " : "", msg);
+				 code, msg[0] ? ": " : "", msg);
 			last_rc = r->status == 404 ? TALLY_ENOTFOUND : TALLY_EREMOTE;
 			retry = retryable_status(r->status, code);
 		}
@@ -533,11 +533,11 @@ int s3_open(const s3_config *cfg, s3_client **out)
 	pthread_once(&curl_once, curl_init);
 	if (curl_init_rc != CURLE_OK)
 		return err_set(TALLY_EREMOTE, "s3: curl_global_init: %s",
-		               curl_easy_strerror(curl_init_rc));
+			       curl_easy_strerror(curl_init_rc));
 	if (!cfg->bucket || !*cfg->bucket || strlen(cfg->bucket) > 63 ||
 	    strspn(cfg->bucket, "abcdefghijklmnopqrstuvwxyz0123456789.-") != strlen(cfg->bucket))
 		return err_set(TALLY_EINVAL, "s3: bad bucket name '%.80s' (3-63 of a-z 0-9 . -)",
-		               cfg->bucket ? cfg->bucket : "");
+			       cfg->bucket ? cfg->bucket : "");
 	const char *region = cfg->region && *cfg->region ? cfg->region : "us-east-1";
 	if (strlen(region) > 64 ||
 	    strspn(region, "abcdefghijklmnopqrstuvwxyz0123456789-") != strlen(region))
@@ -552,7 +552,7 @@ int s3_open(const s3_config *cfg, s3_client **out)
 		ep[--el] = 0;
 	if (strncmp(ep, "http://", 7) && strncmp(ep, "https://", 8))
 		return err_set(TALLY_EINVAL, "s3: endpoint '%.200s' is not http:// or https://",
-		               ep);
+			       ep);
 	s3_client *c = mem_calloc(1, sizeof *c);
 	if (!c)
 		return err_set(-ENOMEM, "out of memory");
@@ -563,7 +563,7 @@ int s3_open(const s3_config *cfg, s3_client **out)
 	c->ak = cfg->access_key && *cfg->access_key ? dup_or_null(cfg->access_key) : NULL;
 	c->sk = dup_or_null(cfg->secret_key);
 	c->token =
-	        cfg->session_token && *cfg->session_token ? dup_or_null(cfg->session_token) : NULL;
+		cfg->session_token && *cfg->session_token ? dup_or_null(cfg->session_token) : NULL;
 	if (!c->endpoint || !c->bucket || !c->region ||
 	    (cfg->access_key && *cfg->access_key && !c->ak) || (cfg->secret_key && !c->sk)) {
 		s3_close(c);
@@ -702,7 +702,7 @@ int s3_put_file(s3_client *c, const char *key, int fd, uint64_t size, s3_put_inf
 	    !xml_tag(r.resp.p, r.resp.len, &pos, "UploadId", upload_id, sizeof upload_id) ||
 	    !upload_id[0] || uri_encode(upload_id, 0, enc, sizeof enc)) {
 		rc = err_set(TALLY_EREMOTE, "s3 CreateMultipartUpload %s/%s: no usable UploadId",
-		             c->bucket, key);
+			     c->bucket, key);
 		goto out;
 	}
 	for (unsigned i = 0; i < n_parts; i++) {
@@ -727,7 +727,7 @@ int s3_put_file(s3_client *c, const char *key, int fd, uint64_t size, s3_put_inf
 			goto abort;
 		if (!etags[(size_t)i * S3_ETAG_MAX]) {
 			rc = err_set(TALLY_EREMOTE, "s3 UploadPart %s/%s part %u: no ETag",
-			             c->bucket, key, i + 1);
+				     c->bucket, key, i + 1);
 			goto abort;
 		}
 	}
@@ -742,9 +742,9 @@ int s3_put_file(s3_client *c, const char *key, int fd, uint64_t size, s3_put_inf
 		size_t o = (size_t)snprintf(xml, cap, "<CompleteMultipartUpload>");
 		for (unsigned i = 0; i < n_parts; i++)
 			o += (size_t)snprintf(xml + o, cap - o,
-			                      "<Part><PartNumber>%u</PartNumber><ETag>\"%s\"</ETag>"
-			                      "</Part>",
-			                      i + 1, etags + (size_t)i * S3_ETAG_MAX);
+					      "<Part><PartNumber>%u</PartNumber><ETag>\"%s\"</ETag>"
+					      "</Part>",
+					      i + 1, etags + (size_t)i * S3_ETAG_MAX);
 		o += (size_t)snprintf(xml + o, cap - o, "</CompleteMultipartUpload>");
 		snprintf(q, sizeof q, "uploadId=%s", enc);
 		s3_req cr;
@@ -764,7 +764,7 @@ int s3_put_file(s3_client *c, const char *key, int fd, uint64_t size, s3_put_inf
 			p0 = 0;
 			xml_tag(cr.resp.p, cr.resp.len, &p0, "Message", msg, sizeof msg);
 			rc = err_set(TALLY_EREMOTE, "s3 CompleteMultipartUpload %s/%s: %s: %s",
-			             c->bucket, key, code, msg);
+				     c->bucket, key, code, msg);
 		} else if (!rc && cr.resp.p) {
 			p0 = 0;
 			if (xml_tag(cr.resp.p, cr.resp.len, &p0, "ETag", etag, sizeof etag))
@@ -846,15 +846,15 @@ int s3_verify(s3_client *c, const char *key, const s3_put_info *info)
 		return err_prefix(rc, "verifying the upload");
 	if (size != info->bytes)
 		return err_set(TALLY_EREMOTE, "s3 %s/%s: holds %llu bytes, %llu were uploaded",
-		               c->bucket, key, (unsigned long long)size,
-		               (unsigned long long)info->bytes);
+			       c->bucket, key, (unsigned long long)size,
+			       (unsigned long long)info->bytes);
 	/* S3 gives a multipart object the MD5 of its parts' MD5s and "-N";
 	 * some servers (s3rver) the MD5 of the whole object: either proves it */
 	if (!strcasecmp(etag, info->want_etag) || !strcasecmp(etag, info->whole_md5))
 		return 0;
 	if (etag_is_md5(etag))
 		return err_set(TALLY_EREMOTE, "s3 %s/%s: ETag %s, the uploaded bytes give %s",
-		               c->bucket, key, etag, info->want_etag);
+			       c->bucket, key, etag, info->want_etag);
 	/* not an MD5 ETag: read the object back and compare checksums */
 	s3_req r;
 	req_init(&r, "GET (verify)", "GET", key);
@@ -871,9 +871,9 @@ int s3_verify(s3_client *c, const char *key, const s3_put_info *info)
 		return err_prefix(rc, "verifying the upload");
 	if (got != info->bytes || sum != info->xxh3)
 		return err_set(TALLY_EREMOTE,
-		               "s3 %s/%s: the object read back differs from the "
-		               "uploaded bytes",
-		               c->bucket, key);
+			       "s3 %s/%s: the object read back differs from the "
+			       "uploaded bytes",
+			       c->bucket, key);
 	return 0;
 }
 
@@ -892,10 +892,10 @@ int s3_get_range(s3_client *c, const char *key, uint64_t off, size_t len, void *
 	int rc = s3_do(c, &r);
 	if (!rc && (r.status != 206 || r.out_len != len))
 		rc = err_set(TALLY_EREMOTE,
-		             "s3 GET %s/%s bytes %llu-%llu: HTTP %ld with %zu bytes; the server "
-		             "must honour ranges",
-		             c->bucket, key, (unsigned long long)off,
-		             (unsigned long long)(off + len - 1), r.status, r.out_len);
+			     "s3 GET %s/%s bytes %llu-%llu: HTTP %ld with %zu bytes; the server "
+			     "must honour ranges",
+			     c->bucket, key, (unsigned long long)off,
+			     (unsigned long long)(off + len - 1), r.status, r.out_len);
 	req_free(&r);
 	return rc;
 }
@@ -912,7 +912,7 @@ int s3_get_file(s3_client *c, const char *key, int fd, uint64_t *bytes, uint64_t
 	int rc = s3_do(c, &r);
 	if (!rc && r.has_length && r.got != r.content_length)
 		rc = err_set(TALLY_EREMOTE, "s3 GET %s/%s: %llu bytes of %llu", c->bucket, key,
-		             (unsigned long long)r.got, (unsigned long long)r.content_length);
+			     (unsigned long long)r.got, (unsigned long long)r.content_length);
 	if (!rc) {
 		if (bytes)
 			*bytes = r.got;
@@ -943,8 +943,8 @@ int s3_list(s3_client *c, const char *prefix, s3_list_fn *fn, void *ctx)
 			return err_set(TALLY_EREMOTE, "s3 list: continuation token too long");
 		/* canonical: keys in byte order */
 		snprintf(q, sizeof q, "%s%s%slist-type=2&prefix=%s",
-		         token[0] ? "continuation-token=" : "", token[0] ? etok : "",
-		         token[0] ? "&" : "", epre);
+			 token[0] ? "continuation-token=" : "", token[0] ? etok : "",
+			 token[0] ? "&" : "", epre);
 		s3_req r;
 		req_init(&r, "ListObjectsV2", "GET", NULL);
 		r.query = q;
@@ -999,16 +999,16 @@ int s3_create_bucket(s3_client *c)
 	size_t n = 0;
 	if (strcmp(c->region, "us-east-1"))
 		n = (size_t)snprintf(xml, sizeof xml,
-		                     "<CreateBucketConfiguration><LocationConstraint>%s"
-		                     "</LocationConstraint></CreateBucketConfiguration>",
-		                     c->region);
+				     "<CreateBucketConfiguration><LocationConstraint>%s"
+				     "</LocationConstraint></CreateBucketConfiguration>",
+				     c->region);
 	r.body = (const uint8_t *)xml;
 	r.body_len = n;
 	r.has_body = 1;
 	r.content_type = "application/xml";
 	int rc = s3_do(c, &r);
 	if (rc && (strstr(err_msg(), "BucketAlreadyOwnedByYou") ||
-	           strstr(err_msg(), "BucketAlreadyExists")))
+		   strstr(err_msg(), "BucketAlreadyExists")))
 		rc = 0;
 	req_free(&r);
 	return rc;

@@ -51,21 +51,21 @@
 #include "err.h"
 #include "mem.h"
 
-#define SEG_MAGIC "TALLYWAL"
+#define SEG_MAGIC   "TALLYWAL"
 #define SEG_VERSION 1u
-#define SEG_HDR 32u
-#define REC_MAGIC 0x43455257u /* "WREC" on disk */
-#define REC_HDR 40u
-#define REC_F_LZ4 1u
+#define SEG_HDR     32u
+#define REC_MAGIC   0x43455257u /* "WREC" on disk */
+#define REC_HDR     40u
+#define REC_F_LZ4   1u
 
 #define SEG_NAME_DIGITS 20
-#define SEG_NAME_LEN (SEG_NAME_DIGITS + 4) /* digits + ".wal" */
-#define WAL_PATH_MAX 4096
+#define SEG_NAME_LEN    (SEG_NAME_DIGITS + 4) /* digits + ".wal" */
+#define WAL_PATH_MAX    4096
 
 #define DEFAULT_SEGMENT_BYTES (64ull << 20)
-#define DEFAULT_BUFFER_BYTES (1u << 20)
-#define MIN_BUFFER_BYTES 4096u
-#define READ_CHUNK (1u << 20)
+#define DEFAULT_BUFFER_BYTES  (1u << 20)
+#define MIN_BUFFER_BYTES      4096u
+#define READ_CHUNK            (1u << 20)
 /* LZ4 cannot shrink shorter payloads enough to pay for trying. */
 #define COMPRESS_MIN 64u
 /* LZ4 acceleration: 1 is LZ4_compress_default. Measured on column-like
@@ -91,7 +91,7 @@ struct wal {
 	size_t n_segs, cap_segs;
 	uint64_t seg_records; /* records in the current segment */
 	uint64_t next_seq;
-	uint8_t *buf;                /* pending bytes are buf[buf_done, buf_len) */
+	uint8_t *buf; /* pending bytes are buf[buf_done, buf_len) */
 	size_t buf_len, buf_done;
 	uint8_t *big; /* compression scratch for records written directly */
 	size_t big_cap;
@@ -131,7 +131,10 @@ static uint32_t get_u32(const uint8_t *p)
 	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
-static uint64_t get_u64(const uint8_t *p) { return get_u32(p) | (uint64_t)get_u32(p + 4) << 32; }
+static uint64_t get_u64(const uint8_t *p)
+{
+	return get_u32(p) | (uint64_t)get_u32(p + 4) << 32;
+}
 
 static void seg_hdr_encode(uint8_t h[SEG_HDR], uint64_t first_seq)
 {
@@ -277,12 +280,27 @@ static int write_full(int fd, const void *p, size_t n, uint64_t off, size_t *don
 	return got == n ? 0 : -1;
 }
 
-static uint64_t ld(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
-static void st(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
-static void add(uint64_t *p, uint64_t v) { __atomic_fetch_add(p, v, __ATOMIC_RELEASE); }
-static void sub(uint64_t *p, uint64_t v) { __atomic_fetch_sub(p, v, __ATOMIC_RELEASE); }
+static uint64_t ld(const uint64_t *p)
+{
+	return __atomic_load_n(p, __ATOMIC_ACQUIRE);
+}
+static void st(uint64_t *p, uint64_t v)
+{
+	__atomic_store_n(p, v, __ATOMIC_RELEASE);
+}
+static void add(uint64_t *p, uint64_t v)
+{
+	__atomic_fetch_add(p, v, __ATOMIC_RELEASE);
+}
+static void sub(uint64_t *p, uint64_t v)
+{
+	__atomic_fetch_sub(p, v, __ATOMIC_RELEASE);
+}
 
-static int is_failed(const wal *w) { return __atomic_load_n(&w->failed, __ATOMIC_ACQUIRE); }
+static int is_failed(const wal *w)
+{
+	return __atomic_load_n(&w->failed, __ATOMIC_ACQUIRE);
+}
 
 static int failed_err(const wal *w)
 {
@@ -316,10 +334,11 @@ static int fsync_dir(wal *w)
 		int e = errno;
 		pthread_mutex_lock(&w->sync_mu);
 		if (!is_failed(w)) {
-			snprintf(w->fail_msg, sizeof w->fail_msg, "fsync of directory %s: %s", w->dir,
-				 strerror(e));
+			snprintf(w->fail_msg, sizeof w->fail_msg, "fsync of directory %s: %s",
+				 w->dir, strerror(e));
 			__atomic_store_n(&w->failed, 1, __ATOMIC_RELEASE);
-			log_emit(&w->log, TALLY_LOG_ERROR, "wal %s failed: %s", w->dir, w->fail_msg);
+			log_emit(&w->log, TALLY_LOG_ERROR, "wal %s failed: %s", w->dir,
+				 w->fail_msg);
 		}
 		pthread_mutex_unlock(&w->sync_mu);
 		return failed_err(w);
@@ -412,13 +431,15 @@ static int rd_get(recover *rc, uint64_t off, size_t n, const uint8_t **p)
 	if (want > rd->cap) {
 		uint8_t *b = mem_realloc(rd->buf, want);
 		if (!b)
-			return err_set(-ENOMEM, "%s: out of memory reading %zu bytes", rc->path, want);
+			return err_set(-ENOMEM, "%s: out of memory reading %zu bytes", rc->path,
+				       want);
 		rd->buf = b;
 		rd->cap = want;
 	}
 	rd->len = 0;
 	while (rd->len < want) {
-		ssize_t k = pread(rd->fd, rd->buf + rd->len, want - rd->len, (off_t)(off + rd->len));
+		ssize_t k =
+			pread(rd->fd, rd->buf + rd->len, want - rd->len, (off_t)(off + rd->len));
 		if (k < 0 && errno == EINTR)
 			continue;
 		if (k < 0)
@@ -605,9 +626,10 @@ static int seg_recover(recover *rc, size_t i)
 			goto fail;
 		}
 		if (!why && first != name_seq) {
-			err = err_set(TALLY_ECORRUPT,
-				      "%s offset 16: header first seq %llu differs from the file name",
-				      rc->path, (unsigned long long)first);
+			err = err_set(
+				TALLY_ECORRUPT,
+				"%s offset 16: header first seq %llu differs from the file name",
+				rc->path, (unsigned long long)first);
 			goto fail;
 		}
 	}
@@ -655,9 +677,10 @@ static int seg_recover(recover *rc, size_t i)
 			break;
 		}
 		if (r.h.seq != rc->expected || r.h.seq == UINT64_MAX) {
-			err = err_set(TALLY_ECORRUPT, "%s offset %llu: record seq %llu, expected %llu",
-				      rc->path, (unsigned long long)off,
-				      (unsigned long long)r.h.seq, (unsigned long long)rc->expected);
+			err = err_set(TALLY_ECORRUPT,
+				      "%s offset %llu: record seq %llu, expected %llu", rc->path,
+				      (unsigned long long)off, (unsigned long long)r.h.seq,
+				      (unsigned long long)rc->expected);
 			goto fail;
 		}
 		if (r.h.seq > rc->after_seq && rc->replay) {
@@ -919,8 +942,9 @@ int wal_append(wal *w, const void *payload, size_t len, uint64_t *seq)
 	if (is_failed(w))
 		return failed_err(w);
 	if (len > WAL_RECORD_MAX)
-		return err_set(TALLY_ELIMIT, "wal %s: record of %zu bytes exceeds the %u-byte limit",
-			       w->dir, len, WAL_RECORD_MAX);
+		return err_set(TALLY_ELIMIT,
+			       "wal %s: record of %zu bytes exceeds the %u-byte limit", w->dir, len,
+			       WAL_RECORD_MAX);
 	if (len && !payload)
 		return err_set(TALLY_EINVAL, "wal %s: NULL payload", w->dir);
 	if (w->next_seq == UINT64_MAX)
@@ -950,7 +974,8 @@ int wal_append(wal *w, const void *payload, size_t len, uint64_t *seq)
 			mem_free(w->big);
 			w->big_cap = 0;
 			if (!(w->big = mem_alloc(worst)))
-				return err_set(-ENOMEM, "wal %s: out of memory for a %zu-byte record",
+				return err_set(-ENOMEM,
+					       "wal %s: out of memory for a %zu-byte record",
 					       w->dir, len);
 			w->big_cap = worst;
 		}
@@ -1027,8 +1052,9 @@ int wal_sync_to(wal *w, uint64_t lsn)
 		 * fsync covers everything written so far, for all waiters. */
 		uint64_t target = ld(&w->written_lsn);
 		if (lsn > target)
-			rc = err_set(TALLY_EINVAL, "wal %s: sync to %llu, past the written end %llu",
-				     w->dir, (unsigned long long)lsn, (unsigned long long)target);
+			rc = err_set(TALLY_EINVAL,
+				     "wal %s: sync to %llu, past the written end %llu", w->dir,
+				     (unsigned long long)lsn, (unsigned long long)target);
 		else if (fdatasync(w->fd) != 0)
 			rc = fail_locked(w, errno, "fdatasync", w->cur_seq);
 		else {
@@ -1074,11 +1100,20 @@ int wal_trim(wal *w, uint64_t upto_seq)
 	return rc;
 }
 
-uint64_t wal_last_seq(const wal *w) { return w->next_seq - 1; }
+uint64_t wal_last_seq(const wal *w)
+{
+	return w->next_seq - 1;
+}
 
-uint64_t wal_disk_bytes(const wal *w) { return __atomic_load_n(&w->disk_bytes, __ATOMIC_RELAXED); }
+uint64_t wal_disk_bytes(const wal *w)
+{
+	return __atomic_load_n(&w->disk_bytes, __ATOMIC_RELAXED);
+}
 
-uint64_t wal_syncs(const wal *w) { return __atomic_load_n(&w->syncs, __ATOMIC_RELAXED); }
+uint64_t wal_syncs(const wal *w)
+{
+	return __atomic_load_n(&w->syncs, __ATOMIC_RELAXED);
+}
 
 void wal_close(wal *w)
 {

@@ -61,10 +61,10 @@ static inline int s3srv_run(s3srv *s, int port)
 {
 	char cmd[1024];
 	snprintf(cmd, sizeof cmd, "%s/tests/s3/server start %s %s %d 2>>%s/start.err",
-	         TALLY_SOURCE_DIR, s->kind, s->state, port, s->state);
+		 TALLY_SOURCE_DIR, s->kind, s->state, port, s->state);
 	if (!port)
 		snprintf(cmd, sizeof cmd, "%s/tests/s3/server start %s %s 2>>%s/start.err",
-		         TALLY_SOURCE_DIR, s->kind, s->state, s->state);
+			 TALLY_SOURCE_DIR, s->kind, s->state, s->state);
 	FILE *f = popen(cmd, "r");
 	if (!f)
 		return -1;
@@ -143,7 +143,7 @@ static inline void s3srv_export(const s3srv *s, const char *var)
 {
 	char v[1200];
 	snprintf(v, sizeof v, "%s|%s|%s|%s|%s|%s|%s|%d|%d|%d", s->kind, s->state, s->endpoint,
-	         s->bucket, s->region, s->access_key, s->secret_key, s->port, s->pid, s->up);
+		 s->bucket, s->region, s->access_key, s->secret_key, s->port, s->pid, s->up);
 	setenv(var, v, 1);
 }
 
@@ -192,7 +192,7 @@ __attribute__((visibility("default"))) const char *__lsan_default_suppressions(v
  * tests, stops the servers. When neither can run here: 77 if required,
  * else the tests run and those that need a server skip themselves. */
 static inline int s3srv_main_ex(int argc, char **argv, const char *prog, s3srv *a, s3srv *b,
-                                int required)
+				int required)
 {
 	if (getenv("BXFI_MAP")) { /* a test worker: the parent started them */
 		s3srv_import(a, "TALLY_TEST_S3RVER");
@@ -201,7 +201,7 @@ static inline int s3srv_main_ex(int argc, char **argv, const char *prog, s3srv *
 		int have_a = s3srv_available("s3rver"), have_b = s3srv_available("moto");
 		if (!have_a && !have_b && required) {
 			fprintf(stderr, "%s: neither s3rver nor moto can run here: skipped\n",
-			        prog);
+				prog);
 			return 77;
 		}
 		if (have_a && s3srv_start(a, "s3rver"))
@@ -234,7 +234,7 @@ static inline int s3srv_main(int argc, char **argv, const char *prog, s3srv *a, 
 /* Runs awscli against the server with its credentials; returns the exit
  * status, output (stdout) into out when given. */
 static inline int s3srv_aws(const s3srv *s, char *out, size_t cap, const char *fmt, ...)
-        __attribute__((format(printf, 4, 5)));
+	__attribute__((format(printf, 4, 5)));
 static inline int s3srv_aws(const s3srv *s, char *out, size_t cap, const char *fmt, ...)
 {
 	char args[2048], cmd[4096];
@@ -243,10 +243,10 @@ static inline int s3srv_aws(const s3srv *s, char *out, size_t cap, const char *f
 	vsnprintf(args, sizeof args, fmt, ap);
 	va_end(ap);
 	snprintf(cmd, sizeof cmd,
-	         "AWS_ACCESS_KEY_ID='%s' AWS_SECRET_ACCESS_KEY='%s' AWS_DEFAULT_REGION=%s "
-	         "AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null "
-	         "aws --endpoint-url %s %s 2>>%s/aws.err",
-	         s->access_key, s->secret_key, s->region, s->endpoint, args, s->state);
+		 "AWS_ACCESS_KEY_ID='%s' AWS_SECRET_ACCESS_KEY='%s' AWS_DEFAULT_REGION=%s "
+		 "AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null "
+		 "aws --endpoint-url %s %s 2>>%s/aws.err",
+		 s->access_key, s->secret_key, s->region, s->endpoint, args, s->state);
 	FILE *f = popen(cmd, "r");
 	if (!f)
 		return -1;

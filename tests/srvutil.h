@@ -99,10 +99,10 @@ static inline void tsrv_spawn(tsrv *s, const char *const *args, int listen)
 		/* Dies with the test, and holds none of the runner's pipes. */
 		prctl(PR_SET_PDEATHSIG, SIGKILL);
 		static const char *const env[] = {"TALLY_S3_BUCKET",       "TALLY_S3_ENDPOINT",
-		                                  "TALLY_S3_PREFIX",       "AWS_ENDPOINT_URL_S3",
-		                                  "AWS_ENDPOINT_URL",      "AWS_REGION",
-		                                  "AWS_DEFAULT_REGION",    "AWS_ACCESS_KEY_ID",
-		                                  "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"};
+						  "TALLY_S3_PREFIX",       "AWS_ENDPOINT_URL_S3",
+						  "AWS_ENDPOINT_URL",      "AWS_REGION",
+						  "AWS_DEFAULT_REGION",    "AWS_ACCESS_KEY_ID",
+						  "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"};
 		for (size_t i = 0; i < sizeof env / sizeof env[0]; i++)
 			unsetenv(env[i]);
 		int fd = open(s->log, O_WRONLY | O_CREAT | O_APPEND, 0644);
@@ -197,10 +197,10 @@ static inline tcli *tcli_open(unsigned port)
 	c->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	cr_assert(c->fd >= 0);
 	struct sockaddr_in a = {.sin_family = AF_INET,
-	                        .sin_port = htons((uint16_t)port),
-	                        .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+				.sin_port = htons((uint16_t)port),
+				.sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
 	cr_assert(connect(c->fd, (struct sockaddr *)&a, sizeof a) == 0, "connect: %s",
-	          strerror(errno));
+		  strerror(errno));
 	int one = 1;
 	setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 	return c;
@@ -328,7 +328,7 @@ static inline void ttable_free(ttable *t)
 
 /* Sends a command, reads its table (header, rows, END n) or its ERR. */
 static inline void tcli_query(tcli *c, ttable *t, const char *fmt, ...)
-        __attribute__((format(printf, 3, 4)));
+	__attribute__((format(printf, 3, 4)));
 static inline void tcli_query(tcli *c, ttable *t, const char *fmt, ...)
 {
 	char cmd[2048];

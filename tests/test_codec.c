@@ -91,7 +91,7 @@ static void set_presence(col *c, tu_rng *r, unsigned permille)
 
 /* Strings from a generator: string i is gen(i) of at most 40 bytes. */
 static col str_col(enum codec_kind kind, uint32_t n,
-                   void (*gen)(uint32_t, tu_rng *, char *, uint32_t *), tu_rng *r)
+		   void (*gen)(uint32_t, tu_rng *, char *, uint32_t *), tu_rng *r)
 {
 	col c = col_new(kind, n);
 	c.bytes = malloc((size_t)n * 40 + 1);
@@ -173,7 +173,7 @@ static size_t roundtrip(const col *c, const codec_opts *opt, codec_stats *st_out
 	static unsigned flip;
 	rc = codec_decode(flip++ & 1 ? NULL : cx, blk, len, c->kind, c->n, back, pr, &arena);
 	cr_assert_eq(rc, 0, "decode %s/%s: %s", codec_kind_name(c->kind), codec_name(st.enc),
-	             err_msg());
+		     err_msg());
 	uint32_t np = 0;
 	for (uint32_t i = 0; i < c->n; i++) {
 		int p = has(c->present, i);
@@ -182,8 +182,8 @@ static size_t roundtrip(const col *c, const codec_opts *opt, codec_stats *st_out
 		const uint8_t *got = back + (size_t)i * es;
 		if (p) {
 			cr_assert(same_value(c->kind, (const uint8_t *)c->v + (size_t)i * es, got),
-			          "%s/%s: row %u differs", codec_kind_name(c->kind),
-			          codec_name(st.enc), i);
+				  "%s/%s: row %u differs", codec_kind_name(c->kind),
+				  codec_name(st.enc), i);
 		} else if (is_str(c->kind)) {
 			const codec_str *s = (const codec_str *)(const void *)got;
 			cr_assert(s->n == 0 && s->p, "absent row %u not empty", i);
@@ -207,23 +207,23 @@ static size_t roundtrip(const col *c, const codec_opts *opt, codec_stats *st_out
 static void roundtrip_all(const col *c)
 {
 	static const enum codec_enc encs[] = {
-	        CODEC_AUTO,       CODEC_ENC_RAW,   CODEC_ENC_INT,  CODEC_ENC_DEC, CODEC_ENC_XOR,
-	        CODEC_ENC_BITMAP, CODEC_ENC_PLAIN, CODEC_ENC_DICT, CODEC_ENC_RLE, CODEC_ENC_BIN};
+		CODEC_AUTO,       CODEC_ENC_RAW,   CODEC_ENC_INT,  CODEC_ENC_DEC, CODEC_ENC_XOR,
+		CODEC_ENC_BITMAP, CODEC_ENC_PLAIN, CODEC_ENC_DICT, CODEC_ENC_RLE, CODEC_ENC_BIN};
 	_Static_assert(sizeof encs / sizeof encs[0] == CODEC_ENC_MAX + 1, "every encoding");
 	static const struct {
 		enum codec_kind kind;
 		unsigned mask;
 	} takes[] = {
-	        {CODEC_TS, 1u << CODEC_ENC_RAW | 1u << CODEC_ENC_INT},
-	        {CODEC_I64, 1u << CODEC_ENC_RAW | 1u << CODEC_ENC_INT},
-	        {CODEC_U64, 1u << CODEC_ENC_RAW | 1u << CODEC_ENC_INT},
-	        {CODEC_F64, 1u << CODEC_ENC_RAW | 1u << CODEC_ENC_DEC | 1u << CODEC_ENC_XOR |
-	                            1u << CODEC_ENC_BIN},
-	        {CODEC_BOOL, 1u << CODEC_ENC_RAW | 1u << CODEC_ENC_BITMAP},
-	        {CODEC_STR, 1u << CODEC_ENC_RAW | 1u << CODEC_ENC_PLAIN | 1u << CODEC_ENC_DICT |
-	                            1u << CODEC_ENC_RLE},
-	        {CODEC_KEY, 1u << CODEC_ENC_RAW | 1u << CODEC_ENC_PLAIN | 1u << CODEC_ENC_DICT |
-	                            1u << CODEC_ENC_RLE},
+		{CODEC_TS, 1u << CODEC_ENC_RAW | 1u << CODEC_ENC_INT},
+		{CODEC_I64, 1u << CODEC_ENC_RAW | 1u << CODEC_ENC_INT},
+		{CODEC_U64, 1u << CODEC_ENC_RAW | 1u << CODEC_ENC_INT},
+		{CODEC_F64, 1u << CODEC_ENC_RAW | 1u << CODEC_ENC_DEC | 1u << CODEC_ENC_XOR |
+				    1u << CODEC_ENC_BIN},
+		{CODEC_BOOL, 1u << CODEC_ENC_RAW | 1u << CODEC_ENC_BITMAP},
+		{CODEC_STR, 1u << CODEC_ENC_RAW | 1u << CODEC_ENC_PLAIN | 1u << CODEC_ENC_DICT |
+				    1u << CODEC_ENC_RLE},
+		{CODEC_KEY, 1u << CODEC_ENC_RAW | 1u << CODEC_ENC_PLAIN | 1u << CODEC_ENC_DICT |
+				    1u << CODEC_ENC_RLE},
 	};
 	unsigned mask = 0;
 	for (size_t i = 0; i < sizeof takes / sizeof takes[0]; i++)
@@ -236,14 +236,14 @@ static void roundtrip_all(const col *c)
 			codec_buf out = {0};
 			int rc = codec_encode(cx, c->kind, c->v, c->present, c->n, &o, &out, NULL);
 			cr_assert_eq(rc, TALLY_EINVAL, "%s took %s", codec_name(enc),
-			             codec_kind_name(c->kind));
+				     codec_kind_name(c->kind));
 			cr_assert_eq(out.len, 0);
 			codec_buf_free(&out);
 			continue;
 		}
 		int orders = enc == CODEC_ENC_INT || enc == CODEC_ENC_DEC || enc == CODEC_ENC_BIN
-		                     ? 4
-		                     : 1;
+				     ? 4
+				     : 1;
 		for (int ord = 0; ord < orders; ord++) {
 			o.order = (enum codec_order)ord;
 			o.zstd_level = 0;
@@ -291,7 +291,7 @@ static void fill_ints(col *c, int pattern, tu_rng *r)
 			break; /* walk */
 		case 5: {      /* extremes */
 			static const int64_t x[] = {INT64_MIN,     INT64_MAX,    0, -1, 1,
-			                            INT64_MIN + 1, INT64_MAX - 1};
+						    INT64_MIN + 1, INT64_MAX - 1};
 			v[i] = x[tu_below(r, 7)];
 			break;
 		}
@@ -299,7 +299,7 @@ static void fill_ints(col *c, int pattern, tu_rng *r)
 		case 7: v[i] = (int64_t)1700000000 * 1000000000 + (int64_t)i * 1000000000; break;
 		case 8: /* ms precision */
 			v[i] = i ? v[i - 1] + (int64_t)tu_below(r, 10000) * 1000000
-			         : INT64_C(1700000000123000000);
+				 : INT64_C(1700000000123000000);
 			break;
 		case 9:
 			v[i] = (int64_t)tu_below(r, 1u << 20) * 1000000 + 1700000000000000000;
@@ -353,24 +353,24 @@ static double sum_residual(tu_rng *r, uint32_t n)
 static double pick_double(tu_rng *r, int pattern, uint32_t i)
 {
 	static const double odd[] = {-0.0,
-	                             0.0,
-	                             5e-324,
-	                             -5e-324,
-	                             2.2250738585072009e-308,
-	                             1e308,
-	                             -1e308,
-	                             1.7976931348623157e308,
-	                             INFINITY,
-	                             -INFINITY,
-	                             0.1,
-	                             85.2,
-	                             123.456,
-	                             1e-10,
-	                             9007199254740993.0,
-	                             1e15,
-	                             1e16,
-	                             0.30000000000000004,
-	                             3.14159265358979};
+				     0.0,
+				     5e-324,
+				     -5e-324,
+				     2.2250738585072009e-308,
+				     1e308,
+				     -1e308,
+				     1.7976931348623157e308,
+				     INFINITY,
+				     -INFINITY,
+				     0.1,
+				     85.2,
+				     123.456,
+				     1e-10,
+				     9007199254740993.0,
+				     1e15,
+				     1e16,
+				     0.30000000000000004,
+				     3.14159265358979};
 	switch (pattern) {
 	case 0: return 85.2;
 	case 1: return (double)(600 + tu_below(r, 500)) / 10.0; /* speeds */
@@ -390,7 +390,7 @@ static double pick_double(tu_rng *r, int pattern, uint32_t i)
 	case 7: return (double)((int64_t)tu_below(r, 1000000)) / 1e6 + 1e9; /* near 2^53 digits */
 	case 9: /* binary fractions: 20-bit integers times 2^-30..2^-27 */
 		return ldexp((double)((int64_t)tu_below(r, 1u << 20) - (1 << 19)),
-		             -30 + (int)tu_below(r, 4));
+			     -30 + (int)tu_below(r, 4));
 	case 10: return sum_residual(r, 1 + (uint32_t)tu_below(r, 40));
 	default: {
 		uint64_t nan = 0x7ff8000000000000ULL | tu_below(r, 1000);
@@ -481,7 +481,7 @@ Test(codec, strings_and_keys)
 {
 	tu_rng r = {tu_seed("strings")};
 	void (*gens[])(uint32_t, tu_rng *, char *, uint32_t *) = {
-	        gen_few, gen_runs, gen_distinct, gen_binary, gen_empty, gen_one};
+		gen_few, gen_runs, gen_distinct, gen_binary, gen_empty, gen_one};
 	for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++)
 		for (size_t g = 0; g < sizeof gens / sizeof gens[0]; g++)
 			for (int k = 0; k < 2; k++) {
@@ -566,7 +566,7 @@ Test(codec, xor_or_bin_for_non_decimals)
 	o.force = CODEC_ENC_BIN;
 	size_t bin_bytes = roundtrip(&c, &o, NULL);
 	cr_assert_eq(st.enc, CODEC_ENC_BIN, "chose %s (xor %zu bytes, bin %zu)", codec_name(st.enc),
-	             xor_bytes, bin_bytes);
+		     xor_bytes, bin_bytes);
 	cr_assert_eq(bytes, bin_bytes);
 	cr_assert_lt(bin_bytes, xor_bytes);
 	fprintf(stderr, "smooth series: xor %zu bytes, bin %zu\n", xor_bytes, bin_bytes);
@@ -631,7 +631,7 @@ Test(codec, zstd_finds_periodic_patterns)
 	cr_assert_eq(st.enc, CODEC_ENC_INT);
 	cr_assert_eq(st.zstd, 1);
 	cr_assert_lt(bytes, st.body_bytes / 4, "%zu bytes, body %llu", bytes,
-	             (unsigned long long)st.body_bytes);
+		     (unsigned long long)st.body_bytes);
 	fill_ints(&c, 4, &r); /* a random walk: nothing for zstd */
 	roundtrip(&c, NULL, &st);
 	cr_assert_eq(st.zstd, 0);
@@ -677,7 +677,7 @@ Test(codec, random_against_model)
 		col c;
 		if (is_str(k)) {
 			void (*gens[])(uint32_t, tu_rng *, char *, uint32_t *) = {
-			        gen_few, gen_runs, gen_distinct, gen_binary, gen_empty, gen_one};
+				gen_few, gen_runs, gen_distinct, gen_binary, gen_empty, gen_one};
 			c = str_col(k, n, gens[tu_below(&r, 6)], &r);
 		} else {
 			c = col_new(k, n);
@@ -693,8 +693,8 @@ Test(codec, random_against_model)
 		if (tu_below(&r, 2))
 			set_presence(&c, &r, (unsigned)tu_below(&r, 1001));
 		codec_opts o = {.zstd_level = (int)tu_below(&r, 5) - 1,
-		                .zstd_always = tu_below(&r, 8) == 0,
-		                .order = (enum codec_order)tu_below(&r, 4)};
+				.zstd_always = tu_below(&r, 8) == 0,
+				.order = (enum codec_order)tu_below(&r, 4)};
 		roundtrip(&c, &o, NULL);
 		col_free(&c);
 	}
@@ -707,7 +707,7 @@ static size_t encode_once(const col *c, const codec_opts *o, uint8_t **blk)
 {
 	codec_buf out = {0};
 	cr_assert_eq(codec_encode(cx, c->kind, c->v, c->present, c->n, o, &out, NULL), 0, "%s",
-	             err_msg());
+		     err_msg());
 	*blk = out.p;
 	return out.len;
 }
@@ -717,18 +717,18 @@ Test(codec, golden_bytes)
 {
 	col c = col_new(CODEC_TS, 5);
 	static const int64_t ts[5] = {INT64_C(1700000000000000000), INT64_C(1700000001000000000),
-	                              INT64_C(1700000002000000000), INT64_C(1700000003500000000),
-	                              INT64_C(1700000004000000000)};
+				      INT64_C(1700000002000000000), INT64_C(1700000003500000000),
+				      INT64_C(1700000004000000000)};
 	memcpy(c.v, ts, sizeof ts);
 	uint8_t *blk;
 	codec_opts o = {.order = CODEC_ORDER_DELTA};
 	size_t len = encode_once(&c, &o, &blk);
 	static const uint8_t want[] = {
-	        0x02, 0x01, 0x00, 0x05,                               /* int, ts, flags, n = 5 */
-	        0x0d,                                                 /* delta, frames of 128 */
-	        0x80, 0xca, 0xb5, 0xee, 0x01,                         /* g = 500000000 */
-	        0x80, 0x80, 0xd0, 0xe2, 0xc6, 0xbf, 0xce, 0x97, 0x2f, /* zigzag(ts[0]) */
-	        0x02, 0x02, 0x4b, 0x00,                               /* one frame */
+		0x02, 0x01, 0x00, 0x05,                               /* int, ts, flags, n = 5 */
+		0x0d,                                                 /* delta, frames of 128 */
+		0x80, 0xca, 0xb5, 0xee, 0x01,                         /* g = 500000000 */
+		0x80, 0x80, 0xd0, 0xe2, 0xc6, 0xbf, 0xce, 0x97, 0x2f, /* zigzag(ts[0]) */
+		0x02, 0x02, 0x4b, 0x00,                               /* one frame */
 	};
 	char hex[256] = "";
 	for (size_t i = 0; i < len && i < 80; i++)
@@ -747,11 +747,11 @@ Test(codec, golden_bytes)
 	o.order = CODEC_ORDER_VALUE;
 	len = encode_once(&c, &o, &blk);
 	static const uint8_t want2[] = {
-	        0x03, 0x04, 0x02, 0x05,       /* dec, f64, presence, n = 5 */
-	        0x04, 0x00, 0x1b,             /* 4 present, bitmap 11011 */
-	        0x01, 0x00,                   /* scale 1, no exceptions */
-	        0x0c, 0x01, 0xa8, 0x0d,       /* values, g = 1, zigzag(852) */
-	        0x06, 0x80, 0x1a, 0xe0, 0x00, /* one frame: width 6, ref 0; 53, 0, 28 */
+		0x03, 0x04, 0x02, 0x05,       /* dec, f64, presence, n = 5 */
+		0x04, 0x00, 0x1b,             /* 4 present, bitmap 11011 */
+		0x01, 0x00,                   /* scale 1, no exceptions */
+		0x0c, 0x01, 0xa8, 0x0d,       /* values, g = 1, zigzag(852) */
+		0x06, 0x80, 0x1a, 0xe0, 0x00, /* one frame: width 6, ref 0; 53, 0, 28 */
 	};
 	hex[0] = 0;
 	for (size_t i = 0; i < len && i < 80; i++)
@@ -766,7 +766,7 @@ Test(codec, golden_bytes)
 /* ---------------------------------------------------------------- damage */
 
 static int decode_bytes(const uint8_t *p, size_t len, enum codec_kind k, uint32_t n, void *back,
-                        codec_buf *arena)
+			codec_buf *arena)
 {
 	uint64_t pr[CODEC_BLOCK_MAX / 64];
 	return codec_decode(cx, p, len, k, n, back, pr, arena);
@@ -866,7 +866,7 @@ Test(codec, truncation_at_every_byte)
 			memcpy(p, blk, cut);
 			int rc = decode_bytes(p, cut, c.kind, c.n, back, &arena);
 			cr_assert_eq(rc, TALLY_ECORRUPT, "block %d cut at %zu of %zu: rc %d", w,
-			             cut, len, rc);
+				     cut, len, rc);
 			cr_assert(strstr(err_msg(), "codec block"), "message: %s", err_msg());
 			free(p);
 		}
@@ -973,8 +973,8 @@ Test(codec, wrong_kind_rows_and_messages)
 	more[at + 1] = (uint8_t)((more[at + 1] & 0x80) | 71);
 	cr_assert_eq(decode_bytes(more, len, CODEC_TS, 100, back, NULL), TALLY_ECORRUPT);
 	cr_assert(strstr(err_msg(),
-	                 "codec block (ts): int: integer frame 0: reference bit width 71 > 64"),
-	          "%s", err_msg());
+			 "codec block (ts): int: integer frame 0: reference bit width 71 > 64"),
+		  "%s", err_msg());
 	/* unknown encoding, kind, flags */
 	memcpy(more, blk, len);
 	more[0] = 99;
@@ -989,13 +989,13 @@ Test(codec, wrong_kind_rows_and_messages)
 	cr_assert(strstr(err_msg(), "does not take kind ts"), "%s", err_msg());
 	/* bad arguments */
 	cr_assert_eq(codec_decode(cx, blk, len, (enum codec_kind)0, 100, back, NULL, NULL),
-	             TALLY_EINVAL);
+		     TALLY_EINVAL);
 	cr_assert_eq(codec_decode(cx, blk, len, CODEC_STR, 100, back, NULL, NULL), TALLY_EINVAL);
 	codec_buf out = {0};
 	cr_assert_eq(codec_encode(cx, CODEC_TS, back, NULL, CODEC_BLOCK_MAX + 1, NULL, &out, NULL),
-	             TALLY_EINVAL);
+		     TALLY_EINVAL);
 	cr_assert_eq(codec_encode(cx, (enum codec_kind)9, back, NULL, 1, NULL, &out, NULL),
-	             TALLY_EINVAL);
+		     TALLY_EINVAL);
 	cr_assert_eq(out.len, 0);
 	free(more);
 	free(blk);
@@ -1090,7 +1090,7 @@ static void bin_check(const col *c, enum codec_order ord, codec_stats *st_out)
 	roundtrip(c, &o, NULL);
 	codec_buf out = {0};
 	cr_assert_eq(codec_encode(cx, c->kind, c->v, c->present, c->n, &o, &out, &st), 0, "%s",
-	             err_msg());
+		     err_msg());
 	int e = bin_exponent(out.p, out.len);
 	cr_assert(e >= -1074 && e <= 1023, "exponent %d", e);
 	uint32_t want = 0;
@@ -1098,7 +1098,7 @@ static void bin_check(const col *c, enum codec_order ord, codec_stats *st_out)
 		if (has(c->present, i) && !bin_fits(((const double *)c->v)[i], e))
 			want++;
 	cr_assert_eq(st.n_except, want, "exponent %d: %u exceptions, the model says %u", e,
-	             st.n_except, want);
+		     st.n_except, want);
 	codec_buf_free(&out);
 	if (st_out)
 		*st_out = st;
@@ -1108,23 +1108,23 @@ Test(codec, bin_round_trips_dyadics_residuals_and_specials)
 {
 	tu_rng r = {tu_seed("bin")};
 	static const double odd[] = {NAN,
-	                             -NAN,
-	                             INFINITY,
-	                             -INFINITY,
-	                             -0.0,
-	                             0.0,
-	                             5e-324,
-	                             -5e-324,
-	                             2.2250738585072009e-308,
-	                             2.2250738585072014e-308,
-	                             1.7976931348623157e308,
-	                             -1e300,
-	                             1e-300,
-	                             0x1p1023,
-	                             -0x1p-1074,
-	                             0x1.fffffffffffffp-40,
-	                             0.1,
-	                             85.2};
+				     -NAN,
+				     INFINITY,
+				     -INFINITY,
+				     -0.0,
+				     0.0,
+				     5e-324,
+				     -5e-324,
+				     2.2250738585072009e-308,
+				     2.2250738585072014e-308,
+				     1.7976931348623157e308,
+				     -1e300,
+				     1e-300,
+				     0x1p1023,
+				     -0x1p-1074,
+				     0x1.fffffffffffffp-40,
+				     0.1,
+				     85.2};
 	for (int t = 0; t < 72; t++) {
 		uint32_t n = (uint32_t)(t < 24 ? 1 + tu_below(&r, 300) : tu_below(&r, 5000));
 		col c = col_new(CODEC_F64, n);
@@ -1139,7 +1139,7 @@ Test(codec, bin_round_trips_dyadics_residuals_and_specials)
 			if (mode % 2 == 0) {
 				int64_t m = (int64_t)(tu_next(&r) >> (64 - bits));
 				v = ldexp((double)(tu_below(&r, 2) ? m : -m),
-				          e0 + (int)tu_below(&r, 4));
+					  e0 + (int)tu_below(&r, 4));
 			} else {
 				v = sum_residual(&r, 1 + (uint32_t)tu_below(&r, 60));
 			}
@@ -1159,7 +1159,7 @@ Test(codec, bin_round_trips_dyadics_residuals_and_specials)
 		/* a sample chooses the exponent, so a value the sample missed
 		 * may not fit it; but nearly all do */
 		cr_assert_leq(st.n_except, specials + n / 50, "mode %d: %u exceptions of %u", mode,
-		              st.n_except, n);
+			      st.n_except, n);
 		if (t < 12)
 			roundtrip_presence(&c, &r);
 		else
@@ -1226,7 +1226,7 @@ Test(codec, rollup_residuals_of_one_decimal_sums_cost_under_a_byte)
 		uint32_t events = 1 + (uint32_t)tu_below(&r, 28); /* 4000 a day: 14 a bucket */
 		for (uint32_t i = 0; i < events; i++) {
 			double v =
-			        (double)(850 + (int)tu_below(&r, 141) - 70) / 10.0; /* 78.0..92.0 */
+				(double)(850 + (int)tu_below(&r, 141) - 70) / 10.0; /* 78.0..92.0 */
 			double t = sum + v, bp = t - sum;
 			comp += (sum - (t - bp)) + (v - bp);
 			sum = t;
@@ -1240,7 +1240,7 @@ Test(codec, rollup_residuals_of_one_decimal_sums_cost_under_a_byte)
 	size_t xor_bytes = roundtrip(&c, &o, NULL);
 	cr_assert_eq(st.enc, CODEC_ENC_BIN, "chose %s", codec_name(st.enc));
 	cr_assert_lt((double)bytes / c.n, 1.0, "%zu bytes for %u residuals (xor: %zu)", bytes, c.n,
-	             xor_bytes);
+		     xor_bytes);
 	col_free(&c);
 }
 
@@ -1249,8 +1249,8 @@ Test(codec, rollup_residuals_of_one_decimal_sums_cost_under_a_byte)
  * the integer stream of m[0..n) as the INT encoder writes it, then
  * tail[0..n_tail). */
 static size_t bin_block(uint8_t *blk, uint32_t rows, uint64_t ze, const uint8_t *extra,
-                        size_t n_extra, const int64_t *m, uint32_t n, const uint8_t *tail,
-                        size_t n_tail)
+			size_t n_extra, const int64_t *m, uint32_t n, const uint8_t *tail,
+			size_t n_tail)
 {
 	codec_buf ints = {0};
 	codec_opts o = {.force = CODEC_ENC_INT, .zstd_level = -1, .order = CODEC_ORDER_VALUE};
@@ -1283,7 +1283,7 @@ static void bin_refused(const uint8_t *blk, size_t len, uint32_t n, const char *
 	uint8_t *p = malloc(len ? len : 1); /* exactly len bytes, for ASan */
 	memcpy(p, blk, len);
 	cr_assert_eq(decode_bytes(p, len, CODEC_F64, n, back, NULL), TALLY_ECORRUPT,
-	             "decoded; wanted '%s'", msg);
+		     "decoded; wanted '%s'", msg);
 	cr_assert(strstr(err_msg(), msg), "message '%s', wanted '%s'", err_msg(), msg);
 	cr_assert(strstr(err_msg(), "codec block (f64): bin: "), "%s", err_msg());
 	free(p);
@@ -1311,11 +1311,11 @@ Test(codec, bin_bytes_and_damage)
 	for (size_t i = 0; i < elen && i < 80; i++)
 		snprintf(hex + 3 * i, 4, "%02x ", enc[i]);
 	static const uint8_t golden[] = {
-	        0x09, 0x04, 0x00, 0x04, /* bin, f64, flags, n = 4 */
-	        0x5f, 0x00,             /* e = -48, no exceptions */
-	        0x0c, 0x01, 0x00,       /* values, g = 1, zigzag(m[0]) = 0 */
-	                                /* then m[i] - m[0] for i >= 1: 3, -1, 32 */
-	        0x44, 0x81, 0x08, 0x2f, /* one frame: Rice k = 3, ref -1: 4, 0, 33 */
+		0x09, 0x04, 0x00, 0x04, /* bin, f64, flags, n = 4 */
+		0x5f, 0x00,             /* e = -48, no exceptions */
+		0x0c, 0x01, 0x00,       /* values, g = 1, zigzag(m[0]) = 0 */
+					/* then m[i] - m[0] for i >= 1: 3, -1, 32 */
+		0x44, 0x81, 0x08, 0x2f, /* one frame: Rice k = 3, ref -1: 4, 0, 33 */
 	};
 	cr_assert_eq(elen, sizeof golden, "got %s", hex);
 	cr_assert_eq(memcmp(enc, golden, elen), 0, "got %s", hex);
@@ -1329,16 +1329,16 @@ Test(codec, bin_bytes_and_damage)
 		cr_assert_eq(decode_bytes(ref, cut, CODEC_F64, 4, back, NULL), TALLY_ECORRUPT);
 	for (size_t cut = 4; cut < len; cut++)
 		bin_refused(ref, cut, 4,
-		            cut == 4   ? "binary exponent: truncated"
-		            : cut == 5 ? "binary exceptions: truncated"
-		                       : "");
+			    cut == 4   ? "binary exponent: truncated"
+			    : cut == 5 ? "binary exceptions: truncated"
+				       : "");
 	/* exponents out of range: -1075, 1024, -2^63; the ends are fine */
 	bin_refused(blk, bin_block(blk, 4, 2149, none, 1, m, 4, NULL, 0), 4,
-	            "binary: exponent -1075 outside -1074..1023");
+		    "binary: exponent -1075 outside -1074..1023");
 	bin_refused(blk, bin_block(blk, 4, 2048, none, 1, m, 4, NULL, 0), 4,
-	            "binary: exponent 1024 outside -1074..1023");
+		    "binary: exponent 1024 outside -1074..1023");
 	bin_refused(blk, bin_block(blk, 4, UINT64_MAX, none, 1, m, 4, NULL, 0), 4,
-	            "binary: exponent -9223372036854775808 outside");
+		    "binary: exponent -9223372036854775808 outside");
 	len = bin_block(blk, 4, 2147, none, 1, m, 4, NULL, 0);
 	cr_assert_eq(decode_bytes(blk, len, CODEC_F64, 4, back, NULL), 0, "%s", err_msg());
 	cr_assert(back[1] == 0x3p-1074 && back[2] == -0x1p-1074, "%a %a", back[1], back[2]);
@@ -1349,20 +1349,20 @@ Test(codec, bin_bytes_and_damage)
 	/* 3·2^1023 is no double: the encoder never writes it */
 	static const int64_t three[1] = {3};
 	bin_refused(blk, bin_block(blk, 1, 2046, none, 1, three, 1, NULL, 0), 1,
-	            "binary: value 0: 3*2^1023 overflows");
+		    "binary: value 0: 3*2^1023 overflows");
 	/* more exceptions than values */
 	static const uint8_t five[] = {0x05};
 	bin_refused(blk, bin_block(blk, 4, 95, five, 1, m, 4, NULL, 0), 4,
-	            "binary: 5 exceptions for 4 values");
+		    "binary: 5 exceptions for 4 values");
 	/* an exception past the last value: gaps 1 (index 1), then 2 (index 4) */
 	static const uint8_t past[] = {0x02, 0x01, 0, 0, 0, 0, 0, 0,    0xf0, 0x7f,
-	                               0x02, 0,    0, 0, 0, 0, 0, 0xf0, 0x7f};
+				       0x02, 0,    0, 0, 0, 0, 0, 0xf0, 0x7f};
 	bin_refused(blk, bin_block(blk, 4, 95, past, sizeof past, m, 4, NULL, 0), 4,
-	            "binary: exception 1 past value 4");
+		    "binary: exception 1 past value 4");
 	/* an exception's bits cut short */
 	static const uint8_t cut_exc[] = {0x01, 0x00, 0, 0, 0, 0};
 	bin_refused(blk, bin_block(blk, 4, 95, cut_exc, sizeof cut_exc, NULL, 0, NULL, 0), 4,
-	            "binary: exception 0 truncated");
+		    "binary: exception 0 truncated");
 	/* a good exception: -0.0 at index 2 */
 	static const uint8_t neg0[] = {0x01, 0x02, 0, 0, 0, 0, 0, 0, 0, 0x80};
 	len = bin_block(blk, 4, 95, neg0, sizeof neg0, m, 4, NULL, 0);
@@ -1371,9 +1371,9 @@ Test(codec, bin_bytes_and_damage)
 	/* integers of 53 bits and more */
 	static const int64_t big[2] = {INT64_C(1) << 53, -(INT64_C(1) << 53)};
 	bin_refused(blk, bin_block(blk, 1, 95, none, 1, big, 1, NULL, 0), 1,
-	            "binary: value 0: integer 9007199254740992 has more than 53 bits");
+		    "binary: value 0: integer 9007199254740992 has more than 53 bits");
 	bin_refused(blk, bin_block(blk, 1, 95, none, 1, big + 1, 1, NULL, 0), 1,
-	            "binary: value 0: integer -9007199254740992 has more than 53 bits");
+		    "binary: value 0: integer -9007199254740992 has more than 53 bits");
 	static const int64_t top[2] = {(INT64_C(1) << 53) - 1, -(INT64_C(1) << 53) + 1};
 	len = bin_block(blk, 2, 0, none, 1, top, 2, NULL, 0);
 	cr_assert_eq(decode_bytes(blk, len, CODEC_F64, 2, back, NULL), 0, "%s", err_msg());

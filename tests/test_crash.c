@@ -41,15 +41,15 @@
 
 #include "testutil.h"
 
-#define T0 INT64_C(1700000000000000000) /* 2023-11-14T22:13:20Z */
-#define TS_LO (T0 - TALLY_1D)            /* before every event */
-#define TS_HI (T0 + 30 * TALLY_1D)       /* after every event */
-#define NKEYS 8
-#define KEY_MIXED UINT32_MAX /* BEGIN of a line protocol batch: key_of(id) */
-#define CHILD_FAILED 3       /* child exit code: it printed why on stderr */
+#define T0               INT64_C(1700000000000000000) /* 2023-11-14T22:13:20Z */
+#define TS_LO            (T0 - TALLY_1D)              /* before every event */
+#define TS_HI            (T0 + 30 * TALLY_1D)         /* after every event */
+#define NKEYS            8
+#define KEY_MIXED        UINT32_MAX /* BEGIN of a line protocol batch: key_of(id) */
+#define CHILD_FAILED     3          /* child exit code: it printed why on stderr */
 #define READY_TIMEOUT_MS 60000
-#define MAX_FAILS 8 /* offending ids listed per kind of failure */
-#define N_RANGES 4  /* random ranges checked per cycle */
+#define MAX_FAILS        8 /* offending ids listed per kind of failure */
+#define N_RANGES         4 /* random ranges checked per cycle */
 
 static const char *const key_names[NKEYS] = {"s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7"};
 
@@ -65,7 +65,10 @@ static uint64_t mix(uint64_t x)
 }
 
 /* Key of an id written by line protocol, where one batch mixes keys. */
-static unsigned key_of(uint64_t id) { return (unsigned)(mix(id) % NKEYS); }
+static unsigned key_of(uint64_t id)
+{
+	return (unsigned)(mix(id) % NKEYS);
+}
 
 /* 1 ms apart, jittered by up to 10 minutes so that events arrive late and
  * out of order across 5-minute windows. */
@@ -74,7 +77,10 @@ static int64_t ts_of(uint64_t id)
 	return T0 + (int64_t)id * 1000000 + (int64_t)(mix(id ^ 0xabcdef) % 600) * TALLY_NS_PER_SEC;
 }
 
-static int64_t v_of(uint64_t id) { return (int64_t)(id % 97); }
+static int64_t v_of(uint64_t id)
+{
+	return (int64_t)(id % 97);
+}
 
 /* ---------------------------------------------------------------- config */
 
@@ -209,8 +215,8 @@ static int child_write_lp(tally_writer *w, char *text, size_t cap, uint64_t lo, 
 	return rc;
 }
 
-static int child_write_batch(tally_writer *w, unsigned key, int64_t *ts, int64_t *ids,
-			     int64_t *vs, uint64_t lo, uint64_t hi)
+static int child_write_batch(tally_writer *w, unsigned key, int64_t *ts, int64_t *ids, int64_t *vs,
+			     uint64_t lo, uint64_t hi)
 {
 	size_t n = (size_t)(hi - lo);
 	for (size_t i = 0; i < n; i++) {
@@ -260,9 +266,11 @@ static void *child_thread_main(void *arg)
 	uint64_t done = 0, rate = cfg->rate / cfg->threads;
 	int64_t t0 = now_ns();
 	for (;;) {
-		int64_t ahead = rate ? (int64_t)(done * TALLY_NS_PER_SEC / rate) - (now_ns() - t0) : 0;
+		int64_t ahead =
+			rate ? (int64_t)(done * TALLY_NS_PER_SEC / rate) - (now_ns() - t0) : 0;
 		if (ahead > 0)
-			nanosleep(&(struct timespec){ahead / TALLY_NS_PER_SEC, ahead % TALLY_NS_PER_SEC},
+			nanosleep(&(struct timespec){ahead / TALLY_NS_PER_SEC,
+						     ahead % TALLY_NS_PER_SEC},
 				  NULL);
 		uint64_t n = batch_size(&r, cfg);
 		done += n;
@@ -336,17 +344,17 @@ enum {
 };
 
 typedef struct model {
-	uint64_t cap;      /* ids [0, cap) have slots */
-	uint64_t end;      /* ids announced so far are below this */
-	uint8_t *st;       /* ST_* per id */
-	uint8_t *key;      /* key index per written id */
-	uint8_t *seen;     /* rows found per id in this check (saturates) */
-	uint64_t durable;  /* ids acknowledged, all cycles */
-	uint64_t killed;   /* cycles that ended in SIGKILL */
-	uint64_t early;    /* of which before the child's open finished */
-	uint64_t maybe;    /* written, unacknowledged ids found present */
-	uint64_t dropped;  /* written, unacknowledged ids found absent */
-	uint64_t parts;    /* most part files a check found */
+	uint64_t cap;         /* ids [0, cap) have slots */
+	uint64_t end;         /* ids announced so far are below this */
+	uint8_t *st;          /* ST_* per id */
+	uint8_t *key;         /* key index per written id */
+	uint8_t *seen;        /* rows found per id in this check (saturates) */
+	uint64_t durable;     /* ids acknowledged, all cycles */
+	uint64_t killed;      /* cycles that ended in SIGKILL */
+	uint64_t early;       /* of which before the child's open finished */
+	uint64_t maybe;       /* written, unacknowledged ids found present */
+	uint64_t dropped;     /* written, unacknowledged ids found absent */
+	uint64_t parts;       /* most part files a check found */
 	uint64_t part_checks; /* checks that found parts */
 } model;
 
@@ -365,7 +373,10 @@ static void model_grow(model *m, uint64_t cap)
 	m->cap = cap;
 }
 
-static int64_t now_ms(void) { return now_ns() / 1000000; }
+static int64_t now_ms(void)
+{
+	return now_ns() / 1000000;
+}
 
 typedef struct cycle {
 	model *m;
@@ -386,10 +397,9 @@ static void cycle_msg(cycle *c, const msg *g)
 		return;
 	}
 	if ((g->kind != MSG_BEGIN && g->kind != MSG_DURABLE) || g->lo >= g->hi ||
-	    g->lo < c->start || g->hi > c->limit ||
-	    (g->key >= NKEYS && g->key != KEY_MIXED)) {
-		snprintf(c->err, sizeof c->err, "bad message kind %u key %u [%llu, %llu)",
-			 g->kind, g->key, (unsigned long long)g->lo, (unsigned long long)g->hi);
+	    g->lo < c->start || g->hi > c->limit || (g->key >= NKEYS && g->key != KEY_MIXED)) {
+		snprintf(c->err, sizeof c->err, "bad message kind %u key %u [%llu, %llu)", g->kind,
+			 g->key, (unsigned long long)g->lo, (unsigned long long)g->hi);
 		return;
 	}
 	if (g->hi > m->end)
@@ -476,9 +486,9 @@ typedef struct checker {
 		if (!(cond)) {                                                               \
 			char msg_[512];                                                      \
 			snprintf(msg_, sizeof msg_, __VA_ARGS__);                            \
-			cr_assert_fail("%s: cycle %u, TALLY_SEED=%llu, data kept in %s: %s",        \
-				(ck)->cfg->name, (ck)->cycle, (unsigned long long)(ck)->seed, \
-				(ck)->dir, msg_);                                            \
+			cr_assert_fail("%s: cycle %u, TALLY_SEED=%llu, data kept in %s: %s", \
+				       (ck)->cfg->name, (ck)->cycle,                         \
+				       (unsigned long long)(ck)->seed, (ck)->dir, msg_);     \
 		}                                                                            \
 	} while (0)
 
@@ -490,9 +500,9 @@ static void check_agg(checker *ck, tally_db *db, const char *field, unsigned k, 
 	CHECK(ck, rc == 0, "agg %s %s: %s", field, key_names[k], tally_errmsg());
 	int is_v = !strcmp(field, "v");
 	CHECK(ck, a.count == e->count && a.sum == (is_v ? e->v_sum : e->id_sum),
-	      "agg %s key %s [%lld, %lld): count %llu sum %.0f, raw rows give %llu and %.0f",
-	      field, key_names[k], (long long)from, (long long)to, (unsigned long long)a.count,
-	      a.sum, (unsigned long long)e->count, is_v ? e->v_sum : e->id_sum);
+	      "agg %s key %s [%lld, %lld): count %llu sum %.0f, raw rows give %llu and %.0f", field,
+	      key_names[k], (long long)from, (long long)to, (unsigned long long)a.count, a.sum,
+	      (unsigned long long)e->count, is_v ? e->v_sum : e->id_sum);
 	if (!is_v && e->count)
 		CHECK(ck, a.min == e->id_min && a.max == e->id_max,
 		      "agg id key %s [%lld, %lld): min %.0f max %.0f, raw rows give %.0f %.0f",
@@ -534,18 +544,24 @@ static void check_db(checker *ck, const cycle_opts *co, tu_rng *r)
 		while ((rc = tally_scan_next(sc, &row)) == 1) {
 			const tally_value *vi = ci < row.n_values ? &row.values[ci] : NULL;
 			const tally_value *vv = cv < row.n_values ? &row.values[cv] : NULL;
-			uint64_t id = vi && vi->type == TALLY_T_I64 ? (uint64_t)vi->v.i64 : UINT64_MAX;
+			uint64_t id =
+				vi && vi->type == TALLY_T_I64 ? (uint64_t)vi->v.i64 : UINT64_MAX;
 			if (id >= m->end || !(m->st[id] & ST_WRITTEN)) {
-				CHECK(ck, 0, "key %s: row ts %lld has id %lld, which was never written",
-				      key_names[k], (long long)row.ts, vi ? (long long)vi->v.i64 : -1LL);
+				CHECK(ck, 0,
+				      "key %s: row ts %lld has id %lld, which was never written",
+				      key_names[k], (long long)row.ts,
+				      vi ? (long long)vi->v.i64 : -1LL);
 			}
 			if (m->key[id] != k || row.ts != ts_of(id) || !vv ||
 			    vv->type != TALLY_T_I64 || vv->v.i64 != v_of(id)) {
 				if (bad_rows++ < MAX_FAILS)
-					fprintf(stderr, "id %llu: key %s ts %lld v %lld, expected %s %lld %lld\n",
-						(unsigned long long)id, key_names[k], (long long)row.ts,
-						vv ? (long long)vv->v.i64 : -1LL, key_names[m->key[id]],
-						(long long)ts_of(id), (long long)v_of(id));
+					fprintf(stderr,
+						"id %llu: key %s ts %lld v %lld, expected %s %lld "
+						"%lld\n",
+						(unsigned long long)id, key_names[k],
+						(long long)row.ts, vv ? (long long)vv->v.i64 : -1LL,
+						key_names[m->key[id]], (long long)ts_of(id),
+						(long long)v_of(id));
 				continue;
 			}
 			if (m->seen[id] < 255)
@@ -589,11 +605,13 @@ static void check_db(checker *ck, const cycle_opts *co, tu_rng *r)
 	unsigned keys = 0;
 	for (unsigned k = 0; k < NKEYS; k++)
 		keys += total[k].count != 0;
-	CHECK(ck, st.keys == keys, "stats.keys %llu, keys with rows %u", (unsigned long long)st.keys,
-	      keys);
+	CHECK(ck, st.keys == keys, "stats.keys %llu, keys with rows %u",
+	      (unsigned long long)st.keys, keys);
 	if (getenv("TALLY_CRASH_VERBOSE"))
-		fprintf(stderr, "%s: cycle %u: memtable limit %llu, %llu events, %llu parts of %llu rows, "
-			"wal %llu bytes\n", cfg->name, ck->cycle, (unsigned long long)co->memtable_bytes,
+		fprintf(stderr,
+			"%s: cycle %u: memtable limit %llu, %llu events, %llu parts of %llu rows, "
+			"wal %llu bytes\n",
+			cfg->name, ck->cycle, (unsigned long long)co->memtable_bytes,
 			(unsigned long long)st.events, (unsigned long long)st.parts,
 			(unsigned long long)st.part_rows, (unsigned long long)st.wal_bytes);
 	if (st.parts > m->parts)
@@ -638,7 +656,8 @@ static void check_db(checker *ck, const cycle_opts *co, tu_rng *r)
 		unsigned got = 0;
 		while ((rc = tally_keys_next(it, &key, &a)) == 1) {
 			unsigned k = (unsigned)(key[1] - '0');
-			CHECK(ck, key[0] == 's' && k < NKEYS && !key[2], "query_keys: key '%s'", key);
+			CHECK(ck, key[0] == 's' && k < NKEYS && !key[2], "query_keys: key '%s'",
+			      key);
 			CHECK(ck, a.count == part[0][k].count && a.sum == part[0][k].id_sum,
 			      "query_keys %s: count %llu sum %.0f, raw rows give %llu %.0f", key,
 			      (unsigned long long)a.count, a.sum,
@@ -666,9 +685,9 @@ static void check_db(checker *ck, const cycle_opts *co, tu_rng *r)
 				sum += b[i].agg.sum;
 			}
 			CHECK(ck, count == total[k].count && sum == total[k].v_sum,
-			      "series %s: count %llu sum %.0f, raw rows give %llu %.0f", key_names[k],
-			      (unsigned long long)count, sum, (unsigned long long)total[k].count,
-			      total[k].v_sum);
+			      "series %s: count %llu sum %.0f, raw rows give %llu %.0f",
+			      key_names[k], (unsigned long long)count, sum,
+			      (unsigned long long)total[k].count, total[k].v_sum);
 		}
 	}
 	tally_db_close(db);
@@ -738,8 +757,9 @@ static void run_crash(const crash_cfg *cfg)
 		 * after it started writing. */
 		int early = tu_below(&r, 4) == 0;
 		int64_t delay = early ? (int64_t)tu_below(&r, (uint64_t)open_ms + 1)
-				      : cfg->kill_min_ms + (int64_t)tu_below(&r, cfg->kill_max_ms -
-										  cfg->kill_min_ms + 1);
+				      : cfg->kill_min_ms +
+						(int64_t)tu_below(&r, cfg->kill_max_ms -
+									      cfg->kill_min_ms + 1);
 		int open = 1;
 		int64_t deadline = early ? t_fork + delay : 0;
 		while (open) {
@@ -770,8 +790,9 @@ static void run_crash(const crash_cfg *cfg)
 			;
 		close(fds[0]);
 		CHECK(&ck, !c.err[0], "child protocol: %s", c.err);
-		CHECK(&ck, (WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) ||
-				   (WIFEXITED(status) && WEXITSTATUS(status) == 0),
+		CHECK(&ck,
+		      (WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) ||
+			      (WIFEXITED(status) && WEXITSTATUS(status) == 0),
 		      "child ended with status %#x (its stderr says why)", status);
 		CHECK(&ck, early || c.ready, "child did not open the database in %d ms",
 		      READY_TIMEOUT_MS);
@@ -782,8 +803,10 @@ static void run_crash(const crash_cfg *cfg)
 		int64_t t_check = now_ms();
 		check_db(&ck, &co, &r);
 		if (getenv("TALLY_CRASH_VERBOSE"))
-			fprintf(stderr, "%s: cycle %u: %s after %lld ms (open took %lld), check %lld ms, "
-				"ids < %llu\n", cfg->name, no, c.ready ? "killed writing" : "killed opening",
+			fprintf(stderr,
+				"%s: cycle %u: %s after %lld ms (open took %lld), check %lld ms, "
+				"ids < %llu\n",
+				cfg->name, no, c.ready ? "killed writing" : "killed opening",
 				(long long)(t_check - t_fork), (long long)open_ms,
 				(long long)(now_ms() - t_check), (unsigned long long)m.end);
 	}

@@ -69,8 +69,10 @@ Test(engine, series_agg_keys_scan_on_known_data)
 	p += sprintf(p, "traffic,camera=A,lane=1 speed=80 %lld\n", (long long)(T0 + 1));
 	p += sprintf(p, "traffic,camera=A,lane=2 speed=90,plate=\"X1\" %lld\n",
 		     (long long)(T0 + 60 * TALLY_NS_PER_SEC));
-	p += sprintf(p, "traffic,camera=A speed=100 %lld\n", (long long)(T0 + 299 * TALLY_NS_PER_SEC));
-	p += sprintf(p, "traffic,camera=A speed=70 %lld\n", (long long)(T0 + 300 * TALLY_NS_PER_SEC));
+	p += sprintf(p, "traffic,camera=A speed=100 %lld\n",
+		     (long long)(T0 + 299 * TALLY_NS_PER_SEC));
+	p += sprintf(p, "traffic,camera=A speed=70 %lld\n",
+		     (long long)(T0 + 300 * TALLY_NS_PER_SEC));
 	p += sprintf(p, "traffic,camera=B speed=50 %lld\n", (long long)(T0 + 10));
 	tally_write_result r = lp(buf);
 	cr_assert_eq(r.accepted, 5);
@@ -104,7 +106,9 @@ Test(engine, series_agg_keys_scan_on_known_data)
 	cr_assert_eq(agg_count, 4);
 
 	tally_agg a;
-	cr_assert_eq(tally_query_agg(db, "traffic", "speed", "A", T0 + 2, T0 + 300 * TALLY_NS_PER_SEC + 1, &a), 0);
+	cr_assert_eq(tally_query_agg(db, "traffic", "speed", "A", T0 + 2,
+				     T0 + 300 * TALLY_NS_PER_SEC + 1, &a),
+		     0);
 	cr_assert_eq(a.count, 3); /* 90, 100, 70: the 80 at T0+1 is outside */
 	cr_assert_eq(a.sum, 260);
 
@@ -155,7 +159,7 @@ Test(engine, type_conflict_rejects_only_that_line)
 	cr_assert_eq(r.errors[0].line, 2);
 	cr_assert_eq(r.errors[0].code, TALLY_ETYPE);
 	cr_assert(strstr(r.errors[0].reason, "'v'") && strstr(r.errors[0].reason, "integer") &&
-		  strstr(r.errors[0].reason, "float"),
+			  strstr(r.errors[0].reason, "float"),
 		  "reason: %s", r.errors[0].reason);
 	/* the conflict holds across writers on other shards too */
 	tally_writer *w2;
@@ -359,7 +363,8 @@ Test(engine, memory_limit_backpressure)
 	char line[128];
 	int rc = 0;
 	for (int i = 0; i < 100000 && rc == 0; i++) {
-		int n = snprintf(line, sizeof line, "t,k=k%d v=%d %lld\n", i, i, (long long)(T0 + i));
+		int n = snprintf(line, sizeof line, "t,k=k%d v=%d %lld\n", i, i,
+				 (long long)(T0 + i));
 		rc = tally_write_lp(w, line, (size_t)n, TALLY_PREC_NS, NULL);
 	}
 	cr_assert_eq(rc, TALLY_EFULL);
@@ -373,7 +378,8 @@ Test(engine, reopen_replays_exactly_once)
 {
 	char buf[1 << 16], *p = buf;
 	for (int i = 0; i < 1000; i++)
-		p += sprintf(p, "t,k=k%d v=%d %lld\n", i % 10, i, (long long)(T0 + i * TALLY_NS_PER_SEC));
+		p += sprintf(p, "t,k=k%d v=%d %lld\n", i % 10, i,
+			     (long long)(T0 + i * TALLY_NS_PER_SEC));
 	lp(buf);
 	cr_assert_eq(tally_db_sync(db), 0);
 	for (int round = 0; round < 3; round++) {
@@ -492,7 +498,7 @@ Test(engine, wal_torn_tail_keeps_the_prefix)
 
 #include <pthread.h>
 
-#define THREADS 4
+#define THREADS    4
 #define PER_THREAD 20000
 
 static void *writer_thread(void *arg)
@@ -620,7 +626,8 @@ Test(engine, failed_write_reports_what_it_applied)
 			_exit(14);
 		/* and the store holds exactly the accepted ones */
 		tally_agg a;
-		if (tally_query_agg(db, "m", "v", "a", INT64_MIN, INT64_MAX, &a) || a.count != res.accepted)
+		if (tally_query_agg(db, "m", "v", "a", INT64_MIN, INT64_MAX, &a) ||
+		    a.count != res.accepted)
 			_exit(15);
 		_exit(0);
 	}

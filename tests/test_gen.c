@@ -83,8 +83,8 @@ Test(gen, known_first_events)
 	char line[WL_LINE_MAX + 1];
 	wl_event e = {.ts = ts[0], .cam = 0, .tenths = tenths[0]};
 	line[wl_format(&p, WL_FMT_LP, WL_PREC_NS, &e, line)] = 0;
-	cr_assert_str_eq(line, "traffic,camera=KV00001 speed=87.6 1748822448516000000\n",
-			 "got %s", line);
+	cr_assert_str_eq(line, "traffic,camera=KV00001 speed=87.6 1748822448516000000\n", "got %s",
+			 line);
 	cr_assert_eq(d.b0, d.b1, "camera 1 is online");
 	wl_gen_day(&p, 9, 2, &d); /* KV00010 is offline */
 	cr_assert_lt(d.b0, d.b1);
@@ -168,7 +168,8 @@ Test(gen, backlog_after_ontime_events)
 			int64_t d0 = (ev[j - 1].ts - p.start_ns) / WL_NS_PER_DAY;
 			int64_t d1 = (ev[j].ts - p.start_ns) / WL_NS_PER_DAY;
 			cr_assert(d0 < d1 || (d0 == d1 && ev[j - 1].cam < ev[j].cam) ||
-				  (d0 == d1 && ev[j - 1].cam == ev[j].cam && ev[j - 1].ts < ev[j].ts));
+				  (d0 == d1 && ev[j - 1].cam == ev[j].cam &&
+				   ev[j - 1].ts < ev[j].ts));
 		}
 	}
 	/* Every backlog event is older than its camera's last event of that
@@ -192,7 +193,8 @@ Test(gen, backlog_after_ontime_events)
 		} else {
 			cr_assert_geq(day, day_of_prev);
 			if (day == day_of_prev)
-				cr_assert(!seen_late_today, "on-time event after the day's backlog");
+				cr_assert(!seen_late_today,
+					  "on-time event after the day's backlog");
 			else
 				seen_late_today = 0;
 			day_of_prev = day;
@@ -290,8 +292,7 @@ static void rm_tmp(void)
 Test(tally_gen, same_flags_same_bytes, .init = make_tmp, .fini = rm_tmp)
 {
 	char args[1024];
-	snprintf(args, sizeof args, WORKLOAD_ARGS "--lp %s/a.lp --tsv %s/a.tsv", tmp_dir,
-		 tmp_dir);
+	snprintf(args, sizeof args, WORKLOAD_ARGS "--lp %s/a.lp --tsv %s/a.tsv", tmp_dir, tmp_dir);
 	run_gen(args);
 	snprintf(args, sizeof args, WORKLOAD_ARGS "--format lp -o %s/b.lp", tmp_dir);
 	run_gen(args);
@@ -326,7 +327,8 @@ typedef struct parsed {
 static int parse_lp(char *line, parsed *out)
 {
 	/* traffic,camera=KV00001,lane=2 speed=85.2,plate="A123BC77" 1748822400123 */
-	return sscanf(line, "traffic,camera=%15[^,],lane=%d speed=%15[^,],plate=\"%15[^\"]\" %" SCNd64,
+	return sscanf(line,
+		      "traffic,camera=%15[^,],lane=%d speed=%15[^,],plate=\"%15[^\"]\" %" SCNd64,
 		      out->cam, &out->lane, out->speed, out->plate, &out->ts) == 5
 		       ? 0
 		       : -1;
@@ -398,8 +400,9 @@ Test(tally_gen, lp_and_csv_agree, .init = make_tmp, .fini = rm_tmp)
 Test(tally_gen, bad_flags_refused)
 {
 	char cmd[1024];
-	const char *bad[] = {"--cameras 0", "--days x", "--format parquet", "--precision m",
-			     "--outage-hours 16", "--start 2025-02-30", "--noise 2", "stray"};
+	const char *bad[] = {
+		"--cameras 0",       "--days x",           "--format parquet", "--precision m",
+		"--outage-hours 16", "--start 2025-02-30", "--noise 2",        "stray"};
 	for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
 		snprintf(cmd, sizeof cmd, "'%s' %s >/dev/null 2>&1", gen_path(), bad[i]);
 		int rc = system(cmd);

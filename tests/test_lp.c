@@ -21,8 +21,14 @@ static lp_line ln;
 static int code;
 static char reason[TALLY_REASON_MAX];
 
-static void setup(void) { cr_assert_eq(lp_parser_init(&ps, 0, TALLY_PREC_NS), 0); }
-static void teardown(void) { lp_parser_free(&ps); }
+static void setup(void)
+{
+	cr_assert_eq(lp_parser_init(&ps, 0, TALLY_PREC_NS), 0);
+}
+static void teardown(void)
+{
+	lp_parser_free(&ps);
+}
 
 TestSuite(lp, .init = setup, .fini = teardown);
 
@@ -33,7 +39,7 @@ static int str_is(lp_str s, const char *c, size_t n)
 	return s.n == n && (n == 0 || !memcmp(s.p, c, n));
 }
 
-#define STR_EQ(s, c)                                                                       \
+#define STR_EQ(s, c) \
 	cr_assert(str_is((s), (c), strlen(c)), "got '%.*s' want '%s'", (int)(s).n, (s).p, (c))
 
 /* Reason text must be printable ASCII or valid UTF-8. */
@@ -173,7 +179,7 @@ static void bad_n(const char *bad, size_t n, const char *want, int want_code)
 	}
 	lp_parser_reset(&ps, prec);
 }
-#define BAD(s, want) bad_n((s), strlen(s), (want), TALLY_ESYNTAX)
+#define BAD(s, want)       bad_n((s), strlen(s), (want), TALLY_ESYNTAX)
 #define BAD_LIMIT(s, want) bad_n((s), strlen(s), (want), TALLY_ELIMIT)
 
 /* n copies of c, in one of a few static buffers (n < 1024). */
@@ -453,7 +459,8 @@ Test(lp, integers)
 	cr_assert_eq(field("e")->v.i64, 7);
 	cr_assert_eq(field("f")->v.i64, INT64_MAX);
 	cr_assert_eq(field("g")->v.i64, INT64_MIN);
-	ONE("m a=0u,b=12u,c=18446744073709551615u,d=000000000000000000000000018446744073709551615u");
+	ONE("m "
+	    "a=0u,b=12u,c=18446744073709551615u,d=000000000000000000000000018446744073709551615u");
 	cr_assert_eq(field("a")->type, TALLY_T_U64);
 	cr_assert_eq(field("a")->v.u64, 0);
 	cr_assert_eq(field("b")->v.u64, 12);
@@ -464,10 +471,8 @@ Test(lp, integers)
 	cr_assert_eq(field("b")->v.u64, UINT64_C(10000000000000000000));
 
 	BAD("m a=9223372036854775808i", "field 'a': number out of range '9223372036854775808i'");
-	BAD("m a=-9223372036854775809i",
-	    "field 'a': number out of range '-9223372036854775809i'");
-	BAD("m a=18446744073709551616u",
-	    "field 'a': number out of range '18446744073709551616u'");
+	BAD("m a=-9223372036854775809i", "field 'a': number out of range '-9223372036854775809i'");
+	BAD("m a=18446744073709551616u", "field 'a': number out of range '18446744073709551616u'");
 	BAD("m a=99999999999999999999999i",
 	    "field 'a': number out of range '99999999999999999999999i'");
 	BAD("m a=-1u", "field 'a': invalid number '-1u'");
@@ -558,22 +563,36 @@ Test(lp, floats_bad)
 	static const struct {
 		const char *v, *why;
 	} bad[] = {
-		{"1e309", "number out of range"}, {"-1e309", "number out of range"},
+		{"1e309", "number out of range"},
+		{"-1e309", "number out of range"},
 		{"1e99999999999999", "number out of range"},
-		{"8x.2", "invalid number"},	  {"+1", "invalid number"},
-		{"+1.5", "invalid number"},	  {".", "invalid number"},
-		{"-", "invalid number"},	  {"-.", "invalid number"},
-		{".e5", "invalid number"},	  {"1e", "invalid number"},
-		{"1e+", "invalid number"},	  {"1e-", "invalid number"},
-		{"1.2.3", "invalid number"},	  {"0x10", "invalid number"},
-		{"1_000", "invalid number"},	  {"--1", "invalid number"},
-		{"1e5.5", "invalid number"},	  {"1d", "invalid number"},
-		{"-inf", "invalid number"},	  {"-nan", "invalid number"},
+		{"8x.2", "invalid number"},
+		{"+1", "invalid number"},
+		{"+1.5", "invalid number"},
+		{".", "invalid number"},
+		{"-", "invalid number"},
+		{"-.", "invalid number"},
+		{".e5", "invalid number"},
+		{"1e", "invalid number"},
+		{"1e+", "invalid number"},
+		{"1e-", "invalid number"},
+		{"1.2.3", "invalid number"},
+		{"0x10", "invalid number"},
+		{"1_000", "invalid number"},
+		{"--1", "invalid number"},
+		{"1e5.5", "invalid number"},
+		{"1d", "invalid number"},
+		{"-inf", "invalid number"},
+		{"-nan", "invalid number"},
 		{"1.5f", "invalid number"},
-		{"NaN", "invalid value"},	  {"nan", "invalid value"},
-		{"inf", "invalid value"},	  {"Inf", "invalid value"},
-		{"Infinity", "invalid value"},   {"e5", "invalid value"},
-		{"abc", "invalid value"},	  {"1.0\"", "invalid number"},
+		{"NaN", "invalid value"},
+		{"nan", "invalid value"},
+		{"inf", "invalid value"},
+		{"Inf", "invalid value"},
+		{"Infinity", "invalid value"},
+		{"e5", "invalid value"},
+		{"abc", "invalid value"},
+		{"1.0\"", "invalid number"},
 	};
 	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
 		char buf[128], want[160];
@@ -728,7 +747,8 @@ Test(lp, names_every_length_and_special_byte)
 		if (sp == ',' || sp == '=' || sp == ' ' || (sp == '\\' && at == n - 1)) {
 			/* the value ends early or is malformed; either way it is not
 			 * the whole name */
-			cr_assert(r == LP_ERROR || ln.n_tags != 1 || ln.tags[0].value.n != (uint32_t)n,
+			cr_assert(r == LP_ERROR || ln.n_tags != 1 ||
+					  ln.tags[0].value.n != (uint32_t)n,
 				  "'%s'", line);
 			continue;
 		}
@@ -1033,11 +1053,11 @@ Test(lp, overlong_lines)
 	BAD_LIMIT(buf, "line longer than 64 bytes");
 	snprintf(buf, sizeof buf, "m,t=v f=1,%s=\"z\\\nz\\\nz\" 5", rep('k', 50));
 	BAD_LIMIT(buf, "line longer than 64 bytes");
-	snprintf(buf, sizeof buf, "m f=1,s=\"%s\\\n%s\\\n%s\",g=2", rep('z', 40),
-		 rep('z', 40), rep('z', 40));
+	snprintf(buf, sizeof buf, "m f=1,s=\"%s\\\n%s\\\n%s\",g=2", rep('z', 40), rep('z', 40),
+		 rep('z', 40));
 	BAD_LIMIT(buf, "line longer than 64 bytes");
-	snprintf(buf, sizeof buf, "m f=8x,s=\"%s\\\n%s\\\n%s\",g=2", rep('z', 40),
-		 rep('z', 40), rep('z', 40));
+	snprintf(buf, sizeof buf, "m f=8x,s=\"%s\\\n%s\\\n%s\",g=2", rep('z', 40), rep('z', 40),
+		 rep('z', 40));
 	BAD_LIMIT(buf, "line longer than 64 bytes");
 	snprintf(buf, sizeof buf, "m,t=v f=1 %s", rep('5', 54)); /* 64: ts out of range */
 	BAD(buf, "timestamp out of range");
@@ -1116,16 +1136,38 @@ Test(lp, limit_exact_with_escapes_fills_scratch)
 
 Test(lp, utf8_validator)
 {
-	static const char *good[] = {"", "abc", "\xC2\xA0", "\xDF\xBF", "\xE0\xA0\x80",
-				     "\xED\x9F\xBF", "\xEE\x80\x80", "\xEF\xBF\xBF",
-				     "\xF0\x90\x80\x80", "\xF4\x8F\xBF\xBF",
+	static const char *good[] = {"",
+				     "abc",
+				     "\xC2\xA0",
+				     "\xDF\xBF",
+				     "\xE0\xA0\x80",
+				     "\xED\x9F\xBF",
+				     "\xEE\x80\x80",
+				     "\xEF\xBF\xBF",
+				     "\xF0\x90\x80\x80",
+				     "\xF4\x8F\xBF\xBF",
 				     "0123456789abcdef\xC3\xA9xyz0123456789"};
 	static const char *bad[] = {
-		"\x80",		    "\xBF",		"\xC0\x80",	    "\xC1\xBF",
-		"\xC2",		    "\xC2\x41",		"\xE0\x80\x80",	    "\xE0\x9F\xBF",
-		"\xED\xA0\x80",	    "\xED\xBF\xBF",	"\xE2\x82",	    "\xF0\x80\x80\x80",
-		"\xF0\x8F\xBF\xBF", "\xF4\x90\x80\x80", "\xF5\x80\x80\x80", "\xF8\x88\x80\x80\x80",
-		"\xFE",		    "\xFF",		"\xF0\x9F\x98",	    "0123456789abcdef\xFF",
+		"\x80",
+		"\xBF",
+		"\xC0\x80",
+		"\xC1\xBF",
+		"\xC2",
+		"\xC2\x41",
+		"\xE0\x80\x80",
+		"\xE0\x9F\xBF",
+		"\xED\xA0\x80",
+		"\xED\xBF\xBF",
+		"\xE2\x82",
+		"\xF0\x80\x80\x80",
+		"\xF0\x8F\xBF\xBF",
+		"\xF4\x90\x80\x80",
+		"\xF5\x80\x80\x80",
+		"\xF8\x88\x80\x80\x80",
+		"\xFE",
+		"\xFF",
+		"\xF0\x9F\x98",
+		"0123456789abcdef\xFF",
 	};
 	for (size_t i = 0; i < sizeof good / sizeof good[0]; i++)
 		cr_assert(lp_utf8_valid(good[i], strlen(good[i])), "good %zu", i);
@@ -1138,10 +1180,14 @@ Test(lp, utf8_in_lines)
 	static const struct {
 		const char *seq, *shown;
 	} bad[] = {
-		{"\xC0\x80", "\\xC0\\x80"},		{"\xE0\x80\x80", "\\xE0\\x80\\x80"},
-		{"\xF0\x80\x80\x80", "\\xF0\\x80\\x80\\x80"}, {"\xED\xA0\x80", "\\xED\\xA0\\x80"},
-		{"\xF4\x90\x80\x80", "\\xF4\\x90\\x80\\x80"}, {"\xE2\x82", "\\xE2\\x82"},
-		{"\x80", "\\x80"},			{"\xFF", "\\xFF"},
+		{"\xC0\x80", "\\xC0\\x80"},
+		{"\xE0\x80\x80", "\\xE0\\x80\\x80"},
+		{"\xF0\x80\x80\x80", "\\xF0\\x80\\x80\\x80"},
+		{"\xED\xA0\x80", "\\xED\\xA0\\x80"},
+		{"\xF4\x90\x80\x80", "\\xF4\\x90\\x80\\x80"},
+		{"\xE2\x82", "\\xE2\\x82"},
+		{"\x80", "\\x80"},
+		{"\xFF", "\\xFF"},
 	};
 	char buf[128], want[160];
 	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
@@ -1215,8 +1261,7 @@ Test(lp, reasons_sanitised_and_truncated)
 		const char *s = "m,\xE6\x97\xA5\xE6\x97\xA5\xE6\x97\xA5\xE6\x97\xA5= f=1";
 		const char *cur = s;
 		memset(small, 'Z', sizeof small);
-		cr_assert_eq(lp_next(&ps, &cur, s + strlen(s), &ln, &code, small, cap),
-			     LP_ERROR);
+		cr_assert_eq(lp_next(&ps, &cur, s + strlen(s), &ln, &code, small, cap), LP_ERROR);
 		cr_assert(strlen(small) < cap);
 		cr_assert(lp_utf8_valid(small, strlen(small)), "cap %zu: '%s'", cap, small);
 		cr_assert_eq(small[cap], 'Z');
@@ -1257,7 +1302,10 @@ static uint64_t rnd(void)
 	x ^= x << 17;
 	return rng_state = x;
 }
-static unsigned rn(unsigned n) { return (unsigned)(rnd() % n); }
+static unsigned rn(unsigned n)
+{
+	return (unsigned)(rnd() % n);
+}
 
 static void seed(uint64_t dflt)
 {
@@ -1283,13 +1331,36 @@ static void sb_put(sbuf *b, const void *s, size_t n)
 	b->n += n;
 	b->p[b->n] = 0;
 }
-static void sb_puts(sbuf *b, const char *s) { sb_put(b, s, strlen(s)); }
-static void sb_putc(sbuf *b, char c) { sb_put(b, &c, 1); }
+static void sb_puts(sbuf *b, const char *s)
+{
+	sb_put(b, s, strlen(s));
+}
+static void sb_putc(sbuf *b, char c)
+{
+	sb_put(b, &c, 1);
+}
 
 /* Name characters, all of which must round-trip through escaping. */
-static const char *name_chars[] = {"a", "b", "Z", "0", "9", "_",  "-",		"'", ",",
-				   " ", "=", "\\", "\"", "#", "\t", "\r",	"\xC3\xA9",
-				   "\xE6\x97\xA5", "\xF0\x9F\x98\x80", "\xEF\xBF\xBF"};
+static const char *name_chars[] = {"a",
+				   "b",
+				   "Z",
+				   "0",
+				   "9",
+				   "_",
+				   "-",
+				   "'",
+				   ",",
+				   " ",
+				   "=",
+				   "\\",
+				   "\"",
+				   "#",
+				   "\t",
+				   "\r",
+				   "\xC3\xA9",
+				   "\xE6\x97\xA5",
+				   "\xF0\x9F\x98\x80",
+				   "\xEF\xBF\xBF"};
 #define N_NAME_CHARS (sizeof name_chars / sizeof name_chars[0])
 
 enum { K_MEAS, K_KEY };
@@ -1359,7 +1430,10 @@ typedef struct xline {
 	int64_t ts;
 } xline;
 
-static int sb_eq(const sbuf *a, const sbuf *b) { return a->n == b->n && !memcmp(a->p, b->p, a->n); }
+static int sb_eq(const sbuf *a, const sbuf *b)
+{
+	return a->n == b->n && !memcmp(a->p, b->p, a->n);
+}
 
 static void sb_clear(sbuf *b)
 {
@@ -1382,7 +1456,8 @@ static void rand_float_text(char *buf, size_t cap)
 		break;
 	}
 	case 1:
-		snprintf(buf, cap, "%.*g", 1 + rn(17), (double)(int64_t)rnd() / (double)(1 + rn(100000)));
+		snprintf(buf, cap, "%.*g", 1 + rn(17),
+			 (double)(int64_t)rnd() / (double)(1 + rn(100000)));
 		break;
 	case 2:
 		snprintf(buf, cap, "%.*E", rn(20), ldexp((double)rn(1000000), (int)rn(200) - 100));
@@ -1402,16 +1477,18 @@ static void rand_float_text(char *buf, size_t cap)
 			buf[o++] = (char)('0' + rn(10));
 		if (rn(3) == 0)
 			o += (size_t)sprintf(buf + o, "%c%s%u", rn(2) ? 'e' : 'E',
-					     rn(3) == 0 ? "-" : rn(2) ? "+" : "", rn(330));
+					     rn(3) == 0 ? "-"
+					     : rn(2)    ? "+"
+							: "",
+					     rn(330));
 		buf[o] = 0;
 		break;
 	}
 	case 4:
-		snprintf(buf, cap, "%s%u.%0*u", rn(2) ? "-" : "", rn(100000), (int)(1 + rn(6)), rn(100000));
+		snprintf(buf, cap, "%s%u.%0*u", rn(2) ? "-" : "", rn(100000), (int)(1 + rn(6)),
+			 rn(100000));
 		break;
-	default:
-		snprintf(buf, cap, "%s.%u", rn(2) ? "-" : "", rn(1000));
-		break;
+	default: snprintf(buf, cap, "%s.%u", rn(2) ? "-" : "", rn(1000)); break;
 	}
 }
 
@@ -1526,8 +1603,19 @@ static void gen_good(sbuf *text, xline *x, enum tally_precision prec)
 			f->type = TALLY_T_STR;
 			sb_clear(&f->str);
 			unsigned n = rn(12);
-			static const char *sc[] = {"a", " ", ",", "=", "\"", "\\", "\n", "\r",
-						   "\r\n", "\xC3\xA9", "\xF0\x9F\x98\x80", "x", "\t"};
+			static const char *sc[] = {"a",
+						   " ",
+						   ",",
+						   "=",
+						   "\"",
+						   "\\",
+						   "\n",
+						   "\r",
+						   "\r\n",
+						   "\xC3\xA9",
+						   "\xF0\x9F\x98\x80",
+						   "x",
+						   "\t"};
 			for (unsigned k = 0; k < n; k++)
 				sb_puts(&f->str, sc[rn(sizeof sc / sizeof sc[0])]);
 			sb_putc(text, '"');
@@ -1559,12 +1647,11 @@ static void gen_good(sbuf *text, xline *x, enum tally_precision prec)
 static void check_line(const xline *x)
 {
 	cr_assert(sb_eq(&x->meas, &(sbuf){(char *)ln.measurement.p, ln.measurement.n, 0}),
-		  "line %" PRIu64 ": measurement '%.*s' want '%s'", x->line,
-		  (int)ln.measurement.n, ln.measurement.p, x->meas.p);
+		  "line %" PRIu64 ": measurement '%.*s' want '%s'", x->line, (int)ln.measurement.n,
+		  ln.measurement.p, x->meas.p);
 	cr_assert_eq(ln.n_tags, x->n_tags, "line %" PRIu64, x->line);
 	for (unsigned i = 0; i < x->n_tags; i++) {
-		cr_assert(str_is(ln.tags[i].key, x->tk[i].p, x->tk[i].n), "line %" PRIu64,
-			  x->line);
+		cr_assert(str_is(ln.tags[i].key, x->tk[i].p, x->tk[i].n), "line %" PRIu64, x->line);
 		cr_assert(str_is(ln.tags[i].value, x->tv[i].p, x->tv[i].n), "line %" PRIu64,
 			  x->line);
 	}
@@ -1572,8 +1659,9 @@ static void check_line(const xline *x)
 	for (unsigned i = 0; i < x->n_fields; i++) {
 		const lp_field *g = &ln.fields[i];
 		const xfield *f = &x->f[i];
-		cr_assert(str_is(g->key, f->key.p, f->key.n), "line %" PRIu64 ": key '%.*s' want '%s'",
-			  x->line, (int)g->key.n, g->key.p, f->key.p);
+		cr_assert(str_is(g->key, f->key.p, f->key.n),
+			  "line %" PRIu64 ": key '%.*s' want '%s'", x->line, (int)g->key.n,
+			  g->key.p, f->key.p);
 		cr_assert_eq(g->type, f->type, "line %" PRIu64 " field %u", x->line, i);
 		switch (f->type) {
 		case TALLY_T_F64:
@@ -1618,8 +1706,8 @@ Test(lp_random, model)
 			} else if (what == 6 && rn(4) == 0) {
 				/* overlong, with escaped newlines and quotes inside a
 				 * string that the skip must follow */
-				static const char *oc[] = {"x", "y,", " ", "=", "\\\n", "\\\"",
-							   "\\\\", "\\\r\n"};
+				static const char *oc[] = {"x",    "y,",   " ",    "=",
+							   "\\\n", "\\\"", "\\\\", "\\\r\n"};
 				x->kind = LP_ERROR;
 				bad_reason[r] = "line longer than 4096 bytes";
 				sb_puts(&text, rn(2) ? "m,t=v f=1,s=\"" : "m f=8x,s=\"");
@@ -1715,7 +1803,8 @@ Test(lp_random, bytes)
 				cr_assert(ln.measurement.n > 0 && ln.n_fields > 0);
 				cr_assert(lp_utf8_valid(ln.measurement.p, ln.measurement.n));
 				for (uint32_t i = 0; i < ln.n_tags; i++)
-					cr_assert(lp_utf8_valid(ln.tags[i].value.p, ln.tags[i].value.n));
+					cr_assert(lp_utf8_valid(ln.tags[i].value.p,
+								ln.tags[i].value.n));
 				for (uint32_t i = 0; i < ln.n_fields; i++)
 					if (ln.fields[i].type == TALLY_T_STR)
 						cr_assert(lp_utf8_valid(ln.fields[i].v.str.p,

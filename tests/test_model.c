@@ -18,8 +18,8 @@
 
 #include "testutil.h"
 
-#define MAXEV 20000
-#define NKEYS 7
+#define MAXEV   20000
+#define NKEYS   7
 #define NFIELDS 4 /* f float, i int, u uint, b bool (+ s string, tag) */
 
 static const char *field_names[NFIELDS] = {"f", "i", "u", "b"};
@@ -45,8 +45,14 @@ typedef struct model {
 	int64_t t0;
 } model;
 
-static void key_name(int k, char *buf) { sprintf(buf, "k%d%s", k, k == 3 ? " sp,c=" : ""); }
-static void table_name(int t, char *buf) { sprintf(buf, "t%d", t); }
+static void key_name(int k, char *buf)
+{
+	sprintf(buf, "k%d%s", k, k == 3 ? " sp,c=" : "");
+}
+static void table_name(int t, char *buf)
+{
+	sprintf(buf, "t%d", t);
+}
 
 /* line protocol escaping for tag values */
 static void esc_tag(const char *in, char *out)
@@ -147,8 +153,8 @@ static void write_lp(model *m, tally_writer *w, const ev *evs, size_t a, size_t 
 		if (tu_below(&m->rng, 50) == 0) {
 			static const char *bad[] = {
 				"t0,cam=k1 f=1.5.5 1\n", "t0,cam=k1 f=\"unterminated 1\n",
-				"t0,cam=k1 i=1.5i\n",   "t1,cam= f=1\n",
-				"t0,lane=x f=1 1000\n", /* no key tag */
+				"t0,cam=k1 i=1.5i\n",    "t1,cam= f=1\n",
+				"t0,lane=x f=1 1000\n",  /* no key tag */
 				"t0,cam=k1 f=1i 1000\n", /* f is float: type conflict */
 			};
 			p += sprintf(p, "%s", bad[tu_below(&m->rng, 6)]);
@@ -206,7 +212,7 @@ static void write_bin(tally_writer *w, const ev *evs, size_t a, size_t b)
 		tally_column cols[6] = {
 			{"f", TALLY_T_F64, f, pres[0]},  {"i", TALLY_T_I64, iv, pres[1]},
 			{"u", TALLY_T_U64, uv, pres[2]}, {"b", TALLY_T_BOOL, bv, pres[3]},
-			{"s", TALLY_T_STR, sv, pres[4]},  {"lane", TALLY_T_TAG, tv, NULL},
+			{"s", TALLY_T_STR, sv, pres[4]}, {"lane", TALLY_T_TAG, tv, NULL},
 		};
 		char t[16], k[32];
 		table_name(evs[a].table, t);
@@ -308,7 +314,8 @@ static void check_queries(model *m, int n_queries)
 		int64_t step = steps[tu_below(&m->rng, 4)];
 		static tally_bucket buf[20000];
 		size_t n;
-		rc = tally_query_series(m->db, t, field_names[field], k, step, a, b, buf, 20000, &n);
+		rc = tally_query_series(m->db, t, field_names[field], k, step, a, b, buf, 20000,
+					&n);
 		cr_assert_eq(rc, 0, "series: %s", tally_errmsg());
 		int64_t off = m->opt.align_offset;
 		int64_t first = wstart(a, step, off);
@@ -431,10 +438,12 @@ static void check_queries(model *m, int n_queries)
 						if (has != e->has[f])
 							ok = 0;
 						else if (has) {
-							double x = v->type == TALLY_T_F64   ? v->v.f64
-								   : v->type == TALLY_T_I64 ? (double)v->v.i64
-								   : v->type == TALLY_T_U64 ? (double)v->v.u64
-											    : v->v.b;
+							double x = v->type == TALLY_T_F64 ? v->v.f64
+								   : v->type == TALLY_T_I64
+									   ? (double)v->v.i64
+								   : v->type == TALLY_T_U64
+									   ? (double)v->v.u64
+									   : v->v.b;
 							ok = x == e->v[f];
 						}
 					}
@@ -442,8 +451,9 @@ static void check_queries(model *m, int n_queries)
 						const tally_value *v = &row.values[scol];
 						int has = v->type != TALLY_T_NONE;
 						ok = has == e->has_s &&
-						     (!has || (v->v.str.len == strlen(e->s) &&
-							       !memcmp(v->v.str.ptr, e->s, v->v.str.len)));
+						     (!has ||
+						      (v->v.str.len == strlen(e->s) &&
+						       !memcmp(v->v.str.ptr, e->s, v->v.str.len)));
 					}
 					if (ok && lcol >= 0) {
 						const tally_value *v = &row.values[lcol];
@@ -453,7 +463,8 @@ static void check_queries(model *m, int n_queries)
 					}
 					found = ok;
 				}
-				cr_assert(found, "scan row at %lld matches no event", (long long)row.ts);
+				cr_assert(found, "scan row at %lld matches no event",
+					  (long long)row.ts);
 			}
 			cr_assert_eq(rc, 0);
 			cr_assert_eq(got_n, want_n, "scan: %zu rows, want %zu", got_n, want_n);
@@ -529,7 +540,8 @@ static void run_model(int mode, int shards, int custom_levels, const char *name)
 			if (b > base + n)
 				b = base + n;
 			tally_writer *w;
-			rc = tally_writer_open(m.db, (int)tu_below(&m.rng, (uint64_t)shards + 1) - 1, &w);
+			rc = tally_writer_open(m.db,
+					       (int)tu_below(&m.rng, (uint64_t)shards + 1) - 1, &w);
 			cr_assert_eq(rc, 0);
 			if (tu_below(&m.rng, 2))
 				write_lp(&m, w, m.e, a, b);
@@ -558,16 +570,31 @@ static void run_model(int mode, int shards, int custom_levels, const char *name)
 	}
 	tally_stats st;
 	cr_assert_eq(tally_db_stats(m.db, &st), 0);
-	cr_assert_eq(st.events, m.n, "stats: %llu events, want %zu",
-		     (unsigned long long)st.events, m.n);
+	cr_assert_eq(st.events, m.n, "stats: %llu events, want %zu", (unsigned long long)st.events,
+		     m.n);
 	tally_db_close(m.db);
 	tu_rmrf(m.dir);
 	free(m.dir);
 	free(m.e);
 }
 
-Test(model, in_order_one_shard) { run_model(0, 1, 0, "in_order_one_shard"); }
-Test(model, shuffled_three_shards) { run_model(1, 3, 0, "shuffled_three_shards"); }
-Test(model, late_two_shards) { run_model(2, 2, 0, "late_two_shards"); }
-Test(model, late_small_levels) { run_model(2, 1, 1, "late_small_levels"); }
-Test(model, shuffled_small_levels_shards) { run_model(1, 2, 1, "shuffled_small_levels_shards"); }
+Test(model, in_order_one_shard)
+{
+	run_model(0, 1, 0, "in_order_one_shard");
+}
+Test(model, shuffled_three_shards)
+{
+	run_model(1, 3, 0, "shuffled_three_shards");
+}
+Test(model, late_two_shards)
+{
+	run_model(2, 2, 0, "late_two_shards");
+}
+Test(model, late_small_levels)
+{
+	run_model(2, 1, 1, "late_small_levels");
+}
+Test(model, shuffled_small_levels_shards)
+{
+	run_model(1, 2, 1, "shuffled_small_levels_shards");
+}

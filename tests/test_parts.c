@@ -12,8 +12,8 @@
 
 #include "testutil.h"
 
-#define T0 INT64_C(1700000000000000000)
-#define KEYS 20
+#define T0      INT64_C(1700000000000000000)
+#define KEYS    20
 #define PER_KEY 3000
 
 static tally_options quiet_opts(void)
@@ -36,7 +36,8 @@ static void write_data(tally_db *db, int64_t base)
 	for (int i = 0; i < PER_KEY; i++)
 		for (int k = 0; k < KEYS; k++)
 			p += sprintf(p, "m,k=key%02d v=%di,f=%d.5,s=\"x%d\" %lld\n", k, i, i % 7,
-				     i % 3, (long long)(base + (int64_t)i * 57 * TALLY_NS_PER_SEC + k));
+				     i % 3,
+				     (long long)(base + (int64_t)i * 57 * TALLY_NS_PER_SEC + k));
 	tally_write_result r;
 	cr_assert_eq(tally_write_lp(w, buf, (size_t)(p - buf), TALLY_PREC_NS, &r), 0);
 	cr_assert_eq(r.accepted, (uint64_t)KEYS * PER_KEY);
@@ -130,10 +131,22 @@ static void crash_during_flush(const char *step)
 	free(dir);
 }
 
-Test(parts, crash_before_part_rename) { crash_during_flush("flush:before-part-rename"); }
-Test(parts, crash_between_part_and_manifest) { crash_during_flush("flush:before-manifest"); }
-Test(parts, crash_after_manifest_before_trim) { crash_during_flush("flush:after-manifest"); }
-Test(parts, crash_after_trim) { crash_during_flush("flush:after-trim"); }
+Test(parts, crash_before_part_rename)
+{
+	crash_during_flush("flush:before-part-rename");
+}
+Test(parts, crash_between_part_and_manifest)
+{
+	crash_during_flush("flush:before-manifest");
+}
+Test(parts, crash_after_manifest_before_trim)
+{
+	crash_during_flush("flush:after-manifest");
+}
+Test(parts, crash_after_trim)
+{
+	crash_during_flush("flush:after-trim");
+}
 
 Test(parts, flush_keeps_answers_and_reopen_reads_parts)
 {
@@ -246,8 +259,8 @@ Test(parts, flipped_block_byte_is_named_never_wrong)
 			for (int l = 0; l < 3; l++) {
 				tally_bucket b[2048];
 				size_t nb;
-				rc = tally_query_series(db, "m", fields[f], key, steps[l], INT64_MIN / 2,
-							INT64_MAX / 2, b, 2048, &nb);
+				rc = tally_query_series(db, "m", fields[f], key, steps[l],
+							INT64_MIN / 2, INT64_MAX / 2, b, 2048, &nb);
 				if (rc) {
 					cr_assert_eq(rc, TALLY_ECORRUPT, "%s", tally_errmsg());
 					cr_assert(strstr(tally_errmsg(), ".part block"), "%s",
@@ -425,7 +438,8 @@ static void write_ones(tally_db *db, int64_t base, int n, int64_t step_ns)
 	char *buf = malloc((size_t)KEYS * (size_t)n * 48 + 1), *p = buf;
 	for (int i = 0; i < n; i++)
 		for (int k = 0; k < KEYS; k++)
-			p += sprintf(p, "m,k=key%02d v=1i %lld\n", k, (long long)(base + i * step_ns + k));
+			p += sprintf(p, "m,k=key%02d v=1i %lld\n", k,
+				     (long long)(base + i * step_ns + k));
 	tally_write_result r;
 	cr_assert_eq(tally_write_lp(w, buf, (size_t)(p - buf), TALLY_PREC_NS, &r), 0);
 	cr_assert_eq(r.accepted, (uint64_t)KEYS * (uint64_t)n);
@@ -520,9 +534,18 @@ static void crash_during_merge(const char *step)
 	free(dir);
 }
 
-Test(parts, crash_merge_before_part_rename) { crash_during_merge("merge:before-part-rename"); }
-Test(parts, crash_merge_before_manifest) { crash_during_merge("merge:before-manifest"); }
-Test(parts, crash_merge_after_manifest) { crash_during_merge("merge:after-manifest"); }
+Test(parts, crash_merge_before_part_rename)
+{
+	crash_during_merge("merge:before-part-rename");
+}
+Test(parts, crash_merge_before_manifest)
+{
+	crash_during_merge("merge:before-manifest");
+}
+Test(parts, crash_merge_after_manifest)
+{
+	crash_during_merge("merge:after-manifest");
+}
 
 Test(parts, memory_stays_bounded_as_history_grows)
 {
@@ -541,7 +564,8 @@ Test(parts, memory_stays_bounded_as_history_grows)
 			char key[16];
 			sprintf(key, "c%d", k);
 			for (int i = 0; i < 1440; i++) {
-				ts[i] = T0 + (int64_t)day * TALLY_1D + (int64_t)i * 60 * TALLY_NS_PER_SEC;
+				ts[i] = T0 + (int64_t)day * TALLY_1D +
+					(int64_t)i * 60 * TALLY_NS_PER_SEC;
 				v[i] = i % 100;
 			}
 			tally_column c = {"v", TALLY_T_F64, v, NULL};

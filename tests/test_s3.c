@@ -69,8 +69,8 @@ static void aws_confirms(const s3srv *s, const char *key, const uint8_t *want, s
 	int fd = mkstemp(path);
 	close(fd);
 	cr_assert_eq(s3srv_aws(s, NULL, 0, "s3api get-object --bucket %s --key %s %s", s->bucket,
-	                       key, path),
-	             0, "awscli could not read %s back", key);
+			       key, path),
+		     0, "awscli could not read %s back", key);
 	FILE *f = fopen(path, "rb");
 	uint8_t *got = malloc(n + 1);
 	size_t k = fread(got, 1, n + 1, f);
@@ -104,7 +104,7 @@ static void put_get_head_delete(const char *kind)
 	for (int i = 0; i < 3; i++) {
 		cr_assert_eq(s3_get_range(c, key, offs[i], 5000, buf), 0, "%s", tally_errmsg());
 		cr_assert(!memcmp(buf, data + offs[i], 5000), "range at %llu differs",
-		          (unsigned long long)offs[i]);
+			  (unsigned long long)offs[i]);
 	}
 	/* whole object into a file */
 	char path[64];
@@ -120,8 +120,8 @@ static void put_get_head_delete(const char *kind)
 	cr_assert_eq(s3_head(c, key, &size, NULL, 0), TALLY_ENOTFOUND);
 	cr_assert_eq(s3_delete(c, key), 0, "deleting twice is fine");
 	cr_assert_neq(
-	        s3srv_aws(s, NULL, 0, "s3api head-object --bucket %s --key %s", s->bucket, key), 0,
-	        "awscli still sees the deleted object");
+		s3srv_aws(s, NULL, 0, "s3api head-object --bucket %s --key %s", s->bucket, key), 0,
+		"awscli still sees the deleted object");
 	s3_stats *st = s3_client_stats(c);
 	cr_assert_geq(atomic_load(&st->bytes_up), n);
 	s3_close(c);
@@ -162,9 +162,9 @@ static void multipart(const char *kind)
 	char out[4096];
 	if (!strcmp(kind, "moto")) {
 		cr_assert_eq(s3srv_aws(s, out, sizeof out,
-		                       "s3api list-multipart-uploads --bucket %s --output text",
-		                       s->bucket),
-		             0);
+				       "s3api list-multipart-uploads --bucket %s --output text",
+				       s->bucket),
+			     0);
 		cr_assert(!strstr(out, "big.part"), "an upload lingers: %s", out);
 	}
 	close(fd);
@@ -200,7 +200,7 @@ static void bad_signature(const char *kind)
 	const char *m = tally_errmsg();
 	cr_assert(strstr(m, "403"), "status in the message: %s", m);
 	cr_assert(strstr(m, moto ? "SignatureDoesNotMatch" : "InvalidAccessKeyId"),
-	          "S3 code in the message: %s", m);
+		  "S3 code in the message: %s", m);
 	cr_assert(!strstr(m, "xyzzy"), "the secret leaked into the message: %s", m);
 	cr_assert(!strstr(m, s->secret_key), "the secret leaked into the message: %s", m);
 	/* a 403 is not retried */
@@ -269,10 +269,10 @@ static void list_objects(const char *kind)
 	}
 	char out[4096];
 	cr_assert_eq(s3srv_aws(s, out, sizeof out,
-	                       "s3api list-objects-v2 --bucket %s --prefix %s --query "
-	                       "'Contents[].Key' --output text",
-	                       s->bucket, prefix),
-	             0);
+			       "s3api list-objects-v2 --bucket %s --prefix %s --query "
+			       "'Contents[].Key' --output text",
+			       s->bucket, prefix),
+		     0);
 	int words = 0;
 	for (char *p = strtok(out, " \t\n"); p; p = strtok(NULL, " \t\n"))
 		words++;
@@ -308,7 +308,7 @@ Test(s3, store_down_is_retried_then_reported)
 	s3_client *c = client_for(s, ep, &o);
 	uint8_t data[64] = {0};
 	cr_assert_eq(s3_put(c, "t5/through-proxy", data, sizeof data, NULL), 0, "%s",
-	             tally_errmsg());
+		     tally_errmsg());
 	atomic_store(&px.mode, PX_REFUSE);
 	double t0 = now_s();
 	int rc = s3_put(c, "t5/down", data, sizeof data, NULL);
@@ -317,7 +317,7 @@ Test(s3, store_down_is_retried_then_reported)
 	cr_assert(strstr(tally_errmsg(), "t5/down"), "%s", tally_errmsg());
 	s3_stats *st = s3_client_stats(c);
 	cr_assert_eq(atomic_load(&st->retries), 3, "retries %llu",
-	             (unsigned long long)atomic_load(&st->retries));
+		     (unsigned long long)atomic_load(&st->retries));
 	/* backoff 50, 100, 200 ms, each with jitter in [0.5, 1.5) */
 	cr_assert(dt >= 0.15 && dt < 2.0, "took %.3f s", dt);
 	/* a hanging store: every try ends at the request timeout */
@@ -330,7 +330,7 @@ Test(s3, store_down_is_retried_then_reported)
 	dt = now_s() - t0;
 	cr_assert_eq(rc, TALLY_EREMOTE);
 	cr_assert(strstr(tally_errmsg(), "imeout") || strstr(tally_errmsg(), "timed out"), "%s",
-	          tally_errmsg());
+		  tally_errmsg());
 	cr_assert(dt >= 0.6 && dt < 3.0, "took %.3f s", dt);
 	/* back up: works again */
 	atomic_store(&px.mode, PX_PASS);
@@ -380,7 +380,7 @@ Test(s3, upload_cut_midway_retries_or_fails_cleanly, .timeout = 120)
 	cr_assert_geq(atomic_load(&px.cuts), 1);
 	atomic_store(&px.mode, PX_PASS);
 	cr_assert_eq(s3_head(c, "t6/cut", NULL, NULL, 0), TALLY_ENOTFOUND,
-	             "a failed upload must not leave an object");
+		     "a failed upload must not leave an object");
 	s3_close(c);
 	/* one cut, then the store is back: the retry completes the object */
 	s3_config o2 = {.retries = 4, .backoff_ms = 100, .part_bytes = S3_PART_MIN};

@@ -29,7 +29,7 @@
 #include "srvutil.h"
 #include "tally.h"
 
-#define T0 INT64_C(1699920000000000000) /* 2023-11-14T00:00:00Z */
+#define T0  INT64_C(1699920000000000000) /* 2023-11-14T00:00:00Z */
 #define SEC INT64_C(1000000000)
 
 /* Starts tallyd on s->data with two shards, warnings only (TALLYD_LOG=info
@@ -39,7 +39,7 @@
 static void tsrv_start(tsrv *s, const char *const *extra)
 {
 	const char *args[64] = {"--shards", "2", "--log-level",
-	                        getenv("TALLYD_LOG") ? getenv("TALLYD_LOG") : "warn"};
+				getenv("TALLYD_LOG") ? getenv("TALLYD_LOG") : "warn"};
 	int n = 4;
 	for (int i = 0; extra && extra[i] && n < 63; i++)
 		args[n++] = extra[i];
@@ -90,8 +90,8 @@ Test(frame, records_end_where_the_parser_ends_them)
 		for (size_t k = 0; k < n; k++) {
 			size_t e = frame_record_end(b + pos, len - pos);
 			size_t next = e == len - pos ? len : pos + e + 1;
-			cr_assert_eq(next, ends[k], "case %zu record %zu: frame %zu, parser %zu", i, k,
-				     next, ends[k]);
+			cr_assert_eq(next, ends[k], "case %zu record %zu: frame %zu, parser %zu", i,
+				     k, next, ends[k]);
 			pos = next;
 		}
 		/* Every prefix cuts at a record end the parser agrees with. */
@@ -217,8 +217,8 @@ static void check_agg_row(const char *row, int first, const magg *m, const char 
 	cr_assert_eq(strtod(tcell(row, first + 1), NULL), m->sum, "%s sum: %s", what, row);
 	cr_assert_eq(strtod(tcell(row, first + 2), NULL), m->min, "%s min: %s", what, row);
 	cr_assert_eq(strtod(tcell(row, first + 3), NULL), m->max, "%s max: %s", what, row);
-	cr_assert_eq(strtod(tcell(row, first + 4), NULL), m->sum / (double)m->n, "%s avg: %s",
-		     what, row);
+	cr_assert_eq(strtod(tcell(row, first + 4), NULL), m->sum / (double)m->n, "%s avg: %s", what,
+		     row);
 }
 
 static int64_t wstart(int64_t ts, int64_t w)
@@ -253,7 +253,8 @@ Test(server, writes_and_queries_match_a_brute_force_model, .timeout = 120)
 		text[k] = malloc(cap / CONNS + 4096);
 	for (int i = 0; i < EVENTS; i++) {
 		int k = i % CONNS;
-		len[k] += (size_t)sprintf(text[k] + len[k], "traffic,camera=KV%03d speed=%.2f %" PRId64 "\n",
+		len[k] += (size_t)sprintf(text[k] + len[k],
+					  "traffic,camera=KV%03d speed=%.2f %" PRId64 "\n",
 					  ev[i].key, ev[i].v, ev[i].ts);
 	}
 	for (int k = 0; k < CONNS; k++) {
@@ -292,7 +293,8 @@ Test(server, writes_and_queries_match_a_brute_force_model, .timeout = 120)
 				magg_add(&m[(ws - w0) / step], ev[i].v);
 		}
 		ttable t;
-		tcli_query(q, &t, "#!series traffic speed KV%03d %" PRId64 "ns %" PRId64 " %" PRId64, key,
+		tcli_query(q, &t,
+			   "#!series traffic speed KV%03d %" PRId64 "ns %" PRId64 " %" PRId64, key,
 			   step, from, to);
 		cr_assert_null(t.err, "%s", t.err);
 		cr_assert_str_eq(t.rows[0], "start\tcount\tsum\tmin\tmax\tavg");
@@ -384,8 +386,9 @@ Test(server, writes_and_queries_match_a_brute_force_model, .timeout = 120)
 		char key[16];
 		snprintf(key, sizeof key, "KV%03d", k);
 		tally_agg a;
-		cr_assert_eq(tally_query_agg(db, "traffic", "speed", key, T0, T0 + 4 * 86400 * SEC, &a),
-			     0);
+		cr_assert_eq(
+			tally_query_agg(db, "traffic", "speed", key, T0, T0 + 4 * 86400 * SEC, &a),
+			0);
 		cr_assert_eq(a.count, m.n);
 		cr_assert_eq(a.sum, m.sum);
 		cr_assert_eq(a.min, m.min);
@@ -409,8 +412,10 @@ Test(server, line_numbers_count_across_packets_and_escaped_newlines)
 	/* Line 3 holds a string with an escaped newline, cut right after the
 	 * backslash-newline; line 5 (physical) is bad; line 7 is a comment. */
 	const char *parts[] = {
-		"t,k=a v=1 1000\n", "t,k=a v=2 2000\nt,k=a s=\"two\\\n", "lines\",v=3 3000\n",
-		"t,k=a v=8x.2 4000\n", "t,k=a v=5 5", "000\n# comment\n", "t,k=a v=6 6000\n",
+		"t,k=a v=1 1000\n",   "t,k=a v=2 2000\nt,k=a s=\"two\\\n",
+		"lines\",v=3 3000\n", "t,k=a v=8x.2 4000\n",
+		"t,k=a v=5 5",        "000\n# comment\n",
+		"t,k=a v=6 6000\n",
 	};
 	for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
 		cr_assert_eq(tcli_send(c, parts[i], strlen(parts[i])), 0);
@@ -481,19 +486,23 @@ Test(server, malformed_lines_and_commands_keep_the_good_ones)
 	tsrv_start(&s, NULL);
 	tcli *c = tcli_open(s.port);
 	tcli_sendf(c, "t,k=a v=1 1\n"
-		      "t,k=a v=\"str\" 2\n"          /* type change */
-		      "t,k=a\n"                      /* no fields */
-		      "\xff\xfe,k=a v=1 3\n"         /* invalid UTF-8 */
-		      "#!nope\n"                     /* unknown command */
-		      "#!agg t v a 2023-99-01 1d\n"  /* bad time */
-		      "#!series t v a 7m 0 1d\n"     /* step not a multiple of 5m */
-		      "#!agg t nope a 0 1d\n"        /* no such field */
+		      "t,k=a v=\"str\" 2\n"         /* type change */
+		      "t,k=a\n"                     /* no fields */
+		      "\xff\xfe,k=a v=1 3\n"        /* invalid UTF-8 */
+		      "#!nope\n"                    /* unknown command */
+		      "#!agg t v a 2023-99-01 1d\n" /* bad time */
+		      "#!series t v a 7m 0 1d\n"    /* step not a multiple of 5m */
+		      "#!agg t nope a 0 1d\n"       /* no such field */
 		      "t,k=a v=2 4\n"
 		      "#!ping\n");
-	const char *want[] = {"ERR line 2: ", "ERR line 3: missing fields", "ERR line 4: ",
+	const char *want[] = {"ERR line 2: ",
+			      "ERR line 3: missing fields",
+			      "ERR line 4: ",
 			      "ERR line 5: unknown command '#!nope'",
-			      "ERR line 6: from: invalid time '2023-99-01'", "ERR line 7: series: ",
-			      "ERR line 8: agg: ", "OK pong"};
+			      "ERR line 6: from: invalid time '2023-99-01'",
+			      "ERR line 7: series: ",
+			      "ERR line 8: agg: ",
+			      "OK pong"};
 	for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
 		free(tcli_expect(c, want[i]));
 	uint64_t a, r;
@@ -636,8 +645,9 @@ Test(server, a_client_that_never_reads_stalls_nobody, .timeout = 120)
 		memcpy(junk + jn, l, strlen(l));
 		jn += strlen(l);
 	}
-	cr_assert_eq(tcli_send(bad, junk, jn), 0, "the server stopped reading a client "
-						    "that does not read");
+	cr_assert_eq(tcli_send(bad, junk, jn), 0,
+		     "the server stopped reading a client "
+		     "that does not read");
 	/* Another client on the same (only) shard is served at once. */
 	tcli *good = tcli_open(s.port);
 	int64_t t0 = su_mono_ms();
@@ -719,8 +729,8 @@ Test(server, half_closed_sockets_get_every_answer)
 typedef struct loader {
 	unsigned port;
 	int id;
-	int sync_each;         /* sync after every batch, count acknowledged events */
-	int half_close_after;  /* send this many events, half-close, read to the end */
+	int sync_each;        /* sync after every batch, count acknowledged events */
+	int half_close_after; /* send this many events, half-close, read to the end */
 	_Atomic int stop;
 	uint64_t sent_events;  /* complete lines sent */
 	uint64_t acked_events; /* covered by an OK sync */
@@ -825,7 +835,8 @@ static uint64_t loader_check(tcli *q, int id, int full)
 		double sum = 0;
 		for (uint64_t i = 0; i < n; i++)
 			sum += (double)(i % 1000);
-		cr_assert_eq(strtod(tcell(t.rows[1], 1), NULL), sum, "loader %d: %s", id, t.rows[1]);
+		cr_assert_eq(strtod(tcell(t.rows[1], 1), NULL), sum, "loader %d: %s", id,
+			     t.rows[1]);
 		if (n >= 1000)
 			cr_assert_str_eq(tcell(t.rows[1], 3), "999");
 		ttable_free(&t);
@@ -868,8 +879,8 @@ Test(server, kill_9_under_load_keeps_every_synced_event_once, .timeout = 120)
 	/* Kill at a random moment once every loader is under way. */
 	srand((unsigned)time(NULL));
 	int64_t deadline = su_mono_ms() + 20000;
-	while (ld[0].acked_events < 2000 || ld[1].sent_events < 2000 ||
-	       ld[2].acked_events < 2000 || ld[3].sent_events < 2000) {
+	while (ld[0].acked_events < 2000 || ld[1].sent_events < 2000 || ld[2].acked_events < 2000 ||
+	       ld[3].sent_events < 2000) {
 		cr_assert_lt(su_mono_ms(), deadline, "the load did not get going");
 		usleep(1000);
 	}
@@ -883,9 +894,9 @@ Test(server, kill_9_under_load_keeps_every_synced_event_once, .timeout = 120)
 	tcli *q = tcli_open(s.port);
 	for (int i = 0; i < L; i++) {
 		uint64_t n = loader_check(q, i, ld[i].sync_each);
-		cr_assert_geq(n, ld[i].acked_events, "loader %d: %" PRIu64 " synced, %" PRIu64
-						     " present",
-			      i, ld[i].acked_events, n);
+		cr_assert_geq(n, ld[i].acked_events,
+			      "loader %d: %" PRIu64 " synced, %" PRIu64 " present", i,
+			      ld[i].acked_events, n);
 		cr_assert_leq(n, ld[i].sent_events);
 	}
 	tcli_close(q);
@@ -911,8 +922,8 @@ Test(server, sigterm_under_load_loses_nothing, .timeout = 120)
 		pthread_create(&th[i], NULL, loader_main, &ld[i]);
 	}
 	int64_t deadline = su_mono_ms() + 20000;
-	while (ld[0].sent_events < 4000 || ld[1].sent_events < 4000 ||
-	       ld[2].sent_events < 40000 || ld[3].sent_events < 40000) {
+	while (ld[0].sent_events < 4000 || ld[1].sent_events < 4000 || ld[2].sent_events < 40000 ||
+	       ld[3].sent_events < 40000) {
 		cr_assert_lt(su_mono_ms(), deadline, "the load did not get going");
 		usleep(1000);
 	}
@@ -925,7 +936,7 @@ Test(server, sigterm_under_load_loses_nothing, .timeout = 120)
 	tcli *q = tcli_open(s.port);
 	for (int i = 0; i < L; i++) {
 		uint64_t n = loader_check(q, i, i >= 2);
-			if (i < 2) {
+		if (i < 2) {
 			/* It was told exactly what was kept. */
 			cr_assert(ld[i].got_shutdown, "loader %d got no shutdown answer", i);
 			cr_assert_eq(n, ld[i].shutdown_accepted);

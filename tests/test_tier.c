@@ -122,13 +122,13 @@ static void write_range(tally_db *db, model *m, int64_t from, int64_t to, int64_
 			if (cap - len < 256) {
 				tally_write_result r;
 				cr_assert_eq(tally_write_lp(w, buf, len, TALLY_PREC_NS, &r), 0,
-				             "%s", tally_errmsg());
+					     "%s", tally_errmsg());
 				cr_assert_eq(r.rejected, 0);
 				len = 0;
 			}
 			len += (size_t)snprintf(buf + len, cap - len,
-			                        "traffic,camera=%s,lane=%d speed=%.2f %lld\n", key,
-			                        (int)(t / STEP % 3), v, (long long)t);
+						"traffic,camera=%s,lane=%d speed=%.2f %lld\n", key,
+						(int)(t / STEP % 3), v, (long long)t);
 			model_add(m, k, t, v);
 		}
 	tally_write_result r;
@@ -142,7 +142,7 @@ static void write_range(tally_db *db, model *m, int64_t from, int64_t to, int64_
 static void agg_eq(tally_agg got, tally_agg want, const char *what)
 {
 	cr_assert_eq(got.count, want.count, "%s: count %llu, want %llu", what,
-	             (unsigned long long)got.count, (unsigned long long)want.count);
+		     (unsigned long long)got.count, (unsigned long long)want.count);
 	cr_assert_eq(got.sum, want.sum, "%s: sum %.17g, want %.17g", what, got.sum, want.sum);
 	if (want.count) {
 		cr_assert_eq(got.min, want.min, "%s: min", what);
@@ -160,12 +160,12 @@ static void check_rollups(tally_db *db, const model *m)
 		key_name(k, key);
 		tally_agg a;
 		cr_assert_eq(tally_query_agg(db, "traffic", "speed", key, T0 - TALLY_1D, end, &a),
-		             0, "agg %s: %s", key, tally_errmsg());
+			     0, "agg %s: %s", key, tally_errmsg());
 		agg_eq(a, model_agg(m, k, T0 - TALLY_1D, end), key);
 		/* an hour-aligned range inside the first day */
 		int64_t f = T0 + 5 * TALLY_1H, t = T0 + 20 * TALLY_1H + 35 * 60 * TALLY_NS_PER_SEC;
 		cr_assert_eq(tally_query_agg(db, "traffic", "speed", key, f, t, &a), 0, "%s",
-		             tally_errmsg());
+			     tally_errmsg());
 		agg_eq(a, model_agg(m, k, f, t), "aligned agg");
 		int64_t steps[3] = {TALLY_5M, TALLY_1H, TALLY_1D};
 		for (int s = 0; s < 3; s++) {
@@ -175,8 +175,8 @@ static void check_rollups(tally_db *db, const model *m)
 			if (s == 0)
 				from = T0 + TALLY_1D - 3 * TALLY_1H;
 			cr_assert_eq(tally_query_series(db, "traffic", "speed", key, steps[s], from,
-			                                to, b, 2048, &n),
-			             0, "series %s step %d: %s", key, s, tally_errmsg());
+							to, b, 2048, &n),
+				     0, "series %s step %d: %s", key, s, tally_errmsg());
 			size_t want_n = 0;
 			for (int64_t w = from; w < to; w += steps[s]) {
 				tally_agg x = model_agg(m, k, w, w + steps[s]);
@@ -185,17 +185,17 @@ static void check_rollups(tally_db *db, const model *m)
 				cr_assert_lt(want_n, n, "series %s: too few buckets", key);
 				cr_assert_eq(b[want_n].start, w);
 				snprintf(what, sizeof what, "series %s step %d at %lld", key, s,
-				         (long long)w);
+					 (long long)w);
 				agg_eq(b[want_n].agg, x, what);
 				want_n++;
 			}
 			cr_assert_eq(n, want_n, "series %s step %d: %zu buckets, want %zu", key, s,
-			             n, want_n);
+				     n, want_n);
 		}
 	}
 	tally_keys_iter *it;
 	cr_assert_eq(tally_query_keys(db, "traffic", "speed", T0, end, &it), 0, "%s",
-	             tally_errmsg());
+		     tally_errmsg());
 	const char *key;
 	tally_agg a;
 	int k = 0;
@@ -219,7 +219,7 @@ static void check_raw(tally_db *db, const model *m)
 		key_name(k, key);
 		tally_scan *sc;
 		cr_assert_eq(tally_scan_open(db, "traffic", key, INT64_MIN, INT64_MAX, &sc), 0,
-		             "scan %s: %s", key, tally_errmsg());
+			     "scan %s: %s", key, tally_errmsg());
 		tally_row row;
 		size_t n = 0;
 		double sum = 0;
@@ -235,13 +235,13 @@ static void check_raw(tally_db *db, const model *m)
 		tally_scan_close(sc);
 		tally_agg want = model_agg(m, k, INT64_MIN, INT64_MAX);
 		cr_assert_eq(n, want.count, "scan %s: %zu rows, want %llu", key, n,
-		             (unsigned long long)want.count);
+			     (unsigned long long)want.count);
 		cr_assert_eq(sum, want.sum, "scan %s: sum", key);
 		int64_t f = T0 + 3 * TALLY_1H + 1234567891,
-		        t = T0 + TALLY_1D + 7 * TALLY_1H + 77777;
+			t = T0 + TALLY_1D + 7 * TALLY_1H + 77777;
 		tally_agg a;
 		cr_assert_eq(tally_query_agg(db, "traffic", "speed", key, f, t, &a), 0, "%s",
-		             tally_errmsg());
+			     tally_errmsg());
 		agg_eq(a, model_agg(m, k, f, t), "unaligned agg");
 	}
 }
@@ -338,10 +338,10 @@ static void bucket_matches_manifest(fixture *f)
 	cr_assert_eq(manifest_load(f->dir, &man), 0, "%s", tally_errmsg());
 	char out[65536];
 	cr_assert_eq(s3srv_aws(f->srv, out, sizeof out,
-	                       "s3api list-objects-v2 --bucket %s --prefix %s --query "
-	                       "'Contents[].[Key,Size]' --output text",
-	                       f->srv->bucket, f->prefix),
-	             0);
+			       "s3api list-objects-v2 --bucket %s --prefix %s --query "
+			       "'Contents[].[Key,Size]' --output text",
+			       f->srv->bucket, f->prefix),
+		     0);
 	int listed = 0;
 	for (char *line = strtok(out, "\n"); line; line = strtok(NULL, "\n")) {
 		char key[512];
@@ -354,9 +354,9 @@ static void bucket_matches_manifest(fixture *f)
 			if (man.parts[i].object && !strcmp(man.parts[i].object, key)) {
 				found = 1;
 				cr_assert_eq(size, man.parts[i].bytes,
-				             "%s: %llu bytes in the bucket, "
-				             "%llu in the manifest",
-				             key, size, (unsigned long long)man.parts[i].bytes);
+					     "%s: %llu bytes in the bucket, "
+					     "%llu in the manifest",
+					     key, size, (unsigned long long)man.parts[i].bytes);
 			}
 		cr_assert(found, "object %s is in the bucket but no part names it", key);
 	}
@@ -397,8 +397,8 @@ Test(tier, sealed_partitions_go_to_the_store_and_rollups_answer_without_it, .tim
 		char path[4200];
 		snprintf(path, sizeof path, "%s/check.part", f.dir);
 		cr_assert_eq(s3srv_aws(f.srv, NULL, 0, "s3api get-object --bucket %s --key %s %s",
-		                       f.srv->bucket, man.parts[i].object, path),
-		             0);
+				       f.srv->bucket, man.parts[i].object, path),
+			     0);
 		part *p;
 		cr_assert_eq(part_open(path, &p), 0, "%s", tally_errmsg());
 		cr_assert_eq(p->file_bytes, man.parts[i].bytes);
@@ -425,10 +425,10 @@ Test(tier, sealed_partitions_go_to_the_store_and_rollups_answer_without_it, .tim
 	cr_assert_eq(rc, TALLY_EREMOTE, "rc %d: %s", rc, tally_errmsg());
 	cr_assert(strstr(tally_errmsg(), "127.0.0.1"), "%s", tally_errmsg());
 	cr_assert(!strstr(tally_errmsg(), "S3RVER"), "a credential in a message: %s",
-	          tally_errmsg());
+		  tally_errmsg());
 	cr_assert_eq(
-	        tally_scan_open(db, "traffic", key, T0 + (DAYS - 1) * TALLY_1D, INT64_MAX, &sc), 0,
-	        "%s", tally_errmsg());
+		tally_scan_open(db, "traffic", key, T0 + (DAYS - 1) * TALLY_1D, INT64_MAX, &sc), 0,
+		"%s", tally_errmsg());
 	tally_scan_close(sc);
 	/* writes and flushes go on */
 	write_range(db, &f.m, T0 + DAYS * TALLY_1D, T0 + DAYS * TALLY_1D + TALLY_1H, 0);
@@ -448,7 +448,7 @@ Test(tier, sealed_partitions_go_to_the_store_and_rollups_answer_without_it, .tim
  * stripe's timestamp block and every column block it has, checksums
  * included. */
 static uint64_t needed_bytes(const char *dir, const char *key, int64_t from, int64_t to,
-                             uint64_t *blocks)
+			     uint64_t *blocks)
 {
 	manifest man;
 	cr_assert_eq(manifest_load(dir, &man), 0);
@@ -459,7 +459,7 @@ static uint64_t needed_bytes(const char *dir, const char *key, int64_t from, int
 			continue;
 		char path[4200];
 		snprintf(path, sizeof path, "%s/parts/%016llx.stub", dir,
-		         (unsigned long long)man.parts[i].id);
+			 (unsigned long long)man.parts[i].id);
 		part *p;
 		cr_assert_eq(part_open(path, &p), 0, "%s", tally_errmsg());
 		cr_assert(p->flags & PART_F_STUB);
@@ -510,19 +510,19 @@ Test(tier, cold_scan_fetches_only_the_blocks_it_needs, .timeout = 240)
 	uint64_t got = b.cold_read_bytes - a.cold_read_bytes;
 	uint64_t down = atomic_load(&f.px.bytes_down) - down0;
 	fprintf(stderr,
-	        "cold scan: %llu rows, %llu blocks, %llu bytes needed, %llu fetched in %llu "
-	        "GETs, %llu bytes on the wire\n",
-	        (unsigned long long)n, (unsigned long long)blocks, (unsigned long long)need,
-	        (unsigned long long)got, (unsigned long long)(b.cold_reads - a.cold_reads),
-	        (unsigned long long)down);
+		"cold scan: %llu rows, %llu blocks, %llu bytes needed, %llu fetched in %llu "
+		"GETs, %llu bytes on the wire\n",
+		(unsigned long long)n, (unsigned long long)blocks, (unsigned long long)need,
+		(unsigned long long)got, (unsigned long long)(b.cold_reads - a.cold_reads),
+		(unsigned long long)down);
 	cr_assert_eq(got, need, "fetched %llu bytes, the blocks hold %llu", (unsigned long long)got,
-	             (unsigned long long)need);
+		     (unsigned long long)need);
 	/* one ranged GET per stripe: its blocks lie side by side */
 	cr_assert_leq(b.cold_reads - a.cold_reads, blocks);
 	/* the wire carries those bytes plus HTTP headers, nothing more */
 	cr_assert_geq(down, need);
 	cr_assert_lt(down, need + blocks * 1024, "%llu bytes came down the wire",
-	             (unsigned long long)down);
+		     (unsigned long long)down);
 	/* the same scan again: all from the cache */
 	cr_assert_eq(tally_scan_open(db, "traffic", key, from, to, &sc), 0, "%s", tally_errmsg());
 	tally_scan_close(sc);
@@ -537,14 +537,14 @@ Test(tier, cold_scan_fetches_only_the_blocks_it_needs, .timeout = 240)
 	uint64_t before = c.cold_read_bytes;
 	int64_t f2 = T0 + TALLY_1D + 3 * TALLY_1H + 12345, t2 = T0 + TALLY_1D + 9 * TALLY_1H + 999;
 	cr_assert_eq(tally_query_agg(db, "traffic", "speed", key, f2, t2, &ag), 0, "%s",
-	             tally_errmsg());
+		     tally_errmsg());
 	agg_eq(ag, model_agg(&f.m, 3, f2, t2), "cold unaligned agg");
 	cr_assert_eq(tally_db_stats(db, &c), 0);
 	uint64_t blocks2, need2 = needed_bytes(f.dir, key, f2, t2, &blocks2);
 	cr_assert_gt(c.cold_read_bytes, before);
 	cr_assert_lt(c.cold_read_bytes - before, need2,
-	             "edges only: %llu bytes, a scan of the range needs %llu",
-	             (unsigned long long)(c.cold_read_bytes - before), (unsigned long long)need2);
+		     "edges only: %llu bytes, a scan of the range needs %llu",
+		     (unsigned long long)(c.cold_read_bytes - before), (unsigned long long)need2);
 	check_raw(db, &f.m);
 	tally_db_close(db);
 	fx_free(&f);
@@ -582,15 +582,15 @@ Test(tier, late_data_into_a_tiered_partition, .timeout = 240)
 	cr_assert(found_gc, "the replaced object waits for deletion");
 	manifest_free(&man);
 	cr_assert_eq(s3srv_aws(f.srv, NULL, 0, "s3api head-object --bucket %s --key %s",
-	                       f.srv->bucket, old_key),
-	             0, "the old object stays until the manifest no longer names it");
+			       f.srv->bucket, old_key),
+		     0, "the old object stays until the manifest no longer names it");
 	check_rollups(db, &f.m);
 	check_raw(db, &f.m);
 	/* tiering: deletes the old object, uploads the new segment */
 	cr_assert_eq(tally_db_tier(db), 0, "%s", tally_errmsg());
 	cr_assert_neq(s3srv_aws(f.srv, NULL, 0, "s3api head-object --bucket %s --key %s",
-	                        f.srv->bucket, old_key),
-	              0, "the old object is gone");
+				f.srv->bucket, old_key),
+		      0, "the old object is gone");
 	tally_stats st;
 	cr_assert_eq(tally_db_stats(db, &st), 0);
 	cr_assert_eq(st.tiered_parts, DAYS - 1);
@@ -697,7 +697,7 @@ static void crash_at(const char *step)
 	int status;
 	waitpid(pid, &status, 0);
 	cr_assert(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL, "%s: child status %d", step,
-	          status);
+		  status);
 	db = fx_open(&f);
 	check_rollups(db, &f.m);
 	check_raw(db, &f.m);
@@ -760,8 +760,8 @@ Test(tier, kill9_mid_multipart_upload, .timeout = 300)
 		char key[16];
 		key_name(k, key);
 		len += (size_t)snprintf(buf + len, cap - len,
-		                        "traffic,camera=%s speed=%.17g %lld\n", key, v,
-		                        (long long)t);
+					"traffic,camera=%s speed=%.17g %lld\n", key, v,
+					(long long)t);
 		model_add(&f.m, k, t, v);
 	}
 	cr_assert_eq(tally_write_lp(w, buf, len, TALLY_PREC_NS, NULL), 0);
@@ -775,7 +775,7 @@ Test(tier, kill9_mid_multipart_upload, .timeout = 300)
 	manifest man;
 	cr_assert_eq(manifest_load(f.dir, &man), 0);
 	cr_assert_gt(man.parts[0].bytes, S3_PART_MIN, "%llu bytes: not multipart",
-	             (unsigned long long)man.parts[0].bytes);
+		     (unsigned long long)man.parts[0].bytes);
 	manifest_free(&man);
 	uint64_t up0 = atomic_load(&f.px.bytes_up);
 	pid_t pid = fork();
@@ -805,7 +805,7 @@ Test(tier, kill9_mid_multipart_upload, .timeout = 300)
 		key_name(k, key);
 		tally_agg a;
 		cr_assert_eq(tally_query_agg(db, "traffic", "speed", key, INT64_MIN, INT64_MAX, &a),
-		             0);
+			     0);
 		/* random doubles: the sum depends on the order of additions */
 		tally_agg want = model_agg(&f.m, k, INT64_MIN, INT64_MAX);
 		cr_assert_eq(a.count, want.count);
@@ -816,10 +816,10 @@ Test(tier, kill9_mid_multipart_upload, .timeout = 300)
 	if (!strcmp(f.srv->kind, "moto")) { /* s3rver does not list uploads */
 		char out[4096];
 		cr_assert_eq(s3srv_aws(f.srv, out, sizeof out,
-		                       "s3api list-multipart-uploads --bucket %s --prefix %s "
-		                       "--query 'Uploads[].Key' --output text",
-		                       f.srv->bucket, f.prefix),
-		             0);
+				       "s3api list-multipart-uploads --bucket %s --prefix %s "
+				       "--query 'Uploads[].Key' --output text",
+				       f.srv->bucket, f.prefix),
+			     0);
 		cr_assert(!strstr(out, "parts"), "an upload cut by the kill lingers: %s", out);
 	}
 	tally_db_close(db);
@@ -829,7 +829,7 @@ Test(tier, kill9_mid_multipart_upload, .timeout = 300)
 		key_name(k, key);
 		tally_scan *sc;
 		cr_assert_eq(tally_scan_open(db, "traffic", key, INT64_MIN, INT64_MAX, &sc), 0,
-		             "%s", tally_errmsg());
+			     "%s", tally_errmsg());
 		tally_row row;
 		size_t n = 0;
 		double sum = 0;

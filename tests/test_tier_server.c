@@ -112,8 +112,8 @@ static void send_events(unsigned port)
 				len = 0;
 			}
 			len += (size_t)snprintf(buf + len, cap - len,
-			                        "traffic,camera=cam%03d,lane=%d speed=%.2f %lld\n",
-			                        k, lane_at(t), value_at(t, k), (long long)t);
+						"traffic,camera=cam%03d,lane=%d speed=%.2f %lld\n",
+						k, lane_at(t), value_at(t, k), (long long)t);
 			n++;
 		}
 	int rc = tcli_send(c, buf, len);
@@ -122,7 +122,7 @@ static void send_events(unsigned port)
 	uint64_t acc, rej;
 	tcli_sync(c, &acc, &rej);
 	cr_assert_eq(acc, n, "%llu of %llu lines accepted", (unsigned long long)acc,
-	             (unsigned long long)n);
+		     (unsigned long long)n);
 	cr_assert_eq(rej, 0);
 	tcli_close(c);
 }
@@ -139,11 +139,11 @@ static void check_rollups(tcli *c)
 			 * 1d: all three days */
 			int64_t from = s == 0 ? T0 + 7 * HOUR : T0;
 			int64_t to = s == 0   ? from + 3 * HOUR
-			             : s == 1 ? T0 + 2 * DAY
-			                      : T0 + 3 * DAY;
+				     : s == 1 ? T0 + 2 * DAY
+					      : T0 + 3 * DAY;
 			ttable t;
 			tcli_query(c, &t, "#!series traffic speed cam%03d %lldns %lld %lld", k,
-			           (long long)steps[s], (long long)from, (long long)to);
+				   (long long)steps[s], (long long)from, (long long)to);
 			cr_assert_null(t.err, "%s", t.err);
 			cr_assert_str_eq(t.rows[0], "start\tcount\tsum\tmin\tmax\tavg");
 			size_t row = 1;
@@ -152,7 +152,7 @@ static void check_rollups(tcli *c)
 				if (!m.n)
 					continue;
 				cr_assert_lt(row, t.n, "series cam%03d step %d: too few rows", k,
-				             s);
+					     s);
 				int64_t start;
 				cr_assert_eq(cmd_parse_time(tcell(t.rows[row], 0), 0, &start), 0);
 				cr_assert_eq(start, w, "%s", t.rows[row]);
@@ -160,18 +160,18 @@ static void check_rollups(tcli *c)
 				row++;
 			}
 			cr_assert_eq(row, t.n, "series cam%03d step %d: %zu rows, want %zu", k, s,
-			             t.n - 1, row - 1);
+				     t.n - 1, row - 1);
 			ttable_free(&t);
 		}
 	/* Exact aggregates: aligned (rollups only), then with raw edges
 	 * inside the tiered days (ranged GETs). */
 	int64_t ranges[2][2] = {{T0, T0 + 3 * DAY},
-	                        {T0 + 3 * HOUR + 17 * SEC + 123, T0 + DAY + 5 * HOUR + 3 * SEC}};
+				{T0 + 3 * HOUR + 17 * SEC + 123, T0 + DAY + 5 * HOUR + 3 * SEC}};
 	for (int k = 0; k < KEYS; k++)
 		for (int r = 0; r < 2; r++) {
 			ttable t;
 			tcli_query(c, &t, "#!agg traffic speed cam%03d %lld %lld", k,
-			           (long long)ranges[r][0], (long long)ranges[r][1]);
+				   (long long)ranges[r][0], (long long)ranges[r][1]);
 			cr_assert_null(t.err, "%s", t.err);
 			cr_assert_eq(t.n, 2);
 			agg_row_eq(t.rows[1], 0, model(k, ranges[r][0], ranges[r][1]), "agg");
@@ -207,7 +207,7 @@ static void check_scan(tcli *c, int k, int64_t from, int64_t to)
 		cr_assert_eq(got, ts, "scan row %zu: %s", row, t.rows[row]);
 		cr_assert_eq(atoi(tcell(t.rows[row], 1)), lane_at(ts), "%s", t.rows[row]);
 		cr_assert_eq(strtod(tcell(t.rows[row], 2), NULL), value_at(ts, k), "%s",
-		             t.rows[row]);
+			     t.rows[row]);
 		row++;
 	}
 	cr_assert_eq(row, t.n, "scan cam%03d: %zu rows, want %zu", k, t.n - 1, row - 1);
@@ -277,28 +277,28 @@ static void config_file_tiers(s3srv *st, int secret_in_file)
 		snprintf(secret_line, sizeof secret_line, "tier-secret-key-file = %s", secret);
 	} else {
 		snprintf(secret_line, sizeof secret_line, "tier-secret-key = \"%s\"",
-		         st->secret_key);
+			 st->secret_key);
 	}
 	snprintf(text, sizeof text,
-	         "# tallyd tiering to %s\n"
-	         "shards = 1\n"
-	         "log-level = info\n"
-	         "table-keys = traffic=camera\n"
-	         "flush-interval = 200ms\n"
-	         "\n"
-	         "tier-bucket = %s\n"
-	         "tier-endpoint = %s\n"
-	         "tier-region = %s\n"
-	         "tier_prefix = %s\n"
-	         "tier-access-key = %s\n"
-	         "%s\n"
-	         "tier-after = 1h\n"
-	         "tier-timeout = 5s\n"
-	         "tier-retries = 2\n"
-	         "tier-part-bytes = 5MiB\n"
-	         "tier-cache-bytes = 8MiB\n",
-	         st->kind, st->bucket, st->endpoint, st->region, prefix, st->access_key,
-	         secret_line);
+		 "# tallyd tiering to %s\n"
+		 "shards = 1\n"
+		 "log-level = info\n"
+		 "table-keys = traffic=camera\n"
+		 "flush-interval = 200ms\n"
+		 "\n"
+		 "tier-bucket = %s\n"
+		 "tier-endpoint = %s\n"
+		 "tier-region = %s\n"
+		 "tier_prefix = %s\n"
+		 "tier-access-key = %s\n"
+		 "%s\n"
+		 "tier-after = 1h\n"
+		 "tier-timeout = 5s\n"
+		 "tier-retries = 2\n"
+		 "tier-part-bytes = 5MiB\n"
+		 "tier-cache-bytes = 8MiB\n",
+		 st->kind, st->bucket, st->endpoint, st->region, prefix, st->access_key,
+		 secret_line);
 	write_file(cfg, text);
 	const char *args[] = {"--config", cfg, NULL};
 	tsrv_spawn(&s, args, 1);
@@ -307,8 +307,8 @@ static void config_file_tiers(s3srv *st, int secret_in_file)
 	tcli *c = tcli_open(s.port);
 	uint64_t tiered = wait_stat(c, "tiered_parts", TIERED, 90);
 	cr_assert_eq(tiered, TIERED, "%llu parts tiered, want %d (tier_failures %llu; see %s)",
-	             (unsigned long long)tiered, TIERED,
-	             (unsigned long long)tstat(c, "tier_failures"), s.log);
+		     (unsigned long long)tiered, TIERED,
+		     (unsigned long long)tstat(c, "tier_failures"), s.log);
 	cr_assert_eq(tstat(c, "tier_state"), 1, "healthy");
 	cr_assert_eq(tstat(c, "tier_due"), 0);
 	cr_assert_eq(tstat(c, "tier_uploads"), TIERED);
@@ -325,10 +325,10 @@ static void config_file_tiers(s3srv *st, int secret_in_file)
 	 * as many bytes as the stats say */
 	char out[8192];
 	cr_assert_eq(s3srv_aws(st, out, sizeof out,
-	                       "s3api list-objects-v2 --bucket %s --prefix %s --query "
-	                       "'Contents[].[Key,Size]' --output text",
-	                       st->bucket, prefix),
-	             0);
+			       "s3api list-objects-v2 --bucket %s --prefix %s --query "
+			       "'Contents[].[Key,Size]' --output text",
+			       st->bucket, prefix),
+		     0);
 	int objects = 0;
 	uint64_t bytes = 0;
 	for (char *save = NULL, *l = strtok_r(out, "\n", &save); l;
@@ -338,9 +338,9 @@ static void config_file_tiers(s3srv *st, int secret_in_file)
 		if (sscanf(l, "%511s %llu", key, &size) != 2)
 			continue;
 		cr_assert(!strncmp(key, prefix, strlen(prefix)) &&
-		                  !strncmp(key + strlen(prefix), "parts/", 6) &&
-		                  strstr(key, ".part"),
-		          "object %s", key);
+				  !strncmp(key + strlen(prefix), "parts/", 6) &&
+				  strstr(key, ".part"),
+			  "object %s", key);
 		objects++;
 		bytes += size;
 	}
@@ -372,7 +372,7 @@ static void config_file_tiers(s3srv *st, int secret_in_file)
 	char *log = tsrv_log(&s);
 	char want[300];
 	snprintf(want, sizeof want, "tiering to %s/%s, prefix '%s', after 3600 s", st->endpoint,
-	         st->bucket, prefix);
+		 st->bucket, prefix);
 	cr_assert(strstr(log, want), "no '%s' in the log:\n%s", want, log);
 	cr_assert(strstr(log, "is now"), "no upload logged:\n%s", log);
 	cr_assert_null(strstr(log, st->secret_key), "the secret key is in the log");
@@ -409,19 +409,19 @@ Test(tier_server, secrets_never_reach_the_log, .timeout = 240)
 	snprintf(line, sizeof line, "%s\n", token);
 	write_file(tokfile, line);
 	const char *flags[][2] = {
-	        {"--shards", "1"},
-	        {"--log-level", "info"},
-	        {"--flush-interval", "200ms"},
-	        {"--tier-bucket", st->bucket},
-	        {"--tier-endpoint", st->endpoint},
-	        {"--tier-region", st->region},
-	        {"--tier-prefix", prefix},
-	        {"--tier-access-key", st->access_key},
-	        {"--tier-secret-key", wrong},
-	        {"--tier-session-token-file", tokfile},
-	        {"--tier-after", "1h"},
-	        {"--tier-retries", "1"},
-	        {"--tier-timeout", "3s"},
+		{"--shards", "1"},
+		{"--log-level", "info"},
+		{"--flush-interval", "200ms"},
+		{"--tier-bucket", st->bucket},
+		{"--tier-endpoint", st->endpoint},
+		{"--tier-region", st->region},
+		{"--tier-prefix", prefix},
+		{"--tier-access-key", st->access_key},
+		{"--tier-secret-key", wrong},
+		{"--tier-session-token-file", tokfile},
+		{"--tier-after", "1h"},
+		{"--tier-retries", "1"},
+		{"--tier-timeout", "3s"},
 	};
 	const char *args[2 * sizeof flags / sizeof flags[0] + 1];
 	size_t n = 0;
@@ -469,11 +469,11 @@ static void bad_config(const char *bad, const char *want_msg)
 	char cfg[256], text[1024];
 	snprintf(cfg, sizeof cfg, "%s/tallyd.conf", s.dir);
 	snprintf(text, sizeof text,
-	         "# tiering\n"
-	         "tier-bucket = tally-test\n"
-	         "tier-secret-key = VerySecret/Key+1\n"
-	         "%s\n",
-	         bad);
+		 "# tiering\n"
+		 "tier-bucket = tally-test\n"
+		 "tier-secret-key = VerySecret/Key+1\n"
+		 "%s\n",
+		 bad);
 	write_file(cfg, text);
 	const char *args[] = {"--config", cfg, NULL};
 	tsrv_spawn(&s, args, 0);
@@ -493,8 +493,8 @@ Test(tier_server, bad_settings_name_the_key_and_the_line, .timeout = 60)
 	bad_config("tier-after = abc", "tier-after: 'abc' is not a duration");
 	bad_config("tier_after = 5 parsecs", "tier-after: '5 parsecs' is not a duration");
 	bad_config("tier-part-bytes = 1MiB",
-	           "tier-part-bytes: '1MiB' is not 0 or a size from 5MiB (S3's smallest part) "
-	           "to 512MiB");
+		   "tier-part-bytes: '1MiB' is not 0 or a size from 5MiB (S3's smallest part) "
+		   "to 512MiB");
 	bad_config("tier-part-bytes = 1GiB", "tier-part-bytes: '1GiB' is not 0 or a size");
 	bad_config("tier-cache-bytes = lots", "tier-cache-bytes: 'lots' is not a size");
 	bad_config("tier-timeout = 500us", "tier-timeout: '500us' is not a duration from 1ms");
@@ -502,9 +502,9 @@ Test(tier_server, bad_settings_name_the_key_and_the_line, .timeout = 60)
 	bad_config("tier-retries = many", "tier-retries: 'many' is not a valid number");
 	bad_config("tier-secret-key =", "tier-secret-key: '' is empty");
 	bad_config("tier-secret-key-file = /nonexistent/secret",
-	           "tier-secret-key-file /nonexistent/secret: No such file or directory");
+		   "tier-secret-key-file /nonexistent/secret: No such file or directory");
 	bad_config("tier-session-token-file = /dev/null",
-	           "tier-session-token-file /dev/null: empty");
+		   "tier-session-token-file /dev/null: empty");
 	bad_config("tier-bucket", "expected 'name = value'");
 	bad_config("tier-bukket = x", "unknown setting 'tier-bukket'");
 }
@@ -518,17 +518,17 @@ Test(tier_server, bad_flags_and_engine_refusals_are_clear, .timeout = 60)
 		int rc;
 		const char *msg;
 	} cases[] = {
-	        {{"--tier-after=abc", NULL}, 2, "tallyd: tier-after: 'abc' is not a duration"},
-	        {{"--tier-part-bytes", "4MiB", NULL}, 2, "tier-part-bytes: '4MiB' is not 0"},
-	        {{"--port", "0", "--tier-bucket", "tally-test", "--tier-prefix", "/abs/", NULL},
-	         1,
-	         "tier_prefix '/abs/'"},
-	        {{"--port", "0", "--tier-bucket", "tally-test", "--tier-endpoint", "ftp://x", NULL},
-	         1,
-	         "endpoint 'ftp://x' is not http:// or https://"},
-	        {{"--port", "0", "--tier-bucket", "Bad_Bucket", NULL},
-	         1,
-	         "bad bucket name 'Bad_Bucket'"},
+		{{"--tier-after=abc", NULL}, 2, "tallyd: tier-after: 'abc' is not a duration"},
+		{{"--tier-part-bytes", "4MiB", NULL}, 2, "tier-part-bytes: '4MiB' is not 0"},
+		{{"--port", "0", "--tier-bucket", "tally-test", "--tier-prefix", "/abs/", NULL},
+		 1,
+		 "tier_prefix '/abs/'"},
+		{{"--port", "0", "--tier-bucket", "tally-test", "--tier-endpoint", "ftp://x", NULL},
+		 1,
+		 "endpoint 'ftp://x' is not http:// or https://"},
+		{{"--port", "0", "--tier-bucket", "Bad_Bucket", NULL},
+		 1,
+		 "bad bucket name 'Bad_Bucket'"},
 	};
 	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
 		tsrv s;
@@ -676,12 +676,12 @@ Test(tier_server, secret_files_flags_over_file_and_help_shows_no_secret)
 	longtok[3000] = 0;
 	write_file(tok, longtok);
 	snprintf(text, sizeof text,
-	         "tier-bucket = tally-test\n"
-	         "tier-secret-key = Inline-Secret-Overridden\n"
-	         "tier-secret-key-file = %s\n"
-	         "tier-session-token-file = %s\n"
-	         "tier-after = 2h\n",
-	         sk, tok);
+		 "tier-bucket = tally-test\n"
+		 "tier-secret-key = Inline-Secret-Overridden\n"
+		 "tier-secret-key-file = %s\n"
+		 "tier-session-token-file = %s\n"
+		 "tier-after = 2h\n",
+		 sk, tok);
 	write_file(cfg, text);
 	srv_conf c;
 	conf_init(&c);

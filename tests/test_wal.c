@@ -145,11 +145,26 @@ static size_t make_payload(uint8_t *buf, size_t cap, unsigned kind)
 	switch (kind % 8) {
 	case 0: return 0;
 	case 1: buf[0] = (uint8_t)rng(); return 1;
-	case 2: n = 1 + rng() % 4096; fill_columnar(buf, n, rng()); return n;
-	case 3: n = 1 + rng() % 4096; fill_random(buf, n); return n;
-	case 4: n = 70000 + rng() % 100000; fill_columnar(buf, n, rng()); return n; /* > buffer */
-	case 5: n = 70000 + rng() % 100000; fill_random(buf, n); return n;
-	case 6: n = 1 + rng() % 200; memset(buf, 'a', n); return n;
+	case 2:
+		n = 1 + rng() % 4096;
+		fill_columnar(buf, n, rng());
+		return n;
+	case 3:
+		n = 1 + rng() % 4096;
+		fill_random(buf, n);
+		return n;
+	case 4:
+		n = 70000 + rng() % 100000;
+		fill_columnar(buf, n, rng());
+		return n; /* > buffer */
+	case 5:
+		n = 70000 + rng() % 100000;
+		fill_random(buf, n);
+		return n;
+	case 6:
+		n = 1 + rng() % 200;
+		memset(buf, 'a', n);
+		return n;
 	default:
 		n = rng() % 3 == 0 ? (1u << 20) + rng() % (2u << 20) : 100 + rng() % 60000;
 		if (n > cap)
@@ -563,8 +578,8 @@ Test(wal, trim_deletes_whole_segments_only)
 	for (size_t i = 0; i < nb; i++) {
 		uint64_t next_first = i + 1 < nb ? strtoull(before[i + 1], NULL, 10) : UINT64_MAX;
 		int gone = i < nb - na;
-		cr_assert_eq(gone, next_first != UINT64_MAX && next_first - 1 <= upto,
-			     "segment %s", before[i]);
+		cr_assert_eq(gone, next_first != UINT64_MAX && next_first - 1 <= upto, "segment %s",
+			     before[i]);
 	}
 	cr_assert_leq(strtoull(after[0], NULL, 10), upto + 1);
 	cr_assert_eq(wal_disk_bytes(w), dir_bytes());
@@ -688,8 +703,7 @@ Test(wal, empty_or_short_last_segment_is_torn)
 	wal_options o = small_opts(1 << 20);
 	wal *w = open_check(&o, &m, 0, 5);
 	cr_assert_eq(file_size(path), 32);
-	cr_assert(strstr(last_log, "00000000000000000006.wal offset 0: torn tail"), "%s",
-		  last_log);
+	cr_assert(strstr(last_log, "00000000000000000006.wal offset 0: torn tail"), "%s", last_log);
 	append_model(w, &m, "six", 3);
 	wal_close(w);
 	cr_assert_eq(file_size(path), 32 + 40 + 3);

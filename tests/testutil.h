@@ -23,7 +23,10 @@ static inline int tu_rm_cb(const char *p, const struct stat *sb, int flag, struc
 	return remove(p);
 }
 
-static inline void tu_rmrf(const char *dir) { nftw(dir, tu_rm_cb, 16, FTW_DEPTH | FTW_PHYS); }
+static inline void tu_rmrf(const char *dir)
+{
+	nftw(dir, tu_rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+}
 
 /* A fresh directory under /tmp; the caller frees and removes it. */
 static inline char *tu_tmpdir(void)
@@ -49,7 +52,10 @@ static inline uint64_t tu_next(tu_rng *r)
 	return z ^ (z >> 31);
 }
 
-static inline uint64_t tu_below(tu_rng *r, uint64_t n) { return n ? tu_next(r) % n : 0; }
+static inline uint64_t tu_below(tu_rng *r, uint64_t n)
+{
+	return n ? tu_next(r) % n : 0;
+}
 
 /* Seed from TALLY_SEED, else from the clock; printed so a failure can be
  * replayed. */

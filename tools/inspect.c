@@ -155,8 +155,8 @@ int inspect_main(int argc, char **argv)
 	size_t n_cols = 0;
 	uint64_t rows = 0, part_bytes = 0, rollup_bytes = 0, index_bytes = 0;
 	int bad = 0;
-	printf("\n  %-16s %-18s %5s %6s %12s %12s %9s  %s\n", "table", "partition", "shard", "level",
-	       "rows", "bytes", "bytes/row", "state, tier");
+	printf("\n  %-16s %-18s %5s %6s %12s %12s %9s  %s\n", "table", "partition", "shard",
+	       "level", "rows", "bytes", "bytes/row", "state, tier");
 	uint64_t local_total = 0, remote_total = 0;
 	unsigned tiered = 0;
 	for (uint32_t i = 0; i < m.n_parts; i++) {
@@ -208,7 +208,8 @@ int inspect_main(int argc, char **argv)
 			printf("    tier: remote since %s, object %s (%llu bytes, xxh3 %016llx); "
 			       "local %llu bytes (%s)\n",
 			       when2, mp->object, (unsigned long long)mp->bytes,
-			       (unsigned long long)mp->object_sum, (unsigned long long)p->file_bytes,
+			       (unsigned long long)mp->object_sum,
+			       (unsigned long long)p->file_bytes,
 			       p->flags & PART_F_STUB ? "stub: rollups and index" : "whole part");
 		} else {
 			printf("    tier: local %llu bytes\n", (unsigned long long)p->file_bytes);
@@ -225,14 +226,16 @@ int inspect_main(int argc, char **argv)
 			for (unsigned e = 0; e <= CODEC_ENC_MAX; e++)
 				if (cs->enc_blocks[e]) {
 					size_t l = strlen(encs);
-					snprintf(encs + l, sizeof encs - l, "%s%s:%llu", l ? " " : "",
-						 codec_name(e), (unsigned long long)cs->enc_blocks[e]);
+					snprintf(encs + l, sizeof encs - l, "%s%s:%llu",
+						 l ? " " : "", codec_name(e),
+						 (unsigned long long)cs->enc_blocks[e]);
 				}
 			/* numbers are 8 bytes in memory; strings are counted by rows */
 			double raw = (double)cs->present * (cs->type == 4 ? 1 : 8);
 			printf("  %-16s %-7s %-22s %10llu %12llu %7.1fx %9.3f\n", cs->name,
 			       type_str(cs->type), encs, (unsigned long long)cs->present,
-			       (unsigned long long)cs->stored, cs->stored ? raw / (double)cs->stored : 0,
+			       (unsigned long long)cs->stored,
+			       cs->stored ? raw / (double)cs->stored : 0,
 			       rows ? (double)cs->stored / (double)rows : 0.0);
 			raw_col_bytes += cs->stored;
 		}
@@ -240,11 +243,13 @@ int inspect_main(int argc, char **argv)
 	printf("\n  rows in parts:              %llu\n", (unsigned long long)rows);
 	if (rows) {
 		if (tiered) /* remote parts' columns are not read: their sizes are remote_total */
-			printf("  bytes/event, raw columns:   %.3f locally (columns of remote parts "
+			printf("  bytes/event, raw columns:   %.3f locally (columns of remote "
+			       "parts "
 			       "are in object storage)\n",
 			       (double)raw_col_bytes / (double)rows);
 		else
-			printf("  bytes/event, raw columns:   %.3f\n", (double)raw_col_bytes / (double)rows);
+			printf("  bytes/event, raw columns:   %.3f\n",
+			       (double)raw_col_bytes / (double)rows);
 		printf("  bytes/event, rollups:       %.3f\n", (double)rollup_bytes / (double)rows);
 		printf("  bytes/event, indexes:       %.3f\n", (double)index_bytes / (double)rows);
 		printf("  bytes/event, whole dir:     %.3f (%llu bytes, WAL included)\n",

@@ -30,9 +30,9 @@
 #include "inspect.h"
 
 #define CLI_DEFAULT_PORT "8427"
-#define CLI_CHUNK (1u << 20)
+#define CLI_CHUNK        (1u << 20)
 #define CLI_ERRORS_SHOWN 20
-#define CLI_REPLY_MAX (4u << 20) /* longest reply line accepted */
+#define CLI_REPLY_MAX    (4u << 20) /* longest reply line accepted */
 
 typedef struct cli_opts {
 	const char *host, *port, *token, *precision;
@@ -503,7 +503,8 @@ static void cli_progress(uint64_t sent, uint64_t total, double t0, int done)
 	if (total) {
 		int pct = (int)(sent * 100 / total), bar = pct * 30 / 100;
 		fprintf(stderr, "\r\033[K[%.*s%*s] %3d%%  %.1f MB  %.1f MB/s", bar,
-			"==============================", 30 - bar, "", pct, (double)sent / 1e6, rate);
+			"==============================", 30 - bar, "", pct, (double)sent / 1e6,
+			rate);
 	} else {
 		fprintf(stderr, "\r\033[K%.1f MB  %.1f MB/s", (double)sent / 1e6, rate);
 	}
@@ -641,12 +642,14 @@ static int cli_cmd_write(const cli_opts *o, int argc, char **argv)
 	if (tty)
 		cli_progress(sent, total, t0, 1);
 	if (w.shown > CLI_ERRORS_SHOWN)
-		fprintf(stderr, "... %" PRIu64 " more errors not shown\n", w.shown - CLI_ERRORS_SHOWN);
+		fprintf(stderr, "... %" PRIu64 " more errors not shown\n",
+			w.shown - CLI_ERRORS_SHOWN);
 	if (!w.sync_failed)
 		fprintf(stderr,
 			"%" PRIu64 " lines accepted, %" PRIu64 " rejected, synced; %.2f s, %.0f "
 			"lines/s, %.1f MB/s\n",
-			w.accepted, w.rejected, el, el > 0 ? (double)(w.accepted + w.rejected) / el : 0,
+			w.accepted, w.rejected, el,
+			el > 0 ? (double)(w.accepted + w.rejected) / el : 0,
 			el > 0 ? (double)sent / el / 1e6 : 0);
 	close(c.fd);
 	free(c.buf);
@@ -758,50 +761,50 @@ static int cli_cmd_ping(const cli_opts *o)
 
 static void cli_usage(FILE *f)
 {
-	fprintf(f,
-		"Usage: tally [OPTIONS] COMMAND [ARGS]\n"
-		"\n"
-		"The tally client: talks to tallyd over TCP (docs/protocol.md).\n"
-		"\n"
-		"Commands:\n"
-		"  write [FILE...]       stream line-protocol files (or stdin, '-') to the\n"
-		"                        server, sync, print accepted/rejected counts and rate\n"
-		"  query series TABLE FIELD KEY STEP FROM TO\n"
-		"  query agg TABLE FIELD KEY FROM TO\n"
-		"  query keys TABLE FIELD FROM TO\n"
-		"  query scan TABLE KEY FROM TO [LIMIT]\n"
-		"                        FROM/TO: RFC 3339 (2023-11-14T00:00:00Z), integer ns,\n"
-		"                        now, now-1h; TO may be a length (1d); STEP like 5m\n"
-		"  stats                 server and store statistics\n"
-		"  ping                  round trip to the server\n"
-		"  inspect DIR           what a data directory holds (local; no server)\n"
-		"\n"
-		"Options:\n"
-		"  --host HOST           server address (default 127.0.0.1)\n"
-		"  --port PORT           server port (default " CLI_DEFAULT_PORT ")\n"
-		"  --token TOKEN         shared token, if the server wants one (or set\n"
-		"                        TALLY_TOKEN, which keeps it out of ps)\n"
-		"  --precision P         timestamps of written lines: ns (default), us, ms, s\n"
-		"  --csv, --json         query output as CSV or JSON instead of a table\n"
-		"  -q, --quiet           no progress bar or row counts\n"
-		"\n"
-		"Exit status: 0 ok, 1 error, 2 usage, 3 write finished with rejected lines.\n"
-		"Example: tally write speeds.lp && tally query series traffic speed KV00123 1h "
-		"now-1d now\n");
+	fprintf(f, "Usage: tally [OPTIONS] COMMAND [ARGS]\n"
+		   "\n"
+		   "The tally client: talks to tallyd over TCP (docs/protocol.md).\n"
+		   "\n"
+		   "Commands:\n"
+		   "  write [FILE...]       stream line-protocol files (or stdin, '-') to the\n"
+		   "                        server, sync, print accepted/rejected counts and rate\n"
+		   "  query series TABLE FIELD KEY STEP FROM TO\n"
+		   "  query agg TABLE FIELD KEY FROM TO\n"
+		   "  query keys TABLE FIELD FROM TO\n"
+		   "  query scan TABLE KEY FROM TO [LIMIT]\n"
+		   "                        FROM/TO: RFC 3339 (2023-11-14T00:00:00Z), integer ns,\n"
+		   "                        now, now-1h; TO may be a length (1d); STEP like 5m\n"
+		   "  stats                 server and store statistics\n"
+		   "  ping                  round trip to the server\n"
+		   "  inspect DIR           what a data directory holds (local; no server)\n"
+		   "\n"
+		   "Options:\n"
+		   "  --host HOST           server address (default 127.0.0.1)\n"
+		   "  --port PORT           server port (default " CLI_DEFAULT_PORT ")\n"
+		   "  --token TOKEN         shared token, if the server wants one (or set\n"
+		   "                        TALLY_TOKEN, which keeps it out of ps)\n"
+		   "  --precision P         timestamps of written lines: ns (default), us, ms, s\n"
+		   "  --csv, --json         query output as CSV or JSON instead of a table\n"
+		   "  -q, --quiet           no progress bar or row counts\n"
+		   "\n"
+		   "Exit status: 0 ok, 1 error, 2 usage, 3 write finished with rejected lines.\n"
+		   "Example: tally write speeds.lp && tally query series traffic speed KV00123 1h "
+		   "now-1d now\n");
 }
 
 int main(int argc, char **argv)
 {
-	cli_opts o = {.host = "127.0.0.1", .port = CLI_DEFAULT_PORT, .token = getenv("TALLY_TOKEN")};
+	cli_opts o = {
+		.host = "127.0.0.1", .port = CLI_DEFAULT_PORT, .token = getenv("TALLY_TOKEN")};
 	char *args[256];
 	int n = 0;
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
-		const char **val = !strcmp(a, "--host") ? &o.host
-				   : !strcmp(a, "--port") ? &o.port
-				   : !strcmp(a, "--token") ? &o.token
+		const char **val = !strcmp(a, "--host")        ? &o.host
+				   : !strcmp(a, "--port")      ? &o.port
+				   : !strcmp(a, "--token")     ? &o.token
 				   : !strcmp(a, "--precision") ? &o.precision
-							     : NULL;
+							       : NULL;
 		if (val) {
 			if (i + 1 >= argc) {
 				fprintf(stderr, "tally: %s needs a value\n", a);

@@ -56,38 +56,38 @@ typedef struct demo_opts {
 static void usage(FILE *f)
 {
 	fprintf(f, "Usage: tally-demo [OPTIONS]\n"
-	           "\n"
-	           "Ingests one synthetic day of speed-camera traffic into a local tally\n"
-	           "store through the embedded API, then queries it: rollups per day, hour\n"
-	           "and 5 minutes, an exact average over an unaligned range, and the\n"
-	           "fastest cameras of an hour. A share of the cameras is offline for a\n"
-	           "few hours and sends its backlog last, as line protocol: the output\n"
-	           "shows those late events landing in the windows they belong to.\n"
-	           "\n"
-	           "Options:\n"
-	           "  --dir DIR                data directory (default ./data/demo). Emptied\n"
-	           "                           first if it holds a previous tally store; any\n"
-	           "                           other non-empty directory is refused.\n"
-	           "  --cameras N              number of cameras (default 1000)\n"
-	           "  --events-per-camera N    events per camera over the day (default 10000)\n"
-	           "  --shards N               shards, one writer thread each (default: cores)\n"
-	           "  --offline-pct P          percentage of cameras that go offline (default 10)\n"
-	           "  --outage-hours H         length of each outage, 1 to 12 (default 3)\n"
-	           "  --seed N                 seed of the generated data (default 1)\n"
-	           "  -h, --help               this text\n"
-	           "\n"
-	           "Example: ./build/tools/tally-demo --events-per-camera 2000\n");
+		   "\n"
+		   "Ingests one synthetic day of speed-camera traffic into a local tally\n"
+		   "store through the embedded API, then queries it: rollups per day, hour\n"
+		   "and 5 minutes, an exact average over an unaligned range, and the\n"
+		   "fastest cameras of an hour. A share of the cameras is offline for a\n"
+		   "few hours and sends its backlog last, as line protocol: the output\n"
+		   "shows those late events landing in the windows they belong to.\n"
+		   "\n"
+		   "Options:\n"
+		   "  --dir DIR                data directory (default ./data/demo). Emptied\n"
+		   "                           first if it holds a previous tally store; any\n"
+		   "                           other non-empty directory is refused.\n"
+		   "  --cameras N              number of cameras (default 1000)\n"
+		   "  --events-per-camera N    events per camera over the day (default 10000)\n"
+		   "  --shards N               shards, one writer thread each (default: cores)\n"
+		   "  --offline-pct P          percentage of cameras that go offline (default 10)\n"
+		   "  --outage-hours H         length of each outage, 1 to 12 (default 3)\n"
+		   "  --seed N                 seed of the generated data (default 1)\n"
+		   "  -h, --help               this text\n"
+		   "\n"
+		   "Example: ./build/tools/tally-demo --events-per-camera 2000\n");
 }
 
 static int parse_uint(const char *flag, const char *s, unsigned long long lo, unsigned long long hi,
-                      unsigned long long *out)
+		      unsigned long long *out)
 {
 	char *end;
 	errno = 0;
 	unsigned long long v = strtoull(s, &end, 10);
 	if (errno || end == s || *end || *s == '-' || v < lo || v > hi) {
 		fprintf(stderr, "tally-demo: %s: '%s' is not a number in [%llu, %llu]\n", flag, s,
-		        lo, hi);
+			lo, hi);
 		return -1;
 	}
 	*out = v;
@@ -98,24 +98,24 @@ static int parse_args(int argc, char **argv, demo_opts *o)
 {
 	enum { O_DIR = 1, O_CAMERAS, O_EVENTS, O_SHARDS, O_OFFLINE, O_OUTAGE, O_SEED };
 	static const struct option longopts[] = {
-	        {"dir", required_argument, NULL, O_DIR},
-	        {"cameras", required_argument, NULL, O_CAMERAS},
-	        {"events-per-camera", required_argument, NULL, O_EVENTS},
-	        {"shards", required_argument, NULL, O_SHARDS},
-	        {"offline-pct", required_argument, NULL, O_OFFLINE},
-	        {"outage-hours", required_argument, NULL, O_OUTAGE},
-	        {"seed", required_argument, NULL, O_SEED},
-	        {"help", no_argument, NULL, 'h'},
-	        {NULL, 0, NULL, 0},
+		{"dir", required_argument, NULL, O_DIR},
+		{"cameras", required_argument, NULL, O_CAMERAS},
+		{"events-per-camera", required_argument, NULL, O_EVENTS},
+		{"shards", required_argument, NULL, O_SHARDS},
+		{"offline-pct", required_argument, NULL, O_OFFLINE},
+		{"outage-hours", required_argument, NULL, O_OUTAGE},
+		{"seed", required_argument, NULL, O_SEED},
+		{"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
 	};
 	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
 	*o = (demo_opts){.dir = "./data/demo",
-	                 .cameras = 1000,
-	                 .events = 10000,
-	                 .shards = ncpu > 0 ? (unsigned)(ncpu < 256 ? ncpu : 256) : 1,
-	                 .offline_pct = 10,
-	                 .outage_hours = 3,
-	                 .seed = 1};
+			 .cameras = 1000,
+			 .events = 10000,
+			 .shards = ncpu > 0 ? (unsigned)(ncpu < 256 ? ncpu : 256) : 1,
+			 .offline_pct = 10,
+			 .outage_hours = 3,
+			 .seed = 1};
 	int c;
 	unsigned long long v;
 	while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
@@ -157,13 +157,13 @@ static int parse_args(int argc, char **argv, demo_opts *o)
 	}
 	if (optind < argc) {
 		fprintf(stderr, "tally-demo: unexpected argument '%s' (see --help)\n",
-		        argv[optind]);
+			argv[optind]);
 		return -1;
 	}
 	if ((uint64_t)o->cameras * o->events > TOTAL_EVENTS_MAX) {
 		fprintf(stderr,
-		        "tally-demo: %u cameras x %u events is more than %" PRIu64 " events\n",
-		        o->cameras, o->events, TOTAL_EVENTS_MAX);
+			"tally-demo: %u cameras x %u events is more than %" PRIu64 " events\n",
+			o->cameras, o->events, TOTAL_EVENTS_MAX);
 		return -1;
 	}
 	return 0;
@@ -239,9 +239,9 @@ static int prepare_dir(const char *dir)
 		if (is_empty_dir(dir))
 			return 0;
 		fprintf(stderr,
-		        "tally-demo: %s is not empty and does not look like a tally store "
-		        "(no LOCK and wal/); refusing to touch it. Pick another --dir.\n",
-		        dir);
+			"tally-demo: %s is not empty and does not look like a tally store "
+			"(no LOCK and wal/); refusing to touch it. Pick another --dir.\n",
+			dir);
 		return -1;
 	}
 	/* A store some process has open must not vanish under it. */
@@ -300,7 +300,7 @@ static const char *hhmm(int64_t ns, int with_seconds)
 	int64_t s = ns / TALLY_NS_PER_SEC;
 	if (with_seconds)
 		snprintf(out, 40, "%02d:%02d:%02d", (int)(s / 3600), (int)(s / 60 % 60),
-		         (int)(s % 60));
+			 (int)(s % 60));
 	else
 		snprintf(out, 40, "%02d:%02d", (int)(s / 3600), (int)(s / 60 % 60));
 	return out;
@@ -391,7 +391,7 @@ static void worker_fail(worker *wk, int rc, const char *what)
 		return;
 	wk->rc = rc;
 	snprintf(wk->err, sizeof wk->err, "%s: %s", what,
-	         *tally_errmsg() ? tally_errmsg() : tally_strerror(rc));
+		 *tally_errmsg() ? tally_errmsg() : tally_strerror(rc));
 }
 
 static int lp_append(worker *wk, const camera *cam, uint32_t i)
@@ -405,8 +405,8 @@ static int lp_append(worker *wk, const camera *cam, uint32_t i)
 		wk->lp_cap = ncap;
 	}
 	int n = snprintf(wk->lp + wk->lp_len, wk->lp_cap - wk->lp_len,
-	                 TABLE "," KEY_TAG "=%s " FIELD "=%.1f %" PRId64 "\n", cam->id,
-	                 cam->speed[i], cam->ts[i] / NS_PER_MS);
+			 TABLE "," KEY_TAG "=%s " FIELD "=%.1f %" PRId64 "\n", cam->id,
+			 cam->speed[i], cam->ts[i] / NS_PER_MS);
 	wk->lp_len += (size_t)n;
 	wk->lp_lines++;
 	return 0;
@@ -418,12 +418,12 @@ static int send_rows(worker *wk, const camera *cam, uint32_t lo, uint32_t hi)
 		return 0;
 	tally_column col = {.name = FIELD, .type = TALLY_T_F64, .values = cam->speed + lo};
 	tally_batch b = {.table = TABLE,
-	                 .key = cam->id,
-	                 .key_tag = KEY_TAG,
-	                 .n_rows = hi - lo,
-	                 .ts = cam->ts + lo,
-	                 .n_columns = 1,
-	                 .columns = &col};
+			 .key = cam->id,
+			 .key_tag = KEY_TAG,
+			 .n_rows = hi - lo,
+			 .ts = cam->ts + lo,
+			 .n_columns = 1,
+			 .columns = &col};
 	int rc = tally_write_batch(wk->w, &b);
 	if (rc)
 		worker_fail(wk, rc, "tally_write_batch");
@@ -482,7 +482,7 @@ static void *worker_main(void *arg)
 			worker_fail(wk, rc, "tally_write_lp");
 		else if (res.rejected) {
 			snprintf(wk->err, sizeof wk->err, "tally_write_lp: line %" PRIu64 ": %s",
-			         res.errors[0].line, res.errors[0].reason);
+				 res.errors[0].line, res.errors[0].reason);
 			wk->rc = res.errors[0].code;
 		}
 		wk->lp_accepted += res.accepted;
@@ -504,7 +504,7 @@ static int fail_with(const char *what, int rc)
 /* One key's buckets of width step over [from, to), indexed by window:
  * out[k] is the window starting at from + k*step (count 0 when empty). */
 static int series_grid(tally_db *db, const char *key, int64_t step, int64_t from, int64_t to,
-                       tally_agg *out, size_t n_windows, double *took_us)
+		       tally_agg *out, size_t n_windows, double *took_us)
 {
 	tally_bucket b[288];
 	size_t n;
@@ -550,7 +550,7 @@ __attribute__((format(printf, 1, 2))) static void say(const char *fmt, ...)
 	va_end(ap);
 	if (n > 0)
 		say_len += (size_t)n < sizeof say_buf - say_len ? (size_t)n
-		                                                : sizeof say_buf - say_len - 1;
+								: sizeof say_buf - say_len - 1;
 	char *nl;
 	while ((nl = memchr(say_buf, '\n', say_len))) {
 		char *e = nl;
@@ -591,15 +591,15 @@ static int view_query(tally_db *db, const char *key, const view_ranges *r, cam_v
 	v->us_day = v->us_hours = v->us_m5 = v->us_exact = INFINITY;
 	for (int run = 0; run < VIEW_RUNS; run++) {
 		if ((rc = series_grid(db, key, TALLY_1D, r->day, r->day + TALLY_1D, &v->day, 1,
-		                      &us)))
+				      &us)))
 			return fail_with("tally_query_series", rc);
 		v->us_day = fmin(v->us_day, us);
 		if ((rc = series_grid(db, key, TALLY_1H, r->h_from, r->h_to, v->hours,
-		                      (size_t)r->n_hours, &us)))
+				      (size_t)r->n_hours, &us)))
 			return fail_with("tally_query_series", rc);
 		v->us_hours = fmin(v->us_hours, us);
 		if ((rc = series_grid(db, key, TALLY_5M, r->m_from, r->m_from + 4 * TALLY_5M, v->m5,
-		                      4, &us)))
+				      4, &us)))
 			return fail_with("tally_query_series", rc);
 		v->us_m5 = fmin(v->us_m5, us);
 		double t = now_s();
@@ -616,7 +616,7 @@ typedef struct top_entry {
 } top_entry;
 
 static int top_fastest(tally_db *db, int64_t from, int64_t to, top_entry *top, int k, int *n,
-                       uint64_t *keys_seen, double *took_us)
+		       uint64_t *keys_seen, double *took_us)
 {
 	tally_keys_iter *it;
 	double t = now_s();
@@ -648,7 +648,7 @@ static int top_fastest(tally_db *db, int64_t from, int64_t to, top_entry *top, i
 
 /* Count and sum of a raw scan, to check the exact aggregate against. */
 static int scan_sum(tally_db *db, const char *key, int64_t from, int64_t to, uint64_t *count,
-                    double *sum)
+		    double *sum)
 {
 	tally_scan *s;
 	int rc = tally_scan_open(db, TABLE, key, from, to, &s);
@@ -742,13 +742,13 @@ int main(int argc, char **argv)
 	h_hi = h_hi > 23 ? 23 : h_hi;
 	int64_t e_start = (of / TALLY_1H + 1) * TALLY_1H + (3 * 60 + 17) * TALLY_NS_PER_SEC;
 	view_ranges vr = {
-	        .day = day,
-	        .h_from = day + h_lo * TALLY_1H,
-	        .h_to = day + (h_hi + 1) * TALLY_1H,
-	        .n_hours = h_hi - h_lo + 1,
-	        .m_from = day + of / TALLY_5M * TALLY_5M - 2 * TALLY_5M,
-	        .e_from = day + e_start,
-	        .e_to = day + e_start + TALLY_1H + (55 * 60 + 24) * TALLY_NS_PER_SEC,
+		.day = day,
+		.h_from = day + h_lo * TALLY_1H,
+		.h_to = day + (h_hi + 1) * TALLY_1H,
+		.n_hours = h_hi - h_lo + 1,
+		.m_from = day + of / TALLY_5M * TALLY_5M - 2 * TALLY_5M,
+		.e_from = day + e_start,
+		.e_to = day + e_start + TALLY_1H + (55 * 60 + 24) * TALLY_NS_PER_SEC,
 	};
 	cam_view va_before = {0}, va = {0}, vb = {0};
 
@@ -814,7 +814,7 @@ int main(int argc, char **argv)
 	    mb(st.memtable_bytes + st.rollup_bytes), mb(st.memtable_bytes), mb(st.rollup_bytes),
 	    mb(st.wal_bytes));
 	int ok = st.late_events == expect_late && st.events == bin_events + lp_events &&
-	         lp_events == lp_lines && lp_lines == backlog;
+		 lp_events == lp_lines && lp_lines == backlog;
 	if (expect_late == backlog)
 		say("  late events %s = backlog events sent %s: %s\n", commas(st.late_events),
 		    commas(backlog), ok ? "OK, each counted once" : "MISMATCH");
@@ -835,7 +835,7 @@ int main(int argc, char **argv)
 	if (A) {
 		char h[64];
 		snprintf(h, sizeof h, "%s, offline %s-%s", A->id, hhmm(A->out_from, 0),
-		         hhmm(A->out_to, 0));
+			 hhmm(A->out_to, 0));
 		say("%-*s", 2 * CELL_W, h);
 	}
 	if (B)
@@ -859,19 +859,19 @@ int main(int argc, char **argv)
 	for (int h = 0; h < vr.n_hours; h++) {
 		char label[32];
 		snprintf(label, sizeof label, "%s-%s", hhmm((h_lo + h) * TALLY_1H, 0),
-		         hhmm((h_lo + h + 1) * TALLY_1H, 0));
+			 hhmm((h_lo + h + 1) * TALLY_1H, 0));
 		ROW("1h", label, hours[h]);
 	}
 	for (int k = 0; k < 4; k++) {
 		char label[32];
 		snprintf(label, sizeof label, "%s-%s", hhmm(vr.m_from - day + k * TALLY_5M, 0),
-		         hhmm(vr.m_from - day + (k + 1) * TALLY_5M, 0));
+			 hhmm(vr.m_from - day + (k + 1) * TALLY_5M, 0));
 		ROW("5m", label, m5[k]);
 	}
 	{
 		char label[32];
 		snprintf(label, sizeof label, "%s-%s", hhmm(vr.e_from - day, 1),
-		         hhmm(vr.e_to - day, 1));
+			 hhmm(vr.e_to - day, 1));
 		ROW("exact", label, exact);
 	}
 #undef ROW

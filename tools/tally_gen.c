@@ -18,15 +18,15 @@
 
 #include "workload.h"
 
-#define GEN_BUF   (1u << 20)
-#define GEN_BATCH 4096
+#define GEN_BUF     (1u << 20)
+#define GEN_BATCH   4096
 #define GEN_OUT_MAX 8
 
 typedef struct gen_out {
 	const char *path;
 	FILE *f;
 	enum wl_format fmt;
-	int late_only; /* this file takes the backlog only */
+	int late_only;   /* this file takes the backlog only */
 	int ontime_only; /* the backlog goes to another file */
 	char *buf;
 	size_t len;
@@ -35,49 +35,48 @@ typedef struct gen_out {
 
 static void usage(FILE *f)
 {
-	fprintf(f,
-		"Usage: tally-gen [OPTIONS]\n"
-		"\n"
-		"Writes a deterministic speed-camera workload (the benchmark's, DESIGN.md\n"
-		"section 6): cameras x days x events per camera per day, a share of the\n"
-		"cameras offline some hours a day whose backlog is delivered late, after\n"
-		"the on-time events. Same flags, same bytes.\n"
-		"\n"
-		"Workload:\n"
-		"  --seed N             seed (default 1)\n"
-		"  --cameras N          cameras KV00001... (default 1000)\n"
-		"  --days N             days (default 5)\n"
-		"  --per-day N          events per camera per day (default 4000)\n"
-		"  --start YYYY-MM-DD   first day, UTC (default 2025-06-02)\n"
-		"  --offline-pct P      percent of cameras offline every day (default 10)\n"
-		"  --outage-hours H     length of each outage, 1 to 15 (default 3)\n"
-		"  --late-at end|day    backlog after all days (default) or after each day\n"
-		"  --noise F            relative spread of speeds (default 0.08)\n"
-		"  --rush F             depth of rush-hour slowdowns, 0 = flat (default 1)\n"
-		"  --lane               add a tag lane=1..4\n"
-		"  --plate              add a string field plate=\"A123BC77\"\n"
-		"\n"
-		"Output (one pass writes every file given; the events are identical):\n"
-		"  --format lp|tsv|csv  format of -o / stdout (default lp)\n"
-		"  -o, --out FILE       write there instead of stdout ('-' is stdout)\n"
-		"  --lp FILE, --tsv FILE, --csv FILE\n"
-		"                       also write that format to FILE\n"
-		"  --late-lp FILE, --late-tsv FILE, --late-csv FILE\n"
-		"                       the backlog of that format goes to FILE, not with\n"
-		"                       the on-time events\n"
-		"  --part all|ontime|late  which events to write (default all)\n"
-		"  --precision ns|us|ms|s  timestamp unit of every output (default ns)\n"
-		"  --header             a column header line in tsv/csv files\n"
-		"  --summary FILE       JSON: parameters, counts, time range, offline cameras\n"
-		"  -q, --quiet          no rate line on stderr\n"
-		"  -h, --help           this text\n"
-		"\n"
-		"Formats:\n"
-		"  lp   traffic,camera=KV00001 speed=85.2 1748822400123000000\n"
-		"  tsv  KV00001<TAB>1748822400123000000<TAB>85.2   (then lane, plate)\n"
-		"\n"
-		"Example: tally-gen --cameras 100 --days 2 --lp ev.lp --tsv ev.tsv \\\n"
-		"           --late-lp late.lp --late-tsv late.tsv --precision ms\n");
+	fprintf(f, "Usage: tally-gen [OPTIONS]\n"
+		   "\n"
+		   "Writes a deterministic speed-camera workload (the benchmark's, DESIGN.md\n"
+		   "section 6): cameras x days x events per camera per day, a share of the\n"
+		   "cameras offline some hours a day whose backlog is delivered late, after\n"
+		   "the on-time events. Same flags, same bytes.\n"
+		   "\n"
+		   "Workload:\n"
+		   "  --seed N             seed (default 1)\n"
+		   "  --cameras N          cameras KV00001... (default 1000)\n"
+		   "  --days N             days (default 5)\n"
+		   "  --per-day N          events per camera per day (default 4000)\n"
+		   "  --start YYYY-MM-DD   first day, UTC (default 2025-06-02)\n"
+		   "  --offline-pct P      percent of cameras offline every day (default 10)\n"
+		   "  --outage-hours H     length of each outage, 1 to 15 (default 3)\n"
+		   "  --late-at end|day    backlog after all days (default) or after each day\n"
+		   "  --noise F            relative spread of speeds (default 0.08)\n"
+		   "  --rush F             depth of rush-hour slowdowns, 0 = flat (default 1)\n"
+		   "  --lane               add a tag lane=1..4\n"
+		   "  --plate              add a string field plate=\"A123BC77\"\n"
+		   "\n"
+		   "Output (one pass writes every file given; the events are identical):\n"
+		   "  --format lp|tsv|csv  format of -o / stdout (default lp)\n"
+		   "  -o, --out FILE       write there instead of stdout ('-' is stdout)\n"
+		   "  --lp FILE, --tsv FILE, --csv FILE\n"
+		   "                       also write that format to FILE\n"
+		   "  --late-lp FILE, --late-tsv FILE, --late-csv FILE\n"
+		   "                       the backlog of that format goes to FILE, not with\n"
+		   "                       the on-time events\n"
+		   "  --part all|ontime|late  which events to write (default all)\n"
+		   "  --precision ns|us|ms|s  timestamp unit of every output (default ns)\n"
+		   "  --header             a column header line in tsv/csv files\n"
+		   "  --summary FILE       JSON: parameters, counts, time range, offline cameras\n"
+		   "  -q, --quiet          no rate line on stderr\n"
+		   "  -h, --help           this text\n"
+		   "\n"
+		   "Formats:\n"
+		   "  lp   traffic,camera=KV00001 speed=85.2 1748822400123000000\n"
+		   "  tsv  KV00001<TAB>1748822400123000000<TAB>85.2   (then lane, plate)\n"
+		   "\n"
+		   "Example: tally-gen --cameras 100 --days 2 --lp ev.lp --tsv ev.tsv \\\n"
+		   "           --late-lp late.lp --late-tsv late.tsv --precision ms\n");
 }
 
 static int parse_u64(const char *flag, const char *s, uint64_t lo, uint64_t hi, uint64_t *out)
@@ -86,8 +85,9 @@ static int parse_u64(const char *flag, const char *s, uint64_t lo, uint64_t hi, 
 	errno = 0;
 	unsigned long long v = strtoull(s, &end, 10);
 	if (errno || end == s || *end || *s == '-' || v < lo || v > hi) {
-		fprintf(stderr, "tally-gen: %s: '%s' is not a number in [%" PRIu64 ", %" PRIu64 "]\n",
-			flag, s, lo, hi);
+		fprintf(stderr,
+			"tally-gen: %s: '%s' is not a number in [%" PRIu64 ", %" PRIu64 "]\n", flag,
+			s, lo, hi);
 		return -1;
 	}
 	*out = v;
@@ -100,7 +100,8 @@ static int parse_f(const char *flag, const char *s, double lo, double hi, double
 	errno = 0;
 	double v = strtod(s, &end);
 	if (errno || end == s || *end || !(v >= lo && v <= hi)) {
-		fprintf(stderr, "tally-gen: %s: '%s' is not a number in [%g, %g]\n", flag, s, lo, hi);
+		fprintf(stderr, "tally-gen: %s: '%s' is not a number in [%g, %g]\n", flag, s, lo,
+			hi);
 		return -1;
 	}
 	*out = v;
@@ -185,8 +186,9 @@ static int write_summary(const char *path, const wl_params *p, const wl_summary 
 	json_str(f, part);
 	fprintf(f, ", \"precision\": ");
 	json_str(f, prec);
-	fprintf(f, ",\n  \"events\": %" PRIu64 ", \"ontime\": %" PRIu64 ", \"late\": %" PRIu64
-		   ", \"store_late_5m\": %" PRIu64 ",\n",
+	fprintf(f,
+		",\n  \"events\": %" PRIu64 ", \"ontime\": %" PRIu64 ", \"late\": %" PRIu64
+		", \"store_late_5m\": %" PRIu64 ",\n",
 		m->events, m->ontime, m->late, m->store_late);
 	fprintf(f, "  \"ts_min_ns\": %" PRId64 ", \"ts_max_ns\": %" PRId64 ",\n", m->ts_min,
 		m->ts_max);
@@ -207,8 +209,9 @@ static int write_summary(const char *path, const wl_params *p, const wl_summary 
 			fprintf(f, ", \"...\"");
 			break;
 		}
-		fprintf(f, "%s\n    {\"camera\": \"%s\", \"day0_outage_from_ns\": %" PRId64
-			   ", \"day0_outage_to_ns\": %" PRId64 ", \"day0_backlog\": %u}",
+		fprintf(f,
+			"%s\n    {\"camera\": \"%s\", \"day0_outage_from_ns\": %" PRId64
+			", \"day0_outage_to_ns\": %" PRId64 ", \"day0_backlog\": %u}",
 			shown > 1 ? "," : "", id, d.out_from, d.out_to, d.b1 - d.b0);
 	}
 	free(ts);
@@ -231,9 +234,29 @@ static double now_s(void)
 int main(int argc, char **argv)
 {
 	enum {
-		O_SEED = 1, O_CAMERAS, O_DAYS, O_PERDAY, O_START, O_OFFLINE, O_OUTAGE, O_LATEAT,
-		O_NOISE, O_RUSH, O_LANE, O_PLATE, O_FORMAT, O_LP, O_TSV, O_CSV, O_LLP, O_LTSV,
-		O_LCSV, O_PART, O_PREC, O_HEADER, O_SUMMARY
+		O_SEED = 1,
+		O_CAMERAS,
+		O_DAYS,
+		O_PERDAY,
+		O_START,
+		O_OFFLINE,
+		O_OUTAGE,
+		O_LATEAT,
+		O_NOISE,
+		O_RUSH,
+		O_LANE,
+		O_PLATE,
+		O_FORMAT,
+		O_LP,
+		O_TSV,
+		O_CSV,
+		O_LLP,
+		O_LTSV,
+		O_LCSV,
+		O_PART,
+		O_PREC,
+		O_HEADER,
+		O_SUMMARY
 	};
 	static const struct option longopts[] = {
 		{"seed", required_argument, NULL, O_SEED},
@@ -356,7 +379,8 @@ int main(int argc, char **argv)
 			else if (!strcmp(optarg, "late"))
 				part = WL_PART_LATE;
 			else {
-				fprintf(stderr, "tally-gen: --part: '%s' is not all, ontime or late\n",
+				fprintf(stderr,
+					"tally-gen: --part: '%s' is not all, ontime or late\n",
 					optarg);
 				return 2;
 			}
@@ -367,7 +391,8 @@ int main(int argc, char **argv)
 			while (k < 4 && strcmp(optarg, names[k]))
 				k++;
 			if (k == 4) {
-				fprintf(stderr, "tally-gen: --precision: '%s' is not ns, us, ms or s\n",
+				fprintf(stderr,
+					"tally-gen: --precision: '%s' is not ns, us, ms or s\n",
 					optarg);
 				return 2;
 			}
@@ -394,10 +419,11 @@ int main(int argc, char **argv)
 	 * were asked for, then each --FMT file, then each --late-FMT file. */
 	gen_out outs[GEN_OUT_MAX];
 	int n_out = 0;
-	int any_named = paths[0] || paths[1] || paths[2] || late_paths[0] || late_paths[1] ||
-			late_paths[2];
+	int any_named =
+		paths[0] || paths[1] || paths[2] || late_paths[0] || late_paths[1] || late_paths[2];
 	if (main_path || !any_named)
-		outs[n_out++] = (gen_out){.path = main_path ? main_path : "-", .fmt = main_fmt,
+		outs[n_out++] = (gen_out){.path = main_path ? main_path : "-",
+					  .fmt = main_fmt,
 					  .ontime_only = late_paths[main_fmt] != NULL};
 	for (int f = 0; f < 3; f++)
 		if (paths[f])

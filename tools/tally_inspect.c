@@ -4,4 +4,7 @@
  */
 #include "inspect.h"
 
-int main(int argc, char **argv) { return inspect_main(argc, argv); }
+int main(int argc, char **argv)
+{
+	return inspect_main(argc, argv);
+}

@@ -268,9 +268,9 @@ void wl_gen_day(const wl_params *p, unsigned cam, unsigned day, wl_day *d)
 				r /= 12;
 				pl[5] = wl_plate_letters[r % 12];
 				r /= 12;
-				static const char regions[8][2] = {{'7', '7'}, {'9', '9'}, {'5', '0'},
-								   {'7', '8'}, {'4', '7'}, {'1', '6'},
-								   {'6', '6'}, {'5', '4'}};
+				static const char regions[8][2] = {
+					{'7', '7'}, {'9', '9'}, {'5', '0'}, {'7', '8'},
+					{'4', '7'}, {'1', '6'}, {'6', '6'}, {'5', '4'}};
 				pl[6] = regions[r % 8][0];
 				pl[7] = regions[r % 8][1];
 			}
@@ -284,8 +284,8 @@ struct wl_stream {
 	wl_params p;
 	enum wl_part part;
 	int64_t late_threshold;
-	unsigned day;  /* the day held in the arrays */
-	int phase;     /* PH_* */
+	unsigned day; /* the day held in the arrays */
+	int phase;    /* PH_* */
 	/* One day of every camera: camera c's events at [c * per_day, ...). */
 	int64_t *ts;
 	int32_t *tenths;
@@ -341,8 +341,7 @@ static int wl_cam_ready(wl_stream *s, uint32_t cam)
 	return s->cur[cam] < s->p.per_day;
 }
 
-static void wl_fill_event(const wl_stream *s, uint32_t cam, uint32_t i, uint8_t late,
-			  wl_event *e)
+static void wl_fill_event(const wl_stream *s, uint32_t cam, uint32_t i, uint8_t late, wl_event *e)
 {
 	size_t k = (size_t)cam * s->p.per_day + i;
 	e->ts = s->ts[k];
@@ -537,7 +536,8 @@ size_t wl_stream_read(wl_stream *s, wl_event *out, size_t cap)
 			if (s->day + 1 < s->p.days) {
 				s->day++;
 				if (wl_load_day(s)) {
-					s->phase = PH_DONE; /* out of memory: the stream ends short */
+					s->phase =
+						PH_DONE; /* out of memory: the stream ends short */
 					return n;
 				}
 				s->phase = PH_MERGE;
@@ -565,8 +565,8 @@ size_t wl_stream_read(wl_stream *s, wl_event *out, size_t cap)
 
 static const int64_t wl_prec_div[4] = {1, 1000, 1000000, 1000000000};
 
-size_t wl_format(const wl_params *p, enum wl_format fmt, enum wl_precision prec,
-		 const wl_event *e, char *out)
+size_t wl_format(const wl_params *p, enum wl_format fmt, enum wl_precision prec, const wl_event *e,
+		 char *out)
 {
 	char *o = out;
 	uint64_t ts = (uint64_t)(e->ts / wl_prec_div[prec]);

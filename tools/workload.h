@@ -40,11 +40,11 @@
 #define WL_NS_PER_MS  INT64_C(1000000)
 #define WL_NS_PER_DAY (INT64_C(86400) * 1000000000)
 
-#define WL_CAMERAS_MAX    1000000u
-#define WL_DAYS_MAX       3660u
-#define WL_PER_DAY_MAX    1000000u
-#define WL_ID_MAX         16 /* "KV00001" and its NUL, with room to spare */
-#define WL_PLATE_LEN      8  /* "A123BC77", not NUL-terminated */
+#define WL_CAMERAS_MAX 1000000u
+#define WL_DAYS_MAX    3660u
+#define WL_PER_DAY_MAX 1000000u
+#define WL_ID_MAX      16 /* "KV00001" and its NUL, with room to spare */
+#define WL_PLATE_LEN   8  /* "A123BC77", not NUL-terminated */
 
 enum wl_late_at { WL_LATE_END = 0, WL_LATE_DAY = 1 };
 
@@ -86,7 +86,7 @@ int wl_camera_offline(const wl_params *p, unsigned cam);
 /* One camera's day, in time order. The caller provides per_day slots in
  * ts and tenths; lane and plate may be NULL (not filled). */
 typedef struct wl_day {
-	int64_t *ts;    /* ns since the epoch, whole milliseconds */
+	int64_t *ts;     /* ns since the epoch, whole milliseconds */
 	int32_t *tenths; /* speed x 10 */
 	uint8_t *lane;
 	char (*plate)[WL_PLATE_LEN];
@@ -151,8 +151,8 @@ enum wl_precision { WL_PREC_NS = 0, WL_PREC_US = 1, WL_PREC_MS = 2, WL_PREC_S = 
  *   csv: the same with commas.
  * Timestamps in prec units (events are whole milliseconds, so ms and
  * finer are exact; s truncates). The extras of p are written. */
-size_t wl_format(const wl_params *p, enum wl_format fmt, enum wl_precision prec,
-		 const wl_event *e, char *out);
+size_t wl_format(const wl_params *p, enum wl_format fmt, enum wl_precision prec, const wl_event *e,
+		 char *out);
 
 /* Header line of the tsv/csv columns ("camera\tts\tspeed[\tlane][\tplate]\n");
  * 0 for lp. */

@@ -122,8 +122,8 @@ static int cmd_rfc3339(const char *s, int64_t *out)
 		} else if (*p == '+' || *p == '-') {
 			int sign = *p++ == '-' ? -1 : 1;
 			unsigned oh, om;
-			if (cmd_digits(&p, 2, &oh) || *p++ != ':' || cmd_digits(&p, 2, &om) || oh > 23 ||
-			    om > 59)
+			if (cmd_digits(&p, 2, &oh) || *p++ != ':' || cmd_digits(&p, 2, &om) ||
+			    oh > 23 || om > 59)
 				return -1;
 			off = sign * (int64_t)(oh * 3600 + om * 60);
 		} else {
@@ -298,9 +298,14 @@ size_t cmd_format_duration(int64_t ns, char *buf)
 		const char *u;
 		int64_t ns;
 	} units[] = {
-		{"w", 7 * 86400 * NS_PER_SEC}, {"d", 86400 * NS_PER_SEC}, {"h", 3600 * NS_PER_SEC},
-		{"m", 60 * NS_PER_SEC},        {"s", NS_PER_SEC},         {"ms", 1000000},
-		{"us", 1000},                  {"ns", 1},
+		{"w", 7 * 86400 * NS_PER_SEC},
+		{"d", 86400 * NS_PER_SEC},
+		{"h", 3600 * NS_PER_SEC},
+		{"m", 60 * NS_PER_SEC},
+		{"s", NS_PER_SEC},
+		{"ms", 1000000},
+		{"us", 1000},
+		{"ns", 1},
 	};
 	for (size_t i = 0; i < sizeof units / sizeof units[0]; i++)
 		if (ns % units[i].ns == 0)
@@ -453,8 +458,7 @@ long_form:
 			if (k < 0 || k > 18)
 				break;
 			cmd_u128 P = (cmd_u128)f * cmd_p10[k];
-			cmd_u128 q = P >> s, rem = P - (q << s), half = (cmd_u128)1
-											<< (s - 1);
+			cmd_u128 q = P >> s, rem = P - (q << s), half = (cmd_u128)1 << (s - 1);
 			if (rem > half || (rem == half && (q & 1)))
 				q++;
 			/* q / 10^k reads back as v when it is strictly within half
@@ -494,7 +498,8 @@ static int cmd_split(const char *p, const char *end, char *scratch, size_t cap, 
 		if (*p == '"') {
 			for (p++;; p++) {
 				if (p == end)
-					return cmd_fail(err, err_cap, "unterminated quote in argument %d",
+					return cmd_fail(err, err_cap,
+							"unterminated quote in argument %d",
 							argc - 1);
 				if (*p == '"') {
 					p++;
@@ -507,8 +512,8 @@ static int cmd_split(const char *p, const char *end, char *scratch, size_t cap, 
 				*d++ = *p;
 			}
 			if (p < end && *p != ' ' && *p != '\t' && *p != '\r')
-				return cmd_fail(err, err_cap, "argument %d: text after closing quote",
-						argc - 1);
+				return cmd_fail(err, err_cap,
+						"argument %d: text after closing quote", argc - 1);
 		} else {
 			while (p < end && *p != ' ' && *p != '\t' && *p != '\r') {
 				if (d + 1 >= dend)
@@ -540,8 +545,7 @@ static int cmd_time_arg(const char *what, const char *s, int64_t now, int64_t *o
 }
 
 /* to: a time, or a duration after from ("1h" or "+1h"). */
-static int cmd_to_arg(const char *s, int64_t now, int64_t from, int64_t *out, char *err,
-		      size_t cap)
+static int cmd_to_arg(const char *s, int64_t now, int64_t from, int64_t *out, char *err, size_t cap)
 {
 	int64_t d;
 	const char *ds = *s == '+' ? s + 1 : s;
@@ -608,13 +612,11 @@ int cmd_parse(const char *line, size_t len, char *scratch, size_t scratch_cap, i
 	out->name = cmd_table[ci].name;
 	int nargs = argc - 1;
 	if (nargs < cmd_table[ci].min_args || nargs > cmd_table[ci].max_args)
-		return cmd_fail(err, err_cap, "%s: %d argument%s given; usage: %s", out->name, nargs,
-				nargs == 1 ? "" : "s", cmd_table[ci].usage);
+		return cmd_fail(err, err_cap, "%s: %d argument%s given; usage: %s", out->name,
+				nargs, nargs == 1 ? "" : "s", cmd_table[ci].usage);
 	char **a = argv + 1;
 	switch (out->kind) {
-	case CMD_AUTH:
-		out->token = a[0];
-		return 0;
+	case CMD_AUTH: out->token = a[0]; return 0;
 	case CMD_SERIES:
 		if (cmd_name_arg("table", a[0], err, err_cap) ||
 		    cmd_name_arg("field", a[1], err, err_cap) ||
@@ -624,8 +626,8 @@ int cmd_parse(const char *line, size_t len, char *scratch, size_t scratch_cap, i
 		out->field = a[1];
 		out->key = a[2];
 		if (cmd_parse_duration(a[3], &out->step))
-			return cmd_fail(err, err_cap, "step: invalid duration '%.40s' (like 5m, 1h, 1d)",
-					a[3]);
+			return cmd_fail(err, err_cap,
+					"step: invalid duration '%.40s' (like 5m, 1h, 1d)", a[3]);
 		return cmd_range(a, 4, now, out, err, err_cap);
 	case CMD_AGG:
 		if (cmd_name_arg("table", a[0], err, err_cap) ||
@@ -666,10 +668,10 @@ int cmd_parse(const char *line, size_t len, char *scratch, size_t scratch_cap, i
 				out->prec = (enum tally_precision)i;
 				return 0;
 			}
-		return cmd_fail(err, err_cap, "precision: '%.40s' is not one of ns, us, ms, s", a[0]);
+		return cmd_fail(err, err_cap, "precision: '%.40s' is not one of ns, us, ms, s",
+				a[0]);
 	}
-	default:
-		return 0;
+	default: return 0;
 	}
 }
 

@@ -14,7 +14,7 @@
 #include "tally.h"
 
 #define CMD_ARGS_MAX 12
-#define CMD_ERR_MAX 200
+#define CMD_ERR_MAX  200
 
 enum cmd_kind {
 	CMD_PING = 1,
@@ -31,12 +31,12 @@ enum cmd_kind {
 
 typedef struct cmd_req {
 	enum cmd_kind kind;
-	const char *name;  /* the command word as typed, e.g. "series" */
+	const char *name; /* the command word as typed, e.g. "series" */
 	/* NUL-terminated, pointing into the caller's scratch buffer. */
 	const char *table, *field, *key, *token;
-	int64_t step;      /* series: window width, ns */
-	int64_t from, to;  /* [from, to), ns */
-	uint64_t limit;    /* scan: most rows (0: no limit) */
+	int64_t step;     /* series: window width, ns */
+	int64_t from, to; /* [from, to), ns */
+	uint64_t limit;   /* scan: most rows (0: no limit) */
 	enum tally_precision prec;
 } cmd_req;
 

@@ -29,13 +29,13 @@ enum conf_kind {
 	K_SECRET_FILE, /* the first line of a file into the K_SECRET at off */
 	K_UINT,
 	K_U32,
-	K_SIZE,        /* size_t */
-	K_SIZE64,      /* uint64_t */
-	K_PART_SIZE,   /* uint64_t: 0 or in [CONF_PART_MIN, CONF_PART_MAX] */
+	K_SIZE,      /* size_t */
+	K_SIZE64,    /* uint64_t */
+	K_PART_SIZE, /* uint64_t: 0 or in [CONF_PART_MIN, CONF_PART_MAX] */
 	K_DUR,
 	K_DUR0,
-	K_DUR_OFF,     /* int64_t ns: a duration, 0, or off/never/-<duration> (< 0) */
-	K_MS,          /* uint32_t ms: 0 or a duration from 1ms */
+	K_DUR_OFF, /* int64_t ns: a duration, 0, or off/never/-<duration> (< 0) */
+	K_MS,      /* uint32_t ms: 0 or a duration from 1ms */
 	K_LOG,
 	K_LEVELS,
 	K_OFFSET,
@@ -257,8 +257,7 @@ int conf_set(srv_conf *c, const char *name, const char *value, const char *where
 	uint64_t u;
 	int64_t d;
 	switch (it->kind) {
-	case K_SECRET_FILE:
-		return conf_read_secret_file(it, (char **)dst, value, where);
+	case K_SECRET_FILE: return conf_read_secret_file(it, (char **)dst, value, where);
 	case K_SECRET:
 		if (!*value) /* the value is never printed: empty is all it may say */
 			return conf_err(where, it->name, "", "is empty");
@@ -289,8 +288,9 @@ int conf_set(srv_conf *c, const char *name, const char *value, const char *where
 		return 0;
 	case K_PART_SIZE:
 		if (conf_size(value, &u) || (u && (u < CONF_PART_MIN || u > CONF_PART_MAX)))
-			return conf_err(where, it->name, value,
-					"is not 0 or a size from 5MiB (S3's smallest part) to 512MiB");
+			return conf_err(
+				where, it->name, value,
+				"is not 0 or a size from 5MiB (S3's smallest part) to 512MiB");
 		*(uint64_t *)dst = u;
 		return 0;
 	case K_DUR:
@@ -300,7 +300,8 @@ int conf_set(srv_conf *c, const char *name, const char *value, const char *where
 			return 0;
 		}
 		if (cmd_parse_duration(value, &d))
-			return conf_err(where, it->name, value, "is not a duration (like 500ms, 10s, 5m)");
+			return conf_err(where, it->name, value,
+					"is not a duration (like 500ms, 10s, 5m)");
 		*(int64_t *)dst = d;
 		return 0;
 	case K_DUR_OFF:
@@ -335,7 +336,8 @@ int conf_set(srv_conf *c, const char *name, const char *value, const char *where
 			return 0;
 		}
 		if (cmd_parse_duration(v, &d) || d >= 86400 * INT64_C(1000000000))
-			return conf_err(where, it->name, value, "is not an offset under a day (like +3h)");
+			return conf_err(where, it->name, value,
+					"is not an offset under a day (like +3h)");
 		c->align_offset = neg ? -d : d;
 		return 0;
 	}
@@ -360,7 +362,8 @@ int conf_set(srv_conf *c, const char *name, const char *value, const char *where
 			if (n == TALLY_LEVELS_MAX)
 				return conf_err(where, it->name, value, "has more than 8 levels");
 			if (cmd_parse_duration(t, &c->levels[n++]))
-				return conf_err(where, it->name, value, "is not a list like 5m,1h,1d");
+				return conf_err(where, it->name, value,
+						"is not a list like 5m,1h,1d");
 		}
 		c->n_levels = n;
 		return 0;
@@ -520,8 +523,9 @@ int conf_parse_args(srv_conf *c, int argc, char **argv)
 		return -1;
 	}
 	if (c->reply_bytes < 4096 || c->input_bytes < 4096) {
-		fprintf(stderr, "tallyd: reply-buffer-bytes and input-buffer-bytes must be at least "
-				"4KiB\n");
+		fprintf(stderr,
+			"tallyd: reply-buffer-bytes and input-buffer-bytes must be at least "
+			"4KiB\n");
 		return -1;
 	}
 	if (c->io && strcmp(c->io, "auto") && strcmp(c->io, "io_uring") && strcmp(c->io, "epoll")) {

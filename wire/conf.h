@@ -13,31 +13,31 @@
 #define CONF_DEFAULT_PORT 8427
 
 typedef struct srv_conf {
-	char *bind;          /* address to listen on; default 127.0.0.1 */
-	unsigned port;       /* default 8427; 0 picks a free port */
-	char *data;          /* data directory; default ./data */
-	char *port_file;     /* if set, the bound port is written there */
-	unsigned shards;     /* 0: one per core */
-	char *token;         /* shared secret clients present with #!auth; NULL: none */
-	uint32_t max_line;   /* longest line, bytes */
-	unsigned max_conns;  /* open connections at once */
-	size_t reply_bytes;  /* unsent replies kept per connection */
-	size_t input_bytes;  /* unprocessed input kept per connection */
-	int64_t idle_ns;     /* close connections silent this long; 0: never */
-	int64_t sync_ns;     /* background group commit interval; 0: only on #!sync */
+	char *bind;           /* address to listen on; default 127.0.0.1 */
+	unsigned port;        /* default 8427; 0 picks a free port */
+	char *data;           /* data directory; default ./data */
+	char *port_file;      /* if set, the bound port is written there */
+	unsigned shards;      /* 0: one per core */
+	char *token;          /* shared secret clients present with #!auth; NULL: none */
+	uint32_t max_line;    /* longest line, bytes */
+	unsigned max_conns;   /* open connections at once */
+	size_t reply_bytes;   /* unsent replies kept per connection */
+	size_t input_bytes;   /* unprocessed input kept per connection */
+	int64_t idle_ns;      /* close connections silent this long; 0: never */
+	int64_t sync_ns;      /* background group commit interval; 0: only on #!sync */
 	int64_t full_wait_ns; /* how long a write waits out a full store */
-	int64_t grace_ns;    /* on SIGTERM: how long to drain connections */
-	unsigned recv_bufs;  /* receive buffers per shard */
+	int64_t grace_ns;     /* on SIGTERM: how long to drain connections */
+	unsigned recv_bufs;   /* receive buffers per shard */
 	unsigned recv_buf_bytes;
-	int log_level;       /* TALLY_LOG_* */
-	char *io;            /* "auto" (default), "io_uring" or "epoll" */
+	int log_level; /* TALLY_LOG_* */
+	char *io;      /* "auto" (default), "io_uring" or "epoll" */
 	/* engine options */
 	uint64_t memory_limit;
 	int64_t align_offset;
 	char *table_keys;
 	unsigned n_levels;
 	int64_t levels[TALLY_LEVELS_MAX];
-	uint32_t flush_ms;   /* memtable age before a flush; 0: the engine's 60 s */
+	uint32_t flush_ms; /* memtable age before a flush; 0: the engine's 60 s */
 	/* Tiering (tally_options tier_*). NULL or 0: the engine's default or
 	 * its environment variable ($TALLY_S3_*, $AWS_*). */
 	char *tier_bucket;

@@ -31,11 +31,11 @@
 #include "frame.h"
 #include "server.h"
 
-#define CONN_RETRY_NS (50 * INT64_C(1000000)) /* re-try a write into a full store */
-#define CONN_LINGER_NS (2 * INT64_C(1000000000))
-#define CONN_ROW_MAX 512                      /* a formatted row without strings, bytes */
-#define SERIES_CAP 1024                       /* buckets per series slice */
-#define SERIES_SPAN_MAX (INT64_C(1) << 62) /* widest slice, ns */
+#define CONN_RETRY_NS      (50 * INT64_C(1000000)) /* re-try a write into a full store */
+#define CONN_LINGER_NS     (2 * INT64_C(1000000000))
+#define CONN_ROW_MAX       512                /* a formatted row without strings, bytes */
+#define SERIES_CAP         1024               /* buckets per series slice */
+#define SERIES_SPAN_MAX    (INT64_C(1) << 62) /* widest slice, ns */
 #define STAT_ADD(sh, f, v) atomic_fetch_add_explicit(&(sh)->st.f, (v), memory_order_relaxed)
 
 typedef struct prod_series {
@@ -109,14 +109,9 @@ static void conn_prod_free(wconn *c)
 		free(ps->key);
 		break;
 	}
-	case PROD_KEYS:
-		tally_keys_close(((prod_keys *)c->prod_state)->it);
-		break;
-	case PROD_SCAN:
-		tally_scan_close(((prod_scan *)c->prod_state)->s);
-		break;
-	case PROD_NONE:
-		break;
+	case PROD_KEYS: tally_keys_close(((prod_keys *)c->prod_state)->it); break;
+	case PROD_SCAN: tally_scan_close(((prod_scan *)c->prod_state)->s); break;
+	case PROD_NONE: break;
 	}
 	free(c->prod_state);
 	c->prod_state = NULL;
@@ -169,7 +164,8 @@ static void conn_put(wconn *c, const char *s, size_t n, int force)
 	if (c->dropped_unreported && !force) {
 		char note[128];
 		int k = snprintf(note, sizeof note,
-				 "ERR replies dropped: %" PRIu64 " (the client did not read them)\n",
+				 "ERR replies dropped: %" PRIu64
+				 " (the client did not read them)\n",
 				 c->dropped_unreported);
 		if (conn_out_room(c, (size_t)k + n, 0) == 0) {
 			memcpy(c->out + c->out_tail, note, (size_t)k);
@@ -187,8 +183,8 @@ static void conn_put(wconn *c, const char *s, size_t n, int force)
 	srv_conn_dirty(c);
 }
 
-__attribute__((format(printf, 3, 4))) static void conn_putf(wconn *c, int force,
-							    const char *fmt, ...)
+__attribute__((format(printf, 3, 4))) static void conn_putf(wconn *c, int force, const char *fmt,
+							    ...)
 {
 	char buf[1024];
 	va_list ap;
@@ -261,8 +257,11 @@ static void text_cell(conn_text *t, const char *s, size_t n)
 	if (t->oom)
 		return;
 	for (size_t i = 0; i < n; i++) {
-		char ch = s[i], e = ch == '\\' ? '\\' : ch == '\t' ? 't' : ch == '\n' ? 'n'
-							 : ch == '\r' ? 'r' : 0;
+		char ch = s[i], e = ch == '\\'   ? '\\'
+				    : ch == '\t' ? 't'
+				    : ch == '\n' ? 'n'
+				    : ch == '\r' ? 'r'
+						 : 0;
 		if (e) {
 			t->p[t->n++] = '\\';
 			t->p[t->n++] = e;
@@ -390,8 +389,8 @@ static int conn_pump_series(wconn *c, prod_series *ps, conn_text *t)
 				ps->span /= 2;
 		} else if (rc) {
 			char m[300];
-			int k = snprintf(m, sizeof m, "ERR line %" PRIu64 ": series: %s\n", ps->line,
-					 conn_errmsg(rc));
+			int k = snprintf(m, sizeof m, "ERR line %" PRIu64 ": series: %s\n",
+					 ps->line, conn_errmsg(rc));
 			text_raw(t, m, (size_t)k);
 			return -1;
 		} else {
@@ -452,7 +451,9 @@ static int conn_pump_scan(wconn *c, prod_scan *sc, conn_text *t)
 			case TALLY_T_F64: text_f64(t, v->v.f64); break;
 			case TALLY_T_I64: k = snprintf(b, sizeof b, "%" PRId64, v->v.i64); break;
 			case TALLY_T_U64: k = snprintf(b, sizeof b, "%" PRIu64, v->v.u64); break;
-			case TALLY_T_BOOL: k = snprintf(b, sizeof b, "%s", v->v.b ? "true" : "false"); break;
+			case TALLY_T_BOOL:
+				k = snprintf(b, sizeof b, "%s", v->v.b ? "true" : "false");
+				break;
 			case TALLY_T_STR:
 			case TALLY_T_TAG: text_cell(t, v->v.str.ptr, v->v.str.len); break;
 			case TALLY_T_NONE: break;
@@ -490,8 +491,7 @@ static void conn_pump(wconn *c)
 		done = conn_pump_scan(c, c->prod_state, &t);
 		rows = ((prod_scan *)c->prod_state)->rows;
 		break;
-	case PROD_NONE:
-		break;
+	case PROD_NONE: break;
 	}
 	if (t.oom) {
 		text_give(c->sh, &t);
@@ -536,10 +536,10 @@ static void conn_stats(wconn *c)
 	uint64_t sum[12] = {0};
 	for (unsigned i = 0; i < s->n_shards; i++) {
 		wstats *w = &s->shards[i].st;
-		_Atomic uint64_t *f[12] = {&w->conns_total, &w->conns_refused, &w->bytes_in,
-					   &w->bytes_out, &w->lines_accepted, &w->lines_rejected,
-					   &w->commands, &w->queries, &w->syncs,
-					   &w->replies_dropped, &w->idle_closed, &w->full_waits};
+		_Atomic uint64_t *f[12] = {
+			&w->conns_total,    &w->conns_refused,   &w->bytes_in,    &w->bytes_out,
+			&w->lines_accepted, &w->lines_rejected,  &w->commands,    &w->queries,
+			&w->syncs,          &w->replies_dropped, &w->idle_closed, &w->full_waits};
 		for (int k = 0; k < 12; k++)
 			sum[k] += atomic_load_explicit(f[k], memory_order_relaxed);
 	}
@@ -661,8 +661,8 @@ static void conn_query(wconn *c, const cmd_req *r, uint64_t line)
 		ps->line = line;
 		/* The first slice now, so that a bad table or step is one ERR line. */
 		int64_t slice_to = series_slice_to(ps);
-		rc = tally_query_series(s->db, r->table, r->field, r->key, r->step, ps->cur, slice_to,
-					ps->b, SERIES_CAP, &ps->n);
+		rc = tally_query_series(s->db, r->table, r->field, r->key, r->step, ps->cur,
+					slice_to, ps->b, SERIES_CAP, &ps->n);
 		if (rc == TALLY_ETRUNC) {
 			ps->n = SERIES_CAP;
 			series_after_last(ps);
@@ -736,8 +736,7 @@ static void conn_query(wconn *c, const cmd_req *r, uint64_t line)
 		conn_pump(c);
 		break;
 	}
-	default:
-		break;
+	default: break;
 	}
 	if (held)
 		text_give(c->sh, &t);
@@ -781,9 +780,7 @@ static int conn_command(wconn *c, const char *line, size_t len)
 			return -1;
 		}
 		break;
-	case CMD_PING:
-		conn_putf(c, 0, "OK pong");
-		break;
+	case CMD_PING: conn_putf(c, 0, "OK pong"); break;
 	case CMD_SYNC:
 		c->sync_ticket = srv_sync_ticket(s);
 		sh->n_sync_wait++;
@@ -795,9 +792,7 @@ static int conn_command(wconn *c, const char *line, size_t len)
 		conn_putf(c, 0, "OK precision %s", names[r.prec]);
 		break;
 	}
-	case CMD_STATS:
-		conn_stats(c);
-		break;
+	case CMD_STATS: conn_stats(c); break;
 	case CMD_HELP: {
 		conn_text t = text_take(c->sh);
 		text_raw(&t, "command\tusage\n", 14);
@@ -822,9 +817,7 @@ static int conn_command(wconn *c, const char *line, size_t len)
 	case CMD_SERIES:
 	case CMD_AGG:
 	case CMD_KEYS:
-	case CMD_SCAN:
-		conn_query(c, &r, no);
-		break;
+	case CMD_SCAN: conn_query(c, &r, no); break;
 	}
 	return 0;
 }
@@ -834,8 +827,7 @@ static int conn_command(wconn *c, const char *line, size_t len)
 static uint64_t conn_count_nl(const char *p, size_t n)
 {
 	uint64_t k = 0;
-	for (const char *q = p, *e = p + n; q < e && (q = memchr(q, '\n', (size_t)(e - q)));
-	     q++)
+	for (const char *q = p, *e = p + n; q < e && (q = memchr(q, '\n', (size_t)(e - q))); q++)
 		k++;
 	return k;
 }
@@ -1115,8 +1107,8 @@ void conn_step(wconn *c)
 	srv *s = c->sh->srv;
 	for (int guard = 0; guard < 64 && c->state == CONN_OPEN; guard++) {
 		int progress = 0;
-		if (c->sync_ticket && atomic_load_explicit(&s->sync_done, memory_order_acquire) >=
-					      c->sync_ticket) {
+		if (c->sync_ticket &&
+		    atomic_load_explicit(&s->sync_done, memory_order_acquire) >= c->sync_ticket) {
 			char msg[256];
 			int rc = srv_sync_result(s, msg, sizeof msg);
 			c->sync_ticket = 0;
@@ -1124,8 +1116,8 @@ void conn_step(wconn *c)
 			if (c->final_sync == 2) {
 				char m[200];
 				snprintf(m, sizeof m,
-					 rc ? "ERR shutdown: sync failed" :
-					      "OK shutdown accepted=%" PRIu64 " rejected=%" PRIu64,
+					 rc ? "ERR shutdown: sync failed"
+					    : "OK shutdown accepted=%" PRIu64 " rejected=%" PRIu64,
 					 c->accepted, c->rejected);
 				conn_close_with(c, m);
 				break;

@@ -20,8 +20,8 @@
 
 enum { EP_EVENTFD = 1, EP_LISTEN = 2 };
 #define EP_READS_PER_WAKE 4 /* then the next connection gets its turn */
-#define EP_TICK_NS (1000 * INT64_C(1000000))
-#define EP_TICK_FAST_NS (50 * INT64_C(1000000))
+#define EP_TICK_NS        (1000 * INT64_C(1000000))
+#define EP_TICK_FAST_NS   (50 * INT64_C(1000000))
 
 int ep_init(wshard *sh)
 {
@@ -92,8 +92,7 @@ static void ep_write(wconn *c)
 
 static void ep_read(wshard *sh, wconn *c)
 {
-	for (int i = 0; i < EP_READS_PER_WAKE && c->state != CONN_DEAD && conn_wants_recv(c);
-	     i++) {
+	for (int i = 0; i < EP_READS_PER_WAKE && c->state != CONN_DEAD && conn_wants_recv(c); i++) {
 		ssize_t n = recv(c->fd, sh->ep_buf, sh->buf_bytes, MSG_DONTWAIT);
 		if (n > 0) {
 			conn_on_data(c, sh->ep_buf, (size_t)n);
@@ -175,8 +174,8 @@ void ep_run(wshard *sh)
 					if (fd < 0) {
 						if (errno != EAGAIN && errno != EWOULDBLOCK &&
 						    errno != EINTR)
-							srv_log(sh->srv, TALLY_LOG_WARN, "accept: %s",
-								strerror(errno));
+							srv_log(sh->srv, TALLY_LOG_WARN,
+								"accept: %s", strerror(errno));
 						break;
 					}
 					sh_accepted(sh, fd);

@@ -111,7 +111,9 @@ int frame_nl_certain(const char *buf, size_t i, char prev)
 	if (b1 == '\\')
 		return 0;
 	if (b1 == '\r') {
-		char b2 = i >= 2 ? buf[i - 2] : i == 1 ? prev : '\\'; /* unknown: assume the worst */
+		char b2 = i >= 2   ? buf[i - 2]
+			  : i == 1 ? prev
+				   : '\\'; /* unknown: assume the worst */
 		if (b2 == '\\')
 			return 0;
 	}

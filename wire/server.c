@@ -46,10 +46,10 @@ enum { UD_ACCEPT = 1, UD_EVENTFD = 2, UD_IGNORE = 3 };
 enum { OP_RECV = 1, OP_SEND = 2 };
 #define OP_MASK UINT64_C(7)
 
-#define BGID 0
-#define TICK_NS (1000 * INT64_C(1000000))
+#define BGID         0
+#define TICK_NS      (1000 * INT64_C(1000000))
 #define TICK_FAST_NS (50 * INT64_C(1000000))
-#define QUIET_NS (200 * INT64_C(1000000))     /* a draining connection this quiet is done */
+#define QUIET_NS     (200 * INT64_C(1000000))  /* a draining connection this quiet is done */
 #define HARD_STOP_NS (5 * INT64_C(1000000000)) /* after the grace: close whatever is left */
 
 int64_t srv_now(void)
@@ -81,7 +81,10 @@ void srv_log(srv *s, int level, const char *fmt, ...)
 	gmtime_r(&now, &tm);
 	char ts[32];
 	strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", &tm);
-	fprintf(stderr, "%s tallyd %s: %s\n", ts, names[level < 0 ? 0 : level > 2 ? 2 : level],
+	fprintf(stderr, "%s tallyd %s: %s\n", ts,
+		names[level < 0   ? 0
+		      : level > 2 ? 2
+				  : level],
 		msg);
 }
 
@@ -155,8 +158,8 @@ static void *srv_syncer_main(void *arg)
 		int rc = tally_db_sync(s->db);
 		char msg[256];
 		if (rc)
-			snprintf(msg, sizeof msg, "%s", *tally_errmsg() ? tally_errmsg()
-								: tally_strerror(rc));
+			snprintf(msg, sizeof msg, "%s",
+				 *tally_errmsg() ? tally_errmsg() : tally_strerror(rc));
 		pthread_mutex_lock(&s->smu);
 		if (rc && !s->sync_rc) {
 			s->sync_rc = rc;
@@ -190,7 +193,8 @@ static void sh_arm_accept(wshard *sh)
 	struct io_uring_sqe *sqe = sh_sqe(sh);
 	if (!sqe)
 		return;
-	io_uring_prep_multishot_accept(sqe, sh->listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+	io_uring_prep_multishot_accept(sqe, sh->listen_fd, NULL, NULL,
+				       SOCK_CLOEXEC | SOCK_NONBLOCK);
 	io_uring_sqe_set_data64(sqe, UD_ACCEPT);
 	sh->accept_armed = 1;
 }
@@ -276,7 +280,8 @@ static int sh_reconcile(wshard *sh, wconn *c)
 			if (c->recv_armed && !c->recv_cancelling) {
 				struct io_uring_sqe *sqe = sh_sqe(sh);
 				if (sqe) {
-					io_uring_prep_cancel64(sqe, (uint64_t)(uintptr_t)c | OP_RECV, 0);
+					io_uring_prep_cancel64(sqe,
+							       (uint64_t)(uintptr_t)c | OP_RECV, 0);
 					io_uring_sqe_set_data64(sqe, UD_IGNORE);
 					c->recv_cancelling = 1;
 				}
@@ -662,7 +667,8 @@ static int srv_listen(srv *s)
 {
 	char port[16];
 	snprintf(port, sizeof port, "%u", s->conf->port);
-	struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+	struct addrinfo hints = {.ai_family = AF_UNSPEC,
+				 .ai_socktype = SOCK_STREAM,
 				 .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
 	struct addrinfo *res = NULL;
 	int rc = getaddrinfo(s->conf->bind, port, &hints, &res);
@@ -783,7 +789,8 @@ int srv_open(srv *s, srv_conf *conf)
 	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
 	    conf->max_conns + 64 + 4 * (rlim_t)n > rl.rlim_cur) {
 		unsigned m = rl.rlim_cur > 64 + 4 * (rlim_t)n + 1
-				     ? (unsigned)(rl.rlim_cur - 64 - 4 * (rlim_t)n) : 1;
+				     ? (unsigned)(rl.rlim_cur - 64 - 4 * (rlim_t)n)
+				     : 1;
 		srv_log(s, TALLY_LOG_WARN,
 			"max-connections %u exceeds the descriptor limit %llu; using %u",
 			conf->max_conns, (unsigned long long)rl.rlim_cur, m);
@@ -898,7 +905,8 @@ int srv_start(srv *s)
 	if (rc == 0 && (rc = srv_write_port_file(s)) == 0)
 		srv_log(s, TALLY_LOG_INFO, "listening on %s:%u, data %s, %u shards, %s%s",
 			s->conf->bind, s->port, s->conf->data, s->n_shards,
-			s->use_epoll ? "epoll" : "io_uring", s->conf->token ? ", token required" : "");
+			s->use_epoll ? "epoll" : "io_uring",
+			s->conf->token ? ", token required" : "");
 	if (rc)
 		srv_stop(s);
 	return rc;
@@ -908,7 +916,8 @@ void srv_stop(srv *s)
 {
 	int prev = atomic_fetch_add(&s->stopping, 1);
 	if (prev == 0)
-		srv_log(s, TALLY_LOG_INFO, "stopping: no new connections; draining, then a last sync");
+		srv_log(s, TALLY_LOG_INFO,
+			"stopping: no new connections; draining, then a last sync");
 	else if (prev == 1)
 		srv_log(s, TALLY_LOG_INFO, "stopping now: closing connections");
 	for (unsigned i = 0; i < s->n_shards; i++)

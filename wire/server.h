@@ -25,8 +25,7 @@ typedef struct wconn wconn;
 
 typedef struct wstats {
 	_Atomic uint64_t conns_total, conns_refused, bytes_in, bytes_out, lines_accepted,
-		lines_rejected, commands, queries, syncs, replies_dropped, idle_closed,
-		full_waits;
+		lines_rejected, commands, queries, syncs, replies_dropped, idle_closed, full_waits;
 } wstats;
 
 /* ---------------------------------------------------------------- connections */
@@ -48,25 +47,25 @@ struct wconn {
 	unsigned dirty : 1;
 
 	/* I/O state, owned by the loop. */
-	unsigned inflight;  /* operations whose completions are still due */
+	unsigned inflight; /* operations whose completions are still due */
 	unsigned recv_armed : 1, recv_cancelling : 1, send_busy : 1, wr_shut : 1, killed : 1;
-	unsigned ep_events;         /* epoll: the events registered for fd */
-	unsigned send_blocked : 1;  /* epoll: the last send would have blocked */
-	size_t send_len;    /* bytes of the send in flight */
+	unsigned ep_events;        /* epoll: the events registered for fd */
+	unsigned send_blocked : 1; /* epoll: the last send would have blocked */
+	size_t send_len;           /* bytes of the send in flight */
 
 	/* Protocol state. */
 	unsigned authed : 1, eof : 1, discard : 1;
 	unsigned final_sync : 2; /* shutdown: 1 asked, 2 waiting for its last sync */
 	enum tally_precision prec;
-	uint64_t lines;     /* physical lines consumed; the next line is lines + 1 */
+	uint64_t lines; /* physical lines consumed; the next line is lines + 1 */
 	uint64_t accepted, rejected;
-	char *in;           /* in[in_head, in_len): received, not yet processed; */
+	char *in;                       /* in[in_head, in_len): received, not yet processed; */
 	size_t in_head, in_len, in_cap; /* it starts at a record start */
-	char in_last;       /* last byte received (escape context across packets) */
+	char in_last;                   /* last byte received (escape context across packets) */
 
 	/* What the connection waits for before reading on (0 / none: nothing). */
 	uint64_t sync_ticket;
-	int64_t retry_at;   /* a write that met a full store is retried then */
+	int64_t retry_at; /* a write that met a full store is retried then */
 	int64_t full_since;
 	enum conn_prod prod;
 	void *prod_state;
@@ -90,7 +89,7 @@ struct wshard {
 
 	struct io_uring ring;
 	int ring_ok;
-	int epfd;      /* epoll backend: its epoll fd, and one receive buffer */
+	int epfd; /* epoll backend: its epoll fd, and one receive buffer */
 	char *ep_buf;
 	struct io_uring_buf_ring *br;
 	size_t br_bytes;
@@ -112,7 +111,7 @@ struct wshard {
 
 	int listen_fd; /* shard 0 accepts for everyone */
 	unsigned accept_armed : 1, eventfd_armed : 1, stopping : 1, hurry : 1;
-	int init_rc;   /* set by the thread once its ring is up (or failed) */
+	int init_rc; /* set by the thread once its ring is up (or failed) */
 	int init_done;
 	int64_t drain_until;
 	unsigned n_sync_wait;
@@ -120,7 +119,7 @@ struct wshard {
 
 	char *text_buf; /* answers are formatted here (conn.c) */
 	size_t text_cap;
-	char *scratch;  /* command arguments */
+	char *scratch; /* command arguments */
 	size_t scratch_cap;
 	wstats st;
 };
@@ -149,19 +148,19 @@ struct srv {
 	pthread_t syncer;
 	pthread_mutex_t smu;
 	pthread_cond_t scv;
-	uint64_t sync_req;  /* last ticket handed out */
+	uint64_t sync_req;          /* last ticket handed out */
 	_Atomic uint64_t sync_done; /* every ticket <= this is durable */
-	int sync_rc;        /* first failure, sticky (the engine fails the shard for good) */
+	int sync_rc; /* first failure, sticky (the engine fails the shard for good) */
 	char sync_msg[256];
-	_Atomic int dirty;  /* writes since the last sync */
+	_Atomic int dirty; /* writes since the last sync */
 	int syncer_stop;
 };
 
 /* server.c */
 int srv_open(srv *s, srv_conf *conf);
 int srv_start(srv *s); /* shard threads and the syncer */
-void srv_stop(srv *s);  /* begin the graceful stop; a second call hurries it */
-int srv_wait(srv *s);   /* joins the threads after the stop, syncs: 0 or error */
+void srv_stop(srv *s); /* begin the graceful stop; a second call hurries it */
+int srv_wait(srv *s);  /* joins the threads after the stop, syncs: 0 or error */
 void srv_close(srv *s);
 uint64_t srv_sync_ticket(srv *s);
 int srv_sync_result(srv *s, char *msg, size_t cap);
@@ -190,7 +189,7 @@ void conn_free(wconn *c);
 void conn_on_data(wconn *c, const char *p, size_t n);
 void conn_on_eof(wconn *c);
 void conn_on_sent(wconn *c, size_t n);
-void conn_step(wconn *c);  /* after a wake-up: sync done, retry due, shutdown */
+void conn_step(wconn *c); /* after a wake-up: sync done, retry due, shutdown */
 void conn_tick(wconn *c, int64_t now);
 void conn_close_with(wconn *c, const char *msg);
 int conn_wants_recv(const wconn *c);

@@ -41,14 +41,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			/* fall through */
 		case CMD_AGG:
 		case CMD_KEYS:
-		case CMD_SCAN:
-			CHECK(r.table && *r.table && r.from < r.to);
-			break;
-		case CMD_AUTH:
-			CHECK(r.token != NULL);
-			break;
-		default:
-			break;
+		case CMD_SCAN: CHECK(r.table && *r.table && r.from < r.to); break;
+		case CMD_AUTH: CHECK(r.token != NULL); break;
+		default: break;
 		}
 	} else {
 		size_t n = strlen(err);

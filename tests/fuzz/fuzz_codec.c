@@ -57,7 +57,7 @@ static void fuzz_decode(const uint8_t *p, size_t n, enum codec_kind kind)
 	codec_block_info info;
 	if (codec_block_info_get(p, n, &info) == 0)
 		check_rc(codec_decode(cx, p, n, (enum codec_kind)info.kind, info.n, back, pres_back,
-		                      &arena));
+				      &arena));
 	uint32_t rows = n ? p[n - 1] : 0;
 	check_rc(codec_decode(cx, p, n, kind, rows, back, NULL, &arena));
 }
@@ -147,12 +147,12 @@ static void fuzz_roundtrip(const uint8_t *data, size_t size)
 	enum codec_kind kind = (enum codec_kind)(1 + (data[0] >> 1 & 7) % CODEC_KIND_MAX);
 	uint8_t o1 = data[1];
 	codec_opts o = {
-	        .force = (enum codec_enc)((data[0] >> 4) % (CODEC_ENC_MAX + 1)),
-	        .order = (enum codec_order)(o1 & 3),
-	        .zstd_level = (o1 >> 2 & 3) == 1   ? -1
-	                      : (o1 >> 2 & 3) == 2 ? 1
-	                                           : 0,
-	        .zstd_always = (o1 >> 2 & 3) == 3,
+		.force = (enum codec_enc)((data[0] >> 4) % (CODEC_ENC_MAX + 1)),
+		.order = (enum codec_order)(o1 & 3),
+		.zstd_level = (o1 >> 2 & 3) == 1   ? -1
+			      : (o1 >> 2 & 3) == 2 ? 1
+						   : 0,
+		.zstd_always = (o1 >> 2 & 3) == 3,
 	};
 	uint32_t n = make_values(kind, o1 >> 5 & 3, data + 4, size - 4);
 	const uint64_t *pr = NULL;
@@ -187,7 +187,7 @@ static void fuzz_roundtrip(const uint8_t *data, size_t size)
 		}
 		if (p && !same(kind, i)) {
 			fprintf(stderr, "row %u of %u: %s/%s value differs\n", i, n,
-			        codec_kind_name(kind), codec_name(st.enc));
+				codec_kind_name(kind), codec_name(st.enc));
 			abort();
 		}
 	}
@@ -207,6 +207,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		fuzz_roundtrip(data, size);
 	else
 		fuzz_decode(data + 1, size - 1,
-		            (enum codec_kind)(1 + (data[0] >> 1 & 7) % CODEC_KIND_MAX));
+			    (enum codec_kind)(1 + (data[0] >> 1 & 7) % CODEC_KIND_MAX));
 	return 0;
 }

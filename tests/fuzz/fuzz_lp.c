@@ -19,9 +19,9 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-#define CHECK(c)               \
-	do {                   \
-		if (!(c))      \
+#define CHECK(c)                 \
+	do {                     \
+		if (!(c))        \
 			abort(); \
 	} while (0)
 

@@ -58,7 +58,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				abort();
 			for (uint32_t i = 0; i < m.n_parts; i++)
 				if (m.parts[i].tier != m2.parts[i].tier ||
-				    (m.parts[i].object && strcmp(m.parts[i].object, m2.parts[i].object)))
+				    (m.parts[i].object &&
+				     strcmp(m.parts[i].object, m2.parts[i].object)))
 					abort();
 			manifest_free(&m2);
 		}

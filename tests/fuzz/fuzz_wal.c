@@ -111,7 +111,10 @@ static int touch_cb(void *ctx, uint64_t seq, const void *payload, size_t len)
 	return 0;
 }
 
-static void quiet(void *ctx, int level, const char *msg) { (void)ctx, (void)level, (void)msg; }
+static void quiet(void *ctx, int level, const char *msg)
+{
+	(void)ctx, (void)level, (void)msg;
+}
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
