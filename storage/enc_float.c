@@ -128,6 +128,72 @@ static unsigned dec_choose(const uint32_t *hist, uint32_t n)
 	return s_best;
 }
 
+/* ---------------------------------------------------------- exceptions
+ * DEC and BIN share the exception list: varint count, then per exception
+ * a varint gap (index - previous index - 1) and the value's 8 bytes LE. */
+
+/* Writes the list at p (room for 10 + 18 * ne bytes); returns its end. */
+static uint8_t *exc_put(uint8_t *p, const double *v, const uint32_t *exc, uint32_t ne)
+{
+	p += enc_varint_put(p, ne);
+	for (uint32_t j = 0; j < ne; j++) {
+		p += enc_varint_put(p, exc[j] - (j ? exc[j - 1] + 1 : 0));
+		enc_put_le64(p, f64_bits(v[exc[j]]));
+		p += 8;
+	}
+	return p;
+}
+
+/* What an encoding's exception list is called in corruption messages. */
+typedef struct exc_names {
+	const char *what, *count, *index;
+} exc_names;
+
+static const exc_names dec_names = {"decimal", "decimal exceptions", "decimal exception index"};
+static const exc_names bin_names = {"binary", "binary exceptions", "binary exception index"};
+
+/* Reads the count at *pos and checks every entry against n values and the
+ * bytes left, leaving *pos after the list. */
+static int exc_check(const uint8_t *body, size_t len, size_t *pos, uint32_t n, uint64_t *ne,
+		     const exc_names *nm)
+{
+	int rc = enc_varint_get(body, len, pos, ne, nm->count);
+	if (rc)
+		return rc;
+	if (*ne > n)
+		return ENC_CORRUPT("%s: %llu exceptions for %u values", nm->what,
+				   (unsigned long long)*ne, n);
+	uint64_t idx = 0;
+	for (uint64_t j = 0; j < *ne; j++) {
+		uint64_t gap;
+		if ((rc = enc_varint_get(body, len, pos, &gap, nm->index)))
+			return rc;
+		if (gap >= n - idx)
+			return ENC_CORRUPT("%s: exception %llu past value %u", nm->what,
+					   (unsigned long long)j, n);
+		idx += gap + 1;
+		if (len - *pos < 8)
+			return ENC_CORRUPT("%s: exception %llu truncated", nm->what,
+					   (unsigned long long)j);
+		*pos += 8;
+	}
+	return 0;
+}
+
+/* Puts the exceptions of the list at pos, which exc_check() passed, into d. */
+static void exc_apply(const uint8_t *body, size_t len, size_t pos, double *d)
+{
+	uint64_t ne, idx = 0;
+	enc_varint_get(body, len, &pos, &ne, "");
+	for (uint64_t j = 0; j < ne; j++) {
+		uint64_t gap;
+		enc_varint_get(body, len, &pos, &gap, "");
+		idx += gap;
+		d[idx++] = bits_f64(enc_get_le64(body + pos));
+		pos += 8;
+	}
+}
+
 static int dec_encode(codec_ctx *cx, const enc_vals *in, const codec_opts *opt, codec_buf *out,
 		      codec_stats *st)
 {
@@ -167,12 +233,7 @@ static int dec_encode(codec_ctx *cx, const enc_vals *in, const codec_opts *opt, 
 		return -ENOMEM;
 	uint8_t *p = out->p + out->len;
 	*p++ = (uint8_t)s;
-	p += enc_varint_put(p, ne);
-	for (uint32_t j = 0; j < ne; j++) {
-		p += enc_varint_put(p, exc[j] - (j ? exc[j - 1] + 1 : 0));
-		enc_put_le64(p, f64_bits(v[exc[j]]));
-		p += 8;
-	}
+	p = exc_put(p, v, exc, ne);
 	out->len = (size_t)(p - out->p);
 	enum codec_order used;
 	int rc = enc_ints_put(cx, m, n, opt->order, out, &used);
@@ -196,30 +257,11 @@ static int dec_decode(codec_ctx *cx, enum codec_kind kind, const uint8_t *body, 
 	unsigned s = body[0];
 	if (s > CODEC_DEC_SCALE_MAX)
 		return ENC_CORRUPT("decimal: scale %u > %u", s, CODEC_DEC_SCALE_MAX);
-	size_t pos = 1;
+	size_t pos = 1, exc_at = pos;
 	uint64_t ne;
-	int rc = enc_varint_get(body, len, &pos, &ne, "decimal exceptions");
+	int rc = exc_check(body, len, &pos, n, &ne, &dec_names);
 	if (rc)
 		return rc;
-	if (ne > n)
-		return ENC_CORRUPT("decimal: %llu exceptions for %u values", (unsigned long long)ne,
-				   n);
-	size_t exc_at = pos;
-	/* Skip the exceptions to find the integers; check them on the way. */
-	uint64_t idx = 0;
-	for (uint64_t j = 0; j < ne; j++) {
-		uint64_t gap;
-		if ((rc = enc_varint_get(body, len, &pos, &gap, "decimal exception index")))
-			return rc;
-		if (gap >= n - idx)
-			return ENC_CORRUPT("decimal: exception %llu past value %u",
-					   (unsigned long long)j, n);
-		idx += gap + 1;
-		if (len - pos < 8)
-			return ENC_CORRUPT("decimal: exception %llu truncated",
-					   (unsigned long long)j);
-		pos += 8;
-	}
 	int64_t *m = enc_scratch(cx, ENC_S_TMP, (size_t)n * 8 + 8);
 	if (!m)
 		return -ENOMEM;
@@ -227,15 +269,7 @@ static int dec_decode(codec_ctx *cx, enum codec_kind kind, const uint8_t *body, 
 		return rc;
 	for (uint32_t i = 0; i < n; i++)
 		d[i] = dec_value(m[i], s);
-	pos = exc_at;
-	idx = 0;
-	for (uint64_t j = 0; j < ne; j++) {
-		uint64_t gap;
-		enc_varint_get(body, len, &pos, &gap, "");
-		idx += gap;
-		d[idx++] = bits_f64(enc_get_le64(body + pos));
-		pos += 8;
-	}
+	exc_apply(body, len, exc_at, d);
 	return 0;
 }
 
@@ -508,12 +542,7 @@ static int bin_encode(codec_ctx *cx, const enc_vals *in, const codec_opts *opt, 
 		return -ENOMEM;
 	uint8_t *p = out->p + out->len;
 	p += enc_varint_put(p, enc_zigzag(e));
-	p += enc_varint_put(p, ne);
-	for (uint32_t j = 0; j < ne; j++) {
-		p += enc_varint_put(p, exc[j] - (j ? exc[j - 1] + 1 : 0));
-		enc_put_le64(p, f64_bits(v[exc[j]]));
-		p += 8;
-	}
+	p = exc_put(p, v, exc, ne);
 	out->len = (size_t)(p - out->p);
 	enum codec_order used;
 	int rc = enc_ints_put(cx, m, n, opt->order, out, &used);
@@ -540,27 +569,9 @@ static int bin_decode(codec_ctx *cx, enum codec_kind kind, const uint8_t *body, 
 	if (e < BIN_E_MIN || e > BIN_E_MAX)
 		return ENC_CORRUPT("binary: exponent %lld outside %d..%d", (long long)e, BIN_E_MIN,
 				   BIN_E_MAX);
-	if ((rc = enc_varint_get(body, len, &pos, &ne, "binary exceptions")))
-		return rc;
-	if (ne > n)
-		return ENC_CORRUPT("binary: %llu exceptions for %u values", (unsigned long long)ne,
-				   n);
 	size_t exc_at = pos;
-	/* Skip the exceptions to find the integers; check them on the way. */
-	uint64_t idx = 0;
-	for (uint64_t j = 0; j < ne; j++) {
-		uint64_t gap;
-		if ((rc = enc_varint_get(body, len, &pos, &gap, "binary exception index")))
-			return rc;
-		if (gap >= n - idx)
-			return ENC_CORRUPT("binary: exception %llu past value %u",
-					   (unsigned long long)j, n);
-		idx += gap + 1;
-		if (len - pos < 8)
-			return ENC_CORRUPT("binary: exception %llu truncated",
-					   (unsigned long long)j);
-		pos += 8;
-	}
+	if ((rc = exc_check(body, len, &pos, n, &ne, &bin_names)))
+		return rc;
 	int64_t *m = enc_scratch(cx, ENC_S_TMP, (size_t)n * 8 + 8);
 	if (!m)
 		return -ENOMEM;
@@ -577,15 +588,7 @@ static int bin_decode(codec_ctx *cx, enum codec_kind kind, const uint8_t *body, 
 			return ENC_CORRUPT("binary: value %u: %lld*2^%d overflows", i,
 					   (long long)m[i], (int)e);
 	}
-	pos = exc_at;
-	idx = 0;
-	for (uint64_t j = 0; j < ne; j++) {
-		uint64_t gap;
-		enc_varint_get(body, len, &pos, &gap, "");
-		idx += gap;
-		d[idx++] = bits_f64(enc_get_le64(body + pos));
-		pos += 8;
-	}
+	exc_apply(body, len, exc_at, d);
 	return 0;
 }
 
