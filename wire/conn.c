@@ -359,6 +359,30 @@ static void series_after_last(prod_series *ps)
 		ps->cur = ps->to;
 }
 
+/* Fetches the next slice of buckets into ps->b: at most SERIES_CAP, so a
+ * full slice (TALLY_ETRUNC) goes on after its last window and halves the
+ * span, and a sparse one doubles it. Returns 0 or the query's error. */
+static int series_next_slice(tally_db *db, prod_series *ps)
+{
+	int64_t slice_to = series_slice_to(ps);
+	int rc = tally_query_series(db, ps->table, ps->field, ps->key, ps->step, ps->cur, slice_to,
+				    ps->b, SERIES_CAP, &ps->n);
+	ps->i = 0;
+	if (rc == TALLY_ETRUNC) {
+		ps->n = SERIES_CAP;
+		series_after_last(ps);
+		if (ps->span / 2 / SERIES_CAP >= ps->step)
+			ps->span /= 2;
+		return 0;
+	}
+	if (rc)
+		return rc;
+	ps->cur = slice_to;
+	if (ps->n < SERIES_CAP / 4 && ps->span <= SERIES_SPAN_MAX / 2)
+		ps->span *= 2;
+	return 0;
+}
+
 /* Writes the next rows of the streamed answer while there is room; 1 when
  * the answer is complete. */
 static int conn_pump_series(wconn *c, prod_series *ps, conn_text *t)
@@ -378,25 +402,13 @@ static int conn_pump_series(wconn *c, prod_series *ps, conn_text *t)
 		}
 		if (ps->cur >= ps->to)
 			return 1;
-		int64_t slice_to = series_slice_to(ps);
-		int rc = tally_query_series(db, ps->table, ps->field, ps->key, ps->step, ps->cur,
-					    slice_to, ps->b, SERIES_CAP, &ps->n);
-		ps->i = 0;
-		if (rc == TALLY_ETRUNC) {
-			ps->n = SERIES_CAP;
-			series_after_last(ps);
-			if (ps->span / 2 / SERIES_CAP >= ps->step)
-				ps->span /= 2;
-		} else if (rc) {
+		int rc = series_next_slice(db, ps);
+		if (rc) {
 			char m[300];
 			int k = snprintf(m, sizeof m, "ERR line %" PRIu64 ": series: %s\n",
 					 ps->line, conn_errmsg(rc));
 			text_raw(t, m, (size_t)k);
 			return -1;
-		} else {
-			ps->cur = slice_to;
-			if (ps->n < SERIES_CAP / 4 && ps->span <= SERIES_SPAN_MAX / 2)
-				ps->span *= 2;
 		}
 	}
 	return 0;
@@ -660,16 +672,7 @@ static void conn_query(wconn *c, const cmd_req *r, uint64_t line)
 								  : r->step * SERIES_CAP;
 		ps->line = line;
 		/* The first slice now, so that a bad table or step is one ERR line. */
-		int64_t slice_to = series_slice_to(ps);
-		rc = tally_query_series(s->db, r->table, r->field, r->key, r->step, ps->cur,
-					slice_to, ps->b, SERIES_CAP, &ps->n);
-		if (rc == TALLY_ETRUNC) {
-			ps->n = SERIES_CAP;
-			series_after_last(ps);
-			rc = 0;
-		} else if (rc == 0) {
-			ps->cur = slice_to;
-		}
+		rc = series_next_slice(s->db, ps);
 		c->prod = PROD_SERIES;
 		c->prod_state = ps;
 		if (rc) {
