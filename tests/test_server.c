@@ -403,6 +403,57 @@ Test(server, writes_and_queries_match_a_brute_force_model, .timeout = 120)
 
 /* ---------------------------------------------------------------- framing over TCP */
 
+/* A series longer than one slice of the server's bucket buffer (1,024)
+ * streams in several slices, which widen over sparse data and are cut
+ * short (TALLY_ETRUNC) where dense data follows: every window once, in
+ * order, none lost or repeated at a slice's edge. */
+Test(server, long_series_stream_in_slices)
+{
+	tsrv s;
+	tdir_make(&s);
+	tsrv_start(&s, NULL);
+	tcli *c = tcli_open(s.port);
+	/* 5-minute windows: every 100th of the first 1,024, then 3,000 in a row */
+	const int64_t w = 300 * SEC;
+	int win[1100 + 3000], n = 0;
+	for (int i = 0; i < 1024; i += 100)
+		win[n++] = i;
+	for (int i = 1024; i < 1024 + 3000; i++)
+		win[n++] = i;
+	for (int i = 0; i < n; i++)
+		tcli_sendf(c, "t,k=a v=%di %" PRId64 "\n", win[i], T0 + win[i] * w + 7 * SEC);
+	uint64_t a;
+	tcli_sync(c, &a, NULL);
+	cr_assert_eq(a, (uint64_t)n);
+	ttable t;
+	tcli_query(c, &t, "#!series t v a 5m %" PRId64 " %" PRId64, T0, T0 + 4100 * w);
+	cr_assert_null(t.err, "%s", t.err);
+	cr_assert_eq(t.n, (size_t)n + 1, "%zu rows, want %d", t.n - 1, n);
+	for (int i = 0; i < n; i++) {
+		int64_t start;
+		cr_assert_eq(cmd_parse_time(tcell(t.rows[i + 1], 0), 0, &start), 0);
+		cr_assert_eq(start, T0 + win[i] * w, "row %d: %s", i, t.rows[i + 1]);
+		cr_assert_str_eq(tcell(t.rows[i + 1], 1), "1");
+		cr_assert_eq(atoi(tcell(t.rows[i + 1], 2)), win[i], "row %d: %s", i, t.rows[i + 1]);
+	}
+	ttable_free(&t);
+	/* sparse: one event on each of 3 days, 5-minute step over 3 days */
+	for (int d = 0; d < 3; d++)
+		tcli_sendf(c, "t,k=b v=%di %" PRId64 "\n", d, T0 + d * 86400 * SEC);
+	tcli_sync(c, NULL, NULL);
+	tcli_query(c, &t, "#!series t v b 5m %" PRId64 " %" PRId64, T0, T0 + 3 * 86400 * SEC);
+	cr_assert_eq(t.n, 4);
+	for (int d = 0; d < 3; d++) {
+		int64_t start;
+		cr_assert_eq(cmd_parse_time(tcell(t.rows[d + 1], 0), 0, &start), 0);
+		cr_assert_eq(start, T0 + d * 86400 * SEC);
+	}
+	ttable_free(&t);
+	tcli_close(c);
+	cr_assert_eq(tsrv_wait(&s, SIGTERM), 0);
+	tdir_remove(&s);
+}
+
 Test(server, line_numbers_count_across_packets_and_escaped_newlines)
 {
 	tsrv s;
