@@ -12,8 +12,12 @@
  * measured.
  *
  *   bench_storage [--cameras N] [--days D] [--events E] [--dir DIR] [--out FILE]
+ *
+ * The store is a new directory made inside DIR (default /tmp) and removed
+ * at exit; DIR itself is never touched, so `--dir /tmp` is safe.
  */
 #include <dirent.h>
+#include <ftw.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -86,10 +90,17 @@ static void report(FILE *out, const char *what, double *lat, int n)
 		exit(1);                                   \
 	} while (0)
 
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *f)
+{
+	(void)st, (void)flag, (void)f;
+	remove(path);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	int cams = 1000, days = 3, events = 6000;
-	const char *dir = "/tmp/tally-bench-storage", *outp = NULL;
+	const char *parent = "/tmp", *outp = NULL;
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--cameras") && i + 1 < argc)
 			cams = atoi(argv[++i]);
@@ -98,7 +109,7 @@ int main(int argc, char **argv)
 		else if (!strcmp(argv[i], "--events") && i + 1 < argc)
 			events = atoi(argv[++i]);
 		else if (!strcmp(argv[i], "--dir") && i + 1 < argc)
-			dir = argv[++i];
+			parent = argv[++i];
 		else if (!strcmp(argv[i], "--out") && i + 1 < argc)
 			outp = argv[++i];
 		else {
@@ -108,10 +119,12 @@ int main(int argc, char **argv)
 			return 2;
 		}
 	}
-	char cmd[4200];
-	snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-	if (system(cmd))
+	static char dir[4096];
+	snprintf(dir, sizeof dir, "%s/tally-bench-storage-XXXXXX", parent);
+	if (!mkdtemp(dir)) {
+		fprintf(stderr, "bench_storage: cannot make a directory in %s\n", parent);
 		return 1;
+	}
 	tally_options o;
 	tally_options_init(&o);
 	o.no_background = 1;
@@ -328,6 +341,7 @@ int main(int argc, char **argv)
 	}
 	tally_writer_close(w);
 	tally_db_close(db);
+	nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS); /* the store made above */
 	free(ts), free(tenths), free(sp), free(lat), free(bk);
 	return 0;
 }

@@ -160,13 +160,45 @@ static void rc_evict(tally_db *db)
 	}
 }
 
+/* The rollup's index in the part, and its bucket count (0: none). */
+static uint32_t rollup_idx(const shard_part *sp, const part_key *pk, uint32_t num, unsigned level,
+			   uint32_t *nb)
+{
+	const part *p = sp->p;
+	uint32_t idx = pk->first_rollup + num * p->info.n_levels + level;
+	*nb = p->rollups[idx].n_buckets;
+	return idx;
+}
+
+/* Calls use(cached buckets, arg) under the cache's lock and returns 1 when
+ * the block is cached; counts the hit or the miss. */
+static int cache_use(shard_part *sp, uint32_t idx, uint32_t nb,
+		     void (*use)(const part_bucket *b, uint32_t n, void *arg), void *arg)
+{
+	tally_db *db = sp->db;
+	pthread_mutex_lock(&db->rc_mu);
+	int hit = sp->rc && sp->rc[idx];
+	if (hit)
+		use(sp->rc[idx], nb, arg);
+	if (hit)
+		db->rc_hits++;
+	else
+		db->rc_misses++;
+	pthread_mutex_unlock(&db->rc_mu);
+	return hit;
+}
+
+static void copy_out(const part_bucket *b, uint32_t n, void *arg)
+{
+	memcpy(arg, b, (size_t)n * sizeof *b);
+}
+
 int shard_part_rollup(shard_part *sp, const part_key *pk, uint32_t num, unsigned level,
 		      part_scratch *ps, part_bucket **out, uint32_t *n)
 {
 	tally_db *db = sp->db;
 	const part *p = sp->p;
-	uint32_t idx = pk->first_rollup + num * p->info.n_levels + level;
-	uint32_t nb = p->rollups[idx].n_buckets;
+	uint32_t nb, idx = rollup_idx(sp, pk, num, level, &nb);
 	*out = NULL;
 	*n = 0;
 	if (!nb)
@@ -175,17 +207,11 @@ int shard_part_rollup(shard_part *sp, const part_key *pk, uint32_t num, unsigned
 	part_bucket *b = mem_alloc(bytes);
 	if (!b)
 		return err_set(-ENOMEM, "out of memory");
-	pthread_mutex_lock(&db->rc_mu);
-	if (sp->rc && sp->rc[idx]) {
-		memcpy(b, sp->rc[idx], bytes);
-		db->rc_hits++;
-		pthread_mutex_unlock(&db->rc_mu);
+	if (cache_use(sp, idx, nb, copy_out, b)) {
 		*out = b;
 		*n = nb;
 		return 0;
 	}
-	db->rc_misses++;
-	pthread_mutex_unlock(&db->rc_mu);
 	uint32_t got;
 	int rc = part_read_rollup(p, pk, num, level, ps, b, nb, &got);
 	if (rc) {
@@ -220,6 +246,36 @@ int shard_part_rollup(shard_part *sp, const part_key *pk, uint32_t num, unsigned
 		(struct rc_ent){sp, idx, (uint32_t)bytes};
 	rc_evict(db);
 	pthread_mutex_unlock(&db->rc_mu);
+	return 0;
+}
+
+typedef struct fold_arg {
+	int64_t from, to;
+	ragg *acc;
+} fold_arg;
+
+static void fold(const part_bucket *pb, uint32_t n, void *arg)
+{
+	const fold_arg *f = arg;
+	const rbucket *b = (const rbucket *)pb;
+	for (uint32_t i = bucket_lower(b, n, f->from); i < n && b[i].start < f->to; i++)
+		ragg_merge(f->acc, &b[i].a);
+}
+
+int shard_part_rollup_fold(shard_part *sp, const part_key *pk, uint32_t num, unsigned level,
+			   part_scratch *ps, int64_t from, int64_t to, ragg *acc)
+{
+	fold_arg f = {from, to, acc};
+	uint32_t nb, idx = rollup_idx(sp, pk, num, level, &nb);
+	if (!nb || cache_use(sp, idx, nb, fold, &f))
+		return 0;
+	part_bucket *b;
+	uint32_t n;
+	int rc = shard_part_rollup(sp, pk, num, level, ps, &b, &n);
+	if (rc || !b)
+		return rc;
+	fold(b, n, &f);
+	mem_free(b);
 	return 0;
 }
 

@@ -50,6 +50,12 @@ int flush_run(struct tally_db *db, int force);
 int shard_part_rollup(shard_part *sp, const part_key *pk, uint32_t num, unsigned level,
 		      part_scratch *ps, part_bucket **out, uint32_t *n);
 
+/* Merges the buckets of that rollup with start in [from, to) into acc,
+ * reading a cached block in place (under the cache's lock) rather than
+ * copying it: the exact aggregate needs a sum, not the buckets. */
+int shard_part_rollup_fold(shard_part *sp, const part_key *pk, uint32_t num, unsigned level,
+			   part_scratch *ps, int64_t from, int64_t to, ragg *acc);
+
 /* Unsealed parts of one partition that trigger a merge (engine/merge.c). */
 #define MERGE_FANIN 4
 

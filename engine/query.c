@@ -306,10 +306,7 @@ typedef struct cview {
 	const col_def *c;
 	int pc;       /* part column */
 	uint32_t num; /* part numeric column */
-	qsrc *q;      /* owns decoded buffers and the scratch */
-	rbucket *lv[TALLY_LEVELS_MAX];
-	uint32_t nlv[TALLY_LEVELS_MAX];
-	uint8_t got[TALLY_LEVELS_MAX];
+	qsrc *q;      /* owns the scratch */
 	int64_t *ts;
 	bval *vals;
 	uint64_t *present;
@@ -318,11 +315,23 @@ typedef struct cview {
 
 static void cview_free(cview *v)
 {
-	for (unsigned i = 0; i < TALLY_LEVELS_MAX; i++)
-		mem_free(v->lv[i]);
 	mem_free(v->ts);
 	mem_free(v->vals);
 	mem_free(v->present);
+}
+
+/* The first of the n ascending times that is >= t (n when none is). */
+static uint32_t ts_lower(const int64_t *ts, uint32_t n, int64_t t)
+{
+	uint32_t lo = 0, hi = n;
+	while (lo < hi) {
+		uint32_t mid = lo + (hi - lo) / 2;
+		if (ts[mid] < t)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
 }
 
 /* Raw rows of the view in [a, b): the unaligned edges. */
@@ -360,17 +369,25 @@ static void raw_agg(cview *v, int64_t a, int64_t b, ragg *acc)
 		}
 		part_scratch *ps = qsrc_scratch(v->q);
 		int absent;
+		uint32_t got, i0, i1;
 		if (!ps) {
 			v->rc = err_set(-ENOMEM, "out of memory");
 			return;
 		}
-		if ((v->rc = part_read_col(p, st, v->pc, ps, v->vals, v->present, &absent)) ||
+		/* An edge is under one finest bucket: decode the times only up to
+		 * b, and the values only up to the last row in [a, b). */
+		if ((v->rc = part_read_col_head(p, st, -1, ps, v->ts, NULL, 0, b, &got, &absent)))
+			return;
+		i1 = ts_lower(v->ts, got, b);
+		i0 = ts_lower(v->ts, i1, a);
+		if (i0 == i1)
+			continue;
+		if ((v->rc = part_read_col_head(p, st, v->pc, ps, v->vals, v->present, i1,
+						INT64_MIN, &got, &absent)) ||
 		    absent)
 			continue;
-		if ((v->rc = part_read_col(p, st, -1, ps, v->ts, NULL, &absent)))
-			return;
-		for (uint32_t i = 0; i < st->n_rows; i++)
-			if (v->ts[i] >= a && v->ts[i] < b && ((v->present[i >> 6] >> (i & 63)) & 1))
+		for (uint32_t i = i0; i < i1; i++)
+			if ((v->present[i >> 6] >> (i & 63)) & 1)
 				ragg_add(acc, value_as_double(c->type, v->vals[i]));
 	}
 }
@@ -385,20 +402,15 @@ static void bucket_agg(cview *v, int li, int64_t a, int64_t b, ragg *acc)
 		bk = lv->b;
 		n = lv->n;
 	} else {
-		if (!v->got[li]) {
-			part_scratch *ps = qsrc_scratch(v->q);
-			if (!ps) {
-				v->rc = err_set(-ENOMEM, "out of memory");
-				return;
-			}
-			v->rc = part_rollup_decode(v->sp, v->pk->key, v->pk->len, v->c,
-						   (unsigned)li, ps, &v->lv[li], &v->nlv[li]);
-			v->got[li] = 1;
-			if (v->rc)
-				return;
+		part_scratch *ps = qsrc_scratch(v->q);
+		if (!ps) {
+			v->rc = err_set(-ENOMEM, "out of memory");
+			return;
 		}
-		bk = v->lv[li];
-		n = v->nlv[li];
+		/* the cache is guarded by its own mutex: the part itself is const */
+		v->rc = shard_part_rollup_fold((shard_part *)v->sp, v->pk, v->num, (unsigned)li, ps,
+					       a, b, acc);
+		return;
 	}
 	for (uint32_t i = bucket_lower(bk, n, a); i < n && bk[i].start < b; i++)
 		ragg_merge(acc, &bk[i].a);

@@ -569,9 +569,39 @@ int codec_encode(codec_ctx *cx, enum codec_kind kind, const void *vals, const ui
 
 /* ------------------------------------------------------------ decode */
 
+/* The row of dense value number j (rows with a value counted from 0); n
+ * when there are not that many. */
+static uint32_t row_of_dense(const uint64_t *pb, uint32_t n, uint32_t j)
+{
+	for (uint32_t w = 0; w < (n + 63) / 64; w++) {
+		uint64_t b = pb[w];
+		unsigned c = (unsigned)__builtin_popcountll(b);
+		if (j < c) {
+			while (j--)
+				b &= b - 1;
+			uint32_t r = w * 64 + (uint32_t)__builtin_ctzll(b);
+			return r < n ? r : n;
+		}
+		j -= c;
+	}
+	return n;
+}
+
+/* Dense values in rows [0, rows). */
+static uint32_t dense_below(const uint64_t *pb, uint32_t rows)
+{
+	uint32_t c = 0, w = 0;
+	for (; w < rows / 64; w++)
+		c += (uint32_t)__builtin_popcountll(pb[w]);
+	if (rows % 64)
+		c += (uint32_t)__builtin_popcountll(pb[w] & (((uint64_t)1 << (rows % 64)) - 1));
+	return c;
+}
+
+/* want and stop as in codec_decode_head; *got as there. */
 static int decode(codec_ctx *cx, const uint8_t *p, size_t len, enum codec_kind kind,
 		  uint32_t n_expected, void *vals, uint64_t *present, codec_buf *arena,
-		  uint64_t *bits)
+		  uint64_t *bits, uint32_t want, int64_t stop, uint32_t *got)
 {
 	block_hdr h;
 	int rc = header_get(p, len, &h);
@@ -586,9 +616,9 @@ static int decode(codec_ctx *cx, const uint8_t *p, size_t len, enum codec_kind k
 	    (rc = presence_get(p, len, &h.pos, h.n, h.np, present ? present : bits)))
 		return rc;
 	if (present && !(h.flags & FLAG_PRESENCE)) {
-		memset(present, 0, ((size_t)h.n + 63) / 64 * 8);
-		for (uint32_t i = 0; i < h.n; i++)
-			present[i >> 6] |= (uint64_t)1 << (i & 63);
+		memset(present, 0xff, (size_t)h.n / 64 * 8);
+		if (h.n % 64)
+			present[h.n / 64] = ((uint64_t)1 << (h.n % 64)) - 1;
 	}
 	const uint8_t *body = p + h.pos;
 	size_t blen = len - h.pos, limit = body_limit(kind, h.np);
@@ -638,13 +668,20 @@ static int decode(codec_ctx *cx, const uint8_t *p, size_t len, enum codec_kind k
 	void *dense = vals;
 	if (h.np != h.n && !(dense = enc_scratch(cx, ENC_S_VALS, (size_t)h.np * es + 8)))
 		return -ENOMEM;
+	const uint64_t *pb = present ? present : bits;
+	want = want < h.n ? want : h.n;
+	if (h.np != h.n && stop != INT64_MIN)
+		want = h.n; /* a stop applies to dense rows only: decode all */
+	cx->want = h.np == h.n ? want : dense_below(pb, want);
+	cx->stop = h.np == h.n ? stop : INT64_MIN;
+	cx->got = h.np;
 	if ((rc = ops_by_id[h.enc]->decode(cx, kind, body, blen, h.np, dense, arena)))
 		return err_prefix(rc, "%s", ops_by_id[h.enc]->name);
+	*got = h.np == h.n ? cx->got : row_of_dense(pb, h.n, cx->got);
 	if (h.np == h.n)
 		return 0;
 	/* Spread the dense values over the rows, from the back so that the
 	 * copy could even run in place. */
-	const uint64_t *pb = present ? present : bits;
 	const uint8_t *src = dense;
 	uint8_t *dst = vals;
 	uint32_t j = h.np;
@@ -672,8 +709,25 @@ int codec_decode(codec_ctx *cx, const uint8_t *p, size_t len, enum codec_kind ki
 	if (!cx && !(cx = tmp = codec_ctx_new()))
 		return -ENOMEM;
 	uint64_t bits[CODEC_BLOCK_MAX / 64];
-	int rc = decode(cx, p, len, kind, n_expected, vals, present, arena, bits);
+	uint32_t got;
+	int rc = decode(cx, p, len, kind, n_expected, vals, present, arena, bits, n_expected,
+			INT64_MIN, &got);
 	codec_ctx_free(tmp);
+	if (rc == TALLY_ECORRUPT)
+		err_prefix(rc, "codec block (%s)", codec_kind_name(kind));
+	return rc;
+}
+
+int codec_decode_head(codec_ctx *cx, const uint8_t *p, size_t len, enum codec_kind kind,
+		      uint32_t n_expected, uint32_t want, int64_t stop, void *vals,
+		      uint64_t *present, uint32_t *got)
+{
+	*got = 0;
+	if (kind < 1 || kind > CODEC_KIND_MAX || is_str(kind) || !cx || !p || (n_expected && !vals))
+		return err_set(TALLY_EINVAL, "codec: bad decode arguments");
+	uint64_t bits[CODEC_BLOCK_MAX / 64];
+	int rc = decode(cx, p, len, kind, n_expected, vals, present, NULL, bits, want,
+			kind == CODEC_TS ? stop : INT64_MIN, got);
 	if (rc == TALLY_ECORRUPT)
 		err_prefix(rc, "codec block (%s)", codec_kind_name(kind));
 	return rc;

@@ -161,6 +161,22 @@ int codec_encode(codec_ctx *cx, enum codec_kind kind, const void *vals, const ui
 int codec_decode(codec_ctx *cx, const uint8_t *p, size_t len, enum codec_kind kind,
 		 uint32_t n_expected, void *vals, uint64_t *present, codec_buf *arena);
 
+/*
+ * Like codec_decode, but only the first rows: an exact aggregate's edge
+ * needs the few rows of a stripe up to a time, and decoding can stop
+ * there. Rows [0, want) come out exact; for a CODEC_TS block (times
+ * ascending) decoding may also stop after the frame that reaches a time
+ * >= stop (pass INT64_MIN for no such stop). *got = how many leading rows
+ * are exact (at least min(want, n_expected) unless a time >= stop is
+ * among them); the slots after them hold garbage, the presence bitmap is
+ * whole. The numeric encodings stop early; the others decode everything.
+ * A block decoded only in part has its trailing length checks skipped:
+ * the part file's checksum still covers every byte.
+ */
+int codec_decode_head(codec_ctx *cx, const uint8_t *p, size_t len, enum codec_kind kind,
+		      uint32_t n_expected, uint32_t want, int64_t stop, void *vals,
+		      uint64_t *present, uint32_t *got);
+
 /* Reads a block's header; TALLY_ECORRUPT when it does not parse. */
 int codec_block_info_get(const uint8_t *p, size_t len, codec_block_info *out);
 

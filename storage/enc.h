@@ -17,6 +17,16 @@
 #include "codec.h"
 #include "err.h"
 
+/* Hot decoding loops are built twice on x86-64, plain and for x86-64-v3
+ * (BMI2's one-instruction variable shifts and bit extracts), and the
+ * loader picks the one the CPU runs (GCC's target_clones, an ifunc). */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && \
+	!defined(__SANITIZE_ADDRESS__)
+#define ENC_HOT __attribute__((target_clones("default", "arch=x86-64-v3")))
+#else
+#define ENC_HOT
+#endif
+
 /* ------------------------------------------------------------ context */
 
 /* Scratch slots: each user owns one, so nested calls never share. */
@@ -45,6 +55,13 @@ struct codec_ctx {
 	void *scratch[ENC_SCRATCH];
 	size_t scratch_cap[ENC_SCRATCH];
 	enc_frame_plan plans[CODEC_BLOCK_MAX >> ENC_FRAME_LOG2];
+	/* codec_decode_head's request, read by the numeric decoders (INT, DEC,
+	 * BIN, XOR; the others decode whole): the first `want` values must come
+	 * out exact; an ascending integer stream may also stop after the frame
+	 * that reaches a value >= stop. The decoder sets got (>= what it was
+	 * asked, <= n). codec_decode resets want to "all". */
+	uint32_t want, got;
+	int64_t stop;
 };
 
 /* scratch slot i with at least bytes bytes (contents not kept); NULL on
@@ -89,6 +106,11 @@ int enc_ints_put(codec_ctx *cx, const int64_t *v, uint32_t n, enum codec_order o
 		 codec_buf *out, enum codec_order *used);
 /* Decodes n values from exactly p[0..len). */
 int enc_ints_get(codec_ctx *cx, const uint8_t *p, size_t len, uint32_t n, int64_t *v);
+/* Decodes whole frames until the first want values are out, or (values
+ * ascending) until one >= stop is out; *got = values decoded, exact. The
+ * stream's length is checked only when it is decoded to the end. */
+int enc_ints_get_head(const uint8_t *p, size_t len, uint32_t n, int64_t *v, uint32_t want,
+		      int64_t stop, uint32_t *got);
 
 /* ------------------------------------------------------------ bytes */
 

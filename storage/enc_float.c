@@ -265,11 +265,13 @@ static int dec_decode(codec_ctx *cx, enum codec_kind kind, const uint8_t *body, 
 	int64_t *m = enc_scratch(cx, ENC_S_TMP, (size_t)n * 8 + 8);
 	if (!m)
 		return -ENOMEM;
-	if ((rc = enc_ints_get(cx, body + pos, len - pos, n, m)))
+	uint32_t got;
+	if ((rc = enc_ints_get_head(body + pos, len - pos, n, m, cx->want, INT64_MIN, &got)))
 		return rc;
-	for (uint32_t i = 0; i < n; i++)
+	for (uint32_t i = 0; i < got; i++)
 		d[i] = dec_value(m[i], s);
-	exc_apply(body, len, exc_at, d);
+	exc_apply(body, len, exc_at, d); /* any index below n: d has n slots */
+	cx->got = got;
 	return 0;
 }
 
@@ -329,7 +331,7 @@ static int xor_encode(codec_ctx *cx, const enc_vals *in, const codec_opts *opt, 
 static int xor_decode(codec_ctx *cx, enum codec_kind kind, const uint8_t *body, size_t len,
 		      uint32_t n, void *out, codec_buf *arena)
 {
-	(void)cx, (void)kind, (void)arena;
+	(void)kind, (void)arena;
 	double *dv = out;
 	if (n == 0) {
 		if (len)
@@ -341,7 +343,8 @@ static int xor_decode(codec_ctx *cx, enum codec_kind kind, const uint8_t *body, 
 	uint64_t prev = enc_br_get(&r, 64);
 	dv[0] = bits_f64(prev);
 	unsigned lead = 0, wlen = 64;
-	for (uint32_t i = 1; i < n; i++) {
+	uint32_t lim = cx->want > 1 && cx->want < n ? cx->want : n;
+	for (uint32_t i = 1; i < lim; i++) {
 		unsigned c = (unsigned)enc_br_get56(&r, 1);
 		if (c) {
 			if (enc_br_get56(&r, 1)) {
@@ -360,7 +363,8 @@ static int xor_decode(codec_ctx *cx, enum codec_kind kind, const uint8_t *body, 
 	}
 	if (enc_br_overrun(&r))
 		return ENC_CORRUPT("xor: truncated");
-	if (enc_br_used(&r, body) != len)
+	cx->got = lim;
+	if (lim == n && enc_br_used(&r, body) != len)
 		return ENC_CORRUPT("xor: %zu bytes left over", len - enc_br_used(&r, body));
 	return 0;
 }
@@ -575,10 +579,12 @@ static int bin_decode(codec_ctx *cx, enum codec_kind kind, const uint8_t *body, 
 	int64_t *m = enc_scratch(cx, ENC_S_TMP, (size_t)n * 8 + 8);
 	if (!m)
 		return -ENOMEM;
-	if ((rc = enc_ints_get(cx, body + pos, len - pos, n, m)))
+	uint32_t got;
+	if ((rc = enc_ints_get_head(body + pos, len - pos, n, m, cx->want, INT64_MIN, &got)))
 		return rc;
+	cx->got = got;
 	double pow2e = bin_pow2((int)e);
-	for (uint32_t i = 0; i < n; i++) {
+	for (uint32_t i = 0; i < got; i++) {
 		uint64_t mag = m[i] < 0 ? 0 - (uint64_t)m[i] : (uint64_t)m[i];
 		if (mag >= (uint64_t)1 << 53)
 			return ENC_CORRUPT("binary: value %u: integer %lld has more than 53 bits",

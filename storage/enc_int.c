@@ -515,58 +515,100 @@ int enc_ints_put(codec_ctx *cx, const int64_t *v, uint32_t n, enum codec_order o
 
 /* ------------------------------------------------------------ decode */
 
-static int read_frames(enc_br *br, int64_t *r, uint32_t m, unsigned flog2)
+/*
+ * The reader works on a copy of *br in locals: through the pointer the
+ * compiler must assume every store to r[] may change br->acc (both are
+ * 64-bit integers), and reloads it per value. The common Rice code, q < 32
+ * ones and k <= 23 low bits, is taken in one step after one refill check.
+ */
+ENC_HOT static int read_frames(enc_br *brp, int64_t *r, uint32_t m, unsigned flog2,
+			       int64_t *prev_ref, uint32_t frame0)
 {
-	int64_t prev = 0;
-	uint32_t fsize = 1u << flog2;
+	enc_br br = *brp;
+	int64_t prev = *prev_ref;
+	uint32_t fsize = 1u << flog2, f0 = frame0 << flog2;
 	for (uint32_t i = 0; i < m; i += fsize) {
 		uint32_t cnt = m - i < fsize ? m - i : fsize;
 		int64_t *x = r + i;
-		unsigned code = (unsigned)enc_br_get56(br, 8);
+		unsigned code = (unsigned)enc_br_get56(&br, 8);
 		uint64_t d;
 		unsigned bad;
 		if (code >= CODE_END)
-			return ENC_CORRUPT("integer frame %u: bad code %u", i >> flog2, code);
-		if ((bad = enc_br_varbits(br, &d)))
+			return ENC_CORRUPT("integer frame %u: bad code %u", (f0 + i) >> flog2,
+					   code);
+		if ((bad = enc_br_varbits(&br, &d)))
 			return ENC_CORRUPT("integer frame %u: reference bit width %u > 64",
-					   i >> flog2, bad);
+					   (f0 + i) >> flog2, bad);
 		int64_t ref = wadd(prev, enc_unzigzag(d));
 		prev = ref;
 		if (code < CODE_RICE) {
 			for (uint32_t j = 0; j < cnt; j++)
-				x[j] = wadd(ref, (int64_t)enc_br_get(br, code));
-		} else {
-			int zz = code >= CODE_MID;
-			unsigned k = code - (zz ? CODE_MID : CODE_RICE);
-			for (uint32_t j = 0; j < cnt; j++) {
-				if (br->n < RICE_LIMIT + 1)
-					enc_br_refill(br);
-				uint64_t u;
-				if ((br->acc & 0xffffffffu) == 0xffffffffu) {
-					br->acc >>= RICE_LIMIT;
-					br->n -= RICE_LIMIT;
-					if ((bad = enc_br_varbits(br, &u)))
-						return ENC_CORRUPT("integer frame %u value %u: bit "
-								   "width %u > 64",
-								   i >> flog2, j, bad);
-				} else {
-					unsigned q = (unsigned)__builtin_ctzll(~br->acc);
-					br->acc >>= q + 1;
-					br->n -= q + 1;
-					u = (uint64_t)q << k | enc_br_get(br, k);
-				}
-				x[j] = zz ? wadd(ref, enc_unzigzag(u)) : wadd(ref, (int64_t)u);
-			}
+				x[j] = wadd(ref, (int64_t)enc_br_get(&br, code));
+			goto frame_done;
 		}
-		if (enc_br_overrun(br))
-			return ENC_CORRUPT("integer frame %u: truncated", i >> flog2);
+		int zz = code >= CODE_MID;
+		unsigned k = code - (zz ? CODE_MID : CODE_RICE);
+		uint64_t kmask = ((uint64_t)1 << k) - 1;
+		for (uint32_t j = 0; j < cnt; j++) {
+			if (br.n < RICE_LIMIT + 1 + k)
+				enc_br_refill(&br);
+			uint64_t u;
+			unsigned q = (unsigned)__builtin_ctzll(~br.acc);
+			if (q < RICE_LIMIT && k <= 56 - RICE_LIMIT - 1) {
+				/* q ones, a zero and k bits, all in acc */
+				u = (uint64_t)q << k | (br.acc >> (q + 1) & kmask);
+				br.acc >>= q + 1 + k;
+				br.n -= q + 1 + k;
+			} else if (q < RICE_LIMIT) {
+				br.acc >>= q + 1;
+				br.n -= q + 1;
+				u = (uint64_t)q << k | enc_br_get(&br, k);
+			} else {
+				br.acc >>= RICE_LIMIT;
+				br.n -= RICE_LIMIT;
+				if ((bad = enc_br_varbits(&br, &u)))
+					return ENC_CORRUPT("integer frame %u value %u: bit "
+							   "width %u > 64",
+							   (f0 + i) >> flog2, j, bad);
+			}
+			x[j] = zz ? wadd(ref, enc_unzigzag(u)) : wadd(ref, (int64_t)u);
+		}
+frame_done:
+		if (enc_br_overrun(&br))
+			return ENC_CORRUPT("integer frame %u: truncated", (f0 + i) >> flog2);
 	}
+	*brp = br;
+	*prev_ref = prev;
 	return 0;
 }
 
-int enc_ints_get(codec_ctx *cx, const uint8_t *p, size_t len, uint32_t n, int64_t *v)
+/* Undoes the divisor and the transform of v[from..to), v[0..from) done. */
+static void finish(int64_t *v, uint32_t from, uint32_t to, unsigned o, uint64_t g,
+		   const int64_t head[2], int64_t *dd)
 {
-	(void)cx;
+	if (g != 1)
+		for (uint32_t i = from; i < to; i++)
+			v[i] = (int64_t)((uint64_t)v[i] * g);
+	if (o == 0) {
+		for (uint32_t i = from; i < to; i++)
+			v[i] = wadd(v[i], head[0]);
+	} else if (o == 1) {
+		for (uint32_t i = from; i < to; i++)
+			v[i] = wadd(v[i], v[i - 1]);
+	} else {
+		int64_t d = *dd;
+		for (uint32_t i = from; i < to; i++) {
+			d = wadd(d, v[i]);
+			v[i] = wadd(v[i - 1], d);
+		}
+		*dd = d;
+	}
+}
+
+int enc_ints_get_head(const uint8_t *p, size_t len, uint32_t n, int64_t *v, uint32_t want,
+		      int64_t stop, uint32_t *got)
+{
+	*got = 0;
 	if (n == 0) {
 		if (len)
 			return ENC_CORRUPT("integer stream: %zu bytes for no values", len);
@@ -591,34 +633,38 @@ int enc_ints_get(codec_ctx *cx, const uint8_t *p, size_t len, uint32_t n, int64_
 			return rc;
 		head[i] = enc_unzigzag(z);
 	}
-	uint32_t m = n - h;
+	v[0] = head[0];
+	int64_t dd = head[1];
+	if (h == 2)
+		v[1] = wadd(head[0], head[1]);
+	uint32_t done = h;
+	if (want > n)
+		want = n;
 	enc_br br;
 	enc_br_init(&br, p + pos, len - pos);
-	/* residuals land in v[h..]; the prefix sums below run in place */
-	if ((rc = read_frames(&br, v + h, m, flog2)))
-		return rc;
-	size_t used = enc_br_used(&br, p + pos);
-	if (used != len - pos)
-		return ENC_CORRUPT("integer stream: %zu bytes left over", len - pos - used);
-	if (g != 1)
-		for (uint32_t i = h; i < n; i++)
-			v[i] = (int64_t)((uint64_t)v[i] * g);
-	v[0] = head[0];
-	if (o == 0) {
-		for (uint32_t i = 1; i < n; i++)
-			v[i] = wadd(v[i], head[0]);
-	} else if (o == 1) {
-		for (uint32_t i = 1; i < n; i++)
-			v[i] = wadd(v[i], v[i - 1]);
-	} else if (n >= 2) {
-		int64_t d = head[1];
-		v[1] = wadd(head[0], d);
-		for (uint32_t i = 2; i < n; i++) {
-			d = wadd(d, v[i]);
-			v[i] = wadd(v[i - 1], d);
-		}
+	/* Residuals land in v[h..] a frame at a time, then become values in
+	 * place; the frames' reference values chain, so frames go in order. */
+	uint32_t fsize = 1u << flog2;
+	int64_t prev_ref = 0;
+	while (done < n && (done < want || v[done - 1] < stop)) {
+		uint32_t cnt = n - done < fsize ? n - done : fsize;
+		if ((rc = read_frames(&br, v + done, cnt, flog2, &prev_ref, (done - h) >> flog2)))
+			return rc;
+		finish(v, done, done + cnt, o, g, head, &dd);
+		done += cnt;
 	}
+	*got = done;
+	size_t used = enc_br_used(&br, p + pos);
+	if (done == n && used != len - pos)
+		return ENC_CORRUPT("integer stream: %zu bytes left over", len - pos - used);
 	return 0;
+}
+
+int enc_ints_get(codec_ctx *cx, const uint8_t *p, size_t len, uint32_t n, int64_t *v)
+{
+	(void)cx;
+	uint32_t got;
+	return enc_ints_get_head(p, len, n, v, n, INT64_MIN, &got);
 }
 
 /* ------------------------------------------------------------ INT encoding */
@@ -638,7 +684,7 @@ static int int_decode(codec_ctx *cx, enum codec_kind kind, const uint8_t *body, 
 		      uint32_t n, void *out, codec_buf *arena)
 {
 	(void)kind, (void)arena;
-	return enc_ints_get(cx, body, len, n, out);
+	return enc_ints_get_head(body, len, n, out, cx->want, cx->stop, &cx->got);
 }
 
 const codec_ops enc_int_ops = {

@@ -25,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <xxhash.h>
@@ -615,6 +616,8 @@ void part_close(part *p)
 {
 	if (!p)
 		return;
+	if (p->map)
+		munmap((void *)p->map, p->file_bytes);
 	if (p->fd >= 0)
 		close(p->fd);
 	mem_free(p->path);
@@ -910,6 +913,8 @@ int part_open(const char *path, part **out)
 	}
 	mem_free(z);
 	mem_free(ix);
+	void *m = mmap(NULL, p->file_bytes, PROT_READ, MAP_SHARED, p->fd, 0);
+	p->map = m == MAP_FAILED ? NULL : m; /* without it, blocks are pread */
 	*out = p;
 	return 0;
 fail:
@@ -938,59 +943,102 @@ const part_key *part_find_key(const part *p, const char *key, uint32_t len)
 	return NULL;
 }
 
-/* Reads a block and checks its checksum into s->raw; a stub's column
- * block (remote) through its fetch hook. */
-static int read_block(const part *p, const part_ref *ref, part_scratch *s, int remote)
+/* A block, its checksum checked: *data points into the part's map, or
+ * into s->raw where it had to be read (no map) or fetched (a stub's column
+ * block, through its fetch hook). */
+static int read_block(const part *p, const part_ref *ref, part_scratch *s, int remote,
+		      const uint8_t **data)
 {
-	int rc = codec_buf_reserve(&s->raw, (size_t)ref->len + 8);
-	if (rc)
-		return err_set(rc, "out of memory");
+	const uint8_t *b;
+	int rc;
 	if (remote && !p->fetch)
 		return err_set(TALLY_EREMOTE,
 			       "%s block %u: in object storage, and tiering is not "
 			       "configured",
 			       p->path, ref->no);
-	if (remote)
-		rc = p->fetch(p->fetch_ctx, p, ref->off, (size_t)ref->len + 8, s->raw.p);
-	else
-		rc = fio_pread_full(p->fd, s->raw.p, (size_t)ref->len + 8, ref->off, p->path);
-	if (rc)
-		return rc;
-	s->raw.len = ref->len;
-	if (XXH3_64bits(s->raw.p, ref->len) != le_get64(s->raw.p + ref->len))
+	if (!remote && p->map) {
+		b = p->map + ref->off;
+	} else {
+		if ((rc = codec_buf_reserve(&s->raw, (size_t)ref->len + 8)))
+			return err_set(rc, "out of memory");
+		if (remote)
+			rc = p->fetch(p->fetch_ctx, p, ref->off, (size_t)ref->len + 8, s->raw.p);
+		else
+			rc = fio_pread_full(p->fd, s->raw.p, (size_t)ref->len + 8, ref->off,
+					    p->path);
+		if (rc)
+			return rc;
+		s->raw.len = ref->len;
+		b = s->raw.p;
+	}
+	if (XXH3_64bits(b, ref->len) != le_get64(b + ref->len))
 		return err_set(TALLY_ECORRUPT, "%s block %u (offset %llu): checksum mismatch",
 			       p->path, ref->no, (unsigned long long)ref->off);
 	if (!s->cx && !(s->cx = codec_ctx_new()))
 		return err_set(-ENOMEM, "out of memory");
+	*data = b;
 	return 0;
+}
+
+/* The checked block of a stripe's column (col -1: the timestamps); *b
+ * NULL with *absent = 1 when the stripe has no value of it. */
+static int col_block(const part *p, const part_stripe *st, int col, part_scratch *s,
+		     const part_ref **ref, const uint8_t **b, int *absent)
+{
+	*absent = 0;
+	*b = NULL;
+	if (col < -1 || col >= (int)p->info.n_cols)
+		return err_set(TALLY_EINVAL, "%s: no column %d", p->path, col);
+	*ref = &p->refs[st->first_ref + (uint32_t)(col + 1)];
+	if (!(*ref)->len) {
+		*absent = 1;
+		return 0;
+	}
+	return read_block(p, *ref, s, (p->flags & PART_F_STUB) != 0, b);
 }
 
 int part_read_col(const part *p, const part_stripe *st, int col, part_scratch *s, void *vals,
 		  uint64_t *present, int *absent)
 {
-	*absent = 0;
-	if (col < -1 || col >= (int)p->info.n_cols)
-		return err_set(TALLY_EINVAL, "%s: no column %d", p->path, col);
-	const part_ref *ref = &p->refs[st->first_ref + (uint32_t)(col + 1)];
-	if (!ref->len) {
-		*absent = 1;
-		return 0;
-	}
-	int rc = read_block(p, ref, s, (p->flags & PART_F_STUB) != 0);
-	if (rc)
+	const part_ref *ref = NULL;
+	const uint8_t *b;
+	int rc = col_block(p, st, col, s, &ref, &b, absent);
+	if (rc || !b)
 		return rc;
 	enum codec_kind kind = col < 0 ? CODEC_TS : kind_of(p->info.cols[col].type);
-	rc = codec_decode(s->cx, s->raw.p, ref->len, kind, st->n_rows, vals, present, &s->arena);
+	rc = codec_decode(s->cx, b, ref->len, kind, st->n_rows, vals, present, &s->arena);
 	if (rc)
 		return err_prefix(rc, "%s block %u", p->path, ref->no);
 	if (kind == CODEC_BOOL) {
 		/* bytes to 8-byte slots, from the end so nothing is overwritten
 		 * before it is read */
-		uint8_t *b = vals;
+		uint8_t *by = vals;
 		uint64_t *u = vals;
 		for (uint32_t i = st->n_rows; i-- > 0;)
-			u[i] = b[i];
+			u[i] = by[i];
 	}
+	return 0;
+}
+
+int part_read_col_head(const part *p, const part_stripe *st, int col, part_scratch *s, void *vals,
+		       uint64_t *present, uint32_t want, int64_t stop, uint32_t *got, int *absent)
+{
+	*got = 0;
+	enum codec_kind kind =
+		col < 0 || col >= (int)p->info.n_cols ? CODEC_TS : kind_of(p->info.cols[col].type);
+	if (kind == CODEC_BOOL || kind == CODEC_STR || kind == CODEC_KEY) {
+		*got = st->n_rows;
+		return part_read_col(p, st, col, s, vals, present, absent);
+	}
+	const part_ref *ref = NULL;
+	const uint8_t *b;
+	int rc = col_block(p, st, col, s, &ref, &b, absent);
+	if (rc || !b)
+		return rc;
+	rc = codec_decode_head(s->cx, b, ref->len, kind, st->n_rows, want, stop, vals, present,
+			       got);
+	if (rc)
+		return err_prefix(rc, "%s block %u", p->path, ref->no);
 	return 0;
 }
 
@@ -1018,10 +1066,10 @@ int part_read_rollup(const part *p, const part_key *k, uint32_t num, unsigned le
 	if (ro->n_buckets > cap)
 		return err_set(TALLY_EINVAL, "%s: rollup of %u buckets, room for %u", p->path,
 			       ro->n_buckets, cap);
-	int rc = read_block(p, &ro->ref, s, 0); /* rollups are always local */
+	const uint8_t *b;
+	int rc = read_block(p, &ro->ref, s, 0, &b); /* rollups are always local */
 	if (rc)
 		return rc;
-	const uint8_t *b = s->raw.p;
 	size_t len = ro->ref.len;
 	if (len < 28 || le_get32(b) != ro->n_buckets)
 		goto bad;

@@ -148,6 +148,11 @@ typedef struct part {
 	char *path;
 	int fd;
 	uint64_t file_bytes;
+	/* The whole file mapped read-only, or NULL (then blocks are pread).
+	 * Parts never change after they are written, and every block the
+	 * index names was checked at open to lie inside the file, so a read
+	 * from the map costs no system call and no copy. */
+	const uint8_t *map;
 	uint32_t flags;       /* PART_F_* */
 	uint64_t whole_bytes; /* the whole part's size (a stub's object) */
 	part_fetch_fn *fetch; /* stubs: set before the part is shared */
@@ -197,6 +202,11 @@ const part_key *part_find_key(const part *p, const char *key, uint32_t len);
  * TALLY_ECORRUPT names file and block. */
 int part_read_col(const part *p, const part_stripe *st, int col, part_scratch *s, void *vals,
 		  uint64_t *present, int *absent);
+/* Only the first rows of a numeric or timestamp block (codec_decode_head):
+ * rows [0, want) exact, and for col -1 decoding may stop past a time >=
+ * stop; *got = exact leading rows. */
+int part_read_col_head(const part *p, const part_stripe *st, int col, part_scratch *s, void *vals,
+		       uint64_t *present, uint32_t want, int64_t stop, uint32_t *got, int *absent);
 
 /* A stub's stripe about to be read whole (a raw scan): its column blocks
  * in one ranged read through p->prefetch. Best effort; no-op for a local

@@ -137,6 +137,56 @@ static int same_value(enum codec_kind k, const void *a, const void *b)
  * and compares every value and the presence bit for bit. Returns the
  * block's size; *st (may be NULL) gets the stats.
  */
+/* codec_decode_head against the whole decode (back): for a few wants,
+ * and for timestamps a few stops, the rows it reports exact are, and it
+ * reports at least what was asked. */
+static void check_head(const col *c, const uint8_t *blk, size_t len, const uint8_t *back,
+		       enum codec_enc enc)
+{
+	if (is_str(c->kind) || c->n == 0)
+		return;
+	size_t es = esize(c->kind);
+	uint8_t *head = malloc((size_t)c->n * es + 8);
+	uint64_t *pr = malloc(((size_t)c->n + 63) / 64 * 8 + 8);
+	cr_assert(head && pr);
+	const int64_t *ts = c->v;
+	int ascending = c->kind == CODEC_TS;
+	for (uint32_t i = 1; ascending && i < c->n; i++)
+		ascending = ts[i] >= ts[i - 1];
+	uint32_t wants[] = {0, 1, c->n / 3, c->n - 1, c->n, c->n + 5};
+	for (unsigned w = 0; w < 2 * sizeof wants / sizeof *wants; w++) {
+		uint32_t want = wants[w / 2];
+		/* odd rounds: stop at the time of row want (timestamps only) */
+		int64_t stop = INT64_MIN;
+		if ((w & 1) && c->kind == CODEC_TS)
+			stop = ts[want < c->n ? want : c->n - 1];
+		else if (w & 1)
+			continue;
+		uint32_t got = 0;
+		int rc = codec_decode_head(cx, blk, len, c->kind, c->n, (w & 1) ? 0 : want, stop,
+					   head, pr, &got);
+		cr_assert_eq(rc, 0, "head %s/%s: %s", codec_kind_name(c->kind), codec_name(enc),
+			     err_msg());
+		cr_assert_leq(got, c->n);
+		if (!(w & 1))
+			cr_assert_geq(got, want < c->n ? want : c->n, "%s/%s: want %u, got %u",
+				      codec_kind_name(c->kind), codec_name(enc), want, got);
+		else if (ascending)
+			for (uint32_t i = got; i < c->n; i++)
+				cr_assert_geq(ts[i], stop, "row %u below the stop left out", i);
+		if (got < c->n && (w & 1))
+			cr_assert_geq(((const int64_t *)(const void *)head)[got - 1], stop);
+		for (uint32_t i = 0; i < got; i++)
+			if (has(c->present, i))
+				cr_assert(same_value(c->kind, back + (size_t)i * es,
+						     head + (size_t)i * es),
+					  "%s/%s: head row %u of %u differs",
+					  codec_kind_name(c->kind), codec_name(enc), i, got);
+	}
+	free(head);
+	free(pr);
+}
+
 static size_t roundtrip(const col *c, const codec_opts *opt, codec_stats *st_out)
 {
 	codec_buf out = {0};
@@ -193,6 +243,7 @@ static size_t roundtrip(const col *c, const codec_opts *opt, codec_stats *st_out
 		}
 	}
 	cr_assert_eq(np, st.n_present);
+	check_head(c, blk, len, back, st.enc);
 	free(back);
 	free(pr);
 	codec_buf_free(&arena);
