@@ -553,7 +553,8 @@ ENC_HOT static int read_frames(enc_br *brp, int64_t *r, uint32_t m, unsigned flo
 			if (br.n < RICE_LIMIT + 1 + k)
 				enc_br_refill(&br);
 			uint64_t u;
-			unsigned q = (unsigned)__builtin_ctzll(~br.acc);
+			/* the ones run, capped at RICE_LIMIT (the escape) */
+			unsigned q = (unsigned)__builtin_ctzll(~br.acc | (uint64_t)1 << RICE_LIMIT);
 			if (q < RICE_LIMIT && k <= 56 - RICE_LIMIT - 1) {
 				/* q ones, a zero and k bits, all in acc */
 				u = (uint64_t)q << k | (br.acc >> (q + 1) & kmask);
