@@ -166,6 +166,76 @@ Test(cmd, times_and_durations)
 	}
 }
 
+/* Significant digits of a decimal or %g text: digits from the first
+ * nonzero one to the last nonzero one, before any exponent. */
+static int sig_digits(const char *b)
+{
+	int n = 0, seen = 0, zeros = 0;
+	for (; *b && *b != 'e'; b++) {
+		if (*b < '0' || *b > '9')
+			continue;
+		if (*b == '0') {
+			zeros += seen;
+			continue;
+		}
+		n += seen ? zeros + 1 : 1;
+		zeros = 0;
+		seen = 1;
+	}
+	return n ? n : 1;
+}
+
+/* Every value the server prints: the text reads back as the same double,
+ * with no more significant digits than printf's shortest %.Ng that does.
+ * Values like the rollups' (decimals, their sums, averages, integers),
+ * then random bit patterns (subnormals, huge, tiny). */
+Test(cmd, doubles_format_shortest_and_round_trip)
+{
+	srand(7);
+	char b[64], ref[64];
+	for (int i = 0; i < 400000; i++) {
+		double v;
+		int kind = i % 5;
+		if (kind == 0) {
+			v = (rand() % 2000000) / 10.0;
+		} else if (kind == 1) {
+			long s = 0;
+			int c = 1 + rand() % 40;
+			for (int j = 0; j < c; j++)
+				s += 300 + rand() % 1500;
+			v = (s / 10.0) / c;
+		} else if (kind == 2) {
+			v = (double)(rand() - RAND_MAX / 2) * (rand() % 3 ? 1 : 1e6);
+		} else {
+			uint64_t u =
+				(uint64_t)rand() << 42 ^ (uint64_t)rand() << 21 ^ (uint64_t)rand();
+			memcpy(&v, &u, sizeof v);
+			if (v != v || v - v != 0)
+				continue; /* NaN and infinities print as words */
+		}
+		if (i & 8)
+			v = -v;
+		cmd_format_double(v, b);
+		cr_assert_eq(strtod(b, NULL), v, "%s does not read back as %.17g", b, v);
+		int p = 1;
+		for (; p < 17; p++) {
+			snprintf(ref, sizeof ref, "%.*g", p, v);
+			if (strtod(ref, NULL) == v)
+				break;
+		}
+		cr_assert_leq(sig_digits(b), p, "%s: %d digits where %.*g needs %d", b,
+			      sig_digits(b), p, v, p);
+	}
+	cmd_format_double(0.0, b);
+	cr_assert_str_eq(b, "0");
+	cmd_format_double(85.2, b);
+	cr_assert_str_eq(b, "85.2");
+	cmd_format_double(-0.05, b);
+	cr_assert_str_eq(b, "-0.05");
+	cmd_format_double(1385.7 / 17, b);
+	cr_assert_eq(strtod(b, NULL), 1385.7 / 17, "%s", b);
+}
+
 Test(cmd, parses_arguments_and_names_the_bad_one)
 {
 	char scratch[256], err[CMD_ERR_MAX];
@@ -608,7 +678,9 @@ Test(server, hundreds_of_concurrent_connections, .timeout = 120)
 	enum { N = 400, LINES = 50 };
 	tsrv s;
 	tdir_make(&s);
-	tsrv_start(&s, NULL);
+	/* the shards sleep as soon as they are idle (the other tests poll) */
+	const char *extra[] = {"--busy-poll", "0", NULL};
+	tsrv_start(&s, extra);
 	tcli **c = calloc(N, sizeof *c);
 	for (int i = 0; i < N; i++)
 		c[i] = tcli_open(s.port);

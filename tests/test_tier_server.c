@@ -638,6 +638,16 @@ Test(tier_server, settings_parse_to_the_engine_options)
 	cr_assert_eq(c.memory_limit, UINT64_C(8) << 30);
 	cr_assert_eq(set(&c, "tier-retries", "7", msg, sizeof msg), 0);
 	cr_assert_eq(c.tier_retries, 7);
+	/* busy polling: on by default, a duration, 0 off */
+	srv_conf d;
+	conf_init(&d);
+	cr_assert_eq(d.poll_ns, 50000);
+	cr_assert_eq(set(&c, "busy-poll", "200us", msg, sizeof msg), 0);
+	cr_assert_eq(c.poll_ns, 200000);
+	cr_assert_eq(set(&c, "busy-poll", "0", msg, sizeof msg), 0);
+	cr_assert_eq(c.poll_ns, 0);
+	cr_assert_eq(set(&c, "busy-poll", "soon", msg, sizeof msg), -1);
+	cr_assert(strstr(msg, "busy-poll: 'soon' is not a duration"), "%s", msg);
 	/* strings */
 	cr_assert_eq(set(&c, "tier-bucket", "b1", msg, sizeof msg), 0);
 	cr_assert_eq(set(&c, "tier-endpoint", "http://127.0.0.1:1", msg, sizeof msg), 0);

@@ -257,21 +257,33 @@ size_t cmd_format_time(int64_t ns, char *buf)
 		rem += 86400;
 		days--;
 	}
-	int64_t y;
-	unsigned m, d;
-	cmd_civil_from_days(days, &y, &m, &d);
-	char *p = buf;
-	if (y < 0 || y > 9999) {
-		p += snprintf(p, 24, "%04lld", (long long)y);
-	} else {
-		cmd_two(p, (unsigned)(y / 100));
-		cmd_two(p + 2, (unsigned)(y % 100));
-		p += 4;
+	/* A series writes hundreds of times of one day: the date part is
+	 * kept per thread and made again only when the day changes. */
+	static __thread int64_t date_days = INT64_MIN;
+	static __thread char date[32];
+	static __thread size_t date_len;
+	if (days != date_days) {
+		int64_t y;
+		unsigned m, d;
+		cmd_civil_from_days(days, &y, &m, &d);
+		char *q = date;
+		if (y < 0 || y > 9999) {
+			q += snprintf(q, 24, "%04lld", (long long)y);
+		} else {
+			cmd_two(q, (unsigned)(y / 100));
+			cmd_two(q + 2, (unsigned)(y % 100));
+			q += 4;
+		}
+		*q++ = '-';
+		cmd_two(q, m);
+		q[2] = '-';
+		cmd_two(q + 3, d);
+		date_len = (size_t)(q - date) + 5;
+		date_days = days;
 	}
-	*p++ = '-';
-	cmd_two(p, m);
-	p[2] = '-';
-	cmd_two(p + 3, d);
+	char *p = buf;
+	memcpy(p, date, date_len);
+	p += date_len - 5;
 	p[5] = 'T';
 	cmd_two(p + 6, (unsigned)(rem / 3600));
 	p[8] = ':';
@@ -347,10 +359,10 @@ static const char cmd_pairs[201] = "00010203040506070809101112131415161718192021
 /* The number of decimal digits of q (at least 1). */
 static int cmd_ndigits(uint64_t q)
 {
-	int n = 1;
-	while (n < 20 && q >= cmd_p10[n])
-		n++;
-	return n;
+	/* log10 from the bit length (1233 / 4096 ~ log10 2), then one compare */
+	int b = 64 - __builtin_clzll(q | 1);
+	int n = (b * 1233) >> 12;
+	return n + ((q | 1) >= cmd_p10[n]); /* q | 1: 0 has one digit too */
 }
 
 /* Writes v's decimal digits, at least min of them (zero-padded), two at
@@ -381,15 +393,26 @@ static size_t cmd_put_decimal(char *buf, int neg, uint64_t q, int k)
 		q /= 10;
 		k--;
 	}
-	uint64_t ip = q / cmd_p10[k], fp = q % cmd_p10[k];
-	size_t n = (size_t)neg + (size_t)cmd_ndigits(ip) + (k ? (size_t)k + 1 : 0);
+	/* The k decimals two at a time from the back, then the integer part:
+	 * no division by a power of ten that is not a constant. */
+	int nd = cmd_ndigits(q);
+	size_t n = (size_t)neg + (size_t)(nd > k ? nd - k : 1) + (k ? (size_t)k + 1 : 0);
 	char *end = buf + n;
 	*end = 0;
 	if (k) {
-		end = cmd_digits_back(fp, end, k);
+		int r = k;
+		for (; r >= 2; r -= 2) {
+			end -= 2;
+			memcpy(end, cmd_pairs + 2 * (q % 100), 2);
+			q /= 100;
+		}
+		if (r) {
+			*--end = (char)('0' + q % 10);
+			q /= 10;
+		}
 		*--end = '.';
 	}
-	end = cmd_digits_back(ip, end, 1);
+	end = cmd_digits_back(q, end, 1);
 	if (neg)
 		*--end = '-';
 	return n;
@@ -402,7 +425,7 @@ static size_t cmd_put_decimal(char *buf, int neg, uint64_t q, int k)
  * 1e14: 15, 16 or 17 significant digits computed exactly in 128-bit
  * integers (v = f / 2^s, digits = round(f * 10^k / 2^s)), each candidate
  * kept only if it lies strictly within half an ulp of v; (3) anything
- * else: printf's %.15g, %.16g, %.17g, the first that strtod reads back.
+ * else: printf's %.Ng with the least N that strtod reads back.
  */
 /* x rounded to an integer, 0 <= x < 2^53: a cast, where nearbyint() is
  * a libm call that saves and restores the floating-point environment. */
@@ -411,6 +434,25 @@ static inline double cmd_round(double x)
 	if (x >= 0x1p52)
 		return x; /* already an integer */
 	return (double)(int64_t)(x + 0.5);
+}
+
+/* Whether round(f * 10^k / 2^s), that is v = f / 2^s with k decimals,
+ * reads back as v: 1 with it in *q, or 0. 0 <= k <= 18. */
+static int cmd_digits_ok(uint64_t f, int s, int k, uint64_t *out)
+{
+	cmd_u128 P = (cmd_u128)f * cmd_p10[k];
+	cmd_u128 q = P >> s, rem = P - (q << s), half = (cmd_u128)1 << (s - 1);
+	if (rem > half || (rem == half && (q & 1)))
+		q++;
+	/* q / 10^k reads back as v when it is strictly within half an ulp
+	 * (2^-s) of it: |q * 2^s - P| < 10^k / 2. Below a power of two the
+	 * next double is half as far. */
+	cmd_u128 qs = q << s;
+	int below = qs < P;
+	cmd_u128 dist = below ? P - qs : qs - P;
+	unsigned shift = below && f == (UINT64_C(1) << 52) ? 2 : 1;
+	*out = (uint64_t)q;
+	return (dist << shift) < cmd_p10[k] && q < ((cmd_u128)1 << 63);
 }
 
 size_t cmd_format_double(double v, char *buf)
@@ -428,9 +470,27 @@ size_t cmd_format_double(double v, char *buf)
 		int kmax = 9;
 		while (kmax > 0 && a * (double)cmd_p10[kmax] >= 9007199254740992.0)
 			kmax--;
-		double xk = a * (double)cmd_p10[kmax];
-		if (xk < 9007199254740992.0 && fabs(xk - cmd_round(xk)) > xk * 0x1p-50)
+		double xk = a * (double)cmd_p10[kmax], rk = cmd_round(xk);
+		if (xk < 9007199254740992.0 && fabs(xk - rk) > xk * 0x1p-50)
 			goto long_form;
+		if (xk < 0x1p50) {
+			/* Usually the answer is that integer with its trailing
+			 * zeros dropped (85.2: 85200000000 at K = 9, so 852 and
+			 * k = 1); one division proves it. Not near 2^53, where
+			 * every double is an integer and a shorter k may exist. */
+			uint64_t m = (uint64_t)rk;
+			int k = kmax;
+			while (k >= 4 && m % 10000 == 0) {
+				m /= 10000;
+				k -= 4;
+			}
+			while (k && m % 10 == 0) {
+				m /= 10;
+				k--;
+			}
+			if ((double)m / (double)cmd_p10[k] == a)
+				return cmd_put_decimal(buf, neg, m, k);
+		}
 		for (int k = 0; k <= 9; k++) {
 			double x = a * (double)cmd_p10[k];
 			if (x >= 9007199254740992.0)
@@ -453,30 +513,33 @@ long_form:
 		int e10 = -2;
 		while (e10 < 13 && a >= p10d[e10 + 3])
 			e10++;
-		for (int n = 15; n <= 17; n++) {
-			int k = n - 1 - e10; /* digits after the point */
-			if (k < 0 || k > 18)
-				break;
-			cmd_u128 P = (cmd_u128)f * cmd_p10[k];
-			cmd_u128 q = P >> s, rem = P - (q << s), half = (cmd_u128)1 << (s - 1);
-			if (rem > half || (rem == half && (q & 1)))
-				q++;
-			/* q / 10^k reads back as v when it is strictly within half
-			 * an ulp (2^-s) of it: |q * 2^s - P| < 10^k / 2. Below a
-			 * power of two the next double is half as far. */
-			cmd_u128 qs = q << s;
-			int below = qs < P;
-			cmd_u128 dist = below ? P - qs : qs - P;
-			unsigned shift = below && f == (UINT64_C(1) << 52) ? 2 : 1;
-			if ((dist << shift) < cmd_p10[k] && q < ((cmd_u128)1 << 63))
-				return cmd_put_decimal(buf, neg, (uint64_t)q, k);
+		/* 16 digits first: when they do not read back, 17 do; when they
+		 * do, 15 may too. Two tries where 15, 16, 17 in turn took up to
+		 * three (averages mostly need 16 or 17). */
+		uint64_t q16, q;
+		int k16 = 15 - e10, k;
+		if (cmd_digits_ok(f, s, k16, &q16)) {
+			k = 14 - e10;
+			if (cmd_digits_ok(f, s, k, &q))
+				return cmd_put_decimal(buf, neg, q, k);
+			return cmd_put_decimal(buf, neg, q16, k16);
 		}
+		k = 16 - e10;
+		if (cmd_digits_ok(f, s, k, &q))
+			return cmd_put_decimal(buf, neg, q, k);
 	}
-	int n = 0;
-	for (int prec = 15; prec <= 17; prec++)
-		if ((n = snprintf(buf, 32, "%.*g", prec, v)) > 0 && strtod(buf, NULL) == v)
-			break;
-	return (size_t)n;
+	/* Reading back holds from some precision on (17 always does): the
+	 * least one by bisection, in four or five tries. */
+	int lo = 1, hi = 17;
+	while (lo < hi) {
+		int mid = (lo + hi) / 2;
+		snprintf(buf, 32, "%.*g", mid, v);
+		if (strtod(buf, NULL) == v)
+			hi = mid;
+		else
+			lo = mid + 1;
+	}
+	return (size_t)snprintf(buf, 32, "%.*g", lo, v);
 }
 
 /* ---------------------------------------------------------------- commands */

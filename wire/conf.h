@@ -27,6 +27,7 @@ typedef struct srv_conf {
 	int64_t sync_ns;      /* background group commit interval; 0: only on #!sync */
 	int64_t full_wait_ns; /* how long a write waits out a full store */
 	int64_t grace_ns;     /* on SIGTERM: how long to drain connections */
+	int64_t poll_ns;      /* after activity, poll this long before sleeping; 0: never */
 	unsigned recv_bufs;   /* receive buffers per shard */
 	unsigned recv_buf_bytes;
 	int log_level; /* TALLY_LOG_* */

@@ -597,6 +597,33 @@ static void sh_dispatch(wshard *sh, struct io_uring_cqe *cqe)
 		sh_on_send(sh, c, cqe);
 }
 
+/*
+ * Busy polling. Waking a sleeping thread costs this VM about 9 us per
+ * round trip (a C echo server answers in 27.6 us blocking, 19.4 us
+ * polling); a client that sends its next query as soon as it has an
+ * answer finds the shard still polling. So for busy-poll after the last
+ * completion the shard submits and reaps without sleeping (with
+ * DEFER_TASKRUN the kernel posts completions only when the ring is
+ * entered, so each turn is one non-blocking io_uring_enter), then sleeps
+ * as before. An idle server polls once per burst, never continuously, and
+ * each turn yields the CPU to any thread that has work: on a busy machine
+ * polling must not take time from the clients or the flusher.
+ * Returns 1 when completions are ready.
+ */
+static int sh_poll(wshard *sh, int64_t now)
+{
+	int64_t until = sh->active_at + sh->srv->conf->poll_ns;
+	if (!sh->srv->conf->poll_ns || now >= until || sh->stopping)
+		return 0;
+	do {
+		io_uring_submit_and_get_events(&sh->ring);
+		if (io_uring_cq_ready(&sh->ring))
+			return 1;
+		sched_yield(); /* a thread with work (a client, the flusher) goes first */
+	} while (srv_now() < until && srv_now() < sh->next_tick);
+	return 0;
+}
+
 static void *sh_main(void *arg)
 {
 	wshard *sh = arg;
@@ -632,7 +659,10 @@ static void *sh_main(void *arg)
 		struct __kernel_timespec ts = {.tv_sec = wait / 1000000000,
 					       .tv_nsec = wait % 1000000000};
 		struct io_uring_cqe *cqe;
-		rc = io_uring_submit_and_wait_timeout(&sh->ring, &cqe, 1, &ts, NULL);
+		if (sh_poll(sh, now))
+			rc = 0; /* completions arrived while polling */
+		else
+			rc = io_uring_submit_and_wait_timeout(&sh->ring, &cqe, 1, &ts, NULL);
 		if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EBUSY && rc != -EAGAIN)
 			srv_log(s, TALLY_LOG_ERROR, "shard %u: io_uring wait: %s", sh->id,
 				strerror(-rc));
@@ -644,6 +674,8 @@ static void *sh_main(void *arg)
 		}
 		io_uring_cq_advance(&sh->ring, seen);
 		now = srv_now();
+		if (seen)
+			sh->active_at = now;
 		if (now >= sh->next_tick) {
 			sh_tick(sh, now);
 			int fast = sh->stopping;

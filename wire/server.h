@@ -116,6 +116,7 @@ struct wshard {
 	int64_t drain_until;
 	unsigned n_sync_wait;
 	int64_t next_tick;
+	int64_t active_at; /* last completion reaped (busy polling) */
 
 	char *text_buf; /* answers are formatted here (conn.c) */
 	size_t text_cap;
