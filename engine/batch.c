@@ -261,7 +261,7 @@ static int key_index(tbatch *tb, const char *key, uint32_t len, uint32_t *out)
 	if (tb->n_keys) {
 		uint32_t kl;
 		const char *k = tbatch_key(tb, tb->last_key, &kl);
-		if (kl == len && memcmp(k, key, len) == 0) {
+		if (kl == len && strmap_eq(k, key, len)) {
 			*out = tb->last_key;
 			return 0;
 		}

@@ -44,7 +44,15 @@ uint32_t rollup_lower(const rlevel *lv, int64_t t)
 /* Finds or inserts the bucket starting at start; returns its index or -1. */
 static int64_t bucket_slot(rlevel *lv, int64_t start, uint64_t *bytes)
 {
-	uint32_t i = rollup_lower(lv, start);
+	/* In-order data opens a window after the newest one (or steps to the
+	 * next existing one): no search for either. */
+	uint32_t i;
+	if (lv->n == 0 || lv->b[lv->n - 1].start < start)
+		i = lv->n;
+	else if (lv->last + 1 < lv->n && lv->b[lv->last + 1].start == start)
+		return lv->last + 1;
+	else
+		i = rollup_lower(lv, start);
 	if (i < lv->n && lv->b[i].start == start)
 		return i;
 	uint32_t was = lv->cap;

@@ -26,7 +26,7 @@ void *strmap_get(const strmap *m, const char *key, uint32_t len, uint64_t hash)
 		const strmap_slot *s = &m->slots[i];
 		if (!s->key)
 			return NULL;
-		if (s->hash == hash && s->len == len && memcmp(s->key, key, len) == 0)
+		if (s->hash == hash && s->len == len && strmap_eq(s->key, key, len))
 			return s->value;
 	}
 }

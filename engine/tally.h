@@ -125,7 +125,9 @@ typedef struct tally_options {
 	 * by more than this, ns. 0: the finest level's width. */
 	int64_t late_threshold;
 	/* A shard's memtable is flushed into parts once it holds this many
-	 * bytes, or is flush_interval_ms old. 0: 64 MiB and 60 s. */
+	 * bytes, or is flush_interval_ms old. 0: 256 MiB and 60 s. Either
+	 * way at most memory_limit / (2 x shards), so that every shard's
+	 * memtable and the one it is flushing fit under the limit. */
 	uint64_t memtable_bytes;
 	uint32_t flush_interval_ms;
 	/* Event-time partition of parts, ns; a multiple of the coarsest level.

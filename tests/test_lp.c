@@ -15,6 +15,7 @@
 
 #include "lp.h"
 #include "mem.h"
+#include "strmap.h"
 
 static lp_parser ps;
 static lp_line ln;
@@ -1816,4 +1817,25 @@ Test(lp_random, bytes)
 		lp_parser_free(&p);
 	}
 	free(buf);
+}
+
+/* The write path's inline compare of names and keys (strmap_eq) agrees
+ * with memcmp for every length up to 40 and a difference at every byte,
+ * including the bytes its overlapping loads read twice. */
+Test(lp, strmap_eq_agrees_with_memcmp)
+{
+	char a[48], b[48];
+	for (uint32_t n = 0; n <= 40; n++) {
+		for (uint32_t i = 0; i < n; i++)
+			a[i] = b[i] = (char)('a' + (i * 7) % 26);
+		cr_assert(strmap_eq(a, b, n), "length %u: equal strings differ", n);
+		for (uint32_t at = 0; at < n; at++) {
+			for (int bit = 0; bit < 8; bit++) {
+				b[at] = (char)(a[at] ^ (1 << bit));
+				cr_assert_eq(strmap_eq(a, b, n), memcmp(a, b, n) == 0,
+					     "length %u, byte %u, bit %d", n, at, bit);
+				b[at] = a[at];
+			}
+		}
+	}
 }
