@@ -45,6 +45,7 @@
 #include <string.h>
 
 #include "mem.h"
+#include "strmap.h"
 
 #ifdef __SSE2__
 #include <emmintrin.h>
@@ -725,6 +726,34 @@ void lp_parser_reset(lp_parser *ps, enum tally_precision prec)
 	ps->lines = 0;
 }
 
+/* Keeps the good line's head and first field key for the next line
+ * (lp_parser.head, .fkey) when they are plain bytes of the input: names
+ * that held an escape live in the scratch buffer and are not kept. */
+static void remember_shape(lp_parser *ps, const lp_line *l, const char *head, const char *end,
+			   int keep_head, int keep_fkey)
+{
+	if (!keep_head)
+		ps->head_n = 0;
+	if (!keep_fkey)
+		ps->fkey_n = 0;
+	if (!keep_head && l->n_tags && l->measurement.p == head) {
+		const lp_str *k = &l->tags[0].key;
+		const char *stop = k->p + k->n + 1; /* after its '=' */
+		if (k->p == head + l->measurement.n + 1 && stop - head <= LP_SHAPE_MAX &&
+		    stop <= end) {
+			memcpy(ps->head, head, (size_t)(stop - head));
+			ps->head_n = (uint8_t)(stop - head);
+			ps->head_meas = (uint8_t)l->measurement.n;
+		}
+	}
+	const lp_str *fk = &l->fields[0].key;
+	if (!keep_fkey && l->n_fields && fk->n < LP_SHAPE_MAX && fk->p > head &&
+	    fk->p + fk->n < end && fk->p[fk->n] == '=') {
+		memcpy(ps->fkey, fk->p, fk->n + 1);
+		ps->fkey_n = (uint8_t)(fk->n + 1);
+	}
+}
+
 #define FAIL(c, ...)                                   \
 	do {                                           \
 		ecode = (c);                           \
@@ -763,6 +792,20 @@ enum lp_result lp_next(lp_parser *ps, const char **cur, const char *end, lp_line
 	if (p >= e)
 		FAIL(TALLY_ELIMIT, "line too long");
 
+	const char *head = p;
+	/* The same head as the last good line: the same measurement and first
+	 * tag key, already checked; the first tag's value is next. */
+	int same_head =
+		ps->head_n && (size_t)(e - p) > ps->head_n && strmap_eq(p, ps->head, ps->head_n);
+	int same_fkey = 0;
+	if (same_head) {
+		out->measurement = (lp_str){p, ps->head_meas};
+		out->tags[0].key =
+			(lp_str){p + ps->head_meas + 1, (uint32_t)(ps->head_n - ps->head_meas - 2)};
+		p += ps->head_n;
+		goto tag_value;
+	}
+
 	/* Measurement. */
 	t = scan_name(p, e, MEAS_SET, MEAS_SET, &ti);
 	if (ti.bad)
@@ -800,6 +843,11 @@ enum lp_result lp_next(lp_parser *ps, const char **cur, const char *end, lp_line
 		if (t == e || *t != '=')
 			FAIL(TALLY_ESYNTAX, "tag '%s': missing '='", qstr(qa, tg->key));
 		p = t + 1;
+		if (0) {
+tag_value:
+			nt = 0;
+			tg = &out->tags[0];
+		}
 		t = scan_name(p, e, KEY_SET, KEY_SET, &ti);
 		if (ti.bad)
 			FAIL(TALLY_ESYNTAX, "bad escape at end of line");
@@ -834,21 +882,30 @@ enum lp_result lp_next(lp_parser *ps, const char **cur, const char *end, lp_line
 		if (nf == LP_FIELDS_MAX)
 			FAIL(TALLY_ELIMIT, "too many fields (max %d)", LP_FIELDS_MAX);
 		lp_field *f = &out->fields[nf];
-		t = scan_name(p, e, KEY_SET, KEY_SET, &ti);
-		if (ti.bad)
-			FAIL(TALLY_ESYNTAX, "bad escape at end of line");
-		if (t == p)
-			FAIL(TALLY_ESYNTAX, "empty field key");
-		f->key = name_str(ps->scratch, &spos, p, t, ti.esc, KEY_SET);
-		if (f->key.n > LP_NAME_MAX)
-			FAIL(TALLY_ELIMIT, "field key longer than %d bytes", LP_NAME_MAX);
-		if ((ti.hi & 0x80) && !lp_utf8_valid(f->key.p, f->key.n))
-			FAIL(TALLY_ESYNTAX, "field key '%s': invalid UTF-8", qstr(qa, f->key));
-		if (ti.nul)
-			FAIL(TALLY_ESYNTAX, "field key '%s': NUL byte", qstr(qa, f->key));
-		if (t == e || *t != '=')
-			FAIL(TALLY_ESYNTAX, "field '%s': missing '='", qstr(qa, f->key));
-		p = t + 1;
+		if (nf == 0 && ps->fkey_n && (size_t)(e - p) > ps->fkey_n &&
+		    strmap_eq(p, ps->fkey, ps->fkey_n)) {
+			/* the last good line's first field key, already checked */
+			f->key = (lp_str){p, (uint32_t)ps->fkey_n - 1};
+			p += ps->fkey_n;
+			same_fkey = 1;
+		} else {
+			t = scan_name(p, e, KEY_SET, KEY_SET, &ti);
+			if (ti.bad)
+				FAIL(TALLY_ESYNTAX, "bad escape at end of line");
+			if (t == p)
+				FAIL(TALLY_ESYNTAX, "empty field key");
+			f->key = name_str(ps->scratch, &spos, p, t, ti.esc, KEY_SET);
+			if (f->key.n > LP_NAME_MAX)
+				FAIL(TALLY_ELIMIT, "field key longer than %d bytes", LP_NAME_MAX);
+			if ((ti.hi & 0x80) && !lp_utf8_valid(f->key.p, f->key.n))
+				FAIL(TALLY_ESYNTAX, "field key '%s': invalid UTF-8",
+				     qstr(qa, f->key));
+			if (ti.nul)
+				FAIL(TALLY_ESYNTAX, "field key '%s': NUL byte", qstr(qa, f->key));
+			if (t == e || *t != '=')
+				FAIL(TALLY_ESYNTAX, "field '%s': missing '='", qstr(qa, f->key));
+			p = t + 1;
+		}
 		if (at_vdelim(p, e))
 			FAIL(TALLY_ESYNTAX, "field '%s': missing value", qstr(qa, f->key));
 		unsigned char c = (unsigned char)*p;
@@ -1000,6 +1057,8 @@ enum lp_result lp_next(lp_parser *ps, const char **cur, const char *end, lp_line
 
 	*cur = p == end ? end : *p == '\n' ? p + 1 : p + 1 == end ? end : p + 2;
 	ps->lines += 1 + nls;
+	if (!same_head || !same_fkey)
+		remember_shape(ps, out, head, end, same_head, same_fkey);
 	return LP_LINE;
 
 fail:;

@@ -37,6 +37,7 @@
 #define LP_VALUE_MAX  65535 /* tag value, string field: bytes */
 #define LP_TAGS_MAX   256   /* per line */
 #define LP_FIELDS_MAX 1024  /* per line */
+#define LP_SHAPE_MAX  64    /* bytes of a line's shape kept for the next */
 /* Timestamps must lie in [LP_TS_MIN, LP_TS_MAX] ns (InfluxDB's range). */
 #define LP_TS_MIN (-INT64_C(9223372036854775806))
 #define LP_TS_MAX INT64_C(9223372036854775806)
@@ -89,6 +90,13 @@ typedef struct lp_parser {
 			    * 1-based; after LP_END, equal to lines */
 	uint64_t lines;    /* physical lines consumed so far */
 	char *scratch;     /* unescaped names and strings; max_line + 1 bytes */
+	/* The shape of the last good line, for the next one, which is
+	 * usually of the same table: its head up to the first tag value
+	 * ("traffic,camera="), and its first field key with '=' ("speed=").
+	 * Bytes equal to these parse to the same names, so they are compared
+	 * instead of scanned. Only unescaped names are kept; 0: none. */
+	uint8_t head_n, head_meas, fkey_n;
+	char head[LP_SHAPE_MAX], fkey[LP_SHAPE_MAX];
 } lp_parser;
 
 /* Sets up a parser; max_line 0 means 1 MiB. Returns 0, -ENOMEM, or

@@ -1839,3 +1839,101 @@ Test(lp, strmap_eq_agrees_with_memcmp)
 		}
 	}
 }
+
+/* A line compared with the last good line's shape (head and first field
+ * key) must parse exactly as it would with no shape remembered: the same
+ * result, error and reason, names, values and timestamp. Lines are a
+ * template with random edits near the remembered parts: escapes, a '='
+ * or ',' or space moved, a name one byte longer or shorter, empty parts,
+ * other measurements, and bytes cut at every point. */
+static int same_line(const lp_line *a, const lp_line *b)
+{
+	if (!str_is(a->measurement, b->measurement.p, b->measurement.n) || a->n_tags != b->n_tags ||
+	    a->n_fields != b->n_fields || a->has_ts != b->has_ts || (a->has_ts && a->ts != b->ts))
+		return 0;
+	for (uint32_t i = 0; i < a->n_tags; i++)
+		if (!str_is(a->tags[i].key, b->tags[i].key.p, b->tags[i].key.n) ||
+		    !str_is(a->tags[i].value, b->tags[i].value.p, b->tags[i].value.n))
+			return 0;
+	for (uint32_t i = 0; i < a->n_fields; i++) {
+		const lp_field *x = &a->fields[i], *y = &b->fields[i];
+		if (!str_is(x->key, y->key.p, y->key.n) || x->type != y->type)
+			return 0;
+		if (x->type == TALLY_T_STR ? !str_is(x->v.str, y->v.str.p, y->v.str.n)
+					   : memcmp(&x->v, &y->v, sizeof x->v) != 0)
+			return 0;
+	}
+	return 1;
+}
+
+Test(lp, remembered_shape_parses_like_a_fresh_parser)
+{
+	static const char *tmpl[] = {
+		"traffic,camera=KV00042 speed=85.2 1699920000123000000",
+		"traffic,camera=KV00043,lane=2 speed=85.2,ok=t 1699920000123000001",
+		"traffic,camera=KV00044 speed=85.2",
+		"traffic,camera=KV00045  speed=1i 17",
+		"traf\\ fic,camera=KV1 speed=1",
+		"traffic,cam\\=era=KV1 speed=1",
+		"traffic,camera=KV1 sp\\ eed=2",
+		"traffic speed=3 5",
+		"traffic,camera= speed=1",
+		"traffic,camera=KV1 speed=",
+		"traffic,camera==KV1 speed=1",
+		"traffic,camera=KV1 speed==1",
+		"traffic,camera=KV1,camera=KV2 speed=1",
+		"traffic,camera=KV1 speed=1,speed=2",
+		"trafficc,camera=KV1 speed=1",
+		"traffic,camer=KV1 speed=1",
+		"traffic,camera=KV1 speeds=1",
+		"traffic,camera=KV1 speed=\"s\\\"x\"",
+		"other,camera=KV1 speed=1",
+		"traffic,camera=KV\xc3\xa9 speed=1",
+		"traffic,camera=KV1 speed=1 x",
+	};
+	lp_parser a, b;
+	cr_assert_eq(lp_parser_init(&a, 200, TALLY_PREC_NS), 0);
+	cr_assert_eq(lp_parser_init(&b, 200, TALLY_PREC_NS), 0);
+	static lp_line la, lb;
+	char ra[TALLY_REASON_MAX], rb[TALLY_REASON_MAX], line[256];
+	srand(99);
+	for (int it = 0; it < 200000; it++) {
+		const char *t = tmpl[rand() % (sizeof tmpl / sizeof *tmpl)];
+		size_t n = strlen(t);
+		memcpy(line, t, n);
+		int edits = rand() % 3;
+		for (int k = 0; k < edits && n; k++) {
+			size_t at = (size_t)rand() % n;
+			static const char bytes[] = ",= \\\"\t\nx0.-#";
+			switch (rand() % 4) {
+			case 0: line[at] = bytes[rand() % (sizeof bytes - 1)]; break;
+			case 1: /* delete */
+				memmove(line + at, line + at + 1, n - at - 1);
+				n--;
+				break;
+			case 2: /* insert */
+				memmove(line + at + 1, line + at, n - at);
+				line[at] = bytes[rand() % (sizeof bytes - 1)];
+				n++;
+				break;
+			default: n = at; /* cut */
+			}
+		}
+		const char *ca = line, *cb = line, *end = line + n;
+		int codea = 0, codeb = 0;
+		b.head_n = b.fkey_n = 0; /* b never remembers */
+		enum lp_result x = lp_next(&a, &ca, end, &la, &codea, ra, sizeof ra);
+		enum lp_result y = lp_next(&b, &cb, end, &lb, &codeb, rb, sizeof rb);
+		cr_assert_eq(x, y, "'%.*s': %d vs %d", (int)n, line, x, y);
+		cr_assert_eq(ca, cb, "'%.*s': ends differ", (int)n, line);
+		cr_assert_eq(a.line_no, b.line_no);
+		if (x == LP_ERROR) {
+			cr_assert_eq(codea, codeb);
+			cr_assert_str_eq(ra, rb, "'%.*s'", (int)n, line);
+		} else if (x == LP_LINE) {
+			cr_assert(same_line(&la, &lb), "'%.*s' parses differently", (int)n, line);
+		}
+	}
+	lp_parser_free(&a);
+	lp_parser_free(&b);
+}

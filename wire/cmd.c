@@ -530,16 +530,19 @@ long_form:
 	}
 	/* Reading back holds from some precision on (17 always does): the
 	 * least one by bisection, in four or five tries. */
+	static const char *const fmt[18] = {"%.0g",  "%.1g",  "%.2g",  "%.3g",  "%.4g",  "%.5g",
+					    "%.6g",  "%.7g",  "%.8g",  "%.9g",  "%.10g", "%.11g",
+					    "%.12g", "%.13g", "%.14g", "%.15g", "%.16g", "%.17g"};
 	int lo = 1, hi = 17;
 	while (lo < hi) {
 		int mid = (lo + hi) / 2;
-		snprintf(buf, 32, "%.*g", mid, v);
+		snprintf(buf, 32, fmt[mid], v);
 		if (strtod(buf, NULL) == v)
 			hi = mid;
 		else
 			lo = mid + 1;
 	}
-	return (size_t)snprintf(buf, 32, "%.*g", lo, v);
+	return (size_t)snprintf(buf, 32, fmt[lo], v);
 }
 
 /* ---------------------------------------------------------------- commands */
