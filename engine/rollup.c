@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <string.h>
 
+#include "arena.h"
 #include "mem.h"
 
 void ragg_to_public(const ragg *a, tally_agg *out)
@@ -41,8 +42,35 @@ uint32_t rollup_lower(const rlevel *lv, int64_t t)
 	return bucket_lower(lv->b, lv->n, t);
 }
 
+/* Doubles lv's capacity from the pool; 0 or -1. */
+static int level_grow(rlevel *lv, rpool *pl)
+{
+	uint32_t nc = lv->cap ? lv->cap * 2 : 4;
+	unsigned cls = (unsigned)__builtin_ctz(nc);
+	if (cls >= 32)
+		return -1;
+	rbucket *nb = pl->free[cls];
+	if (nb) {
+		memcpy(&pl->free[cls], nb, sizeof(void *));
+	} else {
+		if (!(nb = arena_alloc(pl->ar, (size_t)nc * sizeof *nb)))
+			return -1;
+		pl->bytes += (uint64_t)nc * sizeof *nb;
+	}
+	if (lv->n)
+		memcpy(nb, lv->b, (size_t)lv->n * sizeof *nb);
+	if (lv->b) {
+		unsigned old = (unsigned)__builtin_ctz(lv->cap);
+		memcpy(lv->b, &pl->free[old], sizeof(void *));
+		pl->free[old] = lv->b;
+	}
+	lv->b = nb;
+	lv->cap = nc;
+	return 0;
+}
+
 /* Finds or inserts the bucket starting at start; returns its index or -1. */
-static int64_t bucket_slot(rlevel *lv, int64_t start, uint64_t *bytes)
+static int64_t bucket_slot(rlevel *lv, int64_t start, rpool *pl)
 {
 	/* In-order data opens a window after the newest one (or steps to the
 	 * next existing one): no search for either. */
@@ -55,10 +83,8 @@ static int64_t bucket_slot(rlevel *lv, int64_t start, uint64_t *bytes)
 		i = rollup_lower(lv, start);
 	if (i < lv->n && lv->b[i].start == start)
 		return i;
-	uint32_t was = lv->cap;
-	if (mem_grow(&lv->b, &lv->cap, lv->n + 1, sizeof *lv->b, 4))
+	if (lv->n == lv->cap && level_grow(lv, pl))
 		return -1;
-	*bytes += (uint64_t)(lv->cap - was) * sizeof *lv->b;
 	memmove(&lv->b[i + 1], &lv->b[i], (size_t)(lv->n - i) * sizeof *lv->b);
 	lv->b[i].start = start;
 	ragg_init(&lv->b[i].a);
@@ -71,11 +97,11 @@ static int64_t bucket_slot(rlevel *lv, int64_t start, uint64_t *bytes)
 /* Points every level's `last` at the bucket holding ts, creating buckets
  * as needed. Slots are reserved on all levels before any is used, so a
  * failed allocation leaves the aggregates unchanged. */
-static int rollup_seek(rcol *rc, const levels *L, int64_t ts, uint64_t *bytes)
+static int rollup_seek(rcol *rc, const levels *L, int64_t ts, rpool *pl)
 {
 	int64_t idx[TALLY_LEVELS_MAX];
 	for (unsigned i = 0; i < L->n; i++) {
-		idx[i] = bucket_slot(&rc->lv[i], window_start(ts, L->w[i], L->offset), bytes);
+		idx[i] = bucket_slot(&rc->lv[i], window_start(ts, L->w[i], L->offset), pl);
 		if (idx[i] < 0)
 			return -ENOMEM;
 	}
@@ -92,27 +118,15 @@ static inline int rollup_hit(const rcol *rc, const levels *L, int64_t ts)
 	return l0->n && (uint64_t)ts - (uint64_t)l0->b[l0->last].start < (uint64_t)L->w[0];
 }
 
-int rollup_add(rcol *rc, const levels *L, int64_t ts, double v, uint64_t *bytes)
-{
-	if (!rollup_hit(rc, L, ts)) {
-		int r = rollup_seek(rc, L, ts, bytes);
-		if (r)
-			return r;
-	}
-	for (unsigned i = 0; i < L->n; i++)
-		ragg_add(&rc->lv[i].b[rc->lv[i].last].a, v);
-	return 0;
-}
-
 int rollup_add_run(rcol *rc, const levels *L, const int64_t *ts, const double *v, uint32_t n,
-		   uint64_t *bytes)
+		   rpool *pool)
 {
 	/* Values of one window add into a local aggregate (one TwoSum each)
 	 * that merges into the levels once per window, not once per value. */
 	uint32_t i = 0;
 	while (i < n) {
 		if (!rollup_hit(rc, L, ts[i])) {
-			int r = rollup_seek(rc, L, ts[i], bytes);
+			int r = rollup_seek(rc, L, ts[i], pool);
 			if (r)
 				return r;
 		}
@@ -128,10 +142,4 @@ int rollup_add_run(rcol *rc, const levels *L, const int64_t *ts, const double *v
 		i = j;
 	}
 	return 0;
-}
-
-void rcol_free(rcol *rc, const levels *L)
-{
-	for (unsigned i = 0; i < L->n; i++)
-		mem_free(rc->lv[i].b);
 }

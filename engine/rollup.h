@@ -94,21 +94,30 @@ static inline void ragg_merge(ragg *a, const ragg *b)
 
 void ragg_to_public(const ragg *a, tally_agg *out);
 
-/* Adds v at ts to every level of rc. *bytes grows by what was allocated.
- * 0 or -ENOMEM (then no level changed). */
-int rollup_add(rcol *rc, const levels *L, int64_t ts, double v, uint64_t *bytes);
+/*
+ * Where a memtable's bucket arrays live: its arena (huge pages, freed with
+ * the memtable), not malloc. On this kind of virtual machine the first
+ * touch of a fresh 4 KiB page costs about 20 us, and a growing array that
+ * realloc moves touches new pages every time: moved this way, the rollups
+ * were most of the page faults of a TCP ingest (perf). An array a level
+ * outgrew (caps are powers of two) is kept on a free list of its size for
+ * the next level that grows to it. bytes: arena bytes taken.
+ */
+typedef struct rpool {
+	struct arena *ar;
+	void *free[32]; /* by log2 of the capacity in buckets */
+	uint64_t bytes;
+} rpool;
 
 /* Adds n values (ts[i], v[i]) to every level; 0 or -ENOMEM. A failure may
  * leave the values before the failing window added. */
 int rollup_add_run(rcol *rc, const levels *L, const int64_t *ts, const double *v, uint32_t n,
-		   uint64_t *bytes);
+		   rpool *pool);
 
 /* Index of the first of the n sorted buckets b with start >= t. */
 uint32_t bucket_lower(const rbucket *b, uint32_t n, int64_t t);
 
 /* Index of the first bucket of lv with start >= t. */
 uint32_t rollup_lower(const rlevel *lv, int64_t t);
-
-void rcol_free(rcol *rc, const levels *L);
 
 #endif

@@ -22,6 +22,7 @@ memtable *memtable_new(shard *s)
 	if (!m)
 		return NULL;
 	arena_init(&m->ar, &s->pool);
+	m->rp.ar = &m->ar;
 	struct timespec t;
 	clock_gettime(CLOCK_MONOTONIC, &t);
 	m->started_ns = (int64_t)t.tv_sec * TALLY_NS_PER_SEC + t.tv_nsec;
@@ -69,11 +70,9 @@ static void series_free(series *se, const levels *L)
 	for (uint32_t i = 0; i < se->n_chunks; i++)
 		chunk_free(se->chunks[i]);
 	mem_free(se->chunks);
+	(void)L;
 	for (uint32_t i = 0; i < se->n_rcols; i++)
-		if (se->rcols[i]) {
-			rcol_free(se->rcols[i], L);
-			mem_free(se->rcols[i]);
-		}
+		mem_free(se->rcols[i]); /* its bucket arrays are in the arena */
 	mem_free(se->rcols);
 	mem_free(se->key);
 	mem_free(se);
@@ -382,7 +381,7 @@ static int apply_table(shard *s, const tbatch *tb)
 		if (!(ks[k] = series_get(s, m, st, key, len)))
 			return -ENOMEM;
 	}
-	uint64_t rbytes = 0;
+	uint64_t rbytes0 = m->rp.bytes;
 	/* Rows go in runs: consecutive rows of one key that fit the key's
 	 * tail chunk. A run copies its timestamps and values column by
 	 * column, and its numeric values reach the rollups one window at a
@@ -426,7 +425,7 @@ static int apply_table(shard *s, const tbatch *tb)
 			}
 			if (nv) {
 				rcol *rc = rcol_get(m, se, bc->def->id);
-				if (!rc || rollup_add_run(rc, s->L, rts, rv, nv, &rbytes))
+				if (!rc || rollup_add_run(rc, s->L, rts, rv, nv, &m->rp))
 					return -ENOMEM;
 			}
 		}
@@ -447,7 +446,7 @@ static int apply_table(shard *s, const tbatch *tb)
 		m->events += cnt;
 		r = e;
 	}
-	m->rollup_bytes += rbytes;
+	m->rollup_bytes += m->rp.bytes - rbytes0;
 	return 0;
 }
 

@@ -70,6 +70,7 @@ typedef struct stable {
  */
 typedef struct memtable {
 	arena ar;        /* chunks' rows: freed all at once with the memtable */
+	rpool rp;        /* rollup bucket arrays, from ar */
 	stable **tables; /* by table id */
 	uint32_t cap_tables;
 	uint64_t mem_bytes;    /* rows */
