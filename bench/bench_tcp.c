@@ -49,6 +49,7 @@ typedef struct bopts {
 	unsigned conns, query_conns, shards;
 	double query_secs;
 	unsigned latency_queries;
+	int in_parts; /* flush everything into parts before the queries */
 	const char *tallyd, *port, *dir;
 	uint64_t seed;
 } bopts;
@@ -272,6 +273,32 @@ static int cmp_d(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
+/* One value of #!stats from a new connection. */
+static uint64_t stat_value(const char *port, const char *name)
+{
+	int fd = tcp_connect(port);
+	rd *r = calloc(1, sizeof *r);
+	if (!r)
+		die("out of memory");
+	r->fd = fd;
+	send_all(fd, "#!stats\n", 8);
+	uint64_t v = UINT64_MAX;
+	size_t nl = strlen(name);
+	for (;;) {
+		const char *line;
+		size_t n;
+		if (rd_next(r, &line, &n))
+			die("connection closed during #!stats");
+		if (n >= 4 && !memcmp(line, "END ", 4))
+			break;
+		if (n > nl && !memcmp(line, name, nl) && line[nl] == '\t')
+			v = strtoull(line + nl + 1, NULL, 10);
+	}
+	close(fd);
+	free(r);
+	return v;
+}
+
 /* One query: send, read to END (or ERR). Returns rows. */
 static long run_query(int fd, rd *r, const char *q, size_t qn)
 {
@@ -341,9 +368,20 @@ static pid_t spawn_tallyd(const bopts *o, char *port, size_t cap)
 		die("fork: %s", strerror(errno));
 	if (pid == 0) {
 		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		execl(o->tallyd, o->tallyd, "--data", data, "--port", "0", "--port-file", portfile,
-		      "--log-level", "warn", "--sync-interval", "1s", o->shards ? "--shards" : NULL,
-		      shards, (char *)NULL);
+		const char *argv[16] = {o->tallyd, "--data",          data,     "--port",
+					"0",       "--port-file",     portfile, "--log-level",
+					"warn",    "--sync-interval", "1s"};
+		int n = 11;
+		if (o->in_parts) {
+			argv[n++] = "--flush-interval";
+			argv[n++] = "1s";
+		}
+		if (o->shards) {
+			argv[n++] = "--shards";
+			argv[n++] = shards;
+		}
+		argv[n] = NULL;
+		execv(o->tallyd, (char *const *)argv);
 		_exit(127);
 	}
 	double deadline = now_s() + 30;
@@ -389,6 +427,8 @@ static void usage(FILE *f)
 		   "  --tallyd PATH       server binary to start (default: next to this one,\n"
 		   "                      ../wire/tallyd)\n"
 		   "  --port PORT         use a running server instead (127.0.0.1)\n"
+		   "  --in-parts          start tallyd with a 1 s flush interval and query only\n"
+		   "                      once every event is in parts (memtables empty)\n"
 		   "  --seed N            workload seed (default 1)\n");
 }
 
@@ -410,6 +450,7 @@ int main(int argc, char **argv)
 		{"tallyd", 1, 0, 't'},
 		{"port", 1, 0, 'p'},
 		{"seed", 1, 0, 'S'},
+		{"in-parts", 0, 0, 'P'},
 		{"help", 0, 0, 'h'},
 		{0, 0, 0, 0},
 	};
@@ -425,6 +466,7 @@ int main(int argc, char **argv)
 		case 't': o.tallyd = optarg; break;
 		case 'p': o.port = optarg; break;
 		case 'S': o.seed = strtoull(optarg, NULL, 10); break;
+		case 'P': o.in_parts = 1; break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
 		}
@@ -497,6 +539,26 @@ int main(int argc, char **argv)
 	free(bufs);
 	if (acc != total)
 		die("accepted %" PRIu64 " of %" PRIu64 " events", acc, total);
+
+	if (o.in_parts) {
+		/* The queries then read parts only: wait for the flushes, and
+		 * for the merges after them (the part count holds for 2 s). */
+		double w0 = now_s(), still = 0;
+		uint64_t parts = UINT64_MAX;
+		while (stat_value(o.port, "memtable_bytes") != 0 || now_s() - still < 2) {
+			if (now_s() - w0 > 120)
+				die("memtables still not flushed after 120 s");
+			uint64_t p = stat_value(o.port, "parts");
+			if (p != parts) {
+				parts = p;
+				still = now_s();
+			}
+			usleep(200000);
+		}
+		printf("  every event in parts, merges done, %.1f s after the ingest (%" PRIu64
+		       " parts)\n",
+		       now_s() - w0, stat_value(o.port, "parts"));
+	}
 
 	/* Latency: one connection, one query at a time. */
 	static const char *kinds[2] = {"series 5m, one camera, one day (288 buckets)",

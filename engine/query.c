@@ -313,13 +313,6 @@ typedef struct cview {
 	int rc;
 } cview;
 
-static void cview_free(cview *v)
-{
-	mem_free(v->ts);
-	mem_free(v->vals);
-	mem_free(v->present);
-}
-
 /* The first of the n ascending times that is >= t (n when none is). */
 static uint32_t ts_lower(const int64_t *ts, uint32_t n, int64_t t)
 {
@@ -358,22 +351,19 @@ static void raw_agg(cview *v, int64_t a, int64_t b, ragg *acc)
 		const part_stripe *st = &p->stripes[v->pk->first_stripe + k];
 		if (st->tmax < a || st->tmin >= b)
 			continue;
-		if (!v->ts) {
-			v->ts = mem_alloc(PART_STRIPE_MAX * sizeof *v->ts);
-			v->vals = mem_alloc(PART_STRIPE_MAX * sizeof *v->vals);
-			v->present = mem_alloc(PART_STRIPE_MAX / 8);
-			if (!v->ts || !v->vals || !v->present) {
-				v->rc = err_set(-ENOMEM, "out of memory");
-				return;
-			}
-		}
 		part_scratch *ps = qsrc_scratch(v->q);
 		int absent;
 		uint32_t got, i0, i1;
-		if (!ps) {
+		size_t need =
+			PART_STRIPE_MAX * (sizeof *v->ts + sizeof *v->vals) + PART_STRIPE_MAX / 8;
+		if (!ps || codec_buf_reserve(&ps->rows, need)) {
 			v->rc = err_set(-ENOMEM, "out of memory");
 			return;
 		}
+		v->ts = (int64_t *)(void *)ps->rows.p;
+		v->vals = (bval *)(void *)(ps->rows.p + PART_STRIPE_MAX * sizeof *v->ts);
+		v->present = (uint64_t *)(void *)(ps->rows.p + PART_STRIPE_MAX * (sizeof *v->ts +
+										  sizeof *v->vals));
 		/* An edge is under one finest bucket: decode the times only up to
 		 * b, and the values only up to the last row in [a, b). */
 		if ((v->rc = part_read_col_head(p, st, -1, ps, v->ts, NULL, 0, b, &got, &absent)))
@@ -464,7 +454,6 @@ static int cover_part(qsrc *q, const shard_part *sp, const part_key *pk, const c
 	cview v = {.sp = sp, .pk = pk, .c = c, .pc = pc, .q = q};
 	v.num = (uint32_t)sp->p->info.num_of[pc];
 	cover(&v, L, (int)L->n - 1, a, b, acc);
-	cview_free(&v);
 	return v.rc;
 }
 

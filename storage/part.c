@@ -609,6 +609,7 @@ void part_scratch_free(part_scratch *s)
 	codec_buf_free(&s->raw);
 	codec_buf_free(&s->arena);
 	codec_buf_free(&s->arena2);
+	codec_buf_free(&s->rows);
 	memset(s, 0, sizeof *s);
 }
 
