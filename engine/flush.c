@@ -178,12 +178,12 @@ static int cache_use(shard_part *sp, uint32_t idx, uint32_t nb,
 	tally_db *db = sp->db;
 	pthread_mutex_lock(&db->rc_mu);
 	int hit = sp->rc && sp->rc[idx];
-	if (hit)
+	if (hit) {
 		use(sp->rc[idx], nb, arg);
-	if (hit)
 		db->rc_hits++;
-	else
+	} else {
 		db->rc_misses++;
+	}
 	pthread_mutex_unlock(&db->rc_mu);
 	return hit;
 }

@@ -296,8 +296,9 @@ static inline double value_as_double(enum tally_type type, bval v)
 
 /*
  * What cover() reads from: a memtable series (buckets and chunks in
- * memory) or a part's key (rollup blocks decoded once per level per query,
- * stripes decoded only where an edge falls).
+ * memory) or a part's key (whole windows summed from the decoded-rollup
+ * cache, and stripes decoded only where an edge falls, only as far as it
+ * needs).
  */
 typedef struct cview {
 	const series *se;
@@ -307,9 +308,6 @@ typedef struct cview {
 	int pc;       /* part column */
 	uint32_t num; /* part numeric column */
 	qsrc *q;      /* owns the scratch */
-	int64_t *ts;
-	bval *vals;
-	uint64_t *present;
 	int rc;
 } cview;
 
@@ -351,36 +349,42 @@ static void raw_agg(cview *v, int64_t a, int64_t b, ragg *acc)
 		const part_stripe *st = &p->stripes[v->pk->first_stripe + k];
 		if (st->tmax < a || st->tmin >= b)
 			continue;
+		/* the stripe's times, values and presence, in the borrowed scratch
+		 * (8-byte times and values: see the assertion below raw_agg) */
 		part_scratch *ps = qsrc_scratch(v->q);
-		int absent;
-		uint32_t got, i0, i1;
-		size_t need =
-			PART_STRIPE_MAX * (sizeof *v->ts + sizeof *v->vals) + PART_STRIPE_MAX / 8;
-		if (!ps || codec_buf_reserve(&ps->rows, need)) {
+		enum {
+			TS_OFF = 0,
+			VALS_OFF = PART_STRIPE_MAX * 8,
+			PRES_OFF = PART_STRIPE_MAX * 16
+		};
+		if (!ps || codec_buf_reserve(&ps->rows, PRES_OFF + PART_STRIPE_MAX / 8)) {
 			v->rc = err_set(-ENOMEM, "out of memory");
 			return;
 		}
-		v->ts = (int64_t *)(void *)ps->rows.p;
-		v->vals = (bval *)(void *)(ps->rows.p + PART_STRIPE_MAX * sizeof *v->ts);
-		v->present = (uint64_t *)(void *)(ps->rows.p + PART_STRIPE_MAX * (sizeof *v->ts +
-										  sizeof *v->vals));
+		int64_t *ts = (int64_t *)(void *)(ps->rows.p + TS_OFF);
+		bval *vals = (bval *)(void *)(ps->rows.p + VALS_OFF);
+		uint64_t *present = (uint64_t *)(void *)(ps->rows.p + PRES_OFF);
+		int absent;
+		uint32_t got, i0, i1;
 		/* An edge is under one finest bucket: decode the times only up to
 		 * b, and the values only up to the last row in [a, b). */
-		if ((v->rc = part_read_col_head(p, st, -1, ps, v->ts, NULL, 0, b, &got, &absent)))
+		if ((v->rc = part_read_col_head(p, st, -1, ps, ts, NULL, 0, b, &got, &absent)))
 			return;
-		i1 = ts_lower(v->ts, got, b);
-		i0 = ts_lower(v->ts, i1, a);
+		i1 = ts_lower(ts, got, b);
+		i0 = ts_lower(ts, i1, a);
 		if (i0 == i1)
 			continue;
-		if ((v->rc = part_read_col_head(p, st, v->pc, ps, v->vals, v->present, i1,
-						INT64_MIN, &got, &absent)) ||
+		if ((v->rc = part_read_col_head(p, st, v->pc, ps, vals, present, i1, INT64_MIN,
+						&got, &absent)) ||
 		    absent)
 			continue;
 		for (uint32_t i = i0; i < i1; i++)
-			if ((v->present[i >> 6] >> (i & 63)) & 1)
-				ragg_add(acc, value_as_double(c->type, v->vals[i]));
+			if ((present[i >> 6] >> (i & 63)) & 1)
+				ragg_add(acc, value_as_double(c->type, vals[i]));
 	}
 }
+
+_Static_assert(sizeof(bval) == 8 && sizeof(int64_t) == 8, "raw_agg lays out 8-byte slots");
 
 /* Whole buckets of level li inside [a, b), a and b aligned to it. */
 static void bucket_agg(cview *v, int li, int64_t a, int64_t b, ragg *acc)

@@ -25,7 +25,7 @@ typedef struct strmap {
 } strmap;
 
 /* a[0..n) == b[0..n), inline for the short names and keys of the write
- * path (a libc memcmp call costs more than comparing 8 bytes). */
+ * path: up to 16 bytes it is two loads a side, no call. */
 static inline int strmap_eq(const char *a, const char *b, uint32_t n)
 {
 	uint64_t x, y, u, v;

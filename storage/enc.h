@@ -17,16 +17,6 @@
 #include "codec.h"
 #include "err.h"
 
-/* Hot decoding loops are built twice on x86-64, plain and for x86-64-v3
- * (BMI2's one-instruction variable shifts and bit extracts), and the
- * loader picks the one the CPU runs (GCC's target_clones, an ifunc). */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && \
-	!defined(__SANITIZE_ADDRESS__)
-#define ENC_HOT __attribute__((target_clones("default", "arch=x86-64-v3")))
-#else
-#define ENC_HOT
-#endif
-
 /* ------------------------------------------------------------ context */
 
 /* Scratch slots: each user owns one, so nested calls never share. */

@@ -194,6 +194,40 @@ static void exc_apply(const uint8_t *body, size_t len, size_t pos, double *d)
 	}
 }
 
+/* DEC and BIN bodies end alike: after their header (written at p, in
+ * out's reserved room), the exception list, then the integers m as an INT
+ * stream. Sets st's exception count and order. */
+static int tail_put(codec_ctx *cx, codec_buf *out, uint8_t *p, const double *v, const uint32_t *exc,
+		    uint32_t ne, const int64_t *m, uint32_t n, const codec_opts *opt,
+		    codec_stats *st)
+{
+	p = exc_put(p, v, exc, ne);
+	out->len = (size_t)(p - out->p);
+	enum codec_order used;
+	int rc = enc_ints_put(cx, m, n, opt->order, out, &used);
+	if (!rc && st) {
+		st->n_except = ne;
+		st->order = (uint8_t)used;
+	}
+	return rc;
+}
+
+/* Reads that tail from *pos: checks the exception list (leaving *exc_at
+ * at it for exc_apply) and decodes the integers the request needs
+ * (cx->want) into *m (scratch); *got of them are exact. */
+static int tail_get(codec_ctx *cx, const uint8_t *body, size_t len, size_t pos, uint32_t n,
+		    const exc_names *nm, size_t *exc_at, int64_t **m, uint32_t *got)
+{
+	uint64_t ne;
+	*exc_at = pos;
+	int rc = exc_check(body, len, &pos, n, &ne, nm);
+	if (rc)
+		return rc;
+	if (!(*m = enc_scratch(cx, ENC_S_TMP, (size_t)n * 8 + 8)))
+		return -ENOMEM;
+	return enc_ints_get_head(body + pos, len - pos, n, *m, cx->want, INT64_MIN, got);
+}
+
 static int dec_encode(codec_ctx *cx, const enc_vals *in, const codec_opts *opt, codec_buf *out,
 		      codec_stats *st)
 {
@@ -233,18 +267,9 @@ static int dec_encode(codec_ctx *cx, const enc_vals *in, const codec_opts *opt, 
 		return -ENOMEM;
 	uint8_t *p = out->p + out->len;
 	*p++ = (uint8_t)s;
-	p = exc_put(p, v, exc, ne);
-	out->len = (size_t)(p - out->p);
-	enum codec_order used;
-	int rc = enc_ints_put(cx, m, n, opt->order, out, &used);
-	if (rc)
-		return rc;
-	if (st) {
+	if (st)
 		st->scale = (uint8_t)s;
-		st->n_except = ne;
-		st->order = (uint8_t)used;
-	}
-	return 0;
+	return tail_put(cx, out, p, v, exc, ne, m, n, opt, st);
 }
 
 static int dec_decode(codec_ctx *cx, enum codec_kind kind, const uint8_t *body, size_t len,
@@ -257,16 +282,11 @@ static int dec_decode(codec_ctx *cx, enum codec_kind kind, const uint8_t *body, 
 	unsigned s = body[0];
 	if (s > CODEC_DEC_SCALE_MAX)
 		return ENC_CORRUPT("decimal: scale %u > %u", s, CODEC_DEC_SCALE_MAX);
-	size_t pos = 1, exc_at = pos;
-	uint64_t ne;
-	int rc = exc_check(body, len, &pos, n, &ne, &dec_names);
-	if (rc)
-		return rc;
-	int64_t *m = enc_scratch(cx, ENC_S_TMP, (size_t)n * 8 + 8);
-	if (!m)
-		return -ENOMEM;
+	size_t exc_at;
+	int64_t *m;
 	uint32_t got;
-	if ((rc = enc_ints_get_head(body + pos, len - pos, n, m, cx->want, INT64_MIN, &got)))
+	int rc = tail_get(cx, body, len, 1, n, &dec_names, &exc_at, &m, &got);
+	if (rc)
 		return rc;
 	for (uint32_t i = 0; i < got; i++)
 		d[i] = dec_value(m[i], s);
@@ -546,17 +566,7 @@ static int bin_encode(codec_ctx *cx, const enc_vals *in, const codec_opts *opt, 
 		return -ENOMEM;
 	uint8_t *p = out->p + out->len;
 	p += enc_varint_put(p, enc_zigzag(e));
-	p = exc_put(p, v, exc, ne);
-	out->len = (size_t)(p - out->p);
-	enum codec_order used;
-	int rc = enc_ints_put(cx, m, n, opt->order, out, &used);
-	if (rc)
-		return rc;
-	if (st) {
-		st->n_except = ne;
-		st->order = (uint8_t)used;
-	}
-	return 0;
+	return tail_put(cx, out, p, v, exc, ne, m, n, opt, st);
 }
 
 static int bin_decode(codec_ctx *cx, enum codec_kind kind, const uint8_t *body, size_t len,
@@ -565,7 +575,7 @@ static int bin_decode(codec_ctx *cx, enum codec_kind kind, const uint8_t *body, 
 	(void)kind, (void)arena;
 	double *d = out;
 	size_t pos = 0;
-	uint64_t z, ne;
+	uint64_t z;
 	int rc = enc_varint_get(body, len, &pos, &z, "binary exponent");
 	if (rc)
 		return rc;
@@ -573,14 +583,10 @@ static int bin_decode(codec_ctx *cx, enum codec_kind kind, const uint8_t *body, 
 	if (e < BIN_E_MIN || e > BIN_E_MAX)
 		return ENC_CORRUPT("binary: exponent %lld outside %d..%d", (long long)e, BIN_E_MIN,
 				   BIN_E_MAX);
-	size_t exc_at = pos;
-	if ((rc = exc_check(body, len, &pos, n, &ne, &bin_names)))
-		return rc;
-	int64_t *m = enc_scratch(cx, ENC_S_TMP, (size_t)n * 8 + 8);
-	if (!m)
-		return -ENOMEM;
+	size_t exc_at;
+	int64_t *m;
 	uint32_t got;
-	if ((rc = enc_ints_get_head(body + pos, len - pos, n, m, cx->want, INT64_MIN, &got)))
+	if ((rc = tail_get(cx, body, len, pos, n, &bin_names, &exc_at, &m, &got)))
 		return rc;
 	cx->got = got;
 	double pow2e = bin_pow2((int)e);

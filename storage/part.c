@@ -1025,8 +1025,9 @@ int part_read_col_head(const part *p, const part_stripe *st, int col, part_scrat
 		       uint64_t *present, uint32_t want, int64_t stop, uint32_t *got, int *absent)
 {
 	*got = 0;
-	enum codec_kind kind =
-		col < 0 || col >= (int)p->info.n_cols ? CODEC_TS : kind_of(p->info.cols[col].type);
+	if (col < -1 || col >= (int)p->info.n_cols)
+		return err_set(TALLY_EINVAL, "%s: no column %d", p->path, col);
+	enum codec_kind kind = col < 0 ? CODEC_TS : kind_of(p->info.cols[col].type);
 	if (kind == CODEC_BOOL || kind == CODEC_STR || kind == CODEC_KEY) {
 		*got = st->n_rows;
 		return part_read_col(p, st, col, s, vals, present, absent);

@@ -178,9 +178,8 @@ typedef struct part_scratch {
 	codec_buf raw;   /* a block as read */
 	codec_buf arena; /* decoded strings */
 	codec_buf arena2;
-	codec_buf rows; /* a reader's own decoded stripe (engine/query.c: edges), kept
-			 * across queries: a fresh 80 KB malloc each time was trimmed
-			 * and faulted back in */
+	codec_buf rows; /* a reader's own decoded stripe (engine/query.c: the exact
+			 * aggregate's edges), kept with the scratch across queries */
 } part_scratch;
 void part_scratch_free(part_scratch *s);
 
