@@ -803,50 +803,48 @@ enum lp_result lp_next(lp_parser *ps, const char **cur, const char *end, lp_line
 		out->tags[0].key =
 			(lp_str){p + ps->head_meas + 1, (uint32_t)(ps->head_n - ps->head_meas - 2)};
 		p += ps->head_n;
-		goto tag_value;
-	}
-
-	/* Measurement. */
-	t = scan_name(p, e, MEAS_SET, MEAS_SET, &ti);
-	if (ti.bad)
-		FAIL(TALLY_ESYNTAX, "bad escape at end of line");
-	if (t == p)
-		FAIL(TALLY_ESYNTAX, "empty measurement");
-	out->measurement = name_str(ps->scratch, &spos, p, t, ti.esc, MEAS_SET);
-	if (out->measurement.n > LP_NAME_MAX)
-		FAIL(TALLY_ELIMIT, "measurement longer than %d bytes", LP_NAME_MAX);
-	if ((ti.hi & 0x80) && !lp_utf8_valid(out->measurement.p, out->measurement.n))
-		FAIL(TALLY_ESYNTAX, "measurement: invalid UTF-8");
-	if (ti.nul)
-		FAIL(TALLY_ESYNTAX, "measurement: NUL byte");
-	p = t;
-
-	/* Tags. */
-	uint32_t nt = 0;
-	while (p < e && *p == ',') {
-		p++;
-		if (nt == LP_TAGS_MAX)
-			FAIL(TALLY_ELIMIT, "too many tags (max %d)", LP_TAGS_MAX);
-		lp_tag *tg = &out->tags[nt];
-		t = scan_name(p, e, KEY_SET, KEY_SET, &ti);
+	} else {
+		/* Measurement. */
+		t = scan_name(p, e, MEAS_SET, MEAS_SET, &ti);
 		if (ti.bad)
 			FAIL(TALLY_ESYNTAX, "bad escape at end of line");
 		if (t == p)
-			FAIL(TALLY_ESYNTAX, "empty tag key");
-		tg->key = name_str(ps->scratch, &spos, p, t, ti.esc, KEY_SET);
-		if (tg->key.n > LP_NAME_MAX)
-			FAIL(TALLY_ELIMIT, "tag key longer than %d bytes", LP_NAME_MAX);
-		if ((ti.hi & 0x80) && !lp_utf8_valid(tg->key.p, tg->key.n))
-			FAIL(TALLY_ESYNTAX, "tag key '%s': invalid UTF-8", qstr(qa, tg->key));
+			FAIL(TALLY_ESYNTAX, "empty measurement");
+		out->measurement = name_str(ps->scratch, &spos, p, t, ti.esc, MEAS_SET);
+		if (out->measurement.n > LP_NAME_MAX)
+			FAIL(TALLY_ELIMIT, "measurement longer than %d bytes", LP_NAME_MAX);
+		if ((ti.hi & 0x80) && !lp_utf8_valid(out->measurement.p, out->measurement.n))
+			FAIL(TALLY_ESYNTAX, "measurement: invalid UTF-8");
 		if (ti.nul)
-			FAIL(TALLY_ESYNTAX, "tag key '%s': NUL byte", qstr(qa, tg->key));
-		if (t == e || *t != '=')
-			FAIL(TALLY_ESYNTAX, "tag '%s': missing '='", qstr(qa, tg->key));
-		p = t + 1;
-		if (0) {
-tag_value:
-			nt = 0;
-			tg = &out->tags[0];
+			FAIL(TALLY_ESYNTAX, "measurement: NUL byte");
+		p = t;
+	}
+
+	/* Tags. With the same head, the first tag's key is known and its
+	 * value comes next. */
+	uint32_t nt = 0;
+	for (int key_known = same_head; key_known || (p < e && *p == ','); key_known = 0) {
+		lp_tag *tg = &out->tags[nt];
+		if (!key_known) {
+			p++;
+			if (nt == LP_TAGS_MAX)
+				FAIL(TALLY_ELIMIT, "too many tags (max %d)", LP_TAGS_MAX);
+			t = scan_name(p, e, KEY_SET, KEY_SET, &ti);
+			if (ti.bad)
+				FAIL(TALLY_ESYNTAX, "bad escape at end of line");
+			if (t == p)
+				FAIL(TALLY_ESYNTAX, "empty tag key");
+			tg->key = name_str(ps->scratch, &spos, p, t, ti.esc, KEY_SET);
+			if (tg->key.n > LP_NAME_MAX)
+				FAIL(TALLY_ELIMIT, "tag key longer than %d bytes", LP_NAME_MAX);
+			if ((ti.hi & 0x80) && !lp_utf8_valid(tg->key.p, tg->key.n))
+				FAIL(TALLY_ESYNTAX, "tag key '%s': invalid UTF-8",
+				     qstr(qa, tg->key));
+			if (ti.nul)
+				FAIL(TALLY_ESYNTAX, "tag key '%s': NUL byte", qstr(qa, tg->key));
+			if (t == e || *t != '=')
+				FAIL(TALLY_ESYNTAX, "tag '%s': missing '='", qstr(qa, tg->key));
+			p = t + 1;
 		}
 		t = scan_name(p, e, KEY_SET, KEY_SET, &ti);
 		if (ti.bad)
