@@ -262,21 +262,28 @@ static void fold(const part_bucket *pb, uint32_t n, void *arg)
 		ragg_merge(f->acc, &b[i].a);
 }
 
-int shard_part_rollup_fold(shard_part *sp, const part_key *pk, uint32_t num, unsigned level,
-			   part_scratch *ps, int64_t from, int64_t to, ragg *acc)
+int shard_part_rollup_each(shard_part *sp, const part_key *pk, uint32_t num, unsigned level,
+			   part_scratch *ps,
+			   void (*use)(const part_bucket *b, uint32_t n, void *arg), void *arg)
 {
-	fold_arg f = {from, to, acc};
 	uint32_t nb, idx = rollup_idx(sp, pk, num, level, &nb);
-	if (!nb || cache_use(sp, idx, nb, fold, &f))
+	if (!nb || cache_use(sp, idx, nb, use, arg))
 		return 0;
 	part_bucket *b;
 	uint32_t n;
 	int rc = shard_part_rollup(sp, pk, num, level, ps, &b, &n);
 	if (rc || !b)
 		return rc;
-	fold(b, n, &f);
+	use(b, n, arg);
 	mem_free(b);
 	return 0;
+}
+
+int shard_part_rollup_fold(shard_part *sp, const part_key *pk, uint32_t num, unsigned level,
+			   part_scratch *ps, int64_t from, int64_t to, ragg *acc)
+{
+	fold_arg f = {from, to, acc};
+	return shard_part_rollup_each(sp, pk, num, level, ps, fold, &f);
 }
 
 /* ---------------------------------------------------------------- scratch */

@@ -50,6 +50,13 @@ int flush_run(struct tally_db *db, int force);
 int shard_part_rollup(shard_part *sp, const part_key *pk, uint32_t num, unsigned level,
 		      part_scratch *ps, part_bucket **out, uint32_t *n);
 
+/* Calls use(buckets, n, arg) with that rollup's buckets: a cached block
+ * in place, under the cache's lock (use must be quick and must not call
+ * back into the cache), else decoded (and cached) first. */
+int shard_part_rollup_each(shard_part *sp, const part_key *pk, uint32_t num, unsigned level,
+			   part_scratch *ps,
+			   void (*use)(const part_bucket *b, uint32_t n, void *arg), void *arg);
+
 /* Merges the buckets of that rollup with start in [from, to) into acc,
  * reading a cached block in place (under the cache's lock) rather than
  * copying it: the exact aggregate needs a sum, not the buckets. */

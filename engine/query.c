@@ -120,6 +120,18 @@ static part_scratch *qsrc_scratch(qsrc *q)
 	return q->scratch;
 }
 
+/* Where a part keeps the rollups of key and column c: 0 when it has none. */
+static int part_rollup_ref(const shard_part *sp, const char *key, uint32_t kl, const col_def *c,
+			   const part_key **pk, uint32_t *num)
+{
+	int pc = shard_part_col(sp, c);
+	if (pc < 0 || sp->p->info.num_of[pc] < 0)
+		return 0;
+	*pk = part_find_key(sp->p, key, kl);
+	*num = (uint32_t)sp->p->info.num_of[pc];
+	return *pk != NULL;
+}
+
 /* Decodes a part's rollup of (key, column, level) into a new buffer,
  * through the decoded rollup cache. */
 static int part_rollup_decode(const shard_part *sp, const char *key, uint32_t kl, const col_def *c,
@@ -127,16 +139,13 @@ static int part_rollup_decode(const shard_part *sp, const char *key, uint32_t kl
 {
 	*out = NULL;
 	*n = 0;
-	int pc = shard_part_col(sp, c);
-	if (pc < 0 || sp->p->info.num_of[pc] < 0)
-		return 0;
-	const part_key *pk = part_find_key(sp->p, key, kl);
-	if (!pk)
+	const part_key *pk;
+	uint32_t num;
+	if (!part_rollup_ref(sp, key, kl, c, &pk, &num))
 		return 0;
 	part_bucket *b;
 	/* the cache is guarded by its own mutex: the part itself is const */
-	int rc = shard_part_rollup((shard_part *)sp, pk, (uint32_t)sp->p->info.num_of[pc], level,
-				   ps, &b, n);
+	int rc = shard_part_rollup((shard_part *)sp, pk, num, level, ps, &b, n);
 	*out = (rbucket *)b;
 	return rc;
 }
@@ -219,6 +228,96 @@ static size_t merge_windows(qsrc *q, int64_t from, int64_t to, int64_t step, int
 
 /* ---------------------------------------------------------------- series */
 
+/* A series of at most this many windows sums every source straight into
+ * an accumulator per window: no k-way merge, and a part's cached rollup
+ * is read in place instead of copied (the copies were most of a series
+ * over data in parts: a whole rollup, all of its days, per part). */
+#define SERIES_DENSE_MAX 4096
+
+typedef struct wfold {
+	int64_t from, to, step; /* from and to on window boundaries */
+	ragg *win;              /* (to - from) / step windows */
+} wfold;
+
+/* Each window gets its buckets source after source, as merge_windows()
+ * merges them: the same sums to the last bit. */
+static void wfold_add(const rbucket *b, uint32_t n, wfold *w)
+{
+	size_t wi = 0;
+	int64_t wend = w->from + w->step;
+	for (uint32_t i = bucket_lower(b, n, w->from); i < n && b[i].start < w->to; i++) {
+		if (b[i].start >= wend) {
+			if (b[i].start < wend + w->step) { /* the next window: no division */
+				wi++;
+				wend += w->step;
+			} else {
+				wi = (size_t)((b[i].start - w->from) / w->step);
+				wend = w->from + (int64_t)(wi + 1) * w->step;
+			}
+		}
+		ragg_merge(&w->win[wi], &b[i].a);
+	}
+}
+
+static void wfold_part(const part_bucket *b, uint32_t n, void *arg)
+{
+	wfold_add((const rbucket *)b, n, arg);
+}
+
+/* The dense series: 0 or an error; *n_out windows with events, of which
+ * the first cap are in out. */
+static int series_dense(tally_db *db, const table_def *t, const col_def *c, const char *key,
+			uint32_t kl, int li, wfold *w, size_t nwin, tally_bucket *out, size_t cap,
+			size_t *n_out)
+{
+	part_scratch *ps = scratch_get(db);
+	if (!ps || codec_buf_reserve(&ps->windows, nwin * sizeof(ragg))) {
+		if (ps)
+			scratch_put(db, ps);
+		return err_set(-ENOMEM, "out of memory");
+	}
+	w->win = (ragg *)(void *)ps->windows.p;
+	for (size_t i = 0; i < nwin; i++)
+		ragg_init(&w->win[i]);
+	int rc = 0;
+	rdlock_all(db);
+	for (unsigned s = 0; s < db->n_shards && !rc; s++) {
+		const shard *sh = db->shards[s];
+		const memtable *mt[SHARD_FROZEN_MAX + 1];
+		unsigned nm = shard_memtables(sh, mt);
+		for (unsigned m = 0; m < nm; m++) {
+			const rcol *r = series_rcol(mem_series(mt[m], t, key, kl), c->id);
+			if (r)
+				wfold_add(r->lv[li].b, r->lv[li].n, w);
+		}
+		for (uint32_t i = 0; i < sh->n_parts && !rc; i++) {
+			const shard_part *sp = sh->parts[i];
+			const part_key *pk;
+			uint32_t num;
+			if (sp->table != t || sp->pend <= w->from || sp->pstart >= w->to ||
+			    !part_rollup_ref(sp, key, kl, c, &pk, &num))
+				continue;
+			/* the cache is guarded by its own mutex: the part itself is const */
+			rc = shard_part_rollup_each((shard_part *)sp, pk, num, (unsigned)li, ps,
+						    wfold_part, w);
+		}
+	}
+	unlock_all(db);
+	size_t n = 0;
+	for (size_t i = 0; i < nwin && !rc; i++) {
+		if (!w->win[i].count)
+			continue;
+		if (n < cap) {
+			out[n].start = w->from + (int64_t)i * w->step;
+			ragg_to_public(&w->win[i], &out[n].agg);
+		}
+		n++;
+	}
+	scratch_put(db, ps);
+	*n_out = n;
+	return rc;
+}
+
 TALLY_API int tally_query_series(tally_db *db, const char *table, const char *field,
 				 const char *key, int64_t step, int64_t from, int64_t to,
 				 tally_bucket *out, size_t cap, size_t *n_out)
@@ -247,6 +346,19 @@ TALLY_API int tally_query_series(tally_db *db, const char *table, const char *fi
 	from = window_start(clamp_ts(from), step, L->offset);
 	to = clamp_ts(to);
 	uint32_t kl = (uint32_t)strlen(key);
+	size_t n = 0;
+	if (to <= from || ((uint64_t)to - (uint64_t)from - 1) / (uint64_t)step < SERIES_DENSE_MAX) {
+		/* every window that starts before to, whole (the last one too) */
+		size_t nwin = to <= from ? 0 : (size_t)((to - from - 1) / step) + 1;
+		wfold w = {from, from + (int64_t)nwin * step, step, NULL};
+		rc = series_dense(db, t, c, key, kl, li, &w, nwin, out, cap, &n);
+		if (rc)
+			return rc;
+		*n_out = n;
+		if (n > cap)
+			return err_set(TALLY_ETRUNC, "%zu windows, buffer holds %zu", n, cap);
+		return 0;
+	}
 
 	/* A k-way merge of bucket arrays: every memtable's and every part's
 	 * of every shard, all read-locked so the answer is one consistent cut. */
@@ -269,7 +381,6 @@ TALLY_API int tally_query_series(tally_db *db, const char *table, const char *fi
 			rc = qsrc_add_part(&src, sp, key, kl, c, (unsigned)li);
 		}
 	}
-	size_t n = 0;
 	if (!rc)
 		n = merge_windows(&src, from, to, step, L->offset, out, cap);
 	unlock_all(db);

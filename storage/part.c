@@ -610,6 +610,7 @@ void part_scratch_free(part_scratch *s)
 	codec_buf_free(&s->arena);
 	codec_buf_free(&s->arena2);
 	codec_buf_free(&s->rows);
+	codec_buf_free(&s->windows);
 	memset(s, 0, sizeof *s);
 }
 

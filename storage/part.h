@@ -178,8 +178,9 @@ typedef struct part_scratch {
 	codec_buf raw;   /* a block as read */
 	codec_buf arena; /* decoded strings */
 	codec_buf arena2;
-	codec_buf rows; /* a reader's own decoded stripe (engine/query.c: the exact
-			 * aggregate's edges), kept with the scratch across queries */
+	codec_buf rows;    /* a reader's own decoded stripe (engine/query.c: the exact
+			    * aggregate's edges), kept with the scratch across queries */
+	codec_buf windows; /* engine/query.c: a series' window accumulators */
 } part_scratch;
 void part_scratch_free(part_scratch *s);
 

@@ -636,3 +636,77 @@ Test(engine, failed_write_reports_what_it_applied)
 	cr_assert(WIFEXITED(status), "child died: status %d", status);
 	cr_assert_eq(WEXITSTATUS(status), 0, "child check %d failed", WEXITSTATUS(status));
 }
+
+/* A series of more windows than are summed in place goes through the
+ * k-way merge of sorted bucket arrays; shorter ones through accumulators
+ * per window. Over the same data (in parts, in memtables, one key in both,
+ * late events, a to that cuts into a window) the long answer and the
+ * answers of its day-long slices, put end to end, are the same to the
+ * last bit, truncation included. */
+Test(engine, series_long_and_sliced_agree)
+{
+	uint64_t seed = 5;
+	char line[128];
+	const int64_t days = 20;
+	for (int round = 0; round < 2; round++) {
+		for (int i = 0; i < 6000; i++) {
+			seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
+			int64_t ts = T0 + (int64_t)((seed >> 1) % (uint64_t)(days * TALLY_1D));
+			snprintf(line, sizeof line, "t,k=%c v=%.1f %lld\n", "ab"[(seed >> 8) & 1],
+				 (double)((seed >> 33) % 2000) / 10, (long long)ts);
+			cr_assert_eq(lp(line).accepted, 1, "%s", line);
+		}
+		if (!round)
+			cr_assert_eq(tally_db_flush(db), 0, "%s", tally_errmsg());
+	}
+	/* 52 days: over 4,096 windows of either step */
+	static const int64_t steps[] = {TALLY_5M, 3 * TALLY_5M};
+	static tally_bucket whole[8192], part[8192];
+	for (int si = 0; si < 2; si++) {
+		int64_t day0 = T0 - T0 % TALLY_1D; /* slices on window boundaries */
+		int64_t step = steps[si], from = day0 - 30 * TALLY_1D,
+			to = day0 + 22 * TALLY_1D + 7;
+		size_t nw, np = 0, n;
+		cr_assert_eq(
+			tally_query_series(db, "t", "v", "a", step, from, to, whole, 8192, &nw), 0,
+			"%s", tally_errmsg());
+		for (int64_t a = from; a < to; a += TALLY_1D) {
+			int64_t b = a + TALLY_1D < to ? a + TALLY_1D : to;
+			cr_assert_eq(tally_query_series(db, "t", "v", "a", step, a, b, part + np,
+							8192 - np, &n),
+				     0, "%s", tally_errmsg());
+			/* a to just inside the last window counts it whole */
+			static tally_bucket cut[400];
+			size_t nc;
+			cr_assert_eq(tally_query_series(db, "t", "v", "a", step, a, b - step + 1,
+							cut, 400, &nc),
+				     0, "%s", tally_errmsg());
+			cr_assert_eq(nc, n);
+			cr_assert_eq(memcmp(cut, part + np, n * sizeof *cut), 0);
+			np += n;
+		}
+		cr_assert_eq(nw, np, "step %lld: %zu windows whole, %zu sliced", (long long)step,
+			     nw, np);
+		cr_assert_gt(nw, 100);
+		for (size_t i = 0; i < nw; i++) {
+			cr_assert_eq(whole[i].start, part[i].start);
+			cr_assert_eq(whole[i].agg.count, part[i].agg.count);
+			cr_assert_eq(memcmp(&whole[i].agg, &part[i].agg, sizeof whole[i].agg), 0,
+				     "step %lld window %zu differs", (long long)step, i);
+		}
+		/* truncation: the first windows, and TALLY_ETRUNC, on either path */
+		cr_assert_eq(tally_query_series(db, "t", "v", "a", step, from, to, part, 7, &n),
+			     TALLY_ETRUNC);
+		cr_assert_eq(n, nw);
+		cr_assert_eq(memcmp(part, whole, 7 * sizeof *part), 0);
+		size_t nd;
+		cr_assert_eq(tally_query_series(db, "t", "v", "a", step, day0 + TALLY_1D,
+						day0 + 2 * TALLY_1D, part, 8192, &nd),
+			     0);
+		cr_assert_eq(tally_query_series(db, "t", "v", "a", step, day0 + TALLY_1D,
+						day0 + 2 * TALLY_1D, part + 8, 7, &n),
+			     TALLY_ETRUNC);
+		cr_assert_eq(n, nd);
+		cr_assert_eq(memcmp(part, part + 8, 7 * sizeof *part), 0);
+	}
+}
