@@ -49,7 +49,8 @@ typedef struct bopts {
 	unsigned conns, query_conns, shards;
 	double query_secs;
 	unsigned latency_queries;
-	int in_parts; /* flush everything into parts before the queries */
+	int in_parts;  /* flush everything into parts before the queries */
+	int no_ingest; /* query a running server's data only */
 	const char *tallyd, *port, *dir;
 	uint64_t seed;
 } bopts;
@@ -429,7 +430,9 @@ static void usage(FILE *f)
 		   "  --port PORT         use a running server instead (127.0.0.1)\n"
 		   "  --in-parts          start tallyd with a 1 s flush interval and query only\n"
 		   "                      once every event is in parts (memtables empty)\n"
-		   "  --seed N            workload seed (default 1)\n");
+		   "  --seed N            workload seed (default 1)\n"
+		   "  --no-ingest         with --port: only query what the server holds (for\n"
+		   "                      profiling the server over many runs)\n");
 }
 
 int main(int argc, char **argv)
@@ -451,6 +454,7 @@ int main(int argc, char **argv)
 		{"port", 1, 0, 'p'},
 		{"seed", 1, 0, 'S'},
 		{"in-parts", 0, 0, 'P'},
+		{"no-ingest", 0, 0, 'N'},
 		{"help", 0, 0, 'h'},
 		{0, 0, 0, 0},
 	};
@@ -467,6 +471,7 @@ int main(int argc, char **argv)
 		case 'p': o.port = optarg; break;
 		case 'S': o.seed = strtoull(optarg, NULL, 10); break;
 		case 'P': o.in_parts = 1; break;
+		case 'N': o.no_ingest = 1; break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
 		}
@@ -474,6 +479,8 @@ int main(int argc, char **argv)
 	if (o.events < CAMERAS || o.conns < 1 || o.conns > 256 || o.query_conns < 1 ||
 	    o.query_conns > 256)
 		die("--events at least 1000; --connections and --query-connections 1 to 256");
+	if (o.no_ingest && !o.port)
+		die("--no-ingest needs --port: a server that already holds the workload");
 	char self[4096], tallyd[4200], port[32], dir[] = "/tmp/tally-bench-tcp-XXXXXX";
 	pid_t pid = 0;
 	if (!o.port) {
@@ -491,6 +498,8 @@ int main(int argc, char **argv)
 		o.dir = dir;
 	}
 
+	if (o.no_ingest)
+		goto queries;
 	printf("bench_tcp: %" PRIu64 " events, %d cameras over %d days (a tenth offline 3 h, "
 	       "sent late), %u connections\n",
 	       o.events, CAMERAS, DAYS, o.conns);
@@ -537,6 +546,8 @@ int main(int argc, char **argv)
 	for (unsigned k = 0; k < o.conns; k++)
 		free(bufs[k].p);
 	free(bufs);
+	free(in);
+	free(th);
 	if (acc != total)
 		die("accepted %" PRIu64 " of %" PRIu64 " events", acc, total);
 
@@ -560,6 +571,7 @@ int main(int argc, char **argv)
 		       now_s() - w0, stat_value(o.port, "parts"));
 	}
 
+queries:;
 	/* Latency: one connection, one query at a time. */
 	static const char *kinds[2] = {"series 5m, one camera, one day (288 buckets)",
 				       "exact agg, one camera, unaligned range"};
@@ -617,7 +629,5 @@ int main(int argc, char **argv)
 		waitpid(pid, &st, 0);
 		nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
 	}
-	free(in);
-	free(th);
 	return 0;
 }

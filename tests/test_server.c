@@ -185,6 +185,20 @@ static int sig_digits(const char *b)
 	return n ? n : 1;
 }
 
+/* The least precision of printf's %.Ng that reads back as v, with that
+ * text in ref. */
+static int printf_shortest(double v, char *ref, size_t cap)
+{
+	int p = 1;
+	for (; p < 17; p++) {
+		snprintf(ref, cap, "%.*g", p, v);
+		if (strtod(ref, NULL) == v)
+			return p;
+	}
+	snprintf(ref, cap, "%.*g", p, v);
+	return p;
+}
+
 /* Every value the server prints: the text reads back as the same double,
  * with no more significant digits than printf's shortest %.Ng that does.
  * Values like the rollups' (decimals, their sums, averages, integers),
@@ -217,12 +231,7 @@ Test(cmd, doubles_format_shortest_and_round_trip)
 			v = -v;
 		cmd_format_double(v, b);
 		cr_assert_eq(strtod(b, NULL), v, "%s does not read back as %.17g", b, v);
-		int p = 1;
-		for (; p < 17; p++) {
-			snprintf(ref, sizeof ref, "%.*g", p, v);
-			if (strtod(ref, NULL) == v)
-				break;
-		}
+		int p = printf_shortest(v, ref, sizeof ref);
 		cr_assert_leq(sig_digits(b), p, "%s: %d digits where %.*g needs %d", b,
 			      sig_digits(b), p, v, p);
 	}
@@ -234,6 +243,75 @@ Test(cmd, doubles_format_shortest_and_round_trip)
 	cr_assert_str_eq(b, "-0.05");
 	cmd_format_double(1385.7 / 17, b);
 	cr_assert_eq(strtod(b, NULL), 1385.7 / 17, "%s", b);
+}
+
+/* A decimal as its significant digits and the power of ten of the last:
+ * "-0.0520" and "5.2e-2" are both "52" and -3. */
+static void dec_norm(const char *s, char *digits, int *exp10)
+{
+	int n = 0, frac = 0, point = 0;
+	for (; *s && *s != 'e' && *s != 'E'; s++) {
+		if (*s == '.') {
+			point = 1;
+		} else if (*s >= '0' && *s <= '9') {
+			if (n || *s != '0')
+				digits[n++] = *s;
+			frac += point;
+		}
+	}
+	int e = (*s ? atoi(s + 1) : 0) - frac;
+	while (n > 1 && digits[n - 1] == '0') {
+		n--;
+		e++;
+	}
+	if (!n)
+		digits[n++] = '0', e = 0;
+	digits[n] = 0;
+	*exp10 = e;
+}
+
+/* Across every exponent of the exact path (2^-21 to 2^53) and the
+ * fallback's either side: random significands and the awkward ones (a
+ * power of two, whose interval is narrower below; the largest; odd ones,
+ * whose interval ends do not read back). The answer reads back, is no
+ * longer than printf's shortest, and when as long, is the same decimal
+ * (the nearest), and inside the exact range it is written without an
+ * exponent. */
+Test(cmd, doubles_format_nearest_of_the_shortest_at_every_exponent)
+{
+	uint64_t seed = 99;
+	char b[64], ref[64], d1[40], d2[40];
+	for (int e = 1075 - 80; e <= 1075 + 8; e++) {
+		for (int i = 0; i < 3000; i++) {
+			uint64_t r = seed += 0x9e3779b97f4a7c15ULL;
+			r = (r ^ (r >> 31)) * 0xbf58476d1ce4e5b9ULL;
+			r ^= r >> 29;
+			uint64_t m = i == 0   ? 0
+				     : i == 1 ? (UINT64_C(1) << 52) - 1
+				     : i == 2 ? 1
+					      : r & ((UINT64_C(1) << 52) - 1);
+			uint64_t bits = (uint64_t)e << 52 | m | (uint64_t)(i & 1) << 63;
+			double v;
+			memcpy(&v, &bits, sizeof v);
+			memset(b, 'x', sizeof b);
+			size_t n = cmd_format_double(v, b);
+			cr_assert_eq(strlen(b), n, "%s: length %zu", b, n);
+			cr_assert_eq(strtod(b, NULL), v, "%s does not read back as %.17g", b, v);
+			int p = printf_shortest(v, ref, sizeof ref);
+			cr_assert_leq(sig_digits(b), p, "%s: more digits than %s", b, ref);
+			if (sig_digits(b) == p) {
+				int x1, x2;
+				dec_norm(b, d1, &x1);
+				dec_norm(ref, d2, &x2);
+				cr_assert(!strcmp(d1, d2) && x1 == x2,
+					  "%s is not the nearest of the shortest, %s (bits "
+					  "%016" PRIx64 ")",
+					  b, ref, bits);
+			}
+			if (e >= 1075 - 73 && e <= 1075)
+				cr_assert_null(strchr(b, 'e'), "%s: an exponent", b);
+		}
+	}
 }
 
 Test(cmd, parses_arguments_and_names_the_bad_one)

@@ -328,33 +328,43 @@ size_t cmd_format_duration(int64_t ns, char *buf)
 
 __extension__ typedef unsigned __int128 cmd_u128;
 
-static const uint64_t cmd_p10[20] = {
-	1,
-	10,
-	100,
-	1000,
-	10000,
-	100000,
-	1000000,
-	10000000,
-	100000000,
-	1000000000,
-	10000000000ULL,
-	100000000000ULL,
-	1000000000000ULL,
-	10000000000000ULL,
-	100000000000000ULL,
-	1000000000000000ULL,
-	10000000000000000ULL,
-	100000000000000000ULL,
-	1000000000000000000ULL,
-	10000000000000000000ULL,
-};
-
 static const char cmd_pairs[201] = "00010203040506070809101112131415161718192021222324"
 				   "25262728293031323334353637383940414243444546474849"
 				   "50515253545556575859606162636465666768697071727374"
 				   "75767778798081828384858687888990919293949596979899";
+
+/* x < 10^8 as exactly eight digits: two halves, four pairs from a table,
+ * no division waiting on another (digit values made by multiplies in
+ * the lanes of one register were slower: a longer chain). */
+static inline void cmd_put8(char *d, uint32_t x)
+{
+	uint32_t a = x / 10000, b = x % 10000;
+	memcpy(d, cmd_pairs + 2 * (a / 100), 2);
+	memcpy(d + 2, cmd_pairs + 2 * (a % 100), 2);
+	memcpy(d + 4, cmd_pairs + 2 * (b / 100), 2);
+	memcpy(d + 6, cmd_pairs + 2 * (b % 100), 2);
+}
+
+static const uint64_t cmd_p10[20] = {1,
+				     10,
+				     100,
+				     1000,
+				     10000,
+				     100000,
+				     1000000,
+				     10000000,
+				     100000000,
+				     1000000000,
+				     10000000000ULL,
+				     100000000000ULL,
+				     1000000000000ULL,
+				     10000000000000ULL,
+				     100000000000000ULL,
+				     1000000000000000ULL,
+				     10000000000000000ULL,
+				     100000000000000000ULL,
+				     1000000000000000000ULL,
+				     10000000000000000000ULL};
 
 /* The number of decimal digits of q (at least 1). */
 static int cmd_ndigits(uint64_t q)
@@ -365,174 +375,136 @@ static int cmd_ndigits(uint64_t q)
 	return n + ((q | 1) >= cmd_p10[n]); /* q | 1: 0 has one digit too */
 }
 
-/* Writes v's decimal digits, at least min of them (zero-padded), two at
- * a time backwards ending at end; returns the start. */
-static char *cmd_digits_back(uint64_t v, char *end, int min)
+/* "-" q / 10^k, q < 10^17, k <= 22: q's digits laid out zero-padded in
+ * a fixed field, and the integer part and the
+ * decimals copied out of it in two fixed-size copies (a few vector
+ * moves; a copy of the exact length would be a call, and placing the
+ * digits with shifts took branches the processor mispredicts: both were
+ * slower). The copies run past the number: buf needs 48 bytes. The number
+ * ends with a NUL. */
+static size_t cmd_put_fixed(char *buf, int neg, uint64_t q, int k)
 {
-	char *p = end;
-	while (v >= 100 || (end - p) + 2 < min) {
-		p -= 2;
-		memcpy(p, cmd_pairs + 2 * (v % 100), 2);
-		v /= 100;
+	char f[48];
+	memset(f, '0', sizeof f);
+	f[7] = (char)('0' + q / 10000000000000000ULL);
+	cmd_put8(f + 8, (uint32_t)(q / 100000000 % 100000000));
+	cmd_put8(f + 16, (uint32_t)(q % 100000000));
+	int nd = cmd_ndigits(q), ilen = nd > k ? nd - k : 1; /* "0.05": one 0 */
+	char *p = buf;
+	*p = '-';
+	p += neg;
+	memcpy(p, f + 24 - k - ilen, 24);
+	if (!k) {
+		p[ilen] = 0;
+		return (size_t)(neg + ilen);
 	}
-	if (v >= 10 || (end - p) + 1 < min) {
-		p -= 2;
-		memcpy(p, cmd_pairs + 2 * v, 2);
-	} else {
-		*--p = (char)('0' + v);
-	}
-	return p;
+	p[ilen] = '.';
+	memcpy(p + ilen + 1, f + 24 - k, 24);
+	p[ilen + 1 + k] = 0;
+	return (size_t)(neg + ilen + 1 + k);
 }
 
-/* "-" q with k digits after the point, trailing zeros dropped; written
- * straight into buf, two digits at a time: a 288-row series formats over
- * a thousand of these. */
-static size_t cmd_put_decimal(char *buf, int neg, uint64_t q, int k)
+/* 10^k for k <= 22; 10^20 and up need more than 64 bits. */
+static cmd_u128 cmd_pow10(int k)
 {
-	while (k && q % 10 == 0) {
-		q /= 10;
-		k--;
-	}
-	/* The k decimals two at a time from the back, then the integer part:
-	 * no division by a power of ten that is not a constant. */
-	int nd = cmd_ndigits(q);
-	size_t n = (size_t)neg + (size_t)(nd > k ? nd - k : 1) + (k ? (size_t)k + 1 : 0);
-	char *end = buf + n;
-	*end = 0;
-	if (k) {
-		int r = k;
-		for (; r >= 2; r -= 2) {
-			end -= 2;
-			memcpy(end, cmd_pairs + 2 * (q % 100), 2);
-			q /= 100;
-		}
-		if (r) {
-			*--end = (char)('0' + q % 10);
-			q /= 10;
-		}
-		*--end = '.';
-	}
-	end = cmd_digits_back(q, end, 1);
-	if (neg)
-		*--end = '-';
-	return n;
+	if (k < 20)
+		return cmd_p10[k];
+	return (cmd_u128)cmd_p10[k - 19] * cmd_p10[19];
 }
 
 /*
- * The shortest decimal that reads back as v. Three paths, fastest first:
- * (1) v has at most 9 decimals: m / 10^k == v in one correctly rounded
- * division proves "m with k decimals" reads back as v; (2) 1e-2 <= |v| <
- * 1e14: 15, 16 or 17 significant digits computed exactly in 128-bit
- * integers (v = f / 2^s, digits = round(f * 10^k / 2^s)), each candidate
- * kept only if it lies strictly within half an ulp of v; (3) anything
- * else: printf's %.Ng with the least N that strtod reads back.
+ * The shortest decimal that reads back as v, and of those the nearest.
+ *
+ * v = f / 2^s. Every real within half an ulp of v reads back as v. Scaled
+ * by 10^k, k the least with 10^k > 2^s, that interval is between 1 and 10
+ * units wide, so it holds at least one integer and at most one multiple
+ * of 10:
+ *   - a multiple of 10 in it is the one shortest decimal (fewer
+ *     significant digits means trailing zeros at this scale), written
+ *     with its zeros dropped;
+ *   - else the shortest have this many digits, and the nearest to v is v
+ *     scaled and rounded, half an unit or less from v, so inside.
+ * What general algorithms must mind cannot happen in this range: the
+ * interval's ends, (2f +- 1) 10^k / 2^(s+1), are never integers (that
+ * would take 2^(s+1) dividing 10^k, and k <= s), so whether a tie at an
+ * end reads back as v does not matter; and a power of two, whose interval
+ * is half as wide below, is here always a short exact decimal, the
+ * multiple of 10 the wide interval finds too (the test walks every one).
+ * All of it is exact integer arithmetic: 2f * 10^k fits 128 bits while k
+ * <= 22, that is for 2^-21 <= |v| < 2^53 (5e-7 to 9e15: everything a
+ * sensor or a sum of readings gives). Other values (tiny, huge,
+ * subnormal, inf) take printf's %.Ng with the least N that strtod reads
+ * back: exact, and some microseconds.
  */
-/* x rounded to an integer, 0 <= x < 2^53: a cast, where nearbyint() is
- * a libm call that saves and restores the floating-point environment. */
-static inline double cmd_round(double x)
-{
-	if (x >= 0x1p52)
-		return x; /* already an integer */
-	return (double)(int64_t)(x + 0.5);
-}
-
-/* Whether round(f * 10^k / 2^s), that is v = f / 2^s with k decimals,
- * reads back as v: 1 with it in *q, or 0. 0 <= k <= 18. */
-static int cmd_digits_ok(uint64_t f, int s, int k, uint64_t *out)
-{
-	cmd_u128 P = (cmd_u128)f * cmd_p10[k];
-	cmd_u128 q = P >> s, rem = P - (q << s), half = (cmd_u128)1 << (s - 1);
-	if (rem > half || (rem == half && (q & 1)))
-		q++;
-	/* q / 10^k reads back as v when it is strictly within half an ulp
-	 * (2^-s) of it: |q * 2^s - P| < 10^k / 2. Below a power of two the
-	 * next double is half as far. */
-	cmd_u128 qs = q << s;
-	int below = qs < P;
-	cmd_u128 dist = below ? P - qs : qs - P;
-	unsigned shift = below && f == (UINT64_C(1) << 52) ? 2 : 1;
-	*out = (uint64_t)q;
-	return (dist << shift) < cmd_p10[k] && q < ((cmd_u128)1 << 63);
-}
-
 size_t cmd_format_double(double v, char *buf)
 {
-	if (isnan(v))
-		return (size_t)snprintf(buf, 32, "NaN");
-	int neg = signbit(v) && v != 0;
-	double a = fabs(v);
-	if (a < 9007199254740992.0) {
-		/* A value within half an ulp of some m / 10^k (k <= K) is within
-		 * a few ulps of an integer once scaled by 10^K, K the most places
-		 * that keep a * 10^K below 2^53. That one test turns away most
-		 * values with no short decimal (averages) before the loop below;
-		 * it never turns away one the loop would take. */
-		int kmax = 9;
-		while (kmax > 0 && a * (double)cmd_p10[kmax] >= 9007199254740992.0)
-			kmax--;
-		double xk = a * (double)cmd_p10[kmax], rk = cmd_round(xk);
-		if (xk < 9007199254740992.0 && fabs(xk - rk) > xk * 0x1p-50)
-			goto long_form;
-		if (xk < 0x1p50) {
-			/* Usually the answer is that integer with its trailing
-			 * zeros dropped (85.2: 85200000000 at K = 9, so 852 and
-			 * k = 1); one division proves it. Not near 2^53, where
-			 * every double is an integer and a shorter k may exist. */
-			uint64_t m = (uint64_t)rk;
-			int k = kmax;
-			while (k >= 4 && m % 10000 == 0) {
-				m /= 10000;
+	uint64_t bits;
+	memcpy(&bits, &v, sizeof bits);
+	int neg = (int)(bits >> 63);
+	unsigned e = (unsigned)(bits >> 52) & 0x7ff;
+	uint64_t m = bits & ((UINT64_C(1) << 52) - 1);
+	if (!e && !m) {
+		memcpy(buf, "0", 2); /* and -0 */
+		return 1;
+	}
+	/* Most values a rollup holds have a decimal or two (a reading, or a
+	 * min or max of readings): i / 100 == |v| in one correctly rounded
+	 * division proves i / 100 reads back as v, and below 2^40 (an ulp
+	 * under 0.0002) no other decimal with two places does, so it is the
+	 * shortest. Cheaper than the exact path's dividing off of zeros. */
+	double a = fabs(v), x = a * 100;
+	if (a < 0x1p40 && x == (double)(int64_t)x && (double)(int64_t)x / 100 == a) {
+		uint64_t q = (uint64_t)x;
+		int k = 2;
+		if (q % 10 == 0) {
+			q /= 10;
+			k = q % 10 ? 1 : 0;
+			q /= k ? 1 : 10;
+		}
+		return cmd_put_fixed(buf, neg, q, k);
+	}
+	int s = 1075 - (int)e;
+	if (e && s >= 0 && s <= 73) {
+		uint64_t f = m | UINT64_C(1) << 52;
+		/* floor(s * log10 2) + 1; 2^s is never a power of ten but 1 */
+		int k = s ? ((s * 78913) >> 18) + 1 : 0;
+		/* all over 2^(s+1): v is v2, the interval v2 - t .. v2 + t */
+		cmd_u128 t = cmd_pow10(k), v2 = (cmd_u128)(f << 1) * t;
+		cmd_u128 mask = ((cmd_u128)1 << (s + 1)) - 1;
+		uint64_t uq = (uint64_t)((v2 + t) >> (s + 1));
+		uint64_t lq = (uint64_t)((v2 - t + mask) >> (s + 1));
+		uint64_t q = uq / 10 * 10;
+		if (q >= lq) { /* the shortest: drop its zeros after the point */
+			while (k >= 8 && q % 100000000 == 0) {
+				q /= 100000000;
+				k -= 8;
+			}
+			if (k >= 4 && q % 10000 == 0) {
+				q /= 10000;
 				k -= 4;
 			}
-			while (k && m % 10 == 0) {
-				m /= 10;
-				k--;
+			if (k >= 2 && q % 100 == 0) {
+				q /= 100;
+				k -= 2;
 			}
-			if ((double)m / (double)cmd_p10[k] == a)
-				return cmd_put_decimal(buf, neg, m, k);
+			if (k >= 1 && q % 10 == 0) {
+				q /= 10;
+				k -= 1;
+			}
+			return cmd_put_fixed(buf, neg, q, k);
 		}
-		for (int k = 0; k <= 9; k++) {
-			double x = a * (double)cmd_p10[k];
-			if (x >= 9007199254740992.0)
-				break;
-			/* Only a product within rounding error of an integer can
-			 * be the answer; the division (slow) then proves it. */
-			double r = cmd_round(x);
-			if (fabs(x - r) <= x * 0x1p-50 && r / (double)cmd_p10[k] == a)
-				return cmd_put_decimal(buf, neg, (uint64_t)r, k);
-		}
-	}
-long_form:
-	if (a >= 1e-2 && a < 1e14) {
-		uint64_t bits;
-		memcpy(&bits, &a, sizeof bits); /* a is normal here */
-		uint64_t f = (bits & ((UINT64_C(1) << 52) - 1)) | UINT64_C(1) << 52;
-		int s = 1075 - (int)(bits >> 52); /* a = f / 2^s, 6 <= s <= 59 here */
-		static const double p10d[17] = {1e-2, 1e-1, 1e0, 1e1,  1e2,  1e3,  1e4,  1e5, 1e6,
-						1e7,  1e8,  1e9, 1e10, 1e11, 1e12, 1e13, 1e14};
-		int e10 = -2;
-		while (e10 < 13 && a >= p10d[e10 + 3])
-			e10++;
-		/* 16 digits first: when they do not read back, 17 do; when they
-		 * do, 15 may too. Two tries where 15, 16, 17 in turn took up to
-		 * three (averages mostly need 16 or 17). */
-		uint64_t q16, q;
-		int k16 = 15 - e10, k;
-		if (cmd_digits_ok(f, s, k16, &q16)) {
-			k = 14 - e10;
-			if (cmd_digits_ok(f, s, k, &q))
-				return cmd_put_decimal(buf, neg, q, k);
-			return cmd_put_decimal(buf, neg, q16, k16);
-		}
-		k = 16 - e10;
-		if (cmd_digits_ok(f, s, k, &q))
-			return cmd_put_decimal(buf, neg, q, k);
+		q = (uint64_t)(v2 >> (s + 1));
+		cmd_u128 rem = v2 & mask, half = (cmd_u128)1 << s;
+		q += rem > half || (rem == half && (q & 1));
+		return cmd_put_fixed(buf, neg, q, k);
 	}
 	/* Reading back holds from some precision on (17 always does): the
 	 * least one by bisection, in four or five tries. */
 	static const char *const fmt[18] = {"%.0g",  "%.1g",  "%.2g",  "%.3g",  "%.4g",  "%.5g",
 					    "%.6g",  "%.7g",  "%.8g",  "%.9g",  "%.10g", "%.11g",
 					    "%.12g", "%.13g", "%.14g", "%.15g", "%.16g", "%.17g"};
+	if (v != v)
+		return (size_t)snprintf(buf, 32, "NaN");
 	int lo = 1, hi = 17;
 	while (lo < hi) {
 		int mid = (lo + hi) / 2;

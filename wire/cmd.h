@@ -71,8 +71,9 @@ size_t cmd_format_duration(int64_t ns, char *buf);
 size_t cmd_usage_count(void);
 const char *cmd_usage(size_t i);
 
-/* The shortest decimal that reads back as the same double. buf needs 32
- * bytes; returns the length. */
+/* The shortest decimal that reads back as the same double (the nearest
+ * such when there are several), NUL-terminated. buf needs 48 bytes (the
+ * formatting writes whole fields past the number); returns the length. */
 size_t cmd_format_double(double v, char *buf);
 
 #endif
