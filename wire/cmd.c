@@ -333,6 +333,14 @@ static const char cmd_pairs[201] = "00010203040506070809101112131415161718192021
 				   "50515253545556575859606162636465666768697071727374"
 				   "75767778798081828384858687888990919293949596979899";
 
+/* Two digits from the table, as the low bytes of a word. */
+static inline uint16_t cmd_pair(unsigned v)
+{
+	uint16_t t;
+	memcpy(&t, cmd_pairs + 2 * v, 2);
+	return t;
+}
+
 /* x < 10^8 as exactly eight digits: two halves, four pairs from a table,
  * no division waiting on another (digit values made by multiplies in
  * the lanes of one register were slower: a longer chain). */
@@ -375,33 +383,99 @@ static int cmd_ndigits(uint64_t q)
 	return n + ((q | 1) >= cmd_p10[n]); /* q | 1: 0 has one digit too */
 }
 
-/* "-" q / 10^k, q < 10^17, k <= 22: q's digits laid out zero-padded in
- * a fixed field, and the integer part and the
- * decimals copied out of it in two fixed-size copies (a few vector
- * moves; a copy of the exact length would be a call, and placing the
- * digits with shifts took branches the processor mispredicts: both were
- * slower). The copies run past the number: buf needs 48 bytes. The number
- * ends with a NUL. */
+/* Exactly n digits of v (v < 10^n, zero-padded) ending at end, written
+ * backwards: eight at a time while n >= 8, then pairs. */
+static inline void cmd_digits_n(char *end, uint64_t v, int n)
+{
+	for (; n >= 8; n -= 8, end -= 8, v /= 100000000)
+		cmd_put8(end - 8, (uint32_t)(v % 100000000));
+	for (; n >= 2; n -= 2, end -= 2, v /= 100)
+		memcpy(end - 2, cmd_pairs + 2 * (v % 100), 2);
+	if (n)
+		end[-1] = (char)('0' + v);
+}
+
+size_t cmd_format_u64(uint64_t v, char *buf);
+
+/* "-" q / 10^k, q < 10^17, k <= 22, q not a multiple of 10 when k > 0:
+ * the integer part, the point and exactly k decimals, each stored in
+ * place. (Laying the digits out in a scratch field and copying the
+ * answer out of it was slower in tallyd than the figures of bench_format
+ * said: a load that spans several just-made stores waits for them to
+ * retire.) The number ends with a NUL. */
 static size_t cmd_put_fixed(char *buf, int neg, uint64_t q, int k)
 {
-	char f[48];
-	memset(f, '0', sizeof f);
-	f[7] = (char)('0' + q / 10000000000000000ULL);
-	cmd_put8(f + 8, (uint32_t)(q / 100000000 % 100000000));
-	cmd_put8(f + 16, (uint32_t)(q % 100000000));
-	int nd = cmd_ndigits(q), ilen = nd > k ? nd - k : 1; /* "0.05": one 0 */
 	char *p = buf;
 	*p = '-';
 	p += neg;
-	memcpy(p, f + 24 - k - ilen, 24);
-	if (!k) {
-		p[ilen] = 0;
-		return (size_t)(neg + ilen);
+	uint64_t ip = k < 20 ? q / cmd_p10[k] : 0;
+	p += cmd_format_u64(ip, p);
+	if (k) {
+		*p = '.';
+		uint64_t fr = k < 20 ? q - ip * cmd_p10[k] : q;
+		cmd_digits_n(p + 1 + k, fr, k);
+		p += 1 + k;
+		*p = 0;
 	}
-	p[ilen] = '.';
-	memcpy(p + ilen + 1, f + 24 - k, 24);
-	p[ilen + 1 + k] = 0;
-	return (size_t)(neg + ilen + 1 + k);
+	return (size_t)(p - buf);
+}
+
+/* v's digits ending at end, two at a time backwards; v has nd digits. */
+static inline void cmd_digits_back(char *end, uint64_t v)
+{
+	while (v >= 100) {
+		end -= 2;
+		memcpy(end, cmd_pairs + 2 * (v % 100), 2);
+		v /= 100;
+	}
+	if (v >= 10)
+		memcpy(end - 2, cmd_pairs + 2 * v, 2);
+	else
+		end[-1] = (char)('0' + v);
+}
+
+size_t cmd_format_u64(uint64_t v, char *buf)
+{
+	if (v < 10000) {
+		/* four digits in a word, the leading zeros shifted out, one
+		 * store: no branch on the length (counts and readings vary
+		 * between 2 and 3 digits row to row, and a mispredicted loop
+		 * exit cost more than the digits) */
+		uint32_t w = (uint32_t)cmd_pair((unsigned)(v / 100)) |
+			     (uint32_t)cmd_pair((unsigned)(v % 100)) << 16;
+		int nd = 1 + (v >= 10) + (v >= 100) + (v >= 1000);
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+		w >>= 8 * (4 - nd); /* the first digit is the lowest byte */
+#else
+		w <<= 8 * (4 - nd);
+#endif
+		memcpy(buf, &w, 4);
+		buf[nd] = 0;
+		return (size_t)nd;
+	}
+	int nd = cmd_ndigits(v);
+	cmd_digits_back(buf + nd, v);
+	buf[nd] = 0;
+	return (size_t)nd;
+}
+
+/* "-" c / 100 with its zeros after the point dropped, written in place:
+ * the few digits of a reading need no digit field. */
+static size_t cmd_put_cents(char *buf, int neg, uint64_t c)
+{
+	char *p = buf;
+	*p = '-';
+	p += neg;
+	uint64_t ip = c / 100;
+	unsigned fr = (unsigned)(c % 100);
+	p += cmd_format_u64(ip, p);
+	if (fr) {
+		p[0] = '.';
+		memcpy(p + 1, cmd_pairs + 2 * fr, 2);
+		p += 3 - (fr % 10 == 0); /* .5, not .50 */
+		*p = 0;
+	}
+	return (size_t)(p - buf);
 }
 
 /* 10^k for k <= 22; 10^20 and up need more than 64 bits. */
@@ -454,14 +528,7 @@ size_t cmd_format_double(double v, char *buf)
 	 * shortest. Cheaper than the exact path's dividing off of zeros. */
 	double a = fabs(v), x = a * 100;
 	if (a < 0x1p40 && x == (double)(int64_t)x && (double)(int64_t)x / 100 == a) {
-		uint64_t q = (uint64_t)x;
-		int k = 2;
-		if (q % 10 == 0) {
-			q /= 10;
-			k = q % 10 ? 1 : 0;
-			q /= k ? 1 : 10;
-		}
-		return cmd_put_fixed(buf, neg, q, k);
+		return cmd_put_cents(buf, neg, (uint64_t)x);
 	}
 	int s = 1075 - (int)e;
 	if (e && s >= 0 && s <= 73) {

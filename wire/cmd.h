@@ -71,9 +71,12 @@ size_t cmd_format_duration(int64_t ns, char *buf);
 size_t cmd_usage_count(void);
 const char *cmd_usage(size_t i);
 
+/* v in decimal, NUL-terminated; buf needs 21 bytes. Returns the length. */
+size_t cmd_format_u64(uint64_t v, char *buf);
+
 /* The shortest decimal that reads back as the same double (the nearest
- * such when there are several), NUL-terminated. buf needs 48 bytes (the
- * formatting writes whole fields past the number); returns the length. */
+ * such when there are several), NUL-terminated. buf needs 32 bytes;
+ * returns the length. */
 size_t cmd_format_double(double v, char *buf);
 
 #endif

@@ -284,13 +284,7 @@ static char *put_f64(char *p, double v)
 
 static char *put_u64(char *p, uint64_t v)
 {
-	char b[24], *e = b + sizeof b, *q = e;
-	do {
-		*--q = (char)('0' + v % 10);
-		v /= 10;
-	} while (v);
-	memcpy(p, q, (size_t)(e - q));
-	return p + (e - q);
+	return p + cmd_format_u64(v, p);
 }
 
 /* count, sum, min, max, avg and the newline; at most 5 * 33 bytes. */
