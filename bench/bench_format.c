@@ -14,7 +14,7 @@
  * Every value is formatted once before the clock starts and checked to
  * read back exactly (strtod), so a fast wrong formatter cannot report.
  *
- *   bench_format [--values N] [--rounds R] [--seed S]
+ *   bench_format [--values N] [--rounds R] [--seed S] [--only KIND]
  */
 #include <getopt.h>
 #include <inttypes.h>
@@ -108,9 +108,10 @@ int main(int argc, char **argv)
 	size_t n = 1000000;
 	unsigned rounds = 5;
 	uint64_t seed = 1;
+	const char *only = NULL;
 	static const struct option lo[] = {
 		{"values", 1, 0, 'n'}, {"rounds", 1, 0, 'r'}, {"seed", 1, 0, 's'},
-		{"help", 0, 0, 'h'},   {0, 0, 0, 0},
+		{"only", 1, 0, 'o'},   {"help", 0, 0, 'h'},   {0, 0, 0, 0},
 	};
 	int ch;
 	while ((ch = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
@@ -118,6 +119,7 @@ int main(int argc, char **argv)
 		case 'n': n = strtoull(optarg, NULL, 10); break;
 		case 'r': rounds = (unsigned)atoi(optarg); break;
 		case 's': seed = strtoull(optarg, NULL, 10); break;
+		case 'o': only = optarg; break;
 		case 'h':
 			printf("Usage: bench_format [--values N] [--rounds R] [--seed S]\n\n"
 			       "Nanoseconds per number and per time of tallyd's answer formatting\n"
@@ -159,13 +161,16 @@ int main(int argc, char **argv)
 	double *sets[4] = {sp, sum, avg, rnd};
 	printf("bench_format: %zu values per kind, best of %u rounds\n", n, rounds);
 	for (int k = 0; k < 4; k++) {
+		if (only && strcmp(only, kinds[k]))
+			continue;
 		check(sets[k], n, kinds[k]);
 		size_t bytes;
 		double ns = time_doubles(sets[k], n, rounds, &bytes);
 		printf("  %-7s %6.1f ns/value  (%.1f characters)\n", kinds[k], ns,
 		       (double)bytes / (double)n);
 	}
-	printf("  %-7s %6.1f ns/value\n", "time", time_times(tm, n, rounds));
+	if (!only || !strcmp(only, "time"))
+		printf("  %-7s %6.1f ns/value\n", "time", time_times(tm, n, rounds));
 	free(sp);
 	free(sum);
 	free(avg);

@@ -522,13 +522,17 @@ size_t cmd_format_double(double v, char *buf)
 		return 1;
 	}
 	/* Most values a rollup holds have a decimal or two (a reading, or a
-	 * min or max of readings): i / 100 == |v| in one correctly rounded
-	 * division proves i / 100 reads back as v, and below 2^40 (an ulp
-	 * under 0.0002) no other decimal with two places does, so it is the
-	 * shortest. Cheaper than the exact path's dividing off of zeros. */
-	double a = fabs(v), x = a * 100;
-	if (a < 0x1p40 && x == (double)(int64_t)x && (double)(int64_t)x / 100 == a) {
-		return cmd_put_cents(buf, neg, (uint64_t)x);
+	 * min or max of readings): for i the nearest integer to |v| * 100,
+	 * i / 100 == |v| in one correctly rounded division proves i / 100
+	 * reads back as v, and below 2^40 (an ulp under 0.0002) no other
+	 * decimal with two places does, so it is the shortest. Cheaper than
+	 * the exact path's dividing off of zeros. (|v| * 100 itself is often
+	 * no integer: 32.3 * 100 is 3229.9999999999995.) */
+	double a = fabs(v);
+	if (a >= 0.005 && a < 0x1p40) {
+		int64_t i = (int64_t)(a * 100 + 0.5);
+		if ((double)i / 100 == a)
+			return cmd_put_cents(buf, neg, (uint64_t)i);
 	}
 	int s = 1075 - (int)e;
 	if (e && s >= 0 && s <= 73) {
