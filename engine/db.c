@@ -230,6 +230,23 @@ static void remove_orphans(tally_db *db, const char *parts_dir)
 
 /* The background flusher: wakes on a kick (a memtable passed its size) or
  * every second to check ages, and flushes what asks for it. */
+/* opt.prefault: block by block, the shards in turn (each has memory
+ * early), every shard's first memtable worth of blocks into its pool. */
+static void *prefault_main(void *arg)
+{
+	tally_db *db = arg;
+	uint64_t per_shard = db->opt.memtable_bytes / ARENA_BLOCK;
+	for (uint64_t b = 0; b < per_shard; b++) {
+		for (unsigned i = 0; i < db->n_shards; i++) {
+			if (atomic_load(&db->prefault_stop))
+				return NULL;
+			arena_pool_prefill_one(&db->shards[i]->pool); /* full: taken already */
+			atomic_fetch_sub(&db->prefault_pending, (uint64_t)ARENA_BLOCK);
+		}
+	}
+	return NULL;
+}
+
 static void *flusher_main(void *arg)
 {
 	tally_db *db = arg;
@@ -395,6 +412,15 @@ TALLY_API int tally_db_open(const char *dir, const tally_options *opt, tally_db 
 			goto fail;
 		}
 		db->flusher_started = 1;
+		if (db->opt.prefault) {
+			atomic_store(&db->prefault_pending, db->opt.memtable_bytes / ARENA_BLOCK *
+								    ARENA_BLOCK * db->n_shards);
+			if ((rc = pthread_create(&db->prefaulter, NULL, prefault_main, db))) {
+				rc = err_sys(rc, "starting the prefault thread");
+				goto fail;
+			}
+			db->prefaulter_started = 1;
+		}
 	}
 	if ((rc = tier_start(db)))
 		goto fail;
@@ -416,6 +442,10 @@ TALLY_API void tally_db_close(tally_db *db)
 {
 	if (!db)
 		return;
+	if (db->prefaulter_started) {
+		atomic_store(&db->prefault_stop, 1);
+		pthread_join(db->prefaulter, NULL);
+	}
 	if (db->flusher_started) {
 		pthread_mutex_lock(&db->bg_mu);
 		db->bg_stop = 1;
@@ -1015,6 +1045,7 @@ TALLY_API int tally_db_stats(tally_db *db, tally_stats *out)
 	pthread_mutex_unlock(&db->rc_mu);
 	tier_stats(db, out);
 	out->memory_limit = db->opt.memory_limit;
+	out->prefault_pending = atomic_load(&db->prefault_pending);
 	out->rejected_lines = atomic_load(&db->rejected_lines);
 	out->shards = db->n_shards;
 	return rc;

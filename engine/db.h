@@ -42,6 +42,10 @@ struct tally_db {
 	/* the background flusher */
 	pthread_t flusher;
 	int flusher_started;
+	pthread_t prefaulter; /* opt.prefault: memtable memory ahead of writers */
+	int prefaulter_started;
+	_Atomic int prefault_stop;
+	_Atomic uint64_t prefault_pending; /* bytes */
 	pthread_mutex_t bg_mu;
 	pthread_cond_t bg_cond;
 	int bg_stop;

@@ -46,6 +46,48 @@ static void *map_block(void)
 	return (void *)start;
 }
 
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23 /* Linux 5.14; older kernels: EINVAL */
+#endif
+
+/* Appends b to the pool; 0 when it is full (or its list cannot grow). */
+static int pool_put(arena_pool *p, void *b)
+{
+	if (p->n == p->max)
+		return 0;
+	if (p->n == p->cap) {
+		uint32_t nc = p->cap ? p->cap * 2 : 64;
+		void **nb = mem_realloc(p->blocks, nc * sizeof *nb);
+		if (!nb)
+			return 0;
+		p->blocks = nb;
+		p->cap = nc;
+	}
+	p->blocks[p->n++] = b;
+	return 1;
+}
+
+int arena_pool_prefill_one(arena_pool *p)
+{
+	pthread_mutex_lock(&p->mu);
+	int full = p->n >= p->max;
+	pthread_mutex_unlock(&p->mu);
+	if (full)
+		return 0;
+	char *b = map_block();
+	if (!b)
+		return 0;
+	if (madvise(b, ARENA_BLOCK, MADV_POPULATE_WRITE) != 0)
+		for (size_t i = 0; i < ARENA_BLOCK; i += 4096)
+			((volatile char *)b)[i] = 0;
+	pthread_mutex_lock(&p->mu);
+	int ok = pool_put(p, b);
+	pthread_mutex_unlock(&p->mu);
+	if (!ok)
+		munmap(b, ARENA_BLOCK);
+	return ok;
+}
+
 static void *get_block(arena *a)
 {
 	void *b = NULL;
@@ -111,17 +153,8 @@ void arena_release(arena *a)
 	if (a->pool) {
 		pthread_mutex_lock(&a->pool->mu);
 		arena_pool *p = a->pool;
-		while (kept < a->n_blocks && p->n < p->max) {
-			if (p->n == p->cap) {
-				uint32_t nc = p->cap ? p->cap * 2 : 64;
-				void **nb = mem_realloc(p->blocks, nc * sizeof *nb);
-				if (!nb)
-					break;
-				p->blocks = nb;
-				p->cap = nc;
-			}
-			p->blocks[p->n++] = a->blocks[kept++];
-		}
+		while (kept < a->n_blocks && pool_put(p, a->blocks[kept]))
+			kept++;
 		pthread_mutex_unlock(&a->pool->mu);
 	}
 	for (uint32_t i = kept; i < a->n_blocks; i++)

@@ -42,6 +42,11 @@ typedef struct arena {
 void arena_pool_init(arena_pool *p, uint32_t max_blocks);
 void arena_pool_free(arena_pool *p);
 
+/* Maps one block, faults every page of it in (zeroed by the kernel now
+ * rather than on a writer's first touch) and adds it to the pool. 1 when
+ * added; 0 when the pool is full or memory is out. */
+int arena_pool_prefill_one(arena_pool *p);
+
 void arena_init(arena *a, arena_pool *pool);
 /* 16-byte aligned, uninitialised; NULL when out of memory. */
 void *arena_alloc(arena *a, size_t n);

@@ -83,8 +83,12 @@ static inline void tsrv_spawn(tsrv *s, const char *const *args, int listen)
 	char portfile[200];
 	snprintf(portfile, sizeof portfile, "%s/port", s->dir);
 	unlink(portfile);
-	const char *argv[64] = {bin, "--data", s->data};
-	int n = 3;
+	/* --prefault off: tests start dozens of servers, and each would
+	 * fault in 512 MiB (a second of CPU on a VM) it never fills; the
+	 * mechanism has its own test (engine::prefault_...). A test's own
+	 * arguments come later and win. */
+	const char *argv[64] = {bin, "--data", s->data, "--prefault", "off"};
+	int n = 5;
 	if (listen) {
 		const char *more[] = {"--port", "0", "--port-file", portfile};
 		for (int i = 0; i < 4; i++)

@@ -648,6 +648,16 @@ Test(tier_server, settings_parse_to_the_engine_options)
 	cr_assert_eq(c.poll_ns, 0);
 	cr_assert_eq(set(&c, "busy-poll", "soon", msg, sizeof msg), -1);
 	cr_assert(strstr(msg, "busy-poll: 'soon' is not a duration"), "%s", msg);
+	/* prefault: on by default, on/off words */
+	cr_assert_eq(d.prefault, 1);
+	cr_assert_eq(set(&c, "prefault", "off", msg, sizeof msg), 0);
+	cr_assert_eq(c.prefault, 0);
+	cr_assert_eq(set(&c, "prefault", "YES", msg, sizeof msg), 0);
+	cr_assert_eq(c.prefault, 1);
+	cr_assert_eq(set(&c, "prefault", "false", msg, sizeof msg), 0);
+	cr_assert_eq(c.prefault, 0);
+	cr_assert_eq(set(&c, "prefault", "maybe", msg, sizeof msg), -1);
+	cr_assert(strstr(msg, "t.conf:9: prefault: 'maybe' is not on or off"), "%s", msg);
 	/* strings */
 	cr_assert_eq(set(&c, "tier-bucket", "b1", msg, sizeof msg), 0);
 	cr_assert_eq(set(&c, "tier-endpoint", "http://127.0.0.1:1", msg, sizeof msg), 0);

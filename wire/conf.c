@@ -39,6 +39,7 @@ enum conf_kind {
 	K_LOG,
 	K_LEVELS,
 	K_OFFSET,
+	K_BOOL, /* unsigned 0 or 1: on/off, yes/no, true/false, 1/0 */
 };
 
 static const struct conf_item {
@@ -95,6 +96,9 @@ static const struct conf_item {
 	{"levels", K_LEVELS, 0, "rollup windows, e.g. 5m,1h,1d (the default)"},
 	{"flush-interval", K_MS, offsetof(srv_conf, flush_ms),
 	 "flush a shard's memtable into parts once it is this old (default 60s)"},
+	{"prefault", K_BOOL, offsetof(srv_conf, prefault),
+	 "on start, fault in each shard's first memtable of memory in the background, "
+	 "so that writers do not (on or off; default on)"},
 	/* Tiering (docs/operations.md). Unset: the engine's environment
 	 * variable, named in the help, else its default. */
 	{"tier-bucket", K_STR, offsetof(srv_conf, tier_bucket),
@@ -149,6 +153,7 @@ void conf_init(srv_conf *c)
 	c->recv_bufs = 32;
 	c->recv_buf_bytes = 64u << 10;
 	c->log_level = TALLY_LOG_INFO;
+	c->prefault = 1;
 }
 
 void conf_wipe(char **s)
@@ -273,6 +278,18 @@ int conf_set(srv_conf *c, const char *name, const char *value, const char *where
 		free(*(char **)dst);
 		*(char **)dst = strdup(value);
 		return *(char **)dst ? 0 : -1;
+	case K_BOOL: {
+		static const char *const yes[] = {"on", "yes", "true", "1"}, *const no[] = {
+										     "off", "no",
+										     "false", "0"};
+		for (int i = 0; i < 4; i++) {
+			if (!strcasecmp(value, yes[i]) || !strcasecmp(value, no[i])) {
+				*(unsigned *)dst = !strcasecmp(value, yes[i]);
+				return 0;
+			}
+		}
+		return conf_err(where, it->name, value, "is not on or off");
+	}
 	case K_UINT:
 	case K_U32:
 		if (conf_size(value, &u) || u > (it->kind == K_U32 ? UINT32_MAX : 1000000000u))

@@ -562,6 +562,7 @@ static void conn_stats(wconn *c)
 		{"memtable_bytes", es.memtable_bytes},
 		{"rollup_bytes", es.rollup_bytes},
 		{"memory_limit", es.memory_limit},
+		{"prefault_pending", es.prefault_pending},
 		{"wal_bytes", es.wal_bytes},
 		{"wal_syncs", es.wal_syncs},
 		{"shards", es.shards},

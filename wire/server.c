@@ -835,6 +835,7 @@ int srv_open(srv *s, srv_conf *conf)
 	o.max_line_bytes = conf->max_line;
 	if (conf->memory_limit)
 		o.memory_limit = conf->memory_limit;
+	o.prefault = (int)conf->prefault;
 	o.align_offset = conf->align_offset;
 	o.table_keys = conf->table_keys;
 	if (conf->n_levels) {
