@@ -397,22 +397,26 @@ static inline void cmd_digits_n(char *end, uint64_t v, int n)
 
 size_t cmd_format_u64(uint64_t v, char *buf);
 
-/* "-" q / 10^k, q < 10^17, k <= 22, q not a multiple of 10 when k > 0:
- * the integer part, the point and exactly k decimals, each stored in
- * place. (Laying the digits out in a scratch field and copying the
- * answer out of it was slower in tallyd than the figures of bench_format
- * said: a load that spans several just-made stores waits for them to
- * retire.) The number ends with a NUL. */
-static size_t cmd_put_fixed(char *buf, int neg, uint64_t q, int k)
+/* "-" q / 10^k, q < 10^17, k <= 22, q not a multiple of 10 when k > 0,
+ * ip = floor(|v|) (from the exponent: no division). q / 10^k lies in
+ * [ip, ip + 1): it is at least ip since v is, and were it ip + 1 or more,
+ * the integer ip + 1 would lie between v and it, inside v's rounding
+ * interval, yet below 2^53 it reads back as itself. The integer part, the
+ * point and exactly k decimals are each stored in place. (Laying the
+ * digits out in a scratch field and copying the answer out of it was
+ * slower in tallyd than the figures of bench_format said: a load that
+ * spans several just-made stores waits for them to retire.) The number
+ * ends with a NUL. */
+static size_t cmd_put_fixed(char *buf, int neg, uint64_t q, int k, uint64_t ip)
 {
 	char *p = buf;
 	*p = '-';
 	p += neg;
-	uint64_t ip = k < 20 ? q / cmd_p10[k] : 0;
+	/* k >= 20: |v| < 1e-3 and ip is 0 */
+	uint64_t fr = k < 20 ? q - ip * cmd_p10[k] : q;
 	p += cmd_format_u64(ip, p);
 	if (k) {
 		*p = '.';
-		uint64_t fr = k < 20 ? q - ip * cmd_p10[k] : q;
 		cmd_digits_n(p + 1 + k, fr, k);
 		p += 1 + k;
 		*p = 0;
@@ -536,7 +540,7 @@ size_t cmd_format_double(double v, char *buf)
 	}
 	int s = 1075 - (int)e;
 	if (e && s >= 0 && s <= 73) {
-		uint64_t f = m | UINT64_C(1) << 52;
+		uint64_t f = m | UINT64_C(1) << 52, ip = s < 64 ? f >> s : 0; /* floor(|v|) */
 		/* floor(s * log10 2) + 1; 2^s is never a power of ten but 1 */
 		int k = s ? ((s * 78913) >> 18) + 1 : 0;
 		/* all over 2^(s+1): v is v2, the interval v2 - t .. v2 + t */
@@ -562,12 +566,12 @@ size_t cmd_format_double(double v, char *buf)
 				q /= 10;
 				k -= 1;
 			}
-			return cmd_put_fixed(buf, neg, q, k);
+			return cmd_put_fixed(buf, neg, q, k, ip);
 		}
 		q = (uint64_t)(v2 >> (s + 1));
 		cmd_u128 rem = v2 & mask, half = (cmd_u128)1 << s;
 		q += rem > half || (rem == half && (q & 1));
-		return cmd_put_fixed(buf, neg, q, k);
+		return cmd_put_fixed(buf, neg, q, k, ip);
 	}
 	/* Reading back holds from some precision on (17 always does): the
 	 * least one by bisection, in four or five tries. */
