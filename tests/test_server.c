@@ -888,6 +888,136 @@ Test(server, a_client_that_never_reads_stalls_nobody, .timeout = 120)
 	tdir_remove(&s);
 }
 
+/* The next table (or ERR line), whole, into t: its length. */
+static size_t read_table(tcli *c, char *t, size_t cap)
+{
+	size_t n = 0;
+	for (;;) {
+		char *l = tcli_line(c, 20000);
+		cr_assert_not_null(l, "an answer cut short after %zu bytes", n);
+		size_t ln = strlen(l);
+		cr_assert_lt(n + ln + 1, cap);
+		memcpy(t + n, l, ln);
+		t[n + ln] = '\n';
+		n += ln + 1;
+		int end = !strncmp(l, "END ", 4) || !strncmp(l, "ERR", 3);
+		free(l);
+		if (end)
+			return n;
+	}
+}
+
+/* A reader slower than the answers: the socket fills, the server's send
+ * waits in the kernel on the reply buffer, and more answers keep arriving
+ * and grow that buffer. Every byte must arrive as it was formatted: the
+ * kernel reads the buffer when the send resumes, so the buffer may not
+ * move under a send in flight. */
+Test(server, a_slow_reader_gets_every_byte_intact, .timeout = 120)
+{
+	tsrv s;
+	tdir_make(&s);
+	const char *extra[] = {"--shards", "1", NULL};
+	tsrv_start(&s, extra);
+	tcli *c = tcli_open(s.port);
+	/* a receive buffer a few answers deep, so that the server's sends
+	 * wait (smaller, and loopback TCP crawls on its timers) */
+	int rb = 64 << 10;
+	setsockopt(c->fd, SOL_SOCKET, SO_RCVBUF, &rb, sizeof rb);
+	/* key a: 2,000 events (a scan answer of about 60 KB); key b: 16,000
+	 * (about 480 KB, more than the reply buffer has grown to for a, so
+	 * it grows again while a's answer waits in a send) */
+	static char batch[16000 * 48];
+	const char *keys = "ab";
+	const int counts[2] = {2000, 16000};
+	for (int k = 0; k < 2; k++) {
+		size_t bn = 0;
+		for (int i = 0; i < counts[k]; i++)
+			bn += (size_t)snprintf(batch + bn, sizeof batch - bn,
+					       "s,k=%c v=%d.%d %lld\n", keys[k], i, i % 10,
+					       (long long)(INT64_C(1700000000000000000) + i * SEC));
+		cr_assert_eq(tcli_send(c, batch, bn), 0);
+	}
+	tcli_sync(c, NULL, NULL);
+	/* scans of a and b and pings, sent at once, nothing read for a
+	 * while: megabytes of answers queue behind the full socket */
+	enum { N = 30 };
+	static char q[N * 64];
+	size_t qn = 0;
+	for (int i = 0; i < N; i++)
+		qn += (size_t)snprintf(q + qn, sizeof q - qn, "%s\n",
+				       i % 3 == 0   ? "#!scan s a 0 100000d"
+				       : i % 3 == 1 ? "#!scan s b 0 100000d"
+						    : "#!ping");
+	cr_assert_eq(tcli_send(c, q, qn), 0);
+	usleep(300000); /* let the answers pile up against the full socket */
+	char *first[2] = {NULL, NULL};
+	size_t first_n[2] = {0, 0};
+	size_t cap = 1 << 20;
+	char *t = malloc(cap);
+	for (int i = 0; i < N; i++) {
+		if (i % 3 == 2) {
+			free(tcli_expect(c, "OK pong"));
+			continue;
+		}
+		size_t n = read_table(c, t, cap);
+		int k = i % 3;
+		if (!first[k]) {
+			char want[16];
+			snprintf(want, sizeof want, "END %d\n", counts[k]);
+			cr_assert(n > strlen(want) &&
+					  !memcmp(t + n - strlen(want), want, strlen(want)),
+				  "answer %d: %.*s", i, (int)(n < 200 ? n : 200), t);
+			first[k] = malloc(n);
+			memcpy(first[k], t, n);
+			first_n[k] = n;
+		} else {
+			cr_assert_eq(n, first_n[k], "answer %d: %zu bytes, the first %zu", i, n,
+				     first_n[k]);
+			cr_assert_eq(memcmp(t, first[k], n), 0, "answer %d differs from the first",
+				     i);
+		}
+	}
+	/* On a new connection (its reply buffer not grown yet), b's answer
+	 * fills the socket and waits in a send; 60,000 pings behind it are
+	 * answered into the same buffer meanwhile, which must grow under
+	 * that send. */
+	tcli_close(c);
+	c = tcli_open(s.port);
+	setsockopt(c->fd, SOL_SOCKET, SO_RCVBUF, &rb, sizeof rb);
+	enum { PINGS = 60000 };
+	char *pings = malloc(PINGS * 7 + 64);
+	size_t pn = (size_t)snprintf(pings, 64, "#!scan s b 0 100000d\n");
+	for (int i = 0; i < PINGS; i++, pn += 7)
+		memcpy(pings + pn, "#!ping\n", 7);
+	cr_assert_eq(tcli_send(c, pings, pn), 0);
+	free(pings);
+	usleep(300000);
+	size_t n = read_table(c, t, cap);
+	cr_assert_eq(n, first_n[1]);
+	cr_assert_eq(memcmp(t, first[1], n), 0, "b's answer differs after the pings");
+	tcli_sendf(c, "#!sync\n");
+	int pongs = 0;
+	for (;;) {
+		char *l = tcli_line(c, 20000);
+		cr_assert_not_null(l, "no OK sync after %d pongs", pongs);
+		int done = !strncmp(l, "OK sync", 7);
+		if (!done && strcmp(l, "OK pong"))
+			cr_assert(!strncmp(l, "ERR replies dropped: ", 21),
+				  "a damaged reply: '%.60s'", l);
+		pongs += !strcmp(l, "OK pong");
+		free(l);
+		if (done)
+			break;
+	}
+	cr_assert_gt(pongs, 1000);
+	free(t);
+	free(first[0]);
+	free(first[1]);
+	tcli_close(c);
+	cr_assert_eq(tsrv_wait(&s, SIGTERM), 0);
+	tdir_remove(&s);
+}
+
 Test(server, half_closed_sockets_get_every_answer)
 {
 	tsrv s;

@@ -126,6 +126,7 @@ void conn_free(wconn *c)
 	conn_prod_free(c);
 	free(c->in);
 	free(c->out);
+	free(c->out_old);
 	free(c);
 }
 
@@ -147,9 +148,22 @@ static int conn_out_room(wconn *c, size_t n, int force)
 	size_t cap = c->out_cap ? c->out_cap : 4096;
 	while (cap < c->out_tail + n)
 		cap *= 2;
-	char *o = realloc(c->out, cap);
-	if (!o)
+	char *o;
+	if (c->send_busy) {
+		/* A send in flight reads out when the socket has room again:
+		 * realloc could free it under the kernel. Copy, and keep the
+		 * buffer the send reads until its completion (an intermediate
+		 * one nobody reads goes now). */
+		if (!(o = malloc(cap)))
+			return -1;
+		memcpy(o, c->out, c->out_tail);
+		if (c->out_old)
+			free(c->out);
+		else
+			c->out_old = c->out;
+	} else if (!(o = realloc(c->out, cap))) {
 		return -1;
+	}
 	c->out = o;
 	c->out_cap = cap;
 	return 0;

@@ -375,6 +375,8 @@ static void sh_on_send(wshard *sh, wconn *c, struct io_uring_cqe *cqe)
 {
 	c->inflight--;
 	c->send_busy = 0;
+	free(c->out_old); /* the buffer this send read, if out has grown since */
+	c->out_old = NULL;
 	if (cqe->res > 0 && c->state != CONN_DEAD) {
 		conn_on_sent(c, (size_t)cqe->res);
 	} else if (cqe->res < 0 && cqe->res != -EAGAIN && cqe->res != -EINTR) {

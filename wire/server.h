@@ -70,8 +70,10 @@ struct wconn {
 	enum conn_prod prod;
 	void *prod_state;
 
-	/* Replies: out[head, tail) is unsent. */
-	char *out;
+	/* Replies: out[head, tail) is unsent. out_old: the buffer a send in
+	 * flight reads (the kernel holds its address until the completion),
+	 * kept when out had to grow meanwhile. */
+	char *out, *out_old;
 	size_t out_head, out_tail, out_cap;
 	uint64_t dropped_unreported;
 
