@@ -263,42 +263,31 @@ size_t cmd_format_time(int64_t ns, char *buf)
 		days--;
 	}
 	/* A series writes hundreds of times of one day: the date part is
-	 * kept per thread and made again only when the day changes. */
+	 * kept per thread and made again only when the day changes. int64
+	 * nanoseconds span the years 1677 to 2262: always YYYY-MM-DD. */
 	static __thread int64_t date_days = INT64_MIN;
-	static __thread char date[32];
-	static __thread size_t date_len;
+	static __thread char date[16];
 	if (days != date_days) {
 		int64_t y;
 		unsigned m, d;
 		cmd_civil_from_days(days, &y, &m, &d);
-		char *q = date;
-		if (y < 0 || y > 9999) {
-			q += snprintf(q, 24, "%04lld", (long long)y);
-		} else {
-			cmd_two(q, (unsigned)(y / 100));
-			cmd_two(q + 2, (unsigned)(y % 100));
-			q += 4;
-		}
-		*q++ = '-';
-		cmd_two(q, m);
-		q[2] = '-';
-		cmd_two(q + 3, d);
-		date_len = (size_t)(q - date) + 5;
+		cmd_two(date, (unsigned)(y / 100));
+		cmd_two(date + 2, (unsigned)(y % 100));
+		date[4] = '-';
+		cmd_two(date + 5, m);
+		date[7] = '-';
+		cmd_two(date + 8, d);
 		date_days = days;
 	}
 	char *p = buf;
-	if (date_len <= 16)
-		memcpy(p, date, 16); /* fixed size: a few moves, not a call */
-	else
-		memcpy(p, date, date_len);
-	p += date_len - 5;
-	p[5] = 'T';
-	cmd_two(p + 6, (unsigned)(rem / 3600));
-	p[8] = ':';
-	cmd_two(p + 9, (unsigned)(rem / 60 % 60));
-	p[11] = ':';
-	cmd_two(p + 12, (unsigned)(rem % 60));
-	p += 14;
+	memcpy(p, date, 16); /* fixed size: a few moves, not a call */
+	p[10] = 'T';
+	cmd_two(p + 11, (unsigned)(rem / 3600));
+	p[13] = ':';
+	cmd_two(p + 14, (unsigned)(rem / 60 % 60));
+	p[16] = ':';
+	cmd_two(p + 17, (unsigned)(rem % 60));
+	p += 19;
 	if (frac) {
 		int digits = frac % 1000000 == 0 ? 3 : frac % 1000 == 0 ? 6 : 9;
 		int64_t f = digits == 3 ? frac / 1000000 : digits == 6 ? frac / 1000 : frac;
@@ -427,20 +416,6 @@ static size_t cmd_put_fixed(char *buf, int neg, uint64_t q, int k, uint64_t ip)
 	return (size_t)(p - buf);
 }
 
-/* v's digits ending at end, two at a time backwards; v has nd digits. */
-static inline void cmd_digits_back(char *end, uint64_t v)
-{
-	while (v >= 100) {
-		end -= 2;
-		memcpy(end, cmd_pairs + 2 * (v % 100), 2);
-		v /= 100;
-	}
-	if (v >= 10)
-		memcpy(end - 2, cmd_pairs + 2 * v, 2);
-	else
-		end[-1] = (char)('0' + v);
-}
-
 size_t cmd_format_u64(uint64_t v, char *buf)
 {
 	if (v < 10000) {
@@ -461,7 +436,7 @@ size_t cmd_format_u64(uint64_t v, char *buf)
 		return (size_t)nd;
 	}
 	int nd = cmd_ndigits(v);
-	cmd_digits_back(buf + nd, v);
+	cmd_digits_n(buf + nd, v, nd);
 	buf[nd] = 0;
 	return (size_t)nd;
 }
@@ -562,21 +537,9 @@ static __attribute__((noinline)) size_t cmd_format_general(double v, char *buf)
 		uint64_t lq = (uint64_t)((v2 - t + mask) >> (s + 1));
 		uint64_t q = uq / 10 * 10;
 		if (q >= lq) { /* the shortest: drop its zeros after the point */
-			while (k >= 8 && q % 100000000 == 0) {
-				q /= 100000000;
-				k -= 8;
-			}
-			if (k >= 4 && q % 10000 == 0) {
-				q /= 10000;
-				k -= 4;
-			}
-			if (k >= 2 && q % 100 == 0) {
-				q /= 100;
-				k -= 2;
-			}
-			if (k >= 1 && q % 10 == 0) {
+			while (k && q % 10 == 0) {
 				q /= 10;
-				k -= 1;
+				k--;
 			}
 			return cmd_put_fixed(buf, neg, q, k, ip);
 		}
