@@ -59,18 +59,9 @@ static void unlock_all(tally_db *db)
 
 /* ---------------------------------------------------------------- sources */
 
-/* Sorted bucket arrays to merge: memtable levels in place, part rollups
- * decoded into the query's own buffers. */
-typedef struct bsrc {
-	const rbucket *b;
-	uint32_t n, pos;
-	rbucket *owned; /* decoded part rollup, freed with the query */
-} bsrc;
-
+/* What a query borrows: a part scratch, taken on first use. */
 typedef struct qsrc {
 	tally_db *db;
-	bsrc *v;
-	uint32_t n, cap;
 	part_scratch *scratch;
 } qsrc;
 
@@ -89,28 +80,9 @@ static void qsrc_init(qsrc *q, tally_db *db)
 
 static void qsrc_free(qsrc *q)
 {
-	for (uint32_t i = 0; i < q->n; i++)
-		mem_free(q->v[i].owned);
-	mem_free(q->v);
 	if (q->scratch)
 		scratch_put(q->db, q->scratch);
 	memset(q, 0, sizeof *q);
-}
-
-static int qsrc_add(qsrc *q, const rbucket *b, uint32_t n)
-{
-	if (!n)
-		return 0;
-	if (q->n == q->cap) {
-		uint32_t nc = q->cap ? q->cap * 2 : 8;
-		bsrc *nv = mem_realloc(q->v, nc * sizeof *nv);
-		if (!nv)
-			return err_set(-ENOMEM, "out of memory");
-		q->v = nv;
-		q->cap = nc;
-	}
-	q->v[q->n++] = (bsrc){b, n, 0, NULL};
-	return 0;
 }
 
 static part_scratch *qsrc_scratch(qsrc *q)
@@ -132,115 +104,21 @@ static int part_rollup_ref(const shard_part *sp, const char *key, uint32_t kl, c
 	return *pk != NULL;
 }
 
-/* Decodes a part's rollup of (key, column, level) into a new buffer,
- * through the decoded rollup cache. */
-static int part_rollup_decode(const shard_part *sp, const char *key, uint32_t kl, const col_def *c,
-			      unsigned level, part_scratch *ps, rbucket **out, uint32_t *n)
-{
-	*out = NULL;
-	*n = 0;
-	const part_key *pk;
-	uint32_t num;
-	if (!part_rollup_ref(sp, key, kl, c, &pk, &num))
-		return 0;
-	part_bucket *b;
-	/* the cache is guarded by its own mutex: the part itself is const */
-	int rc = shard_part_rollup((shard_part *)sp, pk, num, level, ps, &b, n);
-	*out = (rbucket *)b;
-	return rc;
-}
-
-static int qsrc_add_part(qsrc *q, const shard_part *sp, const char *key, uint32_t kl,
-			 const col_def *c, unsigned level)
-{
-	part_scratch *ps = qsrc_scratch(q);
-	if (!ps)
-		return err_set(-ENOMEM, "out of memory");
-	rbucket *b;
-	uint32_t n;
-	int rc = part_rollup_decode(sp, key, kl, c, level, ps, &b, &n);
-	if (rc || !b)
-		return rc;
-	if ((rc = qsrc_add(q, b, n))) {
-		mem_free(b);
-		return rc;
-	}
-	q->v[q->n - 1].owned = b;
-	return 0;
-}
-
-/* Merges the sources' buckets into windows of width step starting in
- * [from, to); fills out up to cap and returns the number of windows. */
-static size_t merge_windows(qsrc *q, int64_t from, int64_t to, int64_t step, int64_t offset,
-			    tally_bucket *out, size_t cap)
-{
-	for (uint32_t s = 0; s < q->n; s++) {
-		bsrc *x = &q->v[s];
-		x->pos = bucket_lower(x->b, x->n, from);
-	}
-	size_t n = 0;
-	int have = 0;
-	tally_bucket cur = {0};
-	ragg acc;
-	ragg_init(&acc);
-	for (;;) {
-		int64_t best = INT64_MAX;
-		for (uint32_t s = 0; s < q->n; s++) {
-			bsrc *x = &q->v[s];
-			while (x->pos < x->n && x->b[x->pos].a.count == 0)
-				x->pos++;
-			if (x->pos < x->n) {
-				int64_t ws = window_start(x->b[x->pos].start, step, offset);
-				if (ws < to && ws < best)
-					best = ws;
-			}
-		}
-		if (best == INT64_MAX)
-			break;
-		if (!have || best != cur.start) {
-			if (have) {
-				if (n < cap) {
-					ragg_to_public(&acc, &cur.agg);
-					out[n] = cur;
-				}
-				n++;
-			}
-			have = 1;
-			cur.start = best;
-			ragg_init(&acc);
-		}
-		for (uint32_t s = 0; s < q->n; s++) {
-			bsrc *x = &q->v[s];
-			while (x->pos < x->n &&
-			       window_start(x->b[x->pos].start, step, offset) == best)
-				ragg_merge(&acc, &x->b[x->pos++].a);
-		}
-	}
-	if (have) {
-		if (n < cap) {
-			ragg_to_public(&acc, &cur.agg);
-			out[n] = cur;
-		}
-		n++;
-	}
-	return n;
-}
-
 /* ---------------------------------------------------------------- series */
 
-/* A series of at most this many windows sums every source straight into
- * an accumulator per window: no k-way merge, and a part's cached rollup
- * is read in place instead of copied (the copies were most of a series
- * over data in parts: a whole rollup, all of its days, per part). */
-#define SERIES_DENSE_MAX 4096
+/* A series sums every source (each shard's memtables and parts) straight
+ * into an accumulator per window, a part's cached rollup read in place
+ * (copying whole rollups into a k-way merge was most of a series over
+ * data in parts). Windows are summed this many at a time, so the
+ * accumulators stay small for any range. */
+#define SERIES_CHUNK 4096
 
 typedef struct wfold {
 	int64_t from, to, step; /* from and to on window boundaries */
 	ragg *win;              /* (to - from) / step windows */
 } wfold;
 
-/* Each window gets its buckets source after source, as merge_windows()
- * merges them: the same sums to the last bit. */
+/* Adds a source's buckets with start in [from, to) to their windows. */
 static void wfold_add(const rbucket *b, uint32_t n, wfold *w)
 {
 	size_t wi = 0;
@@ -264,58 +142,100 @@ static void wfold_part(const part_bucket *b, uint32_t n, void *arg)
 	wfold_add((const rbucket *)b, n, arg);
 }
 
-/* The dense series: 0 or an error; *n_out windows with events, of which
- * the first cap are in out. */
-static int series_dense(tally_db *db, const table_def *t, const col_def *c, const char *key,
-			uint32_t kl, int li, wfold *w, size_t nwin, tally_bucket *out, size_t cap,
-			size_t *n_out)
+/* What a series reads: the key's column at one rollup level. */
+typedef struct series_q {
+	const table_def *t;
+	const col_def *c;
+	const char *key;
+	uint32_t kl;
+	int li;
+} series_q;
+
+/* The memtable's buckets of the series, or NULL. */
+static const rlevel *mem_level(const memtable *mt, const series_q *q)
 {
-	part_scratch *ps = scratch_get(db);
-	if (!ps || codec_buf_reserve(&ps->windows, nwin * sizeof(ragg))) {
-		if (ps)
-			scratch_put(db, ps);
-		return err_set(-ENOMEM, "out of memory");
-	}
-	w->win = (ragg *)(void *)ps->windows.p;
-	for (size_t i = 0; i < nwin; i++)
-		ragg_init(&w->win[i]);
-	int rc = 0;
-	rdlock_all(db);
-	for (unsigned s = 0; s < db->n_shards && !rc; s++) {
+	const rcol *r = series_rcol(mem_series(mt, q->t, q->key, q->kl), q->c->id);
+	return r ? &r->lv[q->li] : NULL;
+}
+
+/* Shrinks [*from, *to) to the windows the sources can have buckets in
+ * (an open range over a few days of data need not walk empty windows). */
+static void series_extent(tally_db *db, const series_q *q, int64_t step, int64_t *from, int64_t *to)
+{
+	int64_t lo = INT64_MAX, hi = INT64_MIN; /* first and last bucket start */
+	for (unsigned s = 0; s < db->n_shards; s++) {
 		const shard *sh = db->shards[s];
 		const memtable *mt[SHARD_FROZEN_MAX + 1];
 		unsigned nm = shard_memtables(sh, mt);
 		for (unsigned m = 0; m < nm; m++) {
-			const rcol *r = series_rcol(mem_series(mt[m], t, key, kl), c->id);
-			if (r)
-				wfold_add(r->lv[li].b, r->lv[li].n, w);
+			const rlevel *lv = mem_level(mt[m], q);
+			if (!lv || !lv->n)
+				continue;
+			lo = lv->b[0].start < lo ? lv->b[0].start : lo;
+			hi = lv->b[lv->n - 1].start > hi ? lv->b[lv->n - 1].start : hi;
 		}
-		for (uint32_t i = 0; i < sh->n_parts && !rc; i++) {
+		for (uint32_t i = 0; i < sh->n_parts; i++) {
+			const shard_part *sp = sh->parts[i];
+			if (sp->table != q->t)
+				continue;
+			lo = sp->pstart < lo ? sp->pstart : lo;
+			hi = sp->pend - 1 > hi ? sp->pend - 1 : hi;
+		}
+	}
+	if (lo > hi) {
+		*to = *from;
+		return;
+	}
+	/* from is on a window boundary; keep it on one (unsigned: the engine's
+	 * range is wider than half of int64) */
+	if (lo > *from)
+		*from = (int64_t)((uint64_t)*from + ((uint64_t)lo - (uint64_t)*from) /
+							    (uint64_t)step * (uint64_t)step);
+	if (hi + 1 < *to)
+		*to = hi + 1;
+}
+
+/* One chunk of at most SERIES_CHUNK windows from w->from: every source
+ * folded in, then the windows with events appended to out (up to cap;
+ * *n counts them all). */
+static int series_chunk(tally_db *db, const series_q *q, part_scratch *ps, wfold *w, size_t nwin,
+			tally_bucket *out, size_t cap, size_t *n)
+{
+	for (size_t i = 0; i < nwin; i++)
+		ragg_init(&w->win[i]);
+	for (unsigned s = 0; s < db->n_shards; s++) {
+		const shard *sh = db->shards[s];
+		const memtable *mt[SHARD_FROZEN_MAX + 1];
+		unsigned nm = shard_memtables(sh, mt);
+		for (unsigned m = 0; m < nm; m++) {
+			const rlevel *lv = mem_level(mt[m], q);
+			if (lv)
+				wfold_add(lv->b, lv->n, w);
+		}
+		for (uint32_t i = 0; i < sh->n_parts; i++) {
 			const shard_part *sp = sh->parts[i];
 			const part_key *pk;
 			uint32_t num;
-			if (sp->table != t || sp->pend <= w->from || sp->pstart >= w->to ||
-			    !part_rollup_ref(sp, key, kl, c, &pk, &num))
+			if (sp->table != q->t || sp->pend <= w->from || sp->pstart >= w->to ||
+			    !part_rollup_ref(sp, q->key, q->kl, q->c, &pk, &num))
 				continue;
 			/* the cache is guarded by its own mutex: the part itself is const */
-			rc = shard_part_rollup_each((shard_part *)sp, pk, num, (unsigned)li, ps,
-						    wfold_part, w);
+			int rc = shard_part_rollup_each((shard_part *)sp, pk, num, (unsigned)q->li,
+							ps, wfold_part, w);
+			if (rc)
+				return rc;
 		}
 	}
-	unlock_all(db);
-	size_t n = 0;
-	for (size_t i = 0; i < nwin && !rc; i++) {
+	for (size_t i = 0; i < nwin; i++) {
 		if (!w->win[i].count)
 			continue;
-		if (n < cap) {
-			out[n].start = w->from + (int64_t)i * w->step;
-			ragg_to_public(&w->win[i], &out[n].agg);
+		if (*n < cap) {
+			out[*n].start = w->from + (int64_t)i * w->step;
+			ragg_to_public(&w->win[i], &out[*n].agg);
 		}
-		n++;
+		(*n)++;
 	}
-	scratch_put(db, ps);
-	*n_out = n;
-	return rc;
+	return 0;
 }
 
 TALLY_API int tally_query_series(tally_db *db, const char *table, const char *field,
@@ -345,46 +265,28 @@ TALLY_API int tally_query_series(tally_db *db, const char *table, const char *fi
 			li = (int)i;
 	from = window_start(clamp_ts(from), step, L->offset);
 	to = clamp_ts(to);
-	uint32_t kl = (uint32_t)strlen(key);
+	series_q q = {t, c, key, (uint32_t)strlen(key), li};
+	part_scratch *ps = scratch_get(db);
+	if (!ps || codec_buf_reserve(&ps->windows, SERIES_CHUNK * sizeof(ragg))) {
+		if (ps)
+			scratch_put(db, ps);
+		return err_set(-ENOMEM, "out of memory");
+	}
+	/* All shards read-locked: the answer is one consistent cut. Every
+	 * window that starts before to counts whole, the last one too. */
 	size_t n = 0;
-	if (to <= from || ((uint64_t)to - (uint64_t)from - 1) / (uint64_t)step < SERIES_DENSE_MAX) {
-		/* every window that starts before to, whole (the last one too) */
-		size_t nwin = to <= from ? 0 : (size_t)((to - from - 1) / step) + 1;
-		wfold w = {from, from + (int64_t)nwin * step, step, NULL};
-		rc = series_dense(db, t, c, key, kl, li, &w, nwin, out, cap, &n);
-		if (rc)
-			return rc;
-		*n_out = n;
-		if (n > cap)
-			return err_set(TALLY_ETRUNC, "%zu windows, buffer holds %zu", n, cap);
-		return 0;
-	}
-
-	/* A k-way merge of bucket arrays: every memtable's and every part's
-	 * of every shard, all read-locked so the answer is one consistent cut. */
-	qsrc src;
-	qsrc_init(&src, db);
 	rdlock_all(db);
-	for (unsigned s = 0; s < db->n_shards && !rc; s++) {
-		const shard *sh = db->shards[s];
-		const memtable *mt[SHARD_FROZEN_MAX + 1];
-		unsigned nm = shard_memtables(sh, mt);
-		for (unsigned m = 0; m < nm && !rc; m++) {
-			const rcol *r = series_rcol(mem_series(mt[m], t, key, kl), c->id);
-			if (r)
-				rc = qsrc_add(&src, r->lv[li].b, r->lv[li].n);
-		}
-		for (uint32_t i = 0; i < sh->n_parts && !rc; i++) {
-			const shard_part *sp = sh->parts[i];
-			if (sp->table != t || sp->pend <= from || sp->pstart >= to)
-				continue;
-			rc = qsrc_add_part(&src, sp, key, kl, c, (unsigned)li);
-		}
+	series_extent(db, &q, step, &from, &to);
+	while (from < to && !rc) {
+		uint64_t left = ((uint64_t)to - (uint64_t)from - 1) / (uint64_t)step + 1;
+		size_t nwin = left < SERIES_CHUNK ? (size_t)left : SERIES_CHUNK;
+		int64_t end = (int64_t)((uint64_t)from + (uint64_t)nwin * (uint64_t)step);
+		wfold w = {from, end, step, (ragg *)(void *)ps->windows.p};
+		rc = series_chunk(db, &q, ps, &w, nwin, out, cap, &n);
+		from = w.to;
 	}
-	if (!rc)
-		n = merge_windows(&src, from, to, step, L->offset, out, cap);
 	unlock_all(db);
-	qsrc_free(&src);
+	scratch_put(db, ps);
 	if (rc)
 		return rc;
 	*n_out = n;

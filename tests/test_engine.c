@@ -637,9 +637,9 @@ Test(engine, failed_write_reports_what_it_applied)
 	cr_assert_eq(WEXITSTATUS(status), 0, "child check %d failed", WEXITSTATUS(status));
 }
 
-/* A series of more windows than are summed in place goes through the
- * k-way merge of sorted bucket arrays; shorter ones through accumulators
- * per window. Over the same data (in parts, in memtables, one key in both,
+/* A series is summed into per-window accumulators 4,096 windows at a
+ * time, over the extent the sources have data in: a 52-day answer is
+ * several chunks, a day slice one. Over the same data (in parts, in memtables, one key in both,
  * late events, a to that cuts into a window) the long answer and the
  * answers of its day-long slices, put end to end, are the same to the
  * last bit, truncation included. */
