@@ -26,6 +26,7 @@
 #include "cmd.h"
 #include "frame.h"
 #include "lp.h"
+#include "decimal.h"
 #include "srvutil.h"
 #include "tally.h"
 
@@ -166,39 +167,6 @@ Test(cmd, times_and_durations)
 	}
 }
 
-/* Significant digits of a decimal or %g text: digits from the first
- * nonzero one to the last nonzero one, before any exponent. */
-static int sig_digits(const char *b)
-{
-	int n = 0, seen = 0, zeros = 0;
-	for (; *b && *b != 'e'; b++) {
-		if (*b < '0' || *b > '9')
-			continue;
-		if (*b == '0') {
-			zeros += seen;
-			continue;
-		}
-		n += seen ? zeros + 1 : 1;
-		zeros = 0;
-		seen = 1;
-	}
-	return n ? n : 1;
-}
-
-/* The least precision of printf's %.Ng that reads back as v, with that
- * text in ref. */
-static int printf_shortest(double v, char *ref, size_t cap)
-{
-	int p = 1;
-	for (; p < 17; p++) {
-		snprintf(ref, cap, "%.*g", p, v);
-		if (strtod(ref, NULL) == v)
-			return p;
-	}
-	snprintf(ref, cap, "%.*g", p, v);
-	return p;
-}
-
 /* Every value the server prints: the text reads back as the same double,
  * with no more significant digits than printf's shortest %.Ng that does.
  * Values like the rollups' (decimals, their sums, averages, integers),
@@ -231,9 +199,9 @@ Test(cmd, doubles_format_shortest_and_round_trip)
 			v = -v;
 		cmd_format_double(v, b);
 		cr_assert_eq(strtod(b, NULL), v, "%s does not read back as %.17g", b, v);
-		int p = printf_shortest(v, ref, sizeof ref);
-		cr_assert_leq(sig_digits(b), p, "%s: %d digits where %.*g needs %d", b,
-			      sig_digits(b), p, v, p);
+		int p = dec_printf_shortest(v, ref, sizeof ref);
+		cr_assert_leq(dec_sig_digits(b), p, "%s: %d digits where %.*g needs %d", b,
+			      dec_sig_digits(b), p, v, p);
 	}
 	cmd_format_double(0.0, b);
 	cr_assert_str_eq(b, "0");
@@ -243,31 +211,6 @@ Test(cmd, doubles_format_shortest_and_round_trip)
 	cr_assert_str_eq(b, "-0.05");
 	cmd_format_double(1385.7 / 17, b);
 	cr_assert_eq(strtod(b, NULL), 1385.7 / 17, "%s", b);
-}
-
-/* A decimal as its significant digits and the power of ten of the last:
- * "-0.0520" and "5.2e-2" are both "52" and -3. */
-static void dec_norm(const char *s, char *digits, int *exp10)
-{
-	int n = 0, frac = 0, point = 0;
-	for (; *s && *s != 'e' && *s != 'E'; s++) {
-		if (*s == '.') {
-			point = 1;
-		} else if (*s >= '0' && *s <= '9') {
-			if (n || *s != '0')
-				digits[n++] = *s;
-			frac += point;
-		}
-	}
-	int e = (*s ? atoi(s + 1) : 0) - frac;
-	while (n > 1 && digits[n - 1] == '0') {
-		n--;
-		e++;
-	}
-	if (!n)
-		digits[n++] = '0', e = 0;
-	digits[n] = 0;
-	*exp10 = e;
 }
 
 /* Across every exponent of the exact path (2^-21 to 2^53) and the
@@ -297,9 +240,9 @@ Test(cmd, doubles_format_nearest_of_the_shortest_at_every_exponent)
 			size_t n = cmd_format_double(v, b);
 			cr_assert_eq(strlen(b), n, "%s: length %zu", b, n);
 			cr_assert_eq(strtod(b, NULL), v, "%s does not read back as %.17g", b, v);
-			int p = printf_shortest(v, ref, sizeof ref);
-			cr_assert_leq(sig_digits(b), p, "%s: more digits than %s", b, ref);
-			if (sig_digits(b) == p) {
+			int p = dec_printf_shortest(v, ref, sizeof ref);
+			cr_assert_leq(dec_sig_digits(b), p, "%s: more digits than %s", b, ref);
+			if (dec_sig_digits(b) == p) {
 				int x1, x2;
 				dec_norm(b, d1, &x1);
 				dec_norm(ref, d2, &x2);

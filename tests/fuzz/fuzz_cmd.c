@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "../../wire/cmd.c"
+#include "../decimal.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -23,45 +24,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 		if (!(c))        \
 			abort(); \
 	} while (0)
-
-/* Significant digits of a decimal ("0.050" and "5e-2": 1). */
-static int sig_digits(const char *c)
-{
-	int n = 0, seen = 0, z = 0;
-	for (; *c && *c != 'e'; c++) {
-		if (*c >= '1' && *c <= '9') {
-			n += seen ? z + 1 : 1;
-			seen = 1;
-			z = 0;
-		} else if (*c == '0') {
-			z += seen;
-		}
-	}
-	return n;
-}
-
-/* A decimal's significant digits into d; returns the power of ten of
- * the last ("-0.0520" and "5.2e-2": "52", -3). */
-static int dec_norm(const char *s, char *d)
-{
-	int n = 0, frac = 0, point = 0;
-	for (; *s && *s != 'e'; s++) {
-		if (*s == '.')
-			point = 1;
-		else if (*s >= '0' && *s <= '9') {
-			if (n || *s != '0')
-				d[n++] = *s;
-			frac += point;
-		}
-	}
-	int e = (*s ? atoi(s + 1) : 0) - frac;
-	while (n > 1 && d[n - 1] == '0') {
-		n--;
-		e++;
-	}
-	d[n] = 0;
-	return e;
-}
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -121,17 +83,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		CHECK(n < 32 && strlen(b) == n);
 		if (v == v) {
 			CHECK(strtod(b, NULL) == v);
-			int p = 1;
-			while (p < 17 &&
-			       (snprintf(ref, sizeof ref, "%.*g", p, v), strtod(ref, NULL) != v))
-				p++;
-			snprintf(ref, sizeof ref, "%.*g", p, v);
+			dec_printf_shortest(v, ref, sizeof ref);
 			/* no more significant digits; as many: the same decimal */
-			int db = sig_digits(b), dr = sig_digits(ref);
+			int db = dec_sig_digits(b), dr = dec_sig_digits(ref);
 			CHECK(db <= dr);
 			if (db == dr && v != 0) {
 				char d1[40], d2[40];
-				CHECK(dec_norm(b, d1) == dec_norm(ref, d2) && !strcmp(d1, d2));
+				int x1, x2;
+				dec_norm(b, d1, &x1);
+				dec_norm(ref, d2, &x2);
+				CHECK(x1 == x2 && !strcmp(d1, d2));
 			}
 		}
 		snprintf(ref, sizeof ref, "%llu", (unsigned long long)u);
