@@ -9,6 +9,29 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+/* 1 when b is a plain decimal without a redundant character: an optional
+ * "-", the integer part without leading zeros ("0" alone for none), and
+ * when there is a point, decimals that do not end in 0 ("84.5", not
+ * "84.50", "84." or "084.5"). Exponent forms are not plain. */
+static inline int dec_plain(const char *b)
+{
+	if (*b == '-')
+		b++;
+	const char *ip = b;
+	while (*b >= '0' && *b <= '9')
+		b++;
+	if (b == ip || (*ip == '0' && b - ip > 1))
+		return 0;
+	if (!*b)
+		return 1;
+	if (*b++ != '.')
+		return 0;
+	const char *fr = b;
+	while (*b >= '0' && *b <= '9')
+		b++;
+	return !*b && b > fr && b[-1] != '0';
+}
+
 /* Significant digits of a decimal ("0.050" and "5e-2": 1; "0": 1). */
 static inline int dec_sig_digits(const char *b)
 {

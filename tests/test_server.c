@@ -202,6 +202,7 @@ Test(cmd, doubles_format_shortest_and_round_trip)
 		int p = dec_printf_shortest(v, ref, sizeof ref);
 		cr_assert_leq(dec_sig_digits(b), p, "%s: %d digits where %.*g needs %d", b,
 			      dec_sig_digits(b), p, v, p);
+		cr_assert(strchr(b, 'e') || dec_plain(b), "%s (%.17g): not plainly written", b, v);
 	}
 	cmd_format_double(0.0, b);
 	cr_assert_str_eq(b, "0");
@@ -252,8 +253,30 @@ Test(cmd, doubles_format_nearest_of_the_shortest_at_every_exponent)
 					  b, ref, bits);
 			}
 			if (e >= 1075 - 73 && e <= 1075)
-				cr_assert_null(strchr(b, 'e'), "%s: an exponent", b);
+				cr_assert(dec_plain(b),
+					  "%s: not a plain decimal (bits %016" PRIx64 ")", b, bits);
 		}
+	}
+}
+
+/* Counts and integer parts: every value below 10^5 (the short form's
+ * widths and the step to the long one), then random values of every bit
+ * length, against printf. */
+Test(cmd, u64_formats_like_printf)
+{
+	char b[32], ref[32];
+	uint64_t seed = 5;
+	for (uint64_t i = 0; i < 100000 + 64 * 4000; i++) {
+		uint64_t v = i;
+		if (i >= 100000) {
+			seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
+			v = (seed ^ seed >> 29) >> (i % 64);
+		}
+		memset(b, 'x', sizeof b);
+		size_t n = cmd_format_u64(v, b);
+		snprintf(ref, sizeof ref, "%" PRIu64, v);
+		cr_assert_str_eq(b, ref);
+		cr_assert_eq(n, strlen(ref));
 	}
 }
 

@@ -10,6 +10,7 @@
  *
  *   tests/fuzz/build fuzz_cmd build-fuzz/fuzz_cmd
  */
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -87,6 +88,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			/* no more significant digits; as many: the same decimal */
 			int db = dec_sig_digits(b), dr = dec_sig_digits(ref);
 			CHECK(db <= dr);
+			/* the exact range is written plainly, nothing redundant */
+			if (fabs(v) >= 0x1p-21 && fabs(v) < 0x1p53)
+				CHECK(dec_plain(b));
 			if (db == dr && v != 0) {
 				char d1[40], d2[40];
 				int x1, x2;
