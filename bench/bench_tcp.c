@@ -10,6 +10,8 @@
  * server's, not the generator's. Ingest is durable: the clock stops when
  * every connection's "#!sync" has answered. Then one connection measures
  * query latency (p50/p99 of round trips) and several measure throughput.
+ * Each CPU's speed is probed before and after (cpuprobe.h): this VM has
+ * phases in which one vCPU is 1.3-1.5x slower than the other.
  *
  * It starts its own tallyd on a free port and a temporary data directory
  * (--tallyd PATH), or uses a running one (--port).
@@ -37,6 +39,8 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "cpuprobe.h"
 
 #define CAMERAS    1000
 #define DAYS       3
@@ -530,7 +534,7 @@ int main(int argc, char **argv)
 	}
 	printf("  tallyd's memtable memory faulted in %.1f s after it started (not timed)\n",
 	       now_s() - p0);
-	fflush(stdout);
+	cpuprobe_print("before the ingest");
 
 	/* Ingest: all connections at once; the clock stops at the last sync. */
 	ingest *in = calloc(o.conns, sizeof *in);
@@ -588,6 +592,7 @@ queries:;
 	static const char *kinds[2] = {"series 5m, one camera, one day (288 buckets)",
 				       "exact agg, one camera, unaligned range"};
 	printf("\nQueries over TCP (round trip, one connection, one at a time)\n");
+	cpuprobe_print("before the queries");
 	int fd = tcp_connect(o.port);
 	rd *r = calloc(1, sizeof *r);
 	r->fd = fd;
@@ -635,6 +640,7 @@ queries:;
 		free(qt);
 		free(qth);
 	}
+	cpuprobe_print("after the queries");
 	if (pid) {
 		kill(pid, SIGTERM);
 		int st;
