@@ -244,6 +244,8 @@ static void *prefault_main(void *arg)
 			atomic_fetch_sub(&db->prefault_pending, (uint64_t)ARENA_BLOCK);
 		}
 	}
+	if (!atomic_load(&db->prefault_stop))
+		rc_prepare(db);
 	return NULL;
 }
 
@@ -270,13 +272,14 @@ static void *flusher_main(void *arg)
 				 err_msg());
 		else
 			tier_kick(db); /* a merge may have sealed something due */
+		rc_prepare(db);
 		pthread_mutex_lock(&db->bg_mu);
 	}
 	pthread_mutex_unlock(&db->bg_mu);
 	return NULL;
 }
 
-static void kick_flusher(tally_db *db)
+void db_kick_flusher(tally_db *db)
 {
 	pthread_mutex_lock(&db->bg_mu);
 	db->bg_kick = 1;
@@ -299,6 +302,7 @@ TALLY_API int tally_db_open(const char *dir, const tally_options *opt, tally_db 
 		db->crash_at = mem_strndup(crash, strlen(crash));
 	pthread_mutex_init(&db->man_mu, NULL);
 	pthread_mutex_init(&db->rc_mu, NULL);
+	arena_pool_init(&db->rc_pool, RC_READY);
 	pthread_mutex_init(&db->scratch_mu, NULL);
 	pthread_mutex_init(&db->bg_mu, NULL);
 	pthread_cond_init(&db->bg_cond, NULL);
@@ -473,6 +477,10 @@ TALLY_API void tally_db_close(tally_db *db)
 	if (db->lock_fd >= 0)
 		close(db->lock_fd);
 	mem_free(db->rc_ring);
+	for (uint32_t i = 0; i < db->rc_nblk; i++)
+		arena_block_free(db->rc_blk[i]);
+	mem_free(db->rc_blk);
+	arena_pool_free(&db->rc_pool);
 	pthread_mutex_destroy(&db->rc_mu);
 	pthread_mutex_destroy(&db->man_mu);
 	pthread_mutex_destroy(&db->scratch_mu);
@@ -660,7 +668,7 @@ static int writer_commit(tally_writer *w)
 	int big = s->active->mem_bytes + s->active->rollup_bytes >= w->db->opt.memtable_bytes;
 	pthread_rwlock_unlock(&s->lock);
 	if (big && w->db->flusher_started)
-		kick_flusher(w->db);
+		db_kick_flusher(w->db);
 	if (!rc && lsn)
 		rc = wal_sync_to(s->wal, lsn);
 out:
@@ -1042,6 +1050,8 @@ TALLY_API int tally_db_stats(tally_db *db, tally_stats *out)
 	pthread_mutex_unlock(&db->man_mu);
 	pthread_mutex_lock(&db->rc_mu);
 	out->cache_bytes = db->rc_bytes;
+	out->cache_hits = db->rc_hits;
+	out->cache_misses = db->rc_misses;
 	pthread_mutex_unlock(&db->rc_mu);
 	tier_stats(db, out);
 	out->memory_limit = db->opt.memory_limit;

@@ -50,16 +50,24 @@ struct tally_db {
 	pthread_cond_t bg_cond;
 	int bg_stop;
 	int bg_kick;
-	/* decoded rollup blocks of parts (flush.c): FIFO eviction past a
-	 * byte budget */
+	/* decoded rollup blocks of parts (flush.c): entries laid one after
+	 * another in a ring of populated 2 MiB blocks, evicted oldest first
+	 * (past the byte budget, or a whole block when the ring comes round
+	 * to it) */
 	pthread_mutex_t rc_mu;
 	uint64_t rc_bytes, rc_limit;
 	struct rc_ent {
-		struct shard_part *sp;
+		struct shard_part *sp; /* NULL: dropped with its part */
 		uint32_t idx, bytes;
+		uint32_t blk; /* the block it lies in */
 	} * rc_ring;
 	uint32_t rc_head, rc_len, rc_cap;
 	uint64_t rc_hits, rc_misses;
+	arena_pool rc_pool; /* blocks made ready off the query path (rc_prepare) */
+	char **rc_blk;      /* rc_nblk_max slots */
+	uint32_t rc_nblk, rc_nblk_max, rc_cur; /* mapped, most, filling */
+	size_t rc_off;                         /* bytes used in the filling block */
+	int rc_refill;                         /* a ready block was taken */
 	/* tests: TALLY_CRASH_AT names a step where the process kills itself */
 	char *crash_at;
 	/* tiering to object storage (engine/tier.c); NULL when off */
@@ -97,5 +105,8 @@ struct tally_writer {
 
 /* Total bytes held by all shards' memtables and rollups. */
 uint64_t db_memory(const tally_db *db);
+
+/* Wakes the background flusher now (it also wakes every second). */
+void db_kick_flusher(tally_db *db);
 
 #endif

@@ -63,6 +63,13 @@ int shard_part_rollup_each(shard_part *sp, const part_key *pk, uint32_t num, uns
 int shard_part_rollup_fold(shard_part *sp, const part_key *pk, uint32_t num, unsigned level,
 			   part_scratch *ps, int64_t from, int64_t to, ragg *acc);
 
+/* Blocks the decoded-rollup cache keeps ready while it grows. */
+#define RC_READY 4
+
+/* Fills the cache's pool of ready blocks (up to RC_READY, and no more
+ * than the ring may still map). Runs on the flusher and prefault threads. */
+void rc_prepare(struct tally_db *db);
+
 /* Unsealed parts of one partition that trigger a merge (engine/merge.c). */
 #define MERGE_FANIN 4
 

@@ -387,6 +387,8 @@ typedef struct tally_stats {
 	uint64_t rollup_bytes;   /* rollup buckets held in memory */
 	uint64_t index_bytes;    /* parts' indexes held in memory */
 	uint64_t cache_bytes;    /* decoded rollup blocks cached */
+	uint64_t cache_hits;     /* rollup blocks read from that cache, since open */
+	uint64_t cache_misses;   /* and decoded from their part */
 	uint64_t memory_limit;
 	uint64_t prefault_pending; /* memtable memory still to fault in (prefault) */
 	uint64_t wal_bytes;        /* bytes of WAL on disk */

@@ -67,6 +67,27 @@ static int pool_put(arena_pool *p, void *b)
 	return 1;
 }
 
+void *arena_block_new(void)
+{
+	char *b = map_block();
+	if (!b)
+		return NULL;
+	/* On this project's VM a populated huge-page block costs about 0.1
+	 * ms and nothing after; left to first touches, its pages cost about
+	 * 13 us each (a 13.8 KiB copy into fresh memory took 45 us, into a
+	 * populated block 0.6). */
+	if (madvise(b, ARENA_BLOCK, MADV_POPULATE_WRITE) != 0)
+		for (size_t i = 0; i < ARENA_BLOCK; i += 4096)
+			((volatile char *)b)[i] = 0;
+	return b;
+}
+
+void arena_block_free(void *b)
+{
+	if (b)
+		munmap(b, ARENA_BLOCK);
+}
+
 int arena_pool_prefill_one(arena_pool *p)
 {
 	pthread_mutex_lock(&p->mu);
@@ -74,18 +95,33 @@ int arena_pool_prefill_one(arena_pool *p)
 	pthread_mutex_unlock(&p->mu);
 	if (full)
 		return 0;
-	char *b = map_block();
+	char *b = arena_block_new();
 	if (!b)
 		return 0;
-	if (madvise(b, ARENA_BLOCK, MADV_POPULATE_WRITE) != 0)
-		for (size_t i = 0; i < ARENA_BLOCK; i += 4096)
-			((volatile char *)b)[i] = 0;
 	pthread_mutex_lock(&p->mu);
 	int ok = pool_put(p, b);
 	pthread_mutex_unlock(&p->mu);
 	if (!ok)
 		munmap(b, ARENA_BLOCK);
 	return ok;
+}
+
+void *arena_pool_take(arena_pool *p)
+{
+	void *b = NULL;
+	pthread_mutex_lock(&p->mu);
+	if (p->n)
+		b = p->blocks[--p->n];
+	pthread_mutex_unlock(&p->mu);
+	return b;
+}
+
+uint32_t arena_pool_count(arena_pool *p)
+{
+	pthread_mutex_lock(&p->mu);
+	uint32_t n = p->n;
+	pthread_mutex_unlock(&p->mu);
+	return n;
 }
 
 static void *get_block(arena *a)

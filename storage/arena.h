@@ -46,6 +46,15 @@ void arena_pool_free(arena_pool *p);
  * rather than on a writer's first touch) and adds it to the pool. 1 when
  * added; 0 when the pool is full or memory is out. */
 int arena_pool_prefill_one(arena_pool *p);
+/* A block from the pool (faulted in), or NULL when it is empty. */
+void *arena_pool_take(arena_pool *p);
+uint32_t arena_pool_count(arena_pool *p);
+
+/* One 2 MiB-aligned block (a huge page where the kernel allows), every
+ * page faulted in now; NULL when memory is out. arena_block_free unmaps
+ * it. (The decoded-rollup cache of engine/flush.c is a ring of these.) */
+void *arena_block_new(void);
+void arena_block_free(void *b);
 
 void arena_init(arena *a, arena_pool *pool);
 /* 16-byte aligned, uninitialised; NULL when out of memory. */
