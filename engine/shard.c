@@ -116,6 +116,8 @@ void shard_destroy(shard *s)
 	}
 	mem_free(s->keystates);
 	mem_free(s->key_scratch);
+	mem_free(s->row_order);
+	mem_free(s->key_count);
 	arena_pool_free(&s->pool);
 	pthread_rwlock_destroy(&s->lock);
 	mem_free(s);
@@ -381,42 +383,62 @@ static int apply_table(shard *s, const tbatch *tb)
 		if (!(ks[k] = series_get(s, m, st, key, len)))
 			return -ENOMEM;
 	}
+	/* The rows grouped by key, each key's in batch order (a counting
+	 * sort). Sources interleave (the cameras of a connection take turns
+	 * in time order), so in batch order most runs below would be one row
+	 * long; grouped, a key's rows of the batch (about five for the
+	 * benchmark's 64 KiB reads) make one run and reach the rollups as one
+	 * window's aggregate rather than one merge per row per level. */
+	if (mem_grow(&s->row_order, &s->cap_row_order, tb->n_rows, sizeof *s->row_order, 1024) ||
+	    mem_grow(&s->key_count, &s->cap_key_count, tb->n_keys + 1, sizeof *s->key_count, 256))
+		return -ENOMEM;
+	uint32_t *ord = s->row_order, *pos = s->key_count;
+	memset(pos, 0, (tb->n_keys + 1) * sizeof *pos);
+	for (uint32_t r = 0; r < tb->n_rows; r++)
+		pos[tb->key[r] + 1]++;
+	for (uint32_t k = 1; k <= tb->n_keys; k++)
+		pos[k] += pos[k - 1];
+	for (uint32_t r = 0; r < tb->n_rows; r++)
+		ord[pos[tb->key[r]]++] = r;
 	uint64_t rbytes0 = m->rp.bytes;
-	/* Rows go in runs: consecutive rows of one key that fit the key's
-	 * tail chunk. A run copies its timestamps and values column by
+	/* Rows go in runs: rows of one key (consecutive in ord) that fit the
+	 * key's tail chunk. A run copies its timestamps and values column by
 	 * column, and its numeric values reach the rollups one window at a
 	 * time (rollup_add_run). */
 	int64_t rts[CHUNK_ROWS_MAX];
 	double rv[CHUNK_ROWS_MAX];
-	for (uint32_t r = 0; r < tb->n_rows;) {
-		series *se = ks[tb->key[r]];
+	for (uint32_t j = 0; j < tb->n_rows;) {
+		uint32_t key = tb->key[ord[j]];
+		series *se = ks[key];
 		chunk *c = tail_chunk(m, se);
 		if (!c)
 			return -ENOMEM;
-		uint32_t room = c->cap - c->n, e = r + 1;
-		while (e < tb->n_rows && e - r < room && tb->key[e] == tb->key[r])
+		uint32_t room = c->cap - c->n, e = j + 1;
+		while (e < tb->n_rows && e - j < room && tb->key[ord[e]] == key)
 			e++;
-		uint32_t cnt = e - r, base = c->n;
-		memcpy(c->ts + base, tb->ts + r, (size_t)cnt * sizeof *c->ts);
+		uint32_t cnt = e - j, base = c->n;
+		const uint32_t *run = ord + j;
+		for (uint32_t i = 0; i < cnt; i++)
+			c->ts[base + i] = tb->ts[run[i]];
 		for (uint32_t ci = 0; ci < tb->n_cols; ci++) {
 			const bcol *bc = &tb->cols[ci];
 			enum tally_type type = bc->def->type;
 			chunk_col *cc = NULL;
 			uint32_t nv = 0;
 			for (uint32_t i = 0; i < cnt; i++) {
-				if (!bcol_has(bc, r + i))
+				if (!bcol_has(bc, run[i]))
 					continue;
 				if (!cc &&
 				    !(cc = chunk_col_get(m, c, bc->def->id, type_is_string(type))))
 					return -ENOMEM;
-				bval v = bc->vals[r + i];
+				bval v = bc->vals[run[i]];
 				if (type_is_string(type)) {
 					uint32_t len;
 					const char *str = tbatch_str(tb, v.ref, &len);
 					if (chunk_put_str(m, c, str, len, &v.ref))
 						return -ENOMEM;
 				} else {
-					rts[nv] = tb->ts[r + i];
+					rts[nv] = tb->ts[run[i]];
 					rv[nv++] = num_value(type, v);
 				}
 				uint32_t at = base + i;
@@ -444,7 +466,7 @@ static int apply_table(shard *s, const tbatch *tb)
 		c->n = base + cnt;
 		se->rows += cnt;
 		m->events += cnt;
-		r = e;
+		j = e;
 	}
 	m->rollup_bytes += m->rp.bytes - rbytes0;
 	return 0;

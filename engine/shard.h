@@ -114,6 +114,9 @@ typedef struct shard {
 	int failed; /* sticky: set when WAL and memtable may disagree */
 	series **key_scratch;
 	uint32_t cap_key_scratch;
+	/* apply_table's row order (rows grouped by key) and key counts */
+	uint32_t *row_order, *key_count;
+	uint32_t cap_row_order, cap_key_count;
 	arena_pool pool; /* blocks of dead memtables, for the next ones */
 } shard;
 

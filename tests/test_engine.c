@@ -149,6 +149,45 @@ Test(engine, series_agg_keys_scan_on_known_data)
 	tally_scan_close(sc);
 }
 
+/* A batch is applied grouped by key (engine/shard.c), and each key's rows
+ * must keep their written order: rows of one timestamp scan back in
+ * arrival order, and lateness is judged against the rows written before.
+ * Keys interleave here, as cameras do on one connection. */
+Test(engine, each_keys_rows_keep_their_order_within_a_batch)
+{
+	char text[2048];
+	size_t n = 0;
+	const int64_t h = 3600 * TALLY_NS_PER_SEC;
+	for (int i = 0; i < 6; i++) {
+		/* a: six readings of one instant; b: one a second */
+		n += (size_t)snprintf(text + n, sizeof text - n, "t,k=a v=%d %lld\n", i + 1,
+				      (long long)(T0 + 2 * h));
+		n += (size_t)snprintf(text + n, sizeof text - n, "t,k=b v=%d %lld\n", i,
+				      (long long)(T0 + 2 * h + i * TALLY_NS_PER_SEC));
+	}
+	/* then one of a two hours before its others: late (past 5 minutes) */
+	n += (size_t)snprintf(text + n, sizeof text - n, "t,k=a v=9 %lld\n", (long long)T0);
+	cr_assert_eq(lp(text).accepted, 13);
+	tally_stats st;
+	cr_assert_eq(tally_db_stats(db, &st), 0);
+	cr_assert_eq(st.late_events, 1);
+	for (int pass = 0; pass < 2; pass++) {
+		tally_scan *sc;
+		cr_assert_eq(tally_scan_open(db, "t", "a", T0 + h, T0 + 3 * h, &sc), 0, "%s",
+			     tally_errmsg());
+		tally_row row;
+		for (int i = 0; i < 6; i++) {
+			cr_assert_eq(tally_scan_next(sc, &row), 1);
+			cr_assert_eq(row.values[0].v.f64, i + 1, "pass %d: row %d is %g", pass, i,
+				     row.values[0].v.f64);
+		}
+		cr_assert_eq(tally_scan_next(sc, &row), 0);
+		tally_scan_close(sc);
+		/* and the same from a part */
+		cr_assert_eq(tally_db_flush(db), 0, "%s", tally_errmsg());
+	}
+}
+
 Test(engine, type_conflict_rejects_only_that_line)
 {
 	tally_write_result r = lp("t,k=a v=1.5 1\n"
