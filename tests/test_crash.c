@@ -754,8 +754,9 @@ static void run_crash(const crash_cfg *cfg)
 		cycle c = {.m = &m, .start = start, .limit = start + cfg->cycle_ids};
 		/* One cycle in four kills while the child is still opening
 		 * (replaying the WAL, cutting a torn tail); the others kill
-		 * after it started writing. */
-		int early = tu_below(&r, 4) == 0;
+		 * after it started writing. The last cycle always writes: it
+		 * is the one that waits for an acknowledgement if none came. */
+		int early = tu_below(&r, 4) == 0 && no + 1 < cycles;
 		int64_t delay = early ? (int64_t)tu_below(&r, (uint64_t)open_ms + 1)
 				      : cfg->kill_min_ms +
 						(int64_t)tu_below(&r, cfg->kill_max_ms -
