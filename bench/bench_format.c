@@ -10,6 +10,10 @@
  *   avg      those sums over their counts (84.02619047619048)
  *   random   doubles from random bit patterns (every exponent)
  *   time     5-minute window starts as RFC 3339 (one day after another)
+ *   row      whole series rows as tallyd writes them (cmd_put_bucket):
+ *            window start, count, exact sum, min, max, avg; the sum of
+ *            one-decimal readings is the double nearest their decimal sum,
+ *            as the engine's exact sums make it
  *
  * Every value is formatted once before the clock starts and checked to
  * read back exactly (strtod), so a fast wrong formatter cannot report.
@@ -61,46 +65,73 @@ static void check(const double *v, size_t n, const char *kind)
 	}
 }
 
-/* ns per value, best of rounds (the least disturbed by the VM). */
-static double time_doubles(const double *v, size_t n, unsigned rounds, size_t *bytes)
+/* ns per item, best of rounds (the least disturbed by the VM), and the
+ * bytes of a round in *bytes. FORMAT(i, p) writes item i at p and gives
+ * its length: a macro rather than a function pointer, so that every kind
+ * is timed calling its formatter directly, as tallyd does. */
+#define TIME_KIND(n, rounds, bytes, FORMAT)                              \
+	__extension__({                                                  \
+		static char out_[64 * 1024];                             \
+		double best_ = 1e9;                                      \
+		for (unsigned r_ = 0; r_ < (rounds); r_++) {             \
+			size_t pos_ = 0, total_ = 0;                     \
+			double a_ = now_s();                             \
+			for (size_t i_ = 0; i_ < (n); i_++) {            \
+				if (pos_ > sizeof out_ - 256)            \
+					pos_ = 0;                        \
+				size_t k_ = FORMAT(i_, out_ + pos_);     \
+				pos_ += k_;                              \
+				total_ += k_;                            \
+			}                                                \
+			double ns_ = (now_s() - a_) * 1e9 / (double)(n); \
+			best_ = ns_ < best_ ? ns_ : best_;               \
+			*(bytes) = total_;                               \
+		}                                                        \
+		best_;                                                   \
+	})
+
+/* Series rows of consecutive 5-minute windows, as the engine answers. */
+static tally_bucket *make_rows(size_t n, uint64_t *s)
 {
-	static char out[64 * 1024];
-	double best = 1e9;
-	for (unsigned r = 0; r < rounds; r++) {
-		size_t pos = 0, total = 0;
-		double a = now_s();
-		for (size_t i = 0; i < n; i++) {
-			if (pos > sizeof out - 64)
-				pos = 0;
-			size_t k = cmd_format_double(v[i], out + pos);
-			pos += k;
-			total += k;
+	tally_bucket *b = malloc(n * sizeof *b);
+	if (!b)
+		return NULL;
+	for (size_t i = 0; i < n; i++) {
+		unsigned c = 20 + (unsigned)(rng(s) % 61);
+		uint64_t tenths = 0, lo = UINT64_MAX, hi = 0;
+		for (unsigned j = 0; j < c; j++) {
+			uint64_t x = 300 + rng(s) % 1000;
+			tenths += x;
+			lo = x < lo ? x : lo;
+			hi = x > hi ? x : hi;
 		}
-		double ns = (now_s() - a) * 1e9 / (double)n;
-		if (ns < best)
-			best = ns;
-		*bytes = total;
+		double sum = (double)tenths / 10.0;
+		b[i] = (tally_bucket){
+			.start = INT64_C(1699920000000000000) + (int64_t)i * INT64_C(300000000000),
+			.agg = {c, sum, (double)lo / 10.0, (double)hi / 10.0, sum / c},
+		};
 	}
-	return best;
+	return b;
 }
 
-static double time_times(const int64_t *t, size_t n, unsigned rounds)
+/* Every numeric cell of every row reads back as its value. */
+static void check_rows(const tally_bucket *b, size_t n)
 {
-	static char out[64 * 1024];
-	double best = 1e9;
-	for (unsigned r = 0; r < rounds; r++) {
-		size_t pos = 0;
-		double a = now_s();
-		for (size_t i = 0; i < n; i++) {
-			if (pos > sizeof out - 64)
-				pos = 0;
-			pos += cmd_format_time(t[i], out + pos);
+	char out[256];
+	for (size_t i = 0; i < n; i++) {
+		char *e = cmd_put_bucket(out, &b[i]);
+		*e = 0;
+		const tally_agg *a = &b[i].agg;
+		double want[4] = {a->sum, a->min, a->max, a->avg};
+		char *p = strchr(out, '\t');
+		int ok = p && strtoull(p + 1, &p, 10) == a->count && *p == '\t' && e[-1] == '\n';
+		for (int k = 0; ok && k < 4; k++)
+			ok = *p == '\t' && strtod(p + 1, &p) == want[k];
+		if (!ok || p != e - 1) {
+			fprintf(stderr, "bench_format: row %zu formatted as \"%s\"\n", i, out);
+			exit(1);
 		}
-		double ns = (now_s() - a) * 1e9 / (double)n;
-		if (ns < best)
-			best = ns;
 	}
-	return best;
 }
 
 int main(int argc, char **argv)
@@ -165,12 +196,32 @@ int main(int argc, char **argv)
 			continue;
 		check(sets[k], n, kinds[k]);
 		size_t bytes;
-		double ns = time_doubles(sets[k], n, rounds, &bytes);
+		const double *v = sets[k];
+#define FORMAT_DOUBLE(i, p) cmd_format_double(v[i], p)
+		double ns = TIME_KIND(n, rounds, &bytes, FORMAT_DOUBLE);
 		printf("  %-7s %6.1f ns/value  (%.1f characters)\n", kinds[k], ns,
 		       (double)bytes / (double)n);
 	}
-	if (!only || !strcmp(only, "time"))
-		printf("  %-7s %6.1f ns/value\n", "time", time_times(tm, n, rounds));
+	if (!only || !strcmp(only, "time")) {
+		size_t bytes;
+#define FORMAT_TIME(i, p) cmd_format_time(tm[i], p)
+		printf("  %-7s %6.1f ns/value\n", "time",
+		       TIME_KIND(n, rounds, &bytes, FORMAT_TIME));
+	}
+	if (!only || !strcmp(only, "row")) {
+		tally_bucket *rows = make_rows(n, &s);
+		if (!rows) {
+			fprintf(stderr, "bench_format: out of memory\n");
+			return 1;
+		}
+		check_rows(rows, n);
+		size_t bytes;
+#define FORMAT_ROW(i, p) (size_t)(cmd_put_bucket(p, &rows[i]) - (p))
+		double ns = TIME_KIND(n, rounds, &bytes, FORMAT_ROW);
+		printf("  %-7s %6.1f ns/row    (%.1f characters)\n", "row", ns,
+		       (double)bytes / (double)n);
+		free(rows);
+	}
 	free(sp);
 	free(sum);
 	free(avg);

@@ -13,6 +13,7 @@
  */
 #include <criterion/criterion.h>
 #include <inttypes.h>
+#include <math.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -278,6 +279,36 @@ Test(cmd, u64_formats_like_printf)
 		cr_assert_str_eq(b, ref);
 		cr_assert_eq(n, strlen(ref));
 	}
+}
+
+/* Rows as docs/protocol.md shows them: the cells in order, a tab between,
+ * a newline after; an empty aggregate's min, max and avg empty; and never
+ * a byte past CMD_AGG_MAX (the server checks capacity once per row). */
+Test(cmd, rows_write_their_cells_in_order_within_their_bound)
+{
+	char b[512];
+	tally_bucket r = {.start = INT64_C(1699920300000000000),
+			  .agg = {42, 3529.1, 30.4, 122.5, 3529.1 / 42}};
+	memset(b, 'x', sizeof b);
+	char *e = cmd_put_bucket(b, &r);
+	*e = 0;
+	cr_assert_str_eq(b, "2023-11-14T00:05:00Z\t42\t3529.1\t30.4\t122.5\t84.02619047619048\n");
+	tally_agg empty = {0, 0, NAN, NAN, NAN};
+	e = cmd_put_agg(b, &empty);
+	*e = 0;
+	cr_assert_str_eq(b, "0\t0\t\t\t\n");
+	/* the widest cells: a 20-digit count and four 17-digit exponent forms */
+	tally_agg wide = {UINT64_MAX, -1.2345678901234567e-300, -2.2250738585072014e-308,
+			  -1.7976931348623157e308, -9.8765432109876543e+200};
+	memset(b, 'x', sizeof b);
+	e = cmd_put_agg(b, &wide);
+	cr_assert_leq(e - b, CMD_AGG_MAX);
+	for (size_t i = (size_t)(e - b) + 32; i < sizeof b; i++)
+		cr_assert_eq(b[i], 'x', "byte %zu written", i);
+	*e = 0;
+	cr_assert_str_eq(
+		b, "18446744073709551615\t-1.2345678901234568e-300\t-2.2250738585072014e-308\t"
+		   "-1.7976931348623157e+308\t-9.876543210987654e+200\n");
 }
 
 Test(cmd, parses_arguments_and_names_the_bad_one)

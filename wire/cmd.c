@@ -662,6 +662,36 @@ static __attribute__((noinline)) size_t cmd_format_general(double v, char *buf)
 	return cmd_put_fixed(buf, neg, q, k, ip);
 }
 
+/* ---------------------------------------------------------------- rows */
+
+/* A double cell: empty for NaN (an empty aggregate's min, max, avg). */
+static inline char *cmd_put_f64(char *p, double v)
+{
+	return v != v ? p : p + cmd_format_double(v, p);
+}
+
+char *cmd_put_agg(char *p, const tally_agg *a)
+{
+	p += cmd_format_u64(a->count, p);
+	*p++ = '\t';
+	p = cmd_put_f64(p, a->count ? a->sum : 0);
+	*p++ = '\t';
+	p = cmd_put_f64(p, a->count ? a->min : (double)NAN);
+	*p++ = '\t';
+	p = cmd_put_f64(p, a->count ? a->max : (double)NAN);
+	*p++ = '\t';
+	p = cmd_put_f64(p, a->count ? a->avg : (double)NAN);
+	*p++ = '\n';
+	return p;
+}
+
+char *cmd_put_bucket(char *p, const tally_bucket *b)
+{
+	p += cmd_format_time(b->start, p);
+	*p++ = '\t';
+	return cmd_put_agg(p, &b->agg);
+}
+
 /* ---------------------------------------------------------------- commands */
 
 /* Splits line into words in scratch; returns the count or -1. */

@@ -79,4 +79,14 @@ size_t cmd_format_u64(uint64_t v, char *buf);
  * returns the length. */
 size_t cmd_format_double(double v, char *buf);
 
+/* An aggregate's cells "count\tsum\tmin\tmax\tavg\n" at p (min, max and
+ * avg empty when count is 0); at most CMD_AGG_MAX bytes. Returns the end;
+ * no NUL. */
+#define CMD_AGG_MAX 170
+char *cmd_put_agg(char *p, const tally_agg *a);
+
+/* A series row: the window start, a tab, then cmd_put_agg's cells; at
+ * most 40 + CMD_AGG_MAX bytes. */
+char *cmd_put_bucket(char *p, const tally_bucket *b);
+
 #endif

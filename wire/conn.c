@@ -32,9 +32,10 @@
 #include "frame.h"
 #include "server.h"
 
-#define CONN_RETRY_NS      (50 * INT64_C(1000000)) /* re-try a write into a full store */
-#define CONN_LINGER_NS     (2 * INT64_C(1000000000))
-#define CONN_ROW_MAX       512                /* a formatted row without strings, bytes */
+#define CONN_RETRY_NS  (50 * INT64_C(1000000)) /* re-try a write into a full store */
+#define CONN_LINGER_NS (2 * INT64_C(1000000000))
+#define CONN_ROW_MAX   512 /* a formatted row without strings, bytes */
+_Static_assert(CONN_ROW_MAX >= 40 + CMD_AGG_MAX, "a series row fits CONN_ROW_MAX");
 #define SERIES_CAP         1024               /* buckets per series slice */
 #define SERIES_SPAN_MAX    (INT64_C(1) << 62) /* widest slice, ns */
 #define STAT_ADD(sh, f, v) atomic_fetch_add_explicit(&(sh)->st.f, (v), memory_order_relaxed)
@@ -286,38 +287,10 @@ static void text_cell(conn_text *t, const char *s, size_t n)
 	}
 }
 
-/* The fixed-width pieces of a row are formatted straight into the
- * buffer after one capacity check: a 288-row series is over a thousand
- * numbers, and a copy per piece was a tenth of the query. */
-static char *put_f64(char *p, double v)
-{
-	if (v != v)
-		return p; /* an empty cell: no value */
-	return p + cmd_format_double(v, p);
-}
-
-static char *put_u64(char *p, uint64_t v)
-{
-	return p + cmd_format_u64(v, p);
-}
-
-/* count, sum, min, max, avg and the newline; at most 5 * 33 bytes. */
-static char *put_agg(char *p, const tally_agg *a)
-{
-	p = put_u64(p, a->count);
-	*p++ = '\t';
-	p = put_f64(p, a->count ? a->sum : 0);
-	*p++ = '\t';
-	p = put_f64(p, a->count ? a->min : (double)NAN);
-	*p++ = '\t';
-	p = put_f64(p, a->count ? a->max : (double)NAN);
-	*p++ = '\t';
-	p = put_f64(p, a->count ? a->avg : (double)NAN);
-	*p++ = '\n';
-	return p;
-}
-
-/* Room for one row of fixed-width pieces; NULL when out of memory. */
+/* Room for one row of fixed-width pieces; NULL when out of memory. They
+ * are formatted straight into the buffer after this one capacity check:
+ * a 288-row series is over a thousand numbers, and a copy per piece was a
+ * tenth of the query. */
 static char *text_row(conn_text *t)
 {
 	text_grow(t, CONN_ROW_MAX);
@@ -333,7 +306,7 @@ static void text_f64(conn_text *t, double v)
 {
 	char *p = text_row(t);
 	if (p)
-		text_row_done(t, put_f64(p, v));
+		text_row_done(t, v != v ? p : p + cmd_format_double(v, p));
 }
 
 static void text_time(conn_text *t, int64_t ns)
@@ -347,7 +320,7 @@ static void text_agg(conn_text *t, const tally_agg *a)
 {
 	char *p = text_row(t);
 	if (p)
-		text_row_done(t, put_agg(p, a));
+		text_row_done(t, cmd_put_agg(p, a));
 }
 
 /* ---------------------------------------------------------------- producers */
@@ -403,9 +376,7 @@ static int conn_pump_series(wconn *c, prod_series *ps, conn_text *t)
 			char *p = text_row(t);
 			if (!p)
 				break;
-			p += cmd_format_time(b->start, p);
-			*p++ = '\t';
-			text_row_done(t, put_agg(p, &b->agg));
+			text_row_done(t, cmd_put_bucket(p, b));
 			ps->rows++;
 			continue;
 		}
