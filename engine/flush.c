@@ -167,6 +167,13 @@ int shard_add_part(shard *s, shard_part *sp)
  * is empty.
  */
 
+/* The most blocks the ring maps: its budget in whole blocks, at least one. */
+static uint32_t rc_blocks_most(const tally_db *db)
+{
+	uint64_t most = db->rc_limit / ARENA_BLOCK;
+	return most < 1 ? 1 : most > UINT32_MAX ? UINT32_MAX : (uint32_t)most;
+}
+
 void rc_prepare(tally_db *db)
 {
 	if (!db->rc_limit)
@@ -174,8 +181,7 @@ void rc_prepare(tally_db *db)
 	for (;;) {
 		pthread_mutex_lock(&db->rc_mu);
 		/* blocks the ring may still map: until their budget is mapped */
-		uint64_t most = db->rc_limit / ARENA_BLOCK;
-		uint64_t left = db->rc_blk ? db->rc_nblk_max - db->rc_nblk : most ? most : 1;
+		uint32_t left = db->rc_blk ? db->rc_nblk_max - db->rc_nblk : rc_blocks_most(db);
 		pthread_mutex_unlock(&db->rc_mu);
 		uint32_t ready = arena_pool_count(&db->rc_pool);
 		if (ready >= RC_READY || ready >= left || !arena_pool_prefill_one(&db->rc_pool))
@@ -215,8 +221,7 @@ static void *rc_alloc(tally_db *db, size_t n, uint32_t *blk)
 		return p;
 	}
 	if (!db->rc_blk) {
-		uint64_t most = db->rc_limit / ARENA_BLOCK;
-		db->rc_nblk_max = most < 1 ? 1 : most > UINT32_MAX ? UINT32_MAX : (uint32_t)most;
+		db->rc_nblk_max = rc_blocks_most(db);
 		if (!(db->rc_blk = mem_calloc(db->rc_nblk_max, sizeof *db->rc_blk)))
 			return NULL;
 	}

@@ -393,13 +393,18 @@ static int apply_table(shard *s, const tbatch *tb)
 	    mem_grow(&s->key_count, &s->cap_key_count, tb->n_keys + 1, sizeof *s->key_count, 256))
 		return -ENOMEM;
 	uint32_t *ord = s->row_order, *pos = s->key_count;
-	memset(pos, 0, (tb->n_keys + 1) * sizeof *pos);
-	for (uint32_t r = 0; r < tb->n_rows; r++)
-		pos[tb->key[r] + 1]++;
-	for (uint32_t k = 1; k <= tb->n_keys; k++)
-		pos[k] += pos[k - 1];
-	for (uint32_t r = 0; r < tb->n_rows; r++)
-		ord[pos[tb->key[r]]++] = r;
+	if (tb->n_keys == 1) { /* one source's batch (the binary API's): already grouped */
+		for (uint32_t r = 0; r < tb->n_rows; r++)
+			ord[r] = r;
+	} else {
+		memset(pos, 0, (tb->n_keys + 1) * sizeof *pos);
+		for (uint32_t r = 0; r < tb->n_rows; r++)
+			pos[tb->key[r] + 1]++;
+		for (uint32_t k = 1; k <= tb->n_keys; k++)
+			pos[k] += pos[k - 1];
+		for (uint32_t r = 0; r < tb->n_rows; r++)
+			ord[pos[tb->key[r]]++] = r;
+	}
 	uint64_t rbytes0 = m->rp.bytes;
 	/* Rows go in runs: rows of one key (consecutive in ord) that fit the
 	 * key's tail chunk. A run copies its timestamps and values column by

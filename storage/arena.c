@@ -126,13 +126,7 @@ uint32_t arena_pool_count(arena_pool *p)
 
 static void *get_block(arena *a)
 {
-	void *b = NULL;
-	if (a->pool) {
-		pthread_mutex_lock(&a->pool->mu);
-		if (a->pool->n)
-			b = a->pool->blocks[--a->pool->n];
-		pthread_mutex_unlock(&a->pool->mu);
-	}
+	void *b = a->pool ? arena_pool_take(a->pool) : NULL;
 	return b ? b : map_block();
 }
 

@@ -664,8 +664,7 @@ static __attribute__((noinline)) size_t cmd_format_general(double v, char *buf)
 
 /* ---------------------------------------------------------------- rows */
 
-/* A double cell: empty for NaN (an empty aggregate's min, max, avg). */
-static inline char *cmd_put_f64(char *p, double v)
+char *cmd_put_f64(char *p, double v)
 {
 	return v != v ? p : p + cmd_format_double(v, p);
 }

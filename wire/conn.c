@@ -306,7 +306,7 @@ static void text_f64(conn_text *t, double v)
 {
 	char *p = text_row(t);
 	if (p)
-		text_row_done(t, v != v ? p : p + cmd_format_double(v, p));
+		text_row_done(t, cmd_put_f64(p, v));
 }
 
 static void text_time(conn_text *t, int64_t ns)
