@@ -301,8 +301,7 @@ TALLY_API int tally_db_open(const char *dir, const tally_options *opt, tally_db 
 	if (crash && *crash)
 		db->crash_at = mem_strndup(crash, strlen(crash));
 	pthread_mutex_init(&db->man_mu, NULL);
-	pthread_mutex_init(&db->rc_mu, NULL);
-	arena_pool_init(&db->rc_pool, RC_READY);
+	rc_init(&db->rcache);
 	pthread_mutex_init(&db->scratch_mu, NULL);
 	pthread_mutex_init(&db->bg_mu, NULL);
 	pthread_cond_init(&db->bg_cond, NULL);
@@ -355,7 +354,7 @@ TALLY_API int tally_db_open(const char *dir, const tally_options *opt, tally_db 
 		db->opt.shards = n;
 	}
 	db->partition_width = db->opt.partition_width;
-	db->rc_limit = db->opt.cache_bytes;
+	db->rcache.limit = db->opt.cache_bytes;
 	/* before the parts: tiered ones need the object store to read */
 	rc = tier_open(db);
 	/* copied by tier_open (the S3 client): forget the caller's strings */
@@ -462,9 +461,7 @@ TALLY_API void tally_db_close(tally_db *db)
 	for (unsigned i = 0; i < db->n_shards; i++) {
 		shard *s = db->shards[i];
 		wal_close(s->wal);
-		for (uint32_t p = 0; p < s->n_parts; p++)
-			shard_part_free(s->parts[p]);
-		mem_free(s->parts);
+		partset_close(s);
 		shard_destroy(s);
 	}
 	mem_free(db->shards);
@@ -476,12 +473,7 @@ TALLY_API void tally_db_close(tally_db *db)
 	catalog_free(&db->cat);
 	if (db->lock_fd >= 0)
 		close(db->lock_fd);
-	mem_free(db->rc_ring);
-	for (uint32_t i = 0; i < db->rc_nblk; i++)
-		arena_block_free(db->rc_blk[i]);
-	mem_free(db->rc_blk);
-	arena_pool_free(&db->rc_pool);
-	pthread_mutex_destroy(&db->rc_mu);
+	rc_free(&db->rcache);
 	pthread_mutex_destroy(&db->man_mu);
 	pthread_mutex_destroy(&db->scratch_mu);
 	pthread_mutex_destroy(&db->bg_mu);
@@ -1048,11 +1040,7 @@ TALLY_API int tally_db_stats(tally_db *db, tally_stats *out)
 		db->man.rows_accepted ? (double)db->man.rows_written / (double)db->man.rows_accepted
 				      : 1.0;
 	pthread_mutex_unlock(&db->man_mu);
-	pthread_mutex_lock(&db->rc_mu);
-	out->cache_bytes = db->rc_bytes;
-	out->cache_hits = db->rc_hits;
-	out->cache_misses = db->rc_misses;
-	pthread_mutex_unlock(&db->rc_mu);
+	rc_stats(&db->rcache, out);
 	tier_stats(db, out);
 	out->memory_limit = db->opt.memory_limit;
 	out->prefault_pending = atomic_load(&db->prefault_pending);

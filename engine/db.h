@@ -13,6 +13,7 @@
 #include "rollup.h"
 #include "manifest.h"
 #include "part.h"
+#include "rcache.h"
 #include "shard.h"
 
 #define DB_SCRATCH_MAX 16
@@ -29,8 +30,8 @@ struct tally_db {
 	_Atomic unsigned next_shard;
 	_Atomic uint64_t rejected_lines;
 	int64_t partition_width;
-	/* parts: the committed manifest, changed by one flush or merge at a
-	 * time under man_mu */
+	/* parts: the committed manifest, changed only by partset_commit
+	 * (engine/partset.c), under man_mu */
 	pthread_mutex_t man_mu;
 	manifest man;
 	uint64_t flushes;
@@ -50,24 +51,8 @@ struct tally_db {
 	pthread_cond_t bg_cond;
 	int bg_stop;
 	int bg_kick;
-	/* decoded rollup blocks of parts (flush.c): entries laid one after
-	 * another in a ring of populated 2 MiB blocks, evicted oldest first
-	 * (past the byte budget, or a whole block when the ring comes round
-	 * to it) */
-	pthread_mutex_t rc_mu;
-	uint64_t rc_bytes, rc_limit;
-	struct rc_ent {
-		struct shard_part *sp; /* NULL: dropped with its part */
-		uint32_t idx, bytes;
-		uint32_t blk; /* the block it lies in */
-	} * rc_ring;
-	uint32_t rc_head, rc_len, rc_cap;
-	uint64_t rc_hits, rc_misses;
-	arena_pool rc_pool; /* blocks made ready off the query path (rc_prepare) */
-	char **rc_blk;      /* rc_nblk_max slots */
-	uint32_t rc_nblk, rc_nblk_max, rc_cur; /* mapped, most, filling */
-	size_t rc_off;                         /* bytes used in the filling block */
-	int rc_refill;                         /* a ready block was taken */
+	/* decoded rollup blocks of parts (engine/rcache.c) */
+	rcache rcache;
 	/* tests: TALLY_CRASH_AT names a step where the process kills itself */
 	char *crash_at;
 	/* tiering to object storage (engine/tier.c); NULL when off */
