@@ -41,6 +41,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "tally_base.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -57,22 +59,7 @@ extern "C" {
 
 /* ---------------------------------------------------------------- errors */
 
-/* tally's own codes sit far below any errno, LMDB-style. */
-#define TALLY_OK        0
-#define TALLY_ERR_BASE  (-30800)
-#define TALLY_EINVAL    (TALLY_ERR_BASE - 0)  /* bad argument or option */
-#define TALLY_ESYNTAX   (TALLY_ERR_BASE - 1)  /* malformed line protocol */
-#define TALLY_ETYPE     (TALLY_ERR_BASE - 2)  /* field changes type */
-#define TALLY_ELIMIT    (TALLY_ERR_BASE - 3)  /* a size or count limit */
-#define TALLY_ECORRUPT  (TALLY_ERR_BASE - 4)  /* checksum or format error on disk */
-#define TALLY_ENOTFOUND (TALLY_ERR_BASE - 5)  /* no such table, field or level */
-#define TALLY_EFULL     (TALLY_ERR_BASE - 6)  /* memory bound reached: back off */
-#define TALLY_EFAILED   (TALLY_ERR_BASE - 7)  /* handle failed earlier; reopen */
-#define TALLY_ETRUNC    (TALLY_ERR_BASE - 8)  /* result did not fit the buffer */
-#define TALLY_ELOCKED   (TALLY_ERR_BASE - 9)  /* directory in use by another process */
-#define TALLY_EVERSION  (TALLY_ERR_BASE - 10) /* file of an unknown format version */
-#define TALLY_EREMOTE   (TALLY_ERR_BASE - 11) /* object storage failed or unreachable */
-#define TALLY_ERR_LAST  TALLY_EREMOTE
+/* The codes (TALLY_OK, TALLY_E*) are in tally_base.h, shared with storage/. */
 
 /* Names any return code: 0, -errno or TALLY_E*. Never NULL; static storage. */
 TALLY_API const char *tally_strerror(int err);
@@ -83,8 +70,8 @@ TALLY_API const char *tally_errmsg(void);
 
 /* ---------------------------------------------------------------- options */
 
-/* Rollup levels: window widths in ns; each must divide the next. */
-#define TALLY_LEVELS_MAX 8
+/* Rollup levels: window widths in ns; each must divide the next (at most
+ * TALLY_LEVELS_MAX, tally_base.h). */
 #define TALLY_NS_PER_SEC INT64_C(1000000000)
 #define TALLY_5M         (300 * TALLY_NS_PER_SEC)
 #define TALLY_1H         (3600 * TALLY_NS_PER_SEC)
@@ -94,10 +81,6 @@ enum tally_sync_mode {
 	TALLY_SYNC_ON_REQUEST = 0, /* durable at tally_db_sync (group commit) */
 	TALLY_SYNC_EACH_WRITE = 1, /* every write call fsyncs before returning */
 };
-
-enum tally_log_level { TALLY_LOG_ERROR = 0, TALLY_LOG_WARN = 1, TALLY_LOG_INFO = 2 };
-
-typedef void tally_log_fn(void *ctx, int level, const char *msg);
 
 typedef struct tally_options {
 	/* Number of write shards; 0 means 1. Each has its own memtable,
@@ -267,16 +250,7 @@ typedef struct tally_write_result {
 TALLY_API int tally_write_lp(tally_writer *w, const char *text, size_t len,
 			     enum tally_precision prec, tally_write_result *res);
 
-enum tally_type {
-	TALLY_T_NONE = 0,
-	TALLY_T_F64 = 1,
-	TALLY_T_I64 = 2,
-	TALLY_T_U64 = 3,
-	TALLY_T_BOOL = 4,
-	TALLY_T_STR = 5, /* string field */
-	TALLY_T_TAG = 6, /* tag (string) */
-};
-
+/* A column of a batch; its type is an enum tally_type (tally_base.h). */
 typedef struct tally_column {
 	const char *name;
 	enum tally_type type;   /* F64, I64, U64, BOOL (uint8_t 0/1), STR or TAG */
