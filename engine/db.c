@@ -36,18 +36,50 @@
 /* binary batches are sliced at COMMIT_ROWS: whole bytes of their bitmaps */
 _Static_assert(COMMIT_ROWS % 8 == 0, "slices must start on a bitmap byte");
 
-TALLY_API void tally_options_init(tally_options *opt)
+TALLY_API void tally_options_init_sized(tally_options *opt, size_t size)
 {
-	memset(opt, 0, sizeof *opt);
-	opt->shards = 1;
-	opt->n_levels = 3;
-	opt->levels[0] = TALLY_5M;
-	opt->levels[1] = TALLY_1H;
-	opt->levels[2] = TALLY_1D;
-	opt->memory_limit = DEFAULT_MEMORY_LIMIT;
-	opt->max_line_bytes = DEFAULT_MAX_LINE;
-	opt->sync_mode = TALLY_SYNC_ON_REQUEST;
-	opt->log_level = TALLY_LOG_WARN;
+	if (size < sizeof opt->size)
+		return;
+	tally_options d = {.size = sizeof d};
+	d.shards = 1;
+	d.n_levels = 3;
+	d.levels[0] = TALLY_5M;
+	d.levels[1] = TALLY_1H;
+	d.levels[2] = TALLY_1D;
+	d.memory_limit = DEFAULT_MEMORY_LIMIT;
+	d.max_line_bytes = DEFAULT_MAX_LINE;
+	d.sync_mode = TALLY_SYNC_ON_REQUEST;
+	d.log_level = TALLY_LOG_WARN;
+	/* past our struct: options of a newer header, whose 0 is their default */
+	memset(opt, 0, size);
+	memcpy(opt, &d, size < sizeof d ? size : sizeof d);
+	opt->size = size;
+}
+
+/* The caller's options into *dst: the first opt->size bytes over the
+ * defaults. A caller built against a newer tally.h may pass a bigger
+ * struct; its options we do not know must be 0 (their default), or it
+ * would believe in a setting we ignore. */
+static int options_take(tally_options *dst, const tally_options *opt)
+{
+	tally_options_init(dst);
+	if (!opt)
+		return 0;
+	if (opt->size < TALLY_OPTIONS_SIZE_0_1)
+		return err_set(TALLY_EINVAL,
+			       "tally_options.size is %zu, less than any tally.h's (%zu): "
+			       "fill the options with tally_options_init first",
+			       opt->size, (size_t)TALLY_OPTIONS_SIZE_0_1);
+	for (size_t i = sizeof *dst; i < opt->size; i++)
+		if (((const unsigned char *)opt)[i])
+			return err_set(TALLY_EINVAL,
+				       "tally_options: byte %zu of %zu is set, past the %zu this "
+				       "libtally %d.%d knows: an option of a newer tally.h",
+				       i, opt->size, sizeof *dst, TALLY_VERSION_MAJOR,
+				       TALLY_VERSION_MINOR);
+	memcpy(dst, opt, opt->size < sizeof *dst ? opt->size : sizeof *dst);
+	dst->size = sizeof *dst;
+	return 0;
 }
 
 static int check_options(tally_options *o, levels *L)
@@ -308,10 +340,9 @@ TALLY_API int tally_db_open(const char *dir, const tally_options *opt, tally_db 
 	pthread_cond_init(&db->bg_cond, NULL);
 	int rc;
 	char path[PATH_MAX];
-	if (opt)
-		db->opt = *opt;
-	else
-		tally_options_init(&db->opt);
+	if ((rc = options_take(&db->opt, opt)))
+		goto fail;
+	const char *table_keys = db->opt.table_keys;
 	db->opt.table_keys = NULL; /* copied into the catalog below */
 	if ((rc = check_options(&db->opt, &db->L)))
 		goto fail;
@@ -320,7 +351,7 @@ TALLY_API int tally_db_open(const char *dir, const tally_options *opt, tally_db 
 		rc = err_set(-ENOMEM, "out of memory");
 		goto fail;
 	}
-	if ((rc = catalog_init(&db->cat, opt ? opt->table_keys : NULL)))
+	if ((rc = catalog_init(&db->cat, table_keys)))
 		goto fail;
 	if ((rc = mkdir_p(dir)))
 		goto fail;
@@ -975,7 +1006,7 @@ static int count_key(strmap *set, uint32_t table, const char *key, uint32_t len,
 	return 0;
 }
 
-TALLY_API int tally_db_stats(tally_db *db, tally_stats *out)
+static int stats_collect(tally_db *db, tally_stats *out)
 {
 	err_clear();
 	memset(out, 0, sizeof *out);
@@ -1058,5 +1089,19 @@ TALLY_API int tally_db_stats(tally_db *db, tally_stats *out)
 	out->prefault_pending = atomic_load(&db->prefault_pending);
 	out->rejected_lines = atomic_load(&db->rejected_lines);
 	out->shards = db->n_shards;
+	return rc;
+}
+
+TALLY_API int tally_db_stats_sized(tally_db *db, tally_stats *out, size_t size)
+{
+	if (size < sizeof out->size)
+		return err_set(TALLY_EINVAL, "tally_db_stats: size %zu holds no tally_stats", size);
+	tally_stats all;
+	int rc = stats_collect(db, &all);
+	/* an older header's struct gets its part; a newer one's tail is 0 */
+	size_t n = size < sizeof all ? size : sizeof all;
+	memcpy(out, &all, n);
+	memset((char *)out + n, 0, size - n);
+	out->size = n;
 	return rc;
 }

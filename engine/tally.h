@@ -82,7 +82,15 @@ enum tally_sync_mode {
 	TALLY_SYNC_EACH_WRITE = 1, /* every write call fsyncs before returning */
 };
 
+/* Options and stats grow at their end with new releases, without breaking
+ * programs built against an older tally.h (docs/api.md): each struct starts
+ * with its size as the program was compiled, so the library reads and
+ * writes only the bytes the program has. */
 typedef struct tally_options {
+	/* sizeof(tally_options) as the program was compiled; set by
+	 * tally_options_init. The library reads only the fields this covers
+	 * and takes the defaults for the rest. */
+	size_t size;
 	/* Number of write shards; 0 means 1. Each has its own memtable,
 	 * rollups and WAL. */
 	unsigned shards;
@@ -165,15 +173,30 @@ typedef struct tally_options {
 	uint64_t tier_part_bytes;
 } tally_options;
 
-/* Fills *opt with the defaults. */
-TALLY_API void tally_options_init(tally_options *opt);
+/* The size of the first released layout (0.1), ending at tier_part_bytes:
+ * tally_db_open refuses a smaller opt->size. */
+#define TALLY_OPTIONS_SIZE_0_1 (offsetof(tally_options, tier_part_bytes) + sizeof(uint64_t))
+
+/* Fills the first size bytes at opt with the defaults (bytes past the
+ * library's own tally_options with 0) and sets opt->size = size. Called
+ * through tally_options_init. */
+TALLY_API void tally_options_init_sized(tally_options *opt, size_t size);
+
+/* Fills *opt with the defaults and opt->size with this header's size. */
+static inline void tally_options_init(tally_options *opt)
+{
+	tally_options_init_sized(opt, sizeof *opt);
+}
 
 /* ---------------------------------------------------------------- database */
 
 typedef struct tally_db tally_db;
 
 /* Opens (creating if needed) the database in directory dir, replays the WAL
- * exactly once and returns the handle in *out. opt NULL means defaults.
+ * exactly once and returns the handle in *out. opt NULL means defaults;
+ * else opt->size must be set (tally_options_init does), and options past
+ * the library's own struct (from a newer tally.h) must be 0: otherwise
+ * TALLY_EINVAL.
  * The directory is locked against other processes (TALLY_ELOCKED).
  * On failure *out is NULL and nothing needs cleaning up. */
 TALLY_API int tally_db_open(const char *dir, const tally_options *opt, tally_db **out);
@@ -352,6 +375,10 @@ TALLY_API void tally_scan_close(tally_scan *s);
 /* ---------------------------------------------------------------- stats */
 
 typedef struct tally_stats {
+	/* Bytes of this struct the library filled, set by tally_db_stats: a
+	 * field at or past it (one a libtally older than this header does not
+	 * know) was not filled and reads 0. TALLY_STAT_FILLED tells. */
+	size_t size;
 	uint64_t events;         /* accepted since creation (WAL included) */
 	uint64_t late_events;    /* of which late (see late_threshold) */
 	uint64_t rejected_lines; /* since open */
@@ -397,7 +424,21 @@ typedef struct tally_stats {
 	uint64_t s3_requests, s3_retries, s3_errors;
 } tally_stats;
 
-TALLY_API int tally_db_stats(tally_db *db, tally_stats *out);
+/* Fills the first size bytes at out with the database's figures, 0 where
+ * the library has none, and out->size with the bytes it knows. Called
+ * through tally_db_stats. */
+TALLY_API int tally_db_stats_sized(tally_db *db, tally_stats *out, size_t size);
+
+/* Fills *out; every field of this header's tally_stats that the library
+ * knows (TALLY_STAT_FILLED). */
+static inline int tally_db_stats(tally_db *db, tally_stats *out)
+{
+	return tally_db_stats_sized(db, out, sizeof *out);
+}
+
+/* 1 when field of *st was filled by the library (see tally_stats.size). */
+#define TALLY_STAT_FILLED(st, field) \
+	(offsetof(tally_stats, field) + sizeof((st)->field) <= (st)->size)
 
 #ifdef __cplusplus
 }
