@@ -220,11 +220,13 @@ static int replay_record(void *ctx, uint64_t seq, const void *payload, size_t le
 	return shard_apply(rc->sh, &rc->batch);
 }
 
+#ifdef TALLY_TEST_HOOKS
 void db_crash_point(const tally_db *db, const char *step)
 {
 	if (db->crash_at && !strcmp(db->crash_at, step))
 		kill(getpid(), SIGKILL);
 }
+#endif
 
 /* Part files the manifest does not name are leftovers of a flush or merge
  * that did not commit: delete them. */
@@ -329,9 +331,11 @@ TALLY_API int tally_db_open(const char *dir, const tally_options *opt, tally_db 
 	if (!db)
 		return err_set(-ENOMEM, "out of memory");
 	db->lock_fd = -1;
+#ifdef TALLY_TEST_HOOKS
 	const char *crash = getenv("TALLY_CRASH_AT");
 	if (crash && *crash)
 		db->crash_at = mem_strndup(crash, strlen(crash));
+#endif
 	pthread_mutex_init(&db->man_mu, NULL);
 	pthread_mutex_init(&db->rc_mu, NULL);
 	arena_pool_init(&db->rc_pool, RC_READY);

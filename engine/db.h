@@ -68,15 +68,27 @@ struct tally_db {
 	uint32_t rc_nblk, rc_nblk_max, rc_cur; /* mapped, most, filling */
 	size_t rc_off;                         /* bytes used in the filling block */
 	int rc_refill;                         /* a ready block was taken */
-	/* tests: TALLY_CRASH_AT names a step where the process kills itself */
+	/* test builds: TALLY_CRASH_AT names a step where the process kills
+	 * itself. The field is in every build, so that objects compiled with
+	 * and without TALLY_TEST_HOOKS agree on this struct's layout. */
 	char *crash_at;
 	/* tiering to object storage (engine/tier.c); NULL when off */
 	struct tier *tier;
 };
 
+#ifdef TALLY_TEST_HOOKS
 /* Kills the process with SIGKILL if TALLY_CRASH_AT named this step: the
- * crash tests' way to stop a flush or merge between two of its writes. */
+ * crash tests' way to stop a flush or merge between two of its writes.
+ * Only the test build of the engine has it (engine/meson.build). */
 void db_crash_point(const tally_db *db, const char *step);
+#else
+/* libtally and tallyd have no crash points and never read TALLY_CRASH_AT. */
+static inline void db_crash_point(const tally_db *db, const char *step)
+{
+	(void)db;
+	(void)step;
+}
+#endif
 
 #define WT_LAYOUT 32 /* tag and field positions remembered per table */
 

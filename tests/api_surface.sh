@@ -2,16 +2,19 @@
 # api_surface.sh — libtally.so exports exactly the public API, and the
 # layers see only what they may.
 #
-#   tests/api_surface.sh LIBTALLY_SO TALLY_H LIBTALLY_MAP COMPILE_COMMANDS
+#   tests/api_surface.sh LIBTALLY_SO TALLY_H LIBTALLY_MAP COMPILE_COMMANDS TEST_BINARY
 #
 # 1. The dynamic symbols libtally.so defines (nm -D --defined-only) are
 #    exactly the functions tally.h declares with TALLY_API, and exactly the
 #    global names of the version script, each at a version of it: a new
 #    public function must be added to both (docs/api.md).
-# 2. storage/ is compiled with no include path into engine/ (tally.h is
+# 2. libtally.so holds no test hook: no db_crash_point symbol (local ones
+#    included) and no "TALLY_CRASH_AT" string, while TEST_BINARY, built
+#    on the tests' engine, holds both (so the check can see them).
+# 3. storage/ is compiled with no include path into engine/ (tally.h is
 #    out of its reach; it shares only storage/tally_base.h).
 set -euo pipefail
-so=$1 header=$2 map=$3 ccdb=$4
+so=$1 header=$2 map=$3 ccdb=$4 testbin=$5
 fail=0
 tmp=$(mktemp -d /tmp/tally-api-XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
@@ -43,6 +46,20 @@ if ! diff -u --label "TALLY_API in $header" --label "global in $map" "$tmp/heade
 fi
 if grep -v '@@\?TALLY_' "$tmp/dynsym"; then
   echo "FAIL: exports above carry no TALLY_ version (is the version script linked?)"
+  fail=1
+fi
+
+# Test hooks: in the tests' engine only.
+hooks() { # FILE: prints what of the crash hook FILE holds
+  { nm "$1" 2>/dev/null; nm -D "$1" 2>/dev/null; } | grep -ow 'db_crash_point' | head -1 || true
+  grep -aoF 'TALLY_CRASH_AT' "$1" | head -1 || true
+}
+if [ -n "$(hooks "$so")" ]; then
+  echo "FAIL: $so holds test hooks: $(hooks "$so" | tr '\n' ' ')"
+  fail=1
+fi
+if [ "$(hooks "$testbin" | wc -l)" != 2 ]; then
+  echo "FAIL: $testbin should hold db_crash_point and TALLY_CRASH_AT; holds: $(hooks "$testbin" | tr '\n' ' ')"
   fail=1
 fi
 
