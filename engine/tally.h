@@ -146,21 +146,20 @@ typedef struct tally_options {
 	int log_level; /* most verbose level logged; default TALLY_LOG_WARN */
 
 	/* Tiering to S3-compatible object storage (docs/operations.md,
-	 * "Tiering to object storage"). On when a bucket is given here or in
-	 * $TALLY_S3_BUCKET. A sealed partition whose end lies tier_after behind
-	 * its table's newest event has its raw columns uploaded, verified,
+	 * "Tiering to object storage"). On when a bucket is given. A sealed partition whose end
+	 * lies tier_after behind its table's newest event has its raw columns uploaded, verified,
 	 * recorded in the manifest and removed locally; rollups and indexes
 	 * stay local, so rollup queries never touch object storage. Strings
-	 * are copied at open; credentials are never logged. */
-	const char *tier_bucket;        /* NULL: $TALLY_S3_BUCKET */
-	const char *tier_endpoint;      /* NULL: $TALLY_S3_ENDPOINT, $AWS_ENDPOINT_URL_S3,
-					   $AWS_ENDPOINT_URL, else AWS S3 of the region */
-	const char *tier_region;        /* NULL: $AWS_REGION, $AWS_DEFAULT_REGION, us-east-1 */
-	const char *tier_prefix;        /* object key prefix, e.g. "tally/site1/";
-					   NULL: $TALLY_S3_PREFIX, else "" */
-	const char *tier_access_key;    /* NULL: $AWS_ACCESS_KEY_ID */
-	const char *tier_secret_key;    /* NULL: $AWS_SECRET_ACCESS_KEY */
-	const char *tier_session_token; /* NULL: $AWS_SESSION_TOKEN */
+	 * are copied at open; credentials are never logged. The library reads
+	 * no environment variable: a program that wants $AWS_ACCESS_KEY_ID
+	 * and the like passes them here (tallyd does, wire/conf.c). */
+	const char *tier_bucket;        /* NULL: tiering off */
+	const char *tier_endpoint;      /* NULL: AWS S3 of the region */
+	const char *tier_region;        /* NULL: us-east-1 */
+	const char *tier_prefix;        /* object key prefix, e.g. "tally/site1/"; NULL: "" */
+	const char *tier_access_key;    /* NULL: unsigned requests */
+	const char *tier_secret_key;    /* NULL: none */
+	const char *tier_session_token; /* NULL: none */
 	/* ns; 0: 7 days; negative: upload nothing (tiered data stays readable) */
 	int64_t tier_after;
 	/* Cold raw blocks kept in memory, bytes. 0: 64 MiB. */

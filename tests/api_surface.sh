@@ -11,7 +11,9 @@
 # 2. libtally.so holds no test hook: no db_crash_point symbol (local ones
 #    included) and no "TALLY_CRASH_AT" string, while TEST_BINARY, built
 #    on the tests' engine, holds both (so the check can see them).
-# 3. storage/ is compiled with no include path into engine/ (tally.h is
+# 3. libtally.so reads no S3 environment variable (tallyd's settings do,
+#    wire/conf.c): none of their names is in it.
+# 4. storage/ is compiled with no include path into engine/ (tally.h is
 #    out of its reach; it shares only storage/tally_base.h).
 set -euo pipefail
 so=$1 header=$2 map=$3 ccdb=$4 testbin=$5
@@ -62,6 +64,15 @@ if [ "$(hooks "$testbin" | wc -l)" != 2 ]; then
   echo "FAIL: $testbin should hold db_crash_point and TALLY_CRASH_AT; holds: $(hooks "$testbin" | tr '\n' ' ')"
   fail=1
 fi
+
+# The environment is tallyd's business, not the library's.
+for v in TALLY_S3_BUCKET TALLY_S3_ENDPOINT TALLY_S3_PREFIX AWS_REGION AWS_DEFAULT_REGION \
+  AWS_ENDPOINT_URL AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_SESSION_TOKEN; do
+  if grep -qaF "$v" "$so"; then
+    echo "FAIL: $so names the environment variable $v"
+    fail=1
+  fi
+done
 
 # compile_commands.json: one object per translation unit; storage/'s must
 # name no include directory ending in engine.
