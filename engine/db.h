@@ -90,27 +90,27 @@ static inline void db_crash_point(const tally_db *db, const char *step)
 }
 #endif
 
-#define WT_LAYOUT 32 /* tag and field positions remembered per table */
+#define STAGE_LAYOUT 32 /* tag and field positions remembered per table */
 
-typedef struct wtable {
+typedef struct stage_table {
 	table_def *def;
 	strmap cols; /* name -> col_def*, this writer's cache of the catalog */
 	/* The previous line's columns by position: lines of one table mostly
 	 * repeat their layout, so a name compare replaces a hash lookup. */
-	col_def *tag_at[WT_LAYOUT];
-	col_def *field_at[WT_LAYOUT];
-} wtable;
+	col_def *tag_at[STAGE_LAYOUT];
+	col_def *field_at[STAGE_LAYOUT];
+} stage_table;
 
 struct tally_writer {
 	tally_db *db;
 	shard *sh;
 	lp_parser ps;
 	lp_line *line;
-	wbatch batch;
-	strmap tables; /* name -> wtable* */
-	wtable *last;  /* the table of the previous line */
-	wtable **wtables;
-	uint32_t n_wtables, cap_wtables;
+	stage_batch batch;
+	strmap tables;     /* name -> stage_table* */
+	stage_table *last; /* the table of the previous line */
+	stage_table **stage_tables;
+	uint32_t n_stage_tables, cap_stage_tables;
 	char *enc;
 	size_t enc_cap;
 };
