@@ -136,7 +136,8 @@ typedef struct tally_options {
 	/* 1: after open, a background thread faults in each shard's first
 	 * memtable's memory (memtable_bytes) ahead of the writers. Fresh
 	 * memory costs a page fault and a zeroing on first touch, on the
-	 * writer's thread (about 2 ms per MiB on a virtual machine); the
+	 * writer's thread (2 ms per MiB measured on one virtual machine;
+	 * it varies with the host and its huge pages); the
 	 * memory of flushed memtables is reused, so this only brings a new
 	 * process to where a running one is. Ignored with no_background. */
 	int prefault;
