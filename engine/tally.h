@@ -34,6 +34,11 @@
  *    durable (survives kill -9 and power loss) after a later tally_db_sync()
  *    returned 0, or, with sync_mode TALLY_SYNC_EACH_WRITE, when the write
  *    itself returned.
+ *
+ *  - Growth: tally_options and tally_stats gain fields at their end in
+ *    later releases; each starts with its size as the program was compiled
+ *    (set by tally_options_init and tally_db_stats), so a program keeps
+ *    working with a newer libtally.so unrebuilt. docs/api.md has the rules.
  */
 #ifndef TALLY_H
 #define TALLY_H
