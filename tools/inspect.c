@@ -26,6 +26,7 @@
 #include "inspect.h"
 #include "manifest.h"
 #include "part.h"
+#include "tally.h"
 
 typedef struct colsum {
 	char name[256];

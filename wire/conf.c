@@ -99,8 +99,8 @@ static const struct conf_item {
 	{"prefault", K_BOOL, offsetof(srv_conf, prefault),
 	 "on start, fault in each shard's first memtable of memory in the background, "
 	 "so that writers do not (on or off; default on)"},
-	/* Tiering (docs/operations.md). Unset: the engine's environment
-	 * variable, named in the help, else its default. */
+	/* Tiering (docs/operations.md). Unset: the environment variables of
+	 * conf_envs, named in the help too, else the engine's default. */
 	{"tier-bucket", K_STR, offsetof(srv_conf, tier_bucket),
 	 "S3 bucket for old raw data; tiering is on when set (default $TALLY_S3_BUCKET, "
 	 "else off)"},
@@ -463,6 +463,50 @@ void conf_usage(void)
 	       "Example: tallyd --data /var/lib/tally --sync-interval 200ms\n");
 }
 
+/* The settings the environment gives when the file and the flags do not:
+ * the first set variable of the list wins. The engine reads no
+ * environment; these are the names AWS tools and tally users expect. */
+static const struct conf_env {
+	const char *setting; /* a K_STR or K_SECRET of conf_items */
+	const char *vars;    /* space-separated */
+} conf_envs[] = {
+	{"tier-bucket", "TALLY_S3_BUCKET"},
+	{"tier-endpoint", "TALLY_S3_ENDPOINT AWS_ENDPOINT_URL_S3 AWS_ENDPOINT_URL"},
+	{"tier-region", "AWS_REGION AWS_DEFAULT_REGION"},
+	{"tier-prefix", "TALLY_S3_PREFIX"},
+	{"tier-access-key", "AWS_ACCESS_KEY_ID"},
+	{"tier-secret-key", "AWS_SECRET_ACCESS_KEY"},
+	{"tier-session-token", "AWS_SESSION_TOKEN"},
+};
+
+/* Fills the settings of conf_envs still unset from the environment; each
+ * value is checked like a flag's, and an error names its variable. */
+static int conf_env(srv_conf *c)
+{
+	for (size_t i = 0; i < sizeof conf_envs / sizeof conf_envs[0]; i++) {
+		const struct conf_item *it = NULL;
+		for (size_t k = 0; k < CONF_N && !it; k++)
+			if (!strcmp(conf_items[k].name, conf_envs[i].setting))
+				it = &conf_items[k];
+		if (!it || *(char **)((char *)c + it->off))
+			continue;
+		for (const char *n = conf_envs[i].vars; *n;) {
+			size_t len = strcspn(n, " ");
+			char name[64], where[96];
+			snprintf(name, sizeof name, "%.*s", (int)len, n);
+			n += len + (n[len] == ' ');
+			const char *v = getenv(name);
+			if (!v || !*v)
+				continue;
+			snprintf(where, sizeof where, "environment variable %s", name);
+			if (conf_set(c, it->name, v, where))
+				return -1;
+			break;
+		}
+	}
+	return 0;
+}
+
 int conf_parse_args(srv_conf *c, int argc, char **argv)
 {
 	/* The config file first, wherever --config stands. */
@@ -526,6 +570,8 @@ int conf_parse_args(srv_conf *c, int argc, char **argv)
 		if (conf_set(c, name, value, NULL))
 			return -1;
 	}
+	if (conf_env(c))
+		return -1;
 	if (!c->bind && !(c->bind = strdup("127.0.0.1")))
 		return -1;
 	if (!c->data && !(c->data = strdup("./data")))

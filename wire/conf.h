@@ -70,8 +70,9 @@ void conf_free(srv_conf *c);
 void conf_wipe(char **s);
 
 /* Reads argv (and the file named by --config, whose settings the flags
- * override). Returns 0, 1 when --help or --version was printed (exit 0),
- * or -1 after printing the error to stderr (exit 2). */
+ * override), then the environment variables of the settings still unset
+ * (the S3 ones: $TALLY_S3_BUCKET, $AWS_ACCESS_KEY_ID, ...). Returns 0, 1 when --help or --version
+ * was printed (exit 0), or -1 after printing the error to stderr (exit 2). */
 int conf_parse_args(srv_conf *c, int argc, char **argv);
 
 /* Sets one setting by its name ("port", "max-line-bytes" or

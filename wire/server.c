@@ -851,7 +851,7 @@ int srv_open(srv *s, srv_conf *conf)
 		memcpy(o.levels, conf->levels, sizeof o.levels);
 	}
 	o.flush_interval_ms = conf->flush_ms;
-	/* NULL and 0 leave the engine's defaults and environment variables */
+	/* NULL and 0 leave the engine's defaults (conf_env took the environment) */
 	o.tier_bucket = conf->tier_bucket;
 	o.tier_endpoint = conf->tier_endpoint;
 	o.tier_region = conf->tier_region;
