@@ -788,6 +788,7 @@ static void cli_usage(FILE *f)
 		   "  --precision P         timestamps of written lines: ns (default), us, ms, s\n"
 		   "  --csv, --json         query output as CSV or JSON instead of a table\n"
 		   "  -q, --quiet           no progress bar or row counts\n"
+		   "  --version             print the version and exit\n"
 		   "\n"
 		   "Exit status: 0 ok, 1 error, 2 usage, 3 write finished with rejected lines.\n"
 		   "Example: tally write speeds.lp && tally query series traffic speed KV00123 1h "
@@ -821,6 +822,9 @@ int main(int argc, char **argv)
 			o.quiet = 1;
 		} else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
 			cli_usage(stdout);
+			return 0;
+		} else if (!strcmp(a, "--version")) {
+			printf("tally %s\n", TALLY_VERSION_STRING);
 			return 0;
 		} else if (!strcmp(a, "--")) {
 			while (++i < argc && n < 255)
