@@ -36,6 +36,10 @@ Test(times, unix_seconds_read_as_ns_are_refused_with_a_hint)
 	cr_assert(strstr(err, "write 1735776000000ms (2025-01-02T00:00:00Z)"), "%s", err);
 	cr_assert_neq(parse("#!keys t f 1735689600000000 1h", &r, err), 0);
 	cr_assert(strstr(err, "write 1735689600000000us (2025-01-01T00:00:00Z)"), "%s", err);
+	/* no unit gives a time int64 ns can hold: the hint names the units
+	 * (found by fuzz_cmd: the us reading overflowed) */
+	cr_assert_neq(parse("#!scan t k 14446444000004406 1h", &r, err), 0);
+	cr_assert(strstr(err, "give its unit: 14446444000004406s, ms, us or ns"), "%s", err);
 	int64_t t;
 	cr_assert_neq(cmd_parse_time("1735689600", 0, &t), 0);
 	cr_assert_neq(cmd_parse_time("-1735689600", 0, &t), 0);

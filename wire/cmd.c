@@ -800,28 +800,32 @@ static int cmd_name_arg(const char *what, const char *s, char *err, size_t cap)
 }
 
 /* The reason a time argument is refused. A bare integer that looks like
- * Unix seconds, ms or us read as ns gets the reading it probably meant. */
+ * Unix seconds, ms or us read as ns gets the first of those readings that
+ * is a time tally can hold (int64 ns), which is the one it probably meant. */
 static int cmd_time_fail(const char *what, const char *s, const char *also, char *err, size_t cap)
 {
-	int64_t v;
+	static const struct {
+		const char *u, *name;
+		int64_t ns;
+	} units[] = {{"s", "seconds", NS_PER_SEC}, {"ms", "ms", 1000000}, {"us", "us", 1000}};
+	int64_t v, t;
 	int unit;
 	if (!cmd_epoch(s, &v, &unit) && !unit && cmd_ns_implausible(v)) {
-		int64_t a = v < 0 ? -v : v;
-		const char *u = a < INT64_C(100000000000)      ? "s"
-				: a < INT64_C(100000000000000) ? "ms"
-							       : "us";
-		int64_t mult = u[0] == 's' ? NS_PER_SEC : u[0] == 'm' ? 1000000 : 1000;
 		char as_ns[40], meant[40];
 		cmd_format_time(v, as_ns);
-		cmd_format_time(v * mult, meant); /* |v| < 1e17 / mult: no overflow */
-		return cmd_fail(err, cap,
-				"%s: %s read as nanoseconds is %s; for %s since the epoch "
-				"write %s%s (%s); units ns, us, ms, s",
-				what, s, as_ns,
-				u[0] == 's'   ? "seconds"
-				: u[0] == 'm' ? "ms"
-					      : "us",
-				s, u, meant);
+		for (size_t i = 0; i < sizeof units / sizeof units[0]; i++)
+			if (!__builtin_mul_overflow(v, units[i].ns, &t)) {
+				cmd_format_time(t, meant);
+				return cmd_fail(
+					err, cap,
+					"%s: %s read as nanoseconds is %s; for %s since the "
+					"epoch write %s%s (%s); units ns, us, ms, s",
+					what, s, as_ns, units[i].name, s, units[i].u, meant);
+			}
+		return cmd_fail(
+			err, cap,
+			"%s: %s read as nanoseconds is %s; give its unit: %ss, ms, us or ns", what,
+			s, as_ns, s);
 	}
 	return cmd_fail(err, cap,
 			"%s: invalid time%s '%.40s' (RFC 3339 like 2023-11-14T00:00:00Z, "
