@@ -4,9 +4,11 @@
 # option their program's --help lists, so a new flag cannot go
 # undocumented.
 #
-#   tests/tools/man_test.sh SOURCE_DIR BUILD_DIR
+#   tests/tools/man_test.sh SOURCE_DIR BUILD_DIR VERSION
+#
+# VERSION is meson's project version; each page's title line names it.
 set -euo pipefail
-src=$1 build=$2
+src=$1 build=$2 version=$3
 fail() { echo "FAIL: $*"; exit 1; }
 command -v groff >/dev/null || { echo "skipped: groff is not installed"; exit 77; }
 command -v man >/dev/null || { echo "skipped: man is not installed"; exit 77; }
@@ -14,6 +16,7 @@ command -v man >/dev/null || { echo "skipped: man is not installed"; exit 77; }
 for page in tally.1 tally-gen.1 tallyd.8; do
   f=$src/man/$page
   [ -f "$f" ] || fail "$page is missing"
+  grep -q "^\.TH .* \"tally $version\"" "$f" || fail "$page's .TH line does not say \"tally $version\""
   w=$(groff -man -ww -z "$f" 2>&1) || fail "groff failed on $page: $w"
   [ -z "$w" ] || fail "groff warns on $page: $w"
   w=$(MANWIDTH=80 man --warnings -l "$f" 2>&1 >/dev/null) || fail "man -l failed on $page: $w"

@@ -66,6 +66,19 @@ for v in shared static; do
   [ "$got" = "$want" ] || fail "hello-$v printed '$got', want '$want'"
 done
 
+# The installed config file is one tallyd accepts (the unit starts tallyd
+# with it; flags win, so the store and port here are the test's).
+"$sbindir/tallyd" --config "$etc/tally/tallyd.conf" --data "$tmp/data" --port 0 \
+  --port-file "$tmp/port" --prefault off --log-level warn 2>"$tmp/tallyd.log" &
+pid=$!
+for _ in $(seq 1 3000); do [ -s "$tmp/port" ] || ! kill -0 "$pid" 2>/dev/null && break; sleep 0.01; done
+if [ ! -s "$tmp/port" ]; then
+  kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
+  fail "tallyd did not start with the installed tallyd.conf: $(cat "$tmp/tallyd.log")"
+fi
+kill -TERM "$pid"; st=0; wait "$pid" || st=$?
+[ "$st" = 0 ] || fail "tallyd with the installed tallyd.conf exited $st: $(cat "$tmp/tallyd.log")"
+
 # The unit: every directive known, the binary where ExecStart says (moved
 # into the DESTDIR for the check), its man page found.
 unit=$unitdir/tallyd.service
