@@ -18,13 +18,10 @@ for p in tools/tally tools/tally-gen tools/tally-inspect wire/tallyd; do
   [ "$got" = "$name $version" ] || fail "$name --version printed '$got', want '$name $version'"
 done
 
+# shellcheck source=tallyd.sh
+. "$(dirname "$0")/tallyd.sh"
 tmp=$(mktemp -d /tmp/tally-cli-XXXXXX)
-pid=
-cleanup() {
-  if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
+trap 'tallyd_kill; rm -rf "$tmp"' EXIT
 
 # inspect_missing_dir_fails: it used to print an empty report and exit 0.
 for inspect in "$tally inspect" "$build/tools/tally-inspect"; do
@@ -37,12 +34,8 @@ for inspect in "$tally inspect" "$build/tools/tally-inspect"; do
   [[ "$out" == *"not a tally data directory"* ]] || fail "message: $out"
 done
 
-"$tallyd" --data "$tmp/data" --port 0 --port-file "$tmp/port" --shards 1 --prefault off \
-  --log-level warn 2>"$tmp/log" &
-pid=$!
-for _ in $(seq 1 3000); do [ -s "$tmp/port" ] && break; sleep 0.01; done
-[ -s "$tmp/port" ] || { cat "$tmp/log"; fail "tallyd did not start"; }
-port=$(cat "$tmp/port")
+tallyd_start "$tallyd" "$tmp" --shards 1
+port=$tallyd_port
 printf 'traffic,camera=KV1 speed=80 1735689600000000000\ntraffic,camera=KV1 speed=90 1735689660000000000\n' \
   >"$tmp/ev.lp"
 "$tally" --port "$port" -q write "$tmp/ev.lp" 2>/dev/null
@@ -58,6 +51,5 @@ for range in "1735689600s 1d" "1735689600000ms 1735776000000ms" "173568960000000
 done
 # a fresh store inspects cleanly
 "$tally" inspect "$tmp/data" >/dev/null || fail "inspect of a store failed"
-kill -TERM "$pid"; st=0; wait "$pid" || st=$?; pid=
-[ "$st" = 0 ] || fail "tallyd exited $st"
+tallyd_stop
 echo "versions, inspect of non-stores, Unix seconds in queries: ok"

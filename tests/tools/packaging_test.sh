@@ -15,8 +15,10 @@ src=$1 build=$2
 unset LD_LIBRARY_PATH # meson test points it at the build's libtally: use the installed one
 fail() { echo "FAIL: $*"; exit 1; }
 command -v pkg-config >/dev/null || { echo "skipped: pkg-config is not installed"; exit 77; }
+# shellcheck source=tallyd.sh
+. "$(dirname "$0")/tallyd.sh"
 tmp=$(mktemp -d /tmp/tally-install-XXXXXX)
-trap 'rm -rf "$tmp"' EXIT
+trap 'tallyd_kill; rm -rf "$tmp"' EXIT
 root=$tmp/root
 abs() { case $1 in /*) echo "$1" ;; *) echo "$PREFIX/$1" ;; esac; }
 bindir=$root$(abs "$BINDIR") sbindir=$root$(abs "$SBINDIR") libdir=$root$(abs "$LIBDIR")
@@ -68,16 +70,8 @@ done
 
 # The installed config file is one tallyd accepts (the unit starts tallyd
 # with it; flags win, so the store and port here are the test's).
-"$sbindir/tallyd" --config "$etc/tally/tallyd.conf" --data "$tmp/data" --port 0 \
-  --port-file "$tmp/port" --prefault off --log-level warn 2>"$tmp/tallyd.log" &
-pid=$!
-for _ in $(seq 1 3000); do [ -s "$tmp/port" ] || ! kill -0 "$pid" 2>/dev/null && break; sleep 0.01; done
-if [ ! -s "$tmp/port" ]; then
-  kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
-  fail "tallyd did not start with the installed tallyd.conf: $(cat "$tmp/tallyd.log")"
-fi
-kill -TERM "$pid"; st=0; wait "$pid" || st=$?
-[ "$st" = 0 ] || fail "tallyd with the installed tallyd.conf exited $st: $(cat "$tmp/tallyd.log")"
+tallyd_start "$sbindir/tallyd" "$tmp" --config "$etc/tally/tallyd.conf"
+tallyd_stop
 
 # The unit: every directive known, the binary where ExecStart says (moved
 # into the DESTDIR for the check), its man page found.
