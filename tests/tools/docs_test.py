@@ -5,10 +5,13 @@ fresh directory.
 
     tests/tools/docs_test.py SOURCE_DIR BUILD_DIR
 
-Every fenced ```sh block runs (bash -e -o pipefail), and every ```c block
-is compiled against the build's engine/tally.h and libtally and run, in a
-new temporary directory per file (the blocks of a file run in order and
-share it). In that directory ./build holds the build's programs, with
+Every fenced ```sh block runs, and every ```c block is compiled against
+the build's engine/tally.h and libtally and run. The blocks of a file run
+in order in one bash session (set -e -o pipefail), as a reader types them
+into one terminal: a server started in the background (`tallyd &`) in one
+block serves the next ones, until a block stops it (`kill %1`); whatever
+is left running at the end is stopped. Each file gets a new temporary
+directory as its working directory. In that directory ./build holds the build's programs, with
 tallyd and tally wrapped to use a free port of 127.0.0.1 (a developer's
 server may hold 8427) and tallyd told not to prefault. Markers on the lines
 just above a block (HTML comments, invisible when rendered):
@@ -19,6 +22,11 @@ just above a block (HTML comments, invisible when rendered):
 A block that fails, or lacks an expected text, fails the test with its
 file, line and output. Blocks that are not sh or c (line protocol, replies,
 config files) are not run.
+
+Ports: tallyd's defaults, 127.0.0.1:8427 (and the HTTP port 8429 when this
+tallyd has one, i.e. its --help lists --http-port), are where the examples
+say the server is; the test's tallyd listens on free ports instead, and
+"127.0.0.1:8427" / "127.0.0.1:8429" in a block are read as those ports.
 """
 import glob
 import os
@@ -68,6 +76,16 @@ def free_port():
         return s.getsockname()[1]
 
 
+def ports(build):
+    """{default port: free port} for the ports tallyd listens on."""
+    p = {8427: free_port()}
+    helptext = subprocess.run([os.path.join(build, "wire", "tallyd"), "--help"], capture_output=True,
+                              text=True).stdout
+    if "--http-port" in helptext:
+        p[8429] = free_port()
+    return p
+
+
 def farm(tmp, build, port):
     """./build in tmp: the build's programs; tallyd and tally wrapped."""
     for sub in ("wire", "tools", "engine"):
@@ -76,8 +94,9 @@ def farm(tmp, build, port):
             src = os.path.join(build, sub, f)
             if os.path.isfile(src) and os.access(src, os.X_OK) or f.startswith("libtally"):
                 os.symlink(src, os.path.join(tmp, "build", sub, f))
-    for sub, name, extra in (("wire", "tallyd", "--port %d --prefault off" % port),
-                             ("tools", "tally", "--port %d" % port)):
+    http = " --http-port %d" % port[8429] if 8429 in port else ""
+    for sub, name, extra in (("wire", "tallyd", "--port %d%s --prefault off" % (port[8427], http)),
+                             ("tools", "tally", "--port %d" % port[8427])):
         w = os.path.join(tmp, "build", sub, name)
         os.unlink(w)
         with open(w, "w") as f:
@@ -85,7 +104,8 @@ def farm(tmp, build, port):
         os.chmod(w, 0o755)
 
 
-def run_block(path, line, lang, text, tmp, src):
+def block_cmd(line, lang, text, tmp, src, port):
+    """The shell text that runs one block."""
     if lang == "c":
         c = os.path.join(tmp, "example-%d.c" % line)
         with open(c, "w") as f:
@@ -93,13 +113,59 @@ def run_block(path, line, lang, text, tmp, src):
         exe = c[:-2]
         lib = os.path.join(tmp, "build", "engine")
         # $TALLY_CFLAGS: the build's sanitizer flags, which its libtally needs
-        cmd = "cc -std=c11 -Wall -Wextra -Werror %s -I%s %s -L%s -ltally -Wl,-rpath,%s -o %s && %s" % (
+        return "cc -std=c11 -Wall -Wextra -Werror %s -I%s %s -L%s -ltally -Wl,-rpath,%s -o %s\n%s\n" % (
             os.environ.get("TALLY_CFLAGS", ""), os.path.join(src, "engine"), c, lib,
             os.path.dirname(os.path.realpath(os.path.join(lib, "libtally.so"))), exe, exe)
-    else:
-        cmd = text
-    return subprocess.run(["bash", "-e", "-o", "pipefail", "-c", cmd], cwd=tmp, stdin=subprocess.DEVNULL,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+    for default, real in port.items():
+        text = text.replace("127.0.0.1:%d" % default, "127.0.0.1:%d" % real)
+    return text
+
+
+BLOCK = "@@docs-test block %d@@"
+
+
+def run_file(todo, tmp, src, port):
+    """Runs the blocks [(line, lang, text, expect)] in one bash session.
+    Returns [(line, ok, why, output)] for the blocks that ran."""
+    script = ["set -e -o pipefail",
+              # background jobs a failing block leaves behind are stopped
+              "trap 'kill $(jobs -p) 2>/dev/null; wait' EXIT"]
+    for line, lang, text, _ in todo:
+        script.append("echo '%s'" % (BLOCK % line))
+        script.append(block_cmd(line, lang, text, tmp, src, port))
+    script.append("echo '%s'" % (BLOCK % 0))
+    p = subprocess.Popen(["bash", "-c", "\n".join(script)], cwd=tmp, stdin=subprocess.DEVNULL,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         start_new_session=True)
+    try:
+        out, _ = p.communicate(timeout=600)
+    finally:
+        try:  # anything of ours still running (a server's children): its group
+            os.killpg(p.pid, 15)
+        except ProcessLookupError:
+            pass
+    parts, cur, buf = {}, None, []
+    for l in out.splitlines():
+        m = re.match(r"^@@docs-test block (\d+)@@$", l)
+        if m:
+            if cur is not None:
+                parts[cur] = buf
+            cur, buf = int(m.group(1)), []
+        elif cur is not None:
+            buf.append(l)
+    if cur is not None:
+        parts[cur] = buf
+    res = []
+    marks = [t[0] for t in todo] + [0]
+    for i, (line, _, _, expect) in enumerate(todo):
+        if line not in parts:
+            break
+        o = "\n".join(parts[line])
+        finished = marks[i + 1] in parts  # the next block started: this one ended well
+        missing = [e for e in expect if e not in o]
+        why = "exit %d" % p.returncode if not finished else "output lacks %r" % missing if missing else ""
+        res.append((line, not why, why, o))
+    return res
 
 
 def main():
@@ -115,22 +181,22 @@ def main():
             continue
         tmp = tempfile.mkdtemp(prefix="tally-docs-")
         try:
-            farm(tmp, build, free_port())
+            port = ports(build)
+            farm(tmp, build, port)
+            run = []
             for line, lang, text, skip, expect in todo:
-                if skip is not None:
-                    if not skip:
-                        failures.append("%s:%d: 'not run' without a reason" % (rel, line))
-                    skipped += 1
+                if skip is None:
+                    run.append((line, lang, text, expect))
                     continue
-                ran += 1
-                r = run_block(path, line, lang, text, tmp, src)
-                missing = [e for e in expect if e not in r.stdout]
-                if r.returncode or missing:
+                if not skip:
+                    failures.append("%s:%d: 'not run' without a reason" % (rel, line))
+                skipped += 1
+            ran += len(run)
+            for line, ok, why, out in run_file(run, tmp, src, port) if run else []:
+                print("%s:%d: %s" % (rel, line, "ok" if ok else "FAILED"), flush=True)
+                if not ok:
                     failures.append("%s:%d: %s\n--- output (last 40 lines):\n%s" % (
-                        rel, line, "exit %d" % r.returncode if r.returncode else
-                        "output lacks %r" % missing, "\n".join(r.stdout.splitlines()[-40:])))
-                print("%s:%d %s: %s" % (rel, line, lang, "FAILED" if failures and failures[-1].startswith(
-                    "%s:%d:" % (rel, line)) else "ok"), flush=True)
+                        rel, line, why, "\n".join(out.splitlines()[-40:])))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     for f in failures:
