@@ -2,7 +2,7 @@
  * bench_tcp.c — tallyd over TCP: durable ingest rate, query latency and
  * queries per second.
  *
- * The workload is DESIGN.md's: 1,000 speed cameras over three days, a
+ * The workload is docs/workload.md's: 1,000 speed cameras over three days, a
  * tenth of them offline for three hours and sending their backlog last.
  * All line-protocol text is generated in memory before the clock starts,
  * one buffer per connection (cameras split across connections, each
