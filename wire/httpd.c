@@ -45,8 +45,12 @@ enum hstate {
 };
 
 typedef struct hconn {
-	char *buf; /* received, not yet consumed: a head, or a body, then what follows */
-	size_t len, cap;
+	/* Received, not yet consumed: a head, or a body, then what follows;
+	 * buf[0, cap) lies inside mem[0, mem_cap). A request is consumed by
+	 * moving buf on, never by moving the bytes behind it: a long pipeline
+	 * held in the buffer would be copied once per request. */
+	char *buf, *mem;
+	size_t len, cap, mem_cap;
 	enum hstate st;
 	int64_t head_since; /* monotonic ns of the head's first byte; 0: none yet */
 	int64_t t0;         /* the head was complete: the request's latency starts */
@@ -54,6 +58,10 @@ typedef struct hconn {
 	/* The request being served. */
 	enum http_ep ep;
 	unsigned v2 : 1, keep_alive : 1, chunked : 1, gzip : 1, head_only : 1, closing : 1;
+	/* Answers past reply-buffer-bytes are unsent: parse nothing more
+	 * until they are below half of it (resuming at each small send
+	 * would serve a few requests per send completion). */
+	unsigned out_full : 1;
 	enum tally_precision prec;
 	int64_t clen;
 	http_chunked ck;
@@ -96,16 +104,62 @@ static void h_fini(wconn *c)
 	hconn *h = H(c);
 	if (!h)
 		return;
-	free(h->buf);
+	free(h->mem);
 	free(h->gz);
 	free(h);
 	c->ps = NULL;
 }
 
+static void h_consume(hconn *h, size_t k)
+{
+	h->buf += k;
+	h->len -= k;
+	h->cap -= k;
+	if (h->len == 0) {
+		h->buf = h->mem;
+		h->cap = h->mem_cap;
+	}
+}
+
+/* Room for n more bytes at buf + len; -1 when out of memory. After a
+ * compaction the free room is kept at least half the buffer, so the bytes
+ * moved are paid for by as many received. */
+static int h_room(hconn *h, size_t n)
+{
+	if (h->len + n <= h->cap)
+		return 0;
+	size_t want = h->len + n;
+	if (h->buf != h->mem) {
+		memmove(h->mem, h->buf, h->len);
+		h->buf = h->mem;
+		h->cap = h->mem_cap;
+		if (want <= h->mem_cap / 2)
+			return 0;
+		want *= 2;
+	}
+	size_t cap = h->mem_cap ? h->mem_cap : 16384;
+	while (cap < want)
+		cap *= 2;
+	char *q = realloc(h->mem, cap);
+	if (!q)
+		return -1;
+	h->buf = h->mem = q;
+	h->cap = h->mem_cap = cap;
+	return 0;
+}
+
 static int h_paused(const wconn *c)
 {
-	return c->state != CONN_OPEN || c->sync_ticket || c->retry_at ||
-	       conn_unsent(c) > h_conf(c)->reply_bytes;
+	return c->state != CONN_OPEN || c->sync_ticket || c->retry_at || H(c)->out_full;
+}
+
+static void h_check_out(wconn *c)
+{
+	size_t unsent = conn_unsent(c), limit = h_conf(c)->reply_bytes;
+	if (unsent > limit)
+		H(c)->out_full = 1;
+	else if (unsent < limit / 2)
+		H(c)->out_full = 0;
 }
 
 static int h_wants_recv(const wconn *c)
@@ -543,18 +597,17 @@ static void h_finish_request(wconn *c)
 	hconn *h = H(c);
 	if (h->st == HS_HEAD)
 		return;
-	size_t rest = h->len - h->raw_at;
-	memmove(h->buf, h->buf + h->raw_at, rest);
-	h->len = rest;
+	h_consume(h, h->raw_at);
 	h->body_n = h->raw_at = 0;
 	h->st = HS_HEAD;
 	/* A big body leaves a big buffer: give it back between requests. */
-	if (h->cap > (1u << 20) && h->len < (64u << 10)) {
-		char *p = realloc(h->buf, 64u << 10);
-		if (p) {
-			h->buf = p;
-			h->cap = 64u << 10;
-		}
+	if (h->mem_cap > (1u << 20) && h->len < (16u << 10)) {
+		memmove(h->mem, h->buf, h->len);
+		char *p = realloc(h->mem, 64u << 10);
+		if (p)
+			h->mem = p;
+		h->buf = h->mem;
+		h->cap = h->mem_cap = p ? 64u << 10 : h->mem_cap;
 	}
 	if (h->gz_cap > (1u << 20)) {
 		free(h->gz);
@@ -575,10 +628,7 @@ static int h_head(wconn *c)
 	size_t lead = 0;
 	while (lead + 1 < h->len && h->buf[lead] == '\r' && h->buf[lead + 1] == '\n')
 		lead += 2;
-	if (lead) {
-		memmove(h->buf, h->buf + lead, h->len - lead);
-		h->len -= lead;
-	}
+	h_consume(h, lead);
 	if (h->len == 0)
 		return 0;
 	if (!h->head_since)
@@ -627,8 +677,7 @@ static int h_head(wconn *c)
 	int method_ok = is_write ? h_is(r.method, "POST") : get || h->ep == HEP_OTHER;
 	if (h->ep == HEP_PING && h_is(r.method, "POST"))
 		method_ok = 1; /* some clients ping with POST */
-	memmove(h->buf, h->buf + hl, h->len - (size_t)hl);
-	h->len -= (size_t)hl;
+	h_consume(h, (size_t)hl);
 	h->st = HS_BODY;
 	h->prec = prec;
 	if (!method_ok) {
@@ -688,7 +737,11 @@ static void h_step(wconn *c)
 {
 	hconn *h = H(c);
 	srv *s = c->sh->srv;
-	for (int guard = 0; guard < 256 && c->state == CONN_OPEN; guard++) {
+	/* Each turn serves a request or ends a wait, else stops: paused, or
+	 * short of bytes (the only way out with the connection open and
+	 * unpaused, which the EOF check below relies on). A long pipeline is
+	 * bounded by the pause at reply-buffer-bytes of answers. */
+	while (c->state == CONN_OPEN) {
 		if (c->sync_ticket) {
 			if (atomic_load_explicit(&s->sync_done, memory_order_acquire) <
 			    c->sync_ticket)
@@ -708,6 +761,7 @@ static void h_step(wconn *c)
 			h_write(c);
 			continue;
 		}
+		h_check_out(c);
 		if (h_paused(c))
 			break;
 		if (h->st == HS_HEAD && !h_head(c))
@@ -718,6 +772,7 @@ static void h_step(wconn *c)
 			h_serve(c);
 		}
 	}
+	h_check_out(c);
 	if (c->state == CONN_OPEN && c->eof && !h_paused(c)) {
 		/* The client is done sending: a request cut short is answered
 		 * (it can still read), an idle connection just closes. */
@@ -736,18 +791,10 @@ static void h_on_data(wconn *c, const char *p, size_t n)
 	c->last_active = srv_now();
 	if (c->state != CONN_OPEN || n == 0)
 		return; /* lingering: read only to be discarded */
-	if (h->len + n > h->cap) {
-		size_t cap = h->cap ? h->cap : 16384;
-		while (cap < h->len + n)
-			cap *= 2;
-		char *q = realloc(h->buf, cap);
-		if (!q) {
-			h_error(c, 500, "internal error", "out of memory", NULL, 1);
-			conn_linger_step(c);
-			return;
-		}
-		h->buf = q;
-		h->cap = cap;
+	if (h_room(h, n)) {
+		h_error(c, 500, "internal error", "out of memory", NULL, 1);
+		conn_linger_step(c);
+		return;
 	}
 	memcpy(h->buf + h->len, p, n);
 	h->len += n;
