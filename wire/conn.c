@@ -536,15 +536,34 @@ static void conn_stats(wconn *c)
 		conn_putf(c, 0, "ERR line %" PRIu64 ": stats: %s", c->lines + 1, conn_errmsg(rc));
 		return;
 	}
-	uint64_t sum[12] = {0};
+	uint64_t sum[18] = {0}, http_req = 0, http_err = 0;
 	for (unsigned i = 0; i < s->n_shards; i++) {
 		wstats *w = &s->shards[i].st;
-		_Atomic uint64_t *f[12] = {
-			&w->conns_total,    &w->conns_refused,   &w->bytes_in,    &w->bytes_out,
-			&w->lines_accepted, &w->lines_rejected,  &w->commands,    &w->queries,
-			&w->syncs,          &w->replies_dropped, &w->idle_closed, &w->full_waits};
-		for (int k = 0; k < 12; k++)
+		_Atomic uint64_t *f[18] = {&w->conns_total,
+					   &w->conns_refused,
+					   &w->bytes_in,
+					   &w->bytes_out,
+					   &w->lines_accepted,
+					   &w->lines_rejected,
+					   &w->commands,
+					   &w->queries,
+					   &w->syncs,
+					   &w->replies_dropped,
+					   &w->idle_closed,
+					   &w->full_waits,
+					   &w->http_conns,
+					   &w->http_lines_accepted,
+					   &w->http_lines_rejected,
+					   &w->http_gzip_bodies,
+					   &w->http_header_timeouts,
+					   &w->http_on_lp_port};
+		for (int k = 0; k < 18; k++)
 			sum[k] += atomic_load_explicit(f[k], memory_order_relaxed);
+		for (int e = 0; e < HEP_N; e++) {
+			http_req +=
+				atomic_load_explicit(&w->http[e].requests, memory_order_relaxed);
+			http_err += atomic_load_explicit(&w->http[e].errors, memory_order_relaxed);
+		}
 	}
 	struct {
 		const char *name;
@@ -600,6 +619,16 @@ static void conn_stats(wconn *c)
 		{"replies_dropped", sum[9]},
 		{"idle_closed", sum[10]},
 		{"full_waits", sum[11]},
+		/* HTTP (docs/http.md); per endpoint, with latencies, in the
+		 * shard stats (wstats.http) */
+		{"http_connections_total", sum[12]},
+		{"http_requests", http_req},
+		{"http_errors", http_err},
+		{"http_lines_accepted", sum[13]},
+		{"http_lines_rejected", sum[14]},
+		{"http_gzip_bodies", sum[15]},
+		{"http_header_timeouts", sum[16]},
+		{"http_on_line_protocol_port", sum[17]},
 		{"uptime_seconds", (uint64_t)((srv_now() - s->started) / 1000000000)},
 	};
 	text_raw(&t, "name\tvalue\n", 11);

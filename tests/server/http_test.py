@@ -112,6 +112,15 @@ class Server:
             return "no table '%s'" % table in r.stdout + r.stderr
         return r.stdout.strip().count("\n") == 0
 
+    def stats(self):
+        """#!stats as a dict of integers."""
+        env = dict(os.environ, TALLY_TOKEN=TOKEN)
+        r = subprocess.run([TALLY, "--port", str(self.port), "--csv", "stats"], capture_output=True,
+                           text=True, env=env, timeout=60)
+        check(r.returncode == 0, "tally stats: %s%s" % (r.stdout, r.stderr))
+        rows = [line.split(",") for line in r.stdout.strip().split("\n")[1:] if "," in line]
+        return {k: int(v) for k, v in rows}
+
     def check_model(self, table, model, what):
         """model: key -> list of speeds; checks every key's agg and the key
         count over the day."""
@@ -304,6 +313,11 @@ def mode_curl():
         check(st == 400 and ("port %d" % srv.http) in out, "HTTP on the TCP port: %s" % out)
         check(srv.absent("lpp"), "HTTP on the TCP port stored rows")
         check("line-protocol port" in open(srv.log).read(), "HTTP on the TCP port was not logged")
+        st = srv.stats()
+        check(st["http_on_line_protocol_port"] == 1 and st["http_gzip_bodies"] == 3
+              and st["http_requests"] >= 20 and st["http_errors"] >= 10
+              and st["http_lines_accepted"] >= 5800 and st["http_lines_rejected"] >= 2,
+              "#!stats: %s" % {k: v for k, v in st.items() if k.startswith("http")})
 
         step("limits and malformed input")
         never_reading_client(srv)
@@ -345,6 +359,7 @@ def mode_curl():
         s.close()
         check(got.startswith(b"HTTP/1.1 408"), "slowloris: %r" % got[:200])
         step("slowloris")
+        check(srv.stats()["http_header_timeouts"] == 1, "the slowloris was not counted")
         check(time.monotonic() - t < 25, "slowloris was not cut off")
     finally:
         srv.stop()
