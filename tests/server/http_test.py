@@ -59,8 +59,12 @@ def check(cond, msg):
 class Server:
     """tallyd on free ports, in its own directory, stopped by its PID."""
 
-    def __init__(self, *extra):
-        self.dir = tempfile.mkdtemp(prefix="tally-http-")
+    def __init__(self, *extra, reuse=None):
+        """reuse: a stopped Server whose directory (and data) this one takes."""
+        self.dir = reuse.dir if reuse else tempfile.mkdtemp(prefix="tally-http-")
+        for f in ("port", "http-port"):
+            if os.path.exists(os.path.join(self.dir, f)):
+                os.unlink(os.path.join(self.dir, f))
         self.log = os.path.join(self.dir, "tallyd.log")
         pf, hpf = os.path.join(self.dir, "port"), os.path.join(self.dir, "http-port")
         args = [TALLYD, "--data", os.path.join(self.dir, "data"), "--port", "0", "--port-file", pf,
@@ -78,7 +82,7 @@ class Server:
         self.port = int(open(pf).read())
         self.http = int(open(hpf).read())
 
-    def stop(self):
+    def stop(self, keep=False):
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -88,7 +92,8 @@ class Server:
                 self.proc.wait()
                 fail("tallyd did not stop within 30 s of SIGTERM")
             check(rc == 0, "tallyd exited with %d: %s" % (rc, open(self.log).read()))
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     def rss_kib(self):
         for line in open("/proc/%d/status" % self.proc.pid):
@@ -363,7 +368,64 @@ def mode_curl():
         check(time.monotonic() - t < 25, "slowloris was not cut off")
     finally:
         srv.stop()
+    sigterm_keeps_every_answered_write()
+    step("SIGTERM during writes")
     print("curl: every check passed")
+
+
+def sigterm_keeps_every_answered_write():
+    """Writes stream on a keep-alive connection while tallyd gets SIGTERM:
+    after a restart on the same data, every write answered 204 is there,
+    and every write is there whole or not at all."""
+    srv = Server()
+    acked, stop = [0], [False]
+
+    def writer():
+        s = socket.create_connection(("127.0.0.1", srv.http), timeout=30)
+        buf, i = b"", 0
+        try:
+            while not stop[0]:
+                body = "".join("st,camera=S speed=1 %d\n" % (T0 + i * 100 + k) for k in range(100))
+                s.sendall(post("/write?precision=s", body.encode()))
+                while b"\r\n\r\n" not in buf:
+                    b = s.recv(65536)
+                    if not b:
+                        return
+                    buf += b
+                head, buf = buf.split(b"\r\n\r\n", 1)
+                m = re.search(rb"Content-Length: (\d+)", head)
+                n = int(m.group(1)) if m else 0
+                while len(buf) < n:
+                    b = s.recv(65536)
+                    if not b:
+                        return
+                    buf += b
+                buf = buf[n:]
+                if not head.startswith(b"HTTP/1.1 204"):
+                    return
+                acked[0] += 1
+                i += 1
+        except OSError:
+            return
+
+    th = threading.Thread(target=writer)
+    th.start()
+    deadline = time.monotonic() + 30
+    while acked[0] < 20 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    check(acked[0] >= 20, "writes were not answered")
+    srv.proc.send_signal(signal.SIGTERM)
+    th.join(60)
+    stop[0] = True
+    srv.stop(keep=True)
+    again = Server(reuse=srv)
+    try:
+        rows = again.query("agg", "st", "speed", "S", DAY, "1000d")
+        count = int(rows[0][0]) if rows else 0
+        check(count >= 100 * acked[0] and count % 100 == 0,
+              "after SIGTERM: %d rows, %d writes answered 204 (100 rows each)" % (count, acked[0]))
+    finally:
+        again.stop()
 
 
 def never_reading_client(srv):
