@@ -76,7 +76,8 @@ static const struct conf_item {
 	 "(default on)"},
 	{"shards", K_UINT, offsetof(srv_conf, shards), "shard threads (default: one per core)"},
 	{"token", K_SECRET, offsetof(srv_conf, token),
-	 "shared token clients must present with #!auth (prefer token-file)"},
+	 "shared token clients must present: #!auth on the line-protocol port, "
+	 "Authorization (Token, Bearer, Basic) or p= on HTTP (prefer token-file)"},
 	{"token-file", K_SECRET_FILE, offsetof(srv_conf, token),
 	 "read the token from this file (first line)"},
 	{"max-line-bytes", K_U32, offsetof(srv_conf, max_line),
