@@ -590,9 +590,10 @@ int conf_parse_args(srv_conf *c, int argc, char **argv)
 		return -1;
 	}
 	if (c->http_max_header < 256 || c->http_max_header > (1u << 20) ||
-	    c->http_max_body < 4096) {
-		fprintf(stderr, "tallyd: http-max-header-bytes must be in [256, 1MiB] and "
-				"http-max-body-bytes at least 4KiB\n");
+	    c->http_max_body < 4096 || c->http_header_ns < 1000000) {
+		fprintf(stderr, "tallyd: http-max-header-bytes must be in [256, 1MiB], "
+				"http-max-body-bytes at least 4KiB and http-header-timeout at "
+				"least 1ms\n");
 		return -1;
 	}
 	if (c->max_conns == 0) {
