@@ -39,7 +39,8 @@ enum conf_kind {
 	K_LOG,
 	K_LEVELS,
 	K_OFFSET,
-	K_BOOL, /* unsigned 0 or 1: on/off, yes/no, true/false, 1/0 */
+	K_BOOL,     /* unsigned 0 or 1: on/off, yes/no, true/false, 1/0 */
+	K_PORT_OFF, /* int: a TCP port, 0 (any free port), or off (-1) */
 };
 
 static const struct conf_item {
@@ -54,9 +55,29 @@ static const struct conf_item {
 	{"data", K_STR, offsetof(srv_conf, data), "data directory (default ./data)"},
 	{"port-file", K_STR, offsetof(srv_conf, port_file),
 	 "write the bound port to this file once listening"},
+	{"http-port", K_PORT_OFF, offsetof(srv_conf, http_port),
+	 "HTTP port (InfluxDB-compatible writes, /ping, /health, /ready); off: no HTTP; "
+	 "0: any free port (default 8429)"},
+	{"http-bind", K_STR, offsetof(srv_conf, http_bind),
+	 "address the HTTP port listens on (default: bind)"},
+	{"http-port-file", K_STR, offsetof(srv_conf, http_port_file),
+	 "write the bound HTTP port to this file once listening"},
+	{"http-max-body-bytes", K_SIZE, offsetof(srv_conf, http_max_body),
+	 "largest HTTP request body, also once decompressed; larger: 413 (default 64MiB)"},
+	{"http-max-header-bytes", K_SIZE, offsetof(srv_conf, http_max_header),
+	 "largest HTTP request head (request line and headers); larger: 431 (default "
+	 "16KiB)"},
+	{"http-header-timeout", K_DUR, offsetof(srv_conf, http_header_ns),
+	 "time to receive a request's head once it has begun; slower: 408 and close "
+	 "(default 10s)"},
+	{"http-durable", K_BOOL, offsetof(srv_conf, http_durable),
+	 "on: an HTTP write is answered 204 once fsync'ed (group commit); off: once "
+	 "written, before the fsync, like InfluxDB (weaker: a crash may lose it) "
+	 "(default on)"},
 	{"shards", K_UINT, offsetof(srv_conf, shards), "shard threads (default: one per core)"},
 	{"token", K_SECRET, offsetof(srv_conf, token),
-	 "shared token clients must present with #!auth (prefer token-file)"},
+	 "shared token clients must present: #!auth on the line-protocol port, "
+	 "Authorization (Token, Bearer, Basic) or p= on HTTP (prefer token-file)"},
 	{"token-file", K_SECRET_FILE, offsetof(srv_conf, token),
 	 "read the token from this file (first line)"},
 	{"max-line-bytes", K_U32, offsetof(srv_conf, max_line),
@@ -141,6 +162,11 @@ void conf_init(srv_conf *c)
 {
 	memset(c, 0, sizeof *c);
 	c->port = CONF_DEFAULT_PORT;
+	c->http_port = CONF_DEFAULT_HTTP_PORT;
+	c->http_max_body = 64u << 20;
+	c->http_max_header = 16u << 10;
+	c->http_header_ns = 10 * INT64_C(1000000000);
+	c->http_durable = 1;
 	c->max_line = 1u << 20;
 	c->max_conns = 4096;
 	c->reply_bytes = 1u << 20;
@@ -290,6 +316,15 @@ int conf_set(srv_conf *c, const char *name, const char *value, const char *where
 		}
 		return conf_err(where, it->name, value, "is not on or off");
 	}
+	case K_PORT_OFF:
+		if (!strcasecmp(value, "off")) {
+			*(int *)dst = -1;
+			return 0;
+		}
+		if (conf_size(value, &u) || u > 65535)
+			return conf_err(where, it->name, value, "is not a TCP port or off");
+		*(int *)dst = (int)u;
+		return 0;
 	case K_UINT:
 	case K_U32:
 		if (conf_size(value, &u) || u > (it->kind == K_U32 ? UINT32_MAX : 1000000000u))
@@ -598,6 +633,13 @@ int conf_parse_args(srv_conf *c, int argc, char **argv)
 	}
 	if (c->io && strcmp(c->io, "auto") && strcmp(c->io, "io_uring") && strcmp(c->io, "epoll")) {
 		fprintf(stderr, "tallyd: io '%s' is not auto, io_uring or epoll\n", c->io);
+		return -1;
+	}
+	if (c->http_max_header < 256 || c->http_max_header > (1u << 20) ||
+	    c->http_max_body < 4096 || c->http_header_ns < 1000000) {
+		fprintf(stderr, "tallyd: http-max-header-bytes must be in [256, 1MiB], "
+				"http-max-body-bytes at least 4KiB and http-header-timeout at "
+				"least 1ms\n");
 		return -1;
 	}
 	if (c->max_conns == 0) {
