@@ -137,7 +137,8 @@ static const struct conf_item {
 	 "(default 16MiB)"},
 	{"json-map", K_JSON_MAP, 0,
 	 "how JSON events become rows of a table, repeatable: 'TABLE: key=MEMBER>TAG, "
-	 "time=MEMBER, fields=MEMBER>FIELD ...' (docs/http.md); the default takes the camera "
+	 "time=MEMBER, fields=MEMBER>FIELD ...' (docs/json-events.md); the default takes the "
+	 "camera "
 	 "event into traffic: '" JSONEV_DEFAULT_MAP "'"},
 };
 

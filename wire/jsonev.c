@@ -37,6 +37,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cmd.h"
 #include "tally.h"
 
 #define DEF_MAX_BODY   ((size_t)64 << 20)
@@ -999,64 +1000,86 @@ static const char *scan_value(jsonev_dec *d, const char *p, unsigned depth, jslo
 
 enum { N_OK, N_FRAC, N_RANGE };
 
-/* The JSON number [p, p+n) times 10^scale (scale >= 0), exactly, into
- * *out: N_FRAC when that is not an integer, N_RANGE when it is beyond
- * +-TS_MAX (for ints: beyond int64, see lim). */
-static int num_scaled(const char *p, size_t n, int scale, uint64_t lim_pos, uint64_t lim_neg,
-		      int64_t *out)
+/* A JSON number (valid: checked by the scan) as decimal digits: the digit
+ * string S is the integer digits then the fraction digits, the point after
+ * nint of them, the whole times 10^x; [f, l) is S without its leading and
+ * trailing zeros (f == ns: the number is zero). */
+typedef struct jdigits {
+	const char *is, *fs;
+	size_t nint, ns, f, l;
+	int64_t x;
+	int neg;
+} jdigits;
+
+static char jd_at(const jdigits *j, size_t i)
+{
+	return i < j->nint ? j->is[i] : j->fs[i - j->nint];
+}
+
+static void jd_split(const char *p, size_t n, jdigits *j)
 {
 	const char *e = p + n;
-	int neg = *p == '-';
-	p += neg;
-	/* digits S = integer part ++ fraction; the point after nint of them */
-	const char *is = p;
+	j->neg = *p == '-';
+	p += j->neg;
+	j->is = p;
 	while (p < e && is_digit(*p))
 		p++;
-	const char *ie = p, *fs = p, *fe = p;
+	j->nint = (size_t)(p - j->is);
+	j->fs = p;
+	size_t nfr = 0;
 	if (p < e && *p == '.') {
-		fs = ++p;
+		j->fs = ++p;
 		while (p < e && is_digit(*p))
 			p++;
-		fe = p;
+		nfr = (size_t)(p - j->fs);
 	}
-	int64_t x = 0;
-	if (p < e) { /* exponent */
+	j->x = 0;
+	if (p < e) { /* exponent; beyond 10^8 it only needs to stay huge */
 		p++;
 		int eneg = *p == '-';
 		p += *p == '-' || *p == '+';
 		for (; p < e; p++)
-			if (x < 100000000)
-				x = x * 10 + (*p - '0');
+			if (j->x < 100000000)
+				j->x = j->x * 10 + (*p - '0');
 		if (eneg)
-			x = -x;
+			j->x = -j->x;
 	}
-	size_t nint = (size_t)(ie - is), nfr = (size_t)(fe - fs), ns = nint + nfr;
-#define SD(i) ((i) < nint ? is[i] : fs[(i)-nint])
-	size_t f = 0, l = ns;
-	while (f < ns && SD(f) == '0')
-		f++;
-	if (f == ns) {
+	j->ns = j->nint + nfr;
+	j->f = 0;
+	while (j->f < j->ns && jd_at(j, j->f) == '0')
+		j->f++;
+	j->l = j->ns;
+	while (j->l > j->f && jd_at(j, j->l - 1) == '0')
+		j->l--;
+}
+
+/* The JSON number [p, p+n) times 10^scale (scale >= 0), exactly, into
+ * *out: N_FRAC when that is not an integer, N_RANGE when it is above
+ * lim_pos or below -lim_neg. */
+static int num_scaled(const char *p, size_t n, int scale, uint64_t lim_pos, uint64_t lim_neg,
+		      int64_t *out)
+{
+	jdigits j;
+	jd_split(p, n, &j);
+	if (j.f == j.ns) {
 		*out = 0;
 		return N_OK;
 	}
-	while (SD(l - 1) == '0')
-		l--;
 	/* value = digits [f, l) times 10^e10 */
-	int64_t e10 = (int64_t)nint - (int64_t)l + x + scale;
+	int64_t e10 = (int64_t)j.nint - (int64_t)j.l + j.x + scale;
 	if (e10 < 0)
 		return N_FRAC;
-	if ((int64_t)(l - f) + e10 > 19)
+	if ((int64_t)(j.l - j.f) + e10 > 19)
 		return N_RANGE;
 	uint64_t v = 0;
-	for (size_t i = f; i < l; i++)
-		v = v * 10 + (uint64_t)(SD(i) - '0');
-#undef SD
+	for (size_t i = j.f; i < j.l; i++)
+		v = v * 10 + (uint64_t)(jd_at(&j, i) - '0');
 	for (int64_t i = 0; i < e10; i++)
 		if (__builtin_mul_overflow(v, 10, &v))
 			return N_RANGE;
-	if (v > (neg ? lim_neg : lim_pos))
+	if (v > (j.neg ? lim_neg : lim_pos))
 		return N_RANGE;
-	*out = neg ? (v == (UINT64_C(1) << 63) ? INT64_MIN : -(int64_t)v) : (int64_t)v;
+	*out = j.neg ? (v == (UINT64_C(1) << 63) ? INT64_MIN : -(int64_t)v) : (int64_t)v;
 	return N_OK;
 }
 
@@ -1070,47 +1093,20 @@ static const char dbl_inf_digits[] =
 /* 1 when the JSON number [p, p+n) is too big for a double. */
 static int num_overflows(const char *p, size_t n)
 {
-	const char *e = p + n;
-	p += *p == '-';
-	const char *is = p;
-	while (p < e && is_digit(*p))
-		p++;
-	const char *ie = p, *fs = p, *fe = p;
-	if (p < e && *p == '.') {
-		fs = ++p;
-		while (p < e && is_digit(*p))
-			p++;
-		fe = p;
-	}
-	int64_t x = 0;
-	if (p < e) {
-		p++;
-		int eneg = *p == '-';
-		p += *p == '-' || *p == '+';
-		for (; p < e; p++)
-			if (x < 100000000)
-				x = x * 10 + (*p - '0');
-		if (eneg)
-			x = -x;
-	}
-	size_t nint = (size_t)(ie - is), nfr = (size_t)(fe - fs), ns = nint + nfr;
-#define SD(i) ((i) < nint ? is[i] : fs[(i)-nint])
-	size_t f = 0;
-	while (f < ns && SD(f) == '0')
-		f++;
-	if (f == ns)
+	jdigits j;
+	jd_split(p, n, &j);
+	if (j.f == j.ns)
 		return 0;
-	int64_t mag = (int64_t)nint - 1 - (int64_t)f + x; /* 10^mag <= |v| < 10^(mag+1) */
+	int64_t mag = (int64_t)j.nint - 1 - (int64_t)j.f + j.x; /* 10^mag <= |v| < 10^(mag+1) */
 	if (mag != 308)
 		return mag > 308;
 	size_t k = 0, nd = sizeof dbl_inf_digits - 1;
-	for (size_t i = f; i < ns; i++, k++) {
+	for (size_t i = j.f; i < j.l; i++, k++) {
 		char c = k < nd ? dbl_inf_digits[k] : '0';
-		if (SD(i) != c)
-			return SD(i) > c;
+		if (jd_at(&j, i) != c)
+			return jd_at(&j, i) > c;
 	}
-#undef SD
-	return k >= nd; /* equal up to here: at least the threshold when all of it was seen */
+	return k >= nd; /* equal so far: at least the threshold if all of it was matched */
 }
 
 /* Decodes the JSON string content [p, p+n) (valid, checked by the scan)
@@ -1176,16 +1172,6 @@ static const char *slot_text(jsonev_dec *d, const jslot *v, size_t *n)
 	return d->scratch;
 }
 
-static int64_t days_from_civil(int64_t y, unsigned m, unsigned dd)
-{
-	y -= m <= 2;
-	const int64_t era = (y >= 0 ? y : y - 399) / 400;
-	const unsigned yoe = (unsigned)(y - era * 400);
-	const unsigned doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + dd - 1;
-	const unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-	return era * 146097 + (int64_t)doe - 719468;
-}
-
 static int d2(const char *s)
 {
 	return is_digit(s[0]) && is_digit(s[1]) ? (s[0] - '0') * 10 + (s[1] - '0') : -1;
@@ -1195,7 +1181,7 @@ static int d2(const char *s)
 static const char *rfc3339(const char *s, size_t n, int64_t *out)
 {
 	static const char *const shape = "not an RFC 3339 time like 2025-04-05T10:15:30Z";
-	if (n < 20)
+	if (n < 19)
 		return shape;
 	int y1 = d2(s), y2 = d2(s + 2), mo = d2(s + 5), dd = d2(s + 8), h = d2(s + 11),
 	    mi = d2(s + 14), se = d2(s + 17);
@@ -1246,8 +1232,8 @@ static const char *rfc3339(const char *s, size_t n, int64_t *out)
 	}
 	if (p != e)
 		return shape;
-	int64_t secs = days_from_civil(y, (unsigned)mo, (unsigned)dd) * 86400 + h * 3600 + mi * 60 +
-		       se - off;
+	int64_t secs = cmd_days_from_civil(y, (unsigned)mo, (unsigned)dd) * 86400 + h * 3600 +
+		       mi * 60 + se - off;
 	int64_t ns;
 	if (secs < 0 && frac > 0) { /* so that the product cannot overflow before the sum */
 		secs++;
@@ -1572,6 +1558,8 @@ static const char *event(jsonev_dec *d, const char *p, unsigned depth, int64_t n
 	const char *start = p, *e = d->end;
 	d->ev_bad = 0;
 	d->seen = 0;
+	if (p == e)
+		return expected(d, p, "an event");
 	if (*p != '{') {
 		jslot v;
 		if (!(p = scan_value(d, p, depth, &v)))
@@ -1657,7 +1645,7 @@ static void reset(jsonev_dec *d, const jsonev_map *m, const char *body, size_t l
 static void fill(jsonev_dec *d, jsonev_result *res, int stopped, size_t stop_off)
 {
 	memset(res, 0, sizeof *res);
-	res->lp = d->out;
+	res->lp = d->out ? d->out : "";
 	res->lp_len = d->out_len;
 	res->records = d->recs;
 	res->lines = d->phys;

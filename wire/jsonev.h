@@ -4,7 +4,7 @@
  *
  * A body is a JSON array of event objects, or newline-delimited objects
  * (NDJSON). A mapping (jsonev_map, parsed from a setting string, syntax in
- * docs/http.md "JSON events") says which member is the key tag, which the
+ * docs/json-events.md) says which member is the key tag, which the
  * event time, which become fields, tags and string fields. Each accepted
  * event becomes one line-protocol record for tally_write_lp; each refused
  * one an error with its index, byte offset and reason.
