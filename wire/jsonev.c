@@ -204,19 +204,25 @@ static const char *quote(char dst[48], const char *src, size_t n)
 	return dst;
 }
 
-__attribute__((format(printf, 3, 4))) static void fmt(char *dst, size_t cap, const char *f, ...)
+/* After vsnprintf returned r into dst[cap]: a cut output ends at a UTF-8
+ * character boundary (reasons quote UTF-8 input). */
+static void cut_utf8(char *dst, size_t cap, int r)
 {
-	va_list ap;
-	va_start(ap, f);
-	int r = vsnprintf(dst, cap, f, ap);
-	va_end(ap);
-	/* cut at a character boundary (the quoted parts are UTF-8) */
 	if (r >= 0 && (size_t)r >= cap && cap > 1) {
 		size_t n = cap - 1;
 		while (n > 0 && ((unsigned char)dst[n] & 0xC0) == 0x80)
 			n--;
 		dst[n] = 0;
 	}
+}
+
+__attribute__((format(printf, 3, 4))) static void fmt(char *dst, size_t cap, const char *f, ...)
+{
+	va_list ap;
+	va_start(ap, f);
+	int r = vsnprintf(dst, cap, f, ap);
+	va_end(ap);
+	cut_utf8(dst, cap, r);
 }
 
 static int grow(void **p, size_t *cap, size_t need, size_t elem)
@@ -706,8 +712,9 @@ __attribute__((format(printf, 3, 4))) static void ev_fail(jsonev_dec *d, const c
 	d->ev_off = off_of(d, at);
 	va_list ap;
 	va_start(ap, f);
-	vsnprintf(d->ev_reason, sizeof d->ev_reason, f, ap);
+	int r = vsnprintf(d->ev_reason, sizeof d->ev_reason, f, ap);
 	va_end(ap);
+	cut_utf8(d->ev_reason, sizeof d->ev_reason, r);
 }
 
 /* Invalid JSON at p: returns NULL for the parser to pass up. */
@@ -718,8 +725,9 @@ __attribute__((format(printf, 3, 4))) static const char *syn(jsonev_dec *d, cons
 	d->syn_nl = 0;
 	va_list ap;
 	va_start(ap, f);
-	vsnprintf(d->syn_reason, sizeof d->syn_reason, f, ap);
+	int r = vsnprintf(d->syn_reason, sizeof d->syn_reason, f, ap);
 	va_end(ap);
+	cut_utf8(d->syn_reason, sizeof d->syn_reason, r);
 	return NULL;
 }
 
