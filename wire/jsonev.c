@@ -961,7 +961,12 @@ static const char *scan_value(jsonev_dec *d, const char *p, unsigned depth, jslo
 {
 	const char *e = d->end, *q;
 	unsigned fl = 0;
+	/* a literal, object or array has no span: emit() sizes its line from
+	 * every slot's n, so none may be left unset */
 	v->off = off_of(d, p);
+	v->p = p;
+	v->n = 0;
+	v->flags = 0;
 	if (p == e)
 		return expected(d, p, "a value");
 	switch (*p) {
