@@ -64,6 +64,10 @@ typedef struct srv_conf {
 	uint32_t tier_timeout_ms;
 	unsigned tier_retries;
 	uint64_t tier_part_bytes; /* 0 or in [CONF_PART_MIN, CONF_PART_MAX] */
+	/* JSON event mappings (json-map, repeatable; wire/jsonev.h), each
+	 * checked when set; the default mapping is not among them. */
+	char **json_maps;
+	unsigned n_json_maps;
 } srv_conf;
 
 /* S3 refuses multipart parts under 5 MiB; the S3 client buffers at most

@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 #include "conf.h"
+#include "metrics.h"
 #include "tally.h"
 
 typedef struct srv srv;
@@ -223,6 +224,7 @@ struct srv {
 	char sync_msg[256];
 	_Atomic int dirty; /* writes since the last sync */
 	int syncer_stop;
+	metrics_hist sync_seconds; /* durations of the syncer's tally_db_sync */
 };
 
 /* server.c */
