@@ -259,6 +259,19 @@ static const struct stat_metric server_metrics[] = {
 	{"tally_idle_closed_total", "counter", "Connections closed for idleness.", W(idle_closed)},
 	{"tally_full_waits_total", "counter", "Writes that waited for memory (store full).",
 	 W(full_waits)},
+	{"tally_http_connections_accepted_total", "counter",
+	 "Connections accepted on the HTTP port.", W(http_conns)},
+	{"tally_http_lines_accepted_total", "counter",
+	 "Line-protocol lines (and JSON events) written for HTTP clients.", W(http_lines_accepted)},
+	{"tally_http_lines_rejected_total", "counter",
+	 "Line-protocol lines (and JSON events) refused to HTTP clients.", W(http_lines_rejected)},
+	{"tally_http_gzip_bodies_total", "counter", "HTTP request bodies sent gzip-compressed.",
+	 W(http_gzip_bodies)},
+	{"tally_http_header_timeouts_total", "counter",
+	 "HTTP requests whose head did not arrive in http-header-timeout (408).",
+	 W(http_header_timeouts)},
+	{"tally_http_on_lp_port_total", "counter",
+	 "HTTP requests sent to the line-protocol port (refused with 400).", W(http_on_lp_port)},
 #undef W
 };
 
@@ -298,6 +311,52 @@ static uint64_t shard_conns(const wshard *sh)
 static uint64_t shard_lines(const wshard *sh)
 {
 	return wstat(&sh->st, offsetof(wstats, lines_accepted));
+}
+
+/* Per HTTP endpoint, summed over the shards: requests, errors, latency. */
+static int http_endpoints(char **buf, size_t *len, size_t *cap, const srv *s)
+{
+	static const struct {
+		const char *name, *type, *help;
+	} fam[] = {
+		{"tally_http_requests_total", "counter", "HTTP requests answered, by endpoint."},
+		{"tally_http_request_errors_total", "counter",
+		 "HTTP requests answered 4xx or 5xx, by endpoint."},
+		{"tally_http_request_duration_seconds", "histogram",
+		 "HTTP request latency, from its head received to its answer queued (a write's "
+		 "includes its sync), by endpoint."},
+	};
+	int rc = 0;
+	for (unsigned f = 0; !rc && f < 3; f++) {
+		rc = metrics_family(buf, len, cap, fam[f].name, fam[f].type, fam[f].help);
+		for (unsigned e = 0; !rc && e < HEP_N; e++) {
+			char l[64];
+			metrics_label(l, sizeof l, "endpoint", http_ep_names[e]);
+			uint64_t n = 0;
+			metrics_hist sum;
+			memset(&sum, 0, sizeof sum);
+			for (unsigned sh = 0; sh < s->n_shards; sh++) {
+				const whttp_ep_stats *st = &s->shards[sh].st.http[e];
+				const _Atomic uint64_t *v = f == 0 ? &st->requests : &st->errors;
+				n += atomic_load_explicit(v, memory_order_relaxed);
+				for (unsigned b = 0; f == 2 && b <= METRICS_HIST_BOUNDS; b++)
+					atomic_fetch_add_explicit(
+						&sum.bucket[b],
+						atomic_load_explicit(&st->lat.bucket[b],
+								     memory_order_relaxed),
+						memory_order_relaxed);
+				if (f == 2)
+					atomic_fetch_add_explicit(
+						&sum.sum_ns,
+						atomic_load_explicit(&st->lat.sum_ns,
+								     memory_order_relaxed),
+						memory_order_relaxed);
+			}
+			rc = f == 2 ? metrics_hist_put(buf, len, cap, fam[f].name, l, &sum)
+				    : metrics_sample(buf, len, cap, fam[f].name, l, (double)n);
+		}
+	}
+	return rc;
 }
 
 int metrics_render(srv *s, char **buf, size_t *len, size_t *cap)
@@ -355,6 +414,8 @@ int metrics_render(srv *s, char **buf, size_t *len, size_t *cap)
 	if (!rc)
 		rc = metrics_hist_put(buf, len, cap, "tally_wal_sync_duration_seconds", "",
 				      &s->sync_seconds);
+	if (!rc)
+		rc = http_endpoints(buf, len, cap, s);
 	if (!rc)
 		rc = single(buf, len, cap, "tally_uptime_seconds", "gauge",
 			    "Seconds since tallyd started.",

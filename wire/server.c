@@ -37,6 +37,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "jsonev.h"
 #include "server.h"
 
 /* user_data of operations that belong to no connection. Connections'
@@ -156,7 +157,9 @@ static void *srv_syncer_main(void *arg)
 		if (!dirty && target == done)
 			continue;
 		pthread_mutex_unlock(&s->smu);
+		int64_t t0 = srv_now();
 		int rc = tally_db_sync(s->db);
+		metrics_hist_observe(&s->sync_seconds, srv_now() - t0);
 		char msg[256];
 		if (rc)
 			snprintf(msg, sizeof msg, "%s",
@@ -875,6 +878,17 @@ int srv_open(srv *s, srv_conf *conf)
 		conf->max_conns = m;
 	}
 
+	/* JSON event mappings: each json-map was checked when it was set. */
+	if ((rc = jsonev_maps_new(&s->json_maps)))
+		goto fail;
+	for (unsigned i = 0; i < conf->n_json_maps; i++) {
+		char err[256];
+		if ((rc = jsonev_maps_add(s->json_maps, conf->json_maps[i], err, sizeof err))) {
+			srv_log(s, TALLY_LOG_ERROR, "%s", err);
+			goto fail;
+		}
+	}
+
 	tally_options o;
 	tally_options_init(&o);
 	o.shards = n;
@@ -1068,6 +1082,8 @@ void srv_close(srv *s)
 	}
 	free(s->shards);
 	s->shards = NULL;
+	jsonev_maps_free(s->json_maps);
+	s->json_maps = NULL;
 	s->n_shards = 0;
 	if (s->listen_fd >= 0)
 		close(s->listen_fd);

@@ -67,16 +67,13 @@ enum http_ep {
 	HEP_N
 };
 
-/* Upper bounds of the latency histogram's buckets, in microseconds; the
- * last bucket (index HTTP_LAT_N) is +Inf. Cumulative when exported. */
-#define HTTP_LAT_N 14
-extern const uint32_t http_lat_bounds_us[HTTP_LAT_N];
+/* The endpoint label of each, for /metrics ("/write", ..., "other"). */
+extern const char *const http_ep_names[HEP_N];
 
 typedef struct whttp_ep_stats {
-	_Atomic uint64_t requests;            /* answered */
-	_Atomic uint64_t errors;              /* answered 4xx or 5xx */
-	_Atomic uint64_t lat_sum_us;          /* sum of latencies: head received to answer queued */
-	_Atomic uint64_t lat[HTTP_LAT_N + 1]; /* per bucket, not cumulative */
+	_Atomic uint64_t requests; /* answered */
+	_Atomic uint64_t errors;   /* answered 4xx or 5xx */
+	metrics_hist lat;          /* latency: head received to answer queued */
 } whttp_ep_stats;
 
 typedef struct wstats {
@@ -224,7 +221,8 @@ struct srv {
 	char sync_msg[256];
 	_Atomic int dirty; /* writes since the last sync */
 	int syncer_stop;
-	metrics_hist sync_seconds; /* durations of the syncer's tally_db_sync */
+	metrics_hist sync_seconds;     /* durations of the syncer's tally_db_sync */
+	struct jsonev_maps *json_maps; /* JSON event mappings by table (jsonev.c), read-only */
 };
 
 /* server.c */
