@@ -200,7 +200,10 @@ TALLY_API void tally_db_close(tally_db *db);
 
 /* Returns once every write that returned before the call is durable.
  * Many concurrent syncs and writes share one fsync per shard (group
- * commit). A failed fsync fails the shard for good (TALLY_EFAILED after). */
+ * commit). A failed fsync fails the shard for good (TALLY_EFAILED after;
+ * the writes it covered are dropped, also from a later open); the other
+ * shards are synced all the same. A write whose WAL write fails (a full
+ * disk) is refused by the write call itself and never applied. */
 TALLY_API int tally_db_sync(tally_db *db);
 
 /* Flushes every shard's memtable into parts now and returns once the parts
@@ -421,6 +424,9 @@ typedef struct tally_stats {
 	uint64_t cold_cache_hits, cold_cache_misses;
 	uint64_t cold_cache_bytes; /* cold blocks held in memory */
 	uint64_t s3_requests, s3_retries, s3_errors;
+	/* Durability (docs/operations.md, "When the disk fails"). */
+	uint64_t wal_write_errors; /* batches refused since open: their WAL write failed */
+	uint64_t failed_shards;    /* shards failed for good (a failed fsync); reopen */
 } tally_stats;
 
 TALLY_API int tally_db_stats(tally_db *db, tally_stats *out);

@@ -1,5 +1,10 @@
 /*
  * fileio.c — see fileio.h. Every function names the file in its error.
+ *
+ * Every write and sync of storage passes through fault_check(), which is
+ * nothing in a normal build and, in a test build (-DTALLY_FAULTS), decides
+ * from the armed fault whether this call fails: so failure injection sees
+ * exactly the calls the real code makes, no more and no fewer.
  */
 #include "fileio.h"
 
@@ -7,27 +12,111 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
+#include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "err.h"
 #include "mem.h"
 
-int fio_pwrite_full(int fd, const void *p, size_t n, uint64_t off)
+#ifdef TALLY_FAULTS
+#include <pthread.h>
+
+static pthread_mutex_t fault_mu = PTHREAD_MUTEX_INITIALIZER;
+static unsigned fault_ops;
+static int fault_err;
+static uint64_t fault_skip, fault_count, fault_hits;
+
+void fio_fault_set(unsigned ops, int err, uint64_t skip, uint64_t count)
+{
+	pthread_mutex_lock(&fault_mu);
+	fault_ops = count ? ops : 0;
+	fault_err = err;
+	fault_skip = skip;
+	fault_count = count;
+	pthread_mutex_unlock(&fault_mu);
+}
+
+uint64_t fio_fault_hits(void)
+{
+	pthread_mutex_lock(&fault_mu);
+	uint64_t n = fault_hits;
+	pthread_mutex_unlock(&fault_mu);
+	return n;
+}
+
+/* 0, or the errno this call of kind op must fail with. */
+static int fault_check(unsigned op)
+{
+	int e = 0;
+	pthread_mutex_lock(&fault_mu);
+	if (fault_ops & op) {
+		if (fault_skip)
+			fault_skip--;
+		else {
+			e = fault_err;
+			fault_hits++;
+			if (fault_count != UINT64_MAX && --fault_count == 0)
+				fault_ops = 0;
+		}
+	}
+	pthread_mutex_unlock(&fault_mu);
+	return e;
+}
+#else
+#define FIO_FAULT_WRITE 1
+#define FIO_FAULT_SYNC  2
+static inline int fault_check(unsigned op)
+{
+	(void)op;
+	return 0;
+}
+#endif
+
+int fio_pwrite(int fd, const void *p, size_t n, uint64_t off, size_t *done)
 {
 	const char *c = p;
-	while (n) {
-		ssize_t k = pwrite(fd, c, n, (off_t)off);
+	size_t got = 0;
+	int e = fault_check(FIO_FAULT_WRITE);
+	size_t limit = e ? n / 2 : n; /* a failing write stops half way */
+	while (got < limit) {
+		ssize_t k = pwrite(fd, c + got, limit - got, (off_t)(off + got));
 		if (k < 0) {
 			if (errno == EINTR)
 				continue;
-			return -errno;
+			e = errno;
+			break;
 		}
-		c += k;
-		n -= (size_t)k;
-		off += (uint64_t)k;
+		if (k == 0) {
+			e = EIO; /* no progress: do not spin */
+			break;
+		}
+		got += (size_t)k;
 	}
-	return 0;
+	if (done)
+		*done = got;
+	return got == n ? 0 : -(e ? e : EIO);
+}
+
+int fio_pwrite_full(int fd, const void *p, size_t n, uint64_t off)
+{
+	return fio_pwrite(fd, p, n, off, NULL);
+}
+
+int fio_fsync(int fd)
+{
+	int e = fault_check(FIO_FAULT_SYNC);
+	if (e)
+		return -e;
+	return fsync(fd) ? -errno : 0;
+}
+
+int fio_fdatasync(int fd)
+{
+	int e = fault_check(FIO_FAULT_SYNC);
+	if (e)
+		return -e;
+	return fdatasync(fd) ? -errno : 0;
 }
 
 int fio_pread_full(int fd, void *p, size_t n, uint64_t off, const char *path)
@@ -57,9 +146,26 @@ int fio_fsync_dir(const char *dir)
 	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (fd < 0)
 		return err_sys(errno, "open directory %s", dir);
-	int rc = fsync(fd) ? err_sys(errno, "fsync directory %s", dir) : 0;
+	int e = -fio_fsync(fd);
+	int rc = e ? err_sys(e, "fsync directory %s", dir) : 0;
 	close(fd);
 	return rc;
+}
+
+int fio_mkdir(const char *path)
+{
+	if (mkdir(path, 0755) != 0)
+		return errno == EEXIST ? 0 : err_sys(errno, "mkdir %s", path);
+	char parent[PATH_MAX];
+	snprintf(parent, sizeof parent, "%s", path);
+	char *slash = strrchr(parent, '/');
+	if (slash == parent)
+		slash[1] = 0;
+	else if (slash)
+		*slash = 0;
+	else
+		snprintf(parent, sizeof parent, ".");
+	return fio_fsync_dir(parent);
 }
 
 int fio_write_atomic(const char *dir, const char *name, const void *data, size_t len)
@@ -75,8 +181,8 @@ int fio_write_atomic(const char *dir, const char *name, const void *data, size_t
 		err_sys(-rc, "write %s", tmp);
 		goto fail;
 	}
-	if (fsync(fd)) {
-		rc = err_sys(errno, "fsync %s", tmp);
+	if ((rc = fio_fsync(fd))) {
+		rc = err_sys(-rc, "fsync %s", tmp);
 		goto fail;
 	}
 	close(fd);

@@ -554,8 +554,8 @@ int part_writer_finish(part_writer *w, uint64_t *bytes)
 		rc = err_sys(-rc, "write %s", w->tmp);
 		goto out;
 	}
-	if (fsync(w->fd)) {
-		rc = err_sys(errno, "fsync %s", w->tmp);
+	if ((rc = fio_fsync(w->fd))) {
+		rc = err_sys(-rc, "fsync %s", w->tmp);
 		goto out;
 	}
 	if (rename(w->tmp, w->dst)) {
@@ -1182,8 +1182,8 @@ int part_write_stub(const part *p, const char *dir, const char *name, uint64_t *
 	le_put64(f + 40, XXH3_64bits(f, 40));
 	if ((rc = fio_pwrite_full(fd, f, sizeof f, off)))
 		goto werr;
-	if (fsync(fd)) {
-		rc = err_sys(errno, "fsync %s", tmp);
+	if ((rc = fio_fsync(fd))) {
+		rc = err_sys(-rc, "fsync %s", tmp);
 		goto out;
 	}
 	if (rename(tmp, dst)) {
