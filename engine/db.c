@@ -176,27 +176,27 @@ void db_crash_point(const tally_db *db, const char *step)
 }
 
 /* 1 when name is one the engine writes in parts/: "<16 hex>.part" or
- * ".stub", maybe with ".tmp" after; *id and *stub say which. */
+ * ".stub", maybe with ".tmp" after, or ".fetch" (a merge's copy of a
+ * tiered part's object); *id and *stub say which, *tmp that the file is
+ * never named by a manifest. */
 static int engine_part_name(const char *name, uint64_t *id, int *stub, int *tmp)
 {
 	size_t n = strlen(name);
-	if (n != 21 && n != 25)
-		return 0;
 	uint64_t v = 0;
+	if (n < 17)
+		return 0;
 	for (int i = 0; i < 16; i++) {
 		char c = name[i];
 		if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f')))
 			return 0;
 		v = v << 4 | (uint64_t)(c <= '9' ? c - '0' : c - 'a' + 10);
 	}
-	if (strncmp(name + 16, ".part", 5) && strncmp(name + 16, ".stub", 5))
-		return 0;
-	if (n == 25 && strcmp(name + 21, ".tmp"))
-		return 0;
+	const char *ext = name + 16;
 	*id = v;
-	*stub = name[17] == 's';
-	*tmp = n == 25;
-	return 1;
+	*stub = !strncmp(ext, ".stub", 5);
+	*tmp = strcmp(ext, ".part") && strcmp(ext, ".stub");
+	return !strcmp(ext, ".part") || !strcmp(ext, ".stub") || !strcmp(ext, ".part.tmp") ||
+	       !strcmp(ext, ".stub.tmp") || !strcmp(ext, ".fetch");
 }
 
 /* Counts the finished part files in parts/ (*first gets one's name). */
