@@ -487,7 +487,9 @@ TALLY_API int tally_db_open(const char *dir, const tally_options *opt, tally_db 
 				     path, dir, i);
 			goto fail;
 		}
-		wal_options wo = {.segment_bytes = db->opt.wal_segment_bytes, .log = db->log};
+		wal_options wo = {.segment_bytes = db->opt.wal_segment_bytes,
+				  .log = db->log,
+				  .read_only_on_damage = db->opt.wal_damage_read_only};
 		replay_ctx ctx = {.db = db, .sh = db->shards[i]};
 		wbatch_init(&ctx.batch);
 		rc = wal_open(path, &wo, i < db->man.n_shards ? db->man.flushed_seq[i] : 0,
@@ -495,6 +497,17 @@ TALLY_API int tally_db_open(const char *dir, const tally_options *opt, tally_db 
 		wbatch_free(&ctx.batch);
 		if (rc)
 			goto fail;
+		if (wal_failed(db->shards[i]->wal))
+			db->read_only = 1; /* damaged, and the caller chose read-only */
+	}
+	if (db->read_only) {
+		for (unsigned i = 0; i < db->n_shards; i++)
+			db->shards[i]->failed = 1;
+		db->opt.no_background = 1;
+		log_emit(&db->log, TALLY_LOG_ERROR,
+			 "%s: opened read-only: a WAL is damaged (see above); writes are refused "
+			 "and no file changes until it is repaired and the database reopened",
+			 dir);
 	}
 	if (!db->opt.no_background) {
 		if ((rc = pthread_create(&db->flusher, NULL, flusher_main, db))) {
@@ -577,19 +590,34 @@ TALLY_API void tally_db_close(tally_db *db)
 	mem_free(db);
 }
 
+static int refuse_read_only(const tally_db *db)
+{
+	return err_set(TALLY_EFAILED, "%s was opened read-only (a damaged WAL): nothing changes",
+		       db->dir);
+}
+
 TALLY_API int tally_db_flush(tally_db *db)
 {
 	err_clear();
-	return flush_run(db, 1);
+	return db->read_only ? refuse_read_only(db) : flush_run(db, 1);
 }
 
 TALLY_API int tally_db_merge(tally_db *db)
 {
 	err_clear();
-	return merge_run(db);
+	return db->read_only ? refuse_read_only(db) : merge_run(db);
 }
 
 /* ---------------------------------------------------------------- sync */
+
+/* TALLY_EFAILED for a failed shard, saying why: a failed WAL (a failed
+ * fsync, or opened read-only after damage) tells its own story. */
+static int shard_refuse(const shard *s)
+{
+	if (wal_failed(s->wal))
+		return err_prefix(wal_failed_error(s->wal), "shard %u", s->id);
+	return err_set(TALLY_EFAILED, "shard %u failed earlier; reopen the database", s->id);
+}
 
 /* A failed fsync fails the shard for good: its writes since the last good
  * sync may be gone from the page cache, and retrying the fsync would
@@ -599,10 +627,7 @@ static int shard_sync(shard *s)
 {
 	uint64_t lsn = 0;
 	pthread_rwlock_wrlock(&s->lock);
-	/* a failed WAL says why itself */
-	int rc = s->failed && !wal_failed(s->wal)
-			 ? err_set(TALLY_EFAILED, "shard %u failed earlier", s->id)
-			 : wal_write_out(s->wal, &lsn);
+	int rc = s->failed ? shard_refuse(s) : wal_write_out(s->wal, &lsn);
 	pthread_rwlock_unlock(&s->lock);
 	if (!rc)
 		rc = wal_sync_to(s->wal, lsn);
@@ -770,7 +795,7 @@ static int writer_commit(tally_writer *w)
 	 * write the disk refuses (ENOSPC, EIO) leaves no trace, and this
 	 * writer hears of it, never a later sync of other writes. */
 	if (s->failed)
-		rc = err_set(TALLY_EFAILED, "shard %u failed earlier; reopen the database", s->id);
+		rc = shard_refuse(s);
 	else if (!(rc = wal_append(s->wal, w->enc, len, NULL))) {
 		rc = shard_apply(s, &w->batch);
 		if (!rc && w->db->opt.sync_mode == TALLY_SYNC_EACH_WRITE)
@@ -795,8 +820,7 @@ out:
 static int writer_ready(tally_writer *w)
 {
 	if (w->sh->failed)
-		return err_set(TALLY_EFAILED, "shard %u failed earlier; reopen the database",
-			       w->sh->id);
+		return shard_refuse(w->sh);
 	uint64_t mem = db_memory(w->db);
 	if (mem >= w->db->opt.memory_limit)
 		return err_set(TALLY_EFULL, "memory limit reached: %llu of %llu bytes held",

@@ -180,6 +180,13 @@ typedef struct tally_options {
 	unsigned tier_retries;
 	/* Uploads above this go multipart in parts of this size. 0: 16 MiB. */
 	uint64_t tier_part_bytes;
+	/* When a shard's WAL does not check out at open (records an fsync
+	 * covered are damaged or missing): 0 refuses to open (TALLY_ECORRUPT,
+	 * file and offset named); 1 opens the database read-only instead:
+	 * every shard replays what it can, no file is changed, queries
+	 * answer, writes, syncs, flushes and merges fail with TALLY_EFAILED,
+	 * and no background thread runs. docs/operations.md, "At open". */
+	int wal_damage_read_only;
 } tally_options;
 
 /* Fills *opt with the defaults. */

@@ -959,11 +959,10 @@ int wal_open(const char *dir, const wal_options *opt, uint64_t after_seq, wal_re
 	rc.replay = replay;
 	rc.ctx = ctx;
 	rc.synced = w->synced_seq;
-	for (size_t i = 0; i < w->n_segs; i++)
-		if ((r = seg_recover(&rc, i)) != 0)
-			goto fail;
+	for (size_t i = 0; i < w->n_segs && !r; i++)
+		r = seg_recover(&rc, i);
 	uint64_t have = w->n_segs ? rc.expected - 1 : 0;
-	if (have < rc.synced && rc.synced > after_seq) {
+	if (!r && have < rc.synced && rc.synced > after_seq)
 		r = err_set(TALLY_ECORRUPT,
 			    "%s: records %llu..%llu were synced (%s/" SYNCED_NAME
 			    ") but are missing: the log %s; refusing to open",
@@ -971,8 +970,19 @@ int wal_open(const char *dir, const wal_options *opt, uint64_t after_seq, wal_re
 			    (unsigned long long)(have > after_seq ? have + 1 : after_seq + 1),
 			    (unsigned long long)rc.synced, w->dir,
 			    w->n_segs ? "ends before them" : "has no segment");
-		goto fail;
+	if (r == TALLY_ECORRUPT && opt->read_only_on_damage) {
+		/* The operator's choice: what replayed up to the damage stays,
+		 * no file is touched, and the log refuses every change. */
+		char msg[ERR_MSG_MAX];
+		snprintf(msg, sizeof msg, "opened read-only after damage: %s", err_msg());
+		log_emit(&w->log, TALLY_LOG_ERROR, "wal %s: %s", w->dir, msg);
+		snprintf(w->fail_msg, sizeof w->fail_msg, "%s", msg);
+		__atomic_store_n(&w->failed, 1, __ATOMIC_RELEASE);
+		w->next_seq = rc.expected > after_seq ? rc.expected : after_seq + 1;
+		goto done;
 	}
+	if (r)
+		goto fail;
 	if ((r = open_tail(w, after_seq, rc.expected)) != 0)
 		goto fail;
 	/* Everything replayed is durable now (open_tail synced it). */
@@ -980,6 +990,7 @@ int wal_open(const char *dir, const wal_options *opt, uint64_t after_seq, wal_re
 	st(&w->written_seq, w->next_seq - 1);
 	if ((r = synced_store(w, w->next_seq - 1, synced_new)) != 0)
 		goto fail;
+done:
 	mem_free(rc.rd.buf);
 	mem_free(rc.dbuf);
 	err_clear();
@@ -1246,6 +1257,11 @@ uint64_t wal_write_errors(const wal *w)
 int wal_failed(const wal *w)
 {
 	return is_failed(w);
+}
+
+int wal_failed_error(const wal *w)
+{
+	return failed_err(w);
 }
 
 int wal_dir_first_seq(const char *dir, uint64_t *first)

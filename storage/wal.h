@@ -40,6 +40,11 @@ typedef struct wal_options {
 	uint64_t segment_bytes; /* roll to a new segment past this; 0: 64 MiB */
 	uint32_t buffer_bytes;  /* user-space append buffer; 0: 1 MiB */
 	log_sink log;           /* where the torn-tail notice goes */
+	/* When the log does not check out (TALLY_ECORRUPT: damage, synced
+	 * records missing): 0 fails wal_open; 1 opens it read-only instead,
+	 * with the records up to the damage replayed, no file changed, and
+	 * every change refused (TALLY_EFAILED, wal_failed() is 1). */
+	int read_only_on_damage;
 } wal_options;
 
 /* Called once per record during open, in sequence order. payload is valid
@@ -95,6 +100,7 @@ uint64_t wal_disk_bytes(const wal *w);   /* bytes of all segments on disk; any t
 uint64_t wal_syncs(const wal *w);        /* segment fsyncs since open (syncs, rolls); any thread */
 uint64_t wal_write_errors(const wal *w); /* appends refused by a failed write; any thread */
 int wal_failed(const wal *w);            /* 1 once failed for good; any thread */
+int wal_failed_error(const wal *w);      /* TALLY_EFAILED, message saying why; any thread */
 /* *first = the lowest first seq of the segment files in dir, 0 when it
  * holds none (or does not exist). */
 int wal_dir_first_seq(const char *dir, uint64_t *first);

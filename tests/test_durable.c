@@ -29,6 +29,7 @@ static char *dir;
 static tally_db *db;
 static tally_writer *w;
 static char last_log[1024];
+static char all_logs[16384]; /* since the last open, as much as fits */
 static int n_logs;
 
 static void keep_log(void *ctx, int level, const char *msg)
@@ -36,14 +37,20 @@ static void keep_log(void *ctx, int level, const char *msg)
 	(void)ctx;
 	(void)level;
 	snprintf(last_log, sizeof last_log, "%s", msg);
+	size_t n = strlen(all_logs);
+	snprintf(all_logs + n, sizeof all_logs - n, "%s\n", msg);
 	n_logs++;
 }
+
+static int read_only_on_damage;
 
 static int try_open(void)
 {
 	tally_options o;
 	tally_options_init(&o);
 	o.no_background = 1;
+	o.wal_damage_read_only = read_only_on_damage;
+	all_logs[0] = 0;
 	o.log_fn = keep_log;
 	o.log_level = TALLY_LOG_INFO;
 	int rc = tally_db_open(dir, &o, &db);
@@ -75,6 +82,7 @@ static void setup(void)
 static void teardown(void)
 {
 	fio_fault_set(0, 0, 0, 0);
+	read_only_on_damage = 0;
 	if (db)
 		close_db();
 	tu_rmrf(dir);
@@ -310,25 +318,60 @@ Test(durable, missing_wal_dir_of_a_named_shard_refuses_open)
 
 /* ---------------------------------------------------------------- item 7 */
 
-Test(durable, flipped_byte_in_last_synced_record_refuses_open)
+/* Two synced writes, then a flipped byte in the payload of the second
+ * (the last record); *seg names the segment, *size its size. */
+static void damage_last_record(char *seg, size_t cap, uint64_t *size)
 {
 	put_ok(0, 500);
+	put_ok(500, 300);
 	cr_assert_eq(tally_db_sync(db), 0);
 	close_db();
-	char seg[600];
-	only_segment(seg, sizeof seg);
-	uint64_t size = size_of(seg);
+	only_segment(seg, cap);
+	*size = size_of(seg);
 	int fd = open(seg, O_RDWR);
 	uint8_t b;
-	cr_assert_eq(pread(fd, &b, 1, (off_t)size - 5), 1);
+	cr_assert_eq(pread(fd, &b, 1, (off_t)*size - 5), 1);
 	b ^= 0x20;
-	cr_assert_eq(pwrite(fd, &b, 1, (off_t)size - 5), 1);
+	cr_assert_eq(pwrite(fd, &b, 1, (off_t)*size - 5), 1);
 	close(fd);
+}
+
+Test(durable, flipped_byte_in_last_synced_record_refuses_open)
+{
+	char seg[600];
+	uint64_t size;
+	damage_last_record(seg, sizeof seg, &size);
 	cr_assert_eq(try_open(), TALLY_ECORRUPT);
 	cr_assert(strstr(tally_errmsg(), seg), "%s", tally_errmsg());
 	cr_assert(strstr(tally_errmsg(), " offset "), "%s", tally_errmsg());
 	cr_assert(strstr(tally_errmsg(), "were synced"), "%s", tally_errmsg());
 	cr_assert_eq(size_of(seg), size, "the segment must be kept as it was");
+}
+
+/* The operator's other choice: read-only, what is intact answers, and
+ * nothing changes on disk. */
+Test(durable, damaged_wal_opens_read_only_when_chosen)
+{
+	char seg[600];
+	uint64_t size;
+	damage_last_record(seg, sizeof seg, &size);
+	read_only_on_damage = 1;
+	open_db();
+	cr_assert(strstr(all_logs, "opened read-only after damage: "), "%s", all_logs);
+	expect_totals(500, sum_of(0, 500)); /* the first write; the damaged one is not */
+	tally_write_result res;
+	cr_assert_eq(put(1000, 5, &res), TALLY_EFAILED);
+	cr_assert(strstr(tally_errmsg(), "read-only"), "%s", tally_errmsg());
+	cr_assert_eq(tally_db_flush(db), TALLY_EFAILED);
+	cr_assert_eq(tally_db_merge(db), TALLY_EFAILED);
+	cr_assert_eq(tally_db_sync(db), TALLY_EFAILED);
+	tally_stats st;
+	stats(&st);
+	cr_assert_eq(st.failed_shards, 1);
+	close_db();
+	cr_assert_eq(size_of(seg), size, "read-only changed the segment");
+	read_only_on_damage = 0;
+	cr_assert_eq(try_open(), TALLY_ECORRUPT, "the damage must still be refused");
 }
 
 Test(durable, deleted_only_segment_refuses_open)

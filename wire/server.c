@@ -849,6 +849,7 @@ int srv_open(srv *s, srv_conf *conf)
 	if (conf->memory_limit)
 		o.memory_limit = conf->memory_limit;
 	o.prefault = (int)conf->prefault;
+	o.wal_damage_read_only = (int)conf->wal_damage_ro;
 	o.align_offset = conf->align_offset;
 	o.table_keys = conf->table_keys;
 	if (conf->n_levels) {
