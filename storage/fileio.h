@@ -24,6 +24,14 @@ int fio_pwrite(int fd, const void *p, size_t n, uint64_t off, size_t *done);
 /* fsync / fdatasync: 0 or -errno (no message; the caller names the file). */
 int fio_fsync(int fd);
 int fio_fdatasync(int fd);
+/* open, rename, unlink, ftruncate and close for files storage writes:
+ * the system calls (errno set, -1 on failure), seen by the power-loss
+ * simulation of test builds. */
+int fio_open(const char *path, int flags, int mode);
+int fio_rename(const char *from, const char *to);
+int fio_unlink(const char *path);
+int fio_ftruncate(int fd, uint64_t len);
+int fio_close(int fd);
 /* 0, -errno, or TALLY_ECORRUPT ("...: file ends at byte ...") when the file
  * is shorter than off + n; path names the file in the message. */
 int fio_pread_full(int fd, void *p, size_t n, uint64_t off, const char *path);
@@ -49,6 +57,17 @@ int fio_read_all(const char *path, size_t max, void **data, size_t *len);
 enum { FIO_FAULT_WRITE = 1, FIO_FAULT_SYNC = 2 };
 void fio_fault_set(unsigned ops, int err, uint64_t skip, uint64_t count);
 uint64_t fio_fault_hits(void);
+
+/* Power loss (test builds only). fio_powerloss_arm(n) starts recording
+ * what a power cut would undo, and makes the n-th fsync, fdatasync or
+ * rename from now (1-based; 0: never) a power cut instead: before that
+ * call runs, every byte written to a file since its last fsync is dropped
+ * (overwritten synced bytes come back), every create, rename and unlink
+ * in a directory not fsynced since is undone, and the process exits with
+ * FIO_POWERLOSS_EXIT. fio_powerloss_calls() counts the boundaries seen. */
+#define FIO_POWERLOSS_EXIT 99
+void fio_powerloss_arm(uint64_t n);
+uint64_t fio_powerloss_calls(void);
 #endif
 
 /* Little-endian helpers for every format. */

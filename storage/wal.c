@@ -266,6 +266,22 @@ static void seg_path(const wal *w, uint64_t first_seq, char out[WAL_PATH_MAX])
 	snprintf(out, WAL_PATH_MAX, "%s/%020llu.wal", w->dir, (unsigned long long)first_seq);
 }
 
+/* Deletes segment first_seq: 0, or -1 with errno. */
+static int seg_unlink(const wal *w, uint64_t first_seq)
+{
+	char path[WAL_PATH_MAX];
+	seg_path(w, first_seq, path);
+	return fio_unlink(path);
+}
+
+/* The path of segment first_seq, for a message (one per thread at a time). */
+static const char *seg_path_tmp(const wal *w, uint64_t first_seq)
+{
+	static _Thread_local char path[WAL_PATH_MAX];
+	seg_path(w, first_seq, path);
+	return path;
+}
+
 /* 1 and the seq when name is a segment file name, else 0. */
 static int seg_name_parse(const char *name, uint64_t *seq)
 {
@@ -399,24 +415,24 @@ static int seg_create(wal *w, uint64_t first_seq, int *fdp)
 	uint8_t h[SEG_HDR];
 	seg_name(name, first_seq);
 	seg_path(w, first_seq, path);
-	int fd = openat(w->dir_fd, name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+	int fd = fio_open(path, O_WRONLY | O_CREAT | O_EXCL, 0644);
 	if (fd < 0)
 		return err_sys(errno, "%s: create", path);
 	seg_hdr_encode(h, first_seq);
 	if (write_full(fd, h, SEG_HDR, 0, NULL) != 0) {
 		int rc = err_sys(errno, "%s: write", path);
-		close(fd);
-		unlinkat(w->dir_fd, name, 0); /* an empty or short last segment is torn anyway */
+		fio_close(fd);
+		fio_unlink(path); /* an empty or short last segment is torn anyway */
 		return rc;
 	}
 	if (datasync(fd) != 0) {
 		int e = errno;
-		close(fd);
+		fio_close(fd);
 		return fail(w, e, "fdatasync of new segment", first_seq);
 	}
 	int rc = fsync_dir(w);
 	if (rc) {
-		close(fd);
+		fio_close(fd);
 		return rc;
 	}
 	*fdp = fd;
@@ -594,7 +610,7 @@ static int synced_damage(recover *rc, uint64_t off, uint64_t seq, const char *wh
 static int seg_cut(recover *rc, int fd, uint64_t off, const char *why)
 {
 	uint64_t dropped = rc->rd.size - off;
-	if (ftruncate(fd, (off_t)off) != 0)
+	if (fio_ftruncate(fd, off) != 0)
 		return err_sys(errno, "%s: truncating torn tail at offset %llu", rc->path,
 			       (unsigned long long)off);
 	if (datasync(fd) != 0)
@@ -648,7 +664,7 @@ static int seg_recover(recover *rc, size_t i)
 
 	seg_name(name, name_seq);
 	seg_path(w, name_seq, rc->path);
-	int fd = openat(w->dir_fd, name, (last ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+	int fd = fio_open(rc->path, last ? O_RDWR : O_RDONLY, 0);
 	if (fd < 0)
 		return err_sys(errno, "%s: open", rc->path);
 	if (fstat(fd, &sb) != 0) {
@@ -753,11 +769,11 @@ static int seg_recover(recover *rc, size_t i)
 		w->fd = fd;
 		w->seg_records = count;
 	} else {
-		close(fd);
+		fio_close(fd);
 	}
 	return 0;
 fail:
-	close(fd);
+	fio_close(fd);
 	return err;
 }
 
@@ -808,7 +824,7 @@ static int dir_open(wal *w)
 	int rc = fio_mkdir(w->dir);
 	if (rc)
 		return rc;
-	w->dir_fd = open(w->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	w->dir_fd = fio_open(w->dir, O_RDONLY | O_DIRECTORY, 0);
 	if (w->dir_fd < 0)
 		return err_sys(errno, "%s: open", w->dir);
 	return 0;
@@ -837,18 +853,17 @@ static int open_tail(wal *w, uint64_t after_seq, uint64_t expected)
 		 * only records the caller has. An empty current segment goes. */
 		wal_seg *cur = &w->segs[w->n_segs - 1];
 		if (w->seg_records == 0) {
-			char name[SEG_NAME_LEN + 1];
-			seg_name(name, cur->first_seq);
-			close(w->fd);
+			fio_close(w->fd);
 			w->fd = -1;
-			if (unlinkat(w->dir_fd, name, 0) != 0)
-				return err_sys(errno, "%s/%s: unlink", w->dir, name);
+			if (seg_unlink(w, cur->first_seq) != 0)
+				return err_sys(errno, "%s: unlink",
+					       seg_path_tmp(w, cur->first_seq));
 			sub(&w->disk_bytes, cur->bytes);
 			w->n_segs--;
 		} else {
 			if (datasync(w->fd) != 0)
 				return fail(w, errno, "fdatasync", cur->first_seq);
-			close(w->fd);
+			fio_close(w->fd);
 			w->fd = -1;
 		}
 	}
@@ -871,11 +886,12 @@ static int synced_open(wal *w, bool *created)
 {
 	uint8_t b[SYNCED_LEN];
 	*created = false;
-	w->synced_fd = openat(w->dir_fd, SYNCED_NAME, O_RDWR | O_CLOEXEC);
+	char path[WAL_PATH_MAX];
+	snprintf(path, sizeof path, "%s/" SYNCED_NAME, w->dir);
+	w->synced_fd = fio_open(path, O_RDWR, 0);
 	if (w->synced_fd < 0 && errno == ENOENT) {
 		*created = true;
-		w->synced_fd =
-			openat(w->dir_fd, SYNCED_NAME, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+		w->synced_fd = fio_open(path, O_RDWR | O_CREAT | O_EXCL, 0644);
 	}
 	if (w->synced_fd < 0)
 		return err_sys(errno, "%s/" SYNCED_NAME ": open", w->dir);
@@ -1000,7 +1016,7 @@ fail:
 	mem_free(rc.rd.buf);
 	mem_free(rc.dbuf);
 	if (w->fd >= 0)
-		close(w->fd);
+		fio_close(w->fd);
 	w->fd = -1;
 	wal_close(w);
 	return r;
@@ -1030,7 +1046,7 @@ static int failed_now(wal *w)
 		w->undo_pending = 0;
 		if (w->undo_off < cur->bytes) {
 			uint64_t cut = cur->bytes - w->undo_off;
-			if (ftruncate(w->fd, (off_t)w->undo_off) != 0 || datasync(w->fd) != 0) {
+			if (fio_ftruncate(w->fd, w->undo_off) != 0 || datasync(w->fd) != 0) {
 				log_emit(&w->log, TALLY_LOG_ERROR,
 					 "%s/%020llu.wal: could not cut the %llu bytes written "
 					 "after the last good fsync: %s; records after seq %llu "
@@ -1084,16 +1100,14 @@ static int wal_roll(wal *w)
 	if ((rc = seg_create(w, w->next_seq, &fd)) != 0)
 		return rc;
 	if ((rc = seg_push(w, w->next_seq, SEG_HDR)) != 0) {
-		char name[SEG_NAME_LEN + 1];
-		seg_name(name, w->next_seq);
-		close(fd);
-		if (unlinkat(w->dir_fd, name, 0) != 0)
+		fio_close(fd);
+		if (seg_unlink(w, w->next_seq) != 0)
 			return fail(w, errno, "unlink of unused segment", w->next_seq);
 		return rc;
 	}
 	add(&w->disk_bytes, SEG_HDR);
 	pthread_mutex_lock(&w->sync_mu);
-	close(w->fd);
+	fio_close(w->fd);
 	w->fd = fd;
 	w->cur_seq = w->next_seq;
 	w->base_lsn = ld(&w->written_lsn);
@@ -1154,7 +1168,7 @@ int wal_append(wal *w, const void *payload, size_t len, uint64_t *seq)
 		seg_path(w, cur->first_seq, path);
 		/* Take back the part that made it, so the file ends at a
 		 * record boundary and a retry writes after it. */
-		if (done && ftruncate(w->fd, (off_t)cur->bytes) != 0)
+		if (done && fio_ftruncate(w->fd, cur->bytes) != 0)
 			return fail(w, errno, "ftruncate after a failed write of", cur->first_seq);
 		return err_sys(e, "%s offset %llu: write of record %llu", path,
 			       (unsigned long long)cur->bytes, (unsigned long long)w->next_seq);
@@ -1220,10 +1234,8 @@ int wal_trim(wal *w, uint64_t upto_seq)
 	int rc = 0;
 	/* A segment ends where the next begins; the current one never goes. */
 	while (n + 1 < w->n_segs && w->segs[n + 1].first_seq - 1 <= upto_seq) {
-		char name[SEG_NAME_LEN + 1];
-		seg_name(name, w->segs[n].first_seq);
-		if (unlinkat(w->dir_fd, name, 0) != 0) {
-			rc = err_sys(errno, "%s/%s: unlink", w->dir, name);
+		if (seg_unlink(w, w->segs[n].first_seq) != 0) {
+			rc = err_sys(errno, "%s: unlink", seg_path_tmp(w, w->segs[n].first_seq));
 			break;
 		}
 		sub(&w->disk_bytes, w->segs[n].bytes);
@@ -1300,11 +1312,11 @@ void wal_close(wal *w)
 	if (w->fd >= 0 && is_failed(w))
 		failed_now(w); /* the in-doubt bytes must not outlive us */
 	if (w->fd >= 0)
-		close(w->fd);
+		fio_close(w->fd);
 	if (w->synced_fd >= 0)
-		close(w->synced_fd);
+		fio_close(w->synced_fd);
 	if (w->dir_fd >= 0)
-		close(w->dir_fd);
+		fio_close(w->dir_fd);
 	pthread_mutex_destroy(&w->sync_mu);
 	mem_free(w->segs);
 	mem_free(w->buf);
