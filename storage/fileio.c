@@ -185,8 +185,12 @@ static void pl_dir_synced(const char *dir)
 			pp = &o->prev;
 			continue;
 		}
-		if (o->backup)
+		if (o->backup) {
+			pl_file *f = pl_file_of(o->backup, 0);
+			if (f)
+				f->path[0] = 0; /* the replaced or deleted file is gone for good */
 			unlink(o->backup);
+		}
 		*pp = o->prev;
 		free(o->path);
 		free(o->from);
@@ -227,8 +231,10 @@ static _Noreturn void pl_cut(void)
 		} else if (o->kind == PL_RENAME) {
 			rename(o->path, o->from);
 			pl_file_rename(o->path, o->from);
-			if (o->backup)
+			if (o->backup) {
 				rename(o->backup, o->path);
+				pl_file_rename(o->backup, o->path);
+			}
 		} else if (o->backup) {
 			rename(o->backup, o->path);
 			pl_file_rename(o->backup, o->path);
@@ -350,6 +356,8 @@ int fio_rename(const char *from, const char *to)
 	int rc = rename(from, to);
 	if (pl_on && !rc) {
 		pl_op_add(PL_RENAME, to, from, backup);
+		if (backup) /* the file replaced lives on as the backup */
+			pl_file_rename(to, backup);
 		pl_file_rename(from, to);
 	} else if (backup) {
 		unlink(backup);
