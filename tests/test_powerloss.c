@@ -16,7 +16,9 @@
  * renames, manifest replacements and WAL trims are all boundaries). The
  * parent reopens the store after the cut and checks every event: each
  * reported durable is there once, none is there twice, none that was
- * never written appears. Trials run until the workload ends before its
+ * never written appears. Before that check, a second child reopens the
+ * store with a cut inside the recovery itself (at boundary 1 to 5 of the
+ * open, varied per trial). Trials run until the workload ends before its
  * n-th boundary: every boundary was cut at once. TALLY_POWERLOSS_STEPS
  * (default 12 batches) makes the workload, and so the run, longer.
  */
@@ -81,6 +83,32 @@ static _Noreturn void child(const char *dir, uint64_t cut_at, int fd)
 	_exit(0);
 }
 
+/* Recovery cut short too: a child reopens dir with a cut at its n-th
+ * boundary (the open's own fsyncs and renames: a torn tail cut, a new
+ * segment, SYNCED). Returns 1 when the cut came, 0 when the open ended
+ * before it. */
+static int cut_recovery(const char *dir, uint64_t n)
+{
+	pid_t pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		fio_powerloss_arm(n);
+		tally_options o = opts();
+		tally_db *db;
+		if (tally_db_open(dir, &o, &db)) {
+			fprintf(stderr, "recovery: %s\n", tally_errmsg());
+			_exit(CHILD_ERROR);
+		}
+		tally_db_close(db);
+		_exit(0);
+	}
+	int st;
+	cr_assert_eq(waitpid(pid, &st, 0), pid);
+	cr_assert(WIFEXITED(st) && (WEXITSTATUS(st) == 0 || WEXITSTATUS(st) == FIO_POWERLOSS_EXIT),
+		  "recovery after cut %llu failed", (unsigned long long)n);
+	return WEXITSTATUS(st) == FIO_POWERLOSS_EXIT;
+}
+
 /* Reopens dir and checks it against durable (ids below it were
  * acknowledged). */
 static void check(const char *dir, uint64_t trial, uint32_t durable)
@@ -129,7 +157,7 @@ static void check(const char *dir, uint64_t trial, uint32_t durable)
 
 Test(powerloss, cut_at_every_fsync_and_rename_loses_nothing_acknowledged, .timeout = 900)
 {
-	uint64_t trial;
+	uint64_t trial, recovery_cuts = 0;
 	int done = 0;
 	const char *e = getenv("TALLY_POWERLOSS_STEPS");
 	if (e && atoi(e) > 0)
@@ -159,11 +187,17 @@ Test(powerloss, cut_at_every_fsync_and_rename_loses_nothing_acknowledged, .timeo
 		done = code == 0; /* the workload ended before boundary `trial` */
 		if (done)
 			cr_assert_eq(durable, N_IDS);
+		/* and a second cut in the recovery, at a boundary varied per trial */
+		recovery_cuts += !done && cut_recovery(dir, 1 + trial % 5);
 		check(dir, trial, durable);
 		tu_rmrf(dir);
 		free(dir);
 	}
 	cr_assert(done, "the workload has more than %d boundaries", MAX_TRIALS);
-	fprintf(stderr, "powerloss: %llu trials, a power cut at each of %llu boundaries\n",
-		(unsigned long long)(trial - 1), (unsigned long long)(trial - 2));
+	cr_assert_gt(recovery_cuts, 0);
+	fprintf(stderr,
+		"powerloss: %llu trials, a power cut at each of %llu boundaries, %llu of them "
+		"cut again during recovery\n",
+		(unsigned long long)(trial - 1), (unsigned long long)(trial - 2),
+		(unsigned long long)recovery_cuts);
 }
