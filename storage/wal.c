@@ -357,7 +357,8 @@ static int fail_msg_locked(wal *w, const char *msg)
 		snprintf(w->fail_msg, sizeof w->fail_msg, "%s", msg);
 		uint64_t durable = ld(&w->durable_lsn);
 		w->undo_off = w->base_off + (durable > w->base_lsn ? durable - w->base_lsn : 0);
-		w->undo_pending = 1;
+		/* during wal_open nothing unsynced was written by us: no cut */
+		w->undo_pending = w->base_off != UINT64_MAX;
 		__atomic_store_n(&w->failed, 1, __ATOMIC_RELEASE);
 		log_emit(&w->log, TALLY_LOG_ERROR, "wal %s failed: %s", w->dir, w->fail_msg);
 	}
@@ -953,6 +954,7 @@ int wal_open(const char *dir, const wal_options *opt, uint64_t after_seq, wal_re
 	w->fd = -1;
 	w->dir_fd = -1;
 	w->synced_fd = -1;
+	w->base_off = UINT64_MAX; /* set once the log is open */
 	pthread_mutex_init(&w->sync_mu, NULL);
 	w->segment_bytes = opt->segment_bytes ? opt->segment_bytes : DEFAULT_SEGMENT_BYTES;
 	w->buffer_bytes = opt->buffer_bytes ? opt->buffer_bytes : DEFAULT_BUFFER_BYTES;
