@@ -212,14 +212,14 @@ Test(durable, wal_write_eio_refuses_only_that_batch)
 /* After a failed fsync the shard fails for good (no retried fsync may
  * report the writes durable), and the writes that sync covered do not
  * come back at the next open: their writers were told they failed. */
-Test(durable, fsync_failure_fails_shard_and_drops_its_writes)
+static void fsync_failure_fails_shard_and_drops_its_writes(int err)
 {
 	put_ok(0, 100);
 	cr_assert_eq(tally_db_sync(db), 0);
 	put_ok(100, 50);
-	fio_fault_set(FIO_FAULT_SYNC, EIO, 0, 1);
+	fio_fault_set(FIO_FAULT_SYNC, err, 0, 1);
 	cr_assert_eq(tally_db_sync(db), TALLY_EFAILED);
-	cr_assert(strstr(tally_errmsg(), "Input/output error"), "%s", tally_errmsg());
+	cr_assert(strstr(tally_errmsg(), strerror(err)), "%s", tally_errmsg());
 	/* the fault is spent: a retry would succeed and lie, so it must not run */
 	cr_assert_eq(tally_db_sync(db), TALLY_EFAILED);
 	tally_write_result res;
@@ -236,6 +236,16 @@ Test(durable, fsync_failure_fails_shard_and_drops_its_writes)
 	cr_assert_eq(tally_db_sync(db), 0, "%s", tally_errmsg());
 	stats(&st);
 	cr_assert_eq(st.failed_shards, 0);
+}
+
+Test(durable, fsync_eio_fails_shard_and_drops_its_writes)
+{
+	fsync_failure_fails_shard_and_drops_its_writes(EIO);
+}
+
+Test(durable, fsync_enospc_fails_shard_and_drops_its_writes)
+{
+	fsync_failure_fails_shard_and_drops_its_writes(ENOSPC);
 }
 
 /* A failed fsync while a flush rolls the segment fails the shard the same
