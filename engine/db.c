@@ -274,7 +274,7 @@ static void remove_orphans(tally_db *db, const char *parts_dir)
 			snprintf(aside, sizeof aside, "%s/.unknown", parts_dir);
 			int rc = fio_mkdir(aside);
 			snprintf(aside, sizeof aside, "%s/.unknown/%s", parts_dir, e->d_name);
-			if (!rc && rename(path, aside) == 0)
+			if (!rc && fio_rename(path, aside) == 0)
 				log_emit(&db->log, TALLY_LOG_WARN,
 					 "%s is not a file tally writes: moved to %s", path, aside);
 			else
@@ -294,7 +294,7 @@ static void remove_orphans(tally_db *db, const char *parts_dir)
 		} else if (mp && mp->tier != MTIER_REMOTE && stub) {
 			mp = NULL; /* a stub whose upload never committed */
 		}
-		if (!mp && unlink(path) == 0)
+		if (!mp && fio_unlink(path) == 0)
 			log_emit(&db->log, TALLY_LOG_INFO, "removed %s: no manifest names it",
 				 path);
 	}
