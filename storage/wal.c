@@ -5,8 +5,14 @@
  * number and two checksums (header, payload), so a reader trusts no length
  * it has not checked and can tell a torn tail from corruption. A record that
  * does not check out is the tail a crash tore iff it sits in the last
- * segment and no valid record starts anywhere after it; then it is cut off.
- * Anything else is TALLY_ECORRUPT naming file and offset.
+ * segment, no valid record starts anywhere after it, and no fsync covered
+ * it (its seq is above the one in SYNCED); then it is cut off. Anything
+ * else is TALLY_ECORRUPT naming file and offset, and the file is left as
+ * it is.
+ *
+ * Each append is written to the kernel at once, so the engine applies a
+ * batch only after the disk took its record, and a failed write refuses
+ * that append alone.
  *
  * Durability is a logical byte position (LSN, bytes of records written in
  * this process). Writers advance written_lsn; wal_sync_to() fsyncs once for

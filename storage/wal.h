@@ -38,7 +38,7 @@ typedef struct wal wal;
 
 typedef struct wal_options {
 	uint64_t segment_bytes; /* roll to a new segment past this; 0: 64 MiB */
-	uint32_t buffer_bytes;  /* user-space append buffer; 0: 1 MiB */
+	uint32_t buffer_bytes;  /* records up to this are encoded in place; 0: 1 MiB */
 	log_sink log;           /* where the torn-tail notice goes */
 	/* When the log does not check out (TALLY_ECORRUPT: damage, synced
 	 * records missing): 0 fails wal_open; 1 opens it read-only instead,
