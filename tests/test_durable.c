@@ -148,16 +148,7 @@ static void only_segment(char *out, size_t cap)
 {
 	char wd[512];
 	path_of(wd, sizeof wd, "wal/shard-000");
-	DIR *d = opendir(wd);
-	cr_assert_not_null(d);
-	struct dirent *e;
-	int n = 0;
-	while ((e = readdir(d)))
-		if (strstr(e->d_name, ".wal")) {
-			snprintf(out, cap, "%s/%.40s", wd, e->d_name);
-			n++;
-		}
-	closedir(d);
+	int n = tu_find_files(wd, ".wal", out, cap);
 	cr_assert_eq(n, 1, "%d segments", n);
 }
 

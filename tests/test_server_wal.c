@@ -12,6 +12,7 @@
 #include <sys/wait.h>
 
 #include "srvutil.h"
+#include "testutil.h"
 
 static tsrv s;
 
@@ -27,17 +28,7 @@ static uint64_t only_segment(char *out, size_t cap)
 {
 	char wd[256];
 	snprintf(wd, sizeof wd, "%s/wal/shard-000", s.data);
-	DIR *d = opendir(wd);
-	cr_assert_not_null(d);
-	struct dirent *e;
-	int n = 0;
-	while ((e = readdir(d)))
-		if (strstr(e->d_name, ".wal")) {
-			snprintf(out, cap, "%s/%.40s", wd, e->d_name);
-			n++;
-		}
-	closedir(d);
-	cr_assert_eq(n, 1);
+	cr_assert_eq(tu_find_files(wd, ".wal", out, cap), 1);
 	struct stat sb;
 	cr_assert_eq(stat(out, &sb), 0);
 	return (uint64_t)sb.st_size;
