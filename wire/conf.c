@@ -122,6 +122,10 @@ static const struct conf_item {
 	{"prefault", K_BOOL, offsetof(srv_conf, prefault),
 	 "on start, fault in each shard's first memtable of memory in the background, "
 	 "so that writers do not (on or off; default on)"},
+	{"wal-damage-read-only", K_BOOL, offsetof(srv_conf, wal_damage_ro),
+	 "when WAL records that were synced are damaged or missing, start read-only "
+	 "(queries answer, writes are refused, no file changes) instead of refusing to "
+	 "start (on or off; default off)"},
 	/* Tiering (docs/operations.md). Unset: the environment variables of
 	 * conf_envs, named in the help too, else the engine's default. */
 	{"tier-bucket", K_STR, offsetof(srv_conf, tier_bucket),

@@ -391,7 +391,8 @@ static int h_precision(const http_req *r, enum tally_precision *prec)
 static int h_ready(const srv *s)
 {
 	char msg[8];
-	return !atomic_load(&s->stopping) && srv_sync_result((srv *)s, msg, sizeof msg) == 0;
+	return !atomic_load(&s->stopping) &&
+	       srv_sync_result((srv *)s, atomic_load(&s->sync_done), msg, sizeof msg) == 0;
 }
 
 static void h_ping(wconn *c)
@@ -403,7 +404,8 @@ static void h_health(wconn *c)
 {
 	srv *s = c->sh->srv;
 	char msg[256], body[700];
-	int rc = srv_sync_result(s, msg, sizeof msg);
+	/* The latest sync that completed: failed, and none succeeded since. */
+	int rc = srv_sync_result(s, atomic_load(&s->sync_done), msg, sizeof msg);
 	int stopping = atomic_load(&s->stopping) != 0;
 	size_t o = (size_t)snprintf(body, sizeof body, "{\"name\":\"tally\",\"message\":\"");
 	o = h_json_str(body, sizeof body - 128, o,
@@ -901,7 +903,7 @@ static void h_step(wconn *c)
 			    c->sync_ticket)
 				break;
 			char msg[256];
-			int rc = srv_sync_result(s, msg, sizeof msg);
+			int rc = srv_sync_result(s, c->sync_ticket, msg, sizeof msg);
 			c->sync_ticket = 0;
 			c->sh->n_sync_wait--;
 			h->st = HS_HEAD;

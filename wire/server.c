@@ -106,10 +106,10 @@ uint64_t srv_sync_ticket(srv *s)
 	return t;
 }
 
-int srv_sync_result(srv *s, char *msg, size_t cap)
+int srv_sync_result(srv *s, uint64_t ticket, char *msg, size_t cap)
 {
 	pthread_mutex_lock(&s->smu);
-	int rc = s->sync_rc;
+	int rc = ticket <= s->sync_ok ? 0 : s->sync_rc;
 	snprintf(msg, cap, "%s", s->sync_msg);
 	pthread_mutex_unlock(&s->smu);
 	return rc;
@@ -165,10 +165,15 @@ static void *srv_syncer_main(void *arg)
 			snprintf(msg, sizeof msg, "%s",
 				 *tally_errmsg() ? tally_errmsg() : tally_strerror(rc));
 		pthread_mutex_lock(&s->smu);
-		if (rc && !s->sync_rc) {
+		if (rc) {
+			if (!s->sync_rc || strcmp(s->sync_msg, msg))
+				srv_log(s, TALLY_LOG_ERROR, "sync failed: %s", msg);
 			s->sync_rc = rc;
 			snprintf(s->sync_msg, sizeof s->sync_msg, "%s", msg);
-			srv_log(s, TALLY_LOG_ERROR, "sync failed: %s", msg);
+		} else {
+			s->sync_rc = 0;
+			if (target > s->sync_ok)
+				s->sync_ok = target;
 		}
 		if (target > done) {
 			atomic_store_explicit(&s->sync_done, target, memory_order_release);
@@ -896,6 +901,7 @@ int srv_open(srv *s, srv_conf *conf)
 	if (conf->memory_limit)
 		o.memory_limit = conf->memory_limit;
 	o.prefault = (int)conf->prefault;
+	o.wal_damage_read_only = (int)conf->wal_damage_ro;
 	o.align_offset = conf->align_offset;
 	o.table_keys = conf->table_keys;
 	if (conf->n_levels) {

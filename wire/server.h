@@ -217,7 +217,11 @@ struct srv {
 	pthread_cond_t scv;
 	uint64_t sync_req;          /* last ticket handed out */
 	_Atomic uint64_t sync_done; /* every ticket <= this is durable */
-	int sync_rc; /* first failure, sticky (the engine fails the shard for good) */
+	/* A ticket's answer: OK when a sync that succeeded covered it
+	 * (ticket <= sync_ok), else the last failure (its writes are not
+	 * known durable). Not sticky: a later good sync answers OK again. */
+	uint64_t sync_ok;
+	int sync_rc;
 	char sync_msg[256];
 	_Atomic int dirty; /* writes since the last sync */
 	int syncer_stop;
@@ -232,7 +236,7 @@ void srv_stop(srv *s); /* begin the graceful stop; a second call hurries it */
 int srv_wait(srv *s);  /* joins the threads after the stop, syncs: 0 or error */
 void srv_close(srv *s);
 uint64_t srv_sync_ticket(srv *s);
-int srv_sync_result(srv *s, char *msg, size_t cap);
+int srv_sync_result(srv *s, uint64_t ticket, char *msg, size_t cap);
 void srv_conn_dirty(wconn *c);
 int64_t srv_now(void);      /* monotonic ns */
 int64_t srv_clock_ns(void); /* wall clock ns since the epoch */
