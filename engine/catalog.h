@@ -12,6 +12,7 @@
 #define TALLY_CATALOG_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 
 #include "strmap.h"
@@ -39,6 +40,15 @@ typedef struct table_def {
 	col_def **cols;
 	uint32_t n_cols, cap_cols;
 	strmap by_name;
+	/* Every key the table holds, in any shard's memtable or part, under
+	 * keys_mu. Keys are never dropped (merges keep them all), so the set
+	 * only grows: its size is the table's cardinality, which stats reads
+	 * without walking anything and the cardinality limit checks. Each
+	 * key is stored once here; shards' key states point at this copy. */
+	pthread_mutex_t keys_mu;
+	strmap keys;
+	_Atomic uint64_t n_keys;
+	_Atomic uint64_t key_bytes; /* the set's table and key bytes */
 } table_def;
 
 typedef struct catalog {
@@ -73,6 +83,21 @@ int catalog_column(catalog *c, table_def *t, const char *name, uint32_t len, uin
 /* Looks up without creating; NULL when absent. */
 table_def *catalog_find_table(catalog *c, const char *name, uint32_t len);
 col_def *catalog_find_column(catalog *c, table_def *t, const char *name, uint32_t len);
+
+/* Adds key to the table's key set unless there. *out: the set's copy of
+ * the key (NUL-terminated, lives until catalog_free). limit > 0: a key
+ * that would make the table hold more than limit keys is refused with
+ * TALLY_ELIMIT and a message naming the table and the limit. */
+int catalog_key(table_def *t, const char *key, uint32_t len, uint64_t hash, uint64_t limit,
+		const char **out);
+
+/* Adds every key of a part found at open to its table's key set. */
+struct part;
+int catalog_part_keys(table_def *t, const struct part *p);
+
+/* Distinct (table, key) pairs over all tables, and the bytes the key sets
+ * hold: running counts, read without walking any key. */
+uint64_t catalog_keys(catalog *c, uint64_t *bytes);
 
 const char *type_name(enum tally_type t);
 static inline int type_is_numeric(enum tally_type t)

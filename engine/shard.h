@@ -44,7 +44,7 @@ typedef struct chunk {
 } chunk;
 
 typedef struct series {
-	char *key;
+	const char *key; /* the catalog's copy */
 	uint32_t key_len;
 	chunk **chunks;
 	uint32_t n_chunks, cap_chunks;
@@ -85,7 +85,7 @@ typedef struct memtable {
  * for counting late events. */
 typedef struct keystate keystate;
 struct keystate {
-	char *key;
+	const char *key; /* the catalog's copy */
 	uint32_t len;
 	int64_t hwm;
 };
