@@ -709,7 +709,8 @@ static int stage_line(tally_writer *w, const lp_line *ln, int64_t now)
 	table_def *t = wt->def;
 	int64_t ts = ln->has_ts ? ln->ts : now;
 	if (ts < TS_ENGINE_MIN || ts > TS_ENGINE_MAX)
-		return err_set(TALLY_ELIMIT, "timestamp %lld out of the stored range",
+		return err_set(TALLY_ELIMIT,
+			       "timestamp %lld out of the stored range " TS_ENGINE_RANGE_TEXT,
 			       (long long)ts);
 	const char *key = "";
 	uint32_t key_len = 0;
@@ -879,8 +880,10 @@ TALLY_API int tally_write_batch(tally_writer *w, const tally_batch *b)
 		return err_set(TALLY_EINVAL, "batch: ts is NULL");
 	for (size_t r = 0; r < b->n_rows; r++)
 		if (b->ts[r] < TS_ENGINE_MIN || b->ts[r] > TS_ENGINE_MAX)
-			return err_set(TALLY_ELIMIT, "row %zu: timestamp %lld out of range", r,
-				       (long long)b->ts[r]);
+			return err_set(TALLY_ELIMIT,
+				       "row %zu: timestamp %lld out of the stored "
+				       "range " TS_ENGINE_RANGE_TEXT,
+				       r, (long long)b->ts[r]);
 	uint32_t tl = (uint32_t)strlen(b->table);
 	wtable *wt;
 	if ((rc = writer_table(w, b->table, tl, b->key_tag ? b->key_tag : "key",

@@ -35,9 +35,12 @@ static int resolve(tally_db *db, const char *table, const char *field, table_def
 	return 0;
 }
 
+/* A range end brought into [TS_ENGINE_MIN, TS_ENGINE_MAX + 1]: ranges are
+ * half open, so the last stored instant is inside [from, to) only when to
+ * may be one past it (clamping to TS_ENGINE_MAX lost an event there). */
 static inline int64_t clamp_ts(int64_t t)
 {
-	return t < TS_ENGINE_MIN ? TS_ENGINE_MIN : t > TS_ENGINE_MAX ? TS_ENGINE_MAX : t;
+	return t < TS_ENGINE_MIN ? TS_ENGINE_MIN : t > TS_ENGINE_MAX ? TS_ENGINE_MAX + 1 : t;
 }
 
 static const rcol *series_rcol(const series *se, uint32_t id)
@@ -118,6 +121,14 @@ typedef struct wfold {
 	ragg *win;              /* (to - from) / step windows */
 } wfold;
 
+/* Start of window i. Unsigned: a chunk of wide windows may span more
+ * than half of int64 (from - to does not fit), though every start in it
+ * does. */
+static inline int64_t wfold_start(const wfold *w, uint64_t i)
+{
+	return (int64_t)((uint64_t)w->from + i * (uint64_t)w->step);
+}
+
 /* Adds a source's buckets with start in [from, to) to their windows. */
 static void wfold_add(const rbucket *b, uint32_t n, wfold *w)
 {
@@ -129,8 +140,9 @@ static void wfold_add(const rbucket *b, uint32_t n, wfold *w)
 				wi++;
 				wend += w->step;
 			} else {
-				wi = (size_t)((b[i].start - w->from) / w->step);
-				wend = w->from + (int64_t)(wi + 1) * w->step;
+				wi = (size_t)(((uint64_t)b[i].start - (uint64_t)w->from) /
+					      (uint64_t)w->step);
+				wend = wfold_start(w, wi + 1);
 			}
 		}
 		ragg_merge(&w->win[wi], &b[i].a);
@@ -230,7 +242,7 @@ static int series_chunk(tally_db *db, const series_q *q, part_scratch *ps, wfold
 		if (!w->win[i].count)
 			continue;
 		if (*n < cap) {
-			out[*n].start = w->from + (int64_t)i * w->step;
+			out[*n].start = wfold_start(w, i);
 			ragg_to_public(&w->win[i], &out[*n].agg);
 		}
 		(*n)++;
@@ -263,8 +275,14 @@ TALLY_API int tally_query_series(tally_db *db, const char *table, const char *fi
 	for (unsigned i = 0; i < L->n; i++)
 		if (step % L->w[i] == 0)
 			li = (int)i;
-	from = window_start(clamp_ts(from), step, L->offset);
-	to = clamp_ts(to);
+	/* Windows that start in [window_start(from), to): to is taken as it
+	 * is (a to below the first stored instant may still be past the start
+	 * of that instant's window), only lowered to one past the last; from's
+	 * window is found without overflow, and one below the first stored
+	 * instant's window holds nothing that one would not. */
+	from = from < TS_ENGINE_MIN ? window_start(TS_ENGINE_MIN, step, L->offset)
+				    : window_start_any(from, step, L->offset);
+	to = to > TS_ENGINE_MAX ? TS_ENGINE_MAX + 1 : to;
 	series_q q = {t, c, key, (uint32_t)strlen(key), li};
 	part_scratch *ps = scratch_get(db);
 	if (!ps || codec_buf_reserve(&ps->windows, SERIES_CHUNK * sizeof(ragg))) {
