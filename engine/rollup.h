@@ -106,6 +106,12 @@ static inline void ragg_merge(ragg *a, const ragg *b)
 	double bp = t - a->sum;
 	a->comp += (a->sum - (t - bp)) + (b->sum - bp) + b->comp;
 	a->sum = t;
+	/* Past the largest double the sum is inf (NaN once it overflowed both
+	 * ways) and the compensation inf - inf: keep it 0, so that sum + comp,
+	 * which parts store, stays that inf. Windows merge here once, so the
+	 * test costs nothing per value. */
+	if (!isfinite(t))
+		a->comp = 0;
 	a->count += b->count;
 	a->min = b->min < a->min ? b->min : a->min;
 	a->max = b->max > a->max ? b->max : a->max;

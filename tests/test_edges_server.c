@@ -11,6 +11,7 @@
  */
 #include <criterion/criterion.h>
 #include <inttypes.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -88,6 +89,71 @@ Test(edges_server, every_query_counts_each_edge_event_once)
 	tcli_query(c, &t, "#!scan e a %s %s", lo, hi);
 	cr_assert_null(t.err, "%s", t.err);
 	cr_assert_eq(t.n - 1, N_EDGE, "scan: %zu rows", t.n - 1);
+	ttable_free(&t);
+	tcli_close(c);
+	cr_assert_eq(tsrv_wait(&s, SIGTERM), 0);
+	tdir_remove(&s);
+}
+
+/* ---------------------------------------------------------------- numbers */
+
+#include "cmd.h"
+
+static const char *agg_text(const tally_agg *a)
+{
+	static char buf[CMD_AGG_MAX + 1];
+	*cmd_put_agg(buf, a) = 0;
+	return buf;
+}
+
+/* An empty cell means "missing": a sum that overflowed must say so
+ * (issue 12 item 10), while an empty aggregate keeps its empty cells. */
+Test(cmd, overflowed_sums_print_inf_not_an_empty_cell)
+{
+	tally_agg a = {3, INFINITY, 1e308, 1e308, INFINITY};
+	cr_assert_str_eq(agg_text(&a), "3\tinf\t1e+308\t1e+308\tinf\n");
+	tally_agg b = {2, -INFINITY, -1e308, -1e308, -INFINITY};
+	cr_assert_str_eq(agg_text(&b), "2\t-inf\t-1e+308\t-1e+308\t-inf\n");
+	tally_agg c = {4, NAN, -1e308, 1e308, NAN}; /* overflowed both ways */
+	cr_assert_str_eq(agg_text(&c), "4\tnan\t-1e+308\t1e+308\tnan\n");
+	tally_agg none = {0, 0, NAN, NAN, NAN};
+	cr_assert_str_eq(agg_text(&none), "0\t0\t\t\t\n");
+}
+
+/* Over TCP: 1e308 three times sums to inf, in #!agg, #!series and
+ * #!keys; 1e-400 and 1e400 are refused per line, not stored as 0 or inf. */
+Test(edges_server, overflowed_sums_and_out_of_range_floats)
+{
+	tsrv s;
+	start(&s);
+	tcli *c = tcli_open(s.port);
+	tcli_sendf(c, "n,k=a v=1e308 1000\nn,k=a v=1e308 2000\nn,k=a v=1e308 3000\n"
+		      "n,k=b v=-1e308 1000\nn,k=b v=-1e308 2000\n"
+		      "n,k=a v=1e-400 4000\nn,k=a v=1e400 5000\n#!sync\n");
+	char *l = tcli_line(c, 30000);
+	cr_assert_not_null(l);
+	cr_assert_str_eq(l, "ERR line 6: field 'v': number too small, would be stored as 0 "
+			    "'1e-400'");
+	free(l);
+	l = tcli_line(c, 30000);
+	cr_assert_str_eq(l, "ERR line 7: field 'v': number out of range '1e400'");
+	free(l);
+	l = tcli_line(c, 30000);
+	cr_assert(!strncmp(l, "OK sync accepted=5 rejected=2", 29), "%s", l);
+	free(l);
+	ttable t;
+	tcli_query(c, &t, "#!agg n v a 0 1d");
+	cr_assert_null(t.err, "%s", t.err);
+	cr_assert_str_eq(t.rows[1], "3\tinf\t1e+308\t1e+308\tinf");
+	ttable_free(&t);
+	tcli_query(c, &t, "#!series n v b 5m 0 1d");
+	cr_assert_null(t.err, "%s", t.err);
+	cr_assert_str_eq(tcell(t.rows[1], 2), "-inf");
+	ttable_free(&t);
+	tcli_query(c, &t, "#!keys n v 0 1d");
+	cr_assert_null(t.err, "%s", t.err);
+	cr_assert_str_eq(t.rows[1], "a\t3\tinf\t1e+308\t1e+308\tinf");
+	cr_assert_str_eq(t.rows[2], "b\t2\t-inf\t-1e+308\t-1e+308\t-inf");
 	ttable_free(&t);
 	tcli_close(c);
 	cr_assert_eq(tsrv_wait(&s, SIGTERM), 0);

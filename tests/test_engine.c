@@ -971,3 +971,26 @@ Test(engine, stats_walks_no_keys)
 	cr_assert_eq(rc, 0, "stats: %s", tally_errmsg());
 	cr_assert_eq(st.keys, 30000);
 }
+
+/* A sum past the largest double is +-inf in the answer, not NaN (TwoSum's
+ * compensation becomes inf - inf = NaN, and sum + NaN was reported). */
+Test(engine, overflowed_sum_is_inf_not_nan)
+{
+	lp("t,k=a v=1e308 1\nt,k=a v=1e308 2\nt,k=b v=-1e308 1\nt,k=b v=-1.5e308 400000000000\n");
+	for (int round = 0; round < 2; round++) {
+		tally_agg a;
+		cr_assert_eq(tally_query_agg(db, "t", "v", "a", 0, INT64_MAX, &a), 0);
+		cr_assert_eq(a.count, 2);
+		cr_assert(isinf(a.sum) && a.sum > 0, "sum %g", a.sum);
+		cr_assert(isinf(a.avg) && a.avg > 0, "avg %g", a.avg);
+		cr_assert_eq(a.max, 1e308);
+		tally_bucket b[4];
+		size_t n;
+		cr_assert_eq(tally_query_series(db, "t", "v", "b", TALLY_1H, 0, TALLY_1D, b, 4, &n),
+			     0);
+		cr_assert_eq(n, 1);
+		cr_assert(isinf(b[0].agg.sum) && b[0].agg.sum < 0, "round %d: sum %g", round,
+			  b[0].agg.sum);
+		cr_assert_eq(tally_db_flush(db), 0); /* and the same from parts */
+	}
+}

@@ -666,20 +666,42 @@ static __attribute__((noinline)) size_t cmd_format_general(double v, char *buf)
 
 char *cmd_put_f64(char *p, double v)
 {
-	return v != v ? p : p + cmd_format_double(v, p);
+	if (v != v)
+		return p;
+	if (isinf(v)) { /* a sum past the largest double: said, never a number */
+		if (v < 0)
+			*p++ = '-';
+		memcpy(p, "inf", 3);
+		return p + 3;
+	}
+	return p + cmd_format_double(v, p);
+}
+
+/* A value of a non-empty aggregate: NaN there is no missing value but a
+ * sum (or its average) that overflowed both ways, so it is said too. */
+static char *cmd_put_val(char *p, double v)
+{
+	if (v == v)
+		return cmd_put_f64(p, v);
+	memcpy(p, "nan", 3);
+	return p + 3;
 }
 
 char *cmd_put_agg(char *p, const tally_agg *a)
 {
 	p += cmd_format_u64(a->count, p);
 	*p++ = '\t';
-	p = cmd_put_f64(p, a->count ? a->sum : 0);
+	if (!a->count) {
+		memcpy(p, "0\t\t\t\n", 5);
+		return p + 5;
+	}
+	p = cmd_put_val(p, a->sum);
 	*p++ = '\t';
-	p = cmd_put_f64(p, a->count ? a->min : (double)NAN);
+	p = cmd_put_val(p, a->min);
 	*p++ = '\t';
-	p = cmd_put_f64(p, a->count ? a->max : (double)NAN);
+	p = cmd_put_val(p, a->max);
 	*p++ = '\t';
-	p = cmd_put_f64(p, a->count ? a->avg : (double)NAN);
+	p = cmd_put_val(p, a->avg);
 	*p++ = '\n';
 	return p;
 }

@@ -79,14 +79,15 @@ size_t cmd_format_u64(uint64_t v, char *buf);
  * returns the length. */
 size_t cmd_format_double(double v, char *buf);
 
-/* A double cell at p: cmd_format_double's decimal, or nothing for NaN (a
- * missing value, or an empty aggregate's min, max, avg). Returns the end;
- * at most 31 bytes, no NUL counted. */
+/* A double cell at p: cmd_format_double's decimal, "inf" or "-inf", or
+ * nothing for NaN (a missing value, or an empty aggregate's min, max,
+ * avg). Returns the end; at most 31 bytes, no NUL counted. */
 char *cmd_put_f64(char *p, double v);
 
 /* An aggregate's cells "count\tsum\tmin\tmax\tavg\n" at p (min, max and
- * avg empty when count is 0); at most CMD_AGG_MAX bytes. Returns the end;
- * no NUL. */
+ * avg empty when count is 0; a sum past the largest double "inf" or
+ * "-inf", one that overflowed both ways "nan", never empty); at most
+ * CMD_AGG_MAX bytes. Returns the end; no NUL. */
 #define CMD_AGG_MAX 170
 char *cmd_put_agg(char *p, const tally_agg *a);
 
