@@ -141,6 +141,7 @@ int catalog_table(catalog *c, const char *name, uint32_t len, uint64_t hash, con
 	if (!t)
 		goto nomem;
 	pthread_mutex_init(&t->keys_mu, NULL);
+	t->all_key_bytes = &c->key_bytes;
 	t->name = mem_strndup(name, len);
 	const char *key = strmap_get(&c->key_conf, name, len, hash);
 	uint32_t key_len = key ? (uint32_t)strlen(key) : first_tag_len;
@@ -231,15 +232,13 @@ int catalog_part_keys(table_def *t, const part *p)
 
 uint64_t catalog_keys(catalog *c, uint64_t *bytes)
 {
-	uint64_t n = 0, b = 0;
+	uint64_t n = 0;
 	pthread_mutex_lock(&c->mu);
-	for (uint32_t i = 0; i < c->n_tables; i++) {
+	for (uint32_t i = 0; i < c->n_tables; i++)
 		n += atomic_load(&c->tables[i]->n_keys);
-		b += atomic_load(&c->tables[i]->key_bytes);
-	}
 	pthread_mutex_unlock(&c->mu);
 	if (bytes)
-		*bytes = b;
+		*bytes = atomic_load(&c->key_bytes);
 	return n;
 }
 
@@ -268,7 +267,9 @@ int catalog_key(table_def *t, const char *key, uint32_t len, uint64_t hash, uint
 		goto done;
 	}
 	atomic_store(&t->n_keys, t->keys.n);
-	atomic_fetch_add(&t->key_bytes, strmap_bytes(&t->keys) - before + len + 1);
+	uint64_t grew = strmap_bytes(&t->keys) - before + alloc_cost(len + 1);
+	atomic_fetch_add(&t->key_bytes, grew);
+	atomic_fetch_add(t->all_key_bytes, grew);
 done:
 	pthread_mutex_unlock(&t->keys_mu);
 	*out = k;

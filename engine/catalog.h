@@ -29,6 +29,15 @@ typedef struct col_def {
 	uint64_t hash;
 } col_def;
 
+/* What an allocation of n bytes costs the process: glibc's chunk, n plus
+ * its 8-byte header rounded up to 16, at least 32. Per-key structures are
+ * small and many, so their accounting counts this, not n. */
+static inline uint64_t alloc_cost(size_t n)
+{
+	uint64_t c = ((uint64_t)n + 8 + 15) & ~UINT64_C(15);
+	return c < 32 ? 32 : c;
+}
+
 typedef struct table_def {
 	char *name;
 	uint32_t len;
@@ -48,7 +57,8 @@ typedef struct table_def {
 	pthread_mutex_t keys_mu;
 	strmap keys;
 	_Atomic uint64_t n_keys;
-	_Atomic uint64_t key_bytes; /* the set's table and key bytes */
+	_Atomic uint64_t key_bytes;      /* the set's table and key bytes */
+	_Atomic uint64_t *all_key_bytes; /* the catalog's total of them */
 } table_def;
 
 typedef struct catalog {
@@ -58,6 +68,7 @@ typedef struct catalog {
 	strmap by_name;
 	strmap key_conf; /* table name -> configured key tag (char *) */
 	char *key_conf_text;
+	_Atomic uint64_t key_bytes; /* every table's key set, read without mu */
 } catalog;
 
 /* conf: "table=tag,table=tag" or NULL. TALLY_EINVAL with a message when

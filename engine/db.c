@@ -122,9 +122,18 @@ static int check_options(tally_options *o, levels *L)
 	return 0;
 }
 
-uint64_t db_memory(const tally_db *db)
+uint64_t db_key_memory(tally_db *db)
 {
-	uint64_t n = 0;
+	uint64_t n = atomic_load_explicit(&db->cat.key_bytes, memory_order_relaxed);
+	for (unsigned i = 0; i < db->n_shards; i++)
+		n += atomic_load_explicit(&db->shards[i]->key_bytes, memory_order_relaxed);
+	return n;
+}
+
+uint64_t db_memory(tally_db *db)
+{
+	uint64_t n =
+		db_key_memory(db) + atomic_load_explicit(&db->query_bytes, memory_order_relaxed);
 	for (unsigned i = 0; i < db->n_shards; i++)
 		n += atomic_load_explicit(&db->shards[i]->mem_bytes, memory_order_relaxed) +
 		     atomic_load_explicit(&db->shards[i]->rollup_bytes, memory_order_relaxed);
@@ -698,6 +707,18 @@ static int64_t now_ns(void)
 	return (int64_t)t.tv_sec * TALLY_NS_PER_SEC + t.tv_nsec;
 }
 
+/* With a cardinality limit, a key takes its place in the table's key set
+ * when a line first names it, before the WAL: past the limit the line is
+ * refused alone. (Without one the shard adds keys as they are applied.) */
+static int writer_key_room(tally_writer *w, table_def *t, const char *key, uint32_t len)
+{
+	uint64_t limit = w->db->opt.max_keys_per_table;
+	if (!limit)
+		return 0;
+	const char *copy;
+	return catalog_key(t, key, len, strmap_hash(key, len), limit, &copy);
+}
+
 static int stage_line(tally_writer *w, const lp_line *ln, int64_t now)
 {
 	const char *first_tag = ln->n_tags ? ln->tags[0].key.p : NULL;
@@ -773,6 +794,8 @@ static int stage_line(tally_writer *w, const lp_line *ln, int64_t now)
 		if (rc)
 			goto fail;
 	}
+	if ((rc = writer_key_room(w, t, key, key_len)))
+		goto fail;
 	return tbatch_row_commit(&w->batch, tb, key, key_len);
 fail:
 	tbatch_row_abort(tb);
@@ -893,6 +916,8 @@ TALLY_API int tally_write_batch(tally_writer *w, const tally_batch *b)
 	if (!t->key_tag && *b->key)
 		return err_set(TALLY_EINVAL, "table '%s' has no key tag; key must be \"\"",
 			       t->name);
+	if (b->n_rows && (rc = writer_key_room(w, t, b->key, (uint32_t)strlen(b->key))))
+		return rc;
 	col_def *defs[CAT_COLS_MAX];
 	if (b->n_columns > CAT_COLS_MAX)
 		return err_set(TALLY_ELIMIT, "batch: more than %d columns", CAT_COLS_MAX);
@@ -1024,6 +1049,8 @@ TALLY_API int tally_db_stats(tally_db *db, tally_stats *out)
 	pthread_mutex_unlock(&db->rc_mu);
 	tier_stats(db, out);
 	out->memory_limit = db->opt.memory_limit;
+	out->key_bytes = db_key_memory(db);
+	out->query_bytes = atomic_load(&db->query_bytes);
 	out->prefault_pending = atomic_load(&db->prefault_pending);
 	out->rejected_lines = atomic_load(&db->rejected_lines);
 	out->shards = db->n_shards;

@@ -551,7 +551,25 @@ struct tally_keys_iter {
 	char *arena;
 	char *cur; /* NUL-terminated copy of the current key */
 	size_t cur_cap;
+	tally_db *db;
+	uint64_t held; /* bytes counted in db->query_bytes */
 };
+
+/* Counts n more bytes of the answer under the memory limit, or refuses
+ * them: an all-keys answer over a million keys is tens of MB. */
+static int keys_hold(tally_keys_iter *it, uint64_t n)
+{
+	uint64_t mem = db_memory(it->db);
+	if (mem + n > it->db->opt.memory_limit)
+		return err_set(TALLY_EFULL,
+			       "keys: the answer needs %llu more bytes, past the memory limit "
+			       "(%llu of %llu bytes held)",
+			       (unsigned long long)n, (unsigned long long)mem,
+			       (unsigned long long)it->db->opt.memory_limit);
+	atomic_fetch_add(&it->db->query_bytes, n);
+	it->held += n;
+	return 0;
+}
 
 static int key_cmp(const void *x, const void *y)
 {
@@ -575,6 +593,9 @@ static int keys_push(keys_acc *ka, const char *key, uint32_t len, const ragg *a)
 		return 0;
 	if (it->n == ka->cap) {
 		size_t ncap = ka->cap ? ka->cap * 2 : 64;
+		int rc = keys_hold(it, (ncap - ka->cap) * sizeof *it->v);
+		if (rc)
+			return rc;
 		key_agg *nv = mem_realloc(it->v, ncap * sizeof *nv);
 		if (!nv)
 			return err_set(-ENOMEM, "out of memory");
@@ -585,6 +606,9 @@ static int keys_push(keys_acc *ka, const char *key, uint32_t len, const ragg *a)
 		size_t ncap = ka->arena_cap ? ka->arena_cap * 2 : 4096;
 		while (ncap < ka->arena_len + len)
 			ncap *= 2;
+		int rc = keys_hold(it, ncap - ka->arena_cap);
+		if (rc)
+			return rc;
 		char *na = mem_realloc(it->arena, ncap);
 		if (!na)
 			return err_set(-ENOMEM, "out of memory");
@@ -612,6 +636,7 @@ TALLY_API int tally_query_keys(tally_db *db, const char *table, const char *fiel
 	tally_keys_iter *it = mem_calloc(1, sizeof *it);
 	if (!it)
 		return err_set(-ENOMEM, "out of memory");
+	it->db = db;
 	keys_acc ka = {it, 0, 0, 0};
 	qsrc q;
 	qsrc_init(&q, db);
@@ -690,6 +715,8 @@ TALLY_API void tally_keys_close(tally_keys_iter *it)
 {
 	if (!it)
 		return;
+	if (it->held)
+		atomic_fetch_sub(&it->db->query_bytes, it->held);
 	mem_free(it->v);
 	mem_free(it->arena);
 	mem_free(it->cur);

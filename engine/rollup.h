@@ -57,24 +57,24 @@ typedef struct rcol {
 } rcol;
 
 /* Start of the window of width w holding ts. */
-static inline int64_t window_start(int64_t ts, int64_t w, int64_t offset)
+static inline int64_t window_start(int64_t ts, int64_t width, int64_t offset)
 {
 	int64_t d = ts - offset; /* no overflow within the engine's range */
-	int64_t q = d / w, r = d % w;
+	int64_t q = d / width, r = d % width;
 	if (r < 0)
 		q--;
-	return q * w + offset;
+	return q * width + offset;
 }
 
 /* window_start for any ts, also where ts - offset overflows: the start
  * is ts minus ts's place in its window, both remainders taken apart. A
  * start below INT64_MIN (ts within a window of it) saturates there. */
-static inline int64_t window_start_any(int64_t ts, int64_t w, int64_t offset)
+static inline int64_t window_start_any(int64_t ts, int64_t width, int64_t offset)
 {
-	int64_t rt = ts % w, ro = offset % w;
-	int64_t m = (rt - ro) % w; /* ts - offset, mod w, in (-w, w) */
+	int64_t rt = ts % width, ro = offset % width;
+	int64_t m = (rt - ro) % width; /* ts - offset, mod width, in (-width, width) */
 	if (m < 0)
-		m += w;
+		m += width;
 	return ts < INT64_MIN + m ? INT64_MIN : ts - m;
 }
 

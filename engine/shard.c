@@ -221,10 +221,13 @@ static keystate *keystate_get(shard *s, table_def *t, const char *key, uint32_t 
 	ks->key = copy;
 	ks->len = len;
 	ks->hwm = INT64_MIN;
+	size_t before = strmap_bytes(km);
 	if (strmap_put(km, ks->key, len, h, ks)) {
 		mem_free(ks);
 		return NULL;
 	}
+	atomic_fetch_add_explicit(&s->key_bytes, alloc_cost(sizeof *ks) + strmap_bytes(km) - before,
+				  memory_order_relaxed);
 	return ks;
 }
 
@@ -249,7 +252,7 @@ static series *series_get(shard *s, memtable *m, stable *st, const char *key, ui
 		return NULL;
 	}
 	se->key = se->ks->key;
-	m->rollup_bytes += sizeof *se + strmap_bytes(&st->by_key) - before;
+	m->rollup_bytes += alloc_cost(sizeof *se) + strmap_bytes(&st->by_key) - before;
 	st->list[st->n++] = se;
 	return se;
 }
@@ -348,7 +351,7 @@ static rcol *rcol_get(memtable *s, series *se, uint32_t id)
 		se->rcols[id] = mem_calloc(1, sizeof(rcol));
 		if (!se->rcols[id])
 			return NULL;
-		s->rollup_bytes += sizeof(rcol);
+		s->rollup_bytes += alloc_cost(sizeof(rcol));
 	}
 	return se->rcols[id];
 }

@@ -109,6 +109,7 @@ typedef struct shard {
 	uint32_t cap_keystates;
 	_Atomic uint64_t mem_bytes;    /* all memtables' rows */
 	_Atomic uint64_t rollup_bytes; /* all memtables' rollups */
+	_Atomic uint64_t key_bytes;    /* key states: per key, for good */
 	uint64_t flushed_events;       /* events now in parts */
 	uint64_t late_events;
 	int failed; /* sticky: set when WAL and memtable may disagree */

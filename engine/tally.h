@@ -180,6 +180,12 @@ typedef struct tally_options {
 	unsigned tier_retries;
 	/* Uploads above this go multipart in parts of this size. 0: 16 MiB. */
 	uint64_t tier_part_bytes;
+	/* Most distinct keys a table may hold; a line (or binary batch) with
+	 * a key past it is refused alone with TALLY_ELIMIT, naming the table
+	 * and the limit. A key counts from the first line that names it. 0:
+	 * no limit (every key's state then costs memory for good: see
+	 * tally_stats.key_bytes). */
+	uint64_t max_keys_per_table;
 } tally_options;
 
 /* Fills *opt with the defaults. */
@@ -421,6 +427,12 @@ typedef struct tally_stats {
 	uint64_t cold_cache_hits, cold_cache_misses;
 	uint64_t cold_cache_bytes; /* cold blocks held in memory */
 	uint64_t s3_requests, s3_retries, s3_errors;
+	/* Per-key structures that outlive memtables (each table's key set,
+	 * each shard's key states), bytes; under memory_limit with memtables,
+	 * rollups and query_bytes. */
+	uint64_t key_bytes;
+	/* All-keys answers (tally_query_keys) being built or held, bytes. */
+	uint64_t query_bytes;
 } tally_stats;
 
 TALLY_API int tally_db_stats(tally_db *db, tally_stats *out);

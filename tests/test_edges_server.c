@@ -34,11 +34,34 @@ static const int64_t edge_ts[] = {
 };
 #define N_EDGE (sizeof edge_ts / sizeof *edge_ts)
 
-static void start(tsrv *s)
+static void start_with(tsrv *s, const char *flag, const char *value)
 {
 	tdir_make(s);
-	const char *args[] = {"--shards", "2", "--log-level", "warn", NULL};
+	const char *args[] = {"--shards", "2", "--log-level", "warn", flag, value, NULL};
 	tsrv_spawn(s, args, 1);
+}
+
+static void start(tsrv *s)
+{
+	start_with(s, NULL, NULL);
+}
+
+/* Reads the next line, which must be want. */
+static void expect_line(tcli *c, const char *want)
+{
+	char *l = tcli_line(c, 30000);
+	cr_assert_not_null(l, "no line; wanted %s", want);
+	cr_assert_str_eq(l, want);
+	free(l);
+}
+
+/* Closes the client, stops the server with SIGTERM (it must exit 0) and
+ * removes the test's directory. */
+static void stop(tsrv *s, tcli *c)
+{
+	tcli_close(c);
+	cr_assert_eq(tsrv_wait(s, SIGTERM), 0);
+	tdir_remove(s);
 }
 
 static uint64_t sum_counts(const ttable *t, int col)
@@ -90,9 +113,7 @@ Test(edges_server, every_query_counts_each_edge_event_once)
 	cr_assert_null(t.err, "%s", t.err);
 	cr_assert_eq(t.n - 1, N_EDGE, "scan: %zu rows", t.n - 1);
 	ttable_free(&t);
-	tcli_close(c);
-	cr_assert_eq(tsrv_wait(&s, SIGTERM), 0);
-	tdir_remove(&s);
+	stop(&s, c);
 }
 
 /* ---------------------------------------------------------------- numbers */
@@ -130,15 +151,9 @@ Test(edges_server, overflowed_sums_and_out_of_range_floats)
 	tcli_sendf(c, "n,k=a v=1e308 1000\nn,k=a v=1e308 2000\nn,k=a v=1e308 3000\n"
 		      "n,k=b v=-1e308 1000\nn,k=b v=-1e308 2000\n"
 		      "n,k=a v=1e-400 4000\nn,k=a v=1e400 5000\n#!sync\n");
+	expect_line(c, "ERR line 6: field 'v': number too small, would be stored as 0 '1e-400'");
+	expect_line(c, "ERR line 7: field 'v': number out of range '1e400'");
 	char *l = tcli_line(c, 30000);
-	cr_assert_not_null(l);
-	cr_assert_str_eq(l, "ERR line 6: field 'v': number too small, would be stored as 0 "
-			    "'1e-400'");
-	free(l);
-	l = tcli_line(c, 30000);
-	cr_assert_str_eq(l, "ERR line 7: field 'v': number out of range '1e400'");
-	free(l);
-	l = tcli_line(c, 30000);
 	cr_assert(!strncmp(l, "OK sync accepted=5 rejected=2", 29), "%s", l);
 	free(l);
 	ttable t;
@@ -155,7 +170,26 @@ Test(edges_server, overflowed_sums_and_out_of_range_floats)
 	cr_assert_str_eq(t.rows[1], "a\t3\tinf\t1e+308\t1e+308\tinf");
 	cr_assert_str_eq(t.rows[2], "b\t2\t-inf\t-1e+308\t-1e+308\t-inf");
 	ttable_free(&t);
-	tcli_close(c);
-	cr_assert_eq(tsrv_wait(&s, SIGTERM), 0);
-	tdir_remove(&s);
+	stop(&s, c);
+}
+
+/* ---------------------------------------------------------------- keys */
+
+/* --max-keys-per-table: a line with a key past it gets its own ERR line
+ * naming the table and the limit; #!stats shows the per-key bytes. */
+Test(edges_server, max_keys_per_table_refuses_lines_past_it)
+{
+	tsrv s;
+	start_with(&s, "--max-keys-per-table", "2");
+	tcli *c = tcli_open(s.port);
+	tcli_sendf(c, "c,k=a v=1 1\nc,k=b v=1 1\nc,k=c v=1 1\nc,k=a v=2 2\nd,k=c v=1 1\n#!sync\n");
+	expect_line(c, "ERR line 3: table 'c' already holds 2 keys, its cardinality limit; "
+		       "key 'c' refused");
+	char *l = tcli_line(c, 30000);
+	cr_assert(!strncmp(l, "OK sync accepted=4 rejected=1", 29), "%s", l);
+	free(l);
+	cr_assert_eq(tstat(c, "keys"), 3);
+	cr_assert_gt(tstat(c, "key_bytes"), 0);
+	cr_assert_eq(tstat(c, "query_bytes"), 0);
+	stop(&s, c);
 }

@@ -550,6 +550,8 @@ static void conn_stats(wconn *c)
 		{"cache_hits", es.cache_hits},
 		{"cache_misses", es.cache_misses},
 		{"memory_limit", es.memory_limit},
+		{"key_bytes", es.key_bytes},
+		{"query_bytes", es.query_bytes},
 		{"prefault_pending", es.prefault_pending},
 		{"wal_bytes", es.wal_bytes},
 		{"wal_syncs", es.wal_syncs},

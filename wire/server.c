@@ -843,6 +843,7 @@ int srv_open(srv *s, srv_conf *conf)
 	o.max_line_bytes = conf->max_line;
 	if (conf->memory_limit)
 		o.memory_limit = conf->memory_limit;
+	o.max_keys_per_table = conf->max_keys;
 	o.prefault = (int)conf->prefault;
 	o.align_offset = conf->align_offset;
 	o.table_keys = conf->table_keys;
