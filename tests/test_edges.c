@@ -276,7 +276,10 @@ static void check_all(emodel *m, int n_queries)
 		snprintf(what, sizeof what, "agg %s over everything", name);
 		bagg want = brute(m, k, INT64_MIN, INT64_MAX);
 		check_agg(what, &want, &a);
-		for (size_t s = 0; s < sizeof steps / sizeof *steps; s++)
+		/* a series walks every window between the first and the last
+		 * event: fine windows over the whole range (6e7 of 5m) for one
+		 * key, wide ones for the rest */
+		for (size_t s = k == 0 ? 0 : 2; s < sizeof steps / sizeof *steps; s++)
 			check_series(m, k, steps[s], INT64_MIN, INT64_MAX);
 		check_scan(m, k, INT64_MIN, INT64_MAX);
 	}
@@ -298,7 +301,11 @@ static void check_all(emodel *m, int n_queries)
 			 (long long)b);
 		bagg want = brute(m, k, a, b);
 		check_agg(what, &want, &got);
-		check_series(m, k, steps[tu_below(&m->rng, sizeof steps / sizeof *steps)], a, b);
+		/* fine steps over short ranges only (see above) */
+		size_t first = (uint64_t)b - (uint64_t)a < (uint64_t)(400 * TALLY_1D) ? 0 : 2;
+		check_series(m, k,
+			     steps[first + tu_below(&m->rng, sizeof steps / sizeof *steps - first)],
+			     a, b);
 		check_scan(m, k, a, b);
 		if (q % 4 == 0)
 			check_keys(m, a, b);
@@ -320,9 +327,9 @@ static void run_edges(int64_t align_offset, const char *name)
 	m.opt.levels[1] = TALLY_1H;
 	m.opt.levels[2] = TALLY_1D;
 	open_model(&m);
-	for (int round = 0; round < 6; round++) {
+	for (int round = 0; round < 4; round++) {
 		write_events(&m, 150);
-		check_all(&m, 60); /* memtables (and parts from earlier rounds) */
+		check_all(&m, 30); /* memtables (and parts from earlier rounds) */
 		switch (round % 3) {
 		case 0: cr_assert_eq(tally_db_flush(m.db), 0, "flush: %s", tally_errmsg()); break;
 		case 1:
@@ -335,7 +342,7 @@ static void run_edges(int64_t align_offset, const char *name)
 			open_model(&m);
 			break;
 		}
-		check_all(&m, 60);
+		check_all(&m, 30);
 	}
 	close_model(&m);
 	tu_rmrf(m.dir);
