@@ -13,6 +13,7 @@
 #include "rollup.h"
 #include "manifest.h"
 #include "part.h"
+#include "rcache.h"
 #include "shard.h"
 
 #define DB_SCRATCH_MAX 16
@@ -29,8 +30,8 @@ struct tally_db {
 	_Atomic unsigned next_shard;
 	_Atomic uint64_t rejected_lines;
 	int64_t partition_width;
-	/* parts: the committed manifest, changed by one flush or merge at a
-	 * time under man_mu */
+	/* parts: the committed manifest, changed only by partset_commit
+	 * (engine/partset.c), under man_mu */
 	pthread_mutex_t man_mu;
 	manifest man;
 	uint64_t flushes;
@@ -50,25 +51,11 @@ struct tally_db {
 	pthread_cond_t bg_cond;
 	int bg_stop;
 	int bg_kick;
-	/* decoded rollup blocks of parts (flush.c): entries laid one after
-	 * another in a ring of populated 2 MiB blocks, evicted oldest first
-	 * (past the byte budget, or a whole block when the ring comes round
-	 * to it) */
-	pthread_mutex_t rc_mu;
-	uint64_t rc_bytes, rc_limit;
-	struct rc_ent {
-		struct shard_part *sp; /* NULL: dropped with its part */
-		uint32_t idx, bytes;
-		uint32_t blk; /* the block it lies in */
-	} * rc_ring;
-	uint32_t rc_head, rc_len, rc_cap;
-	uint64_t rc_hits, rc_misses;
-	arena_pool rc_pool; /* blocks made ready off the query path (rc_prepare) */
-	char **rc_blk;      /* rc_nblk_max slots */
-	uint32_t rc_nblk, rc_nblk_max, rc_cur; /* mapped, most, filling */
-	size_t rc_off;                         /* bytes used in the filling block */
-	int rc_refill;                         /* a ready block was taken */
-	/* tests: TALLY_CRASH_AT names a step where the process kills itself */
+	/* decoded rollup blocks of parts (engine/rcache.c) */
+	rcache rcache;
+	/* test builds: TALLY_CRASH_AT names a step where the process kills
+	 * itself. The field is in every build, so that objects compiled with
+	 * and without TALLY_TEST_HOOKS agree on this struct's layout. */
 	char *crash_at;
 	/* tiering to object storage (engine/tier.c); NULL when off */
 	struct tier *tier;
@@ -76,31 +63,39 @@ struct tally_db {
 	_Atomic uint64_t query_bytes;
 };
 
+#ifdef TALLY_TEST_HOOKS
 /* Kills the process with SIGKILL if TALLY_CRASH_AT named this step: the
- * crash tests' way to stop a flush or merge between two of its writes. */
+ * crash tests' way to stop a flush or merge between two of its writes.
+ * Only the test build of the engine has it (engine/meson.build). */
 void db_crash_point(const tally_db *db, const char *step);
+#else
+/* libtally and tallyd have no crash points and never read TALLY_CRASH_AT:
+ * a macro, so that not even an empty function (which an -O0 build keeps)
+ * is left in them. */
+#define db_crash_point(db, step) ((void)(db), (void)(step))
+#endif
 
-#define WT_LAYOUT 32 /* tag and field positions remembered per table */
+#define STAGE_LAYOUT 32 /* tag and field positions remembered per table */
 
-typedef struct wtable {
+typedef struct stage_table {
 	table_def *def;
 	strmap cols; /* name -> col_def*, this writer's cache of the catalog */
 	/* The previous line's columns by position: lines of one table mostly
 	 * repeat their layout, so a name compare replaces a hash lookup. */
-	col_def *tag_at[WT_LAYOUT];
-	col_def *field_at[WT_LAYOUT];
-} wtable;
+	col_def *tag_at[STAGE_LAYOUT];
+	col_def *field_at[STAGE_LAYOUT];
+} stage_table;
 
 struct tally_writer {
 	tally_db *db;
 	shard *sh;
 	lp_parser ps;
 	lp_line *line;
-	wbatch batch;
-	strmap tables; /* name -> wtable* */
-	wtable *last;  /* the table of the previous line */
-	wtable **wtables;
-	uint32_t n_wtables, cap_wtables;
+	stage_batch batch;
+	strmap tables;     /* name -> stage_table* */
+	stage_table *last; /* the table of the previous line */
+	stage_table **stage_tables;
+	uint32_t n_stage_tables, cap_stage_tables;
 	char *enc;
 	size_t enc_cap;
 };

@@ -1,6 +1,6 @@
 /*
- * flush.c — turning frozen memtables into parts, and parts into queryable
- * shard state.
+ * flush.c — turning frozen memtables into parts; the scratch buffers
+ * queries read parts with.
  *
  * A flush writes one part per (table, partition) the memtable touched: keys
  * in byte order, each key's rows sorted by time and cut into stripes, and
@@ -9,9 +9,9 @@
  * parts are fsynced and renamed, the manifest is replaced naming them and
  * the shard's new flushed_seq, and only then, under the shard lock in one
  * step, do the parts replace the memtable for queries and the WAL is
- * trimmed. A crash anywhere leaves either the old manifest (the parts are
- * orphans, deleted at open, and the WAL still holds every event) or the new
- * one (the WAL records up to flushed_seq are skipped): exactly once.
+ * trimmed: one partset_commit (engine/partset.c). A crash anywhere leaves either the old manifest
+ * (the parts are orphans, deleted at open, and the WAL still holds every event) or the new one (the
+ * WAL records up to flushed_seq are skipped): exactly once.
  */
 #include "flush.h"
 
@@ -23,367 +23,11 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "arena.h"
 #include "db.h"
 #include "err.h"
 #include "log.h"
 #include "manifest.h"
 #include "mem.h"
-#include "tier.h"
-
-/* ---------------------------------------------------------------- parts */
-
-int shard_part_col(const shard_part *sp, const col_def *def)
-{
-	for (uint32_t i = 0; i < sp->p->info.n_cols; i++)
-		if (sp->defs[i] == def)
-			return (int)i;
-	return -1;
-}
-
-void shard_part_free(shard_part *sp)
-{
-	if (!sp)
-		return;
-	if (sp->rc) {
-		tally_db *db = sp->db;
-		pthread_mutex_lock(&db->rc_mu);
-		/* forget the ring's entries of this part (their bytes come back
-		 * when the ring reuses their block); eviction skips them */
-		for (uint32_t i = 0; i < db->rc_len; i++) {
-			struct rc_ent *e = &db->rc_ring[(db->rc_head + i) % db->rc_cap];
-			if (e->sp == sp) {
-				db->rc_bytes -= e->bytes;
-				e->sp = NULL;
-			}
-		}
-		pthread_mutex_unlock(&db->rc_mu);
-		mem_free(sp->rc);
-	}
-	part_close(sp->p);
-	mem_free(sp->defs);
-	mem_free(sp->object);
-	mem_free(sp);
-}
-
-int shard_part_load(tally_db *db, uint64_t id, shard_part **out)
-{
-	*out = NULL;
-	char path[PATH_MAX], name[64];
-	manifest_part_name(id, name, sizeof name);
-	snprintf(path, sizeof path, "%s/%s", db->dir, name);
-	/* a tiered part opens from its stub, which is durable before the
-	 * manifest says "remote"; a whole part still on disk is the fallback */
-	const manifest_part *mp = manifest_find(&db->man, id);
-	int remote = mp && mp->tier == MTIER_REMOTE;
-	if (remote) {
-		tier_local_path(db, id, 1, path, sizeof path);
-		if (access(path, F_OK))
-			snprintf(path, sizeof path, "%s/%s", db->dir, name);
-	}
-	shard_part *sp = mem_calloc(1, sizeof *sp);
-	if (!sp)
-		return err_set(-ENOMEM, "out of memory");
-	int rc = part_open(path, &sp->p);
-	if (rc)
-		goto fail;
-	if (remote && (rc = tier_attach(db, sp, mp)))
-		goto fail;
-	const part_info *in = &sp->p->info;
-	sp->id = id;
-	sp->db = db;
-	sp->pstart = in->partition_start;
-	sp->pend = in->partition_start + in->partition_width;
-	if (in->n_levels != db->L.n || in->align_offset != db->L.offset ||
-	    memcmp(in->levels, db->L.w, db->L.n * sizeof *db->L.w)) {
-		rc = err_set(TALLY_EINVAL,
-			     "%s: written with other rollup levels or alignment than the database "
-			     "is opened with",
-			     path);
-		goto fail;
-	}
-	uint32_t kl = in->key_tag ? (uint32_t)strlen(in->key_tag) : 0;
-	rc = catalog_table(&db->cat, in->table, (uint32_t)strlen(in->table),
-			   strmap_hash(in->table, strlen(in->table)), in->key_tag, kl, &sp->table);
-	if (rc)
-		goto fail;
-	sp->defs = mem_calloc(in->n_cols ? in->n_cols : 1, sizeof *sp->defs);
-	if (!sp->defs) {
-		rc = err_set(-ENOMEM, "out of memory");
-		goto fail;
-	}
-	for (uint32_t c = 0; c < in->n_cols; c++) {
-		const part_col *pc = &in->cols[c];
-		rc = catalog_column(&db->cat, sp->table, pc->name, pc->len,
-				    strmap_hash(pc->name, pc->len), (enum tally_type)pc->type,
-				    &sp->defs[c]);
-		if (rc) {
-			err_prefix(rc, "%s", path);
-			goto fail;
-		}
-	}
-	*out = sp;
-	return 0;
-fail:
-	shard_part_free(sp);
-	return rc;
-}
-
-int shard_add_part(shard *s, shard_part *sp)
-{
-	if (s->n_parts == s->cap_parts) {
-		uint32_t nc = s->cap_parts ? s->cap_parts * 2 : 16;
-		shard_part **np = mem_realloc(s->parts, nc * sizeof *np);
-		if (!np)
-			return err_set(-ENOMEM, "out of memory");
-		s->parts = np;
-		s->cap_parts = nc;
-	}
-	s->parts[s->n_parts++] = sp;
-	return 0;
-}
-
-/* ---------------------------------------------------------------- cache */
-
-/*
- * The cache's memory. Entries are laid one after another in 2 MiB blocks,
- * each faulted in when mapped (arena_block_new): on this project's VM the
- * first touch of a fresh page costs about 13 us, and copying a 288-bucket
- * rollup (13.8 KiB) into malloc'ed memory, always fresh while the cache
- * grows, was 45 us of a 65 us cold series query; into a populated block
- * it is 0.6 us. Eviction is oldest first, the order entries are laid in,
- * so when every block is mapped and the filling one is full, the next
- * block in the ring holds the oldest entries: they are evicted and the
- * block is filled again. An entry dropped earlier (evicted for the
- * budget, or with its part) leaves a hole until then. Memory: the budget
- * rounded down to whole blocks, at least one, and up to RC_READY blocks
- * made ready ahead.
- *
- * A block is made ready off the query path: mapping and faulting one in
- * took about 1.6 ms a block in bench_storage after its ingest (the kernel
- * compacting memory for the huge page), some 10 us a cold entry. So the
- * flusher thread keeps RC_READY blocks in rc_pool while the ring is still
- * growing (rc_prepare), and a query maps one itself only when the pool
- * is empty.
- */
-
-/* The most blocks the ring maps: its budget in whole blocks, at least one. */
-static uint32_t rc_blocks_most(const tally_db *db)
-{
-	uint64_t most = db->rc_limit / ARENA_BLOCK;
-	return most < 1 ? 1 : most > UINT32_MAX ? UINT32_MAX : (uint32_t)most;
-}
-
-void rc_prepare(tally_db *db)
-{
-	if (!db->rc_limit)
-		return;
-	for (;;) {
-		pthread_mutex_lock(&db->rc_mu);
-		/* blocks the ring may still map: until their budget is mapped */
-		uint32_t left = db->rc_blk ? db->rc_nblk_max - db->rc_nblk : rc_blocks_most(db);
-		pthread_mutex_unlock(&db->rc_mu);
-		uint32_t ready = arena_pool_count(&db->rc_pool);
-		if (ready >= RC_READY || ready >= left || !arena_pool_prefill_one(&db->rc_pool))
-			return;
-	}
-}
-
-/* Drops the oldest entry. Caller holds rc_mu. */
-static void rc_evict_one(tally_db *db)
-{
-	struct rc_ent *e = &db->rc_ring[db->rc_head];
-	if (e->sp) {
-		e->sp->rc[e->idx] = NULL;
-		db->rc_bytes -= e->bytes;
-	}
-	db->rc_head = (db->rc_head + 1) % db->rc_cap;
-	db->rc_len--;
-}
-
-/* Drops the oldest entries until the cache fits its budget. */
-static void rc_evict(tally_db *db)
-{
-	while (db->rc_len && (db->rc_bytes > db->rc_limit || db->rc_len == db->rc_cap))
-		rc_evict_one(db);
-}
-
-/* Room for n bytes (16-byte multiple, at most a block) in the filling
- * block, else in the next one: a new block while fewer than the most are
- * mapped, else the ring's next, emptied of its (oldest) entries. Sets
- * *blk; NULL when no block can be had. Caller holds rc_mu. */
-static void *rc_alloc(tally_db *db, size_t n, uint32_t *blk)
-{
-	if (db->rc_nblk && db->rc_off + n <= ARENA_BLOCK) {
-		*blk = db->rc_cur;
-		void *p = db->rc_blk[db->rc_cur] + db->rc_off;
-		db->rc_off += n;
-		return p;
-	}
-	if (!db->rc_blk) {
-		db->rc_nblk_max = rc_blocks_most(db);
-		if (!(db->rc_blk = mem_calloc(db->rc_nblk_max, sizeof *db->rc_blk)))
-			return NULL;
-	}
-	char *b = NULL;
-	if (db->rc_nblk < db->rc_nblk_max) {
-		if ((b = arena_pool_take(&db->rc_pool)))
-			db->rc_refill = 1; /* the caller wakes the flusher to make another */
-		else
-			b = arena_block_new();
-	}
-	uint32_t next;
-	if (b) {
-		next = db->rc_nblk;
-		db->rc_blk[db->rc_nblk++] = b;
-	} else {
-		if (!db->rc_nblk)
-			return NULL;
-		/* Out of memory for another: the ring stays this size, so that
-		 * blocks keep being filled in ring order (a block added after a
-		 * reuse would break "the next block holds the oldest"). */
-		db->rc_nblk_max = db->rc_nblk;
-		next = (db->rc_cur + 1) % db->rc_nblk;
-		while (db->rc_len && db->rc_ring[db->rc_head].blk == next)
-			rc_evict_one(db);
-	}
-	db->rc_cur = next;
-	db->rc_off = n;
-	*blk = next;
-	return db->rc_blk[next];
-}
-
-/* The rollup's index in the part, and its bucket count (0: none). */
-static uint32_t rollup_idx(const shard_part *sp, const part_key *pk, uint32_t num, unsigned level,
-			   uint32_t *nb)
-{
-	const part *p = sp->p;
-	uint32_t idx = pk->first_rollup + num * p->info.n_levels + level;
-	*nb = p->rollups[idx].n_buckets;
-	return idx;
-}
-
-/* Calls use(cached buckets, arg) under the cache's lock and returns 1 when
- * the block is cached; counts the hit or the miss. */
-static int cache_use(shard_part *sp, uint32_t idx, uint32_t nb,
-		     void (*use)(const part_bucket *b, uint32_t n, void *arg), void *arg)
-{
-	tally_db *db = sp->db;
-	pthread_mutex_lock(&db->rc_mu);
-	int hit = sp->rc && sp->rc[idx];
-	if (hit) {
-		use(sp->rc[idx], nb, arg);
-		db->rc_hits++;
-	} else {
-		db->rc_misses++;
-	}
-	pthread_mutex_unlock(&db->rc_mu);
-	return hit;
-}
-
-static void copy_out(const part_bucket *b, uint32_t n, void *arg)
-{
-	memcpy(arg, b, (size_t)n * sizeof *b);
-}
-
-int shard_part_rollup(shard_part *sp, const part_key *pk, uint32_t num, unsigned level,
-		      part_scratch *ps, part_bucket **out, uint32_t *n)
-{
-	tally_db *db = sp->db;
-	const part *p = sp->p;
-	uint32_t nb, idx = rollup_idx(sp, pk, num, level, &nb);
-	*out = NULL;
-	*n = 0;
-	if (!nb)
-		return 0;
-	size_t bytes = (size_t)nb * sizeof(part_bucket);
-	part_bucket *b = mem_alloc(bytes);
-	if (!b)
-		return err_set(-ENOMEM, "out of memory");
-	if (cache_use(sp, idx, nb, copy_out, b)) {
-		*out = b;
-		*n = nb;
-		return 0;
-	}
-	uint32_t got;
-	int rc = part_read_rollup(p, pk, num, level, ps, b, nb, &got);
-	if (rc) {
-		mem_free(b);
-		return rc;
-	}
-	*out = b;
-	*n = got;
-	size_t room = (bytes + 15) & ~(size_t)15;
-	if (!db->rc_limit || room > db->rc_limit / 4 || room > ARENA_BLOCK / 4)
-		return 0;
-	/* the cache is an optimisation: without memory, go on without it */
-	pthread_mutex_lock(&db->rc_mu);
-	if (!sp->rc)
-		sp->rc = mem_calloc(p->n_rollups ? p->n_rollups : 1, sizeof *sp->rc);
-	if (!db->rc_ring) {
-		db->rc_cap = 1u << 20;
-		db->rc_ring = mem_alloc(db->rc_cap * sizeof *db->rc_ring);
-	}
-	if (!sp->rc || !db->rc_ring || sp->rc[idx]) {
-		pthread_mutex_unlock(&db->rc_mu);
-		return 0;
-	}
-	if (db->rc_len == db->rc_cap)
-		rc_evict_one(db);
-	uint32_t blk;
-	part_bucket *copy = rc_alloc(db, room, &blk);
-	if (copy) {
-		memcpy(copy, b, bytes);
-		sp->rc[idx] = copy;
-		db->rc_bytes += room;
-		db->rc_ring[(db->rc_head + db->rc_len++) % db->rc_cap] =
-			(struct rc_ent){sp, idx, (uint32_t)room, blk};
-		rc_evict(db);
-	}
-	int refill = db->rc_refill;
-	db->rc_refill = 0;
-	pthread_mutex_unlock(&db->rc_mu);
-	if (refill)
-		db_kick_flusher(db);
-	return 0;
-}
-
-typedef struct fold_arg {
-	int64_t from, to;
-	ragg *acc;
-} fold_arg;
-
-static void fold(const part_bucket *pb, uint32_t n, void *arg)
-{
-	const fold_arg *f = arg;
-	const rbucket *b = (const rbucket *)pb;
-	for (uint32_t i = bucket_lower(b, n, f->from); i < n && b[i].start < f->to; i++)
-		ragg_merge(f->acc, &b[i].a);
-}
-
-int shard_part_rollup_each(shard_part *sp, const part_key *pk, uint32_t num, unsigned level,
-			   part_scratch *ps,
-			   void (*use)(const part_bucket *b, uint32_t n, void *arg), void *arg)
-{
-	uint32_t nb, idx = rollup_idx(sp, pk, num, level, &nb);
-	if (!nb || cache_use(sp, idx, nb, use, arg))
-		return 0;
-	part_bucket *b;
-	uint32_t n;
-	int rc = shard_part_rollup(sp, pk, num, level, ps, &b, &n);
-	if (rc || !b)
-		return rc;
-	use(b, n, arg);
-	mem_free(b);
-	return 0;
-}
-
-int shard_part_rollup_fold(shard_part *sp, const part_key *pk, uint32_t num, unsigned level,
-			   part_scratch *ps, int64_t from, int64_t to, ragg *acc)
-{
-	fold_arg f = {from, to, acc};
-	return shard_part_rollup_each(sp, pk, num, level, ps, fold, &f);
-}
 
 /* ---------------------------------------------------------------- scratch */
 
@@ -452,7 +96,6 @@ typedef struct flush_ctx {
 	tally_db *db;
 	shard *s;
 	const memtable *m;
-	manifest *man; /* the new manifest being built */
 	pw_slot *slots;
 	uint32_t n_slots, cap_slots;
 	/* the table being flushed */
@@ -489,7 +132,7 @@ static int slot_for(flush_ctx *f, int64_t pstart, pw_slot **out)
 	pw_slot *sl = &f->slots[f->n_slots];
 	memset(sl, 0, sizeof *sl);
 	sl->pstart = pstart;
-	sl->id = f->man->next_part_id++;
+	sl->id = partset_new_id(f->db);
 	sl->tmin = INT64_MAX;
 	sl->tmax = INT64_MIN;
 	char name[64], dir[PATH_MAX];
@@ -689,18 +332,50 @@ out:
 	return rc;
 }
 
+/* What a flush changes besides its parts: the manifest's flushed_seq and
+ * counters, and under the shard lock the memtable's leaving. */
+typedef struct flush_commit {
+	shard *s;
+	memtable *m;
+	unsigned n_shards;
+	int trim_rc;
+} flush_commit;
+
+static int flush_edit(manifest *nm, void *arg)
+{
+	const flush_commit *fc = arg;
+	if (nm->n_shards < fc->n_shards)
+		nm->n_shards = fc->n_shards;
+	nm->flushed_seq[fc->s->id] = fc->m->last_seq;
+	nm->rows_accepted += fc->m->events;
+	nm->rows_written += fc->m->events;
+	return 0;
+}
+
+/* The parts replace the memtable in the same step; the WAL it came from
+ * is trimmed under the same lock. */
+static void flush_publish(shard *s, void *arg)
+{
+	flush_commit *fc = arg;
+	memtable *m = fc->m;
+	memmove(&s->frozen[0], &s->frozen[1], (s->n_frozen - 1) * sizeof *s->frozen);
+	s->n_frozen--;
+	s->flushed_events += m->events;
+	s->mem_bytes -= m->mem_bytes;
+	s->rollup_bytes -= m->rollup_bytes;
+	fc->trim_rc = wal_trim(s->wal, m->last_seq);
+}
+
 /* Writes memtable m of shard s as parts and commits them. Caller holds
  * db->man_mu. */
 static int flush_memtable(tally_db *db, shard *s, memtable *m)
 {
-	manifest nm;
-	int rc = manifest_copy(&nm, &db->man);
-	if (rc)
-		return rc;
-	flush_ctx f = {.db = db, .s = s, .m = m, .man = &nm};
+	flush_ctx f = {.db = db, .s = s, .m = m};
 	shard_part **loaded = NULL;
-	uint32_t n_loaded = 0;
+	manifest_part *recs = NULL; /* one per slot, in slot order */
+	uint32_t n_loaded = 0, cap_recs = 0;
 	uint32_t first_slot = 0;
+	int rc = 0;
 	f.ts = mem_alloc(PART_STRIPE_ROWS * sizeof *f.ts);
 	if (!f.ts) {
 		rc = err_set(-ENOMEM, "out of memory");
@@ -718,17 +393,20 @@ static int flush_memtable(tally_db *db, shard *s, memtable *m)
 			db_crash_point(db, "flush:before-part-rename");
 			if ((rc = part_writer_finish(sl->w, &sl->bytes)))
 				break;
-			manifest_part mp = {.id = sl->id,
-					    .shard = s->id,
-					    .table = st->def->name,
-					    .partition_start = sl->pstart,
-					    .rows = sl->rows,
-					    .bytes = sl->bytes,
-					    .level = 0,
-					    .tmin = sl->tmin,
-					    .tmax = sl->tmax,
-					    .rows_written = sl->rows};
-			rc = manifest_add(&nm, &mp);
+			if (mem_grow(&recs, &cap_recs, i + 1, sizeof *recs, 4)) {
+				rc = err_set(-ENOMEM, "out of memory");
+				break;
+			}
+			recs[i] = (manifest_part){.id = sl->id,
+						  .shard = s->id,
+						  .table = st->def->name,
+						  .partition_start = sl->pstart,
+						  .rows = sl->rows,
+						  .bytes = sl->bytes,
+						  .level = 0,
+						  .tmin = sl->tmin,
+						  .tmax = sl->tmax,
+						  .rows_written = sl->rows};
 		}
 		/* slots of the next table start afresh: forget this table's */
 		for (uint32_t i = first_slot; i < f.n_slots; i++)
@@ -744,63 +422,48 @@ static int flush_memtable(tally_db *db, shard *s, memtable *m)
 	for (uint32_t i = 0; i < f.n_slots; i++, n_loaded++)
 		if ((rc = shard_part_load(db, f.slots[i].id, &loaded[i])))
 			goto fail;
-	if (nm.n_shards < db->n_shards)
-		nm.n_shards = db->n_shards;
-	nm.flushed_seq[s->id] = m->last_seq;
-	nm.rows_accepted += m->events;
-	nm.rows_written += m->events;
-	db_crash_point(db, "flush:before-manifest");
-	if ((rc = manifest_save(db->dir, &nm)))
-		goto fail;
-	db_crash_point(db, "flush:after-manifest");
-	/* Committed. Publish: the parts replace the memtable in one step. */
-	manifest_free(&db->man);
-	db->man = nm;
+	flush_commit fc = {.s = s, .m = m, .n_shards = db->n_shards};
+	partset_change c = {.op = "flush",
+			    .s = s,
+			    .added = loaded,
+			    .recs = recs,
+			    .n_added = n_loaded,
+			    .edit = flush_edit,
+			    .publish = flush_publish,
+			    .arg = &fc};
+	/* from here the parts and their files are the commit's */
+	rc = partset_commit(db, &c);
+	n_loaded = 0;
+	if (rc)
+		goto out;
 	db->flushes++;
-	pthread_rwlock_wrlock(&s->lock);
-	for (uint32_t i = 0; i < n_loaded; i++)
-		if (shard_add_part(s, loaded[i])) {
-			/* cannot happen after the reserve below... but never lose
-			 * a committed part: fail the shard so a reopen loads it */
-			s->failed = 1;
-			shard_part_free(loaded[i]);
-		}
-	memmove(&s->frozen[0], &s->frozen[1], (s->n_frozen - 1) * sizeof *s->frozen);
-	s->n_frozen--;
-	s->flushed_events += m->events;
-	s->mem_bytes -= m->mem_bytes;
-	s->rollup_bytes -= m->rollup_bytes;
-	int trc = wal_trim(s->wal, m->last_seq);
-	pthread_rwlock_unlock(&s->lock);
 	db_crash_point(db, "flush:after-trim");
-	if (trc)
+	if (fc.trim_rc)
 		log_emit(&db->log, TALLY_LOG_WARN, "shard %u: WAL trim failed: %s", s->id,
 			 err_msg());
 	log_emit(&db->log, TALLY_LOG_INFO, "shard %u: flushed %llu events into %u parts", s->id,
 		 (unsigned long long)m->events, f.n_slots);
 	memtable_free(m, &db->L);
+	goto out;
+fail:
+	for (uint32_t i = 0; i < n_loaded; i++)
+		shard_part_free(loaded[i]);
+	for (uint32_t i = 0; i < f.n_slots; i++) {
+		char path[PATH_MAX], name[64];
+		part_writer_free(f.slots[i].w); /* removes a .tmp */
+		f.slots[i].w = NULL;
+		manifest_part_name(f.slots[i].id, name, sizeof name);
+		snprintf(path, sizeof path, "%s/%s", db->dir, name);
+		unlink(path); /* a finished part the manifest will not name */
+	}
+out:
 	mem_free(loaded);
+	mem_free(recs);
 	for (uint32_t i = 0; i < f.n_slots; i++)
 		part_writer_free(f.slots[i].w);
 	mem_free(f.slots);
 	mem_free(f.ts);
 	mem_free(f.bk);
-	return 0;
-fail:
-	for (uint32_t i = 0; i < n_loaded; i++)
-		shard_part_free(loaded[i]);
-	mem_free(loaded);
-	for (uint32_t i = 0; i < f.n_slots; i++) {
-		char path[PATH_MAX], name[64];
-		part_writer_free(f.slots[i].w); /* removes a .tmp */
-		manifest_part_name(f.slots[i].id, name, sizeof name);
-		snprintf(path, sizeof path, "%s/%s", db->dir, name);
-		unlink(path); /* a finished part the manifest will not name */
-	}
-	mem_free(f.slots);
-	mem_free(f.ts);
-	mem_free(f.bk);
-	manifest_free(&nm);
 	return rc;
 }
 

@@ -16,14 +16,17 @@
  *    ratio) rows per late row: that is the bound on write amplification.
  * A merge reads each input key's stripes, merges rows by time and rollup
  * buckets by window (count, sum, min and max merge exactly), writes one
- * part, commits the manifest naming it instead of the inputs, swaps the
- * parts under the shard lock, and only then deletes the input files.
+ * part, and replaces the inputs with it in one partset_commit
+ * (engine/partset.c): the manifest naming it instead of the inputs is
+ * saved, the parts are swapped under the shard lock, and only then are
+ * the input files deleted.
  *
  * A tiered segment (engine/tier.c) merges like any other: its column
  * blocks are read from a whole copy fetched from object storage once, its
  * object joins the manifest's list of objects to delete in the merge's own
- * commit (so it goes only after the manifest stops naming it), and the new
- * segment is local until the tiering job uploads it under its new id.
+ * commit (so it goes only after the manifest stops naming it; the part
+ * set does that for any tiered part that leaves), and the new segment is
+ * local until the tiering job uploads it under its new id.
  */
 #include <errno.h>
 #include <limits.h>
@@ -323,18 +326,21 @@ static void merge_ctx_free(merge_ctx *m)
 	mem_free(m->tmp);
 }
 
+static int add_rows_written(manifest *nm, void *arg)
+{
+	nm->rows_written += *(const uint64_t *)arg;
+	return 0;
+}
+
 /* Merges in[0..n_in) (one shard, table and partition) into one new part
  * and commits it. Caller holds db->man_mu. */
 static int merge_parts(tally_db *db, shard *s, shard_part **in, uint32_t n_in, int seal)
 {
 	merge_ctx m = {.db = db, .in = in, .n_in = n_in};
-	manifest nm;
-	int rc = manifest_copy(&nm, &db->man);
-	if (rc)
-		return rc;
+	int rc = 0;
 	part_writer *w = NULL;
 	shard_part *out = NULL;
-	uint64_t id = nm.next_part_id++;
+	uint64_t id = partset_new_id(db);
 	const part_key **pks = NULL;
 	uint32_t *pos = NULL;
 	char name[64], dir[PATH_MAX];
@@ -466,15 +472,11 @@ static int merge_parts(tally_db *db, shard *s, shard_part **in, uint32_t n_in, i
 	uint64_t written = rows;
 	uint32_t level = 0;
 	for (uint32_t i = 0; i < n_in; i++) {
-		const manifest_part *mp = manifest_find(&nm, in[i]->id);
+		const manifest_part *mp = manifest_find(&db->man, in[i]->id);
 		if (mp) {
 			written += mp->rows_written;
 			level = mp->level + 1 > level ? mp->level + 1 : level;
 		}
-		manifest_remove(&nm, in[i]->id);
-		/* a tiered input's object goes once this commit is durable */
-		if (in[i]->object && (rc = manifest_gc_add(&nm, in[i]->object)))
-			goto fail;
 	}
 	manifest_part mp = {.id = id,
 			    .shard = s->id,
@@ -487,41 +489,24 @@ static int merge_parts(tally_db *db, shard *s, shard_part **in, uint32_t n_in, i
 			    .tmin = tmin,
 			    .tmax = tmax,
 			    .rows_written = written};
-	if ((rc = manifest_add(&nm, &mp)))
-		goto fail;
-	nm.rows_written += rows;
-	db_crash_point(db, "merge:before-manifest");
-	if ((rc = manifest_save(db->dir, &nm)))
-		goto fail;
-	db_crash_point(db, "merge:after-manifest");
-	manifest_free(&db->man);
-	db->man = nm;
-	out->level = level;
-	out->flags = mp.flags;
-	/* swap under the lock: no query sees both or neither */
-	pthread_rwlock_wrlock(&s->lock);
-	uint32_t k = 0;
-	for (uint32_t j = 0; j < s->n_parts; j++) {
-		int gone = 0;
-		for (uint32_t i = 0; i < n_in; i++)
-			gone |= s->parts[j] == in[i];
-		if (!gone)
-			s->parts[k++] = s->parts[j];
-	}
-	s->n_parts = k;
-	s->parts[s->n_parts++] = out; /* room: n_in >= 1 were removed */
-	pthread_rwlock_unlock(&s->lock);
+	/* the fetched copies of tiered inputs are read: gone before the
+	 * commit frees the inputs they are named after */
 	release_whole(&m);
-	for (uint32_t i = 0; i < n_in; i++) {
-		char path[PATH_MAX + 64];
-		manifest_part_name(in[i]->id, name, sizeof name);
-		snprintf(path, sizeof path, "%s/%s", db->dir, name);
-		if (in[i]->object) /* a tiered input: its local file is the stub */
-			tier_local_path(db, in[i]->id, 1, path, sizeof path);
-		shard_part_free(in[i]);
-		if (unlink(path))
-			log_emit(&db->log, TALLY_LOG_WARN, "could not delete %s", path);
-	}
+	partset_change c = {.op = "merge",
+			    .s = s,
+			    .gone = in,
+			    .n_gone = n_in,
+			    .added = &out,
+			    .recs = &mp,
+			    .n_added = 1,
+			    .edit = add_rows_written,
+			    .arg = &rows};
+	/* the output is the commit's from here; the inputs go with a success
+	 * (a tiered input's object joins the objects to delete) */
+	rc = partset_commit(db, &c);
+	out = NULL;
+	if (rc)
+		goto fail;
 	db->merges++;
 	log_emit(&db->log, TALLY_LOG_INFO, "shard %u: merged %u parts (%llu rows)%s", s->id, n_in,
 		 (unsigned long long)rows, seal ? ", partition sealed" : "");
@@ -544,7 +529,6 @@ fail:
 	mem_free(pks);
 	mem_free(pos);
 	merge_ctx_free(&m);
-	manifest_free(&nm);
 	return rc;
 }
 
@@ -595,21 +579,8 @@ static int merge_pass(tally_db *db, shard *s, int *merged)
 		if (!sealed && sealable) {
 			if (n == 1) {
 				/* one part: sealing is a flag, not a rewrite */
-				manifest nm;
-				if ((rc = manifest_copy(&nm, &db->man)))
-					return rc;
-				for (uint32_t j = 0; j < nm.n_parts; j++)
-					if (nm.parts[j].id == pa->id)
-						nm.parts[j].flags |= MPART_SEALED;
-				if ((rc = manifest_save(db->dir, &nm))) {
-					manifest_free(&nm);
-					return rc;
-				}
-				manifest_free(&db->man);
-				db->man = nm;
-				pthread_rwlock_wrlock(&s->lock);
-				pa->flags |= MPART_SEALED;
-				pthread_rwlock_unlock(&s->lock);
+				rc = partset_commit(
+					db, &(partset_change){.op = "seal", .s = s, .seal = pa});
 			} else {
 				rc = merge_parts(db, s, grp, n, 1);
 			}
@@ -657,7 +628,7 @@ int merge_run(tally_db *db)
 	pthread_mutex_lock(&db->man_mu);
 	for (unsigned i = 0; i < db->n_shards && !rc; i++) {
 		int merged = 1;
-		/* parts only change here and in flushes, both under man_mu, so
+		/* the part set changes only under man_mu (engine/partset.c), so
 		 * reading the shard's list without its lock is safe */
 		for (int guard = 0; merged && !rc && guard < 1000; guard++)
 			rc = merge_pass(db, db->shards[i], &merged);

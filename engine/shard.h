@@ -90,7 +90,7 @@ struct keystate {
 	int64_t hwm;
 };
 
-struct shard_part; /* a part owned by the shard: engine/flush.c */
+struct shard_part; /* a part owned by the shard: engine/partset.h */
 
 #define SHARD_FROZEN_MAX 4
 
@@ -103,7 +103,9 @@ typedef struct shard {
 	memtable *active;
 	memtable *frozen[SHARD_FROZEN_MAX]; /* oldest first */
 	unsigned n_frozen;
-	struct shard_part **parts; /* live parts, by table then partition */
+	/* live parts; changed only by partset_commit (engine/partset.c) under
+	 * db->man_mu and this lock held for writing, so either lock reads it */
+	struct shard_part **parts;
 	uint32_t n_parts, cap_parts;
 	strmap *keystates; /* by table id */
 	uint32_t cap_keystates;
@@ -127,7 +129,7 @@ void shard_destroy(shard *s);
 
 /* Applies a staged batch to memtable and rollups. Caller holds the lock
  * for writing. A failure fails the shard (its WAL already holds the batch). */
-int shard_apply(shard *s, const wbatch *b);
+int shard_apply(shard *s, const stage_batch *b);
 
 /* The series of (table, key) in memtable m, or NULL. Caller holds the
  * shard lock. */

@@ -17,6 +17,8 @@
  *   3. write and fsync parts/<id>.stub;
  *   4. manifest: the part is remote (key, checksum) and the key leaves gc;
  *   5. swap the part for its stub under the shard lock; delete the .part.
+ * Each manifest change is a partset_commit (engine/partset.c); steps 4
+ * and 5 are one, which loads the stub before it saves anything.
  * Before step 4 the manifest says "local" and the whole part is still on
  * disk; after it, the stub is already durable. A merge that replaces a
  * remote part adds its object to gc in its own commit, and the next pass
@@ -394,6 +396,19 @@ void tier_release(tally_db *db, uint64_t id, part *whole)
 
 /* ---------------------------------------------------------------- uploads */
 
+typedef struct gc_done {
+	char **keys;
+	uint32_t n;
+} gc_done;
+
+static int drop_deleted(manifest *m, void *arg)
+{
+	const gc_done *gd = arg;
+	for (uint32_t i = 0; i < gd->n; i++)
+		manifest_gc_remove(m, gd->keys[i]);
+	return 0;
+}
+
 /* Deletes the objects of the manifest's gc list; commits what went. */
 static int gc_pass(tally_db *db)
 {
@@ -429,19 +444,10 @@ static int gc_pass(tally_db *db)
 			atomic_fetch_add(&t->deletes, 1);
 	}
 	if (done) {
+		gc_done gd = {keys, done};
 		pthread_mutex_lock(&db->man_mu);
-		manifest nm;
-		int src = manifest_copy(&nm, &db->man);
-		if (!src) {
-			for (uint32_t i = 0; i < done; i++)
-				manifest_gc_remove(&nm, keys[i]);
-			if (!(src = manifest_save(db->dir, &nm))) {
-				manifest_free(&db->man);
-				db->man = nm;
-			} else {
-				manifest_free(&nm);
-			}
-		}
+		int src = partset_commit(
+			db, &(partset_change){.op = "tier-gc", .edit = drop_deleted, .arg = &gd});
 		pthread_mutex_unlock(&db->man_mu);
 		rc = rc ? rc : src;
 	}
@@ -451,50 +457,9 @@ static int gc_pass(tally_db *db)
 	return rc;
 }
 
-/* Saves a copy of the manifest changed by fn. Caller holds man_mu. */
-static int man_update(tally_db *db, int (*fn)(manifest *, void *), void *arg)
-{
-	manifest nm;
-	int rc = manifest_copy(&nm, &db->man);
-	if (rc)
-		return rc;
-	if ((rc = fn(&nm, arg)) || (rc = manifest_save(db->dir, &nm))) {
-		manifest_free(&nm);
-		return rc;
-	}
-	manifest_free(&db->man);
-	db->man = nm;
-	return 0;
-}
-
 static int add_intent(manifest *m, void *key)
 {
 	return manifest_gc_add(m, key);
-}
-
-typedef struct commit_arg {
-	uint64_t id;
-	const char *key;
-	uint64_t sum;
-} commit_arg;
-
-static int mark_remote(manifest *m, void *arg)
-{
-	commit_arg *c = arg;
-	for (uint32_t i = 0; i < m->n_parts; i++)
-		if (m->parts[i].id == c->id) {
-			char *k = mem_strndup(c->key, strlen(c->key));
-			if (!k)
-				return err_set(-ENOMEM, "out of memory");
-			m->parts[i].tier = MTIER_REMOTE;
-			m->parts[i].object = k;
-			m->parts[i].object_sum = c->sum;
-			m->parts[i].tiered_at = wall_now();
-			manifest_gc_remove(m, c->key);
-			return 0;
-		}
-	return err_set(TALLY_ENOTFOUND, "part %016llx left the manifest",
-		       (unsigned long long)c->id);
 }
 
 /* Uploads part id of shard s and swaps it for its stub. */
@@ -516,7 +481,8 @@ static int tier_one(tally_db *db, shard *s, uint64_t id)
 		pthread_mutex_unlock(&db->man_mu);
 		return 0;
 	}
-	rc = man_update(db, add_intent, key);
+	rc = partset_commit(db,
+			    &(partset_change){.op = "tier-intent", .edit = add_intent, .arg = key});
 	if (!rc)
 		rc = part_open(path, &w);
 	pthread_mutex_unlock(&db->man_mu);
@@ -545,47 +511,36 @@ static int tier_one(tally_db *db, shard *s, uint64_t id)
 	tier_local_path(db, id, 1, stub, sizeof stub);
 	pthread_mutex_lock(&db->man_mu);
 	mp = manifest_find(&db->man, id);
-	if (!mp || mp->tier != MTIER_LOCAL) {
+	shard_part *old = partset_find(s, id), *ns = NULL;
+	if (!mp || mp->tier != MTIER_LOCAL || !old) {
 		/* merged away meanwhile: the object is in gc, the stub is ours */
 		pthread_mutex_unlock(&db->man_mu);
 		unlink(stub);
 		return 0;
 	}
-	commit_arg ca = {id, key, pi.xxh3};
-	if ((rc = man_update(db, mark_remote, &ca))) {
+	/* the record says remote; the key leaves gc with it (the commit) */
+	manifest_part rec = *mp;
+	rec.tier = MTIER_REMOTE;
+	rec.object = key;
+	rec.object_sum = pi.xxh3;
+	rec.tiered_at = wall_now();
+	if ((rc = shard_part_load_as(db, id, &rec, &ns))) {
 		pthread_mutex_unlock(&db->man_mu);
 		unlink(stub);
 		return rc;
 	}
-	db_crash_point(db, "tier:after-manifest");
-	shard_part *ns = NULL, *old = NULL;
-	if ((rc = shard_part_load(db, id, &ns))) {
-		/* committed: the whole part keeps serving until a reopen loads
-		 * the stub; nothing is lost */
-		pthread_mutex_unlock(&db->man_mu);
-		log_emit(&db->log, TALLY_LOG_ERROR,
-			 "tiering: part %016llx uploaded, stub not loaded: %s",
-			 (unsigned long long)id, err_msg());
-		return rc;
-	}
-	pthread_rwlock_wrlock(&s->lock);
-	for (uint32_t j = 0; j < s->n_parts; j++)
-		if (s->parts[j]->id == id) {
-			old = s->parts[j];
-			ns->level = old->level;
-			ns->flags = old->flags;
-			s->parts[j] = ns;
-			break;
-		}
-	pthread_rwlock_unlock(&s->lock);
+	/* the stub replaces the whole part in its place; the .part goes
+	 * after the commit */
+	rc = partset_commit(db, &(partset_change){.op = "tier",
+						  .s = s,
+						  .gone = &old,
+						  .n_gone = 1,
+						  .added = &ns,
+						  .recs = &rec,
+						  .n_added = 1});
 	pthread_mutex_unlock(&db->man_mu);
-	if (!old) { /* cannot happen under man_mu; do not leak */
-		shard_part_free(ns);
-		return 0;
-	}
-	shard_part_free(old);
-	if (unlink(path))
-		log_emit(&db->log, TALLY_LOG_WARN, "tiering: could not delete %s", path);
+	if (rc)
+		return rc;
 	atomic_fetch_add(&t->uploads, 1);
 	atomic_fetch_add(&t->upload_bytes, size);
 	log_emit(&db->log, TALLY_LOG_INFO,
@@ -738,26 +693,15 @@ void tier_kick(tally_db *db)
 
 /* ---------------------------------------------------------------- setup */
 
-static const char *pick(const char *opt, const char *const *envs)
-{
-	if (opt)
-		return opt;
-	for (; *envs; envs++) {
-		const char *v = getenv(*envs);
-		if (v && *v)
-			return v;
-	}
-	return NULL;
-}
-
 int tier_open(tally_db *db)
 {
 	const tally_options *o = &db->opt;
-	const char *bucket = pick(o->tier_bucket, (const char *const[]){"TALLY_S3_BUCKET", NULL});
+	/* Only the options: the library reads no environment (tallyd resolves
+	 * $TALLY_S3_BUCKET, $AWS_* and the like in wire/conf.c). */
+	const char *bucket = o->tier_bucket;
 	if (!bucket || !*bucket)
 		return 0;
-	const char *prefix = pick(o->tier_prefix, (const char *const[]){"TALLY_S3_PREFIX", NULL});
-	prefix = prefix ? prefix : "";
+	const char *prefix = o->tier_prefix ? o->tier_prefix : "";
 	if (strlen(prefix) > PREFIX_MAX || prefix[0] == '/' ||
 	    strspn(prefix, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/._-") !=
 		    strlen(prefix))
@@ -769,18 +713,12 @@ int tier_open(tally_db *db)
 		return err_set(TALLY_EINVAL, "tier_part_bytes: %llu is under S3's 5 MiB",
 			       (unsigned long long)o->tier_part_bytes);
 	s3_config c = {
-		.endpoint = pick(o->tier_endpoint,
-				 (const char *const[]){"TALLY_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3",
-						       "AWS_ENDPOINT_URL", NULL}),
+		.endpoint = o->tier_endpoint,
 		.bucket = bucket,
-		.region = pick(o->tier_region,
-			       (const char *const[]){"AWS_REGION", "AWS_DEFAULT_REGION", NULL}),
-		.access_key =
-			pick(o->tier_access_key, (const char *const[]){"AWS_ACCESS_KEY_ID", NULL}),
-		.secret_key = pick(o->tier_secret_key,
-				   (const char *const[]){"AWS_SECRET_ACCESS_KEY", NULL}),
-		.session_token = pick(o->tier_session_token,
-				      (const char *const[]){"AWS_SESSION_TOKEN", NULL}),
+		.region = o->tier_region,
+		.access_key = o->tier_access_key,
+		.secret_key = o->tier_secret_key,
+		.session_token = o->tier_session_token,
 		.timeout_ms = o->tier_timeout_ms,
 		.retries = o->tier_retries ? o->tier_retries : 4,
 		.part_bytes = o->tier_part_bytes,

@@ -74,4 +74,52 @@ static inline void tu_quiet_log(void *ctx, int level, const char *msg)
 	(void)msg;
 }
 
+/* Options for tests: no background threads (flushes and merges happen
+ * when the test calls them) and no log output. */
+static inline tally_options tu_quiet_opts(void)
+{
+	tally_options o;
+	tally_options_init(&o);
+	o.log_fn = tu_quiet_log;
+	o.no_background = 1;
+	return o;
+}
+
+/* Writes len bytes of line protocol (nanosecond times) through a writer
+ * of its own and syncs. Returns the lines accepted, or -1 when a call
+ * failed (tally_errmsg says why). */
+static inline int64_t tu_write_synced(tally_db *db, const char *lp, size_t len)
+{
+	tally_writer *w;
+	tally_write_result r = {0};
+	if (tally_writer_open(db, -1, &w))
+		return -1;
+	int rc = tally_write_lp(w, lp, len, TALLY_PREC_NS, &r);
+	tally_writer_close(w);
+	if (rc || tally_db_sync(db))
+		return -1;
+	return (int64_t)r.accepted;
+}
+
+/* The events of one key in table.field over all time, counted twice: by
+ * the exact aggregate (*agg, from rollups) and by a raw scan (*rows). */
+static inline int tu_count_key(tally_db *db, const char *table, const char *field, const char *key,
+			       uint64_t *agg, uint64_t *rows)
+{
+	tally_agg a;
+	int rc = tally_query_agg(db, table, field, key, INT64_MIN, INT64_MAX, &a);
+	if (rc)
+		return rc;
+	*agg = a.count;
+	tally_scan *sc;
+	if ((rc = tally_scan_open(db, table, key, INT64_MIN, INT64_MAX, &sc)))
+		return rc;
+	tally_row row;
+	*rows = 0;
+	while ((rc = tally_scan_next(sc, &row)) == 1)
+		(*rows)++;
+	tally_scan_close(sc);
+	return rc < 0 ? rc : 0;
+}
+
 #endif
