@@ -12,6 +12,7 @@
 
 #include "err.h"
 #include "mem.h"
+#include "part.h"
 
 const char *type_name(enum tally_type t)
 {
@@ -78,6 +79,10 @@ int catalog_init(catalog *c, const char *conf)
 
 static void table_free(table_def *t)
 {
+	for (uint32_t i = 0; i < t->keys.cap; i++)
+		mem_free((char *)t->keys.slots[i].key);
+	strmap_free(&t->keys);
+	pthread_mutex_destroy(&t->keys_mu);
 	for (uint32_t i = 0; i < t->n_cols; i++) {
 		mem_free(t->cols[i]->name);
 		mem_free(t->cols[i]);
@@ -135,6 +140,8 @@ int catalog_table(catalog *c, const char *name, uint32_t len, uint64_t hash, con
 	t = mem_calloc(1, sizeof *t);
 	if (!t)
 		goto nomem;
+	pthread_mutex_init(&t->keys_mu, NULL);
+	t->all_key_bytes = &c->key_bytes;
 	t->name = mem_strndup(name, len);
 	const char *key = strmap_get(&c->key_conf, name, len, hash);
 	uint32_t key_len = key ? (uint32_t)strlen(key) : first_tag_len;
@@ -211,4 +218,60 @@ nomem:
 	pthread_mutex_unlock(&c->mu);
 	*out = NULL;
 	return err_set(-ENOMEM, "out of memory creating column");
+}
+
+int catalog_part_keys(table_def *t, const part *p)
+{
+	int rc = 0;
+	const char *copy;
+	for (uint32_t k = 0; k < p->n_keys && !rc; k++)
+		rc = catalog_key(t, p->keys[k].key, p->keys[k].len,
+				 strmap_hash(p->keys[k].key, p->keys[k].len), 0, &copy);
+	return rc;
+}
+
+uint64_t catalog_keys(catalog *c, uint64_t *bytes)
+{
+	uint64_t n = 0;
+	pthread_mutex_lock(&c->mu);
+	for (uint32_t i = 0; i < c->n_tables; i++)
+		n += atomic_load(&c->tables[i]->n_keys);
+	pthread_mutex_unlock(&c->mu);
+	if (bytes)
+		*bytes = atomic_load(&c->key_bytes);
+	return n;
+}
+
+int catalog_key(table_def *t, const char *key, uint32_t len, uint64_t hash, uint64_t limit,
+		const char **out)
+{
+	int rc = 0;
+	pthread_mutex_lock(&t->keys_mu);
+	char *k = strmap_get(&t->keys, key, len, hash);
+	if (k)
+		goto done;
+	if (limit && t->keys.n >= limit) {
+		rc = err_set(
+			TALLY_ELIMIT,
+			"table '%s' already holds %llu keys, its cardinality limit; key '%.*s' "
+			"refused",
+			t->name, (unsigned long long)limit, (int)(len > 64 ? 64 : len), key);
+		goto done;
+	}
+	size_t before = strmap_bytes(&t->keys);
+	/* the value is the key itself: the set maps a key to its one copy */
+	if (!(k = mem_strndup(key, len)) || strmap_put(&t->keys, k, len, hash, k)) {
+		mem_free(k);
+		k = NULL;
+		rc = err_set(-ENOMEM, "out of memory adding a key to table '%s'", t->name);
+		goto done;
+	}
+	atomic_store(&t->n_keys, t->keys.n);
+	uint64_t grew = strmap_bytes(&t->keys) - before + alloc_cost(len + 1);
+	atomic_fetch_add(&t->key_bytes, grew);
+	atomic_fetch_add(t->all_key_bytes, grew);
+done:
+	pthread_mutex_unlock(&t->keys_mu);
+	*out = k;
+	return rc;
 }

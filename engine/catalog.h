@@ -12,6 +12,7 @@
 #define TALLY_CATALOG_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 
 #include "strmap.h"
@@ -28,6 +29,15 @@ typedef struct col_def {
 	uint64_t hash;
 } col_def;
 
+/* What an allocation of n bytes costs the process: glibc's chunk, n plus
+ * its 8-byte header rounded up to 16, at least 32. Per-key structures are
+ * small and many, so their accounting counts this, not n. */
+static inline uint64_t alloc_cost(size_t n)
+{
+	uint64_t c = ((uint64_t)n + 8 + 15) & ~UINT64_C(15);
+	return c < 32 ? 32 : c;
+}
+
 typedef struct table_def {
 	char *name;
 	uint32_t len;
@@ -39,6 +49,16 @@ typedef struct table_def {
 	col_def **cols;
 	uint32_t n_cols, cap_cols;
 	strmap by_name;
+	/* Every key the table holds, in any shard's memtable or part, under
+	 * keys_mu. Keys are never dropped (merges keep them all), so the set
+	 * only grows: its size is the table's cardinality, which stats reads
+	 * without walking anything and the cardinality limit checks. Each
+	 * key is stored once here; shards' key states point at this copy. */
+	pthread_mutex_t keys_mu;
+	strmap keys;
+	_Atomic uint64_t n_keys;
+	_Atomic uint64_t key_bytes;      /* the set's table and key bytes */
+	_Atomic uint64_t *all_key_bytes; /* the catalog's total of them */
 } table_def;
 
 typedef struct catalog {
@@ -48,6 +68,7 @@ typedef struct catalog {
 	strmap by_name;
 	strmap key_conf; /* table name -> configured key tag (char *) */
 	char *key_conf_text;
+	_Atomic uint64_t key_bytes; /* every table's key set, read without mu */
 } catalog;
 
 /* conf: "table=tag,table=tag" or NULL. TALLY_EINVAL with a message when
@@ -73,6 +94,21 @@ int catalog_column(catalog *c, table_def *t, const char *name, uint32_t len, uin
 /* Looks up without creating; NULL when absent. */
 table_def *catalog_find_table(catalog *c, const char *name, uint32_t len);
 col_def *catalog_find_column(catalog *c, table_def *t, const char *name, uint32_t len);
+
+/* Adds key to the table's key set unless there. *out: the set's copy of
+ * the key (NUL-terminated, lives until catalog_free). limit > 0: a key
+ * that would make the table hold more than limit keys is refused with
+ * TALLY_ELIMIT and a message naming the table and the limit. */
+int catalog_key(table_def *t, const char *key, uint32_t len, uint64_t hash, uint64_t limit,
+		const char **out);
+
+/* Adds every key of a part found at open to its table's key set. */
+struct part;
+int catalog_part_keys(table_def *t, const struct part *p);
+
+/* Distinct (table, key) pairs over all tables, and the bytes the key sets
+ * hold: running counts, read without walking any key. */
+uint64_t catalog_keys(catalog *c, uint64_t *bytes);
 
 const char *type_name(enum tally_type t);
 static inline int type_is_numeric(enum tally_type t)

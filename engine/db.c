@@ -154,9 +154,18 @@ static int check_options(tally_options *o, levels *L)
 	return 0;
 }
 
-uint64_t db_memory(const tally_db *db)
+uint64_t db_key_memory(tally_db *db)
 {
-	uint64_t n = 0;
+	uint64_t n = atomic_load_explicit(&db->cat.key_bytes, memory_order_relaxed);
+	for (unsigned i = 0; i < db->n_shards; i++)
+		n += atomic_load_explicit(&db->shards[i]->key_bytes, memory_order_relaxed);
+	return n;
+}
+
+uint64_t db_memory(tally_db *db)
+{
+	uint64_t n =
+		db_key_memory(db) + atomic_load_explicit(&db->query_bytes, memory_order_relaxed);
 	for (unsigned i = 0; i < db->n_shards; i++)
 		n += atomic_load_explicit(&db->shards[i]->mem_bytes, memory_order_relaxed) +
 		     atomic_load_explicit(&db->shards[i]->rollup_bytes, memory_order_relaxed);
@@ -509,6 +518,8 @@ TALLY_API int tally_db_open(const char *dir, const tally_options *opt, tally_db 
 			goto fail;
 		}
 		db->shards[mp->shard]->flushed_events += mp->rows;
+		if ((rc = catalog_part_keys(sp->table, sp->p)))
+			goto fail;
 	}
 	remove_orphans(db, parts_dir);
 	for (unsigned i = 0; i < db->n_shards; i++) {
@@ -863,6 +874,18 @@ static int64_t now_ns(void)
 	return (int64_t)t.tv_sec * TALLY_NS_PER_SEC + t.tv_nsec;
 }
 
+/* With a cardinality limit, a key takes its place in the table's key set
+ * when a line first names it, before the WAL: past the limit the line is
+ * refused alone. (Without one the shard adds keys as they are applied.) */
+static int writer_key_room(tally_writer *w, table_def *t, const char *key, uint32_t len)
+{
+	uint64_t limit = w->db->opt.max_keys_per_table;
+	if (!limit)
+		return 0;
+	const char *copy;
+	return catalog_key(t, key, len, strmap_hash(key, len), limit, &copy);
+}
+
 static int stage_line(tally_writer *w, const lp_line *ln, int64_t now)
 {
 	const char *first_tag = ln->n_tags ? ln->tags[0].key.p : NULL;
@@ -874,7 +897,8 @@ static int stage_line(tally_writer *w, const lp_line *ln, int64_t now)
 	table_def *t = wt->def;
 	int64_t ts = ln->has_ts ? ln->ts : now;
 	if (ts < TS_ENGINE_MIN || ts > TS_ENGINE_MAX)
-		return err_set(TALLY_ELIMIT, "timestamp %lld out of the stored range",
+		return err_set(TALLY_ELIMIT,
+			       "timestamp %lld out of the stored range " TS_ENGINE_RANGE_TEXT,
 			       (long long)ts);
 	const char *key = "";
 	uint32_t key_len = 0;
@@ -937,6 +961,8 @@ static int stage_line(tally_writer *w, const lp_line *ln, int64_t now)
 		if (rc)
 			goto fail;
 	}
+	if ((rc = writer_key_room(w, t, key, key_len)))
+		goto fail;
 	return tbatch_row_commit(&w->batch, tb, key, key_len);
 fail:
 	tbatch_row_abort(tb);
@@ -1044,8 +1070,10 @@ TALLY_API int tally_write_batch(tally_writer *w, const tally_batch *b)
 		return err_set(TALLY_EINVAL, "batch: ts is NULL");
 	for (size_t r = 0; r < b->n_rows; r++)
 		if (b->ts[r] < TS_ENGINE_MIN || b->ts[r] > TS_ENGINE_MAX)
-			return err_set(TALLY_ELIMIT, "row %zu: timestamp %lld out of range", r,
-				       (long long)b->ts[r]);
+			return err_set(TALLY_ELIMIT,
+				       "row %zu: timestamp %lld out of the stored "
+				       "range " TS_ENGINE_RANGE_TEXT,
+				       r, (long long)b->ts[r]);
 	uint32_t tl = (uint32_t)strlen(b->table);
 	stage_table *wt;
 	if ((rc = writer_table(w, b->table, tl, b->key_tag ? b->key_tag : "key",
@@ -1055,6 +1083,8 @@ TALLY_API int tally_write_batch(tally_writer *w, const tally_batch *b)
 	if (!t->key_tag && *b->key)
 		return err_set(TALLY_EINVAL, "table '%s' has no key tag; key must be \"\"",
 			       t->name);
+	if (b->n_rows && (rc = writer_key_room(w, t, b->key, (uint32_t)strlen(b->key))))
+		return rc;
 	col_def *defs[CAT_COLS_MAX];
 	if (b->n_columns > CAT_COLS_MAX)
 		return err_set(TALLY_ELIMIT, "batch: more than %d columns", CAT_COLS_MAX);
@@ -1123,34 +1153,15 @@ fail:
 
 /* ---------------------------------------------------------------- stats */
 
-/* Adds (table, key) to the set unless there; counts new ones. */
-static int count_key(strmap *set, uint32_t table, const char *key, uint32_t len, uint64_t *n)
-{
-	char buf[4 + 65536];
-	memcpy(buf, &table, 4);
-	memcpy(buf + 4, key, len);
-	uint64_t h = strmap_hash(buf, 4 + len);
-	if (strmap_get(set, buf, 4 + len, h))
-		return 0;
-	/* the set's keys must outlive it: point at a copy */
-	char *copy = mem_strndup(buf, 4 + len);
-	if (!copy || strmap_put(set, copy, 4 + len, h, copy)) {
-		mem_free(copy);
-		return err_set(-ENOMEM, "out of memory");
-	}
-	(*n)++;
-	return 0;
-}
-
 static int stats_collect(tally_db *db, tally_stats *out)
 {
 	err_clear();
 	memset(out, 0, sizeof *out);
-	strmap keys = {0};
-	int rc = 0;
 	pthread_mutex_lock(&db->cat.mu);
 	out->tables = db->cat.n_tables;
 	pthread_mutex_unlock(&db->cat.mu);
+	/* a running count: nothing a monitor polls walks the keys */
+	out->keys = catalog_keys(&db->cat, NULL);
 	for (unsigned i = 0; i < db->n_shards; i++) {
 		shard *s = db->shards[i];
 		pthread_rwlock_rdlock(&s->lock);
@@ -1189,25 +1200,8 @@ static int stats_collect(tally_db *db, tally_stats *out)
 		out->wal_syncs += wal_syncs(s->wal);
 		out->wal_write_errors += wal_write_errors(s->wal);
 		out->failed_shards += s->failed || wal_failed(s->wal);
-		/* distinct (table, key) over memtables' key states and parts */
-		for (uint32_t t = 0; t < s->cap_keystates && !rc; t++) {
-			const strmap *km = &s->keystates[t];
-			for (uint32_t k = 0; k < km->cap && !rc; k++)
-				if (km->slots[k].key)
-					rc = count_key(&keys, t, km->slots[k].key, km->slots[k].len,
-						       &out->keys);
-		}
-		for (uint32_t p = 0; p < s->n_parts && !rc; p++) {
-			const shard_part *sp = s->parts[p];
-			for (uint32_t k = 0; k < sp->p->n_keys && !rc; k++)
-				rc = count_key(&keys, sp->table->id, sp->p->keys[k].key,
-					       sp->p->keys[k].len, &out->keys);
-		}
 		pthread_rwlock_unlock(&s->lock);
 	}
-	for (uint32_t i = 0; i < keys.cap; i++)
-		mem_free(keys.slots[i].value);
-	strmap_free(&keys);
 	pthread_mutex_lock(&db->man_mu);
 	out->flushes = db->flushes;
 	out->merges = db->merges;
@@ -1220,10 +1214,12 @@ static int stats_collect(tally_db *db, tally_stats *out)
 	rc_stats(&db->rcache, out);
 	tier_stats(db, out);
 	out->memory_limit = db->opt.memory_limit;
+	out->key_bytes = db_key_memory(db);
+	out->query_bytes = atomic_load(&db->query_bytes);
 	out->prefault_pending = atomic_load(&db->prefault_pending);
 	out->rejected_lines = atomic_load(&db->rejected_lines);
 	out->shards = db->n_shards;
-	return rc;
+	return 0;
 }
 
 TALLY_API int tally_db_stats_sized(tally_db *db, tally_stats *out, size_t size)

@@ -62,6 +62,8 @@ struct tally_db {
 	char *crash_at;
 	/* tiering to object storage (engine/tier.c); NULL when off */
 	struct tier *tier;
+	/* #!keys answers being built or read (engine/query.c), bytes */
+	_Atomic uint64_t query_bytes;
 };
 
 #ifdef TALLY_TEST_HOOKS
@@ -101,8 +103,12 @@ struct tally_writer {
 	size_t enc_cap;
 };
 
-/* Total bytes held by all shards' memtables and rollups. */
-uint64_t db_memory(const tally_db *db);
+/* Total bytes the memory limit bounds: all shards' memtables and rollups,
+ * the per-key structures that outlive them (table key sets, shards' key
+ * states) and all-keys answers being held. */
+uint64_t db_memory(tally_db *db);
+/* Of those, the per-key structures that outlive memtables. */
+uint64_t db_key_memory(tally_db *db);
 
 /* Wakes the background flusher now (it also wakes every second). */
 void db_kick_flusher(tally_db *db);

@@ -481,7 +481,9 @@ static uint64_t count_nl(const char *p, const char *t)
 
 /* ---------------------------------------------------------------- values */
 
-enum { NUM_OK, NUM_BAD, NUM_RANGE };
+/* NUM_TINY: a nonzero literal closer to 0 than the least subnormal
+ * (4.9e-324), which would be stored as 0 without a word. */
+enum { NUM_OK, NUM_BAD, NUM_RANGE, NUM_TINY };
 
 static inline unsigned digit(const char *p)
 {
@@ -623,6 +625,8 @@ static int parse_number(const char *p, const char *e, char *scratch, lp_field *f
 		v = strtod_l(scratch, NULL, c_locale);
 		if (v > DBL_MAX || v < -DBL_MAX)
 			return NUM_RANGE;
+		if (v == 0 && w != 0) /* w: the literal's leading digits */
+			return NUM_TINY;
 	}
 	f->type = TALLY_T_F64;
 	f->v.f64 = v;
@@ -967,7 +971,9 @@ enum lp_result lp_next(lp_parser *ps, const char **cur, const char *end, lp_line
 			if (r != NUM_OK) {
 				t = vtoken_end(p, e);
 				FAIL(TALLY_ESYNTAX, "field '%s': %s '%s'", qstr(qa, f->key),
-				     r == NUM_RANGE ? "number out of range" : "invalid number",
+				     r == NUM_RANGE  ? "number out of range"
+				     : r == NUM_TINY ? "number too small, would be stored as 0"
+						     : "invalid number",
 				     quote(qb, p, (size_t)(t - p)));
 			}
 			p = q;

@@ -35,9 +35,12 @@ static int resolve(tally_db *db, const char *table, const char *field, table_def
 	return 0;
 }
 
+/* A range end brought into [TS_ENGINE_MIN, TS_ENGINE_MAX + 1]: ranges are
+ * half open, so the last stored instant is inside [from, to) only when to
+ * may be one past it (clamping to TS_ENGINE_MAX lost an event there). */
 static inline int64_t clamp_ts(int64_t t)
 {
-	return t < TS_ENGINE_MIN ? TS_ENGINE_MIN : t > TS_ENGINE_MAX ? TS_ENGINE_MAX : t;
+	return t < TS_ENGINE_MIN ? TS_ENGINE_MIN : t > TS_ENGINE_MAX ? TS_ENGINE_MAX + 1 : t;
 }
 
 static const rcol *series_rcol(const series *se, uint32_t id)
@@ -118,6 +121,14 @@ typedef struct wfold {
 	ragg *win;              /* (to - from) / step windows */
 } wfold;
 
+/* Start of window i. Unsigned: a chunk of wide windows may span more
+ * than half of int64 (from - to does not fit), though every start in it
+ * does. */
+static inline int64_t wfold_start(const wfold *w, uint64_t i)
+{
+	return (int64_t)((uint64_t)w->from + i * (uint64_t)w->step);
+}
+
 /* Adds a source's buckets with start in [from, to) to their windows. */
 static void wfold_add(const rbucket *b, uint32_t n, wfold *w)
 {
@@ -129,8 +140,9 @@ static void wfold_add(const rbucket *b, uint32_t n, wfold *w)
 				wi++;
 				wend += w->step;
 			} else {
-				wi = (size_t)((b[i].start - w->from) / w->step);
-				wend = w->from + (int64_t)(wi + 1) * w->step;
+				wi = (size_t)(((uint64_t)b[i].start - (uint64_t)w->from) /
+					      (uint64_t)w->step);
+				wend = wfold_start(w, wi + 1);
 			}
 		}
 		ragg_merge(&w->win[wi], &b[i].a);
@@ -230,7 +242,7 @@ static int series_chunk(tally_db *db, const series_q *q, part_scratch *ps, wfold
 		if (!w->win[i].count)
 			continue;
 		if (*n < cap) {
-			out[*n].start = w->from + (int64_t)i * w->step;
+			out[*n].start = wfold_start(w, i);
 			ragg_to_public(&w->win[i], &out[*n].agg);
 		}
 		(*n)++;
@@ -263,8 +275,14 @@ TALLY_API int tally_query_series(tally_db *db, const char *table, const char *fi
 	for (unsigned i = 0; i < L->n; i++)
 		if (step % L->w[i] == 0)
 			li = (int)i;
-	from = window_start(clamp_ts(from), step, L->offset);
-	to = clamp_ts(to);
+	/* Windows that start in [window_start(from), to): to is taken as it
+	 * is (a to below the first stored instant may still be past the start
+	 * of that instant's window), only lowered to one past the last; from's
+	 * window is found without overflow, and one below the first stored
+	 * instant's window holds nothing that one would not. */
+	from = from < TS_ENGINE_MIN ? window_start(TS_ENGINE_MIN, step, L->offset)
+				    : window_start_any(from, step, L->offset);
+	to = to > TS_ENGINE_MAX ? TS_ENGINE_MAX + 1 : to;
 	series_q q = {t, c, key, (uint32_t)strlen(key), li};
 	part_scratch *ps = scratch_get(db);
 	if (!ps || codec_buf_reserve(&ps->windows, SERIES_CHUNK * sizeof(ragg))) {
@@ -533,7 +551,25 @@ struct tally_keys_iter {
 	char *arena;
 	char *cur; /* NUL-terminated copy of the current key */
 	size_t cur_cap;
+	tally_db *db;
+	uint64_t held; /* bytes counted in db->query_bytes */
 };
+
+/* Counts n more bytes of the answer under the memory limit, or refuses
+ * them: an all-keys answer over a million keys is tens of MB. */
+static int keys_hold(tally_keys_iter *it, uint64_t n)
+{
+	uint64_t mem = db_memory(it->db);
+	if (mem + n > it->db->opt.memory_limit)
+		return err_set(TALLY_EFULL,
+			       "keys: the answer needs %llu more bytes, past the memory limit "
+			       "(%llu of %llu bytes held)",
+			       (unsigned long long)n, (unsigned long long)mem,
+			       (unsigned long long)it->db->opt.memory_limit);
+	atomic_fetch_add(&it->db->query_bytes, n);
+	it->held += n;
+	return 0;
+}
 
 static int key_cmp(const void *x, const void *y)
 {
@@ -557,6 +593,9 @@ static int keys_push(keys_acc *ka, const char *key, uint32_t len, const ragg *a)
 		return 0;
 	if (it->n == ka->cap) {
 		size_t ncap = ka->cap ? ka->cap * 2 : 64;
+		int rc = keys_hold(it, (ncap - ka->cap) * sizeof *it->v);
+		if (rc)
+			return rc;
 		key_agg *nv = mem_realloc(it->v, ncap * sizeof *nv);
 		if (!nv)
 			return err_set(-ENOMEM, "out of memory");
@@ -567,6 +606,9 @@ static int keys_push(keys_acc *ka, const char *key, uint32_t len, const ragg *a)
 		size_t ncap = ka->arena_cap ? ka->arena_cap * 2 : 4096;
 		while (ncap < ka->arena_len + len)
 			ncap *= 2;
+		int rc = keys_hold(it, ncap - ka->arena_cap);
+		if (rc)
+			return rc;
 		char *na = mem_realloc(it->arena, ncap);
 		if (!na)
 			return err_set(-ENOMEM, "out of memory");
@@ -594,6 +636,7 @@ TALLY_API int tally_query_keys(tally_db *db, const char *table, const char *fiel
 	tally_keys_iter *it = mem_calloc(1, sizeof *it);
 	if (!it)
 		return err_set(-ENOMEM, "out of memory");
+	it->db = db;
 	keys_acc ka = {it, 0, 0, 0};
 	qsrc q;
 	qsrc_init(&q, db);
@@ -672,6 +715,8 @@ TALLY_API void tally_keys_close(tally_keys_iter *it)
 {
 	if (!it)
 		return;
+	if (it->held)
+		atomic_fetch_sub(&it->db->query_bytes, it->held);
 	mem_free(it->v);
 	mem_free(it->arena);
 	mem_free(it->cur);

@@ -18,7 +18,10 @@
 void ragg_to_public(const ragg *a, tally_agg *out)
 {
 	out->count = a->count;
-	out->sum = a->count ? a->sum + a->comp : 0;
+	/* A sum that passed the largest double is inf (its compensation NaN,
+	 * inf - inf): report the inf, not inf + NaN; merged with a -inf it is
+	 * NaN, which a non-empty aggregate's sum never is otherwise. */
+	out->sum = !a->count ? 0 : isfinite(a->sum) ? a->sum + a->comp : a->sum;
 	out->min = a->count ? a->min : NAN;
 	out->max = a->count ? a->max : NAN;
 	out->avg = a->count ? out->sum / (double)a->count : NAN;

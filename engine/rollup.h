@@ -18,8 +18,15 @@
 
 /* Engine time range: wide enough for any real data, narrow enough that
  * window starts and ends of every level never overflow int64. */
-#define TS_ENGINE_MIN   (INT64_MIN + (INT64_C(1) << 58))
-#define TS_ENGINE_MAX   (INT64_MAX - (INT64_C(1) << 58))
+#define TS_ENGINE_MIN (INT64_MIN + (INT64_C(1) << 58))
+#define TS_ENGINE_MAX (INT64_MAX - (INT64_C(1) << 58))
+/* The same range for messages (docs/architecture.md, "Timestamps"). */
+#define TS_ENGINE_RANGE_TEXT                                                              \
+	"[-8935141660703064064, 8935141660703064063] ns (1686-11-09T00:12:19.296935936Z " \
+	"to 2253-02-21T23:47:40.703064063Z)"
+_Static_assert(TS_ENGINE_MIN == -INT64_C(8935141660703064064) &&
+		       TS_ENGINE_MAX == INT64_C(8935141660703064063),
+	       "TS_ENGINE_RANGE_TEXT names the range");
 #define LEVEL_WIDTH_MAX (INT64_C(1) << 56)
 
 typedef struct levels {
@@ -50,13 +57,25 @@ typedef struct rcol {
 } rcol;
 
 /* Start of the window of width w holding ts. */
-static inline int64_t window_start(int64_t ts, int64_t w, int64_t offset)
+static inline int64_t window_start(int64_t ts, int64_t width, int64_t offset)
 {
 	int64_t d = ts - offset; /* no overflow within the engine's range */
-	int64_t q = d / w, r = d % w;
+	int64_t q = d / width, r = d % width;
 	if (r < 0)
 		q--;
-	return q * w + offset;
+	return q * width + offset;
+}
+
+/* window_start for any ts, also where ts - offset overflows: the start
+ * is ts minus ts's place in its window, both remainders taken apart. A
+ * start below INT64_MIN (ts within a window of it) saturates there. */
+static inline int64_t window_start_any(int64_t ts, int64_t width, int64_t offset)
+{
+	int64_t rt = ts % width, ro = offset % width;
+	int64_t m = (rt - ro) % width; /* ts - offset, mod width, in (-width, width) */
+	if (m < 0)
+		m += width;
+	return ts < INT64_MIN + m ? INT64_MIN : ts - m;
 }
 
 static inline void ragg_init(ragg *a)
@@ -87,6 +106,12 @@ static inline void ragg_merge(ragg *a, const ragg *b)
 	double bp = t - a->sum;
 	a->comp += (a->sum - (t - bp)) + (b->sum - bp) + b->comp;
 	a->sum = t;
+	/* Past the largest double the sum is inf (NaN once it overflowed both
+	 * ways) and the compensation inf - inf: keep it 0, so that sum + comp,
+	 * which parts store, stays that inf. Windows merge here once, so the
+	 * test costs nothing per value. */
+	if (!isfinite(t))
+		a->comp = 0;
 	a->count += b->count;
 	a->min = b->min < a->min ? b->min : a->min;
 	a->max = b->max > a->max ? b->max : a->max;

@@ -74,8 +74,7 @@ static void series_free(series *se, const levels *L)
 	for (uint32_t i = 0; i < se->n_rcols; i++)
 		mem_free(se->rcols[i]); /* its bucket arrays are in the arena */
 	mem_free(se->rcols);
-	mem_free(se->key);
-	mem_free(se);
+	mem_free(se); /* its key is the catalog's */
 }
 
 void memtable_free(memtable *m, const levels *L)
@@ -107,11 +106,8 @@ void shard_destroy(shard *s)
 	for (uint32_t t = 0; t < s->cap_keystates; t++) {
 		strmap *km = &s->keystates[t];
 		for (uint32_t i = 0; i < km->cap; i++)
-			if (km->slots[i].key) {
-				keystate *ks = km->slots[i].value;
-				mem_free(ks->key);
-				mem_free(ks);
-			}
+			if (km->slots[i].key)
+				mem_free(km->slots[i].value); /* its key is the catalog's */
 		strmap_free(km);
 	}
 	mem_free(s->keystates);
@@ -194,7 +190,10 @@ static stable *table_get(shard *s, memtable *m, table_def *t)
 	return m->tables[t->id];
 }
 
-/* The key's state, created on first sight; lives as long as the shard. */
+/* The key's state, created on first sight; lives as long as the shard.
+ * A key new to the shard goes into the table's key set too (the one copy
+ * of its bytes that key states and series point at), which keeps the
+ * table's key count current as keys arrive. */
 static keystate *keystate_get(shard *s, table_def *t, const char *key, uint32_t len, uint64_t h)
 {
 	if (t->id >= s->cap_keystates) {
@@ -212,18 +211,23 @@ static keystate *keystate_get(shard *s, table_def *t, const char *key, uint32_t 
 	keystate *ks = strmap_get(km, key, len, h);
 	if (ks)
 		return ks;
-	ks = mem_calloc(1, sizeof *ks);
-	if (!ks || !(ks->key = mem_strndup(key, len))) {
-		mem_free(ks);
+	const char *copy;
+	/* no limit here: the writer checked it before the WAL took the key */
+	if (catalog_key(t, key, len, h, 0, &copy))
 		return NULL;
-	}
+	ks = mem_calloc(1, sizeof *ks);
+	if (!ks)
+		return NULL;
+	ks->key = copy;
 	ks->len = len;
 	ks->hwm = INT64_MIN;
+	size_t before = strmap_bytes(km);
 	if (strmap_put(km, ks->key, len, h, ks)) {
-		mem_free(ks->key);
 		mem_free(ks);
 		return NULL;
 	}
+	atomic_fetch_add_explicit(&s->key_bytes, alloc_cost(sizeof *ks) + strmap_bytes(km) - before,
+				  memory_order_relaxed);
 	return ks;
 }
 
@@ -240,16 +244,15 @@ static series *series_get(shard *s, memtable *m, stable *st, const char *key, ui
 	se = mem_calloc(1, sizeof *se);
 	if (!se)
 		return NULL;
-	se->key = mem_strndup(key, len);
 	se->key_len = len;
 	se->ks = keystate_get(s, st->def, key, len, h);
 	size_t before = strmap_bytes(&st->by_key);
-	if (!se->key || !se->ks || strmap_put(&st->by_key, se->key, len, h, se)) {
-		mem_free(se->key);
+	if (!se->ks || strmap_put(&st->by_key, se->ks->key, len, h, se)) {
 		mem_free(se);
 		return NULL;
 	}
-	m->rollup_bytes += sizeof *se + len + 1 + strmap_bytes(&st->by_key) - before;
+	se->key = se->ks->key;
+	m->rollup_bytes += alloc_cost(sizeof *se) + strmap_bytes(&st->by_key) - before;
 	st->list[st->n++] = se;
 	return se;
 }
@@ -348,7 +351,7 @@ static rcol *rcol_get(memtable *s, series *se, uint32_t id)
 		se->rcols[id] = mem_calloc(1, sizeof(rcol));
 		if (!se->rcols[id])
 			return NULL;
-		s->rollup_bytes += sizeof(rcol);
+		s->rollup_bytes += alloc_cost(sizeof(rcol));
 	}
 	return se->rcols[id];
 }

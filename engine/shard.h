@@ -44,7 +44,7 @@ typedef struct chunk {
 } chunk;
 
 typedef struct series {
-	char *key;
+	const char *key; /* the catalog's copy */
 	uint32_t key_len;
 	chunk **chunks;
 	uint32_t n_chunks, cap_chunks;
@@ -85,7 +85,7 @@ typedef struct memtable {
  * for counting late events. */
 typedef struct keystate keystate;
 struct keystate {
-	char *key;
+	const char *key; /* the catalog's copy */
 	uint32_t len;
 	int64_t hwm;
 };
@@ -111,6 +111,7 @@ typedef struct shard {
 	uint32_t cap_keystates;
 	_Atomic uint64_t mem_bytes;    /* all memtables' rows */
 	_Atomic uint64_t rollup_bytes; /* all memtables' rollups */
+	_Atomic uint64_t key_bytes;    /* key states: per key, for good */
 	uint64_t flushed_events;       /* events now in parts */
 	uint64_t late_events;
 	int failed; /* sticky: set when WAL and memtable may disagree */

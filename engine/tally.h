@@ -182,7 +182,13 @@ typedef struct tally_options {
 	 * every shard replays what it can, no file is changed, queries
 	 * answer, writes, syncs, flushes and merges fail with TALLY_EFAILED,
 	 * and no background thread runs. docs/operations.md, "At open". */
-	int wal_damage_read_only;
+	uint64_t wal_damage_read_only;
+	/* Most distinct keys a table may hold; a line (or binary batch) with
+	 * a key past it is refused alone with TALLY_ELIMIT, naming the table
+	 * and the limit. A key counts from the first line that names it. 0:
+	 * no limit (every key's state then costs memory for good: see
+	 * tally_stats.key_bytes). */
+	uint64_t max_keys_per_table;
 } tally_options;
 
 /* The size of the first released layout (0.1), ending at tier_part_bytes:
@@ -440,6 +446,12 @@ typedef struct tally_stats {
 	/* Durability (docs/operations.md, "When the disk fails"). */
 	uint64_t wal_write_errors; /* batches refused since open: their WAL write failed */
 	uint64_t failed_shards;    /* shards failed for good (a failed fsync); reopen */
+	/* Per-key structures that outlive memtables (each table's key set,
+	 * each shard's key states), bytes; under memory_limit with memtables,
+	 * rollups and query_bytes. */
+	uint64_t key_bytes;
+	/* All-keys answers (tally_query_keys) being built or held, bytes. */
+	uint64_t query_bytes;
 } tally_stats;
 
 /* Fills the first size bytes at out with the database's figures, 0 where

@@ -62,6 +62,15 @@ static tally_write_result lp(const char *text)
 
 TestSuite(engine, .init = setup, .fini = teardown);
 
+/* Closes the database and fills *o with the defaults and the quiet log,
+ * for a test to set what it needs before open_db(o). */
+static void reset_options(tally_options *o)
+{
+	close_db();
+	tally_options_init(o);
+	o->log_fn = tu_quiet_log;
+}
+
 Test(engine, series_agg_keys_scan_on_known_data)
 {
 	char buf[1 << 16], *p = buf;
@@ -236,10 +245,8 @@ Test(engine, key_tag_rules)
 
 Test(engine, configured_key_and_moscow_days)
 {
-	close_db();
 	tally_options o;
-	tally_options_init(&o);
-	o.log_fn = tu_quiet_log;
+	reset_options(&o);
 	o.table_keys = "traffic=camera";
 	o.align_offset = -3 * TALLY_1H; /* days start at 21:00 UTC = 00:00 MSK */
 	open_db(&o);
@@ -393,10 +400,8 @@ Test(engine, late_events_counted_and_visible)
 
 Test(engine, memory_limit_backpressure)
 {
-	close_db();
 	tally_options o;
-	tally_options_init(&o);
-	o.log_fn = tu_quiet_log;
+	reset_options(&o);
 	o.memory_limit = 256 * 1024;
 	open_db(&o);
 	char line[128];
@@ -439,10 +444,8 @@ Test(engine, reopen_replays_exactly_once)
 
 Test(engine, sync_each_write_mode)
 {
-	close_db();
 	tally_options o;
-	tally_options_init(&o);
-	o.log_fn = tu_quiet_log;
+	reset_options(&o);
 	o.sync_mode = TALLY_SYNC_EACH_WRITE;
 	open_db(&o);
 	lp("t,k=a v=1 1\n");
@@ -587,10 +590,8 @@ static void *reader_thread(void *arg)
 
 Test(engine, concurrent_writers_readers_and_syncs)
 {
-	close_db();
 	tally_options o;
-	tally_options_init(&o);
-	o.log_fn = tu_quiet_log;
+	reset_options(&o);
 	o.shards = 2;
 	open_db(&o);
 	lp("c,k=k1 v=0i 1\n"); /* the table exists before readers start */
@@ -764,10 +765,8 @@ Test(engine, series_long_and_sliced_agree)
  * answer with another key's buckets. */
 Test(engine, rollup_cache_ring_reuses_blocks_and_answers_stay_exact)
 {
-	close_db();
 	tally_options o;
-	tally_options_init(&o);
-	o.log_fn = tu_quiet_log;
+	reset_options(&o);
 	o.cache_bytes = 5u << 20;
 	open_db(&o);
 	enum { KEYS = 400, WIN = 288 };
@@ -826,10 +825,8 @@ Test(engine, rollup_cache_ring_reuses_blocks_and_answers_stay_exact)
  * it (no hang, no leak under ASan). */
 Test(engine, prefault_fills_the_pools_and_stops_on_close)
 {
-	close_db();
 	tally_options o;
-	tally_options_init(&o);
-	o.log_fn = tu_quiet_log;
+	reset_options(&o);
 	o.shards = 2;
 	o.memtable_bytes = 16u << 20; /* 8 blocks a shard */
 	o.prefault = 1;
@@ -863,4 +860,285 @@ Test(engine, prefault_fills_the_pools_and_stops_on_close)
 	double secs = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
 	cr_assert_lt(secs, 2.0, "close took %.1f s: the prefault did not stop", secs);
 	open_db(NULL); /* for the teardown */
+}
+
+/* ------------------------------------------------ stats at high cardinality */
+
+#include "mem.h"
+
+/* Keys counted the slow way: every table's keys through tally_query_keys. */
+static uint64_t recount_keys(int n_tables)
+{
+	uint64_t n = 0;
+	for (int t = 0; t < n_tables; t++) {
+		char name[16];
+		snprintf(name, sizeof name, "t%d", t);
+		tally_keys_iter *it;
+		int rc = tally_query_keys(db, name, "v", INT64_MIN, INT64_MAX, &it);
+		if (rc == TALLY_ENOTFOUND)
+			continue;
+		cr_assert_eq(rc, 0, "keys: %s", tally_errmsg());
+		const char *k;
+		tally_agg a;
+		while ((rc = tally_keys_next(it, &k, &a)) == 1)
+			n++;
+		cr_assert_eq(rc, 0);
+		tally_keys_close(it);
+	}
+	return n;
+}
+
+/* stats.keys is a running count now (issue 12 item 5): it must equal the
+ * distinct (table, key) pairs written, whichever shards they went through,
+ * after flushes (keys move into parts), merges (parts combine) and
+ * reopens (keys come back from parts and the WAL). */
+Test(engine, stats_key_count_matches_a_recount_through_flushes_merges_reopens)
+{
+	tally_options o;
+	reset_options(&o);
+	o.shards = 3;
+	open_db(&o);
+	tally_writer *ws[3] = {w, NULL, NULL};
+	for (int i = 1; i < 3; i++)
+		cr_assert_eq(tally_writer_open(db, i, &ws[i]), 0);
+	enum { TABLES = 3, KEYS = 400 };
+	static unsigned char seen[TABLES][KEYS];
+	memset(seen, 0, sizeof seen);
+	uint64_t distinct = 0;
+	tu_rng r = {tu_seed("stats_keys")};
+	for (int round = 0; round < 12; round++) {
+		for (int i = 0; i < 300; i++) {
+			int t = (int)tu_below(&r, TABLES), k = (int)tu_below(&r, KEYS);
+			char line[128];
+			int n = snprintf(line, sizeof line, "t%d,k=key%d v=%d %lld\n", t, k, i,
+					 (long long)(T0 + (int64_t)tu_below(&r, 86400 * 3) *
+								  TALLY_NS_PER_SEC));
+			tally_write_result res;
+			cr_assert_eq(tally_write_lp(ws[tu_below(&r, 3)], line, (size_t)n,
+						    TALLY_PREC_NS, &res),
+				     0, "%s", tally_errmsg());
+			distinct += !seen[t][k];
+			seen[t][k] = 1;
+		}
+		switch (tu_below(&r, 4)) {
+		case 0: cr_assert_eq(tally_db_flush(db), 0, "%s", tally_errmsg()); break;
+		case 1:
+			cr_assert_eq(tally_db_flush(db), 0);
+			cr_assert_eq(tally_db_merge(db), 0, "%s", tally_errmsg());
+			break;
+		case 2:
+			cr_assert_eq(tally_db_sync(db), 0);
+			for (int i = 1; i < 3; i++)
+				tally_writer_close(ws[i]);
+			close_db();
+			open_db(&o);
+			ws[0] = w;
+			for (int i = 1; i < 3; i++)
+				cr_assert_eq(tally_writer_open(db, i, &ws[i]), 0);
+			break;
+		default: break;
+		}
+		tally_stats st;
+		cr_assert_eq(tally_db_stats(db, &st), 0);
+		cr_assert_eq(st.keys, distinct, "round %d: stats %llu, written %llu", round,
+			     (unsigned long long)st.keys, (unsigned long long)distinct);
+		cr_assert_eq(recount_keys(TABLES), distinct, "round %d", round);
+	}
+	for (int i = 1; i < 3; i++)
+		tally_writer_close(ws[i]);
+}
+
+/* The old stats built a set of every key under each shard's lock: seconds
+ * at 500k keys, with the shard's writers stalled. Now it reads running
+ * counts, so it allocates nothing however many keys there are: with every
+ * allocation failing it still answers, and exactly. */
+Test(engine, stats_walks_no_keys)
+{
+	char *buf = malloc((size_t)20000 * 64), *p = buf;
+	for (int i = 0; i < 20000; i++)
+		p += sprintf(p, "t,k=k%d v=%d %lld\n", i, i, (long long)(T0 + i));
+	lp(buf);
+	cr_assert_eq(tally_db_flush(db), 0);
+	p = buf;
+	for (int i = 10000; i < 30000; i++)
+		p += sprintf(p, "t,k=k%d v=%d %lld\n", i, i, (long long)(T0 + i));
+	lp(buf);
+	free(buf);
+	tally_stats st;
+	mem_fail_after(1);
+	int rc = tally_db_stats(db, &st);
+	mem_fail_after(0);
+	cr_assert_eq(rc, 0, "stats: %s", tally_errmsg());
+	cr_assert_eq(st.keys, 30000);
+}
+
+/* A sum past the largest double is +-inf in the answer, not NaN (TwoSum's
+ * compensation becomes inf - inf = NaN, and sum + NaN was reported). */
+Test(engine, overflowed_sum_is_inf_not_nan)
+{
+	lp("t,k=a v=1e308 1\nt,k=a v=1e308 2\nt,k=b v=-1e308 1\nt,k=b v=-1.5e308 400000000000\n");
+	for (int round = 0; round < 2; round++) {
+		tally_agg a;
+		cr_assert_eq(tally_query_agg(db, "t", "v", "a", 0, INT64_MAX, &a), 0);
+		cr_assert_eq(a.count, 2);
+		cr_assert(isinf(a.sum) && a.sum > 0, "sum %g", a.sum);
+		cr_assert(isinf(a.avg) && a.avg > 0, "avg %g", a.avg);
+		cr_assert_eq(a.max, 1e308);
+		tally_bucket b[4];
+		size_t n;
+		cr_assert_eq(tally_query_series(db, "t", "v", "b", TALLY_1H, 0, TALLY_1D, b, 4, &n),
+			     0);
+		cr_assert_eq(n, 1);
+		cr_assert(isinf(b[0].agg.sum) && b[0].agg.sum < 0, "round %d: sum %g", round,
+			  b[0].agg.sum);
+		cr_assert_eq(tally_db_flush(db), 0); /* and the same from parts */
+	}
+}
+
+/* ------------------------------------------------ per-key memory (item 4) */
+
+#include "db.h"
+
+/* Past max_keys_per_table a line with a new key is refused alone, naming
+ * the table and the limit; lines of known keys and other tables go on;
+ * the limit holds across a reopen (keys come back from WAL and parts). */
+Test(engine, cardinality_limit_refuses_new_keys_per_line)
+{
+	tally_options o;
+	reset_options(&o);
+	o.shards = 2;
+	o.max_keys_per_table = 1000;
+	open_db(&o);
+	char *buf = malloc((size_t)1600 * 64), *p = buf;
+	for (int i = 0; i < 1500; i++)
+		p += sprintf(p, "t,k=k%d v=%d %lld\n", i, i, (long long)(T0 + i));
+	p += sprintf(p, "t,k=k7 v=1 %lld\nu,k=k1234 v=1 %lld\n", (long long)T0, (long long)T0);
+	tally_write_result res;
+	cr_assert_eq(tally_write_lp(w, buf, (size_t)(p - buf), TALLY_PREC_NS, &res), 0);
+	cr_assert_eq(res.accepted, 1002);
+	cr_assert_eq(res.rejected, 500);
+	cr_assert_eq(res.errors[0].line, 1001);
+	cr_assert_eq(res.errors[0].code, TALLY_ELIMIT);
+	cr_assert(strstr(res.errors[0].reason, "table 't'") &&
+			  strstr(res.errors[0].reason, "1000 keys") &&
+			  strstr(res.errors[0].reason, "cardinality limit"),
+		  "%s", res.errors[0].reason);
+	/* the binary API: a new key's batch is refused whole */
+	int64_t ts = T0;
+	double v = 1;
+	tally_column col = {"v", TALLY_T_F64, &v, NULL};
+	tally_batch b = {"t", "fresh", "k", 1, &ts, 1, &col};
+	cr_assert_eq(tally_write_batch(w, &b), TALLY_ELIMIT);
+	cr_assert(strstr(tally_errmsg(), "cardinality limit"), "%s", tally_errmsg());
+	b.key = "k3";
+	cr_assert_eq(tally_write_batch(w, &b), 0, "%s", tally_errmsg());
+	cr_assert_eq(tally_db_flush(db), 0);
+	cr_assert_eq(tally_db_sync(db), 0);
+	close_db();
+	open_db(&o);
+	lp("t,k=k999 v=1 1\n");
+	cr_assert_eq(tally_write_lp(w, "t,k=new v=1 1\n", 14, TALLY_PREC_NS, &res), 0);
+	cr_assert_eq(res.rejected, 1);
+	tally_stats st;
+	cr_assert_eq(tally_db_stats(db, &st), 0);
+	cr_assert_eq(st.keys, 1001);
+	free(buf);
+}
+
+/* The per-key bytes the engine counts, summed the slow way from the
+ * structures themselves. */
+static uint64_t brute_key_bytes(tally_db *d)
+{
+	uint64_t n = 0;
+	for (uint32_t t = 0; t < d->cat.n_tables; t++) {
+		const table_def *td = d->cat.tables[t];
+		n += strmap_bytes(&td->keys);
+		for (uint32_t i = 0; i < td->keys.cap; i++)
+			if (td->keys.slots[i].key)
+				n += alloc_cost(td->keys.slots[i].len + 1);
+	}
+	for (unsigned s = 0; s < d->n_shards; s++) {
+		const shard *sh = d->shards[s];
+		for (uint32_t t = 0; t < sh->cap_keystates; t++) {
+			n += strmap_bytes(&sh->keystates[t]);
+			n += (uint64_t)sh->keystates[t].n * alloc_cost(sizeof(keystate));
+		}
+	}
+	return n;
+}
+
+/* ASan's redzones and shadow inflate RSS: the RSS bound is checked only
+ * without it. */
+#if !defined(__SANITIZE_ADDRESS__)
+static uint64_t rss_bytes(void)
+{
+	FILE *f = fopen("/proc/self/statm", "r");
+	unsigned long size = 0, res = 0;
+	if (f) {
+		if (fscanf(f, "%lu %lu", &size, &res) != 2)
+			res = 0;
+		fclose(f);
+	}
+	return (uint64_t)res * (uint64_t)sysconf(_SC_PAGESIZE);
+}
+#endif
+
+/* One event for each of many keys, flushed as it goes: memtables empty
+ * out, but every key leaves state behind (its table's key set, its
+ * shard's key state). That is counted under memory_limit, so the writes
+ * stop with TALLY_EFULL instead of growing without bound (before, they
+ * never stopped and stats counted none of it), and stats reports it,
+ * equal to a brute-force sum over the structures. */
+Test(engine, memory_limit_bounds_per_key_state)
+{
+	tally_options o;
+	reset_options(&o);
+	o.shards = 2;
+	o.memory_limit = 24u << 20;
+	o.no_background = 1;
+	open_db(&o);
+	tally_writer *w2;
+	cr_assert_eq(tally_writer_open(db, 1, &w2), 0);
+#if !defined(__SANITIZE_ADDRESS__)
+	uint64_t rss0 = rss_bytes();
+#endif
+	char *buf = malloc((size_t)5000 * 64);
+	int rc = 0, round = 0;
+	for (; round < 400 && rc == 0; round++) {
+		char *p = buf;
+		for (int i = 0; i < 5000; i++)
+			p += sprintf(p, "t,k=key-%08d v=1 %lld\n", round * 5000 + i,
+				     (long long)(T0 + i));
+		rc = tally_write_lp(round % 2 ? w2 : w, buf, (size_t)(p - buf), TALLY_PREC_NS,
+				    NULL);
+		if (rc == 0)
+			cr_assert_eq(tally_db_flush(db), 0, "%s", tally_errmsg());
+	}
+	free(buf);
+	cr_assert_eq(rc, TALLY_EFULL, "round %d: %s", round, tally_errmsg());
+	cr_assert(strstr(tally_errmsg(), "memory limit"), "%s", tally_errmsg());
+	tally_stats st;
+	cr_assert_eq(tally_db_stats(db, &st), 0);
+	cr_assert_eq(st.key_bytes, brute_key_bytes(db));
+	/* memtables are flushed: per-key state is what filled the limit */
+	cr_assert_gt(st.key_bytes, o.memory_limit / 2, "key_bytes %llu",
+		     (unsigned long long)st.key_bytes);
+	cr_assert_gt(st.keys, 50000);
+	/* and it is a fair count of what the process holds: the RSS growth
+	 * (part indexes included, reported apart) is within a loose factor
+	 * of what stats accounts */
+#if !defined(__SANITIZE_ADDRESS__)
+	uint64_t acc = st.key_bytes + st.memtable_bytes + st.rollup_bytes + st.index_bytes +
+		       st.cache_bytes;
+	uint64_t grew = rss_bytes() - rss0;
+	cr_assert_lt(grew, 4 * acc + (64u << 20), "RSS grew %llu, accounted %llu",
+		     (unsigned long long)grew, (unsigned long long)acc);
+#endif
+	/* an all-keys answer is counted while held, and let go at close */
+	tally_keys_iter *it;
+	rc = tally_query_keys(db, "t", "v", INT64_MIN, INT64_MAX, &it);
+	cr_assert_eq(rc, TALLY_EFULL, "keys past the limit: %d", rc);
+	cr_assert_eq(tally_db_stats(db, &st), 0);
+	cr_assert_eq(st.query_bytes, 0);
+	tally_writer_close(w2);
 }

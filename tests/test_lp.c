@@ -525,7 +525,6 @@ Test(lp, floats_exact)
 	float_ok("4.9e-324", 0x1p-1074);
 	float_ok("2.4703282292062328e-324", 0x1p-1074);
 	float_ok("2.2250738585072014e-308", 2.2250738585072014e-308);
-	float_ok("1e-400", 0.0); /* underflows to zero */
 	float_ok("0e999999999999", 0.0);
 	float_ok("-0e5", -0.0);
 	float_ok("1e22", 1e22);
@@ -542,7 +541,6 @@ Test(lp, floats_exact)
 	float_ok("17976931348623157e292", 1.7976931348623157e308);
 	float_ok("8.98846567431158e307", 8.98846567431158e307);
 	float_ok("1234567.1234567e-20", 1234567.1234567e-20);
-	float_ok("0.1e-99999999999999999999", 0.0);
 	float_ok("4.35679e-10", 4.35679e-10);
 }
 
@@ -567,6 +565,12 @@ Test(lp, floats_bad)
 		{"1e309", "number out of range"},
 		{"-1e309", "number out of range"},
 		{"1e99999999999999", "number out of range"},
+		/* nonzero but nearer 0 than the least subnormal: not a silent 0 */
+		{"1e-400", "number too small, would be stored as 0"},
+		{"-1e-400", "number too small, would be stored as 0"},
+		{"2.4e-324", "number too small, would be stored as 0"},
+		{"0.1e-99999999999999999999", "number too small, would be stored as 0"},
+		{"0.00000000000000000001e-310", "number too small, would be stored as 0"},
 		{"8x.2", "invalid number"},
 		{"+1", "invalid number"},
 		{"+1.5", "invalid number"},
@@ -1443,6 +1447,15 @@ static void sb_clear(sbuf *b)
 		b->p[0] = 0;
 }
 
+/* Whether a float literal's digits (before any exponent) are not all 0. */
+static int lit_nonzero(const char *num)
+{
+	for (; *num && *num != 'e' && *num != 'E'; num++)
+		if (*num >= '1' && *num <= '9')
+			return 1;
+	return 0;
+}
+
 static void rand_float_text(char *buf, size_t cap)
 {
 	double d;
@@ -1512,6 +1525,7 @@ static const struct {
 	{"m f=1 1 2", "unexpected text after timestamp '2'"},
 	{"m f=1 9223372036854775807", "timestamp out of range"},
 	{"m f=1e309", "field 'f': number out of range '1e309'"},
+	{"m f=1e-400", "field 'f': number too small, would be stored as 0 '1e-400'"},
 	{",t=1 f=1", "empty measurement"},
 	{"m\xC0\x80 f=1", "measurement: invalid UTF-8"},
 	{"m,t=\xED\xA0\x80 f=1", "tag 't': invalid UTF-8"},
@@ -1574,10 +1588,10 @@ static void gen_good(sbuf *text, xline *x, enum tally_precision prec)
 		switch (rn(5)) {
 		case 0:
 			f->type = TALLY_T_F64;
-			do { /* finite only: overflow is an error */
+			do { /* finite and not underflowing: both are errors */
 				rand_float_text(num, sizeof num);
 				f->f64 = strtod(num, NULL);
-			} while (!isfinite(f->f64));
+			} while (!isfinite(f->f64) || (f->f64 == 0 && lit_nonzero(num)));
 			sb_puts(text, num);
 			break;
 		case 1:

@@ -16,6 +16,7 @@
 #include <math.h>
 #include <time.h>
 
+#include "bagg.h"
 #include "testutil.h"
 
 #define MAXEV   20000
@@ -225,33 +226,6 @@ static void write_bin(tally_writer *w, const ev *evs, size_t a, size_t b)
 			free(pres[c]);
 		a = e;
 	}
-}
-
-typedef struct bagg {
-	uint64_t count;
-	double sum, min, max;
-} bagg;
-
-static void bagg_add(bagg *a, double v)
-{
-	if (!a->count)
-		a->min = a->max = v;
-	a->count++;
-	a->sum += v;
-	a->min = v < a->min ? v : a->min;
-	a->max = v > a->max ? v : a->max;
-}
-
-static void check_agg(const char *what, const bagg *want, const tally_agg *got)
-{
-	cr_assert_eq(got->count, want->count, "%s: count %llu, want %llu", what,
-		     (unsigned long long)got->count, (unsigned long long)want->count);
-	if (!want->count)
-		return;
-	cr_assert_eq(got->sum, want->sum, "%s: sum %.17g, want %.17g", what, got->sum, want->sum);
-	cr_assert_eq(got->min, want->min, "%s: min", what);
-	cr_assert_eq(got->max, want->max, "%s: max", what);
-	cr_assert_eq(got->avg, want->sum / (double)want->count, "%s: avg", what);
 }
 
 static int64_t wstart(int64_t ts, int64_t w, int64_t off)

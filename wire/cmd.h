@@ -11,6 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "numfmt.h"
 #include "tally.h"
 
 #define CMD_ARGS_MAX 12
@@ -61,45 +62,13 @@ int cmd_parse_time(const char *s, int64_t now, int64_t *out);
 /* Days since 1970-01-01 of a proleptic Gregorian date, and back (H.
  * Hinnant's algorithms; also jsonev.c's event times). */
 int64_t cmd_days_from_civil(int64_t y, unsigned m, unsigned d);
-void cmd_civil_from_days(int64_t z, int64_t *y, unsigned *m, unsigned *d);
 
 /* A duration: one or more <integer><unit>, units ns us ms s m h d w
  * ("5m", "1h30m"). Positive, at most ~292 years. Returns 0 or -1. */
 int cmd_parse_duration(const char *s, int64_t *out);
 
-/* RFC 3339 UTC with as many fraction digits as needed (0, 3, 6 or 9).
- * buf needs 40 bytes; returns the length. */
-size_t cmd_format_time(int64_t ns, char *buf);
-
-/* A duration in the largest unit that divides it ("5m", "90s"). buf needs
- * 32 bytes. */
-size_t cmd_format_duration(int64_t ns, char *buf);
-
 /* Usage lines of the commands, for #!help: i < cmd_usage_count(). */
 size_t cmd_usage_count(void);
 const char *cmd_usage(size_t i);
-
-/* v in decimal, NUL-terminated; buf needs 21 bytes. Returns the length. */
-size_t cmd_format_u64(uint64_t v, char *buf);
-
-/* The shortest decimal that reads back as the same double (the nearest
- * such when there are several), NUL-terminated. buf needs 32 bytes;
- * returns the length. */
-size_t cmd_format_double(double v, char *buf);
-
-/* A double cell at p: cmd_format_double's decimal, or nothing for NaN (a
- * missing value, or an empty aggregate's min, max, avg). Returns the end;
- * at most 31 bytes, no NUL counted. */
-char *cmd_put_f64(char *p, double v);
-
-/* An aggregate's cells "count\tsum\tmin\tmax\tavg\n" at p (min, max and
- * avg empty when count is 0); at most CMD_AGG_MAX bytes. Returns the end;
- * no NUL. */
-#define CMD_AGG_MAX 170
-char *cmd_put_agg(char *p, const tally_agg *a);
-
-/* A series row: the window start, a tab, then cmd_put_agg's cells; at
- * most 40 + CMD_AGG_MAX bytes. */
-char *cmd_put_bucket(char *p, const tally_bucket *b);
 
 #endif

@@ -111,7 +111,10 @@ static const struct conf_item {
 	{"io", K_STR, offsetof(srv_conf, io),
 	 "auto (io_uring, else epoll), io_uring or epoll (default auto)"},
 	{"memory-limit", K_SIZE64, offsetof(srv_conf, memory_limit),
-	 "bound for memtables and rollups (default 4GiB)"},
+	 "bound for memtables, rollups, per-key state and #!keys answers (default 4GiB)"},
+	{"max-keys-per-table", K_UINT, offsetof(srv_conf, max_keys),
+	 "most distinct keys a table may hold; lines with a key past it are refused "
+	 "(default 0: no limit)"},
 	{"align-offset", K_OFFSET, offsetof(srv_conf, align_offset),
 	 "day windows start at this UTC offset, e.g. +3h (default 0)"},
 	{"table-keys", K_STR, offsetof(srv_conf, table_keys),

@@ -44,6 +44,7 @@ typedef struct srv_conf {
 	char *io;      /* "auto" (default), "io_uring" or "epoll" */
 	/* engine options */
 	uint64_t memory_limit;
+	unsigned max_keys;      /* tally_options.max_keys_per_table */
 	unsigned prefault;      /* 1: tally_options.prefault */
 	unsigned wal_damage_ro; /* 1: tally_options.wal_damage_read_only */
 	int64_t align_offset;

@@ -580,6 +580,8 @@ static void conn_stats(wconn *c)
 		{"cache_hits", es.cache_hits},
 		{"cache_misses", es.cache_misses},
 		{"memory_limit", es.memory_limit},
+		{"key_bytes", es.key_bytes},
+		{"query_bytes", es.query_bytes},
 		{"prefault_pending", es.prefault_pending},
 		{"wal_bytes", es.wal_bytes},
 		{"wal_syncs", es.wal_syncs},
@@ -650,9 +652,11 @@ static void conn_stats(wconn *c)
 
 static int64_t conn_window_start(int64_t ts, int64_t w, int64_t off)
 {
-	/* Outside the stored range (1686-2253) nothing is there; clamp so the
-	 * arithmetic cannot overflow. */
-	const int64_t lim = INT64_MAX - (INT64_C(1) << 59);
+	/* Outside the stored range (1686-11-09 to 2253-02-21, within 2^58 ns
+	 * of either end of int64) nothing is there; clamp a little beyond it
+	 * (steps are at most 2^56 ns) so the arithmetic cannot overflow. The
+	 * old clamp, 2^59 in, cut off 1686-1696. */
+	const int64_t lim = INT64_MAX - (INT64_C(1) << 57);
 	ts = ts < -lim ? -lim : ts > lim ? lim : ts;
 	int64_t d = ts - off, q = d / w;
 	if (d % w < 0)
@@ -698,8 +702,11 @@ static void conn_query(wconn *c, const cmd_req *r, uint64_t line)
 		ps->step = r->step;
 		ps->cur = conn_window_start(r->from, r->step, s->conf->align_offset);
 		ps->to = r->to;
-		ps->span = r->step > SERIES_SPAN_MAX / SERIES_CAP ? SERIES_SPAN_MAX
-								  : r->step * SERIES_CAP;
+		/* slices end on window boundaries: one ending inside a window
+		 * would count it whole, and the next slice again */
+		ps->span = r->step > SERIES_SPAN_MAX / SERIES_CAP
+				   ? SERIES_SPAN_MAX / r->step * r->step
+				   : r->step * SERIES_CAP;
 		ps->line = line;
 		/* The first slice now, so that a bad table or step is one ERR line. */
 		rc = series_next_slice(s->db, ps);

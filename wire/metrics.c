@@ -236,6 +236,17 @@ static const struct stat_metric {
 	 F(s3_retries)},
 	{"tally_s3_errors_total", "counter", "Object store requests that failed since open.",
 	 F(s3_errors)},
+	{"tally_wal_write_errors_total", "counter",
+	 "Writes refused since open because their WAL write failed (disk full, I/O error).",
+	 F(wal_write_errors)},
+	{"tally_failed_shards", "gauge",
+	 "Shards failed for good (a WAL fsync failed): writes refused until tallyd restarts.",
+	 F(failed_shards)},
+	{"tally_key_bytes", "gauge",
+	 "Per-key structures that outlive memtables (key sets, key states), under memory-limit.",
+	 F(key_bytes)},
+	{"tally_query_bytes", "gauge", "All-keys answers being built or held, under memory-limit.",
+	 F(query_bytes)},
 #undef F
 };
 

@@ -1,5 +1,6 @@
 /*
- * fuzz_cmd.c — libFuzzer target: the "#!" command parser (wire/cmd.c).
+ * fuzz_cmd.c — libFuzzer target: the "#!" command parser (wire/cmd.c)
+ * and the number formatter (wire/numfmt.c).
  *
  * Any bytes after "#!" either parse into a command whose arguments are
  * valid (names non-empty, from < to, positive step) or fail with a
@@ -16,6 +17,7 @@
 #include <string.h>
 
 #include "../../wire/cmd.c"
+#include "../../wire/numfmt.c"
 #include "../decimal.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);

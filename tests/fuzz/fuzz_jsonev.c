@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "../../wire/cmd.c"
+#include "../../wire/numfmt.c"
 #include "../../wire/jsonev.c"
 #include "lp.h"
 
