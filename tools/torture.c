@@ -98,7 +98,7 @@ static opts O = {
 	.parent = "/tmp",
 	.minutes = 60,
 	.sample_s = 60,
-	.rate = 20000,
+	.rate = UINT64_MAX, /* unset: flat out in trials, 20000/s in the soak */
 	.late_pct = 10,
 };
 
@@ -756,6 +756,7 @@ static void *writer_main(void *arg)
 	trial_ctx *t = w->t;
 	if (conn_open(&w->c, t->port) < 0)
 		return NULL; /* killed before we connected: nothing sent */
+	int64_t t0 = mono_ms();
 	while (!atomic_load(&t->stop)) {
 		uint64_t n = 1 + below(&w->rng, 5000);
 		if (below(&w->rng, 20) == 0)
@@ -783,6 +784,8 @@ static void *writer_main(void *arg)
 			break;
 		if (below(&w->rng, 3) == 0 && w_sync(w) < 0)
 			break;
+		if (O.rate) /* --rate: this writer's share, on average */
+			sleep_ms(t0 + (int64_t)(w->sent * 1000 * O.writers / O.rate) - mono_ms());
 	}
 	if (!atomic_load(&t->stop) && !w->shutdown_seen) {
 		/* the ids ran out or the connection failed: read what is left
@@ -1123,7 +1126,9 @@ static int wait_kill(run *r, trial_ctx *t, int64_t ms, int after_flush, int last
 			hit = 1;
 			deadline = now + (int64_t)below(&r->rng, 21);
 		}
-		int starving = last && r->acked + atomic_load(&t->acked) < O.min_acked &&
+		uint64_t acked = atomic_load(&t->acked);
+		int starving = ((last && r->acked + acked < O.min_acked) ||
+				(O.inject == INJECT_DOUBLE && !r->injected && acked < INJECT_N)) &&
 			       now - start < 120000 * O.timeout_scale;
 		if (now >= deadline && !starving)
 			return hit;
@@ -1391,6 +1396,9 @@ static void *soak_query_main(void *arg)
 		return NULL;
 	}
 	char cmd[256];
+	/* the table exists once the first sync answered */
+	while (!atomic_load(&q->t->acked) && !atomic_load(&q->t->stop))
+		sleep_ms(10);
 	while (!atomic_load(&q->t->stop)) {
 		unsigned k = (unsigned)below(&q->rng, q->t->nkeys);
 		switch (q->queries % 4) {
@@ -1557,15 +1565,20 @@ static int run_soak(void)
 	if (code != 0)
 		fail(&r, "tallyd exited with %d after SIGTERM (see %s)", code, r.s.log);
 	double minutes = (double)(mono_ms() - t0) / 60000;
+	char slope_s[128];
+	if (first_flush < 0)
+		snprintf(slope_s, sizeof slope_s, "no flush seen, so no RSS slope");
+	else
+		snprintf(
+			slope_s, sizeof slope_s,
+			"first flush by %.1f min; RSS slope after it %.2f MB/hour over %zu samples",
+			first_flush * 60, slope, m);
 	printf("soak: %.1f minutes, %" PRIu64 " events sent, %" PRIu64
 	       " acknowledged (%.0f/s), %" PRIu64 " lost, %" PRIu64 " doubled, %" PRIu64
 	       " wrong sums; %" PRIu64 " queries (max %" PRId64
-	       " ms); RSS first %.1f MB, last %.1f MB, max %.1f MB; first flush at %.1f min; RSS "
-	       "slope "
-	       "after it %.2f MB/hour over %zu samples\n",
+	       " ms); RSS first %.1f MB, last %.1f MB, max %.1f MB; %s\n",
 	       minutes, sent, acked, (double)acked / (minutes * 60), x.lost, x.doubled, x.wrong,
-	       q.queries, q.max_ms, ns ? sy[0] : 0, ns ? sy[ns - 1] : 0, rss_max, first_flush * 60,
-	       slope, m);
+	       q.queries, q.max_ms, ns ? sy[0] : 0, ns ? sy[ns - 1] : 0, rss_max, slope_s);
 	int bad = r.failed || x.lost || x.doubled || x.wrong;
 	if (bad)
 		printf("FAILED: %s; kept for inspection: %s\n", r.failed ? r.why : "counts differ",
@@ -1622,7 +1635,8 @@ static void usage(FILE *f)
 		"                      those are reported\n"
 		"  --soak              the soak instead of trials\n"
 		"  --minutes M         soak length (default 60)\n"
-		"  --rate R            soak events per second (default 20000)\n"
+		"  --rate R            events per second over all writers (trials: default\n"
+		"                      0, flat out; soak: default 20000)\n"
 		"  --late-pct P        soak events 1-6 hours old, per hundred (default 10)\n"
 		"  --sample-seconds S  soak RSS sample interval (default 60)\n",
 		MAX_W);
@@ -1723,6 +1737,10 @@ int main(int argc, char **argv)
 	if (O.late_pct > 100 || O.sample_s < 0.1 || !O.trial_ids || !O.shards)
 		die("--late-pct at most 100, --sample-seconds at least 0.1, --trial-ids and "
 		    "--shards at least 1");
+	if (O.rate == UINT64_MAX)
+		O.rate = O.mode == MODE_SOAK ? 20000 : 0;
+	if (O.mode == MODE_SOAK && !O.rate)
+		die("--rate: the soak needs a rate above 0");
 	if (!O.tallyd) {
 		/* beside this program in the build tree: tools/../wire/tallyd */
 		ssize_t n = readlink("/proc/self/exe", tallyd, sizeof tallyd - 32);
