@@ -1111,7 +1111,8 @@ static void grow_model(run *r, trial_ctx *t)
 }
 
 /* Waits until the kill moment: ms after the load started, or (after_flush)
- * a "flushed"/"merged" log line plus up to 20 ms, whichever comes first.
+ * a "flushed"/"merged" log line plus up to 20 ms (if none comes within
+ * --seconds + 2 s, then).
  * The last trial of a run that has not yet seen min_acked acknowledgements
  * waits for them (bounded): a starved machine must not make a run that
  * tested nothing pass. */
@@ -1119,6 +1120,8 @@ static int wait_kill(run *r, trial_ctx *t, int64_t ms, int after_flush, int last
 {
 	int64_t start = mono_ms(), deadline = start + ms;
 	int hit = 0;
+	if (after_flush) /* flush intervals reach 1 s: give one the time to come */
+		deadline = start + (int64_t)(O.seconds * 1000) + 2000;
 	for (;;) {
 		int64_t now = mono_ms();
 		if (after_flush && !hit &&
