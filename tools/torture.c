@@ -369,8 +369,9 @@ static int parse_time(const char *s, int64_t *ns)
 }
 
 typedef struct stat_ctx {
-	const char *name;
-	uint64_t v;
+	const char *const *names;
+	uint64_t *v;
+	int n;
 } stat_ctx;
 
 static int stat_row(void *ctx, char **cell, int n, char **head, int nh)
@@ -378,19 +379,20 @@ static int stat_row(void *ctx, char **cell, int n, char **head, int nh)
 	stat_ctx *x = ctx;
 	(void)head;
 	(void)nh;
-	if (n >= 2 && !strcmp(cell[0], x->name))
-		x->v = strtoull(cell[1], NULL, 10);
+	for (int i = 0; n >= 2 && i < x->n; i++)
+		if (!strcmp(cell[0], x->names[i]))
+			x->v[i] = strtoull(cell[1], NULL, 10);
 	return 0;
 }
 
-/* One row of #!stats by name; UINT64_MAX when the query failed. */
-static uint64_t stat_of(conn *c, const char *name)
+/* Rows of one #!stats by name; UINT64_MAX for those not found. */
+static void stats_of(conn *c, const char *const *names, uint64_t *v, int n)
 {
-	stat_ctx x = {name, UINT64_MAX};
+	stat_ctx x = {names, v, n};
 	char err[256];
-	if (conn_table(c, "#!stats", stat_row, &x, err, sizeof err) < 0)
-		return UINT64_MAX;
-	return x.v;
+	for (int i = 0; i < n; i++)
+		v[i] = UINT64_MAX;
+	conn_table(c, "#!stats", stat_row, &x, err, sizeof err);
 }
 
 /* ---------------------------------------------------------------- tallyd */
@@ -1494,14 +1496,19 @@ static int run_soak(void)
 	double *sx = malloc(cap * sizeof *sx), *sy = malloc(cap * sizeof *sy);
 	int64_t t0 = mono_ms(), end = t0 + (int64_t)(O.minutes * 60000);
 	double first_flush = -1, rss_max = 0;
-	printf("%8s %12s %10s %8s %8s %14s %10s\n", "minutes", "acknowledged", "RSS MB", "parts",
-	       "queries", "memtable bytes", "query max");
+	/* the engine's own accounts beside the RSS, to tell where it grows */
+	static const char *const names[] = {"parts", "memtable_bytes", "rollup_bytes",
+					    "cache_bytes"};
+	printf("%7s %12s %8s %6s %8s %10s %10s %10s %9s\n", "minutes", "acknowledged", "RSS MB",
+	       "parts", "queries", "memtable", "rollups", "cache", "query max");
 	for (int64_t next = t0;;) {
 		next += (int64_t)(O.sample_s * 1000);
 		sleep_ms((next < end ? next : end) - mono_ms());
 		double h = (double)(mono_ms() - t0) / 3.6e6;
 		double mb = (double)rss_kib(r.s.pid) / 1024;
-		uint64_t parts = stat_of(&c, "parts"), mem = stat_of(&c, "memtable_bytes");
+		uint64_t st[4];
+		stats_of(&c, names, st, 4);
+		uint64_t parts = st[0];
 		if (first_flush < 0 && parts && parts != UINT64_MAX)
 			first_flush = h;
 		if (ns == cap) {
@@ -1513,9 +1520,10 @@ static int run_soak(void)
 		sy[ns++] = mb;
 		if (mb > rss_max)
 			rss_max = mb;
-		printf("%8.1f %12" PRIu64 " %10.1f %8" PRIu64 " %8" PRIu64 " %14" PRIu64
-		       " %7" PRId64 " ms\n",
-		       h * 60, atomic_load(&t.acked), mb, parts, q.queries, mem, q.max_ms);
+		printf("%7.1f %12" PRIu64 " %8.1f %6" PRIu64 " %8" PRIu64 " %10" PRIu64
+		       " %10" PRIu64 " %10" PRIu64 " %6" PRId64 " ms\n",
+		       h * 60, atomic_load(&t.acked), mb, parts, q.queries, st[1], st[2], st[3],
+		       q.max_ms);
 		fflush(stdout);
 		int dead = 0;
 		for (unsigned i = 0; i < O.writers; i++)
