@@ -534,18 +534,22 @@ static int log_has(const char *path, long from, const char *needle)
 	return hit;
 }
 
-/* VmRSS of a process in KiB, 0 if unreadable. */
-static uint64_t rss_kib(pid_t pid)
+/* A "Name: N kB" line of /proc/PID/status in KiB (VmRSS, RssAnon,
+ * RssFile), 0 if unreadable. */
+static uint64_t proc_kib(pid_t pid, const char *name)
 {
 	char path[64], line[256];
 	snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
 	FILE *f = fopen(path, "r");
 	uint64_t kib = 0;
+	size_t n = strlen(name);
 	if (!f)
 		return 0;
 	while (fgets(line, sizeof line, f))
-		if (sscanf(line, "VmRSS: %" SCNu64, &kib) == 1)
+		if (!strncmp(line, name, n) && line[n] == ':') {
+			kib = strtoull(line + n + 1, NULL, 10);
 			break;
+		}
 	fclose(f);
 	return kib;
 }
@@ -1499,13 +1503,15 @@ static int run_soak(void)
 	/* the engine's own accounts beside the RSS, to tell where it grows */
 	static const char *const names[] = {"parts", "memtable_bytes", "rollup_bytes",
 					    "cache_bytes"};
-	printf("%7s %12s %8s %6s %8s %10s %10s %10s %9s\n", "minutes", "acknowledged", "RSS MB",
-	       "parts", "queries", "memtable", "rollups", "cache", "query max");
+	printf("%7s %12s %8s %8s %6s %8s %10s %10s %10s %9s\n", "minutes", "acknowledged", "RSS MB",
+	       "anon MB", "parts", "queries", "memtable", "rollups", "cache", "query max");
 	for (int64_t next = t0;;) {
 		next += (int64_t)(O.sample_s * 1000);
 		sleep_ms((next < end ? next : end) - mono_ms());
 		double h = (double)(mono_ms() - t0) / 3.6e6;
-		double mb = (double)rss_kib(r.s.pid) / 1024;
+		double mb = (double)proc_kib(r.s.pid, "VmRSS") / 1024;
+		/* anonymous memory versus mapped file pages (parts read by mmap) */
+		double anon = (double)proc_kib(r.s.pid, "RssAnon") / 1024;
 		uint64_t st[4];
 		stats_of(&c, names, st, 4);
 		uint64_t parts = st[0];
@@ -1520,10 +1526,10 @@ static int run_soak(void)
 		sy[ns++] = mb;
 		if (mb > rss_max)
 			rss_max = mb;
-		printf("%7.1f %12" PRIu64 " %8.1f %6" PRIu64 " %8" PRIu64 " %10" PRIu64
+		printf("%7.1f %12" PRIu64 " %8.1f %8.1f %6" PRIu64 " %8" PRIu64 " %10" PRIu64
 		       " %10" PRIu64 " %10" PRIu64 " %6" PRId64 " ms\n",
-		       h * 60, atomic_load(&t.acked), mb, parts, q.queries, st[1], st[2], st[3],
-		       q.max_ms);
+		       h * 60, atomic_load(&t.acked), mb, anon, parts, q.queries, st[1], st[2],
+		       st[3], q.max_ms);
 		fflush(stdout);
 		int dead = 0;
 		for (unsigned i = 0; i < O.writers; i++)
