@@ -10,7 +10,7 @@ tallyd_pid= tallyd_port=
 tallyd_start() {
   local bin=$1 dir=$2
   shift 2
-  "$bin" --data "$dir/data" --port 0 --port-file "$dir/port" --prefault off --log-level warn \
+  "$bin" --data "$dir/data" --port 0 --port-file "$dir/port" --http-port 0 --prefault off --log-level warn \
     "$@" 2>"$dir/tallyd.log" &
   tallyd_pid=$!
   # bounded: up to 30 s for a slow machine, less if tallyd exits
