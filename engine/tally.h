@@ -425,6 +425,32 @@ typedef struct tally_stats {
 
 TALLY_API int tally_db_stats(tally_db *db, tally_stats *out);
 
+/* ---------------------------------------------------------------- backup */
+
+/* What a backup or restore did. */
+typedef struct tally_backup_result {
+	uint64_t seq;            /* the backup's number in its destination */
+	uint64_t files;          /* files the backup holds (manifest, parts, WAL) */
+	uint64_t bytes;          /* their bytes */
+	uint64_t files_uploaded; /* of which new in this destination (incremental) */
+	uint64_t bytes_uploaded;
+	uint64_t wal_records; /* WAL records not yet in parts at the sync point */
+} tally_backup_result;
+
+/*
+ * Backs up a running database to dest: a directory (created if missing) or
+ * "s3://bucket/prefix" (endpoint and credentials from $TALLY_S3_ENDPOINT,
+ * $AWS_REGION, $AWS_ACCESS_KEY_ID, $AWS_SECRET_ACCESS_KEY, as tiering).
+ * Consistent at one sync point: every write that returned before the call
+ * is in the backup, and the backup is what the database held at one
+ * instant during the call. Writes, queries, flushes and merges go on
+ * meanwhile. Incremental: a file already in dest is not copied again. The
+ * backup exists once its catalog is written, last; a failure or a crash
+ * before leaves dest's earlier backups intact. out may be NULL.
+ * docs/operations.md, "Backup and restore".
+ */
+TALLY_API int tally_db_backup(tally_db *db, const char *dest, tally_backup_result *out);
+
 #ifdef __cplusplus
 }
 #endif
