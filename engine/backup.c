@@ -24,6 +24,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <limits.h>
@@ -946,6 +947,13 @@ static int restore_run(bstore *st, const bcatalog *c, const char *dir, const cha
 	return rc;
 }
 
+static int rm_cb(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
+{
+	(void)sb;
+	(void)ftw;
+	return flag == FTW_DP ? rmdir(p) : unlink(p);
+}
+
 int backup_restore(const char *src, uint64_t seq, const char *dir, tally_backup_result *out)
 {
 	err_clear();
@@ -977,7 +985,9 @@ int backup_restore(const char *src, uint64_t seq, const char *dir, tally_backup_
 		rc = pick_catalog(&st, seq, &c);
 	if (!rc) {
 		res.seq = c.seq;
-		rc = restore_run(&st, &c, dir, partial, &res);
+		/* a failed restore leaves nothing behind: partial is ours */
+		if ((rc = restore_run(&st, &c, dir, partial, &res)))
+			nftw(partial, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
 	}
 	if (rc)
 		err_prefix(rc, "restore of %s into %s", src, dir);
