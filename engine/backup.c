@@ -208,6 +208,20 @@ out:
 	return rc;
 }
 
+/* Ends writing tmp (fd) as it went (rc): fsynced and renamed to path when
+ * all went well, else deleted. */
+static int finish_tmp(int fd, const char *tmp, const char *path, int rc)
+{
+	if (!rc && fsync(fd))
+		rc = err_sys(errno, "fsync %s", tmp);
+	close(fd);
+	if (!rc && rename(tmp, path))
+		rc = err_sys(errno, "rename %s", tmp);
+	if (rc)
+		unlink(tmp);
+	return rc;
+}
+
 /* Stores [0, bytes) of fd as object name, whose xxh3 must be sum: a
  * temporary file renamed into place, or one PUT (atomic in S3). */
 static int store_put_fd(bstore *st, const char *name, int fd, const char *src_name, uint64_t bytes,
@@ -233,14 +247,7 @@ static int store_put_fd(bstore *st, const char *name, int fd, const char *src_na
 	int rc = copy_hash(fd, src_name, out, bytes, &got);
 	if (!rc && got != sum)
 		rc = err_set(TALLY_ECORRUPT, "%s changed while it was copied", src_name);
-	if (!rc && fsync(out))
-		rc = err_sys(errno, "fsync %s", tmp);
-	close(out);
-	if (!rc && rename(tmp, path))
-		rc = err_sys(errno, "rename %s", tmp);
-	if (rc)
-		unlink(tmp);
-	return rc;
+	return finish_tmp(out, tmp, path, rc);
 }
 
 /* Fetches object name into fd (from offset 0); *bytes, *sum of it. */
@@ -854,14 +861,7 @@ static int restore_file(bstore *st, const bfile *f, const char *root)
 			     "%s (%s): %" PRIu64 " bytes, xxh3 %016" PRIx64
 			     "; the catalog says %" PRIu64 " bytes, %016" PRIx64,
 			     f->name, obj, bytes, sum, f->bytes, f->sum);
-	if (!rc && fsync(fd))
-		rc = err_sys(errno, "fsync %s", tmp);
-	close(fd);
-	if (!rc && rename(tmp, path))
-		rc = err_sys(errno, "rename %s", tmp);
-	if (rc)
-		unlink(tmp);
-	return rc;
+	return finish_tmp(fd, tmp, path, rc);
 }
 
 /* The restored store owns all its parts: tiered ones came back whole, and

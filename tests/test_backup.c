@@ -92,20 +92,10 @@ static uint64_t writer_events(tally_db *db, unsigned w)
 /* Brute force over writer w's first n events, key k, [from, to). */
 static tally_agg brute(unsigned w, uint64_t n, unsigned k, int64_t from, int64_t to)
 {
-	tally_agg a = {.min = NAN, .max = NAN};
-	for (uint64_t i = k; i < n; i += KEYS_PER_WRITER) {
-		int64_t t = ev_ts(i);
-		if (t < from || t >= to)
-			continue;
-		double v = (double)ev_val(w, i);
-		if (!a.count || v < a.min)
-			a.min = v;
-		if (!a.count || v > a.max)
-			a.max = v;
-		a.count++;
-		a.sum += v;
-	}
-	a.avg = a.count ? a.sum / (double)a.count : NAN;
+	tally_agg a = TU_AGG_EMPTY;
+	for (uint64_t i = k; i < n; i += KEYS_PER_WRITER)
+		if (ev_ts(i) >= from && ev_ts(i) < to)
+			tu_agg_add(&a, (double)ev_val(w, i));
 	return a;
 }
 
@@ -198,6 +188,15 @@ static void check_store(tally_db *db, unsigned n_writers, const uint64_t *n)
 	cr_assert_eq(seen, want, "keys: %u keys, want %u", seen, want);
 }
 
+/* A fresh root with root/db and root/backup (not yet made). */
+static char *fresh(char *dir, char *dest)
+{
+	char *root = tu_tmpdir();
+	snprintf(dir, 512, "%s/db", root);
+	snprintf(dest, 512, "%s/backup", root);
+	return root;
+}
+
 static tally_db *open_db(const char *dir, int background)
 {
 	tally_options o = tu_quiet_opts();
@@ -261,9 +260,7 @@ static void *writer_main(void *arg)
 
 Test(backup, restore_answers_like_the_original_at_the_sync_point, .timeout = 240)
 {
-	char *root = tu_tmpdir(), dir[512], dest[512];
-	snprintf(dir, sizeof dir, "%s/db", root);
-	snprintf(dest, sizeof dest, "%s/backup", root);
+	char dir[512], dest[512], *root = fresh(dir, dest);
 	tally_db *db = open_db(dir, 1);
 	enum { W = 3 };
 	wctx c[W];
@@ -316,9 +313,7 @@ static unsigned count_objects(const char *dest)
 
 Test(backup, second_backup_uploads_only_new_files)
 {
-	char *root = tu_tmpdir(), dir[512], dest[512];
-	snprintf(dir, sizeof dir, "%s/db", root);
-	snprintf(dest, sizeof dest, "%s/backup", root);
+	char dir[512], dest[512], *root = fresh(dir, dest);
 	tally_db *db = open_db(dir, 0);
 	write_synced(db, 0, 0, 5000);
 	cr_assert_eq(tally_db_flush(db), 0);
@@ -380,9 +375,7 @@ static void object_of(const char *dest, const char *kind, unsigned nth, char *pa
 
 Test(backup, verify_names_the_file_and_block_of_damage_and_missing_parts)
 {
-	char *root = tu_tmpdir(), dir[512], dest[512];
-	snprintf(dir, sizeof dir, "%s/db", root);
-	snprintf(dest, sizeof dest, "%s/backup", root);
+	char dir[512], dest[512], *root = fresh(dir, dest);
 	tally_db *db = open_db(dir, 0);
 	for (unsigned w = 0; w < 3; w++) {
 		write_synced(db, w, 0, 4000);
@@ -457,9 +450,7 @@ Test(backup, kill9_during_a_backup_leaves_the_previous_one_restorable, .timeout 
 {
 	static const char *const steps[] = {"backup:object", "backup:before-catalog"};
 	for (unsigned s = 0; s < 2; s++) {
-		char *root = tu_tmpdir(), dir[512], dest[512];
-		snprintf(dir, sizeof dir, "%s/db", root);
-		snprintf(dest, sizeof dest, "%s/backup", root);
+		char dir[512], dest[512], *root = fresh(dir, dest);
 		tally_db *db = open_db(dir, 0);
 		write_synced(db, 0, 0, 3000);
 		cr_assert_eq(tally_db_flush(db), 0);
