@@ -114,20 +114,15 @@ static int store_open(const char *dest, int create, bstore *st)
 		if (!(st->dir = mem_strndup(dest, n)))
 			return err_set(-ENOMEM, "out of memory");
 		char p[PATH_MAX];
-		int rc = 0;
 		if (!create) {
-			snprintf(p, sizeof p, "%s/backups", st->dir);
+			snprintf(p, sizeof p, "%s/objects", st->dir);
 			if (access(p, F_OK))
-				return err_set(TALLY_ENOTFOUND, "%s: not a backup (no backups/)",
+				return err_set(TALLY_ENOTFOUND, "%s: not a backup (no objects/)",
 					       dest);
 			return 0;
 		}
 		snprintf(p, sizeof p, "%s/objects", st->dir);
-		if (!(rc = mkdirs(p))) {
-			snprintf(p, sizeof p, "%s/backups", st->dir);
-			rc = mkdirs(p);
-		}
-		return rc;
+		return mkdirs(p);
 	}
 	const char *b = dest + 5, *slash = strchr(b, '/');
 	char bucket[128];
@@ -140,7 +135,9 @@ static int store_open(const char *dest, int create, bstore *st)
 	size_t pl = strlen(pre);
 	if (pl + 2 > sizeof st->prefix)
 		return err_set(TALLY_EINVAL, "backup destination %s: prefix too long", dest);
-	snprintf(st->prefix, sizeof st->prefix, "%s%s", pre, pl && pre[pl - 1] != '/' ? "/" : "");
+	/* verbatim, like tier_prefix: "site1/" is a folder, "site1-" a
+	 * start of names */
+	snprintf(st->prefix, sizeof st->prefix, "%s", pre);
 	/* the tiering settings' environment, so one set of variables serves */
 	s3_config c = {
 		.endpoint = env_first((const char *const[]){
@@ -154,6 +151,8 @@ static int store_open(const char *dest, int create, bstore *st)
 		.retries = 4,
 	};
 	int rc = s3_open(&c, &st->s3);
+	if (!rc && create)
+		rc = s3_create_bucket(st->s3);
 	if (rc)
 		return err_prefix(rc, "backup destination %s", dest);
 	return 0;
@@ -346,22 +345,32 @@ static int seqs_add(seqs *s, uint64_t v)
 	return 0;
 }
 
-/* "backups/00000000000000000007.catalog" -> 7, or 0 for another name. */
+/* "backup-00000000000000000007.catalog" -> 7, or 0 for another name. */
 static uint64_t catalog_seq(const char *base)
 {
 	char *end;
-	if (strlen(base) != 28 || strcmp(base + 20, ".catalog"))
+	if (strlen(base) != 35 || strncmp(base, "backup-", 7) || strcmp(base + 27, ".catalog"))
 		return 0;
-	unsigned long long v = strtoull(base, &end, 10);
-	return end == base + 20 ? (uint64_t)v : 0;
+	unsigned long long v = strtoull(base + 7, &end, 10);
+	return end == base + 27 ? (uint64_t)v : 0;
 }
+
+static void catalog_name(uint64_t seq, char *buf, size_t cap)
+{
+	snprintf(buf, cap, "backup-%020" PRIu64 ".catalog", seq);
+}
+
+typedef struct listing {
+	seqs *out;
+	size_t skip; /* the store's prefix, before each key's own name */
+} listing;
 
 static int list_fn(void *ctx, const char *key, uint64_t size)
 {
 	(void)size;
-	const char *base = strrchr(key, '/');
-	uint64_t v = catalog_seq(base ? base + 1 : key);
-	return v ? seqs_add(ctx, v) : 0;
+	listing *l = ctx;
+	uint64_t v = strlen(key) > l->skip ? catalog_seq(key + l->skip) : 0;
+	return v ? seqs_add(l->out, v) : 0;
 }
 
 static int cmp_u64(const void *a, const void *b)
@@ -377,17 +386,20 @@ static int store_catalogs(bstore *st, seqs *out)
 	int rc = 0;
 	if (st->s3) {
 		char pre[S3_KEY_MAX];
-		store_path(st, "backups/", pre, sizeof pre);
-		rc = s3_list(st->s3, pre, list_fn, out);
+		/* catalogs sit beside objects/, not in a folder: moto checks a
+		 * listing's signature on the decoded prefix, so a '/' of ours
+		 * there would fail (a '/' in the user's prefix still does) */
+		store_path(st, "backup-", pre, sizeof pre);
+		listing l = {out, strlen(st->prefix)};
+		rc = s3_list(st->s3, pre, list_fn, &l);
 	} else {
-		char p[PATH_MAX];
-		store_path(st, "backups", p, sizeof p);
-		DIR *d = opendir(p);
+		DIR *d = opendir(st->dir);
 		if (!d)
-			return errno == ENOENT ? 0 : err_sys(errno, "opendir %s", p);
+			return errno == ENOENT ? 0 : err_sys(errno, "opendir %s", st->dir);
 		struct dirent *e;
+		listing l = {out, 0};
 		while (!rc && (e = readdir(d)))
-			rc = list_fn(out, e->d_name, 0);
+			rc = list_fn(&l, e->d_name, 0);
 		closedir(d);
 	}
 	if (out->n)
@@ -558,7 +570,7 @@ static int catalog_parse(char *text, size_t len, const char *where, bcatalog *c)
 static int catalog_load(bstore *st, uint64_t seq, bcatalog *c)
 {
 	char name[64], where[PATH_MAX + 64];
-	snprintf(name, sizeof name, "backups/%020" PRIu64 ".catalog", seq);
+	catalog_name(seq, name, sizeof name);
 	snprintf(where, sizeof where, "%s/%s", st->where, name);
 	char *text;
 	size_t len;
@@ -737,7 +749,7 @@ static int write_catalog(bstore *st, const bcatalog *c)
 	if (!text)
 		return err_set(-ENOMEM, "out of memory");
 	char name[64];
-	snprintf(name, sizeof name, "backups/%020" PRIu64 ".catalog", c->seq);
+	catalog_name(c->seq, name, sizeof name);
 	int rc;
 	if (st->s3) {
 		char key[S3_KEY_MAX];
@@ -749,9 +761,8 @@ static int write_catalog(bstore *st, const bcatalog *c)
 		/* the objects first: durable before a catalog names them */
 		store_path(st, "objects", dir, sizeof dir);
 		rc = fio_fsync_dir(dir);
-		store_path(st, "backups", dir, sizeof dir);
 		if (!rc)
-			rc = fio_write_atomic(dir, name + 8, text, len);
+			rc = fio_write_atomic(st->dir, name, text, len);
 	}
 	mem_free(text);
 	return rc;
@@ -1194,7 +1205,7 @@ int backup_verify(const char *path, FILE *out, uint64_t *problems)
 	err_clear();
 	vctx v = {.out = out};
 	char p[PATH_MAX];
-	snprintf(p, sizeof p, "%s/backups", path);
+	snprintf(p, sizeof p, "%s/objects", path);
 	if (!strncmp(path, "s3://", 5) || !access(p, F_OK)) {
 		bstore st;
 		int rc = store_open(path, 0, &st);

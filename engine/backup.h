@@ -4,7 +4,7 @@
  *
  * A backup destination (a directory or s3://bucket/prefix) holds
  * content-addressed objects, objects/<xxh3>-<bytes>, shared by all its
- * backups, and one catalog per backup, backups/<seq>.catalog, written
+ * backups, and one catalog per backup, backup-<seq>.catalog, written
  * last: a backup exists once its catalog does. Catalog format:
  * docs/formats.md, "Backup catalog"; procedure: docs/operations.md.
  */
