@@ -550,6 +550,51 @@ Test(backup, to_s3rver, .timeout = 240)
 	s3_round_trip("s3rver", &srv_s3rver, "TALLY_TEST_S3RVER", 0);
 }
 
+/* Tiered parts are copied whole into the backup and restored as local
+ * parts: the restored store needs no bucket, and answers raw scans. */
+Test(backup, tiered_parts_are_copied_and_restored_local, .timeout = 240)
+{
+	s3srv *s = &srv_moto;
+	if (!s->up)
+		s3srv_import(s, "TALLY_TEST_MOTO");
+	if (!s->up)
+		cr_skip_test("moto is not available here");
+	char dir[512], dest[512], *root = fresh(dir, dest), prefix[64];
+	snprintf(prefix, sizeof prefix, "tier%d-%ld-", getpid(), (long)random() % 100000);
+	tally_options o = tu_quiet_opts();
+	o.tier_bucket = s->bucket;
+	o.tier_endpoint = s->endpoint;
+	o.tier_region = s->region;
+	o.tier_access_key = s->access_key;
+	o.tier_secret_key = s->secret_key;
+	o.tier_prefix = prefix;
+	o.tier_after = 1;
+	o.tier_retries = 1;
+	tally_db *db;
+	cr_assert_eq(tally_db_open(dir, &o, &db), 0, "%s", tally_errmsg());
+	write_synced(db, 0, 0, 9000); /* about 3.9 days */
+	write_synced(db, 1, 0, 500);
+	cr_assert_eq(tally_db_flush(db), 0, "%s", tally_errmsg());
+	cr_assert_eq(tally_db_merge(db), 0, "%s", tally_errmsg());
+	cr_assert_eq(tally_db_tier(db), 0, "%s", tally_errmsg());
+	tally_stats st;
+	cr_assert_eq(tally_db_stats(db, &st), 0);
+	cr_assert_gt(st.tiered_parts, 0, "nothing was tiered");
+	tally_backup_result r;
+	cr_assert_eq(tally_db_backup(db, dest, &r), 0, "%s", tally_errmsg());
+	tally_db_close(db);
+	uint64_t want[2] = {9000, 500};
+	restore_and_check(dest, root, 2, want, want);
+	char rdir[600];
+	snprintf(rdir, sizeof rdir, "%s/restored", root);
+	tally_db *rdb = open_db(rdir, 0);
+	cr_assert_eq(tally_db_stats(rdb, &st), 0);
+	cr_assert_eq(st.tiered_parts, 0, "the restored store still points at the bucket");
+	tally_db_close(rdb);
+	tu_rmrf(root);
+	free(root);
+}
+
 /* The servers start once, here, and reach the tests (each in a fresh
  * process) through the environment; without them the S3 tests skip and
  * the rest run. */
