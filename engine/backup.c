@@ -16,7 +16,7 @@
  * records above its flushed_seq.
  *
  * Objects are content-addressed (objects/<xxh3>-<bytes>), so a file a
- * previous backup holds is not sent again, and a backup's catalog, written
+ * destination holds already is not sent again, and a backup's catalog, written
  * last and atomically, is what makes it exist.
  */
 #include "backup.h"
@@ -635,7 +635,8 @@ static int pin_parts(tally_db *db, bcatalog *c)
 			 * backup fails, naming it, and the next one copies the
 			 * merged part. */
 			f->tiered_id = mp->id;
-			f->object_sum = mp->object_sum;
+			f->object_sum = f->sum = mp->object_sum;
+			f->bytes = mp->bytes;
 			if (!(f->object = mem_strndup(mp->object, strlen(mp->object))))
 				return err_set(-ENOMEM, "out of memory");
 			continue;
@@ -726,13 +727,15 @@ static int fetch_tiered(tally_db *db, bfile *f)
 	return 0;
 }
 
-/* Whether prev holds an object of this sum and size. */
-static int in_catalog(const bcatalog *prev, uint64_t sum, uint64_t bytes)
+/* Whether the store holds object name whole (a stat, or a HEAD): trusted
+ * rather than a catalog's word, so an object deleted by hand is sent
+ * again. */
+static int store_has(bstore *st, const char *name, uint64_t bytes)
 {
-	for (uint32_t i = 0; i < prev->n; i++)
-		if (prev->files[i].sum == sum && prev->files[i].bytes == bytes)
-			return 1;
-	return 0;
+	uint64_t there;
+	int rc = store_size(st, name, &there);
+	err_clear();
+	return !rc && there == bytes;
 }
 
 static int64_t wall_ns(void)
@@ -770,36 +773,36 @@ static int write_catalog(bstore *st, const bcatalog *c)
 
 static int backup_run(tally_db *db, bstore *st, tally_backup_result *res)
 {
-	bcatalog c = {0}, prev = {0};
+	bcatalog c = {0};
 	seqs have = {0};
 	uint64_t lsn[MANIFEST_SHARDS_MAX];
 	int rc = store_catalogs(st, &have);
-	/* the newest catalog that reads says what is there already; one that
-	 * does not (damaged) only costs copying again */
-	for (uint32_t i = have.n; i-- > 0 && !rc;) {
-		if (!catalog_load(st, have.v[i], &prev))
-			break;
-		err_clear();
-	}
 	c.seq = have.n ? have.v[have.n - 1] + 1 : 1;
 	c.created = wall_ns();
 	if (!rc)
 		rc = snapshot(db, &c, lsn);
 	for (uint32_t i = 0; i < c.n && !rc; i++) {
 		bfile *f = &c.files[i];
-		if (f->tiered_id && (rc = fetch_tiered(db, f)))
-			break;
+		char obj[64];
+		/* a tiered part's xxh3 and size are the manifest's: downloaded
+		 * only when the destination lacks it */
+		if (f->tiered_id) {
+			object_name(f->sum, f->bytes, obj, sizeof obj);
+			if (store_has(st, obj, f->bytes)) {
+				res->files++;
+				res->bytes += f->bytes;
+				continue;
+			}
+			if ((rc = fetch_tiered(db, f)))
+				break;
+		}
 		if ((rc = copy_hash(f->fd, f->name, -1, f->bytes, &f->sum)))
 			break;
 		res->files++;
 		res->bytes += f->bytes;
-		char obj[64];
 		object_name(f->sum, f->bytes, obj, sizeof obj);
-		uint64_t there;
-		if (in_catalog(&prev, f->sum, f->bytes) ||
-		    (!store_size(st, obj, &there) && there == f->bytes))
+		if (store_has(st, obj, f->bytes))
 			continue;
-		err_clear();
 		if ((rc = store_put_fd(st, obj, f->fd, f->name, f->bytes, f->sum)))
 			break;
 		res->files_uploaded++;
@@ -815,7 +818,6 @@ static int backup_run(tally_db *db, bstore *st, tally_backup_result *res)
 	if (!rc)
 		res->seq = c.seq;
 	catalog_free_files(&c);
-	catalog_free_files(&prev);
 	mem_free(have.v);
 	return rc;
 }
