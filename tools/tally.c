@@ -835,6 +835,7 @@ static int cli_cmd_verify(int argc, char **argv)
 		printf("%s: ok\n", argv[0]);
 		return 0;
 	}
+	fflush(stdout); /* the problems, then the summary */
 	fprintf(stderr, "tally verify: %s\n", tally_errmsg());
 	return 1;
 }
