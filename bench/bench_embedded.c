@@ -1,7 +1,7 @@
 /*
  * bench_embedded.c — in-process ingest rates and query latencies of libtally.
  *
- * The workload is the one of DESIGN.md section 6: keys (cameras) x days of
+ * The workload is the one of docs/workload.md: keys (cameras) x days of
  * events, one float field with one decimal, and a tenth of the keys offline
  * for 3 hours a day whose backlog is written after the rest of that day, so
  * the late path is part of every ingest figure.

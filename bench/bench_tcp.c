@@ -2,7 +2,7 @@
  * bench_tcp.c — tallyd over TCP: durable ingest rate, query latency and
  * queries per second.
  *
- * The workload is DESIGN.md's: 1,000 speed cameras over three days, a
+ * The workload is docs/workload.md's: 1,000 speed cameras over three days, a
  * tenth of them offline for three hours and sending their backlog last.
  * All line-protocol text is generated in memory before the clock starts,
  * one buffer per connection (cameras split across connections, each
@@ -411,10 +411,11 @@ static pid_t spawn_tallyd(const bopts *o, char *port, size_t cap)
 		die("fork: %s", strerror(errno));
 	if (pid == 0) {
 		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		const char *argv[16] = {o->tallyd, "--data",          data,     "--port",
+		const char *argv[20] = {o->tallyd, "--data",          data,     "--port",
 					"0",       "--port-file",     portfile, "--log-level",
-					"warn",    "--sync-interval", "1s"};
-		int n = 11;
+					"warn",    "--sync-interval", "1s",     "--http-port",
+					"off"};
+		int n = 13;
 		if (o->in_parts) {
 			argv[n++] = "--flush-interval";
 			argv[n++] = "1s";

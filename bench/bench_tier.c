@@ -5,8 +5,9 @@
  *
  * It starts an S3-compatible server on a free loopback port
  * (tests/s3/server: s3rver by default, --server moto for moto_server with
- * signatures checked), or uses TALLY_S3_ENDPOINT / TALLY_S3_BUCKET /
- * AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY when --external is given.
+ * signatures checked), or, with --external, the store named by
+ * TALLY_S3_ENDPOINT, TALLY_S3_BUCKET, AWS_REGION, AWS_ACCESS_KEY_ID and
+ * AWS_SECRET_ACCESS_KEY (read here: the library reads no environment).
  * Workload: C cameras x D days x E events per camera-day, millisecond
  * times with random gaps, speeds with one decimal. Everything but the last
  * day is sealed and tiered; then the store is reopened cold and S random
@@ -142,6 +143,16 @@ int main(int argc, char **argv)
 		o.tier_region = srv.region;
 		o.tier_access_key = srv.access_key;
 		o.tier_secret_key = srv.secret_key;
+	} else {
+		o.tier_endpoint = getenv("TALLY_S3_ENDPOINT");
+		o.tier_bucket = getenv("TALLY_S3_BUCKET");
+		o.tier_region = getenv("AWS_REGION");
+		o.tier_access_key = getenv("AWS_ACCESS_KEY_ID");
+		o.tier_secret_key = getenv("AWS_SECRET_ACCESS_KEY");
+		if (!o.tier_bucket) {
+			fprintf(stderr, "bench_tier: --external needs TALLY_S3_BUCKET\n");
+			return 2;
+		}
 	}
 	char dir[4200];
 	snprintf(dir, sizeof dir, "%s/bench-tier-%d", base, getpid());

@@ -31,7 +31,7 @@
 
 #define WALFMT_VERSION 1
 
-void wbatch_init(wbatch *b)
+void stage_batch_init(stage_batch *b)
 {
 	memset(b, 0, sizeof *b);
 }
@@ -53,7 +53,7 @@ static void tbatch_free(tbatch *tb)
 	mem_free(tb);
 }
 
-void wbatch_free(wbatch *b)
+void stage_batch_free(stage_batch *b)
 {
 	for (uint32_t i = 0; i < b->n_tb; i++)
 		tbatch_free(b->tb[i]);
@@ -62,13 +62,13 @@ void wbatch_free(wbatch *b)
 	memset(b, 0, sizeof *b);
 }
 
-void wbatch_reset(wbatch *b)
+void stage_batch_reset(stage_batch *b)
 {
 	/* Keep each table's buffers; forget rows, keys and columns. Tables
 	 * not touched for a while still hold memory; freeing them when a
 	 * batch has many is cheap insurance against a one-off wide write. */
 	if (b->n_tb > 8) {
-		wbatch_free(b);
+		stage_batch_free(b);
 		return;
 	}
 	for (uint32_t i = 0; i < b->n_tb; i++) {
@@ -88,7 +88,7 @@ void wbatch_reset(wbatch *b)
 	b->rows = 0;
 }
 
-int wbatch_table(wbatch *b, table_def *t, tbatch **out)
+int stage_batch_table(stage_batch *b, table_def *t, tbatch **out)
 {
 	if (t->id < b->cap_by_table && b->by_table[t->id]) {
 		*out = b->by_table[t->id];
@@ -188,7 +188,7 @@ static bcol *col_slot(tbatch *tb, col_def *def)
 		tb->cap_cols = ncap;
 	}
 	bcol *c = &tb->cols[tb->n_cols];
-	/* A slot reused after wbatch_reset keeps its buffers (sized for
+	/* A slot reused after stage_batch_reset keeps its buffers (sized for
 	 * cap_rows, bitmap already zeroed); a new one gets fresh ones. */
 	if (!c->present) {
 		c->present = mem_calloc((tb->cap_rows + 63) / 64, 8);
@@ -299,7 +299,7 @@ static int key_index(tbatch *tb, const char *key, uint32_t len, uint32_t *out)
 	return 0;
 }
 
-int tbatch_row_commit(wbatch *b, tbatch *tb, const char *key, uint32_t len)
+int tbatch_row_commit(stage_batch *b, tbatch *tb, const char *key, uint32_t len)
 {
 	uint32_t k;
 	int rc = key_index(tb, key, len, &k);
@@ -312,7 +312,7 @@ int tbatch_row_commit(wbatch *b, tbatch *tb, const char *key, uint32_t len)
 	return 0;
 }
 
-int tbatch_append(wbatch *b, tbatch *tb, const char *key, uint32_t key_len, uint32_t n,
+int tbatch_append(stage_batch *b, tbatch *tb, const char *key, uint32_t key_len, uint32_t n,
 		  const int64_t *ts, uint32_t n_cols, col_def *const *defs, const void *const *vals,
 		  const uint8_t *const *present)
 {
@@ -503,7 +503,7 @@ static void encode_table(obuf *o, const tbatch *tb)
 	}
 }
 
-int wbatch_encode(const wbatch *b, char **buf, size_t *cap, size_t *len)
+int stage_batch_encode(const stage_batch *b, char **buf, size_t *cap, size_t *len)
 {
 	obuf o = {*buf, 0, *cap, 0};
 	ob_u8(&o, WALFMT_VERSION);
@@ -579,7 +579,7 @@ static const char *ib_str(ibuf *in, uint32_t *n)
 		goto fail;                                               \
 	} while (0)
 
-int wbatch_decode(wbatch *b, catalog *cat, const char *p, size_t len)
+int stage_batch_decode(stage_batch *b, catalog *cat, const char *p, size_t len)
 {
 	ibuf in = {(const unsigned char *)p, (const unsigned char *)p + len,
 		   (const unsigned char *)p, 0};
@@ -611,7 +611,7 @@ int wbatch_decode(wbatch *b, catalog *cat, const char *p, size_t len)
 		    (ktag && (t->key_len != kl || memcmp(t->key_tag, ktag, kl))))
 			DECODE_FAIL("key tag differs from the table's");
 		tbatch *tb;
-		if ((rc = wbatch_table(b, t, &tb)))
+		if ((rc = stage_batch_table(b, t, &tb)))
 			goto fail;
 		uint32_t base_row = tb->n_rows;
 		/* Keys: remember each one's bytes; rows commit with them below. */

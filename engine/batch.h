@@ -56,21 +56,21 @@ typedef struct tbatch {
 	size_t key_arena_len, key_arena_cap;
 } tbatch;
 
-typedef struct wbatch {
+typedef struct stage_batch {
 	tbatch **tb; /* tables touched, in order of first touch */
 	uint32_t n_tb, cap_tb;
 	tbatch **by_table; /* table id -> tbatch, or NULL */
 	uint32_t cap_by_table;
 	uint64_t rows;
-} wbatch;
+} stage_batch;
 
-void wbatch_init(wbatch *b);
-void wbatch_free(wbatch *b);
+void stage_batch_init(stage_batch *b);
+void stage_batch_free(stage_batch *b);
 /* Empties the batch, keeping its memory for the next call. */
-void wbatch_reset(wbatch *b);
+void stage_batch_reset(stage_batch *b);
 
 /* The table's staging area, created on first use. */
-int wbatch_table(wbatch *b, table_def *t, tbatch **out);
+int stage_batch_table(stage_batch *b, table_def *t, tbatch **out);
 
 /* Row building: begin, set key and values, then commit or abort. A row is
  * invisible until committed, so a line rejected half way leaves no trace. */
@@ -79,13 +79,13 @@ int tbatch_set(tbatch *tb, col_def *def, bval v);
 int tbatch_set_str(tbatch *tb, col_def *def, const char *s, uint32_t len);
 void tbatch_row_abort(tbatch *tb);
 /* The key is looked up only here, so an aborted row never adds a key. */
-int tbatch_row_commit(wbatch *b, tbatch *tb, const char *key, uint32_t key_len);
+int tbatch_row_commit(stage_batch *b, tbatch *tb, const char *key, uint32_t key_len);
 
 /* Appends n rows of one key at once (the binary API): timestamps, and per
  * column its values (8-byte numbers, bool bytes, or NUL-terminated
  * strings) with an optional presence bitmap (bit r of byte r/8). On error
  * the rows are not committed, but the batch must be reset. */
-int tbatch_append(wbatch *b, tbatch *tb, const char *key, uint32_t key_len, uint32_t n,
+int tbatch_append(stage_batch *b, tbatch *tb, const char *key, uint32_t key_len, uint32_t n,
 		  const int64_t *ts, uint32_t n_cols, col_def *const *defs, const void *const *vals,
 		  const uint8_t *const *present);
 
@@ -105,10 +105,10 @@ static inline const char *tbatch_key(const tbatch *tb, uint32_t k, uint32_t *len
 }
 
 /* Encodes the batch as a WAL payload into *buf (grown as needed). */
-int wbatch_encode(const wbatch *b, char **buf, size_t *cap, size_t *len);
+int stage_batch_encode(const stage_batch *b, char **buf, size_t *cap, size_t *len);
 /* Decodes a WAL payload, resolving names through the catalog (creating
  * tables and columns as the original write did). TALLY_ECORRUPT with a
  * message on malformed input. */
-int wbatch_decode(wbatch *b, catalog *cat, const char *p, size_t len);
+int stage_batch_decode(stage_batch *b, catalog *cat, const char *p, size_t len);
 
 #endif

@@ -36,18 +36,50 @@
 /* binary batches are sliced at COMMIT_ROWS: whole bytes of their bitmaps */
 _Static_assert(COMMIT_ROWS % 8 == 0, "slices must start on a bitmap byte");
 
-TALLY_API void tally_options_init(tally_options *opt)
+TALLY_API void tally_options_init_sized(tally_options *opt, size_t size)
 {
-	memset(opt, 0, sizeof *opt);
-	opt->shards = 1;
-	opt->n_levels = 3;
-	opt->levels[0] = TALLY_5M;
-	opt->levels[1] = TALLY_1H;
-	opt->levels[2] = TALLY_1D;
-	opt->memory_limit = DEFAULT_MEMORY_LIMIT;
-	opt->max_line_bytes = DEFAULT_MAX_LINE;
-	opt->sync_mode = TALLY_SYNC_ON_REQUEST;
-	opt->log_level = TALLY_LOG_WARN;
+	if (size < sizeof opt->size)
+		return;
+	tally_options d = {.size = sizeof d};
+	d.shards = 1;
+	d.n_levels = 3;
+	d.levels[0] = TALLY_5M;
+	d.levels[1] = TALLY_1H;
+	d.levels[2] = TALLY_1D;
+	d.memory_limit = DEFAULT_MEMORY_LIMIT;
+	d.max_line_bytes = DEFAULT_MAX_LINE;
+	d.sync_mode = TALLY_SYNC_ON_REQUEST;
+	d.log_level = TALLY_LOG_WARN;
+	/* past our struct: options of a newer header, whose 0 is their default */
+	memset(opt, 0, size);
+	memcpy(opt, &d, size < sizeof d ? size : sizeof d);
+	opt->size = size;
+}
+
+/* The caller's options into *dst: the first opt->size bytes over the
+ * defaults. A caller built against a newer tally.h may pass a bigger
+ * struct; its options we do not know must be 0 (their default), or it
+ * would believe in a setting we ignore. */
+static int options_take(tally_options *dst, const tally_options *opt)
+{
+	tally_options_init(dst);
+	if (!opt)
+		return 0;
+	if (opt->size < TALLY_OPTIONS_SIZE_0_1)
+		return err_set(TALLY_EINVAL,
+			       "tally_options.size is %zu, less than any tally.h's (%zu): "
+			       "fill the options with tally_options_init first",
+			       opt->size, (size_t)TALLY_OPTIONS_SIZE_0_1);
+	for (size_t i = sizeof *dst; i < opt->size; i++)
+		if (((const unsigned char *)opt)[i])
+			return err_set(TALLY_EINVAL,
+				       "tally_options: byte %zu of %zu is set, past the %zu this "
+				       "libtally %d.%d knows: an option of a newer tally.h",
+				       i, opt->size, sizeof *dst, TALLY_VERSION_MAJOR,
+				       TALLY_VERSION_MINOR);
+	memcpy(dst, opt, opt->size < sizeof *dst ? opt->size : sizeof *dst);
+	dst->size = sizeof *dst;
+	return 0;
 }
 
 static int check_options(tally_options *o, levels *L)
@@ -174,25 +206,27 @@ static unsigned existing_shards(const char *waldir)
 typedef struct replay_ctx {
 	tally_db *db;
 	shard *sh;
-	wbatch batch;
+	stage_batch batch;
 } replay_ctx;
 
 static int replay_record(void *ctx, uint64_t seq, const void *payload, size_t len)
 {
 	replay_ctx *rc = ctx;
-	wbatch_reset(&rc->batch);
-	int r = wbatch_decode(&rc->batch, &rc->db->cat, payload, len);
+	stage_batch_reset(&rc->batch);
+	int r = stage_batch_decode(&rc->batch, &rc->db->cat, payload, len);
 	if (r)
 		return err_prefix(r, "shard %u WAL record %llu", rc->sh->id,
 				  (unsigned long long)seq);
 	return shard_apply(rc->sh, &rc->batch);
 }
 
+#ifdef TALLY_TEST_HOOKS
 void db_crash_point(const tally_db *db, const char *step)
 {
 	if (db->crash_at && !strcmp(db->crash_at, step))
 		kill(getpid(), SIGKILL);
 }
+#endif
 
 /* Part files the manifest does not name are leftovers of a flush or merge
  * that did not commit: delete them. */
@@ -297,9 +331,11 @@ TALLY_API int tally_db_open(const char *dir, const tally_options *opt, tally_db 
 	if (!db)
 		return err_set(-ENOMEM, "out of memory");
 	db->lock_fd = -1;
+#ifdef TALLY_TEST_HOOKS
 	const char *crash = getenv("TALLY_CRASH_AT");
 	if (crash && *crash)
 		db->crash_at = mem_strndup(crash, strlen(crash));
+#endif
 	pthread_mutex_init(&db->man_mu, NULL);
 	rc_init(&db->rcache);
 	pthread_mutex_init(&db->scratch_mu, NULL);
@@ -307,10 +343,9 @@ TALLY_API int tally_db_open(const char *dir, const tally_options *opt, tally_db 
 	pthread_cond_init(&db->bg_cond, NULL);
 	int rc;
 	char path[PATH_MAX];
-	if (opt)
-		db->opt = *opt;
-	else
-		tally_options_init(&db->opt);
+	if ((rc = options_take(&db->opt, opt)))
+		goto fail;
+	const char *table_keys = db->opt.table_keys;
 	db->opt.table_keys = NULL; /* copied into the catalog below */
 	if ((rc = check_options(&db->opt, &db->L)))
 		goto fail;
@@ -319,7 +354,7 @@ TALLY_API int tally_db_open(const char *dir, const tally_options *opt, tally_db 
 		rc = err_set(-ENOMEM, "out of memory");
 		goto fail;
 	}
-	if ((rc = catalog_init(&db->cat, opt ? opt->table_keys : NULL)))
+	if ((rc = catalog_init(&db->cat, table_keys)))
 		goto fail;
 	if ((rc = mkdir_p(dir)))
 		goto fail;
@@ -402,10 +437,10 @@ TALLY_API int tally_db_open(const char *dir, const tally_options *opt, tally_db 
 		snprintf(path, sizeof path, "%s/wal/shard-%03u", dir, i);
 		wal_options wo = {.segment_bytes = db->opt.wal_segment_bytes, .log = db->log};
 		replay_ctx ctx = {.db = db, .sh = db->shards[i]};
-		wbatch_init(&ctx.batch);
+		stage_batch_init(&ctx.batch);
 		rc = wal_open(path, &wo, i < db->man.n_shards ? db->man.flushed_seq[i] : 0,
 			      replay_record, &ctx, &db->shards[i]->wal);
-		wbatch_free(&ctx.batch);
+		stage_batch_free(&ctx.batch);
 		if (rc)
 			goto fail;
 	}
@@ -534,7 +569,7 @@ TALLY_API int tally_writer_open(tally_db *db, int shard_id, tally_writer **out)
 	unsigned id = shard_id >= 0 ? (unsigned)shard_id
 				    : atomic_fetch_add(&db->next_shard, 1) % db->n_shards;
 	w->sh = db->shards[id];
-	wbatch_init(&w->batch);
+	stage_batch_init(&w->batch);
 	w->line = mem_alloc(sizeof *w->line);
 	if (!w->line || lp_parser_init(&w->ps, db->opt.max_line_bytes, TALLY_PREC_NS)) {
 		mem_free(w->line);
@@ -549,13 +584,13 @@ TALLY_API void tally_writer_close(tally_writer *w)
 {
 	if (!w)
 		return;
-	for (uint32_t i = 0; i < w->n_wtables; i++) {
-		strmap_free(&w->wtables[i]->cols);
-		mem_free(w->wtables[i]);
+	for (uint32_t i = 0; i < w->n_stage_tables; i++) {
+		strmap_free(&w->stage_tables[i]->cols);
+		mem_free(w->stage_tables[i]);
 	}
-	mem_free(w->wtables);
+	mem_free(w->stage_tables);
 	strmap_free(&w->tables);
-	wbatch_free(&w->batch);
+	stage_batch_free(&w->batch);
 	lp_parser_free(&w->ps);
 	mem_free(w->line);
 	mem_free(w->enc);
@@ -563,14 +598,14 @@ TALLY_API void tally_writer_close(tally_writer *w)
 }
 
 static int writer_table(tally_writer *w, const char *name, uint32_t len, const char *first_tag,
-			uint32_t first_tag_len, wtable **out)
+			uint32_t first_tag_len, stage_table **out)
 {
 	if (w->last && w->last->def->len == len && strmap_eq(w->last->def->name, name, len)) {
 		*out = w->last;
 		return 0;
 	}
 	uint64_t h = strmap_hash(name, len);
-	wtable *wt = strmap_get(&w->tables, name, len, h);
+	stage_table *wt = strmap_get(&w->tables, name, len, h);
 	if (wt) {
 		*out = w->last = wt;
 		return 0;
@@ -579,13 +614,13 @@ static int writer_table(tally_writer *w, const char *name, uint32_t len, const c
 	int rc = catalog_table(&w->db->cat, name, len, h, first_tag, first_tag_len, &t);
 	if (rc)
 		return rc;
-	if (w->n_wtables == w->cap_wtables) {
-		uint32_t ncap = w->cap_wtables ? w->cap_wtables * 2 : 4;
-		wtable **nw = mem_realloc(w->wtables, ncap * sizeof *nw);
+	if (w->n_stage_tables == w->cap_stage_tables) {
+		uint32_t ncap = w->cap_stage_tables ? w->cap_stage_tables * 2 : 4;
+		stage_table **nw = mem_realloc(w->stage_tables, ncap * sizeof *nw);
 		if (!nw)
 			return -ENOMEM;
-		w->wtables = nw;
-		w->cap_wtables = ncap;
+		w->stage_tables = nw;
+		w->cap_stage_tables = ncap;
 	}
 	wt = mem_calloc(1, sizeof *wt);
 	if (!wt)
@@ -595,12 +630,12 @@ static int writer_table(tally_writer *w, const char *name, uint32_t len, const c
 		mem_free(wt);
 		return -ENOMEM;
 	}
-	w->wtables[w->n_wtables++] = wt;
+	w->stage_tables[w->n_stage_tables++] = wt;
 	*out = w->last = wt;
 	return 0;
 }
 
-static int writer_col(tally_writer *w, wtable *wt, const char *name, uint32_t len,
+static int writer_col(tally_writer *w, stage_table *wt, const char *name, uint32_t len,
 		      enum tally_type type, col_def **out)
 {
 	uint64_t h = strmap_hash(name, len);
@@ -623,8 +658,8 @@ static int writer_col(tally_writer *w, wtable *wt, const char *name, uint32_t le
 }
 
 /* writer_col through the table's layout memory: slot is the line's
- * previous column at this position (NULL past WT_LAYOUT). */
-static int writer_col_at(tally_writer *w, wtable *wt, col_def **slot, const char *name,
+ * previous column at this position (NULL past STAGE_LAYOUT). */
+static int writer_col_at(tally_writer *w, stage_table *wt, col_def **slot, const char *name,
 			 uint32_t len, enum tally_type type, col_def **out)
 {
 	col_def *d = slot ? *slot : NULL;
@@ -645,7 +680,7 @@ static int writer_commit(tally_writer *w)
 		return 0;
 	shard *s = w->sh;
 	size_t len;
-	int rc = wbatch_encode(&w->batch, &w->enc, &w->enc_cap, &len);
+	int rc = stage_batch_encode(&w->batch, &w->enc, &w->enc_cap, &len);
 	if (rc)
 		goto out;
 	uint64_t lsn = 0;
@@ -664,7 +699,7 @@ static int writer_commit(tally_writer *w)
 	if (!rc && lsn)
 		rc = wal_sync_to(s->wal, lsn);
 out:
-	wbatch_reset(&w->batch);
+	stage_batch_reset(&w->batch);
 	return rc;
 }
 
@@ -692,7 +727,7 @@ static int stage_line(tally_writer *w, const lp_line *ln, int64_t now)
 {
 	const char *first_tag = ln->n_tags ? ln->tags[0].key.p : NULL;
 	uint32_t first_len = ln->n_tags ? ln->tags[0].key.n : 0;
-	wtable *wt;
+	stage_table *wt;
 	int rc = writer_table(w, ln->measurement.p, ln->measurement.n, first_tag, first_len, &wt);
 	if (rc)
 		return rc;
@@ -705,7 +740,7 @@ static int stage_line(tally_writer *w, const lp_line *ln, int64_t now)
 	uint32_t key_len = 0;
 	int key_seen = 0;
 	tbatch *tb;
-	if ((rc = wbatch_table(&w->batch, t, &tb)) || (rc = tbatch_row_begin(tb, ts)))
+	if ((rc = stage_batch_table(&w->batch, t, &tb)) || (rc = tbatch_row_begin(tb, ts)))
 		return rc;
 	for (uint32_t i = 0; i < ln->n_tags; i++) {
 		const lp_tag *tg = &ln->tags[i];
@@ -717,7 +752,7 @@ static int stage_line(tally_writer *w, const lp_line *ln, int64_t now)
 			continue;
 		}
 		col_def *d;
-		if ((rc = writer_col_at(w, wt, i < WT_LAYOUT ? &wt->tag_at[i] : NULL, tg->key.p,
+		if ((rc = writer_col_at(w, wt, i < STAGE_LAYOUT ? &wt->tag_at[i] : NULL, tg->key.p,
 					tg->key.n, TALLY_T_TAG, &d)) ||
 		    (rc = tbatch_set_str(tb, d, tg->value.p, tg->value.n)))
 			goto fail;
@@ -736,7 +771,7 @@ static int stage_line(tally_writer *w, const lp_line *ln, int64_t now)
 			goto fail;
 		}
 		col_def *d;
-		if ((rc = writer_col_at(w, wt, i < WT_LAYOUT ? &wt->field_at[i] : NULL, f->key.p,
+		if ((rc = writer_col_at(w, wt, i < STAGE_LAYOUT ? &wt->field_at[i] : NULL, f->key.p,
 					f->key.n, f->type, &d)))
 			goto fail;
 		bval v = {0};
@@ -835,7 +870,7 @@ TALLY_API int tally_write_lp(tally_writer *w, const char *text, size_t len,
 	err_clear();
 	return 0;
 fail:
-	wbatch_reset(&w->batch);
+	stage_batch_reset(&w->batch);
 	*res = done;
 	atomic_fetch_add(&w->db->rejected_lines, res->rejected);
 	return rc;
@@ -872,7 +907,7 @@ TALLY_API int tally_write_batch(tally_writer *w, const tally_batch *b)
 			return err_set(TALLY_ELIMIT, "row %zu: timestamp %lld out of range", r,
 				       (long long)b->ts[r]);
 	uint32_t tl = (uint32_t)strlen(b->table);
-	wtable *wt;
+	stage_table *wt;
 	if ((rc = writer_table(w, b->table, tl, b->key_tag ? b->key_tag : "key",
 			       (uint32_t)strlen(b->key_tag ? b->key_tag : "key"), &wt)))
 		return rc;
@@ -934,7 +969,7 @@ TALLY_API int tally_write_batch(tally_writer *w, const tally_batch *b)
 			pres[c] = col->present ? col->present + r / 8 : NULL;
 		}
 		tbatch *tb;
-		if ((rc = wbatch_table(&w->batch, t, &tb)) == 0)
+		if ((rc = stage_batch_table(&w->batch, t, &tb)) == 0)
 			rc = tbatch_append(&w->batch, tb, b->key, kl, n, b->ts + r,
 					   (uint32_t)b->n_columns, defs, vals, pres);
 		if (rc || (rc = writer_commit(w)))
@@ -942,7 +977,7 @@ TALLY_API int tally_write_batch(tally_writer *w, const tally_batch *b)
 	}
 	return 0;
 fail:
-	wbatch_reset(&w->batch);
+	stage_batch_reset(&w->batch);
 	return rc;
 }
 
@@ -967,7 +1002,7 @@ static int count_key(strmap *set, uint32_t table, const char *key, uint32_t len,
 	return 0;
 }
 
-TALLY_API int tally_db_stats(tally_db *db, tally_stats *out)
+static int stats_collect(tally_db *db, tally_stats *out)
 {
 	err_clear();
 	memset(out, 0, sizeof *out);
@@ -1046,5 +1081,19 @@ TALLY_API int tally_db_stats(tally_db *db, tally_stats *out)
 	out->prefault_pending = atomic_load(&db->prefault_pending);
 	out->rejected_lines = atomic_load(&db->rejected_lines);
 	out->shards = db->n_shards;
+	return rc;
+}
+
+TALLY_API int tally_db_stats_sized(tally_db *db, tally_stats *out, size_t size)
+{
+	if (size < sizeof out->size)
+		return err_set(TALLY_EINVAL, "tally_db_stats: size %zu holds no tally_stats", size);
+	tally_stats all;
+	int rc = stats_collect(db, &all);
+	/* an older header's struct gets its part; a newer one's tail is 0 */
+	size_t n = size < sizeof all ? size : sizeof all;
+	memcpy(out, &all, n);
+	memset((char *)out + n, 0, size - n);
+	out->size = n;
 	return rc;
 }

@@ -53,37 +53,47 @@ struct tally_db {
 	int bg_kick;
 	/* decoded rollup blocks of parts (engine/rcache.c) */
 	rcache rcache;
-	/* tests: TALLY_CRASH_AT names a step where the process kills itself */
+	/* test builds: TALLY_CRASH_AT names a step where the process kills
+	 * itself. The field is in every build, so that objects compiled with
+	 * and without TALLY_TEST_HOOKS agree on this struct's layout. */
 	char *crash_at;
 	/* tiering to object storage (engine/tier.c); NULL when off */
 	struct tier *tier;
 };
 
+#ifdef TALLY_TEST_HOOKS
 /* Kills the process with SIGKILL if TALLY_CRASH_AT named this step: the
- * crash tests' way to stop a flush or merge between two of its writes. */
+ * crash tests' way to stop a flush or merge between two of its writes.
+ * Only the test build of the engine has it (engine/meson.build). */
 void db_crash_point(const tally_db *db, const char *step);
+#else
+/* libtally and tallyd have no crash points and never read TALLY_CRASH_AT:
+ * a macro, so that not even an empty function (which an -O0 build keeps)
+ * is left in them. */
+#define db_crash_point(db, step) ((void)(db), (void)(step))
+#endif
 
-#define WT_LAYOUT 32 /* tag and field positions remembered per table */
+#define STAGE_LAYOUT 32 /* tag and field positions remembered per table */
 
-typedef struct wtable {
+typedef struct stage_table {
 	table_def *def;
 	strmap cols; /* name -> col_def*, this writer's cache of the catalog */
 	/* The previous line's columns by position: lines of one table mostly
 	 * repeat their layout, so a name compare replaces a hash lookup. */
-	col_def *tag_at[WT_LAYOUT];
-	col_def *field_at[WT_LAYOUT];
-} wtable;
+	col_def *tag_at[STAGE_LAYOUT];
+	col_def *field_at[STAGE_LAYOUT];
+} stage_table;
 
 struct tally_writer {
 	tally_db *db;
 	shard *sh;
 	lp_parser ps;
 	lp_line *line;
-	wbatch batch;
-	strmap tables; /* name -> wtable* */
-	wtable *last;  /* the table of the previous line */
-	wtable **wtables;
-	uint32_t n_wtables, cap_wtables;
+	stage_batch batch;
+	strmap tables;     /* name -> stage_table* */
+	stage_table *last; /* the table of the previous line */
+	stage_table **stage_tables;
+	uint32_t n_stage_tables, cap_stage_tables;
 	char *enc;
 	size_t enc_cap;
 };

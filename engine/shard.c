@@ -477,7 +477,7 @@ static int apply_table(shard *s, const tbatch *tb)
 	return 0;
 }
 
-int shard_apply(shard *s, const wbatch *b)
+int shard_apply(shard *s, const stage_batch *b)
 {
 	memtable *m = s->active;
 	uint64_t mem0 = m->mem_bytes, roll0 = m->rollup_bytes;

@@ -128,7 +128,7 @@ void shard_destroy(shard *s);
 
 /* Applies a staged batch to memtable and rollups. Caller holds the lock
  * for writing. A failure fails the shard (its WAL already holds the batch). */
-int shard_apply(shard *s, const wbatch *b);
+int shard_apply(shard *s, const stage_batch *b);
 
 /* The series of (table, key) in memtable m, or NULL. Caller holds the
  * shard lock. */

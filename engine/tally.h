@@ -34,12 +34,19 @@
  *    durable (survives kill -9 and power loss) after a later tally_db_sync()
  *    returned 0, or, with sync_mode TALLY_SYNC_EACH_WRITE, when the write
  *    itself returned.
+ *
+ *  - Growth: tally_options and tally_stats gain fields at their end in
+ *    later releases; each starts with its size as the program was compiled
+ *    (set by tally_options_init and tally_db_stats), so a program keeps
+ *    working with a newer libtally.so unrebuilt. docs/api.md has the rules.
  */
 #ifndef TALLY_H
 #define TALLY_H
 
 #include <stddef.h>
 #include <stdint.h>
+
+#include "tally_base.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -57,22 +64,7 @@ extern "C" {
 
 /* ---------------------------------------------------------------- errors */
 
-/* tally's own codes sit far below any errno, LMDB-style. */
-#define TALLY_OK        0
-#define TALLY_ERR_BASE  (-30800)
-#define TALLY_EINVAL    (TALLY_ERR_BASE - 0)  /* bad argument or option */
-#define TALLY_ESYNTAX   (TALLY_ERR_BASE - 1)  /* malformed line protocol */
-#define TALLY_ETYPE     (TALLY_ERR_BASE - 2)  /* field changes type */
-#define TALLY_ELIMIT    (TALLY_ERR_BASE - 3)  /* a size or count limit */
-#define TALLY_ECORRUPT  (TALLY_ERR_BASE - 4)  /* checksum or format error on disk */
-#define TALLY_ENOTFOUND (TALLY_ERR_BASE - 5)  /* no such table, field or level */
-#define TALLY_EFULL     (TALLY_ERR_BASE - 6)  /* memory bound reached: back off */
-#define TALLY_EFAILED   (TALLY_ERR_BASE - 7)  /* handle failed earlier; reopen */
-#define TALLY_ETRUNC    (TALLY_ERR_BASE - 8)  /* result did not fit the buffer */
-#define TALLY_ELOCKED   (TALLY_ERR_BASE - 9)  /* directory in use by another process */
-#define TALLY_EVERSION  (TALLY_ERR_BASE - 10) /* file of an unknown format version */
-#define TALLY_EREMOTE   (TALLY_ERR_BASE - 11) /* object storage failed or unreachable */
-#define TALLY_ERR_LAST  TALLY_EREMOTE
+/* The codes (TALLY_OK, TALLY_E*) are in tally_base.h, shared with storage/. */
 
 /* Names any return code: 0, -errno or TALLY_E*. Never NULL; static storage. */
 TALLY_API const char *tally_strerror(int err);
@@ -83,8 +75,8 @@ TALLY_API const char *tally_errmsg(void);
 
 /* ---------------------------------------------------------------- options */
 
-/* Rollup levels: window widths in ns; each must divide the next. */
-#define TALLY_LEVELS_MAX 8
+/* Rollup levels: window widths in ns; each must divide the next (at most
+ * TALLY_LEVELS_MAX, tally_base.h). */
 #define TALLY_NS_PER_SEC INT64_C(1000000000)
 #define TALLY_5M         (300 * TALLY_NS_PER_SEC)
 #define TALLY_1H         (3600 * TALLY_NS_PER_SEC)
@@ -95,11 +87,15 @@ enum tally_sync_mode {
 	TALLY_SYNC_EACH_WRITE = 1, /* every write call fsyncs before returning */
 };
 
-enum tally_log_level { TALLY_LOG_ERROR = 0, TALLY_LOG_WARN = 1, TALLY_LOG_INFO = 2 };
-
-typedef void tally_log_fn(void *ctx, int level, const char *msg);
-
+/* Options and stats grow at their end with new releases, without breaking
+ * programs built against an older tally.h (docs/api.md): each struct starts
+ * with its size as the program was compiled, so the library reads and
+ * writes only the bytes the program has. */
 typedef struct tally_options {
+	/* sizeof(tally_options) as the program was compiled; set by
+	 * tally_options_init. The library reads only the fields this covers
+	 * and takes the defaults for the rest. */
+	size_t size;
 	/* Number of write shards; 0 means 1. Each has its own memtable,
 	 * rollups and WAL. */
 	unsigned shards;
@@ -145,7 +141,8 @@ typedef struct tally_options {
 	/* 1: after open, a background thread faults in each shard's first
 	 * memtable's memory (memtable_bytes) ahead of the writers. Fresh
 	 * memory costs a page fault and a zeroing on first touch, on the
-	 * writer's thread (about 2 ms per MiB on a virtual machine); the
+	 * writer's thread (2 ms per MiB measured on one virtual machine;
+	 * it varies with the host and its huge pages); the
 	 * memory of flushed memtables is reused, so this only brings a new
 	 * process to where a running one is. Ignored with no_background. */
 	int prefault;
@@ -155,21 +152,20 @@ typedef struct tally_options {
 	int log_level; /* most verbose level logged; default TALLY_LOG_WARN */
 
 	/* Tiering to S3-compatible object storage (docs/operations.md,
-	 * "Tiering to object storage"). On when a bucket is given here or in
-	 * $TALLY_S3_BUCKET. A sealed partition whose end lies tier_after behind
-	 * its table's newest event has its raw columns uploaded, verified,
+	 * "Tiering to object storage"). On when a bucket is given. A sealed partition whose end
+	 * lies tier_after behind its table's newest event has its raw columns uploaded, verified,
 	 * recorded in the manifest and removed locally; rollups and indexes
 	 * stay local, so rollup queries never touch object storage. Strings
-	 * are copied at open; credentials are never logged. */
-	const char *tier_bucket;        /* NULL: $TALLY_S3_BUCKET */
-	const char *tier_endpoint;      /* NULL: $TALLY_S3_ENDPOINT, $AWS_ENDPOINT_URL_S3,
-					   $AWS_ENDPOINT_URL, else AWS S3 of the region */
-	const char *tier_region;        /* NULL: $AWS_REGION, $AWS_DEFAULT_REGION, us-east-1 */
-	const char *tier_prefix;        /* object key prefix, e.g. "tally/site1/";
-					   NULL: $TALLY_S3_PREFIX, else "" */
-	const char *tier_access_key;    /* NULL: $AWS_ACCESS_KEY_ID */
-	const char *tier_secret_key;    /* NULL: $AWS_SECRET_ACCESS_KEY */
-	const char *tier_session_token; /* NULL: $AWS_SESSION_TOKEN */
+	 * are copied at open; credentials are never logged. The library reads
+	 * no environment variable: a program that wants $AWS_ACCESS_KEY_ID
+	 * and the like passes them here (tallyd does, wire/conf.c). */
+	const char *tier_bucket;        /* NULL: tiering off */
+	const char *tier_endpoint;      /* NULL: AWS S3 of the region */
+	const char *tier_region;        /* NULL: us-east-1 */
+	const char *tier_prefix;        /* object key prefix, e.g. "tally/site1/"; NULL: "" */
+	const char *tier_access_key;    /* NULL: unsigned requests */
+	const char *tier_secret_key;    /* NULL: none */
+	const char *tier_session_token; /* NULL: none */
 	/* ns; 0: 7 days; negative: upload nothing (tiered data stays readable) */
 	int64_t tier_after;
 	/* Cold raw blocks kept in memory, bytes. 0: 64 MiB. */
@@ -182,15 +178,30 @@ typedef struct tally_options {
 	uint64_t tier_part_bytes;
 } tally_options;
 
-/* Fills *opt with the defaults. */
-TALLY_API void tally_options_init(tally_options *opt);
+/* The size of the first released layout (0.1), ending at tier_part_bytes:
+ * tally_db_open refuses a smaller opt->size. */
+#define TALLY_OPTIONS_SIZE_0_1 (offsetof(tally_options, tier_part_bytes) + sizeof(uint64_t))
+
+/* Fills the first size bytes at opt with the defaults (bytes past the
+ * library's own tally_options with 0) and sets opt->size = size. Called
+ * through tally_options_init. */
+TALLY_API void tally_options_init_sized(tally_options *opt, size_t size);
+
+/* Fills *opt with the defaults and opt->size with this header's size. */
+static inline void tally_options_init(tally_options *opt)
+{
+	tally_options_init_sized(opt, sizeof *opt);
+}
 
 /* ---------------------------------------------------------------- database */
 
 typedef struct tally_db tally_db;
 
 /* Opens (creating if needed) the database in directory dir, replays the WAL
- * exactly once and returns the handle in *out. opt NULL means defaults.
+ * exactly once and returns the handle in *out. opt NULL means defaults;
+ * else opt->size must be set (tally_options_init does), and options past
+ * the library's own struct (from a newer tally.h) must be 0: otherwise
+ * TALLY_EINVAL.
  * The directory is locked against other processes (TALLY_ELOCKED).
  * On failure *out is NULL and nothing needs cleaning up. */
 TALLY_API int tally_db_open(const char *dir, const tally_options *opt, tally_db **out);
@@ -267,16 +278,7 @@ typedef struct tally_write_result {
 TALLY_API int tally_write_lp(tally_writer *w, const char *text, size_t len,
 			     enum tally_precision prec, tally_write_result *res);
 
-enum tally_type {
-	TALLY_T_NONE = 0,
-	TALLY_T_F64 = 1,
-	TALLY_T_I64 = 2,
-	TALLY_T_U64 = 3,
-	TALLY_T_BOOL = 4,
-	TALLY_T_STR = 5, /* string field */
-	TALLY_T_TAG = 6, /* tag (string) */
-};
-
+/* A column of a batch; its type is an enum tally_type (tally_base.h). */
 typedef struct tally_column {
 	const char *name;
 	enum tally_type type;   /* F64, I64, U64, BOOL (uint8_t 0/1), STR or TAG */
@@ -378,6 +380,10 @@ TALLY_API void tally_scan_close(tally_scan *s);
 /* ---------------------------------------------------------------- stats */
 
 typedef struct tally_stats {
+	/* Bytes of this struct the library filled, set by tally_db_stats: a
+	 * field at or past it (one a libtally older than this header does not
+	 * know) was not filled and reads 0. TALLY_STAT_FILLED tells. */
+	size_t size;
 	uint64_t events;         /* accepted since creation (WAL included) */
 	uint64_t late_events;    /* of which late (see late_threshold) */
 	uint64_t rejected_lines; /* since open */
@@ -423,7 +429,21 @@ typedef struct tally_stats {
 	uint64_t s3_requests, s3_retries, s3_errors;
 } tally_stats;
 
-TALLY_API int tally_db_stats(tally_db *db, tally_stats *out);
+/* Fills the first size bytes at out with the database's figures, 0 where
+ * the library has none, and out->size with the bytes it knows. Called
+ * through tally_db_stats. */
+TALLY_API int tally_db_stats_sized(tally_db *db, tally_stats *out, size_t size);
+
+/* Fills *out; every field of this header's tally_stats that the library
+ * knows (TALLY_STAT_FILLED). */
+static inline int tally_db_stats(tally_db *db, tally_stats *out)
+{
+	return tally_db_stats_sized(db, out, sizeof *out);
+}
+
+/* 1 when field of *st was filled by the library (see tally_stats.size). */
+#define TALLY_STAT_FILLED(st, field) \
+	(offsetof(tally_stats, field) + sizeof((st)->field) <= (st)->size)
 
 /* ---------------------------------------------------------------- backup */
 

@@ -700,26 +700,15 @@ void tier_kick(tally_db *db)
 
 /* ---------------------------------------------------------------- setup */
 
-static const char *pick(const char *opt, const char *const *envs)
-{
-	if (opt)
-		return opt;
-	for (; *envs; envs++) {
-		const char *v = getenv(*envs);
-		if (v && *v)
-			return v;
-	}
-	return NULL;
-}
-
 int tier_open(tally_db *db)
 {
 	const tally_options *o = &db->opt;
-	const char *bucket = pick(o->tier_bucket, (const char *const[]){"TALLY_S3_BUCKET", NULL});
+	/* Only the options: the library reads no environment (tallyd resolves
+	 * $TALLY_S3_BUCKET, $AWS_* and the like in wire/conf.c). */
+	const char *bucket = o->tier_bucket;
 	if (!bucket || !*bucket)
 		return 0;
-	const char *prefix = pick(o->tier_prefix, (const char *const[]){"TALLY_S3_PREFIX", NULL});
-	prefix = prefix ? prefix : "";
+	const char *prefix = o->tier_prefix ? o->tier_prefix : "";
 	if (strlen(prefix) > PREFIX_MAX || prefix[0] == '/' ||
 	    strspn(prefix, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/._-") !=
 		    strlen(prefix))
@@ -731,18 +720,12 @@ int tier_open(tally_db *db)
 		return err_set(TALLY_EINVAL, "tier_part_bytes: %llu is under S3's 5 MiB",
 			       (unsigned long long)o->tier_part_bytes);
 	s3_config c = {
-		.endpoint = pick(o->tier_endpoint,
-				 (const char *const[]){"TALLY_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3",
-						       "AWS_ENDPOINT_URL", NULL}),
+		.endpoint = o->tier_endpoint,
 		.bucket = bucket,
-		.region = pick(o->tier_region,
-			       (const char *const[]){"AWS_REGION", "AWS_DEFAULT_REGION", NULL}),
-		.access_key =
-			pick(o->tier_access_key, (const char *const[]){"AWS_ACCESS_KEY_ID", NULL}),
-		.secret_key = pick(o->tier_secret_key,
-				   (const char *const[]){"AWS_SECRET_ACCESS_KEY", NULL}),
-		.session_token = pick(o->tier_session_token,
-				      (const char *const[]){"AWS_SESSION_TOKEN", NULL}),
+		.region = o->tier_region,
+		.access_key = o->tier_access_key,
+		.secret_key = o->tier_secret_key,
+		.session_token = o->tier_session_token,
 		.timeout_ms = o->tier_timeout_ms,
 		.retries = o->tier_retries ? o->tier_retries : 4,
 		.part_bytes = o->tier_part_bytes,

@@ -35,7 +35,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "tally.h"
+#include "tally_base.h"
 
 #define CODEC_BLOCK_MAX     65536u      /* values (rows) per block */
 #define CODEC_BODY_MAX      (64u << 20) /* encoded body bytes (strings) */

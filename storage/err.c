@@ -1,12 +1,11 @@
 /*
- * err.c — error names and the thread-local last-error message.
+ * err.c — the thread-local last-error message every layer reports through.
  *
  * The message lives in thread-local storage so that concurrent callers of
  * one tally_db never read each other's errors (tally.h's threading rules).
  */
 #include "err.h"
 
-#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -69,32 +68,4 @@ void err_clear(void)
 const char *err_msg(void)
 {
 	return err_buf;
-}
-
-TALLY_API const char *tally_errmsg(void)
-{
-	return err_buf;
-}
-
-TALLY_API const char *tally_strerror(int err)
-{
-	switch (err) {
-	case TALLY_OK: return "success";
-	case TALLY_EINVAL: return "invalid argument";
-	case TALLY_ESYNTAX: return "malformed line protocol";
-	case TALLY_ETYPE: return "field type conflict";
-	case TALLY_ELIMIT: return "limit exceeded";
-	case TALLY_ECORRUPT: return "data corruption detected";
-	case TALLY_ENOTFOUND: return "not found";
-	case TALLY_EFULL: return "memory limit reached";
-	case TALLY_EFAILED: return "handle failed earlier and must be reopened";
-	case TALLY_ETRUNC: return "result truncated to the buffer";
-	case TALLY_ELOCKED: return "database directory is locked by another process";
-	case TALLY_EVERSION: return "unknown file format version";
-	case TALLY_EREMOTE: return "object storage failed or unreachable";
-	default: break;
-	}
-	if (err < 0 && err > TALLY_ERR_BASE + 100)
-		return strerror(-err);
-	return "unknown error";
 }

@@ -1,14 +1,14 @@
 /*
  * err.h — the one error space and the thread-local last-error message.
  *
- * Codes are those of tally.h (0, -errno, TALLY_E*). Every failing path sets a
+ * Codes are those of tally_base.h (0, -errno, TALLY_E*). Every failing path sets a
  * message with context through err_set() and returns its code, so a caller
  * writes `return err_set(TALLY_ECORRUPT, "%s offset %llu: bad magic", ...)`.
  */
 #ifndef TALLY_ERR_H
 #define TALLY_ERR_H
 
-#include "tally.h"
+#include "tally_base.h"
 
 #define ERR_MSG_MAX 512
 

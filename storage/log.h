@@ -7,7 +7,7 @@
 #ifndef TALLY_LOG_H
 #define TALLY_LOG_H
 
-#include "tally.h"
+#include "tally_base.h"
 
 typedef struct log_sink {
 	tally_log_fn *fn; /* NULL: stderr */

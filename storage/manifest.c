@@ -26,7 +26,7 @@
 #include "err.h"
 #include "fileio.h"
 #include "mem.h"
-#include "tally.h"
+#include "tally_base.h"
 
 #define MAN_MAGIC     "TALLYMAN"
 #define MAN_VERSION   2 /* the newest this build reads and writes */

@@ -28,7 +28,7 @@
 #include <stdint.h>
 
 #include "codec.h"
-#include "tally.h"
+#include "tally_base.h"
 
 #define PART_STRIPE_ROWS 1024u      /* rows of one key per stripe, as written */
 #define PART_STRIPE_MAX  4096u      /* the most a reader accepts (v1 wrote 4096) */

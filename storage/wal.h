@@ -25,7 +25,7 @@
 #include <stdint.h>
 
 #include "log.h"
-#include "tally.h"
+#include "tally_base.h"
 
 #define WAL_RECORD_MAX (256u << 20) /* largest payload accepted, bytes */
 

@@ -47,6 +47,7 @@ typedef struct tsrv {
 	char dir[128];  /* temporary directory of this test */
 	char data[160]; /* its data directory */
 	char log[160];  /* tallyd's stdout and stderr */
+	char http_portfile[200];
 } tsrv;
 
 static inline int su_rm_one(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
@@ -64,6 +65,7 @@ static inline void tdir_make(tsrv *s)
 	cr_assert_not_null(mkdtemp(s->dir));
 	snprintf(s->data, sizeof s->data, "%s/data", s->dir);
 	snprintf(s->log, sizeof s->log, "%s/tallyd.log", s->dir);
+	snprintf(s->http_portfile, sizeof s->http_portfile, "%s/http-port", s->dir);
 }
 
 static inline void tdir_remove(tsrv *s)
@@ -90,8 +92,11 @@ static inline void tsrv_spawn(tsrv *s, const char *const *args, int listen)
 	const char *argv[64] = {bin, "--data", s->data, "--prefault", "off"};
 	int n = 5;
 	if (listen) {
-		const char *more[] = {"--port", "0", "--port-file", portfile};
-		for (int i = 0; i < 4; i++)
+		/* Any free HTTP port too (8429 may be taken, and tests run side
+		 * by side); its port file is s->dir/http-port. */
+		const char *more[] = {"--port",      "0", "--port-file",      portfile,
+				      "--http-port", "0", "--http-port-file", s->http_portfile};
+		for (int i = 0; i < 8; i++)
 			argv[n++] = more[i];
 	}
 	for (int i = 0; args && args[i] && n < 63; i++)
@@ -141,6 +146,18 @@ static inline void tsrv_spawn(tsrv *s, const char *const *args, int listen)
 		cr_assert(su_mono_ms() < deadline, "tallyd did not start in 20 s");
 		usleep(5000); /* polling the port file */
 	}
+}
+
+/* The HTTP port of a server started with a port file (tallyd writes it
+ * before the line protocol's). */
+static inline unsigned tsrv_http_port(const tsrv *s)
+{
+	unsigned p = 0;
+	FILE *f = fopen(s->http_portfile, "r");
+	cr_assert_not_null(f, "no HTTP port file %s", s->http_portfile);
+	cr_assert_eq(fscanf(f, "%u", &p), 1);
+	fclose(f);
+	return p;
 }
 
 /* Waits for the server to exit (after a signal when sig != 0); returns

@@ -1,6 +1,6 @@
 /*
- * test_crash.c — kill -9 under load, then recovery (DESIGN.md invariants 1
- * and 2: nothing acknowledged is lost; recovery never counts an event twice
+ * test_crash.c — kill -9 under load, then recovery (promises 1
+ * and 2 of docs/architecture.md: nothing acknowledged is lost; recovery never counts an event twice
  * nor drops one).
  *
  * Each cycle forks a child that opens the database, writes events from a

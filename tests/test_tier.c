@@ -885,7 +885,9 @@ Test(tier, background_thread_tiers_by_itself, .timeout = 240)
 
 /* Manifest versions: a store that never tiered still writes version 1; a
  * tiered one writes 2 and opens without tiering configured, answering
- * rollups and refusing raw reads of tiered data with a clear message. */
+ * rollups and refusing raw reads of tiered data with a clear message.
+ * The library reads no environment: $TALLY_S3_BUCKET naming a working
+ * bucket does not turn tiering on (only tallyd's settings read it). */
 Test(tier, manifest_versions_and_open_without_tiering, .timeout = 240)
 {
 	fixture f;
@@ -893,12 +895,15 @@ Test(tier, manifest_versions_and_open_without_tiering, .timeout = 240)
 	tally_options plain = f.o;
 	plain.tier_bucket = NULL;
 	tally_db *db;
-	unsetenv("TALLY_S3_BUCKET");
+	setenv("TALLY_S3_BUCKET", f.o.tier_bucket, 1);
+	setenv("TALLY_S3_ENDPOINT", f.o.tier_endpoint, 1);
 	cr_assert_eq(tally_db_open(f.dir, &plain, &db), 0);
 	write_range(db, &f.m, T0, T0 + DAYS * TALLY_1D, 0);
 	cr_assert_eq(tally_db_flush(db), 0);
 	cr_assert_eq(tally_db_merge(db), 0);
-	cr_assert_eq(tally_db_tier(db), TALLY_EINVAL, "no bucket, no tiering");
+	cr_assert_eq(tally_db_tier(db), TALLY_EINVAL, "no bucket option, no tiering");
+	unsetenv("TALLY_S3_BUCKET");
+	unsetenv("TALLY_S3_ENDPOINT");
 	tally_db_close(db);
 	char path[4200];
 	snprintf(path, sizeof path, "%s/MANIFEST", f.dir);

@@ -750,6 +750,54 @@ Test(tier_server, secret_files_flags_over_file_and_help_shows_no_secret)
 	free(dir);
 }
 
+/* tallyd, not the library, reads $TALLY_S3_BUCKET, $AWS_* and the like:
+ * a setting the file and the flags leave unset comes from the first set
+ * variable of its list; one they set wins over the environment; a bad
+ * value is named by its variable, a secret never echoed. */
+Test(tier_server, environment_fills_the_settings_left_unset)
+{
+	static const char *const vars[] = {
+		"TALLY_S3_BUCKET",  "TALLY_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3",
+		"AWS_ENDPOINT_URL", "AWS_REGION",        "AWS_DEFAULT_REGION",
+		"TALLY_S3_PREFIX",  "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+		"AWS_SESSION_TOKEN"};
+	for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++)
+		unsetenv(vars[i]);
+	setenv("TALLY_S3_BUCKET", "env-bucket", 1);
+	setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9", 1); /* the third of its list */
+	setenv("AWS_DEFAULT_REGION", "eu-west-3", 1);
+	setenv("AWS_ACCESS_KEY_ID", "env-access", 1);
+	setenv("AWS_SECRET_ACCESS_KEY", "Env-Secret-Value", 1);
+	setenv("AWS_SESSION_TOKEN", "", 1); /* empty counts as unset */
+	srv_conf c;
+	conf_init(&c);
+	char msg[4096];
+	char *argv[] = {"tallyd", "--tier-region", "us-west-2", NULL};
+	set_args a = {&c, NULL, NULL, 3, argv};
+	cr_assert_eq(captured(msg, sizeof msg, do_parse, &a), 0, "%s", msg);
+	cr_assert_str_eq(c.tier_bucket, "env-bucket");
+	cr_assert_str_eq(c.tier_endpoint, "http://127.0.0.1:9");
+	cr_assert_str_eq(c.tier_region, "us-west-2", "the flag wins over the environment");
+	cr_assert_str_eq(c.tier_access_key, "env-access");
+	cr_assert_str_eq(c.tier_secret_key, "Env-Secret-Value");
+	cr_assert_null(c.tier_session_token);
+	cr_assert_null(c.tier_prefix);
+	conf_free(&c);
+
+	/* the first set variable of the list wins */
+	setenv("TALLY_S3_ENDPOINT", "http://127.0.0.1:10", 1);
+	conf_init(&c);
+	char *none[] = {"tallyd", NULL};
+	a = (set_args){&c, NULL, NULL, 1, none};
+	cr_assert_eq(captured(msg, sizeof msg, do_parse, &a), 0, "%s", msg);
+	cr_assert_str_eq(c.tier_endpoint, "http://127.0.0.1:10");
+	cr_assert_str_eq(c.tier_region, "eu-west-3");
+	conf_free(&c);
+
+	for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++)
+		unsetenv(vars[i]);
+}
+
 S3U_MAIN(int argc, char **argv)
 {
 	/* the settings tests run without a server; the others skip */

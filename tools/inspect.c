@@ -26,6 +26,7 @@
 #include "inspect.h"
 #include "manifest.h"
 #include "part.h"
+#include "tally.h"
 
 typedef struct colsum {
 	char name[256];
@@ -134,14 +135,34 @@ int inspect_main(int argc, char **argv)
 		return argc < 2 ? 2 : 0;
 	}
 	const char *dir = argv[1];
+	/* manifest_load reads a missing MANIFEST as a fresh store's empty one:
+	 * first make sure DIR is a data directory at all, or a typo would
+	 * print an empty report and succeed. */
+	struct stat st;
+	char path[PATH_MAX];
+	if (stat(dir, &st)) {
+		fprintf(stderr, "tally inspect: %s: %s\n", dir, strerror(errno));
+		return 1;
+	}
+	if (!S_ISDIR(st.st_mode)) {
+		fprintf(stderr, "tally inspect: %s: not a directory\n", dir);
+		return 1;
+	}
+	snprintf(path, sizeof path, "%s/MANIFEST", dir);
+	int has_manifest = !access(path, F_OK);
+	snprintf(path, sizeof path, "%s/wal", dir);
+	if (!has_manifest && access(path, F_OK)) {
+		fprintf(stderr,
+			"tally inspect: %s: not a tally data directory (no MANIFEST, no wal/)\n",
+			dir);
+		return 1;
+	}
 	manifest m;
 	int rc = manifest_load(dir, &m);
 	if (rc) {
 		fprintf(stderr, "tally inspect: %s: %s\n", dir, tally_errmsg());
 		return 1;
 	}
-	char path[PATH_MAX];
-	snprintf(path, sizeof path, "%s/wal", dir);
 	uint64_t wal = dir_bytes(path), total = dir_bytes(dir);
 	printf("%s\n", dir);
 	printf("  manifest generation %llu, %u parts, %u shards\n",

@@ -38,6 +38,7 @@
 typedef struct cli_opts {
 	const char *host, *port, *token, *precision;
 	int csv, json, quiet;
+	double wait; /* seconds to retry a refused connection (a server starting) */
 } cli_opts;
 
 static double cli_now(void)
@@ -75,6 +76,8 @@ static void cli_connect(cli_conn *c, const cli_opts *o)
 	if (rc)
 		cli_die("%s:%s: %s", o->host, o->port, gai_strerror(rc));
 	int fd = -1, err = 0;
+	double deadline = cli_now() + o->wait;
+again:
 	for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
 		fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
 		if (fd < 0) {
@@ -86,6 +89,13 @@ static void cli_connect(cli_conn *c, const cli_opts *o)
 		err = errno;
 		close(fd);
 		fd = -1;
+	}
+	/* --wait: a server just started may not listen yet; only a refusal
+	 * is worth retrying, every other error is final. */
+	if (fd < 0 && err == ECONNREFUSED && cli_now() < deadline) {
+		struct timespec nap = {0, 50 * 1000 * 1000};
+		nanosleep(&nap, NULL);
+		goto again;
 	}
 	freeaddrinfo(res);
 	if (fd < 0)
@@ -855,8 +865,10 @@ static void cli_usage(FILE *f)
 		   "  query agg TABLE FIELD KEY FROM TO\n"
 		   "  query keys TABLE FIELD FROM TO\n"
 		   "  query scan TABLE KEY FROM TO [LIMIT]\n"
-		   "                        FROM/TO: RFC 3339 (2023-11-14T00:00:00Z), integer ns,\n"
-		   "                        now, now-1h; TO may be a length (1d); STEP like 5m\n"
+		   "                        FROM/TO: RFC 3339 (2023-11-14T00:00:00Z), an integer\n"
+		   "                        since the epoch with its unit (1699920000s, ms, us,\n"
+		   "                        ns; bare: ns), now, now-1h; TO may be a length (1d);\n"
+		   "                        STEP like 5m\n"
 		   "  stats                 server and store statistics\n"
 		   "  ping                  round trip to the server\n"
 		   "  inspect DIR           what a data directory holds (local; no server)\n"
@@ -873,8 +885,11 @@ static void cli_usage(FILE *f)
 		   "  --token TOKEN         shared token, if the server wants one (or set\n"
 		   "                        TALLY_TOKEN, which keeps it out of ps)\n"
 		   "  --precision P         timestamps of written lines: ns (default), us, ms, s\n"
+		   "  --wait SECONDS        retry a refused connection this long (a server that\n"
+		   "                        is starting; default 0)\n"
 		   "  --csv, --json         query output as CSV or JSON instead of a table\n"
 		   "  -q, --quiet           no progress bar or row counts\n"
+		   "  --version             print the version and exit\n"
 		   "\n"
 		   "Exit status: 0 ok, 1 error, 2 usage, 3 write finished with rejected lines.\n"
 		   "Example: tally write speeds.lp && tally query series traffic speed KV00123 1h "
@@ -890,12 +905,14 @@ int main(int argc, char **argv)
 	int n = 0;
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
+		const char *wait = NULL;
 		const char **val = !strcmp(a, "--server")      ? &server
 				   : !strcmp(a, "--seq")       ? &seq
 				   : !strcmp(a, "--host")      ? &o.host
 				   : !strcmp(a, "--port")      ? &o.port
 				   : !strcmp(a, "--token")     ? &o.token
 				   : !strcmp(a, "--precision") ? &o.precision
+				   : !strcmp(a, "--wait")      ? &wait
 							       : NULL;
 		if (val) {
 			if (i + 1 >= argc) {
@@ -903,6 +920,17 @@ int main(int argc, char **argv)
 				return 2;
 			}
 			*val = argv[++i];
+			if (wait) {
+				char *end;
+				o.wait = strtod(wait, &end);
+				if (end == wait || *end || !(o.wait >= 0 && o.wait <= 86400)) {
+					fprintf(stderr,
+						"tally: --wait: '%s' is not a number of seconds "
+						"from 0 to 86400\n",
+						wait);
+					return 2;
+				}
+			}
 		} else if (!strcmp(a, "--csv")) {
 			o.csv = 1;
 		} else if (!strcmp(a, "--json")) {
@@ -911,6 +939,9 @@ int main(int argc, char **argv)
 			o.quiet = 1;
 		} else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
 			cli_usage(stdout);
+			return 0;
+		} else if (!strcmp(a, "--version")) {
+			printf("tally %s\n", TALLY_VERSION_STRING);
 			return 0;
 		} else if (!strcmp(a, "--")) {
 			while (++i < argc && n < 255)

@@ -37,8 +37,8 @@ static void usage(FILE *f)
 {
 	fprintf(f, "Usage: tally-gen [OPTIONS]\n"
 		   "\n"
-		   "Writes a deterministic speed-camera workload (the benchmark's, DESIGN.md\n"
-		   "section 6): cameras x days x events per camera per day, a share of the\n"
+		   "Writes a deterministic speed-camera workload (the benchmark's, described in\n"
+		   "docs/workload.md): cameras x days x events per camera per day, a share of the\n"
 		   "cameras offline some hours a day whose backlog is delivered late, after\n"
 		   "the on-time events. Same flags, same bytes.\n"
 		   "\n"
@@ -70,6 +70,7 @@ static void usage(FILE *f)
 		   "  --summary FILE       JSON: parameters, counts, time range, offline cameras\n"
 		   "  -q, --quiet          no rate line on stderr\n"
 		   "  -h, --help           this text\n"
+		   "  --version            print the version and exit\n"
 		   "\n"
 		   "Formats:\n"
 		   "  lp   traffic,camera=KV00001 speed=85.2 1748822400123000000\n"
@@ -256,7 +257,8 @@ int main(int argc, char **argv)
 		O_PART,
 		O_PREC,
 		O_HEADER,
-		O_SUMMARY
+		O_SUMMARY,
+		O_VERSION
 	};
 	static const struct option longopts[] = {
 		{"seed", required_argument, NULL, O_SEED},
@@ -286,6 +288,7 @@ int main(int argc, char **argv)
 		{"summary", required_argument, NULL, O_SUMMARY},
 		{"quiet", no_argument, NULL, 'q'},
 		{"help", no_argument, NULL, 'h'},
+		{"version", no_argument, NULL, O_VERSION},
 		{NULL, 0, NULL, 0},
 	};
 	wl_params p;
@@ -301,6 +304,7 @@ int main(int argc, char **argv)
 	while ((c = getopt_long(argc, argv, "o:qh", longopts, NULL)) != -1) {
 		switch (c) {
 		case 'h': usage(stdout); return 0;
+		case O_VERSION: printf("tally-gen %s\n", TALLY_VERSION_STRING); return 0;
 		case 'q': quiet = 1; break;
 		case 'o': main_path = optarg; break;
 		case O_SEED:

@@ -9,7 +9,7 @@
  * same bytes every time (no libm calls on the data path; the file is built
  * with -ffp-contract=off).
  *
- * The model (DESIGN.md section 6):
+ * The model (docs/workload.md):
  *  - cameras KV00001..; each has a free-flow speed (60-110 km/h), a jam
  *    depth (0.6-1.4) and, per day, its own traffic volume per hour (quiet
  *    nights, rush hours 7-9 and 17-19);

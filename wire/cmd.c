@@ -36,7 +36,7 @@ static int cmd_fail(char *err, size_t cap, const char *fmt, ...)
 /* ---------------------------------------------------------------- times */
 
 /* Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant). */
-static int64_t cmd_days_from_civil(int64_t y, unsigned m, unsigned d)
+int64_t cmd_days_from_civil(int64_t y, unsigned m, unsigned d)
 {
 	y -= m <= 2;
 	int64_t era = (y >= 0 ? y : y - 399) / 400;
@@ -46,7 +46,7 @@ static int64_t cmd_days_from_civil(int64_t y, unsigned m, unsigned d)
 	return era * 146097 + (int64_t)doe - 719468;
 }
 
-static void cmd_civil_from_days(int64_t z, int64_t *y, unsigned *m, unsigned *d)
+void cmd_civil_from_days(int64_t z, int64_t *y, unsigned *m, unsigned *d)
 {
 	z += 719468;
 	int64_t era = (z >= 0 ? z : z - 146096) / 146097;
@@ -217,6 +217,54 @@ int cmd_parse_duration(const char *s, int64_t *out)
 	return 0;
 }
 
+/*
+ * Integers since the epoch. A bare integer is nanoseconds, the unit of
+ * line protocol; one with a unit (1735689600s, 1735689600000ms) says its
+ * own. A bare integer between 1 s and about 3 years after (or before) the
+ * epoch is refused: that is where Unix seconds, milliseconds and
+ * microseconds of any date since 1973 fall when read as nanoseconds, and
+ * nobody means 1970-01-01T00:00:01.7Z by "1735689600". 0 and small values
+ * stay valid (from the start of time, tests' own clocks).
+ */
+#define CMD_NS_IMPLAUSIBLE_LO INT64_C(1000000000)         /* 1 s */
+#define CMD_NS_IMPLAUSIBLE_HI INT64_C(100000000000000000) /* 1e17 ns: 1973-03-03 */
+
+static int cmd_ns_implausible(int64_t v)
+{
+	return (v >= CMD_NS_IMPLAUSIBLE_LO && v < CMD_NS_IMPLAUSIBLE_HI) ||
+	       (v <= -CMD_NS_IMPLAUSIBLE_LO && v > -CMD_NS_IMPLAUSIBLE_HI);
+}
+
+/* [+-]digits[ns|us|ms|s] into ns; *unit is 0 for a bare integer. -1 when s
+ * is not of that form or overflows. */
+static int cmd_epoch(const char *s, int64_t *out, int *unit)
+{
+	static const struct {
+		const char *u;
+		int64_t ns;
+	} units[] = {{"ns", 1}, {"us", 1000}, {"ms", 1000000}, {"s", NS_PER_SEC}};
+	size_t sign = *s == '-' || *s == '+';
+	size_t n = sign + strspn(s + sign, "0123456789");
+	char num[24];
+	int64_t v, mult = 1;
+	if (n == sign || n >= sizeof num)
+		return -1;
+	memcpy(num, s, n);
+	num[n] = 0;
+	if (cmd_int64(num, &v))
+		return -1;
+	*unit = s[n] != 0;
+	if (*unit) {
+		mult = 0;
+		for (size_t i = 0; i < sizeof units / sizeof units[0]; i++)
+			if (!strcmp(s + n, units[i].u))
+				mult = units[i].ns;
+	}
+	if (!mult || __builtin_mul_overflow(v, mult, out))
+		return -1;
+	return 0;
+}
+
 int cmd_parse_time(const char *s, int64_t now, int64_t *out)
 {
 	if (!strncasecmp(s, "now", 3)) {
@@ -232,8 +280,14 @@ int cmd_parse_time(const char *s, int64_t now, int64_t *out)
 		*out = s[3] == '-' ? now - d : now + d;
 		return 0;
 	}
-	if (!cmd_int64(s, out))
+	int64_t v;
+	int unit;
+	if (!cmd_epoch(s, &v, &unit)) {
+		if (!unit && cmd_ns_implausible(v))
+			return -1;
+		*out = v;
 		return 0;
+	}
 	return cmd_rfc3339(s, out);
 }
 
@@ -745,22 +799,61 @@ static int cmd_name_arg(const char *what, const char *s, char *err, size_t cap)
 	return 0;
 }
 
+/* The reason a time argument is refused. A bare integer that looks like
+ * Unix seconds, ms or us read as ns gets the first of those readings that
+ * is a time tally can hold (int64 ns), which is the one it probably meant. */
+static int cmd_time_fail(const char *what, const char *s, const char *also, char *err, size_t cap)
+{
+	static const struct {
+		const char *u, *name;
+		int64_t ns;
+	} units[] = {{"s", "seconds", NS_PER_SEC}, {"ms", "ms", 1000000}, {"us", "us", 1000}};
+	int64_t v, t;
+	int unit;
+	if (!cmd_epoch(s, &v, &unit) && !unit && cmd_ns_implausible(v)) {
+		char as_ns[40], meant[40];
+		cmd_format_time(v, as_ns);
+		for (size_t i = 0; i < sizeof units / sizeof units[0]; i++)
+			if (!__builtin_mul_overflow(v, units[i].ns, &t)) {
+				cmd_format_time(t, meant);
+				return cmd_fail(
+					err, cap,
+					"%s: %s read as nanoseconds is %s; for %s since the "
+					"epoch write %s%s (%s); units ns, us, ms, s",
+					what, s, as_ns, units[i].name, s, units[i].u, meant);
+			}
+		return cmd_fail(
+			err, cap,
+			"%s: %s read as nanoseconds is %s; give its unit: %ss, ms, us or ns", what,
+			s, as_ns, s);
+	}
+	return cmd_fail(err, cap,
+			"%s: invalid time%s '%.40s' (RFC 3339 like 2023-11-14T00:00:00Z, "
+			"integer ns, 1700000000s, or now-1h%s)",
+			what, also[0] ? " or duration" : "", s, also);
+}
+
 static int cmd_time_arg(const char *what, const char *s, int64_t now, int64_t *out, char *err,
 			size_t cap)
 {
 	if (cmd_parse_time(s, now, out))
-		return cmd_fail(err, cap,
-				"%s: invalid time '%.40s' (RFC 3339 like 2023-11-14T00:00:00Z, "
-				"integer ns, or now-1h)",
-				what, s);
+		return cmd_time_fail(what, s, "", err, cap);
 	return 0;
 }
 
-/* to: a time, or a duration after from ("1h" or "+1h"). */
+/* to: a time, or a duration after from ("1h" or "+1h"). "1735689600s" is
+ * both; a length in ns, us, ms or s of 1e17 ns (about 3 years) or more is
+ * read as a time since the epoch ("+" keeps it a length). */
 static int cmd_to_arg(const char *s, int64_t now, int64_t from, int64_t *out, char *err, size_t cap)
 {
 	int64_t d;
+	int unit;
 	const char *ds = *s == '+' ? s + 1 : s;
+	if (*s != '+' && !cmd_epoch(s, &d, &unit) && unit &&
+	    (d >= CMD_NS_IMPLAUSIBLE_HI || d <= -CMD_NS_IMPLAUSIBLE_HI)) {
+		*out = d;
+		return 0;
+	}
 	if (!cmd_parse_duration(ds, &d)) {
 		if (from > INT64_MAX - d)
 			return cmd_fail(err, cap, "to: from + %.40s overflows", ds);
@@ -768,10 +861,7 @@ static int cmd_to_arg(const char *s, int64_t now, int64_t from, int64_t *out, ch
 		return 0;
 	}
 	if (cmd_parse_time(s, now, out))
-		return cmd_fail(err, cap,
-				"to: invalid time or duration '%.40s' (RFC 3339, integer ns, now, "
-				"or a length like 1h)",
-				s);
+		return cmd_time_fail("to", s, ", or a length like 1h", err, cap);
 	return 0;
 }
 

@@ -53,9 +53,17 @@ int cmd_parse(const char *line, size_t len, char *scratch, size_t scratch_cap, i
 	      cmd_req *out, char *err, size_t err_cap);
 
 /* A time: RFC 3339 ("2023-11-14T00:05:00Z", fractions and +hh:mm offsets
- * allowed, a date alone means its midnight UTC), integer nanoseconds, or
- * now, now-5m, now+1h. Returns 0 or -1. */
+ * allowed, a date alone means its midnight UTC), an integer since the
+ * epoch with a unit ("1735689600s"; ns, us, ms, s) or bare in nanoseconds,
+ * or now, now-5m, now+1h. A bare integer that is Unix seconds, ms or us
+ * read as ns (1 s to about 3 years from the epoch) is refused. Returns 0
+ * or -1. */
 int cmd_parse_time(const char *s, int64_t now, int64_t *out);
+
+/* Days since 1970-01-01 of a proleptic Gregorian date, and back (H.
+ * Hinnant's algorithms; also jsonev.c's event times). */
+int64_t cmd_days_from_civil(int64_t y, unsigned m, unsigned d);
+void cmd_civil_from_days(int64_t z, int64_t *y, unsigned *m, unsigned *d);
 
 /* A duration: one or more <integer><unit>, units ns us ms s m h d w
  * ("5m", "1h30m"). Positive, at most ~292 years. Returns 0 or -1. */

@@ -22,6 +22,7 @@
 #include <strings.h>
 
 #include "cmd.h"
+#include "jsonev.h"
 
 enum conf_kind {
 	K_STR,
@@ -39,7 +40,9 @@ enum conf_kind {
 	K_LOG,
 	K_LEVELS,
 	K_OFFSET,
-	K_BOOL, /* unsigned 0 or 1: on/off, yes/no, true/false, 1/0 */
+	K_BOOL,     /* unsigned 0 or 1: on/off, yes/no, true/false, 1/0 */
+	K_PORT_OFF, /* int: a TCP port, 0 (any free port), or off (-1) */
+	K_JSON_MAP, /* appended to json_maps: repeatable, checked when set */
 };
 
 static const struct conf_item {
@@ -54,9 +57,29 @@ static const struct conf_item {
 	{"data", K_STR, offsetof(srv_conf, data), "data directory (default ./data)"},
 	{"port-file", K_STR, offsetof(srv_conf, port_file),
 	 "write the bound port to this file once listening"},
+	{"http-port", K_PORT_OFF, offsetof(srv_conf, http_port),
+	 "HTTP port (InfluxDB-compatible writes, /ping, /health, /ready); off: no HTTP; "
+	 "0: any free port (default 8429)"},
+	{"http-bind", K_STR, offsetof(srv_conf, http_bind),
+	 "address the HTTP port listens on (default: bind)"},
+	{"http-port-file", K_STR, offsetof(srv_conf, http_port_file),
+	 "write the bound HTTP port to this file once listening"},
+	{"http-max-body-bytes", K_SIZE, offsetof(srv_conf, http_max_body),
+	 "largest HTTP request body, also once decompressed; larger: 413 (default 64MiB)"},
+	{"http-max-header-bytes", K_SIZE, offsetof(srv_conf, http_max_header),
+	 "largest HTTP request head (request line and headers); larger: 431 (default "
+	 "16KiB)"},
+	{"http-header-timeout", K_DUR, offsetof(srv_conf, http_header_ns),
+	 "time to receive a request's head once it has begun; slower: 408 and close "
+	 "(default 10s)"},
+	{"http-durable", K_BOOL, offsetof(srv_conf, http_durable),
+	 "on: an HTTP write is answered 204 once fsync'ed (group commit); off: once "
+	 "written, before the fsync, like InfluxDB (weaker: a crash may lose it) "
+	 "(default on)"},
 	{"shards", K_UINT, offsetof(srv_conf, shards), "shard threads (default: one per core)"},
 	{"token", K_SECRET, offsetof(srv_conf, token),
-	 "shared token clients must present with #!auth (prefer token-file)"},
+	 "shared token clients must present: #!auth on the line-protocol port, "
+	 "Authorization (Token, Bearer, Basic) or p= on HTTP (prefer token-file)"},
 	{"token-file", K_SECRET_FILE, offsetof(srv_conf, token),
 	 "read the token from this file (first line)"},
 	{"max-line-bytes", K_U32, offsetof(srv_conf, max_line),
@@ -99,8 +122,8 @@ static const struct conf_item {
 	{"prefault", K_BOOL, offsetof(srv_conf, prefault),
 	 "on start, fault in each shard's first memtable of memory in the background, "
 	 "so that writers do not (on or off; default on)"},
-	/* Tiering (docs/operations.md). Unset: the engine's environment
-	 * variable, named in the help, else its default. */
+	/* Tiering (docs/operations.md). Unset: the environment variables of
+	 * conf_envs, named in the help too, else the engine's default. */
 	{"tier-bucket", K_STR, offsetof(srv_conf, tier_bucket),
 	 "S3 bucket for old raw data; tiering is on when set (default $TALLY_S3_BUCKET, "
 	 "else off)"},
@@ -133,6 +156,11 @@ static const struct conf_item {
 	{"tier-part-bytes", K_PART_SIZE, offsetof(srv_conf, tier_part_bytes),
 	 "uploads above this go multipart in parts of this size, 5MiB to 512MiB "
 	 "(default 16MiB)"},
+	{"json-map", K_JSON_MAP, 0,
+	 "how JSON events become rows of a table, repeatable: 'TABLE: key=MEMBER>TAG, "
+	 "time=MEMBER, fields=MEMBER>FIELD ...' (docs/json-events.md); the default takes the "
+	 "camera "
+	 "event into traffic: '" JSONEV_DEFAULT_MAP "'"},
 };
 
 #define CONF_N (sizeof conf_items / sizeof conf_items[0])
@@ -141,6 +169,11 @@ void conf_init(srv_conf *c)
 {
 	memset(c, 0, sizeof *c);
 	c->port = CONF_DEFAULT_PORT;
+	c->http_port = CONF_DEFAULT_HTTP_PORT;
+	c->http_max_body = 64u << 20;
+	c->http_max_header = 16u << 10;
+	c->http_header_ns = 10 * INT64_C(1000000000);
+	c->http_durable = 1;
 	c->max_line = 1u << 20;
 	c->max_conns = 4096;
 	c->reply_bytes = 1u << 20;
@@ -176,6 +209,11 @@ void conf_free(srv_conf *c)
 			*p = NULL;
 		}
 	}
+	for (unsigned i = 0; i < c->n_json_maps; i++)
+		free(c->json_maps[i]);
+	free(c->json_maps);
+	c->json_maps = NULL;
+	c->n_json_maps = 0;
 }
 
 /* "name" matches a table name with '-' and '_' alike. */
@@ -290,6 +328,15 @@ int conf_set(srv_conf *c, const char *name, const char *value, const char *where
 		}
 		return conf_err(where, it->name, value, "is not on or off");
 	}
+	case K_PORT_OFF:
+		if (!strcasecmp(value, "off")) {
+			*(int *)dst = -1;
+			return 0;
+		}
+		if (conf_size(value, &u) || u > 65535)
+			return conf_err(where, it->name, value, "is not a TCP port or off");
+		*(int *)dst = (int)u;
+		return 0;
 	case K_UINT:
 	case K_U32:
 		if (conf_size(value, &u) || u > (it->kind == K_U32 ? UINT32_MAX : 1000000000u))
@@ -373,6 +420,25 @@ int conf_set(srv_conf *c, const char *name, const char *value, const char *where
 		else
 			return conf_err(where, it->name, value, "is not error, warn or info");
 		return 0;
+	case K_JSON_MAP: {
+		char err[JSONEV_REASON_MAX];
+		jsonev_map *m;
+		int rc = jsonev_map_parse(value, &m, err, sizeof err);
+		jsonev_map_free(m);
+		if (rc) {
+			fprintf(stderr, "tallyd: %s%s%s\n", where ? where : "", where ? ": " : "",
+				err);
+			return -1;
+		}
+		char **v = realloc(c->json_maps, (c->n_json_maps + 1) * sizeof *v);
+		if (!v)
+			return -1;
+		c->json_maps = v;
+		if (!(v[c->n_json_maps] = strdup(value)))
+			return -1;
+		c->n_json_maps++;
+		return 0;
+	}
 	case K_LEVELS: {
 		char buf[256];
 		if (strlen(value) >= sizeof buf)
@@ -463,6 +529,50 @@ void conf_usage(void)
 	       "Example: tallyd --data /var/lib/tally --sync-interval 200ms\n");
 }
 
+/* The settings the environment gives when the file and the flags do not:
+ * the first set variable of the list wins. The engine reads no
+ * environment; these are the names AWS tools and tally users expect. */
+static const struct conf_env {
+	const char *setting; /* a K_STR or K_SECRET of conf_items */
+	const char *vars;    /* space-separated */
+} conf_envs[] = {
+	{"tier-bucket", "TALLY_S3_BUCKET"},
+	{"tier-endpoint", "TALLY_S3_ENDPOINT AWS_ENDPOINT_URL_S3 AWS_ENDPOINT_URL"},
+	{"tier-region", "AWS_REGION AWS_DEFAULT_REGION"},
+	{"tier-prefix", "TALLY_S3_PREFIX"},
+	{"tier-access-key", "AWS_ACCESS_KEY_ID"},
+	{"tier-secret-key", "AWS_SECRET_ACCESS_KEY"},
+	{"tier-session-token", "AWS_SESSION_TOKEN"},
+};
+
+/* Fills the settings of conf_envs still unset from the environment; each
+ * value is checked like a flag's, and an error names its variable. */
+static int conf_env(srv_conf *c)
+{
+	for (size_t i = 0; i < sizeof conf_envs / sizeof conf_envs[0]; i++) {
+		const struct conf_item *it = NULL;
+		for (size_t k = 0; k < CONF_N && !it; k++)
+			if (!strcmp(conf_items[k].name, conf_envs[i].setting))
+				it = &conf_items[k];
+		if (!it || *(char **)((char *)c + it->off))
+			continue;
+		for (const char *n = conf_envs[i].vars; *n;) {
+			size_t len = strcspn(n, " ");
+			char name[64], where[96];
+			snprintf(name, sizeof name, "%.*s", (int)len, n);
+			n += len + (n[len] == ' ');
+			const char *v = getenv(name);
+			if (!v || !*v)
+				continue;
+			snprintf(where, sizeof where, "environment variable %s", name);
+			if (conf_set(c, it->name, v, where))
+				return -1;
+			break;
+		}
+	}
+	return 0;
+}
+
 int conf_parse_args(srv_conf *c, int argc, char **argv)
 {
 	/* The config file first, wherever --config stands. */
@@ -526,6 +636,8 @@ int conf_parse_args(srv_conf *c, int argc, char **argv)
 		if (conf_set(c, name, value, NULL))
 			return -1;
 	}
+	if (conf_env(c))
+		return -1;
 	if (!c->bind && !(c->bind = strdup("127.0.0.1")))
 		return -1;
 	if (!c->data && !(c->data = strdup("./data")))
@@ -552,6 +664,13 @@ int conf_parse_args(srv_conf *c, int argc, char **argv)
 	}
 	if (c->io && strcmp(c->io, "auto") && strcmp(c->io, "io_uring") && strcmp(c->io, "epoll")) {
 		fprintf(stderr, "tallyd: io '%s' is not auto, io_uring or epoll\n", c->io);
+		return -1;
+	}
+	if (c->http_max_header < 256 || c->http_max_header > (1u << 20) ||
+	    c->http_max_body < 4096 || c->http_header_ns < 1000000) {
+		fprintf(stderr, "tallyd: http-max-header-bytes must be in [256, 1MiB], "
+				"http-max-body-bytes at least 4KiB and http-header-timeout at "
+				"least 1ms\n");
 		return -1;
 	}
 	if (c->max_conns == 0) {

@@ -11,24 +11,34 @@
 #include "tally.h"
 
 #define CONF_DEFAULT_PORT 8427
+/* Clear of InfluxDB (8086), ClickHouse (8123, 9000, 9009) and
+ * VictoriaMetrics (8428), so tally can run beside each of them. */
+#define CONF_DEFAULT_HTTP_PORT 8429
 
 typedef struct srv_conf {
-	char *bind;           /* address to listen on; default 127.0.0.1 */
-	unsigned port;        /* default 8427; 0 picks a free port */
-	char *data;           /* data directory; default ./data */
-	char *port_file;      /* if set, the bound port is written there */
-	unsigned shards;      /* 0: one per core */
-	char *token;          /* shared secret clients present with #!auth; NULL: none */
-	uint32_t max_line;    /* longest line, bytes */
-	unsigned max_conns;   /* open connections at once */
-	size_t reply_bytes;   /* unsent replies kept per connection */
-	size_t input_bytes;   /* unprocessed input kept per connection */
-	int64_t idle_ns;      /* close connections silent this long; 0: never */
-	int64_t sync_ns;      /* background group commit interval; 0: only on #!sync */
-	int64_t full_wait_ns; /* how long a write waits out a full store */
-	int64_t grace_ns;     /* on SIGTERM: how long to drain connections */
-	int64_t poll_ns;      /* after activity, poll this long before sleeping; 0: never */
-	unsigned recv_bufs;   /* receive buffers per shard */
+	char *bind;             /* address to listen on; default 127.0.0.1 */
+	unsigned port;          /* default 8427; 0 picks a free port */
+	char *data;             /* data directory; default ./data */
+	char *port_file;        /* if set, the bound port is written there */
+	int http_port;          /* default 8429; 0: any free port; -1: no HTTP */
+	char *http_bind;        /* NULL: bind */
+	char *http_port_file;   /* if set, the bound HTTP port is written there */
+	size_t http_max_body;   /* request body, also decompressed */
+	size_t http_max_header; /* request line and headers */
+	int64_t http_header_ns; /* a request's head must arrive within this */
+	unsigned http_durable;  /* 1: 204 after the fsync; 0: after the write */
+	unsigned shards;        /* 0: one per core */
+	char *token;            /* shared secret clients present with #!auth; NULL: none */
+	uint32_t max_line;      /* longest line, bytes */
+	unsigned max_conns;     /* open connections at once */
+	size_t reply_bytes;     /* unsent replies kept per connection */
+	size_t input_bytes;     /* unprocessed input kept per connection */
+	int64_t idle_ns;        /* close connections silent this long; 0: never */
+	int64_t sync_ns;        /* background group commit interval; 0: only on #!sync */
+	int64_t full_wait_ns;   /* how long a write waits out a full store */
+	int64_t grace_ns;       /* on SIGTERM: how long to drain connections */
+	int64_t poll_ns;        /* after activity, poll this long before sleeping; 0: never */
+	unsigned recv_bufs;     /* receive buffers per shard */
 	unsigned recv_buf_bytes;
 	int log_level; /* TALLY_LOG_* */
 	char *io;      /* "auto" (default), "io_uring" or "epoll" */
@@ -54,6 +64,10 @@ typedef struct srv_conf {
 	uint32_t tier_timeout_ms;
 	unsigned tier_retries;
 	uint64_t tier_part_bytes; /* 0 or in [CONF_PART_MIN, CONF_PART_MAX] */
+	/* JSON event mappings (json-map, repeatable; wire/jsonev.h), each
+	 * checked when set; the default mapping is not among them. */
+	char **json_maps;
+	unsigned n_json_maps;
 } srv_conf;
 
 /* S3 refuses multipart parts under 5 MiB; the S3 client buffers at most
@@ -70,8 +84,9 @@ void conf_free(srv_conf *c);
 void conf_wipe(char **s);
 
 /* Reads argv (and the file named by --config, whose settings the flags
- * override). Returns 0, 1 when --help or --version was printed (exit 0),
- * or -1 after printing the error to stderr (exit 2). */
+ * override), then the environment variables of the settings still unset
+ * (the S3 ones: $TALLY_S3_BUCKET, $AWS_ACCESS_KEY_ID, ...). Returns 0, 1 when --help or --version
+ * was printed (exit 0), or -1 after printing the error to stderr (exit 2). */
 int conf_parse_args(srv_conf *c, int argc, char **argv);
 
 /* Sets one setting by its name ("port", "max-line-bytes" or

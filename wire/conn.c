@@ -63,12 +63,12 @@ static const srv_conf *conn_conf(const wconn *c)
 	return c->sh->srv->conf;
 }
 
-static size_t conn_unsent(const wconn *c)
+size_t conn_unsent(const wconn *c)
 {
 	return c->out_tail - c->out_head;
 }
 
-int conn_wants_recv(const wconn *c)
+static int lp_wants_recv(const wconn *c)
 {
 	if (c->eof)
 		return 0;
@@ -88,16 +88,21 @@ static int conn_paused(const wconn *c)
 	return c->state != CONN_OPEN || c->sync_ticket || c->retry_at || c->prod != PROD_NONE;
 }
 
-wconn *conn_new(wshard *sh, int fd)
+wconn *conn_new(wshard *sh, int fd, const wproto *proto)
 {
 	wconn *c = calloc(1, sizeof *c);
 	if (!c)
 		return NULL;
 	c->sh = sh;
+	c->proto = proto;
 	c->fd = fd;
 	c->prec = TALLY_PREC_NS;
 	c->authed = sh->srv->conf->token == NULL;
 	c->last_active = srv_now();
+	if (proto->init && proto->init(c)) {
+		free(c);
+		return NULL;
+	}
 	return c;
 }
 
@@ -120,11 +125,17 @@ static void conn_prod_free(wconn *c)
 	c->prod = PROD_NONE;
 }
 
+static void lp_fini(wconn *c)
+{
+	conn_prod_free(c);
+}
+
 void conn_free(wconn *c)
 {
 	if (!c)
 		return;
-	conn_prod_free(c);
+	if (c->proto->fini)
+		c->proto->fini(c);
 	free(c->in);
 	free(c->out);
 	free(c->out_old);
@@ -173,7 +184,7 @@ static int conn_out_room(wconn *c, size_t n, int force)
 /* Appends one whole reply, or drops it whole when the client is not
  * reading (more than reply-buffer-bytes unsent). force: never drop (the
  * rows of a streamed answer, whose producer waits for room itself). */
-static void conn_put(wconn *c, const char *s, size_t n, int force)
+void conn_put(wconn *c, const char *s, size_t n, int force)
 {
 	if (c->state == CONN_DEAD)
 		return;
@@ -504,11 +515,11 @@ static void conn_pump(wconn *c)
 
 /* ---------------------------------------------------------------- commands */
 
-static int conn_token_ok(const char *want, const char *got)
+int conn_token_ok(const char *want, const char *got, size_t gl)
 {
 	/* Constant time in the presented token: every byte of want is
 	 * compared whatever got holds, and the lengths enter the result. */
-	size_t wl = strlen(want), gl = strlen(got);
+	size_t wl = strlen(want);
 	unsigned char diff = (unsigned char)(wl != gl);
 	for (size_t i = 0; i < wl; i++)
 		diff |= (unsigned char)want[i] ^ (unsigned char)(i < gl ? got[i] : 0);
@@ -525,15 +536,34 @@ static void conn_stats(wconn *c)
 		conn_putf(c, 0, "ERR line %" PRIu64 ": stats: %s", c->lines + 1, conn_errmsg(rc));
 		return;
 	}
-	uint64_t sum[12] = {0};
+	uint64_t sum[18] = {0}, http_req = 0, http_err = 0;
 	for (unsigned i = 0; i < s->n_shards; i++) {
 		wstats *w = &s->shards[i].st;
-		_Atomic uint64_t *f[12] = {
-			&w->conns_total,    &w->conns_refused,   &w->bytes_in,    &w->bytes_out,
-			&w->lines_accepted, &w->lines_rejected,  &w->commands,    &w->queries,
-			&w->syncs,          &w->replies_dropped, &w->idle_closed, &w->full_waits};
-		for (int k = 0; k < 12; k++)
+		_Atomic uint64_t *f[18] = {&w->conns_total,
+					   &w->conns_refused,
+					   &w->bytes_in,
+					   &w->bytes_out,
+					   &w->lines_accepted,
+					   &w->lines_rejected,
+					   &w->commands,
+					   &w->queries,
+					   &w->syncs,
+					   &w->replies_dropped,
+					   &w->idle_closed,
+					   &w->full_waits,
+					   &w->http_conns,
+					   &w->http_lines_accepted,
+					   &w->http_lines_rejected,
+					   &w->http_gzip_bodies,
+					   &w->http_header_timeouts,
+					   &w->http_on_lp_port};
+		for (int k = 0; k < 18; k++)
 			sum[k] += atomic_load_explicit(f[k], memory_order_relaxed);
+		for (int e = 0; e < HEP_N; e++) {
+			http_req +=
+				atomic_load_explicit(&w->http[e].requests, memory_order_relaxed);
+			http_err += atomic_load_explicit(&w->http[e].errors, memory_order_relaxed);
+		}
 	}
 	struct {
 		const char *name;
@@ -589,6 +619,16 @@ static void conn_stats(wconn *c)
 		{"replies_dropped", sum[9]},
 		{"idle_closed", sum[10]},
 		{"full_waits", sum[11]},
+		/* HTTP (docs/http.md); per endpoint, with latencies, in the
+		 * shard stats (wstats.http) */
+		{"http_connections_total", sum[12]},
+		{"http_requests", http_req},
+		{"http_errors", http_err},
+		{"http_lines_accepted", sum[13]},
+		{"http_lines_rejected", sum[14]},
+		{"http_gzip_bodies", sum[15]},
+		{"http_header_timeouts", sum[16]},
+		{"http_on_line_protocol_port", sum[17]},
 		{"uptime_seconds", (uint64_t)((srv_now() - s->started) / 1000000000)},
 	};
 	text_raw(&t, "name\tvalue\n", 11);
@@ -763,7 +803,7 @@ static int conn_command(wconn *c, const char *line, size_t len)
 	case CMD_AUTH:
 		if (!s->conf->token) {
 			conn_putf(c, 0, "OK auth (this server requires no token)");
-		} else if (conn_token_ok(s->conf->token, r.token)) {
+		} else if (conn_token_ok(s->conf->token, r.token, strlen(r.token))) {
 			c->authed = 1;
 			conn_putf(c, 0, "OK auth");
 		} else {
@@ -838,31 +878,37 @@ static uint64_t conn_count_nl(const char *p, size_t n)
 }
 
 /* Physical lines: every '\n' and a last line without one. */
-static uint64_t conn_count_lines(const char *p, size_t n)
+uint64_t conn_count_lines(const char *p, size_t n)
 {
 	return conn_count_nl(p, n) + (n && p[n - 1] != '\n');
 }
 
 /* Writes a run of whole records. Returns 1 when done with it, 0 when it
  * must be retried later (the store is full: the connection waits). */
-static int conn_write(wconn *c, const char *p, size_t n)
+int conn_full_wait(wconn *c, int rc)
 {
-	wshard *sh = c->sh;
-	const srv_conf *cf = conn_conf(c);
-	tally_write_result res;
-	int rc = tally_write_lp(sh->w, p, n, c->prec, &res);
 	if (rc == TALLY_EFULL) {
 		int64_t now = srv_now();
 		if (!c->full_since) {
 			c->full_since = now;
-			STAT_ADD(sh, full_waits, 1);
+			STAT_ADD(c->sh, full_waits, 1);
 		}
-		if (now - c->full_since < cf->full_wait_ns) {
+		if (now - c->full_since < conn_conf(c)->full_wait_ns) {
 			c->retry_at = now + CONN_RETRY_NS;
-			return 0;
+			return 1;
 		}
 	}
 	c->full_since = 0;
+	return 0;
+}
+
+static int conn_write(wconn *c, const char *p, size_t n)
+{
+	wshard *sh = c->sh;
+	tally_write_result res;
+	int rc = tally_write_lp(sh->w, p, n, c->prec, &res);
+	if (conn_full_wait(c, rc))
+		return 0;
 	/* On an error the engine applied the run's first res.lines lines
 	 * (reported below as usual) and none after them. */
 	uint64_t unwritten = 0;
@@ -899,6 +945,59 @@ static int conn_write(wconn *c, const char *p, size_t n)
 	return 1;
 }
 
+/* Whether the record buf[0, n) is an HTTP request line ("POST /write?db=x
+ * HTTP/1.1"): an HTTP client pointed at this port by mistake. */
+static int conn_is_http(const char *buf, size_t n)
+{
+	static const char *const methods[] = {"GET ",     "POST ",  "PUT ",     "HEAD ", "DELETE ",
+					      "OPTIONS ", "PATCH ", "CONNECT ", "TRACE "};
+	const char *nl = memchr(buf, '\n', n);
+	size_t e = nl ? (size_t)(nl - buf) : n;
+	if (e && buf[e - 1] == '\r')
+		e--;
+	if (e < 16 || memcmp(buf + e - 9, " HTTP/1.", 8) || buf[e - 1] < '0' || buf[e - 1] > '9')
+		return 0;
+	for (size_t i = 0; i < sizeof methods / sizeof methods[0]; i++)
+		if (!strncmp(buf, methods[i], strlen(methods[i])))
+			return 1;
+	return 0;
+}
+
+/* Answers an HTTP client on the line-protocol port with an HTTP 400 that
+ * names the HTTP port, stores nothing it sent, and closes. Logged at most
+ * once a minute for the whole server, with the count since. */
+static void conn_refuse_http(wconn *c)
+{
+	srv *s = c->sh->srv;
+	char body[200], msg[400];
+	int b = s->http_port ? snprintf(body, sizeof body,
+					"This is tally's line-protocol port, not HTTP: send "
+					"HTTP requests to port %u.\n",
+					s->http_port)
+			     : snprintf(body, sizeof body,
+					"This is tally's line-protocol port, not HTTP; this "
+					"server's HTTP port is off (http-port).\n");
+	int k = snprintf(msg, sizeof msg,
+			 "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; "
+			 "charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
+			 b, body);
+	conn_put(c, msg, (size_t)k, 1);
+	conn_close_with(c, NULL);
+	STAT_ADD(c->sh, http_on_lp_port, 1);
+	int64_t now = srv_now(), last = atomic_load(&s->lp_http_logged);
+	if ((last == 0 || now - last >= 60 * INT64_C(1000000000)) &&
+	    atomic_compare_exchange_strong(&s->lp_http_logged, &last, now)) {
+		uint64_t more = atomic_exchange(&s->lp_http_unlogged, 0);
+		srv_log(s, TALLY_LOG_WARN,
+			"an HTTP request arrived on the line-protocol port %u and was refused "
+			"(HTTP is %s)%s",
+			s->port, s->http_port ? "on its own port" : "off",
+			more ? "; more since the last such message" : "");
+	} else {
+		atomic_fetch_add(&s->lp_http_unlogged, 1);
+	}
+}
+
 /* Processes the whole records at the start of buf[0, len) (all of it when
  * final: the stream ended). Returns the bytes consumed; stops early when
  * the connection pauses or closes. */
@@ -906,6 +1005,13 @@ static size_t conn_run(wconn *c, const char *buf, size_t len, int final)
 {
 	size_t cut = final ? len : frame_cut(buf, len);
 	size_t pos = 0;
+	if (!c->first_seen && cut) {
+		c->first_seen = 1;
+		if (conn_is_http(buf, cut)) {
+			conn_refuse_http(c);
+			return 0;
+		}
+	}
 	while (pos < cut && !conn_paused(c)) {
 		size_t k = frame_find_cmd(buf + pos, cut - pos);
 		if (k > 0) {
@@ -1010,7 +1116,9 @@ static void conn_feed(wconn *c)
 	}
 }
 
-void conn_on_data(wconn *c, const char *p, size_t n)
+static void lp_step(wconn *c);
+
+static void lp_on_data(wconn *c, const char *p, size_t n)
 {
 	STAT_ADD(c->sh, bytes_in, n);
 	c->last_active = srv_now();
@@ -1052,24 +1160,24 @@ void conn_on_data(wconn *c, const char *p, size_t n)
 	if (n && c->state == CONN_OPEN && conn_in_append(c, p, n) == 0)
 		conn_check_partial(c);
 out:
-	conn_step(c);
+	lp_step(c);
 }
 
-void conn_on_eof(wconn *c)
+void conn_eof(wconn *c)
 {
 	c->eof = 1;
 	c->last_active = srv_now();
-	conn_step(c);
+	c->proto->step(c);
 }
 
-void conn_on_sent(wconn *c, size_t n)
+void conn_sent(wconn *c, size_t n)
 {
 	STAT_ADD(c->sh, bytes_out, n);
 	c->out_head += n;
 	if (c->out_head == c->out_tail)
 		c->out_head = c->out_tail = 0;
 	c->last_active = srv_now();
-	conn_step(c);
+	c->proto->step(c);
 }
 
 void conn_close_with(wconn *c, const char *msg)
@@ -1097,15 +1205,15 @@ void conn_close_with(wconn *c, const char *msg)
 
 /* At shutdown, past the grace period: read no more; what is complete is
  * processed, a last sync covers it, and the client hears what was kept. */
-void conn_begin_shutdown(wconn *c)
+static void lp_begin_shutdown(wconn *c)
 {
 	if (c->state != CONN_OPEN || c->final_sync)
 		return;
 	c->final_sync = 1;
-	conn_step(c);
+	lp_step(c);
 }
 
-void conn_step(wconn *c)
+static void lp_step(wconn *c)
 {
 	if (c->state == CONN_DEAD)
 		return;
@@ -1165,23 +1273,32 @@ void conn_step(wconn *c)
 				conn_close_with(c, NULL);
 		}
 	}
+	conn_linger_step(c);
+}
+
+void conn_linger_step(wconn *c)
+{
 	if (c->state == CONN_LINGER && conn_unsent(c) == 0 && c->eof)
 		c->state = CONN_DEAD;
 	srv_conn_dirty(c);
 }
 
-void conn_tick(wconn *c, int64_t now)
+int conn_linger_tick(wconn *c, int64_t now)
 {
-	const srv_conf *cf = conn_conf(c);
 	if (c->state == CONN_LINGER && now >= c->linger_until) {
 		c->state = CONN_DEAD;
 		srv_conn_dirty(c);
-		return;
 	}
-	if (c->state != CONN_OPEN)
+	return c->state != CONN_OPEN;
+}
+
+static void lp_tick(wconn *c, int64_t now)
+{
+	const srv_conf *cf = conn_conf(c);
+	if (conn_linger_tick(c, now))
 		return;
 	if (c->retry_at && now >= c->retry_at) {
-		conn_step(c);
+		lp_step(c);
 		return;
 	}
 	if (cf->idle_ns && now - c->last_active > cf->idle_ns && !c->sync_ticket) {
@@ -1193,3 +1310,13 @@ void conn_tick(wconn *c, int64_t now)
 		conn_close_with(c, m);
 	}
 }
+
+const wproto conn_lp_proto = {
+	.name = "line protocol",
+	.on_data = lp_on_data,
+	.step = lp_step,
+	.tick = lp_tick,
+	.wants_recv = lp_wants_recv,
+	.begin_shutdown = lp_begin_shutdown,
+	.fini = lp_fini,
+};

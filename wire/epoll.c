@@ -1,13 +1,12 @@
 /*
  * epoll.c — the fallback loop, for kernels or sandboxes without io_uring.
  *
- * Same shards, same connections, same protocol: conn.c does not know which
- * loop feeds it. The one idea: the io_uring loop's "operations in flight"
- * become plain readiness here — a readable socket is read (a few times,
- * then the next one gets its turn) into the shard's one receive buffer and
- * handed to conn_on_data; replies are sent at once and only a socket that
- * would block asks for EPOLLOUT. Nothing is ever in flight in the kernel,
- * so a dead connection is closed and freed on the spot.
+ * Same shards, same connections, same protocols (the wproto table of
+ * server.h): a protocol does not know which loop feeds it. The one idea: the io_uring loop's
+ * "operations in flight" become plain readiness here — a readable socket is read (a few times, then
+ * the next one gets its turn) into the shard's one receive buffer and handed to the protocol's
+ * on_data; replies are sent at once and only a socket that would block asks for EPOLLOUT. Nothing
+ * is ever in flight in the kernel, so a dead connection is closed and freed on the spot.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -18,7 +17,7 @@
 
 #include "server.h"
 
-enum { EP_EVENTFD = 1, EP_LISTEN = 2 };
+enum { EP_EVENTFD = 1, EP_LISTEN = 2, EP_LISTEN_HTTP = 3 };
 #define EP_READS_PER_WAKE 4 /* then the next connection gets its turn */
 #define EP_TICK_NS        (1000 * INT64_C(1000000))
 #define EP_TICK_FAST_NS   (50 * INT64_C(1000000))
@@ -42,6 +41,11 @@ int ep_init(wshard *sh)
 		if (epoll_ctl(sh->epfd, EPOLL_CTL_ADD, sh->listen_fd, &ev))
 			return -errno;
 	}
+	if (sh->http_listen_fd >= 0) {
+		ev = (struct epoll_event){.events = EPOLLIN, .data.u64 = EP_LISTEN_HTTP};
+		if (epoll_ctl(sh->epfd, EPOLL_CTL_ADD, sh->http_listen_fd, &ev))
+			return -errno;
+	}
 	return 0;
 }
 
@@ -54,13 +58,33 @@ void ep_fini(wshard *sh)
 	sh->ep_buf = NULL;
 }
 
+static void ep_unlisten(wshard *sh, int *fd)
+{
+	if (*fd < 0)
+		return;
+	epoll_ctl(sh->epfd, EPOLL_CTL_DEL, *fd, NULL);
+	close(*fd);
+	*fd = -1;
+}
+
 void ep_stop_accepting(wshard *sh)
 {
-	if (sh->listen_fd < 0)
-		return;
-	epoll_ctl(sh->epfd, EPOLL_CTL_DEL, sh->listen_fd, NULL);
-	close(sh->listen_fd);
-	sh->listen_fd = -1;
+	ep_unlisten(sh, &sh->listen_fd);
+	ep_unlisten(sh, &sh->http_listen_fd);
+}
+
+/* Accepts a few of what the listener has queued. */
+static void ep_accept(wshard *sh, const int *fd, unsigned proto)
+{
+	for (int k = 0; k < 64 && *fd >= 0; k++) {
+		int c = accept4(*fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+		if (c < 0) {
+			if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+				srv_log(sh->srv, TALLY_LOG_WARN, "accept: %s", strerror(errno));
+			break;
+		}
+		sh_accepted(sh, c, proto);
+	}
 }
 
 static void ep_dead(wconn *c)
@@ -77,7 +101,7 @@ static void ep_write(wconn *c)
 				 MSG_NOSIGNAL | MSG_DONTWAIT);
 		if (n > 0) {
 			c->send_blocked = 0;
-			conn_on_sent(c, (size_t)n);
+			conn_sent(c, (size_t)n);
 			continue;
 		}
 		if (n < 0 && errno == EINTR)
@@ -92,14 +116,15 @@ static void ep_write(wconn *c)
 
 static void ep_read(wshard *sh, wconn *c)
 {
-	for (int i = 0; i < EP_READS_PER_WAKE && c->state != CONN_DEAD && conn_wants_recv(c); i++) {
+	for (int i = 0; i < EP_READS_PER_WAKE && c->state != CONN_DEAD && c->proto->wants_recv(c);
+	     i++) {
 		ssize_t n = recv(c->fd, sh->ep_buf, sh->buf_bytes, MSG_DONTWAIT);
 		if (n > 0) {
-			conn_on_data(c, sh->ep_buf, (size_t)n);
+			c->proto->on_data(c, sh->ep_buf, (size_t)n);
 			continue;
 		}
 		if (n == 0) {
-			conn_on_eof(c);
+			conn_eof(c);
 			return;
 		}
 		if (errno == EINTR)
@@ -127,7 +152,7 @@ int ep_reconcile(wshard *sh, wconn *c)
 	/* Registered only while it wants something: a registered socket
 	 * reports a hang-up even with no events asked, and a paused
 	 * connection must not spin the loop on it. */
-	unsigned want = (conn_wants_recv(c) ? EPOLLIN : 0) | (c->send_blocked ? EPOLLOUT : 0);
+	unsigned want = (c->proto->wants_recv(c) ? EPOLLIN : 0) | (c->send_blocked ? EPOLLOUT : 0);
 	struct epoll_event ev = {.events = want, .data.ptr = c};
 	if (!want) {
 		if (c->recv_armed)
@@ -168,18 +193,9 @@ void ep_run(wshard *sh)
 			if (tag == EP_EVENTFD) {
 				sh_mailbox(sh);
 			} else if (tag == EP_LISTEN) {
-				for (int k = 0; k < 64 && sh->listen_fd >= 0; k++) {
-					int fd = accept4(sh->listen_fd, NULL, NULL,
-							 SOCK_CLOEXEC | SOCK_NONBLOCK);
-					if (fd < 0) {
-						if (errno != EAGAIN && errno != EWOULDBLOCK &&
-						    errno != EINTR)
-							srv_log(sh->srv, TALLY_LOG_WARN,
-								"accept: %s", strerror(errno));
-						break;
-					}
-					sh_accepted(sh, fd);
-				}
+				ep_accept(sh, &sh->listen_fd, PROTO_LP);
+			} else if (tag == EP_LISTEN_HTTP) {
+				ep_accept(sh, &sh->http_listen_fd, PROTO_HTTP);
 			} else {
 				wconn *c = evs[i].data.ptr;
 				if (c->state == CONN_DEAD)

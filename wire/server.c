@@ -42,9 +42,10 @@
 /* user_data of operations that belong to no connection. Connections'
  * operations carry the (16-byte aligned) pointer with the op in the low
  * bits. */
-enum { UD_ACCEPT = 1, UD_EVENTFD = 2, UD_IGNORE = 3 };
+enum { UD_ACCEPT = 1, UD_EVENTFD = 2, UD_IGNORE = 3, UD_ACCEPT_HTTP = 4 };
 enum { OP_RECV = 1, OP_SEND = 2 };
 #define OP_MASK UINT64_C(7)
+_Static_assert(_Alignof(wconn) >= 8, "a connection's address leaves the op bits free");
 
 #define BGID         0
 #define TICK_NS      (1000 * INT64_C(1000000))
@@ -190,13 +191,24 @@ static struct io_uring_sqe *sh_sqe(wshard *sh)
 
 static void sh_arm_accept(wshard *sh)
 {
-	struct io_uring_sqe *sqe = sh_sqe(sh);
-	if (!sqe)
-		return;
-	io_uring_prep_multishot_accept(sqe, sh->listen_fd, NULL, NULL,
-				       SOCK_CLOEXEC | SOCK_NONBLOCK);
-	io_uring_sqe_set_data64(sqe, UD_ACCEPT);
-	sh->accept_armed = 1;
+	if (sh->listen_fd >= 0 && !sh->accept_armed) {
+		struct io_uring_sqe *sqe = sh_sqe(sh);
+		if (!sqe)
+			return;
+		io_uring_prep_multishot_accept(sqe, sh->listen_fd, NULL, NULL,
+					       SOCK_CLOEXEC | SOCK_NONBLOCK);
+		io_uring_sqe_set_data64(sqe, UD_ACCEPT);
+		sh->accept_armed = 1;
+	}
+	if (sh->http_listen_fd >= 0 && !sh->http_accept_armed) {
+		struct io_uring_sqe *sqe = sh_sqe(sh);
+		if (!sqe)
+			return;
+		io_uring_prep_multishot_accept(sqe, sh->http_listen_fd, NULL, NULL,
+					       SOCK_CLOEXEC | SOCK_NONBLOCK);
+		io_uring_sqe_set_data64(sqe, UD_ACCEPT_HTTP);
+		sh->http_accept_armed = 1;
+	}
 }
 
 static void sh_arm_eventfd(wshard *sh)
@@ -227,14 +239,16 @@ void srv_conn_dirty(wconn *c)
 	c->sh->dirty = c;
 }
 
-static void sh_adopt(wshard *sh, int fd)
+static const wproto *const sh_protos[PROTO_N] = {&conn_lp_proto, &httpd_proto};
+
+static void sh_adopt(wshard *sh, int fd, unsigned proto)
 {
 	/* Adopted even when this shard is stopping: the acceptor took it
 	 * before it saw the stop, so it is drained like the others. */
 	srv *s = sh->srv;
 	int one = 1;
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-	wconn *c = conn_new(sh, fd);
+	wconn *c = conn_new(sh, fd, sh_protos[proto]);
 	if (!c) {
 		srv_log(s, TALLY_LOG_WARN, "out of memory: refusing a connection");
 		close(fd);
@@ -293,7 +307,7 @@ static int sh_reconcile(wshard *sh, wconn *c)
 		}
 		return 0;
 	}
-	int want = conn_wants_recv(c);
+	int want = c->proto->wants_recv(c);
 	if (want && !c->recv_armed) {
 		struct io_uring_sqe *sqe = sh_sqe(sh);
 		if (sqe) {
@@ -358,11 +372,12 @@ static void sh_on_recv(wshard *sh, wconn *c, struct io_uring_cqe *cqe)
 	if (cqe->res > 0) {
 		unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
 		if (c->state != CONN_DEAD)
-			conn_on_data(c, sh->bufs + (size_t)bid * sh->buf_bytes, (size_t)cqe->res);
+			c->proto->on_data(c, sh->bufs + (size_t)bid * sh->buf_bytes,
+					  (size_t)cqe->res);
 		sh_return_buf(sh, bid);
 	} else if (cqe->res == 0) {
 		if (c->state != CONN_DEAD)
-			conn_on_eof(c);
+			conn_eof(c);
 	} else if (cqe->res != -ENOBUFS && cqe->res != -ECANCELED) {
 		/* Reset or other socket error: nothing more can be said. */
 		c->eof = 1;
@@ -378,7 +393,7 @@ static void sh_on_send(wshard *sh, wconn *c, struct io_uring_cqe *cqe)
 	free(c->out_old); /* the buffer this send read, if out has grown since */
 	c->out_old = NULL;
 	if (cqe->res > 0 && c->state != CONN_DEAD) {
-		conn_on_sent(c, (size_t)cqe->res);
+		conn_sent(c, (size_t)cqe->res);
 	} else if (cqe->res < 0 && cqe->res != -EAGAIN && cqe->res != -EINTR) {
 		c->eof = 1;
 		c->state = CONN_DEAD;
@@ -386,24 +401,32 @@ static void sh_on_send(wshard *sh, wconn *c, struct io_uring_cqe *cqe)
 	srv_conn_dirty(c);
 }
 
-static void sh_on_accept(wshard *sh, struct io_uring_cqe *cqe)
+static void sh_on_accept(wshard *sh, struct io_uring_cqe *cqe, unsigned proto)
 {
-	if (!(cqe->flags & IORING_CQE_F_MORE))
-		sh->accept_armed = 0;
+	if (!(cqe->flags & IORING_CQE_F_MORE)) {
+		if (proto == PROTO_HTTP)
+			sh->http_accept_armed = 0;
+		else
+			sh->accept_armed = 0;
+	}
 	if (cqe->res < 0) {
 		if (cqe->res != -ECANCELED && !sh->stopping)
 			srv_log(sh->srv, TALLY_LOG_WARN, "accept: %s", strerror(-cqe->res));
 		return; /* re-armed by the next tick, so EMFILE does not spin */
 	}
-	sh_accepted(sh, cqe->res);
+	sh_accepted(sh, cqe->res, proto);
 }
 
-void sh_accepted(wshard *sh, int fd)
+void sh_accepted(wshard *sh, int fd, unsigned proto)
 {
 	srv *s = sh->srv;
 	if (sh->stopping) {
 		static const char msg[] = "ERR server shutting down\n";
-		ssize_t r = send(fd, msg, sizeof msg - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+		static const char hmsg[] = "HTTP/1.1 503 Service Unavailable\r\nContent-Length: "
+					   "0\r\nConnection: close\r\n\r\n";
+		ssize_t r = proto == PROTO_HTTP
+				    ? send(fd, hmsg, sizeof hmsg - 1, MSG_NOSIGNAL | MSG_DONTWAIT)
+				    : send(fd, msg, sizeof msg - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
 		(void)r;
 		close(fd);
 		return;
@@ -412,7 +435,11 @@ void sh_accepted(wshard *sh, int fd)
 		atomic_fetch_sub(&s->n_conns, 1);
 		atomic_fetch_add_explicit(&sh->st.conns_refused, 1, memory_order_relaxed);
 		static const char msg[] = "ERR too many connections; try again later\n";
-		ssize_t r = send(fd, msg, sizeof msg - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+		static const char hmsg[] = "HTTP/1.1 503 Service Unavailable\r\nRetry-After: "
+					   "1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+		ssize_t r = proto == PROTO_HTTP
+				    ? send(fd, hmsg, sizeof hmsg - 1, MSG_NOSIGNAL | MSG_DONTWAIT)
+				    : send(fd, msg, sizeof msg - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
 		(void)r;
 		close(fd);
 		return;
@@ -430,7 +457,7 @@ void sh_accepted(wshard *sh, int fd)
 	}
 	wshard *to = &s->shards[best];
 	if (to == sh) {
-		sh_adopt(sh, fd);
+		sh_adopt(sh, fd, proto);
 		return;
 	}
 	atomic_fetch_add_explicit(&to->load, 1, memory_order_relaxed); /* until it adopts */
@@ -447,7 +474,7 @@ void sh_accepted(wshard *sh, int fd)
 		to->mail = m;
 		to->cap_mail = cap;
 	}
-	to->mail[to->n_mail++] = fd;
+	to->mail[to->n_mail++] = fd * PROTO_N + (int)proto; /* the protocol rides along */
 	pthread_mutex_unlock(&to->mu);
 	srv_wake(to);
 }
@@ -464,6 +491,13 @@ static void sh_begin_stop(wshard *sh)
 		struct io_uring_sqe *sqe = sh_sqe(sh);
 		if (sqe) {
 			io_uring_prep_cancel64(sqe, UD_ACCEPT, 0);
+			io_uring_sqe_set_data64(sqe, UD_IGNORE);
+		}
+	}
+	if (sh->http_listen_fd >= 0 && sh->http_accept_armed) {
+		struct io_uring_sqe *sqe = sh_sqe(sh);
+		if (sqe) {
+			io_uring_prep_cancel64(sqe, UD_ACCEPT_HTTP, 0);
 			io_uring_sqe_set_data64(sqe, UD_IGNORE);
 		}
 	}
@@ -497,7 +531,7 @@ void sh_mailbox(wshard *sh)
 		srv_wake(sh);
 	for (size_t i = 0; i < n; i++) {
 		atomic_fetch_sub_explicit(&sh->load, 1, memory_order_relaxed);
-		sh_adopt(sh, fds[i]);
+		sh_adopt(sh, fds[i] / PROTO_N, (unsigned)(fds[i] % PROTO_N));
 	}
 	int stop = atomic_load(&sh->srv->stopping);
 	if (stop && !sh->stopping)
@@ -507,18 +541,18 @@ void sh_mailbox(wshard *sh)
 	if (sh->n_sync_wait)
 		for (wconn *c = sh->conns; c; c = c->next)
 			if (c->sync_ticket)
-				conn_step(c);
+				c->proto->step(c);
 }
 
 void sh_tick(wshard *sh, int64_t now)
 {
 	for (wconn *c = sh->conns; c; c = c->next) {
-		conn_tick(c, now);
+		c->proto->tick(c, now);
 		if (sh->stopping && c->state == CONN_OPEN) {
 			/* Draining: a connection that went quiet, or any once the
 			 * grace period is over, gets its last sync and goodbye. */
 			if (sh->hurry || now >= sh->drain_until || now - c->last_active >= QUIET_NS)
-				conn_begin_shutdown(c);
+				c->proto->begin_shutdown(c);
 		}
 		if (sh->stopping && c->state != CONN_DEAD &&
 		    (sh->hurry || (now >= sh->drain_until + HARD_STOP_NS && !c->sync_ticket))) {
@@ -526,7 +560,7 @@ void sh_tick(wshard *sh, int64_t now)
 			srv_conn_dirty(c);
 		}
 	}
-	if (!sh->srv->use_epoll && sh->listen_fd >= 0 && !sh->accept_armed && !sh->stopping)
+	if (!sh->srv->use_epoll && !sh->stopping)
 		sh_arm_accept(sh);
 }
 
@@ -587,7 +621,8 @@ static void sh_dispatch(wshard *sh, struct io_uring_cqe *cqe)
 {
 	uint64_t ud = io_uring_cqe_get_data64(cqe);
 	switch (ud) {
-	case UD_ACCEPT: sh_on_accept(sh, cqe); return;
+	case UD_ACCEPT: sh_on_accept(sh, cqe, PROTO_LP); return;
+	case UD_ACCEPT_HTTP: sh_on_accept(sh, cqe, PROTO_HTTP); return;
 	case UD_EVENTFD: sh_on_eventfd(sh, cqe); return;
 	case UD_IGNORE: return;
 	default: break;
@@ -651,12 +686,11 @@ static void *sh_main(void *arg)
 		goto done;
 	}
 	sh_arm_eventfd(sh);
-	if (sh->listen_fd >= 0)
-		sh_arm_accept(sh);
+	sh_arm_accept(sh);
 	sh->next_tick = srv_now() + TICK_NS;
 	for (;;) {
 		sh_flush_dirty(sh);
-		if (sh->stopping && sh->n_conns == 0 && !sh->accept_armed)
+		if (sh->stopping && sh->n_conns == 0 && !sh->accept_armed && !sh->http_accept_armed)
 			break;
 		if (!sh->eventfd_armed)
 			sh_arm_eventfd(sh);
@@ -697,24 +731,28 @@ done:
 		close(sh->listen_fd);
 		sh->listen_fd = -1;
 	}
+	if (sh->http_listen_fd >= 0) {
+		close(sh->http_listen_fd);
+		sh->http_listen_fd = -1;
+	}
 	atomic_fetch_add(&s->exited, 1);
 	return NULL;
 }
 
 /* ---------------------------------------------------------------- lifecycle */
 
-static int srv_listen(srv *s)
+/* Listens on bind:port (0: any free port); *fd and *bound on success. */
+static int srv_listen(srv *s, const char *bind_addr, unsigned port_no, int *fd_out, unsigned *bound)
 {
 	char port[16];
-	snprintf(port, sizeof port, "%u", s->conf->port);
+	snprintf(port, sizeof port, "%u", port_no);
 	struct addrinfo hints = {.ai_family = AF_UNSPEC,
 				 .ai_socktype = SOCK_STREAM,
 				 .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
 	struct addrinfo *res = NULL;
-	int rc = getaddrinfo(s->conf->bind, port, &hints, &res);
+	int rc = getaddrinfo(bind_addr, port, &hints, &res);
 	if (rc) {
-		srv_log(s, TALLY_LOG_ERROR, "bind address '%s': %s", s->conf->bind,
-			gai_strerror(rc));
+		srv_log(s, TALLY_LOG_ERROR, "bind address '%s': %s", bind_addr, gai_strerror(rc));
 		return -EINVAL;
 	}
 	int fd = -1, err = 0;
@@ -736,28 +774,27 @@ static int srv_listen(srv *s)
 	}
 	freeaddrinfo(res);
 	if (fd < 0) {
-		srv_log(s, TALLY_LOG_ERROR, "listen on %s:%u: %s", s->conf->bind, s->conf->port,
+		srv_log(s, TALLY_LOG_ERROR, "listen on %s:%u: %s", bind_addr, port_no,
 			strerror(err));
 		return -err;
 	}
 	struct sockaddr_storage ss;
 	socklen_t sl = sizeof ss;
 	getsockname(fd, (struct sockaddr *)&ss, &sl);
-	s->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
-						 : ((struct sockaddr_in *)&ss)->sin_port);
-	s->listen_fd = fd;
+	*bound = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+						: ((struct sockaddr_in *)&ss)->sin_port);
+	*fd_out = fd;
 	return 0;
 }
 
-static int srv_write_port_file(srv *s)
+static int srv_write_port_file(srv *s, const char *path, unsigned port)
 {
-	const char *path = s->conf->port_file;
 	if (!path)
 		return 0;
 	char tmp[4200];
 	snprintf(tmp, sizeof tmp, "%s.tmp", path);
 	FILE *f = fopen(tmp, "w");
-	if (!f || fprintf(f, "%u\n", s->port) < 0 || fclose(f) != 0 || rename(tmp, path)) {
+	if (!f || fprintf(f, "%u\n", port) < 0 || fclose(f) != 0 || rename(tmp, path)) {
 		srv_log(s, TALLY_LOG_ERROR, "port-file %s: %s", path, strerror(errno));
 		return -errno;
 	}
@@ -802,6 +839,7 @@ int srv_open(srv *s, srv_conf *conf)
 	memset(s, 0, sizeof *s);
 	s->conf = conf;
 	s->listen_fd = -1;
+	s->http_listen_fd = -1;
 	s->started = srv_now();
 	pthread_mutex_init(&s->smu, NULL);
 	pthread_mutex_init(&s->init_mu, NULL);
@@ -851,7 +889,7 @@ int srv_open(srv *s, srv_conf *conf)
 		memcpy(o.levels, conf->levels, sizeof o.levels);
 	}
 	o.flush_interval_ms = conf->flush_ms;
-	/* NULL and 0 leave the engine's defaults and environment variables */
+	/* NULL and 0 leave the engine's defaults (conf_env took the environment) */
 	o.tier_bucket = conf->tier_bucket;
 	o.tier_endpoint = conf->tier_endpoint;
 	o.tier_region = conf->tier_region;
@@ -879,7 +917,11 @@ int srv_open(srv *s, srv_conf *conf)
 	}
 	if ((rc = srv_pick_io(s)))
 		goto fail;
-	if ((rc = srv_listen(s)))
+	if ((rc = srv_listen(s, conf->bind, conf->port, &s->listen_fd, &s->port)))
+		goto fail;
+	if (conf->http_port >= 0 &&
+	    (rc = srv_listen(s, conf->http_bind ? conf->http_bind : conf->bind,
+			     (unsigned)conf->http_port, &s->http_listen_fd, &s->http_port)))
 		goto fail;
 	s->shards = calloc(n, sizeof *s->shards);
 	if (!s->shards) {
@@ -892,6 +934,7 @@ int srv_open(srv *s, srv_conf *conf)
 		sh->srv = s;
 		sh->id = i;
 		sh->listen_fd = -1;
+		sh->http_listen_fd = -1;
 		sh->efd = -1;
 		sh->epfd = -1;
 		pthread_mutex_init(&sh->mu, NULL);
@@ -916,7 +959,8 @@ int srv_open(srv *s, srv_conf *conf)
 		}
 	}
 	s->shards[0].listen_fd = s->listen_fd; /* shard 0 accepts for all */
-	s->listen_fd = -1;
+	s->shards[0].http_listen_fd = s->http_listen_fd;
+	s->listen_fd = s->http_listen_fd = -1;
 	return 0;
 fail:
 	srv_close(s);
@@ -943,11 +987,20 @@ int srv_start(srv *s)
 			rc = s->shards[i].init_rc;
 	}
 	pthread_mutex_unlock(&s->init_mu);
-	if (rc == 0 && (rc = srv_write_port_file(s)) == 0)
+	/* The HTTP port file first: a test that waits for the line
+	 * protocol's finds both. */
+	if (rc == 0 && s->http_port)
+		rc = srv_write_port_file(s, s->conf->http_port_file, s->http_port);
+	if (rc == 0 && (rc = srv_write_port_file(s, s->conf->port_file, s->port)) == 0) {
 		srv_log(s, TALLY_LOG_INFO, "listening on %s:%u, data %s, %u shards, %s%s",
 			s->conf->bind, s->port, s->conf->data, s->n_shards,
 			s->use_epoll ? "epoll" : "io_uring",
 			s->conf->token ? ", token required" : "");
+		if (s->http_port)
+			srv_log(s, TALLY_LOG_INFO, "HTTP on %s:%u",
+				s->conf->http_bind ? s->conf->http_bind : s->conf->bind,
+				s->http_port);
+	}
 	if (rc)
 		srv_stop(s);
 	return rc;
@@ -1006,6 +1059,8 @@ void srv_close(srv *s)
 			close(sh->efd);
 		if (sh->listen_fd >= 0)
 			close(sh->listen_fd);
+		if (sh->http_listen_fd >= 0)
+			close(sh->http_listen_fd);
 		tally_writer_close(sh->w);
 		free(sh->scratch);
 		free(sh->text_buf);
@@ -1016,7 +1071,9 @@ void srv_close(srv *s)
 	s->n_shards = 0;
 	if (s->listen_fd >= 0)
 		close(s->listen_fd);
-	s->listen_fd = -1;
+	if (s->http_listen_fd >= 0)
+		close(s->http_listen_fd);
+	s->listen_fd = s->http_listen_fd = -1;
 	tally_db_close(s->db);
 	s->db = NULL;
 	pthread_mutex_destroy(&s->smu);

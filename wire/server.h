@@ -15,17 +15,77 @@
 #include <stdint.h>
 
 #include "conf.h"
+#include "metrics.h"
 #include "tally.h"
 
 typedef struct srv srv;
 typedef struct wshard wshard;
 typedef struct wconn wconn;
 
+/* ---------------------------------------------------------------- protocols */
+
+/*
+ * The seam between a connection's transport and the protocol spoken on it.
+ * The loops (server.c's io_uring, epoll.c) own the socket: they receive
+ * into the shard's buffers, send c->out[out_head, out_tail), close, and
+ * tick; they call the protocol only through this table, chosen by the
+ * listener that accepted the socket. A protocol answers by appending to
+ * c->out (conn_put) and pauses by making wants_recv false; it never
+ * touches the socket. Another transport (TLS) goes below this table
+ * without changing a protocol.
+ */
+typedef struct wproto {
+	const char *name;
+	int (*init)(wconn *c);                              /* 0, or -ENOMEM: refuse the socket */
+	void (*on_data)(wconn *c, const char *p, size_t n); /* bytes received */
+	/* Go on as far as possible: after a send (conn_sent), the peer's
+	 * EOF (conn_eof), a wake-up (sync done, retry due). */
+	void (*step)(wconn *c);
+	void (*tick)(wconn *c, int64_t now); /* timers, about once a second */
+	int (*wants_recv)(const wconn *c);   /* 0: stop reading (backpressure) */
+	void (*begin_shutdown)(wconn *c);    /* SIGTERM: finish, say goodbye */
+	void (*fini)(wconn *c);              /* free the protocol's own state */
+} wproto;
+
+enum { PROTO_LP = 0, PROTO_HTTP = 1, PROTO_N };
+extern const wproto conn_lp_proto; /* conn.c: line protocol and #! commands */
+extern const wproto httpd_proto;   /* httpd.c: HTTP/1.1 */
+
 /* ---------------------------------------------------------------- stats */
+
+/* HTTP endpoints, for per-endpoint counters (httpd.c names them). */
+enum http_ep {
+	HEP_WRITE_V1 = 0, /* POST /write */
+	HEP_WRITE_V2,     /* POST /api/v2/write */
+	HEP_EVENTS,       /* POST /api/v1/events */
+	HEP_PING,
+	HEP_HEALTH,
+	HEP_READY,
+	HEP_METRICS,
+	HEP_SETTINGS, /* GET /settings: QuestDB's clients ask it for the ILP version */
+	HEP_OTHER,    /* unknown paths, and requests refused before routing */
+	HEP_N
+};
+
+/* Upper bounds of the latency histogram's buckets, in microseconds; the
+ * last bucket (index HTTP_LAT_N) is +Inf. Cumulative when exported. */
+#define HTTP_LAT_N 14
+extern const uint32_t http_lat_bounds_us[HTTP_LAT_N];
+
+typedef struct whttp_ep_stats {
+	_Atomic uint64_t requests;            /* answered */
+	_Atomic uint64_t errors;              /* answered 4xx or 5xx */
+	_Atomic uint64_t lat_sum_us;          /* sum of latencies: head received to answer queued */
+	_Atomic uint64_t lat[HTTP_LAT_N + 1]; /* per bucket, not cumulative */
+} whttp_ep_stats;
 
 typedef struct wstats {
 	_Atomic uint64_t conns_total, conns_refused, bytes_in, bytes_out, lines_accepted,
 		lines_rejected, commands, queries, syncs, replies_dropped, idle_closed, full_waits;
+	/* HTTP (httpd.c); lines_accepted/rejected above count every protocol */
+	_Atomic uint64_t http_conns, http_lines_accepted, http_lines_rejected, http_gzip_bodies,
+		http_header_timeouts, http_on_lp_port;
+	whttp_ep_stats http[HEP_N];
 } wstats;
 
 /* ---------------------------------------------------------------- connections */
@@ -40,6 +100,8 @@ enum conn_prod { PROD_NONE = 0, PROD_SERIES, PROD_KEYS, PROD_SCAN };
 
 struct wconn {
 	wshard *sh;
+	const wproto *proto;
+	void *ps; /* the protocol's own state (HTTP's request), NULL for the line protocol */
 	int fd;
 	enum conn_state state;
 	wconn *prev, *next; /* the shard's list */
@@ -55,6 +117,7 @@ struct wconn {
 
 	/* Protocol state. */
 	unsigned authed : 1, eof : 1, discard : 1;
+	unsigned first_seen : 1; /* the first record was looked at (an HTTP request?) */
 	unsigned final_sync : 2; /* shutdown: 1 asked, 2 waiting for its last sync */
 	enum tally_precision prec;
 	uint64_t lines; /* physical lines consumed; the next line is lines + 1 */
@@ -111,8 +174,10 @@ struct wshard {
 	_Atomic unsigned load; /* n_conns, readable by the acceptor */
 	wconn *dirty;
 
-	int listen_fd; /* shard 0 accepts for everyone */
-	unsigned accept_armed : 1, eventfd_armed : 1, stopping : 1, hurry : 1;
+	int listen_fd;      /* shard 0 accepts for everyone: the line protocol, */
+	int http_listen_fd; /* and HTTP (-1: off) */
+	unsigned accept_armed : 1, http_accept_armed : 1, eventfd_armed : 1, stopping : 1,
+		hurry : 1;
 	int init_rc; /* set by the thread once its ring is up (or failed) */
 	int init_done;
 	int64_t drain_until;
@@ -134,9 +199,11 @@ struct srv {
 	tally_db *db;
 	unsigned n_shards;
 	wshard *shards;
-	int listen_fd;
-	unsigned port;
+	int listen_fd, http_listen_fd;
+	unsigned port, http_port; /* bound ports; http_port 0: HTTP is off */
 	_Atomic unsigned n_conns;
+	_Atomic int64_t lp_http_logged; /* last log of an HTTP request on the LP port */
+	_Atomic uint64_t lp_http_unlogged;
 	int use_epoll; /* io_uring unavailable (or --io epoll) */
 	_Atomic unsigned next_shard;
 	_Atomic int stopping; /* 1: stop requested; 2: hurry */
@@ -157,6 +224,7 @@ struct srv {
 	char sync_msg[256];
 	_Atomic int dirty; /* writes since the last sync */
 	int syncer_stop;
+	metrics_hist sync_seconds; /* durations of the syncer's tally_db_sync */
 };
 
 /* server.c */
@@ -173,8 +241,8 @@ int64_t srv_clock_ns(void); /* wall clock ns since the epoch */
 void srv_log(srv *s, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 /* server.c, for the loops: what is the same whatever the loop. */
-void sh_accepted(wshard *sh, int fd); /* a new socket from accept */
-void sh_mailbox(wshard *sh);          /* the eventfd was readable */
+void sh_accepted(wshard *sh, int fd, unsigned proto); /* a new socket from accept */
+void sh_mailbox(wshard *sh);                          /* the eventfd was readable */
 void sh_tick(wshard *sh, int64_t now);
 void sh_release(wshard *sh, wconn *c); /* close and free a dead connection */
 void sh_flush_dirty(wshard *sh);
@@ -186,17 +254,30 @@ int ep_reconcile(wshard *sh, wconn *c);
 void ep_stop_accepting(wshard *sh);
 void ep_fini(wshard *sh);
 
-/* conn.c: the protocol, whatever the loop. */
-wconn *conn_new(wshard *sh, int fd);
+/* conn.c: what every protocol shares (a connection, its reply buffer,
+ * lingering), and the line protocol. */
+wconn *conn_new(wshard *sh, int fd, const wproto *proto); /* NULL: out of memory */
 void conn_free(wconn *c);
-void conn_on_data(wconn *c, const char *p, size_t n);
-void conn_on_eof(wconn *c);
-void conn_on_sent(wconn *c, size_t n);
-void conn_step(wconn *c); /* after a wake-up: sync done, retry due, shutdown */
-void conn_tick(wconn *c, int64_t now);
+/* Appends one whole reply, or drops it whole when more than
+ * reply-buffer-bytes are unsent (force: never drop). */
+void conn_put(wconn *c, const char *s, size_t n, int force);
+size_t conn_unsent(const wconn *c);
+/* The loops: n bytes of out were sent; the peer shut down its side.
+ * Both end in the protocol's step. */
+void conn_sent(wconn *c, size_t n);
+void conn_eof(wconn *c);
+/* After a write returned rc: 1 when it met a full store and should be
+ * retried at c->retry_at (within full-wait), else 0. */
+int conn_full_wait(wconn *c, int rc);
+/* Lines in p[0, n): every '\n', and a last line without one. */
+uint64_t conn_count_lines(const char *p, size_t n);
+/* Answers no more: flush what is queued (then msg and '\n', when msg is
+ * not NULL), read and discard until the peer closes or a linger ends. */
 void conn_close_with(wconn *c, const char *msg);
-int conn_wants_recv(const wconn *c);
-void conn_begin_shutdown(wconn *c);
+/* The lingering part of step and tick, whatever the protocol. */
+void conn_linger_step(wconn *c);
+int conn_linger_tick(wconn *c, int64_t now); /* 1: c is lingering or dead */
+int conn_token_ok(const char *want, const char *got, size_t got_len);
 void conn_stats_add(wshard *sh, const char *name, uint64_t v);
 
 #endif

@@ -17,7 +17,7 @@ def available():
     lib = os.path.join(PKG, "node_modules", "@chdb", "lib-linux-x64-gnu", "libchdb.so")
     if not os.path.exists(os.path.join(PKG, "node_modules", "chdb")):
         raise common.PeerUnavailable("npm package chdb not installed in bench/peers/chdb "
-                                     "(tools/setup --bench runs npm ci there)")
+                                     "(tools/setup --bench runs npm install there)")
     if not os.path.exists(lib):
         raise common.PeerUnavailable("chDB's libchdb.so (npm @chdb/lib-linux-x64-gnu) is missing: "
                                      "only linux x64 glibc is provided by the package")

@@ -92,7 +92,7 @@ def run(ctx, tallyd, client):
     d = os.path.join(ctx["tmp"], "tallyd")
     os.makedirs(d, exist_ok=True)
     port_file = os.path.join(d, "port")
-    p = common.start("tallyd", [tallyd, "--port", "0", "--port-file", port_file, "--data",
+    p = common.start("tallyd", [tallyd, "--port", "0", "--port-file", port_file, "--http-port", "off", "--data",
                                 os.path.join(d, "data"), "--shards", str(ctx["threads"]),
                                 "--table-keys", "traffic=camera", "--memory-limit", "16GiB",
                                 "--log-level", "warn"], os.path.join(d, "server.log"))

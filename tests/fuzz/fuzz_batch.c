@@ -2,7 +2,7 @@
  * fuzz_batch.c — libFuzzer target for the WAL payload decoder.
  *
  * A WAL record's checksum guards its payload, but the decoder must still be
- * safe on any bytes (a checksum collision, a bug upstream): wbatch_decode
+ * safe on any bytes (a checksum collision, a bug upstream): stage_batch_decode
  * returns OK or TALLY_ECORRUPT and never reads out of bounds. A payload that
  * decodes must encode and decode again to the same rows.
  */
@@ -20,31 +20,31 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	catalog cat;
 	if (catalog_init(&cat, NULL))
 		abort();
-	wbatch b;
-	wbatch_init(&b);
-	int rc = wbatch_decode(&b, &cat, (const char *)data, size);
+	stage_batch b;
+	stage_batch_init(&b);
+	int rc = stage_batch_decode(&b, &cat, (const char *)data, size);
 	if (rc == 0) {
 		char *enc = NULL;
 		size_t cap = 0, len = 0;
-		if (wbatch_encode(&b, &enc, &cap, &len))
+		if (stage_batch_encode(&b, &enc, &cap, &len))
 			abort();
-		wbatch again;
-		wbatch_init(&again);
-		if (wbatch_decode(&again, &cat, enc, len) != 0 || again.rows != b.rows)
+		stage_batch again;
+		stage_batch_init(&again);
+		if (stage_batch_decode(&again, &cat, enc, len) != 0 || again.rows != b.rows)
 			abort();
 		char *enc2 = NULL;
 		size_t cap2 = 0, len2 = 0;
-		if (wbatch_encode(&again, &enc2, &cap2, &len2) || len2 != len ||
+		if (stage_batch_encode(&again, &enc2, &cap2, &len2) || len2 != len ||
 		    memcmp(enc, enc2, len))
 			abort();
 		mem_free(enc);
 		mem_free(enc2);
-		wbatch_free(&again);
+		stage_batch_free(&again);
 	} else if (rc != TALLY_ECORRUPT && rc != TALLY_ETYPE && rc != TALLY_EINVAL &&
 		   rc != TALLY_ELIMIT && rc != -12 /* ENOMEM */) {
 		abort();
 	}
-	wbatch_free(&b);
+	stage_batch_free(&b);
 	catalog_free(&cat);
 	return 0;
 }

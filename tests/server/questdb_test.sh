@@ -22,7 +22,7 @@ cleanup() {
   rm -rf "$tmp"
 }
 trap cleanup EXIT
-"$tallyd" --data "$tmp/data" --port 0 --port-file "$tmp/port" --log-level warn 2>"$tmp/log" &
+"$tallyd" --data "$tmp/data" --port 0 --port-file "$tmp/port" --http-port off --log-level warn 2>"$tmp/log" &
 pid=$!
 for _ in $(seq 1 2000); do [ -s "$tmp/port" ] && break; sleep 0.01; done
 [ -s "$tmp/port" ] || { echo "tallyd did not start:"; cat "$tmp/log"; exit 1; }

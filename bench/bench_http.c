@@ -1,0 +1,418 @@
+/*
+ * bench_http.c — tallyd over HTTP: durable line-protocol ingest through
+ * InfluxDB v2's /api/v2/write, plain and gzip.
+ *
+ * Several keep-alive connections each send their share of the events as
+ * bodies of about --body-bytes (cut at line ends), one request at a time,
+ * each answered 204 only once durable (the group commit). The text, and
+ * its gzip form, is made before the clock starts, so the rate is the
+ * server's. Figures: events/s over the whole run, and p50/p99 of the
+ * requests' round trips (send of the head to the last byte of the
+ * answer). Each run starts its own tallyd on free ports and a fresh data
+ * directory, waits for its memtables to be faulted in (as bench_tcp
+ * does), and checks through #!stats that every event was accepted.
+ *
+ *   ./build/bench/bench_http --events 8000000 --connections 4
+ */
+#include <errno.h>
+#include <ftw.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#define CAMERAS 1000
+#define T0      INT64_C(1699920000000000000) /* 2023-11-14T00:00:00Z */
+#define GAP     INT64_C(60000000000)         /* a camera's events are a minute apart */
+
+typedef struct body {
+	char *p;
+	size_t n;
+	uint64_t events;
+} body;
+
+typedef struct hconn_run {
+	unsigned port;
+	body *bodies;
+	size_t n_bodies;
+	int gzip;
+	double *lat; /* per request, seconds */
+	uint64_t events;
+} hconn_run;
+
+static double mono(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+__attribute__((format(printf, 1, 2), noreturn)) static void die(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	fprintf(stderr, "bench_http: ");
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+	exit(1);
+}
+
+/* Connection k's events: cameras k, k + conns, ... in time order, cut into
+ * bodies of about body_bytes. */
+static body *make_bodies(unsigned k, unsigned conns, uint64_t events, size_t body_bytes,
+			 size_t *n_out)
+{
+	unsigned ncam = 0;
+	for (unsigned c = k; c < CAMERAS; c += conns)
+		ncam++;
+	uint64_t per_cam = events / CAMERAS, left = per_cam * ncam;
+	size_t cap = 16, n = 0;
+	body *b = calloc(cap, sizeof *b);
+	uint64_t i = 0, seed = k * 7919u + 1;
+	while (left) {
+		if (n == cap)
+			b = realloc(b, (cap *= 2) * sizeof *b);
+		body *x = &b[n++];
+		x->p = malloc(body_bytes + 128);
+		x->n = 0;
+		x->events = 0;
+		while (left && x->n < body_bytes) {
+			unsigned c = k + (unsigned)(i % ncam) * conns;
+			int64_t ts = T0 + (int64_t)(i / ncam) * GAP + (int64_t)(i % ncam);
+			seed = seed * 6364136223846793005u + 1442695040888963407u;
+			unsigned speed = 300 + (unsigned)((seed >> 33) % 1000);
+			x->n += (size_t)sprintf(x->p + x->n,
+						"traffic,camera=KV%05u speed=%u.%u %" PRId64 "\n",
+						c, speed / 10, speed % 10, ts);
+			x->events++;
+			i++;
+			left--;
+		}
+	}
+	*n_out = n;
+	return b;
+}
+
+static void gzip_body(body *b)
+{
+	uLongf cap = compressBound(b->n) + 64;
+	char *out = malloc(cap);
+	z_stream z;
+	memset(&z, 0, sizeof z);
+	if (deflateInit2(&z, Z_DEFAULT_COMPRESSION, Z_DEFLATED, 16 + MAX_WBITS, 8,
+			 Z_DEFAULT_STRATEGY) != Z_OK)
+		die("deflateInit2");
+	z.next_in = (Bytef *)b->p;
+	z.avail_in = (uInt)b->n;
+	z.next_out = (Bytef *)out;
+	z.avail_out = (uInt)cap;
+	if (deflate(&z, Z_FINISH) != Z_STREAM_END)
+		die("deflate");
+	free(b->p);
+	b->p = out;
+	b->n = cap - z.avail_out;
+	deflateEnd(&z);
+}
+
+static int connect_to(unsigned port)
+{
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_in a = {.sin_family = AF_INET,
+				.sin_port = htons((uint16_t)port),
+				.sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a))
+		die("connect to 127.0.0.1:%u: %s", port, strerror(errno));
+	int one = 1;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+	return fd;
+}
+
+static void send_all(int fd, const char *p, size_t n)
+{
+	while (n) {
+		ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w < 0)
+			die("send: %s", strerror(errno));
+		p += w;
+		n -= (size_t)w;
+	}
+}
+
+/* Reads one answer (head, and its Content-Length body); its status. */
+static int read_answer(int fd, char *buf, size_t cap, size_t *have)
+{
+	for (;;) {
+		char *e = *have ? memmem(buf, *have, "\r\n\r\n", 4) : NULL;
+		if (e) {
+			size_t hl = (size_t)(e - buf) + 4, cl = 0;
+			int status = 0;
+			sscanf(buf, "HTTP/1.1 %d", &status);
+			char *h = memmem(buf, hl, "Content-Length: ", 16);
+			if (h)
+				cl = strtoul(h + 16, NULL, 10);
+			while (*have < hl + cl) {
+				ssize_t g = recv(fd, buf + *have, cap - *have, 0);
+				if (g <= 0)
+					die("connection closed in an answer");
+				*have += (size_t)g;
+			}
+			if (status != 204)
+				fprintf(stderr, "bench_http: answer %d: %.*s\n", status,
+					(int)(*have - hl), buf + hl);
+			memmove(buf, buf + hl + cl, *have - hl - cl);
+			*have -= hl + cl;
+			return status;
+		}
+		ssize_t g = recv(fd, buf + *have, cap - *have, 0);
+		if (g <= 0)
+			die("connection closed before an answer");
+		*have += (size_t)g;
+	}
+}
+
+static void *conn_main(void *arg)
+{
+	hconn_run *r = arg;
+	int fd = connect_to(r->port);
+	static __thread char buf[1 << 16];
+	size_t have = 0;
+	for (size_t i = 0; i < r->n_bodies; i++) {
+		char head[256];
+		int k = snprintf(head, sizeof head,
+				 "POST /api/v2/write?org=o&bucket=b&precision=ns HTTP/1.1\r\n"
+				 "Host: 127.0.0.1\r\nContent-Length: %zu\r\n%s\r\n",
+				 r->bodies[i].n, r->gzip ? "Content-Encoding: gzip\r\n" : "");
+		double t = mono();
+		send_all(fd, head, (size_t)k);
+		send_all(fd, r->bodies[i].p, r->bodies[i].n);
+		if (read_answer(fd, buf, sizeof buf, &have) != 204)
+			die("a write was not answered 204");
+		r->lat[i] = mono() - t;
+		r->events += r->bodies[i].events;
+	}
+	close(fd);
+	return NULL;
+}
+
+static int cmp_d(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return x < y ? -1 : x > y;
+}
+
+static int rm_one(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
+{
+	(void)sb;
+	(void)flag;
+	(void)ftw;
+	return remove(p);
+}
+
+static unsigned read_port(const char *path, pid_t pid)
+{
+	double deadline = mono() + 30;
+	for (;;) {
+		FILE *f = fopen(path, "r");
+		unsigned p = 0;
+		if (f) {
+			int ok = fscanf(f, "%u", &p) == 1;
+			fclose(f);
+			if (ok)
+				return p;
+		}
+		int st;
+		if (waitpid(pid, &st, WNOHANG) == pid)
+			die("tallyd exited at start");
+		if (mono() > deadline)
+			die("tallyd did not start");
+		usleep(5000);
+	}
+}
+
+/* #!stats' value of name, from the line-protocol port. */
+static uint64_t stat_of(unsigned port, const char *name)
+{
+	int fd = connect_to(port);
+	send_all(fd, "#!stats\n", 8);
+	static char buf[1 << 16];
+	size_t n = 0;
+	while (n < sizeof buf - 1) {
+		ssize_t g = recv(fd, buf + n, sizeof buf - 1 - n, 0);
+		if (g <= 0)
+			break;
+		n += (size_t)g;
+		buf[n] = 0;
+		if (strstr(buf, "\nEND "))
+			break;
+	}
+	close(fd);
+	char key[80];
+	snprintf(key, sizeof key, "\n%s\t", name);
+	char *p = strstr(buf, key);
+	return p ? strtoull(p + strlen(key), NULL, 10) : 0;
+}
+
+static int durable = 1;
+
+static void run(const char *tallyd, const char *dir, unsigned conns, uint64_t events,
+		size_t body_bytes, int gz, unsigned shards)
+{
+	body *bodies[64];
+	size_t nb[64], total = 0, wire = 0;
+	uint64_t sent = 0;
+	for (unsigned k = 0; k < conns; k++) {
+		bodies[k] = make_bodies(k, conns, events, body_bytes, &nb[k]);
+		for (size_t i = 0; i < nb[k]; i++) {
+			sent += bodies[k][i].events;
+			total += bodies[k][i].n;
+			if (gz)
+				gzip_body(&bodies[k][i]);
+			wire += bodies[k][i].n;
+		}
+	}
+	char data[600], pf[600], hpf[600], sh[16];
+	snprintf(data, sizeof data, "%s/data-%s", dir, gz ? "gzip" : "plain");
+	snprintf(pf, sizeof pf, "%s/port", dir);
+	snprintf(hpf, sizeof hpf, "%s/http-port", dir);
+	snprintf(sh, sizeof sh, "%u", shards);
+	unlink(pf);
+	unlink(hpf);
+	pid_t pid = fork();
+	if (pid == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		const char *argv[] = {tallyd,
+				      "--data",
+				      data,
+				      "--port",
+				      "0",
+				      "--port-file",
+				      pf,
+				      "--http-port",
+				      "0",
+				      "--http-port-file",
+				      hpf,
+				      "--log-level",
+				      "warn",
+				      "--http-durable",
+				      durable ? "on" : "off",
+				      "--shards",
+				      sh,
+				      NULL};
+		if (!shards)
+			argv[15] = NULL;
+		execv(tallyd, (char *const *)argv);
+		_exit(127);
+	}
+	unsigned port = read_port(pf, pid), hport = read_port(hpf, pid);
+	/* As bench_tcp: the memtables' memory is faulted in before the
+	 * clock starts (tallyd does it in the background at start). */
+	for (double until = mono() + 60; stat_of(port, "prefault_pending") && mono() < until;)
+		usleep(20000);
+	hconn_run runs[64];
+	pthread_t thr[64];
+	size_t n_req = 0;
+	for (unsigned k = 0; k < conns; k++) {
+		runs[k] = (hconn_run){.port = hport,
+				      .bodies = bodies[k],
+				      .n_bodies = nb[k],
+				      .gzip = gz,
+				      .lat = calloc(nb[k], sizeof(double))};
+		n_req += nb[k];
+	}
+	double t0 = mono();
+	for (unsigned k = 0; k < conns; k++)
+		pthread_create(&thr[k], NULL, conn_main, &runs[k]);
+	for (unsigned k = 0; k < conns; k++)
+		pthread_join(thr[k], NULL);
+	double secs = mono() - t0;
+	double *lat = malloc(n_req * sizeof *lat);
+	size_t m = 0;
+	for (unsigned k = 0; k < conns; k++) {
+		memcpy(lat + m, runs[k].lat, nb[k] * sizeof *lat);
+		m += nb[k];
+		free(runs[k].lat);
+	}
+	qsort(lat, m, sizeof *lat, cmp_d);
+	uint64_t accepted = stat_of(port, "http_lines_accepted");
+	if (accepted != sent)
+		die("the server accepted %" PRIu64 " of %" PRIu64 " events", accepted, sent);
+	printf("%-5s %u conns, %zu requests of %.0f KiB (%.0f KiB on the wire): %.2f M events/s "
+	       "%s (%.2f s), request p50 %.2f ms, p99 %.2f ms\n",
+	       gz ? "gzip" : "plain", conns, m, (double)total / (double)m / 1024,
+	       (double)wire / (double)m / 1024, (double)sent / secs / 1e6,
+	       durable ? "durable" : "acknowledged before the fsync", secs, lat[m / 2] * 1e3,
+	       lat[(m * 99) / 100 < m ? (m * 99) / 100 : m - 1] * 1e3);
+	fflush(stdout);
+	kill(pid, SIGTERM);
+	int st;
+	waitpid(pid, &st, 0);
+	free(lat);
+	for (unsigned k = 0; k < conns; k++) {
+		for (size_t i = 0; i < nb[k]; i++)
+			free(bodies[k][i].p);
+		free(bodies[k]);
+	}
+	nftw(data, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+int main(int argc, char **argv)
+{
+	const char *tallyd = "./build/wire/tallyd";
+	uint64_t events = 8000000;
+	unsigned conns = 4, shards = 0;
+	size_t body_bytes = 256 << 10;
+	int only = -1;
+	static const struct option opts[] = {{"tallyd", required_argument, 0, 't'},
+					     {"events", required_argument, 0, 'e'},
+					     {"connections", required_argument, 0, 'c'},
+					     {"body-bytes", required_argument, 0, 'b'},
+					     {"shards", required_argument, 0, 's'},
+					     {"plain", no_argument, 0, 'p'},
+					     {"gzip", no_argument, 0, 'g'},
+					     {"no-durable", no_argument, 0, 'n'},
+					     {"help", no_argument, 0, 'h'},
+					     {0, 0, 0, 0}};
+	int ch;
+	while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		switch (ch) {
+		case 't': tallyd = optarg; break;
+		case 'e': events = strtoull(optarg, NULL, 10); break;
+		case 'c': conns = (unsigned)atoi(optarg); break;
+		case 'b': body_bytes = strtoull(optarg, NULL, 10); break;
+		case 's': shards = (unsigned)atoi(optarg); break;
+		case 'p': only = 0; break;
+		case 'g': only = 1; break;
+		case 'n': durable = 0; break;
+		default:
+			printf("usage: bench_http [--tallyd PATH] [--events N] [--connections N] "
+			       "[--body-bytes N] [--shards N] [--plain | --gzip] [--no-durable]\n");
+			return ch == 'h' ? 0 : 2;
+		}
+	}
+	if (conns < 1 || conns > 64 || events < CAMERAS || body_bytes < 1024)
+		die("--connections 1..64, --events >= %d, --body-bytes >= 1024", CAMERAS);
+	char dir[] = "/tmp/tally-bench-http-XXXXXX";
+	if (!mkdtemp(dir))
+		die("mkdtemp: %s", strerror(errno));
+	for (int gz = 0; gz < 2; gz++)
+		if (only < 0 || only == gz)
+			run(tallyd, dir, conns, events, body_bytes, gz, shards);
+	nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+	return 0;
+}
