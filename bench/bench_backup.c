@@ -47,21 +47,22 @@ static void rmrf(const char *p)
 }
 
 /* Backs up, backs up again, restores and verifies against dest. */
-static void run(tally_db *db, const char *label, const char *dest, const char *restore_dir)
+static void run(tally_db *db, const char *label, const char *dest, const tally_s3 *s3,
+		const char *restore_dir)
 {
 	tally_backup_result a, b, r;
 	double t0 = now_s();
-	if (tally_db_backup(db, dest, &a))
+	if (tally_db_backup(db, dest, s3, &a))
 		die("backup");
 	double t1 = now_s();
-	if (tally_db_backup(db, dest, &b))
+	if (tally_db_backup(db, dest, s3, &b))
 		die("second backup");
 	double t2 = now_s();
-	if (backup_restore(dest, 0, restore_dir, &r))
+	if (backup_restore(dest, s3, 0, restore_dir, &r))
 		die("restore");
 	double t3 = now_s();
 	uint64_t problems;
-	if (backup_verify(dest, stderr, &problems))
+	if (backup_verify(dest, s3, stderr, &problems))
 		die("verify");
 	double t4 = now_s();
 	double mb = (double)a.bytes / 1e6;
@@ -151,7 +152,7 @@ int main(int argc, char **argv)
 	tally_db_stats(db, &st);
 	printf("store: %" PRIu64 " events, %" PRIu64 " parts, %.1f MB in parts, %.1f MB WAL\n", n,
 	       st.parts, (double)st.part_bytes / 1e6, (double)st.wal_bytes / 1e6);
-	run(db, "local", dest, rdir);
+	run(db, "local", dest, NULL, rdir);
 	if (strcmp(s3kind, "none")) {
 		s3srv srv;
 		int rc = s3srv_start(&srv, s3kind);
@@ -159,13 +160,11 @@ int main(int argc, char **argv)
 			fprintf(stderr, "bench_backup: %s did not start (%d); no S3 figures\n",
 				s3kind, rc);
 		} else {
-			setenv("TALLY_S3_ENDPOINT", srv.endpoint, 1);
-			setenv("AWS_REGION", srv.region, 1);
-			setenv("AWS_ACCESS_KEY_ID", srv.access_key, 1);
-			setenv("AWS_SECRET_ACCESS_KEY", srv.secret_key, 1);
+			tally_s3 s3 = {sizeof s3,      srv.endpoint,   srv.region,
+				       srv.access_key, srv.secret_key, NULL};
 			char s3dest[256];
 			snprintf(s3dest, sizeof s3dest, "s3://%s/bench%d-", srv.bucket, getpid());
-			run(db, s3kind, s3dest, rdir);
+			run(db, s3kind, s3dest, &s3, rdir);
 			s3srv_destroy(&srv);
 		}
 	}

@@ -27,6 +27,7 @@
 #include <ftw.h>
 #include <inttypes.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
@@ -60,15 +61,9 @@ typedef struct bstore {
 	char where[PATH_MAX];
 } bstore;
 
-static const char *env_first(const char *const *names)
-{
-	for (; *names; names++) {
-		const char *v = getenv(*names);
-		if (v && *v)
-			return v;
-	}
-	return NULL;
-}
+/* s3's field f when the caller's struct has it, else NULL. */
+#define S3_FIELD(s3, f) \
+	((s3) && (s3)->size >= offsetof(tally_s3, f) + sizeof(s3)->f ? (s3)->f : NULL)
 
 /* mkdir -p, each new directory made durable in its parent. */
 static int mkdirs(const char *path)
@@ -101,7 +96,9 @@ static int mkdirs(const char *path)
 	}
 }
 
-static int store_open(const char *dest, int create, bstore *st)
+/* Opens dest; an S3 one with s3's settings, or like's (the tiering
+ * client) when s3 is NULL. */
+static int store_open(const char *dest, int create, const tally_s3 *s3, s3_client *like, bstore *st)
 {
 	memset(st, 0, sizeof *st);
 	if (!dest || !*dest)
@@ -138,19 +135,16 @@ static int store_open(const char *dest, int create, bstore *st)
 	/* verbatim, like tier_prefix: "site1/" is a folder, "site1-" a
 	 * start of names */
 	snprintf(st->prefix, sizeof st->prefix, "%s", pre);
-	/* the tiering settings' environment, so one set of variables serves */
 	s3_config c = {
-		.endpoint = env_first((const char *const[]){
-			"TALLY_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", NULL}),
+		.endpoint = S3_FIELD(s3, endpoint),
 		.bucket = bucket,
-		.region =
-			env_first((const char *const[]){"AWS_REGION", "AWS_DEFAULT_REGION", NULL}),
-		.access_key = env_first((const char *const[]){"AWS_ACCESS_KEY_ID", NULL}),
-		.secret_key = env_first((const char *const[]){"AWS_SECRET_ACCESS_KEY", NULL}),
-		.session_token = env_first((const char *const[]){"AWS_SESSION_TOKEN", NULL}),
+		.region = S3_FIELD(s3, region),
+		.access_key = S3_FIELD(s3, access_key),
+		.secret_key = S3_FIELD(s3, secret_key),
+		.session_token = S3_FIELD(s3, session_token),
 		.retries = 4,
 	};
-	int rc = s3_open(&c, &st->s3);
+	int rc = !s3 && like ? s3_open_like(like, bucket, &st->s3) : s3_open(&c, &st->s3);
 	if (!rc && create)
 		rc = s3_create_bucket(st->s3);
 	if (rc)
@@ -300,10 +294,11 @@ static int temp_fd(const char *dir)
 	return fd;
 }
 
+/* Scratch files of verify and of reading catalogs: they vanish when
+ * closed (the library reads no environment, so not $TMPDIR). */
 static const char *tmp_dir(void)
 {
-	const char *t = getenv("TMPDIR");
-	return t && *t ? t : "/tmp";
+	return "/tmp";
 }
 
 /* Reads object name whole into memory (catalogs). */
@@ -822,12 +817,13 @@ static int backup_run(tally_db *db, bstore *st, tally_backup_result *res)
 	return rc;
 }
 
-TALLY_API int tally_db_backup(tally_db *db, const char *dest, tally_backup_result *out)
+TALLY_API int tally_db_backup(tally_db *db, const char *dest, const tally_s3 *s3,
+			      tally_backup_result *out)
 {
 	err_clear();
 	tally_backup_result res = {0};
 	bstore st;
-	int rc = store_open(dest, 1, &st);
+	int rc = store_open(dest, 1, s3, tier_client(db), &st);
 	if (!rc)
 		rc = backup_run(db, &st, &res);
 	if (rc)
@@ -967,7 +963,8 @@ static int rm_cb(const char *p, const struct stat *sb, int flag, struct FTW *ftw
 	return flag == FTW_DP ? rmdir(p) : unlink(p);
 }
 
-int backup_restore(const char *src, uint64_t seq, const char *dir, tally_backup_result *out)
+int backup_restore(const char *src, const tally_s3 *s3, uint64_t seq, const char *dir,
+		   tally_backup_result *out)
 {
 	err_clear();
 	tally_backup_result res = {0};
@@ -991,7 +988,7 @@ int backup_restore(const char *src, uint64_t seq, const char *dir, tally_backup_
 			rc = err_sys(errno, "rmdir %s", dir);
 	}
 	if (!rc)
-		rc = store_open(src, 0, &st);
+		rc = store_open(src, 0, s3, NULL, &st);
 	else
 		memset(&st, 0, sizeof st);
 	if (!rc)
@@ -1202,7 +1199,7 @@ static void verify_backup(vctx *v, bstore *st)
 	mem_free(have.v);
 }
 
-int backup_verify(const char *path, FILE *out, uint64_t *problems)
+int backup_verify(const char *path, const tally_s3 *s3, FILE *out, uint64_t *problems)
 {
 	err_clear();
 	vctx v = {.out = out};
@@ -1210,7 +1207,7 @@ int backup_verify(const char *path, FILE *out, uint64_t *problems)
 	snprintf(p, sizeof p, "%s/objects", path);
 	if (!strncmp(path, "s3://", 5) || !access(p, F_OK)) {
 		bstore st;
-		int rc = store_open(path, 0, &st);
+		int rc = store_open(path, 0, s3, NULL, &st);
 		if (rc) {
 			store_close(&st);
 			return rc;

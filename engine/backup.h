@@ -21,9 +21,11 @@
  * in src, or from backup number seq when seq is not 0. Every object is
  * checked against the catalog's xxh3 as it is written; the directory
  * appears under its name only when complete (built as dir.partial, then
- * renamed). out may be NULL.
+ * renamed). s3 reaches an s3:// src (NULL: unsigned requests to AWS).
+ * out may be NULL.
  */
-int backup_restore(const char *src, uint64_t seq, const char *dir, tally_backup_result *out);
+int backup_restore(const char *src, const tally_s3 *s3, uint64_t seq, const char *dir,
+		   tally_backup_result *out);
 
 /*
  * Checks a data directory or a backup destination: every part's header,
@@ -35,6 +37,6 @@ int backup_restore(const char *src, uint64_t seq, const char *dir, tally_backup_
  * (*problems counts them; may be NULL), another code when the check
  * itself could not run.
  */
-int backup_verify(const char *path, FILE *out, uint64_t *problems);
+int backup_verify(const char *path, const tally_s3 *s3, FILE *out, uint64_t *problems);
 
 #endif

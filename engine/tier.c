@@ -391,6 +391,11 @@ int tier_get_object(tally_db *db, const char *key, int fd, uint64_t *bytes, uint
 	return s3_get_file(db->tier->bg, key, fd, bytes, sum);
 }
 
+s3_client *tier_client(tally_db *db)
+{
+	return db->tier ? db->tier->bg : NULL;
+}
+
 void tier_release(tally_db *db, uint64_t id, part *whole)
 {
 	if (!whole)

@@ -198,6 +198,9 @@ static char *fresh(char *dir, char *dest)
 	return root;
 }
 
+/* The S3 settings of the test's destination (NULL: a directory). */
+static const tally_s3 *cur_s3;
+
 static tally_db *open_db(const char *dir, int background)
 {
 	tally_options o = tu_quiet_opts();
@@ -218,9 +221,10 @@ static void restore_and_check(const char *src, const char *root, unsigned n_writ
 	snprintf(dir, sizeof dir, "%s/restored", root);
 	tu_rmrf(dir);
 	tally_backup_result r;
-	cr_assert_eq(backup_restore(src, 0, dir, &r), 0, "%s", tally_errmsg());
+	cr_assert_eq(backup_restore(src, cur_s3, 0, dir, &r), 0, "%s", tally_errmsg());
 	uint64_t problems = 0;
-	cr_assert_eq(backup_verify(dir, stderr, &problems), 0, "restored dir: %s", tally_errmsg());
+	cr_assert_eq(backup_verify(dir, cur_s3, stderr, &problems), 0, "restored dir: %s",
+		     tally_errmsg());
 	tally_db *db = open_db(dir, 0);
 	uint64_t n[8];
 	for (unsigned w = 0; w < n_writers; w++) {
@@ -280,7 +284,7 @@ Test(backup, restore_answers_like_the_original_at_the_sync_point, .timeout = 240
 		for (unsigned w = 0; w < W; w++)
 			lo[b][w] = atomic_load(&c[w].acked);
 		tally_backup_result r;
-		cr_assert_eq(tally_db_backup(db, dest, &r), 0, "%s", tally_errmsg());
+		cr_assert_eq(tally_db_backup(db, dest, cur_s3, &r), 0, "%s", tally_errmsg());
 		cr_assert_eq(r.seq, (uint64_t)b + 1);
 		cr_assert_gt(r.files, 1);
 	}
@@ -290,7 +294,7 @@ Test(backup, restore_answers_like_the_original_at_the_sync_point, .timeout = 240
 		hi[w] = c[w].total;
 	}
 	tally_db_close(db);
-	cr_assert_eq(backup_verify(dest, stderr, NULL), 0, "%s", tally_errmsg());
+	cr_assert_eq(backup_verify(dest, cur_s3, stderr, NULL), 0, "%s", tally_errmsg());
 	restore_and_check(dest, root, W, lo[1], hi);
 	tu_rmrf(root);
 	free(root);
@@ -321,13 +325,13 @@ Test(backup, second_backup_uploads_only_new_files)
 	write_synced(db, 1, 0, 5000);
 	cr_assert_eq(tally_db_flush(db), 0);
 	tally_backup_result a, b, c;
-	cr_assert_eq(tally_db_backup(db, dest, &a), 0, "%s", tally_errmsg());
+	cr_assert_eq(tally_db_backup(db, dest, cur_s3, &a), 0, "%s", tally_errmsg());
 	/* equal files (two shards' empty WAL segments) are one object */
 	cr_assert_eq(count_objects(dest), a.files_uploaded);
 	cr_assert_leq(a.files_uploaded, a.files);
 	cr_assert_eq(a.bytes_uploaded + 64 > a.bytes, 1);
 	/* nothing changed: nothing sent */
-	cr_assert_eq(tally_db_backup(db, dest, &b), 0, "%s", tally_errmsg());
+	cr_assert_eq(tally_db_backup(db, dest, cur_s3, &b), 0, "%s", tally_errmsg());
 	cr_assert_eq(b.files, a.files);
 	cr_assert_eq(b.files_uploaded, 0);
 	cr_assert_eq(b.bytes_uploaded, 0);
@@ -335,7 +339,7 @@ Test(backup, second_backup_uploads_only_new_files)
 	write_synced(db, 2, 0, 3000);
 	cr_assert_eq(tally_db_flush(db), 0);
 	write_synced(db, 2, 3000, 3100);
-	cr_assert_eq(tally_db_backup(db, dest, &c), 0, "%s", tally_errmsg());
+	cr_assert_eq(tally_db_backup(db, dest, cur_s3, &c), 0, "%s", tally_errmsg());
 	cr_assert_eq(c.seq, 3);
 	cr_assert_gt(c.files_uploaded, 1);
 	cr_assert_lt(c.bytes_uploaded, c.bytes / 2, "uploaded %" PRIu64 " of %" PRIu64,
@@ -382,9 +386,9 @@ Test(backup, verify_names_the_file_and_block_of_damage_and_missing_parts)
 		write_synced(db, w, 0, 4000);
 		cr_assert_eq(tally_db_flush(db), 0);
 	}
-	cr_assert_eq(tally_db_backup(db, dest, NULL), 0, "%s", tally_errmsg());
+	cr_assert_eq(tally_db_backup(db, dest, cur_s3, NULL), 0, "%s", tally_errmsg());
 	tally_db_close(db);
-	cr_assert_eq(backup_verify(dest, stderr, NULL), 0, "%s", tally_errmsg());
+	cr_assert_eq(backup_verify(dest, cur_s3, stderr, NULL), 0, "%s", tally_errmsg());
 
 	/* a flipped byte inside block 0 of a backed-up part */
 	char obj[700], name[256];
@@ -400,7 +404,7 @@ Test(backup, verify_names_the_file_and_block_of_damage_and_missing_parts)
 	size_t len = 0;
 	FILE *m = open_memstream(&out, &len);
 	uint64_t problems = 0;
-	cr_assert_eq(backup_verify(dest, m, &problems), TALLY_ECORRUPT);
+	cr_assert_eq(backup_verify(dest, cur_s3, m, &problems), TALLY_ECORRUPT);
 	fclose(m);
 	cr_assert(strstr(out, name), "verify said: %s", out);
 	cr_assert(strstr(out, "block 0 (offset 32): checksum mismatch"), "verify said: %s", out);
@@ -412,7 +416,7 @@ Test(backup, verify_names_the_file_and_block_of_damage_and_missing_parts)
 	object_of(dest, "part", 1, obj2, sizeof obj2, name2);
 	cr_assert_eq(unlink(obj2), 0);
 	m = open_memstream(&out, &len);
-	cr_assert_eq(backup_verify(dest, m, &problems), TALLY_ECORRUPT);
+	cr_assert_eq(backup_verify(dest, cur_s3, m, &problems), TALLY_ECORRUPT);
 	fclose(m);
 	cr_assert(strstr(out, name2) && strstr(out, "missing"), "verify said: %s", out);
 	free(out);
@@ -420,7 +424,7 @@ Test(backup, verify_names_the_file_and_block_of_damage_and_missing_parts)
 	/* a restore refuses the damage rather than building a bad store */
 	char rdir[600];
 	snprintf(rdir, sizeof rdir, "%s/restored", root);
-	cr_assert_neq(backup_restore(dest, 0, rdir, NULL), 0);
+	cr_assert_neq(backup_restore(dest, cur_s3, 0, rdir, NULL), 0);
 	cr_assert(access(rdir, F_OK) != 0, "a failed restore left %s", rdir);
 	char partial[700];
 	snprintf(partial, sizeof partial, "%s.partial", rdir);
@@ -437,7 +441,7 @@ Test(backup, verify_names_the_file_and_block_of_damage_and_missing_parts)
 	fputc(ch ^ 0x10, f);
 	fclose(f);
 	m = open_memstream(&out, &len);
-	cr_assert_eq(backup_verify(dir, m, &problems), TALLY_ECORRUPT);
+	cr_assert_eq(backup_verify(dir, cur_s3, m, &problems), TALLY_ECORRUPT);
 	fclose(m);
 	cr_assert(strstr(out, name) && strstr(out, "block 0"), "verify said: %s", out);
 	free(out);
@@ -456,7 +460,7 @@ Test(backup, kill9_during_a_backup_leaves_the_previous_one_restorable, .timeout 
 		write_synced(db, 0, 0, 3000);
 		cr_assert_eq(tally_db_flush(db), 0);
 		write_synced(db, 0, 3000, 3500);
-		cr_assert_eq(tally_db_backup(db, dest, NULL), 0, "%s", tally_errmsg());
+		cr_assert_eq(tally_db_backup(db, dest, cur_s3, NULL), 0, "%s", tally_errmsg());
 		tally_db_close(db);
 		pid_t pid = fork();
 		cr_assert_geq(pid, 0);
@@ -469,21 +473,21 @@ Test(backup, kill9_during_a_backup_leaves_the_previous_one_restorable, .timeout 
 			tally_writer_close(tw);
 			if (tally_db_flush(cdb))
 				_exit(3);
-			tally_db_backup(cdb, dest, NULL);
+			tally_db_backup(cdb, dest, cur_s3, NULL);
 			_exit(4); /* the crash point should have killed us */
 		}
 		int st;
 		cr_assert_eq(waitpid(pid, &st, 0), pid);
 		cr_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL, "%s: child status %d",
 			  steps[s], st);
-		cr_assert_eq(backup_verify(dest, stderr, NULL), 0, "%s: %s", steps[s],
+		cr_assert_eq(backup_verify(dest, cur_s3, stderr, NULL), 0, "%s: %s", steps[s],
 			     tally_errmsg());
 		uint64_t want[2] = {3500, 0};
 		restore_and_check(dest, root, 2, want, want);
 		/* the next backup completes over what the killed one left */
 		db = open_db(dir, 0);
 		tally_backup_result r;
-		cr_assert_eq(tally_db_backup(db, dest, &r), 0, "%s", tally_errmsg());
+		cr_assert_eq(tally_db_backup(db, dest, cur_s3, &r), 0, "%s", tally_errmsg());
 		cr_assert_eq(r.seq, 2);
 		tally_db_close(db);
 		uint64_t now[2] = {3500, 4000};
@@ -505,10 +509,9 @@ static void s3_round_trip(const char *kind, s3srv *s, const char *var, int check
 		s3srv_import(s, var);
 	if (!s->up)
 		cr_skip_test("%s is not available here", kind);
-	setenv("TALLY_S3_ENDPOINT", s->endpoint, 1);
-	setenv("AWS_REGION", s->region, 1);
-	setenv("AWS_ACCESS_KEY_ID", s->access_key, 1);
-	setenv("AWS_SECRET_ACCESS_KEY", s->secret_key, 1);
+	static tally_s3 s3;
+	s3 = (tally_s3){sizeof s3, s->endpoint, s->region, s->access_key, s->secret_key, NULL};
+	cur_s3 = &s3;
 	char dir[512], dest[512], *root = fresh(dir, dest);
 	/* no '/' in the prefix: moto checks a listing's signature on the
 	 * decoded query (tests/test_s3.c) */
@@ -519,20 +522,20 @@ static void s3_round_trip(const char *kind, s3srv *s, const char *var, int check
 	cr_assert_eq(tally_db_flush(db), 0);
 	write_synced(db, 1, 0, 700);
 	tally_backup_result a, b;
-	cr_assert_eq(tally_db_backup(db, dest, &a), 0, "%s", tally_errmsg());
+	cr_assert_eq(tally_db_backup(db, dest, cur_s3, &a), 0, "%s", tally_errmsg());
 	cr_assert_gt(a.files_uploaded, 1);
-	cr_assert_eq(tally_db_backup(db, dest, &b), 0, "%s", tally_errmsg());
+	cr_assert_eq(tally_db_backup(db, dest, cur_s3, &b), 0, "%s", tally_errmsg());
 	cr_assert_eq(b.seq, 2);
 	cr_assert_eq(b.files_uploaded, 0);
 	tally_db_close(db);
-	cr_assert_eq(backup_verify(dest, stderr, NULL), 0, "%s", tally_errmsg());
+	cr_assert_eq(backup_verify(dest, cur_s3, stderr, NULL), 0, "%s", tally_errmsg());
 	uint64_t want[2] = {3000, 700};
 	restore_and_check(dest, root, 2, want, want);
 	/* the requests were signed, and checked: a wrong secret is refused */
 	if (checks_signatures) {
-		setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret", 1);
+		s3.secret_key = "not-the-secret";
 		db = open_db(dir, 0);
-		cr_assert_neq(tally_db_backup(db, dest, NULL), 0);
+		cr_assert_neq(tally_db_backup(db, dest, cur_s3, NULL), 0);
 		cr_assert(strstr(tally_errmsg(), "403"), "%s", tally_errmsg());
 		tally_db_close(db);
 	}
@@ -581,7 +584,12 @@ Test(backup, tiered_parts_are_copied_and_restored_local, .timeout = 240)
 	cr_assert_eq(tally_db_stats(db, &st), 0);
 	cr_assert_gt(st.tiered_parts, 0, "nothing was tiered");
 	tally_backup_result r;
-	cr_assert_eq(tally_db_backup(db, dest, &r), 0, "%s", tally_errmsg());
+	cr_assert_eq(tally_db_backup(db, dest, cur_s3, &r), 0, "%s", tally_errmsg());
+	/* no S3 settings given: the tiering endpoint and credentials serve */
+	char s3dest[512];
+	snprintf(s3dest, sizeof s3dest, "s3://%s/%sbk-", s->bucket, prefix);
+	cr_assert_eq(tally_db_backup(db, s3dest, NULL, &r), 0, "%s", tally_errmsg());
+	cr_assert_eq(r.seq, 1);
 	tally_db_close(db);
 	uint64_t want[2] = {9000, 500};
 	restore_and_check(dest, root, 2, want, want);

@@ -806,6 +806,31 @@ static int cli_cmd_backup(cli_opts *o, const char *server, int argc, char **argv
 	return ok ? 0 : 1;
 }
 
+static const char *cli_env(const char *const *names)
+{
+	for (; *names; names++) {
+		const char *v = getenv(*names);
+		if (v && *v)
+			return v;
+	}
+	return NULL;
+}
+
+/* An s3:// backup's endpoint and credentials: the variables tallyd reads
+ * for tiering (docs/operations.md). */
+static tally_s3 cli_s3_env(void)
+{
+	return (tally_s3){
+		.size = sizeof(tally_s3),
+		.endpoint = cli_env((const char *const[]){
+			"TALLY_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", NULL}),
+		.region = cli_env((const char *const[]){"AWS_REGION", "AWS_DEFAULT_REGION", NULL}),
+		.access_key = cli_env((const char *const[]){"AWS_ACCESS_KEY_ID", NULL}),
+		.secret_key = cli_env((const char *const[]){"AWS_SECRET_ACCESS_KEY", NULL}),
+		.session_token = cli_env((const char *const[]){"AWS_SESSION_TOKEN", NULL}),
+	};
+}
+
 /* tally restore BACKUP DIR [--seq N]: local, no server. */
 static int cli_cmd_restore(int argc, char **argv, const char *seq)
 {
@@ -821,7 +846,8 @@ static int cli_cmd_restore(int argc, char **argv, const char *seq)
 	}
 	tally_backup_result r;
 	double t0 = cli_now();
-	int rc = backup_restore(argv[0], n, argv[1], &r);
+	tally_s3 s3 = cli_s3_env();
+	int rc = backup_restore(argv[0], &s3, n, argv[1], &r);
 	if (rc) {
 		fprintf(stderr, "tally restore: %s\n", tally_errmsg());
 		return 1;
@@ -840,7 +866,8 @@ static int cli_cmd_verify(int argc, char **argv)
 		return 2;
 	}
 	uint64_t problems = 0;
-	int rc = backup_verify(argv[0], stdout, &problems);
+	tally_s3 s3 = cli_s3_env();
+	int rc = backup_verify(argv[0], &s3, stdout, &problems);
 	if (!rc) {
 		printf("%s: ok\n", argv[0]);
 		return 0;

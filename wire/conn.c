@@ -828,7 +828,7 @@ static int conn_command(wconn *c, const char *line, size_t len)
 		/* runs on this loop's thread: its other connections wait while
 		 * the files are copied (writes on other loops go on) */
 		tally_backup_result b;
-		int rc = tally_db_backup(s->db, r.dest, &b);
+		int rc = tally_db_backup(s->db, r.dest, NULL, &b); /* S3: the tiering settings */
 		if (rc)
 			conn_putf(c, 0, "ERR line %" PRIu64 ": backup: %s", no, conn_errmsg(rc));
 		else
