@@ -470,6 +470,43 @@ static inline int tally_db_stats(tally_db *db, tally_stats *out)
 #define TALLY_STAT_FILLED(st, field) \
 	(offsetof(tally_stats, field) + sizeof((st)->field) <= (st)->size)
 
+/* ---------------------------------------------------------------- backup */
+
+/* What a backup or restore did. */
+typedef struct tally_backup_result {
+	uint64_t seq;            /* the backup's number in its destination */
+	uint64_t files;          /* files the backup holds (manifest, parts, WAL) */
+	uint64_t bytes;          /* their bytes */
+	uint64_t files_uploaded; /* of which new in this destination (incremental) */
+	uint64_t bytes_uploaded;
+	uint64_t wal_records; /* WAL records not yet in parts at the sync point */
+} tally_backup_result;
+
+/* Where and how to reach an S3-compatible store for backups; set size to
+ * sizeof (tally_s3) (fields are only ever added at the end). NULL
+ * strings: AWS S3 of us-east-1, unsigned requests. */
+typedef struct tally_s3 {
+	size_t size;
+	const char *endpoint; /* "http://127.0.0.1:9000" */
+	const char *region;
+	const char *access_key, *secret_key, *session_token;
+} tally_s3;
+
+/*
+ * Backs up a running database to dest: a directory (created if missing) or
+ * "s3://bucket/prefix", reached with s3, or when s3 is NULL with the
+ * store's tiering endpoint and credentials (tally_options tier_*).
+ * Consistent at one sync point: every write that returned before the call
+ * is in the backup, and the backup is what the database held at one
+ * instant during the call. Writes, queries, flushes and merges go on
+ * meanwhile. Incremental: a file already in dest is not copied again. The
+ * backup exists once its catalog is written, last; a failure or a crash
+ * before leaves dest's earlier backups intact. out may be NULL.
+ * docs/operations.md, "Backup and restore".
+ */
+TALLY_API int tally_db_backup(tally_db *db, const char *dest, const tally_s3 *s3,
+			      tally_backup_result *out);
+
 #ifdef __cplusplus
 }
 #endif

@@ -384,6 +384,18 @@ int tier_fetch_whole(tally_db *db, const shard_part *sp, part **whole)
 	return 0;
 }
 
+int tier_get_object(tally_db *db, const char *key, int fd, uint64_t *bytes, uint64_t *sum)
+{
+	if (!db->tier)
+		return err_set(TALLY_EREMOTE, "object %s: tiering is not configured", key);
+	return s3_get_file(db->tier->bg, key, fd, bytes, sum);
+}
+
+s3_client *tier_client(tally_db *db)
+{
+	return db->tier ? db->tier->bg : NULL;
+}
+
 void tier_release(tally_db *db, uint64_t id, part *whole)
 {
 	if (!whole)

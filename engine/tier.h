@@ -50,6 +50,13 @@ int tier_can_merge(struct tally_db *db, shard_part *const *in, uint32_t n);
 int tier_fetch_whole(struct tally_db *db, const shard_part *sp, part **whole);
 void tier_release(struct tally_db *db, uint64_t id, part *whole);
 
+/* Copies the object key (a tiered part's) into fd from offset 0, for a
+ * backup; *bytes and *sum (xxh3) of what was written. */
+int tier_get_object(struct tally_db *db, const char *key, int fd, uint64_t *bytes, uint64_t *sum);
+
+/* The tiering S3 client, or NULL when tiering is off. */
+struct s3_client *tier_client(struct tally_db *db);
+
 /* Fills the tiering fields of *out. */
 void tier_stats(struct tally_db *db, tally_stats *out);
 

@@ -588,6 +588,24 @@ int s3_open(const s3_config *cfg, s3_client **out)
 	return 0;
 }
 
+int s3_open_like(const s3_client *like, const char *bucket, s3_client **out)
+{
+	s3_config cfg = {
+		.endpoint = like->endpoint,
+		.bucket = bucket,
+		.region = like->region,
+		.access_key = like->ak,
+		.secret_key = like->sk,
+		.session_token = like->token,
+		.timeout_ms = like->timeout_ms,
+		.connect_timeout_ms = like->connect_timeout_ms,
+		.retries = like->retries,
+		.backoff_ms = like->backoff_ms,
+		.part_bytes = like->part_bytes,
+	};
+	return s3_open(&cfg, out);
+}
+
 void s3_close(s3_client *c)
 {
 	if (!c)

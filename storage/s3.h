@@ -69,6 +69,9 @@ typedef struct s3_client s3_client;
 /* Copies cfg. TALLY_EINVAL for a bad endpoint or bucket name. */
 int s3_open(const s3_config *cfg, s3_client **out);
 void s3_close(s3_client *c); /* NULL: no-op */
+/* A client of another bucket with like's endpoint, region, credentials and
+ * limits (backups reuse the tiering settings). */
+int s3_open_like(const s3_client *like, const char *bucket, s3_client **out);
 s3_stats *s3_client_stats(s3_client *c);
 /* "http://127.0.0.1:9000/bucket", for messages (never credentials). */
 const char *s3_where(const s3_client *c);

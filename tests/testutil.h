@@ -8,6 +8,7 @@
 #include <dirent.h>
 #include <ftw.h>
 #include <stdint.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -137,6 +138,19 @@ static inline int tu_count_key(tally_db *db, const char *table, const char *fiel
 		(*rows)++;
 	tally_scan_close(sc);
 	return rc < 0 ? rc : 0;
+}
+
+/* Adds value v to a brute-force aggregate (start from TU_AGG_EMPTY). */
+#define TU_AGG_EMPTY ((tally_agg){0, 0, NAN, NAN, NAN})
+static inline void tu_agg_add(tally_agg *a, double v)
+{
+	if (!a->count || v < a->min)
+		a->min = v;
+	if (!a->count || v > a->max)
+		a->max = v;
+	a->count++;
+	a->sum += v;
+	a->avg = a->sum / (double)a->count;
 }
 
 #endif

@@ -27,6 +27,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "backup.h"
 #include "inspect.h"
 
 #define CLI_DEFAULT_PORT "8427"
@@ -767,6 +768,115 @@ static int cli_cmd_ping(const cli_opts *o)
 	return ok ? 0 : 1;
 }
 
+/* ---------------------------------------------------------------- backup */
+
+/* tally backup --server HOST:PORT DEST: the server backs itself up (DEST
+ * is a path on the server's machine or s3://bucket/prefix). */
+static int cli_cmd_backup(cli_opts *o, const char *server, int argc, char **argv)
+{
+	if (argc != 1) {
+		fprintf(stderr, "usage: tally backup [--server HOST:PORT] DEST\n");
+		return 2;
+	}
+	char host[256];
+	if (server) {
+		const char *colon = strrchr(server, ':');
+		if (!colon || colon == server || (size_t)(colon - server) >= sizeof host)
+			cli_die("--server %s: want HOST:PORT", server);
+		memcpy(host, server, (size_t)(colon - server));
+		host[colon - server] = 0;
+		o->host = host;
+		o->port = colon + 1;
+	}
+	char cmd[8192] = "#!backup";
+	cli_append_arg(cmd, sizeof cmd - 2, argv[0]);
+	strcat(cmd, "\n");
+	cli_conn c;
+	cli_connect(&c, o);
+	cli_auth(&c, o);
+	cli_send_all(&c, cmd, strlen(cmd));
+	char *r = cli_read_line(&c);
+	if (!r)
+		cli_die("the server closed the connection");
+	int ok = !strncmp(r, "OK ", 3);
+	fprintf(ok ? stdout : stderr, "%s\n", r);
+	free(r);
+	close(c.fd);
+	free(c.buf);
+	return ok ? 0 : 1;
+}
+
+static const char *cli_env(const char *const *names)
+{
+	for (; *names; names++) {
+		const char *v = getenv(*names);
+		if (v && *v)
+			return v;
+	}
+	return NULL;
+}
+
+/* An s3:// backup's endpoint and credentials: the variables tallyd reads
+ * for tiering (docs/operations.md). */
+static tally_s3 cli_s3_env(void)
+{
+	return (tally_s3){
+		.size = sizeof(tally_s3),
+		.endpoint = cli_env((const char *const[]){
+			"TALLY_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", NULL}),
+		.region = cli_env((const char *const[]){"AWS_REGION", "AWS_DEFAULT_REGION", NULL}),
+		.access_key = cli_env((const char *const[]){"AWS_ACCESS_KEY_ID", NULL}),
+		.secret_key = cli_env((const char *const[]){"AWS_SECRET_ACCESS_KEY", NULL}),
+		.session_token = cli_env((const char *const[]){"AWS_SESSION_TOKEN", NULL}),
+	};
+}
+
+/* tally restore BACKUP DIR [--seq N]: local, no server. */
+static int cli_cmd_restore(int argc, char **argv, const char *seq)
+{
+	if (argc != 2) {
+		fprintf(stderr, "usage: tally restore BACKUP DIR [--seq N]\n");
+		return 2;
+	}
+	char *end = NULL;
+	unsigned long long n = seq ? strtoull(seq, &end, 10) : 0;
+	if (seq && (!*seq || *end)) {
+		fprintf(stderr, "tally restore: --seq %s is not a backup number\n", seq);
+		return 2;
+	}
+	tally_backup_result r;
+	double t0 = cli_now();
+	tally_s3 s3 = cli_s3_env();
+	int rc = backup_restore(argv[0], &s3, n, argv[1], &r);
+	if (rc) {
+		fprintf(stderr, "tally restore: %s\n", tally_errmsg());
+		return 1;
+	}
+	printf("restored backup %" PRIu64 " of %s into %s: %" PRIu64 " files, %" PRIu64
+	       " bytes in %.2f s\n",
+	       r.seq, argv[0], argv[1], r.files, r.bytes, cli_now() - t0);
+	return 0;
+}
+
+/* tally verify DIR|BACKUP: local; every problem on stdout, exit 1 if any. */
+static int cli_cmd_verify(int argc, char **argv)
+{
+	if (argc != 1) {
+		fprintf(stderr, "usage: tally verify DIR|BACKUP\n");
+		return 2;
+	}
+	uint64_t problems = 0;
+	tally_s3 s3 = cli_s3_env();
+	int rc = backup_verify(argv[0], &s3, stdout, &problems);
+	if (!rc) {
+		printf("%s: ok\n", argv[0]);
+		return 0;
+	}
+	fflush(stdout); /* the problems, then the summary */
+	fprintf(stderr, "tally verify: %s\n", tally_errmsg());
+	return 1;
+}
+
 /* ---------------------------------------------------------------- main */
 
 static void cli_usage(FILE *f)
@@ -789,6 +899,12 @@ static void cli_usage(FILE *f)
 		   "  stats                 server and store statistics\n"
 		   "  ping                  round trip to the server\n"
 		   "  inspect DIR           what a data directory holds (local; no server)\n"
+		   "  backup [--server HOST:PORT] DEST\n"
+		   "                        the server backs itself up to DEST, a directory on\n"
+		   "                        its machine or s3://bucket/prefix (incremental)\n"
+		   "  restore BACKUP DIR [--seq N]\n"
+		   "                        rebuild a data directory (local; no server)\n"
+		   "  verify DIR|BACKUP     check every block, object and reference (local)\n"
 		   "\n"
 		   "Options:\n"
 		   "  --host HOST           server address (default 127.0.0.1)\n"
@@ -812,11 +928,14 @@ int main(int argc, char **argv)
 	cli_opts o = {
 		.host = "127.0.0.1", .port = CLI_DEFAULT_PORT, .token = getenv("TALLY_TOKEN")};
 	char *args[256];
+	const char *server = NULL, *seq = NULL;
 	int n = 0;
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
 		const char *wait = NULL;
-		const char **val = !strcmp(a, "--host")        ? &o.host
+		const char **val = !strcmp(a, "--server")      ? &server
+				   : !strcmp(a, "--seq")       ? &seq
+				   : !strcmp(a, "--host")      ? &o.host
 				   : !strcmp(a, "--port")      ? &o.port
 				   : !strcmp(a, "--token")     ? &o.token
 				   : !strcmp(a, "--precision") ? &o.precision
@@ -881,6 +1000,12 @@ int main(int argc, char **argv)
 	}
 	if (!strcmp(cmd, "ping"))
 		return cli_cmd_ping(&o);
+	if (!strcmp(cmd, "backup"))
+		return cli_cmd_backup(&o, server, n - 1, args + 1);
+	if (!strcmp(cmd, "restore"))
+		return cli_cmd_restore(n - 1, args + 1, seq);
+	if (!strcmp(cmd, "verify"))
+		return cli_cmd_verify(n - 1, args + 1);
 	if (!strcmp(cmd, "inspect")) /* local: reads the directory, no server */
 		return inspect_main(n, args);
 	fprintf(stderr, "tally: unknown command '%s' (see tally --help)\n", cmd);

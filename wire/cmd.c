@@ -422,6 +422,7 @@ static const struct {
 	{"stats", CMD_STATS, 0, 0, "#!stats"},
 	{"precision", CMD_PRECISION, 1, 1, "#!precision ns|us|ms|s"},
 	{"help", CMD_HELP, 0, 0, "#!help"},
+	{"backup", CMD_BACKUP, 1, 1, "#!backup DEST"},
 };
 
 int cmd_parse(const char *line, size_t len, char *scratch, size_t scratch_cap, int64_t now,
@@ -450,6 +451,7 @@ int cmd_parse(const char *line, size_t len, char *scratch, size_t scratch_cap, i
 	char **a = argv + 1;
 	switch (out->kind) {
 	case CMD_AUTH: out->token = a[0]; return 0;
+	case CMD_BACKUP: out->dest = a[0]; return 0;
 	case CMD_SERIES:
 		if (cmd_name_arg("table", a[0], err, err_cap) ||
 		    cmd_name_arg("field", a[1], err, err_cap) ||

@@ -28,6 +28,7 @@ enum cmd_kind {
 	CMD_STATS,
 	CMD_PRECISION,
 	CMD_HELP,
+	CMD_BACKUP,
 };
 
 typedef struct cmd_req {
@@ -39,6 +40,7 @@ typedef struct cmd_req {
 	int64_t from, to; /* [from, to), ns */
 	uint64_t limit;   /* scan: most rows (0: no limit) */
 	enum tally_precision prec;
+	const char *dest; /* backup: a directory or s3://bucket/prefix */
 } cmd_req;
 
 /*

@@ -833,6 +833,20 @@ static int conn_command(wconn *c, const char *line, size_t len)
 		break;
 	}
 	case CMD_STATS: conn_stats(c); break;
+	case CMD_BACKUP: {
+		/* runs on this loop's thread: its other connections wait while
+		 * the files are copied (writes on other loops go on) */
+		tally_backup_result b;
+		int rc = tally_db_backup(s->db, r.dest, NULL, &b); /* S3: the tiering settings */
+		if (rc)
+			conn_putf(c, 0, "ERR line %" PRIu64 ": backup: %s", no, conn_errmsg(rc));
+		else
+			conn_putf(c, 0,
+				  "OK backup %" PRIu64 " files %" PRIu64 " bytes %" PRIu64
+				  " new_files %" PRIu64 " new_bytes %" PRIu64,
+				  b.seq, b.files, b.bytes, b.files_uploaded, b.bytes_uploaded);
+		break;
+	}
 	case CMD_HELP: {
 		conn_text t = text_take(c->sh);
 		text_raw(&t, "command\tusage\n", 14);

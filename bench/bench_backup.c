@@ -1,0 +1,176 @@
+/*
+ * bench_backup.c — backup and restore rates, to a local directory and to
+ * an S3-compatible server (moto or s3rver, started via tests/s3/server).
+ *
+ * A store of --events camera readings (one decimal, as cameras report
+ * speeds) over --days days is written through the binary API, flushed and
+ * merged, with a tail left in the WAL; then, for each destination: a full
+ * backup, an incremental one with nothing new, a restore into a fresh
+ * directory and a verify of the backup. Rates are the backup's bytes (the
+ * files the store needs: manifest, parts, WAL) per second of wall time.
+ *
+ *   bench_backup [--events N] [--days D] [--dir BASE] [--s3 moto|s3rver|none]
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "backup.h"
+#include "s3util.h"
+#include "tally.h"
+
+#define NS_DAY INT64_C(86400000000000)
+
+static double now_s(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+static void die(const char *what)
+{
+	fprintf(stderr, "bench_backup: %s: %s\n", what, tally_errmsg());
+	exit(1);
+}
+
+static void rmrf(const char *p)
+{
+	char cmd[4300];
+	snprintf(cmd, sizeof cmd, "rm -rf '%s'", p);
+	if (system(cmd)) {
+	}
+}
+
+/* Backs up, backs up again, restores and verifies against dest. */
+static void run(tally_db *db, const char *label, const char *dest, const tally_s3 *s3,
+		const char *restore_dir)
+{
+	tally_backup_result a, b, r;
+	double t0 = now_s();
+	if (tally_db_backup(db, dest, s3, &a))
+		die("backup");
+	double t1 = now_s();
+	if (tally_db_backup(db, dest, s3, &b))
+		die("second backup");
+	double t2 = now_s();
+	if (backup_restore(dest, s3, 0, restore_dir, &r))
+		die("restore");
+	double t3 = now_s();
+	uint64_t problems;
+	if (backup_verify(dest, s3, stderr, &problems))
+		die("verify");
+	double t4 = now_s();
+	double mb = (double)a.bytes / 1e6;
+	printf("%-6s backup  %8.1f MB %4" PRIu64 " files  %7.2f s  %8.1f MB/s\n", label, mb,
+	       a.files, t1 - t0, mb / (t1 - t0));
+	printf("%-6s again   %8.1f MB sent (%" PRIu64 " files)  %5.3f s\n", label,
+	       (double)b.bytes_uploaded / 1e6, b.files_uploaded, t2 - t1);
+	printf("%-6s restore %8.1f MB  %7.2f s  %8.1f MB/s\n", label, (double)r.bytes / 1e6,
+	       t3 - t2, (double)r.bytes / 1e6 / (t3 - t2));
+	printf("%-6s verify  %7.2f s  %8.1f MB/s\n", label, t4 - t3, mb / (t4 - t3));
+	rmrf(restore_dir);
+}
+
+int main(int argc, char **argv)
+{
+	uint64_t events = 3000000;
+	int days = 6;
+	const char *base = "/tmp", *s3kind = "moto";
+	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "--events") && i + 1 < argc)
+			events = strtoull(argv[++i], NULL, 10);
+		else if (!strcmp(argv[i], "--days") && i + 1 < argc)
+			days = atoi(argv[++i]);
+		else if (!strcmp(argv[i], "--dir") && i + 1 < argc)
+			base = argv[++i];
+		else if (!strcmp(argv[i], "--s3") && i + 1 < argc)
+			s3kind = argv[++i];
+		else {
+			fprintf(stderr, "usage: bench_backup [--events N] [--days D] [--dir BASE] "
+					"[--s3 moto|s3rver|none]\n");
+			return 2;
+		}
+	}
+	if (days < 1 || events < (uint64_t)days) {
+		fprintf(stderr, "bench_backup: need at least one event per day\n");
+		return 2;
+	}
+	char root[4096], dir[4200], dest[4200], rdir[4200];
+	snprintf(root, sizeof root, "%s/bench-backup-%d", base, getpid());
+	snprintf(dir, sizeof dir, "%s/db", root);
+	snprintf(dest, sizeof dest, "%s/backup", root);
+	snprintf(rdir, sizeof rdir, "%s/restored", root);
+	if (mkdir(root, 0755)) {
+		perror(root);
+		return 1;
+	}
+	tally_options o;
+	tally_options_init(&o);
+	o.no_background = 1;
+	tally_db *db;
+	if (tally_db_open(dir, &o, &db))
+		die("open");
+	/* 500 cameras, one batch per camera-day */
+	enum { CAMS = 500 };
+	uint64_t per = events / ((uint64_t)CAMS * (uint64_t)days);
+	per = per ? per : 1;
+	int64_t *ts = malloc(per * sizeof *ts);
+	double *sp = malloc(per * sizeof *sp);
+	tally_writer *w;
+	if (!ts || !sp || tally_writer_open(db, 0, &w))
+		die("writer");
+	uint64_t x = 88172645463325252u, n = 0;
+	int64_t t0 = INT64_C(1700000000000000000) / NS_DAY * NS_DAY;
+	for (int d = 0; d < days; d++) {
+		for (unsigned c = 0; c < CAMS; c++) {
+			for (uint64_t i = 0; i < per; i++) {
+				x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+				ts[i] = t0 + d * NS_DAY +
+					(int64_t)(i * (uint64_t)(NS_DAY / (int64_t)per));
+				sp[i] = (double)(400 + x % 900) / 10.0;
+			}
+			char key[32];
+			snprintf(key, sizeof key, "KV%05u", c);
+			tally_column col = {"speed", TALLY_T_F64, sp, NULL};
+			tally_batch b = {"traffic", key, "camera", per, ts, 1, &col};
+			if (tally_write_batch(w, &b))
+				die("write");
+			n += per;
+		}
+		if (d + 1 < days && tally_db_flush(db))
+			die("flush");
+	}
+	tally_writer_close(w);
+	if (tally_db_merge(db) || tally_db_sync(db))
+		die("merge");
+	tally_stats st;
+	tally_db_stats(db, &st);
+	printf("store: %" PRIu64 " events, %" PRIu64 " parts, %.1f MB in parts, %.1f MB WAL\n", n,
+	       st.parts, (double)st.part_bytes / 1e6, (double)st.wal_bytes / 1e6);
+	run(db, "local", dest, NULL, rdir);
+	if (strcmp(s3kind, "none")) {
+		s3srv srv;
+		int rc = s3srv_start(&srv, s3kind);
+		if (rc) {
+			fprintf(stderr, "bench_backup: %s did not start (%d); no S3 figures\n",
+				s3kind, rc);
+		} else {
+			tally_s3 s3 = {sizeof s3,      srv.endpoint,   srv.region,
+				       srv.access_key, srv.secret_key, NULL};
+			char s3dest[256];
+			snprintf(s3dest, sizeof s3dest, "s3://%s/bench%d-", srv.bucket, getpid());
+			run(db, s3kind, s3dest, &s3, rdir);
+			s3srv_destroy(&srv);
+		}
+	}
+	tally_db_close(db);
+	free(ts);
+	free(sp);
+	rmrf(root);
+	return 0;
+}
