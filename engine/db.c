@@ -203,6 +203,13 @@ static unsigned existing_shards(const char *waldir)
 	return n;
 }
 
+static int64_t now_ns(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_REALTIME, &t);
+	return (int64_t)t.tv_sec * TALLY_NS_PER_SEC + t.tv_nsec;
+}
+
 typedef struct replay_ctx {
 	tally_db *db;
 	shard *sh;
@@ -217,7 +224,11 @@ static int replay_record(void *ctx, uint64_t seq, const void *payload, size_t le
 	if (r)
 		return err_prefix(r, "shard %u WAL record %llu", rc->sh->id,
 				  (unsigned long long)seq);
-	return shard_apply(rc->sh, &rc->batch);
+	if ((r = shard_apply(rc->sh, &rc->batch)))
+		return r;
+	return rc->batch.labelled ? idem_note(&rc->db->idem, rc->batch.source, rc->batch.source_len,
+					      rc->batch.seq, now_ns())
+				  : 0;
 }
 
 #ifdef TALLY_TEST_HOOKS
@@ -337,6 +348,7 @@ TALLY_API int tally_db_open(const char *dir, const tally_options *opt, tally_db 
 		db->crash_at = mem_strndup(crash, strlen(crash));
 #endif
 	pthread_mutex_init(&db->man_mu, NULL);
+	idem_init(&db->idem);
 	rc_init(&db->rcache);
 	pthread_mutex_init(&db->scratch_mu, NULL);
 	pthread_mutex_init(&db->bg_mu, NULL);
@@ -349,6 +361,7 @@ TALLY_API int tally_db_open(const char *dir, const tally_options *opt, tally_db 
 	db->opt.table_keys = NULL; /* copied into the catalog below */
 	if ((rc = check_options(&db->opt, &db->L)))
 		goto fail;
+	idem_configure(&db->idem, db->opt.label_window, db->opt.label_expiry);
 	db->log = (log_sink){db->opt.log_fn, db->opt.log_ctx, db->opt.log_level};
 	if (!(db->dir = mem_strndup(dir, strlen(dir)))) {
 		rc = err_set(-ENOMEM, "out of memory");
@@ -433,6 +446,9 @@ TALLY_API int tally_db_open(const char *dir, const tally_options *opt, tally_db 
 		db->shards[mp->shard]->flushed_events += mp->rows;
 	}
 	remove_orphans(db, parts_dir);
+	/* the labels of trimmed WAL records; the WAL adds its own */
+	if ((rc = idem_load(&db->idem, dir)))
+		goto fail;
 	for (unsigned i = 0; i < db->n_shards; i++) {
 		snprintf(path, sizeof path, "%s/wal/shard-%03u", dir, i);
 		wal_options wo = {.segment_bytes = db->opt.wal_segment_bytes, .log = db->log};
@@ -510,6 +526,7 @@ TALLY_API void tally_db_close(tally_db *db)
 		close(db->lock_fd);
 	rc_free(&db->rcache);
 	pthread_mutex_destroy(&db->man_mu);
+	idem_free(&db->idem);
 	pthread_mutex_destroy(&db->scratch_mu);
 	pthread_mutex_destroy(&db->bg_mu);
 	pthread_cond_destroy(&db->bg_cond);
@@ -673,27 +690,86 @@ static int writer_col_at(tally_writer *w, stage_table *wt, col_def **slot, const
 	return rc;
 }
 
-/* Puts the staged batch into the WAL and the memtable. */
+/* A labelled batch's check, under the labels lock: 0 to go on applying it
+ * (the lock stays held), 1 for a duplicate, or TALLY_ESTALE (unlocked). */
+static int label_check(tally_writer *w)
+{
+	idem *id = &w->db->idem;
+	const stage_batch *b = &w->batch;
+	uint64_t high;
+	pthread_mutex_lock(&id->mu);
+	enum idem_state st = idem_check(id, b->source, b->source_len, b->seq, &high);
+	if (st == IDEM_NEW)
+		return 0;
+	pthread_mutex_unlock(&id->mu);
+	if (st == IDEM_DUP) {
+		atomic_fetch_add(&id->duplicates, 1);
+		return 1;
+	}
+	atomic_fetch_add(&id->too_old, 1);
+	return err_set(TALLY_ESTALE,
+		       "source '%s' sequence %llu: more than %u below its highest applied "
+		       "sequence %llu, too old to tell whether it was applied",
+		       b->source, (unsigned long long)b->seq, id->words * 64,
+		       (unsigned long long)high);
+}
+
+/* A duplicate's answer waits, like the original's, for durability: the
+ * original may be another writer's batch not yet synced. */
+static int label_duplicate(tally_writer *w)
+{
+	w->duplicate = 1;
+	if (w->db->opt.sync_mode != TALLY_SYNC_EACH_WRITE)
+		return 0;
+	for (unsigned i = 0; i < w->db->n_shards; i++) {
+		int rc = shard_sync(w->db->shards[i]);
+		if (rc)
+			return rc;
+	}
+	return 0;
+}
+
+/* Puts the staged batch into the WAL and the memtable. A labelled batch is
+ * checked against its source's applied labels and noted as applied in one
+ * step with its append (the labels lock held around both), so that two
+ * writers of one source on different shards cannot both apply it. */
 static int writer_commit(tally_writer *w)
 {
-	if (w->batch.rows == 0)
+	int labelled = w->batch.labelled;
+	if (w->batch.rows == 0 && !labelled)
 		return 0;
 	shard *s = w->sh;
 	size_t len;
 	int rc = stage_batch_encode(&w->batch, &w->enc, &w->enc_cap, &len);
 	if (rc)
 		goto out;
+	if (labelled && (rc = label_check(w))) {
+		if (rc == 1)
+			rc = label_duplicate(w);
+		goto out;
+	}
+	int appended = 0;
 	uint64_t lsn = 0;
 	pthread_rwlock_wrlock(&s->lock);
 	if (s->failed)
 		rc = err_set(TALLY_EFAILED, "shard %u failed earlier; reopen the database", s->id);
 	else if (!(rc = wal_append(s->wal, w->enc, len, NULL))) {
+		appended = 1;
 		rc = shard_apply(s, &w->batch);
 		if (!rc && w->db->opt.sync_mode == TALLY_SYNC_EACH_WRITE)
 			rc = wal_write_out(s->wal, &lsn);
 	}
 	int big = s->active->mem_bytes + s->active->rollup_bytes >= w->db->opt.memtable_bytes;
 	pthread_rwlock_unlock(&s->lock);
+	if (labelled) {
+		/* in the WAL, it is applied: replay would apply it */
+		int nrc = appended ? idem_note(&w->db->idem, w->batch.source, w->batch.source_len,
+					       w->batch.seq, now_ns())
+				   : 0;
+		pthread_mutex_unlock(&w->db->idem.mu);
+		if (!rc)
+			rc = nrc;
+	}
 	if (big && w->db->flusher_started)
 		db_kick_flusher(w->db);
 	if (!rc && lsn)
@@ -714,13 +790,6 @@ static int writer_ready(tally_writer *w)
 			       (unsigned long long)mem,
 			       (unsigned long long)w->db->opt.memory_limit);
 	return 0;
-}
-
-static int64_t now_ns(void)
-{
-	struct timespec t;
-	clock_gettime(CLOCK_REALTIME, &t);
-	return (int64_t)t.tv_sec * TALLY_NS_PER_SEC + t.tv_nsec;
 }
 
 static int stage_line(tally_writer *w, const lp_line *ln, int64_t now)
@@ -855,7 +924,7 @@ TALLY_API int tally_write_lp(tally_writer *w, const char *text, size_t len,
 			continue;
 		}
 		res->accepted++;
-		if (w->batch.rows >= COMMIT_ROWS) {
+		if (w->batch.rows >= COMMIT_ROWS && !w->batch.labelled) {
 			if ((rc = writer_commit(w)))
 				goto fail;
 			/* the batch ended with this line: all before it is applied */
@@ -957,9 +1026,19 @@ TALLY_API int tally_write_batch(tally_writer *w, const tally_batch *b)
 	uint32_t kl = (uint32_t)strlen(b->key);
 	const void *vals[CAT_COLS_MAX];
 	const uint8_t *pres[CAT_COLS_MAX];
-	/* in slices of COMMIT_ROWS, so staging memory stays bounded */
-	for (size_t r = 0; r < b->n_rows; r += COMMIT_ROWS) {
-		uint32_t n = (uint32_t)(b->n_rows - r < COMMIT_ROWS ? b->n_rows - r : COMMIT_ROWS);
+	/* in slices of COMMIT_ROWS, so staging memory stays bounded; a
+	 * labelled batch is one slice, one WAL record with its label */
+	size_t step = COMMIT_ROWS;
+	if (w->batch.labelled) {
+		if (b->n_rows > UINT32_MAX)
+			return err_set(TALLY_ELIMIT, "labelled batch: %zu rows, more than %u",
+				       b->n_rows, UINT32_MAX);
+		step = b->n_rows ? b->n_rows : 1;
+		if (!b->n_rows && (rc = writer_commit(w)))
+			goto fail;
+	}
+	for (size_t r = 0; r < b->n_rows; r += step) {
+		uint32_t n = (uint32_t)(b->n_rows - r < step ? b->n_rows - r : step);
 		for (size_t c = 0; c < b->n_columns; c++) {
 			const tally_column *col = &b->columns[c];
 			size_t width = type_is_string(col->type)   ? sizeof(char *)
@@ -978,6 +1057,97 @@ TALLY_API int tally_write_batch(tally_writer *w, const tally_batch *b)
 	return 0;
 fail:
 	stage_batch_reset(&w->batch);
+	return rc;
+}
+
+/* ---------------------------------------------------------------- labels */
+
+/* The label into the writer's batch, checked: 1..255 bytes of UTF-8
+ * without space or control bytes, so that it fits every protocol's
+ * framing (docs/protocol.md). */
+static int label_set(tally_writer *w, const char *source, uint64_t seq)
+{
+	if (!source)
+		return err_set(TALLY_EINVAL, "batch label: source is NULL");
+	size_t n = strlen(source);
+	if (n == 0 || n > BATCH_SOURCE_MAX)
+		return err_set(TALLY_EINVAL, "batch label: source length %zu not in [1, %u]", n,
+			       BATCH_SOURCE_MAX);
+	for (size_t i = 0; i < n; i++)
+		if ((unsigned char)source[i] <= ' ' || source[i] == 0x7f)
+			return err_set(TALLY_EINVAL,
+				       "batch label: source byte %zu is a space or control byte",
+				       i);
+	if (!lp_utf8_valid(source, n))
+		return err_set(TALLY_EINVAL, "batch label: source is not valid UTF-8");
+	stage_batch_reset(&w->batch);
+	w->batch.labelled = 1;
+	w->batch.source_len = (uint32_t)n;
+	memcpy(w->batch.source, source, n + 1);
+	w->batch.seq = seq;
+	w->duplicate = 0;
+	return 0;
+}
+
+/* After a labelled call: the writer's next batch is unlabelled again. */
+static int label_done(tally_writer *w, int rc, int *duplicate)
+{
+	w->batch.labelled = 0;
+	if (duplicate)
+		*duplicate = !rc && w->duplicate;
+	w->duplicate = 0;
+	return rc;
+}
+
+TALLY_API int tally_write_lp_labelled(tally_writer *w, const char *source, uint64_t seq,
+				      const char *text, size_t len, enum tally_precision prec,
+				      tally_write_result *res, int *duplicate)
+{
+	err_clear();
+	if (duplicate)
+		*duplicate = 0;
+	int rc = label_set(w, source, seq);
+	if (rc)
+		return rc;
+	rc = tally_write_lp(w, text, len, prec, res);
+	if (!rc && w->duplicate && res)
+		memset(res, 0, sizeof *res);
+	return label_done(w, rc, duplicate);
+}
+
+TALLY_API int tally_write_batch_labelled(tally_writer *w, const char *source, uint64_t seq,
+					 const tally_batch *b, int *duplicate)
+{
+	err_clear();
+	if (duplicate)
+		*duplicate = 0;
+	int rc = label_set(w, source, seq);
+	if (rc)
+		return rc;
+	return label_done(w, tally_write_batch(w, b), duplicate);
+}
+
+static int labels_file_exists(const tally_db *db)
+{
+	char path[PATH_MAX];
+	snprintf(path, sizeof path, "%s/" IDEM_FILE, db->dir);
+	return access(path, F_OK) == 0;
+}
+
+int db_labels_save(tally_db *db)
+{
+	idem *id = &db->idem;
+	pthread_mutex_lock(&id->mu);
+	/* under the lock no labelled batch is between its note and its
+	 * append: after these syncs every label noted is in a durable record,
+	 * so the file never names a batch a crash could lose */
+	int rc = 0;
+	if (id->map.n)
+		for (unsigned i = 0; i < db->n_shards && !rc; i++)
+			rc = shard_sync(db->shards[i]);
+	if (!rc && (id->map.n || id->expired || labels_file_exists(db)))
+		rc = idem_save(id, db->dir, now_ns());
+	pthread_mutex_unlock(&id->mu);
 	return rc;
 }
 
@@ -1081,6 +1251,13 @@ static int stats_collect(tally_db *db, tally_stats *out)
 	out->prefault_pending = atomic_load(&db->prefault_pending);
 	out->rejected_lines = atomic_load(&db->rejected_lines);
 	out->shards = db->n_shards;
+	pthread_mutex_lock(&db->idem.mu);
+	out->label_sources = db->idem.map.n;
+	out->label_bytes = idem_bytes(&db->idem);
+	out->label_expired = db->idem.expired;
+	pthread_mutex_unlock(&db->idem.mu);
+	out->label_duplicates = atomic_load(&db->idem.duplicates);
+	out->label_too_old = atomic_load(&db->idem.too_old);
 	return rc;
 }
 

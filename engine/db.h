@@ -8,6 +8,7 @@
 
 #include "batch.h"
 #include "catalog.h"
+#include "idem.h"
 #include "log.h"
 #include "lp.h"
 #include "rollup.h"
@@ -59,6 +60,8 @@ struct tally_db {
 	char *crash_at;
 	/* tiering to object storage (engine/tier.c); NULL when off */
 	struct tier *tier;
+	/* what each labelled source applied (engine/idem.c) */
+	idem idem;
 };
 
 #ifdef TALLY_TEST_HOOKS
@@ -96,10 +99,16 @@ struct tally_writer {
 	uint32_t n_stage_tables, cap_stage_tables;
 	char *enc;
 	size_t enc_cap;
+	int duplicate; /* the last labelled commit found its label applied */
 };
 
 /* Total bytes held by all shards' memtables and rollups. */
 uint64_t db_memory(const tally_db *db);
+
+/* Saves the labels table (engine/idem.c) once every label it holds is in
+ * a durable WAL record. Caller holds man_mu (a flush, before its commit
+ * lets the WAL go). */
+int db_labels_save(tally_db *db);
 
 /* Wakes the background flusher now (it also wakes every second). */
 void db_kick_flusher(tally_db *db);
