@@ -690,8 +690,17 @@ static int writer_col_at(tally_writer *w, stage_table *wt, col_def **slot, const
 	return rc;
 }
 
-/* A labelled batch's check, under the labels lock: 0 to go on applying it
- * (the lock stays held), 1 for a duplicate, or TALLY_ESTALE (unlocked). */
+/* The shard a labelled batch goes to, whatever the writer's: all batches
+ * of one source meet under one shard lock, which makes check-and-apply
+ * atomic for the source while other sources' batches go on in parallel on
+ * the other shards. */
+static shard *label_shard(const tally_db *db, const stage_batch *b)
+{
+	return db->shards[strmap_hash(b->source, b->source_len) % db->n_shards];
+}
+
+/* A labelled batch's check; caller holds its shard's lock. 0: new, go on
+ * applying it; 1: a duplicate; or TALLY_ESTALE. */
 static int label_check(tally_writer *w)
 {
 	idem *id = &w->db->idem;
@@ -699,9 +708,9 @@ static int label_check(tally_writer *w)
 	uint64_t high;
 	pthread_mutex_lock(&id->mu);
 	enum idem_state st = idem_check(id, b->source, b->source_len, b->seq, &high);
+	pthread_mutex_unlock(&id->mu);
 	if (st == IDEM_NEW)
 		return 0;
-	pthread_mutex_unlock(&id->mu);
 	if (st == IDEM_DUP) {
 		atomic_fetch_add(&id->duplicates, 1);
 		return 1;
@@ -714,65 +723,53 @@ static int label_check(tally_writer *w)
 		       (unsigned long long)high);
 }
 
-/* A duplicate's answer waits, like the original's, for durability: the
- * original may be another writer's batch not yet synced. */
-static int label_duplicate(tally_writer *w)
+/* A labelled batch whose record is appended: noted as applied (replay
+ * would apply it). Caller holds its shard's lock. */
+static int label_note(tally_writer *w)
 {
-	w->duplicate = 1;
-	if (w->db->opt.sync_mode != TALLY_SYNC_EACH_WRITE)
-		return 0;
-	for (unsigned i = 0; i < w->db->n_shards; i++) {
-		int rc = shard_sync(w->db->shards[i]);
-		if (rc)
-			return rc;
-	}
-	return 0;
+	idem *id = &w->db->idem;
+	pthread_mutex_lock(&id->mu);
+	int rc = idem_note(id, w->batch.source, w->batch.source_len, w->batch.seq, now_ns());
+	pthread_mutex_unlock(&id->mu);
+	return rc;
 }
 
 /* Puts the staged batch into the WAL and the memtable. A labelled batch is
- * checked against its source's applied labels and noted as applied in one
- * step with its append (the labels lock held around both), so that two
- * writers of one source on different shards cannot both apply it. */
+ * checked against its source's applied labels, appended and noted in one
+ * step under its shard's lock (label_shard). A duplicate's answer waits,
+ * like the original's, for durability: the original may be another
+ * writer's batch not yet synced. */
 static int writer_commit(tally_writer *w)
 {
 	int labelled = w->batch.labelled;
 	if (w->batch.rows == 0 && !labelled)
 		return 0;
-	shard *s = w->sh;
+	shard *s = labelled ? label_shard(w->db, &w->batch) : w->sh;
 	size_t len;
 	int rc = stage_batch_encode(&w->batch, &w->enc, &w->enc_cap, &len);
 	if (rc)
 		goto out;
-	if (labelled && (rc = label_check(w))) {
-		if (rc == 1)
-			rc = label_duplicate(w);
-		goto out;
-	}
-	int appended = 0;
 	uint64_t lsn = 0;
 	pthread_rwlock_wrlock(&s->lock);
 	if (s->failed)
 		rc = err_set(TALLY_EFAILED, "shard %u failed earlier; reopen the database", s->id);
+	else if (labelled && (rc = label_check(w)))
+		w->duplicate = rc == 1;
 	else if (!(rc = wal_append(s->wal, w->enc, len, NULL))) {
-		appended = 1;
-		rc = shard_apply(s, &w->batch);
+		if (labelled)
+			rc = label_note(w);
+		if (!rc)
+			rc = shard_apply(s, &w->batch);
 		if (!rc && w->db->opt.sync_mode == TALLY_SYNC_EACH_WRITE)
 			rc = wal_write_out(s->wal, &lsn);
 	}
 	int big = s->active->mem_bytes + s->active->rollup_bytes >= w->db->opt.memtable_bytes;
 	pthread_rwlock_unlock(&s->lock);
-	if (labelled) {
-		/* in the WAL, it is applied: replay would apply it */
-		int nrc = appended ? idem_note(&w->db->idem, w->batch.source, w->batch.source_len,
-					       w->batch.seq, now_ns())
-				   : 0;
-		pthread_mutex_unlock(&w->db->idem.mu);
-		if (!rc)
-			rc = nrc;
-	}
 	if (big && w->db->flusher_started)
 		db_kick_flusher(w->db);
-	if (!rc && lsn)
+	if (rc == 1)
+		rc = w->db->opt.sync_mode == TALLY_SYNC_EACH_WRITE ? shard_sync(s) : 0;
+	else if (!rc && lsn)
 		rc = wal_sync_to(s->wal, lsn);
 out:
 	stage_batch_reset(&w->batch);
@@ -1138,16 +1135,36 @@ int db_labels_save(tally_db *db)
 {
 	idem *id = &db->idem;
 	pthread_mutex_lock(&id->mu);
-	/* under the lock no labelled batch is between its note and its
-	 * append: after these syncs every label noted is in a durable record,
-	 * so the file never names a batch a crash could lose */
-	int rc = 0;
-	if (id->map.n)
-		for (unsigned i = 0; i < db->n_shards && !rc; i++)
-			rc = shard_sync(db->shards[i]);
-	if (!rc && (id->map.n || id->expired || labels_file_exists(db)))
-		rc = idem_save(id, db->dir, now_ns());
+	int none = id->map.n == 0;
 	pthread_mutex_unlock(&id->mu);
+	if (none && !labels_file_exists(db))
+		return 0;
+	/* With every shard locked no labelled batch is between its append and
+	 * its note: the table holds exactly the labels of appended records,
+	 * which are durable once each WAL is synced to where it was written
+	 * out here. So the file never names a batch a crash could lose. */
+	uint64_t lsn[MANIFEST_SHARDS_MAX] = {0};
+	int rc = 0;
+	char *buf = NULL;
+	size_t len = 0;
+	for (unsigned i = 0; i < db->n_shards; i++)
+		pthread_rwlock_wrlock(&db->shards[i]->lock);
+	for (unsigned i = 0; i < db->n_shards && !rc; i++)
+		rc = db->shards[i]->failed
+			     ? err_set(TALLY_EFAILED, "shard %u failed earlier", db->shards[i]->id)
+			     : wal_write_out(db->shards[i]->wal, &lsn[i]);
+	if (!rc) {
+		pthread_mutex_lock(&id->mu);
+		rc = idem_encode(id, now_ns(), &buf, &len);
+		pthread_mutex_unlock(&id->mu);
+	}
+	for (unsigned i = db->n_shards; i-- > 0;)
+		pthread_rwlock_unlock(&db->shards[i]->lock);
+	for (unsigned i = 0; i < db->n_shards && !rc; i++)
+		rc = wal_sync_to(db->shards[i]->wal, lsn[i]);
+	if (!rc)
+		rc = fio_write_atomic(db->dir, IDEM_FILE, buf, len);
+	mem_free(buf);
 	return rc;
 }
 

@@ -153,7 +153,7 @@ static int expired(const idem *id, const idem_source *s, int64_t now_ns)
 	return now_ns - s->last_ns > id->expiry_ns;
 }
 
-int idem_save(idem *id, const char *dir, int64_t now_ns)
+int idem_encode(idem *id, int64_t now_ns, char **out, size_t *out_len)
 {
 	/* expiry first: the survivors move to a fresh map (strmap has no
 	 * delete), the silent ones are freed */
@@ -203,9 +203,9 @@ int idem_save(idem *id, const char *dir, int64_t now_ns)
 			le_put64(p, s->bits[w]);
 	}
 	le_put64(p, XXH3_64bits(buf, (size_t)(p - buf)));
-	int rc = fio_write_atomic(dir, IDEM_FILE, buf, len);
-	mem_free(buf);
-	return rc;
+	*out = (char *)buf;
+	*out_len = len;
+	return 0;
 }
 
 #define LOAD_FAIL(...)                                                          \

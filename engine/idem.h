@@ -16,9 +16,10 @@
  * the highest"), which is why the WAL records of different shards may
  * replay in any order.
  *
- * Locking: mu serialises check-and-apply of labelled batches db-wide (the
- * writer holds it from the check until its record is appended and
- * applied), and guards the table.
+ * Locking: mu guards the table. Check-and-apply is atomic per source by
+ * the caller's means: engine/db.c sends every batch of a source to one
+ * shard (by the source's hash) and checks, appends and notes it under
+ * that shard's lock.
  */
 #ifndef TALLY_IDEM_H
 #define TALLY_IDEM_H
@@ -77,8 +78,8 @@ uint64_t idem_bytes(const idem *id);
 
 /* Loads DIR/LABELS (absent: nothing) before the WAL replays. */
 int idem_load(idem *id, const char *dir);
-/* Drops sources silent for expiry_ns and writes DIR/LABELS atomically.
- * Caller holds mu, and every noted label's record is durable. */
-int idem_save(idem *id, const char *dir, int64_t now_ns);
+/* Drops sources silent for expiry_ns and encodes the table as the
+ * contents of DIR/LABELS into *out (mem_free it). Caller holds mu. */
+int idem_encode(idem *id, int64_t now_ns, char **out, size_t *out_len);
 
 #endif

@@ -319,8 +319,9 @@ TALLY_API int tally_write_batch(tally_writer *w, const tally_batch *b);
  * (1..255 bytes of UTF-8, no space or control byte: a camera, a gateway, a
  * producer) and a sequence number it increases with each new batch. The
  * batch is applied as one WAL record together with its label, atomically
- * with the check against what the source already applied (a db-wide lock
- * for labelled batches, whatever the writer's shard). *duplicate (may be
+ * with the check against what the source already applied: every batch of
+ * a source goes to one shard (by a hash of the source, whatever the
+ * writer's shard) and is checked and applied under its lock. *duplicate (may be
  * NULL) gets 1 when the label was applied before: the call then changes
  * nothing, returns 0 with *res all zero, and (TALLY_SYNC_EACH_WRITE) returns
  * only once the earlier batch is durable. A sequence more than

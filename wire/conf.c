@@ -133,6 +133,12 @@ static const struct conf_item {
 	{"tier-part-bytes", K_PART_SIZE, offsetof(srv_conf, tier_part_bytes),
 	 "uploads above this go multipart in parts of this size, 5MiB to 512MiB "
 	 "(default 16MiB)"},
+	/* Labelled batches (docs/operations.md, "Exactly once under retries"). */
+	{"label-window", K_SIZE64, offsetof(srv_conf, label_window),
+	 "per source, the sequences below its newest batch still told apart as applied or "
+	 "not; older ones are refused (default 256)"},
+	{"label-expiry", K_DUR_OFF, offsetof(srv_conf, label_expiry),
+	 "forget a labelled source silent this long; 0: the default 7d; never: keep all"},
 };
 
 #define CONF_N (sizeof conf_items / sizeof conf_items[0])

@@ -54,6 +54,8 @@ typedef struct srv_conf {
 	uint32_t tier_timeout_ms;
 	unsigned tier_retries;
 	uint64_t tier_part_bytes; /* 0 or in [CONF_PART_MIN, CONF_PART_MAX] */
+	uint64_t label_window;    /* labelled batches: 0: the engine's 256 */
+	int64_t label_expiry;     /* ns; 0: 7 days; negative ("never"): never */
 } srv_conf;
 
 /* S3 refuses multipart parts under 5 MiB; the S3 client buffers at most
