@@ -103,12 +103,8 @@ static int send(tally_db *db, tu_rng *rng, int src, uint64_t seq, int *dup)
 		if (!rc && *dup)
 			cr_assert_eq(res.accepted, 0, "a duplicate reports nothing written");
 	} else {
-		/* binary: one batch per key is one call, so a labelled batch
-		 * here holds the rows of its first event's key only... keep
-		 * it to the same events by writing the rows of one key and
-		 * labelling the rest as line protocol would not be one
-		 * batch. Instead, all rows go to one binary call only when
-		 * they share a key; otherwise line protocol. */
+		/* binary: a call holds one key, so a batch whose rows share
+		 * their key goes binary, any other as line protocol */
 		int k0, same = 1;
 		int64_t ts[ROWS], v[ROWS];
 		for (int r = 0; r < ROWS; r++) {
@@ -251,126 +247,122 @@ Test(idem, model_retries_reopens_flushes_merges)
 	free(dir);
 }
 
+/* A fresh database (idem_opts but for o) with a writer on one shard. */
+typedef struct fx {
+	char *dir;
+	tally_options o;
+	tally_db *db;
+	tally_writer *w;
+} fx;
+
+static void fx_open(fx *f, tally_options o, int shard)
+{
+	if (!f->dir)
+		f->dir = tu_tmpdir();
+	f->o = o;
+	cr_assert_eq(tally_db_open(f->dir, &f->o, &f->db), 0, "%s", tally_errmsg());
+	cr_assert_eq(tally_writer_open(f->db, shard, &f->w), 0);
+}
+
+static void fx_reopen(fx *f, int shard)
+{
+	tally_writer_close(f->w);
+	tally_db_close(f->db);
+	fx_open(f, f->o, shard);
+}
+
+static void fx_close(fx *f)
+{
+	tally_writer_close(f->w);
+	tally_db_close(f->db);
+	tu_rmrf(f->dir);
+	free(f->dir);
+}
+
+/* A labelled line-protocol write that must succeed: its duplicate flag. */
+static int fx_lp(fx *f, const char *src, uint64_t seq, const char *lp, tally_write_result *r)
+{
+	int dup = -1;
+	cr_assert_eq(
+		tally_write_lp_labelled(f->w, src, seq, lp, strlen(lp), TALLY_PREC_NS, r, &dup), 0,
+		"%s", tally_errmsg());
+	return dup;
+}
+
+static tally_stats fx_stats(fx *f)
+{
+	tally_stats st;
+	cr_assert_eq(tally_db_stats(f->db, &st), 0);
+	return st;
+}
+
+static const char *one_car = "cars,cam=x v=1i 1700000000000000000\n";
+
 /* Two events with the same key, time and value in two batches are two
  * cars: both count. Only the label makes a batch a duplicate. */
 Test(idem, identical_events_in_two_batches_both_count)
 {
-	char *dir = tu_tmpdir();
-	tally_options o = idem_opts();
-	tally_db *db;
-	cr_assert_eq(tally_db_open(dir, &o, &db), 0);
-	tally_writer *w;
-	cr_assert_eq(tally_writer_open(db, 0, &w), 0);
-	const char *lp = "cars,cam=x v=1i 1700000000000000000\n";
-	int dup;
-	cr_assert_eq(tally_write_lp_labelled(w, "gw", 1, lp, strlen(lp), TALLY_PREC_NS, NULL, &dup),
-		     0);
-	cr_assert_eq(dup, 0);
-	cr_assert_eq(tally_write_lp_labelled(w, "gw", 2, lp, strlen(lp), TALLY_PREC_NS, NULL, &dup),
-		     0);
-	cr_assert_eq(dup, 0);
-	cr_assert_eq(tally_write_lp_labelled(w, "gw", 2, lp, strlen(lp), TALLY_PREC_NS, NULL, &dup),
-		     0);
-	cr_assert_eq(dup, 1);
+	fx f = {0};
+	fx_open(&f, idem_opts(), 0);
+	cr_assert_eq(fx_lp(&f, "gw", 1, one_car, NULL), 0);
+	cr_assert_eq(fx_lp(&f, "gw", 2, one_car, NULL), 0);
+	cr_assert_eq(fx_lp(&f, "gw", 2, one_car, NULL), 1);
 	/* unlabelled writes are never deduplicated */
-	cr_assert_eq(tally_write_lp(w, lp, strlen(lp), TALLY_PREC_NS, NULL), 0);
+	cr_assert_eq(tally_write_lp(f.w, one_car, strlen(one_car), TALLY_PREC_NS, NULL), 0);
 	tally_agg a;
-	cr_assert_eq(tally_query_agg(db, "cars", "v", "x", INT64_MIN, INT64_MAX, &a), 0);
+	cr_assert_eq(tally_query_agg(f.db, "cars", "v", "x", INT64_MIN, INT64_MAX, &a), 0);
 	cr_assert_eq(a.count, 3);
-	tally_stats st;
-	tally_db_stats(db, &st);
-	cr_assert_eq(st.label_duplicates, 1);
-	tally_writer_close(w);
-	tally_db_close(db);
-	tu_rmrf(dir);
-	free(dir);
+	cr_assert_eq(fx_stats(&f).label_duplicates, 1);
+	fx_close(&f);
 }
 
 Test(idem, bad_labels_are_refused_naming_the_byte)
 {
-	char *dir = tu_tmpdir();
-	tally_options o = idem_opts();
-	tally_db *db;
-	cr_assert_eq(tally_db_open(dir, &o, &db), 0);
-	tally_writer *w;
-	cr_assert_eq(tally_writer_open(db, 0, &w), 0);
-	const char *lp = "cars,cam=x v=1i 1700000000000000000\n";
-	cr_assert_eq(tally_write_lp_labelled(w, "", 1, lp, strlen(lp), TALLY_PREC_NS, NULL, NULL),
+	fx f = {0};
+	fx_open(&f, idem_opts(), 0);
+	size_t n = strlen(one_car);
+	cr_assert_eq(tally_write_lp_labelled(f.w, "", 1, one_car, n, TALLY_PREC_NS, NULL, NULL),
 		     TALLY_EINVAL);
-	cr_assert_eq(
-		tally_write_lp_labelled(w, "a b", 1, lp, strlen(lp), TALLY_PREC_NS, NULL, NULL),
-		TALLY_EINVAL);
+	cr_assert_eq(tally_write_lp_labelled(f.w, "a b", 1, one_car, n, TALLY_PREC_NS, NULL, NULL),
+		     TALLY_EINVAL);
 	cr_assert(strstr(tally_errmsg(), "byte 1"), "%s", tally_errmsg());
 	/* the writer is not left labelled: this write is a plain one */
-	cr_assert_eq(tally_write_lp(w, lp, strlen(lp), TALLY_PREC_NS, NULL), 0);
-	tally_stats st;
-	tally_db_stats(db, &st);
-	cr_assert_eq(st.label_sources, 0);
-	tally_writer_close(w);
-	tally_db_close(db);
-	tu_rmrf(dir);
-	free(dir);
+	cr_assert_eq(tally_write_lp(f.w, one_car, n, TALLY_PREC_NS, NULL), 0);
+	cr_assert_eq(fx_stats(&f).label_sources, 0);
+	fx_close(&f);
 }
 
 /* A batch whose lines were all rejected still records its label: the
  * retry is a duplicate and the sender stops. */
 Test(idem, rejected_batch_records_its_label)
 {
-	char *dir = tu_tmpdir();
-	tally_options o = idem_opts();
-	tally_db *db;
-	cr_assert_eq(tally_db_open(dir, &o, &db), 0);
-	tally_writer *w;
-	cr_assert_eq(tally_writer_open(db, 1, &w), 0);
-	const char *lp = "cars,cam=x v=oops 1700000000000000000\n";
+	fx f = {0};
+	fx_open(&f, idem_opts(), 1);
+	const char *bad = "cars,cam=x v=oops 1700000000000000000\n";
 	tally_write_result r;
-	int dup;
-	cr_assert_eq(tally_write_lp_labelled(w, "gw", 5, lp, strlen(lp), TALLY_PREC_NS, &r, &dup),
-		     0);
-	cr_assert_eq(dup, 0);
+	cr_assert_eq(fx_lp(&f, "gw", 5, bad, &r), 0);
 	cr_assert_eq(r.rejected, 1);
-	tally_writer_close(w);
-	tally_db_close(db);
-	cr_assert_eq(tally_db_open(dir, &o, &db), 0);
-	cr_assert_eq(tally_writer_open(db, 2, &w), 0);
-	cr_assert_eq(tally_write_lp_labelled(w, "gw", 5, lp, strlen(lp), TALLY_PREC_NS, &r, &dup),
-		     0);
-	cr_assert_eq(dup, 1, "the label came back from the WAL");
-	tally_writer_close(w);
-	tally_db_close(db);
-	tu_rmrf(dir);
-	free(dir);
+	fx_reopen(&f, 2);
+	cr_assert_eq(fx_lp(&f, "gw", 5, bad, &r), 1, "the label came back from the WAL");
+	fx_close(&f);
 }
 
 /* Silent sources are forgotten at a flush; what it risks: a retry after
  * that is applied again. */
 Test(idem, expiry_forgets_silent_sources)
 {
-	char *dir = tu_tmpdir();
+	fx f = {0};
 	tally_options o = idem_opts();
 	o.label_expiry = 1; /* 1 ns: every source is silent by the flush */
-	tally_db *db;
-	cr_assert_eq(tally_db_open(dir, &o, &db), 0);
-	tally_writer *w;
-	cr_assert_eq(tally_writer_open(db, 0, &w), 0);
-	const char *lp = "cars,cam=x v=1i 1700000000000000000\n";
-	int dup;
-	cr_assert_eq(tally_write_lp_labelled(w, "gw", 1, lp, strlen(lp), TALLY_PREC_NS, NULL, &dup),
-		     0);
-	tally_stats st;
-	tally_db_stats(db, &st);
-	cr_assert_eq(st.label_sources, 1);
-	cr_assert_eq(tally_db_flush(db), 0, "%s", tally_errmsg());
-	tally_db_stats(db, &st);
+	fx_open(&f, o, 0);
+	cr_assert_eq(fx_lp(&f, "gw", 1, one_car, NULL), 0);
+	cr_assert_eq(fx_stats(&f).label_sources, 1);
+	cr_assert_eq(tally_db_flush(f.db), 0, "%s", tally_errmsg());
+	tally_stats st = fx_stats(&f);
 	cr_assert_eq(st.label_sources, 0);
 	cr_assert_eq(st.label_expired, 1);
-	cr_assert_eq(tally_write_lp_labelled(w, "gw", 1, lp, strlen(lp), TALLY_PREC_NS, NULL, &dup),
-		     0);
-	cr_assert_eq(dup, 0, "forgotten: applied again");
-	tally_writer_close(w);
-	tally_db_close(db);
-	tu_rmrf(dir);
-	free(dir);
+	cr_assert_eq(fx_lp(&f, "gw", 1, one_car, NULL), 0, "forgotten: applied again");
+	fx_close(&f);
 }
 
 /* ---------------------------------------------------------------- concurrency */
