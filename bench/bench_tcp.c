@@ -57,6 +57,12 @@ typedef struct bopts {
 	int no_ingest; /* query a running server's data only */
 	const char *tallyd, *port, *dir;
 	uint64_t seed;
+	/* --batch N: lines go in batches of N, each answered after
+	 * durability: "#!sync" after each (unlabelled), or, with --labelled,
+	 * each framed "#!batch bench-K SEQ" ... "#!end". The A/B of the two
+	 * is the cost of the label alone. */
+	unsigned batch;
+	int labelled;
 } bopts;
 
 static double now_s(void)
@@ -92,6 +98,7 @@ typedef struct gbuf {
 	char *p;
 	size_t n, cap;
 	uint64_t events;
+	uint64_t answers; /* OK answers before the final sync's (--batch) */
 } gbuf;
 
 static void gbuf_reserve(gbuf *b, size_t more)
@@ -156,6 +163,31 @@ static void gen_workload(const bopts *o, gbuf *bufs)
 		b->events += late.events;
 		free(late.p);
 	}
+}
+
+/* Cuts connection k's text into batches of o->batch lines (see bopts). */
+static void frame_batches(const bopts *o, gbuf *b, unsigned k)
+{
+	gbuf f = {.events = b->events};
+	gbuf_reserve(&f, b->n + b->n / 8 + 64);
+	const char *p = b->p, *end = b->p + b->n;
+	uint64_t seq = 0;
+	while (p < end) {
+		const char *q = p;
+		for (unsigned i = 0; i < o->batch && q < end; i++)
+			q = (const char *)memchr(q, '\n', (size_t)(end - q)) + 1;
+		gbuf_reserve(&f, (size_t)(q - p) + 64);
+		if (o->labelled)
+			f.n += (size_t)sprintf(f.p + f.n, "#!batch bench-%u %" PRIu64 "\n", k,
+					       ++seq);
+		memcpy(f.p + f.n, p, (size_t)(q - p));
+		f.n += (size_t)(q - p);
+		f.n += (size_t)sprintf(f.p + f.n, o->labelled ? "#!end\n" : "#!sync\n");
+		f.answers++;
+		p = q;
+	}
+	free(b->p);
+	*b = f;
 }
 
 /* ---------------------------------------------------------------- connections */
@@ -257,12 +289,20 @@ static void *ingest_main(void *arg)
 	}
 	send_all(fd, "#!sync\n", 7);
 	char line[512];
+	uint64_t answers = 0;
 	for (;;) {
 		if (rd_line(&r, line, sizeof line))
 			die("connection closed before the sync answered");
+		if (!strncmp(line, "OK batch ", 9) && strstr(line, " applied ")) {
+			answers++;
+			continue;
+		}
 		if (sscanf(line, "OK sync accepted=%" SCNu64 " rejected=%" SCNu64, &in->accepted,
-			   &in->rejected) == 2)
+			   &in->rejected) == 2 &&
+		    answers++ == in->b->answers)
 			break;
+		if (!strncmp(line, "OK ", 3))
+			continue;
 		fprintf(stderr, "bench_tcp: server: %s\n", line);
 	}
 	in->done_at = now_s();
@@ -474,6 +514,9 @@ static void usage(FILE *f)
 		   "  --in-parts          start tallyd with a 1 s flush interval and query only\n"
 		   "                      once every event is in parts (memtables empty)\n"
 		   "  --seed N            workload seed (default 1)\n"
+		   "  --batch N           send batches of N lines, each answered after\n"
+		   "                      durability (#!sync after each)\n"
+		   "  --labelled          with --batch: each batch labelled, #!batch ... #!end\n"
 		   "  --no-ingest         with --port: only query what the server holds (for\n"
 		   "                      profiling the server over many runs)\n");
 }
@@ -498,6 +541,8 @@ int main(int argc, char **argv)
 		{"seed", 1, 0, 'S'},
 		{"in-parts", 0, 0, 'P'},
 		{"no-ingest", 0, 0, 'N'},
+		{"batch", 1, 0, 'b'},
+		{"labelled", 0, 0, 'L'},
 		{"help", 0, 0, 'h'},
 		{0, 0, 0, 0},
 	};
@@ -515,6 +560,8 @@ int main(int argc, char **argv)
 		case 'S': o.seed = strtoull(optarg, NULL, 10); break;
 		case 'P': o.in_parts = 1; break;
 		case 'N': o.no_ingest = 1; break;
+		case 'b': o.batch = (unsigned)atoi(optarg); break;
+		case 'L': o.labelled = 1; break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
 		}
@@ -522,6 +569,8 @@ int main(int argc, char **argv)
 	if (o.events < CAMERAS || o.conns < 1 || o.conns > 256 || o.query_conns < 1 ||
 	    o.query_conns > 256)
 		die("--events at least 1000; --connections and --query-connections 1 to 256");
+	if (o.labelled && !o.batch)
+		die("--labelled needs --batch N");
 	if (o.no_ingest && !o.port)
 		die("--no-ingest needs --port: a server that already holds the workload");
 	char self[4096], tallyd[4200], port[32], dir[] = "/tmp/tally-bench-tcp-XXXXXX";
@@ -549,6 +598,8 @@ int main(int argc, char **argv)
 	double g0 = now_s();
 	gbuf *bufs = calloc(o.conns, sizeof *bufs);
 	gen_workload(&o, bufs);
+	for (unsigned k = 0; o.batch && k < o.conns; k++)
+		frame_batches(&o, &bufs[k], k);
 	uint64_t total = 0, bytes = 0;
 	for (unsigned k = 0; k < o.conns; k++) {
 		total += bufs[k].events;

@@ -1,10 +1,12 @@
 /*
  * batch.c — staging rows column by column, and the WAL payload codec.
  *
- * WAL payload, version 1 (all integers little-endian; the WAL record around
- * it adds sequence number, checksum and LZ4; byte layout in docs/formats.md):
+ * WAL payload, version 1 or 2 (all integers little-endian; the WAL record
+ * around it adds sequence number, checksum and LZ4; byte layout in
+ * docs/formats.md):
  *
- *   u8  version (1)
+ *   u8  version (1: unlabelled; 2: labelled, and then)
+ *     u16 source length (1..255), source, u64 sequence
  *   u32 n_tables, then per table:
  *     u16 name length, name
  *     u16 key tag length (0xffff: table without key tag), key tag
@@ -29,7 +31,8 @@
 #include "err.h"
 #include "mem.h"
 
-#define WALFMT_VERSION 1
+#define WALFMT_VERSION  1 /* a batch without label */
+#define WALFMT_LABELLED 2 /* the same, preceded by (source, sequence) */
 
 void stage_batch_init(stage_batch *b)
 {
@@ -86,6 +89,7 @@ void stage_batch_reset(stage_batch *b)
 		tb->last_key = 0;
 	}
 	b->rows = 0;
+	b->labelled = 0;
 }
 
 int stage_batch_table(stage_batch *b, table_def *t, tbatch **out)
@@ -506,7 +510,13 @@ static void encode_table(obuf *o, const tbatch *tb)
 int stage_batch_encode(const stage_batch *b, char **buf, size_t *cap, size_t *len)
 {
 	obuf o = {*buf, 0, *cap, 0};
-	ob_u8(&o, WALFMT_VERSION);
+	if (b->labelled) {
+		ob_u8(&o, WALFMT_LABELLED);
+		ob_str(&o, b->source, b->source_len);
+		ob_u64(&o, b->seq);
+	} else {
+		ob_u8(&o, WALFMT_VERSION);
+	}
 	uint32_t n = 0;
 	for (uint32_t i = 0; i < b->n_tb; i++)
 		n += b->tb[i]->n_rows > 0;
@@ -585,8 +595,20 @@ int stage_batch_decode(stage_batch *b, catalog *cat, const char *p, size_t len)
 		   (const unsigned char *)p, 0};
 	int rc = 0;
 	uint32_t *keyrefs = NULL;
-	if (ib_u8(&in) != WALFMT_VERSION)
+	uint8_t version = ib_u8(&in);
+	if (version != WALFMT_VERSION && version != WALFMT_LABELLED)
 		DECODE_FAIL("unknown payload version");
+	if (version == WALFMT_LABELLED) {
+		uint32_t sl;
+		const char *src = ib_str(&in, &sl);
+		b->seq = ib_u64(&in);
+		if (in.bad || sl == 0 || sl > BATCH_SOURCE_MAX)
+			DECODE_FAIL("bad batch label");
+		memcpy(b->source, src, sl);
+		b->source[sl] = 0;
+		b->source_len = sl;
+		b->labelled = 1;
+	}
 	uint32_t n_tables = ib_u32(&in);
 	for (uint32_t ti = 0; ti < n_tables && !in.bad; ti++) {
 		uint32_t nl, kl;

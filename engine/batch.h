@@ -56,7 +56,15 @@ typedef struct tbatch {
 	size_t key_arena_len, key_arena_cap;
 } tbatch;
 
+/* A batch label (engine/idem.h): the sender's source id and sequence. */
+#define BATCH_SOURCE_MAX 255u
+
 typedef struct stage_batch {
+	/* labelled: 1 when the batch carries (source, seq) into its WAL record */
+	int labelled;
+	uint32_t source_len;
+	uint64_t seq;
+	char source[BATCH_SOURCE_MAX + 1];
 	tbatch **tb; /* tables touched, in order of first touch */
 	uint32_t n_tb, cap_tb;
 	tbatch **by_table; /* table id -> tbatch, or NULL */
@@ -104,7 +112,8 @@ static inline const char *tbatch_key(const tbatch *tb, uint32_t k, uint32_t *len
 	return tb->key_arena + (tb->keys[k] >> 16);
 }
 
-/* Encodes the batch as a WAL payload into *buf (grown as needed). */
+/* Encodes the batch as a WAL payload (version 2 when labelled, else 1) into *buf (grown as needed).
+ */
 int stage_batch_encode(const stage_batch *b, char **buf, size_t *cap, size_t *len);
 /* Decodes a WAL payload, resolving names through the catalog (creating
  * tables and columns as the original write did). TALLY_ECORRUPT with a

@@ -193,6 +193,13 @@ static unsigned existing_shards(const char *waldir)
 	return n;
 }
 
+static int64_t now_ns(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_REALTIME, &t);
+	return (int64_t)t.tv_sec * TALLY_NS_PER_SEC + t.tv_nsec;
+}
+
 typedef struct replay_ctx {
 	tally_db *db;
 	shard *sh;
@@ -207,7 +214,11 @@ static int replay_record(void *ctx, uint64_t seq, const void *payload, size_t le
 	if (r)
 		return err_prefix(r, "shard %u WAL record %llu", rc->sh->id,
 				  (unsigned long long)seq);
-	return shard_apply(rc->sh, &rc->batch);
+	if ((r = shard_apply(rc->sh, &rc->batch)))
+		return r;
+	return rc->batch.labelled ? idem_note(&rc->db->idem, rc->batch.source, rc->batch.source_len,
+					      rc->batch.seq, now_ns())
+				  : 0;
 }
 
 #ifdef TALLY_TEST_HOOKS
@@ -419,6 +430,7 @@ TALLY_API int tally_db_open(const char *dir, const tally_options *opt, tally_db 
 		db->crash_at = mem_strndup(crash, strlen(crash));
 #endif
 	pthread_mutex_init(&db->man_mu, NULL);
+	idem_init(&db->idem);
 	rc_init(&db->rcache);
 	pthread_mutex_init(&db->scratch_mu, NULL);
 	pthread_mutex_init(&db->bg_mu, NULL);
@@ -431,6 +443,7 @@ TALLY_API int tally_db_open(const char *dir, const tally_options *opt, tally_db 
 	db->opt.table_keys = NULL; /* copied into the catalog below */
 	if ((rc = check_options(&db->opt, &db->L)))
 		goto fail;
+	idem_configure(&db->idem, db->opt.label_window, db->opt.label_expiry);
 	db->log = (log_sink){db->opt.log_fn, db->opt.log_ctx, db->opt.log_level};
 	if (!(db->dir = mem_strndup(dir, strlen(dir)))) {
 		rc = err_set(-ENOMEM, "out of memory");
@@ -522,6 +535,9 @@ TALLY_API int tally_db_open(const char *dir, const tally_options *opt, tally_db 
 			goto fail;
 	}
 	remove_orphans(db, parts_dir);
+	/* the labels of trimmed WAL records; the WAL adds its own */
+	if ((rc = idem_load(&db->idem, dir)))
+		goto fail;
 	for (unsigned i = 0; i < db->n_shards; i++) {
 		snprintf(path, sizeof path, "%s/wal/shard-%03u", dir, i);
 		if (i < db->man.n_shards && access(path, F_OK)) {
@@ -620,6 +636,7 @@ TALLY_API void tally_db_close(tally_db *db)
 		close(db->lock_fd);
 	rc_free(&db->rcache);
 	pthread_mutex_destroy(&db->man_mu);
+	idem_free(&db->idem);
 	pthread_mutex_destroy(&db->scratch_mu);
 	pthread_mutex_destroy(&db->bg_mu);
 	pthread_cond_destroy(&db->bg_cond);
@@ -817,12 +834,61 @@ static int writer_col_at(tally_writer *w, stage_table *wt, col_def **slot, const
 	return rc;
 }
 
-/* Puts the staged batch into the WAL and the memtable. */
+/* The shard a labelled batch goes to, whatever the writer's: all batches
+ * of one source meet under one shard lock, which makes check-and-apply
+ * atomic for the source while other sources' batches go on in parallel on
+ * the other shards. */
+static shard *label_shard(const tally_db *db, const stage_batch *b)
+{
+	return db->shards[strmap_hash(b->source, b->source_len) % db->n_shards];
+}
+
+/* A labelled batch's check; caller holds its shard's lock. 0: new, go on
+ * applying it; 1: a duplicate; or TALLY_ESTALE. */
+static int label_check(tally_writer *w)
+{
+	idem *id = &w->db->idem;
+	const stage_batch *b = &w->batch;
+	uint64_t high;
+	pthread_mutex_lock(&id->mu);
+	enum idem_state st = idem_check(id, b->source, b->source_len, b->seq, &high);
+	pthread_mutex_unlock(&id->mu);
+	if (st == IDEM_NEW)
+		return 0;
+	if (st == IDEM_DUP) {
+		atomic_fetch_add(&id->duplicates, 1);
+		return 1;
+	}
+	atomic_fetch_add(&id->too_old, 1);
+	return err_set(TALLY_ESTALE,
+		       "source '%s' sequence %llu: more than %u below its highest applied "
+		       "sequence %llu, too old to tell whether it was applied",
+		       b->source, (unsigned long long)b->seq, id->words * 64,
+		       (unsigned long long)high);
+}
+
+/* A labelled batch whose record is appended: noted as applied (replay
+ * would apply it). Caller holds its shard's lock. */
+static int label_note(tally_writer *w)
+{
+	idem *id = &w->db->idem;
+	pthread_mutex_lock(&id->mu);
+	int rc = idem_note(id, w->batch.source, w->batch.source_len, w->batch.seq, now_ns());
+	pthread_mutex_unlock(&id->mu);
+	return rc;
+}
+
+/* Puts the staged batch into the WAL and the memtable. A labelled batch is
+ * checked against its source's applied labels, appended and noted in one
+ * step under its shard's lock (label_shard). A duplicate's answer waits,
+ * like the original's, for durability: the original may be another
+ * writer's batch not yet synced. */
 static int writer_commit(tally_writer *w)
 {
-	if (w->batch.rows == 0)
+	int labelled = w->batch.labelled;
+	if (w->batch.rows == 0 && !labelled)
 		return 0;
-	shard *s = w->sh;
+	shard *s = labelled ? label_shard(w->db, &w->batch) : w->sh;
 	size_t len;
 	int rc = stage_batch_encode(&w->batch, &w->enc, &w->enc_cap, &len);
 	if (rc)
@@ -834,8 +900,13 @@ static int writer_commit(tally_writer *w)
 	 * writer hears of it, never a later sync of other writes. */
 	if (s->failed)
 		rc = shard_refuse(s);
+	else if (labelled && (rc = label_check(w)))
+		w->duplicate = rc == 1;
 	else if (!(rc = wal_append(s->wal, w->enc, len, NULL))) {
-		rc = shard_apply(s, &w->batch);
+		if (labelled)
+			rc = label_note(w);
+		if (!rc)
+			rc = shard_apply(s, &w->batch);
 		if (!rc && w->db->opt.sync_mode == TALLY_SYNC_EACH_WRITE)
 			rc = wal_write_out(s->wal, &lsn);
 	}
@@ -845,7 +916,9 @@ static int writer_commit(tally_writer *w)
 	pthread_rwlock_unlock(&s->lock);
 	if (big && w->db->flusher_started)
 		db_kick_flusher(w->db);
-	if (!rc && lsn && (rc = wal_sync_to(s->wal, lsn)) == TALLY_EFAILED) {
+	if (rc == 1)
+		rc = w->db->opt.sync_mode == TALLY_SYNC_EACH_WRITE ? shard_sync(s) : 0;
+	else if (!rc && lsn && (rc = wal_sync_to(s->wal, lsn)) == TALLY_EFAILED) {
 		pthread_rwlock_wrlock(&s->lock);
 		s->failed = 1;
 		pthread_rwlock_unlock(&s->lock);
@@ -865,13 +938,6 @@ static int writer_ready(tally_writer *w)
 			       (unsigned long long)mem,
 			       (unsigned long long)w->db->opt.memory_limit);
 	return 0;
-}
-
-static int64_t now_ns(void)
-{
-	struct timespec t;
-	clock_gettime(CLOCK_REALTIME, &t);
-	return (int64_t)t.tv_sec * TALLY_NS_PER_SEC + t.tv_nsec;
 }
 
 /* With a cardinality limit, a key takes its place in the table's key set
@@ -1021,7 +1087,7 @@ TALLY_API int tally_write_lp(tally_writer *w, const char *text, size_t len,
 			continue;
 		}
 		res->accepted++;
-		if (w->batch.rows >= COMMIT_ROWS) {
+		if (w->batch.rows >= COMMIT_ROWS && !w->batch.labelled) {
 			if ((rc = writer_commit(w)))
 				goto fail;
 			/* the batch ended with this line: all before it is applied */
@@ -1127,9 +1193,19 @@ TALLY_API int tally_write_batch(tally_writer *w, const tally_batch *b)
 	uint32_t kl = (uint32_t)strlen(b->key);
 	const void *vals[CAT_COLS_MAX];
 	const uint8_t *pres[CAT_COLS_MAX];
-	/* in slices of COMMIT_ROWS, so staging memory stays bounded */
-	for (size_t r = 0; r < b->n_rows; r += COMMIT_ROWS) {
-		uint32_t n = (uint32_t)(b->n_rows - r < COMMIT_ROWS ? b->n_rows - r : COMMIT_ROWS);
+	/* in slices of COMMIT_ROWS, so staging memory stays bounded; a
+	 * labelled batch is one slice, one WAL record with its label */
+	size_t step = COMMIT_ROWS;
+	if (w->batch.labelled) {
+		if (b->n_rows > UINT32_MAX)
+			return err_set(TALLY_ELIMIT, "labelled batch: %zu rows, more than %u",
+				       b->n_rows, UINT32_MAX);
+		step = b->n_rows ? b->n_rows : 1;
+		if (!b->n_rows && (rc = writer_commit(w)))
+			goto fail;
+	}
+	for (size_t r = 0; r < b->n_rows; r += step) {
+		uint32_t n = (uint32_t)(b->n_rows - r < step ? b->n_rows - r : step);
 		for (size_t c = 0; c < b->n_columns; c++) {
 			const tally_column *col = &b->columns[c];
 			size_t width = type_is_string(col->type)   ? sizeof(char *)
@@ -1148,6 +1224,117 @@ TALLY_API int tally_write_batch(tally_writer *w, const tally_batch *b)
 	return 0;
 fail:
 	stage_batch_reset(&w->batch);
+	return rc;
+}
+
+/* ---------------------------------------------------------------- labels */
+
+/* The label into the writer's batch, checked: 1..255 bytes of UTF-8
+ * without space or control bytes, so that it fits every protocol's
+ * framing (docs/protocol.md). */
+static int label_set(tally_writer *w, const char *source, uint64_t seq)
+{
+	if (!source)
+		return err_set(TALLY_EINVAL, "batch label: source is NULL");
+	size_t n = strlen(source);
+	if (n == 0 || n > BATCH_SOURCE_MAX)
+		return err_set(TALLY_EINVAL, "batch label: source length %zu not in [1, %u]", n,
+			       BATCH_SOURCE_MAX);
+	for (size_t i = 0; i < n; i++)
+		if ((unsigned char)source[i] <= ' ' || source[i] == 0x7f)
+			return err_set(TALLY_EINVAL,
+				       "batch label: source byte %zu is a space or control byte",
+				       i);
+	if (!lp_utf8_valid(source, n))
+		return err_set(TALLY_EINVAL, "batch label: source is not valid UTF-8");
+	stage_batch_reset(&w->batch);
+	w->batch.labelled = 1;
+	w->batch.source_len = (uint32_t)n;
+	memcpy(w->batch.source, source, n + 1);
+	w->batch.seq = seq;
+	w->duplicate = 0;
+	return 0;
+}
+
+/* After a labelled call: the writer's next batch is unlabelled again. */
+static int label_done(tally_writer *w, int rc, int *duplicate)
+{
+	w->batch.labelled = 0;
+	if (duplicate)
+		*duplicate = !rc && w->duplicate;
+	w->duplicate = 0;
+	return rc;
+}
+
+TALLY_API int tally_write_lp_labelled(tally_writer *w, const char *source, uint64_t seq,
+				      const char *text, size_t len, enum tally_precision prec,
+				      tally_write_result *res, int *duplicate)
+{
+	err_clear();
+	if (duplicate)
+		*duplicate = 0;
+	int rc = label_set(w, source, seq);
+	if (rc)
+		return rc;
+	rc = tally_write_lp(w, text, len, prec, res);
+	if (!rc && w->duplicate && res)
+		memset(res, 0, sizeof *res);
+	return label_done(w, rc, duplicate);
+}
+
+TALLY_API int tally_write_batch_labelled(tally_writer *w, const char *source, uint64_t seq,
+					 const tally_batch *b, int *duplicate)
+{
+	err_clear();
+	if (duplicate)
+		*duplicate = 0;
+	int rc = label_set(w, source, seq);
+	if (rc)
+		return rc;
+	return label_done(w, tally_write_batch(w, b), duplicate);
+}
+
+static int labels_file_exists(const tally_db *db)
+{
+	char path[PATH_MAX];
+	snprintf(path, sizeof path, "%s/" IDEM_FILE, db->dir);
+	return access(path, F_OK) == 0;
+}
+
+int db_labels_save(tally_db *db)
+{
+	idem *id = &db->idem;
+	pthread_mutex_lock(&id->mu);
+	int none = id->map.n == 0;
+	pthread_mutex_unlock(&id->mu);
+	if (none && !labels_file_exists(db))
+		return 0;
+	/* With every shard locked no labelled batch is between its append and
+	 * its note: the table holds exactly the labels of appended records,
+	 * which are durable once each WAL is synced to where it was written
+	 * out here. So the file never names a batch a crash could lose. */
+	uint64_t lsn[MANIFEST_SHARDS_MAX] = {0};
+	int rc = 0;
+	char *buf = NULL;
+	size_t len = 0;
+	for (unsigned i = 0; i < db->n_shards; i++)
+		pthread_rwlock_wrlock(&db->shards[i]->lock);
+	for (unsigned i = 0; i < db->n_shards && !rc; i++)
+		rc = db->shards[i]->failed
+			     ? err_set(TALLY_EFAILED, "shard %u failed earlier", db->shards[i]->id)
+			     : wal_write_out(db->shards[i]->wal, &lsn[i]);
+	if (!rc) {
+		pthread_mutex_lock(&id->mu);
+		rc = idem_encode(id, now_ns(), &buf, &len);
+		pthread_mutex_unlock(&id->mu);
+	}
+	for (unsigned i = db->n_shards; i-- > 0;)
+		pthread_rwlock_unlock(&db->shards[i]->lock);
+	for (unsigned i = 0; i < db->n_shards && !rc; i++)
+		rc = wal_sync_to(db->shards[i]->wal, lsn[i]);
+	if (!rc)
+		rc = fio_write_atomic(db->dir, IDEM_FILE, buf, len);
+	mem_free(buf);
 	return rc;
 }
 
@@ -1219,6 +1406,13 @@ static int stats_collect(tally_db *db, tally_stats *out)
 	out->prefault_pending = atomic_load(&db->prefault_pending);
 	out->rejected_lines = atomic_load(&db->rejected_lines);
 	out->shards = db->n_shards;
+	pthread_mutex_lock(&db->idem.mu);
+	out->label_sources = db->idem.map.n;
+	out->label_bytes = idem_bytes(&db->idem);
+	out->label_expired = db->idem.expired;
+	pthread_mutex_unlock(&db->idem.mu);
+	out->label_duplicates = atomic_load(&db->idem.duplicates);
+	out->label_too_old = atomic_load(&db->idem.too_old);
 	return 0;
 }
 

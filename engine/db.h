@@ -8,6 +8,7 @@
 
 #include "batch.h"
 #include "catalog.h"
+#include "idem.h"
 #include "log.h"
 #include "lp.h"
 #include "rollup.h"
@@ -64,6 +65,8 @@ struct tally_db {
 	struct tier *tier;
 	/* #!keys answers being built or read (engine/query.c), bytes */
 	_Atomic uint64_t query_bytes;
+	/* what each labelled source applied (engine/idem.c) */
+	idem idem;
 };
 
 #ifdef TALLY_TEST_HOOKS
@@ -101,6 +104,7 @@ struct tally_writer {
 	uint32_t n_stage_tables, cap_stage_tables;
 	char *enc;
 	size_t enc_cap;
+	int duplicate; /* the last labelled commit found its label applied */
 };
 
 /* Total bytes the memory limit bounds: all shards' memtables and rollups,
@@ -109,6 +113,11 @@ struct tally_writer {
 uint64_t db_memory(tally_db *db);
 /* Of those, the per-key structures that outlive memtables. */
 uint64_t db_key_memory(tally_db *db);
+
+/* Saves the labels table (engine/idem.c) once every label it holds is in
+ * a durable WAL record. Caller holds man_mu (a flush, before its commit
+ * lets the WAL go). */
+int db_labels_save(tally_db *db);
 
 /* Wakes the background flusher now (it also wakes every second). */
 void db_kick_flusher(tally_db *db);

@@ -32,6 +32,7 @@ TALLY_API const char *tally_strerror(int err)
 	case TALLY_ELOCKED: return "database directory is locked by another process";
 	case TALLY_EVERSION: return "unknown file format version";
 	case TALLY_EREMOTE: return "object storage failed or unreachable";
+	case TALLY_ESTALE: return "batch sequence too old to tell whether it was applied";
 	default: break;
 	}
 	if (err < 0 && err > TALLY_ERR_BASE + 100)

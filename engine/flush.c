@@ -422,6 +422,10 @@ static int flush_memtable(tally_db *db, shard *s, memtable *m)
 	for (uint32_t i = 0; i < f.n_slots; i++, n_loaded++)
 		if ((rc = shard_part_load(db, f.slots[i].id, &loaded[i])))
 			goto fail;
+	/* the labels of the records this commit lets the WAL trim go to
+	 * DIR/LABELS first (a crash between the two leaves them in both) */
+	if ((rc = db_labels_save(db)))
+		goto fail;
 	flush_commit fc = {.s = s, .m = m, .n_shards = db->n_shards};
 	partset_change c = {.op = "flush",
 			    .s = s,

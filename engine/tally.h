@@ -189,6 +189,17 @@ typedef struct tally_options {
 	 * no limit (every key's state then costs memory for good: see
 	 * tally_stats.key_bytes). */
 	uint64_t max_keys_per_table;
+
+	/* Labelled batches (tally_write_lp_labelled; docs/operations.md,
+	 * "Exactly once under retries"). Per source the database remembers
+	 * which of the label_window sequences below its highest applied one
+	 * were applied (0: 256; rounded up to a multiple of 64, at most
+	 * 65536); a sequence further below is refused with TALLY_ESTALE. A
+	 * source silent for label_expiry ns is forgotten at the next flush
+	 * (0: 7 days; negative: never), after which a retry of one of its
+	 * batches would be applied again. */
+	uint64_t label_window;
+	int64_t label_expiry;
 } tally_options;
 
 /* The size of the first released layout (0.1), ending at tier_part_bytes:
@@ -317,6 +328,33 @@ typedef struct tally_batch {
  * is written: it is accepted or refused as a whole (TALLY_ETYPE for a type
  * conflict, TALLY_EINVAL for bad names, NaN/Inf or invalid UTF-8). */
 TALLY_API int tally_write_batch(tally_writer *w, const tally_batch *b);
+
+/*
+ * Labelled writes: exactly once under retries. A sender that may resend a
+ * batch whose acknowledgement it lost labels each batch with its source id
+ * (1..255 bytes of UTF-8, no space or control byte: a camera, a gateway, a
+ * producer) and a sequence number it increases with each new batch. The
+ * batch is applied as one WAL record together with its label, atomically
+ * with the check against what the source already applied: every batch of
+ * a source goes to one shard (by a hash of the source, whatever the
+ * writer's shard) and is checked and applied under its lock. *duplicate (may be
+ * NULL) gets 1 when the label was applied before: the call then changes
+ * nothing, returns 0 with *res all zero, and (TALLY_SYNC_EACH_WRITE) returns
+ * only once the earlier batch is durable. A sequence more than
+ * label_window below the source's highest applied one fails with
+ * TALLY_ESTALE: whether it was applied is no longer known. The label is
+ * recorded even when every line was rejected (a retry gets the duplicate
+ * answer, without the per-line errors); a failed call (negative code)
+ * records nothing, so its retry is applied. The whole text is one WAL
+ * record, at most 256 MiB encoded.
+ */
+TALLY_API int tally_write_lp_labelled(tally_writer *w, const char *source, uint64_t seq,
+				      const char *text, size_t len, enum tally_precision prec,
+				      tally_write_result *res, int *duplicate);
+/* The binary write, labelled likewise. A batch refused as a whole records
+ * no label. */
+TALLY_API int tally_write_batch_labelled(tally_writer *w, const char *source, uint64_t seq,
+					 const tally_batch *b, int *duplicate);
 
 /* ---------------------------------------------------------------- queries */
 
@@ -452,6 +490,14 @@ typedef struct tally_stats {
 	uint64_t key_bytes;
 	/* All-keys answers (tally_query_keys) being built or held, bytes. */
 	uint64_t query_bytes;
+	/* Labelled batches: sources remembered, the bytes they hold, batches
+	 * answered as duplicates and refused as too old since open, and
+	 * sources forgotten by label_expiry since open. */
+	uint64_t label_sources;
+	uint64_t label_bytes;
+	uint64_t label_duplicates;
+	uint64_t label_too_old;
+	uint64_t label_expired;
 } tally_stats;
 
 /* Fills the first size bytes at out with the database's figures, 0 where

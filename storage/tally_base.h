@@ -32,7 +32,8 @@ extern "C" {
 #define TALLY_ELOCKED   (TALLY_ERR_BASE - 9)  /* directory in use by another process */
 #define TALLY_EVERSION  (TALLY_ERR_BASE - 10) /* file of an unknown format version */
 #define TALLY_EREMOTE   (TALLY_ERR_BASE - 11) /* object storage failed or unreachable */
-#define TALLY_ERR_LAST  TALLY_EREMOTE
+#define TALLY_ESTALE    (TALLY_ERR_BASE - 12) /* labelled batch below its source's window */
+#define TALLY_ERR_LAST  TALLY_ESTALE
 
 /* ---------------------------------------------------------------- types */
 

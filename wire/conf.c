@@ -168,6 +168,12 @@ static const struct conf_item {
 	 "time=MEMBER, fields=MEMBER>FIELD ...' (docs/json-events.md); the default takes the "
 	 "camera "
 	 "event into traffic: '" JSONEV_DEFAULT_MAP "'"},
+	/* Labelled batches (docs/operations.md, "Exactly once under retries"). */
+	{"label-window", K_SIZE64, offsetof(srv_conf, label_window),
+	 "per source, the sequences below its newest batch still told apart as applied or "
+	 "not; older ones are refused (default 256)"},
+	{"label-expiry", K_DUR_OFF, offsetof(srv_conf, label_expiry),
+	 "forget a labelled source silent this long; 0: the default 7d; never: keep all"},
 };
 
 #define CONF_N (sizeof conf_items / sizeof conf_items[0])

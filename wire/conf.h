@@ -70,6 +70,8 @@ typedef struct srv_conf {
 	 * checked when set; the default mapping is not among them. */
 	char **json_maps;
 	unsigned n_json_maps;
+	uint64_t label_window; /* labelled batches: 0: the engine's 256 */
+	int64_t label_expiry;  /* ns; 0: 7 days; negative ("never"): never */
 } srv_conf;
 
 /* S3 refuses multipart parts under 5 MiB; the S3 client buffers at most

@@ -125,8 +125,11 @@ static void conn_prod_free(wconn *c)
 	c->prod = PROD_NONE;
 }
 
+static void lbatch_free(wconn *c);
+
 static void lp_fini(wconn *c)
 {
+	lbatch_free(c);
 	conn_prod_free(c);
 }
 
@@ -633,6 +636,12 @@ static void conn_stats(wconn *c)
 		{"http_gzip_bodies", sum[15]},
 		{"http_header_timeouts", sum[16]},
 		{"http_on_line_protocol_port", sum[17]},
+		/* labelled batches (docs/protocol.md, "Labelled batches") */
+		{"label_sources", es.label_sources},
+		{"label_bytes", es.label_bytes},
+		{"label_duplicates", es.label_duplicates},
+		{"label_too_old", es.label_too_old},
+		{"label_expired", es.label_expired},
 		{"uptime_seconds", (uint64_t)((srv_now() - s->started) / 1000000000)},
 	};
 	text_raw(&t, "name\tvalue\n", 11);
@@ -892,6 +901,144 @@ uint64_t conn_count_lines(const char *p, size_t n)
 	return conn_count_nl(p, n) + (n && p[n - 1] != '\n');
 }
 
+/* ---------------------------------------------------------------- labelled batches */
+
+/*
+ * "#!batch SOURCE SEQ", lines, "#!end": the lines are gathered (they are
+ * one WAL record with their label, so nothing is written before the end),
+ * written by tally_write_lp_labelled at "#!end", and answered after the
+ * next sync: "OK batch SOURCE SEQ applied accepted=A rejected=R" or
+ * "OK batch SOURCE SEQ duplicate", after the usual per-line errors. A
+ * connection that ends inside a batch writes nothing of it.
+ */
+typedef struct conn_lbatch {
+	char source[256];
+	uint64_t seq;
+	char *p; /* the batch's lines, gathered */
+	size_t n, cap;
+	uint64_t first_line; /* c->lines at "#!batch" */
+	int ended;           /* "#!end" seen: p is being written */
+	int answer;          /* 1 applied, 2 duplicate: said after the sync */
+	uint64_t accepted, rejected;
+} conn_lbatch;
+
+static void lbatch_free(wconn *c)
+{
+	if (c->lb)
+		free(c->lb->p);
+	free(c->lb);
+	c->lb = NULL;
+}
+
+/* "#!batch SOURCE SEQ" opens a batch. 1: the line was one (answered or
+ * opened), 0: another command. */
+static int lbatch_begin(wconn *c, const char *line, size_t len)
+{
+	if (len < 8 || memcmp(line, "#!batch ", 8))
+		return 0;
+	/* SOURCE: 1..255 bytes up to one space; SEQ: decimal, no sign */
+	const char *src = line + 8, *end = line + len;
+	const char *sp = memchr(src, ' ', (size_t)(end - src));
+	size_t sl = sp ? (size_t)(sp - src) : 0;
+	uint64_t seq = 0;
+	int ok = sp && sl >= 1 && sl <= 255 && sp + 1 < end;
+	for (const char *q = sp ? sp + 1 : end; ok && q < end; q++) {
+		unsigned d = (unsigned)(*q - '0');
+		ok = d <= 9 && seq <= (UINT64_MAX - d) / 10;
+		seq = seq * 10 + d;
+	}
+	if (c->lb)
+		conn_putf(c, 0,
+			  "ERR line %" PRIu64 ": #!batch inside batch %s %" PRIu64
+			  "; that batch is dropped, nothing of it written",
+			  c->lines + 1, c->lb->source, c->lb->seq);
+	lbatch_free(c);
+	if (!ok) {
+		conn_putf(c, 0, "ERR line %" PRIu64 ": usage: #!batch SOURCE SEQ (SEQ 0..2^64-1)",
+			  c->lines + 1);
+		return 1;
+	}
+	if (!(c->lb = calloc(1, sizeof *c->lb))) {
+		conn_close_with(c, "ERR out of memory; closing");
+		return 1;
+	}
+	memcpy(c->lb->source, src, sl);
+	c->lb->seq = seq;
+	c->lb->first_line = c->lines + 1;
+	return 1;
+}
+
+static int lbatch_gather(wconn *c, const char *p, size_t n)
+{
+	conn_lbatch *b = c->lb;
+	size_t limit = conn_conf(c)->input_bytes;
+	if (b->n + n > limit) {
+		char m[400];
+		snprintf(m, sizeof m, "ERR batch %s %" PRIu64 ": more than %zu bytes; closing",
+			 b->source, b->seq, limit);
+		conn_close_with(c, m);
+		return -1;
+	}
+	if (b->n + n > b->cap) {
+		size_t cap = b->cap ? b->cap : 4096;
+		while (cap < b->n + n)
+			cap *= 2;
+		char *q = realloc(b->p, cap);
+		if (!q) {
+			conn_close_with(c, "ERR out of memory; closing");
+			return -1;
+		}
+		b->p = q;
+		b->cap = cap;
+	}
+	memcpy(b->p + b->n, p, n);
+	b->n += n;
+	return 0;
+}
+
+/* The sync after a labelled batch is done: its answer. */
+static void lbatch_answer(wconn *c, int sync_rc, const char *msg)
+{
+	conn_lbatch *b = c->lb;
+	if (sync_rc)
+		conn_putf(c, 0, "ERR batch %s %" PRIu64 ": sync: %s", b->source, b->seq, msg);
+	else if (b->answer == 2)
+		conn_putf(c, 0, "OK batch %s %" PRIu64 " duplicate", b->source, b->seq);
+	else
+		conn_putf(c, 0,
+			  "OK batch %s %" PRIu64 " applied accepted=%" PRIu64 " rejected=%" PRIu64,
+			  b->source, b->seq, b->accepted, b->rejected);
+	lbatch_free(c);
+}
+
+static int conn_write(wconn *c, const char *p, size_t n);
+
+/* "#!end": writes the gathered lines as one labelled batch. 0 when it
+ * must be retried later (the store is full). */
+static int lbatch_end(wconn *c)
+{
+	conn_lbatch *b = c->lb;
+	b->ended = 1;
+	uint64_t lines = c->lines, acc = c->accepted, rej = c->rejected;
+	/* per-line errors count from the batch's first line */
+	c->lines = b->first_line;
+	if (!conn_write(c, b->p, b->n)) {
+		c->lines = lines;
+		return 0;
+	}
+	b->accepted = c->accepted - acc;
+	b->rejected = c->rejected - rej;
+	c->lines = lines;
+	if (b->answer) {
+		c->sync_ticket = srv_sync_ticket(c->sh->srv);
+		c->sh->n_sync_wait++;
+		STAT_ADD(c->sh, syncs, 1);
+	} else {
+		lbatch_free(c);
+	}
+	return 1;
+}
+
 /* Writes a run of whole records. Returns 1 when done with it, 0 when it
  * must be retried later (the store is full: the connection waits). */
 int conn_full_wait(wconn *c, int rc)
@@ -915,7 +1062,19 @@ static int conn_write(wconn *c, const char *p, size_t n)
 {
 	wshard *sh = c->sh;
 	tally_write_result res;
-	int rc = tally_write_lp(sh->w, p, n, c->prec, &res);
+	conn_lbatch *lb = c->lb && c->lb->ended ? c->lb : NULL;
+	int dup = 0;
+	int rc = lb ? tally_write_lp_labelled(sh->w, lb->source, lb->seq, p, n, c->prec, &res, &dup)
+		    : tally_write_lp(sh->w, p, n, c->prec, &res);
+	if (lb && rc >= 0)
+		lb->answer = dup ? 2 : 1;
+	if (lb && (rc == TALLY_ESTALE || rc == TALLY_EINVAL)) {
+		/* the label itself was refused: nothing written, nothing to sync */
+		conn_putf(c, 0, "ERR batch %s %" PRIu64 ": %s", lb->source, lb->seq,
+			  tally_errmsg());
+		c->rejected += conn_count_lines(p, n);
+		return 1;
+	}
 	if (conn_full_wait(c, rc))
 		return 0;
 	/* On an error the engine applied the run's first res.lines lines
@@ -1029,15 +1188,35 @@ static size_t conn_run(wconn *c, const char *buf, size_t len, int final)
 						   "first");
 				return pos;
 			}
-			if (!conn_write(c, buf + pos, k))
+			if (c->lb) {
+				/* inside a batch: gathered, written at "#!end" */
+				if (lbatch_gather(c, buf + pos, k))
+					return pos;
+				c->lines += conn_count_lines(buf + pos, k);
+			} else if (!conn_write(c, buf + pos, k)) {
 				return pos;
+			}
 			pos += k;
 			continue;
 		}
 		const char *nl = memchr(buf + pos, '\n', cut - pos);
 		size_t e = nl ? (size_t)(nl - (buf + pos)) : cut - pos;
-		if (conn_command(c, buf + pos, e) < 0)
+		size_t el = e && buf[pos + e - 1] == '\r' ? e - 1 : e;
+		if (c->authed && c->lb && el == 5 && !memcmp(buf + pos, "#!end", 5)) {
+			if (!lbatch_end(c))
+				return pos;
+		} else if (c->authed && lbatch_begin(c, buf + pos, el)) {
+			if (c->state != CONN_OPEN)
+				return pos;
+		} else if (c->lb) {
+			conn_putf(c, 0,
+				  "ERR line %" PRIu64 ": only #!end ends batch %s %" PRIu64
+				  "; that batch is dropped, nothing of it written",
+				  c->lines + 1, c->lb->source, c->lb->seq);
+			lbatch_free(c);
+		} else if (conn_command(c, buf + pos, e) < 0) {
 			return pos;
+		}
 		c->lines++;
 		pos += nl ? e + 1 : e;
 	}
@@ -1244,7 +1423,9 @@ static void lp_step(wconn *c)
 				conn_close_with(c, m);
 				break;
 			}
-			if (rc)
+			if (c->lb && c->lb->answer)
+				lbatch_answer(c, rc, msg);
+			else if (rc)
 				conn_putf(c, 0, "ERR sync: %s", msg);
 			else
 				conn_putf(c, 0, "OK sync accepted=%" PRIu64 " rejected=%" PRIu64,

@@ -923,6 +923,8 @@ int srv_open(srv *s, srv_conf *conf)
 	o.tier_timeout_ms = conf->tier_timeout_ms;
 	o.tier_retries = conf->tier_retries;
 	o.tier_part_bytes = conf->tier_part_bytes;
+	o.label_window = conf->label_window;
+	o.label_expiry = conf->label_expiry;
 	o.log_fn = srv_engine_log;
 	o.log_ctx = s;
 	o.log_level = conf->log_level;

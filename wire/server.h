@@ -138,6 +138,10 @@ struct wconn {
 	uint64_t dropped_unreported;
 
 	int64_t last_active; /* monotonic ns of the last input or output */
+
+	/* "#!batch SOURCE SEQ" ... "#!end" (wire/conn.c, "labelled batches");
+	 * NULL outside a batch */
+	struct conn_lbatch *lb;
 	int64_t linger_until;
 };
 
