@@ -31,6 +31,7 @@
 #include "cmd.h"
 #include "frame.h"
 #include "server.h"
+#include "tls.h"
 
 #define CONN_RETRY_NS  (50 * INT64_C(1000000)) /* re-try a write into a full store */
 #define CONN_LINGER_NS (2 * INT64_C(1000000000))
@@ -65,7 +66,7 @@ static const srv_conf *conn_conf(const wconn *c)
 
 size_t conn_unsent(const wconn *c)
 {
-	return c->out_tail - c->out_head;
+	return c->out_tail - c->out_head + tls_pending(c);
 }
 
 static int lp_wants_recv(const wconn *c)
@@ -629,6 +630,12 @@ static void conn_stats(wconn *c)
 		{"http_gzip_bodies", sum[15]},
 		{"http_header_timeouts", sum[16]},
 		{"http_on_line_protocol_port", sum[17]},
+		/* HTTPS (docs/http.md) */
+		{"tls_handshakes", tls_stat(s, TLS_ST_HANDSHAKES)},
+		{"tls_handshake_failures", tls_stat(s, TLS_ST_FAILURES)},
+		{"tls_plaintext_refused", tls_stat(s, TLS_ST_PLAINTEXT)},
+		{"tls_handshake_timeouts", tls_stat(s, TLS_ST_TIMEOUTS)},
+		{"tls_reloads", tls_stat(s, TLS_ST_RELOADS)},
 		{"uptime_seconds", (uint64_t)((srv_now() - s->started) / 1000000000)},
 	};
 	text_raw(&t, "name\tvalue\n", 11);

@@ -38,6 +38,7 @@
 #include <unistd.h>
 
 #include "server.h"
+#include "tls.h"
 
 /* user_data of operations that belong to no connection. Connections'
  * operations carry the (16-byte aligned) pointer with the op in the low
@@ -249,6 +250,10 @@ static void sh_adopt(wshard *sh, int fd, unsigned proto)
 	int one = 1;
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 	wconn *c = conn_new(sh, fd, sh_protos[proto]);
+	if (c && proto == PROTO_HTTP && s->tls_ctx && tls_conn_start(c)) {
+		conn_free(c);
+		c = NULL;
+	}
 	if (!c) {
 		srv_log(s, TALLY_LOG_WARN, "out of memory: refusing a connection");
 		close(fd);
@@ -274,6 +279,7 @@ void sh_release(wshard *sh, wconn *c)
 	if (c->next)
 		c->next->prev = c->prev;
 	close(c->fd);
+	tls_conn_free(c);
 	conn_free(c);
 	sh->n_conns--;
 	atomic_store_explicit(&sh->load, sh->n_conns, memory_order_relaxed);
@@ -286,6 +292,10 @@ static int sh_reconcile(wshard *sh, wconn *c)
 {
 	if (sh->srv->use_epoll)
 		return ep_reconcile(sh, c);
+	/* First, as encrypting may let the protocol go on (and change what
+	 * it wants); a span is asked for only with no send in flight. */
+	const char *tx = NULL;
+	size_t unsent = c->send_busy ? 1 : tls_tx(c, &tx);
 	if (c->state == CONN_DEAD) {
 		if (!c->killed) {
 			c->killed = 1;
@@ -326,11 +336,10 @@ static int sh_reconcile(wshard *sh, wconn *c)
 			c->recv_cancelling = 1;
 		}
 	}
-	size_t unsent = c->out_tail - c->out_head;
 	if (!c->send_busy && unsent) {
 		struct io_uring_sqe *sqe = sh_sqe(sh);
 		if (sqe) {
-			io_uring_prep_send(sqe, c->fd, c->out + c->out_head, unsent, MSG_NOSIGNAL);
+			io_uring_prep_send(sqe, c->fd, tx, unsent, MSG_NOSIGNAL);
 			io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)c | OP_SEND);
 			c->send_busy = 1;
 			c->send_len = unsent;
@@ -372,8 +381,7 @@ static void sh_on_recv(wshard *sh, wconn *c, struct io_uring_cqe *cqe)
 	if (cqe->res > 0) {
 		unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
 		if (c->state != CONN_DEAD)
-			c->proto->on_data(c, sh->bufs + (size_t)bid * sh->buf_bytes,
-					  (size_t)cqe->res);
+			tls_recv(c, sh->bufs + (size_t)bid * sh->buf_bytes, (size_t)cqe->res);
 		sh_return_buf(sh, bid);
 	} else if (cqe->res == 0) {
 		if (c->state != CONN_DEAD)
@@ -393,7 +401,7 @@ static void sh_on_send(wshard *sh, wconn *c, struct io_uring_cqe *cqe)
 	free(c->out_old); /* the buffer this send read, if out has grown since */
 	c->out_old = NULL;
 	if (cqe->res > 0 && c->state != CONN_DEAD) {
-		conn_sent(c, (size_t)cqe->res);
+		tls_sent(c, (size_t)cqe->res);
 	} else if (cqe->res < 0 && cqe->res != -EAGAIN && cqe->res != -EINTR) {
 		c->eof = 1;
 		c->state = CONN_DEAD;
@@ -547,6 +555,7 @@ void sh_mailbox(wshard *sh)
 void sh_tick(wshard *sh, int64_t now)
 {
 	for (wconn *c = sh->conns; c; c = c->next) {
+		tls_tick(c, now);
 		c->proto->tick(c, now);
 		if (sh->stopping && c->state == CONN_OPEN) {
 			/* Draining: a connection that went quiet, or any once the
@@ -850,6 +859,11 @@ int srv_open(srv *s, srv_conf *conf)
 	pthread_cond_init(&s->scv, &ca);
 	pthread_condattr_destroy(&ca);
 	int rc;
+	/* Before the database opens: a bad certificate stops the start at once. */
+	if (tls_srv_init(s)) {
+		srv_close(s);
+		return -EINVAL;
+	}
 	unsigned n = conf->shards;
 	if (n == 0) {
 		long cpus = sysconf(_SC_NPROCESSORS_ONLN);
@@ -1044,6 +1058,7 @@ void srv_close(srv *s)
 			wconn *c = sh->conns;
 			sh->conns = c->next;
 			close(c->fd);
+			tls_conn_free(c);
 			conn_free(c);
 		}
 		for (size_t k = 0; k < sh->n_mail; k++)
@@ -1080,4 +1095,5 @@ void srv_close(srv *s)
 	pthread_cond_destroy(&s->scv);
 	pthread_mutex_destroy(&s->init_mu);
 	pthread_cond_destroy(&s->init_cv);
+	tls_srv_fini(s);
 }
