@@ -79,6 +79,9 @@ static const struct conf_item {
 	 "HTTPS only (TLS 1.2+); reread on SIGHUP"},
 	{"http-tls-key", K_STR, offsetof(srv_conf, http_tls_key),
 	 "PEM private key file of http-tls-cert; reread on SIGHUP"},
+	{"tls-line-protocol", K_BOOL, offsetof(srv_conf, tls_lp),
+	 "on: the line-protocol port speaks TLS too, with http-tls-cert's certificate "
+	 "(default off)"},
 	{"tls-handshake-timeout", K_DUR, offsetof(srv_conf, tls_handshake_ns),
 	 "time a TLS client has to finish its handshake; slower: closed (default 10s)"},
 	{"shards", K_UINT, offsetof(srv_conf, shards), "shard threads (default: one per core)"},
@@ -653,6 +656,10 @@ int conf_parse_args(srv_conf *c, int argc, char **argv)
 	if (!c->http_tls_cert != !c->http_tls_key) {
 		fprintf(stderr, "tallyd: http-tls-cert and http-tls-key go together: set both "
 				"for HTTPS, or neither\n");
+		return -1;
+	}
+	if (c->tls_lp && !c->http_tls_cert) {
+		fprintf(stderr, "tallyd: tls-line-protocol needs http-tls-cert and http-tls-key\n");
 		return -1;
 	}
 	if (c->tls_handshake_ns < 1000000) {

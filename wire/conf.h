@@ -30,6 +30,7 @@ typedef struct srv_conf {
 	char *http_tls_cert;      /* PEM certificate chain: the HTTP port speaks HTTPS */
 	char *http_tls_key;       /* PEM private key of http_tls_cert */
 	int64_t tls_handshake_ns; /* a TLS handshake must end within this */
+	unsigned tls_lp;          /* 1: the line-protocol port speaks TLS too */
 	unsigned shards;          /* 0: one per core */
 	char *token;              /* shared secret clients present with #!auth; NULL: none */
 	uint32_t max_line;        /* longest line, bytes */

@@ -250,7 +250,7 @@ static void sh_adopt(wshard *sh, int fd, unsigned proto)
 	int one = 1;
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 	wconn *c = conn_new(sh, fd, sh_protos[proto]);
-	if (c && proto == PROTO_HTTP && s->tls_ctx && tls_conn_start(c)) {
+	if (c && s->tls_ctx && (proto == PROTO_HTTP || s->conf->tls_lp) && tls_conn_start(c)) {
 		conn_free(c);
 		c = NULL;
 	}
@@ -1006,12 +1006,12 @@ int srv_start(srv *s)
 	if (rc == 0 && s->http_port)
 		rc = srv_write_port_file(s, s->conf->http_port_file, s->http_port);
 	if (rc == 0 && (rc = srv_write_port_file(s, s->conf->port_file, s->port)) == 0) {
-		srv_log(s, TALLY_LOG_INFO, "listening on %s:%u, data %s, %u shards, %s%s",
-			s->conf->bind, s->port, s->conf->data, s->n_shards,
-			s->use_epoll ? "epoll" : "io_uring",
+		srv_log(s, TALLY_LOG_INFO, "listening on %s:%u%s, data %s, %u shards, %s%s",
+			s->conf->bind, s->port, s->conf->tls_lp ? " (TLS)" : "", s->conf->data,
+			s->n_shards, s->use_epoll ? "epoll" : "io_uring",
 			s->conf->token ? ", token required" : "");
 		if (s->http_port)
-			srv_log(s, TALLY_LOG_INFO, "HTTP on %s:%u",
+			srv_log(s, TALLY_LOG_INFO, "%s on %s:%u", s->tls_ctx ? "HTTPS" : "HTTP",
 				s->conf->http_bind ? s->conf->http_bind : s->conf->bind,
 				s->http_port);
 	}

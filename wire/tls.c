@@ -184,7 +184,9 @@ static void tls_refuse(wconn *c, const char *why)
 	if ((last == 0 || now - last >= TLS_LOG_NS) &&
 	    atomic_compare_exchange_strong(&s->tls_logged, &last, now)) {
 		uint64_t more = atomic_exchange(&s->tls_unlogged, 0);
-		srv_log(s, TALLY_LOG_WARN, "https port %u: %s; closed%s", s->http_port, why,
+		srv_log(s, TALLY_LOG_WARN, "%s port %u: %s; closed%s",
+			c->proto == &httpd_proto ? "https" : "line-protocol (TLS)",
+			c->proto == &httpd_proto ? s->http_port : s->port, why,
 			more ? " (more refused since the last such message)" : "");
 	} else {
 		atomic_fetch_add(&s->tls_unlogged, 1);
@@ -218,7 +220,7 @@ void tls_recv(wconn *c, const char *p, size_t n)
 		t->first_seen = 1;
 		if ((unsigned char)p[0] != TLS_HANDSHAKE) {
 			TLS_STAT(c->sh, tls_plaintext);
-			tls_refuse(c, "a client spoke without TLS (plain HTTP to the HTTPS port?)");
+			tls_refuse(c, "a client spoke without TLS (plaintext to a TLS port)");
 			return;
 		}
 	}

@@ -13,6 +13,7 @@ counted (the server goes on); a certificate swap + SIGHUP: a connection
 opened before keeps working on the old certificate, a new one (openssl
 s_client) sees the new serial; a bad certificate on SIGHUP keeps the last
 good one.
+MODE lp: tls-line-protocol, the line-protocol port over TLS.
 MODE node: @influxdata/influxdb-client and @questdb/nodejs-client over
 HTTPS with the CA (tests/server/http_clients.mjs, $TALLY_TLS_CA).
 After each writer, tally's answers equal a model of what was sent.
@@ -212,6 +213,42 @@ def mode_curl(d, ca):
     step("curl over https: every check passed")
 
 
+def mode_lp(d, ca):
+    """tls-line-protocol: the line-protocol port over TLS; a plaintext
+    client there is closed; a plain server on the same data then answers
+    the model."""
+    srv = H.Server("--http-tls-cert", d + "/cur.pem", "--http-tls-key", d + "/cur.key",
+                   "--tls-line-protocol", "on")
+    try:
+        step("line protocol over TLS")
+        text, model = H.lines_for("tl", 3000, 7)
+        ctx = ssl.create_default_context(cafile=ca)
+        s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", srv.port), timeout=60),
+                            server_hostname="127.0.0.1")
+        s.sendall(("#!auth %s\n#!precision s\n" % H.TOKEN).encode() + text.encode() + b"#!sync\n")
+        got = b""
+        while b"OK sync" not in got:
+            b = s.recv(65536)
+            check(b, "the TLS line-protocol connection closed: %r" % got)
+            got += b
+        check(b"OK sync accepted=3000 rejected=0" in got, "line protocol over TLS: %r" % got)
+        s.close()
+        step("plaintext to the TLS line-protocol port is closed")
+        p = socket.create_connection(("127.0.0.1", srv.port), timeout=60)
+        p.sendall(b"#!ping\n")
+        check(p.recv(4096) == b"", "plaintext on the TLS line-protocol port was answered")
+        p.close()
+    finally:
+        srv.stop(keep=True)
+    plain = H.Server(reuse=srv)
+    try:
+        plain.check_model("tl", model, "line protocol over TLS")
+        check(plain.stats()["tls_handshakes"] == 0, "TLS counted without TLS")
+    finally:
+        plain.stop()
+    step("line protocol over TLS: every check passed")
+
+
 def mode_node(d, ca):
     nm = os.path.join(H.HERE, "node_modules")
     if not shutil.which("node") or not os.path.isdir(os.path.join(nm, "@influxdata/influxdb-client")) \
@@ -242,6 +279,6 @@ D = tempfile.mkdtemp(prefix="tally-https-")
 try:
     make_pki(D)
     install(D, "a")
-    {"curl": mode_curl, "node": mode_node}[MODE](D, D + "/ca.pem")
+    {"curl": mode_curl, "node": mode_node, "lp": mode_lp}[MODE](D, D + "/ca.pem")
 finally:
     shutil.rmtree(D, ignore_errors=True)
