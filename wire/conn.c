@@ -64,6 +64,8 @@ static const srv_conf *conn_conf(const wconn *c)
 	return c->sh->srv->conf;
 }
 
+/* Replies not yet on the wire: out's, and with TLS those already
+ * encrypted (not in out any more, but not sent either). */
 size_t conn_unsent(const wconn *c)
 {
 	return c->out_tail - c->out_head + tls_pending(c);
@@ -152,7 +154,7 @@ static int conn_out_room(wconn *c, size_t n, int force)
 	if (!force && conn_unsent(c) + n > limit)
 		return -1;
 	if (!c->send_busy && c->out_head) { /* the kernel holds no pointer into out */
-		memmove(c->out, c->out + c->out_head, conn_unsent(c));
+		memmove(c->out, c->out + c->out_head, c->out_tail - c->out_head);
 		c->out_tail -= c->out_head;
 		c->out_head = 0;
 	}

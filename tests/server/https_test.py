@@ -130,6 +130,38 @@ def wait_stat(srv, name, at_least):
         time.sleep(0.05)
 
 
+def never_reading_tls_client(srv, ca):
+    """Pipelines pings over TLS without reading: the server stops reading
+    (TCP pushes back) with its memory bounded, and many idle TLS
+    connections cost a bounded amount each."""
+    req = b"GET /ping HTTP/1.1\r\nHost: t\r\n\r\n"
+    s = tls_conn(srv, ca)
+    rss0 = srv.rss_kib()
+    s.settimeout(3)  # a send blocked this long: the server pushed back
+    sent, pushed_back, t = 0, False, time.monotonic()
+    while time.monotonic() - t < 60:
+        try:
+            s.sendall(req * 512)
+            sent += 512
+        except socket.timeout:
+            pushed_back = True
+            break
+    step("sent %d pings over TLS until the server pushed back" % sent)
+    check(pushed_back, "the server read %d pipelined pings over TLS without pushing back" % sent)
+    grew = srv.rss_kib() - rss0
+    check(grew < 64 * 1024, "tallyd grew %d KiB under a TLS client that never reads" % grew)
+    s.close()
+    rss0 = srv.rss_kib()
+    idle = [tls_conn(srv, ca) for _ in range(200)]
+    grew = srv.rss_kib() - rss0
+    step("200 idle TLS connections: %d KiB" % grew)
+    # A sanitizer's quarantine keeps what the handshakes freed.
+    per = 1024 if b"__asan_init" in open(H.TALLYD, "rb").read() else 160
+    check(grew < 200 * per, "200 idle TLS connections took %d KiB" % grew)
+    for c in idle:
+        c.close()
+
+
 def mode_curl(d, ca):
     srv = H.Server("--http-tls-cert", d + "/cur.pem", "--http-tls-key", d + "/cur.key",
                    "--tls-handshake-timeout", "2s")
@@ -166,6 +198,9 @@ def mode_curl(d, ca):
         for k, v in m2.items():
             m1.setdefault(k, []).extend(v)
         srv.check_model("tk", m1, "https pipelined")
+
+        step("a TLS client that never reads")
+        never_reading_tls_client(srv, ca)
 
         step("plaintext HTTP to the TLS port is closed")
         closed_without_answer(srv, b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n", "plaintext")
