@@ -243,6 +243,10 @@ def mode_curl(d, ca):
         check(srv.stats()["tls_reloads"] == 1, "a failed reload was counted as done")
         check(served_serial(srv, ca) == 2002, "a failed reload changed the served certificate")
         check(srv.stats()["tls_handshakes"] >= 8, "handshakes not counted: %s" % srv.stats())
+        st, out = curl(srv, ca, "/metrics")
+        check(st == 200 and re.search(r"^tally_tls_reloads_total 1$", out, re.M)
+              and re.search(r"^tally_tls_handshake_timeouts_total [1-9]", out, re.M),
+              "/metrics over https lacks the TLS counters: %s" % out[-2000:])
     finally:
         srv.stop()
     step("curl over https: every check passed")
