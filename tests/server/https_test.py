@@ -13,7 +13,8 @@ counted (the server goes on); a certificate swap + SIGHUP: a connection
 opened before keeps working on the old certificate, a new one (openssl
 s_client) sees the new serial; a bad certificate on SIGHUP keeps the last
 good one.
-MODE lp: tls-line-protocol, the line-protocol port over TLS.
+MODE lp: tls-line-protocol, the line-protocol port over TLS; a bad
+certificate or key stops the start, naming the file.
 MODE node: @influxdata/influxdb-client and @questdb/nodejs-client over
 HTTPS with the CA (tests/server/http_clients.mjs, $TALLY_TLS_CA).
 After each writer, tally's answers equal a model of what was sent.
@@ -252,6 +253,19 @@ def mode_curl(d, ca):
     step("curl over https: every check passed")
 
 
+def bad_certificate_stops_the_start(d):
+    """A missing certificate, or a key of another certificate: tallyd
+    does not start, and says which file."""
+    for cert, key, want in ((d + "/none.pem", d + "/a.key", d + "/none.pem"),
+                            (d + "/a.pem", d + "/b.key", d + "/b.key")):
+        r = subprocess.run([H.TALLYD, "--data", d + "/never", "--port", "0", "--http-port", "0",
+                            "--http-tls-cert", cert, "--http-tls-key", key], capture_output=True,
+                           text=True, timeout=60)
+        check(r.returncode != 0 and want in r.stderr,
+              "tallyd with %s and %s: exit %d, %s" % (cert, key, r.returncode, r.stderr))
+        check(not os.path.exists(d + "/never"), "a refused start created the data directory")
+
+
 def mode_lp(d, ca):
     """tls-line-protocol: the line-protocol port over TLS; a plaintext
     client there is closed; a plain server on the same data then answers
@@ -285,6 +299,8 @@ def mode_lp(d, ca):
         check(plain.stats()["tls_handshakes"] == 0, "TLS counted without TLS")
     finally:
         plain.stop()
+    step("a bad certificate stops the start")
+    bad_certificate_stops_the_start(d)
     step("line protocol over TLS: every check passed")
 
 
