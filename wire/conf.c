@@ -76,6 +76,16 @@ static const struct conf_item {
 	 "on: an HTTP write is answered 204 once fsync'ed (group commit); off: once "
 	 "written, before the fsync, like InfluxDB (weaker: a crash may lose it) "
 	 "(default on)"},
+	{"http-tls-cert", K_STR, offsetof(srv_conf, http_tls_cert),
+	 "PEM certificate chain file; when set (with http-tls-key) the HTTP port speaks "
+	 "HTTPS only (TLS 1.2+); reread on SIGHUP"},
+	{"http-tls-key", K_STR, offsetof(srv_conf, http_tls_key),
+	 "PEM private key file of http-tls-cert; reread on SIGHUP"},
+	{"tls-line-protocol", K_BOOL, offsetof(srv_conf, tls_lp),
+	 "on: the line-protocol port speaks TLS too, with http-tls-cert's certificate "
+	 "(default off)"},
+	{"tls-handshake-timeout", K_DUR, offsetof(srv_conf, tls_handshake_ns),
+	 "time a TLS client has to finish its handshake; slower: closed (default 10s)"},
 	{"shards", K_UINT, offsetof(srv_conf, shards), "shard threads (default: one per core)"},
 	{"token", K_SECRET, offsetof(srv_conf, token),
 	 "shared token clients must present: #!auth on the line-protocol port, "
@@ -187,6 +197,7 @@ void conf_init(srv_conf *c)
 	c->http_max_header = 16u << 10;
 	c->http_header_ns = 10 * INT64_C(1000000000);
 	c->http_durable = 1;
+	c->tls_handshake_ns = 10 * INT64_C(1000000000);
 	c->max_line = 1u << 20;
 	c->max_conns = 4096;
 	c->reply_bytes = 1u << 20;
@@ -684,6 +695,19 @@ int conf_parse_args(srv_conf *c, int argc, char **argv)
 		fprintf(stderr, "tallyd: http-max-header-bytes must be in [256, 1MiB], "
 				"http-max-body-bytes at least 4KiB and http-header-timeout at "
 				"least 1ms\n");
+		return -1;
+	}
+	if (!c->http_tls_cert != !c->http_tls_key) {
+		fprintf(stderr, "tallyd: http-tls-cert and http-tls-key go together: set both "
+				"for HTTPS, or neither\n");
+		return -1;
+	}
+	if (c->tls_lp && !c->http_tls_cert) {
+		fprintf(stderr, "tallyd: tls-line-protocol needs http-tls-cert and http-tls-key\n");
+		return -1;
+	}
+	if (c->tls_handshake_ns < 1000000) {
+		fprintf(stderr, "tallyd: tls-handshake-timeout must be at least 1ms\n");
 		return -1;
 	}
 	if (c->max_conns == 0) {

@@ -16,29 +16,33 @@
 #define CONF_DEFAULT_HTTP_PORT 8429
 
 typedef struct srv_conf {
-	char *bind;             /* address to listen on; default 127.0.0.1 */
-	unsigned port;          /* default 8427; 0 picks a free port */
-	char *data;             /* data directory; default ./data */
-	char *port_file;        /* if set, the bound port is written there */
-	int http_port;          /* default 8429; 0: any free port; -1: no HTTP */
-	char *http_bind;        /* NULL: bind */
-	char *http_port_file;   /* if set, the bound HTTP port is written there */
-	size_t http_max_body;   /* request body, also decompressed */
-	size_t http_max_header; /* request line and headers */
-	int64_t http_header_ns; /* a request's head must arrive within this */
-	unsigned http_durable;  /* 1: 204 after the fsync; 0: after the write */
-	unsigned shards;        /* 0: one per core */
-	char *token;            /* shared secret clients present with #!auth; NULL: none */
-	uint32_t max_line;      /* longest line, bytes */
-	unsigned max_conns;     /* open connections at once */
-	size_t reply_bytes;     /* unsent replies kept per connection */
-	size_t input_bytes;     /* unprocessed input kept per connection */
-	int64_t idle_ns;        /* close connections silent this long; 0: never */
-	int64_t sync_ns;        /* background group commit interval; 0: only on #!sync */
-	int64_t full_wait_ns;   /* how long a write waits out a full store */
-	int64_t grace_ns;       /* on SIGTERM: how long to drain connections */
-	int64_t poll_ns;        /* after activity, poll this long before sleeping; 0: never */
-	unsigned recv_bufs;     /* receive buffers per shard */
+	char *bind;               /* address to listen on; default 127.0.0.1 */
+	unsigned port;            /* default 8427; 0 picks a free port */
+	char *data;               /* data directory; default ./data */
+	char *port_file;          /* if set, the bound port is written there */
+	int http_port;            /* default 8429; 0: any free port; -1: no HTTP */
+	char *http_bind;          /* NULL: bind */
+	char *http_port_file;     /* if set, the bound HTTP port is written there */
+	size_t http_max_body;     /* request body, also decompressed */
+	size_t http_max_header;   /* request line and headers */
+	int64_t http_header_ns;   /* a request's head must arrive within this */
+	unsigned http_durable;    /* 1: 204 after the fsync; 0: after the write */
+	char *http_tls_cert;      /* PEM certificate chain: the HTTP port speaks HTTPS */
+	char *http_tls_key;       /* PEM private key of http_tls_cert */
+	int64_t tls_handshake_ns; /* a TLS handshake must end within this */
+	unsigned tls_lp;          /* 1: the line-protocol port speaks TLS too */
+	unsigned shards;          /* 0: one per core */
+	char *token;              /* shared secret clients present with #!auth; NULL: none */
+	uint32_t max_line;        /* longest line, bytes */
+	unsigned max_conns;       /* open connections at once */
+	size_t reply_bytes;       /* unsent replies kept per connection */
+	size_t input_bytes;       /* unprocessed input kept per connection */
+	int64_t idle_ns;          /* close connections silent this long; 0: never */
+	int64_t sync_ns;          /* background group commit interval; 0: only on #!sync */
+	int64_t full_wait_ns;     /* how long a write waits out a full store */
+	int64_t grace_ns;         /* on SIGTERM: how long to drain connections */
+	int64_t poll_ns;          /* after activity, poll this long before sleeping; 0: never */
+	unsigned recv_bufs;       /* receive buffers per shard */
 	unsigned recv_buf_bytes;
 	int log_level; /* TALLY_LOG_* */
 	char *io;      /* "auto" (default), "io_uring" or "epoll" */

@@ -31,6 +31,7 @@
 #include "cmd.h"
 #include "frame.h"
 #include "server.h"
+#include "tls.h"
 
 #define CONN_RETRY_NS  (50 * INT64_C(1000000)) /* re-try a write into a full store */
 #define CONN_LINGER_NS (2 * INT64_C(1000000000))
@@ -63,9 +64,11 @@ static const srv_conf *conn_conf(const wconn *c)
 	return c->sh->srv->conf;
 }
 
+/* Replies not yet on the wire: out's, and with TLS those already
+ * encrypted (not in out any more, but not sent either). */
 size_t conn_unsent(const wconn *c)
 {
-	return c->out_tail - c->out_head;
+	return c->out_tail - c->out_head + tls_pending(c);
 }
 
 static int lp_wants_recv(const wconn *c)
@@ -154,7 +157,7 @@ static int conn_out_room(wconn *c, size_t n, int force)
 	if (!force && conn_unsent(c) + n > limit)
 		return -1;
 	if (!c->send_busy && c->out_head) { /* the kernel holds no pointer into out */
-		memmove(c->out, c->out + c->out_head, conn_unsent(c));
+		memmove(c->out, c->out + c->out_head, c->out_tail - c->out_head);
 		c->out_tail -= c->out_head;
 		c->out_head = 0;
 	}
@@ -642,6 +645,12 @@ static void conn_stats(wconn *c)
 		{"label_duplicates", es.label_duplicates},
 		{"label_too_old", es.label_too_old},
 		{"label_expired", es.label_expired},
+		/* HTTPS (docs/http.md) */
+		{"tls_handshakes", tls_stat(s, TLS_ST_HANDSHAKES)},
+		{"tls_handshake_failures", tls_stat(s, TLS_ST_FAILURES)},
+		{"tls_plaintext_refused", tls_stat(s, TLS_ST_PLAINTEXT)},
+		{"tls_handshake_timeouts", tls_stat(s, TLS_ST_TIMEOUTS)},
+		{"tls_reloads", tls_stat(s, TLS_ST_RELOADS)},
 		{"uptime_seconds", (uint64_t)((srv_now() - s->started) / 1000000000)},
 	};
 	text_raw(&t, "name\tvalue\n", 11);

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "server.h"
+#include "tls.h"
 
 enum { EP_EVENTFD = 1, EP_LISTEN = 2, EP_LISTEN_HTTP = 3 };
 #define EP_READS_PER_WAKE 4 /* then the next connection gets its turn */
@@ -96,12 +97,13 @@ static void ep_dead(wconn *c)
 /* Sends what is unsent until done or the socket would block. */
 static void ep_write(wconn *c)
 {
-	while (c->state != CONN_DEAD && c->out_tail > c->out_head) {
-		ssize_t n = send(c->fd, c->out + c->out_head, c->out_tail - c->out_head,
-				 MSG_NOSIGNAL | MSG_DONTWAIT);
+	const char *p;
+	size_t len;
+	while (c->state != CONN_DEAD && (len = tls_tx(c, &p)) > 0) {
+		ssize_t n = send(c->fd, p, len, MSG_NOSIGNAL | MSG_DONTWAIT);
 		if (n > 0) {
 			c->send_blocked = 0;
-			conn_sent(c, (size_t)n);
+			tls_sent(c, (size_t)n);
 			continue;
 		}
 		if (n < 0 && errno == EINTR)
@@ -120,7 +122,7 @@ static void ep_read(wshard *sh, wconn *c)
 	     i++) {
 		ssize_t n = recv(c->fd, sh->ep_buf, sh->buf_bytes, MSG_DONTWAIT);
 		if (n > 0) {
-			c->proto->on_data(c, sh->ep_buf, (size_t)n);
+			tls_recv(c, sh->ep_buf, (size_t)n);
 			continue;
 		}
 		if (n == 0) {
@@ -137,7 +139,7 @@ static void ep_read(wshard *sh, wconn *c)
 
 int ep_reconcile(wshard *sh, wconn *c)
 {
-	if (c->state != CONN_DEAD && c->out_tail > c->out_head && !c->send_blocked)
+	if (c->state != CONN_DEAD && !c->send_blocked)
 		ep_write(c);
 	if (c->state == CONN_DEAD) {
 		if (c->recv_armed)
@@ -145,7 +147,7 @@ int ep_reconcile(wshard *sh, wconn *c)
 		sh_release(sh, c);
 		return 1;
 	}
-	if (c->state == CONN_LINGER && c->out_tail == c->out_head && !c->wr_shut) {
+	if (c->state == CONN_LINGER && conn_unsent(c) == 0 && !c->wr_shut) {
 		shutdown(c->fd, SHUT_WR);
 		c->wr_shut = 1;
 	}

@@ -283,6 +283,13 @@ static const struct stat_metric server_metrics[] = {
 	 W(http_header_timeouts)},
 	{"tally_http_on_lp_port_total", "counter",
 	 "HTTP requests sent to the line-protocol port (refused with 400).", W(http_on_lp_port)},
+	{"tally_tls_handshakes_total", "counter", "TLS handshakes completed.", W(tls_handshakes)},
+	{"tally_tls_handshake_failures_total", "counter", "TLS handshakes that failed (closed).",
+	 W(tls_failures)},
+	{"tally_tls_plaintext_refused_total", "counter",
+	 "Connections that sent plaintext to a TLS port (closed).", W(tls_plaintext)},
+	{"tally_tls_handshake_timeouts_total", "counter",
+	 "TLS handshakes unfinished within tls-handshake-timeout (closed).", W(tls_timeouts)},
 #undef W
 };
 
@@ -425,6 +432,10 @@ int metrics_render(srv *s, char **buf, size_t *len, size_t *cap)
 	if (!rc)
 		rc = metrics_hist_put(buf, len, cap, "tally_wal_sync_duration_seconds", "",
 				      &s->sync_seconds);
+	if (!rc)
+		rc = single(buf, len, cap, "tally_tls_reloads_total", "counter",
+			    "HTTPS certificates loaded by SIGHUP.",
+			    (double)atomic_load(&s->tls_reloads));
 	if (!rc)
 		rc = http_endpoints(buf, len, cap, s);
 	if (!rc)

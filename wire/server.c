@@ -39,6 +39,7 @@
 
 #include "jsonev.h"
 #include "server.h"
+#include "tls.h"
 
 /* user_data of operations that belong to no connection. Connections'
  * operations carry the (16-byte aligned) pointer with the op in the low
@@ -257,6 +258,10 @@ static void sh_adopt(wshard *sh, int fd, unsigned proto)
 	int one = 1;
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 	wconn *c = conn_new(sh, fd, sh_protos[proto]);
+	if (c && s->tls_ctx && (proto == PROTO_HTTP || s->conf->tls_lp) && tls_conn_start(c)) {
+		conn_free(c);
+		c = NULL;
+	}
 	if (!c) {
 		srv_log(s, TALLY_LOG_WARN, "out of memory: refusing a connection");
 		close(fd);
@@ -282,6 +287,7 @@ void sh_release(wshard *sh, wconn *c)
 	if (c->next)
 		c->next->prev = c->prev;
 	close(c->fd);
+	tls_conn_free(c);
 	conn_free(c);
 	sh->n_conns--;
 	atomic_store_explicit(&sh->load, sh->n_conns, memory_order_relaxed);
@@ -294,6 +300,10 @@ static int sh_reconcile(wshard *sh, wconn *c)
 {
 	if (sh->srv->use_epoll)
 		return ep_reconcile(sh, c);
+	/* First, as encrypting may let the protocol go on (and change what
+	 * it wants); a span is asked for only with no send in flight. */
+	const char *tx = NULL;
+	size_t unsent = c->send_busy ? 1 : tls_tx(c, &tx);
 	if (c->state == CONN_DEAD) {
 		if (!c->killed) {
 			c->killed = 1;
@@ -334,11 +344,10 @@ static int sh_reconcile(wshard *sh, wconn *c)
 			c->recv_cancelling = 1;
 		}
 	}
-	size_t unsent = c->out_tail - c->out_head;
 	if (!c->send_busy && unsent) {
 		struct io_uring_sqe *sqe = sh_sqe(sh);
 		if (sqe) {
-			io_uring_prep_send(sqe, c->fd, c->out + c->out_head, unsent, MSG_NOSIGNAL);
+			io_uring_prep_send(sqe, c->fd, tx, unsent, MSG_NOSIGNAL);
 			io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)c | OP_SEND);
 			c->send_busy = 1;
 			c->send_len = unsent;
@@ -380,8 +389,7 @@ static void sh_on_recv(wshard *sh, wconn *c, struct io_uring_cqe *cqe)
 	if (cqe->res > 0) {
 		unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
 		if (c->state != CONN_DEAD)
-			c->proto->on_data(c, sh->bufs + (size_t)bid * sh->buf_bytes,
-					  (size_t)cqe->res);
+			tls_recv(c, sh->bufs + (size_t)bid * sh->buf_bytes, (size_t)cqe->res);
 		sh_return_buf(sh, bid);
 	} else if (cqe->res == 0) {
 		if (c->state != CONN_DEAD)
@@ -401,7 +409,7 @@ static void sh_on_send(wshard *sh, wconn *c, struct io_uring_cqe *cqe)
 	free(c->out_old); /* the buffer this send read, if out has grown since */
 	c->out_old = NULL;
 	if (cqe->res > 0 && c->state != CONN_DEAD) {
-		conn_sent(c, (size_t)cqe->res);
+		tls_sent(c, (size_t)cqe->res);
 	} else if (cqe->res < 0 && cqe->res != -EAGAIN && cqe->res != -EINTR) {
 		c->eof = 1;
 		c->state = CONN_DEAD;
@@ -555,6 +563,7 @@ void sh_mailbox(wshard *sh)
 void sh_tick(wshard *sh, int64_t now)
 {
 	for (wconn *c = sh->conns; c; c = c->next) {
+		tls_tick(c, now);
 		c->proto->tick(c, now);
 		if (sh->stopping && c->state == CONN_OPEN) {
 			/* Draining: a connection that went quiet, or any once the
@@ -858,6 +867,11 @@ int srv_open(srv *s, srv_conf *conf)
 	pthread_cond_init(&s->scv, &ca);
 	pthread_condattr_destroy(&ca);
 	int rc;
+	/* Before the database opens: a bad certificate stops the start at once. */
+	if (tls_srv_init(s)) {
+		srv_close(s);
+		return -EINVAL;
+	}
 	unsigned n = conf->shards;
 	if (n == 0) {
 		long cpus = sysconf(_SC_NPROCESSORS_ONLN);
@@ -1015,12 +1029,12 @@ int srv_start(srv *s)
 	if (rc == 0 && s->http_port)
 		rc = srv_write_port_file(s, s->conf->http_port_file, s->http_port);
 	if (rc == 0 && (rc = srv_write_port_file(s, s->conf->port_file, s->port)) == 0) {
-		srv_log(s, TALLY_LOG_INFO, "listening on %s:%u, data %s, %u shards, %s%s",
-			s->conf->bind, s->port, s->conf->data, s->n_shards,
-			s->use_epoll ? "epoll" : "io_uring",
+		srv_log(s, TALLY_LOG_INFO, "listening on %s:%u%s, data %s, %u shards, %s%s",
+			s->conf->bind, s->port, s->conf->tls_lp ? " (TLS)" : "", s->conf->data,
+			s->n_shards, s->use_epoll ? "epoll" : "io_uring",
 			s->conf->token ? ", token required" : "");
 		if (s->http_port)
-			srv_log(s, TALLY_LOG_INFO, "HTTP on %s:%u",
+			srv_log(s, TALLY_LOG_INFO, "%s on %s:%u", s->tls_ctx ? "HTTPS" : "HTTP",
 				s->conf->http_bind ? s->conf->http_bind : s->conf->bind,
 				s->http_port);
 	}
@@ -1067,6 +1081,7 @@ void srv_close(srv *s)
 			wconn *c = sh->conns;
 			sh->conns = c->next;
 			close(c->fd);
+			tls_conn_free(c);
 			conn_free(c);
 		}
 		for (size_t k = 0; k < sh->n_mail; k++)
@@ -1105,4 +1120,5 @@ void srv_close(srv *s)
 	pthread_cond_destroy(&s->scv);
 	pthread_mutex_destroy(&s->init_mu);
 	pthread_cond_destroy(&s->init_cv);
+	tls_srv_fini(s);
 }

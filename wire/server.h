@@ -82,6 +82,8 @@ typedef struct wstats {
 	/* HTTP (httpd.c); lines_accepted/rejected above count every protocol */
 	_Atomic uint64_t http_conns, http_lines_accepted, http_lines_rejected, http_gzip_bodies,
 		http_header_timeouts, http_on_lp_port;
+	/* TLS (tls.c) */
+	_Atomic uint64_t tls_handshakes, tls_failures, tls_plaintext, tls_timeouts;
 	whttp_ep_stats http[HEP_N];
 } wstats;
 
@@ -113,6 +115,7 @@ struct wconn {
 	size_t send_len;           /* bytes of the send in flight */
 
 	/* Protocol state. */
+	struct wtls *tls; /* TLS below the protocol (tls.c); NULL: plain TCP */
 	unsigned authed : 1, eof : 1, discard : 1;
 	unsigned first_seen : 1; /* the first record was looked at (an HTTP request?) */
 	unsigned final_sync : 2; /* shutdown: 1 asked, 2 waiting for its last sync */
@@ -206,6 +209,12 @@ struct srv {
 	_Atomic int64_t lp_http_logged; /* last log of an HTTP request on the LP port */
 	_Atomic uint64_t lp_http_unlogged;
 	int use_epoll; /* io_uring unavailable (or --io epoll) */
+	/* HTTPS (tls.c): the certificate new handshakes use, swapped under
+	 * tls_mu by SIGHUP; each connection's SSL holds its own reference. */
+	struct ssl_ctx_st *tls_ctx;
+	pthread_mutex_t tls_mu;
+	_Atomic int64_t tls_logged; /* last log of a failed handshake */
+	_Atomic uint64_t tls_unlogged, tls_reloads;
 	_Atomic unsigned next_shard;
 	_Atomic int stopping; /* 1: stop requested; 2: hurry */
 	pthread_mutex_t init_mu;

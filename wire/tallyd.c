@@ -5,7 +5,9 @@
  * no handler ever runs inside the engine or a ring: the first SIGTERM or
  * SIGINT starts the graceful stop (no new connections, buffered input
  * finished, a last sync), a second one hurries it (connections closed at
- * once; the last sync still runs, so nothing accepted is lost).
+ * once; the last sync still runs, so nothing accepted is lost). SIGHUP
+ * rereads the HTTPS certificate and key: new handshakes use them, open
+ * connections keep theirs.
  */
 #include <errno.h>
 #include <signal.h>
@@ -15,6 +17,7 @@
 
 #include "conf.h"
 #include "server.h"
+#include "tls.h"
 
 int main(int argc, char **argv)
 {
@@ -30,6 +33,7 @@ int main(int argc, char **argv)
 	sigaddset(&set, SIGTERM);
 	sigaddset(&set, SIGINT);
 	sigaddset(&set, SIGPIPE);
+	sigaddset(&set, SIGHUP);
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
 
 	srv s;
@@ -46,6 +50,8 @@ int main(int argc, char **argv)
 			int sig = sigwaitinfo(&set, NULL);
 			if (sig == SIGTERM || sig == SIGINT)
 				break;
+			if (sig == SIGHUP)
+				tls_srv_reload(&s);
 		}
 		srv_stop(&s);
 	}

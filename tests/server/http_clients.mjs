@@ -6,9 +6,12 @@
 //
 // Rows: tag camera=N<i % 11>, float speed = ((i * 29) % 1001) / 4, int
 // lane, string plate; time 2023-11-14T00:00:00Z + i seconds.
+// $TALLY_TLS_CA (a CA certificate file): HTTPS, verified against it
+// (https_test.py).
 // http_test.py checks tally's answers against the same formula.
 import { InfluxDB, Point } from "@influxdata/influxdb-client";
 import { Sender } from "@questdb/nodejs-client";
+import { readFileSync } from "node:fs";
 
 const [client, port, token, table, rowsArg] = process.argv.slice(2);
 const rows = Number(rowsArg);
@@ -18,10 +21,16 @@ if (!client || !Number(port) || !token || !table || !rows) {
 }
 const base = 1699920000;
 const speed = (i) => ((i * 29) % 1001) / 4;
+const ca = process.env.TALLY_TLS_CA;
+const scheme = ca ? "https" : "http";
 
 if (client === "influx") {
   // gzipThreshold 1: every batch is sent gzip-compressed.
-  const db = new InfluxDB({ url: `http://127.0.0.1:${port}`, token });
+  const db = new InfluxDB({
+    url: `${scheme}://127.0.0.1:${port}`,
+    token,
+    transportOptions: ca ? { ca: readFileSync(ca) } : {},
+  });
   const w = db.getWriteApi("any-org", "any-bucket", "s", {
     gzipThreshold: 1,
     batchSize: 5000,
@@ -40,7 +49,8 @@ if (client === "influx") {
   await w.close();
 } else if (client === "questdb") {
   const sender = await Sender.fromConfig(
-    `http::addr=127.0.0.1:${port};token=${token};auto_flush_rows=1000`,
+    `${scheme}::addr=127.0.0.1:${port};token=${token};auto_flush_rows=1000` +
+      (ca ? `;tls_ca=${ca}` : ""),
   );
   for (let i = 0; i < rows; i++) {
     await sender
