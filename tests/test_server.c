@@ -824,15 +824,23 @@ Test(server, connection_limit_and_idle_timeout)
 	tdir_remove(&s);
 }
 
+/* One shard with a 4 KiB reply buffer, and a client with a small receive
+ * buffer that will not read for a while: its replies overflow at once. */
+static tcli *start_unread(tsrv *s)
+{
+	tdir_make(s);
+	const char *extra[] = {"--reply-buffer-bytes", "4096", "--shards", "1", NULL};
+	tsrv_start(s, extra);
+	tcli *c = tcli_open(s->port);
+	int small = 4096;
+	setsockopt(c->fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+	return c;
+}
+
 Test(server, a_client_that_never_reads_stalls_nobody, .timeout = 120)
 {
 	tsrv s;
-	tdir_make(&s);
-	const char *extra[] = {"--reply-buffer-bytes", "4096", "--shards", "1", NULL};
-	tsrv_start(&s, extra);
-	tcli *bad = tcli_open(s.port);
-	int small = 4096;
-	setsockopt(bad->fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+	tcli *bad = start_unread(&s);
 	/* 100,000 pings and 100,000 bad lines: megabytes of replies nobody
 	 * reads. */
 	enum { LINES = 200000 };
@@ -881,6 +889,59 @@ Test(server, a_client_that_never_reads_stalls_nobody, .timeout = 120)
 	tcli_close(bad);
 	tcli_close(good);
 	free(junk);
+	cr_assert_eq(tsrv_wait(&s, SIGTERM), 0);
+	tdir_remove(&s);
+}
+
+/* Issue 12 item 9: after a burst of unread pings, io_uring told the client
+ * only part of the count (the rest after one more command) and epoll told
+ * nothing. A client that only reads again must hear every drop, before
+ * anything else, without sending a thing. */
+Test(server, dropped_reply_notice_is_exact_when_the_client_reads_again, .timeout = 120)
+{
+	tsrv s;
+	tcli *c = start_unread(&s);
+	enum { PINGS = 100000 };
+	char *pings = malloc(PINGS * 7);
+	for (int i = 0; i < PINGS; i++)
+		memcpy(pings + i * 7, "#!ping\n", 7);
+	cr_assert_eq(tcli_send(c, pings, PINGS * 7), 0);
+	free(pings);
+	/* Wait until the server has run every ping, reading nothing. */
+	tcli *mon = tcli_open(s.port);
+	int64_t deadline = su_mono_ms() + 60000;
+	uint64_t polls = 1; /* each #!stats is a command too */
+	for (; tstat(mon, "commands") < PINGS + polls; polls++) {
+		cr_assert_lt(su_mono_ms(), deadline, "the pings were not all run");
+		usleep(10000); /* polling the server's counter */
+	}
+	uint64_t dropped = tstat(mon, "replies_dropped");
+	cr_assert_gt(dropped, 0);
+	/* Now read only: pongs and notes account for every ping. */
+	uint64_t pongs = 0, noted = 0;
+	while (pongs + noted < PINGS) {
+		char *l = tcli_line(c, 20000);
+		cr_assert_not_null(l,
+				   "the reading client heard of %" PRIu64 " drops of %" PRIu64
+				   " (%" PRIu64 " pongs)",
+				   noted, dropped, pongs);
+		if (!strcmp(l, "OK pong")) {
+			pongs++;
+		} else {
+			cr_assert(!strncmp(l, "ERR replies dropped: ", 21), "'%s'", l);
+			noted += strtoull(l + 21, NULL, 10);
+		}
+		free(l);
+	}
+	cr_assert_eq(noted, dropped);
+	/* Nothing is pending: the next command is answered, no note first. */
+	tcli_sendf(c, "#!ping\n");
+	char *l = tcli_line(c, 20000);
+	cr_assert_not_null(l);
+	cr_assert_str_eq(l, "OK pong");
+	free(l);
+	tcli_close(mon);
+	tcli_close(c);
 	cr_assert_eq(tsrv_wait(&s, SIGTERM), 0);
 	tdir_remove(&s);
 }

@@ -181,6 +181,29 @@ static int conn_out_room(wconn *c, size_t n, int force)
 	return 0;
 }
 
+/* Tells the client how many replies it missed, where they would have been,
+ * as soon as the reply buffer has room for the note: from conn_put, and
+ * from conn_sent, so a client that only reads (and sends nothing more)
+ * hears the exact count too. While a count is pending every later small
+ * reply is dropped and counted with it, so replies stay in input order and
+ * notes plus replies account for every command. force: the connection is
+ * closing; one note may pass the limit. */
+static void conn_note_drops(wconn *c, size_t then, int force)
+{
+	if (!c->dropped_unreported)
+		return;
+	char note[128];
+	int k = snprintf(note, sizeof note,
+			 "ERR replies dropped: %" PRIu64 " (the client did not read them)\n",
+			 c->dropped_unreported);
+	if (conn_out_room(c, (size_t)k + then, force))
+		return;
+	memcpy(c->out + c->out_tail, note, (size_t)k);
+	c->out_tail += (size_t)k;
+	c->dropped_unreported = 0;
+	srv_conn_dirty(c);
+}
+
 /* Appends one whole reply, or drops it whole when the client is not
  * reading (more than reply-buffer-bytes unsent). force: never drop (the
  * rows of a streamed answer, whose producer waits for room itself). */
@@ -188,19 +211,9 @@ void conn_put(wconn *c, const char *s, size_t n, int force)
 {
 	if (c->state == CONN_DEAD)
 		return;
-	if (c->dropped_unreported && !force) {
-		char note[128];
-		int k = snprintf(note, sizeof note,
-				 "ERR replies dropped: %" PRIu64
-				 " (the client did not read them)\n",
-				 c->dropped_unreported);
-		if (conn_out_room(c, (size_t)k + n, 0) == 0) {
-			memcpy(c->out + c->out_tail, note, (size_t)k);
-			c->out_tail += (size_t)k;
-			c->dropped_unreported = 0;
-		}
-	}
-	if (c->dropped_unreported || conn_out_room(c, n, force)) {
+	if (!force)
+		conn_note_drops(c, n, 0);
+	if ((c->dropped_unreported && !force) || conn_out_room(c, n, force)) {
 		c->dropped_unreported++;
 		STAT_ADD(c->sh, replies_dropped, 1);
 		return;
@@ -1163,6 +1176,8 @@ void conn_sent(wconn *c, size_t n)
 	if (c->out_head == c->out_tail)
 		c->out_head = c->out_tail = 0;
 	c->last_active = srv_now();
+	if (c->state == CONN_OPEN)
+		conn_note_drops(c, 0, 0);
 	c->proto->step(c);
 }
 
@@ -1171,6 +1186,7 @@ void conn_close_with(wconn *c, const char *msg)
 	if (c->state != CONN_OPEN)
 		return;
 	conn_prod_free(c);
+	conn_note_drops(c, 0, 1); /* the last thing the client hears is exact */
 	if (msg) {
 		size_t n = strlen(msg);
 		if (conn_out_room(c, n + 1, 1) == 0) {
