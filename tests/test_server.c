@@ -729,8 +729,12 @@ Test(server, token_is_required_when_set)
 	cr_assert_null(tcli_line(c, 5000)); /* closed */
 	tcli_close(c);
 	c = tcli_open(s.port);
+	int64_t t0 = su_mono_ms();
 	tcli_sendf(c, "#!auth s3cret-token-012X\n");
 	free(tcli_expect(c, "ERR authentication failed"));
+	/* A failure is answered a second later (a lower bound: a slow machine
+	 * only makes it later), bounding how fast tokens can be guessed. */
+	cr_assert_geq(su_mono_ms() - t0, 900);
 	cr_assert_null(tcli_line(c, 5000));
 	tcli_close(c);
 	c = tcli_open(s.port);

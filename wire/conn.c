@@ -34,9 +34,10 @@
 #include "frame.h"
 #include "server.h"
 
-#define CONN_RETRY_NS  (50 * INT64_C(1000000)) /* re-try a write into a full store */
-#define CONN_LINGER_NS (2 * INT64_C(1000000000))
-#define CONN_ROW_MAX   512 /* a formatted row without strings, bytes */
+#define CONN_RETRY_NS      (50 * INT64_C(1000000)) /* re-try a write into a full store */
+#define CONN_LINGER_NS     (2 * INT64_C(1000000000))
+#define CONN_AUTH_DELAY_NS (INT64_C(1000000000)) /* before "authentication failed" */
+#define CONN_ROW_MAX       512                   /* a formatted row without strings, bytes */
 _Static_assert(CONN_ROW_MAX >= 40 + CMD_AGG_MAX, "a series row fits CONN_ROW_MAX");
 #define SERIES_CAP         1024               /* buckets per series slice */
 #define SERIES_SPAN_MAX    (INT64_C(1) << 62) /* widest slice, ns */
@@ -80,14 +81,15 @@ static int lp_wants_recv(const wconn *c)
 		return 0;
 	/* Keep reading while there is room, even when paused: what arrives is
 	 * kept in c->in up to input-buffer-bytes, then TCP pushes back. */
-	if (c->sync_ticket || c->retry_at || c->prod != PROD_NONE)
+	if (c->sync_ticket || c->retry_at || c->auth_fail_at || c->prod != PROD_NONE)
 		return c->in_len - c->in_head < conn_conf(c)->input_bytes / 2;
 	return 1;
 }
 
 static int conn_paused(const wconn *c)
 {
-	return c->state != CONN_OPEN || c->sync_ticket || c->retry_at || c->prod != PROD_NONE;
+	return c->state != CONN_OPEN || c->sync_ticket || c->retry_at || c->auth_fail_at ||
+	       c->prod != PROD_NONE;
 }
 
 wconn *conn_new(wshard *sh, int fd, const wproto *proto)
@@ -567,7 +569,10 @@ static int conn_log_due(_Atomic int64_t *at, _Atomic uint64_t *unlogged, int sec
 }
 
 /* Who tried a wrong token is logged (never what it tried), at most one line
- * every 10 s however many try. */
+ * every 10 s however many try. The answer comes a second later (at the
+ * tick after CONN_AUTH_DELAY_NS), the connection paused meanwhile: with
+ * max-unauthenticated connections at once, guessing is bounded to about
+ * that many tries a second. */
 static void conn_auth_failed(wconn *c)
 {
 	srv *s = c->sh->srv;
@@ -588,7 +593,7 @@ static void conn_auth_failed(wconn *c)
 			" more failures since the last such line)",
 			host, more);
 	}
-	conn_close_with(c, "ERR authentication failed");
+	c->auth_fail_at = srv_now() + CONN_AUTH_DELAY_NS;
 }
 
 int conn_token_ok(const char *want, const char *got, size_t gl)
@@ -1368,6 +1373,11 @@ static void lp_tick(wconn *c, int64_t now)
 	}
 	char m[160];
 	char d[32];
+	if (c->auth_fail_at) {
+		if (now >= c->auth_fail_at)
+			conn_close_with(c, "ERR authentication failed");
+		return;
+	}
 	if (!c->authed && c->unauth_over) {
 		snprintf(m, sizeof m,
 			 "ERR too many connections waiting to authenticate (max-unauthenticated "

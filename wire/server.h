@@ -128,7 +128,8 @@ struct wconn {
 
 	/* What the connection waits for before reading on (0 / none: nothing). */
 	uint64_t sync_ticket;
-	int64_t retry_at; /* a write that met a full store is retried then */
+	int64_t retry_at;     /* a write that met a full store is retried then */
+	int64_t auth_fail_at; /* a failed #!auth is answered (and closed) then */
 	int64_t full_since;
 	enum conn_prod prod;
 	void *prod_state;
