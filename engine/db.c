@@ -165,25 +165,6 @@ uint64_t db_memory(const tally_db *db)
 
 /* ---------------------------------------------------------------- open */
 
-/* Creates a directory if missing; a new one is made durable by fsyncing
- * its parent, or a power cut could lose the name and what lies below it
- * (a synced WAL included). */
-static int mkdir_p(const char *path)
-{
-	if (mkdir(path, 0755) != 0)
-		return errno == EEXIST ? 0 : err_sys(errno, "mkdir %s", path);
-	char parent[PATH_MAX];
-	snprintf(parent, sizeof parent, "%s", path);
-	char *slash = strrchr(parent, '/');
-	if (slash == parent)
-		slash[1] = 0;
-	else if (slash)
-		*slash = 0;
-	else
-		snprintf(parent, sizeof parent, ".");
-	return fio_fsync_dir(parent);
-}
-
 /* Shards a previous open wrote WALs for: reopening with fewer would orphan
  * their logs, so the database keeps at least that many. */
 static unsigned existing_shards(const char *waldir)
@@ -228,8 +209,87 @@ void db_crash_point(const tally_db *db, const char *step)
 }
 #endif
 
+/* 1 when name is one the engine writes in parts/: "<16 hex>.part" or
+ * ".stub", maybe with ".tmp" after, or ".fetch" (a merge's copy of a
+ * tiered part's object); *id and *stub say which, *tmp that the file is
+ * never named by a manifest. */
+static int engine_part_name(const char *name, uint64_t *id, int *stub, int *tmp)
+{
+	size_t n = strlen(name);
+	uint64_t v = 0;
+	if (n < 17)
+		return 0;
+	for (int i = 0; i < 16; i++) {
+		char c = name[i];
+		if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f')))
+			return 0;
+		v = v << 4 | (uint64_t)(c <= '9' ? c - '0' : c - 'a' + 10);
+	}
+	const char *ext = name + 16;
+	*id = v;
+	*stub = !strncmp(ext, ".stub", 5);
+	*tmp = strcmp(ext, ".part") && strcmp(ext, ".stub");
+	return !strcmp(ext, ".part") || !strcmp(ext, ".stub") || !strcmp(ext, ".part.tmp") ||
+	       !strcmp(ext, ".stub.tmp") || !strcmp(ext, ".fetch");
+}
+
+/* Counts the finished part files in parts/ (*first gets one's name). */
+static unsigned count_parts(const char *parts_dir, char *first, size_t cap)
+{
+	DIR *d = opendir(parts_dir);
+	unsigned n = 0;
+	struct dirent *e;
+	while (d && (e = readdir(d))) {
+		uint64_t id;
+		int stub, tmp;
+		if (engine_part_name(e->d_name, &id, &stub, &tmp) && !tmp && !n++)
+			snprintf(first, cap, "%.63s", e->d_name);
+	}
+	if (d)
+		closedir(d);
+	return n;
+}
+
+/* With no MANIFEST, part files are harmless only as the leftovers of a
+ * first flush that never committed: then nothing was ever trimmed from
+ * the WAL, whose every shard still starts at seq 1. Otherwise the
+ * manifest that names them is lost, and deleting them as orphans (as
+ * this once did) would lose the data: refuse, and change nothing. */
+static int check_lost_manifest(tally_db *db, const char *parts_dir)
+{
+	char first[256] = "", path[PATH_MAX];
+	unsigned n = count_parts(parts_dir, first, sizeof first);
+	if (!n)
+		return 0;
+	unsigned at_one = 0, other = 0;
+	uint64_t low = 0;
+	for (unsigned i = 0; i < MANIFEST_SHARDS_MAX; i++) {
+		uint64_t f;
+		snprintf(path, sizeof path, "%s/wal/shard-%03u", db->dir, i);
+		int rc = wal_dir_first_seq(path, &f);
+		if (rc)
+			return rc;
+		at_one += f == 1;
+		other += f > 1;
+		low = f > 1 && (!low || f < low) ? f : low;
+	}
+	if (at_one && !other)
+		return 0;
+	char what[96];
+	if (other)
+		snprintf(what, sizeof what, "its WAL starts at seq %llu", (unsigned long long)low);
+	else
+		snprintf(what, sizeof what, "it has no WAL");
+	return err_set(TALLY_ECORRUPT,
+		       "%s has no MANIFEST, but %s holds %u part files (%s, ...) and %s: the "
+		       "manifest that names them is lost. Refusing to open; nothing was changed. "
+		       "Restore %s/MANIFEST, or move parts/ and wal/ aside to start empty",
+		       db->dir, parts_dir, n, first, what, db->dir);
+}
+
 /* Part files the manifest does not name are leftovers of a flush or merge
- * that did not commit: delete them. */
+ * that did not commit: delete them, and only names the engine writes.
+ * Anything else (an operator's file, say) is moved to parts/.unknown/. */
 static void remove_orphans(tally_db *db, const char *parts_dir)
 {
 	DIR *d = opendir(parts_dir);
@@ -237,25 +297,38 @@ static void remove_orphans(tally_db *db, const char *parts_dir)
 		return;
 	struct dirent *e;
 	while ((e = readdir(d))) {
-		unsigned long long id;
-		char tail[8] = "";
-		int named = sscanf(e->d_name, "%16llx.%7s", &id, tail) == 2 &&
-			    (!strcmp(tail, "part") || !strcmp(tail, "stub"));
-		const manifest_part *mp = named ? manifest_find(&db->man, id) : NULL;
-		if (mp && mp->tier == MTIER_REMOTE && !strcmp(tail, "part")) {
-			/* tiered: the stub replaces the whole part, once it exists */
-			char stub[PATH_MAX];
-			tier_local_path(db, id, 1, stub, sizeof stub);
-			if (!access(stub, F_OK))
-				mp = NULL;
-		} else if (mp && mp->tier != MTIER_REMOTE && !strcmp(tail, "stub")) {
-			mp = NULL; /* a stub whose upload never committed */
-		}
-		if (e->d_name[0] == '.' || mp)
-			continue;
 		char path[2 * PATH_MAX];
 		snprintf(path, sizeof path, "%s/%s", parts_dir, e->d_name);
-		if (unlink(path) == 0)
+		if (e->d_name[0] == '.')
+			continue;
+		uint64_t id;
+		int stub, tmp;
+		if (!engine_part_name(e->d_name, &id, &stub, &tmp)) {
+			char aside[3 * PATH_MAX];
+			snprintf(aside, sizeof aside, "%s/.unknown", parts_dir);
+			int rc = fio_mkdir(aside);
+			snprintf(aside, sizeof aside, "%s/.unknown/%s", parts_dir, e->d_name);
+			if (!rc && fio_rename(path, aside) == 0)
+				log_emit(&db->log, TALLY_LOG_WARN,
+					 "%s is not a file tally writes: moved to %s", path, aside);
+			else
+				log_emit(&db->log, TALLY_LOG_WARN,
+					 "%s is not a file tally writes, and could not be moved "
+					 "aside (%s): left as it is",
+					 path, rc ? err_msg() : strerror(errno));
+			continue;
+		}
+		const manifest_part *mp = tmp ? NULL : manifest_find(&db->man, id);
+		if (mp && mp->tier == MTIER_REMOTE && !stub) {
+			/* tiered: the stub replaces the whole part, once it exists */
+			char stubp[PATH_MAX];
+			tier_local_path(db, id, 1, stubp, sizeof stubp);
+			if (!access(stubp, F_OK))
+				mp = NULL;
+		} else if (mp && mp->tier != MTIER_REMOTE && stub) {
+			mp = NULL; /* a stub whose upload never committed */
+		}
+		if (!mp && fio_unlink(path) == 0)
 			log_emit(&db->log, TALLY_LOG_INFO, "removed %s: no manifest names it",
 				 path);
 	}
@@ -356,7 +429,7 @@ TALLY_API int tally_db_open(const char *dir, const tally_options *opt, tally_db 
 	}
 	if ((rc = catalog_init(&db->cat, table_keys)))
 		goto fail;
-	if ((rc = mkdir_p(dir)))
+	if ((rc = fio_mkdir(dir)))
 		goto fail;
 	snprintf(path, sizeof path, "%s/LOCK", dir);
 	db->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
@@ -371,14 +444,19 @@ TALLY_API int tally_db_open(const char *dir, const tally_options *opt, tally_db 
 		goto fail;
 	}
 	snprintf(path, sizeof path, "%s/wal", dir);
-	if ((rc = mkdir_p(path)))
+	if ((rc = fio_mkdir(path)))
 		goto fail;
 	char parts_dir[PATH_MAX];
 	snprintf(parts_dir, sizeof parts_dir, "%s/parts", dir);
-	if ((rc = mkdir_p(parts_dir)))
+	if ((rc = fio_mkdir(parts_dir)))
+		goto fail;
+	snprintf(path, sizeof path, "%s/MANIFEST", dir);
+	int have_manifest = access(path, F_OK) == 0;
+	if (!have_manifest && (rc = check_lost_manifest(db, parts_dir)))
 		goto fail;
 	if ((rc = manifest_load(dir, &db->man)))
 		goto fail;
+	snprintf(path, sizeof path, "%s/wal", dir);
 	unsigned n = existing_shards(path);
 	if (db->man.n_shards > n)
 		n = db->man.n_shards;
@@ -435,7 +513,17 @@ TALLY_API int tally_db_open(const char *dir, const tally_options *opt, tally_db 
 	remove_orphans(db, parts_dir);
 	for (unsigned i = 0; i < db->n_shards; i++) {
 		snprintf(path, sizeof path, "%s/wal/shard-%03u", dir, i);
-		wal_options wo = {.segment_bytes = db->opt.wal_segment_bytes, .log = db->log};
+		if (i < db->man.n_shards && access(path, F_OK)) {
+			/* created at the first open, before any flush named the shard */
+			rc = err_set(TALLY_ECORRUPT,
+				     "%s is missing, but %s/MANIFEST names shard %u: its "
+				     "unflushed writes would be lost. Refusing to open",
+				     path, dir, i);
+			goto fail;
+		}
+		wal_options wo = {.segment_bytes = db->opt.wal_segment_bytes,
+				  .log = db->log,
+				  .read_only_on_damage = db->opt.wal_damage_read_only};
 		replay_ctx ctx = {.db = db, .sh = db->shards[i]};
 		stage_batch_init(&ctx.batch);
 		rc = wal_open(path, &wo, i < db->man.n_shards ? db->man.flushed_seq[i] : 0,
@@ -443,6 +531,17 @@ TALLY_API int tally_db_open(const char *dir, const tally_options *opt, tally_db 
 		stage_batch_free(&ctx.batch);
 		if (rc)
 			goto fail;
+		if (wal_failed(db->shards[i]->wal))
+			db->read_only = 1; /* damaged, and the caller chose read-only */
+	}
+	if (db->read_only) {
+		for (unsigned i = 0; i < db->n_shards; i++)
+			db->shards[i]->failed = 1;
+		db->opt.no_background = 1;
+		log_emit(&db->log, TALLY_LOG_ERROR,
+			 "%s: opened read-only: a WAL is damaged (see above); writes are refused "
+			 "and no file changes until it is repaired and the database reopened",
+			 dir);
 	}
 	if (!db->opt.no_background) {
 		if ((rc = pthread_create(&db->flusher, NULL, flusher_main, db))) {
@@ -518,38 +617,72 @@ TALLY_API void tally_db_close(tally_db *db)
 	mem_free(db);
 }
 
+static int refuse_read_only(const tally_db *db)
+{
+	return err_set(TALLY_EFAILED, "%s was opened read-only (a damaged WAL): nothing changes",
+		       db->dir);
+}
+
 TALLY_API int tally_db_flush(tally_db *db)
 {
 	err_clear();
-	return flush_run(db, 1);
+	return db->read_only ? refuse_read_only(db) : flush_run(db, 1);
 }
 
 TALLY_API int tally_db_merge(tally_db *db)
 {
 	err_clear();
-	return merge_run(db);
+	return db->read_only ? refuse_read_only(db) : merge_run(db);
 }
 
 /* ---------------------------------------------------------------- sync */
 
+/* TALLY_EFAILED for a failed shard, saying why: a failed WAL (a failed
+ * fsync, or opened read-only after damage) tells its own story. */
+static int shard_refuse(const shard *s)
+{
+	if (wal_failed(s->wal))
+		return err_prefix(wal_failed_error(s->wal), "shard %u", s->id);
+	return err_set(TALLY_EFAILED, "shard %u failed earlier; reopen the database", s->id);
+}
+
+/* A failed fsync fails the shard for good: its writes since the last good
+ * sync may be gone from the page cache, and retrying the fsync would
+ * report them durable. The WAL cuts them (wal.h), so what writers were
+ * told failed does not come back at the next open. */
 static int shard_sync(shard *s)
 {
-	uint64_t lsn;
+	uint64_t lsn = 0;
 	pthread_rwlock_wrlock(&s->lock);
-	int rc = s->failed ? err_set(TALLY_EFAILED, "shard %u failed earlier", s->id)
-			   : wal_write_out(s->wal, &lsn);
+	int rc = s->failed ? shard_refuse(s) : wal_write_out(s->wal, &lsn);
 	pthread_rwlock_unlock(&s->lock);
-	return rc ? rc : wal_sync_to(s->wal, lsn);
+	if (!rc)
+		rc = wal_sync_to(s->wal, lsn);
+	if (rc == TALLY_EFAILED) {
+		pthread_rwlock_wrlock(&s->lock);
+		s->failed = 1;
+		wal_write_out(s->wal, NULL); /* cuts the bytes no fsync covered now */
+		pthread_rwlock_unlock(&s->lock);
+		err_prefix(rc, "shard %u", s->id);
+	}
+	return rc;
 }
 
 TALLY_API int tally_db_sync(tally_db *db)
 {
 	err_clear();
+	/* every shard, even after one failed: the others' writes are theirs */
+	int first = 0;
+	char msg[ERR_MSG_MAX];
 	for (unsigned i = 0; i < db->n_shards; i++) {
 		int rc = shard_sync(db->shards[i]);
-		if (rc)
-			return rc;
+		if (rc && !first) {
+			first = rc;
+			snprintf(msg, sizeof msg, "%s", err_msg());
+		}
 	}
+	if (first)
+		return err_set(first, "%s", msg);
 	return 0;
 }
 
@@ -685,19 +818,27 @@ static int writer_commit(tally_writer *w)
 		goto out;
 	uint64_t lsn = 0;
 	pthread_rwlock_wrlock(&s->lock);
+	/* The batch is applied only once its WAL record is in the kernel: a
+	 * write the disk refuses (ENOSPC, EIO) leaves no trace, and this
+	 * writer hears of it, never a later sync of other writes. */
 	if (s->failed)
-		rc = err_set(TALLY_EFAILED, "shard %u failed earlier; reopen the database", s->id);
+		rc = shard_refuse(s);
 	else if (!(rc = wal_append(s->wal, w->enc, len, NULL))) {
 		rc = shard_apply(s, &w->batch);
 		if (!rc && w->db->opt.sync_mode == TALLY_SYNC_EACH_WRITE)
 			rc = wal_write_out(s->wal, &lsn);
 	}
+	if (rc == TALLY_EFAILED)
+		s->failed = 1;
 	int big = s->active->mem_bytes + s->active->rollup_bytes >= w->db->opt.memtable_bytes;
 	pthread_rwlock_unlock(&s->lock);
 	if (big && w->db->flusher_started)
 		db_kick_flusher(w->db);
-	if (!rc && lsn)
-		rc = wal_sync_to(s->wal, lsn);
+	if (!rc && lsn && (rc = wal_sync_to(s->wal, lsn)) == TALLY_EFAILED) {
+		pthread_rwlock_wrlock(&s->lock);
+		s->failed = 1;
+		pthread_rwlock_unlock(&s->lock);
+	}
 out:
 	stage_batch_reset(&w->batch);
 	return rc;
@@ -706,8 +847,7 @@ out:
 static int writer_ready(tally_writer *w)
 {
 	if (w->sh->failed)
-		return err_set(TALLY_EFAILED, "shard %u failed earlier; reopen the database",
-			       w->sh->id);
+		return shard_refuse(w->sh);
 	uint64_t mem = db_memory(w->db);
 	if (mem >= w->db->opt.memory_limit)
 		return err_set(TALLY_EFULL, "memory limit reached: %llu of %llu bytes held",
@@ -1047,6 +1187,8 @@ static int stats_collect(tally_db *db, tally_stats *out)
 		out->rollup_bytes += s->rollup_bytes;
 		out->wal_bytes += wal_disk_bytes(s->wal);
 		out->wal_syncs += wal_syncs(s->wal);
+		out->wal_write_errors += wal_write_errors(s->wal);
+		out->failed_shards += s->failed || wal_failed(s->wal);
 		/* distinct (table, key) over memtables' key states and parts */
 		for (uint32_t t = 0; t < s->cap_keystates && !rc; t++) {
 			const strmap *km = &s->keystates[t];

@@ -43,6 +43,9 @@ struct tally_db {
 	/* the background flusher */
 	pthread_t flusher;
 	int flusher_started;
+	/* opened read-only (opt.wal_damage_read_only and a damaged WAL):
+	 * no flush, merge or tiering, every write and sync refused */
+	int read_only;
 	pthread_t prefaulter; /* opt.prefault: memtable memory ahead of writers */
 	int prefaulter_started;
 	_Atomic int prefault_stop;

@@ -176,6 +176,13 @@ typedef struct tally_options {
 	unsigned tier_retries;
 	/* Uploads above this go multipart in parts of this size. 0: 16 MiB. */
 	uint64_t tier_part_bytes;
+	/* When a shard's WAL does not check out at open (records an fsync
+	 * covered are damaged or missing): 0 refuses to open (TALLY_ECORRUPT,
+	 * file and offset named); 1 opens the database read-only instead:
+	 * every shard replays what it can, no file is changed, queries
+	 * answer, writes, syncs, flushes and merges fail with TALLY_EFAILED,
+	 * and no background thread runs. docs/operations.md, "At open". */
+	int wal_damage_read_only;
 } tally_options;
 
 /* The size of the first released layout (0.1), ending at tier_part_bytes:
@@ -211,7 +218,10 @@ TALLY_API void tally_db_close(tally_db *db);
 
 /* Returns once every write that returned before the call is durable.
  * Many concurrent syncs and writes share one fsync per shard (group
- * commit). A failed fsync fails the shard for good (TALLY_EFAILED after). */
+ * commit). A failed fsync fails the shard for good (TALLY_EFAILED after;
+ * the writes it covered are dropped, also from a later open); the other
+ * shards are synced all the same. A write whose WAL write fails (a full
+ * disk) is refused by the write call itself and never applied. */
 TALLY_API int tally_db_sync(tally_db *db);
 
 /* Flushes every shard's memtable into parts now and returns once the parts
@@ -427,6 +437,9 @@ typedef struct tally_stats {
 	uint64_t cold_cache_hits, cold_cache_misses;
 	uint64_t cold_cache_bytes; /* cold blocks held in memory */
 	uint64_t s3_requests, s3_retries, s3_errors;
+	/* Durability (docs/operations.md, "When the disk fails"). */
+	uint64_t wal_write_errors; /* batches refused since open: their WAL write failed */
+	uint64_t failed_shards;    /* shards failed for good (a failed fsync); reopen */
 } tally_stats;
 
 /* Fills the first size bytes at out with the database's figures, 0 where

@@ -264,7 +264,7 @@ int part_writer_open(const char *dir, const char *name, const part_info *info, p
 	}
 	w->tmin = INT64_MAX;
 	w->tmax = INT64_MIN;
-	w->fd = open(w->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	w->fd = fio_open(w->tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
 	if (w->fd < 0) {
 		rc = err_sys(errno, "create %s", w->tmp);
 		goto fail;
@@ -554,11 +554,11 @@ int part_writer_finish(part_writer *w, uint64_t *bytes)
 		rc = err_sys(-rc, "write %s", w->tmp);
 		goto out;
 	}
-	if (fsync(w->fd)) {
-		rc = err_sys(errno, "fsync %s", w->tmp);
+	if ((rc = fio_fsync(w->fd))) {
+		rc = err_sys(-rc, "fsync %s", w->tmp);
 		goto out;
 	}
-	if (rename(w->tmp, w->dst)) {
+	if (fio_rename(w->tmp, w->dst)) {
 		rc = err_sys(errno, "rename %s", w->tmp);
 		goto out;
 	}
@@ -585,9 +585,9 @@ void part_writer_free(part_writer *w)
 	if (!w)
 		return;
 	if (w->fd >= 0)
-		close(w->fd);
+		fio_close(w->fd);
 	if (w->tmp[0])
-		unlink(w->tmp);
+		fio_unlink(w->tmp);
 	mem_free(w->arena);
 	mem_free(w->info.cols);
 	mem_free(w->col_stats);
@@ -1135,7 +1135,7 @@ int part_write_stub(const part *p, const char *dir, const char *name, uint64_t *
 	size_t cap = 1 << 16;
 	if (!(buf = mem_alloc(cap)))
 		return err_set(-ENOMEM, "out of memory");
-	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	fd = fio_open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
 	if (fd < 0) {
 		rc = err_sys(errno, "create %s", tmp);
 		goto out;
@@ -1182,11 +1182,11 @@ int part_write_stub(const part *p, const char *dir, const char *name, uint64_t *
 	le_put64(f + 40, XXH3_64bits(f, 40));
 	if ((rc = fio_pwrite_full(fd, f, sizeof f, off)))
 		goto werr;
-	if (fsync(fd)) {
-		rc = err_sys(errno, "fsync %s", tmp);
+	if ((rc = fio_fsync(fd))) {
+		rc = err_sys(-rc, "fsync %s", tmp);
 		goto out;
 	}
-	if (rename(tmp, dst)) {
+	if (fio_rename(tmp, dst)) {
 		rc = err_sys(errno, "rename %s", tmp);
 		goto out;
 	}
@@ -1200,9 +1200,9 @@ werr:
 	rc = err_sys(-rc, "write %s", tmp);
 out:
 	if (fd >= 0)
-		close(fd);
+		fio_close(fd);
 	if (tmp[0])
-		unlink(tmp);
+		fio_unlink(tmp);
 	mem_free(buf);
 	return rc;
 }

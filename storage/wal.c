@@ -5,8 +5,14 @@
  * number and two checksums (header, payload), so a reader trusts no length
  * it has not checked and can tell a torn tail from corruption. A record that
  * does not check out is the tail a crash tore iff it sits in the last
- * segment and no valid record starts anywhere after it; then it is cut off.
- * Anything else is TALLY_ECORRUPT naming file and offset.
+ * segment, no valid record starts anywhere after it, and no fsync covered
+ * it (its seq is above the one in SYNCED); then it is cut off. Anything
+ * else is TALLY_ECORRUPT naming file and offset, and the file is left as
+ * it is.
+ *
+ * Each append is written to the kernel at once, so the engine applies a
+ * batch only after the disk took its record, and a failed write refuses
+ * that append alone.
  *
  * Durability is a logical byte position (LSN, bytes of records written in
  * this process). Writers advance written_lsn; wal_sync_to() fsyncs once for
@@ -49,6 +55,7 @@
 #include <xxhash.h>
 
 #include "err.h"
+#include "fileio.h"
 #include "mem.h"
 
 #define SEG_MAGIC   "TALLYWAL"
@@ -57,6 +64,11 @@
 #define REC_MAGIC   0x43455257u /* "WREC" on disk */
 #define REC_HDR     40u
 #define REC_F_LZ4   1u
+
+/* wal/<shard>/SYNCED: magic, the highest seq known durable, checksum. */
+#define SYNCED_NAME  "SYNCED"
+#define SYNCED_MAGIC "TALLYSYN"
+#define SYNCED_LEN   24u
 
 #define SEG_NAME_DIGITS 20
 #define SEG_NAME_LEN    (SEG_NAME_DIGITS + 4) /* digits + ".wal" */
@@ -93,8 +105,7 @@ struct wal {
 	size_t n_segs, cap_segs;
 	uint64_t seg_records; /* records in the current segment */
 	uint64_t next_seq;
-	uint8_t *buf; /* pending bytes are buf[buf_done, buf_len) */
-	size_t buf_len, buf_done;
+	uint8_t *buf; /* where a record is encoded before it is written */
 	uint8_t *big; /* compression scratch for records written directly */
 	size_t big_cap;
 	uint64_t appended_lsn;
@@ -108,8 +119,20 @@ struct wal {
 	uint64_t durable_lsn;
 	uint64_t syncs;
 	uint64_t disk_bytes;
+	uint64_t written_seq;  /* seq of the last record in the kernel */
+	uint64_t write_errors; /* appends refused because their write failed */
+	/* The file offset in the current segment of LSN base_lsn: turns the
+	 * durable LSN into the place to cut the in-doubt bytes at. */
+	uint64_t base_lsn, base_off;
 	int failed; /* set once, with fail_msg, under sync_mu */
 	char fail_msg[ERR_MSG_MAX];
+	/* After a failed fsync: cut the current segment at undo_off (the
+	 * bytes no fsync covered) at the next serialised call. */
+	int undo_pending;
+	uint64_t undo_off;
+	/* wal/<shard>/SYNCED: the highest seq known durable, for recovery. */
+	int synced_fd;
+	uint64_t synced_seq; /* last value written there; under sync_mu */
 };
 
 /* ------------------------------------------------------------ encoding */
@@ -230,6 +253,13 @@ static void rec_hdr_encode(uint8_t h[REC_HDR], uint32_t stored, size_t raw, uint
 	put_u64(h + 32, XXH3_64bits(h, 32));
 }
 
+static void synced_encode(uint8_t b[SYNCED_LEN], uint64_t seq)
+{
+	memcpy(b, SYNCED_MAGIC, 8);
+	put_u64(b + 8, seq);
+	put_u64(b + 16, XXH3_64bits(b, 16));
+}
+
 /* ------------------------------------------------------------ helpers */
 
 static void seg_name(char out[SEG_NAME_LEN + 1], uint64_t first_seq)
@@ -240,6 +270,22 @@ static void seg_name(char out[SEG_NAME_LEN + 1], uint64_t first_seq)
 static void seg_path(const wal *w, uint64_t first_seq, char out[WAL_PATH_MAX])
 {
 	snprintf(out, WAL_PATH_MAX, "%s/%020llu.wal", w->dir, (unsigned long long)first_seq);
+}
+
+/* Deletes segment first_seq: 0, or -1 with errno. */
+static int seg_unlink(const wal *w, uint64_t first_seq)
+{
+	char path[WAL_PATH_MAX];
+	seg_path(w, first_seq, path);
+	return fio_unlink(path);
+}
+
+/* The path of segment first_seq, for a message (one per thread at a time). */
+static const char *seg_path_tmp(const wal *w, uint64_t first_seq)
+{
+	static _Thread_local char path[WAL_PATH_MAX];
+	seg_path(w, first_seq, path);
+	return path;
 }
 
 /* 1 and the seq when name is a segment file name, else 0. */
@@ -260,26 +306,22 @@ static int seg_name_parse(const char *name, uint64_t *seq)
 	return 1;
 }
 
+/* fio_pwrite with errno set on failure, as the callers here report it. */
 static int write_full(int fd, const void *p, size_t n, uint64_t off, size_t *done)
 {
-	const uint8_t *b = p;
-	size_t got = 0;
-	while (got < n) {
-		ssize_t k = pwrite(fd, b + got, n - got, (off_t)(off + got));
-		if (k < 0) {
-			if (errno == EINTR)
-				continue;
-			break;
-		}
-		if (k == 0) {
-			errno = EIO; /* no progress: do not spin */
-			break;
-		}
-		got += (size_t)k;
-	}
-	if (done)
-		*done = got;
-	return got == n ? 0 : -1;
+	int rc = fio_pwrite(fd, p, n, off, done);
+	if (rc)
+		errno = -rc;
+	return rc ? -1 : 0;
+}
+
+/* fio_fdatasync with errno set on failure. */
+static int datasync(int fd)
+{
+	int rc = fio_fdatasync(fd);
+	if (rc)
+		errno = -rc;
+	return rc ? -1 : 0;
 }
 
 static uint64_t ld(const uint64_t *p)
@@ -310,16 +352,31 @@ static int failed_err(const wal *w)
 }
 
 /* Fails the WAL for good (caller holds sync_mu); the first failure's
- * message is the one kept. Returns TALLY_EFAILED. */
-static int fail_locked(wal *w, int errno_val, const char *what, uint64_t seg)
+ * message is the one kept. The bytes written after the last good fsync
+ * are in doubt (the kernel may have dropped them, or may still write them
+ * out): they are cut off at the next serialised call, so that what the
+ * writers were told failed cannot come back at the next open. Returns
+ * TALLY_EFAILED. */
+static int fail_msg_locked(wal *w, const char *msg)
 {
 	if (!is_failed(w)) {
-		snprintf(w->fail_msg, sizeof w->fail_msg, "%s %s/%020llu.wal: %s", what, w->dir,
-			 (unsigned long long)seg, strerror(errno_val));
+		snprintf(w->fail_msg, sizeof w->fail_msg, "%s", msg);
+		uint64_t durable = ld(&w->durable_lsn);
+		w->undo_off = w->base_off + (durable > w->base_lsn ? durable - w->base_lsn : 0);
+		/* during wal_open nothing unsynced was written by us: no cut */
+		w->undo_pending = w->base_off != UINT64_MAX;
 		__atomic_store_n(&w->failed, 1, __ATOMIC_RELEASE);
 		log_emit(&w->log, TALLY_LOG_ERROR, "wal %s failed: %s", w->dir, w->fail_msg);
 	}
 	return failed_err(w);
+}
+
+static int fail_locked(wal *w, int errno_val, const char *what, uint64_t seg)
+{
+	char msg[ERR_MSG_MAX];
+	snprintf(msg, sizeof msg, "%s %.300s/%020llu.wal: %s", what, w->dir,
+		 (unsigned long long)seg, strerror(errno_val));
+	return fail_msg_locked(w, msg);
 }
 
 static int fail(wal *w, int errno_val, const char *what, uint64_t seg)
@@ -332,20 +389,15 @@ static int fail(wal *w, int errno_val, const char *what, uint64_t seg)
 
 static int fsync_dir(wal *w)
 {
-	if (fsync(w->dir_fd) != 0) {
-		int e = errno;
-		pthread_mutex_lock(&w->sync_mu);
-		if (!is_failed(w)) {
-			snprintf(w->fail_msg, sizeof w->fail_msg, "fsync of directory %s: %s",
-				 w->dir, strerror(e));
-			__atomic_store_n(&w->failed, 1, __ATOMIC_RELEASE);
-			log_emit(&w->log, TALLY_LOG_ERROR, "wal %s failed: %s", w->dir,
-				 w->fail_msg);
-		}
-		pthread_mutex_unlock(&w->sync_mu);
-		return failed_err(w);
-	}
-	return 0;
+	int e = -fio_fsync(w->dir_fd);
+	if (!e)
+		return 0;
+	char msg[ERR_MSG_MAX];
+	snprintf(msg, sizeof msg, "fsync of directory %.300s: %s", w->dir, strerror(e));
+	pthread_mutex_lock(&w->sync_mu);
+	int rc = fail_msg_locked(w, msg);
+	pthread_mutex_unlock(&w->sync_mu);
+	return rc;
 }
 
 static int seg_push(wal *w, uint64_t first_seq, uint64_t bytes)
@@ -370,24 +422,24 @@ static int seg_create(wal *w, uint64_t first_seq, int *fdp)
 	uint8_t h[SEG_HDR];
 	seg_name(name, first_seq);
 	seg_path(w, first_seq, path);
-	int fd = openat(w->dir_fd, name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+	int fd = fio_open(path, O_WRONLY | O_CREAT | O_EXCL, 0644);
 	if (fd < 0)
 		return err_sys(errno, "%s: create", path);
 	seg_hdr_encode(h, first_seq);
 	if (write_full(fd, h, SEG_HDR, 0, NULL) != 0) {
 		int rc = err_sys(errno, "%s: write", path);
-		close(fd);
-		unlinkat(w->dir_fd, name, 0); /* an empty or short last segment is torn anyway */
+		fio_close(fd);
+		fio_unlink(path); /* an empty or short last segment is torn anyway */
 		return rc;
 	}
-	if (fdatasync(fd) != 0) {
+	if (datasync(fd) != 0) {
 		int e = errno;
-		close(fd);
+		fio_close(fd);
 		return fail(w, e, "fdatasync of new segment", first_seq);
 	}
 	int rc = fsync_dir(w);
 	if (rc) {
-		close(fd);
+		fio_close(fd);
 		return rc;
 	}
 	*fdp = fd;
@@ -415,6 +467,7 @@ typedef struct recover {
 	uint8_t *dbuf; /* decompressed payload */
 	size_t dcap;
 	uint64_t expected; /* next seq the log must hold */
+	uint64_t synced;   /* SYNCED: records up to here were durable */
 	char path[WAL_PATH_MAX];
 } recover;
 
@@ -546,14 +599,28 @@ static int corrupt(recover *rc, uint64_t off, const char *why, const rec_hdr *h)
 		       why);
 }
 
+/* A bad record (or header) at off where the log must hold seq: a torn
+ * tail only if no fsync ever covered it. Synced bytes that do not check
+ * out are damage: refuse, and leave the file as it is for the operator. */
+static int synced_damage(recover *rc, uint64_t off, uint64_t seq, const char *why)
+{
+	return err_set(TALLY_ECORRUPT,
+		       "%s offset %llu: %s where record seq %llu belongs, but records up to "
+		       "seq %llu were synced (%s/" SYNCED_NAME
+		       "): damage, not a torn tail; refusing to open, the segment is left as "
+		       "it is",
+		       rc->path, (unsigned long long)off, why, (unsigned long long)seq,
+		       (unsigned long long)rc->synced, rc->w->dir);
+}
+
 /* Cuts the last segment at off (a torn tail) durably. */
 static int seg_cut(recover *rc, int fd, uint64_t off, const char *why)
 {
 	uint64_t dropped = rc->rd.size - off;
-	if (ftruncate(fd, (off_t)off) != 0)
+	if (fio_ftruncate(fd, off) != 0)
 		return err_sys(errno, "%s: truncating torn tail at offset %llu", rc->path,
 			       (unsigned long long)off);
-	if (fdatasync(fd) != 0)
+	if (datasync(fd) != 0)
 		return err_sys(errno, "%s: fdatasync after truncating", rc->path);
 	log_emit(&rc->w->log, TALLY_LOG_WARN, "%s offset %llu: torn tail (%s), dropped %llu bytes",
 		 rc->path, (unsigned long long)off, why, (unsigned long long)dropped);
@@ -604,7 +671,7 @@ static int seg_recover(recover *rc, size_t i)
 
 	seg_name(name, name_seq);
 	seg_path(w, name_seq, rc->path);
-	int fd = openat(w->dir_fd, name, (last ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+	int fd = fio_open(rc->path, last ? O_RDWR : O_RDONLY, 0);
 	if (fd < 0)
 		return err_sys(errno, "%s: open", rc->path);
 	if (fstat(fd, &sb) != 0) {
@@ -645,6 +712,10 @@ static int seg_recover(recover *rc, size_t i)
 			err = corrupt(rc, 0, why, NULL);
 			goto fail;
 		}
+		if (name_seq <= rc->synced) {
+			err = synced_damage(rc, 0, name_seq, why);
+			goto fail;
+		}
 		first = name_seq;
 	}
 	if ((err = seq_follows(rc, i, first)) != 0)
@@ -655,7 +726,7 @@ static int seg_recover(recover *rc, size_t i)
 		if ((err = seg_cut(rc, fd, 0, why)) != 0)
 			goto fail;
 		seg_hdr_encode(h, first);
-		if (write_full(fd, h, SEG_HDR, 0, NULL) != 0 || fdatasync(fd) != 0) {
+		if (write_full(fd, h, SEG_HDR, 0, NULL) != 0 || datasync(fd) != 0) {
 			err = err_sys(errno, "%s: rewriting the header", rc->path);
 			goto fail;
 		}
@@ -672,6 +743,10 @@ static int seg_recover(recover *rc, size_t i)
 				goto fail;
 			if (!last || found) {
 				err = corrupt(rc, off, why, &r.h);
+				goto fail;
+			}
+			if (rc->expected <= rc->synced) {
+				err = synced_damage(rc, off, rc->expected, why);
 				goto fail;
 			}
 			if ((err = seg_cut(rc, fd, off, why)) != 0)
@@ -701,11 +776,11 @@ static int seg_recover(recover *rc, size_t i)
 		w->fd = fd;
 		w->seg_records = count;
 	} else {
-		close(fd);
+		fio_close(fd);
 	}
 	return 0;
 fail:
-	close(fd);
+	fio_close(fd);
 	return err;
 }
 
@@ -753,29 +828,10 @@ out:
 
 static int dir_open(wal *w)
 {
-	if (mkdir(w->dir, 0755) == 0) {
-		/* Make the new directory's name durable in its parent. */
-		char parent[WAL_PATH_MAX];
-		snprintf(parent, sizeof parent, "%s", w->dir);
-		char *slash = strrchr(parent, '/');
-		if (slash == parent)
-			slash[1] = 0;
-		else if (slash)
-			*slash = 0;
-		else
-			snprintf(parent, sizeof parent, ".");
-		int pfd = open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-		if (pfd < 0)
-			return err_sys(errno, "%s: open", parent);
-		int r = fsync(pfd);
-		int e = errno;
-		close(pfd);
-		if (r != 0)
-			return err_sys(e, "%s: fsync", parent);
-	} else if (errno != EEXIST) {
-		return err_sys(errno, "%s: mkdir", w->dir);
-	}
-	w->dir_fd = open(w->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	int rc = fio_mkdir(w->dir);
+	if (rc)
+		return rc;
+	w->dir_fd = fio_open(w->dir, O_RDONLY | O_DIRECTORY, 0);
 	if (w->dir_fd < 0)
 		return err_sys(errno, "%s: open", w->dir);
 	return 0;
@@ -790,7 +846,7 @@ static int open_tail(wal *w, uint64_t after_seq, uint64_t expected)
 		/* Records the previous process wrote but did not sync were
 		 * replayed just now: make them durable before anyone builds on
 		 * them. */
-		if (fdatasync(w->fd) != 0)
+		if (datasync(w->fd) != 0)
 			return fail(w, errno, "fdatasync", w->segs[w->n_segs - 1].first_seq);
 		w->cur_seq = w->segs[w->n_segs - 1].first_seq;
 		w->next_seq = next;
@@ -804,18 +860,17 @@ static int open_tail(wal *w, uint64_t after_seq, uint64_t expected)
 		 * only records the caller has. An empty current segment goes. */
 		wal_seg *cur = &w->segs[w->n_segs - 1];
 		if (w->seg_records == 0) {
-			char name[SEG_NAME_LEN + 1];
-			seg_name(name, cur->first_seq);
-			close(w->fd);
+			fio_close(w->fd);
 			w->fd = -1;
-			if (unlinkat(w->dir_fd, name, 0) != 0)
-				return err_sys(errno, "%s/%s: unlink", w->dir, name);
+			if (seg_unlink(w, cur->first_seq) != 0)
+				return err_sys(errno, "%s: unlink",
+					       seg_path_tmp(w, cur->first_seq));
 			sub(&w->disk_bytes, cur->bytes);
 			w->n_segs--;
 		} else {
-			if (fdatasync(w->fd) != 0)
+			if (datasync(w->fd) != 0)
 				return fail(w, errno, "fdatasync", cur->first_seq);
-			close(w->fd);
+			fio_close(w->fd);
 			w->fd = -1;
 		}
 	}
@@ -828,6 +883,53 @@ static int open_tail(wal *w, uint64_t after_seq, uint64_t expected)
 	w->cur_seq = next;
 	w->seg_records = 0;
 	w->next_seq = next;
+	return 0;
+}
+
+/* Opens (creating) SYNCED and reads the highest seq known durable into
+ * w->synced_seq: 0 for a new file (a log written before SYNCED existed)
+ * or one that does not check out (a warning: recovery then checks less). */
+static int synced_open(wal *w, bool *created)
+{
+	uint8_t b[SYNCED_LEN];
+	*created = false;
+	char path[WAL_PATH_MAX];
+	snprintf(path, sizeof path, "%s/" SYNCED_NAME, w->dir);
+	w->synced_fd = fio_open(path, O_RDWR, 0);
+	if (w->synced_fd < 0 && errno == ENOENT) {
+		*created = true;
+		w->synced_fd = fio_open(path, O_RDWR | O_CREAT | O_EXCL, 0644);
+	}
+	if (w->synced_fd < 0)
+		return err_sys(errno, "%s/" SYNCED_NAME ": open", w->dir);
+	w->synced_seq = 0;
+	if (*created)
+		return 0;
+	ssize_t k = pread(w->synced_fd, b, SYNCED_LEN, 0);
+	if (k == (ssize_t)SYNCED_LEN && !memcmp(b, SYNCED_MAGIC, 8) &&
+	    XXH3_64bits(b, 16) == get_u64(b + 16))
+		w->synced_seq = get_u64(b + 8);
+	else
+		log_emit(&w->log, TALLY_LOG_WARN,
+			 "%s/" SYNCED_NAME ": unreadable (%zd bytes, or bad magic or checksum); "
+			 "recovery cannot tell synced records from a torn tail this time",
+			 w->dir, k);
+	return 0;
+}
+
+/* Writes seq to SYNCED durably (at open: a new file's name too). */
+static int synced_store(wal *w, uint64_t seq, bool created)
+{
+	uint8_t b[SYNCED_LEN];
+	synced_encode(b, seq);
+	if (write_full(w->synced_fd, b, SYNCED_LEN, 0, NULL) != 0 || datasync(w->synced_fd) != 0)
+		return err_sys(errno, "%s/" SYNCED_NAME ": write", w->dir);
+	w->synced_seq = seq;
+	if (created) {
+		int e = -fio_fsync(w->dir_fd);
+		if (e)
+			return err_sys(e, "%s: fsync", w->dir);
+	}
 	return 0;
 }
 
@@ -857,6 +959,8 @@ int wal_open(const char *dir, const wal_options *opt, uint64_t after_seq, wal_re
 		return err_set(-ENOMEM, "wal %s: out of memory", dir);
 	w->fd = -1;
 	w->dir_fd = -1;
+	w->synced_fd = -1;
+	w->base_off = UINT64_MAX; /* set once the log is open */
 	pthread_mutex_init(&w->sync_mu, NULL);
 	w->segment_bytes = opt->segment_bytes ? opt->segment_bytes : DEFAULT_SEGMENT_BYTES;
 	w->buffer_bytes = opt->buffer_bytes ? opt->buffer_bytes : DEFAULT_BUFFER_BYTES;
@@ -869,18 +973,48 @@ int wal_open(const char *dir, const wal_options *opt, uint64_t after_seq, wal_re
 		r = err_set(-ENOMEM, "wal %s: out of memory", dir);
 		goto fail;
 	}
-	if ((r = dir_open(w)) != 0 || (r = seg_list(w)) != 0)
+	bool synced_new = false;
+	if ((r = dir_open(w)) != 0 || (r = seg_list(w)) != 0 ||
+	    (r = synced_open(w, &synced_new)) != 0)
 		goto fail;
 
 	rc.w = w;
 	rc.after_seq = after_seq;
 	rc.replay = replay;
 	rc.ctx = ctx;
-	for (size_t i = 0; i < w->n_segs; i++)
-		if ((r = seg_recover(&rc, i)) != 0)
-			goto fail;
+	rc.synced = w->synced_seq;
+	for (size_t i = 0; i < w->n_segs && !r; i++)
+		r = seg_recover(&rc, i);
+	uint64_t have = w->n_segs ? rc.expected - 1 : 0;
+	if (!r && have < rc.synced && rc.synced > after_seq)
+		r = err_set(TALLY_ECORRUPT,
+			    "%s: records %llu..%llu were synced (%s/" SYNCED_NAME
+			    ") but are missing: the log %s; refusing to open",
+			    w->dir,
+			    (unsigned long long)(have > after_seq ? have + 1 : after_seq + 1),
+			    (unsigned long long)rc.synced, w->dir,
+			    w->n_segs ? "ends before them" : "has no segment");
+	if (r == TALLY_ECORRUPT && opt->read_only_on_damage) {
+		/* The operator's choice: what replayed up to the damage stays,
+		 * no file is touched, and the log refuses every change. */
+		char msg[ERR_MSG_MAX];
+		snprintf(msg, sizeof msg, "opened read-only after damage: %s", err_msg());
+		log_emit(&w->log, TALLY_LOG_ERROR, "wal %s: %s", w->dir, msg);
+		snprintf(w->fail_msg, sizeof w->fail_msg, "%s", msg);
+		__atomic_store_n(&w->failed, 1, __ATOMIC_RELEASE);
+		w->next_seq = rc.expected > after_seq ? rc.expected : after_seq + 1;
+		goto done;
+	}
+	if (r)
+		goto fail;
 	if ((r = open_tail(w, after_seq, rc.expected)) != 0)
 		goto fail;
+	/* Everything replayed is durable now (open_tail synced it). */
+	w->base_off = w->segs[w->n_segs - 1].bytes;
+	st(&w->written_seq, w->next_seq - 1);
+	if ((r = synced_store(w, w->next_seq - 1, synced_new)) != 0)
+		goto fail;
+done:
 	mem_free(rc.rd.buf);
 	mem_free(rc.dbuf);
 	err_clear();
@@ -890,10 +1024,72 @@ fail:
 	mem_free(rc.rd.buf);
 	mem_free(rc.dbuf);
 	if (w->fd >= 0)
-		close(w->fd);
+		fio_close(w->fd);
 	w->fd = -1;
 	wal_close(w);
 	return r;
+}
+
+/* Records in SYNCED that every record up to seq is durable (caller holds
+ * sync_mu, and the fsync that made them so has returned). One pwrite of
+ * one sector, not synced itself: after a power cut it may hold an older
+ * value, which only makes recovery check less, never wrongly. */
+static void synced_note_locked(wal *w, uint64_t seq)
+{
+	if (w->synced_fd < 0 || seq <= w->synced_seq)
+		return;
+	uint8_t b[SYNCED_LEN];
+	synced_encode(b, seq);
+	if (write_full(w->synced_fd, b, SYNCED_LEN, 0, NULL) == 0)
+		w->synced_seq = seq;
+}
+
+/* A serialised call on a failed WAL: first cuts the bytes no fsync
+ * covered (see fail_msg_locked), then returns TALLY_EFAILED. */
+static int failed_now(wal *w)
+{
+	pthread_mutex_lock(&w->sync_mu);
+	if (w->undo_pending && w->n_segs) {
+		wal_seg *cur = &w->segs[w->n_segs - 1];
+		w->undo_pending = 0;
+		if (w->undo_off < cur->bytes) {
+			uint64_t cut = cur->bytes - w->undo_off;
+			if (fio_ftruncate(w->fd, w->undo_off) != 0 || datasync(w->fd) != 0) {
+				log_emit(&w->log, TALLY_LOG_ERROR,
+					 "%s/%020llu.wal: could not cut the %llu bytes written "
+					 "after the last good fsync: %s; records after seq %llu "
+					 "may come back at the next open",
+					 w->dir, (unsigned long long)cur->first_seq,
+					 (unsigned long long)cut, strerror(errno),
+					 (unsigned long long)w->synced_seq);
+			} else {
+				log_emit(&w->log, TALLY_LOG_WARN,
+					 "%s/%020llu.wal offset %llu: cut %llu bytes written after "
+					 "the last good fsync (their writes were told they failed)",
+					 w->dir, (unsigned long long)cur->first_seq,
+					 (unsigned long long)w->undo_off, (unsigned long long)cut);
+				sub(&w->disk_bytes, cut);
+				cur->bytes = w->undo_off;
+			}
+		}
+	}
+	pthread_mutex_unlock(&w->sync_mu);
+	return failed_err(w);
+}
+
+/* One fsync of the current segment, under sync_mu: covers every byte
+ * written before it. */
+static int sync_locked(wal *w)
+{
+	if (is_failed(w))
+		return failed_err(w);
+	uint64_t target = ld(&w->written_lsn), seq = ld(&w->written_seq);
+	if (datasync(w->fd) != 0)
+		return fail_locked(w, errno, "fdatasync", w->cur_seq);
+	add(&w->syncs, 1);
+	st(&w->durable_lsn, target);
+	synced_note_locked(w, seq);
+	return 0;
 }
 
 /* Closes the current segment durably and starts the next at next_seq. The
@@ -901,18 +1097,9 @@ fail:
  * segment can ever have a torn tail. */
 static int wal_roll(wal *w)
 {
-	int rc = wal_write_out(w, NULL), fd;
-	if (rc)
-		return rc;
+	int rc, fd;
 	pthread_mutex_lock(&w->sync_mu);
-	if (is_failed(w))
-		rc = failed_err(w);
-	else if (fdatasync(w->fd) != 0)
-		rc = fail_locked(w, errno, "fdatasync", w->cur_seq);
-	else {
-		add(&w->syncs, 1);
-		st(&w->durable_lsn, ld(&w->written_lsn));
-	}
+	rc = sync_locked(w);
 	pthread_mutex_unlock(&w->sync_mu);
 	if (rc)
 		return rc;
@@ -921,18 +1108,18 @@ static int wal_roll(wal *w)
 	if ((rc = seg_create(w, w->next_seq, &fd)) != 0)
 		return rc;
 	if ((rc = seg_push(w, w->next_seq, SEG_HDR)) != 0) {
-		char name[SEG_NAME_LEN + 1];
-		seg_name(name, w->next_seq);
-		close(fd);
-		if (unlinkat(w->dir_fd, name, 0) != 0)
+		fio_close(fd);
+		if (seg_unlink(w, w->next_seq) != 0)
 			return fail(w, errno, "unlink of unused segment", w->next_seq);
 		return rc;
 	}
 	add(&w->disk_bytes, SEG_HDR);
 	pthread_mutex_lock(&w->sync_mu);
-	close(w->fd);
+	fio_close(w->fd);
 	w->fd = fd;
 	w->cur_seq = w->next_seq;
+	w->base_lsn = ld(&w->written_lsn);
+	w->base_off = SEG_HDR;
 	pthread_mutex_unlock(&w->sync_mu);
 	w->seg_records = 0;
 	return 0;
@@ -942,7 +1129,7 @@ int wal_append(wal *w, const void *payload, size_t len, uint64_t *seq)
 {
 	int rc;
 	if (is_failed(w))
-		return failed_err(w);
+		return failed_now(w);
 	if (len > WAL_RECORD_MAX)
 		return err_set(TALLY_ELIMIT,
 			       "wal %s: record of %zu bytes exceeds the %u-byte limit", w->dir, len,
@@ -953,25 +1140,16 @@ int wal_append(wal *w, const void *payload, size_t len, uint64_t *seq)
 		return err_set(TALLY_ELIMIT, "wal %s: sequence numbers exhausted", w->dir);
 
 	wal_seg *cur = &w->segs[w->n_segs - 1];
-	if (w->seg_records && cur->bytes + (w->buf_len - w->buf_done) >= w->segment_bytes)
+	if (w->seg_records && cur->bytes >= w->segment_bytes)
 		if ((rc = wal_roll(w)) != 0)
 			return rc;
 	cur = &w->segs[w->n_segs - 1];
 
 	size_t bound = (size_t)LZ4_compressBound((int)len);
 	size_t worst = REC_HDR + bound;
-	uint32_t flags, stored;
-	if (worst <= w->buffer_bytes) {
-		if (w->buffer_bytes - w->buf_len < worst && (rc = wal_write_out(w, NULL)) != 0)
-			return rc;
-		uint8_t *h = w->buf + w->buf_len;
-		stored = rec_encode_payload(h + REC_HDR, payload, len, bound, &flags);
-		rec_hdr_encode(h, stored, len, flags, w->next_seq);
-		w->buf_len += REC_HDR + stored;
-	} else {
-		/* Larger than the buffer: compress aside and write directly. */
-		if ((rc = wal_write_out(w, NULL)) != 0)
-			return rc;
+	uint8_t *dst = w->buf;
+	if (worst > w->buffer_bytes) {
+		/* Larger than the buffer: encode in the scratch for big ones. */
 		if (worst > w->big_cap) {
 			mem_free(w->big);
 			w->big_cap = 0;
@@ -981,30 +1159,38 @@ int wal_append(wal *w, const void *payload, size_t len, uint64_t *seq)
 					       w->dir, len);
 			w->big_cap = worst;
 		}
-		stored = rec_encode_payload(w->big + REC_HDR, payload, len, bound, &flags);
-		rec_hdr_encode(w->big, stored, len, flags, w->next_seq);
-		size_t n = REC_HDR + stored, done;
-		if (write_full(w->fd, w->big, n, cur->bytes, &done) != 0) {
-			char path[WAL_PATH_MAX];
-			int e = errno;
-			seg_path(w, cur->first_seq, path);
-			/* Take back the part that made it, so the file ends at a
-			 * record boundary and a retry writes after it. */
-			if (done && ftruncate(w->fd, (off_t)cur->bytes) != 0)
-				return fail(w, errno, "ftruncate after a failed write of",
-					    cur->first_seq);
-			return err_sys(e, "%s: write", path);
-		}
-		cur->bytes += n;
-		add(&w->disk_bytes, n);
-		add(&w->written_lsn, n);
-		if (w->big_cap > BIG_KEEP) {
-			mem_free(w->big);
-			w->big = NULL;
-			w->big_cap = 0;
-		}
+		dst = w->big;
 	}
-	w->appended_lsn += REC_HDR + stored;
+	uint32_t flags;
+	uint32_t stored = rec_encode_payload(dst + REC_HDR, payload, len, bound, &flags);
+	rec_hdr_encode(dst, stored, len, flags, w->next_seq);
+	size_t n = REC_HDR + stored, done;
+	/* Written through at once: the caller applies the record only once
+	 * its bytes are in the kernel, so a full disk refuses this write
+	 * (its writer hears so) instead of failing a later sync that covers
+	 * writes already applied and visible. */
+	if (write_full(w->fd, dst, n, cur->bytes, &done) != 0) {
+		char path[WAL_PATH_MAX];
+		int e = errno;
+		add(&w->write_errors, 1);
+		seg_path(w, cur->first_seq, path);
+		/* Take back the part that made it, so the file ends at a
+		 * record boundary and a retry writes after it. */
+		if (done && fio_ftruncate(w->fd, cur->bytes) != 0)
+			return fail(w, errno, "ftruncate after a failed write of", cur->first_seq);
+		return err_sys(e, "%s offset %llu: write of record %llu", path,
+			       (unsigned long long)cur->bytes, (unsigned long long)w->next_seq);
+	}
+	cur->bytes += n;
+	add(&w->disk_bytes, n);
+	st(&w->written_seq, w->next_seq);
+	add(&w->written_lsn, n);
+	if (w->big_cap > BIG_KEEP) {
+		mem_free(w->big);
+		w->big = NULL;
+		w->big_cap = 0;
+	}
+	w->appended_lsn += n;
 	w->seg_records++;
 	if (seq)
 		*seq = w->next_seq;
@@ -1015,25 +1201,7 @@ int wal_append(wal *w, const void *payload, size_t len, uint64_t *seq)
 int wal_write_out(wal *w, uint64_t *lsn)
 {
 	if (is_failed(w))
-		return failed_err(w);
-	wal_seg *cur = &w->segs[w->n_segs - 1];
-	while (w->buf_done < w->buf_len) {
-		size_t n = w->buf_len - w->buf_done, done;
-		int r = write_full(w->fd, w->buf + w->buf_done, n, cur->bytes, &done);
-		/* Count what made it: the file still ends at a byte the buffer
-		 * continues from, so a retry after (say) ENOSPC carries on. */
-		w->buf_done += done;
-		cur->bytes += done;
-		add(&w->disk_bytes, done);
-		add(&w->written_lsn, done);
-		if (r != 0) {
-			int e = errno;
-			char path[WAL_PATH_MAX];
-			seg_path(w, cur->first_seq, path);
-			return err_sys(e, "%s: write", path);
-		}
-	}
-	w->buf_done = w->buf_len = 0;
+		return failed_now(w);
 	if (lsn)
 		*lsn = w->appended_lsn;
 	return 0;
@@ -1047,23 +1215,14 @@ int wal_sync_to(wal *w, uint64_t lsn)
 		return 0;
 	pthread_mutex_lock(&w->sync_mu);
 	int rc = 0;
-	if (is_failed(w)) {
-		rc = failed_err(w);
-	} else if (ld(&w->durable_lsn) < lsn) {
-		/* Whoever held the mutex before may have covered us; if not, one
-		 * fsync covers everything written so far, for all waiters. */
-		uint64_t target = ld(&w->written_lsn);
-		if (lsn > target)
-			rc = err_set(TALLY_EINVAL,
-				     "wal %s: sync to %llu, past the written end %llu", w->dir,
-				     (unsigned long long)lsn, (unsigned long long)target);
-		else if (fdatasync(w->fd) != 0)
-			rc = fail_locked(w, errno, "fdatasync", w->cur_seq);
-		else {
-			add(&w->syncs, 1);
-			st(&w->durable_lsn, target);
-		}
-	}
+	/* Whoever held the mutex before may have covered us; if not, one
+	 * fsync covers everything written so far, for all waiters. */
+	if (lsn > ld(&w->written_lsn))
+		rc = err_set(TALLY_EINVAL, "wal %s: sync to %llu, past the written end %llu",
+			     w->dir, (unsigned long long)lsn,
+			     (unsigned long long)ld(&w->written_lsn));
+	else if (is_failed(w) || ld(&w->durable_lsn) < lsn)
+		rc = sync_locked(w);
 	pthread_mutex_unlock(&w->sync_mu);
 	return rc;
 }
@@ -1071,22 +1230,20 @@ int wal_sync_to(wal *w, uint64_t lsn)
 int wal_rotate(wal *w)
 {
 	if (is_failed(w))
-		return failed_err(w);
+		return failed_now(w);
 	return w->seg_records ? wal_roll(w) : 0;
 }
 
 int wal_trim(wal *w, uint64_t upto_seq)
 {
 	if (is_failed(w))
-		return failed_err(w);
+		return failed_now(w);
 	size_t n = 0;
 	int rc = 0;
 	/* A segment ends where the next begins; the current one never goes. */
 	while (n + 1 < w->n_segs && w->segs[n + 1].first_seq - 1 <= upto_seq) {
-		char name[SEG_NAME_LEN + 1];
-		seg_name(name, w->segs[n].first_seq);
-		if (unlinkat(w->dir_fd, name, 0) != 0) {
-			rc = err_sys(errno, "%s/%s: unlink", w->dir, name);
+		if (seg_unlink(w, w->segs[n].first_seq) != 0) {
+			rc = err_sys(errno, "%s: unlink", seg_path_tmp(w, w->segs[n].first_seq));
 			break;
 		}
 		sub(&w->disk_bytes, w->segs[n].bytes);
@@ -1112,6 +1269,37 @@ uint64_t wal_disk_bytes(const wal *w)
 	return __atomic_load_n(&w->disk_bytes, __ATOMIC_RELAXED);
 }
 
+uint64_t wal_write_errors(const wal *w)
+{
+	return __atomic_load_n(&w->write_errors, __ATOMIC_RELAXED);
+}
+
+int wal_failed(const wal *w)
+{
+	return is_failed(w);
+}
+
+int wal_failed_error(const wal *w)
+{
+	return failed_err(w);
+}
+
+int wal_dir_first_seq(const char *dir, uint64_t *first)
+{
+	*first = 0;
+	DIR *d = opendir(dir);
+	if (!d)
+		return errno == ENOENT ? 0 : err_sys(errno, "%s: opendir", dir);
+	struct dirent *de;
+	while ((de = readdir(d)) != NULL) {
+		uint64_t seq;
+		if (seg_name_parse(de->d_name, &seq) && (!*first || seq < *first))
+			*first = seq;
+	}
+	closedir(d);
+	return 0;
+}
+
 uint64_t wal_syncs(const wal *w)
 {
 	return __atomic_load_n(&w->syncs, __ATOMIC_RELAXED);
@@ -1122,17 +1310,21 @@ void wal_close(wal *w)
 	if (!w)
 		return;
 	if (w->fd >= 0 && !is_failed(w)) {
-		uint64_t lsn;
+		uint64_t lsn = 0;
 		int rc = wal_write_out(w, &lsn);
 		if (!rc)
 			rc = wal_sync_to(w, lsn);
 		if (rc)
 			log_emit(&w->log, TALLY_LOG_ERROR, "wal close: %s", err_msg());
 	}
+	if (w->fd >= 0 && is_failed(w))
+		failed_now(w); /* the in-doubt bytes must not outlive us */
 	if (w->fd >= 0)
-		close(w->fd);
+		fio_close(w->fd);
+	if (w->synced_fd >= 0)
+		fio_close(w->synced_fd);
 	if (w->dir_fd >= 0)
-		close(w->dir_fd);
+		fio_close(w->dir_fd);
 	pthread_mutex_destroy(&w->sync_mu);
 	mem_free(w->segs);
 	mem_free(w->buf);

@@ -322,6 +322,23 @@ static void poke(const char *path, uint64_t off, uint8_t xor_mask)
 	close(fd);
 }
 
+/* Writes wal_dir/SYNCED by its documented layout (docs/formats.md): what a
+ * process that synced only up to seq leaves, so that the records after it
+ * count as a tail no fsync covered. */
+static void set_synced(uint64_t seq)
+{
+	uint8_t b[24];
+	char path[PBUF];
+	memcpy(b, "TALLYSYN", 8);
+	for (int i = 0; i < 8; i++)
+		b[8 + i] = (uint8_t)(seq >> (8 * i));
+	uint64_t h = XXH3_64bits(b, 16);
+	for (int i = 0; i < 8; i++)
+		b[16 + i] = (uint8_t)(h >> (8 * i));
+	snprintf(path, sizeof path, "%s/SYNCED", wal_dir);
+	write_file(path, b, sizeof b);
+}
+
 /* Record starts in a segment file, by the documented layout. */
 typedef struct rec_pos {
 	uint64_t off, stored, seq;
@@ -625,6 +642,7 @@ Test(wal, torn_tail_at_every_offset_of_last_record)
 	model m2 = m;
 	for (uint64_t cut = start; cut < end; cut++) {
 		write_file(path, orig, cut);
+		set_synced(11); /* record 12 was never synced: a torn tail */
 		log_count = 0;
 		m2.n = m.n - 1;
 		wal *w = open_check(&o, &m2, 0, 11);
@@ -807,7 +825,35 @@ Test(wal, payload_checksum_message_names_seq)
 	model_free(&m);
 }
 
-Test(wal, flipped_byte_in_last_record_is_torn)
+/* Issue 12 item 7: a flipped byte in the last record, which an fsync
+ * covered, was taken for a torn tail and cut away with a warning. */
+Test(wal, flipped_byte_in_last_synced_record_is_refused_and_kept)
+{
+	model m = {0};
+	build_log(&m, 40, 2048, 300);
+	char names[64][32], path[PBUF], want[2 * PBUF];
+	size_t ns = list_segs(names, 64);
+	seg_file(path, sizeof path, names[ns - 1]);
+	rec_pos r[64];
+	size_t nr = walk_records(path, r, 64);
+	uint64_t size = file_size(path);
+	poke(path, r[nr - 1].off + 40 + r[nr - 1].stored / 2, 0x10);
+	wal_options o = small_opts(2048);
+	wal *w = NULL;
+	cr_assert_eq(wal_open(wal_dir, &o, 0, NULL, NULL, &w), TALLY_ECORRUPT);
+	cr_assert_null(w);
+	snprintf(want, sizeof want,
+		 "%s offset %llu: payload checksum mismatch where record seq 40 belongs, but "
+		 "records up to seq 40 were synced",
+		 path, (unsigned long long)r[nr - 1].off);
+	cr_assert(strstr(err_msg(), want), "%s", err_msg());
+	cr_assert_eq(file_size(path), size, "the damaged segment must be kept whole");
+	/* and refused again: nothing was changed by the first try */
+	cr_assert_eq(wal_open(wal_dir, &o, 0, NULL, NULL, &w), TALLY_ECORRUPT);
+	model_free(&m);
+}
+
+Test(wal, flipped_byte_in_last_unsynced_record_is_torn)
 {
 	model m = {0};
 	build_log(&m, 40, 2048, 300);
@@ -817,6 +863,7 @@ Test(wal, flipped_byte_in_last_record_is_torn)
 	rec_pos r[64];
 	size_t nr = walk_records(path, r, 64);
 	poke(path, r[nr - 1].off + 40 + r[nr - 1].stored / 2, 0x10);
+	set_synced(39);
 	wal_options o = small_opts(2048);
 	log_count = 0;
 	wal *w = open_check(&o, &m, 0, 39);
@@ -1066,10 +1113,73 @@ Test(wal, fsync_failure_fails_the_log_for_good)
 	cr_assert(strstr(err_msg(), "fdatasync"), "%s", err_msg());
 	cr_assert(strstr(err_msg(), "Input/output error"), "%s", err_msg());
 	cr_assert_eq(wal_append(w, "d", 1, NULL), TALLY_EFAILED);
+	/* that first serialised call cut what the failed fsync covered */
+	cr_assert(strstr(last_log, "offset 32: cut 43 bytes written after the last good fsync"),
+		  "%s", last_log);
 	cr_assert_eq(wal_write_out(w, NULL), TALLY_EFAILED);
 	cr_assert_eq(wal_trim(w, 1), TALLY_EFAILED);
-	cr_assert(strstr(last_log, "failed: fdatasync"), "%s", last_log);
 	wal_close(w);
+	/* "abc" was never durable and its writer was told: it must not come
+	 * back as a ghost at the next open */
+	replay_check c = {.m = &(model){.base = 1}, .next = 1};
+	cr_assert_eq(wal_open(wal_dir, &o, 0, check_cb, &c, &w), 0, "%s", err_msg());
+	cr_assert_eq(c.count, 0);
+	cr_assert_eq(wal_last_seq(w), 0);
+	wal_close(w);
+}
+
+/* Issue 12 item 7: deleting the only segment that held synced records
+ * lost them without a word. */
+Test(wal, synced_records_gone_missing_are_refused)
+{
+	model m = {0};
+	build_log(&m, 5, 1 << 20, 100); /* one segment, closed: 1..5 synced */
+	char names[4][32], path[PBUF];
+	cr_assert_eq(list_segs(names, 4), 1);
+	seg_file(path, sizeof path, names[0]);
+	cr_assert_eq(unlink(path), 0);
+	wal *w = NULL;
+	cr_assert_eq(open_quiet(NULL, 0, &w), TALLY_ECORRUPT);
+	char want[2 * PBUF];
+	snprintf(want, sizeof want,
+		 "%s: records 1..5 were synced (%s/SYNCED) but are missing: the log has no "
+		 "segment; refusing to open",
+		 wal_dir, wal_dir);
+	cr_assert_str_eq(err_msg(), want);
+	/* records up to after_seq are in parts: nothing is missing then */
+	cr_assert_eq(open_quiet(NULL, 5, &w), 0, "%s", err_msg());
+	cr_assert_eq(wal_last_seq(w), 5);
+	wal_close(w);
+	model_free(&m);
+}
+
+/* A log cut short after its last synced record lost synced records too. */
+Test(wal, synced_tail_cut_away_is_refused)
+{
+	model m = {0};
+	build_log(&m, 5, 1 << 20, 100);
+	char names[4][32], path[PBUF];
+	list_segs(names, 4);
+	seg_file(path, sizeof path, names[0]);
+	rec_pos r[8];
+	size_t nr = walk_records(path, r, 8);
+	cr_assert_eq(nr, 5);
+	cr_assert_eq(truncate(path, (off_t)r[4].off), 0);
+	wal *w = NULL;
+	cr_assert_eq(open_quiet(NULL, 0, &w), TALLY_ECORRUPT);
+	cr_assert(strstr(err_msg(), "records 5..5 were synced"), "%s", err_msg());
+	cr_assert(strstr(err_msg(), "the log ends before them"), "%s", err_msg());
+	/* SYNCED that does not check out: a warning, and the old rules */
+	char sp[PBUF];
+	snprintf(sp, sizeof sp, "%s/SYNCED", wal_dir);
+	poke(sp, 9, 1);
+	log_count = 0;
+	m.n = 4;
+	wal_options o = small_opts(1 << 20);
+	w = open_check(&o, &m, 0, 4);
+	cr_assert(strstr(last_log, "SYNCED: unreadable"), "%s", last_log);
+	wal_close(w);
+	model_free(&m);
 }
 
 Test(wal, fsync_failure_during_roll_fails_the_log)

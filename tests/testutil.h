@@ -5,6 +5,7 @@
 #ifndef TALLY_TESTUTIL_H
 #define TALLY_TESTUTIL_H
 
+#include <dirent.h>
 #include <ftw.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -37,6 +38,22 @@ static inline char *tu_tmpdir(void)
 		abort();
 	}
 	return d;
+}
+
+/* The files in dir whose names contain infix: how many; the path of the
+ * last one seen goes to out. */
+static inline int tu_find_files(const char *dir, const char *infix, char *out, size_t cap)
+{
+	DIR *d = opendir(dir);
+	int n = 0;
+	struct dirent *e;
+	while (d && (e = readdir(d)))
+		if (strstr(e->d_name, infix) &&
+		    snprintf(out, cap, "%s/%s", dir, e->d_name) < (int)cap)
+			n++; /* a path too long for out is not counted */
+	if (d)
+		closedir(d);
+	return n;
 }
 
 /* xoshiro-like splitmix64: small, seedable, good enough for tests */

@@ -36,7 +36,7 @@ static int cmd_fail(char *err, size_t cap, const char *fmt, ...)
 /* ---------------------------------------------------------------- times */
 
 /* Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant). */
-static int64_t cmd_days_from_civil(int64_t y, unsigned m, unsigned d)
+int64_t cmd_days_from_civil(int64_t y, unsigned m, unsigned d)
 {
 	y -= m <= 2;
 	int64_t era = (y >= 0 ? y : y - 399) / 400;
@@ -46,7 +46,7 @@ static int64_t cmd_days_from_civil(int64_t y, unsigned m, unsigned d)
 	return era * 146097 + (int64_t)doe - 719468;
 }
 
-static void cmd_civil_from_days(int64_t z, int64_t *y, unsigned *m, unsigned *d)
+void cmd_civil_from_days(int64_t z, int64_t *y, unsigned *m, unsigned *d)
 {
 	z += 719468;
 	int64_t era = (z >= 0 ? z : z - 146096) / 146097;

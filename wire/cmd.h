@@ -58,6 +58,11 @@ int cmd_parse(const char *line, size_t len, char *scratch, size_t scratch_cap, i
  * or -1. */
 int cmd_parse_time(const char *s, int64_t now, int64_t *out);
 
+/* Days since 1970-01-01 of a proleptic Gregorian date, and back (H.
+ * Hinnant's algorithms; also jsonev.c's event times). */
+int64_t cmd_days_from_civil(int64_t y, unsigned m, unsigned d);
+void cmd_civil_from_days(int64_t z, int64_t *y, unsigned *m, unsigned *d);
+
 /* A duration: one or more <integer><unit>, units ns us ms s m h d w
  * ("5m", "1h30m"). Positive, at most ~292 years. Returns 0 or -1. */
 int cmd_parse_duration(const char *s, int64_t *out);

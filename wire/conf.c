@@ -23,6 +23,7 @@
 #include <sys/stat.h>
 
 #include "cmd.h"
+#include "jsonev.h"
 
 enum conf_kind {
 	K_STR,
@@ -42,6 +43,7 @@ enum conf_kind {
 	K_OFFSET,
 	K_BOOL,     /* unsigned 0 or 1: on/off, yes/no, true/false, 1/0 */
 	K_PORT_OFF, /* int: a TCP port, 0 (any free port), or off (-1) */
+	K_JSON_MAP, /* appended to json_maps: repeatable, checked when set */
 };
 
 static const struct conf_item {
@@ -128,6 +130,10 @@ static const struct conf_item {
 	{"prefault", K_BOOL, offsetof(srv_conf, prefault),
 	 "on start, fault in each shard's first memtable of memory in the background, "
 	 "so that writers do not (on or off; default on)"},
+	{"wal-damage-read-only", K_BOOL, offsetof(srv_conf, wal_damage_ro),
+	 "when WAL records that were synced are damaged or missing, start read-only "
+	 "(queries answer, writes are refused, no file changes) instead of refusing to "
+	 "start (on or off; default off)"},
 	/* Tiering (docs/operations.md). Unset: the environment variables of
 	 * conf_envs, named in the help too, else the engine's default. */
 	{"tier-bucket", K_STR, offsetof(srv_conf, tier_bucket),
@@ -162,6 +168,11 @@ static const struct conf_item {
 	{"tier-part-bytes", K_PART_SIZE, offsetof(srv_conf, tier_part_bytes),
 	 "uploads above this go multipart in parts of this size, 5MiB to 512MiB "
 	 "(default 16MiB)"},
+	{"json-map", K_JSON_MAP, 0,
+	 "how JSON events become rows of a table, repeatable: 'TABLE: key=MEMBER>TAG, "
+	 "time=MEMBER, fields=MEMBER>FIELD ...' (docs/json-events.md); the default takes the "
+	 "camera "
+	 "event into traffic: '" JSONEV_DEFAULT_MAP "'"},
 };
 
 #define CONF_N         (sizeof conf_items / sizeof conf_items[0])
@@ -213,6 +224,11 @@ void conf_free(srv_conf *c)
 			*p = NULL;
 		}
 	}
+	for (unsigned i = 0; i < c->n_json_maps; i++)
+		free(c->json_maps[i]);
+	free(c->json_maps);
+	c->json_maps = NULL;
+	c->n_json_maps = 0;
 }
 
 /* "name" matches a table name with '-' and '_' alike. */
@@ -425,6 +441,25 @@ int conf_set(srv_conf *c, const char *name, const char *value, const char *where
 		else
 			return conf_err(where, it->name, value, "is not error, warn or info");
 		return 0;
+	case K_JSON_MAP: {
+		char err[JSONEV_REASON_MAX];
+		jsonev_map *m;
+		int rc = jsonev_map_parse(value, &m, err, sizeof err);
+		jsonev_map_free(m);
+		if (rc) {
+			fprintf(stderr, "tallyd: %s%s%s\n", where ? where : "", where ? ": " : "",
+				err);
+			return -1;
+		}
+		char **v = realloc(c->json_maps, (c->n_json_maps + 1) * sizeof *v);
+		if (!v)
+			return -1;
+		c->json_maps = v;
+		if (!(v[c->n_json_maps] = strdup(value)))
+			return -1;
+		c->n_json_maps++;
+		return 0;
+	}
 	case K_LEVELS: {
 		char buf[256];
 		if (strlen(value) >= sizeof buf)

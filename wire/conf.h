@@ -46,7 +46,8 @@ typedef struct srv_conf {
 	char *io;      /* "auto" (default), "io_uring" or "epoll" */
 	/* engine options */
 	uint64_t memory_limit;
-	unsigned prefault; /* 1: tally_options.prefault */
+	unsigned prefault;      /* 1: tally_options.prefault */
+	unsigned wal_damage_ro; /* 1: tally_options.wal_damage_read_only */
 	int64_t align_offset;
 	char *table_keys;
 	unsigned n_levels;
@@ -66,6 +67,10 @@ typedef struct srv_conf {
 	uint32_t tier_timeout_ms;
 	unsigned tier_retries;
 	uint64_t tier_part_bytes; /* 0 or in [CONF_PART_MIN, CONF_PART_MAX] */
+	/* JSON event mappings (json-map, repeatable; wire/jsonev.h), each
+	 * checked when set; the default mapping is not among them. */
+	char **json_maps;
+	unsigned n_json_maps;
 } srv_conf;
 
 /* S3 refuses multipart parts under 5 MiB; the S3 client buffers at most

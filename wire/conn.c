@@ -664,6 +664,8 @@ static void conn_stats(wconn *c)
 		{"prefault_pending", es.prefault_pending},
 		{"wal_bytes", es.wal_bytes},
 		{"wal_syncs", es.wal_syncs},
+		{"wal_write_errors", es.wal_write_errors},
+		{"failed_shards", es.failed_shards},
 		{"shards", es.shards},
 		{"parts", es.parts},
 		{"part_bytes", es.part_bytes},
@@ -1293,7 +1295,7 @@ static void lp_step(wconn *c)
 		if (c->sync_ticket &&
 		    atomic_load_explicit(&s->sync_done, memory_order_acquire) >= c->sync_ticket) {
 			char msg[256];
-			int rc = srv_sync_result(s, msg, sizeof msg);
+			int rc = srv_sync_result(s, c->sync_ticket, msg, sizeof msg);
 			c->sync_ticket = 0;
 			c->sh->n_sync_wait--;
 			if (c->final_sync == 2) {

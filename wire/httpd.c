@@ -1,6 +1,7 @@
 /*
  * httpd.c — HTTP/1.1 as a protocol of tallyd's connections: InfluxDB v1
- * and v2 line-protocol writes, /ping, /health, /ready (docs/http.md).
+ * and v2 line-protocol writes, JSON events, /metrics, /ping, /health,
+ * /ready (docs/http.md).
  *
  * It sits on the same seam as the line protocol (the wproto table of
  * server.h): the loops receive into the shard's buffers and send c->out;
@@ -27,15 +28,20 @@
 #include <strings.h>
 
 #include "http.h"
+#include "jsonev.h"
 #include "server.h"
 
 #define STAT_ADD(sh, f, v) atomic_fetch_add_explicit(&(sh)->st.f, (v), memory_order_relaxed)
 #define HTTP_ERRORS_KEPT   TALLY_LINE_ERRORS_MAX /* bad lines named in an answer */
 #define HTTP_VERSION_HDR   "X-Influxdb-Version: 1.8.10-tally\r\nX-Influxdb-Build: tally\r\n"
 
-const uint32_t http_lat_bounds_us[HTTP_LAT_N] = {100,    250,    500,     1000,   2500,
-						 5000,   10000,  25000,   50000,  100000,
-						 250000, 500000, 1000000, 5000000};
+const char *const http_ep_names[HEP_N] = {
+	[HEP_WRITE_V1] = "/write",       [HEP_WRITE_V2] = "/api/v2/write",
+	[HEP_EVENTS] = "/api/v1/events", [HEP_PING] = "/ping",
+	[HEP_HEALTH] = "/health",        [HEP_READY] = "/ready",
+	[HEP_METRICS] = "/metrics",      [HEP_SETTINGS] = "/settings",
+	[HEP_OTHER] = "other",
+};
 
 enum hstate {
 	HS_HEAD = 0, /* reading a request's head */
@@ -77,6 +83,15 @@ typedef struct hconn {
 	tally_line_error err[HTTP_ERRORS_KEPT];
 	int fail_rc; /* a write that stopped (full store, I/O error) */
 	char fail[TALLY_REASON_MAX];
+
+	/* JSON events: table= of the request, and the body decoded into line
+	 * protocol (jr.lp, what h_write writes), borrowed from this
+	 * connection's decoder (made at its first events request) until the
+	 * next decode, so a wait for a full store or the sync keeps it. */
+	char table[JSONEV_NAME_MAX + 1];
+	long table_n; /* -1: no table= */
+	jsonev_dec *jd;
+	jsonev_result jr;
 } hconn;
 
 static hconn *H(const wconn *c)
@@ -106,6 +121,7 @@ static void h_fini(wconn *c)
 		return;
 	free(h->mem);
 	free(h->gz);
+	jsonev_dec_free(h->jd);
 	free(h);
 	c->ps = NULL;
 }
@@ -209,15 +225,10 @@ static void h_count(wconn *c, int status)
 {
 	hconn *h = H(c);
 	whttp_ep_stats *e = &c->sh->st.http[h->ep];
-	int64_t us = h->t0 ? (srv_now() - h->t0) / 1000 : 0;
-	unsigned b = 0;
-	while (b < HTTP_LAT_N && (uint64_t)us > http_lat_bounds_us[b])
-		b++;
 	atomic_fetch_add_explicit(&e->requests, 1, memory_order_relaxed);
 	if (status >= 400)
 		atomic_fetch_add_explicit(&e->errors, 1, memory_order_relaxed);
-	atomic_fetch_add_explicit(&e->lat_sum_us, (uint64_t)us, memory_order_relaxed);
-	atomic_fetch_add_explicit(&e->lat[b], 1, memory_order_relaxed);
+	metrics_hist_observe(&e->lat, h->t0 ? srv_now() - h->t0 : 0);
 }
 
 /*
@@ -225,8 +236,8 @@ static void h_count(wconn *c, int status)
  * much is unsent). close: the connection ends after it (lingering, so the
  * client reads the answer before the close).
  */
-static void h_respond(wconn *c, int status, const char *extra, const char *body, size_t n,
-		      int close)
+static void h_respond_as(wconn *c, int status, const char *extra, const char *type,
+			 const char *body, size_t n, int close)
 {
 	hconn *h = H(c);
 	if (c->state != CONN_OPEN)
@@ -234,16 +245,22 @@ static void h_respond(wconn *c, int status, const char *extra, const char *body,
 	close |= !h->keep_alive || h->closing;
 	char head[512];
 	int k = snprintf(head, sizeof head,
-			 "HTTP/1.1 %d %s\r\n" HTTP_VERSION_HDR "%s%sContent-Length: %zu\r\n%s\r\n",
-			 status, h_reason(status), extra ? extra : "",
-			 n ? "Content-Type: application/json; charset=utf-8\r\n" : "", n,
-			 close ? "Connection: close\r\n" : "");
+			 "HTTP/1.1 %d %s\r\n" HTTP_VERSION_HDR
+			 "%s%s%s%sContent-Length: %zu\r\n%s\r\n",
+			 status, h_reason(status), extra ? extra : "", n ? "Content-Type: " : "",
+			 n ? type : "", n ? "\r\n" : "", n, close ? "Connection: close\r\n" : "");
 	h_count(c, status);
 	conn_put(c, head, (size_t)k, 1);
 	if (n && !h->head_only)
 		conn_put(c, body, n, 1);
 	if (close)
 		conn_close_with(c, NULL);
+}
+
+static void h_respond(wconn *c, int status, const char *extra, const char *body, size_t n,
+		      int close)
+{
+	h_respond_as(c, status, extra, "application/json; charset=utf-8", body, n, close);
 }
 
 /* Appends s as the inside of a JSON string. */
@@ -374,7 +391,8 @@ static int h_precision(const http_req *r, enum tally_precision *prec)
 static int h_ready(const srv *s)
 {
 	char msg[8];
-	return !atomic_load(&s->stopping) && srv_sync_result((srv *)s, msg, sizeof msg) == 0;
+	return !atomic_load(&s->stopping) &&
+	       srv_sync_result((srv *)s, atomic_load(&s->sync_done), msg, sizeof msg) == 0;
 }
 
 static void h_ping(wconn *c)
@@ -386,7 +404,8 @@ static void h_health(wconn *c)
 {
 	srv *s = c->sh->srv;
 	char msg[256], body[700];
-	int rc = srv_sync_result(s, msg, sizeof msg);
+	/* The latest sync that completed: failed, and none succeeded since. */
+	int rc = srv_sync_result(s, atomic_load(&s->sync_done), msg, sizeof msg);
 	int stopping = atomic_load(&s->stopping) != 0;
 	size_t o = (size_t)snprintf(body, sizeof body, "{\"name\":\"tally\",\"message\":\"");
 	o = h_json_str(body, sizeof body - 128, o,
@@ -398,6 +417,19 @@ static void h_health(wconn *c)
 			      "\"commit\":\"\"}\n",
 			      rc || stopping ? "fail" : "pass");
 	h_respond(c, rc || stopping ? 503 : 200, NULL, body, o, 0);
+}
+
+/* GET /metrics: the Prometheus text exposition (wire/metrics.c). */
+static void h_metrics(wconn *c)
+{
+	char *buf = NULL;
+	size_t len = 0, cap = 0;
+	int rc = metrics_render(c->sh->srv, &buf, &len, &cap);
+	if (rc)
+		h_error(c, 500, "internal error", tally_strerror(rc), NULL, 0);
+	else
+		h_respond_as(c, 200, NULL, "text/plain; version=0.0.4; charset=utf-8", buf, len, 0);
+	free(buf);
 }
 
 static void h_ready_ep(wconn *c)
@@ -413,10 +445,16 @@ static void h_ready_ep(wconn *c)
 
 /* The answer to a write, once its lines are durable (or the sync failed:
  * sync_rc, its message). */
+static void h_events_done(wconn *c, int sync_rc, const char *sync_msg);
+
 static void h_write_done(wconn *c, int sync_rc, const char *sync_msg)
 {
 	hconn *h = H(c);
 	char msg[3000], extra[200];
+	if (h->ep == HEP_EVENTS) {
+		h_events_done(c, sync_rc, sync_msg);
+		return;
+	}
 	if (sync_rc) {
 		snprintf(msg, sizeof msg, "written but not made durable: %s", sync_msg);
 		h_error(c, 500, "internal error", msg, NULL, 0);
@@ -470,9 +508,16 @@ static size_t h_skip_lines(const char *p, size_t n, uint64_t lines)
 	return i;
 }
 
-static const char *h_text(const hconn *h)
+/* The request's body, decompressed. */
+static const char *h_body_text(const hconn *h)
 {
 	return h->gzip ? h->gz : h->buf;
+}
+
+/* The line protocol a write writes: the body, or the JSON events' lines. */
+static const char *h_text(const hconn *h)
+{
+	return h->ep == HEP_EVENTS ? h->jr.lp : h_body_text(h);
 }
 
 static void h_finish_request(wconn *c);
@@ -544,6 +589,123 @@ static void h_start_write(wconn *c, size_t n)
 	h_write(c);
 }
 
+/* One refused event of the answer's "errors" list. */
+static size_t h_event_error(char *out, size_t cap, size_t o, uint64_t event, int64_t offset,
+			    const char *reason)
+{
+	o += (size_t)snprintf(out + o, cap - o, "%s{\"event\":%" PRIu64,
+			      o && out[o - 1] == '}' ? "," : "", event);
+	if (offset >= 0)
+		o += (size_t)snprintf(out + o, cap - o, ",\"offset\":%" PRId64, offset);
+	o += (size_t)snprintf(out + o, cap - o, ",\"reason\":\"");
+	o = h_json_str(out, cap - 8, o, reason);
+	o += (size_t)snprintf(out + o, cap - o, "\"}");
+	return o;
+}
+
+/*
+ * The answer to JSON events once their rows are durable: the counts, and
+ * the refused events by index, byte offset and reason. Refused by the
+ * decoder (bad JSON, wrong member types, no time) or by the engine (a
+ * field that changed type: its line maps back to its event). All written:
+ * 200 with the counts; some refused: 400; some not written (full store):
+ * 503, worth a retry; the sync failed: 500.
+ */
+static void h_events_done(wconn *c, int sync_rc, const char *sync_msg)
+{
+	hconn *h = H(c);
+	const jsonev_result *r = &h->jr;
+	uint64_t rejected = r->rejected + h->rejected;
+	char body[8192];
+	size_t cap = sizeof body - 64, o = 0;
+	int status = sync_rc        ? 500
+		     : h->unwritten ? (h->fail_rc == TALLY_EFULL ? 503 : 500)
+		     : rejected     ? 400
+				    : 200;
+	o += (size_t)snprintf(body, cap, "{");
+	if (status != 200) {
+		char msg[512];
+		if (sync_rc)
+			snprintf(msg, sizeof msg, "written but not made durable: %s", sync_msg);
+		else if (h->unwritten)
+			snprintf(msg, sizeof msg, "%" PRIu64 " events not written: %s",
+				 h->unwritten, h->fail);
+		else if (r->stopped)
+			snprintf(msg, sizeof msg,
+				 "%" PRIu64 " of %" PRIu64
+				 " events refused; invalid JSON at byte %" PRIu64 " ended the body",
+				 rejected, r->events, r->stop_offset);
+		else
+			snprintf(msg, sizeof msg, "%" PRIu64 " of %" PRIu64 " events refused",
+				 rejected, r->events);
+		o += (size_t)snprintf(body + o, cap - o, "\"code\":\"%s\",\"message\":\"",
+				      status == 400   ? "invalid"
+				      : status == 503 ? "unavailable"
+						      : "internal error");
+		o = h_json_str(body, cap, o, msg);
+		o += (size_t)snprintf(body + o, cap - o, "\",");
+	}
+	o += (size_t)snprintf(body + o, cap - o,
+			      "\"events\":%" PRIu64 ",\"accepted\":%" PRIu64
+			      ",\"rejected\":%" PRIu64 ",\"unwritten\":%" PRIu64,
+			      r->events, h->accepted, rejected, h->unwritten);
+	if (r->stopped)
+		o += (size_t)snprintf(body + o, cap - o, ",\"stopped_at\":%" PRIu64,
+				      r->stop_offset);
+	o += (size_t)snprintf(body + o, cap - o, ",\"errors\":[");
+	/* The decoder's errors and the engine's, merged in event order. */
+	unsigned i = 0, k = 0;
+	while ((i < r->n_errors || k < h->n_err) && o < cap - 600) {
+		uint64_t ek = k < h->n_err ? jsonev_line_event(r, h->err[k].line) : UINT64_MAX;
+		if (i < r->n_errors && (k == h->n_err || r->errors[i].event <= ek)) {
+			o = h_event_error(body, cap, o, r->errors[i].event,
+					  (int64_t)r->errors[i].offset, r->errors[i].reason);
+			i++;
+		} else {
+			o = h_event_error(body, cap, o, ek, -1, h->err[k].reason);
+			k++;
+		}
+	}
+	o += (size_t)snprintf(body + o, sizeof body - o, "]}\n");
+	h_respond(c, status, NULL, body, o, 0);
+}
+
+/* POST /api/v1/events?table=T: the body decoded by T's mapping into line
+ * protocol, then written like a /write body. */
+static void h_events(wconn *c, size_t n)
+{
+	hconn *h = H(c);
+	srv *s = c->sh->srv;
+	char msg[JSONEV_NAME_MAX + 96];
+	if (h->table_n < 0) {
+		h_error(c, 400, "invalid",
+			h->table_n == -1 ? "table= is required: the table the events go to"
+					 : "table= is malformed or too long",
+			NULL, 0);
+		return;
+	}
+	const jsonev_map *m = jsonev_maps_find(s->json_maps, h->table, (size_t)h->table_n);
+	if (!m) {
+		snprintf(msg, sizeof msg, "no json-map for table '%s' (docs/json-events.md)",
+			 h->table);
+		h_error(c, 404, "not found", msg, NULL, 0);
+		return;
+	}
+	int rc = h->jd ? 0
+		       : jsonev_dec_new(&(jsonev_limits){.max_body = h_conf(c)->http_max_body},
+					&h->jd);
+	if (!rc)
+		rc = jsonev_decode(h->jd, m, h_body_text(h), n, srv_clock_ns(), &h->jr);
+	if (rc) {
+		const char *why = rc == TALLY_ELIMIT && h->jr.n_errors ? h->jr.errors[0].reason
+								       : tally_strerror(rc);
+		h_error(c, rc == TALLY_ELIMIT ? 413 : 500,
+			rc == TALLY_ELIMIT ? "request too large" : "internal error", why, NULL, 0);
+		return;
+	}
+	h_start_write(c, h->jr.lp_len);
+}
+
 /* The body is complete: serve the request. */
 static void h_serve(wconn *c)
 {
@@ -574,17 +736,8 @@ static void h_serve(wconn *c)
 		h_respond(c, 200, NULL, body, sizeof body - 1, 0);
 		break;
 	}
-	case HEP_METRICS:
-		/* Prometheus text from wire/metrics.c (metrics_render) goes
-		 * here once it lands: the shard stats it reads are
-		 * st.http[HEP_*] and the http_* counters of wstats. */
-		h_error(c, 404, "not found", "/metrics is not served by this build", NULL, 0);
-		break;
-	case HEP_EVENTS:
-		/* JSON events (wire/jsonev.c) go here once it lands: the body
-		 * is h_text(h)[0, n), the table the query's table=. */
-		h_error(c, 404, "not found", "/api/v1/events is not served by this build", NULL, 0);
-		break;
+	case HEP_METRICS: h_metrics(c); break;
+	case HEP_EVENTS: h_events(c, n); return;
 	case HEP_OTHER:
 	case HEP_N: h_error(c, 404, "not found", "no such endpoint", NULL, 0); break;
 	}
@@ -669,7 +822,10 @@ static int h_head(wconn *c)
 	/* Consumed now: the strings of r are not used past this point. */
 	int expect = r.expect_continue;
 	enum tally_precision prec = TALLY_PREC_NS;
-	int prec_bad = is_write && h_precision(&r, &prec);
+	int prec_bad = is_write && h->ep != HEP_EVENTS && h_precision(&r, &prec);
+	h->table_n = h->ep == HEP_EVENTS
+			     ? http_query_get(r.query, "table", h->table, sizeof h->table)
+			     : -1;
 	/* What a load balancer or a client's probe asks needs no token, and
 	 * says nothing about the data. */
 	int authed = h->ep == HEP_PING || h->ep == HEP_HEALTH || h->ep == HEP_READY ||
@@ -747,7 +903,7 @@ static void h_step(wconn *c)
 			    c->sync_ticket)
 				break;
 			char msg[256];
-			int rc = srv_sync_result(s, msg, sizeof msg);
+			int rc = srv_sync_result(s, c->sync_ticket, msg, sizeof msg);
 			c->sync_ticket = 0;
 			c->sh->n_sync_wait--;
 			h->st = HS_HEAD;

@@ -37,6 +37,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "jsonev.h"
 #include "server.h"
 
 /* user_data of operations that belong to no connection. Connections'
@@ -105,10 +106,10 @@ uint64_t srv_sync_ticket(srv *s)
 	return t;
 }
 
-int srv_sync_result(srv *s, char *msg, size_t cap)
+int srv_sync_result(srv *s, uint64_t ticket, char *msg, size_t cap)
 {
 	pthread_mutex_lock(&s->smu);
-	int rc = s->sync_rc;
+	int rc = ticket <= s->sync_ok ? 0 : s->sync_rc;
 	snprintf(msg, cap, "%s", s->sync_msg);
 	pthread_mutex_unlock(&s->smu);
 	return rc;
@@ -156,16 +157,23 @@ static void *srv_syncer_main(void *arg)
 		if (!dirty && target == done)
 			continue;
 		pthread_mutex_unlock(&s->smu);
+		int64_t t0 = srv_now();
 		int rc = tally_db_sync(s->db);
+		metrics_hist_observe(&s->sync_seconds, srv_now() - t0);
 		char msg[256];
 		if (rc)
 			snprintf(msg, sizeof msg, "%s",
 				 *tally_errmsg() ? tally_errmsg() : tally_strerror(rc));
 		pthread_mutex_lock(&s->smu);
-		if (rc && !s->sync_rc) {
+		if (rc) {
+			if (!s->sync_rc || strcmp(s->sync_msg, msg))
+				srv_log(s, TALLY_LOG_ERROR, "sync failed: %s", msg);
 			s->sync_rc = rc;
 			snprintf(s->sync_msg, sizeof s->sync_msg, "%s", msg);
-			srv_log(s, TALLY_LOG_ERROR, "sync failed: %s", msg);
+		} else {
+			s->sync_rc = 0;
+			if (target > s->sync_ok)
+				s->sync_ok = target;
 		}
 		if (target > done) {
 			atomic_store_explicit(&s->sync_done, target, memory_order_release);
@@ -875,6 +883,17 @@ int srv_open(srv *s, srv_conf *conf)
 		conf->max_conns = m;
 	}
 
+	/* JSON event mappings: each json-map was checked when it was set. */
+	if ((rc = jsonev_maps_new(&s->json_maps)))
+		goto fail;
+	for (unsigned i = 0; i < conf->n_json_maps; i++) {
+		char err[256];
+		if ((rc = jsonev_maps_add(s->json_maps, conf->json_maps[i], err, sizeof err))) {
+			srv_log(s, TALLY_LOG_ERROR, "%s", err);
+			goto fail;
+		}
+	}
+
 	tally_options o;
 	tally_options_init(&o);
 	o.shards = n;
@@ -882,6 +901,7 @@ int srv_open(srv *s, srv_conf *conf)
 	if (conf->memory_limit)
 		o.memory_limit = conf->memory_limit;
 	o.prefault = (int)conf->prefault;
+	o.wal_damage_read_only = (int)conf->wal_damage_ro;
 	o.align_offset = conf->align_offset;
 	o.table_keys = conf->table_keys;
 	if (conf->n_levels) {
@@ -1068,6 +1088,8 @@ void srv_close(srv *s)
 	}
 	free(s->shards);
 	s->shards = NULL;
+	jsonev_maps_free(s->json_maps);
+	s->json_maps = NULL;
 	s->n_shards = 0;
 	if (s->listen_fd >= 0)
 		close(s->listen_fd);

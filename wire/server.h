@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 #include "conf.h"
+#include "metrics.h"
 #include "tally.h"
 
 typedef struct srv srv;
@@ -66,16 +67,13 @@ enum http_ep {
 	HEP_N
 };
 
-/* Upper bounds of the latency histogram's buckets, in microseconds; the
- * last bucket (index HTTP_LAT_N) is +Inf. Cumulative when exported. */
-#define HTTP_LAT_N 14
-extern const uint32_t http_lat_bounds_us[HTTP_LAT_N];
+/* The endpoint label of each, for /metrics ("/write", ..., "other"). */
+extern const char *const http_ep_names[HEP_N];
 
 typedef struct whttp_ep_stats {
-	_Atomic uint64_t requests;            /* answered */
-	_Atomic uint64_t errors;              /* answered 4xx or 5xx */
-	_Atomic uint64_t lat_sum_us;          /* sum of latencies: head received to answer queued */
-	_Atomic uint64_t lat[HTTP_LAT_N + 1]; /* per bucket, not cumulative */
+	_Atomic uint64_t requests; /* answered */
+	_Atomic uint64_t errors;   /* answered 4xx or 5xx */
+	metrics_hist lat;          /* latency: head received to answer queued */
 } whttp_ep_stats;
 
 typedef struct wstats {
@@ -225,10 +223,16 @@ struct srv {
 	pthread_cond_t scv;
 	uint64_t sync_req;          /* last ticket handed out */
 	_Atomic uint64_t sync_done; /* every ticket <= this is durable */
-	int sync_rc; /* first failure, sticky (the engine fails the shard for good) */
+	/* A ticket's answer: OK when a sync that succeeded covered it
+	 * (ticket <= sync_ok), else the last failure (its writes are not
+	 * known durable). Not sticky: a later good sync answers OK again. */
+	uint64_t sync_ok;
+	int sync_rc;
 	char sync_msg[256];
 	_Atomic int dirty; /* writes since the last sync */
 	int syncer_stop;
+	metrics_hist sync_seconds;     /* durations of the syncer's tally_db_sync */
+	struct jsonev_maps *json_maps; /* JSON event mappings by table (jsonev.c), read-only */
 };
 
 /* server.c */
@@ -238,7 +242,7 @@ void srv_stop(srv *s); /* begin the graceful stop; a second call hurries it */
 int srv_wait(srv *s);  /* joins the threads after the stop, syncs: 0 or error */
 void srv_close(srv *s);
 uint64_t srv_sync_ticket(srv *s);
-int srv_sync_result(srv *s, char *msg, size_t cap);
+int srv_sync_result(srv *s, uint64_t ticket, char *msg, size_t cap);
 void srv_conn_dirty(wconn *c);
 int64_t srv_now(void);      /* monotonic ns */
 int64_t srv_clock_ns(void); /* wall clock ns since the epoch */

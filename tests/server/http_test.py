@@ -11,6 +11,12 @@ MODE influxdb-py: python3-influxdb's write_points through v1, and the same
 client pointed at the line-protocol port (an error, nothing stored).
 MODE node: @influxdata/influxdb-client through v2 with gzip, and
 @questdb/nodejs-client over HTTP (tests/server/http_clients.mjs).
+MODE events: JSON events through POST /api/v1/events (curl): the default
+camera mapping and a json-map of the test's, arrays, NDJSON and gzip,
+refused events named by index and byte offset with the rest written, an
+engine refusal mapped back to its event; GET /metrics counting them.
+MODE prometheus: a real Prometheus (Debian's) scrapes /metrics from a
+config the test writes; its query API must give back tallyd's figures.
 
 $TALLYD_EXTRA adds flags ("--io epoll": the same on the epoll loop).
 Each starts its own tallyd on free ports of 127.0.0.1 (--port 0,
@@ -546,4 +552,217 @@ def mode_node():
     print("node clients: every check passed")
 
 
-{"curl": mode_curl, "influxdb-py": mode_influxdb_py, "node": mode_node}[MODE]()
+# ---------------------------------------------------------------- events mode
+
+def iso(t):
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def camera_events(n, seed, off=0):
+    """n camera events (the default mapping's shape) over cameras C0..C3;
+    returns (list of dicts, model camera -> speeds)."""
+    model, evs = {}, []
+    for i in range(n):
+        cam = "C%d" % ((i * 3 + seed) % 4)
+        v = ((i * 53 + seed) % 1300) / 10
+        model.setdefault(cam, []).append(v)
+        evs.append({"kvfv_id": cam, "timestamp": iso(T0 + off + i), "vehicle_speed": v,
+                    "plate_number": "A%03dBC" % (i % 1000)})
+    return evs, model
+
+
+def merge(a, b):
+    out = {k: list(v) for k, v in a.items()}
+    for k, v in b.items():
+        out.setdefault(k, []).extend(v)
+    return out
+
+
+def events_post(srv, path, body, *args):
+    st, out, _ = curl(srv, path, "-H", "Content-Type: application/json", *args, "--data-binary", "@-",
+                      data=body)
+    answer = out.split("\r\n\r\n", 1)[-1]
+    try:
+        return st, json.loads(answer), out
+    except ValueError:
+        return st, None, out
+
+
+def metric(text, name, labels=""):
+    for line in text.split("\n"):
+        if line.startswith(name + labels + " ") or (not labels and line.startswith(name + " ")):
+            return float(line.rsplit(" ", 1)[1])
+    fail("no %s%s in /metrics" % (name, labels))
+
+
+def mode_events():
+    if not shutil.which("curl"):
+        print("skipped: curl is not installed")
+        sys.exit(77)
+    srv = Server("--json-map", "cams: key=id>camera, time=t, time-unit=ms, fields=v>speed, "
+                               "tags=lane, unknown=reject",
+                 "--json-map", "clash: key=id>camera, time=t, time-unit=s, fields=v>speed")
+    try:
+        # An array of camera events, the default mapping (table traffic).
+        evs, model = camera_events(1000, 1)
+        st, ans, out = events_post(srv, "/api/v1/events?table=traffic", json.dumps(evs).encode())
+        check(st == 200 and ans == {"events": 1000, "accepted": 1000, "rejected": 0, "unwritten": 0,
+                                    "errors": []}, "array: %s" % out)
+        # NDJSON, gzip-compressed.
+        evs2, model2 = camera_events(700, 2, off=2000)
+        nd = "\n".join(json.dumps(e) for e in evs2).encode()
+        st, ans, out = events_post(srv, "/api/v1/events?table=traffic", gzip.compress(nd),
+                                   "-H", "Content-Encoding: gzip")
+        check(st == 200 and ans["accepted"] == 700, "ndjson gzip: %s" % out)
+        model = merge(model, model2)
+        wait_model(srv, "traffic", model, "events array + ndjson")
+        step("events: array, NDJSON, gzip")
+
+        # Bad events in NDJSON: each refused with its index and offset,
+        # the others written.
+        good, gm = camera_events(6, 3, off=5000)
+        lines = [json.dumps(e) for e in good]
+        lines.insert(2, '{"kvfv_id":"C1","timestamp":"2023-11-14T03:00:00Z","vehicle_speed":"fast"}')
+        lines.insert(4, '{"kvfv_id":"C2","vehicle_speed":50.5}')
+        lines.insert(6, '{"kvfv_id":"C3","timestamp":"2023-11-14T03:00:00Z",')
+        body = "\n".join(lines).encode()
+        st, ans, out = events_post(srv, "/api/v1/events?table=traffic", body)
+        check(st == 400 and ans["events"] == 9 and ans["accepted"] == 6 and ans["rejected"] == 3,
+              "bad events: %s" % out)
+        errs = ans["errors"]
+        check([e["event"] for e in errs] == [2, 4, 6], "bad events' indexes: %s" % errs)
+        starts = [sum(len(x) + 1 for x in lines[:i]) for i in (2, 4, 6)]
+        for e, start, end in zip(errs, starts, [starts[0] + len(lines[2]), starts[1] + len(lines[4]),
+                                                 len(body)]):
+            check(start <= e["offset"] <= end, "error offset %d outside event [%d, %d]: %s" %
+                  (e["offset"], start, end, e))
+        check("number" in errs[0]["reason"] and "time" in errs[1]["reason"],
+              "reasons: %s" % errs)
+        model = merge(model, gm)
+        wait_model(srv, "traffic", model, "events with bad ones")
+        step("events: bad events named, the rest written")
+
+        # Invalid JSON in an array ends the body; the events before it stay.
+        pre, pm = camera_events(3, 4, off=8000)
+        body = (json.dumps(pre)[:-1] + ', {"kvfv_id": oops}]').encode()
+        st, ans, out = events_post(srv, "/api/v1/events?table=traffic", body)
+        check(st == 400 and ans["accepted"] == 3 and "stopped_at" in ans and "invalid JSON" in ans["message"],
+              "broken array: %s" % out)
+        model = merge(model, pm)
+
+        # The test's own mapping: epoch ms, a tag, unknown members refused;
+        # an engine refusal (speed turned string) maps back to its event.
+        st, ans, out = events_post(srv, "/api/v1/events?table=cams", (
+            '[{"id":"X1","t":%d,"v":10.5,"lane":"2"},{"id":"X1","t":%d,"v":11.5,"extra":1},'
+            '{"id":"X2","t":%d,"v":12}]' % (T0 * 1000, T0 * 1000 + 1, T0 * 1000 + 2)).encode())
+        check(st == 400 and ans["accepted"] == 2 and [e["event"] for e in ans["errors"]] == [1],
+              "cams mapping: %s" % out)
+        srv.check_model("cams", {"X1": [10.5], "X2": [12.0]}, "cams")
+        # Lines of a table whose speed is an integer: the JSON float clashes.
+        st, out, _ = curl(srv, "/write?precision=s", "--data-binary", "@-",
+                          data=("clash,camera=Z speed=5i %d\n" % T0).encode())
+        check(st == 204, "clash setup: %s" % out)
+        st, ans, out = events_post(srv, "/api/v1/events?table=clash", (
+            '[{"id":"Z","t":%d,"v":1.5},{"id":"Z","t":%d,"v":2.5},{"id":"Y","t":%d,"v":3.5}]'
+            % (T0 + 1, T0 + 2, T0 + 3)).encode())
+        check(st == 400 and ans["accepted"] == 0 and [e["event"] for e in ans["errors"]] == [0, 1, 2]
+              and all("offset" not in e and "speed" in e["reason"] for e in ans["errors"][:2]),
+              "engine refusals as events: %s" % out)
+        st, ans, out = events_post(srv, "/api/v1/events?table=clashes", b"[]")
+        check(st == 404 and "json-map" in out, "unmapped table: %s" % out)
+        st, ans, out = events_post(srv, "/api/v1/events", b"[]")
+        check(st == 400 and "table=" in out, "no table=: %s" % out)
+        step("events: mappings, unmapped table, no table=")
+
+        # /metrics counts what happened.
+        st, out, _ = curl(srv, "/metrics")
+        check(st == 200 and "text/plain; version=0.0.4" in out, "metrics: %s" % out[:300])
+        text = out.split("\r\n\r\n", 1)[1]
+        check(metric(text, "tally_http_requests_total", '{endpoint="/api/v1/events"}') >= 7,
+              "events requests not counted")
+        check(metric(text, "tally_http_request_errors_total", '{endpoint="/api/v1/events"}') >= 5,
+              "events errors not counted")
+        check(metric(text, "tally_http_request_duration_seconds_count", '{endpoint="/api/v1/events"}') >= 7,
+              "events latency not observed")
+        check(metric(text, "tally_wal_sync_duration_seconds_count") >= 1, "WAL syncs not timed")
+        stats = srv.stats()
+        check(metric(text, "tally_lines_accepted_total") == stats["lines_accepted"],
+              "tally_lines_accepted_total differs from #!stats")
+        step("metrics")
+    finally:
+        srv.stop()
+    print("events: every check passed")
+
+
+# ---------------------------------------------------------------- prometheus mode
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def mode_prometheus():
+    prom = shutil.which("prometheus")
+    if not prom or not shutil.which("curl"):
+        print("skipped: prometheus (Debian package) or curl is not installed")
+        sys.exit(77)
+    srv = Server()
+    tmp = tempfile.mkdtemp(prefix="tally-prom-")
+    proc = None
+    try:
+        text, model = lines_for("pm", 1234, 7)
+        st, out, _ = curl(srv, "/write?precision=s", "--data-binary", "@-", data=text.encode())
+        check(st == 204, "write: %s" % out)
+        with open(os.path.join(tmp, "prometheus.yml"), "w") as f:
+            f.write("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: tally\n"
+                    "    authorization:\n      type: Token\n      credentials: %s\n"
+                    "    static_configs:\n      - targets: ['127.0.0.1:%d']\n" % (TOKEN, srv.http))
+        port = free_port()
+        with open(os.path.join(tmp, "prometheus.log"), "w") as lf:
+            proc = subprocess.Popen([prom, "--config.file", os.path.join(tmp, "prometheus.yml"),
+                                     "--storage.tsdb.path", os.path.join(tmp, "data"),
+                                     "--web.listen-address", "127.0.0.1:%d" % port],
+                                    stdout=lf, stderr=lf, stdin=subprocess.DEVNULL)
+        want = srv.stats()["lines_accepted"]
+        check(want >= 1234, "lines_accepted %d" % want)
+        deadline, got, last = time.monotonic() + 90, None, ""
+        while time.monotonic() < deadline:
+            check(proc.poll() is None, "prometheus exited: %s" %
+                  open(os.path.join(tmp, "prometheus.log")).read()[-2000:])
+            r = subprocess.run(["curl", "-s", "--max-time", "5",
+                                "http://127.0.0.1:%d/api/v1/query?query=tally_lines_accepted_total" % port],
+                               capture_output=True, text=True)
+            last = r.stdout
+            try:
+                res = json.loads(r.stdout)["data"]["result"]
+                if res:
+                    got = float(res[0]["value"][1])
+                    if got == want:
+                        break
+            except (ValueError, KeyError):
+                pass
+            time.sleep(0.5)
+        check(got == want, "Prometheus read tally_lines_accepted_total %s, tallyd says %d (%s)" %
+              (got, want, last[:300]))
+        r = subprocess.run(["curl", "-s", "--max-time", "5", "-G", "--data-urlencode", 'query=up{job="tally"}',
+                            "http://127.0.0.1:%d/api/v1/query" % port], capture_output=True, text=True)
+        check('"1"' in r.stdout, "target not up: %s" % r.stdout)
+        step("prometheus scraped /metrics")
+    finally:
+        if proc and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+        srv.stop()
+    print("prometheus: every check passed")
+
+
+{"curl": mode_curl, "influxdb-py": mode_influxdb_py, "node": mode_node, "events": mode_events,
+ "prometheus": mode_prometheus}[MODE]()
