@@ -719,7 +719,7 @@ Test(server, token_is_required_when_set)
 	char tf[200];
 	snprintf(tf, sizeof tf, "%s/token", s.dir);
 	FILE *f = fopen(tf, "w");
-	fputs("s3cret-token\n", f);
+	fputs("s3cret-token-0123\n", f);
 	fclose(f);
 	const char *extra[] = {"--token-file", tf, NULL};
 	tsrv_start(&s, extra);
@@ -729,22 +729,171 @@ Test(server, token_is_required_when_set)
 	cr_assert_null(tcli_line(c, 5000)); /* closed */
 	tcli_close(c);
 	c = tcli_open(s.port);
-	tcli_sendf(c, "#!auth s3cret-tokeX\n");
+	int64_t t0 = su_mono_ms();
+	tcli_sendf(c, "#!auth s3cret-token-012X\n");
 	free(tcli_expect(c, "ERR authentication failed"));
+	/* A failure is answered a second later (a lower bound: a slow machine
+	 * only makes it later), bounding how fast tokens can be guessed. */
+	cr_assert_geq(su_mono_ms() - t0, 900);
 	cr_assert_null(tcli_line(c, 5000));
 	tcli_close(c);
 	c = tcli_open(s.port);
-	tcli_sendf(c, "#!auth s3cret-token\nt,k=a v=1 1\n");
+	tcli_sendf(c, "#!auth s3cret-token-0123\nt,k=a v=1 1\n");
 	free(tcli_expect(c, "OK auth"));
 	uint64_t a;
 	tcli_sync(c, &a, NULL);
 	cr_assert_eq(a, 1);
 	tcli_close(c);
 	cr_assert_eq(tsrv_wait(&s, SIGTERM), 0);
-	/* The token is never logged. */
+	/* The token is never logged; who failed is. */
 	char *log = tsrv_log(&s);
 	cr_assert_null(strstr(log, "s3cret"));
+	cr_assert(strstr(log, "authentication failed: a wrong token from 127.0.0.1"), "%s", log);
 	free(log);
+	tdir_remove(&s);
+}
+
+/* A token file for s (mode: its permissions); its path in tf. */
+static void token_file(const tsrv *s, char *tf, size_t cap, const char *token, mode_t mode)
+{
+	snprintf(tf, cap, "%s/token", s->dir);
+	FILE *f = fopen(tf, "w");
+	cr_assert_not_null(f);
+	fprintf(f, "%s\n", token);
+	fclose(f);
+	chmod(tf, mode);
+}
+
+/* Issue 12 item 6: a short token is refused at start (without showing it);
+ * a token file every user can read is warned about. */
+Test(server, short_token_is_refused_and_open_token_file_warned, .timeout = 60)
+{
+	tsrv s;
+	tdir_make(&s);
+	const char *args[] = {"--token", "short-tok", NULL};
+	tsrv_spawn(&s, args, 0);
+	int rc = tsrv_wait(&s, 0);
+	char *log = tsrv_log(&s);
+	cr_assert_eq(rc, 2, "exit %d:\n%s", rc, log);
+	cr_assert(strstr(log, "tallyd: token: 9 bytes, shorter than 16"), "%s", log);
+	cr_assert_null(strstr(log, "short-tok"), "the token is shown:\n%s", log);
+	free(log);
+	char tf[200];
+	token_file(&s, tf, sizeof tf, "open-token-0123456789", 0644);
+	const char *extra[] = {"--token-file", tf, NULL};
+	tsrv_start(&s, extra);
+	tcli *c = tcli_open(s.port);
+	tcli_sendf(c, "#!auth open-token-0123456789\n");
+	free(tcli_expect(c, "OK auth"));
+	tcli_close(c);
+	cr_assert_eq(tsrv_wait(&s, SIGTERM), 0);
+	log = tsrv_log(&s);
+	cr_assert(strstr(log, "is readable by every user"), "%s", log);
+	cr_assert_null(strstr(log, "open-token"), "the token is shown:\n%s", log);
+	free(log);
+	tdir_remove(&s);
+}
+
+/* Issue 12 item 6: 4 silent connections held all 4 slots, locking out the
+ * clients that have the token. Past max-unauthenticated they are closed,
+ * and a client with the token gets in. */
+Test(server, unauthenticated_connections_cannot_hold_every_slot, .timeout = 120)
+{
+	tsrv s;
+	tdir_make(&s);
+	char tf[200];
+	token_file(&s, tf, sizeof tf, "slot-token-0123456789", 0600);
+	const char *extra[] = {"--token-file",
+			       tf,
+			       "--max-connections",
+			       "4",
+			       "--max-unauthenticated",
+			       "2",
+			       "--auth-timeout",
+			       "10m",
+			       "--idle-timeout",
+			       "0",
+			       NULL};
+	tsrv_start(&s, extra);
+	tcli *silent[4];
+	for (int i = 0; i < 4; i++)
+		silent[i] = tcli_open(s.port);
+	/* The one with the token gets in once the excess is closed. */
+	int64_t deadline = su_mono_ms() + 30000;
+	for (;;) {
+		tcli *c = tcli_open(s.port);
+		tcli_sendf(c, "#!auth slot-token-0123456789\n#!ping\n");
+		char *l = tcli_line(c, 20000);
+		cr_assert_not_null(l);
+		int in = !strcmp(l, "OK auth");
+		free(l);
+		if (in)
+			free(tcli_expect(c, "OK pong"));
+		tcli_close(c);
+		if (in)
+			break;
+		cr_assert_lt(su_mono_ms(), deadline, "a client with the token never got in");
+		usleep(100000); /* the excess is closed at the next tick */
+	}
+	int over = 0;
+	for (int i = 0; i < 4; i++) {
+		char *l = tcli_line(silent[i], 100);
+		if (l) {
+			cr_assert_str_eq(l, "ERR too many connections waiting to authenticate "
+					    "(max-unauthenticated 2); closing");
+			over++;
+		}
+		free(l);
+		tcli_close(silent[i]);
+	}
+	cr_assert_eq(over, 2);
+	cr_assert_eq(tsrv_wait(&s, SIGTERM), 0);
+	tdir_remove(&s);
+}
+
+/* Issue 12 item 6: authentication has a deadline; an authenticated
+ * connection is not held to it. */
+Test(server, authentication_has_a_deadline, .timeout = 60)
+{
+	tsrv s;
+	tdir_make(&s);
+	char tf[200];
+	token_file(&s, tf, sizeof tf, "late-token-0123456789", 0600);
+	const char *extra[] = {"--token-file", tf, "--auth-timeout", "1s", NULL};
+	tsrv_start(&s, extra);
+	tcli *good = tcli_open(s.port);
+	tcli_sendf(good, "#!auth late-token-0123456789\n");
+	free(tcli_expect(good, "OK auth"));
+	tcli *late = tcli_open(s.port);
+	free(tcli_expect(late, "ERR authentication timeout: no #!auth within 1s; closing"));
+	cr_assert_null(tcli_line(late, 5000));
+	tcli_close(late);
+	tcli_sendf(good, "#!ping\n");
+	free(tcli_expect(good, "OK pong"));
+	tcli_close(good);
+	cr_assert_eq(tsrv_wait(&s, SIGTERM), 0);
+	tdir_remove(&s);
+}
+
+/* Issue 12 item 6: a byte a moment with no end of line (slowloris) kept a
+ * connection forever: the idle timer restarted on any byte. */
+Test(server, a_trickle_without_newlines_is_idle, .timeout = 60)
+{
+	tsrv s;
+	tdir_make(&s);
+	const char *extra[] = {"--idle-timeout", "1s", NULL};
+	tsrv_start(&s, extra);
+	tcli *c = tcli_open(s.port);
+	char *l = NULL;
+	for (int i = 0; i < 200 && !l; i++) { /* 20 s of trickle at most */
+		tcli_send(c, "t", 1);
+		l = tcli_line(c, 100);
+	}
+	cr_assert_not_null(l, "a trickle kept the connection open");
+	cr_assert(!strncmp(l, "ERR idle timeout: no complete line", 34), "'%s'", l);
+	free(l);
+	tcli_close(c);
+	cr_assert_eq(tsrv_wait(&s, SIGTERM), 0);
 	tdir_remove(&s);
 }
 
@@ -824,15 +973,23 @@ Test(server, connection_limit_and_idle_timeout)
 	tdir_remove(&s);
 }
 
+/* One shard with a 4 KiB reply buffer, and a client with a small receive
+ * buffer that will not read for a while: its replies overflow at once. */
+static tcli *start_unread(tsrv *s)
+{
+	tdir_make(s);
+	const char *extra[] = {"--reply-buffer-bytes", "4096", "--shards", "1", NULL};
+	tsrv_start(s, extra);
+	tcli *c = tcli_open(s->port);
+	int small = 4096;
+	setsockopt(c->fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+	return c;
+}
+
 Test(server, a_client_that_never_reads_stalls_nobody, .timeout = 120)
 {
 	tsrv s;
-	tdir_make(&s);
-	const char *extra[] = {"--reply-buffer-bytes", "4096", "--shards", "1", NULL};
-	tsrv_start(&s, extra);
-	tcli *bad = tcli_open(s.port);
-	int small = 4096;
-	setsockopt(bad->fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+	tcli *bad = start_unread(&s);
 	/* 100,000 pings and 100,000 bad lines: megabytes of replies nobody
 	 * reads. */
 	enum { LINES = 200000 };
@@ -881,6 +1038,59 @@ Test(server, a_client_that_never_reads_stalls_nobody, .timeout = 120)
 	tcli_close(bad);
 	tcli_close(good);
 	free(junk);
+	cr_assert_eq(tsrv_wait(&s, SIGTERM), 0);
+	tdir_remove(&s);
+}
+
+/* Issue 12 item 9: after a burst of unread pings, io_uring told the client
+ * only part of the count (the rest after one more command) and epoll told
+ * nothing. A client that only reads again must hear every drop, before
+ * anything else, without sending a thing. */
+Test(server, dropped_reply_notice_is_exact_when_the_client_reads_again, .timeout = 120)
+{
+	tsrv s;
+	tcli *c = start_unread(&s);
+	enum { PINGS = 100000 };
+	char *pings = malloc(PINGS * 7);
+	for (int i = 0; i < PINGS; i++)
+		memcpy(pings + i * 7, "#!ping\n", 7);
+	cr_assert_eq(tcli_send(c, pings, PINGS * 7), 0);
+	free(pings);
+	/* Wait until the server has run every ping, reading nothing. */
+	tcli *mon = tcli_open(s.port);
+	int64_t deadline = su_mono_ms() + 60000;
+	uint64_t polls = 1; /* each #!stats is a command too */
+	for (; tstat(mon, "commands") < PINGS + polls; polls++) {
+		cr_assert_lt(su_mono_ms(), deadline, "the pings were not all run");
+		usleep(10000); /* polling the server's counter */
+	}
+	uint64_t dropped = tstat(mon, "replies_dropped");
+	cr_assert_gt(dropped, 0);
+	/* Now read only: pongs and notes account for every ping. */
+	uint64_t pongs = 0, noted = 0;
+	while (pongs + noted < PINGS) {
+		char *l = tcli_line(c, 20000);
+		cr_assert_not_null(l,
+				   "the reading client heard of %" PRIu64 " drops of %" PRIu64
+				   " (%" PRIu64 " pongs)",
+				   noted, dropped, pongs);
+		if (!strcmp(l, "OK pong")) {
+			pongs++;
+		} else {
+			cr_assert(!strncmp(l, "ERR replies dropped: ", 21), "'%s'", l);
+			noted += strtoull(l + 21, NULL, 10);
+		}
+		free(l);
+	}
+	cr_assert_eq(noted, dropped);
+	/* Nothing is pending: the next command is answered, no note first. */
+	tcli_sendf(c, "#!ping\n");
+	char *l = tcli_line(c, 20000);
+	cr_assert_not_null(l);
+	cr_assert_str_eq(l, "OK pong");
+	free(l);
+	tcli_close(mon);
+	tcli_close(c);
 	cr_assert_eq(tsrv_wait(&s, SIGTERM), 0);
 	tdir_remove(&s);
 }

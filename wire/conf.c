@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 
 #include "cmd.h"
 #include "jsonev.h"
@@ -101,7 +102,14 @@ static const struct conf_item {
 	{"input-buffer-bytes", K_SIZE, offsetof(srv_conf, input_bytes),
 	 "input held per connection while it waits for a sync or query (default 4MiB)"},
 	{"idle-timeout", K_DUR0, offsetof(srv_conf, idle_ns),
-	 "close connections idle this long; 0: never (default 10m)"},
+	 "close connections that complete no line (and read no reply) this long; 0: "
+	 "never (default 10m)"},
+	{"auth-timeout", K_DUR0, offsetof(srv_conf, auth_ns),
+	 "with a token, close a line-protocol connection that has not authenticated "
+	 "this long after it opened; 0: never (default 10s)"},
+	{"max-unauthenticated", K_UINT, offsetof(srv_conf, max_unauth),
+	 "with a token, line-protocol connections not yet authenticated at once; more "
+	 "are closed with an error (default 256)"},
 	{"sync-interval", K_DUR0, offsetof(srv_conf, sync_ns),
 	 "background group commit interval; 0: only on #!sync (default 1s)"},
 	{"full-wait", K_DUR0, offsetof(srv_conf, full_wait_ns),
@@ -186,7 +194,8 @@ static const struct conf_item {
 	 "forget a labelled source silent this long; 0: the default 7d; never: keep all"},
 };
 
-#define CONF_N (sizeof conf_items / sizeof conf_items[0])
+#define CONF_N         (sizeof conf_items / sizeof conf_items[0])
+#define CONF_TOKEN_MIN 16 /* bytes: 128 bits of a random printable token */
 
 void conf_init(srv_conf *c)
 {
@@ -203,6 +212,8 @@ void conf_init(srv_conf *c)
 	c->reply_bytes = 1u << 20;
 	c->input_bytes = 4u << 20;
 	c->idle_ns = 600 * INT64_C(1000000000);
+	c->auth_ns = 10 * INT64_C(1000000000);
+	c->max_unauth = 256;
 	c->poll_ns = 50 * INT64_C(1000);
 	c->sync_ns = INT64_C(1000000000);
 	c->full_wait_ns = 10 * INT64_C(1000000000);
@@ -294,6 +305,12 @@ static int conf_read_secret_file(const struct conf_item *it, char **dst, const c
 		fprintf(stderr, "tallyd: %s%s%s %s: %s\n", w, sep, it->name, path, strerror(errno));
 		return -1;
 	}
+	struct stat st;
+	if (fstat(fileno(f), &st) == 0 && (st.st_mode & S_IROTH))
+		fprintf(stderr,
+			"tallyd: warning: %s%s%s %s is readable by every user of this machine; "
+			"chmod o-r it\n",
+			w, sep, it->name, path);
 	char buf[8192];
 	size_t n = fgets(buf, sizeof buf, f) ? strlen(buf) : 0;
 	int whole = n < sizeof buf - 1 || buf[n - 1] == '\n' || fgetc(f) == EOF;
@@ -708,6 +725,15 @@ int conf_parse_args(srv_conf *c, int argc, char **argv)
 	}
 	if (c->tls_handshake_ns < 1000000) {
 		fprintf(stderr, "tallyd: tls-handshake-timeout must be at least 1ms\n");
+		return -1;
+	}
+	if (c->token && strlen(c->token) < CONF_TOKEN_MIN) {
+		/* the length only: a secret is never shown */
+		fprintf(stderr,
+			"tallyd: token: %zu bytes, shorter than %d: a short token can be "
+			"guessed; use a random one, e.g. from 'head -c 24 /dev/urandom | "
+			"base64'\n",
+			strlen(c->token), CONF_TOKEN_MIN);
 		return -1;
 	}
 	if (c->max_conns == 0) {

@@ -38,6 +38,8 @@ typedef struct srv_conf {
 	size_t reply_bytes;       /* unsent replies kept per connection */
 	size_t input_bytes;       /* unprocessed input kept per connection */
 	int64_t idle_ns;          /* close connections silent this long; 0: never */
+	int64_t auth_ns;          /* with a token: #!auth must come within this; 0: never */
+	unsigned max_unauth;      /* with a token: connections not yet authenticated */
 	int64_t sync_ns;          /* background group commit interval; 0: only on #!sync */
 	int64_t full_wait_ns;     /* how long a write waits out a full store */
 	int64_t grace_ns;         /* on SIGTERM: how long to drain connections */

@@ -25,6 +25,8 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -33,9 +35,10 @@
 #include "server.h"
 #include "tls.h"
 
-#define CONN_RETRY_NS  (50 * INT64_C(1000000)) /* re-try a write into a full store */
-#define CONN_LINGER_NS (2 * INT64_C(1000000000))
-#define CONN_ROW_MAX   512 /* a formatted row without strings, bytes */
+#define CONN_RETRY_NS      (50 * INT64_C(1000000)) /* re-try a write into a full store */
+#define CONN_LINGER_NS     (2 * INT64_C(1000000000))
+#define CONN_AUTH_DELAY_NS (INT64_C(1000000000)) /* before "authentication failed" */
+#define CONN_ROW_MAX       512                   /* a formatted row without strings, bytes */
 _Static_assert(CONN_ROW_MAX >= 40 + CMD_AGG_MAX, "a series row fits CONN_ROW_MAX");
 #define SERIES_CAP         1024               /* buckets per series slice */
 #define SERIES_SPAN_MAX    (INT64_C(1) << 62) /* widest slice, ns */
@@ -81,14 +84,15 @@ static int lp_wants_recv(const wconn *c)
 		return 0;
 	/* Keep reading while there is room, even when paused: what arrives is
 	 * kept in c->in up to input-buffer-bytes, then TCP pushes back. */
-	if (c->sync_ticket || c->retry_at || c->prod != PROD_NONE)
+	if (c->sync_ticket || c->retry_at || c->auth_fail_at || c->prod != PROD_NONE)
 		return c->in_len - c->in_head < conn_conf(c)->input_bytes / 2;
 	return 1;
 }
 
 static int conn_paused(const wconn *c)
 {
-	return c->state != CONN_OPEN || c->sync_ticket || c->retry_at || c->prod != PROD_NONE;
+	return c->state != CONN_OPEN || c->sync_ticket || c->retry_at || c->auth_fail_at ||
+	       c->prod != PROD_NONE;
 }
 
 wconn *conn_new(wshard *sh, int fd, const wproto *proto)
@@ -101,7 +105,7 @@ wconn *conn_new(wshard *sh, int fd, const wproto *proto)
 	c->fd = fd;
 	c->prec = TALLY_PREC_NS;
 	c->authed = sh->srv->conf->token == NULL;
-	c->last_active = srv_now();
+	c->born = c->last_active = srv_now();
 	if (proto->init && proto->init(c)) {
 		free(c);
 		return NULL;
@@ -130,9 +134,30 @@ static void conn_prod_free(wconn *c)
 
 static void lbatch_free(wconn *c);
 
+/* A line-protocol connection that must authenticate is counted until it
+ * does (or closes): past max-unauthenticated it is closed at the next tick,
+ * so silent connections cannot hold every slot. */
+static int lp_init(wconn *c)
+{
+	if (!c->authed) {
+		c->unauth_counted = 1;
+		unsigned n = atomic_fetch_add(&c->sh->srv->n_unauth, 1) + 1;
+		c->unauth_over = n > conn_conf(c)->max_unauth;
+	}
+	return 0;
+}
+
+static void conn_unauth_done(wconn *c)
+{
+	if (c->unauth_counted)
+		atomic_fetch_sub(&c->sh->srv->n_unauth, 1);
+	c->unauth_counted = 0;
+}
+
 static void lp_fini(wconn *c)
 {
 	lbatch_free(c);
+	conn_unauth_done(c);
 	conn_prod_free(c);
 }
 
@@ -187,6 +212,29 @@ static int conn_out_room(wconn *c, size_t n, int force)
 	return 0;
 }
 
+/* Tells the client how many replies it missed, where they would have been,
+ * as soon as the reply buffer has room for the note: from conn_put, and
+ * from conn_sent, so a client that only reads (and sends nothing more)
+ * hears the exact count too. While a count is pending every later small
+ * reply is dropped and counted with it, so replies stay in input order and
+ * notes plus replies account for every command. force: the connection is
+ * closing; one note may pass the limit. */
+static void conn_note_drops(wconn *c, size_t then, int force)
+{
+	if (!c->dropped_unreported)
+		return;
+	char note[128];
+	int k = snprintf(note, sizeof note,
+			 "ERR replies dropped: %" PRIu64 " (the client did not read them)\n",
+			 c->dropped_unreported);
+	if (conn_out_room(c, (size_t)k + then, force))
+		return;
+	memcpy(c->out + c->out_tail, note, (size_t)k);
+	c->out_tail += (size_t)k;
+	c->dropped_unreported = 0;
+	srv_conn_dirty(c);
+}
+
 /* Appends one whole reply, or drops it whole when the client is not
  * reading (more than reply-buffer-bytes unsent). force: never drop (the
  * rows of a streamed answer, whose producer waits for room itself). */
@@ -194,19 +242,9 @@ void conn_put(wconn *c, const char *s, size_t n, int force)
 {
 	if (c->state == CONN_DEAD)
 		return;
-	if (c->dropped_unreported && !force) {
-		char note[128];
-		int k = snprintf(note, sizeof note,
-				 "ERR replies dropped: %" PRIu64
-				 " (the client did not read them)\n",
-				 c->dropped_unreported);
-		if (conn_out_room(c, (size_t)k + n, 0) == 0) {
-			memcpy(c->out + c->out_tail, note, (size_t)k);
-			c->out_tail += (size_t)k;
-			c->dropped_unreported = 0;
-		}
-	}
-	if (c->dropped_unreported || conn_out_room(c, n, force)) {
+	if (!force)
+		conn_note_drops(c, n, 0);
+	if ((c->dropped_unreported && !force) || conn_out_room(c, n, force)) {
 		c->dropped_unreported++;
 		STAT_ADD(c->sh, replies_dropped, 1);
 		return;
@@ -521,6 +559,49 @@ static void conn_pump(wconn *c)
 
 /* ---------------------------------------------------------------- commands */
 
+/* A log line repeated by clients is written at most once per `secs`
+ * seconds, server-wide: 1 when this one is due (*more: how many were not
+ * written since the last), 0 when it is counted instead. */
+static int conn_log_due(_Atomic int64_t *at, _Atomic uint64_t *unlogged, int secs, uint64_t *more)
+{
+	int64_t now = srv_now(), last = atomic_load(at);
+	if ((last == 0 || now - last >= secs * INT64_C(1000000000)) &&
+	    atomic_compare_exchange_strong(at, &last, now)) {
+		*more = atomic_exchange(unlogged, 0);
+		return 1;
+	}
+	atomic_fetch_add(unlogged, 1);
+	return 0;
+}
+
+/* Who tried a wrong token is logged (never what it tried), at most one line
+ * every 10 s however many try. The answer comes a second later (at the
+ * tick after CONN_AUTH_DELAY_NS), the connection paused meanwhile: with
+ * max-unauthenticated connections at once, guessing is bounded to about
+ * that many tries a second. */
+static void conn_auth_failed(wconn *c)
+{
+	srv *s = c->sh->srv;
+	uint64_t more;
+	if (conn_log_due(&s->auth_fail_logged, &s->auth_fail_unlogged, 10, &more)) {
+		char host[INET6_ADDRSTRLEN] = "?";
+		struct sockaddr_storage a;
+		socklen_t al = sizeof a;
+		if (getpeername(c->fd, (struct sockaddr *)&a, &al) == 0) {
+			const void *ip =
+				a.ss_family == AF_INET6
+					? (const void *)&((struct sockaddr_in6 *)&a)->sin6_addr
+					: (const void *)&((struct sockaddr_in *)&a)->sin_addr;
+			inet_ntop(a.ss_family, ip, host, sizeof host);
+		}
+		srv_log(s, TALLY_LOG_WARN,
+			"authentication failed: a wrong token from %s (%" PRIu64
+			" more failures since the last such line)",
+			host, more);
+	}
+	c->auth_fail_at = srv_now() + CONN_AUTH_DELAY_NS;
+}
+
 int conn_token_ok(const char *want, const char *got, size_t gl)
 {
 	/* Constant time in the presented token: every byte of want is
@@ -832,9 +913,10 @@ static int conn_command(wconn *c, const char *line, size_t len)
 			conn_putf(c, 0, "OK auth (this server requires no token)");
 		} else if (conn_token_ok(s->conf->token, r.token, strlen(r.token))) {
 			c->authed = 1;
+			conn_unauth_done(c);
 			conn_putf(c, 0, "OK auth");
 		} else {
-			conn_close_with(c, "ERR authentication failed");
+			conn_auth_failed(c);
 			return -1;
 		}
 		break;
@@ -1161,18 +1243,13 @@ static void conn_refuse_http(wconn *c)
 	conn_put(c, msg, (size_t)k, 1);
 	conn_close_with(c, NULL);
 	STAT_ADD(c->sh, http_on_lp_port, 1);
-	int64_t now = srv_now(), last = atomic_load(&s->lp_http_logged);
-	if ((last == 0 || now - last >= 60 * INT64_C(1000000000)) &&
-	    atomic_compare_exchange_strong(&s->lp_http_logged, &last, now)) {
-		uint64_t more = atomic_exchange(&s->lp_http_unlogged, 0);
+	uint64_t more;
+	if (conn_log_due(&s->lp_http_logged, &s->lp_http_unlogged, 60, &more))
 		srv_log(s, TALLY_LOG_WARN,
 			"an HTTP request arrived on the line-protocol port %u and was refused "
 			"(HTTP is %s)%s",
 			s->port, s->http_port ? "on its own port" : "off",
 			more ? "; more since the last such message" : "");
-	} else {
-		atomic_fetch_add(&s->lp_http_unlogged, 1);
-	}
 }
 
 /* Processes the whole records at the start of buf[0, len) (all of it when
@@ -1318,7 +1395,11 @@ static void lp_step(wconn *c);
 static void lp_on_data(wconn *c, const char *p, size_t n)
 {
 	STAT_ADD(c->sh, bytes_in, n);
-	c->last_active = srv_now();
+	/* Idle means no complete line: a trickle of bytes with no end of line
+	 * (slowloris) does not keep a connection open. memchr stops at the
+	 * first newline, near the start of a batch of lines. */
+	if (memchr(p, '\n', n))
+		c->last_active = srv_now();
 	if (c->state != CONN_OPEN || n == 0)
 		return; /* lingering: input is read only to be discarded */
 	char prev = c->in_last;
@@ -1374,6 +1455,8 @@ void conn_sent(wconn *c, size_t n)
 	if (c->out_head == c->out_tail)
 		c->out_head = c->out_tail = 0;
 	c->last_active = srv_now();
+	if (c->state == CONN_OPEN)
+		conn_note_drops(c, 0, 0);
 	c->proto->step(c);
 }
 
@@ -1382,6 +1465,7 @@ void conn_close_with(wconn *c, const char *msg)
 	if (c->state != CONN_OPEN)
 		return;
 	conn_prod_free(c);
+	conn_note_drops(c, 0, 1); /* the last thing the client hears is exact */
 	if (msg) {
 		size_t n = strlen(msg);
 		if (conn_out_room(c, n + 1, 1) == 0) {
@@ -1500,11 +1584,33 @@ static void lp_tick(wconn *c, int64_t now)
 		lp_step(c);
 		return;
 	}
+	char m[160];
+	char d[32];
+	if (c->auth_fail_at) {
+		if (now >= c->auth_fail_at)
+			conn_close_with(c, "ERR authentication failed");
+		return;
+	}
+	if (!c->authed && c->unauth_over) {
+		snprintf(m, sizeof m,
+			 "ERR too many connections waiting to authenticate (max-unauthenticated "
+			 "%u); closing",
+			 cf->max_unauth);
+		conn_close_with(c, m);
+		return;
+	}
+	if (!c->authed && cf->auth_ns && now - c->born > cf->auth_ns) {
+		cmd_format_duration(cf->auth_ns, d);
+		snprintf(m, sizeof m, "ERR authentication timeout: no #!auth within %s; closing",
+			 d);
+		conn_close_with(c, m);
+		return;
+	}
 	if (cf->idle_ns && now - c->last_active > cf->idle_ns && !c->sync_ticket) {
-		char m[96];
-		char d[32];
 		cmd_format_duration(cf->idle_ns, d);
-		snprintf(m, sizeof m, "ERR idle timeout: nothing sent or read for %s; closing", d);
+		snprintf(m, sizeof m,
+			 "ERR idle timeout: no complete line sent or reply read for %s; closing",
+			 d);
 		STAT_ADD(c->sh, idle_closed, 1);
 		conn_close_with(c, m);
 	}
@@ -1512,6 +1618,7 @@ static void lp_tick(wconn *c, int64_t now)
 
 const wproto conn_lp_proto = {
 	.name = "line protocol",
+	.init = lp_init,
 	.on_data = lp_on_data,
 	.step = lp_step,
 	.tick = lp_tick,

@@ -117,6 +117,7 @@ struct wconn {
 	/* Protocol state. */
 	struct wtls *tls; /* TLS below the protocol (tls.c); NULL: plain TCP */
 	unsigned authed : 1, eof : 1, discard : 1;
+	unsigned unauth_counted : 1, unauth_over : 1; /* in srv.n_unauth; past its cap */
 	unsigned first_seen : 1; /* the first record was looked at (an HTTP request?) */
 	unsigned final_sync : 2; /* shutdown: 1 asked, 2 waiting for its last sync */
 	enum tally_precision prec;
@@ -128,7 +129,8 @@ struct wconn {
 
 	/* What the connection waits for before reading on (0 / none: nothing). */
 	uint64_t sync_ticket;
-	int64_t retry_at; /* a write that met a full store is retried then */
+	int64_t retry_at;     /* a write that met a full store is retried then */
+	int64_t auth_fail_at; /* a failed #!auth is answered (and closed) then */
 	int64_t full_since;
 	enum conn_prod prod;
 	void *prod_state;
@@ -140,7 +142,8 @@ struct wconn {
 	size_t out_head, out_tail, out_cap;
 	uint64_t dropped_unreported;
 
-	int64_t last_active; /* monotonic ns of the last input or output */
+	int64_t born;        /* monotonic ns of the accept */
+	int64_t last_active; /* monotonic ns of the last complete line in, or reply out */
 
 	/* "#!batch SOURCE SEQ" ... "#!end" (wire/conn.c, "labelled batches");
 	 * NULL outside a batch */
@@ -208,6 +211,9 @@ struct srv {
 	_Atomic unsigned n_conns;
 	_Atomic int64_t lp_http_logged; /* last log of an HTTP request on the LP port */
 	_Atomic uint64_t lp_http_unlogged;
+	_Atomic unsigned n_unauth;        /* line-protocol connections not yet authenticated */
+	_Atomic int64_t auth_fail_logged; /* last log of a failed #!auth */
+	_Atomic uint64_t auth_fail_unlogged;
 	int use_epoll; /* io_uring unavailable (or --io epoll) */
 	/* HTTPS (tls.c): the certificate new handshakes use, swapped under
 	 * tls_mu by SIGHUP; each connection's SSL holds its own reference. */

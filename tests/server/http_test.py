@@ -40,7 +40,7 @@ import time
 
 TALLYD, TALLY, MODE = sys.argv[1], sys.argv[2], sys.argv[3]
 HERE = os.path.dirname(os.path.abspath(__file__))
-TOKEN = "http-test-token"
+TOKEN = "http-test-token-0123"
 T0 = 1699920000  # 2023-11-14T00:00:00Z
 DAY = "2023-11-14"
 
