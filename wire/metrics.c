@@ -247,6 +247,17 @@ static const struct stat_metric {
 	 F(key_bytes)},
 	{"tally_query_bytes", "gauge", "All-keys answers being built or held, under memory-limit.",
 	 F(query_bytes)},
+	{"tally_label_sources", "gauge", "Labelled-batch sources whose applied sequences are kept.",
+	 F(label_sources)},
+	{"tally_label_bytes", "gauge", "Memory those sources' applied sequences hold.",
+	 F(label_bytes)},
+	{"tally_label_duplicates_total", "counter",
+	 "Labelled batches answered as duplicates (already applied) since open.",
+	 F(label_duplicates)},
+	{"tally_label_too_old_total", "counter",
+	 "Labelled batches refused as below their source's window since open.", F(label_too_old)},
+	{"tally_label_expired_total", "counter",
+	 "Sources forgotten after label-expiry of silence since open.", F(label_expired)},
 #undef F
 };
 
