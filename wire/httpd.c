@@ -92,6 +92,12 @@ typedef struct hconn {
 	long table_n; /* -1: no table= */
 	jsonev_dec *jd;
 	jsonev_result jr;
+
+	/* Idempotency-Key: SOURCE/SEQ on a write: the body is one labelled
+	 * batch (tally_write_lp_labelled), applied at most once. */
+	unsigned labelled : 1, duplicate : 1;
+	uint64_t label_seq;
+	char label[256];
 } hconn;
 
 static hconn *H(const wconn *c)
@@ -207,6 +213,7 @@ static const char *h_reason(int status)
 	case 404: return "Not Found";
 	case 405: return "Method Not Allowed";
 	case 408: return "Request Timeout";
+	case 409: return "Conflict";
 	case 411: return "Length Required";
 	case 413: return "Content Too Large";
 	case 414: return "URI Too Long";
@@ -461,7 +468,9 @@ static void h_write_done(wconn *c, int sync_rc, const char *sync_msg)
 		return;
 	}
 	if (!h->rejected && !h->unwritten) {
-		h_respond(c, 204, NULL, NULL, 0, 0);
+		/* A retried batch: 204 like the first time, so the client stops,
+		 * marked so a curious one can tell. */
+		h_respond(c, 204, h->duplicate ? "X-Tally-Duplicate: true\r\n" : NULL, NULL, 0, 0);
 		return;
 	}
 	size_t o = 0;
@@ -533,7 +542,23 @@ static void h_write(wconn *c)
 	const char *text = h_text(h);
 	while (h->w_at < h->w_end) {
 		tally_write_result res;
-		int rc = tally_write_lp(sh->w, text + h->w_at, h->w_end - h->w_at, h->prec, &res);
+		int dup = 0, rc;
+		if (h->labelled) {
+			rc = tally_write_lp_labelled(sh->w, h->label, h->label_seq, text + h->w_at,
+						     h->w_end - h->w_at, h->prec, &res, &dup);
+			h->duplicate = dup;
+			if (rc == TALLY_ESTALE || rc == TALLY_EINVAL) {
+				/* the label itself is refused: nothing was written */
+				h_finish_request(c);
+				h_error(c, rc == TALLY_ESTALE ? 409 : 400,
+					rc == TALLY_ESTALE ? "conflict" : "invalid", tally_errmsg(),
+					NULL, 0);
+				return;
+			}
+		} else {
+			rc = tally_write_lp(sh->w, text + h->w_at, h->w_end - h->w_at, h->prec,
+					    &res);
+		}
 		/* res covers the first res.lines lines, applied whatever rc. */
 		for (unsigned i = 0; i < res.n_errors && h->n_err < HTTP_ERRORS_KEPT; i++) {
 			h->err[h->n_err] = res.errors[i];
@@ -567,7 +592,9 @@ static void h_write(wconn *c)
 	}
 	c->full_since = 0;
 	h_finish_request(c); /* the body's bytes are no longer needed */
-	if (h->accepted && cf->http_durable) {
+	/* A duplicate waits too: the batch it repeats may be another
+	 * connection's, not yet durable. */
+	if ((h->accepted || h->duplicate) && cf->http_durable) {
 		c->sync_ticket = srv_sync_ticket(sh->srv);
 		sh->n_sync_wait++;
 		STAT_ADD(sh, syncs, 1);
@@ -652,6 +679,8 @@ static void h_events_done(wconn *c, int sync_rc, const char *sync_msg)
 	if (r->stopped)
 		o += (size_t)snprintf(body + o, cap - o, ",\"stopped_at\":%" PRIu64,
 				      r->stop_offset);
+	if (h->duplicate)
+		o += (size_t)snprintf(body + o, cap - o, ",\"duplicate\":true");
 	o += (size_t)snprintf(body + o, cap - o, ",\"errors\":[");
 	/* The decoder's errors and the engine's, merged in event order. */
 	unsigned i = 0, k = 0;
@@ -771,6 +800,34 @@ static void h_finish_request(wconn *c)
 
 /* ---------------------------------------------------------------- reading */
 
+/* Idempotency-Key: SOURCE/SEQ (the last '/' splits them; the engine
+ * checks the source id). 0 when absent or good, -1 when malformed. */
+static int h_idempotency_key(hconn *h, http_str v)
+{
+	h->labelled = h->duplicate = 0;
+	if (v.n == 0)
+		return 0;
+	const char *slash = NULL;
+	for (size_t i = 0; i < v.n; i++)
+		if (v.p[i] == '/')
+			slash = v.p + i;
+	size_t src = slash ? (size_t)(slash - v.p) : 0, digits = slash ? v.n - src - 1 : 0;
+	if (!slash || src == 0 || src >= sizeof h->label || digits == 0 || digits > 20)
+		return -1;
+	uint64_t seq = 0;
+	for (size_t i = 0; i < digits; i++) {
+		unsigned d = (unsigned)(slash[1 + i] - '0');
+		if (d > 9 || seq > (UINT64_MAX - d) / 10)
+			return -1;
+		seq = seq * 10 + d;
+	}
+	memcpy(h->label, v.p, src);
+	h->label[src] = 0;
+	h->label_seq = seq;
+	h->labelled = 1;
+	return 0;
+}
+
 /* Parses a complete head; 1 when the request goes on to its body. */
 static int h_head(wconn *c)
 {
@@ -826,6 +883,7 @@ static int h_head(wconn *c)
 	h->table_n = h->ep == HEP_EVENTS
 			     ? http_query_get(r.query, "table", h->table, sizeof h->table)
 			     : -1;
+	int key_bad = is_write && h_idempotency_key(h, http_header(&r, "idempotency-key"));
 	/* What a load balancer or a client's probe asks needs no token, and
 	 * says nothing about the data. */
 	int authed = h->ep == HEP_PING || h->ep == HEP_HEALTH || h->ep == HEP_READY ||
@@ -849,6 +907,12 @@ static int h_head(wconn *c)
 	}
 	if (prec_bad) {
 		h_refuse(c, 400, "invalid", "precision must be ns, n, us, u, ms or s");
+		return 0;
+	}
+	if (key_bad) {
+		h_refuse(c, 400, "invalid",
+			 "Idempotency-Key must be SOURCE/SEQ: a source id of 1-255 bytes and a "
+			 "decimal sequence number");
 		return 0;
 	}
 	if ((uint64_t)h->clen > cf->http_max_body) {

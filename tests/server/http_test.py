@@ -674,6 +674,37 @@ def mode_events():
         check(st == 400 and "table=" in out, "no table=: %s" % out)
         step("events: mappings, unmapped table, no table=")
 
+        # Idempotency-Key: SOURCE/SEQ makes a write a labelled batch,
+        # applied at most once however often it is retried.
+        a, ma = lines_for("idk", 200, 8)
+        b, mb = lines_for("idk", 150, 9, off=500)
+        for body, key, dup in ((a, "gw-1/1", False), (a, "gw-1/1", True), (b, "gw-1/2", False),
+                               (a, "gw-1/1", True)):
+            st, out, _ = curl(srv, "/api/v2/write?precision=s", "-H", "Idempotency-Key: " + key,
+                              "--data-binary", "@-", data=body.encode())
+            check(st == 204 and ("X-Tally-Duplicate: true" in out) == dup,
+                  "labelled write %s (duplicate %s): %s" % (key, dup, out))
+        srv.check_model("idk", merge(ma, mb), "labelled writes, retried")
+        st, out, _ = curl(srv, "/write?precision=s", "-H", "Idempotency-Key: gw-1/100000",
+                          "--data-binary", "@-", data=lines_for("idk2", 3, 1)[0].encode())
+        check(st == 204, "far sequence: %s" % out)
+        st, out, _ = curl(srv, "/write?precision=s", "-H", "Idempotency-Key: gw-1/3",
+                          "--data-binary", "@-", data=lines_for("idk2", 3, 2)[0].encode())
+        check(st == 409 and "too old" in out, "a sequence below the window: %s" % out)
+        for bad in ("nokey", "/5", "gw/", "gw/12x", "gw/99999999999999999999"):
+            st, out, _ = curl(srv, "/write?precision=s", "-H", "Idempotency-Key: " + bad,
+                              "--data-binary", "@-", data=b"idk3,camera=A speed=1 1700000000\n")
+            check(st == 400 and "Idempotency-Key" in out, "key %r: %s" % (bad, out))
+        check(srv.absent("idk3"), "a write with a malformed key was stored")
+        evs3, m3 = camera_events(40, 5, off=12000)
+        for dup in (False, True):
+            st, ans, out = events_post(srv, "/api/v1/events?table=traffic", json.dumps(evs3).encode(),
+                                       "-H", "Idempotency-Key: cam-gw/7")
+            check(st == 200 and ans.get("duplicate", False) == dup, "labelled events: %s" % out)
+        model = merge(model, m3)
+        wait_model(srv, "traffic", model, "labelled events, retried")
+        step("Idempotency-Key: writes and events applied once")
+
         # /metrics counts what happened.
         st, out, _ = curl(srv, "/metrics")
         check(st == 200 and "text/plain; version=0.0.4" in out, "metrics: %s" % out[:300])
