@@ -1,6 +1,8 @@
 /*
  * bench_http.c — tallyd over HTTP: durable line-protocol ingest through
- * InfluxDB v2's /api/v2/write, plain and gzip.
+ * InfluxDB v2's /api/v2/write, plain and gzip; with --json, the same
+ * events as the cameras' JSON (NDJSON bodies, the default mapping)
+ * through /api/v1/events?table=traffic.
  *
  * Several keep-alive connections each send their share of the events as
  * bodies of about --body-bytes (cut at line ends), one request at a time,
@@ -13,6 +15,7 @@
  * does), and checks through #!stats that every event was accepted.
  *
  *   ./build/bench/bench_http --events 8000000 --connections 4
+ *   ./build/bench/bench_http --events 4000000 --json
  */
 #include <errno.h>
 #include <ftw.h>
@@ -71,6 +74,26 @@ __attribute__((format(printf, 1, 2), noreturn)) static void die(const char *fmt,
 	exit(1);
 }
 
+static int json_mode; /* --json: camera events to /api/v1/events */
+
+/* One event as a line of the body: line protocol, or (json_mode) the
+ * camera's JSON event with its time in RFC 3339 to the nanosecond. */
+static int put_event(char *p, unsigned cam, unsigned speed, int64_t ts)
+{
+	if (!json_mode)
+		return sprintf(p, "traffic,camera=KV%05u speed=%u.%u %" PRId64 "\n", cam,
+			       speed / 10, speed % 10, ts);
+	time_t secs = (time_t)(ts / 1000000000);
+	struct tm tm;
+	gmtime_r(&secs, &tm);
+	return sprintf(
+		p,
+		"{\"kvfv_id\":\"KV%05u\",\"timestamp\":\"%04d-%02d-%02dT%02d:%02d:%02d.%09" PRId64
+		"Z\",\"vehicle_speed\":%u.%u}\n",
+		cam, tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+		ts % 1000000000, speed / 10, speed % 10);
+}
+
 /* Connection k's events: cameras k, k + conns, ... in time order, cut into
  * bodies of about body_bytes. */
 static body *make_bodies(unsigned k, unsigned conns, uint64_t events, size_t body_bytes,
@@ -95,9 +118,7 @@ static body *make_bodies(unsigned k, unsigned conns, uint64_t events, size_t bod
 			int64_t ts = T0 + (int64_t)(i / ncam) * GAP + (int64_t)(i % ncam);
 			seed = seed * 6364136223846793005u + 1442695040888963407u;
 			unsigned speed = 300 + (unsigned)((seed >> 33) % 1000);
-			x->n += (size_t)sprintf(x->p + x->n,
-						"traffic,camera=KV%05u speed=%u.%u %" PRId64 "\n",
-						c, speed / 10, speed % 10, ts);
+			x->n += (size_t)put_event(x->p + x->n, c, speed, ts);
 			x->events++;
 			i++;
 			left--;
@@ -172,7 +193,7 @@ static int read_answer(int fd, char *buf, size_t cap, size_t *have)
 					die("connection closed in an answer");
 				*have += (size_t)g;
 			}
-			if (status != 204)
+			if (status != (json_mode ? 200 : 204))
 				fprintf(stderr, "bench_http: answer %d: %.*s\n", status,
 					(int)(*have - hl), buf + hl);
 			memmove(buf, buf + hl + cl, *have - hl - cl);
@@ -195,14 +216,16 @@ static void *conn_main(void *arg)
 	for (size_t i = 0; i < r->n_bodies; i++) {
 		char head[256];
 		int k = snprintf(head, sizeof head,
-				 "POST /api/v2/write?org=o&bucket=b&precision=ns HTTP/1.1\r\n"
+				 "POST %s HTTP/1.1\r\n"
 				 "Host: 127.0.0.1\r\nContent-Length: %zu\r\n%s\r\n",
+				 json_mode ? "/api/v1/events?table=traffic"
+					   : "/api/v2/write?org=o&bucket=b&precision=ns",
 				 r->bodies[i].n, r->gzip ? "Content-Encoding: gzip\r\n" : "");
 		double t = mono();
 		send_all(fd, head, (size_t)k);
 		send_all(fd, r->bodies[i].p, r->bodies[i].n);
-		if (read_answer(fd, buf, sizeof buf, &have) != 204)
-			die("a write was not answered 204");
+		if (read_answer(fd, buf, sizeof buf, &have) != (json_mode ? 200 : 204))
+			die("a write was not answered %d", json_mode ? 200 : 204);
 		r->lat[i] = mono() - t;
 		r->events += r->bodies[i].events;
 	}
@@ -352,12 +375,12 @@ static void run(const char *tallyd, const char *dir, unsigned conns, uint64_t ev
 	uint64_t accepted = stat_of(port, "http_lines_accepted");
 	if (accepted != sent)
 		die("the server accepted %" PRIu64 " of %" PRIu64 " events", accepted, sent);
-	printf("%-5s %u conns, %zu requests of %.0f KiB (%.0f KiB on the wire): %.2f M events/s "
+	printf("%s%-5s %u conns, %zu requests of %.0f KiB (%.0f KiB on the wire): %.2f M events/s "
 	       "%s (%.2f s), request p50 %.2f ms, p99 %.2f ms\n",
-	       gz ? "gzip" : "plain", conns, m, (double)total / (double)m / 1024,
-	       (double)wire / (double)m / 1024, (double)sent / secs / 1e6,
-	       durable ? "durable" : "acknowledged before the fsync", secs, lat[m / 2] * 1e3,
-	       lat[(m * 99) / 100 < m ? (m * 99) / 100 : m - 1] * 1e3);
+	       json_mode ? "json " : "", gz ? "gzip" : "plain", conns, m,
+	       (double)total / (double)m / 1024, (double)wire / (double)m / 1024,
+	       (double)sent / secs / 1e6, durable ? "durable" : "acknowledged before the fsync",
+	       secs, lat[m / 2] * 1e3, lat[(m * 99) / 100 < m ? (m * 99) / 100 : m - 1] * 1e3);
 	fflush(stdout);
 	kill(pid, SIGTERM);
 	int st;
@@ -386,6 +409,7 @@ int main(int argc, char **argv)
 					     {"plain", no_argument, 0, 'p'},
 					     {"gzip", no_argument, 0, 'g'},
 					     {"no-durable", no_argument, 0, 'n'},
+					     {"json", no_argument, 0, 'j'},
 					     {"help", no_argument, 0, 'h'},
 					     {0, 0, 0, 0}};
 	int ch;
@@ -399,9 +423,11 @@ int main(int argc, char **argv)
 		case 'p': only = 0; break;
 		case 'g': only = 1; break;
 		case 'n': durable = 0; break;
+		case 'j': json_mode = 1; break;
 		default:
 			printf("usage: bench_http [--tallyd PATH] [--events N] [--connections N] "
-			       "[--body-bytes N] [--shards N] [--plain | --gzip] [--no-durable]\n");
+			       "[--body-bytes N] [--shards N] [--plain | --gzip] [--no-durable] "
+			       "[--json]\n");
 			return ch == 'h' ? 0 : 2;
 		}
 	}
