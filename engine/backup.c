@@ -670,7 +670,9 @@ static int pin_wal(tally_db *db, unsigned i, bcatalog *c, uint64_t *lsn)
 		if (!is_segment(e->d_name))
 			continue;
 		char name[NAME_MAX_B];
-		snprintf(name, sizeof name, "%s/%s", rel, e->d_name);
+		/* segment names are short (is_segment): a longer one is not ours */
+		if (snprintf(name, sizeof name, "%s/%s", rel, e->d_name) >= (int)sizeof name)
+			continue;
 		bfile *f = catalog_add(c, BK_WAL, name);
 		rc = f ? pin(db->dir, f) : -ENOMEM;
 	}
