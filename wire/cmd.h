@@ -29,6 +29,7 @@ enum cmd_kind {
 	CMD_PRECISION,
 	CMD_HELP,
 	CMD_BACKUP,
+	CMD_LAST = CMD_BACKUP /* a new kind goes above and moves this */
 };
 
 typedef struct cmd_req {
