@@ -183,7 +183,7 @@ Test(s3, multipart_upload_moto, .timeout = 120)
 }
 
 /* moto checks SigV4 signatures: a wrong secret is SignatureDoesNotMatch.
- * s3rver checks only the access key id (its SigV4 check is unimplemented):
+ * s3rver checks only the access key id (it does not verify SigV4):
  * a wrong key is InvalidAccessKeyId. */
 static void bad_signature(const char *kind)
 {
