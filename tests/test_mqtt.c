@@ -36,17 +36,6 @@ typedef struct broker {
 	char conf[200], log[200];
 } broker;
 
-static unsigned free_port(void)
-{
-	int fd = socket(AF_INET, SOCK_STREAM, 0);
-	struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-	cr_assert(bind(fd, (struct sockaddr *)&a, sizeof a) == 0);
-	socklen_t n = sizeof a;
-	getsockname(fd, (struct sockaddr *)&a, &n);
-	close(fd);
-	return ntohs(a.sin_port);
-}
-
 static int port_open(unsigned port)
 {
 	int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -63,7 +52,7 @@ static void broker_start(broker *b, const tsrv *s)
 	if (access(MOSQUITTO, X_OK))
 		cr_skip_test("%s is not installed (tools/setup installs mosquitto)", MOSQUITTO);
 	for (int attempt = 0; attempt < 5; attempt++) {
-		b->port = free_port();
+		b->port = su_free_port();
 		snprintf(b->conf, sizeof b->conf, "%s/mosquitto.conf", s->dir);
 		snprintf(b->log, sizeof b->log, "%s/mosquitto.log", s->dir);
 		FILE *f = fopen(b->conf, "w");

@@ -29,7 +29,8 @@ enum cmd_kind {
 	CMD_PRECISION,
 	CMD_HELP,
 	CMD_BACKUP,
-	CMD_LAST = CMD_BACKUP /* a new kind goes above and moves this */
+	CMD_FANOUT,
+	CMD_LAST = CMD_FANOUT /* a new kind goes above and moves this */
 };
 
 typedef struct cmd_req {
@@ -42,6 +43,7 @@ typedef struct cmd_req {
 	uint64_t limit;   /* scan: most rows (0: no limit) */
 	enum tally_precision prec;
 	const char *dest; /* backup: a directory or s3://bucket/prefix */
+	int fan;          /* fanout: 0 off, 1 fail (a missing node fails the answer), 2 partial */
 } cmd_req;
 
 /*

@@ -192,6 +192,16 @@ static const struct conf_item {
 	 "not; older ones are refused (default 256)"},
 	{"label-expiry", K_DUR_OFF, offsetof(srv_conf, label_expiry),
 	 "forget a labelled source silent this long; 0: the default 7d; never: keep all"},
+	/* Queries across nodes (docs/cluster.md) */
+	{"peers", K_STR, offsetof(srv_conf, peers),
+	 "the other nodes of a cluster, HOST:PORT,...: each query asks every node and merges "
+	 "their answers exactly (unset: this node alone)"},
+	{"peer-timeout", K_DUR, offsetof(srv_conf, peer_timeout_ns),
+	 "a query across nodes fails (or, after #!fanout partial, is marked partial) when a "
+	 "node has not answered within this (default 5s)"},
+	{"fanout-max-bytes", K_SIZE, offsetof(srv_conf, fanout_max_bytes),
+	 "largest answer a query across nodes may merge; larger: an error naming it "
+	 "(default 256MiB)"},
 	/* MQTT (docs/mqtt.md) */
 	{"mqtt-broker", K_STR, offsetof(srv_conf, mqtt_broker),
 	 "HOST:PORT of an MQTT broker to subscribe to (MQTT 5, QoS 1, a persistent session); "
@@ -252,6 +262,8 @@ void conf_init(srv_conf *c)
 	c->log_level = TALLY_LOG_INFO;
 	c->prefault = 1;
 	c->mqtt_keepalive_ns = 30 * INT64_C(1000000000);
+	c->peer_timeout_ns = 5 * INT64_C(1000000000);
+	c->fanout_max_bytes = 256u << 20;
 	c->mqtt_session_expiry_ns = 7 * 86400 * INT64_C(1000000000);
 	c->mqtt_max_message = 16u << 20;
 }

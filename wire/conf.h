@@ -78,6 +78,10 @@ typedef struct srv_conf {
 	unsigned n_json_maps;
 	uint64_t label_window; /* labelled batches: 0: the engine's 256 */
 	int64_t label_expiry;  /* ns; 0: 7 days; negative ("never"): never */
+	/* Queries across nodes (fanserv.c, docs/cluster.md) */
+	char *peers;             /* the other nodes, HOST:PORT,...; NULL: none */
+	int64_t peer_timeout_ns; /* a fan-out's deadline */
+	size_t fanout_max_bytes; /* a merged answer's bound */
 	/* MQTT subscriber (mqtt.c, docs/mqtt.md); off unless mqtt_broker */
 	char *mqtt_broker;       /* HOST:PORT */
 	char *mqtt_topics;       /* topic filters, comma-separated; NULL: cameras/+/events */

@@ -39,6 +39,7 @@
 
 #include "jsonev.h"
 #include "server.h"
+#include "fanserv.h"
 #include "tls.h"
 
 /* user_data of operations that belong to no connection. Connections'
@@ -124,7 +125,7 @@ void srv_sync_wait(srv *s, uint64_t ticket)
 	pthread_mutex_unlock(&s->smu);
 }
 
-static void srv_wake(wshard *sh)
+void srv_wake_shard(wshard *sh)
 {
 	uint64_t one = 1;
 	ssize_t r = write(sh->efd, &one, sizeof one);
@@ -188,7 +189,7 @@ static void *srv_syncer_main(void *arg)
 			atomic_store_explicit(&s->sync_done, target, memory_order_release);
 			pthread_cond_broadcast(&s->dcv);
 			for (unsigned i = 0; i < s->n_shards; i++)
-				srv_wake(&s->shards[i]);
+				srv_wake_shard(&s->shards[i]);
 		}
 	}
 	pthread_mutex_unlock(&s->smu);
@@ -501,7 +502,7 @@ void sh_accepted(wshard *sh, int fd, unsigned proto)
 	}
 	to->mail[to->n_mail++] = fd * PROTO_N + (int)proto; /* the protocol rides along */
 	pthread_mutex_unlock(&to->mu);
-	srv_wake(to);
+	srv_wake_shard(to);
 }
 
 static void sh_begin_stop(wshard *sh)
@@ -553,7 +554,7 @@ void sh_mailbox(wshard *sh)
 	int more = sh->n_mail > 0;
 	pthread_mutex_unlock(&sh->mu);
 	if (more)
-		srv_wake(sh);
+		srv_wake_shard(sh);
 	for (size_t i = 0; i < n; i++) {
 		atomic_fetch_sub_explicit(&sh->load, 1, memory_order_relaxed);
 		sh_adopt(sh, fds[i] / PROTO_N, (unsigned)(fds[i] % PROTO_N));
@@ -566,6 +567,10 @@ void sh_mailbox(wshard *sh)
 	if (sh->n_sync_wait)
 		for (wconn *c = sh->conns; c; c = c->next)
 			if (c->sync_ticket)
+				c->proto->step(c);
+	if (atomic_exchange(&sh->fan_ready, 0))
+		for (wconn *c = sh->conns; c; c = c->next)
+			if (c->prod == PROD_FANOUT)
 				c->proto->step(c);
 }
 
@@ -1049,6 +1054,8 @@ int srv_start(srv *s)
 				s->http_port);
 	}
 	if (rc == 0)
+		rc = fanserv_init(s);
+	if (rc == 0)
 		rc = mqtt_start(s);
 	if (rc)
 		srv_stop(s);
@@ -1064,7 +1071,7 @@ void srv_stop(srv *s)
 	else if (prev == 1)
 		srv_log(s, TALLY_LOG_INFO, "stopping now: closing connections");
 	for (unsigned i = 0; i < s->n_shards; i++)
-		srv_wake(&s->shards[i]);
+		srv_wake_shard(&s->shards[i]);
 	mqtt_stop(s);
 }
 
@@ -1090,6 +1097,7 @@ int srv_wait(srv *s)
 void srv_close(srv *s)
 {
 	mqtt_join(s);
+	fanserv_fini(s);
 	for (unsigned i = 0; i < s->n_shards; i++) {
 		wshard *sh = &s->shards[i];
 		while (sh->conns) {

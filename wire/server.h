@@ -96,7 +96,7 @@ enum conn_state {
 	CONN_DEAD,     /* socket shut down; freed once no I/O is in flight */
 };
 
-enum conn_prod { PROD_NONE = 0, PROD_SERIES, PROD_KEYS, PROD_SCAN };
+enum conn_prod { PROD_NONE = 0, PROD_SERIES, PROD_KEYS, PROD_SCAN, PROD_FANOUT };
 
 struct wconn {
 	wshard *sh;
@@ -120,7 +120,8 @@ struct wconn {
 	unsigned authed : 1, eof : 1, discard : 1;
 	unsigned unauth_counted : 1, unauth_over : 1; /* in srv.n_unauth; past its cap */
 	unsigned first_seen : 1; /* the first record was looked at (an HTTP request?) */
-	unsigned final_sync : 2; /* shutdown: 1 asked, 2 waiting for its last sync */
+	unsigned fan_off : 1, fan_partial : 1; /* #!fanout off / partial (fanserv.c) */
+	unsigned final_sync : 2;               /* shutdown: 1 asked, 2 waiting for its last sync */
 	enum tally_precision prec;
 	uint64_t lines; /* physical lines consumed; the next line is lines + 1 */
 	uint64_t accepted, rejected;
@@ -176,6 +177,7 @@ struct wshard {
 	int *mail;
 	size_t n_mail, cap_mail;
 	_Atomic int poke;
+	_Atomic unsigned fan_ready; /* fan-out jobs of this shard's connections done */
 
 	wconn *conns;
 	unsigned n_conns;
@@ -248,6 +250,13 @@ struct srv {
 	int syncer_stop;
 	metrics_hist sync_seconds;     /* durations of the syncer's tally_db_sync */
 	struct jsonev_maps *json_maps; /* JSON event mappings by table (jsonev.c), read-only */
+	/* Queries across nodes (fanserv.c): every node, this one first; 0
+	 * nodes when peers is unset. node_id tells this node apart when a
+	 * list names it twice. */
+	struct fan_node *fan_nodes;
+	size_t n_fan_nodes;
+	uint64_t node_id;
+	_Atomic unsigned fan_jobs;
 	/* The MQTT subscriber (mqtt.c); NULL when mqtt-broker is unset. */
 	struct mq *mqtt;
 	mqtt_stats mqtt_st;
@@ -264,8 +273,9 @@ int srv_sync_result(srv *s, uint64_t ticket, char *msg, size_t cap);
 /* Blocks until the ticket is served (a thread of its own, not a shard's). */
 void srv_sync_wait(srv *s, uint64_t ticket);
 void srv_conn_dirty(wconn *c);
-int64_t srv_now(void);      /* monotonic ns */
-int64_t srv_clock_ns(void); /* wall clock ns since the epoch */
+void srv_wake_shard(wshard *sh); /* its loop runs sh_mailbox soon */
+int64_t srv_now(void);           /* monotonic ns */
+int64_t srv_clock_ns(void);      /* wall clock ns since the epoch */
 void srv_log(srv *s, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 /* server.c, for the loops: what is the same whatever the loop. */
