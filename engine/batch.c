@@ -500,16 +500,19 @@ static enum codec_kind type_kind(enum tally_type t)
  * more than the rest of the encoding); strings and keys repeat bytes. */
 static const codec_opts OPT_NUM = {.zstd_level = -1};
 static const codec_opts OPT_STR = {.zstd_level = 1};
+/* Times come nearly in order and key indexes as the keys take turns:
+ * the transform is known, and the writer skips measuring the three. */
+static const codec_opts OPT_TS = {.zstd_level = -1, .order = CODEC_ORDER_DELTA};
+static const codec_opts OPT_KEY_INDEX = {.zstd_level = -1, .order = CODEC_ORDER_VALUE};
 
 /* One slice's block as u32 length + bytes. */
-static void put_block(obuf *o, batch_coder *c, enum codec_kind kind, const void *vals,
-		      const uint64_t *present, uint32_t n)
+static void put_block(obuf *o, batch_coder *c, enum codec_kind kind, const codec_opts *opt,
+		      const void *vals, const uint64_t *present, uint32_t n)
 {
 	if (o->err)
 		return;
 	c->blk.len = 0;
-	int rc = codec_encode(c->cx, kind, vals, present, n,
-			      kind == CODEC_STR ? &OPT_STR : &OPT_NUM, &c->blk, NULL);
+	int rc = codec_encode(c->cx, kind, vals, present, n, opt, &c->blk, NULL);
 	if (rc) {
 		o->err = rc;
 		return;
@@ -559,6 +562,10 @@ static const void *slice_vals(batch_coder *c, const tbatch *tb, const bcol *col,
 static void put_blocks(obuf *o, batch_coder *c, const tbatch *tb, const bcol *col,
 		       enum codec_kind kind, uint32_t n, int all_present)
 {
+	const codec_opts *opt = kind == CODEC_STR  ? &OPT_STR
+				: col              ? &OPT_NUM
+				: kind == CODEC_TS ? &OPT_TS
+						   : &OPT_KEY_INDEX;
 	for (uint32_t s = 0; s < n && !o->err; s += CODEC_BLOCK_MAX) {
 		uint32_t m = n - s < CODEC_BLOCK_MAX ? n - s : CODEC_BLOCK_MAX;
 		const void *v = kind == CODEC_TS ? (const void *)(tb->ts + s)
@@ -567,7 +574,8 @@ static void put_blocks(obuf *o, batch_coder *c, const tbatch *tb, const bcol *co
 			o->err = -ENOMEM;
 			return;
 		}
-		put_block(o, c, kind, v, col && !all_present ? col->present + s / 64 : NULL, m);
+		put_block(o, c, kind, opt, v, col && !all_present ? col->present + s / 64 : NULL,
+			  m);
 	}
 }
 
