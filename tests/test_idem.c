@@ -582,3 +582,77 @@ Test(idem, coded_payload_matches_the_documented_bytes)
 	stage_batch_free(&b);
 	catalog_free(&cat);
 }
+
+/* A coded payload of more rows than a codec block holds is cut into
+ * blocks of 65,536 rows, each with its own presence: a batch of 70,000
+ * rows of three keys, a float on every row, a tag on every third and a
+ * bool on every fifth, comes back row for row. */
+Test(idem, coded_payload_splits_columns_into_blocks)
+{
+	enum { N = 70000 };
+	catalog cat;
+	cr_assert_eq(catalog_init(&cat, NULL), 0);
+	table_def *t;
+	cr_assert_eq(catalog_table(&cat, "big", 3, strmap_hash("big", 3), "k", 1, &t), 0);
+	col_def *f, *tag, *flag;
+	cr_assert_eq(catalog_column(&cat, t, "v", 1, strmap_hash("v", 1), TALLY_T_F64, &f), 0);
+	cr_assert_eq(catalog_column(&cat, t, "lane", 4, strmap_hash("lane", 4), TALLY_T_TAG, &tag),
+		     0);
+	cr_assert_eq(catalog_column(&cat, t, "ok", 2, strmap_hash("ok", 2), TALLY_T_BOOL, &flag),
+		     0);
+	stage_batch b;
+	stage_batch_init(&b);
+	tbatch *tb;
+	cr_assert_eq(stage_batch_table(&b, t, &tb), 0);
+	static const char *const keys[] = {"KV1", "KV22", "KV333"};
+	for (uint32_t r = 0; r < N; r++) {
+		cr_assert_eq(tbatch_row_begin(tb, INT64_C(1700000000000000000) + r * INT64_C(997)),
+			     0);
+		cr_assert_eq(tbatch_set(tb, f, (bval){.f64 = (double)(r % 1000) / 10}), 0);
+		char lane[16];
+		int ll = snprintf(lane, sizeof lane, "L%u", r % 7);
+		if (r % 3 == 0)
+			cr_assert_eq(tbatch_set_str(tb, tag, lane, (uint32_t)ll), 0);
+		if (r % 5 == 0)
+			cr_assert_eq(tbatch_set(tb, flag, (bval){.u64 = r % 2}), 0);
+		const char *k = keys[r % 3];
+		cr_assert_eq(tbatch_row_commit(&b, tb, k, (uint32_t)strlen(k)), 0);
+	}
+	char *buf = NULL;
+	size_t cap = 0, len = 0;
+	cr_assert_eq(stage_batch_encode(&b, &buf, &cap, &len), 0, "%s", tally_errmsg());
+	stage_batch d;
+	stage_batch_init(&d);
+	payload_decode(&d, &cat, buf, len, N);
+	tbatch *db = d.tb[0];
+	cr_assert_eq(db->n_keys, 3);
+	for (uint32_t r = 0; r < N; r++) {
+		cr_assert_eq(db->ts[r], tb->ts[r], "row %u", r);
+		uint32_t kl;
+		const char *k = tbatch_key(db, db->key[r], &kl);
+		cr_assert(kl == strlen(keys[r % 3]) && !memcmp(k, keys[r % 3], kl), "row %u", r);
+	}
+	for (uint32_t c = 0; c < db->n_cols; c++) {
+		const bcol *dc = &db->cols[c];
+		const bcol *sc = &tb->cols[tb->slot_of[dc->def->id]];
+		for (uint32_t r = 0; r < N; r++) {
+			cr_assert_eq(bcol_has(dc, r), bcol_has(sc, r), "%s row %u", dc->def->name,
+				     r);
+			if (!bcol_has(dc, r))
+				continue;
+			if (dc->def->type == TALLY_T_TAG) {
+				uint32_t l1, l2;
+				const char *s1 = tbatch_str(db, dc->vals[r].ref, &l1);
+				const char *s2 = tbatch_str(tb, sc->vals[r].ref, &l2);
+				cr_assert(l1 == l2 && !memcmp(s1, s2, l1), "tag row %u", r);
+			} else {
+				cr_assert_eq(dc->vals[r].u64, sc->vals[r].u64, "%s row %u",
+					     dc->def->name, r);
+			}
+		}
+	}
+	free(buf);
+	stage_batch_free(&d);
+	stage_batch_free(&b);
+	catalog_free(&cat);
+}
