@@ -124,7 +124,7 @@ static const struct conf_item {
 	{"recv-buffers", K_UINT, offsetof(srv_conf, recv_bufs),
 	 "receive buffers per shard (default 32)"},
 	{"recv-buffer-bytes", K_UINT, offsetof(srv_conf, recv_buf_bytes),
-	 "size of each receive buffer (default 64KiB)"},
+	 "size of each receive buffer (default 256KiB)"},
 	{"log-level", K_LOG, offsetof(srv_conf, log_level), "error, warn or info (default info)"},
 	{"io", K_STR, offsetof(srv_conf, io),
 	 "auto (io_uring, else epoll), io_uring or epoll (default auto)"},
@@ -258,7 +258,10 @@ void conf_init(srv_conf *c)
 	c->full_wait_ns = 10 * INT64_C(1000000000);
 	c->grace_ns = 5 * INT64_C(1000000000);
 	c->recv_bufs = 32;
-	c->recv_buf_bytes = 64u << 10;
+	/* A read is one write batch: at 256 KiB (about 4,800 lines) the
+	 * cameras of an interleaved file come several rows a key per batch
+	 * (docs/operations.md, "Receive buffers"). */
+	c->recv_buf_bytes = 256u << 10;
 	c->log_level = TALLY_LOG_INFO;
 	c->prefault = 1;
 	c->mqtt_keepalive_ns = 30 * INT64_C(1000000000);

@@ -687,6 +687,10 @@ static void conn_stats(wconn *c)
 		{"parts", es.parts},
 		{"part_bytes", es.part_bytes},
 		{"sealed_parts", es.sealed_parts},
+		/* rows in parts, and rows flushes and merges wrote into parts
+		 * (write_amplification is their ratio to the rows accepted) */
+		{"part_rows", es.part_rows},
+		{"rows_written", (uint64_t)llround(es.write_amplification * (double)es.part_rows)},
 		/* tiering (docs/operations.md, "Watching it"); all 0 when off */
 		{"tier_state", (uint64_t)es.tier_state},
 		{"tiered_parts", es.tiered_parts},
