@@ -79,8 +79,8 @@ static void series_free(series *se, const levels *L)
 
 void memtable_free(memtable *m, const levels *L)
 {
-	if (!m)
-		return;
+	if (!m || atomic_fetch_sub(&m->pins, 1) != 0)
+		return; /* a scan still reads it */
 	for (uint32_t t = 0; t < m->cap_tables; t++) {
 		stable *st = m->tables[t];
 		if (!st)

@@ -726,6 +726,7 @@ static void conn_stats(wconn *c)
 		{"label_duplicates", es.label_duplicates},
 		{"label_too_old", es.label_too_old},
 		{"label_expired", es.label_expired},
+		{"scan_rows", es.scan_rows},
 		/* HTTPS (docs/http.md) */
 		{"tls_handshakes", tls_stat(s, TLS_ST_HANDSHAKES)},
 		{"tls_handshake_failures", tls_stat(s, TLS_ST_FAILURES)},

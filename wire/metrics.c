@@ -258,6 +258,8 @@ static const struct stat_metric {
 	 "Labelled batches refused as below their source's window since open.", F(label_too_old)},
 	{"tally_label_expired_total", "counter",
 	 "Sources forgotten after label-expiry of silence since open.", F(label_expired)},
+	{"tally_scan_rows_total", "counter",
+	 "Rows raw scans decoded from parts and memtables since open.", F(scan_rows)},
 #undef F
 };
 
