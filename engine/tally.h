@@ -508,6 +508,11 @@ typedef struct tally_stats {
 	 * it, so one that stops early (LIMIT) reads little. The windows held
 	 * meanwhile count in query_bytes. */
 	uint64_t scan_rows;
+	/* Memory the decoded-rollup cache has mapped (its ring's blocks and
+	 * those made ready ahead), bytes: cache_bytes is what it holds live,
+	 * this what it costs; at most its budget rounded down to 2 MiB blocks
+	 * plus 8 MiB. */
+	uint64_t cache_mapped_bytes;
 } tally_stats;
 
 /* Fills the first size bytes at out with the database's figures, 0 where

@@ -50,9 +50,10 @@ typedef struct srv_conf {
 	char *io;      /* "auto" (default), "io_uring" or "epoll" */
 	/* engine options */
 	uint64_t memory_limit;
-	unsigned max_keys;      /* tally_options.max_keys_per_table */
-	unsigned prefault;      /* 1: tally_options.prefault */
-	unsigned wal_damage_ro; /* 1: tally_options.wal_damage_read_only */
+	uint64_t rollup_cache_bytes; /* tally_options.cache_bytes; 0: its default */
+	unsigned max_keys;           /* tally_options.max_keys_per_table */
+	unsigned prefault;           /* 1: tally_options.prefault */
+	unsigned wal_damage_ro;      /* 1: tally_options.wal_damage_read_only */
 	int64_t align_offset;
 	char *table_keys;
 	unsigned n_levels;

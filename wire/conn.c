@@ -664,6 +664,7 @@ static void conn_stats(wconn *c)
 		{"memtable_bytes", es.memtable_bytes},
 		{"rollup_bytes", es.rollup_bytes},
 		{"cache_bytes", es.cache_bytes},
+		{"cache_mapped_bytes", es.cache_mapped_bytes},
 		{"cache_hits", es.cache_hits},
 		{"cache_misses", es.cache_misses},
 		{"memory_limit", es.memory_limit},

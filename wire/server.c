@@ -914,6 +914,8 @@ int srv_open(srv *s, srv_conf *conf)
 	o.max_line_bytes = conf->max_line;
 	if (conf->memory_limit)
 		o.memory_limit = conf->memory_limit;
+	if (conf->rollup_cache_bytes)
+		o.cache_bytes = conf->rollup_cache_bytes;
 	o.max_keys_per_table = conf->max_keys;
 	o.prefault = (int)conf->prefault;
 	o.wal_damage_read_only = (int)conf->wal_damage_ro;
