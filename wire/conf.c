@@ -97,6 +97,9 @@ static const struct conf_item {
 	 "longest line accepted (default 1MiB)"},
 	{"max-connections", K_UINT, offsetof(srv_conf, max_conns),
 	 "open connections at once (default 4096)"},
+	{"max-connections-per-address", K_UINT, offsetof(srv_conf, max_conns_peer),
+	 "open connections from one client address at once, line protocol and HTTP "
+	 "together; more are refused; 0: no cap (default 0)"},
 	{"reply-buffer-bytes", K_SIZE, offsetof(srv_conf, reply_bytes),
 	 "unsent replies kept per connection; more are dropped and counted (default 1MiB)"},
 	{"input-buffer-bytes", K_SIZE, offsetof(srv_conf, input_bytes),

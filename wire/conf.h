@@ -35,6 +35,7 @@ typedef struct srv_conf {
 	char *token;              /* shared secret clients present with #!auth; NULL: none */
 	uint32_t max_line;        /* longest line, bytes */
 	unsigned max_conns;       /* open connections at once */
+	unsigned max_conns_peer;  /* of them from one address, both ports (0: no cap) */
 	size_t reply_bytes;       /* unsent replies kept per connection */
 	size_t input_bytes;       /* unprocessed input kept per connection */
 	int64_t idle_ns;          /* close connections silent this long; 0: never */
