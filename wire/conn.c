@@ -559,10 +559,7 @@ static void conn_pump(wconn *c)
 
 /* ---------------------------------------------------------------- commands */
 
-/* A log line repeated by clients is written at most once per `secs`
- * seconds, server-wide: 1 when this one is due (*more: how many were not
- * written since the last), 0 when it is counted instead. */
-static int conn_log_due(_Atomic int64_t *at, _Atomic uint64_t *unlogged, int secs, uint64_t *more)
+int conn_log_due(_Atomic int64_t *at, _Atomic uint64_t *unlogged, int secs, uint64_t *more)
 {
 	int64_t now = srv_now(), last = atomic_load(at);
 	if ((last == 0 || now - last >= secs * INT64_C(1000000000)) &&

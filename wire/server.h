@@ -308,6 +308,11 @@ void conn_close_with(wconn *c, const char *msg);
 void conn_linger_step(wconn *c);
 int conn_linger_tick(wconn *c, int64_t now); /* 1: c is lingering or dead */
 int conn_token_ok(const char *want, const char *got, size_t got_len);
+/* A log line repeated by clients is written at most once per `secs`
+ * seconds, server-wide (at: when it last was, unlogged: how many were
+ * not since): 1 when this one is due (*more: how many were not written
+ * since the last), 0 when it is counted instead. */
+int conn_log_due(_Atomic int64_t *at, _Atomic uint64_t *unlogged, int secs, uint64_t *more);
 /* A failed authentication on c (what: "a wrong token", "no token over
  * HTTP"...): counted (auth_failures), and logged with the peer's address
  * (never the token), at most one line every 10 s server-wide, which says
