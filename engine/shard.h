@@ -83,6 +83,11 @@ typedef struct memtable {
 	 * memtables it reads (engine/scan.c); memtable_free drops one holder
 	 * and frees at the last. */
 	_Atomic uint32_t pins;
+	/* set when its shard let it go (a flush) while a scan may still pin
+	 * it: its bytes count there (db->query_bytes, under memory_limit)
+	 * until the last holder frees it */
+	_Atomic uint64_t *retired_at;
+	uint64_t retired_bytes;
 } memtable;
 
 /* What a shard remembers of a key across memtables: its newest event time,

@@ -256,3 +256,37 @@ Test(scan, keeps_its_snapshot_across_flushes_and_merges)
 	cr_assert_eq(tu_count_key(db, "m", "v", "a", &agg, &rows), 0);
 	cr_assert_eq(rows, (uint64_t)(PARTS + 1) * N);
 }
+
+/* A flushed memtable that an open scan still pins counts under the memory
+ * limit (in query_bytes) until the scan lets it go: scans opened between
+ * flushes cannot hold memtables past the limit unseen. */
+Test(scan, a_pinned_flushed_memtable_counts_under_the_limit)
+{
+	enum { N = 50000 };
+	int64_t *t = malloc(N * sizeof *t), *id = malloc(N * sizeof *id);
+	for (int64_t i = 0; i < N; i++)
+		t[i] = T0 + i * SEC, id[i] = i;
+	put(0, "a", t, id, N);
+	uint64_t held = stats().memtable_bytes;
+	cr_assert_gt(held, 1 << 20);
+	tally_scan *s;
+	cr_assert_eq(tally_scan_open(db, "m", "a", INT64_MIN, INT64_MAX, &s), 0);
+	cr_assert_eq(tally_db_flush(db), 0, "%s", tally_errmsg());
+	tally_stats st = stats();
+	cr_assert_eq(st.memtable_bytes, 0);
+	cr_assert_geq(st.query_bytes, held, "%" PRIu64 " bytes counted, the memtable held %" PRIu64,
+		      st.query_bytes, held);
+	tally_row row;
+	size_t n = 0;
+	int rc;
+	while ((rc = tally_scan_next(s, &row)) == 1) {
+		check_row(s, &row, t[n], id[n], n);
+		n++;
+	}
+	cr_assert_eq(rc, 0);
+	cr_assert_eq(n, (size_t)N);
+	tally_scan_close(s);
+	cr_assert_eq(stats().query_bytes, 0, "the memtable's bytes go with it");
+	free(t);
+	free(id);
+}
