@@ -79,8 +79,10 @@ static void series_free(series *se, const levels *L)
 
 void memtable_free(memtable *m, const levels *L)
 {
-	if (!m)
-		return;
+	if (!m || atomic_fetch_sub(&m->pins, 1) != 0)
+		return; /* a scan still reads it */
+	if (m->retired_at)
+		atomic_fetch_sub(m->retired_at, m->retired_bytes);
 	for (uint32_t t = 0; t < m->cap_tables; t++) {
 		stable *st = m->tables[t];
 		if (!st)

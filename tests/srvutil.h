@@ -161,6 +161,29 @@ static inline void tsrv_spawn(tsrv *s, const char *const *args, int listen)
 	}
 }
 
+/* Starts tallyd on s->data with two shards, warnings only (TALLYD_LOG=info
+ * shows more when debugging a test), the extra flags (NULL-terminated),
+ * then those in $TALLYD_EXTRA ("--io epoll": the whole suite on the other
+ * loop); returns once it listens. */
+static inline void tsrv_start(tsrv *s, const char *const *extra)
+{
+	const char *args[64] = {"--shards", "2", "--log-level",
+				getenv("TALLYD_LOG") ? getenv("TALLYD_LOG") : "warn"};
+	int n = 4;
+	for (int i = 0; extra && extra[i] && n < 63; i++)
+		args[n++] = extra[i];
+	char env_extra[256];
+	const char *ex = getenv("TALLYD_EXTRA");
+	if (ex) {
+		snprintf(env_extra, sizeof env_extra, "%s", ex);
+		for (char *save = NULL, *t = strtok_r(env_extra, " ", &save); t && n < 63;
+		     t = strtok_r(NULL, " ", &save))
+			args[n++] = t;
+	}
+	args[n] = NULL;
+	tsrv_spawn(s, args, 1);
+}
+
 /* The HTTP port of a server started with a port file (tallyd writes it
  * before the line protocol's). */
 static inline unsigned tsrv_http_port(const tsrv *s)
@@ -196,6 +219,25 @@ static inline int tsrv_wait(tsrv *s, int sig)
 	}
 	s->pid = 0;
 	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+/* A "Name: N kB" line of the server's /proc/PID/status in KiB (VmRSS,
+ * RssAnon), 0 if unreadable. */
+static inline uint64_t tsrv_status_kib(const tsrv *s, const char *name)
+{
+	char path[64], line[256];
+	snprintf(path, sizeof path, "/proc/%d/status", (int)s->pid);
+	FILE *f = fopen(path, "r");
+	uint64_t kib = 0;
+	size_t n = strlen(name);
+	while (f && fgets(line, sizeof line, f))
+		if (!strncmp(line, name, n) && line[n] == ':') {
+			kib = strtoull(line + n + 1, NULL, 10);
+			break;
+		}
+	if (f)
+		fclose(f);
+	return kib;
 }
 
 /* The whole log (malloc'd, NUL-terminated). */

@@ -34,29 +34,6 @@
 #define T0  INT64_C(1699920000000000000) /* 2023-11-14T00:00:00Z */
 #define SEC INT64_C(1000000000)
 
-/* Starts tallyd on s->data with two shards, warnings only (TALLYD_LOG=info
- * shows more when debugging a test), the extra flags (NULL-terminated),
- * then those in $TALLYD_EXTRA ("--io epoll": the whole suite on the other
- * loop); returns once it listens. */
-static void tsrv_start(tsrv *s, const char *const *extra)
-{
-	const char *args[64] = {"--shards", "2", "--log-level",
-				getenv("TALLYD_LOG") ? getenv("TALLYD_LOG") : "warn"};
-	int n = 4;
-	for (int i = 0; extra && extra[i] && n < 63; i++)
-		args[n++] = extra[i];
-	char env_extra[256];
-	const char *ex = getenv("TALLYD_EXTRA");
-	if (ex) {
-		snprintf(env_extra, sizeof env_extra, "%s", ex);
-		for (char *save = NULL, *t = strtok_r(env_extra, " ", &save); t && n < 63;
-		     t = strtok_r(NULL, " ", &save))
-			args[n++] = t;
-	}
-	args[n] = NULL;
-	tsrv_spawn(s, args, 1);
-}
-
 /* ---------------------------------------------------------------- framing units */
 
 /* Record ends by the parser's own consumption, for comparison. */

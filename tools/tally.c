@@ -31,6 +31,7 @@
 #include "backup.h"
 #include "cmd.h"
 #include "fanout.h"
+#include "client.h"
 #include "inspect.h"
 
 #define CLI_DEFAULT_PORT "8427"
@@ -66,113 +67,51 @@ __attribute__((format(printf, 1, 2), noreturn)) static void cli_die(const char *
 
 /* ---------------------------------------------------------------- connection */
 
-typedef struct cli_conn {
-	int fd;
-	char *buf; /* received, not yet returned as lines */
-	size_t len, cap;
-	int eof;
-	int file; /* fd is a file (--nodes: the merged answer), read with read() */
-} cli_conn;
+typedef client_conn cli_conn;
 
 static void cli_connect(cli_conn *c, const cli_opts *o)
 {
-	struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
-	struct addrinfo *res;
-	int rc = getaddrinfo(o->host, o->port, &hints, &res);
+	const char *why = NULL;
+	/* --wait: a server just started may not listen yet */
+	int rc = client_connect(c, o->host, o->port, o->wait, CLI_REPLY_MAX, &why);
+	if (rc == -EHOSTUNREACH && why)
+		cli_die("%s:%s: %s", o->host, o->port, why);
 	if (rc)
-		cli_die("%s:%s: %s", o->host, o->port, gai_strerror(rc));
-	int fd = -1, err = 0;
-	double deadline = cli_now() + o->wait;
-again:
-	for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
-		fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
-		if (fd < 0) {
-			err = errno;
-			continue;
-		}
-		if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
-			break;
-		err = errno;
-		close(fd);
-		fd = -1;
-	}
-	/* --wait: a server just started may not listen yet; only a refusal
-	 * is worth retrying, every other error is final. */
-	if (fd < 0 && err == ECONNREFUSED && cli_now() < deadline) {
-		struct timespec nap = {0, 50 * 1000 * 1000};
-		nanosleep(&nap, NULL);
-		goto again;
-	}
-	freeaddrinfo(res);
-	if (fd < 0)
 		cli_die("cannot connect to tallyd at %s:%s: %s (is it running? see --host, "
 			"--port)",
-			o->host, o->port, strerror(err));
-	int one = 1;
-	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-	memset(c, 0, sizeof *c);
-	c->fd = fd;
+			o->host, o->port, strerror(-rc));
 }
 
 static void cli_send_all(cli_conn *c, const char *p, size_t n)
 {
-	while (n) {
-		ssize_t w = send(c->fd, p, n, MSG_NOSIGNAL);
-		if (w < 0) {
-			if (errno == EINTR)
-				continue;
-			cli_die("sending to the server: %s", strerror(errno));
-		}
-		p += w;
-		n -= (size_t)w;
-	}
+	int rc = client_send(c, p, n, -1);
+	if (rc)
+		cli_die("sending to the server: %s", strerror(-rc));
 }
 
 /* Reads what is available (blocking when block); 0 at EOF. */
 static int cli_fill(cli_conn *c, int block)
 {
-	if (c->eof)
+	int r = client_fill(c, block ? -1 : 0);
+	if (r == -1)
 		return 0;
-	if (c->cap - c->len < 65536) {
-		size_t cap = c->cap ? c->cap * 2 : 131072;
-		if (cap > CLI_REPLY_MAX + 131072)
-			cli_die("a reply line is longer than %u bytes", CLI_REPLY_MAX);
-		c->buf = realloc(c->buf, cap);
-		if (!c->buf)
-			cli_die("out of memory");
-		c->cap = cap;
-	}
-	ssize_t r =
-		c->file ? read(c->fd, c->buf + c->len, c->cap - c->len)
-			: recv(c->fd, c->buf + c->len, c->cap - c->len, block ? 0 : MSG_DONTWAIT);
-	if (r < 0) {
-		if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
-			return 1;
-		cli_die("reading from the server: %s", strerror(errno));
-	}
-	if (r == 0) {
-		c->eof = 1;
-		return 0;
-	}
-	c->len += (size_t)r;
+	if (r == -E2BIG)
+		cli_die("a reply line is longer than %u bytes", CLI_REPLY_MAX);
+	if (r < 0)
+		cli_die("reading from the server: %s", strerror(-r));
 	return 1;
 }
 
-/* The next complete reply line (NUL-terminated, '\n' removed) into *out,
- * which the caller frees; NULL when none is buffered. */
+/* The next complete reply line (NUL-terminated, '\n' removed), which the
+ * caller frees; NULL when none is buffered. */
 static char *cli_take_line(cli_conn *c)
 {
-	char *nl = c->len ? memchr(c->buf, '\n', c->len) : NULL;
-	if (!nl)
+	char *l = client_take(c);
+	if (!l)
 		return NULL;
-	size_t n = (size_t)(nl - c->buf);
-	char *line = malloc(n + 1);
+	char *line = strdup(l);
 	if (!line)
 		cli_die("out of memory");
-	memcpy(line, c->buf, n);
-	line[n] = 0;
-	memmove(c->buf, nl + 1, c->len - n - 1);
-	c->len -= n + 1;
 	return line;
 }
 
@@ -676,8 +615,7 @@ static int cli_cmd_write(const cli_opts *o, int argc, char **argv)
 			w.accepted, w.rejected, el,
 			el > 0 ? (double)(w.accepted + w.rejected) / el : 0,
 			el > 0 ? (double)sent / el / 1e6 : 0);
-	close(c.fd);
-	free(c.buf);
+	client_close(&c);
 	free(buf);
 	free(w.files);
 	return w.sync_failed ? 1 : w.rejected ? 3 : 0;
@@ -742,6 +680,7 @@ static void cli_fan(cli_conn *c, const cli_opts *o, const char *cmd)
 	memset(c, 0, sizeof *c);
 	c->fd = fd;
 	c->file = 1;
+	c->max_line = CLI_REPLY_MAX;
 }
 
 static int cli_run_table(const cli_opts *o, const char *word, int argc, char **argv)
@@ -773,8 +712,7 @@ static int cli_run_table(const cli_opts *o, const char *word, int argc, char **a
 		}
 	}
 	int rc = cli_print_table(&c, o);
-	close(c.fd);
-	free(c.buf);
+	client_close(&c);
 	free(cmd);
 	return rc;
 }
@@ -826,8 +764,7 @@ static int cli_cmd_ping(const cli_opts *o)
 	printf("%s from %s:%s: round trip %.0f us (connect %.0f us)\n", r, o->host, o->port,
 	       (t2 - t1) * 1e6, (t1 - t0) * 1e6);
 	free(r);
-	close(c.fd);
-	free(c.buf);
+	client_close(&c);
 	return ok ? 0 : 1;
 }
 
@@ -864,8 +801,7 @@ static int cli_cmd_backup(cli_opts *o, const char *server, int argc, char **argv
 	int ok = !strncmp(r, "OK ", 3);
 	fprintf(ok ? stdout : stderr, "%s\n", r);
 	free(r);
-	close(c.fd);
-	free(c.buf);
+	client_close(&c);
 	return ok ? 0 : 1;
 }
 

@@ -97,6 +97,9 @@ static const struct conf_item {
 	 "longest line accepted (default 1MiB)"},
 	{"max-connections", K_UINT, offsetof(srv_conf, max_conns),
 	 "open connections at once (default 4096)"},
+	{"max-connections-per-address", K_UINT, offsetof(srv_conf, max_conns_peer),
+	 "open connections from one client address at once, line protocol and HTTP "
+	 "together; more are refused; 0: no cap (default 0)"},
 	{"reply-buffer-bytes", K_SIZE, offsetof(srv_conf, reply_bytes),
 	 "unsent replies kept per connection; more are dropped and counted (default 1MiB)"},
 	{"input-buffer-bytes", K_SIZE, offsetof(srv_conf, input_bytes),
@@ -129,7 +132,11 @@ static const struct conf_item {
 	{"io", K_STR, offsetof(srv_conf, io),
 	 "auto (io_uring, else epoll), io_uring or epoll (default auto)"},
 	{"memory-limit", K_SIZE64, offsetof(srv_conf, memory_limit),
-	 "bound for memtables, rollups, per-key state and #!keys answers (default 4GiB)"},
+	 "bound for memtables, rollups, per-key state, #!keys answers and open scans' windows "
+	 "(default 4GiB)"},
+	{"rollup-cache-bytes", K_SIZE64, offsetof(srv_conf, rollup_cache_bytes),
+	 "decoded rollup blocks of parts kept in memory, apart from memory-limit; it maps "
+	 "at most this plus 8MiB (default 256MiB)"},
 	{"max-keys-per-table", K_UINT, offsetof(srv_conf, max_keys),
 	 "most distinct keys a table may hold; lines with a key past it are refused "
 	 "(default 0: no limit)"},

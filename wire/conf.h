@@ -35,6 +35,7 @@ typedef struct srv_conf {
 	char *token;              /* shared secret clients present with #!auth; NULL: none */
 	uint32_t max_line;        /* longest line, bytes */
 	unsigned max_conns;       /* open connections at once */
+	unsigned max_conns_peer;  /* of them from one address, both ports (0: no cap) */
 	size_t reply_bytes;       /* unsent replies kept per connection */
 	size_t input_bytes;       /* unprocessed input kept per connection */
 	int64_t idle_ns;          /* close connections silent this long; 0: never */
@@ -50,9 +51,10 @@ typedef struct srv_conf {
 	char *io;      /* "auto" (default), "io_uring" or "epoll" */
 	/* engine options */
 	uint64_t memory_limit;
-	unsigned max_keys;      /* tally_options.max_keys_per_table */
-	unsigned prefault;      /* 1: tally_options.prefault */
-	unsigned wal_damage_ro; /* 1: tally_options.wal_damage_read_only */
+	uint64_t rollup_cache_bytes; /* tally_options.cache_bytes; 0: its default */
+	unsigned max_keys;           /* tally_options.max_keys_per_table */
+	unsigned prefault;           /* 1: tally_options.prefault */
+	unsigned wal_damage_ro;      /* 1: tally_options.wal_damage_read_only */
 	int64_t align_offset;
 	char *table_keys;
 	unsigned n_levels;

@@ -568,10 +568,7 @@ static void conn_pump(wconn *c)
 
 /* ---------------------------------------------------------------- commands */
 
-/* A log line repeated by clients is written at most once per `secs`
- * seconds, server-wide: 1 when this one is due (*more: how many were not
- * written since the last), 0 when it is counted instead. */
-static int conn_log_due(_Atomic int64_t *at, _Atomic uint64_t *unlogged, int secs, uint64_t *more)
+int conn_log_due(_Atomic int64_t *at, _Atomic uint64_t *unlogged, int secs, uint64_t *more)
 {
 	int64_t now = srv_now(), last = atomic_load(at);
 	if ((last == 0 || now - last >= secs * INT64_C(1000000000)) &&
@@ -583,31 +580,30 @@ static int conn_log_due(_Atomic int64_t *at, _Atomic uint64_t *unlogged, int sec
 	return 0;
 }
 
-/* Who tried a wrong token is logged (never what it tried), at most one line
- * every 10 s however many try. The answer comes a second later (at the
- * tick after CONN_AUTH_DELAY_NS), the connection paused meanwhile: with
+void conn_auth_log(wconn *c, const char *what)
+{
+	srv *s = c->sh->srv;
+	uint64_t more;
+	atomic_fetch_add_explicit(&c->sh->st.auth_failures, 1, memory_order_relaxed);
+	if (!conn_log_due(&s->auth_fail_logged, &s->auth_fail_unlogged, 10, &more))
+		return;
+	char host[64] = "?";
+	peer_addr pa;
+	if (peer_of(c->fd, &pa) == 0)
+		peer_format(&pa, host, sizeof host);
+	srv_log(s, TALLY_LOG_WARN,
+		"authentication failed: %s from %s (%" PRIu64
+		" more failures since the last such line)",
+		what, host, more);
+}
+
+/* The answer to a wrong token comes a second later (at the tick after
+ * CONN_AUTH_DELAY_NS), the connection paused meanwhile: with
  * max-unauthenticated connections at once, guessing is bounded to about
  * that many tries a second. */
 static void conn_auth_failed(wconn *c)
 {
-	srv *s = c->sh->srv;
-	uint64_t more;
-	if (conn_log_due(&s->auth_fail_logged, &s->auth_fail_unlogged, 10, &more)) {
-		char host[INET6_ADDRSTRLEN] = "?";
-		struct sockaddr_storage a;
-		socklen_t al = sizeof a;
-		if (getpeername(c->fd, (struct sockaddr *)&a, &al) == 0) {
-			const void *ip =
-				a.ss_family == AF_INET6
-					? (const void *)&((struct sockaddr_in6 *)&a)->sin6_addr
-					: (const void *)&((struct sockaddr_in *)&a)->sin_addr;
-			inet_ntop(a.ss_family, ip, host, sizeof host);
-		}
-		srv_log(s, TALLY_LOG_WARN,
-			"authentication failed: a wrong token from %s (%" PRIu64
-			" more failures since the last such line)",
-			host, more);
-	}
+	conn_auth_log(c, "a wrong token");
 	c->auth_fail_at = srv_now() + CONN_AUTH_DELAY_NS;
 }
 
@@ -632,10 +628,10 @@ static void conn_stats(wconn *c)
 		conn_putf(c, 0, "ERR line %" PRIu64 ": stats: %s", c->lines + 1, conn_errmsg(rc));
 		return;
 	}
-	uint64_t sum[18] = {0}, http_req = 0, http_err = 0;
+	uint64_t sum[21] = {0}, http_req = 0, http_err = 0;
 	for (unsigned i = 0; i < s->n_shards; i++) {
 		wstats *w = &s->shards[i].st;
-		_Atomic uint64_t *f[18] = {&w->conns_total,
+		_Atomic uint64_t *f[21] = {&w->conns_total,
 					   &w->conns_refused,
 					   &w->bytes_in,
 					   &w->bytes_out,
@@ -652,8 +648,11 @@ static void conn_stats(wconn *c)
 					   &w->http_lines_rejected,
 					   &w->http_gzip_bodies,
 					   &w->http_header_timeouts,
-					   &w->http_on_lp_port};
-		for (int k = 0; k < 18; k++)
+					   &w->http_on_lp_port,
+					   &w->auth_failures,
+					   &w->auth_closed,
+					   &w->conns_refused_peer};
+		for (int k = 0; k < 21; k++)
 			sum[k] += atomic_load_explicit(f[k], memory_order_relaxed);
 		for (int e = 0; e < HEP_N; e++) {
 			http_req +=
@@ -673,6 +672,7 @@ static void conn_stats(wconn *c)
 		{"memtable_bytes", es.memtable_bytes},
 		{"rollup_bytes", es.rollup_bytes},
 		{"cache_bytes", es.cache_bytes},
+		{"cache_mapped_bytes", es.cache_mapped_bytes},
 		{"cache_hits", es.cache_hits},
 		{"cache_misses", es.cache_misses},
 		{"memory_limit", es.memory_limit},
@@ -723,6 +723,10 @@ static void conn_stats(wconn *c)
 		{"replies_dropped", sum[9]},
 		{"idle_closed", sum[10]},
 		{"full_waits", sum[11]},
+		/* authentication and admission (docs/operations.md) */
+		{"auth_failures", sum[18]},
+		{"auth_closed", sum[19]},
+		{"connections_refused_per_address", sum[20]},
 		/* HTTP (docs/http.md); per endpoint, with latencies, in the
 		 * shard stats (wstats.http) */
 		{"http_connections_total", sum[12]},
@@ -739,6 +743,7 @@ static void conn_stats(wconn *c)
 		{"label_duplicates", es.label_duplicates},
 		{"label_too_old", es.label_too_old},
 		{"label_expired", es.label_expired},
+		{"scan_rows", es.scan_rows},
 		/* HTTPS (docs/http.md) */
 		{"tls_handshakes", tls_stat(s, TLS_ST_HANDSHAKES)},
 		{"tls_handshake_failures", tls_stat(s, TLS_ST_FAILURES)},
@@ -1629,6 +1634,7 @@ static void lp_tick(wconn *c, int64_t now)
 		return;
 	}
 	if (!c->authed && c->unauth_over) {
+		atomic_fetch_add_explicit(&c->sh->st.auth_closed, 1, memory_order_relaxed);
 		snprintf(m, sizeof m,
 			 "ERR too many connections waiting to authenticate (max-unauthenticated "
 			 "%u); closing",
@@ -1637,6 +1643,7 @@ static void lp_tick(wconn *c, int64_t now)
 		return;
 	}
 	if (!c->authed && cf->auth_ns && now - c->born > cf->auth_ns) {
+		atomic_fetch_add_explicit(&c->sh->st.auth_closed, 1, memory_order_relaxed);
 		cmd_format_duration(cf->auth_ns, d);
 		snprintf(m, sizeof m, "ERR authentication timeout: no #!auth within %s; closing",
 			 d);

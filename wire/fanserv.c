@@ -42,10 +42,10 @@ int fanserv_init(srv *s)
 		s->node_id = (uint64_t)srv_clock_ns() ^ (uint64_t)getpid() << 32;
 	if (!s->conf->peers)
 		return 0;
-	fan_node *peers;
+	fan_node *others;
 	size_t n;
 	char err[300];
-	if (fan_parse_nodes(s->conf->peers, &peers, &n, err, sizeof err)) {
+	if (fan_parse_nodes(s->conf->peers, &others, &n, err, sizeof err)) {
 		srv_log(s, TALLY_LOG_ERROR, "peers: %s", err);
 		return -EINVAL;
 	}
@@ -54,15 +54,15 @@ int fanserv_init(srv *s)
 	 * node id tells). */
 	fan_node *all = calloc(n + 1, sizeof *all);
 	if (!all) {
-		free(peers);
+		free(others);
 		return -ENOMEM;
 	}
 	const char *b = s->conf->bind;
 	int any = !b || !strcmp(b, "0.0.0.0") || !strcmp(b, "::") || !strcmp(b, "");
 	snprintf(all[0].host, sizeof all[0].host, "%s", any ? "127.0.0.1" : b);
 	snprintf(all[0].port, sizeof all[0].port, "%u", s->port);
-	memcpy(all + 1, peers, n * sizeof *peers);
-	free(peers);
+	memcpy(all + 1, others, n * sizeof *others);
+	free(others);
 	s->fan_nodes = all;
 	s->n_fan_nodes = n + 1;
 	srv_log(s, TALLY_LOG_INFO,

@@ -885,6 +885,11 @@ static int h_head(wconn *c)
 		return 0;
 	}
 	if (!authed) {
+		char p1[1]; /* is there a p= at all: -1 when absent */
+		conn_auth_log(c,
+			      r.authorization.n || http_query_get(r.query, "p", p1, sizeof p1) != -1
+				      ? "a wrong token over HTTP"
+				      : "no token over HTTP");
 		h_refuse(c, 401, "unauthorized",
 			 "unauthorized access: a token is required "
 			 "(Authorization: Token ..., Bearer, Basic, or "

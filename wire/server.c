@@ -265,6 +265,30 @@ static void sh_adopt(wshard *sh, int fd, unsigned proto)
 	/* Adopted even when this shard is stopping: the acceptor took it
 	 * before it saw the stop, so it is drained like the others. */
 	srv *s = sh->srv;
+	/* Counted here, where the connection is adopted (and uncounted in
+	 * sh_release), so the address is read once: a peer gone meanwhile
+	 * has none, and is not counted at all. */
+	peer_addr pa;
+	int counted = s->peers.cap && peer_of(fd, &pa) == 0;
+	if (counted && peers_take(&s->peers, &pa)) {
+		atomic_fetch_sub(&s->n_conns, 1);
+		atomic_store_explicit(&sh->load, sh->n_conns, memory_order_relaxed);
+		atomic_fetch_add_explicit(&sh->st.conns_refused_peer, 1, memory_order_relaxed);
+		char msg[160], host[64];
+		peer_format(&pa, host, sizeof host);
+		int k = proto == PROTO_HTTP
+				? snprintf(msg, sizeof msg,
+					   "HTTP/1.1 503 Service Unavailable\r\nRetry-After: "
+					   "1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+				: snprintf(msg, sizeof msg,
+					   "ERR too many connections from %s "
+					   "(max-connections-per-address %u)\n",
+					   host, s->conf->max_conns_peer);
+		ssize_t r = send(fd, msg, (size_t)k, MSG_NOSIGNAL | MSG_DONTWAIT);
+		(void)r;
+		close(fd);
+		return;
+	}
 	int one = 1;
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 	wconn *c = conn_new(sh, fd, sh_protos[proto]);
@@ -274,10 +298,15 @@ static void sh_adopt(wshard *sh, int fd, unsigned proto)
 	}
 	if (!c) {
 		srv_log(s, TALLY_LOG_WARN, "out of memory: refusing a connection");
+		if (counted)
+			peers_drop(&s->peers, &pa);
 		close(fd);
 		atomic_fetch_sub(&s->n_conns, 1);
 		return;
 	}
+	c->peer_counted = (unsigned)counted;
+	if (counted)
+		c->peer = pa;
 	c->next = sh->conns;
 	if (sh->conns)
 		sh->conns->prev = c;
@@ -296,6 +325,8 @@ void sh_release(wshard *sh, wconn *c)
 		sh->conns = c->next;
 	if (c->next)
 		c->next->prev = c->prev;
+	if (c->peer_counted)
+		peers_drop(&sh->srv->peers, &c->peer);
 	close(c->fd);
 	tls_conn_free(c);
 	conn_free(c);
@@ -882,6 +913,12 @@ int srv_open(srv *s, srv_conf *conf)
 	pthread_cond_init(&s->dcv, NULL);
 	pthread_condattr_destroy(&ca);
 	int rc;
+	/* The per-address table before anything can fail: srv_close frees it. */
+	if (peers_init(&s->peers, conf->max_conns, conf->max_conns_peer)) {
+		srv_log(s, TALLY_LOG_ERROR, "out of memory for the per-address connection table");
+		srv_close(s);
+		return -ENOMEM;
+	}
 	/* Before the database opens: a bad certificate stops the start at once. */
 	if (tls_srv_init(s)) {
 		srv_close(s);
@@ -929,6 +966,8 @@ int srv_open(srv *s, srv_conf *conf)
 	o.max_line_bytes = conf->max_line;
 	if (conf->memory_limit)
 		o.memory_limit = conf->memory_limit;
+	if (conf->rollup_cache_bytes)
+		o.cache_bytes = conf->rollup_cache_bytes;
 	o.max_keys_per_table = conf->max_keys;
 	o.prefault = (int)conf->prefault;
 	o.wal_damage_read_only = (int)conf->wal_damage_ro;
@@ -1139,6 +1178,7 @@ void srv_close(srv *s)
 	s->listen_fd = s->http_listen_fd = -1;
 	tally_db_close(s->db);
 	s->db = NULL;
+	peers_free(&s->peers);
 	pthread_mutex_destroy(&s->smu);
 	pthread_cond_destroy(&s->scv);
 	pthread_cond_destroy(&s->dcv);

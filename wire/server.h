@@ -17,6 +17,7 @@
 #include "conf.h"
 #include "metrics.h"
 #include "mqtt.h"
+#include "peers.h"
 #include "tally.h"
 
 typedef struct srv srv;
@@ -85,6 +86,11 @@ typedef struct wstats {
 		http_header_timeouts, http_on_lp_port;
 	/* TLS (tls.c) */
 	_Atomic uint64_t tls_handshakes, tls_failures, tls_plaintext, tls_timeouts;
+	/* Authentication and admission (conn.c, httpd.c, server.c): wrong or
+	 * missing tokens, connections closed unauthenticated (deadline or
+	 * max-unauthenticated), connections refused by
+	 * max-connections-per-address */
+	_Atomic uint64_t auth_failures, auth_closed, conns_refused_peer;
 	whttp_ep_stats http[HEP_N];
 } wstats;
 
@@ -119,6 +125,8 @@ struct wconn {
 	struct wtls *tls; /* TLS below the protocol (tls.c); NULL: plain TCP */
 	unsigned authed : 1, eof : 1, discard : 1;
 	unsigned unauth_counted : 1, unauth_over : 1; /* in srv.n_unauth; past its cap */
+	unsigned peer_counted : 1;                    /* in srv.peers, as peer */
+	peer_addr peer;
 	unsigned first_seen : 1; /* the first record was looked at (an HTTP request?) */
 	unsigned fan_off : 1, fan_partial : 1; /* #!fanout off / partial (fanserv.c) */
 	unsigned final_sync : 2;               /* shutdown: 1 asked, 2 waiting for its last sync */
@@ -212,6 +220,7 @@ struct srv {
 	int listen_fd, http_listen_fd;
 	unsigned port, http_port; /* bound ports; http_port 0: HTTP is off */
 	_Atomic unsigned n_conns;
+	peers peers;                    /* open connections per client address (peers.c) */
 	_Atomic int64_t lp_http_logged; /* last log of an HTTP request on the LP port */
 	_Atomic uint64_t lp_http_unlogged;
 	_Atomic unsigned n_unauth;        /* line-protocol connections not yet authenticated */
@@ -316,6 +325,16 @@ void conn_close_with(wconn *c, const char *msg);
 void conn_linger_step(wconn *c);
 int conn_linger_tick(wconn *c, int64_t now); /* 1: c is lingering or dead */
 int conn_token_ok(const char *want, const char *got, size_t got_len);
+/* A log line repeated by clients is written at most once per `secs`
+ * seconds, server-wide (at: when it last was, unlogged: how many were
+ * not since): 1 when this one is due (*more: how many were not written
+ * since the last), 0 when it is counted instead. */
+int conn_log_due(_Atomic int64_t *at, _Atomic uint64_t *unlogged, int secs, uint64_t *more);
+/* A failed authentication on c (what: "a wrong token", "no token over
+ * HTTP"...): counted (auth_failures), and logged with the peer's address
+ * (never the token), at most one line every 10 s server-wide, which says
+ * how many were not logged since the last. */
+void conn_auth_log(wconn *c, const char *what);
 void conn_stats_add(wshard *sh, const char *name, uint64_t v);
 
 #endif
