@@ -30,16 +30,22 @@
 #include "http.h"
 #include "jsonev.h"
 #include "server.h"
+#include "web.h"
 
 #define STAT_ADD(sh, f, v) atomic_fetch_add_explicit(&(sh)->st.f, (v), memory_order_relaxed)
 #define HTTP_ERRORS_KEPT   TALLY_LINE_ERRORS_MAX /* bad lines named in an answer */
 #define HTTP_VERSION_HDR   "X-Influxdb-Version: 1.8.10-tally\r\nX-Influxdb-Build: tally\r\n"
 
 const char *const http_ep_names[HEP_N] = {
-	[HEP_WRITE_V1] = "/write",       [HEP_WRITE_V2] = "/api/v2/write",
-	[HEP_EVENTS] = "/api/v1/events", [HEP_PING] = "/ping",
-	[HEP_HEALTH] = "/health",        [HEP_READY] = "/ready",
-	[HEP_METRICS] = "/metrics",      [HEP_SETTINGS] = "/settings",
+	[HEP_WRITE_V1] = "/write",
+	[HEP_WRITE_V2] = "/api/v2/write",
+	[HEP_EVENTS] = "/api/v1/events",
+	[HEP_PING] = "/ping",
+	[HEP_HEALTH] = "/health",
+	[HEP_READY] = "/ready",
+	[HEP_METRICS] = "/metrics",
+	[HEP_SETTINGS] = "/settings",
+	[HEP_WEB] = "/",
 	[HEP_OTHER] = "other",
 };
 
@@ -98,6 +104,10 @@ typedef struct hconn {
 	unsigned labelled : 1, duplicate : 1;
 	uint64_t label_seq;
 	char label[256];
+
+	/* The dashboard's file asked for (wire/web.c), and WEB_* flags. */
+	const web_asset *web;
+	unsigned web_how;
 } hconn;
 
 static hconn *H(const wconn *c)
@@ -208,6 +218,7 @@ static const char *h_reason(int status)
 	case 100: return "Continue";
 	case 200: return "OK";
 	case 204: return "No Content";
+	case 304: return "Not Modified";
 	case 400: return "Bad Request";
 	case 401: return "Unauthorized";
 	case 404: return "Not Found";
@@ -250,7 +261,7 @@ static void h_respond_as(wconn *c, int status, const char *extra, const char *ty
 	if (c->state != CONN_OPEN)
 		return;
 	close |= !h->keep_alive || h->closing;
-	char head[512];
+	char head[1024];
 	int k = snprintf(head, sizeof head,
 			 "HTTP/1.1 %d %s\r\n" HTTP_VERSION_HDR
 			 "%s%s%s%sContent-Length: %zu\r\n%s\r\n",
@@ -335,7 +346,7 @@ static enum http_ep h_route(http_str path)
 	for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++)
 		if (path.n == strlen(routes[i].path) && !memcmp(path.p, routes[i].path, path.n))
 			return routes[i].ep;
-	return HEP_OTHER;
+	return web_find(path.p, path.n) ? HEP_WEB : HEP_OTHER;
 }
 
 static int h_is(http_str m, const char *lit)
@@ -767,6 +778,14 @@ static void h_serve(wconn *c)
 	}
 	case HEP_METRICS: h_metrics(c); break;
 	case HEP_EVENTS: h_events(c, n); return;
+	case HEP_WEB: {
+		char extra[512];
+		const void *body;
+		size_t len;
+		int st = web_answer(h->web, h->web_how, extra, sizeof extra, &body, &len);
+		h_respond_as(c, st, extra, h->web->type, body, len, 0);
+		break;
+	}
 	case HEP_OTHER:
 	case HEP_N: h_error(c, 404, "not found", "no such endpoint", NULL, 0); break;
 	}
@@ -878,6 +897,10 @@ static int h_head(wconn *c)
 	int get = h_is(r.method, "GET") || h->head_only;
 	/* Consumed now: the strings of r are not used past this point. */
 	int expect = r.expect_continue;
+	h->web = h->ep == HEP_WEB ? web_find(r.path.p, r.path.n) : NULL;
+	h->web_how = h->web ? web_negotiate(h->web, http_header(&r, "accept-encoding"),
+					    http_header(&r, "if-none-match"))
+			    : 0;
 	enum tally_precision prec = TALLY_PREC_NS;
 	int prec_bad = is_write && h->ep != HEP_EVENTS && h_precision(&r, &prec);
 	h->table_n = h->ep == HEP_EVENTS
