@@ -34,7 +34,6 @@ const S = {
 const dash = window.tallyDash = { chart: null, plotted: null, aggs: null, draws: 0, error: null };
 
 let generation = 0; // a load newer than the one that answers wins
-let loading = null;
 let timer = null;
 
 /* ------------------------------------------------------------ API */
@@ -86,7 +85,15 @@ function chooseStep(span) {
 
 /* ------------------------------------------------------------ numbers */
 
-const fmt = (v) => (v === null || v === undefined ? '–' : Math.abs(v) >= 1e6 || (v !== 0 && Math.abs(v) < 0.01) ? v.toPrecision(4) : (Math.round(v * 100) / 100).toString());
+// Two decimals for readings like speeds; four significant digits for the
+// very large or very small. The table and hover box only: the chart's data
+// are the API's numbers as they came.
+function fmt(v) {
+  if (v === null || v === undefined) return '–';
+  const a = Math.abs(v);
+  if (a >= 1e6 || (a !== 0 && a < 0.01)) return v.toPrecision(4);
+  return String(Math.round(v * 100) / 100);
+}
 const fmtCount = (v) => (v === null || v === undefined ? '–' : v.toLocaleString('en-US'));
 
 function status(msg, bad) {
@@ -398,12 +405,12 @@ function changed() {
   renderChips();
   fillRange();
   writeHash();
-  loading = load();
+  load();
 }
 
 function schedule() {
   clearInterval(timer);
-  timer = S.auto ? setInterval(() => { if (!document.hidden) loading = load(); }, S.every * 1000) : null;
+  timer = S.auto ? setInterval(() => { if (!document.hidden) load(); }, S.every * 1000) : null;
 }
 
 async function init() {
@@ -455,7 +462,7 @@ for (const id of ['from', 'to']) {
   });
 }
 $('step').addEventListener('change', () => { S.step = $('step').value; changed(); });
-$('auto').addEventListener('change', () => { S.auto = $('auto').checked; writeHash(); schedule(); if (S.auto) loading = load(); });
+$('auto').addEventListener('change', () => { S.auto = $('auto').checked; writeHash(); schedule(); if (S.auto) load(); });
 $('every').addEventListener('change', () => { S.every = Number($('every').value); writeHash(); schedule(); });
 let searchTimer = null;
 $('key-search').addEventListener('input', () => { clearTimeout(searchTimer); searchTimer = setTimeout(searchKeys, 120); });
@@ -477,7 +484,7 @@ for (const th of $('aggs').tHead.rows[0].cells) {
     const s = th.dataset.sort;
     S.order = S.sort === s ? (S.order === 'desc' ? 'asc' : 'desc') : s === 'key' ? 'asc' : 'desc';
     S.sort = s;
-    loading = load();
+    load();
   });
 }
 window.addEventListener('resize', () => {

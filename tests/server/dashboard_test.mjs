@@ -351,7 +351,11 @@ try {
   const win = late - (late % 300e3);
   const before = p.data[1][p.data[0].indexOf(win)];
   await page.selectOption('#every', '2');
+  draws = p.draws;
   await page.check('#auto');
+  // Switching it on loads at once; only the timer's loads come after this
+  // one, so the late event can only be seen through them.
+  p = await waitDraw(page, draws, 'auto-refresh switched on');
   model.KV0007.push([late, 299.5]);
   await write(port, [`traffic,camera=KV0007,lane=1 speed=299.5 ${late}`]);
   const want = modelSeries('KV0007', '5m', win, win + 300e3)[0];
