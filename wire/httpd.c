@@ -310,13 +310,19 @@ static void h_error(wconn *c, int status, const char *code, const char *msg, con
 		  body, o, close);
 }
 
+static void h_finish_request(wconn *c);
+
 /* An error found before the body was read: the body (if any) is not read,
- * so the connection cannot go on after it. */
+ * so the connection cannot go on after it. Without a body the request is
+ * over: it must not be served after its refusal (a 401 followed by the
+ * answer it refused). */
 static void h_refuse(wconn *c, int status, const char *code, const char *msg)
 {
 	hconn *h = H(c);
 	int body = h->chunked || h->clen > 0;
 	h_error(c, status, code, msg, NULL, body);
+	if (!body)
+		h_finish_request(c);
 }
 
 /* ---------------------------------------------------------------- routing */
@@ -528,8 +534,6 @@ static const char *h_text(const hconn *h)
 {
 	return h->ep == HEP_EVENTS ? h->jr.lp : h_body_text(h);
 }
-
-static void h_finish_request(wconn *c);
 
 /* Writes what is left of the body through the shard's writer, like a run
  * of lines on the TCP port. A full store is waited out (up to full-wait)
