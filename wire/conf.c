@@ -201,6 +201,35 @@ static const struct conf_item {
 	 "not; older ones are refused (default 256)"},
 	{"label-expiry", K_DUR_OFF, offsetof(srv_conf, label_expiry),
 	 "forget a labelled source silent this long; 0: the default 7d; never: keep all"},
+	/* MQTT (docs/mqtt.md) */
+	{"mqtt-broker", K_STR, offsetof(srv_conf, mqtt_broker),
+	 "HOST:PORT of an MQTT broker to subscribe to (MQTT 5, QoS 1, a persistent session); "
+	 "unset: no MQTT"},
+	{"mqtt-topics", K_STR, offsetof(srv_conf, mqtt_topics),
+	 "topic filters, comma-separated (default cameras/+/events)"},
+	{"mqtt-client-id", K_STR, offsetof(srv_conf, mqtt_client_id),
+	 "client id of the session; the broker keeps the session by it (default tallyd)"},
+	{"mqtt-format", K_STR, offsetof(srv_conf, mqtt_format),
+	 "payloads are json (JSON events, as POST /api/v1/events) or lp (line protocol, ns) "
+	 "(default json)"},
+	{"mqtt-table", K_STR, offsetof(srv_conf, mqtt_table),
+	 "JSON payloads: the table whose json-map reads them (default traffic)"},
+	{"mqtt-key-level", K_UINT, offsetof(srv_conf, mqtt_key_level),
+	 "JSON payloads: the topic level (1-based) that is the key of events naming none, "
+	 "e.g. 2 for cameras/+/events; 0: none (default 0)"},
+	{"mqtt-username", K_STR, offsetof(srv_conf, mqtt_username), "user name for the broker"},
+	{"mqtt-password", K_SECRET, offsetof(srv_conf, mqtt_password),
+	 "password for the broker (prefer mqtt-password-file)"},
+	{"mqtt-password-file", K_SECRET_FILE, offsetof(srv_conf, mqtt_password),
+	 "read the broker password from this file (first line)"},
+	{"mqtt-keepalive", K_DUR, offsetof(srv_conf, mqtt_keepalive_ns),
+	 "MQTT keep alive: a PINGREQ every half of it, the session dropped when the broker "
+	 "is silent longer (default 30s)"},
+	{"mqtt-session-expiry", K_DUR, offsetof(srv_conf, mqtt_session_expiry_ns),
+	 "how long the broker keeps the session (and its messages) while tallyd is away "
+	 "(default 7d)"},
+	{"mqtt-max-message-bytes", K_SIZE, offsetof(srv_conf, mqtt_max_message),
+	 "largest message taken; the broker is told, and drops larger ones (default 16MiB)"},
 };
 
 #define CONF_N         (sizeof conf_items / sizeof conf_items[0])
@@ -231,6 +260,9 @@ void conf_init(srv_conf *c)
 	c->recv_buf_bytes = 64u << 10;
 	c->log_level = TALLY_LOG_INFO;
 	c->prefault = 1;
+	c->mqtt_keepalive_ns = 30 * INT64_C(1000000000);
+	c->mqtt_session_expiry_ns = 7 * 86400 * INT64_C(1000000000);
+	c->mqtt_max_message = 16u << 20;
 }
 
 void conf_wipe(char **s)

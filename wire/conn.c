@@ -692,11 +692,14 @@ static void conn_stats(wconn *c)
 	};
 	text_raw(&t, "name\tvalue\n", 11);
 	size_t n = sizeof rows / sizeof rows[0];
-	for (size_t i = 0; i < n; i++) {
+	for (size_t i = 0; i < n + mqtt_n_stat_defs; i++) {
+		const char *name = i < n ? rows[i].name : mqtt_stat_defs[i - n].name;
+		uint64_t v = i < n ? rows[i].v : mqtt_stat(&s->mqtt_st, &mqtt_stat_defs[i - n]);
 		char b[96];
-		int k = snprintf(b, sizeof b, "%s\t%" PRIu64 "\n", rows[i].name, rows[i].v);
+		int k = snprintf(b, sizeof b, "%s\t%" PRIu64 "\n", name, v);
 		text_raw(&t, b, (size_t)k);
 	}
+	n += mqtt_n_stat_defs;
 	char b[32];
 	int k = snprintf(b, sizeof b, "END %zu\n", n);
 	text_raw(&t, b, (size_t)k);

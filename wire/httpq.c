@@ -1256,6 +1256,7 @@ static int q_start(httpq *q, srv *s)
 	if ((st = q_name(q, "table", q->table)) || (st = q_table(q, db, &key_tag)))
 		return st;
 	if (q->kind == Q_KEYS) {
+		q->prefix[0] = 0; /* absent: every key, whatever the last request asked */
 		long k = q_param(q, "prefix", q->prefix, sizeof q->prefix);
 		if (k == -2 || (st = q_limit(q, 0, UINT64_MAX)))
 			return 400;

@@ -116,6 +116,14 @@ int srv_sync_result(srv *s, uint64_t ticket, char *msg, size_t cap)
 	return rc;
 }
 
+void srv_sync_wait(srv *s, uint64_t ticket)
+{
+	pthread_mutex_lock(&s->smu);
+	while (atomic_load(&s->sync_done) < ticket && !s->syncer_stop)
+		pthread_cond_wait(&s->dcv, &s->smu);
+	pthread_mutex_unlock(&s->smu);
+}
+
 static void srv_wake(wshard *sh)
 {
 	uint64_t one = 1;
@@ -178,6 +186,7 @@ static void *srv_syncer_main(void *arg)
 		}
 		if (target > done) {
 			atomic_store_explicit(&s->sync_done, target, memory_order_release);
+			pthread_cond_broadcast(&s->dcv);
 			for (unsigned i = 0; i < s->n_shards; i++)
 				srv_wake(&s->shards[i]);
 		}
@@ -865,6 +874,7 @@ int srv_open(srv *s, srv_conf *conf)
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&s->scv, &ca);
+	pthread_cond_init(&s->dcv, NULL);
 	pthread_condattr_destroy(&ca);
 	int rc;
 	/* Before the database opens: a bad certificate stops the start at once. */
@@ -1038,6 +1048,8 @@ int srv_start(srv *s)
 				s->conf->http_bind ? s->conf->http_bind : s->conf->bind,
 				s->http_port);
 	}
+	if (rc == 0)
+		rc = mqtt_start(s);
 	if (rc)
 		srv_stop(s);
 	return rc;
@@ -1053,6 +1065,7 @@ void srv_stop(srv *s)
 		srv_log(s, TALLY_LOG_INFO, "stopping now: closing connections");
 	for (unsigned i = 0; i < s->n_shards; i++)
 		srv_wake(&s->shards[i]);
+	mqtt_stop(s);
 }
 
 int srv_wait(srv *s)
@@ -1060,6 +1073,7 @@ int srv_wait(srv *s)
 	for (unsigned i = 0; i < s->started_threads; i++)
 		pthread_join(s->shards[i].thr, NULL);
 	s->started_threads = 0;
+	mqtt_join(s); /* before the syncer stops: its last PUBACKs wait for a sync */
 	pthread_mutex_lock(&s->smu);
 	s->syncer_stop = 1;
 	pthread_cond_signal(&s->scv);
@@ -1075,6 +1089,7 @@ int srv_wait(srv *s)
 
 void srv_close(srv *s)
 {
+	mqtt_join(s);
 	for (unsigned i = 0; i < s->n_shards; i++) {
 		wshard *sh = &s->shards[i];
 		while (sh->conns) {
@@ -1118,6 +1133,7 @@ void srv_close(srv *s)
 	s->db = NULL;
 	pthread_mutex_destroy(&s->smu);
 	pthread_cond_destroy(&s->scv);
+	pthread_cond_destroy(&s->dcv);
 	pthread_mutex_destroy(&s->init_mu);
 	pthread_cond_destroy(&s->init_cv);
 	tls_srv_fini(s);

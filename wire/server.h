@@ -16,6 +16,7 @@
 
 #include "conf.h"
 #include "metrics.h"
+#include "mqtt.h"
 #include "tally.h"
 
 typedef struct srv srv;
@@ -236,6 +237,7 @@ struct srv {
 	pthread_t syncer;
 	pthread_mutex_t smu;
 	pthread_cond_t scv;
+	pthread_cond_t dcv;         /* broadcast when sync_done moves (srv_sync_wait) */
 	uint64_t sync_req;          /* last ticket handed out */
 	_Atomic uint64_t sync_done; /* every ticket <= this is durable */
 	/* A ticket's answer: OK when a sync that succeeded covered it
@@ -248,6 +250,9 @@ struct srv {
 	int syncer_stop;
 	metrics_hist sync_seconds;     /* durations of the syncer's tally_db_sync */
 	struct jsonev_maps *json_maps; /* JSON event mappings by table (jsonev.c), read-only */
+	/* The MQTT subscriber (mqtt.c); NULL when mqtt-broker is unset. */
+	struct mq *mqtt;
+	mqtt_stats mqtt_st;
 };
 
 /* server.c */
@@ -258,6 +263,8 @@ int srv_wait(srv *s);  /* joins the threads after the stop, syncs: 0 or error */
 void srv_close(srv *s);
 uint64_t srv_sync_ticket(srv *s);
 int srv_sync_result(srv *s, uint64_t ticket, char *msg, size_t cap);
+/* Blocks until the ticket is served (a thread of its own, not a shard's). */
+void srv_sync_wait(srv *s, uint64_t ticket);
 void srv_conn_dirty(wconn *c);
 int64_t srv_now(void);      /* monotonic ns */
 int64_t srv_clock_ns(void); /* wall clock ns since the epoch */

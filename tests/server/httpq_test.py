@@ -223,6 +223,11 @@ def check_catalog(c, m):
             want = [k for k in keys if k.startswith(prefix)]
             check(d["keys"] == want[:lim] if lim else d["keys"] == want, "%s: %r" % (url, d))
             check(d["truncated"] == (lim is not None and len(want) > lim), "%s truncated" % url)
+    # Regression: on a kept-open connection, a request without prefix= used
+    # the previous request's prefix.
+    c.json("/api/v1/keys?table=traffic&prefix=X")
+    d = c.json("/api/v1/keys?table=traffic")
+    check(d["keys"] == keys, "keys without prefix= after one with it: %r" % d["keys"][:5])
 
 
 def check_scan(c, m):
