@@ -28,6 +28,7 @@
 #include <strings.h>
 
 #include "http.h"
+#include "influxql.h"
 #include "jsonev.h"
 #include "server.h"
 
@@ -40,7 +41,7 @@ const char *const http_ep_names[HEP_N] = {
 	[HEP_EVENTS] = "/api/v1/events", [HEP_PING] = "/ping",
 	[HEP_HEALTH] = "/health",        [HEP_READY] = "/ready",
 	[HEP_METRICS] = "/metrics",      [HEP_SETTINGS] = "/settings",
-	[HEP_OTHER] = "other",
+	[HEP_QUERY] = "/query",          [HEP_OTHER] = "other",
 };
 
 enum hstate {
@@ -98,6 +99,10 @@ typedef struct hconn {
 	unsigned labelled : 1, duplicate : 1;
 	uint64_t label_seq;
 	char label[256];
+
+	/* /query: the request's query string, kept past its head. */
+	char *query;
+	size_t query_n, query_cap;
 } hconn;
 
 static hconn *H(const wconn *c)
@@ -127,6 +132,7 @@ static void h_fini(wconn *c)
 		return;
 	free(h->mem);
 	free(h->gz);
+	free(h->query);
 	jsonev_dec_free(h->jd);
 	free(h);
 	c->ps = NULL;
@@ -331,6 +337,7 @@ static enum http_ep h_route(http_str path)
 		{"/api/v1/events", HEP_EVENTS}, {"/ping", HEP_PING},
 		{"/health", HEP_HEALTH},        {"/ready", HEP_READY},
 		{"/metrics", HEP_METRICS},      {"/settings", HEP_SETTINGS},
+		{"/query", HEP_QUERY},
 	};
 	for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++)
 		if (path.n == strlen(routes[i].path) && !memcmp(path.p, routes[i].path, path.n))
@@ -767,6 +774,15 @@ static void h_serve(wconn *c)
 	}
 	case HEP_METRICS: h_metrics(c); break;
 	case HEP_EVENTS: h_events(c, n); return;
+	case HEP_QUERY: {
+		char *body = NULL;
+		size_t len = 0;
+		int st = influxq_http(c->sh->srv->db, h->query, h->query_n, h_body_text(h), n,
+				      srv_clock_ns(), &body, &len);
+		h_respond(c, st, NULL, body, len, 0);
+		free(body);
+		break;
+	}
 	case HEP_OTHER:
 	case HEP_N: h_error(c, 404, "not found", "no such endpoint", NULL, 0); break;
 	}
@@ -825,6 +841,22 @@ static int h_idempotency_key(hconn *h, http_str v)
 	h->label[src] = 0;
 	h->label_seq = seq;
 	h->labelled = 1;
+	return 0;
+}
+
+/* Keeps a copy of the query string in h->query; -1 when out of memory. */
+static int h_keep_query(hconn *h, http_str q)
+{
+	if (q.n + 1 > h->query_cap) {
+		char *p = realloc(h->query, q.n + 1);
+		if (!p)
+			return -1;
+		h->query = p;
+		h->query_cap = q.n + 1;
+	}
+	memcpy(h->query, q.p, q.n);
+	h->query[q.n] = 0;
+	h->query_n = q.n;
 	return 0;
 }
 
@@ -889,6 +921,17 @@ static int h_head(wconn *c)
 	int authed = h->ep == HEP_PING || h->ep == HEP_HEALTH || h->ep == HEP_READY ||
 		     h->ep == HEP_SETTINGS || h_authorized(c, &r);
 	int method_ok = is_write ? h_is(r.method, "POST") : get || h->ep == HEP_OTHER;
+	if (h->ep == HEP_QUERY) {
+		/* InfluxQL reads its parameters from the query string and a
+		 * POST's form body; the head's bytes are gone by then. */
+		method_ok |= h_is(r.method, "POST");
+		if (h_keep_query(h, r.query)) {
+			h_consume(h, (size_t)hl);
+			h->st = HS_BODY;
+			h_refuse(c, 500, "internal error", "out of memory");
+			return 0;
+		}
+	}
 	if (h->ep == HEP_PING && h_is(r.method, "POST"))
 		method_ok = 1; /* some clients ping with POST */
 	h_consume(h, (size_t)hl);
