@@ -143,23 +143,49 @@ static void put_time(iq_buf *b, int64_t ns, int64_t unit)
 
 /* ---------------------------------------------------------------- catalog */
 
-/* The table's key tag ("" when it has none); 0, or 1 when there is no
- * such table. */
-static int cat_key_tag(tally_db *db, const char *table, char *out, size_t cap)
+/* A table's columns (fields with their types, and tags other than the key
+ * tag as TALLY_T_TAG), names borrowed until the database closes. */
+typedef struct cols {
+	const char **name;
+	enum tally_type *type;
+	size_t n;
+} cols;
+
+static void cols_free(cols *c)
 {
-	table_def *t = catalog_find_table(&db->cat, table, (uint32_t)strlen(table));
-	if (!t)
-		return 1;
-	snprintf(out, cap, "%s", t->key_tag ? t->key_tag : "");
-	return 0;
+	free(c->name);
+	free(c->type);
+	memset(c, 0, sizeof *c);
 }
 
-/* The field's type, TALLY_T_NONE when the table has no such column. */
-static enum tally_type cat_field_type(tally_db *db, const char *table, const char *field)
+/* 0, TALLY_ENOTFOUND when there is no such table, or another error. */
+static int cols_get(tally_db *db, const char *table, cols *c)
 {
-	table_def *t = catalog_find_table(&db->cat, table, (uint32_t)strlen(table));
-	col_def *c = t ? catalog_find_column(&db->cat, t, field, (uint32_t)strlen(field)) : NULL;
-	return c ? c->type : TALLY_T_NONE;
+	size_t cap = 64;
+	for (;;) {
+		c->name = malloc(cap * sizeof *c->name);
+		c->type = malloc(cap * sizeof *c->type);
+		if (!c->name || !c->type) {
+			cols_free(c);
+			return -ENOMEM;
+		}
+		int rc = tally_catalog_fields(db, table, c->name, c->type, cap, &c->n);
+		if (rc != TALLY_ETRUNC) {
+			if (rc)
+				cols_free(c);
+			return rc;
+		}
+		cap = c->n + 16; /* columns were added meanwhile: try again */
+		cols_free(c);
+	}
+}
+
+static enum tally_type cols_type(const cols *c, const char *field)
+{
+	for (size_t i = 0; i < c->n; i++)
+		if (!strcmp(c->name[i], field))
+			return c->type[i];
+	return TALLY_T_NONE;
 }
 
 /* ---------------------------------------------------------------- SELECT */
@@ -295,7 +321,8 @@ static void keyset_sort(keyset *ks)
 /* The keys the statement reads: those its condition names, else every key
  * with events of one of its fields in the range that the condition
  * matches. */
-static int select_keys(ex *x, const iq_stmt *st, int64_t from, int64_t to, keyset *ks)
+static int select_keys(ex *x, const iq_stmt *st, const enum tally_type *types, int64_t from,
+		       int64_t to, keyset *ks)
 {
 	char **named = NULL;
 	size_t n = 0, cap = 0;
@@ -314,7 +341,7 @@ static int select_keys(ex *x, const iq_stmt *st, int64_t from, int64_t to, keyse
 		unsigned j = 0;
 		while (j < i && strcmp(st->aggs[j].field, st->aggs[i].field))
 			j++;
-		if (j < i || cat_field_type(x->db, st->table, st->aggs[i].field) == TALLY_T_NONE)
+		if (j < i || types[i] == TALLY_T_NONE)
 			continue;
 		tally_keys_iter *it = NULL;
 		rc = tally_query_keys(x->db, st->table, st->aggs[i].field, from, to, &it);
@@ -509,9 +536,14 @@ static int exec_select(ex *x, const iq_stmt *st, iq_buf *b)
 {
 	if (!st->db && !x->prm->db)
 		return ex_fail(x, "database name required");
-	char key_tag[256];
-	if (cat_key_tag(x->db, st->table, key_tag, sizeof key_tag))
+	const char *key_tag = NULL;
+	int rc = tally_catalog_key_tag(x->db, st->table, &key_tag);
+	if (rc == TALLY_ENOTFOUND)
 		return 0; /* no such measurement: no series, as InfluxDB */
+	if (rc)
+		return ex_engine(x, rc);
+	if (!key_tag)
+		key_tag = "";
 	if (check_cond_tags(x, st->table, key_tag, st->where) ||
 	    (st->group_tag && check_tag(x, st->table, key_tag, st->group_tag)))
 		return -1;
@@ -544,18 +576,23 @@ static int exec_select(ex *x, const iq_stmt *st, iq_buf *b)
 			return 0;
 		g.nwin = 1;
 	}
+	enum tally_type types[IQ_FIELDS_MAX];
+	cols cl = {0};
+	if ((rc = cols_get(x->db, st->table, &cl)))
+		return rc == TALLY_ENOTFOUND ? 0 : ex_engine(x, rc);
+	for (unsigned j = 0; j < st->n_aggs; j++)
+		types[j] = cols_type(&cl, st->aggs[j].field);
+	cols_free(&cl);
 	keyset ks = {0};
-	int rc = select_keys(x, st, g.from, g.to, &ks);
+	rc = select_keys(x, st, types, g.from, g.to, &ks);
 	size_t groups = st->group_tag ? ks.n : 1;
 	if (!rc && st->step && groups * g.nwin > IQ_MAX_WINDOWS)
 		rc = ex_fail(x,
 			     "%zu series of %zu windows each are more than tally's limit of %d "
 			     "windows per statement (max-select-buckets)",
 			     groups, g.nwin, IQ_MAX_WINDOWS);
-	enum tally_type types[IQ_FIELDS_MAX];
 	tally_agg *acc[IQ_FIELDS_MAX] = {0};
 	for (unsigned j = 0; j < st->n_aggs && !rc; j++) {
-		types[j] = cat_field_type(x->db, st->table, st->aggs[j].field);
 		if (!(acc[j] = malloc(g.nwin * sizeof **acc)))
 			rc = ex_fail(x, "out of memory");
 	}
@@ -604,14 +641,242 @@ static int exec_select(ex *x, const iq_stmt *st, iq_buf *b)
 	return rc;
 }
 
+/* ---------------------------------------------------------------- SHOW */
+
+/* A list of names: a statement's answer series, started at its first row
+ * (a series without rows is none, as InfluxDB). */
+typedef struct rows {
+	iq_buf *b;
+	const iq_stmt *st;
+	const char *columns; /* JSON, e.g. "[\"name\"]" */
+	size_t n, seen;      /* rows written; rows matched (OFFSET skips them) */
+	int series;          /* series written by the statement */
+} rows;
+
+/* Starts a row unless LIMIT or OFFSET leaves it out; 1 when it was. */
+static int row_begin(rows *r, const char *name)
+{
+	if (r->seen++ < (size_t)(r->st->offset > 0 ? r->st->offset : 0))
+		return 0;
+	if (r->st->limit > 0 && r->n == (size_t)r->st->limit)
+		return 0;
+	if (r->n == 0) {
+		iq_puts(r->b, r->series ? ",{" : ",\"series\":[{");
+		if (name) {
+			iq_puts(r->b, "\"name\":");
+			put_str(r->b, name);
+			iq_puts(r->b, ",");
+		}
+		iq_puts(r->b, "\"columns\":");
+		iq_puts(r->b, r->columns);
+		iq_puts(r->b, ",\"values\":[[");
+	} else {
+		iq_puts(r->b, ",[");
+	}
+	r->n++;
+	return 1;
+}
+
+/* Ends the current series (if it has rows) and starts counting the next. */
+static void rows_end_series(rows *r)
+{
+	if (r->n) {
+		iq_puts(r->b, "]}");
+		r->series++;
+	}
+	r->n = r->seen = 0;
+}
+
+static void rows_end(rows *r)
+{
+	rows_end_series(r);
+	if (r->series)
+		iq_puts(r->b, "]");
+}
+
+/* Every table (or the one FROM names), names borrowed; *n_out tables. */
+static int show_tables(ex *x, const iq_stmt *st, const char ***names, const char ***key_tags,
+		       size_t *n_out)
+{
+	*names = *key_tags = NULL;
+	*n_out = 0;
+	if (st->table) {
+		const char *kt = NULL;
+		int rc = tally_catalog_key_tag(x->db, st->table, &kt);
+		if (rc == TALLY_ENOTFOUND)
+			return 0;
+		if (rc)
+			return ex_engine(x, rc);
+		*names = malloc(sizeof **names);
+		*key_tags = malloc(sizeof **key_tags);
+		if (!*names || !*key_tags)
+			return ex_fail(x, "out of memory");
+		(*names)[0] = st->table;
+		(*key_tags)[0] = kt;
+		*n_out = 1;
+		return 0;
+	}
+	size_t cap = 64;
+	for (;;) {
+		*names = malloc(cap * sizeof **names);
+		*key_tags = malloc(cap * sizeof **key_tags);
+		if (!*names || !*key_tags)
+			return ex_fail(x, "out of memory");
+		int rc = tally_catalog_tables(x->db, *names, *key_tags, cap, n_out);
+		if (rc != TALLY_ETRUNC)
+			return rc ? ex_engine(x, rc) : 0;
+		cap = *n_out + 64;
+		free(*names);
+		free(*key_tags);
+	}
+}
+
+static int cmp_cstr(const void *a, const void *b)
+{
+	return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* Whether a name passes WITH MEASUREMENT|KEY = name or =~ /re/. */
+static int with_match(const iq_stmt *st, const char *name)
+{
+	if (st->has_with_re)
+		return regexec(&st->with_re, name, 0, NULL, 0) == 0;
+	return !st->with || !strcmp(st->with, name);
+}
+
+/* The values of the key tag: the table's keys that the condition keeps,
+ * page by page. */
+static int show_key_values(ex *x, rows *r, const char *table, const char *key_tag)
+{
+	enum { PAGE = 1024 };
+	const char **keys = malloc(PAGE * sizeof *keys);
+	if (!keys)
+		return ex_fail(x, "out of memory");
+	const char *after = NULL;
+	int rc;
+	for (;;) {
+		size_t n = 0;
+		rc = tally_catalog_keys(x->db, table, NULL, after, keys, PAGE, &n);
+		if (rc && rc != TALLY_ETRUNC)
+			break;
+		size_t got = n < PAGE ? n : PAGE;
+		for (size_t i = 0; i < got; i++) {
+			if (!iq_cond_match(r->st->where, keys[i]) || !row_begin(r, table))
+				continue;
+			put_str(r->b, key_tag);
+			iq_puts(r->b, ",");
+			put_str(r->b, keys[i]);
+			iq_puts(r->b, "]");
+		}
+		if (rc != TALLY_ETRUNC || !got) {
+			rc = 0;
+			break;
+		}
+		after = keys[got - 1];
+	}
+	free(keys);
+	return rc == TALLY_ENOTFOUND ? 0 : rc ? ex_engine(x, rc) : 0;
+}
+
+static int exec_show(ex *x, const iq_stmt *st, iq_buf *b)
+{
+	rows r = {.b = b, .st = st};
+	if (st->kind == IQ_SHOW_DATABASES) {
+		/* One namespace, answered under any name: see docs/http.md. */
+		r.columns = "[\"name\"]";
+		if (row_begin(&r, "databases"))
+			iq_puts(b, "\"tally\"]");
+		rows_end(&r);
+		return 0;
+	}
+	if (!st->db && !x->prm->db)
+		return ex_fail(x, "database name required");
+	if (st->kind == IQ_SHOW_RETENTION_POLICIES) {
+		r.columns = "[\"name\",\"duration\",\"shardGroupDuration\",\"replicaN\","
+			    "\"default\"]";
+		if (row_begin(&r, NULL))
+			iq_puts(b, "\"autogen\",\"0s\",\"168h0m0s\",1,true]");
+		rows_end(&r);
+		return 0;
+	}
+	const char **names, **key_tags;
+	size_t n;
+	int rc = show_tables(x, st, &names, &key_tags, &n);
+	r.columns = st->kind == IQ_SHOW_MEASUREMENTS ? "[\"name\"]"
+		    : st->kind == IQ_SHOW_TAG_KEYS   ? "[\"tagKey\"]"
+		    : st->kind == IQ_SHOW_FIELD_KEYS ? "[\"fieldKey\",\"fieldType\"]"
+						     : "[\"key\",\"value\"]";
+	for (size_t i = 0; i < n && !rc; i++) {
+		if (st->kind == IQ_SHOW_MEASUREMENTS) {
+			if (with_match(st, names[i]) && row_begin(&r, "measurements")) {
+				put_str(b, names[i]);
+				iq_puts(b, "]");
+			}
+			continue;
+		}
+		cols c = {0};
+		if ((rc = cols_get(x->db, names[i], &c))) {
+			rc = rc == TALLY_ENOTFOUND ? 0 : ex_engine(x, rc);
+			continue;
+		}
+		if (st->kind == IQ_SHOW_TAG_KEYS) {
+			/* the key tag among the other tags, in order */
+			const char **tags = malloc((c.n + 1) * sizeof *tags);
+			size_t nt = 0;
+			if (!tags) {
+				cols_free(&c);
+				rc = ex_fail(x, "out of memory");
+				break;
+			}
+			if (key_tags[i])
+				tags[nt++] = key_tags[i];
+			for (size_t j = 0; j < c.n; j++)
+				if (c.type[j] == TALLY_T_TAG)
+					tags[nt++] = c.name[j];
+			qsort(tags, nt, sizeof *tags, cmp_cstr);
+			for (size_t j = 0; j < nt; j++)
+				if (row_begin(&r, names[i])) {
+					put_str(b, tags[j]);
+					iq_puts(b, "]");
+				}
+			free(tags);
+		} else if (st->kind == IQ_SHOW_FIELD_KEYS) {
+			for (size_t j = 0; j < c.n; j++)
+				if (c.type[j] != TALLY_T_TAG && row_begin(&r, names[i])) {
+					put_str(b, c.name[j]);
+					iq_puts(b, ",");
+					put_str(b, tally_type_name(c.type[j]));
+					iq_puts(b, "]");
+				}
+		} else if (key_tags[i] && with_match(st, key_tags[i])) {
+			rc = check_cond_tags(x, names[i], key_tags[i], st->where);
+			if (!rc)
+				rc = show_key_values(x, &r, names[i], key_tags[i]);
+		} else {
+			for (size_t j = 0; j < c.n && !rc; j++)
+				if (c.type[j] == TALLY_T_TAG && with_match(st, c.name[j]))
+					rc = ex_fail(x,
+						     "tally lists the values of \"%s\"'s key tag "
+						     "\"%s\" only, not of \"%s\"",
+						     names[i], key_tags[i] ? key_tags[i] : "",
+						     c.name[j]);
+		}
+		cols_free(&c);
+		if (st->kind != IQ_SHOW_MEASUREMENTS)
+			rows_end_series(&r);
+	}
+	free(names);
+	free(key_tags);
+	if (!rc)
+		rows_end(&r);
+	return rc;
+}
+
 /* ---------------------------------------------------------------- serve */
 
 static int exec_stmt(ex *x, const iq_stmt *st, iq_buf *b)
 {
-	switch (st->kind) {
-	case IQ_SELECT: return exec_select(x, st, b);
-	default: return ex_fail(x, "this SHOW statement is not supported by tally yet");
-	}
+	return st->kind == IQ_SELECT ? exec_select(x, st, b) : exec_show(x, st, b);
 }
 
 int iq_serve(tally_db *db, const char *q, size_t n, const iq_params *p, iq_buf *out)

@@ -515,8 +515,8 @@ static int parse_time_str(const char *s, size_t n, int64_t *out)
 		if (i != n)
 			return -1;
 	}
-	int64_t secs = cmd_days_from_civil(y, (unsigned)mo, (unsigned)d) * 86400 + h * 3600 + mi * 60 +
-		       se - off;
+	int64_t secs = cmd_days_from_civil(y, (unsigned)mo, (unsigned)d) * 86400 + h * 3600 +
+		       mi * 60 + se - off;
 	if (secs > INT64_MAX / 1000000000 - 1 || secs < INT64_MIN / 1000000000 + 1)
 		return -1;
 	*out = secs * 1000000000 + frac;

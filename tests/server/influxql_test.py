@@ -343,6 +343,19 @@ def statements():
     ]
 
 
+# What Grafana asks for its menus (tally lists every database's content
+# under any name, so SHOW DATABASES is left to the errors mode).
+SHOWS = ["SHOW MEASUREMENTS", "SHOW MEASUREMENTS WITH MEASUREMENT =~ /traf/ LIMIT 100",
+         "SHOW MEASUREMENTS WITH MEASUREMENT = \"nothere\"",
+         "SHOW TAG KEYS", "SHOW TAG KEYS FROM \"traffic\"", "SHOW TAG KEYS FROM nothere",
+         "SHOW TAG VALUES WITH KEY = \"camera\"",
+         "SHOW TAG VALUES FROM \"traffic\" WITH KEY = \"camera\" WHERE camera =~ /[135]/",
+         "SHOW TAG VALUES FROM traffic WITH KEY = \"camera\" LIMIT 2 OFFSET 1",
+         "SHOW TAG VALUES FROM traffic WITH KEY = \"nothere\"",
+         "SHOW FIELD KEYS", "SHOW FIELD KEYS FROM traffic", "SHOW RETENTION POLICIES ON tally",
+         "SHOW MEASUREMENTS; SHOW FIELD KEYS"]
+
+
 def model_answer(events, m, epoch):
     if m["lo"] is None and m.get("stepns"):
         return []
@@ -400,6 +413,11 @@ def mode_influxdb(tmp, tally, events, batches):
             check(a[0] == b[0], "%s: status %d, InfluxDB %d" % (q, a[0], b[0]))
             same(json.loads(a[1]), json.loads(b[1]), "unknown names: " + q)
         step("unknown names answered as InfluxDB answers them")
+        for q in SHOWS:
+            a, b = query(tally.port, q), query(ref.port, q)
+            check(a[0] == b[0] == 200, "%s: status %d, InfluxDB %d" % (q, a[0], b[0]))
+            same(json.loads(a[1]), json.loads(b[1]), q)
+        step("%d SHOW statements equal InfluxDB's answers" % len(SHOWS))
     finally:
         ref.stop()
 
@@ -500,6 +518,16 @@ def mode_errors(tmp, tally, events, batches):
     err = json.loads(body)["results"][0].get("error", "")
     check("lower bound on time" in err, "no lower bound: %s" % body)
     step("statement errors, not executed, database required, window limit")
+    st, body = query(tally.port, "SHOW DATABASES")
+    check(json.loads(body)["results"][0]["series"] ==
+          [{"name": "databases", "columns": ["name"], "values": [["tally"]]}], body)
+    load(tally.port, ["roads,road=M1,lane=2 speed=70 %d\n" % (T0 * NS)])
+    st, body = query(tally.port, "SHOW TAG VALUES FROM roads WITH KEY = \"lane\"")
+    err = json.loads(body)["results"][0].get("error", "")
+    check("key tag \"road\" only, not of \"lane\"" in err, "a tag not the key: %s" % body)
+    st, body = query(tally.port, "SHOW TAG KEYS FROM roads")
+    check(json.loads(body)["results"][0]["series"][0]["values"] == [["lane"], ["road"]], body)
+    step("SHOW DATABASES, and the values of a tag that is not the key tag")
 
 
 def main():
