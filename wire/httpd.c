@@ -854,7 +854,8 @@ static int h_keep_query(hconn *h, http_str q)
 		h->query = p;
 		h->query_cap = q.n + 1;
 	}
-	memcpy(h->query, q.p, q.n);
+	if (q.n)
+		memcpy(h->query, q.p, q.n);
 	h->query[q.n] = 0;
 	h->query_n = q.n;
 	return 0;

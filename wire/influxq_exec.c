@@ -45,6 +45,8 @@ static void iq_reserve(iq_buf *b, size_t n)
 
 void iq_put(iq_buf *b, const char *s, size_t n)
 {
+	if (!n)
+		return;
 	iq_reserve(b, n);
 	if (b->oom)
 		return;
@@ -306,6 +308,8 @@ static int keyset_add(keyset *ks, const char *key)
 
 static void keyset_sort(keyset *ks)
 {
+	if (ks->n < 2)
+		return; /* (qsort of NULL is undefined even for 0 keys) */
 	qsort(ks->k, ks->n, sizeof *ks->k, cmp_str);
 	size_t o = 0;
 	for (size_t i = 0; i < ks->n; i++) {
@@ -833,7 +837,8 @@ static int exec_show(ex *x, const iq_stmt *st, iq_buf *b)
 			for (size_t j = 0; j < c.n; j++)
 				if (c.type[j] == TALLY_T_TAG)
 					tags[nt++] = c.name[j];
-			qsort(tags, nt, sizeof *tags, cmp_cstr);
+			if (nt > 1)
+				qsort(tags, nt, sizeof *tags, cmp_cstr);
 			for (size_t j = 0; j < nt; j++)
 				if (row_begin(&r, names[i])) {
 					put_str(b, tags[j]);

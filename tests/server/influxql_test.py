@@ -113,7 +113,8 @@ class Tally:
 
     def stop(self):
         stop(self.proc, "tallyd")
-        check(self.proc.returncode == 0, "tallyd exited with %d" % self.proc.returncode)
+        check(self.proc.returncode == 0, "tallyd exited with %d: %s" %
+              (self.proc.returncode, open(self.log).read()[-4000:]))
 
 
 class Influx:
