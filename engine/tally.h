@@ -393,7 +393,8 @@ typedef struct tally_keys_iter tally_keys_iter;
 TALLY_API int tally_query_keys(tally_db *db, const char *table, const char *field, int64_t from,
 			       int64_t to, tally_keys_iter **out);
 /* 1 and fills *key and *agg, 0 at the end, <0 on error. *key is borrowed until
- * tally_keys_close. */
+ * the next tally_keys_next or tally_keys_close: the iterator copies each key
+ * into one buffer it reuses, so a caller that keeps keys copies them. */
 TALLY_API int tally_keys_next(tally_keys_iter *it, const char **key, tally_agg *agg);
 TALLY_API void tally_keys_close(tally_keys_iter *it);
 

@@ -78,6 +78,13 @@ typedef struct srv_conf {
 	unsigned n_json_maps;
 	uint64_t label_window; /* labelled batches: 0: the engine's 256 */
 	int64_t label_expiry;  /* ns; 0: 7 days; negative ("never"): never */
+	/* The cameras' route (wire/httpq.c): its path ("{id}" the key; "off"),
+	 * table, field and the table's key tag. NULL: /kvfv/{id}/avg-speed,
+	 * traffic, speed, camera. */
+	char *camera_route;
+	char *camera_table;
+	char *camera_field;
+	char *camera_key;
 } srv_conf;
 
 /* S3 refuses multipart parts under 5 MiB; the S3 client buffers at most

@@ -29,6 +29,7 @@
 
 #include "http.h"
 #include "influxql.h"
+#include "httpq.h"
 #include "jsonev.h"
 #include "server.h"
 
@@ -41,7 +42,8 @@ const char *const http_ep_names[HEP_N] = {
 	[HEP_EVENTS] = "/api/v1/events", [HEP_PING] = "/ping",
 	[HEP_HEALTH] = "/health",        [HEP_READY] = "/ready",
 	[HEP_METRICS] = "/metrics",      [HEP_SETTINGS] = "/settings",
-	[HEP_QUERY] = "/query",          [HEP_OTHER] = "other",
+	[HEP_QUERY] = "/api/v1/query",   [HEP_INFLUXQL] = "/query",
+	[HEP_OTHER] = "other",
 };
 
 enum hstate {
@@ -49,6 +51,7 @@ enum hstate {
 	HS_BODY,     /* reading its body */
 	HS_WRITE,    /* writing its lines (waits out a full store) */
 	HS_SYNC,     /* waiting for the sync that makes them durable */
+	HS_STREAM,   /* a query's answer goes on as the client reads (httpq.c) */
 };
 
 typedef struct hconn {
@@ -93,6 +96,7 @@ typedef struct hconn {
 	long table_n; /* -1: no table= */
 	jsonev_dec *jd;
 	jsonev_result jr;
+	httpq *q; /* the query API's state, made at the first query */
 
 	/* Idempotency-Key: SOURCE/SEQ on a write: the body is one labelled
 	 * batch (tally_write_lp_labelled), applied at most once. */
@@ -134,6 +138,7 @@ static void h_fini(wconn *c)
 	free(h->gz);
 	free(h->query);
 	jsonev_dec_free(h->jd);
+	httpq_free(h->q);
 	free(h);
 	c->ps = NULL;
 }
@@ -310,19 +315,26 @@ static void h_error(wconn *c, int status, const char *code, const char *msg, con
 	o += (size_t)snprintf(body + o, sizeof body - o, "\"%s%s}\n", extra_json ? "," : "",
 			      extra_json ? extra_json : "");
 	h_respond(c, status,
-		  status == 401   ? "WWW-Authenticate: Basic realm=\"tally\"\r\n"
-		  : status == 405 ? "Allow: POST\r\n"
-				  : NULL,
+		  status == 401 ? "WWW-Authenticate: Basic realm=\"tally\"\r\n"
+		  : status == 405 && H(c)->ep == HEP_QUERY ? "Allow: GET, HEAD\r\n"
+		  : status == 405                          ? "Allow: POST\r\n"
+							   : NULL,
 		  body, o, close);
 }
 
+static void h_finish_request(wconn *c);
+
 /* An error found before the body was read: the body (if any) is not read,
- * so the connection cannot go on after it. */
+ * so the connection cannot go on after it. Without a body the request is
+ * over: it must not be served after its refusal (a 401 followed by the
+ * answer it refused). */
 static void h_refuse(wconn *c, int status, const char *code, const char *msg)
 {
 	hconn *h = H(c);
 	int body = h->chunked || h->clen > 0;
 	h_error(c, status, code, msg, NULL, body);
+	if (!body)
+		h_finish_request(c);
 }
 
 /* ---------------------------------------------------------------- routing */
@@ -337,7 +349,7 @@ static enum http_ep h_route(http_str path)
 		{"/api/v1/events", HEP_EVENTS}, {"/ping", HEP_PING},
 		{"/health", HEP_HEALTH},        {"/ready", HEP_READY},
 		{"/metrics", HEP_METRICS},      {"/settings", HEP_SETTINGS},
-		{"/query", HEP_QUERY},
+		{"/query", HEP_INFLUXQL},
 	};
 	for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++)
 		if (path.n == strlen(routes[i].path) && !memcmp(path.p, routes[i].path, path.n))
@@ -535,8 +547,6 @@ static const char *h_text(const hconn *h)
 {
 	return h->ep == HEP_EVENTS ? h->jr.lp : h_body_text(h);
 }
-
-static void h_finish_request(wconn *c);
 
 /* Writes what is left of the body through the shard's writer, like a run
  * of lines on the TCP port. A full store is waited out (up to full-wait)
@@ -742,6 +752,20 @@ static void h_events(wconn *c, size_t n)
 	h_start_write(c, h->jr.lp_len);
 }
 
+/* GET /api/v1/...: answered by httpq.c, whole or as a stream that
+ * h_step goes on with while the client reads. */
+static void h_query(wconn *c)
+{
+	hconn *h = H(c);
+	int more;
+	h_finish_request(c); /* httpq_begin copied what the answer needs */
+	h_count(c, httpq_serve(h->q, c, h->keep_alive && !h->closing, h->head_only, &more));
+	if (more)
+		h->st = HS_STREAM;
+	else if (!h->keep_alive || h->closing)
+		conn_close_with(c, NULL);
+}
+
 /* The body is complete: serve the request. */
 static void h_serve(wconn *c)
 {
@@ -774,7 +798,8 @@ static void h_serve(wconn *c)
 	}
 	case HEP_METRICS: h_metrics(c); break;
 	case HEP_EVENTS: h_events(c, n); return;
-	case HEP_QUERY: {
+	case HEP_QUERY: h_query(c); return;
+	case HEP_INFLUXQL: {
 		char *body = NULL;
 		size_t len = 0;
 		int st = influxq_http(c->sh->srv->db, h->query, h->query_n, h_body_text(h), n,
@@ -900,6 +925,8 @@ static int h_head(wconn *c)
 	}
 	h->head_since = 0;
 	h->ep = h_route(r.path);
+	if (h->ep == HEP_OTHER && httpq_route(cf, r.path))
+		h->ep = HEP_QUERY;
 	h->v2 = h->ep == HEP_WRITE_V2 || (r.path.n >= 8 && !memcmp(r.path.p, "/api/v2/", 8));
 	h->keep_alive = r.keep_alive;
 	h->chunked = r.chunked;
@@ -922,7 +949,9 @@ static int h_head(wconn *c)
 	int authed = h->ep == HEP_PING || h->ep == HEP_HEALTH || h->ep == HEP_READY ||
 		     h->ep == HEP_SETTINGS || h_authorized(c, &r);
 	int method_ok = is_write ? h_is(r.method, "POST") : get || h->ep == HEP_OTHER;
-	if (h->ep == HEP_QUERY) {
+	int q_fail = h->ep == HEP_QUERY && method_ok &&
+		     ((!h->q && httpq_new(&h->q)) || httpq_begin(h->q, &r));
+	if (h->ep == HEP_INFLUXQL) {
 		/* InfluxQL reads its parameters from the query string and a
 		 * POST's form body; the head's bytes are gone by then. */
 		method_ok |= h_is(r.method, "POST");
@@ -940,6 +969,10 @@ static int h_head(wconn *c)
 	h->prec = prec;
 	if (!method_ok) {
 		h_refuse(c, 405, "method not allowed", "method not allowed on this endpoint");
+		return 0;
+	}
+	if (q_fail) {
+		h_refuse(c, 500, "internal error", "out of memory");
 		return 0;
 	}
 	if (!authed) {
@@ -1023,6 +1056,14 @@ static void h_step(wconn *c)
 				break;
 			c->retry_at = 0;
 			h_write(c);
+			continue;
+		}
+		if (h->st == HS_STREAM) {
+			if (conn_unsent(c) >= h_conf(c)->reply_bytes / 2 || !httpq_pump(h->q, c))
+				break;
+			h->st = HS_HEAD;
+			if (c->state == CONN_OPEN && (!h->keep_alive || h->closing))
+				conn_close_with(c, NULL);
 			continue;
 		}
 		h_check_out(c);

@@ -63,7 +63,8 @@ enum http_ep {
 	HEP_READY,
 	HEP_METRICS,
 	HEP_SETTINGS, /* GET /settings: QuestDB's clients ask it for the ILP version */
-	HEP_QUERY,    /* GET/POST /query: InfluxQL (influxq_http.c) */
+	HEP_QUERY,    /* GET /api/v1/... and the cameras' route (httpq.c) */
+	HEP_INFLUXQL, /* GET/POST /query: InfluxQL (influxq_exec.c) */
 	HEP_OTHER,    /* unknown paths, and requests refused before routing */
 	HEP_N
 };
