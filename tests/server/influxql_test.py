@@ -382,6 +382,9 @@ def query(port, q, epoch=None, post=False, **extra):
 # ---------------------------------------------------------------- modes
 
 def mode_influxdb(tmp, tally, events, batches):
+    if not os.access("/usr/bin/influxd", os.X_OK):
+        print("SKIP: influxd (Debian influxdb) is not installed")
+        sys.exit(77)
     step("starting influxd")
     ref = Influx(tmp)
     try:
