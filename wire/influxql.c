@@ -459,6 +459,18 @@ static int parse_int(parser *p, int64_t *out)
 	return 0;
 }
 
+/* Consumes the number token at hand into buf (NUL-terminated); too long
+ * for cap: the error why, at the token. */
+static int next_number(parser *p, tok *u, char *buf, size_t cap, const char *why)
+{
+	*u = next(p);
+	if (u->n >= cap)
+		return fail_at(p, u->at, "%s", why);
+	memcpy(buf, p->q + u->at, u->n);
+	buf[u->n] = 0;
+	return 0;
+}
+
 /* ---------------------------------------------------------------- times */
 
 static int digits(const char *s, size_t n, size_t at, size_t k, int *v)
@@ -563,12 +575,10 @@ static int parse_time_atom(parser *p, int64_t *out)
 		return 0;
 	}
 	if (t->k == T_NUMBER) {
-		tok u = next(p);
+		tok u;
 		char buf[32];
-		if (u.n >= sizeof buf)
-			return fail_at(p, u.at, "time out of range");
-		memcpy(buf, p->q + u.at, u.n);
-		buf[u.n] = 0;
+		if (next_number(p, &u, buf, sizeof buf, "time out of range"))
+			return -1;
 		if (strpbrk(buf, ".eE")) {
 			/* InfluxDB reads a float as ns too, rounded down. */
 			double v = strtod(buf, NULL);
@@ -994,12 +1004,10 @@ static int parse_fill(parser *p, iq_stmt *st)
 		t = peek(p);
 	}
 	if (t->k == T_NUMBER) {
-		tok u = next(p);
+		tok u;
 		char buf[64];
-		if (u.n >= sizeof buf)
-			return fail_at(p, u.at, "number too long");
-		memcpy(buf, p->q + u.at, u.n);
-		buf[u.n] = 0;
+		if (next_number(p, &u, buf, sizeof buf, "number too long"))
+			return -1;
 		st->fill = IQ_FILL_VALUE;
 		st->fill_value = strtod(buf, NULL) * (neg ? -1 : 1);
 	} else if (!neg && accept_kw(p, "null")) {
