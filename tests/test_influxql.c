@@ -101,10 +101,12 @@ Test(influxql, selects_parse_into_their_parts)
 
 Test(influxql, several_statements_and_shows)
 {
-	iq_query p = parse_ok("SHOW DATABASES; SHOW MEASUREMENTS ON \"tally\" WITH MEASUREMENT =~ "
-			      "/tr/ LIMIT 1; SHOW TAG KEYS FROM traffic; SHOW TAG VALUES FROM "
-			      "traffic WITH KEY = \"camera\" WHERE camera != 'x'; SHOW FIELD KEYS; "
-			      "SHOW RETENTION POLICIES ON tally");
+	iq_query p =
+		parse_ok("SHOW DATABASES; SHOW MEASUREMENTS ON \"tally\" WITH MEASUREMENT =~ "
+			 "/tr/ LIMIT 1; SHOW TAG KEYS FROM traffic; SHOW TAG VALUES FROM "
+			 "traffic WITH KEY = \"camera\" WHERE camera != 'x' AND time > now() - 1h; "
+			 "SHOW FIELD KEYS; "
+			 "SHOW RETENTION POLICIES ON tally");
 	cr_assert_eq(p.n, 6);
 	cr_assert_eq(p.st[0].kind, IQ_SHOW_DATABASES);
 	cr_assert_eq(p.st[1].kind, IQ_SHOW_MEASUREMENTS);

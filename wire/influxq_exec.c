@@ -748,6 +748,16 @@ static int with_match(const iq_stmt *st, const char *name)
 	return !st->with || !strcmp(st->with, name);
 }
 
+static void put_key_value(rows *r, const char *table, const char *key_tag, const char *key)
+{
+	if (!iq_cond_match(r->st->where, key) || !row_begin(r, table))
+		return;
+	put_str(r->b, key_tag);
+	iq_puts(r->b, ",");
+	put_str(r->b, key);
+	iq_puts(r->b, "]");
+}
+
 /* The values of the key tag: the table's keys that the condition keeps,
  * page by page. */
 static int show_key_values(ex *x, rows *r, const char *table, const char *key_tag)
@@ -764,14 +774,8 @@ static int show_key_values(ex *x, rows *r, const char *table, const char *key_ta
 		if (rc && rc != TALLY_ETRUNC)
 			break;
 		size_t got = n < PAGE ? n : PAGE;
-		for (size_t i = 0; i < got; i++) {
-			if (!iq_cond_match(r->st->where, keys[i]) || !row_begin(r, table))
-				continue;
-			put_str(r->b, key_tag);
-			iq_puts(r->b, ",");
-			put_str(r->b, keys[i]);
-			iq_puts(r->b, "]");
-		}
+		for (size_t i = 0; i < got; i++)
+			put_key_value(r, table, key_tag, keys[i]);
 		if (rc != TALLY_ETRUNC || !got) {
 			rc = 0;
 			break;
@@ -780,6 +784,38 @@ static int show_key_values(ex *x, rows *r, const char *table, const char *key_ta
 	}
 	free(keys);
 	return rc == TALLY_ENOTFOUND ? 0 : rc ? ex_engine(x, rc) : 0;
+}
+
+/* With a time condition, as InfluxDB 1.x: the keys with events in the
+ * range, of any of the table's numeric fields (from the rollups). */
+static int show_key_values_in(ex *x, rows *r, const cols *c, const char *table, const char *key_tag)
+{
+	keyset ks = {0};
+	int rc = 0;
+	for (size_t j = 0; j < c->n && !rc; j++) {
+		if (c->type[j] == TALLY_T_TAG || c->type[j] == TALLY_T_STR)
+			continue;
+		tally_keys_iter *it = NULL;
+		rc = tally_query_keys(x->db, table, c->name[j], r->st->from, r->st->to, &it);
+		if (rc) {
+			rc = rc == TALLY_ENOTFOUND ? 0 : ex_engine(x, rc);
+			break;
+		}
+		const char *key;
+		tally_agg a;
+		while ((rc = tally_keys_next(it, &key, &a)) == 1)
+			if (keyset_add(&ks, key)) {
+				rc = -ENOMEM;
+				break;
+			}
+		tally_keys_close(it);
+		rc = rc < 0 ? ex_engine(x, rc) : 0;
+	}
+	keyset_sort(&ks);
+	for (size_t k = 0; k < ks.n && !rc; k++)
+		put_key_value(r, table, key_tag, ks.k[k]);
+	keyset_free(&ks);
+	return rc;
 }
 
 static int exec_show(ex *x, const iq_stmt *st, iq_buf *b)
@@ -855,7 +891,9 @@ static int exec_show(ex *x, const iq_stmt *st, iq_buf *b)
 				}
 		} else if (key_tags[i] && with_match(st, key_tags[i])) {
 			rc = check_cond_tags(x, names[i], key_tags[i], st->where);
-			if (!rc)
+			if (!rc && (st->has_from || st->has_to))
+				rc = show_key_values_in(x, &r, &c, names[i], key_tags[i]);
+			else if (!rc)
 				rc = show_key_values(x, &r, names[i], key_tags[i]);
 		} else {
 			for (size_t j = 0; j < c.n && !rc; j++)

@@ -1154,8 +1154,6 @@ static int parse_show(parser *p, iq_stmt *st)
 			return -1;
 		if (accept_kw(p, "where") && parse_or(p, st, 0, &st->where))
 			return -1;
-		if (st->has_from || st->has_to)
-			return unsupported(p, t->at, "SHOW TAG VALUES with a time condition");
 		return parse_limits(p, st);
 	}
 	char b[48], what[96];

@@ -353,6 +353,7 @@ SHOWS = ["SHOW MEASUREMENTS", "SHOW MEASUREMENTS WITH MEASUREMENT =~ /traf/ LIMI
          "SHOW TAG VALUES FROM \"traffic\" WITH KEY = \"camera\" WHERE camera =~ /[135]/",
          "SHOW TAG VALUES FROM traffic WITH KEY = \"camera\" LIMIT 2 OFFSET 1",
          "SHOW TAG VALUES FROM traffic WITH KEY = \"nothere\"",
+         "SHOW TAG VALUES FROM traffic WITH KEY = \"camera\" WHERE time > now() - 1h",
          "SHOW FIELD KEYS", "SHOW FIELD KEYS FROM traffic", "SHOW RETENTION POLICIES ON tally",
          "SHOW MEASUREMENTS; SHOW FIELD KEYS"]
 
@@ -532,6 +533,15 @@ def mode_errors(tmp, tally, events, batches):
     st, body = query(tally.port, "SHOW TAG KEYS FROM roads")
     check(json.loads(body)["results"][0]["series"][0]["values"] == [["lane"], ["road"]], body)
     step("SHOW DATABASES, and the values of a tag that is not the key tag")
+    # with a time range: the keys with events in it (InfluxDB answers by
+    # whole shards of 7 days, so this is checked against the model)
+    lo, hi = T0 * NS + 3 * 3600 * NS, T0 * NS + 3 * 3600 * NS + 240 * NS
+    st, body = query(tally.port, "SHOW TAG VALUES FROM traffic WITH KEY = \"camera\" WHERE "
+                     "time >= %d AND time < %d" % (lo, hi))
+    want = sorted({e[0] for e in events if lo <= e[1] < hi})
+    check(0 < len(want) < len(CAMERAS), "the range should hold some cameras: %s" % want)
+    got = json.loads(body)["results"][0]["series"][0]["values"]
+    check(got == [["camera", k] for k in want], "SHOW TAG VALUES in a range: %s, want %s" % (got, want))
 
 
 def main():
