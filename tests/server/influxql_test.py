@@ -16,6 +16,9 @@ MODE cli: the `influx` CLI (-execute ... -format json) against tallyd,
 compared with the model.
 MODE py: python3-influxdb's InfluxDBClient.query(), compared with the
 model; GET and POST, epoch= and get_points().
+With $TALLYD_EXTRA="--flush-interval 100ms" each batch is flushed into
+parts before the next, so the rollups answer from parts (the late events
+from a later part than the events they are late to).
 MODE errors: malformed and unsupported statements answered 400 with the
 position; unknown names as InfluxDB answers them; the window limit.
 Exits 77 (skipped) only when the mode's program is not installed.
@@ -104,7 +107,7 @@ class Tally:
         self.log = os.path.join(self.dir, "tallyd.log")
         args = [TALLYD, "--data", os.path.join(self.dir, "data"), "--port", "0", "--http-port",
                 "0", "--http-port-file", hpf, "--prefault", "off", "--shards", "2",
-                "--log-level", "warn"]
+                "--log-level", "warn"] + os.environ.get("TALLYD_EXTRA", "").split()
         with open(self.log, "w") as lf:
             self.proc = subprocess.Popen(args, stdout=lf, stderr=lf, stdin=subprocess.DEVNULL)
         wait_for("tallyd", lambda: os.path.exists(hpf) and os.path.getsize(hpf) > 0, self.proc,
@@ -194,10 +197,26 @@ def generate():
     return events, [lines(first), lines(late)]
 
 
-def load(port, batches):
+def load(port, batches, parts=False):
+    """parts: wait after each batch until tallyd has flushed it into parts
+    (run with --flush-interval), so answers come from parts' rollups and
+    the late events from a later part."""
     for b in batches:
         st, body = http(port, "/write?db=tally", b.encode())
         check(st == 204, "write: %d %s" % (st, body))
+        want = parts_now(port) + 1 if parts else 0
+        deadline = time.monotonic() + 60
+        while parts and parts_now(port) < want:
+            check(time.monotonic() < deadline, "no flush into parts within 60 s")
+            time.sleep(0.05)
+
+
+def parts_now(port):
+    st, body = http(port, "/metrics")
+    for line in body.split("\n"):
+        if line.startswith("tally_parts "):
+            return int(float(line.split()[1]))
+    fail("no tally_parts in /metrics")
 
 
 # ---------------------------------------------------------------- the model
@@ -550,7 +569,7 @@ def main():
     try:
         events, batches = generate()
         tally = Tally(tmp)
-        load(tally.port, batches)
+        load(tally.port, batches, "--flush-interval" in os.environ.get("TALLYD_EXTRA", ""))
         step("tallyd holds %d events (%d late)" % (len(events), batches[1].count("\n")))
         {"influxdb": mode_influxdb, "cli": mode_cli, "py": mode_py,
          "errors": mode_errors}[MODE](tmp, tally, events, batches)
