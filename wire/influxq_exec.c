@@ -565,14 +565,17 @@ static int exec_select(ex *x, const iq_stmt *st, iq_buf *b)
 		g.w0 = floor_to(g.from, st->step);
 		uint64_t span = (uint64_t)g.to - (uint64_t)g.w0;
 		uint64_t nwin = span / (uint64_t)st->step + (span % (uint64_t)st->step != 0);
-		if (nwin > IQ_MAX_WINDOWS) {
+		/* Windows x aggregates: what the statement holds in memory
+		 * (a tally_agg each) and writes (a cell each). */
+		if (nwin * st->n_aggs > IQ_MAX_WINDOWS) {
 			char d[32];
 			cmd_format_duration(st->step, d);
 			return ex_fail(x,
 				       "GROUP BY time(%s) over this range gives %" PRIu64
-				       " windows, more than tally's limit of %d per statement "
-				       "(max-select-buckets): narrow the range or widen the step",
-				       d, nwin, IQ_MAX_WINDOWS);
+				       " windows x %u aggregates, more than tally's limit of %d "
+				       "per statement (max-select-buckets): narrow the range or "
+				       "widen the step",
+				       d, nwin, st->n_aggs, IQ_MAX_WINDOWS);
 		}
 		g.nwin = (size_t)nwin;
 	} else {
@@ -590,11 +593,11 @@ static int exec_select(ex *x, const iq_stmt *st, iq_buf *b)
 	keyset ks = {0};
 	rc = select_keys(x, st, types, g.from, g.to, &ks);
 	size_t groups = st->group_tag ? ks.n : 1;
-	if (!rc && st->step && groups * g.nwin > IQ_MAX_WINDOWS)
+	if (!rc && st->step && groups * g.nwin * st->n_aggs > IQ_MAX_WINDOWS)
 		rc = ex_fail(x,
-			     "%zu series of %zu windows each are more than tally's limit of %d "
-			     "windows per statement (max-select-buckets)",
-			     groups, g.nwin, IQ_MAX_WINDOWS);
+			     "%zu series of %zu windows x %u aggregates are more than tally's "
+			     "limit of %d per statement (max-select-buckets)",
+			     groups, g.nwin, st->n_aggs, IQ_MAX_WINDOWS);
 	tally_agg *acc[IQ_FIELDS_MAX] = {0};
 	for (unsigned j = 0; j < st->n_aggs && !rc; j++) {
 		if (!(acc[j] = malloc(g.nwin * sizeof **acc)))

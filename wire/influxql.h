@@ -18,8 +18,10 @@
 #define IQ_STMTS_MAX  64  /* statements in one query */
 #define IQ_ERR_MAX    320 /* an error message, NUL included */
 #define IQ_DEPTH_MAX  64  /* nesting of parentheses in WHERE */
-/* Most windows one SELECT may produce over all its series (InfluxDB's
- * max-select-buckets); past it the statement is refused, naming it. */
+/* Most windows x aggregates one SELECT may produce over all its series
+ * (InfluxDB's max-select-buckets): a tally_agg each in memory (40 bytes)
+ * and a cell each in the answer; past it the statement is refused,
+ * naming it. */
 #define IQ_MAX_WINDOWS 1000000
 
 enum iq_kind {

@@ -537,7 +537,16 @@ def mode_errors(tmp, tally, events, batches):
     st, body = query(tally.port, "SELECT count(speed) FROM traffic WHERE time >= '2023-10-01T00:00:00Z'"
                      " AND time < '2023-10-31T00:00:00Z' GROUP BY time(1s)")
     err = json.loads(body)["results"][0].get("error", "")
-    check("2592000 windows" in err and "max-select-buckets" in err, "window limit: %s" % body)
+    check("2592000 windows x 1 aggregates" in err and "max-select-buckets" in err,
+          "window limit: %s" % body)
+    # 200,000 windows are fine alone, not as 6 aggregates
+    q = ("SELECT %s FROM traffic WHERE time >= '2023-11-14T00:00:00Z' AND time < "
+         "'2023-11-16T07:33:20Z' GROUP BY time(1s) fill(none)")
+    st, body = query(tally.port, q % "count(speed)")
+    check("error" not in json.loads(body)["results"][0], "200,000 windows: %s" % body[:300])
+    st, body = query(tally.port, q % ",".join(["count(speed)"] * 6))
+    err = json.loads(body)["results"][0].get("error", "")
+    check("200000 windows x 6 aggregates" in err, "6 aggregates: %s" % body[:300])
     st, body = query(tally.port, "SELECT count(speed) FROM traffic GROUP BY time(5m)")
     err = json.loads(body)["results"][0].get("error", "")
     check("lower bound on time" in err, "no lower bound: %s" % body)
