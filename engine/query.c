@@ -283,6 +283,8 @@ TALLY_API int tally_query_series(tally_db *db, const char *table, const char *fi
 	from = from < TS_ENGINE_MIN ? window_start(TS_ENGINE_MIN, step, L->offset)
 				    : window_start_any(from, step, L->offset);
 	to = to > TS_ENGINE_MAX ? TS_ENGINE_MAX + 1 : to;
+	if ((rc = retention_check_level(db, t, li, from)))
+		return rc;
 	series_q q = {t, c, key, (uint32_t)strlen(key), li};
 	part_scratch *ps = scratch_get(db);
 	if (!ps || codec_buf_reserve(&ps->windows, SERIES_CHUNK * sizeof(ragg))) {
@@ -505,6 +507,8 @@ TALLY_API int tally_query_agg(tally_db *db, const char *table, const char *field
 		return err_set(TALLY_EINVAL, "key is required");
 	from = clamp_ts(from);
 	to = clamp_ts(to);
+	if ((rc = retention_check_agg(db, t, from, to)))
+		return rc;
 	uint32_t kl = (uint32_t)strlen(key);
 	ragg acc;
 	ragg_init(&acc);
@@ -633,6 +637,8 @@ TALLY_API int tally_query_keys(tally_db *db, const char *table, const char *fiel
 		return rc;
 	from = clamp_ts(from);
 	to = clamp_ts(to);
+	if ((rc = retention_check_agg(db, t, from, to)))
+		return rc;
 	tally_keys_iter *it = mem_calloc(1, sizeof *it);
 	if (!it)
 		return err_set(-ENOMEM, "out of memory");
@@ -817,10 +823,12 @@ TALLY_API int tally_scan_open(tally_db *db, const char *table, const char *key, 
 	table_def *t = catalog_find_table(&db->cat, table, (uint32_t)strlen(table));
 	if (!t)
 		return err_set(TALLY_ENOTFOUND, "no table '%s'", table);
+	int rc = retention_check_raw(db, t, from);
+	if (rc)
+		return rc;
 	tally_scan *sc = mem_calloc(1, sizeof *sc);
 	if (!sc)
 		return err_set(-ENOMEM, "out of memory");
-	int rc = 0;
 	pthread_mutex_lock(&db->cat.mu);
 	sc->n_cols = t->n_cols;
 	sc->cols = mem_alloc((sc->n_cols ? sc->n_cols : 1) * sizeof *sc->cols);
