@@ -768,14 +768,28 @@ static int cli_cmd_ping(const cli_opts *o)
 	return ok ? 0 : 1;
 }
 
-/* ---------------------------------------------------------------- backup */
+/* ---------------------------------------------------------------- admin */
 
-/* tally backup --server HOST:PORT DEST: the server backs itself up (DEST
- * is a path on the server's machine or s3://bucket/prefix). */
-static int cli_cmd_backup(cli_opts *o, const char *server, int argc, char **argv)
+/* Commands the server answers in one line: tally backup [--server
+ * HOST:PORT] DEST (the server backs itself up; DEST is a path on the
+ * server's machine or s3://bucket/prefix), tally retention RULES|none,
+ * tally retain, tally retained TABLE [raw|LEVEL]. */
+static const struct cli_admin {
+	const char *word;
+	int min_args, max_args;
+	const char *usage;
+} cli_admins[] = {
+	{"backup", 1, 1, "backup [--server HOST:PORT] DEST"},
+	{"retention", 1, 1, "retention RULES|none"},
+	{"retain", 0, 0, "retain"},
+	{"retained", 1, 2, "retained TABLE [raw|LEVEL]"},
+};
+
+static int cli_cmd_admin(cli_opts *o, const struct cli_admin *ad, const char *server, int argc,
+			 char **argv)
 {
-	if (argc != 1) {
-		fprintf(stderr, "usage: tally backup [--server HOST:PORT] DEST\n");
+	if (argc < ad->min_args || argc > ad->max_args) {
+		fprintf(stderr, "usage: tally %s\n", ad->usage);
 		return 2;
 	}
 	char host[256];
@@ -788,8 +802,10 @@ static int cli_cmd_backup(cli_opts *o, const char *server, int argc, char **argv
 		o->host = host;
 		o->port = colon + 1;
 	}
-	char cmd[8192] = "#!backup";
-	cli_append_arg(cmd, sizeof cmd - 2, argv[0]);
+	char cmd[8192];
+	snprintf(cmd, sizeof cmd, "#!%s", ad->word);
+	for (int i = 0; i < argc; i++)
+		cli_append_arg(cmd, sizeof cmd - 2, argv[i]);
 	strcat(cmd, "\n");
 	cli_conn c;
 	cli_connect(&c, o);
@@ -881,46 +897,52 @@ static int cli_cmd_verify(int argc, char **argv)
 
 static void cli_usage(FILE *f)
 {
-	fprintf(f, "Usage: tally [OPTIONS] COMMAND [ARGS]\n"
-		   "\n"
-		   "The tally client: talks to tallyd over TCP (docs/protocol.md).\n"
-		   "\n"
-		   "Commands:\n"
-		   "  write [FILE...]       stream line-protocol files (or stdin, '-') to the\n"
-		   "                        server, sync, print accepted/rejected counts and rate\n"
-		   "  query series TABLE FIELD KEY STEP FROM TO\n"
-		   "  query agg TABLE FIELD KEY FROM TO\n"
-		   "  query keys TABLE FIELD FROM TO\n"
-		   "  query scan TABLE KEY FROM TO [LIMIT]\n"
-		   "                        FROM/TO: RFC 3339 (2023-11-14T00:00:00Z), an integer\n"
-		   "                        since the epoch with its unit (1699920000s, ms, us,\n"
-		   "                        ns; bare: ns), now, now-1h; TO may be a length (1d);\n"
-		   "                        STEP like 5m\n"
-		   "  stats                 server and store statistics\n"
-		   "  ping                  round trip to the server\n"
-		   "  inspect DIR           what a data directory holds (local; no server)\n"
-		   "  backup [--server HOST:PORT] DEST\n"
-		   "                        the server backs itself up to DEST, a directory on\n"
-		   "                        its machine or s3://bucket/prefix (incremental)\n"
-		   "  restore BACKUP DIR [--seq N]\n"
-		   "                        rebuild a data directory (local; no server)\n"
-		   "  verify DIR|BACKUP     check every block, object and reference (local)\n"
-		   "\n"
-		   "Options:\n"
-		   "  --host HOST           server address (default 127.0.0.1)\n"
-		   "  --port PORT           server port (default " CLI_DEFAULT_PORT ")\n"
-		   "  --token TOKEN         shared token, if the server wants one (or set\n"
-		   "                        TALLY_TOKEN, which keeps it out of ps)\n"
-		   "  --precision P         timestamps of written lines: ns (default), us, ms, s\n"
-		   "  --wait SECONDS        retry a refused connection this long (a server that\n"
-		   "                        is starting; default 0)\n"
-		   "  --csv, --json         query output as CSV or JSON instead of a table\n"
-		   "  -q, --quiet           no progress bar or row counts\n"
-		   "  --version             print the version and exit\n"
-		   "\n"
-		   "Exit status: 0 ok, 1 error, 2 usage, 3 write finished with rejected lines.\n"
-		   "Example: tally write speeds.lp && tally query series traffic speed KV00123 1h "
-		   "now-1d now\n");
+	fprintf(f,
+		"Usage: tally [OPTIONS] COMMAND [ARGS]\n"
+		"\n"
+		"The tally client: talks to tallyd over TCP (docs/protocol.md).\n"
+		"\n"
+		"Commands:\n"
+		"  write [FILE...]       stream line-protocol files (or stdin, '-') to the\n"
+		"                        server, sync, print accepted/rejected counts and rate\n"
+		"  query series TABLE FIELD KEY STEP FROM TO\n"
+		"  query agg TABLE FIELD KEY FROM TO\n"
+		"  query keys TABLE FIELD FROM TO\n"
+		"  query scan TABLE KEY FROM TO [LIMIT]\n"
+		"                        FROM/TO: RFC 3339 (2023-11-14T00:00:00Z), an integer\n"
+		"                        since the epoch with its unit (1699920000s, ms, us,\n"
+		"                        ns; bare: ns), now, now-1h; TO may be a length (1d);\n"
+		"                        STEP like 5m\n"
+		"  stats                 server and store statistics\n"
+		"  ping                  round trip to the server\n"
+		"  inspect DIR           what a data directory holds (local; no server)\n"
+		"  backup [--server HOST:PORT] DEST\n"
+		"                        the server backs itself up to DEST, a directory on\n"
+		"                        its machine or s3://bucket/prefix (incremental)\n"
+		"  retention RULES|none  replace the server's retention rules, e.g.\n"
+		"                        'traffic:raw=90d,5m=2y;*:raw=30d' (docs/operations.md)\n"
+		"  retain                run a retention pass now; prints what it dropped\n"
+		"  retained TABLE [raw|LEVEL]\n"
+		"                        the earliest instant whose data is all kept\n"
+		"  restore BACKUP DIR [--seq N]\n"
+		"                        rebuild a data directory (local; no server)\n"
+		"  verify DIR|BACKUP     check every block, object and reference (local)\n"
+		"\n"
+		"Options:\n"
+		"  --host HOST           server address (default 127.0.0.1)\n"
+		"  --port PORT           server port (default " CLI_DEFAULT_PORT ")\n"
+		"  --token TOKEN         shared token, if the server wants one (or set\n"
+		"                        TALLY_TOKEN, which keeps it out of ps)\n"
+		"  --precision P         timestamps of written lines: ns (default), us, ms, s\n"
+		"  --wait SECONDS        retry a refused connection this long (a server that\n"
+		"                        is starting; default 0)\n"
+		"  --csv, --json         query output as CSV or JSON instead of a table\n"
+		"  -q, --quiet           no progress bar or row counts\n"
+		"  --version             print the version and exit\n"
+		"\n"
+		"Exit status: 0 ok, 1 error, 2 usage, 3 write finished with rejected lines.\n"
+		"Example: tally write speeds.lp && tally query series traffic speed KV00123 1h "
+		"now-1d now\n");
 }
 
 int main(int argc, char **argv)
@@ -1000,8 +1022,9 @@ int main(int argc, char **argv)
 	}
 	if (!strcmp(cmd, "ping"))
 		return cli_cmd_ping(&o);
-	if (!strcmp(cmd, "backup"))
-		return cli_cmd_backup(&o, server, n - 1, args + 1);
+	for (size_t i = 0; i < sizeof cli_admins / sizeof *cli_admins; i++)
+		if (!strcmp(cmd, cli_admins[i].word))
+			return cli_cmd_admin(&o, &cli_admins[i], server, n - 1, args + 1);
 	if (!strcmp(cmd, "restore"))
 		return cli_cmd_restore(n - 1, args + 1, seq);
 	if (!strcmp(cmd, "verify"))

@@ -29,7 +29,10 @@ enum cmd_kind {
 	CMD_PRECISION,
 	CMD_HELP,
 	CMD_BACKUP,
-	CMD_LAST = CMD_BACKUP /* a new kind goes above and moves this */
+	CMD_RETENTION,          /* #!retention RULES: replace the retention rules */
+	CMD_RETAIN,             /* #!retain: a retention pass now */
+	CMD_RETAINED,           /* #!retained TABLE [STEP]: the earliest retained instant */
+	CMD_LAST = CMD_RETAINED /* a new kind goes above and moves this */
 };
 
 typedef struct cmd_req {
@@ -41,7 +44,8 @@ typedef struct cmd_req {
 	int64_t from, to; /* [from, to), ns */
 	uint64_t limit;   /* scan: most rows (0: no limit) */
 	enum tally_precision prec;
-	const char *dest; /* backup: a directory or s3://bucket/prefix */
+	const char *dest;  /* backup: a directory or s3://bucket/prefix */
+	const char *rules; /* retention: the rules (none: keep everything) */
 } cmd_req;
 
 /*

@@ -78,6 +78,7 @@ typedef struct srv_conf {
 	unsigned n_json_maps;
 	uint64_t label_window; /* labelled batches: 0: the engine's 256 */
 	int64_t label_expiry;  /* ns; 0: 7 days; negative ("never"): never */
+	char *retention;       /* tally_options.retention; NULL: keep everything */
 } srv_conf;
 
 /* S3 refuses multipart parts under 5 MiB; the S3 client buffers at most
