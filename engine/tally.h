@@ -467,6 +467,17 @@ TALLY_API int tally_db_retain(tally_db *db);
  * when that class never expires. */
 TALLY_API int tally_db_retained_from(tally_db *db, const char *table, int64_t level, int64_t *from);
 
+/* ---------------------------------------------------------------- corrections */
+
+/* Drops every event of table written before the call: a forced flush
+ * moves them into parts, then each shard's parts of the table leave in
+ * one manifest change (their files are deleted after it, the objects of
+ * tiered ones at the next tiering pass). Events written while it runs may
+ * stay. The table's name, column types and keys stay known: writing it
+ * again starts it empty, with the same types. TALLY_ENOTFOUND when there
+ * is no such table. docs/operations.md, "Corrections". */
+TALLY_API int tally_db_drop_table(tally_db *db, const char *table);
+
 /* ---------------------------------------------------------------- stats */
 
 typedef struct tally_stats {

@@ -87,4 +87,17 @@ stats=$(t --csv stats)
 grep -q '^retention_passes,[1-9]' <<<"$stats" || fail "no retention_passes in stats"
 grep -q '^retention_parts_raw_gone,[1-9]' <<<"$stats" || fail "no parts_raw_gone in stats"
 grep -q '^retention_last_drop_ns,[1-9]' <<<"$stats" || fail "no last drop in stats"
+
+# drop-table: refused without a terminal or --yes, then every event goes
+if t drop-table traffic </dev/null 2>"$tmp/err" >/dev/null; then
+  fail "drop-table without --yes on no terminal dropped"
+fi
+grep -q -- "--yes" "$tmp/err" || fail "no hint of --yes: $(cat "$tmp/err")"
+if t drop traffic 2>/dev/null >/dev/null; then fail "'tally drop' skipped the confirmation"; fi
+out=$(t drop-table traffic --yes)
+[ "$out" = "OK drop traffic" ] || fail "drop-table said: $out"
+got=$(t --csv query agg traffic speed KV1 "${from}ns" now | tail -1)
+[[ $got == 0,* ]] || fail "after the drop: $got"
+if t drop-table nope --yes 2>"$tmp/err" >/dev/null; then fail "dropped a missing table"; fi
+grep -q "no table 'nope'" "$tmp/err" || fail "no 'no table': $(cat "$tmp/err")"
 echo ok

@@ -783,7 +783,37 @@ static const struct cli_admin {
 	{"retention", 1, 1, "retention RULES|none"},
 	{"retain", 0, 0, "retain"},
 	{"retained", 1, 2, "retained TABLE [raw|LEVEL]"},
+	{"drop", 1, 1, "drop-table TABLE [--yes]"},
 };
+
+/* tally drop-table TABLE: without --yes, the table's name typed again on
+ * a terminal is the confirmation; anything else refuses. */
+static int cli_confirm_drop(const cli_opts *o, const char *table, int yes)
+{
+	if (yes)
+		return 1;
+	if (!isatty(STDIN_FILENO)) {
+		fprintf(stderr,
+			"tally drop-table: not a terminal to confirm on; add --yes to drop "
+			"table '%s' for good\n",
+			table);
+		return 0;
+	}
+	fprintf(stderr,
+		"This drops every event of table '%s' on %s:%s for good.\n"
+		"Type the table's name to confirm: ",
+		table, o->host, o->port);
+	char line[512];
+	if (!fgets(line, sizeof line, stdin))
+		return 0;
+	line[strcspn(line, "\n")] = 0;
+	if (strcmp(line, table)) {
+		fprintf(stderr, "tally drop-table: '%s' is not '%s'; nothing dropped\n", line,
+			table);
+		return 0;
+	}
+	return 1;
+}
 
 static int cli_cmd_admin(cli_opts *o, const struct cli_admin *ad, const char *server, int argc,
 			 char **argv)
@@ -924,6 +954,9 @@ static void cli_usage(FILE *f)
 		"  retain                run a retention pass now; prints what it dropped\n"
 		"  retained TABLE [raw|LEVEL]\n"
 		"                        the earliest instant whose data is all kept\n"
+		"  drop-table TABLE [--yes]\n"
+		"                        drop every event of TABLE on the server; asks to\n"
+		"                        type the name again unless --yes\n"
 		"  restore BACKUP DIR [--seq N]\n"
 		"                        rebuild a data directory (local; no server)\n"
 		"  verify DIR|BACKUP     check every block, object and reference (local)\n"
@@ -938,6 +971,7 @@ static void cli_usage(FILE *f)
 		"                        is starting; default 0)\n"
 		"  --csv, --json         query output as CSV or JSON instead of a table\n"
 		"  -q, --quiet           no progress bar or row counts\n"
+		"  --yes                 drop-table without asking\n"
 		"  --version             print the version and exit\n"
 		"\n"
 		"Exit status: 0 ok, 1 error, 2 usage, 3 write finished with rejected lines.\n"
@@ -951,7 +985,7 @@ int main(int argc, char **argv)
 		.host = "127.0.0.1", .port = CLI_DEFAULT_PORT, .token = getenv("TALLY_TOKEN")};
 	char *args[256];
 	const char *server = NULL, *seq = NULL;
-	int n = 0;
+	int n = 0, yes = 0, confirmed = 0;
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
 		const char *wait = NULL;
@@ -980,6 +1014,8 @@ int main(int argc, char **argv)
 					return 2;
 				}
 			}
+		} else if (!strcmp(a, "--yes")) {
+			yes = 1;
 		} else if (!strcmp(a, "--csv")) {
 			o.csv = 1;
 		} else if (!strcmp(a, "--json")) {
@@ -1022,8 +1058,18 @@ int main(int argc, char **argv)
 	}
 	if (!strcmp(cmd, "ping"))
 		return cli_cmd_ping(&o);
+	if (!strcmp(cmd, "drop-table")) {
+		if (n != 2) {
+			fprintf(stderr, "usage: tally drop-table TABLE [--yes]\n");
+			return 2;
+		}
+		if (!cli_confirm_drop(&o, args[1], yes))
+			return 1;
+		cmd = "drop";
+		confirmed = 1;
+	}
 	for (size_t i = 0; i < sizeof cli_admins / sizeof *cli_admins; i++)
-		if (!strcmp(cmd, cli_admins[i].word))
+		if (!strcmp(cmd, cli_admins[i].word) && (strcmp(cmd, "drop") || confirmed))
 			return cli_cmd_admin(&o, &cli_admins[i], server, n - 1, args + 1);
 	if (!strcmp(cmd, "restore"))
 		return cli_cmd_restore(n - 1, args + 1, seq);

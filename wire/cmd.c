@@ -426,6 +426,7 @@ static const struct {
 	{"retention", CMD_RETENTION, 1, 1, "#!retention RULES|none"},
 	{"retain", CMD_RETAIN, 0, 0, "#!retain"},
 	{"retained", CMD_RETAINED, 1, 2, "#!retained TABLE [raw|LEVEL]"},
+	{"drop", CMD_DROP, 1, 1, "#!drop TABLE"},
 };
 
 int cmd_parse(const char *line, size_t len, char *scratch, size_t scratch_cap, int64_t now,
@@ -456,6 +457,7 @@ int cmd_parse(const char *line, size_t len, char *scratch, size_t scratch_cap, i
 	case CMD_AUTH: out->token = a[0]; return 0;
 	case CMD_BACKUP: out->dest = a[0]; return 0;
 	case CMD_RETENTION: out->rules = strcasecmp(a[0], "none") ? a[0] : ""; return 0;
+	case CMD_DROP:
 	case CMD_RETAINED:
 		if (cmd_name_arg("table", a[0], err, err_cap))
 			return -1;

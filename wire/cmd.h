@@ -29,10 +29,11 @@ enum cmd_kind {
 	CMD_PRECISION,
 	CMD_HELP,
 	CMD_BACKUP,
-	CMD_RETENTION,          /* #!retention RULES: replace the retention rules */
-	CMD_RETAIN,             /* #!retain: a retention pass now */
-	CMD_RETAINED,           /* #!retained TABLE [STEP]: the earliest retained instant */
-	CMD_LAST = CMD_RETAINED /* a new kind goes above and moves this */
+	CMD_RETENTION,      /* #!retention RULES: replace the retention rules */
+	CMD_RETAIN,         /* #!retain: a retention pass now */
+	CMD_RETAINED,       /* #!retained TABLE [STEP]: the earliest retained instant */
+	CMD_DROP,           /* #!drop TABLE: every event of the table goes */
+	CMD_LAST = CMD_DROP /* a new kind goes above and moves this */
 };
 
 typedef struct cmd_req {

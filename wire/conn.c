@@ -999,6 +999,16 @@ static int conn_command(wconn *c, const char *line, size_t len)
 	case CMD_RETENTION:
 	case CMD_RETAIN:
 	case CMD_RETAINED: conn_retention(c, &r, no); break;
+	case CMD_DROP: {
+		/* runs on this loop's thread (a flush first): its other
+		 * connections wait */
+		int rc = tally_db_drop_table(s->db, r.table);
+		if (rc)
+			conn_putf(c, 0, "ERR line %" PRIu64 ": drop: %s", no, conn_errmsg(rc));
+		else
+			conn_putf(c, 0, "OK drop %s", r.table);
+		break;
+	}
 	case CMD_HELP: {
 		conn_text t = text_take(c->sh);
 		text_raw(&t, "command\tusage\n", 14);
