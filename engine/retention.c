@@ -173,9 +173,10 @@ static int parse_set(const levels *L, const char *spec, ret_set *out)
 		for (uint32_t i = 0; i + 1 < out->n; i++) {
 			const char *a = out->rules[i].table, *b = out->rules[out->n - 1].table;
 			if ((!a && !b) || (a && b && !strcmp(a, b))) {
-				set_free(out);
-				return err_set(TALLY_EINVAL, "retention rule %u: table '%s' twice",
-					       i + 1, b ? b : "*");
+				rc = err_set(TALLY_EINVAL, "retention rule %u: table '%s' twice",
+					     out->n, b ? b : "*");
+				set_free(out); /* b is in it */
+				return rc;
 			}
 		}
 		p = re + 1;
