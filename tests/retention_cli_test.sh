@@ -100,4 +100,30 @@ got=$(t --csv query agg traffic speed KV1 "${from}ns" now | tail -1)
 [[ $got == 0,* ]] || fail "after the drop: $got"
 if t drop-table nope --yes 2>"$tmp/err" >/dev/null; then fail "dropped a missing table"; fi
 grep -q "no table 'nope'" "$tmp/err" || fail "no 'no table': $(cat "$tmp/err")"
+kill "$pid"; wait "$pid" 2>/dev/null || true; pid=
+
+# SIGHUP rereads the config file's rules; bad ones change nothing
+printf 'retention = "traffic:raw=30d"\n' > "$tmp/conf"
+rm -f "$tmp/port"
+"$tallyd" --config "$tmp/conf" --data "$tmp/data2" --port 0 --port-file "$tmp/port" \
+  --http-port off --log-level info 2>"$tmp/log" &
+pid=$!
+for _ in $(seq 1 2000); do [ -s "$tmp/port" ] && break; sleep 0.01; done
+[ -s "$tmp/port" ] || { echo "tallyd did not start:"; cat "$tmp/log"; exit 1; }
+echo "traffic,camera=KV1 speed=1 $(( now - 3600 ))000000000" | t -q write >/dev/null
+first=$(t retained traffic)
+[[ $first == "OK retained traffic from "* ]] || fail "retained with the file's rules: $first"
+printf 'retention = "traffic:raw=10d"\n' > "$tmp/conf"
+kill -HUP "$pid"
+for _ in $(seq 1 600); do
+  [ "$(t retained traffic)" != "$first" ] && break
+  sleep 0.1
+done
+second=$(t retained traffic)
+[ "${second##* }" -gt "${first##* }" ] || fail "SIGHUP did not shorten raw: $first, then $second"
+printf 'retention = "traffic:raw=bad"\n' > "$tmp/conf"
+kill -HUP "$pid"
+for _ in $(seq 1 600); do grep -q "retention unchanged" "$tmp/log" && break; sleep 0.1; done
+grep -q "retention unchanged" "$tmp/log" || fail "no 'retention unchanged' in the log"
+[ "$(t retained traffic)" = "$second" ] || fail "bad rules in the file changed the rules"
 echo ok
