@@ -7,6 +7,7 @@
 #define TALLY_RETENTION_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 
 #include "catalog.h"
@@ -30,6 +31,9 @@ typedef struct ret_set {
 typedef struct retention {
 	pthread_mutex_t mu; /* rules and the figures */
 	ret_set set;
+	/* set.n, also readable without mu: a query on a database without
+	 * rules (the default) takes no lock */
+	_Atomic uint32_t n_rules;
 	int64_t next_pass; /* the background's next pass, monotonic ns */
 	/* since open */
 	uint64_t passes;
