@@ -39,6 +39,19 @@ static inline int64_t su_mono_ms(void)
 	return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
 }
 
+/* A port of 127.0.0.1 free a moment ago, for a program that must be told
+ * its port (a broker, a node named in another's peers). */
+static inline unsigned su_free_port(void)
+{
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	cr_assert(bind(fd, (struct sockaddr *)&a, sizeof a) == 0);
+	socklen_t n = sizeof a;
+	getsockname(fd, (struct sockaddr *)&a, &n);
+	close(fd);
+	return ntohs(a.sin_port);
+}
+
 /* ---------------------------------------------------------------- the server */
 
 typedef struct tsrv {

@@ -22,12 +22,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "backup.h"
+#include "cmd.h"
+#include "fanout.h"
 #include "inspect.h"
 
 #define CLI_DEFAULT_PORT "8427"
@@ -38,7 +41,9 @@
 typedef struct cli_opts {
 	const char *host, *port, *token, *precision;
 	int csv, json, quiet;
-	double wait; /* seconds to retry a refused connection (a server starting) */
+	const char *nodes; /* --nodes: ask these tallyd and merge (docs/cluster.md) */
+	int partial;       /* --partial: a node that does not answer is named, not fatal */
+	double wait;       /* seconds to retry a refused connection (a server starting) */
 } cli_opts;
 
 static double cli_now(void)
@@ -66,6 +71,7 @@ typedef struct cli_conn {
 	char *buf; /* received, not yet returned as lines */
 	size_t len, cap;
 	int eof;
+	int file; /* fd is a file (--nodes: the merged answer), read with read() */
 } cli_conn;
 
 static void cli_connect(cli_conn *c, const cli_opts *o)
@@ -136,7 +142,9 @@ static int cli_fill(cli_conn *c, int block)
 			cli_die("out of memory");
 		c->cap = cap;
 	}
-	ssize_t r = recv(c->fd, c->buf + c->len, c->cap - c->len, block ? 0 : MSG_DONTWAIT);
+	ssize_t r =
+		c->file ? read(c->fd, c->buf + c->len, c->cap - c->len)
+			: recv(c->fd, c->buf + c->len, c->cap - c->len, block ? 0 : MSG_DONTWAIT);
 	if (r < 0) {
 		if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
 			return 1;
@@ -435,6 +443,12 @@ static int cli_print_table(cli_conn *c, const cli_opts *o)
 		fprintf(stderr, "tally: %s\n", tail_err);
 		rc = 1;
 	}
+	const char *part = last && !tail_err ? strstr(last, " PARTIAL ") : NULL;
+	if (part) {
+		/* some nodes did not answer (--partial): say which, exit 3 */
+		fprintf(stderr, "tally: partial answer, missing: %s\n", part + 9);
+		rc = 3;
+	}
 	for (size_t i = 0; i < nr; i++) {
 		free(rows[i]);
 		free(lines[i]);
@@ -693,6 +707,43 @@ static void cli_append_arg(char *cmd, size_t cap, const char *arg)
 	cmd[n] = 0;
 }
 
+/* --nodes: asks every node itself and merges (fanout.c); the merged
+ * answer is read back like a server's, from memory. */
+static void cli_fan(cli_conn *c, const cli_opts *o, const char *cmd)
+{
+	fan_node *nodes;
+	size_t n;
+	char err[300];
+	if (fan_parse_nodes(o->nodes, &nodes, &n, err, sizeof err))
+		cli_die("--nodes: %s", err);
+	char scratch[4096], perr[CMD_ERR_MAX], canon[4096];
+	cmd_req r;
+	size_t len = strcspn(cmd, "\n");
+	struct timespec now;
+	clock_gettime(CLOCK_REALTIME, &now);
+	if (len >= sizeof scratch ||
+	    cmd_parse(cmd, len, scratch, sizeof scratch,
+		      (int64_t)now.tv_sec * 1000000000 + now.tv_nsec, &r, perr, sizeof perr))
+		cli_die("%s", len >= sizeof scratch ? "command too long" : perr);
+	if (!fan_build_cmd(&r, canon, sizeof canon))
+		cli_die("command too long");
+	fan_opts fo = {.token = o->token,
+		       .partial = o->partial,
+		       .timeout_ns = INT64_C(5000000000) + (int64_t)(o->wait * 1e9)};
+	char *out;
+	size_t out_len;
+	if (fan_run(nodes, n, &fo, canon, &out, &out_len))
+		cli_die("out of memory");
+	free(nodes);
+	int fd = memfd_create("tally-answer", MFD_CLOEXEC);
+	if (fd < 0 || write(fd, out, out_len) != (ssize_t)out_len || lseek(fd, 0, SEEK_SET))
+		cli_die("memfd: %s", strerror(errno));
+	free(out);
+	memset(c, 0, sizeof *c);
+	c->fd = fd;
+	c->file = 1;
+}
+
 static int cli_run_table(const cli_opts *o, const char *word, int argc, char **argv)
 {
 	size_t cap = 16;
@@ -706,9 +757,21 @@ static int cli_run_table(const cli_opts *o, const char *word, int argc, char **a
 		cli_append_arg(cmd, cap + strlen(word) + 4, argv[i]);
 	strcat(cmd, "\n");
 	cli_conn c;
-	cli_connect(&c, o);
-	cli_auth(&c, o);
-	cli_send_all(&c, cmd, strlen(cmd));
+	if (o->nodes) {
+		cli_fan(&c, o, cmd);
+	} else {
+		cli_connect(&c, o);
+		cli_auth(&c, o);
+		if (o->partial)
+			cli_send_all(&c, "#!fanout partial\n", 17);
+		cli_send_all(&c, cmd, strlen(cmd));
+		if (o->partial) {
+			char *r = cli_read_line(&c);
+			if (!r || strncmp(r, "OK", 2))
+				cli_die("%s", r ? r : "the server closed the connection");
+			free(r);
+		}
+	}
 	int rc = cli_print_table(&c, o);
 	close(c.fd);
 	free(c.buf);
@@ -970,6 +1033,9 @@ static void cli_usage(FILE *f)
 		"  --wait SECONDS        retry a refused connection this long (a server that\n"
 		"                        is starting; default 0)\n"
 		"  --csv, --json         query output as CSV or JSON instead of a table\n"
+		"  --nodes H:P,H:P,...   query: ask every node and merge their answers exactly\n"
+		"  --partial             query: a node that does not answer is named (exit 3),\n"
+		"                        not fatal (with --nodes, or a tallyd with peers)\n"
 		"  -q, --quiet           no progress bar or row counts\n"
 		"  --yes                 drop-table without asking\n"
 		"  --version             print the version and exit\n"
@@ -996,6 +1062,7 @@ int main(int argc, char **argv)
 				   : !strcmp(a, "--token")     ? &o.token
 				   : !strcmp(a, "--precision") ? &o.precision
 				   : !strcmp(a, "--wait")      ? &wait
+				   : !strcmp(a, "--nodes")     ? &o.nodes
 							       : NULL;
 		if (val) {
 			if (i + 1 >= argc) {
@@ -1016,6 +1083,8 @@ int main(int argc, char **argv)
 			}
 		} else if (!strcmp(a, "--yes")) {
 			yes = 1;
+		} else if (!strcmp(a, "--partial")) {
+			o.partial = 1;
 		} else if (!strcmp(a, "--csv")) {
 			o.csv = 1;
 		} else if (!strcmp(a, "--json")) {

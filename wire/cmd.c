@@ -427,6 +427,7 @@ static const struct {
 	{"retain", CMD_RETAIN, 0, 0, "#!retain"},
 	{"retained", CMD_RETAINED, 1, 2, "#!retained TABLE [raw|LEVEL]"},
 	{"drop", CMD_DROP, 1, 1, "#!drop TABLE"},
+	{"fanout", CMD_FANOUT, 1, 1, "#!fanout off|fail|partial"},
 };
 
 int cmd_parse(const char *line, size_t len, char *scratch, size_t scratch_cap, int64_t now,
@@ -467,6 +468,15 @@ int cmd_parse(const char *line, size_t len, char *scratch, size_t scratch_cap, i
 					"retained: '%.40s' is not raw nor a level (like 5m, 1h)",
 					a[1]);
 		return 0;
+	case CMD_FANOUT: {
+		static const char *const modes[] = {"off", "fail", "partial"};
+		for (int i = 0; i < 3; i++)
+			if (!strcasecmp(a[0], modes[i])) {
+				out->fan = i;
+				return 0;
+			}
+		return cmd_fail(err, err_cap, "fanout: '%.40s' is not off, fail or partial", a[0]);
+	}
 	case CMD_SERIES:
 		if (cmd_name_arg("table", a[0], err, err_cap) ||
 		    cmd_name_arg("field", a[1], err, err_cap) ||

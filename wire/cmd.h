@@ -29,6 +29,7 @@ enum cmd_kind {
 	CMD_PRECISION,
 	CMD_HELP,
 	CMD_BACKUP,
+	CMD_FANOUT,
 	CMD_RETENTION,      /* #!retention RULES: replace the retention rules */
 	CMD_RETAIN,         /* #!retain: a retention pass now */
 	CMD_RETAINED,       /* #!retained TABLE [STEP]: the earliest retained instant */
@@ -47,6 +48,7 @@ typedef struct cmd_req {
 	enum tally_precision prec;
 	const char *dest;  /* backup: a directory or s3://bucket/prefix */
 	const char *rules; /* retention: the rules (none: keep everything) */
+	int fan;           /* fanout: 0 off, 1 fail (a missing node fails the answer), 2 partial */
 } cmd_req;
 
 /*

@@ -124,7 +124,7 @@ static const struct conf_item {
 	{"recv-buffers", K_UINT, offsetof(srv_conf, recv_bufs),
 	 "receive buffers per shard (default 32)"},
 	{"recv-buffer-bytes", K_UINT, offsetof(srv_conf, recv_buf_bytes),
-	 "size of each receive buffer (default 64KiB)"},
+	 "size of each receive buffer (default 256KiB)"},
 	{"log-level", K_LOG, offsetof(srv_conf, log_level), "error, warn or info (default info)"},
 	{"io", K_STR, offsetof(srv_conf, io),
 	 "auto (io_uring, else epoll), io_uring or epoll (default auto)"},
@@ -197,6 +197,45 @@ static const struct conf_item {
 	 "how long tables keep raw events and rollup levels: 'TABLE:CLASS=KEEP,...;...', "
 	 "TABLE a name or *, CLASS raw or a level (5m), KEEP like 90d, 2y or forever "
 	 "(default: keep everything; #!retention changes it while running)"},
+	/* Queries across nodes (docs/cluster.md) */
+	{"peers", K_STR, offsetof(srv_conf, peers),
+	 "the other nodes of a cluster, HOST:PORT,...: each query asks every node and merges "
+	 "their answers exactly (unset: this node alone)"},
+	{"peer-timeout", K_DUR, offsetof(srv_conf, peer_timeout_ns),
+	 "a query across nodes fails (or, after #!fanout partial, is marked partial) when a "
+	 "node has not answered within this (default 5s)"},
+	{"fanout-max-bytes", K_SIZE, offsetof(srv_conf, fanout_max_bytes),
+	 "largest answer a query across nodes may merge; larger: an error naming it "
+	 "(default 256MiB)"},
+	/* MQTT (docs/mqtt.md) */
+	{"mqtt-broker", K_STR, offsetof(srv_conf, mqtt_broker),
+	 "HOST:PORT of an MQTT broker to subscribe to (MQTT 5, QoS 1, a persistent session); "
+	 "unset: no MQTT"},
+	{"mqtt-topics", K_STR, offsetof(srv_conf, mqtt_topics),
+	 "topic filters, comma-separated (default cameras/+/events)"},
+	{"mqtt-client-id", K_STR, offsetof(srv_conf, mqtt_client_id),
+	 "client id of the session; the broker keeps the session by it (default tallyd)"},
+	{"mqtt-format", K_STR, offsetof(srv_conf, mqtt_format),
+	 "payloads are json (JSON events, as POST /api/v1/events) or lp (line protocol, ns) "
+	 "(default json)"},
+	{"mqtt-table", K_STR, offsetof(srv_conf, mqtt_table),
+	 "JSON payloads: the table whose json-map reads them (default traffic)"},
+	{"mqtt-key-level", K_UINT, offsetof(srv_conf, mqtt_key_level),
+	 "JSON payloads: the topic level (1-based) that is the key of events naming none, "
+	 "e.g. 2 for cameras/+/events; 0: none (default 0)"},
+	{"mqtt-username", K_STR, offsetof(srv_conf, mqtt_username), "user name for the broker"},
+	{"mqtt-password", K_SECRET, offsetof(srv_conf, mqtt_password),
+	 "password for the broker (prefer mqtt-password-file)"},
+	{"mqtt-password-file", K_SECRET_FILE, offsetof(srv_conf, mqtt_password),
+	 "read the broker password from this file (first line)"},
+	{"mqtt-keepalive", K_DUR, offsetof(srv_conf, mqtt_keepalive_ns),
+	 "MQTT keep alive: a PINGREQ every half of it, the session dropped when the broker "
+	 "is silent longer (default 30s)"},
+	{"mqtt-session-expiry", K_DUR, offsetof(srv_conf, mqtt_session_expiry_ns),
+	 "how long the broker keeps the session (and its messages) while tallyd is away "
+	 "(default 7d)"},
+	{"mqtt-max-message-bytes", K_SIZE, offsetof(srv_conf, mqtt_max_message),
+	 "largest message taken; the broker is told, and drops larger ones (default 16MiB)"},
 };
 
 #define CONF_N         (sizeof conf_items / sizeof conf_items[0])
@@ -224,9 +263,17 @@ void conf_init(srv_conf *c)
 	c->full_wait_ns = 10 * INT64_C(1000000000);
 	c->grace_ns = 5 * INT64_C(1000000000);
 	c->recv_bufs = 32;
-	c->recv_buf_bytes = 64u << 10;
+	/* A read is one write batch: at 256 KiB (about 4,800 lines) the
+	 * cameras of an interleaved file come several rows a key per batch
+	 * (docs/operations.md, "Receive buffers"). */
+	c->recv_buf_bytes = 256u << 10;
 	c->log_level = TALLY_LOG_INFO;
 	c->prefault = 1;
+	c->mqtt_keepalive_ns = 30 * INT64_C(1000000000);
+	c->peer_timeout_ns = 5 * INT64_C(1000000000);
+	c->fanout_max_bytes = 256u << 20;
+	c->mqtt_session_expiry_ns = 7 * 86400 * INT64_C(1000000000);
+	c->mqtt_max_message = 16u << 20;
 }
 
 void conf_wipe(char **s)

@@ -79,6 +79,22 @@ typedef struct srv_conf {
 	uint64_t label_window; /* labelled batches: 0: the engine's 256 */
 	int64_t label_expiry;  /* ns; 0: 7 days; negative ("never"): never */
 	char *retention;       /* tally_options.retention; NULL: keep everything */
+	/* Queries across nodes (fanserv.c, docs/cluster.md) */
+	char *peers;             /* the other nodes, HOST:PORT,...; NULL: none */
+	int64_t peer_timeout_ns; /* a fan-out's deadline */
+	size_t fanout_max_bytes; /* a merged answer's bound */
+	/* MQTT subscriber (mqtt.c, docs/mqtt.md); off unless mqtt_broker */
+	char *mqtt_broker;       /* HOST:PORT */
+	char *mqtt_topics;       /* topic filters, comma-separated; NULL: cameras/+/events */
+	char *mqtt_client_id;    /* the session's id; default "tallyd" */
+	char *mqtt_format;       /* "json" (default) or "lp" */
+	char *mqtt_table;        /* JSON events: the json-map of this table; default traffic */
+	unsigned mqtt_key_level; /* 1-based topic level that is the key; 0: none */
+	char *mqtt_username;
+	char *mqtt_password; /* a secret */
+	int64_t mqtt_keepalive_ns;
+	int64_t mqtt_session_expiry_ns;
+	size_t mqtt_max_message; /* largest PUBLISH taken */
 } srv_conf;
 
 /* S3 refuses multipart parts under 5 MiB; the S3 client buffers at most

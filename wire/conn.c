@@ -33,6 +33,7 @@
 #include "cmd.h"
 #include "frame.h"
 #include "server.h"
+#include "fanserv.h"
 #include "tls.h"
 
 #define CONN_RETRY_NS      (50 * INT64_C(1000000)) /* re-try a write into a full store */
@@ -125,6 +126,10 @@ static void conn_prod_free(wconn *c)
 	}
 	case PROD_KEYS: tally_keys_close(((prod_keys *)c->prod_state)->it); break;
 	case PROD_SCAN: tally_scan_close(((prod_scan *)c->prod_state)->s); break;
+	case PROD_FANOUT:
+		fanserv_release(c->prod_state);
+		c->prod_state = NULL;
+		break;
 	case PROD_NONE: break;
 	}
 	free(c->prod_state);
@@ -538,6 +543,10 @@ static void conn_pump(wconn *c)
 		done = conn_pump_scan(c, c->prod_state, &t);
 		rows = ((prod_scan *)c->prod_state)->rows;
 		break;
+	case PROD_FANOUT:
+		/* the merged answer carries its own END line: 2 adds none */
+		done = fanserv_pump(c, c->prod_state) ? 2 : 0;
+		break;
 	case PROD_NONE: break;
 	}
 	if (t.oom) {
@@ -678,6 +687,10 @@ static void conn_stats(wconn *c)
 		{"parts", es.parts},
 		{"part_bytes", es.part_bytes},
 		{"sealed_parts", es.sealed_parts},
+		/* rows in parts, and rows flushes and merges wrote into parts
+		 * (write_amplification is their ratio to the rows accepted) */
+		{"part_rows", es.part_rows},
+		{"rows_written", (uint64_t)llround(es.write_amplification * (double)es.part_rows)},
 		/* tiering (docs/operations.md, "Watching it"); all 0 when off */
 		{"tier_state", (uint64_t)es.tier_state},
 		{"tiered_parts", es.tiered_parts},
@@ -744,11 +757,14 @@ static void conn_stats(wconn *c)
 	};
 	text_raw(&t, "name\tvalue\n", 11);
 	size_t n = sizeof rows / sizeof rows[0];
-	for (size_t i = 0; i < n; i++) {
+	for (size_t i = 0; i < n + mqtt_n_stat_defs; i++) {
+		const char *name = i < n ? rows[i].name : mqtt_stat_defs[i - n].name;
+		uint64_t v = i < n ? rows[i].v : mqtt_stat(&s->mqtt_st, &mqtt_stat_defs[i - n]);
 		char b[96];
-		int k = snprintf(b, sizeof b, "%s\t%" PRIu64 "\n", rows[i].name, rows[i].v);
+		int k = snprintf(b, sizeof b, "%s\t%" PRIu64 "\n", name, v);
 		text_raw(&t, b, (size_t)k);
 	}
+	n += mqtt_n_stat_defs;
 	char b[32];
 	int k = snprintf(b, sizeof b, "END %zu\n", n);
 	text_raw(&t, b, (size_t)k);
@@ -817,6 +833,20 @@ static void conn_query(wconn *c, const cmd_req *r, uint64_t line)
 	srv *s = c->sh->srv;
 	STAT_ADD(c->sh, queries, 1);
 	int rc = 0, held = 1;
+	if (s->n_fan_nodes && !c->fan_off) {
+		/* Every node answers its part (docs/cluster.md). */
+		fanjob *j;
+		rc = fanserv_start(c, r, line, &j);
+		if (rc == 0) {
+			c->prod = PROD_FANOUT;
+			c->prod_state = j;
+			return;
+		}
+		conn_putf(c, 0, "ERR line %" PRIu64 ": %s: %s", line, r->name,
+			  rc == -E2BIG ? "the query is too long to send to the other nodes"
+				       : conn_errmsg(rc));
+		return;
+	}
 	conn_text t = text_take(c->sh);
 	switch (r->kind) {
 	case CMD_AGG: {
@@ -982,6 +1012,13 @@ static int conn_command(wconn *c, const char *line, size_t len)
 		break;
 	}
 	case CMD_STATS: conn_stats(c); break;
+	case CMD_FANOUT: {
+		static const char *const modes[] = {"off", "fail", "partial"};
+		c->fan_off = r.fan == 0;
+		c->fan_partial = r.fan == 2;
+		conn_putf(c, 0, "OK fanout %s node=%016" PRIx64, modes[r.fan], s->node_id);
+		break;
+	}
 	case CMD_BACKUP: {
 		/* runs on this loop's thread: its other connections wait while
 		 * the files are copied (writes on other loops go on) */

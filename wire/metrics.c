@@ -465,6 +465,11 @@ int metrics_render(srv *s, char **buf, size_t *len, size_t *cap)
 			    (double)atomic_load(&s->tls_reloads));
 	if (!rc)
 		rc = http_endpoints(buf, len, cap, s);
+	for (size_t k = 0; !rc && k < mqtt_n_stat_defs; k++) {
+		const mqtt_stat_def *d = &mqtt_stat_defs[k];
+		rc = single(buf, len, cap, d->metric, d->type, d->help,
+			    (double)mqtt_stat(&s->mqtt_st, d));
+	}
 	if (!rc)
 		rc = single(buf, len, cap, "tally_uptime_seconds", "gauge",
 			    "Seconds since tallyd started.",

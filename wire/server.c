@@ -39,6 +39,7 @@
 
 #include "jsonev.h"
 #include "server.h"
+#include "fanserv.h"
 #include "tls.h"
 
 /* user_data of operations that belong to no connection. Connections'
@@ -116,7 +117,15 @@ int srv_sync_result(srv *s, uint64_t ticket, char *msg, size_t cap)
 	return rc;
 }
 
-static void srv_wake(wshard *sh)
+void srv_sync_wait(srv *s, uint64_t ticket)
+{
+	pthread_mutex_lock(&s->smu);
+	while (atomic_load(&s->sync_done) < ticket && !s->syncer_stop)
+		pthread_cond_wait(&s->dcv, &s->smu);
+	pthread_mutex_unlock(&s->smu);
+}
+
+void srv_wake_shard(wshard *sh)
 {
 	uint64_t one = 1;
 	ssize_t r = write(sh->efd, &one, sizeof one);
@@ -178,8 +187,9 @@ static void *srv_syncer_main(void *arg)
 		}
 		if (target > done) {
 			atomic_store_explicit(&s->sync_done, target, memory_order_release);
+			pthread_cond_broadcast(&s->dcv);
 			for (unsigned i = 0; i < s->n_shards; i++)
-				srv_wake(&s->shards[i]);
+				srv_wake_shard(&s->shards[i]);
 		}
 	}
 	pthread_mutex_unlock(&s->smu);
@@ -492,7 +502,7 @@ void sh_accepted(wshard *sh, int fd, unsigned proto)
 	}
 	to->mail[to->n_mail++] = fd * PROTO_N + (int)proto; /* the protocol rides along */
 	pthread_mutex_unlock(&to->mu);
-	srv_wake(to);
+	srv_wake_shard(to);
 }
 
 static void sh_begin_stop(wshard *sh)
@@ -544,7 +554,7 @@ void sh_mailbox(wshard *sh)
 	int more = sh->n_mail > 0;
 	pthread_mutex_unlock(&sh->mu);
 	if (more)
-		srv_wake(sh);
+		srv_wake_shard(sh);
 	for (size_t i = 0; i < n; i++) {
 		atomic_fetch_sub_explicit(&sh->load, 1, memory_order_relaxed);
 		sh_adopt(sh, fds[i] / PROTO_N, (unsigned)(fds[i] % PROTO_N));
@@ -557,6 +567,10 @@ void sh_mailbox(wshard *sh)
 	if (sh->n_sync_wait)
 		for (wconn *c = sh->conns; c; c = c->next)
 			if (c->sync_ticket)
+				c->proto->step(c);
+	if (atomic_exchange(&sh->fan_ready, 0))
+		for (wconn *c = sh->conns; c; c = c->next)
+			if (c->prod == PROD_FANOUT)
 				c->proto->step(c);
 }
 
@@ -865,6 +879,7 @@ int srv_open(srv *s, srv_conf *conf)
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&s->scv, &ca);
+	pthread_cond_init(&s->dcv, NULL);
 	pthread_condattr_destroy(&ca);
 	int rc;
 	/* Before the database opens: a bad certificate stops the start at once. */
@@ -1039,6 +1054,10 @@ int srv_start(srv *s)
 				s->conf->http_bind ? s->conf->http_bind : s->conf->bind,
 				s->http_port);
 	}
+	if (rc == 0)
+		rc = fanserv_init(s);
+	if (rc == 0)
+		rc = mqtt_start(s);
 	if (rc)
 		srv_stop(s);
 	return rc;
@@ -1053,7 +1072,8 @@ void srv_stop(srv *s)
 	else if (prev == 1)
 		srv_log(s, TALLY_LOG_INFO, "stopping now: closing connections");
 	for (unsigned i = 0; i < s->n_shards; i++)
-		srv_wake(&s->shards[i]);
+		srv_wake_shard(&s->shards[i]);
+	mqtt_stop(s);
 }
 
 int srv_wait(srv *s)
@@ -1061,6 +1081,7 @@ int srv_wait(srv *s)
 	for (unsigned i = 0; i < s->started_threads; i++)
 		pthread_join(s->shards[i].thr, NULL);
 	s->started_threads = 0;
+	mqtt_join(s); /* before the syncer stops: its last PUBACKs wait for a sync */
 	pthread_mutex_lock(&s->smu);
 	s->syncer_stop = 1;
 	pthread_cond_signal(&s->scv);
@@ -1076,6 +1097,8 @@ int srv_wait(srv *s)
 
 void srv_close(srv *s)
 {
+	mqtt_join(s);
+	fanserv_fini(s);
 	for (unsigned i = 0; i < s->n_shards; i++) {
 		wshard *sh = &s->shards[i];
 		while (sh->conns) {
@@ -1119,6 +1142,7 @@ void srv_close(srv *s)
 	s->db = NULL;
 	pthread_mutex_destroy(&s->smu);
 	pthread_cond_destroy(&s->scv);
+	pthread_cond_destroy(&s->dcv);
 	pthread_mutex_destroy(&s->init_mu);
 	pthread_cond_destroy(&s->init_cv);
 	tls_srv_fini(s);
