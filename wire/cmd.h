@@ -30,7 +30,11 @@ enum cmd_kind {
 	CMD_HELP,
 	CMD_BACKUP,
 	CMD_FANOUT,
-	CMD_LAST = CMD_FANOUT /* a new kind goes above and moves this */
+	CMD_RETENTION,      /* #!retention RULES: replace the retention rules */
+	CMD_RETAIN,         /* #!retain: a retention pass now */
+	CMD_RETAINED,       /* #!retained TABLE [STEP]: the earliest retained instant */
+	CMD_DROP,           /* #!drop TABLE: every event of the table goes */
+	CMD_LAST = CMD_DROP /* a new kind goes above and moves this */
 };
 
 typedef struct cmd_req {
@@ -42,8 +46,9 @@ typedef struct cmd_req {
 	int64_t from, to; /* [from, to), ns */
 	uint64_t limit;   /* scan: most rows (0: no limit) */
 	enum tally_precision prec;
-	const char *dest; /* backup: a directory or s3://bucket/prefix */
-	int fan;          /* fanout: 0 off, 1 fail (a missing node fails the answer), 2 partial */
+	const char *dest;  /* backup: a directory or s3://bucket/prefix */
+	const char *rules; /* retention: the rules (none: keep everything) */
+	int fan;           /* fanout: 0 off, 1 fail (a missing node fails the answer), 2 partial */
 } cmd_req;
 
 /*
