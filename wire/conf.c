@@ -73,6 +73,9 @@ static const struct conf_item {
 	{"http-header-timeout", K_DUR, offsetof(srv_conf, http_header_ns),
 	 "time to receive a request's head once it has begun; slower: 408 and close "
 	 "(default 10s)"},
+	{"http-body-timeout", K_DUR, offsetof(srv_conf, http_body_ns),
+	 "time to receive a request's whole body once its head has arrived; slower: 408 and "
+	 "close (default 60s: a 64MiB body needs 1.1MB/s; raise it for slow links)"},
 	{"http-durable", K_BOOL, offsetof(srv_conf, http_durable),
 	 "on: an HTTP write is answered 204 once fsync'ed (group commit); off: once "
 	 "written, before the fsync, like InfluxDB (weaker: a crash may lose it) "
@@ -265,6 +268,7 @@ void conf_init(srv_conf *c)
 	c->http_max_body = 64u << 20;
 	c->http_max_header = 16u << 10;
 	c->http_header_ns = 10 * INT64_C(1000000000);
+	c->http_body_ns = 60 * INT64_C(1000000000);
 	c->http_durable = 1;
 	c->tls_handshake_ns = 10 * INT64_C(1000000000);
 	c->max_line = 1u << 20;
@@ -796,10 +800,10 @@ int conf_parse_args(srv_conf *c, int argc, char **argv)
 		return -1;
 	}
 	if (c->http_max_header < 256 || c->http_max_header > (1u << 20) ||
-	    c->http_max_body < 4096 || c->http_header_ns < 1000000) {
+	    c->http_max_body < 4096 || c->http_header_ns < 1000000 || c->http_body_ns < 1000000) {
 		fprintf(stderr, "tallyd: http-max-header-bytes must be in [256, 1MiB], "
 				"http-max-body-bytes at least 4KiB and http-header-timeout at "
-				"least 1ms\n");
+				"least 1ms, http-body-timeout too\n");
 		return -1;
 	}
 	if (!c->http_tls_cert != !c->http_tls_key) {

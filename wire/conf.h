@@ -26,6 +26,7 @@ typedef struct srv_conf {
 	size_t http_max_body;     /* request body, also decompressed */
 	size_t http_max_header;   /* request line and headers */
 	int64_t http_header_ns;   /* a request's head must arrive within this */
+	int64_t http_body_ns;     /* and its body within this of the head's end */
 	unsigned http_durable;    /* 1: 204 after the fsync; 0: after the write */
 	char *http_tls_cert;      /* PEM certificate chain: the HTTP port speaks HTTPS */
 	char *http_tls_key;       /* PEM private key of http_tls_cert */

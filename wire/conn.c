@@ -584,10 +584,10 @@ static void conn_stats(wconn *c)
 		conn_putf(c, 0, "ERR line %" PRIu64 ": stats: %s", c->lines + 1, conn_errmsg(rc));
 		return;
 	}
-	uint64_t sum[21] = {0}, http_req = 0, http_err = 0;
+	uint64_t sum[22] = {0}, http_req = 0, http_err = 0;
 	for (unsigned i = 0; i < s->n_shards; i++) {
 		wstats *w = &s->shards[i].st;
-		_Atomic uint64_t *f[21] = {&w->conns_total,
+		_Atomic uint64_t *f[22] = {&w->conns_total,
 					   &w->conns_refused,
 					   &w->bytes_in,
 					   &w->bytes_out,
@@ -607,8 +607,9 @@ static void conn_stats(wconn *c)
 					   &w->http_on_lp_port,
 					   &w->auth_failures,
 					   &w->auth_closed,
-					   &w->conns_refused_peer};
-		for (int k = 0; k < 21; k++)
+					   &w->conns_refused_peer,
+					   &w->http_body_timeouts};
+		for (int k = 0; k < 22; k++)
 			sum[k] += atomic_load_explicit(f[k], memory_order_relaxed);
 		for (int e = 0; e < HEP_N; e++) {
 			http_req +=
@@ -692,6 +693,7 @@ static void conn_stats(wconn *c)
 		{"http_lines_rejected", sum[14]},
 		{"http_gzip_bodies", sum[15]},
 		{"http_header_timeouts", sum[16]},
+		{"http_body_timeouts", sum[21]},
 		{"http_on_line_protocol_port", sum[17]},
 		/* labelled batches (docs/protocol.md, "Labelled batches") */
 		{"label_sources", es.label_sources},

@@ -65,6 +65,7 @@ typedef struct hconn {
 	size_t len, cap, mem_cap;
 	enum hstate st;
 	int64_t head_since; /* monotonic ns of the head's first byte; 0: none yet */
+	int64_t body_since; /* monotonic ns of the head's end: the body's deadline runs from it */
 	int64_t t0;         /* the head was complete: the request's latency starts */
 
 	/* The request being served. */
@@ -923,6 +924,7 @@ static int h_head(wconn *c)
 		return 0;
 	}
 	h->head_since = 0;
+	h->body_since = srv_now();
 	h->ep = h_route(r.path);
 	if (h->ep == HEP_OTHER && httpq_route(cf, r.path))
 		h->ep = HEP_QUERY;
@@ -1128,6 +1130,16 @@ static void h_tick(wconn *c, int64_t now)
 		STAT_ADD(c->sh, http_header_timeouts, 1);
 		h->ep = HEP_OTHER;
 		h_error(c, 408, "invalid", "request head not received in time", NULL, 1);
+		conn_linger_step(c);
+		return;
+	}
+	/* A body that drips (a byte now and then) would hold the connection
+	 * and its buffer for as long as the client likes: it has its own
+	 * deadline, from the head's end. */
+	if (h->st == HS_BODY && h->body_since && now - h->body_since > cf->http_body_ns) {
+		STAT_ADD(c->sh, http_body_timeouts, 1);
+		h_error(c, 408, "invalid", "request body not received in time (http-body-timeout)",
+			NULL, 1);
 		conn_linger_step(c);
 		return;
 	}

@@ -86,7 +86,7 @@ typedef struct wstats {
 		lines_rejected, commands, queries, syncs, replies_dropped, idle_closed, full_waits;
 	/* HTTP (httpd.c); lines_accepted/rejected above count every protocol */
 	_Atomic uint64_t http_conns, http_lines_accepted, http_lines_rejected, http_gzip_bodies,
-		http_header_timeouts, http_on_lp_port;
+		http_header_timeouts, http_on_lp_port, http_body_timeouts;
 	/* TLS (tls.c) */
 	_Atomic uint64_t tls_handshakes, tls_failures, tls_plaintext, tls_timeouts;
 	/* Authentication and admission (conn.c, httpd.c, server.c): wrong or

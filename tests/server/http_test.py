@@ -343,7 +343,8 @@ def mode_curl():
 
     # Small limits: 413 for a body too large, before and after gzip; 408
     # for a head that comes too slowly.
-    srv = Server("--http-max-body-bytes", "64KiB", "--http-header-timeout", "1s")
+    srv = Server("--http-max-body-bytes", "64KiB", "--http-header-timeout", "1s",
+                 "--http-body-timeout", "2s")
     try:
         st, out, _ = curl(srv, "/write", "--data-binary", "@-", data=b"x a=1\n" * 20000)
         check(st == 413, "oversized body: %s" % out)
@@ -363,25 +364,52 @@ def mode_curl():
                 time.sleep(0.2)
         except (BrokenPipeError, ConnectionResetError):
             pass
-        s.settimeout(10)
-        try:
-            while True:
-                b = s.recv(4096)
-                if not b:
-                    break
-                got += b
-        except (ConnectionResetError, socket.timeout):
-            pass
-        s.close()
+        got += read_to_close(s)
         check(got.startswith(b"HTTP/1.1 408"), "slowloris: %r" % got[:200])
         step("slowloris")
         check(srv.stats()["http_header_timeouts"] == 1, "the slowloris was not counted")
         check(time.monotonic() - t < 25, "slowloris was not cut off")
+        # a body dribbled a byte every 0.2 s after a head that came at once:
+        # 408 at http-body-timeout, and no byte of it is written
+        s = socket.create_connection(("127.0.0.1", srv.http), timeout=30)
+        body = b"drip v=1 1700000000000000000\n" * 100
+        s.sendall(b"POST /write HTTP/1.1\r\nHost: t\r\nAuthorization: Token %s\r\n"
+                  b"Content-Length: %d\r\n\r\n" % (TOKEN.encode(), len(body)))
+        got, t = b"", time.monotonic()
+        try:
+            for k in range(len(body) - 1):
+                s.sendall(body[k:k + 1])
+                time.sleep(0.2)
+                if time.monotonic() - t > 25:
+                    break
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        got += read_to_close(s)
+        check(got.startswith(b"HTTP/1.1 408") and b"body" in got, "body drip: %r" % got[:300])
+        check(time.monotonic() - t < 25, "the dripping body was not cut off")
+        check(srv.stats()["http_body_timeouts"] == 1, "the dripping body was not counted")
+        step("a body dripped byte by byte")
     finally:
         srv.stop()
     sigterm_keeps_every_answered_write()
     step("SIGTERM during writes")
     print("curl: every check passed")
+
+
+def read_to_close(s):
+    """What the server sends until it closes (10 s at most), then closes s."""
+    got = b""
+    s.settimeout(10)
+    try:
+        while True:
+            b = s.recv(4096)
+            if not b:
+                break
+            got += b
+    except (ConnectionResetError, socket.timeout):
+        pass
+    s.close()
+    return got
 
 
 def sigterm_keeps_every_answered_write():
