@@ -373,6 +373,7 @@ def mode_curl():
         # 408 at http-body-timeout, and no byte of it is written
         s = socket.create_connection(("127.0.0.1", srv.http), timeout=30)
         body = b"drip v=1 1700000000000000000\n" * 100
+        before = srv.stats()["http_lines_accepted"]
         s.sendall(b"POST /write HTTP/1.1\r\nHost: t\r\nAuthorization: Token %s\r\n"
                   b"Content-Length: %d\r\n\r\n" % (TOKEN.encode(), len(body)))
         got, t = b"", time.monotonic()
@@ -387,7 +388,9 @@ def mode_curl():
         got += read_to_close(s)
         check(got.startswith(b"HTTP/1.1 408") and b"body" in got, "body drip: %r" % got[:300])
         check(time.monotonic() - t < 25, "the dripping body was not cut off")
-        check(srv.stats()["http_body_timeouts"] == 1, "the dripping body was not counted")
+        after = srv.stats()
+        check(after["http_body_timeouts"] == 1, "the dripping body was not counted")
+        check(after["http_lines_accepted"] == before, "lines of the cut-off body were written")
         step("a body dripped byte by byte")
     finally:
         srv.stop()
