@@ -26,6 +26,7 @@
 #include <string.h>
 
 #include "cmd.h"
+#include "kafka.h"
 #include "server.h"
 
 /* ---------------------------------------------------------------- histogram */
@@ -449,6 +450,8 @@ int metrics_render(srv *s, char **buf, size_t *len, size_t *cap)
 			    (double)atomic_load(&s->tls_reloads));
 	if (!rc)
 		rc = http_endpoints(buf, len, cap, s);
+	if (!rc)
+		rc = kafka_metrics(s, buf, len, cap);
 	if (!rc)
 		rc = single(buf, len, cap, "tally_uptime_seconds", "gauge",
 			    "Seconds since tallyd started.",

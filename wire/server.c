@@ -38,6 +38,7 @@
 #include <unistd.h>
 
 #include "jsonev.h"
+#include "kafka.h"
 #include "server.h"
 #include "tls.h"
 
@@ -995,6 +996,8 @@ int srv_open(srv *s, srv_conf *conf)
 			goto fail;
 		}
 	}
+	if ((rc = kafka_open(s)))
+		goto fail;
 	s->shards[0].listen_fd = s->listen_fd; /* shard 0 accepts for all */
 	s->shards[0].http_listen_fd = s->http_listen_fd;
 	s->listen_fd = s->http_listen_fd = -1;
@@ -1038,6 +1041,8 @@ int srv_start(srv *s)
 				s->conf->http_bind ? s->conf->http_bind : s->conf->bind,
 				s->http_port);
 	}
+	if (rc == 0)
+		rc = kafka_start(s);
 	if (rc)
 		srv_stop(s);
 	return rc;
@@ -1051,12 +1056,15 @@ void srv_stop(srv *s)
 			"stopping: no new connections; draining, then a last sync");
 	else if (prev == 1)
 		srv_log(s, TALLY_LOG_INFO, "stopping now: closing connections");
+	kafka_stop(s);
 	for (unsigned i = 0; i < s->n_shards; i++)
 		srv_wake(&s->shards[i]);
 }
 
 int srv_wait(srv *s)
 {
+	/* the consumers first: they sync and commit while the syncer runs */
+	kafka_join(s);
 	for (unsigned i = 0; i < s->started_threads; i++)
 		pthread_join(s->shards[i].thr, NULL);
 	s->started_threads = 0;
@@ -1075,6 +1083,7 @@ int srv_wait(srv *s)
 
 void srv_close(srv *s)
 {
+	kafka_close(s); /* its writers and its JSON mapping go before the rest */
 	for (unsigned i = 0; i < s->n_shards; i++) {
 		wshard *sh = &s->shards[i];
 		while (sh->conns) {

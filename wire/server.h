@@ -246,6 +246,7 @@ struct srv {
 	int syncer_stop;
 	metrics_hist sync_seconds;     /* durations of the syncer's tally_db_sync */
 	struct jsonev_maps *json_maps; /* JSON event mappings by table (jsonev.c), read-only */
+	struct kafka *kafka;           /* the Kafka consumer (kafka.c); NULL: off */
 };
 
 /* server.c */
