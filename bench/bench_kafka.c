@@ -18,8 +18,8 @@
  *     has passed it (written and queryable; durable follows within
  *     sync-interval). Figures: p50, p99, max.
  *
- *   ./build/bench/bench_kafka --messages 4000 --lines 1000
- *   ./build/bench/bench_kafka --json --messages 2000
+ *   ./build/bench/bench_kafka --messages 300 --lines 1000
+ *   ./build/bench/bench_kafka --json --messages 300
  */
 #include <errno.h>
 #include <ftw.h>
@@ -358,7 +358,7 @@ static void lag(const char *tallyd, const char *brokers, double rate, double sec
 int main(int argc, char **argv)
 {
 	const char *tallyd = "./build/wire/tallyd";
-	uint64_t messages = 4000;
+	uint64_t messages = 300;
 	double rate = 1e6, seconds = 10;
 	static const struct option opts[] = {{"tallyd", required_argument, 0, 't'},
 					     {"messages", required_argument, 0, 'm'},
