@@ -82,6 +82,8 @@ static const char *node_script(void)
 }
 
 /* Runs the producer for messages [from, from + count); returns its pid. */
+static const char *kformat = "lp"; /* kafka_produce.mjs's FORMAT */
+
 static pid_t kproduce(const kmock *m, int from, int count, int lines, int poison, int pause_ms)
 {
 	const char *script = node_script();
@@ -97,7 +99,7 @@ static pid_t kproduce(const kmock *m, int from, int count, int lines, int poison
 		prctl(PR_SET_PDEATHSIG, SIGKILL);
 		int nul = open("/dev/null", O_WRONLY);
 		dup2(nul, 1);
-		execlp("node", "node", script, m->brokers, TOPIC, a[0], a[1], a[2], "lp", p[0],
+		execlp("node", "node", script, m->brokers, TOPIC, a[0], a[1], a[2], kformat, p[0],
 		       p[1], (char *)NULL);
 		_exit(127);
 	}
@@ -138,12 +140,16 @@ static kbrute kbrute_of(int n, int lines, int poison)
 	return b;
 }
 
+/* Where the events are: k.v from line protocol, traffic.speed from JSON
+ * events (the default json-map). */
+static const char *kquery = "#!agg k v c%d " TO_ALL;
+
 /* Adds what a node holds, per camera. */
 static void kheld(tcli *c, kbrute *b)
 {
 	for (int k = 0; k < NCAM; k++) {
 		ttable t;
-		tcli_query(c, &t, "#!agg k v c%d " TO_ALL, k);
+		tcli_query(c, &t, kquery, k);
 		if (t.err) { /* no table yet on this node */
 			ttable_free(&t);
 			continue;
@@ -481,6 +487,32 @@ Test(kafka, broker_outage_loses_nothing)
 	cr_assert_gt(tstat(c, "kafka_errors"), 0, "the outage was seen");
 	tcli_close(c);
 	cr_assert_eq(tsrv_wait(&s, SIGTERM), 0);
+	tdir_remove(&s);
+	kmock_stop(&m);
+}
+
+Test(kafka, json_events_with_refused_ones_equal_brute_force)
+{
+	kformat = "json";
+	kquery = "#!agg traffic speed c%d " TO_ALL;
+	kmock m;
+	kmock_start(&m, 1);
+	tsrv s;
+	tdir_make(&s);
+	const int N = 120, L = 20, P = 10; /* every 10th message: one event refused */
+	kproduce_wait(kproduce(&m, 0, N, L, P, 0));
+	kspawn(&s, &m, "--kafka-format", "json");
+	tcli *c = tcli_open(s.port);
+	kbrute want = kbrute_of(N, L, P);
+	kexpect(&m, &c, 1, &want);
+	cr_assert_eq(tstat(c, "kafka_poison_messages"), N / P);
+	cr_assert_eq(tstat(c, "kafka_lines_rejected"), N / P);
+	cr_assert_eq(tstat(c, "kafka_messages"), N);
+	tcli_close(c);
+	cr_assert_eq(tsrv_wait(&s, SIGTERM), 0);
+	char *log = tsrv_log(&s);
+	cr_assert(strstr(log, "event 0 at byte"), "%s", log);
+	free(log);
 	tdir_remove(&s);
 	kmock_stop(&m);
 }
