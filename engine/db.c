@@ -1302,6 +1302,23 @@ TALLY_API int tally_write_batch_labelled(tally_writer *w, const char *source, ui
 	return label_done(w, tally_write_batch(w, b), duplicate);
 }
 
+TALLY_API int tally_label_high(tally_db *db, const char *source, uint64_t *seq)
+{
+	err_clear();
+	if (!db || !source || !seq)
+		return err_set(TALLY_EINVAL, "tally_label_high: NULL argument");
+	size_t n = strlen(source);
+	if (n == 0 || n > BATCH_SOURCE_MAX)
+		return err_set(TALLY_EINVAL, "batch label: source length %zu not in [1, %u]", n,
+			       BATCH_SOURCE_MAX);
+	pthread_mutex_lock(&db->idem.mu);
+	int found = idem_high(&db->idem, source, (uint32_t)n, seq);
+	pthread_mutex_unlock(&db->idem.mu);
+	if (!found)
+		return err_set(TALLY_ENOTFOUND, "no label of source '%s'", source);
+	return 0;
+}
+
 static int labels_file_exists(const tally_db *db)
 {
 	char path[PATH_MAX];

@@ -58,6 +58,13 @@ static idem_source *find(const idem *id, const char *src, uint32_t len)
 	return strmap_get(&id->map, src, len, strmap_hash(src, len));
 }
 
+int idem_high(const idem *id, const char *src, uint32_t len, uint64_t *high)
+{
+	const idem_source *s = find(id, src, len);
+	*high = s ? s->high : 0;
+	return s != NULL;
+}
+
 static int bit_get(const idem_source *s, uint64_t i)
 {
 	return (int)((s->bits[i / 64] >> (i % 64)) & 1);

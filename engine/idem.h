@@ -70,6 +70,9 @@ void idem_free(idem *id);
  * applied sequence (0 when unknown). */
 enum idem_state idem_check(const idem *id, const char *src, uint32_t len, uint64_t seq,
 			   uint64_t *high);
+/* The source's highest applied sequence into *high: 1, or 0 when the
+ * table holds none of it. Caller holds mu. */
+int idem_high(const idem *id, const char *src, uint32_t len, uint64_t *high);
 /* Records (source, seq) as applied at now_ns. Caller holds mu (or is the
  * only thread, at open). 0 or -ENOMEM. */
 int idem_note(idem *id, const char *src, uint32_t len, uint64_t seq, int64_t now_ns);

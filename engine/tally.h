@@ -366,6 +366,14 @@ TALLY_API int tally_write_lp_labelled(tally_writer *w, const char *source, uint6
 TALLY_API int tally_write_batch_labelled(tally_writer *w, const char *source, uint64_t seq,
 					 const tally_batch *b, int *duplicate);
 
+/* The highest sequence applied for source into *seq: 0, or
+ * TALLY_ENOTFOUND when the database holds no label of it (never labelled,
+ * or forgotten by label_expiry). A consumer that labels each batch with
+ * the position it read up to resumes from here after a restart (tallyd's
+ * Kafka consumer: docs/cluster.md). Safe with concurrent writes; a batch
+ * being applied meanwhile may or may not be seen. */
+TALLY_API int tally_label_high(tally_db *db, const char *source, uint64_t *seq);
+
 /* ---------------------------------------------------------------- queries */
 
 typedef struct tally_agg {

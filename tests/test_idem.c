@@ -656,3 +656,29 @@ Test(idem, coded_payload_splits_columns_into_blocks)
 	stage_batch_free(&b);
 	catalog_free(&cat);
 }
+
+/* tally_label_high: what a consumer resumes from, also after a reopen (the
+ * WAL's records), after a flush (the labels file), and never below a
+ * later batch that arrived out of order. */
+Test(idem, label_high_is_the_highest_applied_sequence)
+{
+	fx f = {0};
+	fx_open(&f, idem_opts(), 0);
+	uint64_t hi = 99;
+	cr_assert_eq(tally_label_high(f.db, "orders/0", &hi), TALLY_ENOTFOUND);
+	cr_assert_eq(tally_label_high(f.db, "", &hi), TALLY_EINVAL);
+	fx_lp(&f, "orders/0", 7, one_car, NULL);
+	fx_lp(&f, "orders/0", 12, one_car, NULL);
+	fx_lp(&f, "orders/0", 9, one_car, NULL);
+	cr_assert_eq(tally_label_high(f.db, "orders/0", &hi), 0);
+	cr_assert_eq(hi, 12);
+	cr_assert_eq(tally_label_high(f.db, "orders/1", &hi), TALLY_ENOTFOUND);
+	fx_reopen(&f, 1);
+	cr_assert_eq(tally_label_high(f.db, "orders/0", &hi), 0, "from the WAL");
+	cr_assert_eq(hi, 12);
+	cr_assert_eq(tally_db_flush(f.db), 0);
+	fx_reopen(&f, 0);
+	cr_assert_eq(tally_label_high(f.db, "orders/0", &hi), 0, "from the labels file");
+	cr_assert_eq(hi, 12);
+	fx_close(&f);
+}

@@ -41,9 +41,10 @@ enum conf_kind {
 	K_LOG,
 	K_LEVELS,
 	K_OFFSET,
-	K_BOOL,     /* unsigned 0 or 1: on/off, yes/no, true/false, 1/0 */
-	K_PORT_OFF, /* int: a TCP port, 0 (any free port), or off (-1) */
-	K_JSON_MAP, /* appended to json_maps: repeatable, checked when set */
+	K_BOOL,      /* unsigned 0 or 1: on/off, yes/no, true/false, 1/0 */
+	K_PORT_OFF,  /* int: a TCP port, 0 (any free port), or off (-1) */
+	K_JSON_MAP,  /* appended to json_maps: repeatable, checked when set */
+	K_KAFKA_OPT, /* "key=value" appended to kafka_options: repeatable, never printed */
 };
 
 static const struct conf_item {
@@ -255,6 +256,36 @@ static const struct conf_item {
 	 "(default 7d)"},
 	{"mqtt-max-message-bytes", K_SIZE, offsetof(srv_conf, mqtt_max_message),
 	 "largest message taken; the broker is told, and drops larger ones (default 16MiB)"},
+	/* Kafka (docs/cluster.md): consumed exactly once, offsets kept as labels. */
+	{"kafka-brokers", K_STR, offsetof(srv_conf, kafka_brokers),
+	 "Kafka bootstrap brokers, host:port,...; the consumer is on when set"},
+	{"kafka-topics", K_STR, offsetof(srv_conf, kafka_topics),
+	 "Kafka topics to consume, comma-separated"},
+	{"kafka-group", K_STR, offsetof(srv_conf, kafka_group),
+	 "Kafka consumer group; the nodes of one cluster share it (default tally)"},
+	{"kafka-client-id", K_STR, offsetof(srv_conf, kafka_client_id),
+	 "Kafka client id, shown by the brokers' tools (default tallyd)"},
+	{"kafka-format", K_STR, offsetof(srv_conf, kafka_format),
+	 "what a Kafka message holds: lp (line protocol, default) or json (JSON events, "
+	 "mapped by the json-map of kafka-json-table)"},
+	{"kafka-json-table", K_STR, offsetof(srv_conf, kafka_json_table),
+	 "with kafka-format json: the table whose json-map maps the events (default "
+	 "traffic)"},
+	{"kafka-dead-letter-topic", K_STR, offsetof(srv_conf, kafka_dead_letter),
+	 "produce each Kafka message with refused lines or events here, as it was, with "
+	 "its origin in headers (default: none, only counted and logged)"},
+	{"kafka-consumers", K_UINT, offsetof(srv_conf, kafka_consumers),
+	 "Kafka consumer threads, each a member of the group (default: one per shard)"},
+	{"kafka-batch-bytes", K_SIZE, offsetof(srv_conf, kafka_batch_bytes),
+	 "consumed messages of one partition are written as one labelled batch up to "
+	 "this size (default 4MiB)"},
+	{"kafka-handover-wait", K_DUR0, offsetof(srv_conf, kafka_handover_ns),
+	 "a partition that may come from another node waits this long after a rebalance "
+	 "for the previous owner's hand-over commit; 0: no wait (default 3s)"},
+	{"kafka-option", K_KAFKA_OPT, 0,
+	 "a librdkafka setting as key=value, repeatable, e.g. security.protocol=SASL_SSL, "
+	 "sasl.mechanism=SCRAM-SHA-512, sasl.username=..., sasl.password=...; values are "
+	 "never printed"},
 };
 
 #define CONF_N         (sizeof conf_items / sizeof conf_items[0])
@@ -294,6 +325,8 @@ void conf_init(srv_conf *c)
 	c->fanout_max_bytes = 256u << 20;
 	c->mqtt_session_expiry_ns = 7 * 86400 * INT64_C(1000000000);
 	c->mqtt_max_message = 16u << 20;
+	c->kafka_batch_bytes = 4u << 20;
+	c->kafka_handover_ns = 3 * INT64_C(1000000000);
 }
 
 void conf_wipe(char **s)
@@ -316,6 +349,11 @@ void conf_free(srv_conf *c)
 			*p = NULL;
 		}
 	}
+	for (unsigned i = 0; i < c->n_kafka_options; i++)
+		conf_wipe(&c->kafka_options[i]);
+	free(c->kafka_options);
+	c->kafka_options = NULL;
+	c->n_kafka_options = 0;
 	for (unsigned i = 0; i < c->n_json_maps; i++)
 		free(c->json_maps[i]);
 	free(c->json_maps);
@@ -401,6 +439,19 @@ static int conf_read_secret_file(const struct conf_item *it, char **dst, const c
 	}
 	explicit_bzero(buf, sizeof buf); /* do not leave the secret on the stack */
 	return rc;
+}
+
+/* A copy of value appended to a repeatable setting's list. */
+static int conf_list_add(char ***list, unsigned *n, const char *value)
+{
+	char **v = realloc(*list, (*n + 1) * sizeof *v);
+	if (!v)
+		return -1;
+	*list = v;
+	if (!(v[*n] = strdup(value)))
+		return -1;
+	(*n)++;
+	return 0;
 }
 
 int conf_set(srv_conf *c, const char *name, const char *value, const char *where)
@@ -543,14 +594,18 @@ int conf_set(srv_conf *c, const char *name, const char *value, const char *where
 				err);
 			return -1;
 		}
-		char **v = realloc(c->json_maps, (c->n_json_maps + 1) * sizeof *v);
-		if (!v)
+		return conf_list_add(&c->json_maps, &c->n_json_maps, value);
+	}
+	case K_KAFKA_OPT: {
+		/* the key may be shown; the value may be a password */
+		const char *eq = strchr(value, '=');
+		if (!eq || eq == value || !eq[1]) {
+			fprintf(stderr, "tallyd: %s%s%s: '%.*s' is not key=value\n",
+				where ? where : "", where ? ": " : "", it->name,
+				eq ? (int)(eq - value) : 0, value);
 			return -1;
-		c->json_maps = v;
-		if (!(v[c->n_json_maps] = strdup(value)))
-			return -1;
-		c->n_json_maps++;
-		return 0;
+		}
+		return conf_list_add(&c->kafka_options, &c->n_kafka_options, value);
 	}
 	case K_LEVELS: {
 		char buf[256];
@@ -826,6 +881,18 @@ int conf_parse_args(srv_conf *c, int argc, char **argv)
 			"guessed; use a random one, e.g. from 'head -c 24 /dev/urandom | "
 			"base64'\n",
 			strlen(c->token), CONF_TOKEN_MIN);
+		return -1;
+	}
+	if (c->kafka_format && strcmp(c->kafka_format, "lp") && strcmp(c->kafka_format, "json")) {
+		fprintf(stderr, "tallyd: kafka-format '%s' is not lp or json\n", c->kafka_format);
+		return -1;
+	}
+	if (c->kafka_brokers && (!c->kafka_topics || !*c->kafka_topics)) {
+		fprintf(stderr, "tallyd: kafka-brokers needs kafka-topics\n");
+		return -1;
+	}
+	if (c->kafka_batch_bytes && c->kafka_batch_bytes < 4096) {
+		fprintf(stderr, "tallyd: kafka-batch-bytes must be at least 4KiB\n");
 		return -1;
 	}
 	if (c->max_conns == 0) {

@@ -105,6 +105,21 @@ typedef struct srv_conf {
 	char *camera_table;
 	char *camera_field;
 	char *camera_key;
+	/* Kafka consumer (wire/kafka.c, docs/cluster.md); on when brokers is set. */
+	char *kafka_brokers;       /* bootstrap.servers */
+	char *kafka_topics;        /* comma-separated */
+	char *kafka_group;         /* NULL: "tally" */
+	char *kafka_client_id;     /* NULL: "tallyd" */
+	char *kafka_format;        /* "lp" (NULL) or "json" */
+	char *kafka_json_table;    /* the json-map table of JSON messages; NULL: traffic */
+	char *kafka_dead_letter;   /* topic for messages with refused lines; NULL: none */
+	unsigned kafka_consumers;  /* consumer threads; 0: one per shard */
+	size_t kafka_batch_bytes;  /* a batch (one WAL record) is cut past this */
+	int64_t kafka_handover_ns; /* a partition from another owner waits this long */
+	/* kafka-option: "key=value" pairs passed to librdkafka as they are
+	 * (SASL, TLS, timeouts); values may be secrets: never printed, wiped */
+	char **kafka_options;
+	unsigned n_kafka_options;
 } srv_conf;
 
 /* S3 refuses multipart parts under 5 MiB; the S3 client buffers at most

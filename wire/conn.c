@@ -33,6 +33,7 @@
 #include "cmd.h"
 #include "frame.h"
 #include "series.h"
+#include "kafka.h"
 #include "server.h"
 #include "fanserv.h"
 #include "tls.h"
@@ -574,6 +575,23 @@ int conn_token_ok(const char *want, const char *got, size_t gl)
 	return diff == 0;
 }
 
+/* One "name\tvalue" row of #!stats into the answer, counted. */
+typedef struct conn_stats_out {
+	conn_text *t;
+	size_t n;
+} conn_stats_out;
+
+static void conn_stats_row(void *ctx, const char *name, uint64_t v)
+{
+	conn_stats_out *o = ctx;
+	char b[320];
+	int k = snprintf(b, sizeof b, "%s\t%" PRIu64 "\n", name, v);
+	if (k > 0 && (size_t)k < sizeof b) {
+		text_raw(o->t, b, (size_t)k);
+		o->n++;
+	}
+}
+
 static void conn_stats(wconn *c)
 {
 	srv *s = c->sh->srv;
@@ -719,17 +737,17 @@ static void conn_stats(wconn *c)
 		{"uptime_seconds", (uint64_t)((srv_now() - s->started) / 1000000000)},
 	};
 	text_raw(&t, "name\tvalue\n", 11);
-	size_t n = sizeof rows / sizeof rows[0];
-	for (size_t i = 0; i < n + mqtt_n_stat_defs; i++) {
-		const char *name = i < n ? rows[i].name : mqtt_stat_defs[i - n].name;
-		uint64_t v = i < n ? rows[i].v : mqtt_stat(&s->mqtt_st, &mqtt_stat_defs[i - n]);
-		char b[96];
-		int k = snprintf(b, sizeof b, "%s\t%" PRIu64 "\n", name, v);
-		text_raw(&t, b, (size_t)k);
-	}
-	n += mqtt_n_stat_defs;
+	conn_stats_out o = {&t, 0};
+	for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++)
+		conn_stats_row(&o, rows[i].name, rows[i].v);
+	/* the MQTT subscriber's (docs/mqtt.md) */
+	for (size_t i = 0; i < mqtt_n_stat_defs; i++)
+		conn_stats_row(&o, mqtt_stat_defs[i].name,
+			       mqtt_stat(&s->mqtt_st, &mqtt_stat_defs[i]));
+	/* the Kafka consumer's (docs/cluster.md), per partition too */
+	kafka_stats(s, conn_stats_row, &o);
 	char b[32];
-	int k = snprintf(b, sizeof b, "END %zu\n", n);
+	int k = snprintf(b, sizeof b, "END %zu\n", o.n);
 	text_raw(&t, b, (size_t)k);
 	if (!t.oom)
 		conn_put(c, t.p, t.n, 0);

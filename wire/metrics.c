@@ -26,6 +26,7 @@
 #include <string.h>
 
 #include "cmd.h"
+#include "kafka.h"
 #include "server.h"
 
 /* ---------------------------------------------------------------- histogram */
@@ -486,6 +487,8 @@ int metrics_render(srv *s, char **buf, size_t *len, size_t *cap)
 		rc = single(buf, len, cap, d->metric, d->type, d->help,
 			    (double)mqtt_stat(&s->mqtt_st, d));
 	}
+	if (!rc)
+		rc = kafka_metrics(s, buf, len, cap);
 	if (!rc)
 		rc = single(buf, len, cap, "tally_uptime_seconds", "gauge",
 			    "Seconds since tallyd started.",

@@ -38,6 +38,7 @@
 #include <unistd.h>
 
 #include "jsonev.h"
+#include "kafka.h"
 #include "server.h"
 #include "fanserv.h"
 #include "tls.h"
@@ -1050,6 +1051,8 @@ int srv_open(srv *s, srv_conf *conf)
 			goto fail;
 		}
 	}
+	if ((rc = kafka_open(s)))
+		goto fail;
 	s->shards[0].listen_fd = s->listen_fd; /* shard 0 accepts for all */
 	s->shards[0].http_listen_fd = s->http_listen_fd;
 	s->listen_fd = s->http_listen_fd = -1;
@@ -1097,6 +1100,8 @@ int srv_start(srv *s)
 		rc = fanserv_init(s);
 	if (rc == 0)
 		rc = mqtt_start(s);
+	if (rc == 0)
+		rc = kafka_start(s);
 	if (rc)
 		srv_stop(s);
 	return rc;
@@ -1110,6 +1115,7 @@ void srv_stop(srv *s)
 			"stopping: no new connections; draining, then a last sync");
 	else if (prev == 1)
 		srv_log(s, TALLY_LOG_INFO, "stopping now: closing connections");
+	kafka_stop(s);
 	for (unsigned i = 0; i < s->n_shards; i++)
 		srv_wake_shard(&s->shards[i]);
 	mqtt_stop(s);
@@ -1117,6 +1123,8 @@ void srv_stop(srv *s)
 
 int srv_wait(srv *s)
 {
+	/* the consumers first: they sync and commit while the syncer runs */
+	kafka_join(s);
 	for (unsigned i = 0; i < s->started_threads; i++)
 		pthread_join(s->shards[i].thr, NULL);
 	s->started_threads = 0;
@@ -1138,6 +1146,7 @@ void srv_close(srv *s)
 {
 	mqtt_join(s);
 	fanserv_fini(s);
+	kafka_close(s); /* its writers and its JSON mapping go before the rest */
 	for (unsigned i = 0; i < s->n_shards; i++) {
 		wshard *sh = &s->shards[i];
 		while (sh->conns) {

@@ -272,6 +272,7 @@ struct srv {
 	/* The MQTT subscriber (mqtt.c); NULL when mqtt-broker is unset. */
 	struct mq *mqtt;
 	mqtt_stats mqtt_st;
+	struct kafka *kafka; /* the Kafka consumer (kafka.c); NULL: off */
 };
 
 /* server.c */

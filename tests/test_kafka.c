@@ -1,0 +1,518 @@
+/*
+ * test_kafka.c — tallyd's Kafka consumer against real Kafka-protocol
+ * brokers: exactly once through steady consumption, kill -9, a rebalance
+ * between two nodes, poison messages and a broker outage.
+ *
+ * The brokers are librdkafka's mock cluster (rdkafka_mock.h), made in this
+ * process on 127.0.0.1; it serves produce, fetch, consumer groups and
+ * offset commits, and can take brokers down. The messages come from an
+ * independent producer, kafkajs (tests/server/kafka_produce.mjs), whose
+ * events are a pure function of the message number, so the brute force
+ * here (kbrute) knows each camera's count and sum. A message counted
+ * twice or lost shows as a wrong count or sum. Waits are bounded and
+ * generous; nothing is timed.
+ */
+#include <criterion/criterion.h>
+#include <librdkafka/rdkafka.h>
+#include <librdkafka/rdkafka_mock.h>
+
+#include "srvutil.h"
+
+#define TOPIC  "events"
+#define NPART  4
+#define NCAM   8
+#define TO_ALL "0 1800000000000000000"
+
+typedef struct kmock {
+	rd_kafka_t *rk, *q; /* q: a client of the cluster, for watermarks */
+	rd_kafka_mock_cluster_t *mc;
+	char brokers[256];
+} kmock;
+
+static void kmock_start(kmock *m, int brokers)
+{
+	char err[256];
+	rd_kafka_conf_t *conf = rd_kafka_conf_new();
+	rd_kafka_conf_set(conf, "log_level", "2", NULL, 0);
+	m->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof err);
+	cr_assert_not_null(m->rk, "%s", err);
+	m->mc = rd_kafka_mock_cluster_new(m->rk, brokers);
+	cr_assert_not_null(m->mc);
+	snprintf(m->brokers, sizeof m->brokers, "%s", rd_kafka_mock_cluster_bootstraps(m->mc));
+	cr_assert_eq(rd_kafka_mock_topic_create(m->mc, TOPIC, NPART, brokers < 3 ? brokers : 3), 0);
+	conf = rd_kafka_conf_new();
+	rd_kafka_conf_set(conf, "bootstrap.servers", m->brokers, NULL, 0);
+	rd_kafka_conf_set(conf, "log_level", "2", NULL, 0);
+	m->q = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof err);
+	cr_assert_not_null(m->q, "%s", err);
+}
+
+/* The partition's high watermark: the offset after its last message. */
+static int64_t kmock_high(kmock *m, int32_t p)
+{
+	int64_t lo, hi;
+	rd_kafka_resp_err_t e;
+	int64_t deadline = su_mono_ms() + 60000;
+	while ((e = rd_kafka_query_watermark_offsets(m->q, TOPIC, p, &lo, &hi, 5000))) {
+		cr_assert(su_mono_ms() < deadline, "watermarks: %s", rd_kafka_err2str(e));
+		usleep(100000);
+	}
+	return hi;
+}
+
+static void kmock_stop(kmock *m)
+{
+	rd_kafka_destroy(m->q);
+	rd_kafka_mock_cluster_destroy(m->mc);
+	rd_kafka_destroy(m->rk);
+}
+
+/* ---------------------------------------------------------------- producer */
+
+static const char *node_script(void)
+{
+	static char path[512];
+	snprintf(path, sizeof path, "%s/tests/server/kafka_produce.mjs", TALLY_SOURCE_DIR);
+	char mod[512];
+	snprintf(mod, sizeof mod, "%s/tests/server/node_modules/kafkajs", TALLY_SOURCE_DIR);
+	struct stat st;
+	if (stat(mod, &st) != 0 || system("command -v node >/dev/null 2>&1") != 0)
+		cr_skip_test("node or kafkajs missing (tools/setup installs them)");
+	return path;
+}
+
+/* Runs the producer for messages [from, from + count); returns its pid. */
+static const char *kformat = "lp"; /* kafka_produce.mjs's FORMAT */
+
+static pid_t kproduce(const kmock *m, int from, int count, int lines, int poison, int pause_ms)
+{
+	const char *script = node_script();
+	char a[4][24], p[2][24];
+	snprintf(a[0], sizeof a[0], "%d", from);
+	snprintf(a[1], sizeof a[1], "%d", count);
+	snprintf(a[2], sizeof a[2], "%d", lines);
+	snprintf(p[0], sizeof p[0], "%d", poison);
+	snprintf(p[1], sizeof p[1], "%d", pause_ms);
+	pid_t pid = fork();
+	cr_assert(pid >= 0);
+	if (pid == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		int nul = open("/dev/null", O_WRONLY);
+		dup2(nul, 1);
+		execlp("node", "node", script, m->brokers, TOPIC, a[0], a[1], a[2], kformat, p[0],
+		       p[1], (char *)NULL);
+		_exit(127);
+	}
+	return pid;
+}
+
+static void kproduce_wait(pid_t pid)
+{
+	int st;
+	int64_t deadline = su_mono_ms() + 120000;
+	while (waitpid(pid, &st, WNOHANG) != pid) {
+		cr_assert(su_mono_ms() < deadline, "the producer did not finish in 120 s");
+		usleep(20000);
+	}
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the producer failed (status %d)", st);
+}
+
+/* ---------------------------------------------------------------- brute force */
+
+typedef struct kbrute {
+	uint64_t count[NCAM], sum[NCAM], total;
+} kbrute;
+
+/* What messages [0, n) of LINES lines each hold, as kafka_produce.mjs
+ * makes them; a poison message's first line is refused. */
+static kbrute kbrute_of(int n, int lines, int poison)
+{
+	kbrute b = {0};
+	for (int i = 0; i < n; i++)
+		for (int j = 0; j < lines; j++) {
+			if (poison > 0 && i % poison == poison - 1 && j == 0)
+				continue;
+			uint64_t e = (uint64_t)i * (uint64_t)lines + (uint64_t)j;
+			b.count[i % NCAM]++;
+			b.sum[i % NCAM] += e % 100;
+			b.total++;
+		}
+	return b;
+}
+
+/* Where the events are: k.v from line protocol, traffic.speed from JSON
+ * events (the default json-map). */
+static const char *kquery = "#!agg k v c%d " TO_ALL;
+
+/* Adds what a node holds, per camera. */
+static void kheld(tcli *c, kbrute *b)
+{
+	for (int k = 0; k < NCAM; k++) {
+		ttable t;
+		tcli_query(c, &t, kquery, k);
+		if (t.err) { /* no table yet on this node */
+			ttable_free(&t);
+			continue;
+		}
+		cr_assert_eq(t.n, 2);
+		uint64_t n = strtoull(tcell(t.rows[1], 0), NULL, 10);
+		b->count[k] += n;
+		b->total += n;
+		if (n)
+			b->sum[k] += (uint64_t)strtod(tcell(t.rows[1], 1), NULL);
+		ttable_free(&t);
+	}
+}
+
+static kbrute kheld_all(tcli **cs, int n)
+{
+	kbrute b = {0};
+	for (int i = 0; i < n; i++)
+		kheld(cs[i], &b);
+	return b;
+}
+
+/* The furthest offset the nodes wrote of partition p (their
+ * kafka_offset:events/P rows), -1 when none owns it. */
+static int64_t kwritten(tcli **cs, int n, int32_t p)
+{
+	char name[64];
+	snprintf(name, sizeof name, "kafka_offset:" TOPIC "/%d", p);
+	int64_t best = -1;
+	for (int i = 0; i < n; i++) {
+		ttable t;
+		tcli_query(cs[i], &t, "#!stats");
+		cr_assert_null(t.err, "%s", t.err);
+		for (size_t r = 1; r < t.n; r++)
+			if (!strcmp(tcell(t.rows[r], 0), name)) {
+				int64_t v = (int64_t)strtoull(tcell(t.rows[r], 1), NULL, 10);
+				best = v > best ? v : best;
+			}
+		ttable_free(&t);
+	}
+	return best;
+}
+
+/* Waits (bounded) until the nodes wrote every partition up to its high
+ * watermark, then checks every camera's count and sum: one message
+ * counted twice or lost fails. */
+static void kexpect(kmock *m, tcli **cs, int n, const kbrute *want)
+{
+	int64_t deadline = su_mono_ms() + 150000;
+	for (int32_t p = 0; p < NPART; p++) {
+		int64_t hi = kmock_high(m, p), w;
+		while ((w = kwritten(cs, n, p)) < hi && !(hi == 0 && w < 0)) {
+			cr_assert(su_mono_ms() < deadline,
+				  "after 150 s partition %d is written up to %" PRId64
+				  " of %" PRId64,
+				  p, w, hi);
+			usleep(200000);
+		}
+	}
+	kbrute got = kheld_all(cs, n);
+	for (int k = 0; k < NCAM; k++) {
+		cr_assert_eq(got.count[k], want->count[k],
+			     "camera c%d: %" PRIu64 " events, want %" PRIu64, k, got.count[k],
+			     want->count[k]);
+		cr_assert_eq(got.sum[k], want->sum[k], "camera c%d: sum %" PRIu64 ", want %" PRIu64,
+			     k, got.sum[k], want->sum[k]);
+	}
+}
+
+/* ---------------------------------------------------------------- tallyd */
+
+static void kspawn(tsrv *s, const kmock *m, const char *extra1, const char *extra2)
+{
+	const char *args[] = {"--kafka-brokers",
+			      m->brokers,
+			      "--kafka-topics",
+			      TOPIC,
+			      "--kafka-group",
+			      "tally-test",
+			      "--kafka-option",
+			      "session.timeout.ms=3000",
+			      "--kafka-option",
+			      "heartbeat.interval.ms=300",
+			      "--shards",
+			      "2",
+			      "--sync-interval",
+			      "100ms",
+			      extra1,
+			      extra2,
+			      NULL};
+	tsrv_spawn(s, args, 1);
+}
+
+static uint64_t kwait_stat(tcli *c, const char *name, uint64_t at_least)
+{
+	int64_t deadline = su_mono_ms() + 120000;
+	for (;;) {
+		uint64_t v = tstat(c, name);
+		if (v >= at_least)
+			return v;
+		cr_assert(su_mono_ms() < deadline, "%s stayed at %" PRIu64 " (want %" PRIu64 ")",
+			  name, v, at_least);
+		usleep(50000);
+	}
+}
+
+/* ---------------------------------------------------------------- tests */
+
+Test(kafka, steady_consumption_equals_brute_force)
+{
+	kmock m;
+	kmock_start(&m, 3);
+	tsrv s;
+	tdir_make(&s);
+	kproduce_wait(kproduce(&m, 0, 400, 50, 0, 0));
+	kspawn(&s, &m, NULL, NULL);
+	tcli *c = tcli_open(s.port);
+	kbrute want = kbrute_of(400, 50, 0);
+	kexpect(&m, &c, 1, &want);
+	cr_assert_eq(tstat(c, "kafka_messages"), 400);
+	cr_assert_eq(tstat(c, "kafka_partitions"), NPART);
+	cr_assert_eq(tstat(c, "kafka_poison_messages"), 0);
+	/* each partition's batches carry its offsets as labels: one source
+	 * per partition that got messages (kafkajs spreads the 8 keys) */
+	uint64_t srcs = tstat(c, "label_sources");
+	cr_assert(srcs >= 2 && srcs <= NPART, "%" PRIu64 " label sources", srcs);
+	/* the offsets are committed to Kafka once durable (monitoring) */
+	kwait_stat(c, "kafka_commits", 1);
+	tcli_close(c);
+	cr_assert_eq(tsrv_wait(&s, SIGTERM), 0);
+	/* a restart resumes from the labels: nothing is read twice */
+	kspawn(&s, &m, NULL, NULL);
+	c = tcli_open(s.port);
+	kwait_stat(c, "kafka_partitions", NPART);
+	kproduce_wait(kproduce(&m, 400, 40, 50, 0, 0));
+	want = kbrute_of(440, 50, 0);
+	kexpect(&m, &c, 1, &want);
+	cr_assert_eq(tstat(c, "kafka_messages"), 40, "only the new messages were read");
+	tcli_close(c);
+	cr_assert_eq(tsrv_wait(&s, SIGTERM), 0);
+	tdir_remove(&s);
+	kmock_stop(&m);
+}
+
+Test(kafka, kill_9_mid_consumption_counts_each_message_once)
+{
+	kmock m;
+	kmock_start(&m, 3);
+	tsrv s;
+	tdir_make(&s);
+	const int N = 900, L = 40;
+	pid_t prod = kproduce(&m, 0, N, L, 0, 700); /* about 30 s */
+	kspawn(&s, &m, "--kafka-batch-bytes", "8KiB");
+	int done = 0, st;
+	for (int round = 0; round < 3; round++) {
+		tcli *c = tcli_open(s.port);
+		/* consuming, with batches written but not all synced (once the
+		 * producer is done, the later rounds kill a node at rest) */
+		int64_t deadline = su_mono_ms() + 120000;
+		while (tstat(c, "kafka_messages") < 5 &&
+		       !(done = done || waitpid(prod, &st, WNOHANG) == prod)) {
+			cr_assert(su_mono_ms() < deadline, "nothing consumed in 120 s");
+			usleep(50000);
+		}
+		tcli_close(c);
+		cr_assert_eq(tsrv_wait(&s, SIGKILL), 128 + SIGKILL);
+		kspawn(&s, &m, "--kafka-batch-bytes", "8KiB");
+	}
+	if (!done)
+		kproduce_wait(prod);
+	else
+		cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the producer failed");
+	tcli *c = tcli_open(s.port);
+	kbrute want = kbrute_of(N, L, 0);
+	kexpect(&m, &c, 1, &want);
+	tcli_close(c);
+	cr_assert_eq(tsrv_wait(&s, SIGTERM), 0);
+	tdir_remove(&s);
+	kmock_stop(&m);
+}
+
+Test(kafka, rebalance_between_two_nodes_counts_each_message_once)
+{
+	kmock m;
+	kmock_start(&m, 3);
+	tsrv a, b;
+	tdir_make(&a);
+	tdir_make(&b);
+	const int N = 900, L = 40;
+	pid_t prod = kproduce(&m, 0, N, L, 0, 500); /* about 20 s */
+	kspawn(&a, &m, "--kafka-batch-bytes", "8KiB");
+	tcli *ca = tcli_open(a.port);
+	kwait_stat(ca, "kafka_messages", 20);
+	/* b joins the group while a consumes: the partitions are split */
+	kspawn(&b, &m, "--kafka-batch-bytes", "8KiB");
+	tcli *cb = tcli_open(b.port);
+	kwait_stat(cb, "kafka_partitions", 1);
+	kproduce_wait(prod);
+	tcli *cs[2] = {ca, cb};
+	kbrute want = kbrute_of(N, L, 0);
+	kexpect(&m, cs, 2, &want);
+	cr_assert_gt(tstat(ca, "kafka_rebalances"), 1);
+	/* a leaves (SIGTERM): b takes every partition from a's commits */
+	tcli_close(ca);
+	cr_assert_eq(tsrv_wait(&a, SIGTERM), 0);
+	kwait_stat(cb, "kafka_partitions", NPART);
+	kproduce_wait(kproduce(&m, N, 100, L, 0, 0));
+	/* a's store, read back without the consumer */
+	tsrv_spawn(&a, NULL, 1);
+	ca = tcli_open(a.port);
+	cs[0] = ca;
+	want = kbrute_of(N + 100, L, 0);
+	kexpect(&m, cs, 2, &want);
+	tcli_close(ca);
+	tcli_close(cb);
+	cr_assert_eq(tsrv_wait(&a, SIGTERM), 0);
+	cr_assert_eq(tsrv_wait(&b, SIGTERM), 0);
+	tdir_remove(&a);
+	tdir_remove(&b);
+	kmock_stop(&m);
+}
+
+/* Reads the dead-letter topic's messages; their count. */
+static int kdead_letters(const kmock *m, const char *topic, int want, char *log, size_t cap)
+{
+	char err[256];
+	rd_kafka_conf_t *conf = rd_kafka_conf_new();
+	rd_kafka_conf_set(conf, "bootstrap.servers", m->brokers, err, sizeof err);
+	rd_kafka_conf_set(conf, "group.id", "dlq-reader", err, sizeof err);
+	rd_kafka_conf_set(conf, "auto.offset.reset", "earliest", err, sizeof err);
+	rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof err);
+	cr_assert_not_null(rk, "%s", err);
+	rd_kafka_poll_set_consumer(rk);
+	rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+	rd_kafka_topic_partition_list_add(l, topic, 0)->offset = RD_KAFKA_OFFSET_BEGINNING;
+	cr_assert_eq(rd_kafka_assign(rk, l), 0);
+	rd_kafka_topic_partition_list_destroy(l);
+	int n = 0;
+	size_t used = 0;
+	int64_t deadline = su_mono_ms() + 60000;
+	while (n < want && su_mono_ms() < deadline) {
+		rd_kafka_message_t *msg = rd_kafka_consumer_poll(rk, 200);
+		if (!msg)
+			continue;
+		if (!msg->err) {
+			rd_kafka_headers_t *h = NULL;
+			const void *v;
+			size_t vn;
+			cr_assert_eq(rd_kafka_message_headers(msg, &h), 0, "no headers");
+			cr_assert_eq(rd_kafka_header_get_last(h, "tally-offset", &v, &vn), 0);
+			used += (size_t)snprintf(log + used, cap - used, "%.*s,", (int)vn,
+						 (const char *)v);
+			cr_assert_lt(used, cap);
+			n++;
+		}
+		rd_kafka_message_destroy(msg);
+	}
+	rd_kafka_consumer_close(rk);
+	rd_kafka_destroy(rk);
+	return n;
+}
+
+Test(kafka, poison_messages_are_counted_logged_and_dead_lettered)
+{
+	kmock m;
+	kmock_start(&m, 1);
+	cr_assert_eq(rd_kafka_mock_topic_create(m.mc, "events-dlq", 1, 1), 0);
+	tsrv s;
+	tdir_make(&s);
+	const int N = 210, L = 10, P = 7; /* every 7th message has a refused line */
+	kproduce_wait(kproduce(&m, 0, N, L, P, 0));
+	kspawn(&s, &m, "--kafka-dead-letter-topic", "events-dlq");
+	tcli *c = tcli_open(s.port);
+	kbrute want = kbrute_of(N, L, P);
+	kexpect(&m, &c, 1, &want);
+	const uint64_t bad = N / P;
+	cr_assert_eq(tstat(c, "kafka_poison_messages"), bad);
+	cr_assert_eq(tstat(c, "kafka_lines_rejected"), bad);
+	cr_assert_eq(tstat(c, "kafka_messages"), N, "poison never stalls its partition");
+	kwait_stat(c, "kafka_dead_letters", bad);
+	char offs[8192];
+	cr_assert_eq(kdead_letters(&m, "events-dlq", (int)bad, offs, sizeof offs), (int)bad, "%s",
+		     offs);
+	tcli_close(c);
+	cr_assert_eq(tsrv_wait(&s, SIGTERM), 0);
+	char *log = tsrv_log(&s);
+	cr_assert(strstr(log, "kafka: events/"), "%s", log);
+	cr_assert(strstr(log, "line 1 of the message: field 'v'"), "%s", log);
+	free(log);
+	tdir_remove(&s);
+	kmock_stop(&m);
+}
+
+Test(kafka, broker_outage_loses_nothing)
+{
+	kmock m;
+	kmock_start(&m, 3);
+	tsrv s;
+	tdir_make(&s);
+	const int N = 600, L = 40;
+	kproduce_wait(kproduce(&m, 0, N, L, 0, 0));
+	/* slow fetches, so the outage falls in the middle of consumption */
+	for (int id = 1; id <= 3; id++)
+		rd_kafka_mock_broker_set_rtt(m.mc, id, 100);
+	const char *args[] = {"--kafka-brokers",
+			      m.brokers,
+			      "--kafka-topics",
+			      TOPIC,
+			      "--kafka-option",
+			      "session.timeout.ms=3000",
+			      "--kafka-option",
+			      "heartbeat.interval.ms=300",
+			      "--kafka-option",
+			      "max.partition.fetch.bytes=4096",
+			      "--kafka-option",
+			      "fetch.max.bytes=8192",
+			      "--kafka-option",
+			      "message.max.bytes=8192",
+			      "--sync-interval",
+			      "100ms",
+			      NULL};
+	tsrv_spawn(&s, args, 1);
+	tcli *c = tcli_open(s.port);
+	uint64_t before = kwait_stat(c, "kafka_messages", 10);
+	cr_assert_lt(before, (uint64_t)N, "consumed everything before the outage");
+	for (int id = 1; id <= 3; id++)
+		rd_kafka_mock_broker_set_down(m.mc, id);
+	sleep(4); /* the outage: librdkafka reconnects by itself once it ends */
+	for (int id = 1; id <= 3; id++) {
+		rd_kafka_mock_broker_set_up(m.mc, id);
+		rd_kafka_mock_broker_set_rtt(m.mc, id, 0);
+	}
+	kbrute want = kbrute_of(N, L, 0);
+	kexpect(&m, &c, 1, &want);
+	cr_assert_gt(tstat(c, "kafka_errors"), 0, "the outage was seen");
+	tcli_close(c);
+	cr_assert_eq(tsrv_wait(&s, SIGTERM), 0);
+	tdir_remove(&s);
+	kmock_stop(&m);
+}
+
+Test(kafka, json_events_with_refused_ones_equal_brute_force)
+{
+	kformat = "json";
+	kquery = "#!agg traffic speed c%d " TO_ALL;
+	kmock m;
+	kmock_start(&m, 1);
+	tsrv s;
+	tdir_make(&s);
+	const int N = 120, L = 20, P = 10; /* every 10th message: one event refused */
+	kproduce_wait(kproduce(&m, 0, N, L, P, 0));
+	kspawn(&s, &m, "--kafka-format", "json");
+	tcli *c = tcli_open(s.port);
+	kbrute want = kbrute_of(N, L, P);
+	kexpect(&m, &c, 1, &want);
+	cr_assert_eq(tstat(c, "kafka_poison_messages"), N / P);
+	cr_assert_eq(tstat(c, "kafka_lines_rejected"), N / P);
+	cr_assert_eq(tstat(c, "kafka_messages"), N);
+	tcli_close(c);
+	cr_assert_eq(tsrv_wait(&s, SIGTERM), 0);
+	char *log = tsrv_log(&s);
+	cr_assert(strstr(log, "event 0 at byte"), "%s", log);
+	free(log);
+	tdir_remove(&s);
+	kmock_stop(&m);
+}
