@@ -23,6 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "aggkind.h"
 #include "db.h"
 #include "err.h"
 #include "log.h"
@@ -222,7 +223,7 @@ static int write_rollups(flush_ctx *f, const series *se, pw_slot *sl)
 				f->bk[n++] = (part_bucket){x->start,  x->a.count, x->a.sum,
 							   x->a.comp, x->a.min,   x->a.max};
 			}
-			int r = part_writer_rollup(sl->w, f->num_of[c], l, f->bk, n);
+			int r = agg_write_rollup(sl->w, f->num_of[c], l, &agg_basic, f->bk, n);
 			if (r)
 				return r;
 		}

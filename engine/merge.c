@@ -35,6 +35,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "aggkind.h"
 #include "db.h"
 #include "err.h"
 #include "flush.h"
@@ -73,7 +74,7 @@ typedef struct merge_ctx {
 	char *svals;
 	uint64_t *spres;
 	part_colvals *cv;
-	part_bucket *bk, *tmp;
+	uint8_t *bk, *tmp; /* buckets of an aggregate kind, bucket_size bytes each */
 	uint32_t cap_bk, cap_tmp;
 } merge_ctx;
 
@@ -228,10 +229,37 @@ static int write_key_rows(merge_ctx *m, part_writer *w)
 	return 0;
 }
 
-/* Merges the key's buckets of output numeric column oc, level l. */
+static int64_t bucket_start(const uint8_t *b)
+{
+	int64_t t;
+	memcpy(&t, b, 8);
+	return t;
+}
+
+/* Grows *arr to room for n buckets of bs bytes; 0 or -ENOMEM. */
+static int grow_buckets(uint8_t **arr, uint32_t *cap, uint32_t n, size_t bs)
+{
+	if (n <= *cap)
+		return 0;
+	uint32_t nc = *cap ? *cap : 1024;
+	while (nc < n)
+		nc *= 2;
+	uint8_t *na = mem_realloc(*arr, (size_t)nc * bs);
+	if (!na)
+		return err_set(-ENOMEM, "out of memory");
+	*arr = na;
+	*cap = nc;
+	return 0;
+}
+
+/* Merges the key's buckets of output numeric column oc, level l: every
+ * input's block decoded and merged window by window through its kind's
+ * table (engine/aggkind.c), into one sorted array. */
 static int write_key_rollup(merge_ctx *m, part_writer *w, const part_key **pks, uint32_t oc,
 			    unsigned l)
 {
+	const agg_kind *k = &agg_basic;
+	const size_t bs = k->bucket_size;
 	uint32_t n = 0;
 	for (uint32_t i = 0; i < m->n_in; i++) {
 		if (!pks[i])
@@ -241,57 +269,40 @@ static int write_key_rollup(merge_ctx *m, part_writer *w, const part_key **pks, 
 		if (pc < 0 || p->info.num_of[pc] < 0)
 			continue;
 		uint32_t num = (uint32_t)p->info.num_of[pc];
-		const part_rollup *ro =
-			&p->rollups[pks[i]->first_rollup + num * p->info.n_levels + l];
-		if (!ro->n_buckets)
+		uint32_t got, nb = agg_rollup_windows(p, pks[i], num, l);
+		if (!nb)
 			continue;
-		if (ro->n_buckets > m->cap_tmp) {
-			part_bucket *nt = mem_realloc(m->tmp, ro->n_buckets * sizeof *nt);
-			if (!nt)
-				return err_set(-ENOMEM, "out of memory");
-			m->tmp = nt;
-			m->cap_tmp = ro->n_buckets;
-		}
-		uint32_t got;
-		int rc = part_read_rollup(p, pks[i], num, l, &m->ps, m->tmp, m->cap_tmp, &got);
+		int rc = grow_buckets(&m->tmp, &m->cap_tmp, nb, bs);
+		if (!rc)
+			rc = agg_read_rollup(p, pks[i], num, l, &m->ps, k, m->tmp, m->cap_tmp,
+					     &got);
+		if (!rc)
+			rc = grow_buckets(&m->bk, &m->cap_bk, n + got, bs);
 		if (rc)
 			return rc;
 		/* merge the sorted buckets into m->bk[0..n) */
-		if (n + got > m->cap_bk) {
-			uint32_t nc = m->cap_bk ? m->cap_bk : 1024;
-			while (nc < n + got)
-				nc *= 2;
-			part_bucket *nb = mem_realloc(m->bk, nc * sizeof *nb);
-			if (!nb)
-				return err_set(-ENOMEM, "out of memory");
-			m->bk = nb;
-			m->cap_bk = nc;
-		}
 		for (uint32_t j = 0; j < got; j++) {
-			const part_bucket *b = &m->tmp[j];
+			const uint8_t *b = m->tmp + j * bs;
+			int64_t t = bucket_start(b);
 			uint32_t lo = 0, hi = n;
 			while (lo < hi) {
 				uint32_t mid = (lo + hi) / 2;
-				if (m->bk[mid].start < b->start)
+				if (bucket_start(m->bk + mid * bs) < t)
 					lo = mid + 1;
 				else
 					hi = mid;
 			}
-			if (lo < n && m->bk[lo].start == b->start) {
-				ragg x = {m->bk[lo].count, m->bk[lo].sum, m->bk[lo].comp,
-					  m->bk[lo].min, m->bk[lo].max};
-				ragg y = {b->count, b->sum, b->comp, b->min, b->max};
-				ragg_merge(&x, &y);
-				m->bk[lo] = (part_bucket){b->start, x.count, x.sum,
-							  x.comp,   x.min,   x.max};
+			uint8_t *at = m->bk + lo * bs;
+			if (lo < n && bucket_start(at) == t) {
+				k->merge(at + 8, b + 8);
 				continue;
 			}
-			memmove(&m->bk[lo + 1], &m->bk[lo], (n - lo) * sizeof *m->bk);
-			m->bk[lo] = *b;
+			memmove(at + bs, at, (n - lo) * bs);
+			memcpy(at, b, bs);
 			n++;
 		}
 	}
-	return part_writer_rollup(w, m->num_of[oc], l, m->bk, n);
+	return agg_write_rollup(w, m->num_of[oc], l, k, m->bk, n);
 }
 
 /* Closes and deletes the fetched copies of tiered inputs. */

@@ -46,6 +46,15 @@ typedef struct rbucket {
 	ragg a;
 } rbucket;
 
+/* A bucket as flushes, merges and the rollup cache hand them to the
+ * basic aggregate kind (engine/aggkind.c): rbucket's bytes, field by field. */
+typedef struct part_bucket {
+	int64_t start;
+	uint64_t count;
+	double sum, comp; /* exact value = sum + comp */
+	double min, max;
+} part_bucket;
+
 typedef struct rlevel {
 	rbucket *b;
 	uint32_t n, cap;

@@ -200,3 +200,65 @@ Test(aggkind, part_v1_fixture_answers_bit_for_bit)
 	free(dir);
 	free(want);
 }
+
+/* ---------------------------------------------------------------- kinds */
+
+#include <fcntl.h>
+#include <xxhash.h>
+
+#include "part.h"
+
+/* A rollup block whose kind this build does not know (a newer build's, or
+ * a damaged byte under a good checksum) is refused with file and block
+ * named, never read as another kind. */
+Test(aggkind, rollup_block_of_unknown_kind_is_refused_by_name)
+{
+	char *dir = tu_tmpdir();
+	tally_options o = quiet_opts();
+	tally_db *db;
+	cr_assert_eq(tally_db_open(dir, &o, &db), 0);
+	tally_writer *w;
+	cr_assert_eq(tally_writer_open(db, -1, &w), 0);
+	const char *lp = "traffic,camera=KV1 speed=85.2 1700000000000000000\n"
+			 "traffic,camera=KV1 speed=90.5 1700000001000000000\n";
+	cr_assert_eq(tally_write_lp(w, lp, strlen(lp), TALLY_PREC_NS, NULL), 0);
+	tally_writer_close(w);
+	cr_assert_eq(tally_db_flush(db), 0);
+	tally_db_close(db);
+
+	char path[4096];
+	char parts[4096];
+	snprintf(parts, sizeof parts, "%s/parts", dir);
+	cr_assert_eq(tu_find_files(parts, ".part", path, sizeof path), 1);
+	part *p;
+	cr_assert_eq(part_open(path, &p), 0, "%s", tally_errmsg());
+	cr_assert_eq(p->version, 2);
+	part_ref ref = p->rollups[0].ref;
+	part_close(p);
+	int fd = open(path, O_RDWR);
+	uint8_t *blk = malloc(ref.len + 8);
+	cr_assert_eq(pread(fd, blk, ref.len + 8, (off_t)ref.off), (ssize_t)ref.len + 8);
+	cr_assert_eq(blk[4], 1, "a basic block");
+	blk[4] = 200;
+	uint64_t sum = XXH3_64bits(blk, ref.len);
+	for (int i = 0; i < 8; i++)
+		blk[ref.len + i] = (uint8_t)(sum >> (8 * i));
+	cr_assert_eq(pwrite(fd, blk, ref.len + 8, (off_t)ref.off), (ssize_t)ref.len + 8);
+	close(fd);
+	free(blk);
+
+	cr_assert_eq(tally_db_open(dir, &o, &db), 0, "%s", tally_errmsg());
+	tally_bucket b[4];
+	size_t n;
+	cr_assert_eq(tally_query_series(db, "traffic", "speed", "KV1", TALLY_5M, 0,
+					INT64_C(1800000000000000000), b, 4, &n),
+		     TALLY_ECORRUPT);
+	char want[64];
+	snprintf(want, sizeof want, "block %u", ref.no);
+	cr_assert(strstr(tally_errmsg(), want) && strstr(tally_errmsg(), ".part") &&
+			  strstr(tally_errmsg(), "kind 200"),
+		  "%s", tally_errmsg());
+	tally_db_close(db);
+	tu_rmrf(dir);
+	free(dir);
+}
