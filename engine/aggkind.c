@@ -26,14 +26,16 @@ static void basic_init(void *st)
 	ragg_init(st);
 }
 
-static void basic_add(void *st, double v)
+static int basic_add(void *st, double v)
 {
 	ragg_add(st, v);
+	return 0;
 }
 
-static void basic_merge(void *st, const void *src)
+static int basic_merge(void *st, const void *src)
 {
 	ragg_merge(st, src);
+	return 0;
 }
 
 static void basic_finalize(const void *st, void *answer)
@@ -86,8 +88,20 @@ static int basic_encode(codec_ctx *cx, const void *buckets, uint32_t n, codec_bu
 	return rc;
 }
 
-static int basic_decode(codec_ctx *cx, const uint8_t *p, size_t len, uint32_t n, void *out)
+size_t agg_basic_payload_len(const uint8_t *p, size_t len)
 {
+	if (len < 4 * BASIC_COLS)
+		return 0;
+	uint64_t total = 4 * BASIC_COLS;
+	for (int c = 0; c < BASIC_COLS; c++)
+		total += le_get32(p + 4 * c);
+	return total <= len ? (size_t)total : 0;
+}
+
+static int basic_decode(codec_ctx *cx, const uint8_t *p, size_t len, uint32_t n, void *out,
+			codec_buf *arena)
+{
+	(void)arena;
 	rbucket *b = out;
 	if (len < 4 * BASIC_COLS)
 		return err_set(TALLY_ECORRUPT, "malformed rollup block");
@@ -134,9 +148,11 @@ const agg_kind agg_basic = {
 	.finalize = basic_finalize,
 };
 
+extern const agg_kind agg_dist; /* engine/dist.c */
+
 /* ---------------------------------------------------------------- kinds */
 
-static const agg_kind *const kinds[] = {&agg_basic};
+static const agg_kind *const kinds[] = {&agg_basic, &agg_dist};
 
 const agg_kind *agg_kind_of(unsigned id)
 {
@@ -167,7 +183,11 @@ int agg_read_rollup(const part *p, const part_key *pk, uint32_t num, unsigned le
 	int rc = part_read_rollup(p, pk, num, level, ps, &rb);
 	if (rc || !rb.n)
 		return rc;
-	if (rb.kind != k->id)
+	const agg_kind *bk = agg_kind_of(rb.kind);
+	size_t len = rb.len;
+	if (bk && bk != k && k == &agg_basic && bk->basic_prefix)
+		len = agg_basic_payload_len(rb.payload, rb.len); /* 0: malformed, below */
+	else if (bk != k)
 		return err_set(TALLY_ECORRUPT,
 			       "%s block %u: rollup block of aggregate kind %u where %u (%s) "
 			       "was expected",
@@ -175,8 +195,39 @@ int agg_read_rollup(const part *p, const part_key *pk, uint32_t num, unsigned le
 	if (rb.n > cap)
 		return err_set(TALLY_EINVAL, "%s: rollup of %u buckets, room for %u", p->path, rb.n,
 			       cap);
-	if ((rc = k->decode(ps->cx, rb.payload, rb.len, rb.n, out)))
+	if ((rc = k->decode(ps->cx, rb.payload, len, rb.n, out, &ps->arena2)))
 		return err_prefix(rc, "%s block %u", p->path, rb.block);
+	*n = rb.n;
+	return 0;
+}
+
+int agg_read_rollup_any(const part *p, const part_key *pk, uint32_t num, unsigned level,
+			part_scratch *ps, const agg_kind **kind, uint8_t **out, size_t *cap,
+			uint32_t *n)
+{
+	*n = 0;
+	*kind = NULL;
+	part_rblock rb;
+	int rc = part_read_rollup(p, pk, num, level, ps, &rb);
+	if (rc || !rb.n)
+		return rc;
+	const agg_kind *k = agg_kind_of(rb.kind);
+	if (!k)
+		return err_set(TALLY_ECORRUPT,
+			       "%s block %u: rollup block of aggregate kind %u, which this build "
+			       "does not know",
+			       p->path, rb.block, rb.kind);
+	size_t need = (size_t)rb.n * k->bucket_size;
+	if (need > *cap) {
+		uint8_t *nb = mem_realloc(*out, need);
+		if (!nb)
+			return err_set(-ENOMEM, "out of memory");
+		*out = nb;
+		*cap = need;
+	}
+	if ((rc = k->decode(ps->cx, rb.payload, rb.len, rb.n, *out, &ps->arena2)))
+		return err_prefix(rc, "%s block %u", p->path, rb.block);
+	*kind = k;
 	*n = rb.n;
 	return 0;
 }

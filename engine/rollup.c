@@ -29,15 +29,7 @@ void ragg_to_public(const ragg *a, tally_agg *out)
 
 uint32_t bucket_lower(const rbucket *b, uint32_t n, int64_t t)
 {
-	uint32_t lo = 0, hi = n;
-	while (lo < hi) {
-		uint32_t mid = lo + (hi - lo) / 2;
-		if (b[mid].start < t)
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
-	return lo;
+	return starts_lower(b, sizeof *b, n, t);
 }
 
 uint32_t rollup_lower(const rlevel *lv, int64_t t)

@@ -13,6 +13,7 @@
 
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "tally.h"
 
@@ -63,6 +64,7 @@ typedef struct rlevel {
 
 typedef struct rcol {
 	rlevel lv[TALLY_LEVELS_MAX];
+	struct dcol *dist; /* a distribution field's finest windows (engine/dist.h), or NULL */
 } rcol;
 
 /* Start of the window of width w holding ts. */
@@ -147,6 +149,24 @@ typedef struct rpool {
  * leave the values before the failing window added. */
 int rollup_add_run(rcol *rc, const levels *L, const int64_t *ts, const double *v, uint32_t n,
 		   rpool *pool);
+
+/* Index of the first of n buckets, stride bytes apart from b, each
+ * beginning with its int64 start (ascending), whose start is >= t: what
+ * every kind's buckets (engine/aggkind.h) are searched with. */
+static inline uint32_t starts_lower(const void *b, size_t stride, uint32_t n, int64_t t)
+{
+	uint32_t lo = 0, hi = n;
+	while (lo < hi) {
+		uint32_t mid = lo + (hi - lo) / 2;
+		int64_t s;
+		memcpy(&s, (const char *)b + (size_t)mid * stride, sizeof s);
+		if (s < t)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
 
 /* Index of the first of the n sorted buckets b with start >= t. */
 uint32_t bucket_lower(const rbucket *b, uint32_t n, int64_t t);
