@@ -246,9 +246,10 @@ TALLY_API int tally_query_dist(tally_db *db, const char *table, const char *fiel
 	}
 	mem_free(a.buf);
 	int rc = a.rc;
+	/* the edges; without a whole window between them, all of [from, to) */
 	if (!rc)
-		rc = acc_raw(&a, db, table, field, key, from, A < to ? A : to);
-	if (!rc && B > A)
+		rc = acc_raw(&a, db, table, field, key, from, A < B ? A : to);
+	if (!rc && A < B)
 		rc = acc_raw(&a, db, table, field, key, B, to);
 	tally_dist *d = rc ? NULL : mem_calloc(1, sizeof *d);
 	if (!rc && !d)

@@ -141,6 +141,11 @@ static void check_all(tally_db *db, tu_rng *r)
 		check_range(db, cam, T0 + TALLY_1D + 7 * TALLY_1H, T0 + TALLY_1D + 9 * TALLY_1H, r);
 		check_range(db, cam, T0 + 36 * TALLY_5M, T0 + 37 * TALLY_5M, r);
 		check_range(db, cam, INT64_MIN, INT64_MAX, r);
+		/* across a window boundary with no whole window inside: both
+		 * sides are raw (dist_edges_without_a_whole_window lost the right
+		 * side) */
+		check_range(db, cam, T0 + 100 * TALLY_5M - 250 * TALLY_NS_PER_SEC,
+			    T0 + 100 * TALLY_5M + 290 * TALLY_NS_PER_SEC, r);
 		for (int i = 0; i < 6; i++) {
 			int64_t a = T0 - TALLY_1H + (int64_t)tu_below(r, (uint64_t)SPAN);
 			int64_t b = a + (int64_t)tu_below(r, (uint64_t)(2 * TALLY_1D));
