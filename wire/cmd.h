@@ -29,7 +29,8 @@ enum cmd_kind {
 	CMD_PRECISION,
 	CMD_HELP,
 	CMD_BACKUP,
-	CMD_LAST = CMD_BACKUP /* a new kind goes above and moves this */
+	CMD_DIST,
+	CMD_LAST = CMD_DIST /* a new kind goes above and moves this */
 };
 
 typedef struct cmd_req {
@@ -42,6 +43,9 @@ typedef struct cmd_req {
 	uint64_t limit;   /* scan: most rows (0: no limit) */
 	enum tally_precision prec;
 	const char *dest; /* backup: a directory or s3://bucket/prefix */
+	/* dist: the statistics asked for (q=0.85, above=60, ...), checked */
+	const char *stats[CMD_ARGS_MAX];
+	unsigned n_stats;
 } cmd_req;
 
 /*
