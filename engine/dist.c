@@ -42,7 +42,7 @@ double dist_value(int64_t idx, int32_t exp)
 
 void dstate_release(dstate *d)
 {
-	if (d->cap) {
+	if (d->cap && !d->pooled) {
 		mem_free(d->v);
 		mem_free(d->c);
 	}
@@ -69,14 +69,13 @@ static int dstate_reserve(dstate *d, uint32_t cap)
 		mem_free(c);
 		return -ENOMEM;
 	}
-	if (d->n) {
-		memcpy(v, d->v, (size_t)d->n * sizeof *v);
-		memcpy(c, d->c, (size_t)d->n * sizeof *c);
+	uint32_t n = d->n;
+	if (n) {
+		memcpy(v, d->v, (size_t)n * sizeof *v);
+		memcpy(c, d->c, (size_t)n * sizeof *c);
 	}
-	if (d->cap) {
-		mem_free(d->v);
-		mem_free(d->c);
-	}
+	dstate_release(d);
+	d->n = n;
 	d->v = v;
 	d->c = c;
 	d->cap = cap;
@@ -128,8 +127,37 @@ int dstate_merge(dstate *dst, const dstate *src)
 	return 0;
 }
 
-/* One value in; 0 or -ENOMEM. *bytes: memory taken. */
-static int dstate_add(dstate *d, double x, uint64_t *bytes)
+/* log2 of the pool block holding n bytes. */
+static unsigned pool_cls(size_t n)
+{
+	return n <= 16 ? 4 : 64 - (unsigned)__builtin_clzll((unsigned long long)n - 1);
+}
+
+/* Doubles a memtable state's arrays, v and c in one block of pl. */
+static int dstate_grow_pooled(dstate *d, rpool *pl)
+{
+	uint32_t cap = d->cap ? d->cap * 2 : 4;
+	unsigned cls = pool_cls((size_t)cap * 16);
+	int64_t *v = rpool_get(pl, cls);
+	if (!v)
+		return -ENOMEM;
+	uint64_t *c = (uint64_t *)(v + cap);
+	if (d->n) {
+		memcpy(v, d->v, (size_t)d->n * sizeof *v);
+		memcpy(c, d->c, (size_t)d->n * sizeof *c);
+	}
+	if (d->cap)
+		rpool_put(pl, d->v, pool_cls((size_t)d->cap * 16));
+	d->v = v;
+	d->c = c;
+	d->cap = cap;
+	d->pooled = 1;
+	return 0;
+}
+
+/* One value in (a memtable's state, arrays from pl, or with pl NULL one
+ * of its own); 0 or -ENOMEM, the state unchanged. */
+static int dstate_add(dstate *d, double x, rpool *pl)
 {
 	int64_t idx = dist_index(x, d->exp);
 	uint32_t lo = 0, hi = d->n;
@@ -143,12 +171,9 @@ static int dstate_add(dstate *d, double x, uint64_t *bytes)
 	if (lo < d->n && d->v[lo] == idx) {
 		d->c[lo]++;
 	} else {
-		if (d->n == d->cap) {
-			uint32_t was = d->cap;
-			if (dstate_reserve(d, d->cap ? d->cap * 2 : 8))
-				return -ENOMEM;
-			*bytes += (uint64_t)(d->cap - was) * 16;
-		}
+		if (d->n == d->cap &&
+		    (pl ? dstate_grow_pooled(d, pl) : dstate_reserve(d, d->cap ? d->cap * 2 : 8)))
+			return -ENOMEM;
 		memmove(&d->v[lo + 1], &d->v[lo], (size_t)(d->n - lo) * sizeof *d->v);
 		memmove(&d->c[lo + 1], &d->c[lo], (size_t)(d->n - lo) * sizeof *d->c);
 		d->v[lo] = idx;
@@ -170,8 +195,7 @@ static void dist_init(void *st)
 
 static int dist_add(void *st, double v)
 {
-	uint64_t bytes = 0;
-	return dstate_add(st, v, &bytes);
+	return dstate_add(st, v, NULL);
 }
 
 static int dist_merge_fn(void *st, const void *src)
@@ -399,7 +423,7 @@ static uint32_t dbucket_lower(const dbucket *b, uint32_t n, int64_t t)
 }
 
 /* The window starting at start, created if new; NULL when out of memory. */
-static dstate *dcol_window(dcol *dc, int64_t start, uint64_t *bytes)
+static dstate *dcol_window(dcol *dc, int64_t start, rpool *pl)
 {
 	uint32_t i;
 	if (dc->n && dc->w[dc->last].start == start)
@@ -411,10 +435,13 @@ static dstate *dcol_window(dcol *dc, int64_t start, uint64_t *bytes)
 	if (i == dc->n || dc->w[i].start != start) {
 		if (dc->n == dc->cap) {
 			uint32_t nc = dc->cap ? dc->cap * 2 : 4;
-			dbucket *nw = mem_realloc(dc->w, (size_t)nc * sizeof *nw);
+			dbucket *nw = rpool_get(pl, pool_cls((size_t)nc * sizeof *nw));
 			if (!nw)
 				return NULL;
-			*bytes += (uint64_t)(nc - dc->cap) * sizeof *nw;
+			if (dc->n)
+				memcpy(nw, dc->w, (size_t)dc->n * sizeof *nw);
+			if (dc->cap)
+				rpool_put(pl, dc->w, pool_cls((size_t)dc->cap * sizeof *nw));
 			dc->w = nw;
 			dc->cap = nc;
 		}
@@ -429,11 +456,19 @@ static dstate *dcol_window(dcol *dc, int64_t start, uint64_t *bytes)
 }
 
 int dcol_add_run(dcol *dc, const levels *L, const int64_t *ts, const double *v, uint32_t n,
-		 uint64_t *bytes)
+		 rpool *pl)
 {
+	dstate *d = NULL;
+	int64_t end = 0;
 	for (uint32_t i = 0; i < n; i++) {
-		dstate *d = dcol_window(dc, window_start(ts[i], L->w[0], L->offset), bytes);
-		if (!d || dstate_add(d, v[i], bytes))
+		/* a run's values mostly share a window: one division per window */
+		if (!d || ts[i] < end - L->w[0] || ts[i] >= end) {
+			int64_t start = window_start(ts[i], L->w[0], L->offset);
+			if (!(d = dcol_window(dc, start, pl)))
+				return -ENOMEM;
+			end = start + L->w[0];
+		}
+		if (dstate_add(d, v[i], pl))
 			return -ENOMEM;
 	}
 	return 0;
@@ -441,11 +476,7 @@ int dcol_add_run(dcol *dc, const levels *L, const int64_t *ts, const double *v, 
 
 void dcol_free(dcol *dc)
 {
-	if (!dc)
-		return;
-	dist_release_buckets(dc->w, dc->n);
-	mem_free(dc->w);
-	mem_free(dc);
+	mem_free(dc); /* its arrays are in the memtable's arena */
 }
 
 int dcol_level(const dcol *dc, const rlevel *lv, const levels *L, unsigned l, int64_t a, int64_t b,

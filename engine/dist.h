@@ -28,13 +28,13 @@
 #define DIST_MIXED   INT32_MIN          /* exp of a window that merged two resolutions */
 
 typedef struct dstate {
-	ragg a;       /* count, sum, min, max of the same values */
-	int32_t exp;  /* resolution 10^exp, or DIST_MIXED (no distribution) */
-	uint32_t n;   /* distinct values */
-	uint32_t cap; /* 0: v and c are borrowed (a decoded block's scratch) */
-	uint32_t unused;
-	int64_t *v;  /* ascending, in units of the resolution */
-	uint64_t *c; /* their counts, each > 0 */
+	ragg a;          /* count, sum, min, max of the same values */
+	int32_t exp;     /* resolution 10^exp, or DIST_MIXED (no distribution) */
+	uint32_t n;      /* distinct values */
+	uint32_t cap;    /* 0: v and c are borrowed (a decoded block's scratch) */
+	uint32_t pooled; /* 1: v and c lie in one block of a memtable's pool */
+	int64_t *v;      /* ascending, in units of the resolution */
+	uint64_t *c;     /* their counts, each > 0 */
 } dstate;
 
 typedef struct dbucket {
@@ -62,11 +62,13 @@ typedef struct dcol {
 	int32_t exp;
 } dcol;
 
-/* Adds n values (ts[i], v[i]); *bytes grows by the memory taken. 0 or
- * -ENOMEM (values before the failing one may be added: the caller fails
- * the shard, as for rollups). */
+/* Adds n values (ts[i], v[i]), arrays from the memtable's pool (its
+ * arena: fresh pages cost a fault each on first touch, and arena blocks
+ * are recycled across flushes). 0 or -ENOMEM (values before the failing
+ * one may be added: the caller fails the shard, as for rollups). */
 int dcol_add_run(dcol *dc, const levels *L, const int64_t *ts, const double *v, uint32_t n,
-		 uint64_t *bytes);
+		 rpool *pl);
+/* Frees dc itself; its arrays go with the pool's arena. */
 void dcol_free(dcol *dc);
 
 /* The windows of level l with start in [a, b): the basic aggregates from

@@ -141,9 +141,16 @@ void ragg_to_public(const ragg *a, tally_agg *out);
  */
 typedef struct rpool {
 	struct arena *ar;
-	void *free[32]; /* by log2 of the capacity in buckets */
+	void *free[32];    /* by log2 of the capacity in buckets */
+	void *free_by[40]; /* other arrays (engine/dist.c), by log2 of their bytes */
 	uint64_t bytes;
 } rpool;
+
+/* 1 << cls bytes (cls >= 4) from the pool: a freed array of that size, or
+ * the arena; NULL when out of memory. */
+void *rpool_get(rpool *pl, unsigned cls);
+/* Gives an array of 1 << cls bytes back for the next rpool_get. */
+void rpool_put(rpool *pl, void *p, unsigned cls);
 
 /* Adds n values (ts[i], v[i]) to every level; 0 or -ENOMEM. A failure may
  * leave the values before the failing window added. */

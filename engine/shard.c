@@ -370,7 +370,7 @@ static int dist_add(memtable *m, rcol *rc, const col_def *d, const levels *L, co
 		rc->dist->exp = d->dist_exp;
 		m->rollup_bytes += alloc_cost(sizeof *rc->dist);
 	}
-	return dcol_add_run(rc->dist, L, ts, v, n, &m->rollup_bytes);
+	return dcol_add_run(rc->dist, L, ts, v, n, &m->rp);
 }
 
 static inline double num_value(enum tally_type t, bval v)
