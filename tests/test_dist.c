@@ -288,3 +288,39 @@ Test(dist, windows_from_before_the_mark_are_refused_not_guessed)
 	tu_rmrf(dir);
 	free(dir);
 }
+
+/* Values far apart (a span of units much wider than their number) are
+ * combined by sorting rather than by a count per unit: the same answers. */
+Test(dist, values_far_apart_combine_by_sorting)
+{
+	char *dir = tu_tmpdir();
+	tally_options o = opts();
+	tally_db *db;
+	cr_assert_eq(tally_db_open(dir, &o, &db), 0, "%s", tally_errmsg());
+	tally_writer *w;
+	cr_assert_eq(tally_writer_open(db, 0, &w), 0);
+	const char *lp = "traffic,camera=KV1 speed=90000.5 1700000000000000000\n"
+			 "traffic,camera=KV1 speed=-0.3 1700000001000000000\n"
+			 "traffic,camera=KV1 speed=90000.5 1700000400000000000\n"
+			 "traffic,camera=KV1 speed=7.1 1700000900000000000\n";
+	cr_assert_eq(tally_write_lp(w, lp, strlen(lp), TALLY_PREC_NS, NULL), 0);
+	tally_writer_close(w);
+	for (int pass = 0; pass < 2; pass++) {
+		tally_dist *d;
+		cr_assert_eq(tally_query_dist(db, "traffic", "speed", "KV1", 0, INT64_MAX, &d), 0);
+		double q;
+		cr_assert_eq(tally_dist_count(d), 4);
+		cr_assert_eq(tally_dist_quantile(d, 0.25, &q), 0);
+		cr_assert_eq(q, -0.3);
+		cr_assert_eq(tally_dist_quantile(d, 0.5, &q), 0);
+		cr_assert_eq(q, 7.1);
+		cr_assert_eq(tally_dist_quantile(d, 0.51, &q), 0);
+		cr_assert_eq(q, 90000.5);
+		cr_assert_eq(tally_dist_count_above(d, 7.1), 2);
+		tally_dist_free(d);
+		cr_assert_eq(tally_db_flush(db), 0);
+	}
+	tally_db_close(db);
+	tu_rmrf(dir);
+	free(dir);
+}
