@@ -42,6 +42,13 @@ typedef struct dacc {
 	part_scratch *ps;
 	uint8_t *buf;
 	size_t cap_buf;
+	/* the block buf holds, decoded: a range's two edges read the same
+	 * finest-level block, which is most of a query's decoding */
+	const part *bp;
+	const part_key *bk;
+	uint32_t bnum, bn;
+	unsigned blevel;
+	const agg_kind *bkind;
 } dacc;
 
 static void acc_pair(dacc *a, int64_t v, uint64_t c)
@@ -91,12 +98,22 @@ static void acc_dcol(dacc *a, const dcol *dc, int64_t x, int64_t y)
 static void acc_part(dacc *a, const shard_part *sp, const part_key *pk, uint32_t num, unsigned li,
 		     int64_t x, int64_t y)
 {
-	const agg_kind *k;
-	uint32_t n;
 	if (a->rc)
 		return;
-	a->rc = agg_read_rollup_any(sp->p, pk, num, li, a->ps, &k, &a->buf, &a->cap_buf, &n);
-	if (a->rc || !n)
+	if (a->bp != sp->p || a->bk != pk || a->bnum != num || a->blevel != li) {
+		a->bp = NULL;
+		a->rc = agg_read_rollup_any(sp->p, pk, num, li, a->ps, &a->bkind, &a->buf,
+					    &a->cap_buf, &a->bn);
+		if (a->rc)
+			return;
+		a->bp = sp->p;
+		a->bk = pk;
+		a->bnum = num;
+		a->blevel = li;
+	}
+	const agg_kind *k = a->bkind;
+	uint32_t n = a->bn;
+	if (!n)
 		return;
 	if (k != &agg_dist) {
 		a->rc = err_set(TALLY_EINVAL,
@@ -291,6 +308,7 @@ TALLY_API int tally_query_dist(tally_db *db, const char *table, const char *fiel
 					  (int)L->n - 1, x, y);
 			}
 			pthread_rwlock_unlock(&sh->lock);
+			a.bp = NULL; /* its parts may go once unlocked */
 		}
 		scratch_put(db, a.ps);
 	}
