@@ -49,6 +49,10 @@ extern const agg_kind agg_dist;
 int64_t dist_index(double v, int32_t exp);
 double dist_value(int64_t idx, int32_t exp);
 
+/* Sorts n (value, count) pairs by value and adds up equal values, in
+ * place; *k gets how many distinct values remain. 0 or -ENOMEM. */
+int dist_combine(int64_t *v, uint64_t *c, size_t n, size_t *k);
+
 /* dst += src, exactly; 0 or -ENOMEM (dst unchanged). */
 int dstate_merge(dstate *dst, const dstate *src);
 void dstate_release(dstate *d);

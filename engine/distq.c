@@ -150,12 +150,6 @@ static void tile_part(dacc *a, const shard_part *sp, const part_key *pk, uint32_
 	}
 }
 
-static int cmp_pair(const void *x, const void *y)
-{
-	const int64_t *a = x, *b = y;
-	return (*a > *b) - (*a < *b);
-}
-
 /* Raw events of [x, y) through a scan (the edges: under one finest window
  * each side). */
 static int acc_raw(dacc *a, tally_db *db, const char *table, const char *field, const char *key,
@@ -189,56 +183,6 @@ static int acc_raw(dacc *a, tally_db *db, const char *table, const char *field, 
 	}
 	tally_scan_close(sc);
 	return rc < 0 ? rc : a->rc;
-}
-
-/* Sorts the gathered pairs by value and adds up equal values, in place;
- * *k gets how many distinct values remain. Values of a range usually
- * span a few thousand units of the resolution (speeds at 0.1 km/h): then
- * a count per unit, walked once, does it in time linear in pairs plus
- * span; else a sort of (value, count) records. */
-static int combine(dacc *a, size_t *k)
-{
-	*k = 0;
-	if (!a->n)
-		return 0;
-	int64_t lo = a->v[0], hi = a->v[0];
-	for (size_t i = 1; i < a->n; i++) {
-		lo = a->v[i] < lo ? a->v[i] : lo;
-		hi = a->v[i] > hi ? a->v[i] : hi;
-	}
-	uint64_t span = (uint64_t)hi - (uint64_t)lo + 1;
-	if (span <= 4 * (uint64_t)a->n + 4096) {
-		uint64_t *cnt = mem_calloc(span, sizeof *cnt);
-		if (!cnt)
-			return err_set(-ENOMEM, "out of memory");
-		for (size_t i = 0; i < a->n; i++)
-			cnt[a->v[i] - lo] += a->c[i];
-		for (uint64_t u = 0; u < span; u++)
-			if (cnt[u]) {
-				a->v[*k] = lo + (int64_t)u;
-				a->c[(*k)++] = cnt[u];
-			}
-		mem_free(cnt);
-		return 0;
-	}
-	int64_t *rec = mem_alloc(a->n * 16);
-	if (!rec)
-		return err_set(-ENOMEM, "out of memory");
-	for (size_t i = 0; i < a->n; i++) {
-		rec[2 * i] = a->v[i];
-		rec[2 * i + 1] = (int64_t)a->c[i];
-	}
-	qsort(rec, a->n, 16, cmp_pair);
-	for (size_t i = 0; i < a->n; i++) {
-		if (*k && a->v[*k - 1] == rec[2 * i]) {
-			a->c[*k - 1] += (uint64_t)rec[2 * i + 1];
-		} else {
-			a->v[*k] = rec[2 * i];
-			a->c[(*k)++] = (uint64_t)rec[2 * i + 1];
-		}
-	}
-	mem_free(rec);
-	return 0;
 }
 
 TALLY_API int tally_query_dist(tally_db *db, const char *table, const char *field, const char *key,
@@ -324,7 +268,7 @@ TALLY_API int tally_query_dist(tally_db *db, const char *table, const char *fiel
 		rc = err_set(-ENOMEM, "out of memory");
 	size_t k = 0;
 	if (!rc)
-		rc = combine(&a, &k);
+		rc = dist_combine(a.v, a.c, a.n, &k);
 	if (!rc) {
 		d->exp = a.exp;
 		d->n = (uint32_t)k;
