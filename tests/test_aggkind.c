@@ -201,6 +201,91 @@ Test(aggkind, part_v1_fixture_answers_bit_for_bit)
 	free(want);
 }
 
+/* The distributions' answers tests/data/agg-v2 pins, per camera: whole
+ * range and an unaligned one. */
+static void dist_answers(tally_db *db, FILE *f)
+{
+	const int64_t ua = T0 + INT64_C(4321) * TALLY_NS_PER_SEC + 17;
+	const int64_t ub = T0 + INT64_C(98765) * TALLY_NS_PER_SEC + 3;
+	for (int c = 0; c < CAMS; c++) {
+		char key[8];
+		sprintf(key, "C%d", c);
+		for (int r = 0; r < 2; r++) {
+			tally_dist *d;
+			cr_assert_eq(tally_query_dist(db, "traffic", "speed", key,
+						      r ? ua : INT64_MIN, r ? ub : INT64_MAX, &d),
+				     0, "%s", tally_errmsg());
+			double q50, q85;
+			cr_assert_eq(tally_dist_quantile(d, 0.5, &q50), 0);
+			cr_assert_eq(tally_dist_quantile(d, 0.85, &q85), 0);
+			fprintf(f, "dist %s %d %llu %a %a %llu\n", key, r,
+				(unsigned long long)tally_dist_count(d), q50, q85,
+				(unsigned long long)tally_dist_count_above(d, 60));
+			tally_dist_free(d);
+		}
+	}
+}
+
+static char *all_answers_text(tally_db *db)
+{
+	char *s = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&s, &len);
+	answers(db, f);
+	dist_answers(db, f);
+	fclose(f);
+	return s;
+}
+
+/*
+ * tests/data/agg-v2/ is the same events written by part format version 2
+ * with traffic.speed:0.1 marked (dist rollup blocks; regenerate:
+ * TALLY_WRITE_FIXTURE_V2=DIR build/tests/test_aggkind with a build of that
+ * version). Its ANSWERS add the distributions' answers.
+ */
+Test(aggkind, part_v2_fixture_with_distributions_answers_bit_for_bit)
+{
+	tally_options o = quiet_opts();
+	o.distributions = "traffic.speed:0.1";
+	tally_db *db;
+	const char *out = getenv("TALLY_WRITE_FIXTURE_V2");
+	if (out) {
+		cr_assert_eq(tally_db_open(out, &o, &db), 0);
+		write_events(db);
+		char path[4096];
+		snprintf(path, sizeof path, "%s/ANSWERS", out);
+		FILE *f = fopen(path, "w");
+		answers(db, f);
+		dist_answers(db, f);
+		fclose(f);
+		tally_db_close(db);
+		return;
+	}
+	char path[4096];
+	snprintf(path, sizeof path, "%s/tests/data/agg-v2/ANSWERS", TALLY_SOURCE_DIR);
+	char *want = read_text(path);
+	char *dir = tu_tmpdir();
+	char cmd[9000];
+	snprintf(cmd, sizeof cmd, "cp -r %s/tests/data/agg-v2/. %s/ && rm %s/ANSWERS",
+		 TALLY_SOURCE_DIR, dir, dir);
+	cr_assert_eq(system(cmd), 0);
+	cr_assert_eq(tally_db_open(dir, &o, &db), 0, "%s", tally_errmsg());
+	char *got = all_answers_text(db);
+	cr_assert(!strcmp(got, want), "v2 parts answer differently at: %.120s",
+		  first_diff(got, want));
+	free(got);
+	cr_assert_eq(tally_db_flush(db), 0, "%s", tally_errmsg());
+	cr_assert_eq(tally_db_merge(db), 0, "%s", tally_errmsg());
+	got = all_answers_text(db);
+	cr_assert(!strcmp(got, want), "merged parts answer differently at: %.120s",
+		  first_diff(got, want));
+	free(got);
+	tally_db_close(db);
+	tu_rmrf(dir);
+	free(dir);
+	free(want);
+}
+
 /* ---------------------------------------------------------------- kinds */
 
 #include <fcntl.h>
