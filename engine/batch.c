@@ -1,23 +1,33 @@
 /*
  * batch.c — staging rows column by column, and the WAL payload codec.
  *
- * WAL payload, version 1 or 2 (all integers little-endian; the WAL record
- * around it adds sequence number, checksum and LZ4; byte layout in
+ * The idea of the payload: a batch is already in columns, so it is
+ * written with the part files' column encodings (storage/codec.c: delta
+ * timestamps, decimal floats, bit-packed integers) rather than as 8-byte
+ * slots for the WAL's LZ4, which left ~12 bytes an event of the
+ * benchmark's workload where the encodings leave ~4, for less CPU.
+ *
+ * WAL payload, version 3 or 4 (all integers little-endian; the WAL record
+ * around it adds sequence number and checksums; byte layout in
  * docs/formats.md):
  *
- *   u8  version (1: unlabelled; 2: labelled, and then)
+ *   u8  version (3: unlabelled; 4: labelled, and then)
  *     u16 source length (1..255), source, u64 sequence
  *   u32 n_tables, then per table:
  *     u16 name length, name
  *     u16 key tag length (0xffff: table without key tag), key tag
- *     u32 n_rows, u32 n_keys, then per key: u16 length, bytes
- *     u32 key index per row (absent when n_keys == 1)
- *     i64 first timestamp, then n_rows-1 i64 deltas (small, so LZ4 shrinks them)
+ *     u32 n_rows, u32 n_keys
+ *     keys: STR blocks of the n_keys keys
+ *     key index: U64 blocks, one index per row (absent when n_keys == 1)
+ *     timestamps: TS blocks
  *     u32 n_cols, then per column:
  *       u16 name length, name, u8 type (enum tally_type)
- *       u8 all_present; when 0, a bitmap of ceil(n_rows/8) bytes (bit i = row i)
- *       the present values in row order: 8 bytes (f64 bits, i64, u64),
- *       1 byte (bool), or u16 length + bytes (string, tag)
+ *       blocks of the column's kind, presence inside
+ *   where "blocks" of n values are ceil(n / 65536) codec blocks of up to
+ *   65,536 values each, every one as u32 length + the block.
+ *
+ * Versions 1 and 2 (8-byte slots, before the codecs) are still decoded:
+ * a WAL written by an older release replays.
  *
  * The codec is the only place that knows this layout; decode checks every
  * length against the bytes left before reading.
@@ -31,8 +41,10 @@
 #include "err.h"
 #include "mem.h"
 
-#define WALFMT_VERSION  1 /* a batch without label */
+#define WALFMT_VERSION  1 /* a batch without label, 8-byte slots */
 #define WALFMT_LABELLED 2 /* the same, preceded by (source, sequence) */
+#define WALFMT_CODED    3 /* a batch without label, codec blocks */
+#define WALFMT_CODED_L  4 /* the same, preceded by (source, sequence) */
 
 void stage_batch_init(stage_batch *b)
 {
@@ -56,8 +68,23 @@ static void tbatch_free(tbatch *tb)
 	mem_free(tb);
 }
 
+static void coder_free(batch_coder *c)
+{
+	if (!c)
+		return;
+	codec_ctx_free(c->cx);
+	codec_buf_free(&c->blk);
+	codec_buf_free(&c->arena);
+	mem_free(c->scratch);
+	mem_free(c->bits);
+	mem_free(c->keys);
+	mem_free(c->key_at);
+	mem_free(c);
+}
+
 void stage_batch_free(stage_batch *b)
 {
+	coder_free(b->coder);
 	for (uint32_t i = 0; i < b->n_tb; i++)
 		tbatch_free(b->tb[i]);
 	mem_free(b->tb);
@@ -71,7 +98,10 @@ void stage_batch_reset(stage_batch *b)
 	 * not touched for a while still hold memory; freeing them when a
 	 * batch has many is cheap insurance against a one-off wide write. */
 	if (b->n_tb > 8) {
+		batch_coder *c = b->coder;
+		b->coder = NULL;
 		stage_batch_free(b);
+		b->coder = c;
 		return;
 	}
 	for (uint32_t i = 0; i < b->n_tb; i++) {
@@ -431,7 +461,125 @@ static uint32_t col_count(const bcol *c, uint32_t n_rows)
 	return n;
 }
 
-static void encode_table(obuf *o, const tbatch *tb)
+static batch_coder *coder_get(const stage_batch *b)
+{
+	stage_batch *m = (stage_batch *)b; /* the coder is scratch, not content */
+	if (!m->coder && (m->coder = mem_calloc(1, sizeof *m->coder)) &&
+	    !(m->coder->cx = codec_ctx_new())) {
+		mem_free(m->coder);
+		m->coder = NULL;
+	}
+	return m->coder;
+}
+
+/* Room for n elements of size sz in one of the coder's arrays. */
+static void *coder_room(void **p, size_t *cap, size_t n, size_t sz)
+{
+	if (n * sz > *cap) {
+		void *np = mem_realloc(*p, n * sz);
+		if (!np)
+			return NULL;
+		*p = np;
+		*cap = n * sz;
+	}
+	return *p;
+}
+
+static enum codec_kind type_kind(enum tally_type t)
+{
+	switch (t) {
+	case TALLY_T_F64: return CODEC_F64;
+	case TALLY_T_I64: return CODEC_I64;
+	case TALLY_T_U64: return CODEC_U64;
+	case TALLY_T_BOOL: return CODEC_BOOL;
+	default: return CODEC_STR;
+	}
+}
+
+/* Numbers are bit-packed already (zstd rarely pays on them and costs
+ * more than the rest of the encoding); strings and keys repeat bytes. */
+static const codec_opts OPT_NUM = {.zstd_level = -1};
+static const codec_opts OPT_STR = {.zstd_level = 1};
+/* Times come nearly in order and key indexes as the keys take turns:
+ * the transform is known, and the writer skips measuring the three. */
+static const codec_opts OPT_TS = {.zstd_level = -1, .order = CODEC_ORDER_DELTA};
+static const codec_opts OPT_KEY_INDEX = {.zstd_level = -1, .order = CODEC_ORDER_VALUE};
+
+/* One slice's block as u32 length + bytes. */
+static void put_block(obuf *o, batch_coder *c, enum codec_kind kind, const codec_opts *opt,
+		      const void *vals, const uint64_t *present, uint32_t n)
+{
+	if (o->err)
+		return;
+	c->blk.len = 0;
+	int rc = codec_encode(c->cx, kind, vals, present, n, opt, &c->blk, NULL);
+	if (rc) {
+		o->err = rc;
+		return;
+	}
+	ob_u32(o, (uint32_t)c->blk.len);
+	ob_put(o, c->blk.p, c->blk.len);
+}
+
+/* Values of row [s, s + m) of the table's column (or keys, when col is
+ * NULL and kind STR; key indexes when col is NULL and kind U64) in the
+ * array the codec takes. */
+static const void *slice_vals(batch_coder *c, const tbatch *tb, const bcol *col,
+			      enum codec_kind kind, uint32_t s, uint32_t m)
+{
+	if (!col && kind == CODEC_U64) {
+		uint64_t *v = coder_room(&c->scratch, &c->scratch_cap, m, 8);
+		for (uint32_t i = 0; v && i < m; i++)
+			v[i] = tb->key[s + i];
+		return v;
+	}
+	if (!col) {
+		codec_str *v = coder_room(&c->scratch, &c->scratch_cap, m, sizeof *v);
+		for (uint32_t i = 0; v && i < m; i++)
+			v[i].p = tbatch_key(tb, s + i, &v[i].n);
+		return v;
+	}
+	if (kind == CODEC_BOOL) {
+		uint8_t *v = coder_room(&c->scratch, &c->scratch_cap, m, 1);
+		for (uint32_t i = 0; v && i < m; i++)
+			v[i] = bcol_has(col, s + i) && col->vals[s + i].u64 != 0;
+		return v;
+	}
+	if (kind == CODEC_STR) {
+		codec_str *v = coder_room(&c->scratch, &c->scratch_cap, m, sizeof *v);
+		for (uint32_t i = 0; v && i < m; i++) {
+			v[i] = (codec_str){"", 0};
+			if (bcol_has(col, s + i))
+				v[i].p = tbatch_str(tb, col->vals[s + i].ref, &v[i].n);
+		}
+		return v;
+	}
+	return col->vals + s; /* 8-byte slots: f64, i64, u64 as they are */
+}
+
+/* n values in slices of CODEC_BLOCK_MAX (a slice starts on a bitmap
+ * word, so its presence is the batch's from there). */
+static void put_blocks(obuf *o, batch_coder *c, const tbatch *tb, const bcol *col,
+		       enum codec_kind kind, uint32_t n, int all_present)
+{
+	const codec_opts *opt = kind == CODEC_STR  ? &OPT_STR
+				: col              ? &OPT_NUM
+				: kind == CODEC_TS ? &OPT_TS
+						   : &OPT_KEY_INDEX;
+	for (uint32_t s = 0; s < n && !o->err; s += CODEC_BLOCK_MAX) {
+		uint32_t m = n - s < CODEC_BLOCK_MAX ? n - s : CODEC_BLOCK_MAX;
+		const void *v = kind == CODEC_TS ? (const void *)(tb->ts + s)
+						 : slice_vals(c, tb, col, kind, s, m);
+		if (!v) {
+			o->err = -ENOMEM;
+			return;
+		}
+		put_block(o, c, kind, opt, v, col && !all_present ? col->present + s / 64 : NULL,
+			  m);
+	}
+}
+
+static void encode_table(obuf *o, batch_coder *c, const tbatch *tb)
 {
 	const table_def *t = tb->table;
 	ob_str(o, t->name, t->len);
@@ -442,80 +590,35 @@ static void encode_table(obuf *o, const tbatch *tb)
 	uint32_t n = tb->n_rows;
 	ob_u32(o, n);
 	ob_u32(o, tb->n_keys);
-	for (uint32_t k = 0; k < tb->n_keys; k++) {
-		uint32_t kl;
-		const char *ks = tbatch_key(tb, k, &kl);
-		ob_str(o, ks, kl);
-	}
+	put_blocks(o, c, tb, NULL, CODEC_STR, tb->n_keys, 1);
 	if (tb->n_keys > 1)
-		for (uint32_t r = 0; r < n; r++)
-			ob_u32(o, tb->key[r]);
-	/* the fixed-width arrays are written straight into the buffer: one
-	 * capacity check per column, not per value */
-	ob_need(o, (size_t)n * 8);
-	if (o->err)
-		return;
-	for (uint32_t r = 0; r < n; r++) {
-		uint64_t d = htole64(r ? (uint64_t)tb->ts[r] - (uint64_t)tb->ts[r - 1]
-				       : (uint64_t)tb->ts[0]);
-		memcpy(o->p + o->len + (size_t)r * 8, &d, 8);
-	}
-	o->len += (size_t)n * 8;
+		put_blocks(o, c, tb, NULL, CODEC_U64, n, 1);
+	put_blocks(o, c, tb, NULL, CODEC_TS, n, 1);
 	uint32_t live = 0;
 	for (uint32_t i = 0; i < tb->n_cols; i++)
 		live += col_count(&tb->cols[i], n) > 0;
 	ob_u32(o, live);
 	for (uint32_t i = 0; i < tb->n_cols; i++) {
-		const bcol *c = &tb->cols[i];
-		uint32_t cnt = col_count(c, n);
+		const bcol *col = &tb->cols[i];
+		uint32_t cnt = col_count(col, n);
 		if (!cnt)
 			continue;
-		ob_str(o, c->def->name, c->def->len);
-		ob_u8(o, (uint8_t)c->def->type);
-		ob_u8(o, cnt == n);
-		if (cnt != n) {
-			ob_need(o, (n + 7) / 8);
-			for (uint32_t byte = 0; byte < (n + 7) / 8; byte++)
-				ob_u8(o, (uint8_t)(c->present[byte / 8] >> ((byte % 8) * 8)));
-		}
-		if (cnt == n && !type_is_string(c->def->type) && c->def->type != TALLY_T_BOOL) {
-			ob_need(o, (size_t)n * 8);
-			if (o->err)
-				return;
-			for (uint32_t r = 0; r < n; r++) {
-				uint64_t v = htole64(c->vals[r].u64);
-				memcpy(o->p + o->len + (size_t)r * 8, &v, 8);
-			}
-			o->len += (size_t)n * 8;
-			continue;
-		}
-		for (uint32_t r = 0; r < n; r++) {
-			if (!bcol_has(c, r))
-				continue;
-			switch (c->def->type) {
-			case TALLY_T_BOOL: ob_u8(o, (uint8_t)(c->vals[r].u64 != 0)); break;
-			case TALLY_T_STR:
-			case TALLY_T_TAG: {
-				uint32_t sl;
-				const char *s = tbatch_str(tb, c->vals[r].ref, &sl);
-				ob_str(o, s, sl);
-				break;
-			}
-			default: ob_u64(o, c->vals[r].u64); break;
-			}
-		}
+		ob_str(o, col->def->name, col->def->len);
+		ob_u8(o, (uint8_t)col->def->type);
+		put_blocks(o, c, tb, col, type_kind(col->def->type), n, cnt == n);
 	}
 }
 
 int stage_batch_encode(const stage_batch *b, char **buf, size_t *cap, size_t *len)
 {
 	obuf o = {*buf, 0, *cap, 0};
+	batch_coder *c = coder_get(b);
+	if (!c)
+		return err_set(-ENOMEM, "out of memory encoding a WAL record");
+	ob_u8(&o, b->labelled ? WALFMT_CODED_L : WALFMT_CODED);
 	if (b->labelled) {
-		ob_u8(&o, WALFMT_LABELLED);
 		ob_str(&o, b->source, b->source_len);
 		ob_u64(&o, b->seq);
-	} else {
-		ob_u8(&o, WALFMT_VERSION);
 	}
 	uint32_t n = 0;
 	for (uint32_t i = 0; i < b->n_tb; i++)
@@ -523,11 +626,13 @@ int stage_batch_encode(const stage_batch *b, char **buf, size_t *cap, size_t *le
 	ob_u32(&o, n);
 	for (uint32_t i = 0; i < b->n_tb; i++)
 		if (b->tb[i]->n_rows)
-			encode_table(&o, b->tb[i]);
+			encode_table(&o, c, b->tb[i]);
 	*buf = o.p;
 	*cap = o.cap;
 	*len = o.len;
-	return o.err ? err_set(o.err, "out of memory encoding a WAL record") : 0;
+	if (o.err == -ENOMEM)
+		return err_set(o.err, "out of memory encoding a WAL record");
+	return o.err; /* a codec error has its message set */
 }
 
 /* ---------------------------------------------------------------- decode */
@@ -589,6 +694,171 @@ static const char *ib_str(ibuf *in, uint32_t *n)
 		goto fail;                                               \
 	} while (0)
 
+/* The next block of a coded table: u32 length, then the block, decoded
+ * as m values of kind into vals (and presence into bits when not NULL). */
+static int take_block(ibuf *in, batch_coder *c, enum codec_kind kind, uint32_t m, void *vals,
+		      uint64_t *bits, const char *what)
+{
+	size_t at = (size_t)(in->p - in->start);
+	uint32_t bl = ib_u32(in);
+	const unsigned char *blk = ib_take(in, bl);
+	if (!blk)
+		return err_set(TALLY_ECORRUPT, "WAL payload byte %zu: truncated %s block", at,
+			       what);
+	int rc = codec_decode(c->cx, blk, bl, kind, m, vals, bits, &c->arena);
+	if (rc == TALLY_ECORRUPT)
+		return err_prefix(rc, "WAL payload byte %zu: %s block", at, what);
+	return rc;
+}
+
+#define SLICES(s, m, n)                                                                  \
+	for (uint32_t s = 0, m = (n) < CODEC_BLOCK_MAX ? (n) : CODEC_BLOCK_MAX; s < (n); \
+	     s += CODEC_BLOCK_MAX, m = (n)-s < CODEC_BLOCK_MAX ? (n)-s : CODEC_BLOCK_MAX)
+
+/* Keys of a coded table into c->keys, c->key_at[2k] and [2k + 1] their
+ * offset and length; then the rows' key indexes at c->key_at + 2 n_keys. */
+static int decode_keys(ibuf *in, batch_coder *c, uint32_t n_rows, uint32_t n_keys)
+{
+	int rc;
+	c->keys_len = 0;
+	if (!coder_room((void **)&c->key_at, &c->key_at_cap, 2 * (size_t)n_keys + n_rows, 4))
+		return -ENOMEM;
+	SLICES(s, m, n_keys)
+	{
+		codec_str *v = coder_room(&c->scratch, &c->scratch_cap, m, sizeof *v);
+		if (!v)
+			return -ENOMEM;
+		if ((rc = take_block(in, c, CODEC_STR, m, v, NULL, "key")))
+			return rc;
+		for (uint32_t i = 0; i < m; i++) {
+			if (v[i].n > BATCH_STR_LEN_MAX)
+				return err_set(TALLY_ECORRUPT, "WAL payload byte %zu: key too long",
+					       (size_t)(in->p - in->start));
+			if (!coder_room((void **)&c->keys, &c->keys_cap, c->keys_len + v[i].n + 1,
+					1))
+				return -ENOMEM;
+			memcpy(c->keys + c->keys_len, v[i].p, v[i].n);
+			c->key_at[2 * (s + i)] = (uint32_t)c->keys_len;
+			c->key_at[2 * (s + i) + 1] = v[i].n;
+			c->keys_len += v[i].n;
+		}
+	}
+	uint32_t *idx = c->key_at + 2 * (size_t)n_keys;
+	if (n_keys == 1) {
+		memset(idx, 0, (size_t)n_rows * 4);
+		return 0;
+	}
+	SLICES(s, m, n_rows)
+	{
+		uint64_t *v = coder_room(&c->scratch, &c->scratch_cap, m, 8);
+		if (!v)
+			return -ENOMEM;
+		if ((rc = take_block(in, c, CODEC_U64, m, v, NULL, "key index")))
+			return rc;
+		for (uint32_t i = 0; i < m; i++) {
+			if (v[i] >= n_keys)
+				return err_set(TALLY_ECORRUPT,
+					       "WAL payload byte %zu: key index out of range",
+					       (size_t)(in->p - in->start));
+			idx[s + i] = (uint32_t)v[i];
+		}
+	}
+	return 0;
+}
+
+/* One column's blocks of a coded table into its slots from row base. */
+static int decode_col(ibuf *in, batch_coder *c, tbatch *tb, bcol *col, uint32_t base,
+		      uint32_t n_rows)
+{
+	enum tally_type type = col->def->type;
+	enum codec_kind kind = type_kind(type);
+	size_t esz = kind == CODEC_BOOL ? 1 : kind == CODEC_STR ? sizeof(codec_str) : 8;
+	SLICES(s, m, n_rows)
+	{
+		void *v = coder_room(&c->scratch, &c->scratch_cap, m, esz);
+		uint64_t *bits = coder_room((void **)&c->bits, &c->bits_cap, (m + 63) / 64, 8);
+		if (!v || !bits)
+			return -ENOMEM;
+		int rc = take_block(in, c, kind, m, v, bits, col->def->name);
+		if (rc)
+			return rc;
+		for (uint32_t i = 0; i < m; i++) {
+			if (!((bits[i >> 6] >> (i & 63)) & 1))
+				continue;
+			uint32_t row = base + s + i;
+			bval bv;
+			if (kind == CODEC_BOOL) {
+				bv.u64 = ((const uint8_t *)v)[i] != 0;
+			} else if (kind == CODEC_STR) {
+				const codec_str *cs = (const codec_str *)v + i;
+				if (cs->n > BATCH_STR_LEN_MAX)
+					return err_set(TALLY_ECORRUPT,
+						       "WAL payload byte %zu: string too long",
+						       (size_t)(in->p - in->start));
+				if ((rc = arena_put(&tb->arena, &tb->arena_len, &tb->arena_cap,
+						    cs->p, cs->n, &bv.ref)))
+					return rc;
+			} else {
+				memcpy(&bv, (const uint64_t *)v + i, 8);
+			}
+			col->present[row >> 6] |= UINT64_C(1) << (row & 63);
+			col->vals[row] = bv;
+		}
+	}
+	return 0;
+}
+
+/* The body of a coded table (version 3 and 4) after n_rows and n_keys:
+ * timestamps and columns fill the rows' slots, then the rows commit with
+ * their keys, as in version 1. */
+static int decode_coded(ibuf *in, stage_batch *b, catalog *cat, tbatch *tb, uint32_t n_rows,
+			uint32_t n_keys)
+{
+	batch_coder *c = coder_get(b);
+	if (!c)
+		return -ENOMEM;
+	int rc = decode_keys(in, c, n_rows, n_keys);
+	if (rc)
+		return rc;
+	uint32_t base = tb->n_rows;
+	while (base + n_rows > tb->cap_rows)
+		if ((rc = grow_rows(tb)))
+			return rc;
+	SLICES(s, m, n_rows)
+	{
+		if ((rc = take_block(in, c, CODEC_TS, m, tb->ts + base + s, NULL, "timestamp")))
+			return rc;
+	}
+	uint32_t n_cols = ib_u32(in);
+	if (in->bad || n_cols > CAT_COLS_MAX)
+		return err_set(TALLY_ECORRUPT, "WAL payload byte %zu: column count out of range",
+			       (size_t)(in->p - in->start));
+	for (uint32_t ci = 0; ci < n_cols; ci++) {
+		uint32_t cl;
+		const char *cname = ib_str(in, &cl);
+		uint8_t type = ib_u8(in);
+		if (in->bad || type < TALLY_T_F64 || type > TALLY_T_TAG)
+			return err_set(TALLY_ECORRUPT, "WAL payload byte %zu: bad column header",
+				       (size_t)(in->p - in->start));
+		col_def *def;
+		if ((rc = catalog_column(cat, tb->table, cname, cl, strmap_hash(cname, cl),
+					 (enum tally_type)type, &def)))
+			return rc;
+		bcol *col = col_slot(tb, def);
+		if (!col)
+			return -ENOMEM;
+		if ((rc = decode_col(in, c, tb, col, base, n_rows)))
+			return rc;
+	}
+	const uint32_t *idx = c->key_at + 2 * (size_t)n_keys;
+	for (uint32_t r = 0; r < n_rows; r++) {
+		const uint32_t *k = c->key_at + 2 * (size_t)idx[r];
+		if ((rc = tbatch_row_commit(b, tb, c->keys + k[0], k[1])))
+			return rc;
+	}
+	return 0;
+}
+
 int stage_batch_decode(stage_batch *b, catalog *cat, const char *p, size_t len)
 {
 	ibuf in = {(const unsigned char *)p, (const unsigned char *)p + len,
@@ -596,9 +866,10 @@ int stage_batch_decode(stage_batch *b, catalog *cat, const char *p, size_t len)
 	int rc = 0;
 	uint32_t *keyrefs = NULL;
 	uint8_t version = ib_u8(&in);
-	if (version != WALFMT_VERSION && version != WALFMT_LABELLED)
+	if (version < WALFMT_VERSION || version > WALFMT_CODED_L)
 		DECODE_FAIL("unknown payload version");
-	if (version == WALFMT_LABELLED) {
+	int coded = version >= WALFMT_CODED;
+	if (version == WALFMT_LABELLED || version == WALFMT_CODED_L) {
 		uint32_t sl;
 		const char *src = ib_str(&in, &sl);
 		b->seq = ib_u64(&in);
@@ -624,7 +895,7 @@ int stage_batch_decode(stage_batch *b, catalog *cat, const char *p, size_t len)
 		if (in.bad)
 			DECODE_FAIL("truncated table header");
 		if (n_rows == 0 || n_keys == 0 || n_keys > n_rows ||
-		    (size_t)(in.end - in.p) / 8 < n_rows)
+		    (!coded && (size_t)(in.end - in.p) / 8 < n_rows))
 			DECODE_FAIL("row or key count out of range");
 		table_def *t;
 		if ((rc = catalog_table(cat, name, nl, strmap_hash(name, nl), ktag, kl, &t)))
@@ -635,6 +906,11 @@ int stage_batch_decode(stage_batch *b, catalog *cat, const char *p, size_t len)
 		tbatch *tb;
 		if ((rc = stage_batch_table(b, t, &tb)))
 			goto fail;
+		if (coded) {
+			if ((rc = decode_coded(&in, b, cat, tb, n_rows, n_keys)))
+				goto fail;
+			continue;
+		}
 		uint32_t base_row = tb->n_rows;
 		/* Keys: remember each one's bytes; rows commit with them below. */
 		keyrefs = mem_alloc((size_t)n_keys * 2 * sizeof *keyrefs);

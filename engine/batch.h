@@ -18,6 +18,7 @@
 #include <stdint.h>
 
 #include "catalog.h"
+#include "codec.h"
 #include "strmap.h"
 
 #define BATCH_STR_LEN_MAX 65535u
@@ -59,7 +60,24 @@ typedef struct tbatch {
 /* A batch label (engine/idem.h): the sender's source id and sequence. */
 #define BATCH_SOURCE_MAX 255u
 
+/* Scratch for the coded payload (versions 3 and 4): codec contexts and
+ * buffers reused from batch to batch. */
+typedef struct batch_coder {
+	codec_ctx *cx;
+	codec_buf blk;   /* one block being encoded */
+	codec_buf arena; /* strings of one decoded block */
+	void *scratch;   /* one slice of values converted for the codec */
+	size_t scratch_cap;
+	uint64_t *bits; /* a decoded slice's presence */
+	size_t bits_cap;
+	char *keys; /* decoded keys' bytes, and their (offset, length) */
+	size_t keys_len, keys_cap;
+	uint32_t *key_at;
+	size_t key_at_cap;
+} batch_coder;
+
 typedef struct stage_batch {
+	batch_coder *coder; /* made on first encode or decode; kept by reset */
 	/* labelled: 1 when the batch carries (source, seq) into its WAL record */
 	int labelled;
 	uint32_t source_len;
@@ -112,10 +130,11 @@ static inline const char *tbatch_key(const tbatch *tb, uint32_t k, uint32_t *len
 	return tb->key_arena + (tb->keys[k] >> 16);
 }
 
-/* Encodes the batch as a WAL payload (version 2 when labelled, else 1) into *buf (grown as needed).
- */
+/* Encodes the batch as a WAL payload, version 3 (4 when labelled): columns
+ * as codec blocks, not for the WAL's LZ4 (docs/formats.md, "WAL payload"),
+ * into *buf (grown as needed). */
 int stage_batch_encode(const stage_batch *b, char **buf, size_t *cap, size_t *len);
-/* Decodes a WAL payload, resolving names through the catalog (creating
+/* Decodes a WAL payload of any version (1 to 4), resolving names through the catalog (creating
  * tables and columns as the original write did). TALLY_ECORRUPT with a
  * message on malformed input. */
 int stage_batch_decode(stage_batch *b, catalog *cat, const char *p, size_t len);

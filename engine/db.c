@@ -1419,6 +1419,7 @@ static int stats_collect(tally_db *db, tally_stats *out)
 	pthread_mutex_unlock(&db->idem.mu);
 	out->label_duplicates = atomic_load(&db->idem.duplicates);
 	out->label_too_old = atomic_load(&db->idem.too_old);
+	out->scan_rows = atomic_load(&db->scan_rows);
 	return 0;
 }
 

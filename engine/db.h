@@ -64,8 +64,10 @@ struct tally_db {
 	char *crash_at;
 	/* tiering to object storage (engine/tier.c); NULL when off */
 	struct tier *tier;
-	/* #!keys answers being built or read (engine/query.c), bytes */
+	/* #!keys answers being built or read (engine/query.c) and open
+	 * scans' windows (engine/scan.c), bytes */
 	_Atomic uint64_t query_bytes;
+	_Atomic uint64_t scan_rows; /* rows scans decoded since open */
 	/* what each labelled source applied (engine/idem.c) */
 	idem idem;
 };

@@ -475,6 +475,11 @@ static int flush_memtable(tally_db *db, shard *s, memtable *m)
 			 err_msg());
 	log_emit(&db->log, TALLY_LOG_INFO, "shard %u: flushed %llu events into %u parts", s->id,
 		 (unsigned long long)m->events, f.n_slots);
+	/* An open scan may pin m (engine/scan.c): until the last holder frees
+	 * it, its bytes stay under memory_limit, as a query's. */
+	m->retired_bytes = m->mem_bytes + m->rollup_bytes;
+	m->retired_at = &db->query_bytes;
+	atomic_fetch_add(&db->query_bytes, m->retired_bytes);
 	memtable_free(m, &db->L);
 	goto out;
 fail:

@@ -38,8 +38,8 @@ int shard_part_col(const shard_part *sp, const col_def *def)
 
 void shard_part_free(shard_part *sp)
 {
-	if (!sp)
-		return;
+	if (!sp || atomic_fetch_sub(&sp->pins, 1) != 0)
+		return; /* a scan still reads it */
 	rc_forget(sp);
 	part_close(sp->p);
 	mem_free(sp->defs);

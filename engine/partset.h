@@ -37,8 +37,11 @@
 struct tally_db;
 
 /* A live part as a shard holds it. Immutable but for level and flags
- * (changed under the shard lock); freed only under the shard lock held for
- * writing, so a reader holding it for reading may use it. */
+ * (changed under the shard lock); leaves its shard only under the shard
+ * lock held for writing, so a reader holding it for reading may use it.
+ * A scan pins the parts it reads (pins, taken under the shard lock), so a
+ * part that leaves meanwhile (a merge, tiering) stays open, its file
+ * unlinked but readable, until the last pin goes. */
 typedef struct shard_part {
 	part *p;
 	uint64_t id;
@@ -54,6 +57,9 @@ typedef struct shard_part {
 	 * xxh3; p is then the local stub. NULL: the part is local. */
 	char *object;
 	uint64_t object_sum;
+	/* holders besides the one that loaded it: shard_part_free drops one
+	 * and frees at the last */
+	_Atomic uint32_t pins;
 } shard_part;
 
 /* The part's column index holding def, or -1. */
@@ -67,6 +73,8 @@ int shard_part_load(struct tally_db *db, uint64_t id, shard_part **out);
  * about to commit. */
 int shard_part_load_as(struct tally_db *db, uint64_t id, const manifest_part *rec,
 		       shard_part **out);
+/* Drops one holder of sp (its shard's, or a scan's pin); the last frees
+ * it. */
 void shard_part_free(shard_part *sp);
 /* Adds a part the manifest names to the shard's list at open, before any
  * other thread runs. */

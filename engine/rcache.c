@@ -30,6 +30,8 @@ void rc_free(rcache *c)
 	for (uint32_t i = 0; i < c->nblk; i++)
 		arena_block_free(c->blk[i]);
 	mem_free(c->blk);
+	mem_free(c->ents);
+	mem_free(c->live);
 	arena_pool_free(&c->pool);
 	pthread_mutex_destroy(&c->mu);
 }
@@ -46,6 +48,7 @@ void rc_forget(shard_part *sp)
 		struct rc_ent *e = &c->ring[(c->head + i) % c->cap];
 		if (e->sp == sp) {
 			c->bytes -= e->bytes;
+			c->live[e->blk]--;
 			e->sp = NULL;
 		}
 	}
@@ -58,6 +61,8 @@ void rc_stats(rcache *c, struct tally_stats *out)
 {
 	pthread_mutex_lock(&c->mu);
 	out->cache_bytes = c->bytes;
+	out->cache_mapped_bytes =
+		((uint64_t)c->nblk + arena_pool_count(&c->pool)) * (uint64_t)ARENA_BLOCK;
 	out->cache_hits = c->hits;
 	out->cache_misses = c->misses;
 	pthread_mutex_unlock(&c->mu);
@@ -73,9 +78,16 @@ void rc_stats(rcache *c, struct tally_stats *out)
  * so when every block is mapped and the filling one is full, the next
  * block in the ring holds the oldest entries: they are evicted and the
  * block is filled again. An entry dropped earlier (evicted for the
- * budget, or with its part) leaves a hole until then. Memory: the budget
+ * budget, or with its part) leaves a hole until then; but a block all of
+ * whose entries were dropped (the parts a merge replaced) is filled again
+ * before another block is mapped, so the ring grows only with what it
+ * holds live, not with the parts merges retire. Memory: the budget
  * rounded down to whole blocks, at least one, and up to RC_READY blocks
- * made ready ahead.
+ * made ready ahead (tally_stats.cache_mapped_bytes).
+ *
+ * Each block's entries are one run of the ring (a block is filled, from
+ * its start, before another is), so the oldest block is the head
+ * entry's, and its entries lead the ring.
  *
  * A block is made ready off the query path: mapping and faulting one in
  * took about 1.6 ms a block in bench_storage after its ingest (the kernel
@@ -115,9 +127,31 @@ static void rc_evict_one(rcache *c)
 	if (e->sp) {
 		e->sp->rc[e->idx] = NULL;
 		c->bytes -= e->bytes;
+		c->live[e->blk]--;
 	}
+	if (e->blk != RC_NOBLK)
+		c->ents[e->blk]--;
 	c->head = (c->head + 1) % c->cap;
 	c->len--;
+}
+
+/* A block other than the filling one with no live entry, or UINT32_MAX.
+ * Its dropped entries, if any are left in the ring, stop naming it. */
+static uint32_t rc_dead_block(rcache *c)
+{
+	for (uint32_t b = 0; b < c->nblk; b++) {
+		if (b == c->cur || c->live[b])
+			continue;
+		for (uint32_t i = 0; c->ents[b] && i < c->len; i++) {
+			struct rc_ent *e = &c->ring[(c->head + i) % c->cap];
+			if (e->blk == b) {
+				e->blk = RC_NOBLK;
+				c->ents[b]--;
+			}
+		}
+		return b;
+	}
+	return UINT32_MAX;
 }
 
 /* Drops the oldest entries until the cache fits its budget. */
@@ -140,9 +174,27 @@ static void *rc_alloc(rcache *c, size_t n, uint32_t *blk)
 		return p;
 	}
 	if (!c->blk) {
-		c->nblk_max = rc_blocks_most(c);
-		if (!(c->blk = mem_calloc(c->nblk_max, sizeof *c->blk)))
+		uint32_t most = rc_blocks_most(c);
+		c->blk = mem_calloc(most, sizeof *c->blk);
+		c->ents = mem_calloc(most, sizeof *c->ents);
+		c->live = mem_calloc(most, sizeof *c->live);
+		if (!c->blk || !c->ents || !c->live) {
+			mem_free(c->blk);
+			mem_free(c->ents);
+			mem_free(c->live);
+			c->blk = NULL;
+			c->ents = c->live = NULL;
 			return NULL;
+		}
+		c->nblk_max = most;
+	}
+	/* a block whose entries all left with their parts, before a new one */
+	uint32_t next = c->nblk ? rc_dead_block(c) : UINT32_MAX;
+	if (next != UINT32_MAX) {
+		c->cur = next;
+		c->off = n;
+		*blk = next;
+		return c->blk[next];
 	}
 	char *b = NULL;
 	if (c->nblk < c->nblk_max) {
@@ -151,19 +203,20 @@ static void *rc_alloc(rcache *c, size_t n, uint32_t *blk)
 		else
 			b = arena_block_new();
 	}
-	uint32_t next;
 	if (b) {
 		next = c->nblk;
 		c->blk[c->nblk++] = b;
 	} else {
 		if (!c->nblk)
 			return NULL;
-		/* Out of memory for another: the ring stays this size, so that
-		 * blocks keep being filled in ring order (a block added after a
-		 * reuse would break "the next block holds the oldest"). */
+		/* All mapped (or out of memory for another: the ring stays this
+		 * size): the oldest block, the head entry's, is emptied of its
+		 * entries, which lead the ring. */
 		c->nblk_max = c->nblk;
-		next = (c->cur + 1) % c->nblk;
-		while (c->len && c->ring[c->head].blk == next)
+		while (c->len && c->ring[c->head].blk == RC_NOBLK)
+			rc_evict_one(c);
+		next = c->len ? c->ring[c->head].blk : (c->cur + 1) % c->nblk;
+		while (c->len && (c->ring[c->head].blk == next || c->ring[c->head].blk == RC_NOBLK))
 			rc_evict_one(c);
 	}
 	c->cur = next;
@@ -258,6 +311,8 @@ int shard_part_rollup(shard_part *sp, const part_key *pk, uint32_t num, unsigned
 		c->bytes += room;
 		c->ring[(c->head + c->len++) % c->cap] =
 			(struct rc_ent){sp, idx, (uint32_t)room, blk};
+		c->ents[blk]++;
+		c->live[blk]++;
 		rc_evict(c);
 	}
 	int refill = c->refill;

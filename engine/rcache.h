@@ -23,6 +23,9 @@ struct tally_stats;
 
 /* Blocks the decoded-rollup cache keeps ready while it grows. */
 #define RC_READY 4
+/* An entry's block after the block was filled again (the entry was
+ * dropped with its part before). */
+#define RC_NOBLK UINT32_MAX
 
 /* A cached rollup block: rollup idx of part sp, lying in block blk. */
 struct rc_ent {
@@ -39,6 +42,7 @@ typedef struct rcache {
 	uint64_t hits, misses;
 	arena_pool pool;              /* blocks made ready off the query path (rc_prepare) */
 	char **blk;                   /* nblk_max slots */
+	uint32_t *ents, *live;        /* per block: its ring entries, of which live */
 	uint32_t nblk, nblk_max, cur; /* mapped, most, filling */
 	size_t off;                   /* bytes used in the filling block */
 	int refill;                   /* a ready block was taken */
@@ -57,7 +61,7 @@ void rc_prepare(struct tally_db *db);
  * the ring reuses their block). */
 void rc_forget(shard_part *sp);
 
-/* The cache's bytes, hits and misses into *out. */
+/* The cache's bytes, mapped bytes, hits and misses into *out. */
 void rc_stats(rcache *c, struct tally_stats *out);
 
 /* Decodes the rollup of (key, numeric column num, level) of a part into a

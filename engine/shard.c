@@ -83,8 +83,10 @@ static void series_free(series *se, const levels *L)
 
 void memtable_free(memtable *m, const levels *L)
 {
-	if (!m)
-		return;
+	if (!m || atomic_fetch_sub(&m->pins, 1) != 0)
+		return; /* a scan still reads it */
+	if (m->retired_at)
+		atomic_fetch_sub(m->retired_at, m->retired_bytes);
 	for (uint32_t t = 0; t < m->cap_tables; t++) {
 		stable *st = m->tables[t];
 		if (!st)
@@ -373,6 +375,38 @@ static int dist_add(memtable *m, rcol *rc, const col_def *d, const levels *L, co
 	return dcol_add_run(rc->dist, L, ts, v, n, &m->rp);
 }
 
+/* Prefetch distances, in keys: the rows of a batch go key by key in key
+ * order, and with interleaved sources most keys have a row or a few, so
+ * each key's run misses the cache on its tail chunk, the chunk's
+ * timestamp slot and column slots. Far ahead the chunk pointer is
+ * fetched; nearer, what it points at. */
+#define PF_FAR  8
+#define PF_NEAR 4
+
+static inline void prefetch_far(const series *se)
+{
+	if (se->n_chunks)
+		__builtin_prefetch(&se->chunks[se->n_chunks - 1]);
+	if (se->n_rcols)
+		__builtin_prefetch(se->rcols);
+}
+
+static inline void prefetch_near(const series *se)
+{
+	if (!se->n_chunks)
+		return;
+	const chunk *c = se->chunks[se->n_chunks - 1];
+	__builtin_prefetch(c, 1);
+	if (c->n < c->cap) {
+		__builtin_prefetch(&c->ts[c->n], 1);
+		for (uint32_t i = 0; i < c->n_cols && i < 4; i++)
+			if (c->cols[i].present) {
+				__builtin_prefetch(&c->cols[i].present[c->n >> 6], 1);
+				__builtin_prefetch(&c->cols[i].vals[c->n], 1);
+			}
+	}
+}
+
 static inline double num_value(enum tally_type t, bval v)
 {
 	switch (t) {
@@ -432,9 +466,17 @@ static int apply_table(shard *s, const tbatch *tb)
 	 * time (rollup_add_run). */
 	int64_t rts[CHUNK_ROWS_MAX];
 	double rv[CHUNK_ROWS_MAX];
+	uint32_t pf_key = UINT32_MAX;
 	for (uint32_t j = 0; j < tb->n_rows;) {
 		uint32_t key = tb->key[ord[j]];
 		series *se = ks[key];
+		if (key != pf_key) { /* a new key's rows: fetch ahead */
+			pf_key = key;
+			if (key + PF_FAR < tb->n_keys)
+				prefetch_far(ks[key + PF_FAR]);
+			if (key + PF_NEAR < tb->n_keys)
+				prefetch_near(ks[key + PF_NEAR]);
+		}
 		chunk *c = tail_chunk(m, se);
 		if (!c)
 			return -ENOMEM;

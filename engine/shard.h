@@ -79,6 +79,15 @@ typedef struct memtable {
 	uint64_t last_seq; /* highest WAL seq applied (frozen memtables) */
 	int64_t started_ns;
 	int64_t tmin, tmax; /* event time range */
+	/* holders besides the shard (0: the shard alone). A scan pins the
+	 * memtables it reads (engine/scan.c); memtable_free drops one holder
+	 * and frees at the last. */
+	_Atomic uint32_t pins;
+	/* set when its shard let it go (a flush) while a scan may still pin
+	 * it: its bytes count there (db->query_bytes, under memory_limit)
+	 * until the last holder frees it */
+	_Atomic uint64_t *retired_at;
+	uint64_t retired_bytes;
 } memtable;
 
 /* What a shard remembers of a key across memtables: its newest event time,
@@ -142,6 +151,9 @@ stable *mem_table(const memtable *m, const table_def *t);
 unsigned shard_memtables(const shard *s, const memtable **out);
 
 memtable *memtable_new(shard *s);
+/* Drops one holder of m (the shard's, or a scan's pin); the last frees
+ * it. Frozen memtables are immutable, so a pinned one that left its shard
+ * is read without the shard lock. */
 void memtable_free(memtable *m, const levels *L);
 
 /* Freezes the active memtable and starts a new one. Caller holds the lock

@@ -403,7 +403,11 @@ TALLY_API int tally_keys_next(tally_keys_iter *it, const char **key, tally_agg *
 TALLY_API void tally_keys_close(tally_keys_iter *it);
 
 /* Raw scan of one key's events in [from, to), in time order (events with
- * equal times in arrival order). */
+ * equal times in arrival order): a cursor over what the store held at
+ * open, decoded as tally_scan_next reaches it, so its memory does not grow
+ * with the range and a reader may stop early. An open scan keeps the
+ * memtables and parts it reads alive past their flush or merge; close
+ * every scan before tally_db_close. One thread at a time per scan. */
 typedef struct tally_scan tally_scan;
 
 typedef struct tally_value {
@@ -524,7 +528,8 @@ typedef struct tally_stats {
 	 * each shard's key states), bytes; under memory_limit with memtables,
 	 * rollups and query_bytes. */
 	uint64_t key_bytes;
-	/* All-keys answers (tally_query_keys) being built or held, bytes. */
+	/* All-keys answers (tally_query_keys) being built or held, and the
+	 * windows of open raw scans, bytes. */
 	uint64_t query_bytes;
 	/* Labelled batches: sources remembered, the bytes they hold, batches
 	 * answered as duplicates and refused as too old since open, and
@@ -534,6 +539,16 @@ typedef struct tally_stats {
 	uint64_t label_duplicates;
 	uint64_t label_too_old;
 	uint64_t label_expired;
+	/* Rows raw scans decoded from parts and memtables since open: a scan
+	 * decodes a window (a stripe, a chunk) only when the reader reaches
+	 * it, so one that stops early (LIMIT) reads little. The windows held
+	 * meanwhile count in query_bytes. */
+	uint64_t scan_rows;
+	/* Memory the decoded-rollup cache has mapped (its ring's blocks and
+	 * those made ready ahead), bytes: cache_bytes is what it holds live,
+	 * this what it costs; at most its budget rounded down to 2 MiB blocks
+	 * plus 8 MiB. */
+	uint64_t cache_mapped_bytes;
 } tally_stats;
 
 /* Fills the first size bytes at out with the database's figures, 0 where

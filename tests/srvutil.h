@@ -39,6 +39,19 @@ static inline int64_t su_mono_ms(void)
 	return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
 }
 
+/* A port of 127.0.0.1 free a moment ago, for a program that must be told
+ * its port (a broker, a node named in another's peers). */
+static inline unsigned su_free_port(void)
+{
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	cr_assert(bind(fd, (struct sockaddr *)&a, sizeof a) == 0);
+	socklen_t n = sizeof a;
+	getsockname(fd, (struct sockaddr *)&a, &n);
+	close(fd);
+	return ntohs(a.sin_port);
+}
+
 /* ---------------------------------------------------------------- the server */
 
 typedef struct tsrv {
@@ -148,6 +161,29 @@ static inline void tsrv_spawn(tsrv *s, const char *const *args, int listen)
 	}
 }
 
+/* Starts tallyd on s->data with two shards, warnings only (TALLYD_LOG=info
+ * shows more when debugging a test), the extra flags (NULL-terminated),
+ * then those in $TALLYD_EXTRA ("--io epoll": the whole suite on the other
+ * loop); returns once it listens. */
+static inline void tsrv_start(tsrv *s, const char *const *extra)
+{
+	const char *args[64] = {"--shards", "2", "--log-level",
+				getenv("TALLYD_LOG") ? getenv("TALLYD_LOG") : "warn"};
+	int n = 4;
+	for (int i = 0; extra && extra[i] && n < 63; i++)
+		args[n++] = extra[i];
+	char env_extra[256];
+	const char *ex = getenv("TALLYD_EXTRA");
+	if (ex) {
+		snprintf(env_extra, sizeof env_extra, "%s", ex);
+		for (char *save = NULL, *t = strtok_r(env_extra, " ", &save); t && n < 63;
+		     t = strtok_r(NULL, " ", &save))
+			args[n++] = t;
+	}
+	args[n] = NULL;
+	tsrv_spawn(s, args, 1);
+}
+
 /* The HTTP port of a server started with a port file (tallyd writes it
  * before the line protocol's). */
 static inline unsigned tsrv_http_port(const tsrv *s)
@@ -183,6 +219,25 @@ static inline int tsrv_wait(tsrv *s, int sig)
 	}
 	s->pid = 0;
 	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+/* A "Name: N kB" line of the server's /proc/PID/status in KiB (VmRSS,
+ * RssAnon), 0 if unreadable. */
+static inline uint64_t tsrv_status_kib(const tsrv *s, const char *name)
+{
+	char path[64], line[256];
+	snprintf(path, sizeof path, "/proc/%d/status", (int)s->pid);
+	FILE *f = fopen(path, "r");
+	uint64_t kib = 0;
+	size_t n = strlen(name);
+	while (f && fgets(line, sizeof line, f))
+		if (!strncmp(line, name, n) && line[n] == ':') {
+			kib = strtoull(line + n + 1, NULL, 10);
+			break;
+		}
+	if (f)
+		fclose(f);
+	return kib;
 }
 
 /* The whole log (malloc'd, NUL-terminated). */

@@ -34,29 +34,6 @@
 #define T0  INT64_C(1699920000000000000) /* 2023-11-14T00:00:00Z */
 #define SEC INT64_C(1000000000)
 
-/* Starts tallyd on s->data with two shards, warnings only (TALLYD_LOG=info
- * shows more when debugging a test), the extra flags (NULL-terminated),
- * then those in $TALLYD_EXTRA ("--io epoll": the whole suite on the other
- * loop); returns once it listens. */
-static void tsrv_start(tsrv *s, const char *const *extra)
-{
-	const char *args[64] = {"--shards", "2", "--log-level",
-				getenv("TALLYD_LOG") ? getenv("TALLYD_LOG") : "warn"};
-	int n = 4;
-	for (int i = 0; extra && extra[i] && n < 63; i++)
-		args[n++] = extra[i];
-	char env_extra[256];
-	const char *ex = getenv("TALLYD_EXTRA");
-	if (ex) {
-		snprintf(env_extra, sizeof env_extra, "%s", ex);
-		for (char *save = NULL, *t = strtok_r(env_extra, " ", &save); t && n < 63;
-		     t = strtok_r(NULL, " ", &save))
-			args[n++] = t;
-	}
-	args[n] = NULL;
-	tsrv_spawn(s, args, 1);
-}
-
 /* ---------------------------------------------------------------- framing units */
 
 /* Record ends by the parser's own consumption, for comparison. */
@@ -926,6 +903,36 @@ Test(server, hundreds_of_concurrent_connections, .timeout = 120)
 	for (int i = 0; i < N; i++)
 		tcli_close(c[i]);
 	free(c);
+	cr_assert_eq(tsrv_wait(&s, SIGTERM), 0);
+	tdir_remove(&s);
+}
+
+/* bench/run's late figure for tallyd divides the growth of rows_written
+ * by the late events; it must count what flushes wrote into parts. */
+Test(server, stats_count_rows_in_parts_and_rows_written, .timeout = 120)
+{
+	enum { LINES = 1000 };
+	tsrv s;
+	tdir_make(&s);
+	const char *extra[] = {"--flush-interval", "100ms", NULL};
+	tsrv_start(&s, extra);
+	tcli *c = tcli_open(s.port);
+	cr_assert_eq(tstat(c, "part_rows"), 0);
+	cr_assert_eq(tstat(c, "rows_written"), 0);
+	char buf[LINES * 64];
+	size_t n = 0;
+	for (int k = 0; k < LINES; k++)
+		n += (size_t)sprintf(buf + n, "rw,k=c%d v=%d %" PRId64 "\n", k % 7, k,
+				     T0 + k * SEC);
+	n += (size_t)sprintf(buf + n, "#!sync\n");
+	cr_assert_eq(tcli_send(c, buf, n), 0);
+	free(tcli_expect(c, "OK sync accepted=1000 rejected=0"));
+	/* the flusher takes the memtable within about 100 ms; bounded wait */
+	for (int i = 0; i < 1200 && tstat(c, "part_rows") < LINES; i++)
+		usleep(50000);
+	cr_assert_eq(tstat(c, "part_rows"), LINES);
+	cr_assert_geq(tstat(c, "rows_written"), LINES);
+	tcli_close(c);
 	cr_assert_eq(tsrv_wait(&s, SIGTERM), 0);
 	tdir_remove(&s);
 }

@@ -642,6 +642,8 @@ Test(tier_server, settings_parse_to_the_engine_options)
 	srv_conf d;
 	conf_init(&d);
 	cr_assert_eq(d.poll_ns, 50000);
+	/* reads of interleaved sources big enough for several rows a key */
+	cr_assert_eq(d.recv_buf_bytes, 256u << 10);
 	cr_assert_eq(set(&c, "busy-poll", "200us", msg, sizeof msg), 0);
 	cr_assert_eq(c.poll_ns, 200000);
 	cr_assert_eq(set(&c, "busy-poll", "0", msg, sizeof msg), 0);

@@ -22,12 +22,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "backup.h"
+#include "cmd.h"
+#include "fanout.h"
+#include "client.h"
 #include "inspect.h"
 
 #define CLI_DEFAULT_PORT "8427"
@@ -38,7 +42,9 @@
 typedef struct cli_opts {
 	const char *host, *port, *token, *precision;
 	int csv, json, quiet;
-	double wait; /* seconds to retry a refused connection (a server starting) */
+	const char *nodes; /* --nodes: ask these tallyd and merge (docs/cluster.md) */
+	int partial;       /* --partial: a node that does not answer is named, not fatal */
+	double wait;       /* seconds to retry a refused connection (a server starting) */
 } cli_opts;
 
 static double cli_now(void)
@@ -61,110 +67,51 @@ __attribute__((format(printf, 1, 2), noreturn)) static void cli_die(const char *
 
 /* ---------------------------------------------------------------- connection */
 
-typedef struct cli_conn {
-	int fd;
-	char *buf; /* received, not yet returned as lines */
-	size_t len, cap;
-	int eof;
-} cli_conn;
+typedef client_conn cli_conn;
 
 static void cli_connect(cli_conn *c, const cli_opts *o)
 {
-	struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
-	struct addrinfo *res;
-	int rc = getaddrinfo(o->host, o->port, &hints, &res);
+	const char *why = NULL;
+	/* --wait: a server just started may not listen yet */
+	int rc = client_connect(c, o->host, o->port, o->wait, CLI_REPLY_MAX, &why);
+	if (rc == -EHOSTUNREACH && why)
+		cli_die("%s:%s: %s", o->host, o->port, why);
 	if (rc)
-		cli_die("%s:%s: %s", o->host, o->port, gai_strerror(rc));
-	int fd = -1, err = 0;
-	double deadline = cli_now() + o->wait;
-again:
-	for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
-		fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
-		if (fd < 0) {
-			err = errno;
-			continue;
-		}
-		if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
-			break;
-		err = errno;
-		close(fd);
-		fd = -1;
-	}
-	/* --wait: a server just started may not listen yet; only a refusal
-	 * is worth retrying, every other error is final. */
-	if (fd < 0 && err == ECONNREFUSED && cli_now() < deadline) {
-		struct timespec nap = {0, 50 * 1000 * 1000};
-		nanosleep(&nap, NULL);
-		goto again;
-	}
-	freeaddrinfo(res);
-	if (fd < 0)
 		cli_die("cannot connect to tallyd at %s:%s: %s (is it running? see --host, "
 			"--port)",
-			o->host, o->port, strerror(err));
-	int one = 1;
-	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-	memset(c, 0, sizeof *c);
-	c->fd = fd;
+			o->host, o->port, strerror(-rc));
 }
 
 static void cli_send_all(cli_conn *c, const char *p, size_t n)
 {
-	while (n) {
-		ssize_t w = send(c->fd, p, n, MSG_NOSIGNAL);
-		if (w < 0) {
-			if (errno == EINTR)
-				continue;
-			cli_die("sending to the server: %s", strerror(errno));
-		}
-		p += w;
-		n -= (size_t)w;
-	}
+	int rc = client_send(c, p, n, -1);
+	if (rc)
+		cli_die("sending to the server: %s", strerror(-rc));
 }
 
 /* Reads what is available (blocking when block); 0 at EOF. */
 static int cli_fill(cli_conn *c, int block)
 {
-	if (c->eof)
+	int r = client_fill(c, block ? -1 : 0);
+	if (r == -1)
 		return 0;
-	if (c->cap - c->len < 65536) {
-		size_t cap = c->cap ? c->cap * 2 : 131072;
-		if (cap > CLI_REPLY_MAX + 131072)
-			cli_die("a reply line is longer than %u bytes", CLI_REPLY_MAX);
-		c->buf = realloc(c->buf, cap);
-		if (!c->buf)
-			cli_die("out of memory");
-		c->cap = cap;
-	}
-	ssize_t r = recv(c->fd, c->buf + c->len, c->cap - c->len, block ? 0 : MSG_DONTWAIT);
-	if (r < 0) {
-		if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
-			return 1;
-		cli_die("reading from the server: %s", strerror(errno));
-	}
-	if (r == 0) {
-		c->eof = 1;
-		return 0;
-	}
-	c->len += (size_t)r;
+	if (r == -E2BIG)
+		cli_die("a reply line is longer than %u bytes", CLI_REPLY_MAX);
+	if (r < 0)
+		cli_die("reading from the server: %s", strerror(-r));
 	return 1;
 }
 
-/* The next complete reply line (NUL-terminated, '\n' removed) into *out,
- * which the caller frees; NULL when none is buffered. */
+/* The next complete reply line (NUL-terminated, '\n' removed), which the
+ * caller frees; NULL when none is buffered. */
 static char *cli_take_line(cli_conn *c)
 {
-	char *nl = c->len ? memchr(c->buf, '\n', c->len) : NULL;
-	if (!nl)
+	char *l = client_take(c);
+	if (!l)
 		return NULL;
-	size_t n = (size_t)(nl - c->buf);
-	char *line = malloc(n + 1);
+	char *line = strdup(l);
 	if (!line)
 		cli_die("out of memory");
-	memcpy(line, c->buf, n);
-	line[n] = 0;
-	memmove(c->buf, nl + 1, c->len - n - 1);
-	c->len -= n + 1;
 	return line;
 }
 
@@ -435,6 +382,12 @@ static int cli_print_table(cli_conn *c, const cli_opts *o)
 		fprintf(stderr, "tally: %s\n", tail_err);
 		rc = 1;
 	}
+	const char *part = last && !tail_err ? strstr(last, " PARTIAL ") : NULL;
+	if (part) {
+		/* some nodes did not answer (--partial): say which, exit 3 */
+		fprintf(stderr, "tally: partial answer, missing: %s\n", part + 9);
+		rc = 3;
+	}
 	for (size_t i = 0; i < nr; i++) {
 		free(rows[i]);
 		free(lines[i]);
@@ -662,8 +615,7 @@ static int cli_cmd_write(const cli_opts *o, int argc, char **argv)
 			w.accepted, w.rejected, el,
 			el > 0 ? (double)(w.accepted + w.rejected) / el : 0,
 			el > 0 ? (double)sent / el / 1e6 : 0);
-	close(c.fd);
-	free(c.buf);
+	client_close(&c);
 	free(buf);
 	free(w.files);
 	return w.sync_failed ? 1 : w.rejected ? 3 : 0;
@@ -693,6 +645,44 @@ static void cli_append_arg(char *cmd, size_t cap, const char *arg)
 	cmd[n] = 0;
 }
 
+/* --nodes: asks every node itself and merges (fanout.c); the merged
+ * answer is read back like a server's, from memory. */
+static void cli_fan(cli_conn *c, const cli_opts *o, const char *cmd)
+{
+	fan_node *nodes;
+	size_t n;
+	char err[300];
+	if (fan_parse_nodes(o->nodes, &nodes, &n, err, sizeof err))
+		cli_die("--nodes: %s", err);
+	char scratch[4096], perr[CMD_ERR_MAX], canon[4096];
+	cmd_req r;
+	size_t len = strcspn(cmd, "\n");
+	struct timespec now;
+	clock_gettime(CLOCK_REALTIME, &now);
+	if (len >= sizeof scratch ||
+	    cmd_parse(cmd, len, scratch, sizeof scratch,
+		      (int64_t)now.tv_sec * 1000000000 + now.tv_nsec, &r, perr, sizeof perr))
+		cli_die("%s", len >= sizeof scratch ? "command too long" : perr);
+	if (!fan_build_cmd(&r, canon, sizeof canon))
+		cli_die("command too long");
+	fan_opts fo = {.token = o->token,
+		       .partial = o->partial,
+		       .timeout_ns = INT64_C(5000000000) + (int64_t)(o->wait * 1e9)};
+	char *out;
+	size_t out_len;
+	if (fan_run(nodes, n, &fo, canon, &out, &out_len))
+		cli_die("out of memory");
+	free(nodes);
+	int fd = memfd_create("tally-answer", MFD_CLOEXEC);
+	if (fd < 0 || write(fd, out, out_len) != (ssize_t)out_len || lseek(fd, 0, SEEK_SET))
+		cli_die("memfd: %s", strerror(errno));
+	free(out);
+	memset(c, 0, sizeof *c);
+	c->fd = fd;
+	c->file = 1;
+	c->max_line = CLI_REPLY_MAX;
+}
+
 static int cli_run_table(const cli_opts *o, const char *word, int argc, char **argv)
 {
 	size_t cap = 16;
@@ -706,12 +696,23 @@ static int cli_run_table(const cli_opts *o, const char *word, int argc, char **a
 		cli_append_arg(cmd, cap + strlen(word) + 4, argv[i]);
 	strcat(cmd, "\n");
 	cli_conn c;
-	cli_connect(&c, o);
-	cli_auth(&c, o);
-	cli_send_all(&c, cmd, strlen(cmd));
+	if (o->nodes) {
+		cli_fan(&c, o, cmd);
+	} else {
+		cli_connect(&c, o);
+		cli_auth(&c, o);
+		if (o->partial)
+			cli_send_all(&c, "#!fanout partial\n", 17);
+		cli_send_all(&c, cmd, strlen(cmd));
+		if (o->partial) {
+			char *r = cli_read_line(&c);
+			if (!r || strncmp(r, "OK", 2))
+				cli_die("%s", r ? r : "the server closed the connection");
+			free(r);
+		}
+	}
 	int rc = cli_print_table(&c, o);
-	close(c.fd);
-	free(c.buf);
+	client_close(&c);
 	free(cmd);
 	return rc;
 }
@@ -766,8 +767,7 @@ static int cli_cmd_ping(const cli_opts *o)
 	printf("%s from %s:%s: round trip %.0f us (connect %.0f us)\n", r, o->host, o->port,
 	       (t2 - t1) * 1e6, (t1 - t0) * 1e6);
 	free(r);
-	close(c.fd);
-	free(c.buf);
+	client_close(&c);
 	return ok ? 0 : 1;
 }
 
@@ -804,8 +804,7 @@ static int cli_cmd_backup(cli_opts *o, const char *server, int argc, char **argv
 	int ok = !strncmp(r, "OK ", 3);
 	fprintf(ok ? stdout : stderr, "%s\n", r);
 	free(r);
-	close(c.fd);
-	free(c.buf);
+	client_close(&c);
 	return ok ? 0 : 1;
 }
 
@@ -918,6 +917,9 @@ static void cli_usage(FILE *f)
 		   "  --wait SECONDS        retry a refused connection this long (a server that\n"
 		   "                        is starting; default 0)\n"
 		   "  --csv, --json         query output as CSV or JSON instead of a table\n"
+		   "  --nodes H:P,H:P,...   query: ask every node and merge their answers exactly\n"
+		   "  --partial             query: a node that does not answer is named (exit 3),\n"
+		   "                        not fatal (with --nodes, or a tallyd with peers)\n"
 		   "  -q, --quiet           no progress bar or row counts\n"
 		   "  --version             print the version and exit\n"
 		   "\n"
@@ -943,6 +945,7 @@ int main(int argc, char **argv)
 				   : !strcmp(a, "--token")     ? &o.token
 				   : !strcmp(a, "--precision") ? &o.precision
 				   : !strcmp(a, "--wait")      ? &wait
+				   : !strcmp(a, "--nodes")     ? &o.nodes
 							       : NULL;
 		if (val) {
 			if (i + 1 >= argc) {
@@ -961,6 +964,8 @@ int main(int argc, char **argv)
 					return 2;
 				}
 			}
+		} else if (!strcmp(a, "--partial")) {
+			o.partial = 1;
 		} else if (!strcmp(a, "--csv")) {
 			o.csv = 1;
 		} else if (!strcmp(a, "--json")) {

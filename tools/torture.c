@@ -51,6 +51,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "client.h"
+
 #define T0       INT64_C(1699920000000000000) /* 2023-11-14T00:00:00Z */
 #define NS_SEC   INT64_C(1000000000)
 #define NS_HOUR  (3600 * NS_SEC)
@@ -175,60 +177,28 @@ static int64_t ts_of(unsigned trial, uint64_t i, uint64_t id)
 
 /* ---------------------------------------------------------------- a client */
 
-/* One connection: blocking socket, every wait bounded by poll. Lines are
- * returned in place (valid until the next read). */
-typedef struct conn {
-	int fd;
-	size_t off, len; /* unread bytes are buf[off, len) */
-	char buf[1 << 16];
-} conn;
+/* One connection (tools/client.c), every wait bounded by poll. Lines are
+ * returned in place (valid until the next read), at most 64 KiB: no reply
+ * this program asks for is longer. */
+typedef client_conn conn;
 
 static int conn_open(conn *c, unsigned port)
 {
-	c->off = c->len = 0;
-	c->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (c->fd < 0)
-		return -1;
-	struct sockaddr_in a = {.sin_family = AF_INET,
-				.sin_port = htons((uint16_t)port),
-				.sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-	if (connect(c->fd, (struct sockaddr *)&a, sizeof a) < 0) {
-		close(c->fd);
-		c->fd = -1;
-		return -1;
-	}
-	int one = 1;
-	setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-	return 0;
+	char p[16];
+	snprintf(p, sizeof p, "%u", port);
+	return client_connect(c, "127.0.0.1", p, 0, 65535, NULL) ? -1 : 0;
 }
 
 static void conn_close(conn *c)
 {
-	if (c->fd >= 0)
-		close(c->fd);
-	c->fd = -1;
+	client_close(c);
 }
 
 /* 0 when all n bytes went out; -1 when the peer is gone or timeout_ms
  * passed without progress. */
 static int conn_send(conn *c, const char *p, size_t n, int timeout_ms)
 {
-	while (n) {
-		ssize_t w = send(c->fd, p, n, MSG_NOSIGNAL | MSG_DONTWAIT);
-		if (w > 0) {
-			p += w;
-			n -= (size_t)w;
-			continue;
-		}
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w < 0 && errno != EAGAIN)
-			return -1;
-		struct pollfd pf = {.fd = c->fd, .events = POLLOUT};
-		if (poll(&pf, 1, timeout_ms) <= 0)
-			return -1;
-	}
-	return 0;
+	return client_send(c, p, n, timeout_ms) ? -1 : 0;
 }
 
 /* The next reply line without its '\n': 1 and *line set; 0 when none came
@@ -236,36 +206,8 @@ static int conn_send(conn *c, const char *p, size_t n, int timeout_ms)
  * or on an error. */
 static int conn_line(conn *c, int timeout_ms, char **line)
 {
-	int64_t deadline = mono_ms() + timeout_ms;
-	for (;;) {
-		char *p = c->buf + c->off, *nl = memchr(p, '\n', c->len - c->off);
-		if (nl) {
-			*nl = 0;
-			*line = p;
-			c->off = (size_t)(nl + 1 - c->buf);
-			return 1;
-		}
-		if (c->off) {
-			memmove(c->buf, c->buf + c->off, c->len - c->off);
-			c->len -= c->off;
-			c->off = 0;
-		}
-		if (c->len == sizeof c->buf)
-			return -1; /* a line longer than any reply this program asks for */
-		int left = (int)(deadline - mono_ms());
-		struct pollfd pf = {.fd = c->fd, .events = POLLIN};
-		int r = poll(&pf, 1, left > 0 ? left : 0);
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r <= 0)
-			return 0;
-		ssize_t k = recv(c->fd, c->buf + c->len, sizeof c->buf - c->len, 0);
-		if (k < 0 && errno == EINTR)
-			continue;
-		if (k <= 0)
-			return -1;
-		c->len += (size_t)k;
-	}
+	int r = client_line(c, timeout_ms, line);
+	return r < 0 ? -1 : r;
 }
 
 /* Cells of a row, split in place at tabs (no cell this program reads has

@@ -425,6 +425,7 @@ static const struct {
 	{"precision", CMD_PRECISION, 1, 1, "#!precision ns|us|ms|s"},
 	{"help", CMD_HELP, 0, 0, "#!help"},
 	{"backup", CMD_BACKUP, 1, 1, "#!backup DEST"},
+	{"fanout", CMD_FANOUT, 1, 1, "#!fanout off|fail|partial"},
 	{"dist", CMD_DIST, 5, CMD_ARGS_MAX - 1,
 	 "#!dist TABLE FIELD KEY FROM TO [q=Q|above=X|below=X|hist=E1,E2,...]..."},
 };
@@ -456,6 +457,15 @@ int cmd_parse(const char *line, size_t len, char *scratch, size_t scratch_cap, i
 	switch (out->kind) {
 	case CMD_AUTH: out->token = a[0]; return 0;
 	case CMD_BACKUP: out->dest = a[0]; return 0;
+	case CMD_FANOUT: {
+		static const char *const modes[] = {"off", "fail", "partial"};
+		for (int i = 0; i < 3; i++)
+			if (!strcasecmp(a[0], modes[i])) {
+				out->fan = i;
+				return 0;
+			}
+		return cmd_fail(err, err_cap, "fanout: '%.40s' is not off, fail or partial", a[0]);
+	}
 	case CMD_SERIES:
 		if (cmd_name_arg("table", a[0], err, err_cap) ||
 		    cmd_name_arg("field", a[1], err, err_cap) ||

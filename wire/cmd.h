@@ -29,6 +29,7 @@ enum cmd_kind {
 	CMD_PRECISION,
 	CMD_HELP,
 	CMD_BACKUP,
+	CMD_FANOUT,
 	CMD_DIST,
 	CMD_LAST = CMD_DIST /* a new kind goes above and moves this */
 };
@@ -43,6 +44,7 @@ typedef struct cmd_req {
 	uint64_t limit;   /* scan: most rows (0: no limit) */
 	enum tally_precision prec;
 	const char *dest; /* backup: a directory or s3://bucket/prefix */
+	int fan;          /* fanout: 0 off, 1 fail (a missing node fails the answer), 2 partial */
 	/* dist: the statistics asked for (q=0.85, above=60, ...), checked */
 	const char *stats[CMD_ARGS_MAX];
 	unsigned n_stats;

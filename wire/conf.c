@@ -97,6 +97,9 @@ static const struct conf_item {
 	 "longest line accepted (default 1MiB)"},
 	{"max-connections", K_UINT, offsetof(srv_conf, max_conns),
 	 "open connections at once (default 4096)"},
+	{"max-connections-per-address", K_UINT, offsetof(srv_conf, max_conns_peer),
+	 "open connections from one client address at once, line protocol and HTTP "
+	 "together; more are refused; 0: no cap (default 0)"},
 	{"reply-buffer-bytes", K_SIZE, offsetof(srv_conf, reply_bytes),
 	 "unsent replies kept per connection; more are dropped and counted (default 1MiB)"},
 	{"input-buffer-bytes", K_SIZE, offsetof(srv_conf, input_bytes),
@@ -124,12 +127,16 @@ static const struct conf_item {
 	{"recv-buffers", K_UINT, offsetof(srv_conf, recv_bufs),
 	 "receive buffers per shard (default 32)"},
 	{"recv-buffer-bytes", K_UINT, offsetof(srv_conf, recv_buf_bytes),
-	 "size of each receive buffer (default 64KiB)"},
+	 "size of each receive buffer (default 256KiB)"},
 	{"log-level", K_LOG, offsetof(srv_conf, log_level), "error, warn or info (default info)"},
 	{"io", K_STR, offsetof(srv_conf, io),
 	 "auto (io_uring, else epoll), io_uring or epoll (default auto)"},
 	{"memory-limit", K_SIZE64, offsetof(srv_conf, memory_limit),
-	 "bound for memtables, rollups, per-key state and #!keys answers (default 4GiB)"},
+	 "bound for memtables, rollups, per-key state, #!keys answers and open scans' windows "
+	 "(default 4GiB)"},
+	{"rollup-cache-bytes", K_SIZE64, offsetof(srv_conf, rollup_cache_bytes),
+	 "decoded rollup blocks of parts kept in memory, apart from memory-limit; it maps "
+	 "at most this plus 8MiB (default 256MiB)"},
 	{"max-keys-per-table", K_UINT, offsetof(srv_conf, max_keys),
 	 "most distinct keys a table may hold; lines with a key past it are refused "
 	 "(default 0: no limit)"},
@@ -195,6 +202,45 @@ static const struct conf_item {
 	 "not; older ones are refused (default 256)"},
 	{"label-expiry", K_DUR_OFF, offsetof(srv_conf, label_expiry),
 	 "forget a labelled source silent this long; 0: the default 7d; never: keep all"},
+	/* Queries across nodes (docs/cluster.md) */
+	{"peers", K_STR, offsetof(srv_conf, peers),
+	 "the other nodes of a cluster, HOST:PORT,...: each query asks every node and merges "
+	 "their answers exactly (unset: this node alone)"},
+	{"peer-timeout", K_DUR, offsetof(srv_conf, peer_timeout_ns),
+	 "a query across nodes fails (or, after #!fanout partial, is marked partial) when a "
+	 "node has not answered within this (default 5s)"},
+	{"fanout-max-bytes", K_SIZE, offsetof(srv_conf, fanout_max_bytes),
+	 "largest answer a query across nodes may merge; larger: an error naming it "
+	 "(default 256MiB)"},
+	/* MQTT (docs/mqtt.md) */
+	{"mqtt-broker", K_STR, offsetof(srv_conf, mqtt_broker),
+	 "HOST:PORT of an MQTT broker to subscribe to (MQTT 5, QoS 1, a persistent session); "
+	 "unset: no MQTT"},
+	{"mqtt-topics", K_STR, offsetof(srv_conf, mqtt_topics),
+	 "topic filters, comma-separated (default cameras/+/events)"},
+	{"mqtt-client-id", K_STR, offsetof(srv_conf, mqtt_client_id),
+	 "client id of the session; the broker keeps the session by it (default tallyd)"},
+	{"mqtt-format", K_STR, offsetof(srv_conf, mqtt_format),
+	 "payloads are json (JSON events, as POST /api/v1/events) or lp (line protocol, ns) "
+	 "(default json)"},
+	{"mqtt-table", K_STR, offsetof(srv_conf, mqtt_table),
+	 "JSON payloads: the table whose json-map reads them (default traffic)"},
+	{"mqtt-key-level", K_UINT, offsetof(srv_conf, mqtt_key_level),
+	 "JSON payloads: the topic level (1-based) that is the key of events naming none, "
+	 "e.g. 2 for cameras/+/events; 0: none (default 0)"},
+	{"mqtt-username", K_STR, offsetof(srv_conf, mqtt_username), "user name for the broker"},
+	{"mqtt-password", K_SECRET, offsetof(srv_conf, mqtt_password),
+	 "password for the broker (prefer mqtt-password-file)"},
+	{"mqtt-password-file", K_SECRET_FILE, offsetof(srv_conf, mqtt_password),
+	 "read the broker password from this file (first line)"},
+	{"mqtt-keepalive", K_DUR, offsetof(srv_conf, mqtt_keepalive_ns),
+	 "MQTT keep alive: a PINGREQ every half of it, the session dropped when the broker "
+	 "is silent longer (default 30s)"},
+	{"mqtt-session-expiry", K_DUR, offsetof(srv_conf, mqtt_session_expiry_ns),
+	 "how long the broker keeps the session (and its messages) while tallyd is away "
+	 "(default 7d)"},
+	{"mqtt-max-message-bytes", K_SIZE, offsetof(srv_conf, mqtt_max_message),
+	 "largest message taken; the broker is told, and drops larger ones (default 16MiB)"},
 };
 
 #define CONF_N         (sizeof conf_items / sizeof conf_items[0])
@@ -222,9 +268,17 @@ void conf_init(srv_conf *c)
 	c->full_wait_ns = 10 * INT64_C(1000000000);
 	c->grace_ns = 5 * INT64_C(1000000000);
 	c->recv_bufs = 32;
-	c->recv_buf_bytes = 64u << 10;
+	/* A read is one write batch: at 256 KiB (about 4,800 lines) the
+	 * cameras of an interleaved file come several rows a key per batch
+	 * (docs/operations.md, "Receive buffers"). */
+	c->recv_buf_bytes = 256u << 10;
 	c->log_level = TALLY_LOG_INFO;
 	c->prefault = 1;
+	c->mqtt_keepalive_ns = 30 * INT64_C(1000000000);
+	c->peer_timeout_ns = 5 * INT64_C(1000000000);
+	c->fanout_max_bytes = 256u << 20;
+	c->mqtt_session_expiry_ns = 7 * 86400 * INT64_C(1000000000);
+	c->mqtt_max_message = 16u << 20;
 }
 
 void conf_wipe(char **s)

@@ -35,6 +35,7 @@ typedef struct srv_conf {
 	char *token;              /* shared secret clients present with #!auth; NULL: none */
 	uint32_t max_line;        /* longest line, bytes */
 	unsigned max_conns;       /* open connections at once */
+	unsigned max_conns_peer;  /* of them from one address, both ports (0: no cap) */
 	size_t reply_bytes;       /* unsent replies kept per connection */
 	size_t input_bytes;       /* unprocessed input kept per connection */
 	int64_t idle_ns;          /* close connections silent this long; 0: never */
@@ -50,9 +51,10 @@ typedef struct srv_conf {
 	char *io;      /* "auto" (default), "io_uring" or "epoll" */
 	/* engine options */
 	uint64_t memory_limit;
-	unsigned max_keys;      /* tally_options.max_keys_per_table */
-	unsigned prefault;      /* 1: tally_options.prefault */
-	unsigned wal_damage_ro; /* 1: tally_options.wal_damage_read_only */
+	uint64_t rollup_cache_bytes; /* tally_options.cache_bytes; 0: its default */
+	unsigned max_keys;           /* tally_options.max_keys_per_table */
+	unsigned prefault;           /* 1: tally_options.prefault */
+	unsigned wal_damage_ro;      /* 1: tally_options.wal_damage_read_only */
 	int64_t align_offset;
 	char *table_keys;
 	char *distributions; /* tally_options.distributions */
@@ -79,6 +81,22 @@ typedef struct srv_conf {
 	unsigned n_json_maps;
 	uint64_t label_window; /* labelled batches: 0: the engine's 256 */
 	int64_t label_expiry;  /* ns; 0: 7 days; negative ("never"): never */
+	/* Queries across nodes (fanserv.c, docs/cluster.md) */
+	char *peers;             /* the other nodes, HOST:PORT,...; NULL: none */
+	int64_t peer_timeout_ns; /* a fan-out's deadline */
+	size_t fanout_max_bytes; /* a merged answer's bound */
+	/* MQTT subscriber (mqtt.c, docs/mqtt.md); off unless mqtt_broker */
+	char *mqtt_broker;       /* HOST:PORT */
+	char *mqtt_topics;       /* topic filters, comma-separated; NULL: cameras/+/events */
+	char *mqtt_client_id;    /* the session's id; default "tallyd" */
+	char *mqtt_format;       /* "json" (default) or "lp" */
+	char *mqtt_table;        /* JSON events: the json-map of this table; default traffic */
+	unsigned mqtt_key_level; /* 1-based topic level that is the key; 0: none */
+	char *mqtt_username;
+	char *mqtt_password; /* a secret */
+	int64_t mqtt_keepalive_ns;
+	int64_t mqtt_session_expiry_ns;
+	size_t mqtt_max_message; /* largest PUBLISH taken */
 } srv_conf;
 
 /* S3 refuses multipart parts under 5 MiB; the S3 client buffers at most

@@ -34,6 +34,7 @@
 #include "distcmd.h"
 #include "frame.h"
 #include "server.h"
+#include "fanserv.h"
 #include "tls.h"
 
 #define CONN_RETRY_NS      (50 * INT64_C(1000000)) /* re-try a write into a full store */
@@ -126,6 +127,10 @@ static void conn_prod_free(wconn *c)
 	}
 	case PROD_KEYS: tally_keys_close(((prod_keys *)c->prod_state)->it); break;
 	case PROD_SCAN: tally_scan_close(((prod_scan *)c->prod_state)->s); break;
+	case PROD_FANOUT:
+		fanserv_release(c->prod_state);
+		c->prod_state = NULL;
+		break;
 	case PROD_NONE: break;
 	}
 	free(c->prod_state);
@@ -539,6 +544,10 @@ static void conn_pump(wconn *c)
 		done = conn_pump_scan(c, c->prod_state, &t);
 		rows = ((prod_scan *)c->prod_state)->rows;
 		break;
+	case PROD_FANOUT:
+		/* the merged answer carries its own END line: 2 adds none */
+		done = fanserv_pump(c, c->prod_state) ? 2 : 0;
+		break;
 	case PROD_NONE: break;
 	}
 	if (t.oom) {
@@ -560,10 +569,7 @@ static void conn_pump(wconn *c)
 
 /* ---------------------------------------------------------------- commands */
 
-/* A log line repeated by clients is written at most once per `secs`
- * seconds, server-wide: 1 when this one is due (*more: how many were not
- * written since the last), 0 when it is counted instead. */
-static int conn_log_due(_Atomic int64_t *at, _Atomic uint64_t *unlogged, int secs, uint64_t *more)
+int conn_log_due(_Atomic int64_t *at, _Atomic uint64_t *unlogged, int secs, uint64_t *more)
 {
 	int64_t now = srv_now(), last = atomic_load(at);
 	if ((last == 0 || now - last >= secs * INT64_C(1000000000)) &&
@@ -575,31 +581,30 @@ static int conn_log_due(_Atomic int64_t *at, _Atomic uint64_t *unlogged, int sec
 	return 0;
 }
 
-/* Who tried a wrong token is logged (never what it tried), at most one line
- * every 10 s however many try. The answer comes a second later (at the
- * tick after CONN_AUTH_DELAY_NS), the connection paused meanwhile: with
+void conn_auth_log(wconn *c, const char *what)
+{
+	srv *s = c->sh->srv;
+	uint64_t more;
+	atomic_fetch_add_explicit(&c->sh->st.auth_failures, 1, memory_order_relaxed);
+	if (!conn_log_due(&s->auth_fail_logged, &s->auth_fail_unlogged, 10, &more))
+		return;
+	char host[64] = "?";
+	peer_addr pa;
+	if (peer_of(c->fd, &pa) == 0)
+		peer_format(&pa, host, sizeof host);
+	srv_log(s, TALLY_LOG_WARN,
+		"authentication failed: %s from %s (%" PRIu64
+		" more failures since the last such line)",
+		what, host, more);
+}
+
+/* The answer to a wrong token comes a second later (at the tick after
+ * CONN_AUTH_DELAY_NS), the connection paused meanwhile: with
  * max-unauthenticated connections at once, guessing is bounded to about
  * that many tries a second. */
 static void conn_auth_failed(wconn *c)
 {
-	srv *s = c->sh->srv;
-	uint64_t more;
-	if (conn_log_due(&s->auth_fail_logged, &s->auth_fail_unlogged, 10, &more)) {
-		char host[INET6_ADDRSTRLEN] = "?";
-		struct sockaddr_storage a;
-		socklen_t al = sizeof a;
-		if (getpeername(c->fd, (struct sockaddr *)&a, &al) == 0) {
-			const void *ip =
-				a.ss_family == AF_INET6
-					? (const void *)&((struct sockaddr_in6 *)&a)->sin6_addr
-					: (const void *)&((struct sockaddr_in *)&a)->sin_addr;
-			inet_ntop(a.ss_family, ip, host, sizeof host);
-		}
-		srv_log(s, TALLY_LOG_WARN,
-			"authentication failed: a wrong token from %s (%" PRIu64
-			" more failures since the last such line)",
-			host, more);
-	}
+	conn_auth_log(c, "a wrong token");
 	c->auth_fail_at = srv_now() + CONN_AUTH_DELAY_NS;
 }
 
@@ -624,10 +629,10 @@ static void conn_stats(wconn *c)
 		conn_putf(c, 0, "ERR line %" PRIu64 ": stats: %s", c->lines + 1, conn_errmsg(rc));
 		return;
 	}
-	uint64_t sum[18] = {0}, http_req = 0, http_err = 0;
+	uint64_t sum[21] = {0}, http_req = 0, http_err = 0;
 	for (unsigned i = 0; i < s->n_shards; i++) {
 		wstats *w = &s->shards[i].st;
-		_Atomic uint64_t *f[18] = {&w->conns_total,
+		_Atomic uint64_t *f[21] = {&w->conns_total,
 					   &w->conns_refused,
 					   &w->bytes_in,
 					   &w->bytes_out,
@@ -644,8 +649,11 @@ static void conn_stats(wconn *c)
 					   &w->http_lines_rejected,
 					   &w->http_gzip_bodies,
 					   &w->http_header_timeouts,
-					   &w->http_on_lp_port};
-		for (int k = 0; k < 18; k++)
+					   &w->http_on_lp_port,
+					   &w->auth_failures,
+					   &w->auth_closed,
+					   &w->conns_refused_peer};
+		for (int k = 0; k < 21; k++)
 			sum[k] += atomic_load_explicit(f[k], memory_order_relaxed);
 		for (int e = 0; e < HEP_N; e++) {
 			http_req +=
@@ -665,6 +673,7 @@ static void conn_stats(wconn *c)
 		{"memtable_bytes", es.memtable_bytes},
 		{"rollup_bytes", es.rollup_bytes},
 		{"cache_bytes", es.cache_bytes},
+		{"cache_mapped_bytes", es.cache_mapped_bytes},
 		{"cache_hits", es.cache_hits},
 		{"cache_misses", es.cache_misses},
 		{"memory_limit", es.memory_limit},
@@ -679,6 +688,10 @@ static void conn_stats(wconn *c)
 		{"parts", es.parts},
 		{"part_bytes", es.part_bytes},
 		{"sealed_parts", es.sealed_parts},
+		/* rows in parts, and rows flushes and merges wrote into parts
+		 * (write_amplification is their ratio to the rows accepted) */
+		{"part_rows", es.part_rows},
+		{"rows_written", (uint64_t)llround(es.write_amplification * (double)es.part_rows)},
 		/* tiering (docs/operations.md, "Watching it"); all 0 when off */
 		{"tier_state", (uint64_t)es.tier_state},
 		{"tiered_parts", es.tiered_parts},
@@ -711,6 +724,10 @@ static void conn_stats(wconn *c)
 		{"replies_dropped", sum[9]},
 		{"idle_closed", sum[10]},
 		{"full_waits", sum[11]},
+		/* authentication and admission (docs/operations.md) */
+		{"auth_failures", sum[18]},
+		{"auth_closed", sum[19]},
+		{"connections_refused_per_address", sum[20]},
 		/* HTTP (docs/http.md); per endpoint, with latencies, in the
 		 * shard stats (wstats.http) */
 		{"http_connections_total", sum[12]},
@@ -727,6 +744,7 @@ static void conn_stats(wconn *c)
 		{"label_duplicates", es.label_duplicates},
 		{"label_too_old", es.label_too_old},
 		{"label_expired", es.label_expired},
+		{"scan_rows", es.scan_rows},
 		/* HTTPS (docs/http.md) */
 		{"tls_handshakes", tls_stat(s, TLS_ST_HANDSHAKES)},
 		{"tls_handshake_failures", tls_stat(s, TLS_ST_FAILURES)},
@@ -737,11 +755,14 @@ static void conn_stats(wconn *c)
 	};
 	text_raw(&t, "name\tvalue\n", 11);
 	size_t n = sizeof rows / sizeof rows[0];
-	for (size_t i = 0; i < n; i++) {
+	for (size_t i = 0; i < n + mqtt_n_stat_defs; i++) {
+		const char *name = i < n ? rows[i].name : mqtt_stat_defs[i - n].name;
+		uint64_t v = i < n ? rows[i].v : mqtt_stat(&s->mqtt_st, &mqtt_stat_defs[i - n]);
 		char b[96];
-		int k = snprintf(b, sizeof b, "%s\t%" PRIu64 "\n", rows[i].name, rows[i].v);
+		int k = snprintf(b, sizeof b, "%s\t%" PRIu64 "\n", name, v);
 		text_raw(&t, b, (size_t)k);
 	}
+	n += mqtt_n_stat_defs;
 	char b[32];
 	int k = snprintf(b, sizeof b, "END %zu\n", n);
 	text_raw(&t, b, (size_t)k);
@@ -769,6 +790,20 @@ static void conn_query(wconn *c, const cmd_req *r, uint64_t line)
 	srv *s = c->sh->srv;
 	STAT_ADD(c->sh, queries, 1);
 	int rc = 0, held = 1;
+	if (s->n_fan_nodes && !c->fan_off) {
+		/* Every node answers its part (docs/cluster.md). */
+		fanjob *j;
+		rc = fanserv_start(c, r, line, &j);
+		if (rc == 0) {
+			c->prod = PROD_FANOUT;
+			c->prod_state = j;
+			return;
+		}
+		conn_putf(c, 0, "ERR line %" PRIu64 ": %s: %s", line, r->name,
+			  rc == -E2BIG ? "the query is too long to send to the other nodes"
+				       : conn_errmsg(rc));
+		return;
+	}
 	conn_text t = text_take(c->sh);
 	switch (r->kind) {
 	case CMD_AGG: {
@@ -943,6 +978,13 @@ static int conn_command(wconn *c, const char *line, size_t len)
 		break;
 	}
 	case CMD_STATS: conn_stats(c); break;
+	case CMD_FANOUT: {
+		static const char *const modes[] = {"off", "fail", "partial"};
+		c->fan_off = r.fan == 0;
+		c->fan_partial = r.fan == 2;
+		conn_putf(c, 0, "OK fanout %s node=%016" PRIx64, modes[r.fan], s->node_id);
+		break;
+	}
 	case CMD_BACKUP: {
 		/* runs on this loop's thread: its other connections wait while
 		 * the files are copied (writes on other loops go on) */
@@ -1603,6 +1645,7 @@ static void lp_tick(wconn *c, int64_t now)
 		return;
 	}
 	if (!c->authed && c->unauth_over) {
+		atomic_fetch_add_explicit(&c->sh->st.auth_closed, 1, memory_order_relaxed);
 		snprintf(m, sizeof m,
 			 "ERR too many connections waiting to authenticate (max-unauthenticated "
 			 "%u); closing",
@@ -1611,6 +1654,7 @@ static void lp_tick(wconn *c, int64_t now)
 		return;
 	}
 	if (!c->authed && cf->auth_ns && now - c->born > cf->auth_ns) {
+		atomic_fetch_add_explicit(&c->sh->st.auth_closed, 1, memory_order_relaxed);
 		cmd_format_duration(cf->auth_ns, d);
 		snprintf(m, sizeof m, "ERR authentication timeout: no #!auth within %s; closing",
 			 d);

@@ -29,6 +29,7 @@
 
 #include "http.h"
 #include "jsonev.h"
+#include "label.h"
 #include "server.h"
 
 #define STAT_ADD(sh, f, v) atomic_fetch_add_explicit(&(sh)->st.f, (v), memory_order_relaxed)
@@ -800,30 +801,15 @@ static void h_finish_request(wconn *c)
 
 /* ---------------------------------------------------------------- reading */
 
-/* Idempotency-Key: SOURCE/SEQ (the last '/' splits them; the engine
- * checks the source id). 0 when absent or good, -1 when malformed. */
+/* Idempotency-Key: SOURCE/SEQ (label.h). 0 when absent or good, -1 when
+ * malformed. */
 static int h_idempotency_key(hconn *h, http_str v)
 {
 	h->labelled = h->duplicate = 0;
 	if (v.n == 0)
 		return 0;
-	const char *slash = NULL;
-	for (size_t i = 0; i < v.n; i++)
-		if (v.p[i] == '/')
-			slash = v.p + i;
-	size_t src = slash ? (size_t)(slash - v.p) : 0, digits = slash ? v.n - src - 1 : 0;
-	if (!slash || src == 0 || src >= sizeof h->label || digits == 0 || digits > 20)
+	if (label_parse(v.p, v.n, h->label, sizeof h->label, &h->label_seq))
 		return -1;
-	uint64_t seq = 0;
-	for (size_t i = 0; i < digits; i++) {
-		unsigned d = (unsigned)(slash[1 + i] - '0');
-		if (d > 9 || seq > (UINT64_MAX - d) / 10)
-			return -1;
-		seq = seq * 10 + d;
-	}
-	memcpy(h->label, v.p, src);
-	h->label[src] = 0;
-	h->label_seq = seq;
 	h->labelled = 1;
 	return 0;
 }
@@ -899,6 +885,11 @@ static int h_head(wconn *c)
 		return 0;
 	}
 	if (!authed) {
+		char p1[1]; /* is there a p= at all: -1 when absent */
+		conn_auth_log(c,
+			      r.authorization.n || http_query_get(r.query, "p", p1, sizeof p1) != -1
+				      ? "a wrong token over HTTP"
+				      : "no token over HTTP");
 		h_refuse(c, 401, "unauthorized",
 			 "unauthorized access: a token is required "
 			 "(Authorization: Token ..., Bearer, Basic, or "

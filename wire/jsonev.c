@@ -118,6 +118,9 @@ typedef struct jslot {
 
 struct jsonev_dec {
 	jsonev_limits lim;
+	/* the key of events that name none (jsonev_dec_default_key); NULL: none */
+	const char *dkey;
+	size_t dkey_n;
 	char *out;
 	size_t out_len, out_cap;
 	uint64_t *rec_event, *rec_line;
@@ -1410,6 +1413,13 @@ static int emit(jsonev_dec *d, const char *start, int64_t now_ns)
 	const jsonev_map *m = d->m;
 	char q[48];
 	uint64_t seen = d->seen;
+	if (!(seen >> m->key & 1) && d->dkey) {
+		/* The key from where the event came (an MQTT topic level): a
+		 * string that may hold what a tag must escape. */
+		d->slots[m->key] = (jslot){
+			.p = d->dkey, .n = (uint32_t)d->dkey_n, .type = J_STR, .flags = F_SPEC};
+		seen |= UINT64_C(1) << m->key;
+	}
 	if (!(seen >> m->key & 1)) {
 		const jm_member *k = &m->m[m->key];
 		ev_fail(d, start, "no key member '%s'", quote(q, k->json, k->json_n));
@@ -1671,6 +1681,12 @@ static void fill(jsonev_dec *d, jsonev_result *res, int stopped, size_t stop_off
 	res->stop_offset = stop_off;
 	res->n_errors = d->n_errs;
 	res->errors = d->errs;
+}
+
+void jsonev_dec_default_key(jsonev_dec *d, const char *key, size_t n)
+{
+	d->dkey = key;
+	d->dkey_n = key ? n : 0;
 }
 
 int jsonev_decode(jsonev_dec *d, const jsonev_map *m, const char *body, size_t len, int64_t now_ns,

@@ -105,6 +105,12 @@ void jsonev_dec_free(jsonev_dec *d);
 int jsonev_decode(jsonev_dec *d, const jsonev_map *m, const char *body, size_t len, int64_t now_ns,
 		  jsonev_result *res);
 
+/* Events that name no key member take key[0, n) as their key (the
+ * camera id from an MQTT topic level), until called again; key NULL: an
+ * event without a key is refused, the default. key is borrowed: it must
+ * live through the decodes that use it. The key is at most 64 KiB. */
+void jsonev_dec_default_key(jsonev_dec *d, const char *key, size_t n);
+
 /* The event index of the record on physical line `line` (1-based, as in
  * tally_line_error.line after tally_write_lp of res->lp whole), or
  * UINT64_MAX when no record starts or continues there. */

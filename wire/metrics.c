@@ -186,6 +186,9 @@ static const struct stat_metric {
 	{"tally_rollup_bytes", "gauge", "Rollup buckets held in memory.", F(rollup_bytes)},
 	{"tally_index_bytes", "gauge", "Part indexes held in memory.", F(index_bytes)},
 	{"tally_cache_bytes", "gauge", "Decoded rollup blocks cached.", F(cache_bytes)},
+	{"tally_cache_mapped_bytes", "gauge",
+	 "Memory the decoded-rollup cache has mapped: its ring's blocks and those made ready.",
+	 F(cache_mapped_bytes)},
 	{"tally_cache_hits_total", "counter", "Rollup blocks read from the cache since open.",
 	 F(cache_hits)},
 	{"tally_cache_misses_total", "counter", "Rollup blocks decoded from parts since open.",
@@ -258,6 +261,8 @@ static const struct stat_metric {
 	 "Labelled batches refused as below their source's window since open.", F(label_too_old)},
 	{"tally_label_expired_total", "counter",
 	 "Sources forgotten after label-expiry of silence since open.", F(label_expired)},
+	{"tally_scan_rows_total", "counter",
+	 "Rows raw scans decoded from parts and memtables since open.", F(scan_rows)},
 #undef F
 };
 
@@ -281,6 +286,14 @@ static const struct stat_metric server_metrics[] = {
 	{"tally_idle_closed_total", "counter", "Connections closed for idleness.", W(idle_closed)},
 	{"tally_full_waits_total", "counter", "Writes that waited for memory (store full).",
 	 W(full_waits)},
+	{"tally_auth_failures_total", "counter",
+	 "Failed authentications: wrong #!auth tokens, HTTP requests without a valid token.",
+	 W(auth_failures)},
+	{"tally_auth_closed_total", "counter",
+	 "Line-protocol connections closed unauthenticated (auth-timeout, max-unauthenticated).",
+	 W(auth_closed)},
+	{"tally_connections_refused_per_address_total", "counter",
+	 "Connections refused at max-connections-per-address.", W(conns_refused_peer)},
 	{"tally_http_connections_accepted_total", "counter",
 	 "Connections accepted on the HTTP port.", W(http_conns)},
 	{"tally_http_lines_accepted_total", "counter",
@@ -449,6 +462,11 @@ int metrics_render(srv *s, char **buf, size_t *len, size_t *cap)
 			    (double)atomic_load(&s->tls_reloads));
 	if (!rc)
 		rc = http_endpoints(buf, len, cap, s);
+	for (size_t k = 0; !rc && k < mqtt_n_stat_defs; k++) {
+		const mqtt_stat_def *d = &mqtt_stat_defs[k];
+		rc = single(buf, len, cap, d->metric, d->type, d->help,
+			    (double)mqtt_stat(&s->mqtt_st, d));
+	}
 	if (!rc)
 		rc = single(buf, len, cap, "tally_uptime_seconds", "gauge",
 			    "Seconds since tallyd started.",

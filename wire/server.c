@@ -39,6 +39,7 @@
 
 #include "jsonev.h"
 #include "server.h"
+#include "fanserv.h"
 #include "tls.h"
 
 /* user_data of operations that belong to no connection. Connections'
@@ -116,7 +117,15 @@ int srv_sync_result(srv *s, uint64_t ticket, char *msg, size_t cap)
 	return rc;
 }
 
-static void srv_wake(wshard *sh)
+void srv_sync_wait(srv *s, uint64_t ticket)
+{
+	pthread_mutex_lock(&s->smu);
+	while (atomic_load(&s->sync_done) < ticket && !s->syncer_stop)
+		pthread_cond_wait(&s->dcv, &s->smu);
+	pthread_mutex_unlock(&s->smu);
+}
+
+void srv_wake_shard(wshard *sh)
 {
 	uint64_t one = 1;
 	ssize_t r = write(sh->efd, &one, sizeof one);
@@ -178,8 +187,9 @@ static void *srv_syncer_main(void *arg)
 		}
 		if (target > done) {
 			atomic_store_explicit(&s->sync_done, target, memory_order_release);
+			pthread_cond_broadcast(&s->dcv);
 			for (unsigned i = 0; i < s->n_shards; i++)
-				srv_wake(&s->shards[i]);
+				srv_wake_shard(&s->shards[i]);
 		}
 	}
 	pthread_mutex_unlock(&s->smu);
@@ -255,6 +265,30 @@ static void sh_adopt(wshard *sh, int fd, unsigned proto)
 	/* Adopted even when this shard is stopping: the acceptor took it
 	 * before it saw the stop, so it is drained like the others. */
 	srv *s = sh->srv;
+	/* Counted here, where the connection is adopted (and uncounted in
+	 * sh_release), so the address is read once: a peer gone meanwhile
+	 * has none, and is not counted at all. */
+	peer_addr pa;
+	int counted = s->peers.cap && peer_of(fd, &pa) == 0;
+	if (counted && peers_take(&s->peers, &pa)) {
+		atomic_fetch_sub(&s->n_conns, 1);
+		atomic_store_explicit(&sh->load, sh->n_conns, memory_order_relaxed);
+		atomic_fetch_add_explicit(&sh->st.conns_refused_peer, 1, memory_order_relaxed);
+		char msg[160], host[64];
+		peer_format(&pa, host, sizeof host);
+		int k = proto == PROTO_HTTP
+				? snprintf(msg, sizeof msg,
+					   "HTTP/1.1 503 Service Unavailable\r\nRetry-After: "
+					   "1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+				: snprintf(msg, sizeof msg,
+					   "ERR too many connections from %s "
+					   "(max-connections-per-address %u)\n",
+					   host, s->conf->max_conns_peer);
+		ssize_t r = send(fd, msg, (size_t)k, MSG_NOSIGNAL | MSG_DONTWAIT);
+		(void)r;
+		close(fd);
+		return;
+	}
 	int one = 1;
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 	wconn *c = conn_new(sh, fd, sh_protos[proto]);
@@ -264,10 +298,15 @@ static void sh_adopt(wshard *sh, int fd, unsigned proto)
 	}
 	if (!c) {
 		srv_log(s, TALLY_LOG_WARN, "out of memory: refusing a connection");
+		if (counted)
+			peers_drop(&s->peers, &pa);
 		close(fd);
 		atomic_fetch_sub(&s->n_conns, 1);
 		return;
 	}
+	c->peer_counted = (unsigned)counted;
+	if (counted)
+		c->peer = pa;
 	c->next = sh->conns;
 	if (sh->conns)
 		sh->conns->prev = c;
@@ -286,6 +325,8 @@ void sh_release(wshard *sh, wconn *c)
 		sh->conns = c->next;
 	if (c->next)
 		c->next->prev = c->prev;
+	if (c->peer_counted)
+		peers_drop(&sh->srv->peers, &c->peer);
 	close(c->fd);
 	tls_conn_free(c);
 	conn_free(c);
@@ -492,7 +533,7 @@ void sh_accepted(wshard *sh, int fd, unsigned proto)
 	}
 	to->mail[to->n_mail++] = fd * PROTO_N + (int)proto; /* the protocol rides along */
 	pthread_mutex_unlock(&to->mu);
-	srv_wake(to);
+	srv_wake_shard(to);
 }
 
 static void sh_begin_stop(wshard *sh)
@@ -544,7 +585,7 @@ void sh_mailbox(wshard *sh)
 	int more = sh->n_mail > 0;
 	pthread_mutex_unlock(&sh->mu);
 	if (more)
-		srv_wake(sh);
+		srv_wake_shard(sh);
 	for (size_t i = 0; i < n; i++) {
 		atomic_fetch_sub_explicit(&sh->load, 1, memory_order_relaxed);
 		sh_adopt(sh, fds[i] / PROTO_N, (unsigned)(fds[i] % PROTO_N));
@@ -557,6 +598,10 @@ void sh_mailbox(wshard *sh)
 	if (sh->n_sync_wait)
 		for (wconn *c = sh->conns; c; c = c->next)
 			if (c->sync_ticket)
+				c->proto->step(c);
+	if (atomic_exchange(&sh->fan_ready, 0))
+		for (wconn *c = sh->conns; c; c = c->next)
+			if (c->prod == PROD_FANOUT)
 				c->proto->step(c);
 }
 
@@ -865,8 +910,15 @@ int srv_open(srv *s, srv_conf *conf)
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&s->scv, &ca);
+	pthread_cond_init(&s->dcv, NULL);
 	pthread_condattr_destroy(&ca);
 	int rc;
+	/* The per-address table before anything can fail: srv_close frees it. */
+	if (peers_init(&s->peers, conf->max_conns, conf->max_conns_peer)) {
+		srv_log(s, TALLY_LOG_ERROR, "out of memory for the per-address connection table");
+		srv_close(s);
+		return -ENOMEM;
+	}
 	/* Before the database opens: a bad certificate stops the start at once. */
 	if (tls_srv_init(s)) {
 		srv_close(s);
@@ -914,6 +966,8 @@ int srv_open(srv *s, srv_conf *conf)
 	o.max_line_bytes = conf->max_line;
 	if (conf->memory_limit)
 		o.memory_limit = conf->memory_limit;
+	if (conf->rollup_cache_bytes)
+		o.cache_bytes = conf->rollup_cache_bytes;
 	o.max_keys_per_table = conf->max_keys;
 	o.prefault = (int)conf->prefault;
 	o.wal_damage_read_only = (int)conf->wal_damage_ro;
@@ -1039,6 +1093,10 @@ int srv_start(srv *s)
 				s->conf->http_bind ? s->conf->http_bind : s->conf->bind,
 				s->http_port);
 	}
+	if (rc == 0)
+		rc = fanserv_init(s);
+	if (rc == 0)
+		rc = mqtt_start(s);
 	if (rc)
 		srv_stop(s);
 	return rc;
@@ -1053,7 +1111,8 @@ void srv_stop(srv *s)
 	else if (prev == 1)
 		srv_log(s, TALLY_LOG_INFO, "stopping now: closing connections");
 	for (unsigned i = 0; i < s->n_shards; i++)
-		srv_wake(&s->shards[i]);
+		srv_wake_shard(&s->shards[i]);
+	mqtt_stop(s);
 }
 
 int srv_wait(srv *s)
@@ -1061,6 +1120,7 @@ int srv_wait(srv *s)
 	for (unsigned i = 0; i < s->started_threads; i++)
 		pthread_join(s->shards[i].thr, NULL);
 	s->started_threads = 0;
+	mqtt_join(s); /* before the syncer stops: its last PUBACKs wait for a sync */
 	pthread_mutex_lock(&s->smu);
 	s->syncer_stop = 1;
 	pthread_cond_signal(&s->scv);
@@ -1076,6 +1136,8 @@ int srv_wait(srv *s)
 
 void srv_close(srv *s)
 {
+	mqtt_join(s);
+	fanserv_fini(s);
 	for (unsigned i = 0; i < s->n_shards; i++) {
 		wshard *sh = &s->shards[i];
 		while (sh->conns) {
@@ -1117,8 +1179,10 @@ void srv_close(srv *s)
 	s->listen_fd = s->http_listen_fd = -1;
 	tally_db_close(s->db);
 	s->db = NULL;
+	peers_free(&s->peers);
 	pthread_mutex_destroy(&s->smu);
 	pthread_cond_destroy(&s->scv);
+	pthread_cond_destroy(&s->dcv);
 	pthread_mutex_destroy(&s->init_mu);
 	pthread_cond_destroy(&s->init_cv);
 	tls_srv_fini(s);

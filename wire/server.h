@@ -16,6 +16,8 @@
 
 #include "conf.h"
 #include "metrics.h"
+#include "mqtt.h"
+#include "peers.h"
 #include "tally.h"
 
 typedef struct srv srv;
@@ -84,6 +86,11 @@ typedef struct wstats {
 		http_header_timeouts, http_on_lp_port;
 	/* TLS (tls.c) */
 	_Atomic uint64_t tls_handshakes, tls_failures, tls_plaintext, tls_timeouts;
+	/* Authentication and admission (conn.c, httpd.c, server.c): wrong or
+	 * missing tokens, connections closed unauthenticated (deadline or
+	 * max-unauthenticated), connections refused by
+	 * max-connections-per-address */
+	_Atomic uint64_t auth_failures, auth_closed, conns_refused_peer;
 	whttp_ep_stats http[HEP_N];
 } wstats;
 
@@ -95,7 +102,7 @@ enum conn_state {
 	CONN_DEAD,     /* socket shut down; freed once no I/O is in flight */
 };
 
-enum conn_prod { PROD_NONE = 0, PROD_SERIES, PROD_KEYS, PROD_SCAN };
+enum conn_prod { PROD_NONE = 0, PROD_SERIES, PROD_KEYS, PROD_SCAN, PROD_FANOUT };
 
 struct wconn {
 	wshard *sh;
@@ -118,8 +125,11 @@ struct wconn {
 	struct wtls *tls; /* TLS below the protocol (tls.c); NULL: plain TCP */
 	unsigned authed : 1, eof : 1, discard : 1;
 	unsigned unauth_counted : 1, unauth_over : 1; /* in srv.n_unauth; past its cap */
+	unsigned peer_counted : 1;                    /* in srv.peers, as peer */
+	peer_addr peer;
 	unsigned first_seen : 1; /* the first record was looked at (an HTTP request?) */
-	unsigned final_sync : 2; /* shutdown: 1 asked, 2 waiting for its last sync */
+	unsigned fan_off : 1, fan_partial : 1; /* #!fanout off / partial (fanserv.c) */
+	unsigned final_sync : 2;               /* shutdown: 1 asked, 2 waiting for its last sync */
 	enum tally_precision prec;
 	uint64_t lines; /* physical lines consumed; the next line is lines + 1 */
 	uint64_t accepted, rejected;
@@ -175,6 +185,7 @@ struct wshard {
 	int *mail;
 	size_t n_mail, cap_mail;
 	_Atomic int poke;
+	_Atomic unsigned fan_ready; /* fan-out jobs of this shard's connections done */
 
 	wconn *conns;
 	unsigned n_conns;
@@ -209,6 +220,7 @@ struct srv {
 	int listen_fd, http_listen_fd;
 	unsigned port, http_port; /* bound ports; http_port 0: HTTP is off */
 	_Atomic unsigned n_conns;
+	peers peers;                    /* open connections per client address (peers.c) */
 	_Atomic int64_t lp_http_logged; /* last log of an HTTP request on the LP port */
 	_Atomic uint64_t lp_http_unlogged;
 	_Atomic unsigned n_unauth;        /* line-protocol connections not yet authenticated */
@@ -234,6 +246,7 @@ struct srv {
 	pthread_t syncer;
 	pthread_mutex_t smu;
 	pthread_cond_t scv;
+	pthread_cond_t dcv;         /* broadcast when sync_done moves (srv_sync_wait) */
 	uint64_t sync_req;          /* last ticket handed out */
 	_Atomic uint64_t sync_done; /* every ticket <= this is durable */
 	/* A ticket's answer: OK when a sync that succeeded covered it
@@ -246,6 +259,16 @@ struct srv {
 	int syncer_stop;
 	metrics_hist sync_seconds;     /* durations of the syncer's tally_db_sync */
 	struct jsonev_maps *json_maps; /* JSON event mappings by table (jsonev.c), read-only */
+	/* Queries across nodes (fanserv.c): every node, this one first; 0
+	 * nodes when peers is unset. node_id tells this node apart when a
+	 * list names it twice. */
+	struct fan_node *fan_nodes;
+	size_t n_fan_nodes;
+	uint64_t node_id;
+	_Atomic unsigned fan_jobs;
+	/* The MQTT subscriber (mqtt.c); NULL when mqtt-broker is unset. */
+	struct mq *mqtt;
+	mqtt_stats mqtt_st;
 };
 
 /* server.c */
@@ -256,9 +279,12 @@ int srv_wait(srv *s);  /* joins the threads after the stop, syncs: 0 or error */
 void srv_close(srv *s);
 uint64_t srv_sync_ticket(srv *s);
 int srv_sync_result(srv *s, uint64_t ticket, char *msg, size_t cap);
+/* Blocks until the ticket is served (a thread of its own, not a shard's). */
+void srv_sync_wait(srv *s, uint64_t ticket);
 void srv_conn_dirty(wconn *c);
-int64_t srv_now(void);      /* monotonic ns */
-int64_t srv_clock_ns(void); /* wall clock ns since the epoch */
+void srv_wake_shard(wshard *sh); /* its loop runs sh_mailbox soon */
+int64_t srv_now(void);           /* monotonic ns */
+int64_t srv_clock_ns(void);      /* wall clock ns since the epoch */
 void srv_log(srv *s, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 /* server.c, for the loops: what is the same whatever the loop. */
@@ -299,6 +325,16 @@ void conn_close_with(wconn *c, const char *msg);
 void conn_linger_step(wconn *c);
 int conn_linger_tick(wconn *c, int64_t now); /* 1: c is lingering or dead */
 int conn_token_ok(const char *want, const char *got, size_t got_len);
+/* A log line repeated by clients is written at most once per `secs`
+ * seconds, server-wide (at: when it last was, unlogged: how many were
+ * not since): 1 when this one is due (*more: how many were not written
+ * since the last), 0 when it is counted instead. */
+int conn_log_due(_Atomic int64_t *at, _Atomic uint64_t *unlogged, int secs, uint64_t *more);
+/* A failed authentication on c (what: "a wrong token", "no token over
+ * HTTP"...): counted (auth_failures), and logged with the peer's address
+ * (never the token), at most one line every 10 s server-wide, which says
+ * how many were not logged since the last. */
+void conn_auth_log(wconn *c, const char *what);
 void conn_stats_add(wshard *sh, const char *name, uint64_t v);
 
 #endif

@@ -29,7 +29,7 @@
 
 #define TLS_CBUF      (32u << 10) /* ciphertext ready to send: two full records */
 #define TLS_RECORD    16384       /* plaintext per SSL_write / SSL_read */
-#define TLS_LOG_NS    (60 * INT64_C(1000000000))
+#define TLS_LOG_SECS  60
 #define TLS_HANDSHAKE 0x16 /* a TLS record's first byte: ContentType handshake */
 
 struct wtls {
@@ -180,17 +180,12 @@ static void tls_refuse(wconn *c, const char *why)
 	c->eof = 1;
 	c->state = CONN_DEAD;
 	srv_conn_dirty(c);
-	int64_t now = srv_now(), last = atomic_load(&s->tls_logged);
-	if ((last == 0 || now - last >= TLS_LOG_NS) &&
-	    atomic_compare_exchange_strong(&s->tls_logged, &last, now)) {
-		uint64_t more = atomic_exchange(&s->tls_unlogged, 0);
+	uint64_t more;
+	if (conn_log_due(&s->tls_logged, &s->tls_unlogged, TLS_LOG_SECS, &more))
 		srv_log(s, TALLY_LOG_WARN, "%s port %u: %s; closed%s",
 			c->proto == &httpd_proto ? "https" : "line-protocol (TLS)",
 			c->proto == &httpd_proto ? s->http_port : s->port, why,
 			more ? " (more refused since the last such message)" : "");
-	} else {
-		atomic_fetch_add(&s->tls_unlogged, 1);
-	}
 }
 
 /* The SSL failed (not a retry): the connection is over. */

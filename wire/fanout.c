@@ -1,0 +1,844 @@
+/*
+ * fanout.c — one query asked of several tallyd nodes, answers merged
+ * exactly (fanout.h, docs/cluster.md).
+ *
+ * The one idea: every node answers the same text protocol a client reads
+ * (docs/protocol.md), restricted to what it holds ("#!fanout off"), and
+ * the answers are partial rollups that merge without loss: counts and
+ * sums add, min and max take the extreme, the average is recomputed from
+ * the merged sum and count. A series merges window by window, all keys
+ * key by key, a scan by time. So a fan-out needs no protocol of its own,
+ * and a node of any version that speaks the text protocol takes part.
+ *
+ * All nodes are asked at once over non-blocking sockets under one
+ * deadline; the slowest node sets the latency, not their sum.
+ */
+#include "fanout.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <math.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cmd.h"
+#include "numfmt.h"
+
+static int64_t fan_now(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+int fan_parse_nodes(const char *spec, fan_node **out, size_t *n, char *err, size_t cap)
+{
+	*out = NULL;
+	*n = 0;
+	fan_node *v = NULL;
+	size_t k = 0;
+	const char *p = spec;
+	while (*p) {
+		size_t len = strcspn(p, ",");
+		const char *e = p + len, *hs = p, *he;
+		while (hs < e && *hs == ' ')
+			hs++;
+		const char *colon = NULL;
+		for (const char *q = hs; q < e; q++)
+			if (*q == ':')
+				colon = q;
+		he = colon;
+		if (he && hs < he && *hs == '[' && he[-1] == ']') {
+			hs++;
+			he--;
+		}
+		const char *ps = colon ? colon + 1 : e;
+		size_t pn = (size_t)(e - ps);
+		while (pn && ps[pn - 1] == ' ')
+			pn--;
+		unsigned long port = 0;
+		int ok = colon && he > hs && (size_t)(he - hs) < sizeof v->host && pn > 0 && pn < 6;
+		for (size_t i = 0; ok && i < pn; i++) {
+			ok = ps[i] >= '0' && ps[i] <= '9';
+			port = port * 10 + (unsigned long)(ps[i] - '0');
+		}
+		if (!ok || port == 0 || port > 65535) {
+			snprintf(err, cap, "'%.*s' (node %zu) is not HOST:PORT", (int)len, p,
+				 k + 1);
+			free(v);
+			return -1;
+		}
+		fan_node *nv = realloc(v, (k + 1) * sizeof *v);
+		if (!nv) {
+			free(v);
+			snprintf(err, cap, "out of memory");
+			return -1;
+		}
+		v = nv;
+		memcpy(v[k].host, hs, (size_t)(he - hs));
+		v[k].host[he - hs] = 0;
+		snprintf(v[k].port, sizeof v[k].port, "%lu", port);
+		k++;
+		p = *e ? e + 1 : e;
+	}
+	if (!k) {
+		snprintf(err, cap, "no node given");
+		return -1;
+	}
+	*out = v;
+	*n = k;
+	return 0;
+}
+
+/* ---------------------------------------------------------------- the command */
+
+static size_t put_arg(char *b, size_t o, size_t cap, const char *s)
+{
+	if (o + 2 * strlen(s) + 4 > cap)
+		return cap;
+	b[o++] = ' ';
+	b[o++] = '"';
+	for (; *s; s++) {
+		if (*s == '"' || *s == '\\')
+			b[o++] = '\\';
+		b[o++] = *s;
+	}
+	b[o++] = '"';
+	return o;
+}
+
+static size_t put_time(char *b, size_t o, size_t cap, int64_t ns)
+{
+	char t[48];
+	t[0] = ' ';
+	size_t n = 1 + cmd_format_time(ns, t + 1);
+	if (o + n > cap)
+		return cap;
+	memcpy(b + o, t, n);
+	return o + n;
+}
+
+size_t fan_build_cmd(const cmd_req *r, char *buf, size_t cap)
+{
+	int k = snprintf(buf, cap, "#!%s", r->name);
+	size_t o = k > 0 && (size_t)k < cap ? (size_t)k : cap;
+	o = put_arg(buf, o, cap, r->table);
+	if (r->kind != CMD_SCAN)
+		o = put_arg(buf, o, cap, r->field);
+	if (r->kind != CMD_KEYS)
+		o = put_arg(buf, o, cap, r->key);
+	if (r->kind == CMD_SERIES && o < cap) {
+		k = snprintf(buf + o, cap - o, " %" PRId64 "ns", r->step);
+		o = k > 0 && (size_t)k < cap - o ? o + (size_t)k : cap;
+	}
+	o = put_time(buf, o, cap, r->from);
+	o = put_time(buf, o, cap, r->to);
+	if (r->kind == CMD_SCAN && r->limit && o < cap) {
+		k = snprintf(buf + o, cap - o, " %" PRIu64, r->limit);
+		o = k > 0 && (size_t)k < cap - o ? o + (size_t)k : cap;
+	}
+	if (o + 1 >= cap)
+		return 0;
+	buf[o++] = '\n';
+	buf[o] = 0;
+	return o;
+}
+
+/* ---------------------------------------------------------------- asking */
+
+typedef struct fan_peer {
+	const fan_node *node;
+	int fd;
+	int done;      /* 1: its answer is whole (or it failed: why set) */
+	char why[160]; /* a failure: connection refused, timeout, ... */
+	char *req;     /* what to send, and how much is sent */
+	size_t req_len, sent;
+	char *in; /* received */
+	size_t in_len, in_cap;
+	size_t skip;    /* answer lines of the preamble (#!auth, #!fanout off) still due */
+	size_t scanned; /* bytes of in already looked at for the answer's end */
+	size_t ans;     /* where the answer starts in in, after the preamble's lines */
+	int in_answer;  /* past the preamble and the answer's first line */
+	uint64_t id;    /* the node's id from "OK fanout off node=ID" (0: none) */
+} fan_peer;
+
+static void peer_fail(fan_peer *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void peer_fail(fan_peer *p, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(p->why, sizeof p->why, fmt, ap);
+	va_end(ap);
+	p->done = 1;
+	if (p->fd >= 0)
+		close(p->fd);
+	p->fd = -1;
+}
+
+static void peer_connect(fan_peer *p)
+{
+	struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *ai = NULL;
+	int rc = getaddrinfo(p->node->host, p->node->port, &hints, &ai);
+	if (rc) {
+		peer_fail(p, "%s", gai_strerror(rc));
+		return;
+	}
+	p->fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (p->fd < 0) {
+		freeaddrinfo(ai);
+		peer_fail(p, "%s", strerror(errno));
+		return;
+	}
+	int one = 1;
+	setsockopt(p->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+	if (connect(p->fd, ai->ai_addr, ai->ai_addrlen) && errno != EINPROGRESS)
+		peer_fail(p, "%s", strerror(errno));
+	freeaddrinfo(ai);
+}
+
+/* Looks through what arrived for the end of the answer: the preamble's
+ * lines, then the first line (an ERR line ends it there), then rows up
+ * to "END n" or an "ERR" line. */
+static void peer_scan(fan_peer *p)
+{
+	while (!p->done) {
+		char *s = p->in + p->scanned;
+		char *nl = memchr(s, '\n', p->in_len - p->scanned);
+		if (!nl)
+			return;
+		size_t n = (size_t)(nl - s);
+		p->scanned += n + 1;
+		if (p->skip) {
+			if (n >= 3 && !memcmp(s, "ERR", 3)) {
+				peer_fail(p, "%.*s", (int)(n > 150 ? 150 : n), s);
+				return;
+			}
+			const char *id = memmem(s, n, "node=", 5);
+			if (id)
+				p->id = strtoull(id + 5, NULL, 16);
+			if (--p->skip == 0)
+				p->ans = p->scanned; /* the answer starts here */
+			continue;
+		}
+		int tab = memchr(s, '\t', n) != NULL;
+		if (!p->in_answer) {
+			p->in_answer = 1;
+			if (!tab)
+				p->done = 1; /* an ERR answer, whole */
+			continue;
+		}
+		if (!tab && ((n >= 4 && !memcmp(s, "END ", 4)) || (n >= 3 && !memcmp(s, "ERR", 3))))
+			p->done = 1;
+	}
+}
+
+static void peer_io(fan_peer *p, short rev, size_t max_bytes)
+{
+	if (p->sent < p->req_len && (rev & POLLOUT)) {
+		ssize_t k = send(p->fd, p->req + p->sent, p->req_len - p->sent, MSG_NOSIGNAL);
+		if (k < 0 && errno != EAGAIN && errno != EINTR) {
+			int e = errno;
+			int soerr = 0;
+			socklen_t sl = sizeof soerr;
+			getsockopt(p->fd, SOL_SOCKET, SO_ERROR, &soerr, &sl);
+			peer_fail(p, "%s", strerror(soerr ? soerr : e));
+			return;
+		}
+		if (k > 0)
+			p->sent += (size_t)k;
+	}
+	if (!(rev & (POLLIN | POLLHUP | POLLERR)))
+		return;
+	for (;;) {
+		if (p->in_cap - p->in_len < 65536) {
+			if (p->in_cap > max_bytes) {
+				peer_fail(
+					p,
+					"its answer is longer than the fan-out bound of %zu bytes",
+					max_bytes);
+				return;
+			}
+			size_t c = p->in_cap ? p->in_cap * 2 : 65536 * 2;
+			char *b = realloc(p->in, c);
+			if (!b) {
+				peer_fail(p, "out of memory");
+				return;
+			}
+			p->in = b;
+			p->in_cap = c;
+		}
+		ssize_t k = recv(p->fd, p->in + p->in_len, p->in_cap - p->in_len - 1, 0);
+		if (k > 0) {
+			p->in_len += (size_t)k;
+			continue;
+		}
+		if (k < 0 && (errno == EAGAIN || errno == EINTR))
+			break;
+		int soerr = 0;
+		socklen_t sl = sizeof soerr;
+		getsockopt(p->fd, SOL_SOCKET, SO_ERROR, &soerr, &sl);
+		peer_scan(p);
+		if (!p->done)
+			peer_fail(p, "%s",
+				  soerr ? strerror(soerr) : "closed the connection mid-answer");
+		return;
+	}
+	peer_scan(p);
+}
+
+/* ---------------------------------------------------------------- merging */
+
+typedef struct frow {
+	const char *p; /* the row's text, without '\n' */
+	size_t n;
+	unsigned node, idx;
+	int64_t ts;
+} frow;
+
+typedef struct fbuf {
+	char *p;
+	size_t n, cap, max;
+	int over, oom;
+} fbuf;
+
+static char *fb_room(fbuf *b, size_t n)
+{
+	if (b->n + n > b->max) {
+		b->over = 1;
+		return NULL;
+	}
+	if (b->n + n + 1 > b->cap) {
+		size_t c = b->cap ? b->cap * 2 : 4096;
+		while (c < b->n + n + 1)
+			c *= 2;
+		char *q = realloc(b->p, c);
+		if (!q) {
+			b->oom = 1;
+			return NULL;
+		}
+		b->p = q;
+		b->cap = c;
+	}
+	return b->p + b->n;
+}
+
+static void fb_put(fbuf *b, const void *s, size_t n)
+{
+	char *q = fb_room(b, n);
+	if (q) {
+		memcpy(q, s, n);
+		b->n += n;
+	}
+}
+
+static void fb_agg(fbuf *b, const char *prefix, size_t pn, const tally_agg *a)
+{
+	char *q = fb_room(b, pn + 1 + CMD_AGG_MAX);
+	if (!q)
+		return;
+	memcpy(q, prefix, pn);
+	if (pn)
+		q[pn++] = '\t';
+	b->n += (size_t)(cmd_put_agg(q + pn, a) - q);
+}
+
+/* Cell j of row r (pointer and length), or NULL. */
+static const char *cell(const frow *r, unsigned j, size_t *n)
+{
+	const char *p = r->p, *e = r->p + r->n;
+	for (unsigned k = 0; k < j; k++) {
+		p = memchr(p, '\t', (size_t)(e - p));
+		if (!p)
+			return NULL;
+		p++;
+	}
+	const char *t = memchr(p, '\t', (size_t)(e - p));
+	*n = t ? (size_t)(t - p) : (size_t)(e - p);
+	return p;
+}
+
+static double cell_f64(const frow *r, unsigned j)
+{
+	size_t n;
+	const char *p = cell(r, j, &n);
+	char b[64];
+	if (!p || n == 0 || n >= sizeof b)
+		return NAN;
+	memcpy(b, p, n);
+	b[n] = 0;
+	return strtod(b, NULL);
+}
+
+/* The aggregate in cells j.. (count sum min max avg). */
+static tally_agg row_agg(const frow *r, unsigned j)
+{
+	tally_agg a = {0};
+	a.count = (uint64_t)cell_f64(r, j);
+	a.sum = cell_f64(r, j + 1);
+	a.min = cell_f64(r, j + 2);
+	a.max = cell_f64(r, j + 3);
+	return a;
+}
+
+static void agg_add(tally_agg *a, const tally_agg *b)
+{
+	if (!b->count)
+		return;
+	if (!a->count) {
+		*a = *b;
+		return;
+	}
+	a->count += b->count;
+	a->sum += b->sum;
+	if (b->min < a->min)
+		a->min = b->min;
+	if (b->max > a->max)
+		a->max = b->max;
+}
+
+static void agg_done(tally_agg *a)
+{
+	if (a->count)
+		a->avg = a->sum / (double)a->count;
+	else
+		a->sum = 0, a->min = a->max = a->avg = NAN;
+}
+
+static int by_ts(const void *x, const void *y)
+{
+	const frow *a = x, *b = y;
+	if (a->ts != b->ts)
+		return a->ts < b->ts ? -1 : 1;
+	if (a->node != b->node)
+		return a->node < b->node ? -1 : 1;
+	return a->idx < b->idx ? -1 : a->idx > b->idx;
+}
+
+static int by_key(const void *x, const void *y)
+{
+	const frow *a = x, *b = y;
+	size_t an, bn;
+	const char *ak = cell(a, 0, &an), *bk = cell(b, 0, &bn);
+	int c = memcmp(ak, bk, an < bn ? an : bn);
+	if (c)
+		return c;
+	if (an != bn)
+		return an < bn ? -1 : 1;
+	return by_ts(x, y);
+}
+
+static int64_t row_time(const frow *r)
+{
+	size_t n;
+	const char *p = cell(r, 0, &n);
+	char b[64];
+	int64_t t = INT64_MIN;
+	if (p && n < sizeof b) {
+		memcpy(b, p, n);
+		b[n] = 0;
+		if (cmd_parse_time(b, 0, &t))
+			t = INT64_MIN;
+	}
+	return t;
+}
+
+/* A node's answer: its header and rows (pointers into its buffer). */
+typedef struct fans {
+	const char *head;
+	size_t head_n;
+	frow *rows;
+	size_t n;
+	const char *err; /* its ERR line, or NULL */
+	size_t err_n;
+} fans;
+
+static int split_answer(fan_peer *p, unsigned node, fans *a)
+{
+	memset(a, 0, sizeof *a);
+	char *s = p->in + p->ans, *e = p->in + p->in_len;
+	char *nl = memchr(s, '\n', (size_t)(e - s));
+	if (!nl)
+		return 0;
+	if (!memchr(s, '\t', (size_t)(nl - s))) {
+		a->err = s;
+		a->err_n = (size_t)(nl - s);
+		return 0;
+	}
+	a->head = s;
+	a->head_n = (size_t)(nl - s);
+	size_t cap = 0;
+	for (s = nl + 1; s < e; s = nl + 1) {
+		nl = memchr(s, '\n', (size_t)(e - s));
+		if (!nl)
+			break;
+		size_t n = (size_t)(nl - s);
+		if (!memchr(s, '\t', n)) {
+			if (n >= 3 && !memcmp(s, "ERR", 3)) {
+				a->err = s;
+				a->err_n = n;
+			}
+			break; /* END n */
+		}
+		if (a->n == cap) {
+			cap = cap ? cap * 2 : 64;
+			frow *r = realloc(a->rows, cap * sizeof *r);
+			if (!r)
+				return -ENOMEM;
+			a->rows = r;
+		}
+		a->rows[a->n] = (frow){.p = s, .n = n, .node = node, .idx = (unsigned)a->n};
+		a->n++;
+	}
+	return 0;
+}
+
+/* A node that does not hold the table (or field) yet answers for nothing:
+ * its error is not the answer's. */
+static int err_is_absent(const fans *a)
+{
+	static const char *const absent[] = {"no table '", "has no field '"};
+	for (size_t i = 0; i < sizeof absent / sizeof absent[0]; i++)
+		if (memmem(a->err, a->err_n, absent[i], strlen(absent[i])))
+			return 1;
+	return 0;
+}
+
+/* Strips "ERR line N: " so the caller can put its own line number. */
+static void put_err(fbuf *b, const char *e, size_t n, const char *node)
+{
+	const char *p = e + 3, *end = e + n;
+	while (p < end && *p == ' ')
+		p++;
+	if (end - p > 5 && !memcmp(p, "line ", 5)) {
+		const char *c = memchr(p, ':', (size_t)(end - p));
+		if (c) {
+			p = c + 1;
+			while (p < end && *p == ' ')
+				p++;
+		}
+	}
+	char m[512];
+	int k = snprintf(m, sizeof m, "ERR %.*s (node %s)\n", (int)(end - p), p, node);
+	fb_put(b, m, (size_t)k);
+}
+
+static void merge_scan(fbuf *b, fans *a, size_t na, frow *all, size_t nall, uint64_t limit)
+{
+	/* The columns: "time", then the union of every node's, in the order
+	 * they first appear. */
+	const char *cols[256];
+	size_t coln[256], nc = 0;
+	unsigned map[64][256];
+	for (size_t i = 0; i < na && i < 64; i++) {
+		if (!a[i].head)
+			continue;
+		frow h = {.p = a[i].head, .n = a[i].head_n};
+		for (unsigned j = 1;; j++) {
+			size_t n;
+			const char *c = cell(&h, j, &n);
+			if (!c || j >= 256)
+				break;
+			size_t k = 0;
+			while (k < nc && !(coln[k] == n && !memcmp(cols[k], c, n)))
+				k++;
+			if (k == nc && nc < 255) {
+				cols[nc] = c;
+				coln[nc++] = n;
+			}
+			map[i][j] = (unsigned)k;
+		}
+	}
+	fb_put(b, "time", 4);
+	for (size_t k = 0; k < nc; k++) {
+		fb_put(b, "\t", 1);
+		fb_put(b, cols[k], coln[k]);
+	}
+	fb_put(b, "\n", 1);
+	for (size_t r = 0; r < nall; r++)
+		all[r].ts = row_time(&all[r]);
+	qsort(all, nall, sizeof *all, by_ts);
+	size_t rows = 0;
+	for (size_t r = 0; r < nall && (!limit || rows < limit); r++, rows++) {
+		const frow *row = &all[r];
+		size_t tn;
+		const char *t = cell(row, 0, &tn);
+		fb_put(b, t, tn);
+		const char *vals[256] = {0};
+		size_t vn[256] = {0};
+		for (unsigned j = 1; j < 256; j++) {
+			size_t n;
+			const char *c = cell(row, j, &n);
+			if (!c)
+				break;
+			unsigned k = row->node < 64 ? map[row->node][j] : 0;
+			vals[k] = c;
+			vn[k] = n;
+		}
+		for (size_t k = 0; k < nc; k++) {
+			fb_put(b, "\t", 1);
+			if (vals[k])
+				fb_put(b, vals[k], vn[k]);
+		}
+		fb_put(b, "\n", 1);
+	}
+	char end[48];
+	int k = snprintf(end, sizeof end, "END %zu", rows);
+	fb_put(b, end, (size_t)k);
+}
+
+int fan_run(const fan_node *nodes, size_t n, const fan_opts *o, const char *cmd, char **out,
+	    size_t *out_len)
+{
+	*out = NULL;
+	*out_len = 0;
+	char scratch[2048], err[CMD_ERR_MAX];
+	cmd_req req;
+	size_t cn = strcspn(cmd, "\n");
+	fbuf b = {.max = o->max_bytes ? o->max_bytes : SIZE_MAX / 2};
+	if (cn >= sizeof scratch ||
+	    cmd_parse(cmd, cn, scratch, sizeof scratch, 0, &req, err, sizeof err)) {
+		char m[300];
+		int k = snprintf(m, sizeof m, "ERR %s\n",
+				 cn >= sizeof scratch ? "command too long" : err);
+		fb_put(&b, m, (size_t)k);
+		goto done;
+	}
+	fan_peer *ps = calloc(n, sizeof *ps);
+	if (!ps)
+		return -ENOMEM;
+	/* The preamble: #!auth (when there is a token) and #!fanout off. */
+	size_t tl = o->token ? strlen(o->token) : 0;
+	for (size_t i = 0; i < n; i++) {
+		fan_peer *p = &ps[i];
+		p->node = &nodes[i];
+		p->fd = -1;
+		p->req = malloc(tl + cn + 40);
+		if (!p->req) {
+			for (size_t j = 0; j < i; j++)
+				free(ps[j].req);
+			free(ps);
+			return -ENOMEM;
+		}
+		if (o->token)
+			p->req_len = (size_t)sprintf(p->req, "#!auth %s\n", o->token);
+		p->req_len +=
+			(size_t)sprintf(p->req + p->req_len, "#!fanout off\n%.*s\n", (int)cn, cmd);
+		p->skip = o->token ? 2 : 1;
+		peer_connect(p);
+	}
+	int64_t deadline = fan_now() + (o->timeout_ns > 0 ? o->timeout_ns : INT64_C(5000000000));
+	struct pollfd *pf = calloc(n, sizeof *pf);
+	for (;;) {
+		size_t live = 0;
+		for (size_t i = 0; i < n; i++) {
+			pf[i] = (struct pollfd){
+				.fd = ps[i].done ? -1 : ps[i].fd,
+				.events = (short)(POLLIN |
+						  (ps[i].sent < ps[i].req_len ? POLLOUT : 0))};
+			live += !ps[i].done;
+		}
+		if (!live)
+			break;
+		int64_t left = deadline - fan_now();
+		if (left <= 0) {
+			for (size_t i = 0; i < n; i++)
+				if (!ps[i].done)
+					peer_fail(&ps[i], "no answer within %" PRId64 " ms",
+						  (o->timeout_ns > 0 ? o->timeout_ns
+								     : INT64_C(5000000000)) /
+							  1000000);
+			break;
+		}
+		if (poll(pf, n, (int)(left / 1000000) + 1) < 0 && errno != EINTR)
+			break;
+		for (size_t i = 0; i < n; i++)
+			if (!ps[i].done && pf[i].revents)
+				peer_io(&ps[i], pf[i].revents, b.max);
+	}
+	free(pf);
+
+	/* The answers. */
+	fans *a = calloc(n, sizeof *a);
+	size_t nall = 0, missing = 0, answered = 0;
+	int rc = 0;
+	const fans *first_err = NULL, *absent_err = NULL;
+	for (size_t i = 0; i < n && !rc; i++) {
+		if (ps[i].why[0]) {
+			missing++;
+			continue;
+		}
+		/* The same node listed twice (by two addresses): once. */
+		size_t j = 0;
+		while (j < i && !(ps[i].id && ps[j].id == ps[i].id && !ps[j].why[0]))
+			j++;
+		if (j < i)
+			continue;
+		rc = split_answer(&ps[i], (unsigned)i, &a[i]);
+		if (a[i].err && err_is_absent(&a[i])) {
+			absent_err = &a[i];
+			a[i].err = NULL;
+			a[i].head = NULL;
+			a[i].n = 0;
+			continue;
+		}
+		if (a[i].err && !first_err)
+			first_err = &a[i];
+		answered++;
+		nall += a[i].n;
+	}
+	if (rc)
+		goto free_all;
+	char names[1024];
+	size_t nl = 0;
+	names[0] = 0;
+	for (size_t i = 0; i < n; i++)
+		if (ps[i].why[0] && nl < sizeof names - 1) {
+			int k = snprintf(names + nl, sizeof names - nl, "%s%s:%s (%s)",
+					 nl ? "; " : "", nodes[i].host, nodes[i].port, ps[i].why);
+			nl += k > 0 ? (size_t)k : 0;
+			if (nl >= sizeof names)
+				nl = sizeof names - 1;
+		}
+	if (first_err) {
+		size_t i = (size_t)(first_err - a);
+		char nm[300];
+		snprintf(nm, sizeof nm, "%s:%s", nodes[i].host, nodes[i].port);
+		put_err(&b, first_err->err, first_err->err_n, nm);
+		goto free_all;
+	}
+	if (missing && (!o->partial || !answered)) {
+		char m[1300];
+		int k = snprintf(
+			m, sizeof m, "ERR %s: %zu of %zu nodes did not answer: %s%s\n", req.name,
+			missing, n, names,
+			o->partial ? "" : " (#!fanout partial answers with the others, marked)");
+		fb_put(&b, m, (size_t)k);
+		goto free_all;
+	}
+	if (!answered && absent_err) {
+		put_err(&b, absent_err->err, absent_err->err_n, "every node");
+		goto free_all;
+	}
+	frow *all = malloc((nall ? nall : 1) * sizeof *all);
+	if (!all) {
+		rc = -ENOMEM;
+		goto free_all;
+	}
+	nall = 0;
+	for (size_t i = 0; i < n; i++)
+		for (size_t r = 0; r < a[i].n; r++)
+			all[nall++] = a[i].rows[r];
+	size_t rows = 0;
+	switch (req.kind) {
+	case CMD_AGG: {
+		tally_agg t = {0};
+		for (size_t r = 0; r < nall; r++) {
+			tally_agg x = row_agg(&all[r], 0);
+			agg_add(&t, &x);
+		}
+		agg_done(&t);
+		fb_put(&b, "count\tsum\tmin\tmax\tavg\n", 22);
+		fb_agg(&b, "", 0, &t);
+		rows = 1;
+		break;
+	}
+	case CMD_SERIES:
+	case CMD_KEYS: {
+		int series = req.kind == CMD_SERIES;
+		fb_put(&b,
+		       series ? "start\tcount\tsum\tmin\tmax\tavg\n"
+			      : "key\tcount\tsum\tmin\tmax\tavg\n",
+		       series ? 28 : 26);
+		for (size_t r = 0; r < nall; r++)
+			all[r].ts = series ? row_time(&all[r]) : 0;
+		qsort(all, nall, sizeof *all, series ? by_ts : by_key);
+		for (size_t r = 0; r < nall;) {
+			tally_agg t = row_agg(&all[r], 1);
+			size_t q = r + 1;
+			size_t kn, qn;
+			const char *k0 = cell(&all[r], 0, &kn);
+			while (q < nall) {
+				const char *kq = cell(&all[q], 0, &qn);
+				if (series ? all[q].ts != all[r].ts
+					   : (qn != kn || memcmp(kq, k0, kn)))
+					break;
+				tally_agg x = row_agg(&all[q], 1);
+				agg_add(&t, &x);
+				q++;
+			}
+			agg_done(&t);
+			fb_agg(&b, k0, kn, &t);
+			rows++;
+			r = q;
+		}
+		break;
+	}
+	case CMD_SCAN:
+		merge_scan(&b, a, n, all, nall, req.limit);
+		rows = SIZE_MAX; /* merge_scan wrote its END */
+		break;
+	default: {
+		char m[200];
+		int k = snprintf(m, sizeof m, "ERR %s: not a query that fans out\n", req.name);
+		fb_put(&b, m, (size_t)k);
+		rows = SIZE_MAX - 1;
+	}
+	}
+	free(all);
+	if (rows != SIZE_MAX - 1) {
+		if (rows != SIZE_MAX) {
+			char end[48];
+			int k = snprintf(end, sizeof end, "END %zu", rows);
+			fb_put(&b, end, (size_t)k);
+		}
+		if (missing) {
+			fb_put(&b, " PARTIAL ", 9);
+			fb_put(&b, names, nl);
+		}
+		fb_put(&b, "\n", 1);
+	}
+free_all:
+	for (size_t i = 0; i < n; i++) {
+		free(a[i].rows);
+		free(ps[i].req);
+		free(ps[i].in);
+		if (ps[i].fd >= 0)
+			close(ps[i].fd);
+	}
+	free(a);
+	free(ps);
+	if (rc) {
+		free(b.p);
+		return rc;
+	}
+done:
+	if (b.oom) {
+		free(b.p);
+		return -ENOMEM;
+	}
+	if (b.over) {
+		b.n = 0;
+		b.over = 0;
+		char m[200];
+		int k = snprintf(
+			m, sizeof m,
+			"ERR %s: the merged answer is longer than the fan-out bound of %zu "
+			"bytes (fanout-max-bytes); ask for a narrower range\n",
+			req.name ? req.name : "query", b.max);
+		b.max = SIZE_MAX / 2;
+		fb_put(&b, m, (size_t)k);
+	}
+	*out = b.p;
+	*out_len = b.n;
+	return 0;
+}
