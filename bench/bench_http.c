@@ -37,6 +37,8 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include "benchnet.h"
+
 #define CAMERAS 1000
 #define T0      INT64_C(1699920000000000000) /* 2023-11-14T00:00:00Z */
 #define GAP     INT64_C(60000000000)         /* a camera's events are a minute apart */
@@ -55,24 +57,6 @@ typedef struct hconn_run {
 	double *lat; /* per request, seconds */
 	uint64_t events;
 } hconn_run;
-
-static double mono(void)
-{
-	struct timespec t;
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
-
-__attribute__((format(printf, 1, 2), noreturn)) static void die(const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	fprintf(stderr, "bench_http: ");
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fputc('\n', stderr);
-	exit(1);
-}
 
 static int json_mode; /* --json: camera events to /api/v1/events */
 
@@ -149,62 +133,16 @@ static void gzip_body(body *b)
 	deflateEnd(&z);
 }
 
-static int connect_to(unsigned port)
-{
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	struct sockaddr_in a = {.sin_family = AF_INET,
-				.sin_port = htons((uint16_t)port),
-				.sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-	if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a))
-		die("connect to 127.0.0.1:%u: %s", port, strerror(errno));
-	int one = 1;
-	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-	return fd;
-}
-
-static void send_all(int fd, const char *p, size_t n)
-{
-	while (n) {
-		ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w < 0)
-			die("send: %s", strerror(errno));
-		p += w;
-		n -= (size_t)w;
-	}
-}
-
-/* Reads one answer (head, and its Content-Length body); its status. */
+/* Reads one answer and drops it from buf; its status. */
 static int read_answer(int fd, char *buf, size_t cap, size_t *have)
 {
-	for (;;) {
-		char *e = *have ? memmem(buf, *have, "\r\n\r\n", 4) : NULL;
-		if (e) {
-			size_t hl = (size_t)(e - buf) + 4, cl = 0;
-			int status = 0;
-			sscanf(buf, "HTTP/1.1 %d", &status);
-			char *h = memmem(buf, hl, "Content-Length: ", 16);
-			if (h)
-				cl = strtoul(h + 16, NULL, 10);
-			while (*have < hl + cl) {
-				ssize_t g = recv(fd, buf + *have, cap - *have, 0);
-				if (g <= 0)
-					die("connection closed in an answer");
-				*have += (size_t)g;
-			}
-			if (status != (json_mode ? 200 : 204))
-				fprintf(stderr, "bench_http: answer %d: %.*s\n", status,
-					(int)(*have - hl), buf + hl);
-			memmove(buf, buf + hl + cl, *have - hl - cl);
-			*have -= hl + cl;
-			return status;
-		}
-		ssize_t g = recv(fd, buf + *have, cap - *have, 0);
-		if (g <= 0)
-			die("connection closed before an answer");
-		*have += (size_t)g;
-	}
+	size_t hl, cl;
+	int status = http_answer(fd, buf, cap, have, &hl, &cl);
+	if (status != (json_mode ? 200 : 204))
+		fprintf(stderr, "bench_http: answer %d: %.*s\n", status, (int)cl, buf + hl);
+	memmove(buf, buf + hl + cl, *have - hl - cl);
+	*have -= hl + cl;
+	return status;
 }
 
 static void *conn_main(void *arg)
@@ -231,64 +169,6 @@ static void *conn_main(void *arg)
 	}
 	close(fd);
 	return NULL;
-}
-
-static int cmp_d(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return x < y ? -1 : x > y;
-}
-
-static int rm_one(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-	(void)sb;
-	(void)flag;
-	(void)ftw;
-	return remove(p);
-}
-
-static unsigned read_port(const char *path, pid_t pid)
-{
-	double deadline = mono() + 30;
-	for (;;) {
-		FILE *f = fopen(path, "r");
-		unsigned p = 0;
-		if (f) {
-			int ok = fscanf(f, "%u", &p) == 1;
-			fclose(f);
-			if (ok)
-				return p;
-		}
-		int st;
-		if (waitpid(pid, &st, WNOHANG) == pid)
-			die("tallyd exited at start");
-		if (mono() > deadline)
-			die("tallyd did not start");
-		usleep(5000);
-	}
-}
-
-/* #!stats' value of name, from the line-protocol port. */
-static uint64_t stat_of(unsigned port, const char *name)
-{
-	int fd = connect_to(port);
-	send_all(fd, "#!stats\n", 8);
-	static char buf[1 << 16];
-	size_t n = 0;
-	while (n < sizeof buf - 1) {
-		ssize_t g = recv(fd, buf + n, sizeof buf - 1 - n, 0);
-		if (g <= 0)
-			break;
-		n += (size_t)g;
-		buf[n] = 0;
-		if (strstr(buf, "\nEND "))
-			break;
-	}
-	close(fd);
-	char key[80];
-	snprintf(key, sizeof key, "\n%s\t", name);
-	char *p = strstr(buf, key);
-	return p ? strtoull(p + strlen(key), NULL, 10) : 0;
 }
 
 static int durable = 1;

@@ -398,7 +398,8 @@ typedef struct tally_keys_iter tally_keys_iter;
 TALLY_API int tally_query_keys(tally_db *db, const char *table, const char *field, int64_t from,
 			       int64_t to, tally_keys_iter **out);
 /* 1 and fills *key and *agg, 0 at the end, <0 on error. *key is borrowed until
- * tally_keys_close. */
+ * the next tally_keys_next or tally_keys_close: the iterator copies each key
+ * into one buffer it reuses, so a caller that keeps keys copies them. */
 TALLY_API int tally_keys_next(tally_keys_iter *it, const char **key, tally_agg *agg);
 TALLY_API void tally_keys_close(tally_keys_iter *it);
 
@@ -470,6 +471,46 @@ TALLY_API uint64_t tally_dist_count_above(const tally_dist *d, double x);
  * edges (n_edges - 1 bins); values outside them are not counted. */
 TALLY_API int tally_dist_histogram(const tally_dist *d, const double *edges, size_t n_edges,
 				   uint64_t *counts);
+
+/* ---------------------------------------------------------------- catalog */
+
+/*
+ * What the database holds: its tables, each table's key tag, columns and
+ * keys. Every name these calls give is borrowed until tally_db_close:
+ * tables, columns and keys are never dropped while the database is open,
+ * so the pointers stay valid across later writes. Each call is a snapshot
+ * taken under the catalog's lock; writes may add names meanwhile. Lists are
+ * sorted by name (bytewise, as memcmp), so that paging is stable. Each list
+ * fills at most cap entries and sets *n_out to how many there are in all;
+ * TALLY_ETRUNC when that exceeds cap (the first cap are filled, in order).
+ * TALLY_ENOTFOUND names a table that does not exist.
+ */
+
+/* The name of a column type: "float", "integer", "unsigned", "boolean",
+ * "string", "tag" ("none" for anything else). Static storage. */
+TALLY_API const char *tally_type_name(enum tally_type t);
+
+/* Every table, by name; key_tags[i] is table i's key tag, NULL when the
+ * table has none (its rows all have the key ""). key_tags may be NULL. */
+TALLY_API int tally_catalog_tables(tally_db *db, const char **names, const char **key_tags,
+				   size_t cap, size_t *n_out);
+
+/* The key tag of one table (NULL when it has none). */
+TALLY_API int tally_catalog_key_tag(tally_db *db, const char *table, const char **key_tag);
+
+/* A table's columns by name: its fields with their types and its tags other
+ * than the key tag (TALLY_T_TAG). types may be NULL. */
+TALLY_API int tally_catalog_fields(tally_db *db, const char *table, const char **names,
+				   enum tally_type *types, size_t cap, size_t *n_out);
+
+/* A table's keys that start with prefix (NULL or "": every key) and sort
+ * after after (NULL: from the first), in order: the cap smallest of them.
+ * *n_out counts every match past after, so the next page is the call with
+ * after = the last key given. Costs one pass over the table's key set
+ * (O(keys x log cap)) under its lock, which only writes of new keys wait
+ * for. */
+TALLY_API int tally_catalog_keys(tally_db *db, const char *table, const char *prefix,
+				 const char *after, const char **keys, size_t cap, size_t *n_out);
 
 /* ---------------------------------------------------------------- stats */
 

@@ -131,6 +131,15 @@ static const struct conf_item {
 	{"log-level", K_LOG, offsetof(srv_conf, log_level), "error, warn or info (default info)"},
 	{"io", K_STR, offsetof(srv_conf, io),
 	 "auto (io_uring, else epoll), io_uring or epoll (default auto)"},
+	{"camera-route", K_STR, offsetof(srv_conf, camera_route),
+	 "HTTP path of the per-window average of one key, {id} where the key goes; off: "
+	 "none (default /kvfv/{id}/avg-speed)"},
+	{"camera-route-table", K_STR, offsetof(srv_conf, camera_table),
+	 "the table camera-route reads (default traffic)"},
+	{"camera-route-field", K_STR, offsetof(srv_conf, camera_field),
+	 "the numeric field camera-route averages (default speed)"},
+	{"camera-route-key-tag", K_STR, offsetof(srv_conf, camera_key),
+	 "the key tag camera-route's table must have; {id} is its value (default camera)"},
 	{"memory-limit", K_SIZE64, offsetof(srv_conf, memory_limit),
 	 "bound for memtables, rollups, per-key state, #!keys answers and open scans' windows "
 	 "(default 4GiB)"},
@@ -671,6 +680,24 @@ static int conf_env(srv_conf *c)
 	return 0;
 }
 
+/* camera-route: off, or a path with one {id} as a whole segment, clear of
+ * the query API's /api/v1/. */
+static int conf_check_route(const char *r)
+{
+	if (!r || !strcmp(r, "off"))
+		return 0;
+	const char *hole = strstr(r, "{id}");
+	if (r[0] != '/' || !hole || strstr(hole + 4, "{id}") || hole[-1] != '/' ||
+	    (hole[4] && hole[4] != '/') || !strncmp(r, "/api/v1/", 8) || strpbrk(r, "?# ")) {
+		fprintf(stderr,
+			"tallyd: camera-route '%s' must be off or a path holding {id} once as a "
+			"whole segment, outside /api/v1/ (like /kvfv/{id}/avg-speed)\n",
+			r);
+		return -1;
+	}
+	return 0;
+}
+
 int conf_parse_args(srv_conf *c, int argc, char **argv)
 {
 	/* The config file first, wherever --config stands. */
@@ -754,6 +781,8 @@ int conf_parse_args(srv_conf *c, int argc, char **argv)
 				"recv-buffer-bytes in [4KiB, 16MiB]\n");
 		return -1;
 	}
+	if (conf_check_route(c->camera_route))
+		return -1;
 	if (c->reply_bytes < 4096 || c->input_bytes < 4096) {
 		fprintf(stderr,
 			"tallyd: reply-buffer-bytes and input-buffer-bytes must be at least "

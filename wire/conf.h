@@ -97,6 +97,13 @@ typedef struct srv_conf {
 	int64_t mqtt_keepalive_ns;
 	int64_t mqtt_session_expiry_ns;
 	size_t mqtt_max_message; /* largest PUBLISH taken */
+	/* The cameras' route (wire/httpq.c): its path ("{id}" the key; "off"),
+	 * table, field and the table's key tag. NULL: /kvfv/{id}/avg-speed,
+	 * traffic, speed, camera. */
+	char *camera_route;
+	char *camera_table;
+	char *camera_field;
+	char *camera_key;
 } srv_conf;
 
 /* S3 refuses multipart parts under 5 MiB; the S3 client buffers at most

@@ -33,6 +33,7 @@
 #include "cmd.h"
 #include "distcmd.h"
 #include "frame.h"
+#include "series.h"
 #include "server.h"
 #include "fanserv.h"
 #include "tls.h"
@@ -42,16 +43,12 @@
 #define CONN_AUTH_DELAY_NS (INT64_C(1000000000)) /* before "authentication failed" */
 #define CONN_ROW_MAX       512                   /* a formatted row without strings, bytes */
 _Static_assert(CONN_ROW_MAX >= 40 + CMD_AGG_MAX, "a series row fits CONN_ROW_MAX");
-#define SERIES_CAP         1024               /* buckets per series slice */
-#define SERIES_SPAN_MAX    (INT64_C(1) << 62) /* widest slice, ns */
 #define STAT_ADD(sh, f, v) atomic_fetch_add_explicit(&(sh)->st.f, (v), memory_order_relaxed)
 
 typedef struct prod_series {
-	char *table, *field, *key;
-	int64_t step, cur, to, span;
+	char *table, *field, *key; /* what s borrows */
 	uint64_t line, rows;
-	size_t n, i;
-	tally_bucket b[SERIES_CAP];
+	wseries s;
 } prod_series;
 
 typedef struct prod_keys {
@@ -386,71 +383,30 @@ static void text_agg(conn_text *t, const tally_agg *a)
 
 /* ---------------------------------------------------------------- producers */
 
-/* The end of the next slice: cur + span, at most to. */
-static int64_t series_slice_to(const prod_series *ps)
-{
-	int64_t t;
-	if (__builtin_add_overflow(ps->cur, ps->span, &t) || t > ps->to)
-		return ps->to;
-	return t;
-}
-
-/* A truncated slice goes on after its last window. */
-static void series_after_last(prod_series *ps)
-{
-	if (__builtin_add_overflow(ps->b[SERIES_CAP - 1].start, ps->step, &ps->cur))
-		ps->cur = ps->to;
-}
-
-/* Fetches the next slice of buckets into ps->b: at most SERIES_CAP, so a
- * full slice (TALLY_ETRUNC) goes on after its last window and halves the
- * span, and a sparse one doubles it. Returns 0 or the query's error. */
-static int series_next_slice(tally_db *db, prod_series *ps)
-{
-	int64_t slice_to = series_slice_to(ps);
-	int rc = tally_query_series(db, ps->table, ps->field, ps->key, ps->step, ps->cur, slice_to,
-				    ps->b, SERIES_CAP, &ps->n);
-	ps->i = 0;
-	if (rc == TALLY_ETRUNC) {
-		ps->n = SERIES_CAP;
-		series_after_last(ps);
-		if (ps->span / 2 / SERIES_CAP >= ps->step)
-			ps->span /= 2;
-		return 0;
-	}
-	if (rc)
-		return rc;
-	ps->cur = slice_to;
-	if (ps->n < SERIES_CAP / 4 && ps->span <= SERIES_SPAN_MAX / 2)
-		ps->span *= 2;
-	return 0;
-}
-
 /* Writes the next rows of the streamed answer while there is room; 1 when
  * the answer is complete. */
 static int conn_pump_series(wconn *c, prod_series *ps, conn_text *t)
 {
 	tally_db *db = c->sh->srv->db;
 	while (t->n < conn_conf(c)->reply_bytes / 2 && !t->oom) {
-		if (ps->i < ps->n) {
-			const tally_bucket *b = &ps->b[ps->i++];
-			char *p = text_row(t);
-			if (!p)
-				break;
-			text_row_done(t, cmd_put_bucket(p, b));
-			ps->rows++;
-			continue;
-		}
-		if (ps->cur >= ps->to)
+		const tally_bucket *b;
+		int rc = series_next(db, &ps->s, &b);
+		if (rc == 0)
 			return 1;
-		int rc = series_next_slice(db, ps);
-		if (rc) {
+		if (rc < 0) {
 			char m[300];
 			int k = snprintf(m, sizeof m, "ERR line %" PRIu64 ": series: %s\n",
 					 ps->line, conn_errmsg(rc));
 			text_raw(t, m, (size_t)k);
 			return -1;
 		}
+		char *p = text_row(t);
+		if (!p) {
+			ps->s.i--; /* not written: taken again at the next pump */
+			break;
+		}
+		text_row_done(t, cmd_put_bucket(p, b));
+		ps->rows++;
 	}
 	return 0;
 }
@@ -771,20 +727,6 @@ static void conn_stats(wconn *c)
 	text_give(c->sh, &t);
 }
 
-static int64_t conn_window_start(int64_t ts, int64_t w, int64_t off)
-{
-	/* Outside the stored range (1686-11-09 to 2253-02-21, within 2^58 ns
-	 * of either end of int64) nothing is there; clamp a little beyond it
-	 * (steps are at most 2^56 ns) so the arithmetic cannot overflow. The
-	 * old clamp, 2^59 in, cut off 1686-1696. */
-	const int64_t lim = INT64_MAX - (INT64_C(1) << 57);
-	ts = ts < -lim ? -lim : ts > lim ? lim : ts;
-	int64_t d = ts - off, q = d / w;
-	if (d % w < 0)
-		q--;
-	return q * w + off;
-}
-
 static void conn_query(wconn *c, const cmd_req *r, uint64_t line)
 {
 	srv *s = c->sh->srv;
@@ -828,11 +770,12 @@ static void conn_query(wconn *c, const cmd_req *r, uint64_t line)
 		break;
 	}
 	case CMD_SERIES: {
-		/* 49 KB, but only the fields ahead of b need clearing: calloc
-		 * spent about 2.5 us zeroing buckets the query then overwrites */
+		/* 49 KB, but only the fields ahead of s.b need clearing:
+		 * calloc spent about 2.5 us zeroing buckets the query then
+		 * overwrites */
 		prod_series *ps = malloc(sizeof *ps);
 		if (ps)
-			memset(ps, 0, offsetof(prod_series, b));
+			memset(ps, 0, offsetof(prod_series, s));
 		if (!ps || !(ps->table = strdup(r->table)) || !(ps->field = strdup(r->field)) ||
 		    !(ps->key = strdup(r->key))) {
 			if (ps) {
@@ -843,17 +786,11 @@ static void conn_query(wconn *c, const cmd_req *r, uint64_t line)
 			rc = -ENOMEM;
 			break;
 		}
-		ps->step = r->step;
-		ps->cur = conn_window_start(r->from, r->step, s->conf->align_offset);
-		ps->to = r->to;
-		/* slices end on window boundaries: one ending inside a window
-		 * would count it whole, and the next slice again */
-		ps->span = r->step > SERIES_SPAN_MAX / SERIES_CAP
-				   ? SERIES_SPAN_MAX / r->step * r->step
-				   : r->step * SERIES_CAP;
+		series_init(&ps->s, ps->table, ps->field, ps->key, r->step, r->from, r->to,
+			    s->conf->align_offset);
 		ps->line = line;
 		/* The first slice now, so that a bad table or step is one ERR line. */
-		rc = series_next_slice(s->db, ps);
+		rc = series_next_slice(s->db, &ps->s);
 		c->prod = PROD_SERIES;
 		c->prod_state = ps;
 		if (rc) {

@@ -28,9 +28,11 @@
 #include <strings.h>
 
 #include "http.h"
+#include "httpq.h"
 #include "jsonev.h"
 #include "label.h"
 #include "server.h"
+#include "web.h"
 
 #define STAT_ADD(sh, f, v) atomic_fetch_add_explicit(&(sh)->st.f, (v), memory_order_relaxed)
 #define HTTP_ERRORS_KEPT   TALLY_LINE_ERRORS_MAX /* bad lines named in an answer */
@@ -41,6 +43,7 @@ const char *const http_ep_names[HEP_N] = {
 	[HEP_EVENTS] = "/api/v1/events", [HEP_PING] = "/ping",
 	[HEP_HEALTH] = "/health",        [HEP_READY] = "/ready",
 	[HEP_METRICS] = "/metrics",      [HEP_SETTINGS] = "/settings",
+	[HEP_QUERY] = "/api/v1/query",   [HEP_WEB] = "/",
 	[HEP_OTHER] = "other",
 };
 
@@ -49,6 +52,7 @@ enum hstate {
 	HS_BODY,     /* reading its body */
 	HS_WRITE,    /* writing its lines (waits out a full store) */
 	HS_SYNC,     /* waiting for the sync that makes them durable */
+	HS_STREAM,   /* a query's answer goes on as the client reads (httpq.c) */
 };
 
 typedef struct hconn {
@@ -93,12 +97,17 @@ typedef struct hconn {
 	long table_n; /* -1: no table= */
 	jsonev_dec *jd;
 	jsonev_result jr;
+	httpq *q; /* the query API's state, made at the first query */
 
 	/* Idempotency-Key: SOURCE/SEQ on a write: the body is one labelled
 	 * batch (tally_write_lp_labelled), applied at most once. */
 	unsigned labelled : 1, duplicate : 1;
 	uint64_t label_seq;
 	char label[256];
+
+	/* The dashboard's file asked for (wire/web.c), and WEB_* flags. */
+	const web_asset *web;
+	unsigned web_how;
 } hconn;
 
 static hconn *H(const wconn *c)
@@ -129,6 +138,7 @@ static void h_fini(wconn *c)
 	free(h->mem);
 	free(h->gz);
 	jsonev_dec_free(h->jd);
+	httpq_free(h->q);
 	free(h);
 	c->ps = NULL;
 }
@@ -209,6 +219,7 @@ static const char *h_reason(int status)
 	case 100: return "Continue";
 	case 200: return "OK";
 	case 204: return "No Content";
+	case 304: return "Not Modified";
 	case 400: return "Bad Request";
 	case 401: return "Unauthorized";
 	case 404: return "Not Found";
@@ -251,7 +262,7 @@ static void h_respond_as(wconn *c, int status, const char *extra, const char *ty
 	if (c->state != CONN_OPEN)
 		return;
 	close |= !h->keep_alive || h->closing;
-	char head[512];
+	char head[1024];
 	int k = snprintf(head, sizeof head,
 			 "HTTP/1.1 %d %s\r\n" HTTP_VERSION_HDR
 			 "%s%s%s%sContent-Length: %zu\r\n%s\r\n",
@@ -305,19 +316,26 @@ static void h_error(wconn *c, int status, const char *code, const char *msg, con
 	o += (size_t)snprintf(body + o, sizeof body - o, "\"%s%s}\n", extra_json ? "," : "",
 			      extra_json ? extra_json : "");
 	h_respond(c, status,
-		  status == 401   ? "WWW-Authenticate: Basic realm=\"tally\"\r\n"
-		  : status == 405 ? "Allow: POST\r\n"
-				  : NULL,
+		  status == 401 ? "WWW-Authenticate: Basic realm=\"tally\"\r\n"
+		  : status == 405 && H(c)->ep == HEP_QUERY ? "Allow: GET, HEAD\r\n"
+		  : status == 405                          ? "Allow: POST\r\n"
+							   : NULL,
 		  body, o, close);
 }
 
+static void h_finish_request(wconn *c);
+
 /* An error found before the body was read: the body (if any) is not read,
- * so the connection cannot go on after it. */
+ * so the connection cannot go on after it. Without a body the request is
+ * over: it must not be served after its refusal (a 401 followed by the
+ * answer it refused). */
 static void h_refuse(wconn *c, int status, const char *code, const char *msg)
 {
 	hconn *h = H(c);
 	int body = h->chunked || h->clen > 0;
 	h_error(c, status, code, msg, NULL, body);
+	if (!body)
+		h_finish_request(c);
 }
 
 /* ---------------------------------------------------------------- routing */
@@ -336,7 +354,7 @@ static enum http_ep h_route(http_str path)
 	for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++)
 		if (path.n == strlen(routes[i].path) && !memcmp(path.p, routes[i].path, path.n))
 			return routes[i].ep;
-	return HEP_OTHER;
+	return web_find(path.p, path.n) ? HEP_WEB : HEP_OTHER;
 }
 
 static int h_is(http_str m, const char *lit)
@@ -529,8 +547,6 @@ static const char *h_text(const hconn *h)
 {
 	return h->ep == HEP_EVENTS ? h->jr.lp : h_body_text(h);
 }
-
-static void h_finish_request(wconn *c);
 
 /* Writes what is left of the body through the shard's writer, like a run
  * of lines on the TCP port. A full store is waited out (up to full-wait)
@@ -736,6 +752,20 @@ static void h_events(wconn *c, size_t n)
 	h_start_write(c, h->jr.lp_len);
 }
 
+/* GET /api/v1/...: answered by httpq.c, whole or as a stream that
+ * h_step goes on with while the client reads. */
+static void h_query(wconn *c)
+{
+	hconn *h = H(c);
+	int more;
+	h_finish_request(c); /* httpq_begin copied what the answer needs */
+	h_count(c, httpq_serve(h->q, c, h->keep_alive && !h->closing, h->head_only, &more));
+	if (more)
+		h->st = HS_STREAM;
+	else if (!h->keep_alive || h->closing)
+		conn_close_with(c, NULL);
+}
+
 /* The body is complete: serve the request. */
 static void h_serve(wconn *c)
 {
@@ -768,6 +798,15 @@ static void h_serve(wconn *c)
 	}
 	case HEP_METRICS: h_metrics(c); break;
 	case HEP_EVENTS: h_events(c, n); return;
+	case HEP_QUERY: h_query(c); return;
+	case HEP_WEB: {
+		char extra[512];
+		const void *body;
+		size_t len;
+		int st = web_answer(h->web, h->web_how, extra, sizeof extra, &body, &len);
+		h_respond_as(c, st, extra, h->web->type, body, len, 0);
+		break;
+	}
 	case HEP_OTHER:
 	case HEP_N: h_error(c, 404, "not found", "no such endpoint", NULL, 0); break;
 	}
@@ -853,6 +892,8 @@ static int h_head(wconn *c)
 	}
 	h->head_since = 0;
 	h->ep = h_route(r.path);
+	if (h->ep == HEP_OTHER && httpq_route(cf, r.path))
+		h->ep = HEP_QUERY;
 	h->v2 = h->ep == HEP_WRITE_V2 || (r.path.n >= 8 && !memcmp(r.path.p, "/api/v2/", 8));
 	h->keep_alive = r.keep_alive;
 	h->chunked = r.chunked;
@@ -864,6 +905,10 @@ static int h_head(wconn *c)
 	int get = h_is(r.method, "GET") || h->head_only;
 	/* Consumed now: the strings of r are not used past this point. */
 	int expect = r.expect_continue;
+	h->web = h->ep == HEP_WEB ? web_find(r.path.p, r.path.n) : NULL;
+	h->web_how = h->web ? web_negotiate(h->web, http_header(&r, "accept-encoding"),
+					    http_header(&r, "if-none-match"))
+			    : 0;
 	enum tally_precision prec = TALLY_PREC_NS;
 	int prec_bad = is_write && h->ep != HEP_EVENTS && h_precision(&r, &prec);
 	h->table_n = h->ep == HEP_EVENTS
@@ -875,6 +920,8 @@ static int h_head(wconn *c)
 	int authed = h->ep == HEP_PING || h->ep == HEP_HEALTH || h->ep == HEP_READY ||
 		     h->ep == HEP_SETTINGS || h_authorized(c, &r);
 	int method_ok = is_write ? h_is(r.method, "POST") : get || h->ep == HEP_OTHER;
+	int q_fail = h->ep == HEP_QUERY && method_ok &&
+		     ((!h->q && httpq_new(&h->q)) || httpq_begin(h->q, &r));
 	if (h->ep == HEP_PING && h_is(r.method, "POST"))
 		method_ok = 1; /* some clients ping with POST */
 	h_consume(h, (size_t)hl);
@@ -882,6 +929,10 @@ static int h_head(wconn *c)
 	h->prec = prec;
 	if (!method_ok) {
 		h_refuse(c, 405, "method not allowed", "method not allowed on this endpoint");
+		return 0;
+	}
+	if (q_fail) {
+		h_refuse(c, 500, "internal error", "out of memory");
 		return 0;
 	}
 	if (!authed) {
@@ -970,6 +1021,14 @@ static void h_step(wconn *c)
 				break;
 			c->retry_at = 0;
 			h_write(c);
+			continue;
+		}
+		if (h->st == HS_STREAM) {
+			if (conn_unsent(c) >= h_conf(c)->reply_bytes / 2 || !httpq_pump(h->q, c))
+				break;
+			h->st = HS_HEAD;
+			if (c->state == CONN_OPEN && (!h->keep_alive || h->closing))
+				conn_close_with(c, NULL);
 			continue;
 		}
 		h_check_out(c);

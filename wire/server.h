@@ -65,6 +65,8 @@ enum http_ep {
 	HEP_READY,
 	HEP_METRICS,
 	HEP_SETTINGS, /* GET /settings: QuestDB's clients ask it for the ILP version */
+	HEP_QUERY,    /* GET /api/v1/... and the cameras' route (httpq.c) */
+	HEP_WEB,      /* GET /, /ui/...: the dashboard's files (wire/web.c) */
 	HEP_OTHER,    /* unknown paths, and requests refused before routing */
 	HEP_N
 };

@@ -1,10 +1,13 @@
-"""tallyd.py -- tally's server over TCP as bench/run's system, when built.
+"""tallyd.py -- tally's server as bench/run's system, when built.
 
 tallyd runs on a free 127.0.0.1 port (--port 0 --port-file) with its own
 data directory, one shard per core. The on-time line protocol is cut into
 as many pieces as cores and streamed by as many `tally write` clients at
 once; each ends with #!sync, so the time is to durable acknowledgement.
-Queries are the protocol's #! commands over one kept-open connection.
+Queries are the protocol's #! commands over one kept-open connection
+(system tallyd), or the HTTP query API's GETs over one keep-alive
+connection, JSON answers parsed (system tallyd-http: tally over HTTP
+beside VictoriaMetrics' and InfluxDB's HTTP APIs).
 
 tallyd flushes its memtables after FLUSH_S (its default is 60 s): embedded
 tally flushes and merges explicitly after the on-time events and after
@@ -13,6 +16,7 @@ events' parts, written within the wait that follows. Both waits last at
 least one flush interval, so the on-time events' flush and merges are not
 counted as the late batch's.
 """
+import json
 import calendar
 import os
 import socket
@@ -93,14 +97,53 @@ def _one(c, q, ans):
                 ans.row(q["qid"], _ms(r[0]), 1, v, v, v)
 
 
-def run(ctx, tallyd, client):
+def _one_http(h, q, ans):
+    """The same questions through /api/v1/ (docs/http.md), epoch=ms."""
+    k = q["kind"]
+    frm, to = q["from_ms"] * NS_PER_MS, q["to_ms"] * NS_PER_MS
+    base = {"table": "traffic", "from": frm, "to": to, "epoch": "ms"}
+    if k in ("s5m", "s1h", "s1d"):
+        path, extra = "/api/v1/series", {"field": "speed", "key": q["camera"],
+                                         "step": {"s5m": "5m", "s1h": "1h", "s1d": "1d"}[k]}
+    elif k == "agg":
+        path, extra = "/api/v1/agg", {"field": "speed", "key": q["camera"]}
+    elif k == "keys":
+        path, extra = "/api/v1/aggs", {"field": "speed"}
+    else:
+        path, extra = "/api/v1/scan", {"key": q["camera"], "limit": 1000000}
+    st, body = h.get(path, dict(base, **extra))
+    if st != 200:
+        raise RuntimeError("tallyd HTTP %s: %d %s" % (path, st, body[:300]))
+    d = json.loads(body)
+    if not ans:
+        return
+    if k in ("s5m", "s1h", "s1d"):
+        for t, n, _mean, mn, mx, sm in d["values"]:
+            ans.row(q["qid"], t, n, sm, mn, mx)
+    elif k == "agg":
+        ans.row(q["qid"], "all", d["count"], d["sum"], d["min"], d["max"])
+    elif k == "keys":
+        for key, n, _mean, mn, mx, sm in d["values"]:
+            ans.row(q["qid"], key, n, sm, mn, mx)
+    else:
+        col = d["columns"].index("speed")
+        for r in d["values"]:
+            v = float(r[col])
+            ans.row(q["qid"], r[0], 1, v, v, v)
+
+
+def run(ctx, tallyd, client, http=False):
     if not tallyd or not os.path.exists(tallyd) or not client or not os.path.exists(client):
         raise common.PeerUnavailable("tallyd or the tally client is not built (wire/ did not build "
                                      "in %s)" % ctx["build"])
     d = os.path.join(ctx["tmp"], "tallyd")
     os.makedirs(d, exist_ok=True)
-    port_file = os.path.join(d, "port")
-    p = common.start("tallyd", [tallyd, "--port", "0", "--port-file", port_file, "--http-port", "off", "--data",
+    if http:
+        d += "-http"
+        os.makedirs(d, exist_ok=True)
+    port_file, http_file = os.path.join(d, "port"), os.path.join(d, "http-port")
+    p = common.start("tallyd", [tallyd, "--port", "0", "--port-file", port_file, "--http-port",
+                                "0" if http else "off", "--http-port-file", http_file, "--data",
                                 os.path.join(d, "data"), "--shards", str(ctx["threads"]),
                                 "--table-keys", "traffic=camera", "--memory-limit", "16GiB",
                                 "--flush-interval", "%ds" % FLUSH_S,
@@ -154,8 +197,18 @@ def run(ctx, tallyd, client):
         res["late"] = dict(vis, events=ctx["late_events"], seconds=late_s, seen_before=before,
                            settle_s=settle_s, io_write_bytes=io1 - io0, rows_written=late_rows,
                            wa_rows=late_rows / max(1, ctx["late_events"]))
-        res["answers"] = os.path.join(ctx["tmp"], "answers-tallyd.tsv")
-        res["queries"] = common.run_queries(ctx["queries"], lambda q, a: _one(c, q, a), res["answers"])
+        if http:
+            while not os.path.exists(http_file) or not open(http_file).read().strip():
+                time.sleep(0.05)
+            h = common.Http(int(open(http_file).read().strip()))
+            res["answers"] = os.path.join(ctx["tmp"], "answers-tallyd-http.tsv")
+            res["queries"] = common.run_queries(ctx["queries"], lambda q, a: _one_http(h, q, a),
+                                                res["answers"])
+            h.close()
+            res["notes"].append("ingest over TCP as tallyd's; queries over HTTP (/api/v1/, JSON)")
+        else:
+            res["answers"] = os.path.join(ctx["tmp"], "answers-tallyd.tsv")
+            res["queries"] = common.run_queries(ctx["queries"], lambda q, a: _one(c, q, a), res["answers"])
         c.close()
         b = common.du(os.path.join(d, "data"))
         res["disk"] = {"bytes": b, "raw_bytes": common.du(os.path.join(d, "data", "parts")),

@@ -286,6 +286,11 @@ def mode_curl():
         check(st == 401, "wrong token: %s" % out)
         st, out, _ = curl(srv, "/api/v2/write", "--data-binary", "x a=1", token=False)
         check(st == 401 and '"code":"unauthorized"' in out, "no token: %s" % out)
+        # Regression: a refused request without a body was served all the
+        # same once the refusal was sent (401, then /metrics' 200).
+        got = raw(srv.http, b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\nGET /ping HTTP/1.1\r\nHost: t\r\n\r\n")
+        check([st for st, _ in responses(got)] == [401, 204],
+              "a refused GET must be answered once: %r" % got[:400])
         forms = [["-H", "Authorization: Bearer " + TOKEN], ["-u", "anyone:" + TOKEN]]
         for i, f in enumerate(forms):
             st, out, _ = curl(srv, "/write?precision=s", *f, "--data-binary",

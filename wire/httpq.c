@@ -1,0 +1,1423 @@
+/*
+ * httpq.c — the HTTP query API and the cameras' route (docs/http.md).
+ *
+ * Every answer is made by one producer that appends rows to a body buffer
+ * until the buffer holds half of reply-buffer-bytes or the answer ends.
+ * An answer that ends within that first turn leaves with Content-Length;
+ * a longer one leaves as chunks, one per turn, and the next turn runs only
+ * once the connection's unsent replies fall below half the bound again
+ * (httpd.c calls httpq_pump from its step, after each send). So a series
+ * of millions of windows, a scan of millions of events or every key of a
+ * table costs one buffer of memory per connection, however long, and a
+ * client that stops reading stops the producer, not the shard.
+ *
+ * Rows come from the engine in the order they are written: series windows
+ * in time order (wire/series.c's slices), keys and all-keys aggregates in
+ * key order, scans in time order. Only aggs sorted by something other than
+ * the key keeps rows: the best `limit` in a bounded heap.
+ */
+#include "httpq.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "cmd.h"
+#include "series.h"
+
+#define Q_NAME_MAX   1024    /* a table, field or key parameter, bytes */
+#define Q_KEYS_PAGE  1024    /* keys fetched per catalog call */
+#define Q_AGGS_LIMIT 1000    /* default limit of a sorted aggs */
+#define Q_AGGS_MAX   100000  /* most rows a sorted aggs keeps */
+#define Q_SCAN_LIMIT 1000    /* default rows of a scan page */
+#define Q_SCAN_MAX   1000000 /* most rows of a scan page */
+#define Q_TABLES_MAX 65536
+#define Q_COLS_MAX   4096
+#define Q_ROW_SLACK  256 /* a row's bytes besides its strings */
+
+enum qkind { Q_NONE = 0, Q_TABLES, Q_FIELDS, Q_KEYS, Q_SERIES, Q_AGG, Q_AGGS, Q_SCAN, Q_CAMERA };
+enum qsort { SORT_KEY = 0, SORT_MEAN, SORT_COUNT };
+
+typedef struct krow {
+	char *key; /* a copy: the iterator's lives until its next call */
+	tally_agg a;
+} krow;
+
+struct httpq {
+	/* The request: path '\0' query '\0', copied by httpq_begin. */
+	char *tgt;
+	size_t tgt_cap;
+	http_str path, query;
+	unsigned minor;
+	unsigned accept_csv : 1;
+
+	/* The answer. */
+	enum qkind kind;
+	unsigned csv : 1, chunked : 1, first : 1, oom : 1, truncated : 1, keys_end : 1;
+	int64_t epoch; /* 0: RFC 3339 times; else ns per unit of integer times */
+	char *buf;     /* body bytes of this turn */
+	size_t n, cap;
+	char err[600];
+	const char *err_param;
+
+	/* Parameters. */
+	char table[Q_NAME_MAX], field[Q_NAME_MAX], key[Q_NAME_MAX], prefix[Q_NAME_MAX];
+	int64_t from, to, step;
+	uint64_t limit, rows;
+
+	/* Producers' state. */
+	wseries *ser;
+	tally_keys_iter *it;
+	tally_scan *scan;
+	const char **page; /* keys: a page from the catalog */
+	size_t page_n, page_i;
+	const char *after;
+	enum qsort sort;
+	int desc;
+	krow *top; /* sorted aggs: a heap of the best limit rows */
+	size_t top_n, top_i;
+	int64_t last_ts;  /* scan: the last row's time, */
+	uint64_t same_ts; /* and how many rows given so far had it */
+	uint64_t skip;    /* rows at from still to skip (a cursor's) */
+	size_t n_cols;
+};
+
+int httpq_new(httpq **out)
+{
+	*out = calloc(1, sizeof **out);
+	return *out ? 0 : -ENOMEM;
+}
+
+static void q_end(httpq *q)
+{
+	free(q->ser);
+	q->ser = NULL;
+	tally_keys_close(q->it);
+	q->it = NULL;
+	tally_scan_close(q->scan);
+	q->scan = NULL;
+	free(q->page);
+	q->page = NULL;
+	for (size_t i = 0; q->top && i < q->top_n; i++)
+		free(q->top[i].key);
+	free(q->top);
+	q->top = NULL;
+	q->top_n = q->top_i = 0;
+	q->kind = Q_NONE;
+	/* a big answer's buffer goes back between requests */
+	if (q->cap > (256u << 10)) {
+		free(q->buf);
+		q->buf = NULL;
+		q->cap = 0;
+	}
+}
+
+void httpq_free(httpq *q)
+{
+	if (!q)
+		return;
+	q_end(q);
+	free(q->buf);
+	free(q->tgt);
+	free(q);
+}
+
+/* ---------------------------------------------------------------- routing */
+
+static int has_prefix(http_str s, const char *p, size_t n)
+{
+	return s.n >= n && !memcmp(s.p, p, n);
+}
+
+static const char *camera_route(const srv_conf *cf)
+{
+	return cf->camera_route ? cf->camera_route : HTTPQ_CAMERA_ROUTE;
+}
+
+/* The {id} of path when it matches the route: [*at, *at + *n). */
+static int camera_match(const srv_conf *cf, http_str path, size_t *at, size_t *n)
+{
+	const char *route = camera_route(cf);
+	if (!strcmp(route, "off"))
+		return 0;
+	const char *hole = strstr(route, "{id}");
+	size_t pre = (size_t)(hole - route), post = strlen(hole + 4);
+	if (path.n <= pre + post || memcmp(path.p, route, pre) ||
+	    memcmp(path.p + path.n - post, hole + 4, post))
+		return 0;
+	if (memchr(path.p + pre, '/', path.n - pre - post))
+		return 0;
+	*at = pre;
+	*n = path.n - pre - post;
+	return 1;
+}
+
+int httpq_route(const srv_conf *cf, http_str path)
+{
+	size_t at, n;
+	if (has_prefix(path, "/api/v1/", 8))
+		return !(path.n == 14 && !memcmp(path.p, "/api/v1/events", 14));
+	return camera_match(cf, path, &at, &n);
+}
+
+int httpq_begin(httpq *q, const http_req *r)
+{
+	size_t need = r->path.n + r->query.n + 2;
+	if (need > q->tgt_cap) {
+		char *p = realloc(q->tgt, need);
+		if (!p)
+			return -ENOMEM;
+		q->tgt = p;
+		q->tgt_cap = need;
+	}
+	memcpy(q->tgt, r->path.p, r->path.n);
+	q->tgt[r->path.n] = 0;
+	if (r->query.n)
+		memcpy(q->tgt + r->path.n + 1, r->query.p, r->query.n);
+	q->tgt[r->path.n + 1 + r->query.n] = 0;
+	q->path = (http_str){q->tgt, r->path.n};
+	q->query = (http_str){q->tgt + r->path.n + 1, r->query.n};
+	q->minor = r->minor;
+	http_str acc = http_header(r, "accept");
+	q->accept_csv = 0;
+	for (size_t i = 0; i + 8 <= acc.n; i++)
+		if (!strncasecmp(acc.p + i, "text/csv", 8))
+			q->accept_csv = 1;
+	return 0;
+}
+
+/* ---------------------------------------------------------------- the body */
+
+/* Room for k more bytes in buf; sets oom when there is none. */
+static char *q_room(httpq *q, size_t k)
+{
+	if (q->n + k > q->cap) {
+		size_t cap = q->cap ? q->cap : 16384;
+		while (cap < q->n + k)
+			cap *= 2;
+		char *p = realloc(q->buf, cap);
+		if (!p) {
+			q->oom = 1;
+			return NULL;
+		}
+		q->buf = p;
+		q->cap = cap;
+	}
+	return q->buf + q->n;
+}
+
+static void q_raw(httpq *q, const char *s, size_t k)
+{
+	char *p = q_room(q, k);
+	if (p) {
+		memcpy(p, s, k);
+		q->n += k;
+	}
+}
+
+static void q_lit(httpq *q, const char *s)
+{
+	q_raw(q, s, strlen(s));
+}
+
+__attribute__((format(printf, 2, 3))) static void q_fmt(httpq *q, const char *fmt, ...)
+{
+	char b[512];
+	va_list ap;
+	va_start(ap, fmt);
+	int k = vsnprintf(b, sizeof b, fmt, ap);
+	va_end(ap);
+	if (k > 0)
+		q_raw(q, b, (size_t)k < sizeof b ? (size_t)k : sizeof b - 1);
+}
+
+/* A string cell: JSON, quoted and escaped; CSV, quoted when it must be. */
+static void q_str(httpq *q, const char *s, size_t k)
+{
+	char *p = q_room(q, 6 * k + 2), *o = p;
+	if (!p)
+		return;
+	if (q->csv) {
+		int quote = 0;
+		for (size_t i = 0; i < k && !quote; i++)
+			quote = s[i] == ',' || s[i] == '"' || s[i] == '\n' || s[i] == '\r';
+		if (quote)
+			*o++ = '"';
+		for (size_t i = 0; i < k; i++) {
+			if (s[i] == '"')
+				*o++ = '"';
+			*o++ = s[i];
+		}
+		if (quote)
+			*o++ = '"';
+		q->n += (size_t)(o - p);
+		return;
+	}
+	static const char hex[] = "0123456789abcdef";
+	*o++ = '"';
+	for (size_t i = 0; i < k; i++) {
+		unsigned char ch = (unsigned char)s[i];
+		if (ch == '"' || ch == '\\') {
+			*o++ = '\\';
+			*o++ = (char)ch;
+		} else if (ch < 0x20 || ch == 0x7f) {
+			memcpy(o, "\\u00", 4);
+			o[4] = hex[ch >> 4];
+			o[5] = hex[ch & 15];
+			o += 6;
+		} else {
+			*o++ = (char)ch;
+		}
+	}
+	*o++ = '"';
+	q->n += (size_t)(o - p);
+}
+
+static void q_cstr(httpq *q, const char *s)
+{
+	q_str(q, s, strlen(s));
+}
+
+/* A time cell: RFC 3339 (quoted in JSON) or an integer per epoch=. */
+static void q_time(httpq *q, int64_t ns)
+{
+	char b[48];
+	if (q->epoch) {
+		int64_t v = ns / q->epoch;
+		if (ns % q->epoch < 0)
+			v--; /* floor, so that a time before 1970 stays in its unit */
+		q_fmt(q, "%" PRId64, v);
+		return;
+	}
+	size_t k = cmd_format_time(ns, b);
+	if (q->csv)
+		q_raw(q, b, k);
+	else
+		q_str(q, b, k);
+}
+
+/* A number cell; NaN and infinities (an empty aggregate's mean, min and
+ * max) are null in JSON, empty in CSV. */
+static void q_f64(httpq *q, double v)
+{
+	char b[40];
+	if (!isfinite(v)) {
+		if (!q->csv)
+			q_lit(q, "null");
+		return;
+	}
+	q_raw(q, b, cmd_format_double(v, b));
+}
+
+static void q_u64(httpq *q, uint64_t v)
+{
+	char b[24];
+	q_raw(q, b, cmd_format_u64(v, b));
+}
+
+static void q_sep(httpq *q)
+{
+	q_lit(q, ",");
+}
+
+/* A row's start: JSON "[" after a "," between rows; CSV nothing. */
+static void q_row_open(httpq *q)
+{
+	if (!q->csv)
+		q_lit(q, q->first ? "[" : ",[");
+	q->first = 0;
+}
+
+static void q_row_close(httpq *q)
+{
+	q_lit(q, q->csv ? "\n" : "]");
+	q->rows++;
+}
+
+/* count, mean, min, max, sum of an aggregate, as cells after a first. */
+static void q_agg_cells(httpq *q, const tally_agg *a)
+{
+	q_sep(q);
+	q_u64(q, a->count);
+	q_sep(q);
+	q_f64(q, a->count ? a->avg : NAN);
+	q_sep(q);
+	q_f64(q, a->count ? a->min : NAN);
+	q_sep(q);
+	q_f64(q, a->count ? a->max : NAN);
+	q_sep(q);
+	q_f64(q, a->sum);
+}
+
+/* The start of a table of rows: JSON "columns":[..],"values":[ ; CSV the
+ * header line. */
+static void q_columns(httpq *q, const char *const *cols, size_t n)
+{
+	if (q->csv) {
+		for (size_t i = 0; i < n; i++) {
+			if (i)
+				q_lit(q, ",");
+			q_cstr(q, cols[i]);
+		}
+		q_lit(q, "\n");
+		return;
+	}
+	q_lit(q, "\"columns\":[");
+	for (size_t i = 0; i < n; i++) {
+		if (i)
+			q_lit(q, ",");
+		q_cstr(q, cols[i]);
+	}
+	q_lit(q, "],\"values\":[");
+}
+
+/* "name":"value", in JSON only. */
+static void q_member(httpq *q, const char *name, const char *value)
+{
+	q_fmt(q, "\"%s\":", name);
+	if (value)
+		q_cstr(q, value);
+	else
+		q_lit(q, "null");
+	q_lit(q, ",");
+}
+
+/* "from":..,"to":.. of the answer's range, in JSON only. */
+static void q_span(httpq *q)
+{
+	q_lit(q, "\"from\":");
+	q_time(q, q->from);
+	q_lit(q, ",\"to\":");
+	q_time(q, q->to);
+}
+
+/* ---------------------------------------------------------------- errors */
+
+__attribute__((format(printf, 3, 4))) static int q_fail(httpq *q, const char *param,
+							const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(q->err, sizeof q->err, fmt, ap);
+	va_end(ap);
+	q->err_param = param;
+	return 400;
+}
+
+/* An engine error: 404 for what does not exist, 400 for what the request
+ * got wrong (param names the likely parameter), 500 for the rest. */
+static int q_engine(httpq *q, int rc, const char *param)
+{
+	const char *m = tally_errmsg();
+	snprintf(q->err, sizeof q->err, "%s", m && *m ? m : tally_strerror(rc));
+	if (rc == TALLY_ENOTFOUND) {
+		q->err_param = strstr(q->err, "no table") ? "table" : "field";
+		return 404;
+	}
+	if (rc == TALLY_EINVAL) {
+		q->err_param = strstr(q->err, "field '") ? "field" : param;
+		return 400;
+	}
+	q->err_param = NULL;
+	return rc == TALLY_EFULL ? 503 : 500;
+}
+
+/* ---------------------------------------------------------------- parameters */
+
+/* A parameter into out[0, cap): its length, -1 when absent, or -2 after
+ * q_fail (malformed, too long or holding a NUL). */
+static long q_param(httpq *q, const char *name, char *out, size_t cap)
+{
+	long k = http_query_get(q->query, name, out, cap);
+	if (k == -2 || (k >= 0 && strlen(out) != (size_t)k)) {
+		q_fail(q, name, "%s: malformed %%-encoding, a NUL byte, or longer than %zu bytes",
+		       name, cap - 1);
+		return -2;
+	}
+	return k;
+}
+
+/* A required name parameter (table=, field=, key=). */
+static int q_name(httpq *q, const char *name, char *out)
+{
+	long k = q_param(q, name, out, Q_NAME_MAX);
+	if (k == -2)
+		return 400;
+	if (k < 0)
+		return q_fail(q, name, "%s= is required", name);
+	return 0;
+}
+
+static int q_time_param(httpq *q, const char *name, int64_t now, int64_t dflt, int have_dflt,
+			int64_t *out)
+{
+	char v[128];
+	long k = q_param(q, name, v, sizeof v);
+	if (k == -2)
+		return 400;
+	if (k < 0) {
+		if (!have_dflt)
+			return q_fail(q, name, "%s= is required", name);
+		*out = dflt;
+		return 0;
+	}
+	if (cmd_parse_time(v, now, out))
+		return q_fail(q, name,
+			      "%s: invalid time '%.60s' (RFC 3339 like 2025-06-02T00:00:00Z, "
+			      "integer ns, 1748822400s, now or now-1h)",
+			      name, v);
+	return 0;
+}
+
+/* from= (required) and to= (default now); from < to. */
+static int q_range(httpq *q, int64_t now)
+{
+	int st = q_time_param(q, "from", now, 0, 0, &q->from);
+	if (!st)
+		st = q_time_param(q, "to", now, now, 1, &q->to);
+	if (!st && q->to <= q->from)
+		st = q_fail(q, "to", "to must be after from");
+	return st;
+}
+
+static int q_duration_param(httpq *q, const char *name, const char *dflt, int64_t *out)
+{
+	char v[64];
+	long k = q_param(q, name, v, sizeof v);
+	if (k == -2)
+		return 400;
+	if (cmd_parse_duration(k < 0 ? dflt : v, out))
+		return q_fail(q, name, "%s: invalid duration '%.40s' (like 5m, 1h, 24h)", name, v);
+	return 0;
+}
+
+/* limit=: 1..max, dflt when absent (0: no limit). */
+static int q_limit(httpq *q, uint64_t dflt, uint64_t max)
+{
+	char v[32];
+	long k = q_param(q, "limit", v, sizeof v);
+	q->limit = dflt;
+	if (k == -2)
+		return 400;
+	if (k < 0)
+		return 0;
+	char *end;
+	errno = 0;
+	unsigned long long n = strtoull(v, &end, 10);
+	if (!k || *end || errno || v[0] == '-' || n == 0 || n > max)
+		return q_fail(q, "limit", "limit: '%.30s' is not an integer from 1 to %" PRIu64, v,
+			      max);
+	q->limit = n;
+	return 0;
+}
+
+/* format=, epoch= and Accept. */
+static int q_format(httpq *q)
+{
+	char v[16];
+	long k = q_param(q, "format", v, sizeof v);
+	if (k == -2)
+		return 400;
+	q->csv = q->accept_csv;
+	if (k >= 0) {
+		if (!strcmp(v, "csv"))
+			q->csv = 1;
+		else if (!strcmp(v, "json"))
+			q->csv = 0;
+		else
+			return q_fail(q, "format", "format must be json or csv");
+	}
+	k = q_param(q, "epoch", v, sizeof v);
+	if (k == -2)
+		return 400;
+	q->epoch = 0;
+	if (k >= 0) {
+		static const struct {
+			const char *n;
+			int64_t ns;
+		} units[] = {{"ns", 1}, {"us", 1000}, {"ms", 1000000}, {"s", 1000000000}};
+		for (size_t i = 0; i < sizeof units / sizeof units[0]; i++)
+			if (!strcmp(v, units[i].n))
+				q->epoch = units[i].ns;
+		if (!q->epoch)
+			return q_fail(q, "epoch", "epoch must be ns, us, ms or s");
+	}
+	return 0;
+}
+
+/* The table must exist: 404 naming it. */
+static int q_table(httpq *q, tally_db *db, const char **key_tag)
+{
+	int rc = tally_catalog_key_tag(db, q->table, key_tag);
+	return rc ? q_engine(q, rc, "table") : 0;
+}
+
+/* ---------------------------------------------------------------- catalog */
+
+/* The fields of a table as "fields":[{name,type}], "tags":[..]. */
+static int q_fields_json(httpq *q, tally_db *db, const char *table)
+{
+	size_t n = 0;
+	const char **nm = malloc(Q_COLS_MAX * sizeof *nm);
+	enum tally_type *ty = malloc(Q_COLS_MAX * sizeof *ty);
+	int rc = nm && ty ? tally_catalog_fields(db, table, nm, ty, Q_COLS_MAX, &n) : -ENOMEM;
+	if (rc && rc != TALLY_ETRUNC) {
+		free(nm);
+		free(ty);
+		return q_engine(q, rc, "table");
+	}
+	if (n > Q_COLS_MAX)
+		n = Q_COLS_MAX;
+	if (q->csv) { /* every column, tags typed "tag" */
+		for (size_t i = 0; i < n; i++) {
+			q_cstr(q, nm[i]);
+			q_lit(q, ",");
+			q_lit(q, tally_type_name(ty[i]));
+			q_lit(q, "\n");
+		}
+		free(nm);
+		free(ty);
+		return 0;
+	}
+	q_lit(q, "\"fields\":[");
+	int first = 1;
+	for (size_t i = 0; i < n; i++) {
+		if (ty[i] == TALLY_T_TAG)
+			continue;
+		q_lit(q, first ? "{\"name\":" : ",{\"name\":");
+		first = 0;
+		q_cstr(q, nm[i]);
+		q_lit(q, ",\"type\":");
+		q_cstr(q, tally_type_name(ty[i]));
+		q_lit(q, "}");
+	}
+	q_lit(q, "],\"tags\":[");
+	first = 1;
+	for (size_t i = 0; i < n; i++) {
+		if (ty[i] != TALLY_T_TAG)
+			continue;
+		if (!first)
+			q_lit(q, ",");
+		first = 0;
+		q_cstr(q, nm[i]);
+	}
+	q_lit(q, "]");
+	free(nm);
+	free(ty);
+	return 0;
+}
+
+/* GET /api/v1/tables: every table with its key tag and fields. */
+static int q_tables(httpq *q, tally_db *db)
+{
+	size_t n;
+	const char **names = malloc(Q_TABLES_MAX * sizeof *names);
+	const char **keys = malloc(Q_TABLES_MAX * sizeof *keys);
+	int rc = names && keys ? tally_catalog_tables(db, names, keys, Q_TABLES_MAX, &n) : -ENOMEM;
+	if (rc && rc != TALLY_ETRUNC) {
+		free(names);
+		free(keys);
+		return q_engine(q, rc, NULL);
+	}
+	if (n > Q_TABLES_MAX)
+		n = Q_TABLES_MAX;
+	q_lit(q, q->csv ? "name,key\n" : "{\"tables\":[");
+	for (size_t i = 0; i < n; i++) {
+		if (q->csv) {
+			q_cstr(q, names[i]);
+			q_lit(q, ",");
+			if (keys[i])
+				q_cstr(q, keys[i]);
+			q_lit(q, "\n");
+			continue;
+		}
+		q_lit(q, i ? ",{" : "{");
+		q_member(q, "name", names[i]);
+		q_member(q, "key", keys[i]);
+		q_fields_json(q, db, names[i]);
+		q_lit(q, "}");
+	}
+	if (!q->csv)
+		q_lit(q, "]}\n");
+	free(names);
+	free(keys);
+	return 0;
+}
+
+/* GET /api/v1/fields?table=T */
+static int q_fields(httpq *q, tally_db *db)
+{
+	const char *key_tag;
+	int st = q_name(q, "table", q->table);
+	if (!st)
+		st = q_table(q, db, &key_tag);
+	if (st)
+		return st;
+	if (q->csv) {
+		q_lit(q, "name,type\n");
+		return q_fields_json(q, db, q->table);
+	}
+	q_lit(q, "{");
+	q_member(q, "table", q->table);
+	q_member(q, "key", key_tag);
+	st = q_fields_json(q, db, q->table);
+	q_lit(q, "}\n");
+	return st;
+}
+
+/* ---------------------------------------------------------------- producers */
+
+/* Each returns 1 when the answer is complete, 0 when q->buf holds a
+ * turn's worth, or an HTTP status >= 400 with q->err (the answer is then
+ * cut short). budget: the turn's bytes. */
+
+static int p_keys(httpq *q, tally_db *db, size_t budget)
+{
+	while (q->n < budget && !q->oom) {
+		if (q->page_i == q->page_n) {
+			if (q->keys_end)
+				goto done;
+			size_t total;
+			int rc = tally_catalog_keys(db, q->table, q->prefix, q->after, q->page,
+						    Q_KEYS_PAGE, &total);
+			if (rc && rc != TALLY_ETRUNC)
+				return q_engine(q, rc, "table");
+			q->keys_end = rc == 0; /* this page holds the last of them */
+			q->page_n = total < Q_KEYS_PAGE ? total : Q_KEYS_PAGE;
+			q->page_i = 0;
+			continue;
+		}
+		if (q->limit && q->rows >= q->limit) {
+			q->truncated = 1;
+			goto done;
+		}
+		const char *k = q->page[q->page_i++];
+		q->after = k; /* borrowed until the database closes */
+		if (q->csv) {
+			q_cstr(q, k);
+			q_lit(q, "\n");
+		} else {
+			if (!q->first)
+				q_lit(q, ",");
+			q->first = 0;
+			q_cstr(q, k);
+		}
+		q->rows++;
+	}
+	return 0;
+done:
+	if (!q->csv)
+		q_fmt(q, "],\"truncated\":%s}\n", q->truncated ? "true" : "false");
+	return 1;
+}
+
+static int p_series(httpq *q, tally_db *db, size_t budget)
+{
+	while (q->n < budget && !q->oom) {
+		const tally_bucket *b;
+		int rc = series_next(db, q->ser, &b);
+		if (rc < 0)
+			return q_engine(q, rc, "step");
+		if (rc == 0) {
+			if (!q->csv)
+				q_lit(q, "]}\n");
+			return 1;
+		}
+		if (q->kind == Q_CAMERA) {
+			/* start, avg, count, min, max */
+			if (!q->csv) {
+				q->rows++;
+				q_lit(q, q->first ? "{\"start\":" : ",{\"start\":");
+				q->first = 0;
+				q_time(q, b->start);
+				q_lit(q, ",\"avg\":");
+				q_f64(q, b->agg.avg);
+				q_lit(q, ",\"count\":");
+				q_u64(q, b->agg.count);
+				q_lit(q, ",\"min\":");
+				q_f64(q, b->agg.min);
+				q_lit(q, ",\"max\":");
+				q_f64(q, b->agg.max);
+				q_lit(q, "}");
+				continue;
+			}
+			q_time(q, b->start);
+			q_sep(q);
+			q_f64(q, b->agg.avg);
+			q_sep(q);
+			q_u64(q, b->agg.count);
+			q_sep(q);
+			q_f64(q, b->agg.min);
+			q_sep(q);
+			q_f64(q, b->agg.max);
+			q_row_close(q);
+			continue;
+		}
+		q_row_open(q);
+		q_time(q, b->start);
+		q_agg_cells(q, &b->agg);
+		q_row_close(q);
+	}
+	return 0;
+}
+
+/* The order of a sorted aggs: <0 when a goes before b. */
+static int krow_cmp(const httpq *q, const krow *a, const krow *b)
+{
+	int c = 0;
+	if (q->sort == SORT_MEAN)
+		c = a->a.avg < b->a.avg ? -1 : a->a.avg > b->a.avg;
+	else if (q->sort == SORT_COUNT)
+		c = a->a.count < b->a.count ? -1 : a->a.count > b->a.count;
+	if (q->desc)
+		c = -c;
+	return c ? c : strcmp(a->key, b->key); /* ties by key, always ascending */
+}
+
+/* top[0, n) as a heap whose root is the row that goes last. */
+static void krow_down(const httpq *q, krow *h, size_t n, size_t i)
+{
+	for (;;) {
+		size_t l = 2 * i + 1, r = l + 1, m = i;
+		if (l < n && krow_cmp(q, &h[l], &h[m]) > 0)
+			m = l;
+		if (r < n && krow_cmp(q, &h[r], &h[m]) > 0)
+			m = r;
+		if (m == i)
+			return;
+		krow x = h[i];
+		h[i] = h[m];
+		h[m] = x;
+		i = m;
+	}
+}
+
+static void krow_up(const httpq *q, krow *h, size_t i)
+{
+	while (i > 0) {
+		size_t p = (i - 1) / 2;
+		if (krow_cmp(q, &h[p], &h[i]) >= 0)
+			return;
+		krow x = h[i];
+		h[i] = h[p];
+		h[p] = x;
+		i = p;
+	}
+}
+
+static void q_krow(httpq *q, const char *key, const tally_agg *a)
+{
+	q_row_open(q);
+	q_cstr(q, key);
+	q_agg_cells(q, a);
+	q_row_close(q);
+}
+
+static int p_aggs_done(httpq *q)
+{
+	if (!q->csv)
+		q_fmt(q, "],\"truncated\":%s}\n", q->truncated ? "true" : "false");
+	return 1;
+}
+
+static int p_aggs(httpq *q, size_t budget)
+{
+	const char *key;
+	tally_agg a;
+	if (q->top) {
+		/* sorted: the kept rows, emptied heap-wise into order first */
+		while (q->top_i < q->top_n && q->n < budget && !q->oom) {
+			const krow *r = &q->top[q->top_i++];
+			q_krow(q, r->key, &r->a);
+		}
+		return q->top_i == q->top_n ? p_aggs_done(q) : 0;
+	}
+	while (q->n < budget && !q->oom) {
+		int r = tally_keys_next(q->it, &key, &a);
+		if (r < 0)
+			return q_engine(q, r, "field");
+		if (r == 0)
+			return p_aggs_done(q);
+		if (q->limit && q->rows >= q->limit) {
+			q->truncated = 1;
+			return p_aggs_done(q);
+		}
+		q_krow(q, key, &a);
+	}
+	return 0;
+}
+
+static int krow_sort_q_cmp(const void *a, const void *b, void *q)
+{
+	return krow_cmp(q, a, b);
+}
+
+/* A sorted aggs keeps the best limit rows of every key's, in one pass. */
+static int aggs_select(httpq *q)
+{
+	const char *key;
+	tally_agg a;
+	q->top = malloc(q->limit * sizeof *q->top);
+	if (!q->top) {
+		snprintf(q->err, sizeof q->err, "out of memory keeping %" PRIu64 " rows", q->limit);
+		return 500;
+	}
+	int r;
+	while ((r = tally_keys_next(q->it, &key, &a)) == 1) {
+		krow row = {(char *)key, a};
+		if (q->top_n == q->limit && krow_cmp(q, &row, &q->top[0]) >= 0) {
+			q->truncated = 1;
+			continue;
+		}
+		if (!(row.key = strdup(key))) {
+			snprintf(q->err, sizeof q->err, "out of memory keeping %" PRIu64 " rows",
+				 q->limit);
+			return 500;
+		}
+		if (q->top_n < q->limit) {
+			q->top[q->top_n] = row;
+			krow_up(q, q->top, q->top_n++);
+		} else {
+			free(q->top[0].key);
+			q->top[0] = row;
+			krow_down(q, q->top, q->top_n, 0);
+			q->truncated = 1;
+		}
+	}
+	if (r < 0)
+		return q_engine(q, r, "field");
+	qsort_r(q->top, q->top_n, sizeof *q->top, krow_sort_q_cmp, q);
+	return 0;
+}
+
+/* A scan cursor: "<time ns>.<rows at that time already given>". */
+static int cursor_parse(const char *s, int64_t *ts, uint64_t *skip)
+{
+	char *end;
+	errno = 0;
+	long long t = strtoll(s, &end, 10);
+	if (errno || end == s || *end != '.')
+		return -1;
+	const char *k = end + 1;
+	unsigned long long n = strtoull(k, &end, 10);
+	if (errno || end == k || *end || *k == '-')
+		return -1;
+	*ts = t;
+	*skip = n;
+	return 0;
+}
+
+static void q_value(httpq *q, const tally_value *v)
+{
+	switch (v->type) {
+	case TALLY_T_F64: q_f64(q, v->v.f64); break;
+	case TALLY_T_I64: q_fmt(q, "%" PRId64, v->v.i64); break;
+	case TALLY_T_U64: q_u64(q, v->v.u64); break;
+	case TALLY_T_BOOL: q_lit(q, v->v.b ? "true" : "false"); break;
+	case TALLY_T_STR:
+	case TALLY_T_TAG: q_str(q, v->v.str.ptr, v->v.str.len); break;
+	case TALLY_T_NONE:
+		if (!q->csv)
+			q_lit(q, "null");
+		break;
+	}
+}
+
+static int p_scan(httpq *q, size_t budget)
+{
+	tally_row row;
+	while (q->n < budget && !q->oom) {
+		int r = tally_scan_next(q->scan, &row);
+		if (r < 0)
+			return q_engine(q, r, "key");
+		if (r == 1 && q->skip && row.ts == q->from) {
+			q->skip--; /* given by an earlier page */
+			continue;
+		}
+		q->skip = 0;
+		if (r == 0 || q->rows >= q->limit) {
+			/* a row past the limit: the next page starts at it */
+			if (q->csv)
+				return 1;
+			if (r == 0)
+				q_lit(q, "],\"cursor\":null}\n");
+			else
+				q_fmt(q, "],\"cursor\":\"%" PRId64 ".%" PRIu64 "\"}\n", q->last_ts,
+				      q->same_ts);
+			return 1;
+		}
+		if (row.ts == q->last_ts) {
+			q->same_ts++;
+		} else {
+			q->last_ts = row.ts;
+			q->same_ts = 1;
+		}
+		q_row_open(q);
+		q_time(q, row.ts);
+		for (size_t i = 0; i < row.n_values; i++) {
+			q_sep(q);
+			q_value(q, &row.values[i]);
+		}
+		q_row_close(q);
+	}
+	return 0;
+}
+
+/* One turn of the answer's producer. */
+static int q_produce(httpq *q, tally_db *db, size_t budget)
+{
+	switch (q->kind) {
+	case Q_KEYS: return p_keys(q, db, budget);
+	case Q_SERIES:
+	case Q_CAMERA: return p_series(q, db, budget);
+	case Q_AGGS: return p_aggs(q, budget);
+	case Q_SCAN: return p_scan(q, budget);
+	default: return 1;
+	}
+}
+
+/* ---------------------------------------------------------------- endpoints */
+
+static const char *const series_cols[] = {"time", "count", "mean", "min", "max", "sum"};
+static const char *const aggs_cols[] = {"key", "count", "mean", "min", "max", "sum"};
+static const char *const camera_cols[] = {"start", "avg", "count", "min", "max"};
+
+/* "table":..,"field":..,"key":.., the members every per-key answer opens with. */
+static void q_ident(httpq *q, int with_key)
+{
+	q_member(q, "table", q->table);
+	q_member(q, "field", q->field);
+	if (with_key)
+		q_member(q, "key", q->key);
+}
+
+static int q_series_start(httpq *q, tally_db *db, const srv_conf *cf, int64_t now,
+			  const char *step_name, const char *step_dflt)
+{
+	int st = q_duration_param(q, step_name, step_dflt, &q->step);
+	if (!st)
+		st = q_range(q, now);
+	if (st)
+		return st;
+	q->ser = malloc(sizeof *q->ser);
+	if (!q->ser) {
+		snprintf(q->err, sizeof q->err, "out of memory");
+		return 500;
+	}
+	series_init(q->ser, q->table, q->field, q->key, q->step, q->from, q->to, cf->align_offset);
+	/* the first slice now, so that a bad table, field or step is a 4xx
+	 * answer rather than a cut stream */
+	int rc = series_next_slice(db, q->ser);
+	if (rc)
+		return q_engine(q, rc, step_name);
+	char d[32];
+	cmd_format_duration(q->step, d);
+	if (q->csv) {
+		q_columns(q, q->kind == Q_CAMERA ? camera_cols : series_cols,
+			  q->kind == Q_CAMERA ? 5 : 6);
+		return 0;
+	}
+	q_lit(q, "{");
+	if (q->kind == Q_CAMERA) {
+		q_member(q, "id", q->key);
+		q_ident(q, 0);
+		q_member(q, "interval", d);
+	} else {
+		q_ident(q, 1);
+		q_member(q, "step", d);
+	}
+	q_span(q);
+	if (q->kind == Q_CAMERA) {
+		q_lit(q, ",\"windows\":[");
+		return 0;
+	}
+	q_lit(q, ",");
+	q_columns(q, series_cols, 6);
+	return 0;
+}
+
+static int q_agg(httpq *q, tally_db *db, int64_t now)
+{
+	int st = q_range(q, now);
+	if (st)
+		return st;
+	tally_agg a;
+	int rc = tally_query_agg(db, q->table, q->field, q->key, q->from, q->to, &a);
+	if (rc)
+		return q_engine(q, rc, "field");
+	if (q->csv) {
+		q_lit(q, "from,to,count,mean,min,max,sum\n");
+		q_time(q, q->from);
+		q_sep(q);
+		q_time(q, q->to);
+		q_agg_cells(q, &a);
+		q_lit(q, "\n");
+		return 0;
+	}
+	q_lit(q, "{");
+	q_ident(q, 1);
+	q_span(q);
+	q_lit(q, ",\"count\":");
+	q_u64(q, a.count);
+	q_lit(q, ",\"mean\":");
+	q_f64(q, a.count ? a.avg : NAN);
+	q_lit(q, ",\"min\":");
+	q_f64(q, a.count ? a.min : NAN);
+	q_lit(q, ",\"max\":");
+	q_f64(q, a.count ? a.max : NAN);
+	q_lit(q, ",\"sum\":");
+	q_f64(q, a.sum);
+	q_lit(q, "}\n");
+	return 0;
+}
+
+static int q_aggs_start(httpq *q, tally_db *db, int64_t now)
+{
+	char v[16];
+	int st = q_range(q, now);
+	if (st)
+		return st;
+	long k = q_param(q, "sort", v, sizeof v);
+	if (k == -2)
+		return 400;
+	q->sort = SORT_KEY;
+	if (k >= 0) {
+		if (!strcmp(v, "mean"))
+			q->sort = SORT_MEAN;
+		else if (!strcmp(v, "count"))
+			q->sort = SORT_COUNT;
+		else if (strcmp(v, "key"))
+			return q_fail(q, "sort", "sort must be key, mean or count");
+	}
+	k = q_param(q, "order", v, sizeof v);
+	if (k == -2)
+		return 400;
+	q->desc = q->sort != SORT_KEY; /* the biggest first, unless asked */
+	if (k >= 0) {
+		if (strcmp(v, "asc") && strcmp(v, "desc"))
+			return q_fail(q, "order", "order must be asc or desc");
+		q->desc = !strcmp(v, "desc");
+	}
+	int ranked = q->sort != SORT_KEY || q->desc;
+	if ((st = q_limit(q, ranked ? Q_AGGS_LIMIT : 0, ranked ? Q_AGGS_MAX : UINT64_MAX)))
+		return st;
+	int rc = tally_query_keys(db, q->table, q->field, q->from, q->to, &q->it);
+	if (rc)
+		return q_engine(q, rc, "field");
+	if (ranked && (st = aggs_select(q)))
+		return st;
+	if (!q->csv) {
+		q_lit(q, "{");
+		q_ident(q, 0);
+		q_span(q);
+		q_lit(q, ",");
+	}
+	q_columns(q, aggs_cols, 6);
+	return 0;
+}
+
+static int q_scan_start(httpq *q, tally_db *db, int64_t now)
+{
+	char cur[64];
+	int st = q_range(q, now);
+	if (!st)
+		st = q_limit(q, Q_SCAN_LIMIT, Q_SCAN_MAX);
+	if (st)
+		return st;
+	long k = q_param(q, "cursor", cur, sizeof cur);
+	if (k == -2)
+		return 400;
+	q->last_ts = INT64_MIN;
+	q->same_ts = q->skip = 0;
+	if (k >= 0) {
+		int64_t ts;
+		if (cursor_parse(cur, &ts, &q->skip) || ts < q->from || ts >= q->to)
+			return q_fail(q, "cursor",
+				      "cursor: '%.40s' is not one this scan's answer gave", cur);
+		q->from = q->last_ts = ts;
+		q->same_ts = q->skip;
+	}
+	int rc = tally_scan_open(db, q->table, q->key, q->from, q->to, &q->scan);
+	if (rc)
+		return q_engine(q, rc, "key");
+	q->n_cols = tally_scan_columns(q->scan);
+	const char **cols = malloc((q->n_cols + 1) * sizeof *cols);
+	if (!cols) {
+		snprintf(q->err, sizeof q->err, "out of memory");
+		return 500;
+	}
+	cols[0] = "time";
+	for (size_t i = 0; i < q->n_cols; i++) {
+		enum tally_type type;
+		if (tally_scan_column(q->scan, i, &cols[i + 1], &type))
+			cols[i + 1] = "";
+	}
+	if (!q->csv) {
+		q_lit(q, "{");
+		q_member(q, "table", q->table);
+		q_member(q, "key", q->key);
+	}
+	q_columns(q, cols, q->n_cols + 1);
+	free(cols);
+	return 0;
+}
+
+static int hexval(char ch)
+{
+	return ch >= '0' && ch <= '9'   ? ch - '0'
+	       : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10
+	       : ch >= 'A' && ch <= 'F' ? ch - 'A' + 10
+					: -1;
+}
+
+/* Decodes the %-escapes of a path segment; -1 when malformed, too long
+ * or holding a NUL. */
+static int path_decode(const char *p, size_t n, char *out, size_t cap)
+{
+	size_t o = 0;
+	for (size_t i = 0; i < n; i++) {
+		int ch = (unsigned char)p[i];
+		if (ch == '%') {
+			int a = i + 2 < n ? hexval(p[i + 1]) : -1,
+			    b = i + 2 < n ? hexval(p[i + 2]) : -1;
+			if (a < 0 || b < 0)
+				return -1;
+			ch = a * 16 + b;
+			i += 2;
+		}
+		if (!ch || o + 1 >= cap)
+			return -1;
+		out[o++] = (char)ch;
+	}
+	out[o] = 0;
+	return 0;
+}
+
+/* GET {camera-route}: the per-window average of the route's field. */
+static int q_camera(httpq *q, tally_db *db, const srv_conf *cf, int64_t now)
+{
+	size_t at = 0, n = 0;
+	camera_match(cf, q->path, &at, &n);
+	if (path_decode(q->path.p + at, n, q->key, sizeof q->key))
+		return q_fail(q, "id", "the id in the path is malformed or too long");
+	snprintf(q->table, sizeof q->table, "%s",
+		 cf->camera_table ? cf->camera_table : HTTPQ_CAMERA_TABLE);
+	snprintf(q->field, sizeof q->field, "%s",
+		 cf->camera_field ? cf->camera_field : HTTPQ_CAMERA_FIELD);
+	const char *want = cf->camera_key ? cf->camera_key : HTTPQ_CAMERA_KEY, *key_tag;
+	int st = q_table(q, db, &key_tag);
+	if (st)
+		return st;
+	if (!key_tag || strcmp(key_tag, want)) {
+		snprintf(q->err, sizeof q->err,
+			 "table '%.200s' is keyed by '%.200s', not '%.100s' (camera-route-key-tag)",
+			 q->table, key_tag ? key_tag : "(none)", want);
+		q->err_param = NULL;
+		return 404;
+	}
+	q->kind = Q_CAMERA;
+	return q_series_start(q, db, cf, now, "interval", "5m");
+}
+
+/* Reads the request's parameters and opens its producer (or answers it
+ * whole: the catalog, one aggregate). 0, or the error status. */
+static int q_start(httpq *q, srv *s)
+{
+	tally_db *db = s->db;
+	const srv_conf *cf = s->conf;
+	int64_t now = srv_clock_ns();
+	int st = q_format(q);
+	if (st)
+		return st;
+	q->first = 1;
+	if (!has_prefix(q->path, "/api/v1/", 8))
+		return q_camera(q, db, cf, now);
+	const char *ep = q->path.p + 8;
+	if (!strcmp(ep, "tables"))
+		return q_tables(q, db);
+	if (!strcmp(ep, "fields"))
+		return q_fields(q, db);
+	static const char *const eps[] = {"keys", "series", "agg", "aggs", "scan"};
+	static const enum qkind kinds[] = {Q_KEYS, Q_SERIES, Q_AGG, Q_AGGS, Q_SCAN};
+	for (size_t i = 0; i < 5; i++)
+		if (!strcmp(ep, eps[i]))
+			q->kind = kinds[i];
+	if (q->kind == Q_NONE) {
+		snprintf(q->err, sizeof q->err, "no such endpoint: %s", q->path.p);
+		q->err_param = NULL;
+		return 404;
+	}
+	const char *key_tag;
+	if ((st = q_name(q, "table", q->table)) || (st = q_table(q, db, &key_tag)))
+		return st;
+	if (q->kind == Q_KEYS) {
+		q->prefix[0] = 0; /* absent: every key, whatever the last request asked */
+		long k = q_param(q, "prefix", q->prefix, sizeof q->prefix);
+		if (k == -2 || (st = q_limit(q, 0, UINT64_MAX)))
+			return 400;
+		q->after = NULL;
+		q->page_n = q->page_i = 0;
+		q->keys_end = 0;
+		q->page = malloc(Q_KEYS_PAGE * sizeof *q->page);
+		if (!q->page) {
+			snprintf(q->err, sizeof q->err, "out of memory");
+			return 500;
+		}
+		if (!q->csv) {
+			q_lit(q, "{");
+			q_member(q, "table", q->table);
+			q_lit(q, "\"keys\":[");
+		} else {
+			q_lit(q, "key\n");
+		}
+		return 0;
+	}
+	if (q->kind != Q_SCAN && (st = q_name(q, "field", q->field)))
+		return st;
+	if (q->kind != Q_AGGS && (st = q_name(q, "key", q->key)))
+		return st;
+	switch (q->kind) {
+	case Q_SERIES: return q_series_start(q, db, cf, now, "step", "5m");
+	case Q_AGG: q->kind = Q_NONE; return q_agg(q, db, now);
+	case Q_AGGS: return q_aggs_start(q, db, now);
+	case Q_SCAN: return q_scan_start(q, db, now);
+	default: return 500;
+	}
+}
+
+/* ---------------------------------------------------------------- the wire */
+
+static const char *q_reason(int status)
+{
+	switch (status) {
+	case 200: return "OK";
+	case 400: return "Bad Request";
+	case 404: return "Not Found";
+	case 503: return "Service Unavailable";
+	default: return "Internal Server Error";
+	}
+}
+
+static void q_head(httpq *q, wconn *c, int status, int keep_alive, const char *type, size_t length,
+		   int chunked)
+{
+	char h[400];
+	int k = snprintf(h, sizeof h, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n", status,
+			 q_reason(status), type);
+	if (chunked)
+		k += snprintf(h + k, sizeof h - (size_t)k, "Transfer-Encoding: chunked\r\n");
+	else if (length != SIZE_MAX)
+		k += snprintf(h + k, sizeof h - (size_t)k, "Content-Length: %zu\r\n", length);
+	k += snprintf(h + k, sizeof h - (size_t)k, "%s\r\n",
+		      keep_alive ? "" : "Connection: close\r\n");
+	conn_put(c, h, (size_t)k, 1);
+}
+
+/* Sends this turn's body bytes: as a chunk when chunked. */
+static void q_send(httpq *q, wconn *c)
+{
+	if (!q->n)
+		return;
+	if (q->chunked) {
+		char h[24];
+		int k = snprintf(h, sizeof h, "%zx\r\n", q->n);
+		conn_put(c, h, (size_t)k, 1);
+	}
+	conn_put(c, q->buf, q->n, 1);
+	if (q->chunked)
+		conn_put(c, "\r\n", 2, 1);
+	q->n = 0;
+}
+
+static const char *q_type(const httpq *q)
+{
+	return q->csv ? "text/csv; charset=utf-8" : "application/json; charset=utf-8";
+}
+
+int httpq_serve(httpq *q, wconn *c, int keep_alive, int head_only, int *more)
+{
+	srv *s = c->sh->srv;
+	size_t budget = s->conf->reply_bytes / 2;
+	*more = 0;
+	q->n = 0;
+	q->oom = q->truncated = q->chunked = 0;
+	q->rows = 0;
+	q->kind = Q_NONE;
+	q->err_param = NULL;
+	int st = q_start(q, s);
+	if (!st) {
+		int r = q_produce(q, s->db, budget);
+		st = r == 1 ? 0 : r == 0 ? -1 : r;
+	}
+	if (q->oom) {
+		st = 500;
+		snprintf(q->err, sizeof q->err, "out of memory while answering");
+	}
+	if (st > 0) {
+		q_end(q);
+		q->n = 0;
+		q->csv = 0;
+		q_lit(q, "{\"error\":");
+		q_cstr(q, q->err);
+		if (q->err_param) {
+			q_lit(q, ",\"param\":");
+			q_cstr(q, q->err_param);
+		}
+		q_lit(q, "}\n");
+		q_head(q, c, st, keep_alive, q_type(q), q->n, 0);
+		if (!head_only)
+			q_send(q, c);
+		q->n = 0;
+		return st;
+	}
+	if (st == 0) { /* complete in one turn */
+		q_head(q, c, 200, keep_alive, q_type(q), q->n, 0);
+		if (!head_only)
+			q_send(q, c);
+		q->n = 0;
+		q_end(q);
+		return 200;
+	}
+	/* Goes on: chunked (HTTP/1.0 has no chunks: the close ends it). */
+	q->chunked = q->minor >= 1;
+	q_head(q, c, 200, keep_alive && q->chunked, q_type(q), SIZE_MAX, q->chunked);
+	if (head_only) {
+		q_end(q);
+		q->n = 0;
+		return 200;
+	}
+	q_send(q, c);
+	*more = 1;
+	return 200;
+}
+
+int httpq_pump(httpq *q, wconn *c)
+{
+	srv *s = c->sh->srv;
+	int r = q_produce(q, s->db, s->conf->reply_bytes / 2);
+	if (r > 1 || q->oom) {
+		/* The head said 200: an error now can only cut the answer
+		 * short, which the client sees as a chunked body without its
+		 * end (and the close). */
+		srv_log(s, TALLY_LOG_WARN, "http query %s cut short: %s", q->path.p,
+			q->oom ? "out of memory" : q->err);
+		q->n = 0;
+		q_end(q);
+		conn_close_with(c, NULL);
+		return 1;
+	}
+	q_send(q, c);
+	if (r == 1) {
+		if (q->chunked)
+			conn_put(c, "0\r\n\r\n", 5, 1);
+		else
+			conn_close_with(c, NULL);
+		q_end(q);
+	}
+	return r == 1;
+}
