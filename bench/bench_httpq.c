@@ -11,7 +11,9 @@
  *     GET /api/v1/series; the same over TCP (#!series) in the same run;
  *   - an exact aggregate over an unaligned range of a few hours,
  *     GET /api/v1/agg;
- *   - the cameras' route, GET /kvfv/{id}/avg-speed, a day at 5m.
+ *   - the cameras' route, GET /kvfv/{id}/avg-speed, a day at 5m;
+ *   - InfluxQL as Grafana sends it, GET /query, SELECT mean("speed") ...
+ *     GROUP BY time(5m) over a day of one camera (288 rows).
  * Each answer is checked (status 200, and the first of each kind its row
  * count). The round trip runs from the send of the request to the last
  * byte of its answer. Then wrk (Debian's) drives the series and the
@@ -83,11 +85,12 @@ static void load(unsigned http)
 	       events, cameras, days);
 }
 
-enum kind { K_SERIES, K_AGG, K_CAMERA, K_TCP, K_N };
+enum kind { K_SERIES, K_AGG, K_CAMERA, K_INFLUXQL, K_TCP, K_N };
 static const char *const kind_names[K_N] = {
 	"series 5m, one camera, one day, JSON (288 rows)",
 	"exact agg, one camera, unaligned range, JSON",
 	"cameras' route /kvfv/{id}/avg-speed, a day at 5m",
+	"InfluxQL /query, GROUP BY time(5m), one day (288)",
 	"series 5m, one camera, one day, TCP #!series",
 };
 
@@ -116,6 +119,14 @@ static size_t make_request(char *q, enum kind k, uint64_t *seed)
 				       "GET /kvfv/KV%05u/avg-speed?from=%" PRId64 "&to=%" PRId64
 				       "&interval=5m HTTP/1.1\r\nHost: b\r\n\r\n",
 				       cam, day, day + DAY);
+	case K_INFLUXQL:
+		return (size_t)sprintf(
+			q,
+			"GET /query?db=tally&epoch=ms&q=SELECT%%20mean(%%22speed%%22)%%20FROM%%20"
+			"%%22traffic%%22%%20WHERE%%20%%22camera%%22%%20%%3D%%20'KV%05u'%%20AND%%20"
+			"time%%20%%3E%%3D%%20%" PRId64 "%%20AND%%20time%%20%%3C%%20%" PRId64
+			"%%20GROUP%%20BY%%20time(5m)%%20fill(null) HTTP/1.1\r\nHost: b\r\n\r\n",
+			cam, day, day + DAY);
 	default:
 		return (size_t)sprintf(q, "#!series traffic speed KV%05u 5m %" PRId64 " 1d\n", cam,
 				       day);
@@ -131,7 +142,7 @@ static long count_rows(enum kind k, const char *p, size_t n)
 	size_t nl = strlen(needle);
 	for (const char *e = p + n; (p = memmem(p, (size_t)(e - p), needle, nl)); p += nl)
 		rows++;
-	if (k == K_SERIES && rows)
+	if ((k == K_SERIES || k == K_INFLUXQL) && rows)
 		rows++; /* n rows, n-1 separators */
 	if (k == K_TCP)
 		rows -= 2; /* the header and END */
@@ -262,7 +273,8 @@ int main(int argc, char **argv)
 		long rows = 0;
 		size_t qn = make_request(q, k, &seed);
 		roundtrip(fd, k, q, qn, buf, cap, &rows);
-		if ((k == K_SERIES || k == K_CAMERA || k == K_TCP) && rows != 288)
+		if ((k == K_SERIES || k == K_CAMERA || k == K_INFLUXQL || k == K_TCP) &&
+		    rows != 288)
 			die("%s: %ld rows, not 288", kind_names[k], rows);
 		for (unsigned i = 0; i < 1000; i++) { /* warm up */
 			qn = make_request(q, k, &seed);
@@ -296,6 +308,19 @@ int main(int argc, char **argv)
 		 http, T0, T0 + DAY);
 	rps = wrk(url, wrk_conns, wrk_secs);
 	printf("  %-52s %s", kind_names[K_CAMERA], rps < 0 ? "wrk missing or failed\n" : "");
+	if (rps >= 0)
+		printf("%.0f requests/s\n", rps);
+
+	snprintf(url, sizeof url,
+		 "http://127.0.0.1:%u/"
+		 "query?db=tally&epoch=ms&q=SELECT%%20mean(%%22speed%%22)%%20FROM"
+		 "%%20%%22traffic%%22%%20WHERE%%20%%22camera%%22%%20%%3D%%20%%27KV00001%%27%%20AND%"
+		 "%20time"
+		 "%%20%%3E%%3D%%20%" PRId64 "%%20AND%%20time%%20%%3C%%20%" PRId64
+		 "%%20GROUP%%20BY%%20time(5m)%%20fill(null)",
+		 http, T0, T0 + DAY);
+	rps = wrk(url, wrk_conns, wrk_secs);
+	printf("  %-52s %s", kind_names[K_INFLUXQL], rps < 0 ? "wrk missing or failed\n" : "");
 	if (rps >= 0)
 		printf("%.0f requests/s\n", rps);
 

@@ -28,6 +28,7 @@
 #include <strings.h>
 
 #include "http.h"
+#include "influxql.h"
 #include "httpq.h"
 #include "jsonev.h"
 #include "label.h"
@@ -44,7 +45,7 @@ const char *const http_ep_names[HEP_N] = {
 	[HEP_HEALTH] = "/health",        [HEP_READY] = "/ready",
 	[HEP_METRICS] = "/metrics",      [HEP_SETTINGS] = "/settings",
 	[HEP_QUERY] = "/api/v1/query",   [HEP_WEB] = "/",
-	[HEP_OTHER] = "other",
+	[HEP_INFLUXQL] = "/query",       [HEP_OTHER] = "other",
 };
 
 enum hstate {
@@ -108,6 +109,9 @@ typedef struct hconn {
 	/* The dashboard's file asked for (wire/web.c), and WEB_* flags. */
 	const web_asset *web;
 	unsigned web_how;
+	/* /query: the request's query string, kept past its head. */
+	char *query;
+	size_t query_n, query_cap;
 } hconn;
 
 static hconn *H(const wconn *c)
@@ -137,6 +141,7 @@ static void h_fini(wconn *c)
 		return;
 	free(h->mem);
 	free(h->gz);
+	free(h->query);
 	jsonev_dec_free(h->jd);
 	httpq_free(h->q);
 	free(h);
@@ -350,6 +355,7 @@ static enum http_ep h_route(http_str path)
 		{"/api/v1/events", HEP_EVENTS}, {"/ping", HEP_PING},
 		{"/health", HEP_HEALTH},        {"/ready", HEP_READY},
 		{"/metrics", HEP_METRICS},      {"/settings", HEP_SETTINGS},
+		{"/query", HEP_INFLUXQL},
 	};
 	for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++)
 		if (path.n == strlen(routes[i].path) && !memcmp(path.p, routes[i].path, path.n))
@@ -807,6 +813,15 @@ static void h_serve(wconn *c)
 		h_respond_as(c, st, extra, h->web->type, body, len, 0);
 		break;
 	}
+	case HEP_INFLUXQL: {
+		char *body = NULL;
+		size_t len = 0;
+		int st = influxq_http(c->sh->srv->db, h->query, h->query_n, h_body_text(h), n,
+				      srv_clock_ns(), &body, &len);
+		h_respond(c, st, NULL, body, len, 0);
+		free(body);
+		break;
+	}
 	case HEP_OTHER:
 	case HEP_N: h_error(c, 404, "not found", "no such endpoint", NULL, 0); break;
 	}
@@ -850,6 +865,23 @@ static int h_idempotency_key(hconn *h, http_str v)
 	if (label_parse(v.p, v.n, h->label, sizeof h->label, &h->label_seq))
 		return -1;
 	h->labelled = 1;
+	return 0;
+}
+
+/* Keeps a copy of the query string in h->query; -1 when out of memory. */
+static int h_keep_query(hconn *h, http_str q)
+{
+	if (q.n + 1 > h->query_cap) {
+		char *p = realloc(h->query, q.n + 1);
+		if (!p)
+			return -1;
+		h->query = p;
+		h->query_cap = q.n + 1;
+	}
+	if (q.n)
+		memcpy(h->query, q.p, q.n);
+	h->query[q.n] = 0;
+	h->query_n = q.n;
 	return 0;
 }
 
@@ -922,6 +954,17 @@ static int h_head(wconn *c)
 	int method_ok = is_write ? h_is(r.method, "POST") : get || h->ep == HEP_OTHER;
 	int q_fail = h->ep == HEP_QUERY && method_ok &&
 		     ((!h->q && httpq_new(&h->q)) || httpq_begin(h->q, &r));
+	if (h->ep == HEP_INFLUXQL) {
+		/* InfluxQL reads its parameters from the query string and a
+		 * POST's form body; the head's bytes are gone by then. */
+		method_ok |= h_is(r.method, "POST");
+		if (h_keep_query(h, r.query)) {
+			h_consume(h, (size_t)hl);
+			h->st = HS_BODY;
+			h_refuse(c, 500, "internal error", "out of memory");
+			return 0;
+		}
+	}
 	if (h->ep == HEP_PING && h_is(r.method, "POST"))
 		method_ok = 1; /* some clients ping with POST */
 	h_consume(h, (size_t)hl);

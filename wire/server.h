@@ -67,6 +67,7 @@ enum http_ep {
 	HEP_SETTINGS, /* GET /settings: QuestDB's clients ask it for the ILP version */
 	HEP_QUERY,    /* GET /api/v1/... and the cameras' route (httpq.c) */
 	HEP_WEB,      /* GET /, /ui/...: the dashboard's files (wire/web.c) */
+	HEP_INFLUXQL, /* GET/POST /query: InfluxQL (influxq_exec.c) */
 	HEP_OTHER,    /* unknown paths, and requests refused before routing */
 	HEP_N
 };

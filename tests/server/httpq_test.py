@@ -326,9 +326,14 @@ def check_stream(srv):
     lines = "".join("traffic,camera=LONG speed=%d %d\n" % (i % 97, t1 + i * 300 * NS) for i in range(n))
     write(c, lines)
     path = "/api/v1/series?table=traffic&field=speed&key=LONG&from=%d&to=%d" % (t1, t1 + 365 * DAY)
-    # warm: the same answer once, so that what the engine keeps (decoded
-    # rollups, query buffers) is in RSS before the stalled one
+    # warm: the same answer once on each of a few connections, so that what
+    # the engine keeps (decoded rollups, query buffers) and what each shard
+    # thread allocates for its first answer (connections go to the shards
+    # in turn) is in RSS before the stalled one
     c.get(path)
+    warm = [Client(srv) for _ in range(4)]  # kept open: each new one goes to a shard with fewer
+    for w in warm:
+        w.get(path)
     rss0 = srv.rss_kib()
     s = socket.create_connection(("127.0.0.1", srv.http), timeout=60)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
@@ -338,6 +343,8 @@ def check_stream(srv):
     time.sleep(1.5)  # the client stalls; tallyd must stop producing, not buffer
     rss1 = srv.rss_kib()
     check(rss1 - rss0 < 4096, "RSS grew %d KiB while a client stalled on a ~7 MB answer" % (rss1 - rss0))
+    for w in warm:
+        w.conn.close()
     data = bytearray(got)
     s.settimeout(60)
     while not data.endswith(b"\r\n0\r\n\r\n"):
@@ -370,7 +377,11 @@ def main():
     # Small receive buffers: the pool (recv-buffers x recv-buffer-bytes per
     # shard, 8 MiB at the 256 KiB default) faults in as traffic comes, and
     # its growth would hide, or fake, an answer being buffered.
-    srv = H.Server("--reply-buffer-bytes", "16384", "--recv-buffer-bytes", "64KiB")
+    # And a small rollup cache: it keeps decoded rollup blocks in 2 MiB
+    # blocks up to its own budget (256 MiB by default), growth that is
+    # bounded but is not the answer's.
+    srv = H.Server("--reply-buffer-bytes", "16384", "--recv-buffer-bytes", "64KiB",
+                   "--rollup-cache-bytes", "2MiB")
     try:
         c = Client(srv)
         m = Model()

@@ -1,0 +1,1071 @@
+/*
+ * influxq_exec.c — runs parsed InfluxQL (influxql.c) against the engine and
+ * writes InfluxDB 1.x's JSON answer (docs/http.md, "InfluxQL").
+ *
+ * The one idea: a GROUP BY time(w) window that lies whole inside the
+ * statement's range is a rollup bucket, so every window but the two at the
+ * range's ends comes from one tally_query_series call per key and field,
+ * and the two cut windows from tally_query_agg, which reads raw events only
+ * at unaligned edges: the answer is exact, late events included, and costs
+ * the number of windows, not of events. Only a window tally's rollups
+ * cannot tile (w not a multiple of the finest level, or windows that do
+ * not start where tally's do) is asked window by window of
+ * tally_query_agg, bounded by IQ_MAX_WINDOWS.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "db.h"
+#include "http.h"
+#include "influxql.h"
+#include "numfmt.h"
+
+/* ---------------------------------------------------------------- buffer */
+
+static void iq_reserve(iq_buf *b, size_t n)
+{
+	if (b->oom || b->n + n <= b->cap)
+		return;
+	size_t cap = b->cap ? b->cap : 4096;
+	while (cap < b->n + n)
+		cap *= 2;
+	char *p = realloc(b->p, cap);
+	if (!p) {
+		b->oom = 1;
+		return;
+	}
+	b->p = p;
+	b->cap = cap;
+}
+
+void iq_put(iq_buf *b, const char *s, size_t n)
+{
+	if (!n)
+		return;
+	iq_reserve(b, n);
+	if (b->oom)
+		return;
+	memcpy(b->p + b->n, s, n);
+	b->n += n;
+}
+
+void iq_puts(iq_buf *b, const char *s)
+{
+	iq_put(b, s, strlen(s));
+}
+
+void iq_put_json_str(iq_buf *b, const char *s, size_t n)
+{
+	iq_put(b, "\"", 1);
+	size_t run = 0;
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+		if (c >= 32 && c != '"' && c != '\\')
+			continue;
+		iq_put(b, s + run, i - run);
+		char e[8];
+		int k = c == '"' || c == '\\' ? snprintf(e, sizeof e, "\\%c", c)
+					      : snprintf(e, sizeof e, "\\u%04x", c);
+		iq_put(b, e, (size_t)k);
+		run = i + 1;
+	}
+	iq_put(b, s + run, n - run);
+	iq_put(b, "\"", 1);
+}
+
+static void put_str(iq_buf *b, const char *s)
+{
+	iq_put_json_str(b, s, strlen(s));
+}
+
+static void put_i64(iq_buf *b, int64_t v)
+{
+	char t[24];
+	iq_put(b, t, (size_t)snprintf(t, sizeof t, "%" PRId64, v));
+}
+
+/* A double as Go writes it: null for what JSON cannot say. */
+static void put_f64(iq_buf *b, double v)
+{
+	if (!isfinite(v)) {
+		iq_puts(b, "null");
+		return;
+	}
+	char t[32];
+	iq_put(b, t, cmd_format_double(v, t));
+}
+
+int64_t iq_epoch_unit(const char *s)
+{
+	static const struct {
+		const char *u;
+		int64_t ns;
+	} units[] = {{"ns", 1},
+		     {"n", 1},
+		     {"u", 1000},
+		     {"us", 1000},
+		     {"\xc2\xb5", 1000},
+		     {"ms", 1000000},
+		     {"s", 1000000000},
+		     {"m", INT64_C(60000000000)},
+		     {"h", INT64_C(3600000000000)}};
+	for (size_t i = 0; i < sizeof units / sizeof units[0]; i++)
+		if (!strcmp(s, units[i].u))
+			return units[i].ns;
+	return -1;
+}
+
+/* RFC 3339 with the fraction's trailing zeros dropped (Go's RFC3339Nano),
+ * or an integer in the epoch= unit. */
+static void put_time(iq_buf *b, int64_t ns, int64_t unit)
+{
+	if (unit) {
+		put_i64(b, ns / unit);
+		return;
+	}
+	char t[48];
+	size_t n = cmd_format_time(ns, t);
+	if (n > 2 && memchr(t, '.', n)) {
+		n--; /* the Z */
+		while (t[n - 1] == '0')
+			n--;
+		if (t[n - 1] == '.')
+			n--;
+		t[n++] = 'Z';
+	}
+	iq_put(b, "\"", 1);
+	iq_put(b, t, n);
+	iq_put(b, "\"", 1);
+}
+
+/* ---------------------------------------------------------------- catalog */
+
+/* A table's columns (fields with their types, and tags other than the key
+ * tag as TALLY_T_TAG), names borrowed until the database closes. */
+typedef struct cols {
+	const char **name;
+	enum tally_type *type;
+	size_t n;
+} cols;
+
+static void cols_free(cols *c)
+{
+	free(c->name);
+	free(c->type);
+	memset(c, 0, sizeof *c);
+}
+
+/* 0, TALLY_ENOTFOUND when there is no such table, or another error. */
+static int cols_get(tally_db *db, const char *table, cols *c)
+{
+	size_t cap = 64;
+	for (;;) {
+		c->name = malloc(cap * sizeof *c->name);
+		c->type = malloc(cap * sizeof *c->type);
+		if (!c->name || !c->type) {
+			cols_free(c);
+			return -ENOMEM;
+		}
+		int rc = tally_catalog_fields(db, table, c->name, c->type, cap, &c->n);
+		if (rc != TALLY_ETRUNC) {
+			if (rc)
+				cols_free(c);
+			return rc;
+		}
+		cap = c->n + 16; /* columns were added meanwhile: try again */
+		cols_free(c);
+	}
+}
+
+static enum tally_type cols_type(const cols *c, const char *field)
+{
+	for (size_t i = 0; i < c->n; i++)
+		if (!strcmp(c->name[i], field))
+			return c->type[i];
+	return TALLY_T_NONE;
+}
+
+/* ---------------------------------------------------------------- SELECT */
+
+typedef struct ex {
+	tally_db *db;
+	const iq_params *prm;
+	char *err; /* IQ_ERR_MAX */
+	tally_bucket *bk;
+	size_t bk_cap;
+} ex;
+
+static int ex_fail(ex *x, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int ex_fail(ex *x, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(x->err, IQ_ERR_MAX, fmt, ap);
+	va_end(ap);
+	return -1;
+}
+
+static int ex_engine(ex *x, int rc)
+{
+	const char *m = tally_errmsg();
+	return ex_fail(x, "%s", m && *m ? m : tally_strerror(rc));
+}
+
+static void agg_merge(tally_agg *a, const tally_agg *b)
+{
+	if (!b->count)
+		return;
+	if (!a->count) {
+		*a = *b;
+		return;
+	}
+	a->count += b->count;
+	a->sum += b->sum;
+	if (b->min < a->min)
+		a->min = b->min;
+	if (b->max > a->max)
+		a->max = b->max;
+}
+
+/* Every key the statement's condition names outright (= and OR of =), in
+ * *keys; 0 when the condition is anything else. */
+static int explicit_keys(const iq_cond *c, char ***keys, size_t *n, size_t *cap)
+{
+	if (c->kind == IQ_C_OR)
+		return explicit_keys(c->l, keys, n, cap) && explicit_keys(c->r, keys, n, cap);
+	if (c->kind != IQ_C_EQ)
+		return 0;
+	if (*n == *cap) {
+		size_t nc = *cap ? *cap * 2 : 8;
+		char **k = realloc(*keys, nc * sizeof *k);
+		if (!k)
+			return 0;
+		*keys = k;
+		*cap = nc;
+	}
+	(*keys)[(*n)++] = c->val; /* borrowed from the statement */
+	return 1;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* The tag named must be the table's key tag: tally's rollups are per key,
+ * and other tags are columns of the raw events. */
+static int check_tag(ex *x, const char *table, const char *key_tag, const char *tag)
+{
+	if (!strcmp(tag, key_tag))
+		return 0;
+	return ex_fail(x,
+		       "tally groups and filters \"%s\" only by its key tag \"%s\", not by \"%s\"",
+		       table, key_tag, tag);
+}
+
+static int check_cond_tags(ex *x, const char *table, const char *key_tag, const iq_cond *c)
+{
+	if (!c)
+		return 0;
+	if (c->kind == IQ_C_AND || c->kind == IQ_C_OR)
+		return check_cond_tags(x, table, key_tag, c->l) ||
+		       check_cond_tags(x, table, key_tag, c->r);
+	return check_tag(x, table, key_tag, c->tag);
+}
+
+typedef struct keyset {
+	char **k; /* owned copies */
+	size_t n, cap;
+} keyset;
+
+static void keyset_free(keyset *ks)
+{
+	for (size_t i = 0; i < ks->n; i++)
+		free(ks->k[i]);
+	free(ks->k);
+}
+
+static int keyset_add(keyset *ks, const char *key)
+{
+	if (ks->n == ks->cap) {
+		size_t nc = ks->cap ? ks->cap * 2 : 16;
+		char **k = realloc(ks->k, nc * sizeof *k);
+		if (!k)
+			return -ENOMEM;
+		ks->k = k;
+		ks->cap = nc;
+	}
+	if (!(ks->k[ks->n] = strdup(key)))
+		return -ENOMEM;
+	ks->n++;
+	return 0;
+}
+
+static void keyset_sort(keyset *ks)
+{
+	if (ks->n < 2)
+		return; /* (qsort of NULL is undefined even for 0 keys) */
+	qsort(ks->k, ks->n, sizeof *ks->k, cmp_str);
+	size_t o = 0;
+	for (size_t i = 0; i < ks->n; i++) {
+		if (o && !strcmp(ks->k[o - 1], ks->k[i])) {
+			free(ks->k[i]);
+			continue;
+		}
+		ks->k[o++] = ks->k[i];
+	}
+	ks->n = o;
+}
+
+/* The keys the statement reads: those its condition names, else every key
+ * with events of one of its fields in the range that the condition
+ * matches. */
+static int select_keys(ex *x, const iq_stmt *st, const enum tally_type *types, int64_t from,
+		       int64_t to, keyset *ks)
+{
+	char **named = NULL;
+	size_t n = 0, cap = 0;
+	int rc = 0;
+	if (st->where && explicit_keys(st->where, &named, &n, &cap)) {
+		for (size_t i = 0; i < n && !rc; i++)
+			rc = keyset_add(ks, named[i]);
+		free(named);
+		if (rc)
+			return ex_fail(x, "out of memory");
+		keyset_sort(ks);
+		return 0;
+	}
+	free(named);
+	for (unsigned i = 0; i < st->n_aggs; i++) {
+		unsigned j = 0;
+		while (j < i && strcmp(st->aggs[j].field, st->aggs[i].field))
+			j++;
+		if (j < i || types[i] == TALLY_T_NONE)
+			continue;
+		tally_keys_iter *it = NULL;
+		rc = tally_query_keys(x->db, st->table, st->aggs[i].field, from, to, &it);
+		if (rc == TALLY_ENOTFOUND)
+			continue;
+		if (rc)
+			return ex_engine(x, rc);
+		const char *key;
+		tally_agg a;
+		while ((rc = tally_keys_next(it, &key, &a)) == 1)
+			if (iq_cond_match(st->where, key) && keyset_add(ks, key)) {
+				rc = -ENOMEM;
+				break;
+			}
+		tally_keys_close(it);
+		if (rc < 0)
+			return ex_engine(x, rc);
+	}
+	keyset_sort(ks);
+	return 0;
+}
+
+static int64_t floor_to(int64_t t, int64_t step)
+{
+	int64_t r = t % step;
+	return r < 0 ? t - r - step : t - r;
+}
+
+/* The windows' grid: nwin windows of width step from w0 (one window, the
+ * whole range, without GROUP BY time). */
+typedef struct grid {
+	int64_t from, to, w0, step;
+	size_t nwin;
+} grid;
+
+/* Adds one key's field over every window of g into acc[0, g->nwin). */
+static int fill_key(ex *x, const iq_stmt *st, const char *field, const char *key, const grid *g,
+		    tally_agg *acc)
+{
+	tally_agg a;
+	int rc;
+	if (!st->step) {
+		rc = tally_query_agg(x->db, st->table, field, key, g->from, g->to, &a);
+		if (rc == TALLY_ENOTFOUND)
+			return 0;
+		if (rc)
+			return ex_engine(x, rc);
+		agg_merge(&acc[0], &a);
+		return 0;
+	}
+	const levels *L = &x->db->L;
+	int tiles = g->step % L->w[0] == 0 && L->offset % g->step == 0;
+	/* Whole windows [i0, i1) from the rollups; the cut ones at either
+	 * end (or all, when the rollups do not tile them) exactly. */
+	size_t i0 = g->w0 >= g->from ? 0 : 1;
+	size_t i1 = (size_t)(((uint64_t)g->to - (uint64_t)g->w0) / (uint64_t)g->step);
+	if (i1 > g->nwin)
+		i1 = g->nwin;
+	if (!tiles || i0 >= i1)
+		i0 = i1 = 0;
+	if (i1 > i0) {
+		size_t want = i1 - i0, n = 0;
+		if (want > x->bk_cap) {
+			tally_bucket *bk = realloc(x->bk, want * sizeof *bk);
+			if (!bk)
+				return ex_fail(x, "out of memory");
+			x->bk = bk;
+			x->bk_cap = want;
+		}
+		int64_t lo = g->w0 + (int64_t)i0 * g->step, hi = g->w0 + (int64_t)i1 * g->step;
+		rc = tally_query_series(x->db, st->table, field, key, g->step, lo, hi, x->bk, want,
+					&n);
+		if (rc == TALLY_ENOTFOUND)
+			return 0;
+		if (rc)
+			return ex_engine(x, rc);
+		for (size_t i = 0; i < n && i < want; i++) {
+			int64_t w = x->bk[i].start;
+			if (w < lo || w >= hi)
+				continue;
+			agg_merge(&acc[(size_t)((w - g->w0) / g->step)], &x->bk[i].agg);
+		}
+	}
+	for (size_t i = 0; i < g->nwin; i++) {
+		if (i >= i0 && i < i1)
+			continue;
+		int64_t ws = g->w0 + (int64_t)i * g->step;
+		int64_t lo = ws < g->from ? g->from : ws;
+		int64_t hi = g->to - ws <= g->step ? g->to : ws + g->step;
+		rc = tally_query_agg(x->db, st->table, field, key, lo, hi, &a);
+		if (rc == TALLY_ENOTFOUND)
+			return 0;
+		if (rc)
+			return ex_engine(x, rc);
+		agg_merge(&acc[i], &a);
+	}
+	return 0;
+}
+
+/* One aggregate's cell. */
+static void put_cell(iq_buf *b, const iq_stmt *st, const iq_agg *ag, enum tally_type type,
+		     const tally_agg *a, double *prev, int *has_prev)
+{
+	if (!a->count) {
+		if (st->fill == IQ_FILL_VALUE)
+			put_f64(b, st->fill_value);
+		else if (st->fill == IQ_FILL_PREVIOUS && *has_prev)
+			put_f64(b, *prev);
+		else
+			iq_puts(b, ag->fn == IQ_COUNT ? "0" : "null"); /* as InfluxDB */
+		return;
+	}
+	double v = 0;
+	int integer = type == TALLY_T_I64 || type == TALLY_T_U64 || type == TALLY_T_BOOL;
+	switch (ag->fn) {
+	case IQ_COUNT:
+		v = (double)a->count;
+		integer = 1;
+		break;
+	case IQ_MEAN:
+		v = a->sum / (double)a->count;
+		integer = 0;
+		break;
+	case IQ_SUM: v = a->sum; break;
+	case IQ_MIN: v = a->min; break;
+	case IQ_MAX: v = a->max; break;
+	}
+	*prev = v;
+	*has_prev = 1;
+	if (integer && fabs(v) < 9.2e18)
+		put_i64(b, (int64_t)v);
+	else
+		put_f64(b, v);
+}
+
+/* One series: its name, tags and rows, acc[agg][window]. Returns 0 when it
+ * has no row (then nothing was written). */
+static int put_series(ex *x, iq_buf *b, const iq_stmt *st, const char *key_tag, const char *key,
+		      const grid *g, tally_agg *const *acc, const enum tally_type *types, int first)
+{
+	size_t rows = 0, skip = st->offset > 0 ? (size_t)st->offset : 0;
+	double prev[IQ_FIELDS_MAX];
+	int has_prev[IQ_FIELDS_MAX] = {0};
+	for (size_t k = 0; k < g->nwin; k++) {
+		size_t i = st->desc ? g->nwin - 1 - k : k;
+		int any = 0;
+		for (unsigned j = 0; j < st->n_aggs; j++)
+			any |= acc[j][i].count != 0;
+		/* A window without events is a row only between rows (fill)
+		 * of a GROUP BY time; a plain aggregate with none is no row. */
+		if (!any && (st->fill == IQ_FILL_NONE || !st->step))
+			continue;
+		if (skip) {
+			skip--;
+			continue;
+		}
+		if (st->limit > 0 && rows == (size_t)st->limit)
+			break;
+		if (rows == 0) {
+			iq_puts(b, first ? "{\"name\":" : ",{\"name\":");
+			put_str(b, st->table);
+			if (key) {
+				iq_puts(b, ",\"tags\":{");
+				put_str(b, key_tag);
+				iq_puts(b, ":");
+				put_str(b, key);
+				iq_puts(b, "}");
+			}
+			iq_puts(b, ",\"columns\":[\"time\"");
+			for (unsigned j = 0; j < st->n_aggs; j++) {
+				iq_puts(b, ",");
+				put_str(b, st->aggs[j].column);
+			}
+			iq_puts(b, "],\"values\":[");
+		}
+		iq_puts(b, rows ? ",[" : "[");
+		int64_t t = st->step ? g->w0 + (int64_t)i * g->step : st->has_from ? g->from : 0;
+		put_time(b, t, x->prm->epoch);
+		for (unsigned j = 0; j < st->n_aggs; j++) {
+			iq_puts(b, ",");
+			put_cell(b, st, &st->aggs[j], types[j], &acc[j][i], &prev[j], &has_prev[j]);
+		}
+		iq_puts(b, "]");
+		rows++;
+	}
+	if (rows)
+		iq_puts(b, "]}");
+	return rows != 0;
+}
+
+static int exec_select(ex *x, const iq_stmt *st, iq_buf *b)
+{
+	if (!st->db && !x->prm->db)
+		return ex_fail(x, "database name required");
+	const char *key_tag = NULL;
+	int rc = tally_catalog_key_tag(x->db, st->table, &key_tag);
+	if (rc == TALLY_ENOTFOUND)
+		return 0; /* no such measurement: no series, as InfluxDB */
+	if (rc)
+		return ex_engine(x, rc);
+	if (!key_tag)
+		key_tag = "";
+	if (check_cond_tags(x, st->table, key_tag, st->where) ||
+	    (st->group_tag && check_tag(x, st->table, key_tag, st->group_tag)))
+		return -1;
+	grid g = {.from = st->has_from ? st->from : INT64_MIN,
+		  .to = st->has_to ? st->to : INT64_MAX,
+		  .step = st->step};
+	if (st->step) {
+		if (!st->has_from)
+			return ex_fail(x, "tally needs a lower bound on time with GROUP BY time(), "
+					  "such as time >= now() - 1h");
+		if (!st->has_to)
+			g.to = x->prm->now; /* as InfluxDB: up to now() */
+		if (g.from >= g.to)
+			return 0;
+		g.w0 = floor_to(g.from, st->step);
+		uint64_t span = (uint64_t)g.to - (uint64_t)g.w0;
+		uint64_t nwin = span / (uint64_t)st->step + (span % (uint64_t)st->step != 0);
+		/* Windows x aggregates: what the statement holds in memory
+		 * (a tally_agg each) and writes (a cell each). */
+		if (nwin * st->n_aggs > IQ_MAX_WINDOWS) {
+			char d[32];
+			cmd_format_duration(st->step, d);
+			return ex_fail(x,
+				       "GROUP BY time(%s) over this range gives %" PRIu64
+				       " windows x %u aggregates, more than tally's limit of %d "
+				       "per statement (max-select-buckets): narrow the range or "
+				       "widen the step",
+				       d, nwin, st->n_aggs, IQ_MAX_WINDOWS);
+		}
+		g.nwin = (size_t)nwin;
+	} else {
+		if (g.from >= g.to)
+			return 0;
+		g.nwin = 1;
+	}
+	enum tally_type types[IQ_FIELDS_MAX];
+	cols cl = {0};
+	if ((rc = cols_get(x->db, st->table, &cl)))
+		return rc == TALLY_ENOTFOUND ? 0 : ex_engine(x, rc);
+	for (unsigned j = 0; j < st->n_aggs; j++)
+		types[j] = cols_type(&cl, st->aggs[j].field);
+	cols_free(&cl);
+	keyset ks = {0};
+	rc = select_keys(x, st, types, g.from, g.to, &ks);
+	size_t groups = st->group_tag ? ks.n : 1;
+	if (!rc && st->step && groups * g.nwin * st->n_aggs > IQ_MAX_WINDOWS)
+		rc = ex_fail(x,
+			     "%zu series of %zu windows x %u aggregates are more than tally's "
+			     "limit of %d per statement (max-select-buckets)",
+			     groups, g.nwin, st->n_aggs, IQ_MAX_WINDOWS);
+	tally_agg *acc[IQ_FIELDS_MAX] = {0};
+	for (unsigned j = 0; j < st->n_aggs && !rc; j++) {
+		if (!(acc[j] = malloc(g.nwin * sizeof **acc)))
+			rc = ex_fail(x, "out of memory");
+	}
+	size_t nseries = 0, skip = st->soffset > 0 ? (size_t)st->soffset : 0;
+	for (size_t gi = 0; gi < groups && !rc; gi++) {
+		if (st->slimit > 0 && nseries == (size_t)st->slimit)
+			break;
+		size_t k0 = st->group_tag ? gi : 0, k1 = st->group_tag ? gi + 1 : ks.n;
+		for (unsigned j = 0; j < st->n_aggs; j++)
+			memset(acc[j], 0, g.nwin * sizeof **acc);
+		for (unsigned j = 0; j < st->n_aggs && !rc; j++) {
+			unsigned same = 0;
+			while (same < j && strcmp(st->aggs[same].field, st->aggs[j].field))
+				same++;
+			if (same < j) {
+				memcpy(acc[j], acc[same], g.nwin * sizeof **acc);
+				continue;
+			}
+			if (types[j] == TALLY_T_NONE)
+				continue;
+			for (size_t k = k0; k < k1 && !rc; k++)
+				rc = fill_key(x, st, st->aggs[j].field, ks.k[k], &g, acc[j]);
+		}
+		if (rc)
+			break;
+		int any = 0;
+		for (unsigned j = 0; j < st->n_aggs && !any; j++)
+			for (size_t i = 0; i < g.nwin && !any; i++)
+				any = acc[j][i].count != 0;
+		if (!any)
+			continue; /* a series without points in the range is none */
+		if (skip) {
+			skip--;
+			continue;
+		}
+		if (nseries == 0)
+			iq_puts(b, ",\"series\":[");
+		nseries += (size_t)put_series(x, b, st, key_tag, st->group_tag ? ks.k[gi] : NULL,
+					      &g, acc, types, nseries == 0);
+	}
+	if (!rc && nseries)
+		iq_puts(b, "]");
+	for (unsigned j = 0; j < st->n_aggs; j++)
+		free(acc[j]);
+	keyset_free(&ks);
+	return rc;
+}
+
+/* ---------------------------------------------------------------- SHOW */
+
+/* A list of names: a statement's answer series, started at its first row
+ * (a series without rows is none, as InfluxDB). */
+typedef struct rows {
+	iq_buf *b;
+	const iq_stmt *st;
+	const char *columns; /* JSON, e.g. "[\"name\"]" */
+	size_t n, seen;      /* rows written; rows matched (OFFSET skips them) */
+	int series;          /* series written by the statement */
+} rows;
+
+/* Starts a row unless LIMIT or OFFSET leaves it out; 1 when it was. */
+static int row_begin(rows *r, const char *name)
+{
+	if (r->seen++ < (size_t)(r->st->offset > 0 ? r->st->offset : 0))
+		return 0;
+	if (r->st->limit > 0 && r->n == (size_t)r->st->limit)
+		return 0;
+	if (r->n == 0) {
+		iq_puts(r->b, r->series ? ",{" : ",\"series\":[{");
+		if (name) {
+			iq_puts(r->b, "\"name\":");
+			put_str(r->b, name);
+			iq_puts(r->b, ",");
+		}
+		iq_puts(r->b, "\"columns\":");
+		iq_puts(r->b, r->columns);
+		iq_puts(r->b, ",\"values\":[[");
+	} else {
+		iq_puts(r->b, ",[");
+	}
+	r->n++;
+	return 1;
+}
+
+/* Ends the current series (if it has rows) and starts counting the next. */
+static void rows_end_series(rows *r)
+{
+	if (r->n) {
+		iq_puts(r->b, "]}");
+		r->series++;
+	}
+	r->n = r->seen = 0;
+}
+
+static void rows_end(rows *r)
+{
+	rows_end_series(r);
+	if (r->series)
+		iq_puts(r->b, "]");
+}
+
+/* Every table (or the one FROM names), names borrowed; *n_out tables. */
+static int show_tables(ex *x, const iq_stmt *st, const char ***names, const char ***key_tags,
+		       size_t *n_out)
+{
+	*names = *key_tags = NULL;
+	*n_out = 0;
+	if (st->table) {
+		const char *kt = NULL;
+		int rc = tally_catalog_key_tag(x->db, st->table, &kt);
+		if (rc == TALLY_ENOTFOUND)
+			return 0;
+		if (rc)
+			return ex_engine(x, rc);
+		*names = malloc(sizeof **names);
+		*key_tags = malloc(sizeof **key_tags);
+		if (!*names || !*key_tags)
+			return ex_fail(x, "out of memory");
+		(*names)[0] = st->table;
+		(*key_tags)[0] = kt;
+		*n_out = 1;
+		return 0;
+	}
+	size_t cap = 64;
+	for (;;) {
+		*names = malloc(cap * sizeof **names);
+		*key_tags = malloc(cap * sizeof **key_tags);
+		if (!*names || !*key_tags)
+			return ex_fail(x, "out of memory");
+		int rc = tally_catalog_tables(x->db, *names, *key_tags, cap, n_out);
+		if (rc != TALLY_ETRUNC)
+			return rc ? ex_engine(x, rc) : 0;
+		cap = *n_out + 64;
+		free(*names);
+		free(*key_tags);
+	}
+}
+
+static int cmp_cstr(const void *a, const void *b)
+{
+	return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* Whether a name passes WITH MEASUREMENT|KEY = name or =~ /re/. */
+static int with_match(const iq_stmt *st, const char *name)
+{
+	if (st->has_with_re)
+		return regexec(&st->with_re, name, 0, NULL, 0) == 0;
+	return !st->with || !strcmp(st->with, name);
+}
+
+static void put_key_value(rows *r, const char *table, const char *key_tag, const char *key)
+{
+	if (!iq_cond_match(r->st->where, key) || !row_begin(r, table))
+		return;
+	put_str(r->b, key_tag);
+	iq_puts(r->b, ",");
+	put_str(r->b, key);
+	iq_puts(r->b, "]");
+}
+
+/* The values of the key tag: the table's keys that the condition keeps,
+ * page by page. */
+static int show_key_values(ex *x, rows *r, const char *table, const char *key_tag)
+{
+	enum { PAGE = 1024 };
+	const char **keys = malloc(PAGE * sizeof *keys);
+	if (!keys)
+		return ex_fail(x, "out of memory");
+	const char *after = NULL;
+	int rc;
+	for (;;) {
+		size_t n = 0;
+		rc = tally_catalog_keys(x->db, table, NULL, after, keys, PAGE, &n);
+		if (rc && rc != TALLY_ETRUNC)
+			break;
+		size_t got = n < PAGE ? n : PAGE;
+		for (size_t i = 0; i < got; i++)
+			put_key_value(r, table, key_tag, keys[i]);
+		if (rc != TALLY_ETRUNC || !got) {
+			rc = 0;
+			break;
+		}
+		after = keys[got - 1];
+	}
+	free(keys);
+	return rc == TALLY_ENOTFOUND ? 0 : rc ? ex_engine(x, rc) : 0;
+}
+
+/* With a time condition, as InfluxDB 1.x: the keys with events in the
+ * range, of any of the table's numeric fields (from the rollups). */
+static int show_key_values_in(ex *x, rows *r, const cols *c, const char *table, const char *key_tag)
+{
+	keyset ks = {0};
+	int rc = 0;
+	for (size_t j = 0; j < c->n && !rc; j++) {
+		if (c->type[j] == TALLY_T_TAG || c->type[j] == TALLY_T_STR)
+			continue;
+		tally_keys_iter *it = NULL;
+		rc = tally_query_keys(x->db, table, c->name[j], r->st->from, r->st->to, &it);
+		if (rc) {
+			rc = rc == TALLY_ENOTFOUND ? 0 : ex_engine(x, rc);
+			break;
+		}
+		const char *key;
+		tally_agg a;
+		while ((rc = tally_keys_next(it, &key, &a)) == 1)
+			if (keyset_add(&ks, key)) {
+				rc = -ENOMEM;
+				break;
+			}
+		tally_keys_close(it);
+		rc = rc < 0 ? ex_engine(x, rc) : 0;
+	}
+	keyset_sort(&ks);
+	for (size_t k = 0; k < ks.n && !rc; k++)
+		put_key_value(r, table, key_tag, ks.k[k]);
+	keyset_free(&ks);
+	return rc;
+}
+
+static int exec_show(ex *x, const iq_stmt *st, iq_buf *b)
+{
+	rows r = {.b = b, .st = st};
+	if (st->kind == IQ_SHOW_DATABASES) {
+		/* One namespace, answered under any name: see docs/http.md. */
+		r.columns = "[\"name\"]";
+		if (row_begin(&r, "databases"))
+			iq_puts(b, "\"tally\"]");
+		rows_end(&r);
+		return 0;
+	}
+	if (!st->db && !x->prm->db)
+		return ex_fail(x, "database name required");
+	if (st->kind == IQ_SHOW_RETENTION_POLICIES) {
+		r.columns = "[\"name\",\"duration\",\"shardGroupDuration\",\"replicaN\","
+			    "\"default\"]";
+		if (row_begin(&r, NULL))
+			iq_puts(b, "\"autogen\",\"0s\",\"168h0m0s\",1,true]");
+		rows_end(&r);
+		return 0;
+	}
+	const char **names, **key_tags;
+	size_t n;
+	int rc = show_tables(x, st, &names, &key_tags, &n);
+	r.columns = st->kind == IQ_SHOW_MEASUREMENTS ? "[\"name\"]"
+		    : st->kind == IQ_SHOW_TAG_KEYS   ? "[\"tagKey\"]"
+		    : st->kind == IQ_SHOW_FIELD_KEYS ? "[\"fieldKey\",\"fieldType\"]"
+						     : "[\"key\",\"value\"]";
+	for (size_t i = 0; i < n && !rc; i++) {
+		if (st->kind == IQ_SHOW_MEASUREMENTS) {
+			if (with_match(st, names[i]) && row_begin(&r, "measurements")) {
+				put_str(b, names[i]);
+				iq_puts(b, "]");
+			}
+			continue;
+		}
+		cols c = {0};
+		if ((rc = cols_get(x->db, names[i], &c))) {
+			rc = rc == TALLY_ENOTFOUND ? 0 : ex_engine(x, rc);
+			continue;
+		}
+		if (st->kind == IQ_SHOW_TAG_KEYS) {
+			/* the key tag among the other tags, in order */
+			const char **tags = malloc((c.n + 1) * sizeof *tags);
+			size_t nt = 0;
+			if (!tags) {
+				cols_free(&c);
+				rc = ex_fail(x, "out of memory");
+				break;
+			}
+			if (key_tags[i])
+				tags[nt++] = key_tags[i];
+			for (size_t j = 0; j < c.n; j++)
+				if (c.type[j] == TALLY_T_TAG)
+					tags[nt++] = c.name[j];
+			if (nt > 1)
+				qsort(tags, nt, sizeof *tags, cmp_cstr);
+			for (size_t j = 0; j < nt; j++)
+				if (row_begin(&r, names[i])) {
+					put_str(b, tags[j]);
+					iq_puts(b, "]");
+				}
+			free(tags);
+		} else if (st->kind == IQ_SHOW_FIELD_KEYS) {
+			for (size_t j = 0; j < c.n; j++)
+				if (c.type[j] != TALLY_T_TAG && row_begin(&r, names[i])) {
+					put_str(b, c.name[j]);
+					iq_puts(b, ",");
+					put_str(b, tally_type_name(c.type[j]));
+					iq_puts(b, "]");
+				}
+		} else if (key_tags[i] && with_match(st, key_tags[i])) {
+			rc = check_cond_tags(x, names[i], key_tags[i], st->where);
+			if (!rc && (st->has_from || st->has_to))
+				rc = show_key_values_in(x, &r, &c, names[i], key_tags[i]);
+			else if (!rc)
+				rc = show_key_values(x, &r, names[i], key_tags[i]);
+		} else {
+			for (size_t j = 0; j < c.n && !rc; j++)
+				if (c.type[j] == TALLY_T_TAG && with_match(st, c.name[j]))
+					rc = ex_fail(x,
+						     "tally lists the values of \"%s\"'s key tag "
+						     "\"%s\" only, not of \"%s\"",
+						     names[i], key_tags[i] ? key_tags[i] : "",
+						     c.name[j]);
+		}
+		cols_free(&c);
+		if (st->kind != IQ_SHOW_MEASUREMENTS)
+			rows_end_series(&r);
+	}
+	free(names);
+	free(key_tags);
+	if (!rc)
+		rows_end(&r);
+	return rc;
+}
+
+/* ---------------------------------------------------------------- serve */
+
+static int exec_stmt(ex *x, const iq_stmt *st, iq_buf *b)
+{
+	return st->kind == IQ_SELECT ? exec_select(x, st, b) : exec_show(x, st, b);
+}
+
+int iq_serve(tally_db *db, const char *q, size_t n, const iq_params *p, iq_buf *out)
+{
+	char err[IQ_ERR_MAX];
+	iq_query qq;
+	iq_buf b = {0};
+	int status = 200;
+	if (iq_parse(q, n, p->now, &qq, err)) {
+		iq_puts(&b, "{\"error\":");
+		put_str(&b, err);
+		iq_puts(&b, "}");
+		status = 400;
+	} else {
+		ex x = {.db = db, .prm = p, .err = err};
+		iq_puts(&b, "{\"results\":[");
+		int failed = 0;
+		for (unsigned i = 0; i < qq.n; i++) {
+			iq_puts(&b, i ? ",{\"statement_id\":" : "{\"statement_id\":");
+			put_i64(&b, i);
+			size_t mark = b.n;
+			if (failed) {
+				iq_puts(&b, ",\"error\":\"not executed\"");
+			} else if (exec_stmt(&x, &qq.st[i], &b)) {
+				b.n = mark; /* drop a half-written answer */
+				iq_puts(&b, ",\"error\":");
+				put_str(&b, err);
+				failed = 1;
+			}
+			iq_puts(&b, "}");
+		}
+		iq_puts(&b, "]}");
+		free(x.bk);
+	}
+	iq_query_free(&qq);
+	if (p->pretty && !b.oom) {
+		iq_pretty(b.p, b.n, out);
+		free(b.p);
+	} else {
+		*out = b;
+	}
+	iq_put(out, "\n", 1);
+	return out->oom ? 500 : status;
+}
+
+/* ---------------------------------------------------------------- pretty */
+
+static void indent(iq_buf *out, unsigned depth)
+{
+	iq_put(out, "\n", 1);
+	for (unsigned i = 0; i < depth; i++)
+		iq_put(out, "    ", 4);
+}
+
+void iq_pretty(const char *s, size_t n, iq_buf *out)
+{
+	unsigned depth = 0;
+	for (size_t i = 0; i < n; i++) {
+		char c = s[i];
+		if (c == '"') {
+			size_t j = i + 1;
+			while (j < n && s[j] != '"')
+				j += s[j] == '\\' ? 2 : 1;
+			iq_put(out, s + i, j + 1 - i);
+			i = j;
+		} else if (c == '{' || c == '[') {
+			iq_put(out, &c, 1);
+			if (i + 1 < n && (s[i + 1] == '}' || s[i + 1] == ']')) {
+				iq_put(out, s + ++i, 1);
+				continue;
+			}
+			indent(out, ++depth);
+		} else if (c == '}' || c == ']') {
+			indent(out, --depth);
+			iq_put(out, &c, 1);
+		} else if (c == ',') {
+			iq_put(out, ",", 1);
+			indent(out, depth);
+		} else if (c == ':') {
+			iq_put(out, ": ", 2);
+		} else {
+			iq_put(out, &c, 1);
+		}
+	}
+}
+
+/* ---------------------------------------------------------------- HTTP */
+
+/* A parameter from the form body, else the query string; -1: absent, -2:
+ * malformed. */
+static long param(const char *query, size_t qn, const char *body, size_t bn, const char *name,
+		  char *out, size_t cap)
+{
+	long n = body ? http_query_get((http_str){body, bn}, name, out, cap) : -1;
+	return n != -1 ? n : http_query_get((http_str){query, qn}, name, out, cap);
+}
+
+static int http_fail(const char *msg, char **out, size_t *len)
+{
+	iq_buf b = {0};
+	iq_puts(&b, "{\"error\":");
+	put_str(&b, msg);
+	iq_puts(&b, "}\n");
+	*out = b.p;
+	*len = b.n;
+	return b.oom ? 500 : 400;
+}
+
+int influxq_http(tally_db *db, const char *query, size_t query_n, const char *body, size_t body_n,
+		 int64_t now, char **out, size_t *len)
+{
+	char db_name[256], epoch[8], pretty[8];
+	iq_params p = {.now = now};
+	/* A form body, or none: InfluxQL sent raw is not a form. */
+	if (body_n == 0 || !memchr(body, '=', body_n))
+		body = NULL;
+	long n = param(query, query_n, body, body_n, "db", db_name, sizeof db_name);
+	if (n == -2)
+		return http_fail("db: malformed or longer than 255 bytes", out, len);
+	p.db = n >= 0 ? db_name : NULL;
+	n = param(query, query_n, body, body_n, "epoch", epoch, sizeof epoch);
+	if (n >= 0 && (p.epoch = iq_epoch_unit(epoch)) < 0)
+		return http_fail("epoch must be one of ns, u, \xc2\xb5, ms, s, m, h", out, len);
+	if (n == -2)
+		return http_fail("epoch: malformed", out, len);
+	n = param(query, query_n, body, body_n, "pretty", pretty, sizeof pretty);
+	p.pretty = n > 0 && !strcmp(pretty, "true");
+	size_t cap = query_n + body_n + 1;
+	char *q = malloc(cap);
+	if (!q)
+		return http_fail("out of memory", out, len);
+	n = param(query, query_n, body, body_n, "q", q, cap);
+	int st;
+	if (n == -2) {
+		st = http_fail("q: malformed %-escape", out, len);
+	} else if (n <= 0) {
+		st = http_fail("missing required parameter \"q\"", out, len);
+	} else {
+		iq_buf b = {0};
+		st = iq_serve(db, q, (size_t)n, &p, &b);
+		*out = b.p;
+		*len = b.n;
+	}
+	free(q);
+	return st;
+}
