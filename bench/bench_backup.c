@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "backup.h"
+#include "camdays.h"
 #include "s3util.h"
 #include "tally.h"
 
@@ -115,37 +116,10 @@ int main(int argc, char **argv)
 	tally_db *db;
 	if (tally_db_open(dir, &o, &db))
 		die("open");
-	/* 500 cameras, one batch per camera-day */
-	enum { CAMS = 500 };
-	uint64_t per = events / ((uint64_t)CAMS * (uint64_t)days);
-	per = per ? per : 1;
-	int64_t *ts = malloc(per * sizeof *ts);
-	double *sp = malloc(per * sizeof *sp);
-	tally_writer *w;
-	if (!ts || !sp || tally_writer_open(db, 0, &w))
-		die("writer");
-	uint64_t x = 88172645463325252u, n = 0;
-	int64_t t0 = INT64_C(1700000000000000000) / NS_DAY * NS_DAY;
-	for (int d = 0; d < days; d++) {
-		for (unsigned c = 0; c < CAMS; c++) {
-			for (uint64_t i = 0; i < per; i++) {
-				x ^= x << 13, x ^= x >> 7, x ^= x << 17;
-				ts[i] = t0 + d * NS_DAY +
-					(int64_t)(i * (uint64_t)(NS_DAY / (int64_t)per));
-				sp[i] = (double)(400 + x % 900) / 10.0;
-			}
-			char key[32];
-			snprintf(key, sizeof key, "KV%05u", c);
-			tally_column col = {"speed", TALLY_T_F64, sp, NULL};
-			tally_batch b = {"traffic", key, "camera", per, ts, 1, &col};
-			if (tally_write_batch(w, &b))
-				die("write");
-			n += per;
-		}
-		if (d + 1 < days && tally_db_flush(db))
-			die("flush");
-	}
-	tally_writer_close(w);
+	uint64_t n =
+		camdays_fill(db, events, days, INT64_C(1700000000000000000) / NS_DAY * NS_DAY, 0);
+	if (!n)
+		die("write");
 	if (tally_db_merge(db) || tally_db_sync(db))
 		die("merge");
 	tally_stats st;
@@ -169,8 +143,6 @@ int main(int argc, char **argv)
 		}
 	}
 	tally_db_close(db);
-	free(ts);
-	free(sp);
 	rmrf(root);
 	return 0;
 }

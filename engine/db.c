@@ -400,6 +400,8 @@ static void *flusher_main(void *arg)
 				 err_msg());
 		else
 			tier_kick(db); /* a merge may have sealed something due */
+		if (!db->read_only)
+			retention_tick(db);
 		rc_prepare(db);
 		pthread_mutex_lock(&db->bg_mu);
 	}
@@ -432,6 +434,7 @@ TALLY_API int tally_db_open(const char *dir, const tally_options *opt, tally_db 
 #endif
 	pthread_mutex_init(&db->man_mu, NULL);
 	idem_init(&db->idem);
+	retention_init(&db->ret);
 	rc_init(&db->rcache);
 	pthread_mutex_init(&db->scratch_mu, NULL);
 	pthread_mutex_init(&db->bg_mu, NULL);
@@ -445,6 +448,10 @@ TALLY_API int tally_db_open(const char *dir, const tally_options *opt, tally_db 
 	if ((rc = check_options(&db->opt, &db->L)))
 		goto fail;
 	idem_configure(&db->idem, db->opt.label_window, db->opt.label_expiry);
+	rc = retention_set(db, db->opt.retention);
+	db->opt.retention = NULL; /* copied: the caller's string may go */
+	if (rc)
+		goto fail;
 	db->log = (log_sink){db->opt.log_fn, db->opt.log_ctx, db->opt.log_level};
 	if (!(db->dir = mem_strndup(dir, strlen(dir)))) {
 		rc = err_set(-ENOMEM, "out of memory");
@@ -643,6 +650,7 @@ TALLY_API void tally_db_close(tally_db *db)
 	rc_free(&db->rcache);
 	pthread_mutex_destroy(&db->man_mu);
 	idem_free(&db->idem);
+	retention_free(&db->ret);
 	pthread_mutex_destroy(&db->scratch_mu);
 	pthread_mutex_destroy(&db->bg_mu);
 	pthread_cond_destroy(&db->bg_cond);
@@ -1406,6 +1414,7 @@ static int stats_collect(tally_db *db, tally_stats *out)
 	pthread_mutex_unlock(&db->man_mu);
 	rc_stats(&db->rcache, out);
 	tier_stats(db, out);
+	retention_stats(db, out);
 	out->memory_limit = db->opt.memory_limit;
 	out->key_bytes = db_key_memory(db);
 	out->query_bytes = atomic_load(&db->query_bytes);

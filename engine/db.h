@@ -15,6 +15,7 @@
 #include "manifest.h"
 #include "part.h"
 #include "rcache.h"
+#include "retention.h"
 #include "shard.h"
 
 #define DB_SCRATCH_MAX 16
@@ -70,6 +71,8 @@ struct tally_db {
 	_Atomic uint64_t scan_rows; /* rows scans decoded since open */
 	/* what each labelled source applied (engine/idem.c) */
 	idem idem;
+	/* retention rules and what they dropped (engine/retention.c) */
+	retention ret;
 };
 
 #ifdef TALLY_TEST_HOOKS

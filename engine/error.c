@@ -33,6 +33,7 @@ TALLY_API const char *tally_strerror(int err)
 	case TALLY_EVERSION: return "unknown file format version";
 	case TALLY_EREMOTE: return "object storage failed or unreachable";
 	case TALLY_ESTALE: return "batch sequence too old to tell whether it was applied";
+	case TALLY_EEXPIRED: return "range reaches data that retention dropped";
 	default: break;
 	}
 	if (err < 0 && err > TALLY_ERR_BASE + 100)

@@ -612,10 +612,13 @@ static int merge_pass(tally_db *db, shard *s, int *merged)
 		shard_part *grp[64];
 		uint32_t n = 0, sealed = 0, late = 0;
 		uint64_t seg_rows = 0, late_rows = 0;
+		int gone = 0; /* a part's raw events expired: retention cuts the rest */
 		for (uint32_t j = 0; j < s->n_parts && n < 64; j++) {
 			shard_part *q = s->parts[j];
 			if (q->table != pa->table || q->pstart != pa->pstart)
 				continue;
+			if (retention_raw_gone(q))
+				gone = 1;
 			grp[n++] = q;
 			if (q->flags & MPART_SEALED) {
 				sealed++;
@@ -625,8 +628,8 @@ static int merge_pass(tally_db *db, shard *s, int *merged)
 				late_rows += q->p->info.n_rows;
 			}
 		}
-		if (grp[0] != pa)
-			continue; /* each partition once: from its first part */
+		if (grp[0] != pa || gone)
+			continue; /* each partition once; raw expired: nothing to merge */
 		int rc = 0;
 		if (!sealed && sealable) {
 			if (n == 1) {

@@ -74,6 +74,8 @@ int shard_part_load_as(tally_db *db, uint64_t id, const manifest_part *mp, shard
 		goto fail;
 	if (remote && (rc = tier_attach(db, sp, mp)))
 		goto fail;
+	if (!remote && (sp->p->flags & PART_F_STUB))
+		retention_attach(sp); /* its raw events expired (engine/retention.c) */
 	const part_info *in = &sp->p->info;
 	sp->id = id;
 	sp->db = db;

@@ -284,6 +284,8 @@ TALLY_API int tally_query_series(tally_db *db, const char *table, const char *fi
 	from = from < TS_ENGINE_MIN ? window_start(TS_ENGINE_MIN, step, L->offset)
 				    : window_start_any(from, step, L->offset);
 	to = to > TS_ENGINE_MAX ? TS_ENGINE_MAX + 1 : to;
+	if ((rc = retention_check_level(db, t, li, from)))
+		return rc;
 	series_q q = {t, c, key, (uint32_t)strlen(key), li};
 	part_scratch *ps = scratch_get(db);
 	if (!ps || codec_buf_reserve(&ps->windows, SERIES_CHUNK * sizeof(ragg))) {
@@ -506,6 +508,8 @@ TALLY_API int tally_query_agg(tally_db *db, const char *table, const char *field
 		return err_set(TALLY_EINVAL, "key is required");
 	from = clamp_ts(from);
 	to = clamp_ts(to);
+	if ((rc = retention_check_agg(db, t, from, to)))
+		return rc;
 	uint32_t kl = (uint32_t)strlen(key);
 	ragg acc;
 	ragg_init(&acc);
@@ -634,6 +638,8 @@ TALLY_API int tally_query_keys(tally_db *db, const char *table, const char *fiel
 		return rc;
 	from = clamp_ts(from);
 	to = clamp_ts(to);
+	if ((rc = retention_check_agg(db, t, from, to)))
+		return rc;
 	tally_keys_iter *it = mem_calloc(1, sizeof *it);
 	if (!it)
 		return err_set(-ENOMEM, "out of memory");

@@ -392,6 +392,11 @@ TALLY_API int tally_scan_open(tally_db *db, const char *table, const char *key, 
 	table_def *t = catalog_find_table(&db->cat, table, (uint32_t)strlen(table));
 	if (!t)
 		return err_set(TALLY_ENOTFOUND, "no table '%s'", table);
+	/* raw events before the table's raw horizon are gone: refused, never a
+	 * silently shorter scan (engine/retention.c) */
+	int rrc = retention_check_raw(db, t, from);
+	if (rrc)
+		return rrc;
 	tally_scan *s = mem_calloc(1, sizeof *s);
 	if (!s)
 		return err_set(-ENOMEM, "out of memory");

@@ -200,6 +200,16 @@ typedef struct tally_options {
 	 * batches would be applied again. */
 	uint64_t label_window;
 	int64_t label_expiry;
+
+	/* Retention (docs/operations.md, "Retention"): how long each table
+	 * keeps its raw events and each rollup level, as rules
+	 * "TABLE:CLASS=KEEP,...;..." where TABLE is a table name or * (every
+	 * other table), CLASS is raw or a level's width (5m, 1h, 1d), and
+	 * KEEP a duration (s, m, h, d, w, y = 365 d) or forever; e.g.
+	 * "traffic:raw=90d,5m=2y". A coarser class keeps at least as long as
+	 * a finer one. NULL or "": everything is kept forever. Copied at
+	 * open; tally_db_set_retention changes it on a running database. */
+	const char *retention;
 	/* Fields kept as exact distributions besides their rollups,
 	 * "table.field:resolution,..." (traffic.speed:0.1): per window, the
 	 * count of every distinct value at that resolution, a power of ten
@@ -512,6 +522,43 @@ TALLY_API int tally_catalog_fields(tally_db *db, const char *table, const char *
 TALLY_API int tally_catalog_keys(tally_db *db, const char *table, const char *prefix,
 				 const char *after, const char **keys, size_t cap, size_t *n_out);
 
+/* ---------------------------------------------------------------- retention */
+
+/* Replaces the retention rules (tally_options.retention's syntax; NULL or
+ * "": keep everything) on a running database. TALLY_EINVAL naming the
+ * rule and item at fault leaves the rules in force. Data goes at the
+ * next pass (the background runs one within a minute of a change and
+ * every minute after; tally_db_retain runs one now). */
+TALLY_API int tally_db_set_retention(tally_db *db, const char *spec);
+
+/* Runs a retention pass now: per shard in one manifest change, parts of
+ * partitions past every class's retention leave (their files, and their
+ * objects when tiered, are deleted after it), and parts past their raw
+ * retention keep only their rollups. */
+TALLY_API int tally_db_retain(tally_db *db);
+
+/* Queries never answer from a range some of whose data retention may
+ * have dropped: a scan, series or aggregate reaching before the earliest
+ * retained instant of what it reads fails with TALLY_EEXPIRED naming the
+ * table and that instant (an aggregate may start before the raw horizon
+ * on a window boundary of a level still kept). A caller that wants the
+ * retained remainder asks for that instant here and queries from it:
+ * *from gets the earliest instant of table whose raw events (level 0) or
+ * rollups of the level of that width (ns) are all retained, INT64_MIN
+ * when that class never expires. */
+TALLY_API int tally_db_retained_from(tally_db *db, const char *table, int64_t level, int64_t *from);
+
+/* ---------------------------------------------------------------- corrections */
+
+/* Drops every event of table written before the call: a forced flush
+ * moves them into parts, then each shard's parts of the table leave in
+ * one manifest change (their files are deleted after it, the objects of
+ * tiered ones at the next tiering pass). Events written while it runs may
+ * stay. The table's name, column types and keys stay known: writing it
+ * again starts it empty, with the same types. TALLY_ENOTFOUND when there
+ * is no such table. docs/operations.md, "Corrections". */
+TALLY_API int tally_db_drop_table(tally_db *db, const char *table);
+
 /* ---------------------------------------------------------------- stats */
 
 typedef struct tally_stats {
@@ -590,6 +637,18 @@ typedef struct tally_stats {
 	 * this what it costs; at most its budget rounded down to 2 MiB blocks
 	 * plus 8 MiB. */
 	uint64_t cache_mapped_bytes;
+
+	/* Retention since open: passes run, parts dropped whole, parts cut to
+	 * their rollups (raw expired), local part bytes freed, raw events no
+	 * longer held, and the wall clock (ns) of the last pass and of the
+	 * last pass that dropped something (0: none). */
+	uint64_t retention_passes;
+	uint64_t retention_parts_dropped;
+	uint64_t retention_parts_raw_gone;
+	uint64_t retention_bytes_freed;
+	uint64_t retention_rows_dropped;
+	int64_t retention_last_pass;
+	int64_t retention_last_drop;
 } tally_stats;
 
 /* Fills the first size bytes at out with the database's figures, 0 where

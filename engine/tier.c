@@ -574,7 +574,7 @@ static uint32_t due_parts(tally_db *db, uint64_t *ids, uint32_t *shards, uint32_
 		shard *s = db->shards[si];
 		for (uint32_t a = 0; a < s->n_parts; a++) {
 			shard_part *sp = s->parts[a];
-			if (!(sp->flags & MPART_SEALED) || sp->object)
+			if (!(sp->flags & MPART_SEALED) || sp->object || retention_raw_gone(sp))
 				continue;
 			int64_t newest = INT64_MIN;
 			for (uint32_t j = 0; j < s->n_parts; j++)

@@ -33,7 +33,8 @@ extern "C" {
 #define TALLY_EVERSION  (TALLY_ERR_BASE - 10) /* file of an unknown format version */
 #define TALLY_EREMOTE   (TALLY_ERR_BASE - 11) /* object storage failed or unreachable */
 #define TALLY_ESTALE    (TALLY_ERR_BASE - 12) /* labelled batch below its source's window */
-#define TALLY_ERR_LAST  TALLY_ESTALE
+#define TALLY_EEXPIRED  (TALLY_ERR_BASE - 13) /* range reaches data retention dropped */
+#define TALLY_ERR_LAST  TALLY_EEXPIRED
 
 /* ---------------------------------------------------------------- types */
 

@@ -930,6 +930,90 @@ Test(tier, manifest_versions_and_open_without_tiering, .timeout = 240)
 	fx_free(&f);
 }
 
+/* ---------------------------------------------------------------- retention */
+
+/* Each day's totals by a 1d series: from rollups only. */
+static void check_days(tally_db *db, const model *m)
+{
+	for (int k = 0; k < KEYS; k++) {
+		char key[16];
+		key_name(k, key);
+		tally_bucket b[DAYS + 1];
+		size_t n;
+		cr_assert_eq(tally_query_series(db, "traffic", "speed", key, TALLY_1D, T0,
+						T0 + DAYS * TALLY_1D, b, DAYS + 1, &n),
+			     0, "%s", tally_errmsg());
+		cr_assert_eq(n, DAYS);
+		for (size_t d = 0; d < n; d++)
+			agg_eq(b[d].agg, model_agg(m, k, b[d].start, b[d].start + TALLY_1D), "day");
+	}
+}
+
+/* Tiered partitions past their raw retention keep their rollups in local
+ * rollup-only parts and their objects leave the bucket; past every class,
+ * the parts leave too. The bucket always holds exactly what the manifest
+ * names. */
+Test(tier, retention_cuts_and_drops_tiered_partitions, .timeout = 240)
+{
+	fixture f;
+	fx_init(&f, any_server(), 0);
+	tally_db *db = fx_open(&f);
+	fill_and_tier(&f, db);
+	tally_stats st;
+	cr_assert_eq(tally_db_stats(db, &st), 0);
+	cr_assert_gt(st.tiered_parts, 0);
+	cr_assert_eq(tally_db_set_retention(db, "traffic:raw=30d"), 0, "%s", tally_errmsg());
+	cr_assert_eq(tally_db_retain(db), 0, "%s", tally_errmsg());
+	cr_assert_eq(tally_db_stats(db, &st), 0);
+	cr_assert_eq(st.tiered_parts, 0);
+	cr_assert_gt(st.retention_parts_raw_gone, 0);
+	cr_assert_gt(st.tier_gc_pending, 0, "the cut parts' objects wait for deletion");
+	cr_assert_eq(tally_db_tier(db), 0, "%s", tally_errmsg());
+	bucket_matches_manifest(&f);
+	check_days(db, &f.m);
+	char key[16];
+	key_name(0, key);
+	tally_scan *sc;
+	cr_assert_eq(tally_scan_open(db, "traffic", key, T0, T0 + TALLY_1D, &sc), TALLY_EEXPIRED);
+	tally_db_close(db);
+	db = fx_open(&f); /* the rules are the caller's: none now */
+	check_days(db, &f.m);
+	cr_assert_eq(tally_db_set_retention(db, "*:raw=30d,5m=30d,1h=30d,1d=30d"), 0);
+	cr_assert_eq(tally_db_retain(db), 0, "%s", tally_errmsg());
+	cr_assert_eq(tally_db_stats(db, &st), 0);
+	cr_assert_eq(st.parts, 0, "%llu parts left", (unsigned long long)st.parts);
+	cr_assert_eq(count_suffix(f.dir, ".part") + count_suffix(f.dir, ".stub"), 0);
+	tally_db_close(db);
+	fx_free(&f);
+}
+
+/* Tiered parts past every class leave in one manifest change per shard;
+ * their objects are deleted by the next tiering pass, their stubs at once. */
+Test(tier, retention_drops_tiered_partitions_and_their_objects, .timeout = 240)
+{
+	fixture f;
+	fx_init(&f, any_server(), 0);
+	tally_db *db = fx_open(&f);
+	fill_and_tier(&f, db);
+	tally_stats st;
+	cr_assert_eq(tally_db_stats(db, &st), 0);
+	uint64_t tiered = st.tiered_parts;
+	cr_assert_gt(tiered, 0);
+	cr_assert_eq(tally_db_set_retention(db, "traffic:raw=1d,5m=1d,1h=1d,1d=1d"), 0);
+	cr_assert_eq(tally_db_retain(db), 0, "%s", tally_errmsg());
+	cr_assert_eq(tally_db_stats(db, &st), 0);
+	cr_assert_eq(st.parts, 0);
+	cr_assert_eq(st.tier_gc_pending, tiered);
+	cr_assert_eq(count_suffix(f.dir, ".stub"), 0);
+	cr_assert_eq(tally_db_tier(db), 0, "%s", tally_errmsg());
+	bucket_matches_manifest(&f);
+	tally_agg a;
+	cr_assert_eq(tally_query_agg(db, "traffic", "speed", "cam000", T0, T0 + TALLY_1D, &a),
+		     TALLY_EEXPIRED);
+	tally_db_close(db);
+	fx_free(&f);
+}
+
 S3U_MAIN(int argc, char **argv)
 {
 	return s3srv_main(argc, argv, "test_tier", &srv_s3rver, &srv_moto);

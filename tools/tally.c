@@ -771,14 +771,58 @@ static int cli_cmd_ping(const cli_opts *o)
 	return ok ? 0 : 1;
 }
 
-/* ---------------------------------------------------------------- backup */
+/* ---------------------------------------------------------------- admin */
 
-/* tally backup --server HOST:PORT DEST: the server backs itself up (DEST
- * is a path on the server's machine or s3://bucket/prefix). */
-static int cli_cmd_backup(cli_opts *o, const char *server, int argc, char **argv)
+/* Commands the server answers in one line: tally backup [--server
+ * HOST:PORT] DEST (the server backs itself up; DEST is a path on the
+ * server's machine or s3://bucket/prefix), tally retention RULES|none,
+ * tally retain, tally retained TABLE [raw|LEVEL]. */
+static const struct cli_admin {
+	const char *word;
+	int min_args, max_args;
+	const char *usage;
+} cli_admins[] = {
+	{"backup", 1, 1, "backup [--server HOST:PORT] DEST"},
+	{"retention", 1, 1, "retention RULES|none"},
+	{"retain", 0, 0, "retain"},
+	{"retained", 1, 2, "retained TABLE [raw|LEVEL]"},
+	{"drop", 1, 1, "drop-table TABLE [--yes]"},
+};
+
+/* tally drop-table TABLE: without --yes, the table's name typed again on
+ * a terminal is the confirmation; anything else refuses. */
+static int cli_confirm_drop(const cli_opts *o, const char *table, int yes)
 {
-	if (argc != 1) {
-		fprintf(stderr, "usage: tally backup [--server HOST:PORT] DEST\n");
+	if (yes)
+		return 1;
+	if (!isatty(STDIN_FILENO)) {
+		fprintf(stderr,
+			"tally drop-table: not a terminal to confirm on; add --yes to drop "
+			"table '%s' for good\n",
+			table);
+		return 0;
+	}
+	fprintf(stderr,
+		"This drops every event of table '%s' on %s:%s for good.\n"
+		"Type the table's name to confirm: ",
+		table, o->host, o->port);
+	char line[512];
+	if (!fgets(line, sizeof line, stdin))
+		return 0;
+	line[strcspn(line, "\n")] = 0;
+	if (strcmp(line, table)) {
+		fprintf(stderr, "tally drop-table: '%s' is not '%s'; nothing dropped\n", line,
+			table);
+		return 0;
+	}
+	return 1;
+}
+
+static int cli_cmd_admin(cli_opts *o, const struct cli_admin *ad, const char *server, int argc,
+			 char **argv)
+{
+	if (argc < ad->min_args || argc > ad->max_args) {
+		fprintf(stderr, "usage: tally %s\n", ad->usage);
 		return 2;
 	}
 	char host[256];
@@ -791,8 +835,10 @@ static int cli_cmd_backup(cli_opts *o, const char *server, int argc, char **argv
 		o->host = host;
 		o->port = colon + 1;
 	}
-	char cmd[8192] = "#!backup";
-	cli_append_arg(cmd, sizeof cmd - 2, argv[0]);
+	char cmd[8192];
+	snprintf(cmd, sizeof cmd, "#!%s", ad->word);
+	for (int i = 0; i < argc; i++)
+		cli_append_arg(cmd, sizeof cmd - 2, argv[i]);
 	strcat(cmd, "\n");
 	cli_conn c;
 	cli_connect(&c, o);
@@ -883,49 +929,59 @@ static int cli_cmd_verify(int argc, char **argv)
 
 static void cli_usage(FILE *f)
 {
-	fprintf(f, "Usage: tally [OPTIONS] COMMAND [ARGS]\n"
-		   "\n"
-		   "The tally client: talks to tallyd over TCP (docs/protocol.md).\n"
-		   "\n"
-		   "Commands:\n"
-		   "  write [FILE...]       stream line-protocol files (or stdin, '-') to the\n"
-		   "                        server, sync, print accepted/rejected counts and rate\n"
-		   "  query series TABLE FIELD KEY STEP FROM TO\n"
-		   "  query agg TABLE FIELD KEY FROM TO\n"
-		   "  query keys TABLE FIELD FROM TO\n"
-		   "  query scan TABLE KEY FROM TO [LIMIT]\n"
-		   "                        FROM/TO: RFC 3339 (2023-11-14T00:00:00Z), an integer\n"
-		   "                        since the epoch with its unit (1699920000s, ms, us,\n"
-		   "                        ns; bare: ns), now, now-1h; TO may be a length (1d);\n"
-		   "                        STEP like 5m\n"
-		   "  stats                 server and store statistics\n"
-		   "  ping                  round trip to the server\n"
-		   "  inspect DIR           what a data directory holds (local; no server)\n"
-		   "  backup [--server HOST:PORT] DEST\n"
-		   "                        the server backs itself up to DEST, a directory on\n"
-		   "                        its machine or s3://bucket/prefix (incremental)\n"
-		   "  restore BACKUP DIR [--seq N]\n"
-		   "                        rebuild a data directory (local; no server)\n"
-		   "  verify DIR|BACKUP     check every block, object and reference (local)\n"
-		   "\n"
-		   "Options:\n"
-		   "  --host HOST           server address (default 127.0.0.1)\n"
-		   "  --port PORT           server port (default " CLI_DEFAULT_PORT ")\n"
-		   "  --token TOKEN         shared token, if the server wants one (or set\n"
-		   "                        TALLY_TOKEN, which keeps it out of ps)\n"
-		   "  --precision P         timestamps of written lines: ns (default), us, ms, s\n"
-		   "  --wait SECONDS        retry a refused connection this long (a server that\n"
-		   "                        is starting; default 0)\n"
-		   "  --csv, --json         query output as CSV or JSON instead of a table\n"
-		   "  --nodes H:P,H:P,...   query: ask every node and merge their answers exactly\n"
-		   "  --partial             query: a node that does not answer is named (exit 3),\n"
-		   "                        not fatal (with --nodes, or a tallyd with peers)\n"
-		   "  -q, --quiet           no progress bar or row counts\n"
-		   "  --version             print the version and exit\n"
-		   "\n"
-		   "Exit status: 0 ok, 1 error, 2 usage, 3 write finished with rejected lines.\n"
-		   "Example: tally write speeds.lp && tally query series traffic speed KV00123 1h "
-		   "now-1d now\n");
+	fprintf(f,
+		"Usage: tally [OPTIONS] COMMAND [ARGS]\n"
+		"\n"
+		"The tally client: talks to tallyd over TCP (docs/protocol.md).\n"
+		"\n"
+		"Commands:\n"
+		"  write [FILE...]       stream line-protocol files (or stdin, '-') to the\n"
+		"                        server, sync, print accepted/rejected counts and rate\n"
+		"  query series TABLE FIELD KEY STEP FROM TO\n"
+		"  query agg TABLE FIELD KEY FROM TO\n"
+		"  query keys TABLE FIELD FROM TO\n"
+		"  query scan TABLE KEY FROM TO [LIMIT]\n"
+		"                        FROM/TO: RFC 3339 (2023-11-14T00:00:00Z), an integer\n"
+		"                        since the epoch with its unit (1699920000s, ms, us,\n"
+		"                        ns; bare: ns), now, now-1h; TO may be a length (1d);\n"
+		"                        STEP like 5m\n"
+		"  stats                 server and store statistics\n"
+		"  ping                  round trip to the server\n"
+		"  inspect DIR           what a data directory holds (local; no server)\n"
+		"  backup [--server HOST:PORT] DEST\n"
+		"                        the server backs itself up to DEST, a directory on\n"
+		"                        its machine or s3://bucket/prefix (incremental)\n"
+		"  retention RULES|none  replace the server's retention rules, e.g.\n"
+		"                        'traffic:raw=90d,5m=2y;*:raw=30d' (docs/operations.md)\n"
+		"  retain                run a retention pass now; prints what it dropped\n"
+		"  retained TABLE [raw|LEVEL]\n"
+		"                        the earliest instant whose data is all kept\n"
+		"  drop-table TABLE [--yes]\n"
+		"                        drop every event of TABLE on the server; asks to\n"
+		"                        type the name again unless --yes\n"
+		"  restore BACKUP DIR [--seq N]\n"
+		"                        rebuild a data directory (local; no server)\n"
+		"  verify DIR|BACKUP     check every block, object and reference (local)\n"
+		"\n"
+		"Options:\n"
+		"  --host HOST           server address (default 127.0.0.1)\n"
+		"  --port PORT           server port (default " CLI_DEFAULT_PORT ")\n"
+		"  --token TOKEN         shared token, if the server wants one (or set\n"
+		"                        TALLY_TOKEN, which keeps it out of ps)\n"
+		"  --precision P         timestamps of written lines: ns (default), us, ms, s\n"
+		"  --wait SECONDS        retry a refused connection this long (a server that\n"
+		"                        is starting; default 0)\n"
+		"  --csv, --json         query output as CSV or JSON instead of a table\n"
+		"  --nodes H:P,H:P,...   query: ask every node and merge their answers exactly\n"
+		"  --partial             query: a node that does not answer is named (exit 3),\n"
+		"                        not fatal (with --nodes, or a tallyd with peers)\n"
+		"  -q, --quiet           no progress bar or row counts\n"
+		"  --yes                 drop-table without asking\n"
+		"  --version             print the version and exit\n"
+		"\n"
+		"Exit status: 0 ok, 1 error, 2 usage, 3 write finished with rejected lines.\n"
+		"Example: tally write speeds.lp && tally query series traffic speed KV00123 1h "
+		"now-1d now\n");
 }
 
 int main(int argc, char **argv)
@@ -934,7 +990,7 @@ int main(int argc, char **argv)
 		.host = "127.0.0.1", .port = CLI_DEFAULT_PORT, .token = getenv("TALLY_TOKEN")};
 	char *args[256];
 	const char *server = NULL, *seq = NULL;
-	int n = 0;
+	int n = 0, yes = 0, confirmed = 0;
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
 		const char *wait = NULL;
@@ -964,6 +1020,8 @@ int main(int argc, char **argv)
 					return 2;
 				}
 			}
+		} else if (!strcmp(a, "--yes")) {
+			yes = 1;
 		} else if (!strcmp(a, "--partial")) {
 			o.partial = 1;
 		} else if (!strcmp(a, "--csv")) {
@@ -1008,8 +1066,19 @@ int main(int argc, char **argv)
 	}
 	if (!strcmp(cmd, "ping"))
 		return cli_cmd_ping(&o);
-	if (!strcmp(cmd, "backup"))
-		return cli_cmd_backup(&o, server, n - 1, args + 1);
+	if (!strcmp(cmd, "drop-table")) {
+		if (n != 2) {
+			fprintf(stderr, "usage: tally drop-table TABLE [--yes]\n");
+			return 2;
+		}
+		if (!cli_confirm_drop(&o, args[1], yes))
+			return 1;
+		cmd = "drop";
+		confirmed = 1;
+	}
+	for (size_t i = 0; i < sizeof cli_admins / sizeof *cli_admins; i++)
+		if (!strcmp(cmd, cli_admins[i].word) && (strcmp(cmd, "drop") || confirmed))
+			return cli_cmd_admin(&o, &cli_admins[i], server, n - 1, args + 1);
 	if (!strcmp(cmd, "restore"))
 		return cli_cmd_restore(n - 1, args + 1, seq);
 	if (!strcmp(cmd, "verify"))

@@ -425,6 +425,10 @@ static const struct {
 	{"precision", CMD_PRECISION, 1, 1, "#!precision ns|us|ms|s"},
 	{"help", CMD_HELP, 0, 0, "#!help"},
 	{"backup", CMD_BACKUP, 1, 1, "#!backup DEST"},
+	{"retention", CMD_RETENTION, 1, 1, "#!retention RULES|none"},
+	{"retain", CMD_RETAIN, 0, 0, "#!retain"},
+	{"retained", CMD_RETAINED, 1, 2, "#!retained TABLE [raw|LEVEL]"},
+	{"drop", CMD_DROP, 1, 1, "#!drop TABLE"},
 	{"fanout", CMD_FANOUT, 1, 1, "#!fanout off|fail|partial"},
 	{"dist", CMD_DIST, 5, CMD_ARGS_MAX - 1,
 	 "#!dist TABLE FIELD KEY FROM TO [q=Q|above=X|below=X|hist=E1,E2,...]..."},
@@ -457,6 +461,17 @@ int cmd_parse(const char *line, size_t len, char *scratch, size_t scratch_cap, i
 	switch (out->kind) {
 	case CMD_AUTH: out->token = a[0]; return 0;
 	case CMD_BACKUP: out->dest = a[0]; return 0;
+	case CMD_RETENTION: out->rules = strcasecmp(a[0], "none") ? a[0] : ""; return 0;
+	case CMD_DROP:
+	case CMD_RETAINED:
+		if (cmd_name_arg("table", a[0], err, err_cap))
+			return -1;
+		out->table = a[0];
+		if (nargs == 2 && strcasecmp(a[1], "raw") && cmd_parse_duration(a[1], &out->step))
+			return cmd_fail(err, err_cap,
+					"retained: '%.40s' is not raw nor a level (like 5m, 1h)",
+					a[1]);
+		return 0;
 	case CMD_FANOUT: {
 		static const char *const modes[] = {"off", "fail", "partial"};
 		for (int i = 0; i < 3; i++)

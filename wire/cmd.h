@@ -30,7 +30,11 @@ enum cmd_kind {
 	CMD_HELP,
 	CMD_BACKUP,
 	CMD_FANOUT,
-	CMD_DIST,
+	CMD_RETENTION,      /* #!retention RULES: replace the retention rules */
+	CMD_RETAIN,         /* #!retain: a retention pass now */
+	CMD_RETAINED,       /* #!retained TABLE [STEP]: the earliest retained instant */
+	CMD_DROP,           /* #!drop TABLE: every event of the table goes */
+	CMD_DIST,           /* #!dist TABLE FIELD KEY FROM TO [STAT]...: a distribution */
 	CMD_LAST = CMD_DIST /* a new kind goes above and moves this */
 };
 
@@ -43,8 +47,9 @@ typedef struct cmd_req {
 	int64_t from, to; /* [from, to), ns */
 	uint64_t limit;   /* scan: most rows (0: no limit) */
 	enum tally_precision prec;
-	const char *dest; /* backup: a directory or s3://bucket/prefix */
-	int fan;          /* fanout: 0 off, 1 fail (a missing node fails the answer), 2 partial */
+	const char *dest;  /* backup: a directory or s3://bucket/prefix */
+	const char *rules; /* retention: the rules (none: keep everything) */
+	int fan;           /* fanout: 0 off, 1 fail (a missing node fails the answer), 2 partial */
 	/* dist: the statistics asked for (q=0.85, above=60, ...), checked */
 	const char *stats[CMD_ARGS_MAX];
 	unsigned n_stats;

@@ -211,6 +211,11 @@ static const struct conf_item {
 	 "not; older ones are refused (default 256)"},
 	{"label-expiry", K_DUR_OFF, offsetof(srv_conf, label_expiry),
 	 "forget a labelled source silent this long; 0: the default 7d; never: keep all"},
+	/* Retention (docs/operations.md, "Retention"). */
+	{"retention", K_STR, offsetof(srv_conf, retention),
+	 "how long tables keep raw events and rollup levels: 'TABLE:CLASS=KEEP,...;...', "
+	 "TABLE a name or *, CLASS raw or a level (5m), KEEP like 90d, 2y or forever "
+	 "(default: keep everything; #!retention changes it while running)"},
 	/* Queries across nodes (docs/cluster.md) */
 	{"peers", K_STR, offsetof(srv_conf, peers),
 	 "the other nodes of a cluster, HOST:PORT,...: each query asks every node and merges "

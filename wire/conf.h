@@ -81,6 +81,7 @@ typedef struct srv_conf {
 	unsigned n_json_maps;
 	uint64_t label_window; /* labelled batches: 0: the engine's 256 */
 	int64_t label_expiry;  /* ns; 0: 7 days; negative ("never"): never */
+	char *retention;       /* tally_options.retention; NULL: keep everything */
 	/* Queries across nodes (fanserv.c, docs/cluster.md) */
 	char *peers;             /* the other nodes, HOST:PORT,...; NULL: none */
 	int64_t peer_timeout_ns; /* a fan-out's deadline */

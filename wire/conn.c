@@ -701,6 +701,14 @@ static void conn_stats(wconn *c)
 		{"label_too_old", es.label_too_old},
 		{"label_expired", es.label_expired},
 		{"scan_rows", es.scan_rows},
+		/* retention (docs/operations.md, "Retention") */
+		{"retention_passes", es.retention_passes},
+		{"retention_parts_dropped", es.retention_parts_dropped},
+		{"retention_parts_raw_gone", es.retention_parts_raw_gone},
+		{"retention_bytes_freed", es.retention_bytes_freed},
+		{"retention_rows_dropped", es.retention_rows_dropped},
+		{"retention_last_pass_ns", (uint64_t)es.retention_last_pass},
+		{"retention_last_drop_ns", (uint64_t)es.retention_last_drop},
 		/* HTTPS (docs/http.md) */
 		{"tls_handshakes", tls_stat(s, TLS_ST_HANDSHAKES)},
 		{"tls_handshake_failures", tls_stat(s, TLS_ST_FAILURES)},
@@ -725,6 +733,47 @@ static void conn_stats(wconn *c)
 	if (!t.oom)
 		conn_put(c, t.p, t.n, 0);
 	text_give(c->sh, &t);
+}
+
+/* #!retention, #!retain, #!retained (docs/protocol.md). A pass runs on
+ * this loop's thread, like a backup: its other connections wait. */
+static void conn_retention(wconn *c, const cmd_req *r, uint64_t line)
+{
+	tally_db *db = c->sh->srv->db;
+	int rc;
+	if (r->kind == CMD_RETENTION) {
+		if ((rc = tally_db_set_retention(db, r->rules)))
+			conn_putf(c, 0, "ERR line %" PRIu64 ": retention: %s", line,
+				  conn_errmsg(rc));
+		else
+			conn_putf(c, 0, "OK retention %s", *r->rules ? r->rules : "none");
+		return;
+	}
+	if (r->kind == CMD_RETAINED) {
+		int64_t from;
+		if ((rc = tally_db_retained_from(db, r->table, r->step, &from)))
+			conn_putf(c, 0, "ERR line %" PRIu64 ": retained: %s", line,
+				  conn_errmsg(rc));
+		else if (from == INT64_MIN)
+			conn_putf(c, 0, "OK retained %s all", r->table);
+		else
+			conn_putf(c, 0, "OK retained %s from %" PRId64, r->table, from);
+		return;
+	}
+	tally_stats a, b;
+	tally_db_stats(db, &a);
+	if ((rc = tally_db_retain(db))) {
+		conn_putf(c, 0, "ERR line %" PRIu64 ": retain: %s", line, conn_errmsg(rc));
+		return;
+	}
+	tally_db_stats(db, &b);
+	conn_putf(c, 0,
+		  "OK retain parts_dropped %" PRIu64 " parts_raw_gone %" PRIu64
+		  " bytes_freed %" PRIu64 " rows_dropped %" PRIu64,
+		  b.retention_parts_dropped - a.retention_parts_dropped,
+		  b.retention_parts_raw_gone - a.retention_parts_raw_gone,
+		  b.retention_bytes_freed - a.retention_bytes_freed,
+		  b.retention_rows_dropped - a.retention_rows_dropped);
 }
 
 static void conn_query(wconn *c, const cmd_req *r, uint64_t line)
@@ -934,6 +983,19 @@ static int conn_command(wconn *c, const char *line, size_t len)
 				  "OK backup %" PRIu64 " files %" PRIu64 " bytes %" PRIu64
 				  " new_files %" PRIu64 " new_bytes %" PRIu64,
 				  b.seq, b.files, b.bytes, b.files_uploaded, b.bytes_uploaded);
+		break;
+	}
+	case CMD_RETENTION:
+	case CMD_RETAIN:
+	case CMD_RETAINED: conn_retention(c, &r, no); break;
+	case CMD_DROP: {
+		/* runs on this loop's thread (a flush first): its other
+		 * connections wait */
+		int rc = tally_db_drop_table(s->db, r.table);
+		if (rc)
+			conn_putf(c, 0, "ERR line %" PRIu64 ": drop: %s", no, conn_errmsg(rc));
+		else
+			conn_putf(c, 0, "OK drop %s", r.table);
 		break;
 	}
 	case CMD_HELP: {

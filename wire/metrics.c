@@ -263,6 +263,18 @@ static const struct stat_metric {
 	 "Sources forgotten after label-expiry of silence since open.", F(label_expired)},
 	{"tally_scan_rows_total", "counter",
 	 "Rows raw scans decoded from parts and memtables since open.", F(scan_rows)},
+	{"tally_retention_passes_total", "counter", "Retention passes run since open.",
+	 F(retention_passes)},
+	{"tally_retention_parts_dropped_total", "counter",
+	 "Parts dropped whole by retention (every class expired) since open.",
+	 F(retention_parts_dropped)},
+	{"tally_retention_parts_raw_gone_total", "counter",
+	 "Parts cut to their rollups by retention (raw events expired) since open.",
+	 F(retention_parts_raw_gone)},
+	{"tally_retention_freed_bytes_total", "counter",
+	 "Local part bytes retention freed since open.", F(retention_bytes_freed)},
+	{"tally_retention_rows_dropped_total", "counter",
+	 "Raw events retention dropped since open.", F(retention_rows_dropped)},
 #undef F
 };
 
@@ -418,6 +430,10 @@ int metrics_render(srv *s, char **buf, size_t *len, size_t *cap)
 			    "Rows written into parts by flushes and merges per row accepted into "
 			    "parts (1: each written once).",
 			    es.write_amplification);
+	if (!rc)
+		rc = single(buf, len, cap, "tally_retention_last_drop_seconds", "gauge",
+			    "Unix time of the last retention pass that dropped data (0: none).",
+			    (double)es.retention_last_drop / 1e9);
 	if (!rc)
 		rc = metrics_family(buf, len, cap, "tally_tier_state", "gauge",
 				    "Tiering to object storage: 1 for the current state (off, "

@@ -994,6 +994,7 @@ int srv_open(srv *s, srv_conf *conf)
 	o.tier_part_bytes = conf->tier_part_bytes;
 	o.label_window = conf->label_window;
 	o.label_expiry = conf->label_expiry;
+	o.retention = conf->retention;
 	o.log_fn = srv_engine_log;
 	o.log_ctx = s;
 	o.log_level = conf->log_level;

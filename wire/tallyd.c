@@ -7,7 +7,8 @@
  * finished, a last sync), a second one hurries it (connections closed at
  * once; the last sync still runs, so nothing accepted is lost). SIGHUP
  * rereads the HTTPS certificate and key: new handshakes use them, open
- * connections keep theirs.
+ * connections keep theirs; and the retention rules from the config file,
+ * unless --retention was given as a flag (a flag wins over the file).
  */
 #include <errno.h>
 #include <signal.h>
@@ -18,6 +19,41 @@
 #include "conf.h"
 #include "server.h"
 #include "tls.h"
+
+/* The config file named by --config / -c, and whether --retention was a
+ * flag: what a SIGHUP may reread. */
+static const char *config_path(int argc, char **argv, int *retention_flag)
+{
+	const char *path = NULL;
+	*retention_flag = 0;
+	for (int i = 1; i < argc; i++) {
+		if ((!strcmp(argv[i], "--config") || !strcmp(argv[i], "-c")) && i + 1 < argc)
+			path = argv[++i];
+		else if (!strncmp(argv[i], "--retention", 11))
+			*retention_flag = 1;
+	}
+	return path;
+}
+
+/* SIGHUP: the config file's retention rules replace the running ones
+ * (none there: keep everything); a file or rule that does not check out
+ * changes nothing and is logged. */
+static void reload_retention(srv *s, const char *path)
+{
+	srv_conf fresh;
+	conf_init(&fresh);
+	if (conf_load_file(&fresh, path)) {
+		srv_log(s, TALLY_LOG_ERROR, "SIGHUP: %s does not load (above); retention unchanged",
+			path);
+	} else if (tally_db_set_retention(s->db, fresh.retention)) {
+		srv_log(s, TALLY_LOG_ERROR, "SIGHUP: %s: %s; retention unchanged", path,
+			tally_errmsg());
+	} else {
+		srv_log(s, TALLY_LOG_INFO, "SIGHUP: retention from %s: %s", path,
+			fresh.retention ? fresh.retention : "none (keep everything)");
+	}
+	conf_free(&fresh);
+}
 
 int main(int argc, char **argv)
 {
@@ -36,6 +72,8 @@ int main(int argc, char **argv)
 	sigaddset(&set, SIGHUP);
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
 
+	int retention_flag;
+	const char *conf_path = config_path(argc, argv, &retention_flag);
 	srv s;
 	if (srv_open(&s, &conf)) {
 		conf_free(&conf);
@@ -50,8 +88,11 @@ int main(int argc, char **argv)
 			int sig = sigwaitinfo(&set, NULL);
 			if (sig == SIGTERM || sig == SIGINT)
 				break;
-			if (sig == SIGHUP)
+			if (sig == SIGHUP) {
 				tls_srv_reload(&s);
+				if (conf_path && !retention_flag)
+					reload_retention(&s, conf_path);
+			}
 		}
 		srv_stop(&s);
 	}

@@ -1,0 +1,115 @@
+/*
+ * bench_retention.c — what retention and a table drop cost: the time of
+ * a pass that cuts half the days of a store to their rollups, of a pass
+ * with nothing to do, of one that drops those days whole, and of a drop
+ * of the table; bytes before and after each.
+ *
+ * The store: --events camera readings (500 cameras, one decimal) over the
+ * --days days before today (UTC), written through the binary API one
+ * flush a day and merged, so each day is one sealed segment.
+ *
+ *   bench_retention [--events N] [--days D] [--dir BASE]
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "camdays.h"
+#include "tally.h"
+
+#define NS_DAY INT64_C(86400000000000)
+#define CAMS   CAMDAYS_CAMS
+
+static double clock_s(clockid_t c)
+{
+	struct timespec t;
+	clock_gettime(c, &t);
+	return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+static void die(const char *what)
+{
+	fprintf(stderr, "bench_retention: %s: %s\n", what, tally_errmsg());
+	exit(1);
+}
+
+/* Runs fn and prints its time and what the store holds after. */
+static void timed(tally_db *db, const char *label, int (*fn)(tally_db *, const char *),
+		  const char *arg)
+{
+	tally_stats a, b;
+	tally_db_stats(db, &a);
+	double t0 = clock_s(CLOCK_MONOTONIC);
+	if (fn(db, arg))
+		die(label);
+	double t = clock_s(CLOCK_MONOTONIC) - t0;
+	tally_db_stats(db, &b);
+	printf("%-34s %9.1f ms  parts %4" PRIu64 " -> %4" PRIu64 "  %8.1f -> %8.1f MB"
+	       "  cut %" PRIu64 " dropped %" PRIu64 "\n",
+	       label, t * 1e3, a.parts, b.parts, (double)a.part_bytes / 1e6,
+	       (double)b.part_bytes / 1e6, b.retention_parts_raw_gone - a.retention_parts_raw_gone,
+	       b.retention_parts_dropped - a.retention_parts_dropped);
+}
+
+static int set_and_retain(tally_db *db, const char *rules)
+{
+	return tally_db_set_retention(db, rules) || tally_db_retain(db);
+}
+
+int main(int argc, char **argv)
+{
+	uint64_t events = 3000000;
+	int days = 30;
+	const char *base = "/tmp";
+	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "--events") && i + 1 < argc)
+			events = strtoull(argv[++i], NULL, 10);
+		else if (!strcmp(argv[i], "--days") && i + 1 < argc)
+			days = atoi(argv[++i]);
+		else if (!strcmp(argv[i], "--dir") && i + 1 < argc)
+			base = argv[++i];
+		else {
+			fprintf(stderr,
+				"usage: bench_retention [--events N] [--days D] [--dir BASE]\n");
+			return 2;
+		}
+	}
+	if (days < 2 || days > 3000 || events < (uint64_t)days * CAMS) {
+		fprintf(stderr,
+			"bench_retention: need 2 to 3000 days and a reading per camera-day\n");
+		return 2;
+	}
+	char dir[4200];
+	snprintf(dir, sizeof dir, "%s/bench-retention-%d", base, getpid());
+	tally_options o;
+	tally_options_init(&o);
+	o.no_background = 1;
+	tally_db *db;
+	if (tally_db_open(dir, &o, &db))
+		die("open");
+	int64_t today = (int64_t)clock_s(CLOCK_REALTIME) / 86400 * NS_DAY;
+	double t0 = clock_s(CLOCK_MONOTONIC);
+	uint64_t n = camdays_fill(db, events, days, today - days * NS_DAY, 1);
+	if (!n)
+		die("write");
+	if (tally_db_merge(db) || tally_db_sync(db))
+		die("merge");
+	printf("store: %" PRIu64 " events over %d days, written, flushed and merged in %.1f s\n", n,
+	       days, clock_s(CLOCK_MONOTONIC) - t0);
+	char half[256], gone[256];
+	snprintf(half, sizeof half, "traffic:raw=%dd", days / 2);
+	snprintf(gone, sizeof gone, "traffic:raw=%dd,5m=%dd,1h=%dd,1d=%dd", days / 2, days / 2,
+		 days / 2, days / 2);
+	timed(db, "pass: raw of half the days expires", set_and_retain, half);
+	timed(db, "pass: nothing to do", set_and_retain, half);
+	timed(db, "pass: those days expire whole", set_and_retain, gone);
+	timed(db, "drop the table", tally_db_drop_table, "traffic");
+	tally_db_close(db);
+	char cmd[4400];
+	snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+	return system(cmd) ? 1 : 0;
+}
