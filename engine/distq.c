@@ -21,6 +21,7 @@
 #include "flush.h"
 #include "mem.h"
 #include "partset.h"
+#include "retention.h"
 #include "shard.h"
 
 struct tally_dist {
@@ -207,6 +208,11 @@ TALLY_API int tally_query_dist(tally_db *db, const char *table, const char *fiel
 	       : from > TS_ENGINE_MAX ? TS_ENGINE_MAX + 1
 				      : from;
 	to = to < TS_ENGINE_MIN ? TS_ENGINE_MIN : to > TS_ENGINE_MAX ? TS_ENGINE_MAX + 1 : to;
+	/* like the exact aggregate: what retention dropped is refused by
+	 * name, never answered from what is left (docs/operations.md) */
+	int rrc = retention_check_agg(db, t, from, to);
+	if (rrc)
+		return rrc;
 	const levels *L = &db->L;
 	/* [A, B): the whole finest windows of [from, to); the rest is raw */
 	int64_t A = window_start(from, L->w[0], L->offset), B = A;

@@ -324,3 +324,43 @@ Test(dist, values_far_apart_combine_by_sorting)
 	tu_rmrf(dir);
 	free(dir);
 }
+
+/* Like the exact aggregate, a distribution query reaching raw events or
+ * windows of a level retention dropped is refused (TALLY_EEXPIRED), not
+ * answered from what is left; on whole windows of a kept level it
+ * answers. */
+Test(dist, ranges_retention_dropped_are_refused)
+{
+	char *dir = tu_tmpdir();
+	tally_options o = opts();
+	o.retention = "traffic:raw=1d,5m=1d,1h=1d"; /* days are kept */
+	tally_db *db;
+	cr_assert_eq(tally_db_open(dir, &o, &db), 0, "%s", tally_errmsg());
+	tally_writer *w;
+	cr_assert_eq(tally_writer_open(db, 0, &w), 0);
+	char lp[256];
+	int n = snprintf(lp, sizeof lp,
+			 "traffic,camera=KV1 speed=85.2 %lld\n"
+			 "traffic,camera=KV1 speed=90.5 %lld\n",
+			 (long long)(T0 + 60 * TALLY_NS_PER_SEC),
+			 (long long)(T0 + 3 * TALLY_1D)); /* the newest: day 0 is old */
+	cr_assert_eq(tally_write_lp(w, lp, (size_t)n, TALLY_PREC_NS, NULL), 0);
+	tally_writer_close(w);
+	cr_assert_eq(tally_db_flush(db), 0);
+	cr_assert_eq(tally_db_merge(db), 0);
+	cr_assert_eq(tally_db_retain(db), 0, "%s", tally_errmsg());
+	tally_dist *d;
+	cr_assert_eq(tally_query_dist(db, "traffic", "speed", "KV1", T0 + 1, T0 + TALLY_1D, &d),
+		     TALLY_EEXPIRED, "%s", tally_errmsg());
+	/* hour windows: their level expired, though the part still has them */
+	cr_assert_eq(
+		tally_query_dist(db, "traffic", "speed", "KV1", T0 + TALLY_1H, T0 + TALLY_1D, &d),
+		TALLY_EEXPIRED, "%s", tally_errmsg());
+	cr_assert_eq(tally_query_dist(db, "traffic", "speed", "KV1", T0, T0 + TALLY_1D, &d), 0,
+		     "%s", tally_errmsg());
+	cr_assert_eq(tally_dist_count(d), 1);
+	tally_dist_free(d);
+	tally_db_close(db);
+	tu_rmrf(dir);
+	free(dir);
+}
