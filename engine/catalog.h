@@ -27,6 +27,8 @@ typedef struct col_def {
 	uint32_t id; /* dense within its table, from 0 */
 	enum tally_type type;
 	uint64_t hash;
+	int dist; /* 1: a distribution field (engine/dist.h) at resolution 10^dist_exp */
+	int32_t dist_exp;
 } col_def;
 
 /* What an allocation of n bytes costs the process: glibc's chunk, n plus
@@ -68,7 +70,8 @@ typedef struct catalog {
 	strmap by_name;
 	strmap key_conf; /* table name -> configured key tag (char *) */
 	char *key_conf_text;
-	_Atomic uint64_t key_bytes; /* every table's key set, read without mu */
+	const struct dist_conf *dists; /* fields marked as distributions; set before use */
+	_Atomic uint64_t key_bytes;    /* every table's key set, read without mu */
 } catalog;
 
 /* conf: "table=tag,table=tag" or NULL. TALLY_EINVAL with a message when

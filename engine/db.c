@@ -8,6 +8,7 @@
  * apply, so a replayed event takes exactly the path a fresh one took.
  */
 #include "db.h"
+#include "dist.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -458,6 +459,10 @@ TALLY_API int tally_db_open(const char *dir, const tally_options *opt, tally_db 
 	}
 	if ((rc = catalog_init(&db->cat, table_keys)))
 		goto fail;
+	if ((rc = dist_conf_parse(db->opt.distributions, &db->dists)))
+		goto fail;
+	db->opt.distributions = NULL; /* parsed: the caller's string is not kept */
+	db->cat.dists = db->dists;
 	if ((rc = fio_mkdir(dir)))
 		goto fail;
 	snprintf(path, sizeof path, "%s/LOCK", dir);
@@ -639,6 +644,7 @@ TALLY_API void tally_db_close(tally_db *db)
 	}
 	manifest_free(&db->man);
 	catalog_free(&db->cat);
+	dist_conf_free(db->dists);
 	if (db->lock_fd >= 0)
 		close(db->lock_fd);
 	rc_free(&db->rcache);

@@ -27,6 +27,7 @@ struct tally_db {
 	levels L;
 	log_sink log;
 	catalog cat;
+	struct dist_conf *dists; /* tally_options.distributions, parsed */
 	shard **shards;
 	unsigned n_shards;
 	_Atomic unsigned next_shard;

@@ -23,6 +23,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "aggkind.h"
+#include "dist.h"
 #include "db.h"
 #include "err.h"
 #include "log.h"
@@ -112,6 +114,8 @@ typedef struct flush_ctx {
 	part_colvals *cv;
 	part_bucket *bk;
 	uint32_t cap_bk;
+	dbucket *dbk; /* a distribution field's windows of one level */
+	uint32_t cap_dbk;
 } flush_ctx;
 
 static int slot_for(flush_ctx *f, int64_t pstart, pw_slot **out)
@@ -192,6 +196,24 @@ static int write_rows(flush_ctx *f, const series *se, pw_slot *sl, const rowref 
 	return 0;
 }
 
+/* A distribution field's windows of [a, b), every level, as dist blocks. */
+static int write_dist_rollups(flush_ctx *f, const rcol *rc, uint32_t num, part_writer *w, int64_t a,
+			      int64_t b)
+{
+	const levels *L = &f->db->L;
+	for (unsigned l = 0; l < L->n; l++) {
+		uint32_t n;
+		int r = dcol_level(rc->dist, &rc->lv[l], L, l, a, b, &f->dbk, &n, &f->cap_dbk);
+		if (r)
+			return r;
+		r = agg_write_rollup(w, num, l, &agg_dist, f->dbk, n);
+		dist_release_buckets(f->dbk, n);
+		if (r)
+			return r;
+	}
+	return 0;
+}
+
 /* The series' buckets of one partition, every numeric column and level. */
 static int write_rollups(flush_ctx *f, const series *se, pw_slot *sl)
 {
@@ -204,6 +226,12 @@ static int write_rollups(flush_ctx *f, const series *se, pw_slot *sl)
 		const rcol *rc = d->id < se->n_rcols ? se->rcols[d->id] : NULL;
 		if (!rc)
 			continue;
+		if (rc->dist) {
+			int r = write_dist_rollups(f, rc, f->num_of[c], sl->w, sl->pstart, pend);
+			if (r)
+				return r;
+			continue;
+		}
 		for (unsigned l = 0; l < L->n; l++) {
 			const rlevel *lv = &rc->lv[l];
 			uint32_t i = rollup_lower(lv, sl->pstart), n = 0;
@@ -222,7 +250,7 @@ static int write_rollups(flush_ctx *f, const series *se, pw_slot *sl)
 				f->bk[n++] = (part_bucket){x->start,  x->a.count, x->a.sum,
 							   x->a.comp, x->a.min,   x->a.max};
 			}
-			int r = part_writer_rollup(sl->w, f->num_of[c], l, f->bk, n);
+			int r = agg_write_rollup(sl->w, f->num_of[c], l, &agg_basic, f->bk, n);
 			if (r)
 				return r;
 		}
@@ -473,6 +501,7 @@ out:
 	mem_free(f.slots);
 	mem_free(f.ts);
 	mem_free(f.bk);
+	mem_free(f.dbk);
 	return rc;
 }
 

@@ -35,6 +35,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "aggkind.h"
 #include "db.h"
 #include "err.h"
 #include "flush.h"
@@ -73,8 +74,8 @@ typedef struct merge_ctx {
 	char *svals;
 	uint64_t *spres;
 	part_colvals *cv;
-	part_bucket *bk, *tmp;
-	uint32_t cap_bk, cap_tmp;
+	uint8_t *bk, *tmp;      /* buckets of an aggregate kind, bucket_size bytes each */
+	size_t cap_bk, cap_tmp; /* bytes */
 } merge_ctx;
 
 static int col_cmp(const void *x, const void *y)
@@ -228,12 +229,66 @@ static int write_key_rows(merge_ctx *m, part_writer *w)
 	return 0;
 }
 
-/* Merges the key's buckets of output numeric column oc, level l. */
+static int64_t bucket_start(const uint8_t *b)
+{
+	int64_t t;
+	memcpy(&t, b, 8);
+	return t;
+}
+
+/* Grows *arr to room for need bytes; 0 or -ENOMEM. */
+static int grow_buckets(uint8_t **arr, size_t *cap, size_t need)
+{
+	if (need <= *cap)
+		return 0;
+	size_t nc = *cap ? *cap : 64 << 10;
+	while (nc < need)
+		nc *= 2;
+	uint8_t *na = mem_realloc(*arr, nc);
+	if (!na)
+		return err_set(-ENOMEM, "out of memory");
+	*arr = na;
+	*cap = nc;
+	return 0;
+}
+
+/* Releases n buckets of kind k (NULL: none). */
+static void release_buckets(const agg_kind *k, uint8_t *b, uint32_t n)
+{
+	for (uint32_t i = 0; k && k->release && i < n; i++)
+		k->release(b + i * k->bucket_size + 8);
+}
+
+/* Turns n buckets of kind k, whose state begins with a basic one
+ * (basic_prefix), into basic buckets in place. */
+static void to_basic(const agg_kind *k, uint8_t *b, uint32_t n)
+{
+	for (uint32_t i = 0; i < n; i++) {
+		uint8_t *src = b + i * k->bucket_size;
+		rbucket r;
+		memcpy(&r.start, src, 8);
+		memcpy(&r.a, src + 8, sizeof r.a);
+		if (k->release)
+			k->release(src + 8);
+		memcpy(b + i * sizeof r, &r, sizeof r); /* never past src's own bytes */
+	}
+}
+
+/*
+ * Merges the key's buckets of output numeric column oc, level l: every
+ * input's block decoded and merged window by window through its kind's
+ * table (engine/aggkind.c), into one sorted array. Inputs of one kind give
+ * that kind; inputs of several (a field marked as a distribution after
+ * some of its parts were written) give the basic kind, which all of them
+ * begin with: a distribution is kept only where it covers every value.
+ */
 static int write_key_rollup(merge_ctx *m, part_writer *w, const part_key **pks, uint32_t oc,
 			    unsigned l)
 {
+	const agg_kind *k = NULL;
 	uint32_t n = 0;
-	for (uint32_t i = 0; i < m->n_in; i++) {
+	int rc = 0;
+	for (uint32_t i = 0; i < m->n_in && !rc; i++) {
 		if (!pks[i])
 			continue;
 		const part *p = m->in[i]->p;
@@ -241,57 +296,54 @@ static int write_key_rollup(merge_ctx *m, part_writer *w, const part_key **pks, 
 		if (pc < 0 || p->info.num_of[pc] < 0)
 			continue;
 		uint32_t num = (uint32_t)p->info.num_of[pc];
-		const part_rollup *ro =
-			&p->rollups[pks[i]->first_rollup + num * p->info.n_levels + l];
-		if (!ro->n_buckets)
-			continue;
-		if (ro->n_buckets > m->cap_tmp) {
-			part_bucket *nt = mem_realloc(m->tmp, ro->n_buckets * sizeof *nt);
-			if (!nt)
-				return err_set(-ENOMEM, "out of memory");
-			m->tmp = nt;
-			m->cap_tmp = ro->n_buckets;
-		}
+		const agg_kind *ik;
 		uint32_t got;
-		int rc = part_read_rollup(p, pks[i], num, l, &m->ps, m->tmp, m->cap_tmp, &got);
-		if (rc)
-			return rc;
-		/* merge the sorted buckets into m->bk[0..n) */
-		if (n + got > m->cap_bk) {
-			uint32_t nc = m->cap_bk ? m->cap_bk : 1024;
-			while (nc < n + got)
-				nc *= 2;
-			part_bucket *nb = mem_realloc(m->bk, nc * sizeof *nb);
-			if (!nb)
-				return err_set(-ENOMEM, "out of memory");
-			m->bk = nb;
-			m->cap_bk = nc;
-		}
-		for (uint32_t j = 0; j < got; j++) {
-			const part_bucket *b = &m->tmp[j];
-			uint32_t lo = 0, hi = n;
-			while (lo < hi) {
-				uint32_t mid = (lo + hi) / 2;
-				if (m->bk[mid].start < b->start)
-					lo = mid + 1;
-				else
-					hi = mid;
+		rc = agg_read_rollup_any(p, pks[i], num, l, &m->ps, &ik, &m->tmp, &m->cap_tmp,
+					 &got);
+		if (rc || !got)
+			continue;
+		if (k && ik != k) {
+			if (k != &agg_basic) {
+				to_basic(k, m->bk, n);
+				k = &agg_basic;
 			}
-			if (lo < n && m->bk[lo].start == b->start) {
-				ragg x = {m->bk[lo].count, m->bk[lo].sum, m->bk[lo].comp,
-					  m->bk[lo].min, m->bk[lo].max};
-				ragg y = {b->count, b->sum, b->comp, b->min, b->max};
-				ragg_merge(&x, &y);
-				m->bk[lo] = (part_bucket){b->start, x.count, x.sum,
-							  x.comp,   x.min,   x.max};
+			if (ik != &agg_basic) {
+				if (!ik->basic_prefix) {
+					rc = err_set(TALLY_ECORRUPT,
+						     "%s: rollups of kinds %s and %s cannot merge",
+						     p->path, k->name, ik->name);
+					break;
+				}
+				to_basic(ik, m->tmp, got);
+				ik = &agg_basic;
+			}
+		}
+		k = ik;
+		const size_t bs = k->bucket_size;
+		if ((rc = grow_buckets(&m->bk, &m->cap_bk, (size_t)(n + got) * bs)))
+			break;
+		/* merge the sorted buckets into m->bk[0..n) */
+		for (uint32_t j = 0; j < got && !rc; j++) {
+			const uint8_t *b = m->tmp + j * bs;
+			uint32_t lo = starts_lower(m->bk, bs, n, bucket_start(b));
+			uint8_t *at = m->bk + lo * bs;
+			if (lo < n && bucket_start(at) == bucket_start(b)) {
+				if (k->merge(at + 8, b + 8))
+					rc = err_set(-ENOMEM, "out of memory");
 				continue;
 			}
-			memmove(&m->bk[lo + 1], &m->bk[lo], (n - lo) * sizeof *m->bk);
-			m->bk[lo] = *b;
+			memmove(at + bs, at, (n - lo) * bs);
+			memcpy(at, b, bs);
 			n++;
+			/* a decoded state may borrow the scratch the next read reuses */
+			if (k->own && k->own(at + 8))
+				rc = err_set(-ENOMEM, "out of memory");
 		}
 	}
-	return part_writer_rollup(w, m->num_of[oc], l, m->bk, n);
+	if (!rc && k)
+		rc = agg_write_rollup(w, m->num_of[oc], l, k, m->bk, n);
+	release_buckets(k, m->bk, n);
+	return rc;
 }
 
 /* Closes and deletes the fetched copies of tiered inputs. */

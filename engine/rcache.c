@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <string.h>
 
+#include "aggkind.h"
 #include "db.h"
 #include "err.h"
 #include "mem.h"
@@ -278,7 +279,7 @@ int shard_part_rollup(shard_part *sp, const part_key *pk, uint32_t num, unsigned
 		return 0;
 	}
 	uint32_t got;
-	int rc = part_read_rollup(p, pk, num, level, ps, b, nb, &got);
+	int rc = agg_read_rollup(p, pk, num, level, ps, &agg_basic, b, nb, &got);
 	if (rc) {
 		mem_free(b);
 		return rc;

@@ -29,20 +29,32 @@ void ragg_to_public(const ragg *a, tally_agg *out)
 
 uint32_t bucket_lower(const rbucket *b, uint32_t n, int64_t t)
 {
-	uint32_t lo = 0, hi = n;
-	while (lo < hi) {
-		uint32_t mid = lo + (hi - lo) / 2;
-		if (b[mid].start < t)
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
-	return lo;
+	return starts_lower(b, sizeof *b, n, t);
 }
 
 uint32_t rollup_lower(const rlevel *lv, int64_t t)
 {
 	return bucket_lower(lv->b, lv->n, t);
+}
+
+void *rpool_get(rpool *pl, unsigned cls)
+{
+	if (cls >= 40)
+		return NULL;
+	void *p = pl->free_by[cls];
+	if (p) {
+		memcpy(&pl->free_by[cls], p, sizeof(void *));
+		return p;
+	}
+	if ((p = arena_alloc(pl->ar, (size_t)1 << cls)))
+		pl->bytes += UINT64_C(1) << cls;
+	return p;
+}
+
+void rpool_put(rpool *pl, void *p, unsigned cls)
+{
+	memcpy(p, &pl->free_by[cls], sizeof(void *));
+	pl->free_by[cls] = p;
 }
 
 /* Doubles lv's capacity from the pool; 0 or -1. */

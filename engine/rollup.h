@@ -13,6 +13,7 @@
 
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "tally.h"
 
@@ -46,6 +47,15 @@ typedef struct rbucket {
 	ragg a;
 } rbucket;
 
+/* A bucket as flushes, merges and the rollup cache hand them to the
+ * basic aggregate kind (engine/aggkind.c): rbucket's bytes, field by field. */
+typedef struct part_bucket {
+	int64_t start;
+	uint64_t count;
+	double sum, comp; /* exact value = sum + comp */
+	double min, max;
+} part_bucket;
+
 typedef struct rlevel {
 	rbucket *b;
 	uint32_t n, cap;
@@ -54,6 +64,7 @@ typedef struct rlevel {
 
 typedef struct rcol {
 	rlevel lv[TALLY_LEVELS_MAX];
+	struct dcol *dist; /* a distribution field's finest windows (engine/dist.h), or NULL */
 } rcol;
 
 /* Start of the window of width w holding ts. */
@@ -130,14 +141,39 @@ void ragg_to_public(const ragg *a, tally_agg *out);
  */
 typedef struct rpool {
 	struct arena *ar;
-	void *free[32]; /* by log2 of the capacity in buckets */
+	void *free[32];    /* by log2 of the capacity in buckets */
+	void *free_by[40]; /* other arrays (engine/dist.c), by log2 of their bytes */
 	uint64_t bytes;
 } rpool;
+
+/* 1 << cls bytes (cls >= 4) from the pool: a freed array of that size, or
+ * the arena; NULL when out of memory. */
+void *rpool_get(rpool *pl, unsigned cls);
+/* Gives an array of 1 << cls bytes back for the next rpool_get. */
+void rpool_put(rpool *pl, void *p, unsigned cls);
 
 /* Adds n values (ts[i], v[i]) to every level; 0 or -ENOMEM. A failure may
  * leave the values before the failing window added. */
 int rollup_add_run(rcol *rc, const levels *L, const int64_t *ts, const double *v, uint32_t n,
 		   rpool *pool);
+
+/* Index of the first of n buckets, stride bytes apart from b, each
+ * beginning with its int64 start (ascending), whose start is >= t: what
+ * every kind's buckets (engine/aggkind.h) are searched with. */
+static inline uint32_t starts_lower(const void *b, size_t stride, uint32_t n, int64_t t)
+{
+	uint32_t lo = 0, hi = n;
+	while (lo < hi) {
+		uint32_t mid = lo + (hi - lo) / 2;
+		int64_t s;
+		memcpy(&s, (const char *)b + (size_t)mid * stride, sizeof s);
+		if (s < t)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
 
 /* Index of the first of the n sorted buckets b with start >= t. */
 uint32_t bucket_lower(const rbucket *b, uint32_t n, int64_t t);

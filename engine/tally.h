@@ -210,6 +210,11 @@ typedef struct tally_options {
 	 * a finer one. NULL or "": everything is kept forever. Copied at
 	 * open; tally_db_set_retention changes it on a running database. */
 	const char *retention;
+	/* Fields kept as exact distributions besides their rollups,
+	 * "table.field:resolution,..." (traffic.speed:0.1): per window, the
+	 * count of every distinct value at that resolution, a power of ten
+	 * (tally_query_dist; docs/api.md). NULL: none. Copied at open. */
+	const char *distributions;
 } tally_options;
 
 /* The size of the first released layout (0.1), ending at tier_part_bytes:
@@ -453,6 +458,37 @@ TALLY_API int tally_scan_column(tally_scan *s, size_t i, const char **name, enum
 /* 1 and fills *row (borrowed until the next call), 0 at the end, <0 error. */
 TALLY_API int tally_scan_next(tally_scan *s, tally_row *row);
 TALLY_API void tally_scan_close(tally_scan *s);
+
+/* ---------------------------------------------------------------- distributions */
+
+/*
+ * The exact distribution of one key's field over any [from, to), for
+ * fields marked in tally_options.distributions: whole windows' value
+ * counts plus raw events at the unaligned edges, every value at the
+ * field's resolution (a value off it counts at the nearest multiple).
+ * TALLY_EINVAL for a field not marked, or a range reaching windows
+ * written before it was marked. Free with tally_dist_free.
+ */
+typedef struct tally_dist tally_dist;
+TALLY_API int tally_query_dist(tally_db *db, const char *table, const char *field, const char *key,
+			       int64_t from, int64_t to, tally_dist **out);
+TALLY_API void tally_dist_free(tally_dist *d);
+/* Values in the distribution, and the resolution they are kept at. */
+TALLY_API uint64_t tally_dist_count(const tally_dist *d);
+TALLY_API double tally_dist_resolution(const tally_dist *d);
+/* The q-quantile, q in [0, 1], by nearest rank: the smallest value v
+ * with at least ceil(q * N) values <= v (rank at least 1), q * N taken
+ * exactly for the double q. This is numpy's quantile(method=
+ * "inverted_cdf") (Hyndman and Fan's definition 1). TALLY_ENOTFOUND when
+ * the range holds no values. */
+TALLY_API int tally_dist_quantile(const tally_dist *d, double q, double *out);
+/* Values strictly below x, and strictly above x (violations of a limit). */
+TALLY_API uint64_t tally_dist_count_below(const tally_dist *d, double x);
+TALLY_API uint64_t tally_dist_count_above(const tally_dist *d, double x);
+/* counts[i]: values in [edges[i], edges[i + 1]), for n_edges ascending
+ * edges (n_edges - 1 bins); values outside them are not counted. */
+TALLY_API int tally_dist_histogram(const tally_dist *d, const double *edges, size_t n_edges,
+				   uint64_t *counts);
 
 /* ---------------------------------------------------------------- catalog */
 

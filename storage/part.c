@@ -37,7 +37,8 @@
 
 #define PART_MAGIC       "TALLYPRT"
 #define PART_END_MAGIC   "TALLYEND"
-#define PART_VERSION     1
+#define PART_VERSION     2 /* written; 1 (rollup blocks without a kind) is read too */
+#define PART_VERSION_MIN 1
 #define PART_HEADER      32
 #define PART_FOOTER      48
 #define INDEX_ZSTD_LEVEL 3
@@ -429,71 +430,44 @@ int part_writer_stripe(part_writer *w, uint32_t n, const int64_t *ts, const part
 }
 
 /*
- * A rollup block: u32 n, then six codec blocks, each preceded by its u32
- * length: starts (ts), counts (u64), sums, compensations, mins, maxes (f64).
- * The sum is stored rounded (sum + comp) with the exact residual beside it.
- * The residual is tiny (a few bits at the sum's last place: one-decimal
- * values are not exact in binary), so the codec's BIN encoding stores it
- * as small integers times one power of two, under a byte per bucket.
+ * A rollup block (version 2): u32 n, u8 kind, three zero bytes, then the
+ * kind's payload, which the engine encodes (engine/aggkind.c) into the
+ * buffer part_writer_payload hands out, behind room for this header.
+ * Version 1 blocks had no kind (they were all count/sum/min/max): u32 n,
+ * then that payload.
  */
-int part_writer_rollup(part_writer *w, uint32_t num, unsigned level, const part_bucket *b,
-		       uint32_t n)
+#define ROLLUP_HDR 8
+
+codec_buf *part_writer_payload(part_writer *w, codec_ctx **cx)
 {
-	if (w->failed || !w->in_key || num >= w->info.n_num || level >= w->info.n_levels)
+	*cx = w->cx;
+	w->blk.len = 0;
+	if (codec_buf_reserve(&w->blk, ROLLUP_HDR))
+		return NULL;
+	w->blk.len = ROLLUP_HDR;
+	return &w->blk;
+}
+
+int part_writer_rollup(part_writer *w, uint32_t num, unsigned level, unsigned kind, uint32_t n)
+{
+	if (w->failed || !w->in_key || num >= w->info.n_num || level >= w->info.n_levels ||
+	    kind == 0 || kind > 255 || w->blk.len < ROLLUP_HDR)
 		return err_set(TALLY_EINVAL, "part %s: bad rollup call", w->tmp);
 	if (n == 0)
 		return 0;
 	if (n > CODEC_BLOCK_MAX)
 		return pw_fail(
 			w, err_set(TALLY_ELIMIT, "part %s: %u buckets in one rollup", w->tmp, n));
-	int64_t *starts = mem_alloc((size_t)n * 8);
-	uint64_t *counts = mem_alloc((size_t)n * 8);
-	double *v[4];
-	for (int i = 0; i < 4; i++)
-		v[i] = mem_alloc((size_t)n * 8);
-	int rc = 0;
-	if (!starts || !counts || !v[0] || !v[1] || !v[2] || !v[3]) {
-		rc = err_set(-ENOMEM, "out of memory");
-		goto out;
-	}
-	for (uint32_t i = 0; i < n; i++) {
-		double s = b[i].sum + b[i].comp;
-		starts[i] = b[i].start;
-		counts[i] = b[i].count;
-		v[0][i] = s;
-		v[1][i] = (b[i].sum - s) + b[i].comp;
-		v[2][i] = b[i].min;
-		v[3][i] = b[i].max;
-	}
-	w->blk.len = 0;
-	uint8_t hdr[4 + 6 * 4];
-	if ((rc = codec_buf_reserve(&w->blk, sizeof hdr))) {
-		err_set(rc, "out of memory");
-		goto out;
-	}
-	w->blk.len = sizeof hdr;
-	le_put32(hdr, n);
-	const void *cols[6] = {starts, counts, v[0], v[1], v[2], v[3]};
-	const enum codec_kind kinds[6] = {CODEC_TS,  CODEC_U64, CODEC_F64,
-					  CODEC_F64, CODEC_F64, CODEC_F64};
-	for (int i = 0; i < 6; i++) {
-		size_t before = w->blk.len;
-		if ((rc = codec_encode(w->cx, kinds[i], cols[i], NULL, n, NULL, &w->blk, NULL)))
-			goto out;
-		le_put32(hdr + 4 + 4 * i, (uint32_t)(w->blk.len - before));
-	}
-	memcpy(w->blk.p, hdr, sizeof hdr);
-	if ((rc = put_block(w)))
-		goto out;
+	le_put32(w->blk.p, n);
+	memset(w->blk.p + 4, 0, 4);
+	w->blk.p[4] = (uint8_t)kind;
+	int rc = put_block(w);
+	if (rc)
+		return pw_fail(w, err_prefix(rc, "part %s rollup", w->tmp));
 	uint32_t r = num * w->info.n_levels + level;
 	w->roll[2 * r] = (uint32_t)w->blk.len;
 	w->roll[2 * r + 1] = n;
-out:
-	mem_free(starts);
-	mem_free(counts);
-	for (int i = 0; i < 4; i++)
-		mem_free(v[i]);
-	return rc ? pw_fail(w, err_prefix(rc, "part %s rollup", w->tmp)) : 0;
+	return 0;
 }
 
 int part_writer_finish(part_writer *w, uint64_t *bytes)
@@ -677,8 +651,8 @@ static int parse_index(part *p, const uint8_t *ix, size_t len)
 		a += n_ + 1;                          \
 	} while (0)
 	uint32_t dummy;
-	if (rb_var(&r) != PART_VERSION)
-		BAD("unknown index version");
+	if (rb_var(&r) != p->version)
+		BAD("index version differs from the header's");
 	part_info *in = &p->info;
 	STR(in->table, dummy);
 	(void)dummy;
@@ -854,9 +828,11 @@ int part_open(const char *path, part **out)
 		rc = err_set(TALLY_ECORRUPT, "%s: bad header", path);
 		goto fail;
 	}
-	if (le_get32(h + 8) != PART_VERSION) {
-		rc = err_set(TALLY_EVERSION, "%s: part format version %u, this build reads %d",
-			     path, le_get32(h + 8), PART_VERSION);
+	p->version = le_get32(h + 8);
+	if (p->version < PART_VERSION_MIN || p->version > PART_VERSION) {
+		rc = err_set(TALLY_EVERSION,
+			     "%s: part format version %u, this build reads %d to %d", path,
+			     p->version, PART_VERSION_MIN, PART_VERSION);
 		goto fail;
 	}
 	uint64_t hflags = le_get64(h + 16);
@@ -1058,65 +1034,29 @@ void part_prefetch_stripe(const part *p, const part_stripe *st)
 }
 
 int part_read_rollup(const part *p, const part_key *k, uint32_t num, unsigned level,
-		     part_scratch *s, part_bucket *out, uint32_t cap, uint32_t *n)
+		     part_scratch *s, part_rblock *out)
 {
-	*n = 0;
+	memset(out, 0, sizeof *out);
 	if (num >= p->info.n_num || level >= p->info.n_levels)
 		return err_set(TALLY_EINVAL, "%s: no rollup %u/%u", p->path, num, level);
 	const part_rollup *ro = &p->rollups[k->first_rollup + num * p->info.n_levels + level];
+	out->block = ro->ref.no;
 	if (!ro->ref.len)
 		return 0;
-	if (ro->n_buckets > cap)
-		return err_set(TALLY_EINVAL, "%s: rollup of %u buckets, room for %u", p->path,
-			       ro->n_buckets, cap);
 	const uint8_t *b;
 	int rc = read_block(p, &ro->ref, s, 0, &b); /* rollups are always local */
 	if (rc)
 		return rc;
-	size_t len = ro->ref.len;
-	if (len < 28 || le_get32(b) != ro->n_buckets)
-		goto bad;
-	uint32_t nb = ro->n_buckets;
-	size_t pos = 28;
-	/* decode each column into a temporary array, then scatter */
-	void *tmp = mem_alloc((size_t)nb * 8);
-	if (!tmp)
-		return err_set(-ENOMEM, "out of memory");
-	const enum codec_kind kinds[6] = {CODEC_TS,  CODEC_U64, CODEC_F64,
-					  CODEC_F64, CODEC_F64, CODEC_F64};
-	for (int i = 0; i < 6; i++) {
-		uint32_t bl = le_get32(b + 4 + 4 * i);
-		if (bl > len - pos) {
-			mem_free(tmp);
-			goto bad;
-		}
-		rc = codec_decode(s->cx, b + pos, bl, kinds[i], nb, tmp, NULL, NULL);
-		if (rc) {
-			mem_free(tmp);
-			return err_prefix(rc, "%s block %u", p->path, ro->ref.no);
-		}
-		for (uint32_t j = 0; j < nb; j++) {
-			uint64_t u;
-			memcpy(&u, (const uint8_t *)tmp + 8 * (size_t)j, 8);
-			switch (i) {
-			case 0: out[j].start = (int64_t)u; break;
-			case 1: out[j].count = u; break;
-			case 2: memcpy(&out[j].sum, &u, 8); break;
-			case 3: memcpy(&out[j].comp, &u, 8); break;
-			case 4: memcpy(&out[j].min, &u, 8); break;
-			default: memcpy(&out[j].max, &u, 8); break;
-			}
-		}
-		pos += bl;
-	}
-	mem_free(tmp);
-	if (pos != len)
-		goto bad;
-	*n = nb;
+	size_t hdr = p->version == 1 ? 4 : ROLLUP_HDR;
+	if (ro->ref.len < hdr || le_get32(b) != ro->n_buckets ||
+	    (hdr == ROLLUP_HDR && (!b[4] || b[5] || b[6] || b[7])))
+		return err_set(TALLY_ECORRUPT, "%s block %u (offset %llu): malformed rollup block",
+			       p->path, ro->ref.no, (unsigned long long)ro->ref.off);
+	out->kind = hdr == ROLLUP_HDR ? b[4] : PART_KIND_V1;
+	out->n = ro->n_buckets;
+	out->payload = b + hdr;
+	out->len = ro->ref.len - hdr;
 	return 0;
-bad:
-	return err_set(TALLY_ECORRUPT, "%s block %u (offset %llu): malformed rollup block", p->path,
-		       ro->ref.no, (unsigned long long)ro->ref.off);
 }
 
 int part_write_stub(const part *p, const char *dir, const char *name, uint64_t *bytes)

@@ -35,14 +35,6 @@
 #define PART_COLS_MAX    4096u      /* columns per part */
 #define PART_INDEX_MAX   (1u << 30) /* decompressed index bytes */
 
-/* One rollup bucket; same layout as the engine's rbucket. */
-typedef struct part_bucket {
-	int64_t start;
-	uint64_t count;
-	double sum, comp; /* exact value = sum + comp */
-	double min, max;
-} part_bucket;
-
 typedef struct part_col {
 	const char *name; /* NUL-terminated, in the part's arena */
 	uint32_t len;
@@ -111,10 +103,14 @@ int part_writer_key(part_writer *w, const char *key, uint32_t len);
 /* n <= PART_STRIPE_MAX rows of the current key, ts ascending; cols has
  * info->n_cols entries. */
 int part_writer_stripe(part_writer *w, uint32_t n, const int64_t *ts, const part_colvals *cols);
-/* The current key's buckets for numeric column num (0..n_num) and level,
- * ascending by start, count > 0 each. */
-int part_writer_rollup(part_writer *w, uint32_t num, unsigned level, const part_bucket *b,
-		       uint32_t n);
+/* A rollup block is written in two steps: the caller encodes its payload
+ * (what an aggregate kind keeps per window, engine/aggkind.c) into the
+ * buffer this returns, with the writer's codec context in *cx (NULL: out
+ * of memory), then part_writer_rollup writes it as the current key's
+ * block for numeric column num (0..n_num) and level: n windows (0: no
+ * block) of aggregate kind (1..255). */
+codec_buf *part_writer_payload(part_writer *w, codec_ctx **cx);
+int part_writer_rollup(part_writer *w, uint32_t num, unsigned level, unsigned kind, uint32_t n);
 /* Index, footer, fsync, rename, directory fsync. *bytes gets the file size. */
 int part_writer_finish(part_writer *w, uint64_t *bytes);
 /* Removes the temporary file. NULL is a no-op. Also after finish. */
@@ -154,6 +150,7 @@ typedef struct part {
 	 * from the map costs no system call and no copy. */
 	const uint8_t *map;
 	uint32_t flags;       /* PART_F_* */
+	unsigned version;     /* format version of the file (docs/formats.md) */
 	uint64_t whole_bytes; /* the whole part's size (a stub's object) */
 	part_fetch_fn *fetch; /* stubs: set before the part is shared */
 	part_prefetch_fn *prefetch;
@@ -216,9 +213,21 @@ int part_read_col_head(const part *p, const part_stripe *st, int col, part_scrat
  * part. */
 void part_prefetch_stripe(const part *p, const part_stripe *st);
 
-/* Decodes the rollup of key k, numeric column num, level into out
- * (capacity cap >= the rollup's n_buckets). */
+/* A rollup block as read: its aggregate kind (version 1 parts: always
+ * PART_KIND_V1), window count (0: no block) and payload, which stays valid
+ * until the next read with the same scratch; block: its number, for
+ * messages. */
+#define PART_KIND_V1 1u
+typedef struct part_rblock {
+	unsigned kind;
+	uint32_t n;
+	const uint8_t *payload;
+	size_t len;
+	uint32_t block;
+} part_rblock;
+
+/* Reads and checks the rollup block of key k, numeric column num, level. */
 int part_read_rollup(const part *p, const part_key *k, uint32_t num, unsigned level,
-		     part_scratch *s, part_bucket *out, uint32_t cap, uint32_t *n);
+		     part_scratch *s, part_rblock *out);
 
 #endif

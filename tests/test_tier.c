@@ -1030,3 +1030,72 @@ S3U_MAIN(int argc, char **argv)
 {
 	return s3srv_main(argc, argv, "test_tier", &srv_s3rver, &srv_moto);
 }
+
+/* ---------------------------------------------------------------- distributions */
+
+static int cmp_dbl(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return (x > y) - (x < y);
+}
+
+/* tally_query_dist of every key over [a, b) equals the model's sorted
+ * values: count, median, V85, maximum, values above 50. */
+static void check_dist(tally_db *db, const model *m, int64_t a, int64_t b)
+{
+	for (int k = 0; k < KEYS; k++) {
+		double *v = malloc((m->n[k] + 1) * sizeof *v);
+		size_t n = 0;
+		uint64_t above = 0;
+		for (size_t i = 0; i < m->n[k]; i++)
+			if (m->ts[k][i] >= a && m->ts[k][i] < b) {
+				above += m->v[k][i] > 50;
+				v[n++] = m->v[k][i];
+			}
+		qsort(v, n, sizeof *v, cmp_dbl);
+		char key[16];
+		key_name(k, key);
+		tally_dist *d;
+		cr_assert_eq(tally_query_dist(db, "traffic", "speed", key, a, b, &d), 0, "%s",
+			     tally_errmsg());
+		cr_assert_eq(tally_dist_count(d), n);
+		double q;
+		cr_assert_eq(tally_dist_quantile(d, 0.5, &q), 0);
+		cr_assert_eq(q, v[(n + 1) / 2 - 1], "median");
+		cr_assert_eq(tally_dist_quantile(d, 0.85, &q), 0);
+		cr_assert_eq(q, v[(size_t)ceil(0.85 * (double)n) - 1], "V85");
+		cr_assert_eq(tally_dist_quantile(d, 1, &q), 0);
+		cr_assert_eq(q, v[n - 1]);
+		cr_assert_eq(tally_dist_count_above(d, 50), above);
+		tally_dist_free(d);
+		free(v);
+	}
+}
+
+Test(tier, distributions_answer_from_stubs_without_the_store, .timeout = 240)
+{
+	s3srv mine;
+	cr_assert_eq(s3srv_start(&mine, "s3rver"), 0, "s3rver did not start");
+	fixture f;
+	fx_init(&f, &mine, 0);
+	f.o.distributions = "traffic.speed:0.01"; /* the values are quarters */
+	tally_db *db = fx_open(&f);
+	fill_and_tier(&f, db);
+	cr_assert_eq(count_suffix(f.dir, ".stub"), DAYS - 1);
+	check_dist(db, &f.m, T0, T0 + DAYS * TALLY_1D);
+	/* unaligned: raw edges from the store */
+	check_dist(db, &f.m, T0 + 1234 * TALLY_NS_PER_SEC, T0 + TALLY_1D + 777 * TALLY_NS_PER_SEC);
+	s3srv_stop(&mine);
+	tally_db_close(db);
+	db = fx_open(&f); /* cold, no store: whole windows answer from the stubs */
+	check_dist(db, &f.m, T0, T0 + DAYS * TALLY_1D);
+	check_dist(db, &f.m, T0 + TALLY_1D + 7 * TALLY_1H, T0 + TALLY_1D + 9 * TALLY_1H);
+	char key[16];
+	key_name(0, key);
+	tally_dist *d;
+	cr_assert_eq(tally_query_dist(db, "traffic", "speed", key, T0 + 1, T0 + TALLY_1D, &d),
+		     TALLY_EREMOTE, "an edge in a tiered partition needs the store: %s",
+		     tally_errmsg());
+	tally_db_close(db);
+	fx_free(&f);
+}

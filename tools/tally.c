@@ -728,14 +728,16 @@ static int cli_cmd_query(const cli_opts *o, int argc, char **argv)
 		{"agg", 5, 5, "agg TABLE FIELD KEY FROM TO"},
 		{"keys", 4, 4, "keys TABLE FIELD FROM TO"},
 		{"scan", 4, 5, "scan TABLE KEY FROM TO [LIMIT]"},
+		{"dist", 5, 11,
+		 "dist TABLE FIELD KEY FROM TO [q=Q|above=X|below=X|hist=E,E,...]..."},
 	};
 	if (argc < 1) {
 		fprintf(stderr, "tally query: which query? One of:\n");
-		for (size_t i = 0; i < 4; i++)
+		for (size_t i = 0; i < sizeof kinds / sizeof *kinds; i++)
 			fprintf(stderr, "  tally query %s\n", kinds[i].usage);
 		return 2;
 	}
-	for (size_t i = 0; i < 4; i++) {
+	for (size_t i = 0; i < sizeof kinds / sizeof *kinds; i++) {
 		if (strcmp(argv[0], kinds[i].kind))
 			continue;
 		if (argc - 1 < kinds[i].min || argc - 1 > kinds[i].max) {
@@ -744,7 +746,8 @@ static int cli_cmd_query(const cli_opts *o, int argc, char **argv)
 		}
 		return cli_run_table(o, kinds[i].kind, argc - 1, argv + 1);
 	}
-	fprintf(stderr, "tally query: unknown query '%s' (series, agg, keys, scan)\n", argv[0]);
+	fprintf(stderr, "tally query: unknown query '%s' (series, agg, keys, scan, dist)\n",
+		argv[0]);
 	return 2;
 }
 

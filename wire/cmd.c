@@ -11,6 +11,8 @@
  */
 #include "cmd.h"
 
+#include "distcmd.h"
+
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -428,6 +430,8 @@ static const struct {
 	{"retained", CMD_RETAINED, 1, 2, "#!retained TABLE [raw|LEVEL]"},
 	{"drop", CMD_DROP, 1, 1, "#!drop TABLE"},
 	{"fanout", CMD_FANOUT, 1, 1, "#!fanout off|fail|partial"},
+	{"dist", CMD_DIST, 5, CMD_ARGS_MAX - 1,
+	 "#!dist TABLE FIELD KEY FROM TO [q=Q|above=X|below=X|hist=E1,E2,...]..."},
 };
 
 int cmd_parse(const char *line, size_t len, char *scratch, size_t scratch_cap, int64_t now,
@@ -489,6 +493,13 @@ int cmd_parse(const char *line, size_t len, char *scratch, size_t scratch_cap, i
 			return cmd_fail(err, err_cap,
 					"step: invalid duration '%.40s' (like 5m, 1h, 1d)", a[3]);
 		return cmd_range(a, 4, now, out, err, err_cap);
+	case CMD_DIST:
+		for (int i = 5; i < nargs; i++) {
+			if (dist_stat_check(a[i], err, err_cap))
+				return -1;
+			out->stats[out->n_stats++] = a[i];
+		}
+		__attribute__((fallthrough)); /* the rest is #!agg's */
 	case CMD_AGG:
 		if (cmd_name_arg("table", a[0], err, err_cap) ||
 		    cmd_name_arg("field", a[1], err, err_cap) ||

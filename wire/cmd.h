@@ -34,7 +34,8 @@ enum cmd_kind {
 	CMD_RETAIN,         /* #!retain: a retention pass now */
 	CMD_RETAINED,       /* #!retained TABLE [STEP]: the earliest retained instant */
 	CMD_DROP,           /* #!drop TABLE: every event of the table goes */
-	CMD_LAST = CMD_DROP /* a new kind goes above and moves this */
+	CMD_DIST,           /* #!dist TABLE FIELD KEY FROM TO [STAT]...: a distribution */
+	CMD_LAST = CMD_DIST /* a new kind goes above and moves this */
 };
 
 typedef struct cmd_req {
@@ -49,6 +50,9 @@ typedef struct cmd_req {
 	const char *dest;  /* backup: a directory or s3://bucket/prefix */
 	const char *rules; /* retention: the rules (none: keep everything) */
 	int fan;           /* fanout: 0 off, 1 fail (a missing node fails the answer), 2 partial */
+	/* dist: the statistics asked for (q=0.85, above=60, ...), checked */
+	const char *stats[CMD_ARGS_MAX];
+	unsigned n_stats;
 } cmd_req;
 
 /*

@@ -157,6 +157,9 @@ static const struct conf_item {
 	 "day windows start at this UTC offset, e.g. +3h (default 0)"},
 	{"table-keys", K_STR, offsetof(srv_conf, table_keys),
 	 "key tag per table, \"traffic=camera,shop=store\""},
+	{"distributions", K_STR, offsetof(srv_conf, distributions),
+	 "fields kept as exact distributions, \"traffic.speed:0.1\" (resolution a power "
+	 "of ten)"},
 	{"levels", K_LEVELS, 0, "rollup windows, e.g. 5m,1h,1d (the default)"},
 	{"flush-interval", K_MS, offsetof(srv_conf, flush_ms),
 	 "flush a shard's memtable into parts once it is this old (default 60s)"},

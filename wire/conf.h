@@ -58,6 +58,7 @@ typedef struct srv_conf {
 	unsigned wal_damage_ro;      /* 1: tally_options.wal_damage_read_only */
 	int64_t align_offset;
 	char *table_keys;
+	char *distributions; /* tally_options.distributions */
 	unsigned n_levels;
 	int64_t levels[TALLY_LEVELS_MAX];
 	uint32_t flush_ms; /* memtable age before a flush; 0: the engine's 60 s */

@@ -31,6 +31,7 @@
 #include <unistd.h>
 
 #include "cmd.h"
+#include "distcmd.h"
 #include "frame.h"
 #include "series.h"
 #include "kafka.h"
@@ -828,6 +829,15 @@ static void conn_query(wconn *c, const cmd_req *r, uint64_t line)
 			conn_put(c, t.p, t.n, 0);
 		break;
 	}
+	case CMD_DIST: {
+		char *txt;
+		size_t n;
+		if (!(rc = dist_reply(s->db, r, &txt, &n))) {
+			conn_put(c, txt, n, 0);
+			free(txt);
+		}
+		break;
+	}
 	case CMD_SERIES: {
 		/* 49 KB, but only the fields ahead of s.b need clearing:
 		 * calloc spent about 2.5 us zeroing buckets the query then
@@ -1031,6 +1041,7 @@ static int conn_command(wconn *c, const char *line, size_t len)
 	}
 	case CMD_SERIES:
 	case CMD_AGG:
+	case CMD_DIST:
 	case CMD_KEYS:
 	case CMD_SCAN: conn_query(c, &r, no); break;
 	}

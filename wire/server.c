@@ -974,6 +974,7 @@ int srv_open(srv *s, srv_conf *conf)
 	o.wal_damage_read_only = (int)conf->wal_damage_ro;
 	o.align_offset = conf->align_offset;
 	o.table_keys = conf->table_keys;
+	o.distributions = conf->distributions;
 	if (conf->n_levels) {
 		o.n_levels = conf->n_levels;
 		memcpy(o.levels, conf->levels, sizeof o.levels);

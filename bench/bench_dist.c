@@ -1,0 +1,268 @@
+/*
+ * bench_dist.c — what exact distributions cost and how fast V85 answers.
+ *
+ * The workload of docs/workload.md (cameras x days, one-decimal speeds, a
+ * tenth of the cameras offline 3 hours a day and their backlog written
+ * late) is ingested twice through the binary API, into a store without
+ * and one with `traffic.speed:0.1` marked: the figures are the ingest
+ * rate of each (wall time, one thread, one shard), the bytes per event of
+ * their parts after a flush and merge, rollups included, and, on the
+ * store with distributions, the in-process latency of V85 over a
+ * camera-day (aligned: one 1d window from the parts) and over an unaligned
+ * range (whole windows plus raw edges), p50 and p99 of --reps queries.
+ *
+ * The one idea: the two stores get byte-identical input in the same
+ * order, prepared before the clock starts, so the difference between the
+ * two runs is the distributions' cost alone. Times are the thread's CPU
+ * time, not wall time, so that a loaded machine's neighbours do not count.
+ *
+ *   bench_dist [--cameras N] [--days N] [--per-day N] [--reps N] [--dir D]
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <ftw.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "tally.h"
+#include "workload.h"
+
+/* The thread's CPU time (user and system): on a shared, loaded machine
+ * wall time measures the neighbours; one thread does all the work here. */
+static double now_s(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+	return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+static void die(const char *what, int rc)
+{
+	fprintf(stderr, "bench_dist: %s: %s\n", what, rc ? tally_errmsg() : "");
+	exit(1);
+}
+
+static int rm_cb(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
+{
+	(void)sb;
+	(void)flag;
+	(void)ftw;
+	return remove(p);
+}
+
+/* Bytes of the store's part files. */
+static uint64_t parts_bytes(const char *dir)
+{
+	char path[4096];
+	snprintf(path, sizeof path, "%s/parts", dir);
+	DIR *d = opendir(path);
+	uint64_t total = 0;
+	struct dirent *e;
+	while (d && (e = readdir(d))) {
+		struct stat st;
+		char f[8192];
+		snprintf(f, sizeof f, "%s/%s", path, e->d_name);
+		if (strstr(e->d_name, ".part") && !stat(f, &st))
+			total += (uint64_t)st.st_size;
+	}
+	if (d)
+		closedir(d);
+	return total;
+}
+
+typedef struct batch {
+	char key[WL_ID_MAX];
+	uint32_t n;
+	int64_t *ts;
+	double *v;
+} batch;
+
+/* The input, in write order: per camera-day, the on-time events, then
+ * (after all cameras' days) the backlogs. */
+static batch *make_input(const wl_params *p, size_t *nb, uint64_t *events)
+{
+	size_t cap = (size_t)p->cameras * p->days * 2, n = 0;
+	batch *b = calloc(cap, sizeof *b);
+	*events = 0;
+	wl_day d;
+	memset(&d, 0, sizeof d);
+	d.ts = malloc(p->per_day * sizeof *d.ts);
+	d.tenths = malloc(p->per_day * sizeof *d.tenths);
+	for (int late = 0; late < 2; late++)
+		for (unsigned day = 0; day < p->days; day++)
+			for (unsigned cam = 0; cam < p->cameras; cam++) {
+				wl_gen_day(p, cam, day, &d);
+				uint32_t from = late ? d.b0 : 0, to = late ? d.b1 : p->per_day;
+				batch *x = &b[n];
+				wl_camera_id(cam, x->key);
+				x->ts = malloc(p->per_day * sizeof *x->ts);
+				x->v = malloc(p->per_day * sizeof *x->v);
+				for (uint32_t i = 0; i < p->per_day; i++) {
+					int in_backlog = i >= d.b0 && i < d.b1;
+					if (i < from || i >= to || (!late && in_backlog))
+						continue;
+					x->ts[x->n] = d.ts[i];
+					x->v[x->n++] = d.tenths[i] / 10.0;
+				}
+				*events += x->n;
+				if (x->n)
+					n++;
+				else {
+					free(x->ts);
+					free(x->v);
+				}
+			}
+	free(d.ts);
+	free(d.tenths);
+	*nb = n;
+	return b;
+}
+
+static double ingest(const char *dir, const char *dists, const batch *b, size_t nb, tally_db **out)
+{
+	tally_options o;
+	tally_options_init(&o);
+	o.shards = 1;
+	o.no_background = 1;
+	o.memory_limit = UINT64_C(16) << 30;
+	o.distributions = dists;
+	int rc = tally_db_open(dir, &o, out);
+	if (rc)
+		die("open", rc);
+	tally_writer *w;
+	if ((rc = tally_writer_open(*out, 0, &w)))
+		die("writer", rc);
+	double t0 = now_s();
+	for (size_t i = 0; i < nb; i++) {
+		tally_column col = {"speed", TALLY_T_F64, b[i].v, NULL};
+		tally_batch bt = {.table = "traffic",
+				  .key = b[i].key,
+				  .key_tag = "camera",
+				  .n_rows = b[i].n,
+				  .ts = b[i].ts,
+				  .n_columns = 1,
+				  .columns = &col};
+		if ((rc = tally_write_batch(w, &bt)))
+			die("write", rc);
+	}
+	double t = now_s() - t0;
+	tally_writer_close(w);
+	if ((rc = tally_db_flush(*out)) || (rc = tally_db_merge(*out)))
+		die("flush/merge", rc);
+	return t;
+}
+
+static int cmp_d(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return (x > y) - (x < y);
+}
+
+static void v85_latency(tally_db *db, const wl_params *p, int aligned, unsigned reps)
+{
+	double *lat = malloc(reps * sizeof *lat);
+	uint64_t seed = 12345, vals = 0;
+	for (unsigned r = 0; r < reps; r++) {
+		seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
+		unsigned cam = (unsigned)(seed >> 33) % p->cameras;
+		unsigned day = (unsigned)(seed >> 20) % p->days;
+		char key[WL_ID_MAX];
+		wl_camera_id(cam, key);
+		int64_t from = p->start_ns + (int64_t)day * WL_NS_PER_DAY,
+			to = from + WL_NS_PER_DAY;
+		if (!aligned) { /* 2 h 17 min 3.5 s in, for 19 h 41 min */
+			from += INT64_C(8223500) * 1000000;
+			to = from + INT64_C(70860) * 1000000000;
+		}
+		double t0 = now_s(), v;
+		tally_dist *d;
+		int rc = tally_query_dist(db, "traffic", "speed", key, from, to, &d);
+		if (rc)
+			die("query_dist", rc);
+		if (tally_dist_count(d) && (rc = tally_dist_quantile(d, 0.85, &v)))
+			die("quantile", rc);
+		vals += tally_dist_count(d);
+		tally_dist_free(d);
+		lat[r] = (now_s() - t0) * 1e6;
+	}
+	qsort(lat, reps, sizeof *lat, cmp_d);
+	printf("  V85 %-28s p50 %6.1f us  p99 %6.1f us  (%u queries, %.0f values each)\n",
+	       aligned ? "over a camera-day:" : "over an unaligned range:", lat[reps / 2],
+	       lat[reps * 99 / 100], reps, (double)vals / reps);
+	free(lat);
+}
+
+int main(int argc, char **argv)
+{
+	wl_params p;
+	wl_params_init(&p);
+	p.cameras = 200;
+	p.days = 7;
+	p.per_day = 2000;
+	unsigned reps = 2000;
+	const char *parent = "/tmp";
+	static const struct option lo[] = {
+		{"cameras", required_argument, NULL, 'c'}, {"days", required_argument, NULL, 'd'},
+		{"per-day", required_argument, NULL, 'p'}, {"reps", required_argument, NULL, 'r'},
+		{"dir", required_argument, NULL, 'D'},     {NULL, 0, NULL, 0}};
+	int c;
+	while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+		switch (c) {
+		case 'c': p.cameras = (unsigned)atoi(optarg); break;
+		case 'd': p.days = (unsigned)atoi(optarg); break;
+		case 'p': p.per_day = (unsigned)atoi(optarg); break;
+		case 'r': reps = (unsigned)atoi(optarg); break;
+		case 'D': parent = optarg; break;
+		default:
+			fprintf(stderr, "usage: bench_dist [--cameras N] [--days N] [--per-day N] "
+					"[--reps N] [--dir DIR]\n");
+			return 2;
+		}
+	}
+	char err[256];
+	if (wl_params_check(&p, err, sizeof err) || !reps) {
+		fprintf(stderr, "bench_dist: %s\n", reps ? err : "--reps must be positive");
+		return 2;
+	}
+	char dir[4096];
+	snprintf(dir, sizeof dir, "%s/tally-bench-dist.XXXXXX", parent);
+	if (!mkdtemp(dir)) {
+		fprintf(stderr, "bench_dist: mkdtemp %s: %s\n", dir, strerror(errno));
+		return 1;
+	}
+	size_t nb;
+	uint64_t events;
+	batch *b = make_input(&p, &nb, &events);
+	printf("bench_dist: %u cameras x %u days x %u events a day = %llu events "
+	       "(binary API, 1 thread, 1 shard; thread CPU time)\n",
+	       p.cameras, p.days, p.per_day, (unsigned long long)events);
+	char d0[4200], d1[4200];
+	snprintf(d0, sizeof d0, "%s/plain", dir);
+	snprintf(d1, sizeof d1, "%s/dist", dir);
+	tally_db *db0, *db1;
+	double t0 = ingest(d0, NULL, b, nb, &db0);
+	double t1 = ingest(d1, "traffic.speed:0.1", b, nb, &db1);
+	double bpe0 = (double)parts_bytes(d0) / (double)events;
+	double bpe1 = (double)parts_bytes(d1) / (double)events;
+	printf("  ingest, no distributions:      %10.0f events/s\n", (double)events / t0);
+	printf("  ingest, speed distributions:   %10.0f events/s (%.0f%% of it)\n",
+	       (double)events / t1, 100 * t0 / t1);
+	printf("  parts, no distributions:       %6.3f bytes/event\n", bpe0);
+	printf("  parts, speed distributions:    %6.3f bytes/event (+%.3f)\n", bpe1, bpe1 - bpe0);
+	tally_db_close(db0);
+	v85_latency(db1, &p, 1, reps);
+	v85_latency(db1, &p, 0, reps);
+	tally_db_close(db1);
+	for (size_t i = 0; i < nb; i++) {
+		free(b[i].ts);
+		free(b[i].v);
+	}
+	free(b);
+	nftw(dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+	return 0;
+}

@@ -1,0 +1,692 @@
+/*
+ * dist.c — exact distributions: the dist aggregate kind, the memtable's
+ * finest windows, and the configuration that marks fields.
+ *
+ * The one idea: a value at a fixed decimal resolution is an integer, so a
+ * window's distribution is a sorted list of (integer, count) pairs, and
+ * every combination — values into a window, windows into coarser ones,
+ * shards, parts and merges — is an exact merge of sorted lists. Nothing
+ * is ever rounded but the value itself, once, to its resolution.
+ */
+#include "dist.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "err.h"
+#include "fileio.h"
+#include "mem.h"
+
+static const double p10[] = {1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9};
+
+int64_t dist_index(double v, int32_t exp)
+{
+	double x = exp < 0 ? v * p10[-exp] : v / p10[exp];
+	if (x >= (double)DIST_IDX_MAX)
+		return DIST_IDX_MAX;
+	if (x <= -(double)DIST_IDX_MAX)
+		return -DIST_IDX_MAX;
+	return llround(x);
+}
+
+double dist_value(int64_t idx, int32_t exp)
+{
+	/* one correctly rounded operation: 573 / 10 is the double "57.3"
+	 * parses to */
+	return exp < 0 ? (double)idx / p10[-exp] : (double)idx * p10[exp];
+}
+
+/* ---------------------------------------------------------------- states */
+
+static int cmp_pair(const void *x, const void *y)
+{
+	const int64_t *a = x, *b = y;
+	return (*a > *b) - (*a < *b);
+}
+
+/* Values of a window or a range usually span a few thousand units of the
+ * resolution (speeds at 0.1 km/h): then a count per unit, walked once,
+ * adds them up in time linear in pairs plus span; else a sort of
+ * (value, count) records. */
+int dist_combine(int64_t *v, uint64_t *c, size_t n, size_t *k)
+{
+	*k = 0;
+	if (!n)
+		return 0;
+	int64_t lo = v[0], hi = v[0];
+	for (size_t i = 1; i < n; i++) {
+		lo = v[i] < lo ? v[i] : lo;
+		hi = v[i] > hi ? v[i] : hi;
+	}
+	uint64_t span = (uint64_t)hi - (uint64_t)lo + 1;
+	if (span <= 4 * (uint64_t)n + 4096) {
+		uint64_t *cnt = mem_calloc(span, sizeof *cnt);
+		if (!cnt)
+			return err_set(-ENOMEM, "out of memory");
+		for (size_t i = 0; i < n; i++)
+			cnt[v[i] - lo] += c[i];
+		for (uint64_t u = 0; u < span; u++)
+			if (cnt[u]) {
+				v[*k] = lo + (int64_t)u;
+				c[(*k)++] = cnt[u];
+			}
+		mem_free(cnt);
+		return 0;
+	}
+	int64_t *rec = mem_alloc(n * 16);
+	if (!rec)
+		return err_set(-ENOMEM, "out of memory");
+	for (size_t i = 0; i < n; i++) {
+		rec[2 * i] = v[i];
+		rec[2 * i + 1] = (int64_t)c[i];
+	}
+	qsort(rec, n, 16, cmp_pair);
+	for (size_t i = 0; i < n; i++) {
+		if (*k && v[*k - 1] == rec[2 * i]) {
+			c[*k - 1] += (uint64_t)rec[2 * i + 1];
+		} else {
+			v[*k] = rec[2 * i];
+			c[(*k)++] = (uint64_t)rec[2 * i + 1];
+		}
+	}
+	mem_free(rec);
+	return 0;
+}
+
+void dstate_release(dstate *d)
+{
+	if (d->cap && !d->pooled) {
+		mem_free(d->v);
+		mem_free(d->c);
+	}
+	d->v = NULL;
+	d->c = NULL;
+	d->n = d->cap = 0;
+}
+
+static void dist_drop(dstate *d)
+{
+	dstate_release(d);
+	d->exp = DIST_MIXED;
+}
+
+/* Room for cap pairs of one's own, the current ones kept. */
+static int dstate_reserve(dstate *d, uint32_t cap)
+{
+	if (d->cap >= cap && d->cap)
+		return 0;
+	int64_t *v = mem_alloc((size_t)cap * sizeof *v);
+	uint64_t *c = mem_alloc((size_t)cap * sizeof *c);
+	if (!v || !c) {
+		mem_free(v);
+		mem_free(c);
+		return -ENOMEM;
+	}
+	uint32_t n = d->n;
+	if (n) {
+		memcpy(v, d->v, (size_t)n * sizeof *v);
+		memcpy(c, d->c, (size_t)n * sizeof *c);
+	}
+	dstate_release(d);
+	d->n = n;
+	d->v = v;
+	d->c = c;
+	d->cap = cap;
+	return 0;
+}
+
+int dstate_merge(dstate *dst, const dstate *src)
+{
+	if (!src->a.count)
+		return 0;
+	if (!dst->a.count) {
+		dst->exp = src->exp;
+	} else if (dst->exp != src->exp) {
+		ragg_merge(&dst->a, &src->a);
+		dist_drop(dst);
+		return 0;
+	}
+	if (dst->exp == DIST_MIXED) {
+		ragg_merge(&dst->a, &src->a);
+		return 0;
+	}
+	uint32_t na = dst->n, nb = src->n;
+	int64_t *v = mem_alloc(((size_t)na + nb) * sizeof *v);
+	uint64_t *c = mem_alloc(((size_t)na + nb) * sizeof *c);
+	if (!v || !c) {
+		mem_free(v);
+		mem_free(c);
+		return -ENOMEM;
+	}
+	uint32_t i = 0, j = 0, k = 0;
+	while (i < na || j < nb) {
+		if (j == nb || (i < na && dst->v[i] < src->v[j])) {
+			v[k] = dst->v[i];
+			c[k++] = dst->c[i++];
+		} else if (i == na || src->v[j] < dst->v[i]) {
+			v[k] = src->v[j];
+			c[k++] = src->c[j++];
+		} else {
+			v[k] = dst->v[i];
+			c[k++] = dst->c[i++] + src->c[j++];
+		}
+	}
+	dstate_release(dst);
+	dst->v = v;
+	dst->c = c;
+	dst->n = k;
+	dst->cap = na + nb ? na + nb : 1;
+	ragg_merge(&dst->a, &src->a);
+	return 0;
+}
+
+/* log2 of the pool block holding n bytes. */
+static unsigned pool_cls(size_t n)
+{
+	return n <= 16 ? 4 : 64 - (unsigned)__builtin_clzll((unsigned long long)n - 1);
+}
+
+/* Doubles a memtable state's arrays, v and c in one block of pl. */
+static int dstate_grow_pooled(dstate *d, rpool *pl)
+{
+	uint32_t cap = d->cap ? d->cap * 2 : 4;
+	unsigned cls = pool_cls((size_t)cap * 16);
+	int64_t *v = rpool_get(pl, cls);
+	if (!v)
+		return -ENOMEM;
+	uint64_t *c = (uint64_t *)(v + cap);
+	if (d->n) {
+		memcpy(v, d->v, (size_t)d->n * sizeof *v);
+		memcpy(c, d->c, (size_t)d->n * sizeof *c);
+	}
+	if (d->cap)
+		rpool_put(pl, d->v, pool_cls((size_t)d->cap * 16));
+	d->v = v;
+	d->c = c;
+	d->cap = cap;
+	d->pooled = 1;
+	return 0;
+}
+
+/* One value in (a memtable's state, arrays from pl, or with pl NULL one
+ * of its own); 0 or -ENOMEM, the state unchanged. */
+static int dstate_add(dstate *d, double x, rpool *pl)
+{
+	int64_t idx = dist_index(x, d->exp);
+	uint32_t lo = 0, hi = d->n;
+	while (lo < hi) {
+		uint32_t mid = lo + (hi - lo) / 2;
+		if (d->v[mid] < idx)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	if (lo < d->n && d->v[lo] == idx) {
+		d->c[lo]++;
+	} else {
+		if (d->n == d->cap &&
+		    (pl ? dstate_grow_pooled(d, pl) : dstate_reserve(d, d->cap ? d->cap * 2 : 8)))
+			return -ENOMEM;
+		memmove(&d->v[lo + 1], &d->v[lo], (size_t)(d->n - lo) * sizeof *d->v);
+		memmove(&d->c[lo + 1], &d->c[lo], (size_t)(d->n - lo) * sizeof *d->c);
+		d->v[lo] = idx;
+		d->c[lo] = 1;
+		d->n++;
+	}
+	ragg_add(&d->a, x);
+	return 0;
+}
+
+/* ---------------------------------------------------------------- kind */
+
+static void dist_init(void *st)
+{
+	dstate *d = st;
+	memset(d, 0, sizeof *d);
+	ragg_init(&d->a);
+}
+
+static int dist_add(void *st, double v)
+{
+	return dstate_add(st, v, NULL);
+}
+
+static int dist_merge_fn(void *st, const void *src)
+{
+	return dstate_merge(st, src);
+}
+
+static void dist_finalize(const void *st, void *answer)
+{
+	ragg_to_public(&((const dstate *)st)->a, answer);
+}
+
+static int dist_own(void *st)
+{
+	dstate *d = st;
+	if (d->cap || !d->n)
+		return 0;
+	return dstate_reserve(d, d->n);
+}
+
+static void dist_release_fn(void *st)
+{
+	dstate_release(st);
+}
+
+/*
+ * Payload: the basic payload of the same windows (engine/aggkind.c), then
+ *   i32 exp                       resolution 10^exp; DIST_MIXED: none kept
+ *   u32 len, codec u64 block      distinct values per window (n values)
+ *   per chunk of at most 65,536 pairs (all windows' pairs, in order):
+ *     u32 len, codec i64 block    values in units of the resolution: each
+ *                                 window's first as is, then the deltas
+ *     u32 len, codec u64 block    their counts
+ * docs/formats.md has a worked example.
+ */
+static int put_block(codec_ctx *cx, enum codec_kind kind, const void *vals, uint32_t n,
+		     codec_buf *out)
+{
+	size_t at = out->len;
+	int rc = codec_buf_reserve(out, 4);
+	if (rc)
+		return err_set(rc, "out of memory");
+	out->len += 4;
+	if ((rc = codec_encode(cx, kind, vals, NULL, n, NULL, out, NULL)))
+		return rc;
+	le_put32(out->p + at, (uint32_t)(out->len - at - 4));
+	return 0;
+}
+
+static int dist_encode(codec_ctx *cx, const void *buckets, uint32_t n, codec_buf *out)
+{
+	const dbucket *b = buckets;
+	int32_t exp = n ? b[0].d.exp : 0;
+	uint64_t total = 0;
+	for (uint32_t i = 0; i < n; i++) {
+		if (b[i].d.exp != exp)
+			exp = DIST_MIXED; /* flushes and merges never mix; be safe */
+		total += b[i].d.n;
+	}
+	rbucket *rb = mem_alloc((size_t)n * sizeof *rb);
+	uint64_t *cnt = mem_alloc((size_t)n * sizeof *cnt);
+	int64_t *dv = mem_alloc(CODEC_BLOCK_MAX * sizeof *dv);
+	uint64_t *dc = mem_alloc(CODEC_BLOCK_MAX * sizeof *dc);
+	int rc = 0;
+	if (!rb || !cnt || !dv || !dc) {
+		rc = err_set(-ENOMEM, "out of memory");
+		goto out;
+	}
+	for (uint32_t i = 0; i < n; i++) {
+		rb[i].start = b[i].start;
+		rb[i].a = b[i].d.a;
+		cnt[i] = exp == DIST_MIXED ? 0 : b[i].d.n;
+	}
+	if (exp == DIST_MIXED)
+		total = 0;
+	if ((rc = agg_basic.encode(cx, rb, n, out)) || (rc = codec_buf_reserve(out, 4)))
+		goto out;
+	le_put32(out->p + out->len, (uint32_t)exp);
+	out->len += 4;
+	if ((rc = put_block(cx, CODEC_U64, cnt, n, out)))
+		goto out;
+	uint32_t k = 0;
+	for (uint32_t i = 0; i < n && total; i++)
+		for (uint32_t j = 0; j < b[i].d.n; j++) {
+			dv[k] = j ? b[i].d.v[j] - b[i].d.v[j - 1] : b[i].d.v[0];
+			dc[k++] = b[i].d.c[j];
+			if (k == CODEC_BLOCK_MAX) {
+				if ((rc = put_block(cx, CODEC_I64, dv, k, out)) ||
+				    (rc = put_block(cx, CODEC_U64, dc, k, out)))
+					goto out;
+				k = 0;
+			}
+		}
+	if (k && ((rc = put_block(cx, CODEC_I64, dv, k, out)) ||
+		  (rc = put_block(cx, CODEC_U64, dc, k, out))))
+		goto out;
+out:
+	mem_free(rb);
+	mem_free(cnt);
+	mem_free(dv);
+	mem_free(dc);
+	return rc;
+}
+
+/* Reads "u32 len, codec block of n values" at *pos. */
+static int get_block(codec_ctx *cx, const uint8_t *p, size_t len, size_t *pos, enum codec_kind kind,
+		     uint32_t n, void *vals)
+{
+	if (len - *pos < 4)
+		return err_set(TALLY_ECORRUPT, "malformed distribution block");
+	uint32_t bl = le_get32(p + *pos);
+	*pos += 4;
+	if (bl > len - *pos)
+		return err_set(TALLY_ECORRUPT, "malformed distribution block");
+	int rc = codec_decode(cx, p + *pos, bl, kind, n, vals, NULL, NULL);
+	*pos += bl;
+	return rc;
+}
+
+#define MALFORMED() err_set(TALLY_ECORRUPT, "malformed distribution block")
+
+static int dist_decode(codec_ctx *cx, const uint8_t *p, size_t len, uint32_t n, void *out,
+		       codec_buf *arena)
+{
+	dbucket *b = out;
+	size_t pos = agg_basic_payload_len(p, len);
+	if (!pos || len - pos < 4)
+		return MALFORMED();
+	rbucket *rb = mem_alloc((size_t)n * (sizeof *rb > 8 ? sizeof *rb : 8));
+	if (!rb)
+		return err_set(-ENOMEM, "out of memory");
+	int rc = agg_basic.decode(cx, p, pos, n, rb, NULL);
+	int32_t exp = (int32_t)le_get32(p + pos);
+	pos += 4;
+	if (!rc && exp != DIST_MIXED && (exp < DIST_EXP_MIN || exp > DIST_EXP_MAX))
+		rc = MALFORMED();
+	uint64_t total = 0;
+	for (uint32_t i = 0; i < n && !rc; i++) {
+		b[i].start = rb[i].start;
+		memset(&b[i].d, 0, sizeof b[i].d);
+		b[i].d.a = rb[i].a;
+		b[i].d.exp = exp;
+	}
+	uint64_t *cnt = (uint64_t *)rb; /* reused: the starts are copied out */
+	if (!rc)
+		rc = get_block(cx, p, len, &pos, CODEC_U64, n, cnt);
+	for (uint32_t i = 0; i < n && !rc; i++) {
+		if (cnt[i] > b[i].d.a.count || (exp == DIST_MIXED && cnt[i]) ||
+		    (exp != DIST_MIXED && !cnt[i]))
+			rc = MALFORMED();
+		b[i].d.n = (uint32_t)cnt[i];
+		total += cnt[i];
+	}
+	if (!rc && (rc = codec_buf_reserve(arena, (size_t)total * 16)))
+		rc = err_set(rc, "out of memory");
+	int64_t *v = rc ? NULL : (int64_t *)(void *)arena->p;
+	uint64_t *c = rc ? NULL : (uint64_t *)(void *)(arena->p + total * 8);
+	for (uint64_t k = 0; k < total && !rc; k += CODEC_BLOCK_MAX) {
+		uint32_t m = total - k < CODEC_BLOCK_MAX ? (uint32_t)(total - k) : CODEC_BLOCK_MAX;
+		if (!(rc = get_block(cx, p, len, &pos, CODEC_I64, m, v + k)))
+			rc = get_block(cx, p, len, &pos, CODEC_U64, m, c + k);
+	}
+	if (!rc && pos != len)
+		rc = MALFORMED();
+	/* undo the deltas and check what a merge relies on: ascending values
+	 * within a window, counts > 0 summing to the window's count */
+	uint64_t k = 0;
+	for (uint32_t i = 0; i < n && !rc; i++) {
+		dstate *d = &b[i].d;
+		d->v = v + k;
+		d->c = c + k;
+		uint64_t sum = 0;
+		for (uint32_t j = 0; j < d->n && !rc; j++) {
+			if (j) {
+				if (d->v[j] <= 0 || d->v[j] > DIST_IDX_MAX ||
+				    d->v[j - 1] > DIST_IDX_MAX - d->v[j])
+					rc = MALFORMED();
+				else
+					d->v[j] += d->v[j - 1];
+			} else if (d->v[0] < -DIST_IDX_MAX || d->v[0] > DIST_IDX_MAX) {
+				rc = MALFORMED();
+			}
+			if (!d->c[j] || d->c[j] > d->a.count - sum)
+				rc = MALFORMED();
+			else
+				sum += d->c[j];
+		}
+		if (!rc && exp != DIST_MIXED && sum != d->a.count)
+			rc = MALFORMED();
+		k += d->n;
+	}
+	mem_free(rb);
+	if (rc)
+		for (uint32_t i = 0; i < n; i++)
+			memset(&b[i].d, 0, sizeof b[i].d); /* nothing borrowed looks owned */
+	return rc;
+}
+
+const agg_kind agg_dist = {
+	.id = AGG_DIST,
+	.name = "dist",
+	.bucket_size = sizeof(dbucket),
+	.init = dist_init,
+	.add = dist_add,
+	.merge = dist_merge_fn,
+	.encode = dist_encode,
+	.decode = dist_decode,
+	.finalize = dist_finalize,
+	.own = dist_own,
+	.release = dist_release_fn,
+	.basic_prefix = 1,
+};
+
+void dist_release_buckets(dbucket *b, uint32_t n)
+{
+	for (uint32_t i = 0; i < n; i++)
+		dstate_release(&b[i].d);
+}
+
+/* ---------------------------------------------------------------- memtable */
+
+static uint32_t dbucket_lower(const dbucket *b, uint32_t n, int64_t t)
+{
+	return starts_lower(b, sizeof *b, n, t);
+}
+
+/* The window starting at start, created if new; NULL when out of memory. */
+static dstate *dcol_window(dcol *dc, int64_t start, rpool *pl)
+{
+	uint32_t i;
+	if (dc->n && dc->w[dc->last].start == start)
+		return &dc->w[dc->last].d;
+	if (!dc->n || dc->w[dc->n - 1].start < start)
+		i = dc->n;
+	else
+		i = dbucket_lower(dc->w, dc->n, start);
+	if (i == dc->n || dc->w[i].start != start) {
+		if (dc->n == dc->cap) {
+			uint32_t nc = dc->cap ? dc->cap * 2 : 4;
+			dbucket *nw = rpool_get(pl, pool_cls((size_t)nc * sizeof *nw));
+			if (!nw)
+				return NULL;
+			if (dc->n)
+				memcpy(nw, dc->w, (size_t)dc->n * sizeof *nw);
+			if (dc->cap)
+				rpool_put(pl, dc->w, pool_cls((size_t)dc->cap * sizeof *nw));
+			dc->w = nw;
+			dc->cap = nc;
+		}
+		memmove(&dc->w[i + 1], &dc->w[i], (size_t)(dc->n - i) * sizeof *dc->w);
+		dc->w[i].start = start;
+		dist_init(&dc->w[i].d);
+		dc->w[i].d.exp = dc->exp;
+		dc->n++;
+	}
+	dc->last = i;
+	return &dc->w[i].d;
+}
+
+int dcol_add_run(dcol *dc, const levels *L, const int64_t *ts, const double *v, uint32_t n,
+		 rpool *pl)
+{
+	dstate *d = NULL;
+	int64_t end = 0;
+	for (uint32_t i = 0; i < n; i++) {
+		/* a run's values mostly share a window: one division per window */
+		if (!d || ts[i] < end - L->w[0] || ts[i] >= end) {
+			int64_t start = window_start(ts[i], L->w[0], L->offset);
+			if (!(d = dcol_window(dc, start, pl)))
+				return -ENOMEM;
+			end = start + L->w[0];
+		}
+		if (dstate_add(d, v[i], pl))
+			return -ENOMEM;
+	}
+	return 0;
+}
+
+void dcol_free(dcol *dc)
+{
+	mem_free(dc); /* its arrays are in the memtable's arena */
+}
+
+int dcol_level(const dcol *dc, const rlevel *lv, const levels *L, unsigned l, int64_t a, int64_t b,
+	       dbucket **out, uint32_t *n, uint32_t *cap)
+{
+	*n = 0;
+	uint32_t j = dbucket_lower(dc->w, dc->n, a);
+	for (uint32_t i = rollup_lower(lv, a); i < lv->n && lv->b[i].start < b; i++) {
+		if (!lv->b[i].a.count)
+			continue;
+		if (*n == *cap) {
+			uint32_t nc = *cap ? *cap * 2 : 256;
+			dbucket *no = mem_realloc(*out, (size_t)nc * sizeof *no);
+			if (!no)
+				goto nomem;
+			*out = no;
+			*cap = nc;
+		}
+		dbucket *o = &(*out)[(*n)++];
+		o->start = lv->b[i].start;
+		dist_init(&o->d);
+		o->d.exp = dc->exp;
+		/* the finest windows of this one: their pairs gathered into one
+		 * list and added up once (merging them two at a time cost a
+		 * day's window 288 copies of a growing list) */
+		int64_t end = o->start + L->w[l];
+		uint64_t total = 0;
+		uint32_t j0;
+		while (j < dc->n && dc->w[j].start < o->start)
+			j++;
+		for (j0 = j; j < dc->n && dc->w[j].start < end; j++)
+			total += dc->w[j].d.n;
+		if (total > UINT32_MAX / 2 || dstate_reserve(&o->d, total ? (uint32_t)total : 1))
+			goto nomem;
+		size_t k = 0;
+		for (uint32_t x = j0; x < j; x++) {
+			if (!dc->w[x].d.n)
+				continue;
+			memcpy(o->d.v + k, dc->w[x].d.v, dc->w[x].d.n * sizeof *o->d.v);
+			memcpy(o->d.c + k, dc->w[x].d.c, dc->w[x].d.n * sizeof *o->d.c);
+			k += dc->w[x].d.n;
+		}
+		if (j - j0 > 1 ? dist_combine(o->d.v, o->d.c, k, &k) : 0)
+			goto nomem;
+		o->d.n = (uint32_t)k;
+		/* the level's own bucket is the basic aggregate, bit for bit as
+		 * the basic kind would store it */
+		o->d.a = lv->b[i].a;
+	}
+	return 0;
+nomem:
+	dist_release_buckets(*out, *n);
+	*n = 0;
+	return err_set(-ENOMEM, "out of memory");
+}
+
+/* ---------------------------------------------------------------- config */
+
+struct dist_conf {
+	uint32_t n;
+	struct dist_mark {
+		char *table, *field;
+		uint32_t tl, fl;
+		int32_t exp;
+	} m[];
+};
+
+void dist_conf_free(dist_conf *c)
+{
+	if (!c)
+		return;
+	for (uint32_t i = 0; i < c->n; i++)
+		mem_free(c->m[i].table);
+	mem_free(c);
+}
+
+/* "0.1" -> -1, "100" -> 2, "1e-3" -> -3; 1 on success. */
+static int parse_resolution(const char *s, size_t len, int32_t *exp)
+{
+	char buf[32];
+	if (!len || len >= sizeof buf)
+		return 0;
+	memcpy(buf, s, len);
+	buf[len] = 0;
+	char *end;
+	double r = strtod(buf, &end);
+	if (*end || !(r > 0))
+		return 0;
+	for (int32_t e = DIST_EXP_MIN; e <= DIST_EXP_MAX; e++) {
+		double p = e < 0 ? 1 / p10[-e] : p10[e];
+		if (fabs(r - p) <= p * 1e-12) {
+			*exp = e;
+			return 1;
+		}
+	}
+	return 0;
+}
+
+int dist_conf_parse(const char *spec, dist_conf **out)
+{
+	*out = NULL;
+	if (!spec || !*spec)
+		return 0;
+	uint32_t n = 1;
+	for (const char *p = spec; *p; p++)
+		n += *p == ',';
+	dist_conf *c = mem_calloc(1, sizeof *c + n * sizeof c->m[0]);
+	if (!c)
+		return err_set(-ENOMEM, "out of memory");
+	const char *p = spec;
+	while (*p) {
+		const char *e = strchr(p, ',');
+		size_t len = e ? (size_t)(e - p) : strlen(p);
+		const char *colon = memchr(p, ':', len);
+		const char *dot = colon ? memchr(p, '.', (size_t)(colon - p)) : NULL;
+		int32_t exp;
+		if (!dot || dot == p || dot + 1 == colon ||
+		    !parse_resolution(colon + 1, len - (size_t)(colon + 1 - p), &exp)) {
+			dist_conf_free(c);
+			return err_set(TALLY_EINVAL,
+				       "distributions: expected table.field:resolution (a power "
+				       "of ten from 1e-9 to 1e9, e.g. traffic.speed:0.1), got "
+				       "'%.*s'",
+				       (int)len, p);
+		}
+		struct dist_mark *m = &c->m[c->n];
+		m->tl = (uint32_t)(dot - p);
+		m->fl = (uint32_t)(colon - dot - 1);
+		if (!(m->table = mem_alloc((size_t)m->tl + m->fl + 2))) {
+			dist_conf_free(c);
+			return err_set(-ENOMEM, "out of memory");
+		}
+		memcpy(m->table, p, m->tl);
+		m->table[m->tl] = 0;
+		m->field = m->table + m->tl + 1;
+		memcpy(m->field, dot + 1, m->fl);
+		m->field[m->fl] = 0;
+		m->exp = exp;
+		c->n++;
+		p += len + (e != NULL);
+	}
+	*out = c;
+	return 0;
+}
+
+int dist_conf_find(const dist_conf *c, const char *table, uint32_t tl, const char *field,
+		   uint32_t fl, int32_t *exp)
+{
+	for (uint32_t i = 0; c && i < c->n; i++) {
+		const struct dist_mark *m = &c->m[i];
+		if (m->tl == tl && m->fl == fl && !memcmp(m->table, table, tl) &&
+		    !memcmp(m->field, field, fl)) {
+			*exp = m->exp;
+			return 1;
+		}
+	}
+	return 0;
+}

@@ -1,0 +1,396 @@
+/*
+ * distq.c — distribution queries: quantiles, threshold counts and
+ * histograms of a marked field over any [from, to).
+ *
+ * The one idea is the exact aggregate's tiling (docs/architecture.md,
+ * "Read path"): [from, to) is covered by the coarsest whole windows that
+ * fit, then finer ones at the edges, and raw events below the finest
+ * level; every window's distribution is a sorted list of (value, count)
+ * pairs at the field's resolution, so the answer is their exact sum, and
+ * a quantile is a walk over it. Memtables keep only the finest windows;
+ * parts keep every level.
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "db.h"
+#include "dist.h"
+#include "err.h"
+#include "flush.h"
+#include "mem.h"
+#include "partset.h"
+#include "retention.h"
+#include "shard.h"
+
+struct tally_dist {
+	uint64_t count;
+	int32_t exp;
+	uint32_t n;
+	int64_t *v; /* ascending, in units of the resolution */
+	uint64_t *c;
+	uint64_t *cum; /* cum[i]: counts of v[0..i] */
+};
+
+typedef struct dacc {
+	int64_t *v;
+	uint64_t *c;
+	size_t n, cap;
+	int32_t exp;
+	int rc;
+	const char *what; /* for the message of a window without a distribution */
+	part_scratch *ps;
+	uint8_t *buf;
+	size_t cap_buf;
+	/* the block buf holds, decoded: a range's two edges read the same
+	 * finest-level block, which is most of a query's decoding */
+	const part *bp;
+	const part_key *bk;
+	uint32_t bnum, bn;
+	unsigned blevel;
+	const agg_kind *bkind;
+} dacc;
+
+static void acc_pair(dacc *a, int64_t v, uint64_t c)
+{
+	if (a->n == a->cap) {
+		size_t nc = a->cap ? a->cap * 2 : 1024;
+		int64_t *nv = mem_realloc(a->v, nc * sizeof *nv);
+		if (nv)
+			a->v = nv;
+		uint64_t *ncnt = nv ? mem_realloc(a->c, nc * sizeof *ncnt) : NULL;
+		if (!ncnt) {
+			a->rc = err_set(-ENOMEM, "out of memory");
+			return;
+		}
+		a->c = ncnt;
+		a->cap = nc;
+	}
+	a->v[a->n] = v;
+	a->c[a->n++] = c;
+}
+
+static void acc_state(dacc *a, const dstate *d, int64_t start)
+{
+	if (a->rc || !d->a.count)
+		return;
+	if (d->exp != a->exp) {
+		a->rc = err_set(TALLY_EINVAL,
+				"%s: the window starting at %lld ns has no distribution at the "
+				"field's resolution (written before the field was marked, or "
+				"at another resolution)",
+				a->what, (long long)start);
+		return;
+	}
+	for (uint32_t i = 0; i < d->n && !a->rc; i++)
+		acc_pair(a, d->v[i], d->c[i]);
+}
+
+/* The memtable's finest windows with start in [x, y). */
+static void acc_dcol(dacc *a, const dcol *dc, int64_t x, int64_t y)
+{
+	for (uint32_t i = 0; i < dc->n && !a->rc; i++)
+		if (dc->w[i].start >= x && dc->w[i].start < y)
+			acc_state(a, &dc->w[i].d, dc->w[i].start);
+}
+
+/* A part's windows of level li with start in [x, y). */
+static void acc_part(dacc *a, const shard_part *sp, const part_key *pk, uint32_t num, unsigned li,
+		     int64_t x, int64_t y)
+{
+	if (a->rc)
+		return;
+	if (a->bp != sp->p || a->bk != pk || a->bnum != num || a->blevel != li) {
+		a->bp = NULL;
+		a->rc = agg_read_rollup_any(sp->p, pk, num, li, a->ps, &a->bkind, &a->buf,
+					    &a->cap_buf, &a->bn);
+		if (a->rc)
+			return;
+		a->bp = sp->p;
+		a->bk = pk;
+		a->bnum = num;
+		a->blevel = li;
+	}
+	const agg_kind *k = a->bkind;
+	uint32_t n = a->bn;
+	if (!n)
+		return;
+	if (k != &agg_dist) {
+		a->rc = err_set(TALLY_EINVAL,
+				"%s: %s holds its windows without a distribution (written "
+				"before the field was marked)",
+				a->what, sp->p->path);
+		return;
+	}
+	const dbucket *b = (const dbucket *)(void *)a->buf;
+	for (uint32_t i = 0; i < n && !a->rc; i++)
+		if (b[i].start >= x && b[i].start < y)
+			acc_state(a, &b[i].d, b[i].start);
+}
+
+/* Whole windows tiling [x, y) from level li down; the parts below the
+ * finest level are the caller's raw edges. */
+static void tile_part(dacc *a, const shard_part *sp, const part_key *pk, uint32_t num,
+		      const levels *L, int li, int64_t x, int64_t y)
+{
+	while (x < y && li >= 0 && !a->rc) {
+		int64_t w = L->w[li];
+		int64_t X = window_start(x, w, L->offset);
+		if (X < x)
+			X += w;
+		int64_t Y = window_start(y, w, L->offset);
+		if (X >= Y) {
+			li--;
+			continue;
+		}
+		acc_part(a, sp, pk, num, (unsigned)li, X, Y);
+		tile_part(a, sp, pk, num, L, li - 1, x, X);
+		x = Y;
+		li--;
+	}
+}
+
+/* Raw events of [x, y) through a scan (the edges: under one finest window
+ * each side). */
+static int acc_raw(dacc *a, tally_db *db, const char *table, const char *field, const char *key,
+		   int64_t x, int64_t y)
+{
+	if (x >= y)
+		return 0;
+	tally_scan *sc;
+	int rc = tally_scan_open(db, table, key, x, y, &sc);
+	if (rc)
+		return rc == TALLY_ENOTFOUND ? 0 : rc;
+	size_t col = SIZE_MAX, nc = tally_scan_columns(sc);
+	for (size_t i = 0; i < nc; i++) {
+		const char *name;
+		enum tally_type t;
+		if (!tally_scan_column(sc, i, &name, &t) && !strcmp(name, field))
+			col = i;
+	}
+	tally_row row;
+	while (col != SIZE_MAX && (rc = tally_scan_next(sc, &row)) == 1 && !a->rc) {
+		const tally_value *v = &row.values[col];
+		double d;
+		switch (v->type) {
+		case TALLY_T_F64: d = v->v.f64; break;
+		case TALLY_T_I64: d = (double)v->v.i64; break;
+		case TALLY_T_U64: d = (double)v->v.u64; break;
+		case TALLY_T_BOOL: d = v->v.b ? 1 : 0; break;
+		default: continue;
+		}
+		acc_pair(a, dist_index(d, a->exp), 1);
+	}
+	tally_scan_close(sc);
+	return rc < 0 ? rc : a->rc;
+}
+
+TALLY_API int tally_query_dist(tally_db *db, const char *table, const char *field, const char *key,
+			       int64_t from, int64_t to, tally_dist **out)
+{
+	err_clear();
+	*out = NULL;
+	if (!table || !field || !key)
+		return err_set(TALLY_EINVAL, "table, field and key are required");
+	table_def *t = catalog_find_table(&db->cat, table, (uint32_t)strlen(table));
+	if (!t)
+		return err_set(TALLY_ENOTFOUND, "no table '%s'", table);
+	col_def *c = catalog_find_column(&db->cat, t, field, (uint32_t)strlen(field));
+	if (!c)
+		return err_set(TALLY_ENOTFOUND, "table '%s' has no field '%s'", table, field);
+	if (!c->dist)
+		return err_set(TALLY_EINVAL,
+			       "field '%s' of table '%s' is not a distribution (mark it with "
+			       "distributions = %s.%s:RESOLUTION)",
+			       field, table, table, field);
+	from = from < TS_ENGINE_MIN   ? TS_ENGINE_MIN
+	       : from > TS_ENGINE_MAX ? TS_ENGINE_MAX + 1
+				      : from;
+	to = to < TS_ENGINE_MIN ? TS_ENGINE_MIN : to > TS_ENGINE_MAX ? TS_ENGINE_MAX + 1 : to;
+	/* like the exact aggregate: what retention dropped is refused by
+	 * name, never answered from what is left (docs/operations.md) */
+	int rrc = retention_check_agg(db, t, from, to);
+	if (rrc)
+		return rrc;
+	const levels *L = &db->L;
+	/* [A, B): the whole finest windows of [from, to); the rest is raw */
+	int64_t A = window_start(from, L->w[0], L->offset), B = A;
+	if (A < from)
+		A += L->w[0];
+	if (from < to) {
+		B = window_start(to, L->w[0], L->offset);
+		if (B < A)
+			B = A;
+	}
+	dacc a = {.exp = c->dist_exp, .what = field};
+	uint32_t kl = (uint32_t)strlen(key);
+	if (A < B) {
+		a.ps = scratch_get(db);
+		for (unsigned s = 0; s < db->n_shards && !a.rc; s++) {
+			shard *sh = db->shards[s];
+			pthread_rwlock_rdlock(&sh->lock);
+			const memtable *mt[SHARD_FROZEN_MAX + 1];
+			unsigned nm = shard_memtables(sh, mt);
+			for (unsigned m = 0; m < nm && !a.rc; m++) {
+				const series *se = mem_series(mt[m], t, key, kl);
+				const rcol *rc =
+					se && c->id < se->n_rcols ? se->rcols[c->id] : NULL;
+				if (rc && rc->dist)
+					acc_dcol(&a, rc->dist, A, B);
+				else if (rc && rc->lv[0].n)
+					a.rc = err_set(TALLY_EINVAL,
+						       "%s: windows in memory without a "
+						       "distribution",
+						       field);
+			}
+			for (uint32_t i = 0; i < sh->n_parts && !a.rc; i++) {
+				const shard_part *sp = sh->parts[i];
+				if (sp->table != t || sp->pend <= A || sp->pstart >= B)
+					continue;
+				const part_key *pk = part_find_key(sp->p, key, kl);
+				int pc = pk ? shard_part_col(sp, c) : -1;
+				if (pc < 0 || sp->p->info.num_of[pc] < 0)
+					continue;
+				int64_t x = A < sp->pstart ? sp->pstart : A;
+				int64_t y = B > sp->pend ? sp->pend : B;
+				tile_part(&a, sp, pk, (uint32_t)sp->p->info.num_of[pc], L,
+					  (int)L->n - 1, x, y);
+			}
+			pthread_rwlock_unlock(&sh->lock);
+			a.bp = NULL; /* its parts may go once unlocked */
+		}
+		scratch_put(db, a.ps);
+	}
+	mem_free(a.buf);
+	int rc = a.rc;
+	/* the edges; without a whole window between them, all of [from, to) */
+	if (!rc)
+		rc = acc_raw(&a, db, table, field, key, from, A < B ? A : to);
+	if (!rc && A < B)
+		rc = acc_raw(&a, db, table, field, key, B, to);
+	tally_dist *d = rc ? NULL : mem_calloc(1, sizeof *d);
+	if (!rc && !d)
+		rc = err_set(-ENOMEM, "out of memory");
+	size_t k = 0;
+	if (!rc)
+		rc = dist_combine(a.v, a.c, a.n, &k);
+	if (!rc) {
+		d->exp = a.exp;
+		d->n = (uint32_t)k;
+		d->v = a.v;
+		d->c = a.c;
+		a.v = NULL;
+		a.c = NULL;
+		d->cum = mem_alloc((k ? k : 1) * sizeof *d->cum);
+		if (!d->cum)
+			rc = err_set(-ENOMEM, "out of memory");
+		for (size_t i = 0; d->cum && i < k; i++)
+			d->cum[i] = (d->count += d->c[i]);
+	}
+	mem_free(a.v);
+	mem_free(a.c);
+	if (rc) {
+		tally_dist_free(d);
+		return rc;
+	}
+	*out = d;
+	return 0;
+}
+
+TALLY_API void tally_dist_free(tally_dist *d)
+{
+	if (!d)
+		return;
+	mem_free(d->v);
+	mem_free(d->c);
+	mem_free(d->cum);
+	mem_free(d);
+}
+
+TALLY_API uint64_t tally_dist_count(const tally_dist *d)
+{
+	return d->count;
+}
+
+TALLY_API double tally_dist_resolution(const tally_dist *d)
+{
+	return dist_value(1, d->exp);
+}
+
+/* The smallest rank r with r >= q * N, computed exactly for the double q:
+ * the product's rounding error (fma) decides when q * N rounds to an
+ * integer. */
+static uint64_t rank_of(double q, uint64_t n)
+{
+	double x = q * (double)n, err = fma(q, (double)n, -x);
+	double r = ceil(x);
+	if (r == x && err > 0)
+		r += 1;
+	if (r < 1)
+		r = 1;
+	return r > (double)n ? n : (uint64_t)r;
+}
+
+TALLY_API int tally_dist_quantile(const tally_dist *d, double q, double *out)
+{
+	if (!(q >= 0 && q <= 1))
+		return err_set(TALLY_EINVAL, "quantile %g is not in [0, 1]", q);
+	if (!d->count)
+		return err_set(TALLY_ENOTFOUND, "no values in the range");
+	uint64_t r = rank_of(q, d->count);
+	uint32_t lo = 0, hi = d->n - 1;
+	while (lo < hi) { /* the first value whose cumulative count reaches r */
+		uint32_t mid = lo + (hi - lo) / 2;
+		if (d->cum[mid] < r)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	*out = dist_value(d->v[lo], d->exp);
+	return 0;
+}
+
+/* How many values are below x (strictly, or also equal when le). */
+static uint64_t count_below(const tally_dist *d, double x, int le)
+{
+	uint32_t lo = 0, hi = d->n;
+	while (lo < hi) {
+		uint32_t mid = lo + (hi - lo) / 2;
+		double v = dist_value(d->v[mid], d->exp);
+		if (v < x || (le && v == x))
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo ? d->cum[lo - 1] : 0;
+}
+
+TALLY_API uint64_t tally_dist_count_below(const tally_dist *d, double x)
+{
+	return count_below(d, x, 0);
+}
+
+TALLY_API uint64_t tally_dist_count_above(const tally_dist *d, double x)
+{
+	return d->count - count_below(d, x, 1);
+}
+
+TALLY_API int tally_dist_histogram(const tally_dist *d, const double *edges, size_t n_edges,
+				   uint64_t *counts)
+{
+	if (n_edges < 2)
+		return err_set(TALLY_EINVAL, "a histogram needs at least two edges");
+	for (size_t i = 0; i < n_edges; i++)
+		if (isnan(edges[i]) || (i && !(edges[i] > edges[i - 1])))
+			return err_set(TALLY_EINVAL,
+				       "histogram edge %zu (%g) is not above the one before", i,
+				       edges[i]);
+	uint64_t below = count_below(d, edges[0], 0);
+	for (size_t i = 1; i < n_edges; i++) {
+		uint64_t b = count_below(d, edges[i], 0);
+		counts[i - 1] = b - below;
+		below = b;
+	}
+	return 0;
+}

@@ -1,0 +1,366 @@
+/*
+ * test_dist.c — exact distributions against brute force: quantiles,
+ * threshold counts and histograms over aligned and unaligned ranges, with
+ * late events, two shards, flushes, merges, sealing and reopen, compared
+ * for exact equality with the sorted raw values.
+ */
+#include <criterion/criterion.h>
+
+#include "testutil.h"
+
+#define T0   INT64_C(1700006400000000000) /* a UTC midnight + 1 day */
+#define CAMS 3
+#define SPAN (3 * TALLY_1D)
+
+typedef struct ev {
+	int cam;
+	int64_t ts;
+	double v;
+} ev;
+
+static ev *evs;
+static size_t n_evs, cap_evs;
+
+static tally_options opts(void)
+{
+	tally_options o;
+	tally_options_init(&o);
+	o.log_fn = tu_quiet_log;
+	o.no_background = 1;
+	o.shards = 2;
+	o.distributions = "traffic.speed:0.1";
+	return o;
+}
+
+/* n events through shard s's writer: speeds with one decimal, a few
+ * repeated values, every 5th event late by up to two days. */
+static void write_some(tally_db *db, tu_rng *r, unsigned s, int n)
+{
+	tally_writer *w;
+	cr_assert_eq(tally_writer_open(db, (int)s, &w), 0);
+	char *buf = malloc((size_t)n * 80), *p = buf;
+	for (int i = 0; i < n; i++) {
+		int cam = (int)tu_below(r, CAMS);
+		int64_t ts = T0 + (int64_t)tu_below(r, (uint64_t)SPAN);
+		unsigned v = 300 + (unsigned)tu_below(r, 60) * (1 + (unsigned)tu_below(r, 15));
+		p += sprintf(p, "traffic,camera=C%d speed=%u.%u,n=%ui %lld\n", cam, v / 10, v % 10,
+			     v % 7, (long long)ts);
+		if (n_evs == cap_evs) {
+			cap_evs = cap_evs ? cap_evs * 2 : 4096;
+			evs = realloc(evs, cap_evs * sizeof *evs);
+		}
+		char num[16];
+		sprintf(num, "%u.%u", v / 10, v % 10);
+		evs[n_evs++] = (ev){cam, ts, strtod(num, NULL)};
+	}
+	tally_write_result res;
+	cr_assert_eq(tally_write_lp(w, buf, (size_t)(p - buf), TALLY_PREC_NS, &res), 0, "%s",
+		     tally_errmsg());
+	cr_assert_eq(res.accepted, (uint64_t)n);
+	tally_writer_close(w);
+	free(buf);
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return (x > y) - (x < y);
+}
+
+__extension__ typedef unsigned __int128 u128;
+
+/* ceil(q * n) for the double q, exactly (q = m / 2^s), at least 1. */
+static uint64_t exact_rank(double q, uint64_t n)
+{
+	int e;
+	double f = frexp(q, &e); /* q = f * 2^e, f in [0.5, 1) */
+	u128 m = (u128)ldexp(f, 53);
+	int s = 53 - e;
+	u128 prod = m * n;
+	uint64_t r =
+		s <= 0 ? (uint64_t)(prod << -s) : (uint64_t)((prod + (((u128)1 << s) - 1)) >> s);
+	return q == 0 || r < 1 ? 1 : r;
+}
+
+static void check_range(tally_db *db, int cam, int64_t from, int64_t to, tu_rng *r)
+{
+	double *v = malloc((n_evs + 1) * sizeof *v);
+	size_t n = 0;
+	for (size_t i = 0; i < n_evs; i++)
+		if (evs[i].cam == cam && evs[i].ts >= from && evs[i].ts < to)
+			v[n++] = evs[i].v;
+	qsort(v, n, sizeof *v, cmp_double);
+	char key[8];
+	sprintf(key, "C%d", cam);
+	tally_dist *d;
+	cr_assert_eq(tally_query_dist(db, "traffic", "speed", key, from, to, &d), 0, "%s",
+		     tally_errmsg());
+	cr_assert_eq(tally_dist_count(d), n, "[%lld, %lld): %llu values, brute force %zu",
+		     (long long)from, (long long)to, (unsigned long long)tally_dist_count(d), n);
+	const double qs[] = {0, 0.5, 0.85, 0.15, 1, 0.999, 1e-9, (double)tu_below(r, 1001) / 1000};
+	for (size_t i = 0; i < sizeof qs / sizeof *qs; i++) {
+		double got;
+		int rc = tally_dist_quantile(d, qs[i], &got);
+		if (!n) {
+			cr_assert_eq(rc, TALLY_ENOTFOUND);
+			continue;
+		}
+		cr_assert_eq(rc, 0);
+		double want = v[exact_rank(qs[i], n) - 1];
+		cr_assert_eq(got, want, "q %.17g over [%lld, %lld): %.17g, brute force %.17g",
+			     qs[i], (long long)from, (long long)to, got, want);
+	}
+	const double lim[] = {50, 57.3, 80.1, 30, 1000, 0};
+	for (size_t i = 0; i < sizeof lim / sizeof *lim; i++) {
+		uint64_t above = 0, below = 0;
+		for (size_t j = 0; j < n; j++) {
+			above += v[j] > lim[i];
+			below += v[j] < lim[i];
+		}
+		cr_assert_eq(tally_dist_count_above(d, lim[i]), above, "above %g", lim[i]);
+		cr_assert_eq(tally_dist_count_below(d, lim[i]), below, "below %g", lim[i]);
+	}
+	const double edges[] = {30, 40.5, 50, 60.1, 80, 120, 200};
+	uint64_t h[6], hb[6] = {0};
+	cr_assert_eq(tally_dist_histogram(d, edges, 7, h), 0);
+	for (size_t j = 0; j < n; j++)
+		for (int b = 0; b < 6; b++)
+			hb[b] += v[j] >= edges[b] && v[j] < edges[b + 1];
+	for (int b = 0; b < 6; b++)
+		cr_assert_eq(h[b], hb[b], "bin %d: %llu, brute force %llu", b,
+			     (unsigned long long)h[b], (unsigned long long)hb[b]);
+	tally_dist_free(d);
+	free(v);
+}
+
+static void check_all(tally_db *db, tu_rng *r)
+{
+	for (int cam = 0; cam < CAMS; cam++) {
+		/* aligned: whole days, hours, a 5-minute window; and the lot */
+		check_range(db, cam, T0, T0 + TALLY_1D, r);
+		check_range(db, cam, T0 + TALLY_1D + 7 * TALLY_1H, T0 + TALLY_1D + 9 * TALLY_1H, r);
+		check_range(db, cam, T0 + 36 * TALLY_5M, T0 + 37 * TALLY_5M, r);
+		check_range(db, cam, INT64_MIN, INT64_MAX, r);
+		/* across a window boundary with no whole window inside: both
+		 * sides are raw (dist_edges_without_a_whole_window lost the right
+		 * side) */
+		check_range(db, cam, T0 + 100 * TALLY_5M - 250 * TALLY_NS_PER_SEC,
+			    T0 + 100 * TALLY_5M + 290 * TALLY_NS_PER_SEC, r);
+		for (int i = 0; i < 6; i++) {
+			int64_t a = T0 - TALLY_1H + (int64_t)tu_below(r, (uint64_t)SPAN);
+			int64_t b = a + (int64_t)tu_below(r, (uint64_t)(2 * TALLY_1D));
+			check_range(db, cam, a, b, r);
+		}
+	}
+}
+
+Test(dist, quantiles_counts_and_histograms_equal_brute_force)
+{
+	uint64_t seed = tu_seed("dist");
+	tu_rng r = {seed};
+	n_evs = 0;
+	char *dir = tu_tmpdir();
+	tally_options o = opts();
+	tally_db *db;
+	cr_assert_eq(tally_db_open(dir, &o, &db), 0, "%s", tally_errmsg());
+	write_some(db, &r, 0, 3000);
+	write_some(db, &r, 1, 2000);
+	check_all(db, &r); /* memtables only */
+	cr_assert_eq(tally_db_flush(db), 0, "%s", tally_errmsg());
+	check_all(db, &r); /* parts */
+	for (int round = 0; round < 4; round++) {
+		write_some(db, &r, (unsigned)round % 2, 1500); /* late into flushed windows */
+		cr_assert_eq(tally_db_flush(db), 0, "%s", tally_errmsg());
+	}
+	write_some(db, &r, 1, 700);
+	check_all(db, &r); /* many parts and a memtable */
+	cr_assert_eq(tally_db_merge(db), 0, "%s", tally_errmsg());
+	tally_stats st;
+	tally_db_stats(db, &st);
+	cr_assert_geq(st.merges, 1);
+	cr_assert_geq(st.sealed_parts, 1, "old partitions should be sealed");
+	check_all(db, &r); /* merged and sealed, WAL tail */
+	tally_db_close(db);
+	cr_assert_eq(tally_db_open(dir, &o, &db), 0, "%s", tally_errmsg());
+	check_all(db, &r); /* reopened: parts and the replayed WAL */
+	write_some(db, &r, 0, 1000);
+	cr_assert_eq(tally_db_flush(db), 0, "%s", tally_errmsg());
+	cr_assert_eq(tally_db_merge(db), 0, "%s", tally_errmsg()); /* late folds into segments */
+	check_all(db, &r);
+	/* count, sum, min and max of the marked field still equal brute force */
+	for (int cam = 0; cam < CAMS; cam++) {
+		char key[8];
+		sprintf(key, "C%d", cam);
+		tally_agg a;
+		cr_assert_eq(tally_query_agg(db, "traffic", "speed", key, T0, T0 + TALLY_1D, &a),
+			     0);
+		uint64_t n = 0;
+		double mn = INFINITY, mx = -INFINITY;
+		for (size_t i = 0; i < n_evs; i++)
+			if (evs[i].cam == cam && evs[i].ts >= T0 && evs[i].ts < T0 + TALLY_1D) {
+				n++;
+				mn = fmin(mn, evs[i].v);
+				mx = fmax(mx, evs[i].v);
+			}
+		cr_assert_eq(a.count, n);
+		cr_assert_eq(a.min, mn);
+		cr_assert_eq(a.max, mx);
+	}
+	tally_db_close(db);
+	tu_rmrf(dir);
+	free(dir);
+	free(evs);
+	evs = NULL;
+	cap_evs = 0;
+}
+
+Test(dist, unmarked_fields_and_bad_settings_are_refused_by_name)
+{
+	char *dir = tu_tmpdir();
+	tally_options o = opts();
+	tally_db *db;
+	o.distributions = "traffic.speed:0.3";
+	cr_assert_eq(tally_db_open(dir, &o, &db), TALLY_EINVAL);
+	cr_assert(strstr(tally_errmsg(), "traffic.speed:0.3"), "%s", tally_errmsg());
+	o.distributions = "speed:0.1";
+	cr_assert_eq(tally_db_open(dir, &o, &db), TALLY_EINVAL);
+	o = opts();
+	cr_assert_eq(tally_db_open(dir, &o, &db), 0, "%s", tally_errmsg());
+	tally_writer *w;
+	cr_assert_eq(tally_writer_open(db, 0, &w), 0);
+	const char *lp = "traffic,camera=KV1 speed=85.2,n=3i 1700000000000000000\n";
+	cr_assert_eq(tally_write_lp(w, lp, strlen(lp), TALLY_PREC_NS, NULL), 0);
+	tally_writer_close(w);
+	tally_dist *d;
+	cr_assert_eq(tally_query_dist(db, "traffic", "n", "KV1", 0, INT64_MAX, &d), TALLY_EINVAL);
+	cr_assert(strstr(tally_errmsg(), "'n'") && strstr(tally_errmsg(), "not a distribution"),
+		  "%s", tally_errmsg());
+	cr_assert_eq(tally_query_dist(db, "traffic", "speed", "KV1", 0, INT64_MAX, &d), 0);
+	double q;
+	cr_assert_eq(tally_dist_quantile(d, 1.5, &q), TALLY_EINVAL);
+	cr_assert_eq(tally_dist_quantile(d, 0.85, &q), 0);
+	cr_assert_eq(q, 85.2);
+	cr_assert_eq(tally_dist_resolution(d), 0.1);
+	tally_dist_free(d);
+	tally_db_close(db);
+	tu_rmrf(dir);
+	free(dir);
+}
+
+/* Windows written before the field was marked have no distribution: a
+ * query reaching them says so instead of answering from part of the
+ * values, and merging them with marked windows keeps count/sum/min/max. */
+Test(dist, windows_from_before_the_mark_are_refused_not_guessed)
+{
+	char *dir = tu_tmpdir();
+	tally_options o = opts();
+	o.distributions = NULL;
+	tally_db *db;
+	cr_assert_eq(tally_db_open(dir, &o, &db), 0);
+	tally_writer *w;
+	cr_assert_eq(tally_writer_open(db, 0, &w), 0);
+	const char *lp = "traffic,camera=KV1 speed=85.2 1700000000000000000\n";
+	cr_assert_eq(tally_write_lp(w, lp, strlen(lp), TALLY_PREC_NS, NULL), 0);
+	tally_writer_close(w);
+	cr_assert_eq(tally_db_flush(db), 0);
+	tally_db_close(db);
+	o = opts();
+	cr_assert_eq(tally_db_open(dir, &o, &db), 0);
+	cr_assert_eq(tally_writer_open(db, 0, &w), 0);
+	lp = "traffic,camera=KV1 speed=90.5 1700000001000000000\n";
+	cr_assert_eq(tally_write_lp(w, lp, strlen(lp), TALLY_PREC_NS, NULL), 0);
+	tally_writer_close(w);
+	cr_assert_eq(tally_db_flush(db), 0);
+	tally_dist *d;
+	int64_t day = INT64_C(1699920000000000000);
+	cr_assert_eq(tally_query_dist(db, "traffic", "speed", "KV1", day, day + TALLY_1D, &d),
+		     TALLY_EINVAL);
+	cr_assert(strstr(tally_errmsg(), "without a distribution"), "%s", tally_errmsg());
+	cr_assert_eq(tally_db_merge(db), 0, "%s", tally_errmsg());
+	cr_assert_eq(tally_query_dist(db, "traffic", "speed", "KV1", day, day + TALLY_1D, &d),
+		     TALLY_EINVAL);
+	tally_agg a;
+	cr_assert_eq(tally_query_agg(db, "traffic", "speed", "KV1", day, day + TALLY_1D, &a), 0);
+	cr_assert_eq(a.count, 2);
+	cr_assert_eq(a.min, 85.2);
+	cr_assert_eq(a.max, 90.5);
+	tally_db_close(db);
+	tu_rmrf(dir);
+	free(dir);
+}
+
+/* Values far apart (a span of units much wider than their number) are
+ * combined by sorting rather than by a count per unit: the same answers. */
+Test(dist, values_far_apart_combine_by_sorting)
+{
+	char *dir = tu_tmpdir();
+	tally_options o = opts();
+	tally_db *db;
+	cr_assert_eq(tally_db_open(dir, &o, &db), 0, "%s", tally_errmsg());
+	tally_writer *w;
+	cr_assert_eq(tally_writer_open(db, 0, &w), 0);
+	const char *lp = "traffic,camera=KV1 speed=90000.5 1700000000000000000\n"
+			 "traffic,camera=KV1 speed=-0.3 1700000001000000000\n"
+			 "traffic,camera=KV1 speed=90000.5 1700000400000000000\n"
+			 "traffic,camera=KV1 speed=7.1 1700000900000000000\n";
+	cr_assert_eq(tally_write_lp(w, lp, strlen(lp), TALLY_PREC_NS, NULL), 0);
+	tally_writer_close(w);
+	for (int pass = 0; pass < 2; pass++) {
+		tally_dist *d;
+		cr_assert_eq(tally_query_dist(db, "traffic", "speed", "KV1", 0, INT64_MAX, &d), 0);
+		double q;
+		cr_assert_eq(tally_dist_count(d), 4);
+		cr_assert_eq(tally_dist_quantile(d, 0.25, &q), 0);
+		cr_assert_eq(q, -0.3);
+		cr_assert_eq(tally_dist_quantile(d, 0.5, &q), 0);
+		cr_assert_eq(q, 7.1);
+		cr_assert_eq(tally_dist_quantile(d, 0.51, &q), 0);
+		cr_assert_eq(q, 90000.5);
+		cr_assert_eq(tally_dist_count_above(d, 7.1), 2);
+		tally_dist_free(d);
+		cr_assert_eq(tally_db_flush(db), 0);
+	}
+	tally_db_close(db);
+	tu_rmrf(dir);
+	free(dir);
+}
+
+/* Like the exact aggregate, a distribution query reaching raw events or
+ * windows of a level retention dropped is refused (TALLY_EEXPIRED), not
+ * answered from what is left; on whole windows of a kept level it
+ * answers. */
+Test(dist, ranges_retention_dropped_are_refused)
+{
+	char *dir = tu_tmpdir();
+	tally_options o = opts();
+	o.retention = "traffic:raw=1d,5m=1d,1h=1d"; /* days are kept */
+	tally_db *db;
+	cr_assert_eq(tally_db_open(dir, &o, &db), 0, "%s", tally_errmsg());
+	tally_writer *w;
+	cr_assert_eq(tally_writer_open(db, 0, &w), 0);
+	char lp[256];
+	int n = snprintf(lp, sizeof lp,
+			 "traffic,camera=KV1 speed=85.2 %lld\n"
+			 "traffic,camera=KV1 speed=90.5 %lld\n",
+			 (long long)(T0 + 60 * TALLY_NS_PER_SEC),
+			 (long long)(T0 + 3 * TALLY_1D)); /* the newest: day 0 is old */
+	cr_assert_eq(tally_write_lp(w, lp, (size_t)n, TALLY_PREC_NS, NULL), 0);
+	tally_writer_close(w);
+	cr_assert_eq(tally_db_flush(db), 0);
+	cr_assert_eq(tally_db_merge(db), 0);
+	cr_assert_eq(tally_db_retain(db), 0, "%s", tally_errmsg());
+	tally_dist *d;
+	cr_assert_eq(tally_query_dist(db, "traffic", "speed", "KV1", T0 + 1, T0 + TALLY_1D, &d),
+		     TALLY_EEXPIRED, "%s", tally_errmsg());
+	/* hour windows: their level expired, though the part still has them */
+	cr_assert_eq(
+		tally_query_dist(db, "traffic", "speed", "KV1", T0 + TALLY_1H, T0 + TALLY_1D, &d),
+		TALLY_EEXPIRED, "%s", tally_errmsg());
+	cr_assert_eq(tally_query_dist(db, "traffic", "speed", "KV1", T0, T0 + TALLY_1D, &d), 0,
+		     "%s", tally_errmsg());
+	cr_assert_eq(tally_dist_count(d), 1);
+	tally_dist_free(d);
+	tally_db_close(db);
+	tu_rmrf(dir);
+	free(dir);
+}

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# dist_cli_test.sh — exact distributions through tallyd: `#!dist` by way of
+# `tally query dist`, against answers worked out by hand, before and after
+# a flush (tallyd --distributions; docs/protocol.md).
+#
+#   tests/tools/dist_cli_test.sh BUILD_DIR
+set -euo pipefail
+build=$1
+tally=$build/tools/tally tallyd=$build/wire/tallyd
+fail() { echo "FAIL: $*"; exit 1; }
+
+# shellcheck source=tallyd.sh
+. "$(dirname "$0")/tallyd.sh"
+tmp=$(mktemp -d /tmp/tally-dist-XXXXXX)
+trap 'tallyd_kill; rm -rf "$tmp"' EXIT
+
+tallyd_start "$tallyd" "$tmp" --shards 2 --distributions traffic.speed:0.1 --flush-interval 1s
+port=$tallyd_port
+# ten speeds of KV1 on 2025-01-01, one a minute: sorted 41.2 48.0 50.5 52.3
+# 55.0 55.0 57.3 61.9 64.4 72.8
+t=1735689600
+for v in 55.0 41.2 61.9 57.3 48.0 72.8 55.0 50.5 64.4 52.3; do
+  echo "traffic,camera=KV1 speed=$v ${t}000000000"
+  t=$((t + 60))
+done >"$tmp/ev.lp"
+"$tally" --port "$port" -q write "$tmp/ev.lp" 2>/dev/null
+
+check() {
+  local want=$1; shift
+  local got
+  got=$("$tally" --port "$port" --csv query dist traffic speed KV1 "$@" | tr '\n' ' ')
+  [ "$got" = "$want" ] || fail "query dist $*: '$got', want '$want'"
+}
+# nearest rank: V85 is the ceil(8.5) = 9th value, the median the 5th
+for pass in memtable parts; do
+  check "stat,value count,10 q=0.5,55 q=0.85,64.4 " 2025-01-01 1d
+  check "stat,value count,10 above=55,4 below=50.5,2 \"[40,50)\",2 \"[50,60)\",5 \"[60,80)\",3 " \
+    2025-01-01 1d above=55 below=50.5 hist=40,50,60,80
+  # an unaligned range: the 2nd to the 7th reading (41.2 61.9 57.3 48.0 72.8 55.0)
+  check "stat,value count,6 q=0.5,55 q=1,72.8 q=0,41.2 " 1735689660s 1735690020s q=0.5 q=1 q=0
+  if [ $pass = memtable ]; then
+    # wait for the flush (1 s interval): the parts must answer the same
+    for _ in $(seq 100); do
+      [ -n "$(ls "$tmp/data/parts" 2>/dev/null | grep '\.part$')" ] && break
+      sleep 0.2
+    done
+    [ -n "$(ls "$tmp/data/parts" | grep '\.part$')" ] || fail "no flush"
+  fi
+done
+st=0; out=$("$tally" --port "$port" query dist traffic speed KV1 2025-01-01 1d q=2 2>&1) || st=$?
+[ "$st" != 0 ] && [[ "$out" == *"'q=2' is not q=Q"* ]] || fail "q=2 accepted: $out"
+tallyd_stop
+echo "#!dist quantiles, thresholds and histograms, memtable and parts: ok"

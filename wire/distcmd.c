@@ -1,0 +1,169 @@
+/*
+ * distcmd.c — the #!dist command: a distribution of one key's field over
+ * [from, to) and the statistics asked of it, as a two-column table.
+ *
+ * The one idea: every statistic is a question to one tally_dist the
+ * query built once, so asking for V85, the median, a violation count and
+ * a histogram costs one query; with no statistic named the answer is the
+ * count, the median and V85.
+ */
+#include "distcmd.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "numfmt.h"
+
+/* Parses "E1,E2,..." into edges; returns how many, or -1. */
+static int parse_edges(const char *s, double *edges)
+{
+	int n = 0;
+	while (*s) {
+		char *end;
+		double v = strtod(s, &end);
+		if (end == s || !isfinite(v) || n == DIST_HIST_EDGES_MAX ||
+		    (n && !(v > edges[n - 1])))
+			return -1;
+		edges[n++] = v;
+		if (*end == ',')
+			end++;
+		else if (*end)
+			return -1;
+		s = end;
+	}
+	return n >= 2 ? n : -1;
+}
+
+/* A finite number filling all of s. */
+static int parse_num(const char *s, double *v)
+{
+	char *end;
+	*v = strtod(s, &end);
+	return end != s && !*end && isfinite(*v) ? 0 : -1;
+}
+
+int dist_stat_check(const char *arg, char *err, size_t cap)
+{
+	double v, edges[DIST_HIST_EDGES_MAX];
+	if (!strncmp(arg, "q=", 2) && !parse_num(arg + 2, &v) && v >= 0 && v <= 1)
+		return 0;
+	if ((!strncmp(arg, "above=", 6) && !parse_num(arg + 6, &v)) ||
+	    (!strncmp(arg, "below=", 6) && !parse_num(arg + 6, &v)))
+		return 0;
+	if (!strncmp(arg, "hist=", 5) && parse_edges(arg + 5, edges) > 0)
+		return 0;
+	snprintf(err, cap,
+		 "'%.40s' is not q=Q (0..1), above=X, below=X or hist=E1,E2,... (2 to %d "
+		 "ascending edges)",
+		 arg, DIST_HIST_EDGES_MAX);
+	return -1;
+}
+
+typedef struct out {
+	char *p;
+	size_t n, cap;
+	size_t rows;
+	int oom;
+} out;
+
+__attribute__((format(printf, 2, 3))) static void put(out *o, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	int k = vsnprintf(NULL, 0, fmt, ap);
+	va_end(ap);
+	if (o->oom || k < 0)
+		return;
+	if (o->n + (size_t)k + 1 > o->cap) {
+		size_t nc = (o->cap ? o->cap * 2 : 256) + (size_t)k;
+		char *np = realloc(o->p, nc);
+		if (!np) {
+			o->oom = 1;
+			return;
+		}
+		o->p = np;
+		o->cap = nc;
+	}
+	va_start(ap, fmt);
+	vsnprintf(o->p + o->n, o->cap - o->n, fmt, ap);
+	va_end(ap);
+	o->n += (size_t)k;
+}
+
+static void row_u64(out *o, const char *name, uint64_t v)
+{
+	put(o, "%s\t%llu\n", name, (unsigned long long)v);
+	o->rows++;
+}
+
+static int row_quantile(out *o, const tally_dist *d, const char *name, double q)
+{
+	double v;
+	char num[32];
+	int rc = tally_dist_quantile(d, q, &v);
+	if (rc == TALLY_ENOTFOUND) {
+		put(o, "%s\t\n", name); /* no values: an empty cell, like an empty min */
+	} else if (rc) {
+		return rc;
+	} else {
+		cmd_format_double(v, num);
+		put(o, "%s\t%s\n", name, num);
+	}
+	o->rows++;
+	return 0;
+}
+
+int dist_reply(tally_db *db, const cmd_req *r, char **text, size_t *len)
+{
+	tally_dist *d;
+	int rc = tally_query_dist(db, r->table, r->field, r->key, r->from, r->to, &d);
+	if (rc)
+		return rc;
+	out o = {0};
+	put(&o, "stat\tvalue\n");
+	row_u64(&o, "count", tally_dist_count(d));
+	if (!r->n_stats) {
+		if (!(rc = row_quantile(&o, d, "q=0.5", 0.5)))
+			rc = row_quantile(&o, d, "q=0.85", 0.85);
+	}
+	for (unsigned i = 0; i < r->n_stats && !rc; i++) {
+		const char *a = r->stats[i];
+		double v, edges[DIST_HIST_EDGES_MAX];
+		if (!strncmp(a, "q=", 2)) {
+			parse_num(a + 2, &v);
+			rc = row_quantile(&o, d, a, v);
+		} else if (!strncmp(a, "above=", 6)) {
+			parse_num(a + 6, &v);
+			row_u64(&o, a, tally_dist_count_above(d, v));
+		} else if (!strncmp(a, "below=", 6)) {
+			parse_num(a + 6, &v);
+			row_u64(&o, a, tally_dist_count_below(d, v));
+		} else {
+			int n = parse_edges(a + 5, edges);
+			uint64_t counts[DIST_HIST_EDGES_MAX];
+			rc = tally_dist_histogram(d, edges, (size_t)n, counts);
+			for (int b = 0; b + 1 < n && !rc; b++) {
+				char x[32], y[32];
+				cmd_format_double(edges[b], x);
+				cmd_format_double(edges[b + 1], y);
+				put(&o, "[%s,%s)\t%llu\n", x, y, (unsigned long long)counts[b]);
+				o.rows++;
+			}
+		}
+	}
+	tally_dist_free(d);
+	put(&o, "END %zu\n", o.rows);
+	if (!rc && o.oom)
+		rc = -ENOMEM;
+	if (rc) {
+		free(o.p);
+		return rc;
+	}
+	*text = o.p;
+	*len = o.n;
+	return 0;
+}
