@@ -22,6 +22,7 @@ import json
 import math
 import os
 import random
+import re
 import socket
 import sys
 import time
@@ -384,6 +385,10 @@ def main():
                 write(c, make_events(m, 1500, late=True))
         check_errors(c)
         step("errors name their parameter")
+        st, _, body = c.get("/metrics")
+        m = re.search(r'^tally_http_requests_total\{endpoint="/api/v1/\*"\} (\d+)', body.decode(), re.M)
+        check(st == 200 and m and int(m.group(1)) > 100, "the query API's requests in /metrics: %s" % (
+            m.group(0) if m else "none"))
         check_stream(srv)
     finally:
         srv.stop()
