@@ -365,6 +365,17 @@ def check_stream(srv):
     # the same connection serves on after a streamed answer (keep-alive)
     d = c.json(path + "&step=1d")
     check(len(d["values"]) == 365, "daily windows of the long key: %d" % len(d["values"]))
+    # HTTP/1.0 has no chunks: the long answer goes unframed, ended by the close
+    got = H.raw(srv.http, ("GET %s HTTP/1.0\r\nAuthorization: Token %s\r\n\r\n" % (path, H.TOKEN)).encode(),
+                timeout=60)
+    head, _, body = got.partition(b"\r\n\r\n")
+    check(head.startswith(b"HTTP/1.1 200") and b"chunked" not in head and b"Content-Length" not in head,
+          "HTTP/1.0 head: %r" % head)
+    check(len(json.loads(body)["values"]) == n, "HTTP/1.0 streamed series incomplete")
+    # HEAD: the head alone, and the connection goes on
+    st, hd, body = c.get(path, method="HEAD")
+    check(st == 200 and body == b"", "HEAD of a long series: %d %r" % (st, body[:100]))
+    c.json("/api/v1/tables")
 
 
 def main():
