@@ -44,7 +44,7 @@ const char *const http_ep_names[HEP_N] = {
 	[HEP_EVENTS] = "/api/v1/events", [HEP_PING] = "/ping",
 	[HEP_HEALTH] = "/health",        [HEP_READY] = "/ready",
 	[HEP_METRICS] = "/metrics",      [HEP_SETTINGS] = "/settings",
-	[HEP_QUERY] = "/api/v1/query",   [HEP_WEB] = "/",
+	[HEP_QUERY] = "/api/v1/*",       [HEP_WEB] = "/",
 	[HEP_INFLUXQL] = "/query",       [HEP_OTHER] = "other",
 };
 

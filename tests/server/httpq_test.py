@@ -22,6 +22,7 @@ import json
 import math
 import os
 import random
+import re
 import socket
 import sys
 import time
@@ -371,6 +372,17 @@ def check_stream(srv):
     # the same connection serves on after a streamed answer (keep-alive)
     d = c.json(path + "&step=1d")
     check(len(d["values"]) == 365, "daily windows of the long key: %d" % len(d["values"]))
+    # HTTP/1.0 has no chunks: the long answer goes unframed, ended by the close
+    got = H.raw(srv.http, ("GET %s HTTP/1.0\r\nAuthorization: Token %s\r\n\r\n" % (path, H.TOKEN)).encode(),
+                timeout=60)
+    head, _, body = got.partition(b"\r\n\r\n")
+    check(head.startswith(b"HTTP/1.1 200") and b"chunked" not in head and b"Content-Length" not in head,
+          "HTTP/1.0 head: %r" % head)
+    check(len(json.loads(body)["values"]) == n, "HTTP/1.0 streamed series incomplete")
+    # HEAD: the head alone, and the connection goes on
+    st, hd, body = c.get(path, method="HEAD")
+    check(st == 200 and body == b"", "HEAD of a long series: %d %r" % (st, body[:100]))
+    c.json("/api/v1/tables")
 
 
 def main():
@@ -398,6 +410,10 @@ def main():
                 write(c, make_events(m, 1500, late=True))
         check_errors(c)
         step("errors name their parameter")
+        st, _, body = c.get("/metrics")
+        m = re.search(r'^tally_http_requests_total\{endpoint="/api/v1/\*"\} (\d+)', body.decode(), re.M)
+        check(st == 200 and m and int(m.group(1)) > 100, "the query API's requests in /metrics: %s" % (
+            m.group(0) if m else "none"))
         check_stream(srv)
     finally:
         srv.stop()
