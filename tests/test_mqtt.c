@@ -22,6 +22,7 @@
 #include <mosquitto.h>
 #include <mqtt_protocol.h>
 #include <pthread.h>
+#include <pwd.h>
 #include <stdatomic.h>
 
 #include "srvutil.h"
@@ -60,11 +61,15 @@ static void broker_start(broker *b, const tsrv *s)
 		/* max_queued_messages 0: the broker keeps every message of
 		 * tallyd's session while tallyd is away (its default drops
 		 * past 1,000) */
+		/* user: run as ourselves. Started as root, mosquitto switches to
+		 * its own user, and that change of credentials clears the
+		 * parent-death signal: a failed test would leave it running. */
+		const struct passwd *pw = getpwuid(getuid());
 		fprintf(f,
 			"listener %u 127.0.0.1\nallow_anonymous true\npersistence false\n"
 			"max_queued_messages 0\nmax_inflight_messages 0\nlog_dest stderr\n"
-			"log_type error\nlog_type warning\n",
-			b->port);
+			"log_type error\nlog_type warning\nuser %s\n",
+			b->port, pw ? pw->pw_name : "root");
 		fclose(f);
 		pid_t pid = fork();
 		cr_assert(pid >= 0);
