@@ -894,8 +894,15 @@ int stage_batch_decode(stage_batch *b, catalog *cat, const char *p, size_t len)
 		uint32_t n_rows = ib_u32(&in), n_keys = ib_u32(&in);
 		if (in.bad)
 			DECODE_FAIL("truncated table header");
+		/* Counts are checked against the bytes left before anything is
+		 * sized by them: a plain row takes at least 8 bytes, and every
+		 * CODEC_BLOCK_MAX coded rows take at least one block of the
+		 * timestamps, whose length alone is 4 bytes (fuzz_batch found a
+		 * 58-byte payload asking for 10 GB). */
 		if (n_rows == 0 || n_keys == 0 || n_keys > n_rows ||
-		    (!coded && (size_t)(in.end - in.p) / 8 < n_rows))
+		    (!coded && (size_t)(in.end - in.p) / 8 < n_rows) ||
+		    (coded && (size_t)(in.end - in.p) / 4 <
+				      ((size_t)n_rows + CODEC_BLOCK_MAX - 1) / CODEC_BLOCK_MAX))
 			DECODE_FAIL("row or key count out of range");
 		table_def *t;
 		if ((rc = catalog_table(cat, name, nl, strmap_hash(name, nl), ktag, kl, &t)))
