@@ -11,14 +11,23 @@
  */
 #include "cmd.h"
 
-#include "distcmd.h"
-
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
 #define NS_PER_SEC INT64_C(1000000000)
+
+/* Arguments are echoed in reasons: keep the reason printable. */
+static int cmd_printable(char *err)
+{
+	for (char *p = err; *p; p++)
+		if ((unsigned char)*p < 0x20 || *p == 0x7F)
+			*p = '?';
+	return -1;
+}
 
 static int cmd_fail(char *err, size_t cap, const char *fmt, ...)
 {
@@ -26,11 +35,7 @@ static int cmd_fail(char *err, size_t cap, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(err, cap, fmt, ap);
 	va_end(ap);
-	/* Arguments are echoed in reasons: keep the reason printable. */
-	for (char *p = err; *p; p++)
-		if ((unsigned char)*p < 0x20 || *p == 0x7F)
-			*p = '?';
-	return -1;
+	return cmd_printable(err);
 }
 
 /* ---------------------------------------------------------------- times */
@@ -408,6 +413,53 @@ static int cmd_range(char **argv, int i, int64_t now, cmd_req *out, char *err, s
 	return 0;
 }
 
+/* ---------------------------------------------------------------- #!dist's statistics */
+
+/* Parses "E1,E2,..." into edges; returns how many, or -1. */
+int cmd_dist_edges(const char *s, double *edges)
+{
+	int n = 0;
+	while (*s) {
+		char *end;
+		double v = strtod(s, &end);
+		if (end == s || !isfinite(v) || n == CMD_DIST_EDGES_MAX ||
+		    (n && !(v > edges[n - 1])))
+			return -1;
+		edges[n++] = v;
+		if (*end == ',')
+			end++;
+		else if (*end)
+			return -1;
+		s = end;
+	}
+	return n >= 2 ? n : -1;
+}
+
+/* A finite number filling all of s. */
+int cmd_dist_num(const char *s, double *v)
+{
+	char *end;
+	*v = strtod(s, &end);
+	return end != s && !*end && isfinite(*v) ? 0 : -1;
+}
+
+int cmd_dist_stat_check(const char *arg, char *err, size_t cap)
+{
+	double v, edges[CMD_DIST_EDGES_MAX];
+	if (!strncmp(arg, "q=", 2) && !cmd_dist_num(arg + 2, &v) && v >= 0 && v <= 1)
+		return 0;
+	if ((!strncmp(arg, "above=", 6) && !cmd_dist_num(arg + 6, &v)) ||
+	    (!strncmp(arg, "below=", 6) && !cmd_dist_num(arg + 6, &v)))
+		return 0;
+	if (!strncmp(arg, "hist=", 5) && cmd_dist_edges(arg + 5, edges) > 0)
+		return 0;
+	snprintf(err, cap,
+		 "'%.40s' is not q=Q (0..1), above=X, below=X or hist=E1,E2,... (2 to %d "
+		 "ascending edges)",
+		 arg, CMD_DIST_EDGES_MAX);
+	return -1;
+}
+
 static const struct {
 	const char *name;
 	enum cmd_kind kind;
@@ -495,8 +547,8 @@ int cmd_parse(const char *line, size_t len, char *scratch, size_t scratch_cap, i
 		return cmd_range(a, 4, now, out, err, err_cap);
 	case CMD_DIST:
 		for (int i = 5; i < nargs; i++) {
-			if (dist_stat_check(a[i], err, err_cap))
-				return -1;
+			if (cmd_dist_stat_check(a[i], err, err_cap))
+				return cmd_printable(err); /* it echoes the argument */
 			out->stats[out->n_stats++] = a[i];
 		}
 		__attribute__((fallthrough)); /* the rest is #!agg's */

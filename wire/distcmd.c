@@ -18,51 +18,6 @@
 
 #include "numfmt.h"
 
-/* Parses "E1,E2,..." into edges; returns how many, or -1. */
-static int parse_edges(const char *s, double *edges)
-{
-	int n = 0;
-	while (*s) {
-		char *end;
-		double v = strtod(s, &end);
-		if (end == s || !isfinite(v) || n == DIST_HIST_EDGES_MAX ||
-		    (n && !(v > edges[n - 1])))
-			return -1;
-		edges[n++] = v;
-		if (*end == ',')
-			end++;
-		else if (*end)
-			return -1;
-		s = end;
-	}
-	return n >= 2 ? n : -1;
-}
-
-/* A finite number filling all of s. */
-static int parse_num(const char *s, double *v)
-{
-	char *end;
-	*v = strtod(s, &end);
-	return end != s && !*end && isfinite(*v) ? 0 : -1;
-}
-
-int dist_stat_check(const char *arg, char *err, size_t cap)
-{
-	double v, edges[DIST_HIST_EDGES_MAX];
-	if (!strncmp(arg, "q=", 2) && !parse_num(arg + 2, &v) && v >= 0 && v <= 1)
-		return 0;
-	if ((!strncmp(arg, "above=", 6) && !parse_num(arg + 6, &v)) ||
-	    (!strncmp(arg, "below=", 6) && !parse_num(arg + 6, &v)))
-		return 0;
-	if (!strncmp(arg, "hist=", 5) && parse_edges(arg + 5, edges) > 0)
-		return 0;
-	snprintf(err, cap,
-		 "'%.40s' is not q=Q (0..1), above=X, below=X or hist=E1,E2,... (2 to %d "
-		 "ascending edges)",
-		 arg, DIST_HIST_EDGES_MAX);
-	return -1;
-}
-
 typedef struct out {
 	char *p;
 	size_t n, cap;
@@ -134,16 +89,16 @@ int dist_reply(tally_db *db, const cmd_req *r, char **text, size_t *len)
 		const char *a = r->stats[i];
 		double v, edges[DIST_HIST_EDGES_MAX];
 		if (!strncmp(a, "q=", 2)) {
-			parse_num(a + 2, &v);
+			cmd_dist_num(a + 2, &v);
 			rc = row_quantile(&o, d, a, v);
 		} else if (!strncmp(a, "above=", 6)) {
-			parse_num(a + 6, &v);
+			cmd_dist_num(a + 6, &v);
 			row_u64(&o, a, tally_dist_count_above(d, v));
 		} else if (!strncmp(a, "below=", 6)) {
-			parse_num(a + 6, &v);
+			cmd_dist_num(a + 6, &v);
 			row_u64(&o, a, tally_dist_count_below(d, v));
 		} else {
-			int n = parse_edges(a + 5, edges);
+			int n = cmd_dist_edges(a + 5, edges);
 			uint64_t counts[DIST_HIST_EDGES_MAX];
 			rc = tally_dist_histogram(d, edges, (size_t)n, counts);
 			for (int b = 0; b + 1 < n && !rc; b++) {

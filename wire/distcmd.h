@@ -10,12 +10,7 @@
 #include "cmd.h"
 #include "tally.h"
 
-#define DIST_HIST_EDGES_MAX 64
-
-/* Checks one statistic argument: q=Q (0 <= Q <= 1), above=X, below=X, or
- * hist=E1,E2,... (2 to 64 ascending edges). 0, or -1 with the reason in
- * err. */
-int dist_stat_check(const char *arg, char *err, size_t cap);
+#define DIST_HIST_EDGES_MAX CMD_DIST_EDGES_MAX
 
 /* Runs the query of r and formats its answer, "stat\tvalue" rows and
  * "END n", into a malloc'ed *text of *len bytes. 0 or an error code (the
