@@ -1406,7 +1406,12 @@ static int conn_in_append(wconn *c, const char *p, size_t n)
 {
 	const srv_conf *cf = conn_conf(c);
 	size_t held = c->in_len - c->in_head;
-	if (held + n > (size_t)cf->max_line + 2 + cf->input_bytes) {
+	/* Reading stops at half of input-buffer-bytes (lp_wants_recv), but
+	 * io_uring's multishot receive may have filled every buffer of the
+	 * shard's ring before its cancel lands: that read-ahead is ours, not
+	 * a client over its limit, so it is allowed for on top. */
+	size_t ahead = (size_t)cf->recv_bufs * cf->recv_buf_bytes;
+	if (held + n > (size_t)cf->max_line + 2 + cf->input_bytes + ahead) {
 		conn_close_with(c, "ERR input buffer limit exceeded; closing");
 		return -1;
 	}
