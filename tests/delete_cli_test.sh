@@ -29,7 +29,7 @@ for i in $(seq 0 2879); do
   echo "traffic,camera=KV$((i % 4)) speed=$((i % 50)) $((1699920000 + i * 60))000000000"
 done > "$tmp/a.lp"
 t -q write "$tmp/a.lp" >/dev/null
-count() { t --csv query agg traffic speed "$1" "$2" "$3" | tail -1 | cut -d, -f3; }
+count() { t --csv query agg traffic speed "$1" "$2" "$3" | tail -1 | cut -d, -f1; }
 [ "$(count KV1 2023-11-14 2d)" = 720 ] || fail "before: $(count KV1 2023-11-14 2d)"
 
 # refused without a terminal or --yes; nothing goes
