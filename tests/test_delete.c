@@ -339,15 +339,10 @@ static void m_check(model *m, const char *when)
 	free(b);
 }
 
-/* Deletes key k (-1: every key) in [from, to) from the store and the
- * model; the answer must count exactly what the model lost. */
-static void m_delete(model *m, int k, int64_t from, int64_t to)
+/* Removes key k's (-1: every key's) events in [from, to) from the model;
+ * returns how many. */
+static uint64_t m_forget(model *m, int k, int64_t from, int64_t to)
 {
-	char key[16];
-	sprintf(key, "key%d", k);
-	tally_delete_result r = {.size = sizeof r};
-	cr_assert_eq(tally_db_delete(m->db, "m", k < 0 ? NULL : key, from, to, &r), 0, "%s",
-		     tally_errmsg());
 	uint64_t gone = 0;
 	size_t j = 0;
 	for (size_t i = 0; i < m->n; i++) {
@@ -359,6 +354,19 @@ static void m_delete(model *m, int k, int64_t from, int64_t to)
 		m->e[j++] = *e;
 	}
 	m->n = j;
+	return gone;
+}
+
+/* Deletes key k (-1: every key) in [from, to) from the store and the
+ * model; the answer must count exactly what the model lost. */
+static void m_delete(model *m, int k, int64_t from, int64_t to)
+{
+	char key[16];
+	sprintf(key, "key%d", k);
+	tally_delete_result r = {.size = sizeof r};
+	cr_assert_eq(tally_db_delete(m->db, "m", k < 0 ? NULL : key, from, to, &r), 0, "%s",
+		     tally_errmsg());
+	uint64_t gone = m_forget(m, k, from, to);
 	cr_assert_eq(r.size, sizeof r);
 	cr_assert_eq(r.rows, gone, "delete key%d [%lld, %lld): %llu rows, the model lost %llu", k,
 		     (long long)from, (long long)to, (unsigned long long)r.rows,
@@ -469,6 +477,22 @@ Test(delete, whole_partition_of_every_key_and_what_is_not_there)
 	cr_assert_eq(tally_db_stats(m.db, &after), 0);
 	cr_assert_eq(after.deletes, before.deletes + 2);
 	cr_assert_gt(after.delete_bytes_written, before.delete_bytes_written);
+	/* a result struct of an older, shorter layout: filled up to its size,
+	 * not a byte past it; one too short for its size field is refused */
+	struct {
+		tally_delete_result r;
+		uint64_t guard[8];
+	} old;
+	memset(&old, 0xab, sizeof old);
+	old.r.size = offsetof(tally_delete_result, parts_rewritten);
+	int64_t a = T0 + 3 * TALLY_1D, z = a + 6 * TALLY_1H;
+	cr_assert_eq(tally_db_delete(m.db, "m", "key3", a, z, &old.r), 0, "%s", tally_errmsg());
+	cr_assert_eq(old.r.size, offsetof(tally_delete_result, parts_rewritten));
+	cr_assert_eq(old.r.rows, m_forget(&m, 3, a, z));
+	cr_assert_eq(old.r.parts_rewritten, 0xababababababababull, "wrote past its size");
+	m_check(&m, "after a delete with a short result");
+	old.r.size = 3;
+	cr_assert_eq(tally_db_delete(m.db, "m", "key3", a, z, &old.r), TALLY_EINVAL);
 	/* the same again: nothing left to delete */
 	cr_assert_eq(tally_db_delete(m.db, "m", "key2", T0 + TALLY_1D, T0 + 2 * TALLY_1D, &r), 0);
 	cr_assert(r.rows == 0 && r.parts_rewritten == 0 && r.parts_removed == 0);
