@@ -729,6 +729,10 @@ static void conn_stats(wconn *c)
 		{"retention_rows_dropped", es.retention_rows_dropped},
 		{"retention_last_pass_ns", (uint64_t)es.retention_last_pass},
 		{"retention_last_drop_ns", (uint64_t)es.retention_last_drop},
+		/* corrections (docs/operations.md, "Corrections") */
+		{"deletes", es.deletes},
+		{"delete_rows", es.delete_rows},
+		{"delete_bytes_written", es.delete_bytes_written},
 		/* HTTPS (docs/http.md) */
 		{"tls_handshakes", tls_stat(s, TLS_ST_HANDSHAKES)},
 		{"tls_handshake_failures", tls_stat(s, TLS_ST_FAILURES)},
@@ -1016,6 +1020,22 @@ static int conn_command(wconn *c, const char *line, size_t len)
 			conn_putf(c, 0, "ERR line %" PRIu64 ": drop: %s", no, conn_errmsg(rc));
 		else
 			conn_putf(c, 0, "OK drop %s", r.table);
+		break;
+	}
+	case CMD_DELETE: {
+		/* runs on this loop's thread (a flush, then rewrites): its
+		 * other connections wait */
+		tally_delete_result d = {.size = sizeof d};
+		int rc = tally_db_delete(s->db, r.table, r.key, r.from, r.to, &d);
+		if (rc)
+			conn_putf(c, 0, "ERR line %" PRIu64 ": delete: %s", no, conn_errmsg(rc));
+		else
+			conn_putf(c, 0,
+				  "OK delete rows %" PRIu64 " parts_rewritten %" PRIu64
+				  " parts_removed %" PRIu64 " bytes_read %" PRIu64
+				  " bytes_written %" PRIu64,
+				  d.rows, d.parts_rewritten, d.parts_removed, d.bytes_read,
+				  d.bytes_written);
 		break;
 	}
 	case CMD_HELP: {

@@ -954,6 +954,8 @@ static int h_head(wconn *c)
 	int authed = h->ep == HEP_PING || h->ep == HEP_HEALTH || h->ep == HEP_READY ||
 		     h->ep == HEP_SETTINGS || h_authorized(c, &r);
 	int method_ok = is_write ? h_is(r.method, "POST") : get || h->ep == HEP_OTHER;
+	if (h->ep == HEP_QUERY && httpq_wants_post(r.path))
+		method_ok = h_is(r.method, "POST"); /* it changes data */
 	int q_fail = h->ep == HEP_QUERY && method_ok &&
 		     ((!h->q && httpq_new(&h->q)) || httpq_begin(h->q, &r));
 	if (h->ep == HEP_INFLUXQL) {

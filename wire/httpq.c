@@ -1226,6 +1226,62 @@ static int q_camera(httpq *q, tally_db *db, const srv_conf *cf, int64_t now)
 
 /* Reads the request's parameters and opens its producer (or answers it
  * whole: the catalog, one aggregate). 0, or the error status. */
+/* ---------------------------------------------------------------- delete */
+
+int httpq_wants_post(http_str path)
+{
+	return path.n == 14 && !memcmp(path.p, "/api/v1/delete", 14);
+}
+
+/* POST /api/v1/delete?table=T&key=K&from=F&to=T (all=true instead of key=
+ * for every key): deletes those events (tally_db_delete) and answers what
+ * it cost. A range that reaches expired raw events is the request's fault
+ * (400, from). */
+static int q_delete(httpq *q, tally_db *db, int64_t now)
+{
+	char all[8] = "";
+	int st = q_name(q, "table", q->table);
+	long k = st ? 0 : q_param(q, "key", q->key, sizeof q->key);
+	long a = (st || k == -2) ? 0 : q_param(q, "all", all, sizeof all);
+	if (st || k == -2 || a == -2)
+		return 400;
+	if (a >= 0 && strcmp(all, "true"))
+		return q_fail(q, "all", "all: '%.7s' is not true", all);
+	if ((k >= 0) == (a >= 0))
+		return q_fail(q, "key",
+			      k >= 0 ? "key= and all=true: give one of them"
+				     : "key= is required (or all=true for every key)");
+	if ((st = q_time_param(q, "from", now, 0, 0, &q->from)) ||
+	    (st = q_time_param(q, "to", now, 0, 0, &q->to)))
+		return st;
+	if (q->to <= q->from)
+		return q_fail(q, "to", "to must be after from");
+	tally_delete_result d = {.size = sizeof d};
+	int rc = tally_db_delete(db, q->table, k >= 0 ? q->key : NULL, q->from, q->to, &d);
+	if (rc == TALLY_EEXPIRED) {
+		snprintf(q->err, sizeof q->err, "%s", tally_errmsg());
+		q->err_param = "from";
+		return 400;
+	}
+	if (rc)
+		return q_engine(q, rc, "key");
+	if (q->csv) {
+		q_lit(q, "rows,parts_rewritten,parts_removed,bytes_read,bytes_written\n");
+		q_fmt(q, "%" PRIu64 ",%" PRIu64 ",%" PRIu64 ",%" PRIu64 ",%" PRIu64 "\n", d.rows,
+		      d.parts_rewritten, d.parts_removed, d.bytes_read, d.bytes_written);
+		return 0;
+	}
+	q_lit(q, "{");
+	q_member(q, "table", q->table);
+	q_member(q, "key", k >= 0 ? q->key : NULL);
+	q_span(q);
+	q_fmt(q,
+	      ",\"rows\":%" PRIu64 ",\"parts_rewritten\":%" PRIu64 ",\"parts_removed\":%" PRIu64
+	      ",\"bytes_read\":%" PRIu64 ",\"bytes_written\":%" PRIu64 "}\n",
+	      d.rows, d.parts_rewritten, d.parts_removed, d.bytes_read, d.bytes_written);
+	return 0;
+}
+
 static int q_start(httpq *q, srv *s)
 {
 	tally_db *db = s->db;
@@ -1242,6 +1298,8 @@ static int q_start(httpq *q, srv *s)
 		return q_tables(q, db);
 	if (!strcmp(ep, "fields"))
 		return q_fields(q, db);
+	if (!strcmp(ep, "delete"))
+		return q_delete(q, db, now);
 	static const char *const eps[] = {"keys", "series", "agg", "aggs", "scan"};
 	static const enum qkind kinds[] = {Q_KEYS, Q_SERIES, Q_AGG, Q_AGGS, Q_SCAN};
 	for (size_t i = 0; i < 5; i++)

@@ -26,6 +26,9 @@ void httpq_free(httpq *q);
  * matches the cameras' route. */
 int httpq_route(const srv_conf *cf, http_str path);
 
+/* 1 when path changes data (/api/v1/delete): POST only, never GET. */
+int httpq_wants_post(http_str path);
+
 /* Copies the request's path, query and Accept header: r's strings die
  * with the request's bytes. 0 or -ENOMEM. */
 int httpq_begin(httpq *q, const http_req *r);
