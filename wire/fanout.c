@@ -1000,6 +1000,19 @@ done:
 	return 0;
 }
 
+cmd_req fan_req(enum cmd_kind kind, const char *name, const char *table, const char *field,
+		const char *key, int64_t step, int64_t from, int64_t to)
+{
+	return (cmd_req){.kind = kind,
+			 .name = name,
+			 .table = table,
+			 .field = field,
+			 .key = key,
+			 .step = step,
+			 .from = from,
+			 .to = to};
+}
+
 int fan_ask(const fan_node *nodes, size_t n, const fan_opts *o, const cmd_req *r, char **out,
 	    size_t *out_len)
 {

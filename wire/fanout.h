@@ -12,6 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "cmd.h"
 #include "tally.h"
 
 typedef struct fan_node {
@@ -60,6 +61,10 @@ size_t fan_build_cmd(const struct cmd_req *r, char *buf, size_t cap);
  */
 int fan_run(const fan_node *nodes, size_t n, const fan_opts *o, const char *cmd, char **out,
 	    size_t *out_len);
+
+/* A query to ask every node (its strings borrowed). */
+cmd_req fan_req(enum cmd_kind kind, const char *name, const char *table, const char *field,
+		const char *key, int64_t step, int64_t from, int64_t to);
 
 /* fan_build_cmd, then fan_run: 0, -E2BIG (the query does not fit a
  * command line) or -ENOMEM. */

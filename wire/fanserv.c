@@ -267,19 +267,6 @@ static void fs_note(char *list, size_t cap, const char *names, size_t n)
 		snprintf(list + have, cap - have, "%s%s", have ? "; " : "", m);
 }
 
-cmd_req fanserv_req(enum cmd_kind kind, const char *name, const char *table, const char *field,
-		    const char *key, int64_t step, int64_t from, int64_t to)
-{
-	return (cmd_req){.kind = kind,
-			 .name = name,
-			 .table = table,
-			 .field = field,
-			 .key = key,
-			 .step = step,
-			 .from = from,
-			 .to = to};
-}
-
 /* A call's merged answer: read row by row (row, n) with fs_row. */
 typedef struct fs_answer {
 	fan_reader rd;
@@ -344,7 +331,7 @@ static int fs_agg(iq_src *is, const char *table, const char *field, const char *
 		  int64_t to, tally_agg *agg, char *err)
 {
 	fs_answer a;
-	int rc = fs_ask(is, &a, fanserv_req(CMD_AGG, "agg", table, field, key, 0, from, to), err);
+	int rc = fs_ask(is, &a, fan_req(CMD_AGG, "agg", table, field, key, 0, from, to), err);
 	if (rc)
 		return rc;
 	memset(agg, 0, sizeof *agg);
@@ -358,7 +345,7 @@ static int fs_series(iq_src *is, const char *table, const char *field, const cha
 		     size_t *n_out, char *err)
 {
 	fs_answer a;
-	cmd_req r = fanserv_req(CMD_SERIES, "series", table, field, key, step, from, to);
+	cmd_req r = fan_req(CMD_SERIES, "series", table, field, key, step, from, to);
 	int rc = fs_ask(is, &a, r, err);
 	if (rc)
 		return rc;
@@ -375,8 +362,7 @@ static int fs_keys(iq_src *is, const char *table, const char *field, int64_t fro
 		   int (*each)(void *arg, const char *key), void *arg, char *err)
 {
 	fs_answer a;
-	int rc =
-		fs_ask(is, &a, fanserv_req(CMD_KEYS, "keys", table, field, NULL, 0, from, to), err);
+	int rc = fs_ask(is, &a, fan_req(CMD_KEYS, "keys", table, field, NULL, 0, from, to), err);
 	while (!rc && fs_row(&a)) {
 		size_t kn;
 		const char *k = fan_cell(a.row, a.n, 0, &kn);

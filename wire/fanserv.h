@@ -42,10 +42,6 @@ int fanserv_take(fanjob *j, char **out, size_t *len, int *status);
 /* The connection lets go (answered, or closed mid-way). */
 void fanserv_release(fanjob *j);
 
-/* A query to ask every node (its strings borrowed). */
-cmd_req fanserv_req(enum cmd_kind kind, const char *name, const char *table, const char *field,
-		    const char *key, int64_t step, int64_t from, int64_t to);
-
 /* InfluxQL on /query across every node: influxq_http with the numbers of
  * its statements asked of every node (docs/cluster.md); the request's
  * query string and body are copied. */

@@ -99,7 +99,7 @@ struct httpq {
 	 * answer (rd over fan_text) where it would read the engine. */
 	unsigned fan : 1, fan_wait : 1, fan_mark : 1, ranked : 1;
 	int keep_alive, head_only, status;
-	cmd_req fan_req;
+	cmd_req ask; /* what every node is asked */
 	char *fan_text;
 	size_t fan_len;
 	fan_reader rd;
@@ -609,7 +609,7 @@ static int q_partial(httpq *q)
 /* The query every node is asked; its strings are q's. */
 static void q_fan_req(httpq *q, enum cmd_kind kind, const char *name)
 {
-	q->fan_req = fanserv_req(kind, name, q->table, q->field, q->key, q->step, q->from, q->to);
+	q->ask = fan_req(kind, name, q->table, q->field, q->key, q->step, q->from, q->to);
 }
 
 /* Room for n bytes of unescaped strings. */
@@ -1371,7 +1371,7 @@ static int q_scan_start(httpq *q, tally_db *db, int64_t now)
 		/* every node's first rows: those this page skips, gives, and
 		 * one more that says whether a next page starts there */
 		q_fan_req(q, CMD_SCAN, "scan");
-		q->fan_req.limit = q->skip + q->limit + 1;
+		q->ask.limit = q->skip + q->limit + 1;
 		return 0; /* the columns are the nodes': q_scan_fan_head */
 	}
 	int rc = tally_scan_open(db, q->table, q->key, q->from, q->to, &q->scan);
@@ -1699,7 +1699,7 @@ int httpq_serve(httpq *q, wconn *c, int keep_alive, int head_only, int *more)
 	if (!st && q->fan) {
 		/* Every node answers its part; nothing goes out before. */
 		fanjob *j;
-		int rc = fanserv_ask(c, &q->fan_req, q->fan_mark, "partial=mark", &j);
+		int rc = fanserv_ask(c, &q->ask, q->fan_mark, "partial=mark", &j);
 		if (!rc) {
 			c->prod = PROD_FANOUT; /* the job's end steps c */
 			c->prod_state = j;
