@@ -171,6 +171,7 @@ void conn_free(wconn *c)
 		return;
 	if (c->proto->fini)
 		c->proto->fini(c);
+	conn_prod_free(c); /* an HTTP query across nodes waits as PROD_FANOUT too */
 	free(c->in);
 	free(c->out);
 	free(c->out_old);
