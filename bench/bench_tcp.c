@@ -166,7 +166,8 @@ static void gen_workload(const bopts *o, gbuf *bufs)
 				gen_line(offline ? &late : b, c, speed, ts);
 			}
 		gbuf_reserve(b, late.n);
-		memcpy(b->p + b->n, late.p, late.n);
+		if (late.n) /* a small run may have no late events: late.p is NULL */
+			memcpy(b->p + b->n, late.p, late.n);
 		b->n += late.n;
 		b->events += late.events;
 		free(late.p);
