@@ -502,18 +502,6 @@ static pid_t spawn_tallyd(const bopts *o, char *port, size_t cap)
 			argv[n++] = "--shards";
 			argv[n++] = shards;
 		}
-		if (o->batch) {
-			/* Each connection sends all its batches without waiting,
-			 * and every batch pauses its input until durable. On a
-			 * loaded machine (load average 16-30) tallyd's io_uring
-			 * loop received past the 4 MiB input-buffer-bytes while
-			 * paused and closed the connection ("ERR input buffer
-			 * limit exceeded"; --io epoll did not, same run). Room
-			 * for the pipelined batches keeps the comparison about
-			 * the labels. */
-			argv[n++] = "--input-buffer-bytes";
-			argv[n++] = "64MiB";
-		}
 		argv[n] = NULL;
 		execv(o->tallyd, (char *const *)argv);
 		_exit(127);
