@@ -348,8 +348,8 @@ static pt_ingest pt_ingest_binary(tally_db *db, const wl_params *wp, enum wl_par
 
 /* ---------------------------------------------------------------- queries */
 
-enum { K_S5M, K_S1H, K_S1D, K_AGG, K_KEYS, K_SCAN, K_KINDS };
-static const char *const kind_name[K_KINDS] = {"s5m", "s1h", "s1d", "agg", "keys", "scan"};
+enum { K_S5M, K_S1H, K_S1D, K_AGG, K_KEYS, K_SCAN, K_V85, K_KINDS };
+static const char *const kind_name[K_KINDS] = {"s5m", "s1h", "s1d", "agg", "keys", "scan", "v85"};
 
 typedef struct pt_query {
 	char qid[32];
@@ -444,6 +444,18 @@ static void pt_query_run(tally_db *db, const pt_query *q, tally_bucket *buf, siz
 		tally_keys_close(it);
 		if (rc)
 			pt_die("tally_keys_next", rc);
+		break;
+	}
+	case K_V85: { /* bench/peers/common.py: nearest rank, q = 0.85 */
+		tally_dist *d;
+		if ((rc = tally_query_dist(db, PT_TABLE, PT_FIELD, q->camera, from, to, &d)))
+			pt_die("tally_query_dist", rc);
+		double v;
+		if (tally_dist_count(d) && !tally_dist_quantile(d, 0.85, &v)) {
+			tally_agg a = {.count = tally_dist_count(d), .sum = v, .min = v, .max = v};
+			pt_put_agg(out, q->qid, "v85", &a);
+		}
+		tally_dist_free(d);
 		break;
 	}
 	default: {
@@ -594,6 +606,8 @@ int main(int argc, char **argv)
 	opt.shards = o.threads;
 	opt.table_keys = PT_TABLE "=camera";
 	opt.memory_limit = UINT64_C(16) << 30;
+	/* speed has one decimal: exact at 0.1, for the V85 queries */
+	opt.distributions = PT_TABLE "." PT_FIELD ":0.1";
 	tally_db *db;
 	int rc = tally_db_open(o.dir, &opt, &db);
 	if (rc)

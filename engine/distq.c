@@ -298,6 +298,54 @@ TALLY_API int tally_query_dist(tally_db *db, const char *table, const char *fiel
 	return 0;
 }
 
+/* Merges two ascending (value, count) lists into one, equal values
+ * added up: a distribution over several keys (InfluxQL's windows over
+ * every camera) is the exact sum of theirs. */
+TALLY_API int tally_dist_merge(tally_dist *dst, const tally_dist *src)
+{
+	if (!src->count)
+		return 0;
+	if (dst->count && dst->exp != src->exp)
+		return err_set(TALLY_EINVAL,
+			       "distributions at different resolutions (%g and %g) do not merge",
+			       dist_value(1, dst->exp), dist_value(1, src->exp));
+	size_t cap = (size_t)dst->n + src->n;
+	int64_t *v = mem_alloc(cap * sizeof *v);
+	uint64_t *c = mem_alloc(cap * sizeof *c), *cum = mem_alloc(cap * sizeof *cum);
+	if (!v || !c || !cum) {
+		mem_free(v);
+		mem_free(c);
+		mem_free(cum);
+		return err_set(-ENOMEM, "out of memory");
+	}
+	uint32_t i = 0, j = 0, k = 0;
+	uint64_t total = 0;
+	while (i < dst->n || j < src->n) {
+		if (j == src->n || (i < dst->n && dst->v[i] < src->v[j])) {
+			v[k] = dst->v[i];
+			c[k] = dst->c[i++];
+		} else if (i == dst->n || src->v[j] < dst->v[i]) {
+			v[k] = src->v[j];
+			c[k] = src->c[j++];
+		} else {
+			v[k] = dst->v[i];
+			c[k] = dst->c[i++] + src->c[j++];
+		}
+		total += c[k];
+		cum[k++] = total;
+	}
+	mem_free(dst->v);
+	mem_free(dst->c);
+	mem_free(dst->cum);
+	dst->v = v;
+	dst->c = c;
+	dst->cum = cum;
+	dst->n = k;
+	dst->count = total;
+	dst->exp = src->exp;
+	return 0;
+}
+
 TALLY_API void tally_dist_free(tally_dist *d)
 {
 	if (!d)

@@ -489,6 +489,10 @@ TALLY_API uint64_t tally_dist_count_above(const tally_dist *d, double x);
  * edges (n_edges - 1 bins); values outside them are not counted. */
 TALLY_API int tally_dist_histogram(const tally_dist *d, const double *edges, size_t n_edges,
 				   uint64_t *counts);
+/* *dst += src, exactly: the distribution of both sets of values (of
+ * several keys, say). TALLY_EINVAL when both hold values at different
+ * resolutions; -ENOMEM leaves dst unchanged. src stays the caller's. */
+TALLY_API int tally_dist_merge(tally_dist *dst, const tally_dist *src);
 
 /* ---------------------------------------------------------------- catalog */
 

@@ -123,6 +123,28 @@ Test(influxql, several_statements_and_shows)
 	iq_query_free(&p);
 }
 
+Test(influxql, median_and_percentile_parse_with_their_argument)
+{
+	iq_query p = parse_ok("SELECT PERCENTILE(\"speed\", 85), percentile(speed, 99.5) AS v995, "
+			      "median(speed), MEDIAN(\"speed\"), percentile(speed, 5e1), "
+			      "count(speed) FROM traffic GROUP BY time(1h), camera");
+	iq_stmt *st = &p.st[0];
+	cr_assert_eq(st->n_aggs, 6);
+	cr_assert_eq(st->aggs[0].fn, IQ_PERCENTILE);
+	cr_assert_eq(st->aggs[0].pct, 85);
+	cr_assert_str_eq(st->aggs[0].field, "speed");
+	cr_assert_str_eq(st->aggs[0].column, "percentile");
+	cr_assert_eq(st->aggs[1].pct, 99.5);
+	cr_assert_str_eq(st->aggs[1].column, "v995");
+	cr_assert_eq(st->aggs[2].fn, IQ_MEDIAN);
+	cr_assert_str_eq(st->aggs[2].column, "median");
+	cr_assert_str_eq(st->aggs[3].column, "median_1");
+	cr_assert_eq(st->aggs[4].pct, 50);
+	cr_assert_str_eq(st->aggs[4].column, "percentile_1");
+	cr_assert_eq(st->aggs[5].fn, IQ_COUNT);
+	iq_query_free(&p);
+}
+
 Test(influxql, errors_name_what_and_where)
 {
 	parse_err("", "found EOF, expected SELECT or SHOW at line 1, char 1");
@@ -130,8 +152,18 @@ Test(influxql, errors_name_what_and_where)
 		  "expected duration at line 2, char 22");
 	parse_err("SELECT mean(x) FROM t WHERE camera = 'A",
 		  "found 'A, expected string at line 1, char 38");
-	parse_err("SELECT first(x) FROM t", "first() (only mean, count, sum, min, max) is not "
-					    "supported by tally at line 1, char 8");
+	parse_err("SELECT first(x) FROM t",
+		  "first() (only mean, count, sum, min, max, median or "
+		  "percentile) is not supported by tally at line 1, char 8");
+	parse_err("SELECT percentile(x) FROM t",
+		  "percentile() needs two arguments: a field and a number at line 1, char 20");
+	parse_err("SELECT percentile(x, now()) FROM t",
+		  "found now, expected a number (the percentile) at line 1, char 22");
+	parse_err("SELECT percentile(x 85) FROM t", "found 85, expected , at line 1, char 21");
+	parse_err("SELECT percentile(x, 85, 3) FROM t",
+		  "a second argument to an aggregate is not supported by tally at line 1, char 24");
+	parse_err("SELECT median(x, 50) FROM t",
+		  "a second argument to an aggregate is not supported by tally at line 1, char 16");
 	parse_err("SELECT mean(x) * 2 FROM t",
 		  "arithmetic on aggregates is not supported by tally at line 1, char 16");
 	parse_err("SELECT mean(x) FROM /t.*/",

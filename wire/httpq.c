@@ -46,10 +46,32 @@
 #define Q_SCAN_MAX   1000000 /* most rows of a scan page */
 #define Q_TABLES_MAX 65536
 #define Q_COLS_MAX   4096
-#define Q_ROW_SLACK  256 /* a row's bytes besides its strings */
+#define Q_ROW_SLACK  256    /* a row's bytes besides its strings */
+#define Q_DIST_STATS 32     /* quantiles, and thresholds of each side, a dist may ask */
+#define Q_DIST_WINS  200000 /* most windows of a dist (a distribution query each) */
 
-enum qkind { Q_NONE = 0, Q_TABLES, Q_FIELDS, Q_KEYS, Q_SERIES, Q_AGG, Q_AGGS, Q_SCAN, Q_CAMERA };
+enum qkind {
+	Q_NONE = 0,
+	Q_TABLES,
+	Q_FIELDS,
+	Q_KEYS,
+	Q_SERIES,
+	Q_AGG,
+	Q_AGGS,
+	Q_SCAN,
+	Q_CAMERA,
+	Q_DIST
+};
 enum qsort { SORT_KEY = 0, SORT_MEAN, SORT_COUNT };
+
+/* What a dist asks of each window's distribution, and where it is. */
+typedef struct qdist {
+	double qs[Q_DIST_STATS], above[Q_DIST_STATS], below[Q_DIST_STATS];
+	double edges[CMD_DIST_EDGES_MAX];
+	uint64_t counts[CMD_DIST_EDGES_MAX];
+	int n_qs, n_above, n_below, n_edges;
+	int64_t ws; /* the next window's start; >= to: done */
+} qdist;
 
 typedef struct krow {
 	char *key; /* a copy: the iterator's lives until its next call */
@@ -108,6 +130,7 @@ struct httpq {
 	size_t fan_str_cap;
 	tally_value *fan_vals; /* a scan row's values */
 	enum tally_type *fan_types;
+	qdist *dist;
 };
 
 int httpq_new(httpq **out)
@@ -126,6 +149,8 @@ static void q_end(httpq *q)
 	q->scan = NULL;
 	free(q->page);
 	q->page = NULL;
+	free(q->dist);
+	q->dist = NULL;
 	for (size_t i = 0; q->top && i < q->top_n; i++)
 		free(q->top[i].key);
 	free(q->top);
@@ -1189,6 +1214,62 @@ static int p_agg_fan(httpq *q)
 	return 1;
 }
 
+/* One window's row of a dist: its time, count, then each statistic. */
+static void dist_row(httpq *q, const tally_dist *t, int64_t at)
+{
+	qdist *d = q->dist;
+	q_row_open(q);
+	q_time(q, at);
+	q_sep(q);
+	q_u64(q, tally_dist_count(t));
+	for (int i = 0; i < d->n_qs; i++) {
+		double v;
+		q_sep(q);
+		q_f64(q, tally_dist_quantile(t, d->qs[i], &v) ? NAN : v); /* none: null */
+	}
+	for (int i = 0; i < d->n_above; i++) {
+		q_sep(q);
+		q_u64(q, tally_dist_count_above(t, d->above[i]));
+	}
+	for (int i = 0; i < d->n_below; i++) {
+		q_sep(q);
+		q_u64(q, tally_dist_count_below(t, d->below[i]));
+	}
+	if (d->n_edges)
+		tally_dist_histogram(t, d->edges, (size_t)d->n_edges, d->counts);
+	for (int i = 0; i + 1 < d->n_edges; i++) {
+		q_sep(q);
+		q_u64(q, d->counts[i]);
+	}
+	q_row_close(q);
+}
+
+/* A dist's windows, one distribution query each (whole windows from the
+ * rollups, raw events at the cut edges): a row per window with values;
+ * without step, one row over [from, to), empty or not. */
+static int p_dist(httpq *q, tally_db *db, size_t budget)
+{
+	qdist *d = q->dist;
+	while (q->n < budget && !q->oom) {
+		if (d->ws >= q->to) {
+			if (!q->csv)
+				q_lit(q, "]}\n");
+			return 1;
+		}
+		int64_t lo = d->ws < q->from ? q->from : d->ws;
+		int64_t hi = !q->step || q->to - d->ws <= q->step ? q->to : d->ws + q->step;
+		tally_dist *t;
+		int rc = tally_query_dist(db, q->table, q->field, q->key, lo, hi, &t);
+		if (rc)
+			return q_engine(q, rc, "field");
+		if (!q->step || tally_dist_count(t))
+			dist_row(q, t, q->step ? d->ws : q->from);
+		tally_dist_free(t);
+		d->ws = hi;
+	}
+	return 0;
+}
+
 /* One turn of the answer's producer. */
 static int q_produce(httpq *q, tally_db *db, size_t budget)
 {
@@ -1199,6 +1280,7 @@ static int q_produce(httpq *q, tally_db *db, size_t budget)
 	case Q_AGGS: return p_aggs(q, budget);
 	case Q_SCAN: return p_scan(q, budget);
 	case Q_AGG: return p_agg_fan(q);
+	case Q_DIST: return p_dist(q, db, budget);
 	default: return 1;
 	}
 }
@@ -1439,6 +1521,142 @@ out:
 	return st;
 }
 
+/* A comma list of at most max numbers from lo to hi in parameter name,
+ * into v: how many (0 when absent), or -1 after q_fail. */
+static int q_numbers(httpq *q, const char *name, double *v, int max, double lo, double hi,
+		     const char *what)
+{
+	char s[2048];
+	long k = q_param(q, name, s, sizeof s);
+	if (k == -2)
+		return -1;
+	int n = 0;
+	for (char *p = s, *comma; k >= 0; p = comma + 1) {
+		comma = strchr(p, ',');
+		if (comma)
+			*comma = 0;
+		if (n == max || cmd_dist_num(p, &v[n]) || v[n] < lo || v[n] > hi) {
+			q_fail(q, name, "%s: '%.40s' is not a list of at most %d %s", name, p, max,
+			       what);
+			return -1;
+		}
+		n++;
+		if (!comma)
+			break;
+	}
+	return n;
+}
+
+/* The dist's columns: time, count, q=Q..., above=X..., below=X...,
+ * [E1,E2)... */
+static void q_dist_columns(httpq *q)
+{
+	const qdist *d = q->dist;
+	int n = 2 + d->n_qs + d->n_above + d->n_below + (d->n_edges ? d->n_edges - 1 : 0);
+	char(*names)[80] = malloc((size_t)n * sizeof *names);
+	const char **cols = malloc((size_t)n * sizeof *cols);
+	if (!names || !cols) {
+		q->oom = 1;
+		free(names);
+		free(cols);
+		return;
+	}
+	int c = 0;
+	char x[32], y[32];
+	snprintf(names[c++], sizeof names[0], "time");
+	snprintf(names[c++], sizeof names[0], "count");
+	for (int i = 0; i < d->n_qs; i++, c++)
+		snprintf(names[c], sizeof names[0], "q=%.*s", (int)cmd_format_double(d->qs[i], x),
+			 x);
+	for (int i = 0; i < d->n_above; i++, c++)
+		snprintf(names[c], sizeof names[0], "above=%.*s",
+			 (int)cmd_format_double(d->above[i], x), x);
+	for (int i = 0; i < d->n_below; i++, c++)
+		snprintf(names[c], sizeof names[0], "below=%.*s",
+			 (int)cmd_format_double(d->below[i], x), x);
+	for (int i = 0; i + 1 < d->n_edges; i++, c++)
+		snprintf(names[c], sizeof names[0], "[%.*s,%.*s)",
+			 (int)cmd_format_double(d->edges[i], x), x,
+			 (int)cmd_format_double(d->edges[i + 1], y), y);
+	for (int i = 0; i < n; i++)
+		cols[i] = names[i];
+	q_columns(q, cols, (size_t)n);
+	free(names);
+	free(cols);
+}
+
+/* GET /api/v1/dist: the exact distribution of a key's field over
+ * [from, to), or per window of step, and what is asked of it. */
+static int q_dist_start(httpq *q, tally_db *db, const srv_conf *cf, int64_t now)
+{
+	int st = q_range(q, now);
+	if (st)
+		return st;
+	char v[64];
+	long k = q_param(q, "step", v, sizeof v);
+	if (k == -2)
+		return 400;
+	q->step = 0;
+	if (k >= 0 && (cmd_parse_duration(v, &q->step) || q->step <= 0))
+		return q_fail(q, "step", "step: invalid duration '%.40s' (like 5m, 1h, 24h)", v);
+	if (!(q->dist = calloc(1, sizeof *q->dist))) {
+		snprintf(q->err, sizeof q->err, "out of memory");
+		return 500;
+	}
+	qdist *d = q->dist;
+	if ((d->n_qs = q_numbers(q, "q", d->qs, Q_DIST_STATS, 0, 1, "quantiles from 0 to 1")) < 0 ||
+	    (d->n_above = q_numbers(q, "above", d->above, Q_DIST_STATS, -INFINITY, INFINITY,
+				    "numbers")) < 0 ||
+	    (d->n_below = q_numbers(q, "below", d->below, Q_DIST_STATS, -INFINITY, INFINITY,
+				    "numbers")) < 0)
+		return 400;
+	char e[2048];
+	k = q_param(q, "edges", e, sizeof e);
+	if (k == -2)
+		return 400;
+	if (k >= 0 && (d->n_edges = cmd_dist_edges(e, d->edges)) < 0)
+		return q_fail(q, "edges",
+			      "edges: '%.40s' is not 2 to %d ascending numbers, comma separated", e,
+			      CMD_DIST_EDGES_MAX);
+	if (!d->n_qs && !d->n_above && !d->n_below && !d->n_edges) {
+		d->qs[0] = 0.5; /* nothing named: the median and V85, as #!dist */
+		d->qs[1] = 0.85;
+		d->n_qs = 2;
+	}
+	d->ws = q->step ? series_window_start(q->from, q->step, cf->align_offset) : q->from;
+	if (q->step && ((uint64_t)q->to - (uint64_t)d->ws - 1) / (uint64_t)q->step >= Q_DIST_WINS)
+		return q_fail(q, "step",
+			      "step: more than %d windows from from to to (each is a "
+			      "distribution query): widen the step or narrow the range",
+			      Q_DIST_WINS);
+	/* the field's distribution over nothing: a 4xx now for a table,
+	 * field or key that cannot answer, rather than a cut stream */
+	tally_dist *t;
+	int rc = tally_query_dist(db, q->table, q->field, q->key, q->to, q->to, &t);
+	if (rc)
+		return q_engine(q, rc, "field");
+	double res = tally_dist_resolution(t);
+	tally_dist_free(t);
+	if (!q->csv) {
+		char dur[32];
+		q_lit(q, "{");
+		q_ident(q, 1);
+		if (q->step) {
+			cmd_format_duration(q->step, dur);
+			q_member(q, "step", dur);
+		} else {
+			q_member(q, "step", NULL);
+		}
+		q_lit(q, "\"resolution\":");
+		q_f64(q, res);
+		q_lit(q, ",");
+		q_span(q);
+		q_lit(q, ",");
+	}
+	q_dist_columns(q);
+	return 0;
+}
+
 static int hexval(char ch)
 {
 	return ch >= '0' && ch <= '9'   ? ch - '0'
@@ -1576,9 +1794,9 @@ static int q_start(httpq *q, srv *s)
 		return q_fields(q, db);
 	if (!strcmp(ep, "delete"))
 		return q_delete(q, db, now);
-	static const char *const eps[] = {"keys", "series", "agg", "aggs", "scan"};
-	static const enum qkind kinds[] = {Q_KEYS, Q_SERIES, Q_AGG, Q_AGGS, Q_SCAN};
-	for (size_t i = 0; i < 5; i++)
+	static const char *const eps[] = {"keys", "series", "agg", "aggs", "scan", "dist"};
+	static const enum qkind kinds[] = {Q_KEYS, Q_SERIES, Q_AGG, Q_AGGS, Q_SCAN, Q_DIST};
+	for (size_t i = 0; i < sizeof eps / sizeof eps[0]; i++)
 		if (!strcmp(ep, eps[i]))
 			q->kind = kinds[i];
 	if (q->kind == Q_NONE) {
@@ -1626,6 +1844,7 @@ static int q_start(httpq *q, srv *s)
 		return st;
 	case Q_AGGS: return q_aggs_start(q, db, now);
 	case Q_SCAN: return q_scan_start(q, db, now);
+	case Q_DIST: return q_dist_start(q, db, cf, now);
 	default: return 500;
 	}
 }

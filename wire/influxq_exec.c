@@ -11,6 +11,12 @@
  * cannot tile (w not a multiple of the finest level, or windows that do
  * not start where tally's do) is asked window by window of
  * tally_query_agg, bounded by IQ_MAX_WINDOWS.
+ *
+ * median and percentile are asked of each window's exact distribution
+ * (tally_query_dist: the same tiling, whole windows plus raw edges),
+ * merged over the keys of a series, and answered in InfluxDB's
+ * conventions to the bit (dist_cell), so the answer equals InfluxDB's
+ * sort of the raw points.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -428,6 +434,19 @@ typedef struct grid {
 	size_t nwin;
 } grid;
 
+/* Window i of g as a range, cut to the statement's. */
+static void win_range(const grid *g, size_t i, int64_t *lo, int64_t *hi)
+{
+	if (!g->step) {
+		*lo = g->from;
+		*hi = g->to;
+		return;
+	}
+	int64_t ws = g->w0 + (int64_t)i * g->step;
+	*lo = ws < g->from ? g->from : ws;
+	*hi = g->to - ws <= g->step ? g->to : ws + g->step;
+}
+
 /* Adds one key's field over every window of g into acc[0, g->nwin). */
 static int fill_key(ex *x, const iq_stmt *st, const char *field, const char *key, const grid *g,
 		    tally_agg *acc)
@@ -478,9 +497,8 @@ static int fill_key(ex *x, const iq_stmt *st, const char *field, const char *key
 	for (size_t i = 0; i < g->nwin; i++) {
 		if (i >= i0 && i < i1)
 			continue;
-		int64_t ws = g->w0 + (int64_t)i * g->step;
-		int64_t lo = ws < g->from ? g->from : ws;
-		int64_t hi = g->to - ws <= g->step ? g->to : ws + g->step;
+		int64_t lo, hi;
+		win_range(g, i, &lo, &hi);
 		rc = ex_agg(x, st->table, field, key, lo, hi, &a);
 		if (rc == TALLY_ENOTFOUND)
 			return 0;
@@ -491,7 +509,135 @@ static int fill_key(ex *x, const iq_stmt *st, const char *field, const char *key
 	return 0;
 }
 
-/* One aggregate's cell. */
+/* ---------------------------------------------------------------- distributions */
+
+static int is_dist(enum iq_func fn)
+{
+	return fn == IQ_MEDIAN || fn == IQ_PERCENTILE;
+}
+
+/* The r-th smallest value of d (1-based, 1 <= r <= N): the nearest-rank
+ * quantile at q = (r - 1/2) / N, whose ceil(q * N) is r (the quotient's
+ * rounding moves q * N by about r * 2^-53, far less than the 1/2). */
+static double dist_nth(const tally_dist *d, uint64_t r)
+{
+	double v = NAN;
+	tally_dist_quantile(d, ((double)r - 0.5) / (double)tally_dist_count(d), &v);
+	return v;
+}
+
+/* A median or percentile of one window's values, as InfluxDB 1.x computes
+ * it from the sorted points (its query/call_iterator.go): PERCENTILE(f, p)
+ * is the point at 1-based rank floor(N * p / 100 + 0.5), none when that
+ * rank is below 1 or above N (so not the nearest rank of
+ * tally_dist_quantile: 84% of 10 points is the 8th, not the 9th); MEDIAN
+ * the middle point, for an even N lo + (hi - lo) / 2 of the two middle
+ * ones. The same double operations in the same order give the same bits.
+ * 1 and *out, or 0 when the window has no value. */
+static int dist_cell(const iq_agg *ag, const tally_dist *d, double *out)
+{
+	uint64_t n = tally_dist_count(d);
+	if (!n)
+		return 0;
+	if (ag->fn == IQ_MEDIAN) {
+		if (n % 2) {
+			*out = dist_nth(d, n / 2 + 1);
+			return 1;
+		}
+		double lo = dist_nth(d, n / 2), hi = dist_nth(d, n / 2 + 1);
+		*out = lo + (hi - lo) / 2;
+		return 1;
+	}
+	double r = floor((double)n * ag->pct / 100.0 + 0.5);
+	if (!(r >= 1 && r <= (double)n))
+		return 0;
+	*out = dist_nth(d, (uint64_t)r);
+	return 1;
+}
+
+static int dist_fail(ex *x, const iq_agg *ag, int rc)
+{
+	const char *m = tally_errmsg();
+	return ex_fail(x, "%s(\"%s\"): %s", iq_func_names[ag->fn], ag->field,
+		       m && *m ? m : tally_strerror(rc));
+}
+
+/* Whether agg j is the first median or percentile of its field (the one
+ * whose distributions the field's others share). */
+static int dist_first(const iq_stmt *st, unsigned j)
+{
+	for (unsigned i = 0; i < j; i++)
+		if (is_dist(st->aggs[i].fn) && !strcmp(st->aggs[i].field, st->aggs[j].field))
+			return 0;
+	return is_dist(st->aggs[j].fn);
+}
+
+/* Every median and percentile field must be kept as a distribution: asked
+ * once over an empty range, so that the answer does not depend on which
+ * keys have events. *fields: how many distinct fields they read (each a
+ * distribution query per window and key). */
+static int dist_check(ex *x, const iq_stmt *st, const enum tally_type *types, int64_t to,
+		      unsigned *fields)
+{
+	*fields = 0;
+	for (unsigned j = 0; j < st->n_aggs; j++) {
+		if (!dist_first(st, j) || types[j] == TALLY_T_NONE)
+			continue;
+		tally_dist *d;
+		int rc = tally_query_dist(x->db, st->table, st->aggs[j].field, "", to, to, &d);
+		if (rc)
+			return dist_fail(x, &st->aggs[j], rc);
+		tally_dist_free(d);
+		(*fields)++;
+	}
+	return 0;
+}
+
+/* The medians and percentiles of the keys keys[0, nk) (one series), window
+ * by window: per field, one distribution per key and window
+ * (tally_query_dist: rollups plus raw edges), merged over the keys, then
+ * asked for each of that field's aggregates. A cell with a value gets
+ * count 1 and the value as sum. */
+static int fill_dist(ex *x, const iq_stmt *st, const enum tally_type *types, char *const *keys,
+		     size_t nk, const grid *g, tally_agg *const *acc)
+{
+	for (unsigned j = 0; j < st->n_aggs; j++) {
+		if (!dist_first(st, j) || types[j] == TALLY_T_NONE)
+			continue;
+		const char *field = st->aggs[j].field;
+		for (size_t i = 0; i < g->nwin; i++) {
+			int64_t lo, hi;
+			win_range(g, i, &lo, &hi);
+			tally_dist *w = NULL;
+			int rc = 0;
+			for (size_t k = 0; k < nk && !rc; k++) {
+				tally_dist *d;
+				rc = tally_query_dist(x->db, st->table, field, keys[k], lo, hi, &d);
+				if (!rc && !w) {
+					w = d;
+				} else if (!rc) {
+					rc = tally_dist_merge(w, d);
+					tally_dist_free(d);
+				}
+			}
+			if (rc) {
+				tally_dist_free(w);
+				return dist_fail(x, &st->aggs[j], rc);
+			}
+			for (unsigned m = j; w && m < st->n_aggs; m++) {
+				double v;
+				if (is_dist(st->aggs[m].fn) && !strcmp(st->aggs[m].field, field) &&
+				    dist_cell(&st->aggs[m], w, &v))
+					acc[m][i] = (tally_agg){.count = 1, .sum = v};
+			}
+			tally_dist_free(w);
+		}
+	}
+	return 0;
+}
+
+/* One aggregate's cell; a median or percentile's value is a->sum (its
+ * window's count is 1 when it has one, 0 when not). */
 static void put_cell(iq_buf *b, const iq_stmt *st, const iq_agg *ag, enum tally_type type,
 		     const tally_agg *a, double *prev, int *has_prev)
 {
@@ -518,6 +664,12 @@ static void put_cell(iq_buf *b, const iq_stmt *st, const iq_agg *ag, enum tally_
 	case IQ_SUM: v = a->sum; break;
 	case IQ_MIN: v = a->min; break;
 	case IQ_MAX: v = a->max; break;
+	case IQ_PERCENTILE: v = a->sum; break; /* a value of the field: its type */
+	case IQ_MEDIAN:
+		v = a->sum;
+		integer = 0; /* InfluxDB: a float, also of an integer field */
+		break;
+	case IQ_FUNCS: break;
 	}
 	*prev = v;
 	*has_prev = 1;
@@ -644,8 +796,19 @@ static int exec_select(ex *x, const iq_stmt *st, iq_buf *b)
 		types[j] = cols_type(&cl, st->aggs[j].field);
 	cols_free(&cl);
 	keyset ks = {0};
-	rc = select_keys(x, st, types, g.from, g.to, &ks);
+	unsigned dist_fields = 0;
+	rc = dist_check(x, st, types, g.to, &dist_fields);
+	if (!rc)
+		rc = select_keys(x, st, types, g.from, g.to, &ks);
 	size_t groups = st->group_tag ? ks.n : 1;
+	/* a distribution query per window, key and field: each reads its
+	 * window's (value, count) lists, more than a rollup bucket */
+	if (!rc && (uint64_t)g.nwin * ks.n * dist_fields > IQ_MAX_DIST_QUERIES)
+		rc = ex_fail(x,
+			     "median or percentile over %zu windows x %zu keys x %u fields asks "
+			     "for more than tally's limit of %d distributions per statement: "
+			     "narrow the range, widen the step or name fewer keys",
+			     g.nwin, ks.n, dist_fields, IQ_MAX_DIST_QUERIES);
 	if (!rc && st->step && groups * g.nwin * st->n_aggs > IQ_MAX_WINDOWS)
 		rc = ex_fail(x,
 			     "%zu series of %zu windows x %u aggregates are more than tally's "
@@ -664,8 +827,11 @@ static int exec_select(ex *x, const iq_stmt *st, iq_buf *b)
 		for (unsigned j = 0; j < st->n_aggs; j++)
 			memset(acc[j], 0, g.nwin * sizeof **acc);
 		for (unsigned j = 0; j < st->n_aggs && !rc; j++) {
+			if (is_dist(st->aggs[j].fn))
+				continue;
 			unsigned same = 0;
-			while (same < j && strcmp(st->aggs[same].field, st->aggs[j].field))
+			while (same < j && (is_dist(st->aggs[same].fn) ||
+					    strcmp(st->aggs[same].field, st->aggs[j].field)))
 				same++;
 			if (same < j) {
 				memcpy(acc[j], acc[same], g.nwin * sizeof **acc);
@@ -676,6 +842,8 @@ static int exec_select(ex *x, const iq_stmt *st, iq_buf *b)
 			for (size_t k = k0; k < k1 && !rc; k++)
 				rc = fill_key(x, st, st->aggs[j].field, ks.k[k], &g, acc[j]);
 		}
+		if (!rc && dist_fields && k1 > k0)
+			rc = fill_dist(x, st, types, ks.k + k0, k1 - k0, &g, acc);
 		if (rc)
 			break;
 		int any = 0;

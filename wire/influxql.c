@@ -1,7 +1,7 @@
 /*
  * influxql.c — the lexer and parser of the InfluxQL subset tallyd answers
- * on /query (docs/http.md, "InfluxQL"): SELECT of mean, count, sum, min and
- * max over a table's key tag and time, GROUP BY time and the key tag, fill,
+ * on /query (docs/http.md, "InfluxQL"): SELECT of mean, count, sum, min,
+ * max, median and percentile over a table's key tag and time, GROUP BY time and the key tag, fill,
  * ORDER BY time, LIMIT and OFFSET, and the SHOW statements a client asks
  * for its menus.
  *
@@ -24,7 +24,7 @@
 #include "cmd.h"
 #include "influxql.h"
 
-const char *const iq_func_names[] = {"mean", "count", "sum", "min", "max"};
+const char *const iq_func_names[] = {"mean", "count", "sum", "min", "max", "median", "percentile"};
 
 enum tk {
 	T_EOF = 0,
@@ -842,24 +842,45 @@ int iq_cond_match(const iq_cond *c, const char *key)
 
 /* ---------------------------------------------------------------- SELECT */
 
+#define IQ_FUNCS_LIST "mean, count, sum, min, max, median or percentile"
+
+/* PERCENTILE's second argument: a number literal, as InfluxDB takes it
+ * (an integer or a float, read as float64). */
+static int parse_pct(parser *p, iq_agg *a)
+{
+	tok *t = peek(p);
+	if (t->k == T_RPAREN)
+		return fail_at(p, t->at, "percentile() needs two arguments: a field and a number");
+	if (expect_tok(p, T_COMMA, ","))
+		return -1;
+	t = peek(p);
+	if (t->k != T_NUMBER)
+		return expected(p, t, "a number (the percentile)");
+	tok u;
+	char buf[64];
+	if (next_number(p, &u, buf, sizeof buf, "number too long"))
+		return -1;
+	a->pct = strtod(buf, NULL);
+	return 0;
+}
+
 static int parse_agg(parser *p, iq_stmt *st)
 {
 	tok *t = peek(p);
 	if (t->k == T_MUL)
 		return unsupported(p, t->at, "SELECT * (raw points)");
 	if (t->k != T_IDENT)
-		return expected(p, t, "an aggregate: mean, count, sum, min or max");
+		return expected(p, t, "an aggregate: " IQ_FUNCS_LIST);
 	tok fn = next(p);
 	if (peek(p)->k != T_LPAREN)
-		return unsupported(p, fn.at,
-				   "selecting raw fields (use mean, count, sum, min or max)");
+		return unsupported(p, fn.at, "selecting raw fields (use " IQ_FUNCS_LIST ")");
 	int f = -1;
-	for (int i = 0; i < 5; i++)
+	for (int i = 0; i < IQ_FUNCS; i++)
 		if (!fn.quoted && is_kw(p, &fn, iq_func_names[i]))
 			f = i;
 	if (f < 0) {
-		char b[48], what[112];
-		snprintf(what, sizeof what, "the function %s() (only mean, count, sum, min, max)",
+		char b[48], what[160];
+		snprintf(what, sizeof what, "the function %s() (only " IQ_FUNCS_LIST ")",
 			 tok_text(p, &fn, b));
 		return unsupported(p, fn.at, what);
 	}
@@ -872,6 +893,8 @@ static int parse_agg(parser *p, iq_stmt *st)
 	if (is_kw(p, t, "distinct") || t->k == T_MUL || t->k == T_DIV)
 		return unsupported(p, t->at, "an aggregate of anything but one named field");
 	if (parse_ident(p, &a->field, "field name"))
+		return -1;
+	if (a->fn == IQ_PERCENTILE && parse_pct(p, a))
 		return -1;
 	if (peek(p)->k != T_RPAREN) {
 		if (peek(p)->k == T_COMMA)

@@ -23,6 +23,11 @@
  * and a cell each in the answer; past it the statement is refused,
  * naming it. */
 #define IQ_MAX_WINDOWS 1000000
+/* Most distributions (windows x keys x fields) the medians and
+ * percentiles of one SELECT may ask the engine for: each is a query of
+ * its own (tally_query_dist), so this bounds how long one statement
+ * holds its shard's thread. */
+#define IQ_MAX_DIST_QUERIES 200000
 
 enum iq_kind {
 	IQ_SELECT = 0,
@@ -34,7 +39,9 @@ enum iq_kind {
 	IQ_SHOW_RETENTION_POLICIES,
 };
 
-enum iq_func { IQ_MEAN = 0, IQ_COUNT, IQ_SUM, IQ_MIN, IQ_MAX };
+/* median and percentile answer from a field's exact distribution
+ * (tally_query_dist), in InfluxDB's conventions (influxq_exec.c). */
+enum iq_func { IQ_MEAN = 0, IQ_COUNT, IQ_SUM, IQ_MIN, IQ_MAX, IQ_MEDIAN, IQ_PERCENTILE, IQ_FUNCS };
 extern const char *const iq_func_names[];
 
 enum iq_fill { IQ_FILL_NULL = 0, IQ_FILL_NONE, IQ_FILL_VALUE, IQ_FILL_PREVIOUS };
@@ -54,6 +61,7 @@ typedef struct iq_agg {
 	enum iq_func fn;
 	char *field;
 	char *column; /* the answer's column name: the alias, else the function's */
+	double pct;   /* IQ_PERCENTILE: its second argument, as written */
 } iq_agg;
 
 typedef struct iq_stmt {

@@ -42,6 +42,7 @@ def run(ctx, variant):
         "settle_min_s": ctx["settle_min_s"],
         "visible_timeout_s": ctx["visible_timeout_s"],
         "out": os.path.join(d, "result.json"),
+        "v85_level": common.V85_CH_LEVEL,
     }
     cfg_path = os.path.join(d, "config.json")
     common.write_json(cfg_path, cfg)

@@ -163,6 +163,11 @@ def query_sql(q):
         # Hour-aligned by construction: the 1h rollup answers it.
         return ("SELECT camera, countMerge(c), sumMerge(s), minMerge(mn), maxMerge(mx) FROM r1h "
                 "WHERE t >= %d AND t < %d GROUP BY camera ORDER BY camera" % (q["from_ms"], q["to_ms"]))
+    if k == "v85":
+        # quantileExact over the raw rows (common.V85_CH_LEVEL: the same rank as tally's)
+        return ("SELECT 'v85', n, v, v, v FROM (SELECT count() AS n, quantileExact(%s)(speed) AS v "
+                "FROM raw WHERE camera = '%s' AND ts >= %d AND ts < %d)"
+                % (common.V85_CH_LEVEL, q["camera"], q["from_ms"], q["to_ms"]))
     return ("SELECT ts, 1, speed, speed, speed FROM raw WHERE camera = '%s' AND ts >= %d AND ts < %d "
             "ORDER BY ts" % (q["camera"], q["from_ms"], q["to_ms"]))
 

@@ -234,7 +234,17 @@ def read_queries(path):
     return qs
 
 
-KINDS = ["s5m", "s1h", "s1d", "agg", "keys", "scan"]
+KINDS = ["s5m", "s1h", "s1d", "agg", "keys", "scan", "v85"]
+# V85 of a camera-day (kind v85): the value at rank ceil(0.85 N) of its N
+# speeds. Answered by the systems in V85_SYSTEMS (bench/run) as the row
+#     qid  v85  N  V85  V85  V85
+# tally by tally_query_dist's nearest rank at q = 0.85; ClickHouse's
+# quantileExact(q) takes the value at 0-based position floor(q N) (q N in
+# float64), which is the same rank for every N below 5e7 at the level
+# V85_CH_LEVEL = 0.85 - 1e-9: where 0.85 N is a whole number K, q N is
+# K - 1e-9 N, so floor gives K - 1 (rank K); elsewhere 0.85 N is at least
+# 0.05 from a whole number, and 1e-9 N moves it by less.
+V85_CH_LEVEL = "0.849999999"
 
 
 class Answers:

@@ -88,6 +88,13 @@ def _one(c, q, ans):
         if ans:
             for r in rows:
                 ans.row(q["qid"], r[0], r[1], r[2], r[3], r[4])
+    elif k == "v85":
+        _, rows = c.cmd("#!dist traffic speed %s %d %d q=0.85" % (q["camera"], frm, to))
+        if ans:
+            st = dict(rows)
+            if int(st["count"]):
+                v = float(st["q=0.85"])
+                ans.row(q["qid"], "v85", st["count"], v, v, v)
     else:
         hdr, rows = c.cmd("#!scan traffic %s %d %d" % (q["camera"], frm, to))
         if ans:
@@ -109,6 +116,8 @@ def _one_http(h, q, ans):
         path, extra = "/api/v1/agg", {"field": "speed", "key": q["camera"]}
     elif k == "keys":
         path, extra = "/api/v1/aggs", {"field": "speed"}
+    elif k == "v85":
+        path, extra = "/api/v1/dist", {"field": "speed", "key": q["camera"], "q": "0.85"}
     else:
         path, extra = "/api/v1/scan", {"key": q["camera"], "limit": 1000000}
     st, body = h.get(path, dict(base, **extra))
@@ -125,6 +134,10 @@ def _one_http(h, q, ans):
     elif k == "keys":
         for key, n, _mean, mn, mx, sm in d["values"]:
             ans.row(q["qid"], key, n, sm, mn, mx)
+    elif k == "v85":
+        for _t, n, v in d["values"]:
+            if n:
+                ans.row(q["qid"], "v85", n, v, v, v)
     else:
         col = d["columns"].index("speed")
         for r in d["values"]:
@@ -148,6 +161,7 @@ def run(ctx, tallyd, client, http=False, name=None, feed=None):
                                 "0" if http or feed else "off", "--http-port-file", http_file, "--data",
                                 os.path.join(d, "data"), "--shards", str(ctx["threads"]),
                                 "--table-keys", "traffic=camera", "--memory-limit", "16GiB",
+                                "--distributions", "traffic.speed:0.1",
                                 "--flush-interval", "%ds" % FLUSH_S,
                                 "--log-level", "warn"], os.path.join(d, "server.log"))
     res = {"version": ctx["tally_version"], "notes": []}

@@ -1,8 +1,9 @@
 /*
  * fuzz_httpq.c — libFuzzer target: the HTTP query API's request handling
  * (wire/httpq.c): routing, parameters (times, durations, limits, cursors,
- * %-escapes of names and of the cameras' route's id), every endpoint's
- * producer, JSON and CSV, against a small real database.
+ * a dist's quantiles, thresholds and edges, %-escapes of names and of the
+ * cameras' route's id), every endpoint's producer, JSON and CSV, against
+ * a small real database (speed kept as a distribution).
  *
  * The input is a request target ("/api/v1/scan?table=..."); its first
  * byte, when below 0x20, picks Accept: text/csv and a tiny budget per
@@ -131,6 +132,7 @@ static void setup(void)
 	tally_options_init(&o);
 	o.no_background = 1;
 	o.log_fn = quiet;
+	o.distributions = "traffic.speed:0.1"; /* for /api/v1/dist */
 	CHECK(tally_db_open(dir, &o, &db) == 0);
 	tally_writer *w;
 	CHECK(tally_writer_open(db, -1, &w) == 0);
@@ -264,9 +266,10 @@ static const char *j_value(const char *p, const char *e, int depth)
 
 static int known_param(const char *p)
 {
-	static const char *const names[] = {
-		"table", "field", "key",    "from",   "to",     "step",  "interval", "limit",
-		"sort",  "order", "cursor", "prefix", "format", "epoch", "id",       "partial"};
+	static const char *const names[] = {"table", "field",  "key",    "from",     "to",
+					    "step",  "interval", "limit", "sort",  "order",
+					    "cursor", "prefix", "format", "epoch", "id",
+					    "partial", "q",     "above",  "below", "edges"};
 	if (!p)
 		return 1;
 	for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)

@@ -63,7 +63,7 @@ static void check_stmt(const iq_stmt *st)
 		return;
 	CHECK(st->n_aggs >= 1 && st->n_aggs <= IQ_FIELDS_MAX && st->table);
 	for (unsigned i = 0; i < st->n_aggs; i++) {
-		CHECK(st->aggs[i].fn <= IQ_MAX && st->aggs[i].field && st->aggs[i].column);
+		CHECK(st->aggs[i].fn < IQ_FUNCS && st->aggs[i].field && st->aggs[i].column);
 		for (unsigned j = 0; j < i; j++)
 			CHECK(strcmp(st->aggs[i].column, st->aggs[j].column) ||
 			      st->aggs[i].column != st->aggs[j].column);

@@ -14,6 +14,9 @@ also with equal times), the cameras' route, tables and fields; CSV by
 format= and by Accept; epoch=; errors (400 naming the parameter, 404, 405);
 a series of a year of 5-minute windows (about 7 MB of JSON) streamed
 chunked to a client that stalls, with tallyd's RSS bounded meanwhile.
+speed is kept as an exact distribution (--distributions traffic.speed:0.1,
+the events' one decimal), so /api/v1/dist's quantiles, threshold counts
+and histograms, over a range and per window, must equal the sorted values.
 """
 import csv
 import http.client
@@ -27,6 +30,7 @@ import socket
 import sys
 import time
 from datetime import datetime, timezone
+from fractions import Fraction
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.argv = sys.argv[:3] + ["query"] + sys.argv[3:]  # http_test reads MODE
@@ -208,6 +212,70 @@ def check_aggs(c, m):
                 same_row(g, w, "aggs sort=%s order=%s" % (sort, order))
 
 
+def quantile(vals, q):
+    """Nearest rank: the value at rank ceil(q * N) (at least 1) of the
+    sorted values, q * N exact for the double q; None when empty."""
+    if not vals:
+        return None
+    s = sorted(vals)
+    return s[max(1, math.ceil(Fraction(q) * len(s))) - 1]
+
+
+def dist_row(vals, qs, above, below, edges):
+    row = [len(vals)] + [quantile(vals, q) for q in qs]
+    row += [sum(1 for v in vals if v > x) for x in above]
+    row += [sum(1 for v in vals if v < x) for x in below]
+    row += [sum(1 for v in vals if a <= v < b) for a, b in zip(edges, edges[1:])]
+    return row
+
+
+def check_dist(c, m):
+    qs, above, below = [0.5, 0.85, 0.05, 1.0], [100.0, 150.5], [50.0]
+    edges = [0.0, 40.0, 80.5, 120.0, 200.0]
+    stats = "q=0.5,0.85,0.05,1&above=100,150.5&below=50&edges=0,40,80.5,120,200"
+    for _ in range(20):
+        key = rng.choice(KEYS + ["NOPE"])
+        frm, to = rand_range()
+        base = "/api/v1/dist?table=traffic&field=speed&key=%s&from=%d&to=%d" % (key, frm, to)
+        d = c.json(base + "&" + stats)
+        check(d["columns"] == ["time", "count", "q=0.5", "q=0.85", "q=0.05", "q=1", "above=100",
+                               "above=150.5", "below=50", "[0,40)", "[40,80.5)", "[80.5,120)",
+                               "[120,200)"] and d["resolution"] == 0.1 and d["step"] is None,
+              "dist head: %r" % {k: d[k] for k in d if k != "values"})
+        want = dist_row(m.values(key, frm, to), qs, above, below, edges)
+        check(d["values"] == [[iso(frm)] + want], "dist %s [%d, %d): %r, model %r"
+              % (key, frm, to, d["values"], want))
+        # per window: exact on the cut first and last windows too
+        stp = rng.choice(["5m", "1h", "1d", "25m"])
+        stepns = {"5m": 300, "1h": 3600, "1d": 86400, "25m": 1500}[stp] * NS
+        d = c.json(base + "&step=" + stp + "&q=0.85&above=130&epoch=ms")
+        rows, ws = [], frm - frm % stepns
+        while ws < to:
+            vals = m.values(key, max(ws, frm), min(ws + stepns, to))
+            if vals:
+                rows.append([ws // 10**6] + dist_row(vals, [0.85], [130.0], [], []))
+            ws += stepns
+        check(d["step"] == stp and d["values"] == rows, "dist %s step %s: %d rows, model %d: %r"
+              % (key, stp, len(d["values"]), len(rows), d["values"][:3]))
+    # nothing asked: the median and V85
+    key = max(m.ev, key=lambda k: len(m.ev[k]))
+    d = c.json("/api/v1/dist?table=traffic&field=speed&key=%s&from=%d&to=%d" % (key, T0, T0 + 2 * DAY))
+    vals = m.values(key, T0, T0 + 2 * DAY)
+    check(d["columns"] == ["time", "count", "q=0.5", "q=0.85"] and
+          d["values"] == [[iso(T0), len(vals), quantile(vals, 0.5), quantile(vals, 0.85)]],
+          "dist with no statistic named: %r" % d)
+    st, hd, body = c.get("/api/v1/dist?table=traffic&field=speed&key=%s&from=%d&to=%d&q=0.85"
+                         "&edges=0,100,300&format=csv&step=1d" % (key, T0, T0 + 2 * DAY))
+    rows = list(csv.reader(io.StringIO(body.decode())))
+    rows[1:] = [[r[0]] + [float(x) for x in r[1:]] for r in rows[1:]]
+    want = [["time", "count", "q=0.85", "[0,100)", "[100,300)"]]
+    for day in (T0, T0 + DAY):
+        v = m.values(key, day, day + DAY)
+        want.append([iso(day)] + dist_row(v, [0.85], [], [], [0.0, 100.0, 300.0]))
+    check(st == 200 and hd["content-type"].startswith("text/csv") and rows == want,
+          "dist csv: %r, model %r" % (rows, want))
+
+
 def check_catalog(c, m):
     d = c.json("/api/v1/tables")
     t = [x for x in d["tables"] if x["name"] == "traffic"]
@@ -305,7 +373,21 @@ def check_errors(c):
         ("/api/v1/series?table=traffic&field=speed&key=%ZZ&from=2025-06-02", 400, "key"),
         ("/kvfv/KV001/avg-speed?from=2025-06-02&interval=2x", 400, "interval"),
         ("/api/v1/nope", 404, None),
+        ("/api/v1/dist?table=traffic&field=speed&key=K&from=2025-06-02&q=0.5,1.5", 400, "q"),
+        ("/api/v1/dist?table=traffic&field=speed&key=K&from=2025-06-02&q=", 400, "q"),
+        ("/api/v1/dist?table=traffic&field=speed&key=K&from=2025-06-02&above=fast", 400, "above"),
+        ("/api/v1/dist?table=traffic&field=speed&key=K&from=2025-06-02&below=1,,2", 400, "below"),
+        ("/api/v1/dist?table=traffic&field=speed&key=K&from=2025-06-02&edges=50,30", 400, "edges"),
+        ("/api/v1/dist?table=traffic&field=speed&key=K&from=2025-06-02&edges=50", 400, "edges"),
+        ("/api/v1/dist?table=traffic&field=speed&key=K&from=2025-06-02&step=0s", 400, "step"),
+        ("/api/v1/dist?table=traffic&field=speed&key=K&from=2025-06-02&to=2025-06-05&step=1s",
+         400, "step"),
+        ("/api/v1/dist?table=traffic&field=lane&key=K&from=2025-06-02", 400, "field"),
+        ("/api/v1/dist?table=traffic&field=nope&key=K&from=2025-06-02", 404, "field"),
+        ("/api/v1/dist?table=traffic&field=speed&from=2025-06-02", 400, "key"),
+        ("/api/v1/dist?table=roads&field=gap&key=M1&from=2025-06-02", 400, "field"),
     ]
+    write(c, "roads,road=M1 gap=3.5 %d\n" % T0)  # a field without a distribution
     for path, want, param in cases:
         st, hd, body = c.get(path)
         check(st == want, "%s: %d, wanted %d: %s" % (path, st, want, body))
@@ -315,6 +397,9 @@ def check_errors(c):
     check(st == 405 and "GET" in hd.get("allow", ""), "DELETE: %d %r" % (st, hd))
     st, hd, body = c.get("/kvfv/a/b/avg-speed?from=2025-06-02")
     check(st == 404, "a route with a '/' in its id: %d" % st)
+    st, hd, body = c.get("/api/v1/dist?table=roads&field=gap&key=M1&from=2025-06-02")
+    check("field 'gap' of table 'roads' is not a distribution (mark it with distributions = "
+          "roads.gap:RESOLUTION)" in json.loads(body)["error"], "dist of an unmarked field: %s" % body)
     # the connection is still good after all of them
     c.json("/api/v1/tables")
 
@@ -393,7 +478,7 @@ def main():
     # blocks up to its own budget (256 MiB by default), growth that is
     # bounded but is not the answer's.
     srv = H.Server("--reply-buffer-bytes", "16384", "--recv-buffer-bytes", "64KiB",
-                   "--rollup-cache-bytes", "2MiB")
+                   "--rollup-cache-bytes", "2MiB", "--distributions", "traffic.speed:0.1")
     try:
         c = Client(srv)
         m = Model()
@@ -405,6 +490,7 @@ def main():
             check_aggs(c, m)
             check_scan(c, m)
             check_csv(c, m)
+            check_dist(c, m)
             step("every endpoint equals the model (%s)" % rnd)
             if rnd == "in order":
                 write(c, make_events(m, 1500, late=True))

@@ -20,10 +20,15 @@ With $TALLYD_EXTRA="--flush-interval 100ms" each batch is flushed into
 parts before the next, so the rollups answer from parts (the late events
 from a later part than the events they are late to).
 MODE errors: malformed and unsupported statements answered 400 with the
-position; unknown names as InfluxDB answers them; the window limit.
+position; unknown names as InfluxDB answers them; the window limit;
+median and percentile of a field without a distribution.
+tallyd keeps speed as an exact distribution at 0.01 (the data's two
+decimals), so PERCENTILE and MEDIAN answer from it and must equal
+InfluxDB's, which sorts the raw points.
 Exits 77 (skipped) only when the mode's program is not installed.
 """
 import json
+import math
 import os
 import random
 import shutil
@@ -107,7 +112,7 @@ class Tally:
         self.log = os.path.join(self.dir, "tallyd.log")
         args = [TALLYD, "--data", os.path.join(self.dir, "data"), "--port", "0", "--http-port",
                 "0", "--http-port-file", hpf, "--prefault", "off", "--shards", "2",
-                "--log-level", "warn"] + os.environ.get("TALLYD_EXTRA", "").split()
+                "--log-level", "warn", "--distributions", "traffic.speed:0.01"] + os.environ.get("TALLYD_EXTRA", "").split()
         with open(self.log, "w") as lf:
             self.proc = subprocess.Popen(args, stdout=lf, stderr=lf, stdin=subprocess.DEVNULL)
         wait_for("tallyd", lambda: os.path.exists(hpf) and os.path.getsize(hpf) > 0, self.proc,
@@ -232,12 +237,32 @@ def fmt_time(ns, epoch):
     return s + "Z"
 
 
+def percentile(vals, p):
+    """InfluxDB 1.x's PERCENTILE: the point at 1-based rank
+    floor(N * p / 100 + 0.5) of the sorted points, none outside 1..N."""
+    s = sorted(vals)
+    r = math.floor(len(s) * p / 100.0 + 0.5)
+    return s[r - 1] if 1 <= r <= len(s) else None
+
+
+def median(vals):
+    """InfluxDB 1.x's MEDIAN: the middle point, or lo + (hi - lo) / 2."""
+    s, n = sorted(vals), len(vals)
+    if n % 2:
+        return s[n // 2]
+    lo, hi = s[n // 2 - 1], s[n // 2]
+    return lo + (hi - lo) / 2
+
+
 def agg(fn, vals):
     if fn == "count":
         return len(vals)
     if not vals:
         return None
-    return {"mean": lambda v: sum(v) / len(v), "sum": sum, "min": min, "max": max}[fn](vals)
+    if fn.startswith("percentile:"):
+        return percentile(vals, float(fn.split(":")[1]))
+    return {"mean": lambda v: sum(v) / len(v), "sum": sum, "min": min, "max": max,
+            "median": median}[fn](vals)
 
 
 def model(events, aggs, keys, lo, hi, stepns=0, by_key=False, fill="null", desc=False,
@@ -360,6 +385,32 @@ def statements():
               lo=ODD_LO, hi=ODD_HI, stepns=600 * NS), None),
         ("SELECT mean(speed) FROM traffic WHERE time > now() - 1h GROUP BY time(5m)",
          dict(aggs=mean_s, keys=set(CAMERAS), lo=None, hi=None, stepns=300 * NS), None),
+        # exact distributions (--distributions traffic.speed:0.01): V85 and
+        # the median per camera and hour, from rollups plus raw edges
+        ("SELECT percentile(\"speed\", 85), median(\"speed\") FROM traffic WHERE time >= '%s' "
+         "AND time < '%s' GROUP BY time(1h), camera fill(none)" % (iso(T0 * NS), iso(DAY_END)),
+         dict(aggs=A(("percentile:85", "speed", "percentile"), ("median", "speed", "median")),
+              keys=set(CAMERAS), lo=T0 * NS, hi=DAY_END, stepns=3600 * NS, by_key=True,
+              fill="none"), None),
+        # cut windows, every camera merged into one series per window;
+        # 84% of N is not the nearest rank (ceil) but InfluxDB's rounding
+        ("SELECT percentile(speed, 84) AS v84, median(speed), count(speed), percentile(speed, 99.5) "
+         "FROM traffic WHERE camera != 'KV4' AND time >= '%s' AND time < '%s' GROUP BY time(45m)"
+         % (iso(ODD_LO), iso(ODD_HI)),
+         dict(aggs=A(("percentile:84", "speed", "v84"), ("median", "speed", "median"),
+                     ("count", "speed", "count"), ("percentile:99.5", "speed", "percentile")),
+              keys=set(CAMERAS) - {"KV4"}, lo=ODD_LO, hi=ODD_HI, stepns=2700 * NS), None),
+        # a low percentile of few points has no rank: null, as InfluxDB
+        ("SELECT percentile(speed, 5), count(speed) FROM traffic WHERE camera = 'KV2' AND "
+         "time >= '%s' AND time < '%s' GROUP BY time(30m) fill(null)" % (iso(ODD_LO), iso(ODD_HI)),
+         dict(aggs=A(("percentile:5", "speed", "percentile"), ("count", "speed", "count")),
+              keys={"KV2"}, lo=ODD_LO, hi=ODD_HI, stepns=1800 * NS), "ms"),
+        # the whole range, no GROUP BY time: windows of 1h, 5m and raw edges
+        ("SELECT median(speed), percentile(speed, 50), percentile(speed, 100), count(speed) FROM "
+         "traffic WHERE time >= %d AND time < %d GROUP BY camera" % (ODD_LO, ODD_HI),
+         dict(aggs=A(("median", "speed", "median"), ("percentile:50", "speed", "percentile"),
+                     ("percentile:100", "speed", "percentile_1"), ("count", "speed", "count")),
+              keys=set(CAMERAS), lo=ODD_LO, hi=ODD_HI, by_key=True), "s"),
     ]
 
 
@@ -460,9 +511,9 @@ def mode_cli(tmp, tally, events, batches):
         same(series_of(got), model_answer(events, m, epoch), "influx CLI, statement %d" % i)
     step("the influx CLI's answers equal the model")
     r = subprocess.run(["influx", "-host", "127.0.0.1", "-port", str(tally.port), "-database",
-                        "tally", "-execute", "SELECT median(speed) FROM traffic"],
+                        "tally", "-execute", "SELECT stddev(speed) FROM traffic"],
                        capture_output=True, text=True, timeout=60)
-    check(r.returncode != 0 and "median" in r.stdout + r.stderr and "char 8" in r.stdout + r.stderr,
+    check(r.returncode != 0 and "stddev" in r.stdout + r.stderr and "char 8" in r.stdout + r.stderr,
           "influx CLI on an unsupported function: %s%s" % (r.stdout, r.stderr))
 
 
@@ -497,8 +548,14 @@ def mode_py(tmp, tally, events, batches):
 def mode_errors(tmp, tally, events, batches):
     cases = [
         ("SELECT mean(speed) FORM traffic", "found FORM, expected FROM at line 1, char 20"),
-        ("SELECT median(speed) FROM traffic", "median() (only mean, count, sum, min, max) is not "
-         "supported by tally at line 1, char 8"),
+        ("SELECT stddev(speed) FROM traffic", "stddev() (only mean, count, sum, min, max, median "
+         "or percentile) is not supported by tally at line 1, char 8"),
+        ("SELECT percentile(speed) FROM traffic", "percentile() needs two arguments: a field and "
+         "a number at line 1, char 24"),
+        ("SELECT percentile(speed, '85') FROM traffic", "found '85', expected a number (the "
+         "percentile) at line 1, char 26"),
+        ("SELECT median(speed, 2) FROM traffic", "a second argument to an aggregate is not "
+         "supported by tally at line 1, char 20"),
         ("SELECT mean(speed) FROM traffic WHERE speed > 5", "a condition on a field is not "
          "supported by tally at line 1, char 39"),
         ("SELECT mean(speed) FROM traffic WHERE time >= now() - 1h OR camera = 'A'",
@@ -555,7 +612,22 @@ def mode_errors(tmp, tally, events, batches):
     st, body = query(tally.port, "SELECT count(speed) FROM traffic GROUP BY time(5m)")
     err = json.loads(body)["results"][0].get("error", "")
     check("lower bound on time" in err, "no lower bound: %s" % body)
-    step("statement errors, not executed, database required, window limit")
+    # median and percentile need the field's distribution: an error
+    # naming the field and how to mark it, never a scan of raw points
+    st, body = query(tally.port, "SELECT count(lanes), percentile(lanes, 50) FROM traffic "
+                     "WHERE time >= '2023-11-14T00:00:00Z' GROUP BY camera")
+    err = json.loads(body)["results"][0].get("error", "")
+    check(st == 200 and err.startswith("percentile(\"lanes\"): field 'lanes' of table "
+                                       "'traffic' is not a distribution (mark it with "
+                                       "distributions = traffic.lanes:RESOLUTION)"),
+          "percentile of a field without a distribution: %s" % body)
+    # 64,800 windows of 1m x 5 cameras: past the bound on distributions
+    st, body = query(tally.port, "SELECT median(speed) FROM traffic WHERE time >= "
+                     "'2023-10-01T00:00:00Z' AND time < '2023-11-15T00:00:00Z' GROUP BY time(1m)")
+    err = json.loads(body)["results"][0].get("error", "")
+    check("64800 windows x 5 keys x 1 fields" in err and "200000 distributions" in err,
+          "the distribution bound: %s" % body)
+    step("statement errors, not executed, database required, window limit, distributions")
     st, body = query(tally.port, "SHOW DATABASES")
     check(json.loads(body)["results"][0]["series"] ==
           [{"name": "databases", "columns": ["name"], "values": [["tally"]]}], body)

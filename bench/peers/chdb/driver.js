@@ -98,6 +98,12 @@ function sql(qq) {
     return 'SELECT camera, sum(c), sum(s), min(mn), max(mx) FROM r1h WHERE t >= ' + sec(qq.from_ms) +
       ' AND t < ' + sec(qq.to_ms) + ' GROUP BY camera ORDER BY camera';
   }
+  if (k === 'v85') {
+    // quantileExact over the raw rows, at the level that takes tally's rank (bench/peers/common.py)
+    return "SELECT 'v85', n, v, v, v FROM (SELECT count() AS n, quantileExact(" + cfg.v85_level +
+      ')(speed) AS v FROM raw WHERE camera = \'' + qq.camera + "' AND ts >= " + ms(qq.from_ms) +
+      ' AND ts < ' + ms(qq.to_ms) + ')';
+  }
   return 'SELECT toUnixTimestamp64Milli(ts), 1, speed, speed, speed FROM raw WHERE camera = \'' +
     qq.camera + "' AND ts >= " + ms(qq.from_ms) + ' AND ts < ' + ms(qq.to_ms) + ' ORDER BY ts';
 }
