@@ -671,3 +671,107 @@ Test(tags, bad_table_keys_are_refused_naming_the_table)
 	tu_rmrf(dir);
 	free(dir);
 }
+
+/* ---------------------------------------------------------------- fixture */
+
+/* The answers tests/data/tags-v1 pins: every traffic key, subsets and
+ * groups of both tables, as text. */
+static char *fixture_answers(tally_db *db)
+{
+	char *s = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&s, &len);
+	static const struct {
+		const char *table, *key, *by;
+	} q[] = {
+		{"traffic", NULL, NULL},
+		{"traffic", NULL, "lane"},
+		{"traffic", "camera=K\\=1\\,2", NULL},
+		{"cpu", NULL, NULL},
+		{"cpu", NULL, "dc"},
+		{"cpu", "host=h1", "cpu"},
+	};
+	for (size_t i = 0; i < sizeof q / sizeof *q; i++) {
+		tally_keys_iter *it;
+		cr_assert_eq(tally_query_group(db, q[i].table, "v", q[i].key, q[i].by, INT64_MIN,
+					       INT64_MAX, &it),
+			     0, "%s", tally_errmsg());
+		const char *k;
+		tally_agg a;
+		while (tally_keys_next(it, &k, &a) == 1)
+			fprintf(f, "%s %s %llu %a %a %a\n", q[i].table, k,
+				(unsigned long long)a.count, a.sum, a.min, a.max);
+		tally_keys_close(it);
+	}
+	tally_agg a;
+	cr_assert_eq(tally_query_agg(db, "traffic", "v", "lane=2", INT64_MIN, INT64_MAX, &a), 0);
+	fprintf(f, "agg lane=2 %llu %a\n", (unsigned long long)a.count, a.sum);
+	fclose(f);
+	return s;
+}
+
+/*
+ * tests/data/tags-v1 is a store written by this version with
+ * traffic=camera+lane,cpu=* (three flushes into parts, merged, plus a WAL
+ * tail; regenerate: TALLY_WRITE_FIXTURE_TAGS=DIR build/tests/test_tags
+ * --filter 'tags/fixture*'). Its files record the keys, so it opens keyed
+ * as written also without table_keys, and answers as its ANSWERS say.
+ */
+Test(tags, fixture_of_keys_of_several_tags_opens_and_answers_the_same)
+{
+	tally_options o = tu_quiet_opts();
+	o.table_keys = "traffic=camera+lane,cpu=*";
+	o.shards = SHARDS;
+	tally_db *db;
+	const char *out = getenv("TALLY_WRITE_FIXTURE_TAGS");
+	if (out) {
+		model m = {0};
+		m.rng.s = 7;
+		m.e = calloc(MAXEV, sizeof *m.e);
+		m.opt = o;
+		m.t0 = INT64_C(1748822400000000000);
+		cr_assert_eq(tally_db_open(out, &o, &m.db), 0);
+		for (int r = 0; r < 3; r++) {
+			write_round(&m, 1);
+			cr_assert_eq(tally_db_flush(m.db), 0);
+		}
+		cr_assert_eq(tally_db_merge(m.db), 0);
+		write_round(&m, 1);
+		char path[4096];
+		snprintf(path, sizeof path, "%s/ANSWERS", out);
+		FILE *f = fopen(path, "w");
+		char *ans = fixture_answers(m.db);
+		fputs(ans, f);
+		fclose(f);
+		free(ans);
+		tally_db_close(m.db);
+		free(m.e);
+		return;
+	}
+	char path[4096];
+	snprintf(path, sizeof path, "%s/tests/data/tags-v1/ANSWERS", TALLY_SOURCE_DIR);
+	FILE *f = fopen(path, "r");
+	cr_assert(f, "%s", path);
+	static char want[1 << 16];
+	size_t n = fread(want, 1, sizeof want - 1, f);
+	want[n] = 0;
+	fclose(f);
+	for (int conf = 0; conf < 2; conf++) {
+		char *dir = tu_tmpdir();
+		cr_assert_eq(copy_fixture("tags-v1", dir), 0);
+		tally_options oo = tu_quiet_opts();
+		oo.shards = SHARDS;
+		if (conf)
+			oo.table_keys = o.table_keys;
+		cr_assert_eq(tally_db_open(dir, &oo, &db), 0, "%s", tally_errmsg());
+		const char *kt;
+		cr_assert_eq(tally_catalog_key_tag(db, "traffic", &kt), 0);
+		cr_assert_str_eq(kt, "camera+lane");
+		char *got = fixture_answers(db);
+		cr_assert_str_eq(got, want);
+		free(got);
+		tally_db_close(db);
+		tu_rmrf(dir);
+		free(dir);
+	}
+}
