@@ -448,7 +448,9 @@ TALLY_API int tally_keys_next(tally_keys_iter *it, const char **key, tally_agg *
 TALLY_API void tally_keys_close(tally_keys_iter *it);
 
 /* Raw scan of one key's events in [from, to), in time order (events with
- * equal times in arrival order): a cursor over what the store held at
+ * equal times in arrival order; key may name a subset of a table's key
+ * tags, "Keys and groups" above: the matching keys' events merged, their
+ * rows without the key tags): a cursor over what the store held at
  * open, decoded as tally_scan_next reaches it, so its memory does not grow
  * with the range and a reader may stop early. An open scan keeps the
  * memtables and parts it reads alive past their flush or merge; close
