@@ -980,15 +980,23 @@ static int exec_show(ex *x, const iq_stmt *st, iq_buf *b)
 			continue;
 		}
 		if (st->kind == IQ_SHOW_TAG_KEYS) {
-			/* the key tag among the other tags, in order */
-			const char **tags = malloc((c.n + 1) * sizeof *tags);
+			/* the key tags among the other tags, in order (a table
+			 * keyed by camera+lane lists both; by "*", the tags
+			 * are in its keys and not listed here) */
+			table_def *t = catalog_find_table(&x->db->cat, names[i],
+							  (uint32_t)strlen(names[i]));
+			size_t nk = t && t->key_mode == KEY_LIST ? t->n_ktags : 1;
+			const char **tags = malloc((c.n + nk) * sizeof *tags);
 			size_t nt = 0;
 			if (!tags) {
 				cols_free(&c);
 				rc = ex_fail(x, "out of memory");
 				break;
 			}
-			if (key_tags[i])
+			if (t && t->key_mode == KEY_LIST)
+				for (size_t k = 0; k < nk; k++)
+					tags[nt++] = t->ktags[k];
+			else if (key_tags[i] && strcmp(key_tags[i], "*"))
 				tags[nt++] = key_tags[i];
 			for (size_t j = 0; j < c.n; j++)
 				if (c.type[j] == TALLY_T_TAG)

@@ -67,6 +67,8 @@ for pass in memtable parts; do
   [[ "$got" == *'"values":[["2025-01-01T00:00:00Z",120]]'* ]] || fail "InfluxQL WHERE lane: $got"
   [ $pass = parts ] || tallyd_wait_part "$tmp"
 done
+got=$(iql 'SHOW TAG KEYS FROM traffic')
+[[ "$got" == *'"values":[["camera"],["dir"],["lane"]]'* ]] || fail "SHOW TAG KEYS: $got"
 st=0; out=$("$tally" --port "$port" query keys traffic speed 2025-01-01 1d by=dir 2>&1) || st=$?
 [ "$st" != 0 ] && [[ "$out" == *"tag 'dir' is not in table 'traffic''s key (camera+lane)"* ]] ||
   fail "by=dir accepted: $out"
