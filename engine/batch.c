@@ -583,8 +583,8 @@ static void encode_table(obuf *o, batch_coder *c, const tbatch *tb)
 {
 	const table_def *t = tb->table;
 	ob_str(o, t->name, t->len);
-	if (t->key_tag)
-		ob_str(o, t->key_tag, t->key_len);
+	if (t->key_spec) /* the key as persisted: a tag, or a tagkey.h spec */
+		ob_str(o, t->key_spec, t->key_spec_len);
 	else
 		ob_u16(o, 0xffff);
 	uint32_t n = tb->n_rows;
@@ -907,9 +907,8 @@ int stage_batch_decode(stage_batch *b, catalog *cat, const char *p, size_t len)
 		table_def *t;
 		if ((rc = catalog_table(cat, name, nl, strmap_hash(name, nl), ktag, kl, &t)))
 			goto fail;
-		if ((t->key_tag == NULL) != (ktag == NULL) ||
-		    (ktag && (t->key_len != kl || memcmp(t->key_tag, ktag, kl))))
-			DECODE_FAIL("key tag differs from the table's");
+		if ((rc = catalog_key_check(t, ktag, kl, "WAL record")))
+			goto fail;
 		tbatch *tb;
 		if ((rc = stage_batch_table(b, t, &tb)))
 			goto fail;

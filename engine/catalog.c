@@ -14,6 +14,7 @@
 #include "err.h"
 #include "mem.h"
 #include "part.h"
+#include "tagkey.h"
 
 const char *type_name(enum tally_type t)
 {
@@ -51,7 +52,8 @@ int catalog_init(catalog *c, const char *conf)
 	pthread_mutex_init(&c->mu, NULL);
 	if (!conf || !*conf)
 		return 0;
-	/* Parse "table=tag,table=tag" into a map pointing into one copy. */
+	/* Parse "table=KEY,table=KEY" into a map from the names (in one copy)
+	 * to each KEY's persisted spec (tagkey.h). */
 	size_t n = strlen(conf);
 	c->key_conf_text = mem_strndup(conf, n);
 	if (!c->key_conf_text)
@@ -69,8 +71,14 @@ int catalog_init(catalog *c, const char *conf)
 		uint64_t h = strmap_hash(p, tl);
 		if (strmap_get(&c->key_conf, p, tl, h))
 			return err_set(TALLY_EINVAL, "table_keys: table '%s' named twice", p);
-		if (strmap_put(&c->key_conf, p, tl, h, eq + 1))
+		char *spec;
+		int rc = tagkey_conf_spec(p, eq + 1, &spec);
+		if (rc)
+			return rc;
+		if (strmap_put(&c->key_conf, p, tl, h, spec)) {
+			mem_free(spec);
 			return -ENOMEM;
+		}
 		if (!comma)
 			break;
 		p = comma + 1;
@@ -91,7 +99,7 @@ static void table_free(table_def *t)
 	mem_free(t->cols);
 	strmap_free(&t->by_name);
 	mem_free(t->name);
-	mem_free(t->key_tag);
+	tagkey_table_free(t);
 	mem_free(t);
 }
 
@@ -101,6 +109,8 @@ void catalog_free(catalog *c)
 		table_free(c->tables[i]);
 	mem_free(c->tables);
 	strmap_free(&c->by_name);
+	for (uint32_t i = 0; i < c->key_conf.cap; i++)
+		mem_free(c->key_conf.slots[i].value);
 	strmap_free(&c->key_conf);
 	mem_free(c->key_conf_text);
 	pthread_mutex_destroy(&c->mu);
@@ -148,14 +158,14 @@ int catalog_table(catalog *c, const char *name, uint32_t len, uint64_t hash, con
 	uint32_t key_len = key ? (uint32_t)strlen(key) : first_tag_len;
 	if (!key)
 		key = first_tag;
-	t->key_tag = key ? mem_strndup(key, key_len) : NULL;
-	if (!t->name || (key && !t->key_tag)) {
+	if (!t->name || (rc = tagkey_table_init(t, key, key_len))) {
 		table_free(t);
 		t = NULL;
+		if (rc)
+			goto done;
 		goto nomem;
 	}
 	t->len = len;
-	t->key_len = key ? key_len : 0;
 	t->hash = hash;
 	t->id = c->n_tables;
 	if (strmap_put(&c->by_name, t->name, len, hash, t)) {
@@ -277,4 +287,32 @@ done:
 	pthread_mutex_unlock(&t->keys_mu);
 	*out = k;
 	return rc;
+}
+
+int catalog_key_check(const table_def *t, const char *spec, uint32_t len, const char *where)
+{
+	if ((t->key_spec == NULL) == (spec == NULL) &&
+	    (!spec || (len == t->key_spec_len && !memcmp(spec, t->key_spec, len))))
+		return 0;
+	/* name the spec as the config spells it */
+	table_def other = {.name = t->name};
+	int rc = tagkey_table_init(&other, spec, len);
+	rc = rc ? rc
+		: err_set(TALLY_EINVAL,
+			  "%s: table '%s' was written keyed by '%s' but is opened keyed by '%s' "
+			  "(table_keys): a table's key is fixed when it is created",
+			  where, t->name, other.key_tag ? other.key_tag : "(no key tag)",
+			  t->key_tag ? t->key_tag : "(no key tag)");
+	tagkey_table_free(&other);
+	return rc;
+}
+
+uint64_t catalog_merged(catalog *c)
+{
+	uint64_t n = 0;
+	pthread_mutex_lock(&c->mu);
+	for (uint32_t i = 0; i < c->n_tables; i++)
+		n += atomic_load(&c->tables[i]->merged);
+	pthread_mutex_unlock(&c->mu);
+	return n;
 }

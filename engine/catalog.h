@@ -45,8 +45,21 @@ typedef struct table_def {
 	uint32_t len;
 	uint32_t id; /* dense, from 0 */
 	uint64_t hash;
+	/* The table's key (engine/tagkey.h): one tag (key_tag is its name,
+	 * a row's key is the tag's value, as ever), several tags or all of
+	 * them (key_tag reads "camera+lane" or "*"; a row's key is its key
+	 * tags as "name=value" pairs sorted by name). key_spec is how the
+	 * WAL and parts record it, equal to key_tag for one tag. */
 	char *key_tag; /* NULL: the table has no key tag; every row has key "" */
 	uint32_t key_len;
+	int key_mode; /* enum key_mode */
+	char *key_spec;
+	uint32_t key_spec_len;
+	uint32_t n_ktags; /* KEY_ONE: 1; KEY_LIST: 2 or more, sorted by name */
+	char **ktags;     /* the key tags' names (KEY_ONE: key_tag) */
+	uint32_t *ktag_len;
+	_Atomic uint64_t merged; /* lines with tags outside the key, since open */
+	_Atomic int merge_warned;
 	/* under catalog.mu: */
 	col_def **cols;
 	uint32_t n_cols, cap_cols;
@@ -68,13 +81,14 @@ typedef struct catalog {
 	table_def **tables;
 	uint32_t n_tables, cap_tables;
 	strmap by_name;
-	strmap key_conf; /* table name -> configured key tag (char *) */
+	strmap key_conf; /* table name -> configured key spec (char *, tagkey.h) */
 	char *key_conf_text;
 	const struct dist_conf *dists; /* fields marked as distributions; set before use */
 	_Atomic uint64_t key_bytes;    /* every table's key set, read without mu */
 } catalog;
 
-/* conf: "table=tag,table=tag" or NULL. TALLY_EINVAL with a message when
+/* conf: "table=KEY,table=KEY" or NULL, KEY a tag, tags joined by '+'
+ * ("camera+lane") or '*' (every tag). TALLY_EINVAL with a message when
  * conf is malformed. */
 int catalog_init(catalog *c, const char *conf);
 void catalog_free(catalog *c);
@@ -85,7 +99,8 @@ void catalog_free(catalog *c);
 int catalog_check_table_name(const char *name, size_t len);
 
 /* Finds or creates a table. first_tag (may be NULL) is the first tag key of
- * the line creating it, used as key tag unless the config names one. */
+ * the line creating it, or the key spec a part or WAL record holds, used
+ * as the key unless the config names one. */
 int catalog_table(catalog *c, const char *name, uint32_t len, uint64_t hash, const char *first_tag,
 		  uint32_t first_tag_len, table_def **out);
 
@@ -93,6 +108,14 @@ int catalog_table(catalog *c, const char *name, uint32_t len, uint64_t hash, con
  * exists with another type. */
 int catalog_column(catalog *c, table_def *t, const char *name, uint32_t len, uint64_t hash,
 		   enum tally_type type, col_def **out);
+
+/* 0 when spec[0, len) (a part's or WAL record's key spec, NULL: no key)
+ * is the table's key; else TALLY_EINVAL naming both. */
+int catalog_key_check(const table_def *t, const char *spec, uint32_t len, const char *where);
+
+/* Lines accepted into t whose tags outside the key were merged into
+ * their series, summed over tables. */
+uint64_t catalog_merged(catalog *c);
 
 /* Looks up without creating; NULL when absent. */
 table_def *catalog_find_table(catalog *c, const char *name, uint32_t len);

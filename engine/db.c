@@ -769,6 +769,7 @@ TALLY_API void tally_writer_close(tally_writer *w)
 	lp_parser_free(&w->ps);
 	mem_free(w->line);
 	mem_free(w->enc);
+	tkbuf_free(&w->key);
 	mem_free(w);
 }
 
@@ -966,6 +967,36 @@ static int writer_key_room(tally_writer *w, table_def *t, const char *key, uint3
 	return catalog_key(t, key, len, strmap_hash(key, len), limit, &copy);
 }
 
+/* A line with tags outside its table's key was merged into the key's
+ * series: counted (tally_stats.merged_lines), and said once per table. */
+static void note_merged(tally_db *db, table_def *t, const lp_line *ln)
+{
+	atomic_fetch_add_explicit(&t->merged, 1, memory_order_relaxed);
+	if (atomic_load_explicit(&t->merge_warned, memory_order_relaxed) ||
+	    atomic_exchange(&t->merge_warned, 1))
+		return;
+	const lp_str *other = NULL;
+	for (uint32_t i = 0; i < ln->n_tags && !other; i++) {
+		other = &ln->tags[i].key;
+		for (uint32_t k = 0; k < t->n_ktags && other; k++)
+			if (other->n == t->ktag_len[k] && !memcmp(other->p, t->ktags[k], other->n))
+				other = NULL;
+	}
+	if (!other)
+		return;
+	int n = (int)(other->n > 64 ? 64 : other->n);
+	char more[160]; /* the key that would keep them apart */
+	if (t->key_tag)
+		snprintf(more, sizeof more, "%s+%.*s", t->key_tag, n, other->p);
+	else
+		snprintf(more, sizeof more, "%.*s", n, other->p);
+	log_emit(&db->log, TALLY_LOG_WARN,
+		 "table '%s' is keyed by %s: lines differing only in tag '%.*s' share one "
+		 "series and its rollups (counted in merged_lines); to keep them apart, key "
+		 "the table by more tags (table_keys %s=%s, or %s=*) in a new store",
+		 t->name, t->key_tag ? t->key_tag : "no tag", n, other->p, t->name, more, t->name);
+}
+
 static int stage_line(tally_writer *w, const lp_line *ln, int64_t now)
 {
 	const char *first_tag = ln->n_tags ? ln->tags[0].key.p : NULL;
@@ -982,39 +1013,51 @@ static int stage_line(tally_writer *w, const lp_line *ln, int64_t now)
 			       (long long)ts);
 	const char *key = "";
 	uint32_t key_len = 0;
-	int key_seen = 0;
+	int key_seen = t->key_mode != KEY_ONE, merged = 0;
+	uint8_t in_key[LP_TAGS_MAX];
+	if (t->key_mode >= KEY_LIST) {
+		memset(in_key, 0, ln->n_tags);
+		if ((rc = tagkey_build(t, ln->tags, ln->n_tags, in_key, &w->key)))
+			return rc;
+		key = w->key.p;
+		key_len = w->key.n;
+	}
 	tbatch *tb;
 	if ((rc = stage_batch_table(&w->batch, t, &tb)) || (rc = tbatch_row_begin(tb, ts)))
 		return rc;
 	for (uint32_t i = 0; i < ln->n_tags; i++) {
 		const lp_tag *tg = &ln->tags[i];
-		if (t->key_tag && tg->key.n == t->key_len &&
+		if (t->key_mode == KEY_ONE && tg->key.n == t->key_len &&
 		    memcmp(tg->key.p, t->key_tag, t->key_len) == 0) {
 			key = tg->value.p;
 			key_len = tg->value.n;
 			key_seen = 1;
 			continue;
 		}
+		if (t->key_mode >= KEY_LIST && in_key[i])
+			continue;
+		merged = 1; /* a tag the series' identity leaves out */
 		col_def *d;
 		if ((rc = writer_col_at(w, wt, i < STAGE_LAYOUT ? &wt->tag_at[i] : NULL, tg->key.p,
 					tg->key.n, TALLY_T_TAG, &d)) ||
 		    (rc = tbatch_set_str(tb, d, tg->value.p, tg->value.n)))
 			goto fail;
 	}
-	if (t->key_tag && !key_seen) {
+	if (!key_seen) {
 		rc = err_set(TALLY_EINVAL, "missing key tag '%s' of table '%s'", t->key_tag,
 			     t->name);
 		goto fail;
 	}
 	for (uint32_t i = 0; i < ln->n_fields; i++) {
 		const lp_field *f = &ln->fields[i];
-		if (t->key_tag && f->key.n == t->key_len &&
-		    memcmp(f->key.p, t->key_tag, t->key_len) == 0) {
-			rc = err_set(TALLY_ETYPE, "field '%s' has the name of the key tag",
-				     t->key_tag);
-			goto fail;
-		}
-		col_def *d;
+		for (uint32_t k = 0; k < t->n_ktags; k++)
+			if (f->key.n == t->ktag_len[k] &&
+			    memcmp(f->key.p, t->ktags[k], t->ktag_len[k]) == 0) {
+				rc = err_set(TALLY_ETYPE, "field '%s' has the name of a key tag",
+					     t->ktags[k]);
+				goto fail;
+			}
+		col_def *d = NULL; /* set by writer_col_at; gcc cannot tell past the loop */
 		if ((rc = writer_col_at(w, wt, i < STAGE_LAYOUT ? &wt->field_at[i] : NULL, f->key.p,
 					f->key.n, f->type, &d)))
 			goto fail;
@@ -1043,7 +1086,11 @@ static int stage_line(tally_writer *w, const lp_line *ln, int64_t now)
 	}
 	if ((rc = writer_key_room(w, t, key, key_len)))
 		goto fail;
-	return tbatch_row_commit(&w->batch, tb, key, key_len);
+	if ((rc = tbatch_row_commit(&w->batch, tb, key, key_len)))
+		return rc;
+	if (merged)
+		note_merged(w->db, t, ln);
+	return 0;
 fail:
 	tbatch_row_abort(tb);
 	return rc;
@@ -1163,7 +1210,14 @@ TALLY_API int tally_write_batch(tally_writer *w, const tally_batch *b)
 	if (!t->key_tag && *b->key)
 		return err_set(TALLY_EINVAL, "table '%s' has no key tag; key must be \"\"",
 			       t->name);
-	if (b->n_rows && (rc = writer_key_room(w, t, b->key, (uint32_t)strlen(b->key))))
+	const char *key = b->key;
+	if (t->key_mode >= KEY_LIST) { /* "camera=KV1,lane=2" in any order */
+		if ((rc = tagkey_canon(t, b->key, &w->key)))
+			return rc;
+		key = w->key.p;
+	}
+	uint32_t kl = (uint32_t)strlen(key);
+	if (b->n_rows && (rc = writer_key_room(w, t, key, kl)))
 		return rc;
 	col_def *defs[CAT_COLS_MAX];
 	if (b->n_columns > CAT_COLS_MAX)
@@ -1178,9 +1232,10 @@ TALLY_API int tally_write_batch(tally_writer *w, const tally_batch *b)
 		if (b->n_rows && !col->values)
 			return err_set(TALLY_EINVAL, "column '%s': values is NULL", col->name);
 		uint32_t cl = (uint32_t)strlen(col->name);
-		if (t->key_tag && cl == t->key_len && !memcmp(col->name, t->key_tag, cl))
-			return err_set(TALLY_EINVAL, "column '%s' has the name of the key tag",
-				       col->name);
+		for (uint32_t k = 0; k < t->n_ktags; k++)
+			if (cl == t->ktag_len[k] && !memcmp(col->name, t->ktags[k], cl))
+				return err_set(TALLY_EINVAL,
+					       "column '%s' has the name of a key tag", col->name);
 		for (size_t d = 0; d < c; d++)
 			if (!strcmp(b->columns[d].name, col->name))
 				return err_set(TALLY_EINVAL, "column '%s' given twice", col->name);
@@ -1204,7 +1259,6 @@ TALLY_API int tally_write_batch(tally_writer *w, const tally_batch *b)
 		if ((rc = writer_col(w, wt, col->name, cl, col->type, &defs[c])))
 			return rc;
 	}
-	uint32_t kl = (uint32_t)strlen(b->key);
 	const void *vals[CAT_COLS_MAX];
 	const uint8_t *pres[CAT_COLS_MAX];
 	/* in slices of COMMIT_ROWS, so staging memory stays bounded; a
@@ -1230,7 +1284,7 @@ TALLY_API int tally_write_batch(tally_writer *w, const tally_batch *b)
 		}
 		tbatch *tb;
 		if ((rc = stage_batch_table(&w->batch, t, &tb)) == 0)
-			rc = tbatch_append(&w->batch, tb, b->key, kl, n, b->ts + r,
+			rc = tbatch_append(&w->batch, tb, key, kl, n, b->ts + r,
 					   (uint32_t)b->n_columns, defs, vals, pres);
 		if (rc || (rc = writer_commit(w)))
 			goto fail;
@@ -1380,6 +1434,7 @@ static int stats_collect(tally_db *db, tally_stats *out)
 	pthread_mutex_unlock(&db->cat.mu);
 	/* a running count: nothing a monitor polls walks the keys */
 	out->keys = catalog_keys(&db->cat, NULL);
+	out->merged_lines = catalog_merged(&db->cat);
 	for (unsigned i = 0; i < db->n_shards; i++) {
 		shard *s = db->shards[i];
 		pthread_rwlock_rdlock(&s->lock);

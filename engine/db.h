@@ -8,6 +8,7 @@
 
 #include "batch.h"
 #include "catalog.h"
+#include "tagkey.h"
 #include "idem.h"
 #include "log.h"
 #include "lp.h"
@@ -113,6 +114,7 @@ struct tally_writer {
 	char *enc;
 	size_t enc_cap;
 	int duplicate; /* the last labelled commit found its label applied */
+	tkbuf key;     /* the key of a line of a table keyed by several tags */
 };
 
 /* Total bytes the memory limit bounds: all shards' memtables and rollups,

@@ -23,6 +23,7 @@
 #include "partset.h"
 #include "retention.h"
 #include "shard.h"
+#include "tagkey.h"
 
 struct tally_dist {
 	uint64_t count;
@@ -224,7 +225,11 @@ TALLY_API int tally_query_dist(tally_db *db, const char *table, const char *fiel
 			B = A;
 	}
 	dacc a = {.exp = c->dist_exp, .what = field};
-	uint32_t kl = (uint32_t)strlen(key);
+	/* a subset of the key's tags: every matching series' counts add up
+	 * (engine/tagkey.h), and so do their raw edges (the scan's) */
+	tkkeys ks;
+	if ((rrc = tkkeys_resolve(t, key, &ks)))
+		return rrc;
 	if (A < B) {
 		a.ps = scratch_get(db);
 		for (unsigned s = 0; s < db->n_shards && !a.rc; s++) {
@@ -232,8 +237,9 @@ TALLY_API int tally_query_dist(tally_db *db, const char *table, const char *fiel
 			pthread_rwlock_rdlock(&sh->lock);
 			const memtable *mt[SHARD_FROZEN_MAX + 1];
 			unsigned nm = shard_memtables(sh, mt);
-			for (unsigned m = 0; m < nm && !a.rc; m++) {
-				const series *se = mem_series(mt[m], t, key, kl);
+			for (unsigned m = 0; m < nm * ks.n && !a.rc; m++) {
+				const series *se =
+					mem_series(mt[m % nm], t, ks.k[m / nm], ks.l[m / nm]);
 				const rcol *rc =
 					se && c->id < se->n_rcols ? se->rcols[c->id] : NULL;
 				if (rc && rc->dist)
@@ -244,11 +250,12 @@ TALLY_API int tally_query_dist(tally_db *db, const char *table, const char *fiel
 						       "distribution",
 						       field);
 			}
-			for (uint32_t i = 0; i < sh->n_parts && !a.rc; i++) {
-				const shard_part *sp = sh->parts[i];
+			for (uint64_t i = 0; i < (uint64_t)sh->n_parts * ks.n && !a.rc; i++) {
+				const shard_part *sp = sh->parts[i % sh->n_parts];
 				if (sp->table != t || sp->pend <= A || sp->pstart >= B)
 					continue;
-				const part_key *pk = part_find_key(sp->p, key, kl);
+				const part_key *pk = part_find_key(sp->p, ks.k[i / sh->n_parts],
+								   ks.l[i / sh->n_parts]);
 				int pc = pk ? shard_part_col(sp, c) : -1;
 				if (pc < 0 || sp->p->info.num_of[pc] < 0)
 					continue;
@@ -263,6 +270,7 @@ TALLY_API int tally_query_dist(tally_db *db, const char *table, const char *fiel
 		scratch_put(db, a.ps);
 	}
 	mem_free(a.buf);
+	tkkeys_free(&ks);
 	int rc = a.rc;
 	/* the edges; without a whole window between them, all of [from, to) */
 	if (!rc)

@@ -342,7 +342,7 @@ static int flush_table(flush_ctx *f, const stable *st)
 	f->t = t;
 	f->info = (part_info){0};
 	f->info.table = t->name;
-	f->info.key_tag = t->key_tag;
+	f->info.key_tag = t->key_spec;
 	f->info.partition_width = f->db->partition_width;
 	f->info.n_levels = L->n;
 	memcpy(f->info.levels, L->w, sizeof L->w);

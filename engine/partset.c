@@ -92,6 +92,8 @@ int shard_part_load_as(tally_db *db, uint64_t id, const manifest_part *mp, shard
 	uint32_t kl = in->key_tag ? (uint32_t)strlen(in->key_tag) : 0;
 	rc = catalog_table(&db->cat, in->table, (uint32_t)strlen(in->table),
 			   strmap_hash(in->table, strlen(in->table)), in->key_tag, kl, &sp->table);
+	if (!rc)
+		rc = catalog_key_check(sp->table, in->key_tag, kl, path);
 	if (rc)
 		goto fail;
 	sp->defs = mem_calloc(in->n_cols ? in->n_cols : 1, sizeof *sp->defs);

@@ -1,6 +1,7 @@
 /*
- * query.c — rollup series, exact range aggregates and all-keys answers
- * (raw scans: scan.c).
+ * query.c — rollup series, exact range aggregates and all-keys answers,
+ * of one key, a subset of a table's keys or groups of them (tagkey.h;
+ * raw scans: scan.c).
  *
  * Every answer is a merge of partial aggregates: of the shards, and within
  * a shard of whole rollup buckets plus raw rows at the unaligned edges. The
@@ -19,6 +20,7 @@
 #include "err.h"
 #include "flush.h"
 #include "mem.h"
+#include "tagkey.h"
 
 static int resolve(tally_db *db, const char *table, const char *field, table_def **t, col_def **c)
 {
@@ -42,6 +44,19 @@ static int resolve(tally_db *db, const char *table, const char *field, table_def
 static inline int64_t clamp_ts(int64_t t)
 {
 	return t < TS_ENGINE_MIN ? TS_ENGINE_MIN : t > TS_ENGINE_MAX ? TS_ENGINE_MAX + 1 : t;
+}
+
+/* resolve, and [from, to) brought into the stored range and checked
+ * against retention: what an exact aggregate over a range starts with. */
+static int resolve_range(tally_db *db, const char *table, const char *field, int64_t *from,
+			 int64_t *to, table_def **t, col_def **c)
+{
+	int rc = resolve(db, table, field, t, c);
+	if (rc)
+		return rc;
+	*from = clamp_ts(*from);
+	*to = clamp_ts(*to);
+	return retention_check_agg(db, *t, *from, *to);
 }
 
 static const rcol *series_rcol(const series *se, uint32_t id)
@@ -159,15 +174,14 @@ static void wfold_part(const part_bucket *b, uint32_t n, void *arg)
 typedef struct series_q {
 	const table_def *t;
 	const col_def *c;
-	const char *key;
-	uint32_t kl;
+	const tkkeys *ks; /* summed together */
 	int li;
 } series_q;
 
-/* The memtable's buckets of the series, or NULL. */
-static const rlevel *mem_level(const memtable *mt, const series_q *q)
+/* The memtable's buckets of key k of the series, or NULL. */
+static const rlevel *mem_level(const memtable *mt, const series_q *q, uint32_t k)
 {
-	const rcol *r = series_rcol(mem_series(mt, q->t, q->key, q->kl), q->c->id);
+	const rcol *r = series_rcol(mem_series(mt, q->t, q->ks->k[k], q->ks->l[k]), q->c->id);
 	return r ? &r->lv[q->li] : NULL;
 }
 
@@ -180,13 +194,14 @@ static void series_extent(tally_db *db, const series_q *q, int64_t step, int64_t
 		const shard *sh = db->shards[s];
 		const memtable *mt[SHARD_FROZEN_MAX + 1];
 		unsigned nm = shard_memtables(sh, mt);
-		for (unsigned m = 0; m < nm; m++) {
-			const rlevel *lv = mem_level(mt[m], q);
-			if (!lv || !lv->n)
-				continue;
-			lo = lv->b[0].start < lo ? lv->b[0].start : lo;
-			hi = lv->b[lv->n - 1].start > hi ? lv->b[lv->n - 1].start : hi;
-		}
+		for (unsigned m = 0; m < nm; m++)
+			for (uint32_t k = 0; k < q->ks->n; k++) {
+				const rlevel *lv = mem_level(mt[m], q, k);
+				if (!lv || !lv->n)
+					continue;
+				lo = lv->b[0].start < lo ? lv->b[0].start : lo;
+				hi = lv->b[lv->n - 1].start > hi ? lv->b[lv->n - 1].start : hi;
+			}
 		for (uint32_t i = 0; i < sh->n_parts; i++) {
 			const shard_part *sp = sh->parts[i];
 			if (sp->table != q->t)
@@ -220,23 +235,27 @@ static int series_chunk(tally_db *db, const series_q *q, part_scratch *ps, wfold
 		const shard *sh = db->shards[s];
 		const memtable *mt[SHARD_FROZEN_MAX + 1];
 		unsigned nm = shard_memtables(sh, mt);
-		for (unsigned m = 0; m < nm; m++) {
-			const rlevel *lv = mem_level(mt[m], q);
-			if (lv)
-				wfold_add(lv->b, lv->n, w);
-		}
+		for (unsigned m = 0; m < nm; m++)
+			for (uint32_t k = 0; k < q->ks->n; k++) {
+				const rlevel *lv = mem_level(mt[m], q, k);
+				if (lv)
+					wfold_add(lv->b, lv->n, w);
+			}
 		for (uint32_t i = 0; i < sh->n_parts; i++) {
 			const shard_part *sp = sh->parts[i];
-			const part_key *pk;
-			uint32_t num;
-			if (sp->table != q->t || sp->pend <= w->from || sp->pstart >= w->to ||
-			    !part_rollup_ref(sp, q->key, q->kl, q->c, &pk, &num))
+			if (sp->table != q->t || sp->pend <= w->from || sp->pstart >= w->to)
 				continue;
-			/* the cache is guarded by its own mutex: the part itself is const */
-			int rc = shard_part_rollup_each((shard_part *)sp, pk, num, (unsigned)q->li,
-							ps, wfold_part, w);
-			if (rc)
-				return rc;
+			for (uint32_t k = 0; k < q->ks->n; k++) {
+				const part_key *pk;
+				uint32_t num;
+				if (!part_rollup_ref(sp, q->ks->k[k], q->ks->l[k], q->c, &pk, &num))
+					continue;
+				/* the cache has its own mutex: the part itself is const */
+				int rc = shard_part_rollup_each((shard_part *)sp, pk, num,
+								(unsigned)q->li, ps, wfold_part, w);
+				if (rc)
+					return rc;
+			}
 		}
 	}
 	for (size_t i = 0; i < nwin; i++) {
@@ -262,8 +281,6 @@ TALLY_API int tally_query_series(tally_db *db, const char *table, const char *fi
 	int rc = resolve(db, table, field, &t, &c);
 	if (rc)
 		return rc;
-	if (!key)
-		return err_set(TALLY_EINVAL, "key is required");
 	const levels *L = &db->L;
 	if (step <= 0 || step % L->w[0])
 		return err_set(TALLY_EINVAL,
@@ -286,11 +303,15 @@ TALLY_API int tally_query_series(tally_db *db, const char *table, const char *fi
 	to = to > TS_ENGINE_MAX ? TS_ENGINE_MAX + 1 : to;
 	if ((rc = retention_check_level(db, t, li, from)))
 		return rc;
-	series_q q = {t, c, key, (uint32_t)strlen(key), li};
+	tkkeys ks;
+	if ((rc = tkkeys_resolve(t, key, &ks)))
+		return rc;
+	series_q q = {t, c, &ks, li};
 	part_scratch *ps = scratch_get(db);
 	if (!ps || codec_buf_reserve(&ps->windows, SERIES_CHUNK * sizeof(ragg))) {
 		if (ps)
 			scratch_put(db, ps);
+		tkkeys_free(&ks);
 		return err_set(-ENOMEM, "out of memory");
 	}
 	/* All shards read-locked: the answer is one consistent cut. Every
@@ -308,6 +329,7 @@ TALLY_API int tally_query_series(tally_db *db, const char *table, const char *fi
 	}
 	unlock_all(db);
 	scratch_put(db, ps);
+	tkkeys_free(&ks);
 	if (rc)
 		return rc;
 	*n_out = n;
@@ -501,16 +523,12 @@ TALLY_API int tally_query_agg(tally_db *db, const char *table, const char *field
 	err_clear();
 	table_def *t = NULL;
 	col_def *c = NULL;
-	int rc = resolve(db, table, field, &t, &c);
+	int rc = resolve_range(db, table, field, &from, &to, &t, &c);
 	if (rc)
 		return rc;
-	if (!key)
-		return err_set(TALLY_EINVAL, "key is required");
-	from = clamp_ts(from);
-	to = clamp_ts(to);
-	if ((rc = retention_check_agg(db, t, from, to)))
+	tkkeys ks;
+	if ((rc = tkkeys_resolve(t, key, &ks)))
 		return rc;
-	uint32_t kl = (uint32_t)strlen(key);
 	ragg acc;
 	ragg_init(&acc);
 	qsrc q;
@@ -520,22 +538,26 @@ TALLY_API int tally_query_agg(tally_db *db, const char *table, const char *field
 		pthread_rwlock_rdlock(&sh->lock);
 		const memtable *mt[SHARD_FROZEN_MAX + 1];
 		unsigned nm = shard_memtables(sh, mt);
-		for (unsigned m = 0; m < nm; m++) {
-			const series *se = mem_series(mt[m], t, key, kl);
-			if (se)
-				cover_series(se, c, &db->L, from, to, &acc);
-		}
+		for (unsigned m = 0; m < nm; m++)
+			for (uint32_t k = 0; k < ks.n; k++) {
+				const series *se = mem_series(mt[m], t, ks.k[k], ks.l[k]);
+				if (se)
+					cover_series(se, c, &db->L, from, to, &acc);
+			}
 		for (uint32_t i = 0; i < sh->n_parts && !rc; i++) {
 			const shard_part *sp = sh->parts[i];
 			if (sp->table != t || sp->pend <= from || sp->pstart >= to)
 				continue;
-			const part_key *pk = part_find_key(sp->p, key, kl);
-			if (pk)
-				rc = cover_part(&q, sp, pk, c, &db->L, from, to, &acc);
+			for (uint32_t k = 0; k < ks.n && !rc; k++) {
+				const part_key *pk = part_find_key(sp->p, ks.k[k], ks.l[k]);
+				if (pk)
+					rc = cover_part(&q, sp, pk, c, &db->L, from, to, &acc);
+			}
 		}
 		pthread_rwlock_unlock(&sh->lock);
 	}
 	qsrc_free(&q);
+	tkkeys_free(&ks);
 	if (rc)
 		return rc;
 	ragg_to_public(&acc, out);
@@ -589,13 +611,30 @@ static int key_cmp(const void *x, const void *y)
 typedef struct keys_acc {
 	tally_keys_iter *it;
 	size_t cap, arena_len, arena_cap;
+	const table_def *t;
+	const tkfilter *f; /* NULL: every key */
+	const tkgroup *g;  /* NULL: per key */
+	tkbuf gkey;
 } keys_acc;
+
+/* 1 when key is one the query asks for. */
+static int keys_want(const keys_acc *ka, const char *key, uint32_t len)
+{
+	return !ka->f || tagkey_match(ka->t, key, len, ka->f);
+}
 
 static int keys_push(keys_acc *ka, const char *key, uint32_t len, const ragg *a)
 {
 	tally_keys_iter *it = ka->it;
 	if (!a->count)
 		return 0;
+	if (ka->g) { /* the answer's key is the group's */
+		int rc = tagkey_group_key(ka->t, key, len, ka->g, &ka->gkey);
+		if (rc)
+			return rc;
+		key = ka->gkey.p;
+		len = ka->gkey.n;
+	}
 	if (it->n == ka->cap) {
 		size_t ncap = ka->cap ? ka->cap * 2 : 64;
 		int rc = keys_hold(it, (ncap - ka->cap) * sizeof *it->v);
@@ -626,25 +665,13 @@ static int keys_push(keys_acc *ka, const char *key, uint32_t len, const ragg *a)
 	return 0;
 }
 
-TALLY_API int tally_query_keys(tally_db *db, const char *table, const char *field, int64_t from,
-			       int64_t to, tally_keys_iter **out)
+/* Every key of t the filter (NULL: all) asks for, aggregated over
+ * [from, to) into it, per key or per group (g NULL: per key), sorted. */
+static int keys_collect(tally_db *db, table_def *t, const col_def *c, int64_t from, int64_t to,
+			const tkfilter *f, const tkgroup *g, tally_keys_iter *it)
 {
-	err_clear();
-	*out = NULL;
-	table_def *t = NULL;
-	col_def *c = NULL;
-	int rc = resolve(db, table, field, &t, &c);
-	if (rc)
-		return rc;
-	from = clamp_ts(from);
-	to = clamp_ts(to);
-	if ((rc = retention_check_agg(db, t, from, to)))
-		return rc;
-	tally_keys_iter *it = mem_calloc(1, sizeof *it);
-	if (!it)
-		return err_set(-ENOMEM, "out of memory");
-	it->db = db;
-	keys_acc ka = {it, 0, 0, 0};
+	int rc = 0;
+	keys_acc ka = {.it = it, .t = t, .f = f, .g = g};
 	qsrc q;
 	qsrc_init(&q, db);
 	rdlock_all(db);
@@ -656,6 +683,8 @@ TALLY_API int tally_query_keys(tally_db *db, const char *table, const char *fiel
 			const stable *st = mem_table(mt[m], t);
 			for (uint32_t k = 0; st && k < st->n && !rc; k++) {
 				const series *se = st->list[k];
+				if (!keys_want(&ka, se->key, se->key_len))
+					continue;
 				ragg a;
 				ragg_init(&a);
 				cover_series(se, c, &db->L, from, to, &a);
@@ -668,6 +697,8 @@ TALLY_API int tally_query_keys(tally_db *db, const char *table, const char *fiel
 				continue;
 			for (uint32_t k = 0; k < sp->p->n_keys && !rc; k++) {
 				const part_key *pk = &sp->p->keys[k];
+				if (!keys_want(&ka, pk->key, pk->len))
+					continue;
 				ragg a;
 				ragg_init(&a);
 				if (!(rc = cover_part(&q, sp, pk, c, &db->L, from, to, &a)))
@@ -677,15 +708,15 @@ TALLY_API int tally_query_keys(tally_db *db, const char *table, const char *fiel
 	}
 	unlock_all(db);
 	qsrc_free(&q);
-	if (rc) {
-		tally_keys_close(it);
+	tkbuf_free(&ka.gkey);
+	if (rc)
 		return rc;
-	}
 	for (size_t i = 0; i < it->n; i++)
 		it->v[i].key = it->arena + (uintptr_t)it->v[i].key;
 	if (it->n)
 		qsort(it->v, it->n, sizeof *it->v, key_cmp);
-	/* A key written through several shards appears once per shard: merge. */
+	/* A key written through several shards appears once per shard, and a
+	 * group once per key in it: merge. */
 	size_t w = 0;
 	for (size_t i = 0; i < it->n; i++) {
 		if (w && key_cmp(&it->v[w - 1], &it->v[i]) == 0)
@@ -694,8 +725,44 @@ TALLY_API int tally_query_keys(tally_db *db, const char *table, const char *fiel
 			it->v[w++] = it->v[i];
 	}
 	it->n = w;
-	*out = it;
 	return 0;
+}
+
+TALLY_API int tally_query_group(tally_db *db, const char *table, const char *field, const char *key,
+				const char *group, int64_t from, int64_t to, tally_keys_iter **out)
+{
+	err_clear();
+	*out = NULL;
+	table_def *t = NULL;
+	col_def *c = NULL;
+	int rc = resolve_range(db, table, field, &from, &to, &t, &c);
+	if (rc)
+		return rc;
+	tkfilter f = {0};
+	tkgroup g = {0};
+	if ((key && (rc = tagkey_filter(t, key, &f))) ||
+	    (group && (rc = tagkey_group(t, group, &g))))
+		goto done;
+	tally_keys_iter *it = mem_calloc(1, sizeof *it);
+	if (!it) {
+		rc = err_set(-ENOMEM, "out of memory");
+		goto done;
+	}
+	it->db = db;
+	if ((rc = keys_collect(db, t, c, from, to, key ? &f : NULL, group ? &g : NULL, it)))
+		tally_keys_close(it);
+	else
+		*out = it;
+done:
+	tagkey_filter_free(&f);
+	tagkey_group_free(&g);
+	return rc;
+}
+
+TALLY_API int tally_query_keys(tally_db *db, const char *table, const char *field, int64_t from,
+			       int64_t to, tally_keys_iter **out)
+{
+	return tally_query_group(db, table, field, NULL, NULL, from, to, out);
 }
 
 TALLY_API int tally_keys_next(tally_keys_iter *it, const char **key, tally_agg *agg)

@@ -27,6 +27,7 @@
 #include "flush.h"
 #include "mem.h"
 #include "partset.h"
+#include "tagkey.h"
 
 typedef struct scan_src {
 	int64_t key;   /* heap order: the current row's time, or a lower bound */
@@ -424,14 +425,21 @@ TALLY_API int tally_scan_open(tally_db *db, const char *table, const char *key, 
 		rc = err_set(-ENOMEM, "out of memory opening a scan");
 		goto fail;
 	}
-	uint32_t kl = (uint32_t)strlen(key), cap = 0;
+	/* a subset of the key's tags scans every key holding them, merged
+	 * in time order like one key's sources (engine/tagkey.h) */
+	tkkeys ks;
+	uint32_t cap = 0;
+	if ((rc = tkkeys_resolve(t, key, &ks)))
+		goto fail;
 	/* one instant: every shard's sources are taken under all the locks */
 	for (unsigned i = 0; i < db->n_shards; i++)
 		pthread_rwlock_rdlock(&db->shards[i]->lock);
 	for (unsigned i = 0; i < db->n_shards && !rc; i++)
-		rc = add_shard(s, db->shards[i], t, key, kl, &cap);
+		for (uint32_t k = 0; k < ks.n && !rc; k++)
+			rc = add_shard(s, db->shards[i], t, ks.k[k], ks.l[k], &cap);
 	for (unsigned i = 0; i < db->n_shards; i++)
 		pthread_rwlock_unlock(&db->shards[i]->lock);
+	tkkeys_free(&ks);
 	if (rc)
 		goto fail;
 	s->heap = mem_alloc((s->n_src ? s->n_src : 1) * sizeof *s->heap);

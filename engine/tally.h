@@ -106,8 +106,12 @@ typedef struct tally_options {
 	/* Windows (and day partitions) start at offset + k*width, so that
 	 * +3h gives Moscow days. In ns, within (-1 day, 1 day). */
 	int64_t align_offset;
-	/* Per-table key tag, "table=tag,table=tag". Tables not named use the
-	 * first tag of their first line. NULL: none. Copied at open. */
+	/* Per-table series key, "table=KEY,table=KEY": KEY is one tag
+	 * (traffic=camera), several joined by '+' (traffic=camera+lane) or
+	 * '*' (every tag of each line). Tables not named are keyed by the
+	 * first tag of their first line. A table's key is fixed when it is
+	 * created (docs/architecture.md, "Series keys"). NULL: none. Copied
+	 * at open. */
 	const char *table_keys;
 	/* Memory bound for memtables and rollups, bytes; writes past it fail
 	 * with TALLY_EFULL. 0: 4 GiB. */
@@ -330,7 +334,9 @@ typedef struct tally_column {
 
 typedef struct tally_batch {
 	const char *table;
-	const char *key;     /* the key tag's value for every row */
+	const char *key;     /* the key tag's value for every row; a table
+				keyed by several tags takes its pairs,
+				"camera=KV1,lane=2" in any order */
 	const char *key_tag; /* key tag name if this batch creates the table
 				and table_keys names none; NULL: "key" */
 	size_t n_rows;
@@ -415,6 +421,26 @@ TALLY_API int tally_query_agg(tally_db *db, const char *table, const char *field
 typedef struct tally_keys_iter tally_keys_iter;
 TALLY_API int tally_query_keys(tally_db *db, const char *table, const char *field, int64_t from,
 			       int64_t to, tally_keys_iter **out);
+/*
+ * Keys and groups. A key argument of the queries above
+ * (tally_query_series, tally_query_agg) names one series, or any subset
+ * of a table's key tags as "tag=value,tag=value" (any order; '\', ','
+ * and '=' escaped by '\'): the answer then merges exactly every series
+ * holding those pairs. A table keyed by one tag also takes its bare
+ * value ("KV00123", as ever). A table keyed by several tags stores each
+ * key as its pairs sorted by name ("camera=KV1,lane=2").
+ *
+ * tally_query_group is tally_query_keys restricted to the keys matching
+ * key (NULL: every key) and, with group a list of tag names ("lane" or
+ * "camera,lane"), merged per distinct value of those tags: each answer's
+ * key is then "lane=2" or "camera=KV1,lane=2" (the tags in group's
+ * order; a tag a key lacks reads empty, "lane="). group NULL: one
+ * answer per key; "": one answer for all. TALLY_EINVAL for a tag that is
+ * not in the table's key.
+ */
+TALLY_API int tally_query_group(tally_db *db, const char *table, const char *field, const char *key,
+				const char *group, int64_t from, int64_t to, tally_keys_iter **out);
+
 /* 1 and fills *key and *agg, 0 at the end, <0 on error. *key is borrowed until
  * the next tally_keys_next or tally_keys_close: the iterator copies each key
  * into one buffer it reuses, so a caller that keeps keys copies them. */
@@ -422,7 +448,9 @@ TALLY_API int tally_keys_next(tally_keys_iter *it, const char **key, tally_agg *
 TALLY_API void tally_keys_close(tally_keys_iter *it);
 
 /* Raw scan of one key's events in [from, to), in time order (events with
- * equal times in arrival order): a cursor over what the store held at
+ * equal times in arrival order; key may name a subset of a table's key
+ * tags, "Keys and groups" above: the matching keys' events merged, their
+ * rows without the key tags): a cursor over what the store held at
  * open, decoded as tally_scan_next reaches it, so its memory does not grow
  * with the range and a reader may stop early. An open scan keeps the
  * memtables and parts it reads alive past their flush or merge; close
@@ -513,7 +541,8 @@ TALLY_API int tally_dist_merge(tally_dist *dst, const tally_dist *src);
 TALLY_API const char *tally_type_name(enum tally_type t);
 
 /* Every table, by name; key_tags[i] is table i's key tag, NULL when the
- * table has none (its rows all have the key ""). key_tags may be NULL. */
+ * table has none (its rows all have the key ""), "camera+lane" when it
+ * is keyed by several tags, "*" by all of them. key_tags may be NULL. */
 TALLY_API int tally_catalog_tables(tally_db *db, const char **names, const char **key_tags,
 				   size_t cap, size_t *n_out);
 
@@ -704,6 +733,10 @@ typedef struct tally_stats {
 	uint64_t deletes;
 	uint64_t delete_rows;
 	uint64_t delete_bytes_written;
+	/* Lines accepted since open that carried tags outside their table's
+	 * key: they were merged into the key's series (rollups do not tell
+	 * them apart). Each such table is also logged once (a warning). */
+	uint64_t merged_lines;
 } tally_stats;
 
 /* Fills the first size bytes at out with the database's figures, 0 where

@@ -726,7 +726,7 @@ static int cli_cmd_query(const cli_opts *o, int argc, char **argv)
 	} kinds[] = {
 		{"series", 6, 6, "series TABLE FIELD KEY STEP FROM TO"},
 		{"agg", 5, 5, "agg TABLE FIELD KEY FROM TO"},
-		{"keys", 4, 4, "keys TABLE FIELD FROM TO"},
+		{"keys", 4, 6, "keys TABLE FIELD FROM TO [key=TAG=V,...] [by=TAG,...]"},
 		{"scan", 4, 5, "scan TABLE KEY FROM TO [LIMIT]"},
 		{"dist", 5, 11,
 		 "dist TABLE FIELD KEY FROM TO [q=Q|above=X|below=X|hist=E,E,...]..."},
@@ -941,7 +941,7 @@ static void cli_usage(FILE *f)
 		"                        server, sync, print accepted/rejected counts and rate\n"
 		"  query series TABLE FIELD KEY STEP FROM TO\n"
 		"  query agg TABLE FIELD KEY FROM TO\n"
-		"  query keys TABLE FIELD FROM TO\n"
+		"  query keys TABLE FIELD FROM TO [key=TAG=V,...] [by=TAG,...]\n"
 		"  query scan TABLE KEY FROM TO [LIMIT]\n"
 		"                        FROM/TO: RFC 3339 (2023-11-14T00:00:00Z), an integer\n"
 		"                        since the epoch with its unit (1699920000s, ms, us,\n"

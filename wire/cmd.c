@@ -471,7 +471,7 @@ static const struct {
 	{"auth", CMD_AUTH, 1, 1, "#!auth TOKEN"},
 	{"series", CMD_SERIES, 6, 6, "#!series TABLE FIELD KEY STEP FROM TO"},
 	{"agg", CMD_AGG, 5, 5, "#!agg TABLE FIELD KEY FROM TO"},
-	{"keys", CMD_KEYS, 4, 4, "#!keys TABLE FIELD FROM TO"},
+	{"keys", CMD_KEYS, 4, 6, "#!keys TABLE FIELD FROM TO [key=TAG=V,...] [by=TAG,...]"},
 	{"scan", CMD_SCAN, 4, 5, "#!scan TABLE KEY FROM TO [LIMIT]"},
 	{"stats", CMD_STATS, 0, 0, "#!stats"},
 	{"precision", CMD_PRECISION, 1, 1, "#!precision ns|us|ms|s"},
@@ -568,6 +568,19 @@ int cmd_parse(const char *line, size_t len, char *scratch, size_t scratch_cap, i
 			return -1;
 		out->table = a[0];
 		out->field = a[1];
+		/* key=: only the keys holding these tags; by=: merged per value
+		 * of these tags (engine/tagkey.h) */
+		for (int i = 4; i < nargs; i++) {
+			if (!strncmp(a[i], "key=", 4) && !out->key)
+				out->key = a[i] + 4;
+			else if (!strncmp(a[i], "by=", 3) && !out->group)
+				out->group = a[i] + 3;
+			else
+				return cmd_fail(err, err_cap,
+						"keys: '%.40s' is not key=TAG=VALUE,... or "
+						"by=TAG,... (each at most once)",
+						a[i]);
+		}
 		return cmd_range(a, 2, now, out, err, err_cap);
 	case CMD_DELETE:
 		/* "*": every key (a key spelled * alone is deleted with the rest) */

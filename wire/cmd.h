@@ -50,6 +50,7 @@ typedef struct cmd_req {
 	enum tally_precision prec;
 	const char *dest;  /* backup: a directory or s3://bucket/prefix */
 	const char *rules; /* retention: the rules (none: keep everything) */
+	const char *group; /* keys: by=TAGS, the tags to group by (NULL: per key) */
 	int fan;           /* fanout: 0 off, 1 fail (a missing node fails the answer), 2 partial */
 	/* dist: the statistics asked for (q=0.85, above=60, ...), checked */
 	const char *stats[CMD_ARGS_MAX];

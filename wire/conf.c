@@ -156,7 +156,8 @@ static const struct conf_item {
 	{"align-offset", K_OFFSET, offsetof(srv_conf, align_offset),
 	 "day windows start at this UTC offset, e.g. +3h (default 0)"},
 	{"table-keys", K_STR, offsetof(srv_conf, table_keys),
-	 "key tag per table, \"traffic=camera,shop=store\""},
+	 "series key per table: a tag, tags joined by +, or * (every tag), "
+	 "\"traffic=camera+lane,cpu=*\""},
 	{"distributions", K_STR, offsetof(srv_conf, distributions),
 	 "fields kept as exact distributions, \"traffic.speed:0.1\" (resolution a power "
 	 "of ten)"},

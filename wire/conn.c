@@ -721,6 +721,7 @@ static void conn_stats(wconn *c)
 		{"label_duplicates", es.label_duplicates},
 		{"label_too_old", es.label_too_old},
 		{"label_expired", es.label_expired},
+		{"merged_lines", es.merged_lines},
 		{"scan_rows", es.scan_rows},
 		/* retention (docs/operations.md, "Retention") */
 		{"retention_passes", es.retention_passes},
@@ -883,7 +884,8 @@ static void conn_query(wconn *c, const cmd_req *r, uint64_t line)
 			rc = -ENOMEM;
 			break;
 		}
-		rc = tally_query_keys(s->db, r->table, r->field, r->from, r->to, &pk->it);
+		rc = tally_query_group(s->db, r->table, r->field, r->key, r->group, r->from, r->to,
+				       &pk->it);
 		if (rc) {
 			free(pk);
 			break;

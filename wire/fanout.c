@@ -107,12 +107,17 @@ int fan_parse_nodes(const char *spec, fan_node **out, size_t *n, char *err, size
 
 /* ---------------------------------------------------------------- the command */
 
-static size_t put_arg(char *b, size_t o, size_t cap, const char *s)
+/* " \"PREFIXs\"", quoted; nothing for a NULL s. */
+static size_t put_prefixed(char *b, size_t o, size_t cap, const char *prefix, const char *s)
 {
-	if (o + 2 * strlen(s) + 4 > cap)
+	if (!s)
+		return o;
+	if (o + 2 * strlen(s) + strlen(prefix) + 4 > cap)
 		return cap;
 	b[o++] = ' ';
 	b[o++] = '"';
+	for (; *prefix; prefix++)
+		b[o++] = *prefix;
 	for (; *s; s++) {
 		if (*s == '"' || *s == '\\')
 			b[o++] = '\\';
@@ -120,6 +125,11 @@ static size_t put_arg(char *b, size_t o, size_t cap, const char *s)
 	}
 	b[o++] = '"';
 	return o;
+}
+
+static size_t put_arg(char *b, size_t o, size_t cap, const char *s)
+{
+	return put_prefixed(b, o, cap, "", s);
 }
 
 static size_t put_time(char *b, size_t o, size_t cap, int64_t ns)
@@ -148,6 +158,10 @@ size_t fan_build_cmd(const cmd_req *r, char *buf, size_t cap)
 	}
 	o = put_time(buf, o, cap, r->from);
 	o = put_time(buf, o, cap, r->to);
+	if (r->kind == CMD_KEYS) { /* subset and grouping: each node's part merges by key */
+		o = put_prefixed(buf, o, cap, "key=", r->key);
+		o = put_prefixed(buf, o, cap, "by=", r->group);
+	}
 	if (r->kind == CMD_SCAN && r->limit && o < cap) {
 		k = snprintf(buf + o, cap - o, " %" PRIu64, r->limit);
 		o = k > 0 && (size_t)k < cap - o ? o + (size_t)k : cap;

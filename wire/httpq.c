@@ -97,6 +97,7 @@ struct httpq {
 
 	/* Parameters. */
 	char table[Q_NAME_MAX], field[Q_NAME_MAX], key[Q_NAME_MAX], prefix[Q_NAME_MAX];
+	char by[Q_NAME_MAX]; /* aggs: the tags to group by */
 	int64_t from, to, step;
 	uint64_t limit, rows;
 
@@ -1398,12 +1399,20 @@ static int q_aggs_start(httpq *q, tally_db *db, int64_t now)
 	q->ranked = (unsigned)ranked;
 	if ((st = q_limit(q, ranked ? Q_AGGS_LIMIT : 0, ranked ? Q_AGGS_MAX : UINT64_MAX)))
 		return st;
+	/* key=: only the keys holding these tags; by=: one row per value of
+	 * these tags (engine/tally.h, tally_query_group) */
+	long kk = q_param(q, "key", q->key, Q_NAME_MAX), kb = q_param(q, "by", q->by, Q_NAME_MAX);
+	if (kk == -2 || kb == -2)
+		return 400;
 	if (q->fan) {
 		q_fan_req(q, CMD_KEYS, "keys"); /* ranked: selected in q_fan_ready */
+		q->ask.key = kk >= 0 ? q->key : NULL;
+		q->ask.group = kb >= 0 ? q->by : NULL;
 	} else {
-		int rc = tally_query_keys(db, q->table, q->field, q->from, q->to, &q->it);
+		int rc = tally_query_group(db, q->table, q->field, kk >= 0 ? q->key : NULL,
+					   kb >= 0 ? q->by : NULL, q->from, q->to, &q->it);
 		if (rc)
-			return q_engine(q, rc, "field");
+			return q_engine(q, rc, kk >= 0 || kb >= 0 ? "key" : "field");
 		if (ranked && (st = aggs_select(q)))
 			return st;
 	}

@@ -306,11 +306,54 @@ static int cmp_str(const void *a, const void *b)
 	return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-/* The tag named must be the table's key tag: tally's rollups are per key,
- * and other tags are columns of the raw events. */
+/* A table keyed by several tags ("camera+lane") or all ("*"): its keys
+ * are tag=value pairs (engine/tagkey.h) and any key tag may be filtered
+ * and grouped on. */
+static int key_multi(const char *key_tag)
+{
+	return !strcmp(key_tag, "*") || strchr(key_tag, '+');
+}
+
+static int is_key_tag(const char *key_tag, const char *tag)
+{
+	if (!key_multi(key_tag))
+		return !strcmp(tag, key_tag);
+	if (!strcmp(key_tag, "*"))
+		return 1;
+	size_t n = strlen(tag);
+	for (const char *p = key_tag;;) {
+		const char *e = strchr(p, '+');
+		size_t l = e ? (size_t)(e - p) : strlen(p);
+		if (l == n && !memcmp(p, tag, n))
+			return 1;
+		if (!e)
+			return 0;
+		p = e + 1;
+	}
+}
+
+/* The value the condition tests in key: the key itself, or in a key of
+ * several tags the named tag's ("" when the key lacks it, as InfluxDB). */
+static int cond_match_key(const iq_cond *c, const char *key, int multi, tkbuf *tmp)
+{
+	if (!multi || !c)
+		return iq_cond_match(c, key);
+	if (c->kind == IQ_C_AND)
+		return cond_match_key(c->l, key, multi, tmp) &&
+		       cond_match_key(c->r, key, multi, tmp);
+	if (c->kind == IQ_C_OR)
+		return cond_match_key(c->l, key, multi, tmp) ||
+		       cond_match_key(c->r, key, multi, tmp);
+	if (tagkey_value(key, (uint32_t)strlen(key), c->tag, tmp) < 0)
+		return 0;
+	return iq_cond_match(c, tmp->p);
+}
+
+/* The tag named must be one of the table's key tags: tally's rollups are
+ * per key, and other tags are columns of the raw events. */
 static int check_tag(ex *x, const char *table, const char *key_tag, const char *tag)
 {
-	if (!strcmp(tag, key_tag))
+	if (is_key_tag(key_tag, tag))
 		return 0;
 	return ex_fail(x,
 		       "tally groups and filters \"%s\" only by its key tag \"%s\", not by \"%s\"",
@@ -375,12 +418,14 @@ static void keyset_sort(keyset *ks)
 typedef struct key_pick {
 	keyset *ks;
 	const iq_cond *where;
+	int multi;  /* keys of several tags: the condition tests each tag */
+	tkbuf *tmp; /* a tag's value, unescaped */
 } key_pick;
 
 static int key_pick_add(void *arg, const char *key)
 {
 	key_pick *kp = arg;
-	if (kp->where && !iq_cond_match(kp->where, key))
+	if (kp->where && !cond_match_key(kp->where, key, kp->multi, kp->tmp))
 		return 0;
 	return keyset_add(kp->ks, key);
 }
@@ -389,12 +434,13 @@ static int key_pick_add(void *arg, const char *key)
  * with events of one of its fields in the range that the condition
  * matches. */
 static int select_keys(ex *x, const iq_stmt *st, const enum tally_type *types, int64_t from,
-		       int64_t to, keyset *ks)
+		       int64_t to, int multi, keyset *ks)
 {
 	char **named = NULL;
 	size_t n = 0, cap = 0;
 	int rc = 0;
-	if (st->where && explicit_keys(st->where, &named, &n, &cap)) {
+	tkbuf tmp = {0};
+	if (!multi && st->where && explicit_keys(st->where, &named, &n, &cap)) {
 		for (size_t i = 0; i < n && !rc; i++)
 			rc = keyset_add(ks, named[i]);
 		free(named);
@@ -404,7 +450,7 @@ static int select_keys(ex *x, const iq_stmt *st, const enum tally_type *types, i
 		return 0;
 	}
 	free(named);
-	key_pick kp = {ks, st->where};
+	key_pick kp = {ks, st->where, multi, &tmp};
 	for (unsigned i = 0; i < st->n_aggs; i++) {
 		unsigned j = 0;
 		while (j < i && strcmp(st->aggs[j].field, st->aggs[i].field))
@@ -414,11 +460,77 @@ static int select_keys(ex *x, const iq_stmt *st, const enum tally_type *types, i
 		rc = ex_keys(x, st->table, st->aggs[i].field, from, to, key_pick_add, &kp);
 		if (rc == TALLY_ENOTFOUND)
 			continue;
-		if (rc)
+		if (rc) {
+			tkbuf_free(&tmp);
 			return ex_engine(x, rc);
+		}
 	}
+	tkbuf_free(&tmp);
 	keyset_sort(ks);
 	return 0;
+}
+
+/* GROUP BY a tag: the keys in ks reordered by the tag's value, group g
+ * being keys [beg[g], beg[g + 1]) with the value label[g] (of a one-tag
+ * key, the key itself). */
+typedef struct kgroups {
+	size_t n, *beg;
+	char **label;
+} kgroups;
+
+typedef struct kval {
+	char *val, *key;
+} kval;
+
+static int kval_cmp(const void *a, const void *b)
+{
+	const kval *x = a, *y = b;
+	int c = strcmp(x->val, y->val);
+	return c ? c : strcmp(x->key, y->key);
+}
+
+static void kgroups_free(kgroups *g)
+{
+	for (size_t i = 0; i < g->n; i++)
+		free(g->label[i]);
+	free(g->label);
+	free(g->beg);
+	memset(g, 0, sizeof *g);
+}
+
+static int group_keys(ex *x, keyset *ks, const char *tag, int multi, kgroups *g)
+{
+	kval *v = calloc(ks->n ? ks->n : 1, sizeof *v);
+	g->beg = calloc(ks->n + 1, sizeof *g->beg);
+	g->label = calloc(ks->n ? ks->n : 1, sizeof *g->label);
+	tkbuf tmp = {0};
+	int rc = v && g->beg && g->label ? 0 : -1;
+	for (size_t i = 0; i < ks->n && !rc; i++) {
+		v[i].key = ks->k[i];
+		if (multi && tagkey_value(ks->k[i], (uint32_t)strlen(ks->k[i]), tag, &tmp) < 0)
+			rc = -1;
+		else if (!(v[i].val = strdup(multi ? tmp.p : ks->k[i])))
+			rc = -1;
+	}
+	if (!rc && ks->n > 1)
+		qsort(v, ks->n, sizeof *v, kval_cmp);
+	for (size_t i = 0; i < ks->n && !rc; i++) {
+		ks->k[i] = v[i].key;
+		if (g->n && !strcmp(v[i].val, g->label[g->n - 1])) {
+			free(v[i].val);
+			continue;
+		}
+		g->beg[g->n] = i;
+		g->label[g->n++] = v[i].val;
+		v[i].val = NULL;
+	}
+	if (rc && v)
+		for (size_t i = 0; i < ks->n; i++)
+			free(v[i].val);
+	g->beg[g->n] = ks->n;
+	free(v);
+	tkbuf_free(&tmp);
+	return rc ? ex_fail(x, "out of memory") : 0;
 }
 
 static int64_t floor_to(int64_t t, int64_t step)
@@ -796,11 +908,15 @@ static int exec_select(ex *x, const iq_stmt *st, iq_buf *b)
 		types[j] = cols_type(&cl, st->aggs[j].field);
 	cols_free(&cl);
 	keyset ks = {0};
+	kgroups kg = {0};
+	int multi = key_multi(key_tag);
 	unsigned dist_fields = 0;
 	rc = dist_check(x, st, types, g.to, &dist_fields);
 	if (!rc)
-		rc = select_keys(x, st, types, g.from, g.to, &ks);
-	size_t groups = st->group_tag ? ks.n : 1;
+		rc = select_keys(x, st, types, g.from, g.to, multi, &ks);
+	if (!rc && st->group_tag)
+		rc = group_keys(x, &ks, st->group_tag, multi, &kg);
+	size_t groups = st->group_tag ? kg.n : 1;
 	/* a distribution query per window, key and field: each reads its
 	 * window's (value, count) lists, more than a rollup bucket */
 	if (!rc && (uint64_t)g.nwin * ks.n * dist_fields > IQ_MAX_DIST_QUERIES)
@@ -823,7 +939,8 @@ static int exec_select(ex *x, const iq_stmt *st, iq_buf *b)
 	for (size_t gi = 0; gi < groups && !rc; gi++) {
 		if (st->slimit > 0 && nseries == (size_t)st->slimit)
 			break;
-		size_t k0 = st->group_tag ? gi : 0, k1 = st->group_tag ? gi + 1 : ks.n;
+		size_t k0 = st->group_tag ? kg.beg[gi] : 0,
+		       k1 = st->group_tag ? kg.beg[gi + 1] : ks.n;
 		for (unsigned j = 0; j < st->n_aggs; j++)
 			memset(acc[j], 0, g.nwin * sizeof **acc);
 		for (unsigned j = 0; j < st->n_aggs && !rc; j++) {
@@ -858,13 +975,15 @@ static int exec_select(ex *x, const iq_stmt *st, iq_buf *b)
 		}
 		if (nseries == 0)
 			iq_puts(b, ",\"series\":[");
-		nseries += (size_t)put_series(x, b, st, key_tag, st->group_tag ? ks.k[gi] : NULL,
-					      &g, acc, types, nseries == 0);
+		nseries += (size_t)put_series(x, b, st, st->group_tag ? st->group_tag : key_tag,
+					      st->group_tag ? kg.label[gi] : NULL, &g, acc, types,
+					      nseries == 0);
 	}
 	if (!rc && nseries)
 		iq_puts(b, "]");
 	for (unsigned j = 0; j < st->n_aggs; j++)
 		free(acc[j]);
+	kgroups_free(&kg);
 	keyset_free(&ks);
 	return rc;
 }
@@ -1077,15 +1196,23 @@ static int exec_show(ex *x, const iq_stmt *st, iq_buf *b)
 			continue;
 		}
 		if (st->kind == IQ_SHOW_TAG_KEYS) {
-			/* the key tag among the other tags, in order */
-			const char **tags = malloc((c.n + 1) * sizeof *tags);
+			/* the key tags among the other tags, in order (a table
+			 * keyed by camera+lane lists both; by "*", the tags
+			 * are in its keys and not listed here) */
+			table_def *t = catalog_find_table(&x->db->cat, names[i],
+							  (uint32_t)strlen(names[i]));
+			size_t nk = t && t->key_mode == KEY_LIST ? t->n_ktags : 1;
+			const char **tags = malloc((c.n + nk) * sizeof *tags);
 			size_t nt = 0;
 			if (!tags) {
 				cols_free(&c);
 				rc = ex_fail(x, "out of memory");
 				break;
 			}
-			if (key_tags[i])
+			if (t && t->key_mode == KEY_LIST)
+				for (size_t k = 0; k < nk; k++)
+					tags[nt++] = t->ktags[k];
+			else if (key_tags[i] && strcmp(key_tags[i], "*"))
 				tags[nt++] = key_tags[i];
 			for (size_t j = 0; j < c.n; j++)
 				if (c.type[j] == TALLY_T_TAG)

@@ -5,6 +5,7 @@
 #                                       and tallyd_port, or fails the test
 #   tallyd_stop                         SIGTERM, wait; fails on a bad exit
 #   tallyd_kill                         for an EXIT trap: stop, no checks
+#   tallyd_wait_part DIR                waits (bounded) for a part in DIR/data
 tallyd_pid= tallyd_port=
 
 tallyd_start() {
@@ -40,4 +41,15 @@ tallyd_kill() {
     wait "$tallyd_pid" 2>/dev/null || true
     tallyd_pid=
   fi
+}
+
+tallyd_wait_part() {
+  local dir=$1
+  # bounded: up to 20 s for the flush interval on a slow machine
+  for _ in $(seq 100); do
+    [ -n "$(ls "$dir/data/parts" 2>/dev/null | grep '\.part$')" ] && return 0
+    sleep 0.2
+  done
+  echo "FAIL: no part was flushed in $dir/data"
+  exit 1
 }
