@@ -8,7 +8,10 @@
  * level; every window's distribution is a sorted list of (value, count)
  * pairs at the field's resolution, so the answer is their exact sum, and
  * a quantile is a walk over it. Memtables keep only the finest windows;
- * parts keep every level.
+ * parts keep every level. A window kept as a sketch (engine/dist.h) turns
+ * the sum into a sketch: the pairs gathered so far, and every later
+ * value, count in their buckets, and the answer says it is within
+ * DIST_SKETCH_ALPHA (tally_dist_error); with no sketch it is exact.
  */
 #include <errno.h>
 #include <math.h>
@@ -27,6 +30,7 @@
 struct tally_dist {
 	uint64_t count;
 	int32_t exp;
+	int sketch; /* 1: v holds sketch buckets (dist_sketch_key) */
 	uint32_t n;
 	int64_t *v; /* ascending, in units of the resolution */
 	uint64_t *c;
@@ -38,6 +42,7 @@ typedef struct dacc {
 	uint64_t *c;
 	size_t n, cap;
 	int32_t exp;
+	int sketch; /* 1: v holds buckets, and every pair added goes in as one */
 	int rc;
 	const char *what; /* for the message of a window without a distribution */
 	part_scratch *ps;
@@ -71,6 +76,14 @@ static void acc_pair(dacc *a, int64_t v, uint64_t c)
 	a->c[a->n++] = c;
 }
 
+/* From now on, a sketch: what was gathered goes into buckets. */
+static void acc_to_sketch(dacc *a)
+{
+	for (size_t i = 0; i < a->n; i++)
+		a->v[i] = dist_sketch_key(a->v[i]);
+	a->sketch = 1;
+}
+
 static void acc_state(dacc *a, const dstate *d, int64_t start)
 {
 	if (a->rc || !d->a.count)
@@ -83,8 +96,11 @@ static void acc_state(dacc *a, const dstate *d, int64_t start)
 				a->what, (long long)start);
 		return;
 	}
+	if (d->sketch && !a->sketch)
+		acc_to_sketch(a);
+	int map = a->sketch && !d->sketch;
 	for (uint32_t i = 0; i < d->n && !a->rc; i++)
-		acc_pair(a, d->v[i], d->c[i]);
+		acc_pair(a, map ? dist_sketch_key(d->v[i]) : d->v[i], d->c[i]);
 }
 
 /* The memtable's finest windows with start in [x, y). */
@@ -180,7 +196,8 @@ static int acc_raw(dacc *a, tally_db *db, const char *table, const char *field, 
 		case TALLY_T_BOOL: d = v->v.b ? 1 : 0; break;
 		default: continue;
 		}
-		acc_pair(a, dist_index(d, a->exp), 1);
+		int64_t xi = dist_index(d, a->exp);
+		acc_pair(a, a->sketch ? dist_sketch_key(xi) : xi, 1);
 	}
 	tally_scan_close(sc);
 	return rc < 0 ? rc : a->rc;
@@ -277,6 +294,7 @@ TALLY_API int tally_query_dist(tally_db *db, const char *table, const char *fiel
 		rc = dist_combine(a.v, a.c, a.n, &k);
 	if (!rc) {
 		d->exp = a.exp;
+		d->sketch = a.sketch;
 		d->n = (uint32_t)k;
 		d->v = a.v;
 		d->c = a.c;
@@ -318,6 +336,17 @@ TALLY_API double tally_dist_resolution(const tally_dist *d)
 	return dist_value(1, d->exp);
 }
 
+TALLY_API double tally_dist_error(const tally_dist *d)
+{
+	return d->sketch ? DIST_SKETCH_ALPHA : 0;
+}
+
+/* The value of pair i: exact, or the one its bucket answers with. */
+static double value_at(const tally_dist *d, uint32_t i)
+{
+	return d->sketch ? dist_sketch_value(d->v[i], d->exp) : dist_value(d->v[i], d->exp);
+}
+
 /* The smallest rank r with r >= q * N, computed exactly for the double q:
  * the product's rounding error (fma) decides when q * N rounds to an
  * integer. */
@@ -347,7 +376,7 @@ TALLY_API int tally_dist_quantile(const tally_dist *d, double q, double *out)
 		else
 			hi = mid;
 	}
-	*out = dist_value(d->v[lo], d->exp);
+	*out = value_at(d, lo);
 	return 0;
 }
 
@@ -357,7 +386,7 @@ static uint64_t count_below(const tally_dist *d, double x, int le)
 	uint32_t lo = 0, hi = d->n;
 	while (lo < hi) {
 		uint32_t mid = lo + (hi - lo) / 2;
-		double v = dist_value(d->v[mid], d->exp);
+		double v = value_at(d, mid);
 		if (v < x || (le && v == x))
 			lo = mid + 1;
 		else

@@ -370,6 +370,7 @@ static int dist_add(memtable *m, rcol *rc, const col_def *d, const levels *L, co
 		if (!(rc->dist = mem_calloc(1, sizeof *rc->dist)))
 			return -ENOMEM;
 		rc->dist->exp = d->dist_exp;
+		rc->dist->max = d->dist_max;
 		m->rollup_bytes += alloc_cost(sizeof *rc->dist);
 	}
 	return dcol_add_run(rc->dist, L, ts, v, n, &m->rp);
