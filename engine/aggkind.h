@@ -58,8 +58,8 @@ typedef struct agg_kind {
 	 * with a ragg (which a merge with basic windows keeps) */
 	int basic_prefix;
 	/* an earlier payload version of another kind: its blocks decode into
-	 * that kind's states, and readers see that kind (NULL: none); it is
-	 * never written (encode NULL) */
+	 * that kind's states, and readers see that kind (NULL: none); such a
+	 * table only decodes (its other functions NULL) */
 	const struct agg_kind *decodes_as;
 } agg_kind;
 

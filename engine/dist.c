@@ -1,12 +1,16 @@
 /*
- * dist.c — exact distributions: the dist aggregate kind, the memtable's
- * finest windows, and the configuration that marks fields.
+ * dist.c — exact distributions: the dist aggregate kind (and its sketches
+ * past a bound), the windows a flush builds from rows, and the
+ * configuration that marks fields.
  *
  * The one idea: a value at a fixed decimal resolution is an integer, so a
  * window's distribution is a sorted list of (integer, count) pairs, and
  * every combination — values into a window, windows into coarser ones,
  * shards, parts and merges — is an exact merge of sorted lists. Nothing
- * is ever rounded but the value itself, once, to its resolution.
+ * is ever rounded but the value itself, once, to its resolution. A sketch
+ * is the same list over logarithmic buckets of the integer, a monotone
+ * map, so it merges the same way, and an exact list joins it by mapping
+ * its values.
  */
 #include "dist.h"
 
@@ -46,7 +50,8 @@ static int cmp_pair(const void *x, const void *y)
 	return (*a > *b) - (*a < *b);
 }
 
-/* Values of a window or a range usually span a few thousand units of the
+/* A few pairs (a finest window's) are sorted where they lie. Values of a
+ * coarser window or a range usually span a few thousand units of the
  * resolution (speeds at 0.1 km/h): then a count per unit, walked once,
  * adds them up in time linear in pairs plus span; else a sort of
  * (value, count) records. */
@@ -55,6 +60,29 @@ int dist_combine(int64_t *v, uint64_t *c, size_t n, size_t *k)
 	*k = 0;
 	if (!n)
 		return 0;
+	if (n <= 32) {
+		/* a finest window's few values: an insertion sort in place */
+		for (size_t i = 1; i < n; i++) {
+			int64_t x = v[i];
+			uint64_t y = c[i];
+			size_t j = i;
+			for (; j && v[j - 1] > x; j--) {
+				v[j] = v[j - 1];
+				c[j] = c[j - 1];
+			}
+			v[j] = x;
+			c[j] = y;
+		}
+		for (size_t i = 0; i < n; i++) {
+			if (*k && v[*k - 1] == v[i]) {
+				c[*k - 1] += c[i];
+			} else {
+				v[*k] = v[i];
+				c[(*k)++] = c[i];
+			}
+		}
+		return 0;
+	}
 	int64_t lo = v[0], hi = v[0];
 	for (size_t i = 1; i < n; i++) {
 		lo = v[i] < lo ? v[i] : lo;
@@ -97,7 +125,7 @@ int dist_combine(int64_t *v, uint64_t *c, size_t n, size_t *k)
 
 void dstate_release(dstate *d)
 {
-	if (d->cap && !d->pooled) {
+	if (d->cap) {
 		mem_free(d->v);
 		mem_free(d->c);
 	}
@@ -263,37 +291,8 @@ int dstate_merge(dstate *dst, const dstate *src)
 	return 0;
 }
 
-/* log2 of the pool block holding n bytes. */
-static unsigned pool_cls(size_t n)
-{
-	return n <= 16 ? 4 : 64 - (unsigned)__builtin_clzll((unsigned long long)n - 1);
-}
-
-/* Doubles a memtable state's arrays, v and c in one block of pl. */
-static int dstate_grow_pooled(dstate *d, rpool *pl)
-{
-	uint32_t cap = d->cap ? d->cap * 2 : 4;
-	unsigned cls = pool_cls((size_t)cap * 16);
-	int64_t *v = rpool_get(pl, cls);
-	if (!v)
-		return -ENOMEM;
-	uint64_t *c = (uint64_t *)(v + cap);
-	if (d->n) {
-		memcpy(v, d->v, (size_t)d->n * sizeof *v);
-		memcpy(c, d->c, (size_t)d->n * sizeof *c);
-	}
-	if (d->cap)
-		rpool_put(pl, d->v, pool_cls((size_t)d->cap * 16));
-	d->v = v;
-	d->c = c;
-	d->cap = cap;
-	d->pooled = 1;
-	return 0;
-}
-
-/* One value in (a memtable's state, arrays from pl, or with pl NULL one
- * of its own); 0 or -ENOMEM, the state unchanged. */
-static int dstate_add(dstate *d, double x, rpool *pl)
+/* One value in; 0 or -ENOMEM, the state unchanged. */
+static int dstate_add(dstate *d, double x)
 {
 	int64_t idx = dist_index(x, d->exp);
 	if (d->sketch)
@@ -315,10 +314,9 @@ static int dstate_add(dstate *d, double x, rpool *pl)
 			if (!d->cap && dstate_reserve(d, d->n))
 				return -ENOMEM;
 			dstate_to_sketch(d);
-			return dstate_add(d, x, pl);
+			return dstate_add(d, x);
 		}
-		if (d->n == d->cap &&
-		    (pl ? dstate_grow_pooled(d, pl) : dstate_reserve(d, d->cap ? d->cap * 2 : 8)))
+		if (d->n == d->cap && dstate_reserve(d, d->cap ? d->cap * 2 : 8))
 			return -ENOMEM;
 		memmove(&d->v[lo + 1], &d->v[lo], (size_t)(d->n - lo) * sizeof *d->v);
 		memmove(&d->c[lo + 1], &d->c[lo], (size_t)(d->n - lo) * sizeof *d->c);
@@ -341,7 +339,7 @@ static void dist_init(void *st)
 
 static int dist_add(void *st, double v)
 {
-	return dstate_add(st, v, NULL);
+	return dstate_add(st, v);
 }
 
 static int dist_merge_fn(void *st, const void *src)
@@ -713,17 +711,12 @@ const agg_kind agg_dist = {
 	.basic_prefix = 1,
 };
 
+/* Only decodes: readers are handed agg_dist for what it decoded. */
 const agg_kind agg_dist_v1 = {
 	.id = AGG_DIST,
 	.name = "dist-v1",
 	.bucket_size = sizeof(dbucket),
-	.init = dist_init,
-	.add = dist_add,
-	.merge = dist_merge_fn,
 	.decode = dist_v1_decode,
-	.finalize = dist_finalize,
-	.own = dist_own,
-	.release = dist_release_fn,
 	.basic_prefix = 1,
 	.decodes_as = &agg_dist,
 };
@@ -734,76 +727,61 @@ void dist_release_buckets(dbucket *b, uint32_t n)
 		dstate_release(&b[i].d);
 }
 
-/* ---------------------------------------------------------------- memtable */
+/* ---------------------------------------------------------------- flushes */
 
-static uint32_t dbucket_lower(const dbucket *b, uint32_t n, int64_t t)
+int dcol_from_rows(dcol *dc, const levels *L, const int64_t *ts, const double *v, size_t n)
 {
-	return starts_lower(b, sizeof *b, n, t);
-}
-
-/* The window starting at start, created if new; NULL when out of memory. */
-static dstate *dcol_window(dcol *dc, int64_t start, rpool *pl)
-{
-	uint32_t i;
-	if (dc->n && dc->w[dc->last].start == start)
-		return &dc->w[dc->last].d;
-	if (!dc->n || dc->w[dc->n - 1].start < start)
-		i = dc->n;
-	else
-		i = dbucket_lower(dc->w, dc->n, start);
-	if (i == dc->n || dc->w[i].start != start) {
-		if (dc->n == dc->cap) {
-			uint32_t nc = dc->cap ? dc->cap * 2 : 4;
-			dbucket *nw = rpool_get(pl, pool_cls((size_t)nc * sizeof *nw));
-			if (!nw)
-				return NULL;
-			if (dc->n)
-				memcpy(nw, dc->w, (size_t)dc->n * sizeof *nw);
-			if (dc->cap)
-				rpool_put(pl, dc->w, pool_cls((size_t)dc->cap * sizeof *nw));
-			dc->w = nw;
-			dc->cap = nc;
+	dc->w = NULL;
+	dc->n = 0;
+	dc->v = mem_alloc((n ? n : 1) * sizeof *dc->v);
+	dc->c = mem_alloc((n ? n : 1) * sizeof *dc->c);
+	/* at most one window per value */
+	dc->w = mem_alloc((n ? n : 1) * sizeof *dc->w);
+	if (!dc->v || !dc->c || !dc->w)
+		return err_set(-ENOMEM, "out of memory");
+	size_t k = 0; /* pairs kept so far */
+	for (size_t i = 0; i < n;) {
+		int64_t start = window_start(ts[i], L->w[0], L->offset), end = start + L->w[0];
+		size_t j = i, m;
+		for (; j < n && ts[j] < end; j++) {
+			dc->v[k + j - i] = dist_index(v[j], dc->exp);
+			dc->c[k + j - i] = 1;
 		}
-		memmove(&dc->w[i + 1], &dc->w[i], (size_t)(dc->n - i) * sizeof *dc->w);
-		dc->w[i].start = start;
-		dist_init(&dc->w[i].d);
-		dc->w[i].d.exp = dc->exp;
-		dc->w[i].d.max = dc->max;
-		dc->n++;
-	}
-	dc->last = i;
-	return &dc->w[i].d;
-}
-
-int dcol_add_run(dcol *dc, const levels *L, const int64_t *ts, const double *v, uint32_t n,
-		 rpool *pl)
-{
-	dstate *d = NULL;
-	int64_t end = 0;
-	for (uint32_t i = 0; i < n; i++) {
-		/* a run's values mostly share a window: one division per window */
-		if (!d || ts[i] < end - L->w[0] || ts[i] >= end) {
-			int64_t start = window_start(ts[i], L->w[0], L->offset);
-			if (!(d = dcol_window(dc, start, pl)))
-				return -ENOMEM;
-			end = start + L->w[0];
-		}
-		if (dstate_add(d, v[i], pl))
+		if (dist_combine(dc->v + k, dc->c + k, j - i, &m))
 			return -ENOMEM;
+		dbucket *o = &dc->w[dc->n++];
+		o->start = start;
+		dist_init(&o->d);
+		o->d.exp = dc->exp;
+		o->d.max = dc->max;
+		o->d.a.count = j - i;
+		o->d.v = dc->v + k; /* borrowed from dc: cap 0 */
+		o->d.c = dc->c + k;
+		o->d.n = (uint32_t)m;
+		if (dc->max && m > dc->max)
+			dstate_to_sketch(&o->d);
+		k += o->d.n;
+		i = j;
 	}
 	return 0;
 }
 
-void dcol_free(dcol *dc)
+void dcol_clear(dcol *dc)
 {
-	mem_free(dc); /* its arrays are in the memtable's arena */
+	mem_free(dc->w);
+	mem_free(dc->v);
+	mem_free(dc->c);
+	dc->w = NULL;
+	dc->v = NULL;
+	dc->c = NULL;
+	dc->n = 0;
 }
 
 int dcol_level(const dcol *dc, const rlevel *lv, const levels *L, unsigned l, int64_t a, int64_t b,
 	       dbucket **out, uint32_t *n, uint32_t *cap)
 {
 	*n = 0;
-	uint32_t j = dbucket_lower(dc->w, dc->n, a);
+	uint32_t j = starts_lower(dc->w, sizeof *dc->w, dc->n, a);
 	for (uint32_t i = rollup_lower(lv, a); i < lv->n && lv->b[i].start < b; i++) {
 		if (!lv->b[i].a.count)
 			continue;

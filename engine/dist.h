@@ -9,10 +9,12 @@
  * two windows merge exactly by merging two sorted lists, and a value
  * comes back as the very double its decimal spelling parses to (573 / 10).
  *
- * Memtables keep the distribution of the finest level only (one sorted
- * insert per value); flushes build the coarser levels' by merging, and
- * parts store every level as rollup blocks of the dist aggregate kind,
- * whose payload begins with the basic kind's (engine/aggkind.c), so
+ * Memtables keep no distributions: their rows are the values. A flush
+ * builds each partition's finest windows from the sorted rows it writes
+ * (one pass, a few values per window) and the coarser levels' by adding
+ * those up, and parts store every level as rollup blocks of the dist
+ * aggregate kind, whose payload begins with the basic kind's
+ * (engine/aggkind.c), so
  * count/sum/min/max queries read them unchanged.
  *
  * A window whose distinct values would pass its field's bound (the
@@ -53,8 +55,7 @@ typedef struct dstate {
 	ragg a;              /* count, sum, min, max of the same values */
 	int32_t exp;         /* resolution 10^exp, or DIST_MIXED (no distribution) */
 	uint32_t n;          /* distinct values (sketch: buckets) */
-	uint32_t cap : 31;   /* 0: v and c are borrowed (a decoded block's scratch) */
-	uint32_t pooled : 1; /* 1: v and c lie in one block of a memtable's pool */
+	uint32_t cap;        /* 0: v and c are borrowed (a decoded block's scratch) */
 	uint32_t max : 31;   /* more distinct values than this: a sketch (0: no bound) */
 	uint32_t sketch : 1; /* 1: v holds dist_sketch_key buckets */
 	int64_t *v;          /* ascending, in units of the resolution (or buckets) */
@@ -88,28 +89,28 @@ int dist_combine(int64_t *v, uint64_t *c, size_t n, size_t *k);
 int dstate_merge(dstate *dst, const dstate *src);
 void dstate_release(dstate *d);
 
-/* ---------------------------------------------------------------- memtable */
+/* ---------------------------------------------------------------- flushes */
 
-/* The finest level's windows of one (series, field), ascending by start. */
+/* The finest level's windows of one (series, field, partition) in a
+ * flush, ascending by start; their pairs lie in v and c. */
 typedef struct dcol {
 	dbucket *w;
-	uint32_t n, cap, last;
+	uint32_t n;
 	int32_t exp;
 	uint32_t max; /* the field's bound on a window's distinct values */
+	int64_t *v;
+	uint64_t *c;
 } dcol;
 
-/* Adds n values (ts[i], v[i]), arrays from the memtable's pool (its
- * arena: fresh pages cost a fault each on first touch, and arena blocks
- * are recycled across flushes). 0 or -ENOMEM (values before the failing
- * one may be added: the caller fails the shard, as for rollups). */
-int dcol_add_run(dcol *dc, const levels *L, const int64_t *ts, const double *v, uint32_t n,
-		 rpool *pl);
-/* Frees dc itself; its arrays go with the pool's arena. */
-void dcol_free(dcol *dc);
+/* Builds the windows of dc (exp and max set, nothing else) from n values
+ * (ts[i], v[i]), ts ascending: per window its values at the resolution,
+ * counted, a sketch past max. 0 or -ENOMEM; dcol_clear either way. */
+int dcol_from_rows(dcol *dc, const levels *L, const int64_t *ts, const double *v, size_t n);
+void dcol_clear(dcol *dc);
 
 /* The windows of level l with start in [a, b): the basic aggregates from
- * lv (that level's buckets, which have exactly these windows) and the
- * distributions merged from dc's finest windows. *out grows as needed
+ * lv (the memtable's buckets of that level, which have exactly these
+ * windows) and the distributions added up from dc's finest windows. *out grows as needed
  * (*cap buckets); the states own their arrays: dist_release_buckets. */
 int dcol_level(const dcol *dc, const rlevel *lv, const levels *L, unsigned l, int64_t a, int64_t b,
 	       dbucket **out, uint32_t *n, uint32_t *cap);
