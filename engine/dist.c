@@ -32,7 +32,14 @@ int64_t dist_index(double v, int32_t exp)
 		return DIST_IDX_MAX;
 	if (x <= -(double)DIST_IDX_MAX)
 		return -DIST_IDX_MAX;
-	return llround(x);
+	/* llround (half away from zero) without the library call: |x| <
+	 * 2^62, and x minus its truncation is exact. Writes refuse NaN; a
+	 * NaN here (never stored) is not cast */
+	if (isnan(x))
+		return 0;
+	int64_t i = (int64_t)x;
+	double f = x - (double)i;
+	return i + (f >= 0.5) - (f <= -0.5);
 }
 
 double dist_value(int64_t idx, int32_t exp)

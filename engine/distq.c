@@ -250,12 +250,20 @@ static int acc_edges(dacc *a, tally_db *db, const table_def *t, const col_def *c
 		}
 		pthread_rwlock_unlock(&sh->lock);
 	}
+	/* a stripe's times and values in the scratch's rows buffer, kept
+	 * across queries */
 	part_scratch *ps = n ? scratch_get(db) : NULL;
-	int64_t *ts = n ? mem_alloc(PART_STRIPE_MAX * sizeof *ts) : NULL;
-	bval *vals = n ? mem_alloc(PART_STRIPE_MAX * sizeof *vals) : NULL;
+	int64_t *ts = NULL;
+	bval *vals = NULL;
 	uint64_t pres[PART_STRIPE_MAX / 64];
-	if (n && !a->rc && (!ps || !ts || !vals))
-		a->rc = err_set(-ENOMEM, "out of memory");
+	if (n && !a->rc) {
+		if (!ps || codec_buf_reserve(&ps->rows, (size_t)PART_STRIPE_MAX * 16))
+			a->rc = err_set(-ENOMEM, "out of memory");
+		else {
+			ts = (int64_t *)(void *)ps->rows.p;
+			vals = (bval *)(void *)(ps->rows.p + (size_t)PART_STRIPE_MAX * 8);
+		}
+	}
 	for (uint32_t i = 0; i < n && !a->rc; i++) {
 		const part *p = ep[i].sp->p;
 		for (uint32_t k = ep[i].first; k < ep[i].end && !a->rc; k++) {
@@ -277,8 +285,6 @@ static int acc_edges(dacc *a, tally_db *db, const table_def *t, const col_def *c
 		shard_part_free(ep[i].sp);
 	if (ps)
 		scratch_put(db, ps);
-	mem_free(ts);
-	mem_free(vals);
 	mem_free(ep);
 	return a->rc;
 }
