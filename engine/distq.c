@@ -196,18 +196,19 @@ static int in_edges(int64_t ts, const int64_t e[4])
 	return (ts >= e[0] && ts < e[1]) || (ts >= e[2] && ts < e[3]);
 }
 
-/* A part of table t whose partition meets an edge (not inside the gap
- * [e1, e2) between them). */
+/* A part of table t whose partition [pstart, pend) meets an edge (an
+ * empty edge meets nothing: an aligned range reads no raw value). */
 static int edge_part_overlaps(const shard_part *sp, const table_def *t, const int64_t e[4])
 {
-	return sp->table == t && sp->pend > e[0] && sp->pstart < e[3] &&
-	       !(sp->pend <= e[2] && sp->pstart >= e[1]);
+	return sp->table == t && ((e[0] < e[1] && sp->pend > e[0] && sp->pstart < e[1]) ||
+				  (e[2] < e[3] && sp->pend > e[2] && sp->pstart < e[3]));
 }
 
 /* A stripe (times [tmin, tmax]) that meets an edge. */
 static int stripe_overlaps(const part_stripe *st, const int64_t e[4])
 {
-	return st->tmax >= e[0] && st->tmin < e[3] && !(st->tmax < e[2] && st->tmin >= e[1]);
+	return (e[0] < e[1] && st->tmax >= e[0] && st->tmin < e[1]) ||
+	       (e[2] < e[3] && st->tmax >= e[2] && st->tmin < e[3]);
 }
 
 /* The raw values of the edges [e0, e1) and [e2, e3) (e1 <= e2; each under
