@@ -148,11 +148,11 @@ const agg_kind agg_basic = {
 	.finalize = basic_finalize,
 };
 
-extern const agg_kind agg_dist; /* engine/dist.c */
+extern const agg_kind agg_dist, agg_dist_v1; /* engine/dist.c */
 
 /* ---------------------------------------------------------------- kinds */
 
-static const agg_kind *const kinds[] = {&agg_basic, &agg_dist};
+static const agg_kind *const kinds[] = {&agg_basic, &agg_dist_v1, &agg_dist};
 
 const agg_kind *agg_kind_of(unsigned id)
 {
@@ -187,6 +187,8 @@ int agg_read_rollup(const part *p, const part_key *pk, uint32_t num, unsigned le
 	size_t len = rb.len;
 	if (bk && bk != k && k == &agg_basic && bk->basic_prefix)
 		len = agg_basic_payload_len(rb.payload, rb.len); /* 0: malformed, below */
+	else if (bk && bk->decodes_as == k)
+		k = bk; /* an earlier version of k's payload */
 	else if (bk != k)
 		return err_set(TALLY_ECORRUPT,
 			       "%s block %u: rollup block of aggregate kind %u where %u (%s) "
@@ -227,7 +229,7 @@ int agg_read_rollup_any(const part *p, const part_key *pk, uint32_t num, unsigne
 	}
 	if ((rc = k->decode(ps->cx, rb.payload, rb.len, rb.n, *out, &ps->arena2)))
 		return err_prefix(rc, "%s block %u", p->path, rb.block);
-	*kind = k;
+	*kind = k->decodes_as ? k->decodes_as : k;
 	*n = rb.n;
 	return 0;
 }

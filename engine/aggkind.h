@@ -23,8 +23,9 @@
 
 /* Kind ids as rollup blocks record them; never reuse one. */
 enum agg_kind_id {
-	AGG_BASIC = 1, /* count, sum, min, max (and avg): what version 1 parts hold */
-	AGG_DIST = 2,  /* basic, and the count of each distinct value (engine/dist.c) */
+	AGG_BASIC = 1,   /* count, sum, min, max (and avg): what version 1 parts hold */
+	AGG_DIST = 2,    /* basic, and the count of each distinct value (engine/dist.c) */
+	AGG_DIST_SK = 3, /* dist, denser, and windows past a bound kept as sketches */
 };
 _Static_assert(AGG_BASIC == PART_KIND_V1, "version 1 rollup blocks are basic");
 
@@ -56,6 +57,10 @@ typedef struct agg_kind {
 	 * a count/sum/min/max reader decodes just that, and the state begins
 	 * with a ragg (which a merge with basic windows keeps) */
 	int basic_prefix;
+	/* an earlier payload version of another kind: its blocks decode into
+	 * that kind's states, and readers see that kind (NULL: none); such a
+	 * table only decodes (its other functions NULL) */
+	const struct agg_kind *decodes_as;
 } agg_kind;
 
 extern const agg_kind agg_basic;

@@ -214,8 +214,8 @@ int catalog_column(catalog *c, table_def *t, const char *name, uint32_t len, uin
 	d->id = t->n_cols;
 	d->type = type;
 	d->hash = hash;
-	d->dist = type_is_numeric(type) &&
-		  dist_conf_find(c->dists, t->name, t->len, d->name, len, &d->dist_exp);
+	d->dist = type_is_numeric(type) && dist_conf_find(c->dists, t->name, t->len, d->name, len,
+							  &d->dist_exp, &d->dist_max);
 	if (strmap_put(&t->by_name, d->name, len, hash, d)) {
 		mem_free(d->name);
 		mem_free(d);

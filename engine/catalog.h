@@ -29,6 +29,7 @@ typedef struct col_def {
 	uint64_t hash;
 	int dist; /* 1: a distribution field (engine/dist.h) at resolution 10^dist_exp */
 	int32_t dist_exp;
+	uint32_t dist_max; /* distinct values a window keeps before it is a sketch */
 } col_def;
 
 /* What an allocation of n bytes costs the process: glibc's chunk, n plus

@@ -1,12 +1,16 @@
 /*
- * dist.c — exact distributions: the dist aggregate kind, the memtable's
- * finest windows, and the configuration that marks fields.
+ * dist.c — exact distributions: the dist aggregate kind (and its sketches
+ * past a bound), the windows a flush builds from rows, and the
+ * configuration that marks fields.
  *
  * The one idea: a value at a fixed decimal resolution is an integer, so a
  * window's distribution is a sorted list of (integer, count) pairs, and
  * every combination — values into a window, windows into coarser ones,
  * shards, parts and merges — is an exact merge of sorted lists. Nothing
- * is ever rounded but the value itself, once, to its resolution.
+ * is ever rounded but the value itself, once, to its resolution. A sketch
+ * is the same list over logarithmic buckets of the integer, a monotone
+ * map, so it merges the same way, and an exact list joins it by mapping
+ * its values.
  */
 #include "dist.h"
 
@@ -28,7 +32,14 @@ int64_t dist_index(double v, int32_t exp)
 		return DIST_IDX_MAX;
 	if (x <= -(double)DIST_IDX_MAX)
 		return -DIST_IDX_MAX;
-	return llround(x);
+	/* llround (half away from zero) without the library call: |x| <
+	 * 2^62, and x minus its truncation is exact. Writes refuse NaN; a
+	 * NaN here (never stored) is not cast */
+	if (isnan(x))
+		return 0;
+	int64_t i = (int64_t)x;
+	double f = x - (double)i;
+	return i + (f >= 0.5) - (f <= -0.5);
 }
 
 double dist_value(int64_t idx, int32_t exp)
@@ -46,7 +57,8 @@ static int cmp_pair(const void *x, const void *y)
 	return (*a > *b) - (*a < *b);
 }
 
-/* Values of a window or a range usually span a few thousand units of the
+/* A few pairs (a finest window's) are sorted where they lie. Values of a
+ * coarser window or a range usually span a few thousand units of the
  * resolution (speeds at 0.1 km/h): then a count per unit, walked once,
  * adds them up in time linear in pairs plus span; else a sort of
  * (value, count) records. */
@@ -55,6 +67,29 @@ int dist_combine(int64_t *v, uint64_t *c, size_t n, size_t *k)
 	*k = 0;
 	if (!n)
 		return 0;
+	if (n <= 32) {
+		/* a finest window's few values: an insertion sort in place */
+		for (size_t i = 1; i < n; i++) {
+			int64_t x = v[i];
+			uint64_t y = c[i];
+			size_t j = i;
+			for (; j && v[j - 1] > x; j--) {
+				v[j] = v[j - 1];
+				c[j] = c[j - 1];
+			}
+			v[j] = x;
+			c[j] = y;
+		}
+		for (size_t i = 0; i < n; i++) {
+			if (*k && v[*k - 1] == v[i]) {
+				c[*k - 1] += c[i];
+			} else {
+				v[*k] = v[i];
+				c[(*k)++] = c[i];
+			}
+		}
+		return 0;
+	}
 	int64_t lo = v[0], hi = v[0];
 	for (size_t i = 1; i < n; i++) {
 		lo = v[i] < lo ? v[i] : lo;
@@ -97,7 +132,7 @@ int dist_combine(int64_t *v, uint64_t *c, size_t n, size_t *k)
 
 void dstate_release(dstate *d)
 {
-	if (d->cap && !d->pooled) {
+	if (d->cap) {
 		mem_free(d->v);
 		mem_free(d->c);
 	}
@@ -110,6 +145,7 @@ static void dist_drop(dstate *d)
 {
 	dstate_release(d);
 	d->exp = DIST_MIXED;
+	d->sketch = 0;
 }
 
 /* Room for cap pairs of one's own, the current ones kept. */
@@ -137,6 +173,64 @@ static int dstate_reserve(dstate *d, uint32_t cap)
 	return 0;
 }
 
+/* ---------------------------------------------------------------- sketches */
+
+/* ln g, g = (1 + alpha) / (1 - alpha) */
+#define SK_LN_G log((1 + DIST_SKETCH_ALPHA) / (1 - DIST_SKETCH_ALPHA))
+
+int64_t dist_sketch_key(int64_t idx)
+{
+	if (!idx)
+		return 0;
+	uint64_t m = idx < 0 ? 0 - (uint64_t)idx : (uint64_t)idx;
+	/* bucket k >= 1 holds (g^(k-2), g^(k-1)]: 1 is bucket 1 */
+	int64_t k = (int64_t)ceil(log((double)m) / SK_LN_G) + 1;
+	return idx < 0 ? -k : k;
+}
+
+double dist_sketch_value(int64_t key, int32_t e)
+{
+	if (!key)
+		return 0;
+	int64_t k = key < 0 ? -key : key;
+	/* 2 g^(k-1) / (g + 1): within alpha of both ends of the bucket */
+	double g = (1 + DIST_SKETCH_ALPHA) / (1 - DIST_SKETCH_ALPHA);
+	double x = 2 * exp((double)(k - 1) * SK_LN_G) / (g + 1);
+	x = e < 0 ? x / p10[-e] : x * p10[e];
+	return key < 0 ? -x : x;
+}
+
+/* The bucket furthest from 0 a value in range can have (a decoder's
+ * bound). */
+static int64_t sketch_key_max(void)
+{
+	return dist_sketch_key(DIST_IDX_MAX);
+}
+
+/* Turns an owned exact state into a sketch in place: the buckets of
+ * ascending values ascend, so the values of one bucket are neighbours. */
+static void dstate_to_sketch(dstate *d)
+{
+	uint32_t k = 0;
+	for (uint32_t i = 0; i < d->n; i++) {
+		int64_t key = dist_sketch_key(d->v[i]);
+		if (k && d->v[k - 1] == key) {
+			d->c[k - 1] += d->c[i];
+		} else {
+			d->v[k] = key;
+			d->c[k++] = d->c[i];
+		}
+	}
+	d->n = k;
+	d->sketch = 1;
+}
+
+/* Pair i of d as a sketch's bucket when sk, else as it is. */
+static inline int64_t key_at(const dstate *d, uint32_t i, int sk)
+{
+	return sk && !d->sketch ? dist_sketch_key(d->v[i]) : d->v[i];
+}
+
 int dstate_merge(dstate *dst, const dstate *src)
 {
 	if (!src->a.count)
@@ -152,6 +246,7 @@ int dstate_merge(dstate *dst, const dstate *src)
 		ragg_merge(&dst->a, &src->a);
 		return 0;
 	}
+	int sk = dst->sketch || src->sketch;
 	uint32_t na = dst->n, nb = src->n;
 	int64_t *v = mem_alloc(((size_t)na + nb) * sizeof *v);
 	uint64_t *c = mem_alloc(((size_t)na + nb) * sizeof *c);
@@ -160,17 +255,33 @@ int dstate_merge(dstate *dst, const dstate *src)
 		mem_free(c);
 		return -ENOMEM;
 	}
+	/* a merge of sorted lists; an exact side merged into a sketch gives
+	 * its buckets, several values of which may share one */
 	uint32_t i = 0, j = 0, k = 0;
+	int64_t x = 0, y = 0;
+	if (na)
+		x = key_at(dst, 0, sk);
+	if (nb)
+		y = key_at(src, 0, sk);
 	while (i < na || j < nb) {
-		if (j == nb || (i < na && dst->v[i] < src->v[j])) {
-			v[k] = dst->v[i];
-			c[k++] = dst->c[i++];
-		} else if (i == na || src->v[j] < dst->v[i]) {
-			v[k] = src->v[j];
-			c[k++] = src->c[j++];
+		int64_t z;
+		uint64_t cnt;
+		if (j == nb || (i < na && x <= y)) {
+			z = x;
+			cnt = dst->c[i++];
+			if (i < na)
+				x = key_at(dst, i, sk);
 		} else {
-			v[k] = dst->v[i];
-			c[k++] = dst->c[i++] + src->c[j++];
+			z = y;
+			cnt = src->c[j++];
+			if (j < nb)
+				y = key_at(src, j, sk);
+		}
+		if (k && v[k - 1] == z) {
+			c[k - 1] += cnt;
+		} else {
+			v[k] = z;
+			c[k++] = cnt;
 		}
 	}
 	dstate_release(dst);
@@ -178,43 +289,21 @@ int dstate_merge(dstate *dst, const dstate *src)
 	dst->c = c;
 	dst->n = k;
 	dst->cap = na + nb ? na + nb : 1;
+	dst->sketch = (uint32_t)sk;
+	if (src->max && (!dst->max || src->max < dst->max))
+		dst->max = src->max;
+	if (!sk && dst->max && k > dst->max)
+		dstate_to_sketch(dst);
 	ragg_merge(&dst->a, &src->a);
 	return 0;
 }
 
-/* log2 of the pool block holding n bytes. */
-static unsigned pool_cls(size_t n)
-{
-	return n <= 16 ? 4 : 64 - (unsigned)__builtin_clzll((unsigned long long)n - 1);
-}
-
-/* Doubles a memtable state's arrays, v and c in one block of pl. */
-static int dstate_grow_pooled(dstate *d, rpool *pl)
-{
-	uint32_t cap = d->cap ? d->cap * 2 : 4;
-	unsigned cls = pool_cls((size_t)cap * 16);
-	int64_t *v = rpool_get(pl, cls);
-	if (!v)
-		return -ENOMEM;
-	uint64_t *c = (uint64_t *)(v + cap);
-	if (d->n) {
-		memcpy(v, d->v, (size_t)d->n * sizeof *v);
-		memcpy(c, d->c, (size_t)d->n * sizeof *c);
-	}
-	if (d->cap)
-		rpool_put(pl, d->v, pool_cls((size_t)d->cap * 16));
-	d->v = v;
-	d->c = c;
-	d->cap = cap;
-	d->pooled = 1;
-	return 0;
-}
-
-/* One value in (a memtable's state, arrays from pl, or with pl NULL one
- * of its own); 0 or -ENOMEM, the state unchanged. */
-static int dstate_add(dstate *d, double x, rpool *pl)
+/* One value in; 0 or -ENOMEM, the state unchanged. */
+static int dstate_add(dstate *d, double x)
 {
 	int64_t idx = dist_index(x, d->exp);
+	if (d->sketch)
+		idx = dist_sketch_key(idx);
 	uint32_t lo = 0, hi = d->n;
 	while (lo < hi) {
 		uint32_t mid = lo + (hi - lo) / 2;
@@ -226,8 +315,15 @@ static int dstate_add(dstate *d, double x, rpool *pl)
 	if (lo < d->n && d->v[lo] == idx) {
 		d->c[lo]++;
 	} else {
-		if (d->n == d->cap &&
-		    (pl ? dstate_grow_pooled(d, pl) : dstate_reserve(d, d->cap ? d->cap * 2 : 8)))
+		if (!d->sketch && d->max && d->n >= d->max) {
+			/* one distinct value too many: this window goes on as a
+			 * sketch (its arrays must be its own to be rewritten) */
+			if (!d->cap && dstate_reserve(d, d->n))
+				return -ENOMEM;
+			dstate_to_sketch(d);
+			return dstate_add(d, x);
+		}
+		if (d->n == d->cap && dstate_reserve(d, d->cap ? d->cap * 2 : 8))
 			return -ENOMEM;
 		memmove(&d->v[lo + 1], &d->v[lo], (size_t)(d->n - lo) * sizeof *d->v);
 		memmove(&d->c[lo + 1], &d->c[lo], (size_t)(d->n - lo) * sizeof *d->c);
@@ -250,7 +346,7 @@ static void dist_init(void *st)
 
 static int dist_add(void *st, double v)
 {
-	return dstate_add(st, v, NULL);
+	return dstate_add(st, v);
 }
 
 static int dist_merge_fn(void *st, const void *src)
@@ -277,14 +373,22 @@ static void dist_release_fn(void *st)
 }
 
 /*
- * Payload: the basic payload of the same windows (engine/aggkind.c), then
- *   i32 exp                       resolution 10^exp; DIST_MIXED: none kept
- *   u32 len, codec u64 block      distinct values per window (n values)
- *   per chunk of at most 65,536 pairs (all windows' pairs, in order):
- *     u32 len, codec i64 block    values in units of the resolution: each
- *                                 window's first as is, then the deltas
- *     u32 len, codec u64 block    their counts
- * docs/formats.md has a worked example.
+ * Payload of kind 3 (AGG_DIST_SK): the basic payload of the same windows
+ * (engine/aggkind.c), then
+ *   i32 exp          resolution 10^exp; DIST_MIXED: no distributions
+ *   u32 max          the bound on distinct values the windows were kept
+ *                    under (0: none)
+ *   stream heads     per window: 2 x its pairs, + 1 when a sketch
+ *   stream firsts    per window with pairs: its first value (bucket), i64
+ *   stream gaps      every later pair: its value minus the one before, - 1
+ *   stream counts    every pair: its count - 1
+ * A stream of k values is ceil(k / 65,536) chunks, each a u32 length and
+ * a codec block (u64 unless said) of at most 65,536 values. Window by
+ * window the values ascend in small steps and most counts are 1, so the
+ * gaps and counts are small numbers apart from the firsts, which the
+ * codec then packs in a few bits each (kind 2 interleaved the firsts
+ * with the steps, which widened every frame). docs/formats.md has a
+ * worked example.
  */
 static int put_block(codec_ctx *cx, enum codec_kind kind, const void *vals, uint32_t n,
 		     codec_buf *out)
@@ -300,110 +404,271 @@ static int put_block(codec_ctx *cx, enum codec_kind kind, const void *vals, uint
 	return 0;
 }
 
+static int put_stream(codec_ctx *cx, enum codec_kind kind, const uint64_t *vals, uint64_t n,
+		      codec_buf *out)
+{
+	int rc = 0;
+	for (uint64_t k = 0; k < n && !rc; k += CODEC_BLOCK_MAX) {
+		uint32_t m = n - k < CODEC_BLOCK_MAX ? (uint32_t)(n - k) : CODEC_BLOCK_MAX;
+		rc = put_block(cx, kind, vals + k, m, out);
+	}
+	return rc;
+}
+
 static int dist_encode(codec_ctx *cx, const void *buckets, uint32_t n, codec_buf *out)
 {
 	const dbucket *b = buckets;
 	int32_t exp = n ? b[0].d.exp : 0;
-	uint64_t total = 0;
+	uint32_t max = 0;
+	uint64_t total = 0, m = 0;
 	for (uint32_t i = 0; i < n; i++) {
 		if (b[i].d.exp != exp)
 			exp = DIST_MIXED; /* flushes and merges never mix; be safe */
+		if (b[i].d.max && (!max || b[i].d.max < max))
+			max = b[i].d.max;
 		total += b[i].d.n;
+		m += b[i].d.n != 0;
 	}
+	if (exp == DIST_MIXED)
+		total = m = 0;
 	rbucket *rb = mem_alloc((size_t)n * sizeof *rb);
-	uint64_t *cnt = mem_alloc((size_t)n * sizeof *cnt);
-	int64_t *dv = mem_alloc(CODEC_BLOCK_MAX * sizeof *dv);
-	uint64_t *dc = mem_alloc(CODEC_BLOCK_MAX * sizeof *dc);
+	uint64_t *head = mem_alloc((size_t)n * sizeof *head);
+	uint64_t *first = mem_alloc((m ? m : 1) * sizeof *first);
+	uint64_t *gap = mem_alloc((total - m ? total - m : 1) * sizeof *gap);
+	uint64_t *cnt = mem_alloc((total ? total : 1) * sizeof *cnt);
 	int rc = 0;
-	if (!rb || !cnt || !dv || !dc) {
+	if (!rb || !head || !first || !gap || !cnt) {
 		rc = err_set(-ENOMEM, "out of memory");
 		goto out;
 	}
+	uint64_t f = 0, g = 0, k = 0;
 	for (uint32_t i = 0; i < n; i++) {
+		const dstate *d = &b[i].d;
 		rb[i].start = b[i].start;
-		rb[i].a = b[i].d.a;
-		cnt[i] = exp == DIST_MIXED ? 0 : b[i].d.n;
+		rb[i].a = d->a;
+		head[i] = exp == DIST_MIXED ? 0 : 2 * (uint64_t)d->n + d->sketch;
+		if (exp == DIST_MIXED || !d->n)
+			continue;
+		first[f++] = (uint64_t)d->v[0];
+		for (uint32_t j = 1; j < d->n; j++)
+			gap[g++] = (uint64_t)(d->v[j] - d->v[j - 1] - 1);
+		for (uint32_t j = 0; j < d->n; j++)
+			cnt[k++] = d->c[j] - 1;
 	}
-	if (exp == DIST_MIXED)
-		total = 0;
-	if ((rc = agg_basic.encode(cx, rb, n, out)) || (rc = codec_buf_reserve(out, 4)))
+	if ((rc = agg_basic.encode(cx, rb, n, out)) || (rc = codec_buf_reserve(out, 8)))
 		goto out;
 	le_put32(out->p + out->len, (uint32_t)exp);
-	out->len += 4;
-	if ((rc = put_block(cx, CODEC_U64, cnt, n, out)))
-		goto out;
-	uint32_t k = 0;
-	for (uint32_t i = 0; i < n && total; i++)
-		for (uint32_t j = 0; j < b[i].d.n; j++) {
-			dv[k] = j ? b[i].d.v[j] - b[i].d.v[j - 1] : b[i].d.v[0];
-			dc[k++] = b[i].d.c[j];
-			if (k == CODEC_BLOCK_MAX) {
-				if ((rc = put_block(cx, CODEC_I64, dv, k, out)) ||
-				    (rc = put_block(cx, CODEC_U64, dc, k, out)))
-					goto out;
-				k = 0;
-			}
-		}
-	if (k && ((rc = put_block(cx, CODEC_I64, dv, k, out)) ||
-		  (rc = put_block(cx, CODEC_U64, dc, k, out))))
-		goto out;
+	le_put32(out->p + out->len + 4, max);
+	out->len += 8;
+	if (!(rc = put_stream(cx, CODEC_U64, head, n, out)) &&
+	    !(rc = put_stream(cx, CODEC_I64, first, m, out)) &&
+	    !(rc = put_stream(cx, CODEC_U64, gap, total - m, out)))
+		rc = put_stream(cx, CODEC_U64, cnt, total, out);
 out:
 	mem_free(rb);
+	mem_free(head);
+	mem_free(first);
+	mem_free(gap);
 	mem_free(cnt);
-	mem_free(dv);
-	mem_free(dc);
 	return rc;
 }
+
+#define MALFORMED() err_set(TALLY_ECORRUPT, "malformed distribution block")
 
 /* Reads "u32 len, codec block of n values" at *pos. */
 static int get_block(codec_ctx *cx, const uint8_t *p, size_t len, size_t *pos, enum codec_kind kind,
 		     uint32_t n, void *vals)
 {
 	if (len - *pos < 4)
-		return err_set(TALLY_ECORRUPT, "malformed distribution block");
+		return MALFORMED();
 	uint32_t bl = le_get32(p + *pos);
 	*pos += 4;
 	if (bl > len - *pos)
-		return err_set(TALLY_ECORRUPT, "malformed distribution block");
+		return MALFORMED();
 	int rc = codec_decode(cx, p + *pos, bl, kind, n, vals, NULL, NULL);
 	*pos += bl;
 	return rc;
 }
 
-#define MALFORMED() err_set(TALLY_ECORRUPT, "malformed distribution block")
+static int get_stream(codec_ctx *cx, const uint8_t *p, size_t len, size_t *pos,
+		      enum codec_kind kind, uint64_t n, uint64_t *vals)
+{
+	int rc = 0;
+	for (uint64_t k = 0; k < n && !rc; k += CODEC_BLOCK_MAX) {
+		uint32_t m = n - k < CODEC_BLOCK_MAX ? (uint32_t)(n - k) : CODEC_BLOCK_MAX;
+		rc = get_block(cx, p, len, pos, kind, m, vals + k);
+	}
+	return rc;
+}
+
+/* The head both payload versions share: the basic payload into b's
+ * states (the rest zeroed) and exp. *pos: past them. */
+static int decode_head(codec_ctx *cx, const uint8_t *p, size_t len, uint32_t n, dbucket *b,
+		       size_t *pos, int32_t *exp)
+{
+	*pos = agg_basic_payload_len(p, len);
+	if (!*pos || len - *pos < 4)
+		return MALFORMED();
+	rbucket *rb = mem_alloc((size_t)n * sizeof *rb);
+	if (!rb)
+		return err_set(-ENOMEM, "out of memory");
+	int rc = agg_basic.decode(cx, p, *pos, n, rb, NULL);
+	for (uint32_t i = 0; i < n && !rc; i++) {
+		b[i].start = rb[i].start;
+		memset(&b[i].d, 0, sizeof b[i].d);
+		b[i].d.a = rb[i].a;
+	}
+	mem_free(rb);
+	*exp = (int32_t)le_get32(p + *pos);
+	*pos += 4;
+	if (!rc && *exp != DIST_MIXED && (*exp < DIST_EXP_MIN || *exp > DIST_EXP_MAX))
+		rc = MALFORMED();
+	for (uint32_t i = 0; i < n && !rc; i++)
+		b[i].d.exp = *exp;
+	return rc;
+}
+
+/* Checks what a merge relies on: per window ascending values in range,
+ * counts > 0 adding up to the window's count (with a distribution). */
+static int check_windows(dbucket *b, uint32_t n, int32_t exp)
+{
+	int64_t kmax = sketch_key_max();
+	for (uint32_t i = 0; i < n; i++) {
+		const dstate *d = &b[i].d;
+		int64_t lim = d->sketch ? kmax : DIST_IDX_MAX;
+		uint64_t sum = 0;
+		for (uint32_t j = 0; j < d->n; j++) {
+			if (d->v[j] < -lim || d->v[j] > lim || (j && d->v[j] <= d->v[j - 1]) ||
+			    !d->c[j] || d->c[j] > d->a.count - sum)
+				return MALFORMED();
+			sum += d->c[j];
+		}
+		if (exp != DIST_MIXED && sum != d->a.count)
+			return MALFORMED();
+	}
+	return 0;
+}
+
+/* A stream of k values takes at least 4 bytes per chunk of 65,536: a
+ * total of pairs the bytes left cannot hold is damage, not a reason to
+ * reserve memory for it. */
+static int pairs_fit(uint64_t total, size_t left)
+{
+	return (total + CODEC_BLOCK_MAX - 1) / CODEC_BLOCK_MAX * 4 <= left;
+}
+
+/* Per window pair counts from heads (sketch flags too when with_flag):
+ * what a distribution needs, their total in *total. */
+static int take_heads(dbucket *b, uint32_t n, int32_t exp, const uint64_t *head, int with_flag,
+		      uint64_t *total)
+{
+	*total = 0;
+	for (uint32_t i = 0; i < n; i++) {
+		uint64_t h = head[i], k = with_flag ? h >> 1 : h;
+		if (k > b[i].d.a.count || k > UINT32_MAX / 2 || (exp == DIST_MIXED && h) ||
+		    (exp != DIST_MIXED && !k))
+			return MALFORMED();
+		b[i].d.n = (uint32_t)k;
+		b[i].d.sketch = with_flag ? (uint32_t)(h & 1) : 0;
+		*total += k;
+	}
+	return 0;
+}
 
 static int dist_decode(codec_ctx *cx, const uint8_t *p, size_t len, uint32_t n, void *out,
 		       codec_buf *arena)
 {
 	dbucket *b = out;
-	size_t pos = agg_basic_payload_len(p, len);
-	if (!pos || len - pos < 4)
-		return MALFORMED();
-	rbucket *rb = mem_alloc((size_t)n * (sizeof *rb > 8 ? sizeof *rb : 8));
-	if (!rb)
-		return err_set(-ENOMEM, "out of memory");
-	int rc = agg_basic.decode(cx, p, pos, n, rb, NULL);
-	int32_t exp = (int32_t)le_get32(p + pos);
-	pos += 4;
-	if (!rc && exp != DIST_MIXED && (exp < DIST_EXP_MIN || exp > DIST_EXP_MAX))
+	size_t pos;
+	int32_t exp;
+	uint64_t *head = NULL, total = 0;
+	int rc = decode_head(cx, p, len, n, b, &pos, &exp);
+	uint32_t max = 0;
+	if (!rc && len - pos < 4)
 		rc = MALFORMED();
-	uint64_t total = 0;
-	for (uint32_t i = 0; i < n && !rc; i++) {
-		b[i].start = rb[i].start;
-		memset(&b[i].d, 0, sizeof b[i].d);
-		b[i].d.a = rb[i].a;
-		b[i].d.exp = exp;
-	}
-	uint64_t *cnt = (uint64_t *)rb; /* reused: the starts are copied out */
-	if (!rc)
-		rc = get_block(cx, p, len, &pos, CODEC_U64, n, cnt);
-	for (uint32_t i = 0; i < n && !rc; i++) {
-		if (cnt[i] > b[i].d.a.count || (exp == DIST_MIXED && cnt[i]) ||
-		    (exp != DIST_MIXED && !cnt[i]))
+	if (!rc) {
+		max = le_get32(p + pos);
+		pos += 4;
+		if (max > DIST_MAX_LIMIT)
 			rc = MALFORMED();
-		b[i].d.n = (uint32_t)cnt[i];
-		total += cnt[i];
 	}
+	if (!rc && !(head = mem_alloc((size_t)n * sizeof *head)))
+		rc = err_set(-ENOMEM, "out of memory");
+	if (!rc && !(rc = get_stream(cx, p, len, &pos, CODEC_U64, n, head)))
+		rc = take_heads(b, n, exp, head, 1, &total);
+	if (!rc && !pairs_fit(total, len - pos))
+		rc = MALFORMED();
+	uint64_t m = exp == DIST_MIXED ? 0 : n;
+	if (!rc && (rc = codec_buf_reserve(arena, (size_t)total * 16)))
+		rc = err_set(rc, "out of memory");
+	int64_t *v = rc ? NULL : (int64_t *)(void *)arena->p;
+	uint64_t *c = rc ? NULL : (uint64_t *)(void *)(arena->p + total * 8);
+	/* the firsts into head (one per window), the gaps into c for now */
+	if (!rc)
+		rc = get_stream(cx, p, len, &pos, CODEC_I64, m, head);
+	if (!rc)
+		rc = get_stream(cx, p, len, &pos, CODEC_U64, total - m, c);
+	uint64_t k = 0, g = 0;
+	for (uint32_t i = 0; i < n && !rc && m; i++) {
+		dstate *d = &b[i].d;
+		d->v = v + k;
+		d->v[0] = (int64_t)head[i];
+		for (uint32_t j = 1; j < d->n && !rc; j++) {
+			uint64_t step = c[g++];
+			if (step >= (uint64_t)2 * DIST_IDX_MAX ||
+			    d->v[j - 1] > DIST_IDX_MAX - (int64_t)step - 1)
+				rc = MALFORMED();
+			else
+				d->v[j] = d->v[j - 1] + (int64_t)step + 1;
+		}
+		k += d->n;
+	}
+	if (!rc)
+		rc = get_stream(cx, p, len, &pos, CODEC_U64, total, c);
+	k = 0;
+	for (uint32_t i = 0; i < n && !rc && m; i++) {
+		dstate *d = &b[i].d;
+		d->c = c + k;
+		d->max = max;
+		for (uint32_t j = 0; j < d->n && !rc; j++)
+			if (d->c[j]++ == UINT64_MAX)
+				rc = MALFORMED();
+		k += d->n;
+	}
+	if (!rc && pos != len)
+		rc = MALFORMED();
+	if (!rc)
+		rc = check_windows(b, n, exp);
+	mem_free(head);
+	if (rc)
+		for (uint32_t i = 0; i < n; i++)
+			memset(&b[i].d, 0, sizeof b[i].d); /* nothing borrowed looks owned */
+	return rc;
+}
+
+/*
+ * Payload of kind 2 (AGG_DIST, written before sketches; read only): the
+ * basic payload, i32 exp, a u32 length and a codec u64 block of n values
+ * (each window's distinct values), then per chunk of at most 65,536
+ * pairs (all windows' pairs, in order) a u32 length and a codec i64 block
+ * of the values (each window's first as is, then the steps), and a u32
+ * length and a codec u64 block of their counts.
+ */
+static int dist_v1_decode(codec_ctx *cx, const uint8_t *p, size_t len, uint32_t n, void *out,
+			  codec_buf *arena)
+{
+	dbucket *b = out;
+	size_t pos;
+	int32_t exp;
+	uint64_t *cnt = NULL, total = 0;
+	int rc = decode_head(cx, p, len, n, b, &pos, &exp);
+	if (!rc && !(cnt = mem_alloc((size_t)n * sizeof *cnt)))
+		rc = err_set(-ENOMEM, "out of memory");
+	if (!rc && !(rc = get_block(cx, p, len, &pos, CODEC_U64, n, cnt)))
+		rc = take_heads(b, n, exp, cnt, 0, &total);
+	mem_free(cnt);
+	if (!rc && !pairs_fit(total, len - pos))
+		rc = MALFORMED();
 	if (!rc && (rc = codec_buf_reserve(arena, (size_t)total * 16)))
 		rc = err_set(rc, "out of memory");
 	int64_t *v = rc ? NULL : (int64_t *)(void *)arena->p;
@@ -415,42 +680,31 @@ static int dist_decode(codec_ctx *cx, const uint8_t *p, size_t len, uint32_t n, 
 	}
 	if (!rc && pos != len)
 		rc = MALFORMED();
-	/* undo the deltas and check what a merge relies on: ascending values
-	 * within a window, counts > 0 summing to the window's count */
+	/* undo the deltas */
 	uint64_t k = 0;
 	for (uint32_t i = 0; i < n && !rc; i++) {
 		dstate *d = &b[i].d;
 		d->v = v + k;
 		d->c = c + k;
-		uint64_t sum = 0;
-		for (uint32_t j = 0; j < d->n && !rc; j++) {
-			if (j) {
-				if (d->v[j] <= 0 || d->v[j] > DIST_IDX_MAX ||
-				    d->v[j - 1] > DIST_IDX_MAX - d->v[j])
-					rc = MALFORMED();
-				else
-					d->v[j] += d->v[j - 1];
-			} else if (d->v[0] < -DIST_IDX_MAX || d->v[0] > DIST_IDX_MAX) {
-				rc = MALFORMED();
-			}
-			if (!d->c[j] || d->c[j] > d->a.count - sum)
+		for (uint32_t j = 1; j < d->n && !rc; j++) {
+			if (d->v[j] <= 0 || d->v[j] > DIST_IDX_MAX ||
+			    d->v[j - 1] > DIST_IDX_MAX - d->v[j])
 				rc = MALFORMED();
 			else
-				sum += d->c[j];
+				d->v[j] += d->v[j - 1];
 		}
-		if (!rc && exp != DIST_MIXED && sum != d->a.count)
-			rc = MALFORMED();
 		k += d->n;
 	}
-	mem_free(rb);
+	if (!rc)
+		rc = check_windows(b, n, exp);
 	if (rc)
 		for (uint32_t i = 0; i < n; i++)
-			memset(&b[i].d, 0, sizeof b[i].d); /* nothing borrowed looks owned */
+			memset(&b[i].d, 0, sizeof b[i].d);
 	return rc;
 }
 
 const agg_kind agg_dist = {
-	.id = AGG_DIST,
+	.id = AGG_DIST_SK,
 	.name = "dist",
 	.bucket_size = sizeof(dbucket),
 	.init = dist_init,
@@ -464,81 +718,77 @@ const agg_kind agg_dist = {
 	.basic_prefix = 1,
 };
 
+/* Only decodes: readers are handed agg_dist for what it decoded. */
+const agg_kind agg_dist_v1 = {
+	.id = AGG_DIST,
+	.name = "dist-v1",
+	.bucket_size = sizeof(dbucket),
+	.decode = dist_v1_decode,
+	.basic_prefix = 1,
+	.decodes_as = &agg_dist,
+};
+
 void dist_release_buckets(dbucket *b, uint32_t n)
 {
 	for (uint32_t i = 0; i < n; i++)
 		dstate_release(&b[i].d);
 }
 
-/* ---------------------------------------------------------------- memtable */
+/* ---------------------------------------------------------------- flushes */
 
-static uint32_t dbucket_lower(const dbucket *b, uint32_t n, int64_t t)
+int dcol_from_rows(dcol *dc, const levels *L, const int64_t *ts, const double *v, size_t n)
 {
-	return starts_lower(b, sizeof *b, n, t);
-}
-
-/* The window starting at start, created if new; NULL when out of memory. */
-static dstate *dcol_window(dcol *dc, int64_t start, rpool *pl)
-{
-	uint32_t i;
-	if (dc->n && dc->w[dc->last].start == start)
-		return &dc->w[dc->last].d;
-	if (!dc->n || dc->w[dc->n - 1].start < start)
-		i = dc->n;
-	else
-		i = dbucket_lower(dc->w, dc->n, start);
-	if (i == dc->n || dc->w[i].start != start) {
-		if (dc->n == dc->cap) {
-			uint32_t nc = dc->cap ? dc->cap * 2 : 4;
-			dbucket *nw = rpool_get(pl, pool_cls((size_t)nc * sizeof *nw));
-			if (!nw)
-				return NULL;
-			if (dc->n)
-				memcpy(nw, dc->w, (size_t)dc->n * sizeof *nw);
-			if (dc->cap)
-				rpool_put(pl, dc->w, pool_cls((size_t)dc->cap * sizeof *nw));
-			dc->w = nw;
-			dc->cap = nc;
+	dc->w = NULL;
+	dc->n = 0;
+	dc->v = mem_alloc((n ? n : 1) * sizeof *dc->v);
+	dc->c = mem_alloc((n ? n : 1) * sizeof *dc->c);
+	/* at most one window per value */
+	dc->w = mem_alloc((n ? n : 1) * sizeof *dc->w);
+	if (!dc->v || !dc->c || !dc->w)
+		return err_set(-ENOMEM, "out of memory");
+	size_t k = 0; /* pairs kept so far */
+	for (size_t i = 0; i < n;) {
+		int64_t start = window_start(ts[i], L->w[0], L->offset), end = start + L->w[0];
+		size_t j = i, m;
+		for (; j < n && ts[j] < end; j++) {
+			dc->v[k + j - i] = dist_index(v[j], dc->exp);
+			dc->c[k + j - i] = 1;
 		}
-		memmove(&dc->w[i + 1], &dc->w[i], (size_t)(dc->n - i) * sizeof *dc->w);
-		dc->w[i].start = start;
-		dist_init(&dc->w[i].d);
-		dc->w[i].d.exp = dc->exp;
-		dc->n++;
-	}
-	dc->last = i;
-	return &dc->w[i].d;
-}
-
-int dcol_add_run(dcol *dc, const levels *L, const int64_t *ts, const double *v, uint32_t n,
-		 rpool *pl)
-{
-	dstate *d = NULL;
-	int64_t end = 0;
-	for (uint32_t i = 0; i < n; i++) {
-		/* a run's values mostly share a window: one division per window */
-		if (!d || ts[i] < end - L->w[0] || ts[i] >= end) {
-			int64_t start = window_start(ts[i], L->w[0], L->offset);
-			if (!(d = dcol_window(dc, start, pl)))
-				return -ENOMEM;
-			end = start + L->w[0];
-		}
-		if (dstate_add(d, v[i], pl))
+		if (dist_combine(dc->v + k, dc->c + k, j - i, &m))
 			return -ENOMEM;
+		dbucket *o = &dc->w[dc->n++];
+		o->start = start;
+		dist_init(&o->d);
+		o->d.exp = dc->exp;
+		o->d.max = dc->max;
+		o->d.a.count = j - i;
+		o->d.v = dc->v + k; /* borrowed from dc: cap 0 */
+		o->d.c = dc->c + k;
+		o->d.n = (uint32_t)m;
+		if (dc->max && m > dc->max)
+			dstate_to_sketch(&o->d);
+		k += o->d.n;
+		i = j;
 	}
 	return 0;
 }
 
-void dcol_free(dcol *dc)
+void dcol_clear(dcol *dc)
 {
-	mem_free(dc); /* its arrays are in the memtable's arena */
+	mem_free(dc->w);
+	mem_free(dc->v);
+	mem_free(dc->c);
+	dc->w = NULL;
+	dc->v = NULL;
+	dc->c = NULL;
+	dc->n = 0;
 }
 
 int dcol_level(const dcol *dc, const rlevel *lv, const levels *L, unsigned l, int64_t a, int64_t b,
 	       dbucket **out, uint32_t *n, uint32_t *cap)
 {
 	*n = 0;
-	uint32_t j = dbucket_lower(dc->w, dc->n, a);
+	uint32_t j = starts_lower(dc->w, sizeof *dc->w, dc->n, a);
 	for (uint32_t i = rollup_lower(lv, a); i < lv->n && lv->b[i].start < b; i++) {
 		if (!lv->b[i].a.count)
 			continue;
@@ -554,29 +804,38 @@ int dcol_level(const dcol *dc, const rlevel *lv, const levels *L, unsigned l, in
 		o->start = lv->b[i].start;
 		dist_init(&o->d);
 		o->d.exp = dc->exp;
+		o->d.max = dc->max;
 		/* the finest windows of this one: their pairs gathered into one
 		 * list and added up once (merging them two at a time cost a
-		 * day's window 288 copies of a growing list) */
+		 * day's window 288 copies of a growing list); if one of them is
+		 * a sketch, the others' values go in as its buckets */
 		int64_t end = o->start + L->w[l];
 		uint64_t total = 0;
 		uint32_t j0;
+		int sk = 0;
 		while (j < dc->n && dc->w[j].start < o->start)
 			j++;
-		for (j0 = j; j < dc->n && dc->w[j].start < end; j++)
+		for (j0 = j; j < dc->n && dc->w[j].start < end; j++) {
 			total += dc->w[j].d.n;
+			sk |= dc->w[j].d.sketch;
+		}
 		if (total > UINT32_MAX / 2 || dstate_reserve(&o->d, total ? (uint32_t)total : 1))
 			goto nomem;
 		size_t k = 0;
 		for (uint32_t x = j0; x < j; x++) {
-			if (!dc->w[x].d.n)
-				continue;
-			memcpy(o->d.v + k, dc->w[x].d.v, dc->w[x].d.n * sizeof *o->d.v);
-			memcpy(o->d.c + k, dc->w[x].d.c, dc->w[x].d.n * sizeof *o->d.c);
-			k += dc->w[x].d.n;
+			const dstate *w = &dc->w[x].d;
+			for (uint32_t y = 0; y < w->n; y++) {
+				o->d.v[k + y] = key_at(w, y, sk);
+				o->d.c[k + y] = w->c[y];
+			}
+			k += w->n;
 		}
-		if (j - j0 > 1 ? dist_combine(o->d.v, o->d.c, k, &k) : 0)
+		if (j - j0 > 1 || sk ? dist_combine(o->d.v, o->d.c, k, &k) : 0)
 			goto nomem;
 		o->d.n = (uint32_t)k;
+		o->d.sketch = (uint32_t)sk;
+		if (!sk && dc->max && k > dc->max)
+			dstate_to_sketch(&o->d);
 		/* the level's own bucket is the basic aggregate, bit for bit as
 		 * the basic kind would store it */
 		o->d.a = lv->b[i].a;
@@ -596,6 +855,7 @@ struct dist_conf {
 		char *table, *field;
 		uint32_t tl, fl;
 		int32_t exp;
+		uint32_t max;
 	} m[];
 };
 
@@ -630,6 +890,23 @@ static int parse_resolution(const char *s, size_t len, int32_t *exp)
 	return 0;
 }
 
+/* "4096" -> 4096, from 1 to DIST_MAX_LIMIT; 1 on success. */
+static int parse_max(const char *s, size_t len, uint32_t *max)
+{
+	uint64_t x = 0;
+	if (!len || len > 9)
+		return 0;
+	for (size_t i = 0; i < len; i++) {
+		if (s[i] < '0' || s[i] > '9')
+			return 0;
+		x = x * 10 + (uint64_t)(s[i] - '0');
+	}
+	if (!x || x > DIST_MAX_LIMIT)
+		return 0;
+	*max = (uint32_t)x;
+	return 1;
+}
+
 int dist_conf_parse(const char *spec, dist_conf **out)
 {
 	*out = NULL;
@@ -647,15 +924,21 @@ int dist_conf_parse(const char *spec, dist_conf **out)
 		size_t len = e ? (size_t)(e - p) : strlen(p);
 		const char *colon = memchr(p, ':', len);
 		const char *dot = colon ? memchr(p, '.', (size_t)(colon - p)) : NULL;
+		const char *colon2 =
+			colon ? memchr(colon + 1, ':', len - (size_t)(colon + 1 - p)) : NULL;
+		const char *rend = colon2 ? colon2 : p + len;
 		int32_t exp;
+		uint32_t max = DIST_MAX_DEFAULT;
 		if (!dot || dot == p || dot + 1 == colon ||
-		    !parse_resolution(colon + 1, len - (size_t)(colon + 1 - p), &exp)) {
+		    !parse_resolution(colon + 1, (size_t)(rend - colon - 1), &exp) ||
+		    (colon2 && !parse_max(colon2 + 1, (size_t)(p + len - colon2 - 1), &max))) {
 			dist_conf_free(c);
 			return err_set(TALLY_EINVAL,
-				       "distributions: expected table.field:resolution (a power "
-				       "of ten from 1e-9 to 1e9, e.g. traffic.speed:0.1), got "
-				       "'%.*s'",
-				       (int)len, p);
+				       "distributions: expected table.field:resolution[:max] (a "
+				       "power of ten from 1e-9 to 1e9, then the distinct values a "
+				       "window keeps exactly, 1 to %u, default %u; e.g. "
+				       "traffic.speed:0.1), got '%.*s'",
+				       DIST_MAX_LIMIT, DIST_MAX_DEFAULT, (int)len, p);
 		}
 		struct dist_mark *m = &c->m[c->n];
 		m->tl = (uint32_t)(dot - p);
@@ -670,6 +953,7 @@ int dist_conf_parse(const char *spec, dist_conf **out)
 		memcpy(m->field, dot + 1, m->fl);
 		m->field[m->fl] = 0;
 		m->exp = exp;
+		m->max = max;
 		c->n++;
 		p += len + (e != NULL);
 	}
@@ -678,13 +962,14 @@ int dist_conf_parse(const char *spec, dist_conf **out)
 }
 
 int dist_conf_find(const dist_conf *c, const char *table, uint32_t tl, const char *field,
-		   uint32_t fl, int32_t *exp)
+		   uint32_t fl, int32_t *exp, uint32_t *max)
 {
 	for (uint32_t i = 0; c && i < c->n; i++) {
 		const struct dist_mark *m = &c->m[i];
 		if (m->tl == tl && m->fl == fl && !memcmp(m->table, table, tl) &&
 		    !memcmp(m->field, field, fl)) {
 			*exp = m->exp;
+			*max = m->max;
 			return 1;
 		}
 	}

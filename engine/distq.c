@@ -8,7 +8,10 @@
  * level; every window's distribution is a sorted list of (value, count)
  * pairs at the field's resolution, so the answer is their exact sum, and
  * a quantile is a walk over it. Memtables keep only the finest windows;
- * parts keep every level.
+ * parts keep every level. A window kept as a sketch (engine/dist.h) turns
+ * the sum into a sketch: the pairs gathered so far, and every later
+ * value, count in their buckets, and the answer says it is within
+ * DIST_SKETCH_ALPHA (tally_dist_error); with no sketch it is exact.
  */
 #include <errno.h>
 #include <math.h>
@@ -28,6 +31,7 @@
 struct tally_dist {
 	uint64_t count;
 	int32_t exp;
+	int sketch; /* 1: v holds sketch buckets (dist_sketch_key) */
 	uint32_t n;
 	int64_t *v; /* ascending, in units of the resolution */
 	uint64_t *c;
@@ -39,6 +43,7 @@ typedef struct dacc {
 	uint64_t *c;
 	size_t n, cap;
 	int32_t exp;
+	int sketch; /* 1: v holds buckets, and every pair added goes in as one */
 	int rc;
 	const char *what; /* for the message of a window without a distribution */
 	part_scratch *ps;
@@ -72,6 +77,14 @@ static void acc_pair(dacc *a, int64_t v, uint64_t c)
 	a->c[a->n++] = c;
 }
 
+/* From now on, a sketch: what was gathered goes into buckets. */
+static void acc_to_sketch(dacc *a)
+{
+	for (size_t i = 0; i < a->n; i++)
+		a->v[i] = dist_sketch_key(a->v[i]);
+	a->sketch = 1;
+}
+
 static void acc_state(dacc *a, const dstate *d, int64_t start)
 {
 	if (a->rc || !d->a.count)
@@ -84,16 +97,34 @@ static void acc_state(dacc *a, const dstate *d, int64_t start)
 				a->what, (long long)start);
 		return;
 	}
+	if (d->sketch && !a->sketch)
+		acc_to_sketch(a);
+	int map = a->sketch && !d->sketch;
 	for (uint32_t i = 0; i < d->n && !a->rc; i++)
-		acc_pair(a, d->v[i], d->c[i]);
+		acc_pair(a, map ? dist_sketch_key(d->v[i]) : d->v[i], d->c[i]);
 }
 
-/* The memtable's finest windows with start in [x, y). */
-static void acc_dcol(dacc *a, const dcol *dc, int64_t x, int64_t y)
+/* A value of the raw events: at the resolution, in a bucket once the
+ * sum is a sketch. */
+static void acc_value(dacc *a, double v)
 {
-	for (uint32_t i = 0; i < dc->n && !a->rc; i++)
-		if (dc->w[i].start >= x && dc->w[i].start < y)
-			acc_state(a, &dc->w[i].d, dc->w[i].start);
+	int64_t x = dist_index(v, a->exp);
+	acc_pair(a, a->sketch ? dist_sketch_key(x) : x, 1);
+}
+
+/* A memtable's values of the series in [x, y): memtables keep rows, not
+ * distributions. */
+static void acc_rows(dacc *a, const series *se, const col_def *c, int64_t x, int64_t y)
+{
+	for (uint32_t k = 0; k < se->n_chunks && !a->rc; k++) {
+		const chunk *ch = se->chunks[k];
+		if (ch->tmax < x || ch->tmin >= y || c->id >= ch->n_cols)
+			continue;
+		const chunk_col *cc = &ch->cols[c->id];
+		for (uint32_t i = 0; i < ch->n && !a->rc; i++)
+			if (ch->ts[i] >= x && ch->ts[i] < y && chunk_has(cc, i))
+				acc_value(a, bval_num(c->type, cc->vals[i]));
+	}
 }
 
 /* A part's windows of level li with start in [x, y). */
@@ -152,39 +183,160 @@ static void tile_part(dacc *a, const shard_part *sp, const part_key *pk, uint32_
 	}
 }
 
-/* Raw events of [x, y) through a scan (the edges: under one finest window
- * each side). */
-static int acc_raw(dacc *a, tally_db *db, const char *table, const char *field, const char *key,
-		   int64_t x, int64_t y)
+/* A part whose stripes of the key hold raw values of the edges: pinned
+ * under its shard's lock and read after it (a tiered part's stripes may
+ * come from object storage), like a scan's. */
+typedef struct edge_part {
+	shard_part *sp;
+	uint32_t first, end; /* the key's stripes */
+	int col;             /* the field's column in the part */
+} edge_part;
+
+static int in_edges(int64_t ts, const int64_t e[4])
 {
-	if (x >= y)
-		return 0;
-	tally_scan *sc;
-	int rc = tally_scan_open(db, table, key, x, y, &sc);
-	if (rc)
-		return rc == TALLY_ENOTFOUND ? 0 : rc;
-	size_t col = SIZE_MAX, nc = tally_scan_columns(sc);
-	for (size_t i = 0; i < nc; i++) {
-		const char *name;
-		enum tally_type t;
-		if (!tally_scan_column(sc, i, &name, &t) && !strcmp(name, field))
-			col = i;
-	}
-	tally_row row;
-	while (col != SIZE_MAX && (rc = tally_scan_next(sc, &row)) == 1 && !a->rc) {
-		const tally_value *v = &row.values[col];
-		double d;
-		switch (v->type) {
-		case TALLY_T_F64: d = v->v.f64; break;
-		case TALLY_T_I64: d = (double)v->v.i64; break;
-		case TALLY_T_U64: d = (double)v->v.u64; break;
-		case TALLY_T_BOOL: d = v->v.b ? 1 : 0; break;
-		default: continue;
+	return (ts >= e[0] && ts < e[1]) || (ts >= e[2] && ts < e[3]);
+}
+
+/* A part of table t whose partition [pstart, pend) meets an edge (an
+ * empty edge meets nothing: an aligned range reads no raw value). */
+static int edge_part_overlaps(const shard_part *sp, const table_def *t, const int64_t e[4])
+{
+	return sp->table == t && ((e[0] < e[1] && sp->pend > e[0] && sp->pstart < e[1]) ||
+				  (e[2] < e[3] && sp->pend > e[2] && sp->pstart < e[3]));
+}
+
+/* A stripe (times [tmin, tmax]) that meets an edge. */
+static int stripe_overlaps(const part_stripe *st, const int64_t e[4])
+{
+	return (e[0] < e[1] && st->tmax >= e[0] && st->tmin < e[1]) ||
+	       (e[2] < e[3] && st->tmax >= e[2] && st->tmin < e[3]);
+}
+
+/* The raw values of the edges [e0, e1) and [e2, e3) (e1 <= e2; each under
+ * one finest window), straight from memtable rows and the parts' stripes
+ * of the key that overlap them: two columns decoded per stripe, each
+ * stripe once for both edges. */
+static int acc_edges(dacc *a, tally_db *db, const table_def *t, const col_def *c, const char *key,
+		     const int64_t e[4])
+{
+	uint32_t kl = (uint32_t)strlen(key);
+	edge_part *ep = NULL;
+	uint32_t n = 0, cap = 0;
+	for (unsigned s = 0; s < db->n_shards && !a->rc; s++) {
+		shard *sh = db->shards[s];
+		pthread_rwlock_rdlock(&sh->lock);
+		const memtable *mt[SHARD_FROZEN_MAX + 1];
+		unsigned nm = shard_memtables(sh, mt);
+		for (unsigned m = 0; m < nm && !a->rc; m++) {
+			const series *se = mem_series(mt[m], t, key, kl);
+			if (se) {
+				acc_rows(a, se, c, e[0], e[1]);
+				acc_rows(a, se, c, e[2], e[3]);
+			}
 		}
-		acc_pair(a, dist_index(d, a->exp), 1);
+		for (uint32_t i = 0; i < sh->n_parts && !a->rc; i++) {
+			shard_part *sp = sh->parts[i];
+			if (!edge_part_overlaps(sp, t, e))
+				continue;
+			const part_key *pk = part_find_key(sp->p, key, kl);
+			int pc = pk && pk->n_stripes ? shard_part_col(sp, c) : -1;
+			if (pc < 0)
+				continue;
+			if (mem_grow(&ep, &cap, n + 1, sizeof *ep, 16)) {
+				a->rc = err_set(-ENOMEM, "out of memory");
+				break;
+			}
+			atomic_fetch_add(&sp->pins, 1);
+			ep[n++] = (edge_part){sp, pk->first_stripe,
+					      pk->first_stripe + pk->n_stripes, pc};
+		}
+		pthread_rwlock_unlock(&sh->lock);
 	}
-	tally_scan_close(sc);
-	return rc < 0 ? rc : a->rc;
+	/* a stripe's times and values in the scratch's rows buffer, kept
+	 * across queries */
+	part_scratch *ps = n ? scratch_get(db) : NULL;
+	int64_t *ts = NULL;
+	bval *vals = NULL;
+	uint64_t pres[PART_STRIPE_MAX / 64];
+	if (n && !a->rc) {
+		if (!ps || codec_buf_reserve(&ps->rows, (size_t)PART_STRIPE_MAX * 16))
+			a->rc = err_set(-ENOMEM, "out of memory");
+		else {
+			ts = (int64_t *)(void *)ps->rows.p;
+			vals = (bval *)(void *)(ps->rows.p + (size_t)PART_STRIPE_MAX * 8);
+		}
+	}
+	for (uint32_t i = 0; i < n && !a->rc; i++) {
+		const part *p = ep[i].sp->p;
+		for (uint32_t k = ep[i].first; k < ep[i].end && !a->rc; k++) {
+			const part_stripe *st = &p->stripes[k];
+			int absent;
+			if (st->tmax < e[0] || st->tmin >= e[3] ||
+			    (st->tmax < e[2] && st->tmin >= e[1]) || st->n_rows > PART_STRIPE_ROWS)
+				continue;
+			if ((a->rc = part_read_col(p, st, -1, ps, ts, NULL, &absent)) ||
+			    (a->rc = part_read_col(p, st, ep[i].col, ps, vals, pres, &absent)) ||
+			    absent)
+				continue;
+			for (uint32_t r = 0; r < st->n_rows && !a->rc; r++)
+				if (in_edges(ts[r], e) && ((pres[r >> 6] >> (r & 63)) & 1))
+					acc_value(a, bval_num(c->type, vals[r]));
+		}
+	}
+	for (uint32_t i = 0; i < n; i++)
+		shard_part_free(ep[i].sp);
+	if (ps)
+		scratch_put(db, ps);
+	mem_free(ep);
+	return a->rc;
+}
+
+/* [*A, *B): the whole windows of level l in [from, to) (*A >= *B: none). */
+static void whole_windows(const levels *L, unsigned l, int64_t from, int64_t to, int64_t *A,
+			  int64_t *B)
+{
+	*A = window_start(from, L->w[l], L->offset);
+	if (*A < from)
+		*A += L->w[l];
+	*B = *A;
+	if (from < to) {
+		*B = window_start(to, L->w[l], L->offset);
+		if (*B < *A)
+			*B = *A;
+	}
+}
+
+/* The raw edges around whole windows [A, B); without a whole window, all
+ * of [from, to). */
+static void edges_of(int64_t from, int64_t to, int64_t A, int64_t B, int64_t e[4])
+{
+	e[0] = from;
+	e[1] = A < B ? A : to;
+	e[2] = A < B ? B : to;
+	e[3] = to;
+}
+
+/* How many of the parts' stripes of the key reading edges e decodes. */
+static uint32_t edge_stripes(tally_db *db, const table_def *t, const col_def *c, const char *key,
+			     const int64_t e[4])
+{
+	uint32_t kl = (uint32_t)strlen(key), n = 0;
+	for (unsigned s = 0; s < db->n_shards; s++) {
+		shard *sh = db->shards[s];
+		pthread_rwlock_rdlock(&sh->lock);
+		for (uint32_t i = 0; i < sh->n_parts; i++) {
+			const shard_part *sp = sh->parts[i];
+			if (!edge_part_overlaps(sp, t, e))
+				continue;
+			const part_key *pk = part_find_key(sp->p, key, kl);
+			if (!pk || shard_part_col(sp, c) < 0)
+				continue;
+			for (uint32_t k = 0; k < pk->n_stripes; k++)
+				n += stripe_overlaps(&sp->p->stripes[pk->first_stripe + k], e);
+		}
+		pthread_rwlock_unlock(&sh->lock);
+	}
+	return n;
 }
 
 TALLY_API int tally_query_dist(tally_db *db, const char *table, const char *field, const char *key,
@@ -216,14 +368,30 @@ TALLY_API int tally_query_dist(tally_db *db, const char *table, const char *fiel
 		return rrc;
 	const levels *L = &db->L;
 	/* [A, B): the whole finest windows of [from, to); the rest is raw */
-	int64_t A = window_start(from, L->w[0], L->offset), B = A;
-	if (A < from)
-		A += L->w[0];
-	if (from < to) {
-		B = window_start(to, L->w[0], L->offset);
-		if (B < A)
-			B = A;
+	int64_t A, B;
+	whole_windows(L, 0, from, to, &A, &B);
+	/* Reading an edge decodes whole stripes, so while the edges of the
+	 * next coarser level's windows lie in the very stripes the finest
+	 * edges need, raw values are cheaper than a block of finer windows:
+	 * the bench's unaligned 19 h in one day reads two stripes, no 5m
+	 * block. Never where raw events may have expired. */
+	if (A < B && !retention_check_raw(db, t, from)) {
+		int64_t e[4];
+		edges_of(from, to, A, B, e);
+		uint32_t base = edge_stripes(db, t, c, key, e);
+		for (unsigned l = 1; l < L->n; l++) {
+			int64_t Al, Bl;
+			whole_windows(L, l, from, to, &Al, &Bl);
+			edges_of(from, to, Al, Bl, e);
+			if (edge_stripes(db, t, c, key, e) > base)
+				break;
+			A = Al;
+			B = Bl;
+			if (A >= B)
+				break; /* all of it raw */
+		}
 	}
+	err_clear();
 	dacc a = {.exp = c->dist_exp, .what = field};
 	/* a subset of the key's tags: every matching series' counts add up
 	 * (engine/tagkey.h), and so do their raw edges (the scan's) */
@@ -240,15 +408,8 @@ TALLY_API int tally_query_dist(tally_db *db, const char *table, const char *fiel
 			for (unsigned m = 0; m < nm * ks.n && !a.rc; m++) {
 				const series *se =
 					mem_series(mt[m % nm], t, ks.k[m / nm], ks.l[m / nm]);
-				const rcol *rc =
-					se && c->id < se->n_rcols ? se->rcols[c->id] : NULL;
-				if (rc && rc->dist)
-					acc_dcol(&a, rc->dist, A, B);
-				else if (rc && rc->lv[0].n)
-					a.rc = err_set(TALLY_EINVAL,
-						       "%s: windows in memory without a "
-						       "distribution",
-						       field);
+				if (se)
+					acc_rows(&a, se, c, A, B);
 			}
 			for (uint64_t i = 0; i < (uint64_t)sh->n_parts * ks.n && !a.rc; i++) {
 				const shard_part *sp = sh->parts[i % sh->n_parts];
@@ -273,10 +434,10 @@ TALLY_API int tally_query_dist(tally_db *db, const char *table, const char *fiel
 	tkkeys_free(&ks);
 	int rc = a.rc;
 	/* the edges; without a whole window between them, all of [from, to) */
+	int64_t e[4];
+	edges_of(from, to, A, B, e);
 	if (!rc)
-		rc = acc_raw(&a, db, table, field, key, from, A < B ? A : to);
-	if (!rc && A < B)
-		rc = acc_raw(&a, db, table, field, key, B, to);
+		rc = acc_edges(&a, db, t, c, key, e);
 	tally_dist *d = rc ? NULL : mem_calloc(1, sizeof *d);
 	if (!rc && !d)
 		rc = err_set(-ENOMEM, "out of memory");
@@ -285,6 +446,7 @@ TALLY_API int tally_query_dist(tally_db *db, const char *table, const char *fiel
 		rc = dist_combine(a.v, a.c, a.n, &k);
 	if (!rc) {
 		d->exp = a.exp;
+		d->sketch = a.sketch;
 		d->n = (uint32_t)k;
 		d->v = a.v;
 		d->c = a.c;
@@ -374,6 +536,17 @@ TALLY_API double tally_dist_resolution(const tally_dist *d)
 	return dist_value(1, d->exp);
 }
 
+TALLY_API double tally_dist_error(const tally_dist *d)
+{
+	return d->sketch ? DIST_SKETCH_ALPHA : 0;
+}
+
+/* The value of pair i: exact, or the one its bucket answers with. */
+static double value_at(const tally_dist *d, uint32_t i)
+{
+	return d->sketch ? dist_sketch_value(d->v[i], d->exp) : dist_value(d->v[i], d->exp);
+}
+
 /* The smallest rank r with r >= q * N, computed exactly for the double q:
  * the product's rounding error (fma) decides when q * N rounds to an
  * integer. */
@@ -403,7 +576,7 @@ TALLY_API int tally_dist_quantile(const tally_dist *d, double q, double *out)
 		else
 			hi = mid;
 	}
-	*out = dist_value(d->v[lo], d->exp);
+	*out = value_at(d, lo);
 	return 0;
 }
 
@@ -413,7 +586,7 @@ static uint64_t count_below(const tally_dist *d, double x, int le)
 	uint32_t lo = 0, hi = d->n;
 	while (lo < hi) {
 		uint32_t mid = lo + (hi - lo) / 2;
-		double v = dist_value(d->v[mid], d->exp);
+		double v = value_at(d, mid);
 		if (v < x || (le && v == x))
 			lo = mid + 1;
 		else

@@ -196,26 +196,47 @@ static int write_rows(flush_ctx *f, const series *se, pw_slot *sl, const rowref 
 	return 0;
 }
 
-/* A distribution field's windows of [a, b), every level, as dist blocks. */
-static int write_dist_rollups(flush_ctx *f, const rcol *rc, uint32_t num, part_writer *w, int64_t a,
-			      int64_t b)
+/* A distribution field's windows of one partition, every level, as dist
+ * blocks: the finest built from the partition's rows r[ra, rb) (sorted
+ * by ts), the coarser added up from those. */
+static int write_dist_rollups(flush_ctx *f, const series *se, const col_def *d, const rcol *rc,
+			      uint32_t num, pw_slot *sl, const rowref *r, size_t ra, size_t rb)
 {
 	const levels *L = &f->db->L;
-	for (unsigned l = 0; l < L->n; l++) {
-		uint32_t n;
-		int r = dcol_level(rc->dist, &rc->lv[l], L, l, a, b, &f->dbk, &n, &f->cap_dbk);
-		if (r)
-			return r;
-		r = agg_write_rollup(w, num, l, &agg_dist, f->dbk, n);
-		dist_release_buckets(f->dbk, n);
-		if (r)
-			return r;
+	int64_t pend = sl->pstart + f->info.partition_width;
+	int64_t *ts = mem_alloc((rb - ra + 1) * sizeof *ts);
+	double *v = mem_alloc((rb - ra + 1) * sizeof *v);
+	dcol dc = {.exp = d->dist_exp, .max = d->dist_max};
+	int e = ts && v ? 0 : err_set(-ENOMEM, "out of memory");
+	size_t n = 0;
+	for (size_t i = ra; i < rb && !e; i++) {
+		const chunk *ch = se->chunks[r[i].chunk];
+		const chunk_col *cc = d->id < ch->n_cols ? &ch->cols[d->id] : NULL;
+		if (cc && chunk_has(cc, r[i].idx)) {
+			ts[n] = r[i].ts;
+			v[n++] = bval_num(d->type, cc->vals[r[i].idx]);
+		}
 	}
-	return 0;
+	if (!e)
+		e = dcol_from_rows(&dc, L, ts, v, n);
+	for (unsigned l = 0; l < L->n && !e; l++) {
+		uint32_t nb;
+		e = dcol_level(&dc, &rc->lv[l], L, l, sl->pstart, pend, &f->dbk, &nb, &f->cap_dbk);
+		if (!e) {
+			e = agg_write_rollup(sl->w, num, l, &agg_dist, f->dbk, nb);
+			dist_release_buckets(f->dbk, nb);
+		}
+	}
+	dcol_clear(&dc);
+	mem_free(ts);
+	mem_free(v);
+	return e;
 }
 
-/* The series' buckets of one partition, every numeric column and level. */
-static int write_rollups(flush_ctx *f, const series *se, pw_slot *sl)
+/* The series' buckets of one partition (its rows r[ra, rb)), every
+ * numeric column and level. */
+static int write_rollups(flush_ctx *f, const series *se, pw_slot *sl, const rowref *r, size_t ra,
+			 size_t rb)
 {
 	const levels *L = &f->db->L;
 	int64_t pend = sl->pstart + f->info.partition_width;
@@ -226,10 +247,10 @@ static int write_rollups(flush_ctx *f, const series *se, pw_slot *sl)
 		const rcol *rc = d->id < se->n_rcols ? se->rcols[d->id] : NULL;
 		if (!rc)
 			continue;
-		if (rc->dist) {
-			int r = write_dist_rollups(f, rc, f->num_of[c], sl->w, sl->pstart, pend);
-			if (r)
-				return r;
+		if (d->dist) {
+			int e = write_dist_rollups(f, se, d, rc, f->num_of[c], sl, r, ra, rb);
+			if (e)
+				return e;
 			continue;
 		}
 		for (unsigned l = 0; l < L->n; l++) {
@@ -250,9 +271,9 @@ static int write_rollups(flush_ctx *f, const series *se, pw_slot *sl)
 				f->bk[n++] = (part_bucket){x->start,  x->a.count, x->a.sum,
 							   x->a.comp, x->a.min,   x->a.max};
 			}
-			int r = agg_write_rollup(sl->w, f->num_of[c], l, &agg_basic, f->bk, n);
-			if (r)
-				return r;
+			int e = agg_write_rollup(sl->w, f->num_of[c], l, &agg_basic, f->bk, n);
+			if (e)
+				return e;
 		}
 	}
 	return 0;
@@ -286,7 +307,8 @@ static int flush_series(flush_ctx *f, const series *se)
 		pw_slot *sl = NULL;
 		if ((rc = slot_for(f, pstart, &sl)) ||
 		    (rc = part_writer_key(sl->w, se->key, se->key_len)) ||
-		    (rc = write_rows(f, se, sl, r, a, b)) || (rc = write_rollups(f, se, sl)))
+		    (rc = write_rows(f, se, sl, r, a, b)) ||
+		    (rc = write_rollups(f, se, sl, r, a, b)))
 			break;
 		a = b;
 	}

@@ -340,16 +340,6 @@ TALLY_API int tally_query_series(tally_db *db, const char *table, const char *fi
 
 /* ---------------------------------------------------------------- exact */
 
-static inline double value_as_double(enum tally_type type, bval v)
-{
-	switch (type) {
-	case TALLY_T_I64: return (double)v.i64;
-	case TALLY_T_U64: return (double)v.u64;
-	case TALLY_T_BOOL: return v.u64 ? 1.0 : 0.0;
-	default: return v.f64;
-	}
-}
-
 /*
  * What cover() reads from: a memtable series (buckets and chunks in
  * memory) or a part's key (whole windows summed from the decoded-rollup
@@ -396,7 +386,7 @@ static void raw_agg(cview *v, int64_t a, int64_t b, ragg *acc)
 				continue;
 			for (uint32_t i = 0; i < ch->n; i++)
 				if (ch->ts[i] >= a && ch->ts[i] < b && chunk_has(cc, i))
-					ragg_add(acc, value_as_double(c->type, cc->vals[i]));
+					ragg_add(acc, bval_num(c->type, cc->vals[i]));
 		}
 		return;
 	}
@@ -436,7 +426,7 @@ static void raw_agg(cview *v, int64_t a, int64_t b, ragg *acc)
 			continue;
 		for (uint32_t i = i0; i < i1; i++)
 			if ((present[i >> 6] >> (i & 63)) & 1)
-				ragg_add(acc, value_as_double(c->type, vals[i]));
+				ragg_add(acc, bval_num(c->type, vals[i]));
 	}
 }
 

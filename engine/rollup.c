@@ -37,26 +37,6 @@ uint32_t rollup_lower(const rlevel *lv, int64_t t)
 	return bucket_lower(lv->b, lv->n, t);
 }
 
-void *rpool_get(rpool *pl, unsigned cls)
-{
-	if (cls >= 40)
-		return NULL;
-	void *p = pl->free_by[cls];
-	if (p) {
-		memcpy(&pl->free_by[cls], p, sizeof(void *));
-		return p;
-	}
-	if ((p = arena_alloc(pl->ar, (size_t)1 << cls)))
-		pl->bytes += UINT64_C(1) << cls;
-	return p;
-}
-
-void rpool_put(rpool *pl, void *p, unsigned cls)
-{
-	memcpy(p, &pl->free_by[cls], sizeof(void *));
-	pl->free_by[cls] = p;
-}
-
 /* Doubles lv's capacity from the pool; 0 or -1. */
 static int level_grow(rlevel *lv, rpool *pl)
 {

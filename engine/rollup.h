@@ -64,7 +64,6 @@ typedef struct rlevel {
 
 typedef struct rcol {
 	rlevel lv[TALLY_LEVELS_MAX];
-	struct dcol *dist; /* a distribution field's finest windows (engine/dist.h), or NULL */
 } rcol;
 
 /* Start of the window of width w holding ts. */
@@ -141,16 +140,9 @@ void ragg_to_public(const ragg *a, tally_agg *out);
  */
 typedef struct rpool {
 	struct arena *ar;
-	void *free[32];    /* by log2 of the capacity in buckets */
-	void *free_by[40]; /* other arrays (engine/dist.c), by log2 of their bytes */
+	void *free[32]; /* by log2 of the capacity in buckets */
 	uint64_t bytes;
 } rpool;
-
-/* 1 << cls bytes (cls >= 4) from the pool: a freed array of that size, or
- * the arena; NULL when out of memory. */
-void *rpool_get(rpool *pl, unsigned cls);
-/* Gives an array of 1 << cls bytes back for the next rpool_get. */
-void rpool_put(rpool *pl, void *p, unsigned cls);
 
 /* Adds n values (ts[i], v[i]) to every level; 0 or -ENOMEM. A failure may
  * leave the values before the failing window added. */

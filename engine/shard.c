@@ -13,7 +13,6 @@
 #include <string.h>
 #include <time.h>
 
-#include "dist.h"
 #include "err.h"
 #include "mem.h"
 
@@ -72,11 +71,8 @@ static void series_free(series *se, const levels *L)
 		chunk_free(se->chunks[i]);
 	mem_free(se->chunks);
 	(void)L;
-	for (uint32_t i = 0; i < se->n_rcols; i++) {
-		if (se->rcols[i])
-			dcol_free(se->rcols[i]->dist);
+	for (uint32_t i = 0; i < se->n_rcols; i++)
 		mem_free(se->rcols[i]); /* its bucket arrays are in the arena */
-	}
 	mem_free(se->rcols);
 	mem_free(se); /* its key is the catalog's */
 }
@@ -362,19 +358,6 @@ static rcol *rcol_get(memtable *s, series *se, uint32_t id)
 	return se->rcols[id];
 }
 
-/* A distribution field's values into the finest windows of its series. */
-static int dist_add(memtable *m, rcol *rc, const col_def *d, const levels *L, const int64_t *ts,
-		    const double *v, uint32_t n)
-{
-	if (!rc->dist) {
-		if (!(rc->dist = mem_calloc(1, sizeof *rc->dist)))
-			return -ENOMEM;
-		rc->dist->exp = d->dist_exp;
-		m->rollup_bytes += alloc_cost(sizeof *rc->dist);
-	}
-	return dcol_add_run(rc->dist, L, ts, v, n, &m->rp);
-}
-
 /* Prefetch distances, in keys: the rows of a batch go key by key in key
  * order, and with interleaved sources most keys have a row or a few, so
  * each key's run misses the cache on its tail chunk, the chunk's
@@ -404,16 +387,6 @@ static inline void prefetch_near(const series *se)
 				__builtin_prefetch(&c->cols[i].present[c->n >> 6], 1);
 				__builtin_prefetch(&c->cols[i].vals[c->n], 1);
 			}
-	}
-}
-
-static inline double num_value(enum tally_type t, bval v)
-{
-	switch (t) {
-	case TALLY_T_I64: return (double)v.i64;
-	case TALLY_T_U64: return (double)v.u64;
-	case TALLY_T_BOOL: return v.u64 ? 1.0 : 0.0;
-	default: return v.f64;
 	}
 }
 
@@ -506,7 +479,7 @@ static int apply_table(shard *s, const tbatch *tb)
 						return -ENOMEM;
 				} else {
 					rts[nv] = tb->ts[run[i]];
-					rv[nv++] = num_value(type, v);
+					rv[nv++] = bval_num(type, v);
 				}
 				uint32_t at = base + i;
 				cc->present[at >> 6] |= UINT64_C(1) << (at & 63);
@@ -514,8 +487,7 @@ static int apply_table(shard *s, const tbatch *tb)
 			}
 			if (nv) {
 				rcol *rc = rcol_get(m, se, bc->def->id);
-				if (!rc || rollup_add_run(rc, s->L, rts, rv, nv, &m->rp) ||
-				    (bc->def->dist && dist_add(m, rc, bc->def, s->L, rts, rv, nv)))
+				if (!rc || rollup_add_run(rc, s->L, rts, rv, nv, &m->rp))
 					return -ENOMEM;
 			}
 		}

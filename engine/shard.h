@@ -166,4 +166,15 @@ static inline int chunk_has(const chunk_col *c, uint32_t i)
 	return c->present && ((c->present[i >> 6] >> (i & 63)) & 1);
 }
 
+/* A numeric column's value as the rollups (and distributions) take it. */
+static inline double bval_num(enum tally_type t, bval v)
+{
+	switch (t) {
+	case TALLY_T_I64: return (double)v.i64;
+	case TALLY_T_U64: return (double)v.u64;
+	case TALLY_T_BOOL: return v.u64 ? 1.0 : 0.0;
+	default: return v.f64;
+	}
+}
+
 #endif

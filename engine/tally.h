@@ -215,9 +215,12 @@ typedef struct tally_options {
 	 * open; tally_db_set_retention changes it on a running database. */
 	const char *retention;
 	/* Fields kept as exact distributions besides their rollups,
-	 * "table.field:resolution,..." (traffic.speed:0.1): per window, the
-	 * count of every distinct value at that resolution, a power of ten
-	 * (tally_query_dist; docs/api.md). NULL: none. Copied at open. */
+	 * "table.field:resolution[:max],..." (traffic.speed:0.1): per window,
+	 * the count of every distinct value at that resolution, a power of
+	 * ten (tally_query_dist; docs/api.md). A window with more than max
+	 * distinct values (default 4096, at most 16777216) is kept as a
+	 * sketch within a relative 1/128 instead, and answers that use it
+	 * say so (tally_dist_error). NULL: none. Copied at open. */
 	const char *distributions;
 } tally_options;
 
@@ -496,6 +499,13 @@ TALLY_API void tally_scan_close(tally_scan *s);
  * field's resolution (a value off it counts at the nearest multiple).
  * TALLY_EINVAL for a field not marked, or a range reaching windows
  * written before it was marked. Free with tally_dist_free.
+ *
+ * Exact unless a window of the range passed its field's bound on
+ * distinct values (tally_options.distributions) and was kept as a
+ * sketch: then every value below is the range's true value (at the
+ * resolution) within the relative error tally_dist_error gives, counts
+ * stay exact, and a value within that error of a threshold or edge may
+ * count on either side of it.
  */
 typedef struct tally_dist tally_dist;
 TALLY_API int tally_query_dist(tally_db *db, const char *table, const char *field, const char *key,
@@ -504,6 +514,10 @@ TALLY_API void tally_dist_free(tally_dist *d);
 /* Values in the distribution, and the resolution they are kept at. */
 TALLY_API uint64_t tally_dist_count(const tally_dist *d);
 TALLY_API double tally_dist_resolution(const tally_dist *d);
+/* 0 when every answer of d is exact; else the relative error bound e
+ * (1/128) of its values: a quantile q answers v with |v - x| <= e |x|,
+ * x the exact q-quantile. */
+TALLY_API double tally_dist_error(const tally_dist *d);
 /* The q-quantile, q in [0, 1], by nearest rank: the smallest value v
  * with at least ceil(q * N) values <= v (rank at least 1), q * N taken
  * exactly for the double q. This is numpy's quantile(method=

@@ -2,11 +2,23 @@
  * test_dist.c — exact distributions against brute force: quantiles,
  * threshold counts and histograms over aligned and unaligned ranges, with
  * late events, two shards, flushes, merges, sealing and reopen, compared
- * for exact equality with the sorted raw values.
+ * for exact equality with the sorted raw values; and, with a small bound
+ * on a window's distinct values, the sketches past it: their reported
+ * error bound held against brute force, and exactness wherever no sketch
+ * was involved.
  */
 #include <criterion/criterion.h>
 
+#include "dist.h"
 #include "testutil.h"
+
+/* docs/formats.md, "dist": the bytes after the basic payload */
+#define DOC_EXACT                                                                           \
+	"ffffffff 00100000 07000000 02030001 0d010808 00000002 0200010d 01a80d07 00000002 " \
+	"0300010d 01680900 00000203 00020d01 000000"
+#define DOC_SKETCH                                                                          \
+	"ffffffff 00100000 07000000 02030001 0d010a08 00000002 0200010d 01e20607 00000002 " \
+	"0300010d 01060900 00000203 00020d01 000000"
 
 #define T0   INT64_C(1700006400000000000) /* a UTC midnight + 1 day */
 #define CAMS 3
@@ -20,6 +32,14 @@ typedef struct ev {
 
 static ev *evs;
 static size_t n_evs, cap_evs;
+static unsigned n_sketched; /* answers check_range saw with an error bound */
+
+static void forget_events(void)
+{
+	free(evs);
+	evs = NULL;
+	n_evs = cap_evs = 0;
+}
 
 static tally_options opts(void)
 {
@@ -32,17 +52,33 @@ static tally_options opts(void)
 	return o;
 }
 
+/* Speeds in tenths for camera cam: the default spreads a few hundred
+ * distinct values over 30.0 to 118.5; the sketch test's cameras differ
+ * (sketch_speed). */
+static unsigned plain_speed(tu_rng *r, int cam)
+{
+	(void)cam;
+	return 300 + (unsigned)tu_below(r, 60) * (1 + (unsigned)tu_below(r, 15));
+}
+
+static unsigned (*speed_of)(tu_rng *r, int cam) = plain_speed;
+
+/* Whether every answer must be exact (no window past its bound), else
+ * the camera whose answers must (-1: none). */
+static int all_exact = 1, exact_cam = -1;
+
 /* n events through shard s's writer: speeds with one decimal, a few
  * repeated values, every 5th event late by up to two days. */
-static void write_some(tally_db *db, tu_rng *r, unsigned s, int n)
+static void write_in(tally_db *db, tu_rng *r, unsigned s, int n, int only_cam, int64_t t0,
+		     int64_t span)
 {
 	tally_writer *w;
 	cr_assert_eq(tally_writer_open(db, (int)s, &w), 0);
 	char *buf = malloc((size_t)n * 80), *p = buf;
 	for (int i = 0; i < n; i++) {
-		int cam = (int)tu_below(r, CAMS);
-		int64_t ts = T0 + (int64_t)tu_below(r, (uint64_t)SPAN);
-		unsigned v = 300 + (unsigned)tu_below(r, 60) * (1 + (unsigned)tu_below(r, 15));
+		int cam = only_cam >= 0 ? only_cam : (int)tu_below(r, CAMS);
+		int64_t ts = t0 + (int64_t)tu_below(r, (uint64_t)span);
+		unsigned v = speed_of(r, cam);
 		p += sprintf(p, "traffic,camera=C%d speed=%u.%u,n=%ui %lld\n", cam, v / 10, v % 10,
 			     v % 7, (long long)ts);
 		if (n_evs == cap_evs) {
@@ -59,6 +95,11 @@ static void write_some(tally_db *db, tu_rng *r, unsigned s, int n)
 	cr_assert_eq(res.accepted, (uint64_t)n);
 	tally_writer_close(w);
 	free(buf);
+}
+
+static void write_some(tally_db *db, tu_rng *r, unsigned s, int n)
+{
+	write_in(db, r, s, n, -1, T0, SPAN);
 }
 
 static int cmp_double(const void *a, const void *b)
@@ -97,6 +138,11 @@ static void check_range(tally_db *db, int cam, int64_t from, int64_t to, tu_rng 
 		     tally_errmsg());
 	cr_assert_eq(tally_dist_count(d), n, "[%lld, %lld): %llu values, brute force %zu",
 		     (long long)from, (long long)to, (unsigned long long)tally_dist_count(d), n);
+	double e = tally_dist_error(d);
+	cr_assert(e == 0 || (!all_exact && cam != exact_cam && e == DIST_SKETCH_ALPHA),
+		  "camera %d over [%lld, %lld): error %g", cam, (long long)from, (long long)to, e);
+	if (e > 0)
+		n_sketched++;
 	const double qs[] = {0, 0.5, 0.85, 0.15, 1, 0.999, 1e-9, (double)tu_below(r, 1001) / 1000};
 	for (size_t i = 0; i < sizeof qs / sizeof *qs; i++) {
 		double got;
@@ -107,18 +153,35 @@ static void check_range(tally_db *db, int cam, int64_t from, int64_t to, tu_rng 
 		}
 		cr_assert_eq(rc, 0);
 		double want = v[exact_rank(qs[i], n) - 1];
-		cr_assert_eq(got, want, "q %.17g over [%lld, %lld): %.17g, brute force %.17g",
-			     qs[i], (long long)from, (long long)to, got, want);
+		/* the bound as reported, and a last bit of slack for the
+		 * rounding of the bucket's value */
+		cr_assert(e ? fabs(got - want) <= e * fabs(want) * (1 + 1e-9) : got == want,
+			  "q %.17g over [%lld, %lld): %.17g, brute force %.17g (error %g)", qs[i],
+			  (long long)from, (long long)to, got, want, e);
 	}
-	const double lim[] = {50, 57.3, 80.1, 30, 1000, 0};
+	const double lim[] = {50, 57.3, 80.1, 30, 1000, 0, 0.2, 250.1};
 	for (size_t i = 0; i < sizeof lim / sizeof *lim; i++) {
-		uint64_t above = 0, below = 0;
+		/* exact: the counts strictly above and below; a sketch: a value
+		 * further than the bound from the limit counts on its side */
+		double lo = e ? lim[i] / (1 + e * (1 + 1e-9)) : lim[i];
+		double hi = e ? lim[i] / (1 - e * (1 + 1e-9)) : lim[i];
+		uint64_t above_min = 0, above_max = 0, below_min = 0, below_max = 0;
 		for (size_t j = 0; j < n; j++) {
-			above += v[j] > lim[i];
-			below += v[j] < lim[i];
+			above_min += v[j] > hi;
+			above_max += v[j] > lo;
+			below_min += v[j] < lo;
+			below_max += v[j] < hi;
 		}
-		cr_assert_eq(tally_dist_count_above(d, lim[i]), above, "above %g", lim[i]);
-		cr_assert_eq(tally_dist_count_below(d, lim[i]), below, "below %g", lim[i]);
+		uint64_t above = tally_dist_count_above(d, lim[i]);
+		uint64_t below = tally_dist_count_below(d, lim[i]);
+		cr_assert(above >= above_min && above <= above_max,
+			  "above %g: %llu, brute force %llu..%llu (error %g)", lim[i],
+			  (unsigned long long)above, (unsigned long long)above_min,
+			  (unsigned long long)above_max, e);
+		cr_assert(below >= below_min && below <= below_max,
+			  "below %g: %llu, brute force %llu..%llu (error %g)", lim[i],
+			  (unsigned long long)below, (unsigned long long)below_min,
+			  (unsigned long long)below_max, e);
 	}
 	const double edges[] = {30, 40.5, 50, 60.1, 80, 120, 200};
 	uint64_t h[6], hb[6] = {0};
@@ -126,9 +189,21 @@ static void check_range(tally_db *db, int cam, int64_t from, int64_t to, tu_rng 
 	for (size_t j = 0; j < n; j++)
 		for (int b = 0; b < 6; b++)
 			hb[b] += v[j] >= edges[b] && v[j] < edges[b + 1];
-	for (int b = 0; b < 6; b++)
-		cr_assert_eq(h[b], hb[b], "bin %d: %llu, brute force %llu", b,
-			     (unsigned long long)h[b], (unsigned long long)hb[b]);
+	uint64_t sum = 0, in_min = 0, in_max = 0;
+	double s = 1 + e * (1 + 1e-9), t = 1 - e * (1 + 1e-9);
+	for (size_t j = 0; j < n; j++) {
+		in_min += v[j] >= edges[0] / t && v[j] < edges[6] / s;
+		in_max += v[j] >= edges[0] / s && v[j] < edges[6] / t;
+	}
+	for (int b = 0; b < 6; b++) {
+		cr_assert(e || h[b] == hb[b], "bin %d: %llu, brute force %llu", b,
+			  (unsigned long long)h[b], (unsigned long long)hb[b]);
+		sum += h[b];
+	}
+	/* a sketch may move a value near an edge across it: the bins
+	 * together hold every value further than the bound inside them */
+	cr_assert(sum >= in_min && sum <= in_max, "bins %llu, brute force %llu..%llu",
+		  (unsigned long long)sum, (unsigned long long)in_min, (unsigned long long)in_max);
 	tally_dist_free(d);
 	free(v);
 }
@@ -209,9 +284,7 @@ Test(dist, quantiles_counts_and_histograms_equal_brute_force)
 	tally_db_close(db);
 	tu_rmrf(dir);
 	free(dir);
-	free(evs);
-	evs = NULL;
-	cap_evs = 0;
+	forget_events();
 }
 
 Test(dist, unmarked_fields_and_bad_settings_are_refused_by_name)
@@ -363,4 +436,168 @@ Test(dist, ranges_retention_dropped_are_refused)
 	tally_db_close(db);
 	tu_rmrf(dir);
 	free(dir);
+}
+
+/* The sketch test's speeds: camera 0 takes 12 distinct values, under the
+ * bound of 16, so its windows and answers stay exact; camera 1 spreads
+ * over 0.1 to 250.0 km/h, camera 2 like the others above. */
+static unsigned sketch_speed(tu_rng *r, int cam)
+{
+	switch (cam) {
+	case 0: return 500 + 10 * (unsigned)tu_below(r, 12);
+	case 1: return 1 + (unsigned)tu_below(r, 2500);
+	default: return plain_speed(r, cam);
+	}
+}
+
+/* Windows past a bound of 16 distinct values fall back to sketches: at
+ * flushes (bursts of camera 1 in one 5-minute window; hours and days
+ * built from exact 5-minute windows), and in merges of parts (a window
+ * whose parts are each under the bound but not together). Every answer that used one reports the
+ * error bound and keeps it against brute force; camera 0 never passes the bound and its answers
+ * stay exact. */
+Test(dist, windows_past_the_bound_are_sketches_within_their_error)
+{
+	uint64_t seed = tu_seed("dist-sketch");
+	tu_rng r = {seed};
+	n_evs = 0;
+	n_sketched = 0;
+	speed_of = sketch_speed;
+	all_exact = 0;
+	exact_cam = 0;
+	char *dir = tu_tmpdir();
+	tally_options o = opts();
+	o.distributions = "traffic.speed:0.1:16";
+	tally_db *db;
+	cr_assert_eq(tally_db_open(dir, &o, &db), 0, "%s", tally_errmsg());
+	write_some(db, &r, 0, 2500);
+	/* bursts: many distinct values in one 5-minute window, and in the
+	 * window 36 that check_all asks alone */
+	write_in(db, &r, 1, 200, 1, T0 + TALLY_1D + 40 * TALLY_5M, TALLY_5M);
+	write_in(db, &r, 0, 100, 1, T0 + 36 * TALLY_5M, TALLY_5M);
+	write_in(db, &r, 0, 100, 0, T0 + 36 * TALLY_5M, TALLY_5M);
+	check_all(db, &r); /* memtables keep rows: all exact */
+	cr_assert_eq(n_sketched, 0, "memtable rows are exact");
+	cr_assert_eq(tally_db_flush(db), 0, "%s", tally_errmsg());
+	check_all(db, &r); /* parts: the bursts' windows, hours and days past the bound */
+	cr_assert_gt(n_sketched, 0, "the bursts' windows should be sketches");
+	for (int round = 0; round < 3; round++) {
+		write_some(db, &r, (unsigned)round % 2, 1200); /* late into flushed windows */
+		write_in(db, &r, 1, 50, 1, T0 + 2 * TALLY_1D + 7 * TALLY_5M, TALLY_5M);
+		cr_assert_eq(tally_db_flush(db), 0, "%s", tally_errmsg());
+	}
+	write_some(db, &r, 1, 500);
+	check_all(db, &r); /* parts of exact and sketched windows, and a memtable */
+	cr_assert_eq(tally_db_merge(db), 0, "%s", tally_errmsg());
+	check_all(db, &r); /* merged: exact and sketch windows of one start merged */
+	tally_db_close(db);
+	cr_assert_eq(tally_db_open(dir, &o, &db), 0, "%s", tally_errmsg());
+	check_all(db, &r); /* reopened */
+	/* a day of camera 1 went past the bound: its answer says so */
+	tally_dist *d;
+	cr_assert_eq(tally_query_dist(db, "traffic", "speed", "C1", T0, T0 + TALLY_1D, &d), 0);
+	cr_assert_eq(tally_dist_error(d), DIST_SKETCH_ALPHA);
+	tally_dist_free(d);
+	tally_db_close(db);
+	tu_rmrf(dir);
+	free(dir);
+	forget_events();
+	speed_of = plain_speed;
+	all_exact = 1;
+	exact_cam = -1;
+}
+
+/* The sketch's buckets: monotone in the value, and the value a bucket
+ * answers with within DIST_SKETCH_ALPHA of every value in it, from 1 to
+ * the largest value kept, negative ones mirrored. */
+Test(dist, sketch_buckets_keep_their_relative_error)
+{
+	tu_rng r = {tu_seed("dist-buckets")};
+	int64_t prev = dist_sketch_key(-3000);
+	for (int64_t x = -3000; x <= 3000; x++) {
+		int64_t k = dist_sketch_key(x);
+		cr_assert_geq(k, prev, "bucket of %lld below that of %lld", (long long)x,
+			      (long long)x - 1);
+		prev = k;
+		double got = dist_sketch_value(k, 0);
+		cr_assert_leq(fabs(got - (double)x),
+			      DIST_SKETCH_ALPHA * fabs((double)x) * (1 + 1e-9),
+			      "%lld answers %.17g", (long long)x, got);
+	}
+	for (int i = 0; i < 100000; i++) {
+		int64_t x = (int64_t)(tu_next(&r) >> (2 + tu_below(&r, 62)));
+		if (x > DIST_IDX_MAX)
+			x = DIST_IDX_MAX;
+		double got = dist_sketch_value(dist_sketch_key(x), -1);
+		cr_assert_leq(fabs(got - (double)x / 10),
+			      DIST_SKETCH_ALPHA * (double)x / 10 * (1 + 1e-9),
+			      "%lld tenths answer %.17g", (long long)x, got);
+		cr_assert_eq(dist_sketch_key(-x), -dist_sketch_key(x));
+	}
+}
+
+Test(dist, bad_bounds_are_refused_by_name)
+{
+	char *dir = tu_tmpdir();
+	tally_options o = opts();
+	tally_db *db;
+	const char *bad[] = {"traffic.speed:0.1:0", "traffic.speed:0.1:", "traffic.speed:0.1:x",
+			     "traffic.speed:0.1:16777217", "traffic.speed:0.1:16:3"};
+	for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+		o.distributions = bad[i];
+		cr_assert_eq(tally_db_open(dir, &o, &db), TALLY_EINVAL, "%s", bad[i]);
+		cr_assert(strstr(tally_errmsg(), bad[i]), "%s", tally_errmsg());
+	}
+	o.distributions = "traffic.speed:0.1:16777216,traffic.n:1";
+	cr_assert_eq(tally_db_open(dir, &o, &db), 0, "%s", tally_errmsg());
+	tally_db_close(db);
+	tu_rmrf(dir);
+	free(dir);
+}
+
+/* The worked example of docs/formats.md ("dist"): one window of 85.2 and
+ * 90.5 at 0.1 under the default bound, its bytes after the basic payload
+ * as documented; and the same window as a sketch. Both decode back. */
+Test(dist, the_documented_block_bytes)
+{
+	static const char *want[2] = {DOC_EXACT, DOC_SKETCH};
+	codec_ctx *cx = codec_ctx_new();
+	for (int sk = 0; sk < 2; sk++) {
+		int64_t v[2] = {852, 905};
+		uint64_t c[2] = {1, 1};
+		dbucket b = {.start = INT64_C(1748822400000000000)};
+		agg_dist.init(&b.d);
+		ragg_add(&b.d.a, 85.2);
+		ragg_add(&b.d.a, 90.5);
+		b.d.exp = -1;
+		b.d.max = DIST_MAX_DEFAULT;
+		b.d.n = 2;
+		b.d.v = v;
+		b.d.c = c;
+		if (sk) {
+			v[0] = dist_sketch_key(852);
+			v[1] = dist_sketch_key(905);
+			b.d.sketch = 1;
+		}
+		codec_buf out = {0};
+		cr_assert_eq(agg_dist.encode(cx, &b, 1, &out), 0, "%s", tally_errmsg());
+		size_t at = agg_basic_payload_len(out.p, out.len);
+		cr_assert_gt(at, 0);
+		char hex[512] = "", *h = hex;
+		for (size_t i = at; i < out.len && h < hex + sizeof hex - 4; i++)
+			h += sprintf(h, "%s%02x", i > at && (i - at) % 4 == 0 ? " " : "", out.p[i]);
+		cr_assert_str_eq(hex, want[sk], "sketch %d: %s", sk, hex);
+		dbucket back;
+		codec_buf arena = {0};
+		cr_assert_eq(agg_dist.decode(cx, out.p, out.len, 1, &back, &arena), 0, "%s",
+			     tally_errmsg());
+		cr_assert_eq(back.d.n, 2);
+		cr_assert_eq(back.d.sketch, (uint32_t)sk);
+		cr_assert_eq(back.d.v[0], v[0]);
+		cr_assert_eq(back.d.v[1], v[1]);
+		cr_assert_eq(back.d.max, DIST_MAX_DEFAULT);
+		codec_buf_free(&out);
+		codec_buf_free(&arena);
+	}
+	codec_ctx_free(cx);
 }

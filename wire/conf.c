@@ -159,8 +159,8 @@ static const struct conf_item {
 	 "series key per table: a tag, tags joined by +, or * (every tag), "
 	 "\"traffic=camera+lane,cpu=*\""},
 	{"distributions", K_STR, offsetof(srv_conf, distributions),
-	 "fields kept as exact distributions, \"traffic.speed:0.1\" (resolution a power "
-	 "of ten)"},
+	 "fields kept as exact distributions, \"traffic.speed:0.1[:max]\" (resolution a "
+	 "power of ten; past max distinct values a window, default 4096, a sketch)"},
 	{"levels", K_LEVELS, 0, "rollup windows, e.g. 5m,1h,1d (the default)"},
 	{"flush-interval", K_MS, offsetof(srv_conf, flush_ms),
 	 "flush a shard's memtable into parts once it is this old (default 60s)"},

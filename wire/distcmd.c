@@ -5,7 +5,9 @@
  * The one idea: every statistic is a question to one tally_dist the
  * query built once, so asking for V85, the median, a violation count and
  * a histogram costs one query; with no statistic named the answer is the
- * count, the median and V85.
+ * count, the median and V85. An answer that used a window kept as a
+ * sketch says so in an "error" row after the count: the relative error
+ * bound of its values (absent: exact).
  */
 #include "distcmd.h"
 
@@ -81,6 +83,12 @@ int dist_reply(tally_db *db, const cmd_req *r, char **text, size_t *len)
 	out o = {0};
 	put(&o, "stat\tvalue\n");
 	row_u64(&o, "count", tally_dist_count(d));
+	if (tally_dist_error(d) > 0) {
+		char num[32];
+		cmd_format_double(tally_dist_error(d), num);
+		put(&o, "error\t%s\n", num);
+		o.rows++;
+	}
 	if (!r->n_stats) {
 		if (!(rc = row_quantile(&o, d, "q=0.5", 0.5)))
 			rc = row_quantile(&o, d, "q=0.85", 0.85);

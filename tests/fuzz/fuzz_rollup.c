@@ -1,13 +1,15 @@
 /*
  * fuzz_rollup.c — libFuzzer target for the rollup block payload decoders
- * of every aggregate kind (engine/aggkind.c: basic; engine/dist.c: dist).
+ * of every aggregate kind (engine/aggkind.c: basic; engine/dist.c: dist
+ * with its sketches, and the earlier dist payload, dist-v1).
  *
  * Input: byte 0 = the kind (mod the kinds known), bytes 1-2 = the window
  * count n (1..65536, little-endian, + 1), then the payload. decode must
  * return OK or an error, never crash or read out of bounds; a payload
- * that decoded must encode and decode again to the same windows (start,
- * count, min, max; dist: the same value lists), which is what merges and
- * flushes rely on.
+ * that decoded must encode (as the kind it decodes as: dist-v1 blocks are
+ * rewritten as dist) and decode again to the same windows (start, count,
+ * min, max; dist: the same value or bucket lists, sketch flags and
+ * bound), which is what merges and flushes rely on.
  *
  * Build: tests/fuzz/build fuzz_rollup build-fuzz/fuzz_rollup
  */
@@ -38,7 +40,8 @@ static void same_windows(const agg_kind *k, const uint8_t *a, const uint8_t *b, 
 		if (k == &agg_dist) {
 			const dstate *dx = &((const dbucket *)(const void *)x)->d;
 			const dstate *dy = &((const dbucket *)(const void *)y)->d;
-			if (dx->exp != dy->exp || dx->n != dy->n ||
+			if (dx->exp != dy->exp || dx->n != dy->n || dx->sketch != dy->sketch ||
+			    dx->max != dy->max ||
 			    (dx->n &&
 			     (memcmp(dx->v, dy->v, dx->n * 8) || memcmp(dx->c, dy->c, dx->n * 8))))
 				abort();
@@ -52,17 +55,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		return 0;
 	if (!cx)
 		cx = codec_ctx_new();
-	const agg_kind *k = agg_kind_of(1 + data[0] % 2u);
+	const agg_kind *k = agg_kind_of(1 + data[0] % 3u);
+	const agg_kind *w = k->decodes_as ? k->decodes_as : k;
 	uint32_t n = 1 + (uint32_t)(data[1] | data[2] << 8);
 	data += 3, size -= 3;
 	uint8_t *b1 = calloc(n, k->bucket_size), *b2 = calloc(n, k->bucket_size);
 	if (k->decode(cx, data, size, n, b1, &arena) == 0) {
 		out.len = 0;
-		if (k->encode(cx, b1, n, &out))
+		if (w->encode(cx, b1, n, &out))
 			abort(); /* what decoded must encode */
-		if (k->decode(cx, out.p, out.len, n, b2, &arena2))
+		if (w->decode(cx, out.p, out.len, n, b2, &arena2))
 			abort();
-		same_windows(k, b1, b2, n);
+		same_windows(w, b1, b2, n);
 	}
 	free(b1);
 	free(b2);
