@@ -516,3 +516,157 @@ Test(kafka, json_events_with_refused_ones_equal_brute_force)
 	tdir_remove(&s);
 	kmock_stop(&m);
 }
+
+/* ---------------------------------------------------------------- the message key */
+
+/* Produces one message with key[0, strlen) (NULL: none) from this process
+ * (librdkafka): the key-tag tests need exact keys and payloads. */
+static void kproduce_one(kmock *m, const char *key, const char *payload)
+{
+	rd_kafka_resp_err_t e = rd_kafka_producev(
+		m->q, RD_KAFKA_V_TOPIC(TOPIC), RD_KAFKA_V_KEY(key, key ? strlen(key) : 0),
+		RD_KAFKA_V_VALUE((void *)payload, strlen(payload)),
+		RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END);
+	cr_assert_eq(e, 0, "%s", rd_kafka_err2str(e));
+	cr_assert_eq(rd_kafka_flush(m->q, 60000), 0, "the message was not delivered in 60 s");
+}
+
+static void kspawn_keyed(tsrv *s, const kmock *m, const char *format, const char *key_tag)
+{
+	const char *args[] = {"--kafka-brokers",
+			      m->brokers,
+			      "--kafka-topics",
+			      TOPIC,
+			      "--kafka-format",
+			      format,
+			      "--kafka-key-tag",
+			      key_tag,
+			      "--sync-interval",
+			      "100ms",
+			      NULL};
+	tsrv_spawn(s, args, 1);
+}
+
+/* count and sum of #!agg TABLE FIELD KEY over all time */
+static void kagg(tcli *c, const char *table, const char *field, const char *key, uint64_t *count,
+		 double *sum)
+{
+	ttable t;
+	tcli_query(c, &t, "#!agg %s %s %s " TO_ALL, table, field, key);
+	cr_assert_null(t.err, "%s: %s", key, t.err);
+	*count = strtoull(tcell(t.rows[1], 0), NULL, 10);
+	*sum = *count ? strtod(tcell(t.rows[1], 1), NULL) : 0;
+	ttable_free(&t);
+}
+
+Test(kafka, key_tag_fills_lines_from_the_message_key_and_refuses_conflicts)
+{
+	kmock m;
+	kmock_start(&m, 1);
+	/* c1: a line without the tag, one with it, one with another camera
+	 * (refused), one with only another tag */
+	kproduce_one(&m, "c1",
+		     "k v=1i 1700000000000000000\n"
+		     "k,cam=c1 v=2i 1700000001000000000\n"
+		     "k,cam=c9 v=4i 1700000002000000000\n"
+		     "k,site=x v=8i 1700000003000000000\n");
+	/* c4: a refused record over two lines (a string with an escaped
+	 * newline), then a good line, then one the store refuses: its line
+	 * number is still the producer's (4) */
+	kproduce_one(&m, "c4",
+		     "k,cam=c9 v=1i,s=\"a\\\nb\" 1700000004000000000\n"
+		     "k v=64i 1700000005000000000\n"
+		     "k v=oops 1700000006000000000\n");
+	/* a key that needs escaping as a tag value */
+	kproduce_one(&m, "c=2", "k v=16i 1700000007000000000\n");
+	/* no key: written as it is */
+	kproduce_one(&m, NULL, "k,cam=c3 v=32i 1700000008000000000\n");
+	tsrv s;
+	tdir_make(&s);
+	kspawn_keyed(&s, &m, "lp", "cam");
+	tcli *c = tcli_open(s.port);
+	kwait_stat(c, "kafka_messages", 4);
+	static const struct {
+		const char *key;
+		uint64_t count;
+		double sum;
+	} want[] = {{"c1", 3, 11}, {"c4", 1, 64}, {"c=2", 1, 16}, {"c3", 1, 32}, {"c9", 0, 0}};
+	for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+		uint64_t n;
+		double sum;
+		kagg(c, "k", "v", want[i].key, &n, &sum);
+		cr_assert_eq(n, want[i].count, "%s: %" PRIu64 " events", want[i].key, n);
+		cr_assert_eq(sum, want[i].sum, "%s: sum %g", want[i].key, sum);
+	}
+	cr_assert_eq(tstat(c, "kafka_key_conflicts"), 2);
+	cr_assert_eq(tstat(c, "kafka_lines_rejected"), 3);
+	/* c4's message is poison once, though two of its lines were refused */
+	cr_assert_eq(tstat(c, "kafka_poison_messages"), 2);
+	tcli_close(c);
+	cr_assert_eq(tsrv_wait(&s, SIGTERM), 0);
+	char *log = tsrv_log(&s);
+	cr_assert(
+		strstr(log, "offset 0: line 3 of the message: tag 'cam' is 'c9', not its key 'c1'"),
+		"%s", log);
+	cr_assert(strstr(log, "line 1 of the message: tag 'cam' is 'c9', not its key 'c4'"), "%s",
+		  log);
+	cr_assert(strstr(log, "line 4 of the message: field 'v'"), "%s", log);
+	free(log);
+	tdir_remove(&s);
+	kmock_stop(&m);
+}
+
+Test(kafka, key_tag_of_json_events_is_the_mappings_key)
+{
+	kmock m;
+	kmock_start(&m, 1);
+	kproduce_one(&m, "c5",
+		     "{\"timestamp\":\"2024-01-01T00:00:00Z\",\"vehicle_speed\":10}\n"
+		     "{\"kvfv_id\":\"c5\",\"timestamp\":\"2024-01-01T00:00:01Z\","
+		     "\"vehicle_speed\":20}\n"
+		     "{\"kvfv_id\":\"c6\",\"timestamp\":\"2024-01-01T00:00:02Z\","
+		     "\"vehicle_speed\":40}\n");
+	tsrv s;
+	tdir_make(&s);
+	kspawn_keyed(&s, &m, "json", "camera");
+	tcli *c = tcli_open(s.port);
+	kwait_stat(c, "kafka_messages", 1);
+	uint64_t n;
+	double sum;
+	kagg(c, "traffic", "speed", "c5", &n, &sum);
+	cr_assert(n == 2 && sum == 30, "c5: %" PRIu64 " events, sum %g", n, sum);
+	kagg(c, "traffic", "speed", "c6", &n, &sum);
+	cr_assert_eq(n, 0, "the conflicting event was written");
+	cr_assert_eq(tstat(c, "kafka_key_conflicts"), 1);
+	tcli_close(c);
+	cr_assert_eq(tsrv_wait(&s, SIGTERM), 0);
+	char *log = tsrv_log(&s);
+	cr_assert(strstr(log, "event 2 of the message: tag 'camera' is 'c6', not its key 'c5'"),
+		  "%s", log);
+	free(log);
+	/* with JSON events, the key can only be the json-map's key tag */
+	tsrv bad;
+	tdir_make(&bad);
+	const char *args[] = {"--kafka-brokers",
+			      m.brokers,
+			      "--kafka-topics",
+			      TOPIC,
+			      "--kafka-format",
+			      "json",
+			      "--kafka-key-tag",
+			      "cam",
+			      "--port",
+			      "0",
+			      "--http-port",
+			      "off",
+			      NULL};
+	tsrv_spawn(&bad, args, 0);
+	cr_assert_neq(tsrv_wait(&bad, 0), 0, "kafka-key-tag cam was accepted with JSON events");
+	log = tsrv_log(&bad);
+	cr_assert(strstr(log, "kafka-key-tag 'cam': with JSON events it must be the key tag"), "%s",
+		  log);
+	free(log);
+	tdir_remove(&bad);
+	tdir_remove(&s);
+	kmock_stop(&m);
+}

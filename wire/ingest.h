@@ -7,7 +7,8 @@
  * group commit made it durable.
  *
  * One ingest per thread: it owns that thread's writer and JSON decoder,
- * and the rate limit of its warnings. It is not shared between threads.
+ * the buffer of the key-tag pass, and the rate limit of its warnings. It
+ * is not shared between threads.
  */
 #ifndef TALLY_INGEST_H
 #define TALLY_INGEST_H
@@ -21,6 +22,7 @@ typedef struct srv srv;
 typedef struct tally_writer tally_writer;
 
 #define INGEST_WHY_MAX (JSONEV_REASON_MAX + 160)
+#define INGEST_KEY_MAX 1024 /* longest message key taken as a tag value */
 #define INGEST_WHO_MAX 16
 
 typedef struct ingest_spec {
@@ -28,8 +30,13 @@ typedef struct ingest_spec {
 	const char *format;        /* "lp" (or "line-protocol") or "json" */
 	const char *table;         /* with json: the table whose json-map maps events */
 	const char *table_setting; /* the setting naming it, for errors */
-	unsigned log_burst;        /* warnings logged per log_period_ns, at least 1 */
-	int64_t log_period_ns;     /* the rest are counted, and the next line says how many */
+	/* The tag a message's key fills in every event that lacks it; an
+	 * event that has it with another value is refused. NULL: the key is
+	 * only the default key of JSON events (an MQTT topic level). */
+	const char *key_tag;
+	const char *key_setting;
+	unsigned log_burst;    /* warnings logged per log_period_ns, at least 1 */
+	int64_t log_period_ns; /* the rest are counted, and the next line says how many */
 } ingest_spec;
 
 typedef struct ingest {
@@ -37,11 +44,16 @@ typedef struct ingest {
 	char who[INGEST_WHO_MAX];
 	int json; /* payloads are JSON events, else line protocol */
 	const jsonev_map *map;
+	const char *key_tag;
+	size_t key_tag_n;
 	unsigned log_burst;
 	int64_t log_period_ns;
 
 	tally_writer *w;
 	jsonev_dec *dec;
+
+	char *kt; /* the key-tag pass's output */
+	size_t kt_cap;
 
 	int64_t log_at; /* start of the current log period, monotonic ns */
 	unsigned logged;
@@ -56,6 +68,7 @@ typedef struct ingest_text {
 	uint64_t lines;           /* physical lines in lp */
 	uint64_t events;          /* events the payload held (json); lines (lp) */
 	uint64_t rejected;        /* events or lines refused before the store saw them */
+	uint64_t conflicts;       /* of them: the key tag's value was not the message key */
 	int whole;                /* the payload was refused whole (too long for the decoder) */
 	char why[INGEST_WHY_MAX]; /* the first refusal, "" when none */
 	jsonev_result jr;         /* json: where each record came from */
@@ -68,8 +81,11 @@ int ingest_open(ingest *g, srv *s, const ingest_spec *spec);
 void ingest_close(ingest *g);
 
 /* Makes payload[0, n) line protocol in *t: JSON events decoded with the
- * json-map (key[0, key_n), when given, the key of events that name
- * none). 0, or -ENOMEM. */
+ * json-map (key[0, key_n), when given, the key of events that name none),
+ * then, with a key tag and a key, the key-tag pass: lines that lack the
+ * tag get it (as their first tag, so a new table takes it as its key
+ * tag), lines whose value differs are blanked (their line numbers stay)
+ * and counted in t->conflicts. 0, or -ENOMEM. */
 int ingest_decode(ingest *g, const char *payload, size_t n, const char *key, size_t key_n,
 		  int64_t now_ns, ingest_text *t);
 

@@ -63,6 +63,7 @@ typedef struct kmsg {
 	int64_t offset;
 	uint64_t line;  /* its first physical line in the batch, 1-based */
 	size_t at, len; /* its bytes in the batch (line protocol) */
+	int poison;     /* counted (and dead-lettered) as poison already */
 } kmsg;
 
 typedef struct kcons {
@@ -124,7 +125,7 @@ struct kafka {
 	kpart *parts;
 	size_t n_parts, cap_parts;
 
-	_Atomic uint64_t messages, events, lines_rejected, poison, dead_letters,
+	_Atomic uint64_t messages, events, lines_rejected, key_conflicts, poison, dead_letters,
 		dead_letter_failures, batches, duplicates, write_failures, pauses, rebalances,
 		commits, commit_failures, errors;
 };
@@ -233,16 +234,19 @@ static void k_dlq_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 
 /* ---------------------------------------------------------------- poison */
 
-/* A message with refused lines or events: counted, logged (at most
- * KAFKA_POISON_LOGS a second, the rest counted in the next line), and
- * produced to the dead-letter topic as it was. */
+/* A message with refused lines or events: logged (at most
+ * KAFKA_POISON_LOGS a second, the rest counted in the next line) and, the
+ * first time (not `again`), counted and produced to the dead-letter topic
+ * as it was. */
 static void kc_poison(kcons *c, const char *topic, int32_t partition, int64_t offset,
-		      const char *payload, size_t len, const char *why)
+		      const char *payload, size_t len, const char *why, int again)
 {
 	kafka *k = c->k;
-	atomic_fetch_add_explicit(&k->poison, 1, memory_order_relaxed);
 	ingest_warn(&c->in, "%s/%" PRId32 " offset %" PRId64 ": %s%s", topic, partition, offset,
-		    why, k->dlq ? "; sent to the dead-letter topic" : "");
+		    why, k->dlq && !again ? "; sent to the dead-letter topic" : "");
+	if (again)
+		return;
+	atomic_fetch_add_explicit(&k->poison, 1, memory_order_relaxed);
 	if (!k->dlq)
 		return;
 	char pb[16], ob[24];
@@ -407,7 +411,7 @@ static int kc_flush(kcons *c)
 		snprintf(why, sizeof why, "line %" PRIu64 " of the message: %s",
 			 res.errors[i].line - c->msgs[m].line + 1, res.errors[i].reason);
 		kc_poison(c, c->topic, c->partition, c->msgs[m].offset, c->buf + c->msgs[m].at,
-			  c->msgs[m].len, why);
+			  c->msgs[m].len, why, c->msgs[m].poison);
 	}
 	k_list_set(c->commit_next, c->topic, c->partition, next);
 	k_list_set(c->owned, c->topic, c->partition, next);
@@ -432,12 +436,15 @@ static int kc_take(kcons *c, rd_kafka_message_t *m)
 	const char *p = m->payload ? m->payload : "";
 	size_t n = m->payload ? m->len : 0;
 	ingest_text t;
-	int rc = ingest_decode(&c->in, p, n, NULL, 0, srv_clock_ns(), &t);
+	/* the key stands for the key tag only when kafka-key-tag says so */
+	size_t kn = c->in.key_tag && m->key ? m->key_len : 0;
+	int rc = ingest_decode(&c->in, p, n, kn ? m->key : NULL, kn, srv_clock_ns(), &t);
 	if (rc)
 		return rc;
 	if (t.rejected) {
 		atomic_fetch_add_explicit(&k->lines_rejected, t.rejected, memory_order_relaxed);
-		kc_poison(c, topic, m->partition, m->offset, p, n, t.why);
+		atomic_fetch_add_explicit(&k->key_conflicts, t.conflicts, memory_order_relaxed);
+		kc_poison(c, topic, m->partition, m->offset, p, n, t.why, 0);
 	}
 	const char *lp = t.lp;
 	size_t lp_len = t.len;
@@ -455,6 +462,7 @@ static int kc_take(kcons *c, rd_kafka_message_t *m)
 	km->line = c->lines + 1;
 	km->at = c->len;
 	km->len = lp_len;
+	km->poison = t.rejected > 0;
 	memcpy(c->buf + c->len, lp, lp_len);
 	c->len += lp_len;
 	if (lp_len && lp[lp_len - 1] != '\n')
@@ -1009,6 +1017,8 @@ int kafka_open(srv *s)
 			.format = sc->kafka_format,
 			.table = sc->kafka_json_table,
 			.table_setting = "kafka-json-table",
+			.key_tag = sc->kafka_key_tag,
+			.key_setting = "kafka-key-tag",
 			.log_burst = KAFKA_POISON_LOGS,
 			.log_period_ns = INT64_C(1000000000),
 		};
@@ -1123,6 +1133,8 @@ void kafka_close(srv *s)
 	  "Lines (events) of Kafka messages accepted into the store.")                          \
 	X(lines_rejected, "kafka_lines_rejected", "tally_kafka_lines_rejected_total",           \
 	  "Lines or JSON events of Kafka messages refused (their messages are poison).")        \
+	X(key_conflicts, "kafka_key_conflicts", "tally_kafka_key_conflicts_total",              \
+	  "Lines or events whose key tag was not their Kafka message's key (refused).")         \
 	X(poison, "kafka_poison_messages", "tally_kafka_poison_messages_total",                 \
 	  "Kafka messages with a refused line or event: logged with topic, partition, offset.") \
 	X(dead_letters, "kafka_dead_letters", "tally_kafka_dead_letters_total",                 \
