@@ -13,132 +13,10 @@
  * generous; nothing is timed.
  */
 #include <criterion/criterion.h>
-#include <librdkafka/rdkafka.h>
-#include <librdkafka/rdkafka_mock.h>
 
-#include "srvutil.h"
+#include "kafkautil.h"
 
-#define TOPIC  "events"
-#define NPART  4
-#define NCAM   8
-#define TO_ALL "0 1800000000000000000"
-
-typedef struct kmock {
-	rd_kafka_t *rk, *q; /* q: a client of the cluster, for watermarks */
-	rd_kafka_mock_cluster_t *mc;
-	char brokers[256];
-} kmock;
-
-static void kmock_start(kmock *m, int brokers)
-{
-	char err[256];
-	rd_kafka_conf_t *conf = rd_kafka_conf_new();
-	rd_kafka_conf_set(conf, "log_level", "2", NULL, 0);
-	m->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof err);
-	cr_assert_not_null(m->rk, "%s", err);
-	m->mc = rd_kafka_mock_cluster_new(m->rk, brokers);
-	cr_assert_not_null(m->mc);
-	snprintf(m->brokers, sizeof m->brokers, "%s", rd_kafka_mock_cluster_bootstraps(m->mc));
-	cr_assert_eq(rd_kafka_mock_topic_create(m->mc, TOPIC, NPART, brokers < 3 ? brokers : 3), 0);
-	conf = rd_kafka_conf_new();
-	rd_kafka_conf_set(conf, "bootstrap.servers", m->brokers, NULL, 0);
-	rd_kafka_conf_set(conf, "log_level", "2", NULL, 0);
-	m->q = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof err);
-	cr_assert_not_null(m->q, "%s", err);
-}
-
-/* The partition's high watermark: the offset after its last message. */
-static int64_t kmock_high(kmock *m, int32_t p)
-{
-	int64_t lo, hi;
-	rd_kafka_resp_err_t e;
-	int64_t deadline = su_mono_ms() + 60000;
-	while ((e = rd_kafka_query_watermark_offsets(m->q, TOPIC, p, &lo, &hi, 5000))) {
-		cr_assert(su_mono_ms() < deadline, "watermarks: %s", rd_kafka_err2str(e));
-		usleep(100000);
-	}
-	return hi;
-}
-
-static void kmock_stop(kmock *m)
-{
-	rd_kafka_destroy(m->q);
-	rd_kafka_mock_cluster_destroy(m->mc);
-	rd_kafka_destroy(m->rk);
-}
-
-/* ---------------------------------------------------------------- producer */
-
-static const char *node_script(void)
-{
-	static char path[512];
-	snprintf(path, sizeof path, "%s/tests/server/kafka_produce.mjs", TALLY_SOURCE_DIR);
-	char mod[512];
-	snprintf(mod, sizeof mod, "%s/tests/server/node_modules/kafkajs", TALLY_SOURCE_DIR);
-	struct stat st;
-	if (stat(mod, &st) != 0 || system("command -v node >/dev/null 2>&1") != 0)
-		cr_skip_test("node or kafkajs missing (tools/setup installs them)");
-	return path;
-}
-
-/* Runs the producer for messages [from, from + count); returns its pid. */
-static const char *kformat = "lp"; /* kafka_produce.mjs's FORMAT */
-
-static pid_t kproduce(const kmock *m, int from, int count, int lines, int poison, int pause_ms)
-{
-	const char *script = node_script();
-	char a[4][24], p[2][24];
-	snprintf(a[0], sizeof a[0], "%d", from);
-	snprintf(a[1], sizeof a[1], "%d", count);
-	snprintf(a[2], sizeof a[2], "%d", lines);
-	snprintf(p[0], sizeof p[0], "%d", poison);
-	snprintf(p[1], sizeof p[1], "%d", pause_ms);
-	pid_t pid = fork();
-	cr_assert(pid >= 0);
-	if (pid == 0) {
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		int nul = open("/dev/null", O_WRONLY);
-		dup2(nul, 1);
-		execlp("node", "node", script, m->brokers, TOPIC, a[0], a[1], a[2], kformat, p[0],
-		       p[1], (char *)NULL);
-		_exit(127);
-	}
-	return pid;
-}
-
-static void kproduce_wait(pid_t pid)
-{
-	int st;
-	int64_t deadline = su_mono_ms() + 120000;
-	while (waitpid(pid, &st, WNOHANG) != pid) {
-		cr_assert(su_mono_ms() < deadline, "the producer did not finish in 120 s");
-		usleep(20000);
-	}
-	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the producer failed (status %d)", st);
-}
-
-/* ---------------------------------------------------------------- brute force */
-
-typedef struct kbrute {
-	uint64_t count[NCAM], sum[NCAM], total;
-} kbrute;
-
-/* What messages [0, n) of LINES lines each hold, as kafka_produce.mjs
- * makes them; a poison message's first line is refused. */
-static kbrute kbrute_of(int n, int lines, int poison)
-{
-	kbrute b = {0};
-	for (int i = 0; i < n; i++)
-		for (int j = 0; j < lines; j++) {
-			if (poison > 0 && i % poison == poison - 1 && j == 0)
-				continue;
-			uint64_t e = (uint64_t)i * (uint64_t)lines + (uint64_t)j;
-			b.count[i % NCAM]++;
-			b.sum[i % NCAM] += e % 100;
-			b.total++;
-		}
-	return b;
-}
+#define NPART 4
 
 /* Where the events are: k.v from line protocol, traffic.speed from JSON
  * events (the default json-map). */
@@ -172,43 +50,11 @@ static kbrute kheld_all(tcli **cs, int n)
 	return b;
 }
 
-/* The furthest offset the nodes wrote of partition p (their
- * kafka_offset:events/P rows), -1 when none owns it. */
-static int64_t kwritten(tcli **cs, int n, int32_t p)
-{
-	char name[64];
-	snprintf(name, sizeof name, "kafka_offset:" TOPIC "/%d", p);
-	int64_t best = -1;
-	for (int i = 0; i < n; i++) {
-		ttable t;
-		tcli_query(cs[i], &t, "#!stats");
-		cr_assert_null(t.err, "%s", t.err);
-		for (size_t r = 1; r < t.n; r++)
-			if (!strcmp(tcell(t.rows[r], 0), name)) {
-				int64_t v = (int64_t)strtoull(tcell(t.rows[r], 1), NULL, 10);
-				best = v > best ? v : best;
-			}
-		ttable_free(&t);
-	}
-	return best;
-}
-
-/* Waits (bounded) until the nodes wrote every partition up to its high
- * watermark, then checks every camera's count and sum: one message
- * counted twice or lost fails. */
+/* Waits until the nodes wrote every partition, then checks every camera's
+ * count and sum: one message counted twice or lost fails. */
 static void kexpect(kmock *m, tcli **cs, int n, const kbrute *want)
 {
-	int64_t deadline = su_mono_ms() + 150000;
-	for (int32_t p = 0; p < NPART; p++) {
-		int64_t hi = kmock_high(m, p), w;
-		while ((w = kwritten(cs, n, p)) < hi && !(hi == 0 && w < 0)) {
-			cr_assert(su_mono_ms() < deadline,
-				  "after 150 s partition %d is written up to %" PRId64
-				  " of %" PRId64,
-				  p, w, hi);
-			usleep(200000);
-		}
-	}
+	kwait_written(m, cs, n);
 	kbrute got = kheld_all(cs, n);
 	for (int k = 0; k < NCAM; k++) {
 		cr_assert_eq(got.count[k], want->count[k],
@@ -243,25 +89,12 @@ static void kspawn(tsrv *s, const kmock *m, const char *extra1, const char *extr
 	tsrv_spawn(s, args, 1);
 }
 
-static uint64_t kwait_stat(tcli *c, const char *name, uint64_t at_least)
-{
-	int64_t deadline = su_mono_ms() + 120000;
-	for (;;) {
-		uint64_t v = tstat(c, name);
-		if (v >= at_least)
-			return v;
-		cr_assert(su_mono_ms() < deadline, "%s stayed at %" PRIu64 " (want %" PRIu64 ")",
-			  name, v, at_least);
-		usleep(50000);
-	}
-}
-
 /* ---------------------------------------------------------------- tests */
 
 Test(kafka, steady_consumption_equals_brute_force)
 {
 	kmock m;
-	kmock_start(&m, 3);
+	kmock_start(&m, 3, NPART);
 	tsrv s;
 	tdir_make(&s);
 	kproduce_wait(kproduce(&m, 0, 400, 50, 0, 0));
@@ -297,7 +130,7 @@ Test(kafka, steady_consumption_equals_brute_force)
 Test(kafka, kill_9_mid_consumption_counts_each_message_once)
 {
 	kmock m;
-	kmock_start(&m, 3);
+	kmock_start(&m, 3, NPART);
 	tsrv s;
 	tdir_make(&s);
 	const int N = 900, L = 40;
@@ -334,7 +167,7 @@ Test(kafka, kill_9_mid_consumption_counts_each_message_once)
 Test(kafka, rebalance_between_two_nodes_counts_each_message_once)
 {
 	kmock m;
-	kmock_start(&m, 3);
+	kmock_start(&m, 3, NPART);
 	tsrv a, b;
 	tdir_make(&a);
 	tdir_make(&b);
@@ -415,7 +248,7 @@ static int kdead_letters(const kmock *m, const char *topic, int want, char *log,
 Test(kafka, poison_messages_are_counted_logged_and_dead_lettered)
 {
 	kmock m;
-	kmock_start(&m, 1);
+	kmock_start(&m, 1, NPART);
 	cr_assert_eq(rd_kafka_mock_topic_create(m.mc, "events-dlq", 1, 1), 0);
 	tsrv s;
 	tdir_make(&s);
@@ -446,7 +279,7 @@ Test(kafka, poison_messages_are_counted_logged_and_dead_lettered)
 Test(kafka, broker_outage_loses_nothing)
 {
 	kmock m;
-	kmock_start(&m, 3);
+	kmock_start(&m, 3, NPART);
 	tsrv s;
 	tdir_make(&s);
 	const int N = 600, L = 40;
@@ -496,7 +329,7 @@ Test(kafka, json_events_with_refused_ones_equal_brute_force)
 	kformat = "json";
 	kquery = "#!agg traffic speed c%d " TO_ALL;
 	kmock m;
-	kmock_start(&m, 1);
+	kmock_start(&m, 1, NPART);
 	tsrv s;
 	tdir_make(&s);
 	const int N = 120, L = 20, P = 10; /* every 10th message: one event refused */
@@ -513,6 +346,148 @@ Test(kafka, json_events_with_refused_ones_equal_brute_force)
 	char *log = tsrv_log(&s);
 	cr_assert(strstr(log, "event 0 at byte"), "%s", log);
 	free(log);
+	tdir_remove(&s);
+	kmock_stop(&m);
+}
+
+/* ---------------------------------------------------------------- the message key */
+
+static void kspawn_keyed(tsrv *s, const kmock *m, const char *format, const char *key_tag)
+{
+	const char *args[] = {"--kafka-brokers",
+			      m->brokers,
+			      "--kafka-topics",
+			      TOPIC,
+			      "--kafka-format",
+			      format,
+			      "--kafka-key-tag",
+			      key_tag,
+			      "--sync-interval",
+			      "100ms",
+			      NULL};
+	tsrv_spawn(s, args, 1);
+}
+
+/* count and sum of #!agg TABLE FIELD KEY over all time */
+static void kagg(tcli *c, const char *table, const char *field, const char *key, uint64_t *count,
+		 double *sum)
+{
+	ttable t;
+	tcli_query(c, &t, "#!agg %s %s %s " TO_ALL, table, field, key);
+	cr_assert_null(t.err, "%s: %s", key, t.err);
+	*count = strtoull(tcell(t.rows[1], 0), NULL, 10);
+	*sum = *count ? strtod(tcell(t.rows[1], 1), NULL) : 0;
+	ttable_free(&t);
+}
+
+Test(kafka, key_tag_fills_lines_from_the_message_key_and_refuses_conflicts)
+{
+	kmock m;
+	kmock_start(&m, 1, NPART);
+	/* c1: a line without the tag, one with it, one with another camera
+	 * (refused), one with only another tag */
+	kproduce_one(&m, "c1",
+		     "k v=1i 1700000000000000000\n"
+		     "k,cam=c1 v=2i 1700000001000000000\n"
+		     "k,cam=c9 v=4i 1700000002000000000\n"
+		     "k,site=x v=8i 1700000003000000000\n");
+	/* c4: a refused record over two lines (a string with an escaped
+	 * newline), then a good line, then one the store refuses: its line
+	 * number is still the producer's (4) */
+	kproduce_one(&m, "c4",
+		     "k,cam=c9 v=1i,s=\"a\\\nb\" 1700000004000000000\n"
+		     "k v=64i 1700000005000000000\n"
+		     "k v=oops 1700000006000000000\n");
+	/* a key that needs escaping as a tag value */
+	kproduce_one(&m, "c=2", "k v=16i 1700000007000000000\n");
+	/* no key: written as it is */
+	kproduce_one(&m, NULL, "k,cam=c3 v=32i 1700000008000000000\n");
+	tsrv s;
+	tdir_make(&s);
+	kspawn_keyed(&s, &m, "lp", "cam");
+	tcli *c = tcli_open(s.port);
+	kwait_stat(c, "kafka_messages", 4);
+	static const struct {
+		const char *key;
+		uint64_t count;
+		double sum;
+	} want[] = {{"c1", 3, 11}, {"c4", 1, 64}, {"c=2", 1, 16}, {"c3", 1, 32}, {"c9", 0, 0}};
+	for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+		uint64_t n;
+		double sum;
+		kagg(c, "k", "v", want[i].key, &n, &sum);
+		cr_assert_eq(n, want[i].count, "%s: %" PRIu64 " events", want[i].key, n);
+		cr_assert_eq(sum, want[i].sum, "%s: sum %g", want[i].key, sum);
+	}
+	cr_assert_eq(tstat(c, "kafka_key_conflicts"), 2);
+	cr_assert_eq(tstat(c, "kafka_lines_rejected"), 3);
+	/* c4's message is poison once, though two of its lines were refused */
+	cr_assert_eq(tstat(c, "kafka_poison_messages"), 2);
+	tcli_close(c);
+	cr_assert_eq(tsrv_wait(&s, SIGTERM), 0);
+	char *log = tsrv_log(&s);
+	cr_assert(
+		strstr(log, "offset 0: line 3 of the message: tag 'cam' is 'c9', not its key 'c1'"),
+		"%s", log);
+	cr_assert(strstr(log, "line 1 of the message: tag 'cam' is 'c9', not its key 'c4'"), "%s",
+		  log);
+	cr_assert(strstr(log, "line 4 of the message: field 'v'"), "%s", log);
+	free(log);
+	tdir_remove(&s);
+	kmock_stop(&m);
+}
+
+Test(kafka, key_tag_of_json_events_is_the_mappings_key)
+{
+	kmock m;
+	kmock_start(&m, 1, NPART);
+	kproduce_one(&m, "c5",
+		     "{\"timestamp\":\"2024-01-01T00:00:00Z\",\"vehicle_speed\":10}\n"
+		     "{\"kvfv_id\":\"c5\",\"timestamp\":\"2024-01-01T00:00:01Z\","
+		     "\"vehicle_speed\":20}\n"
+		     "{\"kvfv_id\":\"c6\",\"timestamp\":\"2024-01-01T00:00:02Z\","
+		     "\"vehicle_speed\":40}\n");
+	tsrv s;
+	tdir_make(&s);
+	kspawn_keyed(&s, &m, "json", "camera");
+	tcli *c = tcli_open(s.port);
+	kwait_stat(c, "kafka_messages", 1);
+	uint64_t n;
+	double sum;
+	kagg(c, "traffic", "speed", "c5", &n, &sum);
+	cr_assert(n == 2 && sum == 30, "c5: %" PRIu64 " events, sum %g", n, sum);
+	kagg(c, "traffic", "speed", "c6", &n, &sum);
+	cr_assert_eq(n, 0, "the conflicting event was written");
+	cr_assert_eq(tstat(c, "kafka_key_conflicts"), 1);
+	tcli_close(c);
+	cr_assert_eq(tsrv_wait(&s, SIGTERM), 0);
+	char *log = tsrv_log(&s);
+	cr_assert(strstr(log, "event 2 of the message: tag 'camera' is 'c6', not its key 'c5'"),
+		  "%s", log);
+	free(log);
+	/* with JSON events, the key can only be the json-map's key tag */
+	tsrv bad;
+	tdir_make(&bad);
+	const char *args[] = {"--kafka-brokers",
+			      m.brokers,
+			      "--kafka-topics",
+			      TOPIC,
+			      "--kafka-format",
+			      "json",
+			      "--kafka-key-tag",
+			      "cam",
+			      "--port",
+			      "0",
+			      "--http-port",
+			      "off",
+			      NULL};
+	tsrv_spawn(&bad, args, 0);
+	cr_assert_neq(tsrv_wait(&bad, 0), 0, "kafka-key-tag cam was accepted with JSON events");
+	log = tsrv_log(&bad);
+	cr_assert(strstr(log, "kafka-key-tag 'cam': with JSON events it must be the key tag"), "%s",
+		  log);
+	free(log);
+	tdir_remove(&bad);
 	tdir_remove(&s);
 	kmock_stop(&m);
 }

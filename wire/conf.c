@@ -278,6 +278,9 @@ static const struct conf_item {
 	{"kafka-dead-letter-topic", K_STR, offsetof(srv_conf, kafka_dead_letter),
 	 "produce each Kafka message with refused lines or events here, as it was, with "
 	 "its origin in headers (default: none, only counted and logged)"},
+	{"kafka-key-tag", K_STR, offsetof(srv_conf, kafka_key_tag),
+	 "the tag a Kafka message's key fills in each of its events that lacks it (e.g. "
+	 "camera); an event with another value is refused (default: the key is not used)"},
 	{"kafka-consumers", K_UINT, offsetof(srv_conf, kafka_consumers),
 	 "Kafka consumer threads, each a member of the group (default: one per shard)"},
 	{"kafka-batch-bytes", K_SIZE, offsetof(srv_conf, kafka_batch_bytes),

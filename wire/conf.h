@@ -114,6 +114,7 @@ typedef struct srv_conf {
 	char *kafka_format;        /* "lp" (NULL) or "json" */
 	char *kafka_json_table;    /* the json-map table of JSON messages; NULL: traffic */
 	char *kafka_dead_letter;   /* topic for messages with refused lines; NULL: none */
+	char *kafka_key_tag;       /* the tag a message's key fills; NULL: none */
 	unsigned kafka_consumers;  /* consumer threads; 0: one per shard */
 	size_t kafka_batch_bytes;  /* a batch (one WAL record) is cut past this */
 	int64_t kafka_handover_ns; /* a partition from another owner waits this long */

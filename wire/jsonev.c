@@ -271,6 +271,11 @@ const char *jsonev_map_table(const jsonev_map *m)
 	return m->table;
 }
 
+const char *jsonev_map_key_tag(const jsonev_map *m)
+{
+	return m->key >= 0 ? m->m[m->key].name : NULL;
+}
+
 static char *dup_n(const char *s, size_t n)
 {
 	char *d = malloc(n + 1);

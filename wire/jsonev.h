@@ -42,6 +42,8 @@ int jsonev_map_parse(const char *spec, jsonev_map **out, char *err, size_t cap);
 void jsonev_map_free(jsonev_map *m);
 /* The table the mapping writes to; borrowed for the mapping's life. */
 const char *jsonev_map_table(const jsonev_map *m);
+/* The tag the mapping's key member becomes ("camera"); borrowed likewise. */
+const char *jsonev_map_key_tag(const jsonev_map *m);
 
 /* A set of mappings by table: the default one plus every json-map. */
 typedef struct jsonev_maps jsonev_maps;

@@ -40,7 +40,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "jsonev.h"
+#include "ingest.h"
 #include "server.h"
 
 #define KAFKA_TOPIC_MAX    249 /* Kafka's own limit on a topic name */
@@ -63,6 +63,7 @@ typedef struct kmsg {
 	int64_t offset;
 	uint64_t line;  /* its first physical line in the batch, 1-based */
 	size_t at, len; /* its bytes in the batch (line protocol) */
+	int poison;     /* counted (and dead-lettered) as poison already */
 } kmsg;
 
 typedef struct kcons {
@@ -71,8 +72,7 @@ typedef struct kcons {
 	pthread_t thr;
 	int started;
 	rd_kafka_t *rk;
-	tally_writer *w;
-	jsonev_dec *dec;
+	ingest in; /* the writer, the JSON decoder, the key-tag pass, warnings */
 
 	/* The batch: messages of one partition. */
 	int has;
@@ -103,17 +103,12 @@ typedef struct kcons {
 	int64_t handover_at, handover_until, settle_until;
 	uint64_t commit_ticket;
 	int64_t watermarks_at;
-	int64_t poison_second;
-	unsigned poison_logged;
-	uint64_t poison_unlogged;
 } kcons;
 
 struct kafka {
 	srv *srv;
 	unsigned n;
 	kcons *cons;
-	int json;
-	const jsonev_map *map;
 	size_t batch_bytes;
 	int64_t handover_ns;
 	rd_kafka_t *dlq; /* the dead-letter producer, NULL: none */
@@ -130,7 +125,7 @@ struct kafka {
 	kpart *parts;
 	size_t n_parts, cap_parts;
 
-	_Atomic uint64_t messages, events, lines_rejected, poison, dead_letters,
+	_Atomic uint64_t messages, events, lines_rejected, key_conflicts, poison, dead_letters,
 		dead_letter_failures, batches, duplicates, write_failures, pauses, rebalances,
 		commits, commit_failures, errors;
 };
@@ -239,30 +234,19 @@ static void k_dlq_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 
 /* ---------------------------------------------------------------- poison */
 
-/* A message with refused lines or events: counted, logged (at most
- * KAFKA_POISON_LOGS a second, the rest counted in the next line), and
- * produced to the dead-letter topic as it was. */
+/* A message with refused lines or events: logged (at most
+ * KAFKA_POISON_LOGS a second, the rest counted in the next line) and, the
+ * first time (not `again`), counted and produced to the dead-letter topic
+ * as it was. */
 static void kc_poison(kcons *c, const char *topic, int32_t partition, int64_t offset,
-		      const char *payload, size_t len, const char *why)
+		      const char *payload, size_t len, const char *why, int again)
 {
 	kafka *k = c->k;
+	ingest_warn(&c->in, "%s/%" PRId32 " offset %" PRId64 ": %s%s", topic, partition, offset,
+		    why, k->dlq && !again ? "; sent to the dead-letter topic" : "");
+	if (again)
+		return;
 	atomic_fetch_add_explicit(&k->poison, 1, memory_order_relaxed);
-	int64_t sec = srv_now() / 1000000000;
-	if (sec != c->poison_second) {
-		c->poison_second = sec;
-		c->poison_logged = 0;
-	}
-	if (c->poison_logged < KAFKA_POISON_LOGS) {
-		c->poison_logged++;
-		srv_log(k->srv, TALLY_LOG_WARN,
-			"kafka: %s/%" PRId32 " offset %" PRId64 ": %s%s (and %" PRIu64
-			" more not logged)",
-			topic, partition, offset, why,
-			k->dlq ? "; sent to the dead-letter topic" : "", c->poison_unlogged);
-		c->poison_unlogged = 0;
-	} else {
-		c->poison_unlogged++;
-	}
 	if (!k->dlq)
 		return;
 	char pb[16], ob[24];
@@ -372,8 +356,8 @@ static int kc_flush(kcons *c)
 	int64_t next = c->msgs[c->n_msgs - 1].offset + 1;
 	tally_write_result res;
 	int dup = 0;
-	int rc = tally_write_lp_labelled(c->w, src, (uint64_t)next, c->buf, c->len, TALLY_PREC_NS,
-					 &res, &dup);
+	int rc = tally_write_lp_labelled(c->in.w, src, (uint64_t)next, c->buf, c->len,
+					 TALLY_PREC_NS, &res, &dup);
 	if (rc == TALLY_ESTALE) {
 		/* far below what the store applied for this partition: it was
 		 * written before (a topic recreated with the same name is the
@@ -427,7 +411,7 @@ static int kc_flush(kcons *c)
 		snprintf(why, sizeof why, "line %" PRIu64 " of the message: %s",
 			 res.errors[i].line - c->msgs[m].line + 1, res.errors[i].reason);
 		kc_poison(c, c->topic, c->partition, c->msgs[m].offset, c->buf + c->msgs[m].at,
-			  c->msgs[m].len, why);
+			  c->msgs[m].len, why, c->msgs[m].poison);
 	}
 	k_list_set(c->commit_next, c->topic, c->partition, next);
 	k_list_set(c->owned, c->topic, c->partition, next);
@@ -451,38 +435,21 @@ static int kc_take(kcons *c, rd_kafka_message_t *m)
 	}
 	const char *p = m->payload ? m->payload : "";
 	size_t n = m->payload ? m->len : 0;
-	const char *lp = p;
-	size_t lp_len = n;
-	uint64_t lines = 0;
-	jsonev_result jr;
-	if (k->json) {
-		int rc = jsonev_decode(c->dec, k->map, p, n, srv_clock_ns(), &jr);
-		if (rc == -ENOMEM)
-			return rc;
-		if (rc == 0) {
-			lp = jr.lp;
-			lp_len = jr.lp_len;
-			lines = jr.lines;
-		} else {
-			lp_len = 0;
-		}
-		if (rc || jr.rejected) {
-			char why[JSONEV_REASON_MAX + 64];
-			if (jr.n_errors)
-				snprintf(why, sizeof why,
-					 "event %" PRIu64 " at byte %" PRIu64 ": %s",
-					 jr.errors[0].event, jr.errors[0].offset,
-					 jr.errors[0].reason);
-			else
-				snprintf(why, sizeof why, "refused");
-			atomic_fetch_add_explicit(&k->lines_rejected, rc ? 1 : jr.rejected,
-						  memory_order_relaxed);
-			kc_poison(c, topic, m->partition, m->offset, p, n, why);
-		}
-	} else {
-		lines = conn_count_lines(p, n);
+	ingest_text t;
+	/* the key stands for the key tag only when kafka-key-tag says so */
+	size_t kn = c->in.key_tag && m->key ? m->key_len : 0;
+	int rc = ingest_decode(&c->in, p, n, kn ? m->key : NULL, kn, srv_clock_ns(), &t);
+	if (rc)
+		return rc;
+	if (t.rejected) {
+		atomic_fetch_add_explicit(&k->lines_rejected, t.rejected, memory_order_relaxed);
+		atomic_fetch_add_explicit(&k->key_conflicts, t.conflicts, memory_order_relaxed);
+		kc_poison(c, topic, m->partition, m->offset, p, n, t.why, 0);
 	}
-	int rc = kc_reserve(c, lp_len + 1);
+	const char *lp = t.lp;
+	size_t lp_len = t.len;
+	uint64_t lines = t.lines;
+	rc = kc_reserve(c, lp_len + 1);
 	if (rc)
 		return rc;
 	if (!c->has) {
@@ -495,6 +462,7 @@ static int kc_take(kcons *c, rd_kafka_message_t *m)
 	km->line = c->lines + 1;
 	km->at = c->len;
 	km->len = lp_len;
+	km->poison = t.rejected > 0;
 	memcpy(c->buf + c->len, lp, lp_len);
 	c->len += lp_len;
 	if (lp_len && lp[lp_len - 1] != '\n')
@@ -546,15 +514,15 @@ static int kc_drain(kcons *c)
  * ones written since. */
 static void kc_commit(kcons *c)
 {
-	srv *s = c->k->srv;
-	if (c->commit_wait->cnt &&
-	    atomic_load_explicit(&s->sync_done, memory_order_acquire) >= c->commit_ticket) {
-		char msg[256];
-		if (srv_sync_result(s, c->commit_ticket, msg, sizeof msg)) {
-			/* not known durable: not told to Kafka; ask again */
-			c->commit_ticket = srv_sync_ticket(s);
-			return;
-		}
+	char msg[256];
+	int r = c->commit_wait->cnt ? ingest_synced(&c->in, c->commit_ticket, 0, msg, sizeof msg)
+				    : 1;
+	if (r < 0) {
+		/* not known durable: not told to Kafka; ask again */
+		c->commit_ticket = ingest_sync_ask(&c->in);
+		return;
+	}
+	if (r == 0) {
 		if (rd_kafka_commit(c->rk, c->commit_wait, 1))
 			atomic_fetch_add_explicit(&c->k->commit_failures, 1, memory_order_relaxed);
 		else
@@ -566,7 +534,7 @@ static void kc_commit(kcons *c)
 		rd_kafka_topic_partition_list_t *t = c->commit_wait;
 		c->commit_wait = c->commit_next;
 		c->commit_next = t;
-		c->commit_ticket = srv_sync_ticket(s);
+		c->commit_ticket = ingest_sync_ask(&c->in);
 	}
 }
 
@@ -996,15 +964,6 @@ int kafka_open(srv *s)
 	pthread_cond_init(&k->leave_cv, NULL);
 	k->batch_bytes = sc->kafka_batch_bytes;
 	k->handover_ns = sc->kafka_handover_ns;
-	k->json = sc->kafka_format && !strcmp(sc->kafka_format, "json");
-	if (k->json) {
-		const char *t = sc->kafka_json_table ? sc->kafka_json_table : "traffic";
-		if (!(k->map = jsonev_maps_find(s->json_maps, t, strlen(t)))) {
-			srv_log(s, TALLY_LOG_ERROR,
-				"kafka-json-table '%s': no json-map for this table", t);
-			return -EINVAL;
-		}
-	}
 	k->topics = rd_kafka_topic_partition_list_new(4);
 	char *list = strdup(sc->kafka_topics);
 	if (!list)
@@ -1053,9 +1012,17 @@ int kafka_open(srv *s)
 		c->owned = rd_kafka_topic_partition_list_new(4);
 		c->handover = rd_kafka_topic_partition_list_new(4);
 		c->settling = rd_kafka_topic_partition_list_new(4);
-		int rc = tally_writer_open(s->db, -1, &c->w);
-		if (!rc && k->json)
-			rc = jsonev_dec_new(NULL, &c->dec);
+		const ingest_spec spec = {
+			.who = "kafka",
+			.format = sc->kafka_format,
+			.table = sc->kafka_json_table,
+			.table_setting = "kafka-json-table",
+			.key_tag = sc->kafka_key_tag,
+			.key_setting = "kafka-key-tag",
+			.log_burst = KAFKA_POISON_LOGS,
+			.log_period_ns = INT64_C(1000000000),
+		};
+		int rc = ingest_open(&c->in, s, &spec);
 		if (rc)
 			return rc;
 		rd_kafka_conf_t *conf = k_conf(s, 0);
@@ -1140,8 +1107,7 @@ void kafka_close(srv *s)
 		for (int l = 0; l < 3; l++)
 			if (*ls[l])
 				rd_kafka_topic_partition_list_destroy(*ls[l]);
-		tally_writer_close(c->w);
-		jsonev_dec_free(c->dec);
+		ingest_close(&c->in);
 		free(c->buf);
 		free(c->msgs);
 		free(c->held);
@@ -1167,6 +1133,8 @@ void kafka_close(srv *s)
 	  "Lines (events) of Kafka messages accepted into the store.")                          \
 	X(lines_rejected, "kafka_lines_rejected", "tally_kafka_lines_rejected_total",           \
 	  "Lines or JSON events of Kafka messages refused (their messages are poison).")        \
+	X(key_conflicts, "kafka_key_conflicts", "tally_kafka_key_conflicts_total",              \
+	  "Lines or events whose key tag was not their Kafka message's key (refused).")         \
 	X(poison, "kafka_poison_messages", "tally_kafka_poison_messages_total",                 \
 	  "Kafka messages with a refused line or event: logged with topic, partition, offset.") \
 	X(dead_letters, "kafka_dead_letters", "tally_kafka_dead_letters_total",                 \

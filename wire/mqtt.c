@@ -45,7 +45,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "jsonev.h"
+#include "ingest.h"
 #include "label.h"
 #include "server.h"
 
@@ -80,14 +80,11 @@ typedef struct mq {
 	char port[8];
 	char **topics;
 	unsigned n_topics;
-	int lp; /* payloads are line protocol, else JSON events */
-	const jsonev_map *map;
 	unsigned key_level; /* 1-based topic level holding the key; 0: none */
 	int64_t keepalive_ns;
 	const char *client_id;
 
-	tally_writer *w;
-	jsonev_dec *dec;
+	ingest ing; /* the writer, the JSON decoder, the rate limit of warnings */
 
 	/* Received, not yet handled: in[0, in_len). */
 	uint8_t *in;
@@ -103,8 +100,6 @@ typedef struct mq {
 	size_t n_redo, cap_redo;
 
 	int64_t ping_at, pong_due; /* monotonic ns; pong_due 0: no PINGREQ out */
-	int64_t logged_at;
-	uint64_t unlogged;
 } mq;
 
 /* ---------------------------------------------------------------- encoding */
@@ -292,28 +287,9 @@ static int props(rd *r, void (*user)(void *, const uint8_t *, size_t, const uint
 /* ---------------------------------------------------------------- logging */
 
 /* Problems with messages are logged at most once per MQ_LOG_EVERY, with
- * the count of those not logged; all are counted in the stats. */
-static void mq_warn(mq *q, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void mq_warn(mq *q, const char *fmt, ...)
-{
-	int64_t now = srv_now();
-	if (q->logged_at && now - q->logged_at < MQ_LOG_EVERY) {
-		q->unlogged++;
-		return;
-	}
-	char msg[512];
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(msg, sizeof msg, fmt, ap);
-	va_end(ap);
-	if (q->unlogged)
-		srv_log(q->s, TALLY_LOG_WARN, "mqtt: %s (and %" PRIu64 " more not logged)", msg,
-			q->unlogged);
-	else
-		srv_log(q->s, TALLY_LOG_WARN, "mqtt: %s", msg);
-	q->logged_at = now;
-	q->unlogged = 0;
-}
+ * the count of those not logged (ingest_warn); all are counted in the
+ * stats. */
+#define mq_warn(q, ...) ingest_warn(&(q)->ing, __VA_ARGS__)
 
 /* ---------------------------------------------------------------- the session */
 
@@ -607,38 +583,33 @@ static int mq_apply(mq *q, const mmsg *m)
 	}
 	const char *text = (const char *)m->payload;
 	size_t len = m->payload_n;
-	jsonev_result jr = {0};
-	if (!q->lp) {
-		size_t kn = 0;
-		const char *key = q->key_level ? mq_topic_level(m, q->key_level, &kn) : NULL;
-		jsonev_dec_default_key(q->dec, key, kn);
-		int rc = jsonev_decode(q->dec, q->map, text, len, srv_clock_ns(), &jr);
-		if (rc == -ENOMEM)
-			return -1;
-		if (jr.rejected) {
-			MQ_ADD(q, events_rejected, jr.rejected);
-			if (jr.n_errors)
-				mq_warn(q,
-					"topic '%.*s' message %u: event %" PRIu64
-					" at byte %" PRIu64 ": %s (%" PRIu64 " of %" PRIu64
-					" events refused)",
-					tn, topic, m->id, jr.errors[0].event, jr.errors[0].offset,
-					jr.errors[0].reason, jr.rejected, jr.events);
-		}
-		text = jr.lp;
-		len = jr.lp_len;
-		if (!jr.records && !m->labelled) {
-			MQ_ADD(q, bad_messages, 1);
-			return 0;
-		}
+	int json = q->ing.json;
+	size_t kn = 0;
+	const char *key = json && q->key_level ? mq_topic_level(m, q->key_level, &kn) : NULL;
+	ingest_text t;
+	if (ingest_decode(&q->ing, text, len, key, kn, srv_clock_ns(), &t))
+		return -1;
+	if (t.rejected) {
+		MQ_ADD(q, events_rejected, t.rejected);
+		if (t.why[0])
+			mq_warn(q,
+				"topic '%.*s' message %u: %s (%" PRIu64 " of %" PRIu64
+				" events refused)",
+				tn, topic, m->id, t.why, t.rejected, t.events);
+	}
+	text = t.lp;
+	len = t.len;
+	if (json && !t.jr.records && !m->labelled) {
+		MQ_ADD(q, bad_messages, 1);
+		return 0;
 	}
 	tally_write_result res;
 	int dup = 0, rc;
 	if (m->labelled)
-		rc = tally_write_lp_labelled(q->w, m->label, m->seq, text, len, TALLY_PREC_NS, &res,
-					     &dup);
+		rc = tally_write_lp_labelled(q->ing.w, m->label, m->seq, text, len, TALLY_PREC_NS,
+					     &res, &dup);
 	else
-		rc = tally_write_lp(q->w, text, len, TALLY_PREC_NS, &res);
+		rc = tally_write_lp(q->ing.w, text, len, TALLY_PREC_NS, &res);
 	if (rc == TALLY_EFULL)
 		return 1;
 	if (rc == TALLY_ESTALE) {
@@ -664,12 +635,11 @@ static int mq_apply(mq *q, const mmsg *m)
 	MQ_ADD(q, events, res.accepted);
 	if (res.rejected) {
 		MQ_ADD(q, events_rejected, res.rejected);
-		uint64_t ev =
-			q->lp ? res.errors[0].line : jsonev_line_event(&jr, res.errors[0].line);
+		uint64_t ev = ingest_event_of_line(&q->ing, &t, res.errors[0].line);
 		mq_warn(q, "topic '%.*s' message %u: %s %" PRIu64 ": %s", tn, topic, m->id,
-			q->lp ? "line" : "event", ev, res.errors[0].reason);
+			json ? "event" : "line", ev, res.errors[0].reason);
 	}
-	if (!res.accepted && (q->lp || !jr.records))
+	if (!res.accepted && (!json || !t.jr.records))
 		MQ_ADD(q, bad_messages, 1);
 	return 0;
 }
@@ -702,11 +672,8 @@ static int mq_ack(mq *q)
 {
 	if (!q->n_acks)
 		return 0;
-	srv *s = q->s;
-	uint64_t t = srv_sync_ticket(s);
-	srv_sync_wait(s, t);
 	char msg[256];
-	if (srv_sync_result(s, t, msg, sizeof msg)) {
+	if (ingest_synced(&q->ing, ingest_sync_ask(&q->ing), 1, msg, sizeof msg)) {
 		/* Not known durable: no PUBACK, so the broker keeps them. */
 		mq_warn(q, "sync failed (%s): %zu messages stay unacknowledged", msg, q->n_acks);
 		return -1;
@@ -853,10 +820,10 @@ static void *mq_main(void *arg)
 			/* Written, durable or not, and not acknowledged: the
 			 * broker sends them again with DUP. Synced now, so that
 			 * they are not lost meanwhile. */
-			if (q->n_acks) {
-				uint64_t t = srv_sync_ticket(q->s);
-				srv_sync_wait(q->s, t);
-			}
+			char why[256];
+			if (q->n_acks)
+				ingest_synced(&q->ing, ingest_sync_ask(&q->ing), 1, why,
+					      sizeof why);
 			for (size_t i = 0; i < q->n_acks; i++)
 				if (mq_grow_ids(&q->redo, q->n_redo, &q->cap_redo) == 0)
 					q->redo[q->n_redo++] = q->acks[i];
@@ -918,9 +885,7 @@ static void mq_free(mq *q)
 	for (unsigned i = 0; i < q->n_topics; i++)
 		free(q->topics[i]);
 	free(q->topics);
-	if (q->w)
-		tally_writer_close(q->w);
-	jsonev_dec_free(q->dec);
+	ingest_close(&q->ing);
 	free(q->in);
 	free(q->acks);
 	free(q->redo);
@@ -1007,21 +972,6 @@ int mqtt_start(srv *s)
 		mq_free(q);
 		return -EINVAL;
 	}
-	const char *fmt = cf->mqtt_format ? cf->mqtt_format : "json";
-	if (!strcmp(fmt, "lp") || !strcmp(fmt, "line-protocol")) {
-		q->lp = 1;
-	} else if (strcmp(fmt, "json")) {
-		srv_log(s, TALLY_LOG_ERROR, "mqtt-format '%s': json or lp", fmt);
-		mq_free(q);
-		return -EINVAL;
-	}
-	const char *table = cf->mqtt_table ? cf->mqtt_table : "traffic";
-	if (!q->lp && !(q->map = jsonev_maps_find(s->json_maps, table, strlen(table)))) {
-		srv_log(s, TALLY_LOG_ERROR,
-			"mqtt-table '%s': no json-map for this table (docs/json-events.md)", table);
-		mq_free(q);
-		return -EINVAL;
-	}
 	q->key_level = cf->mqtt_key_level;
 	q->keepalive_ns = cf->mqtt_keepalive_ns;
 	if (q->keepalive_ns < INT64_C(1000000000) ||
@@ -1043,8 +993,19 @@ int mqtt_start(srv *s)
 	}
 	q->max_packet = cf->mqtt_max_message;
 	int rc;
-	if (pipe2(q->wake, O_CLOEXEC | O_NONBLOCK) || (!q->lp && jsonev_dec_new(NULL, &q->dec)) ||
-	    (rc = tally_writer_open(s->db, -1, &q->w))) {
+	const ingest_spec spec = {
+		.who = "mqtt",
+		.format = cf->mqtt_format ? cf->mqtt_format : "json",
+		.table = cf->mqtt_table,
+		.table_setting = "mqtt-table",
+		.log_burst = 1,
+		.log_period_ns = MQ_LOG_EVERY,
+	};
+	if ((rc = ingest_open(&q->ing, s, &spec))) {
+		mq_free(q);
+		return rc;
+	}
+	if (pipe2(q->wake, O_CLOEXEC | O_NONBLOCK)) {
 		mq_free(q);
 		return -ENOMEM;
 	}
