@@ -1182,6 +1182,9 @@ static int prune_objects(bstore *st, lease *me, backup_prune_result *res)
 	orefs refs = {0};
 	objlist objs = {0};
 	int rc = leases_scan(st, me, "backup", held, 1, &res->leases_deleted);
+	/* from this look: reading the catalogs may take long, and the first
+	 * delete must come soon after a look */
+	int64_t checked = wall_ns();
 	if (!rc && held[0]) {
 		snprintf(res->held_by, sizeof res->held_by, "%s", held);
 		return 0;
@@ -1191,7 +1194,6 @@ static int prune_objects(bstore *st, lease *me, backup_prune_result *res)
 		rc = referenced(st, &refs);
 	if (!rc)
 		rc = store_list(st, "objects/", add_object, &objs);
-	int64_t checked = wall_ns();
 	for (uint32_t i = 0; i < objs.n && !rc; i++) {
 		oref o;
 		int kind = object_parse(objs.name[i], &o);
