@@ -14,8 +14,15 @@
  * directory, waits for its memtables to be faulted in (as bench_tcp
  * does), and checks through #!stats that every event was accepted.
  *
+ * --ab PAIRS measures what an Idempotency-Key costs (issue 15: at most
+ * 5%): the same bodies without and with a key (bench-K/SEQ, a source per
+ * connection), in pairs of runs with the order alternating, and prints
+ * the overhead per pair in wall time and in tallyd's CPU time with its
+ * spread (abpairs.h).
+ *
  *   ./build/bench/bench_http --events 8000000 --connections 4
  *   ./build/bench/bench_http --events 4000000 --json
+ *   ./build/bench/bench_http --events 4000000 --ab 8
  */
 #include <errno.h>
 #include <ftw.h>
@@ -37,6 +44,7 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include "abpairs.h"
 #include "benchnet.h"
 
 #define CAMERAS 1000
@@ -50,7 +58,8 @@ typedef struct body {
 } body;
 
 typedef struct hconn_run {
-	unsigned port;
+	unsigned port, k;
+	int labelled; /* each body with Idempotency-Key: bench-K/SEQ */
 	body *bodies;
 	size_t n_bodies;
 	int gzip;
@@ -152,13 +161,17 @@ static void *conn_main(void *arg)
 	static __thread char buf[1 << 16];
 	size_t have = 0;
 	for (size_t i = 0; i < r->n_bodies; i++) {
-		char head[256];
+		char head[320], label[64] = "";
+		if (r->labelled)
+			snprintf(label, sizeof label, "Idempotency-Key: bench-%u/%zu\r\n", r->k,
+				 i + 1);
 		int k = snprintf(head, sizeof head,
 				 "POST %s HTTP/1.1\r\n"
-				 "Host: 127.0.0.1\r\nContent-Length: %zu\r\n%s\r\n",
+				 "Host: 127.0.0.1\r\nContent-Length: %zu\r\n%s%s\r\n",
 				 json_mode ? "/api/v1/events?table=traffic"
 					   : "/api/v2/write?org=o&bucket=b&precision=ns",
-				 r->bodies[i].n, r->gzip ? "Content-Encoding: gzip\r\n" : "");
+				 r->bodies[i].n, r->gzip ? "Content-Encoding: gzip\r\n" : "",
+				 label);
 		double t = mono();
 		send_all(fd, head, (size_t)k);
 		send_all(fd, r->bodies[i].p, r->bodies[i].n);
@@ -173,24 +186,51 @@ static void *conn_main(void *arg)
 
 static int durable = 1;
 
-static void run(const char *tallyd, const char *dir, unsigned conns, uint64_t events,
-		size_t body_bytes, int gz, unsigned shards)
-{
+/* The bodies of every connection, made (and gzipped) before any clock. */
+typedef struct workload {
+	unsigned conns;
+	int gz;
 	body *bodies[64];
-	size_t nb[64], total = 0, wire = 0;
-	uint64_t sent = 0;
+	size_t nb[64], requests, text, wire; /* bytes before and after gzip */
+	uint64_t sent;
+} workload;
+
+static void workload_make(workload *w, unsigned conns, uint64_t events, size_t body_bytes, int gz)
+{
+	memset(w, 0, sizeof *w);
+	w->conns = conns;
+	w->gz = gz;
 	for (unsigned k = 0; k < conns; k++) {
-		bodies[k] = make_bodies(k, conns, events, body_bytes, &nb[k]);
-		for (size_t i = 0; i < nb[k]; i++) {
-			sent += bodies[k][i].events;
-			total += bodies[k][i].n;
+		w->bodies[k] = make_bodies(k, conns, events, body_bytes, &w->nb[k]);
+		w->requests += w->nb[k];
+		for (size_t i = 0; i < w->nb[k]; i++) {
+			w->sent += w->bodies[k][i].events;
+			w->text += w->bodies[k][i].n;
 			if (gz)
-				gzip_body(&bodies[k][i]);
-			wire += bodies[k][i].n;
+				gzip_body(&w->bodies[k][i]);
+			w->wire += w->bodies[k][i].n;
 		}
 	}
+}
+
+static void workload_free(workload *w)
+{
+	for (unsigned k = 0; k < w->conns; k++) {
+		for (size_t i = 0; i < w->nb[k]; i++)
+			free(w->bodies[k][i].p);
+		free(w->bodies[k]);
+	}
+}
+
+/* One run: a fresh tallyd and data directory, every connection's bodies
+ * sent at once, every event checked accepted. *secs: wall time of the
+ * sends; *cpu: tallyd's CPU seconds meanwhile; lat[requests]: each
+ * request's round trip, sorted. */
+static void serve(const char *tallyd, const char *dir, const workload *w, unsigned shards,
+		  int labelled, double *secs, double *cpu, double *lat)
+{
 	char data[600], pf[600], hpf[600], sh[16];
-	snprintf(data, sizeof data, "%s/data-%s", dir, gz ? "gzip" : "plain");
+	snprintf(data, sizeof data, "%s/data-%s", dir, w->gz ? "gzip" : "plain");
 	snprintf(pf, sizeof pf, "%s/port", dir);
 	snprintf(hpf, sizeof hpf, "%s/http-port", dir);
 	snprintf(sh, sizeof sh, "%u", shards);
@@ -229,56 +269,97 @@ static void run(const char *tallyd, const char *dir, unsigned conns, uint64_t ev
 		usleep(20000);
 	hconn_run runs[64];
 	pthread_t thr[64];
-	size_t n_req = 0;
-	for (unsigned k = 0; k < conns; k++) {
+	for (unsigned k = 0; k < w->conns; k++)
 		runs[k] = (hconn_run){.port = hport,
-				      .bodies = bodies[k],
-				      .n_bodies = nb[k],
-				      .gzip = gz,
-				      .lat = calloc(nb[k], sizeof(double))};
-		n_req += nb[k];
-	}
-	double t0 = mono();
-	for (unsigned k = 0; k < conns; k++)
+				      .k = k,
+				      .labelled = labelled,
+				      .bodies = w->bodies[k],
+				      .n_bodies = w->nb[k],
+				      .gzip = w->gz,
+				      .lat = calloc(w->nb[k], sizeof(double))};
+	double c0 = ab_proc_cpu_s(pid), t0 = mono();
+	for (unsigned k = 0; k < w->conns; k++)
 		pthread_create(&thr[k], NULL, conn_main, &runs[k]);
-	for (unsigned k = 0; k < conns; k++)
+	for (unsigned k = 0; k < w->conns; k++)
 		pthread_join(thr[k], NULL);
-	double secs = mono() - t0;
-	double *lat = malloc(n_req * sizeof *lat);
+	*secs = mono() - t0;
+	*cpu = ab_proc_cpu_s(pid) - c0;
 	size_t m = 0;
-	for (unsigned k = 0; k < conns; k++) {
-		memcpy(lat + m, runs[k].lat, nb[k] * sizeof *lat);
-		m += nb[k];
+	for (unsigned k = 0; k < w->conns; k++) {
+		memcpy(lat + m, runs[k].lat, w->nb[k] * sizeof *lat);
+		m += w->nb[k];
 		free(runs[k].lat);
 	}
 	qsort(lat, m, sizeof *lat, cmp_d);
 	uint64_t accepted = stat_of(port, "http_lines_accepted");
-	if (accepted != sent)
-		die("the server accepted %" PRIu64 " of %" PRIu64 " events", accepted, sent);
-	printf("%s%-5s %u conns, %zu requests of %.0f KiB (%.0f KiB on the wire): %.2f M events/s "
-	       "%s (%.2f s), request p50 %.2f ms, p99 %.2f ms\n",
-	       json_mode ? "json " : "", gz ? "gzip" : "plain", conns, m,
-	       (double)total / (double)m / 1024, (double)wire / (double)m / 1024,
-	       (double)sent / secs / 1e6, durable ? "durable" : "acknowledged before the fsync",
-	       secs, lat[m / 2] * 1e3, lat[(m * 99) / 100 < m ? (m * 99) / 100 : m - 1] * 1e3);
-	fflush(stdout);
+	if (accepted != w->sent)
+		die("the server accepted %" PRIu64 " of %" PRIu64 " events", accepted, w->sent);
 	kill(pid, SIGTERM);
 	int st;
 	waitpid(pid, &st, 0);
-	free(lat);
-	for (unsigned k = 0; k < conns; k++) {
-		for (size_t i = 0; i < nb[k]; i++)
-			free(bodies[k][i].p);
-		free(bodies[k]);
-	}
 	nftw(data, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+static void run(const char *tallyd, const char *dir, unsigned conns, uint64_t events,
+		size_t body_bytes, int gz, unsigned shards)
+{
+	workload w;
+	workload_make(&w, conns, events, body_bytes, gz);
+	double secs, cpu, *lat = malloc(w.requests * sizeof *lat);
+	serve(tallyd, dir, &w, shards, 0, &secs, &cpu, lat);
+	size_t m = w.requests;
+	printf("%s%-5s %u conns, %zu requests of %.0f KiB (%.0f KiB on the wire): %.2f M events/s "
+	       "%s (%.2f s), request p50 %.2f ms, p99 %.2f ms\n",
+	       json_mode ? "json " : "", gz ? "gzip" : "plain", conns, m,
+	       (double)w.text / (double)m / 1024, (double)w.wire / (double)m / 1024,
+	       (double)w.sent / secs / 1e6, durable ? "durable" : "acknowledged before the fsync",
+	       secs, lat[m / 2] * 1e3, lat[(m * 99) / 100 < m ? (m * 99) / 100 : m - 1] * 1e3);
+	fflush(stdout);
+	free(lat);
+	workload_free(&w);
+}
+
+/* --ab PAIRS: the same bodies without (A) and with (B) an Idempotency-Key,
+ * in pairs of runs, the order alternating (abpairs.h). */
+static void run_ab(const char *tallyd, const char *dir, unsigned conns, uint64_t events,
+		   size_t body_bytes, int gz, unsigned shards, unsigned pairs)
+{
+	workload w;
+	workload_make(&w, conns, events, body_bytes, gz);
+	double *lat = malloc(w.requests * sizeof *lat);
+	double *wall = calloc(2 * pairs, sizeof *wall), *cpu = calloc(2 * pairs, sizeof *cpu);
+	printf("A/B, %s%s: %u pairs of runs, %u conns, %zu requests of %.0f KiB; A without, B with "
+	       "Idempotency-Key: bench-K/SEQ; a fresh tallyd a run\n",
+	       json_mode ? "json " : "", gz ? "gzip" : "plain", pairs, conns, w.requests,
+	       (double)w.text / (double)w.requests / 1024);
+	for (unsigned i = 0; i < 2 * pairs; i++) {
+		int l = (int)((i & 1) ^ ((i >> 1) & 1)); /* A B, B A, A B, ... */
+		double secs, c;
+		serve(tallyd, dir, &w, shards, l, &secs, &c, lat);
+		wall[l * pairs + i / 2] = secs;
+		cpu[l * pairs + i / 2] = c;
+		size_t m = w.requests;
+		printf("  pair %2u %c %-8s %.2f M events/s (%.2f s), request p50 %.2f ms, p99 %.2f "
+		       "ms, tallyd %.2f CPU-s, %.0f ns CPU an event\n",
+		       i / 2 + 1, "AB"[l], l ? "key" : "no key", (double)w.sent / secs / 1e6, secs,
+		       lat[m / 2] * 1e3, lat[(m * 99) / 100 < m ? (m * 99) / 100 : m - 1] * 1e3, c,
+		       c / (double)w.sent * 1e9);
+		fflush(stdout);
+	}
+	printf("Overhead of Idempotency-Key, B / A - 1 per pair:\n");
+	ab_report("wall time", wall, wall + pairs, pairs);
+	ab_report("tallyd CPU time", cpu, cpu + pairs, pairs);
+	free(wall);
+	free(cpu);
+	free(lat);
+	workload_free(&w);
 }
 
 int main(int argc, char **argv)
 {
 	const char *tallyd = "./build/wire/tallyd";
 	uint64_t events = 8000000;
-	unsigned conns = 4, shards = 0;
+	unsigned conns = 4, shards = 0, pairs = 0;
 	size_t body_bytes = 256 << 10;
 	int only = -1;
 	static const struct option opts[] = {{"tallyd", required_argument, 0, 't'},
@@ -290,6 +371,7 @@ int main(int argc, char **argv)
 					     {"gzip", no_argument, 0, 'g'},
 					     {"no-durable", no_argument, 0, 'n'},
 					     {"json", no_argument, 0, 'j'},
+					     {"ab", required_argument, 0, 'a'},
 					     {"help", no_argument, 0, 'h'},
 					     {0, 0, 0, 0}};
 	int ch;
@@ -304,10 +386,11 @@ int main(int argc, char **argv)
 		case 'g': only = 1; break;
 		case 'n': durable = 0; break;
 		case 'j': json_mode = 1; break;
+		case 'a': pairs = (unsigned)atoi(optarg); break;
 		default:
 			printf("usage: bench_http [--tallyd PATH] [--events N] [--connections N] "
 			       "[--body-bytes N] [--shards N] [--plain | --gzip] [--no-durable] "
-			       "[--json]\n");
+			       "[--json] [--ab PAIRS]\n");
 			return ch == 'h' ? 0 : 2;
 		}
 	}
@@ -316,9 +399,12 @@ int main(int argc, char **argv)
 	char dir[] = "/tmp/tally-bench-http-XXXXXX";
 	if (!mkdtemp(dir))
 		die("mkdtemp: %s", strerror(errno));
-	for (int gz = 0; gz < 2; gz++)
-		if (only < 0 || only == gz)
+	for (int gz = 0; gz < 2; gz++) {
+		if (pairs && (only < 0 ? gz == 0 : only == gz))
+			run_ab(tallyd, dir, conns, events, body_bytes, gz, shards, pairs);
+		else if (!pairs && (only < 0 || only == gz))
 			run(tallyd, dir, conns, events, body_bytes, gz, shards);
+	}
 	nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
 	return 0;
 }

@@ -1,8 +1,12 @@
 /*
- * bench_retention.c — what retention and a table drop cost: the time of
- * a pass that cuts half the days of a store to their rollups, of a pass
- * with nothing to do, of one that drops those days whole, and of a drop
- * of the table; bytes before and after each.
+ * bench_retention.c — what deletes, retention and a table drop cost: the
+ * time of deleting one camera-day (tally_db_delete) in a sealed day
+ * segment and the bytes it reads and writes again (a delete rewrites the
+ * parts holding the events: its write amplification), a delete with
+ * nothing left to delete and one of every camera's day (its part leaves
+ * unread); then the time of a pass that cuts half the days of a store to
+ * their rollups, of a pass with nothing to do, of one that drops those
+ * days whole, and of a drop of the table; bytes before and after each.
  *
  * The store: --events camera readings (500 cameras, one decimal) over the
  * --days days before today (UTC), written through the binary API one
@@ -55,6 +59,56 @@ static void timed(tally_db *db, const char *label, int (*fn)(tally_db *, const c
 	       b.retention_parts_dropped - a.retention_parts_dropped);
 }
 
+/* Deletes camera cam's (-1: every camera's) events of the day from day0
+ * and prints what it cost; returns the time in ms. */
+static double deleted(tally_db *db, const char *label, int cam, int64_t day0, double bpe)
+{
+	char key[32];
+	snprintf(key, sizeof key, "KV%05d", cam);
+	tally_delete_result r = {.size = sizeof r};
+	double t0 = clock_s(CLOCK_MONOTONIC);
+	if (tally_db_delete(db, "traffic", cam < 0 ? NULL : key, day0, day0 + NS_DAY, &r))
+		die(label);
+	double ms = (clock_s(CLOCK_MONOTONIC) - t0) * 1e3;
+	printf("%-40s %8.1f ms  rows %7" PRIu64 "  parts rewritten %" PRIu64 " removed %" PRIu64
+	       "  read %6.2f MB  written %6.2f MB",
+	       label, ms, r.rows, r.parts_rewritten, r.parts_removed, (double)r.bytes_read / 1e6,
+	       (double)r.bytes_written / 1e6);
+	if (r.rows && r.bytes_written) /* bytes written per byte of the events deleted */
+		printf("  (%.0fx)", (double)r.bytes_written / ((double)r.rows * bpe));
+	printf("\n");
+	return ms;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return (x > y) - (x < y);
+}
+
+/* One camera-day deleted in sealed segments, DEL_RUNS times (other
+ * cameras and days), an idle delete, then every camera's newest day. */
+#define DEL_RUNS 7
+static void delete_steps(tally_db *db, int64_t first, int days)
+{
+	tally_stats st;
+	tally_db_stats(db, &st);
+	double bpe = st.part_rows ? (double)st.part_bytes / (double)st.part_rows : 1, ms[DEL_RUNS];
+	for (int i = 0; i < DEL_RUNS; i++) {
+		char label[64];
+		snprintf(label, sizeof label, "delete: one camera-day (%d of %d)", i + 1, DEL_RUNS);
+		ms[i] = deleted(db, label, 17 + 61 * i, first + (1 + i % (days - 2)) * NS_DAY, bpe);
+	}
+	qsort(ms, DEL_RUNS, sizeof *ms, cmp_double);
+	deleted(db, "delete: the same again (nothing left)", 17, first + NS_DAY, bpe);
+	deleted(db, "delete: every camera's newest day", -1, first + (days - 1) * NS_DAY, bpe);
+	tally_db_stats(db, &st);
+	printf("delete of a camera-day: p50 %.1f ms, max %.1f ms over %d; stats: deletes %" PRIu64
+	       " delete_rows %" PRIu64 " delete_bytes_written %" PRIu64 "\n",
+	       ms[DEL_RUNS / 2], ms[DEL_RUNS - 1], DEL_RUNS, st.deletes, st.delete_rows,
+	       st.delete_bytes_written);
+}
+
 static int set_and_retain(tally_db *db, const char *rules)
 {
 	return tally_db_set_retention(db, rules) || tally_db_retain(db);
@@ -78,9 +132,9 @@ int main(int argc, char **argv)
 			return 2;
 		}
 	}
-	if (days < 2 || days > 3000 || events < (uint64_t)days * CAMS) {
+	if (days < 3 || days > 3000 || events < (uint64_t)days * CAMS) {
 		fprintf(stderr,
-			"bench_retention: need 2 to 3000 days and a reading per camera-day\n");
+			"bench_retention: need 3 to 3000 days and a reading per camera-day\n");
 		return 2;
 	}
 	char dir[4200];
@@ -100,6 +154,7 @@ int main(int argc, char **argv)
 		die("merge");
 	printf("store: %" PRIu64 " events over %d days, written, flushed and merged in %.1f s\n", n,
 	       days, clock_s(CLOCK_MONOTONIC) - t0);
+	delete_steps(db, today - days * NS_DAY, days);
 	char half[256], gone[256];
 	snprintf(half, sizeof half, "traffic:raw=%dd", days / 2);
 	snprintf(gone, sizeof gone, "traffic:raw=%dd,5m=%dd,1h=%dd,1d=%dd", days / 2, days / 2,

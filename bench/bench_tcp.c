@@ -16,7 +16,13 @@
  * It starts its own tallyd on a free port and a temporary data directory
  * (--tallyd PATH), or uses a running one (--port).
  *
+ * --ab PAIRS measures what labelled batches cost (issue 15: at most 5%):
+ * the same batches unlabelled and labelled, in pairs of runs on fresh
+ * servers with the order alternating, and prints the overhead per pair in
+ * wall time and in tallyd's CPU time with its spread (abpairs.h).
+ *
  *   ./build/bench/bench_tcp --events 20000000 --connections 4
+ *   ./build/bench/bench_tcp --events 2000000 --batch 5000 --ab 6
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -40,6 +46,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "abpairs.h"
 #include "cpuprobe.h"
 
 #define CAMERAS    1000
@@ -63,6 +70,7 @@ typedef struct bopts {
 	 * is the cost of the label alone. */
 	unsigned batch;
 	int labelled;
+	unsigned ab; /* --ab PAIRS: unlabelled and labelled runs interleaved */
 } bopts;
 
 static double now_s(void)
@@ -158,7 +166,8 @@ static void gen_workload(const bopts *o, gbuf *bufs)
 				gen_line(offline ? &late : b, c, speed, ts);
 			}
 		gbuf_reserve(b, late.n);
-		memcpy(b->p + b->n, late.p, late.n);
+		if (late.n) /* a small run may have no late events: late.p is NULL */
+			memcpy(b->p + b->n, late.p, late.n);
 		b->n += late.n;
 		b->events += late.events;
 		free(late.p);
@@ -310,6 +319,34 @@ static void *ingest_main(void *arg)
 	return NULL;
 }
 
+/* All connections at once; returns the seconds until the last sync
+ * answered, the lines accepted and rejected into *acc and *rej. */
+static double ingest_all(const bopts *o, gbuf *bufs, uint64_t *acc, uint64_t *rej)
+{
+	ingest *in = calloc(o->conns, sizeof *in);
+	pthread_t *th = calloc(o->conns, sizeof *th);
+	if (!in || !th)
+		die("out of memory");
+	double t0 = now_s();
+	for (unsigned k = 0; k < o->conns; k++) {
+		in[k].port = o->port;
+		in[k].b = &bufs[k];
+		pthread_create(&th[k], NULL, ingest_main, &in[k]);
+	}
+	*acc = *rej = 0;
+	double last = t0;
+	for (unsigned k = 0; k < o->conns; k++) {
+		pthread_join(th[k], NULL);
+		*acc += in[k].accepted;
+		*rej += in[k].rejected;
+		if (in[k].done_at > last)
+			last = in[k].done_at;
+	}
+	free(in);
+	free(th);
+	return last - t0;
+}
+
 /* ---------------------------------------------------------------- queries */
 
 static int cmp_d(const void *a, const void *b)
@@ -446,6 +483,7 @@ static pid_t spawn_tallyd(const bopts *o, char *port, size_t cap)
 	snprintf(portfile, sizeof portfile, "%s/port", o->dir);
 	snprintf(data, sizeof data, "%s/data", o->dir);
 	snprintf(shards, sizeof shards, "%u", o->shards);
+	unlink(portfile); /* a run before this one's */
 	pid_t pid = fork();
 	if (pid < 0)
 		die("fork: %s", strerror(errno));
@@ -463,6 +501,18 @@ static pid_t spawn_tallyd(const bopts *o, char *port, size_t cap)
 		if (o->shards) {
 			argv[n++] = "--shards";
 			argv[n++] = shards;
+		}
+		if (o->batch) {
+			/* Each connection sends all its batches without waiting,
+			 * and every batch pauses its input until durable. On a
+			 * loaded machine (load average 16-30) tallyd's io_uring
+			 * loop received past the 4 MiB input-buffer-bytes while
+			 * paused and closed the connection ("ERR input buffer
+			 * limit exceeded"; --io epoll did not, same run). Room
+			 * for the pipelined batches keeps the comparison about
+			 * the labels. */
+			argv[n++] = "--input-buffer-bytes";
+			argv[n++] = "64MiB";
 		}
 		argv[n] = NULL;
 		execv(o->tallyd, (char *const *)argv);
@@ -496,29 +546,115 @@ static int rm_one(const char *p, const struct stat *sb, int flag, struct FTW *ft
 	return remove(p);
 }
 
+/* A running server writes into memory its flushed memtables had touched;
+ * a new one faults its first memtable in the background (prefault, on by
+ * default). Ingest starts from that steady state; returns the wait. */
+static double wait_prefault(const char *port)
+{
+	double p0 = now_s();
+	uint64_t pend;
+	while ((pend = stat_value(port, "prefault_pending")) != 0 && pend != UINT64_MAX) {
+		if (now_s() - p0 > 60)
+			die("tallyd still faulting in memtable memory after 60 s");
+		usleep(50000);
+	}
+	return now_s() - p0;
+}
+
+/* ---------------------------------------------------------------- A/B */
+
+/* --ab PAIRS: the same batches unlabelled (A: "#!sync" after each) and
+ * labelled (B: "#!batch bench-K SEQ" ... "#!end"), in pairs of runs, each
+ * run on a fresh tallyd and data directory, the order alternating
+ * (abpairs.h). Prints every run and the overhead of B per pair. */
+static void run_ab(bopts *o, gbuf *raw, uint64_t total)
+{
+	gbuf *v[2];
+	for (int l = 0; l < 2; l++) {
+		bopts f = *o;
+		f.labelled = l;
+		v[l] = calloc(o->conns, sizeof *v[l]);
+		for (unsigned k = 0; k < o->conns; k++) {
+			gbuf_reserve(&v[l][k], raw[k].n);
+			memcpy(v[l][k].p, raw[k].p, raw[k].n);
+			v[l][k].n = raw[k].n;
+			v[l][k].events = raw[k].events;
+			frame_batches(&f, &v[l][k], k);
+		}
+	}
+	double *wall = calloc(2 * o->ab, sizeof *wall), *cpu = calloc(2 * o->ab, sizeof *cpu);
+	char data[600], port[32];
+	snprintf(data, sizeof data, "%s/data", o->dir);
+	printf("\nA/B: %u pairs of runs, batches of %u lines; A unlabelled (#!sync after each), "
+	       "B labelled (#!batch bench-K SEQ ... #!end); a fresh tallyd a run\n",
+	       o->ab, o->batch);
+	cpuprobe_print("before the pairs");
+	for (unsigned i = 0; i < 2 * o->ab; i++) {
+		int l = (int)((i & 1) ^ ((i >> 1) & 1)); /* A B, B A, A B, ... */
+		pid_t pid = spawn_tallyd(o, port, sizeof port);
+		o->port = port;
+		wait_prefault(port);
+		double c0 = ab_proc_cpu_s(pid);
+		uint64_t acc, rej;
+		double el = ingest_all(o, v[l], &acc, &rej);
+		double c = ab_proc_cpu_s(pid) - c0;
+		if (acc != total || rej)
+			die("run %u: accepted %" PRIu64 " of %" PRIu64 " events, %" PRIu64
+			    " rejected",
+			    i, acc, total, rej);
+		wall[l * o->ab + i / 2] = el;
+		cpu[l * o->ab + i / 2] = c;
+		printf("  pair %2u %c %-10s %.2f M events/s (%.2f s), tallyd %.2f CPU-s, "
+		       "%.0f ns CPU an event\n",
+		       i / 2 + 1, "AB"[l], l ? "labelled" : "unlabelled", (double)total / el / 1e6,
+		       el, c, c / (double)total * 1e9);
+		fflush(stdout);
+		kill(pid, SIGTERM);
+		int st;
+		waitpid(pid, &st, 0);
+		nftw(data, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+		o->port = NULL;
+	}
+	cpuprobe_print("after the pairs");
+	printf("\nOverhead of labelled batches, B / A - 1 per pair:\n");
+	ab_report("wall time", wall, wall + o->ab, o->ab);
+	ab_report("tallyd CPU time", cpu, cpu + o->ab, o->ab);
+	for (int l = 0; l < 2; l++) {
+		for (unsigned k = 0; k < o->conns; k++)
+			free(v[l][k].p);
+		free(v[l]);
+	}
+	free(wall);
+	free(cpu);
+}
+
 static void usage(FILE *f)
 {
-	fprintf(f, "Usage: bench_tcp [OPTIONS]\n"
-		   "\n"
-		   "Durable line-protocol ingest over TCP, then query latency and throughput.\n"
-		   "\n"
-		   "  --events N          events to ingest (default 20000000)\n"
-		   "  --connections N     ingest connections (default 4)\n"
-		   "  --shards N          server shards (default: its default, one per core)\n"
-		   "  --latency-queries N sequential queries per kind for p50/p99 (default 20000)\n"
-		   "  --query-connections N  connections for queries per second (default 4)\n"
-		   "  --query-seconds S   seconds per kind for queries per second (default 3)\n"
-		   "  --tallyd PATH       server binary to start (default: next to this one,\n"
-		   "                      ../wire/tallyd)\n"
-		   "  --port PORT         use a running server instead (127.0.0.1)\n"
-		   "  --in-parts          start tallyd with a 1 s flush interval and query only\n"
-		   "                      once every event is in parts (memtables empty)\n"
-		   "  --seed N            workload seed (default 1)\n"
-		   "  --batch N           send batches of N lines, each answered after\n"
-		   "                      durability (#!sync after each)\n"
-		   "  --labelled          with --batch: each batch labelled, #!batch ... #!end\n"
-		   "  --no-ingest         with --port: only query what the server holds (for\n"
-		   "                      profiling the server over many runs)\n");
+	fprintf(f,
+		"Usage: bench_tcp [OPTIONS]\n"
+		"\n"
+		"Durable line-protocol ingest over TCP, then query latency and throughput.\n"
+		"\n"
+		"  --events N          events to ingest (default 20000000)\n"
+		"  --connections N     ingest connections (default 4)\n"
+		"  --shards N          server shards (default: its default, one per core)\n"
+		"  --latency-queries N sequential queries per kind for p50/p99 (default 20000)\n"
+		"  --query-connections N  connections for queries per second (default 4)\n"
+		"  --query-seconds S   seconds per kind for queries per second (default 3)\n"
+		"  --tallyd PATH       server binary to start (default: next to this one,\n"
+		"                      ../wire/tallyd)\n"
+		"  --port PORT         use a running server instead (127.0.0.1)\n"
+		"  --in-parts          start tallyd with a 1 s flush interval and query only\n"
+		"                      once every event is in parts (memtables empty)\n"
+		"  --seed N            workload seed (default 1)\n"
+		"  --batch N           send batches of N lines, each answered after\n"
+		"                      durability (#!sync after each)\n"
+		"  --labelled          with --batch: each batch labelled, #!batch ... #!end\n"
+		"  --ab PAIRS          with --batch: PAIRS pairs of ingest runs, unlabelled and\n"
+		"                      labelled, order alternating, a fresh tallyd a run; prints\n"
+		"                      the labels' overhead (wall and tallyd CPU) and its spread\n"
+		"  --no-ingest         with --port: only query what the server holds (for\n"
+		"                      profiling the server over many runs)\n");
 }
 
 int main(int argc, char **argv)
@@ -543,6 +679,7 @@ int main(int argc, char **argv)
 		{"no-ingest", 0, 0, 'N'},
 		{"batch", 1, 0, 'b'},
 		{"labelled", 0, 0, 'L'},
+		{"ab", 1, 0, 'A'},
 		{"help", 0, 0, 'h'},
 		{0, 0, 0, 0},
 	};
@@ -562,6 +699,7 @@ int main(int argc, char **argv)
 		case 'N': o.no_ingest = 1; break;
 		case 'b': o.batch = (unsigned)atoi(optarg); break;
 		case 'L': o.labelled = 1; break;
+		case 'A': o.ab = (unsigned)atoi(optarg); break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
 		}
@@ -569,8 +707,11 @@ int main(int argc, char **argv)
 	if (o.events < CAMERAS || o.conns < 1 || o.conns > 256 || o.query_conns < 1 ||
 	    o.query_conns > 256)
 		die("--events at least 1000; --connections and --query-connections 1 to 256");
-	if (o.labelled && !o.batch)
-		die("--labelled needs --batch N");
+	if ((o.labelled || o.ab) && !o.batch)
+		die("--labelled and --ab need --batch N");
+	if (o.ab && (o.port || o.labelled))
+		die("--ab starts its own tallyd for each run and labels B itself: no --port, "
+		    "no --labelled");
 	if (o.no_ingest && !o.port)
 		die("--no-ingest needs --port: a server that already holds the workload");
 	char self[4096], tallyd[4200], port[32], dir[] = "/tmp/tally-bench-tcp-XXXXXX";
@@ -598,7 +739,7 @@ int main(int argc, char **argv)
 	double g0 = now_s();
 	gbuf *bufs = calloc(o.conns, sizeof *bufs);
 	gen_workload(&o, bufs);
-	for (unsigned k = 0; o.batch && k < o.conns; k++)
+	for (unsigned k = 0; o.batch && !o.ab && k < o.conns; k++)
 		frame_batches(&o, &bufs[k], k);
 	uint64_t total = 0, bytes = 0;
 	for (unsigned k = 0; k < o.conns; k++) {
@@ -607,44 +748,26 @@ int main(int argc, char **argv)
 	}
 	printf("  generated %" PRIu64 " events, %.1f MB of line protocol in %.1f s (not timed)\n",
 	       total, (double)bytes / 1e6, now_s() - g0);
+	if (o.ab) {
+		run_ab(&o, bufs, total);
+		for (unsigned k = 0; k < o.conns; k++)
+			free(bufs[k].p);
+		free(bufs);
+		nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+		return 0;
+	}
 	if (!o.port) {
 		pid = spawn_tallyd(&o, port, sizeof port);
 		o.port = port;
 		printf("  tallyd %s on 127.0.0.1:%s, data in %s\n", o.tallyd, port, dir);
 	}
-	/* A running server writes into memory its flushed memtables had
-	 * touched; a new one faults its first memtable in the background
-	 * (prefault, on by default). Ingest from that steady state. */
-	double p0 = now_s();
-	uint64_t pend;
-	while ((pend = stat_value(o.port, "prefault_pending")) != 0 && pend != UINT64_MAX) {
-		if (now_s() - p0 > 60)
-			die("tallyd still faulting in memtable memory after 60 s");
-		usleep(50000);
-	}
 	printf("  tallyd's memtable memory faulted in %.1f s after it started (not timed)\n",
-	       now_s() - p0);
+	       wait_prefault(o.port));
 	cpuprobe_print("before the ingest");
 
 	/* Ingest: all connections at once; the clock stops at the last sync. */
-	ingest *in = calloc(o.conns, sizeof *in);
-	pthread_t *th = calloc(o.conns, sizeof *th);
-	double t0 = now_s();
-	for (unsigned k = 0; k < o.conns; k++) {
-		in[k].port = o.port;
-		in[k].b = &bufs[k];
-		pthread_create(&th[k], NULL, ingest_main, &in[k]);
-	}
-	uint64_t acc = 0, rej = 0;
-	double last = t0;
-	for (unsigned k = 0; k < o.conns; k++) {
-		pthread_join(th[k], NULL);
-		acc += in[k].accepted;
-		rej += in[k].rejected;
-		if (in[k].done_at > last)
-			last = in[k].done_at;
-	}
-	double el = last - t0;
+	uint64_t acc, rej;
+	double el = ingest_all(&o, bufs, &acc, &rej);
 	printf("\nIngest (durable: ends when every connection's #!sync answered)\n");
 	printf("  %" PRIu64 " accepted, %" PRIu64 " rejected in %.2f s: %.2f M events/s, "
 	       "%.0f MB/s\n",
@@ -652,8 +775,6 @@ int main(int argc, char **argv)
 	for (unsigned k = 0; k < o.conns; k++)
 		free(bufs[k].p);
 	free(bufs);
-	free(in);
-	free(th);
 	if (acc != total)
 		die("accepted %" PRIu64 " of %" PRIu64 " events", acc, total);
 

@@ -139,6 +139,20 @@ static inline unsigned read_port(const char *path, pid_t pid)
 	}
 }
 
+/* The tallyd built beside this bench (build/wire/tallyd for
+ * build/bench/X), in buf. */
+static inline const char *tallyd_beside(char *buf, size_t cap)
+{
+	char self[4096];
+	ssize_t k = readlink("/proc/self/exe", self, sizeof self - 1);
+	if (k <= 0)
+		die("readlink /proc/self/exe: %s", strerror(errno));
+	self[k] = 0;
+	*strrchr(self, '/') = 0;
+	snprintf(buf, cap, "%s/../wire/tallyd", self);
+	return buf;
+}
+
 /* #!stats' value of name, from the line-protocol port. */
 static inline uint64_t stat_of(unsigned port, const char *name)
 {

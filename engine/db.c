@@ -1423,6 +1423,9 @@ static int stats_collect(tally_db *db, tally_stats *out)
 	pthread_mutex_lock(&db->man_mu);
 	out->flushes = db->flushes;
 	out->merges = db->merges;
+	out->deletes = db->deletes;
+	out->delete_rows = db->delete_rows;
+	out->delete_bytes_written = db->delete_bytes;
 	for (uint32_t i = 0; i < db->man.n_parts; i++)
 		out->sealed_parts += (db->man.parts[i].flags & MPART_SEALED) != 0;
 	out->write_amplification =

@@ -39,6 +39,8 @@ struct tally_db {
 	manifest man;
 	uint64_t flushes;
 	uint64_t merges;
+	/* deletes of events since open (engine/delete.c), under man_mu */
+	uint64_t deletes, delete_rows, delete_bytes;
 	/* per-query scratch for reading parts, kept for reuse */
 	pthread_mutex_t scratch_mu;
 	part_scratch *scratch[DB_SCRATCH_MAX];

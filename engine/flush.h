@@ -26,6 +26,24 @@ int flush_run(struct tally_db *db, int force);
 /* Runs the merge policy (engine/merge.c) until nothing is left to merge. */
 int merge_run(struct tally_db *db);
 
+/* Rows a rewrite leaves out: those of key (NULL: of every key) with ts in
+ * [from, to). rows gets how many were left out. */
+typedef struct merge_cut {
+	const char *key;
+	uint32_t klen;
+	int64_t from, to;
+	uint64_t rows;
+} merge_cut;
+
+/* Writes part in of shard s again without the rows cut names, rollups of
+ * the keys that lost rows computed again from the rows that remain
+ * (engine/delete.c). Commits nothing: *out gets the new part, loaded,
+ * and *rec its manifest record (same partition, level and flags as in),
+ * or *out NULL when no row remains or none was cut (nothing is left on
+ * disk then). *bytes gets the new file's size. Caller holds man_mu. */
+int merge_rewrite(struct tally_db *db, shard *s, shard_part *in, merge_cut *cut, shard_part **out,
+		  manifest_part *rec, uint64_t *bytes);
+
 /* Scratch buffers for reading parts, borrowed per query from the db. */
 part_scratch *scratch_get(struct tally_db *db);
 void scratch_put(struct tally_db *db, part_scratch *s);

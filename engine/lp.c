@@ -109,8 +109,7 @@ static locale_t get_c_locale(void)
 
 /* ---------------------------------------------------------------- UTF-8 */
 
-/* Length of the valid UTF-8 sequence at s (n > 0 bytes left), 0 if none. */
-static size_t utf8_one(const unsigned char *s, size_t n)
+size_t lp_utf8_one(const unsigned char *s, size_t n)
 {
 	unsigned c = s[0];
 	if (c < 0x80)
@@ -158,7 +157,7 @@ int lp_utf8_valid(const char *p, size_t n)
 			s++;
 			continue;
 		}
-		size_t k = utf8_one(s, (size_t)(t - s));
+		size_t k = lp_utf8_one(s, (size_t)(t - s));
 		if (!k)
 			return 0;
 		s += k;
@@ -168,13 +167,9 @@ int lp_utf8_valid(const char *p, size_t n)
 
 /* ---------------------------------------------------------------- reasons */
 
-#define QUOTE_MAX 40              /* output chars of one quoted excerpt */
-#define QBUF      (QUOTE_MAX + 4) /* + "..." + NUL */
+#define QBUF LP_QUOTE_BUF
 
-/* Writes an excerpt of s[0, n) that is printable ASCII or valid UTF-8:
- * control bytes and bytes of invalid sequences appear as \xNN, and the
- * excerpt is cut (with "...") at QUOTE_MAX output characters. */
-static const char *quote(char *dst, const char *src, size_t n)
+const char *lp_quote(char *dst, const char *src, size_t n)
 {
 	const unsigned char *s = (const unsigned char *)src, *t = s + n;
 	size_t o = 0;
@@ -182,14 +177,14 @@ static const char *quote(char *dst, const char *src, size_t n)
 		size_t k = 1, w;
 		if (*s >= 0x20 && *s < 0x7F) {
 			w = 1;
-		} else if (*s >= 0x80 && (k = utf8_one(s, (size_t)(t - s))) != 0 &&
+		} else if (*s >= 0x80 && (k = lp_utf8_one(s, (size_t)(t - s))) != 0 &&
 			   !(s[0] == 0xC2 && s[1] < 0xA0)) { /* C1 controls */
 			w = k;
 		} else {
 			k = 1;
 			w = 4;
 		}
-		if (o + w > QUOTE_MAX) {
+		if (o + w > LP_QUOTE_MAX) {
 			memcpy(dst + o, "...", 3);
 			o += 3;
 			break;
@@ -207,7 +202,7 @@ static const char *quote(char *dst, const char *src, size_t n)
 
 static const char *qstr(char *dst, lp_str s)
 {
-	return quote(dst, s.p, s.n);
+	return lp_quote(dst, s.p, s.n);
 }
 
 /* Formats into reason[cap], cutting only at a UTF-8 character boundary. */
@@ -964,7 +959,7 @@ enum lp_result lp_next(lp_parser *ps, const char **cur, const char *end, lp_line
 			if (!at_vdelim(p, e))
 				FAIL(TALLY_ESYNTAX, "field '%s': unexpected text after string '%s'",
 				     qstr(qa, f->key),
-				     quote(qb, p, (size_t)(vtoken_end(p, e) - p)));
+				     lp_quote(qb, p, (size_t)(vtoken_end(p, e) - p)));
 		} else if (digit(p) < 10 || c == '-' || c == '.' || c == '+') {
 			const char *q = p;
 			int r = c == '+' ? NUM_BAD : parse_number(p, e, ps->scratch + spos, f, &q);
@@ -974,14 +969,14 @@ enum lp_result lp_next(lp_parser *ps, const char **cur, const char *end, lp_line
 				     r == NUM_RANGE  ? "number out of range"
 				     : r == NUM_TINY ? "number too small, would be stored as 0"
 						     : "invalid number",
-				     quote(qb, p, (size_t)(t - p)));
+				     lp_quote(qb, p, (size_t)(t - p)));
 			}
 			p = q;
 		} else {
 			t = vtoken_end(p, e);
 			if (!parse_bool(p, (size_t)(t - p), &f->v.b))
 				FAIL(TALLY_ESYNTAX, "field '%s': invalid value '%s'",
-				     qstr(qa, f->key), quote(qb, p, (size_t)(t - p)));
+				     qstr(qa, f->key), lp_quote(qb, p, (size_t)(t - p)));
 			f->type = TALLY_T_BOOL;
 			p = t;
 		}
@@ -1027,7 +1022,7 @@ enum lp_result lp_next(lp_parser *ps, const char **cur, const char *end, lp_line
 			while (!at_eol(t, e) && *t != ' ' && *t != '\t')
 				t++;
 			FAIL(TALLY_ESYNTAX, "invalid timestamp '%s'",
-			     quote(qa, ts0, (size_t)(t - ts0)));
+			     lp_quote(qa, ts0, (size_t)(t - ts0)));
 		}
 		int64_t ts;
 		if (ovf || m > (neg ? (UINT64_C(1) << 63) : (uint64_t)INT64_MAX))
@@ -1045,7 +1040,7 @@ enum lp_result lp_next(lp_parser *ps, const char **cur, const char *end, lp_line
 			while (!at_eol(t, e))
 				t++;
 			FAIL(TALLY_ESYNTAX, "unexpected text after timestamp '%s'",
-			     quote(qa, p, (size_t)(t - p)));
+			     lp_quote(qa, p, (size_t)(t - p)));
 		}
 	}
 

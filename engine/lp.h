@@ -143,5 +143,16 @@ enum lp_result lp_next(lp_parser *ps, const char **cur, const char *end, lp_line
 
 /* 1 when [p, p+n) is valid UTF-8 (no overlongs, no surrogates). */
 int lp_utf8_valid(const char *p, size_t n);
+/* Length of the valid UTF-8 sequence at s (n > 0 bytes left), 0 if none:
+ * no overlongs, no surrogates, nothing above U+10FFFF. */
+size_t lp_utf8_one(const unsigned char *s, size_t n);
+
+#define LP_QUOTE_MAX 40                 /* output characters of one excerpt */
+#define LP_QUOTE_BUF (LP_QUOTE_MAX + 4) /* dst bytes lp_quote needs: + "..." + NUL */
+/* Writes into dst an excerpt of src[0, n) for an error's reason (the line
+ * parser's and the JSON event decoder's): printable ASCII and valid UTF-8
+ * as they are, control bytes, C1 controls and bytes of invalid sequences as
+ * \xNN, cut with "..." at LP_QUOTE_MAX output characters. Returns dst. */
+const char *lp_quote(char *dst, const char *src, size_t n);
 
 #endif

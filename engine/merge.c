@@ -27,6 +27,13 @@
  * commit (so it goes only after the manifest stops naming it; the part
  * set does that for any tiered part that leaves), and the new segment is
  * local until the tiering job uploads it under its new id.
+ *
+ * A merge with a cut (merge_rewrite) is how a correction rewrites a part
+ * (engine/delete.c): one input, and the rows of one key (or of every key)
+ * in [from, to) left out. The rollup blocks of a key that lost rows cannot
+ * be merged from the input's (a min or a max cannot be taken back), so
+ * they are computed again from the key's remaining rows, in the kind the
+ * input's block had; every other key's move as in any merge.
  */
 #include <errno.h>
 #include <limits.h>
@@ -37,6 +44,7 @@
 
 #include "aggkind.h"
 #include "db.h"
+#include "dist.h"
 #include "err.h"
 #include "flush.h"
 #include "log.h"
@@ -76,6 +84,7 @@ typedef struct merge_ctx {
 	part_colvals *cv;
 	uint8_t *bk, *tmp;      /* buckets of an aggregate kind, bucket_size bytes each */
 	size_t cap_bk, cap_tmp; /* bytes */
+	merge_cut *cut;         /* rows left out (merge_rewrite), or NULL */
 } merge_ctx;
 
 static int col_cmp(const void *x, const void *y)
@@ -346,6 +355,104 @@ static int write_key_rollup(merge_ctx *m, part_writer *w, const part_key **pks, 
 	return rc;
 }
 
+/* The rollup value of a numeric slot, as the write path takes it. */
+static double slot_value(enum tally_type t, const char *slot)
+{
+	bval v;
+	memcpy(&v, slot, sizeof v);
+	switch (t) {
+	case TALLY_T_I64: return (double)v.i64;
+	case TALLY_T_U64: return (double)v.u64;
+	case TALLY_T_BOOL: return v.u64 ? 1.0 : 0.0;
+	default: return v.f64;
+	}
+}
+
+/* Leaves out the gathered rows m->cut names (the key is the cut's);
+ * returns how many. Bits past the new count are cleared by the next key's
+ * gathering. */
+static uint64_t cut_rows(merge_ctx *m)
+{
+	mrows *r = &m->r;
+	size_t j = 0;
+	for (size_t i = 0; i < r->n; i++) {
+		if (r->ts[i] >= m->cut->from && r->ts[i] < m->cut->to)
+			continue;
+		if (j != i) {
+			r->ts[j] = r->ts[i];
+			for (uint32_t c = 0; c < m->n_cols; c++) {
+				char *v = r->vals + (size_t)c * r->cap * SLOT;
+				uint64_t *pres = r->present + (size_t)c * (r->cap / 64);
+				uint64_t bit = (pres[i >> 6] >> (i & 63)) & 1;
+				memcpy(v + j * SLOT, v + i * SLOT, SLOT);
+				pres[j >> 6] = (pres[j >> 6] & ~(UINT64_C(1) << (j & 63))) |
+					       (bit << (j & 63));
+			}
+		}
+		j++;
+	}
+	uint64_t cut = r->n - j;
+	r->n = j;
+	return cut;
+}
+
+/*
+ * The key's buckets of output numeric column oc, level l, computed again
+ * from its rows (in time order: write_key_rows sorted them) in the kind of
+ * the input's block (a distribution keeps its resolution). The one input
+ * is a rewrite's (merge_rewrite).
+ */
+static int rebuild_key_rollup(merge_ctx *m, part_writer *w, const part_key *pk, uint32_t oc,
+			      unsigned l)
+{
+	const part *p = m->in[0]->p;
+	const agg_kind *k = &agg_basic;
+	int32_t exp = 0;
+	int pc = shard_part_col(m->in[0], m->cols[oc]);
+	if (pc >= 0 && p->info.num_of[pc] >= 0) {
+		const agg_kind *ik;
+		uint32_t got;
+		int rc = agg_read_rollup_any(p, pk, (uint32_t)p->info.num_of[pc], l, &m->ps, &ik,
+					     &m->tmp, &m->cap_tmp, &got);
+		if (rc)
+			return rc;
+		if (got && ik == &agg_dist && ((const dbucket *)m->tmp)->d.exp != DIST_MIXED) {
+			k = ik;
+			exp = ((const dbucket *)m->tmp)->d.exp;
+		}
+	}
+	const size_t bs = k->bucket_size;
+	const int64_t width = p->info.levels[l], off = p->info.align_offset;
+	const mrows *r = &m->r;
+	const char *vals = r->vals + (size_t)oc * r->cap * SLOT;
+	const uint64_t *pres = r->present + (size_t)oc * (r->cap / 64);
+	uint32_t n = 0;
+	int rc = 0;
+	for (size_t i = 0; i < r->n && !rc; i++) {
+		uint32_t row = r->order[i];
+		if (!((pres[row >> 6] >> (row & 63)) & 1))
+			continue;
+		int64_t ws = window_start(r->ts[row], width, off);
+		if (!n || bucket_start(m->bk + (size_t)(n - 1) * bs) != ws) {
+			if ((rc = grow_buckets(&m->bk, &m->cap_bk, (size_t)(n + 1) * bs)))
+				break;
+			uint8_t *nb = m->bk + (size_t)n++ * bs;
+			memset(nb, 0, bs);
+			memcpy(nb, &ws, 8);
+			k->init(nb + 8);
+			if (k == &agg_dist)
+				((dbucket *)nb)->d.exp = exp;
+		}
+		if (k->add(m->bk + (size_t)(n - 1) * bs + 8,
+			   slot_value(m->cols[oc]->type, vals + (size_t)row * SLOT)))
+			rc = err_set(-ENOMEM, "out of memory");
+	}
+	if (!rc)
+		rc = agg_write_rollup(w, m->num_of[oc], l, k, m->bk, n);
+	release_buckets(k, m->bk, n);
+	return rc;
+}
+
 /* Closes and deletes the fetched copies of tiered inputs. */
 static void release_whole(merge_ctx *m)
 {
@@ -384,11 +491,14 @@ static int add_rows_written(manifest *nm, void *arg)
 	return 0;
 }
 
-/* Merges in[0..n_in) (one shard, table and partition) into one new part
- * and commits it. Caller holds db->man_mu. */
-static int merge_parts(tally_db *db, shard *s, shard_part **in, uint32_t n_in, int seal)
+/* Writes in[0..n_in) (one shard, table and partition) merged into one
+ * new part, without the rows cut names (NULL: none), and loads it: *outp
+ * and *mp, or *outp NULL when a cut left no row. Caller holds man_mu. */
+static int merge_write(tally_db *db, shard *s, shard_part **in, uint32_t n_in, int seal,
+		       merge_cut *cut, shard_part **outp, manifest_part *mp, uint64_t *bytes)
 {
-	merge_ctx m = {.db = db, .in = in, .n_in = n_in};
+	merge_ctx m = {.db = db, .in = in, .n_in = n_in, .cut = cut};
+	*outp = NULL;
 	int rc = 0;
 	part_writer *w = NULL;
 	shard_part *out = NULL;
@@ -462,7 +572,7 @@ static int merge_parts(tally_db *db, shard *s, shard_part **in, uint32_t n_in, i
 	if (rc)
 		goto fail;
 	/* keys: a k-way merge of the inputs' sorted key lists */
-	uint64_t rows = 0;
+	uint64_t rows = 0, cut_total = 0;
 	int64_t tmin = INT64_MAX, tmax = INT64_MIN;
 	for (;;) {
 		const part_key *best = NULL;
@@ -497,16 +607,25 @@ static int merge_parts(tally_db *db, shard *s, shard_part **in, uint32_t n_in, i
 		}
 		const char *key = best->key;
 		uint32_t klen = best->len;
-		if ((rc = part_writer_key(w, key, klen)))
-			goto fail;
 		for (uint32_t i = 0; i < n_in && !rc; i++)
 			if (pks[i])
 				rc = gather(&m, i, pks[i]);
-		if (rc || (rc = write_key_rows(&m, w)))
+		if (rc)
+			goto fail;
+		uint64_t cut_here = 0;
+		if (cut && (!cut->key || (cut->klen == klen && !memcmp(cut->key, key, klen)))) {
+			cut_here = cut_rows(&m);
+			cut->rows += cut_here;
+			cut_total += cut_here;
+			if (!m.r.n)
+				continue; /* the key's every row went: so does the key */
+		}
+		if ((rc = part_writer_key(w, key, klen)) || (rc = write_key_rows(&m, w)))
 			goto fail;
 		for (uint32_t c = 0; c < m.n_cols && !rc; c++)
 			for (unsigned l = 0; m.num_of[c] != UINT32_MAX && l < db->L.n && !rc; l++)
-				rc = write_key_rollup(&m, w, pks, c, l);
+				rc = cut_here ? rebuild_key_rollup(&m, w, pks[0], c, l)
+					      : write_key_rollup(&m, w, pks, c, l);
 		if (rc)
 			goto fail;
 		rows += m.r.n;
@@ -515,35 +634,68 @@ static int merge_parts(tally_db *db, shard *s, shard_part **in, uint32_t n_in, i
 			tmax = m.r.ts[r] > tmax ? m.r.ts[r] : tmax;
 		}
 	}
-	uint64_t bytes;
+	if (cut && (!cut_total || !rows))
+		goto done; /* nothing cut (nothing to commit), or nothing left (the
+			    * input just goes): no new part */
 	db_crash_point(db, "merge:before-part-rename");
-	if ((rc = part_writer_finish(w, &bytes)))
+	if ((rc = part_writer_finish(w, bytes)))
 		goto fail;
 	if ((rc = shard_part_load(db, id, &out)))
 		goto fail;
 	uint64_t written = rows;
 	uint32_t level = 0;
 	for (uint32_t i = 0; i < n_in; i++) {
-		const manifest_part *mp = manifest_find(&db->man, in[i]->id);
-		if (mp) {
-			written += mp->rows_written;
-			level = mp->level + 1 > level ? mp->level + 1 : level;
+		const manifest_part *ip = manifest_find(&db->man, in[i]->id);
+		if (ip) {
+			written += ip->rows_written;
+			level = ip->level + 1 > level ? ip->level + 1 : level;
 		}
 	}
-	manifest_part mp = {.id = id,
-			    .shard = s->id,
-			    .table = in[0]->table->name,
-			    .partition_start = in[0]->pstart,
-			    .rows = rows,
-			    .bytes = bytes,
-			    .level = level,
-			    .flags = seal ? MPART_SEALED : 0,
-			    .tmin = tmin,
-			    .tmax = tmax,
-			    .rows_written = written};
+	*mp = (manifest_part){.id = id,
+			      .shard = s->id,
+			      .table = in[0]->table->name,
+			      .partition_start = in[0]->pstart,
+			      .rows = rows,
+			      .bytes = *bytes,
+			      .level = level,
+			      .flags = seal ? MPART_SEALED : 0,
+			      .tmin = tmin,
+			      .tmax = tmax,
+			      .rows_written = written};
+	*outp = out;
+	out = NULL;
+	goto done;
+nomem:
+	rc = err_set(-ENOMEM, "out of memory");
+fail:
+	if (out) {
+		char path[PATH_MAX + 64];
+		snprintf(path, sizeof path, "%s/%s", db->dir, name);
+		shard_part_free(out);
+		unlink(path);
+	}
+done:
 	/* the fetched copies of tiered inputs are read: gone before the
 	 * commit frees the inputs they are named after */
 	release_whole(&m);
+	part_writer_free(w);
+	mem_free(pks);
+	mem_free(pos);
+	merge_ctx_free(&m);
+	return rc;
+}
+
+/* Merges in[0..n_in) (one shard, table and partition) into one new part
+ * and commits it. Caller holds db->man_mu. */
+static int merge_parts(tally_db *db, shard *s, shard_part **in, uint32_t n_in, int seal)
+{
+	shard_part *out;
+	manifest_part mp;
+	uint64_t bytes;
+	int rc = merge_write(db, s, in, n_in, seal, NULL, &out, &mp, &bytes);
+	if (rc)
+		return rc;
+	uint64_t rows = mp.rows;
 	partset_change c = {.op = "merge",
 			    .s = s,
 			    .gone = in,
@@ -553,35 +705,30 @@ static int merge_parts(tally_db *db, shard *s, shard_part **in, uint32_t n_in, i
 			    .n_added = 1,
 			    .edit = add_rows_written,
 			    .arg = &rows};
-	/* the output is the commit's from here; the inputs go with a success
-	 * (a tiered input's object joins the objects to delete) */
-	rc = partset_commit(db, &c);
-	out = NULL;
-	if (rc)
-		goto fail;
+	/* the output is the commit's from here (freed and its file deleted
+	 * on a failure); the inputs go with a success (a tiered input's
+	 * object joins the objects to delete) */
+	if ((rc = partset_commit(db, &c)))
+		return rc;
 	db->merges++;
 	log_emit(&db->log, TALLY_LOG_INFO, "shard %u: merged %u parts (%llu rows)%s", s->id, n_in,
 		 (unsigned long long)rows, seal ? ", partition sealed" : "");
-	part_writer_free(w);
-	mem_free(pks);
-	mem_free(pos);
-	merge_ctx_free(&m);
 	return 0;
-nomem:
-	rc = err_set(-ENOMEM, "out of memory");
-fail:
-	release_whole(&m);
-	part_writer_free(w);
-	if (out) {
-		char path[PATH_MAX + 64];
-		snprintf(path, sizeof path, "%s/%s", db->dir, name);
-		shard_part_free(out);
-		unlink(path);
-	}
-	mem_free(pks);
-	mem_free(pos);
-	merge_ctx_free(&m);
-	return rc;
+}
+
+int merge_rewrite(tally_db *db, shard *s, shard_part *in, merge_cut *cut, shard_part **out,
+		  manifest_part *rec, uint64_t *bytes)
+{
+	*bytes = 0;
+	int rc = merge_write(db, s, &in, 1, (in->flags & MPART_SEALED) != 0, cut, out, rec, bytes);
+	if (rc || !*out)
+		return rc;
+	/* the same part, less some rows: its place in the merge policy and
+	 * its history stay */
+	const manifest_part *ip = manifest_find(&db->man, in->id);
+	rec->level = ip ? ip->level : 0;
+	rec->rows_written = ip ? ip->rows_written : rec->rows;
+	return 0;
 }
 
 /* floor(log_MERGE_FANIN(rows)): parts of one tier are alike in size. */

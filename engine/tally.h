@@ -567,6 +567,42 @@ TALLY_API int tally_db_retained_from(tally_db *db, const char *table, int64_t le
  * is no such table. docs/operations.md, "Corrections". */
 TALLY_API int tally_db_drop_table(tally_db *db, const char *table);
 
+/* What a delete did. Set size to sizeof (tally_delete_result) before the
+ * call: the library fills what it knows of the first size bytes, zeroes
+ * the rest and sets size to what it filled (fields are only ever added
+ * at the end, docs/api.md). */
+typedef struct tally_delete_result {
+	size_t size;
+	uint64_t rows;            /* events deleted */
+	uint64_t parts_rewritten; /* parts written again without them */
+	uint64_t parts_removed;   /* parts that held nothing else, gone whole */
+	uint64_t bytes_read;      /* bytes of the parts rewritten or removed */
+	uint64_t bytes_written;   /* bytes of their replacements: the write cost */
+} tally_delete_result;
+
+/*
+ * Deletes the events of table with key (NULL: of every key) and time in
+ * [from, to) written before the call, and corrects every rollup level
+ * with them: when it returns, every query (series, aggregates, all keys,
+ * scans, distributions) answers as if they had never been written. A
+ * forced flush moves them into parts first; then, per shard in one
+ * manifest change, each part holding some of them is written again
+ * without them (its other keys' rows and rollups copied, the key's
+ * rollups computed again from its remaining events) or, when it held
+ * nothing else, leaves. The cost is bounded by the bytes of the parts of
+ * the partitions [from, to) touches that hold the key; out reports it
+ * (out may be NULL). Events written while it runs may stay.
+ *
+ * TALLY_EEXPIRED, before anything changes, when retention has dropped the
+ * raw events of a partition holding some of them (its rollups could not
+ * be corrected); TALLY_ENOTFOUND when there is no such table; TALLY_EINVAL
+ * for an empty range or key. A failure or a crash leaves each shard's
+ * parts all rewritten or all as they were: running the delete again
+ * finishes it. docs/operations.md, "Corrections".
+ */
+TALLY_API int tally_db_delete(tally_db *db, const char *table, const char *key, int64_t from,
+			      int64_t to, tally_delete_result *out);
+
 /* ---------------------------------------------------------------- stats */
 
 typedef struct tally_stats {
@@ -657,6 +693,13 @@ typedef struct tally_stats {
 	uint64_t retention_rows_dropped;
 	int64_t retention_last_pass;
 	int64_t retention_last_drop;
+
+	/* Deletes of events since open (tally_db_delete): calls that deleted
+	 * something, events deleted, and bytes of part files written again
+	 * without them (the deletes' write cost). */
+	uint64_t deletes;
+	uint64_t delete_rows;
+	uint64_t delete_bytes_written;
 } tally_stats;
 
 /* Fills the first size bytes at out with the database's figures, 0 where

@@ -10,6 +10,13 @@
  * `tally query --nodes` asking the nodes from outside. A node that stops
  * answering (SIGSTOP, then killed) fails the answer by default, and is
  * named in the END line after "#!fanout partial".
+ *
+ * Over HTTP the same: every query kind of the JSON API (series, agg,
+ * aggs sorted both ways, scan pages with their cursor, the cameras'
+ * route, CSV) and InfluxQL statements (GROUP BY time and key, SHOW TAG
+ * VALUES) asked of a node equal the reference's answer and brute force,
+ * and a stopped node gives 503 naming it, or with partial=mark the
+ * answer marked ("partial", X-Tally-Partial, InfluxQL's "messages").
  */
 #include <criterion/criterion.h>
 #include <math.h>
@@ -133,13 +140,13 @@ static void start_node(tsrv *s, unsigned port, const char *peers, const char *ti
 	cr_assert_eq(s->port, port);
 }
 
-Test(cluster, three_nodes_answer_like_one, .timeout = 240)
+/* Three nodes naming each other in peers, each holding its share of the
+ * events, and the reference holding them all; c[i] and *rc connected. */
+static void cluster_up(tsrv n[3], tsrv *ref, unsigned ports[3], tcli *c[3], tcli **rc)
 {
 	gen();
-	unsigned ports[3];
 	for (int i = 0; i < 3; i++)
 		ports[i] = su_free_port();
-	tsrv n[3], ref;
 	for (int i = 0; i < 3; i++) {
 		char peers[64];
 		snprintf(peers, sizeof peers, "127.0.0.1:%u,127.0.0.1:%u", ports[(i + 1) % 3],
@@ -147,15 +154,46 @@ Test(cluster, three_nodes_answer_like_one, .timeout = 240)
 		tdir_make(&n[i]);
 		start_node(&n[i], ports[i], peers, "2s");
 	}
-	tdir_make(&ref);
-	tsrv_spawn(&ref, (const char *[]){"--log-level", "warn", NULL}, 1);
-	tcli *c[3], *rc = tcli_open(ref.port);
+	tdir_make(ref);
+	tsrv_spawn(ref, (const char *[]){"--log-level", "warn", NULL}, 1);
+	*rc = tcli_open(ref->port);
 	for (int i = 0; i < 3; i++) {
 		c[i] = tcli_open(n[i].port);
 		/* writes go to this node alone; queries fan out */
 		load(c[i], i);
 	}
-	load(rc, -1);
+	load(*rc, -1);
+}
+
+/* Closes the clients, stops the nodes still running (node 2 was killed)
+ * and the reference, removes their directories. */
+static void cluster_down(tsrv n[3], tsrv *ref, tcli *c[3], tcli *rc)
+{
+	for (int i = 0; i < 3; i++)
+		tcli_close(c[i]);
+	tcli_close(rc);
+	for (int i = 0; i < 2; i++)
+		cr_assert_eq(tsrv_wait(&n[i], SIGTERM), 0);
+	cr_assert_eq(tsrv_wait(ref, SIGTERM), 0);
+	for (int i = 0; i < 3; i++)
+		tdir_remove(&n[i]);
+	tdir_remove(ref);
+}
+
+/* Stops node 2 and waits until it is stopped; port2 becomes ":PORT". */
+static void stop_node2(tsrv n[3], const unsigned ports[3], char port2[16])
+{
+	kill(n[2].pid, SIGSTOP);
+	wait_stopped(n[2].pid);
+	snprintf(port2, 16, ":%u", ports[2]);
+}
+
+Test(cluster, three_nodes_answer_like_one, .timeout = 240)
+{
+	unsigned ports[3];
+	tsrv n[3], ref;
+	tcli *c[3], *rc;
+	cluster_up(n, &ref, ports, c, &rc);
 
 	srand(5);
 	for (int round = 0; round < 40; round++) {
@@ -214,13 +252,11 @@ Test(cluster, three_nodes_answer_like_one, .timeout = 240)
 		  want);
 
 	/* A node that stops answering: the answer fails, naming it ... */
-	kill(n[2].pid, SIGSTOP);
-	wait_stopped(n[2].pid);
+	char port2[16];
+	stop_node2(n, ports, port2);
 	ttable t;
 	tcli_query(c[0], &t, "#!agg traffic speed cam1 2025-01-01T00:00:00Z 1d");
 	cr_assert_not_null(t.err);
-	char port2[16];
-	snprintf(port2, sizeof port2, ":%u", ports[2]);
 	cr_assert(strstr(t.err, port2) && strstr(t.err, "no answer within"), "%s", t.err);
 	ttable_free(&t);
 	/* ... or, when the caller chooses, comes marked partial. */
@@ -248,14 +284,310 @@ Test(cluster, three_nodes_answer_like_one, .timeout = 240)
 	cr_assert(t.err && strstr(t.err, port2) && strstr(t.err, "#!fanout partial"), "%s",
 		  t.err ? t.err : "no error");
 	ttable_free(&t);
+	cluster_down(n, &ref, c, rc);
+}
 
+/* ---------------------------------------------------------------- HTTP */
+
+typedef struct hans {
+	int status;
+	char *head, *body; /* malloc'd; head without the blank line */
+} hans;
+
+static void hans_free(hans *a)
+{
+	free(a->head);
+	free(a->body);
+}
+
+/* GET path over HTTP/1.0, so the close ends the answer (no chunks);
+ * waits at most a minute. */
+static hans http_get(unsigned port, const char *path)
+{
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_in a = {.sin_family = AF_INET,
+				.sin_port = htons((uint16_t)port),
+				.sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	cr_assert(fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof a) == 0, "connect :%u",
+		  port);
+	char req[4096];
+	int k = snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", path);
+	cr_assert(k > 0 && (size_t)k < sizeof req);
+	cr_assert_eq(send(fd, req, (size_t)k, MSG_NOSIGNAL), k);
+	size_t n = 0, cap = 1 << 16;
+	char *buf = malloc(cap);
+	int64_t end = su_mono_ms() + 60000;
+	for (;;) {
+		struct pollfd p = {.fd = fd, .events = POLLIN};
+		int64_t left = end - su_mono_ms();
+		cr_assert(left > 0, "GET %s: no whole answer within 60 s", path);
+		if (poll(&p, 1, (int)left) <= 0)
+			continue;
+		if (n + 4096 > cap)
+			buf = realloc(buf, cap *= 2);
+		ssize_t r = recv(fd, buf + n, cap - n - 1, 0);
+		cr_assert(r >= 0, "GET %s: %s", path, strerror(errno));
+		if (r == 0)
+			break;
+		n += (size_t)r;
+	}
+	close(fd);
+	buf[n] = 0;
+	char *sep = strstr(buf, "\r\n\r\n");
+	cr_assert_not_null(sep, "GET %s: no head in '%s'", path, buf);
+	hans h = {0};
+	cr_assert_eq(sscanf(buf, "HTTP/1.%*d %d", &h.status), 1);
+	*sep = 0;
+	h.head = strdup(buf);
+	h.body = strdup(sep + 4);
+	free(buf);
+	return h;
+}
+
+/* %-encodes s for a query string. */
+static void url_enc(const char *s, char *out, size_t cap)
+{
+	size_t o = 0;
+	for (; *s && o + 4 < cap; s++) {
+		unsigned char ch = (unsigned char)*s;
+		if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+		    (ch >= '0' && ch <= '9') || ch == '-' || ch == '_' || ch == '.')
+			out[o++] = (char)ch;
+		else
+			o += (size_t)snprintf(out + o, cap - o, "%%%02X", ch);
+	}
+	out[o] = 0;
+}
+
+static int num_char(char ch)
+{
+	return (ch >= '0' && ch <= '9') || ch == '.' || ch == '-' || ch == '+' || ch == 'e' ||
+	       ch == 'E';
+}
+
+/* The same bytes, except numbers that differ by at most 1e-12 relative
+ * (a sum of partial sums added in another order). */
+static void same_text(const char *got, const char *want, const char *what)
+{
+	const char *g = got, *w = want;
+	while (*g || *w) {
+		if (*g == *w) {
+			g++;
+			w++;
+			continue;
+		}
+		const char *gs = g, *ws = w;
+		while (gs > got && num_char(gs[-1]))
+			gs--;
+		while (ws > want && num_char(ws[-1]))
+			ws--;
+		char *ge, *we;
+		double x = strtod(gs, &ge), y = strtod(ws, &we);
+		cr_assert(ge > gs && we > ws && (ge > g || we > w) &&
+				  fabs(x - y) <= 1e-12 * fabs(y),
+			  "%s: differs at byte %td:\n got ...%.80s\nwant ...%.80s\n(got %s)", what,
+			  g - got, gs, ws, got);
+		g = ge;
+		w = we;
+	}
+}
+
+/* GET path of node port and of the reference: the same status and body. */
+static void both_http(unsigned port, unsigned ref_port, const char *path)
+{
+	hans a = http_get(port, path), b = http_get(ref_port, path);
+	cr_assert_eq(a.status, b.status, "%s: status %d (%s), the reference's %d", path, a.status,
+		     a.body, b.status);
+	cr_assert(!strstr(a.body, "\"partial\"") && !strstr(a.head, "X-Tally-Partial"), "%s: %s",
+		  path, a.body);
+	same_text(a.body, b.body, path);
+	hans_free(&a);
+	hans_free(&b);
+}
+
+/* InfluxQL statement q on /query of both. */
+static void both_iql(unsigned port, unsigned ref_port, const char *q)
+{
+	char enc[2048], path[2200];
+	url_enc(q, enc, sizeof enc);
+	snprintf(path, sizeof path, "/query?db=tally&q=%s", enc);
+	hans a = http_get(port, path), b = http_get(ref_port, path);
+	cr_assert_eq(a.status, 200, "%s: %d %s", q, a.status, a.body);
+	cr_assert(!strstr(a.body, "\"error\"") && !strstr(a.body, "messages"), "%s: %s", q, a.body);
+	cr_assert(strstr(a.body, "\"series\""), "%s: no series in %s", q, a.body);
+	same_text(a.body, b.body, q);
+	hans_free(&a);
+	hans_free(&b);
+}
+
+/* The row of key in an aggs answer: count, min, max, sum. */
+static void aggs_row(const char *body, const char *key, uint64_t *count, double *min, double *max,
+		     double *sum)
+{
+	char pat[64];
+	snprintf(pat, sizeof pat, "[\"%s\",", key);
+	const char *p = strstr(body, pat);
+	cr_assert_not_null(p, "no %s in %s", key, body);
+	double mean;
+	unsigned long long c;
+	cr_assert_eq(sscanf(p + strlen(pat), "%llu,%lf,%lf,%lf,%lf", &c, &mean, min, max, sum), 5,
+		     "%s", p);
+	*count = c;
+}
+
+Test(cluster, http_and_influxql_answer_like_one, .timeout = 280)
+{
+	unsigned ports[3];
+	tsrv n[3], ref;
+	tcli *c[3], *rc;
+	cluster_up(n, &ref, ports, c, &rc);
+	unsigned hp[3], href = tsrv_http_port(&ref);
 	for (int i = 0; i < 3; i++)
-		tcli_close(c[i]);
-	tcli_close(rc);
-	for (int i = 0; i < 2; i++)
-		cr_assert_eq(tsrv_wait(&n[i], SIGTERM), 0);
-	cr_assert_eq(tsrv_wait(&ref, SIGTERM), 0);
-	for (int i = 0; i < 3; i++)
-		tdir_remove(&n[i]);
-	tdir_remove(&ref);
+		hp[i] = tsrv_http_port(&n[i]);
+
+	char path[1024];
+	srand(7);
+	for (int round = 0; round < 12; round++) {
+		int cam = round % NCAM;
+		unsigned port = hp[round % 3];
+		int64_t from = T0 + (int64_t)(rand() % 80000) * 1000000000 + rand() % 1000;
+		int64_t to = from + (int64_t)(1 + rand() % 20000) * 1000000000 + rand() % 1000;
+		snprintf(path, sizeof path,
+			 "/api/v1/series?table=traffic&field=speed&key=cam%d&step=%s"
+			 "&from=2025-01-01T00:00:00Z&to=2025-01-02T00:00:00Z%s",
+			 cam, round % 2 ? "5m" : "1h", round % 4 == 3 ? "&format=csv" : "");
+		both_http(port, href, path);
+		snprintf(path, sizeof path,
+			 "/api/v1/agg?table=traffic&field=speed&key=cam%d&from=%" PRId64
+			 "&to=%" PRId64,
+			 cam, from, to);
+		both_http(port, href, path);
+		snprintf(path, sizeof path,
+			 "/api/v1/aggs?table=traffic&field=speed&from=%" PRId64 "&to=%" PRId64 "%s",
+			 from, to, round % 2 ? "&sort=mean&limit=3" : "");
+		both_http(port, href, path);
+		snprintf(path, sizeof path,
+			 "/kvfv/cam%d/avg-speed?interval=5m&from=%" PRId64 "&to=%" PRId64, cam,
+			 from, to);
+		both_http(port, href, path);
+		/* a scan page, then the next from its cursor */
+		snprintf(path, sizeof path,
+			 "/api/v1/scan?table=traffic&key=cam%d&from=%" PRId64 "&to=%" PRId64
+			 "&limit=5",
+			 cam, from, to);
+		both_http(port, href, path);
+		hans h = http_get(port, path);
+		const char *cur = strstr(h.body, "\"cursor\":\"");
+		if (cur) {
+			char cv[64];
+			cr_assert_eq(sscanf(cur + 10, "%63[^\"]", cv), 1);
+			snprintf(path + strlen(path), sizeof path - strlen(path), "&cursor=%s", cv);
+			both_http(port, href, path);
+		}
+		hans_free(&h);
+	}
+
+	/* Brute force: every camera's day from the aggs of a node. */
+	hans h = http_get(hp[1], "/api/v1/aggs?table=traffic&field=speed"
+				 "&from=2025-01-01T00:00:00Z&to=2025-01-02T00:00:00Z");
+	cr_assert_eq(h.status, 200, "%s", h.body);
+	for (int cam = 0; cam < NCAM; cam++) {
+		uint64_t cnt = 0, got_cnt;
+		int64_t sum = 0;
+		int lo = INT32_MAX, hi = 0;
+		for (int i = 0; i < NEV; i++)
+			if (evs[i].cam == cam) {
+				cnt++;
+				sum += evs[i].tenths;
+				lo = evs[i].tenths < lo ? evs[i].tenths : lo;
+				hi = evs[i].tenths > hi ? evs[i].tenths : hi;
+			}
+		char key[16];
+		snprintf(key, sizeof key, "cam%d", cam);
+		double mn, mx, sm;
+		aggs_row(h.body, key, &got_cnt, &mn, &mx, &sm);
+		cr_assert_eq(got_cnt, cnt, "%s", key);
+		cr_assert(fabs(sm - (double)sum / 10) < 1e-6, "%s: sum %f", key, sm);
+		cr_assert(fabs(mn - lo / 10.0) < 1e-9 && fabs(mx - hi / 10.0) < 1e-9, "%s", key);
+	}
+	hans_free(&h);
+
+	/* InfluxQL: windows (tiled by rollups, cut at both ends) per camera,
+	 * one camera's aggregate, the keys. */
+	both_iql(hp[0], href,
+		 "SELECT mean(speed), count(speed), max(speed), min(speed) FROM traffic WHERE "
+		 "time >= '2025-01-01T01:07:13.5Z' AND time < '2025-01-01T19:00:00Z' "
+		 "GROUP BY time(1h), camera");
+	both_iql(hp[1], href,
+		 "SELECT sum(speed), count(speed) FROM traffic WHERE camera = 'cam7' AND "
+		 "time >= '2025-01-01T00:00:00Z' AND time < '2025-01-02T00:00:00Z' "
+		 "GROUP BY time(5m) fill(none)");
+	both_iql(hp[2], href,
+		 "SELECT count(speed) FROM traffic WHERE camera = 'cam7' AND "
+		 "time >= '2025-01-01T00:00:00Z' AND time < '2025-01-02T00:00:00Z'");
+	both_iql(hp[0], href, "SHOW TAG VALUES FROM traffic WITH KEY = camera");
+	both_iql(hp[1], href,
+		 "SHOW TAG VALUES FROM traffic WITH KEY = camera WHERE time >= "
+		 "'2025-01-01T05:00:00Z' AND time < '2025-01-01T05:10:00Z'");
+	/* the split camera's count against brute force */
+	uint64_t split = 0;
+	for (int i = 0; i < NEV; i++)
+		split += evs[i].cam == SPLIT;
+	char q[1200], enc[1024], want[64];
+	url_enc("SELECT count(speed) FROM traffic WHERE camera = 'cam7' AND "
+		"time >= '2025-01-01T00:00:00Z' AND time < '2025-01-02T00:00:00Z'",
+		enc, sizeof enc);
+	snprintf(q, sizeof q, "/query?db=tally&q=%s", enc);
+	h = http_get(hp[2], q);
+	snprintf(want, sizeof want, ",%" PRIu64 "]", split);
+	cr_assert(strstr(h.body, want), "want %s in %s", want, h.body);
+	hans_free(&h);
+
+	/* A stopped node: 503 naming it, within peer-timeout (2 s) ... */
+	char port2[16];
+	stop_node2(n, ports, port2);
+	const char *agg = "/api/v1/agg?table=traffic&field=speed&key=cam1"
+			  "&from=2025-01-01T00:00:00Z&to=2025-01-02T00:00:00Z";
+	h = http_get(hp[0], agg);
+	cr_assert_eq(h.status, 503, "%d %s", h.status, h.body);
+	cr_assert(strstr(h.body, port2) && strstr(h.body, "no answer within") &&
+			  strstr(h.body, "partial=mark"),
+		  "%s", h.body);
+	hans_free(&h);
+	/* ... or, with partial=mark, the others' answer, marked */
+	snprintf(path, sizeof path, "%s&partial=mark", agg);
+	h = http_get(hp[0], path);
+	cr_assert_eq(h.status, 200, "%d %s", h.status, h.body);
+	cr_assert(!strncmp(h.body, "{\"partial\":\"127.0.0.1", 21) && strstr(h.body, port2), "%s",
+		  h.body);
+	cr_assert(strstr(h.head, "X-Tally-Partial: 127.0.0.1") && strstr(h.head, port2), "%s",
+		  h.head);
+	hans_free(&h);
+	h = http_get(hp[1], "/api/v1/aggs?table=traffic&field=speed&format=csv&partial=mark"
+			    "&from=2025-01-01T00:00:00Z&to=2025-01-02T00:00:00Z");
+	cr_assert_eq(h.status, 200, "%d %s", h.status, h.body);
+	cr_assert(strstr(h.head, "X-Tally-Partial") && strstr(h.head, port2), "%s", h.head);
+	cr_assert(!strstr(h.body, "cam2,") && strstr(h.body, "cam1,"), "%s", h.body);
+	hans_free(&h);
+	/* InfluxQL: the statement's error names it, or partial=mark's messages */
+	url_enc("SELECT count(speed) FROM traffic WHERE time >= '2025-01-01T00:00:00Z' AND "
+		"time < '2025-01-02T00:00:00Z' GROUP BY camera",
+		enc, sizeof enc);
+	snprintf(q, sizeof q, "/query?db=tally&q=%s", enc);
+	h = http_get(hp[0], q);
+	cr_assert_eq(h.status, 200, "%d %s", h.status, h.body);
+	cr_assert(strstr(h.body, "\"error\"") && strstr(h.body, port2), "%s", h.body);
+	hans_free(&h);
+	snprintf(q + strlen(q), sizeof q - strlen(q), "&partial=mark");
+	h = http_get(hp[0], q);
+	cr_assert_eq(h.status, 200, "%d %s", h.status, h.body);
+	cr_assert(!strstr(h.body, "\"error\"") && strstr(h.body, "\"messages\"") &&
+			  strstr(h.body, "partial: 127.0.0.1") && strstr(h.body, port2) &&
+			  strstr(h.body, "\"cam1\"") && !strstr(h.body, "\"cam2\""),
+		  "%s", h.body);
+	hans_free(&h);
+
+	kill(n[2].pid, SIGCONT);
+	cr_assert_eq(tsrv_wait(&n[2], SIGKILL), 128 + SIGKILL);
+	cluster_down(n, &ref, c, rc);
 }

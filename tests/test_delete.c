@@ -1,5 +1,6 @@
 /*
- * test_delete.c — corrections (engine/delete.c): dropping a table.
+ * test_delete.c — corrections (engine/delete.c): dropping a table, and
+ * deleting the events of a key (or of every key) in a range.
  *
  * Two tables, events in parts (merged and sealed) and in the memtable and
  * WAL; dropping one leaves no event of it in any query, at once and after
@@ -7,11 +8,23 @@
  * exactly as before; the dropped table written again starts empty. A
  * kill -9 before and after the drop's manifest change leaves the table
  * either whole or gone, the other table exact.
+ *
+ * Deletes: a randomised model interleaves deletes of one key or of every
+ * key over random ranges with late writes, flushes, merges (sealing) and
+ * reopening, on two shards with a distribution field; after every delete
+ * each rollup level's series, exact aggregates over unaligned ranges, the
+ * all-keys query, scans and distributions equal brute force over what
+ * remains, and the answer counts exactly the events removed. The same
+ * with tiered partitions (s3rver). A delete needing raw events retention
+ * dropped is refused, naming table, key and range, and changes nothing. A
+ * kill -9 at each step of a delete leaves every shard all rewritten or
+ * all as it was, and the delete run again finishes it.
  */
 #include <criterion/criterion.h>
 #include <signal.h>
 #include <sys/wait.h>
 
+#include "s3util.h"
 #include "testutil.h"
 
 #define T0   INT64_C(1699920000000000000)
@@ -104,6 +117,32 @@ Test(delete, drop_table_leaves_nothing_and_the_other_table_whole)
 	free(dir);
 }
 
+/* Opens dir in a child that kills itself at step (TALLY_CRASH_AT) while
+ * act runs, and checks that it did. */
+static void crash_at(const char *dir, const tally_options *o, const char *step,
+		     void (*act)(tally_db *))
+{
+	pid_t pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		tally_db *db;
+		setenv("TALLY_CRASH_AT", step, 1);
+		if (tally_db_open(dir, o, &db))
+			_exit(3);
+		act(db);
+		_exit(4);
+	}
+	int status;
+	waitpid(pid, &status, 0);
+	cr_assert(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL, "%s: status %d", step,
+		  status);
+}
+
+static void drop_gone(tally_db *db)
+{
+	tally_db_drop_table(db, "gone");
+}
+
 Test(delete, kill9_during_drop, .timeout = 120)
 {
 	const char *steps[] = {"drop:before-manifest", "drop:after-manifest"};
@@ -114,19 +153,7 @@ Test(delete, kill9_during_drop, .timeout = 120)
 		cr_assert_eq(tally_db_open(dir, &o, &db), 0, "%s", tally_errmsg());
 		fill(db);
 		tally_db_close(db);
-		pid_t pid = fork();
-		cr_assert_geq(pid, 0);
-		if (pid == 0) {
-			setenv("TALLY_CRASH_AT", steps[s], 1);
-			if (tally_db_open(dir, &o, &db))
-				_exit(3);
-			tally_db_drop_table(db, "gone");
-			_exit(4);
-		}
-		int status;
-		waitpid(pid, &status, 0);
-		cr_assert(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL, "%s: status %d",
-			  steps[s], status);
+		crash_at(dir, &o, steps[s], drop_gone);
 		cr_assert_eq(tally_db_open(dir, &o, &db), 0, "%s", tally_errmsg());
 		uint64_t left = count_table(db, "gone");
 		/* one shard, one commit: all or nothing */
@@ -137,6 +164,471 @@ Test(delete, kill9_during_drop, .timeout = 120)
 		cr_assert_eq(tally_db_drop_table(db, "gone"), s == 0 ? 0 : TALLY_ENOTFOUND, "%s",
 			     tally_errmsg());
 		cr_assert_eq(count_table(db, "gone"), 0);
+		tally_db_close(db);
+		tu_rmrf(dir);
+		free(dir);
+	}
+}
+
+/* ---------------------------------------------------------------- deletes */
+
+#define MK     5 /* keys of the model's table */
+#define MDAYS  4
+#define MMAXEV 60000
+
+typedef struct mev {
+	int k;
+	int64_t ts;
+	int v;
+} mev;
+
+typedef struct model {
+	mev *e;
+	size_t n;
+	tu_rng r;
+	tally_db *db;
+	char *dir;
+	tally_options o;
+} model;
+
+static tally_options model_opts(void)
+{
+	tally_options o = tu_quiet_opts();
+	o.shards = 2;
+	o.distributions = "m.v:1";
+	o.seal_grace = TALLY_1D; /* a partition a day behind the newest event seals */
+	return o;
+}
+
+/* n events of random keys at random times over the model's days: every
+ * batch is late for some partition. */
+static void m_write(model *m, int n)
+{
+	char *buf = malloc((size_t)n * 64), *p = buf;
+	for (int i = 0; i < n && m->n < MMAXEV; i++) {
+		mev *e = &m->e[m->n++];
+		e->k = (int)tu_below(&m->r, MK);
+		e->ts = T0 + (int64_t)tu_below(&m->r, (uint64_t)(MDAYS * TALLY_1D));
+		e->v = (int)tu_below(&m->r, 120);
+		p += sprintf(p, "m,k=key%d v=%d %lld\n", e->k, e->v, (long long)e->ts);
+	}
+	cr_assert_geq(tu_write_synced(m->db, buf, (size_t)(p - buf)), 0, "%s", tally_errmsg());
+	free(buf);
+}
+
+static tally_agg m_brute(const model *m, int k, int64_t from, int64_t to)
+{
+	tally_agg a = TU_AGG_EMPTY;
+	for (size_t i = 0; i < m->n; i++)
+		if (m->e[i].k == k && m->e[i].ts >= from && m->e[i].ts < to)
+			tu_agg_add(&a, m->e[i].v);
+	return a;
+}
+
+static void m_same(const tally_agg *got, const tally_agg *want, const char *what, int k,
+		   int64_t from, int64_t to)
+{
+	cr_assert(got->count == want->count && got->sum == want->sum &&
+			  (!want->count || (got->min == want->min && got->max == want->max)),
+		  "%s key%d [%lld, %lld): count %llu sum %g min %g max %g, brute force %llu %g "
+		  "%g %g",
+		  what, k, (long long)from, (long long)to, (unsigned long long)got->count, got->sum,
+		  got->min, got->max, (unsigned long long)want->count, want->sum, want->min,
+		  want->max);
+}
+
+/* A random range inside the model's days: unaligned, or whole windows. */
+static void m_range(model *m, int64_t *from, int64_t *to)
+{
+	static const int64_t widths[] = {TALLY_5M, TALLY_1H, TALLY_1D};
+	int64_t span = MDAYS * TALLY_1D;
+	int64_t a = T0 + (int64_t)tu_below(&m->r, (uint64_t)span);
+	int64_t len = 1 + (int64_t)tu_below(&m->r, (uint64_t)(span / (1 + tu_below(&m->r, 40))));
+	if (tu_below(&m->r, 2)) {
+		int64_t w = widths[tu_below(&m->r, 3)];
+		a = a / w * w;
+		len = (len / w + 1) * w;
+	}
+	*from = a;
+	*to = a + len;
+}
+
+static void m_check(model *m, const char *when)
+{
+	static const int64_t steps[] = {TALLY_5M, TALLY_1H, TALLY_1D};
+	size_t cap = (size_t)(MDAYS * TALLY_1D / TALLY_5M) + 2;
+	tally_bucket *b = malloc(cap * sizeof *b);
+	for (int k = 0; k < MK; k++) {
+		char key[16];
+		sprintf(key, "key%d", k);
+		/* every window of every level */
+		for (int l = 0; l < 3; l++) {
+			size_t n;
+			cr_assert_eq(tally_query_series(m->db, "m", "v", key, steps[l], T0,
+							T0 + MDAYS * TALLY_1D, b, cap, &n),
+				     0, "%s", tally_errmsg());
+			size_t j = 0;
+			for (int64_t w = T0; w < T0 + MDAYS * TALLY_1D; w += steps[l]) {
+				tally_agg want = m_brute(m, k, w, w + steps[l]);
+				if (!want.count)
+					continue;
+				cr_assert(j < n && b[j].start == w,
+					  "%s: level %lld key%d: window %lld missing", when,
+					  (long long)steps[l], k, (long long)w);
+				m_same(&b[j].agg, &want, when, k, w, w + steps[l]);
+				j++;
+			}
+			cr_assert_eq(j, n, "%s: level %lld key%d: %zu windows, brute force %zu",
+				     when, (long long)steps[l], k, n, j);
+		}
+		/* exact aggregates, a scan and a distribution over random ranges */
+		for (int q = 0; q < 4; q++) {
+			int64_t from, to;
+			m_range(m, &from, &to);
+			tally_agg a, want = m_brute(m, k, from, to);
+			cr_assert_eq(tally_query_agg(m->db, "m", "v", key, from, to, &a), 0, "%s",
+				     tally_errmsg());
+			m_same(&a, &want, when, k, from, to);
+			if (q)
+				continue;
+			tally_scan *sc;
+			cr_assert_eq(tally_scan_open(m->db, "m", key, from, to, &sc), 0, "%s",
+				     tally_errmsg());
+			tally_row row;
+			tally_agg got = TU_AGG_EMPTY;
+			int rc;
+			while ((rc = tally_scan_next(sc, &row)) == 1)
+				tu_agg_add(&got, row.values[0].v.f64);
+			cr_assert_eq(rc, 0, "%s", tally_errmsg());
+			tally_scan_close(sc);
+			m_same(&got, &want, "scan", k, from, to);
+			tally_dist *d;
+			cr_assert_eq(tally_query_dist(m->db, "m", "v", key, from, to, &d), 0, "%s",
+				     tally_errmsg());
+			uint64_t below = 0;
+			for (size_t i = 0; i < m->n; i++)
+				below += m->e[i].k == k && m->e[i].ts >= from && m->e[i].ts < to &&
+					 m->e[i].v < 60;
+			cr_assert_eq(tally_dist_count(d), want.count, "%s: dist key%d", when, k);
+			cr_assert_eq(tally_dist_count_below(d, 60), below,
+				     "%s: dist key%d below 60", when, k);
+			tally_dist_free(d);
+		}
+	}
+	/* every key at once */
+	int64_t from, to;
+	m_range(m, &from, &to);
+	tally_keys_iter *it;
+	cr_assert_eq(tally_query_keys(m->db, "m", "v", from, to, &it), 0, "%s", tally_errmsg());
+	const char *key;
+	tally_agg a;
+	int rc, seen = 0;
+	while ((rc = tally_keys_next(it, &key, &a)) == 1) {
+		int k = atoi(key + 3);
+		tally_agg want = m_brute(m, k, from, to);
+		if (!want.count && !a.count)
+			continue;
+		m_same(&a, &want, "all keys", k, from, to);
+		seen |= 1 << k;
+	}
+	cr_assert_eq(rc, 0, "%s", tally_errmsg());
+	tally_keys_close(it);
+	for (int k = 0; k < MK; k++)
+		cr_assert(((seen >> k) & 1) || !m_brute(m, k, from, to).count,
+			  "%s: all keys left out key%d", when, k);
+	free(b);
+}
+
+/* Removes key k's (-1: every key's) events in [from, to) from the model;
+ * returns how many. */
+static uint64_t m_forget(model *m, int k, int64_t from, int64_t to)
+{
+	uint64_t gone = 0;
+	size_t j = 0;
+	for (size_t i = 0; i < m->n; i++) {
+		mev *e = &m->e[i];
+		if ((k < 0 || e->k == k) && e->ts >= from && e->ts < to) {
+			gone++;
+			continue;
+		}
+		m->e[j++] = *e;
+	}
+	m->n = j;
+	return gone;
+}
+
+/* Deletes key k (-1: every key) in [from, to) from the store and the
+ * model; the answer must count exactly what the model lost. */
+static void m_delete(model *m, int k, int64_t from, int64_t to)
+{
+	char key[16];
+	sprintf(key, "key%d", k);
+	tally_delete_result r = {.size = sizeof r};
+	cr_assert_eq(tally_db_delete(m->db, "m", k < 0 ? NULL : key, from, to, &r), 0, "%s",
+		     tally_errmsg());
+	uint64_t gone = m_forget(m, k, from, to);
+	cr_assert_eq(r.size, sizeof r);
+	cr_assert_eq(r.rows, gone, "delete key%d [%lld, %lld): %llu rows, the model lost %llu", k,
+		     (long long)from, (long long)to, (unsigned long long)r.rows,
+		     (unsigned long long)gone);
+	cr_assert(!gone || (r.parts_rewritten + r.parts_removed > 0 && r.bytes_read > 0));
+	cr_assert(!r.parts_rewritten || r.bytes_written > 0);
+}
+
+static void m_reopen(model *m)
+{
+	tally_db_close(m->db);
+	cr_assert_eq(tally_db_open(m->dir, &m->o, &m->db), 0, "%s", tally_errmsg());
+}
+
+/* The model's steps, n_ops of them; tier: tier sealed partitions too. */
+static void m_run(model *m, int n_ops, int tier)
+{
+	for (int op = 0; op < n_ops; op++) {
+		char when[96];
+		switch (tu_below(&m->r, 8)) {
+		case 0:
+		case 1: m_write(m, 300); break;
+		case 2: cr_assert_eq(tally_db_flush(m->db), 0, "%s", tally_errmsg()); break;
+		case 3:
+			cr_assert_eq(tally_db_merge(m->db), 0, "%s", tally_errmsg());
+			if (tier)
+				cr_assert_eq(tally_db_tier(m->db), 0, "%s", tally_errmsg());
+			break;
+		case 4: m_reopen(m); break;
+		default: {
+			int k = tu_below(&m->r, 4) ? (int)tu_below(&m->r, MK) : -1;
+			int64_t from, to;
+			m_range(m, &from, &to);
+			m_delete(m, k, from, to);
+			snprintf(when, sizeof when, "step %d, after deleting key%d [%lld, %lld)",
+				 op, k, (long long)from, (long long)to);
+			m_check(m, when);
+		}
+		}
+	}
+	m_reopen(m);
+	m_check(m, "at the end, reopened");
+}
+
+static void m_start(model *m, const char *name, const tally_options *o)
+{
+	m->e = malloc(MMAXEV * sizeof *m->e);
+	m->n = 0;
+	m->r.s = tu_seed(name);
+	m->dir = tu_tmpdir();
+	m->o = *o;
+	cr_assert_eq(tally_db_open(m->dir, &m->o, &m->db), 0, "%s", tally_errmsg());
+	/* a start: parts of every day, sealed ones, and a memtable */
+	for (int i = 0; i < 6; i++)
+		m_write(m, 400);
+	cr_assert_eq(tally_db_flush(m->db), 0);
+	m_write(m, 400);
+	cr_assert_eq(tally_db_merge(m->db), 0);
+	m_write(m, 200);
+}
+
+static void m_end(model *m)
+{
+	tally_stats st;
+	cr_assert_eq(tally_db_stats(m->db, &st), 0);
+	cr_assert(TALLY_STAT_FILLED(&st, delete_bytes_written));
+	tally_db_close(m->db);
+	tu_rmrf(m->dir);
+	free(m->dir);
+	free(m->e);
+}
+
+Test(delete, model_deletes_interleaved_with_late_writes_flushes_merges, .timeout = 600)
+{
+	model m;
+	tally_options o = model_opts();
+	m_start(&m, "delete_model", &o);
+	m_run(&m, 60, 0);
+	tally_stats st;
+	cr_assert_eq(tally_db_stats(m.db, &st), 0);
+	m_end(&m);
+}
+
+Test(delete, whole_partition_of_every_key_and_what_is_not_there)
+{
+	model m;
+	tally_options o = model_opts();
+	m_start(&m, "delete_whole", &o);
+	tally_delete_result r = {.size = sizeof r};
+	/* a table that is not there, an empty range, an empty key */
+	cr_assert_eq(tally_db_delete(m.db, "nope", NULL, T0, T0 + 1, &r), TALLY_ENOTFOUND);
+	cr_assert_eq(tally_db_delete(m.db, "m", NULL, T0, T0, &r), TALLY_EINVAL);
+	cr_assert_eq(tally_db_delete(m.db, "m", "", T0, T0 + 1, &r), TALLY_EINVAL);
+	/* a key nobody wrote: nothing deleted, nothing rewritten */
+	cr_assert_eq(tally_db_delete(m.db, "m", "key99", T0, T0 + MDAYS * TALLY_1D, &r), 0);
+	cr_assert(r.rows == 0 && r.parts_rewritten == 0 && r.bytes_written == 0);
+	tally_stats before, after;
+	cr_assert_eq(tally_db_stats(m.db, &before), 0);
+	/* the first day of every key: its parts leave unread */
+	m_delete(&m, -1, T0, T0 + TALLY_1D);
+	m_check(&m, "after the first day of every key");
+	cr_assert_eq(tally_db_stats(m.db, &after), 0);
+	cr_assert_eq(after.deletes, before.deletes + 1);
+	cr_assert(after.delete_rows > before.delete_rows);
+	/* one key's second day: its partition's parts are rewritten */
+	m_delete(&m, 2, T0 + TALLY_1D, T0 + 2 * TALLY_1D);
+	m_check(&m, "after key2's second day");
+	cr_assert_eq(tally_db_stats(m.db, &after), 0);
+	cr_assert_eq(after.deletes, before.deletes + 2);
+	cr_assert_gt(after.delete_bytes_written, before.delete_bytes_written);
+	/* a result struct of an older, shorter layout: filled up to its size,
+	 * not a byte past it; one too short for its size field is refused */
+	struct {
+		tally_delete_result r;
+		uint64_t guard[8];
+	} old;
+	memset(&old, 0xab, sizeof old);
+	old.r.size = offsetof(tally_delete_result, parts_rewritten);
+	int64_t a = T0 + 3 * TALLY_1D, z = a + 6 * TALLY_1H;
+	cr_assert_eq(tally_db_delete(m.db, "m", "key3", a, z, &old.r), 0, "%s", tally_errmsg());
+	cr_assert_eq(old.r.size, offsetof(tally_delete_result, parts_rewritten));
+	cr_assert_eq(old.r.rows, m_forget(&m, 3, a, z));
+	cr_assert_eq(old.r.parts_rewritten, 0xababababababababull, "wrote past its size");
+	m_check(&m, "after a delete with a short result");
+	old.r.size = 3;
+	cr_assert_eq(tally_db_delete(m.db, "m", "key3", a, z, &old.r), TALLY_EINVAL);
+	/* the same again: nothing left to delete */
+	cr_assert_eq(tally_db_delete(m.db, "m", "key2", T0 + TALLY_1D, T0 + 2 * TALLY_1D, &r), 0);
+	cr_assert(r.rows == 0 && r.parts_rewritten == 0 && r.parts_removed == 0);
+	m_reopen(&m);
+	m_check(&m, "reopened");
+	m_end(&m);
+}
+
+Test(delete, model_with_tiered_partitions, .timeout = 600)
+{
+	if (!s3srv_available("s3rver"))
+		cr_skip_test("s3rver is not installed (tools/setup)");
+	s3srv srv;
+	cr_assert_eq(s3srv_start(&srv, "s3rver"), 0, "s3rver did not start");
+	char endpoint[160];
+	snprintf(endpoint, sizeof endpoint, "%s", srv.endpoint);
+	model m;
+	tally_options o = model_opts();
+	o.tier_bucket = srv.bucket;
+	o.tier_endpoint = endpoint;
+	o.tier_region = srv.region;
+	o.tier_access_key = srv.access_key;
+	o.tier_secret_key = srv.secret_key;
+	o.tier_prefix = "del";
+	o.tier_after = 1; /* every sealed partition is due */
+	o.tier_retries = 1;
+	o.tier_timeout_ms = 5000;
+	m_start(&m, "delete_tiered", &o);
+	cr_assert_eq(tally_db_tier(m.db), 0, "%s", tally_errmsg());
+	tally_stats st;
+	cr_assert_eq(tally_db_stats(m.db, &st), 0);
+	cr_assert_gt(st.tiered_parts, 0, "nothing was tiered");
+	m_run(&m, 40, 1);
+	m_end(&m);
+	s3srv_stop(&srv);
+}
+
+/* Events 60 days old, their raw events expired by retention (30 days):
+ * deleting among them is refused and changes nothing. */
+Test(delete, refused_where_raw_events_expired)
+{
+	char *dir = tu_tmpdir();
+	tally_options o = tu_quiet_opts();
+	o.retention = "m:raw=30d";
+	tally_db *db;
+	cr_assert_eq(tally_db_open(dir, &o, &db), 0, "%s", tally_errmsg());
+	struct timespec now;
+	clock_gettime(CLOCK_REALTIME, &now);
+	int64_t day = ((int64_t)now.tv_sec / 86400 - 60) * TALLY_1D;
+	char buf[64 * 200], *p = buf;
+	for (int i = 0; i < 200; i++)
+		p += sprintf(p, "m,k=key%d v=%d %lld\n", i % 2, i,
+			     (long long)(day + (int64_t)i * 400 * TALLY_NS_PER_SEC));
+	cr_assert_eq(tu_write_synced(db, buf, (size_t)(p - buf)), 200);
+	cr_assert_eq(tally_db_flush(db), 0);
+	cr_assert_eq(tally_db_retain(db), 0, "%s", tally_errmsg());
+	tally_stats st;
+	cr_assert_eq(tally_db_stats(db, &st), 0);
+	cr_assert_gt(st.retention_parts_raw_gone, 0, "the raw events did not expire");
+	tally_delete_result r = {.size = sizeof r};
+	int rc = tally_db_delete(db, "m", "key1", day + TALLY_1H, day + 2 * TALLY_1H, &r);
+	cr_assert_eq(rc, TALLY_EEXPIRED, "rc %d: %s", rc, tally_errmsg());
+	char range[96];
+	sprintf(range, "[%lld, %lld)", (long long)(day + TALLY_1H),
+		(long long)(day + 2 * TALLY_1H));
+	cr_assert(strstr(tally_errmsg(), "table 'm'") && strstr(tally_errmsg(), "key 'key1'") &&
+			  strstr(tally_errmsg(), range) && strstr(tally_errmsg(), "expired"),
+		  "%s", tally_errmsg());
+	cr_assert_eq(r.rows, 0);
+	/* nothing changed: the day's rollups still count every event */
+	tally_bucket b[4];
+	size_t n;
+	cr_assert_eq(
+		tally_query_series(db, "m", "v", "key1", TALLY_1D, day, day + TALLY_1D, b, 4, &n),
+		0, "%s", tally_errmsg());
+	cr_assert(n == 1 && b[0].agg.count == 100, "%zu windows", n);
+	/* a range past the expired day is fine */
+	cr_assert_eq(tally_db_delete(db, "m", "key1", day + 5 * TALLY_1D, day + 6 * TALLY_1D, &r),
+		     0, "%s", tally_errmsg());
+	tally_db_close(db);
+	tu_rmrf(dir);
+	free(dir);
+}
+
+/* key0's events over the three days of fill(), counted by rollups and by
+ * a scan, which must agree (a half-rewritten part would not). */
+static uint64_t count_key0(tally_db *db)
+{
+	uint64_t agg = 0, rows = 0;
+	cr_assert_eq(tu_count_key(db, "keep", "v", "key0", &agg, &rows), 0, "%s", tally_errmsg());
+	cr_assert_eq(agg, rows, "rollups say %llu, a scan %llu", (unsigned long long)agg,
+		     (unsigned long long)rows);
+	return agg;
+}
+
+static void delete_key0(tally_db *db)
+{
+	tally_db_delete(db, "keep", "key0", T0, T0 + 3 * TALLY_1D, NULL);
+}
+
+Test(delete, kill9_during_delete, .timeout = 300)
+{
+	const char *steps[] = {"merge:before-part-rename", "delete:before-manifest",
+			       "delete:after-manifest"};
+	for (int s = 0; s < 3; s++) {
+		char *dir = tu_tmpdir();
+		tally_options o = tu_quiet_opts();
+		o.shards = 2;
+		tally_db *db;
+		cr_assert_eq(tally_db_open(dir, &o, &db), 0, "%s", tally_errmsg());
+		fill(db); /* three batches per round: both shards hold key0 */
+		uint64_t all = count_key0(db), others = count_table(db, "keep") - all;
+		tally_db_close(db);
+		crash_at(dir, &o, steps[s], delete_key0);
+		cr_assert_eq(tally_db_open(dir, &o, &db), 0, "%s", tally_errmsg());
+		uint64_t left = count_key0(db);
+		/* before any manifest change: all there; after the first
+		 * shard's, that shard's are gone, the other's all there */
+		if (s < 2)
+			cr_assert_eq(left, all, "%s: %llu of %llu left", steps[s],
+				     (unsigned long long)left, (unsigned long long)all);
+		else
+			cr_assert(left < all, "%s: %llu of %llu left", steps[s],
+				  (unsigned long long)left, (unsigned long long)all);
+		cr_assert_eq(count_table(db, "keep") - left, others, "%s: other keys changed",
+			     steps[s]);
+		tally_delete_result r = {.size = sizeof r};
+		cr_assert_eq(tally_db_delete(db, "keep", "key0", T0, T0 + 3 * TALLY_1D, &r), 0,
+			     "%s", tally_errmsg());
+		cr_assert_eq(r.rows, left);
+		cr_assert_eq(count_key0(db), 0);
+		cr_assert_eq(count_table(db, "keep"), others);
+		tally_db_close(db);
+		cr_assert_eq(tally_db_open(dir, &o, &db), 0, "%s", tally_errmsg());
+		cr_assert_eq(count_key0(db), 0);
+		cr_assert_eq(count_table(db, "keep"), others);
 		tally_db_close(db);
 		tu_rmrf(dir);
 		free(dir);

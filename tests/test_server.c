@@ -1500,3 +1500,60 @@ Test(server, sigterm_under_load_loses_nothing, .timeout = 120)
 	cr_assert_eq(tsrv_wait(&s, SIGTERM), 0);
 	tdir_remove(&s);
 }
+
+/* A client that pipelines batches, each followed by #!sync, and reads the
+ * answers on another thread. The server stops reading while a sync waits,
+ * but io_uring's multishot receive may already have filled every buffer
+ * of the shard's ring by then: that input is the server's own read-ahead,
+ * not a client over its limit, and must not cut the connection
+ * ("ERR input buffer limit exceeded" once did, with 32 x 256 KiB
+ * buffers against 4 MiB of input-buffer-bytes). */
+typedef struct piper {
+	tcli *c;
+	int batches;
+	int failed;
+} piper;
+
+enum { PIPE_LINES = 2000 };
+
+static void *piper_main(void *arg)
+{
+	piper *p = arg;
+	char *buf = malloc(PIPE_LINES * 64 + 16);
+	for (int b = 0; b < p->batches && !p->failed; b++) {
+		size_t n = 0;
+		for (int i = 0; i < PIPE_LINES; i++)
+			n += (size_t)sprintf(buf + n, "pipe,k=P%d v=%di %" PRId64 "\n", i % 50, i,
+					     T0 + ((int64_t)b * PIPE_LINES + i) * SEC);
+		n += (size_t)sprintf(buf + n, "#!sync\n");
+		if (tcli_send(p->c, buf, n))
+			p->failed = 1;
+	}
+	free(buf);
+	return NULL;
+}
+
+Test(server, pipelined_syncs_are_never_cut_off, .timeout = 200)
+{
+	tsrv s;
+	tdir_make(&s);
+	const char *extra[] = {"--shards", "1", NULL};
+	tsrv_start(&s, extra);
+	piper p = {tcli_open(s.port), 400, 0};
+	pthread_t th;
+	pthread_create(&th, NULL, piper_main, &p);
+	uint64_t acc = 0;
+	for (int b = 0; b < p.batches; b++) {
+		char *l = tcli_line(p.c, 60000);
+		cr_assert_not_null(l, "no answer to sync %d of %d", b + 1, p.batches);
+		cr_assert(sscanf(l, "OK sync accepted=%" SCNu64, &acc) == 1, "sync %d: %s", b + 1,
+			  l);
+		free(l);
+	}
+	pthread_join(th, NULL);
+	cr_assert_eq(p.failed, 0);
+	cr_assert_eq(acc, (uint64_t)p.batches * PIPE_LINES);
+	tcli_close(p.c);
+	tsrv_wait(&s, SIGTERM);
+	tdir_remove(&s);
+}

@@ -787,32 +787,34 @@ static const struct cli_admin {
 	{"retain", 0, 0, "retain"},
 	{"retained", 1, 2, "retained TABLE [raw|LEVEL]"},
 	{"drop", 1, 1, "drop-table TABLE [--yes]"},
+	{"delete", 4, 4, "delete TABLE KEY|'*' FROM TO [--yes]"},
 };
 
-/* tally drop-table TABLE: without --yes, the table's name typed again on
- * a terminal is the confirmation; anything else refuses. */
-static int cli_confirm_drop(const cli_opts *o, const char *table, int yes)
+/* tally drop-table TABLE, tally delete TABLE ...: without --yes, the
+ * table's name typed again on a terminal is the confirmation; anything
+ * else refuses. what says what goes. */
+static int cli_confirm(const cli_opts *o, const char *cmd, const char *what, const char *table,
+		       int yes)
 {
 	if (yes)
 		return 1;
 	if (!isatty(STDIN_FILENO)) {
 		fprintf(stderr,
-			"tally drop-table: not a terminal to confirm on; add --yes to drop "
-			"table '%s' for good\n",
-			table);
+			"tally %s: not a terminal to confirm on; add --yes to delete %s for "
+			"good\n",
+			cmd, what);
 		return 0;
 	}
 	fprintf(stderr,
-		"This drops every event of table '%s' on %s:%s for good.\n"
+		"This deletes %s on %s:%s for good.\n"
 		"Type the table's name to confirm: ",
-		table, o->host, o->port);
+		what, o->host, o->port);
 	char line[512];
 	if (!fgets(line, sizeof line, stdin))
 		return 0;
 	line[strcspn(line, "\n")] = 0;
 	if (strcmp(line, table)) {
-		fprintf(stderr, "tally drop-table: '%s' is not '%s'; nothing dropped\n", line,
-			table);
+		fprintf(stderr, "tally %s: '%s' is not '%s'; nothing deleted\n", cmd, line, table);
 		return 0;
 	}
 	return 1;
@@ -988,6 +990,10 @@ static void cli_usage(FILE *f)
 		"  drop-table TABLE [--yes]\n"
 		"                        drop every event of TABLE on the server; asks to\n"
 		"                        type the name again unless --yes\n"
+		"  delete TABLE KEY|'*' FROM TO [--yes]\n"
+		"                        delete KEY's events (every key's: '*') in [FROM, TO)\n"
+		"                        and correct every rollup; asks to type TABLE unless\n"
+		"                        --yes; prints the events deleted and bytes rewritten\n"
 		"  restore BACKUP DIR [--seq N]\n"
 		"                        rebuild a data directory (local; no server)\n"
 		"  verify DIR|BACKUP     check every block, object and reference (local)\n"
@@ -1008,7 +1014,7 @@ static void cli_usage(FILE *f)
 		"  --partial             query: a node that does not answer is named (exit 3),\n"
 		"                        not fatal (with --nodes, or a tallyd with peers)\n"
 		"  -q, --quiet           no progress bar or row counts\n"
-		"  --yes                 drop-table without asking\n"
+		"  --yes                 drop-table and delete without asking\n"
 		"  --version             print the version and exit\n"
 		"\n"
 		"Exit status: 0 ok, 1 error, 2 usage, 3 write finished with rejected lines.\n"
@@ -1104,13 +1110,28 @@ int main(int argc, char **argv)
 			fprintf(stderr, "usage: tally drop-table TABLE [--yes]\n");
 			return 2;
 		}
-		if (!cli_confirm_drop(&o, args[1], yes))
+		char what[600];
+		snprintf(what, sizeof what, "every event of table '%.500s'", args[1]);
+		if (!cli_confirm(&o, cmd, what, args[1], yes))
 			return 1;
 		cmd = "drop";
 		confirmed = 1;
 	}
+	if (!strcmp(cmd, "delete") && n == 5) {
+		char what[1600];
+		snprintf(what, sizeof what,
+			 "the events of table '%.500s'%s%.500s%s in [%.200s, %.200s)", args[1],
+			 strcmp(args[2], "*") ? " key '" : " (every key)",
+			 strcmp(args[2], "*") ? args[2] : "", strcmp(args[2], "*") ? "'" : "",
+			 args[3], args[4]);
+		if (!cli_confirm(&o, cmd, what, args[1], yes))
+			return 1;
+		confirmed = 1;
+	}
 	for (size_t i = 0; i < sizeof cli_admins / sizeof *cli_admins; i++)
-		if (!strcmp(cmd, cli_admins[i].word) && (strcmp(cmd, "drop") || confirmed))
+		if (!strcmp(cmd, cli_admins[i].word) &&
+		    ((strcmp(cmd, "drop") && strcmp(cmd, "delete")) || confirmed ||
+		     (!strcmp(cmd, "delete") && n != 5)))
 			return cli_cmd_admin(&o, &cli_admins[i], server, n - 1, args + 1);
 	if (!strcmp(cmd, "restore"))
 		return cli_cmd_restore(n - 1, args + 1, seq);

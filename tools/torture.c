@@ -1405,6 +1405,25 @@ static int soak_key_row(void *ctx, char **cell, int n, char **head, int nh)
 	return 0;
 }
 
+/* Least-squares slope of y over x (n points); NAN below two points. */
+static double ls_slope(const double *x, const double *y, size_t n)
+{
+	if (n < 2)
+		return NAN;
+	double mx = 0, my = 0, sxx = 0, sxy = 0;
+	for (size_t i = 0; i < n; i++) {
+		mx += x[i];
+		my += y[i];
+	}
+	mx /= (double)n;
+	my /= (double)n;
+	for (size_t i = 0; i < n; i++) {
+		sxx += (x[i] - mx) * (x[i] - mx);
+		sxy += (x[i] - mx) * (y[i] - my);
+	}
+	return sxx > 0 ? sxy / sxx : NAN;
+}
+
 static int run_soak(void)
 {
 	run r = {.rng = O.seed};
@@ -1439,7 +1458,8 @@ static int run_soak(void)
 		die("cannot connect to tallyd");
 	/* samples: hours since start, RSS in MB */
 	size_t ns = 0, cap = 64;
-	double *sx = malloc(cap * sizeof *sx), *sy = malloc(cap * sizeof *sy);
+	double *sx = malloc(cap * sizeof *sx), *sy = malloc(cap * sizeof *sy),
+	       *sa = malloc(cap * sizeof *sa);
 	int64_t t0 = mono_ms(), end = t0 + (int64_t)(O.minutes * 60000);
 	double first_flush = -1, rss_max = 0;
 	/* the engine's own accounts beside the RSS, to tell where it grows */
@@ -1463,8 +1483,10 @@ static int run_soak(void)
 			cap *= 2;
 			sx = realloc(sx, cap * sizeof *sx);
 			sy = realloc(sy, cap * sizeof *sy);
+			sa = realloc(sa, cap * sizeof *sa);
 		}
 		sx[ns] = h;
+		sa[ns] = anon;
 		sy[ns++] = mb;
 		if (mb > rss_max)
 			rss_max = mb;
@@ -1507,37 +1529,31 @@ static int run_soak(void)
 	for (unsigned k = 0; k < SOAK_KEYS; k++)
 		x.lost += x.want[k]; /* keys #!keys did not list */
 	conn_close(&c);
-	/* RSS slope after the first flush: least squares over those samples. */
-	double sxx = 0, sxy = 0, mx = 0, my = 0, slope = NAN;
-	size_t m = 0;
+	/* Slopes after the first flush. RSS counts the parts' mapped file
+	 * pages, which grow with the data kept; anonymous memory is what
+	 * the server allocates, and over the second half it shows whether
+	 * that has levelled off once the caches reached their budgets. */
+	size_t m = 0, from = ns;
 	for (size_t i = 0; i < ns; i++)
 		if (first_flush >= 0 && sx[i] >= first_flush) {
-			mx += sx[i];
-			my += sy[i];
+			from = from < i ? from : i;
 			m++;
 		}
-	if (m >= 2) {
-		mx /= (double)m;
-		my /= (double)m;
-		for (size_t i = 0; i < ns; i++)
-			if (sx[i] >= first_flush) {
-				sxx += (sx[i] - mx) * (sx[i] - mx);
-				sxy += (sx[i] - mx) * (sy[i] - my);
-			}
-		slope = sxx > 0 ? sxy / sxx : NAN;
-	}
+	double slope = ls_slope(sx + from, sy + from, m);
+	double aslope = ls_slope(sx + from, sa + from, m);
+	double aslope2 = ls_slope(sx + from + m / 2, sa + from + m / 2, m - m / 2);
 	int code = server_stop(&r.s, SIGTERM, 120000 * O.timeout_scale);
 	if (code != 0)
 		fail(&r, "tallyd exited with %d after SIGTERM (see %s)", code, r.s.log);
 	double minutes = (double)(mono_ms() - t0) / 60000;
-	char slope_s[128];
+	char slope_s[256];
 	if (first_flush < 0)
 		snprintf(slope_s, sizeof slope_s, "no flush seen, so no RSS slope");
 	else
-		snprintf(
-			slope_s, sizeof slope_s,
-			"first flush by %.1f min; RSS slope after it %.2f MB/hour over %zu samples",
-			first_flush * 60, slope, m);
+		snprintf(slope_s, sizeof slope_s,
+			 "first flush by %.1f min; slopes after it over %zu samples: RSS %.2f "
+			 "MB/hour, anon %.2f MB/hour, anon over the second half %.2f MB/hour",
+			 first_flush * 60, m, slope, aslope, aslope2);
 	printf("soak: %.1f minutes, %" PRIu64 " events sent, %" PRIu64
 	       " acknowledged (%.0f/s), %" PRIu64 " lost, %" PRIu64 " doubled, %" PRIu64
 	       " wrong sums; %" PRIu64 " queries (max %" PRId64
@@ -1557,6 +1573,7 @@ static int run_soak(void)
 		free(ws[i].key_acked);
 		free(ws[i].key_vsum);
 	}
+	free(sa);
 	free(x.want);
 	free(x.vsum);
 	free(sx);

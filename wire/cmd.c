@@ -484,6 +484,7 @@ static const struct {
 	{"fanout", CMD_FANOUT, 1, 1, "#!fanout off|fail|partial"},
 	{"dist", CMD_DIST, 5, CMD_ARGS_MAX - 1,
 	 "#!dist TABLE FIELD KEY FROM TO [q=Q|above=X|below=X|hist=E1,E2,...]..."},
+	{"delete", CMD_DELETE, 4, 4, "#!delete TABLE KEY|* FROM TO"},
 };
 
 int cmd_parse(const char *line, size_t len, char *scratch, size_t scratch_cap, int64_t now,
@@ -567,6 +568,14 @@ int cmd_parse(const char *line, size_t len, char *scratch, size_t scratch_cap, i
 			return -1;
 		out->table = a[0];
 		out->field = a[1];
+		return cmd_range(a, 2, now, out, err, err_cap);
+	case CMD_DELETE:
+		/* "*": every key (a key spelled * alone is deleted with the rest) */
+		if (cmd_name_arg("table", a[0], err, err_cap) ||
+		    cmd_name_arg("key", a[1], err, err_cap))
+			return -1;
+		out->table = a[0];
+		out->key = strcmp(a[1], "*") ? a[1] : NULL;
 		return cmd_range(a, 2, now, out, err, err_cap);
 	case CMD_SCAN:
 		if (cmd_name_arg("table", a[0], err, err_cap) ||

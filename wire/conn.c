@@ -176,6 +176,7 @@ void conn_free(wconn *c)
 		return;
 	if (c->proto->fini)
 		c->proto->fini(c);
+	conn_prod_free(c); /* an HTTP query across nodes waits as PROD_FANOUT too */
 	free(c->in);
 	free(c->out);
 	free(c->out_old);
@@ -734,6 +735,10 @@ static void conn_stats(wconn *c)
 		{"retention_rows_dropped", es.retention_rows_dropped},
 		{"retention_last_pass_ns", (uint64_t)es.retention_last_pass},
 		{"retention_last_drop_ns", (uint64_t)es.retention_last_drop},
+		/* corrections (docs/operations.md, "Corrections") */
+		{"deletes", es.deletes},
+		{"delete_rows", es.delete_rows},
+		{"delete_bytes_written", es.delete_bytes_written},
 		/* HTTPS (docs/http.md) */
 		{"tls_handshakes", tls_stat(s, TLS_ST_HANDSHAKES)},
 		{"tls_handshake_failures", tls_stat(s, TLS_ST_FAILURES)},
@@ -996,7 +1001,8 @@ static int conn_command(wconn *c, const char *line, size_t len)
 	case CMD_RETAINED: conn_retention(c, &r, no); break;
 	case CMD_BACKUP:
 	case CMD_RETAIN:
-	case CMD_DROP: break; /* off the loop, above */
+	case CMD_DROP:
+	case CMD_DELETE: break; /* off the loop, above */
 	case CMD_HELP: {
 		conn_text t = text_take(c->sh);
 		text_raw(&t, "command\tusage\n", 14);
@@ -1385,7 +1391,12 @@ static int conn_in_append(wconn *c, const char *p, size_t n)
 {
 	const srv_conf *cf = conn_conf(c);
 	size_t held = c->in_len - c->in_head;
-	if (held + n > (size_t)cf->max_line + 2 + cf->input_bytes) {
+	/* Reading stops at half of input-buffer-bytes (lp_wants_recv), but
+	 * io_uring's multishot receive may have filled every buffer of the
+	 * shard's ring before its cancel lands: that read-ahead is ours, not
+	 * a client over its limit, so it is allowed for on top. */
+	size_t ahead = (size_t)cf->recv_bufs * cf->recv_buf_bytes;
+	if (held + n > (size_t)cf->max_line + 2 + cf->input_bytes + ahead) {
 		conn_close_with(c, "ERR input buffer limit exceeded; closing");
 		return -1;
 	}

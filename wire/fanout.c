@@ -23,6 +23,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,6 +34,10 @@
 
 #include "cmd.h"
 #include "numfmt.h"
+
+/* What the error of a fan-out that missed nodes says (fan_err_missing
+ * looks for it). */
+#define FAN_MISSING "did not answer"
 
 static int64_t fan_now(void)
 {
@@ -170,6 +175,7 @@ typedef struct fan_peer {
 	size_t ans;     /* where the answer starts in in, after the preamble's lines */
 	int in_answer;  /* past the preamble and the answer's first line */
 	uint64_t id;    /* the node's id from "OK fanout off node=ID" (0: none) */
+	int pooled;     /* fd came from the pool: past its preamble, maybe stale */
 } fan_peer;
 
 static void peer_fail(fan_peer *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -296,6 +302,135 @@ static void peer_io(fan_peer *p, short rev, size_t max_bytes)
 	peer_scan(p);
 }
 
+/* ---------------------------------------------------------------- the pool */
+
+#define FAN_POOL_PER_NODE 8 /* idle connections kept per node */
+
+typedef struct fan_idle {
+	int fd;
+	uint64_t id;
+} fan_idle;
+
+struct fan_pool {
+	pthread_mutex_t mu;
+	fan_node *nodes;
+	size_t n;
+	fan_idle (*idle)[FAN_POOL_PER_NODE];
+	size_t *n_idle;
+};
+
+fan_pool *fan_pool_new(const fan_node *nodes, size_t n)
+{
+	fan_pool *p = calloc(1, sizeof *p);
+	if (!p)
+		return NULL;
+	p->nodes = malloc(n * sizeof *p->nodes);
+	p->idle = calloc(n, sizeof *p->idle);
+	p->n_idle = calloc(n, sizeof *p->n_idle);
+	if (!p->nodes || !p->idle || !p->n_idle) {
+		fan_pool_free(p);
+		return NULL;
+	}
+	memcpy(p->nodes, nodes, n * sizeof *nodes);
+	p->n = n;
+	pthread_mutex_init(&p->mu, NULL);
+	return p;
+}
+
+void fan_pool_free(fan_pool *p)
+{
+	if (!p)
+		return;
+	for (size_t i = 0; p->n_idle && i < p->n; i++)
+		for (size_t k = 0; k < p->n_idle[i]; k++)
+			close(p->idle[i][k].fd);
+	if (p->n)
+		pthread_mutex_destroy(&p->mu);
+	free(p->nodes);
+	free(p->idle);
+	free(p->n_idle);
+	free(p);
+}
+
+/* The pool's index of node (by address: callers pass copies), or -1. */
+static long pool_slot(const fan_pool *p, const fan_node *node)
+{
+	for (size_t i = 0; i < p->n; i++)
+		if (!strcmp(p->nodes[i].host, node->host) && !strcmp(p->nodes[i].port, node->port))
+			return (long)i;
+	return -1;
+}
+
+/* An idle connection to node (its fd, *id the node's id), or -1. */
+static int pool_take(fan_pool *p, const fan_node *node, uint64_t *id)
+{
+	long i = p ? pool_slot(p, node) : -1;
+	int fd = -1;
+	if (i < 0)
+		return -1;
+	for (;;) {
+		pthread_mutex_lock(&p->mu);
+		if (p->n_idle[i]) {
+			fan_idle *e = &p->idle[i][--p->n_idle[i]];
+			fd = e->fd;
+			*id = e->id;
+		}
+		pthread_mutex_unlock(&p->mu);
+		/* An idle connection has nothing to read: anything there (a
+		 * node's goodbye, its close) makes it stale. */
+		struct pollfd pf = {.fd = fd, .events = POLLIN};
+		if (fd < 0 || poll(&pf, 1, 0) == 0)
+			return fd;
+		close(fd);
+		fd = -1;
+	}
+}
+
+/* Keeps a connection that answered whole for the next fan-out; closes it
+ * when the node has enough idle ones. */
+static void pool_put(fan_pool *p, const fan_node *node, int fd, uint64_t id)
+{
+	long i = p ? pool_slot(p, node) : -1;
+	if (i >= 0) {
+		pthread_mutex_lock(&p->mu);
+		if (p->n_idle[i] < FAN_POOL_PER_NODE) {
+			p->idle[i][p->n_idle[i]++] = (fan_idle){fd, id};
+			fd = -1;
+		}
+		pthread_mutex_unlock(&p->mu);
+	}
+	if (fd >= 0)
+		close(fd);
+}
+
+/* Sets p up to ask cmd[0, cn): over an idle connection of the pool, or a
+ * new one that first authenticates (token) and says "#!fanout off".
+ * -ENOMEM. */
+static int peer_start(fan_peer *p, const fan_opts *o, const char *cmd, size_t cn)
+{
+	size_t tl = o->token ? strlen(o->token) : 0;
+	free(p->req);
+	p->req = malloc(tl + cn + 40);
+	if (!p->req)
+		return -ENOMEM;
+	p->req_len = p->sent = p->in_len = p->scanned = p->ans = 0;
+	p->done = p->in_answer = 0;
+	p->why[0] = 0;
+	p->fd = pool_take(o->pool, p->node, &p->id);
+	p->pooled = p->fd >= 0;
+	p->skip = 0;
+	if (!p->pooled) {
+		if (o->token)
+			p->req_len = (size_t)sprintf(p->req, "#!auth %s\n", o->token);
+		p->req_len += (size_t)sprintf(p->req + p->req_len, "#!fanout off\n");
+		p->skip = o->token ? 2 : 1;
+	}
+	p->req_len += (size_t)sprintf(p->req + p->req_len, "%.*s\n", (int)cn, cmd);
+	if (!p->pooled)
+		peer_connect(p);
+	return 0;
+}
+
 /* ---------------------------------------------------------------- merging */
 
 typedef struct frow {
@@ -352,10 +487,9 @@ static void fb_agg(fbuf *b, const char *prefix, size_t pn, const tally_agg *a)
 	b->n += (size_t)(cmd_put_agg(q + pn, a) - q);
 }
 
-/* Cell j of row r (pointer and length), or NULL. */
-static const char *cell(const frow *r, unsigned j, size_t *n)
+const char *fan_cell(const char *row, size_t n, unsigned j, size_t *cn)
 {
-	const char *p = r->p, *e = r->p + r->n;
+	const char *p = row, *e = row + n;
 	for (unsigned k = 0; k < j; k++) {
 		p = memchr(p, '\t', (size_t)(e - p));
 		if (!p)
@@ -363,14 +497,20 @@ static const char *cell(const frow *r, unsigned j, size_t *n)
 		p++;
 	}
 	const char *t = memchr(p, '\t', (size_t)(e - p));
-	*n = t ? (size_t)(t - p) : (size_t)(e - p);
+	*cn = t ? (size_t)(t - p) : (size_t)(e - p);
 	return p;
 }
 
-static double cell_f64(const frow *r, unsigned j)
+/* Cell j of row r (pointer and length), or NULL. */
+static const char *cell(const frow *r, unsigned j, size_t *n)
+{
+	return fan_cell(r->p, r->n, j, n);
+}
+
+static double cell_f64(const char *row, size_t rn, unsigned j)
 {
 	size_t n;
-	const char *p = cell(r, j, &n);
+	const char *p = fan_cell(row, rn, j, &n);
 	char b[64];
 	if (!p || n == 0 || n >= sizeof b)
 		return NAN;
@@ -379,14 +519,16 @@ static double cell_f64(const frow *r, unsigned j)
 	return strtod(b, NULL);
 }
 
-/* The aggregate in cells j.. (count sum min max avg). */
+/* The aggregate in cells j.. (count sum min max avg), as the nodes wrote
+ * it: shortest decimals that read back as the same doubles, so nothing
+ * is lost on the way. */
 static tally_agg row_agg(const frow *r, unsigned j)
 {
 	tally_agg a = {0};
-	a.count = (uint64_t)cell_f64(r, j);
-	a.sum = cell_f64(r, j + 1);
-	a.min = cell_f64(r, j + 2);
-	a.max = cell_f64(r, j + 3);
+	a.count = (uint64_t)cell_f64(r->p, r->n, j);
+	a.sum = cell_f64(r->p, r->n, j + 1);
+	a.min = cell_f64(r->p, r->n, j + 2);
+	a.max = cell_f64(r->p, r->n, j + 3);
 	return a;
 }
 
@@ -437,10 +579,10 @@ static int by_key(const void *x, const void *y)
 	return by_ts(x, y);
 }
 
-static int64_t row_time(const frow *r)
+int64_t fan_cell_time(const char *row, size_t rn, unsigned j)
 {
 	size_t n;
-	const char *p = cell(r, 0, &n);
+	const char *p = fan_cell(row, rn, j, &n);
 	char b[64];
 	int64_t t = INT64_MIN;
 	if (p && n < sizeof b) {
@@ -450,6 +592,11 @@ static int64_t row_time(const frow *r)
 			t = INT64_MIN;
 	}
 	return t;
+}
+
+static int64_t row_time(const frow *r)
+{
+	return fan_cell_time(r->p, r->n, 0);
 }
 
 /* A node's answer: its header and rows (pointers into its buffer). */
@@ -504,13 +651,18 @@ static int split_answer(fan_peer *p, unsigned node, fans *a)
 
 /* A node that does not hold the table (or field) yet answers for nothing:
  * its error is not the answer's. */
-static int err_is_absent(const fans *a)
+int fan_err_absent(const char *err, size_t n)
 {
 	static const char *const absent[] = {"no table '", "has no field '"};
 	for (size_t i = 0; i < sizeof absent / sizeof absent[0]; i++)
-		if (memmem(a->err, a->err_n, absent[i], strlen(absent[i])))
+		if (memmem(err, n, absent[i], strlen(absent[i])))
 			return 1;
 	return 0;
+}
+
+static int err_is_absent(const fans *a)
+{
+	return fan_err_absent(a->err, a->err_n);
 }
 
 /* Strips "ERR line N: " so the caller can put its own line number. */
@@ -616,25 +768,18 @@ int fan_run(const fan_node *nodes, size_t n, const fan_opts *o, const char *cmd,
 	fan_peer *ps = calloc(n, sizeof *ps);
 	if (!ps)
 		return -ENOMEM;
-	/* The preamble: #!auth (when there is a token) and #!fanout off. */
-	size_t tl = o->token ? strlen(o->token) : 0;
 	for (size_t i = 0; i < n; i++) {
-		fan_peer *p = &ps[i];
-		p->node = &nodes[i];
-		p->fd = -1;
-		p->req = malloc(tl + cn + 40);
-		if (!p->req) {
-			for (size_t j = 0; j < i; j++)
+		ps[i].node = &nodes[i];
+		ps[i].fd = -1;
+		if (peer_start(&ps[i], o, cmd, cn)) {
+			for (size_t j = 0; j <= i; j++) {
 				free(ps[j].req);
+				if (ps[j].fd >= 0)
+					close(ps[j].fd);
+			}
 			free(ps);
 			return -ENOMEM;
 		}
-		if (o->token)
-			p->req_len = (size_t)sprintf(p->req, "#!auth %s\n", o->token);
-		p->req_len +=
-			(size_t)sprintf(p->req + p->req_len, "#!fanout off\n%.*s\n", (int)cn, cmd);
-		p->skip = o->token ? 2 : 1;
-		peer_connect(p);
 	}
 	int64_t deadline = fan_now() + (o->timeout_ns > 0 ? o->timeout_ns : INT64_C(5000000000));
 	struct pollfd *pf = calloc(n, sizeof *pf);
@@ -661,9 +806,17 @@ int fan_run(const fan_node *nodes, size_t n, const fan_opts *o, const char *cmd,
 		}
 		if (poll(pf, n, (int)(left / 1000000) + 1) < 0 && errno != EINTR)
 			break;
-		for (size_t i = 0; i < n; i++)
-			if (!ps[i].done && pf[i].revents)
-				peer_io(&ps[i], pf[i].revents, b.max);
+		for (size_t i = 0; i < n; i++) {
+			fan_peer *p = &ps[i];
+			if (p->done || !pf[i].revents)
+				continue;
+			peer_io(p, pf[i].revents, b.max);
+			/* An idle connection the node closed meanwhile (its
+			 * idle-timeout, a restart): once more, on a new one. */
+			if (p->done && p->why[0] && p->pooled && !p->in_len &&
+			    peer_start(p, &(fan_opts){.token = o->token}, cmd, cn))
+				peer_fail(p, "out of memory");
+		}
 	}
 	free(pf);
 
@@ -718,10 +871,10 @@ int fan_run(const fan_node *nodes, size_t n, const fan_opts *o, const char *cmd,
 	}
 	if (missing && (!o->partial || !answered)) {
 		char m[1300];
-		int k = snprintf(
-			m, sizeof m, "ERR %s: %zu of %zu nodes did not answer: %s%s\n", req.name,
-			missing, n, names,
-			o->partial ? "" : " (#!fanout partial answers with the others, marked)");
+		int k = snprintf(m, sizeof m, "ERR %s: %zu of %zu nodes %s: %s%s%s%s\n", req.name,
+				 missing, n, FAN_MISSING, names, o->partial ? "" : " (",
+				 o->partial ? "" : (o->hint ? o->hint : "#!fanout partial"),
+				 o->partial ? "" : " answers with the others, marked)");
 		fb_put(&b, m, (size_t)k);
 		goto free_all;
 	}
@@ -809,11 +962,15 @@ int fan_run(const fan_node *nodes, size_t n, const fan_opts *o, const char *cmd,
 	}
 free_all:
 	for (size_t i = 0; i < n; i++) {
+		fan_peer *p = &ps[i];
 		free(a[i].rows);
-		free(ps[i].req);
-		free(ps[i].in);
-		if (ps[i].fd >= 0)
-			close(ps[i].fd);
+		free(p->req);
+		free(p->in);
+		/* whole answers, nothing after them: the connection is clean */
+		if (p->fd >= 0 && p->done && !p->why[0] && p->scanned == p->in_len)
+			pool_put(o->pool, p->node, p->fd, p->id);
+		else if (p->fd >= 0)
+			close(p->fd);
 	}
 	free(a);
 	free(ps);
@@ -841,4 +998,95 @@ done:
 	*out = b.p;
 	*out_len = b.n;
 	return 0;
+}
+
+cmd_req fan_req(enum cmd_kind kind, const char *name, const char *table, const char *field,
+		const char *key, int64_t step, int64_t from, int64_t to)
+{
+	return (cmd_req){.kind = kind,
+			 .name = name,
+			 .table = table,
+			 .field = field,
+			 .key = key,
+			 .step = step,
+			 .from = from,
+			 .to = to};
+}
+
+int fan_ask(const fan_node *nodes, size_t n, const fan_opts *o, const cmd_req *r, char **out,
+	    size_t *out_len)
+{
+	char cmd[4096];
+	if (!fan_build_cmd(r, cmd, sizeof cmd))
+		return -E2BIG;
+	return fan_run(nodes, n, o, cmd, out, out_len);
+}
+
+/* ---------------------------------------------------------------- reading back */
+
+void fan_reader_open(fan_reader *rd, const char *text, size_t len)
+{
+	memset(rd, 0, sizeof *rd);
+	const char *e = text + len, *nl = memchr(text, '\n', len);
+	const char *first_end = nl ? nl : e;
+	if (len >= 4 && !memcmp(text, "ERR ", 4)) {
+		rd->err = text + 4;
+		rd->err_n = (size_t)(first_end - text) - 4;
+		return;
+	}
+	rd->head = text;
+	rd->head_n = (size_t)(first_end - text);
+	rd->p = nl ? nl + 1 : e;
+	/* The last line is END (fan_run ends every answer so). */
+	const char *last = e;
+	if (last > rd->p && last[-1] == '\n')
+		last--;
+	const char *ls = last;
+	while (ls > rd->p && ls[-1] != '\n')
+		ls--;
+	rd->end = ls;
+	const char *mark = memmem(ls, (size_t)(last - ls), " PARTIAL ", 9);
+	if (!memchr(ls, '\t', (size_t)(last - ls)) && mark) {
+		rd->partial = mark + 9;
+		rd->partial_n = (size_t)(last - rd->partial);
+	}
+}
+
+int fan_reader_next(fan_reader *rd, const char **row, size_t *n)
+{
+	if (!rd->p || rd->p >= rd->end)
+		return 0;
+	const char *nl = memchr(rd->p, '\n', (size_t)(rd->end - rd->p));
+	const char *e = nl ? nl : rd->end;
+	*row = rd->p;
+	*n = (size_t)(e - rd->p);
+	rd->p = nl ? nl + 1 : rd->end;
+	return 1;
+}
+
+int fan_err_missing(const fan_reader *rd)
+{
+	return rd->err && memmem(rd->err, rd->err_n, FAN_MISSING, strlen(FAN_MISSING));
+}
+
+tally_agg fan_cell_agg(const char *row, size_t n, unsigned j)
+{
+	frow r = {.p = row, .n = n};
+	tally_agg a = row_agg(&r, j);
+	agg_done(&a);
+	return a;
+}
+
+size_t fan_unescape(const char *s, size_t n, char *out)
+{
+	size_t o = 0;
+	for (size_t i = 0; i < n; i++) {
+		char ch = s[i];
+		if (ch == '\\' && i + 1 < n) {
+			char e = s[++i];
+			ch = e == 't' ? '\t' : e == 'n' ? '\n' : e == 'r' ? '\r' : e;
+		}
+		out[o++] = ch;
+	}
+	return o;
 }

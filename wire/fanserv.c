@@ -21,19 +21,35 @@
 #include <unistd.h>
 
 #include "fanout.h"
+#include "influxql.h"
 
 enum { FJ_RUNNING = 0, FJ_DONE, FJ_ABANDONED };
 
 struct fanjob {
 	srv *s;
 	wshard *sh;
+	/* The work: one command asked of every node (cmd), or a function
+	 * (InfluxQL, which asks as many as its statements need). */
 	char cmd[4096];
 	int partial;
+	const char *hint;
+	int (*fn)(srv *s, void *arg, char **out, size_t *len);
+	void *arg;
+	void (*arg_free)(void *arg);
 	uint64_t line;
+	int status; /* fn's */
 	char *out;
 	size_t len, off;
 	_Atomic int state;
 };
+
+static void fj_free(fanjob *j)
+{
+	if (j->arg_free)
+		j->arg_free(j->arg);
+	free(j->out);
+	free(j);
+}
 
 int fanserv_init(srv *s)
 {
@@ -65,6 +81,7 @@ int fanserv_init(srv *s)
 	free(others);
 	s->fan_nodes = all;
 	s->n_fan_nodes = n + 1;
+	s->fan_pool = fan_pool_new(all, n + 1); /* NULL: a connection per query */
 	srv_log(s, TALLY_LOG_INFO,
 		"queries fan out to %zu nodes (this one and %s); node id %016" PRIx64, n + 1,
 		s->conf->peers, s->node_id);
@@ -77,6 +94,8 @@ void fanserv_fini(srv *s)
 	 * ends within peer-timeout). */
 	for (int i = 0; atomic_load(&s->fan_jobs) && i < 6000; i++)
 		usleep(10000);
+	fan_pool_free(s->fan_pool);
+	s->fan_pool = NULL;
 	free(s->fan_nodes);
 	s->fan_nodes = NULL;
 	s->n_fan_nodes = 0;
@@ -87,11 +106,10 @@ static void *fj_main(void *arg)
 	fanjob *j = arg;
 	srv *s = j->s;
 	wshard *sh = j->sh;
-	fan_opts o = {.token = s->conf->token,
-		      .partial = j->partial,
-		      .timeout_ns = s->conf->peer_timeout_ns,
-		      .max_bytes = s->conf->fanout_max_bytes};
-	if (fan_run(s->fan_nodes, s->n_fan_nodes, &o, j->cmd, &j->out, &j->len)) {
+	fan_opts o = fanserv_opts(s, j->partial, j->hint);
+	if (j->fn) {
+		j->status = j->fn(s, j->arg, &j->out, &j->len);
+	} else if (fan_run(s->fan_nodes, s->n_fan_nodes, &o, j->cmd, &j->out, &j->len)) {
 		free(j->out);
 		j->out = strdup("ERR out of memory while merging the nodes' answers\n");
 		j->len = j->out ? strlen(j->out) : 0;
@@ -101,27 +119,25 @@ static void *fj_main(void *arg)
 		atomic_fetch_add(&sh->fan_ready, 1);
 		srv_wake_shard(sh);
 	} else { /* the connection went away meanwhile */
-		free(j->out);
-		free(j);
+		fj_free(j);
 	}
 	atomic_fetch_sub(&s->fan_jobs, 1);
 	return NULL;
 }
 
-int fanserv_start(wconn *c, const cmd_req *r, uint64_t line, fanjob **out)
+fan_opts fanserv_opts(const srv *s, int partial, const char *hint)
 {
-	srv *s = c->sh->srv;
-	fanjob *j = calloc(1, sizeof *j);
-	if (!j)
-		return -ENOMEM;
-	j->s = s;
-	j->sh = c->sh;
-	j->partial = c->fan_partial;
-	j->line = line;
-	if (!fan_build_cmd(r, j->cmd, sizeof j->cmd)) {
-		free(j);
-		return -E2BIG;
-	}
+	return (fan_opts){.pool = s->fan_pool,
+			  .token = s->conf->token,
+			  .partial = partial,
+			  .timeout_ns = s->conf->peer_timeout_ns,
+			  .max_bytes = s->conf->fanout_max_bytes,
+			  .hint = hint};
+}
+
+/* Runs j on a thread of its own; on failure frees it. */
+static int fj_spawn(srv *s, fanjob *j, fanjob **out)
+{
 	pthread_attr_t at;
 	pthread_attr_init(&at);
 	pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
@@ -131,11 +147,69 @@ int fanserv_start(wconn *c, const cmd_req *r, uint64_t line, fanjob **out)
 	pthread_attr_destroy(&at);
 	if (rc) {
 		atomic_fetch_sub(&s->fan_jobs, 1);
-		free(j);
+		fj_free(j);
 		return -EAGAIN;
 	}
 	*out = j;
 	return 0;
+}
+
+static fanjob *fj_new(wconn *c)
+{
+	fanjob *j = calloc(1, sizeof *j);
+	if (j) {
+		j->s = c->sh->srv;
+		j->sh = c->sh;
+	}
+	return j;
+}
+
+int fanserv_ask(wconn *c, const cmd_req *r, int partial, const char *hint, fanjob **out)
+{
+	fanjob *j = fj_new(c);
+	if (!j)
+		return -ENOMEM;
+	j->partial = partial;
+	j->hint = hint;
+	if (!fan_build_cmd(r, j->cmd, sizeof j->cmd)) {
+		free(j);
+		return -E2BIG;
+	}
+	return fj_spawn(j->s, j, out);
+}
+
+int fanserv_start(wconn *c, const cmd_req *r, uint64_t line, fanjob **out)
+{
+	int rc = fanserv_ask(c, r, c->fan_partial, NULL, out);
+	if (!rc)
+		(*out)->line = line;
+	return rc;
+}
+
+int fanserv_call(wconn *c, int (*fn)(srv *s, void *arg, char **out, size_t *len), void *arg,
+		 void (*arg_free)(void *arg), fanjob **out)
+{
+	fanjob *j = fj_new(c);
+	if (!j) {
+		arg_free(arg);
+		return -ENOMEM;
+	}
+	j->fn = fn;
+	j->arg = arg;
+	j->arg_free = arg_free;
+	return fj_spawn(j->s, j, out);
+}
+
+int fanserv_take(fanjob *j, char **out, size_t *len, int *status)
+{
+	if (atomic_load(&j->state) != FJ_DONE)
+		return 0;
+	*out = j->out;
+	*len = j->len;
+	*status = j->status;
+	j->out = NULL;
+	j->len = 0;
+	return 1;
 }
 
 int fanserv_pump(wconn *c, fanjob *j)
@@ -165,6 +239,193 @@ void fanserv_release(fanjob *j)
 	int running = FJ_RUNNING;
 	if (atomic_compare_exchange_strong(&j->state, &running, FJ_ABANDONED))
 		return; /* the job frees itself when it ends */
-	free(j->out);
-	free(j);
+	fj_free(j);
+}
+
+/* ---------------------------------------------------------------- InfluxQL */
+
+/* influxq_exec.c's numbers asked of every node: each call is one fan-out
+ * (fan_ask), its merged rows read back (fan_reader). */
+typedef struct fan_src {
+	iq_src base; /* first: the executor hands back &base */
+	srv *s;
+	/* partial=mark: a node that missed one call is not asked again by
+	 * this query (a statement makes a few calls per key, each would wait
+	 * out peer-timeout), and every later call's statement names it. */
+	fan_node *alive;
+	size_t n_alive;
+	char dead[IQ_ERR_MAX];
+} fan_src;
+
+/* Appends names ("; "-separated) to list (cap bytes) unless it holds them. */
+static void fs_note(char *list, size_t cap, const char *names, size_t n)
+{
+	size_t have = strlen(list);
+	char m[IQ_ERR_MAX];
+	snprintf(m, sizeof m, "%.*s", (int)n, names);
+	if (n && !strstr(list, m))
+		snprintf(list + have, cap - have, "%s%s", have ? "; " : "", m);
+}
+
+/* A call's merged answer: read row by row (row, n) with fs_row. */
+typedef struct fs_answer {
+	fan_reader rd;
+	char *text;
+	const char *row;
+	size_t n;
+} fs_answer;
+
+/* Asks r of every node; 0 with the merged answer in *a (fs_done frees
+ * it), TALLY_ENOTFOUND, or IQ_EREMOTE with err. */
+static int fs_ask(iq_src *is, fs_answer *a, cmd_req r, char *err)
+{
+	fan_src *f = (fan_src *)is;
+	fan_opts o = fanserv_opts(f->s, is->mark, "partial=mark");
+	fan_reader *rd = &a->rd;
+	size_t len;
+	a->text = NULL;
+	int rc = fan_ask(f->alive, f->n_alive, &o, &r, &a->text, &len);
+	if (rc) {
+		snprintf(err, IQ_ERR_MAX, "%s",
+			 rc == -E2BIG ? "the query is too long to send to the other nodes"
+				      : "out of memory asking the other nodes");
+		return IQ_EREMOTE;
+	}
+	fan_reader_open(rd, a->text, len);
+	if (rd->err) {
+		rc = fan_err_absent(rd->err, rd->err_n) ? TALLY_ENOTFOUND : IQ_EREMOTE;
+		snprintf(err, IQ_ERR_MAX, "%.*s", (int)rd->err_n, rd->err);
+		free(a->text);
+		a->text = NULL;
+		return rc;
+	}
+	if (rd->partial) {
+		fs_note(f->dead, sizeof f->dead, rd->partial, rd->partial_n);
+		/* "HOST:PORT (why)": those named are asked no more */
+		size_t k = 0;
+		for (size_t i = 0; i < f->n_alive; i++) {
+			char nm[300];
+			snprintf(nm, sizeof nm, "%s:%s (", f->alive[i].host, f->alive[i].port);
+			if (!memmem(rd->partial, rd->partial_n, nm, strlen(nm)))
+				f->alive[k++] = f->alive[i];
+		}
+		f->n_alive = k;
+	}
+	/* each missing node once per statement, however many calls missed it */
+	fs_note(is->missing, sizeof is->missing, f->dead, strlen(f->dead));
+	return 0;
+}
+
+static int fs_row(fs_answer *a)
+{
+	return fan_reader_next(&a->rd, &a->row, &a->n);
+}
+
+static int fs_done(fs_answer *a, int rc)
+{
+	free(a->text);
+	return rc;
+}
+
+static int fs_agg(iq_src *is, const char *table, const char *field, const char *key, int64_t from,
+		  int64_t to, tally_agg *agg, char *err)
+{
+	fs_answer a;
+	int rc = fs_ask(is, &a, fan_req(CMD_AGG, "agg", table, field, key, 0, from, to), err);
+	if (rc)
+		return rc;
+	memset(agg, 0, sizeof *agg);
+	if (fs_row(&a))
+		*agg = fan_cell_agg(a.row, a.n, 0);
+	return fs_done(&a, 0);
+}
+
+static int fs_series(iq_src *is, const char *table, const char *field, const char *key,
+		     int64_t step, int64_t from, int64_t to, tally_bucket *out, size_t cap,
+		     size_t *n_out, char *err)
+{
+	fs_answer a;
+	cmd_req r = fan_req(CMD_SERIES, "series", table, field, key, step, from, to);
+	int rc = fs_ask(is, &a, r, err);
+	if (rc)
+		return rc;
+	size_t k = 0;
+	for (; k < cap && fs_row(&a); k++) {
+		out[k].start = fan_cell_time(a.row, a.n, 0);
+		out[k].agg = fan_cell_agg(a.row, a.n, 1);
+	}
+	*n_out = k;
+	return fs_done(&a, 0);
+}
+
+static int fs_keys(iq_src *is, const char *table, const char *field, int64_t from, int64_t to,
+		   int (*each)(void *arg, const char *key), void *arg, char *err)
+{
+	fs_answer a;
+	int rc = fs_ask(is, &a, fan_req(CMD_KEYS, "keys", table, field, NULL, 0, from, to), err);
+	while (!rc && fs_row(&a)) {
+		size_t kn;
+		const char *k = fan_cell(a.row, a.n, 0, &kn);
+		char *key = malloc(kn + 1);
+		if (!key)
+			return fs_done(&a, -ENOMEM);
+		key[fan_unescape(k, kn, key)] = 0;
+		rc = each(arg, key);
+		free(key);
+	}
+	return fs_done(&a, rc);
+}
+
+typedef struct iq_job {
+	char *query, *body;
+	size_t query_n, body_n;
+	int64_t now;
+} iq_job;
+
+static void iq_job_free(void *arg)
+{
+	iq_job *q = arg;
+	if (!q)
+		return;
+	free(q->query);
+	free(q->body);
+	free(q);
+}
+
+static int iq_job_run(srv *s, void *arg, char **out, size_t *len)
+{
+	iq_job *q = arg;
+	fan_src f = {.base = {.agg = fs_agg, .series = fs_series, .keys = fs_keys},
+		     .s = s,
+		     .alive = malloc(s->n_fan_nodes * sizeof *f.alive),
+		     .n_alive = s->n_fan_nodes};
+	if (!f.alive)
+		return 500; /* *out NULL: h_step answers 500 */
+	memcpy(f.alive, s->fan_nodes, s->n_fan_nodes * sizeof *f.alive);
+	int st = influxq_http_src(s->db, &f.base, q->query, q->query_n, q->body, q->body_n, q->now,
+				  out, len);
+	free(f.alive);
+	return st;
+}
+
+int fanserv_influxql(wconn *c, const char *query, size_t query_n, const char *body, size_t body_n,
+		     fanjob **out)
+{
+	iq_job *q = calloc(1, sizeof *q);
+	if (!q)
+		return -ENOMEM;
+	q->query = malloc(query_n + 1);
+	q->body = malloc(body_n + 1);
+	if (!q->query || !q->body) {
+		iq_job_free(q);
+		return -ENOMEM;
+	}
+	if (query_n) /* (memcpy from NULL is undefined even for 0 bytes) */
+		memcpy(q->query, query, query_n);
+	if (body_n)
+		memcpy(q->body, body, body_n);
+	q->query_n = query_n;
+	q->body_n = body_n;
+	q->now = srv_clock_ns();
+	return fanserv_call(c, iq_job_run, q, iq_job_free, out);
 }

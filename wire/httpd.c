@@ -29,6 +29,7 @@
 
 #include "http.h"
 #include "influxql.h"
+#include "fanserv.h"
 #include "httpq.h"
 #include "jsonev.h"
 #include "label.h"
@@ -54,6 +55,7 @@ enum hstate {
 	HS_WRITE,    /* writing its lines (waits out a full store) */
 	HS_SYNC,     /* waiting for the sync that makes them durable */
 	HS_STREAM,   /* a query's answer goes on as the client reads (httpq.c) */
+	HS_FAN,      /* InfluxQL across nodes: waits for its job (fanserv.c) */
 };
 
 typedef struct hconn {
@@ -766,7 +768,9 @@ static void h_query(wconn *c)
 	hconn *h = H(c);
 	int more;
 	h_finish_request(c); /* httpq_begin copied what the answer needs */
-	h_count(c, httpq_serve(h->q, c, h->keep_alive && !h->closing, h->head_only, &more));
+	int st = httpq_serve(h->q, c, h->keep_alive && !h->closing, h->head_only, &more);
+	if (st) /* 0: it waits for the other nodes, counted when answered */
+		h_count(c, st);
 	if (more)
 		h->st = HS_STREAM;
 	else if (!h->keep_alive || h->closing)
@@ -817,6 +821,20 @@ static void h_serve(wconn *c)
 	case HEP_INFLUXQL: {
 		char *body = NULL;
 		size_t len = 0;
+		if (c->sh->srv->n_fan_nodes) {
+			/* across nodes (docs/cluster.md): answered by h_step */
+			fanjob *j;
+			if (!fanserv_influxql(c, h->query, h->query_n, h_body_text(h), n, &j)) {
+				c->prod = PROD_FANOUT;
+				c->prod_state = j;
+				h_finish_request(c);
+				h->st = HS_FAN;
+				return;
+			}
+			h_error(c, 503, "unavailable", "cannot start asking the other nodes", NULL,
+				0);
+			break;
+		}
 		int st = influxq_http(c->sh->srv->db, h->query, h->query_n, h_body_text(h), n,
 				      srv_clock_ns(), &body, &len);
 		h_respond(c, st, NULL, body, len, 0);
@@ -954,6 +972,8 @@ static int h_head(wconn *c)
 	int authed = h->ep == HEP_PING || h->ep == HEP_HEALTH || h->ep == HEP_READY ||
 		     h->ep == HEP_SETTINGS || h_authorized(c, &r);
 	int method_ok = is_write ? h_is(r.method, "POST") : get || h->ep == HEP_OTHER;
+	if (h->ep == HEP_QUERY && httpq_wants_post(r.path))
+		method_ok = h_is(r.method, "POST"); /* it changes data */
 	int q_fail = h->ep == HEP_QUERY && method_ok &&
 		     ((!h->q && httpq_new(&h->q)) || httpq_begin(h->q, &r));
 	if (h->ep == HEP_INFLUXQL) {
@@ -1068,9 +1088,27 @@ static void h_step(wconn *c)
 			h_write(c);
 			continue;
 		}
+		if (h->st == HS_FAN) {
+			char *body;
+			size_t len;
+			int st;
+			if (c->prod != PROD_FANOUT ||
+			    !fanserv_take(c->prod_state, &body, &len, &st))
+				break;
+			fanserv_release(c->prod_state);
+			c->prod = PROD_NONE;
+			c->prod_state = NULL;
+			h->st = HS_HEAD;
+			h_respond(c, body ? st : 500, NULL, body, len, 0);
+			free(body);
+			continue;
+		}
 		if (h->st == HS_STREAM) {
 			if (conn_unsent(c) >= h_conf(c)->reply_bytes / 2 || !httpq_pump(h->q, c))
 				break;
+			int st = httpq_status(h->q);
+			if (st)
+				h_count(c, st);
 			h->st = HS_HEAD;
 			if (c->state == CONN_OPEN && (!h->keep_alive || h->closing))
 				conn_close_with(c, NULL);

@@ -15,6 +15,13 @@
  * in time order (wire/series.c's slices), keys and all-keys aggregates in
  * key order, scans in time order. Only aggs sorted by something other than
  * the key keeps rows: the best `limit` in a bounded heap.
+ *
+ * With `peers` (docs/cluster.md), series, agg, aggs, scan and the cameras'
+ * route are asked of every node (fanserv_ask) and nothing is sent until
+ * they answered: the rows then come from the merged answer, read back by
+ * the same producers (q_next_bucket, q_next_key, q_scan_next), so an
+ * answer across nodes has the format of one node's, plus "partial" when
+ * partial=mark let nodes be missing.
  */
 #include "httpq.h"
 
@@ -28,6 +35,7 @@
 #include <strings.h>
 
 #include "cmd.h"
+#include "fanserv.h"
 #include "series.h"
 
 #define Q_NAME_MAX   1024    /* a table, field or key parameter, bytes */
@@ -85,6 +93,21 @@ struct httpq {
 	uint64_t same_ts; /* and how many rows given so far had it */
 	uint64_t skip;    /* rows at from still to skip (a cursor's) */
 	size_t n_cols;
+
+	/* Across nodes: the request fans out (fan), waits for the nodes
+	 * (fan_wait, its job is c->prod_state), then reads their merged
+	 * answer (rd over fan_text) where it would read the engine. */
+	unsigned fan : 1, fan_wait : 1, fan_mark : 1, ranked : 1;
+	int keep_alive, head_only, status;
+	cmd_req ask; /* what every node is asked */
+	char *fan_text;
+	size_t fan_len;
+	fan_reader rd;
+	tally_bucket fan_b; /* the row read, as the engine gives one */
+	char *fan_str;      /* a key or a row's strings, unescaped */
+	size_t fan_str_cap;
+	tally_value *fan_vals; /* a scan row's values */
+	enum tally_type *fan_types;
 };
 
 int httpq_new(httpq **out)
@@ -109,6 +132,13 @@ static void q_end(httpq *q)
 	q->top = NULL;
 	q->top_n = q->top_i = 0;
 	q->kind = Q_NONE;
+	free(q->fan_text);
+	free(q->fan_vals);
+	free(q->fan_types);
+	q->fan_text = NULL;
+	q->fan_vals = NULL;
+	q->fan_types = NULL;
+	q->fan = q->fan_wait = 0;
 	/* a big answer's buffer goes back between requests */
 	if (q->cap > (256u << 10)) {
 		free(q->buf);
@@ -124,6 +154,7 @@ void httpq_free(httpq *q)
 	q_end(q);
 	free(q->buf);
 	free(q->tgt);
+	free(q->fan_str);
 	free(q);
 }
 
@@ -554,7 +585,155 @@ static int q_format(httpq *q)
 static int q_table(httpq *q, tally_db *db, const char **key_tag)
 {
 	int rc = tally_catalog_key_tag(db, q->table, key_tag);
+	if (rc == TALLY_ENOTFOUND && q->fan) {
+		*key_tag = NULL; /* the other nodes may hold it: they will say */
+		return 0;
+	}
 	return rc ? q_engine(q, rc, "table") : 0;
+}
+
+/* partial=fail|mark: whether a node that does not answer fails the
+ * answer (503) or is named in it. */
+static int q_partial(httpq *q)
+{
+	char v[8];
+	long k = q_param(q, "partial", v, sizeof v);
+	if (k == -2)
+		return 400;
+	q->fan_mark = k >= 0 && !strcmp(v, "mark");
+	if (k >= 0 && !q->fan_mark && strcmp(v, "fail"))
+		return q_fail(q, "partial", "partial must be fail or mark");
+	return 0;
+}
+
+/* The query every node is asked; its strings are q's. */
+static void q_fan_req(httpq *q, enum cmd_kind kind, const char *name)
+{
+	q->ask = fan_req(kind, name, q->table, q->field, q->key, q->step, q->from, q->to);
+}
+
+/* Room for n bytes of unescaped strings. */
+static char *q_fan_str(httpq *q, size_t n)
+{
+	if (n + 1 > q->fan_str_cap) {
+		size_t cap = q->fan_str_cap ? q->fan_str_cap : 256;
+		while (cap < n + 1)
+			cap *= 2;
+		char *p = realloc(q->fan_str, cap);
+		if (!p) {
+			q->oom = 1;
+			return NULL;
+		}
+		q->fan_str = p;
+		q->fan_str_cap = cap;
+	}
+	return q->fan_str;
+}
+
+/* The next series window: the engine's, or the merged answer's. */
+static int q_next_bucket(httpq *q, tally_db *db, const tally_bucket **b)
+{
+	const char *r;
+	size_t n;
+	if (!q->fan)
+		return series_next(db, q->ser, b);
+	if (!fan_reader_next(&q->rd, &r, &n))
+		return 0;
+	q->fan_b.start = fan_cell_time(r, n, 0);
+	q->fan_b.agg = fan_cell_agg(r, n, 1);
+	*b = &q->fan_b;
+	return 1;
+}
+
+/* The next key's aggregate, likewise. */
+static int q_next_key(httpq *q, const char **key, tally_agg *a)
+{
+	const char *r, *k;
+	size_t n, kn;
+	if (!q->fan)
+		return tally_keys_next(q->it, key, a);
+	if (!fan_reader_next(&q->rd, &r, &n))
+		return 0;
+	k = fan_cell(r, n, 0, &kn);
+	char *p = q_fan_str(q, kn);
+	if (!p)
+		return -ENOMEM;
+	p[fan_unescape(k, kn, p)] = 0;
+	*key = p;
+	*a = fan_cell_agg(r, n, 1);
+	return 1;
+}
+
+/* A scan cell of the merged answer as a value of the column's type (the
+ * local catalog's; TALLY_T_NONE: unknown here, told by its look). */
+static tally_value q_cell_value(httpq *q, enum tally_type t, const char *c, size_t cn, size_t *o)
+{
+	tally_value v = {.type = TALLY_T_NONE};
+	char b[64], *end;
+	if (!c || !cn)
+		return v;
+	int num = cn < sizeof b;
+	if (num) {
+		memcpy(b, c, cn);
+		b[cn] = 0;
+	}
+	errno = 0;
+	if ((t == TALLY_T_BOOL || t == TALLY_T_NONE) && num &&
+	    (!strcmp(b, "true") || !strcmp(b, "false"))) {
+		v.type = TALLY_T_BOOL;
+		v.v.b = b[0] == 't';
+		return v;
+	}
+	if ((t == TALLY_T_I64 || t == TALLY_T_NONE) && num) {
+		v.v.i64 = strtoll(b, &end, 10);
+		if (!*end && !errno && end != b) {
+			v.type = TALLY_T_I64;
+			return v;
+		}
+	}
+	if (t == TALLY_T_U64 && num) {
+		v.v.u64 = strtoull(b, &end, 10);
+		if (!*end && !errno && end != b && b[0] != '-') {
+			v.type = TALLY_T_U64;
+			return v;
+		}
+	}
+	if ((t == TALLY_T_F64 || t == TALLY_T_NONE) && num) {
+		v.v.f64 = strtod(b, &end);
+		if (!*end && end != b) {
+			v.type = TALLY_T_F64;
+			return v;
+		}
+	}
+	/* a string, or what does not read as its column's type */
+	v.type = TALLY_T_STR;
+	v.v.str.ptr = q->fan_str + *o;
+	v.v.str.len = fan_unescape(c, cn, q->fan_str + *o);
+	*o += v.v.str.len;
+	return v;
+}
+
+/* The next scan row, likewise. */
+static int q_scan_next(httpq *q, tally_row *row)
+{
+	const char *r;
+	size_t n;
+	if (!q->fan)
+		return tally_scan_next(q->scan, row);
+	if (!fan_reader_next(&q->rd, &r, &n))
+		return 0;
+	if (!q_fan_str(q, n))
+		return -ENOMEM;
+	size_t o = 0;
+	row->ts = fan_cell_time(r, n, 0);
+	for (size_t i = 0; i < q->n_cols; i++) {
+		size_t cn = 0;
+		const char *c = fan_cell(r, n, (unsigned)i + 1, &cn);
+		q->fan_vals[i] = q_cell_value(q, q->fan_types[i], c, cn, &o);
+	}
+	row->n_values = q->n_cols;
+	row->values = q->fan_vals;
+	return 1;
 }
 
 /* ---------------------------------------------------------------- catalog */
@@ -720,7 +899,7 @@ static int p_series(httpq *q, tally_db *db, size_t budget)
 {
 	while (q->n < budget && !q->oom) {
 		const tally_bucket *b;
-		int rc = series_next(db, q->ser, &b);
+		int rc = q_next_bucket(q, db, &b);
 		if (rc < 0)
 			return q_engine(q, rc, "step");
 		if (rc == 0) {
@@ -838,7 +1017,7 @@ static int p_aggs(httpq *q, size_t budget)
 		return q->top_i == q->top_n ? p_aggs_done(q) : 0;
 	}
 	while (q->n < budget && !q->oom) {
-		int r = tally_keys_next(q->it, &key, &a);
+		int r = q_next_key(q, &key, &a);
 		if (r < 0)
 			return q_engine(q, r, "field");
 		if (r == 0)
@@ -868,7 +1047,7 @@ static int aggs_select(httpq *q)
 		return 500;
 	}
 	int r;
-	while ((r = tally_keys_next(q->it, &key, &a)) == 1) {
+	while ((r = q_next_key(q, &key, &a)) == 1) {
 		krow row = {(char *)key, a};
 		if (q->top_n == q->limit && krow_cmp(q, &row, &q->top[0]) >= 0) {
 			q->truncated = 1;
@@ -932,7 +1111,7 @@ static int p_scan(httpq *q, size_t budget)
 {
 	tally_row row;
 	while (q->n < budget && !q->oom) {
-		int r = tally_scan_next(q->scan, &row);
+		int r = q_scan_next(q, &row);
 		if (r < 0)
 			return q_engine(q, r, "key");
 		if (r == 1 && q->skip && row.ts == q->from) {
@@ -968,6 +1147,48 @@ static int p_scan(httpq *q, size_t budget)
 	return 0;
 }
 
+/* An aggregate over [from, to): the whole answer. */
+static void q_agg_put(httpq *q, const tally_agg *a)
+{
+	if (q->csv) {
+		q_lit(q, "from,to,count,mean,min,max,sum\n");
+		q_time(q, q->from);
+		q_sep(q);
+		q_time(q, q->to);
+		q_agg_cells(q, a);
+		q_lit(q, "\n");
+		return;
+	}
+	q_lit(q, "{");
+	q_member(q, "table", q->table);
+	q_member(q, "field", q->field);
+	q_member(q, "key", q->key);
+	q_span(q);
+	q_lit(q, ",\"count\":");
+	q_u64(q, a->count);
+	q_lit(q, ",\"mean\":");
+	q_f64(q, a->count ? a->avg : NAN);
+	q_lit(q, ",\"min\":");
+	q_f64(q, a->count ? a->min : NAN);
+	q_lit(q, ",\"max\":");
+	q_f64(q, a->count ? a->max : NAN);
+	q_lit(q, ",\"sum\":");
+	q_f64(q, a->sum);
+	q_lit(q, "}\n");
+}
+
+/* agg across nodes: the merged answer's one row. */
+static int p_agg_fan(httpq *q)
+{
+	const char *r;
+	size_t n;
+	tally_agg a = {0};
+	if (fan_reader_next(&q->rd, &r, &n))
+		a = fan_cell_agg(r, n, 0);
+	q_agg_put(q, &a);
+	return 1;
+}
+
 /* One turn of the answer's producer. */
 static int q_produce(httpq *q, tally_db *db, size_t budget)
 {
@@ -977,6 +1198,7 @@ static int q_produce(httpq *q, tally_db *db, size_t budget)
 	case Q_CAMERA: return p_series(q, db, budget);
 	case Q_AGGS: return p_aggs(q, budget);
 	case Q_SCAN: return p_scan(q, budget);
+	case Q_AGG: return p_agg_fan(q);
 	default: return 1;
 	}
 }
@@ -1004,17 +1226,22 @@ static int q_series_start(httpq *q, tally_db *db, const srv_conf *cf, int64_t no
 		st = q_range(q, now);
 	if (st)
 		return st;
-	q->ser = malloc(sizeof *q->ser);
-	if (!q->ser) {
-		snprintf(q->err, sizeof q->err, "out of memory");
-		return 500;
+	if (q->fan) {
+		q_fan_req(q, CMD_SERIES, "series");
+	} else {
+		q->ser = malloc(sizeof *q->ser);
+		if (!q->ser) {
+			snprintf(q->err, sizeof q->err, "out of memory");
+			return 500;
+		}
+		series_init(q->ser, q->table, q->field, q->key, q->step, q->from, q->to,
+			    cf->align_offset);
+		/* the first slice now, so that a bad table, field or step is a
+		 * 4xx answer rather than a cut stream */
+		int rc = series_next_slice(db, q->ser);
+		if (rc)
+			return q_engine(q, rc, step_name);
 	}
-	series_init(q->ser, q->table, q->field, q->key, q->step, q->from, q->to, cf->align_offset);
-	/* the first slice now, so that a bad table, field or step is a 4xx
-	 * answer rather than a cut stream */
-	int rc = series_next_slice(db, q->ser);
-	if (rc)
-		return q_engine(q, rc, step_name);
 	char d[32];
 	cmd_format_duration(q->step, d);
 	if (q->csv) {
@@ -1047,32 +1274,14 @@ static int q_agg(httpq *q, tally_db *db, int64_t now)
 	if (st)
 		return st;
 	tally_agg a;
+	if (q->fan) {
+		q_fan_req(q, CMD_AGG, "agg"); /* p_agg_fan answers */
+		return 0;
+	}
 	int rc = tally_query_agg(db, q->table, q->field, q->key, q->from, q->to, &a);
 	if (rc)
 		return q_engine(q, rc, "field");
-	if (q->csv) {
-		q_lit(q, "from,to,count,mean,min,max,sum\n");
-		q_time(q, q->from);
-		q_sep(q);
-		q_time(q, q->to);
-		q_agg_cells(q, &a);
-		q_lit(q, "\n");
-		return 0;
-	}
-	q_lit(q, "{");
-	q_ident(q, 1);
-	q_span(q);
-	q_lit(q, ",\"count\":");
-	q_u64(q, a.count);
-	q_lit(q, ",\"mean\":");
-	q_f64(q, a.count ? a.avg : NAN);
-	q_lit(q, ",\"min\":");
-	q_f64(q, a.count ? a.min : NAN);
-	q_lit(q, ",\"max\":");
-	q_f64(q, a.count ? a.max : NAN);
-	q_lit(q, ",\"sum\":");
-	q_f64(q, a.sum);
-	q_lit(q, "}\n");
+	q_agg_put(q, &a);
 	return 0;
 }
 
@@ -1104,13 +1313,18 @@ static int q_aggs_start(httpq *q, tally_db *db, int64_t now)
 		q->desc = !strcmp(v, "desc");
 	}
 	int ranked = q->sort != SORT_KEY || q->desc;
+	q->ranked = (unsigned)ranked;
 	if ((st = q_limit(q, ranked ? Q_AGGS_LIMIT : 0, ranked ? Q_AGGS_MAX : UINT64_MAX)))
 		return st;
-	int rc = tally_query_keys(db, q->table, q->field, q->from, q->to, &q->it);
-	if (rc)
-		return q_engine(q, rc, "field");
-	if (ranked && (st = aggs_select(q)))
-		return st;
+	if (q->fan) {
+		q_fan_req(q, CMD_KEYS, "keys"); /* ranked: selected in q_fan_ready */
+	} else {
+		int rc = tally_query_keys(db, q->table, q->field, q->from, q->to, &q->it);
+		if (rc)
+			return q_engine(q, rc, "field");
+		if (ranked && (st = aggs_select(q)))
+			return st;
+	}
 	if (!q->csv) {
 		q_lit(q, "{");
 		q_ident(q, 0);
@@ -1119,6 +1333,17 @@ static int q_aggs_start(httpq *q, tally_db *db, int64_t now)
 	}
 	q_columns(q, aggs_cols, 6);
 	return 0;
+}
+
+/* A scan's opening: its table, key and columns. */
+static void q_scan_head(httpq *q, const char **cols, size_t n)
+{
+	if (!q->csv) {
+		q_lit(q, "{");
+		q_member(q, "table", q->table);
+		q_member(q, "key", q->key);
+	}
+	q_columns(q, cols, n);
 }
 
 static int q_scan_start(httpq *q, tally_db *db, int64_t now)
@@ -1142,6 +1367,13 @@ static int q_scan_start(httpq *q, tally_db *db, int64_t now)
 		q->from = q->last_ts = ts;
 		q->same_ts = q->skip;
 	}
+	if (q->fan) {
+		/* every node's first rows: those this page skips, gives, and
+		 * one more that says whether a next page starts there */
+		q_fan_req(q, CMD_SCAN, "scan");
+		q->ask.limit = q->skip + q->limit + 1;
+		return 0; /* the columns are the nodes': q_scan_fan_head */
+	}
 	int rc = tally_scan_open(db, q->table, q->key, q->from, q->to, &q->scan);
 	if (rc)
 		return q_engine(q, rc, "key");
@@ -1157,14 +1389,54 @@ static int q_scan_start(httpq *q, tally_db *db, int64_t now)
 		if (tally_scan_column(q->scan, i, &cols[i + 1], &type))
 			cols[i + 1] = "";
 	}
-	if (!q->csv) {
-		q_lit(q, "{");
-		q_member(q, "table", q->table);
-		q_member(q, "key", q->key);
-	}
-	q_columns(q, cols, q->n_cols + 1);
+	q_scan_head(q, cols, q->n_cols + 1);
 	free(cols);
 	return 0;
+}
+
+/* The merged scan's columns (its header's, every node's), typed by this
+ * node's catalog. */
+static int q_scan_fan_head(httpq *q, tally_db *db)
+{
+	size_t nh = 0, cn, nf = 0;
+	while (fan_cell(q->rd.head, q->rd.head_n, (unsigned)nh, &cn))
+		nh++;
+	q->n_cols = nh ? nh - 1 : 0;
+	const char **cols = calloc(nh + 1, sizeof *cols);
+	const char **fnames = malloc(Q_COLS_MAX * sizeof *fnames);
+	enum tally_type *ftypes = malloc(Q_COLS_MAX * sizeof *ftypes);
+	q->fan_vals = calloc(q->n_cols + 1, sizeof *q->fan_vals);
+	q->fan_types = calloc(q->n_cols + 1, sizeof *q->fan_types);
+	char *names = malloc(q->rd.head_n + nh + 1);
+	int st = 0;
+	if (!cols || !fnames || !ftypes || !q->fan_vals || !q->fan_types || !names) {
+		snprintf(q->err, sizeof q->err, "out of memory");
+		st = 500;
+		goto out;
+	}
+	int frc = tally_catalog_fields(db, q->table, fnames, ftypes, Q_COLS_MAX, &nf);
+	if (frc && frc != TALLY_ETRUNC)
+		nf = 0; /* not a table here: every column told by its look */
+	if (nf > Q_COLS_MAX)
+		nf = Q_COLS_MAX;
+	for (size_t i = 0, o = 0; i < nh; i++) {
+		const char *c = fan_cell(q->rd.head, q->rd.head_n, (unsigned)i, &cn);
+		cols[i] = names + o;
+		o += fan_unescape(c, cn, names + o);
+		names[o++] = 0;
+		for (size_t f = 0; i && f < nf; f++)
+			if (!strcmp(fnames[f], cols[i]))
+				q->fan_types[i - 1] = ftypes[f];
+	}
+	if (!nh)
+		cols[nh++] = "time";
+	q_scan_head(q, cols, nh);
+out:
+	free(cols);
+	free(fnames);
+	free(ftypes);
+	free(names);
+	return st;
 }
 
 static int hexval(char ch)
@@ -1213,7 +1485,7 @@ static int q_camera(httpq *q, tally_db *db, const srv_conf *cf, int64_t now)
 	int st = q_table(q, db, &key_tag);
 	if (st)
 		return st;
-	if (!key_tag || strcmp(key_tag, want)) {
+	if (key_tag ? strcmp(key_tag, want) != 0 : !q->fan) {
 		snprintf(q->err, sizeof q->err,
 			 "table '%.200s' is keyed by '%.200s', not '%.100s' (camera-route-key-tag)",
 			 q->table, key_tag ? key_tag : "(none)", want);
@@ -1226,22 +1498,84 @@ static int q_camera(httpq *q, tally_db *db, const srv_conf *cf, int64_t now)
 
 /* Reads the request's parameters and opens its producer (or answers it
  * whole: the catalog, one aggregate). 0, or the error status. */
+/* ---------------------------------------------------------------- delete */
+
+int httpq_wants_post(http_str path)
+{
+	return path.n == 14 && !memcmp(path.p, "/api/v1/delete", 14);
+}
+
+/* POST /api/v1/delete?table=T&key=K&from=F&to=T (all=true instead of key=
+ * for every key): deletes those events (tally_db_delete) and answers what
+ * it cost. A range that reaches expired raw events is the request's fault
+ * (400, from). */
+static int q_delete(httpq *q, tally_db *db, int64_t now)
+{
+	char all[8] = "";
+	int st = q_name(q, "table", q->table);
+	long k = st ? 0 : q_param(q, "key", q->key, sizeof q->key);
+	long a = (st || k == -2) ? 0 : q_param(q, "all", all, sizeof all);
+	if (st || k == -2 || a == -2)
+		return 400;
+	if (a >= 0 && strcmp(all, "true"))
+		return q_fail(q, "all", "all: '%.7s' is not true", all);
+	if ((k >= 0) == (a >= 0))
+		return q_fail(q, "key",
+			      k >= 0 ? "key= and all=true: give one of them"
+				     : "key= is required (or all=true for every key)");
+	if ((st = q_time_param(q, "from", now, 0, 0, &q->from)) ||
+	    (st = q_time_param(q, "to", now, 0, 0, &q->to)))
+		return st;
+	if (q->to <= q->from)
+		return q_fail(q, "to", "to must be after from");
+	tally_delete_result d = {.size = sizeof d};
+	int rc = tally_db_delete(db, q->table, k >= 0 ? q->key : NULL, q->from, q->to, &d);
+	if (rc == TALLY_EEXPIRED) {
+		snprintf(q->err, sizeof q->err, "%s", tally_errmsg());
+		q->err_param = "from";
+		return 400;
+	}
+	if (rc)
+		return q_engine(q, rc, "key");
+	if (q->csv) {
+		q_lit(q, "rows,parts_rewritten,parts_removed,bytes_read,bytes_written\n");
+		q_fmt(q, "%" PRIu64 ",%" PRIu64 ",%" PRIu64 ",%" PRIu64 ",%" PRIu64 "\n", d.rows,
+		      d.parts_rewritten, d.parts_removed, d.bytes_read, d.bytes_written);
+		return 0;
+	}
+	q_lit(q, "{");
+	q_member(q, "table", q->table);
+	q_member(q, "key", k >= 0 ? q->key : NULL);
+	q_span(q);
+	q_fmt(q,
+	      ",\"rows\":%" PRIu64 ",\"parts_rewritten\":%" PRIu64 ",\"parts_removed\":%" PRIu64
+	      ",\"bytes_read\":%" PRIu64 ",\"bytes_written\":%" PRIu64 "}\n",
+	      d.rows, d.parts_rewritten, d.parts_removed, d.bytes_read, d.bytes_written);
+	return 0;
+}
+
 static int q_start(httpq *q, srv *s)
 {
 	tally_db *db = s->db;
 	const srv_conf *cf = s->conf;
 	int64_t now = srv_clock_ns();
 	int st = q_format(q);
+	if (!st)
+		st = q_partial(q);
 	if (st)
 		return st;
 	q->first = 1;
-	if (!has_prefix(q->path, "/api/v1/", 8))
+	if (!has_prefix(q->path, "/api/v1/", 8)) {
+		q->fan = s->n_fan_nodes != 0;
 		return q_camera(q, db, cf, now);
+	}
 	const char *ep = q->path.p + 8;
 	if (!strcmp(ep, "tables"))
 		return q_tables(q, db);
 	if (!strcmp(ep, "fields"))
 		return q_fields(q, db);
+	if (!strcmp(ep, "delete"))
+		return q_delete(q, db, now);
 	static const char *const eps[] = {"keys", "series", "agg", "aggs", "scan"};
 	static const enum qkind kinds[] = {Q_KEYS, Q_SERIES, Q_AGG, Q_AGGS, Q_SCAN};
 	for (size_t i = 0; i < 5; i++)
@@ -1252,6 +1586,8 @@ static int q_start(httpq *q, srv *s)
 		q->err_param = NULL;
 		return 404;
 	}
+	/* keys lists this node's catalog (docs/cluster.md) */
+	q->fan = s->n_fan_nodes && q->kind != Q_KEYS;
 	const char *key_tag;
 	if ((st = q_name(q, "table", q->table)) || (st = q_table(q, db, &key_tag)))
 		return st;
@@ -1283,7 +1619,11 @@ static int q_start(httpq *q, srv *s)
 		return st;
 	switch (q->kind) {
 	case Q_SERIES: return q_series_start(q, db, cf, now, "step", "5m");
-	case Q_AGG: q->kind = Q_NONE; return q_agg(q, db, now);
+	case Q_AGG:
+		st = q_agg(q, db, now);
+		if (!q->fan)
+			q->kind = Q_NONE; /* answered whole */
+		return st;
 	case Q_AGGS: return q_aggs_start(q, db, now);
 	case Q_SCAN: return q_scan_start(q, db, now);
 	default: return 500;
@@ -1306,13 +1646,22 @@ static const char *q_reason(int status)
 static void q_head(httpq *q, wconn *c, int status, int keep_alive, const char *type, size_t length,
 		   int chunked)
 {
-	char h[400];
+	char h[1024];
 	int k = snprintf(h, sizeof h, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n", status,
 			 q_reason(status), type);
 	if (chunked)
 		k += snprintf(h + k, sizeof h - (size_t)k, "Transfer-Encoding: chunked\r\n");
 	else if (length != SIZE_MAX)
 		k += snprintf(h + k, sizeof h - (size_t)k, "Content-Length: %zu\r\n", length);
+	if (q->fan && q->rd.partial && status < 400) {
+		/* the nodes that did not answer, for CSV too (printable) */
+		k += snprintf(h + k, sizeof h - (size_t)k, "X-Tally-Partial: ");
+		for (size_t i = 0; i < q->rd.partial_n && (size_t)k + 40 < sizeof h; i++) {
+			char ch = q->rd.partial[i];
+			h[k++] = ch >= 0x20 && ch < 0x7f ? ch : ' ';
+		}
+		k += snprintf(h + k, sizeof h - (size_t)k, "\r\n");
+	}
 	k += snprintf(h + k, sizeof h - (size_t)k, "%s\r\n",
 		      keep_alive ? "" : "Connection: close\r\n");
 	conn_put(c, h, (size_t)k, 1);
@@ -1339,20 +1688,112 @@ static const char *q_type(const httpq *q)
 	return q->csv ? "text/csv; charset=utf-8" : "application/json; charset=utf-8";
 }
 
+/* The nodes answered: their merged answer is where the producers read
+ * from now. 0, or the error status (503 when nodes did not answer). */
+static int q_fan_ready(httpq *q, tally_db *db)
+{
+	if (!q->fan_text) {
+		snprintf(q->err, sizeof q->err, "out of memory while merging the nodes' answers");
+		q->err_param = NULL;
+		return 500;
+	}
+	fan_reader_open(&q->rd, q->fan_text, q->fan_len);
+	if (q->rd.err) {
+		snprintf(q->err, sizeof q->err, "%.*s", (int)q->rd.err_n, q->rd.err);
+		q->err_param = NULL;
+		if (fan_err_missing(&q->rd))
+			return 503;
+		if (fan_err_absent(q->rd.err, q->rd.err_n)) {
+			q->err_param = strstr(q->err, "no table") ? "table" : "field";
+			return 404;
+		}
+		return 400;
+	}
+	if (q->kind == Q_AGGS && q->ranked)
+		return aggs_select(q);
+	if (q->kind == Q_SCAN)
+		return q_scan_fan_head(q, db);
+	return 0;
+}
+
+/* partial=mark and nodes missing: "partial":"NODE (why); ..." opens the
+ * JSON answer (its first turn, which starts with '{'). */
+static void q_mark_partial(httpq *q)
+{
+	if (q->csv || !q->rd.partial || !q->n || q->buf[0] != '{')
+		return;
+	size_t at = q->n;
+	q_lit(q, "\"partial\":");
+	q_str(q, q->rd.partial, q->rd.partial_n);
+	q_lit(q, ",");
+	size_t k = q->n - at;
+	char *m = q->oom ? NULL : malloc(k);
+	if (!m) {
+		q->oom = 1;
+		return;
+	}
+	memcpy(m, q->buf + at, k);
+	memmove(q->buf + 1 + k, q->buf + 1, at - 1);
+	memcpy(q->buf + 1, m, k);
+	free(m);
+}
+
+static int q_answer(httpq *q, wconn *c, int st, int *more);
+
 int httpq_serve(httpq *q, wconn *c, int keep_alive, int head_only, int *more)
 {
 	srv *s = c->sh->srv;
-	size_t budget = s->conf->reply_bytes / 2;
 	*more = 0;
 	q->n = 0;
 	q->oom = q->truncated = q->chunked = 0;
 	q->rows = 0;
 	q->kind = Q_NONE;
 	q->err_param = NULL;
+	q->keep_alive = keep_alive;
+	q->head_only = head_only;
+	q->fan = 0;
+	memset(&q->rd, 0, sizeof q->rd);
 	int st = q_start(q, s);
+	if (!st && q->fan) {
+		/* Every node answers its part; nothing goes out before. */
+		fanjob *j;
+		int rc = fanserv_ask(c, &q->ask, q->fan_mark, "partial=mark", &j);
+		if (!rc) {
+			c->prod = PROD_FANOUT; /* the job's end steps c */
+			c->prod_state = j;
+			q->fan_wait = 1;
+			*more = 1;
+			return 0; /* counted when answered (httpq_status) */
+		}
+		snprintf(q->err, sizeof q->err, "%s",
+			 rc == -E2BIG ? "the query is too long to send to the other nodes"
+				      : "cannot start asking the other nodes");
+		q->err_param = NULL;
+		st = rc == -E2BIG ? 400 : 503;
+	}
+	return q_answer(q, c, st, more);
+}
+
+int httpq_status(httpq *q)
+{
+	int st = q->status;
+	q->status = 0;
+	return st;
+}
+
+/* Answers what q_start (and the nodes) gave: st 0, the first turn of the
+ * rows; else the error's status. */
+static int q_answer(httpq *q, wconn *c, int st, int *more)
+{
+	srv *s = c->sh->srv;
+	size_t budget = s->conf->reply_bytes / 2;
+	int keep_alive = q->keep_alive, head_only = q->head_only;
+	*more = 0;
 	if (!st) {
 		int r = q_produce(q, s->db, budget);
 		st = r == 1 ? 0 : r == 0 ? -1 : r;
+		if (st <= 0 && q->fan)
+			q_mark_partial(q);
 	}
 	if (q->oom) {
 		st = 500;
@@ -1399,6 +1840,18 @@ int httpq_serve(httpq *q, wconn *c, int keep_alive, int head_only, int *more)
 int httpq_pump(httpq *q, wconn *c)
 {
 	srv *s = c->sh->srv;
+	if (q->fan_wait) {
+		int unused, more;
+		if (c->prod != PROD_FANOUT ||
+		    !fanserv_take(c->prod_state, &q->fan_text, &q->fan_len, &unused))
+			return 0;
+		fanserv_release(c->prod_state);
+		c->prod = PROD_NONE;
+		c->prod_state = NULL;
+		q->fan_wait = 0;
+		q->status = q_answer(q, c, q_fan_ready(q, s->db), &more);
+		return !more;
+	}
 	int r = q_produce(q, s->db, s->conf->reply_bytes / 2);
 	if (r > 1 || q->oom) {
 		/* The head said 200: an error now can only cut the answer

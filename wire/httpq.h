@@ -26,6 +26,9 @@ void httpq_free(httpq *q);
  * matches the cameras' route. */
 int httpq_route(const srv_conf *cf, http_str path);
 
+/* 1 when path changes data (/api/v1/delete): POST only, never GET. */
+int httpq_wants_post(http_str path);
+
 /* Copies the request's path, query and Accept header: r's strings die
  * with the request's bytes. 0 or -ENOMEM. */
 int httpq_begin(httpq *q, const http_req *r);
@@ -33,12 +36,18 @@ int httpq_begin(httpq *q, const http_req *r);
 /* Starts the answer: queues its head and as much of its body as half of
  * reply-buffer-bytes holds. Returns the HTTP status; *more is 1 while the
  * answer goes on (chunked), to be completed by httpq_pump. keep_alive 0:
- * the answer says Connection: close (the caller closes after it). */
+ * the answer says Connection: close (the caller closes after it).
+ * Returns 0 (and *more 1) when the query asks every node (`peers`):
+ * nothing is sent until they answered; httpq_status then gives the
+ * status, once httpq_pump has started the answer. */
 int httpq_serve(httpq *q, wconn *c, int keep_alive, int head_only, int *more);
 
 /* Produces more of an answer that goes on; 1 once it is complete (or was
  * cut short by an error, after which the connection is closing). */
 int httpq_pump(httpq *q, wconn *c);
+
+/* The status of an answer that waited for the nodes, once; 0 otherwise. */
+int httpq_status(httpq *q);
 
 /* The defaults of the cameras' route (tallyd settings camera-route*). */
 #define HTTPQ_CAMERA_ROUTE "/kvfv/{id}/avg-speed"

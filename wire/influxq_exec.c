@@ -192,8 +192,13 @@ static enum tally_type cols_type(const cols *c, const char *field)
 
 /* ---------------------------------------------------------------- SELECT */
 
+/* "Any time" for SHOW TAG VALUES across nodes: the years 1678 to 2261,
+ * which every node reads back from RFC 3339. */
+#define IQ_ALL_TIME INT64_C(9200000000000000000)
+
 typedef struct ex {
 	tally_db *db;
+	iq_src *src; /* NULL: this node's engine */
 	const iq_params *prm;
 	char *err; /* IQ_ERR_MAX */
 	tally_bucket *bk;
@@ -212,6 +217,8 @@ static int ex_fail(ex *x, const char *fmt, ...)
 
 static int ex_engine(ex *x, int rc)
 {
+	if (rc == IQ_EREMOTE)
+		return -1; /* the source said why, in x->err */
 	const char *m = tally_errmsg();
 	return ex_fail(x, "%s", m && *m ? m : tally_strerror(rc));
 }
@@ -230,6 +237,42 @@ static void agg_merge(tally_agg *a, const tally_agg *b)
 		a->min = b->min;
 	if (b->max > a->max)
 		a->max = b->max;
+}
+
+/* The numbers, from this node's engine or from every node (iq_src). */
+static int ex_agg(ex *x, const char *table, const char *field, const char *key, int64_t from,
+		  int64_t to, tally_agg *a)
+{
+	if (x->src)
+		return x->src->agg(x->src, table, field, key, from, to, a, x->err);
+	return tally_query_agg(x->db, table, field, key, from, to, a);
+}
+
+static int ex_series(ex *x, const char *table, const char *field, const char *key, int64_t step,
+		     int64_t from, int64_t to, size_t cap, size_t *n)
+{
+	if (x->src)
+		return x->src->series(x->src, table, field, key, step, from, to, x->bk, cap, n,
+				      x->err);
+	return tally_query_series(x->db, table, field, key, step, from, to, x->bk, cap, n);
+}
+
+static int ex_keys(ex *x, const char *table, const char *field, int64_t from, int64_t to,
+		   int (*each)(void *arg, const char *key), void *arg)
+{
+	if (x->src)
+		return x->src->keys(x->src, table, field, from, to, each, arg, x->err);
+	tally_keys_iter *it = NULL;
+	int rc = tally_query_keys(x->db, table, field, from, to, &it);
+	if (rc)
+		return rc;
+	const char *key;
+	tally_agg a;
+	while ((rc = tally_keys_next(it, &key, &a)) == 1)
+		if ((rc = each(arg, key)))
+			break;
+	tally_keys_close(it);
+	return rc < 0 ? rc : 0;
 }
 
 /* Every key the statement's condition names outright (= and OR of =), in
@@ -322,6 +365,20 @@ static void keyset_sort(keyset *ks)
 	ks->n = o;
 }
 
+/* ex_keys' callback: a key the condition (NULL: any) keeps goes into ks. */
+typedef struct key_pick {
+	keyset *ks;
+	const iq_cond *where;
+} key_pick;
+
+static int key_pick_add(void *arg, const char *key)
+{
+	key_pick *kp = arg;
+	if (kp->where && !iq_cond_match(kp->where, key))
+		return 0;
+	return keyset_add(kp->ks, key);
+}
+
 /* The keys the statement reads: those its condition names, else every key
  * with events of one of its fields in the range that the condition
  * matches. */
@@ -341,27 +398,17 @@ static int select_keys(ex *x, const iq_stmt *st, const enum tally_type *types, i
 		return 0;
 	}
 	free(named);
+	key_pick kp = {ks, st->where};
 	for (unsigned i = 0; i < st->n_aggs; i++) {
 		unsigned j = 0;
 		while (j < i && strcmp(st->aggs[j].field, st->aggs[i].field))
 			j++;
 		if (j < i || types[i] == TALLY_T_NONE)
 			continue;
-		tally_keys_iter *it = NULL;
-		rc = tally_query_keys(x->db, st->table, st->aggs[i].field, from, to, &it);
+		rc = ex_keys(x, st->table, st->aggs[i].field, from, to, key_pick_add, &kp);
 		if (rc == TALLY_ENOTFOUND)
 			continue;
 		if (rc)
-			return ex_engine(x, rc);
-		const char *key;
-		tally_agg a;
-		while ((rc = tally_keys_next(it, &key, &a)) == 1)
-			if (iq_cond_match(st->where, key) && keyset_add(ks, key)) {
-				rc = -ENOMEM;
-				break;
-			}
-		tally_keys_close(it);
-		if (rc < 0)
 			return ex_engine(x, rc);
 	}
 	keyset_sort(ks);
@@ -388,7 +435,7 @@ static int fill_key(ex *x, const iq_stmt *st, const char *field, const char *key
 	tally_agg a;
 	int rc;
 	if (!st->step) {
-		rc = tally_query_agg(x->db, st->table, field, key, g->from, g->to, &a);
+		rc = ex_agg(x, st->table, field, key, g->from, g->to, &a);
 		if (rc == TALLY_ENOTFOUND)
 			return 0;
 		if (rc)
@@ -416,8 +463,7 @@ static int fill_key(ex *x, const iq_stmt *st, const char *field, const char *key
 			x->bk_cap = want;
 		}
 		int64_t lo = g->w0 + (int64_t)i0 * g->step, hi = g->w0 + (int64_t)i1 * g->step;
-		rc = tally_query_series(x->db, st->table, field, key, g->step, lo, hi, x->bk, want,
-					&n);
+		rc = ex_series(x, st->table, field, key, g->step, lo, hi, want, &n);
 		if (rc == TALLY_ENOTFOUND)
 			return 0;
 		if (rc)
@@ -435,7 +481,7 @@ static int fill_key(ex *x, const iq_stmt *st, const char *field, const char *key
 		int64_t ws = g->w0 + (int64_t)i * g->step;
 		int64_t lo = ws < g->from ? g->from : ws;
 		int64_t hi = g->to - ws <= g->step ? g->to : ws + g->step;
-		rc = tally_query_agg(x->db, st->table, field, key, lo, hi, &a);
+		rc = ex_agg(x, st->table, field, key, lo, hi, &a);
 		if (rc == TALLY_ENOTFOUND)
 			return 0;
 		if (rc)
@@ -542,6 +588,13 @@ static int exec_select(ex *x, const iq_stmt *st, iq_buf *b)
 		return ex_fail(x, "database name required");
 	const char *key_tag = NULL;
 	int rc = tally_catalog_key_tag(x->db, st->table, &key_tag);
+	if (rc == TALLY_ENOTFOUND && x->src)
+		/* The schema (key tag, field types) is this node's: without it
+		 * an empty answer could hide the other nodes' events. */
+		return ex_fail(x,
+			       "this node holds no measurement \"%s\" yet, and reads the schema "
+			       "from its own catalog: ask a node that holds it",
+			       st->table);
 	if (rc == TALLY_ENOTFOUND)
 		return 0; /* no such measurement: no series, as InfluxDB */
 	if (rc)
@@ -790,29 +843,22 @@ static int show_key_values(ex *x, rows *r, const char *table, const char *key_ta
 }
 
 /* With a time condition, as InfluxDB 1.x: the keys with events in the
- * range, of any of the table's numeric fields (from the rollups). */
-static int show_key_values_in(ex *x, rows *r, const cols *c, const char *table, const char *key_tag)
+ * range [from, to), of any of the table's numeric fields (from the
+ * rollups). */
+static int show_key_values_in(ex *x, rows *r, const cols *c, const char *table, const char *key_tag,
+			      int64_t from, int64_t to)
 {
 	keyset ks = {0};
+	key_pick kp = {&ks, NULL};
 	int rc = 0;
 	for (size_t j = 0; j < c->n && !rc; j++) {
 		if (c->type[j] == TALLY_T_TAG || c->type[j] == TALLY_T_STR)
 			continue;
-		tally_keys_iter *it = NULL;
-		rc = tally_query_keys(x->db, table, c->name[j], r->st->from, r->st->to, &it);
+		rc = ex_keys(x, table, c->name[j], from, to, key_pick_add, &kp);
 		if (rc) {
 			rc = rc == TALLY_ENOTFOUND ? 0 : ex_engine(x, rc);
 			break;
 		}
-		const char *key;
-		tally_agg a;
-		while ((rc = tally_keys_next(it, &key, &a)) == 1)
-			if (keyset_add(&ks, key)) {
-				rc = -ENOMEM;
-				break;
-			}
-		tally_keys_close(it);
-		rc = rc < 0 ? ex_engine(x, rc) : 0;
 	}
 	keyset_sort(&ks);
 	for (size_t k = 0; k < ks.n && !rc; k++)
@@ -895,7 +941,13 @@ static int exec_show(ex *x, const iq_stmt *st, iq_buf *b)
 		} else if (key_tags[i] && with_match(st, key_tags[i])) {
 			rc = check_cond_tags(x, names[i], key_tags[i], st->where);
 			if (!rc && (st->has_from || st->has_to))
-				rc = show_key_values_in(x, &r, &c, names[i], key_tags[i]);
+				rc = show_key_values_in(x, &r, &c, names[i], key_tags[i], st->from,
+							st->to);
+			else if (!rc && x->src)
+				/* The catalog is this node's: across nodes, the keys
+				 * with events at any time (1678 to 2261). */
+				rc = show_key_values_in(x, &r, &c, names[i], key_tags[i],
+							-IQ_ALL_TIME, IQ_ALL_TIME);
 			else if (!rc)
 				rc = show_key_values(x, &r, names[i], key_tags[i]);
 		} else {
@@ -937,7 +989,7 @@ int iq_serve(tally_db *db, const char *q, size_t n, const iq_params *p, iq_buf *
 		iq_puts(&b, "}");
 		status = 400;
 	} else {
-		ex x = {.db = db, .prm = p, .err = err};
+		ex x = {.db = db, .src = p->src, .prm = p, .err = err};
 		iq_puts(&b, "{\"results\":[");
 		int failed = 0;
 		for (unsigned i = 0; i < qq.n; i++) {
@@ -951,7 +1003,16 @@ int iq_serve(tally_db *db, const char *q, size_t n, const iq_params *p, iq_buf *
 				iq_puts(&b, ",\"error\":");
 				put_str(&b, err);
 				failed = 1;
+			} else if (x.src && x.src->missing[0]) {
+				/* partial=mark: said, never silent (docs/cluster.md) */
+				iq_puts(&b, ",\"messages\":[{\"level\":\"warning\",\"text\":");
+				char m[IQ_ERR_MAX + 32];
+				snprintf(m, sizeof m, "partial: %s", x.src->missing);
+				put_str(&b, m);
+				iq_puts(&b, "}]");
 			}
+			if (x.src)
+				x.src->missing[0] = 0;
 			iq_puts(&b, "}");
 		}
 		iq_puts(&b, "]}");
@@ -1034,8 +1095,14 @@ static int http_fail(const char *msg, char **out, size_t *len)
 int influxq_http(tally_db *db, const char *query, size_t query_n, const char *body, size_t body_n,
 		 int64_t now, char **out, size_t *len)
 {
-	char db_name[256], epoch[8], pretty[8];
-	iq_params p = {.now = now};
+	return influxq_http_src(db, NULL, query, query_n, body, body_n, now, out, len);
+}
+
+int influxq_http_src(tally_db *db, iq_src *src, const char *query, size_t query_n, const char *body,
+		     size_t body_n, int64_t now, char **out, size_t *len)
+{
+	char db_name[256], epoch[8], pretty[8], partial[8];
+	iq_params p = {.now = now, .src = src};
 	/* A form body, or none: InfluxQL sent raw is not a form. */
 	if (body_n == 0 || !memchr(body, '=', body_n))
 		body = NULL;
@@ -1050,6 +1117,11 @@ int influxq_http(tally_db *db, const char *query, size_t query_n, const char *bo
 		return http_fail("epoch: malformed", out, len);
 	n = param(query, query_n, body, body_n, "pretty", pretty, sizeof pretty);
 	p.pretty = n > 0 && !strcmp(pretty, "true");
+	n = param(query, query_n, body, body_n, "partial", partial, sizeof partial);
+	if (n == -2 || (n >= 0 && strcmp(partial, "fail") && strcmp(partial, "mark")))
+		return http_fail("partial must be fail or mark", out, len);
+	if (src)
+		src->mark = n >= 0 && !strcmp(partial, "mark");
 	size_t cap = query_n + body_n + 1;
 	char *q = malloc(cap);
 	if (!q)

@@ -110,12 +110,35 @@ void iq_put(iq_buf *b, const char *s, size_t n);
 void iq_puts(iq_buf *b, const char *s);
 void iq_put_json_str(iq_buf *b, const char *s, size_t n);
 
+/*
+ * Where SELECT and SHOW TAG VALUES read their numbers: this node's engine
+ * (no iq_src), or every node of a cluster (wire/fanserv.c). Each call
+ * returns 0, TALLY_ENOTFOUND (no such table or field on any node:
+ * nothing), or IQ_EREMOTE with the reason in err (IQ_ERR_MAX bytes).
+ * keys calls each(arg, key) for every key with events of field in
+ * [from, to), in key order; each returns 0 or -ENOMEM, which ends it.
+ */
+#define IQ_EREMOTE (-121) /* -EREMOTEIO */
+typedef struct iq_src iq_src;
+struct iq_src {
+	int (*agg)(iq_src *s, const char *table, const char *field, const char *key, int64_t from,
+		   int64_t to, tally_agg *a, char *err);
+	int (*series)(iq_src *s, const char *table, const char *field, const char *key,
+		      int64_t step, int64_t from, int64_t to, tally_bucket *out, size_t cap,
+		      size_t *n, char *err);
+	int (*keys)(iq_src *s, const char *table, const char *field, int64_t from, int64_t to,
+		    int (*each)(void *arg, const char *key), void *arg, char *err);
+	int mark;                 /* partial=mark: a missing node is named, not an error */
+	char missing[IQ_ERR_MAX]; /* the nodes this statement missed; "" */
+};
+
 /* What a /query request says besides q. */
 typedef struct iq_params {
 	const char *db; /* NULL: none */
 	int64_t epoch;  /* times as integers in this unit, ns; 0: RFC 3339 */
 	int pretty;
 	int64_t now; /* ns */
+	iq_src *src; /* NULL: this node's engine */
 } iq_params;
 
 /*
@@ -134,6 +157,11 @@ int iq_serve(tally_db *db, const char *q, size_t n, const iq_params *p, iq_buf *
  */
 int influxq_http(tally_db *db, const char *query, size_t query_n, const char *body, size_t body_n,
 		 int64_t now, char **out, size_t *len);
+/* The same reading its numbers from src (see iq_src); partial=fail|mark
+ * says whether a node that does not answer fails the statement or is
+ * named in its "messages" (docs/cluster.md). */
+int influxq_http_src(tally_db *db, iq_src *src, const char *query, size_t query_n, const char *body,
+		     size_t body_n, int64_t now, char **out, size_t *len);
 
 /* The epoch= parameter: ns, u, µ, ms, s, m, h; the unit in ns, or -1. */
 int64_t iq_epoch_unit(const char *s);

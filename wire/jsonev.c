@@ -38,14 +38,12 @@
 #include <string.h>
 
 #include "cmd.h"
+#include "lp.h"
 #include "tally.h"
 
 #define DEF_MAX_BODY   ((size_t)64 << 20)
 #define DEF_MAX_DEPTH  32
 #define DEF_MAX_ERRORS 16
-#define LP_VALUE_LIMIT 65535 /* the engine's longest tag value / string field */
-/* The engine's timestamp range (engine/lp.h LP_TS_MIN, LP_TS_MAX). */
-#define TS_MAX INT64_C(9223372036854775806)
 
 /* Roles of mapped members. */
 enum { R_KEY, R_TIME, R_F64, R_I64, R_BOOL, R_TAG, R_STR };
@@ -149,64 +147,6 @@ struct jsonev_dec {
 
 /* ---------------------------------------------------------------- helpers */
 
-/* Length of the valid UTF-8 sequence at s (n > 0 bytes left), 0 if none:
- * no overlongs, no surrogates, nothing above U+10FFFF. */
-static size_t utf8_one(const unsigned char *s, size_t n)
-{
-	unsigned c = s[0];
-	if (c < 0x80)
-		return 1;
-	if (c < 0xC2)
-		return 0;
-	if (c < 0xE0)
-		return n >= 2 && (s[1] & 0xC0) == 0x80 ? 2 : 0;
-	if (c < 0xF0) {
-		if (n < 3 || (s[1] & 0xC0) != 0x80 || (s[2] & 0xC0) != 0x80)
-			return 0;
-		if ((c == 0xE0 && s[1] < 0xA0) || (c == 0xED && s[1] >= 0xA0))
-			return 0;
-		return 3;
-	}
-	if (c < 0xF5) {
-		if (n < 4 || (s[1] & 0xC0) != 0x80 || (s[2] & 0xC0) != 0x80 ||
-		    (s[3] & 0xC0) != 0x80)
-			return 0;
-		if ((c == 0xF0 && s[1] < 0x90) || (c == 0xF4 && s[1] >= 0x90))
-			return 0;
-		return 4;
-	}
-	return 0;
-}
-
-/* An excerpt of s[0, n) for a reason: printable ASCII and valid UTF-8 as
- * they are, other bytes as \xNN, cut with "..." after 40 characters. */
-static const char *quote(char dst[48], const char *src, size_t n)
-{
-	const unsigned char *s = (const unsigned char *)src, *t = s + n;
-	size_t o = 0;
-	while (s < t) {
-		size_t k = 1, w = 1;
-		if (*s >= 0x80 && (k = utf8_one(s, (size_t)(t - s))) != 0 &&
-		    !(s[0] == 0xC2 && s[1] < 0xA0))
-			w = k;
-		else if (*s < 0x20 || *s >= 0x7F)
-			k = 1, w = 4;
-		if (o + w > 40) {
-			memcpy(dst + o, "...", 3);
-			o += 3;
-			break;
-		}
-		if (w == 4 && k == 1)
-			snprintf(dst + o, 5, "\\x%02X", *s);
-		else
-			memcpy(dst + o, s, k);
-		o += w;
-		s += k;
-	}
-	dst[o] = 0;
-	return dst;
-}
-
 /* After vsnprintf returned r into dst[cap]: a cut output ends at a UTF-8
  * character boundary (reasons quote UTF-8 input). */
 static void cut_utf8(char *dst, size_t cap, int r)
@@ -279,7 +219,7 @@ static const char *name_problem(const char *s, size_t n, int meas)
 		if ((unsigned char)s[i] < 0x20 || s[i] == 0x7F)
 			return "holds a control character";
 	for (size_t i = 0; i < n;) {
-		size_t k = utf8_one((const unsigned char *)s + i, n - i);
+		size_t k = lp_utf8_one((const unsigned char *)s + i, n - i);
 		if (!k)
 			return "is not valid UTF-8";
 		i += k;
@@ -358,34 +298,34 @@ static void trim(const char **s, const char **e)
 /* Adds member item [s, e) ("json" or "json>name") in role r. */
 static int map_add(jsonev_map *m, int r, const char *s, const char *e, char *err, size_t cap)
 {
-	char q[48], q2[48];
+	char q[LP_QUOTE_BUF], q2[LP_QUOTE_BUF];
 	const char *gt = memchr(s, '>', (size_t)(e - s));
 	const char *js = s, *je = gt ? gt : e, *ns = gt ? gt + 1 : s, *ne = e;
 	const char *tab = m->table, *set = role_setting[r];
 	if (je == js) {
 		fmt(err, cap, "json-map '%s': %s: '%s' has no member name before '>'", tab, set,
-		    quote(q, s, (size_t)(e - s)));
+		    lp_quote(q, s, (size_t)(e - s)));
 		return TALLY_EINVAL;
 	}
 	if (gt && (ne == ns || memchr(ns, '>', (size_t)(ne - ns)))) {
 		fmt(err, cap, "json-map '%s': %s: '%s' needs one name after '>'", tab, set,
-		    quote(q, s, (size_t)(e - s)));
+		    lp_quote(q, s, (size_t)(e - s)));
 		return TALLY_EINVAL;
 	}
 	if ((size_t)(je - js) > JSONEV_NAME_MAX) {
 		fmt(err, cap, "json-map '%s': %s: member '%s' is longer than 255 bytes", tab, set,
-		    quote(q, js, (size_t)(je - js)));
+		    lp_quote(q, js, (size_t)(je - js)));
 		return TALLY_EINVAL;
 	}
 	if (r == R_TIME && gt) {
 		fmt(err, cap, "json-map '%s': time: '%s': the time is no column, it takes no '>'",
-		    tab, quote(q, s, (size_t)(e - s)));
+		    tab, lp_quote(q, s, (size_t)(e - s)));
 		return TALLY_EINVAL;
 	}
 	const char *why = r == R_TIME ? NULL : name_problem(ns, (size_t)(ne - ns), 0);
 	if (why) {
 		fmt(err, cap, "json-map '%s': %s: name '%s' %s", tab, set,
-		    quote(q, ns, (size_t)(ne - ns)), why);
+		    lp_quote(q, ns, (size_t)(ne - ns)), why);
 		return TALLY_EINVAL;
 	}
 	if (m->n == JSONEV_MEMBERS_MAX) {
@@ -396,14 +336,14 @@ static int map_add(jsonev_map *m, int r, const char *s, const char *e, char *err
 		jm_member *o = &m->m[i];
 		if (o->json_n == (size_t)(je - js) && !memcmp(o->json, js, o->json_n)) {
 			fmt(err, cap, "json-map '%s': member '%s' is mapped twice (%s and %s)", tab,
-			    quote(q, js, (size_t)(je - js)), role_setting[o->role], set);
+			    lp_quote(q, js, (size_t)(je - js)), role_setting[o->role], set);
 			return TALLY_EINVAL;
 		}
 		if (r != R_TIME && o->name && strlen(o->name) == (size_t)(ne - ns) &&
 		    !memcmp(o->name, ns, (size_t)(ne - ns))) {
 			fmt(err, cap, "json-map '%s': name '%s' is given to '%s' and to '%s'", tab,
-			    quote(q, ns, (size_t)(ne - ns)), o->json,
-			    quote(q2, js, (size_t)(je - js)));
+			    lp_quote(q, ns, (size_t)(ne - ns)), o->json,
+			    lp_quote(q2, js, (size_t)(je - js)));
 			return TALLY_EINVAL;
 		}
 	}
@@ -437,18 +377,19 @@ static int map_add(jsonev_map *m, int r, const char *s, const char *e, char *err
 int jsonev_map_parse(const char *spec, jsonev_map **out, char *err, size_t cap)
 {
 	*out = NULL;
-	char q[48];
+	char q[LP_QUOTE_BUF];
 	const char *colon = strchr(spec, ':');
 	if (!colon) {
 		fmt(err, cap, "json-map '%s': expected 'TABLE: key=..., time=..., fields=...'",
-		    quote(q, spec, strlen(spec)));
+		    lp_quote(q, spec, strlen(spec)));
 		return TALLY_EINVAL;
 	}
 	const char *ts = spec, *te = colon;
 	trim(&ts, &te);
 	const char *why = name_problem(ts, (size_t)(te - ts), 1);
 	if (why) {
-		fmt(err, cap, "json-map: table name '%s' %s", quote(q, ts, (size_t)(te - ts)), why);
+		fmt(err, cap, "json-map: table name '%s' %s", lp_quote(q, ts, (size_t)(te - ts)),
+		    why);
 		return TALLY_EINVAL;
 	}
 	jsonev_map *m = calloc(1, sizeof *m);
@@ -471,7 +412,7 @@ int jsonev_map_parse(const char *spec, jsonev_map **out, char *err, size_t cap)
 		const char *eq = memchr(ss, '=', (size_t)(se - ss));
 		if (!eq) {
 			fmt(err, cap, "json-map '%s': '%s' is not name=value", m->table,
-			    quote(q, ss, (size_t)(se - ss)));
+			    lp_quote(q, ss, (size_t)(se - ss)));
 			goto fail;
 		}
 		const char *ns = ss, *ne = eq, *vs = eq + 1, *ve = se;
@@ -506,7 +447,7 @@ int jsonev_map_parse(const char *spec, jsonev_map **out, char *err, size_t cap)
 				if (one && *slot >= 0) {
 					fmt(err, cap,
 					    "json-map '%s': %s takes one member, not '%s'",
-					    m->table, role_setting[role], quote(q, vs, vl));
+					    m->table, role_setting[role], lp_quote(q, vs, vl));
 					goto fail;
 				}
 				if ((rc = map_add(m, role, a, b, err, cap)))
@@ -526,7 +467,7 @@ int jsonev_map_parse(const char *spec, jsonev_map **out, char *err, size_t cap)
 			if (m->time_scale == -2) {
 				fmt(err, cap,
 				    "json-map '%s': time-unit '%s' is not s, ms, us or ns",
-				    m->table, quote(q, vs, vl));
+				    m->table, lp_quote(q, vs, vl));
 				goto fail;
 			}
 		} else if (nl == 7 && !memcmp(ns, "unknown", 7)) {
@@ -536,7 +477,7 @@ int jsonev_map_parse(const char *spec, jsonev_map **out, char *err, size_t cap)
 				m->unknown_reject = 1;
 			else {
 				fmt(err, cap, "json-map '%s': unknown '%s' is not ignore or reject",
-				    m->table, quote(q, vs, vl));
+				    m->table, lp_quote(q, vs, vl));
 				goto fail;
 			}
 			got_unknown++;
@@ -548,7 +489,7 @@ int jsonev_map_parse(const char *spec, jsonev_map **out, char *err, size_t cap)
 			else {
 				fmt(err, cap,
 				    "json-map '%s': missing-time '%s' is not reject or now",
-				    m->table, quote(q, vs, vl));
+				    m->table, lp_quote(q, vs, vl));
 				goto fail;
 			}
 			got_missing++;
@@ -556,7 +497,7 @@ int jsonev_map_parse(const char *spec, jsonev_map **out, char *err, size_t cap)
 			fmt(err, cap,
 			    "json-map '%s': unknown setting '%s' (key, time, time-unit, fields, "
 			    "ints, bools, tags, strings, unknown, missing-time)",
-			    m->table, quote(q, ns, nl));
+			    m->table, lp_quote(q, ns, nl));
 			goto fail;
 		}
 		if (got_unknown > 1 || got_missing > 1) {
@@ -734,23 +675,25 @@ __attribute__((format(printf, 3, 4))) static const char *syn(jsonev_dec *d, cons
 	return NULL;
 }
 
+#define FOUND_BUF (LP_QUOTE_BUF + 2) /* an excerpt in '' */
+
 /* What is at p, for "expected X, found Y". */
-static const char *found(const jsonev_dec *d, const char *p, char buf[48])
+static const char *found(const jsonev_dec *d, const char *p, char buf[FOUND_BUF])
 {
 	if (p == d->end)
 		return "the end of the body";
 	if (*p == '\n')
 		return "a newline";
-	size_t k = utf8_one((const unsigned char *)p, (size_t)(d->end - p));
-	char q[48];
-	snprintf(buf, 48, "'%s'", quote(q, p, k ? k : 1));
+	size_t k = lp_utf8_one((const unsigned char *)p, (size_t)(d->end - p));
+	char q[LP_QUOTE_BUF];
+	snprintf(buf, FOUND_BUF, "'%s'", lp_quote(q, p, k ? k : 1));
 	return buf;
 }
 
 /* Syntax error "expected what" at p, with NDJSON's newline explained. */
 static const char *expected(jsonev_dec *d, const char *p, const char *what)
 {
-	char b[48];
+	char b[FOUND_BUF];
 	if (p < d->end && *p == '\n' && !d->nl_ok) {
 		syn(d, p, "expected %s, found the end of the line (NDJSON: one event a line)",
 		    what);
@@ -833,7 +776,7 @@ static const char *scan_string(jsonev_dec *d, const char *p, unsigned *fl)
 				   (unsigned char)*p);
 		}
 		if (k & C_HI) {
-			size_t n = utf8_one((const unsigned char *)p, (size_t)(e - p));
+			size_t n = lp_utf8_one((const unsigned char *)p, (size_t)(e - p));
 			if (!n) {
 				ev_fail(d, p, "invalid UTF-8 in a string (byte 0x%02X)",
 					(unsigned char)*p);
@@ -853,10 +796,10 @@ static const char *scan_string(jsonev_dec *d, const char *p, unsigned *fl)
 			continue;
 		}
 		if (c != 'u') {
-			char b[48];
-			size_t w = utf8_one((const unsigned char *)p + 1, (size_t)(e - p - 1));
+			char b[LP_QUOTE_BUF];
+			size_t w = lp_utf8_one((const unsigned char *)p + 1, (size_t)(e - p - 1));
 			return syn(d, p, "invalid escape '\\%s' in a string",
-				   quote(b, p + 1, w ? w : 1));
+				   lp_quote(b, p + 1, w ? w : 1));
 		}
 		int u = hex4(p + 2, e);
 		if (u < 0)
@@ -1256,7 +1199,7 @@ static const char *rfc3339(const char *s, size_t n, int64_t *out)
 		frac -= 1000000000;
 	}
 	if (__builtin_mul_overflow(secs, 1000000000, &ns) ||
-	    __builtin_add_overflow(ns, frac, &ns) || ns > TS_MAX || ns < -TS_MAX)
+	    __builtin_add_overflow(ns, frac, &ns) || ns > LP_TS_MAX || ns < LP_TS_MIN)
 		return "outside the years 1677 to 2262 that nanoseconds can hold";
 	*out = ns;
 	return NULL;
@@ -1273,34 +1216,34 @@ static int reserve_out(jsonev_dec *d, size_t more)
  * -1 after refusing the event. */
 static long put_tag(jsonev_dec *d, const jm_member *mm, const jslot *v, char *o)
 {
-	char q[48];
+	char q[LP_QUOTE_BUF];
 	if (!(v->flags & (F_ESC | F_SPEC))) { /* common: as it is */
-		if (v->n > LP_VALUE_LIMIT)
+		if (v->n > LP_VALUE_MAX)
 			goto too_long;
 		memcpy(o, v->p, v->n);
 		return v->n;
 	}
 	size_t n;
 	const char *s = slot_text(d, v, &n);
-	if (n > LP_VALUE_LIMIT)
+	if (n > LP_VALUE_MAX)
 		goto too_long;
 	const char *bad = memchr(s, '\n', n) ? "a newline" : memchr(s, 0, n) ? "a NUL" : NULL;
 	if (bad) {
 		ev_fail(d, d->body + v->off, "%s '%s': %s cannot be in a tag value",
-			mm->role == R_KEY ? "key" : "tag", quote(q, mm->json, mm->json_n), bad);
+			mm->role == R_KEY ? "key" : "tag", lp_quote(q, mm->json, mm->json_n), bad);
 		return -1;
 	}
 	if (n && s[n - 1] == '\\') {
 		ev_fail(d, d->body + v->off,
 			"%s '%s': a tag value ending with a backslash cannot be written in line "
 			"protocol",
-			mm->role == R_KEY ? "key" : "tag", quote(q, mm->json, mm->json_n));
+			mm->role == R_KEY ? "key" : "tag", lp_quote(q, mm->json, mm->json_n));
 		return -1;
 	}
 	return (long)put_name(o, s, n, 0);
 too_long:
 	ev_fail(d, d->body + v->off, "%s '%s': longer than %d bytes",
-		mm->role == R_KEY ? "key" : "tag", quote(q, mm->json, mm->json_n), LP_VALUE_LIMIT);
+		mm->role == R_KEY ? "key" : "tag", lp_quote(q, mm->json, mm->json_n), LP_VALUE_MAX);
 	return -1;
 }
 
@@ -1309,11 +1252,11 @@ too_long:
 static long put_str(jsonev_dec *d, const jm_member *mm, const jslot *v, char *o, uint64_t *nl)
 {
 	size_t n;
-	char q[48];
+	char q[LP_QUOTE_BUF];
 	const char *s = slot_text(d, v, &n);
-	if (n > LP_VALUE_LIMIT) {
+	if (n > LP_VALUE_MAX) {
 		ev_fail(d, d->body + v->off, "field '%s': string longer than %d bytes",
-			quote(q, mm->json, mm->json_n), LP_VALUE_LIMIT);
+			lp_quote(q, mm->json, mm->json_n), LP_VALUE_MAX);
 		return -1;
 	}
 	size_t k = 0;
@@ -1337,12 +1280,12 @@ static long put_str(jsonev_dec *d, const jm_member *mm, const jslot *v, char *o,
 /* Writes the value of field slot v at o; returns the length or -1. */
 static long put_field(jsonev_dec *d, const jm_member *mm, const jslot *v, char *o, uint64_t *nl)
 {
-	char q[48], q2[48];
+	char q[LP_QUOTE_BUF], q2[LP_QUOTE_BUF];
 	switch (mm->role) {
 	case R_F64:
 		if ((v->flags & F_EXP || v->n > 300) && num_overflows(v->p, v->n)) {
 			ev_fail(d, d->body + v->off, "field '%s': %s is out of range for a double",
-				quote(q, mm->json, mm->json_n), quote(q2, v->p, v->n));
+				lp_quote(q, mm->json, mm->json_n), lp_quote(q2, v->p, v->n));
 			return -1;
 		}
 		memcpy(o, v->p, v->n);
@@ -1357,7 +1300,7 @@ static long put_field(jsonev_dec *d, const jm_member *mm, const jslot *v, char *
 		int r = num_scaled(v->p, v->n, 0, (uint64_t)INT64_MAX, UINT64_C(1) << 63, &x);
 		if (r != N_OK) {
 			ev_fail(d, d->body + v->off, "field '%s': %s is %s",
-				quote(q, mm->json, mm->json_n), quote(q2, v->p, v->n),
+				lp_quote(q, mm->json, mm->json_n), lp_quote(q2, v->p, v->n),
 				r == N_FRAC ? "not an integer" : "out of range for int64");
 			return -1;
 		}
@@ -1379,7 +1322,7 @@ static long put_field(jsonev_dec *d, const jm_member *mm, const jslot *v, char *
 /* The event time from slot v into *ts; 0 or -1 after refusing. */
 static int event_time(jsonev_dec *d, const jm_member *mm, const jslot *v, int64_t *ts)
 {
-	char q[48], q2[48];
+	char q[LP_QUOTE_BUF], q2[LP_QUOTE_BUF];
 	const jsonev_map *m = d->m;
 	if (v->type == J_STR) {
 		size_t n;
@@ -1387,20 +1330,20 @@ static int event_time(jsonev_dec *d, const jm_member *mm, const jslot *v, int64_
 		const char *why = rfc3339(s, n, ts);
 		if (why)
 			ev_fail(d, d->body + v->off, "time '%s': '%s' is %s",
-				quote(q, mm->json, mm->json_n), quote(q2, s, n), why);
+				lp_quote(q, mm->json, mm->json_n), lp_quote(q2, s, n), why);
 		return why ? -1 : 0;
 	}
 	if (m->time_scale < 0) {
 		ev_fail(d, d->body + v->off,
 			"time '%s': %s is a number, and the mapping gives no time-unit (s, ms, us "
 			"or ns)",
-			quote(q, mm->json, mm->json_n), quote(q2, v->p, v->n));
+			lp_quote(q, mm->json, mm->json_n), lp_quote(q2, v->p, v->n));
 		return -1;
 	}
-	int r = num_scaled(v->p, v->n, m->time_scale, (uint64_t)TS_MAX, (uint64_t)TS_MAX, ts);
+	int r = num_scaled(v->p, v->n, m->time_scale, (uint64_t)LP_TS_MAX, (uint64_t)LP_TS_MAX, ts);
 	if (r != N_OK)
-		ev_fail(d, d->body + v->off, "time '%s': %s is %s", quote(q, mm->json, mm->json_n),
-			quote(q2, v->p, v->n),
+		ev_fail(d, d->body + v->off, "time '%s': %s is %s",
+			lp_quote(q, mm->json, mm->json_n), lp_quote(q2, v->p, v->n),
 			r == N_FRAC ? "finer than a nanosecond"
 				    : "outside the years 1677 to 2262 that nanoseconds can hold");
 	return r == N_OK ? 0 : -1;
@@ -1411,7 +1354,7 @@ static int event_time(jsonev_dec *d, const jm_member *mm, const jslot *v, int64_
 static int emit(jsonev_dec *d, const char *start, int64_t now_ns)
 {
 	const jsonev_map *m = d->m;
-	char q[48];
+	char q[LP_QUOTE_BUF];
 	uint64_t seen = d->seen;
 	if (!(seen >> m->key & 1) && d->dkey) {
 		/* The key from where the event came (an MQTT topic level): a
@@ -1422,7 +1365,7 @@ static int emit(jsonev_dec *d, const char *start, int64_t now_ns)
 	}
 	if (!(seen >> m->key & 1)) {
 		const jm_member *k = &m->m[m->key];
-		ev_fail(d, start, "no key member '%s'", quote(q, k->json, k->json_n));
+		ev_fail(d, start, "no key member '%s'", lp_quote(q, k->json, k->json_n));
 		return 0;
 	}
 	/* Worst case: every value byte escaped, plus names and numbers. */
@@ -1450,7 +1393,7 @@ static int emit(jsonev_dec *d, const char *start, int64_t now_ns)
 		ev_fail(d, start,
 			"no time member '%s': cameras must send the event time (this mapping "
 			"does not let the server's time stand in)",
-			quote(q, t->json, t->json_n));
+			lp_quote(q, t->json, t->json_n));
 		return 0;
 	}
 	char *o0 = d->out + d->out_len, *o = o0;
@@ -1462,7 +1405,7 @@ static int emit(jsonev_dec *d, const char *start, int64_t now_ns)
 		return 0;
 	if (k == 0) {
 		ev_fail(d, d->body + d->slots[m->key].off, "key '%s' is empty",
-			quote(q, m->m[m->key].json, m->m[m->key].json_n));
+			lp_quote(q, m->m[m->key].json, m->m[m->key].json_n));
 		return 0;
 	}
 	o += k;
@@ -1515,12 +1458,12 @@ static int emit(jsonev_dec *d, const char *start, int64_t now_ns)
 static void take(jsonev_dec *d, unsigned i, const jslot *v)
 {
 	const jm_member *mm = &d->m->m[i];
-	char q[48];
+	char q[LP_QUOTE_BUF];
 	if (v->type == J_NULL)
 		return; /* null: absent */
 	if (d->seen >> i & 1) {
 		ev_fail(d, d->body + v->off, "member '%s' appears twice",
-			quote(q, mm->json, mm->json_n));
+			lp_quote(q, mm->json, mm->json_n));
 		return;
 	}
 	static const char *const tname[] = {
@@ -1551,7 +1494,7 @@ static void take(jsonev_dec *d, unsigned i, const jslot *v)
 	}
 	if (want) {
 		ev_fail(d, d->body + v->off, "member '%s' must be %s, not %s",
-			quote(q, mm->json, mm->json_n), want, tname[v->type]);
+			lp_quote(q, mm->json, mm->json_n), want, tname[v->type]);
 		return;
 	}
 	d->slots[i] = *v;
@@ -1622,9 +1565,9 @@ static const char *event(jsonev_dec *d, const char *p, unsigned depth, int64_t n
 				take(d, (unsigned)i, &v);
 				hint = (unsigned)i + 1 == d->m->n ? 0 : (unsigned)i + 1;
 			} else if (d->m->unknown_reject) {
-				char q[48];
+				char q[LP_QUOTE_BUF];
 				ev_fail(d, ns, "unknown member '%s' (the mapping rejects them)",
-					quote(q, ns + 1, name_n));
+					lp_quote(q, ns + 1, name_n));
 			}
 			p = ws(d, p);
 			if (p < e && *p == ',') {
@@ -1764,7 +1707,7 @@ stop_between:
 			while (q < e && (*q == ' ' || *q == '\t' || *q == '\r'))
 				q++;
 			if (q < e && *q != '\n' && !d->nl_ok) {
-				char b[48];
+				char b[FOUND_BUF];
 				syn(d, q, "expected a newline after the event, found %s",
 				    found(d, q, b));
 				q = NULL;

@@ -1,6 +1,6 @@
 /*
  * offloop.c — long administrative commands off the loop: `#!backup`,
- * `#!retain` and `#!drop` (and any kind added to offloop_kinds below) run
+ * `#!retain`, `#!drop` and `#!delete` (any kind in offloop_kinds below) run
  * on one admin worker thread of tallyd, while the shard thread that read
  * the command goes on serving its other connections.
  *
@@ -38,7 +38,7 @@ enum { OJ_QUEUED = 0, OJ_RUNNING, OJ_DONE, OJ_ABANDONED };
  * '\n') into out. */
 typedef void offloop_run(tally_db *db, const cmd_req *r, uint64_t line, char *out, size_t cap);
 
-static offloop_run run_backup, run_retain, run_drop;
+static offloop_run run_backup, run_retain, run_drop, run_delete;
 
 /* The commands that run off the loop: the one place a kind is declared
  * so. A new one (a delete, a compaction) adds a line here and its run
@@ -50,6 +50,7 @@ static const struct {
 	{CMD_BACKUP, run_backup},
 	{CMD_RETAIN, run_retain},
 	{CMD_DROP, run_drop},
+	{CMD_DELETE, run_delete},
 };
 
 struct offjob {
@@ -138,6 +139,19 @@ static void run_drop(tally_db *db, const cmd_req *r, uint64_t line, char *out, s
 		oj_say(out, cap, "ERR line %" PRIu64 ": drop: %s", line, conn_errmsg(rc));
 	else
 		oj_say(out, cap, "OK drop %s", r->table);
+}
+
+static void run_delete(tally_db *db, const cmd_req *r, uint64_t line, char *out, size_t cap)
+{
+	tally_delete_result d = {.size = sizeof d}; /* a flush, then rewrites */
+	int rc = tally_db_delete(db, r->table, r->key, r->from, r->to, &d);
+	if (rc)
+		oj_say(out, cap, "ERR line %" PRIu64 ": delete: %s", line, conn_errmsg(rc));
+	else
+		oj_say(out, cap,
+		       "OK delete rows %" PRIu64 " parts_rewritten %" PRIu64
+		       " parts_removed %" PRIu64 " bytes_read %" PRIu64 " bytes_written %" PRIu64,
+		       d.rows, d.parts_rewritten, d.parts_removed, d.bytes_read, d.bytes_written);
 }
 
 /* ---------------------------------------------------------------- the worker */

@@ -271,6 +271,7 @@ struct srv {
 	 * list names it twice. */
 	struct fan_node *fan_nodes;
 	size_t n_fan_nodes;
+	struct fan_pool *fan_pool; /* idle connections to them, kept between queries */
 	uint64_t node_id;
 	_Atomic unsigned fan_jobs;
 	/* The MQTT subscriber (mqtt.c); NULL when mqtt-broker is unset. */

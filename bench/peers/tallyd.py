@@ -132,18 +132,20 @@ def _one_http(h, q, ans):
             ans.row(q["qid"], r[0], 1, v, v, v)
 
 
-def run(ctx, tallyd, client, http=False):
+def run(ctx, tallyd, client, http=False, name=None, feed=None):
+    """http: queries over the HTTP API. name: the system's key (its
+    directory and answers file; default tallyd or tallyd-http). feed(paths,
+    port, http_port): writes the line-protocol files and returns once they
+    are durable (default: `tally write` clients over TCP, one a file)."""
     if not tallyd or not os.path.exists(tallyd) or not client or not os.path.exists(client):
         raise common.PeerUnavailable("tallyd or the tally client is not built (wire/ did not build "
                                      "in %s)" % ctx["build"])
-    d = os.path.join(ctx["tmp"], "tallyd")
+    name = name or ("tallyd-http" if http else "tallyd")
+    d = os.path.join(ctx["tmp"], name)
     os.makedirs(d, exist_ok=True)
-    if http:
-        d += "-http"
-        os.makedirs(d, exist_ok=True)
     port_file, http_file = os.path.join(d, "port"), os.path.join(d, "http-port")
     p = common.start("tallyd", [tallyd, "--port", "0", "--port-file", port_file, "--http-port",
-                                "0" if http else "off", "--http-port-file", http_file, "--data",
+                                "0" if http or feed else "off", "--http-port-file", http_file, "--data",
                                 os.path.join(d, "data"), "--shards", str(ctx["threads"]),
                                 "--table-keys", "traffic=camera", "--memory-limit", "16GiB",
                                 "--flush-interval", "%ds" % FLUSH_S,
@@ -156,8 +158,13 @@ def run(ctx, tallyd, client, http=False):
                 raise RuntimeError("tallyd did not start (see %s/server.log)" % d)
             time.sleep(0.05)
         port = int(open(port_file).read().strip())
+        hport = None
+        if http or feed:  # tallyd writes the HTTP port file first
+            hport = int(open(http_file).read().strip())
 
         def write(paths):
+            if feed:
+                return feed(paths, port, hport)
             procs = [subprocess.Popen([client, "--host", "127.0.0.1", "--port", str(port), "-q", "write", f],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for f in paths]
             for pr in procs:
@@ -165,7 +172,7 @@ def run(ctx, tallyd, client, http=False):
                 if pr.returncode:
                     raise RuntimeError("tally write failed: %s" % err.decode(errors="replace")[-500:])
 
-        common.log("  tallyd: writing %d events over TCP" % ctx["ontime_events"])
+        common.log("  %s: writing %d events over %s" % (name, ctx["ontime_events"], "HTTP" if feed else "TCP"))
         t0 = time.perf_counter()
         write(ctx["ontime_lp_parts"])
         res["ingest"] = {"events": ctx["ontime_events"], "seconds": time.perf_counter() - t0,
@@ -197,17 +204,15 @@ def run(ctx, tallyd, client, http=False):
         res["late"] = dict(vis, events=ctx["late_events"], seconds=late_s, seen_before=before,
                            settle_s=settle_s, io_write_bytes=io1 - io0, rows_written=late_rows,
                            wa_rows=late_rows / max(1, ctx["late_events"]))
+        res["answers"] = os.path.join(ctx["tmp"], "answers-%s.tsv" % name)
         if http:
-            while not os.path.exists(http_file) or not open(http_file).read().strip():
-                time.sleep(0.05)
-            h = common.Http(int(open(http_file).read().strip()))
-            res["answers"] = os.path.join(ctx["tmp"], "answers-tallyd-http.tsv")
+            h = common.Http(hport)
             res["queries"] = common.run_queries(ctx["queries"], lambda q, a: _one_http(h, q, a),
                                                 res["answers"])
             h.close()
-            res["notes"].append("ingest over TCP as tallyd's; queries over HTTP (/api/v1/, JSON)")
+            res["notes"].append(("" if feed else "ingest over TCP as tallyd's; ") +
+                                "queries over HTTP (/api/v1/, JSON)")
         else:
-            res["answers"] = os.path.join(ctx["tmp"], "answers-tallyd.tsv")
             res["queries"] = common.run_queries(ctx["queries"], lambda q, a: _one(c, q, a), res["answers"])
         c.close()
         b = common.du(os.path.join(d, "data"))

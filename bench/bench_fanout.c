@@ -1,0 +1,336 @@
+/*
+ * bench_fanout.c — a query across three tallyd nodes beside the same
+ * query of one node holding everything, over TCP and over HTTP.
+ *
+ * It starts four tallyd on loopback (free ports, temporary data
+ * directories): three naming each other in `peers`, camera c's events on
+ * node c % 3 (as Kafka partitions by camera would put them), and a
+ * fourth, alone, holding every event: the one-node figure. It writes
+ * --cameras cameras x --days days, an event a minute per camera, over TCP
+ * (not timed), then times round trips, one request at a time on kept-open
+ * connections, interleaved so that both sides of each pair meet the same
+ * machine (A, B, B, A, ...):
+ *   - a day of 5-minute windows of one camera (288 rows), #!series over
+ *     TCP: the single node, then a cluster node (which asks all three);
+ *   - the same as JSON, GET /api/v1/series over HTTP, likewise.
+ * Every answer is checked (288 rows; the fanned answer equals the single
+ * node's on the first query of each kind). A fan-out costs a connection
+ * to each node and their slowest answer, plus a thread: the target is a
+ * fan-out p50 within 3x the single node's.
+ *
+ *   ./build/bench/bench_fanout
+ *   ./build/bench/bench_fanout --queries 5000 --cameras 300 --days 2
+ */
+#include <getopt.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <sys/prctl.h>
+
+#include "benchnet.h"
+
+#define T0  INT64_C(1748822400000000000) /* 2025-06-02T00:00:00Z */
+#define SEC INT64_C(1000000000)
+#define DAY (86400 * SEC)
+
+static unsigned cameras = 300, days = 2;
+
+static uint64_t rng_next(uint64_t *s)
+{
+	uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+	return z ^ (z >> 31);
+}
+
+/* Reads the TCP connection up to a line starting with what; dies on ERR. */
+static void read_until(int fd, const char *what)
+{
+	static char buf[1 << 16];
+	size_t n = 0, wl = strlen(what);
+	for (;;) {
+		ssize_t g = recv(fd, buf + n, sizeof buf - 1 - n, 0);
+		if (g <= 0)
+			die("a connection closed before '%s'", what);
+		n += (size_t)g;
+		buf[n] = 0;
+		for (char *l = buf; l < buf + n;) {
+			char *nl = strchr(l, '\n');
+			if (!nl)
+				break;
+			if (!strncmp(l, "ERR", 3))
+				die("%.*s", (int)(nl - l), l);
+			if (!strncmp(l, what, wl))
+				return;
+			l = nl + 1;
+		}
+		char *last = memrchr(buf, '\n', n);
+		if (last) { /* keep only the unfinished line */
+			size_t k = n - (size_t)(last + 1 - buf);
+			memmove(buf, last + 1, k);
+			n = k;
+		}
+		if (n == sizeof buf - 1)
+			n = 0;
+	}
+}
+
+/* Writes the events of the cameras with c % 3 == node (node < 0: all)
+ * over TCP, then syncs. */
+static uint64_t load(unsigned port, int node)
+{
+	size_t cap = 1 << 20, n = 0;
+	char *b = malloc(cap);
+	int fd = connect_to(port);
+	uint64_t events = 0;
+	for (unsigned d = 0; d < days; d++)
+		for (unsigned c = 0; c < cameras; c++) {
+			if (node >= 0 && c % 3 != (unsigned)node)
+				continue;
+			for (unsigned m = 0; m < 1440; m++) {
+				int64_t t = T0 + (int64_t)d * DAY + (int64_t)m * 60 * SEC +
+					    (int64_t)(c * 7919 % 60000) * 1000000;
+				n += (size_t)sprintf(
+					b + n, "traffic,camera=KV%05u speed=%u.%u %" PRId64 "\n", c,
+					40 + (c * 31 + m * 17) % 110, m % 10, t);
+				events++;
+				if (n > cap - 256) {
+					send_all(fd, b, n);
+					n = 0;
+				}
+			}
+		}
+	send_all(fd, b, n);
+	send_all(fd, "#!sync\n", 7);
+	read_until(fd, "OK sync");
+	close(fd);
+	free(b);
+	return events;
+}
+
+typedef struct node {
+	pid_t pid;
+	unsigned port, http;
+	char dir[64];
+} node;
+
+static void start(node *nd, const char *tallyd, unsigned port, const char *peers)
+{
+	snprintf(nd->dir, sizeof nd->dir, "/tmp/tally-bench-fanout-XXXXXX");
+	if (!mkdtemp(nd->dir))
+		die("mkdtemp: %s", strerror(errno));
+	char data[128], pf[128], hpf[128], ps[16];
+	snprintf(data, sizeof data, "%s/data", nd->dir);
+	snprintf(pf, sizeof pf, "%s/port", nd->dir);
+	snprintf(hpf, sizeof hpf, "%s/http-port", nd->dir);
+	snprintf(ps, sizeof ps, "%u", port);
+	pid_t pid = fork();
+	if (pid == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		const char *argv[] = {tallyd, "--data",
+				      data,   "--port",
+				      ps,     "--port-file",
+				      pf,     "--http-port",
+				      "0",    "--http-port-file",
+				      hpf,    "--log-level",
+				      "warn", "--prefault",
+				      "off",  peers ? "--peers" : NULL,
+				      peers,  NULL};
+		execv(tallyd, (char *const *)argv);
+		_exit(127);
+	}
+	nd->pid = pid;
+	nd->port = read_port(pf, pid);
+	nd->http = read_port(hpf, pid);
+}
+
+static void stop(node *nd)
+{
+	kill(nd->pid, SIGTERM);
+	int st;
+	waitpid(nd->pid, &st, 0);
+	nftw(nd->dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+/* A port free a moment ago (the nodes must know each other's first). */
+static unsigned free_port(void)
+{
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	if (bind(fd, (struct sockaddr *)&a, sizeof a))
+		die("bind: %s", strerror(errno));
+	socklen_t n = sizeof a;
+	getsockname(fd, (struct sockaddr *)&a, &n);
+	close(fd);
+	return ntohs(a.sin_port);
+}
+
+/* One query and its whole answer over TCP (to END) or HTTP (by its
+ * Content-Length): the round trip in seconds; *out, *len the answer's
+ * body. */
+static double roundtrip(int fd, int http, const char *q, size_t qn, char *buf, size_t cap,
+			const char **out, size_t *len)
+{
+	size_t have = 0, hl = 0, cl = 0;
+	double t = mono();
+	send_all(fd, q, qn);
+	if (!http) {
+		for (;;) {
+			ssize_t g = recv(fd, buf + have, cap - have, 0);
+			if (g <= 0)
+				die("the TCP connection closed during a query");
+			have += (size_t)g;
+			if (buf[have - 1] != '\n')
+				continue;
+			const char *l = buf + have - 1;
+			while (l > buf && l[-1] != '\n')
+				l--;
+			if (!strncmp(l, "END ", 4))
+				break;
+			if (!strncmp(buf, "ERR", 3))
+				die("TCP: %.*s", (int)have, buf);
+		}
+		*out = buf;
+		*len = have;
+	} else {
+		int st = http_answer(fd, buf, cap, &have, &hl, &cl);
+		if (st != 200)
+			die("%.*s answered %d: %.*s", (int)qn, q, st, (int)cl, buf + hl);
+		*out = buf + hl;
+		*len = cl;
+	}
+	return mono() - t;
+}
+
+static long rows_of(int http, const char *p, size_t n)
+{
+	const char *needle = http ? "],[" : "\n";
+	long rows = 0;
+	for (const char *e = p + n; (p = memmem(p, (size_t)(e - p), needle, 3 - 2 * !http));
+	     p += 3 - 2 * !http)
+		rows++;
+	return http ? rows + 1 : rows - 2; /* separators; the header and END */
+}
+
+int main(int argc, char **argv)
+{
+	const char *tallyd = NULL;
+	unsigned queries = 3000;
+	static const struct option opts[] = {
+		{"tallyd", required_argument, 0, 't'}, {"cameras", required_argument, 0, 'c'},
+		{"days", required_argument, 0, 'd'},   {"queries", required_argument, 0, 'q'},
+		{"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
+	int ch;
+	while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		switch (ch) {
+		case 't': tallyd = optarg; break;
+		case 'c': cameras = (unsigned)atoi(optarg); break;
+		case 'd': days = (unsigned)atoi(optarg); break;
+		case 'q': queries = (unsigned)atoi(optarg); break;
+		default:
+			printf("usage: bench_fanout [--tallyd PATH] [--cameras N] [--days N] "
+			       "[--queries N]\n");
+			return ch == 'h' ? 0 : 2;
+		}
+	}
+	if (cameras < 3 || cameras > 99999 || days < 1 || queries < 100)
+		die("--cameras 3..99999, --days >= 1, --queries >= 100");
+	char def[4200];
+	if (!tallyd)
+		tallyd = tallyd_beside(def, sizeof def);
+	unsigned ports[3];
+	for (int i = 0; i < 3; i++)
+		ports[i] = free_port();
+	node nodes[3], one;
+	for (int i = 0; i < 3; i++) {
+		char peers[64];
+		snprintf(peers, sizeof peers, "127.0.0.1:%u,127.0.0.1:%u", ports[(i + 1) % 3],
+			 ports[(i + 2) % 3]);
+		start(&nodes[i], tallyd, ports[i], peers);
+	}
+	start(&one, tallyd, 0, NULL);
+	uint64_t ev = load(one.port, -1);
+	for (int i = 0; i < 3; i++)
+		load(nodes[i].port, i);
+	printf("bench_fanout: tallyd %s\n  wrote %" PRIu64
+	       " events to the single node and the same spread over three "
+	       "(camera c on node c %% 3): %u cameras x %u days, one a minute (not timed)\n",
+	       tallyd, ev, cameras, days);
+
+	/* kinds: TCP one, TCP fan, HTTP one, HTTP fan */
+	static const char *const names[4] = {
+		"TCP  #!series, one node holding everything",
+		"TCP  #!series, across three nodes",
+		"HTTP /api/v1/series, one node holding everything",
+		"HTTP /api/v1/series, across three nodes",
+	};
+	int fd[4] = {connect_to(one.port), connect_to(nodes[0].port), connect_to(one.http),
+		     connect_to(nodes[1].http)};
+	size_t cap = 1 << 20;
+	char *buf = malloc(cap), *first = malloc(cap), q[512];
+	double *lat[4];
+	for (int k = 0; k < 4; k++)
+		lat[k] = malloc(queries * sizeof **lat);
+	uint64_t seed = 42;
+	unsigned warm = queries / 10;
+	for (unsigned i = 0; i < warm + queries; i++) {
+		unsigned cam = (unsigned)(rng_next(&seed) % cameras);
+		int64_t day = T0 + (int64_t)(rng_next(&seed) % days) * DAY;
+		for (int pair = 0; pair < 2; pair++) {
+			int http = pair == 1;
+			size_t qn =
+				http ? (size_t)sprintf(
+					       q,
+					       "GET /api/v1/series?table=traffic&field=speed"
+					       "&key=KV%05u&step=5m&from=%" PRId64 "&to=%" PRId64
+					       " HTTP/1.1\r\nHost: b\r\n\r\n",
+					       cam, day, day + DAY)
+				     : (size_t)sprintf(q,
+						       "#!series traffic speed KV%05u 5m %" PRId64
+						       " 1d\n",
+						       cam, day);
+			/* A then B, or B then A: neither always goes first */
+			for (int s = 0; s < 2; s++) {
+				int side = (int)((i + (unsigned)s) & 1), k = 2 * pair + side;
+				const char *out;
+				size_t len;
+				double t = roundtrip(fd[k], http, q, qn, buf, cap, &out, &len);
+				if (i >= warm)
+					lat[k][i - warm] = t;
+				if (i > 0)
+					continue;
+				long rows = rows_of(http, out, len);
+				if (rows != 288)
+					die("%s: %ld rows, not 288", names[k], rows);
+				if (side == 0) {
+					memcpy(first, out, len);
+					first[len] = 0;
+				} else if (len != strlen(first) || memcmp(first, out, len)) {
+					die("%s: the answer differs from one node's:\n%.*s\nvs\n%s",
+					    names[k], (int)len, out, first);
+				}
+			}
+		}
+	}
+	printf("\nRound trips, one request at a time, interleaved A/B (%u each, after %u "
+	       "warm-up)\n",
+	       queries, warm);
+	double p50[4];
+	for (int k = 0; k < 4; k++) {
+		qsort(lat[k], queries, sizeof *lat[k], cmp_d);
+		p50[k] = lat[k][queries / 2];
+		printf("  %-50s p50 %7.1f us  p99 %7.1f us\n", names[k], p50[k] * 1e6,
+		       lat[k][queries * 99 / 100] * 1e6);
+	}
+	printf("  fan-out p50 / one node's: TCP %.2fx, HTTP %.2fx (target: within 3x)\n",
+	       p50[1] / p50[0], p50[3] / p50[2]);
+	for (int k = 0; k < 4; k++) {
+		close(fd[k]);
+		free(lat[k]);
+	}
+	for (int i = 0; i < 3; i++)
+		stop(&nodes[i]);
+	stop(&one);
+	free(buf);
+	free(first);
+	return 0;
+}
