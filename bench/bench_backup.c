@@ -8,6 +8,9 @@
  * backup, an incremental one with nothing new, a restore into a fresh
  * directory and a verify of the backup. Rates are the backup's bytes (the
  * files the store needs: manifest, parts, WAL) per second of wall time.
+ * Then four more rounds of late events (flushed and merged, so parts are
+ * replaced) each with a backup, and a prune keeping the newest backup:
+ * its time, and the catalogs and objects it deleted.
  *
  *   bench_backup [--events N] [--days D] [--dir BASE] [--s3 moto|s3rver|none]
  */
@@ -47,6 +50,42 @@ static void rmrf(const char *p)
 	}
 }
 
+/* Four rounds of 20,000 late events into the first day (a flush and a
+ * merge: the day's parts are rewritten), each followed by a backup; then
+ * backup-prune keeping 1. */
+static void prune_run(tally_db *db, const char *label, const char *dest, const tally_s3 *s3)
+{
+	enum { ROUNDS = 4, LATE = 20000 };
+	tally_writer *w;
+	char *lp = malloc((size_t)LATE * 80);
+	if (!lp || tally_writer_open(db, -1, &w))
+		die("writer");
+	int64_t day0 = INT64_C(1700000000000000000) / NS_DAY * NS_DAY;
+	for (int k = 0; k < ROUNDS; k++) {
+		size_t n = 0;
+		for (int i = 0; i < LATE; i++)
+			n += (size_t)sprintf(lp + n,
+					     "traffic,camera=KV%05d speed=%d.%d %" PRId64 "\n",
+					     i % 1000, 40 + i % 90, i % 10,
+					     day0 + (int64_t)(k * LATE + i) * 1000000000 + 7);
+		tally_write_result wr;
+		if (tally_write_lp(w, lp, n, TALLY_PREC_NS, &wr) || tally_db_flush(db) ||
+		    tally_db_merge(db) || tally_db_backup(db, dest, s3, NULL))
+			die("late round");
+	}
+	tally_writer_close(w);
+	free(lp);
+	backup_prune_result r;
+	double t0 = now_s();
+	if (backup_prune(dest, s3, 1, &r))
+		die("prune");
+	double t1 = now_s();
+	printf("%-6s prune   %3" PRIu64 " catalogs %4" PRIu64 " objects %8.1f MB deleted, %4" PRIu64
+	       " kept  %7.3f s\n",
+	       label, r.catalogs_deleted, r.objects_deleted, (double)r.bytes_deleted / 1e6,
+	       r.objects_kept, t1 - t0);
+}
+
 /* Backs up, backs up again, restores and verifies against dest. */
 static void run(tally_db *db, const char *label, const char *dest, const tally_s3 *s3,
 		const char *restore_dir)
@@ -75,6 +114,7 @@ static void run(tally_db *db, const char *label, const char *dest, const tally_s
 	       t3 - t2, (double)r.bytes / 1e6 / (t3 - t2));
 	printf("%-6s verify  %7.2f s  %8.1f MB/s\n", label, t4 - t3, mb / (t4 - t3));
 	rmrf(restore_dir);
+	prune_run(db, label, dest, s3);
 }
 
 int main(int argc, char **argv)

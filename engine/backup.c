@@ -29,8 +29,10 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -355,17 +357,68 @@ static void catalog_name(uint64_t seq, char *buf, size_t cap)
 	snprintf(buf, cap, "backup-%020" PRIu64 ".catalog", seq);
 }
 
+/* Called for each name of a store listing: its name relative to the
+ * store ("objects/...", "backup-...") and its size; non-zero stops. */
+typedef int store_name_fn(void *ctx, const char *name, uint64_t bytes);
+
 typedef struct listing {
-	seqs *out;
-	size_t skip; /* the store's prefix, before each key's own name */
+	store_name_fn *fn;
+	void *ctx;
+	const char *start; /* names that do not begin so are skipped */
+	size_t skip;       /* the store's prefix, before each key's own name */
 } listing;
 
-static int list_fn(void *ctx, const char *key, uint64_t size)
+static int list_key(void *ctx, const char *key, uint64_t size)
 {
-	(void)size;
 	listing *l = ctx;
-	uint64_t v = strlen(key) > l->skip ? catalog_seq(key + l->skip) : 0;
-	return v ? seqs_add(l->out, v) : 0;
+	if (strlen(key) <= l->skip || strncmp(key + l->skip, l->start, strlen(l->start)))
+		return 0;
+	return l->fn(l->ctx, key + l->skip, size);
+}
+
+/* Every name of the store beginning with start ("backup-", "lease-",
+ * "objects/"), in no particular order. */
+static int store_list(bstore *st, const char *start, store_name_fn *fn, void *ctx)
+{
+	listing l = {fn, ctx, start, st->s3 ? strlen(st->prefix) : 0};
+	size_t dl = strcspn(start, "/");
+	if (st->s3) {
+		/* without the '/' of "objects/": moto checks a listing's
+		 * signature on the decoded prefix, so a '/' of ours there
+		 * would fail (a '/' in the user's prefix still does) */
+		char pre[S3_KEY_MAX], first[32];
+		snprintf(first, sizeof first, "%.*s", (int)dl, start);
+		store_path(st, first, pre, sizeof pre);
+		return s3_list(st->s3, pre, list_key, &l);
+	}
+	char dir[PATH_MAX], name[NAME_MAX_B + 300];
+	int sub = start[dl] == '/';
+	if (sub)
+		snprintf(dir, sizeof dir, "%s/%.*s", st->dir, (int)dl, start);
+	else
+		snprintf(dir, sizeof dir, "%s", st->dir);
+	DIR *d = opendir(dir);
+	if (!d)
+		return errno == ENOENT ? 0 : err_sys(errno, "opendir %s", dir);
+	struct dirent *e;
+	int rc = 0;
+	while (!rc && (e = readdir(d))) {
+		snprintf(name, sizeof name, "%.*s%s", sub ? (int)dl + 1 : 0, start, e->d_name);
+		struct stat sb;
+		if (strncmp(name, start, strlen(start)) ||
+		    fstatat(dirfd(d), e->d_name, &sb, AT_SYMLINK_NOFOLLOW) || !S_ISREG(sb.st_mode))
+			continue;
+		rc = list_key(&l, name, (uint64_t)sb.st_size);
+	}
+	closedir(d);
+	return rc;
+}
+
+static int add_catalog(void *ctx, const char *name, uint64_t bytes)
+{
+	(void)bytes;
+	uint64_t v = catalog_seq(name);
+	return v ? seqs_add(ctx, v) : 0;
 }
 
 static int cmp_u64(const void *a, const void *b)
@@ -378,28 +431,33 @@ static int cmp_u64(const void *a, const void *b)
 static int store_catalogs(bstore *st, seqs *out)
 {
 	memset(out, 0, sizeof *out);
-	int rc = 0;
-	if (st->s3) {
-		char pre[S3_KEY_MAX];
-		/* catalogs sit beside objects/, not in a folder: moto checks a
-		 * listing's signature on the decoded prefix, so a '/' of ours
-		 * there would fail (a '/' in the user's prefix still does) */
-		store_path(st, "backup-", pre, sizeof pre);
-		listing l = {out, strlen(st->prefix)};
-		rc = s3_list(st->s3, pre, list_fn, &l);
-	} else {
-		DIR *d = opendir(st->dir);
-		if (!d)
-			return errno == ENOENT ? 0 : err_sys(errno, "opendir %s", st->dir);
-		struct dirent *e;
-		listing l = {out, 0};
-		while (!rc && (e = readdir(d)))
-			rc = list_fn(&l, e->d_name, 0);
-		closedir(d);
-	}
+	int rc = store_list(st, "backup-", add_catalog, out);
 	if (out->n)
 		qsort(out->v, out->n, sizeof *out->v, cmp_u64);
 	return rc;
+}
+
+/* Deletes name from the store; a name already gone is not an error. */
+static int store_delete(bstore *st, const char *name)
+{
+	char path[PATH_MAX];
+	store_path(st, name, path, sizeof path);
+	if (st->s3)
+		return s3_delete(st->s3, path);
+	if (unlink(path) && errno != ENOENT)
+		return err_sys(errno, "delete %s", path);
+	return 0;
+}
+
+/* Writes name whole and atomically (a catalog, a lease). */
+static int store_put_buf(bstore *st, const char *name, const char *text, size_t len)
+{
+	if (st->dir)
+		return fio_write_atomic(st->dir, name, text, len);
+	char key[S3_KEY_MAX];
+	store_path(st, name, key, sizeof key);
+	s3_put_info info;
+	return s3_put(st->s3, key, text, len, &info);
 }
 
 /* ---------------------------------------------------------------- catalog */
@@ -579,6 +637,194 @@ static int catalog_load(bstore *st, uint64_t seq, bcatalog *c)
 	return rc;
 }
 
+/* ---------------------------------------------------------------- leases */
+
+/*
+ * A backup and a prune of one destination keep out of each other's way
+ * through leases: small objects "lease-backup-<ns>-<random>" and
+ * "lease-prune-<ns>-<random>" beside the catalogs, <ns> the wall-clock
+ * time the holder wrote it, the text naming its host and process. A
+ * backup writes its lease and then waits while a live prune lease exists;
+ * a prune writes its lease and then deletes no object while a live backup
+ * lease exists. Each writes before it reads, so of two that start
+ * together at least one sees the other: a prune never deletes an object
+ * that a running backup uploaded, or found there and counts on, before
+ * its catalog names it. A lease is live until its holder deletes it, or
+ * for a while after it was last written (LEASE_BACKUP_NS, LEASE_PRUNE_NS;
+ * holders write a fresh one every quarter of that), or until its process
+ * is seen gone on this host. docs/operations.md, "Pruning old backups".
+ */
+#define LEASE_BACKUP_NS (3600 * INT64_C(1000000000)) /* a backup's lease lives 1 h */
+#define LEASE_PRUNE_NS  (600 * INT64_C(1000000000))  /* a prune's 10 min */
+#define LEASE_WAIT_NS   (1800 * INT64_C(1000000000)) /* a backup waits for a prune this long */
+#define LEASE_NAME_MAX  80
+
+static int64_t wall_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+typedef struct lease {
+	char name[LEASE_NAME_MAX];
+	int64_t at; /* written then, wall ns */
+	const char *kind;
+} lease;
+
+/* "lease-backup-<20 digits>-<16 hex>" (or prune): its kind and time. */
+static int lease_parse(const char *name, const char **kind, int64_t *at)
+{
+	static const char *const kinds[] = {"backup", "prune"};
+	for (int k = 0; k < 2; k++) {
+		char pre[32];
+		size_t pl = (size_t)snprintf(pre, sizeof pre, "lease-%s-", kinds[k]);
+		const char *p = name + pl;
+		if (strncmp(name, pre, pl) || strlen(p) != 37 || p[20] != '-' ||
+		    strspn(p, "0123456789") != 20 || strspn(p + 21, "0123456789abcdef") != 16)
+			continue;
+		*kind = kinds[k];
+		*at = (int64_t)strtoll(p, NULL, 10);
+		return 1;
+	}
+	return 0;
+}
+
+static int lease_put(bstore *st, const char *kind, lease *l)
+{
+	uint64_t r = 0;
+	if (getrandom(&r, sizeof r, 0) != sizeof r)
+		r = (uint64_t)wall_ns() ^ (uint64_t)getpid() << 32;
+	l->kind = kind;
+	l->at = wall_ns();
+	snprintf(l->name, sizeof l->name, "lease-%s-%020" PRId64 "-%016" PRIx64, kind, l->at, r);
+	char host[256] = "", text[400];
+	gethostname(host, sizeof host - 1);
+	int n = snprintf(text, sizeof text, "tally-lease 1\nhost %s\npid %ld\n", *host ? host : "-",
+			 (long)getpid());
+	int rc = store_put_buf(st, l->name, text, (size_t)n);
+	return rc ? err_prefix(rc, "%s: writing lease %s", st->where, l->name) : 0;
+}
+
+/* Deletes l (a failure only leaves it to expire), keeping the message
+ * of the error that may be ending the holder's run. */
+static void lease_drop(bstore *st, lease *l)
+{
+	if (!l->name[0])
+		return;
+	char msg[ERR_MSG_MAX];
+	snprintf(msg, sizeof msg, "%s", err_msg());
+	store_delete(st, l->name);
+	if (*msg)
+		err_set(0, "%s", msg);
+	else
+		err_clear();
+	l->name[0] = 0;
+}
+
+/* A fresh lease in place of l once a quarter of its life is gone. */
+static int lease_renew(bstore *st, lease *l, int64_t life)
+{
+	if (wall_ns() - l->at < life / 4)
+		return 0;
+	lease old = *l;
+	int rc = lease_put(st, l->kind, l);
+	if (!rc)
+		lease_drop(st, &old);
+	else
+		*l = old;
+	return rc;
+}
+
+/* Whether lease name, of a holder's kind with this life, still holds:
+ * young enough, and not of a process of this host that is gone. */
+static int lease_live(bstore *st, const char *name, int64_t at, int64_t life)
+{
+	if (wall_ns() - at >= life)
+		return 0;
+	char *text = NULL, host[256] = "", them[256];
+	size_t len;
+	long pid = 0;
+	int rc = store_get_buf(st, name, &text, &len);
+	if (rc) {
+		err_clear();
+		return rc != TALLY_ENOTFOUND; /* unreadable: assume it holds */
+	}
+	gethostname(host, sizeof host - 1);
+	int dead = sscanf(text, "tally-lease 1\nhost %255s\npid %ld", them, &pid) == 2 &&
+		   !strcmp(them, host) && pid > 0 && kill((pid_t)pid, 0) && errno == ESRCH;
+	mem_free(text);
+	return !dead;
+}
+
+typedef struct lease_names {
+	char (*v)[LEASE_NAME_MAX];
+	uint32_t n, cap;
+} lease_names;
+
+static int add_lease(void *ctx, const char *name, uint64_t bytes)
+{
+	(void)bytes;
+	lease_names *ln = ctx;
+	const char *kind;
+	int64_t at;
+	if (!lease_parse(name, &kind, &at))
+		return 0;
+	if (mem_grow(&ln->v, &ln->cap, ln->n + 1, sizeof *ln->v, 8))
+		return err_set(-ENOMEM, "out of memory");
+	snprintf(ln->v[ln->n++], LEASE_NAME_MAX, "%s", name);
+	return 0;
+}
+
+/*
+ * Looks at the other holders of st (me excluded): *held names a live
+ * lease of kind want (empty: none). With reap, leases whose holders are
+ * gone are deleted (*reaped counts them).
+ */
+static int leases_scan(bstore *st, const lease *me, const char *want, char *held, int reap,
+		       uint64_t *reaped)
+{
+	lease_names ln = {0};
+	int rc = store_list(st, "lease-", add_lease, &ln);
+	held[0] = 0;
+	for (uint32_t i = 0; i < ln.n && !rc; i++) {
+		const char *kind = "";
+		int64_t at = 0;
+		lease_parse(ln.v[i], &kind, &at);
+		if (me && !strcmp(ln.v[i], me->name))
+			continue;
+		int64_t life = !strcmp(kind, "backup") ? LEASE_BACKUP_NS : LEASE_PRUNE_NS;
+		int live = lease_live(st, ln.v[i], at, life);
+		if (live && !strcmp(kind, want) && !held[0])
+			snprintf(held, LEASE_NAME_MAX, "%s", ln.v[i]);
+		if (!live && reap && !(rc = store_delete(st, ln.v[i])) && reaped)
+			(*reaped)++;
+	}
+	mem_free(ln.v);
+	return rc;
+}
+
+/* A backup's lease, taken once no live prune holds st: waits (polling)
+ * up to LEASE_WAIT_NS for one to end. */
+static int backup_lease(bstore *st, lease *me)
+{
+	int rc = lease_put(st, "backup", me);
+	char held[LEASE_NAME_MAX];
+	int64_t until = wall_ns() + LEASE_WAIT_NS;
+	while (!rc && !(rc = leases_scan(st, me, "prune", held, 0, NULL)) && held[0]) {
+		if (wall_ns() > until) {
+			rc = err_set(TALLY_ELOCKED,
+				     "%s: a prune has held it for 30 minutes (%s); try again later",
+				     st->where, held);
+			break;
+		}
+		usleep(200000); /* a prune deletes, then lets go: poll */
+	}
+	if (rc)
+		lease_drop(st, me);
+	return rc;
+}
+
 /* ---------------------------------------------------------------- backup */
 
 /* Opens dir/name read-only into f->fd and notes its size. */
@@ -735,35 +981,22 @@ static int store_has(bstore *st, const char *name, uint64_t bytes)
 	return !rc && there == bytes;
 }
 
-static int64_t wall_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 static int write_catalog(bstore *st, const bcatalog *c)
 {
 	size_t len;
 	char *text = catalog_format(c, &len);
 	if (!text)
 		return err_set(-ENOMEM, "out of memory");
-	char name[64];
+	char name[64], dir[PATH_MAX];
 	catalog_name(c->seq, name, sizeof name);
-	int rc;
-	if (st->s3) {
-		char key[S3_KEY_MAX];
-		store_path(st, name, key, sizeof key);
-		s3_put_info info;
-		rc = s3_put(st->s3, key, text, len, &info);
-	} else {
-		char dir[PATH_MAX];
+	int rc = 0;
+	if (st->dir) {
 		/* the objects first: durable before a catalog names them */
 		store_path(st, "objects", dir, sizeof dir);
 		rc = fio_fsync_dir(dir);
-		if (!rc)
-			rc = fio_write_atomic(st->dir, name, text, len);
 	}
+	if (!rc)
+		rc = store_put_buf(st, name, text, len);
 	mem_free(text);
 	return rc;
 }
@@ -773,7 +1006,10 @@ static int backup_run(tally_db *db, bstore *st, tally_backup_result *res)
 	bcatalog c = {0};
 	seqs have = {0};
 	uint64_t lsn[MANIFEST_SHARDS_MAX];
-	int rc = store_catalogs(st, &have);
+	lease me = {0};
+	int rc = backup_lease(st, &me);
+	if (!rc)
+		rc = store_catalogs(st, &have);
 	c.seq = have.n ? have.v[have.n - 1] + 1 : 1;
 	c.created = wall_ns();
 	if (!rc)
@@ -781,6 +1017,8 @@ static int backup_run(tally_db *db, bstore *st, tally_backup_result *res)
 	for (uint32_t i = 0; i < c.n && !rc; i++) {
 		bfile *f = &c.files[i];
 		char obj[64];
+		if ((rc = lease_renew(st, &me, LEASE_BACKUP_NS)))
+			break;
 		/* a tiered part's xxh3 and size are the manifest's: downloaded
 		 * only when the destination lacks it */
 		if (f->tiered_id) {
@@ -814,6 +1052,7 @@ static int backup_run(tally_db *db, bstore *st, tally_backup_result *res)
 	}
 	if (!rc)
 		res->seq = c.seq;
+	lease_drop(st, &me); /* after the catalog: it names every object now */
 	catalog_free_files(&c);
 	mem_free(have.v);
 	return rc;
@@ -830,6 +1069,203 @@ TALLY_API int tally_db_backup(tally_db *db, const char *dest, const tally_s3 *s3
 		rc = backup_run(db, &st, &res);
 	if (rc)
 		err_prefix(rc, "backup to %s", dest ? dest : "");
+	store_close(&st);
+	if (out)
+		*out = res;
+	return rc;
+}
+
+/* ---------------------------------------------------------------- prune */
+
+#ifdef TALLY_TEST_HOOKS
+/* Kills the process at the n-th passing of step when TALLY_CRASH_AT is
+ * "step:n" (a prune has no store open, so not db_crash_point). */
+static void prune_crash_point(const char *step, uint64_t n)
+{
+	const char *at = getenv("TALLY_CRASH_AT");
+	size_t sl = strlen(step);
+	if (at && !strncmp(at, step, sl) && at[sl] == ':' && strtoull(at + sl + 1, NULL, 10) == n)
+		kill(getpid(), SIGKILL);
+}
+#else
+#define prune_crash_point(step, n) ((void)(step), (void)(n))
+#endif
+
+/* An object a catalog names: its xxh3 and size. */
+typedef struct oref {
+	uint64_t sum, bytes;
+} oref;
+
+typedef struct orefs {
+	oref *v;
+	uint32_t n, cap;
+} orefs;
+
+static int cmp_oref(const void *a, const void *b)
+{
+	const oref *x = a, *y = b;
+	if (x->sum != y->sum)
+		return x->sum < y->sum ? -1 : 1;
+	return x->bytes < y->bytes ? -1 : x->bytes > y->bytes;
+}
+
+/* "objects/<16 hex>-<bytes>": 1 and *o; a backup's temporary file of one
+ * ("...tmp<pid>", a directory's): 2; another name: 0 (not ours, kept). */
+static int object_parse(const char *name, oref *o)
+{
+	const char *p = name + 8;
+	if (strncmp(name, "objects/", 8) || strspn(p, "0123456789abcdef") != 16 || p[16] != '-')
+		return 0;
+	char *end;
+	o->sum = strtoull(p, NULL, 16);
+	o->bytes = strtoull(p + 17, &end, 10);
+	if (end == p + 17)
+		return 0;
+	if (!*end)
+		return 1;
+	return !strncmp(end, ".tmp", 4) && end[4] &&
+			       strspn(end + 4, "0123456789") == strlen(end + 4)
+		       ? 2
+		       : 0;
+}
+
+/* Every object the store's catalogs name, sorted. A catalog that cannot
+ * be read stops the prune: what it names is unknown. */
+static int referenced(bstore *st, orefs *refs)
+{
+	seqs have;
+	int rc = store_catalogs(st, &have);
+	for (uint32_t k = 0; k < have.n && !rc; k++) {
+		bcatalog c;
+		if ((rc = catalog_load(st, have.v[k], &c)))
+			break;
+		for (uint32_t i = 0; i < c.n && !rc; i++) {
+			if (mem_grow(&refs->v, &refs->cap, refs->n + 1, sizeof *refs->v, 256))
+				rc = err_set(-ENOMEM, "out of memory");
+			else
+				refs->v[refs->n++] = (oref){c.files[i].sum, c.files[i].bytes};
+		}
+		catalog_free_files(&c);
+	}
+	mem_free(have.v);
+	if (refs->n)
+		qsort(refs->v, refs->n, sizeof *refs->v, cmp_oref);
+	return rc;
+}
+
+typedef struct objlist {
+	char (*name)[NAME_MAX_B];
+	uint64_t *bytes;
+	uint32_t n, cap, cap2;
+} objlist;
+
+static int add_object(void *ctx, const char *name, uint64_t bytes)
+{
+	objlist *l = ctx;
+	oref o;
+	if (!object_parse(name, &o) || strlen(name) >= NAME_MAX_B)
+		return 0;
+	if (mem_grow(&l->name, &l->cap, l->n + 1, sizeof *l->name, 256) ||
+	    mem_grow(&l->bytes, &l->cap2, l->n + 1, sizeof *l->bytes, 256))
+		return err_set(-ENOMEM, "out of memory");
+	snprintf(l->name[l->n], NAME_MAX_B, "%s", name);
+	l->bytes[l->n++] = bytes;
+	return 0;
+}
+
+/* The object phase: unless a backup holds st, deletes every object (and
+ * a killed backup's temporary file) no catalog names. Checks again for a
+ * backup every few seconds, and stops deleting when one appears. */
+static int prune_objects(bstore *st, lease *me, backup_prune_result *res)
+{
+	char held[LEASE_NAME_MAX];
+	orefs refs = {0};
+	objlist objs = {0};
+	int rc = leases_scan(st, me, "backup", held, 1, &res->leases_deleted);
+	/* from this look: reading the catalogs may take long, and the first
+	 * delete must come soon after a look */
+	int64_t checked = wall_ns();
+	if (!rc && held[0]) {
+		snprintf(res->held_by, sizeof res->held_by, "%s", held);
+		return 0;
+	}
+	/* the catalogs after the lease: any a backup wrote since are counted */
+	if (!rc)
+		rc = referenced(st, &refs);
+	if (!rc)
+		rc = store_list(st, "objects/", add_object, &objs);
+	for (uint32_t i = 0; i < objs.n && !rc; i++) {
+		oref o;
+		int kind = object_parse(objs.name[i], &o);
+		if (kind == 1 && refs.n && bsearch(&o, refs.v, refs.n, sizeof *refs.v, cmp_oref)) {
+			res->objects_kept++;
+			continue;
+		}
+		if (wall_ns() - checked > 5 * INT64_C(1000000000)) {
+			/* a prune stalled past its lease may find a backup began */
+			if ((rc = lease_renew(st, me, LEASE_PRUNE_NS)) ||
+			    (rc = leases_scan(st, me, "backup", held, 0, NULL)))
+				break;
+			if (held[0]) {
+				snprintf(res->held_by, sizeof res->held_by, "%s", held);
+				break;
+			}
+			checked = wall_ns();
+		}
+		prune_crash_point("prune:object", res->objects_deleted + 1);
+		if ((rc = store_delete(st, objs.name[i])))
+			break;
+		res->objects_deleted++;
+		res->bytes_deleted += objs.bytes[i];
+	}
+	mem_free(refs.v);
+	mem_free(objs.name);
+	mem_free(objs.bytes);
+	return rc;
+}
+
+int backup_prune(const char *dest, const tally_s3 *s3, uint64_t keep, backup_prune_result *out)
+{
+	err_clear();
+	backup_prune_result res = {0};
+	bstore st;
+	seqs have = {0};
+	lease me = {0};
+	int rc = keep ? store_open(dest, 0, s3, NULL, &st)
+		      : err_set(TALLY_EINVAL, "keep at least 1 backup (the newest stays)");
+	if (!keep)
+		memset(&st, 0, sizeof st);
+	if (!rc)
+		rc = lease_put(&st, "prune", &me);
+	if (!rc)
+		rc = store_catalogs(&st, &have);
+	if (!rc && !have.n)
+		rc = err_set(TALLY_ENOTFOUND, "%s holds no backup", st.where);
+	/* catalogs first, oldest first: a kill leaves the newest intact, and
+	 * every object of every catalog left */
+	uint64_t drop = !rc && have.n > keep ? have.n - keep : 0;
+	for (uint64_t i = 0; i < drop && !rc; i++) {
+		char name[64];
+		catalog_name(have.v[i], name, sizeof name);
+		prune_crash_point("prune:catalog", i + 1);
+		if (!(rc = store_delete(&st, name)))
+			res.catalogs_deleted++;
+	}
+	if (!rc && have.n) {
+		res.oldest_kept = have.v[have.n - (have.n > keep ? keep : have.n)];
+		res.newest_kept = have.v[have.n - 1];
+		res.catalogs_kept = have.n - drop;
+	}
+	/* durable before any object goes: a catalog must not come back,
+	 * after a power loss, naming objects deleted */
+	if (!rc && drop && st.dir)
+		rc = fio_fsync_dir(st.dir);
+	if (!rc)
+		rc = prune_objects(&st, &me, &res);
+	lease_drop(&st, &me);
+	if (rc)
+		err_prefix(rc, "prune of %s", dest ? dest : "");
+	mem_free(have.v);
 	store_close(&st);
 	if (out)
 		*out = res;

@@ -39,4 +39,26 @@ int backup_restore(const char *src, const tally_s3 *s3, uint64_t seq, const char
  */
 int backup_verify(const char *path, const tally_s3 *s3, FILE *out, uint64_t *problems);
 
+/* What a prune did. */
+typedef struct backup_prune_result {
+	uint64_t catalogs_deleted, catalogs_kept;
+	uint64_t oldest_kept, newest_kept; /* backup numbers */
+	uint64_t objects_deleted, bytes_deleted;
+	uint64_t objects_kept;   /* named by a catalog left */
+	uint64_t leases_deleted; /* of backups or prunes whose holders are gone */
+	/* a running backup's lease, when it kept the prune from deleting
+	 * objects (some or all; the next prune deletes them); else empty */
+	char held_by[80];
+} backup_prune_result;
+
+/*
+ * Keeps the newest keep (at least 1) backups of dest and deletes the
+ * older ones: their catalogs first, oldest first, then every object no
+ * catalog left names. Safe against a kill at any moment (the kept
+ * backups stay whole) and against a backup of dest running meanwhile:
+ * while one holds its lease, no object is deleted (the leases: backup.c,
+ * docs/operations.md "Pruning old backups"). out may be NULL.
+ */
+int backup_prune(const char *dest, const tally_s3 *s3, uint64_t keep, backup_prune_result *out);
+
 #endif

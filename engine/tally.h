@@ -800,8 +800,10 @@ typedef struct tally_s3 {
  * instant during the call. Writes, queries, flushes and merges go on
  * meanwhile. Incremental: a file already in dest is not copied again. The
  * backup exists once its catalog is written, last; a failure or a crash
- * before leaves dest's earlier backups intact. out may be NULL.
- * docs/operations.md, "Backup and restore".
+ * before leaves dest's earlier backups intact. While it runs it holds a
+ * lease in dest (lease-backup-...), and it waits while a prune of dest
+ * (`tally backup-prune`) holds one: TALLY_ELOCKED after 30 minutes.
+ * out may be NULL. docs/operations.md, "Backup and restore".
  */
 TALLY_API int tally_db_backup(tally_db *db, const char *dest, const tally_s3 *s3,
 			      tally_backup_result *out);

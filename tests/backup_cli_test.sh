@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # backup_cli_test.sh — `tally backup --server` (tallyd's #!backup),
-# `tally restore` and `tally verify` end to end: a running server backs
-# itself up twice (the second sends nothing), the restore answers the
-# same query, and verify names the file and block of a flipped byte.
+# `tally backup-prune`, `tally restore` and `tally verify` end to end: a
+# running server backs itself up (the second time sends nothing), a prune
+# keeps the newest two of three, the restore answers the same query, and
+# verify names the file and block of a flipped byte.
 #
 #   tests/backup_cli_test.sh TALLYD TALLY
 set -euo pipefail
@@ -38,6 +39,23 @@ if "$tally" backup --server "127.0.0.1:$port" "$tmp/file/bk" 2>"$tmp/err"; then
   fail "a backup into a file succeeded"
 fi
 grep -q "ERR line .*backup" "$tmp/err" || fail "no ERR: $(cat "$tmp/err")"
+
+# a third backup after writes to another camera (KV1's answer stays),
+# then keep the newest two (local: no server); backups 1 and 2 are equal,
+# so no object is only backup 1's
+for i in $(seq 0 49); do
+  echo "traffic,camera=KV9 speed=$((i % 50)).5 $((1700000000 + i * 60))000000000"
+done > "$tmp/b.lp"
+"$tally" --port "$port" -q write "$tmp/b.lp" >/dev/null
+out=$("$tally" backup --server "127.0.0.1:$port" "$tmp/bk")
+[[ $out == "OK backup 3 "* ]] || fail "third backup said: $out"
+if "$tally" backup-prune "$tmp/bk" 2>/dev/null; then fail "backup-prune without --keep ran"; fi
+if "$tally" backup-prune "$tmp/bk" --keep 0 2>/dev/null; then fail "backup-prune --keep 0 ran"; fi
+out=$("$tally" backup-prune "$tmp/bk" --keep 2)
+[[ $out == "$tmp/bk: kept backups 2 to 3 (2), deleted 1 catalogs and 0 objects"* ]] ||
+  fail "backup-prune said: $out"
+[ ! -e "$tmp/bk/backup-00000000000000000001.catalog" ] || fail "catalog 1 is still there"
+ls "$tmp"/bk/lease-* >/dev/null 2>&1 && fail "a prune left its lease"
 
 kill "$pid"; wait "$pid" 2>/dev/null || true; pid=
 

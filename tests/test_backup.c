@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "backup.h"
@@ -212,16 +213,17 @@ static tally_db *open_db(const char *dir, int background)
 	return db;
 }
 
-/* Restores src's newest backup into a fresh directory under root, opens it
- * and checks it holds, per writer, a prefix of at least lo[w] events. */
-static void restore_and_check(const char *src, const char *root, unsigned n_writers,
-			      const uint64_t *lo, const uint64_t *hi)
+/* Restores backup seq (0: the newest) of src into a fresh directory under
+ * root, opens it and checks it holds, per writer, a prefix of at least
+ * lo[w] events and at most hi[w]. */
+static void restore_seq_and_check(const char *src, const char *root, uint64_t seq,
+				  unsigned n_writers, const uint64_t *lo, const uint64_t *hi)
 {
 	char dir[512];
 	snprintf(dir, sizeof dir, "%s/restored", root);
 	tu_rmrf(dir);
 	tally_backup_result r;
-	cr_assert_eq(backup_restore(src, cur_s3, 0, dir, &r), 0, "%s", tally_errmsg());
+	cr_assert_eq(backup_restore(src, cur_s3, seq, dir, &r), 0, "%s", tally_errmsg());
 	uint64_t problems = 0;
 	cr_assert_eq(backup_verify(dir, cur_s3, stderr, &problems), 0, "restored dir: %s",
 		     tally_errmsg());
@@ -237,6 +239,12 @@ static void restore_and_check(const char *src, const char *root, unsigned n_writ
 	}
 	check_store(db, n_writers, n);
 	tally_db_close(db);
+}
+
+static void restore_and_check(const char *src, const char *root, unsigned n_writers,
+			      const uint64_t *lo, const uint64_t *hi)
+{
+	restore_seq_and_check(src, root, 0, n_writers, lo, hi);
 }
 
 /* ---------------------------------------------------------------- under writes */
@@ -497,13 +505,308 @@ Test(backup, kill9_during_a_backup_leaves_the_previous_one_restorable, .timeout 
 	}
 }
 
+/* ---------------------------------------------------------------- prune */
+
+#define PRUNE_EVENTS 1500
+
+/* Backups from + 1 .. from + n of dir into dest: before backup b, writer
+ * 0's events up to b * PRUNE_EVENTS went into parts and writer 1's up to
+ * b * 100 into the WAL, so each backup has objects of its own (its
+ * manifest, its WAL) and shares the older parts. */
+static void make_backups(const char *dir, const char *dest, unsigned from, unsigned n)
+{
+	tally_db *db = open_db(dir, 0);
+	for (unsigned b = from; b < from + n; b++) {
+		write_synced(db, 0, (uint64_t)b * PRUNE_EVENTS, (uint64_t)(b + 1) * PRUNE_EVENTS);
+		cr_assert_eq(tally_db_flush(db), 0, "%s", tally_errmsg());
+		write_synced(db, 1, (uint64_t)b * 100, (uint64_t)(b + 1) * 100);
+		tally_backup_result r;
+		cr_assert_eq(tally_db_backup(db, dest, cur_s3, &r), 0, "%s", tally_errmsg());
+		cr_assert_eq(r.seq, (uint64_t)b + 1);
+	}
+	tally_db_close(db);
+}
+
+/* Backup seq restores and answers like the store did when it was taken. */
+static void check_backup(const char *dest, const char *root, uint64_t seq)
+{
+	uint64_t want[2] = {seq * PRUNE_EVENTS, seq * 100};
+	restore_seq_and_check(dest, root, seq, 2, want, want);
+}
+
+static void verify_clean(const char *dest, const char *when)
+{
+	uint64_t problems = 0;
+	cr_assert_eq(backup_verify(dest, cur_s3, stderr, &problems), 0, "%s: %s", when,
+		     tally_errmsg());
+}
+
+/* Four backups, keep 2: the two oldest catalogs go, and the objects only
+ * they named; the kept ones verify and restore; a second prune finds
+ * nothing more; numbering goes on. local: dest is a directory, whose
+ * objects the test counts itself. */
+static void prune_keeps_the_newest(const char *dir, const char *dest, const char *root, int local)
+{
+	make_backups(dir, dest, 0, 4);
+	unsigned before = local ? count_objects(dest) : 0;
+	backup_prune_result r;
+	cr_assert_eq(backup_prune(dest, cur_s3, 2, &r), 0, "%s", tally_errmsg());
+	cr_assert_eq(r.catalogs_deleted, 2);
+	cr_assert_eq(r.catalogs_kept, 2);
+	cr_assert_eq(r.oldest_kept, 3);
+	cr_assert_eq(r.newest_kept, 4);
+	cr_assert_gt(r.objects_deleted, 0, "the old manifests and WAL objects stay");
+	cr_assert_gt(r.bytes_deleted, 0);
+	cr_assert_eq(r.held_by[0], 0, "held by %s", r.held_by);
+	if (local) {
+		cr_assert_eq(count_objects(dest), before - r.objects_deleted);
+		cr_assert_eq(count_objects(dest), r.objects_kept);
+	}
+	verify_clean(dest, "after the prune");
+	check_backup(dest, root, 3);
+	check_backup(dest, root, 4);
+	char rdir[600];
+	snprintf(rdir, sizeof rdir, "%s/gone", root);
+	cr_assert_eq(backup_restore(dest, cur_s3, 2, rdir, NULL), TALLY_ENOTFOUND,
+		     "a pruned backup restores: %s", tally_errmsg());
+	/* nothing more to do; keep 0 is refused */
+	backup_prune_result again;
+	cr_assert_eq(backup_prune(dest, cur_s3, 2, &again), 0, "%s", tally_errmsg());
+	cr_assert_eq(again.catalogs_deleted, 0);
+	cr_assert_eq(again.objects_deleted, 0);
+	cr_assert_eq(again.objects_kept, r.objects_kept);
+	cr_assert_eq(backup_prune(dest, cur_s3, 0, NULL), TALLY_EINVAL);
+	make_backups(dir, dest, 4, 1);
+	check_backup(dest, root, 5);
+}
+
+Test(backup, prune_keeps_the_newest_backups_and_only_their_objects, .timeout = 240)
+{
+	char dir[512], dest[512], *root = fresh(dir, dest);
+	prune_keeps_the_newest(dir, dest, root, 1);
+	tu_rmrf(root);
+	free(root);
+}
+
+/* kill -9 of a prune at each of these steps, one after the other on the
+ * same destination (each run goes on where the last stopped): the kept
+ * backups verify and restore after every one, a backup right after is
+ * not held up by the dead prune's lease, and a whole prune then ends. */
+static void prune_kill9(const char *dir, const char *dest, const char *root,
+			const char *const *steps, unsigned n_steps)
+{
+	make_backups(dir, dest, 0, 4);
+	for (unsigned s = 0; s < n_steps; s++) {
+		pid_t pid = fork();
+		cr_assert_geq(pid, 0);
+		if (!pid) {
+			setenv("TALLY_CRASH_AT", steps[s], 1);
+			backup_prune(dest, cur_s3, 2, NULL);
+			_exit(4); /* the step was never reached: the prune ended */
+		}
+		int st;
+		cr_assert_eq(waitpid(pid, &st, 0), pid);
+		/* past the fourth step the prune may have run out of objects */
+		cr_assert((WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL) ||
+				  (s >= 4 && WIFEXITED(st) && WEXITSTATUS(st) == 4),
+			  "%s: child status %d", steps[s], st);
+		char when[64];
+		snprintf(when, sizeof when, "after a kill at %s", steps[s]);
+		verify_clean(dest, when);
+		check_backup(dest, root, 4);
+		check_backup(dest, root, 3);
+	}
+	make_backups(dir, dest, 4, 1);
+	backup_prune_result r;
+	cr_assert_eq(backup_prune(dest, cur_s3, 2, &r), 0, "%s", tally_errmsg());
+	cr_assert_geq(r.leases_deleted, 1, "the killed prunes' leases stay");
+	cr_assert_eq(r.held_by[0], 0, "held by %s", r.held_by);
+	verify_clean(dest, "after the last prune");
+	check_backup(dest, root, 4);
+	check_backup(dest, root, 5);
+}
+
+Test(backup, kill9_during_a_prune_leaves_the_kept_backups_whole, .timeout = 300)
+{
+	static const char *const steps[] = {"prune:catalog:1", "prune:catalog:2", "prune:object:1",
+					    "prune:object:2", "prune:object:2"};
+	char dir[512], dest[512], *root = fresh(dir, dest);
+	prune_kill9(dir, dest, root, steps, 5);
+	tu_rmrf(root);
+	free(root);
+}
+
+static int64_t now_ns(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_REALTIME, &t);
+	return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+/* A lease as backup.c writes one, by hand: its kind, time and process. */
+static void put_lease(const char *dest, const char *kind, int64_t at, long pid, char *path,
+		      size_t cap)
+{
+	char host[256] = "";
+	gethostname(host, sizeof host - 1);
+	snprintf(path, cap, "%s/lease-%s-%020" PRId64 "-%016" PRIx64, dest, kind, at,
+		 (uint64_t)random() << 20 | 0xabcde);
+	FILE *f = fopen(path, "w");
+	cr_assert(f);
+	fprintf(f, "tally-lease 1\nhost %s\npid %ld\n", host, pid);
+	fclose(f);
+}
+
+static long gone_pid(void)
+{
+	pid_t p = fork();
+	cr_assert_geq(p, 0);
+	if (!p)
+		_exit(0);
+	waitpid(p, NULL, 0);
+	return p;
+}
+
+Test(backup, prune_deletes_no_object_while_a_backup_holds_the_destination, .timeout = 240)
+{
+	char dir[512], dest[512], *root = fresh(dir, dest);
+	make_backups(dir, dest, 0, 3);
+	char held[700];
+	put_lease(dest, "backup", now_ns(), (long)getpid(), held, sizeof held);
+	backup_prune_result r;
+	cr_assert_eq(backup_prune(dest, cur_s3, 1, &r), 0, "%s", tally_errmsg());
+	cr_assert_eq(r.catalogs_deleted, 2);
+	cr_assert_eq(r.objects_deleted, 0, "objects deleted under a running backup");
+	cr_assert(r.held_by[0] && strstr(held, r.held_by), "held by '%s'", r.held_by);
+	verify_clean(dest, "a prune beside a backup");
+	check_backup(dest, root, 3);
+	/* the lease of a process that is gone, and one past its hour, hold
+	 * nothing and are cleared away */
+	cr_assert_eq(unlink(held), 0);
+	char dead[700], old[700];
+	put_lease(dest, "backup", now_ns(), gone_pid(), dead, sizeof dead);
+	put_lease(dest, "backup", now_ns() - 2 * 3600 * INT64_C(1000000000), (long)getpid(), old,
+		  sizeof old);
+	cr_assert_eq(backup_prune(dest, cur_s3, 1, &r), 0, "%s", tally_errmsg());
+	cr_assert_gt(r.objects_deleted, 0);
+	cr_assert_eq(r.leases_deleted, 2);
+	cr_assert(access(dead, F_OK) && access(old, F_OK), "a dead lease was left");
+	verify_clean(dest, "the second prune");
+	check_backup(dest, root, 3);
+	tu_rmrf(root);
+	free(root);
+}
+
+typedef struct bjob {
+	tally_db *db;
+	const char *dest;
+	int rc;
+	uint64_t seq;
+} bjob;
+
+static void *backup_main(void *arg)
+{
+	bjob *j = arg;
+	tally_backup_result r;
+	j->rc = tally_db_backup(j->db, j->dest, cur_s3, &r);
+	j->seq = r.seq;
+	return NULL;
+}
+
+/* Names in dir starting with prefix. */
+static unsigned count_named(const char *dir, const char *prefix)
+{
+	DIR *d = opendir(dir);
+	cr_assert(d);
+	unsigned n = 0;
+	struct dirent *e;
+	while ((e = readdir(d)))
+		n += !strncmp(e->d_name, prefix, strlen(prefix)) && !strstr(e->d_name, ".tmp");
+	closedir(d);
+	return n;
+}
+
+Test(backup, a_backup_waits_while_a_prune_holds_the_destination, .timeout = 240)
+{
+	char dir[512], dest[512], *root = fresh(dir, dest);
+	make_backups(dir, dest, 0, 1);
+	char held[700], cat2[700];
+	put_lease(dest, "prune", now_ns(), (long)getpid(), held, sizeof held);
+	snprintf(cat2, sizeof cat2, "%s/backup-%020d.catalog", dest, 2);
+	tally_db *db = open_db(dir, 0);
+	write_synced(db, 0, PRUNE_EVENTS, 2 * PRUNE_EVENTS);
+	cr_assert_eq(tally_db_flush(db), 0);
+	write_synced(db, 1, 100, 200);
+	bjob j = {db, dest, -1, 0};
+	pthread_t t;
+	cr_assert_eq(pthread_create(&t, NULL, backup_main, &j), 0);
+	/* its lease says it began; then it waits for the prune's to go */
+	for (int i = 0; count_named(dest, "lease-backup-") == 0; i++) {
+		cr_assert_lt(i, 6000, "the backup never took its lease");
+		usleep(10000);
+	}
+	for (int i = 0; i < 20; i++) {
+		cr_assert(access(cat2, F_OK) != 0, "backup 2 was written while a prune held %s",
+			  dest);
+		usleep(50000);
+	}
+	cr_assert_eq(unlink(held), 0);
+	pthread_join(t, NULL);
+	cr_assert_eq(j.rc, 0, "%s", tally_errmsg());
+	cr_assert_eq(j.seq, 2);
+	cr_assert_eq(count_named(dest, "lease-"), 0, "a backup left its lease");
+	tally_db_close(db);
+	verify_clean(dest, "a backup after a prune");
+	check_backup(dest, root, 2);
+	tu_rmrf(root);
+	free(root);
+}
+
+/* Backups and prunes of one destination at once, over and over: after
+ * every prune the destination verifies clean, and the newest backup
+ * restores like the store at its sync point. */
+Test(backup, prunes_beside_running_backups_never_break_a_backup, .timeout = 300)
+{
+	char dir[512], dest[512], *root = fresh(dir, dest);
+	make_backups(dir, dest, 0, 1);
+	tally_db *db = open_db(dir, 0);
+	enum { ROUNDS = 6 };
+	for (unsigned b = 1; b <= ROUNDS; b++) {
+		write_synced(db, 0, (uint64_t)b * PRUNE_EVENTS, (uint64_t)(b + 1) * PRUNE_EVENTS);
+		cr_assert_eq(tally_db_flush(db), 0);
+		write_synced(db, 1, (uint64_t)b * 100, (uint64_t)(b + 1) * 100);
+		bjob j = {db, dest, -1, 0};
+		pthread_t t;
+		cr_assert_eq(pthread_create(&t, NULL, backup_main, &j), 0);
+		/* prunes while it runs: each deletes objects or, seeing its
+		 * lease, leaves them */
+		for (unsigned p = 0; p < b % 3 + 1; p++) {
+			backup_prune_result r;
+			cr_assert_eq(backup_prune(dest, cur_s3, 1, &r), 0, "%s", tally_errmsg());
+			verify_clean(dest, "a prune beside a backup");
+		}
+		pthread_join(t, NULL);
+		cr_assert_eq(j.rc, 0, "round %u: %s", b, tally_errmsg());
+		cr_assert_eq(j.seq, b + 1);
+	}
+	tally_db_close(db);
+	backup_prune_result r;
+	cr_assert_eq(backup_prune(dest, cur_s3, 1, &r), 0, "%s", tally_errmsg());
+	verify_clean(dest, "the last prune");
+	check_backup(dest, root, ROUNDS + 1);
+	tu_rmrf(root);
+	free(root);
+}
+
 /* ---------------------------------------------------------------- S3 */
 
 static s3srv srv_s3rver, srv_moto;
 
 /* A backup to the bucket, a second one that sends nothing, verify and a
  * restore that answers like the original. Small: these servers are slow. */
-static void s3_round_trip(const char *kind, s3srv *s, const char *var, int checks_signatures)
+/* The tests' destinations are on s from here on (skipped without it);
+ * its settings, which a test may change. */
+static tally_s3 *use_s3(const char *kind, s3srv *s, const char *var)
 {
 	if (!s->up)
 		s3srv_import(s, var);
@@ -512,6 +815,12 @@ static void s3_round_trip(const char *kind, s3srv *s, const char *var, int check
 	static tally_s3 s3;
 	s3 = (tally_s3){sizeof s3, s->endpoint, s->region, s->access_key, s->secret_key, NULL};
 	cur_s3 = &s3;
+	return &s3;
+}
+
+static void s3_round_trip(const char *kind, s3srv *s, const char *var, int checks_signatures)
+{
+	tally_s3 *s3 = use_s3(kind, s, var);
 	char dir[512], dest[512], *root = fresh(dir, dest);
 	/* no '/' in the prefix: moto checks a listing's signature on the
 	 * decoded query (tests/test_s3.c) */
@@ -533,7 +842,7 @@ static void s3_round_trip(const char *kind, s3srv *s, const char *var, int check
 	restore_and_check(dest, root, 2, want, want);
 	/* the requests were signed, and checked: a wrong secret is refused */
 	if (checks_signatures) {
-		s3.secret_key = "not-the-secret";
+		s3->secret_key = "not-the-secret";
 		db = open_db(dir, 0);
 		cr_assert_neq(tally_db_backup(db, dest, cur_s3, NULL), 0);
 		cr_assert(strstr(tally_errmsg(), "403"), "%s", tally_errmsg());
@@ -551,6 +860,34 @@ Test(backup, to_moto_with_signature_checks, .timeout = 240)
 Test(backup, to_s3rver, .timeout = 240)
 {
 	s3_round_trip("s3rver", &srv_s3rver, "TALLY_TEST_S3RVER", 0);
+}
+
+/* Pruning a bucket: the same checks, and kill -9 during a prune. */
+static void s3_prune(const char *kind, s3srv *s, const char *var)
+{
+	use_s3(kind, s, var);
+	static const char *const steps[] = {"prune:catalog:2", "prune:object:2"};
+	for (int k = 0; k < 2; k++) {
+		char dir[512], dest[512], *root = fresh(dir, dest);
+		snprintf(dest, sizeof dest, "s3://%s/pr%d-%d-%ld-", s->bucket, k, getpid(),
+			 (long)random() % 100000);
+		if (k == 0)
+			prune_keeps_the_newest(dir, dest, root, 0);
+		else
+			prune_kill9(dir, dest, root, steps, 2);
+		tu_rmrf(root);
+		free(root);
+	}
+}
+
+Test(backup, prune_on_moto_with_signature_checks, .timeout = 600)
+{
+	s3_prune("moto", &srv_moto, "TALLY_TEST_MOTO");
+}
+
+Test(backup, prune_on_s3rver, .timeout = 600)
+{
+	s3_prune("s3rver", &srv_s3rver, "TALLY_TEST_S3RVER");
 }
 
 /* Tiered parts are copied whole into the backup and restored as local

@@ -927,6 +927,35 @@ static int cli_cmd_verify(int argc, char **argv)
 	return 1;
 }
 
+/* tally backup-prune DEST --keep N: local, no server. */
+static int cli_cmd_prune(int argc, char **argv, const char *keep)
+{
+	char *end = NULL;
+	unsigned long long n = keep ? strtoull(keep, &end, 10) : 0;
+	if (argc != 1 || !keep || !*keep || *end || n == 0) {
+		fprintf(stderr, "usage: tally backup-prune DEST --keep N   (N >= 1: the newest "
+				"N backups stay)\n");
+		return 2;
+	}
+	backup_prune_result r;
+	double t0 = cli_now();
+	tally_s3 s3 = cli_s3_env();
+	if (backup_prune(argv[0], &s3, n, &r)) {
+		fprintf(stderr, "tally backup-prune: %s\n", tally_errmsg());
+		return 1;
+	}
+	printf("%s: kept backups %" PRIu64 " to %" PRIu64 " (%" PRIu64 "), deleted %" PRIu64
+	       " catalogs and %" PRIu64 " objects (%" PRIu64 " bytes) in %.2f s; %" PRIu64
+	       " objects kept\n",
+	       argv[0], r.oldest_kept, r.newest_kept, r.catalogs_kept, r.catalogs_deleted,
+	       r.objects_deleted, r.bytes_deleted, cli_now() - t0, r.objects_kept);
+	if (r.held_by[0])
+		printf("a backup is running (%s): the objects only deleted backups named are "
+		       "left for the next prune\n",
+		       r.held_by);
+	return 0;
+}
+
 /* ---------------------------------------------------------------- main */
 
 static void cli_usage(FILE *f)
@@ -968,6 +997,9 @@ static void cli_usage(FILE *f)
 		"  restore BACKUP DIR [--seq N]\n"
 		"                        rebuild a data directory (local; no server)\n"
 		"  verify DIR|BACKUP     check every block, object and reference (local)\n"
+		"  backup-prune DEST --keep N\n"
+		"                        delete all but the newest N backups of DEST and the\n"
+		"                        objects only they held (local; safe beside a backup)\n"
 		"\n"
 		"Options:\n"
 		"  --host HOST           server address (default 127.0.0.1)\n"
@@ -995,13 +1027,14 @@ int main(int argc, char **argv)
 	cli_opts o = {
 		.host = "127.0.0.1", .port = CLI_DEFAULT_PORT, .token = getenv("TALLY_TOKEN")};
 	char *args[256];
-	const char *server = NULL, *seq = NULL;
+	const char *server = NULL, *seq = NULL, *keep = NULL;
 	int n = 0, yes = 0, confirmed = 0;
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
 		const char *wait = NULL;
 		const char **val = !strcmp(a, "--server")      ? &server
 				   : !strcmp(a, "--seq")       ? &seq
+				   : !strcmp(a, "--keep")      ? &keep
 				   : !strcmp(a, "--host")      ? &o.host
 				   : !strcmp(a, "--port")      ? &o.port
 				   : !strcmp(a, "--token")     ? &o.token
@@ -1104,6 +1137,8 @@ int main(int argc, char **argv)
 		return cli_cmd_restore(n - 1, args + 1, seq);
 	if (!strcmp(cmd, "verify"))
 		return cli_cmd_verify(n - 1, args + 1);
+	if (!strcmp(cmd, "backup-prune"))
+		return cli_cmd_prune(n - 1, args + 1, keep);
 	if (!strcmp(cmd, "inspect")) /* local: reads the directory, no server */
 		return inspect_main(n, args);
 	fprintf(stderr, "tally: unknown command '%s' (see tally --help)\n", cmd);

@@ -37,6 +37,7 @@
 #include "kafka.h"
 #include "server.h"
 #include "fanserv.h"
+#include "offloop.h"
 #include "tls.h"
 
 #define CONN_RETRY_NS      (50 * INT64_C(1000000)) /* re-try a write into a full store */
@@ -127,6 +128,10 @@ static void conn_prod_free(wconn *c)
 	case PROD_SCAN: tally_scan_close(((prod_scan *)c->prod_state)->s); break;
 	case PROD_FANOUT:
 		fanserv_release(c->prod_state);
+		c->prod_state = NULL;
+		break;
+	case PROD_JOB:
+		offloop_release(c->prod_state);
 		c->prod_state = NULL;
 		break;
 	case PROD_NONE: break;
@@ -275,8 +280,7 @@ __attribute__((format(printf, 3, 4))) static void conn_putf(wconn *c, int force,
 	conn_put(c, buf, (size_t)n, force);
 }
 
-/* The message of the last engine error, else the code's name. */
-static const char *conn_errmsg(int rc)
+const char *conn_errmsg(int rc)
 {
 	const char *m = tally_errmsg();
 	return m && *m ? m : tally_strerror(rc);
@@ -506,6 +510,7 @@ static void conn_pump(wconn *c)
 		/* the merged answer carries its own END line: 2 adds none */
 		done = fanserv_pump(c, c->prod_state) ? 2 : 0;
 		break;
+	case PROD_JOB: done = offloop_pump(c, c->prod_state) ? 2 : 0; break;
 	case PROD_NONE: break;
 	}
 	if (t.oom) {
@@ -761,8 +766,8 @@ static void conn_stats(wconn *c)
 	text_give(c->sh, &t);
 }
 
-/* #!retention, #!retain, #!retained (docs/protocol.md). A pass runs on
- * this loop's thread, like a backup: its other connections wait. */
+/* #!retention, #!retained (docs/protocol.md); a pass, #!retain, runs off
+ * the loop (offloop.c). */
 static void conn_retention(wconn *c, const cmd_req *r, uint64_t line)
 {
 	tally_db *db = c->sh->srv->db;
@@ -775,31 +780,13 @@ static void conn_retention(wconn *c, const cmd_req *r, uint64_t line)
 			conn_putf(c, 0, "OK retention %s", *r->rules ? r->rules : "none");
 		return;
 	}
-	if (r->kind == CMD_RETAINED) {
-		int64_t from;
-		if ((rc = tally_db_retained_from(db, r->table, r->step, &from)))
-			conn_putf(c, 0, "ERR line %" PRIu64 ": retained: %s", line,
-				  conn_errmsg(rc));
-		else if (from == INT64_MIN)
-			conn_putf(c, 0, "OK retained %s all", r->table);
-		else
-			conn_putf(c, 0, "OK retained %s from %" PRId64, r->table, from);
-		return;
-	}
-	tally_stats a, b;
-	tally_db_stats(db, &a);
-	if ((rc = tally_db_retain(db))) {
-		conn_putf(c, 0, "ERR line %" PRIu64 ": retain: %s", line, conn_errmsg(rc));
-		return;
-	}
-	tally_db_stats(db, &b);
-	conn_putf(c, 0,
-		  "OK retain parts_dropped %" PRIu64 " parts_raw_gone %" PRIu64
-		  " bytes_freed %" PRIu64 " rows_dropped %" PRIu64,
-		  b.retention_parts_dropped - a.retention_parts_dropped,
-		  b.retention_parts_raw_gone - a.retention_parts_raw_gone,
-		  b.retention_bytes_freed - a.retention_bytes_freed,
-		  b.retention_rows_dropped - a.retention_rows_dropped);
+	int64_t from; /* #!retained */
+	if ((rc = tally_db_retained_from(db, r->table, r->step, &from)))
+		conn_putf(c, 0, "ERR line %" PRIu64 ": retained: %s", line, conn_errmsg(rc));
+	else if (from == INT64_MIN)
+		conn_putf(c, 0, "OK retained %s all", r->table);
+	else
+		conn_putf(c, 0, "OK retained %s from %" PRId64, r->table, from);
 }
 
 static void conn_query(wconn *c, const cmd_req *r, uint64_t line)
@@ -955,14 +942,28 @@ static int conn_command(wconn *c, const char *line, size_t len)
 	STAT_ADD(sh, commands, 1);
 	if (len && line[len - 1] == '\r')
 		len--;
-	int prc = cmd_parse(line, len, sh->scratch, sh->scratch_cap, srv_clock_ns(), &r, err,
-			    sizeof err);
+	int64_t now = srv_clock_ns();
+	int prc = cmd_parse(line, len, sh->scratch, sh->scratch_cap, now, &r, err, sizeof err);
 	if (!c->authed && (prc || r.kind != CMD_AUTH)) {
 		conn_close_with(c, "ERR authentication required: send #!auth TOKEN first");
 		return -1;
 	}
 	if (prc) {
 		conn_putf(c, 0, "ERR line %" PRIu64 ": %s", no, err);
+		return 0;
+	}
+	if (offloop_kind(r.kind)) {
+		/* a long command: on the admin worker, this connection waiting
+		 * for its answer while the loop serves the others */
+		offjob *j;
+		int rc = offloop_start(c, r.kind, line, len, now, no, &j);
+		if (rc)
+			conn_putf(c, 0, "ERR line %" PRIu64 ": %s: %s", no, r.name,
+				  rc == -ENOMEM ? "out of memory" : "the server is stopping");
+		else {
+			c->prod = PROD_JOB;
+			c->prod_state = j;
+		}
 		return 0;
 	}
 	switch (r.kind) {
@@ -998,49 +999,12 @@ static int conn_command(wconn *c, const char *line, size_t len)
 		conn_putf(c, 0, "OK fanout %s node=%016" PRIx64, modes[r.fan], s->node_id);
 		break;
 	}
-	case CMD_BACKUP: {
-		/* runs on this loop's thread: its other connections wait while
-		 * the files are copied (writes on other loops go on) */
-		tally_backup_result b;
-		int rc = tally_db_backup(s->db, r.dest, NULL, &b); /* S3: the tiering settings */
-		if (rc)
-			conn_putf(c, 0, "ERR line %" PRIu64 ": backup: %s", no, conn_errmsg(rc));
-		else
-			conn_putf(c, 0,
-				  "OK backup %" PRIu64 " files %" PRIu64 " bytes %" PRIu64
-				  " new_files %" PRIu64 " new_bytes %" PRIu64,
-				  b.seq, b.files, b.bytes, b.files_uploaded, b.bytes_uploaded);
-		break;
-	}
 	case CMD_RETENTION:
-	case CMD_RETAIN:
 	case CMD_RETAINED: conn_retention(c, &r, no); break;
-	case CMD_DROP: {
-		/* runs on this loop's thread (a flush first): its other
-		 * connections wait */
-		int rc = tally_db_drop_table(s->db, r.table);
-		if (rc)
-			conn_putf(c, 0, "ERR line %" PRIu64 ": drop: %s", no, conn_errmsg(rc));
-		else
-			conn_putf(c, 0, "OK drop %s", r.table);
-		break;
-	}
-	case CMD_DELETE: {
-		/* runs on this loop's thread (a flush, then rewrites): its
-		 * other connections wait */
-		tally_delete_result d = {.size = sizeof d};
-		int rc = tally_db_delete(s->db, r.table, r.key, r.from, r.to, &d);
-		if (rc)
-			conn_putf(c, 0, "ERR line %" PRIu64 ": delete: %s", no, conn_errmsg(rc));
-		else
-			conn_putf(c, 0,
-				  "OK delete rows %" PRIu64 " parts_rewritten %" PRIu64
-				  " parts_removed %" PRIu64 " bytes_read %" PRIu64
-				  " bytes_written %" PRIu64,
-				  d.rows, d.parts_rewritten, d.parts_removed, d.bytes_read,
-				  d.bytes_written);
-		break;
-	}
+	case CMD_BACKUP:
+	case CMD_RETAIN:
+	case CMD_DROP:
+	case CMD_DELETE: break; /* off the loop, above */
 	case CMD_HELP: {
 		conn_text t = text_take(c->sh);
 		text_raw(&t, "command\tusage\n", 14);
@@ -1708,7 +1672,8 @@ static void lp_tick(wconn *c, int64_t now)
 		conn_close_with(c, m);
 		return;
 	}
-	if (cf->idle_ns && now - c->last_active > cf->idle_ns && !c->sync_ticket) {
+	if (cf->idle_ns && now - c->last_active > cf->idle_ns && !c->sync_ticket &&
+	    c->prod != PROD_JOB) { /* a backup may take longer than idle-timeout */
 		cmd_format_duration(cf->idle_ns, d);
 		snprintf(m, sizeof m,
 			 "ERR idle timeout: no complete line sent or reply read for %s; closing",

@@ -41,6 +41,7 @@
 #include "kafka.h"
 #include "server.h"
 #include "fanserv.h"
+#include "offloop.h"
 #include "tls.h"
 
 /* user_data of operations that belong to no connection. Connections'
@@ -600,9 +601,10 @@ void sh_mailbox(wshard *sh)
 		for (wconn *c = sh->conns; c; c = c->next)
 			if (c->sync_ticket)
 				c->proto->step(c);
-	if (atomic_exchange(&sh->fan_ready, 0))
+	unsigned fan = atomic_exchange(&sh->fan_ready, 0), job = atomic_exchange(&sh->job_ready, 0);
+	if (fan || job)
 		for (wconn *c = sh->conns; c; c = c->next)
-			if (c->prod == PROD_FANOUT)
+			if ((fan && c->prod == PROD_FANOUT) || (job && c->prod == PROD_JOB))
 				c->proto->step(c);
 }
 
@@ -618,7 +620,10 @@ void sh_tick(wshard *sh, int64_t now)
 				c->proto->begin_shutdown(c);
 		}
 		if (sh->stopping && c->state != CONN_DEAD &&
-		    (sh->hurry || (now >= sh->drain_until + HARD_STOP_NS && !c->sync_ticket))) {
+		    (sh->hurry || (now >= sh->drain_until + HARD_STOP_NS && !c->sync_ticket &&
+				   c->prod != PROD_JOB))) {
+			/* (a command off the loop is waited for: its answer,
+			 * then the goodbye; a second signal hurries) */
 			c->state = CONN_DEAD;
 			srv_conn_dirty(c);
 		}
@@ -1068,6 +1073,9 @@ int srv_start(srv *s)
 	int rc = 0;
 	if (pthread_create(&s->syncer, NULL, srv_syncer_main, s))
 		return -EAGAIN;
+	/* before any connection can ask it for something */
+	if ((rc = offloop_init(s)))
+		return rc;
 	for (unsigned i = 0; i < s->n_shards; i++) {
 		if (pthread_create(&s->shards[i].thr, NULL, sh_main, &s->shards[i])) {
 			rc = -EAGAIN;
@@ -1129,7 +1137,8 @@ int srv_wait(srv *s)
 	for (unsigned i = 0; i < s->started_threads; i++)
 		pthread_join(s->shards[i].thr, NULL);
 	s->started_threads = 0;
-	mqtt_join(s); /* before the syncer stops: its last PUBACKs wait for a sync */
+	offloop_fini(s); /* the command running ends first: it uses the store */
+	mqtt_join(s);    /* before the syncer stops: its last PUBACKs wait for a sync */
 	pthread_mutex_lock(&s->smu);
 	s->syncer_stop = 1;
 	pthread_cond_signal(&s->scv);
@@ -1147,6 +1156,7 @@ void srv_close(srv *s)
 {
 	mqtt_join(s);
 	fanserv_fini(s);
+	offloop_fini(s);
 	kafka_close(s); /* its writers and its JSON mapping go before the rest */
 	for (unsigned i = 0; i < s->n_shards; i++) {
 		wshard *sh = &s->shards[i];

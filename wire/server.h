@@ -105,7 +105,10 @@ enum conn_state {
 	CONN_DEAD,     /* socket shut down; freed once no I/O is in flight */
 };
 
-enum conn_prod { PROD_NONE = 0, PROD_SERIES, PROD_KEYS, PROD_SCAN, PROD_FANOUT };
+/* What produces a waiting connection's answer: a streamed query, a
+ * fan-out job (fanserv.c), an administrative command off the loop
+ * (offloop.c). */
+enum conn_prod { PROD_NONE = 0, PROD_SERIES, PROD_KEYS, PROD_SCAN, PROD_FANOUT, PROD_JOB };
 
 struct wconn {
 	wshard *sh;
@@ -189,6 +192,7 @@ struct wshard {
 	size_t n_mail, cap_mail;
 	_Atomic int poke;
 	_Atomic unsigned fan_ready; /* fan-out jobs of this shard's connections done */
+	_Atomic unsigned job_ready; /* off-loop commands of its connections done (offloop.c) */
 
 	wconn *conns;
 	unsigned n_conns;
@@ -273,7 +277,8 @@ struct srv {
 	/* The MQTT subscriber (mqtt.c); NULL when mqtt-broker is unset. */
 	struct mq *mqtt;
 	mqtt_stats mqtt_st;
-	struct kafka *kafka; /* the Kafka consumer (kafka.c); NULL: off */
+	struct kafka *kafka;     /* the Kafka consumer (kafka.c); NULL: off */
+	struct offloop *offloop; /* the admin worker: commands off the loop (offloop.c) */
 };
 
 /* server.c */
@@ -341,5 +346,7 @@ int conn_log_due(_Atomic int64_t *at, _Atomic uint64_t *unlogged, int secs, uint
  * how many were not logged since the last. */
 void conn_auth_log(wconn *c, const char *what);
 void conn_stats_add(wshard *sh, const char *name, uint64_t v);
+/* The message of the last engine error on this thread, else rc's name. */
+const char *conn_errmsg(int rc);
 
 #endif
