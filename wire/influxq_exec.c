@@ -1136,7 +1136,7 @@ static int show_key_values_in(ex *x, rows *r, const cols *c, const char *table, 
 			      int64_t from, int64_t to)
 {
 	keyset ks = {0};
-	key_pick kp = {&ks, NULL};
+	key_pick kp = {&ks, NULL, 0, NULL};
 	int rc = 0;
 	for (size_t j = 0; j < c->n && !rc; j++) {
 		if (c->type[j] == TALLY_T_TAG || c->type[j] == TALLY_T_STR)
