@@ -216,10 +216,9 @@ static int stripe_overlaps(const part_stripe *st, const int64_t e[4])
  * one finest window), straight from memtable rows and the parts' stripes
  * of the key that overlap them: two columns decoded per stripe, each
  * stripe once for both edges. */
-static int acc_edges(dacc *a, tally_db *db, const table_def *t, const col_def *c, const char *key,
+static int acc_edges(dacc *a, tally_db *db, const table_def *t, const col_def *c, const tkkeys *ks,
 		     const int64_t e[4])
 {
-	uint32_t kl = (uint32_t)strlen(key);
 	edge_part *ep = NULL;
 	uint32_t n = 0, cap = 0;
 	for (unsigned s = 0; s < db->n_shards && !a->rc; s++) {
@@ -227,18 +226,19 @@ static int acc_edges(dacc *a, tally_db *db, const table_def *t, const col_def *c
 		pthread_rwlock_rdlock(&sh->lock);
 		const memtable *mt[SHARD_FROZEN_MAX + 1];
 		unsigned nm = shard_memtables(sh, mt);
-		for (unsigned m = 0; m < nm && !a->rc; m++) {
-			const series *se = mem_series(mt[m], t, key, kl);
+		for (unsigned m = 0; m < nm * ks->n && !a->rc; m++) {
+			const series *se = mem_series(mt[m % nm], t, ks->k[m / nm], ks->l[m / nm]);
 			if (se) {
 				acc_rows(a, se, c, e[0], e[1]);
 				acc_rows(a, se, c, e[2], e[3]);
 			}
 		}
-		for (uint32_t i = 0; i < sh->n_parts && !a->rc; i++) {
-			shard_part *sp = sh->parts[i];
+		for (uint64_t i = 0; i < (uint64_t)sh->n_parts * ks->n && !a->rc; i++) {
+			shard_part *sp = sh->parts[i % sh->n_parts];
 			if (!edge_part_overlaps(sp, t, e))
 				continue;
-			const part_key *pk = part_find_key(sp->p, key, kl);
+			const part_key *pk = part_find_key(sp->p, ks->k[i / sh->n_parts],
+							   ks->l[i / sh->n_parts]);
 			int pc = pk && pk->n_stripes ? shard_part_col(sp, c) : -1;
 			if (pc < 0)
 				continue;
@@ -317,18 +317,19 @@ static void edges_of(int64_t from, int64_t to, int64_t A, int64_t B, int64_t e[4
 }
 
 /* How many of the parts' stripes of the key reading edges e decodes. */
-static uint32_t edge_stripes(tally_db *db, const table_def *t, const col_def *c, const char *key,
+static uint32_t edge_stripes(tally_db *db, const table_def *t, const col_def *c, const tkkeys *ks,
 			     const int64_t e[4])
 {
-	uint32_t kl = (uint32_t)strlen(key), n = 0;
+	uint32_t n = 0;
 	for (unsigned s = 0; s < db->n_shards; s++) {
 		shard *sh = db->shards[s];
 		pthread_rwlock_rdlock(&sh->lock);
-		for (uint32_t i = 0; i < sh->n_parts; i++) {
-			const shard_part *sp = sh->parts[i];
+		for (uint64_t i = 0; i < (uint64_t)sh->n_parts * ks->n; i++) {
+			const shard_part *sp = sh->parts[i % sh->n_parts];
 			if (!edge_part_overlaps(sp, t, e))
 				continue;
-			const part_key *pk = part_find_key(sp->p, key, kl);
+			const part_key *pk = part_find_key(sp->p, ks->k[i / sh->n_parts],
+							   ks->l[i / sh->n_parts]);
 			if (!pk || shard_part_col(sp, c) < 0)
 				continue;
 			for (uint32_t k = 0; k < pk->n_stripes; k++)
@@ -366,6 +367,11 @@ TALLY_API int tally_query_dist(tally_db *db, const char *table, const char *fiel
 	int rrc = retention_check_agg(db, t, from, to);
 	if (rrc)
 		return rrc;
+	/* a subset of the key's tags: every matching series' counts add up
+	 * (engine/tagkey.h), and so do their raw edges */
+	tkkeys ks;
+	if ((rrc = tkkeys_resolve(t, key, &ks)))
+		return rrc;
 	const levels *L = &db->L;
 	/* [A, B): the whole finest windows of [from, to); the rest is raw */
 	int64_t A, B;
@@ -378,12 +384,12 @@ TALLY_API int tally_query_dist(tally_db *db, const char *table, const char *fiel
 	if (A < B && !retention_check_raw(db, t, from)) {
 		int64_t e[4];
 		edges_of(from, to, A, B, e);
-		uint32_t base = edge_stripes(db, t, c, key, e);
+		uint32_t base = edge_stripes(db, t, c, &ks, e);
 		for (unsigned l = 1; l < L->n; l++) {
 			int64_t Al, Bl;
 			whole_windows(L, l, from, to, &Al, &Bl);
 			edges_of(from, to, Al, Bl, e);
-			if (edge_stripes(db, t, c, key, e) > base)
+			if (edge_stripes(db, t, c, &ks, e) > base)
 				break;
 			A = Al;
 			B = Bl;
@@ -393,11 +399,6 @@ TALLY_API int tally_query_dist(tally_db *db, const char *table, const char *fiel
 	}
 	err_clear();
 	dacc a = {.exp = c->dist_exp, .what = field};
-	/* a subset of the key's tags: every matching series' counts add up
-	 * (engine/tagkey.h), and so do their raw edges (the scan's) */
-	tkkeys ks;
-	if ((rrc = tkkeys_resolve(t, key, &ks)))
-		return rrc;
 	if (A < B) {
 		a.ps = scratch_get(db);
 		for (unsigned s = 0; s < db->n_shards && !a.rc; s++) {
@@ -431,13 +432,13 @@ TALLY_API int tally_query_dist(tally_db *db, const char *table, const char *fiel
 		scratch_put(db, a.ps);
 	}
 	mem_free(a.buf);
-	tkkeys_free(&ks);
 	int rc = a.rc;
 	/* the edges; without a whole window between them, all of [from, to) */
 	int64_t e[4];
 	edges_of(from, to, A, B, e);
 	if (!rc)
-		rc = acc_edges(&a, db, t, c, key, e);
+		rc = acc_edges(&a, db, t, c, &ks, e);
+	tkkeys_free(&ks);
 	tally_dist *d = rc ? NULL : mem_calloc(1, sizeof *d);
 	if (!rc && !d)
 		rc = err_set(-ENOMEM, "out of memory");

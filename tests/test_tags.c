@@ -8,7 +8,9 @@
  * each round subset queries (aggregates, series, scans) and grouped
  * all-keys queries are compared with a plain loop over the events.
  * Values are multiples of 1/4, so every sum is exact in any order and
- * equality is exact. Then: a store written before (tests/data/agg-v2)
+ * equality is exact; traffic's v is also kept as an exact distribution,
+ * whose quantiles and threshold counts over subsets are checked against
+ * the sorted values. Then: a store written before (tests/data/agg-v2)
  * keeps its keys and answers, the warning and stat for lines merged into
  * one series, the cardinality limit, and bad configurations and keys.
  *
@@ -357,6 +359,49 @@ static void check_group_q(model *m, int table, const filt *f, const char *by, in
 	cr_assert_eq(k, nw, "group by '%s': %zu groups, want %zu", by, k, nw);
 }
 
+static int dbl_cmp(const void *x, const void *y)
+{
+	double a = *(const double *)x, b = *(const double *)y;
+	return (a > b) - (a < b);
+}
+
+/* The exact distribution over a subset of traffic's key tags: count,
+ * quantiles by nearest rank (rank ceil(q n), q dyadic so the rank is
+ * exact), counts above and below, against the sorted values. */
+static void check_dist_q(model *m, const filt *f, int64_t from, int64_t to)
+{
+	double *v = malloc((m->n + 1) * sizeof *v);
+	size_t n = 0;
+	for (size_t i = 0; i < m->n; i++)
+		if (ev_match(&m->e[i], f) && m->e[i].ts >= from && m->e[i].ts < to)
+			v[n++] = m->e[i].v;
+	qsort(v, n, sizeof *v, dbl_cmp);
+	tally_dist *d;
+	cr_assert_eq(tally_query_dist(m->db, "traffic", "v", f->text, from, to, &d), 0,
+		     "dist '%s': %s", f->text, tally_errmsg());
+	cr_assert_eq(tally_dist_error(d), 0, "dist '%s': a sketch", f->text);
+	cr_assert_eq(tally_dist_count(d), n, "dist '%s' [%lld, %lld): count %llu, want %zu",
+		     f->text, (long long)from, (long long)to,
+		     (unsigned long long)tally_dist_count(d), n);
+	static const double qs[] = {0.25, 0.5, 0.75, 1};
+	for (size_t i = 0; i < 4 && n; i++) {
+		size_t rank = (size_t)ceil(qs[i] * (double)n);
+		double got;
+		cr_assert_eq(tally_dist_quantile(d, qs[i], &got), 0);
+		cr_assert_eq(got, v[(rank ? rank : 1) - 1], "dist '%s': q=%g %.17g, want %.17g",
+			     f->text, qs[i], got, v[(rank ? rank : 1) - 1]);
+	}
+	uint64_t above = 0, below = 0;
+	for (size_t i = 0; i < n; i++) {
+		above += v[i] > 100;
+		below += v[i] < -100;
+	}
+	cr_assert_eq(tally_dist_count_above(d, 100), above, "dist '%s': above 100", f->text);
+	cr_assert_eq(tally_dist_count_below(d, -100), below, "dist '%s': below -100", f->text);
+	tally_dist_free(d);
+	free(v);
+}
+
 static void check_all(model *m)
 {
 	int64_t lo = m->t0 - 2 * TALLY_1D, hi = m->t0 + 4 * TALLY_1D;
@@ -373,6 +418,11 @@ static void check_all(model *m)
 		a = m->t0 + (int64_t)tu_below(&m->rng, (uint64_t)(2 * TALLY_1D));
 		check_series_q(m, f, TALLY_5M, a, a + TALLY_1D / 2);
 		check_scan_q(m, f, a, a + TALLY_1D / 3);
+		if (f->table == 0) {
+			check_dist_q(m, f, INT64_MIN, INT64_MAX);
+			a = lo + (int64_t)tu_below(&m->rng, (uint64_t)(hi - lo));
+			check_dist_q(m, f, a, a + (int64_t)tu_below(&m->rng, (uint64_t)TALLY_1D));
+		}
 	}
 	static const char *tby[] = {"lane", "camera", "camera,lane", "lane,camera", ""};
 	static const char *cby[] = {"host", "dc", "cpu,dc", "dc,host,cpu", ""};
@@ -394,6 +444,7 @@ Test(tags, model_subset_and_grouped_queries_match_brute_force, .timeout = 600)
 	m.opt = tu_quiet_opts();
 	m.opt.shards = SHARDS;
 	m.opt.table_keys = "traffic=lane+camera,cpu=*";
+	m.opt.distributions = "traffic.v:0.01"; /* values are multiples of 1/4 */
 	m.opt.seal_grace = TALLY_1H;
 	m.t0 = INT64_C(1748822400000000000); /* 2025-06-02 */
 	cr_assert_eq(tally_db_open(m.dir, &m.opt, &m.db), 0, "%s", tally_errmsg());
