@@ -225,10 +225,47 @@ static void dstate_to_sketch(dstate *d)
 	d->sketch = 1;
 }
 
-/* Pair i of d as a sketch's bucket when sk, else as it is. */
-static inline int64_t key_at(const dstate *d, uint32_t i, int sk)
+/* Pair i of a list as a sketch's bucket when sk, else as it is. */
+static inline int64_t key_at(const int64_t *v, int v_sketch, uint32_t i, int sk)
 {
-	return sk && !d->sketch ? dist_sketch_key(d->v[i]) : d->v[i];
+	return sk && !v_sketch ? dist_sketch_key(v[i]) : v[i];
+}
+
+uint32_t dist_merge_pairs(const int64_t *va, const uint64_t *ca, uint32_t na, int ska,
+			  const int64_t *vb, const uint64_t *cb, uint32_t nb, int skb, int64_t *v,
+			  uint64_t *c)
+{
+	/* a merge of sorted lists; an exact side merged into a sketch gives
+	 * its buckets, several values of which may share one */
+	int sk = ska || skb;
+	uint32_t i = 0, j = 0, k = 0;
+	int64_t x = 0, y = 0;
+	if (na)
+		x = key_at(va, ska, 0, sk);
+	if (nb)
+		y = key_at(vb, skb, 0, sk);
+	while (i < na || j < nb) {
+		int64_t z;
+		uint64_t cnt;
+		if (j == nb || (i < na && x <= y)) {
+			z = x;
+			cnt = ca[i++];
+			if (i < na)
+				x = key_at(va, ska, i, sk);
+		} else {
+			z = y;
+			cnt = cb[j++];
+			if (j < nb)
+				y = key_at(vb, skb, j, sk);
+		}
+		if (k && v[k - 1] == z) {
+			c[k - 1] += cnt;
+		} else {
+			v[k] = z;
+			c[k++] = cnt;
+		}
+	}
+	return k;
 }
 
 int dstate_merge(dstate *dst, const dstate *src)
@@ -255,35 +292,8 @@ int dstate_merge(dstate *dst, const dstate *src)
 		mem_free(c);
 		return -ENOMEM;
 	}
-	/* a merge of sorted lists; an exact side merged into a sketch gives
-	 * its buckets, several values of which may share one */
-	uint32_t i = 0, j = 0, k = 0;
-	int64_t x = 0, y = 0;
-	if (na)
-		x = key_at(dst, 0, sk);
-	if (nb)
-		y = key_at(src, 0, sk);
-	while (i < na || j < nb) {
-		int64_t z;
-		uint64_t cnt;
-		if (j == nb || (i < na && x <= y)) {
-			z = x;
-			cnt = dst->c[i++];
-			if (i < na)
-				x = key_at(dst, i, sk);
-		} else {
-			z = y;
-			cnt = src->c[j++];
-			if (j < nb)
-				y = key_at(src, j, sk);
-		}
-		if (k && v[k - 1] == z) {
-			c[k - 1] += cnt;
-		} else {
-			v[k] = z;
-			c[k++] = cnt;
-		}
-	}
+	uint32_t k = dist_merge_pairs(dst->v, dst->c, na, (int)dst->sketch, src->v, src->c, nb,
+				      (int)src->sketch, v, c);
 	dstate_release(dst);
 	dst->v = v;
 	dst->c = c;
@@ -825,7 +835,7 @@ int dcol_level(const dcol *dc, const rlevel *lv, const levels *L, unsigned l, in
 		for (uint32_t x = j0; x < j; x++) {
 			const dstate *w = &dc->w[x].d;
 			for (uint32_t y = 0; y < w->n; y++) {
-				o->d.v[k + y] = key_at(w, y, sk);
+				o->d.v[k + y] = key_at(w->v, (int)w->sketch, y, sk);
 				o->d.c[k + y] = w->c[y];
 			}
 			k += w->n;

@@ -87,6 +87,13 @@ int dist_combine(int64_t *v, uint64_t *c, size_t n, size_t *k);
 /* dst += src, exactly (a sketch if either is one or the result passes
  * dst's bound); 0 or -ENOMEM (dst unchanged). */
 int dstate_merge(dstate *dst, const dstate *src);
+/* Merges the ascending (value, count) lists a and b into v and c (room
+ * for na + nb pairs), equal keys added up: how many pairs. When either
+ * side is a sketch (ska, skb) the result is one, the exact side's values
+ * put into its buckets. */
+uint32_t dist_merge_pairs(const int64_t *va, const uint64_t *ca, uint32_t na, int ska,
+			  const int64_t *vb, const uint64_t *cb, uint32_t nb, int skb, int64_t *v,
+			  uint64_t *c);
 void dstate_release(dstate *d);
 
 /* ---------------------------------------------------------------- flushes */

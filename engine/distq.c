@@ -471,7 +471,8 @@ TALLY_API int tally_query_dist(tally_db *db, const char *table, const char *fiel
 
 /* Merges two ascending (value, count) lists into one, equal values
  * added up: a distribution over several keys (InfluxQL's windows over
- * every camera) is the exact sum of theirs. */
+ * every camera) is the exact sum of theirs, or a sketch when either was
+ * one (dist_merge_pairs, as windows merge). */
 TALLY_API int tally_dist_merge(tally_dist *dst, const tally_dist *src)
 {
 	if (!src->count)
@@ -489,22 +490,11 @@ TALLY_API int tally_dist_merge(tally_dist *dst, const tally_dist *src)
 		mem_free(cum);
 		return err_set(-ENOMEM, "out of memory");
 	}
-	uint32_t i = 0, j = 0, k = 0;
+	uint32_t k = dist_merge_pairs(dst->v, dst->c, dst->n, dst->sketch, src->v, src->c, src->n,
+				      src->sketch, v, c);
 	uint64_t total = 0;
-	while (i < dst->n || j < src->n) {
-		if (j == src->n || (i < dst->n && dst->v[i] < src->v[j])) {
-			v[k] = dst->v[i];
-			c[k] = dst->c[i++];
-		} else if (i == dst->n || src->v[j] < dst->v[i]) {
-			v[k] = src->v[j];
-			c[k] = src->c[j++];
-		} else {
-			v[k] = dst->v[i];
-			c[k] = dst->c[i++] + src->c[j++];
-		}
-		total += c[k];
-		cum[k++] = total;
-	}
+	for (uint32_t i = 0; i < k; i++)
+		cum[i] = (total += c[i]);
 	mem_free(dst->v);
 	mem_free(dst->c);
 	mem_free(dst->cum);
@@ -514,6 +504,7 @@ TALLY_API int tally_dist_merge(tally_dist *dst, const tally_dist *src)
 	dst->n = k;
 	dst->count = total;
 	dst->exp = src->exp;
+	dst->sketch = dst->sketch || src->sketch;
 	return 0;
 }
 

@@ -126,3 +126,54 @@ Test(dist_merge, several_keys_equal_their_sorted_values)
 	tu_rmrf(dir);
 	free(dir);
 }
+
+/* An exact distribution merged with a sketch (a window past its bound on
+ * distinct values) is a sketch: the exact side's values go into the
+ * sketch's buckets, and the answer says so with its error bound. Merged
+ * as plain lists, value indices and bucket keys mixed, and the answer
+ * claimed to be exact. */
+Test(dist_merge, an_exact_side_merged_with_a_sketch_is_a_sketch)
+{
+	char *dir = tu_tmpdir();
+	tally_options o = tu_quiet_opts();
+	o.distributions = "wide.x:0.1:16";
+	tally_db *db;
+	cr_assert_eq(tally_db_open(dir, &o, &db), 0, "%s", tally_errmsg());
+	enum { NS = 200, NE = 5 };
+	double all[NS + NE];
+	char *lp = malloc((NS + NE) * 64), *p = lp;
+	for (int i = 0; i < NS + NE; i++) {
+		/* S: 200 distinct values, past the bound of 16; E: five */
+		int s = i < NS;
+		unsigned v = s ? 100 + 7 * (unsigned)i : 555 + (unsigned)i;
+		p += sprintf(p, "wide,k=%s x=%u.%u %lld\n", s ? "S" : "E", v / 10, v % 10,
+			     (long long)(T0 + i * (int64_t)1000000000));
+		char num[16];
+		sprintf(num, "%u.%u", v / 10, v % 10);
+		all[i] = strtod(num, NULL);
+	}
+	cr_assert_eq(tu_write_synced(db, lp, (size_t)(p - lp)), NS + NE);
+	cr_assert_eq(tally_db_flush(db), 0, "%s", tally_errmsg());
+	qsort(all, NS + NE, sizeof *all, cmp_double);
+	tally_dist *e, *s;
+	cr_assert_eq(tally_query_dist(db, "wide", "x", "E", T0, T0 + TALLY_1D, &e), 0);
+	cr_assert_eq(tally_query_dist(db, "wide", "x", "S", T0, T0 + TALLY_1D, &s), 0);
+	cr_assert_eq(tally_dist_error(e), 0);
+	cr_assert_gt(tally_dist_error(s), 0, "200 distinct values past a bound of 16");
+	cr_assert_eq(tally_dist_merge(e, s), 0, "%s", tally_errmsg());
+	double err = tally_dist_error(e);
+	cr_assert_eq(err, tally_dist_error(s), "the merge is a sketch: error %g", err);
+	cr_assert_eq(tally_dist_count(e), NS + NE);
+	for (uint64_t i = 0; i < NS + NE; i++) {
+		double got = nth(e, i + 1);
+		cr_assert_leq(fabs(got - all[i]), err * all[i] + 1e-9,
+			      "rank %llu: %g, want %g +- %g", (unsigned long long)i + 1, got,
+			      all[i], err * all[i]);
+	}
+	tally_dist_free(s);
+	tally_dist_free(e);
+	free(lp);
+	tally_db_close(db);
+	tu_rmrf(dir);
+	free(dir);
+}
