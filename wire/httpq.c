@@ -70,7 +70,8 @@ typedef struct qdist {
 	double edges[CMD_DIST_EDGES_MAX];
 	uint64_t counts[CMD_DIST_EDGES_MAX];
 	int n_qs, n_above, n_below, n_edges;
-	int64_t ws; /* the next window's start; >= to: done */
+	int64_t ws;   /* the next window's start; >= to: done */
+	double error; /* the largest relative error of a row (0: all exact) */
 } qdist;
 
 typedef struct krow {
@@ -1253,8 +1254,15 @@ static int p_dist(httpq *q, tally_db *db, size_t budget)
 	qdist *d = q->dist;
 	while (q->n < budget && !q->oom) {
 		if (d->ws >= q->to) {
-			if (!q->csv)
+			if (q->csv)
+				return 1;
+			if (d->error > 0) { /* a window kept as a sketch: never silent */
+				q_lit(q, "],\"error\":");
+				q_f64(q, d->error);
+				q_lit(q, "}\n");
+			} else {
 				q_lit(q, "]}\n");
+			}
 			return 1;
 		}
 		int64_t lo = d->ws < q->from ? q->from : d->ws;
@@ -1265,6 +1273,8 @@ static int p_dist(httpq *q, tally_db *db, size_t budget)
 			return q_engine(q, rc, "field");
 		if (!q->step || tally_dist_count(t))
 			dist_row(q, t, q->step ? d->ws : q->from);
+		if (tally_dist_error(t) > d->error)
+			d->error = tally_dist_error(t);
 		tally_dist_free(t);
 		d->ws = hi;
 	}

@@ -209,6 +209,7 @@ typedef struct ex {
 	char *err; /* IQ_ERR_MAX */
 	tally_bucket *bk;
 	size_t bk_cap;
+	double dist_error; /* this statement's largest sketch error (0: exact) */
 } ex;
 
 static int ex_fail(ex *x, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -736,6 +737,8 @@ static int fill_dist(ex *x, const iq_stmt *st, const enum tally_type *types, cha
 				tally_dist_free(w);
 				return dist_fail(x, &st->aggs[j], rc);
 			}
+			if (w && tally_dist_error(w) > x->dist_error)
+				x->dist_error = tally_dist_error(w);
 			for (unsigned m = j; w && m < st->n_aggs; m++) {
 				double v;
 				if (is_dist(st->aggs[m].fn) && !strcmp(st->aggs[m].field, field) &&
@@ -1298,16 +1301,29 @@ int iq_serve(tally_db *db, const char *q, size_t n, const iq_params *p, iq_buf *
 				iq_puts(&b, ",\"error\":");
 				put_str(&b, err);
 				failed = 1;
-			} else if (x.src && x.src->missing[0]) {
-				/* partial=mark: said, never silent (docs/cluster.md) */
-				iq_puts(&b, ",\"messages\":[{\"level\":\"warning\",\"text\":");
-				char m[IQ_ERR_MAX + 32];
-				snprintf(m, sizeof m, "partial: %s", x.src->missing);
-				put_str(&b, m);
-				iq_puts(&b, "}]");
+			} else {
+				/* never silent: a missing node (partial=mark,
+				 * docs/cluster.md), a window kept as a sketch */
+				char m[2][IQ_ERR_MAX + 32];
+				int nm = 0;
+				if (x.src && x.src->missing[0])
+					snprintf(m[nm++], sizeof m[0], "partial: %s",
+						 x.src->missing);
+				if (x.dist_error > 0)
+					snprintf(m[nm++], sizeof m[0],
+						 "approximate: a window past its bound on distinct "
+						 "values is a sketch, relative error %g",
+						 x.dist_error);
+				for (int k = 0; k < nm; k++) {
+					iq_puts(&b, k ? ",{" : ",\"messages\":[{");
+					iq_puts(&b, "\"level\":\"warning\",\"text\":");
+					put_str(&b, m[k]);
+					iq_puts(&b, k == nm - 1 ? "}]" : "}");
+				}
 			}
 			if (x.src)
 				x.src->missing[0] = 0;
+			x.dist_error = 0;
 			iq_puts(&b, "}");
 		}
 		iq_puts(&b, "]}");

@@ -57,8 +57,11 @@ tallyd_stop
 # flush, if a query gets there first, the memtable's rows answer exactly,
 # without one).
 mkdir "$tmp/b"
-tallyd_start "$tallyd" "$tmp/b" --shards 1 --distributions traffic.speed:0.1:4 --flush-interval 1s
+tallyd_start "$tallyd" "$tmp/b" --shards 1 --distributions traffic.speed:0.1:4 --flush-interval 1s \
+  --http-port-file "$tmp/b/http"
 port=$tallyd_port
+for _ in $(seq 1 3000); do [ -s "$tmp/b/http" ] && break; sleep 0.01; done
+http=$(cat "$tmp/b/http")
 "$tally" --port "$port" -q write "$tmp/ev.lp" 2>/dev/null
 # the flush (1 s interval) is done when the parts answer: bounded wait
 for _ in $(seq 300); do
@@ -71,5 +74,13 @@ done
 med=${got##*q=0.5,}
 awk -v m="$med" 'BEGIN { d = m - 55; if (d < 0) d = -d; exit !(d <= 55 / 128) }' ||
   fail "sketch median $med not within 1/128 of 55"
+# the same sketch over HTTP says so too: the JSON answer's "error", and
+# InfluxQL's median a warning in its statement's messages
+got=$(curl -sf "http://127.0.0.1:$http/api/v1/dist?table=traffic&field=speed&key=KV1&from=2025-01-01&to=2025-01-02&q=0.5")
+[[ "$got" == *'],"error":0.0078125}' ]] || fail "/api/v1/dist of a sketch: '$got'"
+got=$(curl -sfG "http://127.0.0.1:$http/query" --data-urlencode db=tally --data-urlencode \
+  "q=SELECT median(speed) FROM traffic WHERE camera = 'KV1' AND time >= '2025-01-01T00:00:00Z' AND time < '2025-01-02T00:00:00Z'")
+[[ "$got" == *'"messages":[{"level":"warning","text":"approximate: '*'relative error 0.0078125"}]'* ]] ||
+  fail "InfluxQL median of a sketch: '$got'"
 tallyd_stop
 echo "#!dist quantiles, thresholds and histograms, memtable and parts, sketches past a bound: ok"
