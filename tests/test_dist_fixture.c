@@ -160,8 +160,7 @@ static void answer(tally_db *db, FILE *f, const char *filter, const range *r, co
 		double got;
 		cr_assert_eq(tally_dist_quantile(d, qs[i], &got), 0);
 		fprintf(f, " %a", got);
-		size_t rank = (size_t)ceil(qs[i] * (double)n);
-		double want = v[(rank ? rank : 1) - 1] / 10.0;
+		double want = v[tu_exact_rank(qs[i], n) - 1] / 10.0;
 		if (err == 0)
 			cr_assert_eq(got, want, "%s q=%g: %.17g, brute force %.17g", filter, qs[i],
 				     got, want);
