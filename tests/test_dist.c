@@ -108,21 +108,6 @@ static int cmp_double(const void *a, const void *b)
 	return (x > y) - (x < y);
 }
 
-__extension__ typedef unsigned __int128 u128;
-
-/* ceil(q * n) for the double q, exactly (q = m / 2^s), at least 1. */
-static uint64_t exact_rank(double q, uint64_t n)
-{
-	int e;
-	double f = frexp(q, &e); /* q = f * 2^e, f in [0.5, 1) */
-	u128 m = (u128)ldexp(f, 53);
-	int s = 53 - e;
-	u128 prod = m * n;
-	uint64_t r =
-		s <= 0 ? (uint64_t)(prod << -s) : (uint64_t)((prod + (((u128)1 << s) - 1)) >> s);
-	return q == 0 || r < 1 ? 1 : r;
-}
-
 static void check_range(tally_db *db, int cam, int64_t from, int64_t to, tu_rng *r)
 {
 	double *v = malloc((n_evs + 1) * sizeof *v);
@@ -152,7 +137,7 @@ static void check_range(tally_db *db, int cam, int64_t from, int64_t to, tu_rng 
 			continue;
 		}
 		cr_assert_eq(rc, 0);
-		double want = v[exact_rank(qs[i], n) - 1];
+		double want = v[tu_exact_rank(qs[i], n) - 1];
 		/* the bound as reported, and a last bit of slack for the
 		 * rounding of the bucket's value */
 		cr_assert(e ? fabs(got - want) <= e * fabs(want) * (1 + 1e-9) : got == want,

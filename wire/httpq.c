@@ -1243,6 +1243,10 @@ static void dist_row(httpq *q, const tally_dist *t, int64_t at)
 		q_sep(q);
 		q_u64(q, d->counts[i]);
 	}
+	if (q->csv) { /* CSV has no room after its rows: each row says it (0: exact) */
+		q_sep(q);
+		q_f64(q, tally_dist_error(t));
+	}
 	q_row_close(q);
 }
 
@@ -1567,11 +1571,12 @@ static int q_numbers(httpq *q, const char *name, double *v, int max, double lo, 
 }
 
 /* The dist's columns: time, count, q=Q..., above=X..., below=X...,
- * [E1,E2)... */
+ * [E1,E2)..., and in CSV error (the JSON answer says it once, at its
+ * end, which a CSV answer does not have). */
 static void q_dist_columns(httpq *q)
 {
 	const qdist *d = q->dist;
-	int n = 2 + d->n_qs + d->n_above + d->n_below + (d->n_edges ? d->n_edges - 1 : 0);
+	int n = 2 + d->n_qs + d->n_above + d->n_below + (d->n_edges ? d->n_edges - 1 : 0) + q->csv;
 	char(*names)[80] = malloc((size_t)n * sizeof *names);
 	const char **cols = malloc((size_t)n * sizeof *cols);
 	if (!names || !cols) {
@@ -1597,6 +1602,8 @@ static void q_dist_columns(httpq *q)
 		snprintf(names[c], sizeof names[0], "[%.*s,%.*s)",
 			 (int)cmd_format_double(d->edges[i], x), x,
 			 (int)cmd_format_double(d->edges[i + 1], y), y);
+	if (q->csv)
+		snprintf(names[c++], sizeof names[0], "error");
 	for (int i = 0; i < n; i++)
 		cols[i] = names[i];
 	q_columns(q, cols, (size_t)n);

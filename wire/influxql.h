@@ -80,10 +80,13 @@ typedef struct iq_stmt {
 	int desc;
 	int64_t limit, offset, slimit, soffset; /* 0: none */
 	/* SHOW MEASUREMENTS WITH MEASUREMENT =~ /re/ or = 'name';
-	 * SHOW TAG VALUES WITH KEY = "tag" */
+	 * SHOW TAG VALUES WITH KEY = "tag", =~ /re/, IN ("a", "b"), and
+	 * with_not set, != "tag" or !~ /re/ */
 	char *with;
 	regex_t with_re;
-	int has_with_re;
+	int has_with_re, with_not;
+	char **with_in;
+	unsigned n_with_in;
 } iq_stmt;
 
 typedef struct iq_query {
