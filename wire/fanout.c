@@ -319,10 +319,17 @@ static void peer_io(fan_peer *p, short rev, size_t max_bytes)
 /* ---------------------------------------------------------------- the pool */
 
 #define FAN_POOL_PER_NODE 8 /* idle connections kept per node */
+/* A receive buffer up to this size stays with its idle connection: a
+ * buffer allocated per fan-out cost page faults on every query (glibc
+ * gives pages of a freed large block back to the kernel), a tenth of a
+ * fan-out's time here. */
+#define FAN_KEEP_BUF (1u << 20)
 
 typedef struct fan_idle {
 	int fd;
 	uint64_t id;
+	char *buf; /* its receive buffer (buf_cap bytes), or NULL */
+	size_t buf_cap;
 } fan_idle;
 
 struct fan_pool {
@@ -356,8 +363,10 @@ void fan_pool_free(fan_pool *p)
 	if (!p)
 		return;
 	for (size_t i = 0; p->n_idle && i < p->n; i++)
-		for (size_t k = 0; k < p->n_idle[i]; k++)
+		for (size_t k = 0; k < p->n_idle[i]; k++) {
 			close(p->idle[i][k].fd);
+			free(p->idle[i][k].buf);
+		}
 	if (p->n)
 		pthread_mutex_destroy(&p->mu);
 	free(p->nodes);
@@ -375,46 +384,61 @@ static long pool_slot(const fan_pool *p, const fan_node *node)
 	return -1;
 }
 
-/* An idle connection to node (its fd, *id the node's id), or -1. */
-static int pool_take(fan_pool *p, const fan_node *node, uint64_t *id)
+/* An idle connection to node (its fd, *id the node's id), or -1; the
+ * receive buffer kept with it, even when the connection turned out
+ * stale, goes to the peer p unless it has one. */
+static int pool_take(fan_pool *pool, const fan_node *node, fan_peer *p)
 {
-	long i = p ? pool_slot(p, node) : -1;
-	int fd = -1;
+	long i = pool ? pool_slot(pool, node) : -1;
 	if (i < 0)
 		return -1;
 	for (;;) {
-		pthread_mutex_lock(&p->mu);
-		if (p->n_idle[i]) {
-			fan_idle *e = &p->idle[i][--p->n_idle[i]];
-			fd = e->fd;
-			*id = e->id;
+		fan_idle e = {.fd = -1};
+		pthread_mutex_lock(&pool->mu);
+		if (pool->n_idle[i])
+			e = pool->idle[i][--pool->n_idle[i]];
+		pthread_mutex_unlock(&pool->mu);
+		if (e.buf && !p->in) {
+			p->in = e.buf;
+			p->in_cap = e.buf_cap;
+		} else {
+			free(e.buf);
 		}
-		pthread_mutex_unlock(&p->mu);
 		/* An idle connection has nothing to read: anything there (a
 		 * node's goodbye, its close) makes it stale. */
-		struct pollfd pf = {.fd = fd, .events = POLLIN};
-		if (fd < 0 || poll(&pf, 1, 0) == 0)
-			return fd;
-		close(fd);
-		fd = -1;
+		struct pollfd pf = {.fd = e.fd, .events = POLLIN};
+		if (e.fd < 0 || poll(&pf, 1, 0) == 0) {
+			p->id = e.id;
+			return e.fd;
+		}
+		close(e.fd);
 	}
 }
 
-/* Keeps a connection that answered whole for the next fan-out; closes it
- * when the node has enough idle ones. */
-static void pool_put(fan_pool *p, const fan_node *node, int fd, uint64_t id)
+/* Keeps a connection that answered whole for the next fan-out, with p's
+ * receive buffer (taken from p) when it is not large; closes it when the
+ * node has enough idle ones. */
+static void pool_put(fan_pool *pool, fan_peer *p)
 {
-	long i = p ? pool_slot(p, node) : -1;
-	if (i >= 0) {
-		pthread_mutex_lock(&p->mu);
-		if (p->n_idle[i] < FAN_POOL_PER_NODE) {
-			p->idle[i][p->n_idle[i]++] = (fan_idle){fd, id};
-			fd = -1;
-		}
-		pthread_mutex_unlock(&p->mu);
+	long i = pool ? pool_slot(pool, p->node) : -1;
+	fan_idle e = {.fd = p->fd, .id = p->id};
+	if (p->in_cap <= FAN_KEEP_BUF) {
+		e.buf = p->in;
+		e.buf_cap = p->in_cap;
 	}
-	if (fd >= 0)
-		close(fd);
+	if (i >= 0) {
+		pthread_mutex_lock(&pool->mu);
+		if (pool->n_idle[i] < FAN_POOL_PER_NODE) {
+			pool->idle[i][pool->n_idle[i]++] = e;
+			e.fd = -1;
+			if (e.buf)
+				p->in = NULL;
+		}
+		pthread_mutex_unlock(&pool->mu);
+	}
+	p->fd = -1;
+	if (e.fd >= 0)
+		close(e.fd);
 }
 
 /* Sets p up to ask cmd[0, cn): over an idle connection of the pool, or a
@@ -430,7 +454,7 @@ static int peer_start(fan_peer *p, const fan_opts *o, const char *cmd, size_t cn
 	p->req_len = p->sent = p->in_len = p->scanned = p->ans = 0;
 	p->done = p->in_answer = 0;
 	p->why[0] = 0;
-	p->fd = pool_take(o->pool, p->node, &p->id);
+	p->fd = pool_take(o->pool, p->node, p);
 	p->pooled = p->fd >= 0;
 	p->skip = 0;
 	if (!p->pooled) {
@@ -788,6 +812,7 @@ int fan_run(const fan_node *nodes, size_t n, const fan_opts *o, const char *cmd,
 		if (peer_start(&ps[i], o, cmd, cn)) {
 			for (size_t j = 0; j <= i; j++) {
 				free(ps[j].req);
+				free(ps[j].in);
 				if (ps[j].fd >= 0)
 					close(ps[j].fd);
 			}
@@ -979,12 +1004,12 @@ free_all:
 		fan_peer *p = &ps[i];
 		free(a[i].rows);
 		free(p->req);
-		free(p->in);
 		/* whole answers, nothing after them: the connection is clean */
 		if (p->fd >= 0 && p->done && !p->why[0] && p->scanned == p->in_len)
-			pool_put(o->pool, p->node, p->fd, p->id);
+			pool_put(o->pool, p);
 		else if (p->fd >= 0)
 			close(p->fd);
+		free(p->in);
 	}
 	free(a);
 	free(ps);
