@@ -469,6 +469,19 @@ static int peer_start(fan_peer *p, const fan_opts *o, const char *cmd, size_t cn
 	return 0;
 }
 
+/* peer_io, then the retry rule: a pooled connection that failed before
+ * any byte of its answer came (the node closed it meanwhile: its
+ * idle-timeout, a restart) asks once more, on a new connection; what
+ * the first one did is dropped, so the node counts once. 0 or -ENOMEM. */
+static int peer_step(fan_peer *p, short rev, size_t max_bytes, const fan_opts *o, const char *cmd,
+		     size_t cn)
+{
+	peer_io(p, rev, max_bytes);
+	if (p->done && p->why[0] && p->pooled && !p->in_len)
+		return peer_start(p, &(fan_opts){.token = o->token}, cmd, cn);
+	return 0;
+}
+
 /* ---------------------------------------------------------------- merging */
 
 typedef struct frow {
@@ -809,18 +822,37 @@ int fan_run(const fan_node *nodes, size_t n, const fan_opts *o, const char *cmd,
 	for (size_t i = 0; i < n; i++) {
 		ps[i].node = &nodes[i];
 		ps[i].fd = -1;
-		if (peer_start(&ps[i], o, cmd, cn)) {
-			for (size_t j = 0; j <= i; j++) {
-				free(ps[j].req);
-				free(ps[j].in);
-				if (ps[j].fd >= 0)
-					close(ps[j].fd);
-			}
-			free(ps);
-			return -ENOMEM;
-		}
 	}
 	int64_t deadline = fan_now() + (o->timeout_ns > 0 ? o->timeout_ns : INT64_C(5000000000));
+	/* nodes[0] answered here: the others' queries leave first, so that
+	 * they answer while this one works out its part. */
+	int rc = 0;
+	for (size_t i = o->local ? 1 : 0; i < n && !rc; i++) {
+		rc = peer_start(&ps[i], o, cmd, cn);
+		if (!rc && ps[i].pooled)
+			rc = peer_step(&ps[i], POLLOUT, b.max, o, cmd, cn);
+	}
+	if (!rc && o->local && n) {
+		rc = o->local(o->local_arg, &req, &ps[0].in, &ps[0].in_len);
+		if (rc == 0) {
+			ps[0].in_cap = ps[0].in_len;
+			ps[0].scanned = ps[0].in_len;
+			ps[0].done = 1;
+			ps[0].id = o->local_id;
+		} else if (rc == 1) {
+			rc = peer_start(&ps[0], o, cmd, cn);
+		}
+	}
+	if (rc) {
+		for (size_t j = 0; j < n; j++) {
+			free(ps[j].req);
+			free(ps[j].in);
+			if (ps[j].fd >= 0)
+				close(ps[j].fd);
+		}
+		free(ps);
+		return -ENOMEM;
+	}
 	struct pollfd *pf = calloc(n, sizeof *pf);
 	for (;;) {
 		size_t live = 0;
@@ -849,11 +881,7 @@ int fan_run(const fan_node *nodes, size_t n, const fan_opts *o, const char *cmd,
 			fan_peer *p = &ps[i];
 			if (p->done || !pf[i].revents)
 				continue;
-			peer_io(p, pf[i].revents, b.max);
-			/* An idle connection the node closed meanwhile (its
-			 * idle-timeout, a restart): once more, on a new one. */
-			if (p->done && p->why[0] && p->pooled && !p->in_len &&
-			    peer_start(p, &(fan_opts){.token = o->token}, cmd, cn))
+			if (peer_step(p, pf[i].revents, b.max, o, cmd, cn))
 				peer_fail(p, "out of memory");
 		}
 	}
@@ -862,7 +890,7 @@ int fan_run(const fan_node *nodes, size_t n, const fan_opts *o, const char *cmd,
 	/* The answers. */
 	fans *a = calloc(n, sizeof *a);
 	size_t nall = 0, missing = 0, answered = 0;
-	int rc = 0;
+	rc = 0;
 	const fans *first_err = NULL, *absent_err = NULL;
 	for (size_t i = 0; i < n && !rc; i++) {
 		if (ps[i].why[0]) {
