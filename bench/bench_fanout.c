@@ -14,9 +14,11 @@
  *     TCP: the single node, then a cluster node (which asks all three);
  *   - the same as JSON, GET /api/v1/series over HTTP, likewise.
  * Every answer is checked (288 rows; the fanned answer equals the single
- * node's on the first query of each kind). A fan-out costs a connection
- * to each node and their slowest answer, plus a thread: the target is a
- * fan-out p50 within 3x the single node's.
+ * node's on the first query of each kind). A fan-out costs a hand-off
+ * to a worker thread, a round trip to each other node over a pooled
+ * connection (the slowest sets it), the merge and a wake-up back: the
+ * target is a fan-out p50 within 3x the single node's. To compare two
+ * builds, run it with --tallyd of each, alternating (bench/README.md).
  *
  *   ./build/bench/bench_fanout
  *   ./build/bench/bench_fanout --queries 5000 --cameras 300 --days 2

@@ -11,7 +11,10 @@
  * and a node of any version that speaks the text protocol takes part.
  *
  * All nodes are asked at once over non-blocking sockets under one
- * deadline; the slowest node sets the latency, not their sum.
+ * deadline; the slowest node sets the latency, not their sum. The
+ * connections stay open between fan-outs (a pool per node, each with its
+ * receive buffer), so a query costs each node one round trip; a pooled
+ * connection that fails before its answer began is asked again once.
  */
 #include "fanout.h"
 
