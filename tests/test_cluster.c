@@ -602,7 +602,8 @@ Test(cluster, http_and_influxql_answer_like_one, .timeout = 280)
  * the queries), and every answer equals the reference's. Then node 1
  * restarts between two queries: node 0's pool holds a connection the old
  * process closed, and the next answer is still exact (neither missing
- * node 1 nor counting it twice). */
+ * node 1 nor counting it twice). A table that only node 1 holds is
+ * answered by it alone. */
 Test(cluster, pooled_connections_reused_and_renewed, .timeout = 240)
 {
 	unsigned ports[3];
@@ -628,6 +629,19 @@ Test(cluster, pooled_connections_reused_and_renewed, .timeout = 240)
 		cr_assert_leq(now - before[i], 2, "node %d accepted %" PRIu64 " connections", i,
 			      now - before[i]);
 	}
+
+	/* A table on node 1 alone: node 0 (its own part worked out
+	 * in-process) and node 2 answer for nothing, not with an error. */
+	for (int k = 0; k < 5; k++) {
+		tcli_sendf(c[1], "lone,camera=cam1 speed=%d %" PRId64 "\n", 40 + k,
+			   T0 + (int64_t)k * 600 * 1000000000);
+		tcli_sendf(rc, "lone,camera=cam1 speed=%d %" PRId64 "\n", 40 + k,
+			   T0 + (int64_t)k * 600 * 1000000000);
+	}
+	tcli_sync(c[1], NULL, NULL);
+	tcli_sync(rc, NULL, NULL);
+	both(c[0], rc, 0, "#!series lone speed cam1 5m 2025-01-01T00:00:00Z 1d");
+	both(c[0], rc, 0, "#!agg lone speed cam1 2025-01-01T00:00:00Z 1d");
 
 	/* node 1 restarts: same port, same data */
 	tcli_close(c[1]);
