@@ -9,7 +9,10 @@
  * their parts after a flush and merge, rollups included, and, on the
  * store with distributions, the in-process latency of V85 over a
  * camera-day (aligned: one 1d window from the parts) and over an unaligned
- * range (whole windows plus raw edges), p50 and p99 of --reps queries.
+ * range (whole windows plus raw edges), p50 and p99 of --reps queries,
+ * and of V85 per camera for all cameras of a day (--reps / 100 of them).
+ * --keep DIR ingests into DIR (new or empty) and leaves it; --reuse DIR
+ * then only runs the queries on it (bench/ab_dist).
  *
  * The one idea: the two stores get byte-identical input in the same
  * order, prepared before the clock starts, so the difference between the
@@ -17,6 +20,7 @@
  * time, not wall time, so that a loaded machine's neighbours do not count.
  *
  *   bench_dist [--cameras N] [--days N] [--per-day N] [--reps N] [--dir D]
+ *              [--keep DIR | --reuse DIR]
  */
 #include <dirent.h>
 #include <errno.h>
