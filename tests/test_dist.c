@@ -586,3 +586,53 @@ Test(dist, the_documented_block_bytes)
 	}
 	codec_ctx_free(cx);
 }
+
+/* Speeds for the counting array's paths: camera 0 close together (one
+ * array), camera 1 the same with one event in 40 thousands of km/h away
+ * (a range holding one gives the array up midway and sorts pairs),
+ * camera 2 spread over 0.1 to 6000.0 (the array grows, both ways, close
+ * to its most). */
+static unsigned spread_speed(tu_rng *r, int cam)
+{
+	switch (cam) {
+	case 1: return tu_below(r, 40) ? plain_speed(r, cam) : 70000 + (unsigned)tu_below(r, 900);
+	case 2: return 1 + (unsigned)tu_below(r, 60000);
+	default: return plain_speed(r, cam);
+	}
+}
+
+/* A distribution query counts exact values close together in an array
+ * over their range and falls back to sorting pairs when they spread
+ * too far: the same answers as brute force either way, over aligned
+ * and unaligned ranges, with more than a stripe of rows a camera-day
+ * (edges inside either stripe), late events, several parts, memtables
+ * and merges. */
+Test(dist, counted_and_sorted_values_equal_brute_force)
+{
+	uint64_t seed = tu_seed("dist-spread");
+	tu_rng r = {seed};
+	n_evs = 0;
+	speed_of = spread_speed;
+	char *dir = tu_tmpdir();
+	tally_options o = opts();
+	tally_db *db;
+	cr_assert_eq(tally_db_open(dir, &o, &db), 0, "%s", tally_errmsg());
+	write_some(db, &r, 0, 7000);
+	write_some(db, &r, 1, 6000);
+	check_all(db, &r); /* memtables only */
+	cr_assert_eq(tally_db_flush(db), 0, "%s", tally_errmsg());
+	check_all(db, &r); /* parts */
+	for (int round = 0; round < 3; round++) {
+		write_some(db, &r, (unsigned)round % 2, 1500); /* late into flushed windows */
+		cr_assert_eq(tally_db_flush(db), 0, "%s", tally_errmsg());
+	}
+	write_some(db, &r, 1, 700);
+	check_all(db, &r); /* several parts and a memtable */
+	cr_assert_eq(tally_db_merge(db), 0, "%s", tally_errmsg());
+	check_all(db, &r); /* merged */
+	tally_db_close(db);
+	tu_rmrf(dir);
+	free(dir);
+	forget_events();
+	speed_of = plain_speed;
+}
