@@ -453,9 +453,11 @@ int cmd_dist_stat_check(const char *arg, char *err, size_t cap)
 		return 0;
 	if (!strncmp(arg, "hist=", 5) && cmd_dist_edges(arg + 5, edges) > 0)
 		return 0;
+	if (!strcmp(arg, "pairs")) /* a node's part of a query across nodes */
+		return 0;
 	snprintf(err, cap,
-		 "'%.40s' is not q=Q (0..1), above=X, below=X or hist=E1,E2,... (2 to %d "
-		 "ascending edges)",
+		 "'%.40s' is not q=Q (0..1), above=X, below=X, hist=E1,E2,... (2 to %d "
+		 "ascending edges) or pairs",
 		 arg, CMD_DIST_EDGES_MAX);
 	return -1;
 }
@@ -551,6 +553,9 @@ int cmd_parse(const char *line, size_t len, char *scratch, size_t scratch_cap, i
 			if (cmd_dist_stat_check(a[i], err, err_cap))
 				return cmd_printable(err); /* it echoes the argument */
 			out->stats[out->n_stats++] = a[i];
+			if (!strcmp(a[i], "pairs") && nargs != 6)
+				return cmd_fail(err, err_cap,
+						"dist: pairs is asked alone (no other statistic)");
 		}
 		__attribute__((fallthrough)); /* the rest is #!agg's */
 	case CMD_AGG:

@@ -32,6 +32,7 @@
 
 #include "cmd.h"
 #include "distcmd.h"
+#include "fandist.h"
 #include "frame.h"
 #include "series.h"
 #include "kafka.h"
@@ -797,7 +798,9 @@ static void conn_query(wconn *c, const cmd_req *r, uint64_t line)
 	if (s->n_fan_nodes && !c->fan_off) {
 		/* Every node answers its part (docs/cluster.md). */
 		fanjob *j;
-		rc = fanserv_start(c, r, line, &j);
+		/* a distribution: every node's pairs, merged (fandist.c) */
+		rc = r->kind == CMD_DIST ? fandist_start(c, r, line, &j)
+					 : fanserv_start(c, r, line, &j);
 		if (rc == 0) {
 			c->prod = PROD_FANOUT;
 			c->prod_state = j;

@@ -162,6 +162,8 @@ size_t fan_build_cmd(const cmd_req *r, char *buf, size_t cap)
 		o = put_prefixed(buf, o, cap, "key=", r->key);
 		o = put_prefixed(buf, o, cap, "by=", r->group);
 	}
+	for (unsigned i = 0; r->kind == CMD_DIST && i < r->n_stats; i++)
+		o = put_arg(buf, o, cap, r->stats[i]); /* "pairs": fandist.c merges them */
 	if (r->kind == CMD_SCAN && r->limit && o < cap) {
 		k = snprintf(buf + o, cap - o, " %" PRIu64, r->limit);
 		o = k > 0 && (size_t)k < cap - o ? o + (size_t)k : cap;
@@ -839,6 +841,8 @@ int fan_run(const fan_node *nodes, size_t n, const fan_opts *o, const char *cmd,
 	size_t nall = 0, missing = 0, answered = 0;
 	int rc = 0;
 	const fans *first_err = NULL, *absent_err = NULL;
+	const char *absent_msg = NULL;
+	size_t absent_n = 0;
 	for (size_t i = 0; i < n && !rc; i++) {
 		if (ps[i].why[0]) {
 			missing++;
@@ -853,6 +857,8 @@ int fan_run(const fan_node *nodes, size_t n, const fan_opts *o, const char *cmd,
 		rc = split_answer(&ps[i], (unsigned)i, &a[i]);
 		if (a[i].err && err_is_absent(&a[i])) {
 			absent_err = &a[i];
+			absent_msg = a[i].err; /* kept: the answer's error if no node holds it */
+			absent_n = a[i].err_n;
 			a[i].err = NULL;
 			a[i].head = NULL;
 			a[i].n = 0;
@@ -893,7 +899,7 @@ int fan_run(const fan_node *nodes, size_t n, const fan_opts *o, const char *cmd,
 		goto free_all;
 	}
 	if (!answered && absent_err) {
-		put_err(&b, absent_err->err, absent_err->err_n, "every node");
+		put_err(&b, absent_msg, absent_n, "every node");
 		goto free_all;
 	}
 	frow *all = malloc((nall ? nall : 1) * sizeof *all);
@@ -954,6 +960,19 @@ int fan_run(const fan_node *nodes, size_t n, const fan_opts *o, const char *cmd,
 		merge_scan(&b, a, n, all, nall, req.limit);
 		rows = SIZE_MAX; /* merge_scan wrote its END */
 		break;
+	case CMD_DIST:
+		if (req.n_stats == 1 && !strcmp(req.stats[0], "pairs")) {
+			/* each node's pairs as they came: the caller merges them
+			 * exactly (wire/fandist.c); a finished quantile would not */
+			fb_put(&b, "exp\tkind\tunits\tcount\n", 21);
+			for (size_t r = 0; r < nall; r++) {
+				fb_put(&b, all[r].p, all[r].n);
+				fb_put(&b, "\n", 1);
+			}
+			rows = nall;
+			break;
+		}
+		__attribute__((fallthrough));
 	default: {
 		char m[200];
 		int k = snprintf(m, sizeof m, "ERR %s: not a query that fans out\n", req.name);

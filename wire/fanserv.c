@@ -20,6 +20,7 @@
 #include <sys/random.h>
 #include <unistd.h>
 
+#include "fandist.h"
 #include "fanout.h"
 #include "influxql.h"
 
@@ -200,6 +201,11 @@ int fanserv_call(wconn *c, int (*fn)(srv *s, void *arg, char **out, size_t *len)
 	return fj_spawn(j->s, j, out);
 }
 
+void fanserv_set_line(fanjob *j, uint64_t line)
+{
+	j->line = line; /* read by fanserv_pump, on the same shard thread */
+}
+
 int fanserv_take(fanjob *j, char **out, size_t *len, int *status)
 {
 	if (atomic_load(&j->state) != FJ_DONE)
@@ -376,6 +382,22 @@ static int fs_keys(iq_src *is, const char *table, const char *field, int64_t fro
 	return fs_done(&a, rc);
 }
 
+/* Every node's part as pairs, merged exactly (wire/fandist.c). */
+static int fs_dist(iq_src *is, const char *table, const char *field, const char *key, int64_t from,
+		   int64_t to, tally_dist **out, char *err)
+{
+	fs_answer a;
+	cmd_req r = fan_req(CMD_DIST, "dist", table, field, key, 0, from, to);
+	r.stats[0] = "pairs";
+	r.n_stats = 1;
+	int rc = fs_ask(is, &a, r, err);
+	if (rc)
+		return rc;
+	if (fandist_read(&a.rd, out, err, IQ_ERR_MAX))
+		rc = IQ_EREMOTE;
+	return fs_done(&a, rc);
+}
+
 typedef struct iq_job {
 	char *query, *body;
 	size_t query_n, body_n;
@@ -395,7 +417,7 @@ static void iq_job_free(void *arg)
 static int iq_job_run(srv *s, void *arg, char **out, size_t *len)
 {
 	iq_job *q = arg;
-	fan_src f = {.base = {.agg = fs_agg, .series = fs_series, .keys = fs_keys},
+	fan_src f = {.base = {.agg = fs_agg, .series = fs_series, .keys = fs_keys, .dist = fs_dist},
 		     .s = s,
 		     .alive = malloc(s->n_fan_nodes * sizeof *f.alive),
 		     .n_alive = s->n_fan_nodes};

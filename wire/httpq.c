@@ -16,8 +16,8 @@
  * key order, scans in time order. Only aggs sorted by something other than
  * the key keeps rows: the best `limit` in a bounded heap.
  *
- * With `peers` (docs/cluster.md), series, agg, aggs, scan and the cameras'
- * route are asked of every node (fanserv_ask) and nothing is sent until
+ * With `peers` (docs/cluster.md), series, agg, aggs, scan, dist and the
+ * cameras' route are asked of every node (fanserv_ask) and nothing is sent until
  * they answered: the rows then come from the merged answer, read back by
  * the same producers (q_next_bucket, q_next_key, q_scan_next), so an
  * answer across nodes has the format of one node's, plus "partial" when
@@ -35,6 +35,7 @@
 #include <strings.h>
 
 #include "cmd.h"
+#include "fandist.h"
 #include "fanserv.h"
 #include "series.h"
 
@@ -1267,8 +1268,11 @@ static int p_dist(httpq *q, tally_db *db, size_t budget)
 		}
 		int64_t lo = d->ws < q->from ? q->from : d->ws;
 		int64_t hi = !q->step || q->to - d->ws <= q->step ? q->to : d->ws + q->step;
-		tally_dist *t;
-		int rc = tally_query_dist(db, q->table, q->field, q->key, lo, hi, &t);
+		tally_dist *t = NULL;
+		int rc = q->fan ? fandist_window(&q->rd, lo, &t, q->err, sizeof q->err)
+				: tally_query_dist(db, q->table, q->field, q->key, lo, hi, &t);
+		if (rc && q->fan)
+			return 500; /* q->err says which row of which window */
 		if (rc)
 			return q_engine(q, rc, "field");
 		if (!q->step || tally_dist_count(t))
@@ -1652,10 +1656,15 @@ static int q_dist_start(httpq *q, tally_db *db, const srv_conf *cf, int64_t now)
 	 * field or key that cannot answer, rather than a cut stream */
 	tally_dist *t;
 	int rc = tally_query_dist(db, q->table, q->field, q->key, q->to, q->to, &t);
-	if (rc)
+	double res = NAN; /* across nodes, from a node without the table: null */
+	if (q->fan)
+		q_fan_req(q, CMD_DIST, "dist"); /* fandist_http asks every node */
+	if (rc && !q->fan)
 		return q_engine(q, rc, "field");
-	double res = tally_dist_resolution(t);
-	tally_dist_free(t);
+	if (!rc) {
+		res = tally_dist_resolution(t);
+		tally_dist_free(t);
+	}
 	if (!q->csv) {
 		char dur[32];
 		q_lit(q, "{");
@@ -1995,7 +2004,9 @@ int httpq_serve(httpq *q, wconn *c, int keep_alive, int head_only, int *more)
 	if (!st && q->fan) {
 		/* Every node answers its part; nothing goes out before. */
 		fanjob *j;
-		int rc = fanserv_ask(c, &q->ask, q->fan_mark, "partial=mark", &j);
+		int rc = q->kind == Q_DIST
+				 ? fandist_http(c, &q->ask, q->step, q->dist->ws, q->fan_mark, &j)
+				 : fanserv_ask(c, &q->ask, q->fan_mark, "partial=mark", &j);
 		if (!rc) {
 			c->prod = PROD_FANOUT; /* the job's end steps c */
 			c->prod_state = j;

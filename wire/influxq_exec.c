@@ -264,6 +264,14 @@ static int ex_series(ex *x, const char *table, const char *field, const char *ke
 	return tally_query_series(x->db, table, field, key, step, from, to, x->bk, cap, n);
 }
 
+static int ex_dist(ex *x, const char *table, const char *field, const char *key, int64_t from,
+		   int64_t to, tally_dist **out)
+{
+	if (x->src)
+		return x->src->dist(x->src, table, field, key, from, to, out, x->err);
+	return tally_query_dist(x->db, table, field, key, from, to, out);
+}
+
 static int ex_keys(ex *x, const char *table, const char *field, int64_t from, int64_t to,
 		   int (*each)(void *arg, const char *key), void *arg)
 {
@@ -670,9 +678,10 @@ static int dist_cell(const iq_agg *ag, const tally_dist *d, double *out)
 
 static int dist_fail(ex *x, const iq_agg *ag, int rc)
 {
-	const char *m = tally_errmsg();
+	char m[IQ_ERR_MAX]; /* across nodes the source said why, in x->err */
+	snprintf(m, sizeof m, "%s", rc == IQ_EREMOTE ? x->err : tally_errmsg());
 	return ex_fail(x, "%s(\"%s\"): %s", iq_func_names[ag->fn], ag->field,
-		       m && *m ? m : tally_strerror(rc));
+		       *m ? m : tally_strerror(rc));
 }
 
 /* Whether agg j is the first median or percentile of its field (the one
@@ -697,6 +706,8 @@ static int dist_check(ex *x, const iq_stmt *st, const enum tally_type *types, in
 		if (!dist_first(st, j) || types[j] == TALLY_T_NONE)
 			continue;
 		tally_dist *d;
+		/* this node's catalog, as the field types (cols_get); every
+		 * node asked for its pairs says so again */
 		int rc = tally_query_dist(x->db, st->table, st->aggs[j].field, "", to, to, &d);
 		if (rc)
 			return dist_fail(x, &st->aggs[j], rc);
@@ -725,7 +736,7 @@ static int fill_dist(ex *x, const iq_stmt *st, const enum tally_type *types, cha
 			int rc = 0;
 			for (size_t k = 0; k < nk && !rc; k++) {
 				tally_dist *d;
-				rc = tally_query_dist(x->db, st->table, field, keys[k], lo, hi, &d);
+				rc = ex_dist(x, st->table, field, keys[k], lo, hi, &d);
 				if (!rc && !w) {
 					w = d;
 				} else if (!rc) {

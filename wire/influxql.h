@@ -136,6 +136,10 @@ struct iq_src {
 		      size_t *n, char *err);
 	int (*keys)(iq_src *s, const char *table, const char *field, int64_t from, int64_t to,
 		    int (*each)(void *arg, const char *key), void *arg, char *err);
+	/* the exact distribution of key's field over [from, to) (every node's
+	 * merged: wire/fandist.c); free it with tally_dist_free */
+	int (*dist)(iq_src *s, const char *table, const char *field, const char *key, int64_t from,
+		    int64_t to, tally_dist **out, char *err);
 	int mark;                 /* partial=mark: a missing node is named, not an error */
 	char missing[IQ_ERR_MAX]; /* the nodes this statement missed; "" */
 };
