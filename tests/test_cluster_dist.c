@@ -8,8 +8,10 @@
  * median, count above and below, a histogram) over aligned and unaligned
  * ranges asked of any node equals the reference's answer and brute force
  * (nearest rank, docs/api.md); so do /api/v1/dist, with and without a
- * step, and InfluxQL's PERCENTILE and MEDIAN. A SIGSTOPped node fails
- * the answer, or is named after END ... PARTIAL / in "partial".
+ * step, and InfluxQL's PERCENTILE and MEDIAN. The catalog (#!tables,
+ * #!keylist, /api/v1/tables, fields, keys) is the union of the nodes',
+ * equal to the reference's. A SIGSTOPped node fails the answer, or is
+ * named after END ... PARTIAL / in "partial".
  */
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
@@ -327,6 +329,49 @@ Test(cluster_dist, three_nodes_answer_like_one, .timeout = 280)
 		same_iql(hp[(cam + 1) % 3], href, path);
 	}
 
+	/* The catalog: a table on node 1 only, a field on node 2 only; the
+	 * union of every node's equals the reference's catalog */
+	tcli_sendf(c[1], "site,id=s1 level=3i %" PRId64 "\n", T0);
+	tcli_sync(c[1], NULL, NULL);
+	tcli_sendf(rc, "site,id=s1 level=3i %" PRId64 "\n", T0);
+	tcli_sync(rc, NULL, NULL);
+	tcli_sendf(c[2], "traffic,camera=cam2 flow=4i %" PRId64 "\n", T0 + 5);
+	tcli_sync(c[2], NULL, NULL);
+	tcli_sendf(rc, "traffic,camera=cam2 flow=4i %" PRId64 "\n", T0 + 5);
+	tcli_sync(rc, NULL, NULL);
+	for (int i = 0; i < 3; i++) {
+		ttable a, b;
+		tcli_query(c[i], &a, "#!tables");
+		tcli_query(rc, &b, "#!tables");
+		same_rows(&a, &b, "tables");
+		cr_assert_eq(a.n, 4, "%zu rows", a.n); /* header, level, flow, speed */
+		ttable_free(&a);
+		ttable_free(&b);
+		tcli_query(c[i], &a, "#!keylist traffic");
+		tcli_query(rc, &b, "#!keylist traffic");
+		same_rows(&a, &b, "keylist");
+		cr_assert_eq(a.n, NCAM + 1);
+		ttable_free(&a);
+		ttable_free(&b);
+		static const char *const cat[] = {
+			"/api/v1/tables",
+			"/api/v1/tables?format=csv",
+			"/api/v1/fields?table=traffic",
+			"/api/v1/fields?table=site&format=csv",
+			"/api/v1/keys?table=traffic",
+			"/api/v1/keys?table=traffic&prefix=cam&limit=4",
+			"/api/v1/keys?table=site&format=csv",
+		};
+		for (size_t k = 0; k < sizeof cat / sizeof cat[0]; k++)
+			same_http(hp[i], href, cat[k]);
+	}
+	{
+		char h[2048], *b;
+		int st = http_get(hp[0], "/api/v1/fields?table=nosuch", h, sizeof h, &b);
+		cr_assert(st == 404 && strstr(b, "nosuch"), "%d %s", st, b);
+		free(b);
+	}
+
 	/* A stopped node: the answer fails naming it, or is marked */
 	char port2[16];
 	snprintf(port2, sizeof port2, ":%u", ports[2]);
@@ -366,6 +411,16 @@ Test(cluster_dist, three_nodes_answer_like_one, .timeout = 280)
 			  strstr(h, port2),
 		  "%d %s %s", st, h, b);
 	free(b);
+	st = http_get(hp[0], "/api/v1/tables", h, sizeof h, &b);
+	cr_assert(st == 503 && strstr(b, port2), "%d %s", st, b);
+	free(b);
+	st = http_get(hp[0], "/api/v1/keys?table=traffic&partial=mark", h, sizeof h, &b);
+	cr_assert(st == 200 && strstr(b, "\"partial\"") && strstr(h, port2), "%d %s", st, b);
+	free(b);
+	tcli_sendf(c[1], "#!tables\n");
+	l = tcli_line(c[1], 30000);
+	cr_assert(l && !strncmp(l, "ERR", 3) && strstr(l, port2), "%s", l ? l : "no answer");
+	free(l);
 
 	kill(n[2].pid, SIGCONT);
 	for (int i = 0; i < 3; i++)

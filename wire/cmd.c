@@ -487,6 +487,8 @@ static const struct {
 	{"dist", CMD_DIST, 5, CMD_ARGS_MAX - 1,
 	 "#!dist TABLE FIELD KEY FROM TO [q=Q|above=X|below=X|hist=E1,E2,...]..."},
 	{"delete", CMD_DELETE, 4, 4, "#!delete TABLE KEY|* FROM TO"},
+	{"tables", CMD_TABLES, 0, 0, "#!tables"},
+	{"keylist", CMD_KEYLIST, 1, 2, "#!keylist TABLE [PREFIX]"},
 };
 
 int cmd_parse(const char *line, size_t len, char *scratch, size_t scratch_cap, int64_t now,
@@ -587,6 +589,12 @@ int cmd_parse(const char *line, size_t len, char *scratch, size_t scratch_cap, i
 						a[i]);
 		}
 		return cmd_range(a, 2, now, out, err, err_cap);
+	case CMD_KEYLIST: /* the prefix may be empty: every key */
+		if (cmd_name_arg("table", a[0], err, err_cap))
+			return -1;
+		out->table = a[0];
+		out->key = nargs == 2 ? a[1] : NULL;
+		return 0;
 	case CMD_DELETE:
 		/* "*": every key (a key spelled * alone is deleted with the rest) */
 		if (cmd_name_arg("table", a[0], err, err_cap) ||

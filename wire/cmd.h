@@ -30,13 +30,15 @@ enum cmd_kind {
 	CMD_HELP,
 	CMD_BACKUP,
 	CMD_FANOUT,
-	CMD_RETENTION,        /* #!retention RULES: replace the retention rules */
-	CMD_RETAIN,           /* #!retain: a retention pass now */
-	CMD_RETAINED,         /* #!retained TABLE [STEP]: the earliest retained instant */
-	CMD_DROP,             /* #!drop TABLE: every event of the table goes */
-	CMD_DIST,             /* #!dist TABLE FIELD KEY FROM TO [STAT]...: a distribution */
-	CMD_DELETE,           /* #!delete TABLE KEY|* FROM TO: those events go */
-	CMD_LAST = CMD_DELETE /* a new kind goes above and moves this */
+	CMD_RETENTION,         /* #!retention RULES: replace the retention rules */
+	CMD_RETAIN,            /* #!retain: a retention pass now */
+	CMD_RETAINED,          /* #!retained TABLE [STEP]: the earliest retained instant */
+	CMD_DROP,              /* #!drop TABLE: every event of the table goes */
+	CMD_DIST,              /* #!dist TABLE FIELD KEY FROM TO [STAT]...: a distribution */
+	CMD_DELETE,            /* #!delete TABLE KEY|* FROM TO: those events go */
+	CMD_TABLES,            /* #!tables: every table's key tag and columns */
+	CMD_KEYLIST,           /* #!keylist TABLE [PREFIX]: a table's keys */
+	CMD_LAST = CMD_KEYLIST /* a new kind goes above and moves this */
 };
 
 typedef struct cmd_req {

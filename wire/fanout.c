@@ -148,6 +148,10 @@ size_t fan_build_cmd(const cmd_req *r, char *buf, size_t cap)
 	int k = snprintf(buf, cap, "#!%s", r->name);
 	size_t o = k > 0 && (size_t)k < cap ? (size_t)k : cap;
 	o = put_arg(buf, o, cap, r->table);
+	if (r->kind == CMD_TABLES || r->kind == CMD_KEYLIST) { /* the catalog: fancat.c */
+		o = put_arg(buf, o, cap, r->key);
+		goto end;
+	}
 	if (r->kind != CMD_SCAN)
 		o = put_arg(buf, o, cap, r->field);
 	if (r->kind != CMD_KEYS)
@@ -168,6 +172,7 @@ size_t fan_build_cmd(const cmd_req *r, char *buf, size_t cap)
 		k = snprintf(buf + o, cap - o, " %" PRIu64, r->limit);
 		o = k > 0 && (size_t)k < cap - o ? o + (size_t)k : cap;
 	}
+end:
 	if (o + 1 >= cap)
 		return 0;
 	buf[o++] = '\n';
@@ -595,6 +600,14 @@ static int by_key(const void *x, const void *y)
 	return by_ts(x, y);
 }
 
+/* Whole rows, bytewise. */
+static int by_text(const void *x, const void *y)
+{
+	const frow *a = x, *b = y;
+	int c = memcmp(a->p, b->p, a->n < b->n ? a->n : b->n);
+	return c ? c : (a->n > b->n) - (a->n < b->n);
+}
+
 int64_t fan_cell_time(const char *row, size_t rn, unsigned j)
 {
 	size_t n;
@@ -959,6 +972,20 @@ int fan_run(const fan_node *nodes, size_t n, const fan_opts *o, const char *cmd,
 	case CMD_SCAN:
 		merge_scan(&b, a, n, all, nall, req.limit);
 		rows = SIZE_MAX; /* merge_scan wrote its END */
+		break;
+	case CMD_TABLES:
+	case CMD_KEYLIST: /* the union of the catalogs: rows sorted, each once */
+		fb_put(&b, req.kind == CMD_TABLES ? "table\tkey\tcolumn\ttype\n" : "table\tkey\n",
+		       req.kind == CMD_TABLES ? 22 : 10);
+		qsort(all, nall, sizeof *all, by_text);
+		for (size_t r = 0; r < nall; r++) {
+			if (r && all[r].n == all[r - 1].n &&
+			    !memcmp(all[r].p, all[r - 1].p, all[r].n))
+				continue;
+			fb_put(&b, all[r].p, all[r].n);
+			fb_put(&b, "\n", 1);
+			rows++;
+		}
 		break;
 	case CMD_DIST:
 		if (req.n_stats == 1 && !strcmp(req.stats[0], "pairs")) {
