@@ -364,6 +364,9 @@ Test(cluster_dist, three_nodes_answer_like_one, .timeout = 280)
 		};
 		for (size_t k = 0; k < sizeof cat / sizeof cat[0]; k++)
 			same_http(hp[i], href, cat[k]);
+		same_iql(hp[i], href, "SHOW+MEASUREMENTS");
+		same_iql(hp[i], href, "SHOW+FIELD+KEYS");
+		same_iql(hp[i], href, "SHOW+FIELD+KEYS+FROM+traffic");
 	}
 	{
 		char h[2048], *b;

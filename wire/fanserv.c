@@ -398,6 +398,31 @@ static int fs_dist(iq_src *is, const char *table, const char *field, const char 
 	return fs_done(&a, rc);
 }
 
+/* Every node's catalog (#!tables), their union: each row's cells. */
+static int fs_catalog(iq_src *is,
+		      int (*each)(void *arg, const char *table, const char *key_tag,
+				  const char *column, const char *type),
+		      void *arg, char *err)
+{
+	fs_answer a;
+	int rc = fs_ask(is, &a, fan_req(CMD_TABLES, "tables", NULL, NULL, NULL, 0, 0, 0), err);
+	while (!rc && fs_row(&a)) {
+		char *buf = malloc(a.n + 4), *cell[4];
+		if (!buf)
+			return fs_done(&a, -ENOMEM);
+		for (unsigned j = 0, o = 0; j < 4; j++) {
+			size_t cn = 0;
+			const char *c = fan_cell(a.row, a.n, j, &cn);
+			cell[j] = buf + o;
+			o += (unsigned)fan_unescape(c ? c : "", c ? cn : 0, buf + o);
+			buf[o++] = 0;
+		}
+		rc = each(arg, cell[0], cell[1], cell[2], cell[3]);
+		free(buf);
+	}
+	return fs_done(&a, rc);
+}
+
 typedef struct iq_job {
 	char *query, *body;
 	size_t query_n, body_n;
@@ -417,7 +442,11 @@ static void iq_job_free(void *arg)
 static int iq_job_run(srv *s, void *arg, char **out, size_t *len)
 {
 	iq_job *q = arg;
-	fan_src f = {.base = {.agg = fs_agg, .series = fs_series, .keys = fs_keys, .dist = fs_dist},
+	fan_src f = {.base = {.agg = fs_agg,
+			      .series = fs_series,
+			      .keys = fs_keys,
+			      .dist = fs_dist,
+			      .catalog = fs_catalog},
 		     .s = s,
 		     .alive = malloc(s->n_fan_nodes * sizeof *f.alive),
 		     .n_alive = s->n_fan_nodes};

@@ -1168,6 +1168,57 @@ static int show_key_values_in(ex *x, rows *r, const cols *c, const char *table, 
 	return rc;
 }
 
+/* SHOW MEASUREMENTS and SHOW FIELD KEYS across nodes: the union of every
+ * node's catalog (iq_src's catalog), in the order and form of one node's. */
+typedef struct show_u {
+	ex *x;
+	const iq_stmt *st;
+	rows *r;
+	char last[IQ_ERR_MAX]; /* the table of the row before */
+} show_u;
+
+static int show_u_row(void *arg, const char *table, const char *key_tag, const char *column,
+		      const char *type)
+{
+	show_u *u = arg;
+	const iq_stmt *st = u->st;
+	int same = !strcmp(u->last, table);
+	(void)key_tag;
+	if (st->kind == IQ_SHOW_MEASUREMENTS) {
+		if (!same && with_match(st, table) && row_begin(u->r, "measurements")) {
+			put_str(u->r->b, table);
+			iq_puts(u->r->b, "]");
+		}
+	} else if (!st->table || !strcmp(st->table, table)) {
+		if (!same && u->last[0])
+			rows_end_series(u->r);
+		if (strcmp(type, "tag") && row_begin(u->r, table)) {
+			put_str(u->r->b, column);
+			iq_puts(u->r->b, ",");
+			put_str(u->r->b, type);
+			iq_puts(u->r->b, "]");
+		}
+	} else {
+		return 0; /* another table than FROM's */
+	}
+	snprintf(u->last, sizeof u->last, "%s", table);
+	return 0;
+}
+
+static int show_union(ex *x, const iq_stmt *st, rows *r)
+{
+	show_u u = {.x = x, .st = st, .r = r};
+	r->columns =
+		st->kind == IQ_SHOW_MEASUREMENTS ? "[\"name\"]" : "[\"fieldKey\",\"fieldType\"]";
+	int rc = x->src->catalog(x->src, show_u_row, &u, x->err);
+	if (rc)
+		return rc == IQ_EREMOTE ? -1 : ex_engine(x, rc);
+	if (st->kind != IQ_SHOW_MEASUREMENTS && u.last[0])
+		rows_end_series(r);
+	rows_end(r);
+	return 0;
+}
+
 static int exec_show(ex *x, const iq_stmt *st, iq_buf *b)
 {
 	rows r = {.b = b, .st = st};
@@ -1189,6 +1240,8 @@ static int exec_show(ex *x, const iq_stmt *st, iq_buf *b)
 		rows_end(&r);
 		return 0;
 	}
+	if (x->src && (st->kind == IQ_SHOW_MEASUREMENTS || st->kind == IQ_SHOW_FIELD_KEYS))
+		return show_union(x, st, &r);
 	const char **names, **key_tags;
 	size_t n;
 	int rc = show_tables(x, st, &names, &key_tags, &n);
