@@ -121,26 +121,6 @@ static void same_rows(const ttable *a, const ttable *b, const char *what)
 		cr_assert_str_eq(a->rows[r], b->rows[r], "%s: row %zu", what, r);
 }
 
-/* kill() returns before the signal is taken: waits until /proc says so. */
-static void wait_stopped(pid_t pid)
-{
-	char path[64], st[512];
-	snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-	int64_t end = su_mono_ms() + 10000;
-	for (;;) {
-		FILE *f = fopen(path, "r");
-		cr_assert_not_null(f);
-		size_t k = fread(st, 1, sizeof st - 1, f);
-		fclose(f);
-		st[k] = 0;
-		const char *paren = strrchr(st, ')');
-		if (paren && paren[1] == ' ' && paren[2] == 'T')
-			return;
-		cr_assert(su_mono_ms() < end, "node %d did not stop", (int)pid);
-		usleep(1000);
-	}
-}
-
 /* GET path over HTTP/1.0 (the close ends the answer): status, head and
  * body (malloc'ed, *body; the head is kept in head[cap]). */
 static int http_get(unsigned port, const char *path, char *head, size_t cap, char **body)
@@ -379,7 +359,7 @@ Test(cluster_dist, three_nodes_answer_like_one, .timeout = 280)
 	char port2[16];
 	snprintf(port2, sizeof port2, ":%u", ports[2]);
 	kill(n[2].pid, SIGSTOP);
-	wait_stopped(n[2].pid);
+	tsrv_wait_stopped(n[2].pid);
 	tcli_query(c[0], &t, DQ, SPLIT, T0, T0 + 86400000000000);
 	cr_assert(t.err && strstr(t.err, "did not answer") && strstr(t.err, port2), "%s",
 		  t.err ? t.err : "answered");
