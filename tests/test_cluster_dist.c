@@ -19,6 +19,7 @@
 #include <poll.h>
 #include <sys/socket.h>
 
+#include "fandist.h"
 #include "srvutil.h"
 
 #define NCAM  6
@@ -188,14 +189,14 @@ static void same_iql(unsigned port, unsigned ref, const char *q)
 	same_http(port, ref, path);
 }
 
-static void start_node(tsrv *s, unsigned port, const char *peers)
+static void start_node(tsrv *s, unsigned port, const char *others)
 {
 	char p[16];
 	snprintf(p, sizeof p, "%u", port);
 	const char *args[] = {"--port",
 			      p,
 			      "--peers",
-			      peers,
+			      others,
 			      "--peer-timeout",
 			      "2s",
 			      "--distributions",
@@ -220,11 +221,11 @@ Test(cluster_dist, three_nodes_answer_like_one, .timeout = 280)
 	for (int i = 0; i < 3; i++)
 		ports[i] = su_free_port();
 	for (int i = 0; i < 3; i++) {
-		char peers[64];
-		snprintf(peers, sizeof peers, "127.0.0.1:%u,127.0.0.1:%u", ports[(i + 1) % 3],
+		char others[64];
+		snprintf(others, sizeof others, "127.0.0.1:%u,127.0.0.1:%u", ports[(i + 1) % 3],
 			 ports[(i + 2) % 3]);
 		tdir_make(&n[i]);
-		start_node(&n[i], ports[i], peers);
+		start_node(&n[i], ports[i], others);
 	}
 	tdir_make(&ref);
 	tsrv_spawn(&ref,
@@ -415,4 +416,62 @@ Test(cluster_dist, three_nodes_answer_like_one, .timeout = 280)
 	for (int i = 0; i < 3; i++)
 		tdir_remove(&n[i]);
 	tdir_remove(&ref);
+}
+
+/* The merge of the nodes' pairs (fandist_read), without servers: an exact
+ * part and a sketch make a sketch that says so; parts at two resolutions
+ * and a malformed row are errors naming what is wrong. */
+static int merged(const char *text, tally_dist **d, char *err)
+{
+	fan_reader rd;
+	fan_reader_open(&rd, text, strlen(text));
+	return fandist_read(&rd, d, err, 300);
+}
+
+Test(cluster_dist, pairs_of_exact_and_sketch_parts_merge_into_a_sketch)
+{
+	char err[300];
+	tally_dist *d;
+	cr_assert_eq(merged("exp\tkind\tunits\tcount\n"
+			    "-1\texact\t573\t2\n-1\texact\t600\t1\n"
+			    "-1\texact\t573\t4\n"
+			    "END 3\n",
+			    &d, err),
+		     0, "%s", err);
+	double v;
+	cr_assert_eq(tally_dist_count(d), 7);
+	cr_assert_eq(tally_dist_error(d), 0);
+	cr_assert_eq(tally_dist_quantile(d, 0.85, &v), 0); /* rank 6 of 7: 57.3 */
+	cr_assert_eq(v, 57.3);
+	cr_assert_eq(tally_dist_quantile(d, 0.9, &v), 0); /* rank 7 */
+	cr_assert_eq(v, 60.0);
+	cr_assert_eq(tally_dist_count_below(d, 60), 6);
+	tally_dist_free(d);
+
+	/* node 1 exact, node 2 a sketch (two of its logarithmic buckets) */
+	cr_assert_eq(merged("exp\tkind\tunits\tcount\n"
+			    "-1\texact\t573\t2\n"
+			    "-1\tsketch\t413\t1\n-1\tsketch\t416\t3\n"
+			    "END 3\n",
+			    &d, err),
+		     0, "%s", err);
+	cr_assert_eq(tally_dist_count(d), 6);
+	cr_assert_gt(tally_dist_error(d), 0, "a sketch part makes the whole a sketch");
+	tally_dist_free(d);
+
+	cr_assert_eq(merged("exp\tkind\tunits\tcount\n-1\texact\t573\t2\n0\texact\t57\t1\nEND 2\n",
+			    &d, err),
+		     TALLY_EINVAL);
+	cr_assert(strstr(err, "do not merge"), "%s", err);
+	cr_assert_eq(merged("exp\tkind\tunits\tcount\n-1\texact\t573\t2\n-1\tbogus\t1\t1\nEND 2\n",
+			    &d, err),
+		     TALLY_EINVAL);
+	cr_assert(strstr(err, "row 2") && strstr(err, "bogus"), "%s", err);
+	cr_assert_eq(merged("exp\tkind\tunits\tcount\n-1\texact\t573\t0\nEND 1\n", &d, err),
+		     TALLY_EINVAL);
+	/* no rows: an empty distribution */
+	cr_assert_eq(merged("exp\tkind\tunits\tcount\nEND 0\n", &d, err), 0, "%s", err);
+	cr_assert_eq(tally_dist_count(d), 0);
+	cr_assert_eq(tally_dist_quantile(d, 0.5, &v), TALLY_ENOTFOUND);
+	tally_dist_free(d);
 }
