@@ -485,7 +485,7 @@ static const struct {
 	{"drop", CMD_DROP, 1, 1, "#!drop TABLE"},
 	{"fanout", CMD_FANOUT, 1, 1, "#!fanout off|fail|partial"},
 	{"dist", CMD_DIST, 5, CMD_ARGS_MAX - 1,
-	 "#!dist TABLE FIELD KEY FROM TO [q=Q|above=X|below=X|hist=E1,E2,...]..."},
+	 "#!dist TABLE FIELD KEY FROM TO [q=Q|above=X|below=X|hist=E1,E2,...]...|pairs"},
 	{"delete", CMD_DELETE, 4, 4, "#!delete TABLE KEY|* FROM TO"},
 	{"tables", CMD_TABLES, 0, 0, "#!tables"},
 	{"keylist", CMD_KEYLIST, 1, 2, "#!keylist TABLE [PREFIX]"},

@@ -87,8 +87,9 @@ int cmd_parse_duration(const char *s, int64_t *out);
 
 /* #!dist's statistics (wire/distcmd.c answers them): q=Q (0 <= Q <= 1),
  * above=X, below=X, or hist=E1,E2,... (2 to CMD_DIST_EDGES_MAX ascending
- * edges). cmd_dist_stat_check: 0, or -1 with the reason in err (it echoes
- * arg as it is). cmd_dist_num: a finite number filling all of s, 0 or -1.
+ * edges); or pairs alone, the distribution's (value, count) pairs that a
+ * query across nodes merges (wire/fandist.c). cmd_dist_stat_check: 0, or -1 with the reason in err
+ * (it echoes arg as it is). cmd_dist_num: a finite number filling all of s, 0 or -1.
  * cmd_dist_edges: "E1,E2,..." into edges, how many, or -1. */
 #define CMD_DIST_EDGES_MAX 64
 int cmd_dist_stat_check(const char *arg, char *err, size_t cap);

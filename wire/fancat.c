@@ -20,62 +20,23 @@
 #define CAT_COLS_MAX   4096
 #define CAT_KEYS_PAGE  4096
 
-typedef struct cbuf {
-	char *p;
-	size_t n, cap, rows;
-	int oom;
-} cbuf;
-
-static char *cb_room(cbuf *b, size_t n)
-{
-	if (b->oom)
-		return NULL;
-	if (b->n + n + 1 > b->cap) {
-		size_t c = b->cap ? b->cap * 2 : 4096;
-		while (c < b->n + n + 1)
-			c *= 2;
-		char *q = realloc(b->p, c);
-		if (!q) {
-			b->oom = 1;
-			return NULL;
-		}
-		b->p = q;
-		b->cap = c;
-	}
-	return b->p + b->n;
-}
-
-static void cb_put(cbuf *b, const char *s, size_t n)
-{
-	char *o = cb_room(b, n);
-	if (o) {
-		memcpy(o, s, n);
-		b->n += n;
-	}
-}
-
 /* A cell with the protocol's escapes (\\ \t \n \r), then sep. */
-static void cb_cell(cbuf *b, const char *s, char sep)
+static void put_cell(FILE *f, const char *s, char sep)
 {
-	size_t n = strlen(s);
-	char *o = cb_room(b, 2 * n + 1);
-	if (!o)
-		return;
 	static const char pairs[] = "\\\\\tt\nn\rr"; /* a byte, then its escape's letter */
-	for (size_t i = 0; i < n; i++) {
-		const char *esc = s[i] ? strchr(pairs, s[i]) : NULL;
+	for (; *s; s++) {
+		const char *esc = strchr(pairs, *s);
 		if (esc && (esc - pairs) % 2 == 0) {
-			*o++ = '\\';
-			*o++ = esc[1];
+			putc('\\', f);
+			putc(esc[1], f);
 		} else {
-			*o++ = s[i];
+			putc(*s, f);
 		}
 	}
-	*o++ = sep;
-	b->n = (size_t)(o - b->p);
+	putc(sep, f);
 }
 
-static int cat_tables(tally_db *db, cbuf *b)
+static int cat_tables(tally_db *db, FILE *f, size_t *rows)
 {
 	size_t n, nc;
 	const char **names = malloc(CAT_TABLES_MAX * sizeof *names);
@@ -88,18 +49,18 @@ static int cat_tables(tally_db *db, cbuf *b)
 	if (rc == TALLY_ETRUNC)
 		rc = 0, n = CAT_TABLES_MAX;
 	if (!rc)
-		cb_put(b, "table\tkey\tcolumn\ttype\n", 22);
+		fputs("table\tkey\tcolumn\ttype\n", f);
 	for (size_t i = 0; !rc && i < n; i++) {
 		int r = tally_catalog_fields(db, names[i], cols, types, CAT_COLS_MAX, &nc);
 		if (r && r != TALLY_ETRUNC)
 			continue; /* dropped meanwhile */
 		if (nc > CAT_COLS_MAX)
 			nc = CAT_COLS_MAX;
-		for (size_t j = 0; j < nc; j++, b->rows++) {
-			cb_cell(b, names[i], '\t');
-			cb_cell(b, keys[i] ? keys[i] : "", '\t');
-			cb_cell(b, cols[j], '\t');
-			cb_cell(b, tally_type_name(types[j]), '\n');
+		for (size_t j = 0; j < nc; j++, (*rows)++) {
+			put_cell(f, names[i], '\t');
+			put_cell(f, keys[i] ? keys[i] : "", '\t');
+			put_cell(f, cols[j], '\t');
+			put_cell(f, tally_type_name(types[j]), '\n');
 		}
 	}
 	free(names);
@@ -109,23 +70,23 @@ static int cat_tables(tally_db *db, cbuf *b)
 	return rc;
 }
 
-static int cat_keys(tally_db *db, const cmd_req *r, cbuf *b)
+static int cat_keys(tally_db *db, const cmd_req *r, FILE *f, size_t *rows)
 {
 	const char **page = malloc(CAT_KEYS_PAGE * sizeof *page);
 	const char *after = NULL;
 	int rc = page ? 0 : -ENOMEM;
 	size_t total = 0;
-	for (int first = 1; !rc && !b->oom; first = 0) {
+	for (int first = 1; !rc; first = 0) {
 		rc = tally_catalog_keys(db, r->table, r->key ? r->key : "", after, page,
 					CAT_KEYS_PAGE, &total);
 		if (rc && rc != TALLY_ETRUNC)
 			break;
 		if (first) /* rows of two cells: a fan-out's rows and header hold a tab */
-			cb_put(b, "table\tkey\n", 10);
+			fputs("table\tkey\n", f);
 		size_t k = total < CAT_KEYS_PAGE ? total : CAT_KEYS_PAGE;
-		for (size_t i = 0; i < k; i++, b->rows++) {
-			cb_cell(b, r->table, '\t');
-			cb_cell(b, page[i], '\n');
+		for (size_t i = 0; i < k; i++, (*rows)++) {
+			put_cell(f, r->table, '\t');
+			put_cell(f, page[i], '\n');
 		}
 		if (rc == 0 || !k)
 			break; /* the last page */
@@ -138,19 +99,20 @@ static int cat_keys(tally_db *db, const cmd_req *r, cbuf *b)
 
 int cat_reply(tally_db *db, const cmd_req *r, char **text, size_t *len)
 {
-	cbuf b = {0};
-	int rc = r->kind == CMD_TABLES ? cat_tables(db, &b) : cat_keys(db, r, &b);
-	char end[48];
-	int k = snprintf(end, sizeof end, "END %zu\n", b.rows);
-	if (!rc)
-		cb_put(&b, end, (size_t)k);
-	if (!rc && b.oom)
+	char *p = NULL;
+	size_t n = 0, rows = 0;
+	FILE *f = open_memstream(&p, &n);
+	if (!f)
+		return -ENOMEM;
+	int rc = r->kind == CMD_TABLES ? cat_tables(db, f, &rows) : cat_keys(db, r, f, &rows);
+	fprintf(f, "END %zu\n", rows);
+	if (fclose(f) && !rc)
 		rc = -ENOMEM;
 	if (rc) {
-		free(b.p);
+		free(p);
 		return rc;
 	}
-	*text = b.p;
-	*len = b.n;
+	*text = p;
+	*len = n;
 	return 0;
 }
