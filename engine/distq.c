@@ -20,6 +20,7 @@
 
 #include "db.h"
 #include "dist.h"
+#include "distpairs.h"
 #include "err.h"
 #include "flush.h"
 #include "mem.h"
@@ -797,5 +798,64 @@ TALLY_API int tally_dist_histogram(const tally_dist *d, const double *edges, siz
 		counts[i - 1] = b - below;
 		below = b;
 	}
+	return 0;
+}
+
+/* ---------------------------------------------------------------- pairs (distpairs.h) */
+
+void dist_pairs(const tally_dist *d, int32_t *exp, int *sketch, uint32_t *n, const int64_t **v,
+		const uint64_t **c)
+{
+	*exp = d->exp;
+	*sketch = d->sketch;
+	*n = d->n;
+	*v = d->v;
+	*c = d->c;
+}
+
+int dist_from_pairs(int32_t exp, int sketch, const int64_t *v, const uint64_t *c, size_t n,
+		    tally_dist **out)
+{
+	if (exp < DIST_EXP_MIN || exp > DIST_EXP_MAX)
+		return err_set(TALLY_EINVAL, "resolution 1e%d is not from 1e%d to 1e%d", exp,
+			       DIST_EXP_MIN, DIST_EXP_MAX);
+	if (n > UINT32_MAX)
+		return err_set(TALLY_EINVAL, "%zu pairs: more than a distribution holds", n);
+	uint64_t total = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (v[i] > DIST_IDX_MAX || v[i] < -DIST_IDX_MAX || !c[i] || total + c[i] < total)
+			return err_set(
+				TALLY_EINVAL,
+				"pair %zu (%lld, %llu): the value is out of range, the count "
+				"zero, or the total past 2^64",
+				i, (long long)v[i], (unsigned long long)c[i]);
+		total += c[i];
+	}
+	tally_dist *d = mem_calloc(1, sizeof *d);
+	size_t m = n ? n : 1;
+	if (d) {
+		d->v = mem_alloc(m * sizeof *d->v);
+		d->c = mem_alloc(m * sizeof *d->c);
+		d->cum = mem_alloc(m * sizeof *d->cum);
+	}
+	if (!d || !d->v || !d->c || !d->cum) {
+		tally_dist_free(d);
+		return err_set(-ENOMEM, "out of memory");
+	}
+	if (n) {
+		memcpy(d->v, v, n * sizeof *v);
+		memcpy(d->c, c, n * sizeof *c);
+	}
+	size_t k = 0;
+	if (dist_combine(d->v, d->c, n, &k)) {
+		tally_dist_free(d);
+		return err_set(-ENOMEM, "out of memory");
+	}
+	d->exp = exp;
+	d->sketch = sketch != 0;
+	d->n = (uint32_t)k;
+	for (size_t i = 0; i < k; i++)
+		d->cum[i] = (d->count += d->c[i]);
+	*out = d;
 	return 0;
 }

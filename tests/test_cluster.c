@@ -93,27 +93,6 @@ static void same_table(const ttable *got, const ttable *want, const char *what)
 	}
 }
 
-/* kill() returns before the signal is taken: a SIGSTOPped node could still
- * answer the next query. Waits until /proc says it is stopped. */
-static void wait_stopped(pid_t pid)
-{
-	char path[64], st[512];
-	snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-	int64_t end = su_mono_ms() + 10000;
-	for (;;) {
-		FILE *f = fopen(path, "r");
-		cr_assert_not_null(f);
-		size_t k = fread(st, 1, sizeof st - 1, f);
-		fclose(f);
-		st[k] = 0;
-		const char *paren = strrchr(st, ')');
-		if (paren && paren[1] == ' ' && paren[2] == 'T')
-			return;
-		cr_assert(su_mono_ms() < end, "node %d did not stop", (int)pid);
-		usleep(1000);
-	}
-}
-
 /* The query asked of a node of the cluster and of the reference. */
 static void both(tcli *node_c, tcli *ref_c, int node, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5)));
@@ -187,7 +166,7 @@ static void cluster_down(tsrv n[3], tsrv *ref, tcli *c[3], tcli *rc)
 static void stop_node2(tsrv n[3], const unsigned ports[3], char port2[16])
 {
 	kill(n[2].pid, SIGSTOP);
-	wait_stopped(n[2].pid);
+	tsrv_wait_stopped(n[2].pid);
 	snprintf(port2, 16, ":%u", ports[2]);
 }
 

@@ -151,6 +151,10 @@ size_t fan_build_cmd(const cmd_req *r, char *buf, size_t cap)
 	int k = snprintf(buf, cap, "#!%s", r->name);
 	size_t o = k > 0 && (size_t)k < cap ? (size_t)k : cap;
 	o = put_arg(buf, o, cap, r->table);
+	if (r->kind == CMD_TABLES || r->kind == CMD_KEYLIST) { /* the catalog: fancat.c */
+		o = put_arg(buf, o, cap, r->key);
+		goto end;
+	}
 	if (r->kind != CMD_SCAN)
 		o = put_arg(buf, o, cap, r->field);
 	if (r->kind != CMD_KEYS)
@@ -165,10 +169,13 @@ size_t fan_build_cmd(const cmd_req *r, char *buf, size_t cap)
 		o = put_prefixed(buf, o, cap, "key=", r->key);
 		o = put_prefixed(buf, o, cap, "by=", r->group);
 	}
+	for (unsigned i = 0; r->kind == CMD_DIST && i < r->n_stats; i++)
+		o = put_arg(buf, o, cap, r->stats[i]); /* "pairs": fandist.c merges them */
 	if (r->kind == CMD_SCAN && r->limit && o < cap) {
 		k = snprintf(buf + o, cap - o, " %" PRIu64, r->limit);
 		o = k > 0 && (size_t)k < cap - o ? o + (size_t)k : cap;
 	}
+end:
 	if (o + 1 >= cap)
 		return 0;
 	buf[o++] = '\n';
@@ -633,6 +640,14 @@ static int by_key(const void *x, const void *y)
 	return by_ts(x, y);
 }
 
+/* Whole rows, bytewise. */
+static int by_text(const void *x, const void *y)
+{
+	const frow *a = x, *b = y;
+	int c = memcmp(a->p, b->p, a->n < b->n ? a->n : b->n);
+	return c ? c : (a->n > b->n) - (a->n < b->n);
+}
+
 int64_t fan_cell_time(const char *row, size_t rn, unsigned j)
 {
 	size_t n;
@@ -895,6 +910,8 @@ int fan_run(const fan_node *nodes, size_t n, const fan_opts *o, const char *cmd,
 	size_t nall = 0, missing = 0, answered = 0;
 	rc = 0;
 	const fans *first_err = NULL, *absent_err = NULL;
+	const char *absent_msg = NULL;
+	size_t absent_n = 0;
 	for (size_t i = 0; i < n && !rc; i++) {
 		if (ps[i].why[0]) {
 			missing++;
@@ -909,6 +926,8 @@ int fan_run(const fan_node *nodes, size_t n, const fan_opts *o, const char *cmd,
 		rc = split_answer(&ps[i], (unsigned)i, &a[i]);
 		if (a[i].err && err_is_absent(&a[i])) {
 			absent_err = &a[i];
+			absent_msg = a[i].err; /* kept: the answer's error if no node holds it */
+			absent_n = a[i].err_n;
 			a[i].err = NULL;
 			a[i].head = NULL;
 			a[i].n = 0;
@@ -949,7 +968,7 @@ int fan_run(const fan_node *nodes, size_t n, const fan_opts *o, const char *cmd,
 		goto free_all;
 	}
 	if (!answered && absent_err) {
-		put_err(&b, absent_err->err, absent_err->err_n, "every node");
+		put_err(&b, absent_msg, absent_n, "every node");
 		goto free_all;
 	}
 	frow *all = malloc((nall ? nall : 1) * sizeof *all);
@@ -1028,6 +1047,33 @@ int fan_run(const fan_node *nodes, size_t n, const fan_opts *o, const char *cmd,
 		merge_scan(&b, a, n, all, nall, req.limit);
 		rows = SIZE_MAX; /* merge_scan wrote its END */
 		break;
+	case CMD_TABLES:
+	case CMD_KEYLIST: /* the union of the catalogs: rows sorted, each once */
+		fb_put(&b, req.kind == CMD_TABLES ? "table\tkey\tcolumn\ttype\n" : "table\tkey\n",
+		       req.kind == CMD_TABLES ? 22 : 10);
+		qsort(all, nall, sizeof *all, by_text);
+		for (size_t r = 0; r < nall; r++) {
+			if (r && all[r].n == all[r - 1].n &&
+			    !memcmp(all[r].p, all[r - 1].p, all[r].n))
+				continue;
+			fb_put(&b, all[r].p, all[r].n);
+			fb_put(&b, "\n", 1);
+			rows++;
+		}
+		break;
+	case CMD_DIST:
+		if (req.n_stats == 1 && !strcmp(req.stats[0], "pairs")) {
+			/* each node's pairs as they came: the caller merges them
+			 * exactly (wire/fandist.c); a finished quantile would not */
+			fb_put(&b, "exp\tkind\tunits\tcount\n", 21);
+			for (size_t r = 0; r < nall; r++) {
+				fb_put(&b, all[r].p, all[r].n);
+				fb_put(&b, "\n", 1);
+			}
+			rows = nall;
+			break;
+		}
+		__attribute__((fallthrough));
 	default: {
 		char m[200];
 		int k = snprintf(m, sizeof m, "ERR %s: not a query that fans out\n", req.name);

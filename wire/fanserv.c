@@ -26,6 +26,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fandist.h"
 #include "fanout.h"
 #include "influxql.h"
 #include "numfmt.h"
@@ -377,6 +378,11 @@ int fanserv_call(wconn *c, int (*fn)(srv *s, void *arg, char **out, size_t *len)
 	return fj_spawn(j->s, j, out);
 }
 
+void fanserv_set_line(fanjob *j, uint64_t line)
+{
+	j->line = line; /* read by fanserv_pump, on the same shard thread */
+}
+
 int fanserv_take(fanjob *j, char **out, size_t *len, int *status)
 {
 	if (atomic_load(&j->state) != FJ_DONE)
@@ -553,6 +559,47 @@ static int fs_keys(iq_src *is, const char *table, const char *field, int64_t fro
 	return fs_done(&a, rc);
 }
 
+/* Every node's part as pairs, merged exactly (wire/fandist.c). */
+static int fs_dist(iq_src *is, const char *table, const char *field, const char *key, int64_t from,
+		   int64_t to, tally_dist **out, char *err)
+{
+	fs_answer a;
+	cmd_req r = fan_req(CMD_DIST, "dist", table, field, key, 0, from, to);
+	r.stats[0] = "pairs";
+	r.n_stats = 1;
+	int rc = fs_ask(is, &a, r, err);
+	if (rc)
+		return rc;
+	if (fandist_read(&a.rd, out, err, IQ_ERR_MAX))
+		rc = IQ_EREMOTE;
+	return fs_done(&a, rc);
+}
+
+/* Every node's catalog (#!tables), their union: each row's cells. */
+static int fs_catalog(iq_src *is,
+		      int (*each)(void *arg, const char *table, const char *key_tag,
+				  const char *column, const char *type),
+		      void *arg, char *err)
+{
+	fs_answer a;
+	int rc = fs_ask(is, &a, fan_req(CMD_TABLES, "tables", NULL, NULL, NULL, 0, 0, 0), err);
+	while (!rc && fs_row(&a)) {
+		char *buf = malloc(a.n + 4), *cell[4];
+		if (!buf)
+			return fs_done(&a, -ENOMEM);
+		for (unsigned j = 0, o = 0; j < 4; j++) {
+			size_t cn = 0;
+			const char *c = fan_cell(a.row, a.n, j, &cn);
+			cell[j] = buf + o;
+			o += (unsigned)fan_unescape(c ? c : "", c ? cn : 0, buf + o);
+			buf[o++] = 0;
+		}
+		rc = each(arg, cell[0], cell[1], cell[2], cell[3]);
+		free(buf);
+	}
+	return fs_done(&a, rc);
+}
+
 typedef struct iq_job {
 	char *query, *body;
 	size_t query_n, body_n;
@@ -572,7 +619,11 @@ static void iq_job_free(void *arg)
 static int iq_job_run(srv *s, void *arg, char **out, size_t *len)
 {
 	iq_job *q = arg;
-	fan_src f = {.base = {.agg = fs_agg, .series = fs_series, .keys = fs_keys},
+	fan_src f = {.base = {.agg = fs_agg,
+			      .series = fs_series,
+			      .keys = fs_keys,
+			      .dist = fs_dist,
+			      .catalog = fs_catalog},
 		     .s = s,
 		     .alive = malloc(s->n_fan_nodes * sizeof *f.alive),
 		     .n_alive = s->n_fan_nodes};

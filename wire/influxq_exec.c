@@ -264,6 +264,14 @@ static int ex_series(ex *x, const char *table, const char *field, const char *ke
 	return tally_query_series(x->db, table, field, key, step, from, to, x->bk, cap, n);
 }
 
+static int ex_dist(ex *x, const char *table, const char *field, const char *key, int64_t from,
+		   int64_t to, tally_dist **out)
+{
+	if (x->src)
+		return x->src->dist(x->src, table, field, key, from, to, out, x->err);
+	return tally_query_dist(x->db, table, field, key, from, to, out);
+}
+
 static int ex_keys(ex *x, const char *table, const char *field, int64_t from, int64_t to,
 		   int (*each)(void *arg, const char *key), void *arg)
 {
@@ -670,9 +678,10 @@ static int dist_cell(const iq_agg *ag, const tally_dist *d, double *out)
 
 static int dist_fail(ex *x, const iq_agg *ag, int rc)
 {
-	const char *m = tally_errmsg();
+	char m[IQ_ERR_MAX]; /* across nodes the source said why, in x->err */
+	snprintf(m, sizeof m, "%s", rc == IQ_EREMOTE ? x->err : tally_errmsg());
 	return ex_fail(x, "%s(\"%s\"): %s", iq_func_names[ag->fn], ag->field,
-		       m && *m ? m : tally_strerror(rc));
+		       *m ? m : tally_strerror(rc));
 }
 
 /* Whether agg j is the first median or percentile of its field (the one
@@ -697,6 +706,8 @@ static int dist_check(ex *x, const iq_stmt *st, const enum tally_type *types, in
 		if (!dist_first(st, j) || types[j] == TALLY_T_NONE)
 			continue;
 		tally_dist *d;
+		/* this node's catalog, as the field types (cols_get); every
+		 * node asked for its pairs says so again */
 		int rc = tally_query_dist(x->db, st->table, st->aggs[j].field, "", to, to, &d);
 		if (rc)
 			return dist_fail(x, &st->aggs[j], rc);
@@ -725,7 +736,7 @@ static int fill_dist(ex *x, const iq_stmt *st, const enum tally_type *types, cha
 			int rc = 0;
 			for (size_t k = 0; k < nk && !rc; k++) {
 				tally_dist *d;
-				rc = tally_query_dist(x->db, st->table, field, keys[k], lo, hi, &d);
+				rc = ex_dist(x, st->table, field, keys[k], lo, hi, &d);
 				if (!rc && !w) {
 					w = d;
 				} else if (!rc) {
@@ -1321,6 +1332,57 @@ static int refuse_other_tags(ex *x, const iq_stmt *st, const cols *c, const char
 	return 0;
 }
 
+/* SHOW MEASUREMENTS and SHOW FIELD KEYS across nodes: the union of every
+ * node's catalog (iq_src's catalog), in the order and form of one node's. */
+typedef struct show_u {
+	ex *x;
+	const iq_stmt *st;
+	rows *r;
+	char last[IQ_ERR_MAX]; /* the table of the row before */
+} show_u;
+
+static int show_u_row(void *arg, const char *table, const char *key_tag, const char *column,
+		      const char *type)
+{
+	show_u *u = arg;
+	const iq_stmt *st = u->st;
+	int same = !strcmp(u->last, table);
+	(void)key_tag;
+	if (st->kind == IQ_SHOW_MEASUREMENTS) {
+		if (!same && with_match(st, table) && row_begin(u->r, "measurements")) {
+			put_str(u->r->b, table);
+			iq_puts(u->r->b, "]");
+		}
+	} else if (!st->table || !strcmp(st->table, table)) {
+		if (!same && u->last[0])
+			rows_end_series(u->r);
+		if (strcmp(type, "tag") && row_begin(u->r, table)) {
+			put_str(u->r->b, column);
+			iq_puts(u->r->b, ",");
+			put_str(u->r->b, type);
+			iq_puts(u->r->b, "]");
+		}
+	} else {
+		return 0; /* another table than FROM's */
+	}
+	snprintf(u->last, sizeof u->last, "%s", table);
+	return 0;
+}
+
+static int show_union(ex *x, const iq_stmt *st, rows *r)
+{
+	show_u u = {.x = x, .st = st, .r = r};
+	r->columns =
+		st->kind == IQ_SHOW_MEASUREMENTS ? "[\"name\"]" : "[\"fieldKey\",\"fieldType\"]";
+	int rc = x->src->catalog(x->src, show_u_row, &u, x->err);
+	if (rc)
+		return rc == IQ_EREMOTE ? -1 : ex_engine(x, rc);
+	if (st->kind != IQ_SHOW_MEASUREMENTS && u.last[0])
+		rows_end_series(r);
+	rows_end(r);
+	return 0;
+}
+
 static int exec_show(ex *x, const iq_stmt *st, iq_buf *b)
 {
 	rows r = {.b = b, .st = st};
@@ -1342,6 +1404,8 @@ static int exec_show(ex *x, const iq_stmt *st, iq_buf *b)
 		rows_end(&r);
 		return 0;
 	}
+	if (x->src && (st->kind == IQ_SHOW_MEASUREMENTS || st->kind == IQ_SHOW_FIELD_KEYS))
+		return show_union(x, st, &r);
 	const char **names, **key_tags;
 	size_t n;
 	int rc = show_tables(x, st, &names, &key_tags, &n);
