@@ -143,7 +143,8 @@ uint64_t part_writer_copied(const part_writer *w);
 int part_writer_finish(part_writer *w, uint64_t *bytes);
 /* Removes the temporary file. NULL is a no-op. Also after finish. */
 void part_writer_free(part_writer *w);
-/* Column encoding statistics so far (for inspect); n_cols entries. */
+/* Column encoding statistics so far (for inspect; blocks encoded, not
+ * those copied); n_cols entries. */
 const codec_stats *part_writer_col_stats(const part_writer *w);
 
 /* ---------------------------------------------------------------- reader */
