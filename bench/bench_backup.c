@@ -26,21 +26,9 @@
 #include "camdays.h"
 #include "s3util.h"
 #include "tally.h"
+#include "benchutil.h"
 
 #define NS_DAY INT64_C(86400000000000)
-
-static double now_s(void)
-{
-	struct timespec t;
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
-
-static void die(const char *what)
-{
-	fprintf(stderr, "bench_backup: %s: %s\n", what, tally_errmsg());
-	exit(1);
-}
 
 static void rmrf(const char *p)
 {
@@ -59,7 +47,7 @@ static void prune_run(tally_db *db, const char *label, const char *dest, const t
 	tally_writer *w;
 	char *lp = malloc((size_t)LATE * 80);
 	if (!lp || tally_writer_open(db, -1, &w))
-		die("writer");
+		die_tally("writer", 0);
 	int64_t day0 = INT64_C(1700000000000000000) / NS_DAY * NS_DAY;
 	for (int k = 0; k < ROUNDS; k++) {
 		size_t n = 0;
@@ -71,14 +59,14 @@ static void prune_run(tally_db *db, const char *label, const char *dest, const t
 		tally_write_result wr;
 		if (tally_write_lp(w, lp, n, TALLY_PREC_NS, &wr) || tally_db_flush(db) ||
 		    tally_db_merge(db) || tally_db_backup(db, dest, s3, NULL))
-			die("late round");
+			die_tally("late round", 0);
 	}
 	tally_writer_close(w);
 	free(lp);
 	backup_prune_result r;
 	double t0 = now_s();
 	if (backup_prune(dest, s3, 1, &r))
-		die("prune");
+		die_tally("prune", 0);
 	double t1 = now_s();
 	printf("%-6s prune   %3" PRIu64 " catalogs %4" PRIu64 " objects %8.1f MB deleted, %4" PRIu64
 	       " kept  %7.3f s\n",
@@ -93,17 +81,17 @@ static void run(tally_db *db, const char *label, const char *dest, const tally_s
 	tally_backup_result a, b, r;
 	double t0 = now_s();
 	if (tally_db_backup(db, dest, s3, &a))
-		die("backup");
+		die_tally("backup", 0);
 	double t1 = now_s();
 	if (tally_db_backup(db, dest, s3, &b))
-		die("second backup");
+		die_tally("second backup", 0);
 	double t2 = now_s();
 	if (backup_restore(dest, s3, 0, restore_dir, &r))
-		die("restore");
+		die_tally("restore", 0);
 	double t3 = now_s();
 	uint64_t problems;
 	if (backup_verify(dest, s3, stderr, &problems))
-		die("verify");
+		die_tally("verify", 0);
 	double t4 = now_s();
 	double mb = (double)a.bytes / 1e6;
 	printf("%-6s backup  %8.1f MB %4" PRIu64 " files  %7.2f s  %8.1f MB/s\n", label, mb,
@@ -155,13 +143,13 @@ int main(int argc, char **argv)
 	o.no_background = 1;
 	tally_db *db;
 	if (tally_db_open(dir, &o, &db))
-		die("open");
+		die_tally("open", 0);
 	uint64_t n =
 		camdays_fill(db, events, days, INT64_C(1700000000000000000) / NS_DAY * NS_DAY, 0);
 	if (!n)
-		die("write");
+		die_tally("write", 0);
 	if (tally_db_merge(db) || tally_db_sync(db))
-		die("merge");
+		die_tally("merge", 0);
 	tally_stats st;
 	tally_db_stats(db, &st);
 	printf("store: %" PRIu64 " events, %" PRIu64 " parts, %.1f MB in parts, %.1f MB WAL\n", n,

@@ -9,7 +9,10 @@
  * their parts after a flush and merge, rollups included, and, on the
  * store with distributions, the in-process latency of V85 over a
  * camera-day (aligned: one 1d window from the parts) and over an unaligned
- * range (whole windows plus raw edges), p50 and p99 of --reps queries.
+ * range (whole windows plus raw edges), p50 and p99 of --reps queries,
+ * and of V85 per camera for all cameras of a day (--reps / 100 of them).
+ * --keep DIR ingests into DIR (new or empty) and leaves it; --reuse DIR
+ * then only runs the queries on it (bench/ab_dist).
  *
  * The one idea: the two stores get byte-identical input in the same
  * order, prepared before the clock starts, so the difference between the
@@ -17,6 +20,7 @@
  * time, not wall time, so that a loaded machine's neighbours do not count.
  *
  *   bench_dist [--cameras N] [--days N] [--per-day N] [--reps N] [--dir D]
+ *              [--keep DIR | --reuse DIR]
  */
 #include <dirent.h>
 #include <errno.h>
@@ -203,6 +207,73 @@ static void v85_latency(tally_db *db, const wl_params *p, int aligned, unsigned 
 	free(lat);
 }
 
+/* V85 per camera over one day for every camera, as a dashboard's table
+ * or InfluxQL's PERCENTILE("speed", 85) ... GROUP BY "camera" asks it:
+ * the day's keys (tally_query_keys), then each one's distribution. The
+ * figure is the whole grouped answer's time, and that per camera. */
+static void v85_grouped(tally_db *db, const wl_params *p, unsigned reps)
+{
+	double *lat = malloc(reps * sizeof *lat);
+	uint64_t keys = 0;
+	for (unsigned r = 0; r < reps; r++) {
+		int64_t from = p->start_ns + (int64_t)(r % p->days) * WL_NS_PER_DAY,
+			to = from + WL_NS_PER_DAY;
+		double t0 = now_s(), v, sum = 0;
+		tally_keys_iter *it;
+		int rc = tally_query_keys(db, "traffic", "speed", from, to, &it);
+		if (rc)
+			die("query_keys", rc);
+		const char *key;
+		tally_agg ag;
+		while ((rc = tally_keys_next(it, &key, &ag)) == 1) {
+			tally_dist *d;
+			if ((rc = tally_query_dist(db, "traffic", "speed", key, from, to, &d)))
+				die("query_dist", rc);
+			if ((rc = tally_dist_quantile(d, 0.85, &v)))
+				die("quantile", rc);
+			sum += v;
+			keys++;
+			tally_dist_free(d);
+		}
+		tally_keys_close(it);
+		if (rc < 0)
+			die("keys_next", rc);
+		lat[r] = (now_s() - t0) * 1e6;
+		if (sum < 0) /* keeps the answers computed */
+			printf("?");
+	}
+	qsort(lat, reps, sizeof *lat, cmp_d);
+	double per = (double)keys / reps;
+	printf("  V85 per camera, all cameras, a day: p50 %8.1f us  p99 %8.1f us  (%u queries, "
+	       "%.0f cameras each: %.1f us a camera)\n",
+	       lat[reps / 2], lat[reps * 99 / 100], reps, per, lat[reps / 2] / per);
+	free(lat);
+}
+
+/* The query figures alone, on a store a run with --keep left in dir
+ * (--reuse dir): old and new builds answer the same store in turns,
+ * without ingesting it again each time. */
+static void query_figures(tally_db *db, const wl_params *p, unsigned reps)
+{
+	v85_latency(db, p, 1, reps);
+	v85_latency(db, p, 0, reps);
+	v85_grouped(db, p, reps / 100 ? reps / 100 : 1);
+}
+
+static tally_db *reopen(const char *dir)
+{
+	tally_options o;
+	tally_options_init(&o);
+	o.shards = 1;
+	o.no_background = 1;
+	o.distributions = "traffic.speed:0.1";
+	tally_db *db;
+	int rc = tally_db_open(dir, &o, &db);
+	if (rc)
+		die("open", rc);
+	return db;
+}
+
 int main(int argc, char **argv)
 {
 	wl_params p;
@@ -211,11 +282,12 @@ int main(int argc, char **argv)
 	p.days = 7;
 	p.per_day = 2000;
 	unsigned reps = 2000;
-	const char *parent = "/tmp";
+	const char *parent = "/tmp", *keep = NULL, *reuse = NULL;
 	static const struct option lo[] = {
 		{"cameras", required_argument, NULL, 'c'}, {"days", required_argument, NULL, 'd'},
 		{"per-day", required_argument, NULL, 'p'}, {"reps", required_argument, NULL, 'r'},
-		{"dir", required_argument, NULL, 'D'},     {NULL, 0, NULL, 0}};
+		{"dir", required_argument, NULL, 'D'},     {"keep", required_argument, NULL, 'K'},
+		{"reuse", required_argument, NULL, 'U'},   {NULL, 0, NULL, 0}};
 	int c;
 	while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
 		switch (c) {
@@ -224,9 +296,11 @@ int main(int argc, char **argv)
 		case 'p': p.per_day = (unsigned)atoi(optarg); break;
 		case 'r': reps = (unsigned)atoi(optarg); break;
 		case 'D': parent = optarg; break;
+		case 'K': keep = optarg; break;
+		case 'U': reuse = optarg; break;
 		default:
 			fprintf(stderr, "usage: bench_dist [--cameras N] [--days N] [--per-day N] "
-					"[--reps N] [--dir DIR]\n");
+					"[--reps N] [--dir DIR] [--keep DIR | --reuse DIR]\n");
 			return 2;
 		}
 	}
@@ -236,9 +310,20 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	char dir[4096];
+	if (reuse) {
+		snprintf(dir, sizeof dir, "%s/dist", reuse);
+		printf("bench_dist: queries on %s (%u cameras x %u days; thread CPU time)\n", dir,
+		       p.cameras, p.days);
+		tally_db *db = reopen(dir);
+		query_figures(db, &p, reps);
+		tally_db_close(db);
+		return 0;
+	}
 	snprintf(dir, sizeof dir, "%s/tally-bench-dist.XXXXXX", parent);
-	if (!mkdtemp(dir)) {
-		fprintf(stderr, "bench_dist: mkdtemp %s: %s\n", dir, strerror(errno));
+	if (keep)
+		snprintf(dir, sizeof dir, "%s", keep);
+	if (keep ? mkdir(dir, 0755) && errno != EEXIST : !mkdtemp(dir)) {
+		fprintf(stderr, "bench_dist: cannot create %s: %s\n", dir, strerror(errno));
 		return 1;
 	}
 	size_t nb;
@@ -266,14 +351,14 @@ int main(int argc, char **argv)
 	printf("  parts, no distributions:       %6.3f bytes/event\n", bpe0);
 	printf("  parts, speed distributions:    %6.3f bytes/event (+%.3f)\n", bpe1, bpe1 - bpe0);
 	tally_db_close(db0);
-	v85_latency(db1, &p, 1, reps);
-	v85_latency(db1, &p, 0, reps);
+	query_figures(db1, &p, reps);
 	tally_db_close(db1);
 	for (size_t i = 0; i < nb; i++) {
 		free(b[i].ts);
 		free(b[i].v);
 	}
 	free(b);
-	nftw(dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+	if (!keep)
+		nftw(dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
 	return 0;
 }

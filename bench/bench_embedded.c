@@ -31,6 +31,7 @@
 
 #include "tally.h"
 #include "workload.h"
+#include "benchutil.h"
 
 #define TABLE       "traffic"
 #define KEY_TAG     "camera"
@@ -224,25 +225,11 @@ static int parse_args(int argc, char **argv, bench_opts *o)
 
 /* ---------------------------------------------------------------- helpers */
 
-static double now_s(void)
-{
-	struct timespec t;
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
-
 static double thread_cpu_s(void)
 {
 	struct timespec t;
 	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
 	return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
-
-static uint64_t now_ns(void)
-{
-	struct timespec t;
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
 }
 
 static const char *commas(uint64_t v)
@@ -258,13 +245,6 @@ static const char *commas(uint64_t v)
 	}
 	out[j] = 0;
 	return out;
-}
-
-static void die(const char *what, int rc)
-{
-	const char *msg = tally_errmsg();
-	fprintf(stderr, "bench_embedded: %s: %s\n", what, *msg ? msg : tally_strerror(rc));
-	exit(1);
 }
 
 static void *xmalloc(size_t n)
@@ -590,11 +570,11 @@ static ingest_result ingest_run(tally_db *db, unsigned nt, const dataset *d, con
 	double ts = now_s();
 	int rc = tally_db_sync(db);
 	if (rc)
-		die("tally_db_sync", rc);
+		die_tally("tally_db_sync", rc);
 	r.sync_s = now_s() - ts;
 	tally_stats st;
 	if ((rc = tally_db_stats(db, &st)))
-		die("tally_db_stats", rc);
+		die_tally("tally_db_stats", rc);
 	r.wal_bytes = st.wal_bytes;
 	r.late = st.late_events;
 	pthread_barrier_destroy(&bar);
@@ -613,7 +593,7 @@ static tally_db *open_store(const char *parent, const char *name, unsigned shard
 	tally_db *db;
 	int rc = tally_db_open(path, &opt, &db);
 	if (rc)
-		die("tally_db_open", rc);
+		die_tally("tally_db_open", rc);
 	return db;
 }
 
@@ -654,7 +634,7 @@ static lat sync_latency(tally_db *db, unsigned reps, unsigned rows, int64_t t0)
 	tally_writer *w;
 	int rc = tally_writer_open(db, 0, &w);
 	if (rc)
-		die("tally_writer_open", rc);
+		die_tally("tally_writer_open", rc);
 	int64_t *ts = xmalloc(rows * sizeof *ts);
 	double *v = xmalloc(rows * sizeof *v);
 	uint64_t *ns = xmalloc(reps * sizeof *ns);
@@ -673,9 +653,9 @@ static lat sync_latency(tally_db *db, unsigned reps, unsigned rows, int64_t t0)
 		}
 		uint64_t a = now_ns();
 		if ((rc = tally_write_batch(w, &b)))
-			die("tally_write_batch", rc);
+			die_tally("tally_write_batch", rc);
 		if ((rc = tally_db_sync(db)))
-			die("tally_db_sync", rc);
+			die_tally("tally_db_sync", rc);
 		ns[r] = now_ns() - a;
 	}
 	lat l = lat_of(ns, reps, rows);
@@ -758,37 +738,37 @@ static uint64_t q_run(tally_db *db, unsigned kind, const qparam *p, const datase
 					kind == Q_SERIES_5M ? TALLY_5M : TALLY_1H, p->from, p->to,
 					buf, cap, &n);
 		if (rc)
-			die("tally_query_series", rc);
+			die_tally("tally_query_series", rc);
 		return n;
 	case Q_EXACT: {
 		tally_agg a;
 		if ((rc = tally_query_agg(db, TABLE, FIELD, key, p->from, p->to, &a)))
-			die("tally_query_agg", rc);
+			die_tally("tally_query_agg", rc);
 		return a.count;
 	}
 	case Q_KEYS: {
 		tally_keys_iter *it;
 		if ((rc = tally_query_keys(db, TABLE, FIELD, p->from, p->to, &it)))
-			die("tally_query_keys", rc);
+			die_tally("tally_query_keys", rc);
 		const char *k;
 		tally_agg a;
 		while ((rc = tally_keys_next(it, &k, &a)) == 1)
 			n++;
 		tally_keys_close(it);
 		if (rc)
-			die("tally_keys_next", rc);
+			die_tally("tally_keys_next", rc);
 		return n;
 	}
 	default: {
 		tally_scan *s;
 		if ((rc = tally_scan_open(db, TABLE, key, p->from, p->to, &s)))
-			die("tally_scan_open", rc);
+			die_tally("tally_scan_open", rc);
 		tally_row row;
 		while ((rc = tally_scan_next(s, &row)) == 1)
 			n++;
 		tally_scan_close(s);
 		if (rc)
-			die("tally_scan_next", rc);
+			die_tally("tally_scan_next", rc);
 		return n;
 	}
 	}
@@ -823,7 +803,7 @@ static int check_store(tally_db *db, const dataset *d, uint64_t expect_events)
 	int rc =
 		tally_query_keys(db, TABLE, FIELD, d->t0, d->t0 + (int64_t)d->days * TALLY_1D, &it);
 	if (rc)
-		die("tally_query_keys", rc);
+		die_tally("tally_query_keys", rc);
 	const char *k;
 	tally_agg a;
 	uint64_t n = 0, keys = 0;
@@ -834,7 +814,7 @@ static int check_store(tally_db *db, const dataset *d, uint64_t expect_events)
 	tally_keys_close(it);
 	tally_stats st;
 	if ((rc = tally_db_stats(db, &st)))
-		die("tally_db_stats", rc);
+		die_tally("tally_db_stats", rc);
 	return n == expect_events && keys == d->keys && st.events == expect_events &&
 	       st.late_events == d->expect_late;
 }

@@ -14,12 +14,17 @@
  *     TCP: the single node, then a cluster node (which asks all three);
  *   - the same as JSON, GET /api/v1/series over HTTP, likewise.
  * Every answer is checked (288 rows; the fanned answer equals the single
- * node's on the first query of each kind). A fan-out costs a connection
- * to each node and their slowest answer, plus a thread: the target is a
- * fan-out p50 within 3x the single node's.
+ * node's on the first query of each kind). A fan-out costs a hand-off
+ * to a worker thread, a round trip to each other node over a pooled
+ * connection (the slowest sets it), the merge and a wake-up back: the
+ * target is a fan-out p50 within 3x the single node's. --tallyd-b
+ * starts four tallyd of a second build and times them in the same
+ * rounds, each round starting at another kind: two builds compared at
+ * the machine's same moments.
  *
  *   ./build/bench/bench_fanout
  *   ./build/bench/bench_fanout --queries 5000 --cameras 300 --days 2
+ *   ./build/bench/bench_fanout --tallyd /tmp/tallyd-old --tallyd-b build/wire/tallyd
  */
 #include <getopt.h>
 #include <inttypes.h>
@@ -211,24 +216,48 @@ static long rows_of(int http, const char *p, size_t n)
 	return http ? rows + 1 : rows - 2; /* separators; the header and END */
 }
 
+/* One tallyd build's four tallyd: three naming each other, and one alone. */
+typedef struct side {
+	node nodes[3], one;
+} side;
+
+static void side_start(side *sd, const char *tallyd)
+{
+	unsigned ports[3];
+	for (int i = 0; i < 3; i++)
+		ports[i] = free_port();
+	for (int i = 0; i < 3; i++) {
+		char peers[64];
+		snprintf(peers, sizeof peers, "127.0.0.1:%u,127.0.0.1:%u", ports[(i + 1) % 3],
+			 ports[(i + 2) % 3]);
+		start(&sd->nodes[i], tallyd, ports[i], peers);
+	}
+	start(&sd->one, tallyd, 0, NULL);
+}
+
 int main(int argc, char **argv)
 {
-	const char *tallyd = NULL;
+	const char *tallyd = NULL, *tallyd_b = NULL;
 	unsigned queries = 3000;
-	static const struct option opts[] = {
-		{"tallyd", required_argument, 0, 't'}, {"cameras", required_argument, 0, 'c'},
-		{"days", required_argument, 0, 'd'},   {"queries", required_argument, 0, 'q'},
-		{"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
+	static const struct option opts[] = {{"tallyd", required_argument, 0, 't'},
+					     {"tallyd-b", required_argument, 0, 'b'},
+					     {"cameras", required_argument, 0, 'c'},
+					     {"days", required_argument, 0, 'd'},
+					     {"queries", required_argument, 0, 'q'},
+					     {"help", no_argument, 0, 'h'},
+					     {0, 0, 0, 0}};
 	int ch;
 	while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
 		switch (ch) {
 		case 't': tallyd = optarg; break;
+		case 'b': tallyd_b = optarg; break;
 		case 'c': cameras = (unsigned)atoi(optarg); break;
 		case 'd': days = (unsigned)atoi(optarg); break;
 		case 'q': queries = (unsigned)atoi(optarg); break;
 		default:
-			printf("usage: bench_fanout [--tallyd PATH] [--cameras N] [--days N] "
-			       "[--queries N]\n");
+			printf("usage: bench_fanout [--tallyd PATH] [--tallyd-b PATH] [--cameras "
+			       "N] "
+			       "[--days N] [--queries N]\n");
 			return ch == 'h' ? 0 : 2;
 		}
 	}
@@ -237,38 +266,41 @@ int main(int argc, char **argv)
 	char def[4200];
 	if (!tallyd)
 		tallyd = tallyd_beside(def, sizeof def);
-	unsigned ports[3];
-	for (int i = 0; i < 3; i++)
-		ports[i] = free_port();
-	node nodes[3], one;
-	for (int i = 0; i < 3; i++) {
-		char peers[64];
-		snprintf(peers, sizeof peers, "127.0.0.1:%u,127.0.0.1:%u", ports[(i + 1) % 3],
-			 ports[(i + 2) % 3]);
-		start(&nodes[i], tallyd, ports[i], peers);
+	/* sides: the build under test, and with --tallyd-b another one, timed
+	 * in the same rounds (A/B in one run) */
+	int ns = tallyd_b ? 2 : 1;
+	const char *bin[2] = {tallyd, tallyd_b};
+	side sd[2];
+	uint64_t ev = 0;
+	for (int s = 0; s < ns; s++) {
+		side_start(&sd[s], bin[s]);
+		ev = load(sd[s].one.port, -1);
+		for (int i = 0; i < 3; i++)
+			load(sd[s].nodes[i].port, i);
 	}
-	start(&one, tallyd, 0, NULL);
-	uint64_t ev = load(one.port, -1);
-	for (int i = 0; i < 3; i++)
-		load(nodes[i].port, i);
-	printf("bench_fanout: tallyd %s\n  wrote %" PRIu64
+	printf("bench_fanout: tallyd %s%s%s\n  wrote %" PRIu64
 	       " events to the single node and the same spread over three "
 	       "(camera c on node c %% 3): %u cameras x %u days, one a minute (not timed)\n",
-	       tallyd, ev, cameras, days);
+	       tallyd, tallyd_b ? ", B: " : "", tallyd_b ? tallyd_b : "", ev, cameras, days);
 
-	/* kinds: TCP one, TCP fan, HTTP one, HTTP fan */
+	/* kinds, per side: TCP one, TCP fan, HTTP one, HTTP fan */
 	static const char *const names[4] = {
 		"TCP  #!series, one node holding everything",
 		"TCP  #!series, across three nodes",
 		"HTTP /api/v1/series, one node holding everything",
 		"HTTP /api/v1/series, across three nodes",
 	};
-	int fd[4] = {connect_to(one.port), connect_to(nodes[0].port), connect_to(one.http),
-		     connect_to(nodes[1].http)};
+	int nk = 4 * ns, fd[8];
+	for (int s = 0; s < ns; s++) {
+		fd[4 * s + 0] = connect_to(sd[s].one.port);
+		fd[4 * s + 1] = connect_to(sd[s].nodes[0].port);
+		fd[4 * s + 2] = connect_to(sd[s].one.http);
+		fd[4 * s + 3] = connect_to(sd[s].nodes[1].http);
+	}
 	size_t cap = 1 << 20;
 	char *buf = malloc(cap), *first = malloc(cap), q[512];
-	double *lat[4];
-	for (int k = 0; k < 4; k++)
+	double *lat[8];
+	for (int k = 0; k < nk; k++)
 		lat[k] = malloc(queries * sizeof **lat);
 	uint64_t seed = 42;
 	unsigned warm = queries / 10;
@@ -288,48 +320,60 @@ int main(int argc, char **argv)
 						       "#!series traffic speed KV%05u 5m %" PRId64
 						       " 1d\n",
 						       cam, day);
-			/* A then B, or B then A: neither always goes first */
-			for (int s = 0; s < 2; s++) {
-				int side = (int)((i + (unsigned)s) & 1), k = 2 * pair + side;
+			/* one node, then the cluster, of each side, starting at
+			 * another one each round: none always goes first */
+			int m = 2 * ns;
+			for (int t = 0; t < m; t++) {
+				int u = (int)((i + (unsigned)t) % (unsigned)m), s = u / 2,
+				    one_or_fan = u % 2, k = 4 * s + 2 * pair + one_or_fan;
 				const char *out;
 				size_t len;
-				double t = roundtrip(fd[k], http, q, qn, buf, cap, &out, &len);
+				double dt = roundtrip(fd[k], http, q, qn, buf, cap, &out, &len);
 				if (i >= warm)
-					lat[k][i - warm] = t;
+					lat[k][i - warm] = dt;
 				if (i > 0)
 					continue;
 				long rows = rows_of(http, out, len);
 				if (rows != 288)
-					die("%s: %ld rows, not 288", names[k], rows);
-				if (side == 0) {
+					die("%s: %ld rows, not 288", names[k % 4], rows);
+				if (t == 0) {
 					memcpy(first, out, len);
 					first[len] = 0;
 				} else if (len != strlen(first) || memcmp(first, out, len)) {
 					die("%s: the answer differs from one node's:\n%.*s\nvs\n%s",
-					    names[k], (int)len, out, first);
+					    names[k % 4], (int)len, out, first);
 				}
 			}
 		}
 	}
-	printf("\nRound trips, one request at a time, interleaved A/B (%u each, after %u "
+	printf("\nRound trips, one request at a time, interleaved (%u each, after %u "
 	       "warm-up)\n",
 	       queries, warm);
-	double p50[4];
-	for (int k = 0; k < 4; k++) {
+	double p50[8];
+	for (int k = 0; k < nk; k++) {
 		qsort(lat[k], queries, sizeof *lat[k], cmp_d);
 		p50[k] = lat[k][queries / 2];
-		printf("  %-50s p50 %7.1f us  p99 %7.1f us\n", names[k], p50[k] * 1e6,
-		       lat[k][queries * 99 / 100] * 1e6);
+		printf("  %s%-50s p50 %7.1f us  p99 %7.1f us\n",
+		       ns == 1 ? ""
+		       : k < 4 ? "A "
+			       : "B ",
+		       names[k % 4], p50[k] * 1e6, lat[k][queries * 99 / 100] * 1e6);
 	}
-	printf("  fan-out p50 / one node's: TCP %.2fx, HTTP %.2fx (target: within 3x)\n",
-	       p50[1] / p50[0], p50[3] / p50[2]);
-	for (int k = 0; k < 4; k++) {
+	for (int s = 0; s < ns; s++)
+		printf("  %sfan-out p50 / one node's: TCP %.2fx, HTTP %.2fx (target: within 3x)\n",
+		       ns == 1  ? ""
+		       : s == 0 ? "A "
+				: "B ",
+		       p50[4 * s + 1] / p50[4 * s], p50[4 * s + 3] / p50[4 * s + 2]);
+	for (int k = 0; k < nk; k++) {
 		close(fd[k]);
 		free(lat[k]);
 	}
-	for (int i = 0; i < 3; i++)
-		stop(&nodes[i]);
-	stop(&one);
+	for (int s = 0; s < ns; s++) {
+		for (int i = 0; i < 3; i++)
+			stop(&sd[s].nodes[i]);
+		stop(&sd[s].one);
+	}
 	free(buf);
 	free(first);
 	return 0;

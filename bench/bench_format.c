@@ -30,6 +30,7 @@
 #include <time.h>
 
 #include "cmd.h"
+#include "benchutil.h"
 
 static uint64_t rng(uint64_t *s)
 {
@@ -37,13 +38,6 @@ static uint64_t rng(uint64_t *s)
 	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
 	z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
 	return z ^ (z >> 31);
-}
-
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
 static double speed(uint64_t *s)

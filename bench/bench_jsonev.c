@@ -17,19 +17,7 @@
 #include <time.h>
 
 #include "jsonev.h"
-
-static double now_s(void)
-{
-	struct timespec t;
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
-
-static int cmp_d(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return (x > y) - (x < y);
-}
+#include "benchutil.h"
 
 /* N camera events, as an array (ndjson 0) or one a line. */
 static char *make_body(size_t n, int ndjson, size_t *len)

@@ -34,6 +34,7 @@
 
 #include "tally.h"
 #include "workload.h"
+#include "benchutil.h"
 
 #define PT_TABLE       "traffic"
 #define PT_FIELD       "speed"
@@ -52,21 +53,6 @@ typedef struct pt_opts {
 	uint64_t check_count;
 	double visible_timeout_s;
 } pt_opts;
-
-static double now_s(void)
-{
-	struct timespec t;
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
-
-__attribute__((noreturn)) static void pt_die(const char *what, int rc)
-{
-	const char *msg = tally_errmsg();
-	fprintf(stderr, "bench_peer_tally: %s: %s\n", what,
-		rc ? (*msg ? msg : tally_strerror(rc)) : strerror(errno));
-	exit(1);
-}
 
 static void *pt_alloc(size_t n)
 {
@@ -207,7 +193,7 @@ static pt_ingest pt_run(tally_db *db, pt_worker *w, unsigned n)
 		w[i].db = db;
 		w[i].shard = i;
 		if (pthread_create(&w[i].th, NULL, pt_ingest_main, &w[i]))
-			pt_die("pthread_create", 0);
+			die_tally("pthread_create", 0);
 	}
 	pt_ingest r = {0};
 	for (unsigned i = 0; i < n; i++) {
@@ -222,7 +208,7 @@ static pt_ingest pt_run(tally_db *db, pt_worker *w, unsigned n)
 	double ts = now_s();
 	int rc = tally_db_sync(db);
 	if (rc)
-		pt_die("tally_db_sync", rc);
+		die_tally("tally_db_sync", rc);
 	r.sync_s = now_s() - ts;
 	r.seconds = now_s() - t0;
 	return r;
@@ -242,7 +228,7 @@ static pt_ingest pt_ingest_lp(tally_db *db, const char *path, unsigned n)
 	const char *text = len ? mmap(NULL, len, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, 0) : "";
 	close(fd);
 	if (text == MAP_FAILED)
-		pt_die("mmap", 0);
+		die_tally("mmap", 0);
 	pt_worker w[PT_THREADS_MAX];
 	memset(w, 0, sizeof w);
 	size_t start = 0;
@@ -270,13 +256,13 @@ static void pt_arena_push(pt_arena *a, const char *id, const int64_t *ts, const 
 		a->ts = realloc(a->ts, a->cap * sizeof *a->ts);
 		a->val = realloc(a->val, a->cap * sizeof *a->val);
 		if (!a->ts || !a->val)
-			pt_die("out of memory", 0);
+			die_tally("out of memory", 0);
 	}
 	if (a->nb == a->cb) {
 		a->cb = a->cb ? a->cb * 2 : 1024;
 		a->b = realloc(a->b, a->cb * sizeof *a->b);
 		if (!a->b)
-			pt_die("out of memory", 0);
+			die_tally("out of memory", 0);
 	}
 	pt_batch *b = &a->b[a->nb++];
 	snprintf(b->id, sizeof b->id, "%s", id);
@@ -300,7 +286,7 @@ static void pt_make_batches(const wl_params *wp, enum wl_part part, unsigned n, 
 	wl_stream *s = wl_stream_open(wp, part);
 	wl_event *ev = pt_alloc(4096 * sizeof *ev);
 	if (!pn || !s)
-		pt_die("out of memory", 0);
+		die_tally("out of memory", 0);
 	char id[WL_ID_MAX];
 	size_t k;
 	while ((k = wl_stream_read(s, ev, 4096)) > 0)
@@ -375,7 +361,7 @@ static pt_query *pt_read_queries(const char *path, size_t *n_out)
 			cap *= 2;
 			q = realloc(q, cap * sizeof *q);
 			if (!q)
-				pt_die("out of memory", 0);
+				die_tally("out of memory", 0);
 		}
 		pt_query *x = &q[n];
 		if (sscanf(line, "%31s %15s %15s %" SCNd64 " %" SCNd64 " %" SCNd64, x->qid, kind,
@@ -419,7 +405,7 @@ static void pt_query_run(tally_db *db, const pt_query *q, tally_bucket *buf, siz
 		rc = tally_query_series(db, PT_TABLE, PT_FIELD, q->camera, q->step_ms * NS_PER_MS,
 					from, to, buf, cap, &n);
 		if (rc)
-			pt_die("tally_query_series", rc);
+			die_tally("tally_query_series", rc);
 		for (size_t i = 0; out && i < n; i++) {
 			snprintf(label, sizeof label, "%" PRId64, buf[i].start / NS_PER_MS);
 			pt_put_agg(out, q->qid, label, &buf[i].agg);
@@ -429,27 +415,27 @@ static void pt_query_run(tally_db *db, const pt_query *q, tally_bucket *buf, siz
 	case K_AGG: {
 		tally_agg a;
 		if ((rc = tally_query_agg(db, PT_TABLE, PT_FIELD, q->camera, from, to, &a)))
-			pt_die("tally_query_agg", rc);
+			die_tally("tally_query_agg", rc);
 		pt_put_agg(out, q->qid, "all", &a);
 		break;
 	}
 	case K_KEYS: {
 		tally_keys_iter *it;
 		if ((rc = tally_query_keys(db, PT_TABLE, PT_FIELD, from, to, &it)))
-			pt_die("tally_query_keys", rc);
+			die_tally("tally_query_keys", rc);
 		const char *key;
 		tally_agg a;
 		while ((rc = tally_keys_next(it, &key, &a)) == 1)
 			pt_put_agg(out, q->qid, key, &a);
 		tally_keys_close(it);
 		if (rc)
-			pt_die("tally_keys_next", rc);
+			die_tally("tally_keys_next", rc);
 		break;
 	}
 	case K_V85: { /* bench/peers/common.py: nearest rank, q = 0.85 */
 		tally_dist *d;
 		if ((rc = tally_query_dist(db, PT_TABLE, PT_FIELD, q->camera, from, to, &d)))
-			pt_die("tally_query_dist", rc);
+			die_tally("tally_query_dist", rc);
 		double v;
 		if (tally_dist_count(d) && !tally_dist_quantile(d, 0.85, &v)) {
 			tally_agg a = {.count = tally_dist_count(d), .sum = v, .min = v, .max = v};
@@ -461,7 +447,7 @@ static void pt_query_run(tally_db *db, const pt_query *q, tally_bucket *buf, siz
 	default: {
 		tally_scan *s;
 		if ((rc = tally_scan_open(db, PT_TABLE, q->camera, from, to, &s)))
-			pt_die("tally_scan_open", rc);
+			die_tally("tally_scan_open", rc);
 		size_t col = SIZE_MAX;
 		for (size_t i = 0; i < tally_scan_columns(s); i++) {
 			const char *name;
@@ -480,15 +466,9 @@ static void pt_query_run(tally_db *db, const pt_query *q, tally_bucket *buf, siz
 		}
 		tally_scan_close(s);
 		if (rc)
-			pt_die("tally_scan_next", rc);
+			die_tally("tally_scan_next", rc);
 	}
 	}
-}
-
-static int cmp_d(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return (x > y) - (x < y);
 }
 
 /* ---------------------------------------------------------------- main */
@@ -611,7 +591,7 @@ int main(int argc, char **argv)
 	tally_db *db;
 	int rc = tally_db_open(o.dir, &opt, &db);
 	if (rc)
-		pt_die("tally_db_open", rc);
+		die_tally("tally_db_open", rc);
 
 	/* ---- on time */
 	uint64_t io0 = io_write_bytes();
@@ -619,12 +599,12 @@ int main(int argc, char **argv)
 				: pt_ingest_lp(db, o.lp, o.threads);
 	double t = now_s();
 	if ((rc = tally_db_flush(db)) || (rc = tally_db_merge(db)))
-		pt_die("flush/merge", rc);
+		die_tally("flush/merge", rc);
 	double fm_s = now_s() - t;
 	uint64_t io1 = io_write_bytes();
 	tally_stats st0;
 	if ((rc = tally_db_stats(db, &st0)))
-		pt_die("tally_db_stats", rc);
+		die_tally("tally_db_stats", rc);
 
 	/* ---- the late batch */
 	pt_ingest late = {0};
@@ -645,7 +625,7 @@ int main(int argc, char **argv)
 							     TALLY_1H, o.check_from_ms * NS_PER_MS,
 							     o.check_to_ms * NS_PER_MS, hb, 48,
 							     &nb)))
-					pt_die("tally_query_series", rc);
+					die_tally("tally_query_series", rc);
 				for (size_t i = 0; i < nb; i++)
 					seen += hb[i].agg.count;
 				if (seen == o.check_count) {
@@ -659,13 +639,13 @@ int main(int argc, char **argv)
 		}
 		t = now_s();
 		if ((rc = tally_db_flush(db)) || (rc = tally_db_merge(db)))
-			pt_die("flush/merge", rc);
+			die_tally("flush/merge", rc);
 		late_fm_s = now_s() - t;
 	}
 	uint64_t io2 = io_write_bytes();
 	tally_stats st;
 	if ((rc = tally_db_stats(db, &st)))
-		pt_die("tally_db_stats", rc);
+		die_tally("tally_db_stats", rc);
 	char parts[PATH_MAX];
 	snprintf(parts, sizeof parts, "%s/parts", o.dir);
 	uint64_t disk = du(o.dir), disk_parts = du(parts);
@@ -677,7 +657,7 @@ int main(int argc, char **argv)
 		pt_query *q = pt_read_queries(o.queries, &nq);
 		FILE *ans = o.answers ? fopen(o.answers, "w") : NULL;
 		if (o.answers && !ans)
-			pt_die(o.answers, 0);
+			die_tally(o.answers, 0);
 		size_t cap = (size_t)(o.wp.days > 366 ? o.wp.days : 366) * 288 * 4;
 		tally_bucket *buf = pt_alloc(cap * sizeof *buf);
 		for (int k = 0; k < K_KINDS; k++)
@@ -685,7 +665,7 @@ int main(int argc, char **argv)
 		for (size_t i = 0; i < nq; i++) /* the answers, and a warm cache */
 			pt_query_run(db, &q[i], buf, cap, ans);
 		if (ans && fclose(ans))
-			pt_die(o.answers, 0);
+			die_tally(o.answers, 0);
 		for (size_t i = 0; i < nq; i++) {
 			double a = now_s();
 			pt_query_run(db, &q[i], buf, cap, NULL);
@@ -697,7 +677,7 @@ int main(int argc, char **argv)
 
 	FILE *out = o.json ? fopen(o.json, "w") : stdout;
 	if (!out)
-		pt_die(o.json, 0);
+		die_tally(o.json, 0);
 	fprintf(out,
 		"{\n  \"system\": \"tally\", \"version\": \"%d.%d.%d\", \"mode\": \"%s\", "
 		"\"threads\": %u,\n",

@@ -2,9 +2,11 @@
  * bench_retention.c — what deletes, retention and a table drop cost: the
  * time of deleting one camera-day (tally_db_delete) in a sealed day
  * segment and the bytes it reads and writes again (a delete rewrites the
- * parts holding the events: its write amplification), a delete with
- * nothing left to delete and one of every camera's day (its part leaves
- * unread); then the time of a pass that cuts half the days of a store to
+ * parts holding the events: its write amplification), of them the bytes
+ * copied as they were and those encoded again, a camera-hour (the key
+ * stays, its stripes in the hour and its rollups are encoded again), a
+ * delete with nothing left to delete and one of every camera's day (its
+ * part leaves unread); then the time of a pass that cuts half the days of a store to
  * their rollups, of a pass with nothing to do, of one that drops those
  * days whole, and of a drop of the table; bytes before and after each.
  *
@@ -59,23 +61,27 @@ static void timed(tally_db *db, const char *label, int (*fn)(tally_db *, const c
 	       b.retention_parts_dropped - a.retention_parts_dropped);
 }
 
-/* Deletes camera cam's (-1: every camera's) events of the day from day0
- * and prints what it cost; returns the time in ms. */
-static double deleted(tally_db *db, const char *label, int cam, int64_t day0, double bpe)
+/* Deletes camera cam's (-1: every camera's) events of [from, to) and
+ * prints what it cost; returns the time in ms. */
+static double deleted(tally_db *db, const char *label, int cam, int64_t from, int64_t to,
+		      double bpe)
 {
 	char key[32];
 	snprintf(key, sizeof key, "KV%05d", cam);
 	tally_delete_result r = {.size = sizeof r};
 	double t0 = clock_s(CLOCK_MONOTONIC);
-	if (tally_db_delete(db, "traffic", cam < 0 ? NULL : key, day0, day0 + NS_DAY, &r))
+	if (tally_db_delete(db, "traffic", cam < 0 ? NULL : key, from, to, &r))
 		die(label);
 	double ms = (clock_s(CLOCK_MONOTONIC) - t0) * 1e3;
 	printf("%-40s %8.1f ms  rows %7" PRIu64 "  parts rewritten %" PRIu64 " removed %" PRIu64
-	       "  read %6.2f MB  written %6.2f MB",
+	       "  read %6.2f MB  written %6.2f MB  copied %6.2f MB",
 	       label, ms, r.rows, r.parts_rewritten, r.parts_removed, (double)r.bytes_read / 1e6,
-	       (double)r.bytes_written / 1e6);
-	if (r.rows && r.bytes_written) /* bytes written per byte of the events deleted */
-		printf("  (%.0fx)", (double)r.bytes_written / ((double)r.rows * bpe));
+	       (double)r.bytes_written / 1e6, (double)r.bytes_copied / 1e6);
+	if (r.rows && r.bytes_written) { /* per byte of the events deleted */
+		double del = (double)r.rows * bpe;
+		printf("  (written %.0fx, encoded %.2fx)", (double)r.bytes_written / del,
+		       (double)(r.bytes_written - r.bytes_copied) / del);
+	}
 	printf("\n");
 	return ms;
 }
@@ -87,7 +93,8 @@ static int cmp_double(const void *a, const void *b)
 }
 
 /* One camera-day deleted in sealed segments, DEL_RUNS times (other
- * cameras and days), an idle delete, then every camera's newest day. */
+ * cameras and days), a camera-hour, an idle delete, then every camera's
+ * newest day. */
 #define DEL_RUNS 7
 static void delete_steps(tally_db *db, int64_t first, int days)
 {
@@ -97,11 +104,16 @@ static void delete_steps(tally_db *db, int64_t first, int days)
 	for (int i = 0; i < DEL_RUNS; i++) {
 		char label[64];
 		snprintf(label, sizeof label, "delete: one camera-day (%d of %d)", i + 1, DEL_RUNS);
-		ms[i] = deleted(db, label, 17 + 61 * i, first + (1 + i % (days - 2)) * NS_DAY, bpe);
+		int64_t day = first + (1 + i % (days - 2)) * NS_DAY;
+		ms[i] = deleted(db, label, 17 + 61 * i, day, day + NS_DAY, bpe);
 	}
 	qsort(ms, DEL_RUNS, sizeof *ms, cmp_double);
-	deleted(db, "delete: the same again (nothing left)", 17, first + NS_DAY, bpe);
-	deleted(db, "delete: every camera's newest day", -1, first + (days - 1) * NS_DAY, bpe);
+	int64_t noon = first + NS_DAY + NS_DAY / 2;
+	deleted(db, "delete: one camera-hour", 18, noon, noon + NS_DAY / 24, bpe);
+	deleted(db, "delete: the same again (nothing left)", 17, first + NS_DAY, first + 2 * NS_DAY,
+		bpe);
+	deleted(db, "delete: every camera's newest day", -1, first + (days - 1) * NS_DAY,
+		first + days * NS_DAY, bpe);
 	tally_db_stats(db, &st);
 	printf("delete of a camera-day: p50 %.1f ms, max %.1f ms over %d; stats: deletes %" PRIu64
 	       " delete_rows %" PRIu64 " delete_bytes_written %" PRIu64 "\n",

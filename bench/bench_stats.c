@@ -15,32 +15,7 @@
 #include <unistd.h>
 
 #include "tally.h"
-
-static double now_s(void)
-{
-	struct timespec t;
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
-}
-
-static void die(const char *what, int rc)
-{
-	fprintf(stderr, "bench_stats: %s: %s: %s\n", what, tally_strerror(rc), tally_errmsg());
-	exit(1);
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return (x > y) - (x < y);
-}
-
-static void quiet(void *ctx, int level, const char *msg)
-{
-	(void)ctx;
-	(void)level;
-	(void)msg;
-}
+#include "benchutil.h"
 
 /* One event per key for keys [from, to), spread over the writers. */
 static void write_keys(tally_writer **ws, unsigned n, long from, long to)
@@ -54,7 +29,7 @@ static void write_keys(tally_writer **ws, unsigned n, long from, long to)
 			if (len > (1 << 20) - 128 || k + n >= to) {
 				int rc = tally_write_lp(ws[s], buf, len, TALLY_PREC_NS, NULL);
 				if (rc)
-					die("write", rc);
+					die_tally("write", rc);
 				len = 0;
 			}
 		}
@@ -90,28 +65,28 @@ int main(int argc, char **argv)
 	tally_options o;
 	tally_options_init(&o);
 	o.shards = shards;
-	o.log_fn = quiet;
+	o.log_fn = quiet_log;
 	tally_db *db;
 	int rc = tally_db_open(dir, &o, &db);
 	if (rc)
-		die("open", rc);
+		die_tally("open", rc);
 	tally_writer **ws = calloc(shards, sizeof *ws);
 	for (unsigned s = 0; s < shards; s++)
 		if ((rc = tally_writer_open(db, (int)s, &ws[s])))
-			die("writer", rc);
+			die_tally("writer", rc);
 	write_keys(ws, shards, 0, keys / 2);
 	if ((rc = tally_db_flush(db)))
-		die("flush", rc);
+		die_tally("flush", rc);
 	write_keys(ws, shards, keys / 2, keys);
 	double *t = calloc(runs, sizeof *t);
 	tally_stats st;
 	for (unsigned r = 0; r < runs; r++) {
 		double t0 = now_s();
 		if ((rc = tally_db_stats(db, &st)))
-			die("stats", rc);
+			die_tally("stats", rc);
 		t[r] = now_s() - t0;
 	}
-	qsort(t, runs, sizeof *t, cmp_double);
+	qsort(t, runs, sizeof *t, cmp_d);
 	printf("keys %llu (written %ld), shards %u, parts %llu: tally_db_stats median %.1f us, "
 	       "worst %.1f us over %u runs\n",
 	       (unsigned long long)st.keys, keys, shards, (unsigned long long)st.parts,

@@ -28,13 +28,7 @@
 
 #include "tally.h"
 #include "workload.h"
-
-static double now_s(void)
-{
-	struct timespec t;
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
-}
+#include "benchutil.h"
 
 static uint64_t rng_state = 0x243f6a8885a308d3ULL;
 static uint64_t rnd(void)
@@ -65,12 +59,6 @@ static uint64_t du(const char *path)
 	if (d)
 		closedir(d);
 	return n;
-}
-
-static int cmp_d(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return (x > y) - (x < y);
 }
 
 static void report(FILE *out, const char *what, double *lat, int n)

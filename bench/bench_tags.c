@@ -22,34 +22,9 @@
 #include <unistd.h>
 
 #include "tally.h"
+#include "benchutil.h"
 
 #define T0 INT64_C(1748822400000000000) /* 2025-06-02 */
-
-static double now_s(void)
-{
-	struct timespec t;
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
-}
-
-static void die(const char *what, int rc)
-{
-	fprintf(stderr, "bench_tags: %s: %s: %s\n", what, tally_strerror(rc), tally_errmsg());
-	exit(1);
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return (x > y) - (x < y);
-}
-
-static void quiet(void *ctx, int level, const char *msg)
-{
-	(void)ctx;
-	(void)level;
-	(void)msg;
-}
 
 typedef struct cfg {
 	long cams, lanes, per_day, days, reps;
@@ -61,7 +36,7 @@ static void write_all(tally_db *db, const cfg *c)
 	tally_writer *w;
 	int rc = tally_writer_open(db, -1, &w);
 	if (rc)
-		die("writer", rc);
+		die_tally("writer", rc);
 	size_t cap = 1 << 22, len = 0;
 	char *buf = malloc(cap);
 	uint64_t x = 88172645463325252ULL;
@@ -80,12 +55,12 @@ static void write_all(tally_db *db, const cfg *c)
 					v % 10, (long long)ts);
 				if (len > cap - 256) {
 					if ((rc = tally_write_lp(w, buf, len, TALLY_PREC_NS, NULL)))
-						die("write", rc);
+						die_tally("write", rc);
 					len = 0;
 				}
 			}
 	if (len && (rc = tally_write_lp(w, buf, len, TALLY_PREC_NS, NULL)))
-		die("write", rc);
+		die_tally("write", rc);
 	free(buf);
 	tally_writer_close(w);
 }
@@ -100,10 +75,10 @@ static double p50_us(tally_db *db, const cfg *c, query_fn fn, long reps)
 		double t0 = now_s();
 		int rc = fn(db, c, r);
 		if (rc)
-			die("query", rc);
+			die_tally("query", rc);
 		t[r] = now_s() - t0;
 	}
-	qsort(t, (size_t)reps, sizeof *t, cmp_double);
+	qsort(t, (size_t)reps, sizeof *t, cmp_d);
 	double m = t[reps / 2] * 1e6;
 	free(t);
 	return m;
@@ -164,22 +139,22 @@ static void run(const cfg *c, const char *keys, const char *sub, int queries)
 	snprintf(dir, sizeof dir, "%s/%s", c->dir, sub);
 	tally_options o;
 	tally_options_init(&o);
-	o.log_fn = quiet;
+	o.log_fn = quiet_log;
 	o.no_background = 1;
 	o.table_keys = keys;
 	tally_db *db;
 	int rc = tally_db_open(dir, &o, &db);
 	if (rc)
-		die("open", rc);
+		die_tally("open", rc);
 	write_all(db, c);
 	tally_stats m;
 	if ((rc = tally_db_stats(db, &m)))
-		die("stats", rc);
+		die_tally("stats", rc);
 	if ((rc = tally_db_flush(db)) || (rc = tally_db_merge(db)))
-		die("flush", rc);
+		die_tally("flush", rc);
 	tally_stats p;
 	if ((rc = tally_db_stats(db, &p)))
-		die("stats", rc);
+		die_tally("stats", rc);
 	double ev = (double)p.events, n = (double)p.keys;
 	printf("keyed by %-22s %8llu series: key memory %6.1f B/series, rollups in memory "
 	       "%8.1f B/series, index %6.1f B/series, parts %.3f B/event\n",

@@ -48,6 +48,7 @@
 
 #include "abpairs.h"
 #include "cpuprobe.h"
+#include "benchutil.h"
 
 #define CAMERAS    1000
 #define DAYS       3
@@ -72,24 +73,6 @@ typedef struct bopts {
 	int labelled;
 	unsigned ab; /* --ab PAIRS: unlabelled and labelled runs interleaved */
 } bopts;
-
-static double now_s(void)
-{
-	struct timespec t;
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
-
-__attribute__((format(printf, 1, 2), noreturn)) static void die(const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	fprintf(stderr, "bench_tcp: ");
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fputc('\n', stderr);
-	exit(1);
-}
 
 static uint64_t rng_next(uint64_t *s)
 {
@@ -348,12 +331,6 @@ static double ingest_all(const bopts *o, gbuf *bufs, uint64_t *acc, uint64_t *re
 }
 
 /* ---------------------------------------------------------------- queries */
-
-static int cmp_d(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return x < y ? -1 : x > y;
-}
 
 /* One value of #!stats from a new connection. */
 static uint64_t stat_value(const char *port, const char *name)

@@ -30,13 +30,7 @@
 #include "part.h"
 #include "s3util.h"
 #include "tally.h"
-
-static double now_s(void)
-{
-	struct timespec t;
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
-}
+#include "benchutil.h"
 
 static uint64_t rng = 0x243f6a8885a308d3ULL;
 static uint64_t rnd(void)
@@ -45,19 +39,6 @@ static uint64_t rnd(void)
 	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
 	z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
 	return z ^ (z >> 31);
-}
-
-static int cmp_d(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return (x > y) - (x < y);
-}
-
-static double pct(double *v, int n, double p)
-{
-	qsort(v, (size_t)n, sizeof *v, cmp_d);
-	int i = (int)ceil(p * n) - 1;
-	return v[i < 0 ? 0 : i >= n ? n - 1 : i];
 }
 
 #define T0 INT64_C(1699920000000000000)

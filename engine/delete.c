@@ -19,11 +19,16 @@
  * the same way, with rewrites instead of removals: after the forced
  * flush every event to delete lies in a part, and each part holding some
  * is written again without them (merge_rewrite, engine/merge.c: the
- * key's rollup blocks computed again from its remaining rows), all of a
- * shard's in one partset_commit. Rewriting rather than recording
- * tombstones keeps every reader as it is (a tombstone would have to be
- * subtracted from rollups, and a min or a max cannot be), at the cost of
- * writing the affected parts again, which the answer and stats report.
+ * key's rollup blocks computed again from its remaining rows, its
+ * stripes that lose rows encoded again, every other block copied byte
+ * for byte), all of a shard's in one partset_commit. Rewriting rather
+ * than recording tombstones (or a "deleted key" mask over an old part)
+ * keeps every reader as it is (a tombstone would have to be subtracted
+ * from rollups, and a min or a max cannot be; a mask would still need
+ * the key's rollups written again somewhere), at the cost of writing the
+ * affected parts' bytes again, which the answer and stats report; what
+ * is encoded again is bounded by the key's stripes in the range and its
+ * rollup blocks (bytes_copied tells the rest).
  * A part whose raw events retention dropped cannot be corrected: the
  * delete is refused before anything changes.
  */
@@ -178,7 +183,7 @@ static int del_shard(tally_db *db, shard *s, del_req *d)
 	shard_part **gone = mem_calloc(s->n_parts ? s->n_parts : 1, sizeof *gone);
 	shard_part **added = mem_calloc(s->n_parts ? s->n_parts : 1, sizeof *added);
 	manifest_part *recs = mem_calloc(s->n_parts ? s->n_parts : 1, sizeof *recs);
-	uint64_t rows = 0, read = 0, written = 0, removed = 0;
+	uint64_t rows = 0, read = 0, written = 0, removed = 0, copied = 0;
 	int rc = 0;
 	if (!gone || !added || !recs) {
 		rc = err_set(-ENOMEM, "out of memory");
@@ -195,7 +200,7 @@ static int del_shard(tally_db *db, shard *s, del_req *d)
 			removed++;
 			continue;
 		}
-		uint64_t before = d->cut.rows, bytes;
+		uint64_t before = d->cut.rows, copied_before = d->cut.copied, bytes;
 		shard_part *out;
 		rc = merge_rewrite(db, s, sp, &d->cut, &out, &recs[n_new], &bytes);
 		if (rc || d->cut.rows == before)
@@ -206,6 +211,7 @@ static int del_shard(tally_db *db, shard *s, del_req *d)
 		if (out) {
 			added[n_new++] = out;
 			written += bytes;
+			copied += d->cut.copied - copied_before;
 		} else {
 			removed++;
 		}
@@ -234,8 +240,10 @@ static int del_shard(tally_db *db, shard *s, del_req *d)
 	d->r.parts_removed += removed;
 	d->r.bytes_read += read;
 	d->r.bytes_written += written;
+	d->r.bytes_copied += copied;
 done:
 	d->cut.rows = d->r.rows; /* what counts is what was committed */
+	d->cut.copied = d->r.bytes_copied;
 	mem_free(gone);
 	mem_free(added);
 	mem_free(recs);
@@ -285,10 +293,11 @@ TALLY_API int tally_db_delete(tally_db *db, const char *table, const char *key, 
 	if (d.r.rows || rc)
 		log_emit(&db->log, rc ? TALLY_LOG_ERROR : TALLY_LOG_INFO,
 			 "delete from table '%s' key '%s' [%lld, %lld): %llu events, %llu parts "
-			 "rewritten (%llu bytes written), %llu removed%s",
+			 "rewritten (%llu bytes written, %llu of them copied), %llu removed%s",
 			 table, del_key_name(&d), (long long)from, (long long)to,
 			 (unsigned long long)d.r.rows, (unsigned long long)d.r.parts_rewritten,
 			 (unsigned long long)d.r.bytes_written,
+			 (unsigned long long)d.r.bytes_copied,
 			 (unsigned long long)d.r.parts_removed,
 			 rc ? " before a failure (the rest stays; delete it again)" : "");
 	if (out) {

@@ -42,6 +42,12 @@ int64_t dist_index(double v, int32_t exp)
 	return i + (f >= 0.5) - (f <= -0.5);
 }
 
+void dist_index_n(const double *v, size_t n, int32_t exp, int64_t *out)
+{
+	for (size_t i = 0; i < n; i++)
+		out[i] = dist_index(v[i], exp);
+}
+
 double dist_value(int64_t idx, int32_t exp)
 {
 	/* one correctly rounded operation: 573 / 10 is the double "57.3"

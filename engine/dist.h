@@ -30,6 +30,7 @@
 #ifndef TALLY_DIST_H
 #define TALLY_DIST_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "aggkind.h"
@@ -74,6 +75,9 @@ extern const agg_kind agg_dist_v1; /* AGG_DIST: exact windows, read only */
  * and back. */
 int64_t dist_index(double v, int32_t exp);
 double dist_value(int64_t idx, int32_t exp);
+/* out[i] = dist_index(v[i], exp) for n values (a query's raw values,
+ * converted in one call rather than one call each). */
+void dist_index_n(const double *v, size_t n, int32_t exp, int64_t *out);
 /* The sketch bucket of a value in units of the resolution (monotone: 0
  * for 0, positive buckets for positive values, negative for negative),
  * and the value a bucket answers with, in units of 10^exp. */

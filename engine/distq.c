@@ -20,6 +20,7 @@
 
 #include "db.h"
 #include "dist.h"
+#include "distpairs.h"
 #include "err.h"
 #include "flush.h"
 #include "mem.h"
@@ -44,6 +45,13 @@ typedef struct dacc {
 	size_t n, cap;
 	int32_t exp;
 	int sketch; /* 1: v holds buckets, and every pair added goes in as one */
+	/* exact values lying close together count straight into cnt, value
+	 * lo + i at cnt[i] (span slots; NULL: pairs only) */
+	uint64_t *cnt;
+	int64_t lo;
+	size_t span;
+	int64_t umin, umax; /* the values counted there lie in [umin, umax] */
+	int no_dense;       /* the array went: pairs from then on */
 	int rc;
 	const char *what; /* for the message of a window without a distribution */
 	part_scratch *ps;
@@ -77,9 +85,109 @@ static void acc_pair(dacc *a, int64_t v, uint64_t c)
 	a->c[a->n++] = c;
 }
 
+/* The most slots the counting array takes (512 KiB): speeds at 0.1 km/h
+ * need a few thousand; a field whose values spread wider is summed as
+ * pairs, sorted once at the end. */
+#define DENSE_MAX (UINT64_C(1) << 16)
+
+/* The counting array's values become pairs, and it goes: a sketch, or
+ * values too far apart. */
+static void dense_to_pairs(dacc *a)
+{
+	for (size_t i = 0; i < a->span && !a->rc; i++)
+		if (a->cnt[i])
+			acc_pair(a, a->lo + (int64_t)i, a->cnt[i]);
+	mem_free(a->cnt);
+	a->cnt = NULL;
+	a->span = 0;
+	a->no_dense = 1;
+}
+
+/* Values too far apart for the array: pairs from now on. */
+static int dense_give_up(dacc *a)
+{
+	if (a->cnt)
+		dense_to_pairs(a);
+	a->no_dense = 1;
+	return 0;
+}
+
+/* 1 when the counting array covers [x, y) (x < y), grown as needed (at
+ * least doubled, so a sum of windows grows it a few times at most); 0
+ * when it cannot: the values are pairs from then on. Merging many
+ * windows this way costs one add per pair and one pass over the slots,
+ * not a sort of everything gathered. */
+static int dense_cover(dacc *a, int64_t x, int64_t y)
+{
+	if (a->cnt && x >= a->lo && y <= a->lo + (int64_t)a->span) {
+		a->umin = x < a->umin ? x : a->umin;
+		a->umax = y - 1 > a->umax ? y - 1 : a->umax;
+		return 1;
+	}
+	if (a->sketch || a->no_dense || a->rc)
+		return 0;
+	if (x < -DIST_IDX_MAX || y > DIST_IDX_MAX + 1)
+		return dense_give_up(a);
+	int64_t lo = a->cnt ? a->lo : x, hi = a->cnt ? a->lo + (int64_t)a->span : y;
+	uint64_t span = (uint64_t)(hi - lo), want = span < 1024 ? 1024 : 2 * span;
+	if (x < lo)
+		lo = hi - (int64_t)want < x ? hi - (int64_t)want : x;
+	if (y > hi)
+		hi = lo + (int64_t)want > y ? lo + (int64_t)want : y;
+	if ((uint64_t)(hi - lo) > DENSE_MAX)
+		return dense_give_up(a);
+	uint64_t *cnt = mem_calloc((size_t)(hi - lo), sizeof *cnt);
+	if (!cnt) {
+		a->rc = err_set(-ENOMEM, "out of memory");
+		return 0;
+	}
+	if (a->cnt)
+		memcpy(cnt + (a->lo - lo), a->cnt, a->span * sizeof *cnt);
+	if (!a->cnt) {
+		a->umin = x;
+		a->umax = y - 1;
+	}
+	mem_free(a->cnt);
+	a->cnt = cnt;
+	a->lo = lo;
+	a->span = (size_t)(hi - lo);
+	return dense_cover(a, x, y);
+}
+
+/* The counting array as the answer's ascending pairs, in place of the
+ * (then empty) pair lists; the array stays (a->cnt) to say so. One
+ * branchless pass over the slots between the least and the greatest
+ * value counted. */
+static int dense_take(dacc *a)
+{
+	size_t w = (size_t)(a->umax - a->umin) + 1;
+	int64_t *v = mem_alloc(w * sizeof *v);
+	uint64_t *c = mem_alloc(w * sizeof *c);
+	if (!v || !c) {
+		mem_free(v);
+		mem_free(c);
+		return err_set(-ENOMEM, "out of memory");
+	}
+	const uint64_t *cnt = a->cnt + (a->umin - a->lo);
+	size_t k = 0;
+	for (size_t i = 0; i < w; i++) {
+		v[k] = a->umin + (int64_t)i;
+		c[k] = cnt[i];
+		k += cnt[i] != 0;
+	}
+	mem_free(a->v);
+	mem_free(a->c);
+	a->v = v;
+	a->c = c;
+	a->n = k;
+	return 0;
+}
+
 /* From now on, a sketch: what was gathered goes into buckets. */
 static void acc_to_sketch(dacc *a)
 {
+	if (a->cnt)
+		dense_to_pairs(a);
 	for (size_t i = 0; i < a->n; i++)
 		a->v[i] = dist_sketch_key(a->v[i]);
 	a->sketch = 1;
@@ -99,6 +207,12 @@ static void acc_state(dacc *a, const dstate *d, int64_t start)
 	}
 	if (d->sketch && !a->sketch)
 		acc_to_sketch(a);
+	if (d->n && !d->sketch && dense_cover(a, d->v[0], d->v[d->n - 1] + 1)) {
+		uint64_t *cnt = a->cnt - a->lo;
+		for (uint32_t i = 0; i < d->n; i++)
+			cnt[d->v[i]] += d->c[i];
+		return;
+	}
 	int map = a->sketch && !d->sketch;
 	for (uint32_t i = 0; i < d->n && !a->rc; i++)
 		acc_pair(a, map ? dist_sketch_key(d->v[i]) : d->v[i], d->c[i]);
@@ -109,7 +223,35 @@ static void acc_state(dacc *a, const dstate *d, int64_t start)
 static void acc_value(dacc *a, double v)
 {
 	int64_t x = dist_index(v, a->exp);
-	acc_pair(a, a->sketch ? dist_sketch_key(x) : x, 1);
+	if (a->sketch)
+		acc_pair(a, dist_sketch_key(x), 1);
+	else if (dense_cover(a, x, x + 1))
+		a->cnt[x - a->lo]++;
+	else
+		acc_pair(a, x, 1);
+}
+
+/* n raw values v (idx: room for n indexes): like acc_value each, but
+ * converted in one call and, when the counting array covers them,
+ * counted in one tight loop. */
+static void acc_values(dacc *a, const double *v, uint32_t n, int64_t *idx)
+{
+	if (!n || a->rc)
+		return;
+	dist_index_n(v, n, a->exp, idx);
+	int64_t lo = idx[0], hi = idx[0];
+	for (uint32_t i = 1; i < n; i++) {
+		lo = idx[i] < lo ? idx[i] : lo;
+		hi = idx[i] > hi ? idx[i] : hi;
+	}
+	if (!a->sketch && dense_cover(a, lo, hi + 1)) {
+		uint64_t *cnt = a->cnt - a->lo;
+		for (uint32_t i = 0; i < n; i++)
+			cnt[idx[i]]++;
+		return;
+	}
+	for (uint32_t i = 0; i < n && !a->rc; i++)
+		acc_pair(a, a->sketch ? dist_sketch_key(idx[i]) : idx[i], 1);
 }
 
 /* A memtable's values of the series in [x, y): memtables keep rows, not
@@ -192,11 +334,6 @@ typedef struct edge_part {
 	int col;             /* the field's column in the part */
 } edge_part;
 
-static int in_edges(int64_t ts, const int64_t e[4])
-{
-	return (ts >= e[0] && ts < e[1]) || (ts >= e[2] && ts < e[3]);
-}
-
 /* A part of table t whose partition [pstart, pend) meets an edge (an
  * empty edge meets nothing: an aligned range reads no raw value). */
 static int edge_part_overlaps(const shard_part *sp, const table_def *t, const int64_t e[4])
@@ -210,6 +347,60 @@ static int stripe_overlaps(const part_stripe *st, const int64_t e[4])
 {
 	return (e[0] < e[1] && st->tmax >= e[0] && st->tmin < e[1]) ||
 	       (e[2] < e[3] && st->tmax >= e[2] && st->tmin < e[3]);
+}
+
+/* r[j]: how many of the n ascending times ts are before e[j], for the
+ * four edge bounds: a branchless binary search each (the halving step
+ * a conditional move, never a mispredicted branch). */
+static void rows_before(const int64_t *ts, uint32_t n, const int64_t e[4], uint32_t r[4])
+{
+	for (int j = 0; j < 4; j++) {
+		const int64_t *b = ts;
+		uint32_t len = n;
+		while (len > 1) {
+			uint32_t half = len / 2;
+			b = b[half] < e[j] ? b + half : b;
+			len -= half;
+		}
+		r[j] = n ? (uint32_t)(b - ts) + (*b < e[j]) : 0;
+	}
+}
+
+/* The values of stripe st in the edges e. Its rows ascend in time, so
+ * the times are decoded only up to the end of the last edge the stripe
+ * meets and the values only up to the last row in an edge
+ * (part_read_col_head); how much that saves is the codec's frame size:
+ * the bench's stripes are one frame of a thousand rows, read whole. */
+static void acc_stripe(dacc *a, const part *p, const part_stripe *st, int col, const col_def *c,
+		       part_scratch *ps, int64_t *ts, bval *vals, uint64_t *pres,
+		       const int64_t e[4])
+{
+	if (!stripe_overlaps(st, e) || st->n_rows > PART_STRIPE_MAX)
+		return;
+	int late = e[2] < e[3] && st->tmax >= e[2];
+	int64_t stop = late ? e[3] : e[1];
+	uint32_t got, r[4];
+	int absent;
+	if ((a->rc = part_read_col_head(p, st, -1, ps, ts, NULL, 0, stop, &got, &absent)) || absent)
+		return;
+	rows_before(ts, got, e, r);
+	if (!late)
+		r[2] = r[3] = r[1];
+	uint32_t want = r[3] > r[2] ? r[3] : r[1];
+	if (r[0] == r[1] && r[2] == r[3])
+		return;
+	if ((a->rc = part_read_col_head(p, st, col, ps, vals, pres, want, INT64_MIN, &got,
+					&absent)) ||
+	    absent)
+		return;
+	/* the edges' present values as doubles, in place, then at the
+	 * resolution into the times' slots (read already) */
+	uint32_t m = 0;
+	for (int h = 0; h < 4; h += 2)
+		for (uint32_t i = r[h]; i < r[h + 1]; i++)
+			if ((pres[i >> 6] >> (i & 63)) & 1)
+				vals[m++].f64 = bval_num(c->type, vals[i]);
+	acc_values(a, &vals->f64, m, ts);
 }
 
 /* The raw values of the edges [e0, e1) and [e2, e3) (e1 <= e2; each under
@@ -266,23 +457,10 @@ static int acc_edges(dacc *a, tally_db *db, const table_def *t, const col_def *c
 			vals = (bval *)(void *)(ps->rows.p + (size_t)PART_STRIPE_MAX * 8);
 		}
 	}
-	for (uint32_t i = 0; i < n && !a->rc; i++) {
-		const part *p = ep[i].sp->p;
-		for (uint32_t k = ep[i].first; k < ep[i].end && !a->rc; k++) {
-			const part_stripe *st = &p->stripes[k];
-			int absent;
-			if (st->tmax < e[0] || st->tmin >= e[3] ||
-			    (st->tmax < e[2] && st->tmin >= e[1]) || st->n_rows > PART_STRIPE_ROWS)
-				continue;
-			if ((a->rc = part_read_col(p, st, -1, ps, ts, NULL, &absent)) ||
-			    (a->rc = part_read_col(p, st, ep[i].col, ps, vals, pres, &absent)) ||
-			    absent)
-				continue;
-			for (uint32_t r = 0; r < st->n_rows && !a->rc; r++)
-				if (in_edges(ts[r], e) && ((pres[r >> 6] >> (r & 63)) & 1))
-					acc_value(a, bval_num(c->type, vals[r]));
-		}
-	}
+	for (uint32_t i = 0; i < n && !a->rc; i++)
+		for (uint32_t k = ep[i].first; k < ep[i].end && !a->rc; k++)
+			acc_stripe(a, ep[i].sp->p, &ep[i].sp->p->stripes[k], ep[i].col, c, ps, ts,
+				   vals, pres, e);
 	for (uint32_t i = 0; i < n; i++)
 		shard_part_free(ep[i].sp);
 	if (ps)
@@ -443,8 +621,14 @@ TALLY_API int tally_query_dist(tally_db *db, const char *table, const char *fiel
 	if (!rc && !d)
 		rc = err_set(-ENOMEM, "out of memory");
 	size_t k = 0;
-	if (!rc)
-		rc = dist_combine(a.v, a.c, a.n, &k);
+	if (!rc && a.cnt && !a.n) {
+		rc = dense_take(&a);
+		k = a.n;
+	} else if (!rc) {
+		if (a.cnt)
+			dense_to_pairs(&a);
+		rc = a.rc ? a.rc : dist_combine(a.v, a.c, a.n, &k);
+	}
 	if (!rc) {
 		d->exp = a.exp;
 		d->sketch = a.sketch;
@@ -461,6 +645,7 @@ TALLY_API int tally_query_dist(tally_db *db, const char *table, const char *fiel
 	}
 	mem_free(a.v);
 	mem_free(a.c);
+	mem_free(a.cnt);
 	if (rc) {
 		tally_dist_free(d);
 		return rc;
@@ -613,5 +798,64 @@ TALLY_API int tally_dist_histogram(const tally_dist *d, const double *edges, siz
 		counts[i - 1] = b - below;
 		below = b;
 	}
+	return 0;
+}
+
+/* ---------------------------------------------------------------- pairs (distpairs.h) */
+
+void dist_pairs(const tally_dist *d, int32_t *exp, int *sketch, uint32_t *n, const int64_t **v,
+		const uint64_t **c)
+{
+	*exp = d->exp;
+	*sketch = d->sketch;
+	*n = d->n;
+	*v = d->v;
+	*c = d->c;
+}
+
+int dist_from_pairs(int32_t exp, int sketch, const int64_t *v, const uint64_t *c, size_t n,
+		    tally_dist **out)
+{
+	if (exp < DIST_EXP_MIN || exp > DIST_EXP_MAX)
+		return err_set(TALLY_EINVAL, "resolution 1e%d is not from 1e%d to 1e%d", exp,
+			       DIST_EXP_MIN, DIST_EXP_MAX);
+	if (n > UINT32_MAX)
+		return err_set(TALLY_EINVAL, "%zu pairs: more than a distribution holds", n);
+	uint64_t total = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (v[i] > DIST_IDX_MAX || v[i] < -DIST_IDX_MAX || !c[i] || total + c[i] < total)
+			return err_set(
+				TALLY_EINVAL,
+				"pair %zu (%lld, %llu): the value is out of range, the count "
+				"zero, or the total past 2^64",
+				i, (long long)v[i], (unsigned long long)c[i]);
+		total += c[i];
+	}
+	tally_dist *d = mem_calloc(1, sizeof *d);
+	size_t m = n ? n : 1;
+	if (d) {
+		d->v = mem_alloc(m * sizeof *d->v);
+		d->c = mem_alloc(m * sizeof *d->c);
+		d->cum = mem_alloc(m * sizeof *d->cum);
+	}
+	if (!d || !d->v || !d->c || !d->cum) {
+		tally_dist_free(d);
+		return err_set(-ENOMEM, "out of memory");
+	}
+	if (n) {
+		memcpy(d->v, v, n * sizeof *v);
+		memcpy(d->c, c, n * sizeof *c);
+	}
+	size_t k = 0;
+	if (dist_combine(d->v, d->c, n, &k)) {
+		tally_dist_free(d);
+		return err_set(-ENOMEM, "out of memory");
+	}
+	d->exp = exp;
+	d->sketch = sketch != 0;
+	d->n = (uint32_t)k;
+	for (size_t i = 0; i < k; i++)
+		d->cum[i] = (d->count += d->c[i]);
+	*out = d;
 	return 0;
 }

@@ -33,14 +33,16 @@ typedef struct merge_cut {
 	uint32_t klen;
 	int64_t from, to;
 	uint64_t rows;
+	uint64_t copied; /* bytes of the new parts copied from the old ones */
 } merge_cut;
 
 /* Writes part in of shard s again without the rows cut names, rollups of
  * the keys that lost rows computed again from the rows that remain
- * (engine/delete.c). Commits nothing: *out gets the new part, loaded,
- * and *rec its manifest record (same partition, level and flags as in),
- * or *out NULL when no row remains or none was cut (nothing is left on
- * disk then). *bytes gets the new file's size. Caller holds man_mu. */
+ * (engine/delete.c); the blocks the cut leaves alone are copied as they
+ * are (part_writer_copy_key), their bytes added to cut->copied. Commits
+ * nothing: *out gets the new part, loaded, and *rec its manifest record
+ * (same partition, level and flags as in), or *out NULL when no row remains or none was cut
+ * (nothing is left on disk then). *bytes gets the new file's size. Caller holds man_mu. */
 int merge_rewrite(struct tally_db *db, shard *s, shard_part *in, merge_cut *cut, shard_part **out,
 		  manifest_part *rec, uint64_t *bytes);
 

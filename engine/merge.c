@@ -33,7 +33,14 @@
  * in [from, to) left out. The rollup blocks of a key that lost rows cannot
  * be merged from the input's (a min or a max cannot be taken back), so
  * they are computed again from the key's remaining rows, in the kind the
- * input's block had; every other key's move as in any merge.
+ * input's block had. Nothing else is decoded or encoded again: the other
+ * keys' blocks (stripes, rollup and distribution blocks) are copied into
+ * the new part byte for byte with their checksums (part_writer_copy_key,
+ * storage/part.c), and so are the cut key's stripes that lie outside
+ * [from, to); only its stripes the range cuts into are encoded again,
+ * from the rows they keep. (An input whose columns or levels the new
+ * part would not keep as they are, or a version 1 part, is written again
+ * whole, as a merge writes.)
  */
 #include <errno.h>
 #include <limits.h>
@@ -85,6 +92,8 @@ typedef struct merge_ctx {
 	uint8_t *bk, *tmp;      /* buckets of an aggregate kind, bucket_size bytes each */
 	size_t cap_bk, cap_tmp; /* bytes */
 	merge_cut *cut;         /* rows left out (merge_rewrite), or NULL */
+	uint32_t *kept;         /* per stripe of a cut key: rows it keeps */
+	uint32_t cap_kept;
 } merge_ctx;
 
 static int col_cmp(const void *x, const void *y)
@@ -188,7 +197,8 @@ static int order_cmp(const void *x, const void *y)
 	return (a > b) - (a < b); /* stable: input order among equal times */
 }
 
-static int write_key_rows(merge_ctx *m, part_writer *w)
+/* Puts the gathered rows' order in time order; 1 when it already was. */
+static int sort_rows(merge_ctx *m)
 {
 	mrows *r = &m->r;
 	int sorted = 1;
@@ -201,8 +211,15 @@ static int write_key_rows(merge_ctx *m, part_writer *w)
 		sort_ts = r->ts; /* the merger is one thread: a static is fine */
 		qsort(r->order, r->n, sizeof *r->order, order_cmp);
 	}
-	for (size_t a = 0; a < r->n;) {
-		uint32_t n = (uint32_t)(r->n - a < PART_STRIPE_ROWS ? r->n - a : PART_STRIPE_ROWS);
+	return sorted;
+}
+
+/* Writes the rows r->order[a, b) as stripes of the current key. */
+static int write_rows(merge_ctx *m, part_writer *w, size_t a, size_t b)
+{
+	mrows *r = &m->r;
+	while (a < b) {
+		uint32_t n = (uint32_t)(b - a < PART_STRIPE_ROWS ? b - a : PART_STRIPE_ROWS);
 		for (uint32_t c = 0; c < m->n_cols; c++) {
 			m->cv[c].vals = NULL;
 			m->cv[c].present = m->spres + (size_t)c * (PART_STRIPE_MAX / 64);
@@ -236,6 +253,12 @@ static int write_key_rows(merge_ctx *m, part_writer *w)
 		a += n;
 	}
 	return 0;
+}
+
+static int write_key_rows(merge_ctx *m, part_writer *w)
+{
+	sort_rows(m);
+	return write_rows(m, w, 0, m->r.n);
 }
 
 static int64_t bucket_start(const uint8_t *b)
@@ -396,6 +419,60 @@ static uint64_t cut_rows(merge_ctx *m)
 	return cut;
 }
 
+/* 1 when a stripe of the time range [tmin, tmax] may hold rows the cut
+ * takes. */
+static int cut_overlaps(const merge_cut *c, int64_t tmin, int64_t tmax)
+{
+	return tmin < c->to && tmax >= c->from;
+}
+
+/* Counts, per stripe of the gathered key sk of a rewrite's input, the
+ * rows the cut leaves (m->kept), before cut_rows takes the rest: gather
+ * read the stripes one after another, in time order. */
+static int count_kept(merge_ctx *m, const part_key *sk)
+{
+	if (sk->n_stripes > m->cap_kept) {
+		uint32_t *nk = mem_realloc(m->kept, sk->n_stripes * sizeof *nk);
+		if (!nk)
+			return err_set(-ENOMEM, "out of memory");
+		m->kept = nk;
+		m->cap_kept = sk->n_stripes;
+	}
+	size_t row = 0;
+	for (uint32_t k = 0; k < sk->n_stripes; k++) {
+		uint32_t n = m->src[0]->stripes[sk->first_stripe + k].n_rows, kept = 0;
+		for (uint32_t i = 0; i < n; i++, row++)
+			kept += m->r.ts[row] < m->cut->from || m->r.ts[row] >= m->cut->to;
+		m->kept[k] = kept;
+	}
+	return 0;
+}
+
+/*
+ * The stripes of cut key sk, its rows cut: a stripe the cut left whole
+ * is copied, one it took whole is gone, and only the rows left of one it
+ * cut into are encoded again. cut_rows kept the rows' order, so stripe
+ * k's rows left are the next m->kept[k]. Rows out of time order (not in
+ * a part that checks) are all written again.
+ */
+static int write_cut_stripes(merge_ctx *m, part_writer *w, const part_key *sk)
+{
+	if (!sort_rows(m))
+		return write_rows(m, w, 0, m->r.n);
+	const part *p = m->src[0];
+	size_t at = 0;
+	int rc = 0;
+	for (uint32_t k = 0; k < sk->n_stripes && !rc; k++) {
+		const part_stripe *st = &p->stripes[sk->first_stripe + k];
+		if (m->kept[k] == st->n_rows)
+			rc = part_writer_copy_stripe(w, p, st);
+		else if (m->kept[k])
+			rc = write_rows(m, w, at, at + m->kept[k]);
+		at += m->kept[k];
+	}
+	return rc;
+}
+
 /*
  * The key's buckets of output numeric column oc, level l, computed again
  * from its rows (in time order: write_key_rows sorted them) in the kind of
@@ -483,6 +560,7 @@ static void merge_ctx_free(merge_ctx *m)
 	mem_free(m->cv);
 	mem_free(m->bk);
 	mem_free(m->tmp);
+	mem_free(m->kept);
 }
 
 static int add_rows_written(manifest *nm, void *arg)
@@ -571,6 +649,9 @@ static int merge_write(tally_db *db, shard *s, shard_part **in, uint32_t n_in, i
 	mem_free(pcols);
 	if (rc)
 		goto fail;
+	/* a rewrite copies what its cut leaves alone, where the new part keeps
+	 * the input's columns and levels as they are */
+	const int copy = cut && n_in == 1 && part_writer_can_copy(w, m.src[0]);
 	/* keys: a k-way merge of the inputs' sorted key lists */
 	uint64_t rows = 0, cut_total = 0;
 	int64_t tmin = INT64_MAX, tmax = INT64_MIN;
@@ -607,25 +688,39 @@ static int merge_write(tally_db *db, shard *s, shard_part **in, uint32_t n_in, i
 		}
 		const char *key = best->key;
 		uint32_t klen = best->len;
+		int hit = cut && (!cut->key || (cut->klen == klen && !memcmp(cut->key, key, klen)));
+		/* a rewrite's key, in the part its blocks are read from */
+		const part_key *sk = copy ? &m.src[0]->keys[pks[0] - in[0]->p->keys] : NULL;
+		if (copy && (!hit || !cut_overlaps(cut, sk->tmin, sk->tmax))) {
+			if ((rc = part_writer_copy_key(w, m.src[0], sk)))
+				goto fail;
+			rows += sk->n_rows;
+			tmin = sk->tmin < tmin ? sk->tmin : tmin;
+			tmax = sk->tmax > tmax ? sk->tmax : tmax;
+			continue;
+		}
 		for (uint32_t i = 0; i < n_in && !rc; i++)
 			if (pks[i])
 				rc = gather(&m, i, pks[i]);
-		if (rc)
+		if (rc || (copy && (rc = count_kept(&m, sk))))
 			goto fail;
 		uint64_t cut_here = 0;
-		if (cut && (!cut->key || (cut->klen == klen && !memcmp(cut->key, key, klen)))) {
+		if (hit) {
 			cut_here = cut_rows(&m);
 			cut->rows += cut_here;
 			cut_total += cut_here;
 			if (!m.r.n)
 				continue; /* the key's every row went: so does the key */
 		}
-		if ((rc = part_writer_key(w, key, klen)) || (rc = write_key_rows(&m, w)))
+		if ((rc = part_writer_key(w, key, klen)) ||
+		    (rc = copy ? write_cut_stripes(&m, w, sk) : write_key_rows(&m, w)))
 			goto fail;
 		for (uint32_t c = 0; c < m.n_cols && !rc; c++)
 			for (unsigned l = 0; m.num_of[c] != UINT32_MAX && l < db->L.n && !rc; l++)
 				rc = cut_here ? rebuild_key_rollup(&m, w, pks[0], c, l)
-					      : write_key_rollup(&m, w, pks, c, l);
+				     : copy ? part_writer_copy_rollup(w, m.src[0], sk, m.num_of[c],
+								      l)
+					    : write_key_rollup(&m, w, pks, c, l);
 		if (rc)
 			goto fail;
 		rows += m.r.n;
@@ -640,6 +735,8 @@ static int merge_write(tally_db *db, shard *s, shard_part **in, uint32_t n_in, i
 	db_crash_point(db, "merge:before-part-rename");
 	if ((rc = part_writer_finish(w, bytes)))
 		goto fail;
+	if (cut)
+		cut->copied += part_writer_copied(w);
 	if ((rc = shard_part_load(db, id, &out)))
 		goto fail;
 	uint64_t written = rows;

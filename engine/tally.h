@@ -625,6 +625,8 @@ typedef struct tally_delete_result {
 	uint64_t parts_removed;   /* parts that held nothing else, gone whole */
 	uint64_t bytes_read;      /* bytes of the parts rewritten or removed */
 	uint64_t bytes_written;   /* bytes of their replacements: the write cost */
+	uint64_t bytes_copied;    /* of bytes_written, blocks copied as they were
+				   * (not decoded nor encoded again) */
 } tally_delete_result;
 
 /*
@@ -634,11 +636,12 @@ typedef struct tally_delete_result {
  * scans, distributions) answers as if they had never been written. A
  * forced flush moves them into parts first; then, per shard in one
  * manifest change, each part holding some of them is written again
- * without them (its other keys' rows and rollups copied, the key's
- * rollups computed again from its remaining events) or, when it held
- * nothing else, leaves. The cost is bounded by the bytes of the parts of
- * the partitions [from, to) touches that hold the key; out reports it
- * (out may be NULL). Events written while it runs may stay.
+ * without them (its other keys' blocks copied byte for byte, and the
+ * key's stripes outside the range; its stripes in the range encoded
+ * again from what they keep, its rollups computed again from its
+ * remaining events) or, when it held nothing else, leaves. The cost is bounded by the bytes of the
+ * parts of the partitions [from, to) touches that hold the key; out reports it (out may be NULL).
+ * Events written while it runs may stay.
  *
  * TALLY_EEXPIRED, before anything changes, when retention has dropped the
  * raw events of a partition holding some of them (its rollups could not

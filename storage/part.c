@@ -170,6 +170,12 @@ struct part_writer {
 	int64_t tmin, tmax;
 	codec_stats *col_stats; /* accumulated per column, + ts at n_cols */
 	int failed;
+	/* copying blocks of another part (part_writer_copy_*) */
+	const part *copy_src; /* the last part checked to be copyable */
+	part_scratch copy_s;  /* blocks read where src is not mapped */
+	const uint8_t *run;   /* mapped blocks waiting to go in one write */
+	uint64_t run_len;
+	uint64_t copied;
 };
 
 static int pw_fail(part_writer *w, int rc)
@@ -372,25 +378,43 @@ static enum codec_kind kind_of(uint8_t type)
 	}
 }
 
+/* A new stripe entry of the current key (its blocks' lengths follow in
+ * w->lens), or NULL: out of memory. */
+static pending_stripe *push_stripe(part_writer *w, uint32_t n, int64_t tmin, int64_t tmax)
+{
+	if (w->n_stripes == w->cap_stripes) {
+		uint32_t nc = w->cap_stripes ? w->cap_stripes * 2 : 16;
+		pending_stripe *ns = mem_realloc(w->stripes, nc * sizeof *ns);
+		if (!ns)
+			return NULL;
+		w->stripes = ns;
+		w->cap_stripes = nc;
+	}
+	pending_stripe *ps = &w->stripes[w->n_stripes++];
+	*ps = (pending_stripe){n, tmin, tmax, w->n_lens};
+	return ps;
+}
+
+/* Counts a written stripe into its key's and the part's rows and times. */
+static void count_stripe(part_writer *w, const pending_stripe *ps)
+{
+	w->key_rows += ps->n_rows;
+	w->rows += ps->n_rows;
+	w->key_tmin = ps->tmin < w->key_tmin ? ps->tmin : w->key_tmin;
+	w->key_tmax = ps->tmax > w->key_tmax ? ps->tmax : w->key_tmax;
+	w->tmin = ps->tmin < w->tmin ? ps->tmin : w->tmin;
+	w->tmax = ps->tmax > w->tmax ? ps->tmax : w->tmax;
+}
+
 int part_writer_stripe(part_writer *w, uint32_t n, const int64_t *ts, const part_colvals *cols)
 {
 	if (w->failed || !w->in_key)
 		return err_set(TALLY_EINVAL, "part %s: stripe outside a key", w->tmp);
 	if (n == 0 || n > PART_STRIPE_MAX)
 		return pw_fail(w, err_set(TALLY_EINVAL, "part %s: stripe of %u rows", w->tmp, n));
-	if (w->n_stripes == w->cap_stripes) {
-		uint32_t nc = w->cap_stripes ? w->cap_stripes * 2 : 16;
-		pending_stripe *ns = mem_realloc(w->stripes, nc * sizeof *ns);
-		if (!ns)
-			return pw_fail(w, err_set(-ENOMEM, "out of memory"));
-		w->stripes = ns;
-		w->cap_stripes = nc;
-	}
-	pending_stripe *ps = &w->stripes[w->n_stripes++];
-	ps->n_rows = n;
-	ps->tmin = ts[0];
-	ps->tmax = ts[n - 1];
-	ps->first_len = w->n_lens;
+	pending_stripe *ps = push_stripe(w, n, ts[0], ts[n - 1]);
+	if (!ps)
+		return pw_fail(w, err_set(-ENOMEM, "out of memory"));
 	int rc;
 	codec_stats st;
 	w->blk.len = 0;
@@ -420,12 +444,7 @@ int part_writer_stripe(part_writer *w, uint32_t n, const int64_t *ts, const part
 						     w->info.cols[c].name));
 		stats_add(&w->col_stats[c], &st);
 	}
-	w->key_rows += n;
-	w->rows += n;
-	w->key_tmin = ps->tmin < w->key_tmin ? ps->tmin : w->key_tmin;
-	w->key_tmax = ps->tmax > w->key_tmax ? ps->tmax : w->key_tmax;
-	w->tmin = ps->tmin < w->tmin ? ps->tmin : w->tmin;
-	w->tmax = ps->tmax > w->tmax ? ps->tmax : w->tmax;
+	count_stripe(w, ps);
 	return 0;
 }
 
@@ -572,7 +591,13 @@ void part_writer_free(part_writer *w)
 	mem_free(w->stripes);
 	mem_free(w->lens);
 	mem_free(w->roll);
+	part_scratch_free(&w->copy_s);
 	mem_free(w);
+}
+
+uint64_t part_writer_copied(const part_writer *w)
+{
+	return w->copied;
 }
 
 /* ---------------------------------------------------------------- reader */
@@ -1145,4 +1170,161 @@ out:
 		fio_unlink(tmp);
 	mem_free(buf);
 	return rc;
+}
+
+/* ---------------------------------------------------------------- copying */
+
+/*
+ * A copied block keeps its bytes and its xxh3, so only its place changes,
+ * and the index records its length as for any block. Blocks that follow
+ * each other in src's map (a key's stripes and rollups lie back to back)
+ * go out in one write; a block read into the scratch (no map, or a stub's
+ * fetched block) goes at once.
+ */
+
+int part_writer_can_copy(part_writer *w, const part *src)
+{
+	if (w->copy_src == src)
+		return 1;
+	const part_info *a = &w->info, *b = &src->info;
+	if (src->version != PART_VERSION || a->n_cols != b->n_cols || a->n_levels != b->n_levels ||
+	    a->align_offset != b->align_offset)
+		return 0;
+	for (unsigned l = 0; l < a->n_levels; l++)
+		if (a->levels[l] != b->levels[l])
+			return 0;
+	for (uint32_t c = 0; c < a->n_cols; c++)
+		if (a->cols[c].type != b->cols[c].type || a->cols[c].len != b->cols[c].len ||
+		    memcmp(a->cols[c].name, b->cols[c].name, a->cols[c].len))
+			return 0;
+	w->copy_src = src;
+	return 1;
+}
+
+static int copy_flush(part_writer *w)
+{
+	if (!w->run_len)
+		return 0;
+	int rc = fio_pwrite_full(w->fd, w->run, w->run_len, w->off);
+	if (rc)
+		return err_sys(-rc, "write %s", w->tmp);
+	w->off += w->run_len;
+	w->copied += w->run_len;
+	w->run_len = 0;
+	return 0;
+}
+
+/* Appends src's block ref (len > 0) with its checksum. */
+static int copy_block(part_writer *w, const part *src, const part_ref *ref, int remote)
+{
+	const uint8_t *b = NULL;
+	int rc = read_block(src, ref, &w->copy_s, remote, &b);
+	if (rc)
+		return err_prefix(rc, "part %s: copying", w->tmp);
+	uint64_t n = (uint64_t)ref->len + 8;
+	w->blocks++;
+	if (b != w->copy_s.raw.p) {
+		if (w->run_len && w->run + w->run_len == b) {
+			w->run_len += n;
+			return 0;
+		}
+		if ((rc = copy_flush(w)))
+			return rc;
+		w->run = b;
+		w->run_len = n;
+		return 0;
+	}
+	if ((rc = copy_flush(w)))
+		return rc;
+	if ((rc = fio_pwrite_full(w->fd, b, n, w->off)))
+		return err_sys(-rc, "write %s", w->tmp);
+	w->off += n;
+	w->copied += n;
+	return 0;
+}
+
+/* What a copy needs before it starts; failing it leaves the writer as
+ * it was. */
+static int copy_check(part_writer *w, const part *src, int in_key)
+{
+	if (w->failed)
+		return err_set(TALLY_EFAILED, "part writer %s failed earlier", w->tmp);
+	if (in_key && !w->in_key)
+		return err_set(TALLY_EINVAL, "part %s: copy outside a key", w->tmp);
+	if (!part_writer_can_copy(w, src))
+		return err_set(TALLY_EINVAL,
+			       "part %s: %s differs in columns, levels or version: its blocks "
+			       "cannot be copied",
+			       w->tmp, src->path);
+	return 0;
+}
+
+/* The stripe's blocks, its index entry and its counts; no flush. */
+static int copy_stripe(part_writer *w, const part *src, const part_stripe *st)
+{
+	int rc = 0, remote = (src->flags & PART_F_STUB) != 0;
+	uint32_t first_len = w->n_lens;
+	for (uint32_t c = 0; c <= src->info.n_cols; c++) {
+		const part_ref *ref = &src->refs[st->first_ref + c];
+		if (ref->len && (rc = copy_block(w, src, ref, remote)))
+			return rc;
+		if ((rc = push_len(w, ref->len)))
+			return err_set(rc, "out of memory");
+	}
+	pending_stripe *ps = push_stripe(w, st->n_rows, st->tmin, st->tmax);
+	if (!ps)
+		return err_set(-ENOMEM, "out of memory");
+	ps->first_len = first_len;
+	count_stripe(w, ps);
+	return 0;
+}
+
+/* The rollup block (num, level) of src's key k as the current key's; no
+ * flush. Rollup blocks are local even in a stub. */
+static int copy_rollup(part_writer *w, const part *src, const part_key *k, uint32_t num,
+		       unsigned level)
+{
+	if (num >= w->info.n_num || level >= w->info.n_levels)
+		return err_set(TALLY_EINVAL, "part %s: bad rollup copy", w->tmp);
+	const part_rollup *ro = &src->rollups[k->first_rollup + num * src->info.n_levels + level];
+	uint32_t r = num * w->info.n_levels + level;
+	w->roll[2 * r] = ro->ref.len;
+	w->roll[2 * r + 1] = ro->n_buckets;
+	return ro->ref.len ? copy_block(w, src, &ro->ref, 0) : 0;
+}
+
+int part_writer_copy_stripe(part_writer *w, const part *src, const part_stripe *st)
+{
+	int rc = copy_check(w, src, 1);
+	if (rc)
+		return rc;
+	if ((rc = copy_stripe(w, src, st)) || (rc = copy_flush(w)))
+		return pw_fail(w, rc);
+	return 0;
+}
+
+int part_writer_copy_rollup(part_writer *w, const part *src, const part_key *k, uint32_t num,
+			    unsigned level)
+{
+	int rc = copy_check(w, src, 1);
+	if (rc)
+		return rc;
+	if ((rc = copy_rollup(w, src, k, num, level)) || (rc = copy_flush(w)))
+		return pw_fail(w, rc);
+	return 0;
+}
+
+int part_writer_copy_key(part_writer *w, const part *src, const part_key *k)
+{
+	int rc = copy_check(w, src, 0);
+	if (rc || (rc = part_writer_key(w, k->key, k->len)))
+		return rc;
+	for (uint32_t i = 0; i < k->n_stripes && !rc; i++)
+		rc = copy_stripe(w, src, &src->stripes[k->first_stripe + i]);
+	for (uint32_t num = 0; num < w->info.n_num && !rc; num++)
+		for (unsigned l = 0; l < w->info.n_levels && !rc; l++)
+			rc = copy_rollup(w, src, k, num, l);
+	if (rc || (rc = copy_flush(w)))
+		return pw_fail(w, rc);
+	return 0;
 }

@@ -88,6 +88,8 @@ typedef struct part_info {
 /* ---------------------------------------------------------------- writer */
 
 typedef struct part_writer part_writer;
+struct part;
+typedef struct part part;
 
 /* Column values for one stripe: vals[i] are 8-byte slots (double, int64,
  * uint64, bool 0/1) or codec_str for string and tag columns. */
@@ -111,11 +113,38 @@ int part_writer_stripe(part_writer *w, uint32_t n, const int64_t *ts, const part
  * block) of aggregate kind (1..255). */
 codec_buf *part_writer_payload(part_writer *w, codec_ctx **cx);
 int part_writer_rollup(part_writer *w, uint32_t num, unsigned level, unsigned kind, uint32_t n);
+/*
+ * Copying blocks of an open part src into the writer, byte for byte with
+ * their xxh3 (each checked on the way, so a damaged block is refused,
+ * not carried on): nothing is decoded or encoded again. The writer's
+ * columns (names, types, order), levels and alignment must be src's, and
+ * src a version 2 part (a version 1 rollup block has no kind header):
+ * part_writer_can_copy says whether they are; the copy calls refuse
+ * (TALLY_EINVAL) otherwise. A stub's column blocks come through its fetch
+ * hook. This is how a correction rewrites a part (engine/delete.c): the
+ * keys it does not touch are copied whole, the touched key's stripes
+ * outside the deleted range copied, and only the rest encoded again.
+ */
+int part_writer_can_copy(part_writer *w, const part *src);
+/* Key k of src whole: its entry, stripes and rollup blocks. Keys still
+ * ascend across part_writer_key and this. */
+int part_writer_copy_key(part_writer *w, const part *src, const part_key *k);
+/* One stripe of src into the current key, in its time order among the
+ * key's stripes. */
+int part_writer_copy_stripe(part_writer *w, const part *src, const part_stripe *st);
+/* The rollup block of src's key k, numeric column num and level as the
+ * current key's (absent stays absent). */
+int part_writer_copy_rollup(part_writer *w, const part *src, const part_key *k, uint32_t num,
+			    unsigned level);
+/* Bytes copied so far (blocks and their checksums): of the file's size,
+ * what was not encoded again. */
+uint64_t part_writer_copied(const part_writer *w);
 /* Index, footer, fsync, rename, directory fsync. *bytes gets the file size. */
 int part_writer_finish(part_writer *w, uint64_t *bytes);
 /* Removes the temporary file. NULL is a no-op. Also after finish. */
 void part_writer_free(part_writer *w);
-/* Column encoding statistics so far (for inspect); n_cols entries. */
+/* Column encoding statistics so far (for inspect; blocks encoded, not
+ * those copied); n_cols entries. */
 const codec_stats *part_writer_col_stats(const part_writer *w);
 
 /* ---------------------------------------------------------------- reader */

@@ -454,6 +454,27 @@ static inline const char *tcell(const char *row, int j)
 	return buf;
 }
 
+/* kill() returns before the signal is taken: a SIGSTOPped node could still
+ * answer the next query. Waits until /proc says it is stopped. */
+static inline void tsrv_wait_stopped(pid_t pid)
+{
+	char path[64], st[512];
+	snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+	int64_t end = su_mono_ms() + 10000;
+	for (;;) {
+		FILE *f = fopen(path, "r");
+		cr_assert_not_null(f);
+		size_t k = fread(st, 1, sizeof st - 1, f);
+		fclose(f);
+		st[k] = 0;
+		const char *paren = strrchr(st, ')');
+		if (paren && paren[1] == ' ' && paren[2] == 'T')
+			return;
+		cr_assert(su_mono_ms() < end, "node %d did not stop", (int)pid);
+		usleep(1000);
+	}
+}
+
 /* One row of #!stats by name. */
 static inline uint64_t tstat(tcli *c, const char *name)
 {

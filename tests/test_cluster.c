@@ -20,7 +20,10 @@
  */
 #include <criterion/criterion.h>
 #include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
 
+#include "fanout.h"
 #include "srvutil.h"
 
 #define NCAM  8
@@ -87,27 +90,6 @@ static void same_table(const ttable *got, const ttable *want, const char *what)
 			g = strtok_r(NULL, "\t", &gs);
 			w = strtok_r(NULL, "\t", &ws);
 		}
-	}
-}
-
-/* kill() returns before the signal is taken: a SIGSTOPped node could still
- * answer the next query. Waits until /proc says it is stopped. */
-static void wait_stopped(pid_t pid)
-{
-	char path[64], st[512];
-	snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-	int64_t end = su_mono_ms() + 10000;
-	for (;;) {
-		FILE *f = fopen(path, "r");
-		cr_assert_not_null(f);
-		size_t k = fread(st, 1, sizeof st - 1, f);
-		fclose(f);
-		st[k] = 0;
-		const char *paren = strrchr(st, ')');
-		if (paren && paren[1] == ' ' && paren[2] == 'T')
-			return;
-		cr_assert(su_mono_ms() < end, "node %d did not stop", (int)pid);
-		usleep(1000);
 	}
 }
 
@@ -184,7 +166,7 @@ static void cluster_down(tsrv n[3], tsrv *ref, tcli *c[3], tcli *rc)
 static void stop_node2(tsrv n[3], const unsigned ports[3], char port2[16])
 {
 	kill(n[2].pid, SIGSTOP);
-	wait_stopped(n[2].pid);
+	tsrv_wait_stopped(n[2].pid);
 	snprintf(port2, 16, ":%u", ports[2]);
 }
 
@@ -590,4 +572,197 @@ Test(cluster, http_and_influxql_answer_like_one, .timeout = 280)
 	kill(n[2].pid, SIGCONT);
 	cr_assert_eq(tsrv_wait(&n[2], SIGKILL), 128 + SIGKILL);
 	cluster_down(n, &ref, c, rc);
+}
+
+/* ---------------------------------------------------------------- the pool */
+
+/* Many queries in a row from one client: each node keeps answering over
+ * the connection its peers pooled (connections_total does not grow with
+ * the queries), and every answer equals the reference's. Then node 1
+ * restarts between two queries: node 0's pool holds a connection the old
+ * process closed, and the next answer is still exact (neither missing
+ * node 1 nor counting it twice). A table that only node 1 holds is
+ * answered by it alone. */
+Test(cluster, pooled_connections_reused_and_renewed, .timeout = 240)
+{
+	unsigned ports[3];
+	tsrv n[3], ref;
+	tcli *c[3], *rc;
+	cluster_up(n, &ref, ports, c, &rc);
+
+	both(c[0], rc, 0, "#!agg traffic speed cam%d 2025-01-01T00:00:00Z 1d", SPLIT);
+	uint64_t before[3];
+	for (int i = 1; i < 3; i++)
+		before[i] = tstat(c[i], "connections_total");
+	for (int round = 0; round < 150; round++) {
+		int cam = round % NCAM;
+		both(c[0], rc, 0, "#!series traffic speed cam%d %s 2025-01-01T00:00:00Z 1d", cam,
+		     round % 2 ? "5m" : "1h");
+		both(c[0], rc, 0, "#!agg traffic speed cam%d 2025-01-01T%02d:00:00Z 3h", cam,
+		     round % 20);
+	}
+	for (int i = 1; i < 3; i++) {
+		uint64_t now = tstat(c[i], "connections_total");
+		/* 300 fan-outs, one at a time: one pooled connection serves
+		 * them all (a margin for a connection the node closed) */
+		cr_assert_leq(now - before[i], 2, "node %d accepted %" PRIu64 " connections", i,
+			      now - before[i]);
+	}
+
+	/* A table on node 1 alone: node 0 (its own part worked out
+	 * in-process) and node 2 answer for nothing, not with an error. */
+	for (int k = 0; k < 5; k++) {
+		tcli_sendf(c[1], "lone,camera=cam1 speed=%d %" PRId64 "\n", 40 + k,
+			   T0 + (int64_t)k * 600 * 1000000000);
+		tcli_sendf(rc, "lone,camera=cam1 speed=%d %" PRId64 "\n", 40 + k,
+			   T0 + (int64_t)k * 600 * 1000000000);
+	}
+	tcli_sync(c[1], NULL, NULL);
+	tcli_sync(rc, NULL, NULL);
+	both(c[0], rc, 0, "#!series lone speed cam1 5m 2025-01-01T00:00:00Z 1d");
+	both(c[0], rc, 0, "#!agg lone speed cam1 2025-01-01T00:00:00Z 1d");
+
+	/* node 1 restarts: same port, same data */
+	tcli_close(c[1]);
+	cr_assert_eq(tsrv_wait(&n[1], SIGTERM), 0);
+	char peers[64];
+	snprintf(peers, sizeof peers, "127.0.0.1:%u,127.0.0.1:%u", ports[2], ports[0]);
+	start_node(&n[1], ports[1], peers, "2s");
+	c[1] = tcli_open(n[1].port);
+	for (int cam = 0; cam < NCAM; cam++) {
+		both(c[0], rc, 0, "#!agg traffic speed cam%d 2025-01-01T00:00:00Z 1d", cam);
+		both(c[0], rc, 0, "#!series traffic speed cam%d 1h 2025-01-01T00:00:00Z 1d", cam);
+	}
+	both(c[0], rc, 0, "#!keys traffic speed 2025-01-01T00:00:00Z 1d");
+
+	cr_assert_eq(tsrv_wait(&n[2], SIGTERM), 0);
+	cluster_down(n, &ref, c, rc);
+}
+
+/* A node of our own making, to close a pooled connection at the worst
+ * moment: after it has read the query, before any answer (a restart
+ * that the idle check could not see yet). Each connection answers the
+ * preamble and queries; with drop_second, the first connection reads
+ * its second query and closes unanswered. */
+typedef struct fake_node {
+	int lfd;
+	unsigned port;
+	_Atomic unsigned accepted, answered;
+	int drop_second;
+	pthread_t t;
+} fake_node;
+
+static void *fake_main(void *arg)
+{
+	fake_node *f = arg;
+	for (;;) {
+		int fd = accept(f->lfd, NULL, NULL);
+		if (fd < 0)
+			return NULL;
+		int first = atomic_fetch_add(&f->accepted, 1) == 0;
+		char buf[4096];
+		size_t have = 0;
+		unsigned queries = 0;
+		for (;;) {
+			ssize_t k = recv(fd, buf + have, sizeof buf - 1 - have, 0);
+			if (k <= 0)
+				break;
+			have += (size_t)k;
+			char *nl;
+			int drop = 0;
+			while ((nl = memchr(buf, '\n', have))) {
+				size_t ln = (size_t)(nl - buf) + 1;
+				const char *reply =
+					"count\tsum\tmin\tmax\tavg\n5\t10\t1\t3\t2\nEND 1\n";
+				char ok[64];
+				if (!strncmp(buf, "#!fanout off", 12)) {
+					snprintf(ok, sizeof ok, "OK fanout off node=%x\n", f->port);
+					reply = ok;
+				} else if (++queries == 2 && f->drop_second && first) {
+					drop = 1;
+					break;
+				} else {
+					atomic_fetch_add(&f->answered, 1);
+				}
+				cr_assert_eq(send(fd, reply, strlen(reply), MSG_NOSIGNAL),
+					     (ssize_t)strlen(reply));
+				memmove(buf, buf + ln, have - ln);
+				have -= ln;
+			}
+			if (drop)
+				break;
+		}
+		close(fd);
+	}
+}
+
+static void fake_start(fake_node *f, int drop_second)
+{
+	f->drop_second = drop_second;
+	f->lfd = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	cr_assert_eq(bind(f->lfd, (struct sockaddr *)&a, sizeof a), 0);
+	cr_assert_eq(listen(f->lfd, 16), 0);
+	socklen_t n = sizeof a;
+	getsockname(f->lfd, (struct sockaddr *)&a, &n);
+	f->port = ntohs(a.sin_port);
+	cr_assert_eq(pthread_create(&f->t, NULL, fake_main, f), 0);
+}
+
+static void fake_stop(fake_node *f)
+{
+	shutdown(f->lfd, SHUT_RDWR);
+	pthread_join(f->t, NULL);
+	close(f->lfd);
+}
+
+/* One agg asked through pool: its count (the answer must be whole). */
+static uint64_t pooled_count(const fan_node *nodes, size_t n, fan_pool *pool)
+{
+	fan_opts o = {.pool = pool, .timeout_ns = 20 * INT64_C(1000000000)};
+	const char *q = "#!agg traffic speed cam1 2025-01-01T00:00:00Z 1d\n";
+	char *out;
+	size_t len;
+	cr_assert_eq(fan_run(nodes, n, &o, q, &out, &len), 0);
+	fan_reader rd;
+	fan_reader_open(&rd, out, len);
+	cr_assert_null(rd.err, "%.*s", (int)rd.err_n, rd.err);
+	cr_assert_null(rd.partial);
+	const char *row;
+	size_t rn;
+	cr_assert(fan_reader_next(&rd, &row, &rn));
+	tally_agg a = fan_cell_agg(row, rn, 0);
+	free(out);
+	return a.count;
+}
+
+/* A pooled connection closed by its node after the query reached it:
+ * asked again once, on a new connection, and counted once. Two nodes
+ * (5 events each): always 10, never an error, 5 or 15; and one
+ * connection to a node serves query after query. */
+Test(cluster, stale_pooled_connection_retried_once)
+{
+	fake_node f[2] = {0};
+	fake_start(&f[0], 1);
+	fake_start(&f[1], 0);
+	fan_node nodes[2];
+	for (int i = 0; i < 2; i++) {
+		snprintf(nodes[i].host, sizeof nodes[i].host, "127.0.0.1");
+		snprintf(nodes[i].port, sizeof nodes[i].port, "%u", f[i].port);
+	}
+	fan_pool *pool = fan_pool_new(nodes, 2);
+	cr_assert_not_null(pool);
+	cr_assert_eq(pooled_count(nodes, 2, pool), 10); /* connects */
+	cr_assert_eq(pooled_count(nodes, 2, pool), 10); /* node 0 drops, asked again */
+	cr_assert_eq(atomic_load(&f[0].accepted), 2, "%u", atomic_load(&f[0].accepted));
+	for (int k = 0; k < 20; k++)
+		cr_assert_eq(pooled_count(nodes, 2, pool), 10); /* the new one, pooled */
+	cr_assert_eq(atomic_load(&f[0].accepted), 2, "%u", atomic_load(&f[0].accepted));
+	cr_assert_eq(atomic_load(&f[0].answered), 22);
+	cr_assert_eq(atomic_load(&f[1].accepted), 1, "%u connections for 22 queries",
+		     atomic_load(&f[1].accepted));
+	cr_assert_eq(atomic_load(&f[1].answered), 22);
+	fan_pool_free(pool);
+	for (int i = 0; i < 2; i++)
+		fake_stop(&f[i]);
 }

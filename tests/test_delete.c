@@ -19,6 +19,14 @@
  * dropped is refused, naming table, key and range, and changes nothing. A
  * kill -9 at each step of a delete leaves every shard all rewritten or
  * all as it was, and the delete run again finishes it.
+ *
+ * What a delete copies: the new part's blocks of the keys it did not
+ * touch, and of the touched key's stripes outside the range, are the old
+ * part's bytes with their checksums (compared through the part reader);
+ * a byte flipped in a copied block is caught by that checksum, naming
+ * file and block, and a block damaged before a delete fails the delete,
+ * changing nothing. Version 1 parts, whose rollup blocks cannot be
+ * copied, are written again whole.
  */
 #include <criterion/criterion.h>
 #include <signal.h>
@@ -633,4 +641,274 @@ Test(delete, kill9_during_delete, .timeout = 300)
 		tu_rmrf(dir);
 		free(dir);
 	}
+}
+
+/* ------------------------------------------------- what a delete copies */
+
+#include <fcntl.h>
+
+#include "part.h"
+
+#define CK   4    /* keys */
+#define CROW 3000 /* rows per key in one day: three stripes each */
+
+/* One shard, one day of CK keys (a value, a string and a distribution
+ * field), flushed and merged into one part; its path goes to path. */
+static tally_db *copy_fill(const char *dir, char *path, size_t cap)
+{
+	tally_options o = tu_quiet_opts();
+	o.shards = 1;
+	o.distributions = "c.d:1";
+	tally_db *db;
+	cr_assert_eq(tally_db_open(dir, &o, &db), 0, "%s", tally_errmsg());
+	char *buf = malloc((size_t)CK * CROW * 80), *p = buf;
+	for (int i = 0; i < CROW; i++)
+		for (int k = 0; k < CK; k++)
+			p += sprintf(p, "c,k=key%d v=%d,d=%d.%d,s=\"lane%d\" %lld\n", k,
+				     (i * 7 + k) % 130, i % 90, i % 10, i % 3,
+				     (long long)(T0 + (int64_t)i * 28 * TALLY_NS_PER_SEC + k));
+	cr_assert_eq(tu_write_synced(db, buf, (size_t)(p - buf)), CK * CROW, "%s", tally_errmsg());
+	free(buf);
+	cr_assert_eq(tally_db_flush(db), 0, "%s", tally_errmsg());
+	cr_assert_eq(tally_db_merge(db), 0, "%s", tally_errmsg());
+	char parts[4096];
+	snprintf(parts, sizeof parts, "%s/parts", dir);
+	cr_assert_eq(tu_find_files(parts, ".part", path, cap), 1, "one part");
+	return db;
+}
+
+/* Block ref of p with its checksum, as the file holds it. */
+static uint8_t *block_bytes(const part *p, const part_ref *ref)
+{
+	uint8_t *b = malloc((size_t)ref->len + 8);
+	cr_assert_eq(pread(p->fd, b, (size_t)ref->len + 8, (off_t)ref->off), (ssize_t)ref->len + 8);
+	return b;
+}
+
+/* 1 when the blocks are the same bytes, checksum included. */
+static int same_block(const part *a, const part_ref *ra, const part *b, const part_ref *rb)
+{
+	if (ra->len != rb->len)
+		return 0;
+	if (!ra->len)
+		return 1;
+	uint8_t *x = block_bytes(a, ra), *y = block_bytes(b, rb);
+	int same = !memcmp(x, y, (size_t)ra->len + 8);
+	free(x);
+	free(y);
+	return same;
+}
+
+/* 1 when stripe sa of a and sb of b have the same rows and blocks. */
+static int same_stripe(const part *a, const part_stripe *sa, const part *b, const part_stripe *sb)
+{
+	if (sa->n_rows != sb->n_rows || sa->tmin != sb->tmin || sa->tmax != sb->tmax)
+		return 0;
+	for (uint32_t c = 0; c <= a->info.n_cols; c++)
+		if (!same_block(a, &a->refs[sa->first_ref + c], b, &b->refs[sb->first_ref + c]))
+			return 0;
+	return 1;
+}
+
+static const part_key *key_of(const part *p, int k)
+{
+	char key[16];
+	sprintf(key, "key%d", k);
+	return part_find_key(p, key, (uint32_t)strlen(key));
+}
+
+/* Every key but the deleted one keeps its stripes, rollup blocks and
+ * distribution blocks byte for byte with their checksums; the deleted
+ * key's stripes outside the range are the old ones too, only the stripe
+ * the range cuts into is new, and the answer counts the copied bytes. */
+Test(delete, rewrite_copies_untouched_blocks_byte_for_byte)
+{
+	char *dir = tu_tmpdir(), path[4096], aside[4200];
+	tally_db *db = copy_fill(dir, path, sizeof path);
+	snprintf(aside, sizeof aside, "%s.before", dir);
+	char cmd[8500];
+	snprintf(cmd, sizeof cmd, "cp '%s' '%s'", path, aside);
+	cr_assert_eq(system(cmd), 0);
+	part *old;
+	cr_assert_eq(part_open(aside, &old), 0, "%s", tally_errmsg());
+	const part_key *ok1 = key_of(old, 1);
+	cr_assert_eq(ok1->n_stripes, 3, "key1 has %u stripes", ok1->n_stripes);
+	/* from the middle of key1's second stripe to past its end */
+	const part_stripe *s1 = &old->stripes[ok1->first_stripe + 1];
+	int64_t from = s1->tmin + (s1->tmax - s1->tmin) / 2, to = s1->tmax + 1;
+	tally_delete_result r = {.size = sizeof r};
+	cr_assert_eq(tally_db_delete(db, "c", "key1", from, to, &r), 0, "%s", tally_errmsg());
+	cr_assert_gt(r.rows, 0);
+	cr_assert_lt(r.rows, s1->n_rows);
+	cr_assert_eq(r.parts_rewritten, 1);
+	cr_assert_gt(r.bytes_copied, r.bytes_written * 3 / 4,
+		     "%llu of %llu bytes copied: the other keys' blocks were encoded again",
+		     (unsigned long long)r.bytes_copied, (unsigned long long)r.bytes_written);
+	cr_assert_lt(r.bytes_copied, r.bytes_written);
+	char parts[4096];
+	snprintf(parts, sizeof parts, "%s/parts", dir);
+	cr_assert_eq(tu_find_files(parts, ".part", path, sizeof path), 1, "one part");
+	part *nw;
+	cr_assert_eq(part_open(path, &nw), 0, "%s", tally_errmsg());
+	cr_assert_eq(nw->n_keys, CK);
+	uint32_t nr = old->info.n_num * old->info.n_levels;
+	for (int k = 0; k < CK; k++) {
+		const part_key *a = key_of(old, k), *b = key_of(nw, k);
+		cr_assert(a && b);
+		if (k != 1) {
+			cr_assert_eq(a->n_stripes, b->n_stripes);
+			for (uint32_t s = 0; s < a->n_stripes; s++)
+				cr_assert(same_stripe(old, &old->stripes[a->first_stripe + s], nw,
+						      &nw->stripes[b->first_stripe + s]),
+					  "key%d stripe %u differs", k, s);
+		}
+		uint32_t same = 0;
+		for (uint32_t i = 0; i < nr; i++)
+			same += same_block(old, &old->rollups[a->first_rollup + i].ref, nw,
+					   &nw->rollups[b->first_rollup + i].ref);
+		/* key1's windows around the range changed at every level */
+		cr_assert_eq(same, k == 1 ? 0 : nr, "key%d: %u of %u rollup blocks the same", k,
+			     same, nr);
+	}
+	/* key1: stripe 0 and 2 copied, stripe 1 its first half, encoded */
+	const part_key *nk1 = key_of(nw, 1);
+	cr_assert_eq(nk1->n_stripes, 3);
+	cr_assert(same_stripe(old, &old->stripes[ok1->first_stripe], nw,
+			      &nw->stripes[nk1->first_stripe]));
+	cr_assert(same_stripe(old, &old->stripes[ok1->first_stripe + 2], nw,
+			      &nw->stripes[nk1->first_stripe + 2]));
+	const part_stripe *n1 = &nw->stripes[nk1->first_stripe + 1];
+	cr_assert_eq(n1->n_rows, s1->n_rows - r.rows);
+	cr_assert_lt(n1->tmax, from);
+	/* and every level still answers like a scan */
+	uint64_t agg, rows;
+	for (int k = 0; k < CK; k++) {
+		char key[16];
+		sprintf(key, "key%d", k);
+		cr_assert_eq(tu_count_key(db, "c", "v", key, &agg, &rows), 0, "%s", tally_errmsg());
+		cr_assert_eq(agg, rows);
+		cr_assert_eq(rows, k == 1 ? CROW - r.rows : CROW);
+	}
+	part_close(old);
+	part_close(nw);
+	tally_db_close(db);
+	unlink(aside);
+	tu_rmrf(dir);
+	free(dir);
+}
+
+/* Flips one byte of block ref in the file at path. */
+static void flip(const char *path, const part_ref *ref)
+{
+	int fd = open(path, O_RDWR);
+	cr_assert_geq(fd, 0);
+	uint8_t c;
+	off_t at = (off_t)(ref->off + ref->len / 2);
+	cr_assert_eq(pread(fd, &c, 1, at), 1);
+	c ^= 0x10;
+	cr_assert_eq(pwrite(fd, &c, 1, at), 1);
+	close(fd);
+}
+
+/* A byte flipped in a copied block of the new part is caught by the
+ * checksum the block brought along, naming file and block; and a block
+ * damaged before the delete is not copied on: the delete fails naming
+ * it, and nothing changes. */
+Test(delete, copied_blocks_keep_their_checksums)
+{
+	char *dir = tu_tmpdir(), path[4096];
+	tally_db *db = copy_fill(dir, path, sizeof path);
+	tally_delete_result r = {.size = sizeof r};
+	cr_assert_eq(tally_db_delete(db, "c", "key1", T0, T0 + TALLY_1H, &r), 0, "%s",
+		     tally_errmsg());
+	cr_assert_gt(r.bytes_copied, 0);
+	tally_db_close(db);
+	char parts[4096];
+	snprintf(parts, sizeof parts, "%s/parts", dir);
+	cr_assert_eq(tu_find_files(parts, ".part", path, sizeof path), 1);
+	part *p;
+	cr_assert_eq(part_open(path, &p), 0, "%s", tally_errmsg());
+	const part_key *k2 = key_of(p, 2);
+	const part_stripe *st = &p->stripes[k2->first_stripe + 1];
+	part_ref col = p->refs[st->first_ref + 1], roll = p->rollups[k2->first_rollup].ref;
+	part_close(p);
+	flip(path, &col);
+	flip(path, &roll);
+	cr_assert_eq(part_open(path, &p), 0, "%s", tally_errmsg());
+	k2 = key_of(p, 2);
+	st = &p->stripes[k2->first_stripe + 1];
+	part_scratch s = {0};
+	int64_t vals[PART_STRIPE_MAX];
+	uint64_t pres[PART_STRIPE_MAX / 64];
+	int absent;
+	cr_assert_eq(part_read_col(p, st, 0, &s, vals, pres, &absent), TALLY_ECORRUPT);
+	char want[4200];
+	snprintf(want, sizeof want, "%s block %u", path, col.no);
+	cr_assert(strstr(tally_errmsg(), want) && strstr(tally_errmsg(), "checksum mismatch"), "%s",
+		  tally_errmsg());
+	part_rblock rb;
+	cr_assert_eq(part_read_rollup(p, k2, 0, 0, &s, &rb), TALLY_ECORRUPT);
+	snprintf(want, sizeof want, "%s block %u", path, roll.no);
+	cr_assert(strstr(tally_errmsg(), want), "%s", tally_errmsg());
+	part_scratch_free(&s);
+	part_close(p);
+
+	/* the damaged part is the source of the next delete: refused */
+	tally_options o = tu_quiet_opts();
+	o.shards = 1;
+	o.distributions = "c.d:1";
+	cr_assert_eq(tally_db_open(dir, &o, &db), 0, "%s", tally_errmsg());
+	cr_assert_eq(tally_db_delete(db, "c", "key3", T0, T0 + TALLY_1H, &r), TALLY_ECORRUPT);
+	cr_assert(strstr(tally_errmsg(), "checksum mismatch"), "%s", tally_errmsg());
+	cr_assert_eq(tu_find_files(parts, ".part", path, sizeof path), 1, "nothing changed");
+	uint64_t agg, rows;
+	cr_assert_eq(tu_count_key(db, "c", "v", "key3", &agg, &rows), 0, "%s", tally_errmsg());
+	cr_assert_eq(rows, CROW);
+	tally_db_close(db);
+	tu_rmrf(dir);
+	free(dir);
+}
+
+/* Version 1 parts (tests/data/agg-v1) have rollup blocks without a kind
+ * header: a delete cannot copy them into a version 2 part, so it writes
+ * the parts it touches again whole, and they answer exactly; the next
+ * delete in those parts, now version 2, copies. */
+Test(delete, version1_parts_are_written_again_whole_then_copied)
+{
+	char *dir = tu_tmpdir(), cmd[9000];
+	snprintf(cmd, sizeof cmd, "cp -r %s/tests/data/agg-v1/. %s/ && rm %s/ANSWERS",
+		 TALLY_SOURCE_DIR, dir, dir);
+	cr_assert_eq(system(cmd), 0);
+	tally_options o = tu_quiet_opts();
+	tally_db *db;
+	cr_assert_eq(tally_db_open(dir, &o, &db), 0, "%s", tally_errmsg());
+	const int64_t from = INT64_C(1700006400000000000), to = from + TALLY_1H;
+	uint64_t before[2], agg = 0, rows = 0;
+	const char *keys[2] = {"C0", "C1"};
+	for (int k = 0; k < 2; k++) {
+		cr_assert_eq(tu_count_key(db, "traffic", "speed", keys[k], &agg, &rows), 0, "%s",
+			     tally_errmsg());
+		before[k] = rows;
+	}
+	for (int k = 0; k < 2; k++) {
+		tally_delete_result r = {.size = sizeof r};
+		cr_assert_eq(tally_db_delete(db, "traffic", keys[k], from, to, &r), 0, "%s",
+			     tally_errmsg());
+		cr_assert_gt(r.rows, 0);
+		cr_assert_gt(r.parts_rewritten, 0);
+		if (k == 0)
+			cr_assert_eq(r.bytes_copied, 0, "a version 1 block was copied");
+		else
+			cr_assert_gt(r.bytes_copied, r.bytes_written / 2);
+		cr_assert_eq(tu_count_key(db, "traffic", "speed", keys[k], &agg, &rows), 0, "%s",
+			     tally_errmsg());
+		cr_assert_eq(agg, rows);
+		cr_assert_eq(rows, before[k] - r.rows);
+		tally_agg a;
+		cr_assert_eq(tally_query_agg(db, "traffic", "speed", keys[k], from, to, &a), 0);
+		cr_assert_eq(a.count, 0);
+	}
+	tally_db_close(db);
+	tu_rmrf(dir);
+	free(dir);
 }

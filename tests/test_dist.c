@@ -108,21 +108,6 @@ static int cmp_double(const void *a, const void *b)
 	return (x > y) - (x < y);
 }
 
-__extension__ typedef unsigned __int128 u128;
-
-/* ceil(q * n) for the double q, exactly (q = m / 2^s), at least 1. */
-static uint64_t exact_rank(double q, uint64_t n)
-{
-	int e;
-	double f = frexp(q, &e); /* q = f * 2^e, f in [0.5, 1) */
-	u128 m = (u128)ldexp(f, 53);
-	int s = 53 - e;
-	u128 prod = m * n;
-	uint64_t r =
-		s <= 0 ? (uint64_t)(prod << -s) : (uint64_t)((prod + (((u128)1 << s) - 1)) >> s);
-	return q == 0 || r < 1 ? 1 : r;
-}
-
 static void check_range(tally_db *db, int cam, int64_t from, int64_t to, tu_rng *r)
 {
 	double *v = malloc((n_evs + 1) * sizeof *v);
@@ -152,7 +137,7 @@ static void check_range(tally_db *db, int cam, int64_t from, int64_t to, tu_rng 
 			continue;
 		}
 		cr_assert_eq(rc, 0);
-		double want = v[exact_rank(qs[i], n) - 1];
+		double want = v[tu_exact_rank(qs[i], n) - 1];
 		/* the bound as reported, and a last bit of slack for the
 		 * rounding of the bucket's value */
 		cr_assert(e ? fabs(got - want) <= e * fabs(want) * (1 + 1e-9) : got == want,
@@ -718,4 +703,54 @@ Test(dist, flush_levels_borrow_one_scratch_and_add_up_exactly)
 	free(bc);
 	free(ts);
 	free(x);
+}
+
+/* Speeds for the counting array's paths: camera 0 close together (one
+ * array), camera 1 the same with one event in 40 thousands of km/h away
+ * (a range holding one gives the array up midway and sorts pairs),
+ * camera 2 spread over 0.1 to 6000.0 (the array grows, both ways, close
+ * to its most). */
+static unsigned spread_speed(tu_rng *r, int cam)
+{
+	switch (cam) {
+	case 1: return tu_below(r, 40) ? plain_speed(r, cam) : 70000 + (unsigned)tu_below(r, 900);
+	case 2: return 1 + (unsigned)tu_below(r, 60000);
+	default: return plain_speed(r, cam);
+	}
+}
+
+/* A distribution query counts exact values close together in an array
+ * over their range and falls back to sorting pairs when they spread
+ * too far: the same answers as brute force either way, over aligned
+ * and unaligned ranges, with more than a stripe of rows a camera-day
+ * (edges inside either stripe), late events, several parts, memtables
+ * and merges. */
+Test(dist, counted_and_sorted_values_equal_brute_force)
+{
+	uint64_t seed = tu_seed("dist-spread");
+	tu_rng r = {seed};
+	n_evs = 0;
+	speed_of = spread_speed;
+	char *dir = tu_tmpdir();
+	tally_options o = opts();
+	tally_db *db;
+	cr_assert_eq(tally_db_open(dir, &o, &db), 0, "%s", tally_errmsg());
+	write_some(db, &r, 0, 7000);
+	write_some(db, &r, 1, 6000);
+	check_all(db, &r); /* memtables only */
+	cr_assert_eq(tally_db_flush(db), 0, "%s", tally_errmsg());
+	check_all(db, &r); /* parts */
+	for (int round = 0; round < 3; round++) {
+		write_some(db, &r, (unsigned)round % 2, 1500); /* late into flushed windows */
+		cr_assert_eq(tally_db_flush(db), 0, "%s", tally_errmsg());
+	}
+	write_some(db, &r, 1, 700);
+	check_all(db, &r); /* several parts and a memtable */
+	cr_assert_eq(tally_db_merge(db), 0, "%s", tally_errmsg());
+	check_all(db, &r); /* merged */
+	tally_db_close(db);
+	tu_rmrf(dir);
+	free(dir);
+	forget_events();
+	speed_of = plain_speed;
 }

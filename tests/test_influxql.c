@@ -123,6 +123,36 @@ Test(influxql, several_statements_and_shows)
 	iq_query_free(&p);
 }
 
+/* SHOW TAG VALUES' WITH KEY takes every form InfluxDB 1.x does: a name,
+ * IN a list, a regex, and their negations; WITH MEASUREMENT only = and =~. */
+Test(influxql, with_key_in_a_list_regex_and_negations)
+{
+	iq_query p = parse_ok("SHOW TAG VALUES FROM road WITH KEY IN (\"camera\", lane); "
+			      "SHOW TAG VALUES WITH KEY != \"dc\"; "
+			      "SHOW TAG VALUES WITH KEY !~ /^d/ WHERE host = 'h1' LIMIT 2");
+	cr_assert_eq(p.n, 3);
+	cr_assert_eq(p.st[0].n_with_in, 2);
+	cr_assert_str_eq(p.st[0].with_in[0], "camera");
+	cr_assert_str_eq(p.st[0].with_in[1], "lane");
+	cr_assert(!p.st[0].with && !p.st[0].with_not && !p.st[0].has_with_re);
+	cr_assert_str_eq(p.st[1].with, "dc");
+	cr_assert(p.st[1].with_not);
+	cr_assert(p.st[2].has_with_re && p.st[2].with_not);
+	cr_assert_eq(p.st[2].limit, 2);
+	cr_assert(iq_cond_match(p.st[2].where, "h1"));
+	iq_query_free(&p);
+	parse_err("SHOW TAG VALUES WITH KEY IN (\"a\" \"b\")",
+		  "found \"b\", expected , or ) at line 1, char 34");
+	parse_err("SHOW TAG VALUES WITH KEY IN ()",
+		  "found ), expected identifier at line 1, char 30");
+	parse_err("SHOW TAG VALUES WITH KEY IN \"a\"",
+		  "found \"a\", expected ( at line 1, char 29");
+	parse_err("SHOW TAG VALUES WITH KEY < \"a\"",
+		  "found <, expected =, !=, =~, !~ or IN at line 1, char 26");
+	parse_err("SHOW MEASUREMENTS WITH MEASUREMENT IN (a)",
+		  "WITH MEASUREMENT IN, != or !~ is not supported by tally at line 1, char 36");
+}
+
 Test(influxql, median_and_percentile_parse_with_their_argument)
 {
 	iq_query p = parse_ok("SELECT PERCENTILE(\"speed\", 85), percentile(speed, 99.5) AS v995, "

@@ -153,4 +153,52 @@ static inline void tu_agg_add(tally_agg *a, double v)
 	a->avg = a->sum / (double)a->count;
 }
 
+/* The nearest rank of quantile q of n values (tally_dist_quantile):
+ * ceil(q * n) for the double q, exactly (q = m / 2^s), at least 1. */
+static inline uint64_t tu_exact_rank(double q, uint64_t n)
+{
+	__extension__ typedef unsigned __int128 u128;
+	int e;
+	double f = frexp(q, &e); /* q = f * 2^e, f in [0.5, 1) */
+	u128 m = (u128)ldexp(f, 53);
+	int s = 53 - e;
+	u128 prod = m * n;
+	uint64_t r =
+		s <= 0 ? (uint64_t)(prod << -s) : (uint64_t)((prod + (((u128)1 << s) - 1)) >> s);
+	return q == 0 || r < 1 ? 1 : r;
+}
+
+#ifdef TALLY_SOURCE_DIR
+/* A saved store tests/data/NAME: its ANSWERS file's text (malloc'ed), and
+ * a copy of its files but ANSWERS into dir. */
+static inline char *tu_fixture_answers(const char *name)
+{
+	char path[4096];
+	snprintf(path, sizeof path, "%s/tests/data/%s/ANSWERS", TALLY_SOURCE_DIR, name);
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return NULL;
+	fseek(f, 0, SEEK_END);
+	long n = ftell(f);
+	fseek(f, 0, SEEK_SET);
+	char *s = n >= 0 ? malloc((size_t)n + 1) : NULL;
+	if (s && fread(s, 1, (size_t)n, f) == (size_t)n)
+		s[n] = 0;
+	else if (s) {
+		free(s);
+		s = NULL;
+	}
+	fclose(f);
+	return s;
+}
+
+static inline int tu_copy_fixture(const char *name, const char *dir)
+{
+	char cmd[9000];
+	snprintf(cmd, sizeof cmd, "cp -r %s/tests/data/%s/. %s/ && rm -f %s/ANSWERS",
+		 TALLY_SOURCE_DIR, name, dir, dir);
+	return system(cmd);
+}
+#endif
+
 #endif

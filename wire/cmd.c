@@ -453,9 +453,11 @@ int cmd_dist_stat_check(const char *arg, char *err, size_t cap)
 		return 0;
 	if (!strncmp(arg, "hist=", 5) && cmd_dist_edges(arg + 5, edges) > 0)
 		return 0;
+	if (!strcmp(arg, "pairs")) /* a node's part of a query across nodes */
+		return 0;
 	snprintf(err, cap,
-		 "'%.40s' is not q=Q (0..1), above=X, below=X or hist=E1,E2,... (2 to %d "
-		 "ascending edges)",
+		 "'%.40s' is not q=Q (0..1), above=X, below=X, hist=E1,E2,... (2 to %d "
+		 "ascending edges) or pairs",
 		 arg, CMD_DIST_EDGES_MAX);
 	return -1;
 }
@@ -483,8 +485,10 @@ static const struct {
 	{"drop", CMD_DROP, 1, 1, "#!drop TABLE"},
 	{"fanout", CMD_FANOUT, 1, 1, "#!fanout off|fail|partial"},
 	{"dist", CMD_DIST, 5, CMD_ARGS_MAX - 1,
-	 "#!dist TABLE FIELD KEY FROM TO [q=Q|above=X|below=X|hist=E1,E2,...]..."},
+	 "#!dist TABLE FIELD KEY FROM TO [q=Q|above=X|below=X|hist=E1,E2,...]...|pairs"},
 	{"delete", CMD_DELETE, 4, 4, "#!delete TABLE KEY|* FROM TO"},
+	{"tables", CMD_TABLES, 0, 0, "#!tables"},
+	{"keylist", CMD_KEYLIST, 1, 2, "#!keylist TABLE [PREFIX]"},
 };
 
 int cmd_parse(const char *line, size_t len, char *scratch, size_t scratch_cap, int64_t now,
@@ -551,6 +555,9 @@ int cmd_parse(const char *line, size_t len, char *scratch, size_t scratch_cap, i
 			if (cmd_dist_stat_check(a[i], err, err_cap))
 				return cmd_printable(err); /* it echoes the argument */
 			out->stats[out->n_stats++] = a[i];
+			if (!strcmp(a[i], "pairs") && nargs != 6)
+				return cmd_fail(err, err_cap,
+						"dist: pairs is asked alone (no other statistic)");
 		}
 		__attribute__((fallthrough)); /* the rest is #!agg's */
 	case CMD_AGG:
@@ -582,6 +589,12 @@ int cmd_parse(const char *line, size_t len, char *scratch, size_t scratch_cap, i
 						a[i]);
 		}
 		return cmd_range(a, 2, now, out, err, err_cap);
+	case CMD_KEYLIST: /* the prefix may be empty: every key */
+		if (cmd_name_arg("table", a[0], err, err_cap))
+			return -1;
+		out->table = a[0];
+		out->key = nargs == 2 ? a[1] : NULL;
+		return 0;
 	case CMD_DELETE:
 		/* "*": every key (a key spelled * alone is deleted with the rest) */
 		if (cmd_name_arg("table", a[0], err, err_cap) ||

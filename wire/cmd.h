@@ -30,13 +30,15 @@ enum cmd_kind {
 	CMD_HELP,
 	CMD_BACKUP,
 	CMD_FANOUT,
-	CMD_RETENTION,        /* #!retention RULES: replace the retention rules */
-	CMD_RETAIN,           /* #!retain: a retention pass now */
-	CMD_RETAINED,         /* #!retained TABLE [STEP]: the earliest retained instant */
-	CMD_DROP,             /* #!drop TABLE: every event of the table goes */
-	CMD_DIST,             /* #!dist TABLE FIELD KEY FROM TO [STAT]...: a distribution */
-	CMD_DELETE,           /* #!delete TABLE KEY|* FROM TO: those events go */
-	CMD_LAST = CMD_DELETE /* a new kind goes above and moves this */
+	CMD_RETENTION,         /* #!retention RULES: replace the retention rules */
+	CMD_RETAIN,            /* #!retain: a retention pass now */
+	CMD_RETAINED,          /* #!retained TABLE [STEP]: the earliest retained instant */
+	CMD_DROP,              /* #!drop TABLE: every event of the table goes */
+	CMD_DIST,              /* #!dist TABLE FIELD KEY FROM TO [STAT]...: a distribution */
+	CMD_DELETE,            /* #!delete TABLE KEY|* FROM TO: those events go */
+	CMD_TABLES,            /* #!tables: every table's key tag and columns */
+	CMD_KEYLIST,           /* #!keylist TABLE [PREFIX]: a table's keys */
+	CMD_LAST = CMD_KEYLIST /* a new kind goes above and moves this */
 };
 
 typedef struct cmd_req {
@@ -85,8 +87,9 @@ int cmd_parse_duration(const char *s, int64_t *out);
 
 /* #!dist's statistics (wire/distcmd.c answers them): q=Q (0 <= Q <= 1),
  * above=X, below=X, or hist=E1,E2,... (2 to CMD_DIST_EDGES_MAX ascending
- * edges). cmd_dist_stat_check: 0, or -1 with the reason in err (it echoes
- * arg as it is). cmd_dist_num: a finite number filling all of s, 0 or -1.
+ * edges); or pairs alone, the distribution's (value, count) pairs that a
+ * query across nodes merges (wire/fandist.c). cmd_dist_stat_check: 0, or -1 with the reason in err
+ * (it echoes arg as it is). cmd_dist_num: a finite number filling all of s, 0 or -1.
  * cmd_dist_edges: "E1,E2,..." into edges, how many, or -1. */
 #define CMD_DIST_EDGES_MAX 64
 int cmd_dist_stat_check(const char *arg, char *err, size_t cap);

@@ -32,6 +32,8 @@
 
 #include "cmd.h"
 #include "distcmd.h"
+#include "fancat.h"
+#include "fandist.h"
 #include "frame.h"
 #include "series.h"
 #include "kafka.h"
@@ -797,7 +799,9 @@ static void conn_query(wconn *c, const cmd_req *r, uint64_t line)
 	if (s->n_fan_nodes && !c->fan_off) {
 		/* Every node answers its part (docs/cluster.md). */
 		fanjob *j;
-		rc = fanserv_start(c, r, line, &j);
+		/* a distribution: every node's pairs, merged (fandist.c) */
+		rc = r->kind == CMD_DIST ? fandist_start(c, r, line, &j)
+					 : fanserv_start(c, r, line, &j);
 		if (rc == 0) {
 			c->prod = PROD_FANOUT;
 			c->prod_state = j;
@@ -822,10 +826,14 @@ static void conn_query(wconn *c, const cmd_req *r, uint64_t line)
 			conn_put(c, t.p, t.n, 0);
 		break;
 	}
+	case CMD_TABLES:
+	case CMD_KEYLIST:
 	case CMD_DIST: {
 		char *txt;
 		size_t n;
-		if (!(rc = dist_reply(s->db, r, &txt, &n))) {
+		rc = r->kind == CMD_DIST ? dist_reply(s->db, r, &txt, &n)
+					 : cat_reply(s->db, r, &txt, &n);
+		if (!rc) {
 			conn_put(c, txt, n, 0);
 			free(txt);
 		}
@@ -1030,6 +1038,8 @@ static int conn_command(wconn *c, const char *line, size_t len)
 	case CMD_AGG:
 	case CMD_DIST:
 	case CMD_KEYS:
+	case CMD_TABLES:
+	case CMD_KEYLIST:
 	case CMD_SCAN: conn_query(c, &r, no); break;
 	}
 	return 0;

@@ -17,4 +17,11 @@
  * message set). */
 int dist_reply(tally_db *db, const cmd_req *r, char **text, size_t *len);
 
+/* The answer to r of the distribution d, as dist_reply's; r's one
+ * statistic "pairs" gives the partial-distribution form instead
+ * ("exp\tkind\tunits\tcount" rows, docs/protocol.md). partial (not NULL):
+ * the nodes missing, named after "END n PARTIAL ". 0 or -ENOMEM. */
+int dist_format(const tally_dist *d, const cmd_req *r, const char *partial, char **text,
+		size_t *len);
+
 #endif

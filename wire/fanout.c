@@ -11,7 +11,10 @@
  * and a node of any version that speaks the text protocol takes part.
  *
  * All nodes are asked at once over non-blocking sockets under one
- * deadline; the slowest node sets the latency, not their sum.
+ * deadline; the slowest node sets the latency, not their sum. The
+ * connections stay open between fan-outs (a pool per node, each with its
+ * receive buffer), so a query costs each node one round trip; a pooled
+ * connection that fails before its answer began is asked again once.
  */
 #include "fanout.h"
 
@@ -148,6 +151,10 @@ size_t fan_build_cmd(const cmd_req *r, char *buf, size_t cap)
 	int k = snprintf(buf, cap, "#!%s", r->name);
 	size_t o = k > 0 && (size_t)k < cap ? (size_t)k : cap;
 	o = put_arg(buf, o, cap, r->table);
+	if (r->kind == CMD_TABLES || r->kind == CMD_KEYLIST) { /* the catalog: fancat.c */
+		o = put_arg(buf, o, cap, r->key);
+		goto end;
+	}
 	if (r->kind != CMD_SCAN)
 		o = put_arg(buf, o, cap, r->field);
 	if (r->kind != CMD_KEYS)
@@ -162,10 +169,13 @@ size_t fan_build_cmd(const cmd_req *r, char *buf, size_t cap)
 		o = put_prefixed(buf, o, cap, "key=", r->key);
 		o = put_prefixed(buf, o, cap, "by=", r->group);
 	}
+	for (unsigned i = 0; r->kind == CMD_DIST && i < r->n_stats; i++)
+		o = put_arg(buf, o, cap, r->stats[i]); /* "pairs": fandist.c merges them */
 	if (r->kind == CMD_SCAN && r->limit && o < cap) {
 		k = snprintf(buf + o, cap - o, " %" PRIu64, r->limit);
 		o = k > 0 && (size_t)k < cap - o ? o + (size_t)k : cap;
 	}
+end:
 	if (o + 1 >= cap)
 		return 0;
 	buf[o++] = '\n';
@@ -319,10 +329,17 @@ static void peer_io(fan_peer *p, short rev, size_t max_bytes)
 /* ---------------------------------------------------------------- the pool */
 
 #define FAN_POOL_PER_NODE 8 /* idle connections kept per node */
+/* A receive buffer up to this size stays with its idle connection: a
+ * buffer allocated per fan-out cost page faults on every query (glibc
+ * gives pages of a freed large block back to the kernel), a tenth of a
+ * fan-out's time here. */
+#define FAN_KEEP_BUF (1u << 20)
 
 typedef struct fan_idle {
 	int fd;
 	uint64_t id;
+	char *buf; /* its receive buffer (buf_cap bytes), or NULL */
+	size_t buf_cap;
 } fan_idle;
 
 struct fan_pool {
@@ -356,8 +373,10 @@ void fan_pool_free(fan_pool *p)
 	if (!p)
 		return;
 	for (size_t i = 0; p->n_idle && i < p->n; i++)
-		for (size_t k = 0; k < p->n_idle[i]; k++)
+		for (size_t k = 0; k < p->n_idle[i]; k++) {
 			close(p->idle[i][k].fd);
+			free(p->idle[i][k].buf);
+		}
 	if (p->n)
 		pthread_mutex_destroy(&p->mu);
 	free(p->nodes);
@@ -375,46 +394,61 @@ static long pool_slot(const fan_pool *p, const fan_node *node)
 	return -1;
 }
 
-/* An idle connection to node (its fd, *id the node's id), or -1. */
-static int pool_take(fan_pool *p, const fan_node *node, uint64_t *id)
+/* An idle connection to node (its fd, *id the node's id), or -1; the
+ * receive buffer kept with it, even when the connection turned out
+ * stale, goes to the peer p unless it has one. */
+static int pool_take(fan_pool *pool, const fan_node *node, fan_peer *p)
 {
-	long i = p ? pool_slot(p, node) : -1;
-	int fd = -1;
+	long i = pool ? pool_slot(pool, node) : -1;
 	if (i < 0)
 		return -1;
 	for (;;) {
-		pthread_mutex_lock(&p->mu);
-		if (p->n_idle[i]) {
-			fan_idle *e = &p->idle[i][--p->n_idle[i]];
-			fd = e->fd;
-			*id = e->id;
+		fan_idle e = {.fd = -1};
+		pthread_mutex_lock(&pool->mu);
+		if (pool->n_idle[i])
+			e = pool->idle[i][--pool->n_idle[i]];
+		pthread_mutex_unlock(&pool->mu);
+		if (e.buf && !p->in) {
+			p->in = e.buf;
+			p->in_cap = e.buf_cap;
+		} else {
+			free(e.buf);
 		}
-		pthread_mutex_unlock(&p->mu);
 		/* An idle connection has nothing to read: anything there (a
 		 * node's goodbye, its close) makes it stale. */
-		struct pollfd pf = {.fd = fd, .events = POLLIN};
-		if (fd < 0 || poll(&pf, 1, 0) == 0)
-			return fd;
-		close(fd);
-		fd = -1;
+		struct pollfd pf = {.fd = e.fd, .events = POLLIN};
+		if (e.fd < 0 || poll(&pf, 1, 0) == 0) {
+			p->id = e.id;
+			return e.fd;
+		}
+		close(e.fd);
 	}
 }
 
-/* Keeps a connection that answered whole for the next fan-out; closes it
- * when the node has enough idle ones. */
-static void pool_put(fan_pool *p, const fan_node *node, int fd, uint64_t id)
+/* Keeps a connection that answered whole for the next fan-out, with p's
+ * receive buffer (taken from p) when it is not large; closes it when the
+ * node has enough idle ones. */
+static void pool_put(fan_pool *pool, fan_peer *p)
 {
-	long i = p ? pool_slot(p, node) : -1;
-	if (i >= 0) {
-		pthread_mutex_lock(&p->mu);
-		if (p->n_idle[i] < FAN_POOL_PER_NODE) {
-			p->idle[i][p->n_idle[i]++] = (fan_idle){fd, id};
-			fd = -1;
-		}
-		pthread_mutex_unlock(&p->mu);
+	long i = pool ? pool_slot(pool, p->node) : -1;
+	fan_idle e = {.fd = p->fd, .id = p->id};
+	if (p->in_cap <= FAN_KEEP_BUF) {
+		e.buf = p->in;
+		e.buf_cap = p->in_cap;
 	}
-	if (fd >= 0)
-		close(fd);
+	if (i >= 0) {
+		pthread_mutex_lock(&pool->mu);
+		if (pool->n_idle[i] < FAN_POOL_PER_NODE) {
+			pool->idle[i][pool->n_idle[i]++] = e;
+			e.fd = -1;
+			if (e.buf)
+				p->in = NULL;
+		}
+		pthread_mutex_unlock(&pool->mu);
+	}
+	p->fd = -1;
+	if (e.fd >= 0)
+		close(e.fd);
 }
 
 /* Sets p up to ask cmd[0, cn): over an idle connection of the pool, or a
@@ -430,7 +464,7 @@ static int peer_start(fan_peer *p, const fan_opts *o, const char *cmd, size_t cn
 	p->req_len = p->sent = p->in_len = p->scanned = p->ans = 0;
 	p->done = p->in_answer = 0;
 	p->why[0] = 0;
-	p->fd = pool_take(o->pool, p->node, &p->id);
+	p->fd = pool_take(o->pool, p->node, p);
 	p->pooled = p->fd >= 0;
 	p->skip = 0;
 	if (!p->pooled) {
@@ -442,6 +476,19 @@ static int peer_start(fan_peer *p, const fan_opts *o, const char *cmd, size_t cn
 	p->req_len += (size_t)sprintf(p->req + p->req_len, "%.*s\n", (int)cn, cmd);
 	if (!p->pooled)
 		peer_connect(p);
+	return 0;
+}
+
+/* peer_io, then the retry rule: a pooled connection that failed before
+ * any byte of its answer came (the node closed it meanwhile: its
+ * idle-timeout, a restart) asks once more, on a new connection; what
+ * the first one did is dropped, so the node counts once. 0 or -ENOMEM. */
+static int peer_step(fan_peer *p, short rev, size_t max_bytes, const fan_opts *o, const char *cmd,
+		     size_t cn)
+{
+	peer_io(p, rev, max_bytes);
+	if (p->done && p->why[0] && p->pooled && !p->in_len)
+		return peer_start(p, &(fan_opts){.token = o->token}, cmd, cn);
 	return 0;
 }
 
@@ -591,6 +638,14 @@ static int by_key(const void *x, const void *y)
 	if (an != bn)
 		return an < bn ? -1 : 1;
 	return by_ts(x, y);
+}
+
+/* Whole rows, bytewise. */
+static int by_text(const void *x, const void *y)
+{
+	const frow *a = x, *b = y;
+	int c = memcmp(a->p, b->p, a->n < b->n ? a->n : b->n);
+	return c ? c : (a->n > b->n) - (a->n < b->n);
 }
 
 int64_t fan_cell_time(const char *row, size_t rn, unsigned j)
@@ -785,17 +840,37 @@ int fan_run(const fan_node *nodes, size_t n, const fan_opts *o, const char *cmd,
 	for (size_t i = 0; i < n; i++) {
 		ps[i].node = &nodes[i];
 		ps[i].fd = -1;
-		if (peer_start(&ps[i], o, cmd, cn)) {
-			for (size_t j = 0; j <= i; j++) {
-				free(ps[j].req);
-				if (ps[j].fd >= 0)
-					close(ps[j].fd);
-			}
-			free(ps);
-			return -ENOMEM;
-		}
 	}
 	int64_t deadline = fan_now() + (o->timeout_ns > 0 ? o->timeout_ns : INT64_C(5000000000));
+	/* nodes[0] answered here: the others' queries leave first, so that
+	 * they answer while this one works out its part. */
+	int rc = 0;
+	for (size_t i = o->local ? 1 : 0; i < n && !rc; i++) {
+		rc = peer_start(&ps[i], o, cmd, cn);
+		if (!rc && ps[i].pooled)
+			rc = peer_step(&ps[i], POLLOUT, b.max, o, cmd, cn);
+	}
+	if (!rc && o->local && n) {
+		rc = o->local(o->local_arg, &req, &ps[0].in, &ps[0].in_len);
+		if (rc == 0) {
+			ps[0].in_cap = ps[0].in_len;
+			ps[0].scanned = ps[0].in_len;
+			ps[0].done = 1;
+			ps[0].id = o->local_id;
+		} else if (rc == 1) {
+			rc = peer_start(&ps[0], o, cmd, cn);
+		}
+	}
+	if (rc) {
+		for (size_t j = 0; j < n; j++) {
+			free(ps[j].req);
+			free(ps[j].in);
+			if (ps[j].fd >= 0)
+				close(ps[j].fd);
+		}
+		free(ps);
+		return -ENOMEM;
+	}
 	struct pollfd *pf = calloc(n, sizeof *pf);
 	for (;;) {
 		size_t live = 0;
@@ -824,11 +899,7 @@ int fan_run(const fan_node *nodes, size_t n, const fan_opts *o, const char *cmd,
 			fan_peer *p = &ps[i];
 			if (p->done || !pf[i].revents)
 				continue;
-			peer_io(p, pf[i].revents, b.max);
-			/* An idle connection the node closed meanwhile (its
-			 * idle-timeout, a restart): once more, on a new one. */
-			if (p->done && p->why[0] && p->pooled && !p->in_len &&
-			    peer_start(p, &(fan_opts){.token = o->token}, cmd, cn))
+			if (peer_step(p, pf[i].revents, b.max, o, cmd, cn))
 				peer_fail(p, "out of memory");
 		}
 	}
@@ -837,8 +908,10 @@ int fan_run(const fan_node *nodes, size_t n, const fan_opts *o, const char *cmd,
 	/* The answers. */
 	fans *a = calloc(n, sizeof *a);
 	size_t nall = 0, missing = 0, answered = 0;
-	int rc = 0;
+	rc = 0;
 	const fans *first_err = NULL, *absent_err = NULL;
+	const char *absent_msg = NULL;
+	size_t absent_n = 0;
 	for (size_t i = 0; i < n && !rc; i++) {
 		if (ps[i].why[0]) {
 			missing++;
@@ -853,6 +926,8 @@ int fan_run(const fan_node *nodes, size_t n, const fan_opts *o, const char *cmd,
 		rc = split_answer(&ps[i], (unsigned)i, &a[i]);
 		if (a[i].err && err_is_absent(&a[i])) {
 			absent_err = &a[i];
+			absent_msg = a[i].err; /* kept: the answer's error if no node holds it */
+			absent_n = a[i].err_n;
 			a[i].err = NULL;
 			a[i].head = NULL;
 			a[i].n = 0;
@@ -893,7 +968,7 @@ int fan_run(const fan_node *nodes, size_t n, const fan_opts *o, const char *cmd,
 		goto free_all;
 	}
 	if (!answered && absent_err) {
-		put_err(&b, absent_err->err, absent_err->err_n, "every node");
+		put_err(&b, absent_msg, absent_n, "every node");
 		goto free_all;
 	}
 	frow *all = malloc((nall ? nall : 1) * sizeof *all);
@@ -926,26 +1001,44 @@ int fan_run(const fan_node *nodes, size_t n, const fan_opts *o, const char *cmd,
 		       series ? "start\tcount\tsum\tmin\tmax\tavg\n"
 			      : "key\tcount\tsum\tmin\tmax\tavg\n",
 		       series ? 28 : 26);
-		for (size_t r = 0; r < nall; r++)
-			all[r].ts = series ? row_time(&all[r]) : 0;
-		qsort(all, nall, sizeof *all, series ? by_ts : by_key);
+		/* A series from one node alone is in time order already (the
+		 * usual case: a camera's events live on one node). */
+		size_t from_nodes = 0;
+		for (size_t i = 0; i < n; i++)
+			from_nodes += a[i].n > 0;
+		int alone = series && from_nodes <= 1; /* a row a window */
+		if (!alone) {
+			for (size_t r = 0; r < nall; r++)
+				all[r].ts = series ? row_time(&all[r]) : 0;
+			qsort(all, nall, sizeof *all, series ? by_ts : by_key);
+		}
 		for (size_t r = 0; r < nall;) {
-			tally_agg t = row_agg(&all[r], 1);
 			size_t q = r + 1;
 			size_t kn, qn;
 			const char *k0 = cell(&all[r], 0, &kn);
-			while (q < nall) {
+			while (!alone && q < nall) {
 				const char *kq = cell(&all[q], 0, &qn);
 				if (series ? all[q].ts != all[r].ts
 					   : (qn != kn || memcmp(kq, k0, kn)))
 					break;
-				tally_agg x = row_agg(&all[q], 1);
-				agg_add(&t, &x);
 				q++;
+			}
+			rows++;
+			if (q == r + 1) {
+				/* one node's row: its text is the answer (reading
+				 * and writing it again gives the same bytes) */
+				fb_put(&b, all[r].p, all[r].n);
+				fb_put(&b, "\n", 1);
+				r = q;
+				continue;
+			}
+			tally_agg t = row_agg(&all[r], 1);
+			for (size_t x = r + 1; x < q; x++) {
+				tally_agg y = row_agg(&all[x], 1);
+				agg_add(&t, &y);
 			}
 			agg_done(&t);
 			fb_agg(&b, k0, kn, &t);
-			rows++;
 			r = q;
 		}
 		break;
@@ -954,6 +1047,33 @@ int fan_run(const fan_node *nodes, size_t n, const fan_opts *o, const char *cmd,
 		merge_scan(&b, a, n, all, nall, req.limit);
 		rows = SIZE_MAX; /* merge_scan wrote its END */
 		break;
+	case CMD_TABLES:
+	case CMD_KEYLIST: /* the union of the catalogs: rows sorted, each once */
+		fb_put(&b, req.kind == CMD_TABLES ? "table\tkey\tcolumn\ttype\n" : "table\tkey\n",
+		       req.kind == CMD_TABLES ? 22 : 10);
+		qsort(all, nall, sizeof *all, by_text);
+		for (size_t r = 0; r < nall; r++) {
+			if (r && all[r].n == all[r - 1].n &&
+			    !memcmp(all[r].p, all[r - 1].p, all[r].n))
+				continue;
+			fb_put(&b, all[r].p, all[r].n);
+			fb_put(&b, "\n", 1);
+			rows++;
+		}
+		break;
+	case CMD_DIST:
+		if (req.n_stats == 1 && !strcmp(req.stats[0], "pairs")) {
+			/* each node's pairs as they came: the caller merges them
+			 * exactly (wire/fandist.c); a finished quantile would not */
+			fb_put(&b, "exp\tkind\tunits\tcount\n", 21);
+			for (size_t r = 0; r < nall; r++) {
+				fb_put(&b, all[r].p, all[r].n);
+				fb_put(&b, "\n", 1);
+			}
+			rows = nall;
+			break;
+		}
+		__attribute__((fallthrough));
 	default: {
 		char m[200];
 		int k = snprintf(m, sizeof m, "ERR %s: not a query that fans out\n", req.name);
@@ -979,12 +1099,12 @@ free_all:
 		fan_peer *p = &ps[i];
 		free(a[i].rows);
 		free(p->req);
-		free(p->in);
 		/* whole answers, nothing after them: the connection is clean */
 		if (p->fd >= 0 && p->done && !p->why[0] && p->scanned == p->in_len)
-			pool_put(o->pool, p->node, p->fd, p->id);
+			pool_put(o->pool, p);
 		else if (p->fd >= 0)
 			close(p->fd);
+		free(p->in);
 	}
 	free(a);
 	free(ps);

@@ -41,6 +41,15 @@ typedef struct fan_opts {
 	size_t max_bytes;   /* the merged answer's bound; larger: an error naming it */
 	const char *hint;   /* how the caller asks for a marked answer, named by the
 			     * error of a missing node; NULL: "#!fanout partial" */
+	/* Answers for nodes[0] in this process rather than over its port
+	 * (a node's own part, without a round trip through its own loop):
+	 * into *out (malloc'd, *len bytes) the text nodes[0] would send
+	 * after "#!fanout off" (the header, rows and "END n\n", or an "ERR"
+	 * line), and 0; 1: ask nodes[0] over its port after all (a kind it
+	 * does not answer so); -ENOMEM. NULL: every node over the network. */
+	int (*local)(void *arg, const struct cmd_req *r, char **out, size_t *len);
+	void *local_arg;
+	uint64_t local_id; /* nodes[0]'s id, as its "#!fanout off" names it */
 } fan_opts;
 
 /* The query r as one command line with absolute times (RFC 3339) and

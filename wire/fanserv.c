@@ -1,13 +1,18 @@
 /*
  * fanserv.c — tallyd's side of queries across nodes (docs/cluster.md): a
- * query on a connection of a node with `peers` runs on a thread of its
- * own, asking every node (this one included, over its own port) through
- * fanout.c, while the connection's shard goes on serving others.
+ * query on a connection of a node with `peers` runs on a fan-out worker
+ * thread, asking every node (this one included, over its own port)
+ * through fanout.c, while the connection's shard goes on serving others.
  *
  * The one idea: the connection waits like a streamed answer (its
  * producer is the job), so backpressure, lingering and shutdown need
  * nothing new. The job and the connection each hold it; whichever lets go
  * last frees it (state: running, done, abandoned).
+ *
+ * Workers are kept between jobs: a thread created per query cost about
+ * 120 us here, plus the page faults of a fresh malloc arena. A job goes
+ * to an idle worker, or to a new one when none is idle, so that it never
+ * queues behind a job waiting out peer-timeout on a stopped node.
  */
 #include "fanserv.h"
 
@@ -18,10 +23,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <time.h>
 #include <unistd.h>
 
+#include "fandist.h"
 #include "fanout.h"
 #include "influxql.h"
+#include "numfmt.h"
+#include "series.h"
 
 enum { FJ_RUNNING = 0, FJ_DONE, FJ_ABANDONED };
 
@@ -41,7 +50,110 @@ struct fanjob {
 	char *out;
 	size_t len, off;
 	_Atomic int state;
+	fanjob *next; /* in the workers' queue */
 };
+
+/* ---------------------------------------------------------------- workers */
+
+/* Workers beyond FW_KEEP leave after FW_IDLE_S seconds without a job;
+ * FW_MAX bounds them (past it a job waits for the first worker free). */
+#define FW_KEEP   2
+#define FW_IDLE_S 10
+#define FW_MAX    512
+
+/* One set of workers for the process: a job carries its server. */
+static struct {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;   /* a job queued, or retire set */
+	pthread_cond_t gone; /* a worker left */
+	fanjob *head, *tail;
+	unsigned queued, n, idle;
+	int retire; /* idle workers leave (fanserv_fini) */
+} fw = {.mu = PTHREAD_MUTEX_INITIALIZER,
+	.cv = PTHREAD_COND_INITIALIZER,
+	.gone = PTHREAD_COND_INITIALIZER};
+
+static void fj_run(fanjob *j);
+
+static void *fw_main(void *arg)
+{
+	(void)arg;
+	pthread_mutex_lock(&fw.mu);
+	for (;;) {
+		while (!fw.head && !fw.retire) {
+			struct timespec until;
+			clock_gettime(CLOCK_REALTIME, &until);
+			until.tv_sec += FW_IDLE_S;
+			fw.idle++;
+			int rc = pthread_cond_timedwait(&fw.cv, &fw.mu, &until);
+			fw.idle--;
+			if (rc == ETIMEDOUT && !fw.head && fw.n > FW_KEEP)
+				break;
+		}
+		fanjob *j = fw.head;
+		if (!j)
+			break;
+		fw.head = j->next;
+		if (!fw.head)
+			fw.tail = NULL;
+		fw.queued--;
+		pthread_mutex_unlock(&fw.mu);
+		fj_run(j);
+		pthread_mutex_lock(&fw.mu);
+	}
+	fw.n--;
+	pthread_cond_broadcast(&fw.gone);
+	pthread_mutex_unlock(&fw.mu);
+	return NULL;
+}
+
+/* Queues j for a worker, starting one when none is idle for it. 0, or
+ * -EAGAIN when no worker runs and none can start (j not queued). */
+static int fw_queue(fanjob *j)
+{
+	int rc = 0;
+	pthread_mutex_lock(&fw.mu);
+	fw.retire = 0;
+	if (fw.idle <= fw.queued && fw.n < FW_MAX) {
+		pthread_attr_t at;
+		pthread_attr_init(&at);
+		pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+		pthread_t t;
+		if (pthread_create(&t, &at, fw_main, NULL) == 0)
+			fw.n++;
+		else if (!fw.n)
+			rc = -EAGAIN;
+		pthread_attr_destroy(&at);
+	}
+	if (!rc) {
+		j->next = NULL;
+		if (fw.tail)
+			fw.tail->next = j;
+		else
+			fw.head = j;
+		fw.tail = j;
+		fw.queued++;
+		pthread_cond_signal(&fw.cv);
+	}
+	pthread_mutex_unlock(&fw.mu);
+	return rc;
+}
+
+/* Lets the idle workers go (and those that finish, while no job comes):
+ * waits a bounded time for them. */
+static void fw_retire(void)
+{
+	struct timespec until;
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += 5;
+	pthread_mutex_lock(&fw.mu);
+	fw.retire = 1;
+	pthread_cond_broadcast(&fw.cv);
+	while (fw.idle && fw.retire &&
+	       pthread_cond_timedwait(&fw.gone, &fw.mu, &until) != ETIMEDOUT)
+		;
+	pthread_mutex_unlock(&fw.mu);
+}
 
 static void fj_free(fanjob *j)
 {
@@ -94,6 +206,7 @@ void fanserv_fini(srv *s)
 	 * ends within peer-timeout). */
 	for (int i = 0; atomic_load(&s->fan_jobs) && i < 6000; i++)
 		usleep(10000);
+	fw_retire();
 	fan_pool_free(s->fan_pool);
 	s->fan_pool = NULL;
 	free(s->fan_nodes);
@@ -101,9 +214,8 @@ void fanserv_fini(srv *s)
 	s->n_fan_nodes = 0;
 }
 
-static void *fj_main(void *arg)
+static void fj_run(fanjob *j)
 {
-	fanjob *j = arg;
 	srv *s = j->s;
 	wshard *sh = j->sh;
 	fan_opts o = fanserv_opts(s, j->partial, j->hint);
@@ -122,12 +234,84 @@ static void *fj_main(void *arg)
 		fj_free(j);
 	}
 	atomic_fetch_sub(&s->fan_jobs, 1);
-	return NULL;
+}
+
+/*
+ * This node's own part of a series or an agg, worked out on the worker
+ * (fan_opts.local): the text its port answers a "#!fanout off"
+ * connection (conn.c), without the round trip through its own shard,
+ * which on a busy host costs a wake-up. Other kinds go over the port.
+ */
+static int fs_local(void *arg, const cmd_req *r, char **out, size_t *len)
+{
+	srv *s = arg;
+	if (r->kind != CMD_SERIES && r->kind != CMD_AGG)
+		return 1;
+	char *buf = NULL, row[64 + CMD_AGG_MAX];
+	size_t n = 0;
+	FILE *f = open_memstream(&buf, &n);
+	if (!f)
+		return -ENOMEM;
+	int rc, over = 0;
+	if (r->kind == CMD_AGG) {
+		tally_agg a;
+		rc = tally_query_agg(s->db, r->table, r->field, r->key, r->from, r->to, &a);
+		if (!rc) {
+			fputs("count\tsum\tmin\tmax\tavg\n", f);
+			fwrite(row, 1, (size_t)(cmd_put_agg(row, &a) - row), f);
+			fputs("END 1\n", f);
+		}
+	} else {
+		wseries *ws = malloc(sizeof *ws);
+		if (!ws) {
+			fclose(f);
+			free(buf);
+			return -ENOMEM;
+		}
+		series_init(ws, r->table, r->field, r->key, r->step, r->from, r->to,
+			    s->conf->align_offset);
+		/* the first slice first, so that a bad table is the whole answer */
+		rc = series_next_slice(s->db, ws);
+		if (!rc) {
+			fputs("start\tcount\tsum\tmin\tmax\tavg\n", f);
+			const tally_bucket *b;
+			size_t rows = 0, bytes = 0, max = s->conf->fanout_max_bytes;
+			while (!over && (rc = series_next(s->db, ws, &b)) > 0) {
+				size_t k = (size_t)(cmd_put_bucket(row, b) - row);
+				fwrite(row, 1, k, f);
+				rows++;
+				bytes += k;
+				over = max && bytes > max;
+			}
+			if (over)
+				fprintf(f,
+					"ERR line 1: %s: this node's part is longer than the "
+					"fan-out bound of %zu bytes (fanout-max-bytes); ask for a "
+					"narrower range\n",
+					r->name, max);
+			else if (!rc)
+				fprintf(f, "END %zu\n", rows);
+		}
+		free(ws);
+	}
+	if (rc < 0 && !over)
+		fprintf(f, "ERR line 1: %s: %s\n", r->name, conn_errmsg(rc));
+	if (fclose(f)) {
+		free(buf);
+		return -ENOMEM;
+	}
+	*out = buf;
+	*len = n;
+	return 0;
 }
 
 fan_opts fanserv_opts(const srv *s, int partial, const char *hint)
 {
-	return (fan_opts){.pool = s->fan_pool,
+	/* s->fan_nodes[0] is this node (fanserv_init), answered in-process */
+	return (fan_opts){.local = fs_local,
+			  .local_arg = (void *)s,
+			  .local_id = s->node_id,
+			  .pool = s->fan_pool,
 			  .token = s->conf->token,
 			  .partial = partial,
 			  .timeout_ns = s->conf->peer_timeout_ns,
@@ -135,17 +319,11 @@ fan_opts fanserv_opts(const srv *s, int partial, const char *hint)
 			  .hint = hint};
 }
 
-/* Runs j on a thread of its own; on failure frees it. */
+/* Runs j on a worker; on failure frees it. */
 static int fj_spawn(srv *s, fanjob *j, fanjob **out)
 {
-	pthread_attr_t at;
-	pthread_attr_init(&at);
-	pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
 	atomic_fetch_add(&s->fan_jobs, 1);
-	pthread_t t;
-	int rc = pthread_create(&t, &at, fj_main, j);
-	pthread_attr_destroy(&at);
-	if (rc) {
+	if (fw_queue(j)) {
 		atomic_fetch_sub(&s->fan_jobs, 1);
 		fj_free(j);
 		return -EAGAIN;
@@ -198,6 +376,11 @@ int fanserv_call(wconn *c, int (*fn)(srv *s, void *arg, char **out, size_t *len)
 	j->arg = arg;
 	j->arg_free = arg_free;
 	return fj_spawn(j->s, j, out);
+}
+
+void fanserv_set_line(fanjob *j, uint64_t line)
+{
+	j->line = line; /* read by fanserv_pump, on the same shard thread */
 }
 
 int fanserv_take(fanjob *j, char **out, size_t *len, int *status)
@@ -376,6 +559,47 @@ static int fs_keys(iq_src *is, const char *table, const char *field, int64_t fro
 	return fs_done(&a, rc);
 }
 
+/* Every node's part as pairs, merged exactly (wire/fandist.c). */
+static int fs_dist(iq_src *is, const char *table, const char *field, const char *key, int64_t from,
+		   int64_t to, tally_dist **out, char *err)
+{
+	fs_answer a;
+	cmd_req r = fan_req(CMD_DIST, "dist", table, field, key, 0, from, to);
+	r.stats[0] = "pairs";
+	r.n_stats = 1;
+	int rc = fs_ask(is, &a, r, err);
+	if (rc)
+		return rc;
+	if (fandist_read(&a.rd, out, err, IQ_ERR_MAX))
+		rc = IQ_EREMOTE;
+	return fs_done(&a, rc);
+}
+
+/* Every node's catalog (#!tables), their union: each row's cells. */
+static int fs_catalog(iq_src *is,
+		      int (*each)(void *arg, const char *table, const char *key_tag,
+				  const char *column, const char *type),
+		      void *arg, char *err)
+{
+	fs_answer a;
+	int rc = fs_ask(is, &a, fan_req(CMD_TABLES, "tables", NULL, NULL, NULL, 0, 0, 0), err);
+	while (!rc && fs_row(&a)) {
+		char *buf = malloc(a.n + 4), *cell[4];
+		if (!buf)
+			return fs_done(&a, -ENOMEM);
+		for (unsigned j = 0, o = 0; j < 4; j++) {
+			size_t cn = 0;
+			const char *c = fan_cell(a.row, a.n, j, &cn);
+			cell[j] = buf + o;
+			o += (unsigned)fan_unescape(c ? c : "", c ? cn : 0, buf + o);
+			buf[o++] = 0;
+		}
+		rc = each(arg, cell[0], cell[1], cell[2], cell[3]);
+		free(buf);
+	}
+	return fs_done(&a, rc);
+}
+
 typedef struct iq_job {
 	char *query, *body;
 	size_t query_n, body_n;
@@ -395,7 +619,11 @@ static void iq_job_free(void *arg)
 static int iq_job_run(srv *s, void *arg, char **out, size_t *len)
 {
 	iq_job *q = arg;
-	fan_src f = {.base = {.agg = fs_agg, .series = fs_series, .keys = fs_keys},
+	fan_src f = {.base = {.agg = fs_agg,
+			      .series = fs_series,
+			      .keys = fs_keys,
+			      .dist = fs_dist,
+			      .catalog = fs_catalog},
 		     .s = s,
 		     .alive = malloc(s->n_fan_nodes * sizeof *f.alive),
 		     .n_alive = s->n_fan_nodes};

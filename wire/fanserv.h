@@ -33,6 +33,8 @@ int fanserv_ask(wconn *c, const cmd_req *r, int partial, const char *hint, fanjo
  * and out); arg_free(arg) once the job is gone, also when this fails. */
 int fanserv_call(wconn *c, int (*fn)(srv *s, void *arg, char **out, size_t *len), void *arg,
 		 void (*arg_free)(void *arg), fanjob **out);
+/* The line number an ERR answer of a fanserv_call job names (TCP). */
+void fanserv_set_line(fanjob *j, uint64_t line);
 /* Puts the merged answer on c as far as its reply buffer allows: 1 when
  * all of it is put, 0 while the job runs or the client has not read. */
 int fanserv_pump(wconn *c, fanjob *j);

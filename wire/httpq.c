@@ -16,8 +16,8 @@
  * key order, scans in time order. Only aggs sorted by something other than
  * the key keeps rows: the best `limit` in a bounded heap.
  *
- * With `peers` (docs/cluster.md), series, agg, aggs, scan and the cameras'
- * route are asked of every node (fanserv_ask) and nothing is sent until
+ * With `peers` (docs/cluster.md), series, agg, aggs, scan, dist and the
+ * cameras' route are asked of every node (fanserv_ask) and nothing is sent until
  * they answered: the rows then come from the merged answer, read back by
  * the same producers (q_next_bucket, q_next_key, q_scan_next), so an
  * answer across nodes has the format of one node's, plus "partial" when
@@ -35,6 +35,7 @@
 #include <strings.h>
 
 #include "cmd.h"
+#include "fandist.h"
 #include "fanserv.h"
 #include "series.h"
 
@@ -876,6 +877,117 @@ static int q_fields(httpq *q, tally_db *db)
 	return st;
 }
 
+/* The catalog across nodes: the union of every node's #!tables rows
+ * (table, key tag, column, type: wire/fancat.c), sorted, as one node's
+ * /api/v1/tables (q->table empty) or /api/v1/fields answers. 1 when
+ * answered, 404 when no node holds the table asked. */
+typedef struct catrow {
+	const char *c[4]; /* table, key tag, column, type */
+} catrow;
+
+/* One table's "fields":[..],"tags":[..] from its rows r[0, n). */
+static void cat_fields_json(httpq *q, const catrow *r, size_t n)
+{
+	for (int tags = 0; tags < 2; tags++) {
+		q_lit(q, tags ? "],\"tags\":[" : "\"fields\":[");
+		int first = 1;
+		for (size_t i = 0; i < n; i++) {
+			if ((strcmp(r[i].c[3], "tag") == 0) != tags)
+				continue;
+			q_lit(q, first ? "" : ",");
+			first = 0;
+			if (tags) {
+				q_cstr(q, r[i].c[2]);
+				continue;
+			}
+			q_lit(q, "{\"name\":");
+			q_cstr(q, r[i].c[2]);
+			q_lit(q, ",\"type\":");
+			q_cstr(q, r[i].c[3]);
+			q_lit(q, "}");
+		}
+	}
+	q_lit(q, "]");
+}
+
+static int p_cat_fan(httpq *q)
+{
+	const char *r;
+	size_t n, nr = 0, bytes = 0;
+	fan_reader rd = q->rd;
+	while (fan_reader_next(&rd, &r, &n))
+		nr++, bytes += n + 4;
+	catrow *rows = malloc((nr ? nr : 1) * sizeof *rows);
+	char *buf = q_fan_str(q, bytes);
+	if (!rows || !buf) {
+		free(rows);
+		q->oom = 1;
+		return 1;
+	}
+	size_t o = 0, k = 0;
+	while (fan_reader_next(&q->rd, &r, &n)) {
+		for (unsigned j = 0; j < 4; j++) {
+			size_t cn = 0;
+			const char *c = fan_cell(r, n, j, &cn);
+			rows[k].c[j] = buf + o;
+			o += fan_unescape(c ? c : "", c ? cn : 0, buf + o);
+			buf[o++] = 0;
+		}
+		if (!q->table[0] || !strcmp(rows[k].c[0], q->table))
+			k++;
+	}
+	if (q->table[0] && !k) {
+		free(rows);
+		snprintf(q->err, sizeof q->err, "no table '%.200s' on any node", q->table);
+		q->err_param = "table";
+		return 404;
+	}
+	if (q->table[0]) { /* fields */
+		if (q->csv) {
+			q_lit(q, "name,type\n");
+			for (size_t i = 0; i < k; i++) {
+				q_cstr(q, rows[i].c[2]);
+				q_lit(q, ",");
+				q_cstr(q, rows[i].c[3]);
+				q_lit(q, "\n");
+			}
+		} else {
+			q_lit(q, "{");
+			q_member(q, "table", q->table);
+			q_member(q, "key", *rows[0].c[1] ? rows[0].c[1] : NULL);
+			cat_fields_json(q, rows, k);
+			q_lit(q, "}\n");
+		}
+		free(rows);
+		return 1;
+	}
+	q_lit(q, q->csv ? "name,key\n" : "{\"tables\":[");
+	for (size_t i = 0, t = 0; i < k; t++) {
+		size_t e = i;
+		while (e < k && !strcmp(rows[e].c[0], rows[i].c[0]))
+			e++;
+		const char *key = *rows[i].c[1] ? rows[i].c[1] : NULL;
+		if (q->csv) {
+			q_cstr(q, rows[i].c[0]);
+			q_lit(q, ",");
+			if (key)
+				q_cstr(q, key);
+			q_lit(q, "\n");
+		} else {
+			q_lit(q, t ? ",{" : "{");
+			q_member(q, "name", rows[i].c[0]);
+			q_member(q, "key", key);
+			cat_fields_json(q, rows + i, e - i);
+			q_lit(q, "}");
+		}
+		i = e;
+	}
+	if (!q->csv)
+		q_lit(q, "]}\n");
+	free(rows);
+	return 1;
+}
+
 /* ---------------------------------------------------------------- producers */
 
 /* Each returns 1 when the answer is complete, 0 when q->buf holds a
@@ -885,6 +997,23 @@ static int q_fields(httpq *q, tally_db *db)
 static int p_keys(httpq *q, tally_db *db, size_t budget)
 {
 	while (q->n < budget && !q->oom) {
+		if (q->fan && q->page_i == q->page_n) {
+			/* across nodes: the merged answer's next key */
+			const char *r, *c;
+			size_t n, cn;
+			if (!fan_reader_next(&q->rd, &r, &n))
+				goto done;
+			c = fan_cell(r, n, 1, &cn);
+			char *p = c ? q_fan_str(q, cn) : NULL;
+			if (!c)
+				goto done;
+			if (!p)
+				return 0; /* q->oom: a 500 */
+			p[fan_unescape(c, cn, p)] = 0;
+			q->page[0] = p;
+			q->page_n = 1;
+			q->page_i = 0;
+		}
 		if (q->page_i == q->page_n) {
 			if (q->keys_end)
 				goto done;
@@ -904,6 +1033,8 @@ static int p_keys(httpq *q, tally_db *db, size_t budget)
 		}
 		const char *k = q->page[q->page_i++];
 		q->after = k; /* borrowed until the database closes */
+		if (q->fan)
+			q->page_n = q->page_i = 0; /* q_fan_str's: the next row's */
 		if (q->csv) {
 			q_cstr(q, k);
 			q_lit(q, "\n");
@@ -1243,6 +1374,10 @@ static void dist_row(httpq *q, const tally_dist *t, int64_t at)
 		q_sep(q);
 		q_u64(q, d->counts[i]);
 	}
+	if (q->csv) { /* CSV has no room after its rows: each row says it (0: exact) */
+		q_sep(q);
+		q_f64(q, tally_dist_error(t));
+	}
 	q_row_close(q);
 }
 
@@ -1267,8 +1402,11 @@ static int p_dist(httpq *q, tally_db *db, size_t budget)
 		}
 		int64_t lo = d->ws < q->from ? q->from : d->ws;
 		int64_t hi = !q->step || q->to - d->ws <= q->step ? q->to : d->ws + q->step;
-		tally_dist *t;
-		int rc = tally_query_dist(db, q->table, q->field, q->key, lo, hi, &t);
+		tally_dist *t = NULL;
+		int rc = q->fan ? fandist_window(&q->rd, lo, &t, q->err, sizeof q->err)
+				: tally_query_dist(db, q->table, q->field, q->key, lo, hi, &t);
+		if (rc && q->fan)
+			return 500; /* q->err says which row of which window */
 		if (rc)
 			return q_engine(q, rc, "field");
 		if (!q->step || tally_dist_count(t))
@@ -1285,6 +1423,8 @@ static int p_dist(httpq *q, tally_db *db, size_t budget)
 static int q_produce(httpq *q, tally_db *db, size_t budget)
 {
 	switch (q->kind) {
+	case Q_TABLES:
+	case Q_FIELDS: return p_cat_fan(q);
 	case Q_KEYS: return p_keys(q, db, budget);
 	case Q_SERIES:
 	case Q_CAMERA: return p_series(q, db, budget);
@@ -1567,11 +1707,12 @@ static int q_numbers(httpq *q, const char *name, double *v, int max, double lo, 
 }
 
 /* The dist's columns: time, count, q=Q..., above=X..., below=X...,
- * [E1,E2)... */
+ * [E1,E2)..., and in CSV error (the JSON answer says it once, at its
+ * end, which a CSV answer does not have). */
 static void q_dist_columns(httpq *q)
 {
 	const qdist *d = q->dist;
-	int n = 2 + d->n_qs + d->n_above + d->n_below + (d->n_edges ? d->n_edges - 1 : 0);
+	int n = 2 + d->n_qs + d->n_above + d->n_below + (d->n_edges ? d->n_edges - 1 : 0) + q->csv;
 	char(*names)[80] = malloc((size_t)n * sizeof *names);
 	const char **cols = malloc((size_t)n * sizeof *cols);
 	if (!names || !cols) {
@@ -1597,6 +1738,8 @@ static void q_dist_columns(httpq *q)
 		snprintf(names[c], sizeof names[0], "[%.*s,%.*s)",
 			 (int)cmd_format_double(d->edges[i], x), x,
 			 (int)cmd_format_double(d->edges[i + 1], y), y);
+	if (q->csv)
+		snprintf(names[c++], sizeof names[0], "error");
 	for (int i = 0; i < n; i++)
 		cols[i] = names[i];
 	q_columns(q, cols, (size_t)n);
@@ -1652,10 +1795,15 @@ static int q_dist_start(httpq *q, tally_db *db, const srv_conf *cf, int64_t now)
 	 * field or key that cannot answer, rather than a cut stream */
 	tally_dist *t;
 	int rc = tally_query_dist(db, q->table, q->field, q->key, q->to, q->to, &t);
-	if (rc)
+	double res = NAN; /* across nodes, from a node without the table: null */
+	if (q->fan)
+		q_fan_req(q, CMD_DIST, "dist"); /* fandist_http asks every node */
+	if (rc && !q->fan)
 		return q_engine(q, rc, "field");
-	double res = tally_dist_resolution(t);
-	tally_dist_free(t);
+	if (!rc) {
+		res = tally_dist_resolution(t);
+		tally_dist_free(t);
+	}
 	if (!q->csv) {
 		char dur[32];
 		q_lit(q, "{");
@@ -1807,7 +1955,18 @@ static int q_start(httpq *q, srv *s)
 		return q_camera(q, db, cf, now);
 	}
 	const char *ep = q->path.p + 8;
-	if (!strcmp(ep, "tables"))
+	int tables = !strcmp(ep, "tables");
+	if ((tables || !strcmp(ep, "fields")) && s->n_fan_nodes) {
+		/* the union of every node's catalog (p_cat_fan) */
+		q->table[0] = 0;
+		if (!tables && (st = q_name(q, "table", q->table)))
+			return st;
+		q->kind = tables ? Q_TABLES : Q_FIELDS;
+		q->fan = 1;
+		q->ask = fan_req(CMD_TABLES, "tables", NULL, NULL, NULL, 0, 0, 0);
+		return 0;
+	}
+	if (tables)
 		return q_tables(q, db);
 	if (!strcmp(ep, "fields"))
 		return q_fields(q, db);
@@ -1823,8 +1982,8 @@ static int q_start(httpq *q, srv *s)
 		q->err_param = NULL;
 		return 404;
 	}
-	/* keys lists this node's catalog (docs/cluster.md) */
-	q->fan = s->n_fan_nodes && q->kind != Q_KEYS;
+	/* keys: the union of every node's catalog (#!keylist) */
+	q->fan = s->n_fan_nodes != 0;
 	const char *key_tag;
 	if ((st = q_name(q, "table", q->table)) || (st = q_table(q, db, &key_tag)))
 		return st;
@@ -1836,6 +1995,9 @@ static int q_start(httpq *q, srv *s)
 		q->after = NULL;
 		q->page_n = q->page_i = 0;
 		q->keys_end = 0;
+		if (q->fan)
+			q->ask = fan_req(CMD_KEYLIST, "keylist", q->table, NULL,
+					 q->prefix[0] ? q->prefix : NULL, 0, 0, 0);
 		q->page = malloc(Q_KEYS_PAGE * sizeof *q->page);
 		if (!q->page) {
 			snprintf(q->err, sizeof q->err, "out of memory");
@@ -1995,7 +2157,9 @@ int httpq_serve(httpq *q, wconn *c, int keep_alive, int head_only, int *more)
 	if (!st && q->fan) {
 		/* Every node answers its part; nothing goes out before. */
 		fanjob *j;
-		int rc = fanserv_ask(c, &q->ask, q->fan_mark, "partial=mark", &j);
+		int rc = q->kind == Q_DIST
+				 ? fandist_http(c, &q->ask, q->step, q->dist->ws, q->fan_mark, &j)
+				 : fanserv_ask(c, &q->ask, q->fan_mark, "partial=mark", &j);
 		if (!rc) {
 			c->prod = PROD_FANOUT; /* the job's end steps c */
 			c->prod_state = j;

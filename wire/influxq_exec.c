@@ -264,6 +264,14 @@ static int ex_series(ex *x, const char *table, const char *field, const char *ke
 	return tally_query_series(x->db, table, field, key, step, from, to, x->bk, cap, n);
 }
 
+static int ex_dist(ex *x, const char *table, const char *field, const char *key, int64_t from,
+		   int64_t to, tally_dist **out)
+{
+	if (x->src)
+		return x->src->dist(x->src, table, field, key, from, to, out, x->err);
+	return tally_query_dist(x->db, table, field, key, from, to, out);
+}
+
 static int ex_keys(ex *x, const char *table, const char *field, int64_t from, int64_t to,
 		   int (*each)(void *arg, const char *key), void *arg)
 {
@@ -670,9 +678,10 @@ static int dist_cell(const iq_agg *ag, const tally_dist *d, double *out)
 
 static int dist_fail(ex *x, const iq_agg *ag, int rc)
 {
-	const char *m = tally_errmsg();
+	char m[IQ_ERR_MAX]; /* across nodes the source said why, in x->err */
+	snprintf(m, sizeof m, "%s", rc == IQ_EREMOTE ? x->err : tally_errmsg());
 	return ex_fail(x, "%s(\"%s\"): %s", iq_func_names[ag->fn], ag->field,
-		       m && *m ? m : tally_strerror(rc));
+		       *m ? m : tally_strerror(rc));
 }
 
 /* Whether agg j is the first median or percentile of its field (the one
@@ -697,6 +706,8 @@ static int dist_check(ex *x, const iq_stmt *st, const enum tally_type *types, in
 		if (!dist_first(st, j) || types[j] == TALLY_T_NONE)
 			continue;
 		tally_dist *d;
+		/* this node's catalog, as the field types (cols_get); every
+		 * node asked for its pairs says so again */
 		int rc = tally_query_dist(x->db, st->table, st->aggs[j].field, "", to, to, &d);
 		if (rc)
 			return dist_fail(x, &st->aggs[j], rc);
@@ -725,7 +736,7 @@ static int fill_dist(ex *x, const iq_stmt *st, const enum tally_type *types, cha
 			int rc = 0;
 			for (size_t k = 0; k < nk && !rc; k++) {
 				tally_dist *d;
-				rc = tally_query_dist(x->db, st->table, field, keys[k], lo, hi, &d);
+				rc = ex_dist(x, st->table, field, keys[k], lo, hi, &d);
 				if (!rc && !w) {
 					w = d;
 				} else if (!rc) {
@@ -1086,12 +1097,17 @@ static int cmp_cstr(const void *a, const void *b)
 	return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
-/* Whether a name passes WITH MEASUREMENT|KEY = name or =~ /re/. */
+/* Whether a name passes WITH MEASUREMENT|KEY = name, =~ /re/, IN (...),
+ * != name or !~ /re/. */
 static int with_match(const iq_stmt *st, const char *name)
 {
+	int m = !st->with || !strcmp(st->with, name);
 	if (st->has_with_re)
-		return regexec(&st->with_re, name, 0, NULL, 0) == 0;
-	return !st->with || !strcmp(st->with, name);
+		m = regexec(&st->with_re, name, 0, NULL, 0) == 0;
+	else if (st->n_with_in)
+		for (unsigned i = 0; i < st->n_with_in; i++)
+			m = i ? m || !strcmp(st->with_in[i], name) : !strcmp(st->with_in[i], name);
+	return st->with_not ? !m : m;
 }
 
 static void put_key_value(rows *r, const char *table, const char *key_tag, const char *key)
@@ -1104,57 +1120,267 @@ static void put_key_value(rows *r, const char *table, const char *key_tag, const
 	iq_puts(r->b, "]");
 }
 
-/* The values of the key tag: the table's keys that the condition keeps,
- * page by page. */
-static int show_key_values(ex *x, rows *r, const char *table, const char *key_tag)
+/* Every key of the table in the catalog, page by page, through each (0,
+ * or -ENOMEM which ends it). */
+static int catalog_each_key(ex *x, const char *table, int (*each)(void *arg, const char *key),
+			    void *arg)
 {
 	enum { PAGE = 1024 };
 	const char **keys = malloc(PAGE * sizeof *keys);
 	if (!keys)
 		return ex_fail(x, "out of memory");
 	const char *after = NULL;
-	int rc;
+	int rc, oom = 0;
 	for (;;) {
 		size_t n = 0;
 		rc = tally_catalog_keys(x->db, table, NULL, after, keys, PAGE, &n);
 		if (rc && rc != TALLY_ETRUNC)
 			break;
 		size_t got = n < PAGE ? n : PAGE;
-		for (size_t i = 0; i < got; i++)
-			put_key_value(r, table, key_tag, keys[i]);
-		if (rc != TALLY_ETRUNC || !got) {
+		for (size_t i = 0; i < got && !oom; i++)
+			oom = each(arg, keys[i]) != 0;
+		if (oom || rc != TALLY_ETRUNC || !got) {
 			rc = 0;
 			break;
 		}
 		after = keys[got - 1];
 	}
 	free(keys);
+	if (oom)
+		return ex_fail(x, "out of memory");
 	return rc == TALLY_ENOTFOUND ? 0 : rc ? ex_engine(x, rc) : 0;
 }
 
+typedef struct key_out {
+	rows *r;
+	const char *table, *key_tag;
+} key_out;
+
+static int key_out_put(void *arg, const char *key)
+{
+	key_out *o = arg;
+	put_key_value(o->r, o->table, o->key_tag, key);
+	return 0;
+}
+
+/* The values of the key tag: the table's keys that the condition keeps,
+ * page by page. */
+static int show_key_values(ex *x, rows *r, const char *table, const char *key_tag)
+{
+	key_out o = {r, table, key_tag};
+	return catalog_each_key(x, table, key_out_put, &o);
+}
+
+/* Into kp, the keys with events in [from, to) of any of the table's
+ * numeric fields (from the rollups). */
+static int keys_in_range(ex *x, const cols *c, const char *table, int64_t from, int64_t to,
+			 key_pick *kp)
+{
+	for (size_t j = 0; j < c->n; j++) {
+		if (c->type[j] == TALLY_T_TAG || c->type[j] == TALLY_T_STR)
+			continue;
+		int rc = ex_keys(x, table, c->name[j], from, to, key_pick_add, kp);
+		if (rc)
+			return rc == TALLY_ENOTFOUND ? 0 : ex_engine(x, rc);
+	}
+	keyset_sort(kp->ks);
+	return 0;
+}
+
 /* With a time condition, as InfluxDB 1.x: the keys with events in the
- * range [from, to), of any of the table's numeric fields (from the
- * rollups). */
+ * range [from, to). */
 static int show_key_values_in(ex *x, rows *r, const cols *c, const char *table, const char *key_tag,
 			      int64_t from, int64_t to)
 {
 	keyset ks = {0};
 	key_pick kp = {&ks, NULL, 0, NULL};
-	int rc = 0;
-	for (size_t j = 0; j < c->n && !rc; j++) {
-		if (c->type[j] == TALLY_T_TAG || c->type[j] == TALLY_T_STR)
-			continue;
-		rc = ex_keys(x, table, c->name[j], from, to, key_pick_add, &kp);
-		if (rc) {
-			rc = rc == TALLY_ENOTFOUND ? 0 : ex_engine(x, rc);
-			break;
-		}
-	}
-	keyset_sort(&ks);
+	int rc = keys_in_range(x, c, table, from, to, &kp);
 	for (size_t k = 0; k < ks.n && !rc; k++)
 		put_key_value(r, table, key_tag, ks.k[k]);
 	keyset_free(&ks);
 	return rc;
+}
+
+/* A tag and one of its values, from a key of several tags. */
+typedef struct tag_value {
+	char *tag, *value;
+} tag_value;
+
+static int cmp_tag_value(const void *a, const void *b)
+{
+	const tag_value *x = a, *y = b;
+	int c = strcmp(x->tag, y->tag);
+	return c ? c : strcmp(x->value, y->value);
+}
+
+/* The next tag name of a key of several tags at *p ("name=value" pairs
+ * joined by ',', '\' escaping; engine/tagkey.h), unescaped into out
+ * (room for the key's length); 0 at the key's end. */
+static int next_key_tag(const char **p, char *out)
+{
+	const char *s = *p;
+	if (!*s)
+		return 0;
+	size_t o = 0;
+	int in_name = 1;
+	for (; *s && *s != ','; s++) {
+		if (*s == '\\' && s[1])
+			s++;
+		else if (*s == '=')
+			in_name = 0; /* an unescaped '=' ends the name */
+		else if (!in_name)
+			continue;
+		if (in_name)
+			out[o++] = *s;
+	}
+	out[o] = 0;
+	*p = *s ? s + 1 : s;
+	return 1;
+}
+
+/* Into tv, each (tag, value) of key whose tag WITH KEY selects. */
+static int key_tag_values(const iq_stmt *st, const char *key, tag_value **tv, size_t *n,
+			  size_t *cap, tkbuf *tmp)
+{
+	char *name = malloc(strlen(key) + 1);
+	if (!name)
+		return -ENOMEM;
+	int rc = 0;
+	for (const char *p = key; !rc && next_key_tag(&p, name);) {
+		if (!with_match(st, name))
+			continue;
+		if (tagkey_value(key, (uint32_t)strlen(key), name, tmp) < 0) {
+			rc = -ENOMEM;
+			break;
+		}
+		if (*n == *cap) {
+			size_t nc = *cap ? *cap * 2 : 64;
+			tag_value *v = realloc(*tv, nc * sizeof *v);
+			if (!v) {
+				rc = -ENOMEM;
+				break;
+			}
+			*tv = v;
+			*cap = nc;
+		}
+		tag_value *e = &(*tv)[*n];
+		if (!(e->tag = strdup(name)) || !(e->value = strdup(tmp->p))) {
+			free(e->tag);
+			rc = -ENOMEM;
+			break;
+		}
+		(*n)++;
+	}
+	free(name);
+	return rc;
+}
+
+/* A table keyed by several tags (or all): each key tag WITH KEY selects
+ * and its distinct values in the keys the condition keeps (of events in
+ * the range when one is given; across nodes, at any time), sorted by tag
+ * then value, as InfluxDB lists them. */
+static int show_multi_values(ex *x, rows *r, const cols *c, const char *table)
+{
+	const iq_stmt *st = r->st;
+	keyset ks = {0};
+	tkbuf tmp = {0};
+	key_pick kp = {&ks, st->where, 1, &tmp};
+	int rc;
+	if (st->has_from || st->has_to)
+		rc = keys_in_range(x, c, table, st->from, st->to, &kp);
+	else if (x->src)
+		rc = keys_in_range(x, c, table, -IQ_ALL_TIME, IQ_ALL_TIME, &kp);
+	else
+		rc = catalog_each_key(x, table, key_pick_add, &kp);
+	tag_value *tv = NULL;
+	size_t n = 0, cap = 0;
+	for (size_t k = 0; k < ks.n && !rc; k++)
+		if (key_tag_values(st, ks.k[k], &tv, &n, &cap, &tmp))
+			rc = ex_fail(x, "out of memory");
+	if (n > 1)
+		qsort(tv, n, sizeof *tv, cmp_tag_value);
+	for (size_t i = 0; i < n; i++) {
+		if (!rc && (!i || cmp_tag_value(&tv[i - 1], &tv[i])) && row_begin(r, table)) {
+			put_str(r->b, tv[i].tag);
+			iq_puts(r->b, ",");
+			put_str(r->b, tv[i].value);
+			iq_puts(r->b, "]");
+		}
+	}
+	for (size_t i = 0; i < n; i++) {
+		free(tv[i].tag);
+		free(tv[i].value);
+	}
+	free(tv);
+	tkbuf_free(&tmp);
+	keyset_free(&ks);
+	return rc;
+}
+
+/* WITH KEY selecting a tag tally keeps only as a column of the raw events:
+ * its values are not in the keys, and listing them would scan every event. */
+static int refuse_other_tags(ex *x, const iq_stmt *st, const cols *c, const char *table,
+			     const char *key_tag)
+{
+	for (size_t j = 0; j < c->n; j++)
+		if (c->type[j] == TALLY_T_TAG && with_match(st, c->name[j]))
+			return ex_fail(
+				x,
+				"tally lists the values of \"%s\"'s key tag \"%s\" only, not "
+				"of \"%s\"",
+				table, key_tag ? key_tag : "", c->name[j]);
+	return 0;
+}
+
+/* SHOW MEASUREMENTS and SHOW FIELD KEYS across nodes: the union of every
+ * node's catalog (iq_src's catalog), in the order and form of one node's. */
+typedef struct show_u {
+	ex *x;
+	const iq_stmt *st;
+	rows *r;
+	char last[IQ_ERR_MAX]; /* the table of the row before */
+} show_u;
+
+static int show_u_row(void *arg, const char *table, const char *key_tag, const char *column,
+		      const char *type)
+{
+	show_u *u = arg;
+	const iq_stmt *st = u->st;
+	int same = !strcmp(u->last, table);
+	(void)key_tag;
+	if (st->kind == IQ_SHOW_MEASUREMENTS) {
+		if (!same && with_match(st, table) && row_begin(u->r, "measurements")) {
+			put_str(u->r->b, table);
+			iq_puts(u->r->b, "]");
+		}
+	} else if (!st->table || !strcmp(st->table, table)) {
+		if (!same && u->last[0])
+			rows_end_series(u->r);
+		if (strcmp(type, "tag") && row_begin(u->r, table)) {
+			put_str(u->r->b, column);
+			iq_puts(u->r->b, ",");
+			put_str(u->r->b, type);
+			iq_puts(u->r->b, "]");
+		}
+	} else {
+		return 0; /* another table than FROM's */
+	}
+	snprintf(u->last, sizeof u->last, "%s", table);
+	return 0;
+}
+
+static int show_union(ex *x, const iq_stmt *st, rows *r)
+{
+	show_u u = {.x = x, .st = st, .r = r};
+	r->columns =
+		st->kind == IQ_SHOW_MEASUREMENTS ? "[\"name\"]" : "[\"fieldKey\",\"fieldType\"]";
+	int rc = x->src->catalog(x->src, show_u_row, &u, x->err);
+	if (rc)
+		return rc == IQ_EREMOTE ? -1 : ex_engine(x, rc);
+	if (st->kind != IQ_SHOW_MEASUREMENTS && u.last[0])
+		rows_end_series(r);
+	rows_end(r);
+	return 0;
 }
 
 static int exec_show(ex *x, const iq_stmt *st, iq_buf *b)
@@ -1178,6 +1404,8 @@ static int exec_show(ex *x, const iq_stmt *st, iq_buf *b)
 		rows_end(&r);
 		return 0;
 	}
+	if (x->src && (st->kind == IQ_SHOW_MEASUREMENTS || st->kind == IQ_SHOW_FIELD_KEYS))
+		return show_union(x, st, &r);
 	const char **names, **key_tags;
 	size_t n;
 	int rc = show_tables(x, st, &names, &key_tags, &n);
@@ -1236,6 +1464,12 @@ static int exec_show(ex *x, const iq_stmt *st, iq_buf *b)
 					put_str(b, tally_type_name(c.type[j]));
 					iq_puts(b, "]");
 				}
+		} else if (key_tags[i] && key_multi(key_tags[i])) {
+			rc = check_cond_tags(x, names[i], key_tags[i], st->where);
+			if (!rc)
+				rc = refuse_other_tags(x, st, &c, names[i], key_tags[i]);
+			if (!rc)
+				rc = show_multi_values(x, &r, &c, names[i]);
 		} else if (key_tags[i] && with_match(st, key_tags[i])) {
 			rc = check_cond_tags(x, names[i], key_tags[i], st->where);
 			if (!rc && (st->has_from || st->has_to))
@@ -1249,13 +1483,7 @@ static int exec_show(ex *x, const iq_stmt *st, iq_buf *b)
 			else if (!rc)
 				rc = show_key_values(x, &r, names[i], key_tags[i]);
 		} else {
-			for (size_t j = 0; j < c.n && !rc; j++)
-				if (c.type[j] == TALLY_T_TAG && with_match(st, c.name[j]))
-					rc = ex_fail(x,
-						     "tally lists the values of \"%s\"'s key tag "
-						     "\"%s\" only, not of \"%s\"",
-						     names[i], key_tags[i] ? key_tags[i] : "",
-						     c.name[j]);
+			rc = refuse_other_tags(x, st, &c, names[i], key_tags[i]);
 		}
 		cols_free(&c);
 		if (st->kind != IQ_SHOW_MEASUREMENTS)

@@ -1106,29 +1106,62 @@ static int parse_on_from(parser *p, iq_stmt *st)
 	return 0;
 }
 
-/* WITH MEASUREMENT|KEY = name or =~ /regex/. */
+/* A name of WITH KEY: an identifier or a string. */
+static char *parse_with_name(parser *p)
+{
+	tok *t = peek(p);
+	if (t->k != T_IDENT && t->k != T_STRING) {
+		expected(p, t, "identifier");
+		return NULL;
+	}
+	tok u = next(p);
+	return tok_str(p, &u);
+}
+
+/* WITH KEY IN (name, ...): the names into st->with_in. */
+static int parse_with_in(parser *p, iq_stmt *st)
+{
+	if (expect_tok(p, T_LPAREN, "("))
+		return -1;
+	for (;;) {
+		char **v = realloc(st->with_in, (st->n_with_in + 1) * sizeof *v);
+		if (!v)
+			return fail_at(p, peek(p)->at, "out of memory");
+		st->with_in = v;
+		if (!(v[st->n_with_in] = parse_with_name(p)))
+			return -1;
+		st->n_with_in++;
+		if (peek(p)->k != T_COMMA)
+			return expect_tok(p, T_RPAREN, ", or )");
+		next(p);
+	}
+}
+
+/* WITH MEASUREMENT = name or =~ /regex/; WITH KEY also !=, !~ and
+ * IN (name, ...), as InfluxDB's SHOW TAG VALUES. */
 static int parse_with(parser *p, iq_stmt *st, const char *what)
 {
 	if (expect_kw(p, "with") || expect_kw(p, what))
 		return -1;
+	int key = !strcmp(what, "key");
 	tok op = next(p);
-	if (op.k == T_EQREGEX) {
+	if (key && (op.k == T_NEQ || op.k == T_NEQREGEX))
+		st->with_not = 1;
+	if (op.k == T_EQREGEX || (key && op.k == T_NEQREGEX)) {
 		tok re;
 		if (lex_regex(p, &re) || compile_regex(p, &re, &st->with_re))
 			return -1;
 		st->has_with_re = 1;
 		return 0;
 	}
-	if (op.k != T_EQ) {
+	if (key && is_kw(p, &op, "in"))
+		return parse_with_in(p, st);
+	if (op.k != T_EQ && !(key && op.k == T_NEQ)) {
 		if (is_kw(p, &op, "in") || op.k == T_NEQ || op.k == T_NEQREGEX)
-			return unsupported(p, op.at, "WITH ... IN, != or !~");
-		return expected(p, &op, "= or =~");
+			return unsupported(p, op.at, "WITH MEASUREMENT IN, != or !~");
+		return expected(p, &op, key ? "=, !=, =~, !~ or IN" : "= or =~");
 	}
-	tok *t = peek(p);
-	if (t->k != T_IDENT && t->k != T_STRING)
-		return expected(p, t, "identifier");
-	tok u = next(p);
-	st->with = tok_str(p, &u);
+	st->with = parse_with_name(p);
 	return st->with ? 0 : -1;
 }
 
@@ -1196,6 +1229,9 @@ static void stmt_free(iq_stmt *st)
 	free(st->table);
 	free(st->group_tag);
 	free(st->with);
+	for (unsigned i = 0; i < st->n_with_in; i++)
+		free(st->with_in[i]);
+	free(st->with_in);
 	if (st->has_with_re)
 		regfree(&st->with_re);
 	cond_free(st->where);

@@ -80,10 +80,13 @@ typedef struct iq_stmt {
 	int desc;
 	int64_t limit, offset, slimit, soffset; /* 0: none */
 	/* SHOW MEASUREMENTS WITH MEASUREMENT =~ /re/ or = 'name';
-	 * SHOW TAG VALUES WITH KEY = "tag" */
+	 * SHOW TAG VALUES WITH KEY = "tag", =~ /re/, IN ("a", "b"), and
+	 * with_not set, != "tag" or !~ /re/ */
 	char *with;
 	regex_t with_re;
-	int has_with_re;
+	int has_with_re, with_not;
+	char **with_in;
+	unsigned n_with_in;
 } iq_stmt;
 
 typedef struct iq_query {
@@ -136,6 +139,16 @@ struct iq_src {
 		      size_t *n, char *err);
 	int (*keys)(iq_src *s, const char *table, const char *field, int64_t from, int64_t to,
 		    int (*each)(void *arg, const char *key), void *arg, char *err);
+	/* the exact distribution of key's field over [from, to) (every node's
+	 * merged: wire/fandist.c); free it with tally_dist_free */
+	int (*dist)(iq_src *s, const char *table, const char *field, const char *key, int64_t from,
+		    int64_t to, tally_dist **out, char *err);
+	/* every node's catalog, their union sorted (wire/fancat.c): each(arg,
+	 * table, key tag or "", column, type) per column of every table */
+	int (*catalog)(iq_src *s,
+		       int (*each)(void *arg, const char *table, const char *key_tag,
+				   const char *column, const char *type),
+		       void *arg, char *err);
 	int mark;                 /* partial=mark: a missing node is named, not an error */
 	char missing[IQ_ERR_MAX]; /* the nodes this statement missed; "" */
 };

@@ -268,10 +268,11 @@ def check_dist(c, m):
                          "&edges=0,100,300&format=csv&step=1d" % (key, T0, T0 + 2 * DAY))
     rows = list(csv.reader(io.StringIO(body.decode())))
     rows[1:] = [[r[0]] + [float(x) for x in r[1:]] for r in rows[1:]]
-    want = [["time", "count", "q=0.85", "[0,100)", "[100,300)"]]
+    # CSV rows end with their error bound (0: exact), as JSON ends with "error"
+    want = [["time", "count", "q=0.85", "[0,100)", "[100,300)", "error"]]
     for day in (T0, T0 + DAY):
         v = m.values(key, day, day + DAY)
-        want.append([iso(day)] + dist_row(v, [0.85], [], [], [0.0, 100.0, 300.0]))
+        want.append([iso(day)] + dist_row(v, [0.85], [], [], [0.0, 100.0, 300.0]) + [0.0])
     check(st == 200 and hd["content-type"].startswith("text/csv") and rows == want,
           "dist csv: %r, model %r" % (rows, want))
 

@@ -113,6 +113,8 @@ class Tally:
         args = [TALLYD, "--data", os.path.join(self.dir, "data"), "--port", "0", "--http-port",
                 "0", "--http-port-file", hpf, "--prefault", "off", "--shards", "2",
                 "--log-level", "warn", "--distributions", "traffic.speed:0.01"] + os.environ.get("TALLYD_EXTRA", "").split()
+        if MODE == "tags":
+            args += ["--table-keys", "road=camera+lane,hosts=*"]
         with open(self.log, "w") as lf:
             self.proc = subprocess.Popen(args, stdout=lf, stderr=lf, stdin=subprocess.DEVNULL)
         wait_for("tallyd", lambda: os.path.exists(hpf) and os.path.getsize(hpf) > 0, self.proc,
@@ -649,6 +651,117 @@ def mode_errors(tmp, tally, events, batches):
     check(got == [["camera", k] for k in want], "SHOW TAG VALUES in a range: %s, want %s" % (got, want))
 
 
+def tag_lines():
+    """(lines, model) for tables keyed by several tags: road by camera+lane
+    (dir a tag kept only in the raw events), hosts by every tag. model maps
+    each table to a list of (tags dict, ns)."""
+    rnd = random.Random(19)
+    lines, m = [], {"road": [], "hosts": []}
+    pairs = [("KV1", "1"), ("KV1", "2"), ("KV1", "3"), ("KV2", "2"), ("KV3", "1"),
+             ("KV3", "3"), ("KV4", "1"), ("K,V=5", "2")]
+    for i in range(300):
+        cam, lane = rnd.choice(pairs)
+        t = T0 * NS + rnd.randrange(0, 86400) * NS + i
+        d = rnd.choice("ns")
+        lines.append("road,camera=%s,lane=%s,dir=%s speed=%d %d" %
+                     (cam.replace(",", "\\,").replace("=", "\\="), lane, d, rnd.randint(30, 130), t))
+        m["road"].append(({"camera": cam, "lane": lane}, t))
+    for i in range(60):
+        tags = {"host": "h%d" % rnd.randint(1, 4), "dc": rnd.choice(["eu", "us"])}
+        if rnd.random() < 0.3:
+            tags["rack"] = "r%d" % rnd.randint(1, 2)
+        t = T0 * NS + rnd.randrange(0, 86400) * NS
+        lines.append("hosts,%s usage=%d %d" % (",".join("%s=%s" % kv for kv in sorted(tags.items())),
+                                               rnd.randint(0, 100), t))
+        m["hosts"].append((tags, t))
+    # past a page of the catalog (1024 keys): the last keys' values too
+    for i in range(1100):
+        tags = {"host": "b%04d" % i, "dc": "zz" if i == 1099 else "eu"}
+        t = T0 * NS + i * NS
+        lines.append("hosts,dc=%s,host=%s usage=1 %d" % (tags["dc"], tags["host"], t))
+        m["hosts"].append((tags, t))
+    return "\n".join(lines) + "\n", m
+
+
+def tag_values_model(m, table, keys, where=lambda tags: True, lo=None, hi=None):
+    """SHOW TAG VALUES' rows: (tag, value) of every selected tag, sorted."""
+    out = set()
+    for tags, t in m[table]:
+        if where(tags) and (lo is None or lo <= t < hi):
+            out |= {(k, v) for k, v in tags.items() if k in keys}
+    return [list(kv) for kv in sorted(out)]
+
+
+def mode_tags(tmp, tally, events, batches):
+    """SHOW TAG VALUES of tables keyed by several tags (road=camera+lane)
+    and by every tag (hosts=*): each key tag's distinct values, as a real
+    InfluxDB 1.6 lists them and as the model says."""
+    if not os.access("/usr/bin/influxd", os.X_OK):
+        print("SKIP: influxd (Debian influxdb) is not installed")
+        sys.exit(77)
+    text, m = tag_lines()
+    st, body = http(tally.port, "/write?db=tally", text.encode())
+    check(st == 204, "write: %d %s" % (st, body))
+    step("starting influxd")
+    ref = Influx(tmp)
+    try:
+        load(ref.port, [text])
+        cases = [
+            ("SHOW TAG VALUES FROM road WITH KEY = \"lane\"", "road", {"lane"}, None),
+            ("SHOW TAG VALUES FROM road WITH KEY IN (\"camera\", \"lane\")", "road",
+             {"camera", "lane"}, None),
+            ("SHOW TAG VALUES FROM \"road\" WITH KEY =~ /^(camera|lane)$/", "road",
+             {"camera", "lane"}, None),
+            ("SHOW TAG VALUES FROM road WITH KEY = \"lane\" WHERE camera = 'KV3'", "road",
+             {"lane"}, lambda g: g["camera"] == "KV3"),
+            ("SHOW TAG VALUES FROM road WITH KEY = \"camera\" WHERE lane = '1' OR lane = '2'",
+             "road", {"camera"}, lambda g: g["lane"] in ("1", "2")),
+            ("SHOW TAG VALUES FROM road WITH KEY IN (camera, \"lane\") WHERE camera =~ /^KV[12]$/ "
+             "AND lane != '1'", "road", {"camera", "lane"},
+             lambda g: g["camera"] in ("KV1", "KV2") and g["lane"] != "1"),
+            ("SHOW TAG VALUES FROM road WITH KEY IN (\"lane\", \"camera\", \"nothere\") "
+             "LIMIT 3 OFFSET 2", "road", {"camera", "lane"}, None),
+            ("SHOW TAG VALUES FROM road WITH KEY = \"nothere\"", "road", set(), None),
+            ("SHOW TAG VALUES FROM hosts WITH KEY = \"dc\"", "hosts", {"dc"}, None),
+            ("SHOW TAG VALUES FROM hosts WITH KEY != \"dc\"", "hosts", {"host", "rack"}, None),
+            ("SHOW TAG VALUES FROM hosts WITH KEY !~ /^(dc|host)$/", "hosts", {"rack"}, None),
+            ("SHOW TAG VALUES FROM hosts WITH KEY = \"rack\" WHERE host = 'h2'", "hosts",
+             {"rack"}, lambda g: g["host"] == "h2"),
+            ("SHOW TAG VALUES WITH KEY = \"lane\"", "road", {"lane"}, None),
+        ]
+        for q, table, keys, where in cases:
+            a, b = query(tally.port, q), query(ref.port, q)
+            check(a[0] == b[0] == 200, "%s: status %d, InfluxDB %d" % (q, a[0], b[0]))
+            same(json.loads(a[1]), json.loads(b[1]), q)
+            want = tag_values_model(m, table, keys, where or (lambda g: True))
+            if "LIMIT 3 OFFSET 2" in q:
+                want = want[2:5]
+            got = series_of(json.loads(a[1]))
+            check(got == ([{"name": table, "columns": ["key", "value"], "values": want}]
+                          if want else []), "%s: %s, model %s" % (q, got, want))
+        step("%d SHOW TAG VALUES of keys of several tags equal InfluxDB's and the model"
+             % len(cases))
+    finally:
+        ref.stop()
+    # a time range: the values in the keys with events in it (InfluxDB
+    # answers by whole shards of 7 days, so against the model only)
+    lo, hi = T0 * NS + 6 * 3600 * NS, T0 * NS + 6 * 3600 * NS + 1200 * NS
+    q = ("SHOW TAG VALUES FROM road WITH KEY IN (\"camera\", \"lane\") WHERE time >= %d AND "
+         "time < %d" % (lo, hi))
+    got = series_of(json.loads(query(tally.port, q)[1]))
+    want = tag_values_model(m, "road", {"camera", "lane"}, lo=lo, hi=hi)
+    full = tag_values_model(m, "road", {"camera", "lane"})
+    check(want and len(want) < len(full), "the 20 minutes should hold some keys: %s" % want)
+    check(got == [{"name": "road", "columns": ["key", "value"], "values": want}],
+          "%s: %s, model %s" % (q, got, want))
+    # dir is a tag of the raw events only: refused by name, not guessed
+    st, body = query(tally.port, "SHOW TAG VALUES FROM road WITH KEY IN (\"lane\", \"dir\")")
+    err = json.loads(body)["results"][0].get("error", "")
+    check("\"road\"'s key tag \"camera+lane\" only, not of \"dir\"" in err,
+          "a tag outside the key: %s" % body)
+    step("SHOW TAG VALUES in a time range, and a tag outside the key refused")
+
+
 def main():
     tmp = tempfile.mkdtemp(prefix="tally-influxql-")
     tally = None
@@ -658,7 +771,7 @@ def main():
         load(tally.port, batches, "--flush-interval" in os.environ.get("TALLYD_EXTRA", ""))
         step("tallyd holds %d events (%d late)" % (len(events), batches[1].count("\n")))
         {"influxdb": mode_influxdb, "cli": mode_cli, "py": mode_py,
-         "errors": mode_errors}[MODE](tmp, tally, events, batches)
+         "errors": mode_errors, "tags": mode_tags}[MODE](tmp, tally, events, batches)
     finally:
         if tally:
             tally.stop()

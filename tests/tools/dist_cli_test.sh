@@ -78,6 +78,14 @@ awk -v m="$med" 'BEGIN { d = m - 55; if (d < 0) d = -d; exit !(d <= 55 / 128) }'
 # InfluxQL's median a warning in its statement's messages
 got=$(curl -sf "http://127.0.0.1:$http/api/v1/dist?table=traffic&field=speed&key=KV1&from=2025-01-01&to=2025-01-02&q=0.5")
 [[ "$got" == *'],"error":0.0078125}' ]] || fail "/api/v1/dist of a sketch: '$got'"
+# CSV has no end to say it at: each row's last column, error, does
+got=$(curl -sf "http://127.0.0.1:$http/api/v1/dist?table=traffic&field=speed&key=KV1&from=2025-01-01&to=2025-01-02&q=0.5&above=60&format=csv" | tr '\n' ' ')
+[[ "$got" == 'time,count,q=0.5,above=60,error 2025-01-01T00:00:00Z,10,'*',0.0078125 ' ]] ||
+  fail "/api/v1/dist?format=csv of a sketch: '$got'"
+# per 5-minute window: both were kept as sketches, each row says so
+got=$(curl -sf "http://127.0.0.1:$http/api/v1/dist?table=traffic&field=speed&key=KV1&from=2025-01-01&to=2025-01-02&step=5m&format=csv" | tr '\n' ' ')
+[[ "$got" == 'time,count,q=0.5,q=0.85,error 2025-01-01T00:00:00Z,5,'*',0.0078125 2025-01-01T00:05:00Z,5,'*',0.0078125 ' ]] ||
+  fail "/api/v1/dist?format=csv&step=5m of sketches: '$got'"
 got=$(curl -sfG "http://127.0.0.1:$http/query" --data-urlencode db=tally --data-urlencode \
   "q=SELECT median(speed) FROM traffic WHERE camera = 'KV1' AND time >= '2025-01-01T00:00:00Z' AND time < '2025-01-02T00:00:00Z'")
 [[ "$got" == *'"messages":[{"level":"warning","text":"approximate: '*'relative error 0.0078125"}]'* ]] ||

@@ -1,0 +1,477 @@
+/*
+ * test_cluster_dist.c — distributions across nodes (docs/cluster.md,
+ * "Distributions across nodes").
+ *
+ * Three tallyd on loopback keep traffic.speed as a distribution at 0.1,
+ * cameras spread over them (camera i on node i % 3, one camera on all
+ * three), and a fourth holds every event: the reference. #!dist (V85,
+ * median, count above and below, a histogram) over aligned and unaligned
+ * ranges asked of any node equals the reference's answer and brute force
+ * (nearest rank, docs/api.md); so do /api/v1/dist, with and without a
+ * step, and InfluxQL's PERCENTILE and MEDIAN. The catalog (#!tables,
+ * #!keylist, /api/v1/tables, fields, keys) is the union of the nodes',
+ * equal to the reference's. A SIGSTOPped node fails the answer, or is
+ * named after END ... PARTIAL / in "partial".
+ */
+#include <arpa/inet.h>
+#include <criterion/criterion.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+
+#include "fandist.h"
+#include "srvutil.h"
+
+#define NCAM  6
+#define SPLIT 5 /* this camera's events are on every node */
+#define NEV   2400
+
+static struct {
+	int cam;
+	int64_t ts;
+	int tenths; /* the speed in units of the resolution */
+} evs[NEV];
+static const int64_t T0 = INT64_C(1735689600) * 1000000000; /* 2025-01-01 */
+
+static void gen(void)
+{
+	srand(23);
+	for (int i = 0; i < NEV; i++) {
+		evs[i].cam = rand() % NCAM;
+		evs[i].ts = T0 + (int64_t)(rand() % 86000) * 1000000000 + i;
+		/* few distinct values, so that ranks fall on ties too */
+		evs[i].tenths = 400 + (rand() % 300) * 3;
+	}
+}
+
+static int node_of(int i)
+{
+	return evs[i].cam == SPLIT ? i % 3 : evs[i].cam % 3;
+}
+
+static void load(tcli *c, int node)
+{
+	for (int i = 0; i < NEV; i++)
+		if (node < 0 || node_of(i) == node)
+			tcli_sendf(c, "traffic,camera=cam%d speed=%d.%d %" PRId64 "\n", evs[i].cam,
+				   evs[i].tenths / 10, evs[i].tenths % 10, evs[i].ts);
+	tcli_sync(c, NULL, NULL);
+}
+
+static int cmp_int(const void *a, const void *b)
+{
+	int x = *(const int *)a, y = *(const int *)b;
+	return x < y ? -1 : x > y;
+}
+
+/* Brute force of cam over [from, to): the values sorted, in tenths. */
+static size_t values(int cam, int64_t from, int64_t to, int *v)
+{
+	size_t n = 0;
+	for (int i = 0; i < NEV; i++)
+		if (evs[i].cam == cam && evs[i].ts >= from && evs[i].ts < to)
+			v[n++] = evs[i].tenths;
+	qsort(v, n, sizeof *v, cmp_int);
+	return n;
+}
+
+/* The value of stat in a #!dist answer. */
+static const char *stat_of(const ttable *t, const char *name)
+{
+	for (size_t r = 1; r < t->n; r++)
+		if (!strcmp(tcell(t->rows[r], 0), name))
+			return strchr(t->rows[r], '\t') + 1;
+	cr_assert_fail("no row %s", name);
+	return NULL;
+}
+
+static void check_brute(const ttable *t, int cam, int64_t from, int64_t to)
+{
+	static int v[NEV];
+	size_t n = values(cam, from, to, v);
+	cr_assert_null(t->err, "%s", t->err);
+	cr_assert_eq(strtoull(stat_of(t, "count"), NULL, 10), n);
+	if (n) {
+		/* nearest rank: the smallest value with ceil(q N) values <= it */
+		size_t r85 = (85 * n + 99) / 100, r50 = (n + 1) / 2;
+		cr_assert_eq(strtod(stat_of(t, "q=0.85"), NULL), v[r85 - 1] / 10.0, "cam%d V85",
+			     cam);
+		cr_assert_eq(strtod(stat_of(t, "q=0.5"), NULL), v[r50 - 1] / 10.0, "cam%d median",
+			     cam);
+	}
+	uint64_t above = 0, below = 0, bins[3] = {0};
+	for (size_t i = 0; i < n; i++) {
+		above += v[i] > 900;
+		below += v[i] < 500;
+		for (int b = 0; b < 3; b++)
+			bins[b] += v[i] >= 400 + 200 * b && v[i] < 600 + 200 * b;
+	}
+	cr_assert_eq(strtoull(stat_of(t, "above=90"), NULL, 10), above);
+	cr_assert_eq(strtoull(stat_of(t, "below=50"), NULL, 10), below);
+	cr_assert_eq(strtoull(stat_of(t, "[40,60)"), NULL, 10), bins[0]);
+	cr_assert_eq(strtoull(stat_of(t, "[60,80)"), NULL, 10), bins[1]);
+	cr_assert_eq(strtoull(stat_of(t, "[80,100)"), NULL, 10), bins[2]);
+}
+
+static void same_rows(const ttable *a, const ttable *b, const char *what)
+{
+	cr_assert_null(a->err, "%s: %s", what, a->err);
+	cr_assert_null(b->err, "%s: reference: %s", what, b->err);
+	cr_assert_eq(a->n, b->n, "%s: %zu rows, want %zu", what, a->n, b->n);
+	for (size_t r = 0; r < a->n; r++)
+		cr_assert_str_eq(a->rows[r], b->rows[r], "%s: row %zu", what, r);
+}
+
+/* GET path over HTTP/1.0 (the close ends the answer): status, head and
+ * body (malloc'ed, *body; the head is kept in head[cap]). */
+static int http_get(unsigned port, const char *path, char *head, size_t cap, char **body)
+{
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_in a = {.sin_family = AF_INET,
+				.sin_port = htons((uint16_t)port),
+				.sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	cr_assert(fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof a) == 0);
+	char req[4096];
+	int k = snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", path);
+	cr_assert_eq(send(fd, req, (size_t)k, MSG_NOSIGNAL), k);
+	size_t n = 0, bc = 1 << 16;
+	char *buf = malloc(bc);
+	int64_t end = su_mono_ms() + 60000;
+	for (;;) {
+		struct pollfd p = {.fd = fd, .events = POLLIN};
+		cr_assert(su_mono_ms() < end, "GET %s: no whole answer within 60 s", path);
+		if (poll(&p, 1, 1000) <= 0)
+			continue;
+		if (n + 4096 > bc)
+			buf = realloc(buf, bc *= 2);
+		ssize_t r = recv(fd, buf + n, bc - n - 1, 0);
+		cr_assert(r >= 0);
+		if (r == 0)
+			break;
+		n += (size_t)r;
+	}
+	close(fd);
+	buf[n] = 0;
+	char *sep = strstr(buf, "\r\n\r\n");
+	cr_assert_not_null(sep, "GET %s: %s", path, buf);
+	int status = 0;
+	cr_assert_eq(sscanf(buf, "HTTP/1.%*d %d", &status), 1);
+	*sep = 0;
+	snprintf(head, cap, "%s", buf);
+	*body = strdup(sep + 4);
+	free(buf);
+	return status;
+}
+
+/* The body of path on node port equals the reference's, byte for byte. */
+static void same_http(unsigned port, unsigned ref, const char *path)
+{
+	char h1[2048], h2[2048], *b1, *b2;
+	int s1 = http_get(port, path, h1, sizeof h1, &b1),
+	    s2 = http_get(ref, path, h2, sizeof h2, &b2);
+	cr_assert_eq(s1, 200, "%s: %d %s", path, s1, b1);
+	cr_assert_eq(s2, 200, "%s: reference %d %s", path, s2, b2);
+	cr_assert_str_eq(b1, b2, "%s", path);
+	cr_assert_null(strstr(h1, "X-Tally-Partial"), "%s", h1);
+	free(b1);
+	free(b2);
+}
+
+/* InfluxQL statement q (spaces as +, quotes as %27) on both. */
+static void same_iql(unsigned port, unsigned ref, const char *q)
+{
+	char path[2048];
+	snprintf(path, sizeof path, "/query?db=tally&q=%s", q);
+	char h[2048], *b;
+	cr_assert_eq(http_get(port, path, h, sizeof h, &b), 200);
+	cr_assert(strstr(b, "\"series\"") && !strstr(b, "\"error\""), "%s: %s", q, b);
+	free(b);
+	same_http(port, ref, path);
+}
+
+static void start_node(tsrv *s, unsigned port, const char *others)
+{
+	char p[16];
+	snprintf(p, sizeof p, "%u", port);
+	const char *args[] = {"--port",
+			      p,
+			      "--peers",
+			      others,
+			      "--peer-timeout",
+			      "2s",
+			      "--distributions",
+			      "traffic.speed:0.1",
+			      "--log-level",
+			      "warn",
+			      NULL};
+	tsrv_spawn(s, args, 1);
+	cr_assert_eq(s->port, port);
+}
+
+#define DQ                                                  \
+	"#!dist traffic speed cam%d %" PRId64 "ns %" PRId64 \
+	"ns q=0.85 q=0.5 above=90 below=50 hist=40,60,80,100"
+
+Test(cluster_dist, three_nodes_answer_like_one, .timeout = 280)
+{
+	gen();
+	unsigned ports[3];
+	tsrv n[3], ref;
+	tcli *c[3], *rc;
+	for (int i = 0; i < 3; i++)
+		ports[i] = su_free_port();
+	for (int i = 0; i < 3; i++) {
+		char others[64];
+		snprintf(others, sizeof others, "127.0.0.1:%u,127.0.0.1:%u", ports[(i + 1) % 3],
+			 ports[(i + 2) % 3]);
+		tdir_make(&n[i]);
+		start_node(&n[i], ports[i], others);
+	}
+	tdir_make(&ref);
+	tsrv_spawn(&ref,
+		   (const char *[]){"--distributions", "traffic.speed:0.1", "--log-level", "warn",
+				    NULL},
+		   1);
+	rc = tcli_open(ref.port);
+	for (int i = 0; i < 3; i++) {
+		c[i] = tcli_open(n[i].port);
+		load(c[i], i);
+	}
+	load(rc, -1);
+
+	/* #!dist over aligned (whole hours and the day) and unaligned ranges */
+	srand(7);
+	for (int round = 0; round < 30; round++) {
+		int cam = round % NCAM, node = round % 3;
+		int64_t from, to;
+		if (round % 3 == 0) {
+			from = T0 + (int64_t)(rand() % 12) * 3600000000000;
+			to = round % 2 ? T0 + 86400000000000 : from + 3 * 3600000000000;
+		} else {
+			from = T0 + (int64_t)(rand() % 80000) * 1000000000 + rand() % 1000;
+			to = from + (int64_t)(1 + rand() % 40000) * 1000000000 + rand() % 1000;
+		}
+		ttable a, b;
+		tcli_query(c[node], &a, DQ, cam, from, to);
+		tcli_query(rc, &b, DQ, cam, from, to);
+		same_rows(&a, &b, "dist");
+		check_brute(&a, cam, from, to);
+		ttable_free(&a);
+		ttable_free(&b);
+	}
+
+	/* a node's part as pairs (#!fanout off): only its own values */
+	ttable t;
+	tcli_sendf(c[1], "#!fanout off\n");
+	free(tcli_expect(c[1], "OK fanout off"));
+	tcli_query(c[1], &t, "#!dist traffic speed cam%d 2025-01-01 2025-01-02 pairs", SPLIT);
+	cr_assert_null(t.err, "%s", t.err);
+	cr_assert_str_eq(t.rows[0], "exp\tkind\tunits\tcount");
+	uint64_t own = 0, mine = 0;
+	for (size_t r = 1; r < t.n; r++) {
+		cr_assert_str_eq(tcell(t.rows[r], 0), "-1");
+		cr_assert_str_eq(tcell(t.rows[r], 1), "exact");
+		own += strtoull(tcell(t.rows[r], 3), NULL, 10);
+	}
+	for (int i = 0; i < NEV; i++)
+		mine += evs[i].cam == SPLIT && node_of(i) == 1;
+	cr_assert_eq(own, mine);
+	ttable_free(&t);
+	tcli_sendf(c[1], "#!fanout fail\n");
+	free(tcli_expect(c[1], "OK fanout fail"));
+
+	/* a field no node holds: an error naming it, not a crash of the
+	 * node asked (fan_run used to read the cleared error) */
+	tcli_query(c[0], &t, "#!agg traffic nosuch cam1 2025-01-01 2025-01-02");
+	cr_assert(t.err && strstr(t.err, "nosuch"), "%s", t.err ? t.err : "answered");
+	ttable_free(&t);
+	tcli_query(c[0], &t, "#!dist traffic nosuch cam1 2025-01-01 2025-01-02");
+	cr_assert(t.err && strstr(t.err, "nosuch"), "%s", t.err ? t.err : "answered");
+	ttable_free(&t);
+
+	/* HTTP: /api/v1/dist with and without a step; InfluxQL */
+	unsigned hp[3], href = tsrv_http_port(&ref);
+	for (int i = 0; i < 3; i++)
+		hp[i] = tsrv_http_port(&n[i]);
+	for (int cam = 0; cam < NCAM; cam++) {
+		char path[512];
+		snprintf(
+			path, sizeof path,
+			"/api/v1/dist?table=traffic&field=speed&key=cam%d&from=2025-01-01T01:02:03Z"
+			"&to=2025-01-01T20:00:00.5Z&q=0.85,0.5&above=90&edges=40,60,80,100%s",
+			cam, cam % 2 ? "&step=1h" : "");
+		same_http(hp[cam % 3], href, path);
+		snprintf(path, sizeof path,
+			 "SELECT+PERCENTILE(speed,85),MEDIAN(speed)+FROM+traffic+WHERE+camera=%%"
+			 "27cam%d"
+			 "%%27+AND+time+>=+%%272025-01-01T00:10:00Z%%27+AND+time+<+%%272025-01-01T"
+			 "23:00:00Z%%27+GROUP+BY+time(2h)",
+			 cam);
+		same_iql(hp[(cam + 1) % 3], href, path);
+	}
+
+	/* The catalog: a table on node 1 only, a field on node 2 only; the
+	 * union of every node's equals the reference's catalog */
+	tcli_sendf(c[1], "site,id=s1 level=3i %" PRId64 "\n", T0);
+	tcli_sync(c[1], NULL, NULL);
+	tcli_sendf(rc, "site,id=s1 level=3i %" PRId64 "\n", T0);
+	tcli_sync(rc, NULL, NULL);
+	tcli_sendf(c[2], "traffic,camera=cam2 flow=4i %" PRId64 "\n", T0 + 5);
+	tcli_sync(c[2], NULL, NULL);
+	tcli_sendf(rc, "traffic,camera=cam2 flow=4i %" PRId64 "\n", T0 + 5);
+	tcli_sync(rc, NULL, NULL);
+	for (int i = 0; i < 3; i++) {
+		ttable a, b;
+		tcli_query(c[i], &a, "#!tables");
+		tcli_query(rc, &b, "#!tables");
+		same_rows(&a, &b, "tables");
+		cr_assert_eq(a.n, 4, "%zu rows", a.n); /* header, level, flow, speed */
+		ttable_free(&a);
+		ttable_free(&b);
+		tcli_query(c[i], &a, "#!keylist traffic");
+		tcli_query(rc, &b, "#!keylist traffic");
+		same_rows(&a, &b, "keylist");
+		cr_assert_eq(a.n, NCAM + 1);
+		ttable_free(&a);
+		ttable_free(&b);
+		static const char *const cat[] = {
+			"/api/v1/tables",
+			"/api/v1/tables?format=csv",
+			"/api/v1/fields?table=traffic",
+			"/api/v1/fields?table=site&format=csv",
+			"/api/v1/keys?table=traffic",
+			"/api/v1/keys?table=traffic&prefix=cam&limit=4",
+			"/api/v1/keys?table=site&format=csv",
+		};
+		for (size_t k = 0; k < sizeof cat / sizeof cat[0]; k++)
+			same_http(hp[i], href, cat[k]);
+		same_iql(hp[i], href, "SHOW+MEASUREMENTS");
+		same_iql(hp[i], href, "SHOW+FIELD+KEYS");
+		same_iql(hp[i], href, "SHOW+FIELD+KEYS+FROM+traffic");
+	}
+	{
+		char h[2048], *b;
+		int st = http_get(hp[0], "/api/v1/fields?table=nosuch", h, sizeof h, &b);
+		cr_assert(st == 404 && strstr(b, "nosuch"), "%d %s", st, b);
+		free(b);
+	}
+
+	/* A stopped node: the answer fails naming it, or is marked */
+	char port2[16];
+	snprintf(port2, sizeof port2, ":%u", ports[2]);
+	kill(n[2].pid, SIGSTOP);
+	tsrv_wait_stopped(n[2].pid);
+	tcli_query(c[0], &t, DQ, SPLIT, T0, T0 + 86400000000000);
+	cr_assert(t.err && strstr(t.err, "did not answer") && strstr(t.err, port2), "%s",
+		  t.err ? t.err : "answered");
+	ttable_free(&t);
+	tcli_sendf(c[0], "#!fanout partial\n");
+	free(tcli_expect(c[0], "OK fanout partial"));
+	tcli_sendf(c[0], DQ "\n", SPLIT, T0, T0 + 86400000000000);
+	char *l;
+	int saw_end = 0;
+	while ((l = tcli_line(c[0], 30000))) {
+		cr_assert(strncmp(l, "ERR", 3), "%s", l);
+		if (!strncmp(l, "END ", 4)) {
+			cr_assert(strstr(l, " PARTIAL ") && strstr(l, port2), "%s", l);
+			saw_end = 1;
+		}
+		free(l);
+		if (saw_end)
+			break;
+	}
+	cr_assert(saw_end);
+	char h[2048], *b;
+	char path[512];
+	snprintf(path, sizeof path,
+		 "/api/v1/dist?table=traffic&field=speed&key=cam%d&from=2025-01-01&to=2025-01-02",
+		 SPLIT);
+	int st = http_get(hp[0], path, h, sizeof h, &b);
+	cr_assert(st == 503 && strstr(b, port2), "%d %s", st, b);
+	free(b);
+	strcat(path, "&partial=mark");
+	st = http_get(hp[0], path, h, sizeof h, &b);
+	cr_assert(st == 200 && strstr(b, "\"partial\"") && strstr(h, "X-Tally-Partial") &&
+			  strstr(h, port2),
+		  "%d %s %s", st, h, b);
+	free(b);
+	st = http_get(hp[0], "/api/v1/tables", h, sizeof h, &b);
+	cr_assert(st == 503 && strstr(b, port2), "%d %s", st, b);
+	free(b);
+	st = http_get(hp[0], "/api/v1/keys?table=traffic&partial=mark", h, sizeof h, &b);
+	cr_assert(st == 200 && strstr(b, "\"partial\"") && strstr(h, port2), "%d %s", st, b);
+	free(b);
+	tcli_sendf(c[1], "#!tables\n");
+	l = tcli_line(c[1], 30000);
+	cr_assert(l && !strncmp(l, "ERR", 3) && strstr(l, port2), "%s", l ? l : "no answer");
+	free(l);
+
+	kill(n[2].pid, SIGCONT);
+	for (int i = 0; i < 3; i++)
+		tcli_close(c[i]);
+	tcli_close(rc);
+	for (int i = 0; i < 3; i++)
+		cr_assert_eq(tsrv_wait(&n[i], SIGTERM), 0);
+	cr_assert_eq(tsrv_wait(&ref, SIGTERM), 0);
+	for (int i = 0; i < 3; i++)
+		tdir_remove(&n[i]);
+	tdir_remove(&ref);
+}
+
+/* The merge of the nodes' pairs (fandist_read), without servers: an exact
+ * part and a sketch make a sketch that says so; parts at two resolutions
+ * and a malformed row are errors naming what is wrong. */
+static int merged(const char *text, tally_dist **d, char *err)
+{
+	fan_reader rd;
+	fan_reader_open(&rd, text, strlen(text));
+	return fandist_read(&rd, d, err, 300);
+}
+
+Test(cluster_dist, pairs_of_exact_and_sketch_parts_merge_into_a_sketch)
+{
+	char err[300];
+	tally_dist *d;
+	cr_assert_eq(merged("exp\tkind\tunits\tcount\n"
+			    "-1\texact\t573\t2\n-1\texact\t600\t1\n"
+			    "-1\texact\t573\t4\n"
+			    "END 3\n",
+			    &d, err),
+		     0, "%s", err);
+	double v;
+	cr_assert_eq(tally_dist_count(d), 7);
+	cr_assert_eq(tally_dist_error(d), 0);
+	cr_assert_eq(tally_dist_quantile(d, 0.85, &v), 0); /* rank 6 of 7: 57.3 */
+	cr_assert_eq(v, 57.3);
+	cr_assert_eq(tally_dist_quantile(d, 0.9, &v), 0); /* rank 7 */
+	cr_assert_eq(v, 60.0);
+	cr_assert_eq(tally_dist_count_below(d, 60), 6);
+	tally_dist_free(d);
+
+	/* node 1 exact, node 2 a sketch (two of its logarithmic buckets) */
+	cr_assert_eq(merged("exp\tkind\tunits\tcount\n"
+			    "-1\texact\t573\t2\n"
+			    "-1\tsketch\t413\t1\n-1\tsketch\t416\t3\n"
+			    "END 3\n",
+			    &d, err),
+		     0, "%s", err);
+	cr_assert_eq(tally_dist_count(d), 6);
+	cr_assert_gt(tally_dist_error(d), 0, "a sketch part makes the whole a sketch");
+	tally_dist_free(d);
+
+	cr_assert_eq(merged("exp\tkind\tunits\tcount\n-1\texact\t573\t2\n0\texact\t57\t1\nEND 2\n",
+			    &d, err),
+		     TALLY_EINVAL);
+	cr_assert(strstr(err, "do not merge"), "%s", err);
+	cr_assert_eq(merged("exp\tkind\tunits\tcount\n-1\texact\t573\t2\n-1\tbogus\t1\t1\nEND 2\n",
+			    &d, err),
+		     TALLY_EINVAL);
+	cr_assert(strstr(err, "row 2") && strstr(err, "bogus"), "%s", err);
+	cr_assert_eq(merged("exp\tkind\tunits\tcount\n-1\texact\t573\t0\nEND 1\n", &d, err),
+		     TALLY_EINVAL);
+	/* no rows: an empty distribution */
+	cr_assert_eq(merged("exp\tkind\tunits\tcount\nEND 0\n", &d, err), 0, "%s", err);
+	cr_assert_eq(tally_dist_count(d), 0);
+	cr_assert_eq(tally_dist_quantile(d, 0.5, &v), TALLY_ENOTFOUND);
+	tally_dist_free(d);
+}
