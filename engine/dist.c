@@ -67,8 +67,10 @@ static int cmp_pair(const void *x, const void *y)
  * coarser window or a range usually span a few thousand units of the
  * resolution (speeds at 0.1 km/h): then a count per unit, walked once,
  * adds them up in time linear in pairs plus span; else a sort of
- * (value, count) records. */
-int dist_combine(int64_t *v, uint64_t *c, size_t n, size_t *k)
+ * (value, count) records. The counts live in *buf (*cap of them, all
+ * zero; grown as needed and left all zero), so that a flush adding up
+ * many windows allocates them once. */
+static int combine(int64_t *v, uint64_t *c, size_t n, size_t *k, uint64_t **buf, size_t *cap)
 {
 	*k = 0;
 	if (!n)
@@ -103,17 +105,23 @@ int dist_combine(int64_t *v, uint64_t *c, size_t n, size_t *k)
 	}
 	uint64_t span = (uint64_t)hi - (uint64_t)lo + 1;
 	if (span <= 4 * (uint64_t)n + 4096) {
-		uint64_t *cnt = mem_calloc(span, sizeof *cnt);
-		if (!cnt)
-			return err_set(-ENOMEM, "out of memory");
+		if (*cap < span) {
+			uint64_t *nb = mem_calloc(span, sizeof *nb);
+			if (!nb)
+				return err_set(-ENOMEM, "out of memory");
+			mem_free(*buf);
+			*buf = nb;
+			*cap = span;
+		}
+		uint64_t *cnt = *buf;
 		for (size_t i = 0; i < n; i++)
 			cnt[v[i] - lo] += c[i];
 		for (uint64_t u = 0; u < span; u++)
 			if (cnt[u]) {
 				v[*k] = lo + (int64_t)u;
 				c[(*k)++] = cnt[u];
+				cnt[u] = 0;
 			}
-		mem_free(cnt);
 		return 0;
 	}
 	int64_t *rec = mem_alloc(n * 16);
@@ -134,6 +142,15 @@ int dist_combine(int64_t *v, uint64_t *c, size_t n, size_t *k)
 	}
 	mem_free(rec);
 	return 0;
+}
+
+int dist_combine(int64_t *v, uint64_t *c, size_t n, size_t *k)
+{
+	uint64_t *buf = NULL;
+	size_t cap = 0;
+	int rc = combine(v, c, n, k, &buf, &cap);
+	mem_free(buf);
+	return rc;
 }
 
 void dstate_release(dstate *d)
@@ -405,28 +422,37 @@ static void dist_release_fn(void *st)
  * codec then packs in a few bits each (kind 2 interleaved the firsts
  * with the steps, which widened every frame). docs/formats.md has a
  * worked example.
+ *
+ * Only the counts are offered to zstd: a coarse window's counts rise and
+ * fall with the bell of the speeds, which zstd finds (0.067 byte an
+ * event in bench_dist), while the heads, firsts and gaps are as good as
+ * random once bit-packed: trying zstd on them cost 7% of the encoding's
+ * instructions for 0.002 byte an event. Each stream's transform is named,
+ * not measured (the codec's estimate of all three cost a tenth more):
+ * heads and firsts trend, so deltas; gaps and counts do not, so as they
+ * are, which is what the estimate chose for nearly every block.
  */
 static int put_block(codec_ctx *cx, enum codec_kind kind, const void *vals, uint32_t n,
-		     codec_buf *out)
+		     const codec_opts *opt, codec_buf *out)
 {
 	size_t at = out->len;
 	int rc = codec_buf_reserve(out, 4);
 	if (rc)
 		return err_set(rc, "out of memory");
 	out->len += 4;
-	if ((rc = codec_encode(cx, kind, vals, NULL, n, NULL, out, NULL)))
+	if ((rc = codec_encode(cx, kind, vals, NULL, n, opt, out, NULL)))
 		return rc;
 	le_put32(out->p + at, (uint32_t)(out->len - at - 4));
 	return 0;
 }
 
 static int put_stream(codec_ctx *cx, enum codec_kind kind, const uint64_t *vals, uint64_t n,
-		      codec_buf *out)
+		      const codec_opts *opt, codec_buf *out)
 {
 	int rc = 0;
 	for (uint64_t k = 0; k < n && !rc; k += CODEC_BLOCK_MAX) {
 		uint32_t m = n - k < CODEC_BLOCK_MAX ? (uint32_t)(n - k) : CODEC_BLOCK_MAX;
-		rc = put_block(cx, kind, vals + k, m, out);
+		rc = put_block(cx, kind, vals + k, m, opt, out);
 	}
 	return rc;
 }
@@ -476,10 +502,14 @@ static int dist_encode(codec_ctx *cx, const void *buckets, uint32_t n, codec_buf
 	le_put32(out->p + out->len, (uint32_t)exp);
 	le_put32(out->p + out->len + 4, max);
 	out->len += 8;
-	if (!(rc = put_stream(cx, CODEC_U64, head, n, out)) &&
-	    !(rc = put_stream(cx, CODEC_I64, first, m, out)) &&
-	    !(rc = put_stream(cx, CODEC_U64, gap, total - m, out)))
-		rc = put_stream(cx, CODEC_U64, cnt, total, out);
+	/* the comment above the payload says why */
+	static const codec_opts trends = {.zstd_level = -1, .order = CODEC_ORDER_DELTA};
+	static const codec_opts flat = {.zstd_level = -1, .order = CODEC_ORDER_VALUE};
+	static const codec_opts counts = {.order = CODEC_ORDER_VALUE};
+	if (!(rc = put_stream(cx, CODEC_U64, head, n, &trends, out)) &&
+	    !(rc = put_stream(cx, CODEC_I64, first, m, &trends, out)) &&
+	    !(rc = put_stream(cx, CODEC_U64, gap, total - m, &flat, out)))
+		rc = put_stream(cx, CODEC_U64, cnt, total, &counts, out);
 out:
 	mem_free(rb);
 	mem_free(head);
@@ -756,11 +786,15 @@ int dcol_from_rows(dcol *dc, const levels *L, const int64_t *ts, const double *v
 {
 	dc->w = NULL;
 	dc->n = 0;
+	dc->cnt = NULL;
+	dc->cnt_cap = 0;
 	dc->v = mem_alloc((n ? n : 1) * sizeof *dc->v);
 	dc->c = mem_alloc((n ? n : 1) * sizeof *dc->c);
+	dc->lv_v = mem_alloc((n ? n : 1) * sizeof *dc->lv_v);
+	dc->lv_c = mem_alloc((n ? n : 1) * sizeof *dc->lv_c);
 	/* at most one window per value */
 	dc->w = mem_alloc((n ? n : 1) * sizeof *dc->w);
-	if (!dc->v || !dc->c || !dc->w)
+	if (!dc->v || !dc->c || !dc->lv_v || !dc->lv_c || !dc->w)
 		return err_set(-ENOMEM, "out of memory");
 	size_t k = 0; /* pairs kept so far */
 	for (size_t i = 0; i < n;) {
@@ -770,7 +804,7 @@ int dcol_from_rows(dcol *dc, const levels *L, const int64_t *ts, const double *v
 			dc->v[k + j - i] = dist_index(v[j], dc->exp);
 			dc->c[k + j - i] = 1;
 		}
-		if (dist_combine(dc->v + k, dc->c + k, j - i, &m))
+		if (combine(dc->v + k, dc->c + k, j - i, &m, &dc->cnt, &dc->cnt_cap))
 			return -ENOMEM;
 		dbucket *o = &dc->w[dc->n++];
 		o->start = start;
@@ -794,17 +828,22 @@ void dcol_clear(dcol *dc)
 	mem_free(dc->w);
 	mem_free(dc->v);
 	mem_free(dc->c);
+	mem_free(dc->lv_v);
+	mem_free(dc->lv_c);
+	mem_free(dc->cnt);
 	dc->w = NULL;
-	dc->v = NULL;
-	dc->c = NULL;
 	dc->n = 0;
+	dc->v = dc->lv_v = NULL;
+	dc->c = dc->lv_c = dc->cnt = NULL;
+	dc->cnt_cap = 0;
 }
 
-int dcol_level(const dcol *dc, const rlevel *lv, const levels *L, unsigned l, int64_t a, int64_t b,
+int dcol_level(dcol *dc, const rlevel *lv, const levels *L, unsigned l, int64_t a, int64_t b,
 	       dbucket **out, uint32_t *n, uint32_t *cap)
 {
 	*n = 0;
 	uint32_t j = starts_lower(dc->w, sizeof *dc->w, dc->n, a);
+	size_t at = 0; /* pairs of dc->lv_v / lv_c handed out so far */
 	for (uint32_t i = rollup_lower(lv, a); i < lv->n && lv->b[i].start < b; i++) {
 		if (!lv->b[i].a.count)
 			continue;
@@ -824,19 +863,23 @@ int dcol_level(const dcol *dc, const rlevel *lv, const levels *L, unsigned l, in
 		/* the finest windows of this one: their pairs gathered into one
 		 * list and added up once (merging them two at a time cost a
 		 * day's window 288 copies of a growing list); if one of them is
-		 * a sketch, the others' values go in as its buckets */
+		 * a sketch, the others' values go in as its buckets. The list
+		 * lies in dc's level scratch: a finest window is in one window of
+		 * the level, so the level's lists fit where the finest ones do */
 		int64_t end = o->start + L->w[l];
-		uint64_t total = 0;
 		uint32_t j0;
 		int sk = 0;
 		while (j < dc->n && dc->w[j].start < o->start)
 			j++;
+		uint64_t total = 0;
 		for (j0 = j; j < dc->n && dc->w[j].start < end; j++) {
 			total += dc->w[j].d.n;
 			sk |= dc->w[j].d.sketch;
 		}
-		if (total > UINT32_MAX / 2 || dstate_reserve(&o->d, total ? (uint32_t)total : 1))
+		if (total > UINT32_MAX / 2)
 			goto nomem;
+		o->d.v = dc->lv_v + at; /* borrowed: cap 0 */
+		o->d.c = dc->lv_c + at;
 		size_t k = 0;
 		for (uint32_t x = j0; x < j; x++) {
 			const dstate *w = &dc->w[x].d;
@@ -846,19 +889,19 @@ int dcol_level(const dcol *dc, const rlevel *lv, const levels *L, unsigned l, in
 			}
 			k += w->n;
 		}
-		if (j - j0 > 1 || sk ? dist_combine(o->d.v, o->d.c, k, &k) : 0)
+		if (j - j0 > 1 || sk ? combine(o->d.v, o->d.c, k, &k, &dc->cnt, &dc->cnt_cap) : 0)
 			goto nomem;
 		o->d.n = (uint32_t)k;
 		o->d.sketch = (uint32_t)sk;
 		if (!sk && dc->max && k > dc->max)
 			dstate_to_sketch(&o->d);
+		at += o->d.n;
 		/* the level's own bucket is the basic aggregate, bit for bit as
 		 * the basic kind would store it */
 		o->d.a = lv->b[i].a;
 	}
 	return 0;
 nomem:
-	dist_release_buckets(*out, *n);
 	*n = 0;
 	return err_set(-ENOMEM, "out of memory");
 }

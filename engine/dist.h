@@ -111,6 +111,14 @@ typedef struct dcol {
 	uint32_t max; /* the field's bound on a window's distinct values */
 	int64_t *v;
 	uint64_t *c;
+	/* dcol_level's scratch, kept across levels: the pairs of one level's
+	 * windows (never more than the finest windows hold, as each of those
+	 * lies in one window of any level), and a count per unit of the
+	 * resolution for adding them up, all zero between uses */
+	int64_t *lv_v;
+	uint64_t *lv_c;
+	uint64_t *cnt;
+	size_t cnt_cap;
 } dcol;
 
 /* Builds the windows of dc (exp and max set, nothing else) from n values
@@ -121,9 +129,11 @@ void dcol_clear(dcol *dc);
 
 /* The windows of level l with start in [a, b): the basic aggregates from
  * lv (the memtable's buckets of that level, which have exactly these
- * windows) and the distributions added up from dc's finest windows. *out grows as needed
- * (*cap buckets); the states own their arrays: dist_release_buckets. */
-int dcol_level(const dcol *dc, const rlevel *lv, const levels *L, unsigned l, int64_t a, int64_t b,
+ * windows) and the distributions added up from dc's finest windows. *out
+ * grows as needed (*cap buckets); the states borrow their arrays from dc,
+ * valid until its next dcol_level or dcol_clear (dist_release_buckets
+ * leaves them be). */
+int dcol_level(dcol *dc, const rlevel *lv, const levels *L, unsigned l, int64_t a, int64_t b,
 	       dbucket **out, uint32_t *n, uint32_t *cap);
 void dist_release_buckets(dbucket *b, uint32_t n);
 

@@ -15,10 +15,10 @@
 /* docs/formats.md, "dist": the bytes after the basic payload */
 #define DOC_EXACT                                                                           \
 	"ffffffff 00100000 07000000 02030001 0d010808 00000002 0200010d 01a80d07 00000002 " \
-	"0300010d 01680900 00000203 00020d01 000000"
+	"0300010c 01680900 00000203 00020c01 000000"
 #define DOC_SKETCH                                                                          \
 	"ffffffff 00100000 07000000 02030001 0d010a08 00000002 0200010d 01e20607 00000002 " \
-	"0300010d 01060900 00000203 00020d01 000000"
+	"0300010c 01060900 00000203 00020c01 000000"
 
 #define T0   INT64_C(1700006400000000000) /* a UTC midnight + 1 day */
 #define CAMS 3
@@ -585,6 +585,124 @@ Test(dist, the_documented_block_bytes)
 		codec_buf_free(&arena);
 	}
 	codec_ctx_free(cx);
+}
+
+/* The pairs a level's window [s, s + w) must hold: the rows' values at
+ * 0.1 counted, as sketch buckets when *sk or when more than max. *k pairs
+ * into v and c; *sk says which. */
+static void brute_window(const int64_t *ts, const double *x, size_t n, int64_t s, int64_t w,
+			 uint32_t max, int *sk, int64_t *v, uint64_t *c, size_t *k)
+{
+	for (int pass = 0; pass < 2; pass++) {
+		size_t m = 0;
+		for (size_t i = 0; i < n; i++)
+			if (ts[i] >= s && ts[i] < s + w) {
+				int64_t idx = dist_index(x[i], -1);
+				v[m] = *sk ? dist_sketch_key(idx) : idx;
+				c[m++] = 1;
+			}
+		cr_assert_eq(dist_combine(v, c, m, k), 0);
+		if (*sk || *k <= max)
+			return;
+		*sk = 1;
+	}
+}
+
+/* A flush builds every level's windows in one scratch that dcol_level
+ * hands out, and adds coarse windows up in one count array it reuses,
+ * left zero after each window: every level's windows, in order, equal
+ * brute force, with windows of a few values (insertion sort), a bell of
+ * speeds (the count array), values far apart (a sort) and, under a bound
+ * of 50, a 5-minute window past it and coarse windows past it (sketches;
+ * under the default bound every window is exact). */
+Test(dist, flush_levels_borrow_one_scratch_and_add_up_exactly)
+{
+	const levels L = {3, {TALLY_5M, TALLY_1H, TALLY_1D}, 0};
+	const int64_t t0 = INT64_C(1700006400000000000), span = 2 * TALLY_1D;
+	const int64_t t60 = t0 + 30 * TALLY_1H + 1000; /* the 60 values */
+	size_t n = 0, cap = 2 * 86400 / 7 + 200;
+	int64_t *ts = malloc(cap * sizeof *ts);
+	double *x = malloc(cap * sizeof *x);
+	tu_rng r = {tu_seed("flush_levels")};
+	for (int64_t t = t0; t < t0 + span; t += 7 * TALLY_NS_PER_SEC) {
+		int64_t h = (t - t0) / TALLY_1H;
+		ts[n] = t;
+		if (h == 5) /* an hour of values far apart */
+			x[n] = (tu_below(&r, 2) ? 90000.0 : -40.0) + (double)tu_below(&r, 5) / 10;
+		else
+			x[n] = (double)(300 + tu_below(&r, 400) + tu_below(&r, 400)) / 10;
+		n++;
+	}
+	for (int i = 0; i < 60; i++) {
+		ts[n] = t60 + i;
+		x[n++] = 1000 + i;
+	}
+	/* the rows in time order, as a flush has them */
+	for (size_t i = 1; i < n; i++)
+		for (size_t j = i; j && ts[j - 1] > ts[j]; j--) {
+			int64_t a = ts[j];
+			double b = x[j];
+			ts[j] = ts[j - 1];
+			x[j] = x[j - 1];
+			ts[j - 1] = a;
+			x[j - 1] = b;
+		}
+	int64_t *bv = malloc(n * sizeof *bv);
+	uint64_t *bc = malloc(n * sizeof *bc);
+	dbucket *out = NULL;
+	uint32_t nout, cap_out = 0;
+	const uint32_t maxes[] = {50, DIST_MAX_DEFAULT};
+	for (unsigned mi = 0; mi < 2; mi++) {
+		dcol dc = {.exp = -1, .max = maxes[mi]};
+		cr_assert_eq(dcol_from_rows(&dc, &L, ts, x, n), 0);
+		uint32_t sketches = 0, exact = 0;
+		for (unsigned l = 0; l < L.n; l++) {
+			/* the level's windows as the memtable has them */
+			int64_t w = L.w[l];
+			rlevel lv = {.n = (uint32_t)(span / w)};
+			lv.b = calloc(lv.n, sizeof *lv.b);
+			for (uint32_t i = 0; i < lv.n; i++) {
+				lv.b[i].start = t0 + (int64_t)i * w;
+				ragg_init(&lv.b[i].a);
+			}
+			for (size_t i = 0; i < n; i++)
+				ragg_add(&lv.b[(ts[i] - t0) / w].a, x[i]);
+			cr_assert_eq(
+				dcol_level(&dc, &lv, &L, l, t0, t0 + span, &out, &nout, &cap_out),
+				0);
+			cr_assert_eq(nout, lv.n);
+			for (uint32_t i = 0; i < nout; i++) {
+				const dstate *d = &out[i].d;
+				int64_t s = out[i].start;
+				cr_assert_eq(s, lv.b[i].start);
+				cr_assert_eq(d->a.count, lv.b[i].a.count);
+				cr_assert_eq(d->cap, 0, "level %u window %u: its pairs are dc's", l,
+					     i);
+				/* a sketch where the 60 values are, or past the bound */
+				int sk = mi == 0 && s <= t60 && t60 < s + w;
+				size_t k;
+				brute_window(ts, x, n, s, w, dc.max, &sk, bv, bc, &k);
+				cr_assert_eq(d->sketch, (uint32_t)sk, "level %u window %u", l, i);
+				sketches += d->sketch;
+				exact += !d->sketch && l;
+				cr_assert_eq(d->n, k, "level %u window %u: %u pairs, not %zu", l, i,
+					     d->n, k);
+				for (size_t j = 0; j < k; j++)
+					cr_assert(d->v[j] == bv[j] && d->c[j] == bc[j],
+						  "level %u window %u pair %zu", l, i, j);
+			}
+			dist_release_buckets(out, nout);
+			free(lv.b);
+		}
+		/* both kinds of coarse windows were seen */
+		cr_assert(mi == 0 ? sketches > 3 : !sketches && exact == 48 + 2);
+		dcol_clear(&dc);
+	}
+	free(out);
+	free(bv);
+	free(bc);
+	free(ts);
+	free(x);
 }
 
 /* Speeds for the counting array's paths: camera 0 close together (one
