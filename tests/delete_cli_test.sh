@@ -41,6 +41,9 @@ grep -q -- "--yes" "$tmp/err" || fail "no hint of --yes: $(cat "$tmp/err")"
 
 out=$(t delete traffic KV1 2023-11-14T06:00:00Z 2023-11-14T12:00:00Z --yes)
 [[ $out == "OK delete rows 90 parts_rewritten "* ]] || fail "delete said: $out"
+# the other cameras' blocks, and KV1's outside the range, were copied as they were
+[[ $out =~ bytes_written\ ([0-9]+)\ bytes_copied\ ([0-9]+)$ ]] || fail "no bytes_copied: $out"
+(( BASH_REMATCH[2] > 0 && BASH_REMATCH[2] < BASH_REMATCH[1] )) || fail "copied: $out"
 [ "$(count KV1 2023-11-14 2d)" = 630 ] || fail "after: $(count KV1 2023-11-14 2d)"
 [ "$(count KV1 2023-11-14T06:00:00Z 6h)" = 0 ] || fail "the range still counts"
 [ "$(count KV2 2023-11-14 2d)" = 720 ] || fail "another camera changed"
@@ -68,6 +71,7 @@ code=$(curl -s -o "$tmp/body" -w '%{http_code}' -X POST "$http/api/v1/delete?tab
 code=$(curl -s -o "$tmp/body" -w '%{http_code}' -X POST "$http/api/v1/delete?table=traffic&key=KV0&from=2023-11-14&to=2023-11-14T01:00:00Z")
 [ "$code" = 200 ] || fail "delete over HTTP: $code $(cat "$tmp/body")"
 grep -q '"rows":15,' "$tmp/body" || fail "HTTP answer: $(cat "$tmp/body")"
+grep -q '"bytes_copied":[1-9][0-9]*}' "$tmp/body" || fail "HTTP bytes_copied: $(cat "$tmp/body")"
 [ "$(count KV0 2023-11-14 1d)" = 345 ] || fail "after HTTP: $(count KV0 2023-11-14 1d)"
 
 # the same after a restart

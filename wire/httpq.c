@@ -1923,9 +1923,12 @@ static int q_delete(httpq *q, tally_db *db, int64_t now)
 	if (rc)
 		return q_engine(q, rc, "key");
 	if (q->csv) {
-		q_lit(q, "rows,parts_rewritten,parts_removed,bytes_read,bytes_written\n");
-		q_fmt(q, "%" PRIu64 ",%" PRIu64 ",%" PRIu64 ",%" PRIu64 ",%" PRIu64 "\n", d.rows,
-		      d.parts_rewritten, d.parts_removed, d.bytes_read, d.bytes_written);
+		q_lit(q,
+		      "rows,parts_rewritten,parts_removed,bytes_read,bytes_written,bytes_copied\n");
+		q_fmt(q,
+		      "%" PRIu64 ",%" PRIu64 ",%" PRIu64 ",%" PRIu64 ",%" PRIu64 ",%" PRIu64 "\n",
+		      d.rows, d.parts_rewritten, d.parts_removed, d.bytes_read, d.bytes_written,
+		      d.bytes_copied);
 		return 0;
 	}
 	q_lit(q, "{");
@@ -1934,8 +1937,10 @@ static int q_delete(httpq *q, tally_db *db, int64_t now)
 	q_span(q);
 	q_fmt(q,
 	      ",\"rows\":%" PRIu64 ",\"parts_rewritten\":%" PRIu64 ",\"parts_removed\":%" PRIu64
-	      ",\"bytes_read\":%" PRIu64 ",\"bytes_written\":%" PRIu64 "}\n",
-	      d.rows, d.parts_rewritten, d.parts_removed, d.bytes_read, d.bytes_written);
+	      ",\"bytes_read\":%" PRIu64 ",\"bytes_written\":%" PRIu64 ",\"bytes_copied\":%" PRIu64
+	      "}\n",
+	      d.rows, d.parts_rewritten, d.parts_removed, d.bytes_read, d.bytes_written,
+	      d.bytes_copied);
 	return 0;
 }
 

@@ -150,8 +150,10 @@ static void run_delete(tally_db *db, const cmd_req *r, uint64_t line, char *out,
 	else
 		oj_say(out, cap,
 		       "OK delete rows %" PRIu64 " parts_rewritten %" PRIu64
-		       " parts_removed %" PRIu64 " bytes_read %" PRIu64 " bytes_written %" PRIu64,
-		       d.rows, d.parts_rewritten, d.parts_removed, d.bytes_read, d.bytes_written);
+		       " parts_removed %" PRIu64 " bytes_read %" PRIu64 " bytes_written %" PRIu64
+		       " bytes_copied %" PRIu64,
+		       d.rows, d.parts_rewritten, d.parts_removed, d.bytes_read, d.bytes_written,
+		       d.bytes_copied);
 }
 
 /* ---------------------------------------------------------------- the worker */
