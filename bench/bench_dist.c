@@ -35,22 +35,10 @@
 
 #include "tally.h"
 #include "workload.h"
+#include "benchutil.h"
 
 /* The thread's CPU time (user and system): on a shared, loaded machine
  * wall time measures the neighbours; one thread does all the work here. */
-static double now_s(void)
-{
-	struct timespec t;
-	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
-	return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
-}
-
-static void die(const char *what, int rc)
-{
-	fprintf(stderr, "bench_dist: %s: %s\n", what, rc ? tally_errmsg() : "");
-	exit(1);
-}
-
 static int rm_cb(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
 {
 	(void)sb;
@@ -141,10 +129,10 @@ static double ingest(const char *dir, const char *dists, const batch *b, size_t 
 	o.distributions = dists;
 	int rc = tally_db_open(dir, &o, out);
 	if (rc)
-		die("open", rc);
+		die_tally("open", rc);
 	tally_writer *w;
 	if ((rc = tally_writer_open(*out, 0, &w)))
-		die("writer", rc);
+		die_tally("writer", rc);
 	double t0 = now_s();
 	for (size_t i = 0; i < nb; i++) {
 		tally_column col = {"speed", TALLY_T_F64, b[i].v, NULL};
@@ -156,21 +144,15 @@ static double ingest(const char *dir, const char *dists, const batch *b, size_t 
 				  .n_columns = 1,
 				  .columns = &col};
 		if ((rc = tally_write_batch(w, &bt)))
-			die("write", rc);
+			die_tally("write", rc);
 	}
 	double t = now_s() - t0;
 	tally_writer_close(w);
 	t0 = now_s();
 	if ((rc = tally_db_flush(*out)) || (rc = tally_db_merge(*out)))
-		die("flush/merge", rc);
+		die_tally("flush/merge", rc);
 	*t_flush = now_s() - t0;
 	return t;
-}
-
-static int cmp_d(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return (x > y) - (x < y);
 }
 
 static void v85_latency(tally_db *db, const wl_params *p, int aligned, unsigned reps)
@@ -193,9 +175,9 @@ static void v85_latency(tally_db *db, const wl_params *p, int aligned, unsigned 
 		tally_dist *d;
 		int rc = tally_query_dist(db, "traffic", "speed", key, from, to, &d);
 		if (rc)
-			die("query_dist", rc);
+			die_tally("query_dist", rc);
 		if (tally_dist_count(d) && (rc = tally_dist_quantile(d, 0.85, &v)))
-			die("quantile", rc);
+			die_tally("quantile", rc);
 		vals += tally_dist_count(d);
 		tally_dist_free(d);
 		lat[r] = (now_s() - t0) * 1e6;
@@ -222,22 +204,22 @@ static void v85_grouped(tally_db *db, const wl_params *p, unsigned reps)
 		tally_keys_iter *it;
 		int rc = tally_query_keys(db, "traffic", "speed", from, to, &it);
 		if (rc)
-			die("query_keys", rc);
+			die_tally("query_keys", rc);
 		const char *key;
 		tally_agg ag;
 		while ((rc = tally_keys_next(it, &key, &ag)) == 1) {
 			tally_dist *d;
 			if ((rc = tally_query_dist(db, "traffic", "speed", key, from, to, &d)))
-				die("query_dist", rc);
+				die_tally("query_dist", rc);
 			if ((rc = tally_dist_quantile(d, 0.85, &v)))
-				die("quantile", rc);
+				die_tally("quantile", rc);
 			sum += v;
 			keys++;
 			tally_dist_free(d);
 		}
 		tally_keys_close(it);
 		if (rc < 0)
-			die("keys_next", rc);
+			die_tally("keys_next", rc);
 		lat[r] = (now_s() - t0) * 1e6;
 		if (sum < 0) /* keeps the answers computed */
 			printf("?");
@@ -270,7 +252,7 @@ static tally_db *reopen(const char *dir)
 	tally_db *db;
 	int rc = tally_db_open(dir, &o, &db);
 	if (rc)
-		die("open", rc);
+		die_tally("open", rc);
 	return db;
 }
 

@@ -176,7 +176,7 @@ static double roundtrip(int fd, int http, const char *q, size_t qn, char *buf, s
 			const char **out, size_t *len)
 {
 	size_t have = 0, hl = 0, cl = 0;
-	double t = mono();
+	double t = now_s();
 	send_all(fd, q, qn);
 	if (!http) {
 		for (;;) {
@@ -203,7 +203,7 @@ static double roundtrip(int fd, int http, const char *q, size_t qn, char *buf, s
 		*out = buf + hl;
 		*len = cl;
 	}
-	return mono() - t;
+	return now_s() - t;
 }
 
 static long rows_of(int http, const char *p, size_t n)

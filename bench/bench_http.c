@@ -172,12 +172,12 @@ static void *conn_main(void *arg)
 					   : "/api/v2/write?org=o&bucket=b&precision=ns",
 				 r->bodies[i].n, r->gzip ? "Content-Encoding: gzip\r\n" : "",
 				 label);
-		double t = mono();
+		double t = now_s();
 		send_all(fd, head, (size_t)k);
 		send_all(fd, r->bodies[i].p, r->bodies[i].n);
 		if (read_answer(fd, buf, sizeof buf, &have) != (json_mode ? 200 : 204))
 			die("a write was not answered %d", json_mode ? 200 : 204);
-		r->lat[i] = mono() - t;
+		r->lat[i] = now_s() - t;
 		r->events += r->bodies[i].events;
 	}
 	close(fd);
@@ -265,7 +265,7 @@ static void serve(const char *tallyd, const char *dir, const workload *w, unsign
 	unsigned port = read_port(pf, pid), hport = read_port(hpf, pid);
 	/* As bench_tcp: the memtables' memory is faulted in before the
 	 * clock starts (tallyd does it in the background at start). */
-	for (double until = mono() + 60; stat_of(port, "prefault_pending") && mono() < until;)
+	for (double until = now_s() + 60; stat_of(port, "prefault_pending") && now_s() < until;)
 		usleep(20000);
 	hconn_run runs[64];
 	pthread_t thr[64];
@@ -277,12 +277,12 @@ static void serve(const char *tallyd, const char *dir, const workload *w, unsign
 				      .n_bodies = w->nb[k],
 				      .gzip = w->gz,
 				      .lat = calloc(w->nb[k], sizeof(double))};
-	double c0 = ab_proc_cpu_s(pid), t0 = mono();
+	double c0 = ab_proc_cpu_s(pid), t0 = now_s();
 	for (unsigned k = 0; k < w->conns; k++)
 		pthread_create(&thr[k], NULL, conn_main, &runs[k]);
 	for (unsigned k = 0; k < w->conns; k++)
 		pthread_join(thr[k], NULL);
-	*secs = mono() - t0;
+	*secs = now_s() - t0;
 	*cpu = ab_proc_cpu_s(pid) - c0;
 	size_t m = 0;
 	for (unsigned k = 0; k < w->conns; k++) {

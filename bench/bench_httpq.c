@@ -154,7 +154,7 @@ static double roundtrip(int fd, enum kind k, const char *q, size_t qn, char *buf
 			long *rows)
 {
 	size_t have = 0, hl = 0, cl = 0;
-	double t = mono();
+	double t = now_s();
 	send_all(fd, q, qn);
 	if (k == K_TCP) {
 		for (;;) {
@@ -177,7 +177,7 @@ static double roundtrip(int fd, enum kind k, const char *q, size_t qn, char *buf
 		if (st != 200)
 			die("%.*s answered %d: %.*s", (int)qn, q, st, (int)cl, buf + hl);
 	}
-	double s = mono() - t;
+	double s = now_s() - t;
 	if (rows)
 		*rows = k == K_TCP ? count_rows(k, buf, have) : count_rows(k, buf + hl, cl);
 	return s;

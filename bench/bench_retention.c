@@ -26,6 +26,7 @@
 
 #include "camdays.h"
 #include "tally.h"
+#include "benchutil.h"
 
 #define NS_DAY INT64_C(86400000000000)
 #define CAMS   CAMDAYS_CAMS
@@ -37,12 +38,6 @@ static double clock_s(clockid_t c)
 	return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
 }
 
-static void die(const char *what)
-{
-	fprintf(stderr, "bench_retention: %s: %s\n", what, tally_errmsg());
-	exit(1);
-}
-
 /* Runs fn and prints its time and what the store holds after. */
 static void timed(tally_db *db, const char *label, int (*fn)(tally_db *, const char *),
 		  const char *arg)
@@ -51,7 +46,7 @@ static void timed(tally_db *db, const char *label, int (*fn)(tally_db *, const c
 	tally_db_stats(db, &a);
 	double t0 = clock_s(CLOCK_MONOTONIC);
 	if (fn(db, arg))
-		die(label);
+		die_tally(label, 0);
 	double t = clock_s(CLOCK_MONOTONIC) - t0;
 	tally_db_stats(db, &b);
 	printf("%-34s %9.1f ms  parts %4" PRIu64 " -> %4" PRIu64 "  %8.1f -> %8.1f MB"
@@ -71,7 +66,7 @@ static double deleted(tally_db *db, const char *label, int cam, int64_t from, in
 	tally_delete_result r = {.size = sizeof r};
 	double t0 = clock_s(CLOCK_MONOTONIC);
 	if (tally_db_delete(db, "traffic", cam < 0 ? NULL : key, from, to, &r))
-		die(label);
+		die_tally(label, 0);
 	double ms = (clock_s(CLOCK_MONOTONIC) - t0) * 1e3;
 	printf("%-40s %8.1f ms  rows %7" PRIu64 "  parts rewritten %" PRIu64 " removed %" PRIu64
 	       "  read %6.2f MB  written %6.2f MB  copied %6.2f MB",
@@ -84,12 +79,6 @@ static double deleted(tally_db *db, const char *label, int cam, int64_t from, in
 	}
 	printf("\n");
 	return ms;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return (x > y) - (x < y);
 }
 
 /* One camera-day deleted in sealed segments, DEL_RUNS times (other
@@ -107,7 +96,7 @@ static void delete_steps(tally_db *db, int64_t first, int days)
 		int64_t day = first + (1 + i % (days - 2)) * NS_DAY;
 		ms[i] = deleted(db, label, 17 + 61 * i, day, day + NS_DAY, bpe);
 	}
-	qsort(ms, DEL_RUNS, sizeof *ms, cmp_double);
+	qsort(ms, DEL_RUNS, sizeof *ms, cmp_d);
 	int64_t noon = first + NS_DAY + NS_DAY / 2;
 	deleted(db, "delete: one camera-hour", 18, noon, noon + NS_DAY / 24, bpe);
 	deleted(db, "delete: the same again (nothing left)", 17, first + NS_DAY, first + 2 * NS_DAY,
@@ -156,14 +145,14 @@ int main(int argc, char **argv)
 	o.no_background = 1;
 	tally_db *db;
 	if (tally_db_open(dir, &o, &db))
-		die("open");
+		die_tally("open", 0);
 	int64_t today = (int64_t)clock_s(CLOCK_REALTIME) / 86400 * NS_DAY;
 	double t0 = clock_s(CLOCK_MONOTONIC);
 	uint64_t n = camdays_fill(db, events, days, today - days * NS_DAY, 1);
 	if (!n)
-		die("write");
+		die_tally("write", 0);
 	if (tally_db_merge(db) || tally_db_sync(db))
-		die("merge");
+		die_tally("merge", 0);
 	printf("store: %" PRIu64 " events over %d days, written, flushed and merged in %.1f s\n", n,
 	       days, clock_s(CLOCK_MONOTONIC) - t0);
 	delete_steps(db, today - days * NS_DAY, days);

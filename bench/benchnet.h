@@ -1,9 +1,9 @@
 /*
- * benchnet.h — what the benchmarks that talk to a tallyd share: a clock,
- * dying with a message, loopback connections, whole sends, one HTTP answer
- * read by its Content-Length, a started tallyd's port file, #!stats
- * figures, percentiles and cleaning up a data directory. Header-only
- * (static functions) so each bench stays one file to build.
+ * benchnet.h — what the benchmarks that talk to a tallyd share besides
+ * benchutil.h (clock, die, percentiles): loopback connections, whole
+ * sends, one HTTP answer read by its Content-Length, a started tallyd's
+ * port file, #!stats figures and cleaning up a data directory.
+ * Header-only (static functions) so each bench stays one file to build.
  */
 #ifndef TALLY_BENCHNET_H
 #define TALLY_BENCHNET_H
@@ -23,23 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static inline double mono(void)
-{
-	struct timespec t;
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
-
-__attribute__((format(printf, 1, 2), noreturn)) static inline void die(const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	fprintf(stderr, "%s: ", program_invocation_short_name);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fputc('\n', stderr);
-	exit(1);
-}
+#include "benchutil.h"
 
 static inline int connect_to(unsigned port)
 {
@@ -103,12 +87,6 @@ static inline int http_answer(int fd, char *buf, size_t cap, size_t *have, size_
 	}
 }
 
-static inline int cmp_d(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return x < y ? -1 : x > y;
-}
-
 static inline int rm_one(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
 {
 	(void)sb;
@@ -120,7 +98,7 @@ static inline int rm_one(const char *p, const struct stat *sb, int flag, struct 
 /* The port a starting tallyd writes to path (--port-file). */
 static inline unsigned read_port(const char *path, pid_t pid)
 {
-	double deadline = mono() + 30;
+	double deadline = now_s() + 30;
 	for (;;) {
 		FILE *f = fopen(path, "r");
 		unsigned p = 0;
@@ -133,7 +111,7 @@ static inline unsigned read_port(const char *path, pid_t pid)
 		int st;
 		if (waitpid(pid, &st, WNOHANG) == pid)
 			die("tallyd exited at start");
-		if (mono() > deadline)
+		if (now_s() > deadline)
 			die("tallyd did not start");
 		usleep(5000);
 	}
