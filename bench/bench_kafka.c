@@ -15,7 +15,7 @@
  *  1. Backlog: --messages messages of --lines events each (line protocol,
  *     or with --json the cameras' JSON events), produced before any reader
  *     starts. tallyd's clock runs from the moment its group has assigned
- *     every partition until every event is written and a #!sync has
+ *     it a partition until every event is written and a #!sync has
  *     returned (durable); "steady" is the rate after tallyd's start-up
  *     prefault (memtable memory faulted in by a thread of its own) is done.
  *     The mock broker keeps about 5 MiB a partition and drops older
@@ -311,7 +311,7 @@ static size_t produce_backlog(const char *brokers, uint64_t messages)
 }
 
 /* tallyd reads the backlog in consumer group `group`: events/s durable
- * from assignment to synced; *steady: the rate from the end of tallyd's
+ * from its first assignment to synced; *steady: the rate from the end of tallyd's
  * start-up prefault to synced (0 when the prefault outlasted the read);
  * *cpu: tallyd's CPU seconds (user + system, every thread, the prefault's
  * too) from assignment to synced, per million events: steadier than the
@@ -328,7 +328,9 @@ static double tallyd_backlog(const char *tallyd, const char *brokers, const char
 		const char *st = node_ask(&nd, "#!stats\n", "END ");
 		double now = now_s();
 		uint64_t got = row(st, "kafka_events");
-		if (!t0 && row(st, "kafka_partitions") == (uint64_t)partitions) {
+		/* from its first assignment: a second consumer joining later
+		 * moves partitions after the first has read some of them */
+		if (!t0 && row(st, "kafka_partitions") > 0) {
 			t0 = now;
 			cpu0 = ab_proc_cpu_s(nd.pid);
 		}
