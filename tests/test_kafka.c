@@ -89,6 +89,20 @@ static void kspawn(tsrv *s, const kmock *m, const char *extra1, const char *extr
 	tsrv_spawn(s, args, 1);
 }
 
+/* Stops the node (SIGTERM, a clean exit), checks its log holds every
+ * string of want (NULL-terminated), then cleans up after the test. */
+static void kstop_expect_log(tsrv *s, tcli *c, kmock *m, const char *const *want)
+{
+	tcli_close(c);
+	cr_assert_eq(tsrv_wait(s, SIGTERM), 0);
+	char *log = tsrv_log(s);
+	for (; *want; want++)
+		cr_assert(strstr(log, *want), "no '%s' in:\n%s", *want, log);
+	free(log);
+	tdir_remove(s);
+	kmock_stop(m);
+}
+
 /* ---------------------------------------------------------------- tests */
 
 Test(kafka, steady_consumption_equals_brute_force)
@@ -266,14 +280,9 @@ Test(kafka, poison_messages_are_counted_logged_and_dead_lettered)
 	char offs[8192];
 	cr_assert_eq(kdead_letters(&m, "events-dlq", (int)bad, offs, sizeof offs), (int)bad, "%s",
 		     offs);
-	tcli_close(c);
-	cr_assert_eq(tsrv_wait(&s, SIGTERM), 0);
-	char *log = tsrv_log(&s);
-	cr_assert(strstr(log, "kafka: events/"), "%s", log);
-	cr_assert(strstr(log, "line 1 of the message: field 'v'"), "%s", log);
-	free(log);
-	tdir_remove(&s);
-	kmock_stop(&m);
+	kstop_expect_log(
+		&s, c, &m,
+		(const char *const[]){"kafka: events/", "line 1 of the message: field 'v'", NULL});
 }
 
 Test(kafka, broker_outage_loses_nothing)
@@ -411,14 +420,9 @@ Test(kafka, refused_lines_name_their_message_and_line_in_a_batch)
 	cr_assert_eq(sum, 63, "sum %g", sum);
 	cr_assert_eq(tstat(c, "kafka_poison_messages"), 2);
 	cr_assert_eq(tstat(c, "kafka_lines_rejected"), 2);
-	tcli_close(c);
-	cr_assert_eq(tsrv_wait(&s, SIGTERM), 0);
-	char *log = tsrv_log(&s);
-	cr_assert(strstr(log, "offset 3: line 2 of the message: field 'v'"), "%s", log);
-	cr_assert(strstr(log, "offset 4: line 3 of the message: field 'v'"), "%s", log);
-	free(log);
-	tdir_remove(&s);
-	kmock_stop(&m);
+	kstop_expect_log(&s, c, &m,
+			 (const char *const[]){"offset 3: line 2 of the message: field 'v'",
+					       "offset 4: line 3 of the message: field 'v'", NULL});
 }
 
 Test(kafka, key_tag_fills_lines_from_the_message_key_and_refuses_conflicts)
