@@ -4,23 +4,34 @@
  *
  * The brokers are librdkafka's mock cluster in this process (real Kafka
  * protocol on 127.0.0.1; no Kafka installation needed), so the figures
- * include the broker's work on the same cores. Two phases, each with its
- * own tallyd and data directory:
+ * include the broker's work on the same cores. The one idea: every
+ * figure is taken beside the ones it is compared with. A backlog is
+ * produced once; then, round after round, tallyd (--tallyd, and
+ * --tallyd-b when given: an A/B pair of binaries) and a plain librdkafka
+ * consumer that throws what it reads away (the ceiling: broker, fetch
+ * and nothing else) each read all of it, in an order that rotates, every
+ * reader in a consumer group of its own.
  *
  *  1. Backlog: --messages messages of --lines events each (line protocol,
- *     or with --json the cameras' JSON events) are produced before tallyd
- *     starts; the clock runs from the moment the group has assigned every
- *     partition until every event is written and a #!sync has returned
- *     (durable). Figure: events/s.
- *  2. Lag: messages are produced at --rate events/s for --seconds while
- *     #!stats is read every millisecond; a message's lag is the time from its
- *     send to the first #!stats whose kafka_offset row for its partition
- *     has passed it (written and queryable; durable follows within
- *     sync-interval). Not back to back: a #!stats answer costs tallyd
- *     CPU the consumers need. Figures: p50, p99, max.
+ *     or with --json the cameras' JSON events), produced before any reader
+ *     starts. tallyd's clock runs from the moment its group has assigned
+ *     it a partition until every event is written and a #!sync has
+ *     returned (durable); "steady" is the rate after tallyd's start-up
+ *     prefault (memtable memory faulted in by a thread of its own) is done.
+ *     The mock broker keeps about 5 MiB a partition and drops older
+ *     message sets, so the backlog is checked to be whole before reading.
+ *  2. Lag: messages are produced at --rate events/s for --seconds, into a
+ *     topic of their own per run, while #!stats is read every millisecond;
+ *     a message's lag is the time from its send to the first #!stats whose
+ *     kafka_offset row for its partition has passed it (written and
+ *     queryable; durable follows within sync-interval). Not back to back:
+ *     a #!stats answer costs tallyd CPU the consumers need. Figures: p50,
+ *     p99, max.
  *
  *   ./build/bench/bench_kafka --messages 300 --lines 1000
  *   ./build/bench/bench_kafka --json --messages 300
+ *   ./build/bench/bench_kafka --tallyd OLD --tallyd-b NEW --runs 5 \
+ *       --partitions 48 --messages 3600 --phases backlog,ceiling,lag
  *   ./build/bench/bench_kafka --phases backlog   (one phase: for perf)
  */
 #include <errno.h>
@@ -30,7 +41,9 @@
 #include <librdkafka/rdkafka.h>
 #include <librdkafka/rdkafka_mock.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -42,11 +55,15 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "abpairs.h"
+
 #define TOPIC "events"
 
 static int json, partitions = 6;
-static const char *phases = "backlog,lag"; /* --phases */
+static const char *phases = "backlog,lag"; /* --phases: backlog, ceiling, lag */
 static unsigned lines = 1000;
+static rd_kafka_mock_cluster_t *mock;
+static const char *batch_bytes; /* --batch-bytes: tallyd's kafka-batch-bytes */
 
 static _Noreturn void fail(const char *fmt, ...)
 {
@@ -123,7 +140,7 @@ static rd_kafka_t *producer(const char *brokers)
 	rd_kafka_conf_t *c = rd_kafka_conf_new();
 	const char *kv[][2] = {{"bootstrap.servers", brokers},
 			       {"linger.ms", "5"},
-			       {"batch.size", "4000000"},
+			       {"batch.size", "1000000"}, /* the mock drops whole sets */
 			       {"message.max.bytes", "8000000"},
 			       {"queue.buffering.max.kbytes", "1048576"}};
 	for (size_t i = 0; i < sizeof kv / sizeof kv[0]; i++)
@@ -136,13 +153,14 @@ static rd_kafka_t *producer(const char *brokers)
 	return rk;
 }
 
-static void produce(rd_kafka_t *p, const char *buf, size_t n, uint64_t i, void *opaque)
+static void produce(rd_kafka_t *p, const char *topic, const char *buf, size_t n, uint64_t i,
+		    void *opaque)
 {
 	char key[16];
 	snprintf(key, sizeof key, "KV%05u", (unsigned)(i % 1000));
 	for (;;) {
 		rd_kafka_resp_err_t e = rd_kafka_producev(
-			p, RD_KAFKA_V_TOPIC(TOPIC), RD_KAFKA_V_VALUE((void *)buf, n),
+			p, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_VALUE((void *)buf, n),
 			RD_KAFKA_V_KEY(key, strlen(key)), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
 			RD_KAFKA_V_OPAQUE(opaque), RD_KAFKA_V_END);
 		if (e != RD_KAFKA_RESP_ERR__QUEUE_FULL) {
@@ -152,6 +170,13 @@ static void produce(rd_kafka_t *p, const char *buf, size_t n, uint64_t i, void *
 		}
 		rd_kafka_poll(p, 10);
 	}
+}
+
+/* The 1-minute load average, for every figure printed. */
+static double load(void)
+{
+	double l[1];
+	return getloadavg(l, 1) == 1 ? l[0] : -1;
 }
 
 /* ---------------------------------------------------------------- tallyd */
@@ -170,7 +195,8 @@ static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *
 	return remove(p);
 }
 
-static void node_start(node *nd, const char *tallyd, const char *brokers)
+static void node_start(node *nd, const char *tallyd, const char *brokers, const char *topic,
+		       const char *group)
 {
 	snprintf(nd->dir, sizeof nd->dir, "/tmp/bench-kafka-XXXXXX");
 	if (!mkdtemp(nd->dir))
@@ -180,12 +206,15 @@ static void node_start(node *nd, const char *tallyd, const char *brokers)
 	snprintf(pf, sizeof pf, "%s/port", nd->dir);
 	if ((nd->pid = fork()) == 0) {
 		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		/* execl stops at the first NULL: --batch-bytes is the last pair */
 		execl(tallyd, tallyd, "--data", data, "--port", "0", "--port-file", pf,
 		      "--http-port", "off", "--log-level", "warn", "--kafka-brokers", brokers,
-		      "--kafka-topics", TOPIC, "--kafka-format", json ? "json" : "lp",
-		      "--kafka-handover-wait", "0", "--kafka-option", "fetch.max.bytes=67108864",
-		      "--kafka-option", "max.partition.fetch.bytes=16777216", "--kafka-option",
-		      "fetch.wait.max.ms=10", (char *)NULL);
+		      "--kafka-topics", topic, "--kafka-group", group, "--kafka-format",
+		      json ? "json" : "lp", "--kafka-handover-wait", "0", "--kafka-option",
+		      "fetch.max.bytes=67108864", "--kafka-option",
+		      "max.partition.fetch.bytes=16777216", "--kafka-option",
+		      "fetch.wait.max.ms=10", batch_bytes ? "--kafka-batch-bytes" : NULL,
+		      batch_bytes, (char *)NULL);
 		_exit(127);
 	}
 	unsigned port = 0;
@@ -197,7 +226,7 @@ static void node_start(node *nd, const char *tallyd, const char *brokers)
 			fclose(f);
 		}
 		if (now_s() > until || waitpid(nd->pid, NULL, WNOHANG) == nd->pid)
-			fail("tallyd did not start");
+			fail("%s did not start", tallyd);
 	}
 	struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
 	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
@@ -208,7 +237,6 @@ static void node_start(node *nd, const char *tallyd, const char *brokers)
 	nd->in = malloc(nd->in_cap);
 }
 
-/* Sends cmd and reads its answer up to a line starting with end. */
 static const char *node_ask(node *nd, const char *cmd, const char *end)
 {
 	size_t n = strlen(cmd), k = 0;
@@ -230,7 +258,7 @@ static const char *node_ask(node *nd, const char *cmd, const char *end)
 
 static uint64_t row(const char *stats, const char *name)
 {
-	char key[96];
+	char key[160];
 	snprintf(key, sizeof key, "\n%s\t", name);
 	const char *p = strstr(stats, key);
 	return p ? strtoull(p + strlen(key), NULL, 10) : 0;
@@ -245,9 +273,11 @@ static void node_stop(node *nd)
 	free(nd->in);
 }
 
-/* ---------------------------------------------------------------- phases */
+/* ---------------------------------------------------------------- backlog */
 
-static void backlog(const char *tallyd, const char *brokers, uint64_t messages)
+/* Produces the backlog (once for every reader); its size in bytes. Fails
+ * when the mock broker dropped any of it. */
+static size_t produce_backlog(const char *brokers, uint64_t messages)
 {
 	rd_kafka_t *p = producer(brokers);
 	char *buf = malloc((size_t)lines * 160 + 1);
@@ -255,38 +285,168 @@ static void backlog(const char *tallyd, const char *brokers, uint64_t messages)
 	for (uint64_t i = 0; i < messages; i++) {
 		size_t n = make_message(buf, (size_t)lines * 160 + 1, i);
 		bytes += n;
-		produce(p, buf, n, i, NULL);
+		produce(p, TOPIC, buf, n, i, NULL);
 		rd_kafka_poll(p, 0);
 	}
 	rd_kafka_flush(p, 600000);
+	int64_t held = 0;
+	for (int q = 0; q < partitions; q++) {
+		int64_t lo = 0, hi = 0;
+		rd_kafka_resp_err_t e =
+			rd_kafka_query_watermark_offsets(p, TOPIC, q, &lo, &hi, 10000);
+		if (e)
+			fail("watermarks of partition %d: %s", q, rd_kafka_err2str(e));
+		if (lo)
+			fail("the mock broker dropped the first %" PRId64 " messages of partition "
+			     "%d (it keeps about 5 MiB a partition): give more --partitions or "
+			     "fewer --messages",
+			     lo, q);
+		held += hi;
+	}
+	if (held != (int64_t)messages)
+		fail("the topic holds %" PRId64 " messages, not %" PRIu64, held, messages);
 	rd_kafka_destroy(p);
 	free(buf);
-	uint64_t events = messages * lines;
+	return bytes;
+}
+
+/* tallyd reads the backlog in consumer group `group`: events/s durable
+ * from its first assignment to synced; *steady: the rate from the end of tallyd's
+ * start-up prefault to synced (0 when the prefault outlasted the read);
+ * *cpu: tallyd's CPU seconds (user + system, every thread, the prefault's
+ * too) from assignment to synced, per million events: steadier than the
+ * rate while neighbours take the cores. */
+static double tallyd_backlog(const char *tallyd, const char *brokers, const char *group,
+			     uint64_t messages, double *steady, double *cpu)
+{
+	double cpu0 = 0;
+	uint64_t events = messages * lines, at_prefaulted = 0;
 	node nd;
-	node_start(&nd, tallyd, brokers);
-	double t0 = 0, give_up = now_s() + 600;
+	node_start(&nd, tallyd, brokers, TOPIC, group);
+	double t0 = 0, tp = 0, give_up = now_s() + 600;
 	for (;;) {
 		const char *st = node_ask(&nd, "#!stats\n", "END ");
-		if (!t0 && row(st, "kafka_partitions") == (uint64_t)partitions)
-			t0 = now_s();
-		if (row(st, "kafka_events") >= events)
+		double now = now_s();
+		uint64_t got = row(st, "kafka_events");
+		/* from its first assignment: a second consumer joining later
+		 * moves partitions after the first has read some of them */
+		if (!t0 && row(st, "kafka_partitions") > 0) {
+			t0 = now;
+			cpu0 = ab_proc_cpu_s(nd.pid);
+		}
+		if (t0 && !tp && row(st, "prefault_pending") == 0) {
+			tp = now;
+			at_prefaulted = got;
+		}
+		if (got >= events)
 			break;
-		if (now_s() > give_up)
-			fail("after 600 s tallyd wrote %" PRIu64 " of %" PRIu64 " events",
-			     row(st, "kafka_events"), events);
-		usleep(2000);
+		if (now > give_up)
+			fail("after 600 s tallyd wrote %" PRIu64 " of %" PRIu64 " events", got,
+			     events);
+		/* each #!stats answer costs the shard thread a walk of every
+		 * counter and key (perf: the shard thread answering them took
+		 * 199 of tallyd's ~900 samples when asked every 2 ms); 10 ms
+		 * apart is still 0.5% of a 2 s read */
+		usleep(10000);
 	}
-	double t1 = now_s();
 	node_ask(&nd, "#!sync\n", "OK sync");
 	double t2 = now_s();
-	printf("backlog %s: %" PRIu64 " messages of %u %s (%.1f MiB): %.2f M events/s durable "
-	       "(%.2f s from assignment to synced; written at %.2f M events/s)\n",
-	       json ? "json" : "lp", messages, lines, json ? "JSON events" : "line-protocol lines",
-	       (double)bytes / 1048576, (double)events / (t2 - t0) / 1e6, t2 - t0,
-	       (double)events / (t1 - t0) / 1e6);
-	fflush(stdout);
+	*cpu = (ab_proc_cpu_s(nd.pid) - cpu0) / ((double)events / 1e6);
 	node_stop(&nd);
+	*steady = tp && at_prefaulted < events ? (double)(events - at_prefaulted) / (t2 - tp) : 0;
+	return (double)events / (t2 - t0);
 }
+
+/* The ceiling: librdkafka consumers with tallyd's fetch settings, one per
+ * core as tallyd has, reading the backlog and throwing it away. Each is
+ * given its share of the partitions (partition % n) by rd_kafka_assign,
+ * not by a group. The clock starts once every consumer is connected (a
+ * metadata request answered) and they are assigned, as tallyd's starts at
+ * its assignment: no start-up, join or rebalance in it. (Not at the
+ * first message: librdkafka hands out none before its first fetch
+ * answer, which may hold the whole backlog.) */
+typedef struct ceil_thr {
+	pthread_t thr;
+	const char *brokers;
+	int i, n;
+	uint64_t want;
+	_Atomic uint64_t *got;
+	pthread_barrier_t *ready; /* every consumer connected */
+} ceil_thr;
+
+static void *ceil_main(void *arg)
+{
+	ceil_thr *t = arg;
+	char err[256];
+	rd_kafka_conf_t *c = rd_kafka_conf_new();
+	const char *kv[][2] = {
+		{"bootstrap.servers", t->brokers},         {"group.id", "ceiling"},
+		{"enable.auto.commit", "false"},           {"fetch.max.bytes", "67108864"},
+		{"max.partition.fetch.bytes", "16777216"}, {"fetch.wait.max.ms", "10"}};
+	for (size_t i = 0; i < sizeof kv / sizeof kv[0]; i++)
+		if (rd_kafka_conf_set(c, kv[i][0], kv[i][1], err, sizeof err))
+			fail("%s: %s", kv[i][0], err);
+	rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, c, err, sizeof err);
+	if (!rk)
+		fail("consumer: %s", err);
+	rd_kafka_poll_set_consumer(rk);
+	const struct rd_kafka_metadata *md = NULL;
+	if (rd_kafka_metadata(rk, 0, NULL, &md, 10000))
+		fail("the ceiling's consumer did not connect");
+	rd_kafka_metadata_destroy(md);
+	pthread_barrier_wait(t->ready);
+	rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(partitions);
+	for (int q = t->i; q < partitions; q += t->n)
+		rd_kafka_topic_partition_list_add(l, TOPIC, q)->offset = RD_KAFKA_OFFSET_BEGINNING;
+	if (rd_kafka_assign(rk, l))
+		fail("assign");
+	rd_kafka_topic_partition_list_destroy(l);
+	for (double give_up = now_s() + 600; atomic_load(t->got) < t->want;) {
+		rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 100);
+		if (m) {
+			if (!m->err)
+				atomic_fetch_add(t->got, 1);
+			rd_kafka_message_destroy(m);
+		}
+		if (now_s() > give_up)
+			fail("the ceiling's consumers read %" PRIu64 " of %" PRIu64 " messages",
+			     atomic_load(t->got), t->want);
+	}
+	rd_kafka_destroy(rk);
+	return NULL;
+}
+
+static double ceiling(const char *brokers, uint64_t messages)
+{
+	long n = sysconf(_SC_NPROCESSORS_ONLN);
+	if (n < 1 || n > 16)
+		n = n < 1 ? 1 : 16;
+	ceil_thr t[16];
+	_Atomic uint64_t got = 0;
+	pthread_barrier_t ready;
+	pthread_barrier_init(&ready, NULL, (unsigned)n + 1);
+	for (long i = 0; i < n; i++) {
+		t[i] = (ceil_thr){.brokers = brokers,
+				  .i = (int)i,
+				  .n = (int)n,
+				  .want = messages,
+				  .got = &got,
+				  .ready = &ready};
+		if (pthread_create(&t[i].thr, NULL, ceil_main, &t[i]))
+			fail("pthread_create");
+	}
+	pthread_barrier_wait(&ready);
+	double t0 = now_s();
+	while (atomic_load(&got) < messages)
+		usleep(1000);
+	double t1 = now_s();
+	for (long i = 0; i < n; i++)
+		pthread_join(t[i].thr, NULL);
+	pthread_barrier_destroy(&ready);
+	return (double)(messages * lines) / (t1 - t0);
+}
+
+/* ---------------------------------------------------------------- lag */
 
 static int cmp_double(const void *a, const void *b)
 {
@@ -294,23 +454,28 @@ static int cmp_double(const void *a, const void *b)
 	return (x > y) - (x < y);
 }
 
-static void lag(const char *tallyd, const char *brokers, double rate, double seconds)
+/* tallyd reads a new topic that gets rate events/s for `seconds`: the
+ * lag's p50, p99 and max in ms into out[3]. */
+static void lag(const char *tallyd, const char *brokers, const char *topic, double rate,
+		double seconds, double out[3])
 {
+	if (rd_kafka_mock_topic_create(mock, topic, partitions, 1))
+		fail("topic %s", topic);
 	node nd;
-	node_start(&nd, tallyd, brokers);
-	for (double give_up = now_s() + 600;;) { /* phase 1's backlog is read first */
+	node_start(&nd, tallyd, brokers, topic, topic);
+	for (double give_up = now_s() + 600;;) {
 		const char *st = node_ask(&nd, "#!stats\n", "END ");
 		if (row(st, "kafka_partitions") == (uint64_t)partitions &&
-		    row(st, "kafka_lag") == 0)
+		    row(st, "prefault_pending") == 0)
 			break;
 		if (now_s() > give_up)
-			fail("after 600 s tallyd still lags by %" PRIu64 " messages",
-			     row(st, "kafka_lag"));
+			fail("after 600 s tallyd has not every partition");
 		usleep(20000);
 	}
 	rd_kafka_t *p = producer(brokers);
 	double per_msg = (double)lines / rate;
 	size_t cap = (size_t)(seconds / per_msg) + 1;
+	n_sents = 0;
 	sents = calloc(cap, sizeof *sents);
 	double *seen = malloc(cap * sizeof *seen);
 	char *buf = malloc((size_t)lines * 160 + 1);
@@ -324,14 +489,14 @@ static void lag(const char *tallyd, const char *brokers, double rate, double sec
 			s->offset = -1;
 			s->at = now;
 			size_t n = make_message(buf, (size_t)lines * 160 + 1, n_sents);
-			produce(p, buf, n, n_sents++, s);
+			produce(p, topic, buf, n, n_sents++, s);
 		}
 		rd_kafka_poll(p, 0);
 		const char *st = node_ask(&nd, "#!stats\n", "END ");
 		double at = now_s();
 		for (int q = 0; q < partitions && q < 64; q++) {
-			char name[64];
-			snprintf(name, sizeof name, "kafka_offset:" TOPIC "/%d", q);
+			char name[128];
+			snprintf(name, sizeof name, "kafka_offset:%s/%d", topic, q);
 			written[q] = (int64_t)row(st, name);
 		}
 		while (next_check < n_sents && sents[next_check].offset >= 0 &&
@@ -350,10 +515,9 @@ static void lag(const char *tallyd, const char *brokers, double rate, double sec
 		usleep(1000);
 	}
 	qsort(seen, n_sents, sizeof *seen, cmp_double);
-	printf("lag %s at %.2f M events/s for %.0f s (%zu messages): produce to queryable p50 "
-	       "%.1f ms, p99 %.1f ms, max %.1f ms\n",
-	       json ? "json" : "lp", rate / 1e6, seconds, n_sents, seen[n_sents / 2] * 1e3,
-	       seen[n_sents * 99 / 100] * 1e3, seen[n_sents - 1] * 1e3);
+	out[0] = seen[n_sents / 2] * 1e3;
+	out[1] = seen[n_sents * 99 / 100] * 1e3;
+	out[2] = seen[n_sents - 1] * 1e3;
 	rd_kafka_flush(p, 60000);
 	rd_kafka_destroy(p);
 	node_stop(&nd);
@@ -363,21 +527,44 @@ static void lag(const char *tallyd, const char *brokers, double rate, double sec
 	free(buf);
 }
 
+/* ---------------------------------------------------------------- main */
+
+#define RUNS_MAX 32
+
+static double median(const double *v, int n)
+{
+	double s[RUNS_MAX];
+	memcpy(s, v, (size_t)n * sizeof *s);
+	qsort(s, (size_t)n, sizeof *s, cmp_double);
+	return n % 2 ? s[n / 2] : (s[n / 2 - 1] + s[n / 2]) / 2;
+}
+
 int main(int argc, char **argv)
 {
-	const char *tallyd = "./build/wire/tallyd";
+	const char *tallyd[2] = {"./build/wire/tallyd", NULL};
 	uint64_t messages = 300;
 	double rate = 1e6, seconds = 10;
-	static const struct option opts[] = {
-		{"tallyd", required_argument, 0, 't'}, {"messages", required_argument, 0, 'm'},
-		{"lines", required_argument, 0, 'l'},  {"partitions", required_argument, 0, 'p'},
-		{"rate", required_argument, 0, 'r'},   {"seconds", required_argument, 0, 's'},
-		{"json", no_argument, 0, 'j'},         {"phases", required_argument, 0, 'P'},
-		{"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
+	int runs = 1;
+	static const struct option opts[] = {{"tallyd", required_argument, 0, 't'},
+					     {"tallyd-b", required_argument, 0, 'b'},
+					     {"runs", required_argument, 0, 'R'},
+					     {"batch-bytes", required_argument, 0, 'B'},
+					     {"messages", required_argument, 0, 'm'},
+					     {"lines", required_argument, 0, 'l'},
+					     {"partitions", required_argument, 0, 'p'},
+					     {"rate", required_argument, 0, 'r'},
+					     {"seconds", required_argument, 0, 's'},
+					     {"json", no_argument, 0, 'j'},
+					     {"phases", required_argument, 0, 'P'},
+					     {"help", no_argument, 0, 'h'},
+					     {0, 0, 0, 0}};
 	int ch;
 	while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
 		switch (ch) {
-		case 't': tallyd = optarg; break;
+		case 't': tallyd[0] = optarg; break;
+		case 'b': tallyd[1] = optarg; break;
+		case 'R': runs = atoi(optarg); break;
+		case 'B': batch_bytes = optarg; break;
 		case 'm': messages = strtoull(optarg, NULL, 10); break;
 		case 'l': lines = (unsigned)atoi(optarg); break;
 		case 'p': partitions = atoi(optarg); break;
@@ -386,33 +573,103 @@ int main(int argc, char **argv)
 		case 'j': json = 1; break;
 		case 'P': phases = optarg; break;
 		default:
-			printf("usage: bench_kafka [--tallyd PATH] [--messages N] [--lines N] "
-			       "[--partitions N] [--rate EVENTS/S] [--seconds S] [--json] "
-			       "[--phases backlog,lag]\n");
+			printf("usage: bench_kafka [--tallyd PATH] [--tallyd-b PATH] [--runs N] "
+			       "[--messages N] [--lines N] [--partitions N] [--batch-bytes SIZE] "
+			       "[--rate EVENTS/S] [--seconds S] [--json] "
+			       "[--phases backlog,ceiling,lag]\n");
 			return ch == 'h' ? 0 : 2;
 		}
 	}
-	if (lines == 0 || partitions < 1 || partitions > 64 || rate <= 0)
+	if (lines == 0 || partitions < 1 || partitions > 64 || rate <= 0 || runs < 1 ||
+	    runs > RUNS_MAX || !messages)
 		fail("bad arguments");
 	char err[256];
 	rd_kafka_conf_t *c = rd_kafka_conf_new();
 	rd_kafka_conf_set(c, "log_level", "2", NULL, 0);
 	rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, c, err, sizeof err);
-	rd_kafka_mock_cluster_t *mc = rk ? rd_kafka_mock_cluster_new(rk, 1) : NULL;
-	if (!mc)
+	mock = rk ? rd_kafka_mock_cluster_new(rk, 1) : NULL;
+	if (!mock)
 		fail("mock cluster: %s", err);
-	if (rd_kafka_mock_topic_create(mc, TOPIC, partitions, 1))
+	if (rd_kafka_mock_topic_create(mock, TOPIC, partitions, 1))
 		fail("topic");
 	char brokers[128];
-	snprintf(brokers, sizeof brokers, "%s", rd_kafka_mock_cluster_bootstraps(mc));
+	snprintf(brokers, sizeof brokers, "%s", rd_kafka_mock_cluster_bootstraps(mock));
+	int nb = tallyd[1] ? 2 : 1, do_backlog = !!strstr(phases, "backlog"),
+	    do_ceiling = !!strstr(phases, "ceiling"), do_lag = !!strstr(phases, "lag");
+	const char *fmt = json ? "json" : "lp";
 	printf("tallyd consuming Kafka (librdkafka's mock broker in this process, %d partitions; "
-	       "the machine is shared)\n",
-	       partitions);
-	if (strstr(phases, "backlog"))
-		backlog(tallyd, brokers, messages);
-	if (strstr(phases, "lag"))
-		lag(tallyd, brokers, rate, seconds);
-	rd_kafka_mock_cluster_destroy(mc);
+	       "the machine is shared); %s: %s%s%s\n",
+	       partitions, nb == 2 ? "A/B" : "tallyd", tallyd[0], nb == 2 ? " vs " : "",
+	       nb == 2 ? tallyd[1] : "");
+	if (do_backlog || do_ceiling) {
+		size_t bytes = produce_backlog(brokers, messages);
+		printf("backlog %s: %" PRIu64 " messages of %u %s (%.1f MiB)\n", fmt, messages,
+		       lines, json ? "JSON events" : "line-protocol lines",
+		       (double)bytes / 1048576);
+	}
+	/* reader k of a round: tallyd A, tallyd B, the ceiling; the order
+	 * rotates from round to round */
+	double bl[2][RUNS_MAX], st[2][RUNS_MAX], cpu[2][RUNS_MAX], ce[RUNS_MAX], lg[2][3][RUNS_MAX];
+	int nr = do_backlog ? nb : 0, nst[2] = {0, 0};
+	int readers = nr + do_ceiling;
+	for (int r = 0; r < runs; r++) {
+		for (int j = 0; j < readers; j++) {
+			int k = (j + r) % readers;
+			char group[64];
+			snprintf(group, sizeof group, "bench-%d-%d", r, k);
+			double l0 = load();
+			if (k < nr) {
+				double s = 0;
+				bl[k][r] = tallyd_backlog(tallyd[k], brokers, group, messages, &s,
+							  &cpu[k][r]);
+				if (s > 0)
+					st[k][nst[k]++] = s;
+				printf("round %d %c backlog %s: %.2f M events/s durable (steady: "
+				       "%.2f), tallyd CPU %.3f s per M events; load %.1f\n",
+				       r + 1, 'A' + k, fmt, bl[k][r] / 1e6, s / 1e6, cpu[k][r], l0);
+			} else {
+				ce[r] = ceiling(brokers, messages);
+				printf("round %d ceiling %s: %.2f M events/s read by librdkafka "
+				       "alone; load %.1f\n",
+				       r + 1, fmt, ce[r] / 1e6, l0);
+			}
+			fflush(stdout);
+		}
+	}
+	/* The lag rounds after every backlog round: a backlog reader started
+	 * right after a lag run's tallyd stopped sometimes waited about 45 s
+	 * (librdkafka's default session.timeout.ms) before it read anything
+	 * (2026-12-07, with the mock broker). */
+	for (int r = 0; r < runs; r++) {
+		for (int j = 0; do_lag && j < nb; j++) {
+			int k = (j + r) % nb;
+			char topic[64];
+			snprintf(topic, sizeof topic, "lag-%d-%d", r, k);
+			double l0 = load(), o[3];
+			lag(tallyd[k], brokers, topic, rate, seconds, o);
+			for (int i = 0; i < 3; i++)
+				lg[k][i][r] = o[i];
+			printf("round %d %c lag %s at %.2f M events/s for %.0f s: produce to "
+			       "queryable p50 %.1f ms, p99 %.1f ms, max %.1f ms; load %.1f\n",
+			       r + 1, 'A' + k, fmt, rate / 1e6, seconds, o[0], o[1], o[2], l0);
+			fflush(stdout);
+		}
+	}
+	for (int k = 0; k < nb; k++) {
+		if (nr)
+			printf("median %c backlog %s: %.2f M events/s durable, steady %.2f, "
+			       "tallyd CPU %.3f s per M events (%d runs)\n",
+			       'A' + k, fmt, median(bl[k], runs) / 1e6,
+			       nst[k] ? median(st[k], nst[k]) / 1e6 : 0, median(cpu[k], runs),
+			       runs);
+		if (do_lag)
+			printf("median %c lag %s: p50 %.1f ms, p99 %.1f ms, max %.1f ms\n", 'A' + k,
+			       fmt, median(lg[k][0], runs), median(lg[k][1], runs),
+			       median(lg[k][2], runs));
+	}
+	if (do_ceiling)
+		printf("median ceiling %s: %.2f M events/s\n", fmt, median(ce, runs) / 1e6);
+	rd_kafka_mock_cluster_destroy(mock);
 	rd_kafka_destroy(rk);
 	return 0;
 }

@@ -89,6 +89,20 @@ static void kspawn(tsrv *s, const kmock *m, const char *extra1, const char *extr
 	tsrv_spawn(s, args, 1);
 }
 
+/* Stops the node (SIGTERM, a clean exit), checks its log holds every
+ * string of want (NULL-terminated), then cleans up after the test. */
+static void kstop_expect_log(tsrv *s, tcli *c, kmock *m, const char *const *want)
+{
+	tcli_close(c);
+	cr_assert_eq(tsrv_wait(s, SIGTERM), 0);
+	char *log = tsrv_log(s);
+	for (; *want; want++)
+		cr_assert(strstr(log, *want), "no '%s' in:\n%s", *want, log);
+	free(log);
+	tdir_remove(s);
+	kmock_stop(m);
+}
+
 /* ---------------------------------------------------------------- tests */
 
 Test(kafka, steady_consumption_equals_brute_force)
@@ -266,14 +280,9 @@ Test(kafka, poison_messages_are_counted_logged_and_dead_lettered)
 	char offs[8192];
 	cr_assert_eq(kdead_letters(&m, "events-dlq", (int)bad, offs, sizeof offs), (int)bad, "%s",
 		     offs);
-	tcli_close(c);
-	cr_assert_eq(tsrv_wait(&s, SIGTERM), 0);
-	char *log = tsrv_log(&s);
-	cr_assert(strstr(log, "kafka: events/"), "%s", log);
-	cr_assert(strstr(log, "line 1 of the message: field 'v'"), "%s", log);
-	free(log);
-	tdir_remove(&s);
-	kmock_stop(&m);
+	kstop_expect_log(
+		&s, c, &m,
+		(const char *const[]){"kafka: events/", "line 1 of the message: field 'v'", NULL});
 }
 
 Test(kafka, broker_outage_loses_nothing)
@@ -378,6 +387,42 @@ static void kagg(tcli *c, const char *table, const char *field, const char *key,
 	*count = strtoull(tcell(t.rows[1], 0), NULL, 10);
 	*sum = *count ? strtod(tcell(t.rows[1], 1), NULL) : 0;
 	ttable_free(&t);
+}
+
+/* Messages of one partition written as one batch, refused lines in later
+ * ones: each is named by its own offset and its line within it, though
+ * the engine numbers the batch's lines and the consumer counts them back
+ * only when one is refused (an empty message, one without a last
+ * newline and a blank line shift the count if it is wrong). */
+Test(kafka, refused_lines_name_their_message_and_line_in_a_batch)
+{
+	kmock m;
+	kmock_start(&m, 1, NPART);
+	/* one key: one partition, offsets 0 to 4 */
+	kproduce_one(&m, "a",
+		     "k,cam=c1 v=1i 1700000000000000000\nk,cam=c1 v=2i 1700000001000000000\n");
+	kproduce_one(&m, "a", "");
+	kproduce_one(&m, "a", "k,cam=c1 v=4i 1700000002000000000");
+	kproduce_one(&m, "a",
+		     "k,cam=c1 v=8i 1700000003000000000\nk,cam=c1 v=oops 1700000004000000000\n"
+		     "k,cam=c1 v=16i 1700000005000000000\n");
+	kproduce_one(&m, "a",
+		     "k,cam=c1 v=32i 1700000006000000000\n\nk,cam=c1 v=x 1700000007000000000\n");
+	tsrv s;
+	tdir_make(&s);
+	kspawn(&s, &m, NULL, NULL);
+	tcli *c = tcli_open(s.port);
+	kwait_stat(c, "kafka_messages", 5);
+	uint64_t n;
+	double sum;
+	kagg(c, "k", "v", "c1", &n, &sum);
+	cr_assert_eq(n, 6, "%" PRIu64 " events", n);
+	cr_assert_eq(sum, 63, "sum %g", sum);
+	cr_assert_eq(tstat(c, "kafka_poison_messages"), 2);
+	cr_assert_eq(tstat(c, "kafka_lines_rejected"), 2);
+	kstop_expect_log(&s, c, &m,
+			 (const char *const[]){"offset 3: line 2 of the message: field 'v'",
+					       "offset 4: line 3 of the message: field 'v'", NULL});
 }
 
 Test(kafka, key_tag_fills_lines_from_the_message_key_and_refuses_conflicts)
