@@ -56,6 +56,7 @@
 #include <unistd.h>
 
 #include "abpairs.h"
+#include "benchutil.h"
 
 #define TOPIC "events"
 
@@ -64,24 +65,6 @@ static const char *phases = "backlog,lag"; /* --phases: backlog, ceiling, lag */
 static unsigned lines = 1000;
 static rd_kafka_mock_cluster_t *mock;
 static const char *batch_bytes; /* --batch-bytes: tallyd's kafka-batch-bytes */
-
-static _Noreturn void fail(const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	fprintf(stderr, "bench_kafka: ");
-	vfprintf(stderr, fmt, ap);
-	fputc('\n', stderr);
-	va_end(ap);
-	exit(1);
-}
-
-static double now_s(void)
-{
-	struct timespec t;
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
-}
 
 /* ---------------------------------------------------------------- messages */
 
@@ -126,7 +109,7 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
 	(void)rk;
 	(void)opaque;
 	if (m->err)
-		fail("produce: %s", rd_kafka_err2str(m->err));
+		die("produce: %s", rd_kafka_err2str(m->err));
 	if (sents && m->_private) {
 		sent *s = m->_private;
 		s->partition = m->partition;
@@ -145,11 +128,11 @@ static rd_kafka_t *producer(const char *brokers)
 			       {"queue.buffering.max.kbytes", "1048576"}};
 	for (size_t i = 0; i < sizeof kv / sizeof kv[0]; i++)
 		if (rd_kafka_conf_set(c, kv[i][0], kv[i][1], err, sizeof err))
-			fail("%s: %s", kv[i][0], err);
+			die("%s: %s", kv[i][0], err);
 	rd_kafka_conf_set_dr_msg_cb(c, on_delivery);
 	rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, c, err, sizeof err);
 	if (!rk)
-		fail("producer: %s", err);
+		die("producer: %s", err);
 	return rk;
 }
 
@@ -165,7 +148,7 @@ static void produce(rd_kafka_t *p, const char *topic, const char *buf, size_t n,
 			RD_KAFKA_V_OPAQUE(opaque), RD_KAFKA_V_END);
 		if (e != RD_KAFKA_RESP_ERR__QUEUE_FULL) {
 			if (e)
-				fail("produce: %s", rd_kafka_err2str(e));
+				die("produce: %s", rd_kafka_err2str(e));
 			return;
 		}
 		rd_kafka_poll(p, 10);
@@ -200,7 +183,7 @@ static void node_start(node *nd, const char *tallyd, const char *brokers, const 
 {
 	snprintf(nd->dir, sizeof nd->dir, "/tmp/bench-kafka-XXXXXX");
 	if (!mkdtemp(nd->dir))
-		fail("mkdtemp: %s", strerror(errno));
+		die("mkdtemp: %s", strerror(errno));
 	char data[96], pf[96];
 	snprintf(data, sizeof data, "%s/data", nd->dir);
 	snprintf(pf, sizeof pf, "%s/port", nd->dir);
@@ -226,13 +209,13 @@ static void node_start(node *nd, const char *tallyd, const char *brokers, const 
 			fclose(f);
 		}
 		if (now_s() > until || waitpid(nd->pid, NULL, WNOHANG) == nd->pid)
-			fail("%s did not start", tallyd);
+			die("%s did not start", tallyd);
 	}
 	struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
 	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 	nd->fd = socket(AF_INET, SOCK_STREAM, 0);
 	if (connect(nd->fd, (struct sockaddr *)&a, sizeof a))
-		fail("connect: %s", strerror(errno));
+		die("connect: %s", strerror(errno));
 	nd->in_cap = 1 << 16;
 	nd->in = malloc(nd->in_cap);
 }
@@ -241,13 +224,13 @@ static const char *node_ask(node *nd, const char *cmd, const char *end)
 {
 	size_t n = strlen(cmd), k = 0;
 	if (send(nd->fd, cmd, n, MSG_NOSIGNAL) != (ssize_t)n)
-		fail("send: %s", strerror(errno));
+		die("send: %s", strerror(errno));
 	for (;;) {
 		if (k + 1 == nd->in_cap)
 			nd->in = realloc(nd->in, nd->in_cap *= 2);
 		ssize_t g = recv(nd->fd, nd->in + k, nd->in_cap - 1 - k, 0);
 		if (g <= 0)
-			fail("tallyd closed the connection");
+			die("tallyd closed the connection");
 		k += (size_t)g;
 		nd->in[k] = 0;
 		const char *e = k >= 2 ? strstr(nd->in, end) : NULL;
@@ -295,16 +278,16 @@ static size_t produce_backlog(const char *brokers, uint64_t messages)
 		rd_kafka_resp_err_t e =
 			rd_kafka_query_watermark_offsets(p, TOPIC, q, &lo, &hi, 10000);
 		if (e)
-			fail("watermarks of partition %d: %s", q, rd_kafka_err2str(e));
+			die("watermarks of partition %d: %s", q, rd_kafka_err2str(e));
 		if (lo)
-			fail("the mock broker dropped the first %" PRId64 " messages of partition "
-			     "%d (it keeps about 5 MiB a partition): give more --partitions or "
-			     "fewer --messages",
-			     lo, q);
+			die("the mock broker dropped the first %" PRId64 " messages of partition "
+			    "%d (it keeps about 5 MiB a partition): give more --partitions or "
+			    "fewer --messages",
+			    lo, q);
 		held += hi;
 	}
 	if (held != (int64_t)messages)
-		fail("the topic holds %" PRId64 " messages, not %" PRIu64, held, messages);
+		die("the topic holds %" PRId64 " messages, not %" PRIu64, held, messages);
 	rd_kafka_destroy(p);
 	free(buf);
 	return bytes;
@@ -341,8 +324,8 @@ static double tallyd_backlog(const char *tallyd, const char *brokers, const char
 		if (got >= events)
 			break;
 		if (now > give_up)
-			fail("after 600 s tallyd wrote %" PRIu64 " of %" PRIu64 " events", got,
-			     events);
+			die("after 600 s tallyd wrote %" PRIu64 " of %" PRIu64 " events", got,
+			    events);
 		/* each #!stats answer costs the shard thread a walk of every
 		 * counter and key (perf: the shard thread answering them took
 		 * 199 of tallyd's ~900 samples when asked every 2 ms); 10 ms
@@ -385,21 +368,21 @@ static void *ceil_main(void *arg)
 		{"max.partition.fetch.bytes", "16777216"}, {"fetch.wait.max.ms", "10"}};
 	for (size_t i = 0; i < sizeof kv / sizeof kv[0]; i++)
 		if (rd_kafka_conf_set(c, kv[i][0], kv[i][1], err, sizeof err))
-			fail("%s: %s", kv[i][0], err);
+			die("%s: %s", kv[i][0], err);
 	rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, c, err, sizeof err);
 	if (!rk)
-		fail("consumer: %s", err);
+		die("consumer: %s", err);
 	rd_kafka_poll_set_consumer(rk);
 	const struct rd_kafka_metadata *md = NULL;
 	if (rd_kafka_metadata(rk, 0, NULL, &md, 10000))
-		fail("the ceiling's consumer did not connect");
+		die("the ceiling's consumer did not connect");
 	rd_kafka_metadata_destroy(md);
 	pthread_barrier_wait(t->ready);
 	rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(partitions);
 	for (int q = t->i; q < partitions; q += t->n)
 		rd_kafka_topic_partition_list_add(l, TOPIC, q)->offset = RD_KAFKA_OFFSET_BEGINNING;
 	if (rd_kafka_assign(rk, l))
-		fail("assign");
+		die("assign");
 	rd_kafka_topic_partition_list_destroy(l);
 	for (double give_up = now_s() + 600; atomic_load(t->got) < t->want;) {
 		rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 100);
@@ -409,8 +392,8 @@ static void *ceil_main(void *arg)
 			rd_kafka_message_destroy(m);
 		}
 		if (now_s() > give_up)
-			fail("the ceiling's consumers read %" PRIu64 " of %" PRIu64 " messages",
-			     atomic_load(t->got), t->want);
+			die("the ceiling's consumers read %" PRIu64 " of %" PRIu64 " messages",
+			    atomic_load(t->got), t->want);
 	}
 	rd_kafka_destroy(rk);
 	return NULL;
@@ -433,7 +416,7 @@ static double ceiling(const char *brokers, uint64_t messages)
 				  .got = &got,
 				  .ready = &ready};
 		if (pthread_create(&t[i].thr, NULL, ceil_main, &t[i]))
-			fail("pthread_create");
+			die("pthread_create");
 	}
 	pthread_barrier_wait(&ready);
 	double t0 = now_s();
@@ -448,19 +431,13 @@ static double ceiling(const char *brokers, uint64_t messages)
 
 /* ---------------------------------------------------------------- lag */
 
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return (x > y) - (x < y);
-}
-
 /* tallyd reads a new topic that gets rate events/s for `seconds`: the
  * lag's p50, p99 and max in ms into out[3]. */
 static void lag(const char *tallyd, const char *brokers, const char *topic, double rate,
 		double seconds, double out[3])
 {
 	if (rd_kafka_mock_topic_create(mock, topic, partitions, 1))
-		fail("topic %s", topic);
+		die("topic %s", topic);
 	node nd;
 	node_start(&nd, tallyd, brokers, topic, topic);
 	for (double give_up = now_s() + 600;;) {
@@ -469,7 +446,7 @@ static void lag(const char *tallyd, const char *brokers, const char *topic, doub
 		    row(st, "prefault_pending") == 0)
 			break;
 		if (now_s() > give_up)
-			fail("after 600 s tallyd has not every partition");
+			die("after 600 s tallyd has not every partition");
 		usleep(20000);
 	}
 	rd_kafka_t *p = producer(brokers);
@@ -507,14 +484,14 @@ static void lag(const char *tallyd, const char *brokers, const char *topic, doub
 		/* later messages may be seen first (other partitions): the
 		 * lag is taken in order, an upper bound for them */
 		if (at - t0 > seconds + 60)
-			fail("lag phase did not finish");
+			die("lag phase did not finish");
 		/* #!stats costs tallyd a shard's CPU (every counter, every
 		 * table's keys): asked back to back it took a core of the two
 		 * from the consumers whose lag it measures. 1 ms apart, the
 		 * lag is still read to the millisecond. */
 		usleep(1000);
 	}
-	qsort(seen, n_sents, sizeof *seen, cmp_double);
+	qsort(seen, n_sents, sizeof *seen, cmp_d);
 	out[0] = seen[n_sents / 2] * 1e3;
 	out[1] = seen[n_sents * 99 / 100] * 1e3;
 	out[2] = seen[n_sents - 1] * 1e3;
@@ -535,7 +512,7 @@ static double median(const double *v, int n)
 {
 	double s[RUNS_MAX];
 	memcpy(s, v, (size_t)n * sizeof *s);
-	qsort(s, (size_t)n, sizeof *s, cmp_double);
+	qsort(s, (size_t)n, sizeof *s, cmp_d);
 	return n % 2 ? s[n / 2] : (s[n / 2 - 1] + s[n / 2]) / 2;
 }
 
@@ -582,16 +559,16 @@ int main(int argc, char **argv)
 	}
 	if (lines == 0 || partitions < 1 || partitions > 64 || rate <= 0 || runs < 1 ||
 	    runs > RUNS_MAX || !messages)
-		fail("bad arguments");
+		die("bad arguments");
 	char err[256];
 	rd_kafka_conf_t *c = rd_kafka_conf_new();
 	rd_kafka_conf_set(c, "log_level", "2", NULL, 0);
 	rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, c, err, sizeof err);
 	mock = rk ? rd_kafka_mock_cluster_new(rk, 1) : NULL;
 	if (!mock)
-		fail("mock cluster: %s", err);
+		die("mock cluster: %s", err);
 	if (rd_kafka_mock_topic_create(mock, TOPIC, partitions, 1))
-		fail("topic");
+		die("topic");
 	char brokers[128];
 	snprintf(brokers, sizeof brokers, "%s", rd_kafka_mock_cluster_bootstraps(mock));
 	int nb = tallyd[1] ? 2 : 1, do_backlog = !!strstr(phases, "backlog"),
