@@ -17,6 +17,10 @@
  * merged over the keys of a series, and answered in InfluxDB's
  * conventions to the bit (dist_cell), so the answer equals InfluxDB's
  * sort of the raw points.
+ *
+ * SHOW statements run on one view of the catalog (show_cat): this node's,
+ * or with peers the union of every node's #!tables rows, so that a table
+ * or tag any node holds is listed whichever node is asked.
  */
 #include <errno.h>
 #include <inttypes.h>
