@@ -9,9 +9,11 @@
  * ranges asked of any node equals the reference's answer and brute force
  * (nearest rank, docs/api.md); so do /api/v1/dist, with and without a
  * step, and InfluxQL's PERCENTILE and MEDIAN. The catalog (#!tables,
- * #!keylist, /api/v1/tables, fields, keys) is the union of the nodes',
- * equal to the reference's. A SIGSTOPped node fails the answer, or is
- * named after END ... PARTIAL / in "partial".
+ * #!keylist, /api/v1/tables, fields, keys, InfluxQL's SHOW statements,
+ * SHOW TAG VALUES of a table keyed by camera+lane too) is the union of
+ * the nodes', equal to the reference's. A SIGSTOPped node fails the
+ * answer, or is named after END ... PARTIAL / in "partial" / InfluxQL's
+ * "messages".
  */
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
@@ -201,6 +203,8 @@ static void start_node(tsrv *s, unsigned port, const char *others)
 			      "2s",
 			      "--distributions",
 			      "traffic.speed:0.1",
+			      "--table-keys",
+			      "lanes=camera+lane",
 			      "--log-level",
 			      "warn",
 			      NULL};
@@ -229,8 +233,8 @@ Test(cluster_dist, three_nodes_answer_like_one, .timeout = 280)
 	}
 	tdir_make(&ref);
 	tsrv_spawn(&ref,
-		   (const char *[]){"--distributions", "traffic.speed:0.1", "--log-level", "warn",
-				    NULL},
+		   (const char *[]){"--distributions", "traffic.speed:0.1", "--table-keys",
+				    "lanes=camera+lane", "--log-level", "warn", NULL},
 		   1);
 	rc = tcli_open(ref.port);
 	for (int i = 0; i < 3; i++) {
@@ -310,22 +314,31 @@ Test(cluster_dist, three_nodes_answer_like_one, .timeout = 280)
 		same_iql(hp[(cam + 1) % 3], href, path);
 	}
 
-	/* The catalog: a table on node 1 only, a field on node 2 only; the
-	 * union of every node's equals the reference's catalog */
-	tcli_sendf(c[1], "site,id=s1 level=3i %" PRId64 "\n", T0);
-	tcli_sync(c[1], NULL, NULL);
-	tcli_sendf(rc, "site,id=s1 level=3i %" PRId64 "\n", T0);
-	tcli_sync(rc, NULL, NULL);
-	tcli_sendf(c[2], "traffic,camera=cam2 flow=4i %" PRId64 "\n", T0 + 5);
-	tcli_sync(c[2], NULL, NULL);
-	tcli_sendf(rc, "traffic,camera=cam2 flow=4i %" PRId64 "\n", T0 + 5);
-	tcli_sync(rc, NULL, NULL);
+	/* The catalog: a table on node 1 only (with a tag besides its key
+	 * tag), a field on node 2 only, a table keyed by camera+lane on every
+	 * node with a camera and a tag on node 2 only; the union of every
+	 * node's equals the reference's catalog */
+	static const struct {
+		int node;
+		const char *line;
+	} cat_lines[] = {
+		{1, "site,id=s1,zone=north level=3i"}, {2, "traffic,camera=cam2 flow=4i"},
+		{0, "lanes,camera=cam1,lane=1 n=1i"},  {1, "lanes,camera=cam1,lane=2 n=2i"},
+		{1, "lanes,camera=cam3,lane=1 n=2i"},  {2, "lanes,camera=cam7,lane=4,dir=in n=3i"},
+	};
+	for (size_t k = 0; k < sizeof cat_lines / sizeof cat_lines[0]; k++) {
+		tcli_sendf(c[cat_lines[k].node], "%s %" PRId64 "\n", cat_lines[k].line, T0 + 5);
+		tcli_sync(c[cat_lines[k].node], NULL, NULL);
+		tcli_sendf(rc, "%s %" PRId64 "\n", cat_lines[k].line, T0 + 5);
+		tcli_sync(rc, NULL, NULL);
+	}
 	for (int i = 0; i < 3; i++) {
 		ttable a, b;
 		tcli_query(c[i], &a, "#!tables");
 		tcli_query(rc, &b, "#!tables");
 		same_rows(&a, &b, "tables");
-		cr_assert_eq(a.n, 4, "%zu rows", a.n); /* header, level, flow, speed */
+		/* header; lanes' dir, n; site's level, zone; traffic's flow, speed */
+		cr_assert_eq(a.n, 7, "%zu rows", a.n);
 		ttable_free(&a);
 		ttable_free(&b);
 		tcli_query(c[i], &a, "#!keylist traffic");
@@ -348,11 +361,65 @@ Test(cluster_dist, three_nodes_answer_like_one, .timeout = 280)
 		same_iql(hp[i], href, "SHOW+MEASUREMENTS");
 		same_iql(hp[i], href, "SHOW+FIELD+KEYS");
 		same_iql(hp[i], href, "SHOW+FIELD+KEYS+FROM+traffic");
+		/* the tags of every node: site's only on node 1, dir on node 2 */
+		same_iql(hp[i], href, "SHOW+TAG+KEYS");
+		same_iql(hp[i], href, "SHOW+TAG+KEYS+FROM+site");
+		same_iql(hp[i], href, "SHOW+TAG+KEYS+FROM+lanes+LIMIT+3+OFFSET+1");
+		same_iql(hp[i], href, "SHOW+TAG+VALUES+FROM+site+WITH+KEY+%3D+id");
+		/* each key tag's distinct values: cam7 and lane 4 only on node 2 */
+		same_iql(hp[i], href, "SHOW+TAG+VALUES+FROM+lanes+WITH+KEY+%3D+camera");
+		same_iql(hp[i], href, "SHOW+TAG+VALUES+FROM+lanes+WITH+KEY+IN+(camera,lane)");
+		same_iql(
+			hp[i], href,
+			"SHOW+TAG+VALUES+FROM+lanes+WITH+KEY+%3D+lane+WHERE+camera+%3D+%27cam1%27");
+		same_iql(hp[i], href, "SHOW+TAG+VALUES+WITH+KEY+%3D~+/%5E(camera%7Clane)%24/");
+	}
+	{
+		/* what the reference answers: every node's tags and values */
+		char h[2048], *b;
+		int st = http_get(href, "/query?db=tally&q=SHOW+TAG+KEYS+FROM+lanes", h, sizeof h,
+				  &b);
+		cr_assert(st == 200 && strstr(b, "[[\"camera\"],[\"dir\"],[\"lane\"]]"), "%d %s",
+			  st, b);
+		free(b);
+		st = http_get(href,
+			      "/query?db=tally&q=SHOW+TAG+VALUES+FROM+lanes+WITH+KEY+%3D+camera", h,
+			      sizeof h, &b);
+		cr_assert(st == 200 && strstr(b, "[[\"camera\",\"cam1\"],[\"camera\",\"cam3\"],"
+						 "[\"camera\",\"cam7\"]]"),
+			  "%d %s", st, b);
+		free(b);
 	}
 	{
 		char h[2048], *b;
 		int st = http_get(hp[0], "/api/v1/fields?table=nosuch", h, sizeof h, &b);
 		cr_assert(st == 404 && strstr(b, "nosuch"), "%d %s", st, b);
+		free(b);
+	}
+
+	/* A table two nodes key by different tags (each keys it by the first
+	 * tag of its first line): SHOW TAG KEYS lists both, SHOW TAG VALUES
+	 * says the keys differ rather than mixing them */
+	tcli_sendf(c[0], "mixed,a=1 v=1i %" PRId64 "\n", T0);
+	tcli_sync(c[0], NULL, NULL);
+	tcli_sendf(c[1], "mixed,b=2 v=1i %" PRId64 "\n", T0);
+	tcli_sync(c[1], NULL, NULL);
+	{
+		char h[2048], *b;
+		int st = http_get(hp[2], "/query?db=tally&q=SHOW+TAG+KEYS+FROM+mixed", h, sizeof h,
+				  &b);
+		cr_assert(st == 200 && strstr(b, "\"values\":[[\"a\"],[\"b\"]]"), "%d %s", st, b);
+		free(b);
+		st = http_get(hp[2], "/query?db=tally&q=SHOW+FIELD+KEYS+FROM+mixed", h, sizeof h,
+			      &b);
+		cr_assert(st == 200 && strstr(b, "\"values\":[[\"v\",\"integer\"]]"), "%d %s", st,
+			  b);
+		free(b);
+		st = http_get(hp[2], "/query?db=tally&q=SHOW+TAG+VALUES+FROM+mixed+WITH+KEY+%3D+a",
+			      h, sizeof h, &b);
+		cr_assert(st == 200 && strstr(b, "\"error\"") &&
+				  strstr(b, "keyed by \\\"a\\\" on some nodes and by \\\"b\\\""),
+			  "%d %s", st, b);
 		free(b);
 	}
 
@@ -401,6 +468,29 @@ Test(cluster_dist, three_nodes_answer_like_one, .timeout = 280)
 	st = http_get(hp[0], "/api/v1/keys?table=traffic&partial=mark", h, sizeof h, &b);
 	cr_assert(st == 200 && strstr(b, "\"partial\"") && strstr(h, port2), "%d %s", st, b);
 	free(b);
+	/* InfluxQL's SHOW TAG KEYS and SHOW TAG VALUES: the statement's error
+	 * names the node, or partial=mark's messages do beside the others' */
+	static const struct {
+		const char *q, *mine, *its; /* a row of a live node's, of node 2's */
+	} iq_stopped[] = {
+		{"SHOW+TAG+KEYS", "[\"zone\"]", "[\"dir\"]"},
+		{"SHOW+TAG+VALUES+FROM+lanes+WITH+KEY+%3D+camera", "[\"camera\",\"cam3\"]",
+		 "[\"camera\",\"cam7\"]"},
+	};
+	for (size_t k = 0; k < sizeof iq_stopped / sizeof iq_stopped[0]; k++) {
+		snprintf(path, sizeof path, "/query?db=tally&q=%s", iq_stopped[k].q);
+		st = http_get(hp[0], path, h, sizeof h, &b);
+		cr_assert(st == 200 && strstr(b, "\"error\"") && strstr(b, port2), "%s: %d %s",
+			  iq_stopped[k].q, st, b);
+		free(b);
+		strcat(path, "&partial=mark");
+		st = http_get(hp[0], path, h, sizeof h, &b);
+		cr_assert(st == 200 && !strstr(b, "\"error\"") && strstr(b, "\"messages\"") &&
+				  strstr(b, "partial: 127.0.0.1") && strstr(b, port2) &&
+				  strstr(b, iq_stopped[k].mine) && !strstr(b, iq_stopped[k].its),
+			  "%s: %d %s", iq_stopped[k].q, st, b);
+		free(b);
+	}
 	tcli_sendf(c[1], "#!tables\n");
 	l = tcli_line(c[1], 30000);
 	cr_assert(l && !strncmp(l, "ERR", 3) && strstr(l, port2), "%s", l ? l : "no answer");

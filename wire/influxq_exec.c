@@ -17,6 +17,10 @@
  * merged over the keys of a series, and answered in InfluxDB's
  * conventions to the bit (dist_cell), so the answer equals InfluxDB's
  * sort of the raw points.
+ *
+ * SHOW statements run on one view of the catalog (show_cat): this node's,
+ * or with peers the union of every node's #!tables rows, so that a table
+ * or tag any node holds is listed whichever node is asked.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -1055,41 +1059,224 @@ static void rows_end(rows *r)
 		iq_puts(r->b, "]");
 }
 
-/* Every table (or the one FROM names), names borrowed; *n_out tables. */
-static int show_tables(ex *x, const iq_stmt *st, const char ***names, const char ***key_tags,
-		       size_t *n_out)
+/* The catalog a SHOW reads: one entry per table (or the one FROM names),
+ * sorted by name, with its key tag and columns. This node's (strings
+ * borrowed from the engine) or, with peers, the union of every node's
+ * #!tables rows (owned copies, wire/fancat.c): each statement runs alike
+ * on either. */
+typedef struct show_table {
+	const char *name;
+	const char *key_tag;  /* NULL: none */
+	const char *key_tag2; /* another key tag a node gives it (union only) */
+	cols c;
+} show_table;
+
+typedef struct show_cat {
+	show_table *t;
+	size_t n, cap;
+	int owned; /* the strings are copies (the union) */
+} show_cat;
+
+static void show_cat_free(show_cat *sc)
 {
-	*names = *key_tags = NULL;
-	*n_out = 0;
+	for (size_t i = 0; i < sc->n; i++) {
+		show_table *t = &sc->t[i];
+		if (sc->owned) {
+			free((char *)t->name);
+			free((char *)t->key_tag);
+			free((char *)t->key_tag2);
+			for (size_t j = 0; j < t->c.n; j++)
+				free((char *)t->c.name[j]);
+		}
+		cols_free(&t->c);
+	}
+	free(sc->t);
+	memset(sc, 0, sizeof *sc);
+}
+
+static show_table *show_cat_add(show_cat *sc, const char *name, const char *key_tag)
+{
+	if (sc->n == sc->cap) {
+		size_t nc = sc->cap ? sc->cap * 2 : 16;
+		show_table *v = realloc(sc->t, nc * sizeof *v);
+		if (!v)
+			return NULL;
+		sc->t = v;
+		sc->cap = nc;
+	}
+	show_table *t = &sc->t[sc->n++];
+	*t = (show_table){.name = name, .key_tag = key_tag};
+	return t;
+}
+
+/* This node's tables (or the one FROM names) and, but for SHOW
+ * MEASUREMENTS, their columns (a table dropped meanwhile is left out). */
+static int show_cat_local(ex *x, const iq_stmt *st, show_cat *sc)
+{
+	const char **names = NULL, **key_tags = NULL;
+	size_t n = 0, cap = 64;
+	int rc;
 	if (st->table) {
 		const char *kt = NULL;
-		int rc = tally_catalog_key_tag(x->db, st->table, &kt);
+		rc = tally_catalog_key_tag(x->db, st->table, &kt);
 		if (rc == TALLY_ENOTFOUND)
 			return 0;
-		if (rc)
-			return ex_engine(x, rc);
-		*names = malloc(sizeof **names);
-		*key_tags = malloc(sizeof **key_tags);
-		if (!*names || !*key_tags)
-			return ex_fail(x, "out of memory");
-		(*names)[0] = st->table;
-		(*key_tags)[0] = kt;
-		*n_out = 1;
+		if (!rc && !show_cat_add(sc, st->table, kt))
+			rc = -ENOMEM;
+	} else {
+		for (;;) {
+			names = malloc(cap * sizeof *names);
+			key_tags = malloc(cap * sizeof *key_tags);
+			if (!names || !key_tags) {
+				rc = -ENOMEM;
+				break;
+			}
+			rc = tally_catalog_tables(x->db, names, key_tags, cap, &n);
+			if (rc != TALLY_ETRUNC)
+				break;
+			cap = n + 64;
+			free(names);
+			free(key_tags);
+		}
+		for (size_t i = 0; i < n && !rc; i++)
+			if (!show_cat_add(sc, names[i], key_tags[i]))
+				rc = -ENOMEM;
+		free(names);
+		free(key_tags);
+	}
+	for (size_t i = 0; i < sc->n && !rc && st->kind != IQ_SHOW_MEASUREMENTS;) {
+		rc = cols_get(x->db, sc->t[i].name, &sc->t[i].c);
+		if (rc == TALLY_ENOTFOUND) { /* dropped meanwhile */
+			memmove(&sc->t[i], &sc->t[i + 1], (sc->n - i - 1) * sizeof *sc->t);
+			sc->n--;
+			rc = 0;
+		} else {
+			i++;
+		}
+	}
+	return rc == -ENOMEM ? ex_fail(x, "out of memory") : rc ? ex_engine(x, rc) : 0;
+}
+
+/* A column type's name (as tally_type_name spells it) back to the type. */
+static enum tally_type type_named(const char *name)
+{
+	for (int t = TALLY_T_F64; t <= TALLY_T_TAG; t++)
+		if (!strcmp(tally_type_name((enum tally_type)t), name))
+			return (enum tally_type)t;
+	return TALLY_T_NONE;
+}
+
+typedef struct show_u {
+	show_cat *sc;
+	const iq_stmt *st;
+	size_t cols_cap;      /* of the last table's columns */
+	char bad[IQ_ERR_MAX]; /* a row no node should send; "" */
+} show_u;
+
+/* A column at the end of c; with seen, unless c has it (the rows of a
+ * table's second key tag repeat the columns of its first). */
+static int cols_add(cols *c, size_t *cap, const char *name, enum tally_type type, int seen)
+{
+	for (size_t j = 0; seen && j < c->n; j++)
+		if (!strcmp(c->name[j], name))
+			return 0;
+	if (c->n == *cap) {
+		size_t nc = *cap ? *cap * 2 : 16;
+		const char **nn = realloc(c->name, nc * sizeof *nn);
+		if (nn)
+			c->name = nn;
+		enum tally_type *nt = realloc(c->type, nc * sizeof *nt);
+		if (nt)
+			c->type = nt;
+		if (!nn || !nt)
+			return -ENOMEM;
+		*cap = nc;
+	}
+	if (!(c->name[c->n] = strdup(name)))
+		return -ENOMEM;
+	c->type[c->n++] = type;
+	return 0;
+}
+
+/* One row of the union (sorted by table, key tag, column): a new table,
+ * another key tag of the last one, and a column of it. -ENOMEM ends it. */
+static int show_u_row(void *arg, const char *table, const char *key_tag, const char *column,
+		      const char *type)
+{
+	show_u *u = arg;
+	show_cat *sc = u->sc;
+	if (u->st->table && strcmp(u->st->table, table))
+		return 0; /* another table than FROM's */
+	show_table *t = sc->n ? &sc->t[sc->n - 1] : NULL;
+	if (!t || strcmp(t->name, table)) {
+		char *name = strdup(table), *k = *key_tag ? strdup(key_tag) : NULL;
+		if (!name || (*key_tag && !k) || !(t = show_cat_add(sc, name, k))) {
+			free(name);
+			free(k);
+			return -ENOMEM;
+		}
+		u->cols_cap = 0;
+	} else if (strcmp(key_tag, t->key_tag ? t->key_tag : "") && !t->key_tag2 &&
+		   !(t->key_tag2 = strdup(key_tag))) {
+		return -ENOMEM;
+	}
+	if (u->st->kind == IQ_SHOW_MEASUREMENTS)
+		return 0;
+	enum tally_type ty = type_named(type);
+	if (ty == TALLY_T_NONE) {
+		if (!u->bad[0])
+			snprintf(u->bad, sizeof u->bad,
+				 "a node listed column \"%s\" of \"%s\" with the unknown type "
+				 "\"%s\"",
+				 column, table, type);
 		return 0;
 	}
-	size_t cap = 64;
-	for (;;) {
-		*names = malloc(cap * sizeof **names);
-		*key_tags = malloc(cap * sizeof **key_tags);
-		if (!*names || !*key_tags)
-			return ex_fail(x, "out of memory");
-		int rc = tally_catalog_tables(x->db, *names, *key_tags, cap, n_out);
-		if (rc != TALLY_ETRUNC)
-			return rc ? ex_engine(x, rc) : 0;
-		cap = *n_out + 64;
-		free(*names);
-		free(*key_tags);
+	return cols_add(&t->c, &u->cols_cap, column, ty, t->key_tag2 != NULL);
+}
+
+typedef struct named_col {
+	const char *name;
+	enum tally_type type;
+} named_col;
+
+static int cmp_named_col(const void *a, const void *b)
+{
+	return strcmp(((const named_col *)a)->name, ((const named_col *)b)->name);
+}
+
+/* Every node's catalog, their union (iq_src's catalog). A table two
+ * nodes key by different tags has both (key_tag2) and its columns once
+ * each, sorted by name again (the first type met). */
+static int show_cat_union(ex *x, const iq_stmt *st, show_cat *sc)
+{
+	show_u u = {.sc = sc, .st = st};
+	sc->owned = 1;
+	int rc = x->src->catalog(x->src, show_u_row, &u, x->err);
+	if (rc == TALLY_ENOTFOUND)
+		rc = 0; /* no node holds a table */
+	for (size_t i = 0; i < sc->n && !rc; i++) {
+		cols *c = &sc->t[i].c;
+		if (!sc->t[i].key_tag2 || c->n < 2)
+			continue;
+		named_col *v = malloc(c->n * sizeof *v);
+		if (!v) {
+			rc = -ENOMEM;
+			break;
+		}
+		for (size_t j = 0; j < c->n; j++)
+			v[j] = (named_col){c->name[j], c->type[j]};
+		qsort(v, c->n, sizeof *v, cmp_named_col);
+		for (size_t j = 0; j < c->n; j++) {
+			c->name[j] = v[j].name;
+			c->type[j] = v[j].type;
+		}
+		free(v);
 	}
+	if (rc == -ENOMEM)
+		return ex_fail(x, "out of memory");
+	if (rc)
+		return ex_engine(x, rc);
+	return u.bad[0] ? ex_fail(x, "%s", u.bad) : 0;
 }
 
 static int cmp_cstr(const void *a, const void *b)
@@ -1332,55 +1519,84 @@ static int refuse_other_tags(ex *x, const iq_stmt *st, const cols *c, const char
 	return 0;
 }
 
-/* SHOW MEASUREMENTS and SHOW FIELD KEYS across nodes: the union of every
- * node's catalog (iq_src's catalog), in the order and form of one node's. */
-typedef struct show_u {
-	ex *x;
-	const iq_stmt *st;
-	rows *r;
-	char last[IQ_ERR_MAX]; /* the table of the row before */
-} show_u;
-
-static int show_u_row(void *arg, const char *table, const char *key_tag, const char *column,
-		      const char *type)
+/* Splits a key tag spec ("camera", "camera+lane"; none for "*", whose tags
+ * live in its keys) into tags[*nt...], in buf (a copy of it). */
+static void key_tag_names(const char *key_tag, char *buf, const char **tags, size_t *nt)
 {
-	show_u *u = arg;
-	const iq_stmt *st = u->st;
-	int same = !strcmp(u->last, table);
-	(void)key_tag;
-	if (st->kind == IQ_SHOW_MEASUREMENTS) {
-		if (!same && with_match(st, table) && row_begin(u->r, "measurements")) {
-			put_str(u->r->b, table);
-			iq_puts(u->r->b, "]");
-		}
-	} else if (!st->table || !strcmp(st->table, table)) {
-		if (!same && u->last[0])
-			rows_end_series(u->r);
-		if (strcmp(type, "tag") && row_begin(u->r, table)) {
-			put_str(u->r->b, column);
-			iq_puts(u->r->b, ",");
-			put_str(u->r->b, type);
-			iq_puts(u->r->b, "]");
-		}
-	} else {
-		return 0; /* another table than FROM's */
+	if (!key_tag || !*key_tag || !strcmp(key_tag, "*"))
+		return;
+	strcpy(buf, key_tag);
+	for (char *p = buf;;) {
+		tags[(*nt)++] = p;
+		if (!(p = strchr(p, '+')))
+			break;
+		*p++ = 0;
 	}
-	snprintf(u->last, sizeof u->last, "%s", table);
+}
+
+/* SHOW TAG KEYS of one table: its key tags (each of them when keyed by
+ * camera+lane; with peers, those of every node's key tag) and its other
+ * tags, sorted, each once. */
+static int show_tag_keys(ex *x, rows *r, const show_table *t)
+{
+	size_t l1 = t->key_tag ? strlen(t->key_tag) + 1 : 1,
+	       l2 = t->key_tag2 ? strlen(t->key_tag2) + 1 : 1;
+	char *buf = malloc(l1 + l2);
+	const char **tags = malloc((t->c.n + l1 + l2) * sizeof *tags);
+	size_t nt = 0;
+	if (!buf || !tags) {
+		free(buf);
+		free(tags);
+		return ex_fail(x, "out of memory");
+	}
+	key_tag_names(t->key_tag, buf, tags, &nt);
+	key_tag_names(t->key_tag2, buf + l1, tags, &nt);
+	for (size_t j = 0; j < t->c.n; j++)
+		if (t->c.type[j] == TALLY_T_TAG)
+			tags[nt++] = t->c.name[j];
+	if (nt > 1)
+		qsort(tags, nt, sizeof *tags, cmp_cstr);
+	for (size_t j = 0; j < nt; j++)
+		if ((!j || strcmp(tags[j - 1], tags[j])) && row_begin(r, t->name)) {
+			put_str(r->b, tags[j]);
+			iq_puts(r->b, "]");
+		}
+	free(buf);
+	free(tags);
 	return 0;
 }
 
-static int show_union(ex *x, const iq_stmt *st, rows *r)
+/* SHOW TAG VALUES of one table. */
+static int show_tag_values(ex *x, rows *r, const show_table *t)
 {
-	show_u u = {.x = x, .st = st, .r = r};
-	r->columns =
-		st->kind == IQ_SHOW_MEASUREMENTS ? "[\"name\"]" : "[\"fieldKey\",\"fieldType\"]";
-	int rc = x->src->catalog(x->src, show_u_row, &u, x->err);
-	if (rc)
-		return rc == IQ_EREMOTE ? -1 : ex_engine(x, rc);
-	if (st->kind != IQ_SHOW_MEASUREMENTS && u.last[0])
-		rows_end_series(r);
-	rows_end(r);
-	return 0;
+	const iq_stmt *st = r->st;
+	const char *kt = t->key_tag;
+	int rc = 0;
+	if (t->key_tag2)
+		return ex_fail(x, "\"%s\" is keyed by \"%s\" on some nodes and by \"%s\" on others",
+			       t->name, kt ? kt : "", t->key_tag2);
+	if (kt && key_multi(kt)) {
+		rc = check_cond_tags(x, t->name, kt, st->where);
+		if (!rc)
+			rc = refuse_other_tags(x, st, &t->c, t->name, kt);
+		if (!rc)
+			rc = show_multi_values(x, r, &t->c, t->name);
+	} else if (kt && with_match(st, kt)) {
+		rc = check_cond_tags(x, t->name, kt, st->where);
+		if (!rc && (st->has_from || st->has_to))
+			rc = show_key_values_in(x, r, &t->c, t->name, kt, st->from, st->to);
+		else if (!rc && x->src)
+			/* The catalog says which keys a node had: across
+			 * nodes, the keys with events at any time (1678 to
+			 * 2261). */
+			rc = show_key_values_in(x, r, &t->c, t->name, kt, -IQ_ALL_TIME,
+						IQ_ALL_TIME);
+		else if (!rc)
+			rc = show_key_values(x, r, t->name, kt);
+	} else {
+		rc = refuse_other_tags(x, st, &t->c, t->name, kt);
+	}
+	return rc;
 }
 
 static int exec_show(ex *x, const iq_stmt *st, iq_buf *b)
@@ -1404,93 +1620,37 @@ static int exec_show(ex *x, const iq_stmt *st, iq_buf *b)
 		rows_end(&r);
 		return 0;
 	}
-	if (x->src && (st->kind == IQ_SHOW_MEASUREMENTS || st->kind == IQ_SHOW_FIELD_KEYS))
-		return show_union(x, st, &r);
-	const char **names, **key_tags;
-	size_t n;
-	int rc = show_tables(x, st, &names, &key_tags, &n);
+	show_cat sc = {0};
+	int rc = x->src ? show_cat_union(x, st, &sc) : show_cat_local(x, st, &sc);
 	r.columns = st->kind == IQ_SHOW_MEASUREMENTS ? "[\"name\"]"
 		    : st->kind == IQ_SHOW_TAG_KEYS   ? "[\"tagKey\"]"
 		    : st->kind == IQ_SHOW_FIELD_KEYS ? "[\"fieldKey\",\"fieldType\"]"
 						     : "[\"key\",\"value\"]";
-	for (size_t i = 0; i < n && !rc; i++) {
+	for (size_t i = 0; i < sc.n && !rc; i++) {
+		const show_table *t = &sc.t[i];
 		if (st->kind == IQ_SHOW_MEASUREMENTS) {
-			if (with_match(st, names[i]) && row_begin(&r, "measurements")) {
-				put_str(b, names[i]);
+			if (with_match(st, t->name) && row_begin(&r, "measurements")) {
+				put_str(b, t->name);
 				iq_puts(b, "]");
 			}
 			continue;
 		}
-		cols c = {0};
-		if ((rc = cols_get(x->db, names[i], &c))) {
-			rc = rc == TALLY_ENOTFOUND ? 0 : ex_engine(x, rc);
-			continue;
-		}
 		if (st->kind == IQ_SHOW_TAG_KEYS) {
-			/* the key tags among the other tags, in order (a table
-			 * keyed by camera+lane lists both; by "*", the tags
-			 * are in its keys and not listed here) */
-			table_def *t = catalog_find_table(&x->db->cat, names[i],
-							  (uint32_t)strlen(names[i]));
-			size_t nk = t && t->key_mode == KEY_LIST ? t->n_ktags : 1;
-			const char **tags = malloc((c.n + nk) * sizeof *tags);
-			size_t nt = 0;
-			if (!tags) {
-				cols_free(&c);
-				rc = ex_fail(x, "out of memory");
-				break;
-			}
-			if (t && t->key_mode == KEY_LIST)
-				for (size_t k = 0; k < nk; k++)
-					tags[nt++] = t->ktags[k];
-			else if (key_tags[i] && strcmp(key_tags[i], "*"))
-				tags[nt++] = key_tags[i];
-			for (size_t j = 0; j < c.n; j++)
-				if (c.type[j] == TALLY_T_TAG)
-					tags[nt++] = c.name[j];
-			if (nt > 1)
-				qsort(tags, nt, sizeof *tags, cmp_cstr);
-			for (size_t j = 0; j < nt; j++)
-				if (row_begin(&r, names[i])) {
-					put_str(b, tags[j]);
-					iq_puts(b, "]");
-				}
-			free(tags);
+			rc = show_tag_keys(x, &r, t);
 		} else if (st->kind == IQ_SHOW_FIELD_KEYS) {
-			for (size_t j = 0; j < c.n; j++)
-				if (c.type[j] != TALLY_T_TAG && row_begin(&r, names[i])) {
-					put_str(b, c.name[j]);
+			for (size_t j = 0; j < t->c.n; j++)
+				if (t->c.type[j] != TALLY_T_TAG && row_begin(&r, t->name)) {
+					put_str(b, t->c.name[j]);
 					iq_puts(b, ",");
-					put_str(b, tally_type_name(c.type[j]));
+					put_str(b, tally_type_name(t->c.type[j]));
 					iq_puts(b, "]");
 				}
-		} else if (key_tags[i] && key_multi(key_tags[i])) {
-			rc = check_cond_tags(x, names[i], key_tags[i], st->where);
-			if (!rc)
-				rc = refuse_other_tags(x, st, &c, names[i], key_tags[i]);
-			if (!rc)
-				rc = show_multi_values(x, &r, &c, names[i]);
-		} else if (key_tags[i] && with_match(st, key_tags[i])) {
-			rc = check_cond_tags(x, names[i], key_tags[i], st->where);
-			if (!rc && (st->has_from || st->has_to))
-				rc = show_key_values_in(x, &r, &c, names[i], key_tags[i], st->from,
-							st->to);
-			else if (!rc && x->src)
-				/* The catalog is this node's: across nodes, the keys
-				 * with events at any time (1678 to 2261). */
-				rc = show_key_values_in(x, &r, &c, names[i], key_tags[i],
-							-IQ_ALL_TIME, IQ_ALL_TIME);
-			else if (!rc)
-				rc = show_key_values(x, &r, names[i], key_tags[i]);
 		} else {
-			rc = refuse_other_tags(x, st, &c, names[i], key_tags[i]);
+			rc = show_tag_values(x, &r, t);
 		}
-		cols_free(&c);
-		if (st->kind != IQ_SHOW_MEASUREMENTS)
-			rows_end_series(&r);
+		rows_end_series(&r);
 	}
-	free(names);
-	free(key_tags);
+	show_cat_free(&sc);
 	if (!rc)
 		rows_end(&r);
 	return rc;
