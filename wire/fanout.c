@@ -20,6 +20,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <float.h>
 #include <inttypes.h>
 #include <math.h>
 #include <netdb.h>
@@ -598,7 +599,9 @@ static double fan_f64(const char *p, size_t n)
 			x = x * 10 + (*s - '0');
 		exp10 = xd ? exp10 + (eneg ? -x : x) : 9999;
 	}
-	if (s == e && digits && m <= UINT64_C(1) << 53 && exp10 >= -22 && exp10 <= 22) {
+	/* (one rounding only where doubles are computed as doubles: not x87) */
+	if (FLT_EVAL_METHOD == 0 && s == e && digits && m <= UINT64_C(1) << 53 && exp10 >= -22 &&
+	    exp10 <= 22) {
 		double d = exp10 < 0 ? (double)m / fan_p10[-exp10] : (double)m * fan_p10[exp10];
 		return neg ? -d : d;
 	}
