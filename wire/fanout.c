@@ -20,6 +20,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <float.h>
 #include <inttypes.h>
 #include <math.h>
 #include <netdb.h>
@@ -568,28 +569,79 @@ static const char *cell(const frow *r, unsigned j, size_t *n)
 	return fan_cell(r->p, r->n, j, n);
 }
 
-static double cell_f64(const char *row, size_t rn, unsigned j)
+/* The decimal at p (n bytes), read as strtod would but, for what the
+ * nodes write (cmd_format_double's shortest decimals, cmd_format_u64's
+ * counts), without strtod's arbitrary precision: a mantissa of at most
+ * 2^53 times or divided by an exact power of ten up to 1e22 is one
+ * correctly rounded operation (Clinger's fast path), so the result is
+ * the same double. The rest ("inf", "nan", 17 digits, 1e-300) goes
+ * through strtod. NaN for an empty cell. */
+static const double fan_p10[23] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
+				   1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+				   1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+
+static double fan_f64(const char *p, size_t n)
 {
-	size_t n;
-	const char *p = fan_cell(row, rn, j, &n);
+	const char *s = p, *e = p + n;
+	int neg = s < e && *s == '-', digits = 0, exp10 = 0;
+	uint64_t m = 0;
+	s += neg;
+	for (; s < e && (unsigned)(*s - '0') < 10 && digits < 19; s++, digits++)
+		m = m * 10 + (unsigned)(*s - '0');
+	if (s < e && *s == '.')
+		for (s++; s < e && (unsigned)(*s - '0') < 10 && digits < 19; s++, digits++, exp10--)
+			m = m * 10 + (unsigned)(*s - '0');
+	if (s < e && (*s == 'e' || *s == 'E') && digits) {
+		int eneg = 0, x = 0, xd = 0;
+		if (++s < e && (*s == '+' || *s == '-'))
+			eneg = *s++ == '-';
+		for (; s < e && (unsigned)(*s - '0') < 10 && x < 1000; s++, xd++)
+			x = x * 10 + (*s - '0');
+		exp10 = xd ? exp10 + (eneg ? -x : x) : 9999;
+	}
+	/* (one rounding only where doubles are computed as doubles: not x87) */
+	if (FLT_EVAL_METHOD == 0 && s == e && digits && m <= UINT64_C(1) << 53 && exp10 >= -22 &&
+	    exp10 <= 22) {
+		double d = exp10 < 0 ? (double)m / fan_p10[-exp10] : (double)m * fan_p10[exp10];
+		return neg ? -d : d;
+	}
 	char b[64];
-	if (!p || n == 0 || n >= sizeof b)
+	if (n == 0 || n >= sizeof b)
 		return NAN;
 	memcpy(b, p, n);
 	b[n] = 0;
 	return strtod(b, NULL);
 }
 
+/* The cell after the one at p (its length *n), or NULL past the last. */
+static const char *next_cell(const char *row, size_t rn, const char *p, size_t *n)
+{
+	const char *e = row + rn, *c = p + *n;
+	if (!p || c >= e)
+		return NULL;
+	c++;
+	const char *t = memchr(c, '\t', (size_t)(e - c));
+	*n = t ? (size_t)(t - c) : (size_t)(e - c);
+	return c;
+}
+
 /* The aggregate in cells j.. (count sum min max avg), as the nodes wrote
  * it: shortest decimals that read back as the same doubles, so nothing
- * is lost on the way. */
+ * is lost on the way. The row is walked once, cell to cell. */
 static tally_agg row_agg(const frow *r, unsigned j)
 {
 	tally_agg a = {0};
-	a.count = (uint64_t)cell_f64(r->p, r->n, j);
-	a.sum = cell_f64(r->p, r->n, j + 1);
-	a.min = cell_f64(r->p, r->n, j + 2);
-	a.max = cell_f64(r->p, r->n, j + 3);
+	double v[4];
+	size_t n = 0;
+	const char *c = cell(r, j, &n);
+	for (int k = 0; k < 4; k++) {
+		v[k] = c ? fan_f64(c, n) : NAN;
+		c = c ? next_cell(r->p, r->n, c, &n) : NULL;
+	}
+	a.count = (uint64_t)v[0];
+	a.sum = v[1];
+	a.min = v[2];
+	a.max = v[3];
 	return a;
 }
 
@@ -648,12 +700,62 @@ static int by_text(const void *x, const void *y)
 	return c ? c : (a->n > b->n) - (a->n < b->n);
 }
 
+/* n digits at p as a number; -1 when one is not a digit. */
+static int64_t fan_num(const char *p, int n)
+{
+	int64_t v = 0;
+	for (int i = 0; i < n; i++) {
+		unsigned d = (unsigned)(p[i] - '0');
+		if (d > 9)
+			return -1;
+		v = v * 10 + d;
+	}
+	return v;
+}
+
+/* A time exactly as cmd_format_time writes it (YYYY-MM-DDTHH:MM:SS, then
+ * .fff, .ffffff or .fffffffff, then Z), at a fixed place per field, with
+ * the date's day number kept per thread (a series' rows share a day):
+ * 0, or -1 to leave it to cmd_parse_time (another form, or out of the
+ * range of int64 ns, or a date that is not one). */
+static int fan_time_fast(const char *p, size_t n, int64_t *out)
+{
+	static __thread char date[10];
+	static __thread int64_t date_days = INT64_MIN;
+	if ((n != 20 && n != 24 && n != 27 && n != 30) || p[n - 1] != 'Z' || p[10] != 'T' ||
+	    p[13] != ':' || p[16] != ':' || (n > 20 && p[19] != '.'))
+		return -1;
+	if (date_days == INT64_MIN || memcmp(date, p, 10)) {
+		int64_t y = fan_num(p, 4), mo = fan_num(p + 5, 2), d = fan_num(p + 8, 2), cy;
+		unsigned cm, cd;
+		if (p[4] != '-' || p[7] != '-' || y < 1678 || y > 2261 || mo < 1 || mo > 12 ||
+		    d < 1 || d > 31)
+			return -1;
+		int64_t days = cmd_days_from_civil(y, (unsigned)mo, (unsigned)d);
+		cmd_civil_from_days(days, &cy, &cm, &cd); /* 2-30 is not a day */
+		if (cy != y || cm != mo || cd != d)
+			return -1;
+		memcpy(date, p, 10);
+		date_days = days;
+	}
+	int64_t h = fan_num(p + 11, 2), mi = fan_num(p + 14, 2), s = fan_num(p + 17, 2);
+	int64_t frac = n > 20 ? fan_num(p + 20, (int)n - 21) : 0;
+	if (h < 0 || h > 23 || mi < 0 || mi > 59 || s < 0 || s > 59 || frac < 0)
+		return -1;
+	for (size_t k = n; k < 30; k += 3)
+		frac *= 1000;
+	*out = ((date_days * 86400 + h * 3600 + mi * 60 + s) * INT64_C(1000000000)) + frac;
+	return 0;
+}
+
 int64_t fan_cell_time(const char *row, size_t rn, unsigned j)
 {
 	size_t n;
 	const char *p = fan_cell(row, rn, j, &n);
 	char b[64];
 	int64_t t = INT64_MIN;
+	if (p && !fan_time_fast(p, n, &t))
+		return t;
 	if (p && n < sizeof b) {
 		memcpy(b, p, n);
 		b[n] = 0;

@@ -107,9 +107,11 @@ int fan_err_absent(const char *err, size_t n);
 
 /* Cell j of a row, *n its length; NULL past the last. */
 const char *fan_cell(const char *row, size_t n, unsigned j, size_t *cn);
-/* Cells j.. as count, sum, min, max; the average made from them. */
+/* Cells j.. as count, sum, min, max; the average made from them. Each
+ * the double strtod would read (most without it: Clinger's fast path). */
 tally_agg fan_cell_agg(const char *row, size_t n, unsigned j);
-/* Cell j as a time (RFC 3339); INT64_MIN when it is not one. */
+/* Cell j as a time (RFC 3339), as cmd_parse_time reads it (the
+ * formatter's layout without it); INT64_MIN when it is not one. */
 int64_t fan_cell_time(const char *row, size_t n, unsigned j);
 /* A cell's text with the protocol's escapes (\\ \t \n \r) undone into
  * out (at least n bytes); its length. */
