@@ -68,14 +68,14 @@ typedef struct opts {
 	enum { MODE_KILL9, MODE_SIGTERM, MODE_SOAK } mode;
 	unsigned trials, writers, shards;
 	unsigned fresh_every; /* a new store every N trials; 0: one store */
-	double seconds;     /* longest load per trial */
-	uint64_t seed;      /* 0: from the clock */
-	uint64_t trial_ids; /* ids one trial may write */
-	uint64_t min_acked; /* fewer over the run: exit 1 (the run tested nothing) */
-	int timeout_scale;  /* --asan: every bounded wait times this */
-	const char *io;     /* --io auto|io_uring|epoll */
-	const char *tallyd; /* the binary */
-	const char *parent; /* where the temporary directory goes */
+	double seconds;       /* longest load per trial */
+	uint64_t seed;        /* 0: from the clock */
+	uint64_t trial_ids;   /* ids one trial may write */
+	uint64_t min_acked;   /* fewer over the run: exit 1 (the run tested nothing) */
+	int timeout_scale;    /* --asan: every bounded wait times this */
+	const char *io;       /* --io auto|io_uring|epoll */
+	const char *tallyd;   /* the binary */
+	const char *parent;   /* where the temporary directory goes */
 	const char *extra[MAX_ARGS];
 	unsigned n_extra;
 	int keep, verbose;
@@ -776,7 +776,7 @@ typedef struct run {
 	uint64_t st_cap, end; /* ids [0, end) were handed out */
 	/* what the checks found, per trial (day) and key: count and sum of v */
 	uint64_t (*cnt)[NKEYS], (*vsum)[NKEYS];
-	unsigned days;  /* trials on the current store: its days 0 .. days-1 */
+	unsigned days; /* trials on the current store: its days 0 .. days-1 */
 	unsigned trials, stores;
 	/* totals, over every store */
 	uint64_t sent, acked, lost, doubled, wrong, kept, gone, rejected, sync_errors;
@@ -1274,16 +1274,18 @@ out:
 		     " wanted): the run tested nothing",
 		     r.acked, O.min_acked);
 	qsort(r.restart_ms, r.n_restart, sizeof *r.restart_ms, cmp_i64);
-	printf("torture %s: %u trials on %u store%s (%u killed, %u while recovering, %u after a flush/merge "
+	printf("torture %s: %u trials on %u store%s (%u killed, %u while recovering, %u after a "
+	       "flush/merge "
 	       "line, "
 	       "%u SIGTERM) in %.1f s: %" PRIu64 " events sent, %" PRIu64 " acknowledged, %" PRIu64
 	       " lost, %" PRIu64 " doubled, %" PRIu64 " wrong; unacknowledged: %" PRIu64
 	       " kept, %" PRIu64 " gone; %" PRIu64 " rejected, %" PRIu64
 	       " sync errors; restart p50 %.0f ms, p99 %.0f ms (%u restarts)\n",
-	       mode, r.trials, r.stores, r.stores == 1 ? "" : "s", r.killed, r.recovery_kills, r.after_flush, r.sigterms,
-	       (double)(mono_ms() - t_begin) / 1000, r.sent, r.acked, r.lost, r.doubled, r.wrong,
-	       r.kept, r.gone, r.rejected, r.sync_errors, pct(r.restart_ms, r.n_restart, 0.5),
-	       pct(r.restart_ms, r.n_restart, 0.99), r.n_restart);
+	       mode, r.trials, r.stores, r.stores == 1 ? "" : "s", r.killed, r.recovery_kills,
+	       r.after_flush, r.sigterms, (double)(mono_ms() - t_begin) / 1000, r.sent, r.acked,
+	       r.lost, r.doubled, r.wrong, r.kept, r.gone, r.rejected, r.sync_errors,
+	       pct(r.restart_ms, r.n_restart, 0.5), pct(r.restart_ms, r.n_restart, 0.99),
+	       r.n_restart);
 	int bad = r.failed || r.lost || r.doubled || r.wrong;
 	if (O.inject) {
 		uint64_t found = O.inject == INJECT_LOSE ? r.lost : r.doubled;
