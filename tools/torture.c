@@ -67,14 +67,15 @@
 typedef struct opts {
 	enum { MODE_KILL9, MODE_SIGTERM, MODE_SOAK } mode;
 	unsigned trials, writers, shards;
-	double seconds;     /* longest load per trial */
-	uint64_t seed;      /* 0: from the clock */
-	uint64_t trial_ids; /* ids one trial may write */
-	uint64_t min_acked; /* fewer over the run: exit 1 (the run tested nothing) */
-	int timeout_scale;  /* --asan: every bounded wait times this */
-	const char *io;     /* --io auto|io_uring|epoll */
-	const char *tallyd; /* the binary */
-	const char *parent; /* where the temporary directory goes */
+	unsigned fresh_every; /* a new store every N trials; 0: one store */
+	double seconds;       /* longest load per trial */
+	uint64_t seed;        /* 0: from the clock */
+	uint64_t trial_ids;   /* ids one trial may write */
+	uint64_t min_acked;   /* fewer over the run: exit 1 (the run tested nothing) */
+	int timeout_scale;    /* --asan: every bounded wait times this */
+	const char *io;       /* --io auto|io_uring|epoll */
+	const char *tallyd;   /* the binary */
+	const char *parent;   /* where the temporary directory goes */
 	const char *extra[MAX_ARGS];
 	unsigned n_extra;
 	int keep, verbose;
@@ -775,8 +776,9 @@ typedef struct run {
 	uint64_t st_cap, end; /* ids [0, end) were handed out */
 	/* what the checks found, per trial (day) and key: count and sum of v */
 	uint64_t (*cnt)[NKEYS], (*vsum)[NKEYS];
-	unsigned days;
-	/* totals */
+	unsigned days; /* trials on the current store: its days 0 .. days-1 */
+	unsigned trials, stores;
+	/* totals, over every store */
 	uint64_t sent, acked, lost, doubled, wrong, kept, gone, rejected, sync_errors;
 	unsigned killed, recovery_kills, after_flush, sigterms;
 	int64_t *restart_ms;
@@ -1040,6 +1042,28 @@ static void check(run *r, trial_ctx *t)
 
 /* ------------------------------------------------------------ the trials */
 
+/* --fresh-every: the store so far was checked whole by the last trial's
+ * check; it is killed and deleted and the next trials start on an empty
+ * one, so a trial costs the same at trial 1,000 as at trial 1 (a store
+ * that keeps every trial's day makes each restart and check slower). Ids
+ * and days start again at 0 (the model is per store); the totals and
+ * restart times carry over. The first start of a new store is no restart. */
+static int fresh_store(run *r)
+{
+	if (r->s.pid > 0)
+		server_stop(&r->s, SIGKILL, 30000 * O.timeout_scale);
+	if (!O.keep)
+		rm_tree(r->s.dir);
+	server_dir(&r->s, "torture");
+	r->end = 0;
+	r->days = 0;
+	r->stores++;
+	if (run_start(r) < 0)
+		return -1;
+	r->n_restart--;
+	return 0;
+}
+
 static void grow_model(run *r, trial_ctx *t)
 {
 	if (t->lo + t->cap + INJECT_N > r->st_cap) {
@@ -1154,8 +1178,11 @@ static int run_trials(void)
 	if (run_start(&r) < 0)
 		goto out;
 	r.n_restart = 0; /* the first start is no restart */
+	r.stores = 1;
 	for (unsigned no = 0; no < O.trials && !r.failed; no++) {
-		trial_ctx t = {.day = no, .lo = r.end, .cap = O.trial_ids, .nkeys = NKEYS};
+		if (O.fresh_every && no && no % O.fresh_every == 0 && fresh_store(&r) < 0)
+			break;
+		trial_ctx t = {.day = r.days, .lo = r.end, .cap = O.trial_ids, .nkeys = NKEYS};
 		atomic_init(&t.next, t.lo);
 		atomic_init(&t.acked, 0);
 		atomic_init(&t.stop, 0);
@@ -1197,8 +1224,9 @@ static int run_trials(void)
 			r.rejected += ws[i].rejected;
 			r.sync_errors += ws[i].sync_errors;
 			if (ws[i].err[0])
-				fail(&r, "day %u: %s", no, ws[i].err);
+				fail(&r, "trial %u (day %u): %s", no, t.day, ws[i].err);
 		}
+		r.trials++;
 		r.sent += sent;
 		r.acked += acked;
 		r.end = atomic_load(&t.next);
@@ -1246,16 +1274,18 @@ out:
 		     " wanted): the run tested nothing",
 		     r.acked, O.min_acked);
 	qsort(r.restart_ms, r.n_restart, sizeof *r.restart_ms, cmp_i64);
-	printf("torture %s: %u trials (%u killed, %u while recovering, %u after a flush/merge "
+	printf("torture %s: %u trials on %u store%s (%u killed, %u while recovering, %u after a "
+	       "flush/merge "
 	       "line, "
 	       "%u SIGTERM) in %.1f s: %" PRIu64 " events sent, %" PRIu64 " acknowledged, %" PRIu64
 	       " lost, %" PRIu64 " doubled, %" PRIu64 " wrong; unacknowledged: %" PRIu64
 	       " kept, %" PRIu64 " gone; %" PRIu64 " rejected, %" PRIu64
 	       " sync errors; restart p50 %.0f ms, p99 %.0f ms (%u restarts)\n",
-	       mode, r.days, r.killed, r.recovery_kills, r.after_flush, r.sigterms,
-	       (double)(mono_ms() - t_begin) / 1000, r.sent, r.acked, r.lost, r.doubled, r.wrong,
-	       r.kept, r.gone, r.rejected, r.sync_errors, pct(r.restart_ms, r.n_restart, 0.5),
-	       pct(r.restart_ms, r.n_restart, 0.99), r.n_restart);
+	       mode, r.trials, r.stores, r.stores == 1 ? "" : "s", r.killed, r.recovery_kills,
+	       r.after_flush, r.sigterms, (double)(mono_ms() - t_begin) / 1000, r.sent, r.acked,
+	       r.lost, r.doubled, r.wrong, r.kept, r.gone, r.rejected, r.sync_errors,
+	       pct(r.restart_ms, r.n_restart, 0.5), pct(r.restart_ms, r.n_restart, 0.99),
+	       r.n_restart);
 	int bad = r.failed || r.lost || r.doubled || r.wrong;
 	if (O.inject) {
 		uint64_t found = O.inject == INJECT_LOSE ? r.lost : r.doubled;
@@ -1603,6 +1633,8 @@ static void usage(FILE *f)
 		"  --writers N         writer connections (default 3; at most %d)\n"
 		"  --shards N          tallyd's shards (default 2)\n"
 		"  --trial-ids N       events one trial may write (default 2000000)\n"
+		"  --fresh-every N     a new, empty store every N trials, totals carried over\n"
+		"                      (default 0: one store for the whole run)\n"
 		"  --min-acked N       fewer acknowledged events over the run fail it (default 1)\n"
 		"  --seed N            the random choices (default: from the clock; printed)\n"
 		"  --io MODE           tallyd's --io: auto, io_uring or epoll\n"
@@ -1659,6 +1691,8 @@ int main(int argc, char **argv)
 			O.shards = (unsigned)num_arg(a, v);
 		else if (!strcmp(a, "--trial-ids"))
 			O.trial_ids = num_arg(a, v);
+		else if (!strcmp(a, "--fresh-every"))
+			O.fresh_every = (unsigned)num_arg(a, v);
 		else if (!strcmp(a, "--min-acked"))
 			O.min_acked = num_arg(a, v);
 		else if (!strcmp(a, "--seed"))

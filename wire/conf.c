@@ -92,6 +92,9 @@ static const struct conf_item {
 	{"tls-handshake-timeout", K_DUR, offsetof(srv_conf, tls_handshake_ns),
 	 "time a TLS client has to finish its handshake; slower: closed (default 10s)"},
 	{"shards", K_UINT, offsetof(srv_conf, shards), "shard threads (default: one per core)"},
+	{"malloc-arenas", K_UINT, offsetof(srv_conf, malloc_arenas),
+	 "malloc arenas at most, shared by all threads (default 1; 0: glibc's default, "
+	 "8 per core, which keep freed memory per thread)"},
 	{"token", K_SECRET, offsetof(srv_conf, token),
 	 "shared token clients must present: #!auth on the line-protocol port, "
 	 "Authorization (Token, Bearer, Basic) or p= on HTTP (prefer token-file)"},
@@ -325,6 +328,7 @@ void conf_init(srv_conf *c)
 	 * cameras of an interleaved file come several rows a key per batch
 	 * (docs/operations.md, "Receive buffers"). */
 	c->recv_buf_bytes = 256u << 10;
+	c->malloc_arenas = 1; /* docs/operations.md, "Memory and latency" */
 	c->log_level = TALLY_LOG_INFO;
 	c->prefault = 1;
 	c->mqtt_keepalive_ns = 30 * INT64_C(1000000000);

@@ -33,6 +33,7 @@ typedef struct srv_conf {
 	int64_t tls_handshake_ns; /* a TLS handshake must end within this */
 	unsigned tls_lp;          /* 1: the line-protocol port speaks TLS too */
 	unsigned shards;          /* 0: one per core */
+	unsigned malloc_arenas;   /* glibc malloc arenas at most; 0: glibc's default */
 	char *token;              /* shared secret clients present with #!auth; NULL: none */
 	uint32_t max_line;        /* longest line, bytes */
 	unsigned max_conns;       /* open connections at once */

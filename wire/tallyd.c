@@ -11,6 +11,8 @@
  * unless --retention was given as a flag (a flag wins over the file).
  */
 #include <errno.h>
+#include <limits.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -55,6 +57,25 @@ static void reload_retention(srv *s, const char *path)
 	conf_free(&fresh);
 }
 
+/* Before any thread starts: glibc gives each thread that meets a locked
+ * arena a new one (up to 8 per core) and keeps what is freed in it for
+ * that arena alone. tallyd's flush, merge and query buffers are large,
+ * short-lived and freed by whichever thread runs next, so each arena holds
+ * its own high-water mark and RSS climbs in steps for hours. One shared
+ * arena reuses one pool: a one-hour soak's anonymous memory levels off
+ * (docs/operations.md). The hot paths take their memory from the
+ * memtables' blocks, not malloc, so the shared arena's lock costs no
+ * ingest rate (bench/results/soak-2026-12-07.md). */
+static void limit_arenas(unsigned n)
+{
+#ifdef M_ARENA_MAX
+	if (n)
+		mallopt(M_ARENA_MAX, n > INT_MAX ? INT_MAX : (int)n);
+#else
+	(void)n;
+#endif
+}
+
 int main(int argc, char **argv)
 {
 	srv_conf conf;
@@ -64,6 +85,7 @@ int main(int argc, char **argv)
 		conf_free(&conf);
 		return rc > 0 ? 0 : 2;
 	}
+	limit_arenas(conf.malloc_arenas);
 	sigset_t set;
 	sigemptyset(&set);
 	sigaddset(&set, SIGTERM);
