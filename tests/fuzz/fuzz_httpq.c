@@ -86,6 +86,28 @@ void fanserv_release(fanjob *j)
 	abort();
 }
 
+/* Distributions across nodes (fandist.c): no peers either. */
+int fandist_http(wconn *c, const cmd_req *r, int64_t step, int64_t ws, int partial, fanjob **out)
+{
+	(void)c;
+	(void)r;
+	(void)step;
+	(void)ws;
+	(void)partial;
+	(void)out;
+	abort();
+}
+
+int fandist_window(fan_reader *rd, int64_t lo, tally_dist **out, char *err, size_t cap)
+{
+	(void)rd;
+	(void)lo;
+	(void)out;
+	(void)err;
+	(void)cap;
+	abort();
+}
+
 void srv_log(srv *s, int level, const char *fmt, ...)
 {
 	(void)s;

@@ -80,7 +80,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			tags[nt++].value = (lp_str){eq + 1, (uint32_t)(e - eq - 1)};
 			c = e + 1;
 		}
-		uint8_t in_key[8];
+		uint8_t in_key[8] = {0}; /* tagkey_build sets only what it took */
 		if (t.key_mode >= KEY_LIST && tagkey_build(&t, tags, nt, in_key, &out) == 0) {
 			/* every pair the key took reads back from it */
 			tkbuf v = {0};
