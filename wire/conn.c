@@ -819,7 +819,7 @@ static void conn_query(wconn *c, const cmd_req *r, uint64_t line)
 		rc = tally_query_agg(s->db, r->table, r->field, r->key, r->from, r->to, &a);
 		if (rc)
 			break;
-		text_raw(&t, "count\tsum\tmin\tmax\tavg\n", 22);
+		text_raw(&t, CMD_HEAD_AGG, CMD_HEAD_LEN(CMD_HEAD_AGG));
 		text_agg(&t, &a);
 		text_raw(&t, "END 1\n", 6);
 		if (!t.oom)
@@ -867,7 +867,7 @@ static void conn_query(wconn *c, const cmd_req *r, uint64_t line)
 			conn_prod_free(c);
 			break;
 		}
-		conn_put(c, "start\tcount\tsum\tmin\tmax\tavg\n", 28, 1);
+		conn_put(c, CMD_HEAD_SERIES, CMD_HEAD_LEN(CMD_HEAD_SERIES), 1);
 		text_give(c->sh, &t);
 		held = 0;
 		conn_pump(c);
@@ -888,7 +888,7 @@ static void conn_query(wconn *c, const cmd_req *r, uint64_t line)
 		pk->line = line;
 		c->prod = PROD_KEYS;
 		c->prod_state = pk;
-		conn_put(c, "key\tcount\tsum\tmin\tmax\tavg\n", 26, 1);
+		conn_put(c, CMD_HEAD_KEYS, CMD_HEAD_LEN(CMD_HEAD_KEYS), 1);
 		text_give(c->sh, &t);
 		held = 0;
 		conn_pump(c);

@@ -1091,7 +1091,7 @@ int fan_run(const fan_node *nodes, size_t n, const fan_opts *o, const char *cmd,
 			agg_add(&t, &x);
 		}
 		agg_done(&t);
-		fb_put(&b, "count\tsum\tmin\tmax\tavg\n", 22);
+		fb_put(&b, CMD_HEAD_AGG, CMD_HEAD_LEN(CMD_HEAD_AGG));
 		fb_agg(&b, "", 0, &t);
 		rows = 1;
 		break;
@@ -1099,10 +1099,10 @@ int fan_run(const fan_node *nodes, size_t n, const fan_opts *o, const char *cmd,
 	case CMD_SERIES:
 	case CMD_KEYS: {
 		int series = req.kind == CMD_SERIES;
-		fb_put(&b,
-		       series ? "start\tcount\tsum\tmin\tmax\tavg\n"
-			      : "key\tcount\tsum\tmin\tmax\tavg\n",
-		       series ? 28 : 26);
+		if (series)
+			fb_put(&b, CMD_HEAD_SERIES, CMD_HEAD_LEN(CMD_HEAD_SERIES));
+		else
+			fb_put(&b, CMD_HEAD_KEYS, CMD_HEAD_LEN(CMD_HEAD_KEYS));
 		/* A series from one node alone is in time order already (the
 		 * usual case: a camera's events live on one node). */
 		size_t from_nodes = 0;

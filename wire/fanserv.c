@@ -257,7 +257,7 @@ static int fs_local(void *arg, const cmd_req *r, char **out, size_t *len)
 		tally_agg a;
 		rc = tally_query_agg(s->db, r->table, r->field, r->key, r->from, r->to, &a);
 		if (!rc) {
-			fputs("count\tsum\tmin\tmax\tavg\n", f);
+			fputs(CMD_HEAD_AGG, f);
 			fwrite(row, 1, (size_t)(cmd_put_agg(row, &a) - row), f);
 			fputs("END 1\n", f);
 		}
@@ -273,7 +273,7 @@ static int fs_local(void *arg, const cmd_req *r, char **out, size_t *len)
 		/* the first slice first, so that a bad table is the whole answer */
 		rc = series_next_slice(s->db, ws);
 		if (!rc) {
-			fputs("start\tcount\tsum\tmin\tmax\tavg\n", f);
+			fputs(CMD_HEAD_SERIES, f);
 			const tally_bucket *b;
 			size_t rows = 0, bytes = 0, max = s->conf->fanout_max_bytes;
 			while (!over && (rc = series_next(s->db, ws, &b)) > 0) {

@@ -34,6 +34,15 @@ size_t cmd_format_double(double v, char *buf);
  * avg). Returns the end; at most 31 bytes, no NUL counted. */
 char *cmd_put_f64(char *p, double v);
 
+/* The header lines of the answers whose rows are cmd_put_agg's cells
+ * (docs/protocol.md): written by a node answering a client, by a node's
+ * own part of a fan-out and by the fan-out's merged answer alike. */
+#define CMD_HEAD_AGG    "count\tsum\tmin\tmax\tavg\n"
+#define CMD_HEAD_SERIES "start\t" CMD_HEAD_AGG
+#define CMD_HEAD_KEYS   "key\t" CMD_HEAD_AGG
+/* The length of one of them, a literal. */
+#define CMD_HEAD_LEN(h) (sizeof(h) - 1)
+
 /* An aggregate's cells "count\tsum\tmin\tmax\tavg\n" at p (min, max and
  * avg empty when count is 0; a sum past the largest double "inf" or
  * "-inf", one that overflowed both ways "nan", never empty); at most
