@@ -290,6 +290,8 @@ static int http_run(srv *s, void *arg, char **out, size_t *len)
 		return answer_err(out, len, "ERR dist: %.*s\n", "out of memory", 13);
 	}
 	memcpy(alive, s->fan_nodes, s->n_fan_nodes * sizeof *alive);
+	/* the header line first: fan_reader_open takes the first line as it */
+	fputs("start\texp\tkind\tunits\tcount\n", f);
 	int failed = 0;
 	int64_t from = r.from, to = r.to;
 	for (int64_t ws = j->ws; ws < to && !failed;) {
@@ -335,7 +337,7 @@ static int http_run(srv *s, void *arg, char **out, size_t *len)
 	}
 	fclose(mf);
 	if (!failed) {
-		/* the header fan_reader_open skips, then the rows and END */
+		/* after the header and the rows, END */
 		fprintf(f, "END %zu%s%s\n", rows, mlen ? " PARTIAL " : "", mlen ? missing : "");
 	}
 	fclose(f);
@@ -345,18 +347,8 @@ static int http_run(srv *s, void *arg, char **out, size_t *len)
 		free(buf);
 		return 0;
 	}
-	/* the header line first: fan_reader_open takes the first line as it */
-	size_t hn = strlen("start\texp\tkind\tunits\tcount\n");
-	char *whole = malloc(hn + blen + 1);
-	if (!whole) {
-		free(buf);
-		return answer_err(out, len, "ERR dist: %.*s\n", "out of memory", 13);
-	}
-	memcpy(whole, "start\texp\tkind\tunits\tcount\n", hn);
-	memcpy(whole + hn, buf, blen + 1);
-	free(buf);
-	*out = whole;
-	*len = hn + blen;
+	*out = buf;
+	*len = blen;
 	return 0;
 }
 
