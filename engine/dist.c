@@ -42,10 +42,19 @@ int64_t dist_index(double v, int32_t exp)
 	return i + (f >= 0.5) - (f <= -0.5);
 }
 
-void dist_index_n(const double *v, size_t n, int32_t exp, int64_t *out)
+void dist_index_n(const double *v, size_t n, int32_t exp, int64_t *out, int64_t *lo, int64_t *hi)
 {
-	for (size_t i = 0; i < n; i++)
-		out[i] = dist_index(v[i], exp);
+	if (!n)
+		return;
+	int64_t l = dist_index(v[0], exp), h = l;
+	for (size_t i = 0; i < n; i++) {
+		int64_t x = dist_index(v[i], exp);
+		out[i] = x;
+		l = x < l ? x : l;
+		h = x > h ? x : h;
+	}
+	*lo = l;
+	*hi = h;
 }
 
 double dist_value(int64_t idx, int32_t exp)

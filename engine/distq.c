@@ -238,12 +238,8 @@ static void acc_values(dacc *a, const double *v, uint32_t n, int64_t *idx)
 {
 	if (!n || a->rc)
 		return;
-	dist_index_n(v, n, a->exp, idx);
-	int64_t lo = idx[0], hi = idx[0];
-	for (uint32_t i = 1; i < n; i++) {
-		lo = idx[i] < lo ? idx[i] : lo;
-		hi = idx[i] > hi ? idx[i] : hi;
-	}
+	int64_t lo, hi;
+	dist_index_n(v, n, a->exp, idx, &lo, &hi);
 	if (!a->sketch && dense_cover(a, lo, hi + 1)) {
 		uint64_t *cnt = a->cnt - a->lo;
 		for (uint32_t i = 0; i < n; i++)
@@ -366,6 +362,21 @@ static void rows_before(const int64_t *ts, uint32_t n, const int64_t e[4], uint3
 	}
 }
 
+/* 1 when rows [x, y) of the presence bits are all set. */
+static int all_present(const uint64_t *pres, uint32_t x, uint32_t y)
+{
+	for (; x < y && (x & 63); x++)
+		if (!((pres[x >> 6] >> (x & 63)) & 1))
+			return 0;
+	for (; x + 64 <= y; x += 64)
+		if (pres[x >> 6] != UINT64_MAX)
+			return 0;
+	for (; x < y; x++)
+		if (!((pres[x >> 6] >> (x & 63)) & 1))
+			return 0;
+	return 1;
+}
+
 /* The values of stripe st in the edges e. Its rows ascend in time, so
  * the times are decoded only up to the end of the last edge the stripe
  * meets and the values only up to the last row in an edge
@@ -393,13 +404,19 @@ static void acc_stripe(dacc *a, const part *p, const part_stripe *st, int col, c
 					&absent)) ||
 	    absent)
 		return;
-	/* the edges' present values as doubles, in place, then at the
-	 * resolution into the times' slots (read already) */
+	/* the edges' present values as doubles, then at the resolution into
+	 * the times' slots (read already); a float column with every row of
+	 * an edge present is counted where it lies, with no copy */
 	uint32_t m = 0;
-	for (int h = 0; h < 4; h += 2)
+	for (int h = 0; h < 4; h += 2) {
+		if (c->type == TALLY_T_F64 && all_present(pres, r[h], r[h + 1])) {
+			acc_values(a, &vals[r[h]].f64, r[h + 1] - r[h], ts);
+			continue;
+		}
 		for (uint32_t i = r[h]; i < r[h + 1]; i++)
 			if ((pres[i >> 6] >> (i & 63)) & 1)
 				vals[m++].f64 = bval_num(c->type, vals[i]);
+	}
 	acc_values(a, &vals->f64, m, ts);
 }
 
