@@ -14,10 +14,12 @@
  * DIST_SKETCH_ALPHA (tally_dist_error); with no sketch it is exact.
  */
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "codec.h"
 #include "db.h"
 #include "dist.h"
 #include "distpairs.h"
@@ -231,15 +233,11 @@ static void acc_value(dacc *a, double v)
 		acc_pair(a, x, 1);
 }
 
-/* n raw values v (idx: room for n indexes): like acc_value each, but
- * converted in one call and, when the counting array covers them,
- * counted in one tight loop. */
-static void acc_values(dacc *a, const double *v, uint32_t n, int64_t *idx)
+/* n values idx at the resolution, the least lo and the greatest hi:
+ * like acc_value each, but counted in one tight loop when the counting
+ * array covers them. */
+static void acc_counted(dacc *a, const int64_t *idx, uint32_t n, int64_t lo, int64_t hi)
 {
-	if (!n || a->rc)
-		return;
-	int64_t lo, hi;
-	dist_index_n(v, n, a->exp, idx, &lo, &hi);
 	if (!a->sketch && dense_cover(a, lo, hi + 1)) {
 		uint64_t *cnt = a->cnt - a->lo;
 		for (uint32_t i = 0; i < n; i++)
@@ -248,6 +246,29 @@ static void acc_values(dacc *a, const double *v, uint32_t n, int64_t *idx)
 	}
 	for (uint32_t i = 0; i < n && !a->rc; i++)
 		acc_pair(a, a->sketch ? dist_sketch_key(idx[i]) : idx[i], 1);
+}
+
+/* n raw values v (idx: room for n indexes), converted in one call. */
+static void acc_values(dacc *a, const double *v, uint32_t n, int64_t *idx)
+{
+	if (!n || a->rc)
+		return;
+	int64_t lo, hi;
+	dist_index_n(v, n, a->exp, idx, &lo, &hi);
+	acc_counted(a, idx, n, lo, hi);
+}
+
+/* n raw values already at the resolution (a DEC column's integers). */
+static void acc_units(dacc *a, const int64_t *idx, uint32_t n)
+{
+	if (!n || a->rc)
+		return;
+	int64_t lo = idx[0], hi = idx[0];
+	for (uint32_t i = 1; i < n; i++) {
+		lo = idx[i] < lo ? idx[i] : lo;
+		hi = idx[i] > hi ? idx[i] : hi;
+	}
+	acc_counted(a, idx, n, lo, hi);
 }
 
 /* A memtable's values of the series in [x, y): memtables keep rows, not
@@ -400,24 +421,41 @@ static void acc_stripe(dacc *a, const part *p, const part_stripe *st, int col, c
 	uint32_t want = r[3] > r[2] ? r[3] : r[1];
 	if (r[0] == r[1] && r[2] == r[3])
 		return;
-	if ((a->rc = part_read_col_head(p, st, col, ps, vals, pres, want, INT64_MIN, &got,
-					&absent)) ||
-	    absent)
+	/* a float column coded as decimals comes out at the resolution
+	 * already when its scale allows (codec_want_units): no round trip
+	 * through doubles */
+	int units = c->type == TALLY_T_F64 && a->exp <= 0;
+	if (units)
+		codec_want_units(ps->cx, (unsigned)-a->exp);
+	a->rc = part_read_col_head(p, st, col, ps, vals, pres, want, INT64_MIN, &got, &absent);
+	units = units && codec_units_got(ps->cx);
+	codec_want_units(ps->cx, UINT_MAX); /* none left behind by a failed read */
+	if (a->rc || absent)
 		return;
-	/* the edges' present values as doubles, then at the resolution into
-	 * the times' slots (read already); a float column with every row of
-	 * an edge present is counted where it lies, with no copy */
+	/* the edges' present values (as doubles unless units), then at the
+	 * resolution into the times' slots (read already); a float column with
+	 * every row of an edge present is counted where it lies, with no copy */
 	uint32_t m = 0;
 	for (int h = 0; h < 4; h += 2) {
 		if (c->type == TALLY_T_F64 && all_present(pres, r[h], r[h + 1])) {
-			acc_values(a, &vals[r[h]].f64, r[h + 1] - r[h], ts);
+			if (units)
+				acc_units(a, &vals[r[h]].i64, r[h + 1] - r[h]);
+			else
+				acc_values(a, &vals[r[h]].f64, r[h + 1] - r[h], ts);
 			continue;
 		}
 		for (uint32_t i = r[h]; i < r[h + 1]; i++)
-			if ((pres[i >> 6] >> (i & 63)) & 1)
-				vals[m++].f64 = bval_num(c->type, vals[i]);
+			if ((pres[i >> 6] >> (i & 63)) & 1) {
+				if (units)
+					vals[m++].i64 = vals[i].i64;
+				else
+					vals[m++].f64 = bval_num(c->type, vals[i]);
+			}
 	}
-	acc_values(a, &vals->f64, m, ts);
+	if (units)
+		acc_units(a, &vals->i64, m);
+	else
+		acc_values(a, &vals->f64, m, ts);
 }
 
 /* The raw values of the edges [e0, e1) and [e2, e3) (e1 <= e2; each under

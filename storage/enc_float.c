@@ -272,6 +272,34 @@ static int dec_encode(codec_ctx *cx, const enc_vals *in, const codec_opts *opt, 
 	return tail_put(cx, out, p, v, exc, ne, m, n, opt, st);
 }
 
+/* codec_want_units' answer: 1 with out[i] = m[i] * 10^(scale - s) for
+ * the got integers m at scale s, when the block stores no value verbatim
+ * and all of them fit (codec.h says why they are then exact); 0
+ * otherwise, out then holding garbage the doubles overwrite. */
+static int dec_units(codec_ctx *cx, const uint8_t *body, size_t len, size_t exc_at, unsigned s,
+		     const int64_t *m, uint32_t got, void *out)
+{
+	unsigned scale = cx->units_want - 1u;
+	uint64_t ne;
+	if (s > scale || enc_varint_get(body, len, &exc_at, &ne, "") || ne)
+		return 0;
+	int64_t mul = 1;
+	for (unsigned i = s; i < scale; i++)
+		mul *= 10;
+	/* |m| < lim, so |m * mul| < 2^50 */
+	uint64_t lim = (UINT64_C(1) << 50) / (uint64_t)mul, far = 0;
+	int64_t *o = out;
+	for (uint32_t i = 0; i < got; i++) {
+		far |= (uint64_t)m[i] + lim - 1 > 2 * lim - 2;
+		o[i] = (int64_t)((uint64_t)m[i] * (uint64_t)mul); /* wraps only when far */
+	}
+	if (far)
+		return 0;
+	cx->units_got = 1;
+	cx->got = got;
+	return 1;
+}
+
 static int dec_decode(codec_ctx *cx, enum codec_kind kind, const uint8_t *body, size_t len,
 		      uint32_t n, void *out, codec_buf *arena)
 {
@@ -288,6 +316,8 @@ static int dec_decode(codec_ctx *cx, enum codec_kind kind, const uint8_t *body, 
 	int rc = tail_get(cx, body, len, 1, n, &dec_names, &exc_at, &m, &got);
 	if (rc)
 		return rc;
+	if (cx->units_want && dec_units(cx, body, len, exc_at, s, m, got, out))
+		return 0;
 	for (uint32_t i = 0; i < got; i++)
 		d[i] = dec_value(m[i], s);
 	exc_apply(body, len, exc_at, d); /* any index below n: d has n slots */

@@ -102,6 +102,12 @@ static void write_some(tally_db *db, tu_rng *r, unsigned s, int n)
 	write_in(db, r, s, n, -1, T0, SPAN);
 }
 
+static int cmp_i64(const void *a, const void *b)
+{
+	int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+	return (x > y) - (x < y);
+}
+
 static int cmp_double(const void *a, const void *b)
 {
 	double x = *(const double *)a, y = *(const double *)b;
@@ -756,39 +762,44 @@ Test(dist, counted_and_sorted_values_equal_brute_force)
 }
 
 /* An edge's rows are counted straight from the decoded stripe when the
- * field is a float present in every row of the edge, and compacted first
- * when some row lacks it or the field is an integer: with every third
- * line missing the speed, and an integer field marked too, each range's
- * raw edges equal brute force after a flush and a merge (the stripes'
- * presence bits). */
+ * field is a float present in every row of the edge, compacted first
+ * when some row lacks it or the field is an integer, and come out of a
+ * decimal column at the resolution already when its scale allows
+ * (codec_want_units), else through doubles: with every third line
+ * missing the speed, an integer field, a field of two decimals counted
+ * at 0.1 (rounded) and one of one decimal counted at 0.001, each range's
+ * raw edges equal brute force after a flush and a merge. */
 Test(dist, edges_with_absent_values_equal_brute_force)
 {
 	tu_rng r = {tu_seed("dist-absent")};
 	char *dir = tu_tmpdir();
 	tally_options o = opts();
-	o.distributions = "traffic.speed:0.1,traffic.n:1";
+	o.distributions = "traffic.speed:0.1,traffic.n:1,traffic.p:0.1,traffic.q:0.001";
+	static const char *const name[] = {"speed", "n", "p", "q"};
+	static const int32_t exp[] = {-1, 0, -1, -3};
 	tally_db *db;
 	cr_assert_eq(tally_db_open(dir, &o, &db), 0, "%s", tally_errmsg());
-	enum { N = 6000 };
+	enum { N = 6000, F = 4 };
 	int64_t *ts = malloc(N * sizeof *ts);
-	double *sp = malloc(N * sizeof *sp);
-	int64_t *nv = malloc(N * sizeof *nv);
-	int *has = malloc(N * sizeof *has);
-	char *buf = malloc((size_t)N * 80), *p = buf;
+	double(*val)[F] = malloc(N * sizeof *val);
+	char *buf = malloc((size_t)N * 120), *p = buf;
 	for (int i = 0; i < N; i++) {
 		ts[i] = T0 + (int64_t)tu_below(&r, (uint64_t)TALLY_1D);
+		char sp[16], pv[16], qv[16];
 		unsigned v = 300 + (unsigned)tu_below(&r, 600);
-		nv[i] = (int64_t)tu_below(&r, 5000) - 2500;
-		has[i] = i % 3 != 0;
-		char num[16];
-		sprintf(num, "%u.%u", v / 10, v % 10);
-		sp[i] = strtod(num, NULL);
-		if (has[i])
-			p += sprintf(p, "traffic,camera=C0 speed=%s,n=%lldi %lld\n", num,
-				     (long long)nv[i], (long long)ts[i]);
-		else
-			p += sprintf(p, "traffic,camera=C0 n=%lldi %lld\n", (long long)nv[i],
-				     (long long)ts[i]);
+		sprintf(sp, "%u.%u", v / 10, v % 10);
+		long long nv = (long long)tu_below(&r, 5000) - 2500;
+		unsigned pp = (unsigned)tu_below(&r, 100000), qq = (unsigned)tu_below(&r, 3000);
+		sprintf(pv, "%u.%02u", pp / 100, pp % 100);
+		sprintf(qv, "-%u.%u", qq / 10, qq % 10);
+		val[i][0] = i % 3 ? strtod(sp, NULL) : NAN; /* NaN: no speed on this line */
+		val[i][1] = (double)nv;
+		val[i][2] = strtod(pv, NULL);
+		val[i][3] = strtod(qv, NULL);
+		p += sprintf(p, "traffic,camera=C0 ");
+		if (i % 3)
+			p += sprintf(p, "speed=%s,", sp);
+		p += sprintf(p, "n=%lldi,p=%s,q=%s %lld\n", nv, pv, qv, (long long)ts[i]);
 	}
 	tally_writer *w;
 	cr_assert_eq(tally_writer_open(db, 0, &w), 0);
@@ -797,35 +808,38 @@ Test(dist, edges_with_absent_values_equal_brute_force)
 		     tally_errmsg());
 	cr_assert_eq(res.accepted, (uint64_t)N);
 	tally_writer_close(w);
-	double *v = malloc(N * sizeof *v);
+	int64_t *v = malloc(N * sizeof *v);
 	for (int round = 0; round < 2; round++) {
 		cr_assert_eq(round ? tally_db_merge(db) : tally_db_flush(db), 0, "%s",
 			     tally_errmsg());
 		for (int k = 0; k < 40; k++) {
 			int64_t a = T0 + (int64_t)tu_below(&r, (uint64_t)TALLY_1D);
 			int64_t b = a + (int64_t)tu_below(&r, (uint64_t)(T0 + TALLY_1D - a) + 1);
-			for (int f = 0; f < 2; f++) {
+			for (int f = 0; f < F; f++) {
 				size_t n = 0;
 				for (int i = 0; i < N; i++)
-					if (ts[i] >= a && ts[i] < b && (f || has[i]))
-						v[n++] = f ? (double)nv[i] : sp[i];
-				qsort(v, n, sizeof *v, cmp_double);
+					if (ts[i] >= a && ts[i] < b && !isnan(val[i][f]))
+						v[n++] = dist_index(val[i][f], exp[f]);
+				qsort(v, n, sizeof *v, cmp_i64);
 				tally_dist *d;
-				cr_assert_eq(tally_query_dist(db, "traffic", f ? "n" : "speed",
-							      "C0", a, b, &d),
-					     0, "%s", tally_errmsg());
+				cr_assert_eq(
+					tally_query_dist(db, "traffic", name[f], "C0", a, b, &d), 0,
+					"%s", tally_errmsg());
 				cr_assert_eq(tally_dist_count(d), n,
-					     "%s over [%lld, %lld): %llu, brute force %zu",
-					     f ? "n" : "speed", (long long)a, (long long)b,
+					     "%s over [%lld, %lld): %llu, brute force %zu", name[f],
+					     (long long)a, (long long)b,
 					     (unsigned long long)tally_dist_count(d), n);
 				const double qs[] = {0, 0.5, 0.85, 1};
 				for (int q = 0; q < 4 && n; q++) {
 					double got;
 					cr_assert_eq(tally_dist_quantile(d, qs[q], &got), 0);
-					cr_assert_eq(got, v[tu_exact_rank(qs[q], n) - 1],
-						     "%s q %g over [%lld, %lld): %.17g",
-						     f ? "n" : "speed", qs[q], (long long)a,
-						     (long long)b, got);
+					double want =
+						dist_value(v[tu_exact_rank(qs[q], n) - 1], exp[f]);
+					cr_assert_eq(got, want,
+						     "%s q %g over [%lld, %lld): %.17g, brute "
+						     "force %.17g",
+						     name[f], qs[q], (long long)a, (long long)b,
+						     got, want);
 				}
 				tally_dist_free(d);
 			}
@@ -835,9 +849,7 @@ Test(dist, edges_with_absent_values_equal_brute_force)
 	tu_rmrf(dir);
 	free(dir);
 	free(ts);
-	free(sp);
-	free(nv);
-	free(has);
+	free(val);
 	free(buf);
 	free(v);
 }
