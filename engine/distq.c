@@ -411,13 +411,24 @@ static void acc_stripe(dacc *a, const part *p, const part_stripe *st, int col, c
 		return;
 	int late = e[2] < e[3] && st->tmax >= e[2];
 	int64_t stop = late ? e[3] : e[1];
-	uint32_t got, r[4];
+	uint32_t got, r[4], n = st->n_rows;
 	int absent;
-	if ((a->rc = part_read_col_head(p, st, -1, ps, ts, NULL, 0, stop, &got, &absent)) || absent)
-		return;
-	rows_before(ts, got, e, r);
-	if (!late)
-		r[2] = r[3] = r[1];
+	if (st->tmin >= e[0] && st->tmax < e[1]) {
+		/* all of it in the first edge (a long range's inner stripes):
+		 * no time needs decoding */
+		r[0] = 0;
+		r[1] = r[2] = r[3] = n;
+	} else if (late && st->tmin >= e[2] && st->tmax < e[3]) {
+		r[0] = r[1] = r[2] = 0;
+		r[3] = n;
+	} else {
+		if ((a->rc = part_read_col_head(p, st, -1, ps, ts, NULL, 0, stop, &got, &absent)) ||
+		    absent)
+			return;
+		rows_before(ts, got, e, r);
+		if (!late)
+			r[2] = r[3] = r[1];
+	}
 	uint32_t want = r[3] > r[2] ? r[3] : r[1];
 	if (r[0] == r[1] && r[2] == r[3])
 		return;

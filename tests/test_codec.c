@@ -1445,6 +1445,26 @@ static int64_t units_of(double v, unsigned scale)
 	return llround(v * p);
 }
 
+/* c encoded as enc, asked for units at scale 1 (then withdrawn when
+ * withdraw): answered in doubles, every one as it was. */
+static void units_refused(codec_ctx *ux, col *c, enum codec_enc enc, int withdraw, codec_buf *out,
+			  double *dbl, uint64_t *pres)
+{
+	codec_opts o = {.force = enc};
+	out->len = 0;
+	cr_assert_eq(codec_encode(ux, CODEC_F64, c->v, NULL, c->n, &o, out, NULL), 0);
+	uint32_t n;
+	codec_want_units(ux, 1);
+	if (withdraw)
+		codec_want_units(ux, 99);
+	cr_assert_eq(codec_decode_head(ux, out->p, out->len, CODEC_F64, c->n, c->n, INT64_MIN, dbl,
+				       pres, &n),
+		     0);
+	cr_assert_eq(codec_units_got(ux), 0, "%s", codec_name(enc));
+	for (uint32_t i = 0; i < c->n; i++)
+		cr_assert_eq(dbl[i], F(c)[i], "%s row %u", codec_name(enc), i);
+}
+
 /* codec_want_units: a DEC block at a scale at or below the one asked
  * answers with integers equal to the doubles' rounding (a head too); a
  * finer block, one with verbatim values, one of huge values, a non-DEC
@@ -1502,44 +1522,17 @@ Test(codec, units_of_decimal_blocks_equal_the_doubles_rounding)
 			cr_assert_eq(dbl[0], F(&c)[0]);
 		}
 	}
-	/* a value stored verbatim, and a value too large for exact units */
+	/* a value stored verbatim, a value too large for exact units, XOR,
+	 * and a request withdrawn */
 	for (int v = 0; v < 2; v++) {
 		for (uint32_t i = 0; i < c.n; i++)
 			F(&c)[i] = (double)(i % 900) / 10;
 		F(&c)[17] = v ? 4e14 : 85.25;
-		codec_opts o = {.force = CODEC_ENC_DEC};
-		out.len = 0;
-		cr_assert_eq(codec_encode(ux, CODEC_F64, c.v, NULL, c.n, &o, &out, NULL), 0);
-		uint32_t n;
-		codec_want_units(ux, 1);
-		cr_assert_eq(codec_decode_head(ux, out.p, out.len, CODEC_F64, c.n, c.n, INT64_MIN,
-					       dbl, pres, &n),
-			     0);
-		cr_assert_eq(codec_units_got(ux), 0, "case %d", v);
-		cr_assert_eq(dbl[17], F(&c)[17]);
-		cr_assert_eq(dbl[18], F(&c)[18]);
+		units_refused(ux, &c, CODEC_ENC_DEC, 0, &out, dbl, pres);
 	}
-	/* XOR: doubles, and a withdrawn request is none */
-	codec_opts o = {.force = CODEC_ENC_XOR};
-	out.len = 0;
-	cr_assert_eq(codec_encode(ux, CODEC_F64, c.v, NULL, c.n, &o, &out, NULL), 0);
-	uint32_t n;
-	codec_want_units(ux, 1);
-	cr_assert_eq(codec_decode_head(ux, out.p, out.len, CODEC_F64, c.n, c.n, INT64_MIN, dbl,
-				       pres, &n),
-		     0);
-	cr_assert_eq(codec_units_got(ux), 0);
-	cr_assert_eq(dbl[5], F(&c)[5]);
-	o.force = CODEC_ENC_DEC;
-	out.len = 0;
-	cr_assert_eq(codec_encode(ux, CODEC_F64, c.v, NULL, c.n, &o, &out, NULL), 0);
-	codec_want_units(ux, 1);
-	codec_want_units(ux, 99);
-	cr_assert_eq(codec_decode_head(ux, out.p, out.len, CODEC_F64, c.n, c.n, INT64_MIN, dbl,
-				       pres, &n),
-		     0);
-	cr_assert_eq(codec_units_got(ux), 0);
-	cr_assert_eq(dbl[5], F(&c)[5]);
+	units_refused(ux, &c, CODEC_ENC_XOR, 0, &out, dbl, pres);
+	F(&c)[17] = 1.5;
+	units_refused(ux, &c, CODEC_ENC_DEC, 1, &out, dbl, pres);
 	free(got);
 	free(dbl);
 	codec_buf_free(&out);

@@ -761,6 +761,45 @@ Test(dist, counted_and_sorted_values_equal_brute_force)
 	speed_of = plain_speed;
 }
 
+/* n lines of line protocol in buf[0..len) through shard 0's writer. */
+static void write_lines(tally_db *db, const char *buf, size_t len, uint64_t n)
+{
+	tally_writer *w;
+	cr_assert_eq(tally_writer_open(db, 0, &w), 0);
+	tally_write_result res;
+	cr_assert_eq(tally_write_lp(w, buf, len, TALLY_PREC_NS, &res), 0, "%s", tally_errmsg());
+	cr_assert_eq(res.accepted, n);
+	tally_writer_close(w);
+}
+
+/* Field `name` (resolution 10^exp) of camera C0 over [a, b) against
+ * brute force over the n rows (ts[i], x[i * stride]); NaN: no value. */
+static void check_field(tally_db *db, const char *name, int32_t exp, const int64_t *ts,
+			const double *x, size_t stride, size_t n, int64_t a, int64_t b)
+{
+	int64_t *v = malloc((n + 1) * sizeof *v);
+	size_t m = 0;
+	for (size_t i = 0; i < n; i++)
+		if (ts[i] >= a && ts[i] < b && !isnan(x[i * stride]))
+			v[m++] = dist_index(x[i * stride], exp);
+	qsort(v, m, sizeof *v, cmp_i64);
+	tally_dist *d;
+	cr_assert_eq(tally_query_dist(db, "traffic", name, "C0", a, b, &d), 0, "%s",
+		     tally_errmsg());
+	cr_assert_eq(tally_dist_count(d), m, "%s over [%lld, %lld): %llu, brute force %zu", name,
+		     (long long)a, (long long)b, (unsigned long long)tally_dist_count(d), m);
+	const double qs[] = {0, 0.5, 0.85, 1};
+	for (int q = 0; q < 4 && m; q++) {
+		double got;
+		cr_assert_eq(tally_dist_quantile(d, qs[q], &got), 0);
+		double want = dist_value(v[tu_exact_rank(qs[q], m) - 1], exp);
+		cr_assert_eq(got, want, "%s q %g over [%lld, %lld): %.17g, brute force %.17g", name,
+			     qs[q], (long long)a, (long long)b, got, want);
+	}
+	tally_dist_free(d);
+	free(v);
+}
+
 /* An edge's rows are counted straight from the decoded stripe when the
  * field is a float present in every row of the edge, compacted first
  * when some row lacks it or the field is an integer, and come out of a
@@ -801,48 +840,15 @@ Test(dist, edges_with_absent_values_equal_brute_force)
 			p += sprintf(p, "speed=%s,", sp);
 		p += sprintf(p, "n=%lldi,p=%s,q=%s %lld\n", nv, pv, qv, (long long)ts[i]);
 	}
-	tally_writer *w;
-	cr_assert_eq(tally_writer_open(db, 0, &w), 0);
-	tally_write_result res;
-	cr_assert_eq(tally_write_lp(w, buf, (size_t)(p - buf), TALLY_PREC_NS, &res), 0, "%s",
-		     tally_errmsg());
-	cr_assert_eq(res.accepted, (uint64_t)N);
-	tally_writer_close(w);
-	int64_t *v = malloc(N * sizeof *v);
+	write_lines(db, buf, (size_t)(p - buf), N);
 	for (int round = 0; round < 2; round++) {
 		cr_assert_eq(round ? tally_db_merge(db) : tally_db_flush(db), 0, "%s",
 			     tally_errmsg());
 		for (int k = 0; k < 40; k++) {
 			int64_t a = T0 + (int64_t)tu_below(&r, (uint64_t)TALLY_1D);
 			int64_t b = a + (int64_t)tu_below(&r, (uint64_t)(T0 + TALLY_1D - a) + 1);
-			for (int f = 0; f < F; f++) {
-				size_t n = 0;
-				for (int i = 0; i < N; i++)
-					if (ts[i] >= a && ts[i] < b && !isnan(val[i][f]))
-						v[n++] = dist_index(val[i][f], exp[f]);
-				qsort(v, n, sizeof *v, cmp_i64);
-				tally_dist *d;
-				cr_assert_eq(
-					tally_query_dist(db, "traffic", name[f], "C0", a, b, &d), 0,
-					"%s", tally_errmsg());
-				cr_assert_eq(tally_dist_count(d), n,
-					     "%s over [%lld, %lld): %llu, brute force %zu", name[f],
-					     (long long)a, (long long)b,
-					     (unsigned long long)tally_dist_count(d), n);
-				const double qs[] = {0, 0.5, 0.85, 1};
-				for (int q = 0; q < 4 && n; q++) {
-					double got;
-					cr_assert_eq(tally_dist_quantile(d, qs[q], &got), 0);
-					double want =
-						dist_value(v[tu_exact_rank(qs[q], n) - 1], exp[f]);
-					cr_assert_eq(got, want,
-						     "%s q %g over [%lld, %lld): %.17g, brute "
-						     "force %.17g",
-						     name[f], qs[q], (long long)a, (long long)b,
-						     got, want);
-				}
-				tally_dist_free(d);
-			}
+			for (int f = 0; f < F; f++)
+				check_field(db, name[f], exp[f], ts, &val[0][f], F, N, a, b);
 		}
 	}
 	tally_db_close(db);
@@ -851,5 +857,45 @@ Test(dist, edges_with_absent_values_equal_brute_force)
 	free(ts);
 	free(val);
 	free(buf);
-	free(v);
+}
+
+/* A stripe lying wholly inside an edge is read without its times: with a
+ * thousand events a minute a stripe spans about a minute, so both edges
+ * of [2 min 30 s, 17 min 30 s) (around the whole 5-minute windows from
+ * 5 to 15 minutes) hold whole stripes, and partly covered ones at either
+ * end; every such range equals brute force. */
+Test(dist, stripes_inside_an_edge_equal_brute_force)
+{
+	tu_rng r = {tu_seed("dist-inner")};
+	char *dir = tu_tmpdir();
+	tally_options o = opts();
+	tally_db *db;
+	cr_assert_eq(tally_db_open(dir, &o, &db), 0, "%s", tally_errmsg());
+	enum { N = 20000 };
+	int64_t *ts = malloc(N * sizeof *ts);
+	double *x = malloc(N * sizeof *x);
+	char *buf = malloc((size_t)N * 64), *p = buf;
+	for (int i = 0; i < N; i++) {
+		ts[i] = T0 + (int64_t)tu_below(&r, (uint64_t)(20 * 60 * TALLY_NS_PER_SEC));
+		unsigned v = 300 + (unsigned)tu_below(&r, 900);
+		char num[16];
+		sprintf(num, "%u.%u", v / 10, v % 10);
+		x[i] = strtod(num, NULL);
+		p += sprintf(p, "traffic,camera=C0 speed=%s %lld\n", num, (long long)ts[i]);
+	}
+	write_lines(db, buf, (size_t)(p - buf), N);
+	cr_assert_eq(tally_db_flush(db), 0, "%s", tally_errmsg());
+	const int64_t s = TALLY_NS_PER_SEC;
+	check_field(db, "speed", -1, ts, x, 1, N, T0 + 150 * s, T0 + 1050 * s);
+	for (int k = 0; k < 30; k++) {
+		int64_t a = T0 + (int64_t)tu_below(&r, 300 * (uint64_t)s);
+		int64_t b = T0 + 900 * s + (int64_t)tu_below(&r, 300 * (uint64_t)s);
+		check_field(db, "speed", -1, ts, x, 1, N, a, b);
+	}
+	tally_db_close(db);
+	tu_rmrf(dir);
+	free(dir);
+	free(ts);
+	free(x);
+	free(buf);
 }
