@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dcount.h"
 #include "err.h"
 #include "fileio.h"
 #include "mem.h"
@@ -75,10 +76,10 @@ static int cmp_pair(const void *x, const void *y)
 /* A few pairs (a finest window's) are sorted where they lie. Values of a
  * coarser window or a range usually span a few thousand units of the
  * resolution (speeds at 0.1 km/h): then a count per unit, walked once,
- * adds them up in time linear in pairs plus span; else a sort of
- * (value, count) records. The counts live in *buf (*cap of them, all
- * zero; grown as needed and left all zero), so that a flush adding up
- * many windows allocates them once. */
+ * adds them up in time linear in pairs plus span (the counting array a
+ * query uses too, dcount.h); else a sort of (value, count) records. The
+ * counts live in *buf (*cap of them, all zero; grown as needed and left
+ * all zero), so that a flush adding up many windows allocates them once. */
 static int combine(int64_t *v, uint64_t *c, size_t n, size_t *k, uint64_t **buf, size_t *cap)
 {
 	*k = 0;
@@ -114,23 +115,19 @@ static int combine(int64_t *v, uint64_t *c, size_t n, size_t *k, uint64_t **buf,
 	}
 	uint64_t span = (uint64_t)hi - (uint64_t)lo + 1;
 	if (span <= 4 * (uint64_t)n + 4096) {
-		if (*cap < span) {
-			uint64_t *nb = mem_calloc(span, sizeof *nb);
-			if (!nb)
-				return err_set(-ENOMEM, "out of memory");
-			mem_free(*buf);
-			*buf = nb;
-			*cap = span;
-		}
-		uint64_t *cnt = *buf;
+		/* the shared counting array (dcount.h), empty between calls */
+		dcount d = DCOUNT_INIT;
+		d.cnt = *buf;
+		d.cap = *cap;
+		int rc = dcount_cover(&d, lo, hi + 1, (size_t)span);
+		*buf = d.cnt;
+		*cap = d.cap;
+		if (rc < 0)
+			return rc;
+		uint64_t *cnt = d.cnt - d.lo;
 		for (size_t i = 0; i < n; i++)
-			cnt[v[i] - lo] += c[i];
-		for (uint64_t u = 0; u < span; u++)
-			if (cnt[u]) {
-				v[*k] = lo + (int64_t)u;
-				c[(*k)++] = cnt[u];
-				cnt[u] = 0;
-			}
+			cnt[v[i]] += c[i];
+		*k = dcount_take(&d, n, v, c);
 		return 0;
 	}
 	int64_t *rec = mem_alloc(n * 16);

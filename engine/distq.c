@@ -21,6 +21,7 @@
 
 #include "codec.h"
 #include "db.h"
+#include "dcount.h"
 #include "dist.h"
 #include "distpairs.h"
 #include "err.h"
@@ -47,13 +48,10 @@ typedef struct dacc {
 	size_t n, cap;
 	int32_t exp;
 	int sketch; /* 1: v holds buckets, and every pair added goes in as one */
-	/* exact values lying close together count straight into cnt, value
-	 * lo + i at cnt[i] (span slots; NULL: pairs only) */
-	uint64_t *cnt;
-	int64_t lo;
-	size_t span;
-	int64_t umin, umax; /* the values counted there lie in [umin, umax] */
-	int no_dense;       /* the array went: pairs from then on */
+	/* exact values lying close together count straight into the
+	 * counting array (dcount.h; no slots: pairs only) */
+	dcount dc;
+	int no_dense; /* the array went: pairs from then on */
 	int rc;
 	const char *what; /* for the message of a window without a distribution */
 	part_scratch *ps;
@@ -96,73 +94,50 @@ static void acc_pair(dacc *a, int64_t v, uint64_t c)
  * values too far apart. */
 static void dense_to_pairs(dacc *a)
 {
-	for (size_t i = 0; i < a->span && !a->rc; i++)
-		if (a->cnt[i])
-			acc_pair(a, a->lo + (int64_t)i, a->cnt[i]);
-	mem_free(a->cnt);
-	a->cnt = NULL;
-	a->span = 0;
+	size_t w = a->dc.umin <= a->dc.umax ? (size_t)(a->dc.umax - a->dc.umin) + 1 : 0;
+	int64_t *v = w ? mem_alloc(w * sizeof *v) : NULL;
+	uint64_t *c = w ? mem_alloc(w * sizeof *c) : NULL;
+	if (w && (!v || !c))
+		a->rc = err_set(-ENOMEM, "out of memory");
+	size_t k = a->rc ? 0 : dcount_take(&a->dc, SIZE_MAX, v, c);
+	for (size_t i = 0; i < k && !a->rc; i++)
+		acc_pair(a, v[i], c[i]);
+	mem_free(v);
+	mem_free(c);
+	dcount_free(&a->dc);
 	a->no_dense = 1;
 }
 
 /* Values too far apart for the array: pairs from now on. */
 static int dense_give_up(dacc *a)
 {
-	if (a->cnt)
+	if (a->dc.cnt)
 		dense_to_pairs(a);
 	a->no_dense = 1;
 	return 0;
 }
 
-/* 1 when the counting array covers [x, y) (x < y), grown as needed (at
- * least doubled, so a sum of windows grows it a few times at most); 0
- * when it cannot: the values are pairs from then on. Merging many
- * windows this way costs one add per pair and one pass over the slots,
- * not a sort of everything gathered. */
+/* 1 when the counting array covers [x, y) (x < y), grown as needed
+ * (dcount_cover); 0 when it cannot: the values are pairs from then on.
+ * Merging many windows this way costs one add per pair and one pass
+ * over the slots, not a sort of everything gathered. */
 static int dense_cover(dacc *a, int64_t x, int64_t y)
 {
-	if (a->cnt && x >= a->lo && y <= a->lo + (int64_t)a->span) {
-		a->umin = x < a->umin ? x : a->umin;
-		a->umax = y - 1 > a->umax ? y - 1 : a->umax;
-		return 1;
-	}
 	if (a->sketch || a->no_dense || a->rc)
 		return 0;
 	if (x < -DIST_IDX_MAX || y > DIST_IDX_MAX + 1)
 		return dense_give_up(a);
-	int64_t lo = a->cnt ? a->lo : x, hi = a->cnt ? a->lo + (int64_t)a->span : y;
-	uint64_t span = (uint64_t)(hi - lo), want = span < 1024 ? 1024 : 2 * span;
-	if (x < lo)
-		lo = hi - (int64_t)want < x ? hi - (int64_t)want : x;
-	if (y > hi)
-		hi = lo + (int64_t)want > y ? lo + (int64_t)want : y;
-	if ((uint64_t)(hi - lo) > DENSE_MAX)
-		return dense_give_up(a);
-	uint64_t *cnt = mem_calloc((size_t)(hi - lo), sizeof *cnt);
-	if (!cnt) {
-		a->rc = err_set(-ENOMEM, "out of memory");
-		return 0;
-	}
-	if (a->cnt)
-		memcpy(cnt + (a->lo - lo), a->cnt, a->span * sizeof *cnt);
-	if (!a->cnt) {
-		a->umin = x;
-		a->umax = y - 1;
-	}
-	mem_free(a->cnt);
-	a->cnt = cnt;
-	a->lo = lo;
-	a->span = (size_t)(hi - lo);
-	return dense_cover(a, x, y);
+	int rc = dcount_cover(&a->dc, x, y, DENSE_MAX);
+	if (rc < 0)
+		a->rc = rc;
+	return rc > 0 ? 1 : rc ? 0 : dense_give_up(a);
 }
 
 /* The counting array as the answer's ascending pairs, in place of the
- * (then empty) pair lists; the array stays (a->cnt) to say so. One
- * branchless pass over the slots between the least and the greatest
- * value counted. */
+ * (then empty) pair lists; the array stays (a->dc.cnt) to say so. */
 static int dense_take(dacc *a)
 {
-	size_t w = (size_t)(a->umax - a->umin) + 1;
+	size_t w = (size_t)(a->dc.umax - a->dc.umin) + 1;
 	int64_t *v = mem_alloc(w * sizeof *v);
 	uint64_t *c = mem_alloc(w * sizeof *c);
 	if (!v || !c) {
@@ -170,25 +145,18 @@ static int dense_take(dacc *a)
 		mem_free(c);
 		return err_set(-ENOMEM, "out of memory");
 	}
-	const uint64_t *cnt = a->cnt + (a->umin - a->lo);
-	size_t k = 0;
-	for (size_t i = 0; i < w; i++) {
-		v[k] = a->umin + (int64_t)i;
-		c[k] = cnt[i];
-		k += cnt[i] != 0;
-	}
 	mem_free(a->v);
 	mem_free(a->c);
 	a->v = v;
 	a->c = c;
-	a->n = k;
+	a->n = dcount_take(&a->dc, SIZE_MAX, v, c);
 	return 0;
 }
 
 /* From now on, a sketch: what was gathered goes into buckets. */
 static void acc_to_sketch(dacc *a)
 {
-	if (a->cnt)
+	if (a->dc.cnt)
 		dense_to_pairs(a);
 	for (size_t i = 0; i < a->n; i++)
 		a->v[i] = dist_sketch_key(a->v[i]);
@@ -210,7 +178,7 @@ static void acc_state(dacc *a, const dstate *d, int64_t start)
 	if (d->sketch && !a->sketch)
 		acc_to_sketch(a);
 	if (d->n && !d->sketch && dense_cover(a, d->v[0], d->v[d->n - 1] + 1)) {
-		uint64_t *cnt = a->cnt - a->lo;
+		uint64_t *cnt = a->dc.cnt - a->dc.lo;
 		for (uint32_t i = 0; i < d->n; i++)
 			cnt[d->v[i]] += d->c[i];
 		return;
@@ -228,7 +196,7 @@ static void acc_value(dacc *a, double v)
 	if (a->sketch)
 		acc_pair(a, dist_sketch_key(x), 1);
 	else if (dense_cover(a, x, x + 1))
-		a->cnt[x - a->lo]++;
+		dcount_add(&a->dc, x, 1);
 	else
 		acc_pair(a, x, 1);
 }
@@ -239,7 +207,7 @@ static void acc_value(dacc *a, double v)
 static void acc_counted(dacc *a, const int64_t *idx, uint32_t n, int64_t lo, int64_t hi)
 {
 	if (!a->sketch && dense_cover(a, lo, hi + 1)) {
-		uint64_t *cnt = a->cnt - a->lo;
+		uint64_t *cnt = a->dc.cnt - a->dc.lo;
 		for (uint32_t i = 0; i < n; i++)
 			cnt[idx[i]]++;
 		return;
@@ -642,7 +610,7 @@ TALLY_API int tally_query_dist(tally_db *db, const char *table, const char *fiel
 		}
 	}
 	err_clear();
-	dacc a = {.exp = c->dist_exp, .what = field};
+	dacc a = {.exp = c->dist_exp, .what = field, .dc = DCOUNT_INIT};
 	if (A < B) {
 		a.ps = scratch_get(db);
 		for (unsigned s = 0; s < db->n_shards && !a.rc; s++) {
@@ -687,11 +655,11 @@ TALLY_API int tally_query_dist(tally_db *db, const char *table, const char *fiel
 	if (!rc && !d)
 		rc = err_set(-ENOMEM, "out of memory");
 	size_t k = 0;
-	if (!rc && a.cnt && !a.n) {
+	if (!rc && a.dc.cnt && !a.n) {
 		rc = dense_take(&a);
 		k = a.n;
 	} else if (!rc) {
-		if (a.cnt)
+		if (a.dc.cnt)
 			dense_to_pairs(&a);
 		rc = a.rc ? a.rc : dist_combine(a.v, a.c, a.n, &k);
 	}
@@ -711,7 +679,7 @@ TALLY_API int tally_query_dist(tally_db *db, const char *table, const char *fiel
 	}
 	mem_free(a.v);
 	mem_free(a.c);
-	mem_free(a.cnt);
+	dcount_free(&a.dc);
 	if (rc) {
 		tally_dist_free(d);
 		return rc;

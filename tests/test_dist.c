@@ -9,6 +9,7 @@
  */
 #include <criterion/criterion.h>
 
+#include "dcount.h"
 #include "dist.h"
 #include "testutil.h"
 
@@ -898,4 +899,77 @@ Test(dist, stripes_inside_an_edge_equal_brute_force)
 	free(ts);
 	free(x);
 	free(buf);
+}
+
+/* The counting array flushes and queries share (engine/dcount.h): runs of
+ * values counted, each taken and checked against brute force, the array
+ * reused (empty, so moved), grown upwards and downwards with counted
+ * values kept, and refused past its bound with nothing changed. */
+Test(dist, counting_array_equals_brute_force)
+{
+	tu_rng r = {tu_seed("dcount")};
+	dcount d = DCOUNT_INIT;
+	enum { W = 5000 };
+	uint64_t *want = calloc(3 * W, sizeof *want);
+	int64_t *v = malloc(3 * W * sizeof *v);
+	uint64_t *c = malloc(3 * W * sizeof *c);
+	for (int round = 0; round < 200; round++) {
+		/* a few covers around a random base, values counted in each */
+		int64_t base = (int64_t)tu_below(&r, 1u << 20) - (1 << 19), lo = INT64_MAX, hi = 0;
+		memset(want, 0, 3 * W * sizeof *want);
+		for (int k = 1 + (int)tu_below(&r, 4); k > 0; k--) {
+			int64_t x = base + (int64_t)tu_below(&r, 2 * W);
+			int64_t y = x + 1 + (int64_t)tu_below(&r, W);
+			size_t max = tu_below(&r, 4) ? 3 * W : (size_t)tu_below(&r, W);
+			size_t cap = d.cap;
+			int64_t umin = d.umin, umax = d.umax;
+			int rc = dcount_cover(&d, x, y, max);
+			int64_t nlo = x < lo ? x : lo, nhi = y > hi ? y : hi;
+			if (!rc) {
+				/* refused only past the bound, and nothing changed */
+				cr_assert_gt((uint64_t)(nhi - nlo), max);
+				cr_assert(d.cap == cap && d.umin == umin && d.umax == umax);
+				continue;
+			}
+			cr_assert_eq(rc, 1);
+			cr_assert(d.cap == cap || d.cap <= max, "grew to %zu past %zu", d.cap, max);
+			lo = nlo;
+			hi = nhi;
+			/* both ends counted (dcount_take's room), then any between */
+			dcount_add(&d, x, 1);
+			dcount_add(&d, y - 1, 2);
+			want[x - base] += 1;
+			want[y - 1 - base] += 2;
+			for (int i = (int)tu_below(&r, 300); i > 0; i--) {
+				int64_t u = x + (int64_t)tu_below(&r, (uint64_t)(y - x));
+				uint64_t n = 1 + tu_below(&r, 1000);
+				dcount_add(&d, u, n);
+				want[u - base] += n;
+			}
+		}
+		/* either walk: unknown, or a bound that may call it sparse */
+		size_t most = round % 2 ? SIZE_MAX : (size_t)tu_below(&r, 3 * W), j = 0;
+		size_t k = dcount_take(&d, most, v, c);
+		for (int64_t u = 0; u < 3 * W; u++)
+			if (want[u]) {
+				cr_assert_lt(j, k, "round %d: %zu pairs, more expected", round, k);
+				cr_assert(
+					v[j] == base + u && c[j] == want[u],
+					"round %d pair %zu: (%lld, %llu), brute force (%lld, %llu)",
+					round, j, (long long)v[j], (unsigned long long)c[j],
+					(long long)(base + u), (unsigned long long)want[u]);
+				j++;
+			}
+		cr_assert_eq(j, k, "round %d: %zu pairs, brute force %zu", round, k, j);
+		/* taken: empty, every slot zero again */
+		cr_assert_gt(d.umin, d.umax);
+		for (size_t i = 0; i < d.cap; i++)
+			cr_assert_eq(d.cnt[i], 0, "round %d: slot %zu left %llu", round, i,
+				     (unsigned long long)d.cnt[i]);
+	}
+	dcount_free(&d);
+	cr_assert_null(d.cnt);
+	free(want);
+	free(v);
+	free(c);
 }
