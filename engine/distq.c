@@ -366,11 +366,14 @@ static int all_present(const uint64_t *pres, uint32_t x, uint32_t y)
 	return 1;
 }
 
-/* The values of stripe st in the edges e. Its rows ascend in time, so
- * the times are decoded only up to the end of the last edge the stripe
- * meets and the values only up to the last row in an edge
- * (part_read_col_head); how much that saves is the codec's frame size:
- * the bench's stripes are one frame of a thousand rows, read whole. */
+/* The values of stripe st in the edges e. Its rows ascend in time, and
+ * its tmin and tmax say which edge bounds fall inside it: a bound at or
+ * before tmin has no row before it, one past tmax all of them. So the
+ * times are decoded only up to the last bound inside the stripe (none:
+ * a stripe wholly in an edge, no time at all; a day's first stripe under
+ * a range that starts in it and ends past it, only up to the start), and
+ * the values only up to the last row in an edge (part_read_col_head),
+ * both in whole frames of the codec. */
 static void acc_stripe(dacc *a, const part *p, const part_stripe *st, int col, const col_def *c,
 		       part_scratch *ps, int64_t *ts, bval *vals, uint64_t *pres,
 		       const int64_t e[4])
@@ -378,25 +381,24 @@ static void acc_stripe(dacc *a, const part *p, const part_stripe *st, int col, c
 	if (!stripe_overlaps(st, e) || st->n_rows > PART_STRIPE_MAX)
 		return;
 	int late = e[2] < e[3] && st->tmax >= e[2];
-	int64_t stop = late ? e[3] : e[1];
-	uint32_t got, r[4], n = st->n_rows;
+	int nb = late ? 4 : 2; /* the bounds that matter: without a late edge, e[0..2) */
+	int64_t stop = INT64_MIN;
+	for (int j = 0; j < nb; j++)
+		if (e[j] > st->tmin && e[j] <= st->tmax && e[j] > stop)
+			stop = e[j];
+	uint32_t got = 0, r[4], n = st->n_rows;
 	int absent;
-	if (st->tmin >= e[0] && st->tmax < e[1]) {
-		/* all of it in the first edge (a long range's inner stripes):
-		 * no time needs decoding */
-		r[0] = 0;
-		r[1] = r[2] = r[3] = n;
-	} else if (late && st->tmin >= e[2] && st->tmax < e[3]) {
-		r[0] = r[1] = r[2] = 0;
-		r[3] = n;
-	} else {
-		if ((a->rc = part_read_col_head(p, st, -1, ps, ts, NULL, 0, stop, &got, &absent)) ||
-		    absent)
-			return;
-		rows_before(ts, got, e, r);
-		if (!late)
-			r[2] = r[3] = r[1];
-	}
+	if (stop != INT64_MIN &&
+	    ((a->rc = part_read_col_head(p, st, -1, ps, ts, NULL, 0, stop, &got, &absent)) ||
+	     absent))
+		return;
+	/* the decoded times reach stop (or hold every row), so a bound
+	 * inside the stripe finds its row among them */
+	rows_before(ts, got, e, r);
+	for (int j = 0; j < nb; j++)
+		r[j] = e[j] <= st->tmin ? 0 : e[j] > st->tmax ? n : r[j];
+	if (!late)
+		r[2] = r[3] = r[1];
 	uint32_t want = r[3] > r[2] ? r[3] : r[1];
 	if (r[0] == r[1] && r[2] == r[3])
 		return;

@@ -893,6 +893,22 @@ Test(dist, stripes_inside_an_edge_equal_brute_force)
 		int64_t b = T0 + 900 * s + (int64_t)tu_below(&r, 300 * (uint64_t)s);
 		check_field(db, "speed", -1, ts, x, 1, N, a, b);
 	}
+	/* bounds on a stripe's first and last times and beside them (rows
+	 * go into stripes of 1,000 to 1,024 in time order): a bound at tmin
+	 * has no row of the stripe before it, one just past tmax all */
+	int64_t *sorted = malloc(N * sizeof *sorted);
+	memcpy(sorted, ts, N * sizeof *sorted);
+	qsort(sorted, N, sizeof *sorted, cmp_i64);
+	for (int k = 1; k < N / 1024; k++)
+		for (int d = -1; d <= 1; d++)
+			for (int per = 1000; per <= 1024; per += 24) {
+				int64_t t = sorted[k * per + d];
+				for (int64_t u = t; u <= t + 1; u++) {
+					check_field(db, "speed", -1, ts, x, 1, N, u, u + 420 * s);
+					check_field(db, "speed", -1, ts, x, 1, N, u - 420 * s, u);
+				}
+			}
+	free(sorted);
 	tally_db_close(db);
 	tu_rmrf(dir);
 	free(dir);
