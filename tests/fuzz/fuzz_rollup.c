@@ -55,7 +55,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		return 0;
 	if (!cx)
 		cx = codec_ctx_new();
-	const agg_kind *k = agg_kind_of(1 + data[0] % 3u);
+	const agg_kind *k = agg_kind_of(1 + data[0] % 4u);
 	const agg_kind *w = k->decodes_as ? k->decodes_as : k;
 	uint32_t n = 1 + (uint32_t)(data[1] | data[2] << 8);
 	data += 3, size -= 3;
