@@ -41,12 +41,14 @@
 /* Unary part at most this long; past it, the escape. */
 #define DC_QMAX 24
 /* The running mean: m = m - m / 8 + x, so m is about 8 times the mean of
- * the recent numbers (x capped so that m stays far from overflow). */
+ * the recent numbers; x is capped at 2^31 so that m stays under 2^34 and
+ * the parameter at most 31: a code without escape is at most 24 + 1 + 31
+ * bits, one store of the writer below. */
 #define DC_SHIFT 3
-#define DC_XCAP  (UINT64_C(1) << 32)
+#define DC_XCAP  (UINT64_C(1) << 31)
 
 /* The Rice parameter for running mean m: about log2 of half the mean,
- * near the optimum for geometric numbers of that mean; <= 32. */
+ * near the optimum for geometric numbers of that mean; <= 31. */
 static inline unsigned dc_k(uint64_t m)
 {
 	return enc_width(m >> (DC_SHIFT + 1));
@@ -59,16 +61,49 @@ static inline uint64_t dc_update(uint64_t m, uint64_t x)
 
 /* ---------------------------------------------------------------- write */
 
-static inline void put_rice(enc_bw *w, uint64_t *m, uint64_t x)
+/* A bit writer for codes of up to 56 bits: each put stores 8 bytes and
+ * keeps under 8 bits back, with no branch (the buffer has 8 bytes to
+ * spare past what it holds). */
+typedef struct dc_bw {
+	uint8_t *p;
+	uint64_t acc;
+	unsigned n; /* < 8 */
+} dc_bw;
+
+/* v < 2^nb, nb <= 56. */
+static inline void dc_put(dc_bw *w, uint64_t v, unsigned nb)
+{
+	w->acc |= v << w->n;
+	w->n += nb;
+	enc_put_le64(w->p, w->acc);
+	w->p += w->n >> 3;
+	w->acc >>= w->n & ~7u;
+	w->n &= 7;
+}
+
+/* Any v of nb <= 64 bits. */
+static inline void dc_put64(dc_bw *w, uint64_t v, unsigned nb)
+{
+	if (nb > 32) {
+		dc_put(w, v & 0xffffffffu, 32);
+		dc_put(w, v >> 32, nb - 32);
+	} else {
+		dc_put(w, v, nb);
+	}
+}
+
+static inline void put_rice(dc_bw *w, uint64_t *m, uint64_t x)
 {
 	unsigned k = dc_k(*m);
 	uint64_t q = x >> k;
 	if (q < DC_QMAX) {
-		enc_bw_put32(w, (uint64_t)1 << q, (unsigned)q + 1);
-		enc_bw_put32(w, x, k);
+		uint64_t low = x & (((uint64_t)1 << k) - 1);
+		dc_put(w, low << (q + 1) | (uint64_t)1 << q, (unsigned)q + 1 + k);
 	} else {
-		enc_bw_put32(w, (uint64_t)1 << DC_QMAX, DC_QMAX + 1);
-		enc_bw_varbits(w, x);
+		unsigned nb = enc_width(x);
+		dc_put(w, (uint64_t)1 << DC_QMAX, DC_QMAX + 1);
+		dc_put(w, nb, 7);
+		dc_put64(w, x, nb);
 	}
 	*m = dc_update(*m, x);
 }
@@ -100,20 +135,19 @@ int distcode_encode(const dbucket *b, uint32_t n, uint32_t max, codec_buf *out)
 	/* per window: the pair count (<= 64 bits) and the flag; per pair:
 	 * at most two codes */
 	uint64_t bits = (uint64_t)n * 65 + total * 2 * DC_MAX_BITS;
-	int rc = codec_buf_reserve(out, 10 + (size_t)(bits / 8) + 8);
+	int rc = codec_buf_reserve(out, 10 + (size_t)(bits / 8) + 16);
 	if (rc)
 		return err_set(rc, "out of memory");
 	out->len += enc_varint_put(out->p + out->len, total);
-	enc_bw w;
-	enc_bw_init(&w, out->p + out->len);
+	dc_bw w = {out->p + out->len, 0, 0};
 	uint64_t mf = 0, mg = 0, mc = 0; /* running means: firsts, steps, counts */
 	int64_t prev = 0;
 	for (uint32_t i = 0; i < n; i++) {
 		const dstate *d = &b[i].d;
 		uint64_t cnt = d->a.count;
-		enc_bw_put(&w, d->n - 1, enc_width(cnt - 1));
+		dc_put64(&w, d->n - 1, enc_width(cnt - 1));
 		if (max && cnt > max)
-			enc_bw_put32(&w, d->sketch, 1);
+			dc_put(&w, d->sketch, 1);
 		put_rice(&w, &mf, enc_zigzag((int64_t)((uint64_t)d->v[0] - (uint64_t)prev)));
 		prev = d->v[0];
 		/* rest: what the counts hold beyond 1 each, still to come */
@@ -127,7 +161,7 @@ int distcode_encode(const dbucket *b, uint32_t n, uint32_t max, codec_buf *out)
 			}
 		}
 	}
-	out->len = (size_t)(enc_bw_end(&w) - out->p);
+	out->len = (size_t)(w.p - out->p) + (w.n > 0);
 	return 0;
 }
 
