@@ -1,13 +1,13 @@
 /*
  * fuzz_rollup.c — libFuzzer target for the rollup block payload decoders
  * of every aggregate kind (engine/aggkind.c: basic; engine/dist.c: dist
- * with its sketches, and the earlier dist payload, dist-v1).
+ * with its sketches, and the earlier dist payloads, dist-v2 and dist-v1).
  *
  * Input: byte 0 = the kind (mod the kinds known), bytes 1-2 = the window
  * count n (1..65536, little-endian, + 1), then the payload. decode must
  * return OK or an error, never crash or read out of bounds; a payload
- * that decoded must encode (as the kind it decodes as: dist-v1 blocks are
- * rewritten as dist) and decode again to the same windows (start, count,
+ * that decoded must encode (as the kind it decodes as: dist-v1 and dist-v2
+ * blocks are rewritten as dist) and decode again to the same windows (start, count,
  * min, max; dist: the same value or bucket lists, sketch flags and
  * bound), which is what merges and flushes rely on.
  *
