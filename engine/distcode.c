@@ -114,37 +114,26 @@ static inline void put_rice(dc_bw *w, uint64_t *m, uint64_t x)
 int distcode_encode(const dbucket *b, uint32_t n, uint32_t max, codec_buf *out)
 {
 	uint64_t total = 0;
-	for (uint32_t i = 0; i < n; i++) {
-		const dstate *d = &b[i].d;
-		uint64_t cnt = d->a.count, left = cnt;
-		uint32_t j = 0;
-		for (; j < d->n && d->c[j] && d->c[j] <= left; j++)
-			left -= d->c[j];
-		if (!d->n || j < d->n || left)
-			return err_set(TALLY_EINVAL,
-				       "distribution window at %lld: %u pairs whose counts do not "
-				       "add up to its %llu values",
-				       (long long)b[i].start, d->n, (unsigned long long)cnt);
-		if (d->sketch && !(max && cnt > max))
-			return err_set(TALLY_EINVAL,
-				       "distribution window at %lld: a sketch of %llu values, not "
-				       "past the bound %u",
-				       (long long)b[i].start, (unsigned long long)cnt, max);
-		total += d->n;
-	}
+	for (uint32_t i = 0; i < n; i++)
+		total += b[i].d.n;
 	/* per window: the pair count (<= 64 bits) and the flag; per pair:
 	 * at most two codes */
 	uint64_t bits = (uint64_t)n * 65 + total * 2 * DC_MAX_BITS;
 	int rc = codec_buf_reserve(out, 10 + (size_t)(bits / 8) + 16);
 	if (rc)
 		return err_set(rc, "out of memory");
-	out->len += enc_varint_put(out->p + out->len, total);
-	dc_bw w = {out->p + out->len, 0, 0};
+	size_t at = out->len + enc_varint_put(out->p + out->len, total);
+	dc_bw w = {out->p + at, 0, 0};
 	uint64_t mf = 0, mg = 0, mc = 0; /* running means: firsts, steps, counts */
 	int64_t prev = 0;
-	for (uint32_t i = 0; i < n; i++) {
+	uint32_t i;
+	/* windows are checked as they are written (out->len moves only at
+	 * the end): a writer's bug must not make a block no reader takes */
+	for (i = 0; i < n; i++) {
 		const dstate *d = &b[i].d;
 		uint64_t cnt = d->a.count;
+		if (!d->n || d->n > cnt || (d->sketch && !(max && cnt > max)))
+			break;
 		dc_put64(&w, d->n - 1, enc_width(cnt - 1));
 		if (max && cnt > max)
 			dc_put(&w, d->sketch, 1);
@@ -152,15 +141,26 @@ int distcode_encode(const dbucket *b, uint32_t n, uint32_t max, codec_buf *out)
 		prev = d->v[0];
 		/* rest: what the counts hold beyond 1 each, still to come */
 		uint64_t rest = cnt - d->n;
-		for (uint32_t j = 0; j < d->n; j++) {
-			if (j)
-				put_rice(&w, &mg, (uint64_t)d->v[j] - (uint64_t)d->v[j - 1] - 1);
-			if (rest && j + 1 < d->n) {
-				put_rice(&w, &mc, d->c[j] - 1);
-				rest -= d->c[j] - 1;
-			}
+		uint32_t j, last = d->n - 1;
+		for (j = 0; j < last; j++) {
+			uint64_t x = d->c[j] - 1; /* a count of 0 wraps: refused */
+			if (x > rest || d->v[j + 1] <= d->v[j])
+				break;
+			if (rest)
+				put_rice(&w, &mc, x);
+			rest -= x;
+			put_rice(&w, &mg, (uint64_t)d->v[j + 1] - (uint64_t)d->v[j] - 1);
 		}
+		if (j < last || d->c[last] != rest + 1)
+			break;
 	}
+	if (i < n)
+		return err_set(TALLY_EINVAL,
+			       "distribution window at %lld: %u pairs (sketch %u) that do not "
+			       "ascend, or whose counts do not add up to its %llu values, or a "
+			       "sketch not past the bound %u",
+			       (long long)b[i].start, b[i].d.n, (unsigned)b[i].d.sketch,
+			       (unsigned long long)b[i].d.a.count, max);
 	out->len = (size_t)(w.p - out->p) + (w.n > 0);
 	return 0;
 }

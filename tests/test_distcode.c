@@ -241,6 +241,17 @@ Test(distcode, windows_it_cannot_hold_are_refused_when_written)
 	b.d.sketch = 1; /* not past its bound */
 	cr_assert_eq(distcode_encode(&b, 1, 2, &out), TALLY_EINVAL);
 	cr_assert(strstr(tally_errmsg(), "sketch"), "%s", tally_errmsg());
+	b.d.sketch = 0;
+	v[0] = 3; /* values that do not ascend */
+	cr_assert_eq(distcode_encode(&b, 1, 0, &out), TALLY_EINVAL);
+	v[0] = 1;
+	c[0] = 0; /* a count of 0 */
+	c[1] = 2;
+	cr_assert_eq(distcode_encode(&b, 1, 0, &out), TALLY_EINVAL);
+	cr_assert_eq(out.len, 0, "nothing written");
+	c[0] = 1;
+	c[1] = 1;
+	cr_assert_eq(distcode_encode(&b, 1, 0, &out), 0, "%s", tally_errmsg());
 }
 
 Test(distcode, cut_short_or_flipped_blocks_are_refused_or_keep_the_rules)
