@@ -326,3 +326,42 @@ Test(dist_fixture, kind_4_blocks_with_sketches_answer_as_written)
 	tally_db_close(db);
 	free(e);
 }
+
+/* A merge of kind 3 blocks writes kind 4 ones, and the answers stay the
+ * pinned ones: dist-v3's day 1 is sealed (its events lie two days before
+ * the newest) into one part of kind 4 blocks, day 2 keeps its kind 3
+ * parts beside the flushed WAL round's kind 4 part. */
+Test(dist_fixture, kind_3_blocks_merge_into_kind_4_answering_the_same)
+{
+	ev *e = calloc(MAXEV, sizeof *e);
+	size_t n_ev = all_events(e);
+	tally_options o = fix_opts();
+	o.table_keys = NULL;
+	tally_db *db;
+	unsigned sk, before[256] = {0}, after[256] = {0};
+	char *want = tu_fixture_answers("dist-v3");
+	char *dir = tu_tmpdir();
+	cr_assert_eq(tu_copy_fixture("dist-v3", dir), 0);
+	count_block_kinds(dir, before);
+	cr_assert_eq(before[4], 0);
+	cr_assert_eq(tally_db_open(dir, &o, &db), 0, "%s", tally_errmsg());
+	cr_assert_eq(tally_db_flush(db), 0, "%s", tally_errmsg());
+	cr_assert_eq(tally_db_merge(db), 0, "%s", tally_errmsg());
+	count_block_kinds(dir, after);
+	cr_assert_gt(after[4], 0, "merged and flushed blocks are kind 4");
+	cr_assert_lt(after[3], before[3], "the sealed day's kind 3 blocks were merged");
+	char *got = answers_text(db, e, n_ev, &sk);
+	cr_assert_str_eq(got, want);
+	free(got);
+	tally_db_close(db);
+	/* and again from the files alone */
+	cr_assert_eq(tally_db_open(dir, &o, &db), 0, "%s", tally_errmsg());
+	got = answers_text(db, e, n_ev, &sk);
+	cr_assert_str_eq(got, want);
+	free(got);
+	tally_db_close(db);
+	tu_rmrf(dir);
+	free(dir);
+	free(want);
+	free(e);
+}
