@@ -244,6 +244,18 @@ static void count_block_kinds(const char *dir, unsigned kinds[256])
 	pclose(ls);
 }
 
+/* Holds db's answers to want, then closes db; how many came from
+ * sketches. */
+static unsigned answers_as_pinned(tally_db *db, const ev *e, size_t n_ev, const char *want)
+{
+	unsigned sk;
+	char *got = answers_text(db, e, n_ev, &sk);
+	cr_assert_str_eq(got, want);
+	free(got);
+	tally_db_close(db);
+	return sk;
+}
+
 /* Opens a copy of fixture name, whose parts hold dist blocks of kind
  * (and none of the kind before it), and holds every answer to ANSWERS and
  * to brute force. */
@@ -253,7 +265,6 @@ static void check_fixture(const char *name, unsigned kind)
 	size_t n_ev = all_events(e);
 	tally_options o = fix_opts();
 	tally_db *db;
-	unsigned sk;
 	char *want = tu_fixture_answers(name);
 	cr_assert(want, "tests/data/%s/ANSWERS", name);
 	char *dir = tu_tmpdir();
@@ -265,12 +276,9 @@ static void check_fixture(const char *name, unsigned kind)
 	/* opened without table_keys: the files say how traffic is keyed */
 	o.table_keys = NULL;
 	cr_assert_eq(tally_db_open(dir, &o, &db), 0, "%s", tally_errmsg());
-	char *got = answers_text(db, e, n_ev, &sk);
+	unsigned sk = answers_as_pinned(db, e, n_ev, want);
 	cr_assert_gt(sk, 0, "answers should come from sketched windows");
 	cr_assert_lt(sk, 8 * sizeof filters / sizeof *filters, "and some from exact ones only");
-	cr_assert_str_eq(got, want);
-	free(got);
-	tally_db_close(db);
 	tu_rmrf(dir);
 	free(dir);
 	free(want);
@@ -338,7 +346,7 @@ Test(dist_fixture, kind_3_blocks_merge_into_kind_4_answering_the_same)
 	tally_options o = fix_opts();
 	o.table_keys = NULL;
 	tally_db *db;
-	unsigned sk, before[256] = {0}, after[256] = {0};
+	unsigned before[256] = {0}, after[256] = {0};
 	char *want = tu_fixture_answers("dist-v3");
 	char *dir = tu_tmpdir();
 	cr_assert_eq(tu_copy_fixture("dist-v3", dir), 0);
@@ -350,16 +358,10 @@ Test(dist_fixture, kind_3_blocks_merge_into_kind_4_answering_the_same)
 	count_block_kinds(dir, after);
 	cr_assert_gt(after[4], 0, "merged and flushed blocks are kind 4");
 	cr_assert_lt(after[3], before[3], "the sealed day's kind 3 blocks were merged");
-	char *got = answers_text(db, e, n_ev, &sk);
-	cr_assert_str_eq(got, want);
-	free(got);
-	tally_db_close(db);
+	answers_as_pinned(db, e, n_ev, want);
 	/* and again from the files alone */
 	cr_assert_eq(tally_db_open(dir, &o, &db), 0, "%s", tally_errmsg());
-	got = answers_text(db, e, n_ev, &sk);
-	cr_assert_str_eq(got, want);
-	free(got);
-	tally_db_close(db);
+	answers_as_pinned(db, e, n_ev, want);
 	tu_rmrf(dir);
 	free(dir);
 	free(want);
