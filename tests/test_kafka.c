@@ -536,3 +536,78 @@ Test(kafka, key_tag_of_json_events_is_the_mappings_key)
 	tdir_remove(&s);
 	kmock_stop(&m);
 }
+
+/* ---------------------------------------------------------------- group joins */
+
+/* Kafka's API key of JoinGroup (the protocol's, not in librdkafka's
+ * public headers). */
+#define K_API_JOIN_GROUP 11
+
+/* One message into partition p, from this process. */
+static void kproduce_to(const kmock *m, int32_t p, const char *payload)
+{
+	rd_kafka_resp_err_t e =
+		rd_kafka_producev(m->q, RD_KAFKA_V_TOPIC(TOPIC), RD_KAFKA_V_PARTITION(p),
+				  RD_KAFKA_V_VALUE((void *)payload, strlen(payload)),
+				  RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END);
+	cr_assert_eq(e, 0, "%s", rd_kafka_err2str(e));
+	cr_assert_eq(rd_kafka_flush(m->q, 60000), 0, "the message was not delivered in 60 s");
+}
+
+/* What stalled 5 of 27 of bench_kafka's backlog reads for 45 s: one of a
+ * node's two consumers sent its SyncGroup after the group leader's. The
+ * mock coordinator completes the sync with the leader's and refuses the
+ * late one (Invalid request); the member joins again, and a rebalance
+ * that starts from a settled group waits session.timeout.ms - 1 s there
+ * before it assigns anything (docs/cluster.md, "Group joins"). Here the
+ * race is made to happen every time: the coordinator sends the second
+ * member's JoinGroup answer 1.5 s late, so its SyncGroup comes last.
+ * tallyd runs with its own session timeout (no kafka-option), each join
+ * in a fresh group and store; a join is stalled when a message in every
+ * partition is not written within 40 s (librdkafka's default of 45 s
+ * takes about 52 s; tallyd's 10 s about 22, the hand-over wait included). */
+Test(kafka, late_sync_group_does_not_hold_partitions_for_45_s, .timeout = 600)
+{
+	kmock m;
+	kmock_start(&m, 1, NPART);
+	for (int p = 0; p < NPART; p++)
+		kproduce_to(&m, p, "k,c=c0 v=1i 1700000000000000000\n");
+	const int joins = 2;
+	int stalled = 0;
+	char took[256] = "";
+	size_t used = 0;
+	for (int j = 0; j < joins; j++) {
+		cr_assert_eq(rd_kafka_mock_broker_push_request_error_rtts(
+				     m.mc, 1, K_API_JOIN_GROUP, 2, RD_KAFKA_RESP_ERR_NO_ERROR, 0,
+				     RD_KAFKA_RESP_ERR_NO_ERROR, 1500),
+			     0);
+		char group[32];
+		snprintf(group, sizeof group, "joins-%d", j);
+		tsrv s;
+		tdir_make(&s);
+		int64_t t0 = su_mono_ms();
+		const char *args[] = {"--kafka-brokers",
+				      m.brokers,
+				      "--kafka-topics",
+				      TOPIC,
+				      "--kafka-group",
+				      group,
+				      "--shards",
+				      "2",
+				      NULL};
+		tsrv_spawn(&s, args, 1);
+		tcli *c = tcli_open(s.port);
+		kwait_written(&m, &c, 1);
+		int64_t ms = su_mono_ms() - t0;
+		stalled += ms > 40000;
+		used += (size_t)snprintf(took + used, sizeof took - used, " %.1f s",
+					 (double)ms / 1e3);
+		/* the race happened: the late member joined again */
+		cr_assert_gt(tstat(c, "kafka_rebalances"), 2, "no rebalance after the first join");
+		tcli_close(c);
+		cr_assert_eq(tsrv_wait(&s, SIGTERM), 0);
+		tdir_remove(&s);
+	}
+	cr_assert_eq(stalled, 0, "%d of %d group joins took over 40 s:%s", stalled, joins, took);
+	kmock_stop(&m);
+}

@@ -47,7 +47,8 @@
 #define KAFKA_RETRY_NS     (200 * INT64_C(1000000))
 #define KAFKA_WATERMARK_NS INT64_C(1000000000)
 #define KAFKA_LOG_EVERY_NS (10 * INT64_C(1000000000))
-#define KAFKA_POISON_LOGS  20 /* poison messages logged per second per consumer */
+#define KAFKA_POISON_LOGS  20      /* poison messages logged per second per consumer */
+#define KAFKA_SESSION_MS   "10000" /* session.timeout.ms unless a kafka-option sets it */
 
 /* A partition this node has been assigned, for stats (guarded by k->mu). */
 typedef struct kpart {
@@ -936,7 +937,12 @@ static rd_kafka_conf_t *k_conf(srv *s, int producer)
 		bad = bad ||
 		      k_conf_set(s, conf, "group.id", sc->kafka_group ? sc->kafka_group : "tally",
 				 0) ||
-		      k_conf_set(s, conf, "auto.offset.reset", "earliest", 0);
+		      k_conf_set(s, conf, "auto.offset.reset", "earliest", 0) ||
+		      /* how long a member that is gone (killed, hung, or its
+		       * SyncGroup refused: docs/cluster.md, "Group joins")
+		       * holds its partitions; librdkafka's 45 s is a long
+		       * stop for a store that consumes in real time */
+		      k_conf_set(s, conf, "session.timeout.ms", KAFKA_SESSION_MS, 0);
 	for (unsigned i = 0; !bad && i < sc->n_kafka_options; i++) {
 		char kv[1024];
 		snprintf(kv, sizeof kv, "%s", sc->kafka_options[i]);
