@@ -389,6 +389,23 @@ static void kagg(tcli *c, const char *table, const char *field, const char *key,
 	ttable_free(&t);
 }
 
+/* A node in a new data directory reads `messages` messages; then camera
+ * cam's k.v must have count n and sum `sum`. */
+static tcli *kread_expect(tsrv *s, const kmock *m, uint64_t messages, const char *cam, uint64_t n,
+			  double sum)
+{
+	tdir_make(s);
+	kspawn(s, m, NULL, NULL);
+	tcli *c = tcli_open(s->port);
+	kwait_stat(c, "kafka_messages", messages);
+	uint64_t got;
+	double got_sum;
+	kagg(c, "k", "v", cam, &got, &got_sum);
+	cr_assert_eq(got, n, "camera %s: %" PRIu64 " events, want %" PRIu64, cam, got, n);
+	cr_assert_eq(got_sum, sum, "camera %s: sum %g, want %g", cam, got_sum, sum);
+	return c;
+}
+
 /* Messages of one partition written as one batch, refused lines in later
  * ones: each is named by its own offset and its line within it, though
  * the engine numbers the batch's lines and the consumer counts them back
@@ -409,20 +426,58 @@ Test(kafka, refused_lines_name_their_message_and_line_in_a_batch)
 	kproduce_one(&m, "a",
 		     "k,cam=c1 v=32i 1700000006000000000\n\nk,cam=c1 v=x 1700000007000000000\n");
 	tsrv s;
-	tdir_make(&s);
-	kspawn(&s, &m, NULL, NULL);
-	tcli *c = tcli_open(s.port);
-	kwait_stat(c, "kafka_messages", 5);
-	uint64_t n;
-	double sum;
-	kagg(c, "k", "v", "c1", &n, &sum);
-	cr_assert_eq(n, 6, "%" PRIu64 " events", n);
-	cr_assert_eq(sum, 63, "sum %g", sum);
+	tcli *c = kread_expect(&s, &m, 5, "c1", 6, 63);
 	cr_assert_eq(tstat(c, "kafka_poison_messages"), 2);
 	cr_assert_eq(tstat(c, "kafka_lines_rejected"), 2);
 	kstop_expect_log(&s, c, &m,
 			 (const char *const[]){"offset 3: line 2 of the message: field 'v'",
 					       "offset 4: line 3 of the message: field 'v'", NULL});
+}
+
+/* A message of `lines` lines of camera c2, v = 1 each, from second `t0`
+ * on; line `bad` (1-based, 0: none) has a value the store refuses; `nl`:
+ * whether the last line ends in a newline. */
+static char *klong(int lines, int t0, int bad, int nl)
+{
+	size_t cap = (size_t)lines * 48 + 1, n = 0;
+	char *b = malloc(cap);
+	cr_assert_not_null(b);
+	for (int i = 1; i <= lines; i++)
+		n += (size_t)snprintf(b + n, cap - n, "k,cam=c2 v=%s %d000000000\n",
+				      i == bad ? "no" : "1i", t0 + i);
+	if (!nl)
+		b[--n] = 0;
+	return b;
+}
+
+/* Long messages (16 KiB and more of whole lines) are written each as a
+ * batch of its own from librdkafka's buffer, not copied into a batch with
+ * their neighbours: each is a batch (one WAL record and label), and a
+ * refused line of one is named by its own offset and line. A short
+ * message after them is copied and batched as before, and so is a long
+ * one without a last newline. */
+Test(kafka, long_messages_are_written_where_they_lie_one_batch_each)
+{
+	kmock m;
+	kmock_start(&m, 1, NPART);
+	const int t = 1700000000;
+	char *msg[4] = {klong(800, t, 0, 1), klong(800, t + 1000, 7, 1), klong(800, t + 2000, 0, 0),
+			klong(2, t + 3000, 0, 1)};
+	cr_assert_geq(strlen(msg[0]), 16 * 1024);
+	for (int i = 0; i < 4; i++)
+		kproduce_one(&m, "a", msg[i]); /* one key: one partition, offsets 0 to 3 */
+	tsrv s;
+	tcli *c = kread_expect(&s, &m, 4, "c2", 2401, 2401);
+	cr_assert_eq(tstat(c, "kafka_poison_messages"), 1);
+	/* offsets 0 and 1 alone; 2 (no last newline) and 3 copied, together
+	 * when they came in one poll (copied, all four would be one batch
+	 * but when the polls split them) */
+	uint64_t batches = tstat(c, "kafka_batches");
+	cr_assert(batches == 3 || batches == 4, "%" PRIu64 " batches", batches);
+	for (int i = 0; i < 4; i++)
+		free(msg[i]);
+	kstop_expect_log(&s, c, &m,
+			 (const char *const[]){"offset 1: line 7 of the message: field 'v'", NULL});
 }
 
 Test(kafka, key_tag_fills_lines_from_the_message_key_and_refuses_conflicts)
