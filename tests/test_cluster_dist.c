@@ -15,49 +15,23 @@
  * answer, or is named after END ... PARTIAL / in "partial" / InfluxQL's
  * "messages".
  */
-#include <arpa/inet.h>
 #include <criterion/criterion.h>
-#include <netinet/in.h>
-#include <poll.h>
-#include <sys/socket.h>
 
+#include "clusterutil.h"
 #include "fandist.h"
-#include "srvutil.h"
 
 #define NCAM  6
 #define SPLIT 5 /* this camera's events are on every node */
 #define NEV   2400
+#define T0    CL_T0
 
-static struct {
-	int cam;
-	int64_t ts;
-	int tenths; /* the speed in units of the resolution */
-} evs[NEV];
-static const int64_t T0 = INT64_C(1735689600) * 1000000000; /* 2025-01-01 */
+static cl_ev evs[NEV];
+static const cl_set set = {evs, NEV, NCAM, SPLIT};
 
+/* few distinct values, so that ranks fall on ties too */
 static void gen(void)
 {
-	srand(23);
-	for (int i = 0; i < NEV; i++) {
-		evs[i].cam = rand() % NCAM;
-		evs[i].ts = T0 + (int64_t)(rand() % 86000) * 1000000000 + i;
-		/* few distinct values, so that ranks fall on ties too */
-		evs[i].tenths = 400 + (rand() % 300) * 3;
-	}
-}
-
-static int node_of(int i)
-{
-	return evs[i].cam == SPLIT ? i % 3 : evs[i].cam % 3;
-}
-
-static void load(tcli *c, int node)
-{
-	for (int i = 0; i < NEV; i++)
-		if (node < 0 || node_of(i) == node)
-			tcli_sendf(c, "traffic,camera=cam%d speed=%d.%d %" PRId64 "\n", evs[i].cam,
-				   evs[i].tenths / 10, evs[i].tenths % 10, evs[i].ts);
-	tcli_sync(c, NULL, NULL);
+	cl_gen(&set, 23, 400, 300, 3);
 }
 
 static int cmp_int(const void *a, const void *b)
@@ -124,45 +98,14 @@ static void same_rows(const ttable *a, const ttable *b, const char *what)
 		cr_assert_str_eq(a->rows[r], b->rows[r], "%s: row %zu", what, r);
 }
 
-/* GET path over HTTP/1.0 (the close ends the answer): status, head and
- * body (malloc'ed, *body; the head is kept in head[cap]). */
+/* GET path: status, head (kept in head[cap]) and body (malloc'ed). */
 static int http_get(unsigned port, const char *path, char *head, size_t cap, char **body)
 {
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	struct sockaddr_in a = {.sin_family = AF_INET,
-				.sin_port = htons((uint16_t)port),
-				.sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-	cr_assert(fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof a) == 0);
-	char req[4096];
-	int k = snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", path);
-	cr_assert_eq(send(fd, req, (size_t)k, MSG_NOSIGNAL), k);
-	size_t n = 0, bc = 1 << 16;
-	char *buf = malloc(bc);
-	int64_t end = su_mono_ms() + 60000;
-	for (;;) {
-		struct pollfd p = {.fd = fd, .events = POLLIN};
-		cr_assert(su_mono_ms() < end, "GET %s: no whole answer within 60 s", path);
-		if (poll(&p, 1, 1000) <= 0)
-			continue;
-		if (n + 4096 > bc)
-			buf = realloc(buf, bc *= 2);
-		ssize_t r = recv(fd, buf + n, bc - n - 1, 0);
-		cr_assert(r >= 0);
-		if (r == 0)
-			break;
-		n += (size_t)r;
-	}
-	close(fd);
-	buf[n] = 0;
-	char *sep = strstr(buf, "\r\n\r\n");
-	cr_assert_not_null(sep, "GET %s: %s", path, buf);
-	int status = 0;
-	cr_assert_eq(sscanf(buf, "HTTP/1.%*d %d", &status), 1);
-	*sep = 0;
-	snprintf(head, cap, "%s", buf);
-	*body = strdup(sep + 4);
-	free(buf);
-	return status;
+	cl_http h = cl_get(port, path);
+	snprintf(head, cap, "%s", h.head);
+	free(h.head);
+	*body = h.body;
+	return h.status;
 }
 
 /* The body of path on node port equals the reference's, byte for byte. */
@@ -191,26 +134,8 @@ static void same_iql(unsigned port, unsigned ref, const char *q)
 	same_http(port, ref, path);
 }
 
-static void start_node(tsrv *s, unsigned port, const char *others)
-{
-	char p[16];
-	snprintf(p, sizeof p, "%u", port);
-	const char *args[] = {"--port",
-			      p,
-			      "--peers",
-			      others,
-			      "--peer-timeout",
-			      "2s",
-			      "--distributions",
-			      "traffic.speed:0.1",
-			      "--table-keys",
-			      "lanes=camera+lane",
-			      "--log-level",
-			      "warn",
-			      NULL};
-	tsrv_spawn(s, args, 1);
-	cr_assert_eq(s->port, port);
-}
+static const char *const node_args[] = {"--distributions", "traffic.speed:0.1", "--table-keys",
+					"lanes=camera+lane", NULL};
 
 #define DQ                                                  \
 	"#!dist traffic speed cam%d %" PRId64 "ns %" PRId64 \
@@ -222,26 +147,7 @@ Test(cluster_dist, three_nodes_answer_like_one, .timeout = 280)
 	unsigned ports[3];
 	tsrv n[3], ref;
 	tcli *c[3], *rc;
-	for (int i = 0; i < 3; i++)
-		ports[i] = su_free_port();
-	for (int i = 0; i < 3; i++) {
-		char others[64];
-		snprintf(others, sizeof others, "127.0.0.1:%u,127.0.0.1:%u", ports[(i + 1) % 3],
-			 ports[(i + 2) % 3]);
-		tdir_make(&n[i]);
-		start_node(&n[i], ports[i], others);
-	}
-	tdir_make(&ref);
-	tsrv_spawn(&ref,
-		   (const char *[]){"--distributions", "traffic.speed:0.1", "--table-keys",
-				    "lanes=camera+lane", "--log-level", "warn", NULL},
-		   1);
-	rc = tcli_open(ref.port);
-	for (int i = 0; i < 3; i++) {
-		c[i] = tcli_open(n[i].port);
-		load(c[i], i);
-	}
-	load(rc, -1);
+	cl_up(&set, n, &ref, ports, c, &rc, node_args);
 
 	/* #!dist over aligned (whole hours and the day) and unaligned ranges */
 	srand(7);
@@ -278,7 +184,7 @@ Test(cluster_dist, three_nodes_answer_like_one, .timeout = 280)
 		own += strtoull(tcell(t.rows[r], 3), NULL, 10);
 	}
 	for (int i = 0; i < NEV; i++)
-		mine += evs[i].cam == SPLIT && node_of(i) == 1;
+		mine += evs[i].cam == SPLIT && cl_node_of(&set, i) == 1;
 	cr_assert_eq(own, mine);
 	ttable_free(&t);
 	tcli_sendf(c[1], "#!fanout fail\n");
@@ -497,15 +403,7 @@ Test(cluster_dist, three_nodes_answer_like_one, .timeout = 280)
 	free(l);
 
 	kill(n[2].pid, SIGCONT);
-	for (int i = 0; i < 3; i++)
-		tcli_close(c[i]);
-	tcli_close(rc);
-	for (int i = 0; i < 3; i++)
-		cr_assert_eq(tsrv_wait(&n[i], SIGTERM), 0);
-	cr_assert_eq(tsrv_wait(&ref, SIGTERM), 0);
-	for (int i = 0; i < 3; i++)
-		tdir_remove(&n[i]);
-	tdir_remove(&ref);
+	cl_down(n, 3, &ref, c, rc);
 }
 
 /* The merge of the nodes' pairs (fandist_read), without servers: an exact
@@ -565,3 +463,4 @@ Test(cluster_dist, pairs_of_exact_and_sketch_parts_merge_into_a_sketch)
 	cr_assert_eq(tally_dist_quantile(d, 0.5, &v), TALLY_ENOTFOUND);
 	tally_dist_free(d);
 }
+
