@@ -464,3 +464,113 @@ Test(cluster_dist, pairs_of_exact_and_sketch_parts_merge_into_a_sketch)
 	tally_dist_free(d);
 }
 
+/* How many events of cam node holds in [from, to) (node < 0: every
+ * node's). */
+static uint64_t held(int cam, int node, int64_t from, int64_t to)
+{
+	uint64_t n = 0;
+	for (int i = 0; i < NEV; i++)
+		n += evs[i].cam == cam && (node < 0 || cl_node_of(&set, i) == node) &&
+		     evs[i].ts >= from && evs[i].ts < to;
+	return n;
+}
+
+/* A stepped /api/v1/dist across nodes used to ask every node once per
+ * window (23 round trips here); each node now answers every window's
+ * pairs at once ("#!dist ... pairs step=1h"), so each node's `queries`
+ * grows by one. Every window equals the reference's and brute force. */
+Test(cluster_dist, stepped_dist_asks_each_node_once, .timeout = 280)
+{
+	gen();
+	unsigned ports[3];
+	tsrv n[3], ref;
+	tcli *c[3], *rc;
+	cl_up(&set, n, &ref, ports, c, &rc, node_args);
+	const int64_t from = T0 + INT64_C(1200) * 1000000000,
+		      to = T0 + INT64_C(83400) * 1000000000 + 500000000, H = INT64_C(3600000000000);
+	static const char path[] = "/api/v1/dist?table=traffic&field=speed&key=cam5"
+				   "&from=2025-01-01T00:20:00Z&to=2025-01-01T23:10:00.5Z&step=1h"
+				   "&q=0.85,0.5&above=90&format=csv";
+	for (int asked = 0; asked < 3; asked++) {
+		uint64_t before[3];
+		for (int i = 0; i < 3; i++)
+			before[i] = tstat(c[i], "queries");
+		cl_http a = cl_get(tsrv_http_port(&n[asked]), path);
+		for (int i = 0; i < 3; i++) {
+			uint64_t q = tstat(c[i], "queries") - before[i];
+			cr_assert_eq(q, 1, "node %d answered %llu queries for 23 windows", i,
+				     (unsigned long long)q);
+		}
+		cl_http b = cl_get(tsrv_http_port(&ref), path);
+		cr_assert_eq(a.status, 200, "%s", a.body);
+		cr_assert_eq(b.status, 200, "%s", b.body);
+		cr_assert_str_eq(a.body, b.body);
+		cr_assert_null(strstr(a.head, "X-Tally-Partial"), "%s", a.head);
+		/* brute force, window by window: time,count,q=0.85,q=0.5,above=90,error */
+		char *save, *line = strtok_r(a.body, "\r\n", &save);
+		cr_assert(line && !strncmp(line, "time,count,q=0.85,q=0.5,above=90", 32), "%s",
+			  line);
+		size_t rows = 0;
+		for (int64_t ws = T0; ws < to; ws += H) {
+			int64_t lo = ws < from ? from : ws, hi = ws + H < to ? ws + H : to;
+			static int v[NEV];
+			size_t k = values(SPLIT, lo, hi, v);
+			if (!k)
+				continue;
+			line = strtok_r(NULL, "\r\n", &save);
+			cr_assert_not_null(line, "window %lld missing", (long long)ws);
+			char t[48], want[200];
+			cmd_format_time(ws, t);
+			uint64_t above = 0;
+			for (size_t i = 0; i < k; i++)
+				above += v[i] > 900;
+			snprintf(want, sizeof want, "%s,%zu,%g,%g,%llu,0", t, k,
+				 v[(85 * k + 99) / 100 - 1] / 10.0, v[(k + 1) / 2 - 1] / 10.0,
+				 (unsigned long long)above);
+			cr_assert_str_eq(line, want);
+			rows++;
+		}
+		cr_assert_null(strtok_r(NULL, "\r\n", &save));
+		cr_assert_gt(rows, 20);
+		cl_http_free(&a);
+		cl_http_free(&b);
+	}
+
+	/* a node's part (#!fanout off): every window's own pairs after its
+	 * start; step= only with pairs */
+	ttable t;
+	tcli_sendf(c[1], "#!fanout off\n");
+	free(tcli_expect(c[1], "OK fanout off"));
+	tcli_query(c[1], &t,
+		   "#!dist traffic speed cam%d 2025-01-01T00:20:00Z 2025-01-01T23:10:00.5Z pairs "
+		   "step=1h",
+		   SPLIT);
+	cr_assert_null(t.err, "%s", t.err);
+	cr_assert_str_eq(t.rows[0], "start\texp\tkind\tunits\tcount");
+	uint64_t per[24] = {0}, sum = 0;
+	int64_t last = INT64_MIN;
+	for (size_t r = 1; r < t.n; r++) {
+		int64_t at;
+		cr_assert_eq(cmd_parse_time(tcell(t.rows[r], 0), 0, &at), 0, "%s", t.rows[r]);
+		cr_assert(at >= last && at >= from && at < to && (at == from || at % H == 0), "%s",
+			  t.rows[r]);
+		last = at;
+		per[(at - T0) / H] += strtoull(tcell(t.rows[r], 4), NULL, 10);
+	}
+	for (int w = 0; w < 24; w++) {
+		int64_t lo = T0 + w * H < from ? from : T0 + w * H;
+		int64_t hi = T0 + (w + 1) * H < to ? T0 + (w + 1) * H : to;
+		uint64_t mine = lo < hi ? held(SPLIT, 1, lo, hi) : 0;
+		cr_assert_eq(per[w], mine, "window %d: %llu, want %llu", w,
+			     (unsigned long long)per[w], (unsigned long long)mine);
+		sum += per[w];
+	}
+	cr_assert_eq(sum, held(SPLIT, 1, from, to));
+	ttable_free(&t);
+	tcli_query(c[1], &t, "#!dist traffic speed cam1 2025-01-01 1d q=0.5 step=1h");
+	cr_assert(t.err && strstr(t.err, "step= is asked with pairs only"), "%s",
+		  t.err ? t.err : "answered");
+	ttable_free(&t);
+
+	cl_down(n, 3, &ref, c, rc);
+}

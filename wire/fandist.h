@@ -26,10 +26,11 @@ int fandist_read(fan_reader *rd, tally_dist **out, char *err, size_t cap);
 int fandist_start(wconn *c, const cmd_req *r, uint64_t line, fanjob **out);
 
 /* /api/v1/dist with peers: r's table, field and key over each window of
- * step from ws (0: one window, [from, to)), every node asked per window.
- * The job's answer, read by fandist_window: "START\texp\tkind\tunits\t
+ * step (0: one window, [from, to)), aligned like a series, each node
+ * asked once for every window's pairs. The job's answer, read by
+ * fandist_window (fandist_read without step): "START\texp\tkind\tunits\t
  * count" rows and "END n [PARTIAL ...]", or one "ERR ..." line. */
-int fandist_http(wconn *c, const cmd_req *r, int64_t step, int64_t ws, int partial, fanjob **out);
+int fandist_http(wconn *c, const cmd_req *r, int64_t step, int partial, fanjob **out);
 /* The distribution of the window starting at lo (its rows, maybe none). */
 int fandist_window(fan_reader *rd, int64_t lo, tally_dist **out, char *err, size_t cap);
 
