@@ -137,17 +137,22 @@ static void same_iql(unsigned port, unsigned ref, const char *q)
 static const char *const node_args[] = {"--distributions", "traffic.speed:0.1", "--table-keys",
 					"lanes=camera+lane", NULL};
 
+/* Declares the three nodes n, ports, the reference ref and their clients
+ * c and rc, and starts them holding the events (a test's opening). */
+#define CLUSTER_UP()       \
+	unsigned ports[3]; \
+	tsrv n[3], ref;    \
+	tcli *c[3], *rc;   \
+	gen();             \
+	cl_up(&set, n, &ref, ports, c, &rc, node_args)
+
 #define DQ                                                  \
 	"#!dist traffic speed cam%d %" PRId64 "ns %" PRId64 \
 	"ns q=0.85 q=0.5 above=90 below=50 hist=40,60,80,100"
 
 Test(cluster_dist, three_nodes_answer_like_one, .timeout = 280)
 {
-	gen();
-	unsigned ports[3];
-	tsrv n[3], ref;
-	tcli *c[3], *rc;
-	cl_up(&set, n, &ref, ports, c, &rc, node_args);
+	CLUSTER_UP();
 
 	/* #!dist over aligned (whole hours and the day) and unaligned ranges */
 	srand(7);
@@ -476,16 +481,12 @@ static uint64_t held(int cam, int node, int64_t from, int64_t to)
 }
 
 /* A stepped /api/v1/dist across nodes used to ask every node once per
- * window (23 round trips here); each node now answers every window's
+ * window (24 round trips here); each node now answers every window's
  * pairs at once ("#!dist ... pairs step=1h"), so each node's `queries`
  * grows by one. Every window equals the reference's and brute force. */
 Test(cluster_dist, stepped_dist_asks_each_node_once, .timeout = 280)
 {
-	gen();
-	unsigned ports[3];
-	tsrv n[3], ref;
-	tcli *c[3], *rc;
-	cl_up(&set, n, &ref, ports, c, &rc, node_args);
+	CLUSTER_UP();
 	const int64_t from = T0 + INT64_C(1200) * 1000000000,
 		      to = T0 + INT64_C(83400) * 1000000000 + 500000000, H = INT64_C(3600000000000);
 	static const char path[] = "/api/v1/dist?table=traffic&field=speed&key=cam5"
@@ -498,7 +499,7 @@ Test(cluster_dist, stepped_dist_asks_each_node_once, .timeout = 280)
 		cl_http a = cl_get(tsrv_http_port(&n[asked]), path);
 		for (int i = 0; i < 3; i++) {
 			uint64_t q = tstat(c[i], "queries") - before[i];
-			cr_assert_eq(q, 1, "node %d answered %llu queries for 23 windows", i,
+			cr_assert_eq(q, 1, "node %d answered %llu queries for 24 windows", i,
 				     (unsigned long long)q);
 		}
 		cl_http b = cl_get(tsrv_http_port(&ref), path);
@@ -572,5 +573,51 @@ Test(cluster_dist, stepped_dist_asks_each_node_once, .timeout = 280)
 		  t.err ? t.err : "answered");
 	ttable_free(&t);
 
+	cl_down(n, 3, &ref, c, rc);
+}
+
+/* A SELECT took its schema (key tag, field types) from the asked node's
+ * catalog alone: a field only another node held was left out (no series)
+ * and a measurement only another node held was an error. It now reads
+ * the union of every node's catalog, like SHOW. */
+Test(cluster_dist, select_reads_the_schema_of_every_node, .timeout = 280)
+{
+	CLUSTER_UP();
+	/* field flow on node 2 only, measurement site on node 1 only */
+	static const struct {
+		int node;
+		const char *line;
+	} lines[] = {
+		{2, "traffic,camera=cam2 flow=4i"},
+		{2, "traffic,camera=cam5 flow=7i"},
+		{1, "site,id=s1,zone=north level=3i"},
+		{1, "site,id=s2,zone=south level=5i"},
+	};
+	for (size_t k = 0; k < sizeof lines / sizeof lines[0]; k++) {
+		tcli_sendf(c[lines[k].node], "%s %" PRId64 "\n", lines[k].line, T0 + 5 + (int)k);
+		tcli_sync(c[lines[k].node], NULL, NULL);
+		tcli_sendf(rc, "%s %" PRId64 "\n", lines[k].line, T0 + 5 + (int)k);
+		tcli_sync(rc, NULL, NULL);
+	}
+	static const char *const qs[] = {
+		"SELECT+count(flow),sum(flow)+FROM+traffic+WHERE+time+>=+%272025-01-01T00:00:00Z"
+		"%27+AND+time+<+%272025-01-02T00:00:00Z%27+GROUP+BY+camera",
+		"SELECT+max(flow),count(speed)+FROM+traffic+WHERE+camera=%27cam5%27+AND+time+>=+"
+		"%272025-01-01T00:00:00Z%27+AND+time+<+%272025-01-02T00:00:00Z%27",
+		"SELECT+sum(level)+FROM+site+WHERE+time+>=+%272025-01-01T00:00:00Z%27+AND+time+<+"
+		"%272025-01-02T00:00:00Z%27+GROUP+BY+id",
+		"SELECT+mean(level)+FROM+site+WHERE+id=%27s2%27+AND+time+>=+%272025-01-01T00:00:00Z"
+		"%27+AND+time+<+%272025-01-01T01:00:00Z%27+GROUP+BY+time(30m)",
+	};
+	for (int i = 0; i < 3; i++)
+		for (size_t k = 0; k < sizeof qs / sizeof qs[0]; k++)
+			same_iql(tsrv_http_port(&n[i]), tsrv_http_port(&ref), qs[k]);
+	/* and the numbers are the events' */
+	char path[1024], h[2048], *b;
+	snprintf(path, sizeof path, "/query?db=tally&q=%s", qs[0]);
+	cr_assert_eq(http_get(tsrv_http_port(&n[0]), path, h, sizeof h, &b), 200);
+	cr_assert(strstr(b, "[\"1970-01-01T00:00:00Z\",1,7]") || strstr(b, ",1,7]"), "%s", b);
+	cr_assert(strstr(b, ",1,4]"), "%s", b);
+	free(b);
 	cl_down(n, 3, &ref, c, rc);
 }

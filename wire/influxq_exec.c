@@ -18,9 +18,10 @@
  * conventions to the bit (dist_cell), so the answer equals InfluxDB's
  * sort of the raw points.
  *
- * SHOW statements run on one view of the catalog (show_cat): this node's,
- * or with peers the union of every node's #!tables rows, so that a table
- * or tag any node holds is listed whichever node is asked.
+ * SHOW statements and a SELECT's schema read one view of the catalog
+ * (show_cat): this node's, or with peers the union of every node's
+ * #!tables rows, so that a table, field or tag any node holds is listed
+ * and answered whichever node is asked.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -710,9 +711,13 @@ static int dist_check(ex *x, const iq_stmt *st, const enum tally_type *types, in
 		if (!dist_first(st, j) || types[j] == TALLY_T_NONE)
 			continue;
 		tally_dist *d;
-		/* this node's catalog, as the field types (cols_get); every
-		 * node asked for its pairs says so again */
+		/* this node's catalog; every node asked for its pairs
+		 * says so again (a field this node lacks: only they) */
 		int rc = tally_query_dist(x->db, st->table, st->aggs[j].field, "", to, to, &d);
+		if (rc == TALLY_ENOTFOUND && x->src) {
+			(*fields)++; /* another node's field: its pairs say */
+			continue;
+		}
 		if (rc)
 			return dist_fail(x, &st->aggs[j], rc);
 		tally_dist_free(d);
@@ -864,25 +869,10 @@ static int put_series(ex *x, iq_buf *b, const iq_stmt *st, const char *key_tag, 
 	return rows != 0;
 }
 
-static int exec_select(ex *x, const iq_stmt *st, iq_buf *b)
+/* A SELECT of the table whose key tag and columns are key_tag and cl. */
+static int select_run(ex *x, const iq_stmt *st, iq_buf *b, const char *key_tag, const cols *cl)
 {
-	if (!st->db && !x->prm->db)
-		return ex_fail(x, "database name required");
-	const char *key_tag = NULL;
-	int rc = tally_catalog_key_tag(x->db, st->table, &key_tag);
-	if (rc == TALLY_ENOTFOUND && x->src)
-		/* The schema (key tag, field types) is this node's: without it
-		 * an empty answer could hide the other nodes' events. */
-		return ex_fail(x,
-			       "this node holds no measurement \"%s\" yet, and reads the schema "
-			       "from its own catalog: ask a node that holds it",
-			       st->table);
-	if (rc == TALLY_ENOTFOUND)
-		return 0; /* no such measurement: no series, as InfluxDB */
-	if (rc)
-		return ex_engine(x, rc);
-	if (!key_tag)
-		key_tag = "";
+	int rc;
 	if (check_cond_tags(x, st->table, key_tag, st->where) ||
 	    (st->group_tag && check_tag(x, st->table, key_tag, st->group_tag)))
 		return -1;
@@ -919,12 +909,8 @@ static int exec_select(ex *x, const iq_stmt *st, iq_buf *b)
 		g.nwin = 1;
 	}
 	enum tally_type types[IQ_FIELDS_MAX];
-	cols cl = {0};
-	if ((rc = cols_get(x->db, st->table, &cl)))
-		return rc == TALLY_ENOTFOUND ? 0 : ex_engine(x, rc);
 	for (unsigned j = 0; j < st->n_aggs; j++)
-		types[j] = cols_type(&cl, st->aggs[j].field);
-	cols_free(&cl);
+		types[j] = cols_type(cl, st->aggs[j].field);
 	keyset ks = {0};
 	kgroups kg = {0};
 	int multi = key_multi(key_tag);
@@ -1277,6 +1263,27 @@ static int show_cat_union(ex *x, const iq_stmt *st, show_cat *sc)
 	if (rc)
 		return ex_engine(x, rc);
 	return u.bad[0] ? ex_fail(x, "%s", u.bad) : 0;
+}
+
+/* A SELECT's schema is the catalog a SHOW reads, of its one table: this
+ * node's, or with peers the union of every node's, so that a measurement
+ * or a field only another node holds yet is answered, not left out. */
+static int exec_select(ex *x, const iq_stmt *st, iq_buf *b)
+{
+	if (!st->db && !x->prm->db)
+		return ex_fail(x, "database name required");
+	show_cat sc = {0};
+	int rc = x->src ? show_cat_union(x, st, &sc) : show_cat_local(x, st, &sc);
+	if (!rc && sc.n && sc.t[0].key_tag2)
+		rc = ex_fail(x,
+			     "measurement \"%s\" is keyed by \"%s\" on some nodes and by \"%s\" "
+			     "on others: give it a table-keys entry on every node",
+			     st->table, sc.t[0].key_tag ? sc.t[0].key_tag : "", sc.t[0].key_tag2);
+	/* no node holds the measurement: no series, as InfluxDB */
+	if (!rc && sc.n)
+		rc = select_run(x, st, b, sc.t[0].key_tag ? sc.t[0].key_tag : "", &sc.t[0].c);
+	show_cat_free(&sc);
+	return rc;
 }
 
 static int cmp_cstr(const void *a, const void *b)
