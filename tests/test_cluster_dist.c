@@ -175,6 +175,28 @@ Test(cluster_dist, three_nodes_answer_like_one, .timeout = 280)
 		ttable_free(&b);
 	}
 
+	/* from outside: tally query --nodes dist merges the nodes' pairs (it
+	 * answered "not a query that fans out"), as the reference answers */
+	const char *tally = getenv("TALLY");
+	cr_assert_not_null(tally);
+	char got[4096] = {0}, want[4096] = {0};
+	for (int k = 0; k < 2; k++) {
+		char cmd[1024], *o = k ? want : got;
+		int w = k ? snprintf(cmd, sizeof cmd, "%s --port %u", tally, ref.port)
+			  : snprintf(cmd, sizeof cmd,
+				     "%s --nodes 127.0.0.1:%u,127.0.0.1:%u,127.0.0.1:%u", tally,
+				     ports[0], ports[1], ports[2]);
+		snprintf(cmd + w, sizeof cmd - (size_t)w,
+			 " --csv query dist traffic speed cam%d 2025-01-01T01:02:03Z "
+			 "2025-01-01T20:00:00.5Z q=0.85 q=0.5 above=90 hist=40,60,80,100 2>&1",
+			 SPLIT);
+		FILE *f = popen(cmd, "r");
+		size_t got_n = fread(o, 1, 4095, f);
+		cr_assert_eq(pclose(f), 0, "%s: %s", cmd, o);
+		cr_assert_gt(got_n, 40, "%s: %s", cmd, o);
+	}
+	cr_assert_str_eq(got, want);
+
 	/* a node's part as pairs (#!fanout off): only its own values */
 	ttable t;
 	tcli_sendf(c[1], "#!fanout off\n");

@@ -185,18 +185,16 @@ static int answer_err(char **out, size_t *len, const char *fmt, const char *m, s
 	return 0;
 }
 
-static int tcp_run(srv *s, void *arg, char **out, size_t *len)
+int fandist_answer(const fan_node *nodes, size_t n, const fan_opts *o, const cmd_req *r, char **out,
+		   size_t *len)
 {
-	dist_job *j = arg;
-	char scratch[4096], err[600];
-	cmd_req r;
-	job_req(j, scratch, sizeof scratch, &r);
-	fan_opts o = fanserv_opts(s, j->partial, NULL);
+	char err[600];
 	char *text = NULL;
 	size_t tn;
 	fan_reader rd;
 	tally_dist *d = NULL;
-	int rc = ask_pairs(s->fan_nodes, s->n_fan_nodes, &o, &r, &text, &tn, &rd);
+	*out = NULL;
+	int rc = ask_pairs(nodes, n, o, r, &text, &tn, &rd);
 	if (rc) {
 		answer_err(out, len, "ERR dist: %.*s\n", "out of memory asking the other nodes",
 			   36);
@@ -206,12 +204,23 @@ static int tcp_run(srv *s, void *arg, char **out, size_t *len)
 		answer_err(out, len, "ERR dist: %.*s\n", err, strlen(err));
 	} else {
 		char *partial = rd.partial ? strndup(rd.partial, rd.partial_n) : NULL;
-		if ((rd.partial && !partial) || dist_format(d, &r, partial, out, len))
+		if ((rd.partial && !partial) || dist_format(d, r, partial, out, len))
 			answer_err(out, len, "ERR dist: %.*s\n", "out of memory", 13);
 		free(partial);
 	}
 	tally_dist_free(d);
 	free(text);
+	return *out ? 0 : -ENOMEM;
+}
+
+static int tcp_run(srv *s, void *arg, char **out, size_t *len)
+{
+	dist_job *j = arg;
+	char scratch[4096];
+	cmd_req r;
+	job_req(j, scratch, sizeof scratch, &r);
+	fan_opts o = fanserv_opts(s, j->partial, NULL);
+	fandist_answer(s->fan_nodes, s->n_fan_nodes, &o, &r, out, len);
 	return 0;
 }
 

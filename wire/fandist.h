@@ -21,6 +21,14 @@
  * -ENOMEM with err (cap bytes) naming the row and what is wrong with it. */
 int fandist_read(fan_reader *rd, tally_dist **out, char *err, size_t cap);
 
+/* The answer to the #!dist r (its statistics) of nodes[0, n): every
+ * node's pairs merged, then r's statistics of the whole, in one node's
+ * format (END n [PARTIAL ...]), or one "ERR ..." line, into *out (*len
+ * bytes, free it). 0, or -ENOMEM with *out NULL. tally query --nodes
+ * uses it as tallyd's #!dist does. */
+int fandist_answer(const fan_node *nodes, size_t n, const fan_opts *o, const cmd_req *r, char **out,
+		   size_t *len);
+
 /* #!dist on a connection of a node with peers: every node's pairs, merged,
  * then the statistics of r asked of the whole (line: r's line number). */
 int fandist_start(wconn *c, const cmd_req *r, uint64_t line, fanjob **out);
