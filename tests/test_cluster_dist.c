@@ -590,6 +590,36 @@ Test(cluster_dist, stepped_dist_asks_each_node_once, .timeout = 280)
 	}
 	cr_assert_eq(sum, held(SPLIT, 1, from, to));
 	ttable_free(&t);
+	/* all of int64 in windows of 800 days: every event once, no
+	 * overflow at the ends; wider windows, or minutes (too many
+	 * windows), refused */
+	tcli_query(c[1], &t,
+		   "#!dist traffic speed cam%d -9223372036854775808 9223372036854775807 pairs "
+		   "step=800d",
+		   SPLIT);
+	cr_assert_null(t.err, "%s", t.err);
+	sum = 0;
+	for (size_t r = 1; r < t.n; r++)
+		sum += strtoull(tcell(t.rows[r], 4), NULL, 10);
+	cr_assert_eq(sum, held(SPLIT, 1, INT64_MIN, INT64_MAX));
+	ttable_free(&t);
+	tcli_query(c[1], &t,
+		   "#!dist traffic speed cam%d -9223372036854775808 9223372036854775807 pairs "
+		   "step=1m",
+		   SPLIT);
+	cr_assert(t.err && strstr(t.err, "more than 200000 windows"), "%s",
+		  t.err ? t.err : "answered");
+	ttable_free(&t);
+	for (int k = 0; k < 2; k++) { /* the same bound over HTTP, peers or not */
+		cl_http h = cl_get(tsrv_http_port(k ? &ref : &n[0]),
+				   "/api/v1/dist?table=traffic&field=speed&key=cam1&from="
+				   "-9223372036854775808&to=9223372036854775807&step=36500d");
+		cr_assert(h.status == 400 && strstr(h.body, "834 days"), "%d %s", h.status, h.body);
+		cl_http_free(&h);
+	}
+	tcli_query(c[1], &t, "#!dist traffic speed cam1 2025-01-01 1d pairs step=36500d");
+	cr_assert(t.err && strstr(t.err, "step: wider than"), "%s", t.err ? t.err : "answered");
+	ttable_free(&t);
 	tcli_query(c[1], &t, "#!dist traffic speed cam1 2025-01-01 1d q=0.5 step=1h");
 	cr_assert(t.err && strstr(t.err, "step= is asked with pairs only"), "%s",
 		  t.err ? t.err : "answered");

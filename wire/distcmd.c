@@ -189,6 +189,11 @@ static int reply_windows(tally_db *db, const cmd_req *r, const dist_limits *lim,
 			 size_t *len)
 {
 	out o = {0};
+	if (r->step > SERIES_STEP_MAX) { /* series_window_start's bound */
+		put(&o, "ERR line %llu: dist: step: wider than %lld ns (about 834 days)\n",
+		    (unsigned long long)lim->line, (long long)SERIES_STEP_MAX);
+		return take(&o, 0, text, len);
+	}
 	int64_t ws = series_window_start(r->from, r->step, lim->align_offset);
 	if (((uint64_t)r->to - (uint64_t)ws - 1) / (uint64_t)r->step >= DIST_WINDOWS_MAX) {
 		put(&o,
@@ -201,7 +206,8 @@ static int reply_windows(tally_db *db, const cmd_req *r, const dist_limits *lim,
 	int rc = 0;
 	while (ws < r->to && !rc && !o.oom) {
 		int64_t lo = ws < r->from ? r->from : ws;
-		int64_t hi = r->to - ws <= r->step ? r->to : ws + r->step;
+		int64_t hi =
+			(uint64_t)r->to - (uint64_t)ws <= (uint64_t)r->step ? r->to : ws + r->step;
 		tally_dist *d;
 		if ((rc = tally_query_dist(db, r->table, r->field, r->key, lo, hi, &d)))
 			break;

@@ -9,12 +9,13 @@
  * part as pairs ("#!dist ... pairs", docs/protocol.md), the asking node
  * adds them up (tally_dist_merge: exact, or a sketch when any node's part
  * was one) and asks its statistics of the sum: V85 across three nodes is
- * the V85 one node holding everything answers.
+ * the V85 one node holding everything answers. A stepped /api/v1/dist
+ * asks each node once for every window's pairs ("pairs step=STEP"), not
+ * once per window.
  */
 #include "fandist.h"
 
 #include <errno.h>
-#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

@@ -1772,8 +1772,11 @@ static int q_dist_start(httpq *q, tally_db *db, const srv_conf *cf, int64_t now)
 	if (k == -2)
 		return 400;
 	q->step = 0;
-	if (k >= 0 && (cmd_parse_duration(v, &q->step) || q->step <= 0))
-		return q_fail(q, "step", "step: invalid duration '%.40s' (like 5m, 1h, 24h)", v);
+	if (k >= 0 &&
+	    (cmd_parse_duration(v, &q->step) || q->step <= 0 || q->step > SERIES_STEP_MAX))
+		return q_fail(q, "step",
+			      "step: invalid duration '%.40s' (like 5m, 1h, 24h; at most 834 days)",
+			      v);
 	if (!(q->dist = calloc(1, sizeof *q->dist))) {
 		snprintf(q->err, sizeof q->err, "out of memory");
 		return 500;
