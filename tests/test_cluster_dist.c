@@ -511,6 +511,25 @@ static void refused(tcli *c, const char *q, const char *why)
 	ttable_free(&t);
 }
 
+/* The counts of the "pairs step=" answer to q on c, added up; with step,
+ * every row's window starts at from or off past a multiple of step. */
+static uint64_t pairs_total(tcli *c, const char *q, int64_t from, int64_t step, int64_t off)
+{
+	ttable t;
+	tcli_query(c, &t, "%s", q);
+	cr_assert_null(t.err, "%s: %s", q, t.err);
+	cr_assert_str_eq(t.rows[0], "start\texp\tkind\tunits\tcount");
+	uint64_t sum = 0;
+	for (size_t r = 1; r < t.n; r++) {
+		int64_t at;
+		cr_assert_eq(cmd_parse_time(tcell(t.rows[r], 0), 0, &at), 0, "%s", t.rows[r]);
+		cr_assert(!step || at == from || at % step == off, "%s", t.rows[r]);
+		sum += strtoull(tcell(t.rows[r], 4), NULL, 10);
+	}
+	ttable_free(&t);
+	return sum;
+}
+
 /* A stepped /api/v1/dist across nodes used to ask every node once per
  * window (24 round trips here); each node now answers every window's
  * pairs at once ("#!dist ... pairs step=1h"), so each node's `queries`
@@ -568,6 +587,30 @@ Test(cluster_dist, stepped_dist_asks_each_node_once, .timeout = 280)
 		cl_http_free(&b);
 	}
 
+	/* InfluxQL's PERCENTILE by time across nodes: every window of a key
+	 * in one ask of every node, so 24 windows cost each node what 2 do */
+	static const char *const iq[2] = {
+		"SELECT+PERCENTILE(speed,85),MEDIAN(speed)+FROM+traffic+WHERE+camera=%27cam5%27+"
+		"AND+time+>=+%272025-01-01T00:20:00Z%27+AND+time+<+%272025-01-01T23:10:00Z%27+"
+		"GROUP+BY+time(1h)",
+		"SELECT+PERCENTILE(speed,85),MEDIAN(speed)+FROM+traffic+WHERE+camera=%27cam5%27+"
+		"AND+time+>=+%272025-01-01T00:20:00Z%27+AND+time+<+%272025-01-01T23:10:00Z%27+"
+		"GROUP+BY+time(12h)",
+	};
+	uint64_t asked[2][3];
+	for (int k = 0; k < 2; k++) {
+		uint64_t before[3];
+		for (int i = 0; i < 3; i++)
+			before[i] = tstat(c[i], "queries");
+		same_iql(tsrv_http_port(&n[k + 1]), tsrv_http_port(&ref), iq[k]);
+		for (int i = 0; i < 3; i++)
+			asked[k][i] = tstat(c[i], "queries") - before[i];
+	}
+	for (int i = 0; i < 3; i++)
+		cr_assert_eq(asked[0][i], asked[1][i],
+			     "node %d: %llu queries for 24 windows, %llu for 2", i,
+			     (unsigned long long)asked[0][i], (unsigned long long)asked[1][i]);
+
 	/* a node's part (#!fanout off): every window's own pairs after its
 	 * start; step= only with pairs */
 	ttable t;
@@ -602,16 +645,11 @@ Test(cluster_dist, stepped_dist_asks_each_node_once, .timeout = 280)
 	/* all of int64 in windows of 800 days: every event once, no
 	 * overflow at the ends; wider windows, or minutes (too many
 	 * windows), refused */
-	tcli_query(c[1], &t,
-		   "#!dist traffic speed cam%d -9223372036854775808 9223372036854775807 pairs "
-		   "step=800d",
-		   SPLIT);
-	cr_assert_null(t.err, "%s", t.err);
-	sum = 0;
-	for (size_t r = 1; r < t.n; r++)
-		sum += strtoull(tcell(t.rows[r], 4), NULL, 10);
-	cr_assert_eq(sum, held(SPLIT, 1, INT64_MIN, INT64_MAX));
-	ttable_free(&t);
+	cr_assert_eq(pairs_total(c[1],
+				 "#!dist traffic speed cam5 -9223372036854775808 "
+				 "9223372036854775807 pairs step=800d",
+				 0, 0, 0),
+		     held(SPLIT, 1, INT64_MIN, INT64_MAX));
 	refused(c[1],
 		"#!dist traffic speed cam1 -9223372036854775808 9223372036854775807 pairs step=1m",
 		"more than 200000 windows");
@@ -624,6 +662,15 @@ Test(cluster_dist, stepped_dist_asks_each_node_once, .timeout = 280)
 	}
 	refused(c[1], "#!dist traffic speed cam1 2025-01-01 1d pairs step=36500d",
 		"step: wider than");
+	refused(c[1],
+		"#!dist traffic speed cam1 2025-01-01 1d pairs step=1h origin=1970-01-01T02:00:00Z",
+		"origin= is asked with step=");
+	/* windows from an origin: at half past the hour */
+	cr_assert_eq(pairs_total(c[1],
+				 "#!dist traffic speed cam5 2025-01-01T00:20:00Z "
+				 "2025-01-01T23:10:00.5Z pairs step=1h origin=1970-01-01T00:30:00Z",
+				 from, H, H / 2),
+		     held(SPLIT, 1, from, to));
 	refused(c[1], "#!dist traffic speed cam1 2025-01-01 1d q=0.5 step=1h",
 		"step= is asked with pairs only");
 

@@ -194,7 +194,8 @@ static int reply_windows(tally_db *db, const cmd_req *r, const dist_limits *lim,
 		    (unsigned long long)lim->line, (long long)SERIES_STEP_MAX);
 		return take(&o, 0, text, len);
 	}
-	int64_t ws = series_window_start(r->from, r->step, lim->align_offset);
+	int64_t ws = series_window_start(r->from, r->step,
+					 r->has_origin ? r->origin : lim->align_offset);
 	if (((uint64_t)r->to - (uint64_t)ws - 1) / (uint64_t)r->step >= DIST_WINDOWS_MAX) {
 		put(&o,
 		    "ERR line %llu: dist: more than %d windows of step from from to to "

@@ -248,6 +248,12 @@ int fandist_start(wconn *c, const cmd_req *r, uint64_t line, fanjob **out)
  * the windows' rows in time order, and p_dist (httpq.c) merges window
  * after window with fandist_window. A missing node is missing from every
  * window alike, named once after END. */
+int64_t fandist_origin(int64_t w0, int64_t step)
+{
+	int64_t m = w0 % step;
+	return m < 0 ? m + step : m;
+}
+
 static int http_run(srv *s, void *arg, char **out, size_t *len)
 {
 	dist_job *j = arg;
@@ -255,6 +261,9 @@ static int http_run(srv *s, void *arg, char **out, size_t *len)
 	cmd_req r;
 	job_req(j, scratch, sizeof scratch, &r);
 	r.step = j->step;
+	/* this node's windows, whatever the others' align-offset */
+	r.origin = j->step ? fandist_origin(s->conf->align_offset, j->step) : 0;
+	r.has_origin = j->step != 0;
 	fan_opts o = fanserv_opts(s, j->partial, "partial=mark");
 	fan_reader rd;
 	if (ask_pairs(s->fan_nodes, s->n_fan_nodes, &o, &r, out, len, &rd))

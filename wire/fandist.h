@@ -39,6 +39,8 @@ int fandist_start(wconn *c, const cmd_req *r, uint64_t line, fanjob **out);
  * fandist_window (fandist_read without step): "START\texp\tkind\tunits\t
  * count" rows and "END n [PARTIAL ...]", or one "ERR ..." line. */
 int fandist_http(wconn *c, const cmd_req *r, int64_t step, int partial, fanjob **out);
+/* origin= for the windows of step that start at w0 (in [0, step)). */
+int64_t fandist_origin(int64_t w0, int64_t step);
 /* The distribution of the window starting at lo (its rows, maybe none). */
 int fandist_window(fan_reader *rd, int64_t lo, tally_dist **out, char *err, size_t cap);
 

@@ -175,6 +175,11 @@ size_t fan_build_cmd(const cmd_req *r, char *buf, size_t cap)
 	if (r->kind == CMD_DIST && r->step && o < cap) { /* pairs of every window */
 		k = snprintf(buf + o, cap - o, " step=%" PRId64 "ns", r->step);
 		o = k > 0 && (size_t)k < cap - o ? o + (size_t)k : cap;
+		if (r->has_origin) { /* where the windows start */
+			char t[48];
+			cmd_format_time(r->origin, t);
+			o = put_prefixed(buf, o, cap, "origin=", t);
+		}
 	}
 	if (r->kind == CMD_SCAN && r->limit && o < cap) {
 		k = snprintf(buf + o, cap - o, " %" PRIu64, r->limit);

@@ -726,11 +726,26 @@ static int dist_check(ex *x, const iq_stmt *st, const enum tally_type *types, in
 	return 0;
 }
 
+/* *d added into *w (the first becomes it; *d NULL after). */
+static int dist_add(tally_dist **w, tally_dist **d)
+{
+	if (!*d)
+		return 0;
+	if (!*w) {
+		*w = *d;
+		*d = NULL;
+		return 0;
+	}
+	return tally_dist_merge(*w, *d);
+}
+
 /* The medians and percentiles of the keys keys[0, nk) (one series), window
  * by window: per field, one distribution per key and window
  * (tally_query_dist: rollups plus raw edges), merged over the keys, then
- * asked for each of that field's aggregates. A cell with a value gets
- * count 1 and the value as sum. */
+ * asked for each of that field's aggregates. Across nodes with GROUP BY
+ * time, every window of a key comes from one ask of every node (iq_src's
+ * dists), not one per window. A cell with a value gets count 1 and the
+ * value as sum. */
 static int fill_dist(ex *x, const iq_stmt *st, const enum tally_type *types, char *const *keys,
 		     size_t nk, const grid *g, tally_agg *const *acc)
 {
@@ -738,35 +753,52 @@ static int fill_dist(ex *x, const iq_stmt *st, const enum tally_type *types, cha
 		if (!dist_first(st, j) || types[j] == TALLY_T_NONE)
 			continue;
 		const char *field = st->aggs[j].field;
-		for (size_t i = 0; i < g->nwin; i++) {
-			int64_t lo, hi;
-			win_range(g, i, &lo, &hi);
-			tally_dist *w = NULL;
-			int rc = 0;
+		tally_dist **w = calloc(g->nwin, sizeof *w);
+		int rc = w ? 0 : -ENOMEM, stepped = x->src && x->src->dists && g->step;
+		if (!rc && stepped) {
+			/* across nodes: every window of a key in one ask */
+			tally_dist **d = calloc(g->nwin, sizeof *d);
+			rc = d ? 0 : -ENOMEM;
 			for (size_t k = 0; k < nk && !rc; k++) {
-				tally_dist *d;
-				rc = ex_dist(x, st->table, field, keys[k], lo, hi, &d);
-				if (!rc && !w) {
-					w = d;
-				} else if (!rc) {
-					rc = tally_dist_merge(w, d);
-					tally_dist_free(d);
+				rc = x->src->dists(x->src, st->table, field, keys[k], g->step,
+						   g->w0, g->from, g->to, g->nwin, d, x->err);
+				for (size_t i = 0; i < g->nwin && !rc; i++)
+					rc = dist_add(&w[i], &d[i]);
+				for (size_t i = 0; i < g->nwin; i++) {
+					tally_dist_free(d[i]);
+					d[i] = NULL;
 				}
 			}
-			if (rc) {
-				tally_dist_free(w);
-				return dist_fail(x, &st->aggs[j], rc);
+			free(d);
+		}
+		for (size_t i = 0; i < g->nwin && !rc; i++) {
+			int64_t lo, hi;
+			win_range(g, i, &lo, &hi);
+			for (size_t k = 0; k < nk && !rc && !stepped; k++) {
+				tally_dist *d = NULL;
+				rc = ex_dist(x, st->table, field, keys[k], lo, hi, &d);
+				if (!rc)
+					rc = dist_add(&w[i], &d);
+				tally_dist_free(d);
 			}
-			if (w && tally_dist_error(w) > x->dist_error)
-				x->dist_error = tally_dist_error(w);
-			for (unsigned m = j; w && m < st->n_aggs; m++) {
+			if (rc)
+				break;
+			if (w[i] && tally_dist_error(w[i]) > x->dist_error)
+				x->dist_error = tally_dist_error(w[i]);
+			for (unsigned m = j; w[i] && m < st->n_aggs; m++) {
 				double v;
 				if (is_dist(st->aggs[m].fn) && !strcmp(st->aggs[m].field, field) &&
-				    dist_cell(&st->aggs[m], w, &v))
+				    dist_cell(&st->aggs[m], w[i], &v))
 					acc[m][i] = (tally_agg){.count = 1, .sum = v};
 			}
-			tally_dist_free(w);
 		}
+		for (size_t i = 0; w && i < g->nwin; i++)
+			tally_dist_free(w[i]);
+		free(w);
+		if (rc == -ENOMEM)
+			return ex_fail(x, "out of memory");
+		if (rc)
+			return dist_fail(x, &st->aggs[j], rc);
 	}
 	return 0;
 }
