@@ -22,6 +22,12 @@
  * rounds, each round starting at another kind: two builds compared at
  * the machine's same moments.
  *
+ * --dist MINUTES keeps traffic.speed as a distribution (at 0.1) and times
+ * distributions instead: over TCP #!dist of the camera's day (count,
+ * median, V85), over HTTP GET /api/v1/dist of the day in windows of
+ * MINUTES (V85 per window), whose fan-out asks each node once for every
+ * window's pairs.
+ *
  *   ./build/bench/bench_fanout
  *   ./build/bench/bench_fanout --queries 5000 --cameras 300 --days 2
  *   ./build/bench/bench_fanout --tallyd /tmp/tallyd-old --tallyd-b build/wire/tallyd
@@ -38,6 +44,7 @@
 #define DAY (86400 * SEC)
 
 static unsigned cameras = 300, days = 2;
+static unsigned dist_min; /* --dist: the windows' minutes; 0: series */
 
 static uint64_t rng_next(uint64_t *s)
 {
@@ -138,9 +145,20 @@ static void start(node *nd, const char *tallyd, unsigned port, const char *peers
 				      "0",    "--http-port-file",
 				      hpf,    "--log-level",
 				      "warn", "--prefault",
-				      "off",  peers ? "--peers" : NULL,
-				      peers,  NULL};
-		execv(tallyd, (char *const *)argv);
+				      "off",  NULL,
+				      NULL,   NULL,
+				      NULL,   NULL,
+				      NULL};
+		int k = 15;
+		if (dist_min) {
+			argv[k++] = "--distributions";
+			argv[k++] = "traffic.speed:0.1";
+		}
+		if (peers) {
+			argv[k++] = "--peers";
+			argv[k++] = peers;
+		}
+		execv(tallyd, (char *const *)argv); /* argv[k] is NULL */
 		_exit(127);
 	}
 	nd->pid = pid;
@@ -239,13 +257,11 @@ int main(int argc, char **argv)
 {
 	const char *tallyd = NULL, *tallyd_b = NULL;
 	unsigned queries = 3000;
-	static const struct option opts[] = {{"tallyd", required_argument, 0, 't'},
-					     {"tallyd-b", required_argument, 0, 'b'},
-					     {"cameras", required_argument, 0, 'c'},
-					     {"days", required_argument, 0, 'd'},
-					     {"queries", required_argument, 0, 'q'},
-					     {"help", no_argument, 0, 'h'},
-					     {0, 0, 0, 0}};
+	static const struct option opts[] = {
+		{"tallyd", required_argument, 0, 't'},  {"tallyd-b", required_argument, 0, 'b'},
+		{"cameras", required_argument, 0, 'c'}, {"days", required_argument, 0, 'd'},
+		{"queries", required_argument, 0, 'q'}, {"dist", required_argument, 0, 's'},
+		{"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
 	int ch;
 	while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
 		switch (ch) {
@@ -254,15 +270,17 @@ int main(int argc, char **argv)
 		case 'c': cameras = (unsigned)atoi(optarg); break;
 		case 'd': days = (unsigned)atoi(optarg); break;
 		case 'q': queries = (unsigned)atoi(optarg); break;
+		case 's': dist_min = (unsigned)atoi(optarg); break;
 		default:
 			printf("usage: bench_fanout [--tallyd PATH] [--tallyd-b PATH] [--cameras "
 			       "N] "
-			       "[--days N] [--queries N]\n");
+			       "[--days N] [--queries N] [--dist MINUTES]\n");
 			return ch == 'h' ? 0 : 2;
 		}
 	}
-	if (cameras < 3 || cameras > 99999 || days < 1 || queries < 100)
-		die("--cameras 3..99999, --days >= 1, --queries >= 100");
+	if (cameras < 3 || cameras > 99999 || days < 1 || queries < 100 ||
+	    (dist_min && 1440 % dist_min))
+		die("--cameras 3..99999, --days >= 1, --queries >= 100, --dist a divisor of 1440");
 	char def[4200];
 	if (!tallyd)
 		tallyd = tallyd_beside(def, sizeof def);
@@ -284,12 +302,22 @@ int main(int argc, char **argv)
 	       tallyd, tallyd_b ? ", B: " : "", tallyd_b ? tallyd_b : "", ev, cameras, days);
 
 	/* kinds, per side: TCP one, TCP fan, HTTP one, HTTP fan */
-	static const char *const names[4] = {
+	static const char *const series_names[4] = {
 		"TCP  #!series, one node holding everything",
 		"TCP  #!series, across three nodes",
 		"HTTP /api/v1/series, one node holding everything",
 		"HTTP /api/v1/series, across three nodes",
 	};
+	static const char *const dist_names[4] = {
+		"TCP  #!dist of a day, one node holding everything",
+		"TCP  #!dist of a day, across three nodes",
+		"HTTP /api/v1/dist with step, one node holding everything",
+		"HTTP /api/v1/dist with step, across three nodes",
+	};
+	const char *const *names = dist_min ? dist_names : series_names;
+	/* rows of an answer: a series' 288 windows; a dist's count, median
+	 * and V85, or a row per window */
+	long want_rows[2] = {dist_min ? 3 : 288, dist_min ? 1440 / dist_min : 288};
 	int nk = 4 * ns, fd[8];
 	for (int s = 0; s < ns; s++) {
 		fd[4 * s + 0] = connect_to(sd[s].one.port);
@@ -309,17 +337,27 @@ int main(int argc, char **argv)
 		int64_t day = T0 + (int64_t)(rng_next(&seed) % days) * DAY;
 		for (int pair = 0; pair < 2; pair++) {
 			int http = pair == 1;
-			size_t qn =
-				http ? (size_t)sprintf(
-					       q,
-					       "GET /api/v1/series?table=traffic&field=speed"
-					       "&key=KV%05u&step=5m&from=%" PRId64 "&to=%" PRId64
-					       " HTTP/1.1\r\nHost: b\r\n\r\n",
-					       cam, day, day + DAY)
-				     : (size_t)sprintf(q,
-						       "#!series traffic speed KV%05u 5m %" PRId64
-						       " 1d\n",
-						       cam, day);
+			size_t qn;
+			if (dist_min && http)
+				qn = (size_t)sprintf(q,
+						     "GET /api/v1/dist?table=traffic&field=speed"
+						     "&key=KV%05u&step=%um&q=0.85&from=%" PRId64
+						     "&to=%" PRId64 " HTTP/1.1\r\nHost: b\r\n\r\n",
+						     cam, dist_min, day, day + DAY);
+			else if (dist_min)
+				qn = (size_t)sprintf(q,
+						     "#!dist traffic speed KV%05u %" PRId64 " 1d\n",
+						     cam, day);
+			else if (http)
+				qn = (size_t)sprintf(q,
+						     "GET /api/v1/series?table=traffic&field=speed"
+						     "&key=KV%05u&step=5m&from=%" PRId64
+						     "&to=%" PRId64 " HTTP/1.1\r\nHost: b\r\n\r\n",
+						     cam, day, day + DAY);
+			else
+				qn = (size_t)sprintf(
+					q, "#!series traffic speed KV%05u 5m %" PRId64 " 1d\n", cam,
+					day);
 			/* one node, then the cluster, of each side, starting at
 			 * another one each round: none always goes first */
 			int m = 2 * ns;
@@ -334,8 +372,9 @@ int main(int argc, char **argv)
 				if (i > 0)
 					continue;
 				long rows = rows_of(http, out, len);
-				if (rows != 288)
-					die("%s: %ld rows, not 288", names[k % 4], rows);
+				if (rows != want_rows[http])
+					die("%s: %ld rows, not %ld", names[k % 4], rows,
+					    want_rows[http]);
 				if (t == 0) {
 					memcpy(first, out, len);
 					first[len] = 0;

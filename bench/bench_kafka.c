@@ -33,6 +33,9 @@
  *   ./build/bench/bench_kafka --tallyd OLD --tallyd-b NEW --runs 5 \
  *       --partitions 48 --messages 3600 --phases backlog,ceiling,lag
  *   ./build/bench/bench_kafka --phases backlog   (one phase: for perf)
+ *   ./build/bench/bench_kafka --compression-b lz4 --runs 5 --phases backlog
+ *       (one tallyd, A reading the backlog as it is, B the same messages
+ *       in lz4 message sets, as producers send them)
  */
 #include <errno.h>
 #include <ftw.h>
@@ -58,13 +61,17 @@
 #include "abpairs.h"
 #include "benchutil.h"
 
-#define TOPIC "events"
+#define TOPIC   "events"
+#define TOPIC_B "events-b" /* reader B's backlog, with --compression-b */
 
 static int json, partitions = 6;
 static const char *phases = "backlog,lag"; /* --phases: backlog, ceiling, lag */
 static unsigned lines = 1000;
 static rd_kafka_mock_cluster_t *mock;
 static const char *batch_bytes; /* --batch-bytes: tallyd's kafka-batch-bytes */
+/* --compression, --compression-b: the producer's codec of the backlog,
+ * and of a second backlog, the same messages, that reader B reads */
+static const char *codec_a = "none", *codec_b;
 
 /* ---------------------------------------------------------------- messages */
 
@@ -117,15 +124,18 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
 	}
 }
 
-static rd_kafka_t *producer(const char *brokers)
+/* codec: compression.codec of the producer's message sets (none, lz4,
+ * zstd...): the broker keeps and serves them as they came, so a consumer
+ * fetches fewer bytes and decompresses them. */
+static rd_kafka_t *producer(const char *brokers, const char *codec)
 {
 	char err[256];
 	rd_kafka_conf_t *c = rd_kafka_conf_new();
-	const char *kv[][2] = {{"bootstrap.servers", brokers},
-			       {"linger.ms", "5"},
-			       {"batch.size", "1000000"}, /* the mock drops whole sets */
-			       {"message.max.bytes", "8000000"},
-			       {"queue.buffering.max.kbytes", "1048576"}};
+	const char *kv[][2] = {
+		{"bootstrap.servers", brokers},   {"linger.ms", "5"},
+		{"batch.size", "1000000"}, /* the mock drops whole sets */
+		{"message.max.bytes", "8000000"}, {"queue.buffering.max.kbytes", "1048576"},
+		{"compression.codec", codec}};
 	for (size_t i = 0; i < sizeof kv / sizeof kv[0]; i++)
 		if (rd_kafka_conf_set(c, kv[i][0], kv[i][1], err, sizeof err))
 			die("%s: %s", kv[i][0], err);
@@ -260,15 +270,16 @@ static void node_stop(node *nd)
 
 /* Produces the backlog (once for every reader); its size in bytes. Fails
  * when the mock broker dropped any of it. */
-static size_t produce_backlog(const char *brokers, uint64_t messages)
+static size_t produce_backlog(const char *brokers, const char *topic, const char *codec,
+			      uint64_t messages)
 {
-	rd_kafka_t *p = producer(brokers);
+	rd_kafka_t *p = producer(brokers, codec);
 	char *buf = malloc((size_t)lines * 160 + 1);
 	size_t bytes = 0;
 	for (uint64_t i = 0; i < messages; i++) {
 		size_t n = make_message(buf, (size_t)lines * 160 + 1, i);
 		bytes += n;
-		produce(p, TOPIC, buf, n, i, NULL);
+		produce(p, topic, buf, n, i, NULL);
 		rd_kafka_poll(p, 0);
 	}
 	rd_kafka_flush(p, 600000);
@@ -276,7 +287,7 @@ static size_t produce_backlog(const char *brokers, uint64_t messages)
 	for (int q = 0; q < partitions; q++) {
 		int64_t lo = 0, hi = 0;
 		rd_kafka_resp_err_t e =
-			rd_kafka_query_watermark_offsets(p, TOPIC, q, &lo, &hi, 10000);
+			rd_kafka_query_watermark_offsets(p, topic, q, &lo, &hi, 10000);
 		if (e)
 			die("watermarks of partition %d: %s", q, rd_kafka_err2str(e));
 		if (lo)
@@ -299,13 +310,14 @@ static size_t produce_backlog(const char *brokers, uint64_t messages)
  * *cpu: tallyd's CPU seconds (user + system, every thread, the prefault's
  * too) from assignment to synced, per million events: steadier than the
  * rate while neighbours take the cores. */
-static double tallyd_backlog(const char *tallyd, const char *brokers, const char *group,
-			     uint64_t messages, double *steady, double *cpu)
+static double tallyd_backlog(const char *tallyd, const char *brokers, const char *topic,
+			     const char *group, uint64_t messages, double *steady, double *cpu,
+			     int *rejoined)
 {
 	double cpu0 = 0;
 	uint64_t events = messages * lines, at_prefaulted = 0;
 	node nd;
-	node_start(&nd, tallyd, brokers, TOPIC, group);
+	node_start(&nd, tallyd, brokers, topic, group);
 	double t0 = 0, tp = 0, give_up = now_s() + 600;
 	for (;;) {
 		const char *st = node_ask(&nd, "#!stats\n", "END ");
@@ -334,6 +346,11 @@ static double tallyd_backlog(const char *tallyd, const char *brokers, const char
 	}
 	node_ask(&nd, "#!sync\n", "OK sync");
 	double t2 = now_s();
+	/* one assignment per consumer is a clean join; more means a member
+	 * joined again (the mock coordinator's refused SyncGroup,
+	 * docs/cluster.md "Group joins") and the round holds that wait */
+	const char *st = node_ask(&nd, "#!stats\n", "END ");
+	*rejoined = row(st, "kafka_rebalances") > row(st, "shards");
 	*cpu = (ab_proc_cpu_s(nd.pid) - cpu0) / ((double)events / 1e6);
 	node_stop(&nd);
 	*steady = tp && at_prefaulted < events ? (double)(events - at_prefaulted) / (t2 - tp) : 0;
@@ -449,7 +466,7 @@ static void lag(const char *tallyd, const char *brokers, const char *topic, doub
 			die("after 600 s tallyd has not every partition");
 		usleep(20000);
 	}
-	rd_kafka_t *p = producer(brokers);
+	rd_kafka_t *p = producer(brokers, "none");
 	double per_msg = (double)lines / rate;
 	size_t cap = (size_t)(seconds / per_msg) + 1;
 	n_sents = 0;
@@ -533,6 +550,8 @@ int main(int argc, char **argv)
 					     {"seconds", required_argument, 0, 's'},
 					     {"json", no_argument, 0, 'j'},
 					     {"phases", required_argument, 0, 'P'},
+					     {"compression", required_argument, 0, 'c'},
+					     {"compression-b", required_argument, 0, 'C'},
 					     {"help", no_argument, 0, 'h'},
 					     {0, 0, 0, 0}};
 	int ch;
@@ -549,10 +568,13 @@ int main(int argc, char **argv)
 		case 's': seconds = atof(optarg); break;
 		case 'j': json = 1; break;
 		case 'P': phases = optarg; break;
+		case 'c': codec_a = optarg; break;
+		case 'C': codec_b = optarg; break;
 		default:
 			printf("usage: bench_kafka [--tallyd PATH] [--tallyd-b PATH] [--runs N] "
 			       "[--messages N] [--lines N] [--partitions N] [--batch-bytes SIZE] "
 			       "[--rate EVENTS/S] [--seconds S] [--json] "
+			       "[--compression CODEC] [--compression-b CODEC] "
 			       "[--phases backlog,ceiling,lag]\n");
 			return ch == 'h' ? 0 : 2;
 		}
@@ -567,8 +589,11 @@ int main(int argc, char **argv)
 	mock = rk ? rd_kafka_mock_cluster_new(rk, 1) : NULL;
 	if (!mock)
 		die("mock cluster: %s", err);
-	if (rd_kafka_mock_topic_create(mock, TOPIC, partitions, 1))
+	if (rd_kafka_mock_topic_create(mock, TOPIC, partitions, 1) ||
+	    (codec_b && rd_kafka_mock_topic_create(mock, TOPIC_B, partitions, 1)))
 		die("topic");
+	if (codec_b && !tallyd[1])
+		tallyd[1] = tallyd[0]; /* the same tallyd, two backlogs */
 	char brokers[128];
 	snprintf(brokers, sizeof brokers, "%s", rd_kafka_mock_cluster_bootstraps(mock));
 	int nb = tallyd[1] ? 2 : 1, do_backlog = !!strstr(phases, "backlog"),
@@ -578,16 +603,20 @@ int main(int argc, char **argv)
 	       "the machine is shared); %s: %s%s%s\n",
 	       partitions, nb == 2 ? "A/B" : "tallyd", tallyd[0], nb == 2 ? " vs " : "",
 	       nb == 2 ? tallyd[1] : "");
-	if (do_backlog || do_ceiling) {
-		size_t bytes = produce_backlog(brokers, messages);
-		printf("backlog %s: %" PRIu64 " messages of %u %s (%.1f MiB)\n", fmt, messages,
-		       lines, json ? "JSON events" : "line-protocol lines",
-		       (double)bytes / 1048576);
+	for (int b = 0; (do_backlog || do_ceiling) && b < 1 + !!codec_b; b++) {
+		const char *cd = b ? codec_b : codec_a;
+		size_t bytes = produce_backlog(brokers, b ? TOPIC_B : TOPIC, cd, messages);
+		printf("backlog %s%s: %" PRIu64 " messages of %u %s (%.1f MiB), compression %s\n",
+		       fmt, b ? " for B" : "", messages, lines,
+		       json ? "JSON events" : "line-protocol lines", (double)bytes / 1048576, cd);
 	}
 	/* reader k of a round: tallyd A, tallyd B, the ceiling; the order
 	 * rotates from round to round */
 	double bl[2][RUNS_MAX], st[2][RUNS_MAX], cpu[2][RUNS_MAX], ce[RUNS_MAX], lg[2][3][RUNS_MAX];
-	int nr = do_backlog ? nb : 0, nst[2] = {0, 0};
+	/* the rounds in which no consumer joined again (clean[k][i]: a round's
+	 * events/s, then its CPU) */
+	double clean[2][2][RUNS_MAX];
+	int nr = do_backlog ? nb : 0, nst[2] = {0, 0}, ncl[2] = {0, 0};
 	int readers = nr + do_ceiling;
 	for (int r = 0; r < runs; r++) {
 		for (int j = 0; j < readers; j++) {
@@ -597,13 +626,22 @@ int main(int argc, char **argv)
 			double l0 = load();
 			if (k < nr) {
 				double s = 0;
-				bl[k][r] = tallyd_backlog(tallyd[k], brokers, group, messages, &s,
-							  &cpu[k][r]);
+				int rejoined = 0;
+				bl[k][r] = tallyd_backlog(tallyd[k], brokers,
+							  k && codec_b ? TOPIC_B : TOPIC, group,
+							  messages, &s, &cpu[k][r], &rejoined);
 				if (s > 0)
 					st[k][nst[k]++] = s;
+				if (!rejoined) {
+					clean[k][0][ncl[k]] = bl[k][r];
+					clean[k][1][ncl[k]++] = cpu[k][r];
+				}
 				printf("round %d %c backlog %s: %.2f M events/s durable (steady: "
-				       "%.2f), tallyd CPU %.3f s per M events; load %.1f\n",
-				       r + 1, 'A' + k, fmt, bl[k][r] / 1e6, s / 1e6, cpu[k][r], l0);
+				       "%.2f), tallyd CPU %.3f s per M events; load %.1f%s\n",
+				       r + 1, 'A' + k, fmt, bl[k][r] / 1e6, s / 1e6, cpu[k][r], l0,
+				       rejoined ? " (a consumer joined again: includes a "
+						  "rebalance)"
+						: "");
 			} else {
 				ce[r] = ceiling(brokers, messages);
 				printf("round %d ceiling %s: %.2f M events/s read by librdkafka "
@@ -613,10 +651,8 @@ int main(int argc, char **argv)
 			fflush(stdout);
 		}
 	}
-	/* The lag rounds after every backlog round: a backlog reader started
-	 * right after a lag run's tallyd stopped sometimes waited about 45 s
-	 * (librdkafka's default session.timeout.ms) before it read anything
-	 * (2026-12-07, with the mock broker). */
+	/* The lag rounds after every backlog round, so a lag run's tallyd
+	 * leaving its group is never in a backlog figure. */
 	for (int r = 0; r < runs; r++) {
 		for (int j = 0; do_lag && j < nb; j++) {
 			int k = (j + r) % nb;
@@ -639,6 +675,11 @@ int main(int argc, char **argv)
 			       'A' + k, fmt, median(bl[k], runs) / 1e6,
 			       nst[k] ? median(st[k], nst[k]) / 1e6 : 0, median(cpu[k], runs),
 			       runs);
+		if (nr && ncl[k] && ncl[k] < runs)
+			printf("median %c backlog %s of the %d rounds without a rejoin: %.2f M "
+			       "events/s durable, tallyd CPU %.3f s per M events\n",
+			       'A' + k, fmt, ncl[k], median(clean[k][0], ncl[k]) / 1e6,
+			       median(clean[k][1], ncl[k]));
 		if (do_lag)
 			printf("median %c lag %s: p50 %.1f ms, p99 %.1f ms, max %.1f ms\n", 'A' + k,
 			       fmt, median(lg[k][0], runs), median(lg[k][1], runs),

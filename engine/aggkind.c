@@ -148,11 +148,11 @@ const agg_kind agg_basic = {
 	.finalize = basic_finalize,
 };
 
-extern const agg_kind agg_dist, agg_dist_v1; /* engine/dist.c */
+extern const agg_kind agg_dist, agg_dist_v2, agg_dist_v1; /* engine/dist.c */
 
 /* ---------------------------------------------------------------- kinds */
 
-static const agg_kind *const kinds[] = {&agg_basic, &agg_dist_v1, &agg_dist};
+static const agg_kind *const kinds[] = {&agg_basic, &agg_dist_v1, &agg_dist_v2, &agg_dist};
 
 const agg_kind *agg_kind_of(unsigned id)
 {

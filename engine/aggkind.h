@@ -23,9 +23,10 @@
 
 /* Kind ids as rollup blocks record them; never reuse one. */
 enum agg_kind_id {
-	AGG_BASIC = 1,   /* count, sum, min, max (and avg): what version 1 parts hold */
-	AGG_DIST = 2,    /* basic, and the count of each distinct value (engine/dist.c) */
-	AGG_DIST_SK = 3, /* dist, denser, and windows past a bound kept as sketches */
+	AGG_BASIC = 1,     /* count, sum, min, max (and avg): what version 1 parts hold */
+	AGG_DIST = 2,      /* basic, and the count of each distinct value (engine/dist.c) */
+	AGG_DIST_SK = 3,   /* dist, denser, and windows past a bound kept as sketches */
+	AGG_DIST_BITS = 4, /* dist-sk's windows in one bit stream (engine/distcode.c) */
 };
 _Static_assert(AGG_BASIC == PART_KIND_V1, "version 1 rollup blocks are basic");
 

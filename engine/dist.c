@@ -13,6 +13,7 @@
  * its values.
  */
 #include "dist.h"
+#include "distcode.h"
 
 #include <errno.h>
 #include <math.h>
@@ -412,117 +413,46 @@ static void dist_release_fn(void *st)
 }
 
 /*
- * Payload of kind 3 (AGG_DIST_SK): the basic payload of the same windows
- * (engine/aggkind.c), then
+ * Payload of kind 4 (AGG_DIST_BITS): the basic payload of the same
+ * windows (engine/aggkind.c), then
  *   i32 exp          resolution 10^exp; DIST_MIXED: no distributions
  *   u32 max          the bound on distinct values the windows were kept
  *                    under (0: none)
- *   stream heads     per window: 2 x its pairs, + 1 when a sketch
- *   stream firsts    per window with pairs: its first value (bucket), i64
- *   stream gaps      every later pair: its value minus the one before, - 1
- *   stream counts    every pair: its count - 1
- * A stream of k values is ceil(k / 65,536) chunks, each a u32 length and
- * a codec block (u64 unless said) of at most 65,536 values. Window by
- * window the values ascend in small steps and most counts are 1, so the
- * gaps and counts are small numbers apart from the firsts, which the
- * codec then packs in a few bits each (kind 2 interleaved the firsts
- * with the steps, which widened every frame). docs/formats.md has a
- * worked example.
- *
- * Only the counts are offered to zstd: a coarse window's counts rise and
- * fall with the bell of the speeds, which zstd finds (0.067 byte an
- * event in bench_dist), while the heads, firsts and gaps are as good as
- * random once bit-packed: trying zstd on them cost 7% of the encoding's
- * instructions for 0.002 byte an event. Each stream's transform is named,
- * not measured (the codec's estimate of all three cost a tenth more):
- * heads and firsts trend, so deltas; gaps and counts do not, so as they
- * are, which is what the estimate chose for nearly every block.
+ *   varint pairs     the windows' pairs in all (0 when exp is DIST_MIXED)
+ *   bit stream       every window's pairs (engine/distcode.c), to the end
+ * Kind 3 kept the same numbers in four codec streams, whose general
+ * integer encoder measured every block's options and cost a flush some
+ * 120 instructions a value; the windows' own counts, in the basic
+ * payload, also bound their pair counts, which kind 3 stored apart.
  */
-static int put_block(codec_ctx *cx, enum codec_kind kind, const void *vals, uint32_t n,
-		     const codec_opts *opt, codec_buf *out)
-{
-	size_t at = out->len;
-	int rc = codec_buf_reserve(out, 4);
-	if (rc)
-		return err_set(rc, "out of memory");
-	out->len += 4;
-	if ((rc = codec_encode(cx, kind, vals, NULL, n, opt, out, NULL)))
-		return rc;
-	le_put32(out->p + at, (uint32_t)(out->len - at - 4));
-	return 0;
-}
-
-static int put_stream(codec_ctx *cx, enum codec_kind kind, const uint64_t *vals, uint64_t n,
-		      const codec_opts *opt, codec_buf *out)
-{
-	int rc = 0;
-	for (uint64_t k = 0; k < n && !rc; k += CODEC_BLOCK_MAX) {
-		uint32_t m = n - k < CODEC_BLOCK_MAX ? (uint32_t)(n - k) : CODEC_BLOCK_MAX;
-		rc = put_block(cx, kind, vals + k, m, opt, out);
-	}
-	return rc;
-}
-
 static int dist_encode(codec_ctx *cx, const void *buckets, uint32_t n, codec_buf *out)
 {
 	const dbucket *b = buckets;
 	int32_t exp = n ? b[0].d.exp : 0;
 	uint32_t max = 0;
-	uint64_t total = 0, m = 0;
 	for (uint32_t i = 0; i < n; i++) {
 		if (b[i].d.exp != exp)
 			exp = DIST_MIXED; /* flushes and merges never mix; be safe */
 		if (b[i].d.max && (!max || b[i].d.max < max))
 			max = b[i].d.max;
-		total += b[i].d.n;
-		m += b[i].d.n != 0;
 	}
-	if (exp == DIST_MIXED)
-		total = m = 0;
 	rbucket *rb = mem_alloc((size_t)n * sizeof *rb);
-	uint64_t *head = mem_alloc((size_t)n * sizeof *head);
-	uint64_t *first = mem_alloc((m ? m : 1) * sizeof *first);
-	uint64_t *gap = mem_alloc((total - m ? total - m : 1) * sizeof *gap);
-	uint64_t *cnt = mem_alloc((total ? total : 1) * sizeof *cnt);
-	int rc = 0;
-	if (!rb || !head || !first || !gap || !cnt) {
-		rc = err_set(-ENOMEM, "out of memory");
-		goto out;
-	}
-	uint64_t f = 0, g = 0, k = 0;
+	if (!rb)
+		return err_set(-ENOMEM, "out of memory");
 	for (uint32_t i = 0; i < n; i++) {
-		const dstate *d = &b[i].d;
 		rb[i].start = b[i].start;
-		rb[i].a = d->a;
-		head[i] = exp == DIST_MIXED ? 0 : 2 * (uint64_t)d->n + d->sketch;
-		if (exp == DIST_MIXED || !d->n)
-			continue;
-		first[f++] = (uint64_t)d->v[0];
-		for (uint32_t j = 1; j < d->n; j++)
-			gap[g++] = (uint64_t)(d->v[j] - d->v[j - 1] - 1);
-		for (uint32_t j = 0; j < d->n; j++)
-			cnt[k++] = d->c[j] - 1;
+		rb[i].a = b[i].d.a;
 	}
-	if ((rc = agg_basic.encode(cx, rb, n, out)) || (rc = codec_buf_reserve(out, 8)))
-		goto out;
+	int rc = agg_basic.encode(cx, rb, n, out);
+	mem_free(rb);
+	if (rc)
+		return rc;
+	if (codec_buf_reserve(out, 8))
+		return err_set(-ENOMEM, "out of memory");
 	le_put32(out->p + out->len, (uint32_t)exp);
 	le_put32(out->p + out->len + 4, max);
 	out->len += 8;
-	/* the comment above the payload says why */
-	static const codec_opts trends = {.zstd_level = -1, .order = CODEC_ORDER_DELTA};
-	static const codec_opts flat = {.zstd_level = -1, .order = CODEC_ORDER_VALUE};
-	static const codec_opts counts = {.order = CODEC_ORDER_VALUE};
-	if (!(rc = put_stream(cx, CODEC_U64, head, n, &trends, out)) &&
-	    !(rc = put_stream(cx, CODEC_I64, first, m, &trends, out)) &&
-	    !(rc = put_stream(cx, CODEC_U64, gap, total - m, &flat, out)))
-		rc = put_stream(cx, CODEC_U64, cnt, total, &counts, out);
-out:
-	mem_free(rb);
-	mem_free(head);
-	mem_free(first);
-	mem_free(gap);
-	mem_free(cnt);
-	return rc;
+	return distcode_encode(b, exp == DIST_MIXED ? 0 : n, max, out);
 }
 
 #define MALFORMED() err_set(TALLY_ECORRUPT, "malformed distribution block")
@@ -610,15 +540,18 @@ static int pairs_fit(uint64_t total, size_t left)
 }
 
 /* Per window pair counts from heads (sketch flags too when with_flag):
- * what a distribution needs, their total in *total. */
+ * what a distribution needs, their total in *total. A window is a
+ * sketch only past the block's bound max (the least of its windows'
+ * bounds, each of which a sketch passed): kind 4 relies on it. */
 static int take_heads(dbucket *b, uint32_t n, int32_t exp, const uint64_t *head, int with_flag,
-		      uint64_t *total)
+		      uint32_t max, uint64_t *total)
 {
 	*total = 0;
 	for (uint32_t i = 0; i < n; i++) {
 		uint64_t h = head[i], k = with_flag ? h >> 1 : h;
 		if (k > b[i].d.a.count || k > UINT32_MAX / 2 || (exp == DIST_MIXED && h) ||
-		    (exp != DIST_MIXED && !k))
+		    (exp != DIST_MIXED && !k) ||
+		    (with_flag && (h & 1) && !(max && b[i].d.a.count > max)))
 			return MALFORMED();
 		b[i].d.n = (uint32_t)k;
 		b[i].d.sketch = with_flag ? (uint32_t)(h & 1) : 0;
@@ -627,8 +560,18 @@ static int take_heads(dbucket *b, uint32_t n, int32_t exp, const uint64_t *head,
 	return 0;
 }
 
-static int dist_decode(codec_ctx *cx, const uint8_t *p, size_t len, uint32_t n, void *out,
-		       codec_buf *arena)
+/*
+ * Payload of kind 3 (AGG_DIST_SK, read only): the basic payload, i32 exp
+ * and u32 max as in kind 4, then four streams:
+ *   heads            per window: 2 x its pairs, + 1 when a sketch
+ *   firsts           per window with pairs: its first value (bucket), i64
+ *   gaps             every later pair: its value minus the one before, - 1
+ *   counts           every pair: its count - 1
+ * A stream of k values is ceil(k / 65,536) chunks, each a u32 length and
+ * a codec block (u64 unless said) of at most 65,536 values.
+ */
+static int dist_v2_decode(codec_ctx *cx, const uint8_t *p, size_t len, uint32_t n, void *out,
+			  codec_buf *arena)
 {
 	dbucket *b = out;
 	size_t pos;
@@ -647,7 +590,7 @@ static int dist_decode(codec_ctx *cx, const uint8_t *p, size_t len, uint32_t n, 
 	if (!rc && !(head = mem_alloc((size_t)n * sizeof *head)))
 		rc = err_set(-ENOMEM, "out of memory");
 	if (!rc && !(rc = get_stream(cx, p, len, &pos, CODEC_U64, n, head)))
-		rc = take_heads(b, n, exp, head, 1, &total);
+		rc = take_heads(b, n, exp, head, 1, max, &total);
 	if (!rc && !pairs_fit(total, len - pos))
 		rc = MALFORMED();
 	uint64_t m = exp == DIST_MIXED ? 0 : n;
@@ -698,6 +641,24 @@ static int dist_decode(codec_ctx *cx, const uint8_t *p, size_t len, uint32_t n, 
 	return rc;
 }
 
+static int dist_decode(codec_ctx *cx, const uint8_t *p, size_t len, uint32_t n, void *out,
+		       codec_buf *arena)
+{
+	dbucket *b = out;
+	size_t pos;
+	int32_t exp;
+	int rc = decode_head(cx, p, len, n, b, &pos, &exp);
+	if (rc)
+		return rc;
+	if (len - pos < 4)
+		return MALFORMED();
+	uint32_t max = le_get32(p + pos);
+	pos += 4;
+	if (max > DIST_MAX_LIMIT)
+		return MALFORMED();
+	return distcode_decode(p + pos, len - pos, b, exp == DIST_MIXED ? 0 : n, max, arena);
+}
+
 /*
  * Payload of kind 2 (AGG_DIST, written before sketches; read only): the
  * basic payload, i32 exp, a u32 length and a codec u64 block of n values
@@ -717,7 +678,7 @@ static int dist_v1_decode(codec_ctx *cx, const uint8_t *p, size_t len, uint32_t 
 	if (!rc && !(cnt = mem_alloc((size_t)n * sizeof *cnt)))
 		rc = err_set(-ENOMEM, "out of memory");
 	if (!rc && !(rc = get_block(cx, p, len, &pos, CODEC_U64, n, cnt)))
-		rc = take_heads(b, n, exp, cnt, 0, &total);
+		rc = take_heads(b, n, exp, cnt, 0, 0, &total);
 	mem_free(cnt);
 	if (!rc && !pairs_fit(total, len - pos))
 		rc = MALFORMED();
@@ -756,7 +717,7 @@ static int dist_v1_decode(codec_ctx *cx, const uint8_t *p, size_t len, uint32_t 
 }
 
 const agg_kind agg_dist = {
-	.id = AGG_DIST_SK,
+	.id = AGG_DIST_BITS,
 	.name = "dist",
 	.bucket_size = sizeof(dbucket),
 	.init = dist_init,
@@ -770,7 +731,16 @@ const agg_kind agg_dist = {
 	.basic_prefix = 1,
 };
 
-/* Only decodes: readers are handed agg_dist for what it decoded. */
+/* Only decode: readers are handed agg_dist for what they decoded. */
+const agg_kind agg_dist_v2 = {
+	.id = AGG_DIST_SK,
+	.name = "dist-v2",
+	.bucket_size = sizeof(dbucket),
+	.decode = dist_v2_decode,
+	.basic_prefix = 1,
+	.decodes_as = &agg_dist,
+};
+
 const agg_kind agg_dist_v1 = {
 	.id = AGG_DIST,
 	.name = "dist-v1",

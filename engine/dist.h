@@ -68,7 +68,8 @@ typedef struct dbucket {
 	dstate d;
 } dbucket;
 
-extern const agg_kind agg_dist;    /* AGG_DIST_SK: exact or sketch windows */
+extern const agg_kind agg_dist;    /* AGG_DIST_BITS: exact or sketch windows */
+extern const agg_kind agg_dist_v2; /* AGG_DIST_SK: the same, read only */
 extern const agg_kind agg_dist_v1; /* AGG_DIST: exact windows, read only */
 
 /* A value in units of 10^exp (rounded to nearest; clamped to ±DIST_IDX_MAX)

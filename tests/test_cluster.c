@@ -23,47 +23,16 @@
 #include <pthread.h>
 #include <stdatomic.h>
 
+#include "clusterutil.h"
 #include "fanout.h"
-#include "srvutil.h"
 
 #define NCAM  8
 #define SPLIT 7 /* this camera's events are on every node */
 #define NEV   3000
+#define T0    CL_T0
 
-typedef struct ev {
-	int cam;
-	int64_t ts;
-	int tenths;
-} ev;
-
-static ev evs[NEV];
-static const int64_t T0 = INT64_C(1735689600) * 1000000000; /* 2025-01-01 */
-
-static void gen(void)
-{
-	srand(11);
-	for (int i = 0; i < NEV; i++) {
-		evs[i].cam = rand() % NCAM;
-		/* distinct times (the scan's order is then the same on every
-		 * node), spread over a day, in no order (late events) */
-		evs[i].ts = T0 + (int64_t)(rand() % 86000) * 1000000000 + i;
-		evs[i].tenths = 300 + rand() % 1200;
-	}
-}
-
-static int node_of(const ev *e, int i)
-{
-	return e->cam == SPLIT ? i % 3 : e->cam % 3;
-}
-
-static void load(tcli *c, int node)
-{
-	for (int i = 0; i < NEV; i++)
-		if (node < 0 || node_of(&evs[i], i) == node)
-			tcli_sendf(c, "traffic,camera=cam%d speed=%d.%d %" PRId64 "\n", evs[i].cam,
-				   evs[i].tenths / 10, evs[i].tenths % 10, evs[i].ts);
-	tcli_sync(c, NULL, NULL);
-}
+static cl_ev evs[NEV];
+static const cl_set set = {evs, NEV, NCAM, SPLIT};
 
 /* Both tables have the same rows; numbers equal (sums to 1e-12 relative:
  * partial sums added in another order may differ in the last bit). */
@@ -112,54 +81,19 @@ static void both(tcli *node_c, tcli *ref_c, int node, const char *fmt, ...)
 	ttable_free(&b);
 }
 
-static void start_node(tsrv *s, unsigned port, const char *peers, const char *timeout)
-{
-	char p[16];
-	snprintf(p, sizeof p, "%u", port);
-	const char *args[] = {"--port",      p,      "--peers", peers, "--peer-timeout", timeout,
-			      "--log-level", "warn", NULL};
-	tsrv_spawn(s, args, 1);
-	cr_assert_eq(s->port, port);
-}
-
 /* Three nodes naming each other in peers, each holding its share of the
  * events, and the reference holding them all; c[i] and *rc connected. */
 static void cluster_up(tsrv n[3], tsrv *ref, unsigned ports[3], tcli *c[3], tcli **rc)
 {
-	gen();
-	for (int i = 0; i < 3; i++)
-		ports[i] = su_free_port();
-	for (int i = 0; i < 3; i++) {
-		char peers[64];
-		snprintf(peers, sizeof peers, "127.0.0.1:%u,127.0.0.1:%u", ports[(i + 1) % 3],
-			 ports[(i + 2) % 3]);
-		tdir_make(&n[i]);
-		start_node(&n[i], ports[i], peers, "2s");
-	}
-	tdir_make(ref);
-	tsrv_spawn(ref, (const char *[]){"--log-level", "warn", NULL}, 1);
-	*rc = tcli_open(ref->port);
-	for (int i = 0; i < 3; i++) {
-		c[i] = tcli_open(n[i].port);
-		/* writes go to this node alone; queries fan out */
-		load(c[i], i);
-	}
-	load(*rc, -1);
+	cl_gen(&set, 11, 300, 1200, 1);
+	cl_up(&set, n, ref, ports, c, rc, NULL);
 }
 
 /* Closes the clients, stops the nodes still running (node 2 was killed)
  * and the reference, removes their directories. */
 static void cluster_down(tsrv n[3], tsrv *ref, tcli *c[3], tcli *rc)
 {
-	for (int i = 0; i < 3; i++)
-		tcli_close(c[i]);
-	tcli_close(rc);
-	for (int i = 0; i < 2; i++)
-		cr_assert_eq(tsrv_wait(&n[i], SIGTERM), 0);
-	cr_assert_eq(tsrv_wait(ref, SIGTERM), 0);
-	for (int i = 0; i < 3; i++)
-		tdir_remove(&n[i]);
-	tdir_remove(ref);
+	cl_down(n, 2, ref, c, rc);
 }
 
 /* Stops node 2 and waits until it is stopped; port2 becomes ":PORT". */
@@ -271,61 +205,6 @@ Test(cluster, three_nodes_answer_like_one, .timeout = 240)
 
 /* ---------------------------------------------------------------- HTTP */
 
-typedef struct hans {
-	int status;
-	char *head, *body; /* malloc'd; head without the blank line */
-} hans;
-
-static void hans_free(hans *a)
-{
-	free(a->head);
-	free(a->body);
-}
-
-/* GET path over HTTP/1.0, so the close ends the answer (no chunks);
- * waits at most a minute. */
-static hans http_get(unsigned port, const char *path)
-{
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	struct sockaddr_in a = {.sin_family = AF_INET,
-				.sin_port = htons((uint16_t)port),
-				.sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-	cr_assert(fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof a) == 0, "connect :%u",
-		  port);
-	char req[4096];
-	int k = snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", path);
-	cr_assert(k > 0 && (size_t)k < sizeof req);
-	cr_assert_eq(send(fd, req, (size_t)k, MSG_NOSIGNAL), k);
-	size_t n = 0, cap = 1 << 16;
-	char *buf = malloc(cap);
-	int64_t end = su_mono_ms() + 60000;
-	for (;;) {
-		struct pollfd p = {.fd = fd, .events = POLLIN};
-		int64_t left = end - su_mono_ms();
-		cr_assert(left > 0, "GET %s: no whole answer within 60 s", path);
-		if (poll(&p, 1, (int)left) <= 0)
-			continue;
-		if (n + 4096 > cap)
-			buf = realloc(buf, cap *= 2);
-		ssize_t r = recv(fd, buf + n, cap - n - 1, 0);
-		cr_assert(r >= 0, "GET %s: %s", path, strerror(errno));
-		if (r == 0)
-			break;
-		n += (size_t)r;
-	}
-	close(fd);
-	buf[n] = 0;
-	char *sep = strstr(buf, "\r\n\r\n");
-	cr_assert_not_null(sep, "GET %s: no head in '%s'", path, buf);
-	hans h = {0};
-	cr_assert_eq(sscanf(buf, "HTTP/1.%*d %d", &h.status), 1);
-	*sep = 0;
-	h.head = strdup(buf);
-	h.body = strdup(sep + 4);
-	free(buf);
-	return h;
-}
-
 /* %-encodes s for a query string. */
 static void url_enc(const char *s, char *out, size_t cap)
 {
@@ -377,14 +256,14 @@ static void same_text(const char *got, const char *want, const char *what)
 /* GET path of node port and of the reference: the same status and body. */
 static void both_http(unsigned port, unsigned ref_port, const char *path)
 {
-	hans a = http_get(port, path), b = http_get(ref_port, path);
+	cl_http a = cl_get(port, path), b = cl_get(ref_port, path);
 	cr_assert_eq(a.status, b.status, "%s: status %d (%s), the reference's %d", path, a.status,
 		     a.body, b.status);
 	cr_assert(!strstr(a.body, "\"partial\"") && !strstr(a.head, "X-Tally-Partial"), "%s: %s",
 		  path, a.body);
 	same_text(a.body, b.body, path);
-	hans_free(&a);
-	hans_free(&b);
+	cl_http_free(&a);
+	cl_http_free(&b);
 }
 
 /* InfluxQL statement q on /query of both. */
@@ -393,13 +272,13 @@ static void both_iql(unsigned port, unsigned ref_port, const char *q)
 	char enc[2048], path[2200];
 	url_enc(q, enc, sizeof enc);
 	snprintf(path, sizeof path, "/query?db=tally&q=%s", enc);
-	hans a = http_get(port, path), b = http_get(ref_port, path);
+	cl_http a = cl_get(port, path), b = cl_get(ref_port, path);
 	cr_assert_eq(a.status, 200, "%s: %d %s", q, a.status, a.body);
 	cr_assert(!strstr(a.body, "\"error\"") && !strstr(a.body, "messages"), "%s: %s", q, a.body);
 	cr_assert(strstr(a.body, "\"series\""), "%s: no series in %s", q, a.body);
 	same_text(a.body, b.body, q);
-	hans_free(&a);
-	hans_free(&b);
+	cl_http_free(&a);
+	cl_http_free(&b);
 }
 
 /* The row of key in an aggs answer: count, min, max, sum. */
@@ -458,7 +337,7 @@ Test(cluster, http_and_influxql_answer_like_one, .timeout = 280)
 			 "&limit=5",
 			 cam, from, to);
 		both_http(port, href, path);
-		hans h = http_get(port, path);
+		cl_http h = cl_get(port, path);
 		const char *cur = strstr(h.body, "\"cursor\":\"");
 		if (cur) {
 			char cv[64];
@@ -466,12 +345,12 @@ Test(cluster, http_and_influxql_answer_like_one, .timeout = 280)
 			snprintf(path + strlen(path), sizeof path - strlen(path), "&cursor=%s", cv);
 			both_http(port, href, path);
 		}
-		hans_free(&h);
+		cl_http_free(&h);
 	}
 
 	/* Brute force: every camera's day from the aggs of a node. */
-	hans h = http_get(hp[1], "/api/v1/aggs?table=traffic&field=speed"
-				 "&from=2025-01-01T00:00:00Z&to=2025-01-02T00:00:00Z");
+	cl_http h = cl_get(hp[1], "/api/v1/aggs?table=traffic&field=speed"
+				  "&from=2025-01-01T00:00:00Z&to=2025-01-02T00:00:00Z");
 	cr_assert_eq(h.status, 200, "%s", h.body);
 	for (int cam = 0; cam < NCAM; cam++) {
 		uint64_t cnt = 0, got_cnt;
@@ -492,7 +371,7 @@ Test(cluster, http_and_influxql_answer_like_one, .timeout = 280)
 		cr_assert(fabs(sm - (double)sum / 10) < 1e-6, "%s: sum %f", key, sm);
 		cr_assert(fabs(mn - lo / 10.0) < 1e-9 && fabs(mx - hi / 10.0) < 1e-9, "%s", key);
 	}
-	hans_free(&h);
+	cl_http_free(&h);
 
 	/* InfluxQL: windows (tiled by rollups, cut at both ends) per camera,
 	 * one camera's aggregate, the keys. */
@@ -520,54 +399,54 @@ Test(cluster, http_and_influxql_answer_like_one, .timeout = 280)
 		"time >= '2025-01-01T00:00:00Z' AND time < '2025-01-02T00:00:00Z'",
 		enc, sizeof enc);
 	snprintf(q, sizeof q, "/query?db=tally&q=%s", enc);
-	h = http_get(hp[2], q);
+	h = cl_get(hp[2], q);
 	snprintf(want, sizeof want, ",%" PRIu64 "]", split);
 	cr_assert(strstr(h.body, want), "want %s in %s", want, h.body);
-	hans_free(&h);
+	cl_http_free(&h);
 
 	/* A stopped node: 503 naming it, within peer-timeout (2 s) ... */
 	char port2[16];
 	stop_node2(n, ports, port2);
 	const char *agg = "/api/v1/agg?table=traffic&field=speed&key=cam1"
 			  "&from=2025-01-01T00:00:00Z&to=2025-01-02T00:00:00Z";
-	h = http_get(hp[0], agg);
+	h = cl_get(hp[0], agg);
 	cr_assert_eq(h.status, 503, "%d %s", h.status, h.body);
 	cr_assert(strstr(h.body, port2) && strstr(h.body, "no answer within") &&
 			  strstr(h.body, "partial=mark"),
 		  "%s", h.body);
-	hans_free(&h);
+	cl_http_free(&h);
 	/* ... or, with partial=mark, the others' answer, marked */
 	snprintf(path, sizeof path, "%s&partial=mark", agg);
-	h = http_get(hp[0], path);
+	h = cl_get(hp[0], path);
 	cr_assert_eq(h.status, 200, "%d %s", h.status, h.body);
 	cr_assert(!strncmp(h.body, "{\"partial\":\"127.0.0.1", 21) && strstr(h.body, port2), "%s",
 		  h.body);
 	cr_assert(strstr(h.head, "X-Tally-Partial: 127.0.0.1") && strstr(h.head, port2), "%s",
 		  h.head);
-	hans_free(&h);
-	h = http_get(hp[1], "/api/v1/aggs?table=traffic&field=speed&format=csv&partial=mark"
-			    "&from=2025-01-01T00:00:00Z&to=2025-01-02T00:00:00Z");
+	cl_http_free(&h);
+	h = cl_get(hp[1], "/api/v1/aggs?table=traffic&field=speed&format=csv&partial=mark"
+			  "&from=2025-01-01T00:00:00Z&to=2025-01-02T00:00:00Z");
 	cr_assert_eq(h.status, 200, "%d %s", h.status, h.body);
 	cr_assert(strstr(h.head, "X-Tally-Partial") && strstr(h.head, port2), "%s", h.head);
 	cr_assert(!strstr(h.body, "cam2,") && strstr(h.body, "cam1,"), "%s", h.body);
-	hans_free(&h);
+	cl_http_free(&h);
 	/* InfluxQL: the statement's error names it, or partial=mark's messages */
 	url_enc("SELECT count(speed) FROM traffic WHERE time >= '2025-01-01T00:00:00Z' AND "
 		"time < '2025-01-02T00:00:00Z' GROUP BY camera",
 		enc, sizeof enc);
 	snprintf(q, sizeof q, "/query?db=tally&q=%s", enc);
-	h = http_get(hp[0], q);
+	h = cl_get(hp[0], q);
 	cr_assert_eq(h.status, 200, "%d %s", h.status, h.body);
 	cr_assert(strstr(h.body, "\"error\"") && strstr(h.body, port2), "%s", h.body);
-	hans_free(&h);
+	cl_http_free(&h);
 	snprintf(q + strlen(q), sizeof q - strlen(q), "&partial=mark");
-	h = http_get(hp[0], q);
+	h = cl_get(hp[0], q);
 	cr_assert_eq(h.status, 200, "%d %s", h.status, h.body);
 	cr_assert(!strstr(h.body, "\"error\"") && strstr(h.body, "\"messages\"") &&
 			  strstr(h.body, "partial: 127.0.0.1") && strstr(h.body, port2) &&
 			  strstr(h.body, "\"cam1\"") && !strstr(h.body, "\"cam2\""),
 		  "%s", h.body);
-	hans_free(&h);
+	cl_http_free(&h);
 
 	kill(n[2].pid, SIGCONT);
 	cr_assert_eq(tsrv_wait(&n[2], SIGKILL), 128 + SIGKILL);
@@ -625,9 +504,7 @@ Test(cluster, pooled_connections_reused_and_renewed, .timeout = 240)
 	/* node 1 restarts: same port, same data */
 	tcli_close(c[1]);
 	cr_assert_eq(tsrv_wait(&n[1], SIGTERM), 0);
-	char peers[64];
-	snprintf(peers, sizeof peers, "127.0.0.1:%u,127.0.0.1:%u", ports[2], ports[0]);
-	start_node(&n[1], ports[1], peers, "2s");
+	cl_start_node(&n[1], ports, 1, "2s", NULL);
 	c[1] = tcli_open(n[1].port);
 	for (int cam = 0; cam < NCAM; cam++) {
 		both(c[0], rc, 0, "#!agg traffic speed cam%d 2025-01-01T00:00:00Z 1d", cam);

@@ -15,49 +15,23 @@
  * answer, or is named after END ... PARTIAL / in "partial" / InfluxQL's
  * "messages".
  */
-#include <arpa/inet.h>
 #include <criterion/criterion.h>
-#include <netinet/in.h>
-#include <poll.h>
-#include <sys/socket.h>
 
+#include "clusterutil.h"
 #include "fandist.h"
-#include "srvutil.h"
 
 #define NCAM  6
 #define SPLIT 5 /* this camera's events are on every node */
 #define NEV   2400
+#define T0    CL_T0
 
-static struct {
-	int cam;
-	int64_t ts;
-	int tenths; /* the speed in units of the resolution */
-} evs[NEV];
-static const int64_t T0 = INT64_C(1735689600) * 1000000000; /* 2025-01-01 */
+static cl_ev evs[NEV];
+static const cl_set set = {evs, NEV, NCAM, SPLIT};
 
+/* few distinct values, so that ranks fall on ties too */
 static void gen(void)
 {
-	srand(23);
-	for (int i = 0; i < NEV; i++) {
-		evs[i].cam = rand() % NCAM;
-		evs[i].ts = T0 + (int64_t)(rand() % 86000) * 1000000000 + i;
-		/* few distinct values, so that ranks fall on ties too */
-		evs[i].tenths = 400 + (rand() % 300) * 3;
-	}
-}
-
-static int node_of(int i)
-{
-	return evs[i].cam == SPLIT ? i % 3 : evs[i].cam % 3;
-}
-
-static void load(tcli *c, int node)
-{
-	for (int i = 0; i < NEV; i++)
-		if (node < 0 || node_of(i) == node)
-			tcli_sendf(c, "traffic,camera=cam%d speed=%d.%d %" PRId64 "\n", evs[i].cam,
-				   evs[i].tenths / 10, evs[i].tenths % 10, evs[i].ts);
-	tcli_sync(c, NULL, NULL);
+	cl_gen(&set, 23, 400, 300, 3);
 }
 
 static int cmp_int(const void *a, const void *b)
@@ -124,45 +98,14 @@ static void same_rows(const ttable *a, const ttable *b, const char *what)
 		cr_assert_str_eq(a->rows[r], b->rows[r], "%s: row %zu", what, r);
 }
 
-/* GET path over HTTP/1.0 (the close ends the answer): status, head and
- * body (malloc'ed, *body; the head is kept in head[cap]). */
+/* GET path: status, head (kept in head[cap]) and body (malloc'ed). */
 static int http_get(unsigned port, const char *path, char *head, size_t cap, char **body)
 {
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	struct sockaddr_in a = {.sin_family = AF_INET,
-				.sin_port = htons((uint16_t)port),
-				.sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-	cr_assert(fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof a) == 0);
-	char req[4096];
-	int k = snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", path);
-	cr_assert_eq(send(fd, req, (size_t)k, MSG_NOSIGNAL), k);
-	size_t n = 0, bc = 1 << 16;
-	char *buf = malloc(bc);
-	int64_t end = su_mono_ms() + 60000;
-	for (;;) {
-		struct pollfd p = {.fd = fd, .events = POLLIN};
-		cr_assert(su_mono_ms() < end, "GET %s: no whole answer within 60 s", path);
-		if (poll(&p, 1, 1000) <= 0)
-			continue;
-		if (n + 4096 > bc)
-			buf = realloc(buf, bc *= 2);
-		ssize_t r = recv(fd, buf + n, bc - n - 1, 0);
-		cr_assert(r >= 0);
-		if (r == 0)
-			break;
-		n += (size_t)r;
-	}
-	close(fd);
-	buf[n] = 0;
-	char *sep = strstr(buf, "\r\n\r\n");
-	cr_assert_not_null(sep, "GET %s: %s", path, buf);
-	int status = 0;
-	cr_assert_eq(sscanf(buf, "HTTP/1.%*d %d", &status), 1);
-	*sep = 0;
-	snprintf(head, cap, "%s", buf);
-	*body = strdup(sep + 4);
-	free(buf);
-	return status;
+	cl_http h = cl_get(port, path);
+	snprintf(head, cap, "%s", h.head);
+	free(h.head);
+	*body = h.body;
+	return h.status;
 }
 
 /* The body of path on node port equals the reference's, byte for byte. */
@@ -191,26 +134,17 @@ static void same_iql(unsigned port, unsigned ref, const char *q)
 	same_http(port, ref, path);
 }
 
-static void start_node(tsrv *s, unsigned port, const char *others)
-{
-	char p[16];
-	snprintf(p, sizeof p, "%u", port);
-	const char *args[] = {"--port",
-			      p,
-			      "--peers",
-			      others,
-			      "--peer-timeout",
-			      "2s",
-			      "--distributions",
-			      "traffic.speed:0.1",
-			      "--table-keys",
-			      "lanes=camera+lane",
-			      "--log-level",
-			      "warn",
-			      NULL};
-	tsrv_spawn(s, args, 1);
-	cr_assert_eq(s->port, port);
-}
+static const char *const node_args[] = {"--distributions", "traffic.speed:0.1", "--table-keys",
+					"lanes=camera+lane", NULL};
+
+/* Declares the three nodes n, ports, the reference ref and their clients
+ * c and rc, and starts them holding the events (a test's opening). */
+#define CLUSTER_UP()       \
+	unsigned ports[3]; \
+	tsrv n[3], ref;    \
+	tcli *c[3], *rc;   \
+	gen();             \
+	cl_up(&set, n, &ref, ports, c, &rc, node_args)
 
 #define DQ                                                  \
 	"#!dist traffic speed cam%d %" PRId64 "ns %" PRId64 \
@@ -218,30 +152,7 @@ static void start_node(tsrv *s, unsigned port, const char *others)
 
 Test(cluster_dist, three_nodes_answer_like_one, .timeout = 280)
 {
-	gen();
-	unsigned ports[3];
-	tsrv n[3], ref;
-	tcli *c[3], *rc;
-	for (int i = 0; i < 3; i++)
-		ports[i] = su_free_port();
-	for (int i = 0; i < 3; i++) {
-		char others[64];
-		snprintf(others, sizeof others, "127.0.0.1:%u,127.0.0.1:%u", ports[(i + 1) % 3],
-			 ports[(i + 2) % 3]);
-		tdir_make(&n[i]);
-		start_node(&n[i], ports[i], others);
-	}
-	tdir_make(&ref);
-	tsrv_spawn(&ref,
-		   (const char *[]){"--distributions", "traffic.speed:0.1", "--table-keys",
-				    "lanes=camera+lane", "--log-level", "warn", NULL},
-		   1);
-	rc = tcli_open(ref.port);
-	for (int i = 0; i < 3; i++) {
-		c[i] = tcli_open(n[i].port);
-		load(c[i], i);
-	}
-	load(rc, -1);
+	CLUSTER_UP();
 
 	/* #!dist over aligned (whole hours and the day) and unaligned ranges */
 	srand(7);
@@ -264,6 +175,28 @@ Test(cluster_dist, three_nodes_answer_like_one, .timeout = 280)
 		ttable_free(&b);
 	}
 
+	/* from outside: tally query --nodes dist merges the nodes' pairs (it
+	 * answered "not a query that fans out"), as the reference answers */
+	const char *tally = getenv("TALLY");
+	cr_assert_not_null(tally);
+	char got[4096] = {0}, want[4096] = {0};
+	for (int k = 0; k < 2; k++) {
+		char cmd[1024], *o = k ? want : got;
+		int w = k ? snprintf(cmd, sizeof cmd, "%s --port %u", tally, ref.port)
+			  : snprintf(cmd, sizeof cmd,
+				     "%s --nodes 127.0.0.1:%u,127.0.0.1:%u,127.0.0.1:%u", tally,
+				     ports[0], ports[1], ports[2]);
+		snprintf(cmd + w, sizeof cmd - (size_t)w,
+			 " --csv query dist traffic speed cam%d 2025-01-01T01:02:03Z "
+			 "2025-01-01T20:00:00.5Z q=0.85 q=0.5 above=90 hist=40,60,80,100 2>&1",
+			 SPLIT);
+		FILE *f = popen(cmd, "r");
+		size_t got_n = fread(o, 1, 4095, f);
+		cr_assert_eq(pclose(f), 0, "%s: %s", cmd, o);
+		cr_assert_gt(got_n, 40, "%s: %s", cmd, o);
+	}
+	cr_assert_str_eq(got, want);
+
 	/* a node's part as pairs (#!fanout off): only its own values */
 	ttable t;
 	tcli_sendf(c[1], "#!fanout off\n");
@@ -278,7 +211,7 @@ Test(cluster_dist, three_nodes_answer_like_one, .timeout = 280)
 		own += strtoull(tcell(t.rows[r], 3), NULL, 10);
 	}
 	for (int i = 0; i < NEV; i++)
-		mine += evs[i].cam == SPLIT && node_of(i) == 1;
+		mine += evs[i].cam == SPLIT && cl_node_of(&set, i) == 1;
 	cr_assert_eq(own, mine);
 	ttable_free(&t);
 	tcli_sendf(c[1], "#!fanout fail\n");
@@ -497,15 +430,7 @@ Test(cluster_dist, three_nodes_answer_like_one, .timeout = 280)
 	free(l);
 
 	kill(n[2].pid, SIGCONT);
-	for (int i = 0; i < 3; i++)
-		tcli_close(c[i]);
-	tcli_close(rc);
-	for (int i = 0; i < 3; i++)
-		cr_assert_eq(tsrv_wait(&n[i], SIGTERM), 0);
-	cr_assert_eq(tsrv_wait(&ref, SIGTERM), 0);
-	for (int i = 0; i < 3; i++)
-		tdir_remove(&n[i]);
-	tdir_remove(&ref);
+	cl_down(n, 3, &ref, c, rc);
 }
 
 /* The merge of the nodes' pairs (fandist_read), without servers: an exact
@@ -564,4 +489,236 @@ Test(cluster_dist, pairs_of_exact_and_sketch_parts_merge_into_a_sketch)
 	cr_assert_eq(tally_dist_count(d), 0);
 	cr_assert_eq(tally_dist_quantile(d, 0.5, &v), TALLY_ENOTFOUND);
 	tally_dist_free(d);
+}
+
+/* How many events of cam node holds in [from, to) (node < 0: every
+ * node's). */
+static uint64_t held(int cam, int node, int64_t from, int64_t to)
+{
+	uint64_t n = 0;
+	for (int i = 0; i < NEV; i++)
+		n += evs[i].cam == cam && (node < 0 || cl_node_of(&set, i) == node) &&
+		     evs[i].ts >= from && evs[i].ts < to;
+	return n;
+}
+
+/* The query q on c is an error saying why. */
+static void refused(tcli *c, const char *q, const char *why)
+{
+	ttable t;
+	tcli_query(c, &t, "%s", q);
+	cr_assert(t.err && strstr(t.err, why), "%s: %s", q, t.err ? t.err : "answered");
+	ttable_free(&t);
+}
+
+/* The counts of the "pairs step=" answer to q on c, added up; with step,
+ * every row's window starts at from or off past a multiple of step. */
+static uint64_t pairs_total(tcli *c, const char *q, int64_t from, int64_t step, int64_t off)
+{
+	ttable t;
+	tcli_query(c, &t, "%s", q);
+	cr_assert_null(t.err, "%s: %s", q, t.err);
+	cr_assert_str_eq(t.rows[0], "start\texp\tkind\tunits\tcount");
+	uint64_t sum = 0;
+	for (size_t r = 1; r < t.n; r++) {
+		int64_t at;
+		cr_assert_eq(cmd_parse_time(tcell(t.rows[r], 0), 0, &at), 0, "%s", t.rows[r]);
+		cr_assert(!step || at == from || at % step == off, "%s", t.rows[r]);
+		sum += strtoull(tcell(t.rows[r], 4), NULL, 10);
+	}
+	ttable_free(&t);
+	return sum;
+}
+
+/* A stepped /api/v1/dist across nodes used to ask every node once per
+ * window (24 round trips here); each node now answers every window's
+ * pairs at once ("#!dist ... pairs step=1h"), so each node's `queries`
+ * grows by one. Every window equals the reference's and brute force. */
+Test(cluster_dist, stepped_dist_asks_each_node_once, .timeout = 280)
+{
+	CLUSTER_UP();
+	const int64_t from = T0 + INT64_C(1200) * 1000000000,
+		      to = T0 + INT64_C(83400) * 1000000000 + 500000000, H = INT64_C(3600000000000);
+	static const char path[] = "/api/v1/dist?table=traffic&field=speed&key=cam5"
+				   "&from=2025-01-01T00:20:00Z&to=2025-01-01T23:10:00.5Z&step=1h"
+				   "&q=0.85,0.5&above=90&format=csv";
+	for (int asked = 0; asked < 3; asked++) {
+		uint64_t before[3];
+		for (int i = 0; i < 3; i++)
+			before[i] = tstat(c[i], "queries");
+		cl_http a = cl_get(tsrv_http_port(&n[asked]), path);
+		for (int i = 0; i < 3; i++) {
+			uint64_t q = tstat(c[i], "queries") - before[i];
+			cr_assert_eq(q, 1, "node %d answered %llu queries for 24 windows", i,
+				     (unsigned long long)q);
+		}
+		cl_http b = cl_get(tsrv_http_port(&ref), path);
+		cr_assert_eq(a.status, 200, "%s", a.body);
+		cr_assert_eq(b.status, 200, "%s", b.body);
+		cr_assert_str_eq(a.body, b.body);
+		cr_assert_null(strstr(a.head, "X-Tally-Partial"), "%s", a.head);
+		/* brute force, window by window: time,count,q=0.85,q=0.5,above=90,error */
+		char *save, *line = strtok_r(a.body, "\r\n", &save);
+		cr_assert(line && !strncmp(line, "time,count,q=0.85,q=0.5,above=90", 32), "%s",
+			  line);
+		size_t rows = 0;
+		for (int64_t ws = T0; ws < to; ws += H) {
+			int64_t lo = ws < from ? from : ws, hi = ws + H < to ? ws + H : to;
+			static int v[NEV];
+			size_t k = values(SPLIT, lo, hi, v);
+			if (!k)
+				continue;
+			line = strtok_r(NULL, "\r\n", &save);
+			cr_assert_not_null(line, "window %lld missing", (long long)ws);
+			char t[48], want[200];
+			cmd_format_time(ws, t);
+			uint64_t above = 0;
+			for (size_t i = 0; i < k; i++)
+				above += v[i] > 900;
+			snprintf(want, sizeof want, "%s,%zu,%g,%g,%llu,0", t, k,
+				 v[(85 * k + 99) / 100 - 1] / 10.0, v[(k + 1) / 2 - 1] / 10.0,
+				 (unsigned long long)above);
+			cr_assert_str_eq(line, want);
+			rows++;
+		}
+		cr_assert_null(strtok_r(NULL, "\r\n", &save));
+		cr_assert_gt(rows, 20);
+		cl_http_free(&a);
+		cl_http_free(&b);
+	}
+
+	/* InfluxQL's PERCENTILE by time across nodes: every window of a key
+	 * in one ask of every node, so 24 windows cost each node what 2 do */
+	static const char *const iq[2] = {
+		"SELECT+PERCENTILE(speed,85),MEDIAN(speed)+FROM+traffic+WHERE+camera=%27cam5%27+"
+		"AND+time+>=+%272025-01-01T00:20:00Z%27+AND+time+<+%272025-01-01T23:10:00Z%27+"
+		"GROUP+BY+time(1h)",
+		"SELECT+PERCENTILE(speed,85),MEDIAN(speed)+FROM+traffic+WHERE+camera=%27cam5%27+"
+		"AND+time+>=+%272025-01-01T00:20:00Z%27+AND+time+<+%272025-01-01T23:10:00Z%27+"
+		"GROUP+BY+time(12h)",
+	};
+	uint64_t asked[2][3];
+	for (int k = 0; k < 2; k++) {
+		uint64_t before[3];
+		for (int i = 0; i < 3; i++)
+			before[i] = tstat(c[i], "queries");
+		same_iql(tsrv_http_port(&n[k + 1]), tsrv_http_port(&ref), iq[k]);
+		for (int i = 0; i < 3; i++)
+			asked[k][i] = tstat(c[i], "queries") - before[i];
+	}
+	for (int i = 0; i < 3; i++)
+		cr_assert_eq(asked[0][i], asked[1][i],
+			     "node %d: %llu queries for 24 windows, %llu for 2", i,
+			     (unsigned long long)asked[0][i], (unsigned long long)asked[1][i]);
+
+	/* a node's part (#!fanout off): every window's own pairs after its
+	 * start; step= only with pairs */
+	ttable t;
+	tcli_sendf(c[1], "#!fanout off\n");
+	free(tcli_expect(c[1], "OK fanout off"));
+	tcli_query(c[1], &t,
+		   "#!dist traffic speed cam%d 2025-01-01T00:20:00Z 2025-01-01T23:10:00.5Z pairs "
+		   "step=1h",
+		   SPLIT);
+	cr_assert_null(t.err, "%s", t.err);
+	cr_assert_str_eq(t.rows[0], "start\texp\tkind\tunits\tcount");
+	uint64_t per[24] = {0}, sum = 0;
+	int64_t last = INT64_MIN;
+	for (size_t r = 1; r < t.n; r++) {
+		int64_t at;
+		cr_assert_eq(cmd_parse_time(tcell(t.rows[r], 0), 0, &at), 0, "%s", t.rows[r]);
+		cr_assert(at >= last && at >= from && at < to && (at == from || at % H == 0), "%s",
+			  t.rows[r]);
+		last = at;
+		per[(at - T0) / H] += strtoull(tcell(t.rows[r], 4), NULL, 10);
+	}
+	for (int w = 0; w < 24; w++) {
+		int64_t lo = T0 + w * H < from ? from : T0 + w * H;
+		int64_t hi = T0 + (w + 1) * H < to ? T0 + (w + 1) * H : to;
+		uint64_t mine = lo < hi ? held(SPLIT, 1, lo, hi) : 0;
+		cr_assert_eq(per[w], mine, "window %d: %llu, want %llu", w,
+			     (unsigned long long)per[w], (unsigned long long)mine);
+		sum += per[w];
+	}
+	cr_assert_eq(sum, held(SPLIT, 1, from, to));
+	ttable_free(&t);
+	/* all of int64 in windows of 800 days: every event once, no
+	 * overflow at the ends; wider windows, or minutes (too many
+	 * windows), refused */
+	cr_assert_eq(pairs_total(c[1],
+				 "#!dist traffic speed cam5 -9223372036854775808 "
+				 "9223372036854775807 pairs step=800d",
+				 0, 0, 0),
+		     held(SPLIT, 1, INT64_MIN, INT64_MAX));
+	refused(c[1],
+		"#!dist traffic speed cam1 -9223372036854775808 9223372036854775807 pairs step=1m",
+		"more than 200000 windows");
+	for (int k = 0; k < 2; k++) { /* the same bound over HTTP, peers or not */
+		cl_http h = cl_get(tsrv_http_port(k ? &ref : &n[0]),
+				   "/api/v1/dist?table=traffic&field=speed&key=cam1&from="
+				   "-9223372036854775808&to=9223372036854775807&step=36500d");
+		cr_assert(h.status == 400 && strstr(h.body, "834 days"), "%d %s", h.status, h.body);
+		cl_http_free(&h);
+	}
+	refused(c[1], "#!dist traffic speed cam1 2025-01-01 1d pairs step=36500d",
+		"step: wider than");
+	refused(c[1],
+		"#!dist traffic speed cam1 2025-01-01 1d pairs step=1h origin=1970-01-01T02:00:00Z",
+		"origin= is asked with step=");
+	/* windows from an origin: at half past the hour */
+	cr_assert_eq(pairs_total(c[1],
+				 "#!dist traffic speed cam5 2025-01-01T00:20:00Z "
+				 "2025-01-01T23:10:00.5Z pairs step=1h origin=1970-01-01T00:30:00Z",
+				 from, H, H / 2),
+		     held(SPLIT, 1, from, to));
+	refused(c[1], "#!dist traffic speed cam1 2025-01-01 1d q=0.5 step=1h",
+		"step= is asked with pairs only");
+
+	cl_down(n, 3, &ref, c, rc);
+}
+
+/* A SELECT took its schema (key tag, field types) from the asked node's
+ * catalog alone: a field only another node held was left out (no series)
+ * and a measurement only another node held was an error. It now reads
+ * the union of every node's catalog, like SHOW. */
+Test(cluster_dist, select_reads_the_schema_of_every_node, .timeout = 280)
+{
+	CLUSTER_UP();
+	/* field flow on node 2 only, measurement site on node 1 only */
+	static const struct {
+		int node;
+		const char *line;
+	} lines[] = {
+		{2, "traffic,camera=cam2 flow=4i"},
+		{2, "traffic,camera=cam5 flow=7i"},
+		{1, "site,id=s1,zone=north level=3i"},
+		{1, "site,id=s2,zone=south level=5i"},
+	};
+	for (size_t k = 0; k < sizeof lines / sizeof lines[0]; k++) {
+		tcli_sendf(c[lines[k].node], "%s %" PRId64 "\n", lines[k].line, T0 + 5 + (int)k);
+		tcli_sync(c[lines[k].node], NULL, NULL);
+		tcli_sendf(rc, "%s %" PRId64 "\n", lines[k].line, T0 + 5 + (int)k);
+		tcli_sync(rc, NULL, NULL);
+	}
+	static const char *const qs[] = {
+		"SELECT+count(flow),sum(flow)+FROM+traffic+WHERE+time+>=+%272025-01-01T00:00:00Z"
+		"%27+AND+time+<+%272025-01-02T00:00:00Z%27+GROUP+BY+camera",
+		"SELECT+max(flow),count(speed)+FROM+traffic+WHERE+camera=%27cam5%27+AND+time+>=+"
+		"%272025-01-01T00:00:00Z%27+AND+time+<+%272025-01-02T00:00:00Z%27",
+		"SELECT+sum(level)+FROM+site+WHERE+time+>=+%272025-01-01T00:00:00Z%27+AND+time+<+"
+		"%272025-01-02T00:00:00Z%27+GROUP+BY+id",
+		"SELECT+mean(level)+FROM+site+WHERE+id=%27s2%27+AND+time+>=+%272025-01-01T00:00:00Z"
+		"%27+AND+time+<+%272025-01-01T01:00:00Z%27+GROUP+BY+time(30m)",
+	};
+	for (int i = 0; i < 3; i++)
+		for (size_t k = 0; k < sizeof qs / sizeof qs[0]; k++)
+			same_iql(tsrv_http_port(&n[i]), tsrv_http_port(&ref), qs[k]);
+	/* and the numbers are the events' */
+	char path[1024], h[2048], *b;
+	snprintf(path, sizeof path, "/query?db=tally&q=%s", qs[0]);
+	cr_assert_eq(http_get(tsrv_http_port(&n[0]), path, h, sizeof h, &b), 200);
+	cr_assert(strstr(b, "[\"1970-01-01T00:00:00Z\",1,7]") || strstr(b, ",1,7]"), "%s", b);
+	cr_assert(strstr(b, ",1,4]"), "%s", b);
+	free(b);
+	cl_down(n, 3, &ref, c, rc);
 }

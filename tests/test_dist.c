@@ -14,12 +14,8 @@
 #include "testutil.h"
 
 /* docs/formats.md, "dist": the bytes after the basic payload */
-#define DOC_EXACT                                                                           \
-	"ffffffff 00100000 07000000 02030001 0d010808 00000002 0200010d 01a80d07 00000002 " \
-	"0300010c 01680900 00000203 00020c01 000000"
-#define DOC_SKETCH                                                                          \
-	"ffffffff 00100000 07000000 02030001 0d010a08 00000002 0200010d 01e20607 00000002 " \
-	"0300010c 01060900 00000203 00020c01 000000"
+#define DOC_EXACT  "ffffffff 00100000 02010000 2e500d00 00d04003"
+#define DOC_SKETCH "ffffffff 01000000 02030000 54888d"
 
 #define T0   INT64_C(1700006400000000000) /* a UTC midnight + 1 day */
 #define CAMS 3
@@ -547,9 +543,10 @@ Test(dist, bad_bounds_are_refused_by_name)
 	free(dir);
 }
 
-/* The worked example of docs/formats.md ("dist"): one window of 85.2 and
- * 90.5 at 0.1 under the default bound, its bytes after the basic payload
- * as documented; and the same window as a sketch. Both decode back. */
+/* The worked example of docs/formats.md ("dist", kind 4): one window of
+ * 85.2 and 90.5 at 0.1 under the default bound, its bytes after the
+ * basic payload as documented; and the same window as a sketch under a
+ * bound of 1. Both decode back. */
 Test(dist, the_documented_block_bytes)
 {
 	static const char *want[2] = {DOC_EXACT, DOC_SKETCH};
@@ -562,7 +559,8 @@ Test(dist, the_documented_block_bytes)
 		ragg_add(&b.d.a, 85.2);
 		ragg_add(&b.d.a, 90.5);
 		b.d.exp = -1;
-		b.d.max = DIST_MAX_DEFAULT;
+		/* a window is a sketch only past its bound */
+		b.d.max = sk ? 1 : DIST_MAX_DEFAULT;
 		b.d.n = 2;
 		b.d.v = v;
 		b.d.c = c;
@@ -587,7 +585,9 @@ Test(dist, the_documented_block_bytes)
 		cr_assert_eq(back.d.sketch, (uint32_t)sk);
 		cr_assert_eq(back.d.v[0], v[0]);
 		cr_assert_eq(back.d.v[1], v[1]);
-		cr_assert_eq(back.d.max, DIST_MAX_DEFAULT);
+		cr_assert_eq(back.d.max, b.d.max);
+		cr_assert_eq(back.d.c[0], 1);
+		cr_assert_eq(back.d.c[1], 1);
 		codec_buf_free(&out);
 		codec_buf_free(&arena);
 	}

@@ -1,7 +1,7 @@
 /*
- * test_dist_fixture.c — a store of kind 3 distribution blocks with
- * sketches (tests/data/dist-v3) still reads, answering exactly what the
- * build that wrote it answered.
+ * test_dist_fixture.c — stores of kind 3 and kind 4 distribution blocks
+ * with sketches (tests/data/dist-v3, dist-v4) still read, answering
+ * exactly what the build that wrote each answered.
  *
  * The one idea: the fixture's events come from a seeded generator, so the
  * test can make them again and hold every pinned answer against brute
@@ -11,9 +11,10 @@
  * reports. A later build that misreads a sketch window, or an exact one,
  * fails both ways.
  *
- * Regenerate (only with a build of the same part format; docs/formats.md,
- * "Rollup blocks"):
- *   TALLY_WRITE_FIXTURE_DIST=DIR build/tests/test_dist_fixture
+ * Make dist-v4 again (only with a build that writes kind 4 blocks;
+ * docs/formats.md, "Part files"):
+ *   TALLY_WRITE_FIXTURE_DIST=DIR build/tests/test_dist_fixture \
+ *     --filter 'dist_fixture/kind_4*'
  */
 #include <criterion/criterion.h>
 
@@ -243,61 +244,124 @@ static void count_block_kinds(const char *dir, unsigned kinds[256])
 	pclose(ls);
 }
 
+/* Holds db's answers to want, then closes db; how many came from
+ * sketches. */
+static unsigned answers_as_pinned(tally_db *db, const ev *e, size_t n_ev, const char *want)
+{
+	unsigned sk;
+	char *got = answers_text(db, e, n_ev, &sk);
+	cr_assert_str_eq(got, want);
+	free(got);
+	tally_db_close(db);
+	return sk;
+}
+
+/* Opens a copy of fixture name, whose parts hold dist blocks of kind
+ * (and none of the kind before it), and holds every answer to ANSWERS and
+ * to brute force. */
+static void check_fixture(const char *name, unsigned kind)
+{
+	ev *e = calloc(MAXEV, sizeof *e);
+	size_t n_ev = all_events(e);
+	tally_options o = fix_opts();
+	tally_db *db;
+	char *want = tu_fixture_answers(name);
+	cr_assert(want, "tests/data/%s/ANSWERS", name);
+	char *dir = tu_tmpdir();
+	cr_assert_eq(tu_copy_fixture(name, dir), 0);
+	unsigned kinds[256] = {0};
+	count_block_kinds(dir, kinds);
+	cr_assert_gt(kinds[kind], 0, "the fixture should hold kind %u dist blocks", kind);
+	cr_assert_eq(kinds[kind - 1], 0, "and no kind %u ones", kind - 1);
+	/* opened without table_keys: the files say how traffic is keyed */
+	o.table_keys = NULL;
+	cr_assert_eq(tally_db_open(dir, &o, &db), 0, "%s", tally_errmsg());
+	unsigned sk = answers_as_pinned(db, e, n_ev, want);
+	cr_assert_gt(sk, 0, "answers should come from sketched windows");
+	cr_assert_lt(sk, 8 * sizeof filters / sizeof *filters, "and some from exact ones only");
+	tu_rmrf(dir);
+	free(dir);
+	free(want);
+	free(e);
+}
+
 /*
  * tests/data/dist-v3 is a store written with traffic.speed:0.1:16 and
  * traffic keyed by camera+lane: three rounds flushed into parts (merged
  * after the third) and a fourth in the WAL. Its parts hold kind 3 dist
  * blocks with sketched windows; ANSWERS holds, in hexadecimal floats, the
  * count, error bound, quantiles 0.5, 0.85 and 1, values above 60, below
- * 40 and a histogram of each filter and range.
+ * 40 and a histogram of each filter and range. This build writes kind 4:
+ * it reads the fixture, it cannot make it again.
  */
 Test(dist_fixture, kind_3_blocks_with_sketches_answer_as_written)
 {
+	check_fixture("dist-v3", 3);
+}
+
+/* tests/data/dist-v4: the same events and steps, written by the first
+ * build of kind 4 blocks (engine/distcode.c); the bytes of its parts pin
+ * that format, parameters and all. */
+Test(dist_fixture, kind_4_blocks_with_sketches_answer_as_written)
+{
+	const char *out = getenv("TALLY_WRITE_FIXTURE_DIST");
+	if (!out) {
+		check_fixture("dist-v4", 4);
+		return;
+	}
 	ev *e = calloc(MAXEV, sizeof *e);
 	size_t n_ev = all_events(e);
 	tally_options o = fix_opts();
 	tally_db *db;
 	unsigned sk;
-	const char *out = getenv("TALLY_WRITE_FIXTURE_DIST");
-	if (out) {
-		cr_assert_eq(tally_db_open(out, &o, &db), 0, "%s", tally_errmsg());
-		size_t at = 0;
-		for (int r = 0; r < ROUNDS; r++) {
-			write_round(db, e + at, PER + BURST);
-			at += PER + BURST;
-			if (r < ROUNDS - 1)
-				cr_assert_eq(tally_db_flush(db), 0, "%s", tally_errmsg());
-			if (r == ROUNDS - 2)
-				cr_assert_eq(tally_db_merge(db), 0, "%s", tally_errmsg());
-		}
-		char path[4096];
-		snprintf(path, sizeof path, "%s/ANSWERS", out);
-		FILE *f = fopen(path, "w");
-		char *text = answers_text(db, e, n_ev, &sk);
-		fputs(text, f);
-		fclose(f);
-		free(text);
-		tally_db_close(db);
-		free(e);
-		return;
+	cr_assert_eq(tally_db_open(out, &o, &db), 0, "%s", tally_errmsg());
+	size_t at = 0;
+	for (int r = 0; r < ROUNDS; r++) {
+		write_round(db, e + at, PER + BURST);
+		at += PER + BURST;
+		if (r < ROUNDS - 1)
+			cr_assert_eq(tally_db_flush(db), 0, "%s", tally_errmsg());
+		if (r == ROUNDS - 2)
+			cr_assert_eq(tally_db_merge(db), 0, "%s", tally_errmsg());
 	}
+	char path[4096];
+	snprintf(path, sizeof path, "%s/ANSWERS", out);
+	FILE *f = fopen(path, "w");
+	char *text = answers_text(db, e, n_ev, &sk);
+	fputs(text, f);
+	fclose(f);
+	free(text);
+	tally_db_close(db);
+	free(e);
+}
+
+/* A merge of kind 3 blocks writes kind 4 ones, and the answers stay the
+ * pinned ones: dist-v3's day 1 is sealed (its events lie two days before
+ * the newest) into one part of kind 4 blocks, day 2 keeps its kind 3
+ * parts beside the flushed WAL round's kind 4 part. */
+Test(dist_fixture, kind_3_blocks_merge_into_kind_4_answering_the_same)
+{
+	ev *e = calloc(MAXEV, sizeof *e);
+	size_t n_ev = all_events(e);
+	tally_options o = fix_opts();
+	o.table_keys = NULL;
+	tally_db *db;
+	unsigned before[256] = {0}, after[256] = {0};
 	char *want = tu_fixture_answers("dist-v3");
-	cr_assert(want, "tests/data/dist-v3/ANSWERS");
 	char *dir = tu_tmpdir();
 	cr_assert_eq(tu_copy_fixture("dist-v3", dir), 0);
-	unsigned kinds[256] = {0};
-	count_block_kinds(dir, kinds);
-	cr_assert_gt(kinds[3], 0, "the fixture should hold kind 3 dist blocks");
-	cr_assert_eq(kinds[2], 0, "and no kind 2 ones");
-	/* opened without table_keys: the files say how traffic is keyed */
-	o.table_keys = NULL;
+	count_block_kinds(dir, before);
+	cr_assert_eq(before[4], 0);
 	cr_assert_eq(tally_db_open(dir, &o, &db), 0, "%s", tally_errmsg());
-	char *got = answers_text(db, e, n_ev, &sk);
-	cr_assert_gt(sk, 0, "answers should come from sketched windows");
-	cr_assert_lt(sk, 8 * sizeof filters / sizeof *filters, "and some from exact ones only");
-	cr_assert_str_eq(got, want);
-	free(got);
-	tally_db_close(db);
+	cr_assert_eq(tally_db_flush(db), 0, "%s", tally_errmsg());
+	cr_assert_eq(tally_db_merge(db), 0, "%s", tally_errmsg());
+	count_block_kinds(dir, after);
+	cr_assert_gt(after[4], 0, "merged and flushed blocks are kind 4");
+	cr_assert_lt(after[3], before[3], "the sealed day's kind 3 blocks were merged");
+	answers_as_pinned(db, e, n_ev, want);
+	/* and again from the files alone */
+	cr_assert_eq(tally_db_open(dir, &o, &db), 0, "%s", tally_errmsg());
+	answers_as_pinned(db, e, n_ev, want);
 	tu_rmrf(dir);
 	free(dir);
 	free(want);

@@ -30,6 +30,7 @@
 
 #include "backup.h"
 #include "cmd.h"
+#include "fandist.h"
 #include "fanout.h"
 #include "client.h"
 #include "inspect.h"
@@ -670,7 +671,10 @@ static void cli_fan(cli_conn *c, const cli_opts *o, const char *cmd)
 		       .timeout_ns = INT64_C(5000000000) + (int64_t)(o->wait * 1e9)};
 	char *out;
 	size_t out_len;
-	if (fan_run(nodes, n, &fo, canon, &out, &out_len))
+	/* a distribution: every node's pairs, merged, then its statistics
+	 * (a quantile of parts is not one of the whole) */
+	if (r.kind == CMD_DIST ? fandist_answer(nodes, n, &fo, &r, &out, &out_len)
+			       : fan_run(nodes, n, &fo, canon, &out, &out_len))
 		cli_die("out of memory");
 	free(nodes);
 	int fd = memfd_create("tally-answer", MFD_CLOEXEC);

@@ -485,7 +485,8 @@ static const struct {
 	{"drop", CMD_DROP, 1, 1, "#!drop TABLE"},
 	{"fanout", CMD_FANOUT, 1, 1, "#!fanout off|fail|partial"},
 	{"dist", CMD_DIST, 5, CMD_ARGS_MAX - 1,
-	 "#!dist TABLE FIELD KEY FROM TO [q=Q|above=X|below=X|hist=E1,E2,...]...|pairs"},
+	 "#!dist TABLE FIELD KEY FROM TO [q=Q|above=X|below=X|hist=E1,E2,...]...|pairs "
+	 "[step=STEP [origin=TIME]]"},
 	{"delete", CMD_DELETE, 4, 4, "#!delete TABLE KEY|* FROM TO"},
 	{"tables", CMD_TABLES, 0, 0, "#!tables"},
 	{"keylist", CMD_KEYLIST, 1, 2, "#!keylist TABLE [PREFIX]"},
@@ -550,15 +551,42 @@ int cmd_parse(const char *line, size_t len, char *scratch, size_t scratch_cap, i
 			return cmd_fail(err, err_cap,
 					"step: invalid duration '%.40s' (like 5m, 1h, 1d)", a[3]);
 		return cmd_range(a, 4, now, out, err, err_cap);
-	case CMD_DIST:
+	case CMD_DIST: {
+		int pairs = 0;
 		for (int i = 5; i < nargs; i++) {
+			/* pairs per window of a step: a node's part of a stepped
+			 * dist across nodes, one round trip for every window */
+			if (!strncmp(a[i], "step=", 5) && !out->step) {
+				if (cmd_parse_duration(a[i] + 5, &out->step))
+					return cmd_fail(err, err_cap,
+							"dist: step: invalid duration '%.40s' "
+							"(like 5m, 1h)",
+							a[i] + 5);
+				continue;
+			}
+			if (!strncmp(a[i], "origin=", 7) && !out->has_origin) {
+				if (cmd_parse_time(a[i] + 7, now, &out->origin))
+					return cmd_fail(err, err_cap,
+							"dist: origin: invalid time '%.40s'",
+							a[i] + 7);
+				out->has_origin = 1;
+				continue;
+			}
 			if (cmd_dist_stat_check(a[i], err, err_cap))
 				return cmd_printable(err); /* it echoes the argument */
 			out->stats[out->n_stats++] = a[i];
-			if (!strcmp(a[i], "pairs") && nargs != 6)
-				return cmd_fail(err, err_cap,
-						"dist: pairs is asked alone (no other statistic)");
+			pairs |= !strcmp(a[i], "pairs");
 		}
+		if (pairs && out->n_stats != 1)
+			return cmd_fail(err, err_cap,
+					"dist: pairs is asked alone (no other statistic)");
+		if (out->step && !pairs)
+			return cmd_fail(err, err_cap, "dist: step= is asked with pairs only");
+		if (out->has_origin && (out->origin < 0 || out->origin >= out->step))
+			return cmd_fail(err, err_cap,
+					"dist: origin= is asked with step=, from 0 to the step "
+					"after 1970-01-01T00:00:00Z");
+	}
 		__attribute__((fallthrough)); /* the rest is #!agg's */
 	case CMD_AGG:
 		if (cmd_name_arg("table", a[0], err, err_cap) ||

@@ -46,7 +46,7 @@ typedef struct cmd_req {
 	const char *name; /* the command word as typed, e.g. "series" */
 	/* NUL-terminated, pointing into the caller's scratch buffer. */
 	const char *table, *field, *key, *token;
-	int64_t step;     /* series: window width, ns */
+	int64_t step;     /* series, dist pairs step=: window width, ns */
 	int64_t from, to; /* [from, to), ns */
 	uint64_t limit;   /* scan: most rows (0: no limit) */
 	enum tally_precision prec;
@@ -57,6 +57,10 @@ typedef struct cmd_req {
 	/* dist: the statistics asked for (q=0.85, above=60, ...), checked */
 	const char *stats[CMD_ARGS_MAX];
 	unsigned n_stats;
+	/* dist pairs step= origin=: windows start at origin + k step, origin
+	 * in [0, step) (has_origin 0: at the node's align-offset) */
+	int64_t origin;
+	int has_origin;
 } cmd_req;
 
 /*
@@ -88,7 +92,9 @@ int cmd_parse_duration(const char *s, int64_t *out);
 /* #!dist's statistics (wire/distcmd.c answers them): q=Q (0 <= Q <= 1),
  * above=X, below=X, or hist=E1,E2,... (2 to CMD_DIST_EDGES_MAX ascending
  * edges); or pairs alone, the distribution's (value, count) pairs that a
- * query across nodes merges (wire/fandist.c). cmd_dist_stat_check: 0, or -1 with the reason in err
+ * query across nodes merges (wire/fandist.c), with step=STEP (cmd_req's
+ * step) the pairs of each window of STEP, and origin=TIME where those
+ * windows start. cmd_dist_stat_check: 0, or -1 with the reason in err
  * (it echoes arg as it is). cmd_dist_num: a finite number filling all of s, 0 or -1.
  * cmd_dist_edges: "E1,E2,..." into edges, how many, or -1. */
 #define CMD_DIST_EDGES_MAX 64

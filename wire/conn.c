@@ -831,7 +831,8 @@ static void conn_query(wconn *c, const cmd_req *r, uint64_t line)
 	case CMD_DIST: {
 		char *txt;
 		size_t n;
-		rc = r->kind == CMD_DIST ? dist_reply(s->db, r, &txt, &n)
+		dist_limits lim = {s->conf->align_offset, s->conf->fanout_max_bytes, line};
+		rc = r->kind == CMD_DIST ? dist_reply(s->db, r, &lim, &txt, &n)
 					 : cat_reply(s->db, r, &txt, &n);
 		if (!rc) {
 			conn_put(c, txt, n, 0);

@@ -9,7 +9,9 @@
  * sketch says so in an "error" row after the count: the relative error
  * bound of its values (absent: exact). Across nodes (wire/fandist.c) a
  * node answers "pairs" instead, its distribution as (value, count)
- * pairs, and the asking node formats the merged one here (dist_format).
+ * pairs, and the asking node formats the merged one here (dist_format);
+ * "pairs step=STEP" gives every window's pairs in one answer, so that a
+ * stepped dist across nodes costs each node one round trip.
  */
 #include "distcmd.h"
 
@@ -22,6 +24,7 @@
 
 #include "distpairs.h"
 #include "numfmt.h"
+#include "series.h"
 
 typedef struct out {
 	char *p;
@@ -122,8 +125,9 @@ static int put_stats(out *o, const tally_dist *d, const cmd_req *r)
 }
 
 /* The partial-distribution form ("pairs"): a node's part of a query
- * across nodes, which the asking node merges exactly (wire/fandist.c). */
-static void put_pairs(out *o, const tally_dist *d)
+ * across nodes, which the asking node merges exactly (wire/fandist.c);
+ * each row after the cell start when there is one (a window's). */
+static void put_pairs(out *o, const char *start, const tally_dist *d)
 {
 	int32_t exp;
 	int sketch;
@@ -131,10 +135,36 @@ static void put_pairs(out *o, const tally_dist *d)
 	const int64_t *v;
 	const uint64_t *c;
 	dist_pairs(d, &exp, &sketch, &n, &v, &c);
-	put(o, "exp\tkind\tunits\tcount\n");
 	for (uint32_t i = 0; i < n; i++, o->rows++)
-		put(o, "%d\t%s\t%lld\t%llu\n", (int)exp, sketch ? "sketch" : "exact",
-		    (long long)v[i], (unsigned long long)c[i]);
+		put(o, "%s%s%d\t%s\t%lld\t%llu\n", start ? start : "", start ? "\t" : "", (int)exp,
+		    sketch ? "sketch" : "exact", (long long)v[i], (unsigned long long)c[i]);
+}
+
+static int is_pairs(const cmd_req *r)
+{
+	return r->n_stats == 1 && !strcmp(r->stats[0], "pairs");
+}
+
+static void put_end(out *o, const char *partial)
+{
+	if (partial)
+		put(o, "END %zu PARTIAL %s\n", o->rows, partial);
+	else
+		put(o, "END %zu\n", o->rows);
+}
+
+/* o's text as the answer, or its failure (rc, or out of memory). */
+static int take(out *o, int rc, char **text, size_t *len)
+{
+	if (!rc && o->oom)
+		rc = -ENOMEM;
+	if (rc) {
+		free(o->p);
+		return rc;
+	}
+	*text = o->p;
+	*len = o->n;
+	return 0;
 }
 
 int dist_format(const tally_dist *d, const cmd_req *r, const char *partial, char **text,
@@ -142,27 +172,68 @@ int dist_format(const tally_dist *d, const cmd_req *r, const char *partial, char
 {
 	int rc = 0;
 	out o = {0};
-	if (r->n_stats == 1 && !strcmp(r->stats[0], "pairs"))
-		put_pairs(&o, d);
-	else
+	if (is_pairs(r)) {
+		put(&o, "exp\tkind\tunits\tcount\n");
+		put_pairs(&o, NULL, d);
+	} else {
 		rc = put_stats(&o, d, r);
-	if (partial)
-		put(&o, "END %zu PARTIAL %s\n", o.rows, partial);
-	else
-		put(&o, "END %zu\n", o.rows);
-	if (!rc && o.oom)
-		rc = -ENOMEM;
-	if (rc) {
-		free(o.p);
-		return rc;
 	}
-	*text = o.p;
-	*len = o.n;
-	return 0;
+	put_end(&o, partial);
+	return take(&o, rc, text, len);
 }
 
-int dist_reply(tally_db *db, const cmd_req *r, char **text, size_t *len)
+/* "pairs step=STEP": every window's pairs after its start, one query a
+ * window (whole windows from the rollups, raw events at the cut edges),
+ * as /api/v1/dist's windows. */
+static int reply_windows(tally_db *db, const cmd_req *r, const dist_limits *lim, char **text,
+			 size_t *len)
 {
+	out o = {0};
+	if (r->step > SERIES_STEP_MAX) { /* series_window_start's bound */
+		put(&o, "ERR line %llu: dist: step: wider than %lld ns (about 834 days)\n",
+		    (unsigned long long)lim->line, (long long)SERIES_STEP_MAX);
+		return take(&o, 0, text, len);
+	}
+	int64_t ws = series_window_start(r->from, r->step,
+					 r->has_origin ? r->origin : lim->align_offset);
+	if (((uint64_t)r->to - (uint64_t)ws - 1) / (uint64_t)r->step >= DIST_WINDOWS_MAX) {
+		put(&o,
+		    "ERR line %llu: dist: more than %d windows of step from from to to "
+		    "(each is a distribution query): widen the step or narrow the range\n",
+		    (unsigned long long)lim->line, DIST_WINDOWS_MAX);
+		return take(&o, 0, text, len);
+	}
+	put(&o, "start\texp\tkind\tunits\tcount\n");
+	int rc = 0;
+	while (ws < r->to && !rc && !o.oom) {
+		int64_t lo = ws < r->from ? r->from : ws;
+		int64_t hi =
+			(uint64_t)r->to - (uint64_t)ws <= (uint64_t)r->step ? r->to : ws + r->step;
+		tally_dist *d;
+		if ((rc = tally_query_dist(db, r->table, r->field, r->key, lo, hi, &d)))
+			break;
+		char t[48];
+		cmd_format_time(lo, t);
+		put_pairs(&o, t, d);
+		tally_dist_free(d);
+		if (lim->max_bytes && o.n > lim->max_bytes) {
+			o.n = 0;
+			put(&o,
+			    "ERR line %llu: dist: this node's part is longer than the fan-out "
+			    "bound of %zu bytes (fanout-max-bytes); ask for a narrower range\n",
+			    (unsigned long long)lim->line, lim->max_bytes);
+			return take(&o, 0, text, len);
+		}
+		ws = hi;
+	}
+	put_end(&o, NULL);
+	return take(&o, rc, text, len);
+}
+
+int dist_reply(tally_db *db, const cmd_req *r, const dist_limits *lim, char **text, size_t *len)
+{
+	if (r->step)
+		return reply_windows(db, r, lim, text, len);
 	tally_dist *d;
 	int rc = tally_query_dist(db, r->table, r->field, r->key, r->from, r->to, &d);
 	if (rc)

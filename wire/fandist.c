@@ -9,12 +9,13 @@
  * part as pairs ("#!dist ... pairs", docs/protocol.md), the asking node
  * adds them up (tally_dist_merge: exact, or a sketch when any node's part
  * was one) and asks its statistics of the sum: V85 across three nodes is
- * the V85 one node holding everything answers.
+ * the V85 one node holding everything answers. A stepped /api/v1/dist
+ * asks each node once for every window's pairs ("pairs step=STEP"), not
+ * once per window.
  */
 #include "fandist.h"
 
 #include <errno.h>
-#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,108 +40,89 @@ static int cell_int(const char *row, size_t n, unsigned j, long long *v)
 	return errno || *end ? -1 : 0;
 }
 
-/* The pairs of one node's part, gathered until its kind or resolution
- * changes (the next node's), then merged into the whole. */
-typedef struct pacc {
-	int64_t *v;
-	uint64_t *c;
-	size_t n, cap;
-	int32_t exp;
-	int sketch;
-	tally_dist *whole;
-	char *err;
-	size_t err_cap;
-} pacc;
-
-static int pacc_flush(pacc *a)
+/* Pairs v, c [0, n) of one resolution and kind (one node's part of a
+ * window) added into *whole: the first part becomes it. */
+static int merge_part(tally_dist **whole, int32_t exp, int sketch, const int64_t *v,
+		      const uint64_t *c, size_t n, char *err, size_t cap)
 {
-	if (!a->n && a->whole)
-		return 0;
 	tally_dist *d;
-	int rc = dist_from_pairs(a->exp, a->sketch, a->v, a->c, a->n, &d);
-	if (!rc && !a->whole) {
-		a->whole = d;
+	int rc = dist_from_pairs(exp, sketch, v, c, n, &d);
+	if (!rc && !*whole) {
+		*whole = d;
 	} else if (!rc) {
-		rc = tally_dist_merge(a->whole, d); /* sketch-aware; one resolution */
+		rc = tally_dist_merge(*whole, d); /* sketch-aware; one resolution */
 		tally_dist_free(d);
 	}
 	if (rc)
-		snprintf(a->err, a->err_cap, "the nodes' distributions do not merge: %s",
-			 tally_errmsg());
-	a->n = 0;
+		snprintf(err, cap, "the nodes' distributions do not merge: %s", tally_errmsg());
 	return rc;
 }
 
-static int pacc_add(pacc *a, const char *row, size_t n, unsigned j0, uint64_t at)
+/* How many rows from rd's next one make the run read_rows merges: all
+ * that are left (j0 0), or those whose first cell is the time lo (j0 1:
+ * the window's, which fan_run put together). */
+static size_t run_rows(const fan_reader *rd, unsigned j0, int64_t lo)
 {
-	long long exp, v, c;
-	size_t kn;
-	const char *kind = fan_cell(row, n, j0 + 1, &kn);
-	int sketch = kind && kn == 6 && !memcmp(kind, "sketch", 6);
-	if (cell_int(row, n, j0, &exp) || cell_int(row, n, j0 + 2, &v) ||
-	    cell_int(row, n, j0 + 3, &c) || c <= 0 || exp < -99 || exp > 99 ||
-	    !(sketch || (kind && kn == 5 && !memcmp(kind, "exact", 5)))) {
-		snprintf(a->err, a->err_cap,
-			 "row %" PRIu64 " of the nodes' distributions is not "
-			 "EXP\\tKIND\\tUNITS\\tCOUNT: '%.60s'",
-			 at, row);
-		return TALLY_EINVAL;
-	}
-	if (a->n && (a->exp != (int32_t)exp || a->sketch != sketch)) {
-		int rc = pacc_flush(a);
-		if (rc)
-			return rc;
-	}
-	a->exp = (int32_t)exp;
-	a->sketch = sketch;
-	if (a->n == a->cap) {
-		size_t nc = a->cap ? a->cap * 2 : 1024;
-		int64_t *nv = realloc(a->v, nc * sizeof *nv);
-		if (nv)
-			a->v = nv;
-		uint64_t *ncn = nv ? realloc(a->c, nc * sizeof *ncn) : NULL;
-		if (!ncn) {
-			snprintf(a->err, a->err_cap, "out of memory merging the distributions");
-			return -ENOMEM;
-		}
-		a->c = ncn;
-		a->cap = nc;
-	}
-	a->v[a->n] = (int64_t)v;
-	a->c[a->n++] = (uint64_t)c;
-	return 0;
+	fan_reader run = *rd;
+	const char *row;
+	size_t n, rows = 0;
+	while (fan_reader_next(&run, &row, &n) && (!j0 || fan_cell_time(row, n, 0) == lo))
+		rows++;
+	return rows;
 }
 
 /* The rows of rd from its next one (j0 1: only those whose first cell is
- * the time lo) merged into *out. */
+ * the time lo) merged into *out. The run is counted first, so its pairs
+ * take arrays of their size once; a change of resolution or kind (the
+ * next node's part) merges what came before it. */
 static int read_rows(fan_reader *rd, unsigned j0, int64_t lo, tally_dist **out, char *err,
 		     size_t cap)
 {
-	pacc a = {.err = err, .err_cap = cap};
-	const char *row;
-	size_t n;
-	uint64_t at = 0;
-	int rc = 0;
-	for (;;) {
-		const char *before = rd->p;
-		if (!fan_reader_next(rd, &row, &n))
-			break;
-		if (j0 && fan_cell_time(row, n, 0) != lo) {
-			rd->p = before; /* the next window's */
+	size_t rows = run_rows(rd, j0, lo), k = 0, seg = 0;
+	int64_t *v = malloc((rows ? rows : 1) * sizeof *v);
+	uint64_t *c = malloc((rows ? rows : 1) * sizeof *c);
+	tally_dist *whole = NULL;
+	int32_t exp = 0;
+	int sketch = 0, rc = 0;
+	if (!v || !c) {
+		snprintf(err, cap, "out of memory merging the distributions");
+		rc = -ENOMEM;
+	}
+	for (size_t i = 0; i < rows && !rc; i++) {
+		const char *row, *kind;
+		size_t n, kn;
+		long long e, u, ct;
+		fan_reader_next(rd, &row, &n);
+		kind = fan_cell(row, n, j0 + 1, &kn);
+		int sk = kind && kn == 6 && !memcmp(kind, "sketch", 6);
+		if (cell_int(row, n, j0, &e) || cell_int(row, n, j0 + 2, &u) ||
+		    cell_int(row, n, j0 + 3, &ct) || ct <= 0 || e < -99 || e > 99 ||
+		    !(sk || (kind && kn == 5 && !memcmp(kind, "exact", 5)))) {
+			snprintf(err, cap,
+				 "row %zu of the nodes' distributions is not "
+				 "EXP\\tKIND\\tUNITS\\tCOUNT: '%.60s'",
+				 i + 1, row);
+			rc = TALLY_EINVAL;
 			break;
 		}
-		if ((rc = pacc_add(&a, row, n, j0, ++at)))
-			break;
+		if (k > seg && (exp != (int32_t)e || sketch != sk)) {
+			rc = merge_part(&whole, exp, sketch, v + seg, c + seg, k - seg, err, cap);
+			seg = k;
+		}
+		exp = (int32_t)e;
+		sketch = sk;
+		v[k] = (int64_t)u;
+		c[k++] = (uint64_t)ct;
 	}
-	if (!rc)
-		rc = pacc_flush(&a);
-	free(a.v);
-	free(a.c);
+	if (!rc && (k > seg || !whole)) /* no rows: an empty distribution */
+		rc = merge_part(&whole, exp, sketch, v + seg, c + seg, k - seg, err, cap);
+	free(v);
+	free(c);
 	if (rc) {
-		tally_dist_free(a.whole);
+		tally_dist_free(whole);
 		return rc;
 	}
-	*out = a.whole;
+	*out = whole;
 	return 0;
 }
 
@@ -161,7 +143,7 @@ int fandist_window(fan_reader *rd, int64_t lo, tally_dist **out, char *err, size
 typedef struct dist_job {
 	char cmd[4096];
 	int partial;
-	int64_t step, ws; /* /api/v1/dist's windows */
+	int64_t step; /* /api/v1/dist's windows (0: one) */
 } dist_job;
 
 /* r as its command line into j; -E2BIG when it does not fit. */
@@ -183,15 +165,14 @@ static void job_req(const dist_job *j, char *scratch, size_t cap, cmd_req *r)
 /* Asks every node in nodes[0, n) for its part of r's range as pairs: 0
  * with the merged answer in *text (free it) opened in rd. */
 static int ask_pairs(const fan_node *nodes, size_t n, const fan_opts *o, const cmd_req *r,
-		     char **text, fan_reader *rd)
+		     char **text, size_t *len, fan_reader *rd)
 {
 	cmd_req p = *r;
 	p.stats[0] = "pairs";
 	p.n_stats = 1;
-	size_t len;
-	int rc = fan_ask(nodes, n, o, &p, text, &len);
+	int rc = fan_ask(nodes, n, o, &p, text, len);
 	if (!rc)
-		fan_reader_open(rd, *text, len);
+		fan_reader_open(rd, *text, *len);
 	return rc;
 }
 
@@ -205,17 +186,16 @@ static int answer_err(char **out, size_t *len, const char *fmt, const char *m, s
 	return 0;
 }
 
-static int tcp_run(srv *s, void *arg, char **out, size_t *len)
+int fandist_answer(const fan_node *nodes, size_t n, const fan_opts *o, const cmd_req *r, char **out,
+		   size_t *len)
 {
-	dist_job *j = arg;
-	char scratch[4096], err[600];
-	cmd_req r;
-	job_req(j, scratch, sizeof scratch, &r);
-	fan_opts o = fanserv_opts(s, j->partial, NULL);
+	char err[600];
 	char *text = NULL;
+	size_t tn;
 	fan_reader rd;
 	tally_dist *d = NULL;
-	int rc = ask_pairs(s->fan_nodes, s->n_fan_nodes, &o, &r, &text, &rd);
+	*out = NULL;
+	int rc = ask_pairs(nodes, n, o, r, &text, &tn, &rd);
 	if (rc) {
 		answer_err(out, len, "ERR dist: %.*s\n", "out of memory asking the other nodes",
 			   36);
@@ -225,12 +205,23 @@ static int tcp_run(srv *s, void *arg, char **out, size_t *len)
 		answer_err(out, len, "ERR dist: %.*s\n", err, strlen(err));
 	} else {
 		char *partial = rd.partial ? strndup(rd.partial, rd.partial_n) : NULL;
-		if ((rd.partial && !partial) || dist_format(d, &r, partial, out, len))
+		if ((rd.partial && !partial) || dist_format(d, r, partial, out, len))
 			answer_err(out, len, "ERR dist: %.*s\n", "out of memory", 13);
 		free(partial);
 	}
 	tally_dist_free(d);
 	free(text);
+	return *out ? 0 : -ENOMEM;
+}
+
+static int tcp_run(srv *s, void *arg, char **out, size_t *len)
+{
+	dist_job *j = arg;
+	char scratch[4096];
+	cmd_req r;
+	job_req(j, scratch, sizeof scratch, &r);
+	fan_opts o = fanserv_opts(s, j->partial, NULL);
+	fandist_answer(s->fan_nodes, s->n_fan_nodes, &o, &r, out, len);
 	return 0;
 }
 
@@ -252,115 +243,45 @@ int fandist_start(wconn *c, const cmd_req *r, uint64_t line, fanjob **out)
 
 /* ---------------------------------------------------------------- /api/v1/dist */
 
-/* Drops from alive[0, *n) the nodes a marked answer named as missing
- * ("HOST:PORT (why); ..."): a window each would wait out peer-timeout. */
-static void drop_missing(fan_node *alive, size_t *n, const char *names, size_t nn)
+/* One round trip to every node whatever the step: with step, each node
+ * answers every window's pairs at once ("pairs step=STEP"), fan_run puts
+ * the windows' rows in time order, and p_dist (httpq.c) merges window
+ * after window with fandist_window. A missing node is missing from every
+ * window alike, named once after END. */
+int64_t fandist_origin(int64_t w0, int64_t step)
 {
-	size_t k = 0;
-	for (size_t i = 0; i < *n; i++) {
-		char nm[300];
-		snprintf(nm, sizeof nm, "%s:%s (", alive[i].host, alive[i].port);
-		if (!memmem(names, nn, nm, strlen(nm)))
-			alive[k++] = alive[i];
-	}
-	*n = k;
+	int64_t m = w0 % step;
+	return m < 0 ? m + step : m;
 }
 
 static int http_run(srv *s, void *arg, char **out, size_t *len)
 {
 	dist_job *j = arg;
-	char scratch[4096], err[600];
+	char scratch[4096];
 	cmd_req r;
 	job_req(j, scratch, sizeof scratch, &r);
+	r.step = j->step;
+	/* this node's windows, whatever the others' align-offset */
+	r.origin = j->step ? fandist_origin(s->conf->align_offset, j->step) : 0;
+	r.has_origin = j->step != 0;
 	fan_opts o = fanserv_opts(s, j->partial, "partial=mark");
-	fan_node *alive = malloc(s->n_fan_nodes * sizeof *alive);
-	size_t n_alive = s->n_fan_nodes, rows = 0;
-	char *buf = NULL, *missing = NULL;
-	size_t blen = 0, mlen = 0;
-	FILE *f = open_memstream(&buf, &blen);
-	FILE *mf = open_memstream(&missing, &mlen);
-	if (!alive || !f || !mf) {
-		if (f)
-			fclose(f);
-		if (mf)
-			fclose(mf);
-		free(buf);
-		free(missing);
-		free(alive);
-		return answer_err(out, len, "ERR dist: %.*s\n", "out of memory", 13);
-	}
-	memcpy(alive, s->fan_nodes, s->n_fan_nodes * sizeof *alive);
-	/* the header line first: fan_reader_open takes the first line as it */
-	fputs("start\texp\tkind\tunits\tcount\n", f);
-	int failed = 0;
-	int64_t from = r.from, to = r.to;
-	for (int64_t ws = j->ws; ws < to && !failed;) {
-		int64_t lo = ws < from ? from : ws;
-		int64_t hi = !j->step || to - ws <= j->step ? to : ws + j->step;
-		r.from = lo;
-		r.to = hi;
-		char *text = NULL;
-		fan_reader rd;
-		tally_dist *d = NULL;
-		if (ask_pairs(alive, n_alive, &o, &r, &text, &rd)) {
-			answer_err(out, len, "ERR dist: %.*s\n", "out of memory asking the nodes",
-				   30);
-			failed = 1;
-		} else if (rd.err) {
-			answer_err(out, len, "ERR %.*s\n", rd.err, rd.err_n);
-			failed = 1;
-		} else if (fandist_read(&rd, &d, err, sizeof err)) {
-			answer_err(out, len, "ERR dist: %.*s\n", err, strlen(err));
-			failed = 1;
-		} else {
-			if (rd.partial) {
-				fprintf(mf, "%s%.*s", mlen || ftell(mf) ? "; " : "",
-					(int)rd.partial_n, rd.partial);
-				drop_missing(alive, &n_alive, rd.partial, rd.partial_n);
-			}
-			int32_t exp;
-			int sketch;
-			uint32_t np;
-			const int64_t *v;
-			const uint64_t *c;
-			dist_pairs(d, &exp, &sketch, &np, &v, &c);
-			char t[48];
-			cmd_format_time(lo, t);
-			for (uint32_t i = 0; i < np; i++, rows++)
-				fprintf(f, "%s\t%d\t%s\t%lld\t%llu\n", t, (int)exp,
-					sketch ? "sketch" : "exact", (long long)v[i],
-					(unsigned long long)c[i]);
-		}
-		tally_dist_free(d);
-		free(text);
-		ws = hi;
-	}
-	fclose(mf);
-	if (!failed) {
-		/* after the header and the rows, END */
-		fprintf(f, "END %zu%s%s\n", rows, mlen ? " PARTIAL " : "", mlen ? missing : "");
-	}
-	fclose(f);
-	free(missing);
-	free(alive);
-	if (failed) {
-		free(buf);
-		return 0;
-	}
-	*out = buf;
-	*len = blen;
+	fan_reader rd;
+	if (ask_pairs(s->fan_nodes, s->n_fan_nodes, &o, &r, out, len, &rd))
+		return answer_err(out, len, "ERR dist: %.*s\n", "out of memory asking the nodes",
+				  30);
 	return 0;
 }
 
-int fandist_http(wconn *c, const cmd_req *r, int64_t step, int64_t ws, int partial, fanjob **out)
+int fandist_http(wconn *c, const cmd_req *r, int64_t step, int partial, fanjob **out)
 {
 	dist_job *j = calloc(1, sizeof *j);
 	if (!j)
 		return -ENOMEM;
 	j->partial = partial;
 	j->step = step;
-	j->ws = ws;
-	if (job_cmd(j, r)) {
+	cmd_req q = *r;
+	q.step = 0; /* asked with pairs, by http_run */
+	if (job_cmd(j, &q)) {
 		free(j);
 		return -E2BIG;
 	}

@@ -21,15 +21,26 @@
  * -ENOMEM with err (cap bytes) naming the row and what is wrong with it. */
 int fandist_read(fan_reader *rd, tally_dist **out, char *err, size_t cap);
 
+/* The answer to the #!dist r (its statistics) of nodes[0, n): every
+ * node's pairs merged, then r's statistics of the whole, in one node's
+ * format (END n [PARTIAL ...]), or one "ERR ..." line, into *out (*len
+ * bytes, free it). 0, or -ENOMEM with *out NULL. tally query --nodes
+ * uses it as tallyd's #!dist does. */
+int fandist_answer(const fan_node *nodes, size_t n, const fan_opts *o, const cmd_req *r, char **out,
+		   size_t *len);
+
 /* #!dist on a connection of a node with peers: every node's pairs, merged,
  * then the statistics of r asked of the whole (line: r's line number). */
 int fandist_start(wconn *c, const cmd_req *r, uint64_t line, fanjob **out);
 
 /* /api/v1/dist with peers: r's table, field and key over each window of
- * step from ws (0: one window, [from, to)), every node asked per window.
- * The job's answer, read by fandist_window: "START\texp\tkind\tunits\t
+ * step (0: one window, [from, to)), aligned like a series, each node
+ * asked once for every window's pairs. The job's answer, read by
+ * fandist_window (fandist_read without step): "START\texp\tkind\tunits\t
  * count" rows and "END n [PARTIAL ...]", or one "ERR ..." line. */
-int fandist_http(wconn *c, const cmd_req *r, int64_t step, int64_t ws, int partial, fanjob **out);
+int fandist_http(wconn *c, const cmd_req *r, int64_t step, int partial, fanjob **out);
+/* origin= for the windows of step that start at w0 (in [0, step)). */
+int64_t fandist_origin(int64_t w0, int64_t step);
 /* The distribution of the window starting at lo (its rows, maybe none). */
 int fandist_window(fan_reader *rd, int64_t lo, tally_dist **out, char *err, size_t cap);
 

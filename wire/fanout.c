@@ -171,7 +171,16 @@ size_t fan_build_cmd(const cmd_req *r, char *buf, size_t cap)
 		o = put_prefixed(buf, o, cap, "by=", r->group);
 	}
 	for (unsigned i = 0; r->kind == CMD_DIST && i < r->n_stats; i++)
-		o = put_arg(buf, o, cap, r->stats[i]); /* "pairs": fandist.c merges them */
+		o = put_arg(buf, o, cap, r->stats[i]);   /* "pairs": fandist.c merges them */
+	if (r->kind == CMD_DIST && r->step && o < cap) { /* pairs of every window */
+		k = snprintf(buf + o, cap - o, " step=%" PRId64 "ns", r->step);
+		o = k > 0 && (size_t)k < cap - o ? o + (size_t)k : cap;
+		if (r->has_origin) { /* where the windows start */
+			char t[48];
+			cmd_format_time(r->origin, t);
+			o = put_prefixed(buf, o, cap, "origin=", t);
+		}
+	}
 	if (r->kind == CMD_SCAN && r->limit && o < cap) {
 		k = snprintf(buf + o, cap - o, " %" PRIu64, r->limit);
 		o = k > 0 && (size_t)k < cap - o ? o + (size_t)k : cap;
@@ -1166,8 +1175,18 @@ int fan_run(const fan_node *nodes, size_t n, const fan_opts *o, const char *cmd,
 	case CMD_DIST:
 		if (req.n_stats == 1 && !strcmp(req.stats[0], "pairs")) {
 			/* each node's pairs as they came: the caller merges them
-			 * exactly (wire/fandist.c); a finished quantile would not */
-			fb_put(&b, "exp\tkind\tunits\tcount\n", 21);
+			 * exactly (wire/fandist.c); a finished quantile would not.
+			 * Per window (step=), the windows' rows in time order,
+			 * node after node within one, so that a window's rows
+			 * are together (fandist_window) */
+			if (req.step) {
+				fb_put(&b, "start\texp\tkind\tunits\tcount\n", 27);
+				for (size_t r = 0; r < nall; r++)
+					all[r].ts = row_time(&all[r]);
+				qsort(all, nall, sizeof *all, by_ts);
+			} else {
+				fb_put(&b, "exp\tkind\tunits\tcount\n", 21);
+			}
 			for (size_t r = 0; r < nall; r++) {
 				fb_put(&b, all[r].p, all[r].n);
 				fb_put(&b, "\n", 1);

@@ -575,6 +575,38 @@ static int fs_dist(iq_src *is, const char *table, const char *field, const char 
 	return fs_done(&a, rc);
 }
 
+/* Every window's pairs of every node in one ask ("pairs step= origin="),
+ * merged window by window (wire/fandist.c). */
+static int fs_dists(iq_src *is, const char *table, const char *field, const char *key, int64_t step,
+		    int64_t w0, int64_t from, int64_t to, size_t nwin, tally_dist **out, char *err)
+{
+	fs_answer a;
+	cmd_req r = fan_req(CMD_DIST, "dist", table, field, key, step, from, to);
+	r.stats[0] = "pairs";
+	r.n_stats = 1;
+	r.origin = fandist_origin(w0, step);
+	r.has_origin = 1;
+	int rc = fs_ask(is, &a, r, err);
+	if (rc)
+		return rc;
+	size_t i = 0;
+	for (; i < nwin && !rc; i++) {
+		int64_t ws = w0 + (int64_t)i * step;
+		if (fandist_window(&a.rd, ws < from ? from : ws, &out[i], err, IQ_ERR_MAX))
+			rc = IQ_EREMOTE;
+	}
+	if (!rc && fs_row(&a)) { /* never dropped */
+		snprintf(err, IQ_ERR_MAX,
+			 "a node answered a window this step does not have ('%.40s')", a.row);
+		rc = IQ_EREMOTE;
+	}
+	for (size_t k = 0; rc && k < i; k++) {
+		tally_dist_free(out[k]);
+		out[k] = NULL;
+	}
+	return fs_done(&a, rc);
+}
+
 /* Every node's catalog (#!tables), their union: each row's cells. */
 static int fs_catalog(iq_src *is,
 		      int (*each)(void *arg, const char *table, const char *key_tag,
@@ -623,6 +655,7 @@ static int iq_job_run(srv *s, void *arg, char **out, size_t *len)
 			      .series = fs_series,
 			      .keys = fs_keys,
 			      .dist = fs_dist,
+			      .dists = fs_dists,
 			      .catalog = fs_catalog},
 		     .s = s,
 		     .alive = malloc(s->n_fan_nodes * sizeof *f.alive),

@@ -35,6 +35,7 @@
 #include <strings.h>
 
 #include "cmd.h"
+#include "distcmd.h"
 #include "fandist.h"
 #include "fanserv.h"
 #include "series.h"
@@ -47,9 +48,8 @@
 #define Q_SCAN_MAX   1000000 /* most rows of a scan page */
 #define Q_TABLES_MAX 65536
 #define Q_COLS_MAX   4096
-#define Q_ROW_SLACK  256    /* a row's bytes besides its strings */
-#define Q_DIST_STATS 32     /* quantiles, and thresholds of each side, a dist may ask */
-#define Q_DIST_WINS  200000 /* most windows of a dist (a distribution query each) */
+#define Q_ROW_SLACK  256 /* a row's bytes besides its strings */
+#define Q_DIST_STATS 32  /* quantiles, and thresholds of each side, a dist may ask */
 
 enum qkind {
 	Q_NONE = 0,
@@ -1389,6 +1389,16 @@ static int p_dist(httpq *q, tally_db *db, size_t budget)
 	qdist *d = q->dist;
 	while (q->n < budget && !q->oom) {
 		if (d->ws >= q->to) {
+			const char *row;
+			size_t n;
+			if (q->fan && q->step && fan_reader_next(&q->rd, &row, &n)) {
+				/* a node's windows start elsewhere: never dropped */
+				snprintf(q->err, sizeof q->err,
+					 "a node answered a window this step does not have "
+					 "('%.40s'): give every node the same align-offset",
+					 row);
+				return 500;
+			}
 			if (q->csv)
 				return 1;
 			if (d->error > 0) { /* a window kept as a sketch: never silent */
@@ -1403,8 +1413,11 @@ static int p_dist(httpq *q, tally_db *db, size_t budget)
 		int64_t lo = d->ws < q->from ? q->from : d->ws;
 		int64_t hi = !q->step || q->to - d->ws <= q->step ? q->to : d->ws + q->step;
 		tally_dist *t = NULL;
-		int rc = q->fan ? fandist_window(&q->rd, lo, &t, q->err, sizeof q->err)
-				: tally_query_dist(db, q->table, q->field, q->key, lo, hi, &t);
+		/* across nodes, the merged answer holds every window's pairs
+		 * in time order (fandist_http): this window's are next */
+		int rc = !q->fan   ? tally_query_dist(db, q->table, q->field, q->key, lo, hi, &t)
+			 : q->step ? fandist_window(&q->rd, lo, &t, q->err, sizeof q->err)
+				   : fandist_read(&q->rd, &t, q->err, sizeof q->err);
 		if (rc && q->fan)
 			return 500; /* q->err says which row of which window */
 		if (rc)
@@ -1759,8 +1772,11 @@ static int q_dist_start(httpq *q, tally_db *db, const srv_conf *cf, int64_t now)
 	if (k == -2)
 		return 400;
 	q->step = 0;
-	if (k >= 0 && (cmd_parse_duration(v, &q->step) || q->step <= 0))
-		return q_fail(q, "step", "step: invalid duration '%.40s' (like 5m, 1h, 24h)", v);
+	if (k >= 0 &&
+	    (cmd_parse_duration(v, &q->step) || q->step <= 0 || q->step > SERIES_STEP_MAX))
+		return q_fail(q, "step",
+			      "step: invalid duration '%.40s' (like 5m, 1h, 24h; at most 834 days)",
+			      v);
 	if (!(q->dist = calloc(1, sizeof *q->dist))) {
 		snprintf(q->err, sizeof q->err, "out of memory");
 		return 500;
@@ -1786,11 +1802,12 @@ static int q_dist_start(httpq *q, tally_db *db, const srv_conf *cf, int64_t now)
 		d->n_qs = 2;
 	}
 	d->ws = q->step ? series_window_start(q->from, q->step, cf->align_offset) : q->from;
-	if (q->step && ((uint64_t)q->to - (uint64_t)d->ws - 1) / (uint64_t)q->step >= Q_DIST_WINS)
+	if (q->step &&
+	    ((uint64_t)q->to - (uint64_t)d->ws - 1) / (uint64_t)q->step >= DIST_WINDOWS_MAX)
 		return q_fail(q, "step",
 			      "step: more than %d windows from from to to (each is a "
 			      "distribution query): widen the step or narrow the range",
-			      Q_DIST_WINS);
+			      DIST_WINDOWS_MAX);
 	/* the field's distribution over nothing: a 4xx now for a table,
 	 * field or key that cannot answer, rather than a cut stream */
 	tally_dist *t;
@@ -2163,7 +2180,7 @@ int httpq_serve(httpq *q, wconn *c, int keep_alive, int head_only, int *more)
 		/* Every node answers its part; nothing goes out before. */
 		fanjob *j;
 		int rc = q->kind == Q_DIST
-				 ? fandist_http(c, &q->ask, q->step, q->dist->ws, q->fan_mark, &j)
+				 ? fandist_http(c, &q->ask, q->step, q->fan_mark, &j)
 				 : fanserv_ask(c, &q->ask, q->fan_mark, "partial=mark", &j);
 		if (!rc) {
 			c->prod = PROD_FANOUT; /* the job's end steps c */

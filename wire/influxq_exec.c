@@ -18,9 +18,10 @@
  * conventions to the bit (dist_cell), so the answer equals InfluxDB's
  * sort of the raw points.
  *
- * SHOW statements run on one view of the catalog (show_cat): this node's,
- * or with peers the union of every node's #!tables rows, so that a table
- * or tag any node holds is listed whichever node is asked.
+ * SHOW statements and a SELECT's schema read one view of the catalog
+ * (show_cat): this node's, or with peers the union of every node's
+ * #!tables rows, so that a table, field or tag any node holds is listed
+ * and answered whichever node is asked.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -710,9 +711,13 @@ static int dist_check(ex *x, const iq_stmt *st, const enum tally_type *types, in
 		if (!dist_first(st, j) || types[j] == TALLY_T_NONE)
 			continue;
 		tally_dist *d;
-		/* this node's catalog, as the field types (cols_get); every
-		 * node asked for its pairs says so again */
+		/* this node's catalog; every node asked for its pairs
+		 * says so again (a field this node lacks: only they) */
 		int rc = tally_query_dist(x->db, st->table, st->aggs[j].field, "", to, to, &d);
+		if (rc == TALLY_ENOTFOUND && x->src) {
+			(*fields)++; /* another node's field: its pairs say */
+			continue;
+		}
 		if (rc)
 			return dist_fail(x, &st->aggs[j], rc);
 		tally_dist_free(d);
@@ -721,11 +726,26 @@ static int dist_check(ex *x, const iq_stmt *st, const enum tally_type *types, in
 	return 0;
 }
 
+/* *d added into *w (the first becomes it; *d NULL after). */
+static int dist_add(tally_dist **w, tally_dist **d)
+{
+	if (!*d)
+		return 0;
+	if (!*w) {
+		*w = *d;
+		*d = NULL;
+		return 0;
+	}
+	return tally_dist_merge(*w, *d);
+}
+
 /* The medians and percentiles of the keys keys[0, nk) (one series), window
  * by window: per field, one distribution per key and window
  * (tally_query_dist: rollups plus raw edges), merged over the keys, then
- * asked for each of that field's aggregates. A cell with a value gets
- * count 1 and the value as sum. */
+ * asked for each of that field's aggregates. Across nodes with GROUP BY
+ * time, every window of a key comes from one ask of every node (iq_src's
+ * dists), not one per window. A cell with a value gets count 1 and the
+ * value as sum. */
 static int fill_dist(ex *x, const iq_stmt *st, const enum tally_type *types, char *const *keys,
 		     size_t nk, const grid *g, tally_agg *const *acc)
 {
@@ -733,35 +753,52 @@ static int fill_dist(ex *x, const iq_stmt *st, const enum tally_type *types, cha
 		if (!dist_first(st, j) || types[j] == TALLY_T_NONE)
 			continue;
 		const char *field = st->aggs[j].field;
-		for (size_t i = 0; i < g->nwin; i++) {
-			int64_t lo, hi;
-			win_range(g, i, &lo, &hi);
-			tally_dist *w = NULL;
-			int rc = 0;
+		tally_dist **w = calloc(g->nwin, sizeof *w);
+		int rc = w ? 0 : -ENOMEM, stepped = x->src && x->src->dists && g->step;
+		if (!rc && stepped) {
+			/* across nodes: every window of a key in one ask */
+			tally_dist **d = calloc(g->nwin, sizeof *d);
+			rc = d ? 0 : -ENOMEM;
 			for (size_t k = 0; k < nk && !rc; k++) {
-				tally_dist *d;
-				rc = ex_dist(x, st->table, field, keys[k], lo, hi, &d);
-				if (!rc && !w) {
-					w = d;
-				} else if (!rc) {
-					rc = tally_dist_merge(w, d);
-					tally_dist_free(d);
+				rc = x->src->dists(x->src, st->table, field, keys[k], g->step,
+						   g->w0, g->from, g->to, g->nwin, d, x->err);
+				for (size_t i = 0; i < g->nwin && !rc; i++)
+					rc = dist_add(&w[i], &d[i]);
+				for (size_t i = 0; i < g->nwin; i++) {
+					tally_dist_free(d[i]);
+					d[i] = NULL;
 				}
 			}
-			if (rc) {
-				tally_dist_free(w);
-				return dist_fail(x, &st->aggs[j], rc);
+			free(d);
+		}
+		for (size_t i = 0; i < g->nwin && !rc; i++) {
+			int64_t lo, hi;
+			win_range(g, i, &lo, &hi);
+			for (size_t k = 0; k < nk && !rc && !stepped; k++) {
+				tally_dist *d = NULL;
+				rc = ex_dist(x, st->table, field, keys[k], lo, hi, &d);
+				if (!rc)
+					rc = dist_add(&w[i], &d);
+				tally_dist_free(d);
 			}
-			if (w && tally_dist_error(w) > x->dist_error)
-				x->dist_error = tally_dist_error(w);
-			for (unsigned m = j; w && m < st->n_aggs; m++) {
+			if (rc)
+				break;
+			if (w[i] && tally_dist_error(w[i]) > x->dist_error)
+				x->dist_error = tally_dist_error(w[i]);
+			for (unsigned m = j; w[i] && m < st->n_aggs; m++) {
 				double v;
 				if (is_dist(st->aggs[m].fn) && !strcmp(st->aggs[m].field, field) &&
-				    dist_cell(&st->aggs[m], w, &v))
+				    dist_cell(&st->aggs[m], w[i], &v))
 					acc[m][i] = (tally_agg){.count = 1, .sum = v};
 			}
-			tally_dist_free(w);
 		}
+		for (size_t i = 0; w && i < g->nwin; i++)
+			tally_dist_free(w[i]);
+		free(w);
+		if (rc == -ENOMEM)
+			return ex_fail(x, "out of memory");
+		if (rc)
+			return dist_fail(x, &st->aggs[j], rc);
 	}
 	return 0;
 }
@@ -864,25 +901,10 @@ static int put_series(ex *x, iq_buf *b, const iq_stmt *st, const char *key_tag, 
 	return rows != 0;
 }
 
-static int exec_select(ex *x, const iq_stmt *st, iq_buf *b)
+/* A SELECT of the table whose key tag and columns are key_tag and cl. */
+static int select_run(ex *x, const iq_stmt *st, iq_buf *b, const char *key_tag, const cols *cl)
 {
-	if (!st->db && !x->prm->db)
-		return ex_fail(x, "database name required");
-	const char *key_tag = NULL;
-	int rc = tally_catalog_key_tag(x->db, st->table, &key_tag);
-	if (rc == TALLY_ENOTFOUND && x->src)
-		/* The schema (key tag, field types) is this node's: without it
-		 * an empty answer could hide the other nodes' events. */
-		return ex_fail(x,
-			       "this node holds no measurement \"%s\" yet, and reads the schema "
-			       "from its own catalog: ask a node that holds it",
-			       st->table);
-	if (rc == TALLY_ENOTFOUND)
-		return 0; /* no such measurement: no series, as InfluxDB */
-	if (rc)
-		return ex_engine(x, rc);
-	if (!key_tag)
-		key_tag = "";
+	int rc;
 	if (check_cond_tags(x, st->table, key_tag, st->where) ||
 	    (st->group_tag && check_tag(x, st->table, key_tag, st->group_tag)))
 		return -1;
@@ -919,12 +941,8 @@ static int exec_select(ex *x, const iq_stmt *st, iq_buf *b)
 		g.nwin = 1;
 	}
 	enum tally_type types[IQ_FIELDS_MAX];
-	cols cl = {0};
-	if ((rc = cols_get(x->db, st->table, &cl)))
-		return rc == TALLY_ENOTFOUND ? 0 : ex_engine(x, rc);
 	for (unsigned j = 0; j < st->n_aggs; j++)
-		types[j] = cols_type(&cl, st->aggs[j].field);
-	cols_free(&cl);
+		types[j] = cols_type(cl, st->aggs[j].field);
 	keyset ks = {0};
 	kgroups kg = {0};
 	int multi = key_multi(key_tag);
@@ -1277,6 +1295,27 @@ static int show_cat_union(ex *x, const iq_stmt *st, show_cat *sc)
 	if (rc)
 		return ex_engine(x, rc);
 	return u.bad[0] ? ex_fail(x, "%s", u.bad) : 0;
+}
+
+/* A SELECT's schema is the catalog a SHOW reads, of its one table: this
+ * node's, or with peers the union of every node's, so that a measurement
+ * or a field only another node holds yet is answered, not left out. */
+static int exec_select(ex *x, const iq_stmt *st, iq_buf *b)
+{
+	if (!st->db && !x->prm->db)
+		return ex_fail(x, "database name required");
+	show_cat sc = {0};
+	int rc = x->src ? show_cat_union(x, st, &sc) : show_cat_local(x, st, &sc);
+	if (!rc && sc.n && sc.t[0].key_tag2)
+		rc = ex_fail(x,
+			     "measurement \"%s\" is keyed by \"%s\" on some nodes and by \"%s\" "
+			     "on others: give it a table-keys entry on every node",
+			     st->table, sc.t[0].key_tag ? sc.t[0].key_tag : "", sc.t[0].key_tag2);
+	/* no node holds the measurement: no series, as InfluxDB */
+	if (!rc && sc.n)
+		rc = select_run(x, st, b, sc.t[0].key_tag ? sc.t[0].key_tag : "", &sc.t[0].c);
+	show_cat_free(&sc);
+	return rc;
 }
 
 static int cmp_cstr(const void *a, const void *b)

@@ -143,6 +143,12 @@ struct iq_src {
 	 * merged: wire/fandist.c); free it with tally_dist_free */
 	int (*dist)(iq_src *s, const char *table, const char *field, const char *key, int64_t from,
 		    int64_t to, tally_dist **out, char *err);
+	/* the same for each of nwin windows of step from w0 (each cut to
+	 * [from, to)) into out[0, nwin), asked of every node once; NULL:
+	 * dist window by window. On failure nothing is left in out */
+	int (*dists)(iq_src *s, const char *table, const char *field, const char *key, int64_t step,
+		     int64_t w0, int64_t from, int64_t to, size_t nwin, tally_dist **out,
+		     char *err);
 	/* every node's catalog, their union sorted (wire/fancat.c): each(arg,
 	 * table, key tag or "", column, type) per column of every table */
 	int (*catalog)(iq_src *s,

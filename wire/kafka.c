@@ -6,7 +6,10 @@
  * threads and nodes by the group's assignment, and a partition's batches
  * go to the engine shard of its label, never through the shard threads
  * that serve connections. Messages of one partition are gathered into a
- * batch (up to kafka-batch-bytes) and written by tally_write_lp_labelled.
+ * batch (up to kafka-batch-bytes) and written by tally_write_lp_labelled;
+ * a long message of line protocol is a batch of its own, parsed where
+ * librdkafka holds it (copying it cost more than its parse: the profile
+ * in bench/results/kafka-2026-12-07.md).
  *
  * The one idea: the offset is stored with the data. A batch's label is
  * (source "kafka:TOPIC/PARTITION", sequence = the offset after its last
@@ -47,7 +50,13 @@
 #define KAFKA_RETRY_NS     (200 * INT64_C(1000000))
 #define KAFKA_WATERMARK_NS INT64_C(1000000000)
 #define KAFKA_LOG_EVERY_NS (10 * INT64_C(1000000000))
-#define KAFKA_POISON_LOGS  20 /* poison messages logged per second per consumer */
+#define KAFKA_POISON_LOGS  20      /* poison messages logged per second per consumer */
+#define KAFKA_SESSION_MS   "10000" /* session.timeout.ms unless a kafka-option sets it */
+/* A message of plain line protocol at least this long is written as a
+ * batch of its own straight from librdkafka's buffer: copying it into a
+ * batch costs more than the WAL record and label of its own
+ * (bench/results/kafka-2026-12-07.md, "Messages written where they lie") */
+#define KAFKA_DIRECT_BYTES (16 * 1024)
 
 /* A partition this node has been assigned, for stats (guarded by k->mu). */
 typedef struct kpart {
@@ -73,12 +82,15 @@ typedef struct kcons {
 	rd_kafka_t *rk;
 	ingest in; /* the writer, the JSON decoder, the key-tag pass, warnings */
 
-	/* The batch: messages of one partition. */
+	/* The batch: messages of one partition, copied into buf, or one
+	 * message written where librdkafka holds it (direct: its payload is
+	 * the batch's text, and it is destroyed once written). */
 	int has;
 	char topic[KAFKA_TOPIC_MAX + 1];
 	int32_t partition;
 	char *buf;
 	size_t len, cap;
+	const rd_kafka_message_t *direct;
 	kmsg *msgs;
 	size_t n_msgs, cap_msgs;
 
@@ -266,6 +278,12 @@ static void kc_poison(kcons *c, const char *topic, int32_t partition, int64_t of
 	}
 }
 
+/* The batch's text: its copy, or the one message written where it lies. */
+static const char *kc_text(const kcons *c)
+{
+	return c->direct ? c->direct->payload : c->buf;
+}
+
 /* The message of the batch that holds physical line `line` (1-based) of
  * it, in *m, and that message's first line, in *first: the lines of the
  * messages are counted from *m on (a line before *first starts again at
@@ -280,7 +298,7 @@ static void kc_msg_of_line(const kcons *c, uint64_t line, size_t *m, uint64_t *f
 	}
 	for (;;) {
 		const kmsg *km = &c->msgs[*m];
-		uint64_t n = conn_count_lines(c->buf + km->at, km->len);
+		uint64_t n = conn_count_lines(kc_text(c) + km->at, km->len);
 		if (line < *first + n || *m + 1 == c->n_msgs)
 			return;
 		*first += n;
@@ -293,6 +311,7 @@ static void kc_msg_of_line(const kcons *c, uint64_t line, size_t *m, uint64_t *f
 static void kc_batch_reset(kcons *c)
 {
 	c->has = 0;
+	c->direct = NULL;
 	c->len = 0;
 	c->n_msgs = 0;
 }
@@ -361,7 +380,7 @@ static int kc_flush(kcons *c)
 	int64_t next = c->msgs[c->n_msgs - 1].offset + 1;
 	tally_write_result res;
 	int dup = 0;
-	int rc = tally_write_lp_labelled(c->in.w, src, (uint64_t)next, c->buf, c->len,
+	int rc = tally_write_lp_labelled(c->in.w, src, (uint64_t)next, kc_text(c), c->len,
 					 TALLY_PREC_NS, &res, &dup);
 	if (rc == TALLY_ESTALE) {
 		/* far below what the store applied for this partition: it was
@@ -416,7 +435,7 @@ static int kc_flush(kcons *c)
 		char why[TALLY_REASON_MAX + 48];
 		snprintf(why, sizeof why, "line %" PRIu64 " of the message: %s",
 			 res.errors[i].line - first + 1, res.errors[i].reason);
-		kc_poison(c, c->topic, c->partition, c->msgs[m].offset, c->buf + c->msgs[m].at,
+		kc_poison(c, c->topic, c->partition, c->msgs[m].offset, kc_text(c) + c->msgs[m].at,
 			  c->msgs[m].len, why, c->msgs[m].poison);
 	}
 	k_list_set(c->commit_next, c->topic, c->partition, next);
@@ -465,7 +484,10 @@ static int kc_take(kcons *c, rd_kafka_message_t *m)
 		lp_len = t.len;
 		rejected = t.rejected;
 	}
-	int rc = kc_reserve(c, lp_len + 1);
+	/* A long message of whole lines as it came is written where it
+	 * lies, no copy: alone, as the batch is empty now */
+	int direct = lp == p && !c->has && n >= KAFKA_DIRECT_BYTES && p[n - 1] == '\n';
+	int rc = kc_reserve(c, direct ? 0 : lp_len + 1);
 	if (rc)
 		return rc;
 	if (!c->has) {
@@ -478,10 +500,20 @@ static int kc_take(kcons *c, rd_kafka_message_t *m)
 	km->at = c->len;
 	km->len = lp_len;
 	km->poison = rejected > 0;
-	memcpy(c->buf + c->len, lp, lp_len);
-	c->len += lp_len;
-	if (lp_len && lp[lp_len - 1] != '\n')
-		c->buf[c->len++] = '\n';
+	if (direct) {
+		c->direct = m;
+		c->len = n;
+		if ((rc = kc_flush(c))) {
+			/* not taken: m is held and taken again, whole */
+			kc_batch_reset(c);
+			return rc;
+		}
+	} else {
+		memcpy(c->buf + c->len, lp, lp_len);
+		c->len += lp_len;
+		if (lp_len && lp[lp_len - 1] != '\n')
+			c->buf[c->len++] = '\n';
+	}
 	rd_kafka_message_destroy(m);
 	return 0;
 }
@@ -936,7 +968,12 @@ static rd_kafka_conf_t *k_conf(srv *s, int producer)
 		bad = bad ||
 		      k_conf_set(s, conf, "group.id", sc->kafka_group ? sc->kafka_group : "tally",
 				 0) ||
-		      k_conf_set(s, conf, "auto.offset.reset", "earliest", 0);
+		      k_conf_set(s, conf, "auto.offset.reset", "earliest", 0) ||
+		      /* how long a member that is gone (killed, hung, or its
+		       * SyncGroup refused: docs/cluster.md, "Group joins")
+		       * holds its partitions; librdkafka's 45 s is a long
+		       * stop for a store that consumes in real time */
+		      k_conf_set(s, conf, "session.timeout.ms", KAFKA_SESSION_MS, 0);
 	for (unsigned i = 0; !bad && i < sc->n_kafka_options; i++) {
 		char kv[1024];
 		snprintf(kv, sizeof kv, "%s", sc->kafka_options[i]);

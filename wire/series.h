@@ -13,6 +13,7 @@
 
 #define SERIES_CAP      1024               /* buckets per slice */
 #define SERIES_SPAN_MAX (INT64_C(1) << 62) /* widest slice, ns */
+#define SERIES_STEP_MAX (INT64_C(1) << 56) /* widest window (about 834 days) */
 
 typedef struct wseries {
 	const char *table, *field, *key; /* borrowed from the caller for the series' life */

@@ -87,12 +87,11 @@ void fanserv_release(fanjob *j)
 }
 
 /* Distributions across nodes (fandist.c): no peers either. */
-int fandist_http(wconn *c, const cmd_req *r, int64_t step, int64_t ws, int partial, fanjob **out)
+int fandist_http(wconn *c, const cmd_req *r, int64_t step, int partial, fanjob **out)
 {
 	(void)c;
 	(void)r;
 	(void)step;
-	(void)ws;
 	(void)partial;
 	(void)out;
 	abort();
@@ -102,6 +101,15 @@ int fandist_window(fan_reader *rd, int64_t lo, tally_dist **out, char *err, size
 {
 	(void)rd;
 	(void)lo;
+	(void)out;
+	(void)err;
+	(void)cap;
+	abort();
+}
+
+int fandist_read(fan_reader *rd, tally_dist **out, char *err, size_t cap)
+{
+	(void)rd;
 	(void)out;
 	(void)err;
 	(void)cap;

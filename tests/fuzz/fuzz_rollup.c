@@ -1,13 +1,13 @@
 /*
  * fuzz_rollup.c — libFuzzer target for the rollup block payload decoders
  * of every aggregate kind (engine/aggkind.c: basic; engine/dist.c: dist
- * with its sketches, and the earlier dist payload, dist-v1).
+ * with its sketches, and the earlier dist payloads, dist-v2 and dist-v1).
  *
  * Input: byte 0 = the kind (mod the kinds known), bytes 1-2 = the window
  * count n (1..65536, little-endian, + 1), then the payload. decode must
  * return OK or an error, never crash or read out of bounds; a payload
- * that decoded must encode (as the kind it decodes as: dist-v1 blocks are
- * rewritten as dist) and decode again to the same windows (start, count,
+ * that decoded must encode (as the kind it decodes as: dist-v1 and dist-v2
+ * blocks are rewritten as dist) and decode again to the same windows (start, count,
  * min, max; dist: the same value or bucket lists, sketch flags and
  * bound), which is what merges and flushes rely on.
  *
@@ -55,7 +55,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		return 0;
 	if (!cx)
 		cx = codec_ctx_new();
-	const agg_kind *k = agg_kind_of(1 + data[0] % 3u);
+	const agg_kind *k = agg_kind_of(1 + data[0] % 4u);
 	const agg_kind *w = k->decodes_as ? k->decodes_as : k;
 	uint32_t n = 1 + (uint32_t)(data[1] | data[2] << 8);
 	data += 3, size -= 3;
