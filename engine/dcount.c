@@ -28,16 +28,17 @@ int dcount_cover(dcount *d, int64_t x, int64_t y, size_t max)
 		d->umax = y - 1 > d->umax ? y - 1 : d->umax;
 		return 1;
 	}
-	/* the new run: what is counted and [x, y), with as much room again
-	 * (at least the array doubled) split around it, so that the next
-	 * run of like values (a query's next stripe) fits without a copy */
+	/* the new run: what is counted and [x, y), a quarter more split
+	 * around it (the next stripe's speeds fall within that of the
+	 * first's; a camera-day's one window needs none, and every slot
+	 * costs a clear), or the array doubled when it grows */
 	int64_t lo = empty ? x : d->umin < x ? d->umin : x;
 	int64_t hi = empty ? y : d->umax + 1 > y ? d->umax + 1 : y;
-	uint64_t span = (uint64_t)(hi - lo), want = d->cap * 2 > 1024 ? d->cap * 2 : 1024;
+	uint64_t span = (uint64_t)(hi - lo), want = span + span / 4;
 	if (span > max)
 		return 0;
-	if (want < 2 * span)
-		want = 2 * span;
+	if (!empty && want < d->cap * 2)
+		want = d->cap * 2;
 	if (want > max)
 		want = max;
 	lo -= (int64_t)((want - span) / 2);

@@ -31,7 +31,8 @@ typedef struct dcount {
 /* Makes the slots cover [x, y) (x < y; y - x no more than max) and
  * notes that values there will be counted: 1. Grown at least to double
  * when it must grow, so that a sum of windows regrows a few times at
- * most; an empty one moves to x instead while it has the room. 0 when
+ * most (a quarter wider than needed when first made); an empty one
+ * moves to x instead while it has the room. 0 when
  * covering would take more than max slots (nothing changed); -ENOMEM. */
 int dcount_cover(dcount *d, int64_t x, int64_t y, size_t max);
 
