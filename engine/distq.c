@@ -521,11 +521,13 @@ static void edges_of(int64_t from, int64_t to, int64_t A, int64_t B, int64_t e[4
 	e[3] = to;
 }
 
-/* How many of the parts' stripes of the key reading edges e decodes. */
+/* How many of the parts' stripes of the key reading edges e decodes;
+ * *stub: 1 when one of them is a stub's (fetched from object storage). */
 static uint32_t edge_stripes(tally_db *db, const table_def *t, const col_def *c, const tkkeys *ks,
-			     const int64_t e[4])
+			     const int64_t e[4], int *stub)
 {
 	uint32_t n = 0;
+	*stub = 0;
 	for (unsigned s = 0; s < db->n_shards; s++) {
 		shard *sh = db->shards[s];
 		pthread_rwlock_rdlock(&sh->lock);
@@ -538,7 +540,10 @@ static uint32_t edge_stripes(tally_db *db, const table_def *t, const col_def *c,
 			if (!pk || shard_part_col(sp, c) < 0)
 				continue;
 			for (uint32_t k = 0; k < pk->n_stripes; k++)
-				n += stripe_overlaps(&sp->p->stripes[pk->first_stripe + k], e);
+				if (stripe_overlaps(&sp->p->stripes[pk->first_stripe + k], e)) {
+					n++;
+					*stub |= (sp->p->flags & PART_F_STUB) != 0;
+				}
 		}
 		pthread_rwlock_unlock(&sh->lock);
 	}
@@ -585,20 +590,23 @@ TALLY_API int tally_query_dist(tally_db *db, const char *table, const char *fiel
 	 * next coarser level's windows lie in the very stripes the finest
 	 * edges need, raw values are cheaper than a block of finer windows:
 	 * the bench's unaligned 19 h in one day reads two stripes, no 5m
-	 * block. The next level's edges are always taken: a part keeping its
-	 * raw events derives its finest windows from the stripes they lie in
-	 * (dist_level_derived), so raw edges up to those windows' ends decode
-	 * each of those stripes once rather than twice. Never where raw
-	 * events may have expired. */
+	 * block. The next level's edges are taken whenever they lie in no
+	 * stub: a part keeping its raw events derives its finest windows from
+	 * the stripes they lie in (dist_level_derived), so raw edges up to
+	 * those windows' ends decode each of those stripes once rather than
+	 * twice, while a stub keeps its finest windows and would fetch its
+	 * stripes. Never where raw events may have expired. */
 	if (A < B && !retention_check_raw(db, t, from)) {
 		int64_t e[4];
-		uint32_t base = 0;
+		int stub;
+		edges_of(from, to, A, B, e);
+		uint32_t base = edge_stripes(db, t, c, &ks, e, &stub);
 		for (unsigned l = 1; l < L->n; l++) {
 			int64_t Al, Bl;
 			whole_windows(L, l, from, to, &Al, &Bl);
 			edges_of(from, to, Al, Bl, e);
-			uint32_t ns = edge_stripes(db, t, c, &ks, e);
-			if (l > 1 && ns > base)
+			uint32_t ns = edge_stripes(db, t, c, &ks, e, &stub);
+			if (ns > base && (l > 1 || stub))
 				break;
 			base = ns;
 			A = Al;
