@@ -2,7 +2,7 @@
  * test_dist_derived.c — the finest distributions a part derives from its
  * raw events (engine/dist.h, dist_level_derived), against brute force:
  * 5-minute windows and ranges tiled with them, exact, where parts keep
- * their raw events, after merges and a delete, and after retention has
+ * their raw events, after merges and deletes, and after retention has
  * dropped the raw events (the stub keeps the finest distributions
  * written from them, merge_materialise), across reopen.
  */
@@ -147,6 +147,22 @@ static void check_all(tally_db *db, int64_t d0, tu_rng *r)
 	}
 }
 
+/* Deletes camera cam's events in [from, to), in the store and the model. */
+static void delete_range(tally_db *db, int cam, int64_t from, int64_t to)
+{
+	char key[8];
+	sprintf(key, "C%d", cam);
+	tally_delete_result res = {.size = sizeof res};
+	cr_assert_eq(tally_db_delete(db, "traffic", key, from, to, &res), 0, "%s", tally_errmsg());
+	size_t k = 0;
+	for (size_t i = 0; i < n_evs; i++)
+		if (evs[i].cam != cam || evs[i].ts < from || evs[i].ts >= to)
+			evs[k++] = evs[i];
+	cr_assert_eq(res.rows, n_evs - k);
+	cr_assert_gt(res.rows, 0);
+	n_evs = k;
+}
+
 /* Counts, over the part files in dir/parts, the 5-minute and 1-hour
  * blocks of key C0's speed by kind: fine[kind], coarse[kind] (kinds 1 to
  * 3), stubs among them in *stubs. */
@@ -214,6 +230,13 @@ Test(dist_derived, finest_windows_equal_brute_force_before_and_after_raw_retenti
 	block_kinds(dir, fine, coarse, &stubs);
 	cr_assert(fine[AGG_BASIC] >= 2 && !fine[AGG_DIST_SK] && !stubs);
 	cr_assert(coarse[AGG_DIST_SK] == fine[AGG_BASIC] && !coarse[AGG_BASIC]);
+	check_all(db, d0, &r);
+	/* deletes rewrite parts (the finest blocks copied, or computed again
+	 * for the key that lost rows, basic either way): one in a day that
+	 * keeps its raw events, one in a day about to lose them */
+	delete_range(db, 1, d0 + 4 * TALLY_1D + 3 * TALLY_1H, d0 + 4 * TALLY_1D + 5 * TALLY_1H + 7);
+	delete_range(db, 2, d0 + TALLY_1D + 2 * TALLY_1H,
+		     d0 + TALLY_1D + 2 * TALLY_1H + 13 * 60 * TALLY_NS_PER_SEC);
 	check_all(db, d0, &r);
 	cr_assert_eq(tally_db_retain(db), 0, "%s", tally_errmsg());
 	tally_stats st;
