@@ -1056,8 +1056,8 @@ static void check_dist(tally_db *db, const model *m, int64_t a, int64_t b)
 		char key[16];
 		key_name(k, key);
 		tally_dist *d;
-		cr_assert_eq(tally_query_dist(db, "traffic", "speed", key, a, b, &d), 0, "%s",
-			     tally_errmsg());
+		cr_assert_eq(tally_query_dist(db, "traffic", "speed", key, a, b, &d), 0,
+			     "[%lld, %lld) %s", (long long)a, (long long)b, tally_errmsg());
 		cr_assert_eq(tally_dist_count(d), n);
 		double q;
 		cr_assert_eq(tally_dist_quantile(d, 0.5, &q), 0);
