@@ -4,7 +4,8 @@
  * 5-minute windows and ranges tiled with them, exact, where parts keep
  * their raw events, after merges and deletes, and after retention has
  * dropped the raw events (the stub keeps the finest distributions
- * written from them, merge_materialise), across reopen.
+ * written from them, merge_materialise), across reopen, backup and
+ * restore.
  */
 #include <criterion/criterion.h>
 #include <dirent.h>
@@ -12,6 +13,7 @@
 #include <time.h>
 
 #include "aggkind.h"
+#include "backup.h"
 #include "testutil.h"
 
 #define CAMS 3
@@ -257,6 +259,15 @@ Test(dist_derived, finest_windows_equal_brute_force_before_and_after_raw_retenti
 	check_all(db, d0, &r);
 	tally_db_close(db);
 	cr_assert_eq(tally_db_open(dir, &o, &db), 0, "%s", tally_errmsg());
+	check_all(db, d0, &r);
+	/* backed up and restored: parts and stubs answer the same */
+	char bk[4200], rdir[4200];
+	snprintf(bk, sizeof bk, "%s/backup", dir);
+	snprintf(rdir, sizeof rdir, "%s/restored", dir);
+	cr_assert_eq(tally_db_backup(db, bk, NULL, NULL), 0, "%s", tally_errmsg());
+	tally_db_close(db);
+	cr_assert_eq(backup_restore(bk, NULL, 0, rdir, NULL), 0, "%s", tally_errmsg());
+	cr_assert_eq(tally_db_open(rdir, &o, &db), 0, "%s", tally_errmsg());
 	check_all(db, d0, &r);
 	tally_db_close(db);
 	tu_rmrf(dir);
