@@ -866,9 +866,9 @@ int merge_needs_materialise(tally_db *db, shard_part *sp)
 		if (!sp->defs[c]->dist || p->info.num_of[c] < 0)
 			continue;
 		uint32_t num = (uint32_t)p->info.num_of[c];
-		/* flushes and merges write every key's blocks alike: the first
-		 * key with this column's finest windows tells */
-		for (uint32_t k = 0; k < p->n_keys; k++) {
+		/* a key merged from parts written before the field was marked
+		 * has basic blocks at every level: look on past it */
+		for (uint32_t k = 0; k < p->n_keys && !need; k++) {
 			const part_key *pk = &p->keys[k];
 			if (!agg_rollup_windows(p, pk, num, 0))
 				continue;
@@ -882,7 +882,6 @@ int merge_needs_materialise(tally_db *db, shard_part *sp)
 				return rc;
 			}
 			need = fk == AGG_BASIC && coarse.n && coarse.kind != AGG_BASIC;
-			break;
 		}
 	}
 	part_scratch_free(&ps);

@@ -48,14 +48,16 @@ static tally_options opts(void)
 	return o;
 }
 
-/* n events of random cameras in [t0, t0 + span) through shard s. */
-static void write_in(tally_db *db, tu_rng *r, unsigned s, int n, int64_t t0, int64_t span)
+/* n events in [t0, t0 + span) through shard s, of camera only_cam
+ * (-1: random cameras). */
+static void write_in(tally_db *db, tu_rng *r, unsigned s, int n, int only_cam, int64_t t0,
+		     int64_t span)
 {
 	tally_writer *w;
 	cr_assert_eq(tally_writer_open(db, (int)s, &w), 0);
 	char *buf = malloc((size_t)n * 80), *p = buf;
 	for (int i = 0; i < n; i++) {
-		int cam = (int)tu_below(r, CAMS);
+		int cam = only_cam >= 0 ? only_cam : (int)tu_below(r, CAMS);
 		int64_t ts = t0 + (int64_t)tu_below(r, (uint64_t)span);
 		unsigned tenths = 300 + (unsigned)tu_below(r, 60) * (1 + (unsigned)tu_below(r, 15));
 		if (n_evs == cap_evs) {
@@ -218,11 +220,11 @@ Test(dist_derived, finest_windows_equal_brute_force_before_and_after_raw_retenti
 	tally_db *db;
 	cr_assert_eq(tally_db_open(dir, &o, &db), 0, "%s", tally_errmsg());
 	int64_t d0 = today() - (DAYS - 1) * TALLY_1D;
-	write_in(db, &r, 0, 3000, d0, DAYS * TALLY_1D);
-	write_in(db, &r, 1, 2000, d0, DAYS * TALLY_1D);
+	write_in(db, &r, 0, 3000, -1, d0, DAYS * TALLY_1D);
+	write_in(db, &r, 1, 2000, -1, d0, DAYS * TALLY_1D);
 	cr_assert_eq(tally_db_flush(db), 0, "%s", tally_errmsg());
 	for (int round = 0; round < 4; round++) {
-		write_in(db, &r, (unsigned)round % 2, 800, d0, DAYS * TALLY_1D);
+		write_in(db, &r, (unsigned)round % 2, 800, -1, d0, DAYS * TALLY_1D);
 		cr_assert_eq(tally_db_flush(db), 0, "%s", tally_errmsg());
 	}
 	cr_assert_eq(tally_db_merge(db), 0, "%s", tally_errmsg());
@@ -252,7 +254,7 @@ Test(dist_derived, finest_windows_equal_brute_force_before_and_after_raw_retenti
 	check_all(db, d0, &r);
 	/* late events into a partition whose raw events are gone: a new part
 	 * that derives, until the next pass writes its stub */
-	write_in(db, &r, 0, 500, d0, TALLY_1D);
+	write_in(db, &r, 0, 500, -1, d0, TALLY_1D);
 	cr_assert_eq(tally_db_flush(db), 0, "%s", tally_errmsg());
 	check_all(db, d0, &r);
 	cr_assert_eq(tally_db_retain(db), 0, "%s", tally_errmsg());
@@ -269,6 +271,51 @@ Test(dist_derived, finest_windows_equal_brute_force_before_and_after_raw_retenti
 	cr_assert_eq(backup_restore(bk, NULL, 0, rdir, NULL), 0, "%s", tally_errmsg());
 	cr_assert_eq(tally_db_open(rdir, &o, &db), 0, "%s", tally_errmsg());
 	check_all(db, d0, &r);
+	tally_db_close(db);
+	tu_rmrf(dir);
+	free(dir);
+	free(evs);
+	evs = NULL;
+	n_evs = cap_evs = 0;
+}
+
+Test(dist_derived, stubs_keep_finest_windows_past_a_key_marked_late)
+{
+	/* camera C0 is written before the field is marked, C0 and C1 after;
+	 * merged, C0's windows are basic at every level (no distribution
+	 * covers all of them), and C1's 5-minute windows must still reach
+	 * the stub: C0, first in the part, must not decide for it */
+	tu_rng r = {tu_seed("dist_derived_late_mark")};
+	n_evs = 0;
+	char *dir = tu_tmpdir();
+	tally_options o = opts();
+	o.shards = 1;
+	o.distributions = NULL;
+	tally_db *db;
+	int64_t d0 = today() - (DAYS - 1) * TALLY_1D;
+	cr_assert_eq(tally_db_open(dir, &o, &db), 0, "%s", tally_errmsg());
+	write_in(db, &r, 0, 400, 0, d0, TALLY_1D);
+	cr_assert_eq(tally_db_flush(db), 0, "%s", tally_errmsg());
+	tally_db_close(db);
+	o.distributions = "traffic.speed:0.1";
+	cr_assert_eq(tally_db_open(dir, &o, &db), 0, "%s", tally_errmsg());
+	write_in(db, &r, 0, 400, 0, d0, TALLY_1D);
+	write_in(db, &r, 0, 800, 1, d0, TALLY_1D);
+	write_in(db, &r, 0, 1, 1, today(), 1); /* the newest: day d0 seals */
+	cr_assert_eq(tally_db_flush(db), 0, "%s", tally_errmsg());
+	cr_assert_eq(tally_db_merge(db), 0, "%s", tally_errmsg());
+	unsigned fine[4], coarse[4], stubs;
+	cr_assert_eq(tally_db_retain(db), 0, "%s", tally_errmsg());
+	tally_stats st;
+	tally_db_stats(db, &st);
+	cr_assert_eq(st.retention_parts_raw_gone, 1, "one merged part of day d0");
+	block_kinds(dir, fine, coarse, &stubs);
+	cr_assert_eq(stubs, 1);
+	for (int i = 0; i < 20; i++) {
+		int64_t a = d0 + (int64_t)tu_below(&r, 288) * TALLY_5M;
+		check_range(db, 1, a, a + TALLY_5M);
+	}
+	check_range(db, 1, d0, d0 + TALLY_1D);
 	tally_db_close(db);
 	tu_rmrf(dir);
 	free(dir);
