@@ -151,6 +151,15 @@ static void check_all(tally_db *db, int64_t d0, tu_rng *r)
 	}
 }
 
+/* A retention pass: the parts that lost their raw events so far. */
+static uint64_t retain(tally_db *db)
+{
+	cr_assert_eq(tally_db_retain(db), 0, "%s", tally_errmsg());
+	tally_stats st;
+	tally_db_stats(db, &st);
+	return st.retention_parts_raw_gone;
+}
+
 /* Deletes camera cam's events in [from, to), in the store and the model. */
 static void delete_range(tally_db *db, int cam, int64_t from, int64_t to)
 {
@@ -242,10 +251,7 @@ Test(dist_derived, finest_windows_equal_brute_force_before_and_after_raw_retenti
 	delete_range(db, 2, d0 + TALLY_1D + 2 * TALLY_1H,
 		     d0 + TALLY_1D + 2 * TALLY_1H + 13 * 60 * TALLY_NS_PER_SEC);
 	check_all(db, d0, &r);
-	cr_assert_eq(tally_db_retain(db), 0, "%s", tally_errmsg());
-	tally_stats st;
-	tally_db_stats(db, &st);
-	cr_assert_geq(st.retention_parts_raw_gone, 2, "the old days should lose raw events");
+	cr_assert_geq(retain(db), 2, "the old days should lose raw events");
 	/* the stubs hold the finest distributions, written from the rows */
 	block_kinds(dir, fine, coarse, &stubs);
 	cr_assert_geq(stubs, 2);
@@ -305,10 +311,7 @@ Test(dist_derived, stubs_keep_finest_windows_past_a_key_marked_late)
 	cr_assert_eq(tally_db_flush(db), 0, "%s", tally_errmsg());
 	cr_assert_eq(tally_db_merge(db), 0, "%s", tally_errmsg());
 	unsigned fine[4], coarse[4], stubs;
-	cr_assert_eq(tally_db_retain(db), 0, "%s", tally_errmsg());
-	tally_stats st;
-	tally_db_stats(db, &st);
-	cr_assert_eq(st.retention_parts_raw_gone, 1, "one merged part of day d0");
+	cr_assert_eq(retain(db), 1, "one merged part of day d0");
 	block_kinds(dir, fine, coarse, &stubs);
 	cr_assert_eq(stubs, 1);
 	for (int i = 0; i < 20; i++) {
