@@ -254,62 +254,6 @@ static void acc_rows(dacc *a, const series *se, const col_def *c, int64_t x, int
 	}
 }
 
-/* A part's windows of level li with start in [x, y). */
-static void acc_part(dacc *a, const shard_part *sp, const part_key *pk, uint32_t num, unsigned li,
-		     int64_t x, int64_t y)
-{
-	if (a->rc)
-		return;
-	if (a->bp != sp->p || a->bk != pk || a->bnum != num || a->blevel != li) {
-		a->bp = NULL;
-		a->rc = agg_read_rollup_any(sp->p, pk, num, li, a->ps, &a->bkind, &a->buf,
-					    &a->cap_buf, &a->bn);
-		if (a->rc)
-			return;
-		a->bp = sp->p;
-		a->bk = pk;
-		a->bnum = num;
-		a->blevel = li;
-	}
-	const agg_kind *k = a->bkind;
-	uint32_t n = a->bn;
-	if (!n)
-		return;
-	if (k != &agg_dist) {
-		a->rc = err_set(TALLY_EINVAL,
-				"%s: %s holds its windows without a distribution (written "
-				"before the field was marked)",
-				a->what, sp->p->path);
-		return;
-	}
-	const dbucket *b = (const dbucket *)(void *)a->buf;
-	for (uint32_t i = 0; i < n && !a->rc; i++)
-		if (b[i].start >= x && b[i].start < y)
-			acc_state(a, &b[i].d, b[i].start);
-}
-
-/* Whole windows tiling [x, y) from level li down; the parts below the
- * finest level are the caller's raw edges. */
-static void tile_part(dacc *a, const shard_part *sp, const part_key *pk, uint32_t num,
-		      const levels *L, int li, int64_t x, int64_t y)
-{
-	while (x < y && li >= 0 && !a->rc) {
-		int64_t w = L->w[li];
-		int64_t X = window_start(x, w, L->offset);
-		if (X < x)
-			X += w;
-		int64_t Y = window_start(y, w, L->offset);
-		if (X >= Y) {
-			li--;
-			continue;
-		}
-		acc_part(a, sp, pk, num, (unsigned)li, X, Y);
-		tile_part(a, sp, pk, num, L, li - 1, x, X);
-		x = Y;
-		li--;
-	}
-}
-
 /* A part whose stripes of the key hold raw values of the edges: pinned
  * under its shard's lock and read after it (a tiered part's stripes may
  * come from object storage), like a scan's. */
@@ -439,6 +383,89 @@ static void acc_stripe(dacc *a, const part *p, const part_stripe *st, int col, c
 		acc_values(a, &vals->f64, m, ts);
 }
 
+/* The raw values of part sp's key pk (column pc) in [x, y): the
+ * distributions of a part's finest windows while it keeps its raw events
+ * (dist_level_derived). acc_stripe's buffers lie in the query's scratch
+ * rows, which no rollup block borrows. */
+static void acc_part_raw(dacc *a, const shard_part *sp, const part_key *pk, int pc,
+			 const col_def *c, int64_t x, int64_t y)
+{
+	if (codec_buf_reserve(&a->ps->rows, (size_t)PART_STRIPE_MAX * 16)) {
+		a->rc = err_set(-ENOMEM, "out of memory");
+		return;
+	}
+	int64_t *ts = (int64_t *)(void *)a->ps->rows.p;
+	bval *vals = (bval *)(void *)(a->ps->rows.p + (size_t)PART_STRIPE_MAX * 8);
+	uint64_t pres[PART_STRIPE_MAX / 64];
+	const int64_t e[4] = {x, y, y, y};
+	for (uint32_t k = 0; k < pk->n_stripes && !a->rc; k++)
+		acc_stripe(a, sp->p, &sp->p->stripes[pk->first_stripe + k], pc, c, a->ps, ts, vals,
+			   pres, e);
+}
+
+/* A part's windows of level li with start in [x, y): its dist block's,
+ * or, for the finest level of a part that derives it from its raw
+ * events (a basic block there: dist_level_derived), its raw values. */
+static void acc_part(dacc *a, const shard_part *sp, const part_key *pk, int pc, const col_def *c,
+		     unsigned li, int64_t x, int64_t y)
+{
+	uint32_t num = (uint32_t)sp->p->info.num_of[pc];
+	if (a->rc)
+		return;
+	if (a->bp != sp->p || a->bk != pk || a->bnum != num || a->blevel != li) {
+		a->bp = NULL;
+		a->rc = agg_read_rollup_any(sp->p, pk, num, li, a->ps, &a->bkind, &a->buf,
+					    &a->cap_buf, &a->bn);
+		if (a->rc)
+			return;
+		a->bp = sp->p;
+		a->bk = pk;
+		a->bnum = num;
+		a->blevel = li;
+	}
+	const agg_kind *k = a->bkind;
+	uint32_t n = a->bn;
+	if (!n)
+		return;
+	if (k != &agg_dist && li == 0 && !retention_raw_gone(sp)) {
+		acc_part_raw(a, sp, pk, pc, c, x, y);
+		return;
+	}
+	if (k != &agg_dist) {
+		a->rc = err_set(TALLY_EINVAL,
+				"%s: %s holds its windows without a distribution (written "
+				"before the field was marked)",
+				a->what, sp->p->path);
+		return;
+	}
+	const dbucket *b = (const dbucket *)(void *)a->buf;
+	for (uint32_t i = 0; i < n && !a->rc; i++)
+		if (b[i].start >= x && b[i].start < y)
+			acc_state(a, &b[i].d, b[i].start);
+}
+
+/* Whole windows tiling [x, y) from level li down; the parts below the
+ * finest level are the caller's raw edges. */
+static void tile_part(dacc *a, const shard_part *sp, const part_key *pk, int pc, const col_def *c,
+		      const levels *L, int li, int64_t x, int64_t y)
+{
+	while (x < y && li >= 0 && !a->rc) {
+		int64_t w = L->w[li];
+		int64_t X = window_start(x, w, L->offset);
+		if (X < x)
+			X += w;
+		int64_t Y = window_start(y, w, L->offset);
+		if (X >= Y) {
+			li--;
+			continue;
+		}
+		acc_part(a, sp, pk, pc, c, (unsigned)li, X, Y);
+		tile_part(a, sp, pk, pc, c, L, li - 1, x, X);
+		x = Y;
+		li--;
+	}
+}
+
 /* The raw values of the edges [e0, e1) and [e2, e3) (e1 <= e2; each under
  * one finest window), straight from memtable rows and the parts' stripes
  * of the key that overlap them: two columns decoded per stripe, each
@@ -530,11 +557,13 @@ static void edges_of(int64_t from, int64_t to, int64_t A, int64_t B, int64_t e[4
 	e[3] = to;
 }
 
-/* How many of the parts' stripes of the key reading edges e decodes. */
+/* How many of the parts' stripes of the key reading edges e decodes;
+ * *stub: 1 when one of them is a stub's (fetched from object storage). */
 static uint32_t edge_stripes(tally_db *db, const table_def *t, const col_def *c, const tkkeys *ks,
-			     const int64_t e[4])
+			     const int64_t e[4], int *stub)
 {
 	uint32_t n = 0;
+	*stub = 0;
 	for (unsigned s = 0; s < db->n_shards; s++) {
 		shard *sh = db->shards[s];
 		pthread_rwlock_rdlock(&sh->lock);
@@ -547,7 +576,10 @@ static uint32_t edge_stripes(tally_db *db, const table_def *t, const col_def *c,
 			if (!pk || shard_part_col(sp, c) < 0)
 				continue;
 			for (uint32_t k = 0; k < pk->n_stripes; k++)
-				n += stripe_overlaps(&sp->p->stripes[pk->first_stripe + k], e);
+				if (stripe_overlaps(&sp->p->stripes[pk->first_stripe + k], e)) {
+					n++;
+					*stub |= (sp->p->flags & PART_F_STUB) != 0;
+				}
 		}
 		pthread_rwlock_unlock(&sh->lock);
 	}
@@ -594,17 +626,25 @@ TALLY_API int tally_query_dist(tally_db *db, const char *table, const char *fiel
 	 * next coarser level's windows lie in the very stripes the finest
 	 * edges need, raw values are cheaper than a block of finer windows:
 	 * the bench's unaligned 19 h in one day reads two stripes, no 5m
-	 * block. Never where raw events may have expired. */
+	 * block. The next level's edges are taken whenever they lie in no
+	 * stub: a part keeping its raw events derives its finest windows from
+	 * the stripes they lie in (dist_level_derived), so raw edges up to
+	 * those windows' ends decode each of those stripes once rather than
+	 * twice, while a stub keeps its finest windows and would fetch its
+	 * stripes. Never where raw events may have expired. */
 	if (A < B && !retention_check_raw(db, t, from)) {
 		int64_t e[4];
+		int stub;
 		edges_of(from, to, A, B, e);
-		uint32_t base = edge_stripes(db, t, c, &ks, e);
+		uint32_t base = edge_stripes(db, t, c, &ks, e, &stub);
 		for (unsigned l = 1; l < L->n; l++) {
 			int64_t Al, Bl;
 			whole_windows(L, l, from, to, &Al, &Bl);
 			edges_of(from, to, Al, Bl, e);
-			if (edge_stripes(db, t, c, &ks, e) > base)
+			uint32_t ns = edge_stripes(db, t, c, &ks, e, &stub);
+			if (ns > base && (l > 1 || stub))
 				break;
+			base = ns;
 			A = Al;
 			B = Bl;
 			if (A >= B)
@@ -637,8 +677,7 @@ TALLY_API int tally_query_dist(tally_db *db, const char *table, const char *fiel
 					continue;
 				int64_t x = A < sp->pstart ? sp->pstart : A;
 				int64_t y = B > sp->pend ? sp->pend : B;
-				tile_part(&a, sp, pk, (uint32_t)sp->p->info.num_of[pc], L,
-					  (int)L->n - 1, x, y);
+				tile_part(&a, sp, pk, pc, c, L, (int)L->n - 1, x, y);
 			}
 			pthread_rwlock_unlock(&sh->lock);
 			a.bp = NULL; /* its parts may go once unlocked */

@@ -196,9 +196,30 @@ static int write_rows(flush_ctx *f, const series *se, pw_slot *sl, const rowref 
 	return 0;
 }
 
+/* The series' buckets of one level in one partition, as a basic block. */
+static int write_basic_level(flush_ctx *f, const rlevel *lv, uint32_t num, unsigned l, pw_slot *sl)
+{
+	int64_t pend = sl->pstart + f->info.partition_width;
+	uint32_t n = 0;
+	for (uint32_t j = rollup_lower(lv, sl->pstart); j < lv->n && lv->b[j].start < pend; j++) {
+		if (!lv->b[j].a.count)
+			continue;
+		if (mem_grow(&f->bk, &f->cap_bk, n + 1, sizeof *f->bk, 1024))
+			return err_set(-ENOMEM, "out of memory");
+		const rbucket *x = &lv->b[j];
+		f->bk[n++] = (part_bucket){x->start,  x->a.count, x->a.sum,
+					   x->a.comp, x->a.min,   x->a.max};
+	}
+	return agg_write_rollup(sl->w, num, l, &agg_basic, f->bk, n);
+}
+
 /* A distribution field's windows of one partition, every level, as dist
  * blocks: the finest built from the partition's rows r[ra, rb) (sorted
- * by ts), the coarser added up from those. */
+ * by ts), the coarser added up from those. The finest level itself is
+ * written as a basic block (dist_level_derived): while the part keeps
+ * its raw events, queries count a finest window's values from them, and
+ * storing them again as a distribution would cost about as many bytes
+ * as the raw speeds (docs/architecture.md, "Distributions"). */
 static int write_dist_rollups(flush_ctx *f, const series *se, const col_def *d, const rcol *rc,
 			      uint32_t num, pw_slot *sl, const rowref *r, size_t ra, size_t rb)
 {
@@ -221,6 +242,10 @@ static int write_dist_rollups(flush_ctx *f, const series *se, const col_def *d, 
 		e = dcol_from_rows(&dc, L, ts, v, n);
 	for (unsigned l = 0; l < L->n && !e; l++) {
 		uint32_t nb;
+		if (dist_level_derived(L, l)) {
+			e = write_basic_level(f, &rc->lv[l], num, l, sl);
+			continue;
+		}
 		e = dcol_level(&dc, &rc->lv[l], L, l, sl->pstart, pend, &f->dbk, &nb, &f->cap_dbk);
 		if (!e) {
 			e = agg_write_rollup(sl->w, num, l, &agg_dist, f->dbk, nb);
@@ -239,7 +264,6 @@ static int write_rollups(flush_ctx *f, const series *se, pw_slot *sl, const rowr
 			 size_t rb)
 {
 	const levels *L = &f->db->L;
-	int64_t pend = sl->pstart + f->info.partition_width;
 	for (uint32_t c = 0; c < f->n_cols; c++) {
 		if (f->num_of[c] == UINT32_MAX)
 			continue;
@@ -254,24 +278,7 @@ static int write_rollups(flush_ctx *f, const series *se, pw_slot *sl, const rowr
 			continue;
 		}
 		for (unsigned l = 0; l < L->n; l++) {
-			const rlevel *lv = &rc->lv[l];
-			uint32_t i = rollup_lower(lv, sl->pstart), n = 0;
-			for (uint32_t j = i; j < lv->n && lv->b[j].start < pend; j++) {
-				if (!lv->b[j].a.count)
-					continue;
-				if (n == f->cap_bk) {
-					uint32_t nc = f->cap_bk ? f->cap_bk * 2 : 1024;
-					part_bucket *nb = mem_realloc(f->bk, nc * sizeof *nb);
-					if (!nb)
-						return err_set(-ENOMEM, "out of memory");
-					f->bk = nb;
-					f->cap_bk = nc;
-				}
-				const rbucket *x = &lv->b[j];
-				f->bk[n++] = (part_bucket){x->start,  x->a.count, x->a.sum,
-							   x->a.comp, x->a.min,   x->a.max};
-			}
-			int e = agg_write_rollup(sl->w, f->num_of[c], l, &agg_basic, f->bk, n);
+			int e = write_basic_level(f, &rc->lv[l], f->num_of[c], l, sl);
 			if (e)
 				return e;
 		}

@@ -46,6 +46,19 @@ typedef struct merge_cut {
 int merge_rewrite(struct tally_db *db, shard *s, shard_part *in, merge_cut *cut, shard_part **out,
 		  manifest_part *rec, uint64_t *bytes);
 
+/* 1 when part sp derives its finest distributions from its raw events
+ * (dist_level_derived: a basic block where the next level's is a
+ * distribution), 0 when not, or a negative code. */
+int merge_needs_materialise(struct tally_db *db, shard_part *sp);
+
+/* Writes part in of shard s again with its finest distributions written
+ * (kind 3 blocks computed from its rows), everything else as it is: what
+ * a part becomes before it loses its raw events (retention, tiering).
+ * Commits nothing: *out and *rec as merge_rewrite's, *bytes the new
+ * file's size. Caller holds man_mu. */
+int merge_materialise(struct tally_db *db, shard *s, shard_part *in, shard_part **out,
+		      manifest_part *rec, uint64_t *bytes);
+
 /* Scratch buffers for reading parts, borrowed per query from the db. */
 part_scratch *scratch_get(struct tally_db *db);
 void scratch_put(struct tally_db *db, part_scratch *s);

@@ -94,6 +94,7 @@ typedef struct merge_ctx {
 	merge_cut *cut;         /* rows left out (merge_rewrite), or NULL */
 	uint32_t *kept;         /* per stripe of a cut key: rows it keeps */
 	uint32_t cap_kept;
+	int materialise; /* 1: the finest distributions written (merge_materialise) */
 } merge_ctx;
 
 static int col_cmp(const void *x, const void *y)
@@ -372,6 +373,13 @@ static int write_key_rollup(merge_ctx *m, part_writer *w, const part_key **pks, 
 				rc = err_set(-ENOMEM, "out of memory");
 		}
 	}
+	/* the merged part keeps its raw events: its finest distributions
+	 * are derived from them (an input written before they were, or a
+	 * tiered segment's, stored them) */
+	if (!rc && k && k != &agg_basic && k->basic_prefix && dist_level_derived(&m->db->L, l)) {
+		to_basic(k, m->bk, n);
+		k = &agg_basic;
+	}
 	if (!rc && k)
 		rc = agg_write_rollup(w, m->num_of[oc], l, k, m->bk, n);
 	release_buckets(k, m->bk, n);
@@ -476,26 +484,30 @@ static int write_cut_stripes(merge_ctx *m, part_writer *w, const part_key *sk)
 /*
  * The key's buckets of output numeric column oc, level l, computed again
  * from its rows (in time order: write_key_rows sorted them) in the kind of
- * the input's block (a distribution keeps its resolution). The one input
- * is a rewrite's (merge_rewrite).
+ * the input's block of level kl (a distribution keeps its resolution and
+ * bound): l itself for a rewrite (merge_rewrite), the next coarser level
+ * when the finest distributions are written where the input derived them
+ * (merge_materialise). The one input is a rewrite's.
  */
 static int rebuild_key_rollup(merge_ctx *m, part_writer *w, const part_key *pk, uint32_t oc,
-			      unsigned l)
+			      unsigned l, unsigned kl)
 {
 	const part *p = m->in[0]->p;
 	const agg_kind *k = &agg_basic;
 	int32_t exp = 0;
+	uint32_t max = 0;
 	int pc = shard_part_col(m->in[0], m->cols[oc]);
 	if (pc >= 0 && p->info.num_of[pc] >= 0) {
 		const agg_kind *ik;
 		uint32_t got;
-		int rc = agg_read_rollup_any(p, pk, (uint32_t)p->info.num_of[pc], l, &m->ps, &ik,
+		int rc = agg_read_rollup_any(p, pk, (uint32_t)p->info.num_of[pc], kl, &m->ps, &ik,
 					     &m->tmp, &m->cap_tmp, &got);
 		if (rc)
 			return rc;
 		if (got && ik == &agg_dist && ((const dbucket *)m->tmp)->d.exp != DIST_MIXED) {
 			k = ik;
 			exp = ((const dbucket *)m->tmp)->d.exp;
+			max = ((const dbucket *)m->tmp)->d.max;
 		}
 	}
 	const size_t bs = k->bucket_size;
@@ -517,8 +529,10 @@ static int rebuild_key_rollup(merge_ctx *m, part_writer *w, const part_key *pk, 
 			memset(nb, 0, bs);
 			memcpy(nb, &ws, 8);
 			k->init(nb + 8);
-			if (k == &agg_dist)
+			if (k == &agg_dist) {
 				((dbucket *)nb)->d.exp = exp;
+				((dbucket *)nb)->d.max = max;
+			}
 		}
 		if (k->add(m->bk + (size_t)(n - 1) * bs + 8,
 			   slot_value(m->cols[oc]->type, vals + (size_t)row * SLOT)))
@@ -571,11 +585,14 @@ static int add_rows_written(manifest *nm, void *arg)
 
 /* Writes in[0..n_in) (one shard, table and partition) merged into one
  * new part, without the rows cut names (NULL: none), and loads it: *outp
- * and *mp, or *outp NULL when a cut left no row. Caller holds man_mu. */
+ * and *mp, or *outp NULL when a cut left no row. With materialise (one
+ * input, no cut) the finest distributions the input derives from its raw
+ * events are written, computed from its rows. Caller holds man_mu. */
 static int merge_write(tally_db *db, shard *s, shard_part **in, uint32_t n_in, int seal,
-		       merge_cut *cut, shard_part **outp, manifest_part *mp, uint64_t *bytes)
+		       merge_cut *cut, int materialise, shard_part **outp, manifest_part *mp,
+		       uint64_t *bytes)
 {
-	merge_ctx m = {.db = db, .in = in, .n_in = n_in, .cut = cut};
+	merge_ctx m = {.db = db, .in = in, .n_in = n_in, .cut = cut, .materialise = materialise};
 	*outp = NULL;
 	int rc = 0;
 	part_writer *w = NULL;
@@ -717,10 +734,12 @@ static int merge_write(tally_db *db, shard *s, shard_part **in, uint32_t n_in, i
 			goto fail;
 		for (uint32_t c = 0; c < m.n_cols && !rc; c++)
 			for (unsigned l = 0; m.num_of[c] != UINT32_MAX && l < db->L.n && !rc; l++)
-				rc = cut_here ? rebuild_key_rollup(&m, w, pks[0], c, l)
+				rc = cut_here ? rebuild_key_rollup(&m, w, pks[0], c, l, l)
 				     : copy ? part_writer_copy_rollup(w, m.src[0], sk, m.num_of[c],
 								      l)
-					    : write_key_rollup(&m, w, pks, c, l);
+				     : materialise && dist_level_derived(&db->L, l)
+					     ? rebuild_key_rollup(&m, w, pks[0], c, l, l + 1)
+					     : write_key_rollup(&m, w, pks, c, l);
 		if (rc)
 			goto fail;
 		rows += m.r.n;
@@ -789,7 +808,7 @@ static int merge_parts(tally_db *db, shard *s, shard_part **in, uint32_t n_in, i
 	shard_part *out;
 	manifest_part mp;
 	uint64_t bytes;
-	int rc = merge_write(db, s, in, n_in, seal, NULL, &out, &mp, &bytes);
+	int rc = merge_write(db, s, in, n_in, seal, NULL, 0, &out, &mp, &bytes);
 	if (rc)
 		return rc;
 	uint64_t rows = mp.rows;
@@ -813,19 +832,66 @@ static int merge_parts(tally_db *db, shard *s, shard_part **in, uint32_t n_in, i
 	return 0;
 }
 
-int merge_rewrite(tally_db *db, shard *s, shard_part *in, merge_cut *cut, shard_part **out,
-		  manifest_part *rec, uint64_t *bytes)
+/* Part in written again, one input, as merge_write writes it (a cut, or
+ * the finest distributions materialised): the same part, so its place in
+ * the merge policy and its history stay. */
+static int rewrite_one(tally_db *db, shard *s, shard_part *in, merge_cut *cut, int materialise,
+		       shard_part **out, manifest_part *rec, uint64_t *bytes)
 {
 	*bytes = 0;
-	int rc = merge_write(db, s, &in, 1, (in->flags & MPART_SEALED) != 0, cut, out, rec, bytes);
+	int rc = merge_write(db, s, &in, 1, (in->flags & MPART_SEALED) != 0, cut, materialise, out,
+			     rec, bytes);
 	if (rc || !*out)
 		return rc;
-	/* the same part, less some rows: its place in the merge policy and
-	 * its history stay */
 	const manifest_part *ip = manifest_find(&db->man, in->id);
 	rec->level = ip ? ip->level : 0;
 	rec->rows_written = ip ? ip->rows_written : rec->rows;
 	return 0;
+}
+
+int merge_rewrite(tally_db *db, shard *s, shard_part *in, merge_cut *cut, shard_part **out,
+		  manifest_part *rec, uint64_t *bytes)
+{
+	return rewrite_one(db, s, in, cut, 0, out, rec, bytes);
+}
+
+int merge_needs_materialise(tally_db *db, shard_part *sp)
+{
+	const part *p = sp->p;
+	if (!dist_level_derived(&db->L, 0) || p->info.n_levels < 2)
+		return 0;
+	part_scratch ps = {0};
+	int need = 0;
+	for (uint32_t c = 0; c < p->info.n_cols && !need; c++) {
+		if (!sp->defs[c]->dist || p->info.num_of[c] < 0)
+			continue;
+		uint32_t num = (uint32_t)p->info.num_of[c];
+		/* a key merged from parts written before the field was marked
+		 * has basic blocks at every level: look on past it */
+		for (uint32_t k = 0; k < p->n_keys && !need; k++) {
+			const part_key *pk = &p->keys[k];
+			if (!agg_rollup_windows(p, pk, num, 0))
+				continue;
+			part_rblock fine, coarse;
+			int rc = part_read_rollup(p, pk, num, 0, &ps, &fine);
+			unsigned fk = rc ? 0 : fine.kind;
+			if (!rc)
+				rc = part_read_rollup(p, pk, num, 1, &ps, &coarse);
+			if (rc) {
+				part_scratch_free(&ps);
+				return rc;
+			}
+			need = fk == AGG_BASIC && coarse.n && coarse.kind != AGG_BASIC;
+		}
+	}
+	part_scratch_free(&ps);
+	return need;
+}
+
+int merge_materialise(tally_db *db, shard *s, shard_part *in, shard_part **out, manifest_part *rec,
+		      uint64_t *bytes)
+{
+	return rewrite_one(db, s, in, NULL, 1, out, rec, bytes);
 }
 
 /* floor(log_MERGE_FANIN(rows)): parts of one tier are alike in size. */

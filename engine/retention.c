@@ -38,6 +38,7 @@
 #include "db.h"
 #include "err.h"
 #include "fileio.h"
+#include "flush.h"
 #include "log.h"
 #include "mem.h"
 #include "partset.h"
@@ -336,15 +337,34 @@ void retention_attach(shard_part *sp)
 	sp->p->fetch_ctx = sp;
 }
 
-/* Writes sp's rollups, index and all, as the stub parts/<id>.part. */
-static int write_rollup_copy(tally_db *db, const shard_part *sp, uint64_t id, uint64_t *bytes)
+/* Writes sp's rollups, index and all, as the stub parts/<id>.part. A
+ * part that derives its finest distributions from its raw events is
+ * first written again with them (merge_materialise, a part no manifest
+ * names, deleted once its stub is written): the stub keeps what the raw
+ * events answered. Caller holds man_mu. */
+static int write_rollup_copy(tally_db *db, shard *s, shard_part *sp, uint64_t id, uint64_t *bytes)
 {
 	char dir[PATH_MAX], name[64];
 	manifest_part_name(id, name, sizeof name);
 	snprintf(dir, sizeof dir, "%s/parts", db->dir);
 	const char *base = strrchr(name, '/') + 1;
-	if (!(sp->p->flags & PART_F_STUB))
-		return part_write_stub(sp->p, dir, base, bytes);
+	if (!(sp->p->flags & PART_F_STUB)) {
+		int need = merge_needs_materialise(db, sp);
+		if (need <= 0)
+			return need ? need : part_write_stub(sp->p, dir, base, bytes);
+		shard_part *m = NULL;
+		manifest_part rec;
+		uint64_t mb;
+		int rc = merge_materialise(db, s, sp, &m, &rec, &mb);
+		if (rc || !m)
+			return rc ? rc : err_set(TALLY_ECORRUPT, "%s: no rows", sp->p->path);
+		rc = part_write_stub(m->p, dir, base, bytes);
+		char path[PATH_MAX];
+		snprintf(path, sizeof path, "%s", m->p->path);
+		shard_part_free(m);
+		unlink(path);
+		return rc;
+	}
 	/* a tiered part's stub is that copy already */
 	void *data;
 	size_t len;
@@ -392,7 +412,7 @@ static int pass_shard(tally_db *db, shard *s, int64_t now, pass_acc *acc)
 		if (!old)
 			continue; /* partset_commit would refuse it: not the manifest's */
 		uint64_t id = partset_new_id(db), bytes = 0;
-		if ((rc = write_rollup_copy(db, sp, id, &bytes)))
+		if ((rc = write_rollup_copy(db, s, sp, id, &bytes)))
 			break;
 		db_crash_point(db, "retention:after-stub");
 		shard_part *np;

@@ -45,6 +45,7 @@
 #include "db.h"
 #include "err.h"
 #include "fileio.h"
+#include "flush.h"
 #include "log.h"
 #include "mem.h"
 #include "s3.h"
@@ -495,11 +496,32 @@ static int tier_one(tally_db *db, shard *s, uint64_t id)
 	}
 	rc = partset_commit(db,
 			    &(partset_change){.op = "tier-intent", .edit = add_intent, .arg = key});
+	/* a part deriving its finest distributions from its raw events is
+	 * uploaded as a copy with them written (merge_materialise; a file no
+	 * manifest names, deleted once its stub is written), so its stub
+	 * answers them without fetching the raw columns */
+	char mat[PATH_MAX] = "";
+	shard_part *sp = rc ? NULL : partset_find(s, id);
+	int need = sp ? merge_needs_materialise(db, sp) : 0;
+	if (need < 0)
+		rc = need;
+	if (!rc && need > 0) {
+		shard_part *m = NULL;
+		manifest_part mrec;
+		uint64_t mb;
+		if (!(rc = merge_materialise(db, s, sp, &m, &mrec, &mb)) && m) {
+			snprintf(mat, sizeof mat, "%s", m->p->path);
+			shard_part_free(m);
+		}
+	}
 	if (!rc)
-		rc = part_open(path, &w);
+		rc = part_open(mat[0] ? mat : path, &w);
 	pthread_mutex_unlock(&db->man_mu);
-	if (rc)
+	if (rc) {
+		if (mat[0])
+			unlink(mat);
 		return rc;
+	}
 	db_crash_point(db, "tier:after-intent");
 	/* 2. upload and verify */
 	s3_put_info pi;
@@ -508,6 +530,8 @@ static int tier_one(tally_db *db, shard *s, uint64_t id)
 		rc = s3_verify(t->bg, key, &pi);
 	if (rc) {
 		part_close(w);
+		if (mat[0])
+			unlink(mat);
 		return err_prefix(rc, "tiering part %016llx", (unsigned long long)id);
 	}
 	db_crash_point(db, "tier:after-upload");
@@ -515,6 +539,8 @@ static int tier_one(tally_db *db, shard *s, uint64_t id)
 	uint64_t stub_bytes = 0, size = w->file_bytes;
 	rc = part_write_stub(w, dir, name, &stub_bytes);
 	part_close(w);
+	if (mat[0])
+		unlink(mat);
 	if (rc)
 		return rc;
 	db_crash_point(db, "tier:after-stub");
@@ -532,6 +558,7 @@ static int tier_one(tally_db *db, shard *s, uint64_t id)
 	}
 	/* the record says remote; the key leaves gc with it (the commit) */
 	manifest_part rec = *mp;
+	rec.bytes = size; /* the object's: a materialised copy may differ */
 	rec.tier = MTIER_REMOTE;
 	rec.object = key;
 	rec.object_sum = pi.xxh3;

@@ -1056,8 +1056,8 @@ static void check_dist(tally_db *db, const model *m, int64_t a, int64_t b)
 		char key[16];
 		key_name(k, key);
 		tally_dist *d;
-		cr_assert_eq(tally_query_dist(db, "traffic", "speed", key, a, b, &d), 0, "%s",
-			     tally_errmsg());
+		cr_assert_eq(tally_query_dist(db, "traffic", "speed", key, a, b, &d), 0,
+			     "[%lld, %lld) %s", (long long)a, (long long)b, tally_errmsg());
 		cr_assert_eq(tally_dist_count(d), n);
 		double q;
 		cr_assert_eq(tally_dist_quantile(d, 0.5, &q), 0);
@@ -1098,4 +1098,59 @@ Test(tier, distributions_answer_from_stubs_without_the_store, .timeout = 240)
 		     tally_errmsg());
 	tally_db_close(db);
 	fx_free(&f);
+}
+
+Test(tier, dist_finest_windows_of_tiered_parts_answer_without_the_store, .timeout = 240)
+{
+	/* the parts derive their 5-minute distributions from their raw
+	 * events; what is uploaded and stubbed has them written, so with the
+	 * store gone the stubs still answer every 5-minute window */
+	s3srv mine;
+	cr_assert_eq(s3srv_start(&mine, "s3rver"), 0, "s3rver did not start");
+	fixture f;
+	fx_init(&f, &mine, 0);
+	f.o.distributions = "traffic.speed:0.01";
+	tally_db *db = fx_open(&f);
+	fill_and_tier(&f, db);
+	cr_assert_eq(count_suffix(f.dir, ".stub"), DAYS - 1);
+	/* every stub's 5-minute blocks are kind 3, the open day's part's kind 1 */
+	char path[4200];
+	snprintf(path, sizeof path, "%s/parts", f.dir);
+	DIR *dd = opendir(path);
+	cr_assert(dd);
+	struct dirent *de;
+	part_scratch ps = {0};
+	unsigned seen[2] = {0, 0};
+	while ((de = readdir(dd))) {
+		size_t l = strlen(de->d_name);
+		int stub = l > 5 && !strcmp(de->d_name + l - 5, ".stub");
+		if (!stub && (l < 5 || strcmp(de->d_name + l - 5, ".part")))
+			continue;
+		snprintf(path, sizeof path, "%s/parts/%s", f.dir, de->d_name);
+		part *p;
+		cr_assert_eq(part_open(path, &p), 0, "%s", tally_errmsg());
+		for (uint32_t k = 0; k < p->n_keys; k++) {
+			part_rblock rb;
+			cr_assert_eq(part_read_rollup(p, &p->keys[k], 0, 0, &ps, &rb), 0);
+			cr_assert_eq(rb.kind, stub ? 3u : 1u, "%s key %u", de->d_name, k);
+		}
+		seen[stub]++;
+		part_close(p);
+	}
+	closedir(dd);
+	part_scratch_free(&ps);
+	cr_assert(seen[0] == 1 && seen[1] == DAYS - 1);
+	s3srv_stop(&mine);
+	tally_db_close(db);
+	db = fx_open(&f); /* cold, no store */
+	tu_rng r = {tu_seed("tier-dist")};
+	for (int i = 0; i < 20; i++) {
+		int64_t w = T0 + (int64_t)tu_below(&r, (DAYS - 1) * 288) * TALLY_5M;
+		check_dist(db, &f.m, w, w + TALLY_5M);
+		check_dist(db, &f.m, w, w + 13 * TALLY_5M);
+	}
+	check_dist(db, &f.m, T0 + 25 * TALLY_5M, T0 + TALLY_1D + 7 * TALLY_5M);
+	tally_db_close(db);
+	fx_free(&f);
+	s3srv_destroy(&mine);
 }
