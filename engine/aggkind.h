@@ -27,6 +27,7 @@ enum agg_kind_id {
 	AGG_DIST = 2,      /* basic, and the count of each distinct value (engine/dist.c) */
 	AGG_DIST_SK = 3,   /* dist, denser, and windows past a bound kept as sketches */
 	AGG_DIST_BITS = 4, /* dist-sk's windows in one bit stream (engine/distcode.c) */
+	AGG_KIND_SLOTS     /* one past the highest id: arrays indexed by kind */
 };
 _Static_assert(AGG_BASIC == PART_KIND_V1, "version 1 rollup blocks are basic");
 

@@ -142,9 +142,9 @@ void dist_release_buckets(dbucket *b, uint32_t n);
 /* 1 when parts that keep their raw events write level l of a
  * distribution column as a basic block (kind 1), its distributions
  * derived from the raw columns at query time: the finest level, when
- * there is a coarser one (whose kind 3 block says the column is a
- * distribution). Such a part's finest distributions are written (kind
- * 3) when its raw events go: retention, tiering (merge_materialise). */
+ * there is a coarser one (whose distribution block says the column is a
+ * distribution). Such a part's finest distributions are written when
+ * its raw events go: retention, tiering (merge_materialise). */
 static inline int dist_level_derived(const levels *L, unsigned l)
 {
 	return l == 0 && L->n > 1;

@@ -178,11 +178,12 @@ static void delete_range(tally_db *db, int cam, int64_t from, int64_t to)
 
 /* Counts, over the part files in dir/parts, the 5-minute and 1-hour
  * blocks of key C0's speed by kind: fine[kind], coarse[kind] (kinds 1 to
- * 3), stubs among them in *stubs. */
-static void block_kinds(const char *dir, unsigned fine[4], unsigned coarse[4], unsigned *stubs)
+ * AGG_KIND_SLOTS - 1), stubs among them in *stubs. */
+static void block_kinds(const char *dir, unsigned fine[AGG_KIND_SLOTS],
+			unsigned coarse[AGG_KIND_SLOTS], unsigned *stubs)
 {
-	memset(fine, 0, 4 * sizeof *fine);
-	memset(coarse, 0, 4 * sizeof *coarse);
+	memset(fine, 0, AGG_KIND_SLOTS * sizeof *fine);
+	memset(coarse, 0, AGG_KIND_SLOTS * sizeof *coarse);
 	*stubs = 0;
 	char path[4096];
 	snprintf(path, sizeof path, "%s/parts", dir);
@@ -207,9 +208,9 @@ static void block_kinds(const char *dir, unsigned fine[4], unsigned coarse[4], u
 			part_rblock f, k;
 			cr_assert_eq(part_read_rollup(p, pk, (uint32_t)num, 0, &ps, &f), 0);
 			cr_assert_eq(part_read_rollup(p, pk, (uint32_t)num, 1, &ps, &k), 0);
-			if (f.n && f.kind < 4)
+			if (f.n && f.kind < AGG_KIND_SLOTS)
 				fine[f.kind]++;
-			if (k.n && k.kind < 4)
+			if (k.n && k.kind < AGG_KIND_SLOTS)
 				coarse[k.kind]++;
 			*stubs += (p->flags & PART_F_STUB) != 0;
 		}
@@ -239,10 +240,10 @@ Test(dist_derived, finest_windows_equal_brute_force_before_and_after_raw_retenti
 	cr_assert_eq(tally_db_merge(db), 0, "%s", tally_errmsg());
 	/* before the pass: every part derives its finest windows (a basic
 	 * block under the coarser kind 3 ones) */
-	unsigned fine[4], coarse[4], stubs;
+	unsigned fine[AGG_KIND_SLOTS], coarse[AGG_KIND_SLOTS], stubs;
 	block_kinds(dir, fine, coarse, &stubs);
-	cr_assert(fine[AGG_BASIC] >= 2 && !fine[AGG_DIST_SK] && !stubs);
-	cr_assert(coarse[AGG_DIST_SK] == fine[AGG_BASIC] && !coarse[AGG_BASIC]);
+	cr_assert(fine[AGG_BASIC] >= 2 && !fine[AGG_DIST_BITS] && !stubs);
+	cr_assert(coarse[AGG_DIST_BITS] == fine[AGG_BASIC] && !coarse[AGG_BASIC]);
 	check_all(db, d0, &r);
 	/* deletes rewrite parts (the finest blocks copied, or computed again
 	 * for the key that lost rows, basic either way): one in a day that
@@ -255,8 +256,8 @@ Test(dist_derived, finest_windows_equal_brute_force_before_and_after_raw_retenti
 	/* the stubs hold the finest distributions, written from the rows */
 	block_kinds(dir, fine, coarse, &stubs);
 	cr_assert_geq(stubs, 2);
-	cr_assert_eq(fine[AGG_DIST_SK], stubs);
-	cr_assert_eq(fine[AGG_BASIC] + stubs, coarse[AGG_DIST_SK]);
+	cr_assert_eq(fine[AGG_DIST_BITS], stubs);
+	cr_assert_eq(fine[AGG_BASIC] + stubs, coarse[AGG_DIST_BITS]);
 	check_all(db, d0, &r);
 	/* late events into a partition whose raw events are gone: a new part
 	 * that derives, until the next pass writes its stub */
@@ -310,7 +311,7 @@ Test(dist_derived, stubs_keep_finest_windows_past_a_key_marked_late)
 	write_in(db, &r, 0, 1, 1, today(), 1); /* the newest: day d0 seals */
 	cr_assert_eq(tally_db_flush(db), 0, "%s", tally_errmsg());
 	cr_assert_eq(tally_db_merge(db), 0, "%s", tally_errmsg());
-	unsigned fine[4], coarse[4], stubs;
+	unsigned fine[AGG_KIND_SLOTS], coarse[AGG_KIND_SLOTS], stubs;
 	cr_assert_eq(retain(db), 1, "one merged part of day d0");
 	block_kinds(dir, fine, coarse, &stubs);
 	cr_assert_eq(stubs, 1);
