@@ -762,6 +762,22 @@ Test(dist, counted_and_sorted_values_equal_brute_force)
 	speed_of = plain_speed;
 }
 
+/* A store in a new directory (*dir, which drop_db removes and frees). */
+static tally_db *fresh_db(const tally_options *o, char **dir)
+{
+	*dir = tu_tmpdir();
+	tally_db *db;
+	cr_assert_eq(tally_db_open(*dir, o, &db), 0, "%s", tally_errmsg());
+	return db;
+}
+
+static void drop_db(tally_db *db, char *dir)
+{
+	tally_db_close(db);
+	tu_rmrf(dir);
+	free(dir);
+}
+
 /* n lines of line protocol in buf[0..len) through shard 0's writer. */
 static void write_lines(tally_db *db, const char *buf, size_t len, uint64_t n)
 {
@@ -812,13 +828,12 @@ static void check_field(tally_db *db, const char *name, int32_t exp, const int64
 Test(dist, edges_with_absent_values_equal_brute_force)
 {
 	tu_rng r = {tu_seed("dist-absent")};
-	char *dir = tu_tmpdir();
 	tally_options o = opts();
 	o.distributions = "traffic.speed:0.1,traffic.n:1,traffic.p:0.1,traffic.q:0.001";
 	static const char *const name[] = {"speed", "n", "p", "q"};
 	static const int32_t exp[] = {-1, 0, -1, -3};
-	tally_db *db;
-	cr_assert_eq(tally_db_open(dir, &o, &db), 0, "%s", tally_errmsg());
+	char *dir;
+	tally_db *db = fresh_db(&o, &dir);
 	enum { N = 6000, F = 4 };
 	int64_t *ts = malloc(N * sizeof *ts);
 	double(*val)[F] = malloc(N * sizeof *val);
@@ -852,9 +867,7 @@ Test(dist, edges_with_absent_values_equal_brute_force)
 				check_field(db, name[f], exp[f], ts, &val[0][f], F, N, a, b);
 		}
 	}
-	tally_db_close(db);
-	tu_rmrf(dir);
-	free(dir);
+	drop_db(db, dir);
 	free(ts);
 	free(val);
 	free(buf);
@@ -868,10 +881,9 @@ Test(dist, edges_with_absent_values_equal_brute_force)
 Test(dist, stripes_inside_an_edge_equal_brute_force)
 {
 	tu_rng r = {tu_seed("dist-inner")};
-	char *dir = tu_tmpdir();
 	tally_options o = opts();
-	tally_db *db;
-	cr_assert_eq(tally_db_open(dir, &o, &db), 0, "%s", tally_errmsg());
+	char *dir;
+	tally_db *db = fresh_db(&o, &dir);
 	enum { N = 20000 };
 	int64_t *ts = malloc(N * sizeof *ts);
 	double *x = malloc(N * sizeof *x);
@@ -909,9 +921,7 @@ Test(dist, stripes_inside_an_edge_equal_brute_force)
 				}
 			}
 	free(sorted);
-	tally_db_close(db);
-	tu_rmrf(dir);
-	free(dir);
+	drop_db(db, dir);
 	free(ts);
 	free(x);
 	free(buf);
