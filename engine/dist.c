@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dcount.h"
 #include "err.h"
 #include "fileio.h"
 #include "mem.h"
@@ -43,10 +44,19 @@ int64_t dist_index(double v, int32_t exp)
 	return i + (f >= 0.5) - (f <= -0.5);
 }
 
-void dist_index_n(const double *v, size_t n, int32_t exp, int64_t *out)
+void dist_index_n(const double *v, size_t n, int32_t exp, int64_t *out, int64_t *lo, int64_t *hi)
 {
-	for (size_t i = 0; i < n; i++)
-		out[i] = dist_index(v[i], exp);
+	if (!n)
+		return;
+	int64_t l = dist_index(v[0], exp), h = l;
+	for (size_t i = 0; i < n; i++) {
+		int64_t x = dist_index(v[i], exp);
+		out[i] = x;
+		l = x < l ? x : l;
+		h = x > h ? x : h;
+	}
+	*lo = l;
+	*hi = h;
 }
 
 double dist_value(int64_t idx, int32_t exp)
@@ -67,10 +77,10 @@ static int cmp_pair(const void *x, const void *y)
 /* A few pairs (a finest window's) are sorted where they lie. Values of a
  * coarser window or a range usually span a few thousand units of the
  * resolution (speeds at 0.1 km/h): then a count per unit, walked once,
- * adds them up in time linear in pairs plus span; else a sort of
- * (value, count) records. The counts live in *buf (*cap of them, all
- * zero; grown as needed and left all zero), so that a flush adding up
- * many windows allocates them once. */
+ * adds them up in time linear in pairs plus span (the counting array a
+ * query uses too, dcount.h); else a sort of (value, count) records. The
+ * counts live in *buf (*cap of them, all zero; grown as needed and left
+ * all zero), so that a flush adding up many windows allocates them once. */
 static int combine(int64_t *v, uint64_t *c, size_t n, size_t *k, uint64_t **buf, size_t *cap)
 {
 	*k = 0;
@@ -106,23 +116,19 @@ static int combine(int64_t *v, uint64_t *c, size_t n, size_t *k, uint64_t **buf,
 	}
 	uint64_t span = (uint64_t)hi - (uint64_t)lo + 1;
 	if (span <= 4 * (uint64_t)n + 4096) {
-		if (*cap < span) {
-			uint64_t *nb = mem_calloc(span, sizeof *nb);
-			if (!nb)
-				return err_set(-ENOMEM, "out of memory");
-			mem_free(*buf);
-			*buf = nb;
-			*cap = span;
-		}
-		uint64_t *cnt = *buf;
+		/* the shared counting array (dcount.h), empty between calls */
+		dcount d = DCOUNT_INIT;
+		d.cnt = *buf;
+		d.cap = *cap;
+		int rc = dcount_cover(&d, lo, hi + 1, (size_t)span);
+		*buf = d.cnt;
+		*cap = d.cap;
+		if (rc < 0)
+			return rc;
+		uint64_t *cnt = d.cnt - d.lo;
 		for (size_t i = 0; i < n; i++)
-			cnt[v[i] - lo] += c[i];
-		for (uint64_t u = 0; u < span; u++)
-			if (cnt[u]) {
-				v[*k] = lo + (int64_t)u;
-				c[(*k)++] = cnt[u];
-				cnt[u] = 0;
-			}
+			cnt[v[i]] += c[i];
+		*k = dcount_take(&d, n, v, c);
 		return 0;
 	}
 	int64_t *rec = mem_alloc(n * 16);

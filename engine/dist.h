@@ -77,8 +77,9 @@ extern const agg_kind agg_dist_v1; /* AGG_DIST: exact windows, read only */
 int64_t dist_index(double v, int32_t exp);
 double dist_value(int64_t idx, int32_t exp);
 /* out[i] = dist_index(v[i], exp) for n values (a query's raw values,
- * converted in one call rather than one call each). */
-void dist_index_n(const double *v, size_t n, int32_t exp, int64_t *out);
+ * converted in one call rather than one call each), and the least and
+ * greatest of them in *lo and *hi (n > 0; none set for n = 0). */
+void dist_index_n(const double *v, size_t n, int32_t exp, int64_t *out, int64_t *lo, int64_t *hi);
 /* The sketch bucket of a value in units of the resolution (monotone: 0
  * for 0, positive buckets for positive values, negative for negative),
  * and the value a bucket answers with, in units of 10^exp. */

@@ -14,11 +14,14 @@
  * DIST_SKETCH_ALPHA (tally_dist_error); with no sketch it is exact.
  */
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "codec.h"
 #include "db.h"
+#include "dcount.h"
 #include "dist.h"
 #include "distpairs.h"
 #include "err.h"
@@ -45,13 +48,10 @@ typedef struct dacc {
 	size_t n, cap;
 	int32_t exp;
 	int sketch; /* 1: v holds buckets, and every pair added goes in as one */
-	/* exact values lying close together count straight into cnt, value
-	 * lo + i at cnt[i] (span slots; NULL: pairs only) */
-	uint64_t *cnt;
-	int64_t lo;
-	size_t span;
-	int64_t umin, umax; /* the values counted there lie in [umin, umax] */
-	int no_dense;       /* the array went: pairs from then on */
+	/* exact values lying close together count straight into the
+	 * counting array (dcount.h; no slots: pairs only) */
+	dcount dc;
+	int no_dense; /* the array went: pairs from then on */
 	int rc;
 	const char *what; /* for the message of a window without a distribution */
 	part_scratch *ps;
@@ -94,73 +94,50 @@ static void acc_pair(dacc *a, int64_t v, uint64_t c)
  * values too far apart. */
 static void dense_to_pairs(dacc *a)
 {
-	for (size_t i = 0; i < a->span && !a->rc; i++)
-		if (a->cnt[i])
-			acc_pair(a, a->lo + (int64_t)i, a->cnt[i]);
-	mem_free(a->cnt);
-	a->cnt = NULL;
-	a->span = 0;
+	size_t w = a->dc.umin <= a->dc.umax ? (size_t)(a->dc.umax - a->dc.umin) + 1 : 0;
+	int64_t *v = w ? mem_alloc(w * sizeof *v) : NULL;
+	uint64_t *c = w ? mem_alloc(w * sizeof *c) : NULL;
+	if (w && (!v || !c))
+		a->rc = err_set(-ENOMEM, "out of memory");
+	size_t k = a->rc ? 0 : dcount_take(&a->dc, SIZE_MAX, v, c);
+	for (size_t i = 0; i < k && !a->rc; i++)
+		acc_pair(a, v[i], c[i]);
+	mem_free(v);
+	mem_free(c);
+	dcount_free(&a->dc);
 	a->no_dense = 1;
 }
 
 /* Values too far apart for the array: pairs from now on. */
 static int dense_give_up(dacc *a)
 {
-	if (a->cnt)
+	if (a->dc.cnt)
 		dense_to_pairs(a);
 	a->no_dense = 1;
 	return 0;
 }
 
-/* 1 when the counting array covers [x, y) (x < y), grown as needed (at
- * least doubled, so a sum of windows grows it a few times at most); 0
- * when it cannot: the values are pairs from then on. Merging many
- * windows this way costs one add per pair and one pass over the slots,
- * not a sort of everything gathered. */
+/* 1 when the counting array covers [x, y) (x < y), grown as needed
+ * (dcount_cover); 0 when it cannot: the values are pairs from then on.
+ * Merging many windows this way costs one add per pair and one pass
+ * over the slots, not a sort of everything gathered. */
 static int dense_cover(dacc *a, int64_t x, int64_t y)
 {
-	if (a->cnt && x >= a->lo && y <= a->lo + (int64_t)a->span) {
-		a->umin = x < a->umin ? x : a->umin;
-		a->umax = y - 1 > a->umax ? y - 1 : a->umax;
-		return 1;
-	}
 	if (a->sketch || a->no_dense || a->rc)
 		return 0;
 	if (x < -DIST_IDX_MAX || y > DIST_IDX_MAX + 1)
 		return dense_give_up(a);
-	int64_t lo = a->cnt ? a->lo : x, hi = a->cnt ? a->lo + (int64_t)a->span : y;
-	uint64_t span = (uint64_t)(hi - lo), want = span < 1024 ? 1024 : 2 * span;
-	if (x < lo)
-		lo = hi - (int64_t)want < x ? hi - (int64_t)want : x;
-	if (y > hi)
-		hi = lo + (int64_t)want > y ? lo + (int64_t)want : y;
-	if ((uint64_t)(hi - lo) > DENSE_MAX)
-		return dense_give_up(a);
-	uint64_t *cnt = mem_calloc((size_t)(hi - lo), sizeof *cnt);
-	if (!cnt) {
-		a->rc = err_set(-ENOMEM, "out of memory");
-		return 0;
-	}
-	if (a->cnt)
-		memcpy(cnt + (a->lo - lo), a->cnt, a->span * sizeof *cnt);
-	if (!a->cnt) {
-		a->umin = x;
-		a->umax = y - 1;
-	}
-	mem_free(a->cnt);
-	a->cnt = cnt;
-	a->lo = lo;
-	a->span = (size_t)(hi - lo);
-	return dense_cover(a, x, y);
+	int rc = dcount_cover(&a->dc, x, y, DENSE_MAX);
+	if (rc < 0)
+		a->rc = rc;
+	return rc > 0 ? 1 : rc ? 0 : dense_give_up(a);
 }
 
 /* The counting array as the answer's ascending pairs, in place of the
- * (then empty) pair lists; the array stays (a->cnt) to say so. One
- * branchless pass over the slots between the least and the greatest
- * value counted. */
+ * (then empty) pair lists; the array stays (a->dc.cnt) to say so. */
 static int dense_take(dacc *a)
 {
-	size_t w = (size_t)(a->umax - a->umin) + 1;
+	size_t w = (size_t)(a->dc.umax - a->dc.umin) + 1;
 	int64_t *v = mem_alloc(w * sizeof *v);
 	uint64_t *c = mem_alloc(w * sizeof *c);
 	if (!v || !c) {
@@ -168,25 +145,18 @@ static int dense_take(dacc *a)
 		mem_free(c);
 		return err_set(-ENOMEM, "out of memory");
 	}
-	const uint64_t *cnt = a->cnt + (a->umin - a->lo);
-	size_t k = 0;
-	for (size_t i = 0; i < w; i++) {
-		v[k] = a->umin + (int64_t)i;
-		c[k] = cnt[i];
-		k += cnt[i] != 0;
-	}
 	mem_free(a->v);
 	mem_free(a->c);
 	a->v = v;
 	a->c = c;
-	a->n = k;
+	a->n = dcount_take(&a->dc, SIZE_MAX, v, c);
 	return 0;
 }
 
 /* From now on, a sketch: what was gathered goes into buckets. */
 static void acc_to_sketch(dacc *a)
 {
-	if (a->cnt)
+	if (a->dc.cnt)
 		dense_to_pairs(a);
 	for (size_t i = 0; i < a->n; i++)
 		a->v[i] = dist_sketch_key(a->v[i]);
@@ -208,7 +178,7 @@ static void acc_state(dacc *a, const dstate *d, int64_t start)
 	if (d->sketch && !a->sketch)
 		acc_to_sketch(a);
 	if (d->n && !d->sketch && dense_cover(a, d->v[0], d->v[d->n - 1] + 1)) {
-		uint64_t *cnt = a->cnt - a->lo;
+		uint64_t *cnt = a->dc.cnt - a->dc.lo;
 		for (uint32_t i = 0; i < d->n; i++)
 			cnt[d->v[i]] += d->c[i];
 		return;
@@ -226,32 +196,47 @@ static void acc_value(dacc *a, double v)
 	if (a->sketch)
 		acc_pair(a, dist_sketch_key(x), 1);
 	else if (dense_cover(a, x, x + 1))
-		a->cnt[x - a->lo]++;
+		dcount_add(&a->dc, x, 1);
 	else
 		acc_pair(a, x, 1);
 }
 
-/* n raw values v (idx: room for n indexes): like acc_value each, but
- * converted in one call and, when the counting array covers them,
- * counted in one tight loop. */
-static void acc_values(dacc *a, const double *v, uint32_t n, int64_t *idx)
+/* n values idx at the resolution, the least lo and the greatest hi:
+ * like acc_value each, but counted in one tight loop when the counting
+ * array covers them. */
+static void acc_counted(dacc *a, const int64_t *idx, uint32_t n, int64_t lo, int64_t hi)
 {
-	if (!n || a->rc)
-		return;
-	dist_index_n(v, n, a->exp, idx);
-	int64_t lo = idx[0], hi = idx[0];
-	for (uint32_t i = 1; i < n; i++) {
-		lo = idx[i] < lo ? idx[i] : lo;
-		hi = idx[i] > hi ? idx[i] : hi;
-	}
 	if (!a->sketch && dense_cover(a, lo, hi + 1)) {
-		uint64_t *cnt = a->cnt - a->lo;
+		uint64_t *cnt = a->dc.cnt - a->dc.lo;
 		for (uint32_t i = 0; i < n; i++)
 			cnt[idx[i]]++;
 		return;
 	}
 	for (uint32_t i = 0; i < n && !a->rc; i++)
 		acc_pair(a, a->sketch ? dist_sketch_key(idx[i]) : idx[i], 1);
+}
+
+/* n raw values v (idx: room for n indexes), converted in one call. */
+static void acc_values(dacc *a, const double *v, uint32_t n, int64_t *idx)
+{
+	if (!n || a->rc)
+		return;
+	int64_t lo, hi;
+	dist_index_n(v, n, a->exp, idx, &lo, &hi);
+	acc_counted(a, idx, n, lo, hi);
+}
+
+/* n raw values already at the resolution (a DEC column's integers). */
+static void acc_units(dacc *a, const int64_t *idx, uint32_t n)
+{
+	if (!n || a->rc)
+		return;
+	int64_t lo = idx[0], hi = idx[0];
+	for (uint32_t i = 1; i < n; i++) {
+		lo = idx[i] < lo ? idx[i] : lo;
+		hi = idx[i] > hi ? idx[i] : hi;
+	}
+	acc_counted(a, idx, n, lo, hi);
 }
 
 /* A memtable's values of the series in [x, y): memtables keep rows, not
@@ -310,11 +295,29 @@ static void rows_before(const int64_t *ts, uint32_t n, const int64_t e[4], uint3
 	}
 }
 
-/* The values of stripe st in the edges e. Its rows ascend in time, so
- * the times are decoded only up to the end of the last edge the stripe
- * meets and the values only up to the last row in an edge
- * (part_read_col_head); how much that saves is the codec's frame size:
- * the bench's stripes are one frame of a thousand rows, read whole. */
+/* 1 when rows [x, y) of the presence bits are all set. */
+static int all_present(const uint64_t *pres, uint32_t x, uint32_t y)
+{
+	for (; x < y && (x & 63); x++)
+		if (!((pres[x >> 6] >> (x & 63)) & 1))
+			return 0;
+	for (; x + 64 <= y; x += 64)
+		if (pres[x >> 6] != UINT64_MAX)
+			return 0;
+	for (; x < y; x++)
+		if (!((pres[x >> 6] >> (x & 63)) & 1))
+			return 0;
+	return 1;
+}
+
+/* The values of stripe st in the edges e. Its rows ascend in time, and
+ * its tmin and tmax say which edge bounds fall inside it: a bound at or
+ * before tmin has no row before it, one past tmax all of them. So the
+ * times are decoded only up to the last bound inside the stripe (none:
+ * a stripe wholly in an edge, no time at all; a day's first stripe under
+ * a range that starts in it and ends past it, only up to the start), and
+ * the values only up to the last row in an edge (part_read_col_head),
+ * both in whole frames of the codec. */
 static void acc_stripe(dacc *a, const part *p, const part_stripe *st, int col, const col_def *c,
 		       part_scratch *ps, int64_t *ts, bval *vals, uint64_t *pres,
 		       const int64_t e[4])
@@ -322,29 +325,62 @@ static void acc_stripe(dacc *a, const part *p, const part_stripe *st, int col, c
 	if (!stripe_overlaps(st, e) || st->n_rows > PART_STRIPE_MAX)
 		return;
 	int late = e[2] < e[3] && st->tmax >= e[2];
-	int64_t stop = late ? e[3] : e[1];
-	uint32_t got, r[4];
+	int nb = late ? 4 : 2; /* the bounds that matter: without a late edge, e[0..2) */
+	int64_t stop = INT64_MIN;
+	for (int j = 0; j < nb; j++)
+		if (e[j] > st->tmin && e[j] <= st->tmax && e[j] > stop)
+			stop = e[j];
+	uint32_t got = 0, r[4], n = st->n_rows;
 	int absent;
-	if ((a->rc = part_read_col_head(p, st, -1, ps, ts, NULL, 0, stop, &got, &absent)) || absent)
+	if (stop != INT64_MIN &&
+	    ((a->rc = part_read_col_head(p, st, -1, ps, ts, NULL, 0, stop, &got, &absent)) ||
+	     absent))
 		return;
+	/* the decoded times reach stop (or hold every row), so a bound
+	 * inside the stripe finds its row among them */
 	rows_before(ts, got, e, r);
+	for (int j = 0; j < nb; j++)
+		r[j] = e[j] <= st->tmin ? 0 : e[j] > st->tmax ? n : r[j];
 	if (!late)
 		r[2] = r[3] = r[1];
 	uint32_t want = r[3] > r[2] ? r[3] : r[1];
 	if (r[0] == r[1] && r[2] == r[3])
 		return;
-	if ((a->rc = part_read_col_head(p, st, col, ps, vals, pres, want, INT64_MIN, &got,
-					&absent)) ||
-	    absent)
+	/* a float column coded as decimals comes out at the resolution
+	 * already when its scale allows (codec_want_units): no round trip
+	 * through doubles */
+	int units = c->type == TALLY_T_F64 && a->exp <= 0;
+	if (units)
+		codec_want_units(ps->cx, (unsigned)-a->exp);
+	a->rc = part_read_col_head(p, st, col, ps, vals, pres, want, INT64_MIN, &got, &absent);
+	units = units && codec_units_got(ps->cx);
+	codec_want_units(ps->cx, UINT_MAX); /* none left behind by a failed read */
+	if (a->rc || absent)
 		return;
-	/* the edges' present values as doubles, in place, then at the
-	 * resolution into the times' slots (read already) */
+	/* the edges' present values (as doubles unless units), then at the
+	 * resolution into the times' slots (read already); a float column with
+	 * every row of an edge present is counted where it lies, with no copy */
 	uint32_t m = 0;
-	for (int h = 0; h < 4; h += 2)
+	for (int h = 0; h < 4; h += 2) {
+		if (c->type == TALLY_T_F64 && all_present(pres, r[h], r[h + 1])) {
+			if (units)
+				acc_units(a, &vals[r[h]].i64, r[h + 1] - r[h]);
+			else
+				acc_values(a, &vals[r[h]].f64, r[h + 1] - r[h], ts);
+			continue;
+		}
 		for (uint32_t i = r[h]; i < r[h + 1]; i++)
-			if ((pres[i >> 6] >> (i & 63)) & 1)
-				vals[m++].f64 = bval_num(c->type, vals[i]);
-	acc_values(a, &vals->f64, m, ts);
+			if ((pres[i >> 6] >> (i & 63)) & 1) {
+				if (units)
+					vals[m++].i64 = vals[i].i64;
+				else
+					vals[m++].f64 = bval_num(c->type, vals[i]);
+			}
+	}
+	if (units)
+		acc_units(a, &vals->i64, m);
+	else
+		acc_values(a, &vals->f64, m, ts);
 }
 
 /* The raw values of part sp's key pk (column pc) in [x, y): the
@@ -616,7 +652,7 @@ TALLY_API int tally_query_dist(tally_db *db, const char *table, const char *fiel
 		}
 	}
 	err_clear();
-	dacc a = {.exp = c->dist_exp, .what = field};
+	dacc a = {.exp = c->dist_exp, .what = field, .dc = DCOUNT_INIT};
 	if (A < B) {
 		a.ps = scratch_get(db);
 		for (unsigned s = 0; s < db->n_shards && !a.rc; s++) {
@@ -660,11 +696,11 @@ TALLY_API int tally_query_dist(tally_db *db, const char *table, const char *fiel
 	if (!rc && !d)
 		rc = err_set(-ENOMEM, "out of memory");
 	size_t k = 0;
-	if (!rc && a.cnt && !a.n) {
+	if (!rc && a.dc.cnt && !a.n) {
 		rc = dense_take(&a);
 		k = a.n;
 	} else if (!rc) {
-		if (a.cnt)
+		if (a.dc.cnt)
 			dense_to_pairs(&a);
 		rc = a.rc ? a.rc : dist_combine(a.v, a.c, a.n, &k);
 	}
@@ -684,7 +720,7 @@ TALLY_API int tally_query_dist(tally_db *db, const char *table, const char *fiel
 	}
 	mem_free(a.v);
 	mem_free(a.c);
-	mem_free(a.cnt);
+	dcount_free(&a.dc);
 	if (rc) {
 		tally_dist_free(d);
 		return rc;

@@ -604,6 +604,7 @@ static int decode(codec_ctx *cx, const uint8_t *p, size_t len, enum codec_kind k
 		  uint64_t *bits, uint32_t want, int64_t stop, uint32_t *got)
 {
 	block_hdr h;
+	cx->units_got = 0;
 	int rc = header_get(p, len, &h);
 	if (rc)
 		return rc;
@@ -710,6 +711,7 @@ int codec_decode(codec_ctx *cx, const uint8_t *p, size_t len, enum codec_kind ki
 		return -ENOMEM;
 	uint64_t bits[CODEC_BLOCK_MAX / 64];
 	uint32_t got;
+	cx->units_want = 0; /* doubles: the request is codec_decode_head's */
 	int rc = decode(cx, p, len, kind, n_expected, vals, present, arena, bits, n_expected,
 			INT64_MIN, &got);
 	codec_ctx_free(tmp);
@@ -728,7 +730,18 @@ int codec_decode_head(codec_ctx *cx, const uint8_t *p, size_t len, enum codec_ki
 	uint64_t bits[CODEC_BLOCK_MAX / 64];
 	int rc = decode(cx, p, len, kind, n_expected, vals, present, NULL, bits, want,
 			kind == CODEC_TS ? stop : INT64_MIN, got);
+	cx->units_want = 0;
 	if (rc == TALLY_ECORRUPT)
 		err_prefix(rc, "codec block (%s)", codec_kind_name(kind));
 	return rc;
+}
+
+void codec_want_units(codec_ctx *cx, unsigned scale)
+{
+	cx->units_want = scale <= CODEC_DEC_SCALE_MAX ? (uint8_t)(scale + 1) : 0;
+}
+
+int codec_units_got(const codec_ctx *cx)
+{
+	return cx->units_got;
 }

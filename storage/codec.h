@@ -177,6 +177,24 @@ int codec_decode_head(codec_ctx *cx, const uint8_t *p, size_t len, enum codec_ki
 		      uint32_t n_expected, uint32_t want, int64_t stop, void *vals,
 		      uint64_t *present, uint32_t *got);
 
+/*
+ * Asks the next codec_decode_head on cx for a CODEC_F64 block's values as
+ * integers in units of 10^-scale (scale <= CODEC_DEC_SCALE_MAX): a
+ * distribution counts values at a decimal resolution, and a DEC block
+ * already holds them so (enc_float.c), so the round trip through doubles
+ * can be skipped. The request holds for that one call. The block answers
+ * it, and codec_units_got then says 1, when it is DEC-coded at a scale s
+ * <= scale with no value stored verbatim and every integer m * 10^(scale
+ * - s) under 2^50 in magnitude: then each row's int64_t equals the value
+ * times 10^scale rounded to nearest (exactly: both roundings of the
+ * double path are within a quarter of a unit there). Otherwise the rows
+ * are doubles as always and codec_units_got says 0. A scale past
+ * CODEC_DEC_SCALE_MAX withdraws a request (a caller whose read failed
+ * before decoding leaves none behind for the next one).
+ */
+void codec_want_units(codec_ctx *cx, unsigned scale);
+int codec_units_got(const codec_ctx *cx);
+
 /* Reads a block's header; TALLY_ECORRUPT when it does not parse. */
 int codec_block_info_get(const uint8_t *p, size_t len, codec_block_info *out);
 

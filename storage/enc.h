@@ -52,6 +52,9 @@ struct codec_ctx {
 	 * asked, <= n). codec_decode resets want to "all". */
 	uint32_t want, got;
 	int64_t stop;
+	/* codec_want_units' request for the next codec_decode_head (the
+	 * scale + 1; 0: none), and whether the DEC decoder answered it */
+	uint8_t units_want, units_got;
 };
 
 /* scratch slot i with at least bytes bytes (contents not kept); NULL on

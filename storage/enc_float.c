@@ -214,16 +214,17 @@ static int tail_put(codec_ctx *cx, codec_buf *out, uint8_t *p, const double *v, 
 
 /* Reads that tail from *pos: checks the exception list (leaving *exc_at
  * at it for exc_apply) and decodes the integers the request needs
- * (cx->want) into *m (scratch); *got of them are exact. */
+ * (cx->want) into *m: into (n slots) or else scratch; *got of them are
+ * exact. */
 static int tail_get(codec_ctx *cx, const uint8_t *body, size_t len, size_t pos, uint32_t n,
-		    const exc_names *nm, size_t *exc_at, int64_t **m, uint32_t *got)
+		    const exc_names *nm, size_t *exc_at, int64_t *into, int64_t **m, uint32_t *got)
 {
 	uint64_t ne;
 	*exc_at = pos;
 	int rc = exc_check(body, len, &pos, n, &ne, nm);
 	if (rc)
 		return rc;
-	if (!(*m = enc_scratch(cx, ENC_S_TMP, (size_t)n * 8 + 8)))
+	if (!(*m = into ? into : enc_scratch(cx, ENC_S_TMP, (size_t)n * 8 + 8)))
 		return -ENOMEM;
 	return enc_ints_get_head(body + pos, len - pos, n, *m, cx->want, INT64_MIN, got);
 }
@@ -272,6 +273,34 @@ static int dec_encode(codec_ctx *cx, const enc_vals *in, const codec_opts *opt, 
 	return tail_put(cx, out, p, v, exc, ne, m, n, opt, st);
 }
 
+/* codec_want_units' answer: 1 with the got integers m at scale s (in
+ * out, as decoded) times 10^(scale - s) in place, when the block stores
+ * no value verbatim and all of them fit (codec.h says why they are then
+ * exact); 0 and out unchanged otherwise. */
+static int dec_units(codec_ctx *cx, const uint8_t *body, size_t len, size_t exc_at, unsigned s,
+		     int64_t *m, uint32_t got)
+{
+	unsigned scale = cx->units_want - 1u;
+	uint64_t ne;
+	if (s > scale || enc_varint_get(body, len, &exc_at, &ne, "") || ne)
+		return 0;
+	int64_t mul = 1;
+	for (unsigned i = s; i < scale; i++)
+		mul *= 10;
+	/* |m| < lim, so |m * mul| < 2^50 */
+	uint64_t lim = (UINT64_C(1) << 50) / (uint64_t)mul, far = 0;
+	for (uint32_t i = 0; i < got; i++)
+		far |= (uint64_t)m[i] + lim - 1 > 2 * lim - 2;
+	if (far)
+		return 0;
+	if (mul != 1)
+		for (uint32_t i = 0; i < got; i++)
+			m[i] *= mul;
+	cx->units_got = 1;
+	cx->got = got;
+	return 1;
+}
+
 static int dec_decode(codec_ctx *cx, enum codec_kind kind, const uint8_t *body, size_t len,
 		      uint32_t n, void *out, codec_buf *arena)
 {
@@ -285,11 +314,22 @@ static int dec_decode(codec_ctx *cx, enum codec_kind kind, const uint8_t *body, 
 	size_t exc_at;
 	int64_t *m;
 	uint32_t got;
-	int rc = tail_get(cx, body, len, 1, n, &dec_names, &exc_at, &m, &got);
+	/* the integers straight into out, then made values in place: no
+	 * copy from a scratch array */
+	int rc = tail_get(cx, body, len, 1, n, &dec_names, &exc_at, out, &m, &got);
 	if (rc)
 		return rc;
-	for (uint32_t i = 0; i < got; i++)
-		d[i] = dec_value(m[i], s);
+	if (cx->units_want && dec_units(cx, body, len, exc_at, s, m, got))
+		return 0;
+	uint8_t *slot = out;
+	for (uint32_t i = 0; i < got; i++) {
+		/* one slot read as an integer and written as a double: memcpy
+		 * is the aliasing-safe spelling of that */
+		int64_t x;
+		memcpy(&x, slot + (size_t)i * 8, 8);
+		double v = dec_value(x, s);
+		memcpy(slot + (size_t)i * 8, &v, 8);
+	}
 	exc_apply(body, len, exc_at, d); /* any index below n: d has n slots */
 	cx->got = got;
 	return 0;
@@ -586,7 +626,7 @@ static int bin_decode(codec_ctx *cx, enum codec_kind kind, const uint8_t *body, 
 	size_t exc_at;
 	int64_t *m;
 	uint32_t got;
-	if ((rc = tail_get(cx, body, len, pos, n, &bin_names, &exc_at, &m, &got)))
+	if ((rc = tail_get(cx, body, len, pos, n, &bin_names, &exc_at, NULL, &m, &got)))
 		return rc;
 	cx->got = got;
 	double pow2e = bin_pow2((int)e);

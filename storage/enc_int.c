@@ -516,6 +516,42 @@ int enc_ints_put(codec_ctx *cx, const int64_t *v, uint32_t n, enum codec_order o
 /* ------------------------------------------------------------ decode */
 
 /*
+ * The common Rice frame, k <= 23 (every code then fits the 56 bits a
+ * refill leaves): one loop per sign convention, so that neither the
+ * convention nor the width test is decided again per value. It stops at
+ * the first escape (32 ones), which the general loop below takes on;
+ * how many values it decoded. (callgrind, 300 unaligned V85 queries of
+ * bench_dist: see bench/results/dist-query-2026-12-07.md.)
+ */
+static inline __attribute__((always_inline)) uint32_t
+rice_run(enc_br *brp, int64_t *x, uint32_t cnt, unsigned k, int64_t ref, int zz)
+{
+	uint64_t acc = brp->acc, kmask = ((uint64_t)1 << k) - 1;
+	unsigned n = brp->n;
+	uint32_t j = 0;
+	for (; j < cnt; j++) {
+		if (n < RICE_LIMIT + 1 + k) {
+			brp->acc = acc;
+			brp->n = n;
+			enc_br_refill(brp);
+			acc = brp->acc;
+			n = brp->n;
+		}
+		unsigned q = (unsigned)__builtin_ctzll(~acc | (uint64_t)1 << RICE_LIMIT);
+		if (q >= RICE_LIMIT)
+			break;
+		unsigned used = q + 1 + k;
+		uint64_t u = (uint64_t)q << k | (acc >> (q + 1) & kmask);
+		acc >>= used;
+		n -= used;
+		x[j] = zz ? wadd(ref, enc_unzigzag(u)) : wadd(ref, (int64_t)u);
+	}
+	brp->acc = acc;
+	brp->n = n;
+	return j;
+}
+
+/*
  * The reader works on a copy of *br in locals: through the pointer the
  * compiler must assume every store to r[] may change br->acc (both are
  * 64-bit integers), and reloads it per value. The common Rice code, q < 32
@@ -550,7 +586,11 @@ static int read_frames(enc_br *brp, int64_t *r, uint32_t m, unsigned flog2, int6
 		int zz = code >= CODE_MID;
 		unsigned k = code - (zz ? CODE_MID : CODE_RICE);
 		uint64_t kmask = ((uint64_t)1 << k) - 1;
-		for (uint32_t j = 0; j < cnt; j++) {
+		uint32_t j = 0;
+		if (k <= 56 - RICE_LIMIT - 1)
+			j = zz ? rice_run(&br, x, cnt, k, ref, 1)
+			       : rice_run(&br, x, cnt, k, ref, 0);
+		for (; j < cnt; j++) {
 			if (br.n < RICE_LIMIT + 1 + k)
 				enc_br_refill(&br);
 			uint64_t u;
@@ -588,15 +628,17 @@ frame_done:
 static void finish(int64_t *v, uint32_t from, uint32_t to, unsigned o, uint64_t g,
 		   const int64_t head[2], int64_t *dd)
 {
+	if (o == 1) { /* times: the divisor undone in the running sum's pass */
+		for (uint32_t i = from; i < to; i++)
+			v[i] = wadd(v[i - 1], (int64_t)((uint64_t)v[i] * g));
+		return;
+	}
 	if (g != 1)
 		for (uint32_t i = from; i < to; i++)
 			v[i] = (int64_t)((uint64_t)v[i] * g);
 	if (o == 0) {
 		for (uint32_t i = from; i < to; i++)
 			v[i] = wadd(v[i], head[0]);
-	} else if (o == 1) {
-		for (uint32_t i = from; i < to; i++)
-			v[i] = wadd(v[i], v[i - 1]);
 	} else {
 		int64_t d = *dd;
 		for (uint32_t i = from; i < to; i++) {

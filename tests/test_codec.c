@@ -1434,3 +1434,108 @@ Test(codec, bin_bytes_and_damage)
 	static const uint8_t junk[] = {0x00};
 	bin_refused(blk, bin_block(blk, 4, 95, none, 1, m, 4, junk, 1), 4, "left over");
 }
+
+/* The integer the double path gives a value at scale S: what an exact
+ * distribution counts (engine/dist.c's dist_index, half away from zero). */
+static int64_t units_of(double v, unsigned scale)
+{
+	double p = 1;
+	for (unsigned i = 0; i < scale; i++)
+		p *= 10;
+	return llround(v * p);
+}
+
+/* c encoded as enc, asked for units at scale 1 (then withdrawn when
+ * withdraw): answered in doubles, every one as it was. */
+static void units_refused(codec_ctx *ux, col *c, enum codec_enc enc, int withdraw, codec_buf *out,
+			  double *dbl, uint64_t *pres)
+{
+	codec_opts o = {.force = enc};
+	out->len = 0;
+	cr_assert_eq(codec_encode(ux, CODEC_F64, c->v, NULL, c->n, &o, out, NULL), 0);
+	uint32_t n;
+	codec_want_units(ux, 1);
+	if (withdraw)
+		codec_want_units(ux, 99);
+	cr_assert_eq(codec_decode_head(ux, out->p, out->len, CODEC_F64, c->n, c->n, INT64_MIN, dbl,
+				       pres, &n),
+		     0);
+	cr_assert_eq(codec_units_got(ux), 0, "%s", codec_name(enc));
+	for (uint32_t i = 0; i < c->n; i++)
+		cr_assert_eq(dbl[i], F(c)[i], "%s row %u", codec_name(enc), i);
+}
+
+/* codec_want_units: a DEC block at a scale at or below the one asked
+ * answers with integers equal to the doubles' rounding (a head too); a
+ * finer block, one with verbatim values, one of huge values, a non-DEC
+ * block and the call after (the request holds once) answer doubles. */
+Test(codec, units_of_decimal_blocks_equal_the_doubles_rounding)
+{
+	tu_rng r = {tu_seed("units")};
+	codec_ctx *ux = codec_ctx_new();
+	codec_buf out = {0};
+	col c = col_new(CODEC_F64, 3000);
+	int64_t *got = malloc(c.n * sizeof *got);
+	double *dbl = malloc(c.n * sizeof *dbl);
+	uint64_t pres[3000 / 64 + 1];
+	/* digits of the values, the scale asked, whether it answers in units */
+	const struct {
+		unsigned digits, scale;
+		int units;
+	} cases[] = {{1, 1, 1}, {0, 1, 1}, {1, 3, 1}, {2, 2, 1}, {2, 1, 0}, {3, 1, 0}, {0, 0, 1}};
+	for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
+		double p = 1;
+		for (unsigned i = 0; i < cases[k].digits; i++)
+			p *= 10;
+		for (uint32_t i = 0; i < c.n; i++) {
+			char s[32];
+			snprintf(s, sizeof s, "%.*f", (int)cases[k].digits,
+				 ((double)tu_below(&r, 2000000) - 1000000) / p);
+			F(&c)[i] = strtod(s, NULL);
+		}
+		codec_opts o = {.force = CODEC_ENC_DEC};
+		out.len = 0;
+		codec_stats st;
+		cr_assert_eq(codec_encode(ux, CODEC_F64, c.v, NULL, c.n, &o, &out, &st), 0);
+		cr_assert_eq(st.n_except, 0);
+		for (int whole = 0; whole < 2; whole++) {
+			uint32_t want = whole ? c.n : 700, n;
+			codec_want_units(ux, cases[k].scale);
+			cr_assert_eq(codec_decode_head(ux, out.p, out.len, CODEC_F64, c.n, want,
+						       INT64_MIN, got, pres, &n),
+				     0);
+			cr_assert_eq(codec_units_got(ux), cases[k].units, "case %zu", k);
+			cr_assert_geq(n, want);
+			memcpy(dbl, got, n * sizeof *dbl);
+			for (uint32_t i = 0; i < n; i++)
+				if (cases[k].units)
+					cr_assert_eq(got[i], units_of(F(&c)[i], cases[k].scale),
+						     "case %zu row %u: %lld for %.17g", k, i,
+						     (long long)got[i], F(&c)[i]);
+				else
+					cr_assert_eq(dbl[i], F(&c)[i], "case %zu row %u", k, i);
+			/* the request held for that call alone */
+			cr_assert_eq(codec_decode_head(ux, out.p, out.len, CODEC_F64, c.n, want,
+						       INT64_MIN, dbl, pres, &n),
+				     0);
+			cr_assert_eq(codec_units_got(ux), 0);
+			cr_assert_eq(dbl[0], F(&c)[0]);
+		}
+	}
+	/* a value stored verbatim, a value too large for exact units, XOR,
+	 * and a request withdrawn */
+	for (int v = 0; v < 2; v++) {
+		for (uint32_t i = 0; i < c.n; i++)
+			F(&c)[i] = (double)(i % 900) / 10;
+		F(&c)[17] = v ? 4e14 : 85.25;
+		units_refused(ux, &c, CODEC_ENC_DEC, 0, &out, dbl, pres);
+	}
+	units_refused(ux, &c, CODEC_ENC_XOR, 0, &out, dbl, pres);
+	F(&c)[17] = 1.5;
+	units_refused(ux, &c, CODEC_ENC_DEC, 1, &out, dbl, pres);
+	free(got);
+	free(dbl);
+	codec_buf_free(&out);
+	col_free(&c);
+	codec_ctx_free(ux);
+}

@@ -9,6 +9,7 @@
  */
 #include <criterion/criterion.h>
 
+#include "dcount.h"
 #include "dist.h"
 #include "testutil.h"
 
@@ -96,6 +97,12 @@ static void write_in(tally_db *db, tu_rng *r, unsigned s, int n, int only_cam, i
 static void write_some(tally_db *db, tu_rng *r, unsigned s, int n)
 {
 	write_in(db, r, s, n, -1, T0, SPAN);
+}
+
+static int cmp_i64(const void *a, const void *b)
+{
+	int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+	return (x > y) - (x < y);
 }
 
 static int cmp_double(const void *a, const void *b)
@@ -753,4 +760,242 @@ Test(dist, counted_and_sorted_values_equal_brute_force)
 	free(dir);
 	forget_events();
 	speed_of = plain_speed;
+}
+
+/* A store in a new directory (*dir, which drop_db removes and frees). */
+static tally_db *fresh_db(const tally_options *o, char **dir)
+{
+	*dir = tu_tmpdir();
+	tally_db *db;
+	cr_assert_eq(tally_db_open(*dir, o, &db), 0, "%s", tally_errmsg());
+	return db;
+}
+
+static void drop_db(tally_db *db, char *dir)
+{
+	tally_db_close(db);
+	tu_rmrf(dir);
+	free(dir);
+}
+
+/* n lines of line protocol in buf[0..len) through shard 0's writer. */
+static void write_lines(tally_db *db, const char *buf, size_t len, uint64_t n)
+{
+	tally_writer *w;
+	cr_assert_eq(tally_writer_open(db, 0, &w), 0);
+	tally_write_result res;
+	cr_assert_eq(tally_write_lp(w, buf, len, TALLY_PREC_NS, &res), 0, "%s", tally_errmsg());
+	cr_assert_eq(res.accepted, n);
+	tally_writer_close(w);
+}
+
+/* Field `name` (resolution 10^exp) of camera C0 over [a, b) against
+ * brute force over the n rows (ts[i], x[i * stride]); NaN: no value. */
+static void check_field(tally_db *db, const char *name, int32_t exp, const int64_t *ts,
+			const double *x, size_t stride, size_t n, int64_t a, int64_t b)
+{
+	int64_t *v = malloc((n + 1) * sizeof *v);
+	size_t m = 0;
+	for (size_t i = 0; i < n; i++)
+		if (ts[i] >= a && ts[i] < b && !isnan(x[i * stride]))
+			v[m++] = dist_index(x[i * stride], exp);
+	qsort(v, m, sizeof *v, cmp_i64);
+	tally_dist *d;
+	cr_assert_eq(tally_query_dist(db, "traffic", name, "C0", a, b, &d), 0, "%s",
+		     tally_errmsg());
+	cr_assert_eq(tally_dist_count(d), m, "%s over [%lld, %lld): %llu, brute force %zu", name,
+		     (long long)a, (long long)b, (unsigned long long)tally_dist_count(d), m);
+	const double qs[] = {0, 0.5, 0.85, 1};
+	for (int q = 0; q < 4 && m; q++) {
+		double got;
+		cr_assert_eq(tally_dist_quantile(d, qs[q], &got), 0);
+		double want = dist_value(v[tu_exact_rank(qs[q], m) - 1], exp);
+		cr_assert_eq(got, want, "%s q %g over [%lld, %lld): %.17g, brute force %.17g", name,
+			     qs[q], (long long)a, (long long)b, got, want);
+	}
+	tally_dist_free(d);
+	free(v);
+}
+
+/* An edge's rows are counted straight from the decoded stripe when the
+ * field is a float present in every row of the edge, compacted first
+ * when some row lacks it or the field is an integer, and come out of a
+ * decimal column at the resolution already when its scale allows
+ * (codec_want_units), else through doubles: with every third line
+ * missing the speed, an integer field, a field of two decimals counted
+ * at 0.1 (rounded) and one of one decimal counted at 0.001, each range's
+ * raw edges equal brute force after a flush and a merge. */
+Test(dist, edges_with_absent_values_equal_brute_force)
+{
+	tu_rng r = {tu_seed("dist-absent")};
+	tally_options o = opts();
+	o.distributions = "traffic.speed:0.1,traffic.n:1,traffic.p:0.1,traffic.q:0.001";
+	static const char *const name[] = {"speed", "n", "p", "q"};
+	static const int32_t exp[] = {-1, 0, -1, -3};
+	char *dir;
+	tally_db *db = fresh_db(&o, &dir);
+	enum { N = 6000, F = 4 };
+	int64_t *ts = malloc(N * sizeof *ts);
+	double(*val)[F] = malloc(N * sizeof *val);
+	char *buf = malloc((size_t)N * 120), *p = buf;
+	for (int i = 0; i < N; i++) {
+		ts[i] = T0 + (int64_t)tu_below(&r, (uint64_t)TALLY_1D);
+		char sp[16], pv[16], qv[16];
+		unsigned v = 300 + (unsigned)tu_below(&r, 600);
+		sprintf(sp, "%u.%u", v / 10, v % 10);
+		long long nv = (long long)tu_below(&r, 5000) - 2500;
+		unsigned pp = (unsigned)tu_below(&r, 100000), qq = (unsigned)tu_below(&r, 3000);
+		sprintf(pv, "%u.%02u", pp / 100, pp % 100);
+		sprintf(qv, "-%u.%u", qq / 10, qq % 10);
+		val[i][0] = i % 3 ? strtod(sp, NULL) : NAN; /* NaN: no speed on this line */
+		val[i][1] = (double)nv;
+		val[i][2] = strtod(pv, NULL);
+		val[i][3] = strtod(qv, NULL);
+		p += sprintf(p, "traffic,camera=C0 ");
+		if (i % 3)
+			p += sprintf(p, "speed=%s,", sp);
+		p += sprintf(p, "n=%lldi,p=%s,q=%s %lld\n", nv, pv, qv, (long long)ts[i]);
+	}
+	write_lines(db, buf, (size_t)(p - buf), N);
+	for (int round = 0; round < 2; round++) {
+		cr_assert_eq(round ? tally_db_merge(db) : tally_db_flush(db), 0, "%s",
+			     tally_errmsg());
+		for (int k = 0; k < 40; k++) {
+			int64_t a = T0 + (int64_t)tu_below(&r, (uint64_t)TALLY_1D);
+			int64_t b = a + (int64_t)tu_below(&r, (uint64_t)(T0 + TALLY_1D - a) + 1);
+			for (int f = 0; f < F; f++)
+				check_field(db, name[f], exp[f], ts, &val[0][f], F, N, a, b);
+		}
+	}
+	drop_db(db, dir);
+	free(ts);
+	free(val);
+	free(buf);
+}
+
+/* A stripe lying wholly inside an edge is read without its times: with a
+ * thousand events a minute a stripe spans about a minute, so both edges
+ * of [2 min 30 s, 17 min 30 s) (around the whole 5-minute windows from
+ * 5 to 15 minutes) hold whole stripes, and partly covered ones at either
+ * end; every such range equals brute force. */
+Test(dist, stripes_inside_an_edge_equal_brute_force)
+{
+	tu_rng r = {tu_seed("dist-inner")};
+	tally_options o = opts();
+	char *dir;
+	tally_db *db = fresh_db(&o, &dir);
+	enum { N = 20000 };
+	int64_t *ts = malloc(N * sizeof *ts);
+	double *x = malloc(N * sizeof *x);
+	char *buf = malloc((size_t)N * 64), *p = buf;
+	for (int i = 0; i < N; i++) {
+		ts[i] = T0 + (int64_t)tu_below(&r, (uint64_t)(20 * 60 * TALLY_NS_PER_SEC));
+		unsigned v = 300 + (unsigned)tu_below(&r, 900);
+		char num[16];
+		sprintf(num, "%u.%u", v / 10, v % 10);
+		x[i] = strtod(num, NULL);
+		p += sprintf(p, "traffic,camera=C0 speed=%s %lld\n", num, (long long)ts[i]);
+	}
+	write_lines(db, buf, (size_t)(p - buf), N);
+	cr_assert_eq(tally_db_flush(db), 0, "%s", tally_errmsg());
+	const int64_t s = TALLY_NS_PER_SEC;
+	check_field(db, "speed", -1, ts, x, 1, N, T0 + 150 * s, T0 + 1050 * s);
+	for (int k = 0; k < 30; k++) {
+		int64_t a = T0 + (int64_t)tu_below(&r, 300 * (uint64_t)s);
+		int64_t b = T0 + 900 * s + (int64_t)tu_below(&r, 300 * (uint64_t)s);
+		check_field(db, "speed", -1, ts, x, 1, N, a, b);
+	}
+	/* bounds on a stripe's first and last times and beside them (rows
+	 * go into stripes of 1,000 to 1,024 in time order): a bound at tmin
+	 * has no row of the stripe before it, one just past tmax all */
+	int64_t *sorted = malloc(N * sizeof *sorted);
+	memcpy(sorted, ts, N * sizeof *sorted);
+	qsort(sorted, N, sizeof *sorted, cmp_i64);
+	for (int k = 1; k < N / 1024; k++)
+		for (int d = -1; d <= 1; d++)
+			for (int per = 1000; per <= 1024; per += 24) {
+				int64_t t = sorted[k * per + d];
+				for (int64_t u = t; u <= t + 1; u++) {
+					check_field(db, "speed", -1, ts, x, 1, N, u, u + 420 * s);
+					check_field(db, "speed", -1, ts, x, 1, N, u - 420 * s, u);
+				}
+			}
+	free(sorted);
+	drop_db(db, dir);
+	free(ts);
+	free(x);
+	free(buf);
+}
+
+/* The counting array flushes and queries share (engine/dcount.h): runs of
+ * values counted, each taken and checked against brute force, the array
+ * reused (empty, so moved), grown upwards and downwards with counted
+ * values kept, and refused past its bound with nothing changed. */
+Test(dist, counting_array_equals_brute_force)
+{
+	tu_rng r = {tu_seed("dcount")};
+	dcount d = DCOUNT_INIT;
+	enum { W = 5000 };
+	uint64_t *want = calloc(3 * W, sizeof *want);
+	int64_t *v = malloc(3 * W * sizeof *v);
+	uint64_t *c = malloc(3 * W * sizeof *c);
+	for (int round = 0; round < 200; round++) {
+		/* a few covers around a random base, values counted in each */
+		int64_t base = (int64_t)tu_below(&r, 1u << 20) - (1 << 19), lo = INT64_MAX, hi = 0;
+		memset(want, 0, 3 * W * sizeof *want);
+		for (int k = 1 + (int)tu_below(&r, 4); k > 0; k--) {
+			int64_t x = base + (int64_t)tu_below(&r, 2 * W);
+			int64_t y = x + 1 + (int64_t)tu_below(&r, W);
+			size_t max = tu_below(&r, 4) ? 3 * W : (size_t)tu_below(&r, W);
+			size_t cap = d.cap;
+			int64_t umin = d.umin, umax = d.umax;
+			int rc = dcount_cover(&d, x, y, max);
+			int64_t nlo = x < lo ? x : lo, nhi = y > hi ? y : hi;
+			if (!rc) {
+				/* refused only past the bound, and nothing changed */
+				cr_assert_gt((uint64_t)(nhi - nlo), max);
+				cr_assert(d.cap == cap && d.umin == umin && d.umax == umax);
+				continue;
+			}
+			cr_assert_eq(rc, 1);
+			cr_assert(d.cap == cap || d.cap <= max, "grew to %zu past %zu", d.cap, max);
+			lo = nlo;
+			hi = nhi;
+			/* both ends counted (dcount_take's room), then any between */
+			dcount_add(&d, x, 1);
+			dcount_add(&d, y - 1, 2);
+			want[x - base] += 1;
+			want[y - 1 - base] += 2;
+			for (int i = (int)tu_below(&r, 300); i > 0; i--) {
+				int64_t u = x + (int64_t)tu_below(&r, (uint64_t)(y - x));
+				uint64_t n = 1 + tu_below(&r, 1000);
+				dcount_add(&d, u, n);
+				want[u - base] += n;
+			}
+		}
+		/* either walk: unknown, or a bound that may call it sparse */
+		size_t most = round % 2 ? SIZE_MAX : (size_t)tu_below(&r, 3 * W), j = 0;
+		size_t k = dcount_take(&d, most, v, c);
+		for (int64_t u = 0; u < 3 * W; u++)
+			if (want[u]) {
+				cr_assert_lt(j, k, "round %d: %zu pairs, more expected", round, k);
+				cr_assert(
+					v[j] == base + u && c[j] == want[u],
+					"round %d pair %zu: (%lld, %llu), brute force (%lld, %llu)",
+					round, j, (long long)v[j], (unsigned long long)c[j],
+					(long long)(base + u), (unsigned long long)want[u]);
+				j++;
+			}
+		cr_assert_eq(j, k, "round %d: %zu pairs, brute force %zu", round, k, j);
+		/* taken: empty, every slot zero again */
+		cr_assert_gt(d.umin, d.umax);
+		for (size_t i = 0; i < d.cap; i++)
+			cr_assert_eq(d.cnt[i], 0, "round %d: slot %zu left %llu", round, i,
+				     (unsigned long long)d.cnt[i]);
+	}
+	dcount_free(&d);
+	cr_assert_null(d.cnt);
+	free(want);
+	free(v);
+	free(c);
 }

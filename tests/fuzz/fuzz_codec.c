@@ -5,7 +5,8 @@
  *  - decode: the rest of the input is a block; it is decoded as the kind
  *    and row count its header names (so the fuzzer gets past those checks)
  *    and as the kind byte 0 names, and (numeric kinds) only its first
- *    rows with codec_decode_head. Each must return OK or TALLY_ECORRUPT,
+ *    rows with codec_decode_head, also asked for integers at a scale
+ *    (codec_want_units). Each must return OK or TALLY_ECORRUPT,
  *    never crash, hang or read out of bounds.
  *  - round trip: the rest of the input becomes values of a kind (raw
  *    bytes, or synthesised decimals, binary fractions, small deltas or
@@ -70,6 +71,11 @@ static void fuzz_decode(const uint8_t *p, size_t n, enum codec_kind kind)
 					   INT64_MIN, back, pres_back, &got));
 		check_rc(codec_decode_head(cx, p, n, (enum codec_kind)info.kind, info.n, 0, stop,
 					   back, pres_back, &got));
+		/* a distribution's request for integers at a scale (a DEC block's
+		 * own path) */
+		codec_want_units(cx, want & 15);
+		check_rc(codec_decode_head(cx, p, n, (enum codec_kind)info.kind, info.n, want,
+					   INT64_MIN, back, pres_back, &got));
 	}
 }
 
