@@ -969,6 +969,10 @@ static int read_block(const part *p, const part_ref *ref, part_scratch *s, int r
 	if (!remote && p->map) {
 		b = p->map + ref->off;
 	} else {
+		/* the buffer is reused for every block: what the last read left
+		 * in it is garbage now, and reserving past it would make the
+		 * buffer twice the largest block */
+		s->raw.len = 0;
 		if ((rc = codec_buf_reserve(&s->raw, (size_t)ref->len + 8)))
 			return err_set(rc, "out of memory");
 		if (remote)
