@@ -1492,12 +1492,14 @@ static void check_block(vctx *v, const part *p, const part_ref *r, const char *l
 			r->off);
 }
 
-/* Header, index and footer (part_open), then every block the file holds
- * (a stub: its rollup blocks; its column blocks are the object's). */
+/* Header, index and footer (part_open_reads), then every block the file
+ * holds (a stub: its rollup blocks; its column blocks are the object's).
+ * check_block preads each block itself, so a map of the part would go
+ * unread: it is not made. */
 static void check_part(vctx *v, const char *path, const char *label)
 {
 	part *p;
-	if (part_open(path, &p)) {
+	if (part_open_reads(path, PART_READS_PREAD, &p)) {
 		problem(v, "%s: %s", label, err_msg());
 		return;
 	}

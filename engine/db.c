@@ -83,6 +83,11 @@ static int options_take(tally_options *dst, const tally_options *opt)
 	return 0;
 }
 
+/* storage/ cannot include tally.h: its own names for the same values */
+_Static_assert((int)TALLY_PART_READS_MMAP == (int)PART_READS_MMAP &&
+		       (int)TALLY_PART_READS_PREAD == (int)PART_READS_PREAD,
+	       "tally_options.part_reads passes straight to part_open_reads");
+
 static int check_options(tally_options *o, levels *L)
 {
 	if (o->shards == 0)
@@ -130,6 +135,11 @@ static int check_options(tally_options *o, levels *L)
 		o->late_threshold = L->w[0];
 	if (o->cache_bytes == 0)
 		o->cache_bytes = UINT64_C(256) << 20;
+	if (o->part_reads == 0)
+		o->part_reads = TALLY_PART_READS_DEFAULT;
+	if (o->part_reads != TALLY_PART_READS_MMAP && o->part_reads != TALLY_PART_READS_PREAD)
+		return err_set(TALLY_EINVAL, "part_reads: unknown value %llu (1: mmap, 2: pread)",
+			       (unsigned long long)o->part_reads);
 	if (o->seal_grace == 0)
 		o->seal_grace = TALLY_1H;
 	if (o->seal_grace < 0)

@@ -69,7 +69,7 @@ int shard_part_load_as(tally_db *db, uint64_t id, const manifest_part *mp, shard
 	shard_part *sp = mem_calloc(1, sizeof *sp);
 	if (!sp)
 		return err_set(-ENOMEM, "out of memory");
-	int rc = part_open(path, &sp->p);
+	int rc = part_open_reads(path, (int)db->opt.part_reads, &sp->p);
 	if (rc)
 		goto fail;
 	if (remote && (rc = tier_attach(db, sp, mp)))

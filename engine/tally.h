@@ -222,7 +222,22 @@ typedef struct tally_options {
 	 * sketch within a relative 1/128 instead, and answers that use it
 	 * say so (tally_dist_error). NULL: none. Copied at open. */
 	const char *distributions;
+	/* How part files are read (docs/operations.md, "Memory and latency
+	 * of tallyd"): TALLY_PART_READS_MMAP maps each part whole and reads
+	 * its blocks in place, so every page read counts in the process's
+	 * RSS (as file pages) for as long as the kernel keeps it;
+	 * TALLY_PART_READS_PREAD reads each block with pread into a reused
+	 * per-reader buffer as big as the largest block, so the parts' pages
+	 * stay in the page cache, outside RSS, which then stays flat as the
+	 * data grows. 0: TALLY_PART_READS_DEFAULT. Answers are the same. */
+	uint64_t part_reads;
 } tally_options;
+
+enum {
+	TALLY_PART_READS_MMAP = 1,
+	TALLY_PART_READS_PREAD = 2,
+	TALLY_PART_READS_DEFAULT = TALLY_PART_READS_MMAP,
+};
 
 /* The size of the first released layout (0.1), ending at tier_part_bytes:
  * tally_db_open refuses a smaller opt->size. */

@@ -376,7 +376,7 @@ int tier_fetch_whole(tally_db *db, const shard_part *sp, part **whole)
 			     "object %s: checksum %016llx, the manifest says %016llx", sp->object,
 			     (unsigned long long)sum, (unsigned long long)sp->object_sum);
 	if (!rc)
-		rc = part_open(path, whole);
+		rc = part_open_reads(path, (int)db->opt.part_reads, whole);
 	if (rc) {
 		unlink(path);
 		return err_prefix(rc, "fetching part %016llx for a merge",
@@ -515,7 +515,7 @@ static int tier_one(tally_db *db, shard *s, uint64_t id)
 		}
 	}
 	if (!rc)
-		rc = part_open(mat[0] ? mat : path, &w);
+		rc = part_open_reads(mat[0] ? mat : path, (int)db->opt.part_reads, &w);
 	pthread_mutex_unlock(&db->man_mu);
 	if (rc) {
 		if (mat[0])

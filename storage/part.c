@@ -818,6 +818,11 @@ fail:
 
 int part_open(const char *path, part **out)
 {
+	return part_open_reads(path, PART_READS_MMAP, out);
+}
+
+int part_open_reads(const char *path, int reads, part **out)
+{
 	*out = NULL;
 	part *p = mem_calloc(1, sizeof *p);
 	if (!p)
@@ -916,8 +921,10 @@ int part_open(const char *path, part **out)
 	}
 	mem_free(z);
 	mem_free(ix);
-	void *m = mmap(NULL, p->file_bytes, PROT_READ, MAP_SHARED, p->fd, 0);
-	p->map = m == MAP_FAILED ? NULL : m; /* without it, blocks are pread */
+	if (reads == PART_READS_MMAP) {
+		void *m = mmap(NULL, p->file_bytes, PROT_READ, MAP_SHARED, p->fd, 0);
+		p->map = m == MAP_FAILED ? NULL : m; /* without it, blocks are pread */
+	}
 	*out = p;
 	return 0;
 fail:
@@ -962,6 +969,10 @@ static int read_block(const part *p, const part_ref *ref, part_scratch *s, int r
 	if (!remote && p->map) {
 		b = p->map + ref->off;
 	} else {
+		/* the buffer is reused for every block: what the last read left
+		 * in it is garbage now, and reserving past it would make the
+		 * buffer twice the largest block */
+		s->raw.len = 0;
 		if ((rc = codec_buf_reserve(&s->raw, (size_t)ref->len + 8)))
 			return err_set(rc, "out of memory");
 		if (remote)

@@ -176,7 +176,13 @@ typedef struct part {
 	/* The whole file mapped read-only, or NULL (then blocks are pread).
 	 * Parts never change after they are written, and every block the
 	 * index names was checked at open to lie inside the file, so a read
-	 * from the map costs no system call and no copy. */
+	 * from the map costs no system call and no copy. But every page read
+	 * through the map counts in the process's RSS (RssFile) for as long
+	 * as the kernel keeps it, so RSS grows with the data a workload
+	 * reads; PART_READS_PREAD leaves it NULL: the page cache still holds
+	 * the file, outside the process, and a block costs a pread into the
+	 * reader's scratch, which is reused and as big as the largest block
+	 * it read. */
 	const uint8_t *map;
 	uint32_t flags;       /* PART_F_* */
 	unsigned version;     /* format version of the file (docs/formats.md) */
@@ -210,9 +216,17 @@ typedef struct part_scratch {
 } part_scratch;
 void part_scratch_free(part_scratch *s);
 
+/* How an open part's blocks are read (tally_options.part_reads). */
+enum part_reads {
+	PART_READS_MMAP = 1,  /* the file mapped whole; a block is read in place */
+	PART_READS_PREAD = 2, /* each block pread into the reader's scratch (s->raw) */
+};
+
 /* Opens and checks the footer and index. TALLY_ECORRUPT / TALLY_EVERSION
  * with a message naming the file. A stub opens the same way; its column
- * blocks are read through p->fetch (TALLY_EREMOTE while unset). */
+ * blocks are read through p->fetch (TALLY_EREMOTE while unset). Blocks
+ * are read as `reads` says (enum part_reads); part_open maps. */
+int part_open_reads(const char *path, int reads, part **out);
 int part_open(const char *path, part **out);
 
 /* Writes the stub of whole part p as dir/name: p's header (flagged a

@@ -1489,14 +1489,15 @@ static int run_soak(void)
 	/* samples: hours since start, RSS in MB */
 	size_t ns = 0, cap = 64;
 	double *sx = malloc(cap * sizeof *sx), *sy = malloc(cap * sizeof *sy),
-	       *sa = malloc(cap * sizeof *sa);
+	       *sa = malloc(cap * sizeof *sa), *sf = malloc(cap * sizeof *sf);
 	int64_t t0 = mono_ms(), end = t0 + (int64_t)(O.minutes * 60000);
 	double first_flush = -1, rss_max = 0;
 	/* the engine's own accounts beside the RSS, to tell where it grows */
 	static const char *const names[] = {"parts", "memtable_bytes", "rollup_bytes",
 					    "cache_bytes"};
-	printf("%7s %12s %8s %8s %6s %8s %10s %10s %10s %9s\n", "minutes", "acknowledged", "RSS MB",
-	       "anon MB", "parts", "queries", "memtable", "rollups", "cache", "query max");
+	printf("%7s %12s %8s %8s %8s %6s %8s %10s %10s %10s %9s\n", "minutes", "acknowledged",
+	       "RSS MB", "anon MB", "file MB", "parts", "queries", "memtable", "rollups", "cache",
+	       "query max");
 	for (int64_t next = t0;;) {
 		next += (int64_t)(O.sample_s * 1000);
 		sleep_ms((next < end ? next : end) - mono_ms());
@@ -1504,6 +1505,7 @@ static int run_soak(void)
 		double mb = (double)proc_kib(r.s.pid, "VmRSS") / 1024;
 		/* anonymous memory versus mapped file pages (parts read by mmap) */
 		double anon = (double)proc_kib(r.s.pid, "RssAnon") / 1024;
+		double file = (double)proc_kib(r.s.pid, "RssFile") / 1024;
 		uint64_t st[4];
 		stats_of(&c, names, st, 4);
 		uint64_t parts = st[0];
@@ -1514,16 +1516,18 @@ static int run_soak(void)
 			sx = realloc(sx, cap * sizeof *sx);
 			sy = realloc(sy, cap * sizeof *sy);
 			sa = realloc(sa, cap * sizeof *sa);
+			sf = realloc(sf, cap * sizeof *sf);
 		}
 		sx[ns] = h;
 		sa[ns] = anon;
+		sf[ns] = file;
 		sy[ns++] = mb;
 		if (mb > rss_max)
 			rss_max = mb;
-		printf("%7.1f %12" PRIu64 " %8.1f %8.1f %6" PRIu64 " %8" PRIu64 " %10" PRIu64
+		printf("%7.1f %12" PRIu64 " %8.1f %8.1f %8.1f %6" PRIu64 " %8" PRIu64 " %10" PRIu64
 		       " %10" PRIu64 " %10" PRIu64 " %6" PRId64 " ms\n",
-		       h * 60, atomic_load(&t.acked), mb, anon, parts, q.queries, st[1], st[2],
-		       st[3], q.max_ms);
+		       h * 60, atomic_load(&t.acked), mb, anon, file, parts, q.queries, st[1],
+		       st[2], st[3], q.max_ms);
 		fflush(stdout);
 		int dead = 0;
 		for (unsigned i = 0; i < O.writers; i++)
@@ -1572,18 +1576,21 @@ static int run_soak(void)
 	double slope = ls_slope(sx + from, sy + from, m);
 	double aslope = ls_slope(sx + from, sa + from, m);
 	double aslope2 = ls_slope(sx + from + m / 2, sa + from + m / 2, m - m / 2);
+	double slope2 = ls_slope(sx + from + m / 2, sy + from + m / 2, m - m / 2);
+	double fslope = ls_slope(sx + from, sf + from, m);
 	int code = server_stop(&r.s, SIGTERM, 120000 * O.timeout_scale);
 	if (code != 0)
 		fail(&r, "tallyd exited with %d after SIGTERM (see %s)", code, r.s.log);
 	double minutes = (double)(mono_ms() - t0) / 60000;
-	char slope_s[256];
+	char slope_s[384];
 	if (first_flush < 0)
 		snprintf(slope_s, sizeof slope_s, "no flush seen, so no RSS slope");
 	else
 		snprintf(slope_s, sizeof slope_s,
 			 "first flush by %.1f min; slopes after it over %zu samples: RSS %.2f "
-			 "MB/hour, anon %.2f MB/hour, anon over the second half %.2f MB/hour",
-			 first_flush * 60, m, slope, aslope, aslope2);
+			 "MB/hour (file pages %.2f, anon %.2f); over the second half: RSS %.2f "
+			 "MB/hour, anon %.2f MB/hour",
+			 first_flush * 60, m, slope, fslope, aslope, slope2, aslope2);
 	printf("soak: %.1f minutes, %" PRIu64 " events sent, %" PRIu64
 	       " acknowledged (%.0f/s), %" PRIu64 " lost, %" PRIu64 " doubled, %" PRIu64
 	       " wrong sums; %" PRIu64 " queries (max %" PRId64
@@ -1604,6 +1611,7 @@ static int run_soak(void)
 		free(ws[i].key_vsum);
 	}
 	free(sa);
+	free(sf);
 	free(x.want);
 	free(x.vsum);
 	free(sx);

@@ -153,6 +153,9 @@ static const struct conf_item {
 	{"rollup-cache-bytes", K_SIZE64, offsetof(srv_conf, rollup_cache_bytes),
 	 "decoded rollup blocks of parts kept in memory, apart from memory-limit; it maps "
 	 "at most this plus 8MiB (default 256MiB)"},
+	{"part-reads", K_STR, offsetof(srv_conf, part_reads),
+	 "how part files are read: mmap (mapped whole; the pages read count in RSS) or pread "
+	 "(each block read into a reused buffer; RSS stays flat as data grows) (default mmap)"},
 	{"max-keys-per-table", K_UINT, offsetof(srv_conf, max_keys),
 	 "most distinct keys a table may hold; lines with a key past it are refused "
 	 "(default 0: no limit)"},
@@ -863,6 +866,14 @@ int conf_parse_args(srv_conf *c, int argc, char **argv)
 	}
 	if (c->io && strcmp(c->io, "auto") && strcmp(c->io, "io_uring") && strcmp(c->io, "epoll")) {
 		fprintf(stderr, "tallyd: io '%s' is not auto, io_uring or epoll\n", c->io);
+		return -1;
+	}
+	if (!c->part_reads || !strcmp(c->part_reads, "mmap")) {
+		c->part_reads_mode = TALLY_PART_READS_MMAP;
+	} else if (!strcmp(c->part_reads, "pread")) {
+		c->part_reads_mode = TALLY_PART_READS_PREAD;
+	} else {
+		fprintf(stderr, "tallyd: part-reads '%s' is not mmap or pread\n", c->part_reads);
 		return -1;
 	}
 	if (c->http_max_header < 256 || c->http_max_header > (1u << 20) ||

@@ -57,6 +57,8 @@ typedef struct srv_conf {
 	unsigned max_keys;           /* tally_options.max_keys_per_table */
 	unsigned prefault;           /* 1: tally_options.prefault */
 	unsigned wal_damage_ro;      /* 1: tally_options.wal_damage_read_only */
+	char *part_reads;            /* "mmap" or "pread"; NULL: the engine's default */
+	unsigned part_reads_mode;    /* tally_options.part_reads, from part_reads */
 	int64_t align_offset;
 	char *table_keys;
 	char *distributions; /* tally_options.distributions */

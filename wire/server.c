@@ -977,6 +977,7 @@ int srv_open(srv *s, srv_conf *conf)
 	o.max_keys_per_table = conf->max_keys;
 	o.prefault = (int)conf->prefault;
 	o.wal_damage_read_only = (int)conf->wal_damage_ro;
+	o.part_reads = conf->part_reads_mode;
 	o.align_offset = conf->align_offset;
 	o.table_keys = conf->table_keys;
 	o.distributions = conf->distributions;
