@@ -11,6 +11,7 @@
 
 #include "dcount.h"
 #include "dist.h"
+#include "distmodel.h"
 #include "testutil.h"
 
 /* docs/formats.md, "dist": the bytes after the basic payload */
@@ -21,22 +22,7 @@
 #define CAMS 3
 #define SPAN (3 * TALLY_1D)
 
-typedef struct ev {
-	int cam;
-	int64_t ts;
-	double v;
-} ev;
-
-static ev *evs;
-static size_t n_evs, cap_evs;
 static unsigned n_sketched; /* answers check_range saw with an error bound */
-
-static void forget_events(void)
-{
-	free(evs);
-	evs = NULL;
-	n_evs = cap_evs = 0;
-}
 
 static tally_options opts(void)
 {
@@ -78,13 +64,9 @@ static void write_in(tally_db *db, tu_rng *r, unsigned s, int n, int only_cam, i
 		unsigned v = speed_of(r, cam);
 		p += sprintf(p, "traffic,camera=C%d speed=%u.%u,n=%ui %lld\n", cam, v / 10, v % 10,
 			     v % 7, (long long)ts);
-		if (n_evs == cap_evs) {
-			cap_evs = cap_evs ? cap_evs * 2 : 4096;
-			evs = realloc(evs, cap_evs * sizeof *evs);
-		}
 		char num[16];
 		sprintf(num, "%u.%u", v / 10, v % 10);
-		evs[n_evs++] = (ev){cam, ts, strtod(num, NULL)};
+		remember_event(cam, ts, strtod(num, NULL));
 	}
 	tally_write_result res;
 	cr_assert_eq(tally_write_lp(w, buf, (size_t)(p - buf), TALLY_PREC_NS, &res), 0, "%s",
@@ -105,20 +87,10 @@ static int cmp_i64(const void *a, const void *b)
 	return (x > y) - (x < y);
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return (x > y) - (x < y);
-}
-
 static void check_range(tally_db *db, int cam, int64_t from, int64_t to, tu_rng *r)
 {
-	double *v = malloc((n_evs + 1) * sizeof *v);
-	size_t n = 0;
-	for (size_t i = 0; i < n_evs; i++)
-		if (evs[i].cam == cam && evs[i].ts >= from && evs[i].ts < to)
-			v[n++] = evs[i].v;
-	qsort(v, n, sizeof *v, cmp_double);
+	size_t n;
+	double *v = values_of(cam, from, to, &n);
 	char key[8];
 	sprintf(key, "C%d", cam);
 	tally_dist *d;

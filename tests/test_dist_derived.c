@@ -14,19 +14,11 @@
 
 #include "aggkind.h"
 #include "backup.h"
+#include "distmodel.h"
 #include "testutil.h"
 
 #define CAMS 3
 #define DAYS 6
-
-typedef struct ev {
-	int cam;
-	int64_t ts;
-	double v;
-} ev;
-
-static ev *evs;
-static size_t n_evs, cap_evs;
 
 static int64_t today(void)
 {
@@ -60,11 +52,7 @@ static void write_in(tally_db *db, tu_rng *r, unsigned s, int n, int only_cam, i
 		int cam = only_cam >= 0 ? only_cam : (int)tu_below(r, CAMS);
 		int64_t ts = t0 + (int64_t)tu_below(r, (uint64_t)span);
 		unsigned tenths = 300 + (unsigned)tu_below(r, 60) * (1 + (unsigned)tu_below(r, 15));
-		if (n_evs == cap_evs) {
-			cap_evs = cap_evs ? cap_evs * 2 : 4096;
-			evs = realloc(evs, cap_evs * sizeof *evs);
-		}
-		evs[n_evs++] = (ev){cam, ts, tenths / 10.0};
+		remember_event(cam, ts, tenths / 10.0);
 		p += sprintf(p, "traffic,camera=C%d speed=%u.%u %lld\n", cam, tenths / 10,
 			     tenths % 10, (long long)ts);
 	}
@@ -76,22 +64,12 @@ static void write_in(tally_db *db, tu_rng *r, unsigned s, int n, int only_cam, i
 	free(buf);
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return (x > y) - (x < y);
-}
-
 /* The distribution of camera cam over [from, to) equals the sorted
  * events: count, quantiles, counts above and below. */
 static void check_range(tally_db *db, int cam, int64_t from, int64_t to)
 {
-	double *v = malloc((n_evs + 1) * sizeof *v);
-	size_t n = 0;
-	for (size_t i = 0; i < n_evs; i++)
-		if (evs[i].cam == cam && evs[i].ts >= from && evs[i].ts < to)
-			v[n++] = evs[i].v;
-	qsort(v, n, sizeof *v, cmp_double);
+	size_t n;
+	double *v = values_of(cam, from, to, &n);
 	char key[8];
 	sprintf(key, "C%d", cam);
 	tally_dist *d;
@@ -281,9 +259,7 @@ Test(dist_derived, finest_windows_equal_brute_force_before_and_after_raw_retenti
 	tally_db_close(db);
 	tu_rmrf(dir);
 	free(dir);
-	free(evs);
-	evs = NULL;
-	n_evs = cap_evs = 0;
+	forget_events();
 }
 
 Test(dist_derived, stubs_keep_finest_windows_past_a_key_marked_late)
@@ -323,7 +299,5 @@ Test(dist_derived, stubs_keep_finest_windows_past_a_key_marked_late)
 	tally_db_close(db);
 	tu_rmrf(dir);
 	free(dir);
-	free(evs);
-	evs = NULL;
-	n_evs = cap_evs = 0;
+	forget_events();
 }
