@@ -31,9 +31,12 @@
  *     the worst stall less about 40 ms, one event per run. Figures: p50,
  *     p99, max; the p99 of each message's lag by itself (from its send to
  *     the first #!stats past it, however long earlier ones took: one stall
- *     then moves it only when it holds 1% of the messages); messages per
- *     batch (kafka_messages / kafka_batches: how many messages shared a
- *     WAL record and label).
+ *     then moves it only when it holds 1% of the messages) and when the
+ *     message of the longest one was sent (where in the run the worst
+ *     stall fell: always the first 20 ms, the producer's and consumer's
+ *     start), and the p99 of the own lags of the messages sent after the
+ *     first second (steady state); messages per batch (kafka_messages /
+ *     kafka_batches: how many messages shared a WAL record and label).
  *
  *   ./build/bench/bench_kafka --messages 300 --lines 1000
  *   ./build/bench/bench_kafka --json --messages 300
@@ -457,10 +460,14 @@ static double ceiling(const char *brokers, uint64_t messages)
 
 /* tallyd reads a new topic that gets rate events/s for `seconds`: the
  * lag's p50, p99 and max in ms, the messages per batch tallyd wrote (how
- * many WAL records and labels the messages took), then the p99 in ms of
- * each message's own lag, into out[5]. */
+ * many WAL records and labels the messages took), the p99 in ms of each
+ * message's own lag, when (s after the first send) the message of the
+ * longest own lag was sent, then the p99 in ms of the own lags of the
+ * messages sent after the first second (steady: the longest lags are
+ * the first messages', the producer's and consumer's start), into
+ * out[7]. */
 static void lag(const char *tallyd, const char *brokers, const char *topic, double rate,
-		double seconds, double out[5])
+		double seconds, double out[7])
 {
 	if (rd_kafka_mock_topic_create(mock, topic, partitions, 1))
 		die("topic %s", topic);
@@ -536,6 +543,17 @@ static void lag(const char *tallyd, const char *brokers, const char *topic, doub
 	out[1] = seen[n_sents * 99 / 100] * 1e3;
 	out[2] = seen[n_sents - 1] * 1e3;
 	out[3] = batches ? (double)msgs / (double)batches : 0;
+	size_t worst = 0;
+	for (size_t i = 1; i < n_sents; i++)
+		if (own[i] > own[worst])
+			worst = i;
+	out[5] = sents[worst].at - t0;
+	size_t n_steady = 0;
+	for (size_t i = 0; i < n_sents; i++)
+		if (sents[i].at - t0 >= 1)
+			seen[n_steady++] = own[i]; /* seen is sorted and read */
+	qsort(seen, n_steady, sizeof *seen, cmp_d);
+	out[6] = n_steady ? seen[n_steady * 99 / 100] * 1e3 : 0;
 	qsort(own, n_sents, sizeof *own, cmp_d);
 	out[4] = own[n_sents * 99 / 100] * 1e3;
 	rd_kafka_flush(p, 60000);
@@ -639,7 +657,7 @@ int main(int argc, char **argv)
 	}
 	/* reader k of a round: tallyd A, tallyd B, the ceiling; the order
 	 * rotates from round to round */
-	double bl[2][RUNS_MAX], st[2][RUNS_MAX], cpu[2][RUNS_MAX], ce[RUNS_MAX], lg[2][5][RUNS_MAX];
+	double bl[2][RUNS_MAX], st[2][RUNS_MAX], cpu[2][RUNS_MAX], ce[RUNS_MAX], lg[2][7][RUNS_MAX];
 	/* the rounds in which no consumer joined again (clean[k][i]: a round's
 	 * events/s, then its CPU) */
 	double clean[2][2][RUNS_MAX];
@@ -685,15 +703,16 @@ int main(int argc, char **argv)
 			int k = (j + r) % nb;
 			char topic[64];
 			snprintf(topic, sizeof topic, "lag-%d-%d", r, k);
-			double l0 = load(), o[5];
+			double l0 = load(), o[7];
 			lag(tallyd[k], brokers, topic, rate, seconds, o);
-			for (int i = 0; i < 5; i++)
+			for (int i = 0; i < 7; i++)
 				lg[k][i][r] = o[i];
 			printf("round %d %c lag %s at %.2f M events/s for %.0f s: produce to "
 			       "queryable p50 %.1f ms, p99 %.1f ms, max %.1f ms; each by "
-			       "itself p99 %.1f ms; %.2f messages a batch; load %.1f\n",
+			       "itself p99 %.1f ms, the longest sent at %.2f s, p99 after the "
+			       "first second %.1f ms; %.2f messages a batch; load %.1f\n",
 			       r + 1, 'A' + k, fmt, rate / 1e6, seconds, o[0], o[1], o[2], o[4],
-			       o[3], l0);
+			       o[5], o[6], o[3], l0);
 			fflush(stdout);
 		}
 	}
@@ -711,10 +730,11 @@ int main(int argc, char **argv)
 			       median(clean[k][1], ncl[k]));
 		if (do_lag)
 			printf("median %c lag %s: p50 %.1f ms, p99 %.1f ms, max %.1f ms, each by "
-			       "itself p99 %.1f ms; %.2f messages a batch\n",
+			       "itself p99 %.1f ms, after the first second %.1f ms; %.2f messages "
+			       "a batch\n",
 			       'A' + k, fmt, median(lg[k][0], runs), median(lg[k][1], runs),
 			       median(lg[k][2], runs), median(lg[k][4], runs),
-			       median(lg[k][3], runs));
+			       median(lg[k][6], runs), median(lg[k][3], runs));
 	}
 	if (do_ceiling)
 		printf("median ceiling %s: %.2f M events/s\n", fmt, median(ce, runs) / 1e6);
