@@ -296,10 +296,10 @@ static const char *j_value(const char *p, const char *e, int depth)
 
 static int known_param(const char *p)
 {
-	static const char *const names[] = {"table",   "field",    "key",    "from",  "to",
-					    "step",    "interval", "limit",  "sort",  "order",
-					    "cursor",  "prefix",   "format", "epoch", "id",
-					    "partial", "q",        "above",  "below", "edges"};
+	static const char *const names[] = {
+		"table", "field",   "key",   "from",   "to",     "step",   "interval",
+		"limit", "sort",    "order", "cursor", "prefix", "format", "epoch",
+		"id",    "partial", "q",     "above",  "below",  "edges",  "all"};
 	if (!p)
 		return 1;
 	for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
