@@ -10,8 +10,13 @@
 #ifndef TALLY_TESTS_DISTMODEL_H
 #define TALLY_TESTS_DISTMODEL_H
 
+#include <criterion/criterion.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
+
+#include "tally.h"
+#include "testutil.h"
 
 typedef struct ev {
 	int cam;
@@ -56,6 +61,46 @@ static double *values_of(int cam, int64_t from, int64_t to, size_t *n)
 	qsort(v, k, sizeof *v, cmp_double);
 	*n = k;
 	return v;
+}
+
+/* Speeds in tenths: a few hundred distinct values over 30.0 to 118.5,
+ * some repeated. */
+static unsigned plain_speed(tu_rng *r, int cam)
+{
+	(void)cam;
+	return 300 + (unsigned)tu_below(r, 60) * (1 + (unsigned)tu_below(r, 15));
+}
+
+/* n events in [t0, t0 + span) through shard s's writer, of camera
+ * only_cam (-1: any of cams), speeds in tenths from speed, each line with
+ * an integer field n beside the speed when with_n; remembered as the
+ * double their text parses to. */
+static void write_events(tally_db *db, tu_rng *r, unsigned s, int n, int cams, int only_cam,
+			 int64_t t0, int64_t span, unsigned (*speed)(tu_rng *r, int cam),
+			 int with_n)
+{
+	tally_writer *w;
+	cr_assert_eq(tally_writer_open(db, (int)s, &w), 0);
+	char *buf = malloc((size_t)n * 80), *p = buf;
+	for (int i = 0; i < n; i++) {
+		int cam = only_cam >= 0 ? only_cam : (int)tu_below(r, (uint64_t)cams);
+		int64_t ts = t0 + (int64_t)tu_below(r, (uint64_t)span);
+		unsigned v = speed(r, cam);
+		p += sprintf(p, "traffic,camera=C%d speed=%u.%u", cam, v / 10, v % 10);
+		if (with_n)
+			p += sprintf(p, ",n=%ui", v % 7);
+		p += sprintf(p, " %lld\n", (long long)ts);
+		char num[16];
+		sprintf(num, "%u.%u", v / 10, v % 10);
+		remember_event(cam, ts, strtod(num, NULL));
+	}
+	tally_write_result res;
+	cr_assert_eq(tally_write_lp(w, buf, (size_t)(p - buf), TALLY_PREC_NS, &res), 0, "%s",
+		     tally_errmsg());
+	cr_assert_eq(res.rejected, 0);
+	cr_assert_eq(res.accepted, (uint64_t)n);
+	tally_writer_close(w);
+	free(buf);
 }
 
 #endif

@@ -35,15 +35,8 @@ static tally_options opts(void)
 	return o;
 }
 
-/* Speeds in tenths for camera cam: the default spreads a few hundred
- * distinct values over 30.0 to 118.5; the sketch test's cameras differ
- * (sketch_speed). */
-static unsigned plain_speed(tu_rng *r, int cam)
-{
-	(void)cam;
-	return 300 + (unsigned)tu_below(r, 60) * (1 + (unsigned)tu_below(r, 15));
-}
-
+/* Speeds in tenths for camera cam: plain_speed (tests/distmodel.h), or
+ * the sketch test's (sketch_speed). */
 static unsigned (*speed_of)(tu_rng *r, int cam) = plain_speed;
 
 /* Whether every answer must be exact (no window past its bound), else
@@ -55,25 +48,7 @@ static int all_exact = 1, exact_cam = -1;
 static void write_in(tally_db *db, tu_rng *r, unsigned s, int n, int only_cam, int64_t t0,
 		     int64_t span)
 {
-	tally_writer *w;
-	cr_assert_eq(tally_writer_open(db, (int)s, &w), 0);
-	char *buf = malloc((size_t)n * 80), *p = buf;
-	for (int i = 0; i < n; i++) {
-		int cam = only_cam >= 0 ? only_cam : (int)tu_below(r, CAMS);
-		int64_t ts = t0 + (int64_t)tu_below(r, (uint64_t)span);
-		unsigned v = speed_of(r, cam);
-		p += sprintf(p, "traffic,camera=C%d speed=%u.%u,n=%ui %lld\n", cam, v / 10, v % 10,
-			     v % 7, (long long)ts);
-		char num[16];
-		sprintf(num, "%u.%u", v / 10, v % 10);
-		remember_event(cam, ts, strtod(num, NULL));
-	}
-	tally_write_result res;
-	cr_assert_eq(tally_write_lp(w, buf, (size_t)(p - buf), TALLY_PREC_NS, &res), 0, "%s",
-		     tally_errmsg());
-	cr_assert_eq(res.accepted, (uint64_t)n);
-	tally_writer_close(w);
-	free(buf);
+	write_events(db, r, s, n, CAMS, only_cam, t0, span, speed_of, 1);
 }
 
 static void write_some(tally_db *db, tu_rng *r, unsigned s, int n)

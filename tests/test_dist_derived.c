@@ -45,23 +45,7 @@ static tally_options opts(void)
 static void write_in(tally_db *db, tu_rng *r, unsigned s, int n, int only_cam, int64_t t0,
 		     int64_t span)
 {
-	tally_writer *w;
-	cr_assert_eq(tally_writer_open(db, (int)s, &w), 0);
-	char *buf = malloc((size_t)n * 80), *p = buf;
-	for (int i = 0; i < n; i++) {
-		int cam = only_cam >= 0 ? only_cam : (int)tu_below(r, CAMS);
-		int64_t ts = t0 + (int64_t)tu_below(r, (uint64_t)span);
-		unsigned tenths = 300 + (unsigned)tu_below(r, 60) * (1 + (unsigned)tu_below(r, 15));
-		remember_event(cam, ts, tenths / 10.0);
-		p += sprintf(p, "traffic,camera=C%d speed=%u.%u %lld\n", cam, tenths / 10,
-			     tenths % 10, (long long)ts);
-	}
-	tally_write_result res;
-	cr_assert_eq(tally_write_lp(w, buf, (size_t)(p - buf), TALLY_PREC_NS, &res), 0, "%s",
-		     tally_errmsg());
-	cr_assert_eq(res.rejected, 0);
-	tally_writer_close(w);
-	free(buf);
+	write_events(db, r, s, n, CAMS, only_cam, t0, span, plain_speed, 0);
 }
 
 /* The distribution of camera cam over [from, to) equals the sorted
